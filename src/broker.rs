@@ -1,0 +1,405 @@
+//! The broker seam: the one interface through which the gateway reaches a message store.
+//!
+//! gRPC services (and, through them, REST) speak only to [`Broker`]. Two backends implement it:
+//! [`embedded::EmbeddedBroker`], a durable store on local disk with Iggy's semantics, and the real
+//! Iggy server through the `iggy` SDK. Input reaching the seam is already validated into the
+//! types below (`Name`, `Identifier`, ...), so every backend sees the same well-formed requests.
+
+pub mod embedded;
+
+use std::{collections::BTreeMap, fmt};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+/// Most partitions a topic may have, as in Iggy.
+pub const MAX_PARTITIONS: u32 = 1000;
+/// Longest stream, topic, consumer or header name, in bytes, as in Iggy.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// A stream or topic name: 1 to 255 bytes and not made only of digits (such a value would be
+/// read back as a numeric id, so it could never be addressed by name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(String);
+
+impl Name {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if value.len() > MAX_NAME_LEN {
+            return Err(format!(
+                "must be at most {MAX_NAME_LEN} bytes, got {}",
+                value.len()
+            ));
+        }
+        if value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("must not be made only of digits (that is read as a numeric id)".into());
+        }
+        if value.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a stream, topic or consumer is addressed: by numeric id or by name, as in Iggy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Identifier {
+    Id(u32),
+    Name(String),
+}
+
+impl Identifier {
+    /// Reads an all-digit value as an id and anything else as a name.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if value.bytes().all(|b| b.is_ascii_digit()) {
+            return value
+                .parse()
+                .map(Identifier::Id)
+                .map_err(|_| format!("id {value} is out of range (at most {})", u32::MAX));
+        }
+        if value.len() > MAX_NAME_LEN {
+            return Err(format!("must be at most {MAX_NAME_LEN} bytes"));
+        }
+        Ok(Identifier::Name(value.to_owned()))
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identifier::Id(id) => write!(f, "{id}"),
+            Identifier::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A topic within a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRef {
+    pub stream: Identifier,
+    pub topic: Identifier,
+}
+
+/// Compression at rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+/// A typed header value; the types Iggy headers carry that a JSON client can express.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum HeaderValue {
+    String(String),
+    Bytes(Vec<u8>),
+    Int64(i64),
+    Uint64(u64),
+    Bool(bool),
+    Double(f64),
+}
+
+pub type Headers = BTreeMap<String, HeaderValue>;
+
+/// A message as the client hands it to the broker: the id is always set (by the client or
+/// the gateway), so a re-sent batch can be recognised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub id: u128,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub offset: u64,
+    /// Microseconds since the Unix epoch, assigned by the backend when it stored the message.
+    pub timestamp_micros: u64,
+    pub id: u128,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+/// Which partition receives a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partitioning {
+    /// Round-robin over the topic's partitions, one partition per batch.
+    Balanced,
+    PartitionId(u32),
+    /// A stable hash of the key picks the partition, so one key always lands in one partition
+    /// while the partition count is unchanged.
+    Key(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendMessages {
+    pub topic: TopicRef,
+    pub partitioning: Partitioning,
+    pub messages: Vec<NewMessage>,
+}
+
+/// Where a poll starts, as Iggy defines its polling strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollingStrategy {
+    Offset(u64),
+    /// The first message stored at or after this time (microseconds since the epoch).
+    Timestamp(u64),
+    First,
+    /// The newest `count` messages.
+    Last,
+    /// After the consumer's stored offset, or from 0 when it has none.
+    Next,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollMessages {
+    pub topic: TopicRef,
+    pub partition_id: u32,
+    /// Required for `Next` and `auto_commit` (checked before the broker is called).
+    pub consumer: Option<Identifier>,
+    pub strategy: PollingStrategy,
+    pub count: u32,
+    pub auto_commit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolledMessages {
+    pub partition_id: u32,
+    pub current_offset: u64,
+    pub messages: Vec<StoredMessage>,
+}
+
+/// A consumer's position on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerOffsetRef {
+    pub topic: TopicRef,
+    pub consumer: Identifier,
+    pub partition_id: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerOffsetInfo {
+    pub partition_id: u32,
+    pub current_offset: u64,
+    pub stored_offset: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateTopic {
+    pub stream: Identifier,
+    pub name: Name,
+    pub partitions_count: u32,
+    /// `None`: the backend's default (never, for the embedded backend).
+    pub message_expiry_micros: Option<u64>,
+    /// `None`: the backend's default (unlimited, for the embedded backend).
+    pub max_topic_size_bytes: Option<u64>,
+    pub compression: Compression,
+    pub replication_factor: u8,
+}
+
+/// Changes to a topic; `None` keeps the current value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateTopic {
+    pub topic: TopicRef,
+    pub name: Option<Name>,
+    /// `Some(None)` sets "never expire".
+    pub message_expiry_micros: Option<Option<u64>>,
+    /// `Some(None)` sets "unlimited".
+    pub max_topic_size_bytes: Option<Option<u64>>,
+    pub compression: Option<Compression>,
+    pub replication_factor: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamInfo {
+    pub id: u32,
+    pub name: String,
+    pub created_at_micros: u64,
+    pub topics_count: u32,
+    pub size_bytes: u64,
+    pub messages_count: u64,
+    /// Filled by `get_stream` only.
+    pub topics: Vec<TopicInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicInfo {
+    pub id: u32,
+    pub name: String,
+    pub created_at_micros: u64,
+    pub partitions_count: u32,
+    pub message_expiry_micros: Option<u64>,
+    pub max_topic_size_bytes: Option<u64>,
+    pub compression: Compression,
+    pub replication_factor: u8,
+    pub size_bytes: u64,
+    pub messages_count: u64,
+    /// Filled by `get_topic` and the partition calls only.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub id: u32,
+    pub created_at_micros: u64,
+    pub current_offset: u64,
+    pub size_bytes: u64,
+    pub messages_count: u64,
+}
+
+/// What a backend can fail with. Each variant says whether retrying the same call can help.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("stream '{0}' not found")]
+    StreamNotFound(Identifier),
+    #[error("topic '{topic}' not found in stream '{stream}'")]
+    TopicNotFound {
+        stream: Identifier,
+        topic: Identifier,
+    },
+    #[error("partition {partition_id} not found in topic '{topic}' (it has {partitions_count})")]
+    PartitionNotFound {
+        topic: Identifier,
+        partition_id: u32,
+        partitions_count: u32,
+    },
+    #[error("no offset stored for consumer '{consumer}' on partition {partition_id}")]
+    ConsumerOffsetNotFound {
+        consumer: Identifier,
+        partition_id: u32,
+    },
+    #[error("stream '{0}' already exists")]
+    StreamAlreadyExists(String),
+    #[error("topic '{topic}' already exists in stream '{stream}'")]
+    TopicAlreadyExists { stream: Identifier, topic: String },
+    /// The request is well-formed but not valid for the current state (e.g. too many partitions).
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// The backend cannot be reached right now; retrying later can succeed.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend did not answer in time; the call may or may not have taken effect.
+    #[error("backend did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The backend refused the gateway's credentials.
+    #[error("backend refused the gateway's credentials: {0}")]
+    Unauthenticated(String),
+    /// A fault inside the backend (I/O, corruption); not the caller's doing.
+    #[error("backend storage error: {0}")]
+    Storage(String),
+}
+
+impl BrokerError {
+    /// Whether the same call, repeated later, can succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BrokerError::Unavailable(_) | BrokerError::Timeout(_) => true,
+            BrokerError::StreamNotFound(_)
+            | BrokerError::TopicNotFound { .. }
+            | BrokerError::PartitionNotFound { .. }
+            | BrokerError::ConsumerOffsetNotFound { .. }
+            | BrokerError::StreamAlreadyExists(_)
+            | BrokerError::TopicAlreadyExists { .. }
+            | BrokerError::InvalidArgument { .. }
+            | BrokerError::Unauthenticated(_)
+            | BrokerError::Storage(_) => false,
+        }
+    }
+}
+
+pub type BrokerResult<T> = Result<T, BrokerError>;
+
+/// The message store behind the gateway.
+///
+/// Contract, for every backend:
+/// - **Durability:** when `send_messages` returns `Ok`, every message of the batch is stored and
+///   survives a restart of the gateway (and, for the embedded backend, a crash of the machine).
+/// - **Atomicity:** a batch goes to one partition and is stored whole or not at all; a reader
+///   never sees part of a batch.
+/// - **Ordering:** within a partition, messages get consecutive offsets from 0 in the order
+///   sent; batches sent one after another by one caller keep that order.
+/// - **Idempotence:** none. A call that fails with a retryable error may still have stored the
+///   batch; a retry can store it again. Ids let a consumer tell duplicates (at-least-once).
+/// - Metadata calls (create, update, delete, purge) are atomic: they take effect whole or not.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// One line for the start-up log: which backend this is and where its data lives.
+    fn describe(&self) -> String;
+
+    /// Whether the backend can serve calls now; health and readiness follow it.
+    fn availability(&self) -> watch::Receiver<bool>;
+
+    async fn create_stream(&self, name: Name) -> BrokerResult<StreamInfo>;
+    /// The stream with its topics.
+    async fn get_stream(&self, stream: Identifier) -> BrokerResult<StreamInfo>;
+    /// All streams, by id, without their topics.
+    async fn list_streams(&self) -> BrokerResult<Vec<StreamInfo>>;
+    async fn update_stream(&self, stream: Identifier, name: Name) -> BrokerResult<StreamInfo>;
+    async fn delete_stream(&self, stream: Identifier) -> BrokerResult<()>;
+    /// Removes every message in the stream; offsets restart at 0, consumer offsets are cleared.
+    async fn purge_stream(&self, stream: Identifier) -> BrokerResult<()>;
+
+    async fn create_topic(&self, request: CreateTopic) -> BrokerResult<TopicInfo>;
+    /// The topic with its partitions.
+    async fn get_topic(&self, topic: TopicRef) -> BrokerResult<TopicInfo>;
+    /// The stream's topics, by id, without their partitions.
+    async fn list_topics(&self, stream: Identifier) -> BrokerResult<Vec<TopicInfo>>;
+    async fn update_topic(&self, request: UpdateTopic) -> BrokerResult<TopicInfo>;
+    async fn delete_topic(&self, topic: TopicRef) -> BrokerResult<()>;
+    /// Removes every message in the topic; offsets restart at 0, consumer offsets are cleared.
+    async fn purge_topic(&self, topic: TopicRef) -> BrokerResult<()>;
+    /// Appends `count` partitions; the total stays within [`MAX_PARTITIONS`].
+    async fn create_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo>;
+    /// Removes the last `count` partitions and their messages; at least one remains.
+    async fn delete_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo>;
+
+    /// Stores a non-empty batch in one partition (see the trait's contract).
+    async fn send_messages(&self, request: SendMessages) -> BrokerResult<()>;
+    /// Reads up to `count` messages in offset order; with `auto_commit`, stores the offset of
+    /// the last one returned for the consumer.
+    async fn poll_messages(&self, request: PollMessages) -> BrokerResult<PolledMessages>;
+    /// Stores `offset` (inclusive) as processed; it must not pass the newest message.
+    async fn store_consumer_offset(&self, at: ConsumerOffsetRef, offset: u64) -> BrokerResult<()>;
+    async fn get_consumer_offset(&self, at: ConsumerOffsetRef) -> BrokerResult<ConsumerOffsetInfo>;
+    /// Fails with `ConsumerOffsetNotFound` when nothing is stored.
+    async fn delete_consumer_offset(&self, at: ConsumerOffsetRef) -> BrokerResult<()>;
+}
+
+/// Microseconds since the Unix epoch, the unit of Iggy's timestamps.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The partition a key maps to. A fixed algorithm (FNV-1a), never `std`'s hasher, whose
+/// output may change between Rust releases and would move keys after an upgrade.
+pub fn partition_for_key(key: &[u8], partitions_count: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // partitions_count is at least 1 for any existing topic.
+    u32::try_from(hash % u64::from(partitions_count.max(1))).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+//! Turning errors into answers, once, at the edge: every [`BrokerError`] becomes one gRPC
+//! status with a stable `ErrorInfo` reason (and `RetryInfo` where a retry can help). REST
+//! answers are derived from the same status, so both protocols speak one error vocabulary.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::broker::BrokerError;
+
+/// The `ErrorInfo.domain` of every error this gateway produces.
+pub const ERROR_DOMAIN: &str = "iggy-gateway";
+
+/// How long a caller should wait before retrying an unavailable backend.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The stable UPPER_SNAKE reason code of a broker error.
+pub fn reason(err: &BrokerError) -> &'static str {
+    match err {
+        BrokerError::StreamNotFound(_) => "STREAM_NOT_FOUND",
+        BrokerError::TopicNotFound { .. } => "TOPIC_NOT_FOUND",
+        BrokerError::PartitionNotFound { .. } => "PARTITION_NOT_FOUND",
+        BrokerError::ConsumerOffsetNotFound { .. } => "CONSUMER_OFFSET_NOT_FOUND",
+        BrokerError::StreamAlreadyExists(_) => "STREAM_ALREADY_EXISTS",
+        BrokerError::TopicAlreadyExists { .. } => "TOPIC_ALREADY_EXISTS",
+        BrokerError::InvalidArgument { .. } => "INVALID_ARGUMENT",
+        BrokerError::Unavailable(_) => "BACKEND_UNAVAILABLE",
+        BrokerError::Timeout(_) => "BACKEND_TIMEOUT",
+        BrokerError::Unauthenticated(_) => "BACKEND_UNAUTHENTICATED",
+        BrokerError::Storage(_) => "BACKEND_STORAGE_ERROR",
+    }
+}
+
+/// The gRPC status a broker error answers with.
+pub fn broker_status(err: BrokerError) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason(&err), ERROR_DOMAIN, []);
+    let (code, message) = match &err {
+        BrokerError::StreamNotFound(_)
+        | BrokerError::TopicNotFound { .. }
+        | BrokerError::PartitionNotFound { .. }
+        | BrokerError::ConsumerOffsetNotFound { .. } => (Code::NotFound, err.to_string()),
+        BrokerError::StreamAlreadyExists(_) | BrokerError::TopicAlreadyExists { .. } => {
+            (Code::AlreadyExists, err.to_string())
+        }
+        BrokerError::InvalidArgument { field, reason } => {
+            details.add_bad_request_violation(*field, reason.clone());
+            (Code::InvalidArgument, err.to_string())
+        }
+        BrokerError::Unavailable(_) | BrokerError::Timeout(_) => {
+            details.set_retry_info(Some(RETRY_AFTER));
+            let code = if matches!(err, BrokerError::Timeout(_)) {
+                Code::DeadlineExceeded
+            } else {
+                Code::Unavailable
+            };
+            (code, err.to_string())
+        }
+        // The gateway's own credentials failed: the caller can do nothing about it, and the
+        // details are for the operator's log, not the caller.
+        BrokerError::Unauthenticated(_) => {
+            tracing::error!(error = %err, "backend refused the gateway's credentials");
+            (Code::Unavailable, "backend unavailable".to_owned())
+        }
+        BrokerError::Storage(_) => {
+            tracing::error!(error = %err, "backend storage error");
+            (Code::Internal, "internal storage error".to_owned())
+        }
+    };
+    Status::with_error_details(code, message, details)
+}
+
+/// A request field that failed validation: INVALID_ARGUMENT with a `BadRequest` violation
+/// naming the field, so clients can point at it.
+pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Status {
+    let field = field.into();
+    let description = description.into();
+    let mut details = ErrorDetails::new();
+    details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, []);
+    details.add_bad_request_violation(field.clone(), description.clone());
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {description}"),
+        details,
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,12 @@
+//! The gRPC services. Each maps protobuf requests to the broker's validated request types,
+//! calls the [`Broker`](crate::broker::Broker), and maps the answer back; there is no other
+//! logic here. REST reaches the same services through the transcoder.
+
+mod convert;
+mod message;
+mod stream;
+mod topic;
+
+pub use message::{Limits, MessageApi};
+pub use stream::StreamApi;
+pub use topic::TopicApi;

@@ -1,0 +1,323 @@
+//! Protobuf <-> broker types: parsing and validating what clients send, and shaping what the
+//! broker returns. Every validation failure names the request field it is about.
+
+use bytes::Bytes;
+use prost_types::{Duration, Timestamp, value::Kind};
+use tonic::Status;
+
+use crate::{
+    broker::{
+        Compression, HeaderValue, Headers, Identifier, MAX_NAME_LEN, Name, PartitionInfo,
+        StreamInfo, TopicInfo, TopicRef,
+    },
+    error::invalid_field,
+    proto,
+};
+
+/// The header that records a message body's form (JSON or text), so a poll returns the body
+/// the way it was sent; absent for raw bytes. Clients may not set it themselves.
+pub const BODY_FORM_HEADER: &str = "gateway-body";
+const BODY_JSON: &str = "json";
+const BODY_TEXT: &str = "text";
+
+pub fn identifier(field: &str, value: &str) -> Result<Identifier, Status> {
+    Identifier::parse(value).map_err(|reason| invalid_field(field, reason))
+}
+
+pub fn name(field: &str, value: &str) -> Result<Name, Status> {
+    Name::parse(value).map_err(|reason| invalid_field(field, reason))
+}
+
+pub fn topic_ref(stream: &str, topic: &str) -> Result<TopicRef, Status> {
+    Ok(TopicRef {
+        stream: identifier("stream", stream)?,
+        topic: identifier("topic", topic)?,
+    })
+}
+
+pub fn timestamp(micros: u64) -> Timestamp {
+    Timestamp {
+        seconds: i64::try_from(micros / 1_000_000).unwrap_or(i64::MAX),
+        // Below 1e9, so it fits.
+        nanos: i32::try_from((micros % 1_000_000) * 1_000).unwrap_or(0),
+    }
+}
+
+pub fn timestamp_micros(field: &str, value: &Timestamp) -> Result<u64, Status> {
+    if value.seconds < 0 || !(0..1_000_000_000).contains(&value.nanos) {
+        return Err(invalid_field(
+            field,
+            "must be a time after 1970-01-01T00:00:00Z",
+        ));
+    }
+    let seconds = u64::try_from(value.seconds).unwrap_or(0);
+    let nanos = u64::try_from(value.nanos).unwrap_or(0);
+    seconds
+        .checked_mul(1_000_000)
+        .and_then(|micros| micros.checked_add(nanos / 1_000))
+        .ok_or_else(|| invalid_field(field, "is too far in the future"))
+}
+
+pub fn duration(micros: u64) -> Duration {
+    Duration {
+        seconds: i64::try_from(micros / 1_000_000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((micros % 1_000_000) * 1_000).unwrap_or(0),
+    }
+}
+
+/// A duration in microseconds; zero means "none" and comes back as `None`.
+pub fn duration_micros(field: &str, value: &Duration) -> Result<Option<u64>, Status> {
+    if value.seconds < 0 || value.nanos < 0 {
+        return Err(invalid_field(field, "must not be negative"));
+    }
+    let seconds = u64::try_from(value.seconds).unwrap_or(0);
+    let nanos = u64::try_from(value.nanos).unwrap_or(0);
+    let micros = seconds
+        .checked_mul(1_000_000)
+        .and_then(|micros| micros.checked_add(nanos / 1_000))
+        .ok_or_else(|| invalid_field(field, "is too long"))?;
+    Ok((micros > 0).then_some(micros))
+}
+
+pub fn compression_from_proto(value: i32) -> Result<Option<Compression>, Status> {
+    match proto::CompressionAlgorithm::try_from(value) {
+        Ok(proto::CompressionAlgorithm::Unspecified) => Ok(None),
+        Ok(proto::CompressionAlgorithm::None) => Ok(Some(Compression::None)),
+        Ok(proto::CompressionAlgorithm::Gzip) => Ok(Some(Compression::Gzip)),
+        Err(_) => Err(invalid_field(
+            "compression_algorithm",
+            format!("unknown value {value}"),
+        )),
+    }
+}
+
+fn compression_to_proto(value: Compression) -> proto::CompressionAlgorithm {
+    match value {
+        Compression::None => proto::CompressionAlgorithm::None,
+        Compression::Gzip => proto::CompressionAlgorithm::Gzip,
+    }
+}
+
+pub fn stream_to_proto(info: StreamInfo) -> proto::Stream {
+    proto::Stream {
+        id: info.id,
+        name: info.name,
+        created_at: Some(timestamp(info.created_at_micros)),
+        topics_count: info.topics_count,
+        size_bytes: info.size_bytes,
+        messages_count: info.messages_count,
+        topics: info.topics.into_iter().map(topic_to_proto).collect(),
+    }
+}
+
+pub fn topic_to_proto(info: TopicInfo) -> proto::Topic {
+    proto::Topic {
+        id: info.id,
+        name: info.name,
+        created_at: Some(timestamp(info.created_at_micros)),
+        partitions_count: info.partitions_count,
+        message_expiry: info.message_expiry_micros.map(duration),
+        max_topic_size_bytes: info.max_topic_size_bytes.unwrap_or(0),
+        compression_algorithm: compression_to_proto(info.compression).into(),
+        replication_factor: u32::from(info.replication_factor),
+        size_bytes: info.size_bytes,
+        messages_count: info.messages_count,
+        partitions: info
+            .partitions
+            .into_iter()
+            .map(partition_to_proto)
+            .collect(),
+    }
+}
+
+fn partition_to_proto(info: PartitionInfo) -> proto::Partition {
+    proto::Partition {
+        id: info.id,
+        created_at: Some(timestamp(info.created_at_micros)),
+        current_offset: info.current_offset,
+        size_bytes: info.size_bytes,
+        messages_count: info.messages_count,
+    }
+}
+
+/// A message id from its UUID text form; empty means "assign one" (a UUIDv7, so ids sort by
+/// time like Iggy's own).
+pub fn message_id(field: &str, value: &str) -> Result<u128, Status> {
+    if value.is_empty() {
+        return Ok(uuid::Uuid::now_v7().as_u128());
+    }
+    let id = uuid::Uuid::try_parse(value)
+        .map_err(|err| invalid_field(field, format!("must be a UUID: {err}")))?;
+    if id.is_nil() {
+        return Err(invalid_field(
+            field,
+            "must not be the nil UUID (leave it empty to have one assigned)",
+        ));
+    }
+    Ok(id.as_u128())
+}
+
+pub fn message_id_text(id: u128) -> String {
+    uuid::Uuid::from_u128(id).hyphenated().to_string()
+}
+
+pub fn headers_from_proto(
+    field: &str,
+    headers: std::collections::HashMap<String, proto::HeaderValue>,
+) -> Result<Headers, Status> {
+    let mut out = Headers::new();
+    for (key, value) in headers {
+        if key.is_empty() || key.len() > MAX_NAME_LEN {
+            return Err(invalid_field(
+                format!("{field}[{key}]"),
+                format!("header keys must be 1 to {MAX_NAME_LEN} bytes"),
+            ));
+        }
+        if key == BODY_FORM_HEADER {
+            return Err(invalid_field(
+                format!("{field}[{key}]"),
+                "this header key is reserved by the gateway",
+            ));
+        }
+        let value = match value.kind {
+            Some(proto::header_value::Kind::StringValue(v)) => HeaderValue::String(v),
+            Some(proto::header_value::Kind::BytesValue(v)) => HeaderValue::Bytes(v.to_vec()),
+            Some(proto::header_value::Kind::Int64Value(v)) => HeaderValue::Int64(v),
+            Some(proto::header_value::Kind::Uint64Value(v)) => HeaderValue::Uint64(v),
+            Some(proto::header_value::Kind::BoolValue(v)) => HeaderValue::Bool(v),
+            Some(proto::header_value::Kind::DoubleValue(v)) => HeaderValue::Double(v),
+            None => {
+                return Err(invalid_field(
+                    format!("{field}[{key}]"),
+                    "header value must set one of its kinds",
+                ));
+            }
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+pub fn headers_to_proto(headers: Headers) -> std::collections::HashMap<String, proto::HeaderValue> {
+    headers
+        .into_iter()
+        .map(|(key, value)| {
+            let kind = match value {
+                HeaderValue::String(v) => proto::header_value::Kind::StringValue(v),
+                HeaderValue::Bytes(v) => proto::header_value::Kind::BytesValue(Bytes::from(v)),
+                HeaderValue::Int64(v) => proto::header_value::Kind::Int64Value(v),
+                HeaderValue::Uint64(v) => proto::header_value::Kind::Uint64Value(v),
+                HeaderValue::Bool(v) => proto::header_value::Kind::BoolValue(v),
+                HeaderValue::Double(v) => proto::header_value::Kind::DoubleValue(v),
+            };
+            (key, proto::HeaderValue { kind: Some(kind) })
+        })
+        .collect()
+}
+
+/// The stored form of a message body: the payload bytes, plus the body-form header for JSON
+/// and text. JSON is stored as JSON text, so other Iggy clients can read it as is.
+pub fn body_to_payload(
+    field: &str,
+    body: Option<proto::message::Body>,
+    headers: &mut Headers,
+) -> Result<Bytes, Status> {
+    match body {
+        Some(proto::message::Body::Payload(bytes)) => Ok(bytes),
+        Some(proto::message::Body::Text(text)) => {
+            headers.insert(
+                BODY_FORM_HEADER.into(),
+                HeaderValue::String(BODY_TEXT.into()),
+            );
+            Ok(Bytes::from(text))
+        }
+        Some(proto::message::Body::Json(value)) => {
+            let json = value_to_json(&value)
+                .map_err(|reason| invalid_field(format!("{field}.json"), reason))?;
+            headers.insert(
+                BODY_FORM_HEADER.into(),
+                HeaderValue::String(BODY_JSON.into()),
+            );
+            serde_json::to_vec(&json)
+                .map(Bytes::from)
+                .map_err(|err| invalid_field(format!("{field}.json"), err.to_string()))
+        }
+        None => Err(invalid_field(
+            field,
+            "must have a body: one of payload, json or text",
+        )),
+    }
+}
+
+/// The body in the form it was sent. A payload whose body-form header does not match its
+/// content (written by another client) is returned as raw bytes with its headers untouched.
+pub fn payload_to_body(payload: Bytes, headers: &mut Headers) -> proto::polled_message::Body {
+    let form = match headers.get(BODY_FORM_HEADER) {
+        Some(HeaderValue::String(form)) => form.as_str(),
+        _ => return proto::polled_message::Body::Payload(payload),
+    };
+    let body = match form {
+        BODY_JSON => serde_json::from_slice::<serde_json::Value>(&payload)
+            .ok()
+            .map(|json| proto::polled_message::Body::Json(json_to_value(json))),
+        BODY_TEXT => std::str::from_utf8(&payload)
+            .ok()
+            .map(|text| proto::polled_message::Body::Text(text.to_owned())),
+        _ => None,
+    };
+    match body {
+        Some(body) => {
+            headers.remove(BODY_FORM_HEADER);
+            body
+        }
+        None => proto::polled_message::Body::Payload(payload),
+    }
+}
+
+fn value_to_json(value: &prost_types::Value) -> Result<serde_json::Value, String> {
+    Ok(match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(v)) => serde_json::Value::Bool(*v),
+        Some(Kind::NumberValue(v)) => serde_json::Number::from_f64(*v)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| format!("{v} is not a JSON number"))?,
+        Some(Kind::StringValue(v)) => serde_json::Value::String(v.clone()),
+        Some(Kind::ListValue(list)) => serde_json::Value::Array(
+            list.values
+                .iter()
+                .map(value_to_json)
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Kind::StructValue(object)) => serde_json::Value::Object(
+            object
+                .fields
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), value_to_json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
+fn json_to_value(json: serde_json::Value) -> prost_types::Value {
+    let kind = match json {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(v) => Kind::BoolValue(v),
+        // JSON numbers are f64 in google.protobuf.Value; integers above 2^53 lose precision
+        // there, which is why large ids belong in strings.
+        serde_json::Value::Number(v) => Kind::NumberValue(v.as_f64().unwrap_or(f64::NAN)),
+        serde_json::Value::String(v) => Kind::StringValue(v),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(fields) => Kind::StructValue(prost_types::Struct {
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k, json_to_value(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,89 @@
+use super::*;
+
+fn round_trip(body: proto::message::Body) -> proto::polled_message::Body {
+    let mut headers = Headers::new();
+    let payload = body_to_payload("messages[0]", Some(body), &mut headers).expect("valid body");
+    payload_to_body(payload, &mut headers)
+}
+
+#[test]
+fn json_bodies_are_stored_as_json_text_and_come_back_as_json() {
+    let mut headers = Headers::new();
+    let value = json_to_value(serde_json::json!({"user": "ada", "age": 36, "tags": ["a", null]}));
+    let payload = body_to_payload(
+        "messages[0]",
+        Some(proto::message::Body::Json(value.clone())),
+        &mut headers,
+    )
+    .expect("valid body");
+    let stored: serde_json::Value = serde_json::from_slice(&payload).expect("stored as JSON");
+    assert_eq!(stored["user"], "ada");
+    assert_eq!(
+        payload_to_body(payload, &mut headers),
+        proto::polled_message::Body::Json(value)
+    );
+    assert!(
+        headers.is_empty(),
+        "the body-form header is not shown to clients"
+    );
+}
+
+#[test]
+fn text_and_bytes_keep_their_form() {
+    assert_eq!(
+        round_trip(proto::message::Body::Text("héllo".into())),
+        proto::polled_message::Body::Text("héllo".into())
+    );
+    assert_eq!(
+        round_trip(proto::message::Body::Payload(Bytes::from_static(
+            b"\x00\x01"
+        ))),
+        proto::polled_message::Body::Payload(Bytes::from_static(b"\x00\x01"))
+    );
+}
+
+#[test]
+fn a_body_form_header_that_lies_falls_back_to_bytes() {
+    let mut headers = Headers::new();
+    headers.insert(
+        BODY_FORM_HEADER.into(),
+        HeaderValue::String(BODY_JSON.into()),
+    );
+    let body = payload_to_body(Bytes::from_static(b"not json"), &mut headers);
+    assert_eq!(
+        body,
+        proto::polled_message::Body::Payload(Bytes::from_static(b"not json"))
+    );
+    assert!(headers.contains_key(BODY_FORM_HEADER));
+}
+
+#[test]
+fn timestamps_keep_microseconds() {
+    let ts = timestamp(1_700_000_000_123_456);
+    assert_eq!(ts.seconds, 1_700_000_000);
+    assert_eq!(ts.nanos, 123_456_000);
+    assert_eq!(
+        timestamp_micros("t", &ts).expect("valid"),
+        1_700_000_000_123_456
+    );
+    assert!(
+        timestamp_micros(
+            "t",
+            &Timestamp {
+                seconds: -1,
+                nanos: 0
+            }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn message_ids_are_uuids_and_never_nil() {
+    let id = message_id("id", "0190f7c4-7b8e-7c4a-9d2e-1234567890ab").expect("valid");
+    assert_eq!(message_id_text(id), "0190f7c4-7b8e-7c4a-9d2e-1234567890ab");
+    assert!(message_id("id", "00000000-0000-0000-0000-000000000000").is_err());
+    assert!(message_id("id", "nope").is_err());
+    let assigned = message_id("id", "").expect("assigned");
+    assert_eq!(uuid::Uuid::from_u128(assigned).get_version_num(), 7);
+}

@@ -1,0 +1,288 @@
+//! `iggy.gateway.v1.MessageService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    body_to_payload, headers_from_proto, headers_to_proto, identifier, message_id, message_id_text,
+    payload_to_body, timestamp, timestamp_micros, topic_ref,
+};
+use crate::{
+    broker::{
+        Broker, ConsumerOffsetRef, NewMessage, Partitioning, PollMessages, PollingStrategy,
+        SendMessages, StoredMessage,
+    },
+    error::{broker_status, invalid_field},
+    proto::{self, message_service_server::MessageService},
+};
+
+/// Request limits the gateway enforces before anything reaches the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most messages in one send (`BATCH_MAX_SIZE`).
+    pub batch_max: usize,
+    /// Most messages one poll may ask for (`POLL_MAX_COUNT`).
+    pub poll_max: u32,
+    /// Largest payload of one message, in bytes (`MAX_MESSAGE_SIZE`).
+    pub message_max_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            batch_max: 1000,
+            poll_max: 1000,
+            message_max_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MessageApi {
+    broker: Arc<dyn Broker>,
+    limits: Limits,
+}
+
+impl MessageApi {
+    pub fn new(broker: Arc<dyn Broker>, limits: Limits) -> Self {
+        Self { broker, limits }
+    }
+
+    fn new_messages(&self, messages: Vec<proto::Message>) -> Result<Vec<NewMessage>, Status> {
+        if messages.is_empty() {
+            return Err(invalid_field("messages", "must hold at least one message"));
+        }
+        if messages.len() > self.limits.batch_max {
+            return Err(invalid_field(
+                "messages",
+                format!(
+                    "holds {} messages; the limit (BATCH_MAX_SIZE) is {}",
+                    messages.len(),
+                    self.limits.batch_max
+                ),
+            ));
+        }
+        messages
+            .into_iter()
+            .enumerate()
+            .map(|(index, message)| {
+                let field = format!("messages[{index}]");
+                let id = message_id(&format!("{field}.id"), &message.id)?;
+                let mut headers = headers_from_proto(&format!("{field}.headers"), message.headers)?;
+                let payload = body_to_payload(&field, message.body, &mut headers)?;
+                if payload.len() > self.limits.message_max_bytes {
+                    return Err(invalid_field(
+                        format!("{field}.payload"),
+                        format!(
+                            "is {} bytes; the limit (MAX_MESSAGE_SIZE) is {}",
+                            payload.len(),
+                            self.limits.message_max_bytes
+                        ),
+                    ));
+                }
+                Ok(NewMessage {
+                    id,
+                    headers,
+                    payload,
+                })
+            })
+            .collect()
+    }
+}
+
+fn consumer_ref(
+    stream: &str,
+    topic: &str,
+    consumer: &str,
+    partition_id: u32,
+) -> Result<ConsumerOffsetRef, Status> {
+    Ok(ConsumerOffsetRef {
+        topic: topic_ref(stream, topic)?,
+        consumer: identifier("consumer", consumer)?,
+        partition_id,
+    })
+}
+
+fn polled_to_proto(partition_id: u32, message: StoredMessage) -> proto::PolledMessage {
+    let mut headers = message.headers;
+    let body = payload_to_body(message.payload, &mut headers);
+    proto::PolledMessage {
+        offset: message.offset,
+        timestamp: Some(timestamp(message.timestamp_micros)),
+        partition_id,
+        id: message_id_text(message.id),
+        headers: headers_to_proto(headers),
+        body: Some(body),
+    }
+}
+
+#[tonic::async_trait]
+impl MessageService for MessageApi {
+    async fn send_messages(
+        &self,
+        request: Request<proto::SendMessagesRequest>,
+    ) -> Result<Response<proto::SendMessagesResponse>, Status> {
+        let request = request.into_inner();
+        let topic = topic_ref(&request.stream, &request.topic)?;
+        let partitioning = match request.partitioning {
+            None => Partitioning::Balanced,
+            Some(proto::send_messages_request::Partitioning::PartitionId(id)) => {
+                Partitioning::PartitionId(id)
+            }
+            Some(proto::send_messages_request::Partitioning::PartitionKey(key)) => {
+                if key.is_empty() || key.len() > 255 {
+                    return Err(invalid_field("partition_key", "must be 1 to 255 bytes"));
+                }
+                Partitioning::Key(key.into_bytes())
+            }
+        };
+        let messages = self.new_messages(request.messages)?;
+        let ids = messages.iter().map(|m| message_id_text(m.id)).collect();
+        self.broker
+            .send_messages(SendMessages {
+                topic,
+                partitioning,
+                messages,
+            })
+            .await
+            .map_err(broker_status)?;
+        Ok(Response::new(proto::SendMessagesResponse { ids }))
+    }
+
+    async fn poll_messages(
+        &self,
+        request: Request<proto::PollMessagesRequest>,
+    ) -> Result<Response<proto::PollMessagesResponse>, Status> {
+        let request = request.into_inner();
+        let topic = topic_ref(&request.stream, &request.topic)?;
+        let consumer = match request.consumer.as_str() {
+            "" => None,
+            value => Some(identifier("consumer", value)?),
+        };
+        if request.count == 0 || request.count > self.limits.poll_max {
+            return Err(invalid_field(
+                "count",
+                format!(
+                    "must be between 1 and {} (POLL_MAX_COUNT), got {}",
+                    self.limits.poll_max, request.count
+                ),
+            ));
+        }
+        let strategy = match proto::PollingStrategy::try_from(request.strategy) {
+            Ok(proto::PollingStrategy::Unspecified) => match (&consumer, request.offset) {
+                (Some(_), None) => PollingStrategy::Next,
+                (_, offset) => PollingStrategy::Offset(offset.unwrap_or(0)),
+            },
+            Ok(proto::PollingStrategy::Offset) => PollingStrategy::Offset(
+                request
+                    .offset
+                    .ok_or_else(|| invalid_field("offset", "is required with strategy OFFSET"))?,
+            ),
+            Ok(proto::PollingStrategy::Timestamp) => {
+                let at = request.timestamp.as_ref().ok_or_else(|| {
+                    invalid_field("timestamp", "is required with strategy TIMESTAMP")
+                })?;
+                PollingStrategy::Timestamp(timestamp_micros("timestamp", at)?)
+            }
+            Ok(proto::PollingStrategy::First) => PollingStrategy::First,
+            Ok(proto::PollingStrategy::Last) => PollingStrategy::Last,
+            Ok(proto::PollingStrategy::Next) => PollingStrategy::Next,
+            Err(_) => {
+                return Err(invalid_field(
+                    "strategy",
+                    format!("unknown value {}", request.strategy),
+                ));
+            }
+        };
+        if consumer.is_none() {
+            if strategy == PollingStrategy::Next {
+                return Err(invalid_field("consumer", "is required with strategy NEXT"));
+            }
+            if request.auto_commit {
+                return Err(invalid_field("consumer", "is required with auto_commit"));
+            }
+        }
+        let polled = self
+            .broker
+            .poll_messages(PollMessages {
+                topic,
+                partition_id: request.partition_id,
+                consumer,
+                strategy,
+                count: request.count,
+                auto_commit: request.auto_commit,
+            })
+            .await
+            .map_err(broker_status)?;
+        let partition_id = polled.partition_id;
+        Ok(Response::new(proto::PollMessagesResponse {
+            partition_id,
+            current_offset: polled.current_offset,
+            messages: polled
+                .messages
+                .into_iter()
+                .map(|message| polled_to_proto(partition_id, message))
+                .collect(),
+        }))
+    }
+
+    async fn store_consumer_offset(
+        &self,
+        request: Request<proto::StoreConsumerOffsetRequest>,
+    ) -> Result<Response<proto::StoreConsumerOffsetResponse>, Status> {
+        let request = request.into_inner();
+        let at = consumer_ref(
+            &request.stream,
+            &request.topic,
+            &request.consumer,
+            request.partition_id,
+        )?;
+        self.broker
+            .store_consumer_offset(at, request.offset)
+            .await
+            .map_err(broker_status)?;
+        Ok(Response::new(proto::StoreConsumerOffsetResponse {}))
+    }
+
+    async fn get_consumer_offset(
+        &self,
+        request: Request<proto::GetConsumerOffsetRequest>,
+    ) -> Result<Response<proto::GetConsumerOffsetResponse>, Status> {
+        let request = request.into_inner();
+        let at = consumer_ref(
+            &request.stream,
+            &request.topic,
+            &request.consumer,
+            request.partition_id,
+        )?;
+        let info = self
+            .broker
+            .get_consumer_offset(at)
+            .await
+            .map_err(broker_status)?;
+        Ok(Response::new(proto::GetConsumerOffsetResponse {
+            partition_id: info.partition_id,
+            current_offset: info.current_offset,
+            stored_offset: info.stored_offset,
+        }))
+    }
+
+    async fn delete_consumer_offset(
+        &self,
+        request: Request<proto::DeleteConsumerOffsetRequest>,
+    ) -> Result<Response<proto::DeleteConsumerOffsetResponse>, Status> {
+        let request = request.into_inner();
+        let at = consumer_ref(
+            &request.stream,
+            &request.topic,
+            &request.consumer,
+            request.partition_id,
+        )?;
+        self.broker
+            .delete_consumer_offset(at)
+            .await
+            .map_err(broker_status)?;
+        Ok(Response::new(proto::DeleteConsumerOffsetResponse {}))
+    }
+}

@@ -1,0 +1,186 @@
+//! `iggy.gateway.v1.TopicService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    compression_from_proto, duration_micros, identifier, name, topic_ref, topic_to_proto,
+};
+use crate::{
+    broker::{Broker, Compression, CreateTopic, MAX_PARTITIONS, UpdateTopic},
+    error::{broker_status, invalid_field},
+    proto::{self, topic_service_server::TopicService},
+};
+
+#[derive(Clone)]
+pub struct TopicApi {
+    broker: Arc<dyn Broker>,
+}
+
+impl TopicApi {
+    pub fn new(broker: Arc<dyn Broker>) -> Self {
+        Self { broker }
+    }
+}
+
+fn replication_factor(value: u32) -> Result<u8, Status> {
+    u8::try_from(value).map_err(|_| invalid_field("replication_factor", "must be at most 255"))
+}
+
+fn partitions_count(value: u32, at_most: u32) -> Result<u32, Status> {
+    if value == 0 || value > at_most {
+        return Err(invalid_field(
+            "partitions_count",
+            format!("must be between 1 and {at_most}, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+#[tonic::async_trait]
+impl TopicService for TopicApi {
+    async fn create_topic(
+        &self,
+        request: Request<proto::CreateTopicRequest>,
+    ) -> Result<Response<proto::CreateTopicResponse>, Status> {
+        let request = request.into_inner();
+        let create = CreateTopic {
+            stream: identifier("stream", &request.stream)?,
+            name: name("name", &request.name)?,
+            partitions_count: partitions_count(request.partitions_count, MAX_PARTITIONS)?,
+            message_expiry_micros: match &request.message_expiry {
+                Some(expiry) => duration_micros("message_expiry", expiry)?,
+                None => None,
+            },
+            max_topic_size_bytes: (request.max_topic_size_bytes > 0)
+                .then_some(request.max_topic_size_bytes),
+            compression: compression_from_proto(request.compression_algorithm)?
+                .unwrap_or(Compression::None),
+            replication_factor: replication_factor(request.replication_factor.max(1))?,
+        };
+        let topic = self
+            .broker
+            .create_topic(create)
+            .await
+            .map_err(broker_status)?;
+        Ok(Response::new(proto::CreateTopicResponse {
+            topic: Some(topic_to_proto(topic)),
+        }))
+    }
+
+    async fn get_topic(
+        &self,
+        request: Request<proto::GetTopicRequest>,
+    ) -> Result<Response<proto::GetTopicResponse>, Status> {
+        let request = request.into_inner();
+        let at = topic_ref(&request.stream, &request.topic)?;
+        let topic = self.broker.get_topic(at).await.map_err(broker_status)?;
+        Ok(Response::new(proto::GetTopicResponse {
+            topic: Some(topic_to_proto(topic)),
+        }))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<proto::ListTopicsRequest>,
+    ) -> Result<Response<proto::ListTopicsResponse>, Status> {
+        let stream = identifier("stream", &request.into_inner().stream)?;
+        let topics = self
+            .broker
+            .list_topics(stream)
+            .await
+            .map_err(broker_status)?;
+        Ok(Response::new(proto::ListTopicsResponse {
+            topics: topics.into_iter().map(topic_to_proto).collect(),
+        }))
+    }
+
+    async fn update_topic(
+        &self,
+        request: Request<proto::UpdateTopicRequest>,
+    ) -> Result<Response<proto::UpdateTopicResponse>, Status> {
+        let request = request.into_inner();
+        let update = UpdateTopic {
+            topic: topic_ref(&request.stream, &request.topic)?,
+            name: match request.name.as_str() {
+                "" => None,
+                value => Some(name("name", value)?),
+            },
+            message_expiry_micros: match &request.message_expiry {
+                Some(expiry) => Some(duration_micros("message_expiry", expiry)?),
+                None => None,
+            },
+            max_topic_size_bytes: request
+                .max_topic_size_bytes
+                .map(|max| (max > 0).then_some(max)),
+            compression: compression_from_proto(request.compression_algorithm)?,
+            replication_factor: request
+                .replication_factor
+                .map(replication_factor)
+                .transpose()?,
+        };
+        let topic = self
+            .broker
+            .update_topic(update)
+            .await
+            .map_err(broker_status)?;
+        Ok(Response::new(proto::UpdateTopicResponse {
+            topic: Some(topic_to_proto(topic)),
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<proto::DeleteTopicRequest>,
+    ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
+        let request = request.into_inner();
+        let at = topic_ref(&request.stream, &request.topic)?;
+        self.broker.delete_topic(at).await.map_err(broker_status)?;
+        Ok(Response::new(proto::DeleteTopicResponse {}))
+    }
+
+    async fn purge_topic(
+        &self,
+        request: Request<proto::PurgeTopicRequest>,
+    ) -> Result<Response<proto::PurgeTopicResponse>, Status> {
+        let request = request.into_inner();
+        let at = topic_ref(&request.stream, &request.topic)?;
+        self.broker.purge_topic(at).await.map_err(broker_status)?;
+        Ok(Response::new(proto::PurgeTopicResponse {}))
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<proto::CreatePartitionsRequest>,
+    ) -> Result<Response<proto::CreatePartitionsResponse>, Status> {
+        let request = request.into_inner();
+        let at = topic_ref(&request.stream, &request.topic)?;
+        let count = partitions_count(request.partitions_count, MAX_PARTITIONS)?;
+        let topic = self
+            .broker
+            .create_partitions(at, count)
+            .await
+            .map_err(broker_status)?;
+        Ok(Response::new(proto::CreatePartitionsResponse {
+            topic: Some(topic_to_proto(topic)),
+        }))
+    }
+
+    async fn delete_partitions(
+        &self,
+        request: Request<proto::DeletePartitionsRequest>,
+    ) -> Result<Response<proto::DeletePartitionsResponse>, Status> {
+        let request = request.into_inner();
+        let at = topic_ref(&request.stream, &request.topic)?;
+        let count = partitions_count(request.partitions_count, MAX_PARTITIONS)?;
+        let topic = self
+            .broker
+            .delete_partitions(at, count)
+            .await
+            .map_err(broker_status)?;
+        Ok(Response::new(proto::DeletePartitionsResponse {
+            topic: Some(topic_to_proto(topic)),
+        }))
+    }
+}

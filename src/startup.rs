@@ -1,0 +1,239 @@
+//! Putting the gateway together: open the backend, bind the port, compose the services on one
+//! router, and serve until a shutdown future completes.
+//!
+//! [`Application::build`] binds (port 0 works) and exposes the bound address, so tests start a
+//! gateway on a free port; [`Application::run_until_stopped`] takes any shutdown future.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{server::NamedService, service::Routes};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_web::GrpcWebLayer;
+use tower::Layer;
+
+use crate::{
+    broker::{Broker, embedded::EmbeddedBroker},
+    config::Config,
+    grpc::{Limits, MessageApi, StreamApi, TopicApi},
+    proto::{
+        self, message_service_server::MessageServiceServer,
+        stream_service_server::StreamServiceServer, topic_service_server::TopicServiceServer,
+    },
+    rest,
+};
+
+/// Why the gateway could not start or stopped abnormally; each maps to a sysexits code.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// EX_CONFIG (78): a setting is wrong.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// EX_UNAVAILABLE (69): a resource the gateway needs (port, data directory) is not usable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// EX_SOFTWARE (70): a fault of the gateway itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl StartupError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartupError::Config(_) => 78,
+            StartupError::Unavailable(_) => 69,
+            StartupError::Internal(_) => 70,
+        }
+    }
+}
+
+/// The gRPC services whose health `grpc.health.v1.Health` reports, besides the overall "".
+const SERVICE_NAMES: [&str; 3] = [
+    <StreamServiceServer<StreamApi> as NamedService>::NAME,
+    <TopicServiceServer<TopicApi> as NamedService>::NAME,
+    <MessageServiceServer<MessageApi> as NamedService>::NAME,
+];
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    routes: Routes,
+    health: HealthReporter,
+    broker: Arc<dyn Broker>,
+    /// How long calls in flight (a health Watch, a slow poll) may run on after shutdown starts.
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        if config.iggy_connection_string.is_some() {
+            return Err(StartupError::Config(
+                "IGGY_CONNECTION_STRING is set, but this build has only the embedded backend; \
+                 unset it to run on the embedded backend"
+                    .into(),
+            ));
+        }
+        let location = config.location();
+        let broker: Arc<dyn Broker> = Arc::new(
+            tokio::task::spawn_blocking(move || EmbeddedBroker::open(&location))
+                .await
+                .map_err(|err| StartupError::Internal(err.to_string()))?
+                .map_err(|err| StartupError::Unavailable(err.to_string()))?,
+        );
+        tracing::info!(backend = %broker.describe(), "backend ready");
+
+        let address = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(address).await.map_err(|err| {
+            StartupError::Unavailable(format!("cannot listen on {address}: {err}"))
+        })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|err| StartupError::Internal(err.to_string()))?;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let routes = routes(
+            Arc::clone(&broker),
+            config.limits(),
+            config.max_request_body_size as usize,
+            health_service,
+        )?;
+        Ok(Self {
+            listener,
+            local_addr,
+            routes,
+            health,
+            broker,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+        })
+    }
+
+    /// The address actually bound (the real port when the configured one was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then reports NOT_SERVING, stops accepting, and lets
+    /// calls in flight finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self {
+            listener,
+            local_addr,
+            routes,
+            health,
+            broker,
+            shutdown_timeout,
+        } = self;
+        tokio::spawn(follow_backend_health(broker.availability(), health.clone()));
+        tracing::info!(address = %local_addr, "serving gRPC, gRPC-Web and HTTP");
+
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let draining = async move {
+            shutdown.await;
+            tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
+            set_health(&health, ServingStatus::NotServing).await;
+            let _ = draining_tx.send(());
+        };
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+        // Long-lived calls (a health Watch) would hold a graceful shutdown open forever, so
+        // draining is bounded.
+        let deadline = async move {
+            if draining_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(shutdown_timeout).await;
+        };
+        tokio::select! {
+            result = server => {
+                result.map_err(|err| StartupError::Internal(format!("server failed: {err}")))?;
+            }
+            () = deadline => {
+                tracing::warn!(timeout = ?shutdown_timeout, "calls still running at the shutdown deadline; closing them");
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// One router for every protocol: REST's router is the base (so an unknown path answers as
+/// REST, not as gRPC), and each gRPC service is mounted under its own `/package.Service/`
+/// prefix, wrapped in its own gRPC-Web translation (wrapping the whole router would answer
+/// plain HTTP/1.1 REST calls with 400).
+fn routes(
+    broker: Arc<dyn Broker>,
+    limits: Limits,
+    max_request_bytes: usize,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> Result<Routes, StartupError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|err| StartupError::Internal(format!("reflection: {err}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|err| StartupError::Internal(format!("reflection: {err}")))?;
+
+    let web = GrpcWebLayer::new();
+    Ok(Routes::from(rest::router())
+        .add_service(
+            web.layer(
+                StreamServiceServer::new(StreamApi::new(Arc::clone(&broker)))
+                    .max_decoding_message_size(max_request_bytes),
+            ),
+        )
+        .add_service(
+            web.layer(
+                TopicServiceServer::new(TopicApi::new(Arc::clone(&broker)))
+                    .max_decoding_message_size(max_request_bytes),
+            ),
+        )
+        .add_service(
+            web.layer(
+                MessageServiceServer::new(MessageApi::new(broker, limits))
+                    .max_decoding_message_size(max_request_bytes),
+            ),
+        )
+        .add_service(web.layer(health_service))
+        .add_service(web.layer(reflection_v1))
+        .add_service(web.layer(reflection_v1alpha))
+        .prepare())
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Mirrors the backend's availability into gRPC health, for the overall status and each service.
+async fn follow_backend_health(
+    mut available: tokio::sync::watch::Receiver<bool>,
+    health: HealthReporter,
+) {
+    loop {
+        let status = if *available.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_health(&health, status).await;
+        if available.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! What is acknowledged stays stored: across a graceful restart, and across `kill -9` of the
+//! real binary.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+};
+
+use iggy_gateway::proto::{self, message_service_client::MessageServiceClient};
+
+use crate::helpers::{spawn_app, spawn_app_in, text_message, texts};
+
+#[tokio::test]
+async fn everything_acknowledged_is_there_after_a_restart() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 2).await;
+    let ids = app
+        .send_texts("orders", "created", 1, &["m0", "m1", "m2"])
+        .await;
+    let mut next = proto::PollMessagesRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        partition_id: 1,
+        consumer: "billing".into(),
+        strategy: proto::PollingStrategy::Next.into(),
+        count: 1,
+        auto_commit: true,
+        ..Default::default()
+    };
+    assert_eq!(texts(&app.poll(next.clone()).await), ["m0"]);
+    let dir = app.stop().await;
+
+    let app = spawn_app_in(dir).await;
+    let polled = app.poll_from("orders", "created", 1, 0, 10).await;
+    assert_eq!(texts(&polled), ["m0", "m1", "m2"]);
+    assert_eq!(
+        polled
+            .messages
+            .iter()
+            .map(|m| m.id.clone())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    next.count = 10;
+    assert_eq!(
+        texts(&app.poll(next).await),
+        ["m1", "m2"],
+        "the consumer offset survived"
+    );
+
+    // Offsets and ids continue where they were.
+    app.send_texts("orders", "created", 1, &["m3"]).await;
+    assert_eq!(
+        app.poll_from("orders", "created", 1, 3, 1).await.messages[0].offset,
+        3
+    );
+    assert_eq!(app.create_stream("payments").await.id, 1);
+    let topic = app.create_topic("orders", "shipped", 1).await;
+    assert_eq!(topic.id, 1);
+}
+
+/// The gateway binary, run as an operator runs it.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Gateway {
+    fn start(data_dir: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("DATA_DIR", data_dir)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env_remove("IGGY_CONNECTION_STRING")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("gateway binary starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the gateway logs its address before anything else ends")
+                .expect("a log line");
+            let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+            if let Some(addr) = entry["fields"]["address"].as_str() {
+                break addr.parse().expect("a socket address");
+            }
+        };
+        // Keep draining the logs so the gateway never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+
+    async fn client(&self) -> MessageServiceClient<tonic::transport::Channel> {
+        MessageServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connects")
+    }
+
+    fn kill_hard(mut self) {
+        // SIGKILL: no shutdown code runs.
+        self.child.kill().expect("killed");
+        self.child.wait().expect("reaped");
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_batches_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start(dir.path());
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    proto::stream_service_client::StreamServiceClient::new(channel.clone())
+        .create_stream(proto::CreateStreamRequest {
+            name: "orders".into(),
+        })
+        .await
+        .expect("stream");
+    proto::topic_service_client::TopicServiceClient::new(channel)
+        .create_topic(proto::CreateTopicRequest {
+            stream: "orders".into(),
+            name: "created".into(),
+            partitions_count: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("topic");
+    let mut client = gateway.client().await;
+    let mut acknowledged = Vec::new();
+    for batch in 0..20 {
+        let messages = (0..50)
+            .map(|i| text_message(&format!("{batch}-{i}")))
+            .collect();
+        let ids = client
+            .send_messages(proto::SendMessagesRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                partitioning: None,
+                messages,
+            })
+            .await
+            .expect("acknowledged")
+            .into_inner()
+            .ids;
+        acknowledged.extend(ids);
+    }
+    gateway.kill_hard();
+
+    let gateway = Gateway::start(dir.path());
+    let mut client = gateway.client().await;
+    let polled = client
+        .poll_messages(proto::PollMessagesRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            count: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("polled")
+        .into_inner();
+    let ids: Vec<String> = polled.messages.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(
+        ids, acknowledged,
+        "every acknowledged message, in order, once"
+    );
+    assert_eq!(polled.messages.last().map(|m| m.offset), Some(999));
+    gateway.kill_hard();
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_the_same_data_dir_exits_69() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = Gateway::start(dir.path());
+    let second = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+        .env("PORT", "0")
+        .env("DATA_DIR", dir.path())
+        .env_remove("IGGY_CONNECTION_STRING")
+        .output()
+        .expect("runs");
+    assert_eq!(second.status.code(), Some(69), "EX_UNAVAILABLE");
+    first.kill_hard();
+}
+
+#[test]
+fn a_bad_setting_exits_78_naming_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+        .env("PORT", "not-a-port")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(78), "EX_CONFIG");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not-a-port"), "{stderr}");
+}

@@ -1,0 +1,187 @@
+//! `spawn_app()`: a gateway on a free loopback port with its own data directory, and typed
+//! clients for it.
+
+use std::net::SocketAddr;
+
+use iggy_gateway::{
+    config::Config,
+    proto::{
+        self, message_service_client::MessageServiceClient,
+        stream_service_client::StreamServiceClient, topic_service_client::TopicServiceClient,
+    },
+    startup::{Application, StartupError},
+};
+use tempfile::TempDir;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    pub streams: StreamServiceClient<Channel>,
+    pub topics: TopicServiceClient<Channel>,
+    pub messages: MessageServiceClient<Channel>,
+    /// An HTTP/1.1-only client, as browsers and curl use for gRPC-Web and REST.
+    pub http1: reqwest::Client,
+    data_dir: TempDir,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), StartupError>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_in(tempfile::tempdir().expect("temp dir")).await
+}
+
+/// Starts a gateway on an existing data directory (to test what survives a restart).
+pub async fn spawn_app_in(data_dir: TempDir) -> TestApp {
+    let config = Config::for_tests(data_dir.path().display().to_string());
+    spawn_with(config, data_dir).await
+}
+
+pub async fn spawn_with(config: Config, data_dir: TempDir) -> TestApp {
+    let app = Application::build(config).await.expect("gateway starts");
+    let addr = app.local_addr();
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stop.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("gRPC client connects");
+    TestApp {
+        addr,
+        streams: StreamServiceClient::new(channel.clone()),
+        topics: TopicServiceClient::new(channel.clone()),
+        messages: MessageServiceClient::new(channel.clone()),
+        channel,
+        http1: reqwest::Client::builder()
+            .http1_only()
+            .build()
+            .expect("http client"),
+        data_dir,
+        shutdown,
+        server,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops the gateway gracefully and hands back its data directory.
+    pub async fn stop(self) -> TempDir {
+        drop(self.streams);
+        drop(self.topics);
+        drop(self.messages);
+        drop(self.channel);
+        let _ = self.shutdown.send(());
+        self.server
+            .await
+            .expect("server task")
+            .expect("server stops cleanly");
+        self.data_dir
+    }
+
+    pub async fn create_stream(&self, name: &str) -> proto::Stream {
+        self.streams
+            .clone()
+            .create_stream(proto::CreateStreamRequest { name: name.into() })
+            .await
+            .expect("stream created")
+            .into_inner()
+            .stream
+            .expect("stream in response")
+    }
+
+    pub async fn create_topic(&self, stream: &str, name: &str, partitions: u32) -> proto::Topic {
+        self.topics
+            .clone()
+            .create_topic(proto::CreateTopicRequest {
+                stream: stream.into(),
+                name: name.into(),
+                partitions_count: partitions,
+                ..Default::default()
+            })
+            .await
+            .expect("topic created")
+            .into_inner()
+            .topic
+            .expect("topic in response")
+    }
+
+    /// Sends text messages to one partition and returns their ids.
+    pub async fn send_texts(
+        &self,
+        stream: &str,
+        topic: &str,
+        partition_id: u32,
+        texts: &[&str],
+    ) -> Vec<String> {
+        self.messages
+            .clone()
+            .send_messages(proto::SendMessagesRequest {
+                stream: stream.into(),
+                topic: topic.into(),
+                partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(
+                    partition_id,
+                )),
+                messages: texts.iter().map(|t| text_message(t)).collect(),
+            })
+            .await
+            .expect("messages sent")
+            .into_inner()
+            .ids
+    }
+
+    pub async fn poll(&self, request: proto::PollMessagesRequest) -> proto::PollMessagesResponse {
+        self.messages
+            .clone()
+            .poll_messages(request)
+            .await
+            .expect("poll succeeds")
+            .into_inner()
+    }
+
+    /// Polls `count` messages of a partition from `offset`.
+    pub async fn poll_from(
+        &self,
+        stream: &str,
+        topic: &str,
+        partition_id: u32,
+        offset: u64,
+        count: u32,
+    ) -> proto::PollMessagesResponse {
+        self.poll(proto::PollMessagesRequest {
+            stream: stream.into(),
+            topic: topic.into(),
+            partition_id,
+            strategy: proto::PollingStrategy::Offset.into(),
+            offset: Some(offset),
+            count,
+            ..Default::default()
+        })
+        .await
+    }
+}
+
+pub fn text_message(text: &str) -> proto::Message {
+    proto::Message {
+        body: Some(proto::message::Body::Text(text.into())),
+        ..Default::default()
+    }
+}
+
+/// The texts of polled messages, in order.
+pub fn texts(response: &proto::PollMessagesResponse) -> Vec<String> {
+    response
+        .messages
+        .iter()
+        .map(|m| match &m.body {
+            Some(proto::polled_message::Body::Text(text)) => text.clone(),
+            other => panic!("expected a text body, got {other:?}"),
+        })
+        .collect()
+}

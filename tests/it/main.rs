@@ -1,0 +1,12 @@
+//! Integration tests: every one starts a real gateway on a loopback port and talks to it over
+//! real sockets with real clients.
+
+mod durability;
+mod grpc_web;
+mod health;
+mod helpers;
+mod messages;
+mod reflection;
+mod routing;
+mod streams;
+mod topics;
