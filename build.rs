@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "iggy/gateway/v1/stream.proto",
     "iggy/gateway/v1/topic.proto",
     "iggy/gateway/v1/message.proto",
+    "iggy/gateway/v1/http_options.proto",
 ];
 
 fn main() {
@@ -15,16 +16,23 @@ fn main() {
     let out_dir =
         PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR for build scripts"));
 
-    let descriptors = match protox::compile(PROTOS, ["proto"]) {
-        Ok(descriptors) => descriptors,
+    let compiler = protox::Compiler::new(["proto"]).and_then(|mut compiler| {
+        compiler.include_source_info(true).include_imports(true);
+        compiler.open_files(PROTOS)?;
+        Ok(compiler)
+    });
+    let compiler = match compiler {
+        Ok(compiler) => compiler,
         Err(err) => {
             // protox's error names the file, line and column; make it readable in cargo's output.
             eprintln!("failed to compile the protobuf API in proto/: {err:?}");
             std::process::exit(1);
         }
     };
-
-    let encoded = prost::Message::encode_to_vec(&descriptors);
+    // Encoded by protox itself, so custom options such as google.api.http survive (decoding
+    // into prost_types would drop them).
+    let encoded = compiler.encode_file_descriptor_set();
+    let descriptors = compiler.file_descriptor_set();
     let descriptor_path = out_dir.join("iggy_gateway_descriptor.bin");
     if let Err(err) = std::fs::write(&descriptor_path, encoded) {
         eprintln!("failed to write {}: {err}", descriptor_path.display());

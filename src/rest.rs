@@ -1,42 +1,40 @@
-//! The HTTP/JSON side of the port. For now it answers what no gRPC service claims: an unknown
-//! path gets a JSON 404 (`application/problem+json`), and a gRPC call to an unknown service gets
-//! `UNIMPLEMENTED` in gRPC's own framing, so each caller hears its own protocol.
+//! The REST/JSON surface, derived from the `google.api.http` annotations in `proto/`: a route
+//! table read from the descriptor set, a transcoder that turns each REST call into a call of the
+//! same gRPC service, and RFC 9457 problem bodies for every error.
 
-use axum::{
-    Router,
-    http::{HeaderMap, HeaderValue, Request, StatusCode, header},
-    response::{IntoResponse, Response},
-};
+mod problem;
+mod routes;
+mod template;
+mod transcode;
 
-pub const PROBLEM_JSON: &str = "application/problem+json";
+use std::sync::Arc;
 
-pub fn router() -> Router {
-    Router::new().fallback(unknown_route)
+use axum::Router;
+
+pub use problem::{PROBLEM_JSON, Problem, http_status};
+pub use routes::{BodyRule, Route, RouteTable};
+pub use template::PathTemplate;
+pub use transcode::Transcoder;
+
+use crate::proto;
+
+/// The package whose services REST exposes.
+pub const API_PACKAGE: &str = "iggy.gateway.v1";
+
+/// Reads the route table from the API's descriptor set.
+pub fn route_table() -> Result<RouteTable, String> {
+    let pool = prost_reflect::DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+        .map_err(|err| format!("the API descriptor set does not decode: {err}"))?;
+    RouteTable::from_descriptors(&pool, API_PACKAGE)
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/grpc"))
+/// The REST router: annotated routes, transcoded to `grpc` (the gRPC services alone).
+pub fn router(table: RouteTable, grpc: Router, max_body_bytes: usize) -> Router {
+    let transcoder = Arc::new(Transcoder::new(table, grpc, max_body_bytes));
+    Router::new()
+        .fallback(transcode::handle)
+        .with_state(transcoder)
 }
 
-async fn unknown_route(request: Request<axum::body::Body>) -> Response {
-    if is_grpc(request.headers()) {
-        let status =
-            tonic::Status::unimplemented(format!("unknown gRPC method {}", request.uri().path()));
-        return status.into_http::<axum::body::Body>().into_response();
-    }
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": "Not Found",
-        "status": 404,
-        "detail": format!("no route for {} {}", request.method(), request.uri().path()),
-        "reason": "ROUTE_NOT_FOUND",
-    });
-    let mut response = (StatusCode::NOT_FOUND, body.to_string()).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    response
-}
+#[cfg(test)]
+mod tests;

@@ -167,7 +167,7 @@ impl Application {
 /// One router for every protocol: REST's router is the base (so an unknown path answers as
 /// REST, not as gRPC), and each gRPC service is mounted under its own `/package.Service/`
 /// prefix, wrapped in its own gRPC-Web translation (wrapping the whole router would answer
-/// plain HTTP/1.1 REST calls with 400).
+/// plain HTTP/1.1 REST calls with 400). REST reaches the same service instances.
 fn routes(
     broker: Arc<dyn Broker>,
     limits: Limits,
@@ -187,26 +187,31 @@ fn routes(
         .build_v1alpha()
         .map_err(|err| StartupError::Internal(format!("reflection: {err}")))?;
 
+    let streams = StreamServiceServer::new(StreamApi::new(Arc::clone(&broker)))
+        .max_decoding_message_size(max_request_bytes);
+    let topics = TopicServiceServer::new(TopicApi::new(Arc::clone(&broker)))
+        .max_decoding_message_size(max_request_bytes);
+    let messages = MessageServiceServer::new(MessageApi::new(broker, limits))
+        .max_decoding_message_size(max_request_bytes);
+
+    // REST calls the same service instances, in process, over the gRPC protocol.
+    let mut grpc_only = Routes::builder();
+    grpc_only
+        .add_service(streams.clone())
+        .add_service(topics.clone())
+        .add_service(messages.clone());
+    let table = rest::route_table().map_err(StartupError::Internal)?;
+    let rest = rest::router(
+        table,
+        grpc_only.routes().prepare().into_axum_router(),
+        max_request_bytes,
+    );
+
     let web = GrpcWebLayer::new();
-    Ok(Routes::from(rest::router())
-        .add_service(
-            web.layer(
-                StreamServiceServer::new(StreamApi::new(Arc::clone(&broker)))
-                    .max_decoding_message_size(max_request_bytes),
-            ),
-        )
-        .add_service(
-            web.layer(
-                TopicServiceServer::new(TopicApi::new(Arc::clone(&broker)))
-                    .max_decoding_message_size(max_request_bytes),
-            ),
-        )
-        .add_service(
-            web.layer(
-                MessageServiceServer::new(MessageApi::new(broker, limits))
-                    .max_decoding_message_size(max_request_bytes),
-            ),
-        )
+    Ok(Routes::from(rest)
+        .add_service(web.layer(streams))
+        .add_service(web.layer(topics))
+        .add_service(web.layer(messages))
         .add_service(web.layer(health_service))
         .add_service(web.layer(reflection_v1))
         .add_service(web.layer(reflection_v1alpha))

@@ -1,0 +1,200 @@
+//! REST errors as `application/problem+json` (RFC 9457), derived from the gRPC status the
+//! service produced, so both protocols carry the same reason code and field violations.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The HTTP status for a gRPC code, as grpc-gateway and Envoy map them.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub field: String,
+    pub description: String,
+}
+
+/// One problem body. `reason` is the same stable code gRPC clients read from `ErrorInfo`.
+/// Boxed, so `Result<_, Problem>` stays small on the happy path.
+#[derive(Debug, Clone)]
+pub struct Problem(Box<Body>);
+
+#[derive(Debug, Clone, Serialize)]
+struct Body {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub reason: String,
+    /// The gRPC code name, for clients that speak both protocols.
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+    #[serde(skip)]
+    retry_after_secs: Option<u64>,
+    #[serde(skip)]
+    allow: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, reason: &str, detail: impl Into<String>) -> Self {
+        Self(Box::new(Body {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            reason: reason.to_owned(),
+            code: grpc_code_name(status_code_to_grpc(status)).to_owned(),
+            request_id: None,
+            violations: Vec::new(),
+            retry_after_secs: None,
+            allow: None,
+        }))
+    }
+
+    pub fn status(&self) -> u16 {
+        self.0.status
+    }
+
+    /// A request field the client got wrong (400, with the field named).
+    pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let field = field.into();
+        let description = description.into();
+        let mut problem = Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            format!("{field}: {description}"),
+        );
+        problem.0.violations.push(Violation { field, description });
+        problem
+    }
+
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let http = http_status(status.code());
+        let details = status.get_error_details();
+        let reason = details
+            .error_info()
+            .map(|info| info.reason.clone())
+            .unwrap_or_else(|| grpc_code_name(status.code()).to_owned());
+        let mut problem = Self::new(http, &reason, status.message());
+        problem.0.code = grpc_code_name(status.code()).to_owned();
+        if let Some(bad) = details.bad_request() {
+            problem.0.violations = bad
+                .field_violations
+                .iter()
+                .map(|v| Violation {
+                    field: v.field.clone(),
+                    description: v.description.clone(),
+                })
+                .collect();
+        }
+        problem.0.retry_after_secs = details
+            .retry_info()
+            .and_then(|info| info.retry_delay)
+            .map(|delay| delay.as_secs().max(1));
+        problem
+    }
+
+    pub fn with_request_id(mut self, request_id: Option<String>) -> Self {
+        self.0.request_id = request_id;
+        self
+    }
+
+    pub fn with_allow(mut self, methods: &[http::Method]) -> Self {
+        self.0.allow = Some(
+            methods
+                .iter()
+                .map(http::Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let problem = *self.0;
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = problem.retry_after_secs
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            headers.insert(header::RETRY_AFTER, value);
+        }
+        if let Some(allow) = problem.allow
+            && let Ok(value) = HeaderValue::from_str(&allow)
+        {
+            headers.insert(header::ALLOW, value);
+        }
+        response
+    }
+}
+
+fn status_code_to_grpc(status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 | 405 | 411 | 415 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::AlreadyExists,
+        413 | 429 => Code::ResourceExhausted,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
+}
+
+/// `NOT_FOUND`, `INVALID_ARGUMENT`, …: the canonical names of gRPC codes.
+pub fn grpc_code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,218 @@
+//! The REST route table, read from the `google.api.http` annotations in the descriptor set at
+//! start-up. Reading the descriptors (rather than generating code at build time) keeps REST a
+//! pure function of `proto/`: a new annotated RPC gets its route with no Rust written for it.
+
+use http::{Method, StatusCode};
+use prost_reflect::{DescriptorPool, ExtensionDescriptor, MessageDescriptor, MethodDescriptor};
+
+use super::template::{Bindings, PathTemplate};
+use crate::proto::google::api::{HttpRule, http_rule::Pattern};
+
+/// Where a request's JSON body goes in the gRPC request message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyRule {
+    /// No body: every field comes from the path or the query string.
+    None,
+    /// `body: "*"`: the body is the whole request message (path variables still apply).
+    All,
+    /// `body: "field"`: the body is that field; the rest comes from the path and query.
+    Field(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub http_method: Method,
+    pub template: PathTemplate,
+    pub body: BodyRule,
+    /// `response_body`: answer with this field of the response instead of the whole message.
+    pub response_body: Option<String>,
+    pub method: MethodDescriptor,
+    /// `/package.Service/Method`, the gRPC path the call is forwarded to.
+    pub grpc_path: String,
+    /// Status of a successful answer (`iggy.gateway.v1.http_success_status`, default 200).
+    pub success: StatusCode,
+}
+
+pub enum Lookup<'a> {
+    Found(&'a Route, Bindings),
+    /// The path exists, but not for this method; the methods it has.
+    MethodNotAllowed(Vec<Method>),
+    NotFound,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Every annotated method of every service in `package`, with its additional bindings.
+    pub fn from_descriptors(pool: &DescriptorPool, package: &str) -> Result<Self, String> {
+        let http = pool
+            .get_extension_by_name("google.api.http")
+            .ok_or("the descriptor set lacks google.api.http")?;
+        let success = pool.get_extension_by_name("iggy.gateway.v1.http_success_status");
+        let mut routes = Vec::new();
+        for service in pool.services().filter(|s| s.package_name() == package) {
+            for method in service.methods() {
+                let options = method.options();
+                if !options.has_extension(&http) {
+                    continue;
+                }
+                let rule: HttpRule = options
+                    .get_extension(&http)
+                    .as_message()
+                    .ok_or_else(|| {
+                        format!("{}: google.api.http is not a message", method.full_name())
+                    })?
+                    .transcode_to()
+                    .map_err(|err| format!("{}: bad google.api.http: {err}", method.full_name()))?;
+                let status = success_status(&method, success.as_ref())?;
+                let grpc_path = format!("/{}/{}", service.full_name(), method.name());
+                routes.push(route(&method, &rule, &grpc_path, status)?);
+                for binding in &rule.additional_bindings {
+                    if !binding.additional_bindings.is_empty() {
+                        return Err(format!(
+                            "{}: additional bindings may not nest",
+                            method.full_name()
+                        ));
+                    }
+                    routes.push(route(&method, binding, &grpc_path, status)?);
+                }
+            }
+        }
+        Ok(Self { routes })
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn find(&self, method: &Method, path: &str) -> Lookup<'_> {
+        let mut allowed = Vec::new();
+        for route in &self.routes {
+            if let Some(bindings) = route.template.matches(path) {
+                if route.http_method == *method {
+                    return Lookup::Found(route, bindings);
+                }
+                if !allowed.contains(&route.http_method) {
+                    allowed.push(route.http_method.clone());
+                }
+            }
+        }
+        if allowed.is_empty() {
+            Lookup::NotFound
+        } else {
+            Lookup::MethodNotAllowed(allowed)
+        }
+    }
+}
+
+fn success_status(
+    method: &MethodDescriptor,
+    extension: Option<&ExtensionDescriptor>,
+) -> Result<StatusCode, String> {
+    let Some(extension) = extension else {
+        return Ok(StatusCode::OK);
+    };
+    let options = method.options();
+    if !options.has_extension(extension) {
+        return Ok(StatusCode::OK);
+    }
+    let code = options
+        .get_extension(extension)
+        .as_u32()
+        .and_then(|code| u16::try_from(code).ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .filter(StatusCode::is_success)
+        .ok_or_else(|| {
+            format!(
+                "{}: http_success_status must be a 2xx code",
+                method.full_name()
+            )
+        })?;
+    Ok(code)
+}
+
+fn route(
+    method: &MethodDescriptor,
+    rule: &HttpRule,
+    grpc_path: &str,
+    success: StatusCode,
+) -> Result<Route, String> {
+    let name = method.full_name();
+    let (http_method, path) = match &rule.pattern {
+        Some(Pattern::Get(path)) => (Method::GET, path),
+        Some(Pattern::Put(path)) => (Method::PUT, path),
+        Some(Pattern::Post(path)) => (Method::POST, path),
+        Some(Pattern::Delete(path)) => (Method::DELETE, path),
+        Some(Pattern::Patch(path)) => (Method::PATCH, path),
+        Some(Pattern::Custom(custom)) => (
+            Method::from_bytes(custom.kind.as_bytes())
+                .map_err(|err| format!("{name}: bad custom method {:?}: {err}", custom.kind))?,
+            &custom.path,
+        ),
+        None => return Err(format!("{name}: google.api.http has no pattern")),
+    };
+    let template = PathTemplate::parse(path).map_err(|err| format!("{name}: {err}"))?;
+    let input = method.input();
+    for field in template.fields() {
+        field_kind_at(&input, field).map_err(|err| format!("{name}: path variable {err}"))?;
+    }
+    let body = match rule.body.as_str() {
+        "" => BodyRule::None,
+        "*" => BodyRule::All,
+        field => {
+            input.get_field_by_name(field).ok_or_else(|| {
+                format!("{name}: body field {field:?} is not in {}", input.name())
+            })?;
+            BodyRule::Field(field.to_owned())
+        }
+    };
+    let response_body = match rule.response_body.as_str() {
+        "" => None,
+        field => {
+            let output = method.output();
+            output.get_field_by_name(field).ok_or_else(|| {
+                format!(
+                    "{name}: response_body field {field:?} is not in {}",
+                    output.name()
+                )
+            })?;
+            Some(field.to_owned())
+        }
+    };
+    Ok(Route {
+        http_method,
+        template,
+        body,
+        response_body,
+        method: method.clone(),
+        grpc_path: grpc_path.to_owned(),
+        success,
+    })
+}
+
+/// Resolves a dotted field path (`a.b.c`) against a message, accepting proto names and
+/// lowerCamelCase JSON names for each step.
+pub fn field_kind_at(
+    message: &MessageDescriptor,
+    path: &str,
+) -> Result<prost_reflect::FieldDescriptor, String> {
+    let mut current = message.clone();
+    let mut steps = path.split('.').peekable();
+    while let Some(step) = steps.next() {
+        let field = current
+            .get_field_by_name(step)
+            .or_else(|| current.get_field_by_json_name(step))
+            .ok_or_else(|| format!("{path:?}: no field {step:?} in {}", current.name()))?;
+        if steps.peek().is_none() {
+            return Ok(field);
+        }
+        current = match field.kind() {
+            prost_reflect::Kind::Message(next) if !field.is_list() && !field.is_map() => next,
+            _ => return Err(format!("{path:?}: {step:?} is not a message field")),
+        };
+    }
+    Err(format!("{path:?} is empty"))
+}

@@ -1,0 +1,209 @@
+//! `google.api.http` path templates: parsing and matching.
+//!
+//! Grammar (from `google/api/http.proto`):
+//! `Template = "/" Segments [ Verb ]`, `Segment = "*" | "**" | LITERAL | Variable`,
+//! `Variable = "{" FieldPath [ "=" Segments ] "}"`, `Verb = ":" LITERAL`.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `*`: exactly one segment.
+    Single,
+    /// `**`: the rest of the path (zero or more segments); only last.
+    Rest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Variable {
+    /// Dotted field path, e.g. `stream` or `topic.name`.
+    field: String,
+    /// Index of its first segment.
+    start: usize,
+    /// Index after its last segment; `None` when it ends with `**`.
+    end: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    source: String,
+    segments: Vec<Segment>,
+    variables: Vec<Variable>,
+    verb: Option<String>,
+}
+
+/// A variable's field path and the (percent-decoded) value it matched.
+pub type Bindings = Vec<(String, String)>;
+
+impl fmt::Display for PathTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl PathTemplate {
+    pub fn parse(source: &str) -> Result<Self, String> {
+        let rest = source
+            .strip_prefix('/')
+            .ok_or_else(|| format!("path template {source:?} must start with '/'"))?;
+        // The verb is the part after the last ':' that is outside any braces.
+        let (body, verb) = match rest.rfind(':') {
+            Some(at) if !rest[at..].contains('}') => (&rest[..at], Some(rest[at + 1..].to_owned())),
+            _ => (rest, None),
+        };
+        let mut template = PathTemplate {
+            source: source.to_owned(),
+            segments: Vec::new(),
+            variables: Vec::new(),
+            verb,
+        };
+        let mut current = String::new();
+        let mut pieces = Vec::new();
+        // Split on '/' outside braces so `{name=a/*}` stays one piece.
+        let mut depth = 0;
+        for c in body.chars() {
+            match c {
+                '{' => {
+                    depth += 1;
+                    current.push(c);
+                }
+                '}' => {
+                    depth -= 1;
+                    current.push(c);
+                }
+                '/' if depth == 0 => pieces.push(std::mem::take(&mut current)),
+                _ => current.push(c),
+            }
+        }
+        pieces.push(current);
+        for piece in pieces {
+            if let Some(inner) = piece.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                let (field, pattern) = inner.split_once('=').unwrap_or((inner, "*"));
+                let start = template.segments.len();
+                for part in pattern.split('/') {
+                    template.segments.push(parse_segment(part, source)?);
+                }
+                let end = match template.segments.last() {
+                    Some(Segment::Rest) => None,
+                    _ => Some(template.segments.len()),
+                };
+                template.variables.push(Variable {
+                    field: field.to_owned(),
+                    start,
+                    end,
+                });
+            } else {
+                template.segments.push(parse_segment(&piece, source)?);
+            }
+        }
+        if let Some(at) = template.segments.iter().position(|s| *s == Segment::Rest)
+            && at + 1 != template.segments.len()
+        {
+            return Err(format!("in {source:?}, '**' must be the last segment"));
+        }
+        Ok(template)
+    }
+
+    /// The field paths this template binds, in order.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.variables.iter().map(|v| v.field.as_str())
+    }
+
+    /// Matches a request path (still percent-encoded) and returns the variables' values.
+    pub fn matches(&self, path: &str) -> Option<Bindings> {
+        let path = path.strip_prefix('/')?;
+        let path = match &self.verb {
+            Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
+            None => path,
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        let fixed = match self.segments.last() {
+            Some(Segment::Rest) => self.segments.len() - 1,
+            _ => self.segments.len(),
+        };
+        if parts.len() < fixed || (fixed == self.segments.len() && parts.len() != fixed) {
+            return None;
+        }
+        for (segment, part) in self.segments.iter().zip(&parts) {
+            match segment {
+                Segment::Literal(literal) if literal != part => return None,
+                Segment::Single if part.is_empty() => return None,
+                Segment::Literal(_) | Segment::Single | Segment::Rest => {}
+            }
+        }
+        self.variables
+            .iter()
+            .map(|variable| {
+                let end = variable.end.unwrap_or(parts.len());
+                let raw = parts.get(variable.start..end)?;
+                let value = raw
+                    .iter()
+                    .map(|part| percent_decode(part))
+                    .collect::<Option<Vec<_>>>()?
+                    .join("/");
+                Some((variable.field.clone(), value))
+            })
+            .collect()
+    }
+
+    /// The template in OpenAPI's form: `{field}` for each variable, verb kept.
+    pub fn openapi_path(&self) -> String {
+        let mut out = String::new();
+        let mut index = 0;
+        while index < self.segments.len() {
+            out.push('/');
+            if let Some(variable) = self.variables.iter().find(|v| v.start == index) {
+                out.push('{');
+                out.push_str(&variable.field);
+                out.push('}');
+                index = variable.end.unwrap_or(self.segments.len());
+                continue;
+            }
+            match &self.segments[index] {
+                Segment::Literal(literal) => out.push_str(literal),
+                Segment::Single => out.push('*'),
+                Segment::Rest => out.push_str("**"),
+            }
+            index += 1;
+        }
+        if let Some(verb) = &self.verb {
+            out.push(':');
+            out.push_str(verb);
+        }
+        out
+    }
+}
+
+fn parse_segment(part: &str, source: &str) -> Result<Segment, String> {
+    match part {
+        "" => Err(format!("empty segment in path template {source:?}")),
+        "*" => Ok(Segment::Single),
+        "**" => Ok(Segment::Rest),
+        literal if literal.contains(['{', '}', '*']) => Err(format!(
+            "bad segment {literal:?} in path template {source:?}"
+        )),
+        literal => Ok(Segment::Literal(literal.to_owned())),
+    }
+}
+
+/// Decodes `%XX` escapes; `None` when the result is not UTF-8 or an escape is malformed.
+fn percent_decode(part: &str) -> Option<String> {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = part.get(index + 1..index + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            out.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests;
