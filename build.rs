@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "iggy/gateway/v1/stream.proto",
     "iggy/gateway/v1/topic.proto",
     "iggy/gateway/v1/message.proto",
+    "iggy/gateway/v1/event.proto",
     "iggy/gateway/v1/http_options.proto",
 ];
 

@@ -5,7 +5,10 @@ use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Parser, ValueEnum};
 
-use crate::{broker::embedded::Location, grpc::Limits};
+use crate::{
+    broker::{Name, embedded::Location},
+    grpc::{DefaultTopic, Limits},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -34,6 +37,20 @@ pub struct Config {
     /// Iggy server to front, e.g. iggy://user:pass@host:8090. Unset: the embedded backend.
     #[arg(long, env = "IGGY_CONNECTION_STRING", hide_env_values = true)]
     pub iggy_connection_string: Option<String>,
+
+    /// Default stream for the event routes (POST/GET /messages); created at start-up if missing.
+    /// Empty: no default, so event calls must name a stream.
+    #[arg(long, env = "IGGY_STREAM", default_value = "sample-stream")]
+    pub iggy_stream: String,
+
+    /// Default topic for the event routes; created at start-up if missing.
+    #[arg(long, env = "IGGY_TOPIC", default_value = "events")]
+    pub iggy_topic: String,
+
+    /// Partitions of the default topic when the gateway creates it.
+    #[arg(long, env = "IGGY_PARTITIONS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub iggy_partitions: u32,
 
     /// Most messages in one send.
     #[arg(long, env = "BATCH_MAX_SIZE", default_value_t = 1000,
@@ -73,6 +90,10 @@ impl Config {
             port: 0,
             data_dir: data_dir.into(),
             iggy_connection_string: None,
+            // No default topic, so tests see only what they create.
+            iggy_stream: String::new(),
+            iggy_topic: String::new(),
+            iggy_partitions: 3,
             batch_max_size: 1000,
             poll_max_count: 1000,
             max_message_size: 1024 * 1024,
@@ -88,6 +109,20 @@ impl Config {
         } else {
             Location::Directory(PathBuf::from(&self.data_dir))
         }
+    }
+
+    /// The default topic of the event routes, when both names are set.
+    pub fn default_topic(&self) -> Result<Option<DefaultTopic>, String> {
+        if self.iggy_stream.is_empty() || self.iggy_topic.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(DefaultTopic {
+            stream: Name::parse(&self.iggy_stream)
+                .map_err(|reason| format!("IGGY_STREAM={:?}: {reason}", self.iggy_stream))?,
+            topic: Name::parse(&self.iggy_topic)
+                .map_err(|reason| format!("IGGY_TOPIC={:?}: {reason}", self.iggy_topic))?,
+            partitions: self.iggy_partitions,
+        }))
     }
 
     pub fn limits(&self) -> Limits {

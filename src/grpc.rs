@@ -3,10 +3,12 @@
 //! logic here. REST reaches the same services through the transcoder.
 
 mod convert;
+mod event;
 mod message;
 mod stream;
 mod topic;
 
+pub use event::{DefaultTopic, EventApi};
 pub use message::{Limits, MessageApi};
 pub use stream::StreamApi;
 pub use topic::TopicApi;

@@ -14,12 +14,13 @@ use tonic_web::GrpcWebLayer;
 use tower::Layer;
 
 use crate::{
-    broker::{Broker, embedded::EmbeddedBroker},
+    broker::{Broker, BrokerError, Compression, CreateTopic, Identifier, embedded::EmbeddedBroker},
     config::Config,
-    grpc::{Limits, MessageApi, StreamApi, TopicApi},
+    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
     proto::{
-        self, message_service_server::MessageServiceServer,
-        stream_service_server::StreamServiceServer, topic_service_server::TopicServiceServer,
+        self, event_service_server::EventServiceServer,
+        message_service_server::MessageServiceServer, stream_service_server::StreamServiceServer,
+        topic_service_server::TopicServiceServer,
     },
     rest,
 };
@@ -49,10 +50,11 @@ impl StartupError {
 }
 
 /// The gRPC services whose health `grpc.health.v1.Health` reports, besides the overall "".
-const SERVICE_NAMES: [&str; 3] = [
+const SERVICE_NAMES: [&str; 4] = [
     <StreamServiceServer<StreamApi> as NamedService>::NAME,
     <TopicServiceServer<TopicApi> as NamedService>::NAME,
     <MessageServiceServer<MessageApi> as NamedService>::NAME,
+    <EventServiceServer<EventApi> as NamedService>::NAME,
 ];
 
 pub struct Application {
@@ -82,6 +84,12 @@ impl Application {
                 .map_err(|err| StartupError::Unavailable(err.to_string()))?,
         );
         tracing::info!(backend = %broker.describe(), "backend ready");
+        let default_topic = config.default_topic().map_err(StartupError::Config)?;
+        if let Some(topic) = &default_topic {
+            ensure_default_topic(broker.as_ref(), topic)
+                .await
+                .map_err(|err| StartupError::Unavailable(format!("default topic: {err}")))?;
+        }
 
         let address = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(address).await.map_err(|err| {
@@ -95,6 +103,7 @@ impl Application {
         let routes = routes(
             Arc::clone(&broker),
             config.limits(),
+            default_topic,
             config.max_request_body_size as usize,
             health_service,
         )?;
@@ -171,6 +180,7 @@ impl Application {
 fn routes(
     broker: Arc<dyn Broker>,
     limits: Limits,
+    default_topic: Option<DefaultTopic>,
     max_request_bytes: usize,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -191,7 +201,9 @@ fn routes(
         .max_decoding_message_size(max_request_bytes);
     let topics = TopicServiceServer::new(TopicApi::new(Arc::clone(&broker)))
         .max_decoding_message_size(max_request_bytes);
-    let messages = MessageServiceServer::new(MessageApi::new(broker, limits))
+    let messages = MessageServiceServer::new(MessageApi::new(Arc::clone(&broker), limits))
+        .max_decoding_message_size(max_request_bytes);
+    let events = EventServiceServer::new(EventApi::new(broker, limits, default_topic))
         .max_decoding_message_size(max_request_bytes);
 
     // REST calls the same service instances, in process, over the gRPC protocol.
@@ -199,7 +211,8 @@ fn routes(
     grpc_only
         .add_service(streams.clone())
         .add_service(topics.clone())
-        .add_service(messages.clone());
+        .add_service(messages.clone())
+        .add_service(events.clone());
     let table = rest::route_table().map_err(StartupError::Internal)?;
     let rest = rest::router(
         table,
@@ -212,10 +225,41 @@ fn routes(
         .add_service(web.layer(streams))
         .add_service(web.layer(topics))
         .add_service(web.layer(messages))
+        .add_service(web.layer(events))
         .add_service(web.layer(health_service))
         .add_service(web.layer(reflection_v1))
         .add_service(web.layer(reflection_v1alpha))
         .prepare())
+}
+
+/// Creates the event routes' default stream and topic unless they exist. Creating and
+/// accepting "already exists" is safe when several gateways start at once.
+async fn ensure_default_topic(
+    broker: &dyn Broker,
+    topic: &DefaultTopic,
+) -> Result<(), BrokerError> {
+    match broker.create_stream(topic.stream.clone()).await {
+        Ok(_) => tracing::info!(stream = %topic.stream, "created the default stream"),
+        Err(BrokerError::StreamAlreadyExists(_)) => {}
+        Err(err) => return Err(err),
+    }
+    let create = CreateTopic {
+        stream: Identifier::Name(topic.stream.to_string()),
+        name: topic.topic.clone(),
+        partitions_count: topic.partitions,
+        message_expiry_micros: None,
+        max_topic_size_bytes: None,
+        compression: Compression::None,
+        replication_factor: 1,
+    };
+    match broker.create_topic(create).await {
+        Ok(_) => {
+            tracing::info!(topic = %topic.topic, partitions = topic.partitions, "created the default topic")
+        }
+        Err(BrokerError::TopicAlreadyExists { .. }) => {}
+        Err(err) => return Err(err),
+    }
+    Ok(())
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

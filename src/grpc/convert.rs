@@ -274,7 +274,7 @@ pub fn payload_to_body(payload: Bytes, headers: &mut Headers) -> proto::polled_m
     }
 }
 
-fn value_to_json(value: &prost_types::Value) -> Result<serde_json::Value, String> {
+pub fn value_to_json(value: &prost_types::Value) -> Result<serde_json::Value, String> {
     Ok(match &value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
         Some(Kind::BoolValue(v)) => serde_json::Value::Bool(*v),
@@ -298,7 +298,7 @@ fn value_to_json(value: &prost_types::Value) -> Result<serde_json::Value, String
     })
 }
 
-fn json_to_value(json: serde_json::Value) -> prost_types::Value {
+pub fn json_to_value(json: serde_json::Value) -> prost_types::Value {
     let kind = match json {
         serde_json::Value::Null => Kind::NullValue(0),
         serde_json::Value::Bool(v) => Kind::BoolValue(v),

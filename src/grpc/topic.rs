@@ -48,7 +48,13 @@ impl TopicService for TopicApi {
         let create = CreateTopic {
             stream: identifier("stream", &request.stream)?,
             name: name("name", &request.name)?,
-            partitions_count: partitions_count(request.partitions_count, MAX_PARTITIONS)?,
+            partitions_count: partitions_count(
+                match request.partitions_count {
+                    0 => request.partitions,
+                    count => count,
+                },
+                MAX_PARTITIONS,
+            )?,
             message_expiry_micros: match &request.message_expiry {
                 Some(expiry) => duration_micros("message_expiry", expiry)?,
                 None => None,

@@ -235,6 +235,10 @@ fn scalar_json(field: &FieldDescriptor, name: &str, value: &str) -> Result<Value
             "false" | "0" => Value::Bool(false),
             _ => return Err(Problem::invalid_field(name, "must be true or false")),
         },
+        // Enums are names or numbers; a number must reach the parser as a JSON number.
+        Kind::Enum(_) => value
+            .parse::<i32>()
+            .map_or_else(|_| Value::String(value.to_owned()), Value::from),
         Kind::Double | Kind::Float => value
             .parse::<f64>()
             .ok()

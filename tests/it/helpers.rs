@@ -185,3 +185,39 @@ pub fn texts(response: &proto::PollMessagesResponse) -> Vec<String> {
         })
         .collect()
 }
+
+/// A gateway whose event routes have a default topic, as in production.
+pub async fn spawn_app_with_default_topic() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config {
+        iggy_stream: "sample-stream".into(),
+        iggy_topic: "events".into(),
+        iggy_partitions: 3,
+        ..Config::for_tests(dir.path().display().to_string())
+    };
+    spawn_with(config, dir).await
+}
+
+impl TestApp {
+    /// Sends a JSON body and returns the status and the parsed JSON answer (`Null` when empty).
+    pub async fn rest(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.http1.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body");
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("a JSON answer")
+        };
+        (status, json)
+    }
+}

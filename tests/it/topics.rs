@@ -22,6 +22,7 @@ async fn a_topic_is_created_with_its_settings_and_partitions() {
             max_topic_size_bytes: 1_000_000,
             compression_algorithm: proto::CompressionAlgorithm::Gzip.into(),
             replication_factor: 0,
+            partitions: 0,
         })
         .await
         .expect("created")

@@ -1,0 +1,348 @@
+//! `iggy.gateway.v1.EventService`: the original REST service's event envelope. An event is
+//! stored as one JSON message (the envelope itself) whose id is the event's id.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert::{
+        BODY_FORM_HEADER, identifier, json_to_value, message_id, message_id_text, timestamp,
+        value_to_json,
+    },
+    message::Limits,
+};
+use crate::{
+    broker::{
+        Broker, HeaderValue, Headers, Identifier, Name, NewMessage, Partitioning, PollMessages,
+        PollingStrategy, SendMessages, TopicRef, now_micros,
+    },
+    error::{broker_status, invalid_field},
+    proto::{self, event_service_server::EventService},
+};
+
+/// Payload types the original service knew.
+const PAYLOAD_TYPES: [&str; 3] = ["User", "Order", "Generic"];
+const MAX_EVENT_TYPE_LEN: usize = 256;
+/// The original service's defaults for a poll without count or consumer.
+const DEFAULT_POLL_COUNT: u32 = 10;
+const DEFAULT_CONSUMER_ID: u32 = 1;
+
+/// The topic event calls use when they name none (`IGGY_STREAM`, `IGGY_TOPIC`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultTopic {
+    pub stream: Name,
+    pub topic: Name,
+    /// Partitions to create it with when it is missing at start-up.
+    pub partitions: u32,
+}
+
+#[derive(Clone)]
+pub struct EventApi {
+    broker: Arc<dyn Broker>,
+    limits: Limits,
+    default_topic: Option<DefaultTopic>,
+}
+
+impl EventApi {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        limits: Limits,
+        default_topic: Option<DefaultTopic>,
+    ) -> Self {
+        Self {
+            broker,
+            limits,
+            default_topic,
+        }
+    }
+
+    /// The topic addressed, with the names to echo back.
+    fn target(&self, stream: &str, topic: &str) -> Result<(TopicRef, String, String), Status> {
+        let default = self.default_topic.as_ref();
+        let stream = match (stream, default) {
+            ("", Some(default)) => default.stream.to_string(),
+            ("", None) => {
+                return Err(invalid_field(
+                    "stream",
+                    "is required: no default stream is configured (IGGY_STREAM)",
+                ));
+            }
+            (stream, _) => stream.to_owned(),
+        };
+        let topic = match (topic, default) {
+            ("", Some(default)) => default.topic.to_string(),
+            ("", None) => {
+                return Err(invalid_field(
+                    "topic",
+                    "is required: no default topic is configured (IGGY_TOPIC)",
+                ));
+            }
+            (topic, _) => topic.to_owned(),
+        };
+        let at = TopicRef {
+            stream: identifier("stream", &stream)?,
+            topic: identifier("topic", &topic)?,
+        };
+        Ok((at, stream, topic))
+    }
+
+    fn partitioning(key: &str) -> Result<Partitioning, Status> {
+        match key.len() {
+            0 => Ok(Partitioning::Balanced),
+            1..=255 => Ok(Partitioning::Key(key.as_bytes().to_vec())),
+            _ => Err(invalid_field("partition_key", "must be at most 255 bytes")),
+        }
+    }
+
+    /// Validates an event and turns it into the message that stores it.
+    fn event_message(
+        &self,
+        field: &str,
+        event: Option<proto::Event>,
+    ) -> Result<NewMessage, Status> {
+        let event = event.ok_or_else(|| invalid_field(field, "is required"))?;
+        if event.id.is_empty() {
+            return Err(invalid_field(format!("{field}.id"), "is required (a UUID)"));
+        }
+        let id = message_id(&format!("{field}.id"), &event.id)?;
+        if event.event_type.is_empty()
+            || event.event_type.len() > MAX_EVENT_TYPE_LEN
+            || event.event_type.chars().any(char::is_control)
+        {
+            return Err(invalid_field(
+                format!("{field}.event_type"),
+                format!("must be 1 to {MAX_EVENT_TYPE_LEN} bytes without control characters"),
+            ));
+        }
+        let at = event
+            .timestamp
+            .ok_or_else(|| invalid_field(format!("{field}.timestamp"), "is required (RFC 3339)"))?;
+        let payload = event
+            .payload
+            .ok_or_else(|| invalid_field(format!("{field}.payload"), "is required"))?;
+        if !PAYLOAD_TYPES.contains(&payload.r#type.as_str()) {
+            return Err(invalid_field(
+                format!("{field}.payload.type"),
+                format!("must be one of {PAYLOAD_TYPES:?}, got {:?}", payload.r#type),
+            ));
+        }
+        if let Some(correlation_id) = &event.correlation_id
+            && uuid::Uuid::try_parse(correlation_id).is_err()
+        {
+            return Err(invalid_field(
+                format!("{field}.correlation_id"),
+                "must be a UUID",
+            ));
+        }
+        let data = match &payload.data {
+            Some(data) => value_to_json(data)
+                .map_err(|reason| invalid_field(format!("{field}.payload.data"), reason))?,
+            None => Value::Null,
+        };
+
+        let mut envelope = Map::new();
+        envelope.insert("id".into(), Value::String(message_id_text(id)));
+        envelope.insert("event_type".into(), Value::String(event.event_type));
+        envelope.insert("timestamp".into(), Value::String(at.to_string()));
+        let mut body = Map::new();
+        body.insert("type".into(), Value::String(payload.r#type));
+        body.insert("data".into(), data);
+        envelope.insert("payload".into(), Value::Object(body));
+        if let Some(correlation_id) = event.correlation_id {
+            envelope.insert("correlation_id".into(), Value::String(correlation_id));
+        }
+        if let Some(source) = event.source {
+            envelope.insert("source".into(), Value::String(source));
+        }
+        let payload = serde_json::to_vec(&Value::Object(envelope))
+            .map_err(|err| invalid_field(field, err.to_string()))?;
+        if payload.len() > self.limits.message_max_bytes {
+            return Err(invalid_field(
+                field,
+                format!(
+                    "is {} bytes as JSON; the limit (MAX_MESSAGE_SIZE) is {}",
+                    payload.len(),
+                    self.limits.message_max_bytes
+                ),
+            ));
+        }
+        let mut headers = Headers::new();
+        headers.insert(BODY_FORM_HEADER.into(), HeaderValue::String("json".into()));
+        Ok(NewMessage {
+            id,
+            headers,
+            payload: Bytes::from(payload),
+        })
+    }
+
+    async fn publish(
+        &self,
+        stream: &str,
+        topic: &str,
+        partition_key: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<proto::PublishEventResponse>, Status> {
+        let (at, stream, topic) = self.target(stream, topic)?;
+        let ids: Vec<String> = messages.iter().map(|m| message_id_text(m.id)).collect();
+        self.broker
+            .send_messages(SendMessages {
+                topic: at,
+                partitioning: Self::partitioning(partition_key)?,
+                messages,
+            })
+            .await
+            .map_err(broker_status)?;
+        let acknowledged = timestamp(now_micros());
+        Ok(ids
+            .into_iter()
+            .map(|event_id| proto::PublishEventResponse {
+                success: true,
+                event_id,
+                stream: stream.clone(),
+                topic: topic.clone(),
+                timestamp: Some(acknowledged),
+            })
+            .collect())
+    }
+}
+
+/// Reads an event envelope back from a stored payload; `None` for anything else.
+fn decode_event(payload: &[u8]) -> Option<proto::Event> {
+    let json: Value = serde_json::from_slice(payload).ok()?;
+    let object = json.as_object()?;
+    let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_owned);
+    let payload = object.get("payload")?.as_object()?;
+    Some(proto::Event {
+        id: text("id")?,
+        event_type: text("event_type")?,
+        timestamp: Some(text("timestamp")?.parse().ok()?),
+        payload: Some(proto::EventPayload {
+            r#type: payload.get("type")?.as_str()?.to_owned(),
+            data: Some(json_to_value(
+                payload.get("data").cloned().unwrap_or(Value::Null),
+            )),
+        }),
+        correlation_id: text("correlation_id"),
+        source: text("source"),
+    })
+}
+
+#[tonic::async_trait]
+impl EventService for EventApi {
+    async fn publish_event(
+        &self,
+        request: Request<proto::PublishEventRequest>,
+    ) -> Result<Response<proto::PublishEventResponse>, Status> {
+        let request = request.into_inner();
+        let message = self.event_message("event", request.event)?;
+        let mut results = self
+            .publish(
+                &request.stream,
+                &request.topic,
+                &request.partition_key,
+                vec![message],
+            )
+            .await?;
+        let result = results
+            .pop()
+            .ok_or_else(|| Status::internal("no result for the published event"))?;
+        Ok(Response::new(result))
+    }
+
+    async fn publish_events(
+        &self,
+        request: Request<proto::PublishEventsRequest>,
+    ) -> Result<Response<proto::PublishEventsResponse>, Status> {
+        let request = request.into_inner();
+        if request.events.is_empty() {
+            return Err(invalid_field("events", "must hold at least one event"));
+        }
+        if request.events.len() > self.limits.batch_max {
+            return Err(invalid_field(
+                "events",
+                format!(
+                    "holds {} events; the limit (BATCH_MAX_SIZE) is {}",
+                    request.events.len(),
+                    self.limits.batch_max
+                ),
+            ));
+        }
+        let messages = request
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(index, event)| self.event_message(&format!("events[{index}]"), Some(event)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = self
+            .publish(
+                &request.stream,
+                &request.topic,
+                &request.partition_key,
+                messages,
+            )
+            .await?;
+        Ok(Response::new(proto::PublishEventsResponse { results }))
+    }
+
+    async fn poll_events(
+        &self,
+        request: Request<proto::PollEventsRequest>,
+    ) -> Result<Response<proto::PollEventsResponse>, Status> {
+        let request = request.into_inner();
+        let (at, _, _) = self.target(&request.stream, &request.topic)?;
+        let count = request.count.unwrap_or(DEFAULT_POLL_COUNT);
+        if count == 0 || count > self.limits.poll_max {
+            return Err(invalid_field(
+                "count",
+                format!(
+                    "must be between 1 and {} (POLL_MAX_COUNT), got {count}",
+                    self.limits.poll_max
+                ),
+            ));
+        }
+        let consumer = Identifier::Id(request.consumer_id.unwrap_or(DEFAULT_CONSUMER_ID));
+        let polled = self
+            .broker
+            .poll_messages(PollMessages {
+                topic: at,
+                partition_id: request.partition_id,
+                consumer: Some(consumer),
+                strategy: request
+                    .offset
+                    .map_or(PollingStrategy::Next, PollingStrategy::Offset),
+                count,
+                auto_commit: request.auto_commit,
+            })
+            .await
+            .map_err(broker_status)?;
+        let messages: Vec<proto::PolledEvent> = polled
+            .messages
+            .into_iter()
+            .filter_map(|message| {
+                let event = decode_event(&message.payload);
+                if event.is_none() {
+                    tracing::debug!(
+                        offset = message.offset,
+                        "skipping a message that is not an event"
+                    );
+                }
+                Some(proto::PolledEvent {
+                    offset: message.offset,
+                    timestamp: Some(timestamp(message.timestamp_micros)),
+                    id: message_id_text(message.id),
+                    size: message.payload.len() as u64,
+                    event: Some(event?),
+                })
+            })
+            .collect();
+        Ok(Response::new(proto::PollEventsResponse {
+            count: u32::try_from(messages.len()).unwrap_or(u32::MAX),
+            messages,
+            partition_id: polled.partition_id,
+            current_offset: polled.current_offset,
+        }))
+    }
+}

@@ -1,0 +1,402 @@
+//! REST has no behaviour of its own: for every annotated RPC in the descriptor set, the same
+//! request over gRPC and over REST (its /v1 route) gives the same answer and leaves the same
+//! state. Driven from the descriptors, so an RPC added without a scenario here fails.
+
+use bytes::{Buf, BufMut, Bytes};
+use iggy_gateway::{
+    proto,
+    rest::{self, BodyRule},
+};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, SerializeOptions};
+use serde_json::{Map, Value, json};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use crate::helpers::{TestApp, spawn_app};
+
+/// Passes already-encoded protobuf bytes through tonic unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+const ID_A: &str = "11111111-1111-4111-8111-111111111111";
+const ID_B: &str = "22222222-2222-4222-8222-222222222222";
+
+fn event(id: &str) -> Value {
+    json!({"id": id, "event_type": "user.created", "timestamp": "2026-01-01T00:00:00Z",
+           "payload": {"type": "Generic", "data": {"n": 1}}})
+}
+
+/// One request per RPC, in proto3 JSON.
+fn scenario(method: &str) -> Option<Value> {
+    let t = json!({"stream": "orders", "topic": "created"});
+    let with = |extra: Value| {
+        let mut base = t.clone();
+        if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+            base.extend(extra.clone());
+        }
+        base
+    };
+    Some(match method {
+        "CreateStream" => json!({"name": "payments"}),
+        "GetStream" => json!({"stream": "orders"}),
+        "ListStreams" => json!({}),
+        "UpdateStream" => json!({"stream": "orders", "name": "orders-v2"}),
+        "DeleteStream" => json!({"stream": "orders"}),
+        "PurgeStream" => json!({"stream": "0"}),
+        "CreateTopic" => {
+            json!({"stream": "orders", "name": "shipped", "partitions_count": 4, "message_expiry": "60s"})
+        }
+        "GetTopic" => t,
+        "ListTopics" => json!({"stream": "orders"}),
+        "UpdateTopic" => with(json!({"name": "created-v2", "max_topic_size_bytes": "9000"})),
+        "DeleteTopic" => t,
+        "PurgeTopic" => t,
+        "CreatePartitions" => with(json!({"partitions_count": 2})),
+        "DeletePartitions" => with(json!({"partitions_count": 1})),
+        "SendMessages" => with(json!({"partition_id": 1, "messages": [
+            {"id": ID_B, "json": {"k": [1, 2]}, "headers": {"h": {"bool_value": true}}},
+            {"id": ID_A, "text": "t"}]})),
+        "PollMessages" => {
+            with(json!({"partition_id": 0, "strategy": "POLLING_STRATEGY_FIRST", "count": 10}))
+        }
+        "StoreConsumerOffset" => {
+            with(json!({"consumer": "billing", "partition_id": 0, "offset": "1"}))
+        }
+        "GetConsumerOffset" => with(json!({"consumer": "billing", "partition_id": 0})),
+        "DeleteConsumerOffset" => with(json!({"consumer": "billing", "partition_id": 0})),
+        "PublishEvent" => with(json!({"event": event(ID_B), "partition_key": "k"})),
+        "PublishEvents" => with(json!({"events": [event(ID_A), event(ID_B)]})),
+        "PollEvents" => with(json!({"partition_id": 0, "offset": "0"})),
+        _ => return None,
+    })
+}
+
+/// The same starting state in every gateway: fixed ids, no generated ones.
+async fn setup(app: &TestApp) {
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 2).await;
+    let message = |id: &str, text: &str| proto::Message {
+        id: id.into(),
+        body: Some(proto::message::Body::Text(text.into())),
+        ..Default::default()
+    };
+    app.messages
+        .clone()
+        .send_messages(proto::SendMessagesRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+            messages: vec![message(ID_A, "a"), message(ID_B, "b")],
+        })
+        .await
+        .expect("sent");
+    app.messages
+        .clone()
+        .store_consumer_offset(proto::StoreConsumerOffsetRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            consumer: "billing".into(),
+            partition_id: 0,
+            offset: 0,
+        })
+        .await
+        .expect("stored");
+}
+
+fn to_json(message: &DynamicMessage) -> Value {
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false);
+    message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .expect("serializes")
+}
+
+/// Times differ between two runs; numbers are compared as numbers (1 and 1.0 alike).
+fn normalize(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                if (key == "created_at" || key == "timestamp") && field.is_string() {
+                    *field = json!("<time>");
+                } else {
+                    normalize(field);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize),
+        Value::Number(number) => {
+            if let Some(float) = number.as_f64() {
+                *value = json!(float);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
+}
+
+async fn call_grpc(
+    app: &TestApp,
+    method: &MethodDescriptor,
+    request: &Value,
+) -> Result<Value, tonic::Status> {
+    let message = DynamicMessage::deserialize(method.input(), request.clone())
+        .expect("scenario is valid JSON for the request");
+    let mut client = tonic::client::Grpc::new(app.channel.clone());
+    client.ready().await.expect("ready");
+    let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+    let reply = client
+        .unary(
+            tonic::Request::new(Bytes::from(message.encode_to_vec())),
+            http::uri::PathAndQuery::try_from(path).expect("path"),
+            RawCodec,
+        )
+        .await?
+        .into_inner();
+    Ok(to_json(
+        &DynamicMessage::decode(method.output(), reply).expect("decodes"),
+    ))
+}
+
+fn query_value(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn call_rest(app: &TestApp, route: &rest::Route, request: &Value) -> (u16, Value) {
+    let mut fields: Map<String, Value> = request.as_object().cloned().unwrap_or_default();
+    let mut path = route.template.openapi_path();
+    for field in route.template.fields() {
+        let value = fields
+            .remove(field)
+            .expect("scenario sets every path variable");
+        path = path.replace(&format!("{{{field}}}"), &query_value(&value));
+    }
+    let body = match &route.body {
+        BodyRule::All => Some(Value::Object(std::mem::take(&mut fields))),
+        BodyRule::Field(name) => fields.remove(name),
+        BodyRule::None => None,
+    };
+    let query: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.clone(), query_value(v)))
+        .collect();
+    let mut http = app
+        .http1
+        .request(route.http_method.clone(), app.url(&path))
+        .query(&query);
+    if let Some(body) = body {
+        http = http.json(&body);
+    }
+    let response = http.send().await.expect("sent");
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("body");
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON")
+    };
+    (status, json)
+}
+
+/// Every stream with its topics and every topic with its partitions, times blanked.
+async fn snapshot(app: &TestApp) -> Vec<String> {
+    let mut out = Vec::new();
+    let streams = app
+        .streams
+        .clone()
+        .list_streams(proto::ListStreamsRequest {})
+        .await
+        .expect("listed")
+        .into_inner()
+        .streams;
+    for stream in streams {
+        let topics = app
+            .topics
+            .clone()
+            .list_topics(proto::ListTopicsRequest {
+                stream: stream.id.to_string(),
+            })
+            .await
+            .expect("listed")
+            .into_inner()
+            .topics;
+        out.push(format!(
+            "{} {} {} {}",
+            stream.id, stream.name, stream.messages_count, stream.topics_count
+        ));
+        for topic in topics {
+            let mut full = app
+                .topics
+                .clone()
+                .get_topic(proto::GetTopicRequest {
+                    stream: stream.id.to_string(),
+                    topic: topic.id.to_string(),
+                })
+                .await
+                .expect("got")
+                .into_inner()
+                .topic
+                .expect("topic");
+            full.created_at = None;
+            full.partitions.iter_mut().for_each(|p| p.created_at = None);
+            out.push(format!("{full:?}"));
+        }
+    }
+    out
+}
+
+/// The messages of partition 0 of topic 0 in stream 0 (or the error code once deleted).
+async fn stored_messages(app: &TestApp) -> Result<Vec<(u64, String)>, tonic::Code> {
+    let polled = app
+        .messages
+        .clone()
+        .poll_messages(proto::PollMessagesRequest {
+            stream: "0".into(),
+            topic: "0".into(),
+            count: 100,
+            ..Default::default()
+        })
+        .await
+        .map_err(|status| status.code())?
+        .into_inner();
+    Ok(polled
+        .messages
+        .into_iter()
+        .map(|m| (m.offset, m.id))
+        .collect())
+}
+
+#[tokio::test]
+async fn every_annotated_rpc_behaves_the_same_over_grpc_and_rest() {
+    let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).expect("descriptors");
+    let table = rest::route_table().expect("routes");
+    let mut checked = 0;
+    for service in pool
+        .services()
+        .filter(|s| s.package_name() == rest::API_PACKAGE)
+    {
+        for method in service.methods() {
+            let grpc_path = format!("/{}/{}", service.full_name(), method.name());
+            let route = table
+                .routes()
+                .iter()
+                .find(|r| r.grpc_path == grpc_path && r.template.to_string().starts_with("/v1/"))
+                .unwrap_or_else(|| panic!("{grpc_path} has no /v1 REST route"));
+            let request = scenario(method.name())
+                .unwrap_or_else(|| panic!("no parity scenario for {grpc_path}: add one"));
+
+            let over_grpc = spawn_app().await;
+            setup(&over_grpc).await;
+            let mut grpc_answer = call_grpc(&over_grpc, &method, &request)
+                .await
+                .unwrap_or_else(|status| panic!("{grpc_path} over gRPC failed: {status:?}"));
+
+            let over_rest = spawn_app().await;
+            setup(&over_rest).await;
+            let (status, mut rest_answer) = call_rest(&over_rest, route, &request).await;
+            assert_eq!(
+                status,
+                route.success.as_u16(),
+                "{grpc_path} over REST: {rest_answer}"
+            );
+
+            normalize(&mut grpc_answer);
+            normalize(&mut rest_answer);
+            if status == 204 {
+                assert_eq!(grpc_answer, json!({}), "{grpc_path}: an empty answer");
+            } else {
+                assert_eq!(grpc_answer, rest_answer, "{grpc_path}: answers differ");
+            }
+            assert_eq!(
+                snapshot(&over_grpc).await,
+                snapshot(&over_rest).await,
+                "{grpc_path}: state differs"
+            );
+            assert_eq!(
+                stored_messages(&over_grpc).await,
+                stored_messages(&over_rest).await,
+                "{grpc_path}: messages differ"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 22, "only {checked} RPCs were checked");
+}
+
+#[tokio::test]
+async fn errors_are_the_same_over_grpc_and_rest() {
+    let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).expect("descriptors");
+    let table = rest::route_table().expect("routes");
+    let method = pool
+        .get_service_by_name("iggy.gateway.v1.TopicService")
+        .and_then(|s| s.methods().find(|m| m.name() == "CreateTopic"))
+        .expect("CreateTopic");
+    let route = table
+        .routes()
+        .iter()
+        .find(|r| {
+            r.grpc_path.ends_with("/CreateTopic") && r.template.to_string().starts_with("/v1/")
+        })
+        .expect("route");
+    let app = spawn_app().await;
+    setup(&app).await;
+    for (request, code, http, reason) in [
+        (
+            json!({"stream": "nope", "name": "x", "partitions_count": 1}),
+            tonic::Code::NotFound,
+            404,
+            "STREAM_NOT_FOUND",
+        ),
+        (
+            json!({"stream": "orders", "name": "created", "partitions_count": 1}),
+            tonic::Code::AlreadyExists,
+            409,
+            "TOPIC_ALREADY_EXISTS",
+        ),
+        (
+            json!({"stream": "orders", "name": "x", "partitions_count": 0}),
+            tonic::Code::InvalidArgument,
+            400,
+            "INVALID_ARGUMENT",
+        ),
+    ] {
+        let status = call_grpc(&app, &method, &request).await.expect_err("fails");
+        let (rest_status, problem) = call_rest(&app, route, &request).await;
+        assert_eq!(status.code(), code);
+        assert_eq!(rest_status, http);
+        assert_eq!(problem["reason"], reason);
+        assert_eq!(problem["detail"], status.message());
+    }
+}

@@ -1,0 +1,455 @@
+//! REST/JSON with curl-style requests: the /v1 resource routes, the original service's
+//! routes, proto3 JSON edge cases and every error class with its problem body.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{spawn_app, spawn_app_with_default_topic};
+
+#[tokio::test]
+async fn streams_and_topics_are_managed_over_rest() {
+    let app = spawn_app().await;
+    let (status, created) = app
+        .rest(Method::POST, "/v1/streams", Some(json!({"name": "orders"})))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(created["stream"]["id"], 0);
+    assert_eq!(created["stream"]["name"], "orders");
+    assert_eq!(
+        created["stream"]["messages_count"], "0",
+        "64-bit integers are strings"
+    );
+
+    // lowerCamelCase is accepted as well as the proto names.
+    let (status, topic) = app
+        .rest(
+            Method::POST,
+            "/v1/streams/orders/topics",
+            Some(json!({"name": "created", "partitionsCount": 2, "message_expiry": "3600s"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{topic}");
+    assert_eq!(topic["topic"]["partitions_count"], 2);
+    assert_eq!(topic["topic"]["message_expiry"], "3600s");
+    assert_eq!(
+        topic["topic"]["compression_algorithm"],
+        "COMPRESSION_ALGORITHM_NONE"
+    );
+    let created_at = topic["topic"]["created_at"].as_str().expect("a timestamp");
+    assert!(created_at.ends_with('Z'), "RFC 3339 in UTC: {created_at}");
+
+    let (status, renamed) = app
+        .rest(
+            Method::PATCH,
+            "/v1/streams/0",
+            Some(json!({"name": "orders-v2"})),
+        )
+        .await;
+    assert_eq!(
+        (status, renamed["stream"]["name"].clone()),
+        (200, json!("orders-v2"))
+    );
+
+    let (status, listed) = app
+        .rest(Method::GET, "/v1/streams/orders-v2/topics", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["topics"][0]["name"], "created");
+
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/v1/streams/orders-v2/topics/created/partitions",
+            Some(json!({"partitions_count": 1})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["topic"]["partitions_count"].clone()),
+        (200, json!(3))
+    );
+    let (status, body) = app
+        .rest(
+            Method::DELETE,
+            "/v1/streams/orders-v2/topics/created/partitions?partitions_count=2",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["topic"]["partitions_count"].clone()),
+        (200, json!(1))
+    );
+
+    let (status, body) = app
+        .rest(Method::DELETE, "/v1/streams/orders-v2", None)
+        .await;
+    assert_eq!((status, body), (204, Value::Null));
+    let (status, problem) = app.rest(Method::GET, "/v1/streams/orders-v2", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(problem["reason"], "STREAM_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn json_bodies_come_back_as_json_and_bytes_as_base64() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let (status, sent) = app
+        .rest(
+            Method::POST,
+            "/v1/streams/orders/topics/created/messages",
+            Some(json!({
+                "partition_id": 0,
+                "messages": [
+                    {"json": {"user": "ada", "age": 36, "tags": ["a"], "nested": {"ok": true}},
+                     "headers": {"attempt": {"int64_value": "-2"}, "origin": {"string_value": "web"}}},
+                    {"payload": "AAEC/w=="},
+                    {"text": "naïve ☃"}
+                ]
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    assert_eq!(sent["ids"].as_array().map(Vec::len), Some(3));
+
+    let (status, polled) = app
+        .rest(
+            Method::GET,
+            "/v1/streams/orders/topics/created/messages?partition_id=0&count=10&strategy=POLLING_STRATEGY_FIRST",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let messages = polled["messages"].as_array().expect("messages");
+    assert_eq!(
+        messages[0]["json"],
+        json!({"user": "ada", "age": 36, "tags": ["a"], "nested": {"ok": true}})
+    );
+    assert_eq!(messages[0]["headers"]["attempt"]["int64_value"], "-2");
+    assert_eq!(messages[0]["offset"], "0");
+    assert_eq!(messages[1]["payload"], "AAEC/w==");
+    assert_eq!(messages[2]["text"], "naïve ☃");
+    assert_eq!(messages[0]["id"], sent["ids"][0]);
+
+    // Enum values by number work too, and repeated query names are accepted.
+    let (status, last) = app
+        .rest(
+            Method::GET,
+            "/v1/streams/orders/topics/created/messages?count=1&strategy=4",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(last["messages"][0]["text"], "naïve ☃");
+}
+
+#[tokio::test]
+async fn consumer_offsets_over_rest() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    app.send_texts("orders", "created", 0, &["a", "b"]).await;
+    let path = "/v1/streams/orders/topics/created/consumers/billing/offsets/0";
+    let (status, _) = app
+        .rest(Method::PUT, path, Some(json!({"offset": "1"})))
+        .await;
+    assert_eq!(status, 204);
+    let (status, got) = app.rest(Method::GET, path, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["stored_offset"], "1");
+    assert_eq!(got["current_offset"], "1");
+}
+
+#[tokio::test]
+async fn the_original_event_routes_keep_working() {
+    let app = spawn_app_with_default_topic().await;
+    let event = |id: &str, kind: &str| {
+        json!({
+            "id": id,
+            "event_type": "user.created",
+            "timestamp": "2026-11-25T10:00:00Z",
+            "payload": {"type": kind, "data": {"action": "Created", "user_id": "u1", "email": "a@b.c", "name": "Ada"}}
+        })
+    };
+    let (status, published) = app
+        .rest(
+            Method::POST,
+            "/messages",
+            Some(json!({"event": event("6f1c2a3e-1111-4a2b-9c3d-0123456789ab", "User"), "partition_key": "u1"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{published}");
+    assert_eq!(published["success"], true);
+    assert_eq!(
+        published["event_id"],
+        "6f1c2a3e-1111-4a2b-9c3d-0123456789ab"
+    );
+    assert_eq!(published["stream"], "sample-stream");
+    assert_eq!(published["topic"], "events");
+
+    let (status, batch) = app
+        .rest(
+            Method::POST,
+            "/messages/batch",
+            Some(json!({"events": [
+                event("6f1c2a3e-2222-4a2b-9c3d-0123456789ab", "Order"),
+                event("6f1c2a3e-3333-4a2b-9c3d-0123456789ab", "Generic")
+            ], "partition_key": "u1"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        batch.as_array().map(Vec::len),
+        Some(2),
+        "the batch answers an array: {batch}"
+    );
+
+    // One key, one partition: find it and read all three back.
+    let mut found = None;
+    for partition in 0..3 {
+        let (status, polled) = app
+            .rest(
+                Method::GET,
+                &format!("/messages?partition_id={partition}&offset=0&count=10"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        if polled["count"] != 0 {
+            found = Some(polled);
+        }
+    }
+    let polled = found.expect("the events are stored");
+    assert_eq!(polled["count"], 3);
+    let first = &polled["messages"][0];
+    assert_eq!(first["offset"], "0");
+    assert_eq!(
+        first["event"],
+        event("6f1c2a3e-1111-4a2b-9c3d-0123456789ab", "User")
+    );
+    assert_eq!(polled["messages"][2]["event"]["payload"]["type"], "Generic");
+
+    // Without an offset, a consumer resumes after what it committed.
+    let partition = polled["partition_id"].as_u64().expect("partition");
+    let next = format!("/messages?partition_id={partition}&consumer_id=9&count=2&auto_commit=true");
+    let (_, page) = app.rest(Method::GET, &next, None).await;
+    assert_eq!(page["count"], 2);
+    let (_, page) = app.rest(Method::GET, &next, None).await;
+    assert_eq!(page["count"], 1);
+    assert_eq!(page["messages"][0]["offset"], "2");
+}
+
+#[tokio::test]
+async fn bad_events_are_refused_naming_the_field() {
+    let app = spawn_app_with_default_topic().await;
+    let cases = [
+        (
+            json!({"id": "nope", "event_type": "x", "timestamp": "2026-11-25T10:00:00Z", "payload": {"type": "User"}}),
+            "event.id",
+        ),
+        (
+            json!({"id": "6f1c2a3e-1111-4a2b-9c3d-0123456789ab", "event_type": "", "timestamp": "2026-11-25T10:00:00Z", "payload": {"type": "User"}}),
+            "event.event_type",
+        ),
+        (
+            json!({"id": "6f1c2a3e-1111-4a2b-9c3d-0123456789ab", "event_type": "x", "payload": {"type": "User"}}),
+            "event.timestamp",
+        ),
+        (
+            json!({"id": "6f1c2a3e-1111-4a2b-9c3d-0123456789ab", "event_type": "x", "timestamp": "2026-11-25T10:00:00Z", "payload": {"type": "Robot"}}),
+            "event.payload.type",
+        ),
+    ];
+    for (event, field) in cases {
+        let (status, problem) = app
+            .rest(Method::POST, "/messages", Some(json!({"event": event})))
+            .await;
+        assert_eq!(status, 400, "{problem}");
+        assert_eq!(problem["violations"][0]["field"], field, "{problem}");
+    }
+    let (status, problem) = app
+        .rest(Method::POST, "/messages/batch", Some(json!({"events": []})))
+        .await;
+    assert_eq!(
+        (status, problem["violations"][0]["field"].clone()),
+        (400, json!("events"))
+    );
+}
+
+#[tokio::test]
+async fn the_original_stream_routes_keep_working() {
+    let app = spawn_app().await;
+    let (status, stream) = app
+        .rest(Method::POST, "/streams", Some(json!({"name": "legacy"})))
+        .await;
+    assert_eq!((status, stream["name"].clone()), (201, json!("legacy")));
+    let (status, topic) = app
+        .rest(
+            Method::POST,
+            "/streams/legacy/topics",
+            Some(json!({"name": "t1", "partitions": 2})),
+        )
+        .await;
+    assert_eq!((status, topic["partitions_count"].clone()), (201, json!(2)));
+    let (status, streams) = app.rest(Method::GET, "/streams", None).await;
+    assert_eq!((status, streams[0]["name"].clone()), (200, json!("legacy")));
+    let (status, got) = app.rest(Method::GET, "/streams/legacy", None).await;
+    assert_eq!((status, got["topics_count"].clone()), (200, json!(1)));
+    let (status, got) = app
+        .rest(Method::GET, "/streams/legacy/topics/t1", None)
+        .await;
+    assert_eq!((status, got["name"].clone()), (200, json!("t1")));
+    let (status, topics) = app.rest(Method::GET, "/streams/legacy/topics", None).await;
+    assert_eq!((status, topics.as_array().map(Vec::len)), (200, Some(1)));
+    assert_eq!(
+        app.rest(Method::DELETE, "/streams/legacy/topics/t1", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        app.rest(Method::DELETE, "/streams/legacy", None).await.0,
+        204
+    );
+    assert_eq!(app.rest(Method::GET, "/streams/legacy", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn every_error_class_answers_a_problem_body() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+
+    let check = |response: reqwest::Response, status: u16, reason: &'static str| async move {
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let allow = response.headers().get("allow").cloned();
+        let body: Value = response.json().await.expect("problem JSON");
+        assert_eq!(body["status"], status);
+        assert_eq!(body["reason"], reason, "{body}");
+        assert!(body["title"].is_string() && body["detail"].is_string());
+        (body, allow)
+    };
+
+    let (body, _) = check(
+        app.http1.get(app.url("/nope")).send().await.expect("sent"),
+        404,
+        "ROUTE_NOT_FOUND",
+    )
+    .await;
+    assert_eq!(body["type"], "about:blank");
+    let (_, allow) = check(
+        app.http1
+            .put(app.url("/v1/streams"))
+            .send()
+            .await
+            .expect("sent"),
+        405,
+        "METHOD_NOT_ALLOWED",
+    )
+    .await;
+    assert_eq!(allow.expect("Allow header"), "POST, GET");
+    check(
+        app.http1
+            .post(app.url("/v1/streams"))
+            .header("content-type", "text/plain")
+            .body("name=x")
+            .send()
+            .await
+            .expect("sent"),
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    )
+    .await;
+    check(
+        app.http1
+            .post(app.url("/v1/streams"))
+            .header("content-type", "application/json")
+            .body("{\"name\":")
+            .send()
+            .await
+            .expect("sent"),
+        400,
+        "MALFORMED_JSON",
+    )
+    .await;
+    let (body, _) = check(
+        app.http1
+            .post(app.url("/v1/streams"))
+            .json(&json!({"name": "x", "colour": "red"}))
+            .send()
+            .await
+            .expect("sent"),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    assert_eq!(
+        body["violations"][0]["field"], "colour",
+        "unknown fields are named"
+    );
+    let (body, _) = check(
+        app.http1
+            .post(app.url("/v1/streams"))
+            .json(&json!({"name": 5}))
+            .send()
+            .await
+            .expect("sent"),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().expect("detail").contains("string"),
+        "{body}"
+    );
+    check(
+        app.http1
+            .get(app.url("/v1/streams/orders/topics/t/messages?count=1&colour=red"))
+            .send()
+            .await
+            .expect("sent"),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    check(
+        app.http1
+            .post(app.url("/v1/streams"))
+            .json(&json!({"name": "orders"}))
+            .send()
+            .await
+            .expect("sent"),
+        409,
+        "STREAM_ALREADY_EXISTS",
+    )
+    .await;
+    let (body, _) = check(
+        app.http1
+            .post(app.url("/v1/streams"))
+            .header("x-request-id", "req-42")
+            .json(&json!({"name": ""}))
+            .send()
+            .await
+            .expect("sent"),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    assert_eq!(body["violations"][0]["field"], "name");
+    assert_eq!(body["code"], "INVALID_ARGUMENT");
+    assert_eq!(body["request_id"], "req-42");
+    let big = "x".repeat(17 * 1024 * 1024);
+    check(
+        app.http1
+            .post(app.url("/v1/streams"))
+            .json(&json!({"name": big}))
+            .send()
+            .await
+            .expect("sent"),
+        413,
+        "PAYLOAD_TOO_LARGE",
+    )
+    .await;
+}
