@@ -2,6 +2,7 @@
 //! table read from the descriptor set, a transcoder that turns each REST call into a call of the
 //! same gRPC service, and RFC 9457 problem bodies for every error.
 
+mod openapi;
 mod problem;
 mod routes;
 mod template;
@@ -9,7 +10,13 @@ mod transcode;
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::{
+    Router,
+    http::{HeaderValue, header},
+    response::IntoResponse,
+    routing::get,
+};
+use bytes::Bytes;
 
 pub use problem::{PROBLEM_JSON, Problem, http_status};
 pub use routes::{BodyRule, Route, RouteTable};
@@ -21,20 +28,52 @@ use crate::proto;
 /// The package whose services REST exposes.
 pub const API_PACKAGE: &str = "iggy.gateway.v1";
 
-/// Reads the route table from the API's descriptor set.
-pub fn route_table() -> Result<RouteTable, String> {
-    let pool = prost_reflect::DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
-        .map_err(|err| format!("the API descriptor set does not decode: {err}"))?;
-    RouteTable::from_descriptors(&pool, API_PACKAGE)
+fn descriptor_pool() -> Result<prost_reflect::DescriptorPool, String> {
+    prost_reflect::DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+        .map_err(|err| format!("the API descriptor set does not decode: {err}"))
 }
 
-/// The REST router: annotated routes, transcoded to `grpc` (the gRPC services alone).
-pub fn router(table: RouteTable, grpc: Router, max_body_bytes: usize) -> Router {
-    let transcoder = Arc::new(Transcoder::new(table, grpc, max_body_bytes));
-    Router::new()
-        .fallback(transcode::handle)
-        .with_state(transcoder)
+/// Reads the route table from the API's descriptor set.
+pub fn route_table() -> Result<RouteTable, String> {
+    RouteTable::from_descriptors(&descriptor_pool()?, API_PACKAGE)
 }
+
+/// The OpenAPI 3.1 document of the REST surface.
+pub fn openapi_document(table: &RouteTable) -> serde_json::Value {
+    openapi::document(table)
+}
+
+/// The REST router: `/openapi.json`, `/docs`, and every annotated route, transcoded to
+/// `grpc` (the gRPC services alone).
+pub fn router(table: RouteTable, grpc: Router, max_body_bytes: usize) -> Result<Router, String> {
+    let openapi = Bytes::from(
+        serde_json::to_vec_pretty(&openapi_document(&table)).map_err(|err| err.to_string())?,
+    );
+    let transcoder = Arc::new(Transcoder::new(table, grpc, max_body_bytes));
+    Ok(Router::new()
+        .route(
+            "/openapi.json",
+            get(move || {
+                let openapi = openapi.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        )],
+                        openapi,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/docs", get(|| async { axum::response::Html(DOCS_PAGE) }))
+        .fallback(transcode::handle)
+        .with_state(transcoder))
+}
+
+/// A self-contained page that renders `/openapi.json` (no CDN).
+const DOCS_PAGE: &str = include_str!("rest/docs.html");
 
 #[cfg(test)]
 mod tests;

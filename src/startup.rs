@@ -218,7 +218,8 @@ fn routes(
         table,
         grpc_only.routes().prepare().into_axum_router(),
         max_request_bytes,
-    );
+    )
+    .map_err(StartupError::Internal)?;
 
     let web = GrpcWebLayer::new();
     Ok(Routes::from(rest)

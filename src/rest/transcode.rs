@@ -283,9 +283,13 @@ fn set_path(
             .get_field_by_name(step)
             .or_else(|| descriptor.get_field_by_json_name(step))
             .ok_or_else(|| Problem::invalid_field(path, "unknown field"))?;
-        // The JSON parser accepts either name; keep one key per field.
+        // The JSON parser accepts either name; keep one key per field (the proto name).
         let name = field.name().to_owned();
-        current.remove(field.json_name());
+        if field.json_name() != name
+            && let Some(value) = current.remove(field.json_name())
+        {
+            current.entry(name.clone()).or_insert(value);
+        }
         if index + 1 == steps.len() {
             if repeated {
                 match current
@@ -452,3 +456,6 @@ fn internal(detail: String) -> Problem {
         "internal error while transcoding",
     )
 }
+
+#[cfg(test)]
+mod tests;

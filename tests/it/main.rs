@@ -6,6 +6,7 @@ mod grpc_web;
 mod health;
 mod helpers;
 mod messages;
+mod openapi;
 mod parity;
 mod reflection;
 mod rest;

@@ -453,3 +453,21 @@ async fn every_error_class_answers_a_problem_body() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_array_of_messages_can_be_posted_to_one_partition() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 3).await;
+    let (status, sent) = app
+        .rest(
+            Method::POST,
+            "/v1/streams/orders/topics/created/partitions/2/messages",
+            Some(json!([{"text": "a"}, {"json": {"n": 1}}])),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    let polled = app.poll_from("orders", "created", 2, 0, 10).await;
+    assert_eq!(polled.messages.len(), 2);
+    assert_eq!(polled.messages[0].id, sent["ids"][0].as_str().expect("id"));
+}

@@ -1,0 +1,281 @@
+//! OpenAPI 3.1, generated from the same route table and descriptors as the REST surface, with
+//! the proto comments as descriptions. Served at `/openapi.json`; `/docs` renders it.
+
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use prost_types::FileDescriptorProto;
+use serde_json::{Map, Value, json};
+
+use super::routes::{BodyRule, RouteTable};
+
+/// The leading comment of the element at `path` in a file, as a description.
+fn comment(file: &FileDescriptorProto, path: &[i32]) -> Option<String> {
+    let info = file.source_code_info.as_ref()?;
+    let location = info.location.iter().find(|l| l.path == path)?;
+    let text = location.leading_comments().trim();
+    (!text.is_empty()).then(|| text.lines().map(str::trim).collect::<Vec<_>>().join("\n"))
+}
+
+fn schema_name(message: &MessageDescriptor) -> String {
+    message.full_name().replace('.', "_")
+}
+
+/// The JSON Schema of one field in proto3 JSON.
+fn field_schema(field: &FieldDescriptor, pending: &mut Vec<MessageDescriptor>) -> Value {
+    if field.is_map() {
+        let Kind::Message(entry) = field.kind() else {
+            return json!({"type": "object"});
+        };
+        return json!({
+            "type": "object",
+            "additionalProperties": kind_schema(&entry.map_entry_value_field(), pending),
+        });
+    }
+    let item = kind_schema(field, pending);
+    if field.is_list() {
+        json!({"type": "array", "items": item})
+    } else {
+        item
+    }
+}
+
+fn kind_schema(field: &FieldDescriptor, pending: &mut Vec<MessageDescriptor>) -> Value {
+    match field.kind() {
+        Kind::Double | Kind::Float => json!({"type": "number"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            json!({"type": "integer", "format": "int32"})
+        }
+        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int32", "minimum": 0}),
+        // proto3 JSON writes 64-bit integers as strings (and accepts numbers).
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            json!({"type": ["string", "integer"], "format": "int64"})
+        }
+        Kind::Uint64 | Kind::Fixed64 => json!({"type": ["string", "integer"], "format": "uint64"}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::String => json!({"type": "string"}),
+        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+        Kind::Enum(enumeration) => json!({
+            "type": "string",
+            "enum": enumeration.values().map(|v| v.name().to_owned()).collect::<Vec<_>>(),
+        }),
+        Kind::Message(message) => match message.full_name() {
+            "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+            "google.protobuf.Duration" => {
+                json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"})
+            }
+            "google.protobuf.Value" => json!({}),
+            "google.protobuf.Struct" => json!({"type": "object"}),
+            "google.protobuf.ListValue" => json!({"type": "array"}),
+            _ => {
+                if !pending.iter().any(|m| m.full_name() == message.full_name()) {
+                    pending.push(message.clone());
+                }
+                json!({"$ref": format!("#/components/schemas/{}", schema_name(&message))})
+            }
+        },
+    }
+}
+
+fn message_schema(message: &MessageDescriptor, pending: &mut Vec<MessageDescriptor>) -> Value {
+    let file = message.parent_file_descriptor_proto();
+    let mut properties = Map::new();
+    for field in message.fields() {
+        let mut schema = field_schema(&field, pending);
+        if let (Some(text), Some(object)) = (comment(file, field.path()), schema.as_object_mut()) {
+            object.insert("description".into(), Value::String(text));
+        }
+        properties.insert(field.name().to_owned(), schema);
+    }
+    let mut schema = json!({"type": "object", "properties": properties});
+    if let (Some(text), Some(object)) = (comment(file, message.path()), schema.as_object_mut()) {
+        object.insert("description".into(), Value::String(text));
+    }
+    schema
+}
+
+fn problem_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "An RFC 9457 problem; `reason` is the stable code gRPC clients read from google.rpc.ErrorInfo.",
+        "required": ["type", "title", "status", "detail", "reason", "code"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "reason": {"type": "string", "examples": ["STREAM_NOT_FOUND"]},
+            "code": {"type": "string", "examples": ["NOT_FOUND"]},
+            "request_id": {"type": "string"},
+            "violations": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"field": {"type": "string"}, "description": {"type": "string"}}
+                }
+            }
+        }
+    })
+}
+
+/// A scalar query or path parameter's schema (objects are flattened as `a.b`).
+fn parameter(
+    name: &str,
+    location: &str,
+    field: &FieldDescriptor,
+    pending: &mut Vec<MessageDescriptor>,
+) -> Value {
+    let mut parameter = json!({
+        "name": name,
+        "in": location,
+        "required": location == "path",
+        "schema": field_schema(field, pending),
+    });
+    if field.is_list()
+        && let Some(object) = parameter.as_object_mut()
+    {
+        object.insert("explode".into(), Value::Bool(true));
+    }
+    if let (Some(text), Some(object)) = (
+        comment(
+            field.parent_message().parent_file_descriptor_proto(),
+            field.path(),
+        ),
+        parameter.as_object_mut(),
+    ) {
+        object.insert("description".into(), Value::String(text));
+    }
+    parameter
+}
+
+/// The whole document.
+pub fn document(table: &RouteTable) -> Value {
+    let mut pending: Vec<MessageDescriptor> = Vec::new();
+    let mut paths = Map::new();
+    let mut operation_ids: Vec<String> = Vec::new();
+    for route in table.routes() {
+        let method = &route.method;
+        let input = method.input();
+        let bound: Vec<&str> = route.template.fields().collect();
+        let mut parameters: Vec<Value> = Vec::new();
+        for name in &bound {
+            if let Ok(field) = super::routes::field_kind_at(&input, name) {
+                parameters.push(parameter(name, "path", &field, &mut pending));
+            }
+        }
+        let body_field = match &route.body {
+            BodyRule::Field(field) => Some(field.as_str()),
+            BodyRule::All | BodyRule::None => None,
+        };
+        if route.body != BodyRule::All {
+            for field in input.fields() {
+                let name = field.name();
+                if bound.contains(&name) || body_field == Some(name) || field.is_map() {
+                    continue;
+                }
+                if let Kind::Message(message) = field.kind()
+                    && !message.full_name().starts_with("google.protobuf.")
+                {
+                    continue;
+                }
+                parameters.push(parameter(name, "query", &field, &mut pending));
+            }
+        }
+
+        let base = format!("{}_{}", method.parent_service().name(), method.name());
+        let mut operation_id = base.clone();
+        let mut n = 2;
+        while operation_ids.contains(&operation_id) {
+            operation_id = format!("{base}_{n}");
+            n += 1;
+        }
+        operation_ids.push(operation_id.clone());
+
+        let mut operation = Map::new();
+        operation.insert("operationId".into(), Value::String(operation_id));
+        operation.insert("tags".into(), json!([method.parent_service().name()]));
+        if let Some(text) = comment(method.parent_file().file_descriptor_proto(), method.path()) {
+            let summary = text.lines().next().unwrap_or_default().to_owned();
+            operation.insert("summary".into(), Value::String(summary));
+            operation.insert("description".into(), Value::String(text));
+        }
+        operation.insert("parameters".into(), Value::Array(parameters));
+        let request_schema = match &route.body {
+            BodyRule::All => {
+                Some(json!({"$ref": format!("#/components/schemas/{}", schema_name(&input))}))
+            }
+            BodyRule::Field(name) => input
+                .get_field_by_name(name)
+                .map(|f| field_schema(&f, &mut pending)),
+            BodyRule::None => None,
+        };
+        if let Some(schema) = request_schema {
+            if route.body == BodyRule::All
+                && !pending.iter().any(|m| m.full_name() == input.full_name())
+            {
+                pending.push(input.clone());
+            }
+            operation.insert(
+                "requestBody".into(),
+                json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+            );
+        }
+        let output = method.output();
+        let success = if route.success == http::StatusCode::NO_CONTENT {
+            json!({"description": "Done; no content."})
+        } else {
+            let schema = match &route.response_body {
+                Some(name) => output
+                    .get_field_by_name(name)
+                    .map_or(json!({}), |f| field_schema(&f, &mut pending)),
+                None => {
+                    if !pending.iter().any(|m| m.full_name() == output.full_name()) {
+                        pending.push(output.clone());
+                    }
+                    json!({"$ref": format!("#/components/schemas/{}", schema_name(&output))})
+                }
+            };
+            json!({"description": "Success.", "content": {"application/json": {"schema": schema}}})
+        };
+        operation.insert(
+            "responses".into(),
+            json!({
+                route.success.as_u16().to_string(): success,
+                "default": {
+                    "description": "An error, as a problem.",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+                }
+            }),
+        );
+        let path = paths
+            .entry(route.template.openapi_path())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(path) = path.as_object_mut() {
+            path.insert(
+                route.http_method.as_str().to_ascii_lowercase(),
+                Value::Object(operation),
+            );
+        }
+    }
+
+    let mut schemas = Map::new();
+    schemas.insert("Problem".into(), problem_schema());
+    while let Some(message) = pending.pop() {
+        let name = schema_name(&message);
+        if schemas.contains_key(&name) {
+            continue;
+        }
+        let schema = message_schema(&message, &mut pending);
+        schemas.insert(name, schema);
+    }
+    schemas.sort_keys();
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "iggy-gateway",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "REST/JSON for Apache Iggy, derived from the gateway's protobuf API. Every route calls the same service as gRPC; errors are application/problem+json.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}

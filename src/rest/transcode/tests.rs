@@ -1,0 +1,103 @@
+use http::{HeaderMap, HeaderValue, Method, header};
+use serde_json::json;
+
+use super::*;
+use crate::rest::{route_table, routes::Lookup};
+
+fn route_for(method: Method, path: &str) -> (Route, Vec<(String, String)>) {
+    let table = route_table().expect("routes");
+    match table.find(&method, path) {
+        Lookup::Found(route, bindings) => (route.clone(), bindings),
+        _ => panic!("no route for {method} {path}"),
+    }
+}
+
+fn json_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers
+}
+
+#[test]
+fn nested_field_paths_build_nested_objects_under_proto_names() {
+    let (route, _) = route_for(Method::POST, "/messages");
+    let input = route.method.input();
+    let mut root = Map::new();
+    set_path(
+        &mut root,
+        &input,
+        "event.payload.type",
+        json!("User"),
+        false,
+    )
+    .expect("set");
+    set_path(&mut root, &input, "event.eventType", json!("x"), false).expect("set");
+    assert_eq!(
+        Value::Object(root),
+        json!({"event": {"payload": {"type": "User"}, "event_type": "x"}})
+    );
+}
+
+#[test]
+fn a_field_body_takes_the_json_value_and_the_path_fills_the_rest() {
+    let (route, bindings) = route_for(
+        Method::POST,
+        "/v1/streams/orders/topics/created/partitions/2/messages",
+    );
+    assert_eq!(route.body, BodyRule::Field("messages".into()));
+    let body = Bytes::from_static(br#"[{"text": "a"}, {"json": {"n": 1}}]"#);
+    let json = request_json(&route, bindings, None, &json_headers(), &body).expect("valid");
+    assert_eq!(
+        json,
+        json!({"messages": [{"text": "a"}, {"json": {"n": 1}}], "stream": "orders", "topic": "created", "partition_id": "2"})
+    );
+}
+
+#[test]
+fn query_strings_fill_scalars_repeated_and_typed_values() {
+    let (route, bindings) = route_for(Method::GET, "/v1/streams/orders/topics/created/messages");
+    let json = request_json(
+        &route,
+        bindings,
+        Some(
+            "count=5&auto_commit=true&strategy=2&timestamp=2026-01-01T00%3A00%3A00Z&consumer=c%201",
+        ),
+        &HeaderMap::new(),
+        &Bytes::new(),
+    )
+    .expect("valid");
+    assert_eq!(json["count"], "5");
+    assert_eq!(json["auto_commit"], true);
+    assert_eq!(json["strategy"], 2);
+    assert_eq!(json["timestamp"], "2026-01-01T00:00:00Z");
+    assert_eq!(json["consumer"], "c 1");
+}
+
+#[test]
+fn query_parameters_that_are_unknown_or_taken_are_refused() {
+    let (route, bindings) = route_for(Method::GET, "/v1/streams/orders/topics/created/messages");
+    for query in ["colour=red", "stream=other", "auto_commit=maybe"] {
+        let problem = request_json(
+            &route,
+            bindings.clone(),
+            Some(query),
+            &HeaderMap::new(),
+            &Bytes::new(),
+        )
+        .expect_err("refused");
+        assert_eq!(problem.status(), 400, "{query}");
+    }
+    let (route, bindings) = route_for(Method::POST, "/v1/streams");
+    let problem = request_json(
+        &route,
+        bindings,
+        Some("name=x"),
+        &json_headers(),
+        &Bytes::from_static(b"{}"),
+    )
+    .expect_err("the body owns every field");
+    assert_eq!(problem.status(), 400);
+}
