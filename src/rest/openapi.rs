@@ -193,7 +193,12 @@ pub fn document(table: &RouteTable) -> Value {
         operation.insert("operationId".into(), Value::String(operation_id));
         operation.insert("tags".into(), json!([method.parent_service().name()]));
         if let Some(text) = comment(method.parent_file().file_descriptor_proto(), method.path()) {
-            let summary = text.lines().next().unwrap_or_default().to_owned();
+            // The first sentence, which the proto comments keep short.
+            let flat = text.replace('\n', " ");
+            let summary = match flat.find(". ") {
+                Some(end) => flat[..=end].to_owned(),
+                None => flat.clone(),
+            };
             operation.insert("summary".into(), Value::String(summary));
             operation.insert("description".into(), Value::String(text));
         }
