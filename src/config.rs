@@ -1,14 +1,45 @@
 //! One typed configuration, read from the environment (the names the original service used)
 //! and from command-line flags, and checked before anything starts.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{fmt, net::IpAddr, num::NonZeroU32, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
 
 use crate::{
     broker::{Name, embedded::Location},
     grpc::{DefaultTopic, Limits},
+    layers::{AuthSettings, LayerSettings},
 };
+
+/// API keys; never printed (its `Debug` says how many there are, nothing more).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeys(Vec<String>);
+
+impl FromStr for ApiKeys {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let keys: Vec<String> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Ok(Self(keys))
+    }
+}
+
+impl fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKeys([redacted; {}])", self.0.len())
+    }
+}
+
+impl ApiKeys {
+    pub fn new(keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self(keys.into_iter().map(Into::into).collect())
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -72,6 +103,67 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024 * 1024))]
     pub max_request_body_size: u32,
 
+    /// Requests per second allowed per client IP; 0 disables rate limiting.
+    #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 100)]
+    pub rate_limit_rps: u32,
+
+    /// Requests a client may make at once above the sustained rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 50)]
+    pub rate_limit_burst: u32,
+
+    /// Proxies (CIDRs, comma-separated) whose X-Forwarded-For / X-Real-IP are believed.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// API key, or a comma-separated list (for rotation); unset disables authentication.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<ApiKeys>,
+
+    /// Paths reachable without a key (the gRPC health service always is).
+    #[arg(
+        long,
+        env = "AUTH_BYPASS_PATHS",
+        value_delimiter = ',',
+        default_value = "/health,/ready"
+    )]
+    pub auth_bypass_paths: Vec<String>,
+
+    /// Also accept the key as `?api_key=` (it may then end up in proxy logs).
+    #[arg(long, env = "API_KEY_QUERY_PARAM", default_value_t = false)]
+    pub api_key_query_param: bool,
+
+    /// Failed key attempts from one IP, within the window, before it is locked out.
+    #[arg(long, env = "AUTH_MAX_FAILURES", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_max_failures: u32,
+
+    /// Seconds over which failed key attempts are counted.
+    #[arg(long, env = "AUTH_FAILURE_WINDOW_SECS", default_value_t = 60)]
+    pub auth_failure_window_secs: u64,
+
+    /// Seconds a locked-out IP must wait.
+    #[arg(long, env = "AUTH_LOCKOUT_SECS", default_value_t = 300)]
+    pub auth_lockout_secs: u64,
+
+    /// Origins allowed by CORS: `*` or a comma-separated list.
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Longest a call may take, in milliseconds (a shorter grpc-timeout wins).
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
+    /// Calls in flight beyond which new calls are refused with UNAVAILABLE / 503.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_concurrent_requests: u64,
+
     /// Seconds to let calls in flight finish after SIGTERM before closing them.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(0..=3600))]
@@ -98,6 +190,18 @@ impl Config {
             poll_max_count: 1000,
             max_message_size: 1024 * 1024,
             max_request_body_size: 16 * 1024 * 1024,
+            rate_limit_rps: 0,
+            rate_limit_burst: 50,
+            trusted_proxies: Vec::new(),
+            api_key: None,
+            auth_bypass_paths: vec!["/health".into(), "/ready".into()],
+            api_key_query_param: false,
+            auth_max_failures: 10,
+            auth_failure_window_secs: 60,
+            auth_lockout_secs: 300,
+            cors_allowed_origins: vec!["*".into()],
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 1024,
             shutdown_timeout: 2,
             log_format: LogFormat::Text,
         }
@@ -123,6 +227,36 @@ impl Config {
                 .map_err(|reason| format!("IGGY_TOPIC={:?}: {reason}", self.iggy_topic))?,
             partitions: self.iggy_partitions,
         }))
+    }
+
+    /// The settings of the shared layer stack.
+    pub fn layer_settings(&self) -> LayerSettings {
+        LayerSettings {
+            trusted_proxies: self.trusted_proxies.clone(),
+            rate_limit: NonZeroU32::new(self.rate_limit_rps)
+                .map(|rps| (rps, NonZeroU32::new(self.rate_limit_burst).unwrap_or(rps))),
+            auth: AuthSettings {
+                keys: self
+                    .api_key
+                    .as_ref()
+                    .map(|keys| keys.0.clone())
+                    .unwrap_or_default(),
+                bypass_paths: self.auth_bypass_paths.clone(),
+                allow_query_param: self.api_key_query_param,
+                max_failures: self.auth_max_failures,
+                window: Duration::from_secs(self.auth_failure_window_secs),
+                lockout: Duration::from_secs(self.auth_lockout_secs),
+            },
+            cors_origins: self.cors_allowed_origins.clone(),
+            max_body_bytes: self.max_request_body_size as usize,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_concurrent: usize::try_from(self.max_concurrent_requests).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Whether the gateway is reachable from other machines without any key.
+    pub fn is_open_to_the_network(&self) -> bool {
+        !self.host.is_loopback() && self.api_key.as_ref().is_none_or(|keys| keys.0.is_empty())
     }
 
     pub fn limits(&self) -> Limits {

@@ -22,6 +22,7 @@ pub mod broker;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod layers;
 pub mod rest;
 pub mod startup;
 pub mod telemetry;

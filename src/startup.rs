@@ -17,6 +17,7 @@ use crate::{
     broker::{Broker, BrokerError, Compression, CreateTopic, Identifier, embedded::EmbeddedBroker},
     config::Config,
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
+    layers::{self, rate_limit},
     proto::{
         self, event_service_server::EventServiceServer,
         message_service_server::MessageServiceServer, stream_service_server::StreamServiceServer,
@@ -99,6 +100,13 @@ impl Application {
             .local_addr()
             .map_err(|err| StartupError::Internal(err.to_string()))?;
 
+        if config.is_open_to_the_network() {
+            tracing::warn!(
+                host = %config.host,
+                "NO API_KEY IS SET and the gateway listens beyond loopback: anyone who can reach \
+                 it can read, write and delete every stream. Set API_KEY."
+            );
+        }
         let (health, health_service) = tonic_health::server::health_reporter();
         let routes = routes(
             Arc::clone(&broker),
@@ -107,6 +115,13 @@ impl Application {
             config.max_request_body_size as usize,
             health_service,
         )?;
+        let (router, rate_limit) =
+            layers::apply(routes.into_axum_router(), &config.layer_settings());
+        if let Some(rate_limit) = rate_limit {
+            // Keeps the limiter's memory bounded under many distinct clients.
+            rate_limit::spawn_sweeper(rate_limit, Duration::from_secs(10));
+        }
+        let routes = Routes::from(router);
         Ok(Self {
             listener,
             local_addr,
@@ -203,6 +218,7 @@ fn routes(
         .max_decoding_message_size(max_request_bytes);
     let messages = MessageServiceServer::new(MessageApi::new(Arc::clone(&broker), limits))
         .max_decoding_message_size(max_request_bytes);
+    let availability = broker.availability();
     let events = EventServiceServer::new(EventApi::new(broker, limits, default_topic))
         .max_decoding_message_size(max_request_bytes);
 
@@ -218,6 +234,7 @@ fn routes(
         table,
         grpc_only.routes().prepare().into_axum_router(),
         max_request_bytes,
+        availability,
     )
     .map_err(StartupError::Internal)?;
 

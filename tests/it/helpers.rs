@@ -221,3 +221,11 @@ impl TestApp {
         (status, json)
     }
 }
+
+/// A gateway with settings changed from the test defaults.
+pub async fn spawn_configured(change: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::for_tests(dir.path().display().to_string());
+    change(&mut config);
+    spawn_with(config, dir).await
+}

@@ -5,6 +5,7 @@ mod durability;
 mod grpc_web;
 mod health;
 mod helpers;
+mod layers;
 mod messages;
 mod openapi;
 mod parity;

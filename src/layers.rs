@@ -1,0 +1,190 @@
+//! The one middleware stack every call passes through, whatever its protocol (gRPC, gRPC-Web,
+//! REST). Order, outermost first, and why each layer sits where it does:
+//!
+//! 1. request id — first, so every log line and every answer below carries it;
+//! 2. client IP — decided once (trusted proxies only) for logs, rate limits and lockouts;
+//! 3. trace — one span per call, so rejections by the layers below are logged too;
+//! 4. CORS — browsers' preflights are answered before limits and auth see them;
+//! 5. rate limit — the cheapest refusal, before any key is hashed;
+//! 6. API key — authenticate before any work is done for the caller;
+//! 7. concurrency — shed new calls at once when the gateway is full;
+//! 8. timeout — bound each call (a shorter `grpc-timeout` wins);
+//! 9. body limit — refuse oversized bodies before reading them.
+//!
+//! Every rejection answers in the caller's protocol (see [`protocol`]). Layers never look
+//! inside message bodies. REST calls reach their gRPC service in process, below this stack,
+//! so a REST call passes each layer exactly once.
+
+pub mod auth;
+pub mod client_ip;
+pub mod limits;
+pub mod protocol;
+pub mod rate_limit;
+pub mod request_id;
+
+use std::{num::NonZeroU32, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header},
+};
+use ipnet::IpNet;
+use tower::ServiceBuilder;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    trace::TraceLayer,
+};
+use tracing::Span;
+
+pub use auth::{ApiKeyLayer, AuthSettings};
+pub use client_ip::{ClientIp, ClientIpLayer};
+pub use limits::{BodyLimitLayer, ConcurrencyLayer, TimeoutLayer};
+pub use protocol::{Protocol, Rejection};
+pub use rate_limit::RateLimitLayer;
+pub use request_id::{RequestId, RequestIdLayer};
+
+/// Everything the stack is configured with.
+#[derive(Debug, Clone)]
+pub struct LayerSettings {
+    pub trusted_proxies: Vec<IpNet>,
+    /// Requests per second and burst per client; `None` disables rate limiting.
+    pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
+    pub auth: AuthSettings,
+    /// `*` for any origin, or the allowed origins.
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrent: usize,
+}
+
+/// Wraps the router in the stack; returns the rate limiter too, so start-up can sweep it.
+pub fn apply(router: Router, settings: &LayerSettings) -> (Router, Option<RateLimitLayer>) {
+    let rate_limit = settings
+        .rate_limit
+        .map(|(per_second, burst)| RateLimitLayer::new(per_second, burst));
+    let stack = ServiceBuilder::new()
+        .layer(RequestIdLayer)
+        .layer(ClientIpLayer::new(settings.trusted_proxies.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(make_span)
+                .on_request(())
+                .on_response(on_response)
+                .on_eos(on_eos)
+                .on_failure(()),
+        )
+        .layer(cors(&settings.cors_origins))
+        .option_layer(rate_limit.clone())
+        .layer(ApiKeyLayer::new(settings.auth.clone()))
+        .layer(ConcurrencyLayer::new(settings.max_concurrent))
+        .layer(TimeoutLayer::new(settings.request_timeout))
+        .layer(BodyLimitLayer::new(settings.max_body_bytes));
+    (router.layer(stack), rate_limit)
+}
+
+fn make_span(request: &Request<Body>) -> Span {
+    let protocol = Protocol::of(request.headers()).name();
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map_or("", |id| id.0.as_str());
+    let client = request
+        .extensions()
+        .get::<ClientIp>()
+        .map(|ip| ip.0.to_string())
+        .unwrap_or_default();
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // The path is the gRPC method for gRPC calls and the route for REST; never the query,
+    // which may hold an API key.
+    tracing::info_span!(
+        "call",
+        protocol,
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+        client = %client,
+        traceparent,
+        status = tracing::field::Empty,
+        grpc_status = tracing::field::Empty,
+    )
+}
+
+/// One line per call, when its answer starts: status, gRPC status when it is already known
+/// (every rejection and unary error is trailers-only), and latency.
+fn on_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
+    span.record("status", response.status().as_u16());
+    if let Some(status) = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("grpc_status", status);
+    }
+    tracing::info!(parent: span, latency_ms = latency.as_secs_f64() * 1000.0, "call answered");
+}
+
+/// The final gRPC status of a call whose answer streamed (it arrives in trailers).
+fn on_eos(trailers: Option<&HeaderMap>, duration: Duration, span: &Span) {
+    if let Some(status) = trailers
+        .and_then(|t| t.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("grpc_status", status);
+        tracing::debug!(parent: span, stream_ms = duration.as_secs_f64() * 1000.0, "call finished");
+    }
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let names = |list: &[&'static str]| -> Vec<HeaderName> {
+        list.iter()
+            .map(|name| HeaderName::from_static(name))
+            .collect()
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(
+            [header::CONTENT_TYPE, header::AUTHORIZATION]
+                .into_iter()
+                .chain(names(&[
+                    "x-api-key",
+                    "x-request-id",
+                    "x-grpc-web",
+                    "x-user-agent",
+                    "grpc-timeout",
+                    "traceparent",
+                    "tracestate",
+                ]))
+                .collect::<Vec<_>>(),
+        )
+        // gRPC-Web clients in browsers can read a status only if it is exposed.
+        .expose_headers(names(&[
+            "grpc-status",
+            "grpc-message",
+            "grpc-status-details-bin",
+            "x-request-id",
+            "retry-after",
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+            "www-authenticate",
+        ]))
+        .max_age(Duration::from_secs(600))
+}

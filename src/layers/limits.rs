@@ -1,0 +1,296 @@
+//! Limits that keep an overloaded or abused gateway answering quickly: the request body size
+//! (checked against `Content-Length` before anything is read, and enforced while streaming), a
+//! per-request timeout (a shorter `grpc-timeout` wins), and a cap on calls in flight beyond which
+//! new calls are shed at once with UNAVAILABLE instead of queueing.
+
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    http::{Request, Response, StatusCode, header},
+};
+use futures_util::future::{BoxFuture, Either, Ready, ready};
+use tokio::sync::Semaphore;
+use tonic::Code;
+use tower::{Layer, Service};
+
+use super::protocol::{Protocol, Rejection, is_health_check};
+
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimitLayer {
+    max_bytes: usize,
+}
+
+impl BodyLimitLayer {
+    pub fn new(max_bytes: usize) -> Self {
+        Self { max_bytes }
+    }
+}
+
+impl<S> Layer<S> for BodyLimitLayer {
+    type Service = BodyLimitService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyLimitService {
+            inner,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BodyLimitService<S> {
+    inner: S,
+    max_bytes: usize,
+}
+
+impl<S> Service<Request<Body>> for BodyLimitService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<
+        BoxFuture<'static, Result<Response<Body>, Infallible>>,
+        Ready<Result<Response<Body>, Infallible>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_bytes as u64) {
+            return Either::Right(ready(Ok(too_large(self.max_bytes).respond(&request))));
+        }
+        // Bodies without a length are cut off at the limit while they stream in.
+        let grpc = Protocol::of(request.headers()) != Protocol::Rest;
+        let probe = probe(&request);
+        let max_bytes = self.max_bytes;
+        // gRPC bodies are left to tonic, which enforces the same limit per message.
+        let request = if grpc {
+            request
+        } else {
+            request.map(|body| Body::new(http_body_util::Limited::new(body, max_bytes)))
+        };
+        let future = self.inner.call(request);
+        Either::Left(Box::pin(async move {
+            let response = future.await?;
+            // tonic refuses a message over its decoding limit with OUT_OF_RANGE; a caller who
+            // sent too much should hear RESOURCE_EXHAUSTED, as REST callers hear 413.
+            if grpc && is_oversized_message(&response) {
+                return Ok(too_large(max_bytes).respond(&probe));
+            }
+            Ok(response)
+        }))
+    }
+}
+
+fn too_large(max_bytes: usize) -> Rejection {
+    Rejection::new(
+        Code::ResourceExhausted,
+        "PAYLOAD_TOO_LARGE",
+        format!("the request body is over {max_bytes} bytes (MAX_REQUEST_BODY_SIZE)"),
+    )
+    .http_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+fn is_oversized_message(response: &Response<Body>) -> bool {
+    let headers = response.headers();
+    headers.get("grpc-status").is_some_and(|code| code == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.contains("too%20large") || m.contains("too large"))
+}
+
+/// What a rejection needs from a request (headers, request id) without its body.
+fn probe(request: &Request<Body>) -> Request<()> {
+    let mut probe = Request::new(());
+    *probe.headers_mut() = request.headers().clone();
+    if let Some(id) = request.extensions().get::<super::request_id::RequestId>() {
+        probe.extensions_mut().insert(id.clone());
+    }
+    probe
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer {
+    timeout: Duration,
+}
+
+impl TimeoutLayer {
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = TimeoutService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        TimeoutService {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TimeoutService<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+/// A `grpc-timeout` header: digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+impl<S> Service<Request<Body>> for TimeoutService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+            .map_or(self.timeout, |asked| asked.min(self.timeout));
+        // Only what the rejection needs from the request outlives the call.
+        let probe = probe(&request);
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, future).await {
+                Ok(response) => response,
+                Err(_) => Ok(Rejection::new(
+                    Code::DeadlineExceeded,
+                    "DEADLINE_EXCEEDED",
+                    format!("the call took longer than {} ms", timeout.as_millis()),
+                )
+                .respond(&probe)),
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLayer {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConcurrencyLayer {
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLayer {
+    type Service = ConcurrencyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ConcurrencyService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConcurrencyService<S> {
+    inner: S,
+    layer: ConcurrencyLayer,
+}
+
+impl<S> Service<Request<Body>> for ConcurrencyService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<
+        BoxFuture<'static, Result<Response<Body>, Infallible>>,
+        Ready<Result<Response<Body>, Infallible>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if is_health_check(request.uri().path()) {
+            let future = self.inner.call(request);
+            return Either::Left(Box::pin(future));
+        }
+        match Arc::clone(&self.layer.permits).try_acquire_owned() {
+            Ok(permit) => {
+                let future = self.inner.call(request);
+                Either::Left(Box::pin(async move {
+                    let response = future.await;
+                    drop(permit);
+                    response
+                }))
+            }
+            Err(_) => {
+                let rejection = Rejection::new(
+                    Code::Unavailable,
+                    "OVERLOADED",
+                    format!(
+                        "the gateway is at its limit of {} calls in flight",
+                        self.layer.max
+                    ),
+                )
+                .retry_after(Duration::from_secs(1));
+                Either::Right(ready(Ok(rejection.respond(&request))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_parse_every_unit() {
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout("7x"), None);
+        assert_eq!(grpc_timeout(""), None);
+    }
+}

@@ -1,0 +1,137 @@
+//! Which protocol a request speaks, and how a layer's rejection is answered in it: gRPC and
+//! gRPC-Web callers get a `grpc-status` (HTTP 200, never 429 or 503, which gRPC clients would
+//! read as UNAVAILABLE and retry), REST callers an `application/problem+json` body.
+
+use std::time::Duration;
+
+use axum::{
+    body::Body,
+    http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::request_id::RequestId;
+use crate::{error::ERROR_DOMAIN, rest::Problem};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    GrpcWeb,
+    Rest,
+}
+
+impl Protocol {
+    pub fn of(headers: &HeaderMap) -> Self {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if content_type.starts_with("application/grpc-web") {
+            Protocol::GrpcWeb
+        } else if content_type.starts_with("application/grpc") {
+            Protocol::Grpc
+        } else {
+            Protocol::Rest
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::GrpcWeb => "grpc-web",
+            Protocol::Rest => "rest",
+        }
+    }
+}
+
+/// A request a layer refuses, described once for both protocols.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub code: Code,
+    /// REST status; usually the code's standard mapping, but 413 for an oversized body.
+    pub http: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+    /// Extra headers for both protocols (`WWW-Authenticate`, `RateLimit-*`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Rejection {
+    pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            http: crate::rest::http_status(code),
+            reason,
+            message: message.into(),
+            retry_after: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn http_status(mut self, status: StatusCode) -> Self {
+        self.http = status;
+        self
+    }
+
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The answer to `request` in its own protocol.
+    pub fn respond<B>(self, request: &Request<B>) -> Response {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.clone());
+        let protocol = Protocol::of(request.headers());
+        let retry_secs = self.retry_after.map(|wait| wait.as_secs().max(1));
+        let mut response = match protocol {
+            Protocol::Grpc | Protocol::GrpcWeb => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info(self.reason, ERROR_DOMAIN, []);
+                if let Some(wait) = self.retry_after {
+                    details.set_retry_info(Some(wait));
+                }
+                let status = tonic::Status::with_error_details(self.code, self.message, details);
+                let mut response = status.into_http::<Body>();
+                if protocol == Protocol::GrpcWeb {
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc-web+proto"),
+                    );
+                }
+                response
+            }
+            Protocol::Rest => {
+                let mut problem = Problem::new(self.http, self.reason, self.message);
+                problem = problem.with_request_id(request_id);
+                problem.into_response()
+            }
+        };
+        let headers = response.headers_mut();
+        if let Some(secs) = retry_secs
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            headers.insert(header::RETRY_AFTER, value);
+        }
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
+        response
+    }
+}
+
+/// Health probes are never rate limited, shed or asked for a key: an overloaded or locked-down
+/// gateway must still answer Kubernetes.
+pub fn is_health_check(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path == "/health" || path == "/ready"
+}

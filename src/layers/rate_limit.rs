@@ -1,0 +1,149 @@
+//! Per-client rate limiting with governor's keyed GCRA limiter: `RATE_LIMIT_RPS` sustained,
+//! `RATE_LIMIT_BURST` at once, per [`ClientIp`]. Over the limit, REST gets 429 with
+//! `Retry-After` and `RateLimit-*` headers; gRPC gets RESOURCE_EXHAUSTED with `RetryInfo`.
+//! Health checks are never limited. Memory stays bounded: idle clients are swept out.
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, Ipv4Addr},
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    http::{HeaderName, HeaderValue, Request, Response},
+};
+use futures_util::future::{Either, Ready, ready};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
+use tonic::Code;
+use tower::{Layer, Service};
+
+use super::{
+    client_ip::ClientIp,
+    protocol::{Rejection, is_health_check},
+};
+
+/// Above this many tracked clients, idle ones are swept at once rather than on the timer.
+const MAX_TRACKED_CLIENTS: usize = 100_000;
+
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    burst: u32,
+    /// Unix seconds of the last forced sweep, so a flood of new clients
+    /// sweeps at most once a second.
+    last_sweep: Arc<AtomicU64>,
+}
+
+impl RateLimitLayer {
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        let quota = Quota::per_second(per_second).allow_burst(burst);
+        Self {
+            limiter: Arc::new(RateLimiter::keyed(quota)),
+            burst: burst.get(),
+            last_sweep: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Forgets clients whose state is back to "fresh"; run periodically.
+    pub fn sweep(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    pub fn tracked_clients(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimitService<S> {
+    inner: S,
+    layer: RateLimitLayer,
+}
+
+impl<S> Service<Request<Body>> for RateLimitService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if is_health_check(request.uri().path()) {
+            return Either::Left(self.inner.call(request));
+        }
+        let client = request
+            .extensions()
+            .get::<ClientIp>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ip| ip.0);
+        let limiter = &self.layer.limiter;
+        if limiter.len() > MAX_TRACKED_CLIENTS {
+            let now = crate::broker::now_micros() / 1_000_000;
+            if self.layer.last_sweep.swap(now, Ordering::Relaxed) != now {
+                self.layer.sweep();
+            }
+        }
+        match limiter.check_key(&client) {
+            Ok(()) => Either::Left(self.inner.call(request)),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(limiter.clock().now());
+                let reset = wait.as_secs().max(1).to_string();
+                let rejection = Rejection::new(
+                    Code::ResourceExhausted,
+                    "RATE_LIMITED",
+                    format!(
+                        "rate limit exceeded for {client}; retry in {} ms",
+                        wait.as_millis().max(1)
+                    ),
+                )
+                .retry_after(wait.max(Duration::from_millis(1)))
+                .header(
+                    HeaderName::from_static("ratelimit-limit"),
+                    HeaderValue::from(self.layer.burst),
+                )
+                .header(
+                    HeaderName::from_static("ratelimit-remaining"),
+                    HeaderValue::from_static("0"),
+                )
+                .header(
+                    HeaderName::from_static("ratelimit-reset"),
+                    HeaderValue::from_str(&reset).unwrap_or(HeaderValue::from_static("1")),
+                );
+                Either::Right(ready(Ok(rejection.respond(&request))))
+            }
+        }
+    }
+}
+
+/// Keeps the limiter's memory bounded: sweeps idle clients every `every` until the process ends.
+pub fn spawn_sweeper(layer: RateLimitLayer, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            layer.sweep();
+        }
+    })
+}
