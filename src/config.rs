@@ -267,3 +267,39 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_never_show_in_debug_output() {
+        let config = Config {
+            api_key: Some("sekrit-1, sekrit-2".parse().expect("keys")),
+            ..Config::for_tests(":memory:")
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("sekrit"), "{printed}");
+        assert!(printed.contains("redacted; 2"));
+    }
+
+    #[test]
+    fn the_environment_names_of_the_original_service_are_read() {
+        let config = Config::try_parse_from([
+            "iggy-gateway",
+            "--port",
+            "0",
+            "--trusted-proxies",
+            "10.0.0.0/8,192.168.0.0/16",
+            "--cors-allowed-origins",
+            "https://a.example,https://b.example",
+        ])
+        .expect("parses");
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert_eq!(config.cors_allowed_origins.len(), 2);
+        assert_eq!(config.auth_bypass_paths, ["/health", "/ready"]);
+        assert!(
+            Config::try_parse_from(["iggy-gateway", "--trusted-proxies", "not-a-cidr"]).is_err()
+        );
+    }
+}

@@ -297,6 +297,17 @@ mod tests {
     }
 
     #[test]
+    fn failure_counters_stay_bounded_under_many_clients() {
+        let auth = state(&["k"]);
+        let now = Instant::now();
+        for i in 0..(MAX_TRACKED_CLIENTS as u32 + 500) {
+            auth.record_failure(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), now);
+        }
+        let tracked = auth.failures.lock().map(|f| f.len()).unwrap_or(usize::MAX);
+        assert!(tracked <= MAX_TRACKED_CLIENTS, "{tracked} tracked");
+    }
+
+    #[test]
     fn repeated_failures_lock_a_client_out_for_a_while() {
         let auth = state(&["k"]);
         let client: IpAddr = "198.51.100.1".parse().expect("ip");

@@ -147,3 +147,25 @@ pub fn spawn_sweeper(layer: RateLimitLayer, every: Duration) -> tokio::task::Joi
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_clients_are_swept_so_memory_stays_bounded() {
+        let layer = RateLimitLayer::new(
+            NonZeroU32::new(1000).expect("non-zero"),
+            NonZeroU32::new(1).expect("non-zero"),
+        );
+        for i in 0..5000u32 {
+            let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(layer.limiter.check_key(&ip).is_ok());
+        }
+        assert_eq!(layer.tracked_clients(), 5000);
+        // At 1000/s a burst of one is replenished within a few milliseconds.
+        std::thread::sleep(Duration::from_millis(20));
+        layer.sweep();
+        assert_eq!(layer.tracked_clients(), 0);
+    }
+}
