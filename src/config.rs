@@ -172,6 +172,99 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// What loading the configuration can end in besides a configuration.
+#[derive(Debug)]
+pub enum LoadError {
+    /// `--help` or `--version`: print it and exit 0.
+    Info(String),
+    /// A bad setting: one line naming the variable, the value and what is allowed (exit 78).
+    Invalid(String),
+}
+
+/// The settings as they take effect, one `(ENV_NAME, value)` per option; secrets redacted.
+pub type EffectiveSettings = Vec<(String, String)>;
+
+impl Config {
+    /// Reads flags and environment; see [`LoadError`].
+    pub fn load_from<I, T>(args: I) -> Result<(Self, EffectiveSettings), LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let command = <Self as clap::CommandFactory>::command();
+        let matches = command
+            .clone()
+            .try_get_matches_from(args)
+            .map_err(|err| explain(&command, &err))?;
+        let config = <Self as clap::FromArgMatches>::from_arg_matches(&matches)
+            .map_err(|err| explain(&command, &err))?;
+        let settings = command
+            .get_arguments()
+            .filter_map(|arg| {
+                let env = arg.get_env()?.to_string_lossy().into_owned();
+                let value = if arg.is_hide_env_values_set() {
+                    matches
+                        .get_raw(arg.get_id().as_str())
+                        .map_or_else(|| "(unset)".to_owned(), |_| "(redacted)".to_owned())
+                } else {
+                    matches.get_raw(arg.get_id().as_str()).map_or_else(
+                        || "(unset)".to_owned(),
+                        |values| {
+                            values
+                                .map(|v| v.to_string_lossy().into_owned())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        },
+                    )
+                };
+                Some((env, value))
+            })
+            .collect();
+        Ok((config, settings))
+    }
+}
+
+/// One line for a clap error: the environment variable and flag, the value, and why it is
+/// refused (clap's own reason says what is allowed).
+fn explain(command: &clap::Command, err: &clap::Error) -> LoadError {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        return LoadError::Info(err.render().to_string());
+    }
+    let rendered = err.render().to_string();
+    let reason = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid configuration")
+        .trim_start_matches("error: ")
+        .to_owned();
+    let flag = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(flag)) => flag.split_whitespace().next().map(str::to_owned),
+        _ => None,
+    };
+    let env = flag.as_deref().and_then(|flag| {
+        command
+            .get_arguments()
+            .find(|arg| {
+                arg.get_long()
+                    .is_some_and(|long| flag == format!("--{long}"))
+            })
+            .and_then(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+    });
+    LoadError::Invalid(match env {
+        Some(env) => format!("{env}: {reason}"),
+        None => reason,
+    })
 }
 
 impl Config {
@@ -204,6 +297,7 @@ impl Config {
             max_concurrent_requests: 1024,
             shutdown_timeout: 2,
             log_format: LogFormat::Text,
+            print_config: false,
         }
     }
 
@@ -301,5 +395,50 @@ mod tests {
         assert!(
             Config::try_parse_from(["iggy-gateway", "--trusted-proxies", "not-a-cidr"]).is_err()
         );
+    }
+
+    #[test]
+    fn a_bad_value_is_explained_in_one_line_naming_the_variable() {
+        let Err(LoadError::Invalid(line)) =
+            Config::load_from(["iggy-gateway", "--batch-max-size", "0"])
+        else {
+            panic!("0 is refused");
+        };
+        assert!(line.starts_with("BATCH_MAX_SIZE: "), "{line}");
+        assert!(line.contains("'0'") && line.contains("1..=100000"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn the_effective_settings_redact_secrets() {
+        let Ok((_, settings)) =
+            Config::load_from(["iggy-gateway", "--api-key", "sekrit", "--port", "9000"])
+        else {
+            panic!("loads");
+        };
+        let get = |name: &str| {
+            settings
+                .iter()
+                .find(|(env, _)| env == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("API_KEY").as_deref(), Some("(redacted)"));
+        assert_eq!(get("PORT").as_deref(), Some("9000"));
+        assert!(!format!("{settings:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn the_readme_documents_every_setting() {
+        let readme = include_str!("../README.md");
+        let command = <Config as clap::CommandFactory>::command();
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                let name = format!("`{}`", env.to_string_lossy());
+                assert!(
+                    readme.contains(&name),
+                    "README.md's configuration table lacks {name}"
+                );
+            }
+        }
     }
 }

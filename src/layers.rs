@@ -4,12 +4,13 @@
 //! 1. request id — first, so every log line and every answer below carries it;
 //! 2. client IP — decided once (trusted proxies only) for logs, rate limits and lockouts;
 //! 3. trace — one span per call, so rejections by the layers below are logged too;
-//! 4. CORS — browsers' preflights are answered before limits and auth see them;
-//! 5. rate limit — the cheapest refusal, before any key is hashed;
-//! 6. API key — authenticate before any work is done for the caller;
-//! 7. concurrency — shed new calls at once when the gateway is full;
-//! 8. timeout — bound each call (a shorter `grpc-timeout` wins);
-//! 9. body limit — refuse oversized bodies before reading them.
+//! 4. metrics — every call counted by protocol, route and status, refusals by reason;
+//! 5. CORS — browsers' preflights are answered before limits and auth see them;
+//! 6. rate limit — the cheapest refusal, before any key is hashed;
+//! 7. API key — authenticate before any work is done for the caller;
+//! 8. concurrency — shed new calls at once when the gateway is full;
+//! 9. timeout — bound each call (a shorter `grpc-timeout` wins);
+//! 10. body limit — refuse oversized bodies before reading them.
 //!
 //! Every rejection answers in the caller's protocol (see [`protocol`]). Layers never look
 //! inside message bodies. REST calls reach their gRPC service in process, below this stack,
@@ -22,7 +23,7 @@ pub mod protocol;
 pub mod rate_limit;
 pub mod request_id;
 
-use std::{num::NonZeroU32, time::Duration};
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -36,6 +37,8 @@ use tower_http::{
     trace::TraceLayer,
 };
 use tracing::Span;
+
+use crate::metrics::{Metrics, MetricsLayer};
 
 pub use auth::{ApiKeyLayer, AuthSettings};
 pub use client_ip::{ClientIp, ClientIpLayer};
@@ -59,7 +62,11 @@ pub struct LayerSettings {
 }
 
 /// Wraps the router in the stack; returns the rate limiter too, so start-up can sweep it.
-pub fn apply(router: Router, settings: &LayerSettings) -> (Router, Option<RateLimitLayer>) {
+pub fn apply(
+    router: Router,
+    settings: &LayerSettings,
+    metrics: Arc<Metrics>,
+) -> (Router, Option<RateLimitLayer>) {
     let rate_limit = settings
         .rate_limit
         .map(|(per_second, burst)| RateLimitLayer::new(per_second, burst));
@@ -74,6 +81,7 @@ pub fn apply(router: Router, settings: &LayerSettings) -> (Router, Option<RateLi
                 .on_eos(on_eos)
                 .on_failure(()),
         )
+        .layer(MetricsLayer::new(metrics))
         .layer(cors(&settings.cors_origins))
         .option_layer(rate_limit.clone())
         .layer(ApiKeyLayer::new(settings.auth.clone()))

@@ -23,6 +23,8 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod layers;
+pub mod metrics;
+pub mod ops;
 pub mod rest;
 pub mod startup;
 pub mod telemetry;

@@ -4,24 +4,31 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use iggy_gateway::{
-    config::Config,
+    config::{Config, LoadError},
     startup::{Application, StartupError},
     telemetry,
 };
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::try_parse() {
-        Ok(config) => config,
-        Err(err) => {
-            // --help and --version are not errors.
-            let code = if err.use_stderr() { 78 } else { 0 };
-            let _ = err.print();
-            return ExitCode::from(code);
+    let (config, settings) = match Config::load_from(std::env::args_os()) {
+        Ok(loaded) => loaded,
+        Err(LoadError::Info(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(LoadError::Invalid(line)) => {
+            eprintln!("iggy-gateway: configuration error: {line}");
+            return ExitCode::from(78);
         }
     };
+    if config.print_config {
+        for (name, value) in settings {
+            println!("{name}={value}");
+        }
+        return ExitCode::SUCCESS;
+    }
     telemetry::init(config.log_format);
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -45,12 +45,7 @@ pub fn openapi_document(table: &RouteTable) -> serde_json::Value {
 
 /// The REST router: `/openapi.json`, `/docs`, and every annotated route, transcoded to
 /// `grpc` (the gRPC services alone).
-pub fn router(
-    table: RouteTable,
-    grpc: Router,
-    max_body_bytes: usize,
-    backend_available: tokio::sync::watch::Receiver<bool>,
-) -> Result<Router, String> {
+pub fn router(table: RouteTable, grpc: Router, max_body_bytes: usize) -> Result<Router, String> {
     let openapi = Bytes::from(
         serde_json::to_vec_pretty(&openapi_document(&table)).map_err(|err| err.to_string())?,
     );
@@ -73,38 +68,8 @@ pub fn router(
             }),
         )
         .route("/docs", get(|| async { axum::response::Html(DOCS_PAGE) }))
-        .route("/health", get(health).with_state(backend_available.clone()))
-        .route("/ready", get(ready).with_state(backend_available))
         .fallback(transcode::handle)
         .with_state(transcoder))
-}
-
-/// Liveness, in the original service's shape: always 200 while the process serves;
-/// `degraded` when the backend is unavailable.
-async fn health(
-    axum::extract::State(available): axum::extract::State<tokio::sync::watch::Receiver<bool>>,
-) -> axum::Json<serde_json::Value> {
-    let connected = *available.borrow();
-    let timestamp = crate::grpc::timestamp_text(crate::broker::now_micros());
-    axum::Json(serde_json::json!({
-        "status": if connected { "healthy" } else { "degraded" },
-        "iggy_connected": connected,
-        "version": env!("CARGO_PKG_VERSION"),
-        "timestamp": timestamp,
-    }))
-}
-
-/// Readiness: 200 when the backend can serve calls, 503 otherwise.
-async fn ready(
-    axum::extract::State(available): axum::extract::State<tokio::sync::watch::Receiver<bool>>,
-) -> axum::response::Response {
-    let ready = *available.borrow();
-    let status = if ready {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(serde_json::json!({ "ready": ready }))).into_response()
 }
 
 /// A self-contained page that renders `/openapi.json` (no CDN).

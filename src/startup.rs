@@ -18,6 +18,8 @@ use crate::{
     config::Config,
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
     layers::{self, rate_limit},
+    metrics::{MeteredBroker, Metrics},
+    ops,
     proto::{
         self, event_service_server::EventServiceServer,
         message_service_server::MessageServiceServer, stream_service_server::StreamServiceServer,
@@ -64,6 +66,7 @@ pub struct Application {
     routes: Routes,
     health: HealthReporter,
     broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
     /// How long calls in flight (a health Watch, a slow poll) may run on after shutdown starts.
     shutdown_timeout: Duration,
 }
@@ -78,12 +81,14 @@ impl Application {
             ));
         }
         let location = config.location();
-        let broker: Arc<dyn Broker> = Arc::new(
+        let metrics = Arc::new(Metrics::new());
+        let embedded: Arc<dyn Broker> = Arc::new(
             tokio::task::spawn_blocking(move || EmbeddedBroker::open(&location))
                 .await
                 .map_err(|err| StartupError::Internal(err.to_string()))?
                 .map_err(|err| StartupError::Unavailable(err.to_string()))?,
         );
+        let broker: Arc<dyn Broker> = Arc::new(MeteredBroker::new(embedded, Arc::clone(&metrics)));
         tracing::info!(backend = %broker.describe(), "backend ready");
         let default_topic = config.default_topic().map_err(StartupError::Config)?;
         if let Some(topic) = &default_topic {
@@ -115,8 +120,11 @@ impl Application {
             config.max_request_body_size as usize,
             health_service,
         )?;
+        let router = routes
+            .into_axum_router()
+            .merge(ops::router(Arc::clone(&broker), Arc::clone(&metrics)));
         let (router, rate_limit) =
-            layers::apply(routes.into_axum_router(), &config.layer_settings());
+            layers::apply(router, &config.layer_settings(), Arc::clone(&metrics));
         if let Some(rate_limit) = rate_limit {
             // Keeps the limiter's memory bounded under many distinct clients.
             rate_limit::spawn_sweeper(rate_limit, Duration::from_secs(10));
@@ -128,6 +136,7 @@ impl Application {
             routes,
             health,
             broker,
+            metrics,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
         })
     }
@@ -149,9 +158,14 @@ impl Application {
             routes,
             health,
             broker,
+            metrics,
             shutdown_timeout,
         } = self;
-        tokio::spawn(follow_backend_health(broker.availability(), health.clone()));
+        tokio::spawn(follow_backend_health(
+            broker.availability(),
+            health.clone(),
+            Arc::clone(&metrics),
+        ));
         tracing::info!(address = %local_addr, "serving gRPC, gRPC-Web and HTTP");
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -218,7 +232,6 @@ fn routes(
         .max_decoding_message_size(max_request_bytes);
     let messages = MessageServiceServer::new(MessageApi::new(Arc::clone(&broker), limits))
         .max_decoding_message_size(max_request_bytes);
-    let availability = broker.availability();
     let events = EventServiceServer::new(EventApi::new(broker, limits, default_topic))
         .max_decoding_message_size(max_request_bytes);
 
@@ -234,7 +247,6 @@ fn routes(
         table,
         grpc_only.routes().prepare().into_axum_router(),
         max_request_bytes,
-        availability,
     )
     .map_err(StartupError::Internal)?;
 
@@ -291,9 +303,12 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 async fn follow_backend_health(
     mut available: tokio::sync::watch::Receiver<bool>,
     health: HealthReporter,
+    metrics: Arc<Metrics>,
 ) {
     loop {
-        let status = if *available.borrow_and_update() {
+        let up = *available.borrow_and_update();
+        metrics.set_backend_available(up);
+        let status = if up {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

@@ -46,6 +46,10 @@ impl Protocol {
     }
 }
 
+/// Set on a refusal's response: why, for the metrics of refusals by reason.
+#[derive(Debug, Clone, Copy)]
+pub struct RejectedFor(pub &'static str);
+
 /// A request a layer refuses, described once for both protocols.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -94,6 +98,7 @@ impl Rejection {
             .map(|id| id.0.clone());
         let protocol = Protocol::of(request.headers());
         let retry_secs = self.retry_after.map(|wait| wait.as_secs().max(1));
+        let reason = self.reason;
         let mut response = match protocol {
             Protocol::Grpc | Protocol::GrpcWeb => {
                 let mut details = ErrorDetails::new();
@@ -126,6 +131,7 @@ impl Rejection {
         for (name, value) in self.headers {
             headers.insert(name, value);
         }
+        response.extensions_mut().insert(RejectedFor(reason));
         response
     }
 }

@@ -125,8 +125,20 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     )
     .map_err(|err| json_problem(&err.to_string()))?;
 
-    let reply = call_grpc(transcoder, route, &parts.headers, &message).await?;
-    respond(route, reply)
+    let reply = call_grpc(transcoder, route, &parts.headers, &message).await;
+    let mut response = match reply {
+        Ok(reply) => respond(route, reply)?,
+        Err(problem) => problem
+            .with_request_id(request_id(&parts.headers))
+            .into_response(),
+    };
+    response
+        .extensions_mut()
+        .insert(crate::metrics::MatchedRoute(format!(
+            "{} {}",
+            route.http_method, route.template
+        )));
+    Ok(response)
 }
 
 /// The request message as proto3 JSON: body, then path variables, then the query string.

@@ -62,13 +62,22 @@ async fn everything_acknowledged_is_there_after_a_restart() {
 }
 
 /// The gateway binary, run as an operator runs it.
-struct Gateway {
+pub struct Gateway {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
 }
 
 impl Gateway {
-    fn start(data_dir: &std::path::Path) -> Self {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("waits")
+    }
+
+    pub fn start(data_dir: &std::path::Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
@@ -103,7 +112,7 @@ impl Gateway {
             .expect("connects")
     }
 
-    fn kill_hard(mut self) {
+    pub fn kill_hard(mut self) {
         // SIGKILL: no shutdown code runs.
         self.child.kill().expect("killed");
         self.child.wait().expect("reaped");

@@ -8,6 +8,7 @@ mod helpers;
 mod layers;
 mod messages;
 mod openapi;
+mod ops;
 mod parity;
 mod reflection;
 mod rest;

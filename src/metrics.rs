@@ -1,0 +1,370 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text at `/metrics`): calls by protocol,
+//! route and status, latency, calls in flight, refusals by reason, messages and bytes sent and
+//! polled (counted at the broker seam), and the backend's availability.
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use async_trait::async_trait;
+use axum::{
+    body::Body,
+    http::{Request, Response},
+};
+use futures_util::future::BoxFuture;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::sync::watch;
+use tower::{Layer, Service};
+
+use crate::{
+    broker::{
+        Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, Identifier, Name,
+        PollMessages, PolledMessages, SendMessages, StreamInfo, TopicInfo, TopicRef, UpdateTopic,
+    },
+    layers::{Protocol, protocol::RejectedFor},
+};
+
+/// Which route answered, set on the response by whoever matched it (REST templates), so route
+/// labels stay few whatever paths clients invent.
+#[derive(Debug, Clone)]
+pub struct MatchedRoute(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallLabels {
+    protocol: String,
+    route: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    calls: Family<CallLabels, Counter>,
+    latency: Family<ProtocolLabels, Histogram>,
+    in_flight: Gauge,
+    rejections: Family<ReasonLabels, Counter>,
+    messages_sent: Counter,
+    bytes_sent: Counter,
+    messages_polled: Counter,
+    bytes_polled: Counter,
+    backend_available: Gauge,
+    started: Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("iggy_gateway");
+        let calls = Family::<CallLabels, Counter>::default();
+        let latency = Family::<ProtocolLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+        });
+        let metrics = Self {
+            calls,
+            latency,
+            in_flight: Gauge::default(),
+            rejections: Family::default(),
+            messages_sent: Counter::default(),
+            bytes_sent: Counter::default(),
+            messages_polled: Counter::default(),
+            bytes_polled: Counter::default(),
+            backend_available: Gauge::default(),
+            registry: Mutex::new(Registry::default()),
+            started: Instant::now(),
+        };
+        registry.register(
+            "calls",
+            "Calls answered, by protocol, route and status",
+            metrics.calls.clone(),
+        );
+        registry.register(
+            "call_duration_seconds",
+            "Time to answer a call",
+            metrics.latency.clone(),
+        );
+        registry.register(
+            "calls_in_flight",
+            "Calls being served",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "rejections",
+            "Calls refused by the layers, by reason",
+            metrics.rejections.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "Messages stored through the gateway",
+            metrics.messages_sent.clone(),
+        );
+        registry.register(
+            "message_bytes_sent",
+            "Payload bytes stored through the gateway",
+            metrics.bytes_sent.clone(),
+        );
+        registry.register(
+            "messages_polled",
+            "Messages returned by polls",
+            metrics.messages_polled.clone(),
+        );
+        registry.register(
+            "message_bytes_polled",
+            "Payload bytes returned by polls",
+            metrics.bytes_polled.clone(),
+        );
+        registry.register(
+            "backend_available",
+            "1 when the backend can serve calls",
+            metrics.backend_available.clone(),
+        );
+        if let Ok(mut slot) = metrics.registry.lock() {
+            *slot = registry;
+        }
+        metrics
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            // Writing into a String cannot fail.
+            let _ = encode(&mut out, &registry);
+        }
+        out
+    }
+
+    pub fn messages_sent(&self) -> u64 {
+        self.messages_sent.get()
+    }
+
+    pub fn messages_polled(&self) -> u64 {
+        self.messages_polled.get()
+    }
+
+    pub fn uptime_seconds(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    pub fn set_backend_available(&self, available: bool) {
+        self.backend_available.set(i64::from(available));
+    }
+}
+
+/// Counts every call at the edge of the stack (inside tracing, outside the refusing layers).
+#[derive(Clone)]
+pub struct MetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Service<Request<Body>> for MetricsService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let protocol = Protocol::of(request.headers());
+        let path = request.uri().path().to_owned();
+        let metrics = Arc::clone(&self.metrics);
+        metrics.in_flight.inc();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            metrics.in_flight.dec();
+            let grpc_status = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let status = match protocol {
+                Protocol::Grpc | Protocol::GrpcWeb => {
+                    grpc_status.clone().unwrap_or_else(|| "0".into())
+                }
+                Protocol::Rest => response.status().as_u16().to_string(),
+            };
+            let route = match (response.extensions().get::<MatchedRoute>(), protocol) {
+                (Some(route), _) => route.0.clone(),
+                // An unknown gRPC method answers UNIMPLEMENTED; its path is the client's to invent.
+                (None, Protocol::Grpc | Protocol::GrpcWeb)
+                    if grpc_status.as_deref() != Some("12") =>
+                {
+                    path
+                }
+                (None, _) if response.status().as_u16() != 404 && !path.starts_with("/v1/") => path,
+                (None, _) => "unmatched".to_owned(),
+            };
+            metrics
+                .calls
+                .get_or_create(&CallLabels {
+                    protocol: protocol.name().to_owned(),
+                    route,
+                    status,
+                })
+                .inc();
+            metrics
+                .latency
+                .get_or_create(&ProtocolLabels {
+                    protocol: protocol.name().to_owned(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            if let Some(rejected) = response.extensions().get::<RejectedFor>() {
+                metrics
+                    .rejections
+                    .get_or_create(&ReasonLabels {
+                        reason: rejected.0.to_owned(),
+                    })
+                    .inc();
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The broker, counting the messages and bytes that pass through it.
+pub struct MeteredBroker {
+    inner: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredBroker {
+    pub fn new(inner: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait]
+impl Broker for MeteredBroker {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn availability(&self) -> watch::Receiver<bool> {
+        self.inner.availability()
+    }
+    async fn create_stream(&self, name: Name) -> BrokerResult<StreamInfo> {
+        self.inner.create_stream(name).await
+    }
+    async fn get_stream(&self, stream: Identifier) -> BrokerResult<StreamInfo> {
+        self.inner.get_stream(stream).await
+    }
+    async fn list_streams(&self) -> BrokerResult<Vec<StreamInfo>> {
+        self.inner.list_streams().await
+    }
+    async fn update_stream(&self, stream: Identifier, name: Name) -> BrokerResult<StreamInfo> {
+        self.inner.update_stream(stream, name).await
+    }
+    async fn delete_stream(&self, stream: Identifier) -> BrokerResult<()> {
+        self.inner.delete_stream(stream).await
+    }
+    async fn purge_stream(&self, stream: Identifier) -> BrokerResult<()> {
+        self.inner.purge_stream(stream).await
+    }
+    async fn create_topic(&self, request: CreateTopic) -> BrokerResult<TopicInfo> {
+        self.inner.create_topic(request).await
+    }
+    async fn get_topic(&self, topic: TopicRef) -> BrokerResult<TopicInfo> {
+        self.inner.get_topic(topic).await
+    }
+    async fn list_topics(&self, stream: Identifier) -> BrokerResult<Vec<TopicInfo>> {
+        self.inner.list_topics(stream).await
+    }
+    async fn update_topic(&self, request: UpdateTopic) -> BrokerResult<TopicInfo> {
+        self.inner.update_topic(request).await
+    }
+    async fn delete_topic(&self, topic: TopicRef) -> BrokerResult<()> {
+        self.inner.delete_topic(topic).await
+    }
+    async fn purge_topic(&self, topic: TopicRef) -> BrokerResult<()> {
+        self.inner.purge_topic(topic).await
+    }
+    async fn create_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
+        self.inner.create_partitions(topic, count).await
+    }
+    async fn delete_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
+        self.inner.delete_partitions(topic, count).await
+    }
+    async fn send_messages(&self, request: SendMessages) -> BrokerResult<()> {
+        let count = request.messages.len() as u64;
+        let bytes: u64 = request
+            .messages
+            .iter()
+            .map(|m| m.payload.len() as u64)
+            .sum();
+        self.inner.send_messages(request).await?;
+        self.metrics.messages_sent.inc_by(count);
+        self.metrics.bytes_sent.inc_by(bytes);
+        Ok(())
+    }
+    async fn poll_messages(&self, request: PollMessages) -> BrokerResult<PolledMessages> {
+        let polled = self.inner.poll_messages(request).await?;
+        self.metrics
+            .messages_polled
+            .inc_by(polled.messages.len() as u64);
+        self.metrics
+            .bytes_polled
+            .inc_by(polled.messages.iter().map(|m| m.payload.len() as u64).sum());
+        Ok(polled)
+    }
+    async fn store_consumer_offset(&self, at: ConsumerOffsetRef, offset: u64) -> BrokerResult<()> {
+        self.inner.store_consumer_offset(at, offset).await
+    }
+    async fn get_consumer_offset(&self, at: ConsumerOffsetRef) -> BrokerResult<ConsumerOffsetInfo> {
+        self.inner.get_consumer_offset(at).await
+    }
+    async fn delete_consumer_offset(&self, at: ConsumerOffsetRef) -> BrokerResult<()> {
+        self.inner.delete_consumer_offset(at).await
+    }
+}

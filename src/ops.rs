@@ -1,0 +1,86 @@
+//! Operator endpoints on the main port, in the original service's shapes: `/health` (liveness),
+//! `/ready` (readiness follows the backend), `/stats` (counts and uptime) and `/metrics`
+//! (Prometheus). Kubernetes should prefer the native gRPC probe (`grpc.health.v1`).
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+
+use crate::{
+    broker::{Broker, now_micros},
+    grpc::timestamp_text,
+    metrics::Metrics,
+    rest::Problem,
+};
+
+#[derive(Clone)]
+struct Ops {
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics_text))
+        .with_state(Ops { broker, metrics })
+}
+
+/// Always 200 while the process serves; `degraded` when the backend is unavailable.
+async fn health(State(ops): State<Ops>) -> Json<serde_json::Value> {
+    let connected = *ops.broker.availability().borrow();
+    Json(json!({
+        "status": if connected { "healthy" } else { "degraded" },
+        "iggy_connected": connected,
+        "version": env!("CARGO_PKG_VERSION"),
+        "timestamp": timestamp_text(now_micros()),
+    }))
+}
+
+/// 200 when the backend can serve calls, 503 otherwise.
+async fn ready(State(ops): State<Ops>) -> Response {
+    let ready = *ops.broker.availability().borrow();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn stats(State(ops): State<Ops>) -> Response {
+    let streams = match ops.broker.list_streams().await {
+        Ok(streams) => streams,
+        Err(err) => return Problem::from_status(&crate::error::broker_status(err)).into_response(),
+    };
+    Json(json!({
+        "streams_count": streams.len(),
+        "topics_count": streams.iter().map(|s| u64::from(s.topics_count)).sum::<u64>(),
+        "total_messages": streams.iter().map(|s| s.messages_count).sum::<u64>(),
+        "total_size_bytes": streams.iter().map(|s| s.size_bytes).sum::<u64>(),
+        "uptime_seconds": ops.metrics.uptime_seconds(),
+        "messages_sent": ops.metrics.messages_sent(),
+        "messages_polled": ops.metrics.messages_polled(),
+    }))
+    .into_response()
+}
+
+async fn metrics_text(State(ops): State<Ops>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        ops.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,185 @@
+//! Operator surfaces: /health, /ready, /stats, /metrics, and how the binary starts and stops.
+
+use std::process::{Command, Stdio};
+
+use iggy_gateway::proto;
+use serde_json::Value;
+
+use crate::{
+    durability::Gateway,
+    helpers::{spawn_app, spawn_configured, text_message},
+};
+
+#[tokio::test]
+async fn health_and_ready_keep_the_original_shapes() {
+    let app = spawn_app().await;
+    let health: Value = app.http1.get(app.url("/health")).send().await.expect("sent").json().await.expect("json");
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["iggy_connected"], true);
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert!(health["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let ready = app.http1.get(app.url("/ready")).send().await.expect("sent");
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn stats_count_streams_topics_and_traffic() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 2).await;
+    app.send_texts("orders", "created", 0, &["a", "b", "c"]).await;
+    app.poll_from("orders", "created", 0, 0, 2).await;
+    let stats: Value = app.http1.get(app.url("/stats")).send().await.expect("sent").json().await.expect("json");
+    assert_eq!(stats["streams_count"], 1);
+    assert_eq!(stats["topics_count"], 1);
+    assert_eq!(stats["total_messages"], 3);
+    assert_eq!(stats["messages_sent"], 3);
+    assert_eq!(stats["messages_polled"], 2);
+    assert!(stats["uptime_seconds"].is_u64());
+}
+
+#[tokio::test]
+async fn metrics_count_calls_by_protocol_route_and_status() {
+    let app = spawn_configured(|c| {
+        c.rate_limit_rps = 1;
+        c.rate_limit_burst = 3;
+    })
+    .await;
+    app.create_stream("orders").await;
+    let _ = app.http1.get(app.url("/v1/streams/orders")).send().await.expect("sent");
+    let _ = app.http1.get(app.url("/v1/streams/nope")).send().await.expect("sent");
+    // Over the limit now.
+    let _ = app.http1.get(app.url("/v1/streams")).send().await.expect("sent");
+    let _ = app.http1.get(app.url("/v1/streams")).send().await.expect("sent");
+    // Waits for the limiter to allow one more call: the scrape itself.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let text = app.http1.get(app.url("/metrics")).send().await.expect("sent").text().await.expect("text");
+    let line = |needle: &str| text.lines().find(|l| l.contains(needle)).map(str::to_owned);
+    assert!(
+        line(r#"iggy_gateway_calls_total{protocol="grpc",route="/iggy.gateway.v1.StreamService/CreateStream",status="0"} 1"#).is_some(),
+        "{text}"
+    );
+    assert!(line(r#"protocol="rest",route="GET /v1/streams/{stream}",status="200"} 1"#).is_some(), "{text}");
+    assert!(line(r#"protocol="rest",route="GET /v1/streams/{stream}",status="404"} 1"#).is_some(), "{text}");
+    assert!(line(r#"iggy_gateway_rejections_total{reason="RATE_LIMITED"}"#).is_some(), "{text}");
+    assert!(line("iggy_gateway_call_duration_seconds_bucket").is_some());
+    assert!(line("iggy_gateway_backend_available 1").is_some(), "{text}");
+}
+
+#[test]
+fn sigterm_stops_the_gateway_with_exit_code_0() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gateway = Gateway::start(dir.path());
+    let status = Command::new("kill")
+        .args(["-TERM", &gateway.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    assert_eq!(gateway.wait().code(), Some(0));
+}
+
+#[test]
+fn help_lists_every_option_with_its_environment_name() {
+    let output = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+        .arg("--help")
+        .stdout(Stdio::piped())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for env in ["[env: HOST=]", "[env: RATE_LIMIT_RPS=]", "[env: API_KEY]", "[env: IGGY_STREAM=]"] {
+        assert!(help.contains(env), "{env} missing from --help");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_under_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start(dir.path());
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    proto::stream_service_client::StreamServiceClient::new(channel.clone())
+        .create_stream(proto::CreateStreamRequest { name: "orders".into() })
+        .await
+        .expect("stream");
+    proto::topic_service_client::TopicServiceClient::new(channel.clone())
+        .create_topic(proto::CreateTopicRequest {
+            stream: "orders".into(),
+            name: "created".into(),
+            partitions_count: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("topic");
+
+    // Four writers send until the gateway stops answering; every id it acknowledged is kept.
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let channel = channel.clone();
+        writers.push(tokio::spawn(async move {
+            let mut client = proto::message_service_client::MessageServiceClient::new(channel);
+            let mut acknowledged = Vec::new();
+            for batch in 0..10_000 {
+                let messages = (0..20).map(|i| text_message(&format!("{writer}-{batch}-{i}"))).collect();
+                match client
+                    .send_messages(proto::SendMessagesRequest {
+                        stream: "orders".into(),
+                        topic: "created".into(),
+                        partitioning: None,
+                        messages,
+                    })
+                    .await
+                {
+                    Ok(response) => acknowledged.extend(response.into_inner().ids),
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut gateway = gateway;
+    Command::new("kill")
+        .args(["-TERM", &gateway.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    let mut acknowledged = std::collections::HashSet::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    assert_eq!(gateway.wait().code(), Some(0), "a clean stop under load");
+    assert!(!acknowledged.is_empty(), "the load ran before the stop");
+
+    let gateway = Gateway::start(dir.path());
+    let mut client = proto::message_service_client::MessageServiceClient::connect(format!("http://{}", gateway.addr))
+        .await
+        .expect("connects");
+    let mut stored = std::collections::HashSet::new();
+    let mut offset = 0;
+    loop {
+        let polled = client
+            .poll_messages(proto::PollMessagesRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                strategy: proto::PollingStrategy::Offset.into(),
+                offset: Some(offset),
+                count: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("polled")
+            .into_inner();
+        if polled.messages.is_empty() {
+            break;
+        }
+        offset += polled.messages.len() as u64;
+        stored.extend(polled.messages.into_iter().map(|m| m.id));
+    }
+    let lost: Vec<_> = acknowledged.difference(&stored).collect();
+    assert!(lost.is_empty(), "{} acknowledged messages lost", lost.len());
+    gateway.kill_hard();
+}
