@@ -405,7 +405,10 @@ mod tests {
             panic!("0 is refused");
         };
         assert!(line.starts_with("BATCH_MAX_SIZE: "), "{line}");
-        assert!(line.contains("'0'") && line.contains("1..=100000"), "{line}");
+        assert!(
+            line.contains("'0'") && line.contains("1..=100000"),
+            "{line}"
+        );
         assert!(!line.contains('\n'));
     }
 

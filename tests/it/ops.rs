@@ -13,11 +13,23 @@ use crate::{
 #[tokio::test]
 async fn health_and_ready_keep_the_original_shapes() {
     let app = spawn_app().await;
-    let health: Value = app.http1.get(app.url("/health")).send().await.expect("sent").json().await.expect("json");
+    let health: Value = app
+        .http1
+        .get(app.url("/health"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["iggy_connected"], true);
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
-    assert!(health["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        health["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
     let ready = app.http1.get(app.url("/ready")).send().await.expect("sent");
     assert_eq!(ready.status(), 200);
 }
@@ -27,9 +39,18 @@ async fn stats_count_streams_topics_and_traffic() {
     let app = spawn_app().await;
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 2).await;
-    app.send_texts("orders", "created", 0, &["a", "b", "c"]).await;
+    app.send_texts("orders", "created", 0, &["a", "b", "c"])
+        .await;
     app.poll_from("orders", "created", 0, 0, 2).await;
-    let stats: Value = app.http1.get(app.url("/stats")).send().await.expect("sent").json().await.expect("json");
+    let stats: Value = app
+        .http1
+        .get(app.url("/stats"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(stats["streams_count"], 1);
     assert_eq!(stats["topics_count"], 1);
     assert_eq!(stats["total_messages"], 3);
@@ -46,23 +67,60 @@ async fn metrics_count_calls_by_protocol_route_and_status() {
     })
     .await;
     app.create_stream("orders").await;
-    let _ = app.http1.get(app.url("/v1/streams/orders")).send().await.expect("sent");
-    let _ = app.http1.get(app.url("/v1/streams/nope")).send().await.expect("sent");
+    let _ = app
+        .http1
+        .get(app.url("/v1/streams/orders"))
+        .send()
+        .await
+        .expect("sent");
+    let _ = app
+        .http1
+        .get(app.url("/v1/streams/nope"))
+        .send()
+        .await
+        .expect("sent");
     // Over the limit now.
-    let _ = app.http1.get(app.url("/v1/streams")).send().await.expect("sent");
-    let _ = app.http1.get(app.url("/v1/streams")).send().await.expect("sent");
+    let _ = app
+        .http1
+        .get(app.url("/v1/streams"))
+        .send()
+        .await
+        .expect("sent");
+    let _ = app
+        .http1
+        .get(app.url("/v1/streams"))
+        .send()
+        .await
+        .expect("sent");
     // Waits for the limiter to allow one more call: the scrape itself.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 
-    let text = app.http1.get(app.url("/metrics")).send().await.expect("sent").text().await.expect("text");
+    let text = app
+        .http1
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
     let line = |needle: &str| text.lines().find(|l| l.contains(needle)).map(str::to_owned);
     assert!(
         line(r#"iggy_gateway_calls_total{protocol="grpc",route="/iggy.gateway.v1.StreamService/CreateStream",status="0"} 1"#).is_some(),
         "{text}"
     );
-    assert!(line(r#"protocol="rest",route="GET /v1/streams/{stream}",status="200"} 1"#).is_some(), "{text}");
-    assert!(line(r#"protocol="rest",route="GET /v1/streams/{stream}",status="404"} 1"#).is_some(), "{text}");
-    assert!(line(r#"iggy_gateway_rejections_total{reason="RATE_LIMITED"}"#).is_some(), "{text}");
+    assert!(
+        line(r#"protocol="rest",route="GET /v1/streams/{stream}",status="200"} 1"#).is_some(),
+        "{text}"
+    );
+    assert!(
+        line(r#"protocol="rest",route="GET /v1/streams/{stream}",status="404"} 1"#).is_some(),
+        "{text}"
+    );
+    assert!(
+        line(r#"iggy_gateway_rejections_total{reason="RATE_LIMITED"}"#).is_some(),
+        "{text}"
+    );
     assert!(line("iggy_gateway_call_duration_seconds_bucket").is_some());
     assert!(line("iggy_gateway_backend_available 1").is_some(), "{text}");
 }
@@ -88,7 +146,12 @@ fn help_lists_every_option_with_its_environment_name() {
         .expect("runs");
     assert_eq!(output.status.code(), Some(0));
     let help = String::from_utf8_lossy(&output.stdout);
-    for env in ["[env: HOST=]", "[env: RATE_LIMIT_RPS=]", "[env: API_KEY]", "[env: IGGY_STREAM=]"] {
+    for env in [
+        "[env: HOST=]",
+        "[env: RATE_LIMIT_RPS=]",
+        "[env: API_KEY]",
+        "[env: IGGY_STREAM=]",
+    ] {
         assert!(help.contains(env), "{env} missing from --help");
     }
 }
@@ -103,7 +166,9 @@ async fn sigterm_under_load_loses_no_acknowledged_message() {
         .await
         .expect("connects");
     proto::stream_service_client::StreamServiceClient::new(channel.clone())
-        .create_stream(proto::CreateStreamRequest { name: "orders".into() })
+        .create_stream(proto::CreateStreamRequest {
+            name: "orders".into(),
+        })
         .await
         .expect("stream");
     proto::topic_service_client::TopicServiceClient::new(channel.clone())
@@ -124,7 +189,9 @@ async fn sigterm_under_load_loses_no_acknowledged_message() {
             let mut client = proto::message_service_client::MessageServiceClient::new(channel);
             let mut acknowledged = Vec::new();
             for batch in 0..10_000 {
-                let messages = (0..20).map(|i| text_message(&format!("{writer}-{batch}-{i}"))).collect();
+                let messages = (0..20)
+                    .map(|i| text_message(&format!("{writer}-{batch}-{i}")))
+                    .collect();
                 match client
                     .send_messages(proto::SendMessagesRequest {
                         stream: "orders".into(),
@@ -155,9 +222,12 @@ async fn sigterm_under_load_loses_no_acknowledged_message() {
     assert!(!acknowledged.is_empty(), "the load ran before the stop");
 
     let gateway = Gateway::start(dir.path());
-    let mut client = proto::message_service_client::MessageServiceClient::connect(format!("http://{}", gateway.addr))
-        .await
-        .expect("connects");
+    let mut client = proto::message_service_client::MessageServiceClient::connect(format!(
+        "http://{}",
+        gateway.addr
+    ))
+    .await
+    .expect("connects");
     let mut stored = std::collections::HashSet::new();
     let mut offset = 0;
     loop {
