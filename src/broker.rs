@@ -6,6 +6,7 @@
 //! types below (`Name`, `Identifier`, ...), so every backend sees the same well-formed requests.
 
 pub mod embedded;
+pub mod iggy;
 
 use std::{collections::BTreeMap, fmt};
 
@@ -344,6 +345,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the backend can serve calls now; health and readiness follow it.
     fn availability(&self) -> watch::Receiver<bool>;
+
+    /// Stops background work (connections, health checks) at shutdown. Everything already
+    /// acknowledged is durable before this is called.
+    async fn close(&self) {}
 
     async fn create_stream(&self, name: Name) -> BrokerResult<StreamInfo>;
     /// The stream with its topics.

@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 
 use crate::{
-    broker::{Name, embedded::Location},
+    broker::{Name, embedded::Location, iggy::IggySettings},
     grpc::{DefaultTopic, Limits},
     layers::{AuthSettings, LayerSettings},
 };
@@ -68,6 +68,39 @@ pub struct Config {
     /// Iggy server to front, e.g. iggy://user:pass@host:8090. Unset: the embedded backend.
     #[arg(long, env = "IGGY_CONNECTION_STRING", hide_env_values = true)]
     pub iggy_connection_string: Option<String>,
+
+    /// Connections to Iggy; the SDK runs one request at a time per connection.
+    #[arg(long, env = "IGGY_POOL_SIZE", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub iggy_pool_size: u32,
+
+    /// First reconnection delay, in milliseconds (doubles per attempt, with full jitter).
+    #[arg(long, env = "RECONNECT_BASE_DELAY_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconnect_base_delay_ms: u64,
+
+    /// Longest reconnection delay, in milliseconds.
+    #[arg(long, env = "RECONNECT_MAX_DELAY_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconnect_max_delay_ms: u64,
+
+    /// Reconnection attempts before giving up on a connection; 0 keeps trying forever.
+    #[arg(long, env = "MAX_RECONNECT_ATTEMPTS", default_value_t = 0)]
+    pub max_reconnect_attempts: u32,
+
+    /// Longest an Iggy call may take, in milliseconds (the SDK has no timeout of its own).
+    #[arg(long, env = "OPERATION_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub operation_timeout_ms: u64,
+
+    /// How often each Iggy connection is pinged, in milliseconds.
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub health_check_interval_ms: u64,
+
+    /// How long a call waits for a connection to Iggy before UNAVAILABLE, in milliseconds.
+    #[arg(long, env = "IGGY_CONNECT_WAIT_MS", default_value_t = 2_000)]
+    pub iggy_connect_wait_ms: u64,
 
     /// Default stream for the event routes (POST/GET /messages); created at start-up if missing.
     /// Empty: no default, so event calls must name a stream.
@@ -275,6 +308,13 @@ impl Config {
             port: 0,
             data_dir: data_dir.into(),
             iggy_connection_string: None,
+            iggy_pool_size: 2,
+            reconnect_base_delay_ms: 100,
+            reconnect_max_delay_ms: 1_000,
+            max_reconnect_attempts: 0,
+            operation_timeout_ms: 5_000,
+            health_check_interval_ms: 1_000,
+            iggy_connect_wait_ms: 500,
             // No default topic, so tests see only what they create.
             iggy_stream: String::new(),
             iggy_topic: String::new(),
@@ -320,6 +360,36 @@ impl Config {
             topic: Name::parse(&self.iggy_topic)
                 .map_err(|reason| format!("IGGY_TOPIC={:?}: {reason}", self.iggy_topic))?,
             partitions: self.iggy_partitions,
+        }))
+    }
+
+    /// How to reach Iggy, when a connection string is set.
+    pub fn iggy_settings(&self) -> Result<Option<IggySettings>, String> {
+        let Some(connection_string) = &self.iggy_connection_string else {
+            return Ok(None);
+        };
+        if self.reconnect_base_delay_ms > self.reconnect_max_delay_ms {
+            return Err(format!(
+                "RECONNECT_BASE_DELAY_MS={} must not exceed RECONNECT_MAX_DELAY_MS={}",
+                self.reconnect_base_delay_ms, self.reconnect_max_delay_ms
+            ));
+        }
+        if !connection_string.starts_with("iggy://")
+            && !connection_string.starts_with("iggy+tcp://")
+        {
+            return Err(
+                "IGGY_CONNECTION_STRING must look like iggy://user:password@host:8090".into(),
+            );
+        }
+        Ok(Some(IggySettings {
+            connection_string: connection_string.clone(),
+            pool_size: self.iggy_pool_size as usize,
+            reconnect_base_delay: Duration::from_millis(self.reconnect_base_delay_ms),
+            reconnect_max_delay: Duration::from_millis(self.reconnect_max_delay_ms),
+            max_reconnect_attempts: self.max_reconnect_attempts,
+            operation_timeout: Duration::from_millis(self.operation_timeout_ms),
+            health_check_interval: Duration::from_millis(self.health_check_interval_ms),
+            connect_wait: Duration::from_millis(self.iggy_connect_wait_ms),
         }))
     }
 

@@ -294,6 +294,9 @@ impl Broker for MeteredBroker {
     fn availability(&self) -> watch::Receiver<bool> {
         self.inner.availability()
     }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
     async fn create_stream(&self, name: Name) -> BrokerResult<StreamInfo> {
         self.inner.create_stream(name).await
     }

@@ -14,7 +14,10 @@ use tonic_web::GrpcWebLayer;
 use tower::Layer;
 
 use crate::{
-    broker::{Broker, BrokerError, Compression, CreateTopic, Identifier, embedded::EmbeddedBroker},
+    broker::{
+        Broker, BrokerError, Compression, CreateTopic, Identifier, embedded::EmbeddedBroker,
+        iggy::IggyBroker,
+    },
     config::Config,
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
     layers::{self, rate_limit},
@@ -73,28 +76,34 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        if config.iggy_connection_string.is_some() {
-            return Err(StartupError::Config(
-                "IGGY_CONNECTION_STRING is set, but this build has only the embedded backend; \
-                 unset it to run on the embedded backend"
-                    .into(),
-            ));
-        }
-        let location = config.location();
         let metrics = Arc::new(Metrics::new());
-        let embedded: Arc<dyn Broker> = Arc::new(
-            tokio::task::spawn_blocking(move || EmbeddedBroker::open(&location))
-                .await
-                .map_err(|err| StartupError::Internal(err.to_string()))?
-                .map_err(|err| StartupError::Unavailable(err.to_string()))?,
-        );
-        let broker: Arc<dyn Broker> = Arc::new(MeteredBroker::new(embedded, Arc::clone(&metrics)));
-        tracing::info!(backend = %broker.describe(), "backend ready");
+        let backend: Arc<dyn Broker> = match config.iggy_settings().map_err(StartupError::Config)? {
+            Some(settings) => Arc::new(IggyBroker::start(settings)),
+            None => {
+                let location = config.location();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || EmbeddedBroker::open(&location))
+                        .await
+                        .map_err(|err| StartupError::Internal(err.to_string()))?
+                        .map_err(|err| StartupError::Unavailable(err.to_string()))?,
+                )
+            }
+        };
+        let broker: Arc<dyn Broker> = Arc::new(MeteredBroker::new(backend, Arc::clone(&metrics)));
+        tracing::info!(backend = %broker.describe(), "backend selected");
         let default_topic = config.default_topic().map_err(StartupError::Config)?;
-        if let Some(topic) = &default_topic {
-            ensure_default_topic(broker.as_ref(), topic)
-                .await
-                .map_err(|err| StartupError::Unavailable(format!("default topic: {err}")))?;
+        if let Some(topic) = default_topic.clone() {
+            if *broker.availability().borrow() {
+                ensure_default_topic(broker.as_ref(), &topic)
+                    .await
+                    .map_err(|err| StartupError::Unavailable(format!("default topic: {err}")))?;
+            } else {
+                // The backend is not reachable yet: create the default topic once it is.
+                tokio::spawn(ensure_default_topic_when_available(
+                    Arc::clone(&broker),
+                    topic,
+                ));
+            }
         }
 
         let address = SocketAddr::new(config.host, config.port);
@@ -197,6 +206,7 @@ impl Application {
                 tracing::warn!(timeout = ?shutdown_timeout, "calls still running at the shutdown deadline; closing them");
             }
         }
+        broker.close().await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -290,6 +300,22 @@ async fn ensure_default_topic(
         Err(err) => return Err(err),
     }
     Ok(())
+}
+
+async fn ensure_default_topic_when_available(broker: Arc<dyn Broker>, topic: DefaultTopic) {
+    let mut available = broker.availability();
+    loop {
+        if available.wait_for(|up| *up).await.is_err() {
+            return;
+        }
+        match ensure_default_topic(broker.as_ref(), &topic).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot create the default topic yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -184,9 +184,26 @@ pub fn headers_from_proto(
                 "this header key is reserved by the gateway",
             ));
         }
+        // Iggy holds string and byte header values of 1 to 255 bytes.
+        let sized = |len: usize| {
+            if (1..=MAX_NAME_LEN).contains(&len) {
+                Ok(())
+            } else {
+                Err(invalid_field(
+                    format!("{field}[{key}]"),
+                    format!("string and bytes values must be 1 to {MAX_NAME_LEN} bytes"),
+                ))
+            }
+        };
         let value = match value.kind {
-            Some(proto::header_value::Kind::StringValue(v)) => HeaderValue::String(v),
-            Some(proto::header_value::Kind::BytesValue(v)) => HeaderValue::Bytes(v.to_vec()),
+            Some(proto::header_value::Kind::StringValue(v)) => {
+                sized(v.len())?;
+                HeaderValue::String(v)
+            }
+            Some(proto::header_value::Kind::BytesValue(v)) => {
+                sized(v.len())?;
+                HeaderValue::Bytes(v.to_vec())
+            }
             Some(proto::header_value::Kind::Int64Value(v)) => HeaderValue::Int64(v),
             Some(proto::header_value::Kind::Uint64Value(v)) => HeaderValue::Uint64(v),
             Some(proto::header_value::Kind::BoolValue(v)) => HeaderValue::Bool(v),

@@ -71,6 +71,13 @@ impl MessageApi {
                 let id = message_id(&format!("{field}.id"), &message.id)?;
                 let mut headers = headers_from_proto(&format!("{field}.headers"), message.headers)?;
                 let payload = body_to_payload(&field, message.body, &mut headers)?;
+                if payload.is_empty() {
+                    // Iggy stores no empty message; both backends refuse it alike.
+                    return Err(invalid_field(
+                        format!("{field}.payload"),
+                        "must not be empty",
+                    ));
+                }
                 if payload.len() > self.limits.message_max_bytes {
                     return Err(invalid_field(
                         format!("{field}.payload"),

@@ -5,6 +5,7 @@ mod durability;
 mod grpc_web;
 mod health;
 mod helpers;
+mod iggy_backend;
 mod layers;
 mod messages;
 mod openapi;

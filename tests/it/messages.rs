@@ -399,6 +399,23 @@ async fn bad_batches_are_refused_whole_and_store_nothing() {
         "messages[0].headers[gateway-body]",
     )
     .await;
+    assert_invalid(
+        &app,
+        send_request(vec![text_message("")]),
+        "messages[0].payload",
+    )
+    .await;
+    let mut empty_header = text_message("ok");
+    empty_header.headers.insert(
+        "k".into(),
+        header(proto::header_value::Kind::StringValue(String::new())),
+    );
+    assert_invalid(
+        &app,
+        send_request(vec![empty_header]),
+        "messages[0].headers[k]",
+    )
+    .await;
     let no_body = proto::Message::default();
     assert_invalid(&app, send_request(vec![no_body]), "messages[0]").await;
 

@@ -1,0 +1,291 @@
+//! The real Iggy backend. Without a server: the gateway starts anyway, reports not ready and
+//! answers UNAVAILABLE at once. With `IGGY_TEST_CONNECTION_STRING` set (e.g.
+//! `iggy://iggy:iggy@127.0.0.1:8090`), the same scenarios as the embedded backend run against it.
+
+use std::time::{Duration, Instant};
+
+use iggy_gateway::proto;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::helpers::{TestApp, spawn_configured, text_message};
+
+/// A loopback port with nothing listening on it.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    port
+}
+
+#[tokio::test]
+async fn without_iggy_the_gateway_serves_but_is_not_ready_and_fails_fast() {
+    let port = closed_port();
+    let app = spawn_configured(|c| {
+        c.iggy_connection_string = Some(format!("iggy://iggy:iggy@127.0.0.1:{port}"));
+        c.iggy_connect_wait_ms = 300;
+    })
+    .await;
+
+    let ready = app.http1.get(app.url("/ready")).send().await.expect("sent");
+    assert_eq!(ready.status(), 503);
+    let health: serde_json::Value = app
+        .http1
+        .get(app.url("/health"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["iggy_connected"], false);
+    assert_eq!(health["status"], "degraded");
+    let status = HealthClient::new(app.channel.clone())
+        .check(HealthCheckRequest {
+            service: "iggy.gateway.v1.MessageService".into(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::NotServing);
+
+    let started = Instant::now();
+    let err = app
+        .streams
+        .clone()
+        .list_streams(proto::ListStreamsRequest {})
+        .await
+        .expect_err("no backend");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    let rest = app
+        .http1
+        .get(app.url("/v1/streams"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(rest.status(), 503);
+    assert!(rest.headers().get("retry-after").is_some());
+}
+
+#[test]
+fn a_malformed_connection_string_exits_78() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+        .env("IGGY_CONNECTION_STRING", "http://not-iggy")
+        .env("PORT", "0")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(78));
+}
+
+/// The connection string of a real server for these tests, or a visible skip.
+fn real_server() -> Option<String> {
+    match std::env::var("IGGY_TEST_CONNECTION_STRING") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "SKIPPED: IGGY_TEST_CONNECTION_STRING is unset; no real Iggy server to test against"
+            );
+            None
+        }
+    }
+}
+
+async fn spawn_on_iggy(url: String) -> TestApp {
+    let app = spawn_configured(|c| {
+        c.iggy_connection_string = Some(url);
+        c.iggy_connect_wait_ms = 10_000;
+    })
+    .await;
+    let mut ready = false;
+    for _ in 0..100 {
+        if app
+            .http1
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .expect("sent")
+            .status()
+            == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the gateway connected to Iggy");
+    app
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+#[tokio::test]
+async fn on_real_iggy_streams_topics_messages_and_offsets_behave_as_embedded() {
+    let Some(url) = real_server() else { return };
+    let app = spawn_on_iggy(url).await;
+    let stream = unique("gw-test");
+    let created = app.create_stream(&stream).await;
+    assert_eq!(created.name, stream);
+    let topic = app.create_topic(&stream, "created", 3).await;
+    assert_eq!(topic.partitions_count, 3);
+    assert_eq!(
+        topic.partitions.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+
+    let dup = app
+        .streams
+        .clone()
+        .create_stream(proto::CreateStreamRequest {
+            name: stream.clone(),
+        })
+        .await
+        .expect_err("duplicate");
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    let missing = app
+        .streams
+        .clone()
+        .get_stream(proto::GetStreamRequest {
+            stream: unique("missing"),
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let ids = app
+        .send_texts(&stream, "created", 1, &["m0", "m1", "m2"])
+        .await;
+    let polled = app.poll_from(&stream, "created", 1, 0, 10).await;
+    assert_eq!(
+        polled
+            .messages
+            .iter()
+            .map(|m| m.id.clone())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(crate::helpers::texts(&polled), ["m0", "m1", "m2"]);
+    assert_eq!(
+        polled.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+
+    let mut next = proto::PollMessagesRequest {
+        stream: stream.clone(),
+        topic: "created".into(),
+        partition_id: 1,
+        consumer: "billing".into(),
+        strategy: proto::PollingStrategy::Next.into(),
+        count: 2,
+        auto_commit: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        crate::helpers::texts(&app.poll(next.clone()).await),
+        ["m0", "m1"]
+    );
+    next.count = 10;
+    assert_eq!(crate::helpers::texts(&app.poll(next).await), ["m2"]);
+
+    let offset = app
+        .messages
+        .clone()
+        .get_consumer_offset(proto::GetConsumerOffsetRequest {
+            stream: stream.clone(),
+            topic: "created".into(),
+            consumer: "billing".into(),
+            partition_id: 1,
+        })
+        .await
+        .expect("offset")
+        .into_inner();
+    assert_eq!(offset.stored_offset, Some(2));
+
+    let mut keyed = proto::SendMessagesRequest {
+        stream: stream.clone(),
+        topic: "created".into(),
+        partitioning: Some(proto::send_messages_request::Partitioning::PartitionKey(
+            "k".into(),
+        )),
+        messages: vec![text_message("keyed")],
+    };
+    app.messages
+        .clone()
+        .send_messages(keyed.clone())
+        .await
+        .expect("keyed send");
+    keyed.messages = vec![text_message("keyed again")];
+    app.messages
+        .clone()
+        .send_messages(keyed)
+        .await
+        .expect("keyed send");
+
+    app.streams
+        .clone()
+        .delete_stream(proto::DeleteStreamRequest {
+            stream: stream.clone(),
+        })
+        .await
+        .expect("deleted");
+}
+
+#[tokio::test]
+async fn on_real_iggy_rest_and_events_work_too() {
+    let Some(url) = real_server() else { return };
+    let app = spawn_on_iggy(url).await;
+    let stream = unique("gw-rest");
+    let response = app
+        .http1
+        .post(app.url("/v1/streams"))
+        .json(&serde_json::json!({"name": stream}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+    let response = app
+        .http1
+        .post(app.url(&format!("/v1/streams/{stream}/topics")))
+        .json(&serde_json::json!({"name": "events", "partitions_count": 1}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+    let event = serde_json::json!({"id": "6f1c2a3e-1111-4a2b-9c3d-0123456789ab", "event_type": "x",
+        "timestamp": "2026-01-01T00:00:00Z", "payload": {"type": "Generic", "data": {"n": 1}}});
+    let response = app
+        .http1
+        .post(app.url(&format!("/streams/{stream}/topics/events/messages")))
+        .json(&serde_json::json!({"event": event}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+    let polled: serde_json::Value = app
+        .http1
+        .get(app.url(&format!(
+            "/streams/{stream}/topics/events/messages?offset=0"
+        )))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(polled["count"], 1);
+    assert_eq!(polled["messages"][0]["event"], event);
+    app.streams
+        .clone()
+        .delete_stream(proto::DeleteStreamRequest { stream })
+        .await
+        .expect("deleted");
+}
