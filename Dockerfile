@@ -15,5 +15,7 @@ ENV HOST=0.0.0.0 \
     DATA_DIR=/var/lib/iggy-gateway/data
 EXPOSE 8080
 VOLUME ["/var/lib/iggy-gateway"]
-# Kubernetes should use its native gRPC probe (grpc.health.v1) on port 8080 instead.
+# Probes: Kubernetes' native gRPC probe on port 8080 (service "liveness" for liveness, "" for
+# readiness); see deploy/kubernetes.yaml. Docker's HEALTHCHECK is left out: the image has no
+# HTTP client, and orchestrators probe from outside.
 ENTRYPOINT ["/usr/local/bin/iggy-gateway"]

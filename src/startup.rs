@@ -55,6 +55,10 @@ impl StartupError {
     }
 }
 
+/// A health service name that is SERVING while the process runs, whatever the backend does:
+/// the Kubernetes liveness probe asks for it, so an unreachable Iggy does not restart pods.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// The gRPC services whose health `grpc.health.v1.Health` reports, besides the overall "".
 const SERVICE_NAMES: [&str; 4] = [
     <StreamServiceServer<StreamApi> as NamedService>::NAME,
@@ -170,6 +174,9 @@ impl Application {
             metrics,
             shutdown_timeout,
         } = self;
+        health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
         tokio::spawn(follow_backend_health(
             broker.availability(),
             health.clone(),
@@ -182,6 +189,9 @@ impl Application {
             shutdown.await;
             tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
             set_health(&health, ServingStatus::NotServing).await;
+            health
+                .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
+                .await;
             let _ = draining_tx.send(());
         };
         let server = tonic::transport::Server::builder()
