@@ -112,6 +112,31 @@ impl Gateway {
             .expect("connects")
     }
 
+    /// A channel to the gateway, with stream "orders" and its one-partition topic "created".
+    pub async fn channel_with_topic(&self) -> tonic::transport::Channel {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connects");
+        proto::stream_service_client::StreamServiceClient::new(channel.clone())
+            .create_stream(proto::CreateStreamRequest {
+                name: "orders".into(),
+            })
+            .await
+            .expect("stream");
+        proto::topic_service_client::TopicServiceClient::new(channel.clone())
+            .create_topic(proto::CreateTopicRequest {
+                stream: "orders".into(),
+                name: "created".into(),
+                partitions_count: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("topic");
+        channel
+    }
+
     pub fn kill_hard(mut self) {
         // SIGKILL: no shutdown code runs.
         self.child.kill().expect("killed");
@@ -123,26 +148,7 @@ impl Gateway {
 async fn acknowledged_batches_survive_kill_9() {
     let dir = tempfile::tempdir().expect("temp dir");
     let gateway = Gateway::start(dir.path());
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connects");
-    proto::stream_service_client::StreamServiceClient::new(channel.clone())
-        .create_stream(proto::CreateStreamRequest {
-            name: "orders".into(),
-        })
-        .await
-        .expect("stream");
-    proto::topic_service_client::TopicServiceClient::new(channel)
-        .create_topic(proto::CreateTopicRequest {
-            stream: "orders".into(),
-            name: "created".into(),
-            partitions_count: 1,
-            ..Default::default()
-        })
-        .await
-        .expect("topic");
+    gateway.channel_with_topic().await;
     let mut client = gateway.client().await;
     let mut acknowledged = Vec::new();
     for batch in 0..20 {

@@ -160,26 +160,7 @@ fn help_lists_every_option_with_its_environment_name() {
 async fn sigterm_under_load_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().expect("temp dir");
     let gateway = Gateway::start(dir.path());
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connects");
-    proto::stream_service_client::StreamServiceClient::new(channel.clone())
-        .create_stream(proto::CreateStreamRequest {
-            name: "orders".into(),
-        })
-        .await
-        .expect("stream");
-    proto::topic_service_client::TopicServiceClient::new(channel.clone())
-        .create_topic(proto::CreateTopicRequest {
-            stream: "orders".into(),
-            name: "created".into(),
-            partitions_count: 1,
-            ..Default::default()
-        })
-        .await
-        .expect("topic");
+    let channel = gateway.channel_with_topic().await;
 
     // Four writers send until the gateway stops answering; every id it acknowledged is kept.
     let mut writers = Vec::new();
