@@ -25,6 +25,7 @@ use iggy::prelude::{
     PartitionClient, Partitioning as IggyPartitioning, PollingStrategy as IggyPollingStrategy,
     StreamClient, SystemClient, TopicClient,
 };
+use iggy_common::DiagnosticEvent;
 use tokio::sync::{Notify, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -73,6 +74,9 @@ struct Pool {
     next: AtomicUsize,
     /// Signalled whenever a slot changes state, for callers waiting for a connection.
     changed: Notify,
+    /// Signalled when one connection is found dead: the others check themselves at once, since
+    /// a server that went away took them all.
+    check_now: Notify,
     available: watch::Sender<bool>,
     settings: IggySettings,
 }
@@ -476,6 +480,7 @@ impl IggyBroker {
                 .collect(),
             next: AtomicUsize::new(0),
             changed: Notify::new(),
+            check_now: Notify::new(),
             available,
             settings,
         });
@@ -646,24 +651,38 @@ async fn watch_connection(
     cancel: &CancellationToken,
 ) {
     let settings = &pool.settings;
+    // A healthy server answers a ping in well under a millisecond; a ping the SDK holds while
+    // it tries to reconnect must not keep the slot "connected" for a whole operation timeout.
+    let ping_timeout = settings
+        .operation_timeout
+        .min(settings.health_check_interval)
+        .min(Duration::from_secs(1));
+    // The SDK announces a lost connection when it notices one; pings catch what it does not.
+    let mut events = client.subscribe_events().await;
     loop {
-        tokio::select! {
+        let check = tokio::select! {
             () = cancel.cancelled() => return,
-            () = pool.slots[index].broken.notified() => return,
-            () = tokio::time::sleep(settings.health_check_interval) => {
-                match tokio::time::timeout(settings.operation_timeout, client.ping()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => {
-                        tracing::warn!(connection = index, error = %err, "Iggy ping failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!(connection = index, "Iggy ping timed out");
-                        return;
-                    }
+            () = pool.slots[index].broken.notified() => false,
+            () = pool.check_now.notified() => true,
+            () = tokio::time::sleep(settings.health_check_interval) => true,
+            event = events.recv() => match event {
+                Ok(DiagnosticEvent::Connected | DiagnosticEvent::SignedIn) => continue,
+                // Disconnected, shut down, signed out, or the event channel closed with the client.
+                Ok(DiagnosticEvent::Disconnected | DiagnosticEvent::Shutdown | DiagnosticEvent::SignedOut)
+                | Err(_) => false,
+            },
+        };
+        if check {
+            match tokio::time::timeout(ping_timeout, client.ping()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(err)) => {
+                    tracing::warn!(connection = index, error = %err, "Iggy ping failed")
                 }
+                Err(_) => tracing::warn!(connection = index, "Iggy ping timed out"),
             }
         }
+        pool.check_now.notify_waiters();
+        return;
     }
 }
 
