@@ -7,8 +7,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{server::NamedService, service::Routes};
+use tonic::{server::NamedService, service::Routes, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_web::GrpcWebLayer;
 use tower::Layer;
@@ -199,7 +198,12 @@ impl Application {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+            // Incoming connections need nodelay set here: gRPC writes headers, data and trailers
+            // as separate frames, and Nagle's algorithm would hold them for the peer's ACK.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                draining,
+            );
         // Long-lived calls (a health Watch) would hold a graceful shutdown open forever, so
         // draining is bounded.
         let deadline = async move {

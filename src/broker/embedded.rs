@@ -41,6 +41,9 @@ const MESSAGES: TableDefinition<(u32, u32, u32, u64), &[u8]> = TableDefinition::
 const OFFSETS: TableDefinition<(u32, u32, u32, &str), u64> = TableDefinition::new("offsets");
 
 const FORMAT_VERSION: u64 = 1;
+/// redb's page cache. Its default (a gigabyte) lets the gateway's memory grow with the data it
+/// has written; a bounded cache keeps it flat. Reads of cold data come from the OS page cache.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 const MESSAGE_RECORD_VERSION: u8 = 1;
 /// version + timestamp + id + headers length.
 const MESSAGE_FIXED_LEN: usize = 1 + 8 + 16 + 4;
@@ -292,10 +295,13 @@ impl EmbeddedBroker {
                     source,
                 })?;
                 let file = dir.join("gateway.redb");
-                let db = Database::create(&file).map_err(|source| OpenError::Database {
-                    path: file.display().to_string(),
-                    source,
-                })?;
+                let db = Database::builder()
+                    .set_cache_size(CACHE_BYTES)
+                    .create(&file)
+                    .map_err(|source| OpenError::Database {
+                        path: file.display().to_string(),
+                        source,
+                    })?;
                 (db, format!("embedded backend, data in {}", file.display()))
             }
         };
