@@ -14,7 +14,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -451,15 +451,15 @@ fn encode_message(timestamp: u64, message: &NewMessage) -> BrokerResult<Vec<u8>>
     };
     let headers_len = u32::try_from(headers.len())
         .map_err(|_| BrokerError::Storage("headers too large to store".into()))?;
-    let mut out =
-        BytesMut::with_capacity(MESSAGE_FIXED_LEN + headers.len() + message.payload.len());
+    // Written straight into the Vec the store takes, so the payload is copied once.
+    let mut out = Vec::with_capacity(MESSAGE_FIXED_LEN + headers.len() + message.payload.len());
     out.put_u8(MESSAGE_RECORD_VERSION);
     out.put_u64_le(timestamp);
     out.put_u128_le(message.id);
     out.put_u32_le(headers_len);
     out.put_slice(&headers);
     out.put_slice(&message.payload);
-    Ok(out.to_vec())
+    Ok(out)
 }
 
 fn decode_message(offset: u64, mut record: &[u8]) -> Result<StoredMessage, redb::Error> {
