@@ -197,6 +197,16 @@ struct BareMessages;
 
 #[tonic::async_trait]
 impl MessageService for BareMessages {
+    type SubscribeStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::SubscribeResponse, tonic::Status>>;
+
+    async fn subscribe(
+        &self,
+        _: tonic::Request<proto::SubscribeRequest>,
+    ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare"))
+    }
+
     async fn send_messages(
         &self,
         request: tonic::Request<proto::SendMessagesRequest>,

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use crate::{
     broker::{Name, embedded::Location, iggy::IggySettings},
-    grpc::{DefaultTopic, Limits},
+    grpc::{DefaultTopic, Limits, SubscribeSettings},
     layers::{AuthSettings, LayerSettings},
 };
 
@@ -197,6 +197,30 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_requests: u64,
 
+    /// Key that signs subscription cursors; replicas sharing it resume each other's cursors.
+    /// Unset: a random key per process (cursors then resume only on this process).
+    #[arg(long, env = "CURSOR_SECRET", hide_env_values = true)]
+    pub cursor_secret: Option<String>,
+
+    /// Most live subscriptions at once (RESOURCE_EXHAUSTED / 429 beyond).
+    #[arg(long, env = "MAX_SUBSCRIBERS", default_value_t = 1000)]
+    pub max_subscribers: u32,
+
+    /// Longest wait between polls of an idle subscription, in milliseconds.
+    #[arg(long, env = "SUBSCRIBE_IDLE_POLL_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub subscribe_idle_poll_ms: u64,
+
+    /// Heartbeat interval of an idle subscription, in milliseconds.
+    #[arg(long, env = "SUBSCRIBE_HEARTBEAT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub subscribe_heartbeat_ms: u64,
+
+    /// A subscriber that reads nothing for this long is disconnected, in milliseconds.
+    #[arg(long, env = "SUBSCRIBE_SLOW_CLIENT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub subscribe_slow_client_ms: u64,
+
     /// Seconds to let calls in flight finish after SIGTERM before closing them.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(0..=3600))]
@@ -335,6 +359,11 @@ impl Config {
             cors_allowed_origins: vec!["*".into()],
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1024,
+            cursor_secret: Some("test-cursor-secret".into()),
+            max_subscribers: 1000,
+            subscribe_idle_poll_ms: 50,
+            subscribe_heartbeat_ms: 15_000,
+            subscribe_slow_client_ms: 30_000,
             shutdown_timeout: 2,
             log_format: LogFormat::Text,
             print_config: false,
@@ -391,6 +420,23 @@ impl Config {
             health_check_interval: Duration::from_millis(self.health_check_interval_ms),
             connect_wait: Duration::from_millis(self.iggy_connect_wait_ms),
         }))
+    }
+
+    pub fn subscribe_settings(&self) -> SubscribeSettings {
+        SubscribeSettings {
+            cursor_secret: match &self.cursor_secret {
+                Some(secret) => secret.as_bytes().to_vec(),
+                // Two v4 UUIDs: 244 bits from the OS's random source.
+                None => [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+                    .iter()
+                    .flat_map(|id| id.as_bytes().to_vec())
+                    .collect(),
+            },
+            max_subscribers: self.max_subscribers as usize,
+            idle_poll: Duration::from_millis(self.subscribe_idle_poll_ms),
+            heartbeat: Duration::from_millis(self.subscribe_heartbeat_ms),
+            slow_client: Duration::from_millis(self.subscribe_slow_client_ms),
+        }
     }
 
     /// The settings of the shared layer stack.

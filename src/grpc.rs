@@ -6,10 +6,12 @@ mod convert;
 mod event;
 mod message;
 mod stream;
+mod subscribe;
 mod topic;
 
 pub use convert::timestamp_text;
 pub use event::{DefaultTopic, EventApi};
 pub use message::{Limits, MessageApi};
 pub use stream::StreamApi;
+pub use subscribe::{SubscribeSettings, Subscriptions};
 pub use topic::TopicApi;

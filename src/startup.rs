@@ -7,6 +7,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::Routes, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_web::GrpcWebLayer;
@@ -18,7 +19,7 @@ use crate::{
         iggy::IggyBroker,
     },
     config::Config,
-    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
+    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, Subscriptions, TopicApi},
     layers::{self, rate_limit},
     metrics::{MeteredBroker, Metrics},
     ops,
@@ -73,6 +74,7 @@ pub struct Application {
     health: HealthReporter,
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
+    subscriptions_stop: CancellationToken,
     /// How long calls in flight (a health Watch, a slow poll) may run on after shutdown starts.
     shutdown_timeout: Duration,
 }
@@ -125,10 +127,13 @@ impl Application {
             );
         }
         let (health, health_service) = tonic_health::server::health_reporter();
+        // Ends live subscriptions at shutdown, so their streams close politely.
+        let subscriptions_stop = CancellationToken::new();
         let routes = routes(
             Arc::clone(&broker),
             config.limits(),
             default_topic,
+            Subscriptions::new(config.subscribe_settings(), subscriptions_stop.clone()),
             config.max_request_body_size as usize,
             health_service,
         )?;
@@ -149,6 +154,7 @@ impl Application {
             health,
             broker,
             metrics,
+            subscriptions_stop,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
         })
     }
@@ -171,6 +177,7 @@ impl Application {
             health,
             broker,
             metrics,
+            subscriptions_stop,
             shutdown_timeout,
         } = self;
         health
@@ -188,6 +195,7 @@ impl Application {
             shutdown.await;
             tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
             set_health(&health, ServingStatus::NotServing).await;
+            subscriptions_stop.cancel();
             health
                 .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
                 .await;
@@ -234,6 +242,7 @@ fn routes(
     broker: Arc<dyn Broker>,
     limits: Limits,
     default_topic: Option<DefaultTopic>,
+    subscriptions: Subscriptions,
     max_request_bytes: usize,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -254,8 +263,9 @@ fn routes(
         .max_decoding_message_size(max_request_bytes);
     let topics = TopicServiceServer::new(TopicApi::new(Arc::clone(&broker)))
         .max_decoding_message_size(max_request_bytes);
-    let messages = MessageServiceServer::new(MessageApi::new(Arc::clone(&broker), limits))
-        .max_decoding_message_size(max_request_bytes);
+    let messages =
+        MessageServiceServer::new(MessageApi::new(Arc::clone(&broker), limits, subscriptions))
+            .max_decoding_message_size(max_request_bytes);
     let events = EventServiceServer::new(EventApi::new(broker, limits, default_topic))
         .max_decoding_message_size(max_request_bytes);
 

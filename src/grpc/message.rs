@@ -8,6 +8,7 @@ use super::convert::{
     body_to_payload, headers_from_proto, headers_to_proto, identifier, message_id, message_id_text,
     payload_to_body, timestamp, timestamp_micros, topic_ref,
 };
+use super::subscribe::{Subscription, Subscriptions};
 use crate::{
     broker::{
         Broker, ConsumerOffsetRef, NewMessage, Partitioning, PollMessages, PollingStrategy,
@@ -42,11 +43,16 @@ impl Default for Limits {
 pub struct MessageApi {
     broker: Arc<dyn Broker>,
     limits: Limits,
+    subscriptions: Subscriptions,
 }
 
 impl MessageApi {
-    pub fn new(broker: Arc<dyn Broker>, limits: Limits) -> Self {
-        Self { broker, limits }
+    pub fn new(broker: Arc<dyn Broker>, limits: Limits, subscriptions: Subscriptions) -> Self {
+        Self {
+            broker,
+            limits,
+            subscriptions,
+        }
     }
 
     fn new_messages(&self, messages: Vec<proto::Message>) -> Result<Vec<NewMessage>, Status> {
@@ -111,7 +117,7 @@ fn consumer_ref(
     })
 }
 
-fn polled_to_proto(partition_id: u32, message: StoredMessage) -> proto::PolledMessage {
+pub(super) fn polled_to_proto(partition_id: u32, message: StoredMessage) -> proto::PolledMessage {
     let mut headers = message.headers;
     let body = payload_to_body(message.payload, &mut headers);
     proto::PolledMessage {
@@ -126,6 +132,73 @@ fn polled_to_proto(partition_id: u32, message: StoredMessage) -> proto::PolledMe
 
 #[tonic::async_trait]
 impl MessageService for MessageApi {
+    type SubscribeStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let topic = topic_ref(&request.stream, &request.topic)?;
+        let consumer = match request.consumer.as_str() {
+            "" => None,
+            value => Some(identifier("consumer", value)?),
+        };
+        let strategy = match proto::PollingStrategy::try_from(request.strategy) {
+            Ok(proto::PollingStrategy::Unspecified) => match (&consumer, request.offset) {
+                (_, Some(offset)) => PollingStrategy::Offset(offset),
+                (Some(_), None) => PollingStrategy::Next,
+                (None, None) => PollingStrategy::Last,
+            },
+            Ok(proto::PollingStrategy::Offset) => PollingStrategy::Offset(
+                request
+                    .offset
+                    .ok_or_else(|| invalid_field("offset", "is required with strategy OFFSET"))?,
+            ),
+            Ok(proto::PollingStrategy::Timestamp) => {
+                let at = request.timestamp.as_ref().ok_or_else(|| {
+                    invalid_field("timestamp", "is required with strategy TIMESTAMP")
+                })?;
+                PollingStrategy::Timestamp(timestamp_micros("timestamp", at)?)
+            }
+            Ok(proto::PollingStrategy::First) => PollingStrategy::First,
+            Ok(proto::PollingStrategy::Last) => PollingStrategy::Last,
+            Ok(proto::PollingStrategy::Next) => PollingStrategy::Next,
+            Err(_) => {
+                return Err(invalid_field(
+                    "strategy",
+                    format!("unknown value {}", request.strategy),
+                ));
+            }
+        };
+        if consumer.is_none() && (strategy == PollingStrategy::Next || request.commit_every > 0) {
+            return Err(invalid_field(
+                "consumer",
+                "is required with strategy NEXT and with commit_every",
+            ));
+        }
+        let receiver = self
+            .subscriptions
+            .start(
+                Arc::clone(&self.broker),
+                Subscription {
+                    topic,
+                    stream_text: request.stream,
+                    topic_text: request.topic,
+                    partition_id: request.partition_id,
+                    consumer,
+                    strategy,
+                    cursor: (!request.cursor.is_empty()).then_some(request.cursor),
+                    commit_every: request.commit_every,
+                },
+            )
+            .await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+
     async fn send_messages(
         &self,
         request: Request<proto::SendMessagesRequest>,

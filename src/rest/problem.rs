@@ -82,6 +82,11 @@ impl Problem {
         self.0.status
     }
 
+    /// The problem body as JSON text (for errors inside a stream).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&*self.0).unwrap_or_default()
+    }
+
     /// A request field the client got wrong (400, with the field named).
     pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Self {
         let field = field.into();

@@ -117,7 +117,19 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
                 ),
             )
         })?;
-    let input = request_json(route, bindings, parts.uri.query(), &parts.headers, &body)?;
+    let mut input = request_json(route, bindings, parts.uri.query(), &parts.headers, &body)?;
+    // SSE clients resume by sending the last event id back: it is the cursor.
+    if let Some(last_event_id) = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        && route.method.input().get_field_by_name("cursor").is_some()
+        && let Some(object) = input.as_object_mut()
+    {
+        object
+            .entry("cursor")
+            .or_insert_with(|| Value::String(last_event_id.to_owned()));
+    }
     let message = DynamicMessage::deserialize_with_options(
         route.method.input(),
         input,
@@ -125,6 +137,16 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     )
     .map_err(|err| json_problem(&err.to_string()))?;
 
+    if route.method.is_server_streaming() {
+        let mut response = stream_grpc(transcoder, route, &parts.headers, &message).await?;
+        response
+            .extensions_mut()
+            .insert(crate::metrics::MatchedRoute(format!(
+                "{} {}",
+                route.http_method, route.template
+            )));
+        return Ok(response);
+    }
     let reply = call_grpc(transcoder, route, &parts.headers, &message).await;
     let mut response = match reply {
         Ok(reply) => respond(route, reply)?,
@@ -343,12 +365,12 @@ fn json_problem(message: &str) -> Problem {
     }
 }
 
-async fn call_grpc(
-    transcoder: &Transcoder,
+/// The gRPC call a REST request becomes: one framed message, selected headers as metadata.
+fn grpc_call(
     route: &Route,
     headers: &HeaderMap,
     message: &DynamicMessage,
-) -> Result<DynamicMessage, Problem> {
+) -> Result<Request<Body>, Problem> {
     let length = message.encoded_len();
     let mut frame = BytesMut::with_capacity(5 + length);
     frame.put_u8(0);
@@ -373,9 +395,17 @@ async fn call_grpc(
             call = call.header(name, value);
         }
     }
-    let call = call
-        .body(Body::from(frame.freeze()))
-        .map_err(|err| internal(format!("building the gRPC call: {err}")))?;
+    call.body(Body::from(frame.freeze()))
+        .map_err(|err| internal(format!("building the gRPC call: {err}")))
+}
+
+async fn call_grpc(
+    transcoder: &Transcoder,
+    route: &Route,
+    headers: &HeaderMap,
+    message: &DynamicMessage,
+) -> Result<DynamicMessage, Problem> {
+    let call = grpc_call(route, headers, message)?;
     let response = match transcoder.grpc.clone().oneshot(call).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -409,6 +439,143 @@ async fn call_grpc(
     }
     DynamicMessage::decode(route.method.output(), data.split_to(length))
         .map_err(|err| internal(format!("decoding the gRPC answer: {err}")))
+}
+
+/// A server-streaming call as Server-Sent Events (`Accept: text/event-stream`) or NDJSON: each
+/// gRPC message becomes one event or line as it arrives. A `cursor` field becomes the SSE id.
+async fn stream_grpc(
+    transcoder: &Transcoder,
+    route: &Route,
+    headers: &HeaderMap,
+    message: &DynamicMessage,
+) -> Result<Response, Problem> {
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let call = grpc_call(route, headers, message)?;
+    let response = match transcoder.grpc.clone().oneshot(call).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (parts, mut body) = response.into_parts();
+    // Refused before the first message (trailers-only): an ordinary problem answer.
+    if let Some(status) = tonic::Status::from_header_map(&parts.headers)
+        && status.code() != tonic::Code::Ok
+    {
+        return Err(Problem::from_status(&status));
+    }
+    let output = route.method.output();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
+    tokio::spawn(async move {
+        let mut buffer = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(err) => {
+                    let problem = internal(format!("reading the gRPC stream: {err}"));
+                    let _ = tx.send(Ok(stream_error(sse, &problem))).await;
+                    return;
+                }
+            };
+            let frame = match frame.into_data() {
+                Ok(data) => {
+                    buffer.extend_from_slice(&data);
+                    while let Some(payload) = next_message(&mut buffer) {
+                        let Ok(message) = DynamicMessage::decode(output.clone(), payload) else {
+                            return;
+                        };
+                        if tx.send(Ok(stream_item(sse, &message))).await.is_err() {
+                            // The client went away; dropping the body ends the gRPC call.
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Err(frame) => frame,
+            };
+            if let Ok(trailers) = frame.into_trailers()
+                && let Some(status) = tonic::Status::from_header_map(&trailers)
+                && status.code() != tonic::Code::Ok
+            {
+                let _ = tx
+                    .send(Ok(stream_error(sse, &Problem::from_status(&status))))
+                    .await;
+            }
+        }
+    });
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    let mut response = Response::new(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// Takes one complete gRPC message out of the buffer, if it holds one.
+fn next_message(buffer: &mut BytesMut) -> Option<Bytes> {
+    if buffer.len() < 5 {
+        return None;
+    }
+    let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+    if buffer.len() < 5 + length {
+        return None;
+    }
+    buffer.advance(5);
+    Some(buffer.split_to(length).freeze())
+}
+
+fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false);
+    let mut json = message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .unwrap_or(Value::Null);
+    integral_numbers(&mut json);
+    if !sse {
+        let mut line = serde_json::to_vec(&json).unwrap_or_default();
+        line.push(b'\n');
+        return Bytes::from(line);
+    }
+    // The cursor is the event id; the event's name is the field the message set.
+    let id = json
+        .get("cursor")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let (event, data) = match json.as_object() {
+        Some(object) => object
+            .iter()
+            .find(|(key, value)| key.as_str() != "cursor" && !value.is_null())
+            .map_or(("message".to_owned(), json.clone()), |(key, value)| {
+                (key.clone(), value.clone())
+            }),
+        None => ("message".to_owned(), json.clone()),
+    };
+    let mut text = String::new();
+    if let Some(id) = id {
+        text.push_str(&format!("id: {id}\n"));
+    }
+    text.push_str(&format!(
+        "event: {event}\ndata: {}\n\n",
+        serde_json::to_string(&data).unwrap_or_default()
+    ));
+    Bytes::from(text)
+}
+
+fn stream_error(sse: bool, problem: &Problem) -> Bytes {
+    let json = problem.to_json();
+    if sse {
+        Bytes::from(format!("event: error\ndata: {json}\n\n"))
+    } else {
+        Bytes::from(format!("{{\"error\":{json}}}\n"))
+    }
 }
 
 fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, Problem> {

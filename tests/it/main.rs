@@ -16,4 +16,5 @@ mod reflection;
 mod rest;
 mod routing;
 mod streams;
+mod subscribe;
 mod topics;

@@ -97,6 +97,7 @@ fn scenario(method: &str) -> Option<Value> {
         "PublishEvent" => with(json!({"event": event(ID_B), "partition_key": "k"})),
         "PublishEvents" => with(json!({"events": [event(ID_A), event(ID_B)]})),
         "PollEvents" => with(json!({"partition_id": 0, "offset": "0"})),
+        "Subscribe" => with(json!({"partition_id": 0, "strategy": "POLLING_STRATEGY_FIRST"})),
         _ => return None,
     })
 }
@@ -277,6 +278,73 @@ async fn snapshot(app: &TestApp) -> Vec<String> {
     out
 }
 
+/// The first `count` items of a server-streaming call over gRPC, as JSON.
+async fn grpc_stream(
+    app: &TestApp,
+    method: &MethodDescriptor,
+    request: &Value,
+    count: usize,
+) -> Vec<Value> {
+    let message =
+        DynamicMessage::deserialize(method.input(), request.clone()).expect("valid request");
+    let mut client = tonic::client::Grpc::new(app.channel.clone());
+    client.ready().await.expect("ready");
+    let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+    let mut stream = client
+        .server_streaming(
+            tonic::Request::new(Bytes::from(message.encode_to_vec())),
+            http::uri::PathAndQuery::try_from(path).expect("path"),
+            RawCodec,
+        )
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let mut items = Vec::new();
+    while items.len() < count {
+        let bytes = stream.message().await.expect("ok").expect("an item");
+        items.push(to_json(
+            &DynamicMessage::decode(method.output(), bytes).expect("decodes"),
+        ));
+    }
+    items
+}
+
+/// The first `count` lines of the same call over REST as NDJSON.
+async fn rest_stream(
+    app: &TestApp,
+    route: &rest::Route,
+    request: &Value,
+    count: usize,
+) -> Vec<Value> {
+    let mut fields: Map<String, Value> = request.as_object().cloned().unwrap_or_default();
+    let mut path = route.template.openapi_path();
+    for field in route.template.fields() {
+        let value = fields.remove(field).expect("path variable");
+        path = path.replace(&format!("{{{field}}}"), &query_value(&value));
+    }
+    let query: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.clone(), query_value(v)))
+        .collect();
+    let mut response = app
+        .http1
+        .request(route.http_method.clone(), app.url(&path))
+        .query(&query)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("sent");
+    let mut text = String::new();
+    while text.lines().count() < count || !text.ends_with('\n') {
+        let chunk = response.chunk().await.expect("ok").expect("more");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text.lines()
+        .take(count)
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
 /// The messages of partition 0 of topic 0 in stream 0 (or the error code once deleted).
 async fn stored_messages(app: &TestApp) -> Result<Vec<(u64, String)>, tonic::Code> {
     let polled = app
@@ -317,6 +385,19 @@ async fn every_annotated_rpc_behaves_the_same_over_grpc_and_rest() {
             let request = scenario(method.name())
                 .unwrap_or_else(|| panic!("no parity scenario for {grpc_path}: add one"));
 
+            if method.is_server_streaming() {
+                let over_grpc = spawn_app().await;
+                setup(&over_grpc).await;
+                let over_rest = spawn_app().await;
+                setup(&over_rest).await;
+                let mut grpc_items = grpc_stream(&over_grpc, &method, &request, 2).await;
+                let mut rest_items = rest_stream(&over_rest, route, &request, 2).await;
+                grpc_items.iter_mut().for_each(normalize);
+                rest_items.iter_mut().for_each(normalize);
+                assert_eq!(grpc_items, rest_items, "{grpc_path}: streams differ");
+                checked += 1;
+                continue;
+            }
             let over_grpc = spawn_app().await;
             setup(&over_grpc).await;
             let mut grpc_answer = call_grpc(&over_grpc, &method, &request)

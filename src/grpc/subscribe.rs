@@ -1,0 +1,419 @@
+//! Live subscriptions (`MessageService.Subscribe`): a poll loop per subscriber that pushes
+//! messages into a bounded channel as they arrive, with one resumable cursor for every
+//! transport, heartbeats carrying the consumer lag, and optional commits as it goes.
+//!
+//! The loop waits when the client reads slowly (the channel is bounded), backs off to
+//! `SUBSCRIBE_IDLE_POLL_MS` while nothing arrives, and ends a stream whose client stopped
+//! reading for `SUBSCRIBE_SLOW_CLIENT_MS`.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::message::polled_to_proto;
+use crate::{
+    broker::{
+        Broker, BrokerError, ConsumerOffsetRef, Identifier, PollMessages, PollingStrategy, TopicRef,
+    },
+    error::{broker_status, invalid_field},
+    proto,
+};
+
+const CURSOR_VERSION: u8 = 1;
+/// Messages read from one partition per poll.
+const POLL_BATCH: u32 = 100;
+/// The first idle wait; it doubles up to `SUBSCRIBE_IDLE_POLL_MS`.
+const MIN_IDLE_WAIT: Duration = Duration::from_millis(5);
+/// Answers buffered per subscriber before the poll loop waits for the client.
+const CHANNEL_CAPACITY: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct SubscribeSettings {
+    /// Signs cursors; replicas that share it resume each other's cursors.
+    pub cursor_secret: Vec<u8>,
+    pub max_subscribers: usize,
+    pub idle_poll: Duration,
+    pub heartbeat: Duration,
+    pub slow_client: Duration,
+}
+
+/// What a subscription shares with the gateway: the subscriber cap and the shutdown signal.
+#[derive(Clone)]
+pub struct Subscriptions {
+    settings: Arc<SubscribeSettings>,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl Subscriptions {
+    pub fn new(settings: SubscribeSettings, shutdown: CancellationToken) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(settings.max_subscribers)),
+            settings: Arc::new(settings),
+            shutdown,
+        }
+    }
+}
+
+/// The position of a subscription: where each partition is read next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Cursor {
+    stream: String,
+    topic: String,
+    consumer: String,
+    next: BTreeMap<u32, u64>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac(secret: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length.
+    <HmacSha256 as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("any key length"))
+}
+
+fn encode_cursor(cursor: &Cursor, secret: &[u8]) -> String {
+    let mut bytes = vec![CURSOR_VERSION];
+    bytes.extend(postcard::to_stdvec(cursor).unwrap_or_default());
+    let mut signer = mac(secret);
+    signer.update(&bytes);
+    bytes.extend(signer.finalize().into_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn decode_cursor(text: &str, secret: &[u8]) -> Result<Cursor, Status> {
+    let refuse = |why: &str| invalid_field("cursor", why.to_owned());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| refuse("is not a cursor this gateway issued"))?;
+    if bytes.len() < 1 + 32 {
+        return Err(refuse("is not a cursor this gateway issued"));
+    }
+    let (body, tag) = bytes.split_at(bytes.len() - 32);
+    let mut verifier = mac(secret);
+    verifier.update(body);
+    verifier
+        .verify_slice(tag)
+        .map_err(|_| refuse("was altered or signed with another key (CURSOR_SECRET)"))?;
+    if body[0] != CURSOR_VERSION {
+        return Err(refuse("has an unknown version"));
+    }
+    postcard::from_bytes(&body[1..]).map_err(|_| refuse("does not decode"))
+}
+
+/// Validated subscription parameters.
+pub struct Subscription {
+    pub topic: TopicRef,
+    pub stream_text: String,
+    pub topic_text: String,
+    pub partition_id: Option<u32>,
+    pub consumer: Option<Identifier>,
+    pub strategy: PollingStrategy,
+    pub cursor: Option<String>,
+    pub commit_every: u32,
+}
+
+type Item = Result<proto::SubscribeResponse, Status>;
+
+impl Subscriptions {
+    /// Starts a subscription's poll loop and returns the receiving end of its stream.
+    pub async fn start(
+        &self,
+        broker: Arc<dyn Broker>,
+        request: Subscription,
+    ) -> Result<mpsc::Receiver<Item>, Status> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the gateway already serves {} subscribers (MAX_SUBSCRIBERS)",
+                self.settings.max_subscribers
+            ))
+        })?;
+        let consumer_text = request
+            .consumer
+            .as_ref()
+            .map(Identifier::to_string)
+            .unwrap_or_default();
+        let topic_info = broker
+            .get_topic(request.topic.clone())
+            .await
+            .map_err(broker_status)?;
+        let partitions: Vec<u32> = match request.partition_id {
+            Some(id) if id < topic_info.partitions_count => vec![id],
+            Some(id) => {
+                return Err(broker_status(BrokerError::PartitionNotFound {
+                    topic: request.topic.topic.clone(),
+                    partition_id: id,
+                    partitions_count: topic_info.partitions_count,
+                }));
+            }
+            None => (0..topic_info.partitions_count).collect(),
+        };
+
+        // Where each partition starts: the cursor's positions, or the strategy's first poll.
+        let mut next: BTreeMap<u32, Option<u64>> = partitions.iter().map(|p| (*p, None)).collect();
+        if let Some(text) = &request.cursor {
+            let cursor = decode_cursor(text, &self.settings.cursor_secret)?;
+            if cursor.stream != request.stream_text
+                || cursor.topic != request.topic_text
+                || cursor.consumer != consumer_text
+            {
+                return Err(invalid_field(
+                    "cursor",
+                    "belongs to another stream, topic or consumer",
+                ));
+            }
+            for (partition, offset) in cursor.next {
+                if let Some(slot) = next.get_mut(&partition) {
+                    *slot = Some(offset);
+                }
+            }
+        } else if request.strategy == PollingStrategy::Last {
+            // "Last" for a subscription means only what arrives from now on.
+            for partition in &topic_info.partitions {
+                if let Some(slot) = next.get_mut(&partition.id) {
+                    let head = if partition.messages_count == 0 {
+                        0
+                    } else {
+                        partition.current_offset + 1
+                    };
+                    *slot = Some(head);
+                }
+            }
+        }
+
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let settings = Arc::clone(&self.settings);
+        let shutdown = self.shutdown.clone();
+        let cursor = Cursor {
+            stream: request.stream_text.clone(),
+            topic: request.topic_text.clone(),
+            consumer: consumer_text,
+            next: BTreeMap::new(),
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            run(broker, request, next, cursor, settings, shutdown, tx).await;
+        });
+        Ok(rx)
+    }
+}
+
+async fn run(
+    broker: Arc<dyn Broker>,
+    request: Subscription,
+    mut next: BTreeMap<u32, Option<u64>>,
+    mut cursor: Cursor,
+    settings: Arc<SubscribeSettings>,
+    shutdown: CancellationToken,
+    tx: mpsc::Sender<Item>,
+) {
+    let mut idle_wait = MIN_IDLE_WAIT;
+    let mut last_sent = tokio::time::Instant::now();
+    let mut since_commit = 0u32;
+    loop {
+        let mut delivered = 0usize;
+        for (partition, position) in next.clone() {
+            let strategy = match position {
+                Some(offset) => PollingStrategy::Offset(offset),
+                None => request.strategy,
+            };
+            let polled = broker
+                .poll_messages(PollMessages {
+                    topic: request.topic.clone(),
+                    partition_id: partition,
+                    consumer: request.consumer.clone(),
+                    strategy,
+                    count: POLL_BATCH,
+                    auto_commit: false,
+                })
+                .await;
+            let polled = match polled {
+                Ok(polled) => polled,
+                Err(err) if err.is_retryable() => continue,
+                Err(err) => {
+                    let _ = tx.send(Err(broker_status(err))).await;
+                    return;
+                }
+            };
+            if polled.messages.is_empty() && position.is_none() {
+                // Nothing yet for a first poll by strategy: keep asking the same way.
+                continue;
+            }
+            for message in polled.messages {
+                let offset = message.offset;
+                next.insert(partition, Some(offset + 1));
+                cursor.next.insert(partition, offset + 1);
+                let item = proto::SubscribeResponse {
+                    cursor: encode_cursor(&cursor, &settings.cursor_secret),
+                    event: Some(proto::subscribe_response::Event::Message(polled_to_proto(
+                        partition, message,
+                    ))),
+                };
+                if !deliver(&tx, item, &settings, &shutdown).await {
+                    return;
+                }
+                delivered += 1;
+                last_sent = tokio::time::Instant::now();
+                since_commit += 1;
+                if request.commit_every > 0 && since_commit >= request.commit_every {
+                    since_commit = 0;
+                    commit(&broker, &request, &next).await;
+                }
+            }
+        }
+        if delivered > 0 {
+            idle_wait = MIN_IDLE_WAIT;
+            continue;
+        }
+        if last_sent.elapsed() >= settings.heartbeat {
+            let item = heartbeat(&broker, &request, &next, &cursor, &settings).await;
+            if !deliver(&tx, item, &settings, &shutdown).await {
+                return;
+            }
+            last_sent = tokio::time::Instant::now();
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                if request.commit_every > 0 {
+                    commit(&broker, &request, &next).await;
+                }
+                let _ = tx.send(Err(Status::unavailable(
+                    "the gateway is shutting down; resume with the last cursor",
+                ))).await;
+                return;
+            }
+            () = tx.closed() => return,
+            () = tokio::time::sleep(idle_wait) => {}
+        }
+        idle_wait = (idle_wait * 2).min(settings.idle_poll);
+    }
+}
+
+/// Sends one answer, waiting while the client reads slowly; `false` ends the subscription.
+async fn deliver(
+    tx: &mpsc::Sender<Item>,
+    item: proto::SubscribeResponse,
+    settings: &SubscribeSettings,
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => {
+            let _ = tx.try_send(Err(Status::unavailable(
+                "the gateway is shutting down; resume with the last cursor",
+            )));
+            false
+        }
+        sent = tx.send_timeout(Ok(item), settings.slow_client) => match sent {
+            Ok(()) => true,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                tracing::warn!(timeout = ?settings.slow_client, "subscriber stopped reading; closing its stream");
+                false
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+        },
+    }
+}
+
+async fn commit(
+    broker: &Arc<dyn Broker>,
+    request: &Subscription,
+    next: &BTreeMap<u32, Option<u64>>,
+) {
+    let Some(consumer) = &request.consumer else {
+        return;
+    };
+    for (partition, position) in next {
+        if let Some(offset) = position.and_then(|n| n.checked_sub(1)) {
+            let at = ConsumerOffsetRef {
+                topic: request.topic.clone(),
+                consumer: consumer.clone(),
+                partition_id: *partition,
+            };
+            if let Err(err) = broker.store_consumer_offset(at, offset).await {
+                tracing::warn!(error = %err, partition, "cannot commit a subscriber's offset");
+            }
+        }
+    }
+}
+
+async fn heartbeat(
+    broker: &Arc<dyn Broker>,
+    request: &Subscription,
+    next: &BTreeMap<u32, Option<u64>>,
+    cursor: &Cursor,
+    settings: &SubscribeSettings,
+) -> proto::SubscribeResponse {
+    let heads: BTreeMap<u32, u64> = match broker.get_topic(request.topic.clone()).await {
+        Ok(topic) => topic
+            .partitions
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    if p.messages_count == 0 {
+                        0
+                    } else {
+                        p.current_offset + 1
+                    },
+                )
+            })
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    };
+    let partitions = next
+        .iter()
+        .map(|(partition, position)| {
+            let head = heads.get(partition).copied().unwrap_or(0);
+            let next_offset = position.unwrap_or(head);
+            proto::PartitionLag {
+                partition_id: *partition,
+                next_offset,
+                lag: head.saturating_sub(next_offset),
+            }
+        })
+        .collect();
+    proto::SubscribeResponse {
+        cursor: encode_cursor(cursor, &settings.cursor_secret),
+        event: Some(proto::subscribe_response::Event::Heartbeat(
+            proto::Heartbeat { partitions },
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor() -> Cursor {
+        Cursor {
+            stream: "orders".into(),
+            topic: "created".into(),
+            consumer: String::new(),
+            next: [(0, 5), (2, 9)].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_under_the_same_secret_only() {
+        let text = encode_cursor(&cursor(), b"secret-a");
+        assert_eq!(decode_cursor(&text, b"secret-a").expect("valid"), cursor());
+        assert!(decode_cursor(&text, b"secret-b").is_err(), "foreign key");
+        let mut tampered = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&text)
+            .expect("base64");
+        tampered[3] ^= 1;
+        let tampered = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tampered);
+        assert_eq!(
+            decode_cursor(&tampered, b"secret-a")
+                .expect_err("tampered")
+                .code(),
+            tonic::Code::InvalidArgument
+        );
+        assert!(decode_cursor("not a cursor", b"secret-a").is_err());
+    }
+}

@@ -1,0 +1,344 @@
+//! Live subscriptions over gRPC, gRPC-Web, SSE and NDJSON, resumed with the one cursor.
+
+use std::time::Duration;
+
+use iggy_gateway::proto;
+use prost::Message;
+use tonic::{Code, Streaming};
+
+use crate::helpers::{TestApp, spawn_app, spawn_configured, texts};
+
+async fn app_with_topic(app: TestApp) -> TestApp {
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 2).await;
+    app
+}
+
+fn subscribe_request() -> proto::SubscribeRequest {
+    proto::SubscribeRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        ..Default::default()
+    }
+}
+
+async fn next_message(
+    stream: &mut Streaming<proto::SubscribeResponse>,
+) -> (String, proto::PolledMessage) {
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("a message in time")
+            .expect("ok")
+            .expect("open");
+        if let Some(proto::subscribe_response::Event::Message(message)) = item.event {
+            return (item.cursor, message);
+        }
+    }
+}
+
+fn text_of(message: &proto::PolledMessage) -> String {
+    match &message.body {
+        Some(proto::polled_message::Body::Text(text)) => text.clone(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn messages_sent_after_subscribing_arrive_in_order_and_resume_without_gaps_or_repeats() {
+    let app = app_with_topic(spawn_app().await).await;
+    let mut stream = app
+        .messages
+        .clone()
+        .subscribe(subscribe_request())
+        .await
+        .expect("subscribed")
+        .into_inner();
+    app.send_texts("orders", "created", 1, &["a", "b", "c"])
+        .await;
+    let mut cursor = String::new();
+    for expected in ["a", "b"] {
+        let (next_cursor, message) = next_message(&mut stream).await;
+        assert_eq!(text_of(&message), expected);
+        assert_eq!(message.partition_id, 1);
+        cursor = next_cursor;
+    }
+    drop(stream); // a forced disconnect after "b"
+
+    app.send_texts("orders", "created", 0, &["d"]).await;
+    app.send_texts("orders", "created", 1, &["e"]).await;
+    let mut resumed = app
+        .messages
+        .clone()
+        .subscribe(proto::SubscribeRequest {
+            cursor,
+            ..subscribe_request()
+        })
+        .await
+        .expect("resumed")
+        .into_inner();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (_, message) = next_message(&mut resumed).await;
+        got.push((message.partition_id, text_of(&message)));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (0, "d".to_owned()),
+            (1, "c".to_owned()),
+            (1, "e".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn tampered_or_foreign_cursors_are_refused() {
+    let app = app_with_topic(spawn_app().await).await;
+    let err = app
+        .messages
+        .clone()
+        .subscribe(proto::SubscribeRequest {
+            cursor: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let other = spawn_configured(|c| c.cursor_secret = Some("another-secret".into())).await;
+    let other = app_with_topic(other).await;
+    let mut stream = other
+        .messages
+        .clone()
+        .subscribe(proto::SubscribeRequest {
+            strategy: proto::PollingStrategy::First.into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed")
+        .into_inner();
+    other.send_texts("orders", "created", 0, &["x"]).await;
+    let (foreign, _) = next_message(&mut stream).await;
+    let err = app
+        .messages
+        .clone()
+        .subscribe(proto::SubscribeRequest {
+            cursor: foreign.clone(),
+            ..subscribe_request()
+        })
+        .await
+        .expect_err("signed with another key");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let rest = app
+        .http1
+        .get(app.url("/v1/streams/orders/topics/created/messages:subscribe"))
+        .query(&[("cursor", foreign.as_str())])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(rest.status(), 400);
+}
+
+#[tokio::test]
+async fn heartbeats_report_where_each_partition_stands() {
+    let app = app_with_topic(spawn_configured(|c| c.subscribe_heartbeat_ms = 100).await).await;
+    app.send_texts("orders", "created", 0, &["a", "b", "c"])
+        .await;
+    let mut stream = app
+        .messages
+        .clone()
+        .subscribe(proto::SubscribeRequest {
+            strategy: proto::PollingStrategy::First.into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed")
+        .into_inner();
+    let heartbeat = loop {
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("in time")
+            .expect("ok")
+            .expect("open");
+        if let Some(proto::subscribe_response::Event::Heartbeat(heartbeat)) = item.event {
+            break heartbeat;
+        }
+    };
+    let p0 = heartbeat
+        .partitions
+        .iter()
+        .find(|p| p.partition_id == 0)
+        .expect("partition 0");
+    assert_eq!((p0.next_offset, p0.lag), (3, 0));
+}
+
+#[tokio::test]
+async fn sse_clients_get_events_with_the_cursor_as_id_and_resume_with_last_event_id() {
+    let app = app_with_topic(spawn_app().await).await;
+    app.send_texts("orders", "created", 0, &["a", "b"]).await;
+    let url = app.url("/v1/streams/orders/topics/created/messages:subscribe?partition_id=0&strategy=POLLING_STRATEGY_FIRST");
+    let mut response = app
+        .http1
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    while text.matches("event: message").count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("in time")
+            .expect("ok")
+            .expect("more");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(response);
+    let first = text.split("\n\n").next().expect("an event");
+    let id = first
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an id")
+        .to_owned();
+    let data: serde_json::Value = serde_json::from_str(
+        first
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("data"),
+    )
+    .expect("JSON data");
+    assert_eq!(data["text"], "a");
+    assert_eq!(data["offset"], "0");
+
+    // Resuming after "a" with Last-Event-ID delivers "b" next.
+    let mut resumed = app
+        .http1
+        .get(app.url("/v1/streams/orders/topics/created/messages:subscribe?partition_id=0"))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", id)
+        .send()
+        .await
+        .expect("sent");
+    let mut text = String::new();
+    while !text.contains("event: message") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), resumed.chunk())
+            .await
+            .expect("in time")
+            .expect("ok")
+            .expect("more");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("\"text\":\"b\""), "{text}");
+}
+
+#[tokio::test]
+async fn ndjson_clients_get_one_json_object_per_line() {
+    let app = app_with_topic(spawn_app().await).await;
+    let mut response = app
+        .http1
+        .get(app.url("/v1/streams/orders/topics/created/messages:subscribe?partition_id=1"))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    app.send_texts("orders", "created", 1, &["x", "y"]).await;
+    let mut text = String::new();
+    while text.lines().filter(|l| l.contains("\"message\"")).count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("in time")
+            .expect("ok")
+            .expect("more");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .filter(|v: &serde_json::Value| v.get("message").is_some())
+        .collect();
+    assert_eq!(lines[0]["message"]["text"], "x");
+    assert_eq!(lines[1]["message"]["text"], "y");
+    assert!(lines[1]["cursor"].is_string());
+}
+
+#[tokio::test]
+async fn grpc_web_clients_receive_the_stream_over_http1() {
+    let app = app_with_topic(spawn_app().await).await;
+    app.send_texts("orders", "created", 0, &["web"]).await;
+    let body = proto::SubscribeRequest {
+        partition_id: Some(0),
+        strategy: proto::PollingStrategy::First.into(),
+        ..subscribe_request()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    let mut response = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.MessageService/Subscribe"))
+        .header("content-type", "application/grpc-web+proto")
+        .body(framed)
+        .send()
+        .await
+        .expect("sent");
+    let mut buffer = Vec::new();
+    while buffer.len() < 5
+        || buffer.len()
+            < 5 + u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize
+    {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("in time")
+            .expect("ok")
+            .expect("more");
+        buffer.extend_from_slice(&chunk);
+    }
+    let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+    let item = proto::SubscribeResponse::decode(&buffer[5..5 + length]).expect("decodes");
+    match item.event {
+        Some(proto::subscribe_response::Event::Message(message)) => {
+            assert_eq!(text_of(&message), "web")
+        }
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn subscribers_beyond_the_limit_are_refused_and_shutdown_ends_streams() {
+    let app = app_with_topic(spawn_configured(|c| c.max_subscribers = 1).await).await;
+    let mut first = app
+        .messages
+        .clone()
+        .subscribe(subscribe_request())
+        .await
+        .expect("subscribed")
+        .into_inner();
+    let err = app
+        .messages
+        .clone()
+        .subscribe(subscribe_request())
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    let rest = app
+        .http1
+        .get(app.url("/v1/streams/orders/topics/created/messages:subscribe"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(rest.status(), 429);
+
+    let stopping = tokio::spawn(app.stop());
+    let end = tokio::time::timeout(Duration::from_secs(5), first.message())
+        .await
+        .expect("the stream ends in time");
+    let status = end.expect_err("ended with a status");
+    assert_eq!(status.code(), Code::Unavailable);
+    stopping.await.expect("stopped");
+    let _ = texts;
+}
