@@ -206,6 +206,10 @@ pub struct Config {
     #[arg(long, env = "MAX_SUBSCRIBERS", default_value_t = 1000)]
     pub max_subscribers: u32,
 
+    /// Most live subscriptions from one client IP.
+    #[arg(long, env = "MAX_SUBSCRIBERS_PER_CLIENT", default_value_t = 100)]
+    pub max_subscribers_per_client: u32,
+
     /// Longest wait between polls of an idle subscription, in milliseconds.
     #[arg(long, env = "SUBSCRIBE_IDLE_POLL_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -361,6 +365,7 @@ impl Config {
             max_concurrent_requests: 1024,
             cursor_secret: Some("test-cursor-secret".into()),
             max_subscribers: 1000,
+            max_subscribers_per_client: 100,
             subscribe_idle_poll_ms: 50,
             subscribe_heartbeat_ms: 15_000,
             subscribe_slow_client_ms: 30_000,
@@ -433,6 +438,7 @@ impl Config {
                     .collect(),
             },
             max_subscribers: self.max_subscribers as usize,
+            max_subscribers_per_client: self.max_subscribers_per_client as usize,
             idle_poll: Duration::from_millis(self.subscribe_idle_poll_ms),
             heartbeat: Duration::from_millis(self.subscribe_heartbeat_ms),
             slow_client: Duration::from_millis(self.subscribe_slow_client_ms),

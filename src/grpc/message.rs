@@ -139,6 +139,10 @@ impl MessageService for MessageApi {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let client = request
+            .extensions()
+            .get::<crate::layers::ClientIp>()
+            .map(|ip| ip.0);
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
         let consumer = match request.consumer.as_str() {
@@ -191,6 +195,7 @@ impl MessageService for MessageApi {
                     strategy,
                     cursor: (!request.cursor.is_empty()).then_some(request.cursor),
                     commit_every: request.commit_every,
+                    client,
                 },
             )
             .await?;

@@ -6,7 +6,12 @@
 //! `SUBSCRIBE_IDLE_POLL_MS` while nothing arrives, and ends a stream whose client stopped
 //! reading for `SUBSCRIBE_SLOW_CLIENT_MS`.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -38,16 +43,18 @@ pub struct SubscribeSettings {
     /// Signs cursors; replicas that share it resume each other's cursors.
     pub cursor_secret: Vec<u8>,
     pub max_subscribers: usize,
+    pub max_subscribers_per_client: usize,
     pub idle_poll: Duration,
     pub heartbeat: Duration,
     pub slow_client: Duration,
 }
 
-/// What a subscription shares with the gateway: the subscriber cap and the shutdown signal.
+/// What a subscription shares with the gateway: the subscriber caps and the shutdown signal.
 #[derive(Clone)]
 pub struct Subscriptions {
     settings: Arc<SubscribeSettings>,
     permits: Arc<Semaphore>,
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
     shutdown: CancellationToken,
 }
 
@@ -56,7 +63,33 @@ impl Subscriptions {
         Self {
             permits: Arc::new(Semaphore::new(settings.max_subscribers)),
             settings: Arc::new(settings),
+            per_client: Arc::new(Mutex::new(HashMap::new())),
             shutdown,
+        }
+    }
+}
+
+/// One subscription counted against its client IP, released when dropped.
+struct ClientSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    client: Option<IpAddr>,
+}
+
+impl ClientSlot {
+    fn take(counts: Arc<Mutex<HashMap<IpAddr, usize>>>, client: Option<IpAddr>) -> Self {
+        Self { counts, client }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let (Some(client), Ok(mut counts)) = (self.client, self.counts.lock())
+            && let Some(count) = counts.get_mut(&client)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&client);
+            }
         }
     }
 }
@@ -116,6 +149,8 @@ pub struct Subscription {
     pub strategy: PollingStrategy,
     pub cursor: Option<String>,
     pub commit_every: u32,
+    /// Counted against `MAX_SUBSCRIBERS_PER_CLIENT`.
+    pub client: Option<IpAddr>,
 }
 
 type Item = Result<proto::SubscribeResponse, Status>;
@@ -127,6 +162,19 @@ impl Subscriptions {
         broker: Arc<dyn Broker>,
         request: Subscription,
     ) -> Result<mpsc::Receiver<Item>, Status> {
+        if let Some(client) = request.client
+            && let Ok(mut counts) = self.per_client.lock()
+        {
+            let count = counts.entry(client).or_insert(0);
+            if *count >= self.settings.max_subscribers_per_client {
+                return Err(Status::resource_exhausted(format!(
+                    "{client} already has {count} subscriptions (MAX_SUBSCRIBERS_PER_CLIENT)"
+                )));
+            }
+            *count += 1;
+        }
+        // From here on the slot is released on every path, early errors included.
+        let client_slot = ClientSlot::take(Arc::clone(&self.per_client), request.client);
         let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "the gateway already serves {} subscribers (MAX_SUBSCRIBERS)",
@@ -197,7 +245,22 @@ impl Subscriptions {
         };
         tokio::spawn(async move {
             let _permit = permit;
-            run(broker, request, next, cursor, settings, shutdown, tx).await;
+            let _client_slot = client_slot;
+            let commit_every = request.commit_every;
+            let (request, next) = run(
+                broker.clone(),
+                request,
+                next,
+                cursor,
+                settings,
+                shutdown,
+                tx,
+            )
+            .await;
+            // What was delivered is committed when the subscription ends, however it ends.
+            if commit_every > 0 {
+                commit(&broker, &request, &next).await;
+            }
         });
         Ok(rx)
     }
@@ -211,7 +274,7 @@ async fn run(
     settings: Arc<SubscribeSettings>,
     shutdown: CancellationToken,
     tx: mpsc::Sender<Item>,
-) {
+) -> (Subscription, BTreeMap<u32, Option<u64>>) {
     let mut idle_wait = MIN_IDLE_WAIT;
     let mut last_sent = tokio::time::Instant::now();
     let mut since_commit = 0u32;
@@ -237,7 +300,7 @@ async fn run(
                 Err(err) if err.is_retryable() => continue,
                 Err(err) => {
                     let _ = tx.send(Err(broker_status(err))).await;
-                    return;
+                    return (request, next);
                 }
             };
             if polled.messages.is_empty() && position.is_none() {
@@ -255,7 +318,7 @@ async fn run(
                     ))),
                 };
                 if !deliver(&tx, item, &settings, &shutdown).await {
-                    return;
+                    return (request, next);
                 }
                 delivered += 1;
                 last_sent = tokio::time::Instant::now();
@@ -273,21 +336,18 @@ async fn run(
         if last_sent.elapsed() >= settings.heartbeat {
             let item = heartbeat(&broker, &request, &next, &cursor, &settings).await;
             if !deliver(&tx, item, &settings, &shutdown).await {
-                return;
+                return (request, next);
             }
             last_sent = tokio::time::Instant::now();
         }
         tokio::select! {
             () = shutdown.cancelled() => {
-                if request.commit_every > 0 {
-                    commit(&broker, &request, &next).await;
-                }
                 let _ = tx.send(Err(Status::unavailable(
                     "the gateway is shutting down; resume with the last cursor",
                 ))).await;
-                return;
+                return (request, next);
             }
-            () = tx.closed() => return,
+            () = tx.closed() => return (request, next),
             () = tokio::time::sleep(idle_wait) => {}
         }
         idle_wait = (idle_wait * 2).min(settings.idle_poll);

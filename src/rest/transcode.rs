@@ -138,7 +138,8 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     .map_err(|err| json_problem(&err.to_string()))?;
 
     if route.method.is_server_streaming() {
-        let mut response = stream_grpc(transcoder, route, &parts.headers, &message).await?;
+        let client = parts.extensions.get::<crate::layers::ClientIp>().copied();
+        let mut response = stream_grpc(transcoder, route, &parts.headers, &message, client).await?;
         response
             .extensions_mut()
             .insert(crate::metrics::MatchedRoute(format!(
@@ -448,12 +449,16 @@ async fn stream_grpc(
     route: &Route,
     headers: &HeaderMap,
     message: &DynamicMessage,
+    client: Option<crate::layers::ClientIp>,
 ) -> Result<Response, Problem> {
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
-    let call = grpc_call(route, headers, message)?;
+    let mut call = grpc_call(route, headers, message)?;
+    if let Some(client) = client {
+        call.extensions_mut().insert(client);
+    }
     let response = match transcoder.grpc.clone().oneshot(call).await {
         Ok(response) => response,
         Err(never) => match never {},

@@ -342,3 +342,123 @@ async fn subscribers_beyond_the_limit_are_refused_and_shutdown_ends_streams() {
     stopping.await.expect("stopped");
     let _ = texts;
 }
+
+#[tokio::test]
+async fn one_client_cannot_take_every_subscription() {
+    let app = app_with_topic(spawn_configured(|c| c.max_subscribers_per_client = 1).await).await;
+    let _first = app
+        .messages
+        .clone()
+        .subscribe(subscribe_request())
+        .await
+        .expect("subscribed");
+    let err = app
+        .messages
+        .clone()
+        .subscribe(subscribe_request())
+        .await
+        .expect_err("second from the same IP");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    drop(_first);
+    // The slot comes back once the first stream is gone.
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(stream) = app.messages.clone().subscribe(subscribe_request()).await {
+            again = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some());
+}
+
+#[tokio::test]
+async fn what_was_delivered_is_committed_when_the_subscriber_leaves() {
+    let app = app_with_topic(spawn_app().await).await;
+    app.send_texts("orders", "created", 0, &["a", "b", "c"])
+        .await;
+    let mut stream = app
+        .messages
+        .clone()
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(0),
+            consumer: "billing".into(),
+            strategy: proto::PollingStrategy::First.into(),
+            commit_every: 1000,
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed")
+        .into_inner();
+    for _ in 0..3 {
+        next_message(&mut stream).await;
+    }
+    drop(stream);
+    let mut stored = None;
+    for _ in 0..100 {
+        let offset = app
+            .messages
+            .clone()
+            .get_consumer_offset(proto::GetConsumerOffsetRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                consumer: "billing".into(),
+                partition_id: 0,
+            })
+            .await
+            .expect("read")
+            .into_inner()
+            .stored_offset;
+        if offset.is_some() {
+            stored = offset;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored, Some(2));
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_is_dropped_instead_of_buffered() {
+    let app = app_with_topic(
+        spawn_configured(|c| {
+            c.subscribe_slow_client_ms = 200;
+            c.max_subscribers = 1;
+        })
+        .await,
+    )
+    .await;
+    let big = "x".repeat(16 * 1024);
+    let batch: Vec<&str> = (0..50).map(|_| big.as_str()).collect();
+    for _ in 0..4 {
+        app.send_texts("orders", "created", 0, &batch).await;
+    }
+    // Opens a stream and never reads from it.
+    let stalled = app
+        .messages
+        .clone()
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(0),
+            strategy: proto::PollingStrategy::First.into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    // The only slot frees up once the gateway gives up on the reader.
+    let mut freed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if app
+            .messages
+            .clone()
+            .subscribe(subscribe_request())
+            .await
+            .is_ok()
+        {
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "the stalled subscription was dropped");
+    drop(stalled);
+}
