@@ -56,6 +56,9 @@ struct Args {
     /// Seconds of the memory soak (the target asks for 600).
     #[arg(long, default_value_t = 600)]
     soak_secs: u64,
+    /// Idle subscriptions held open while the gateway's CPU is measured.
+    #[arg(long, default_value_t = 1000)]
+    idle_subscribers: usize,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -79,6 +82,8 @@ impl Gateway {
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "warn,iggy_gateway::startup=info")
             .env("RATE_LIMIT_RPS", "0")
+            .env("MAX_SUBSCRIBERS_PER_CLIENT", "100000")
+            .env("MAX_SUBSCRIBERS", "100000")
             .env("IGGY_STREAM", "")
             .env_remove("IGGY_CONNECTION_STRING")
             .env_remove("API_KEY")
@@ -97,6 +102,26 @@ impl Gateway {
         };
         std::thread::spawn(move || for _ in lines {});
         Self { child, addr }
+    }
+
+    /// CPU time the process has used (user + system), in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field(11) + field(12)
     }
 
     fn rss_kib(&self) -> u64 {
@@ -675,6 +700,42 @@ async fn main() {
             "MiB",
         );
         report.ceiling("rss_growth_during_soak", growth, "MiB", 2.0);
+    }
+
+    // Idle subscribers: held open on the in-memory gateway, with nothing arriving.
+    if args.idle_subscribers > 0 {
+        let mut streams = Vec::with_capacity(args.idle_subscribers);
+        for _ in 0..args.idle_subscribers {
+            let mut client = MessageServiceClient::new(mem_ch.clone());
+            let request = proto::SubscribeRequest {
+                stream: "unary".into(),
+                topic: "bench".into(),
+                ..Default::default()
+            };
+            if let Ok(stream) = client.subscribe(request).await {
+                streams.push(stream.into_inner());
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = memory_gateway.cpu_ticks();
+        let window = Duration::from_secs(10);
+        tokio::time::sleep(window).await;
+        let ticks = memory_gateway.cpu_ticks().saturating_sub(before);
+        // Linux reports CPU time in 1/100 s ticks.
+        let cpu_percent = ticks as f64 / 100.0 / window.as_secs_f64() * 100.0;
+        report.number("idle_subscribers_open", streams.len() as f64, "streams");
+        report.ceiling(
+            "cpu_with_idle_subscribers",
+            cpu_percent,
+            "% of one core",
+            5.0,
+        );
+        report.number(
+            "rss_with_idle_subscribers_mib",
+            memory_gateway.rss_kib() as f64 / 1024.0,
+            "MiB",
+        );
+        drop(streams);
     }
 
     report.print();

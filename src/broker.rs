@@ -346,6 +346,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the backend can serve calls now; health and readiness follow it.
     fn availability(&self) -> watch::Receiver<bool>;
 
+    /// A counter that moves whenever messages are appended, for backends that can tell
+    /// (subscribers then sleep until it moves instead of polling); `None` when they cannot.
+    fn appended(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
     /// Stops background work (connections, health checks) at shutdown. Everything already
     /// acknowledged is durable before this is called.
     async fn close(&self) {}

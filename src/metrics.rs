@@ -294,6 +294,9 @@ impl Broker for MeteredBroker {
     fn availability(&self) -> watch::Receiver<bool> {
         self.inner.availability()
     }
+    fn appended(&self) -> Option<watch::Receiver<u64>> {
+        self.inner.appended()
+    }
     async fn close(&self) {
         self.inner.close().await;
     }

@@ -272,6 +272,8 @@ struct Store {
     /// Serialises writers: each one reads the catalog, commits, then publishes the change;
     /// redb allows one write transaction at a time anyway.
     writer: Mutex<()>,
+    /// Moves after every committed send, to wake idle subscribers.
+    appended: watch::Sender<u64>,
 }
 
 impl EmbeddedBroker {
@@ -312,6 +314,7 @@ impl EmbeddedBroker {
                 db,
                 catalog: RwLock::new(catalog),
                 writer: Mutex::new(()),
+                appended: watch::channel(0).0,
             }),
             available,
             description,
@@ -574,6 +577,9 @@ impl Store {
         if request.partitioning == Partitioning::Balanced {
             topic.next_balanced = (partition_id + 1) % partitions_count(topic).max(1);
         }
+        drop(catalog);
+        self.appended
+            .send_modify(|count| *count = count.wrapping_add(1));
         Ok(())
     }
 
@@ -866,6 +872,10 @@ impl Broker for EmbeddedBroker {
 
     fn availability(&self) -> watch::Receiver<bool> {
         self.available.subscribe()
+    }
+
+    fn appended(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.appended.subscribe())
     }
 
     async fn create_stream(&self, name: Name) -> BrokerResult<StreamInfo> {

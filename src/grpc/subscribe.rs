@@ -276,6 +276,7 @@ async fn run(
     tx: mpsc::Sender<Item>,
 ) -> (Subscription, BTreeMap<u32, Option<u64>>) {
     let mut idle_wait = MIN_IDLE_WAIT;
+    let mut appended = broker.appended();
     let mut last_sent = tokio::time::Instant::now();
     let mut since_commit = 0u32;
     loop {
@@ -340,6 +341,14 @@ async fn run(
             }
             last_sent = tokio::time::Instant::now();
         }
+        // A backend that announces appends lets an idle subscriber sleep until one happens
+        // (or its next heartbeat is due); otherwise it polls, backing off to the idle interval.
+        let until_heartbeat = settings.heartbeat.saturating_sub(last_sent.elapsed());
+        let wait = if appended.is_some() {
+            until_heartbeat
+        } else {
+            idle_wait
+        };
         tokio::select! {
             () = shutdown.cancelled() => {
                 let _ = tx.send(Err(Status::unavailable(
@@ -348,7 +357,17 @@ async fn run(
                 return (request, next);
             }
             () = tx.closed() => return (request, next),
-            () = tokio::time::sleep(idle_wait) => {}
+            () = tokio::time::sleep(wait) => {}
+            changed = async {
+                match appended.as_mut() {
+                    Some(appended) => appended.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if changed.is_err() {
+                    appended = None;
+                }
+            }
         }
         idle_wait = (idle_wait * 2).min(settings.idle_poll);
     }
