@@ -104,6 +104,33 @@ impl MessageApi {
     }
 }
 
+/// The polling strategy a request names, with the values it needs; `unspecified` is used when
+/// it names none.
+fn polling_strategy(
+    value: i32,
+    offset: Option<u64>,
+    timestamp: Option<&prost_types::Timestamp>,
+    unspecified: PollingStrategy,
+) -> Result<PollingStrategy, Status> {
+    Ok(match proto::PollingStrategy::try_from(value) {
+        Ok(proto::PollingStrategy::Unspecified) => unspecified,
+        Ok(proto::PollingStrategy::Offset) => PollingStrategy::Offset(
+            offset.ok_or_else(|| invalid_field("offset", "is required with strategy OFFSET"))?,
+        ),
+        Ok(proto::PollingStrategy::Timestamp) => {
+            let at = timestamp
+                .ok_or_else(|| invalid_field("timestamp", "is required with strategy TIMESTAMP"))?;
+            PollingStrategy::Timestamp(timestamp_micros("timestamp", at)?)
+        }
+        Ok(proto::PollingStrategy::First) => PollingStrategy::First,
+        Ok(proto::PollingStrategy::Last) => PollingStrategy::Last,
+        Ok(proto::PollingStrategy::Next) => PollingStrategy::Next,
+        Err(_) => {
+            return Err(invalid_field("strategy", format!("unknown value {value}")));
+        }
+    })
+}
+
 fn consumer_ref(
     stream: &str,
     topic: &str,
@@ -149,33 +176,19 @@ impl MessageService for MessageApi {
             "" => None,
             value => Some(identifier("consumer", value)?),
         };
-        let strategy = match proto::PollingStrategy::try_from(request.strategy) {
-            Ok(proto::PollingStrategy::Unspecified) => match (&consumer, request.offset) {
-                (_, Some(offset)) => PollingStrategy::Offset(offset),
-                (Some(_), None) => PollingStrategy::Next,
-                (None, None) => PollingStrategy::Last,
-            },
-            Ok(proto::PollingStrategy::Offset) => PollingStrategy::Offset(
-                request
-                    .offset
-                    .ok_or_else(|| invalid_field("offset", "is required with strategy OFFSET"))?,
-            ),
-            Ok(proto::PollingStrategy::Timestamp) => {
-                let at = request.timestamp.as_ref().ok_or_else(|| {
-                    invalid_field("timestamp", "is required with strategy TIMESTAMP")
-                })?;
-                PollingStrategy::Timestamp(timestamp_micros("timestamp", at)?)
-            }
-            Ok(proto::PollingStrategy::First) => PollingStrategy::First,
-            Ok(proto::PollingStrategy::Last) => PollingStrategy::Last,
-            Ok(proto::PollingStrategy::Next) => PollingStrategy::Next,
-            Err(_) => {
-                return Err(invalid_field(
-                    "strategy",
-                    format!("unknown value {}", request.strategy),
-                ));
-            }
+        // Unspecified: from the offset if given, else after the consumer's stored offset, else
+        // only new messages.
+        let unspecified = match (&consumer, request.offset) {
+            (_, Some(offset)) => PollingStrategy::Offset(offset),
+            (Some(_), None) => PollingStrategy::Next,
+            (None, None) => PollingStrategy::Last,
         };
+        let strategy = polling_strategy(
+            request.strategy,
+            request.offset,
+            request.timestamp.as_ref(),
+            unspecified,
+        )?;
         if consumer.is_none() && (strategy == PollingStrategy::Next || request.commit_every > 0) {
             return Err(invalid_field(
                 "consumer",
@@ -254,32 +267,18 @@ impl MessageService for MessageApi {
                 ),
             ));
         }
-        let strategy = match proto::PollingStrategy::try_from(request.strategy) {
-            Ok(proto::PollingStrategy::Unspecified) => match (&consumer, request.offset) {
-                (Some(_), None) => PollingStrategy::Next,
-                (_, offset) => PollingStrategy::Offset(offset.unwrap_or(0)),
-            },
-            Ok(proto::PollingStrategy::Offset) => PollingStrategy::Offset(
-                request
-                    .offset
-                    .ok_or_else(|| invalid_field("offset", "is required with strategy OFFSET"))?,
-            ),
-            Ok(proto::PollingStrategy::Timestamp) => {
-                let at = request.timestamp.as_ref().ok_or_else(|| {
-                    invalid_field("timestamp", "is required with strategy TIMESTAMP")
-                })?;
-                PollingStrategy::Timestamp(timestamp_micros("timestamp", at)?)
-            }
-            Ok(proto::PollingStrategy::First) => PollingStrategy::First,
-            Ok(proto::PollingStrategy::Last) => PollingStrategy::Last,
-            Ok(proto::PollingStrategy::Next) => PollingStrategy::Next,
-            Err(_) => {
-                return Err(invalid_field(
-                    "strategy",
-                    format!("unknown value {}", request.strategy),
-                ));
-            }
+        // Unspecified: after the consumer's stored offset when a consumer and no offset are
+        // given, else from the offset (or 0).
+        let unspecified = match (&consumer, request.offset) {
+            (Some(_), None) => PollingStrategy::Next,
+            (_, offset) => PollingStrategy::Offset(offset.unwrap_or(0)),
         };
+        let strategy = polling_strategy(
+            request.strategy,
+            request.offset,
+            request.timestamp.as_ref(),
+            unspecified,
+        )?;
         if consumer.is_none() {
             if strategy == PollingStrategy::Next {
                 return Err(invalid_field("consumer", "is required with strategy NEXT"));
