@@ -189,10 +189,11 @@ impl MessageService for MessageApi {
             request.timestamp.as_ref(),
             unspecified,
         )?;
-        if consumer.is_none() && (strategy == PollingStrategy::Next || request.commit_every > 0) {
+        let commits = request.commit_every > 0 || request.commit_interval_ms > 0;
+        if consumer.is_none() && (strategy == PollingStrategy::Next || commits) {
             return Err(invalid_field(
                 "consumer",
-                "is required with strategy NEXT and with commit_every",
+                "is required with strategy NEXT and with commits",
             ));
         }
         let receiver = self
@@ -208,6 +209,9 @@ impl MessageService for MessageApi {
                     strategy,
                     cursor: (!request.cursor.is_empty()).then_some(request.cursor),
                     commit_every: request.commit_every,
+                    commit_interval: std::time::Duration::from_millis(u64::from(
+                        request.commit_interval_ms,
+                    )),
                     client,
                 },
             )

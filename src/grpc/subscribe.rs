@@ -149,6 +149,8 @@ pub struct Subscription {
     pub strategy: PollingStrategy,
     pub cursor: Option<String>,
     pub commit_every: u32,
+    /// Commit at most this often while messages flow; zero: no timed commits.
+    pub commit_interval: Duration,
     /// Counted against `MAX_SUBSCRIBERS_PER_CLIENT`.
     pub client: Option<IpAddr>,
 }
@@ -279,6 +281,7 @@ async fn run(
     let mut appended = broker.appended();
     let mut last_sent = tokio::time::Instant::now();
     let mut since_commit = 0u32;
+    let mut last_commit = tokio::time::Instant::now();
     loop {
         let mut delivered = 0usize;
         for (partition, position) in next.clone() {
@@ -324,8 +327,12 @@ async fn run(
                 delivered += 1;
                 last_sent = tokio::time::Instant::now();
                 since_commit += 1;
-                if request.commit_every > 0 && since_commit >= request.commit_every {
+                let by_count = request.commit_every > 0 && since_commit >= request.commit_every;
+                let by_time = !request.commit_interval.is_zero()
+                    && last_commit.elapsed() >= request.commit_interval;
+                if by_count || by_time {
                     since_commit = 0;
+                    last_commit = tokio::time::Instant::now();
                     commit(&broker, &request, &next).await;
                 }
             }

@@ -462,3 +462,116 @@ async fn a_subscriber_that_never_reads_is_dropped_instead_of_buffered() {
     assert!(freed, "the stalled subscription was dropped");
     drop(stalled);
 }
+
+#[tokio::test]
+async fn commits_happen_on_a_timer_while_messages_flow() {
+    let app = app_with_topic(spawn_app().await).await;
+    let mut stream = app
+        .messages
+        .clone()
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(0),
+            consumer: "timer".into(),
+            strategy: proto::PollingStrategy::Next.into(),
+            commit_interval_ms: 1,
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed")
+        .into_inner();
+    app.send_texts("orders", "created", 0, &["a"]).await;
+    next_message(&mut stream).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    app.send_texts("orders", "created", 0, &["b"]).await;
+    next_message(&mut stream).await;
+    // The stream is still open: the offset was stored while it ran, not at its end.
+    let stored = app
+        .messages
+        .clone()
+        .get_consumer_offset(proto::GetConsumerOffsetRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            consumer: "timer".into(),
+            partition_id: 0,
+        })
+        .await
+        .expect("read")
+        .into_inner()
+        .stored_offset;
+    assert!(stored.is_some(), "committed while streaming");
+    drop(stream);
+}
+
+#[tokio::test]
+async fn streams_pass_the_same_auth_and_end_cleanly_over_sse_at_shutdown() {
+    let app =
+        spawn_configured(|c| c.api_key = Some(iggy_gateway::config::ApiKeys::new(["k"]))).await;
+    for (path, body) in [
+        ("/v1/streams", serde_json::json!({"name": "orders"})),
+        (
+            "/v1/streams/orders/topics",
+            serde_json::json!({"name": "created", "partitions_count": 1}),
+        ),
+    ] {
+        let created = app
+            .http1
+            .post(app.url(path))
+            .header("x-api-key", "k")
+            .json(&body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(created.status(), 201);
+    }
+    let url = app.url("/v1/streams/orders/topics/created/messages:subscribe");
+    let refused = app
+        .http1
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 401);
+    let mut request = tonic::Request::new(subscribe_request());
+    let status = app
+        .messages
+        .clone()
+        .subscribe(request)
+        .await
+        .expect_err("no key");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    request = tonic::Request::new(subscribe_request());
+    request.metadata_mut().insert(
+        "x-api-key",
+        tonic::metadata::MetadataValue::from_static("k"),
+    );
+    let _grpc = app
+        .messages
+        .clone()
+        .subscribe(request)
+        .await
+        .expect("with the key");
+
+    let mut sse = app
+        .http1
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("x-api-key", "k")
+        .header("x-request-id", "sse-1")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(sse.status(), 200);
+    assert_eq!(sse.headers()["x-request-id"], "sse-1");
+    let stopping = tokio::spawn(app.stop());
+    let mut text = String::new();
+    while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(5), sse.chunk())
+        .await
+        .expect("in time")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: error"), "{text}");
+    assert!(text.contains("UNAVAILABLE"), "{text}");
+    stopping.await.expect("stopped");
+}
