@@ -352,6 +352,11 @@ pub trait Broker: Send + Sync + 'static {
         None
     }
 
+    /// How many times the backend has reconnected since start-up (0 for the embedded one).
+    fn reconnects(&self) -> u64 {
+        0
+    }
+
     /// Stops background work (connections, health checks) at shutdown. Everything already
     /// acknowledged is durable before this is called.
     async fn close(&self) {}

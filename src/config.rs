@@ -197,6 +197,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_requests: u64,
 
+    /// Also serve `/metrics` (without a key) on this port of HOST; unset: only on PORT.
+    #[arg(long, env = "METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+
     /// Key that signs subscription cursors; replicas sharing it resume each other's cursors.
     /// Unset: a random key per process (cursors then resume only on this process).
     #[arg(long, env = "CURSOR_SECRET", hide_env_values = true)]
@@ -363,6 +367,7 @@ impl Config {
             cors_allowed_origins: vec!["*".into()],
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1024,
+            metrics_port: None,
             cursor_secret: Some("test-cursor-secret".into()),
             max_subscribers: 1000,
             max_subscribers_per_client: 100,

@@ -64,6 +64,7 @@ pub struct Metrics {
     messages_polled: Counter,
     bytes_polled: Counter,
     backend_available: Gauge,
+    backend_reconnects: Counter,
     started: Instant,
 }
 
@@ -93,6 +94,7 @@ impl Metrics {
             messages_polled: Counter::default(),
             bytes_polled: Counter::default(),
             backend_available: Gauge::default(),
+            backend_reconnects: Counter::default(),
             registry: Mutex::new(Registry::default()),
             started: Instant::now(),
         };
@@ -141,6 +143,11 @@ impl Metrics {
             "1 when the backend can serve calls",
             metrics.backend_available.clone(),
         );
+        registry.register(
+            "backend_reconnects",
+            "Reconnections to the backend since start-up",
+            metrics.backend_reconnects.clone(),
+        );
         if let Ok(mut slot) = metrics.registry.lock() {
             *slot = registry;
         }
@@ -167,6 +174,14 @@ impl Metrics {
 
     pub fn uptime_seconds(&self) -> u64 {
         self.started.elapsed().as_secs()
+    }
+
+    /// Brings the reconnect counter up to the backend's own count (read at scrape time).
+    pub fn observe_reconnects(&self, total: u64) {
+        let seen = self.backend_reconnects.get();
+        if total > seen {
+            self.backend_reconnects.inc_by(total - seen);
+        }
     }
 
     pub fn set_backend_available(&self, available: bool) {
@@ -296,6 +311,9 @@ impl Broker for MeteredBroker {
     }
     fn appended(&self) -> Option<watch::Receiver<u64>> {
         self.inner.appended()
+    }
+    fn reconnects(&self) -> u64 {
+        self.inner.reconnects()
     }
     async fn close(&self) {
         self.inner.close().await;

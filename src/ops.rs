@@ -35,6 +35,13 @@ pub fn router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Router {
         .with_state(Ops { broker, metrics })
 }
 
+/// `/metrics` alone, for a separate port (`METRICS_PORT`) that scrapers reach without a key.
+pub fn metrics_router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(Ops { broker, metrics })
+}
+
 /// Always 200 while the process serves; `degraded` when the backend is unavailable.
 async fn health(State(ops): State<Ops>) -> Json<serde_json::Value> {
     let connected = *ops.broker.availability().borrow();
@@ -75,6 +82,7 @@ async fn stats(State(ops): State<Ops>) -> Response {
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> Response {
+    ops.metrics.observe_reconnects(ops.broker.reconnects());
     (
         [(
             header::CONTENT_TYPE,

@@ -75,6 +75,8 @@ pub struct Application {
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     subscriptions_stop: CancellationToken,
+    /// The separate `/metrics` listener, when METRICS_PORT is set.
+    metrics_listener: Option<TcpListener>,
     /// How long calls in flight (a health Watch, a slow poll) may run on after shutdown starts.
     shutdown_timeout: Duration,
 }
@@ -147,6 +149,17 @@ impl Application {
             rate_limit::spawn_sweeper(rate_limit, Duration::from_secs(10));
         }
         let routes = Routes::from(router);
+        let metrics_listener = match config.metrics_port {
+            Some(port) => {
+                let address = SocketAddr::new(config.host, port);
+                Some(TcpListener::bind(address).await.map_err(|err| {
+                    StartupError::Unavailable(format!(
+                        "cannot listen on {address} (METRICS_PORT): {err}"
+                    ))
+                })?)
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
@@ -155,6 +168,7 @@ impl Application {
             broker,
             metrics,
             subscriptions_stop,
+            metrics_listener,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
         })
     }
@@ -162,6 +176,13 @@ impl Application {
     /// The address actually bound (the real port when the configured one was 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The separate metrics listener's address, when METRICS_PORT is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then reports NOT_SERVING, stops accepting, and lets
@@ -178,8 +199,21 @@ impl Application {
             broker,
             metrics,
             subscriptions_stop,
+            metrics_listener,
             shutdown_timeout,
         } = self;
+        if let Some(listener) = metrics_listener {
+            let router = ops::metrics_router(Arc::clone(&broker), Arc::clone(&metrics));
+            let stop = subscriptions_stop.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!(error = %err, "the metrics listener failed");
+                }
+            });
+        }
         health
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;

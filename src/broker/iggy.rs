@@ -74,6 +74,8 @@ struct Pool {
     next: AtomicUsize,
     /// Signalled whenever a slot changes state, for callers waiting for a connection.
     changed: Notify,
+    /// Successful reconnections since start-up, for metrics.
+    reconnects: std::sync::atomic::AtomicU64,
     /// Signalled when one connection is found dead: the others check themselves at once, since
     /// a server that went away took them all.
     check_now: Notify,
@@ -481,6 +483,7 @@ impl IggyBroker {
             next: AtomicUsize::new(0),
             changed: Notify::new(),
             check_now: Notify::new(),
+            reconnects: std::sync::atomic::AtomicU64::new(0),
             available,
             settings,
         });
@@ -593,6 +596,8 @@ fn shut_down(client: Arc<IggyClient>, timeout: Duration) {
 async fn supervise(pool: Arc<Pool>, index: usize, cancel: CancellationToken) {
     let settings = pool.settings.clone();
     let mut attempt: u32 = 0;
+    // Set once a connection has been up, so the next success counts as a reconnection.
+    let mut lost_before = false;
     loop {
         let connected = tokio::select! {
             () = cancel.cancelled() => return,
@@ -600,9 +605,11 @@ async fn supervise(pool: Arc<Pool>, index: usize, cancel: CancellationToken) {
         };
         match connected {
             Ok(client) => {
-                if attempt > 0 {
+                if attempt > 0 || lost_before {
+                    pool.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(connection = index, "reconnected to Iggy");
                 }
+                lost_before = true;
                 attempt = 0;
                 pool.set_state(index, SlotState::Connected(Arc::clone(&client)));
                 watch_connection(&pool, index, &client, &cancel).await;
@@ -694,6 +701,10 @@ impl Broker for IggyBroker {
 
     fn availability(&self) -> watch::Receiver<bool> {
         self.pool.available.subscribe()
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.pool.reconnects.load(Ordering::Relaxed)
     }
 
     async fn close(&self) {

@@ -241,3 +241,48 @@ async fn sigterm_under_load_loses_no_acknowledged_message() {
     assert!(lost.is_empty(), "{} acknowledged messages lost", lost.len());
     gateway.kill_hard();
 }
+
+#[tokio::test]
+async fn metrics_port_serves_metrics_without_a_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = iggy_gateway::config::Config {
+        metrics_port: Some(0),
+        api_key: Some(iggy_gateway::config::ApiKeys::new(["k"])),
+        ..iggy_gateway::config::Config::for_tests(dir.path().display().to_string())
+    };
+    let app = iggy_gateway::startup::Application::build(config)
+        .await
+        .expect("builds");
+    let (main, metrics) = (
+        app.local_addr(),
+        app.metrics_addr().expect("a metrics port"),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let scraped = http
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.expect("text");
+    assert!(
+        text.contains("iggy_gateway_backend_reconnects_total 0"),
+        "{text}"
+    );
+    let guarded = http
+        .get(format!("http://{main}/metrics"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        guarded.status(),
+        401,
+        "the main port still asks for the key"
+    );
+    let _ = stop.send(());
+    server.await.expect("joined").expect("stops cleanly");
+}
