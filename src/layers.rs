@@ -109,7 +109,7 @@ fn make_span(request: &Request<Body>) -> Span {
         .unwrap_or("");
     // The path is the gRPC method for gRPC calls and the route for REST; never the query,
     // which may hold an API key.
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "call",
         protocol,
         method = %request.method(),
@@ -119,7 +119,16 @@ fn make_span(request: &Request<Body>) -> Span {
         traceparent,
         status = tracing::field::Empty,
         grpc_status = tracing::field::Empty,
-    )
+    );
+    // A caller's W3C traceparent makes this call a child of its trace in exported spans.
+    if !traceparent.is_empty() {
+        use opentelemetry::propagation::TextMapPropagator;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+            .extract(&opentelemetry_http::HeaderExtractor(request.headers()));
+        let _ = span.set_parent(parent);
+    }
+    span
 }
 
 /// One line per call, when its answer starts: status, gRPC status when it is already known

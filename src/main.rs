@@ -29,14 +29,17 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    telemetry::init(config.log_format);
-    match run(config).await {
+    let telemetry = telemetry::init(config.log_format);
+    let code = match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");
             ExitCode::from(err.exit_code())
         }
-    }
+    };
+    // Off the runtime: the span exporter flushes with a blocking HTTP client.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }
 
 async fn run(config: Config) -> Result<(), StartupError> {

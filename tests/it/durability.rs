@@ -78,7 +78,16 @@ impl Gateway {
     }
 
     pub fn start(data_dir: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts the binary with extra environment variables.
+    pub fn start_with(data_dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"));
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
             .env("DATA_DIR", data_dir)

@@ -286,3 +286,67 @@ async fn metrics_port_serves_metrics_without_a_key() {
     let _ = stop.send(());
     server.await.expect("joined").expect("stops cleanly");
 }
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_as_children_of_the_callers_trace() {
+    // A stand-in OTLP/HTTP collector that records what it receives.
+    let (received, mut exports) = tokio::sync::mpsc::channel::<(String, bytes::Bytes)>(16);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let collector = listener.local_addr().expect("addr");
+    let routes = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let received = received.clone();
+            async move {
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = received.send((content_type, body)).await;
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, routes).await;
+    });
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gateway = Gateway::start_with(
+        dir.path(),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))],
+    );
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let answer = reqwest::Client::new()
+        .get(format!("http://{}/v1/streams", gateway.addr))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(answer.status(), 200);
+    Command::new("kill")
+        .args(["-TERM", &gateway.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    let code = tokio::task::spawn_blocking(move || gateway.wait().code())
+        .await
+        .expect("joined");
+    assert_eq!(code, Some(0));
+
+    let (content_type, body) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), exports.recv())
+            .await
+            .expect("spans exported before exit")
+            .expect("an export");
+    assert_eq!(content_type, "application/x-protobuf");
+    let wanted: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    assert!(
+        body.windows(16).any(|window| window == wanted.as_slice()),
+        "the exported span carries the caller's trace id"
+    );
+}
