@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::protocol::{Protocol, Rejection, is_health_check};
+use super::protocol::{Caller, Protocol, Rejection, is_health_check};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimitLayer {
@@ -74,8 +74,8 @@ where
             return Either::Right(ready(Ok(too_large(self.max_bytes).respond(&request))));
         }
         // Bodies without a length are cut off at the limit while they stream in.
-        let grpc = Protocol::of(request.headers()) != Protocol::Rest;
-        let probe = probe(&request);
+        let caller = Caller::of(&request);
+        let grpc = caller.protocol() != Protocol::Rest;
         let max_bytes = self.max_bytes;
         // gRPC bodies are left to tonic, which enforces the same limit per message.
         let request = if grpc {
@@ -89,7 +89,7 @@ where
             // tonic refuses a message over its decoding limit with OUT_OF_RANGE; a caller who
             // sent too much should hear RESOURCE_EXHAUSTED, as REST callers hear 413.
             if grpc && is_oversized_message(&response) {
-                return Ok(too_large(max_bytes).respond(&probe));
+                return Ok(too_large(max_bytes).respond_to(&caller));
             }
             Ok(response)
         }))
@@ -112,16 +112,6 @@ fn is_oversized_message(response: &Response<Body>) -> bool {
             .get("grpc-message")
             .and_then(|m| m.to_str().ok())
             .is_some_and(|m| m.contains("too%20large") || m.contains("too large"))
-}
-
-/// What a rejection needs from a request (headers, request id) without its body.
-fn probe(request: &Request<Body>) -> Request<()> {
-    let mut probe = Request::new(());
-    *probe.headers_mut() = request.headers().clone();
-    if let Some(id) = request.extensions().get::<super::request_id::RequestId>() {
-        probe.extensions_mut().insert(id.clone());
-    }
-    probe
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -187,7 +177,7 @@ where
             .and_then(grpc_timeout)
             .map_or(self.timeout, |asked| asked.min(self.timeout));
         // Only what the rejection needs from the request outlives the call.
-        let probe = probe(&request);
+        let caller = Caller::of(&request);
         let future = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout(timeout, future).await {
@@ -197,7 +187,7 @@ where
                     "DEADLINE_EXCEEDED",
                     format!("the call took longer than {} ms", timeout.as_millis()),
                 )
-                .respond(&probe)),
+                .respond_to(&caller)),
             }
         })
     }

@@ -46,6 +46,30 @@ impl Protocol {
     }
 }
 
+/// What a refusal needs to know of its request: kept by layers that refuse after passing the
+/// request on (timeouts), instead of a copy of its headers.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    protocol: Protocol,
+    request_id: Option<String>,
+}
+
+impl Caller {
+    pub fn of<B>(request: &Request<B>) -> Self {
+        Self {
+            protocol: Protocol::of(request.headers()),
+            request_id: request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.0.clone()),
+        }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+}
+
 /// Set on a refusal's response: why, for the metrics of refusals by reason.
 #[derive(Debug, Clone, Copy)]
 pub struct RejectedFor(pub &'static str);
@@ -92,11 +116,13 @@ impl Rejection {
 
     /// The answer to `request` in its own protocol.
     pub fn respond<B>(self, request: &Request<B>) -> Response {
-        let request_id = request
-            .extensions()
-            .get::<RequestId>()
-            .map(|id| id.0.clone());
-        let protocol = Protocol::of(request.headers());
+        self.respond_to(&Caller::of(request))
+    }
+
+    /// The answer to a caller whose request has already moved on (see [`Caller`]).
+    pub fn respond_to(self, caller: &Caller) -> Response {
+        let request_id = caller.request_id.clone();
+        let protocol = caller.protocol;
         let retry_secs = self.retry_after.map(|wait| wait.as_secs().max(1));
         let reason = self.reason;
         let mut response = match protocol {
