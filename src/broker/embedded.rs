@@ -8,7 +8,7 @@
 //! reading any message, so restart time does not grow with the data.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     ops::Bound,
     sync::{Arc, Mutex, RwLock},
 };
@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     Broker, BrokerError, BrokerResult, Compression, ConsumerOffsetInfo, ConsumerOffsetRef,
@@ -253,6 +253,8 @@ pub enum OpenError {
         path: String,
         source: redb::DatabaseError,
     },
+    #[error("cannot start the store's writer thread: {0}")]
+    Writer(std::io::Error),
     #[error("cannot read store: {0}")]
     Read(#[from] redb::Error),
     #[error("store {path} has format version {found}; this build reads version {FORMAT_VERSION}")]
@@ -263,6 +265,59 @@ pub struct EmbeddedBroker {
     inner: Arc<Store>,
     available: watch::Sender<bool>,
     description: String,
+    /// Sends go to one writer thread, which commits whatever has queued up since its last
+    /// commit in one transaction (group commit): concurrent callers share a commit (and its
+    /// fsync) instead of taking turns on the writer lock. `None` only while dropping.
+    queue: Option<mpsc::Sender<PendingSend>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One send waiting for the writer thread, and where its answer goes once committed.
+struct PendingSend {
+    request: SendMessages,
+    done: oneshot::Sender<BrokerResult<()>>,
+}
+
+impl PendingSend {
+    fn payload_bytes(&self) -> usize {
+        self.request.messages.iter().map(|m| m.payload.len()).sum()
+    }
+}
+
+/// Sends waiting for the writer; callers wait (backpressure) when it is full.
+const QUEUE_DEPTH: usize = 1024;
+/// Bounds on one group, so one transaction (and the memory it holds) stays small.
+const MAX_GROUP_SENDS: usize = 256;
+const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+
+/// The writer thread: takes the first waiting send, adds whatever else is already queued (no
+/// waiting for more), commits the group, and repeats until every sender is gone.
+fn run_writer(store: Arc<Store>, mut queue: mpsc::Receiver<PendingSend>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut bytes = first.payload_bytes();
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP_SENDS && bytes < MAX_GROUP_BYTES {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.payload_bytes();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        store.send_group(group);
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    /// Closing the queue lets the writer finish what is queued; joining it means the store is
+    /// closed (and its file lock released) when the broker is gone.
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 struct Store {
@@ -309,15 +364,24 @@ impl EmbeddedBroker {
         };
         let catalog = load_catalog(&db, location)?;
         let (available, _) = watch::channel(true);
+        let inner = Arc::new(Store {
+            db,
+            catalog: RwLock::new(catalog),
+            writer: Mutex::new(()),
+            appended: watch::channel(0).0,
+        });
+        let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
+        let store = Arc::clone(&inner);
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run_writer(store, pending))
+            .map_err(OpenError::Writer)?;
         Ok(Self {
-            inner: Arc::new(Store {
-                db,
-                catalog: RwLock::new(catalog),
-                writer: Mutex::new(()),
-                appended: watch::channel(0).0,
-            }),
+            inner,
             available,
             description,
+            queue: Some(queue),
+            writer: Some(writer),
         })
     }
 
@@ -524,45 +588,93 @@ impl Store {
         Ok(result)
     }
 
-    fn send(&self, request: SendMessages) -> BrokerResult<()> {
+    /// Commits a group of sends in one write transaction and answers each of them. A send the
+    /// catalog refuses (unknown topic or partition, bad headers) gets its own error and the
+    /// others go ahead; a storage failure fails the whole group, with nothing written.
+    fn send_group(&self, group: Vec<PendingSend>) {
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|p| (p.request, p.done)).unzip();
+        match self.commit_sends(&requests) {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) => {
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn commit_sends(&self, requests: &[SendMessages]) -> BrokerResult<Vec<BrokerResult<()>>> {
         let _writer = self
             .writer
             .lock()
             .map_err(|_| BrokerError::Storage("writer lock poisoned".into()))?;
-        let (s, t, partition_id, mut partition) = {
+        // Partition heads and balanced cursors as this group moves them; the catalog takes
+        // them only after the commit, so readers never see offsets that are not stored.
+        let mut heads: HashMap<(u32, u32, u32), PartitionRecord> = HashMap::new();
+        let mut balanced: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut writes = Vec::with_capacity(requests.len());
+        let mut results = Vec::with_capacity(requests.len());
+        let now = now_micros();
+        {
             let catalog = self.read_catalog()?;
-            let (s, t, topic) = catalog.topic(&request.topic)?;
-            let count = partitions_count(topic);
-            let partition_id = match &request.partitioning {
-                Partitioning::Balanced => topic.next_balanced % count.max(1),
-                Partitioning::PartitionId(id) => *id,
-                Partitioning::Key(key) => partition_for_key(key, count),
-            };
-            let (_, _, partition) = catalog.partition(&request.topic, partition_id)?;
-            (s, t, partition_id, partition)
-        };
+            for request in requests {
+                let planned = (|| {
+                    let (s, t, topic) = catalog.topic(&request.topic)?;
+                    let count = partitions_count(topic).max(1);
+                    let p = match &request.partitioning {
+                        Partitioning::Balanced => {
+                            *balanced.entry((s, t)).or_insert(topic.next_balanced) % count
+                        }
+                        Partitioning::PartitionId(id) => *id,
+                        Partitioning::Key(key) => partition_for_key(key, count),
+                    };
+                    let (_, _, stored) = catalog.partition(&request.topic, p)?;
+                    let head = heads.entry((s, t, p)).or_insert(stored);
+                    let timestamp = now.max(head.last_timestamp);
+                    let records = request
+                        .messages
+                        .iter()
+                        .map(|message| encode_message(timestamp, message))
+                        .collect::<BrokerResult<Vec<_>>>()?;
+                    let first = head.next_offset;
+                    head.next_offset += records.len() as u64;
+                    head.messages_count += records.len() as u64;
+                    head.size_bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
+                    head.last_timestamp = timestamp;
+                    if request.partitioning == Partitioning::Balanced {
+                        balanced.insert((s, t), (p + 1) % count);
+                    }
+                    Ok(((s, t, p), first, records))
+                })();
+                results.push(planned.as_ref().map(|_| ()).map_err(Clone::clone));
+                writes.extend(planned.ok());
+            }
+        }
+        if writes.is_empty() {
+            return Ok(results);
+        }
 
         let tx = self.db.begin_write().map_err(storage)?;
         {
             let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
-            let timestamp = now_micros().max(partition.last_timestamp);
-            for message in &request.messages {
-                let record = encode_message(timestamp, message)?;
-                messages
-                    .insert(
-                        (s, t, partition_id, partition.next_offset),
-                        record.as_slice(),
-                    )
-                    .map_err(storage)?;
-                partition.next_offset += 1;
-                partition.messages_count += 1;
-                partition.size_bytes += record.len() as u64;
+            for ((s, t, p), first, records) in &writes {
+                for (offset, record) in (*first..).zip(records) {
+                    messages
+                        .insert((*s, *t, *p, offset), record.as_slice())
+                        .map_err(storage)?;
+                }
             }
-            partition.last_timestamp = timestamp;
-            tx.open_table(PARTITIONS)
-                .map_err(storage)?
-                .insert((s, t, partition_id), encode(&partition)?.as_slice())
-                .map_err(storage)?;
+            let mut partitions = tx.open_table(PARTITIONS).map_err(storage)?;
+            for (key, head) in &heads {
+                partitions
+                    .insert(*key, encode(head)?.as_slice())
+                    .map_err(storage)?;
+            }
         }
         tx.commit().map_err(storage)?;
 
@@ -570,17 +682,19 @@ impl Store {
             .catalog
             .write()
             .map_err(|_| BrokerError::Storage("catalog lock poisoned".into()))?;
-        let topic = catalog.topic_mut(s, t)?;
-        if let Some(slot) = topic.partitions.get_mut(partition_id as usize) {
-            *slot = partition;
+        for ((s, t, p), head) in heads {
+            let topic = catalog.topic_mut(s, t)?;
+            if let Some(slot) = topic.partitions.get_mut(p as usize) {
+                *slot = head;
+            }
         }
-        if request.partitioning == Partitioning::Balanced {
-            topic.next_balanced = (partition_id + 1) % partitions_count(topic).max(1);
+        for ((s, t), next) in balanced {
+            catalog.topic_mut(s, t)?.next_balanced = next;
         }
         drop(catalog);
         self.appended
             .send_modify(|count| *count = count.wrapping_add(1));
-        Ok(())
+        Ok(results)
     }
 
     fn poll(&self, request: PollMessages) -> BrokerResult<PolledMessages> {
@@ -1126,7 +1240,14 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn send_messages(&self, request: SendMessages) -> BrokerResult<()> {
-        self.blocking(move |store| store.send(request)).await
+        let stopped = || BrokerError::Storage("the store's writer has stopped".into());
+        let queue = self.queue.as_ref().ok_or_else(stopped)?;
+        let (done, reply) = oneshot::channel();
+        queue
+            .send(PendingSend { request, done })
+            .await
+            .map_err(|_| stopped())?;
+        reply.await.map_err(|_| stopped())?
     }
 
     async fn poll_messages(&self, request: PollMessages) -> BrokerResult<PolledMessages> {
@@ -1202,3 +1323,6 @@ impl Broker for EmbeddedBroker {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -160,6 +160,75 @@ async fn balanced_partitioning_goes_round_robin_one_batch_per_partition() {
     assert_eq!(seen, [vec!["a", "d"], vec!["b"], vec!["c"]]);
 }
 
+/// Concurrent senders share commits (the store commits whatever is queued together); each
+/// acknowledged message must still be stored once, each caller's messages stay in the order it
+/// sent them, offsets stay gapless, and a caller's bad send fails alone.
+#[tokio::test]
+async fn concurrent_senders_are_each_stored_once_in_their_order() {
+    const CALLERS: usize = 16;
+    const SENDS: usize = 25;
+    let app = app_with_topic(3).await;
+    let mut tasks = Vec::new();
+    for caller in 0..CALLERS {
+        let mut client = app.messages.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut refused = 0;
+            for seq in 0..SENDS {
+                let mut request = send_request(vec![text_message(&format!("{caller}:{seq}"))]);
+                request.partitioning = Some(
+                    proto::send_messages_request::Partitioning::PartitionId((caller % 3) as u32),
+                );
+                client.send_messages(request).await.expect("acknowledged");
+                if seq % 5 == 0 {
+                    let mut bad = send_request(vec![text_message("never stored")]);
+                    bad.partitioning =
+                        Some(proto::send_messages_request::Partitioning::PartitionId(7));
+                    let status = client.send_messages(bad).await.expect_err("no partition 7");
+                    assert_eq!(status.code(), Code::NotFound);
+                    refused += 1;
+                }
+            }
+            refused
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("caller ran"), SENDS / 5);
+    }
+
+    let mut seen: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut total = 0;
+    for partition in 0..3u32 {
+        let polled = app.poll_from("orders", "created", partition, 0, 1000).await;
+        let offsets: Vec<u64> = polled.messages.iter().map(|m| m.offset).collect();
+        assert_eq!(
+            offsets,
+            (0..offsets.len() as u64).collect::<Vec<_>>(),
+            "gapless offsets in partition {partition}"
+        );
+        for text in texts(&polled) {
+            let (caller, seq) = text.split_once(':').expect("caller:seq");
+            let caller: usize = caller.parse().expect("caller");
+            assert_eq!(
+                caller % 3,
+                partition as usize,
+                "{text} in the wrong partition"
+            );
+            seen.entry(caller)
+                .or_default()
+                .push(seq.parse().expect("seq"));
+            total += 1;
+        }
+    }
+    assert_eq!(total, CALLERS * SENDS);
+    for caller in 0..CALLERS {
+        assert_eq!(
+            seen.get(&caller),
+            Some(&(0..SENDS).collect::<Vec<_>>()),
+            "caller {caller}'s messages, once each, in order"
+        );
+    }
+}
+
 #[tokio::test]
 async fn one_key_always_lands_in_one_partition() {
     let app = app_with_topic(8).await;
