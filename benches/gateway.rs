@@ -47,6 +47,9 @@ struct Args {
     /// Concurrent callers.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Concurrent callers for the unary sends, one run each; the target is read at the last.
+    #[arg(long, value_delimiter = ',', default_values_t = [4, 64])]
+    unary_concurrency: Vec<usize>,
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 5)]
     duration_secs: u64,
@@ -59,12 +62,35 @@ struct Args {
     /// Idle subscriptions held open while the gateway's CPU is measured.
     #[arg(long, default_value_t = 1000)]
     idle_subscribers: usize,
+    /// Run only these parts (comma-separated); all of them when empty.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Internal: serve the bare floors in this process (the harness starts itself with it).
+    #[arg(long, hide = true)]
+    serve_bare: bool,
     /// Cargo passes `--bench` to bench targets.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// The parts of a run, for `--only` (profiling one path, or a long soak on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Batch,
+    Unary,
+    Poll,
+    Latency,
+    Soak,
+    Subscribers,
+}
+
+impl Args {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 /// The gateway as operators run it: its own process, release build.
@@ -74,8 +100,17 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+    /// Starts the gateway on the embedded store at `data_dir`, or on a real Iggy server when
+    /// `iggy` holds its connection string.
+    fn start(data_dir: &Path, iggy: Option<&str>, pool_size: usize) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"));
+        match iggy {
+            Some(connection) => command
+                .env("IGGY_CONNECTION_STRING", connection)
+                .env("IGGY_POOL_SIZE", pool_size.to_string()),
+            None => command.env_remove("IGGY_CONNECTION_STRING"),
+        };
+        let mut child = command
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
             .env("DATA_DIR", data_dir)
@@ -85,7 +120,6 @@ impl Gateway {
             .env("MAX_SUBSCRIBERS_PER_CLIENT", "100000")
             .env("MAX_SUBSCRIBERS", "100000")
             .env("IGGY_STREAM", "")
-            .env_remove("IGGY_CONNECTION_STRING")
             .env_remove("API_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -104,24 +138,8 @@ impl Gateway {
         Self { child, addr }
     }
 
-    /// CPU time the process has used (user + system), in clock ticks.
     fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        field(11) + field(12)
+        cpu_ticks(self.child.id())
     }
 
     fn rss_kib(&self) -> u64 {
@@ -133,6 +151,35 @@ impl Gateway {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// CPU time a process has used (user + system), in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Runs `load` (which reports calls per second over `duration`) and also returns the CPU time
+/// process `pid` spent per call, in microseconds: the server's own cost, whatever the latency.
+async fn with_cpu(pid: u32, duration: Duration, load: impl Future<Output = f64>) -> (f64, f64) {
+    let before = cpu_ticks(pid);
+    let rate = load.await;
+    let ticks = cpu_ticks(pid).saturating_sub(before) as f64;
+    let calls = rate * duration.as_secs_f64();
+    (rate, ticks * 10_000.0 / calls.max(1.0))
 }
 
 impl Drop for Gateway {
@@ -269,6 +316,49 @@ impl MessageService for BareMessages {
     }
 }
 
+/// The bare floors run in a process of their own, like the gateway, so neither side shares a
+/// runtime with the load generator.
+struct BareServers {
+    child: Child,
+    tonic: SocketAddr,
+    axum: SocketAddr,
+}
+
+impl BareServers {
+    fn start() -> Self {
+        let exe = std::env::current_exe().expect("the harness's own path");
+        let mut child = Command::new(exe)
+            .arg("--serve-bare")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the bare servers start");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut next_addr = || -> SocketAddr {
+            let line = lines.next().expect("an address").expect("readable");
+            line.trim().parse().expect("address")
+        };
+        let (tonic, axum) = (next_addr(), next_addr());
+        Self { child, tonic, axum }
+    }
+}
+
+impl Drop for BareServers {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--serve-bare`: prints the two floors' addresses and serves until killed.
+async fn serve_bare() {
+    let tonic = start_bare_tonic().await;
+    let axum = start_bare_axum().await;
+    println!("{tonic}\n{axum}");
+    std::future::pending::<()>().await;
+}
+
 async fn start_bare_tonic() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -360,6 +450,19 @@ impl Report {
         self.json.insert(name.to_owned(), json!(value));
     }
 
+    /// A ratio with no target.
+    fn ratio(&mut self, name: &str, value: f64) {
+        self.rows
+            .push((name.to_owned(), format!("{value:.3}"), String::new()));
+        self.json.insert(name.to_owned(), json!(value));
+    }
+
+    fn text(&mut self, name: &str, value: &str) {
+        self.rows
+            .push((name.to_owned(), value.to_owned(), String::new()));
+        self.json.insert(name.to_owned(), json!(value));
+    }
+
     fn target(&mut self, name: &str, ratio: f64, at_least: f64) {
         let verdict = if ratio >= at_least { "PASS" } else { "FAIL" };
         self.rows.push((
@@ -391,265 +494,456 @@ impl Report {
     }
 }
 
-#[tokio::main]
-async fn main() {
+/// The same batches sent straight to the embedded backend in process, no gateway in between.
+async fn direct_embedded(args: &Args, dir: &Path) -> f64 {
+    let store = Arc::new(EmbeddedBroker::open(&Location::Directory(dir.into())).expect("opens"));
+    store
+        .create_stream(Name::parse("bench").expect("name"))
+        .await
+        .expect("stream");
+    store
+        .create_topic(CreateTopic {
+            stream: Identifier::Name("bench".into()),
+            name: Name::parse("bench").expect("name"),
+            partitions_count: 4,
+            message_expiry_micros: None,
+            max_topic_size_bytes: None,
+            compression: Compression::None,
+            replication_factor: 1,
+        })
+        .await
+        .expect("topic");
+    let (size, count) = (args.message_size, args.batch);
+    let duration = Duration::from_secs(args.duration_secs);
+    throughput(args.concurrency, duration, move || {
+        let store = Arc::clone(&store);
+        let messages: Vec<NewMessage> = (0..count)
+            .map(|_| NewMessage {
+                id: uuid::Uuid::now_v7().as_u128(),
+                headers: Default::default(),
+                payload: Bytes::from(payload(size)),
+            })
+            .collect();
+        async move {
+            let request = SendMessages {
+                topic: TopicRef {
+                    stream: Identifier::Name("bench".into()),
+                    topic: Identifier::Name("bench".into()),
+                },
+                partitioning: Partitioning::Balanced,
+                messages,
+            };
+            store
+                .send_messages(request)
+                .await
+                .map_or(0, |()| count as u64)
+        }
+    })
+    .await
+}
+
+/// The same batches sent straight to a real Iggy server through the `iggy` SDK: one client per
+/// caller (the SDK runs one request at a time per connection, as in the gateway's pool).
+async fn direct_iggy(args: &Args, connection: &str, stream: &str) -> f64 {
+    use iggy::prelude::{
+        Client, Identifier as IggyId, IggyClient, IggyMessage, MessageClient,
+        Partitioning as IggyPartitioning,
+    };
+    let mut clients = Vec::with_capacity(args.concurrency);
+    for _ in 0..args.concurrency {
+        let client = IggyClient::from_connection_string(connection).expect("connection string");
+        client.connect().await.expect("connects to Iggy");
+        clients.push(Arc::new(client));
+    }
+    let clients = Arc::new(clients);
+    let next = Arc::new(AtomicU64::new(0));
+    let (size, count) = (args.message_size, args.batch);
+    let (stream_id, topic_id) = (
+        IggyId::named(stream).expect("stream id"),
+        IggyId::named("bench").expect("topic id"),
+    );
+    let duration = Duration::from_secs(args.duration_secs);
+    throughput(args.concurrency, duration, move || {
+        // Each caller loop takes the next client in turn; with as many clients as callers,
+        // no two calls wait on the same connection.
+        let index = next.fetch_add(1, Ordering::Relaxed) as usize % clients.len();
+        let client = Arc::clone(&clients[index]);
+        let (stream_id, topic_id) = (stream_id.clone(), topic_id.clone());
+        let mut messages: Vec<IggyMessage> = (0..count)
+            .map(|_| {
+                IggyMessage::builder()
+                    .id(uuid::Uuid::now_v7().as_u128())
+                    .payload(Bytes::from(payload(size)))
+                    .build()
+                    .expect("message")
+            })
+            .collect();
+        async move {
+            client
+                .send_messages(
+                    &stream_id,
+                    &topic_id,
+                    &IggyPartitioning::balanced(),
+                    &mut messages,
+                )
+                .await
+                .map_or(0, |()| count as u64)
+        }
+    })
+    .await
+}
+
+fn send_request(
+    stream: &str,
+    partition_id: Option<u32>,
+    messages: Vec<proto::Message>,
+) -> proto::SendMessagesRequest {
+    proto::SendMessagesRequest {
+        stream: stream.into(),
+        topic: "bench".into(),
+        partitioning: partition_id.map(proto::send_messages_request::Partitioning::PartitionId),
+        messages,
+    }
+}
+
+/// Single-message gRPC sends to `stream` over `ch`.
+fn unary_op(
+    ch: Channel,
+    stream: &'static str,
+    one: Vec<proto::Message>,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>> + Send + Sync + 'static
+{
+    move || {
+        let mut client = MessageServiceClient::new(ch.clone());
+        let request = send_request(stream, None, one.clone());
+        Box::pin(async move { client.send_messages(request).await.map_or(0, |_| 1) })
+    }
+}
+
+/// Single-message REST sends to `url`.
+fn rest_unary_op(
+    http: reqwest::Client,
+    url: String,
+    body: Bytes,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>> + Send + Sync + 'static
+{
+    move || {
+        let request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        Box::pin(async move {
+            request
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 201)
+                .map_or(0, |_| 1)
+        })
+    }
+}
+
+fn main() {
     let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    if args.serve_bare {
+        runtime.block_on(serve_bare());
+    } else {
+        runtime.block_on(run(args));
+    }
+}
+
+async fn run(args: Args) {
     let duration = Duration::from_secs(args.duration_secs);
     let mut report = Report {
         rows: Vec::new(),
         json: serde_json::Map::new(),
     };
+    let iggy = std::env::var("IGGY_CONNECTION_STRING")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    report.text(
+        "backend",
+        if iggy.is_some() {
+            "Iggy server (IGGY_CONNECTION_STRING)"
+        } else {
+            "embedded"
+        },
+    );
     let data = tempfile::tempdir().expect("temp dir");
-    let gateway = Gateway::start(&data.path().join("gateway"));
+    let gateway = Gateway::start(
+        &data.path().join("gateway"),
+        iggy.as_deref(),
+        args.concurrency,
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     report.number("rss_idle_mib", gateway.rss_kib() as f64 / 1024.0, "MiB");
     let idle_rss = gateway.rss_kib();
-    prepare_topic(gateway.addr, "bench").await;
+
+    // A stream of this run's own, so runs against a shared Iggy server do not mix.
+    let stream: &'static str = Box::leak(format!("bench-{}", std::process::id()).into_boxed_str());
+    prepare_topic(gateway.addr, stream).await;
     let ch = channel(gateway.addr).await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", gateway.addr);
 
-    // Batch produce: gRPC, REST, and the embedded backend called directly.
-    let batch = text_messages(args.batch, args.message_size);
-    let grpc_batch = {
-        let (ch, batch) = (ch.clone(), batch.clone());
-        throughput(args.concurrency, duration, move || {
-            let mut client = MessageServiceClient::new(ch.clone());
-            let messages = batch.clone();
-            async move {
-                let request = proto::SendMessagesRequest {
-                    stream: "bench".into(),
-                    topic: "bench".into(),
-                    partitioning: None,
-                    messages,
-                };
-                client
-                    .send_messages(request)
-                    .await
-                    .map_or(0, |r| r.into_inner().ids.len() as u64)
-            }
-        })
-        .await
-    };
-    report.number("grpc_batch_msgs_per_s", grpc_batch, "msg/s");
-    let rest_body = Bytes::from(serde_json::to_vec(&json!({
-        "messages": (0..args.batch).map(|_| json!({"text": payload(args.message_size)})).collect::<Vec<_>>()
-    })).expect("json"));
-    let rest_batch = {
-        let (http, url, body, batch) = (
-            http.clone(),
-            format!("{base}/v1/streams/bench/topics/bench/messages"),
-            rest_body.clone(),
-            args.batch as u64,
-        );
-        throughput(args.concurrency, duration, move || {
-            let request = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.clone());
-            async move {
-                request
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 201)
-                    .map_or(0, |_| batch)
-            }
-        })
-        .await
-    };
-    report.number("rest_batch_msgs_per_s", rest_batch, "msg/s");
-    let direct = {
-        let store = Arc::new(
-            EmbeddedBroker::open(&Location::Directory(data.path().join("direct"))).expect("opens"),
-        );
-        store
-            .create_stream(Name::parse("bench").expect("name"))
-            .await
-            .expect("stream");
-        store
-            .create_topic(CreateTopic {
-                stream: Identifier::Name("bench".into()),
-                name: Name::parse("bench").expect("name"),
-                partitions_count: 4,
-                message_expiry_micros: None,
-                max_topic_size_bytes: None,
-                compression: Compression::None,
-                replication_factor: 1,
+    // Batch produce: gRPC, REST, and the backend called directly through its own client.
+    if args.runs(Part::Batch) {
+        let batch = text_messages(args.batch, args.message_size);
+        let grpc_batch = {
+            let (ch, batch) = (ch.clone(), batch.clone());
+            throughput(args.concurrency, duration, move || {
+                let mut client = MessageServiceClient::new(ch.clone());
+                let request = send_request(stream, None, batch.clone());
+                async move {
+                    client
+                        .send_messages(request)
+                        .await
+                        .map_or(0, |r| r.into_inner().ids.len() as u64)
+                }
             })
             .await
-            .expect("topic");
-        let size = args.message_size;
-        let count = args.batch;
-        throughput(args.concurrency, duration, move || {
-            let store = Arc::clone(&store);
-            let messages: Vec<NewMessage> = (0..count)
-                .map(|_| NewMessage {
-                    id: uuid::Uuid::now_v7().as_u128(),
-                    headers: Default::default(),
-                    payload: Bytes::from(payload(size)),
-                })
-                .collect();
-            async move {
-                let request = SendMessages {
-                    topic: TopicRef {
-                        stream: Identifier::Name("bench".into()),
-                        topic: Identifier::Name("bench".into()),
-                    },
-                    partitioning: Partitioning::Balanced,
-                    messages,
-                };
-                store
-                    .send_messages(request)
-                    .await
-                    .map_or(0, |()| count as u64)
-            }
-        })
-        .await
-    };
-    report.number("direct_backend_batch_msgs_per_s", direct, "msg/s");
-    report.target("grpc_batch / direct_backend", grpc_batch / direct, 0.9);
-    report.target("rest_batch / grpc_batch", rest_batch / grpc_batch, 0.8);
+        };
+        report.number("grpc_batch_msgs_per_s", grpc_batch, "msg/s");
+        let rest_body = Bytes::from(serde_json::to_vec(&json!({
+            "messages": (0..args.batch).map(|_| json!({"text": payload(args.message_size)})).collect::<Vec<_>>()
+        })).expect("json"));
+        let rest_batch = {
+            let (http, url, body, batch) = (
+                http.clone(),
+                format!("{base}/v1/streams/{stream}/topics/bench/messages"),
+                rest_body.clone(),
+                args.batch as u64,
+            );
+            throughput(args.concurrency, duration, move || {
+                let request = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                async move {
+                    request
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status() == 201)
+                        .map_or(0, |_| batch)
+                }
+            })
+            .await
+        };
+        report.number("rest_batch_msgs_per_s", rest_batch, "msg/s");
+        let direct = match &iggy {
+            None => direct_embedded(&args, &data.path().join("direct")).await,
+            Some(connection) => direct_iggy(&args, connection, stream).await,
+        };
+        report.number("direct_backend_batch_msgs_per_s", direct, "msg/s");
+        report.target("grpc_batch / direct_backend", grpc_batch / direct, 0.9);
+        report.target("rest_batch / grpc_batch", rest_batch / grpc_batch, 0.8);
+    }
 
-    // Unary single-message sends against the bare floors. The gateway here runs on an in-memory
+    // Unary single-message sends against the bare floors. This gateway runs on an in-memory
     // store so the comparison measures the request path (layers, transcoding), not fsync.
-    let memory_gateway = Gateway::start(Path::new(":memory:"));
-    prepare_topic(memory_gateway.addr, "unary").await;
-    let mem_ch = channel(memory_gateway.addr).await;
-    let one = text_messages(1, args.message_size);
-    let unary = |ch: Channel, stream: &'static str| {
-        let one = one.clone();
-        move || {
-            let mut client = MessageServiceClient::new(ch.clone());
-            let messages = one.clone();
-            async move {
-                let request = proto::SendMessagesRequest {
-                    stream: stream.into(),
-                    topic: "bench".into(),
-                    partitioning: None,
-                    messages,
-                };
-                client.send_messages(request).await.map_or(0, |_| 1)
+    let needs_memory = args.runs(Part::Unary) || args.runs(Part::Latency);
+    let memory_gateway = (needs_memory || args.runs(Part::Subscribers))
+        .then(|| Gateway::start(Path::new(":memory:"), None, args.concurrency));
+    let bare = needs_memory.then(BareServers::start);
+    let mut grpc_unary = None;
+    if let (Some(memory), Some(bare)) = (&memory_gateway, &bare) {
+        prepare_topic(memory.addr, "unary").await;
+        let mem_ch = channel(memory.addr).await;
+        let bare_ch = channel(bare.tonic).await;
+        let one = text_messages(1, args.message_size);
+        if args.runs(Part::Unary) {
+            let rest_one = Bytes::from(
+                serde_json::to_vec(&json!({"messages": [{"text": payload(args.message_size)}]}))
+                    .expect("json"),
+            );
+            let path = "v1/streams/unary/topics/bench/messages";
+            let mut last = None;
+            for &callers in &args.unary_concurrency {
+                let (gateway_rate, gateway_cpu) = with_cpu(
+                    memory.child.id(),
+                    duration,
+                    throughput(
+                        callers,
+                        duration,
+                        unary_op(mem_ch.clone(), "unary", one.clone()),
+                    ),
+                )
+                .await;
+                let (bare_rate, bare_cpu) = with_cpu(
+                    bare.child.id(),
+                    duration,
+                    throughput(
+                        callers,
+                        duration,
+                        unary_op(bare_ch.clone(), "unary", one.clone()),
+                    ),
+                )
+                .await;
+                let rest_rate = throughput(
+                    callers,
+                    duration,
+                    rest_unary_op(
+                        http.clone(),
+                        format!("http://{}/{path}", memory.addr),
+                        rest_one.clone(),
+                    ),
+                )
+                .await;
+                let bare_rest = throughput(
+                    callers,
+                    duration,
+                    rest_unary_op(
+                        http.clone(),
+                        format!("http://{}/{path}", bare.axum),
+                        rest_one.clone(),
+                    ),
+                )
+                .await;
+                let at = format!("{callers} callers");
+                report.number(
+                    &format!("grpc_unary_req_per_s, {at}"),
+                    gateway_rate,
+                    "req/s",
+                );
+                report.number(&format!("bare_tonic_req_per_s, {at}"), bare_rate, "req/s");
+                report.ratio(
+                    &format!("grpc_unary / bare_tonic, {at}"),
+                    gateway_rate / bare_rate,
+                );
+                report.number(&format!("grpc_unary_cpu_per_call, {at}"), gateway_cpu, "µs");
+                report.number(&format!("bare_tonic_cpu_per_call, {at}"), bare_cpu, "µs");
+                report.number(&format!("rest_unary_req_per_s, {at}"), rest_rate, "req/s");
+                report.number(&format!("bare_axum_req_per_s, {at}"), bare_rest, "req/s");
+                report.ratio(
+                    &format!("rest_unary / bare_axum, {at}"),
+                    rest_rate / bare_rest,
+                );
+                last = Some((gateway_rate, bare_rate));
             }
-        }
-    };
-    let grpc_unary = throughput(args.concurrency, duration, unary(mem_ch.clone(), "unary")).await;
-    let bare_addr = start_bare_tonic().await;
-    let bare_ch = channel(bare_addr).await;
-    let bare_unary = throughput(args.concurrency, duration, unary(bare_ch.clone(), "unary")).await;
-    report.number("grpc_unary_req_per_s (all layers)", grpc_unary, "req/s");
-    report.number("bare_tonic_unary_req_per_s", bare_unary, "req/s");
-    report.target("grpc_unary / bare_tonic", grpc_unary / bare_unary, 0.7);
-    let rest_one = Bytes::from(
-        serde_json::to_vec(&json!({"messages": [{"text": payload(args.message_size)}]}))
-            .expect("json"),
-    );
-    let rest_unary_op = |url: String| {
-        let (http, body) = (http.clone(), rest_one.clone());
-        move || {
-            let request = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.clone());
-            async move {
-                request
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 201)
-                    .map_or(0, |_| 1)
+            // The target is read at the last (highest) concurrency: the floor is what a bare
+            // server can do at most, and a few closed-loop callers measure latency, not that.
+            if let Some((gateway_rate, bare_rate)) = last {
+                grpc_unary = Some(gateway_rate);
+                report.target(
+                    "grpc_unary / bare_tonic (all layers)",
+                    gateway_rate / bare_rate,
+                    0.7,
+                );
             }
+            // The same single sends, stored by the backend the gateway runs on (fsync'd
+            // embedded store, or Iggy): what a durable acknowledgement costs. No target.
+            let callers = args
+                .unary_concurrency
+                .last()
+                .copied()
+                .unwrap_or(args.concurrency);
+            let stored =
+                throughput(callers, duration, unary_op(ch.clone(), stream, one.clone())).await;
+            report.number(
+                &format!("grpc_unary_stored_req_per_s, {callers} callers"),
+                stored,
+                "req/s",
+            );
         }
-    };
-    let rest_unary = throughput(
-        args.concurrency,
-        duration,
-        rest_unary_op(format!(
-            "http://{}/v1/streams/unary/topics/bench/messages",
-            memory_gateway.addr
-        )),
-    )
-    .await;
-    let bare_axum = start_bare_axum().await;
-    let bare_rest = throughput(
-        args.concurrency,
-        duration,
-        rest_unary_op(format!(
-            "http://{bare_axum}/v1/streams/unary/topics/bench/messages"
-        )),
-    )
-    .await;
-    report.number("rest_unary_req_per_s (all layers)", rest_unary, "req/s");
-    report.number("bare_axum_unary_req_per_s", bare_rest, "req/s");
-    report.target("rest_unary / bare_axum", rest_unary / bare_rest, 0.5);
 
-    // Poll throughput from the durable gateway's topic, which now holds the batches above.
-    for count in [1u32, 100, 1000] {
-        let ch = ch.clone();
-        let polled = throughput(args.concurrency, duration, move || {
+        // Latency at half the measured unary maximum, gateway vs bare, open loop.
+        if args.runs(Part::Latency) {
+            let max = match grpc_unary {
+                Some(rate) => rate,
+                None => {
+                    throughput(
+                        args.unary_concurrency
+                            .last()
+                            .copied()
+                            .unwrap_or(args.concurrency),
+                        duration,
+                        unary_op(mem_ch.clone(), "unary", one.clone()),
+                    )
+                    .await
+                }
+            };
+            let rate = (max * 0.5).max(10.0);
+            let latency_op = |ch: Channel| {
+                let op = unary_op(ch, "unary", one.clone());
+                move || {
+                    let call = op();
+                    async move {
+                        call.await;
+                    }
+                }
+            };
+            let latency_secs = Duration::from_secs(args.latency_secs);
+            let gateway_latency =
+                open_loop_latency(rate, latency_secs, latency_op(mem_ch.clone())).await;
+            let bare_latency =
+                open_loop_latency(rate, latency_secs, latency_op(bare_ch.clone())).await;
+            report.number("latency_offered_rate", rate, "req/s");
+            for (label, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+                report.number(
+                    &format!("gateway_latency_{label}_ms"),
+                    percentile(&gateway_latency, p).as_secs_f64() * 1000.0,
+                    "ms",
+                );
+                report.number(
+                    &format!("bare_latency_{label}_ms"),
+                    percentile(&bare_latency, p).as_secs_f64() * 1000.0,
+                    "ms",
+                );
+            }
+            let added_p99 =
+                percentile(&gateway_latency, 0.99).saturating_sub(percentile(&bare_latency, 0.99));
+            report.ceiling(
+                "added_p99_latency_at_50pct_load",
+                added_p99.as_secs_f64() * 1000.0,
+                "ms",
+                1.0,
+            );
+        }
+    }
+
+    // Poll throughput from partition 0 of the gateway's topic.
+    if args.runs(Part::Poll) {
+        if !args.runs(Part::Batch) {
+            // Without the batch part, fill partition 0 with what the polls below read.
             let mut client = MessageServiceClient::new(ch.clone());
-            async move {
-                let request = proto::PollMessagesRequest {
-                    stream: "bench".into(),
-                    topic: "bench".into(),
-                    partition_id: 0,
-                    strategy: proto::PollingStrategy::Offset.into(),
-                    offset: Some(u64::from(fastrand::u32(0..1000))),
-                    count,
-                    ..Default::default()
-                };
+            let size = args.batch.clamp(1, 1000);
+            for _ in 0..1000usize.div_ceil(size) {
                 client
-                    .poll_messages(request)
+                    .send_messages(send_request(
+                        stream,
+                        Some(0),
+                        text_messages(size, args.message_size),
+                    ))
                     .await
-                    .map_or(0, |r| r.into_inner().messages.len() as u64)
-            }
-        })
-        .await;
-        report.number(&format!("poll_count_{count}_msgs_per_s"), polled, "msg/s");
-    }
-
-    // Latency at half the measured unary maximum, gateway vs bare, open loop.
-    let rate = (grpc_unary * 0.5).max(10.0);
-    let latency_for = |ch: Channel| {
-        let one = one.clone();
-        move || {
-            let mut client = MessageServiceClient::new(ch.clone());
-            let messages = one.clone();
-            async move {
-                let request = proto::SendMessagesRequest {
-                    stream: "unary".into(),
-                    topic: "bench".into(),
-                    partitioning: None,
-                    messages,
-                };
-                let _ = client.send_messages(request).await;
+                    .expect("seed messages");
             }
         }
-    };
-    let latency_secs = Duration::from_secs(args.latency_secs);
-    let gateway_latency = open_loop_latency(rate, latency_secs, latency_for(mem_ch.clone())).await;
-    let bare_latency = open_loop_latency(rate, latency_secs, latency_for(bare_ch.clone())).await;
-    report.number("latency_offered_rate", rate, "req/s");
-    for (label, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
-        report.number(
-            &format!("gateway_latency_{label}_ms"),
-            percentile(&gateway_latency, p).as_secs_f64() * 1000.0,
-            "ms",
-        );
-        report.number(
-            &format!("bare_latency_{label}_ms"),
-            percentile(&bare_latency, p).as_secs_f64() * 1000.0,
-            "ms",
-        );
+        for count in [1u32, 100, 1000] {
+            let ch = ch.clone();
+            let polled = throughput(args.concurrency, duration, move || {
+                let mut client = MessageServiceClient::new(ch.clone());
+                async move {
+                    let request = proto::PollMessagesRequest {
+                        stream: stream.into(),
+                        topic: "bench".into(),
+                        partition_id: 0,
+                        strategy: proto::PollingStrategy::Offset.into(),
+                        offset: Some(u64::from(fastrand::u32(0..1000))),
+                        count,
+                        ..Default::default()
+                    };
+                    client
+                        .poll_messages(request)
+                        .await
+                        .map_or(0, |r| r.into_inner().messages.len() as u64)
+                }
+            })
+            .await;
+            report.number(&format!("poll_count_{count}_msgs_per_s"), polled, "msg/s");
+        }
     }
-    let added_p99 =
-        percentile(&gateway_latency, 0.99).saturating_sub(percentile(&bare_latency, 0.99));
-    report.ceiling(
-        "added_p99_latency_at_50pct_load",
-        added_p99.as_secs_f64() * 1000.0,
-        "ms",
-        1.0,
-    );
 
     // Memory: idle, under the load above, and after a soak of mixed traffic.
     report.number(
@@ -658,90 +952,145 @@ async fn main() {
         "MiB",
     );
     report.ceiling("rss_idle", idle_rss as f64 / 1024.0, "MiB", 20.0);
-    if args.soak_secs > 0 {
-        let before = gateway.rss_kib();
-        let ch = ch.clone();
-        let small = text_messages(10, args.message_size);
-        throughput(
-            args.concurrency,
-            Duration::from_secs(args.soak_secs),
-            move || {
-                let mut client = MessageServiceClient::new(ch.clone());
-                let messages = small.clone();
-                async move {
-                    let request = proto::SendMessagesRequest {
-                        stream: "bench".into(),
-                        topic: "bench".into(),
-                        partitioning: None,
-                        messages,
-                    };
-                    let sent = client
-                        .send_messages(request)
-                        .await
-                        .map_or(0, |r| r.into_inner().ids.len() as u64);
-                    let poll = proto::PollMessagesRequest {
-                        stream: "bench".into(),
-                        topic: "bench".into(),
-                        count: 10,
-                        strategy: proto::PollingStrategy::Last.into(),
-                        ..Default::default()
-                    };
-                    let _ = client.poll_messages(poll).await;
-                    sent
-                }
-            },
-        )
-        .await;
-        let after = gateway.rss_kib();
-        let growth = (after as f64 - before as f64) / 1024.0;
-        report.number(
-            &format!("rss_after_{}s_soak_mib", args.soak_secs),
-            after as f64 / 1024.0,
-            "MiB",
-        );
-        report.ceiling("rss_growth_during_soak", growth, "MiB", 2.0);
+    if args.runs(Part::Soak) && args.soak_secs > 0 {
+        soak(&args, &gateway, ch.clone(), stream, &mut report).await;
     }
 
     // Idle subscribers: held open on the in-memory gateway, with nothing arriving.
-    if args.idle_subscribers > 0 {
-        let mut streams = Vec::with_capacity(args.idle_subscribers);
-        for _ in 0..args.idle_subscribers {
-            let mut client = MessageServiceClient::new(mem_ch.clone());
-            let request = proto::SubscribeRequest {
-                stream: "unary".into(),
-                topic: "bench".into(),
-                ..Default::default()
-            };
-            if let Ok(stream) = client.subscribe(request).await {
-                streams.push(stream.into_inner());
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let before = memory_gateway.cpu_ticks();
-        let window = Duration::from_secs(10);
-        tokio::time::sleep(window).await;
-        let ticks = memory_gateway.cpu_ticks().saturating_sub(before);
-        // Linux reports CPU time in 1/100 s ticks.
-        let cpu_percent = ticks as f64 / 100.0 / window.as_secs_f64() * 100.0;
-        report.number("idle_subscribers_open", streams.len() as f64, "streams");
-        report.ceiling(
-            "cpu_with_idle_subscribers",
-            cpu_percent,
-            "% of one core",
-            5.0,
-        );
-        report.number(
-            "rss_with_idle_subscribers_mib",
-            memory_gateway.rss_kib() as f64 / 1024.0,
-            "MiB",
-        );
-        drop(streams);
+    if let Some(memory) = memory_gateway
+        .as_ref()
+        .filter(|_| args.runs(Part::Subscribers))
+    {
+        idle_subscribers(&args, memory, &mut report).await;
     }
 
+    if iggy.is_some() {
+        // Leave the shared server as it was.
+        let _ = StreamServiceClient::new(ch.clone())
+            .delete_stream(proto::DeleteStreamRequest {
+                stream: stream.into(),
+            })
+            .await;
+    }
     report.print();
     if let Some(path) = &args.json {
         let doc = json!({ "args": format!("{args:?}"), "results": report.json });
         std::fs::write(path, serde_json::to_vec_pretty(&doc).expect("json")).expect("writes JSON");
         println!("wrote {}", path.display());
     }
+}
+
+/// Mixed sends and polls for `--soak-secs`; RSS is read each minute (and at the end) so the
+/// report shows the trend, not only two points.
+async fn soak(
+    args: &Args,
+    gateway: &Gateway,
+    ch: Channel,
+    stream: &'static str,
+    report: &mut Report,
+) {
+    let small = text_messages(10, args.message_size);
+    let traffic = throughput(
+        args.concurrency,
+        Duration::from_secs(args.soak_secs),
+        move || {
+            let mut client = MessageServiceClient::new(ch.clone());
+            let request = send_request(stream, None, small.clone());
+            async move {
+                let sent = client
+                    .send_messages(request)
+                    .await
+                    .map_or(0, |r| r.into_inner().ids.len() as u64);
+                let poll = proto::PollMessagesRequest {
+                    stream: stream.into(),
+                    topic: "bench".into(),
+                    count: 10,
+                    strategy: proto::PollingStrategy::Last.into(),
+                    ..Default::default()
+                };
+                let _ = client.poll_messages(poll).await;
+                sent
+            }
+        },
+    );
+    tokio::pin!(traffic);
+    // The first minute (or tenth of a short soak) warms allocator pools and caches; growth is
+    // measured from there to the end.
+    let warm_up = Duration::from_secs((args.soak_secs / 10).clamp(1, 60));
+    let mut samples = Vec::new();
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + warm_up,
+        Duration::from_secs(60),
+    );
+    let rate = loop {
+        tokio::select! {
+            rate = &mut traffic => break rate,
+            _ = ticker.tick() => samples.push(gateway.rss_kib()),
+        }
+    };
+    let after = gateway.rss_kib();
+    let before = samples.first().copied().unwrap_or(after);
+    report.number("soak_msgs_per_s", rate, "msg/s");
+    report.text(
+        "rss_during_soak_mib",
+        &samples
+            .iter()
+            .chain([&after])
+            .map(|kib| format!("{:.1}", *kib as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    report.number(
+        &format!("rss_after_{}s_soak_mib", args.soak_secs),
+        after as f64 / 1024.0,
+        "MiB",
+    );
+    report.ceiling(
+        "rss_growth_after_warm_up",
+        (after as f64 - before as f64) / 1024.0,
+        "MiB",
+        2.0,
+    );
+}
+
+async fn idle_subscribers(args: &Args, memory: &Gateway, report: &mut Report) {
+    if args.idle_subscribers == 0 {
+        return;
+    }
+    prepare_topic(memory.addr, "idle").await;
+    let mem_ch = channel(memory.addr).await;
+    // The in-memory store holds the unary part's messages; only the growth is the subscribers'.
+    let rss_before = memory.rss_kib();
+    let mut streams = Vec::with_capacity(args.idle_subscribers);
+    for _ in 0..args.idle_subscribers {
+        let mut client = MessageServiceClient::new(mem_ch.clone());
+        let request = proto::SubscribeRequest {
+            stream: "idle".into(),
+            topic: "bench".into(),
+            ..Default::default()
+        };
+        match client.subscribe(request).await {
+            Ok(stream) => streams.push(stream.into_inner()),
+            Err(status) => panic!("subscription refused: {status}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = memory.cpu_ticks();
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let ticks = memory.cpu_ticks().saturating_sub(before);
+    // Linux reports CPU time in 1/100 s ticks.
+    let cpu_percent = ticks as f64 / 100.0 / window.as_secs_f64() * 100.0;
+    report.number("idle_subscribers_open", streams.len() as f64, "streams");
+    report.ceiling(
+        "cpu_with_idle_subscribers",
+        cpu_percent,
+        "% of one core",
+        5.0,
+    );
+    report.number(
+        "rss_per_idle_subscriber_kib",
+        memory.rss_kib().saturating_sub(rss_before) as f64 / streams.len().max(1) as f64,
+        "KiB",
+    );
 }
