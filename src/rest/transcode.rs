@@ -14,7 +14,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use prost::Message;
 use prost_reflect::{
-    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
+    SerializeOptions,
 };
 use serde_json::{Map, Value};
 use tower::ServiceExt;
@@ -117,25 +118,18 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
                 ),
             )
         })?;
-    let mut input = request_json(route, bindings, parts.uri.query(), &parts.headers, &body)?;
-    // SSE clients resume by sending the last event id back: it is the cursor.
-    if let Some(last_event_id) = parts
+    let last_event_id = parts
         .headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        && route.method.input().get_field_by_name("cursor").is_some()
-        && let Some(object) = input.as_object_mut()
-    {
-        object
-            .entry("cursor")
-            .or_insert_with(|| Value::String(last_event_id.to_owned()));
-    }
-    let message = DynamicMessage::deserialize_with_options(
-        route.method.input(),
-        input,
-        &DeserializeOptions::new().deny_unknown_fields(true),
-    )
-    .map_err(|err| json_problem(&err.to_string()))?;
+        .and_then(|v| v.to_str().ok());
+    let message = request_message(
+        route,
+        bindings,
+        parts.uri.query(),
+        &parts.headers,
+        &body,
+        last_event_id,
+    )?;
 
     if route.method.is_server_streaming() {
         let client = parts.extensions.get::<crate::layers::ClientIp>().copied();
@@ -164,17 +158,137 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     Ok(response)
 }
 
-/// The request message as proto3 JSON: body, then path variables, then the query string.
+/// The request message: the body, then path variables, then the query string (which win over
+/// the body, as in google.api.http).
+///
+/// A `body: "*"` body (the common case, and the large one) is parsed straight into the message;
+/// the path and query fields are parsed on their own and laid over it. Other bodies go through
+/// a JSON tree first.
+fn request_message(
+    route: &Route,
+    bindings: Vec<(String, String)>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    last_event_id: Option<&str>,
+) -> Result<DynamicMessage, Problem> {
+    let input = route.method.input();
+    let direct = route.body == BodyRule::All && !body.is_empty();
+    let mut overlay = request_json(route, bindings, query, headers, body, !direct)?;
+    let message = if direct {
+        check_json_content(headers)?;
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Problem::invalid_field("body", "must be a JSON object"));
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let message = DynamicMessage::deserialize_with_options(
+            input.clone(),
+            &mut deserializer,
+            &DeserializeOptions::new().deny_unknown_fields(true),
+        )
+        .and_then(|message| deserializer.end().map(|()| message))
+        .map_err(|err| match err.classify() {
+            serde_json::error::Category::Data => json_problem(&err.to_string()),
+            _ => malformed_json(&err),
+        })?;
+        Some(message)
+    } else {
+        None
+    };
+    // SSE clients resume by sending the last event id back: it is the cursor.
+    if let Some(last_event_id) = last_event_id
+        && let Some(cursor) = input.get_field_by_name("cursor")
+        && !message.as_ref().is_some_and(|m| m.has_field(&cursor))
+    {
+        overlay
+            .entry("cursor")
+            .or_insert_with(|| Value::String(last_event_id.to_owned()));
+    }
+    let overlay = Value::Object(overlay);
+    let fields = DynamicMessage::deserialize_with_options(
+        input,
+        &overlay,
+        &DeserializeOptions::new().deny_unknown_fields(true),
+    )
+    .map_err(|err| json_problem(&err.to_string()))?;
+    match (message, overlay.as_object()) {
+        (Some(mut message), Some(overlay)) => {
+            lay_over(&mut message, &fields, overlay);
+            Ok(message)
+        }
+        _ => Ok(fields),
+    }
+}
+
+/// Sets on `message` each field named in `json` (proto names), taking its value from `from`
+/// (the same fields, parsed); a nested object sets fields inside the nested message rather
+/// than replacing it.
+fn lay_over(message: &mut DynamicMessage, from: &DynamicMessage, json: &Map<String, Value>) {
+    for (name, value) in json {
+        let Some(field) = message.descriptor().get_field_by_name(name) else {
+            continue;
+        };
+        // Well-known types have JSON forms of their own (a Struct is an object of any keys),
+        // so they are set whole.
+        let nested = matches!(field.kind(), Kind::Message(m) if !m.full_name().starts_with("google.protobuf."))
+            && !field.is_list()
+            && !field.is_map()
+            && value.is_object();
+        let from_value = from.get_field(&field);
+        match (nested, from_value.as_message()) {
+            (true, Some(inner_from)) => {
+                if let (Some(inner), Value::Object(inner_json)) =
+                    (message.get_field_mut(&field).as_message_mut(), value)
+                {
+                    lay_over(inner, inner_from, inner_json);
+                }
+            }
+            _ => message.set_field(&field, from_value.into_owned()),
+        }
+    }
+}
+
+fn check_json_content(headers: &HeaderMap) -> Result<(), Problem> {
+    let json_content = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| {
+            let essence = essence.trim().to_ascii_lowercase();
+            essence == "application/json" || essence.ends_with("+json")
+        });
+    if json_content {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "request bodies must be JSON (Content-Type: application/json)",
+        ))
+    }
+}
+
+fn malformed_json(err: &serde_json::Error) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "MALFORMED_JSON",
+        format!("the body is not valid JSON: {err}"),
+    )
+}
+
+/// The request as a proto3 JSON object: the body (when `with_body`), then path variables,
+/// then the query string.
 fn request_json(
     route: &Route,
     bindings: Vec<(String, String)>,
     query: Option<&str>,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<Value, Problem> {
+    with_body: bool,
+) -> Result<Map<String, Value>, Problem> {
     let input = route.method.input();
     let mut root = Map::new();
-    if !body.is_empty() {
+    if with_body && !body.is_empty() {
         if route.body == BodyRule::None {
             return Err(Problem::invalid_field(
                 "body",
@@ -184,28 +298,8 @@ fn request_json(
                 ),
             ));
         }
-        let json_content = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|essence| {
-                let essence = essence.trim().to_ascii_lowercase();
-                essence == "application/json" || essence.ends_with("+json")
-            });
-        if !json_content {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UNSUPPORTED_MEDIA_TYPE",
-                "request bodies must be JSON (Content-Type: application/json)",
-            ));
-        }
-        let parsed: Value = serde_json::from_slice(body).map_err(|err| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "MALFORMED_JSON",
-                format!("the body is not valid JSON: {err}"),
-            )
-        })?;
+        check_json_content(headers)?;
+        let parsed: Value = serde_json::from_slice(body).map_err(|err| malformed_json(&err))?;
         match &route.body {
             BodyRule::All => match parsed {
                 Value::Object(object) => root = object,
@@ -258,7 +352,7 @@ fn request_json(
         let json = scalar_json(&descriptor, &key, &value)?;
         set_path(&mut root, &input, &key, json, descriptor.is_list())?;
     }
-    Ok(Value::Object(root))
+    Ok(root)
 }
 
 /// A path or query value as the JSON proto3 parsing expects it: bools and floats as JSON

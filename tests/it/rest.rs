@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{spawn_app, spawn_app_with_default_topic};
+use crate::helpers::{spawn_app, spawn_app_with_default_topic, texts};
 
 #[tokio::test]
 async fn streams_and_topics_are_managed_over_rest() {
@@ -440,6 +440,32 @@ async fn every_error_class_answers_a_problem_body() {
     assert_eq!(body["violations"][0]["field"], "name");
     assert_eq!(body["code"], "INVALID_ARGUMENT");
     assert_eq!(body["request_id"], "req-42");
+    for bad in ["{\"name\":\"x\"} trailing", "{\"name\":\"x\""] {
+        check(
+            app.http1
+                .post(app.url("/v1/streams"))
+                .header("content-type", "application/json")
+                .body(bad)
+                .send()
+                .await
+                .expect("sent"),
+            400,
+            "MALFORMED_JSON",
+        )
+        .await;
+    }
+    let (body, _) = check(
+        app.http1
+            .post(app.url("/v1/streams"))
+            .json(&json!(["orders"]))
+            .send()
+            .await
+            .expect("sent"),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    assert_eq!(body["violations"][0]["field"], "body", "{body}");
     let big = "x".repeat(17 * 1024 * 1024);
     check(
         app.http1
@@ -470,4 +496,34 @@ async fn an_array_of_messages_can_be_posted_to_one_partition() {
     let polled = app.poll_from("orders", "created", 2, 0, 10).await;
     assert_eq!(polled.messages.len(), 2);
     assert_eq!(polled.messages[0].id, sent["ids"][0].as_str().expect("id"));
+}
+
+/// Path variables win over the same fields in a `body: "*"` body, as google.api.http has it:
+/// the path names where a message goes, whatever the body says.
+#[tokio::test]
+async fn path_variables_win_over_the_body() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 2).await;
+    app.create_stream("other").await;
+    app.create_topic("other", "created", 2).await;
+    let (status, sent) = app
+        .rest(
+            Method::POST,
+            "/v1/streams/orders/topics/created/messages",
+            Some(json!({"stream": "other", "partitionId": 1, "messages": [{"text": "here"}]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    assert_eq!(
+        texts(&app.poll_from("orders", "created", 1, 0, 10).await),
+        ["here"],
+        "stored in the path's stream, in the body's partition"
+    );
+    assert!(
+        app.poll_from("other", "created", 1, 0, 10)
+            .await
+            .messages
+            .is_empty()
+    );
 }
