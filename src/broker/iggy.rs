@@ -67,6 +67,22 @@ struct Slot {
     state: Mutex<SlotState>,
     /// Wakes the supervisor to rebuild the client after a failed or timed-out call.
     broken: Notify,
+    /// Calls on this client now. The SDK runs one request at a time per connection, so a call
+    /// given a busy client queues behind it while another may sit idle.
+    in_flight: AtomicUsize,
+}
+
+/// A call's claim on one pooled client; counted in the slot's `in_flight` until dropped.
+struct Lease<'a> {
+    slot: &'a Slot,
+    index: usize,
+    client: Arc<IggyClient>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Pool {
@@ -103,20 +119,41 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// A connected client, round-robin; `Err` when every slot has given up.
-    fn pick(&self) -> Result<Option<(usize, Arc<IggyClient>)>, BrokerError> {
+    /// The connected client with the fewest calls in flight (ties go round-robin); `Err` when
+    /// every slot has given up.
+    fn pick(&self) -> Result<Option<Lease<'_>>, BrokerError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut all_failed = true;
+        let mut best: Option<(usize, usize, Arc<IggyClient>)> = None;
         for offset in 0..self.slots.len() {
             let index = (start + offset) % self.slots.len();
-            let Ok(state) = self.slots[index].state.lock() else {
+            let slot = &self.slots[index];
+            let Ok(state) = slot.state.lock() else {
                 continue;
             };
             match &*state {
-                SlotState::Connected(client) => return Ok(Some((index, Arc::clone(client)))),
+                SlotState::Connected(client) => {
+                    all_failed = false;
+                    let busy = slot.in_flight.load(Ordering::Relaxed);
+                    if best.as_ref().is_none_or(|(_, fewest, _)| busy < *fewest) {
+                        best = Some((index, busy, Arc::clone(client)));
+                    }
+                    if busy == 0 {
+                        break;
+                    }
+                }
                 SlotState::Reconnecting => all_failed = false,
                 SlotState::Failed => {}
             }
+        }
+        if let Some((index, _, client)) = best {
+            let slot = &self.slots[index];
+            slot.in_flight.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(Lease {
+                slot,
+                index,
+                client,
+            }));
         }
         if all_failed {
             return Err(BrokerError::Unavailable(format!(
@@ -127,7 +164,7 @@ impl Pool {
         Ok(None)
     }
 
-    async fn client(&self) -> BrokerResult<(usize, Arc<IggyClient>)> {
+    async fn client(&self) -> BrokerResult<Lease<'_>> {
         let deadline = tokio::time::Instant::now() + self.settings.connect_wait;
         loop {
             // Registered before looking, so a state change in between is not missed.
@@ -478,6 +515,7 @@ impl IggyBroker {
                 .map(|_| Slot {
                     state: Mutex::new(SlotState::Reconnecting),
                     broken: Notify::new(),
+                    in_flight: AtomicUsize::new(0),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -506,7 +544,8 @@ impl IggyBroker {
         F: FnOnce(Arc<IggyClient>) -> Fut,
         Fut: Future<Output = Result<T, IggyError>>,
     {
-        let (slot, client) = self.pool.client().await?;
+        let lease = self.pool.client().await?;
+        let (slot, client) = (lease.index, Arc::clone(&lease.client));
         let timeout = self.pool.settings.operation_timeout;
         match tokio::time::timeout(timeout, op(client)).await {
             Ok(Ok(value)) => Ok(value),

@@ -112,3 +112,74 @@ fn messages_keep_their_ids_headers_and_payloads() {
     assert_eq!(stored.headers, headers);
     assert_eq!(stored.payload, message.payload);
 }
+
+fn pool_of(states: Vec<SlotState>) -> Pool {
+    Pool {
+        slots: states
+            .into_iter()
+            .map(|state| Slot {
+                state: Mutex::new(state),
+                broken: Notify::new(),
+                in_flight: AtomicUsize::new(0),
+            })
+            .collect(),
+        next: AtomicUsize::new(0),
+        changed: Notify::new(),
+        check_now: Notify::new(),
+        reconnects: std::sync::atomic::AtomicU64::new(0),
+        available: watch::channel(true).0,
+        settings: IggySettings {
+            connection_string: "iggy://u:p@127.0.0.1:1".into(),
+            pool_size: 3,
+            reconnect_base_delay: Duration::from_millis(1),
+            reconnect_max_delay: Duration::from_millis(1),
+            max_reconnect_attempts: 1,
+            operation_timeout: Duration::from_millis(10),
+            health_check_interval: Duration::from_millis(10),
+            connect_wait: Duration::from_millis(10),
+        },
+    }
+}
+
+fn connected() -> SlotState {
+    SlotState::Connected(Arc::new(
+        IggyClient::from_connection_string("iggy://u:p@127.0.0.1:1").expect("client"),
+    ))
+}
+
+/// The SDK serialises calls per connection, so a call goes to an idle client when there is one,
+/// never queued behind a busy one; a lease counts until it is dropped.
+#[tokio::test]
+async fn calls_go_to_the_least_busy_connected_client() {
+    let pool = pool_of(vec![connected(), SlotState::Reconnecting, connected()]);
+    let first = pool.pick().expect("not failed").expect("a client");
+    let second = pool.pick().expect("not failed").expect("a client");
+    assert_ne!(
+        first.index, second.index,
+        "the idle client, not the busy one"
+    );
+    assert!(
+        [first.index, second.index].iter().all(|i| *i != 1),
+        "never the reconnecting slot"
+    );
+    // Both busy: the next call shares one of them, and counts.
+    let third = pool.pick().expect("not failed").expect("a client");
+    assert_eq!(pool.slots[third.index].in_flight.load(Ordering::Relaxed), 2);
+    drop((first, second, third));
+    assert!(
+        pool.slots
+            .iter()
+            .all(|s| s.in_flight.load(Ordering::Relaxed) == 0)
+    );
+    // Idle again: either client will do, and a finished call freed its slot.
+    let again = pool.pick().expect("not failed").expect("a client");
+    assert_ne!(again.index, 1);
+}
+
+#[tokio::test]
+async fn a_pool_whose_slots_all_gave_up_is_unavailable() {
+    let pool = pool_of(vec![SlotState::Failed, SlotState::Failed]);
+    assert!(matches!(pool.pick(), Err(BrokerError::Unavailable(_))));
+    let pool = pool_of(vec![SlotState::Failed, SlotState::Reconnecting]);
+    assert!(matches!(pool.pick(), Ok(None)));
+}
