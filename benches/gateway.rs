@@ -172,8 +172,9 @@ fn cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12)
 }
 
-/// Runs `load` (which reports calls per second over `duration`) and also returns the CPU time
-/// process `pid` spent per call, in microseconds: the server's own cost, whatever the latency.
+/// Runs `load` (which reports units — calls or messages — per second over `duration`) and also
+/// returns the CPU time process `pid` spent per unit, in microseconds: the server's own cost,
+/// whatever the latency.
 async fn with_cpu(pid: u32, duration: Duration, load: impl Future<Output = f64>) -> (f64, f64) {
     let before = cpu_ticks(pid);
     let rate = load.await;
@@ -690,9 +691,9 @@ async fn run(args: Args) {
     // Batch produce: gRPC, REST, and the backend called directly through its own client.
     if args.runs(Part::Batch) {
         let batch = text_messages(args.batch, args.message_size);
-        let grpc_batch = {
+        let (grpc_batch, grpc_cpu) = {
             let (ch, batch) = (ch.clone(), batch.clone());
-            throughput(args.concurrency, duration, move || {
+            let load = throughput(args.concurrency, duration, move || {
                 let mut client = MessageServiceClient::new(ch.clone());
                 let request = send_request(stream, None, batch.clone());
                 async move {
@@ -701,21 +702,21 @@ async fn run(args: Args) {
                         .await
                         .map_or(0, |r| r.into_inner().ids.len() as u64)
                 }
-            })
-            .await
+            });
+            with_cpu(gateway.child.id(), duration, load).await
         };
         report.number("grpc_batch_msgs_per_s", grpc_batch, "msg/s");
         let rest_body = Bytes::from(serde_json::to_vec(&json!({
             "messages": (0..args.batch).map(|_| json!({"text": payload(args.message_size)})).collect::<Vec<_>>()
         })).expect("json"));
-        let rest_batch = {
+        let (rest_batch, rest_cpu) = {
             let (http, url, body, batch) = (
                 http.clone(),
                 format!("{base}/v1/streams/{stream}/topics/bench/messages"),
                 rest_body.clone(),
                 args.batch as u64,
             );
-            throughput(args.concurrency, duration, move || {
+            let load = throughput(args.concurrency, duration, move || {
                 let request = http
                     .post(&url)
                     .header("content-type", "application/json")
@@ -728,10 +729,13 @@ async fn run(args: Args) {
                         .filter(|r| r.status() == 201)
                         .map_or(0, |_| batch)
                 }
-            })
-            .await
+            });
+            with_cpu(gateway.child.id(), duration, load).await
         };
         report.number("rest_batch_msgs_per_s", rest_batch, "msg/s");
+        // The gateway's own CPU per message: with_cpu divides by the units the load counted.
+        report.number("grpc_batch_gateway_cpu_per_msg", grpc_cpu, "µs");
+        report.number("rest_batch_gateway_cpu_per_msg", rest_cpu, "µs");
         let direct = match &iggy {
             None => direct_embedded(&args, &data.path().join("direct")).await,
             Some(connection) => direct_iggy(&args, connection, stream).await,
