@@ -59,6 +59,9 @@ struct Args {
     /// Seconds of the memory soak (the target asks for 600).
     #[arg(long, default_value_t = 600)]
     soak_secs: u64,
+    /// Calls per second during the soak (each sends 10 messages and polls 10).
+    #[arg(long, default_value_t = 200.0)]
+    soak_rate: f64,
     /// Idle subscriptions held open while the gateway's CPU is measured.
     #[arg(long, default_value_t = 1000)]
     idle_subscribers: usize,
@@ -261,6 +264,28 @@ where
         let _ = task.await;
     }
     done.0.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Like [`throughput`], but the callers together make at most `rate` calls per second: a
+/// steady load for a soak, which would otherwise fill the disk at full speed.
+async fn paced<Op, Fut>(callers: usize, rate: f64, duration: Duration, op: Op) -> f64
+where
+    Op: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
+    let callers = callers.max(1);
+    let period = Duration::from_secs_f64(callers as f64 / rate.max(0.001));
+    let op = Arc::new(op);
+    throughput(callers, duration, move || {
+        let op = Arc::clone(&op);
+        async move {
+            let next = tokio::time::Instant::now() + period;
+            let units = op().await;
+            tokio::time::sleep_until(next).await;
+            units
+        }
+    })
+    .await
 }
 
 /// A bare tonic MessageService that answers SendMessages without doing anything: the floor a
@@ -994,8 +1019,9 @@ async fn soak(
     report: &mut Report,
 ) {
     let small = text_messages(10, args.message_size);
-    let traffic = throughput(
+    let traffic = paced(
         args.concurrency,
+        args.soak_rate,
         Duration::from_secs(args.soak_secs),
         move || {
             let mut client = MessageServiceClient::new(ch.clone());
