@@ -100,6 +100,25 @@ struct Pool {
 }
 
 impl Pool {
+    /// `size` slots, all reconnecting until their supervisors connect them.
+    fn new(size: usize, available: watch::Sender<bool>, settings: IggySettings) -> Self {
+        Self {
+            slots: (0..size)
+                .map(|_| Slot {
+                    state: Mutex::new(SlotState::Reconnecting),
+                    broken: Notify::new(),
+                    in_flight: AtomicUsize::new(0),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            changed: Notify::new(),
+            check_now: Notify::new(),
+            reconnects: std::sync::atomic::AtomicU64::new(0),
+            available,
+            settings,
+        }
+    }
+
     fn set_state(&self, index: usize, state: SlotState) {
         if let Some(slot) = self.slots.get(index)
             && let Ok(mut current) = slot.state.lock()
@@ -510,21 +529,7 @@ impl IggyBroker {
             "Iggy backend at {} ({pool_size} connections)",
             redact(&settings.connection_string)
         );
-        let pool = Arc::new(Pool {
-            slots: (0..pool_size)
-                .map(|_| Slot {
-                    state: Mutex::new(SlotState::Reconnecting),
-                    broken: Notify::new(),
-                    in_flight: AtomicUsize::new(0),
-                })
-                .collect(),
-            next: AtomicUsize::new(0),
-            changed: Notify::new(),
-            check_now: Notify::new(),
-            reconnects: std::sync::atomic::AtomicU64::new(0),
-            available,
-            settings,
-        });
+        let pool = Arc::new(Pool::new(pool_size, available, settings));
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         for index in 0..pool_size {

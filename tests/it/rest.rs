@@ -362,18 +362,6 @@ async fn every_error_class_answers_a_problem_body() {
         "UNSUPPORTED_MEDIA_TYPE",
     )
     .await;
-    check(
-        app.http1
-            .post(app.url("/v1/streams"))
-            .header("content-type", "application/json")
-            .body("{\"name\":")
-            .send()
-            .await
-            .expect("sent"),
-        400,
-        "MALFORMED_JSON",
-    )
-    .await;
     let (body, _) = check(
         app.http1
             .post(app.url("/v1/streams"))
@@ -440,7 +428,7 @@ async fn every_error_class_answers_a_problem_body() {
     assert_eq!(body["violations"][0]["field"], "name");
     assert_eq!(body["code"], "INVALID_ARGUMENT");
     assert_eq!(body["request_id"], "req-42");
-    for bad in ["{\"name\":\"x\"} trailing", "{\"name\":\"x\""] {
+    for bad in ["{\"name\":", "{\"name\":\"x\"} trailing", "{\"name\":\"x\""] {
         check(
             app.http1
                 .post(app.url("/v1/streams"))

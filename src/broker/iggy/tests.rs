@@ -114,31 +114,21 @@ fn messages_keep_their_ids_headers_and_payloads() {
 }
 
 fn pool_of(states: Vec<SlotState>) -> Pool {
-    Pool {
-        slots: states
-            .into_iter()
-            .map(|state| Slot {
-                state: Mutex::new(state),
-                broken: Notify::new(),
-                in_flight: AtomicUsize::new(0),
-            })
-            .collect(),
-        next: AtomicUsize::new(0),
-        changed: Notify::new(),
-        check_now: Notify::new(),
-        reconnects: std::sync::atomic::AtomicU64::new(0),
-        available: watch::channel(true).0,
-        settings: IggySettings {
-            connection_string: "iggy://u:p@127.0.0.1:1".into(),
-            pool_size: 3,
-            reconnect_base_delay: Duration::from_millis(1),
-            reconnect_max_delay: Duration::from_millis(1),
-            max_reconnect_attempts: 1,
-            operation_timeout: Duration::from_millis(10),
-            health_check_interval: Duration::from_millis(10),
-            connect_wait: Duration::from_millis(10),
-        },
+    let settings = IggySettings {
+        connection_string: "iggy://u:p@127.0.0.1:1".into(),
+        pool_size: states.len(),
+        reconnect_base_delay: Duration::from_millis(1),
+        reconnect_max_delay: Duration::from_millis(1),
+        max_reconnect_attempts: 1,
+        operation_timeout: Duration::from_millis(10),
+        health_check_interval: Duration::from_millis(10),
+        connect_wait: Duration::from_millis(10),
+    };
+    let pool = Pool::new(states.len(), watch::channel(false).0, settings);
+    for (index, state) in states.into_iter().enumerate() {
+        pool.set_state(index, state);
     }
+    pool
 }
 
 fn connected() -> SlotState {
