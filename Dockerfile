@@ -1,5 +1,8 @@
 # Multi-stage build: compile in the Rust image, run from a small Debian image as a non-root user.
 FROM rust:1.95-slim-bookworm AS build
+# jemalloc's build runs make.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto

@@ -10,6 +10,14 @@ use iggy_gateway::{
     telemetry,
 };
 
+/// glibc's malloc keeps an arena per thread and hands little back when buffers are freed on
+/// another thread than the one that allocated them, which the store's writer thread and the
+/// runtime's workers do all day: RSS crept up under a steady load (BENCHMARKS.md, soak).
+/// jemalloc stays flat and keeps the idle footprint small.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let (config, settings) = match Config::load_from(std::env::args_os()) {
