@@ -651,8 +651,13 @@ impl Store {
                     }
                     Ok(((s, t, p), first, records))
                 })();
-                results.push(planned.as_ref().map(|_| ()).map_err(Clone::clone));
-                writes.extend(planned.ok());
+                match planned {
+                    Ok(write) => {
+                        writes.push(write);
+                        results.push(Ok(()));
+                    }
+                    Err(err) => results.push(Err(err)),
+                }
             }
         }
         if writes.is_empty() {
