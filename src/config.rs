@@ -10,6 +10,7 @@ use crate::{
     broker::{Name, embedded::Location, iggy::IggySettings},
     grpc::{DefaultTopic, Limits, SubscribeSettings},
     layers::{AuthSettings, LayerSettings},
+    listener::{self, ListenerSettings},
 };
 
 /// API keys; never printed (its `Debug` says how many there are, nothing more).
@@ -197,6 +198,18 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_requests: u64,
 
+    /// Open connections beyond which new ones are closed on arrival. Unset: what the open-files
+    /// limit leaves after a reserve for the store and the backend (a quarter, at least 64),
+    /// at most 10,000.
+    #[arg(long, env = "MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: Option<u64>,
+
+    /// A connection with no call in flight for this long is closed, in milliseconds.
+    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connection_idle_timeout_ms: u64,
+
     /// Also serve `/metrics` (without a key) on this port of HOST; unset: only on PORT.
     #[arg(long, env = "METRICS_PORT")]
     pub metrics_port: Option<u16>,
@@ -367,6 +380,8 @@ impl Config {
             cors_allowed_origins: vec!["*".into()],
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1024,
+            max_connections: None,
+            connection_idle_timeout_ms: 60_000,
             metrics_port: None,
             cursor_secret: Some("test-cursor-secret".into()),
             max_subscribers: 1000,
@@ -473,6 +488,18 @@ impl Config {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent: usize::try_from(self.max_concurrent_requests).unwrap_or(usize::MAX),
         }
+    }
+
+    /// The listener's limits, given the open-files limit in force (`None`: unknown).
+    pub fn listener_settings(&self, descriptor_limit: Option<u64>) -> ListenerSettings {
+        let max_connections = self.max_connections.map_or_else(
+            || listener::default_max_connections(descriptor_limit),
+            |max| usize::try_from(max).unwrap_or(usize::MAX),
+        );
+        ListenerSettings::new(
+            max_connections,
+            Duration::from_millis(self.connection_idle_timeout_ms),
+        )
     }
 
     /// Whether the gateway is reachable from other machines without any key.

@@ -3,6 +3,7 @@
 //! polled (counted at the broker seam), and the backend's availability.
 
 use std::{
+    collections::HashSet,
     convert::Infallible,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -12,6 +13,7 @@ use std::{
 use async_trait::async_trait;
 use axum::{
     body::Body,
+    extract::MatchedPath,
     http::{Request, Response},
 };
 use futures_util::future::BoxFuture;
@@ -65,6 +67,9 @@ pub struct Metrics {
     bytes_polled: Counter,
     backend_available: Gauge,
     backend_reconnects: Counter,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    accept_errors: Counter,
     started: Instant,
 }
 
@@ -95,6 +100,9 @@ impl Metrics {
             bytes_polled: Counter::default(),
             backend_available: Gauge::default(),
             backend_reconnects: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            accept_errors: Counter::default(),
             registry: Mutex::new(Registry::default()),
             started: Instant::now(),
         };
@@ -148,6 +156,21 @@ impl Metrics {
             "Reconnections to the backend since start-up",
             metrics.backend_reconnects.clone(),
         );
+        registry.register(
+            "connections_open",
+            "TCP connections being served",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because MAX_CONNECTIONS were open",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts (out of file descriptors or buffers), each followed by a back-off",
+            metrics.accept_errors.clone(),
+        );
         if let Ok(mut slot) = metrics.registry.lock() {
             *slot = registry;
         }
@@ -187,17 +210,44 @@ impl Metrics {
     pub fn set_backend_available(&self, available: bool) {
         self.backend_available.set(i64::from(available));
     }
+
+    /// Counts an open connection until the returned guard is dropped.
+    pub fn connection_opened(&self) -> impl Drop + Send + 'static {
+        self.connections_open.inc();
+        GaugeGuard(self.connections_open.clone())
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    pub fn accept_failed(&self) {
+        self.accept_errors.inc();
+    }
+}
+
+/// Decrements a gauge when dropped, so a cancelled task cannot leave it counted.
+struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Counts every call at the edge of the stack (inside tracing, outside the refusing layers).
 #[derive(Clone)]
 pub struct MetricsLayer {
     metrics: Arc<Metrics>,
+    known: Arc<KnownRoutes>,
 }
 
 impl MetricsLayer {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        Self {
+            metrics,
+            known: Arc::new(KnownRoutes::from_descriptors()),
+        }
     }
 }
 
@@ -207,6 +257,7 @@ impl<S> Layer<S> for MetricsLayer {
         MetricsService {
             inner,
             metrics: Arc::clone(&self.metrics),
+            known: Arc::clone(&self.known),
         }
     }
 }
@@ -215,6 +266,39 @@ impl<S> Layer<S> for MetricsLayer {
 pub struct MetricsService<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    known: Arc<KnownRoutes>,
+}
+
+/// The gRPC methods this gateway serves (`/package.Service/Method`), read from the descriptor
+/// sets of its services, health and reflection.
+struct KnownRoutes {
+    grpc_methods: HashSet<String>,
+}
+
+impl KnownRoutes {
+    fn from_descriptors() -> Self {
+        let sets = [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let grpc_methods = sets
+            .into_iter()
+            .filter_map(|set| prost_reflect::DescriptorPool::decode(set).ok())
+            .flat_map(|pool| {
+                pool.services()
+                    .flat_map(|service| {
+                        service
+                            .methods()
+                            .map(|method| format!("/{}/{}", service.full_name(), method.name()))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Self { grpc_methods }
+    }
 }
 
 impl<S> Service<Request<Body>> for MetricsService<S>
@@ -233,13 +317,23 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let protocol = Protocol::of(request.headers());
         let path = request.uri().path().to_owned();
+        // A gRPC service's matched path is its `/{*rest}` pattern: only plain routes count.
+        let matched_path = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str)
+            .filter(|matched| !matched.contains('*'))
+            .map(str::to_owned);
+        let known = Arc::clone(&self.known);
         let metrics = Arc::clone(&self.metrics);
+        // A guard, not a decrement after the await: a cancelled call must not stay counted.
         metrics.in_flight.inc();
+        let in_flight = GaugeGuard(metrics.in_flight.clone());
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await?;
-            metrics.in_flight.dec();
+            drop(in_flight);
             let grpc_status = response
                 .headers()
                 .get("grpc-status")
@@ -251,16 +345,11 @@ where
                 }
                 Protocol::Rest => response.status().as_u16().to_string(),
             };
-            let route = match (response.extensions().get::<MatchedRoute>(), protocol) {
-                (Some(route), _) => route.0.clone(),
-                // An unknown gRPC method answers UNIMPLEMENTED; its path is the client's to invent.
-                (None, Protocol::Grpc | Protocol::GrpcWeb)
-                    if grpc_status.as_deref() != Some("12") =>
-                {
-                    path
-                }
-                (None, _) if response.status().as_u16() != 404 && !path.starts_with("/v1/") => path,
-                (None, _) => "unmatched".to_owned(),
+            // Only names the gateway defines become labels, so clients cannot grow the series.
+            let route = match response.extensions().get::<MatchedRoute>() {
+                Some(route) => route.0.clone(),
+                None if known.grpc_methods.contains(path.as_str()) => path,
+                None => matched_path.unwrap_or_else(|| "unmatched".to_owned()),
             };
             metrics
                 .calls

@@ -8,7 +8,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{server::NamedService, service::Routes, transport::server::TcpIncoming};
+use tonic::{server::NamedService, service::Routes};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_web::GrpcWebLayer;
 use tower::Layer;
@@ -21,6 +21,7 @@ use crate::{
     config::Config,
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, Subscriptions, TopicApi},
     layers::{self, rate_limit},
+    listener::{self, ListenerSettings},
     metrics::{MeteredBroker, Metrics},
     ops,
     proto::{
@@ -70,7 +71,8 @@ const SERVICE_NAMES: [&str; 4] = [
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    routes: Routes,
+    listener_settings: ListenerSettings,
+    router: axum::Router,
     health: HealthReporter,
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
@@ -148,7 +150,6 @@ impl Application {
             // Keeps the limiter's memory bounded under many distinct clients.
             rate_limit::spawn_sweeper(rate_limit, Duration::from_secs(10));
         }
-        let routes = Routes::from(router);
         let metrics_listener = match config.metrics_port {
             Some(port) => {
                 let address = SocketAddr::new(config.host, port);
@@ -160,10 +161,30 @@ impl Application {
             }
             None => None,
         };
+        let descriptor_limit = listener::raise_descriptor_limit();
+        let listener_settings = config.listener_settings(descriptor_limit);
+        if let Some(limit) = descriptor_limit {
+            let spare = limit.saturating_sub(listener::reserved_descriptors(limit));
+            tracing::info!(
+                open_files_limit = limit,
+                max_connections = listener_settings.max_connections,
+                "descriptor limits"
+            );
+            if listener_settings.max_connections as u64 > spare {
+                tracing::warn!(
+                    open_files_limit = limit,
+                    max_connections = listener_settings.max_connections,
+                    "MAX_CONNECTIONS leaves fewer than {} descriptors for the store and the \
+                     backend: accepts will fail (and back off) once descriptors run out",
+                    listener::reserved_descriptors(limit)
+                );
+            }
+        }
         Ok(Self {
             listener,
             local_addr,
-            routes,
+            listener_settings,
+            router,
             health,
             broker,
             metrics,
@@ -194,7 +215,8 @@ impl Application {
         let Self {
             listener,
             local_addr,
-            routes,
+            listener_settings,
+            router,
             health,
             broker,
             metrics,
@@ -225,27 +247,29 @@ impl Application {
         tracing::info!(address = %local_addr, "serving gRPC, gRPC-Web and HTTP");
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-        let draining = async move {
-            shutdown.await;
-            tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
-            set_health(&health, ServingStatus::NotServing).await;
-            subscriptions_stop.cancel();
-            health
-                .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
-                .await;
-            let _ = draining_tx.send(());
+        let stop_serving = CancellationToken::new();
+        let draining = {
+            let stop_serving = stop_serving.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
+                set_health(&health, ServingStatus::NotServing).await;
+                subscriptions_stop.cancel();
+                health
+                    .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
+                    .await;
+                stop_serving.cancel();
+                let _ = draining_tx.send(());
+            }
         };
-        let server = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_routes(routes)
-            // Incoming connections need nodelay set here: gRPC writes headers, data and trailers
-            // as separate frames, and Nagle's algorithm would hold them for the peer's ACK.
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                draining,
-            );
+        tokio::spawn(draining);
+        let server = listener::serve(
+            listener,
+            router,
+            listener_settings,
+            Arc::clone(&metrics),
+            stop_serving,
+        );
         // Long-lived calls (a health Watch) would hold a graceful shutdown open forever, so
         // draining is bounded.
         let deadline = async move {
@@ -255,9 +279,7 @@ impl Application {
             tokio::time::sleep(shutdown_timeout).await;
         };
         tokio::select! {
-            result = server => {
-                result.map_err(|err| StartupError::Internal(format!("server failed: {err}")))?;
-            }
+            () = server => {}
             () = deadline => {
                 tracing::warn!(timeout = ?shutdown_timeout, "calls still running at the shutdown deadline; closing them");
             }

@@ -5,6 +5,7 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use iggy_gateway::proto::{self, message_service_client::MessageServiceClient};
@@ -65,6 +66,8 @@ async fn everything_acknowledged_is_there_after_a_restart() {
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
+    /// Every JSON log line it has written so far.
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Gateway {
@@ -83,7 +86,32 @@ impl Gateway {
 
     /// Starts the binary with extra environment variables.
     pub fn start_with(data_dir: &std::path::Path, env: &[(&str, String)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"));
+        Self::start_command(
+            Command::new(env!("CARGO_BIN_EXE_iggy-gateway")),
+            data_dir,
+            env,
+        )
+    }
+
+    /// Starts the binary with its open-files limit (soft and hard) set to `limit`.
+    pub fn start_with_open_files(
+        limit: u32,
+        data_dir: &std::path::Path,
+        env: &[(&str, String)],
+    ) -> Self {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_iggy-gateway"));
+        Self::start_command(command, data_dir, env)
+    }
+
+    fn start_command(
+        mut command: Command,
+        data_dir: &std::path::Path,
+        env: &[(&str, String)],
+    ) -> Self {
         for (name, value) in env {
             command.env(name, value);
         }
@@ -100,19 +128,48 @@ impl Gateway {
             .expect("gateway binary starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let logs = Arc::new(Mutex::new(Vec::new()));
         let addr = loop {
             let line = lines
                 .next()
                 .expect("the gateway logs its address before anything else ends")
                 .expect("a log line");
+            logs.lock().expect("logs").push(line.clone());
             let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
             if let Some(addr) = entry["fields"]["address"].as_str() {
                 break addr.parse().expect("a socket address");
             }
         };
         // Keep draining the logs so the gateway never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
+        let kept = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().expect("logs").push(line);
+            }
+        });
+        Self { child, addr, logs }
+    }
+
+    /// The log lines written so far that contain `needle`.
+    pub fn logged(&self, needle: &str) -> Vec<String> {
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .filter(|line| line.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// CPU time (user + system) the process has used, in clock ticks (1/100 s on Linux).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields[11].parse().expect("utime");
+        let stime: u64 = fields[12].parse().expect("stime");
+        utime + stime
     }
 
     async fn client(&self) -> MessageServiceClient<tonic::transport::Channel> {

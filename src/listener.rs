@@ -1,0 +1,443 @@
+//! The listener: accepts TCP connections and serves HTTP/1.1 and HTTP/2 on each, with every
+//! connection-level limit set explicitly (hyper's builder, not tonic's, which passes `None` for
+//! some HTTP/2 limits and so turns hyper's safe defaults off).
+//!
+//! A connection over `MAX_CONNECTIONS` is closed at once, before the kernel runs out of
+//! descriptors; a failed `accept` (EMFILE, ENFILE, ENOBUFS…) backs off instead of spinning;
+//! a connection with no call in flight for `CONNECTION_IDLE_TIMEOUT_MS` is closed gracefully.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Body, extract::ConnectInfo};
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt;
+
+use crate::metrics::Metrics;
+
+/// Connection-level limits, each stated in the configuration with its default.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    /// Open connections beyond which new ones are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A connection with no call in flight for this long is closed (GOAWAY on HTTP/2).
+    pub idle_timeout: Duration,
+    /// An HTTP/1.1 request's headers must arrive within this time (slowloris).
+    pub header_read_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may make the server reset before the connection is closed
+    /// (the rapid-reset attack, CVE-2023-44487).
+    pub max_local_error_reset_streams: usize,
+    /// HTTP/2 streams a client may open and reset before the server accepts them.
+    pub max_pending_accept_reset_streams: usize,
+    /// Largest header list of one request (HTTP/2, in bytes) and most headers (HTTP/1.1).
+    pub max_header_list_bytes: u32,
+    pub max_headers: usize,
+    /// HTTP/2 keepalive pings: interval, and how long a ping may go unanswered.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl ListenerSettings {
+    /// The defaults, with `max_connections` and `idle_timeout` as given.
+    pub fn new(max_connections: usize, idle_timeout: Duration) -> Self {
+        Self {
+            max_connections,
+            idle_timeout,
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 200,
+            max_local_error_reset_streams: 1024,
+            max_pending_accept_reset_streams: 20,
+            max_header_list_bytes: 16 * 1024,
+            max_headers: 100,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one, and returns the limit in force (`None`
+/// where it cannot be read).
+pub fn raise_descriptor_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// Descriptors kept back from connections for the store, the backend's connections, the
+/// runtime and the log: a quarter of the limit, at least 64.
+pub fn reserved_descriptors(limit: u64) -> u64 {
+    (limit / 4).max(64)
+}
+
+/// The connection cap for a descriptor limit when none is configured: what the reserve leaves,
+/// at most 10,000 (each open connection also holds memory).
+pub fn default_max_connections(descriptor_limit: Option<u64>) -> usize {
+    let by_descriptors = descriptor_limit.map_or(u64::MAX, |limit| {
+        limit.saturating_sub(reserved_descriptors(limit)).max(1)
+    });
+    usize::try_from(by_descriptors.min(10_000)).unwrap_or(10_000)
+}
+
+/// Accepts and serves connections until `shutdown` is cancelled, then stops accepting, asks
+/// every connection to finish gracefully and waits for them.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: ListenerSettings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let builder = http_builder(&settings);
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let connections = TaskTracker::new();
+    let mut accept_errors = AcceptBackoff::new();
+    let mut refusals = LogEvery::new(Duration::from_secs(10));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => {
+                accept_errors.succeeded();
+                accepted
+            }
+            Err(err) if is_connection_error(&err) => continue,
+            Err(err) => {
+                metrics.accept_failed();
+                let delay = accept_errors.failed(&err);
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Closing it now, rather than leaving it in the backlog, tells the client at once
+            // and keeps the descriptor for connections already being served.
+            drop(stream);
+            metrics.connection_refused();
+            refusals.count();
+            if refusals.due() {
+                tracing::warn!(
+                    max_connections = settings.max_connections,
+                    refused_since_last_report = refusals.take_count(),
+                    "connection refused: MAX_CONNECTIONS connections are open"
+                );
+            }
+            continue;
+        };
+        // gRPC writes headers, data and trailers as separate frames; Nagle's algorithm would
+        // hold them for the peer's ACK.
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let router = router.clone();
+        let metrics = Arc::clone(&metrics);
+        let idle_timeout = settings.idle_timeout;
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _gauge = metrics.connection_opened();
+            serve_connection(stream, remote, builder, router, idle_timeout, shutdown).await;
+            drop(slot);
+        });
+    }
+    // Dropping the listener closes the port at once: new clients are refused, not left hanging.
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // hyper enforces the header read timeout only when it has a timer.
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_headers(settings.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_local_error_reset_streams(settings.max_local_error_reset_streams)
+        .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams)
+        .max_header_list_size(settings.max_header_list_bytes)
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout);
+    builder
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    builder: auto::Builder<TokioExecutor>,
+    router: Router,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let activity = Arc::new(Activity::new());
+    let service = ConnectionService {
+        router,
+        remote,
+        activity: Arc::clone(&activity),
+    };
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        let idle_check = activity.idle_deadline(idle_timeout);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, %remote, "connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep_until(idle_check), if !closing => {
+                if activity.is_idle_for(idle_timeout) {
+                    tracing::debug!(%remote, "closing an idle connection");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// What one connection is doing: calls in flight and when the last one started or ended.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `opened` of the last call's start or end.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn ended(&self) {
+        self.touch();
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    fn idle_deadline(&self, idle_timeout: Duration) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.last() + idle_timeout)
+    }
+
+    fn is_idle_for(&self, idle_timeout: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && self.last().elapsed() >= idle_timeout
+    }
+}
+
+/// The router, called for each request of one connection, with the peer's address as
+/// `ConnectInfo` and each call counted in the connection's [`Activity`].
+#[derive(Clone)]
+struct ConnectionService {
+    router: Router,
+    remote: SocketAddr,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(self.remote));
+        let call = CallGuard::start(Arc::clone(&self.activity));
+        let router = self.router.clone();
+        Box::pin(async move {
+            let response = router.oneshot(request).await?;
+            // The call stays in flight until its answer has been sent (or dropped).
+            Ok(response.map(|body| TrackedBody {
+                inner: body,
+                _call: call,
+            }))
+        })
+    }
+}
+
+/// Marks a call in flight on its connection until dropped.
+struct CallGuard(Arc<Activity>);
+
+impl CallGuard {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.started();
+        Self(activity)
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.ended();
+    }
+}
+
+/// A response body that keeps its call in flight while it streams.
+struct TrackedBody {
+    inner: Body,
+    _call: CallGuard,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Errors that concern one connection only (the peer gave up while it waited in the backlog):
+/// the next accept can follow at once.
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// After a failed accept (out of descriptors, out of buffers), wait 10 ms, doubling to 1 s,
+/// before the next: the pending connection stays in the backlog, so retrying at once spins.
+/// Logs the first failure and then at most once every 10 s.
+struct AcceptBackoff {
+    delay: Duration,
+    log: LogEvery,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn new() -> Self {
+        Self {
+            delay: Self::FIRST,
+            log: LogEvery::new(Duration::from_secs(10)),
+        }
+    }
+
+    fn failed(&mut self, err: &io::Error) -> Duration {
+        let delay = self.delay;
+        self.log.count();
+        if self.log.due() {
+            tracing::error!(
+                error = %err,
+                failures_since_last_report = self.log.take_count(),
+                retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "cannot accept connections (out of file descriptors? see MAX_CONNECTIONS and \
+                 the open-files limit); backing off"
+            );
+        }
+        self.delay = (self.delay * 2).min(Self::MAX);
+        delay
+    }
+
+    fn succeeded(&mut self) {
+        self.delay = Self::FIRST;
+    }
+}
+
+/// A report that is due at most once per interval, counting what happened in between.
+struct LogEvery {
+    interval: Duration,
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl LogEvery {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            count: 0,
+        }
+    }
+
+    fn count(&mut self) {
+        self.count += 1;
+    }
+
+    fn due(&mut self) -> bool {
+        let due = self.last.is_none_or(|last| last.elapsed() >= self.interval);
+        if due {
+            self.last = Some(Instant::now());
+        }
+        due
+    }
+
+    fn take_count(&mut self) -> u64 {
+        std::mem::take(&mut self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests;

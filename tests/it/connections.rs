@@ -1,0 +1,188 @@
+//! Connection-level limits: the connection cap, idle connections, and running out of file
+//! descriptors, tried with real sockets against the real binary where the limit is the process's.
+
+use std::time::Duration;
+
+use tokio::{io::AsyncReadExt, net::TcpStream};
+
+use crate::{durability::Gateway, helpers::spawn_configured};
+
+/// Opens `count` TCP connections and holds them without sending anything.
+async fn hold_connections(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        held.push(
+            TcpStream::connect(addr)
+                .await
+                .expect("the kernel completes the handshake"),
+        );
+    }
+    held
+}
+
+/// Whether the server closed the connection (read returns end of file) within `wait`.
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+}
+
+#[tokio::test]
+async fn running_out_of_descriptors_backs_off_logs_counts_and_recovers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A connection cap above what 256 descriptors allow, so the kernel refuses first.
+    let gateway = Gateway::start_with_open_files(
+        256,
+        dir.path(),
+        &[
+            ("MAX_CONNECTIONS", "100000".into()),
+            ("CONNECTION_IDLE_TIMEOUT_MS", "600000".into()),
+        ],
+    );
+    assert!(
+        !gateway.logged("\"open_files_limit\":256").is_empty(),
+        "the limit in force is logged at start-up"
+    );
+    // About 240 are accepted before descriptors run out; the rest wait in the backlog.
+    let held = hold_connections(gateway.addr, 300).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = gateway.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = gateway.cpu_ticks() - before;
+    // A busy accept loop burns the whole 2 s (200 ticks); backing off uses almost nothing.
+    assert!(
+        used < 40,
+        "{used} ticks of CPU in 2 s while out of descriptors"
+    );
+    let logged = gateway.logged("cannot accept connections");
+    assert!(!logged.is_empty(), "the failure is logged");
+    assert!(logged[0].contains("Too many open files"), "{}", logged[0]);
+    assert!(
+        logged.len() <= 2,
+        "logged at most once per interval: {logged:?}"
+    );
+
+    drop(held);
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", gateway.addr);
+    let mut answered = false;
+    for _ in 0..50 {
+        if let Ok(response) = client.get(format!("{base}/health")).send().await {
+            answered = response.status().is_success();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "serves again once the connections are gone");
+    assert!(metric(&client, &base, "iggy_gateway_accept_errors_total").await > 0);
+    gateway.kill_hard();
+}
+
+#[tokio::test]
+async fn the_default_connection_cap_keeps_descriptors_for_the_gateway() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start_with_open_files(
+        256,
+        dir.path(),
+        &[("CONNECTION_IDLE_TIMEOUT_MS", "600000".into())],
+    );
+    assert!(
+        !gateway.logged("\"max_connections\":192").is_empty(),
+        "a quarter of 256 descriptors is kept back"
+    );
+    let mut held = hold_connections(gateway.addr, 300).await;
+    // The last ones were over the cap: closed on arrival.
+    let mut refused = 0;
+    for stream in held.iter_mut().rev().take(100) {
+        if closed_within(stream, Duration::from_secs(2)).await {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 100, "every connection over the cap is closed");
+    assert!(
+        gateway.logged("cannot accept connections").is_empty(),
+        "never out of descriptors"
+    );
+    assert!(
+        !gateway
+            .logged("MAX_CONNECTIONS connections are open")
+            .is_empty()
+    );
+
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", gateway.addr);
+    assert!(metric(&client, &base, "iggy_gateway_connections_refused_total").await >= 100);
+    gateway.kill_hard();
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_are_closed_on_arrival() {
+    let app = spawn_configured(|config| config.max_connections = Some(3)).await;
+    // The test app's own gRPC channel holds one connection.
+    let mut held = hold_connections(app.addr, 2).await;
+    let mut over = TcpStream::connect(app.addr).await.expect("handshake");
+    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+    for stream in &mut held {
+        assert!(!closed_within(stream, Duration::from_millis(100)).await);
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let base = app.url("");
+    assert_eq!(
+        metric(&app.http1, &base, "iggy_gateway_connections_refused_total").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_busy_ones_kept() {
+    let app = spawn_configured(|config| config.connection_idle_timeout_ms = 300).await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+
+    // A connection that never sends a byte (slowloris before the first request).
+    let mut silent = TcpStream::connect(app.addr).await.expect("handshake");
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+
+    // A live subscription is a call in flight: its connection stays open past the timeout.
+    let mut subscription = app
+        .http1
+        .get(app.url(
+            "/v1/streams/orders/topics/created/messages:subscribe?partition_id=0&strategy=POLLING_STRATEGY_FIRST",
+        ))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("subscribed");
+    assert!(subscription.status().is_success());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    app.send_texts("orders", "created", 0, &["after the idle timeout"])
+        .await;
+    let chunk = tokio::time::timeout(Duration::from_secs(5), subscription.chunk())
+        .await
+        .expect("the subscription still delivers")
+        .expect("a chunk")
+        .expect("not the end");
+    assert!(String::from_utf8_lossy(&chunk).contains("after the idle timeout"));
+}
