@@ -40,12 +40,17 @@ fn main() {
         std::process::exit(1);
     }
 
+    // Type names let the bounded codec find each message's descriptor.
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
     if let Err(err) = tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         // Payloads are `Bytes` end to end so a message body is never copied on the way to the broker.
         .bytes(".iggy.gateway.v1")
-        .compile_fds(descriptors)
+        // Decoding is bounded before anything is allocated (src/codec.rs).
+        .codec_path("crate::codec::BoundedCodec")
+        .compile_fds_with_config(descriptors, config)
     {
         eprintln!("failed to generate Rust code from proto/: {err}");
         std::process::exit(1);

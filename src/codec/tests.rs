@@ -1,0 +1,73 @@
+use prost::{Message, Name};
+
+use super::{DecodeRefusal, MESSAGE_COST, POOL, check, decode_limit};
+use crate::proto;
+
+fn descriptor<T: Name>() -> prost_reflect::MessageDescriptor {
+    POOL.as_ref()
+        .and_then(|pool| pool.get_message_by_name(&T::full_name()))
+        .expect("the API's descriptor")
+}
+
+#[test]
+fn a_message_instance_costs_at_least_the_largest_struct_decoded() {
+    let sizes = [
+        std::mem::size_of::<proto::Message>(),
+        std::mem::size_of::<proto::SendMessagesRequest>(),
+        std::mem::size_of::<proto::PollMessagesRequest>(),
+        std::mem::size_of::<proto::SubscribeRequest>(),
+        std::mem::size_of::<proto::HeaderValue>() + std::mem::size_of::<String>(),
+        std::mem::size_of::<prost_types::Value>(),
+        std::mem::size_of::<prost_types::Struct>(),
+    ];
+    for size in sizes {
+        assert!(size <= MESSAGE_COST, "{size} > {MESSAGE_COST}");
+    }
+}
+
+#[test]
+fn a_full_batch_of_real_messages_passes() {
+    let request = proto::SendMessagesRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        partitioning: None,
+        messages: (0..1000)
+            .map(|i| proto::Message {
+                body: Some(proto::message::Body::Text(format!("m{i}"))),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let wire = request.encode_to_vec();
+    assert_eq!(
+        check(&descriptor::<proto::SendMessagesRequest>(), &wire),
+        Ok(())
+    );
+}
+
+#[test]
+fn millions_of_empty_entries_are_refused_before_decoding() {
+    // Field 5 (messages), length 0, repeated: two bytes per decoded struct.
+    let wire = [0x2a, 0x00].repeat(4 * 1024 * 1024);
+    let refused = check(&descriptor::<proto::SendMessagesRequest>(), &wire);
+    assert!(
+        matches!(refused, Err(DecodeRefusal::TooExpensive { limit, .. }) if limit == decode_limit(wire.len())),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn truncated_and_invalid_wire_bytes_are_malformed() {
+    let descriptor = descriptor::<proto::SendMessagesRequest>();
+    for wire in [
+        &[0x2a, 0x05, 0x00][..],
+        &[0x08][..],
+        &[0x0b][..],
+        &[0xff; 11][..],
+    ] {
+        assert!(
+            matches!(check(&descriptor, wire), Err(DecodeRefusal::Malformed(_))),
+            "{wire:?}"
+        );
+    }
+}
