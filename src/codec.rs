@@ -1,6 +1,7 @@
 //! The protobuf codec of every generated service and client: prost's encoder, and a decoder
-//! that first walks the wire bytes against the message's descriptor and refuses a message
-//! whose decoded form would be out of proportion to its size, before anything is allocated.
+//! that, for a call served through the layer stack, first walks the wire bytes against the
+//! message's descriptor, estimates what decoding will build, and charges it to the call's
+//! memory budget (`budget`) before anything is allocated.
 //!
 //! Why: each entry of a repeated message field costs two bytes on the wire (`2a 00`) and a
 //! whole struct once decoded, so a 16 MiB body of empty entries would take over a gigabyte.
@@ -17,16 +18,11 @@ use tonic::{
 };
 use tonic_prost::ProstCodec;
 
+use crate::budget::{self, Exhausted};
+
 /// What one decoded message instance is counted as, in bytes: at least the size of the largest
 /// struct the API decodes (a unit test holds it to that), plus its allocation's overhead.
 pub const MESSAGE_COST: usize = 256;
-
-/// A message may take at most this many times its wire size once decoded, plus
-/// [`DECODE_ALLOWANCE`]; beyond, it is refused with RESOURCE_EXHAUSTED.
-pub const DECODE_RATIO: usize = 2;
-
-/// Room for small messages made of many small parts (a batch of tiny messages), in bytes.
-pub const DECODE_ALLOWANCE: usize = 1024 * 1024;
 
 /// Nesting deeper than prost decodes is refused by the walk as well.
 const MAX_DEPTH: u32 = 100;
@@ -86,11 +82,25 @@ impl<U: Message + Default> Decoder for BoundedDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        if let Some(descriptor) = &self.descriptor {
+        // Outside a served call (a client reading an answer) nothing is charged.
+        if let Some(descriptor) = &self.descriptor
+            && budget::charge(0).is_some()
+        {
             // tonic hands over the whole message in one contiguous buffer.
             let wire = buf.chunk();
             if wire.len() == buf.remaining() {
-                check(descriptor, wire).map_err(Status::from)?;
+                let estimate = decoded_size(descriptor, wire).map_err(Status::from)?;
+                match budget::charge(estimate) {
+                    None | Some(Ok(())) => {}
+                    Some(Err(exhausted @ Exhausted::Never { .. })) => {
+                        return Err(Status::resource_exhausted(format!(
+                            "decoding this message would take about {estimate} bytes: {exhausted}"
+                        )));
+                    }
+                    Some(Err(exhausted @ Exhausted::Busy { .. })) => {
+                        return Err(Status::unavailable(exhausted.to_string()));
+                    }
+                }
             }
         }
         U::decode(buf).map(Some).map_err(|err| {
@@ -104,60 +114,31 @@ impl<U: Message + Default> Decoder for BoundedDecoder<U> {
 /// Why a message was refused before decoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeRefusal {
-    #[error(
-        "the message would take about {estimate} bytes decoded, more than {limit} for its {wire} \
-         bytes (many empty entries?)"
-    )]
-    TooExpensive {
-        estimate: usize,
-        limit: usize,
-        wire: usize,
-    },
     #[error("the message is not valid protobuf: {0}")]
     Malformed(&'static str),
 }
 
 impl From<DecodeRefusal> for Status {
     fn from(refusal: DecodeRefusal) -> Self {
-        match refusal {
-            DecodeRefusal::TooExpensive { .. } => Status::resource_exhausted(refusal.to_string()),
-            DecodeRefusal::Malformed(_) => Status::invalid_argument(refusal.to_string()),
-        }
+        Status::invalid_argument(refusal.to_string())
     }
 }
 
-/// The most a message of `wire` bytes may take decoded.
-pub fn decode_limit(wire: usize) -> usize {
-    wire.saturating_mul(DECODE_RATIO)
-        .saturating_add(DECODE_ALLOWANCE)
-}
-
-/// Walks `wire` as a `descriptor` message and refuses it if decoding would cost more than
-/// [`decode_limit`]. Costs: [`MESSAGE_COST`] per message instance (map entries included) and
-/// the length of every length-delimited scalar.
-pub fn check(descriptor: &MessageDescriptor, wire: &[u8]) -> Result<(), DecodeRefusal> {
-    let limit = decode_limit(wire.len());
-    let mut walk = Walk { estimate: 0, limit };
+/// About what decoding `wire` as a `descriptor` message builds, in bytes: [`MESSAGE_COST`] per
+/// message instance (map entries included) plus the length of every length-delimited scalar.
+pub fn decoded_size(descriptor: &MessageDescriptor, wire: &[u8]) -> Result<usize, DecodeRefusal> {
+    let mut walk = Walk { estimate: 0 };
     walk.message(descriptor, wire, 0)?;
-    Ok(())
+    Ok(walk.estimate)
 }
 
 struct Walk {
     estimate: usize,
-    limit: usize,
 }
 
 impl Walk {
-    fn charge(&mut self, bytes: usize, wire: usize) -> Result<(), DecodeRefusal> {
+    fn charge(&mut self, bytes: usize) {
         self.estimate = self.estimate.saturating_add(bytes);
-        if self.estimate > self.limit {
-            return Err(DecodeRefusal::TooExpensive {
-                estimate: self.estimate,
-                limit: self.limit,
-                wire,
-            });
-        }
-        Ok(())
     }
 
     fn message(
@@ -169,8 +150,7 @@ impl Walk {
         if depth > MAX_DEPTH {
             return Err(DecodeRefusal::Malformed("nested too deeply"));
         }
-        let wire = bytes.len();
-        self.charge(MESSAGE_COST, wire)?;
+        self.charge(MESSAGE_COST);
         while !bytes.is_empty() {
             let key = varint(&mut bytes)?;
             let number = u32::try_from(key >> 3).map_err(|_| DecodeRefusal::Malformed("field"))?;
@@ -190,7 +170,7 @@ impl Walk {
                     bytes = rest;
                     match descriptor.get_field(number).map(|f| f.kind()) {
                         Some(Kind::Message(inner)) => self.message(&inner, field, depth + 1)?,
-                        _ => self.charge(len, wire)?,
+                        _ => self.charge(len),
                     }
                 }
                 _ => return Err(DecodeRefusal::Malformed("a group or an invalid wire type")),

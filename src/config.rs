@@ -137,6 +137,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024 * 1024))]
     pub max_request_body_size: u32,
 
+    /// Request body bytes all calls together may hold; a call beyond it is shed with
+    /// UNAVAILABLE / 503. At least MAX_REQUEST_BODY_SIZE.
+    #[arg(long, env = "MAX_INFLIGHT_BYTES", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=1 << 40))]
+    pub max_inflight_bytes: u64,
+
     /// Requests per second allowed per client IP; 0 disables rate limiting.
     #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 100)]
     pub rate_limit_rps: u32,
@@ -282,6 +288,7 @@ impl Config {
             .map_err(|err| explain(&command, &err))?;
         let config = <Self as clap::FromArgMatches>::from_arg_matches(&matches)
             .map_err(|err| explain(&command, &err))?;
+        config.check().map_err(LoadError::Invalid)?;
         let settings = command
             .get_arguments()
             .filter_map(|arg| {
@@ -368,6 +375,7 @@ impl Config {
             poll_max_count: 1000,
             max_message_size: 1024 * 1024,
             max_request_body_size: 16 * 1024 * 1024,
+            max_inflight_bytes: 64 * 1024 * 1024,
             rate_limit_rps: 0,
             rate_limit_burst: 50,
             trusted_proxies: Vec::new(),
@@ -485,9 +493,22 @@ impl Config {
             },
             cors_origins: self.cors_allowed_origins.clone(),
             max_body_bytes: self.max_request_body_size as usize,
+            max_inflight_bytes: usize::try_from(self.max_inflight_bytes).unwrap_or(usize::MAX),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent: usize::try_from(self.max_concurrent_requests).unwrap_or(usize::MAX),
         }
+    }
+
+    /// Rules between settings, checked at load.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_inflight_bytes < u64::from(self.max_request_body_size) {
+            return Err(format!(
+                "MAX_INFLIGHT_BYTES: {} is less than MAX_REQUEST_BODY_SIZE ({}), so the largest \
+                 request could never be served",
+                self.max_inflight_bytes, self.max_request_body_size
+            ));
+        }
+        Ok(())
     }
 
     /// The listener's limits, given the open-files limit in force (`None`: unknown).

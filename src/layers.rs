@@ -10,7 +10,8 @@
 //! 7. API key — authenticate before any work is done for the caller;
 //! 8. concurrency — shed new calls at once when the gateway is full;
 //! 9. timeout — bound each call (a shorter `grpc-timeout` wins);
-//! 10. body limit — refuse oversized bodies before reading them.
+//! 10. body limit — refuse oversized bodies before reading them, and bodies beyond what all
+//!     calls together may hold (`MAX_INFLIGHT_BYTES`).
 //!
 //! Every rejection answers in the caller's protocol (see [`protocol`]). Layers never look
 //! inside message bodies. REST calls reach their gRPC service in process, below this stack,
@@ -38,7 +39,10 @@ use tower_http::{
 };
 use tracing::Span;
 
-use crate::metrics::{Metrics, MetricsLayer};
+use crate::{
+    budget::InflightBytes,
+    metrics::{Metrics, MetricsLayer},
+};
 
 pub use auth::{ApiKeyLayer, AuthSettings};
 pub use client_ip::{ClientIp, ClientIpLayer};
@@ -57,6 +61,8 @@ pub struct LayerSettings {
     /// `*` for any origin, or the allowed origins.
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
+    /// Request body bytes all calls together may hold (`MAX_INFLIGHT_BYTES`).
+    pub max_inflight_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrent: usize,
 }
@@ -87,7 +93,10 @@ pub fn apply(
         .layer(ApiKeyLayer::new(settings.auth.clone()))
         .layer(ConcurrencyLayer::new(settings.max_concurrent))
         .layer(TimeoutLayer::new(settings.request_timeout))
-        .layer(BodyLimitLayer::new(settings.max_body_bytes));
+        .layer(BodyLimitLayer::new(
+            settings.max_body_bytes,
+            Arc::new(InflightBytes::new(settings.max_inflight_bytes)),
+        ));
     (router.layer(stack), rate_limit)
 }
 

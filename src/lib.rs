@@ -19,6 +19,7 @@ pub mod proto {
 }
 
 pub mod broker;
+pub mod budget;
 pub mod codec;
 pub mod config;
 pub mod error;

@@ -5,6 +5,7 @@
 mod openapi;
 mod problem;
 mod routes;
+pub mod shape;
 mod template;
 mod transcode;
 

@@ -1,6 +1,6 @@
 use prost::{Message, Name};
 
-use super::{DecodeRefusal, MESSAGE_COST, POOL, check, decode_limit};
+use super::{DecodeRefusal, MESSAGE_COST, POOL, decoded_size};
 use crate::proto;
 
 fn descriptor<T: Name>() -> prost_reflect::MessageDescriptor {
@@ -39,20 +39,20 @@ fn a_full_batch_of_real_messages_passes() {
             .collect(),
     };
     let wire = request.encode_to_vec();
+    let texts: usize = (0..1000).map(|i| format!("m{i}").len()).sum();
     assert_eq!(
-        check(&descriptor::<proto::SendMessagesRequest>(), &wire),
-        Ok(())
+        decoded_size(&descriptor::<proto::SendMessagesRequest>(), &wire),
+        Ok(1001 * MESSAGE_COST + "orders".len() + "created".len() + texts)
     );
 }
 
 #[test]
-fn millions_of_empty_entries_are_refused_before_decoding() {
+fn empty_entries_are_counted_as_the_structs_they_become() {
     // Field 5 (messages), length 0, repeated: two bytes per decoded struct.
-    let wire = [0x2a, 0x00].repeat(4 * 1024 * 1024);
-    let refused = check(&descriptor::<proto::SendMessagesRequest>(), &wire);
-    assert!(
-        matches!(refused, Err(DecodeRefusal::TooExpensive { limit, .. }) if limit == decode_limit(wire.len())),
-        "{refused:?}"
+    let wire = [0x2a, 0x00].repeat(1024 * 1024);
+    assert_eq!(
+        decoded_size(&descriptor::<proto::SendMessagesRequest>(), &wire),
+        Ok((1024 * 1024 + 1) * MESSAGE_COST)
     );
 }
 
@@ -66,7 +66,10 @@ fn truncated_and_invalid_wire_bytes_are_malformed() {
         &[0xff; 11][..],
     ] {
         assert!(
-            matches!(check(&descriptor, wire), Err(DecodeRefusal::Malformed(_))),
+            matches!(
+                decoded_size(&descriptor, wire),
+                Err(DecodeRefusal::Malformed(_))
+            ),
             "{wire:?}"
         );
     }

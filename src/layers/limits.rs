@@ -1,10 +1,13 @@
 //! Limits that keep an overloaded or abused gateway answering quickly: the request body size
-//! (checked against `Content-Length` before anything is read, and enforced while streaming), a
-//! per-request timeout (a shorter `grpc-timeout` wins), and a cap on calls in flight beyond which
-//! new calls are shed at once with UNAVAILABLE instead of queueing.
+//! (checked against `Content-Length` before anything is read, and enforced while streaming), the
+//! body bytes held across all calls at once (`MAX_INFLIGHT_BYTES`, charged before a body is
+//! read, or as it streams in when its length is not declared), a per-request timeout (a shorter
+//! `grpc-timeout` wins), and a cap on calls in flight beyond which new calls are shed at once
+//! with UNAVAILABLE instead of queueing.
 
 use std::{
     convert::Infallible,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -14,21 +17,63 @@ use axum::{
     body::Body,
     http::{Request, Response, StatusCode, header},
 };
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either, Ready, ready};
 use tokio::sync::Semaphore;
 use tonic::Code;
 use tower::{Layer, Service};
 
 use super::protocol::{Caller, Protocol, Rejection, is_health_check};
+use crate::budget::{self, Charge, InflightBytes};
 
-#[derive(Debug, Clone, Copy)]
+/// A body without a declared length, charged frame by frame as it arrives.
+struct ChargedBody {
+    inner: Body,
+    charge: Arc<Charge>,
+}
+
+impl http_body::Body for ChargedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+            && self.charge.add(data.len()).is_err()
+        {
+            self.charge.mark_exhausted();
+            return Poll::Ready(Some(Err(axum::Error::new(
+                "the gateway holds MAX_INFLIGHT_BYTES of request bodies",
+            ))));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct BodyLimitLayer {
     max_bytes: usize,
+    inflight: Arc<InflightBytes>,
 }
 
 impl BodyLimitLayer {
-    pub fn new(max_bytes: usize) -> Self {
-        Self { max_bytes }
+    pub fn new(max_bytes: usize, inflight: Arc<InflightBytes>) -> Self {
+        Self {
+            max_bytes,
+            inflight,
+        }
     }
 }
 
@@ -38,6 +83,7 @@ impl<S> Layer<S> for BodyLimitLayer {
         BodyLimitService {
             inner,
             max_bytes: self.max_bytes,
+            inflight: Arc::clone(&self.inflight),
         }
     }
 }
@@ -46,6 +92,7 @@ impl<S> Layer<S> for BodyLimitLayer {
 pub struct BodyLimitService<S> {
     inner: S,
     max_bytes: usize,
+    inflight: Arc<InflightBytes>,
 }
 
 impl<S> Service<Request<Body>> for BodyLimitService<S>
@@ -73,27 +120,67 @@ where
         if declared.is_some_and(|length| length > self.max_bytes as u64) {
             return Either::Right(ready(Ok(too_large(self.max_bytes).respond(&request))));
         }
-        // Bodies without a length are cut off at the limit while they stream in.
+        let charge = Arc::new(Charge::new(Arc::clone(&self.inflight)));
+        let declared = declared.and_then(|length| usize::try_from(length).ok());
+        if let Some(length) = declared
+            && charge.add(length).is_err()
+        {
+            return Either::Right(ready(Ok(
+                inflight_exhausted(self.inflight.max()).respond(&request)
+            )));
+        }
         let caller = Caller::of(&request);
         let grpc = caller.protocol() != Protocol::Rest;
         let max_bytes = self.max_bytes;
-        // gRPC bodies are left to tonic, which enforces the same limit per message.
-        let request = if grpc {
-            request
-        } else {
-            request.map(|body| Body::new(http_body_util::Limited::new(body, max_bytes)))
-        };
-        let future = self.inner.call(request);
+        let request = request.map(|body| {
+            // A declared length was charged whole; hyper holds the body to it.
+            let body = if declared.is_some() || http_body::Body::is_end_stream(&body) {
+                body
+            } else {
+                Body::new(ChargedBody {
+                    inner: body,
+                    charge: Arc::clone(&charge),
+                })
+            };
+            // gRPC bodies are left to tonic, which enforces the same limit per message;
+            // bodies without a length are cut off at the limit while they stream in.
+            if grpc {
+                body
+            } else {
+                Body::new(http_body_util::Limited::new(body, max_bytes))
+            }
+        });
+        let max_inflight = self.inflight.max();
+        // The call's decoders (protobuf and REST's JSON) charge what they build to the same
+        // budget, through the task-local the scope sets.
+        let future = budget::scope(Arc::clone(&charge), self.inner.call(request));
         Either::Left(Box::pin(async move {
             let response = future.await?;
+            if charge.is_exhausted() {
+                return Ok(inflight_exhausted(max_inflight).respond_to(&caller));
+            }
             // tonic refuses a message over its decoding limit with OUT_OF_RANGE; a caller who
             // sent too much should hear RESOURCE_EXHAUSTED, as REST callers hear 413.
             if grpc && is_oversized_message(&response) {
                 return Ok(too_large(max_bytes).respond_to(&caller));
             }
+            // The body's bytes stay charged until the call has been answered.
+            drop(charge);
             Ok(response)
         }))
     }
+}
+
+fn inflight_exhausted(max_inflight: usize) -> Rejection {
+    Rejection::new(
+        Code::Unavailable,
+        "OVERLOADED",
+        format!(
+            "the gateway is holding its limit of {max_inflight} bytes of request bodies \
+             (MAX_INFLIGHT_BYTES); retry shortly"
+        ),
+    )
+    .retry_after(Duration::from_secs(1))
 }
 
 fn too_large(max_bytes: usize) -> Rejection {

@@ -131,6 +131,12 @@ impl Problem {
         self
     }
 
+    /// Asks the client to retry after `secs` seconds (`Retry-After`).
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.0.retry_after_secs = Some(secs);
+        self
+    }
+
     pub fn with_allow(mut self, methods: &[http::Method]) -> Self {
         self.0.allow = Some(
             methods

@@ -20,9 +20,12 @@ use prost_reflect::{
 use serde_json::{Map, Value};
 use tower::ServiceExt;
 
+use crate::budget::{self, Exhausted};
+
 use super::{
     problem::Problem,
     routes::{BodyRule, Lookup, Route, RouteTable, field_kind_at},
+    shape::{self, ShapeRefusal},
 };
 
 /// Request headers passed on to the gRPC service as metadata.
@@ -173,6 +176,32 @@ fn request_message(
     last_event_id: Option<&str>,
 ) -> Result<DynamicMessage, Problem> {
     let input = route.method.input();
+    // Measured, and charged to the call's memory budget, before any parse builds a tree or
+    // a message from it.
+    match shape::count_values(body) {
+        Err(ShapeRefusal::Malformed) => {}
+        Err(refusal @ ShapeRefusal::TooDeep) => {
+            return Err(Problem::invalid_field("body", refusal.to_string()));
+        }
+        Ok(values) => match budget::charge(values.saturating_mul(shape::JSON_VALUE_COST)) {
+            None | Some(Ok(())) => {}
+            Some(Err(exhausted @ Exhausted::Never { .. })) => {
+                return Err(Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PAYLOAD_TOO_LARGE",
+                    format!("the request body holds {values} JSON values: {exhausted}"),
+                ));
+            }
+            Some(Err(exhausted @ Exhausted::Busy { .. })) => {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "OVERLOADED",
+                    exhausted.to_string(),
+                )
+                .with_retry_after(1));
+            }
+        },
+    }
     let direct = route.body == BodyRule::All && !body.is_empty();
     let mut overlay = request_json(route, bindings, query, headers, body, !direct)?;
     let message = if direct {

@@ -1,0 +1,146 @@
+//! The memory budget of calls in flight (`MAX_INFLIGHT_BYTES`): request body bytes, and what
+//! decoding them builds (protobuf structs, REST's parsed JSON), charged by each call and given
+//! back when it is answered. A call that would go over is refused before it allocates.
+//!
+//! The body-limit layer opens a call's [`Charge`] and runs the call inside [`scope`]; the
+//! protobuf codec and the REST transcoder, deeper in the same task, charge through [`charge`].
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+};
+
+/// Bytes held by all calls at once, against a maximum.
+#[derive(Debug)]
+pub struct InflightBytes {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl InflightBytes {
+    pub fn new(max: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn try_charge(&self, bytes: usize) -> Result<(), Exhausted> {
+        if bytes > self.max {
+            return Err(Exhausted::Never { max: self.max });
+        }
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.max)
+            })
+            .map(|_| ())
+            .map_err(|_| Exhausted::Busy { max: self.max })
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Why a charge was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Exhausted {
+    /// More than the whole budget: this call can never be served.
+    #[error(
+        "the call needs more than the {max} bytes all calls together may hold (MAX_INFLIGHT_BYTES)"
+    )]
+    Never { max: usize },
+    /// Other calls hold the budget now; a retry may pass.
+    #[error(
+        "the gateway holds its limit of {max} bytes for calls in flight (MAX_INFLIGHT_BYTES); retry shortly"
+    )]
+    Busy { max: usize },
+}
+
+/// One call's share of [`InflightBytes`], given back when dropped.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Arc<InflightBytes>,
+    bytes: AtomicUsize,
+    /// Set when the request body found the budget spent, so the answer says so.
+    exhausted: AtomicBool,
+}
+
+impl Charge {
+    pub fn new(budget: Arc<InflightBytes>) -> Self {
+        Self {
+            budget,
+            bytes: AtomicUsize::new(0),
+            exhausted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn add(&self, bytes: usize) -> Result<(), Exhausted> {
+        self.budget.try_charge(bytes)?;
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        Ok(())
+    }
+
+    pub fn mark_exhausted(&self) {
+        self.exhausted.store(true, Ordering::Release);
+    }
+
+    pub fn is_exhausted(&self) -> bool {
+        self.exhausted.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.release(*self.bytes.get_mut());
+    }
+}
+
+tokio::task_local! {
+    static CALL: Arc<Charge>;
+}
+
+/// Runs a call with `charge` as its budget.
+pub fn scope<F: Future>(charge: Arc<Charge>, call: F) -> impl Future<Output = F::Output> {
+    CALL.scope(charge, call)
+}
+
+/// Charges `bytes` to the current call; `None` outside a call (a client decoding an answer).
+pub fn charge(bytes: usize) -> Option<Result<(), Exhausted>> {
+    CALL.try_with(|charge| charge.add(bytes)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Charge, Exhausted, InflightBytes, charge, scope};
+
+    #[tokio::test]
+    async fn charges_are_given_back_when_the_call_ends() {
+        let budget = Arc::new(InflightBytes::new(100));
+        let first = Arc::new(Charge::new(Arc::clone(&budget)));
+        assert_eq!(first.add(60), Ok(()));
+        let second = Charge::new(Arc::clone(&budget));
+        assert_eq!(second.add(50), Err(Exhausted::Busy { max: 100 }));
+        assert_eq!(second.add(101), Err(Exhausted::Never { max: 100 }));
+        let charged = scope(Arc::clone(&first), async { charge(30) }).await;
+        assert_eq!(charged, Some(Ok(())));
+        assert_eq!(budget.used(), 90);
+        drop(first);
+        assert_eq!(budget.used(), 0);
+        assert_eq!(charge(1), None, "outside a call nothing is charged");
+    }
+}
