@@ -117,6 +117,29 @@ pub enum HeaderValue {
 
 pub type Headers = BTreeMap<String, HeaderValue>;
 
+/// Most user headers one message may carry; their bytes count towards MAX_MESSAGE_SIZE.
+pub const MAX_HEADERS_PER_MESSAGE: usize = 64;
+
+impl HeaderValue {
+    /// Bytes the value takes as stored.
+    pub fn size(&self) -> usize {
+        match self {
+            HeaderValue::String(v) => v.len(),
+            HeaderValue::Bytes(v) => v.len(),
+            HeaderValue::Int64(_) | HeaderValue::Uint64(_) | HeaderValue::Double(_) => 8,
+            HeaderValue::Bool(_) => 1,
+        }
+    }
+}
+
+/// Bytes the headers take as stored: keys and values.
+pub fn headers_size(headers: &Headers) -> usize {
+    headers
+        .iter()
+        .map(|(key, value)| key.len() + value.size())
+        .sum()
+}
+
 /// A message as the client hands it to the broker: the id is always set (by the client or
 /// the gateway), so a re-sent batch can be recognised.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +147,13 @@ pub struct NewMessage {
     pub id: u128,
     pub headers: Headers,
     pub payload: Bytes,
+}
+
+impl NewMessage {
+    /// Bytes the message takes as stored: payload and headers.
+    pub fn size(&self) -> usize {
+        self.payload.len() + headers_size(&self.headers)
+    }
 }
 
 /// A message as stored.

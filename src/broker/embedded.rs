@@ -280,7 +280,8 @@ struct PendingSend {
 
 impl PendingSend {
     fn payload_bytes(&self) -> usize {
-        self.request.messages.iter().map(|m| m.payload.len()).sum()
+        // Headers count too: a group of header-heavy sends must stay as small as any other.
+        self.request.messages.iter().map(NewMessage::size).sum()
     }
 }
 

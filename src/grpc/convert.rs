@@ -279,8 +279,10 @@ pub fn payload_to_body(payload: Bytes, headers: &mut Headers) -> proto::polled_m
         _ => return proto::polled_message::Body::Payload(payload),
     };
     let body = match form {
+        // JSON too deep to render (stored by another client) comes back as its raw bytes.
         BODY_JSON => serde_json::from_slice::<serde_json::Value>(&payload)
             .ok()
+            .filter(|json| json_depth(json) <= MAX_JSON_DEPTH)
             .map(|json| proto::polled_message::Body::Json(json_to_value(json))),
         BODY_TEXT => std::str::from_utf8(&payload)
             .ok()
@@ -296,7 +298,23 @@ pub fn payload_to_body(payload: Bytes, headers: &mut Headers) -> proto::polled_m
     }
 }
 
+/// Deepest nesting of a JSON body, in arrays and objects. Deeper would not survive the way
+/// out: each level is two protobuf levels in `google.protobuf.Value`, and decoders stop at 100.
+pub const MAX_JSON_DEPTH: usize = 32;
+
 pub fn value_to_json(value: &prost_types::Value) -> Result<serde_json::Value, String> {
+    value_to_json_within(value, MAX_JSON_DEPTH)
+}
+
+fn value_to_json_within(
+    value: &prost_types::Value,
+    levels: usize,
+) -> Result<serde_json::Value, String> {
+    let nested = matches!(value.kind, Some(Kind::ListValue(_) | Kind::StructValue(_)));
+    if nested && levels == 0 {
+        return Err(format!("is nested deeper than {MAX_JSON_DEPTH} levels"));
+    }
+    let levels = levels.saturating_sub(usize::from(nested));
     Ok(match &value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
         Some(Kind::BoolValue(v)) => serde_json::Value::Bool(*v),
@@ -307,17 +325,26 @@ pub fn value_to_json(value: &prost_types::Value) -> Result<serde_json::Value, St
         Some(Kind::ListValue(list)) => serde_json::Value::Array(
             list.values
                 .iter()
-                .map(value_to_json)
+                .map(|item| value_to_json_within(item, levels))
                 .collect::<Result<_, _>>()?,
         ),
         Some(Kind::StructValue(object)) => serde_json::Value::Object(
             object
                 .fields
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), value_to_json(v)?)))
+                .map(|(k, v)| Ok((k.clone(), value_to_json_within(v, levels)?)))
                 .collect::<Result<_, String>>()?,
         ),
     })
+}
+
+/// Levels of arrays and objects in a JSON value.
+pub fn json_depth(json: &serde_json::Value) -> usize {
+    match json {
+        serde_json::Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(fields) => 1 + fields.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 pub fn json_to_value(json: serde_json::Value) -> prost_types::Value {

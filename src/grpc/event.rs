@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        BODY_FORM_HEADER, identifier, json_to_value, message_id, message_id_text, timestamp,
-        value_to_json,
+        BODY_FORM_HEADER, MAX_JSON_DEPTH, identifier, json_depth, json_to_value, message_id,
+        message_id_text, timestamp, value_to_json,
     },
     message::Limits,
 };
@@ -209,9 +209,13 @@ impl EventApi {
     }
 }
 
-/// Reads an event envelope back from a stored payload; `None` for anything else.
+/// Reads an event envelope back from a stored payload; `None` for anything else, including
+/// JSON nested too deeply to render (a poison message must not fail the poll).
 fn decode_event(payload: &[u8]) -> Option<proto::Event> {
     let json: Value = serde_json::from_slice(payload).ok()?;
+    if json_depth(&json) > MAX_JSON_DEPTH {
+        return None;
+    }
     let object = json.as_object()?;
     let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_owned);
     let payload = object.get("payload")?.as_object()?;

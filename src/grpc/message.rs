@@ -11,8 +11,8 @@ use super::convert::{
 use super::subscribe::{Subscription, Subscriptions};
 use crate::{
     broker::{
-        Broker, ConsumerOffsetRef, NewMessage, Partitioning, PollMessages, PollingStrategy,
-        SendMessages, StoredMessage,
+        Broker, ConsumerOffsetRef, MAX_HEADERS_PER_MESSAGE, NewMessage, Partitioning, PollMessages,
+        PollingStrategy, SendMessages, StoredMessage, headers_size,
     },
     error::{broker_status, invalid_field},
     proto::{self, message_service_server::MessageService},
@@ -75,21 +75,31 @@ impl MessageApi {
             .map(|(index, message)| {
                 let field = format!("messages[{index}]");
                 let id = message_id(&format!("{field}.id"), &message.id)?;
+                if message.headers.len() > MAX_HEADERS_PER_MESSAGE {
+                    return Err(invalid_field(
+                        format!("{field}.headers"),
+                        format!(
+                            "holds {} headers; at most {MAX_HEADERS_PER_MESSAGE}",
+                            message.headers.len()
+                        ),
+                    ));
+                }
                 let mut headers = headers_from_proto(&format!("{field}.headers"), message.headers)?;
+                // Name the body field the client sent, not the stored payload.
+                let body_field = format!("{field}.{}", body_field_name(message.body.as_ref()));
+                // The client's headers count, not the body-form header the gateway adds.
+                let header_bytes = headers_size(&headers);
                 let payload = body_to_payload(&field, message.body, &mut headers)?;
                 if payload.is_empty() {
                     // Iggy stores no empty message; both backends refuse it alike.
-                    return Err(invalid_field(
-                        format!("{field}.payload"),
-                        "must not be empty",
-                    ));
+                    return Err(invalid_field(body_field, "must not be empty"));
                 }
-                if payload.len() > self.limits.message_max_bytes {
+                let size = payload.len() + header_bytes;
+                if size > self.limits.message_max_bytes {
                     return Err(invalid_field(
-                        format!("{field}.payload"),
+                        body_field,
                         format!(
-                            "is {} bytes; the limit (MAX_MESSAGE_SIZE) is {}",
-                            payload.len(),
+                            "is {size} bytes with its headers; the limit (MAX_MESSAGE_SIZE) is {}",
                             self.limits.message_max_bytes
                         ),
                     ));
@@ -101,6 +111,15 @@ impl MessageApi {
                 })
             })
             .collect()
+    }
+}
+
+/// The name of the body field a message was sent with.
+fn body_field_name(body: Option<&proto::message::Body>) -> &'static str {
+    match body {
+        Some(proto::message::Body::Text(_)) => "text",
+        Some(proto::message::Body::Json(_)) => "json",
+        Some(proto::message::Body::Payload(_)) | None => "payload",
     }
 }
 

@@ -443,7 +443,8 @@ async fn bad_batches_are_refused_whole_and_store_nothing() {
     assert_invalid(
         &app,
         send_request(vec![text_message("ok"), text_message(&"x".repeat(17))]),
-        "messages[1].payload",
+        // The field the client sent, not the stored payload.
+        "messages[1].text",
     )
     .await;
     let mut bad_id = text_message("ok");
@@ -471,7 +472,7 @@ async fn bad_batches_are_refused_whole_and_store_nothing() {
     assert_invalid(
         &app,
         send_request(vec![text_message("")]),
-        "messages[0].payload",
+        "messages[0].text",
     )
     .await;
     let mut empty_header = text_message("ok");
