@@ -7,6 +7,7 @@ mod durability;
 mod grpc_web;
 mod health;
 mod helpers;
+mod hostile;
 mod iggy_backend;
 mod layers;
 mod messages;

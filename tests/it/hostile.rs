@@ -1,0 +1,407 @@
+//! Hostile input, tried as an attacker would over real sockets: every case asserts the refusal
+//! and that the gateway still serves; the amplification cases run the real binary and hold its
+//! peak RSS under a stated bound.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use iggy_gateway::proto;
+use prost::Message;
+
+use crate::{
+    durability::Gateway,
+    helpers::{spawn_app, spawn_app_with_default_topic},
+};
+
+/// A gRPC request frame (uncompressed) around `message`.
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(message.len() + 5);
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(message.len()).expect("fits"));
+    frame.put_slice(message);
+    frame.freeze()
+}
+
+/// The `grpc-status` of an answer, from its headers (trailers-only) or its trailers.
+async fn grpc_status(response: reqwest::Response) -> (String, String) {
+    let header = |name: &str, headers: &reqwest::header::HeaderMap| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if let Some(code) = header("grpc-status", response.headers()) {
+        let message = header("grpc-message", response.headers()).unwrap_or_default();
+        return (code, message);
+    }
+    panic!("no trailers-only status: {:?}", response.headers());
+}
+
+fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client")
+}
+
+async fn send_raw_grpc(
+    client: &reqwest::Client,
+    base: &str,
+    method: &str,
+    message: Vec<u8>,
+) -> (String, String) {
+    let response = client
+        .post(format!("{base}/iggy.gateway.v1.MessageService/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(grpc_frame(&message))
+        .send()
+        .await
+        .expect("answered");
+    grpc_status(response).await
+}
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib * 1024)
+        .expect("VmHWM")
+}
+
+/// Millions of empty repeated entries: two bytes each on the wire, a struct each once decoded.
+fn empty_entries_request(bytes: usize) -> Vec<u8> {
+    let mut wire = proto::SendMessagesRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    wire.extend([0x2a, 0x00].repeat(bytes / 2));
+    wire
+}
+
+#[tokio::test]
+async fn amplified_bodies_are_refused_before_decoding_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start(dir.path());
+    let base = format!("http://{}", gateway.addr);
+    gateway.channel_with_topic().await;
+    let client = h2_client();
+    let grpc_body = empty_entries_request(15 * 1024 * 1024);
+    let rest_body = format!(
+        "{{\"messages\":[{}{{}}]}}",
+        "{},".repeat(15 * 1024 * 1024 / 3)
+    );
+
+    // Eight attackers at once, four over gRPC and four over REST.
+    let mut attacks = Vec::new();
+    for _ in 0..4 {
+        let grpc_client = client.clone();
+        let grpc_base = base.clone();
+        let body = grpc_body.clone();
+        attacks.push(tokio::spawn(async move {
+            let (code, message) =
+                send_raw_grpc(&grpc_client, &grpc_base, "SendMessages", body).await;
+            assert!(
+                code == "8" || code == "14",
+                "RESOURCE_EXHAUSTED or UNAVAILABLE, got {code}: {message}"
+            );
+        }));
+        let client = reqwest::Client::new();
+        let url = format!("{base}/v1/streams/orders/topics/created/messages");
+        let body = rest_body.clone();
+        attacks.push(tokio::spawn(async move {
+            let answer = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            match answer {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    assert!(status == 413 || status == 503, "got {status}");
+                }
+                // Refused (503) from its Content-Length, before the upload ended: the server
+                // answers and closes, and the client sees its write cut off.
+                Err(err) => assert!(err.is_request(), "{err:?}"),
+            }
+        }));
+    }
+    for attack in attacks {
+        attack.await.expect("attack answered as expected");
+    }
+    let peak = peak_rss_bytes(gateway.pid());
+    // Eight 15 MiB bodies are 120 MiB on the wire alone; decoded they would be gigabytes.
+    assert!(peak < 256 * 1024 * 1024, "peak RSS {} MiB", peak >> 20);
+
+    // Still serving, and a real batch still goes through.
+    let (status, json) = rest_post(
+        &base,
+        "/v1/streams/orders/topics/created/messages",
+        r#"{"messages":[{"text":"still here"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{json}");
+    gateway.kill_hard();
+}
+
+async fn rest_post(base: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("answered");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn garbage_protobuf_is_invalid_argument_not_internal() {
+    let app = spawn_app().await;
+    let client = h2_client();
+    let (code, message) = send_raw_grpc(
+        &client,
+        &app.url(""),
+        "SendMessages",
+        vec![0x2a, 0x05, 0x00],
+    )
+    .await;
+    assert_eq!(code, "3", "{message}");
+}
+
+#[tokio::test]
+async fn json_nested_too_deeply_is_refused_on_the_way_in_naming_the_field() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let deep = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+
+    // REST: the body as a whole nests past its limit.
+    let (status, json) = rest_post(
+        &app.url(""),
+        "/v1/streams/orders/topics/created/messages",
+        &format!(r#"{{"messages":[{{"json":{}}}]}}"#, deep(60)),
+    )
+    .await;
+    assert_eq!(status, 400, "{json}");
+    // gRPC: a json body deeper than the way out can carry.
+    let mut value = prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(1.0)),
+    };
+    for _ in 0..33 {
+        value = prost_types::Value {
+            kind: Some(prost_types::value::Kind::ListValue(
+                prost_types::ListValue {
+                    values: vec![value],
+                },
+            )),
+        };
+    }
+    let refused = app
+        .messages
+        .clone()
+        .send_messages(proto::SendMessagesRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            partitioning: None,
+            messages: vec![proto::Message {
+                body: Some(proto::message::Body::Json(value)),
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("messages[0].json"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn too_many_headers_are_refused_and_header_bytes_count_towards_the_size_limit() {
+    let app = crate::helpers::spawn_configured(|config| config.max_message_size = 1000).await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let header = |i: usize| {
+        (
+            format!("h{i}"),
+            proto::HeaderValue {
+                kind: Some(proto::header_value::Kind::StringValue("x".repeat(200))),
+            },
+        )
+    };
+    let send = |headers: std::collections::HashMap<String, proto::HeaderValue>| {
+        let mut client = app.messages.clone();
+        async move {
+            client
+                .send_messages(proto::SendMessagesRequest {
+                    stream: "orders".into(),
+                    topic: "created".into(),
+                    partitioning: None,
+                    messages: vec![proto::Message {
+                        headers,
+                        body: Some(proto::message::Body::Text("small".into())),
+                        ..Default::default()
+                    }],
+                })
+                .await
+        }
+    };
+    let refused = send((0..65).map(header).collect())
+        .await
+        .expect_err("65 headers");
+    assert!(
+        refused.message().contains("messages[0].headers"),
+        "{refused:?}"
+    );
+    // Five 200-byte values: a 5-byte text is 1,000+ bytes with its headers.
+    let refused = send((0..5).map(header).collect())
+        .await
+        .expect_err("over 1000 bytes");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("messages[0].text"),
+        "{refused:?}"
+    );
+    send((0..4).map(header).collect())
+        .await
+        .expect("within the limit");
+}
+
+#[tokio::test]
+async fn random_paths_never_grow_the_metrics() {
+    let app = spawn_app().await;
+    let client = &app.http1;
+    let base = app.url("");
+    let attack = |round: usize| {
+        let base = base.clone();
+        async move {
+            let noise: String = (0..4000)
+                .map(|i| char::from(b'a' + u8::try_from((i * 7 + round) % 26).unwrap_or(0)))
+                .collect();
+            let paths = [
+                format!("/grpc.health.v1.Health/{noise}"),
+                format!("/{noise}"),
+                format!("/streams/{noise}/x/y"),
+            ];
+            for path in paths {
+                let _ = client.get(format!("{base}{path}")).send().await;
+                let _ = client
+                    .post(format!("{base}{path}"))
+                    .header("content-type", "application/grpc")
+                    .send()
+                    .await;
+                let _ = client.delete(format!("{base}/messages")).send().await;
+            }
+        }
+    };
+    attack(0).await;
+    let metrics = || async {
+        client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    let before = metrics().await.len();
+    for round in 1..200 {
+        attack(round).await;
+    }
+    let after = metrics().await;
+    // Counters grow by a few digits; series do not multiply.
+    assert!(
+        after.len() < before + 2_000,
+        "{before} -> {} bytes:\n{after}",
+        after.len()
+    );
+    assert!(!after.contains("aaaa") && !after.contains("abcdefgh"));
+}
+
+#[tokio::test]
+async fn a_poison_message_on_the_events_topic_does_not_fail_the_poll() {
+    let app = spawn_app_with_default_topic().await;
+    // Raw bytes another client could write: JSON nested far past what protobuf can carry.
+    let poison = format!("{{\"payload\":{}1{}}}", "[".repeat(90), "]".repeat(90));
+    app.messages
+        .clone()
+        .send_messages(proto::SendMessagesRequest {
+            stream: "sample-stream".into(),
+            topic: "events".into(),
+            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+            messages: vec![proto::Message {
+                body: Some(proto::message::Body::Payload(Bytes::from(poison))),
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect("stored");
+    let response = app
+        .http1
+        .get(app.url("/messages?partition_id=0&offset=0&count=10"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+}
+
+#[tokio::test]
+async fn the_http2_limits_are_advertised_and_rapid_resets_close_the_connection() {
+    let app = spawn_app().await;
+    let tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connects");
+    let (mut h2, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    h2 = h2.ready().await.expect("ready");
+    // The server's SETTINGS arrive with the first exchange.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h2.current_max_send_streams(), 200);
+
+    // Rapid reset: open streams and cancel each at once.
+    let mut refused = false;
+    for _ in 0..10_000 {
+        let request = http::Request::post(app.url("/grpc.health.v1.Health/Check"))
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("request");
+        match h2.ready().await {
+            Ok(ready) => h2 = ready,
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+        match h2.send_request(request, false) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(
+        refused || matches!(ended, Ok(Ok(Err(_)))),
+        "the server ends a connection that resets streams without end"
+    );
+    let (status, _) = app.rest(reqwest::Method::GET, "/v1/streams", None).await;
+    assert_eq!(status, 200, "still serving");
+}
