@@ -167,6 +167,26 @@ pub struct StoredMessage {
     pub payload: Bytes,
 }
 
+impl StoredMessage {
+    /// Bytes the message takes: payload and headers.
+    pub fn size(&self) -> usize {
+        self.payload.len() + headers_size(&self.headers)
+    }
+}
+
+/// The longest prefix of `messages` within `max_bytes`, and never fewer than one message.
+pub fn within_bytes(messages: &mut Vec<StoredMessage>, max_bytes: usize) {
+    let mut total = 0usize;
+    let keep = messages
+        .iter()
+        .position(|message| {
+            total = total.saturating_add(message.size());
+            total > max_bytes
+        })
+        .map_or(messages.len(), |over| over.max(1));
+    messages.truncate(keep);
+}
+
 /// Which partition receives a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Partitioning {
@@ -206,6 +226,10 @@ pub struct PollMessages {
     pub consumer: Option<Identifier>,
     pub strategy: PollingStrategy,
     pub count: u32,
+    /// Stop after the message that brings the answer to this many bytes (payloads and
+    /// headers); at least one message is returned whatever its size.
+    pub max_bytes: usize,
+    /// Store the consumer's offset of the last message returned (not of the last read).
     pub auto_commit: bool,
 }
 

@@ -127,6 +127,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub poll_max_count: u32,
 
+    /// Most payload and header bytes one poll answers (always at least one message); also
+    /// bounds each read of a live subscription.
+    #[arg(long, env = "POLL_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub poll_max_bytes: u64,
+
     /// Largest payload of one message, in bytes.
     #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
@@ -373,6 +379,7 @@ impl Config {
             iggy_partitions: 3,
             batch_max_size: 1000,
             poll_max_count: 1000,
+            poll_max_bytes: 8 * 1024 * 1024,
             max_message_size: 1024 * 1024,
             max_request_body_size: 16 * 1024 * 1024,
             max_inflight_bytes: 64 * 1024 * 1024,
@@ -468,6 +475,7 @@ impl Config {
             max_subscribers: self.max_subscribers as usize,
             max_subscribers_per_client: self.max_subscribers_per_client as usize,
             idle_poll: Duration::from_millis(self.subscribe_idle_poll_ms),
+            batch_max_bytes: usize::try_from(self.poll_max_bytes).unwrap_or(usize::MAX),
             heartbeat: Duration::from_millis(self.subscribe_heartbeat_ms),
             slow_client: Duration::from_millis(self.subscribe_slow_client_ms),
         }
@@ -533,6 +541,7 @@ impl Config {
             batch_max: self.batch_max_size as usize,
             poll_max: self.poll_max_count,
             message_max_bytes: self.max_message_size as usize,
+            poll_max_bytes: usize::try_from(self.poll_max_bytes).unwrap_or(usize::MAX),
         }
     }
 }

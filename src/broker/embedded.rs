@@ -739,13 +739,20 @@ impl Store {
             }
         };
         let mut messages = Vec::new();
+        let mut bytes = 0usize;
         for row in messages_table
             .range((s, t, p, start)..(s, t, p, u64::MAX))
             .map_err(storage)?
             .take(request.count as usize)
         {
             let (key, value) = row.map_err(storage)?;
-            messages.push(decode_message(key.value().3, value.value()).map_err(storage)?);
+            let message = decode_message(key.value().3, value.value()).map_err(storage)?;
+            bytes = bytes.saturating_add(message.size());
+            // Reading stops at the byte budget: the rest is never loaded.
+            if bytes > request.max_bytes && !messages.is_empty() {
+                break;
+            }
+            messages.push(message);
         }
         drop(messages_table);
         drop(tx);

@@ -33,7 +33,7 @@ use super::{
     Broker, BrokerError, BrokerResult, Compression, ConsumerOffsetInfo, ConsumerOffsetRef,
     CreateTopic, HeaderValue, Headers, Identifier, Name, NewMessage, PartitionInfo, Partitioning,
     PollMessages, PolledMessages, PollingStrategy, SendMessages, StoredMessage, StreamInfo,
-    TopicInfo, TopicRef, UpdateTopic,
+    TopicInfo, TopicRef, UpdateTopic, within_bytes,
 };
 
 /// The consumer a poll uses when the caller names none (it stores nothing).
@@ -1033,26 +1033,44 @@ impl Broker for IggyBroker {
             consumer: request.consumer.clone(),
             ..Context::partition(&request.topic, request.partition_id)
         };
-        let (partition, count, auto_commit) =
-            (request.partition_id, request.count, request.auto_commit);
+        let (partition, count) = (request.partition_id, request.count);
+        // Iggy polls by count only: the answer is cut to the byte budget here, so Iggy must not
+        // commit what is cut; the gateway commits the last message it returns.
+        let poll_consumer = consumer.clone();
         let polled = self
             .call(&context, |c| async move {
                 c.poll_messages(
                     &stream,
                     &topic,
                     Some(partition),
-                    &consumer,
+                    &poll_consumer,
                     &strategy,
                     count,
-                    auto_commit,
+                    false,
                 )
                 .await
             })
             .await?;
+        let mut messages: Vec<StoredMessage> =
+            polled.messages.into_iter().map(message_from_iggy).collect();
+        within_bytes(&mut messages, request.max_bytes);
+        if request.auto_commit
+            && let (Some(last), Some(at_consumer)) = (messages.last(), request.consumer.clone())
+        {
+            self.store_consumer_offset(
+                ConsumerOffsetRef {
+                    topic: request.topic.clone(),
+                    partition_id: request.partition_id,
+                    consumer: at_consumer,
+                },
+                last.offset,
+            )
+            .await?;
+        }
         Ok(PolledMessages {
             partition_id: request.partition_id,
             current_offset: polled.current_offset,
-            messages: polled.messages.into_iter().map(message_from_iggy).collect(),
+            messages,
         })
     }
 

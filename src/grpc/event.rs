@@ -318,6 +318,7 @@ impl EventService for EventApi {
                     .offset
                     .map_or(PollingStrategy::Next, PollingStrategy::Offset),
                 count,
+                max_bytes: self.limits.poll_max_bytes,
                 auto_commit: request.auto_commit,
             })
             .await

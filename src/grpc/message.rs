@@ -27,6 +27,8 @@ pub struct Limits {
     pub poll_max: u32,
     /// Largest payload of one message, in bytes (`MAX_MESSAGE_SIZE`).
     pub message_max_bytes: usize,
+    /// Most payload and header bytes one poll answers (at least one message).
+    pub poll_max_bytes: usize,
 }
 
 impl Default for Limits {
@@ -35,6 +37,7 @@ impl Default for Limits {
             batch_max: 1000,
             poll_max: 1000,
             message_max_bytes: 1024 * 1024,
+            poll_max_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -318,6 +321,7 @@ impl MessageService for MessageApi {
                 consumer,
                 strategy,
                 count: request.count,
+                max_bytes: self.limits.poll_max_bytes,
                 auto_commit: request.auto_commit,
             })
             .await

@@ -47,6 +47,8 @@ pub struct SubscribeSettings {
     pub idle_poll: Duration,
     pub heartbeat: Duration,
     pub slow_client: Duration,
+    /// Most payload and header bytes one poll of a subscription reads (POLL_MAX_BYTES).
+    pub batch_max_bytes: usize,
 }
 
 /// What a subscription shares with the gateway: the subscriber caps and the shutdown signal.
@@ -296,6 +298,7 @@ async fn run(
                     consumer: request.consumer.clone(),
                     strategy,
                     count: POLL_BATCH,
+                    max_bytes: settings.batch_max_bytes,
                     auto_commit: false,
                 })
                 .await;

@@ -405,3 +405,36 @@ async fn the_http2_limits_are_advertised_and_rapid_resets_close_the_connection()
     let (status, _) = app.rest(reqwest::Method::GET, "/v1/streams", None).await;
     assert_eq!(status, 200, "still serving");
 }
+
+#[tokio::test]
+async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned() {
+    let app = crate::helpers::spawn_configured(|config| config.poll_max_bytes = 3000).await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let kib = "k".repeat(1024);
+    let texts: Vec<&str> = vec![kib.as_str(); 5];
+    app.send_texts("orders", "created", 0, &texts).await;
+    let big = "b".repeat(5000);
+    app.send_texts("orders", "created", 0, &[big.as_str()])
+        .await;
+    let next = proto::PollMessagesRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        partition_id: 0,
+        consumer: "billing".into(),
+        strategy: proto::PollingStrategy::Next.into(),
+        count: 100,
+        auto_commit: true,
+        ..Default::default()
+    };
+    let offsets = |polled: proto::PollMessagesResponse| {
+        polled.messages.iter().map(|m| m.offset).collect::<Vec<_>>()
+    };
+    // Two 1 KiB messages fit in 3,000 bytes; a third would not.
+    assert_eq!(offsets(app.poll(next.clone()).await), [0, 1]);
+    assert_eq!(offsets(app.poll(next.clone()).await), [2, 3]);
+    assert_eq!(offsets(app.poll(next.clone()).await), [4]);
+    // A message over the budget on its own still comes back, alone.
+    assert_eq!(offsets(app.poll(next.clone()).await), [5]);
+    assert!(app.poll(next).await.messages.is_empty());
+}

@@ -59,6 +59,7 @@ async fn bodies(broker: &EmbeddedBroker, partition_id: u32) -> Vec<(u64, String)
             consumer: None,
             strategy: PollingStrategy::First,
             count: 100,
+            max_bytes: usize::MAX,
             auto_commit: false,
         })
         .await
