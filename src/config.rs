@@ -148,6 +148,12 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// Leading bits of an IPv6 address that name one client for rate limits, lockouts and
+    /// subscriber caps: a host can use every address of its /64, so each is not a new client.
+    #[arg(long, env = "IPV6_CLIENT_PREFIX", default_value_t = 64,
+          value_parser = clap::value_parser!(u8).range(32..=128))]
+    pub ipv6_client_prefix: u8,
+
     /// API key, or a comma-separated list (for rotation); unset disables authentication.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<ApiKeys>,
@@ -165,7 +171,7 @@ pub struct Config {
     #[arg(long, env = "API_KEY_QUERY_PARAM", default_value_t = false)]
     pub api_key_query_param: bool,
 
-    /// Failed key attempts from one IP, within the window, before it is locked out.
+    /// Failed key attempts from one client, within the window, before it is locked out.
     #[arg(long, env = "AUTH_MAX_FAILURES", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_max_failures: u32,
@@ -174,7 +180,7 @@ pub struct Config {
     #[arg(long, env = "AUTH_FAILURE_WINDOW_SECS", default_value_t = 60)]
     pub auth_failure_window_secs: u64,
 
-    /// Seconds a locked-out IP must wait.
+    /// Seconds a locked-out client must wait (at most a year is honoured).
     #[arg(long, env = "AUTH_LOCKOUT_SECS", default_value_t = 300)]
     pub auth_lockout_secs: u64,
 
@@ -358,6 +364,7 @@ impl Config {
             rate_limit_rps: 0,
             rate_limit_burst: 50,
             trusted_proxies: Vec::new(),
+            ipv6_client_prefix: 64,
             api_key: None,
             auth_bypass_paths: vec!["/health".into(), "/ready".into()],
             api_key_query_param: false,
@@ -454,6 +461,7 @@ impl Config {
     pub fn layer_settings(&self) -> LayerSettings {
         LayerSettings {
             trusted_proxies: self.trusted_proxies.clone(),
+            ipv6_client_prefix: self.ipv6_client_prefix,
             rate_limit: NonZeroU32::new(self.rate_limit_rps)
                 .map(|rps| (rps, NonZeroU32::new(self.rate_limit_burst).unwrap_or(rps))),
             auth: AuthSettings {

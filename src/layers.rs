@@ -2,7 +2,8 @@
 //! REST). Order, outermost first, and why each layer sits where it does:
 //!
 //! 1. request id — first, so every log line and every answer below carries it;
-//! 2. client IP — decided once (trusted proxies only) for logs, rate limits and lockouts;
+//! 2. client IP — decided once (trusted proxies only) for logs, rate limits and lockouts, which
+//!    count an IPv6 client by its /64;
 //! 3. trace — one span per call, so rejections by the layers below are logged too;
 //! 4. metrics — every call counted by protocol, route and status, refusals by reason;
 //! 5. CORS — browsers' preflights are answered before limits and auth see them;
@@ -51,6 +52,8 @@ pub use request_id::{RequestId, RequestIdLayer};
 #[derive(Debug, Clone)]
 pub struct LayerSettings {
     pub trusted_proxies: Vec<IpNet>,
+    /// Leading bits of an IPv6 address that name one client (see [`ClientIp::key`]).
+    pub ipv6_client_prefix: u8,
     /// Requests per second and burst per client; `None` disables rate limiting.
     pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
     pub auth: AuthSettings,
@@ -72,7 +75,10 @@ pub fn apply(
         .map(|(per_second, burst)| RateLimitLayer::new(per_second, burst));
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer)
-        .layer(ClientIpLayer::new(settings.trusted_proxies.clone()))
+        .layer(ClientIpLayer::new(
+            settings.trusted_proxies.clone(),
+            settings.ipv6_client_prefix,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(make_span)
@@ -100,7 +106,7 @@ fn make_span(request: &Request<Body>) -> Span {
     let client = request
         .extensions()
         .get::<ClientIp>()
-        .map(|ip| ip.0.to_string())
+        .map(|ip| ip.addr().to_string())
         .unwrap_or_default();
     let traceparent = request
         .headers()
