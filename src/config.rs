@@ -184,13 +184,9 @@ pub struct Config {
     #[arg(long, env = "AUTH_LOCKOUT_SECS", default_value_t = 300)]
     pub auth_lockout_secs: u64,
 
-    /// Origins allowed by CORS: `*` or a comma-separated list.
-    #[arg(
-        long,
-        env = "CORS_ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        default_value = "*"
-    )]
+    /// Origins allowed by CORS, comma-separated, or `*` (only with API_KEY set). Unset: no
+    /// cross-origin access, so no web page can call the gateway from its visitors' browsers.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
 
     /// Longest a call may take, in milliseconds (a shorter grpc-timeout wins).
@@ -275,6 +271,7 @@ impl Config {
             .map_err(|err| explain(&command, &err))?;
         let config = <Self as clap::FromArgMatches>::from_arg_matches(&matches)
             .map_err(|err| explain(&command, &err))?;
+        config.check().map_err(LoadError::Invalid)?;
         let settings = command
             .get_arguments()
             .filter_map(|arg| {
@@ -371,7 +368,7 @@ impl Config {
             auth_max_failures: 10,
             auth_failure_window_secs: 60,
             auth_lockout_secs: 300,
-            cors_allowed_origins: vec!["*".into()],
+            cors_allowed_origins: Vec::new(),
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1024,
             metrics_port: None,
@@ -385,6 +382,17 @@ impl Config {
             log_format: LogFormat::Text,
             print_config: false,
         }
+    }
+
+    /// Rules that involve more than one setting; one line naming the variable when broken.
+    pub fn check(&self) -> Result<(), String> {
+        let keyless = self.api_key.as_ref().is_none_or(|keys| keys.0.is_empty());
+        if keyless && self.cors_allowed_origins.iter().any(|o| o.trim() == "*") {
+            return Err("CORS_ALLOWED_ORIGINS=* needs API_KEY: without a key any web page could \
+                        use the gateway from its visitors' browsers; list the origins or set API_KEY"
+                .into());
+        }
+        Ok(())
     }
 
     pub fn location(&self) -> Location {
@@ -476,7 +484,12 @@ impl Config {
                 window: Duration::from_secs(self.auth_failure_window_secs),
                 lockout: Duration::from_secs(self.auth_lockout_secs),
             },
-            cors_origins: self.cors_allowed_origins.clone(),
+            cors_origins: self
+                .cors_allowed_origins
+                .iter()
+                .map(|origin| origin.trim().to_owned())
+                .filter(|origin| !origin.is_empty())
+                .collect(),
             max_body_bytes: self.max_request_body_size as usize,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent: usize::try_from(self.max_concurrent_requests).unwrap_or(usize::MAX),
@@ -545,6 +558,42 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn cross_origin_access_is_off_by_default_and_any_origin_needs_a_key() {
+        let Ok((config, _)) = Config::load_from(["iggy-gateway"]) else {
+            panic!("defaults load");
+        };
+        assert!(config.layer_settings().cors_origins.is_empty());
+        let Err(LoadError::Invalid(line)) =
+            Config::load_from(["iggy-gateway", "--cors-allowed-origins", "*"])
+        else {
+            panic!("* without a key is refused");
+        };
+        assert!(
+            line.starts_with("CORS_ALLOWED_ORIGINS=* needs API_KEY"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+        assert!(
+            Config::load_from([
+                "iggy-gateway",
+                "--cors-allowed-origins",
+                "*",
+                "--api-key",
+                "k"
+            ])
+            .is_ok()
+        );
+        assert!(
+            Config::load_from([
+                "iggy-gateway",
+                "--cors-allowed-origins",
+                "https://a.example"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!    count an IPv6 client by its /64;
 //! 3. trace — one span per call, so rejections by the layers below are logged too;
 //! 4. metrics — every call counted by protocol, route and status, refusals by reason;
-//! 5. CORS — browsers' preflights are answered before limits and auth see them;
+//! 5. CORS — browsers' preflights are answered before limits and auth see them; absent when
+//!    no origin is allowed (the default), so nothing is ever allowed cross-origin;
 //! 6. rate limit — the cheapest refusal, before any key is hashed;
 //! 7. API key — authenticate before any work is done for the caller;
 //! 8. concurrency — shed new calls at once when the gateway is full;
@@ -57,7 +58,7 @@ pub struct LayerSettings {
     /// Requests per second and burst per client; `None` disables rate limiting.
     pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
     pub auth: AuthSettings,
-    /// `*` for any origin, or the allowed origins.
+    /// `*` for any origin, or the allowed origins; empty: no cross-origin access at all.
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -88,7 +89,7 @@ pub fn apply(
                 .on_failure(()),
         )
         .layer(MetricsLayer::new(metrics))
-        .layer(cors(&settings.cors_origins))
+        .option_layer(cors(&settings.cors_origins))
         .option_layer(rate_limit.clone())
         .layer(ApiKeyLayer::new(settings.auth.clone()))
         .layer(ConcurrencyLayer::new(settings.max_concurrent))
@@ -162,7 +163,12 @@ fn on_eos(trailers: Option<&HeaderMap>, duration: Duration, span: &Span) {
     }
 }
 
-fn cors(origins: &[String]) -> CorsLayer {
+/// `None` without origins: then no answer carries CORS headers, not even a preflight's, and
+/// browsers keep other sites' pages away from the gateway.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
     let allow_origin = if origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
@@ -173,7 +179,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             .map(|name| HeaderName::from_static(name))
             .collect()
     };
-    CorsLayer::new()
+    let layer = CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([
             Method::GET,
@@ -209,5 +215,6 @@ fn cors(origins: &[String]) -> CorsLayer {
             "ratelimit-reset",
             "www-authenticate",
         ]))
-        .max_age(Duration::from_secs(600))
+        .max_age(Duration::from_secs(600));
+    Some(layer)
 }

@@ -385,7 +385,11 @@ async fn repeated_failures_lock_the_client_out_on_every_protocol() {
 
 #[tokio::test]
 async fn cors_preflights_are_answered_before_auth_and_expose_grpc_headers() {
-    let app = spawn_configured(with_keys(&["k"])).await;
+    let app = spawn_configured(|c| {
+        with_keys(&["k"])(c);
+        c.cors_allowed_origins = vec!["*".into()];
+    })
+    .await;
     let preflight = app
         .http1
         .request(
