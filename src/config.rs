@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use crate::{
     broker::{Name, embedded::Location, iggy::IggySettings},
     grpc::{DefaultTopic, Limits, SubscribeSettings},
-    layers::{AuthSettings, LayerSettings},
+    layers::{AllowedHost, AuthSettings, LayerSettings},
 };
 
 /// API keys; never printed (its `Debug` says how many there are, nothing more).
@@ -188,6 +188,12 @@ pub struct Config {
     /// cross-origin access, so no web page can call the gateway from its visitors' browsers.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
+
+    /// Host names (optionally with :port) requests may name in Host / :authority, comma-separated;
+    /// others get 421 / PERMISSION_DENIED, which stops DNS rebinding. Unset: no check. Health
+    /// probes are checked too: Kubernetes sends the pod IP, so list it.
+    #[arg(long, env = "ALLOWED_HOSTS", value_delimiter = ',', num_args = 0..)]
+    pub allowed_hosts: Vec<AllowedHost>,
 
     /// Longest a call may take, in milliseconds (a shorter grpc-timeout wins).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000,
@@ -369,6 +375,7 @@ impl Config {
             auth_failure_window_secs: 60,
             auth_lockout_secs: 300,
             cors_allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1024,
             metrics_port: None,
@@ -490,6 +497,7 @@ impl Config {
                 .map(|origin| origin.trim().to_owned())
                 .filter(|origin| !origin.is_empty())
                 .collect(),
+            allowed_hosts: self.allowed_hosts.clone(),
             max_body_bytes: self.max_request_body_size as usize,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent: usize::try_from(self.max_concurrent_requests).unwrap_or(usize::MAX),
@@ -543,6 +551,24 @@ mod tests {
         assert!(
             Config::try_parse_from(["iggy-gateway", "--trusted-proxies", "not-a-cidr"]).is_err()
         );
+        let hosts = Config::try_parse_from([
+            "iggy-gateway",
+            "--allowed-hosts",
+            "gateway.example,localhost:8080,[::1]",
+        ])
+        .expect("parses");
+        let hosts: Vec<String> = hosts
+            .allowed_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(hosts, ["gateway.example", "localhost:8080", "[::1]"]);
+        let Err(LoadError::Invalid(line)) =
+            Config::load_from(["iggy-gateway", "--allowed-hosts", "a b"])
+        else {
+            panic!("a malformed host is refused");
+        };
+        assert!(line.starts_with("ALLOWED_HOSTS: "), "{line}");
     }
 
     #[test]

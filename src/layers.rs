@@ -6,18 +6,21 @@
 //!    count an IPv6 client by its /64;
 //! 3. trace — one span per call, so rejections by the layers below are logged too;
 //! 4. metrics — every call counted by protocol, route and status, refusals by reason;
-//! 5. CORS — browsers' preflights are answered before limits and auth see them; absent when
+//! 5. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
+//!    is refused before CORS or anything else answers it; absent when unset;
+//! 6. CORS — browsers' preflights are answered before limits and auth see them; absent when
 //!    no origin is allowed (the default), so nothing is ever allowed cross-origin;
-//! 6. rate limit — the cheapest refusal, before any key is hashed;
-//! 7. API key — authenticate before any work is done for the caller;
-//! 8. concurrency — shed new calls at once when the gateway is full;
-//! 9. timeout — bound each call (a shorter `grpc-timeout` wins);
-//! 10. body limit — refuse oversized bodies before reading them.
+//! 7. rate limit — the cheapest refusal, before any key is hashed;
+//! 8. API key — authenticate before any work is done for the caller;
+//! 9. concurrency — shed new calls at once when the gateway is full;
+//! 10. timeout — bound each call (a shorter `grpc-timeout` wins);
+//! 11. body limit — refuse oversized bodies before reading them.
 //!
 //! Every rejection answers in the caller's protocol (see [`protocol`]). Layers never look
 //! inside message bodies. REST calls reach their gRPC service in process, below this stack,
 //! so a REST call passes each layer exactly once.
 
+pub mod allowed_hosts;
 pub mod auth;
 pub mod client_ip;
 pub mod limits;
@@ -42,6 +45,7 @@ use tracing::Span;
 
 use crate::metrics::{Metrics, MetricsLayer};
 
+pub use allowed_hosts::{AllowedHost, AllowedHostsLayer};
 pub use auth::{ApiKeyLayer, AuthSettings};
 pub use client_ip::{ClientIp, ClientIpLayer};
 pub use limits::{BodyLimitLayer, ConcurrencyLayer, TimeoutLayer};
@@ -60,6 +64,8 @@ pub struct LayerSettings {
     pub auth: AuthSettings,
     /// `*` for any origin, or the allowed origins; empty: no cross-origin access at all.
     pub cors_origins: Vec<String>,
+    /// Hosts requests may name; empty: no check.
+    pub allowed_hosts: Vec<AllowedHost>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrent: usize,
@@ -89,6 +95,7 @@ pub fn apply(
                 .on_failure(()),
         )
         .layer(MetricsLayer::new(metrics))
+        .option_layer(AllowedHostsLayer::new(&settings.allowed_hosts))
         .option_layer(cors(&settings.cors_origins))
         .option_layer(rate_limit.clone())
         .layer(ApiKeyLayer::new(settings.auth.clone()))
