@@ -247,3 +247,45 @@ async fn a_huge_auth_lockout_locks_out_for_a_year_without_panicking() {
         "the gateway still serves"
     );
 }
+
+async fn subscribe_from(
+    app: &TestApp,
+    hop: &str,
+) -> Result<tonic::Response<tonic::Streaming<proto::SubscribeResponse>>, tonic::Status> {
+    let mut request = tonic::Request::new(proto::SubscribeRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "x-forwarded-for",
+        MetadataValue::try_from(hop).expect("ascii"),
+    );
+    app.messages.clone().subscribe(request).await
+}
+
+#[tokio::test]
+async fn the_subscriber_cap_counts_a_whole_ipv6_64_as_one_client() {
+    let app = spawn_configured(|c| {
+        c.max_subscribers_per_client = 1;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let _held = subscribe_from(&app, "2001:db8:7:7::1")
+        .await
+        .expect("the first subscription");
+    let refused = subscribe_from(&app, "2001:db8:7:7::2")
+        .await
+        .expect_err("another address of the same /64");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("2001:db8:7:7::"),
+        "{}",
+        refused.message()
+    );
+    let _other = subscribe_from(&app, "2001:db8:7:8::1")
+        .await
+        .expect("the next /64 is another client");
+}
