@@ -109,6 +109,12 @@ impl FailureLog {
             return true;
         }
         self.full_until = self.clients.values().filter_map(|f| f.locked_until).min();
+        // Once per scan, not per untracked failure, so a flood cannot flood the logs too.
+        tracing::warn!(
+            tracked = self.clients.len(),
+            "every tracked client is locked out; failures of new clients are not counted until a \
+             lockout ends"
+        );
         false
     }
 }
@@ -185,7 +191,6 @@ impl AuthState {
             && log.clients.len() >= MAX_TRACKED_CLIENTS
             && !log.make_room(now, self.window)
         {
-            tracing::warn!(%client, "every tracked client is locked out; this failure is not counted");
             return;
         }
         let fresh = Failures {
