@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use crate::{
     broker::{Name, embedded::Location, iggy::IggySettings},
     grpc::{DefaultTopic, Limits, SubscribeSettings},
-    layers::{AuthSettings, LayerSettings},
+    layers::{AllowedHost, AuthSettings, LayerSettings},
     listener::{self, ListenerSettings},
 };
 
@@ -161,6 +161,12 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// Leading bits of an IPv6 address that name one client for rate limits, lockouts and
+    /// subscriber caps: a host can use every address of its /64, so each is not a new client.
+    #[arg(long, env = "IPV6_CLIENT_PREFIX", default_value_t = 64,
+          value_parser = clap::value_parser!(u8).range(32..=128))]
+    pub ipv6_client_prefix: u8,
+
     /// API key, or a comma-separated list (for rotation); unset disables authentication.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<ApiKeys>,
@@ -178,7 +184,7 @@ pub struct Config {
     #[arg(long, env = "API_KEY_QUERY_PARAM", default_value_t = false)]
     pub api_key_query_param: bool,
 
-    /// Failed key attempts from one IP, within the window, before it is locked out.
+    /// Failed key attempts from one client, within the window, before it is locked out.
     #[arg(long, env = "AUTH_MAX_FAILURES", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_max_failures: u32,
@@ -187,18 +193,20 @@ pub struct Config {
     #[arg(long, env = "AUTH_FAILURE_WINDOW_SECS", default_value_t = 60)]
     pub auth_failure_window_secs: u64,
 
-    /// Seconds a locked-out IP must wait.
+    /// Seconds a locked-out client must wait (at most a year is honoured).
     #[arg(long, env = "AUTH_LOCKOUT_SECS", default_value_t = 300)]
     pub auth_lockout_secs: u64,
 
-    /// Origins allowed by CORS: `*` or a comma-separated list.
-    #[arg(
-        long,
-        env = "CORS_ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        default_value = "*"
-    )]
+    /// Origins allowed by CORS, comma-separated, or `*` (only with API_KEY set). Unset: no
+    /// cross-origin access, so no web page can call the gateway from its visitors' browsers.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
+
+    /// Host names (optionally with :port) requests may name in Host / :authority, comma-separated;
+    /// others get 421 / PERMISSION_DENIED, which stops DNS rebinding. Unset: no check. Health
+    /// probes are checked too: Kubernetes sends the pod IP, so list it.
+    #[arg(long, env = "ALLOWED_HOSTS", value_delimiter = ',', num_args = 0..)]
+    pub allowed_hosts: Vec<AllowedHost>,
 
     /// Longest a call may take, in milliseconds (a shorter grpc-timeout wins).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000,
@@ -386,13 +394,15 @@ impl Config {
             rate_limit_rps: 0,
             rate_limit_burst: 50,
             trusted_proxies: Vec::new(),
+            ipv6_client_prefix: 64,
             api_key: None,
             auth_bypass_paths: vec!["/health".into(), "/ready".into()],
             api_key_query_param: false,
             auth_max_failures: 10,
             auth_failure_window_secs: 60,
             auth_lockout_secs: 300,
-            cors_allowed_origins: vec!["*".into()],
+            cors_allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1024,
             max_connections: None,
@@ -408,6 +418,24 @@ impl Config {
             log_format: LogFormat::Text,
             print_config: false,
         }
+    }
+
+    /// Rules that involve more than one setting; one line naming the variable when broken.
+    pub fn check(&self) -> Result<(), String> {
+        let keyless = self.api_key.as_ref().is_none_or(|keys| keys.0.is_empty());
+        if keyless && self.cors_allowed_origins.iter().any(|o| o.trim() == "*") {
+            return Err("CORS_ALLOWED_ORIGINS=* needs API_KEY: without a key any web page could \
+                        use the gateway from its visitors' browsers; list the origins or set API_KEY"
+                .into());
+        }
+        if self.max_inflight_bytes < u64::from(self.max_request_body_size) {
+            return Err(format!(
+                "MAX_INFLIGHT_BYTES: {} is less than MAX_REQUEST_BODY_SIZE ({}), so the largest \
+                 request could never be served",
+                self.max_inflight_bytes, self.max_request_body_size
+            ));
+        }
+        Ok(())
     }
 
     pub fn location(&self) -> Location {
@@ -485,6 +513,7 @@ impl Config {
     pub fn layer_settings(&self) -> LayerSettings {
         LayerSettings {
             trusted_proxies: self.trusted_proxies.clone(),
+            ipv6_client_prefix: self.ipv6_client_prefix,
             rate_limit: NonZeroU32::new(self.rate_limit_rps)
                 .map(|rps| (rps, NonZeroU32::new(self.rate_limit_burst).unwrap_or(rps))),
             auth: AuthSettings {
@@ -499,24 +528,18 @@ impl Config {
                 window: Duration::from_secs(self.auth_failure_window_secs),
                 lockout: Duration::from_secs(self.auth_lockout_secs),
             },
-            cors_origins: self.cors_allowed_origins.clone(),
+            cors_origins: self
+                .cors_allowed_origins
+                .iter()
+                .map(|origin| origin.trim().to_owned())
+                .filter(|origin| !origin.is_empty())
+                .collect(),
+            allowed_hosts: self.allowed_hosts.clone(),
             max_body_bytes: self.max_request_body_size as usize,
             max_inflight_bytes: usize::try_from(self.max_inflight_bytes).unwrap_or(usize::MAX),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent: usize::try_from(self.max_concurrent_requests).unwrap_or(usize::MAX),
         }
-    }
-
-    /// Rules between settings, checked at load.
-    pub fn check(&self) -> Result<(), String> {
-        if self.max_inflight_bytes < u64::from(self.max_request_body_size) {
-            return Err(format!(
-                "MAX_INFLIGHT_BYTES: {} is less than MAX_REQUEST_BODY_SIZE ({}), so the largest \
-                 request could never be served",
-                self.max_inflight_bytes, self.max_request_body_size
-            ));
-        }
-        Ok(())
     }
 
     /// The listener's limits, given the open-files limit in force (`None`: unknown).
@@ -579,6 +602,24 @@ mod tests {
         assert!(
             Config::try_parse_from(["iggy-gateway", "--trusted-proxies", "not-a-cidr"]).is_err()
         );
+        let hosts = Config::try_parse_from([
+            "iggy-gateway",
+            "--allowed-hosts",
+            "gateway.example,localhost:8080,[::1]",
+        ])
+        .expect("parses");
+        let hosts: Vec<String> = hosts
+            .allowed_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(hosts, ["gateway.example", "localhost:8080", "[::1]"]);
+        let Err(LoadError::Invalid(line)) =
+            Config::load_from(["iggy-gateway", "--allowed-hosts", "a b"])
+        else {
+            panic!("a malformed host is refused");
+        };
+        assert!(line.starts_with("ALLOWED_HOSTS: "), "{line}");
     }
 
     #[test]
@@ -594,6 +635,42 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn cross_origin_access_is_off_by_default_and_any_origin_needs_a_key() {
+        let Ok((config, _)) = Config::load_from(["iggy-gateway"]) else {
+            panic!("defaults load");
+        };
+        assert!(config.layer_settings().cors_origins.is_empty());
+        let Err(LoadError::Invalid(line)) =
+            Config::load_from(["iggy-gateway", "--cors-allowed-origins", "*"])
+        else {
+            panic!("* without a key is refused");
+        };
+        assert!(
+            line.starts_with("CORS_ALLOWED_ORIGINS=* needs API_KEY"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+        assert!(
+            Config::load_from([
+                "iggy-gateway",
+                "--cors-allowed-origins",
+                "*",
+                "--api-key",
+                "k"
+            ])
+            .is_ok()
+        );
+        assert!(
+            Config::load_from([
+                "iggy-gateway",
+                "--cors-allowed-origins",
+                "https://a.example"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -2,21 +2,26 @@
 //! REST). Order, outermost first, and why each layer sits where it does:
 //!
 //! 1. request id — first, so every log line and every answer below carries it;
-//! 2. client IP — decided once (trusted proxies only) for logs, rate limits and lockouts;
+//! 2. client IP — decided once (trusted proxies only) for logs, rate limits and lockouts, which
+//!    count an IPv6 client by its /64;
 //! 3. trace — one span per call, so rejections by the layers below are logged too;
 //! 4. metrics — every call counted by protocol, route and status, refusals by reason;
-//! 5. CORS — browsers' preflights are answered before limits and auth see them;
-//! 6. rate limit — the cheapest refusal, before any key is hashed;
-//! 7. API key — authenticate before any work is done for the caller;
-//! 8. concurrency — shed new calls at once when the gateway is full;
-//! 9. timeout — bound each call (a shorter `grpc-timeout` wins);
-//! 10. body limit — refuse oversized bodies before reading them, and bodies beyond what all
+//! 5. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
+//!    is refused before CORS or anything else answers it; absent when unset;
+//! 6. CORS — browsers' preflights are answered before limits and auth see them; absent when
+//!    no origin is allowed (the default), so nothing is ever allowed cross-origin;
+//! 7. rate limit — the cheapest refusal, before any key is hashed;
+//! 8. API key — authenticate before any work is done for the caller;
+//! 9. concurrency — shed new calls at once when the gateway is full;
+//! 10. timeout — bound each call (a shorter `grpc-timeout` wins);
+//! 11. body limit — refuse oversized bodies before reading them, and bodies beyond what all
 //!     calls together may hold (`MAX_INFLIGHT_BYTES`).
 //!
 //! Every rejection answers in the caller's protocol (see [`protocol`]). Layers never look
 //! inside message bodies. REST calls reach their gRPC service in process, below this stack,
 //! so a REST call passes each layer exactly once.
 
+pub mod allowed_hosts;
 pub mod auth;
 pub mod client_ip;
 pub mod limits;
@@ -44,6 +49,7 @@ use crate::{
     metrics::{Metrics, MetricsLayer},
 };
 
+pub use allowed_hosts::{AllowedHost, AllowedHostsLayer};
 pub use auth::{ApiKeyLayer, AuthSettings};
 pub use client_ip::{ClientIp, ClientIpLayer};
 pub use limits::{BodyLimitLayer, ConcurrencyLayer, TimeoutLayer};
@@ -55,11 +61,15 @@ pub use request_id::{RequestId, RequestIdLayer};
 #[derive(Debug, Clone)]
 pub struct LayerSettings {
     pub trusted_proxies: Vec<IpNet>,
+    /// Leading bits of an IPv6 address that name one client (see [`ClientIp::key`]).
+    pub ipv6_client_prefix: u8,
     /// Requests per second and burst per client; `None` disables rate limiting.
     pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
     pub auth: AuthSettings,
-    /// `*` for any origin, or the allowed origins.
+    /// `*` for any origin, or the allowed origins; empty: no cross-origin access at all.
     pub cors_origins: Vec<String>,
+    /// Hosts requests may name; empty: no check.
+    pub allowed_hosts: Vec<AllowedHost>,
     pub max_body_bytes: usize,
     /// Request body bytes all calls together may hold (`MAX_INFLIGHT_BYTES`).
     pub max_inflight_bytes: usize,
@@ -78,7 +88,10 @@ pub fn apply(
         .map(|(per_second, burst)| RateLimitLayer::new(per_second, burst));
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer)
-        .layer(ClientIpLayer::new(settings.trusted_proxies.clone()))
+        .layer(ClientIpLayer::new(
+            settings.trusted_proxies.clone(),
+            settings.ipv6_client_prefix,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(make_span)
@@ -88,7 +101,8 @@ pub fn apply(
                 .on_failure(()),
         )
         .layer(MetricsLayer::new(metrics))
-        .layer(cors(&settings.cors_origins))
+        .option_layer(AllowedHostsLayer::new(&settings.allowed_hosts))
+        .option_layer(cors(&settings.cors_origins))
         .option_layer(rate_limit.clone())
         .layer(ApiKeyLayer::new(settings.auth.clone()))
         .layer(ConcurrencyLayer::new(settings.max_concurrent))
@@ -109,7 +123,7 @@ fn make_span(request: &Request<Body>) -> Span {
     let client = request
         .extensions()
         .get::<ClientIp>()
-        .map(|ip| ip.0.to_string())
+        .map(|ip| ip.addr().to_string())
         .unwrap_or_default();
     let traceparent = request
         .headers()
@@ -165,7 +179,12 @@ fn on_eos(trailers: Option<&HeaderMap>, duration: Duration, span: &Span) {
     }
 }
 
-fn cors(origins: &[String]) -> CorsLayer {
+/// `None` without origins: then no answer carries CORS headers, not even a preflight's, and
+/// browsers keep other sites' pages away from the gateway.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
     let allow_origin = if origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
@@ -176,7 +195,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             .map(|name| HeaderName::from_static(name))
             .collect()
     };
-    CorsLayer::new()
+    let layer = CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([
             Method::GET,
@@ -212,5 +231,6 @@ fn cors(origins: &[String]) -> CorsLayer {
             "ratelimit-reset",
             "www-authenticate",
         ]))
-        .max_age(Duration::from_secs(600))
+        .max_age(Duration::from_secs(600));
+    Some(layer)
 }

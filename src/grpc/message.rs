@@ -188,10 +188,11 @@ impl MessageService for MessageApi {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        // Counted per client key, so an IPv6 client's whole prefix shares one cap.
         let client = request
             .extensions()
             .get::<crate::layers::ClientIp>()
-            .map(|ip| ip.0);
+            .map(|ip| ip.key().network());
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
         let consumer = match request.consumer.as_str() {

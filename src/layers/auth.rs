@@ -2,8 +2,13 @@
 //! rotated) are compared as SHA-256 digests in constant time with `subtle`, so neither the
 //! key's content nor its length leaks through timing. A key is read from `x-api-key` or
 //! `authorization: Bearer` (HTTP headers and gRPC metadata alike), and from `?api_key=` only
-//! when enabled. Health checks and `AUTH_BYPASS_PATHS` need no key. After `max_failures`
-//! failures within `window`, a client IP is locked out for `lockout`.
+//! when enabled. Health checks and `AUTH_BYPASS_PATHS` need no key.
+//!
+//! After `max_failures` failures within `window`, a client ([`ClientIp::key`]: an IPv4 address
+//! or an IPv6 /64) is locked out for `lockout`. The key is checked first: a request with a
+//! valid key always passes, so bad requests from others behind the same NAT cannot lock a key
+//! holder out. The lockout therefore cuts the cost of floods of bad keys; it does not make keys
+//! harder to guess (the rate limit bounds guesses; long random keys make them hopeless).
 
 use std::{
     collections::HashMap,
@@ -19,6 +24,7 @@ use axum::{
     http::{HeaderValue, Request, Response, header},
 };
 use futures_util::future::{Either, Ready, ready};
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 use tonic::Code;
@@ -29,8 +35,17 @@ use super::{
     protocol::{Rejection, is_health_check},
 };
 
-/// Most client IPs whose failures are remembered; beyond it the stalest are forgotten.
+/// Most clients whose failures are remembered; beyond it the stalest unlocked ones are
+/// forgotten, and never a client that is locked out.
 const MAX_TRACKED_CLIENTS: usize = 10_000;
+
+/// How many clients one eviction makes room for, so a flood of new clients pays for a scan of
+/// the map once per this many insertions rather than on every one.
+const EVICTION_BATCH: usize = MAX_TRACKED_CLIENTS / 10;
+
+/// The longest lockout honoured (a year); a longer `AUTH_LOCKOUT_SECS` is clamped to it, so the
+/// lockout's end and its `Retry-After` stay representable.
+pub const MAX_LOCKOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -49,6 +64,72 @@ struct Failures {
     locked_until: Option<Instant>,
 }
 
+impl Failures {
+    fn is_locked(&self, now: Instant) -> bool {
+        self.locked_until.is_some_and(|until| until > now)
+    }
+}
+
+/// The failures of every tracked client, bounded by [`MAX_TRACKED_CLIENTS`].
+#[derive(Debug, Default)]
+struct FailureLog {
+    clients: HashMap<IpNet, Failures>,
+    /// Set when every tracked client is locked out: until this instant nothing can be evicted,
+    /// so new clients are not tracked and the map is not scanned again for each of them.
+    full_until: Option<Instant>,
+}
+
+impl FailureLog {
+    /// Makes room for a new client, if that is possible without lifting a lockout: forgets
+    /// unlocked clients whose window has passed, then the stalest unlocked ones, a batch at once.
+    fn make_room(&mut self, now: Instant, window: Duration) -> bool {
+        if self.full_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        self.clients
+            .retain(|_, f| f.is_locked(now) || now.duration_since(f.since) <= window);
+        let target = MAX_TRACKED_CLIENTS - EVICTION_BATCH;
+        if self.clients.len() > target {
+            let mut unlocked: Vec<(Instant, IpNet)> = self
+                .clients
+                .iter()
+                .filter(|(_, f)| !f.is_locked(now))
+                .map(|(client, f)| (f.since, *client))
+                .collect();
+            let evict = (self.clients.len() - target).min(unlocked.len());
+            if evict > 0 {
+                unlocked.select_nth_unstable(evict - 1);
+                for (_, client) in &unlocked[..evict] {
+                    self.clients.remove(client);
+                }
+            }
+        }
+        if self.clients.len() < MAX_TRACKED_CLIENTS {
+            self.full_until = None;
+            return true;
+        }
+        self.full_until = self.clients.values().filter_map(|f| f.locked_until).min();
+        // Once per scan, not per untracked failure, so a flood cannot flood the logs too.
+        tracing::warn!(
+            tracked = self.clients.len(),
+            "every tracked client is locked out; failures of new clients are not counted until a \
+             lockout ends"
+        );
+        false
+    }
+}
+
+/// `now + wait`, without overflowing `Instant` (whose range is the platform's): a wait too long
+/// to represent is halved until it fits.
+fn saturating_add(now: Instant, mut wait: Duration) -> Instant {
+    loop {
+        if let Some(until) = now.checked_add(wait) {
+            return until;
+        }
+        wait /= 2;
+    }
+}
+
 struct AuthState {
     digests: Vec<[u8; 32]>,
     bypass_paths: Vec<String>,
@@ -56,7 +137,7 @@ struct AuthState {
     max_failures: u32,
     window: Duration,
     lockout: Duration,
-    failures: Mutex<HashMap<IpAddr, Failures>>,
+    failures: Mutex<FailureLog>,
 }
 
 #[derive(Clone)]
@@ -73,8 +154,8 @@ impl ApiKeyLayer {
                 allow_query_param: settings.allow_query_param,
                 max_failures: settings.max_failures.max(1),
                 window: settings.window,
-                lockout: settings.lockout,
-                failures: Mutex::new(HashMap::new()),
+                lockout: settings.lockout.min(MAX_LOCKOUT),
+                failures: Mutex::new(FailureLog::default()),
             }),
         }
     }
@@ -96,46 +177,34 @@ impl AuthState {
     }
 
     /// How long `client` is still locked out, if it is.
-    fn locked(&self, client: IpAddr, now: Instant) -> Option<Duration> {
-        let failures = self.failures.lock().ok()?;
-        let until = failures.get(&client)?.locked_until?;
+    fn locked(&self, client: IpNet, now: Instant) -> Option<Duration> {
+        let log = self.failures.lock().ok()?;
+        let until = log.clients.get(&client)?.locked_until?;
         (until > now).then(|| until - now)
     }
 
-    fn record_failure(&self, client: IpAddr, now: Instant) {
-        let Ok(mut failures) = self.failures.lock() else {
+    fn record_failure(&self, client: IpNet, now: Instant) {
+        let Ok(mut log) = self.failures.lock() else {
             return;
         };
-        if failures.len() >= MAX_TRACKED_CLIENTS && !failures.contains_key(&client) {
-            let (window, lockout) = (self.window, self.lockout);
-            failures.retain(|_, f| {
-                now.duration_since(f.since) < window.max(lockout)
-                    || f.locked_until.is_some_and(|until| until > now)
-            });
-            if failures.len() >= MAX_TRACKED_CLIENTS
-                && let Some(stalest) = failures
-                    .iter()
-                    .min_by_key(|(_, f)| f.since)
-                    .map(|(ip, _)| *ip)
-            {
-                failures.remove(&stalest);
-            }
+        if !log.clients.contains_key(&client)
+            && log.clients.len() >= MAX_TRACKED_CLIENTS
+            && !log.make_room(now, self.window)
+        {
+            return;
         }
-        let entry = failures.entry(client).or_insert(Failures {
+        let fresh = Failures {
             count: 0,
             since: now,
             locked_until: None,
-        });
-        if now.duration_since(entry.since) > self.window {
-            *entry = Failures {
-                count: 0,
-                since: now,
-                locked_until: None,
-            };
+        };
+        let entry = log.clients.entry(client).or_insert(fresh);
+        if !entry.is_locked(now) && now.duration_since(entry.since) > self.window {
+            *entry = fresh;
         }
         entry.count += 1;
         if entry.count >= self.max_failures {
-            entry.locked_until = Some(now + self.lockout);
+            entry.locked_until = Some(saturating_add(now, self.lockout));
             entry.count = 0;
             entry.since = now;
             tracing::warn!(%client, lockout = ?self.lockout, "too many failed API key attempts; client locked out");
@@ -233,20 +302,11 @@ where
         {
             return Either::Left(self.inner.call(request));
         }
-        let client = request
-            .extensions()
-            .get::<ClientIp>()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ip| ip.0);
-        let now = Instant::now();
-        if let Some(wait) = state.locked(client, now) {
-            let rejection = Rejection::new(
-                Code::ResourceExhausted,
-                "AUTH_LOCKED_OUT",
-                "too many failed authentication attempts; try again later",
-            )
-            .retry_after(wait);
-            return Either::Right(ready(Ok(rejection.respond(&request))));
-        }
+        let client = request.extensions().get::<ClientIp>().map_or(
+            IpNet::from(IpAddr::from(Ipv4Addr::UNSPECIFIED)),
+            ClientIp::key,
+        );
+        // A valid key is checked before the lockout, so it is never refused by one.
         let (reason, message) = match presented_key(&request, state.allow_query_param) {
             Some(key) if state.valid(&key) => {
                 let mut request = request;
@@ -261,6 +321,16 @@ where
                 "an API key is required (x-api-key or authorization: Bearer)",
             ),
         };
+        let now = Instant::now();
+        if let Some(wait) = state.locked(client, now) {
+            let rejection = Rejection::new(
+                Code::ResourceExhausted,
+                "AUTH_LOCKED_OUT",
+                "too many failed authentication attempts; try again later",
+            )
+            .retry_after(wait);
+            return Either::Right(ready(Ok(rejection.respond(&request))));
+        }
         state.record_failure(client, now);
         let rejection = Rejection::new(Code::Unauthenticated, reason, message).header(
             header::WWW_AUTHENTICATE,
@@ -274,16 +344,31 @@ where
 mod tests {
     use super::*;
 
-    fn state(keys: &[&str]) -> AuthState {
+    fn state_with(keys: &[&str], lockout: Duration) -> AuthState {
         let layer = ApiKeyLayer::new(AuthSettings {
             keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             bypass_paths: Vec::new(),
             allow_query_param: false,
             max_failures: 3,
             window: Duration::from_secs(60),
-            lockout: Duration::from_secs(300),
+            lockout,
         });
         Arc::try_unwrap(layer.state).unwrap_or_else(|_| panic!("one owner"))
+    }
+
+    fn state(keys: &[&str]) -> AuthState {
+        state_with(keys, Duration::from_secs(300))
+    }
+
+    fn client(i: u32) -> IpNet {
+        IpNet::from(IpAddr::from(Ipv4Addr::from(0x0a00_0000 + i)))
+    }
+
+    fn tracked(auth: &AuthState) -> usize {
+        auth.failures
+            .lock()
+            .map(|log| log.clients.len())
+            .unwrap_or(usize::MAX)
     }
 
     #[test]
@@ -301,16 +386,63 @@ mod tests {
         let auth = state(&["k"]);
         let now = Instant::now();
         for i in 0..(MAX_TRACKED_CLIENTS as u32 + 500) {
-            auth.record_failure(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), now);
+            auth.record_failure(client(i), now);
         }
-        let tracked = auth.failures.lock().map(|f| f.len()).unwrap_or(usize::MAX);
+        let tracked = tracked(&auth);
         assert!(tracked <= MAX_TRACKED_CLIENTS, "{tracked} tracked");
+    }
+
+    #[test]
+    fn eviction_never_lifts_a_lockout() {
+        let auth = state(&["k"]);
+        let now = Instant::now();
+        let locked: IpNet = "198.51.100.1/32".parse().expect("net");
+        for _ in 0..3 {
+            auth.record_failure(locked, now);
+        }
+        assert!(auth.locked(locked, now).is_some());
+        // Later failures of many new clients: the locked client is the stalest entry.
+        let later = now + Duration::from_secs(1);
+        for i in 0..(3 * MAX_TRACKED_CLIENTS as u32) {
+            auth.record_failure(client(i), later);
+        }
+        assert!(tracked(&auth) <= MAX_TRACKED_CLIENTS);
+        assert_eq!(
+            auth.locked(locked, later),
+            Some(Duration::from_secs(299)),
+            "still locked out"
+        );
+    }
+
+    #[test]
+    fn when_every_tracked_client_is_locked_out_a_new_one_is_not_tracked() {
+        let auth = state(&["k"]);
+        let now = Instant::now();
+        for i in 0..MAX_TRACKED_CLIENTS as u32 {
+            for _ in 0..3 {
+                auth.record_failure(client(i), now);
+            }
+        }
+        assert_eq!(tracked(&auth), MAX_TRACKED_CLIENTS);
+        let newcomer = client(MAX_TRACKED_CLIENTS as u32 + 1);
+        for _ in 0..3 {
+            auth.record_failure(newcomer, now);
+        }
+        assert_eq!(tracked(&auth), MAX_TRACKED_CLIENTS);
+        assert_eq!(auth.locked(newcomer, now), None);
+        assert!(auth.locked(client(0), now).is_some(), "no lockout lifted");
+        // Once the lockouts end, new clients are tracked again.
+        let after = now + Duration::from_secs(301);
+        for _ in 0..3 {
+            auth.record_failure(newcomer, after);
+        }
+        assert!(auth.locked(newcomer, after).is_some());
     }
 
     #[test]
     fn repeated_failures_lock_a_client_out_for_a_while() {
         let auth = state(&["k"]);
-        let client: IpAddr = "198.51.100.1".parse().expect("ip");
+        let client: IpNet = "198.51.100.1/32".parse().expect("net");
         let now = Instant::now();
         auth.record_failure(client, now);
         auth.record_failure(client, now);
@@ -318,7 +450,19 @@ mod tests {
         auth.record_failure(client, now);
         assert_eq!(auth.locked(client, now), Some(Duration::from_secs(300)));
         assert_eq!(auth.locked(client, now + Duration::from_secs(301)), None);
-        let other: IpAddr = "198.51.100.2".parse().expect("ip");
+        let other: IpNet = "198.51.100.2/32".parse().expect("net");
         assert_eq!(auth.locked(other, now), None);
+    }
+
+    #[test]
+    fn a_huge_lockout_is_clamped_to_a_year_without_overflowing() {
+        let auth = state_with(&["k"], Duration::MAX);
+        let client = client(1);
+        let now = Instant::now();
+        for _ in 0..3 {
+            auth.record_failure(client, now);
+        }
+        assert_eq!(auth.locked(client, now), Some(MAX_LOCKOUT));
+        assert!(saturating_add(now, Duration::MAX) > now);
     }
 }

@@ -1,7 +1,9 @@
 //! Per-client rate limiting with governor's keyed GCRA limiter: `RATE_LIMIT_RPS` sustained,
-//! `RATE_LIMIT_BURST` at once, per [`ClientIp`]. Over the limit, REST gets 429 with
-//! `Retry-After` and `RateLimit-*` headers; gRPC gets RESOURCE_EXHAUSTED with `RetryInfo`.
-//! Health checks are never limited. Memory stays bounded: idle clients are swept out.
+//! `RATE_LIMIT_BURST` at once, per [`ClientIp::key`] (an IPv6 client's whole prefix, /64 by
+//! default, shares one budget). Over the limit, REST gets 429 with `Retry-After` and
+//! `RateLimit-*` headers; gRPC gets RESOURCE_EXHAUSTED with `RetryInfo`. Health checks are never
+//! limited. Memory stays bounded: idle clients are swept out. Hand-written rather than
+//! tower_governor's layer, whose error handler cannot see the request (ARCHITECTURE.md).
 
 use std::{
     convert::Infallible,
@@ -21,6 +23,7 @@ use axum::{
 };
 use futures_util::future::{Either, Ready, ready};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
+use ipnet::IpNet;
 use tonic::Code;
 use tower::{Layer, Service};
 
@@ -34,7 +37,7 @@ const MAX_TRACKED_CLIENTS: usize = 100_000;
 
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    limiter: Arc<DefaultKeyedRateLimiter<IpNet>>,
     burst: u32,
     /// Unix seconds of the last forced sweep, so a flood of new clients
     /// sweeps at most once a second.
@@ -94,10 +97,10 @@ where
         if is_health_check(request.uri().path()) {
             return Either::Left(self.inner.call(request));
         }
-        let client = request
-            .extensions()
-            .get::<ClientIp>()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ip| ip.0);
+        let client = request.extensions().get::<ClientIp>().map_or(
+            IpNet::from(IpAddr::from(Ipv4Addr::UNSPECIFIED)),
+            ClientIp::key,
+        );
         let limiter = &self.layer.limiter;
         if limiter.len() > MAX_TRACKED_CLIENTS {
             let now = crate::broker::now_micros() / 1_000_000;
@@ -159,7 +162,7 @@ mod tests {
             NonZeroU32::new(1).expect("non-zero"),
         );
         for i in 0..5000u32 {
-            let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+            let ip = IpNet::from(IpAddr::from(Ipv4Addr::from(0x0a00_0000 + i)));
             assert!(layer.limiter.check_key(&ip).is_ok());
         }
         assert_eq!(layer.tracked_clients(), 5000);

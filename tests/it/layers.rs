@@ -367,25 +367,29 @@ async fn repeated_failures_lock_the_client_out_on_every_protocol() {
             401
         );
     }
-    let locked = rest_get(&app, "/v1/streams", &[("x-api-key", "right")]).await;
-    assert_eq!(
-        locked.status(),
-        429,
-        "even the right key waits out the lockout"
-    );
+    let locked = rest_get(&app, "/v1/streams", &[("x-api-key", "wrong")]).await;
+    assert_eq!(locked.status(), 429, "a locked-out client waits");
     assert!(locked.headers().get("retry-after").is_some());
     let problem: serde_json::Value = locked.json().await.expect("problem");
     assert_eq!(problem["reason"], "AUTH_LOCKED_OUT");
-    let status = list_streams_grpc(&app, Some("right"))
-        .await
-        .expect_err("locked");
+    let status = list_streams_grpc(&app, None).await.expect_err("locked");
     assert_eq!(status.code(), Code::ResourceExhausted);
+    let (http, grpc_status, _) = list_streams_grpc_web(&app, None).await;
+    assert_eq!((http, grpc_status.as_deref()), (200, Some("8")));
+    // The right key is never locked out (tests/it/clients.rs has the NAT case).
+    list_streams_grpc(&app, Some("right"))
+        .await
+        .expect("a valid key passes");
     assert_eq!(rest_get(&app, "/health", &[]).await.status(), 200);
 }
 
 #[tokio::test]
 async fn cors_preflights_are_answered_before_auth_and_expose_grpc_headers() {
-    let app = spawn_configured(with_keys(&["k"])).await;
+    let app = spawn_configured(|c| {
+        with_keys(&["k"])(c);
+        c.cors_allowed_origins = vec!["*".into()];
+    })
+    .await;
     let preflight = app
         .http1
         .request(

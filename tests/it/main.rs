@@ -1,6 +1,8 @@
 //! Integration tests: every one starts a real gateway on a loopback port and talks to it over
 //! real sockets with real clients.
 
+mod browsers;
+mod clients;
 mod connections;
 mod deploy;
 mod durability;

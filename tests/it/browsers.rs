@@ -1,0 +1,182 @@
+//! Safe defaults for browsers: no cross-origin access unless origins are listed, `*` only with a
+//! key, and `ALLOWED_HOSTS` against DNS rebinding.
+
+use std::process::Command;
+
+use iggy_gateway::proto::{self, stream_service_client::StreamServiceClient};
+use tonic::{Code, transport::Endpoint};
+use tonic_types::StatusExt;
+
+use crate::helpers::{TestApp, spawn_app, spawn_configured};
+
+async fn preflight(app: &TestApp, path: &str) -> reqwest::Response {
+    app.http1
+        .request(reqwest::Method::OPTIONS, app.url(path))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,x-grpc-web,x-api-key",
+        )
+        .send()
+        .await
+        .expect("sent")
+}
+
+fn cors_headers(response: &reqwest::Response) -> Vec<String> {
+    response
+        .headers()
+        .keys()
+        .map(|name| name.as_str().to_owned())
+        .filter(|name| name.starts_with("access-control-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn by_default_no_answer_allows_any_other_origin() {
+    let app = spawn_app().await;
+    let simple = app
+        .http1
+        .get(app.url("/v1/streams"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(simple.status(), 200, "the call itself is served");
+    assert_eq!(cors_headers(&simple), Vec::<String>::new());
+
+    let grpc_web = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.StreamService/ListStreams"))
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/grpc-web+proto")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(grpc_web.status(), 200);
+    assert_eq!(cors_headers(&grpc_web), Vec::<String>::new());
+
+    for path in ["/v1/streams", "/iggy.gateway.v1.StreamService/ListStreams"] {
+        let answer = preflight(&app, path).await;
+        assert_eq!(
+            cors_headers(&answer),
+            Vec::<String>::new(),
+            "a preflight to {path} allows nothing ({})",
+            answer.status()
+        );
+    }
+}
+
+#[test]
+fn any_origin_without_an_api_key_exits_78_naming_the_variable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+        .env("PORT", "0")
+        .env("DATA_DIR", dir.path())
+        .env("CORS_ALLOWED_ORIGINS", "*")
+        .env_remove("API_KEY")
+        .env_remove("IGGY_CONNECTION_STRING")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(78), "EX_CONFIG");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("CORS_ALLOWED_ORIGINS=* needs API_KEY"),
+        "{stderr}"
+    );
+}
+
+fn only_gateway_example(c: &mut iggy_gateway::config::Config) {
+    c.allowed_hosts = vec!["gateway.example".parse().expect("a host")];
+}
+
+async fn rest_with_host(app: &TestApp, host: &str) -> reqwest::Response {
+    app.http1
+        .get(app.url("/v1/streams"))
+        .header("host", host)
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn allowed_hosts_refuses_another_host_over_rest_and_accepts_a_listed_one() {
+    let app = spawn_configured(only_gateway_example).await;
+    let rebound = rest_with_host(&app, "evil.example").await;
+    assert_eq!(rebound.status(), 421, "Misdirected Request");
+    let problem: serde_json::Value = rebound.json().await.expect("problem");
+    assert_eq!(problem["reason"], "HOST_NOT_ALLOWED");
+    assert_eq!(problem["status"], 421);
+    assert_eq!(
+        rest_with_host(&app, &app.addr.to_string()).await.status(),
+        421,
+        "the gateway's own address is not listed either"
+    );
+
+    let listed = rest_with_host(&app, &format!("gateway.example:{}", app.addr.port())).await;
+    assert_eq!(listed.status(), 200);
+    assert_eq!(rest_with_host(&app, "GATEWAY.example").await.status(), 200);
+}
+
+#[tokio::test]
+async fn allowed_hosts_refuses_another_authority_over_grpc_and_accepts_a_listed_one() {
+    let app = spawn_configured(only_gateway_example).await;
+    // The test client names 127.0.0.1:PORT as its :authority.
+    let status = app
+        .streams
+        .clone()
+        .list_streams(proto::ListStreamsRequest {})
+        .await
+        .expect_err("not a listed host");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.get_details_error_info().expect("reason").reason,
+        "HOST_NOT_ALLOWED"
+    );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let probe = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect_err("health probes name a host too");
+    assert_eq!(probe.code(), Code::PermissionDenied);
+
+    let grpc_web = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.StreamService/ListStreams"))
+        .header("content-type", "application/grpc-web+proto")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(grpc_web.status(), 200);
+    assert_eq!(grpc_web.headers()["grpc-status"], "7", "PERMISSION_DENIED");
+
+    let listed = Endpoint::from_shared(format!("http://{}", app.addr))
+        .expect("uri")
+        .origin("http://gateway.example".parse().expect("origin"))
+        .connect()
+        .await
+        .expect("connects");
+    StreamServiceClient::new(listed)
+        .list_streams(proto::ListStreamsRequest {})
+        .await
+        .expect("a listed authority is served");
+}
+
+#[tokio::test]
+async fn a_listed_host_without_a_port_accepts_any_port() {
+    let app = spawn_configured(|c| {
+        c.allowed_hosts = vec!["127.0.0.1".parse().expect("a host")];
+    })
+    .await;
+    app.streams
+        .clone()
+        .list_streams(proto::ListStreamsRequest {})
+        .await
+        .expect("127.0.0.1:PORT is listed");
+    assert_eq!(rest_with_host(&app, "localhost").await.status(), 421);
+}
