@@ -32,7 +32,7 @@ use tower::{Layer, Service};
 
 use super::{
     client_ip::ClientIp,
-    protocol::{Rejection, is_health_check},
+    protocol::{Rejection, is_grpc_health},
 };
 
 /// Most clients whose failures are remembered; beyond it the stalest unlocked ones are
@@ -297,7 +297,7 @@ where
         let state = &self.state;
         let path = request.uri().path();
         if state.digests.is_empty()
-            || is_health_check(path)
+            || is_grpc_health(path)
             || state.bypass_paths.iter().any(|bypass| bypass == path)
         {
             return Either::Left(self.inner.call(request));

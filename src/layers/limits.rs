@@ -62,6 +62,32 @@ impl http_body::Body for ChargedBody {
     }
 }
 
+/// A response body that holds `_guard` until the body is sent or dropped.
+struct GuardedBody<G> {
+    inner: Body,
+    _guard: G,
+}
+
+impl<G: Unpin + Send + 'static> http_body::Body for GuardedBody<G> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BodyLimitLayer {
     max_bytes: usize,
@@ -336,9 +362,15 @@ where
             Ok(permit) => {
                 let future = self.inner.call(request);
                 Either::Left(Box::pin(async move {
-                    let response = future.await;
-                    drop(permit);
-                    response
+                    let response = future.await?;
+                    // A streamed answer (a health Watch, a subscription) keeps its permit until
+                    // it ends: long-lived calls count against the limit like any other.
+                    Ok(response.map(|body| {
+                        Body::new(GuardedBody {
+                            inner: body,
+                            _guard: permit,
+                        })
+                    }))
                 }))
             }
             Err(_) => {

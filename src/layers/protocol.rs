@@ -162,8 +162,13 @@ impl Rejection {
     }
 }
 
-/// Health probes are never rate limited, shed or asked for a key: an overloaded or locked-down
-/// gateway must still answer Kubernetes.
+/// Health probes are never rate limited or shed: an overloaded gateway must still answer
+/// Kubernetes. Only the one-shot checks: a `Watch` stays open and is counted like any call.
 pub fn is_health_check(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || path == "/health" || path == "/ready"
+    path == "/grpc.health.v1.Health/Check" || path == "/health" || path == "/ready"
+}
+
+/// The gRPC health service (Check and Watch) never asks for a key, as Kubernetes sends none.
+pub fn is_grpc_health(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
 }

@@ -438,3 +438,48 @@ async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned(
     assert_eq!(offsets(app.poll(next.clone()).await), [5]);
     assert!(app.poll(next).await.messages.is_empty());
 }
+
+#[tokio::test]
+async fn open_health_watches_count_against_the_concurrency_limit_and_checks_never_do() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let app = crate::helpers::spawn_configured(|config| config.max_concurrent_requests = 2).await;
+    let mut health = HealthClient::new(app.channel.clone());
+    let mut watches = Vec::new();
+    for _ in 0..2 {
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("watch opened")
+            .into_inner();
+        watch
+            .message()
+            .await
+            .expect("first status")
+            .expect("a status");
+        watches.push(watch);
+    }
+    // Both permits are held by the open streams: a third call is shed.
+    let shed = app
+        .streams
+        .clone()
+        .list_streams(proto::ListStreamsRequest::default())
+        .await
+        .expect_err("shed");
+    assert_eq!(shed.code(), tonic::Code::Unavailable, "{shed:?}");
+    // A probe still answers.
+    health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health check answers when full");
+    drop(watches);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.streams
+        .clone()
+        .list_streams(proto::ListStreamsRequest::default())
+        .await
+        .expect("served once the watches end");
+}
