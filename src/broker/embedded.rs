@@ -593,8 +593,16 @@ impl Store {
     /// catalog refuses (unknown topic or partition, bad headers) gets its own error and the
     /// others go ahead; a storage failure fails the whole group, with nothing written.
     fn send_group(&self, group: Vec<PendingSend>) {
-        let (requests, replies): (Vec<_>, Vec<_>) =
-            group.into_iter().map(|p| (p.request, p.done)).unzip();
+        // A caller that gave up while its send waited (its deadline passed, it disconnected)
+        // was told nothing was stored: drop the send, so a retry does not store it twice.
+        let (requests, replies): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .filter(|pending| !pending.done.is_closed())
+            .map(|p| (p.request, p.done))
+            .unzip();
+        if requests.is_empty() {
+            return;
+        }
         match self.commit_sends(&requests) {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {

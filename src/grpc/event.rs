@@ -16,8 +16,8 @@ use super::{
 };
 use crate::{
     broker::{
-        Broker, HeaderValue, Headers, Identifier, Name, NewMessage, Partitioning, PollMessages,
-        PollingStrategy, SendMessages, TopicRef, now_micros,
+        Broker, ConsumerOffsetRef, HeaderValue, Headers, Identifier, Name, NewMessage,
+        Partitioning, PollMessages, PollingStrategy, SendMessages, TopicRef, now_micros,
     },
     error::{broker_status, invalid_field},
     proto::{self, event_service_server::EventService},
@@ -311,18 +311,20 @@ impl EventService for EventApi {
         let polled = self
             .broker
             .poll_messages(PollMessages {
-                topic: at,
+                topic: at.clone(),
                 partition_id: request.partition_id,
-                consumer: Some(consumer),
+                consumer: Some(consumer.clone()),
                 strategy: request
                     .offset
                     .map_or(PollingStrategy::Next, PollingStrategy::Offset),
                 count,
                 max_bytes: self.limits.poll_max_bytes,
-                auto_commit: request.auto_commit,
+                // Committed once the answer is built (see MessageApi::poll_messages).
+                auto_commit: false,
             })
             .await
             .map_err(broker_status)?;
+        let last = polled.messages.last().map(|message| message.offset);
         let messages: Vec<proto::PolledEvent> = polled
             .messages
             .into_iter()
@@ -343,6 +345,21 @@ impl EventService for EventApi {
                 })
             })
             .collect();
+        if request.auto_commit
+            && let Some(last) = last
+        {
+            self.broker
+                .store_consumer_offset(
+                    ConsumerOffsetRef {
+                        topic: at,
+                        partition_id: polled.partition_id,
+                        consumer,
+                    },
+                    last,
+                )
+                .await
+                .map_err(broker_status)?;
+        }
         Ok(Response::new(proto::PollEventsResponse {
             count: u32::try_from(messages.len()).unwrap_or(u32::MAX),
             messages,

@@ -317,18 +317,21 @@ impl MessageService for MessageApi {
         let polled = self
             .broker
             .poll_messages(PollMessages {
-                topic,
+                topic: topic.clone(),
                 partition_id: request.partition_id,
-                consumer,
+                consumer: consumer.clone(),
                 strategy,
                 count: request.count,
                 max_bytes: self.limits.poll_max_bytes,
-                auto_commit: request.auto_commit,
+                // Committed below, once the answer is built: a message that could not be
+                // answered must not be skipped by the consumer's next poll.
+                auto_commit: false,
             })
             .await
             .map_err(broker_status)?;
         let partition_id = polled.partition_id;
-        Ok(Response::new(proto::PollMessagesResponse {
+        let last = polled.messages.last().map(|message| message.offset);
+        let response = proto::PollMessagesResponse {
             partition_id,
             current_offset: polled.current_offset,
             messages: polled
@@ -336,7 +339,23 @@ impl MessageService for MessageApi {
                 .into_iter()
                 .map(|message| polled_to_proto(partition_id, message))
                 .collect(),
-        }))
+        };
+        if request.auto_commit
+            && let (Some(last), Some(consumer)) = (last, consumer)
+        {
+            self.broker
+                .store_consumer_offset(
+                    ConsumerOffsetRef {
+                        topic,
+                        partition_id,
+                        consumer,
+                    },
+                    last,
+                )
+                .await
+                .map_err(broker_status)?;
+        }
+        Ok(Response::new(response))
     }
 
     async fn store_consumer_offset(

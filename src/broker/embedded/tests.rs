@@ -136,3 +136,25 @@ async fn a_group_of_refused_sends_changes_nothing() {
         .expect("sent");
     assert_eq!(bodies(&broker, 0).await, vec![(0, "first".to_owned())]);
 }
+
+/// A caller that gave up while its send was queued (deadline passed) was told nothing was
+/// stored, so the writer drops its send: a retry then stores the batch once.
+#[tokio::test]
+async fn a_send_whose_caller_gave_up_before_the_commit_is_not_stored() {
+    let broker = broker_with_topic(1).await;
+    let (done, reply) = oneshot::channel();
+    drop(reply);
+    let (kept_done, kept_reply) = oneshot::channel();
+    broker.inner.send_group(vec![
+        PendingSend {
+            request: send(Partitioning::PartitionId(0), &["abandoned"]),
+            done,
+        },
+        PendingSend {
+            request: send(Partitioning::PartitionId(0), &["kept"]),
+            done: kept_done,
+        },
+    ]);
+    assert_eq!(kept_reply.await.expect("answered"), Ok(()));
+    assert_eq!(bodies(&broker, 0).await, vec![(0, "kept".to_owned())]);
+}
