@@ -32,6 +32,7 @@ use iggy_gateway::{
         topic_service_client::TopicServiceClient,
     },
 };
+use prost::Message;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -62,6 +63,12 @@ struct Args {
     /// Calls per second during the soak (each sends 10 messages and polls 10).
     #[arg(long, default_value_t = 200.0)]
     soak_rate: f64,
+    /// Concurrent attackers in the hostile part.
+    #[arg(long, default_value_t = 64)]
+    attackers: usize,
+    /// Random paths sent in the hostile part's /metrics check.
+    #[arg(long, default_value_t = 10_000)]
+    random_paths: usize,
     /// Idle subscriptions held open while the gateway's CPU is measured.
     #[arg(long, default_value_t = 1000)]
     idle_subscribers: usize,
@@ -88,6 +95,8 @@ enum Part {
     Latency,
     Soak,
     Subscribers,
+    /// Amplification bodies from many attackers at once, and random paths against /metrics.
+    Hostile,
 }
 
 impl Args {
@@ -146,11 +155,20 @@ impl Gateway {
     }
 
     fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The most resident memory the process has had.
+    fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
@@ -1013,6 +1031,10 @@ async fn run(args: Args) {
         idle_subscribers(&args, memory, &mut report).await;
     }
 
+    if args.runs(Part::Hostile) {
+        hostile(&args, &data.path().join("hostile"), &mut report).await;
+    }
+
     if iggy.is_some() {
         // Leave the shared server as it was.
         let _ = StreamServiceClient::new(ch.clone())
@@ -1027,6 +1049,127 @@ async fn run(args: Args) {
         std::fs::write(path, serde_json::to_vec_pretty(&doc).expect("json")).expect("writes JSON");
         println!("wrote {}", path.display());
     }
+}
+
+/// Amplification attacks against a fresh gateway at its default limits (rate limiting off, so
+/// the memory budget alone holds them): each attacker sends 15 MiB bodies that decode to
+/// millions of structs, half over gRPC (`2a 00` repeated) and half over REST (`{},` repeated).
+/// Then `--random-paths` requests on paths no route has, with /metrics measured around them.
+async fn hostile(args: &Args, dir: &Path, report: &mut Report) {
+    let gateway = Gateway::start(dir, None, 1);
+    prepare_topic(gateway.addr, "hostile").await;
+    let base = format!("http://{}", gateway.addr);
+    let mut grpc_body = proto::SendMessagesRequest {
+        stream: "hostile".into(),
+        topic: "bench".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    grpc_body.extend([0x2a, 0x00].repeat(15 * 1024 * 1024 / 2));
+    let mut framed = vec![0u8];
+    framed.extend(u32::try_from(grpc_body.len()).expect("fits").to_be_bytes());
+    framed.extend(grpc_body);
+    let grpc_body = Bytes::from(framed);
+    let rest_body = Bytes::from(format!(
+        "{{\"messages\":[{}{{}}]}}",
+        "{},".repeat(15 * 1024 * 1024 / 3)
+    ));
+    let refused = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut attackers = Vec::new();
+    for attacker in 0..args.attackers {
+        let (base, refused) = (base.clone(), Arc::clone(&refused));
+        let (grpc_body, rest_body) = (grpc_body.clone(), rest_body.clone());
+        attackers.push(tokio::spawn(async move {
+            let grpc = attacker % 2 == 0;
+            let client = if grpc {
+                reqwest::Client::builder().http2_prior_knowledge().build()
+            } else {
+                reqwest::Client::builder().build()
+            }
+            .expect("client");
+            for _ in 0..3 {
+                let request = if grpc {
+                    client
+                        .post(format!(
+                            "{base}/iggy.gateway.v1.MessageService/SendMessages"
+                        ))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers")
+                        .body(grpc_body.clone())
+                } else {
+                    client
+                        .post(format!("{base}/v1/streams/hostile/topics/bench/messages"))
+                        .header("content-type", "application/json")
+                        .body(rest_body.clone())
+                };
+                // A refusal before the upload ends shows up as a cut-off write: refused too.
+                let accepted = request.send().await.is_ok_and(|response| {
+                    response.status().is_success()
+                        && response
+                            .headers()
+                            .get("grpc-status")
+                            .is_none_or(|status| status == "0")
+                });
+                if !accepted {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for attacker in attackers {
+        let _ = attacker.await;
+    }
+    report.number(
+        "hostile_attack_requests_refused",
+        refused.load(Ordering::Relaxed) as f64,
+        &format!("of {}", args.attackers * 3),
+    );
+    report.number("hostile_attack_secs", started.elapsed().as_secs_f64(), "s");
+    report.ceiling(
+        "hostile_peak_rss",
+        gateway.peak_rss_kib() as f64 / 1024.0,
+        "MiB",
+        256.0,
+    );
+
+    let http = reqwest::Client::new();
+    let metrics_len = || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+            .len()
+    };
+    let before = metrics_len().await;
+    let prefixes = [
+        "/grpc.health.v1.Health/",
+        "/",
+        "/v1/streams/x/",
+        "/streams/",
+    ];
+    for i in 0..args.random_paths {
+        let noise: String = (0..200)
+            .map(|j| char::from(b'a' + u8::try_from((i * 31 + j * 7) % 26).unwrap_or(0)))
+            .collect();
+        let path = format!("{}{noise}{i}", prefixes[i % prefixes.len()]);
+        let mut request = http.post(format!("{base}{path}"));
+        if i % 3 == 0 {
+            request = request.header("content-type", "application/grpc");
+        }
+        let _ = request.send().await;
+    }
+    let after = metrics_len().await;
+    report.number("hostile_metrics_bytes_before", before as f64, "bytes");
+    report.ceiling(
+        "hostile_metrics_growth",
+        after.saturating_sub(before) as f64,
+        "bytes",
+        1024.0,
+    );
 }
 
 /// Mixed sends and polls for `--soak-secs`; RSS is read each minute (and at the end) so the
