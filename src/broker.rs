@@ -400,9 +400,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the backend can serve calls now; health and readiness follow it.
     fn availability(&self) -> watch::Receiver<bool>;
 
-    /// A counter that moves whenever messages are appended, for backends that can tell
-    /// (subscribers then sleep until it moves instead of polling); `None` when they cannot.
-    fn appended(&self) -> Option<watch::Receiver<u64>> {
+    /// A signal that changes whenever messages are appended to one partition (its value
+    /// means nothing), for backends that can tell: subscribers sleep until a partition of
+    /// theirs changes and poll only that one. Appends before the call are not signalled: poll
+    /// once after subscribing. `None` when the backend cannot tell (or the partition does not
+    /// exist); callers then poll on a timer.
+    fn partition_appends(
+        &self,
+        _topic: &TopicRef,
+        _partition_id: u32,
+    ) -> Option<watch::Receiver<u64>> {
         None
     }
 

@@ -398,8 +398,12 @@ impl Broker for MeteredBroker {
     fn availability(&self) -> watch::Receiver<bool> {
         self.inner.availability()
     }
-    fn appended(&self) -> Option<watch::Receiver<u64>> {
-        self.inner.appended()
+    fn partition_appends(
+        &self,
+        topic: &TopicRef,
+        partition_id: u32,
+    ) -> Option<watch::Receiver<u64>> {
+        self.inner.partition_appends(topic, partition_id)
     }
     fn reconnects(&self) -> u64 {
         self.inner.reconnects()

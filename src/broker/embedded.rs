@@ -328,8 +328,10 @@ struct Store {
     /// Serialises writers: each one reads the catalog, commits, then publishes the change;
     /// redb allows one write transaction at a time anyway.
     writer: Mutex<()>,
-    /// Moves after every committed send, to wake idle subscribers.
-    appended: watch::Sender<u64>,
+    /// Append counters of the partitions subscribers follow, created when first asked for and
+    /// moved after each commit that appends there: a write wakes only its own partition's
+    /// followers.
+    heads: Mutex<HashMap<(u32, u32, u32), watch::Sender<u64>>>,
 }
 
 impl EmbeddedBroker {
@@ -369,7 +371,7 @@ impl EmbeddedBroker {
             db,
             catalog: RwLock::new(catalog),
             writer: Mutex::new(()),
-            appended: watch::channel(0).0,
+            heads: Mutex::new(HashMap::new()),
         });
         let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
         let store = Arc::clone(&inner);
@@ -706,8 +708,13 @@ impl Store {
             catalog.topic_mut(s, t)?.next_balanced = next;
         }
         drop(catalog);
-        self.appended
-            .send_modify(|count| *count = count.wrapping_add(1));
+        if let Ok(watched) = self.heads.lock() {
+            for ((s, t, p), _, _) in &writes {
+                if let Some(appends) = watched.get(&(*s, *t, *p)) {
+                    appends.send_modify(|count| *count = count.wrapping_add(1));
+                }
+            }
+        }
         Ok(results)
     }
 
@@ -1009,8 +1016,27 @@ impl Broker for EmbeddedBroker {
         self.available.subscribe()
     }
 
-    fn appended(&self) -> Option<watch::Receiver<u64>> {
-        Some(self.inner.appended.subscribe())
+    fn partition_appends(
+        &self,
+        topic: &TopicRef,
+        partition_id: u32,
+    ) -> Option<watch::Receiver<u64>> {
+        let (s, t, _) = self
+            .inner
+            .read_catalog()
+            .ok()?
+            .partition(topic, partition_id)
+            .ok()?;
+        let mut watched = self.inner.heads.lock().ok()?;
+        // Partitions nobody follows any more are forgotten here, so the map stays as small as
+        // the set of followed partitions.
+        watched.retain(|_, appends| appends.receiver_count() > 0);
+        Some(
+            watched
+                .entry((s, t, partition_id))
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe(),
+        )
     }
 
     async fn create_stream(&self, name: Name) -> BrokerResult<StreamInfo> {

@@ -7,7 +7,7 @@
 //! reading for `SUBSCRIBE_SLOW_CLIENT_MS`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -17,7 +17,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -280,13 +280,38 @@ async fn run(
     tx: mpsc::Sender<Item>,
 ) -> (Subscription, BTreeMap<u32, Option<u64>>) {
     let mut idle_wait = MIN_IDLE_WAIT;
-    let mut appended = broker.appended();
+    // One append signal per followed partition, taken before the first poll so no append
+    // falls between the two. With every partition signalled, a subscriber polls only the
+    // partitions that moved (or still had more to read); otherwise it polls on a timer.
+    let mut appends: BTreeMap<u32, watch::Receiver<u64>> = next
+        .keys()
+        .filter_map(|p| {
+            broker
+                .partition_appends(&request.topic, *p)
+                .map(|rx| (*p, rx))
+        })
+        .collect();
+    let mut signalled = appends.len() == next.len();
+    // The signal's value at each partition's last poll (waiting marks values seen, so the
+    // values themselves are compared).
+    let mut polled_at: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut first_round = true;
+    let mut draining: BTreeSet<u32> = BTreeSet::new();
     let mut last_sent = tokio::time::Instant::now();
     let mut since_commit = 0u32;
     let mut last_commit = tokio::time::Instant::now();
     loop {
         let mut delivered = 0usize;
         for (partition, position) in next.clone() {
+            let signal = appends.get(&partition).map(|rx| *rx.borrow());
+            let moved = signal != polled_at.get(&partition).copied();
+            if signalled && !first_round && !moved && !draining.contains(&partition) {
+                continue;
+            }
+            // Read before the poll: an append during it moves the signal again.
+            if let Some(signal) = signal {
+                polled_at.insert(partition, signal);
+            }
             let strategy = match position {
                 Some(offset) => PollingStrategy::Offset(offset),
                 None => request.strategy,
@@ -310,10 +335,13 @@ async fn run(
                     return (request, next);
                 }
             };
-            if polled.messages.is_empty() && position.is_none() {
+            if polled.messages.is_empty() {
+                draining.remove(&partition);
                 // Nothing yet for a first poll by strategy: keep asking the same way.
                 continue;
             }
+            // It may hold more than one poll returns: read it again before sleeping.
+            draining.insert(partition);
             for message in polled.messages {
                 let offset = message.offset;
                 next.insert(partition, Some(offset + 1));
@@ -340,6 +368,7 @@ async fn run(
                 }
             }
         }
+        first_round = false;
         if delivered > 0 {
             idle_wait = MIN_IDLE_WAIT;
             continue;
@@ -354,7 +383,7 @@ async fn run(
         // A backend that announces appends lets an idle subscriber sleep until one happens
         // (or its next heartbeat is due); otherwise it polls, backing off to the idle interval.
         let until_heartbeat = settings.heartbeat.saturating_sub(last_sent.elapsed());
-        let wait = if appended.is_some() {
+        let wait = if signalled {
             until_heartbeat
         } else {
             idle_wait
@@ -369,13 +398,16 @@ async fn run(
             () = tx.closed() => return (request, next),
             () = tokio::time::sleep(wait) => {}
             changed = async {
-                match appended.as_mut() {
-                    Some(appended) => appended.changed().await,
-                    None => std::future::pending().await,
+                if signalled && !appends.is_empty() {
+                    let waits = appends.values_mut().map(|rx| Box::pin(rx.changed()));
+                    futures_util::future::select_all(waits).await.0
+                } else {
+                    std::future::pending().await
                 }
             } => {
+                // The backend went away: fall back to polling on a timer.
                 if changed.is_err() {
-                    appended = None;
+                    signalled = false;
                 }
             }
         }

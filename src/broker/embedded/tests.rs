@@ -158,3 +158,28 @@ async fn a_send_whose_caller_gave_up_before_the_commit_is_not_stored() {
     assert_eq!(kept_reply.await.expect("answered"), Ok(()));
     assert_eq!(bodies(&broker, 0).await, vec![(0, "kept".to_owned())]);
 }
+
+/// A write signals the followers of its own partition only.
+#[tokio::test]
+async fn an_append_signals_only_its_own_partition() {
+    let broker = broker_with_topic(2).await;
+    let first = broker.partition_appends(&topic(), 0).expect("partition 0");
+    let mut second = broker.partition_appends(&topic(), 1).expect("partition 1");
+    assert!(
+        broker.partition_appends(&topic(), 2).is_none(),
+        "no such partition"
+    );
+    broker
+        .send_messages(send(Partitioning::PartitionId(1), &["x"]))
+        .await
+        .expect("sent");
+    assert_eq!(first.has_changed().ok(), Some(false));
+    assert_eq!(second.has_changed().ok(), Some(true));
+    second.borrow_and_update();
+    broker
+        .send_messages(send(Partitioning::PartitionId(0), &["y"]))
+        .await
+        .expect("sent");
+    assert_eq!(first.has_changed().ok(), Some(true));
+    assert_eq!(second.has_changed().ok(), Some(false));
+}
