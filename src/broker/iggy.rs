@@ -324,7 +324,9 @@ fn map_error(err: IggyError, context: &Context) -> BrokerError {
             BrokerError::Unauthenticated(err.to_string())
         }
         ref connection if is_connection_error(connection) => {
-            BrokerError::Unavailable(err.to_string())
+            // The SDK's words are for the operator's log; the caller hears the gateway's.
+            tracing::warn!(error = %err, code = err.as_code(), "Iggy connection error");
+            BrokerError::Unavailable("the connection to Iggy failed; retry".into())
         }
         // The SDK has some 240 errors; those the gateway cannot act on are internal, with the
         // SDK's code kept for the operator's log.
@@ -332,10 +334,13 @@ fn map_error(err: IggyError, context: &Context) -> BrokerError {
     }
 }
 
+/// A value Iggy refused. Its text (which may name internals, or the wrong value) goes to the
+/// log; the caller is told which field, in the gateway's words.
 fn invalid(field: &'static str, err: IggyError) -> BrokerError {
+    tracing::info!(field, error = %err, code = err.as_code(), "Iggy refused a value");
     BrokerError::InvalidArgument {
         field,
-        reason: format!("refused by Iggy: {err}"),
+        reason: "was refused by the Iggy server (outside what it accepts)".into(),
     }
 }
 

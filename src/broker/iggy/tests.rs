@@ -67,6 +67,24 @@ fn sdk_errors_map_by_variant_to_the_broker_error_naming_what_was_asked() {
 }
 
 #[test]
+fn the_sdks_error_text_never_reaches_the_caller() {
+    let context = Context::default();
+    for err in [
+        IggyError::InvalidOffset(9),
+        IggyError::InvalidStreamName,
+        IggyError::Disconnected,
+        IggyError::CannotEstablishConnection,
+    ] {
+        let sdk_text = err.to_string();
+        let mapped = map_error(err, &context).to_string();
+        assert!(
+            !mapped.contains(&sdk_text),
+            "{mapped:?} repeats {sdk_text:?}"
+        );
+    }
+}
+
+#[test]
 fn passwords_never_reach_the_logs() {
     assert_eq!(
         redact("iggy://admin:s3cret@iggy.internal:8090"),
