@@ -13,6 +13,9 @@ use crate::{
     listener::{self, ListenerSettings},
 };
 
+/// Shortest CURSOR_SECRET: an HMAC-SHA256 key guessable by brute force signs nothing.
+pub const MIN_CURSOR_SECRET_BYTES: usize = 32;
+
 /// API keys; never printed (its `Debug` says how many there are, nothing more).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKeys(Vec<String>);
@@ -230,6 +233,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub connection_idle_timeout_ms: u64,
 
+    /// An HTTP/1.1 request's headers must arrive within this time, in milliseconds (slowloris).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+
     /// Also serve `/metrics` (without a key) on this port of HOST; unset: only on PORT.
     #[arg(long, env = "METRICS_PORT")]
     pub metrics_port: Option<u16>,
@@ -407,8 +415,9 @@ impl Config {
             max_concurrent_requests: 1024,
             max_connections: None,
             connection_idle_timeout_ms: 60_000,
+            header_read_timeout_ms: 10_000,
             metrics_port: None,
-            cursor_secret: Some("test-cursor-secret".into()),
+            cursor_secret: Some("test-cursor-secret-of-32-bytes-at-least".into()),
             max_subscribers: 1000,
             max_subscribers_per_client: 100,
             subscribe_idle_poll_ms: 50,
@@ -427,6 +436,15 @@ impl Config {
             return Err("CORS_ALLOWED_ORIGINS=* needs API_KEY: without a key any web page could \
                         use the gateway from its visitors' browsers; list the origins or set API_KEY"
                 .into());
+        }
+        if let Some(secret) = &self.cursor_secret
+            && secret.len() < MIN_CURSOR_SECRET_BYTES
+        {
+            return Err(format!(
+                "CURSOR_SECRET: must be at least {MIN_CURSOR_SECRET_BYTES} bytes, it is {} (it \
+                 signs cursors; `openssl rand -base64 32` makes one)",
+                secret.len()
+            ));
         }
         if self.max_inflight_bytes < u64::from(self.max_request_body_size) {
             return Err(format!(
@@ -548,10 +566,13 @@ impl Config {
             || listener::default_max_connections(descriptor_limit),
             |max| usize::try_from(max).unwrap_or(usize::MAX),
         );
-        ListenerSettings::new(
-            max_connections,
-            Duration::from_millis(self.connection_idle_timeout_ms),
-        )
+        ListenerSettings {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            ..ListenerSettings::new(
+                max_connections,
+                Duration::from_millis(self.connection_idle_timeout_ms),
+            )
+        }
     }
 
     /// Whether the gateway is reachable from other machines without any key.
@@ -620,6 +641,32 @@ mod tests {
             panic!("a malformed host is refused");
         };
         assert!(line.starts_with("ALLOWED_HOSTS: "), "{line}");
+    }
+
+    #[test]
+    fn settings_that_conflict_or_are_too_weak_are_refused_naming_the_variable() {
+        let refused = |args: &[&str]| match Config::load_from(args.iter().copied()) {
+            Err(LoadError::Invalid(line)) => line,
+            other => panic!("{args:?} accepted: {other:?}"),
+        };
+        let line = refused(&["iggy-gateway", "--cursor-secret", "short"]);
+        assert!(
+            line.starts_with("CURSOR_SECRET: must be at least 32 bytes"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("short"),
+            "the secret itself is never printed: {line}"
+        );
+        let line = refused(&[
+            "iggy-gateway",
+            "--max-request-body-size",
+            "2048",
+            "--max-inflight-bytes",
+            "1024",
+        ]);
+        assert!(line.starts_with("MAX_INFLIGHT_BYTES: "), "{line}");
+        assert!(Config::load_from(["iggy-gateway", "--cursor-secret", &"k".repeat(32)]).is_ok());
     }
 
     #[test]

@@ -165,6 +165,19 @@ async fn idle_connections_are_closed_and_busy_ones_kept() {
     let mut silent = TcpStream::connect(app.addr).await.expect("handshake");
     assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
 
+    // A keep-alive connection after its request was answered.
+    let mut kept_alive = TcpStream::connect(app.addr).await.expect("handshake");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut kept_alive,
+        b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n",
+    )
+    .await
+    .expect("request sent");
+    let mut answer = vec![0u8; 4096];
+    let read = kept_alive.read(&mut answer).await.expect("answer");
+    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 200"));
+    assert!(closed_within(&mut kept_alive, Duration::from_secs(3)).await);
+
     // A live subscription is a call in flight: its connection stays open past the timeout.
     let mut subscription = app
         .http1
@@ -185,4 +198,64 @@ async fn idle_connections_are_closed_and_busy_ones_kept() {
         .expect("a chunk")
         .expect("not the end");
     assert!(String::from_utf8_lossy(&chunk).contains("after the idle timeout"));
+}
+
+#[tokio::test]
+async fn headers_that_trickle_in_are_cut_off_at_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_configured(|config| config.header_read_timeout_ms = 300).await;
+    let mut slow = TcpStream::connect(app.addr).await.expect("handshake");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\n")
+        .await
+        .expect("first lines");
+    // One more byte every 100 ms: never idle, never a whole request.
+    let dripping = async {
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if slow.write_all(b"X").await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), dripping)
+        .await
+        .expect("the gateway stops reading before the drip ends");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), slow.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(_) | Err(_))),
+        "the connection is closed"
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "no answer to a request that never arrived"
+    );
+}
+
+#[tokio::test]
+async fn a_request_body_that_never_ends_is_cut_off_at_the_request_timeout() {
+    let app = spawn_configured(|config| config.request_timeout_ms = 500).await;
+    let tcp = TcpStream::connect(app.addr).await.expect("connects");
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.expect("ready");
+    let request = http::Request::post(app.url("/iggy.gateway.v1.MessageService/SendMessages"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    // Headers sent, body left open: the slowloris of HTTP/2.
+    let (response, _body) = h2.send_request(request, false).expect("stream opened");
+    let response = tokio::time::timeout(Duration::from_secs(3), response)
+        .await
+        .expect("answered before the client gives up")
+        .expect("a response");
+    assert_eq!(
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()),
+        Some("4"),
+        "DEADLINE_EXCEEDED: {response:?}"
+    );
 }

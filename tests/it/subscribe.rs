@@ -106,7 +106,9 @@ async fn tampered_or_foreign_cursors_are_refused() {
         .await
         .expect_err("refused");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let other = spawn_configured(|c| c.cursor_secret = Some("another-secret".into())).await;
+    let other =
+        spawn_configured(|c| c.cursor_secret = Some("another-secret-also-32-bytes-long!".into()))
+            .await;
     let other = app_with_topic(other).await;
     let mut stream = other
         .messages
