@@ -212,13 +212,8 @@ impl MessageService for MessageApi {
             request.timestamp.as_ref(),
             unspecified,
         )?;
-        let commits = request.commit_every > 0 || request.commit_interval_ms > 0;
-        if consumer.is_none() && (strategy == PollingStrategy::Next || commits) {
-            return Err(invalid_field(
-                "consumer",
-                "is required with strategy NEXT and with commits",
-            ));
-        }
+        // The consumer may come from a cursor: the subscription checks it is there when NEXT
+        // or commits need it.
         let receiver = self
             .subscriptions
             .start(

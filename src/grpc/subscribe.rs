@@ -21,16 +21,18 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::message::polled_to_proto;
+use super::{convert::identifier, message::polled_to_proto};
 use crate::{
     broker::{
-        Broker, BrokerError, ConsumerOffsetRef, Identifier, PollMessages, PollingStrategy, TopicRef,
+        Broker, BrokerError, ConsumerOffsetRef, Identifier, PartitionInfo, PollMessages,
+        PollingStrategy, TopicInfo, TopicRef,
     },
     error::{broker_status, invalid_field},
     proto,
 };
 
-const CURSOR_VERSION: u8 = 1;
+/// 2: cursors carry their subscription's scope and the topic's incarnation.
+const CURSOR_VERSION: u8 = 2;
 /// Messages read from one partition per poll.
 const POLL_BATCH: u32 = 100;
 /// The first idle wait; it doubles up to `SUBSCRIBE_IDLE_POLL_MS`.
@@ -96,13 +98,64 @@ impl Drop for ClientSlot {
     }
 }
 
-/// The position of a subscription: where each partition is read next.
+/// What a cursor resumes: the subscription it came from, bound to the topic's incarnation, and
+/// where each of its partitions is read next.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Cursor {
     stream: String,
     topic: String,
     consumer: String,
+    /// The topic's id and creation time when the cursor was issued: a topic deleted and created
+    /// again under the same name is another log, and the cursor is refused there.
+    topic_id: u32,
+    topic_created_at: u64,
+    scope: Scope,
+    /// Where partitions without a position yet start (the subscription's strategy).
+    start: Start,
+    /// The next offset of each partition that has one.
     next: BTreeMap<u32, u64>,
+}
+
+/// The partitions a subscription follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Scope {
+    One(u32),
+    /// Every partition; this many existed when the subscription started. Partitions added
+    /// since are read from their first message.
+    All(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Start {
+    Offset(u64),
+    Timestamp(u64),
+    First,
+    Last,
+    Next,
+}
+
+impl From<PollingStrategy> for Start {
+    fn from(strategy: PollingStrategy) -> Self {
+        match strategy {
+            PollingStrategy::Offset(offset) => Start::Offset(offset),
+            PollingStrategy::Timestamp(micros) => Start::Timestamp(micros),
+            PollingStrategy::First => Start::First,
+            PollingStrategy::Last => Start::Last,
+            PollingStrategy::Next => Start::Next,
+        }
+    }
+}
+
+impl From<Start> for PollingStrategy {
+    fn from(start: Start) -> Self {
+        match start {
+            Start::Offset(offset) => PollingStrategy::Offset(offset),
+            Start::Timestamp(micros) => PollingStrategy::Timestamp(micros),
+            Start::First => PollingStrategy::First,
+            Start::Last => PollingStrategy::Last,
+            Start::Next => PollingStrategy::Next,
+        }
+    }
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -114,6 +167,8 @@ fn mac(secret: &[u8]) -> HmacSha256 {
 
 fn encode_cursor(cursor: &Cursor, secret: &[u8]) -> String {
     let mut bytes = vec![CURSOR_VERSION];
+    // Serializing plain structs into a Vec cannot fail; an empty body would not decode, so
+    // the cursor would be refused rather than misread.
     bytes.extend(postcard::to_stdvec(cursor).unwrap_or_default());
     let mut signer = mac(secret);
     signer.update(&bytes);
@@ -136,7 +191,9 @@ fn decode_cursor(text: &str, secret: &[u8]) -> Result<Cursor, Status> {
         .verify_slice(tag)
         .map_err(|_| refuse("was altered or signed with another key (CURSOR_SECRET)"))?;
     if body[0] != CURSOR_VERSION {
-        return Err(refuse("has an unknown version"));
+        return Err(refuse(
+            "comes from another version of the gateway; subscribe again without it",
+        ));
     }
     postcard::from_bytes(&body[1..]).map_err(|_| refuse("does not decode"))
 }
@@ -190,50 +247,77 @@ impl Subscriptions {
             .as_ref()
             .map(Identifier::to_string)
             .unwrap_or_default();
+        // A cursor resumes exactly its subscription: its scope, consumer and strategy, unless the
+        // request names something else, which is refused rather than silently widened.
+        let cursor = request
+            .cursor
+            .as_deref()
+            .map(|text| decode_cursor(text, &self.settings.cursor_secret))
+            .transpose()?;
+        if let Some(cursor) = &cursor {
+            conflicts(cursor, &request, &consumer_text)?;
+        }
         let topic_info = broker
             .get_topic(request.topic.clone())
             .await
             .map_err(broker_status)?;
-        let partitions: Vec<u32> = match request.partition_id {
-            Some(id) if id < topic_info.partitions_count => vec![id],
-            Some(id) => {
+        let mut request = request;
+        let scope = match &cursor {
+            Some(cursor) => {
+                same_log(cursor, &topic_info)?;
+                cursor.scope
+            }
+            None => match request.partition_id {
+                Some(id) => Scope::One(id),
+                None => Scope::All(topic_info.partitions_count),
+            },
+        };
+        if let Some(cursor) = &cursor {
+            if request.consumer.is_none() && !cursor.consumer.is_empty() {
+                request.consumer = Some(identifier("consumer", &cursor.consumer)?);
+            }
+            request.strategy = cursor.start.into();
+        }
+        let consumer_text = request
+            .consumer
+            .as_ref()
+            .map(Identifier::to_string)
+            .unwrap_or_default();
+        let commits = request.commit_every > 0 || !request.commit_interval.is_zero();
+        if request.consumer.is_none() && (request.strategy == PollingStrategy::Next || commits) {
+            return Err(invalid_field(
+                "consumer",
+                "is required with strategy NEXT and with commits",
+            ));
+        }
+        let partitions: Vec<u32> = match scope {
+            Scope::One(id) if id < topic_info.partitions_count => vec![id],
+            Scope::One(id) => {
                 return Err(broker_status(BrokerError::PartitionNotFound {
                     topic: request.topic.topic.clone(),
                     partition_id: id,
                     partitions_count: topic_info.partitions_count,
                 }));
             }
-            None => (0..topic_info.partitions_count).collect(),
+            Scope::All(_) => (0..topic_info.partitions_count).collect(),
         };
 
-        // Where each partition starts: the cursor's positions, or the strategy's first poll.
+        // Where each partition starts: the cursor's positions (partitions added since it was
+        // issued from their first message), or the strategy's first poll.
         let mut next: BTreeMap<u32, Option<u64>> = partitions.iter().map(|p| (*p, None)).collect();
-        if let Some(text) = &request.cursor {
-            let cursor = decode_cursor(text, &self.settings.cursor_secret)?;
-            if cursor.stream != request.stream_text
-                || cursor.topic != request.topic_text
-                || cursor.consumer != consumer_text
-            {
-                return Err(invalid_field(
-                    "cursor",
-                    "belongs to another stream, topic or consumer",
-                ));
-            }
-            for (partition, offset) in cursor.next {
-                if let Some(slot) = next.get_mut(&partition) {
-                    *slot = Some(offset);
+        if let Some(cursor) = &cursor {
+            for (partition, slot) in &mut next {
+                if let Some(offset) = cursor.next.get(partition) {
+                    *slot = Some(*offset);
+                } else if matches!(cursor.scope, Scope::All(count) if *partition >= count) {
+                    *slot = Some(0);
                 }
             }
         } else if request.strategy == PollingStrategy::Last {
             // "Last" for a subscription means only what arrives from now on.
             for partition in &topic_info.partitions {
                 if let Some(slot) = next.get_mut(&partition.id) {
-                    let head = if partition.messages_count == 0 {
-                        0
-                    } else {
-                        partition.current_offset + 1
-                    };
-                    *slot = Some(head);
+                    *slot = Some(head_of(partition));
                 }
             }
         }
@@ -245,7 +329,14 @@ impl Subscriptions {
             stream: request.stream_text.clone(),
             topic: request.topic_text.clone(),
             consumer: consumer_text,
-            next: BTreeMap::new(),
+            topic_id: topic_info.id,
+            topic_created_at: topic_info.created_at_micros,
+            scope,
+            start: request.strategy.into(),
+            next: next
+                .iter()
+                .filter_map(|(partition, offset)| offset.map(|offset| (*partition, offset)))
+                .collect(),
         };
         tokio::spawn(async move {
             let _permit = permit;
@@ -268,6 +359,72 @@ impl Subscriptions {
         });
         Ok(rx)
     }
+}
+
+/// The offset a partition's next message will get.
+fn head_of(partition: &PartitionInfo) -> u64 {
+    if partition.messages_count == 0 {
+        0
+    } else {
+        partition.current_offset + 1
+    }
+}
+
+/// Refuses a cursor whose subscription differs from what `request` names.
+fn conflicts(cursor: &Cursor, request: &Subscription, consumer: &str) -> Result<(), Status> {
+    let conflict = |what: String| invalid_field("cursor", what);
+    if cursor.stream != request.stream_text || cursor.topic != request.topic_text {
+        return Err(conflict(format!(
+            "was issued for {}/{}, not {}/{}",
+            cursor.stream, cursor.topic, request.stream_text, request.topic_text
+        )));
+    }
+    if !consumer.is_empty() && cursor.consumer != consumer {
+        return Err(conflict(format!(
+            "was issued for consumer {:?}, not {consumer:?}",
+            cursor.consumer
+        )));
+    }
+    match (cursor.scope, request.partition_id) {
+        (Scope::One(issued), Some(asked)) if issued != asked => {
+            return Err(conflict(format!(
+                "was issued for partition {issued}, not partition {asked}"
+            )));
+        }
+        (Scope::All(_), Some(asked)) => {
+            return Err(conflict(format!(
+                "was issued for every partition, not partition {asked} alone"
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Refuses a cursor of another incarnation of the topic, or past the end of a partition (the
+/// log was purged since).
+fn same_log(cursor: &Cursor, topic: &TopicInfo) -> Result<(), Status> {
+    let conflict = |what: String| invalid_field("cursor", what);
+    if cursor.topic_id != topic.id || cursor.topic_created_at != topic.created_at_micros {
+        return Err(conflict(
+            "belongs to a topic that was deleted since (this one was created again under its \
+             name); subscribe again without it"
+                .into(),
+        ));
+    }
+    for partition in &topic.partitions {
+        if let Some(next) = cursor.next.get(&partition.id)
+            && *next > head_of(partition)
+        {
+            return Err(conflict(format!(
+                "is past the end of partition {} ({} < {next}): it was purged since; subscribe \
+                 again without it",
+                partition.id,
+                head_of(partition)
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn run(
@@ -473,16 +630,7 @@ async fn heartbeat(
         Ok(topic) => topic
             .partitions
             .iter()
-            .map(|p| {
-                (
-                    p.id,
-                    if p.messages_count == 0 {
-                        0
-                    } else {
-                        p.current_offset + 1
-                    },
-                )
-            })
+            .map(|p| (p.id, head_of(p)))
             .collect(),
         Err(_) => BTreeMap::new(),
     };
@@ -515,6 +663,10 @@ mod tests {
             stream: "orders".into(),
             topic: "created".into(),
             consumer: String::new(),
+            topic_id: 3,
+            topic_created_at: 1_700_000_000_000_000,
+            scope: Scope::All(3),
+            start: Start::First,
             next: [(0, 5), (2, 9)].into_iter().collect(),
         }
     }

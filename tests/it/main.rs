@@ -4,6 +4,7 @@
 mod browsers;
 mod clients;
 mod connections;
+mod cursors;
 mod deploy;
 mod durability;
 mod grpc_web;
