@@ -390,3 +390,115 @@ async fn over_sse_last_event_id_resumes_the_same_partition_and_conflicts_are_400
         "{problem}"
     );
 }
+
+/// Reads SSE message events from `path` until `count` have arrived; their texts and last id.
+async fn sse_take(
+    app: &TestApp,
+    path: &str,
+    last_event_id: Option<&str>,
+    count: usize,
+) -> (Vec<String>, String) {
+    let mut request = app
+        .http1
+        .get(app.url(path))
+        .header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let mut response = request.send().await.expect("sent");
+    assert_eq!(response.status(), 200, "{path}");
+    let mut text = String::new();
+    while text.matches("event: message").count() < count {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("in time")
+            .expect("ok")
+            .expect("more");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|event| event.contains("event: message"))
+        .take(count)
+        .collect();
+    let texts = events
+        .iter()
+        .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .filter_map(|json| json["text"].as_str().map(str::to_owned))
+        .collect();
+    let id = events
+        .last()
+        .and_then(|event| event.lines().find_map(|l| l.strip_prefix("id: ")))
+        .expect("an id")
+        .to_owned();
+    (texts, id)
+}
+
+async fn sse_refused(app: &TestApp, path: &str, last_event_id: &str) -> String {
+    let response = app
+        .http1
+        .get(app.url(path))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", last_event_id)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400, "{path}");
+    let problem: serde_json::Value = response.json().await.expect("a problem");
+    problem["detail"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn over_sse_every_partition_resumes_new_partitions_start_first_and_conflicts_are_refused() {
+    let app = three_partitions().await;
+    let base = "/v1/streams/rp/topics/t/messages:subscribe";
+    let (texts, id) = sse_take(
+        &app,
+        &format!("{base}?consumer=billing&strategy=POLLING_STRATEGY_FIRST"),
+        None,
+        4,
+    )
+    .await;
+    assert_eq!(texts, names("p0", 0..4));
+
+    app.topics
+        .clone()
+        .create_partitions(proto::CreatePartitionsRequest {
+            stream: "rp".into(),
+            topic: "t".into(),
+            partitions_count: 1,
+        })
+        .await
+        .expect("a fourth partition");
+    app.send_texts("rp", "t", 3, &["p3-0"]).await;
+    // The cursor alone: every partition, where each stood, and the new one from its start.
+    let (mut rest, _) = sse_take(&app, base, Some(&id), 27).await;
+    rest.sort();
+    let mut expected = names("p0", 4..10);
+    expected.extend(names("p1", 0..10));
+    expected.extend(names("p2", 0..10));
+    expected.push("p3-0".into());
+    expected.sort();
+    assert_eq!(rest, expected);
+
+    let detail = sse_refused(&app, &format!("{base}?partition_id=1"), &id).await;
+    assert!(
+        detail.contains("every partition, not partition 1"),
+        "{detail}"
+    );
+    let detail = sse_refused(&app, &format!("{base}?consumer=shipping"), &id).await;
+    assert!(detail.contains("consumer"), "{detail}");
+
+    app.topics
+        .clone()
+        .delete_topic(proto::DeleteTopicRequest {
+            stream: "rp".into(),
+            topic: "t".into(),
+        })
+        .await
+        .expect("deleted");
+    app.create_topic("rp", "t", 3).await;
+    let detail = sse_refused(&app, base, &id).await;
+    assert!(detail.contains("deleted since"), "{detail}");
+}
