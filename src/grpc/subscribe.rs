@@ -112,8 +112,59 @@ struct Cursor {
     scope: Scope,
     /// Where partitions without a position yet start (the subscription's strategy).
     start: Start,
-    /// The next offset of each partition that has one.
+    /// The next offset of each partition that has one, written compactly (see `positions`).
+    #[serde(with = "positions")]
     next: BTreeMap<u32, u64>,
+}
+
+/// Positions as (gap from the previous partition, offset minus the previous offset) pairs:
+/// partitions are mostly consecutive and their offsets alike, so both numbers are small
+/// varints, and a cursor of a thousand partitions stays a few KiB (it travels in every event,
+/// and SSE clients send it back as a header).
+mod positions {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        next: &BTreeMap<u32, u64>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut previous = (None::<u32>, 0u64);
+        let pairs: Vec<(u32, i64)> = next
+            .iter()
+            .map(|(&partition, &offset)| {
+                let gap = previous
+                    .0
+                    .map_or(partition, |p| partition.wrapping_sub(p + 1));
+                // Offsets fit i64 in practice; wrapping keeps the round trip exact regardless.
+                let delta = offset.wrapping_sub(previous.1).cast_signed();
+                previous = (Some(partition), offset);
+                (gap, delta)
+            })
+            .collect();
+        pairs.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<u32, u64>, D::Error> {
+        let pairs = Vec::<(u32, i64)>::deserialize(deserializer)?;
+        let mut previous = (None::<u32>, 0u64);
+        let mut next = BTreeMap::new();
+        for (gap, delta) in pairs {
+            let partition = previous
+                .0
+                .map_or(Some(gap), |p| {
+                    p.checked_add(1).and_then(|p| p.checked_add(gap))
+                })
+                .ok_or_else(|| serde::de::Error::custom("partition out of range"))?;
+            let offset = previous.1.wrapping_add(delta.cast_unsigned());
+            next.insert(partition, offset);
+            previous = (Some(partition), offset);
+        }
+        Ok(next)
+    }
 }
 
 /// The partitions a subscription follows.
@@ -669,6 +720,26 @@ mod tests {
             start: Start::First,
             next: [(0, 5), (2, 9)].into_iter().collect(),
         }
+    }
+
+    #[test]
+    fn a_thousand_partitions_make_a_cursor_of_a_few_kib() {
+        let wide = Cursor {
+            scope: Scope::All(1000),
+            next: (0..1000)
+                .map(|p| (p, 1_000_000 + u64::from(p % 7) * 13))
+                .collect(),
+            ..cursor()
+        };
+        let text = encode_cursor(&wide, b"secret-a");
+        assert!(text.len() < 4096, "{} bytes", text.len());
+        assert_eq!(decode_cursor(&text, b"secret-a").expect("valid"), wide);
+        let sparse = Cursor {
+            next: [(3, u64::MAX), (900, 0), (901, 5)].into_iter().collect(),
+            ..cursor()
+        };
+        let text = encode_cursor(&sparse, b"secret-a");
+        assert_eq!(decode_cursor(&text, b"secret-a").expect("valid"), sparse);
     }
 
     #[test]
