@@ -74,3 +74,35 @@ fn truncated_and_invalid_wire_bytes_are_malformed() {
         );
     }
 }
+
+proptest::proptest! {
+    #[test]
+    fn any_bytes_are_walked_without_panicking(wire in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let _ = decoded_size(&descriptor::<proto::SendMessagesRequest>(), &wire);
+        let _ = decoded_size(&descriptor::<proto::SubscribeRequest>(), &wire);
+    }
+
+    #[test]
+    fn every_decoded_message_is_counted(texts in proptest::collection::vec("\\PC{0,20}", 0..50)) {
+        let request = proto::SendMessagesRequest {
+            stream: "s".into(),
+            topic: "t".into(),
+            partitioning: None,
+            messages: texts
+                .iter()
+                .map(|text| proto::Message {
+                    body: Some(proto::message::Body::Text(text.clone())),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let wire = request.encode_to_vec();
+        let text_bytes: usize = texts.iter().map(String::len).sum();
+        proptest::prop_assert_eq!(
+            decoded_size(&descriptor::<proto::SendMessagesRequest>(), &wire),
+            Ok((texts.len() + 1) * MESSAGE_COST + 2 + text_bytes)
+        );
+        // What the walk accepts, prost decodes to the same message.
+        proptest::prop_assert_eq!(proto::SendMessagesRequest::decode(wire.as_slice()).ok(), Some(request));
+    }
+}

@@ -742,6 +742,27 @@ mod tests {
         assert_eq!(decode_cursor(&text, b"secret-a").expect("valid"), sparse);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_positions_round_trip(
+            next in proptest::collection::btree_map(proptest::num::u32::ANY, proptest::num::u64::ANY, 0..64),
+            one in proptest::option::of(proptest::num::u32::ANY),
+        ) {
+            let original = Cursor {
+                scope: one.map_or(Scope::All(64), Scope::One),
+                next,
+                ..cursor()
+            };
+            let text = encode_cursor(&original, b"secret-a");
+            proptest::prop_assert_eq!(decode_cursor(&text, b"secret-a").ok(), Some(original));
+        }
+
+        #[test]
+        fn any_text_is_refused_or_decoded_without_panicking(text in "\\PC{0,300}") {
+            let _ = decode_cursor(&text, b"secret-a");
+        }
+    }
+
     #[test]
     fn cursors_round_trip_under_the_same_secret_only() {
         let text = encode_cursor(&cursor(), b"secret-a");

@@ -152,6 +152,44 @@ mod tests {
         assert_eq!(count_values(batch.as_bytes()), Ok(1 + 1 + 1000 * 10));
     }
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i32>().prop_map(|n| serde_json::json!(n)),
+            "\\PC{0,8}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map("[a-z]{1,4}", inner, 0..8)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn nodes(value: &serde_json::Value) -> usize {
+        1 + match value {
+            serde_json::Value::Array(items) => items.iter().map(nodes).sum(),
+            serde_json::Value::Object(fields) => fields.values().map(nodes).sum(),
+            _ => 0,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_count_is_the_number_of_values(value in json_value()) {
+            let text = serde_json::to_vec(&value).expect("serializes");
+            proptest::prop_assert_eq!(count_values(&text), Ok(nodes(&value)));
+        }
+
+        #[test]
+        fn any_bytes_are_measured_without_panicking(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = count_values(&body);
+        }
+    }
+
     #[test]
     fn nesting_past_the_limit_is_refused() {
         let deep = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));

@@ -195,6 +195,10 @@ fn percent_decode(part: &str) -> Option<String> {
     while index < bytes.len() {
         if bytes[index] == b'%' {
             let hex = part.get(index + 1..index + 3)?;
+            // Two hex digits exactly: from_str_radix alone would take a sign ("%+1").
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             index += 3;
         } else {

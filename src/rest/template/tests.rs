@@ -76,3 +76,36 @@ fn openapi_paths_name_each_variable_once() {
     assert_eq!(template.openapi_path(), "/v1/{name}/topics/{topic}:purge");
     assert_eq!(template.fields().collect::<Vec<_>>(), ["name", "topic"]);
 }
+
+#[test]
+fn an_escape_is_exactly_two_hex_digits() {
+    assert_eq!(percent_decode("a%2Fb"), Some("a/b".into()));
+    assert_eq!(percent_decode("%+1"), None);
+    assert_eq!(percent_decode("%-1"), None);
+    assert_eq!(percent_decode("%zz"), None);
+    assert_eq!(percent_decode("%4"), None);
+    assert_eq!(percent_decode("%C3"), None, "not UTF-8 alone");
+}
+
+proptest::proptest! {
+    #[test]
+    fn percent_decoding_undoes_percent_encoding(value in "\\PC{1,40}") {
+        let encoded: String = value
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { char::from(b).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        proptest::prop_assert_eq!(percent_decode(&encoded), Some(value.clone()));
+        proptest::prop_assert_eq!(
+            bind("/v1/streams/{stream}", &format!("/v1/streams/{encoded}")),
+            pairs(&[("stream", value.as_str())])
+        );
+    }
+
+    #[test]
+    fn any_path_is_matched_or_refused_without_panicking(path in "\\PC{0,200}") {
+        let template = PathTemplate::parse("/v1/streams/{stream}/topics/{topic=**}:purge")
+            .expect("valid template");
+        let _ = template.matches(&path);
+        let _ = percent_decode(&path);
+    }
+}
