@@ -353,13 +353,101 @@ async fn a_poison_message_on_the_events_topic_does_not_fail_the_poll() {
         })
         .await
         .expect("stored");
-    let response = app
-        .http1
-        .get(app.url("/messages?partition_id=0&offset=0&count=10"))
-        .send()
+    app.send_texts("sample-stream", "events", 0, &["after the poison"])
+        .await;
+    // Polled with auto-commit by the consumer: the poll answers, and the consumer moves past
+    // the poison message instead of failing on it forever.
+    for _ in 0..2 {
+        let response = app
+            .http1
+            .get(app.url("/messages?partition_id=0&count=1&auto_commit=true"))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    }
+    let offset = app
+        .messages
+        .clone()
+        .get_consumer_offset(proto::GetConsumerOffsetRequest {
+            stream: "sample-stream".into(),
+            topic: "events".into(),
+            // The event routes' default consumer.
+            consumer: "1".into(),
+            partition_id: 0,
+        })
         .await
-        .expect("answered");
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        .expect("the consumer's offset")
+        .into_inner();
+    assert_eq!(offset.stored_offset, Some(1), "{offset:?}");
+}
+
+#[tokio::test]
+async fn a_flood_of_http_headers_is_refused_before_the_request_is_served() {
+    let app = spawn_app().await;
+    let mut request = app.http1.get(app.url("/health"));
+    for i in 0..150 {
+        request = request.header(format!("x-flood-{i}"), "v");
+    }
+    let refused = request.send().await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.status() == 431),
+        "{refused:?}"
+    );
+    // Over HTTP/2 the header list is bounded in bytes.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let refused = h2
+        .get(app.url("/health"))
+        .header("x-big", "v".repeat(20 * 1024))
+        .send()
+        .await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.status() == 431),
+        "{refused:?}"
+    );
+    let (status, _) = app.rest(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn ten_thousand_calls_on_one_http2_connection_are_served_200_at_a_time() {
+    let app = spawn_app().await;
+    let tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connects");
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let h2 = h2.ready().await.expect("ready");
+    // A well-behaved client learns the limit from the server's SETTINGS before its burst (one
+    // that opens streams past it is refused, and closed after enough refusals).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h2.current_max_send_streams(), 200);
+    let mut calls = Vec::new();
+    for _ in 0..10_000 {
+        let mut h2 = h2.clone();
+        let url = app.url("/health");
+        calls.push(tokio::spawn(async move {
+            // The client waits for a free stream: the server allows 200 at once.
+            h2 = h2.ready().await.map_err(|e| e.to_string())?;
+            let request = http::Request::get(url)
+                .body(())
+                .map_err(|e| e.to_string())?;
+            let (response, _) = h2.send_request(request, true).map_err(|e| e.to_string())?;
+            Ok::<u16, String>(response.await.map_err(|e| e.to_string())?.status().as_u16())
+        }));
+    }
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for call in calls {
+        match call.await.expect("joined") {
+            Ok(200) => ok += 1,
+            other => failures.push(other),
+        }
+    }
+    assert_eq!(ok, 10_000, "{:?}", failures.first());
 }
 
 #[tokio::test]
