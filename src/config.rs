@@ -205,6 +205,12 @@ pub struct Config {
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
 
+    /// Request headers a CORS preflight allows, comma-separated. Unset: whatever the browser
+    /// asks for (gRPC metadata and application headers travel as headers), for allowed
+    /// origins only.
+    #[arg(long, env = "CORS_ALLOWED_HEADERS", value_delimiter = ',', num_args = 0..)]
+    pub cors_allowed_headers: Vec<String>,
+
     /// Host names (optionally with :port) requests may name in Host / :authority, comma-separated;
     /// others get 421 / PERMISSION_DENIED, which stops DNS rebinding. Unset: no check. Health
     /// probes are checked too: Kubernetes sends the pod IP, so list it.
@@ -410,6 +416,7 @@ impl Config {
             auth_failure_window_secs: 60,
             auth_lockout_secs: 300,
             cors_allowed_origins: Vec::new(),
+            cors_allowed_headers: Vec::new(),
             allowed_hosts: Vec::new(),
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1024,
@@ -551,6 +558,12 @@ impl Config {
                 .iter()
                 .map(|origin| origin.trim().to_owned())
                 .filter(|origin| !origin.is_empty())
+                .collect(),
+            cors_headers: self
+                .cors_allowed_headers
+                .iter()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
                 .collect(),
             allowed_hosts: self.allowed_hosts.clone(),
             max_body_bytes: self.max_request_body_size as usize,

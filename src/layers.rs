@@ -10,11 +10,13 @@
 //!    is refused before CORS or anything else answers it; absent when unset;
 //! 6. CORS — browsers' preflights are answered before limits and auth see them; absent when
 //!    no origin is allowed (the default), so nothing is ever allowed cross-origin;
-//! 7. rate limit — the cheapest refusal, before any key is hashed;
-//! 8. API key — authenticate before any work is done for the caller;
-//! 9. concurrency — shed new calls at once when the gateway is full;
-//! 10. timeout — bound each call (a shorter `grpc-timeout` wins);
-//! 11. body limit — refuse oversized bodies before reading them, and bodies beyond what all
+//! 7. codecs — gRPC(-Web) bodies other than protobuf are refused in gRPC's terms (UNIMPLEMENTED),
+//!    not with tonic-web's empty 400;
+//! 8. rate limit — the cheapest refusal, before any key is hashed;
+//! 9. API key — authenticate before any work is done for the caller;
+//! 10. concurrency — shed new calls at once when the gateway is full;
+//! 11. timeout — bound each call (a shorter `grpc-timeout` wins);
+//! 12. body limit — refuse oversized bodies before reading them, and bodies beyond what all
 //!     calls together may hold (`MAX_INFLIGHT_BYTES`).
 //!
 //! Every rejection answers in the caller's protocol (see [`protocol`]). Layers never look
@@ -24,6 +26,7 @@
 pub mod allowed_hosts;
 pub mod auth;
 pub mod client_ip;
+pub mod codecs;
 pub mod limits;
 pub mod protocol;
 pub mod rate_limit;
@@ -34,12 +37,12 @@ use std::{num::NonZeroU32, sync::Arc, time::Duration};
 use axum::{
     Router,
     body::Body,
-    http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response},
 };
 use ipnet::IpNet;
 use tower::ServiceBuilder;
 use tower_http::{
-    cors::{AllowOrigin, CorsLayer},
+    cors::{AllowHeaders, AllowOrigin, CorsLayer},
     trace::TraceLayer,
 };
 use tracing::Span;
@@ -68,6 +71,8 @@ pub struct LayerSettings {
     pub auth: AuthSettings,
     /// `*` for any origin, or the allowed origins; empty: no cross-origin access at all.
     pub cors_origins: Vec<String>,
+    /// Headers a preflight allows; empty: what the browser asks for.
+    pub cors_headers: Vec<String>,
     /// Hosts requests may name; empty: no check.
     pub allowed_hosts: Vec<AllowedHost>,
     pub max_body_bytes: usize,
@@ -102,7 +107,8 @@ pub fn apply(
         )
         .layer(MetricsLayer::new(metrics))
         .option_layer(AllowedHostsLayer::new(&settings.allowed_hosts))
-        .option_layer(cors(&settings.cors_origins))
+        .option_layer(cors(&settings.cors_origins, &settings.cors_headers))
+        .layer(axum::middleware::from_fn(codecs::protobuf_only))
         .option_layer(rate_limit.clone())
         .layer(ApiKeyLayer::new(settings.auth.clone()))
         .layer(ConcurrencyLayer::new(settings.max_concurrent))
@@ -181,10 +187,22 @@ fn on_eos(trailers: Option<&HeaderMap>, duration: Duration, span: &Span) {
 
 /// `None` without origins: then no answer carries CORS headers, not even a preflight's, and
 /// browsers keep other sites' pages away from the gateway.
-fn cors(origins: &[String]) -> Option<CorsLayer> {
+fn cors(origins: &[String], allowed_headers: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }
+    // gRPC metadata travels as HTTP headers, so a browser client may send any header its
+    // application adds (and Connect's, idempotency keys…): by default the preflight allows
+    // what the browser asks for, for allowed origins only.
+    let allow_headers = if allowed_headers.is_empty() {
+        AllowHeaders::mirror_request()
+    } else {
+        AllowHeaders::list(
+            allowed_headers
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+        )
+    };
     let allow_origin = if origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
@@ -205,31 +223,24 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             Method::DELETE,
             Method::OPTIONS,
         ])
-        .allow_headers(
-            [header::CONTENT_TYPE, header::AUTHORIZATION]
-                .into_iter()
-                .chain(names(&[
-                    "x-api-key",
-                    "x-request-id",
-                    "x-grpc-web",
-                    "x-user-agent",
-                    "grpc-timeout",
-                    "traceparent",
-                    "tracestate",
-                ]))
-                .collect::<Vec<_>>(),
-        )
-        // gRPC-Web clients in browsers can read a status only if it is exposed.
+        .allow_headers(allow_headers)
+        // A browser client reads only the response headers exposed to it: gRPC-Web's status,
+        // the request id, rate-limit advice, and the REST headers clients act on.
         .expose_headers(names(&[
             "grpc-status",
             "grpc-message",
             "grpc-status-details-bin",
+            "grpc-encoding",
+            "grpc-accept-encoding",
             "x-request-id",
             "retry-after",
             "ratelimit-limit",
             "ratelimit-remaining",
             "ratelimit-reset",
             "www-authenticate",
+            "etag",
+            "location",
+            "idempotent-replayed",
         ]))
         .max_age(Duration::from_secs(600));
     Some(layer)

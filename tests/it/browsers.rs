@@ -180,3 +180,116 @@ async fn a_listed_host_without_a_port_accepts_any_port() {
         .expect("127.0.0.1:PORT is listed");
     assert_eq!(rest_with_host(&app, "localhost").await.status(), 421);
 }
+
+async fn preflight_from(
+    app: &TestApp,
+    origin: &str,
+    path: &str,
+    headers: &str,
+) -> reqwest::Response {
+    app.http1
+        .request(reqwest::Method::OPTIONS, app.url(path))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", headers)
+        .send()
+        .await
+        .expect("sent")
+}
+
+fn header_text(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn the_preflight_allows_the_headers_a_browser_client_asks_for_from_an_allowed_origin() {
+    let app = spawn_configured(|config| {
+        config.cors_allowed_origins = vec!["http://app.example".into()];
+    })
+    .await;
+    let asked = "content-type,x-grpc-web,x-tenant,connect-protocol-version,connect-timeout-ms,idempotency-key";
+    let allowed = preflight_from(
+        &app,
+        "http://app.example",
+        "/iggy.gateway.v1.StreamService/ListStreams",
+        asked,
+    )
+    .await;
+    assert_eq!(
+        header_text(&allowed, "access-control-allow-origin"),
+        "http://app.example"
+    );
+    let allow_headers = header_text(&allowed, "access-control-allow-headers");
+    for name in asked.split(',') {
+        assert!(
+            allow_headers.contains(name),
+            "{name} not in {allow_headers}"
+        );
+    }
+    // Another origin gets nothing it could use.
+    let other = preflight_from(&app, "http://evil.example", "/v1/streams", asked).await;
+    assert_eq!(header_text(&other, "access-control-allow-origin"), "");
+
+    // Answers expose what browser clients of every protocol read.
+    let answer = app
+        .http1
+        .get(app.url("/v1/streams"))
+        .header("origin", "http://app.example")
+        .send()
+        .await
+        .expect("sent");
+    let exposed = header_text(&answer, "access-control-expose-headers");
+    for name in [
+        "grpc-status",
+        "grpc-message",
+        "x-request-id",
+        "etag",
+        "location",
+        "idempotent-replayed",
+        "retry-after",
+    ] {
+        assert!(exposed.contains(name), "{name} not in {exposed}");
+    }
+}
+
+#[tokio::test]
+async fn a_configured_header_list_limits_the_preflight() {
+    let app = spawn_configured(|config| {
+        config.cors_allowed_origins = vec!["http://app.example".into()];
+        config.cors_allowed_headers = vec!["content-type".into(), "x-grpc-web".into()];
+    })
+    .await;
+    let answer = preflight_from(&app, "http://app.example", "/v1/streams", "x-tenant").await;
+    let allow_headers = header_text(&answer, "access-control-allow-headers");
+    assert!(allow_headers.contains("x-grpc-web") && !allow_headers.contains("x-tenant"));
+}
+
+#[tokio::test]
+async fn grpc_web_with_json_bodies_is_refused_in_grpc_web_terms() {
+    let app = spawn_app().await;
+    let answer = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.StreamService/ListStreams"))
+        .header("content-type", "application/grpc-web+json")
+        .header("x-grpc-web", "1")
+        .body("{}")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer.status(),
+        200,
+        "gRPC-Web carries its status in grpc-status"
+    );
+    assert_eq!(header_text(&answer, "grpc-status"), "12");
+    assert!(
+        header_text(&answer, "grpc-message").contains("protobuf"),
+        "{:?}",
+        answer.headers()
+    );
+}
