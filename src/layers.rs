@@ -55,7 +55,7 @@ use crate::{
 pub use allowed_hosts::{AllowedHost, AllowedHostsLayer};
 pub use auth::{ApiKeyLayer, AuthSettings};
 pub use client_ip::{ClientIp, ClientIpLayer};
-pub use limits::{BodyLimitLayer, ConcurrencyLayer, TimeoutLayer};
+pub use limits::{BodyLimitLayer, ConcurrencyLayer, GuardedBody, TimeoutLayer};
 pub use protocol::{Protocol, Rejection};
 pub use rate_limit::RateLimitLayer;
 pub use request_id::{RequestId, RequestIdLayer};

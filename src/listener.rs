@@ -16,12 +16,10 @@ use std::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use axum::{Router, body::Body, extract::ConnectInfo};
-use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -35,7 +33,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use crate::metrics::Metrics;
+use crate::{layers::GuardedBody, metrics::Metrics};
 
 /// Connection-level limits, each stated in the configuration with its default.
 #[derive(Debug, Clone)]
@@ -293,7 +291,7 @@ struct ConnectionService {
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
-    type Response = Response<TrackedBody>;
+    type Response = Response<GuardedBody<CallGuard>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -305,10 +303,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         Box::pin(async move {
             let response = router.oneshot(request).await?;
             // The call stays in flight until its answer has been sent (or dropped).
-            Ok(response.map(|body| TrackedBody {
-                inner: body,
-                _call: call,
-            }))
+            Ok(response.map(|body| GuardedBody::new(body, call)))
         })
     }
 }
@@ -326,32 +321,6 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         self.0.ended();
-    }
-}
-
-/// A response body that keeps its call in flight while it streams.
-struct TrackedBody {
-    inner: Body,
-    _call: CallGuard,
-}
-
-impl http_body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

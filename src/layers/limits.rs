@@ -62,10 +62,20 @@ impl http_body::Body for ChargedBody {
     }
 }
 
-/// A response body that holds `_guard` until the body is sent or dropped.
-struct GuardedBody<G> {
+/// A response body that holds `guard` until the body is sent or dropped: what a call holds
+/// (a permit, its connection's in-flight mark) stays held while its answer streams.
+pub struct GuardedBody<G> {
     inner: Body,
     _guard: G,
+}
+
+impl<G> GuardedBody<G> {
+    pub fn new(inner: Body, guard: G) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
 }
 
 impl<G: Unpin + Send + 'static> http_body::Body for GuardedBody<G> {
