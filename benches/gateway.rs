@@ -299,6 +299,36 @@ where
     done.0.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Like [`throughput`], but `op` is told which caller it serves (0 to `callers - 1`), so each
+/// caller can keep a connection of its own for its whole run: a client shared by callers
+/// queues them behind each other wherever the client serves one request at a time.
+async fn throughput_by_caller<Op, Fut>(callers: usize, duration: Duration, op: Op) -> f64
+where
+    Op: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
+    let op = Arc::new(op);
+    let done = Arc::new(Counter::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
+        let (op, done, stop) = (Arc::clone(&op), Arc::clone(&done), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let units = op(caller).await;
+                done.0.fetch_add(units, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    done.0.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
 /// Like [`throughput`], but the callers together make at most `rate` calls per second: a
 /// steady load for a soak, which would otherwise fill the disk at full speed.
 async fn paced<Op, Fut>(callers: usize, rate: f64, duration: Duration, op: Op) -> f64
@@ -617,18 +647,16 @@ async fn direct_iggy(args: &Args, connection: &str, stream: &str) -> f64 {
         clients.push(Arc::new(client));
     }
     let clients = Arc::new(clients);
-    let next = Arc::new(AtomicU64::new(0));
     let (body, count) = (Bytes::from(payload(args.message_size)), args.batch);
     let (stream_id, topic_id) = (
         IggyId::named(stream).expect("stream id"),
         IggyId::named("bench").expect("topic id"),
     );
     let duration = Duration::from_secs(args.duration_secs);
-    throughput(args.concurrency, duration, move || {
-        // Each caller loop takes the next client in turn; with as many clients as callers,
-        // no two calls wait on the same connection.
-        let index = next.fetch_add(1, Ordering::Relaxed) as usize % clients.len();
-        let client = Arc::clone(&clients[index]);
+    // Caller i keeps client i for its whole run: the SDK serves one request at a time per
+    // connection, so a client shared by two callers would make one wait for the other.
+    throughput_by_caller(args.concurrency, duration, move |caller| {
+        let client = Arc::clone(&clients[caller]);
         let (stream_id, topic_id) = (stream_id.clone(), topic_id.clone());
         let mut messages: Vec<IggyMessage> = (0..count)
             .map(|_| {
@@ -754,10 +782,15 @@ async fn run(args: Args) {
         // body-form header to every message); REST carries them base64-encoded, as proto3
         // JSON does bytes.
         let batch = binary_messages(args.batch, args.message_size);
+        // One HTTP/2 connection per caller, as the direct line has one SDK connection each.
+        let mut channels = Vec::with_capacity(args.concurrency);
+        for _ in 0..args.concurrency {
+            channels.push(channel(gateway.addr).await);
+        }
         let (grpc_batch, grpc_cpu) = {
-            let (ch, batch) = (ch.clone(), batch.clone());
-            let load = throughput(args.concurrency, duration, move || {
-                let mut client = MessageServiceClient::new(ch.clone());
+            let (channels, batch) = (Arc::new(channels), batch.clone());
+            let load = throughput_by_caller(args.concurrency, duration, move |caller| {
+                let mut client = MessageServiceClient::new(channels[caller].clone());
                 let request = send_request(stream, None, batch.clone());
                 async move {
                     client
