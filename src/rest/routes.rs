@@ -89,16 +89,25 @@ impl RouteTable {
     }
 
     pub fn find(&self, method: &Method, path: &str) -> Lookup<'_> {
+        // HEAD is served wherever GET is (RFC 9110): the same call, its body left unsent.
+        let wanted = if *method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         let mut allowed = Vec::new();
         for route in &self.routes {
             if let Some(bindings) = route.template.matches(path) {
-                if route.http_method == *method {
+                if route.http_method == *wanted {
                     return Lookup::Found(route, bindings);
                 }
                 if !allowed.contains(&route.http_method) {
                     allowed.push(route.http_method.clone());
                 }
             }
+        }
+        if allowed.contains(&Method::GET) {
+            allowed.push(Method::HEAD);
         }
         if allowed.is_empty() {
             Lookup::NotFound

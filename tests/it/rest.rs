@@ -515,3 +515,38 @@ async fn path_variables_win_over_the_body() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn head_is_answered_wherever_get_is_with_headers_and_no_body() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    let head = app
+        .http1
+        .head(app.url("/v1/streams/orders"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-type"], "application/json");
+    assert!(head.bytes().await.expect("body").is_empty());
+    let missing = app
+        .http1
+        .head(app.url("/v1/streams/missing"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(missing.status(), 404);
+    // 405 lists HEAD beside GET.
+    let refused = app
+        .http1
+        .put(app.url("/v1/streams/orders"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(refused.status(), 405);
+    let allow = refused.headers()["allow"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    assert!(allow.contains("GET") && allow.contains("HEAD"), "{allow}");
+}
