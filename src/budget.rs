@@ -76,6 +76,9 @@ pub struct Charge {
     bytes: AtomicUsize,
     /// Set when the request body found the budget spent, so the answer says so.
     exhausted: AtomicBool,
+    /// Set once the call has been answered: what it held is given back, and a request body
+    /// still streaming in (a bidirectional stream) is no longer charged.
+    closed: AtomicBool,
 }
 
 impl Charge {
@@ -84,13 +87,23 @@ impl Charge {
             budget,
             bytes: AtomicUsize::new(0),
             exhausted: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         }
     }
 
     pub fn add(&self, bytes: usize) -> Result<(), Exhausted> {
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         self.budget.try_charge(bytes)?;
         self.bytes.fetch_add(bytes, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Gives back everything charged so far and charges nothing more: the call is answered.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.budget.release(self.bytes.swap(0, Ordering::AcqRel));
     }
 
     pub fn mark_exhausted(&self) {
@@ -142,5 +155,13 @@ mod tests {
         drop(first);
         assert_eq!(budget.used(), 0);
         assert_eq!(charge(1), None, "outside a call nothing is charged");
+
+        let answered = Charge::new(Arc::clone(&budget));
+        assert_eq!(answered.add(40), Ok(()));
+        answered.close();
+        assert_eq!(budget.used(), 0, "given back when answered");
+        assert_eq!(answered.add(1000), Ok(()), "nothing charged after");
+        drop(answered);
+        assert_eq!(budget.used(), 0, "and nothing given back twice");
     }
 }

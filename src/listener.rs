@@ -272,8 +272,17 @@ impl Activity {
         self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
+    /// When to look again: the idle timeout after the last call ended, or, while a call is in
+    /// flight (its start may be long past), a whole timeout from now. Never a deadline already
+    /// passed, which would fire at once, again and again, for as long as the call lasts.
     fn idle_deadline(&self, idle_timeout: Duration) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.last() + idle_timeout)
+        let now = Instant::now();
+        let at = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            now + idle_timeout
+        } else {
+            (self.last() + idle_timeout).max(now)
+        };
+        tokio::time::Instant::from_std(at)
     }
 
     fn is_idle_for(&self, idle_timeout: Duration) -> bool {

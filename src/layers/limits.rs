@@ -8,7 +8,10 @@
 use std::{
     convert::Infallible,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -26,10 +29,14 @@ use tower::{Layer, Service};
 use super::protocol::{Caller, Protocol, Rejection, is_health_check};
 use crate::budget::{self, Charge, InflightBytes};
 
-/// A body without a declared length, charged frame by frame as it arrives.
+/// A request body charged frame by frame as it arrives (never by what it declares, which would
+/// let a client reserve the budget without sending a byte), and cut off past `max_bytes`.
 struct ChargedBody {
     inner: Body,
     charge: Arc<Charge>,
+    received: usize,
+    max_bytes: usize,
+    too_large: Arc<AtomicBool>,
 }
 
 impl http_body::Body for ChargedBody {
@@ -43,12 +50,21 @@ impl http_body::Body for ChargedBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
-            && self.charge.add(data.len()).is_err()
         {
-            self.charge.mark_exhausted();
-            return Poll::Ready(Some(Err(axum::Error::new(
-                "the gateway holds MAX_INFLIGHT_BYTES of request bodies",
-            ))));
+            let len = data.len();
+            self.received = self.received.saturating_add(len);
+            if self.received > self.max_bytes {
+                self.too_large.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(axum::Error::new(
+                    "the request body is over MAX_REQUEST_BODY_SIZE",
+                ))));
+            }
+            if self.charge.add(len).is_err() {
+                self.charge.mark_exhausted();
+                return Poll::Ready(Some(Err(axum::Error::new(
+                    "the gateway holds MAX_INFLIGHT_BYTES of request bodies",
+                ))));
+            }
         }
         polled
     }
@@ -154,58 +170,57 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|length| length > self.max_bytes as u64) {
-            return Either::Right(ready(Ok(too_large(self.max_bytes).respond(&request))));
-        }
-        let charge = Arc::new(Charge::new(Arc::clone(&self.inflight)));
-        let declared = declared.and_then(|length| usize::try_from(length).ok());
-        if let Some(length) = declared
-            && charge.add(length).is_err()
-        {
             return Either::Right(ready(Ok(
-                inflight_exhausted(self.inflight.max()).respond(&request)
+                too_large_rejection(self.max_bytes).respond(&request)
             )));
         }
+        let charge = Arc::new(Charge::new(Arc::clone(&self.inflight)));
         let caller = Caller::of(&request);
         let grpc = caller.protocol() != Protocol::Rest;
-        let max_bytes = self.max_bytes;
+        // Reflection is a long bidirectional stream of small messages: tonic bounds each one;
+        // every other call's body is one request and bounded as a whole.
+        let max_bytes = if request.uri().path().starts_with(REFLECTION_PREFIX) {
+            usize::MAX
+        } else {
+            self.max_bytes
+        };
+        let too_large = Arc::new(AtomicBool::new(false));
         let request = request.map(|body| {
-            // A declared length was charged whole; hyper holds the body to it.
-            let body = if declared.is_some() || http_body::Body::is_end_stream(&body) {
+            if http_body::Body::is_end_stream(&body) {
                 body
             } else {
                 Body::new(ChargedBody {
                     inner: body,
                     charge: Arc::clone(&charge),
+                    received: 0,
+                    max_bytes,
+                    too_large: Arc::clone(&too_large),
                 })
-            };
-            // gRPC bodies are left to tonic, which enforces the same limit per message;
-            // bodies without a length are cut off at the limit while they stream in.
-            if grpc {
-                body
-            } else {
-                Body::new(http_body_util::Limited::new(body, max_bytes))
             }
         });
-        let max_inflight = self.inflight.max();
+        let (max_inflight, limit) = (self.inflight.max(), self.max_bytes);
         // The call's decoders (protobuf and REST's JSON) charge what they build to the same
         // budget, through the task-local the scope sets.
         let future = budget::scope(Arc::clone(&charge), self.inner.call(request));
         Either::Left(Box::pin(async move {
             let response = future.await?;
+            // Answered: what the call held is given back, even if its request body streams on.
+            charge.close();
             if charge.is_exhausted() {
                 return Ok(inflight_exhausted(max_inflight).respond_to(&caller));
             }
             // tonic refuses a message over its decoding limit with OUT_OF_RANGE; a caller who
             // sent too much should hear RESOURCE_EXHAUSTED, as REST callers hear 413.
-            if grpc && is_oversized_message(&response) {
-                return Ok(too_large(max_bytes).respond_to(&caller));
+            if too_large.load(Ordering::Acquire) || (grpc && is_oversized_message(&response)) {
+                return Ok(too_large_rejection(limit).respond_to(&caller));
             }
-            // The body's bytes stay charged until the call has been answered.
-            drop(charge);
             Ok(response)
         }))
     }
 }
+
+/// gRPC server reflection's path prefix (v1 and v1alpha).
+const REFLECTION_PREFIX: &str = "/grpc.reflection.";
 
 fn inflight_exhausted(max_inflight: usize) -> Rejection {
     Rejection::new(
@@ -219,7 +234,7 @@ fn inflight_exhausted(max_inflight: usize) -> Rejection {
     .retry_after(Duration::from_secs(1))
 }
 
-fn too_large(max_bytes: usize) -> Rejection {
+fn too_large_rejection(max_bytes: usize) -> Rejection {
     Rejection::new(
         Code::ResourceExhausted,
         "PAYLOAD_TOO_LARGE",

@@ -259,3 +259,36 @@ async fn a_request_body_that_never_ends_is_cut_off_at_the_request_timeout() {
         "DEADLINE_EXCEEDED: {response:?}"
     );
 }
+
+#[tokio::test]
+async fn a_call_that_outlives_the_idle_timeout_costs_no_cpu_while_it_waits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start_with(dir.path(), &[("CONNECTION_IDLE_TIMEOUT_MS", "100".into())]);
+    gateway.channel_with_topic().await;
+    let client = reqwest::Client::new();
+    // Two live subscriptions, each a call in flight far longer than the idle timeout.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let response = client
+            .get(format!(
+                "http://{}/v1/streams/orders/topics/created/messages:subscribe",
+                gateway.addr
+            ))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .expect("subscribed");
+        assert!(response.status().is_success());
+        streams.push(response);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = gateway.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = gateway.cpu_ticks() - before;
+    assert!(
+        used < 30,
+        "{used} ticks of CPU in 2 s with two idle streams open"
+    );
+    drop(streams);
+    gateway.kill_hard();
+}

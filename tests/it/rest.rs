@@ -349,7 +349,7 @@ async fn every_error_class_answers_a_problem_body() {
         "METHOD_NOT_ALLOWED",
     )
     .await;
-    assert_eq!(allow.expect("Allow header"), "POST, GET");
+    assert_eq!(allow.expect("Allow header"), "POST, GET, HEAD");
     check(
         app.http1
             .post(app.url("/v1/streams"))
