@@ -537,7 +537,12 @@ async fn run(
                 .await;
             let polled = match polled {
                 Ok(polled) => polled,
-                Err(err) if err.is_retryable() => continue,
+                Err(err) if err.is_retryable() => {
+                    // Not read: poll it again next round, signal or not.
+                    polled_at.remove(&partition);
+                    draining.insert(partition);
+                    continue;
+                }
                 Err(err) => {
                     let _ = tx.send(Err(broker_status(err))).await;
                     return (request, next);

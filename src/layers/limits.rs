@@ -335,13 +335,28 @@ where
 pub struct ConcurrencyLayer {
     permits: Arc<Semaphore>,
     max: usize,
+    /// Health checks in flight: never shed by the main limit (an overloaded gateway must still
+    /// answer its probes), but bounded on their own, since they need no key.
+    probes: Arc<Semaphore>,
+    /// Open health `Watch` streams, held for as long as each stays open: they need no key and
+    /// never end on their own. (Subscriptions have their own caps, `MAX_SUBSCRIBERS`.)
+    watchers: Arc<Semaphore>,
 }
+
+/// Health checks answered at once, and health `Watch` streams open at once.
+pub const MAX_HEALTH_PROBES: usize = 64;
+pub const MAX_HEALTH_WATCHERS: usize = 64;
+
+/// The gRPC health service's streaming method.
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 
 impl ConcurrencyLayer {
     pub fn new(max: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max,
+            probes: Arc::new(Semaphore::new(MAX_HEALTH_PROBES)),
+            watchers: Arc::new(Semaphore::new(MAX_HEALTH_WATCHERS)),
         }
     }
 }
@@ -379,33 +394,34 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if is_health_check(request.uri().path()) {
-            let future = self.inner.call(request);
-            return Either::Left(Box::pin(future));
-        }
-        match Arc::clone(&self.layer.permits).try_acquire_owned() {
+        let path = request.uri().path();
+        let (permits, limit, what) = if is_health_check(path) {
+            (&self.layer.probes, MAX_HEALTH_PROBES, "health checks")
+        } else if path == HEALTH_WATCH {
+            (&self.layer.watchers, MAX_HEALTH_WATCHERS, "health watchers")
+        } else {
+            (&self.layer.permits, self.layer.max, "calls")
+        };
+        let watch = path == HEALTH_WATCH;
+        match Arc::clone(permits).try_acquire_owned() {
             Ok(permit) => {
                 let future = self.inner.call(request);
                 Either::Left(Box::pin(async move {
                     let response = future.await?;
-                    // A streamed answer (a health Watch, a subscription) keeps its permit until
-                    // it ends: long-lived calls count against the limit like any other.
-                    Ok(response.map(|body| {
-                        Body::new(GuardedBody {
-                            inner: body,
-                            _guard: permit,
-                        })
-                    }))
+                    if !watch {
+                        // Answered; a streamed answer (a subscription) counts against its own
+                        // caps from here on.
+                        return Ok(response);
+                    }
+                    // A Watch holds its place for as long as it stays open.
+                    Ok(response.map(|body| Body::new(GuardedBody::new(body, permit))))
                 }))
             }
             Err(_) => {
                 let rejection = Rejection::new(
                     Code::Unavailable,
                     "OVERLOADED",
-                    format!(
-                        "the gateway is at its limit of {} calls in flight",
-                        self.layer.max
-                    ),
+                    format!("the gateway is at its limit of {limit} {what} in flight"),
                 )
                 .retry_after(Duration::from_secs(1));
                 Either::Right(ready(Ok(rejection.respond(&request))))

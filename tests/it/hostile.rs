@@ -528,12 +528,12 @@ async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned(
 }
 
 #[tokio::test]
-async fn open_health_watches_count_against_the_concurrency_limit_and_checks_never_do() {
+async fn open_health_watches_are_capped_on_their_own_and_never_starve_other_calls() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let app = crate::helpers::spawn_configured(|config| config.max_concurrent_requests = 2).await;
     let mut health = HealthClient::new(app.channel.clone());
     let mut watches = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..iggy_gateway::layers::limits::MAX_HEALTH_WATCHERS {
         let mut watch = health
             .watch(HealthCheckRequest {
                 service: String::new(),
@@ -548,26 +548,32 @@ async fn open_health_watches_count_against_the_concurrency_limit_and_checks_neve
             .expect("a status");
         watches.push(watch);
     }
-    // Both permits are held by the open streams: a third call is shed.
-    let shed = app
-        .streams
-        .clone()
-        .list_streams(proto::ListStreamsRequest::default())
+    // Every Watch place is held by an open stream: one more is shed.
+    let shed = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .expect_err("shed");
     assert_eq!(shed.code(), tonic::Code::Unavailable, "{shed:?}");
-    // A probe still answers.
+    // Other calls, and probes, are served all the same.
+    app.streams
+        .clone()
+        .list_streams(proto::ListStreamsRequest::default())
+        .await
+        .expect("a call is served while the watches are open");
     health
         .check(HealthCheckRequest {
             service: String::new(),
         })
         .await
-        .expect("health check answers when full");
+        .expect("health check answers");
     drop(watches);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    app.streams
-        .clone()
-        .list_streams(proto::ListStreamsRequest::default())
+    health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
-        .expect("served once the watches end");
+        .expect("a place is free once the watches end");
 }
