@@ -1,0 +1,63 @@
+//! `config::Config::load_from` with a fuzzed argument vector (flags and values), then every
+//! derived settings accessor. Errors are fine; panics are not.
+//!
+//! Input: arguments separated by NUL bytes (the program name is added in front).
+//!
+//! Invariants: an API key never shows in `Debug` output or in the effective settings; hidden
+//! settings (API_KEY, CURSOR_SECRET, IGGY_CONNECTION_STRING) are reported as "(redacted)" or
+//! "(unset)".
+#![no_main]
+
+use iggy_gateway::config::{Config, LoadError};
+use libfuzzer_sys::fuzz_target;
+
+const HIDDEN: [&str; 3] = ["API_KEY", "CURSOR_SECRET", "IGGY_CONNECTION_STRING"];
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() > 4096 {
+        return;
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let args: Vec<&str> = std::iter::once("iggy-gateway")
+        .chain(text.split('\0'))
+        .collect();
+    let (config, settings) = match Config::load_from(args.iter().copied()) {
+        Ok(loaded) => loaded,
+        Err(LoadError::Info(text) | LoadError::Invalid(text)) => {
+            assert!(!text.is_empty());
+            return;
+        }
+    };
+    for (name, value) in &settings {
+        if HIDDEN.contains(&name.as_str()) {
+            assert!(
+                value == "(redacted)" || value == "(unset)",
+                "{name} shown as {value:?}"
+            );
+        }
+    }
+    let debug = format!("{config:?}");
+    let _ = config.location();
+    let _ = config.default_topic();
+    let _ = config.iggy_settings();
+    let _ = config.subscribe_settings();
+    let layers = config.layer_settings();
+    let _ = config.listener_settings(None);
+    let _ = config.listener_settings(Some(1024));
+    let _ = config.listener_settings(Some(0));
+    let _ = config.is_open_to_the_network();
+    let _ = config.limits();
+    for key in &layers.auth.keys {
+        // Only keys long enough to be unique, and that no other argument repeats.
+        let mentions = args.iter().filter(|a| a.contains(key.as_str())).count();
+        if key.len() < 12 || mentions > 1 {
+            continue;
+        }
+        assert!(!debug.contains(key.as_str()), "API key {key:?} in Debug output");
+        for (name, value) in &settings {
+            assert!(!value.contains(key.as_str()), "API key {key:?} shown in {name}");
+        }
+    }
+});
