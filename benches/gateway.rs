@@ -277,26 +277,7 @@ where
     Op: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = u64> + Send,
 {
-    let op = Arc::new(op);
-    let done = Arc::new(Counter::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..callers {
-        let (op, done, stop) = (Arc::clone(&op), Arc::clone(&done), Arc::clone(&stop));
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let units = op().await;
-                done.0.fetch_add(units, Ordering::Relaxed);
-            }
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        let _ = task.await;
-    }
-    done.0.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    throughput_by_caller(callers, duration, move |_| op()).await
 }
 
 /// Like [`throughput`], but `op` is told which caller it serves (0 to `callers - 1`), so each
