@@ -6,12 +6,12 @@ mod convert;
 mod event;
 mod message;
 mod stream;
-mod subscribe;
 mod topic;
 
 pub use convert::timestamp_text;
 pub use event::{DefaultTopic, EventApi};
 pub use message::{Limits, MessageApi};
 pub use stream::StreamApi;
-pub use subscribe::{SubscribeSettings, Subscriptions};
+// Until config and startup import them from their own module.
+pub use crate::subscription::{SubscribeSettings, Subscriptions};
 pub use topic::TopicApi;

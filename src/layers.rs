@@ -28,7 +28,6 @@ pub mod auth;
 pub mod client_ip;
 pub mod codecs;
 pub mod limits;
-pub mod protocol;
 pub mod rate_limit;
 pub mod request_id;
 
@@ -49,16 +48,16 @@ use tracing::Span;
 
 use crate::{
     budget::InflightBytes,
+    extensions::{ClientIp, Protocol, RequestId},
     metrics::{Metrics, MetricsLayer},
 };
 
 pub use allowed_hosts::{AllowedHost, AllowedHostsLayer};
 pub use auth::{ApiKeyLayer, AuthSettings};
-pub use client_ip::{ClientIp, ClientIpLayer};
+pub use client_ip::ClientIpLayer;
 pub use limits::{BodyLimitLayer, ConcurrencyLayer, GuardedBody, TimeoutLayer};
-pub use protocol::{Protocol, Rejection};
 pub use rate_limit::RateLimitLayer;
-pub use request_id::{RequestId, RequestIdLayer};
+pub use request_id::RequestIdLayer;
 
 /// Everything the stack is configured with.
 #[derive(Debug, Clone)]
@@ -244,4 +243,15 @@ fn cors(origins: &[String], allowed_headers: &[String]) -> Option<CorsLayer> {
         ]))
         .max_age(Duration::from_secs(600));
     Some(layer)
+}
+
+/// Health probes are never rate limited or shed: an overloaded gateway must still answer
+/// Kubernetes. Only the one-shot checks: a `Watch` stays open and is counted like any call.
+pub fn is_health_check(path: &str) -> bool {
+    path == "/grpc.health.v1.Health/Check" || path == "/health" || path == "/ready"
+}
+
+/// The gRPC health service (Check and Watch) never asks for a key, as Kubernetes sends none.
+pub fn is_grpc_health(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
 }

@@ -18,11 +18,12 @@ pub mod proto {
         tonic::include_file_descriptor_set!("iggy_gateway_descriptor");
 }
 
+pub mod answer;
 pub mod broker;
 pub mod budget;
 pub mod codec;
 pub mod config;
-pub mod error;
+pub mod extensions;
 pub mod grpc;
 pub mod layers;
 pub mod listener;
@@ -30,4 +31,5 @@ pub mod metrics;
 pub mod ops;
 pub mod rest;
 pub mod startup;
+pub mod subscription;
 pub mod telemetry;

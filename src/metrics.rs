@@ -30,13 +30,8 @@ use crate::{
         Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, Identifier, Name,
         PollMessages, PolledMessages, SendMessages, StreamInfo, TopicInfo, TopicRef, UpdateTopic,
     },
-    layers::{Protocol, protocol::RejectedFor},
+    extensions::{MatchedRoute, Protocol, RejectedFor},
 };
-
-/// Which route answered, set on the response by whoever matched it (REST templates), so route
-/// labels stay few whatever paths clients invent.
-#[derive(Debug, Clone)]
-pub struct MatchedRoute(pub String);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CallLabels {

@@ -14,10 +14,10 @@ use axum::{
 use serde_json::json;
 
 use crate::{
+    answer::{Problem, broker_status},
     broker::{Broker, now_micros},
     grpc::timestamp_text,
     metrics::Metrics,
-    rest::Problem,
 };
 
 #[derive(Clone)]
@@ -67,7 +67,7 @@ async fn ready(State(ops): State<Ops>) -> Response {
 async fn stats(State(ops): State<Ops>) -> Response {
     let streams = match ops.broker.list_streams().await {
         Ok(streams) => streams,
-        Err(err) => return Problem::from_status(&crate::error::broker_status(err)).into_response(),
+        Err(err) => return Problem::from_status(&broker_status(err)).into_response(),
     };
     Json(json!({
         "streams_count": streams.len(),

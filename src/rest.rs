@@ -3,7 +3,6 @@
 //! same gRPC service, and RFC 9457 problem bodies for every error.
 
 mod openapi;
-mod problem;
 mod routes;
 pub mod shape;
 mod template;
@@ -19,7 +18,6 @@ use axum::{
 };
 use bytes::Bytes;
 
-pub use problem::{PROBLEM_JSON, Problem, http_status};
 pub use routes::{BodyRule, Route, RouteTable};
 pub use template::PathTemplate;
 pub use transcode::Transcoder;

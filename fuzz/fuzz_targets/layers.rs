@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use iggy_gateway::{
     config::Config,
-    layers::{self, LayerSettings, protocol::is_health_check},
+    layers::{self, LayerSettings, is_health_check},
     metrics::Metrics,
 };
 use iggy_gateway_fuzz::{Gateway, parse_request, read_body, split_requests};

@@ -17,15 +17,13 @@ use iggy_gateway::{
         Name, PartitionInfo, PolledMessages, PollMessages, PollingStrategy, SendMessages,
         StoredMessage, StreamInfo, TopicInfo, TopicRef, UpdateTopic,
     },
-    grpc::{
-        DefaultTopic, EventApi, Limits, MessageApi, StreamApi, SubscribeSettings, Subscriptions,
-        TopicApi,
-    },
+    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
     proto::{
         event_service_server::EventServiceServer, message_service_server::MessageServiceServer,
         stream_service_server::StreamServiceServer, topic_service_server::TopicServiceServer,
     },
     rest,
+    subscription::{SubscribeSettings, Subscriptions},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -6,11 +6,11 @@ use prost_types::{Duration, Timestamp, value::Kind};
 use tonic::Status;
 
 use crate::{
+    answer::invalid_field,
     broker::{
         Compression, HeaderValue, Headers, Identifier, MAX_NAME_LEN, Name, PartitionInfo,
-        StreamInfo, TopicInfo, TopicRef,
+        StoredMessage, StreamInfo, TopicInfo, TopicRef,
     },
-    error::invalid_field,
     proto,
 };
 
@@ -366,6 +366,19 @@ pub fn json_to_value(json: serde_json::Value) -> prost_types::Value {
         }),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+pub fn polled_to_proto(partition_id: u32, message: StoredMessage) -> proto::PolledMessage {
+    let mut headers = message.headers;
+    let body = payload_to_body(message.payload, &mut headers);
+    proto::PolledMessage {
+        offset: message.offset,
+        timestamp: Some(timestamp(message.timestamp_micros)),
+        partition_id,
+        id: message_id_text(message.id),
+        headers: headers_to_proto(headers),
+        body: Some(body),
+    }
 }
 
 #[cfg(test)]

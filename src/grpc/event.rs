@@ -15,11 +15,11 @@ use super::{
     message::Limits,
 };
 use crate::{
+    answer::{broker_status, invalid_field},
     broker::{
         Broker, ConsumerOffsetRef, HeaderValue, Headers, Identifier, Name, NewMessage,
         Partitioning, PollMessages, PollingStrategy, SendMessages, TopicRef, now_micros,
     },
-    error::{broker_status, invalid_field},
     proto::{self, event_service_server::EventService},
 };
 

@@ -5,17 +5,17 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    body_to_payload, headers_from_proto, headers_to_proto, identifier, message_id, message_id_text,
-    payload_to_body, timestamp, timestamp_micros, topic_ref,
+    body_to_payload, headers_from_proto, identifier, message_id, message_id_text, polled_to_proto,
+    timestamp_micros, topic_ref,
 };
-use super::subscribe::{Subscription, Subscriptions};
 use crate::{
+    answer::{broker_status, invalid_field},
     broker::{
         Broker, ConsumerOffsetRef, MAX_HEADERS_PER_MESSAGE, NewMessage, Partitioning, PollMessages,
-        PollingStrategy, SendMessages, StoredMessage, headers_size,
+        PollingStrategy, SendMessages, headers_size,
     },
-    error::{broker_status, invalid_field},
     proto::{self, message_service_server::MessageService},
+    subscription::{self, Delivery, Event, Subscription, Subscriptions},
 };
 
 /// Request limits the gateway enforces before anything reaches the broker.
@@ -166,23 +166,37 @@ fn consumer_ref(
     })
 }
 
-pub(super) fn polled_to_proto(partition_id: u32, message: StoredMessage) -> proto::PolledMessage {
-    let mut headers = message.headers;
-    let body = payload_to_body(message.payload, &mut headers);
-    proto::PolledMessage {
-        offset: message.offset,
-        timestamp: Some(timestamp(message.timestamp_micros)),
-        partition_id,
-        id: message_id_text(message.id),
-        headers: headers_to_proto(headers),
-        body: Some(body),
-    }
+/// One item of a subscription's stream as `SubscribeResponse`; an error ends the stream.
+fn delivery_to_proto(item: subscription::Item) -> Result<proto::SubscribeResponse, Status> {
+    let Delivery { cursor, event } = item?;
+    let event = match event {
+        Event::Message {
+            partition_id,
+            message,
+        } => proto::subscribe_response::Event::Message(polled_to_proto(partition_id, message)),
+        Event::Heartbeat(lags) => proto::subscribe_response::Event::Heartbeat(proto::Heartbeat {
+            partitions: lags
+                .into_iter()
+                .map(|lag| proto::PartitionLag {
+                    partition_id: lag.partition_id,
+                    next_offset: lag.next_offset,
+                    lag: lag.lag,
+                })
+                .collect(),
+        }),
+    };
+    Ok(proto::SubscribeResponse {
+        cursor,
+        event: Some(event),
+    })
 }
 
 #[tonic::async_trait]
 impl MessageService for MessageApi {
-    type SubscribeStream =
-        tokio_stream::wrappers::ReceiverStream<Result<proto::SubscribeResponse, Status>>;
+    type SubscribeStream = futures_util::stream::Map<
+        tokio_stream::wrappers::ReceiverStream<subscription::Item>,
+        fn(subscription::Item) -> Result<proto::SubscribeResponse, Status>,
+    >;
 
     async fn subscribe(
         &self,
@@ -191,7 +205,7 @@ impl MessageService for MessageApi {
         // Counted per client key, so an IPv6 client's whole prefix shares one cap.
         let client = request
             .extensions()
-            .get::<crate::layers::ClientIp>()
+            .get::<crate::extensions::ClientIp>()
             .map(|ip| ip.key().network());
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
@@ -234,8 +248,10 @@ impl MessageService for MessageApi {
                 },
             )
             .await?;
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
+        let to_proto: fn(_) -> _ = delivery_to_proto;
+        Ok(Response::new(futures_util::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+            to_proto,
         )))
     }
 

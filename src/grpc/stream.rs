@@ -6,8 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{identifier, name, stream_to_proto};
 use crate::{
+    answer::broker_status,
     broker::Broker,
-    error::broker_status,
     proto::{self, stream_service_server::StreamService},
 };
 

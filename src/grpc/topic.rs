@@ -8,8 +8,8 @@ use super::convert::{
     compression_from_proto, duration_micros, identifier, name, topic_ref, topic_to_proto,
 };
 use crate::{
+    answer::{broker_status, invalid_field},
     broker::{Broker, Compression, CreateTopic, MAX_PARTITIONS, UpdateTopic},
-    error::{broker_status, invalid_field},
     proto::{self, topic_service_server::TopicService},
 };
 

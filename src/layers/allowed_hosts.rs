@@ -20,7 +20,7 @@ use futures_util::future::{Either, Ready, ready};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::protocol::Rejection;
+use crate::answer::Rejection;
 
 /// One entry of `ALLOWED_HOSTS`: a host name or IP, with a port or without (then any port).
 #[derive(Debug, Clone, PartialEq, Eq)]

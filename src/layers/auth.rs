@@ -30,10 +30,8 @@ use subtle::{Choice, ConstantTimeEq};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::{
-    client_ip::ClientIp,
-    protocol::{Rejection, is_grpc_health},
-};
+use super::is_grpc_health;
+use crate::{answer::Rejection, extensions::ClientIp};
 
 /// Most clients whose failures are remembered; beyond it the stalest unlocked ones are
 /// forgotten, and never a client that is locked out.

@@ -29,37 +29,7 @@ use ipnet::IpNet;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
-/// The IP the request is accounted to, and the key per-client controls count it under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp {
-    addr: IpAddr,
-    key: IpNet,
-}
-
-impl ClientIp {
-    /// `ipv6_prefix` is how many leading bits of an IPv6 address name one client (clamped to
-    /// 0..=128); an IPv4 address is always its own client.
-    pub fn new(addr: IpAddr, ipv6_prefix: u8) -> Self {
-        let addr = addr.to_canonical();
-        let prefix = match addr {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => ipv6_prefix.min(128),
-        };
-        let key = IpNet::new(addr, prefix).map_or_else(|_| IpNet::from(addr), |net| net.trunc());
-        Self { addr, key }
-    }
-
-    /// The client's own address, for logs.
-    pub fn addr(&self) -> IpAddr {
-        self.addr
-    }
-
-    /// What rate limits, lockouts and subscriber caps count: `198.51.100.7/32`,
-    /// `2001:db8:1:2::/64`. Rotating addresses within one IPv6 prefix keeps the same key.
-    pub fn key(&self) -> IpNet {
-        self.key
-    }
-}
+use crate::extensions::ClientIp;
 
 #[derive(Debug, Clone, Default)]
 pub struct ClientIpLayer {

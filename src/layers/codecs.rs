@@ -11,7 +11,7 @@ use axum::{
 };
 use tonic::Code;
 
-use super::protocol::Rejection;
+use crate::answer::Rejection;
 
 /// The content types of gRPC and gRPC-Web bodies the services decode.
 fn is_protobuf_grpc(content_type: &str) -> bool {

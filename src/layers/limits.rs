@@ -26,8 +26,12 @@ use tokio::sync::Semaphore;
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::protocol::{Caller, Protocol, Rejection, is_health_check};
-use crate::budget::{self, Charge, InflightBytes};
+use super::is_health_check;
+use crate::{
+    answer::{Caller, Rejection},
+    budget::{self, Charge, InflightBytes},
+    extensions::Protocol,
+};
 
 /// A request body charged frame by frame as it arrives (never by what it declares, which would
 /// let a client reserve the budget without sending a byte), and cut off past `max_bytes`.

@@ -27,10 +27,8 @@ use ipnet::IpNet;
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::{
-    client_ip::ClientIp,
-    protocol::{Rejection, is_health_check},
-};
+use super::is_health_check;
+use crate::{answer::Rejection, extensions::ClientIp};
 
 /// Above this many tracked clients, idle ones are swept at once rather than on the timer.
 const MAX_TRACKED_CLIENTS: usize = 100_000;

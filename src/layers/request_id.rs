@@ -15,12 +15,10 @@ use axum::{
 use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
 
+use crate::extensions::RequestId;
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_LEN: usize = 128;
-
-/// The id of the request being served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
 
 fn sane(value: &str) -> bool {
     !value.is_empty()

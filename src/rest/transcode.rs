@@ -20,10 +20,13 @@ use prost_reflect::{
 use serde_json::{Map, Value};
 use tower::ServiceExt;
 
-use crate::budget::{self, Exhausted};
+use crate::{
+    answer::Problem,
+    budget::{self, Exhausted},
+    extensions::{ClientIp, MatchedRoute},
+};
 
 use super::{
-    problem::Problem,
     routes::{BodyRule, Lookup, Route, RouteTable, field_kind_at},
     shape::{self, ShapeRefusal},
 };
@@ -135,14 +138,12 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     )?;
 
     if route.method.is_server_streaming() {
-        let client = parts.extensions.get::<crate::layers::ClientIp>().copied();
+        let client = parts.extensions.get::<ClientIp>().copied();
         let mut response = stream_grpc(transcoder, route, &parts.headers, &message, client).await?;
-        response
-            .extensions_mut()
-            .insert(crate::metrics::MatchedRoute(format!(
-                "{} {}",
-                route.http_method, route.template
-            )));
+        response.extensions_mut().insert(MatchedRoute(format!(
+            "{} {}",
+            route.http_method, route.template
+        )));
         return Ok(response);
     }
     let reply = call_grpc(transcoder, route, &parts.headers, &message).await;
@@ -152,12 +153,10 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             .with_request_id(request_id(&parts.headers))
             .into_response(),
     };
-    response
-        .extensions_mut()
-        .insert(crate::metrics::MatchedRoute(format!(
-            "{} {}",
-            route.http_method, route.template
-        )));
+    response.extensions_mut().insert(MatchedRoute(format!(
+        "{} {}",
+        route.http_method, route.template
+    )));
     Ok(response)
 }
 
@@ -572,7 +571,7 @@ async fn stream_grpc(
     route: &Route,
     headers: &HeaderMap,
     message: &DynamicMessage,
-    client: Option<crate::layers::ClientIp>,
+    client: Option<ClientIp>,
 ) -> Result<Response, Problem> {
     let sse = headers
         .get(header::ACCEPT)

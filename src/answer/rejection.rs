@@ -1,50 +1,19 @@
-//! Which protocol a request speaks, and how a layer's rejection is answered in it: gRPC and
-//! gRPC-Web callers get a `grpc-status` (HTTP 200, never 429 or 503, which gRPC clients would
-//! read as UNAVAILABLE and retry), REST callers an `application/problem+json` body.
+//! A layer's refusal, described once and answered in the caller's protocol: gRPC and gRPC-Web
+//! callers get a `grpc-status` (HTTP 200, never 429 or 503, which gRPC clients would read as
+//! UNAVAILABLE and retry), REST callers an `application/problem+json` body.
 
 use std::time::Duration;
 
 use axum::{
     body::Body,
-    http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header},
+    http::{HeaderName, HeaderValue, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::request_id::RequestId;
-use crate::{error::ERROR_DOMAIN, rest::Problem};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    GrpcWeb,
-    Rest,
-}
-
-impl Protocol {
-    pub fn of(headers: &HeaderMap) -> Self {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if content_type.starts_with("application/grpc-web") {
-            Protocol::GrpcWeb
-        } else if content_type.starts_with("application/grpc") {
-            Protocol::Grpc
-        } else {
-            Protocol::Rest
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::GrpcWeb => "grpc-web",
-            Protocol::Rest => "rest",
-        }
-    }
-}
+use super::{ERROR_DOMAIN, Problem, http_status};
+use crate::extensions::{Protocol, RejectedFor, RequestId};
 
 /// What a refusal needs to know of its request: kept by layers that refuse after passing the
 /// request on (timeouts), instead of a copy of its headers.
@@ -70,10 +39,6 @@ impl Caller {
     }
 }
 
-/// Set on a refusal's response: why, for the metrics of refusals by reason.
-#[derive(Debug, Clone, Copy)]
-pub struct RejectedFor(pub &'static str);
-
 /// A request a layer refuses, described once for both protocols.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -91,7 +56,7 @@ impl Rejection {
     pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
-            http: crate::rest::http_status(code),
+            http: http_status(code),
             reason,
             message: message.into(),
             retry_after: None,
@@ -160,15 +125,4 @@ impl Rejection {
         response.extensions_mut().insert(RejectedFor(reason));
         response
     }
-}
-
-/// Health probes are never rate limited or shed: an overloaded gateway must still answer
-/// Kubernetes. Only the one-shot checks: a `Watch` stays open and is counted like any call.
-pub fn is_health_check(path: &str) -> bool {
-    path == "/grpc.health.v1.Health/Check" || path == "/health" || path == "/ready"
-}
-
-/// The gRPC health service (Check and Watch) never asks for a key, as Kubernetes sends none.
-pub fn is_grpc_health(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/")
 }

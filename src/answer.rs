@@ -1,0 +1,12 @@
+//! Answers, written once for every protocol: the gRPC status of a broker error ([`status`]),
+//! the REST problem body derived from a status ([`problem`]), and a layer's refusal answered in
+//! the caller's own protocol ([`rejection`]). Layers, services and the transcoder all answer
+//! through here, so neither imports the other to speak an error.
+
+mod problem;
+mod rejection;
+mod status;
+
+pub use problem::{PROBLEM_JSON, Problem, Violation, grpc_code_name, http_status};
+pub use rejection::{Caller, Rejection};
+pub use status::{ERROR_DOMAIN, broker_status, invalid_field, reason};

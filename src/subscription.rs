@@ -1,0 +1,246 @@
+//! Live subscriptions, the engine behind `MessageService.Subscribe` (and so REST's SSE and
+//! NDJSON streams): admission against the subscriber caps ([`admission`]), resumable signed
+//! cursors ([`cursor`]), and one poll task per subscriber ([`pump`]). It emits domain items
+//! ([`Delivery`]); the gRPC service maps them to protobuf, so this module knows no wire format.
+//!
+//! The pump waits when the client reads slowly (the channel is bounded), backs off to
+//! `SUBSCRIBE_IDLE_POLL_MS` while nothing arrives, and ends a stream whose client stopped
+//! reading for `SUBSCRIBE_SLOW_CLIENT_MS`.
+
+mod admission;
+mod cursor;
+mod pump;
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::{
+    answer::{broker_status, invalid_field},
+    broker::{
+        Broker, BrokerError, Identifier, PartitionInfo, PollingStrategy, StoredMessage, TopicRef,
+    },
+};
+use admission::Admission;
+use cursor::{Cursor, Scope};
+
+/// Answers buffered per subscriber before the pump waits for the client.
+const CHANNEL_CAPACITY: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct SubscribeSettings {
+    /// Signs cursors; replicas that share it resume each other's cursors.
+    pub cursor_secret: Vec<u8>,
+    pub max_subscribers: usize,
+    pub max_subscribers_per_client: usize,
+    pub idle_poll: Duration,
+    pub heartbeat: Duration,
+    pub slow_client: Duration,
+    /// Most payload and header bytes one poll of a subscription reads (POLL_MAX_BYTES).
+    pub batch_max_bytes: usize,
+}
+
+/// What a subscription shares with the gateway: the subscriber caps and the shutdown signal.
+#[derive(Clone)]
+pub struct Subscriptions {
+    settings: Arc<SubscribeSettings>,
+    admission: Arc<Admission>,
+    shutdown: CancellationToken,
+}
+
+impl Subscriptions {
+    pub fn new(settings: SubscribeSettings, shutdown: CancellationToken) -> Self {
+        Self {
+            admission: Arc::new(Admission::new(
+                settings.max_subscribers,
+                settings.max_subscribers_per_client,
+            )),
+            settings: Arc::new(settings),
+            shutdown,
+        }
+    }
+}
+
+/// Validated subscription parameters.
+pub struct Subscription {
+    pub topic: TopicRef,
+    pub stream_text: String,
+    pub topic_text: String,
+    pub partition_id: Option<u32>,
+    pub consumer: Option<Identifier>,
+    pub strategy: PollingStrategy,
+    pub cursor: Option<String>,
+    pub commit_every: u32,
+    /// Commit at most this often while messages flow; zero: no timed commits.
+    pub commit_interval: Duration,
+    /// Counted against `MAX_SUBSCRIBERS_PER_CLIENT`.
+    pub client: Option<IpAddr>,
+}
+
+/// One item of a subscription's stream, with the cursor that resumes right after it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub cursor: String,
+    pub event: Event,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Message {
+        partition_id: u32,
+        message: StoredMessage,
+    },
+    /// Sent while idle: where each followed partition stands.
+    Heartbeat(Vec<PartitionLag>),
+}
+
+/// How far a subscriber is behind one partition's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub partition_id: u32,
+    pub next_offset: u64,
+    pub lag: u64,
+}
+
+/// The stream ends after its first error.
+pub type Item = Result<Delivery, Status>;
+
+impl Subscriptions {
+    /// Starts a subscription's poll loop and returns the receiving end of its stream.
+    pub async fn start(
+        &self,
+        broker: Arc<dyn Broker>,
+        request: Subscription,
+    ) -> Result<mpsc::Receiver<Item>, Status> {
+        let admitted = self.admission.admit(request.client)?;
+        let consumer_text = request
+            .consumer
+            .as_ref()
+            .map(Identifier::to_string)
+            .unwrap_or_default();
+        // A cursor resumes exactly its subscription: its scope, consumer and strategy, unless the
+        // request names something else, which is refused rather than silently widened.
+        let cursor = request
+            .cursor
+            .as_deref()
+            .map(|text| cursor::decode(text, &self.settings.cursor_secret))
+            .transpose()?;
+        if let Some(cursor) = &cursor {
+            cursor::conflicts(cursor, &request, &consumer_text)?;
+        }
+        let topic_info = broker
+            .get_topic(request.topic.clone())
+            .await
+            .map_err(broker_status)?;
+        let mut request = request;
+        let scope = match &cursor {
+            Some(cursor) => {
+                cursor::same_log(cursor, &topic_info)?;
+                cursor.scope
+            }
+            None => match request.partition_id {
+                Some(id) => Scope::One(id),
+                None => Scope::All(topic_info.partitions_count),
+            },
+        };
+        if let Some(cursor) = &cursor {
+            if request.consumer.is_none() && !cursor.consumer.is_empty() {
+                request.consumer = Some(
+                    Identifier::parse(&cursor.consumer)
+                        .map_err(|reason| invalid_field("consumer", reason))?,
+                );
+            }
+            request.strategy = cursor.start.into();
+        }
+        let consumer_text = request
+            .consumer
+            .as_ref()
+            .map(Identifier::to_string)
+            .unwrap_or_default();
+        let commits = request.commit_every > 0 || !request.commit_interval.is_zero();
+        if request.consumer.is_none() && (request.strategy == PollingStrategy::Next || commits) {
+            return Err(invalid_field(
+                "consumer",
+                "is required with strategy NEXT and with commits",
+            ));
+        }
+        let partitions: Vec<u32> = match scope {
+            Scope::One(id) if id < topic_info.partitions_count => vec![id],
+            Scope::One(id) => {
+                return Err(broker_status(BrokerError::PartitionNotFound {
+                    topic: request.topic.topic.clone(),
+                    partition_id: id,
+                    partitions_count: topic_info.partitions_count,
+                }));
+            }
+            Scope::All(_) => (0..topic_info.partitions_count).collect(),
+        };
+
+        // Where each partition starts: the cursor's positions (partitions added since it was
+        // issued from their first message), or the strategy's first poll.
+        let mut next: BTreeMap<u32, Option<u64>> = partitions.iter().map(|p| (*p, None)).collect();
+        if let Some(cursor) = &cursor {
+            for (partition, slot) in &mut next {
+                if let Some(offset) = cursor.next.get(partition) {
+                    *slot = Some(*offset);
+                } else if matches!(cursor.scope, Scope::All(count) if *partition >= count) {
+                    *slot = Some(0);
+                }
+            }
+        } else if request.strategy == PollingStrategy::Last {
+            // "Last" for a subscription means only what arrives from now on.
+            for partition in &topic_info.partitions {
+                if let Some(slot) = next.get_mut(&partition.id) {
+                    *slot = Some(next_offset(partition));
+                }
+            }
+        }
+
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let settings = Arc::clone(&self.settings);
+        let shutdown = self.shutdown.clone();
+        let cursor = Cursor {
+            stream: request.stream_text.clone(),
+            topic: request.topic_text.clone(),
+            consumer: consumer_text,
+            topic_id: topic_info.id,
+            topic_created_at: topic_info.created_at_micros,
+            scope,
+            start: request.strategy.into(),
+            next: next
+                .iter()
+                .filter_map(|(partition, offset)| offset.map(|offset| (*partition, offset)))
+                .collect(),
+        };
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let commit_every = request.commit_every;
+            let (request, next) = pump::run(
+                broker.clone(),
+                request,
+                next,
+                cursor,
+                settings,
+                shutdown,
+                tx,
+            )
+            .await;
+            // What was delivered is committed when the subscription ends, however it ends.
+            if commit_every > 0 {
+                pump::commit(&broker, &request, &next).await;
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// The offset a partition's next message will get.
+fn next_offset(partition: &PartitionInfo) -> u64 {
+    if partition.messages_count == 0 {
+        0
+    } else {
+        partition.current_offset + 1
+    }
+}

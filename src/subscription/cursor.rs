@@ -1,0 +1,310 @@
+//! Resumable cursors: what a subscription was (stream, topic, consumer, scope, start, the
+//! topic's incarnation) and where each partition is read next, signed with `CURSOR_SECRET` so
+//! a client can hold it but not forge or alter it, and compact enough to travel in every event.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tonic::Status;
+
+use super::{Subscription, next_offset};
+use crate::{
+    answer::invalid_field,
+    broker::{PollingStrategy, TopicInfo},
+};
+
+/// 2: cursors carry their subscription's scope and the topic's incarnation.
+const CURSOR_VERSION: u8 = 2;
+
+/// What a cursor resumes: the subscription it came from, bound to the topic's incarnation, and
+/// where each of its partitions is read next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Cursor {
+    pub(super) stream: String,
+    pub(super) topic: String,
+    pub(super) consumer: String,
+    /// The topic's id and creation time when the cursor was issued: a topic deleted and created
+    /// again under the same name is another log, and the cursor is refused there.
+    pub(super) topic_id: u32,
+    pub(super) topic_created_at: u64,
+    pub(super) scope: Scope,
+    /// Where partitions without a position yet start (the subscription's strategy).
+    pub(super) start: Start,
+    /// The next offset of each partition that has one, written compactly (see `positions`).
+    #[serde(with = "positions")]
+    pub(super) next: BTreeMap<u32, u64>,
+}
+
+/// Positions as (gap from the previous partition, offset minus the previous offset) pairs:
+/// partitions are mostly consecutive and their offsets alike, so both numbers are small
+/// varints, and a cursor of a thousand partitions stays a few KiB (it travels in every event,
+/// and SSE clients send it back as a header).
+mod positions {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        next: &BTreeMap<u32, u64>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut previous = (None::<u32>, 0u64);
+        let pairs: Vec<(u32, i64)> = next
+            .iter()
+            .map(|(&partition, &offset)| {
+                let gap = previous
+                    .0
+                    .map_or(partition, |p| partition.wrapping_sub(p + 1));
+                // Offsets fit i64 in practice; wrapping keeps the round trip exact regardless.
+                let delta = offset.wrapping_sub(previous.1).cast_signed();
+                previous = (Some(partition), offset);
+                (gap, delta)
+            })
+            .collect();
+        pairs.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<u32, u64>, D::Error> {
+        let pairs = Vec::<(u32, i64)>::deserialize(deserializer)?;
+        let mut previous = (None::<u32>, 0u64);
+        let mut next = BTreeMap::new();
+        for (gap, delta) in pairs {
+            let partition = previous
+                .0
+                .map_or(Some(gap), |p| {
+                    p.checked_add(1).and_then(|p| p.checked_add(gap))
+                })
+                .ok_or_else(|| serde::de::Error::custom("partition out of range"))?;
+            let offset = previous.1.wrapping_add(delta.cast_unsigned());
+            next.insert(partition, offset);
+            previous = (Some(partition), offset);
+        }
+        Ok(next)
+    }
+}
+
+/// The partitions a subscription follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Scope {
+    One(u32),
+    /// Every partition; this many existed when the subscription started. Partitions added
+    /// since are read from their first message.
+    All(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Start {
+    Offset(u64),
+    Timestamp(u64),
+    First,
+    Last,
+    Next,
+}
+
+impl From<PollingStrategy> for Start {
+    fn from(strategy: PollingStrategy) -> Self {
+        match strategy {
+            PollingStrategy::Offset(offset) => Start::Offset(offset),
+            PollingStrategy::Timestamp(micros) => Start::Timestamp(micros),
+            PollingStrategy::First => Start::First,
+            PollingStrategy::Last => Start::Last,
+            PollingStrategy::Next => Start::Next,
+        }
+    }
+}
+
+impl From<Start> for PollingStrategy {
+    fn from(start: Start) -> Self {
+        match start {
+            Start::Offset(offset) => PollingStrategy::Offset(offset),
+            Start::Timestamp(micros) => PollingStrategy::Timestamp(micros),
+            Start::First => PollingStrategy::First,
+            Start::Last => PollingStrategy::Last,
+            Start::Next => PollingStrategy::Next,
+        }
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac(secret: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length.
+    <HmacSha256 as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("any key length"))
+}
+
+pub(super) fn encode(cursor: &Cursor, secret: &[u8]) -> Result<String, Status> {
+    let mut bytes = vec![CURSOR_VERSION];
+    // Cannot fail for these plain types; if it ever did, the stream ends with an error rather
+    // than hand out a cursor that would never decode.
+    let body = postcard::to_stdvec(cursor)
+        .map_err(|_| Status::internal("cannot encode the subscription's cursor"))?;
+    bytes.extend(body);
+    let mut signer = mac(secret);
+    signer.update(&bytes);
+    bytes.extend(signer.finalize().into_bytes());
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+pub(super) fn decode(text: &str, secret: &[u8]) -> Result<Cursor, Status> {
+    let refuse = |why: &str| invalid_field("cursor", why.to_owned());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| refuse("is not a cursor this gateway issued"))?;
+    if bytes.len() < 1 + 32 {
+        return Err(refuse("is not a cursor this gateway issued"));
+    }
+    let (body, tag) = bytes.split_at(bytes.len() - 32);
+    let mut verifier = mac(secret);
+    verifier.update(body);
+    verifier
+        .verify_slice(tag)
+        .map_err(|_| refuse("was altered or signed with another key (CURSOR_SECRET)"))?;
+    if body[0] != CURSOR_VERSION {
+        return Err(refuse(
+            "comes from another version of the gateway; subscribe again without it",
+        ));
+    }
+    postcard::from_bytes(&body[1..]).map_err(|_| refuse("does not decode"))
+}
+
+/// Refuses a cursor whose subscription differs from what `request` names.
+pub(super) fn conflicts(
+    cursor: &Cursor,
+    request: &Subscription,
+    consumer: &str,
+) -> Result<(), Status> {
+    let conflict = |what: String| invalid_field("cursor", what);
+    if cursor.stream != request.stream_text || cursor.topic != request.topic_text {
+        return Err(conflict(format!(
+            "was issued for {}/{}, not {}/{}",
+            cursor.stream, cursor.topic, request.stream_text, request.topic_text
+        )));
+    }
+    if !consumer.is_empty() && cursor.consumer != consumer {
+        return Err(conflict(format!(
+            "was issued for consumer {:?}, not {consumer:?}",
+            cursor.consumer
+        )));
+    }
+    match (cursor.scope, request.partition_id) {
+        (Scope::One(issued), Some(asked)) if issued != asked => {
+            return Err(conflict(format!(
+                "was issued for partition {issued}, not partition {asked}"
+            )));
+        }
+        (Scope::All(_), Some(asked)) => {
+            return Err(conflict(format!(
+                "was issued for every partition, not partition {asked} alone"
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Refuses a cursor of another incarnation of the topic, or past the end of a partition (the
+/// log was purged since).
+pub(super) fn same_log(cursor: &Cursor, topic: &TopicInfo) -> Result<(), Status> {
+    let conflict = |what: String| invalid_field("cursor", what);
+    if cursor.topic_id != topic.id || cursor.topic_created_at != topic.created_at_micros {
+        return Err(conflict(
+            "belongs to a topic that was deleted since (this one was created again under its \
+             name); subscribe again without it"
+                .into(),
+        ));
+    }
+    for partition in &topic.partitions {
+        if let Some(next) = cursor.next.get(&partition.id)
+            && *next > next_offset(partition)
+        {
+            return Err(conflict(format!(
+                "is past the end of partition {} ({} < {next}): it was purged since; subscribe \
+                 again without it",
+                partition.id,
+                next_offset(partition)
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor() -> Cursor {
+        Cursor {
+            stream: "orders".into(),
+            topic: "created".into(),
+            consumer: String::new(),
+            topic_id: 3,
+            topic_created_at: 1_700_000_000_000_000,
+            scope: Scope::All(3),
+            start: Start::First,
+            next: [(0, 5), (2, 9)].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn a_thousand_partitions_make_a_cursor_of_a_few_kib() {
+        let wide = Cursor {
+            scope: Scope::All(1000),
+            next: (0..1000)
+                .map(|p| (p, 1_000_000 + u64::from(p % 7) * 13))
+                .collect(),
+            ..cursor()
+        };
+        let text = encode(&wide, b"secret-a").expect("encodes");
+        assert!(text.len() < 4096, "{} bytes", text.len());
+        assert_eq!(decode(&text, b"secret-a").expect("valid"), wide);
+        let sparse = Cursor {
+            next: [(3, u64::MAX), (900, 0), (901, 5)].into_iter().collect(),
+            ..cursor()
+        };
+        let text = encode(&sparse, b"secret-a").expect("encodes");
+        assert_eq!(decode(&text, b"secret-a").expect("valid"), sparse);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_positions_round_trip(
+            next in proptest::collection::btree_map(proptest::num::u32::ANY, proptest::num::u64::ANY, 0..64),
+            one in proptest::option::of(proptest::num::u32::ANY),
+        ) {
+            let original = Cursor {
+                scope: one.map_or(Scope::All(64), Scope::One),
+                next,
+                ..cursor()
+            };
+            let text = encode(&original, b"secret-a").expect("encodes");
+            proptest::prop_assert_eq!(decode(&text, b"secret-a").ok(), Some(original));
+        }
+
+        #[test]
+        fn any_text_is_refused_or_decoded_without_panicking(text in "\\PC{0,300}") {
+            let _ = decode(&text, b"secret-a");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_under_the_same_secret_only() {
+        let text = encode(&cursor(), b"secret-a").expect("encodes");
+        assert_eq!(decode(&text, b"secret-a").expect("valid"), cursor());
+        assert!(decode(&text, b"secret-b").is_err(), "foreign key");
+        let mut tampered = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&text)
+            .expect("base64");
+        tampered[3] ^= 1;
+        let tampered = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tampered);
+        assert_eq!(
+            decode(&tampered, b"secret-a").expect_err("tampered").code(),
+            tonic::Code::InvalidArgument
+        );
+        assert!(decode("not a cursor", b"secret-a").is_err());
+    }
+}
