@@ -27,7 +27,9 @@ pub mod allowed_hosts;
 pub mod auth;
 pub mod client_ip;
 pub mod codecs;
+pub mod guard;
 pub mod limits;
+pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
 
@@ -49,14 +51,16 @@ use tracing::Span;
 use crate::{
     budget::InflightBytes,
     extensions::{ClientIp, Protocol, RequestId},
-    metrics::{Metrics, MetricsLayer},
+    metrics::Metrics,
 };
 
-pub use allowed_hosts::{AllowedHost, AllowedHostsLayer};
-pub use auth::{ApiKeyLayer, AuthSettings};
+pub use allowed_hosts::{AllowedHost, AllowedHosts};
+pub use auth::{ApiKey, AuthSettings};
 pub use client_ip::ClientIpLayer;
-pub use limits::{BodyLimitLayer, ConcurrencyLayer, GuardedBody, TimeoutLayer};
-pub use rate_limit::RateLimitLayer;
+pub use guard::{Exempt, GuardLayer, Policy};
+pub use limits::{BodyLimitLayer, GuardedBody, Shedding, TimeoutLayer};
+pub use metrics::MetricsLayer;
+pub use rate_limit::RateLimit;
 pub use request_id::RequestIdLayer;
 
 /// Everything the stack is configured with.
@@ -86,10 +90,10 @@ pub fn apply(
     router: Router,
     settings: &LayerSettings,
     metrics: Arc<Metrics>,
-) -> (Router, Option<RateLimitLayer>) {
+) -> (Router, Option<RateLimit>) {
     let rate_limit = settings
         .rate_limit
-        .map(|(per_second, burst)| RateLimitLayer::new(per_second, burst));
+        .map(|(per_second, burst)| RateLimit::new(per_second, burst));
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(ClientIpLayer::new(
@@ -105,12 +109,12 @@ pub fn apply(
                 .on_failure(()),
         )
         .layer(MetricsLayer::new(metrics))
-        .option_layer(AllowedHostsLayer::new(&settings.allowed_hosts))
+        .option_layer(AllowedHosts::new(&settings.allowed_hosts).map(GuardLayer::new))
         .option_layer(cors(&settings.cors_origins, &settings.cors_headers))
         .layer(axum::middleware::from_fn(codecs::protobuf_only))
-        .option_layer(rate_limit.clone())
-        .layer(ApiKeyLayer::new(settings.auth.clone()))
-        .layer(ConcurrencyLayer::new(settings.max_concurrent))
+        .option_layer(rate_limit.clone().map(GuardLayer::new))
+        .layer(GuardLayer::new(ApiKey::new(settings.auth.clone())))
+        .layer(GuardLayer::new(Shedding::new(settings.max_concurrent)))
         .layer(TimeoutLayer::new(settings.request_timeout))
         .layer(BodyLimitLayer::new(
             settings.max_body_bytes,
@@ -243,15 +247,4 @@ fn cors(origins: &[String], allowed_headers: &[String]) -> Option<CorsLayer> {
         ]))
         .max_age(Duration::from_secs(600));
     Some(layer)
-}
-
-/// Health probes are never rate limited or shed: an overloaded gateway must still answer
-/// Kubernetes. Only the one-shot checks: a `Watch` stays open and is counted like any call.
-pub fn is_health_check(path: &str) -> bool {
-    path == "/grpc.health.v1.Health/Check" || path == "/health" || path == "/ready"
-}
-
-/// The gRPC health service (Check and Watch) never asks for a key, as Kubernetes sends none.
-pub fn is_grpc_health(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/")
 }

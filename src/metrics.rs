@@ -3,34 +3,24 @@
 //! polled (counted at the broker seam), and the backend's availability.
 
 use std::{
-    collections::HashSet,
-    convert::Infallible,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
-use axum::{
-    body::Body,
-    extract::MatchedPath,
-    http::{Request, Response},
-};
-use futures_util::future::BoxFuture;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use tokio::sync::watch;
-use tower::{Layer, Service};
 
 use crate::{
     broker::{
         Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, Identifier, Name,
         PollMessages, PolledMessages, SendMessages, StreamInfo, TopicInfo, TopicRef, UpdateTopic,
     },
-    extensions::{MatchedRoute, Protocol, RejectedFor},
+    extensions::{Protocol, RejectedFor},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -219,157 +209,51 @@ impl Metrics {
     pub fn accept_failed(&self) {
         self.accept_errors.inc();
     }
+
+    /// Counts a call in flight until the returned guard is dropped.
+    pub fn call_started(&self) -> GaugeGuard {
+        self.in_flight.inc();
+        GaugeGuard(self.in_flight.clone())
+    }
+
+    /// Counts one answered call under labels the caller keeps bounded, and why a layer
+    /// refused it, if one did.
+    pub fn call_answered(
+        &self,
+        protocol: Protocol,
+        route: String,
+        status: String,
+        elapsed: Duration,
+        rejected: Option<RejectedFor>,
+    ) {
+        self.calls
+            .get_or_create(&CallLabels {
+                protocol: protocol.name().to_owned(),
+                route,
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.name().to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(rejected) = rejected {
+            self.rejections
+                .get_or_create(&ReasonLabels {
+                    reason: rejected.0.to_owned(),
+                })
+                .inc();
+        }
+    }
 }
 
 /// Decrements a gauge when dropped, so a cancelled task cannot leave it counted.
-struct GaugeGuard(Gauge);
+pub struct GaugeGuard(Gauge);
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// Counts every call at the edge of the stack (inside tracing, outside the refusing layers).
-#[derive(Clone)]
-pub struct MetricsLayer {
-    metrics: Arc<Metrics>,
-    known: Arc<KnownRoutes>,
-}
-
-impl MetricsLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self {
-            metrics,
-            known: Arc::new(KnownRoutes::from_descriptors()),
-        }
-    }
-}
-
-impl<S> Layer<S> for MetricsLayer {
-    type Service = MetricsService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        MetricsService {
-            inner,
-            metrics: Arc::clone(&self.metrics),
-            known: Arc::clone(&self.known),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct MetricsService<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-    known: Arc<KnownRoutes>,
-}
-
-/// The gRPC methods this gateway serves (`/package.Service/Method`), read from the descriptor
-/// sets of its services, health and reflection.
-struct KnownRoutes {
-    grpc_methods: HashSet<String>,
-}
-
-impl KnownRoutes {
-    fn from_descriptors() -> Self {
-        let sets = [
-            crate::proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ];
-        let grpc_methods = sets
-            .into_iter()
-            .filter_map(|set| prost_reflect::DescriptorPool::decode(set).ok())
-            .flat_map(|pool| {
-                pool.services()
-                    .flat_map(|service| {
-                        service
-                            .methods()
-                            .map(|method| format!("/{}/{}", service.full_name(), method.name()))
-                            .collect::<Vec<_>>()
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        Self { grpc_methods }
-    }
-}
-
-impl<S> Service<Request<Body>> for MetricsService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let protocol = Protocol::of(request.headers());
-        let path = request.uri().path().to_owned();
-        // A gRPC service's matched path is its `/{*rest}` pattern: only plain routes count.
-        let matched_path = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(MatchedPath::as_str)
-            .filter(|matched| !matched.contains('*'))
-            .map(str::to_owned);
-        let known = Arc::clone(&self.known);
-        let metrics = Arc::clone(&self.metrics);
-        // A guard, not a decrement after the await: a cancelled call must not stay counted.
-        metrics.in_flight.inc();
-        let in_flight = GaugeGuard(metrics.in_flight.clone());
-        let started = Instant::now();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            drop(in_flight);
-            let grpc_status = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let status = match protocol {
-                Protocol::Grpc | Protocol::GrpcWeb => {
-                    grpc_status.clone().unwrap_or_else(|| "0".into())
-                }
-                Protocol::Rest => response.status().as_u16().to_string(),
-            };
-            // Only names the gateway defines become labels, so clients cannot grow the series.
-            let route = match response.extensions().get::<MatchedRoute>() {
-                Some(route) => route.0.clone(),
-                None if known.grpc_methods.contains(path.as_str()) => path,
-                None => matched_path.unwrap_or_else(|| "unmatched".to_owned()),
-            };
-            metrics
-                .calls
-                .get_or_create(&CallLabels {
-                    protocol: protocol.name().to_owned(),
-                    route,
-                    status,
-                })
-                .inc();
-            metrics
-                .latency
-                .get_or_create(&ProtocolLabels {
-                    protocol: protocol.name().to_owned(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            if let Some(rejected) = response.extensions().get::<RejectedFor>() {
-                metrics
-                    .rejections
-                    .get_or_create(&ReasonLabels {
-                        reason: rejected.0.to_owned(),
-                    })
-                    .inc();
-            }
-            Ok(response)
-        })
     }
 }
 

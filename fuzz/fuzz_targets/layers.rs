@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use iggy_gateway::{
     config::Config,
-    layers::{self, LayerSettings, is_health_check},
+    layers::{self, Exempt, LayerSettings},
     metrics::Metrics,
 };
 use iggy_gateway_fuzz::{Gateway, parse_request, read_body, split_requests};
@@ -86,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
             .http_router()
             .layer(tower::util::MapRequestLayer::new(|request: http::Request<axum::body::Body>| {
                 let path = request.uri().path();
-                if !is_health_check(path) && path != "/v1/streams" {
+                if !Exempt::HealthChecks.covers(path) && path != "/v1/streams" {
                     if let Some(query) = request.uri().query() {
                         assert!(
                             !form_urlencoded_has_key(query),

@@ -4,22 +4,15 @@
 //! 421 Misdirected Request for REST and PERMISSION_DENIED for gRPC(-Web). Health probes are not
 //! exempt: Kubernetes sends the pod IP as the host, so list it or leave `ALLOWED_HOSTS` unset.
 
-use std::{
-    convert::Infallible,
-    fmt,
-    str::FromStr,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{fmt, str::FromStr, sync::Arc};
 
 use axum::{
     body::Body,
-    http::{Request, Response, StatusCode, header},
+    http::{Request, StatusCode, header},
 };
-use futures_util::future::{Either, Ready, ready};
 use tonic::Code;
-use tower::{Layer, Service};
 
+use super::guard::{Exempt, Policy};
 use crate::answer::Rejection;
 
 /// One entry of `ALLOWED_HOSTS`: a host name or IP, with a port or without (then any port).
@@ -105,11 +98,11 @@ fn requested_host<B>(request: &Request<B>) -> Option<(String, Option<u16>)> {
 }
 
 #[derive(Debug, Clone)]
-pub struct AllowedHostsLayer {
+pub struct AllowedHosts {
     allowed: Arc<Vec<AllowedHost>>,
 }
 
-impl AllowedHostsLayer {
+impl AllowedHosts {
     /// `None` when the list is empty: no check at all.
     pub fn new(allowed: &[AllowedHost]) -> Option<Self> {
         (!allowed.is_empty()).then(|| Self {
@@ -118,48 +111,23 @@ impl AllowedHostsLayer {
     }
 }
 
-impl<S> Layer<S> for AllowedHostsLayer {
-    type Service = AllowedHostsService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        AllowedHostsService {
-            inner,
-            allowed: Arc::clone(&self.allowed),
-        }
-    }
-}
+impl Policy for AllowedHosts {
+    type Admitted = ();
+    const EXEMPT: Exempt = Exempt::Nothing;
 
-#[derive(Debug, Clone)]
-pub struct AllowedHostsService<S> {
-    inner: S,
-    allowed: Arc<Vec<AllowedHost>>,
-}
-
-impl<S> Service<Request<Body>> for AllowedHostsService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Either<S::Future, Ready<Result<Response<Body>, Infallible>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let allowed = requested_host(&request)
+    fn check(&self, request: &mut Request<Body>) -> Result<(), Rejection> {
+        let allowed = requested_host(request)
             .is_some_and(|(host, port)| self.allowed.iter().any(|entry| entry.allows(&host, port)));
         if allowed {
-            return Either::Left(self.inner.call(request));
+            return Ok(());
         }
         // The refused name is not echoed: it is the attacker's, and answers may be logged.
-        let rejection = Rejection::new(
+        Err(Rejection::new(
             Code::PermissionDenied,
             "HOST_NOT_ALLOWED",
             "this gateway does not serve the host this request names (ALLOWED_HOSTS)",
         )
-        .http_status(StatusCode::MISDIRECTED_REQUEST);
-        Either::Right(ready(Ok(rejection.respond(&request))))
+        .http_status(StatusCode::MISDIRECTED_REQUEST))
     }
 }
 

@@ -12,25 +12,21 @@
 
 use std::{
     collections::HashMap,
-    convert::Infallible,
     net::{IpAddr, Ipv4Addr},
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use axum::{
     body::Body,
-    http::{HeaderValue, Request, Response, header},
+    http::{HeaderValue, Request, header},
 };
-use futures_util::future::{Either, Ready, ready};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 use tonic::Code;
-use tower::{Layer, Service};
 
-use super::is_grpc_health;
+use super::guard::{Exempt, Policy};
 use crate::{answer::Rejection, extensions::ClientIp};
 
 /// Most clients whose failures are remembered; beyond it the stalest unlocked ones are
@@ -139,11 +135,11 @@ struct AuthState {
 }
 
 #[derive(Clone)]
-pub struct ApiKeyLayer {
+pub struct ApiKey {
     state: Arc<AuthState>,
 }
 
-impl ApiKeyLayer {
+impl ApiKey {
     pub fn new(settings: AuthSettings) -> Self {
         Self {
             state: Arc::new(AuthState {
@@ -263,55 +259,27 @@ fn strip_key_from_query<B>(request: &mut Request<B>) {
     }
 }
 
-impl<S> Layer<S> for ApiKeyLayer {
-    type Service = ApiKeyService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ApiKeyService {
-            inner,
-            state: Arc::clone(&self.state),
-        }
-    }
-}
+impl Policy for ApiKey {
+    type Admitted = ();
+    const EXEMPT: Exempt = Exempt::HealthService;
 
-#[derive(Clone)]
-pub struct ApiKeyService<S> {
-    inner: S,
-    state: Arc<AuthState>,
-}
-
-impl<S> Service<Request<Body>> for ApiKeyService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Either<S::Future, Ready<Result<Response<Body>, Infallible>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn check(&self, request: &mut Request<Body>) -> Result<(), Rejection> {
         let state = &self.state;
         let path = request.uri().path();
-        if state.digests.is_empty()
-            || is_grpc_health(path)
-            || state.bypass_paths.iter().any(|bypass| bypass == path)
-        {
-            return Either::Left(self.inner.call(request));
+        if state.digests.is_empty() || state.bypass_paths.iter().any(|bypass| bypass == path) {
+            return Ok(());
         }
         let client = request.extensions().get::<ClientIp>().map_or(
             IpNet::from(IpAddr::from(Ipv4Addr::UNSPECIFIED)),
             ClientIp::key,
         );
         // A valid key is checked before the lockout, so it is never refused by one.
-        let (reason, message) = match presented_key(&request, state.allow_query_param) {
+        let (reason, message) = match presented_key(request, state.allow_query_param) {
             Some(key) if state.valid(&key) => {
-                let mut request = request;
                 if state.allow_query_param {
-                    strip_key_from_query(&mut request);
+                    strip_key_from_query(request);
                 }
-                return Either::Left(self.inner.call(request));
+                return Ok(());
             }
             Some(_) => ("API_KEY_INVALID", "the API key is not valid"),
             None => (
@@ -321,20 +289,20 @@ where
         };
         let now = Instant::now();
         if let Some(wait) = state.locked(client, now) {
-            let rejection = Rejection::new(
+            return Err(Rejection::new(
                 Code::ResourceExhausted,
                 "AUTH_LOCKED_OUT",
                 "too many failed authentication attempts; try again later",
             )
-            .retry_after(wait);
-            return Either::Right(ready(Ok(rejection.respond(&request))));
+            .retry_after(wait));
         }
         state.record_failure(client, now);
-        let rejection = Rejection::new(Code::Unauthenticated, reason, message).header(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"iggy-gateway\""),
-        );
-        Either::Right(ready(Ok(rejection.respond(&request))))
+        Err(
+            Rejection::new(Code::Unauthenticated, reason, message).header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"iggy-gateway\""),
+            ),
+        )
     }
 }
 
@@ -343,7 +311,7 @@ mod tests {
     use super::*;
 
     fn state_with(keys: &[&str], lockout: Duration) -> AuthState {
-        let layer = ApiKeyLayer::new(AuthSettings {
+        let layer = ApiKey::new(AuthSettings {
             keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             bypass_paths: Vec::new(),
             allow_query_param: false,

@@ -22,11 +22,11 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either, Ready, ready};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::is_health_check;
+use super::guard::{Exempt, Policy};
 use crate::{
     answer::{Caller, Rejection},
     budget::{self, Charge, InflightBytes},
@@ -336,7 +336,7 @@ where
 }
 
 #[derive(Debug, Clone)]
-pub struct ConcurrencyLayer {
+pub struct Shedding {
     permits: Arc<Semaphore>,
     max: usize,
     /// Health checks in flight: never shed by the main limit (an overloaded gateway must still
@@ -354,7 +354,7 @@ pub const MAX_HEALTH_WATCHERS: usize = 64;
 /// The gRPC health service's streaming method.
 const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 
-impl ConcurrencyLayer {
+impl Shedding {
     pub fn new(max: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
@@ -365,72 +365,46 @@ impl ConcurrencyLayer {
     }
 }
 
-impl<S> Layer<S> for ConcurrencyLayer {
-    type Service = ConcurrencyService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ConcurrencyService {
-            inner,
-            layer: self.clone(),
-        }
-    }
+/// A call's place: dropped at the answer's head, or, for a `Watch`, when its stream ends.
+pub struct Place {
+    permit: OwnedSemaphorePermit,
+    watch: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct ConcurrencyService<S> {
-    inner: S,
-    layer: ConcurrencyLayer,
-}
+impl Policy for Shedding {
+    type Admitted = Place;
+    // Health checks are not exempt: they draw on their own pool instead.
+    const EXEMPT: Exempt = Exempt::Nothing;
 
-impl<S> Service<Request<Body>> for ConcurrencyService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Either<
-        BoxFuture<'static, Result<Response<Body>, Infallible>>,
-        Ready<Result<Response<Body>, Infallible>>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn check(&self, request: &mut Request<Body>) -> Result<Place, Rejection> {
         let path = request.uri().path();
-        let (permits, limit, what) = if is_health_check(path) {
-            (&self.layer.probes, MAX_HEALTH_PROBES, "health checks")
+        let (permits, limit, what) = if Exempt::HealthChecks.covers(path) {
+            (&self.probes, MAX_HEALTH_PROBES, "health checks")
         } else if path == HEALTH_WATCH {
-            (&self.layer.watchers, MAX_HEALTH_WATCHERS, "health watchers")
+            (&self.watchers, MAX_HEALTH_WATCHERS, "health watchers")
         } else {
-            (&self.layer.permits, self.layer.max, "calls")
+            (&self.permits, self.max, "calls")
         };
         let watch = path == HEALTH_WATCH;
         match Arc::clone(permits).try_acquire_owned() {
-            Ok(permit) => {
-                let future = self.inner.call(request);
-                Either::Left(Box::pin(async move {
-                    let response = future.await?;
-                    if !watch {
-                        // Answered; a streamed answer (a subscription) counts against its own
-                        // caps from here on.
-                        return Ok(response);
-                    }
-                    // A Watch holds its place for as long as it stays open.
-                    Ok(response.map(|body| Body::new(GuardedBody::new(body, permit))))
-                }))
-            }
-            Err(_) => {
-                let rejection = Rejection::new(
-                    Code::Unavailable,
-                    "OVERLOADED",
-                    format!("the gateway is at its limit of {limit} {what} in flight"),
-                )
-                .retry_after(Duration::from_secs(1));
-                Either::Right(ready(Ok(rejection.respond(&request))))
-            }
+            Ok(permit) => Ok(Place { permit, watch }),
+            Err(_) => Err(Rejection::new(
+                Code::Unavailable,
+                "OVERLOADED",
+                format!("the gateway is at its limit of {limit} {what} in flight"),
+            )
+            .retry_after(Duration::from_secs(1))),
         }
+    }
+
+    fn answered(&self, place: Place, response: Response<Body>) -> Response<Body> {
+        if !place.watch {
+            // Answered; a streamed answer (a subscription) counts against its own caps from
+            // here on.
+            return response;
+        }
+        // A Watch holds its place for as long as it stays open.
+        response.map(|body| Body::new(GuardedBody::new(body, place.permit)))
     }
 }
 

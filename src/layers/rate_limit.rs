@@ -6,35 +6,31 @@
 //! tower_governor's layer, whose error handler cannot see the request (ARCHITECTURE.md).
 
 use std::{
-    convert::Infallible,
     net::{IpAddr, Ipv4Addr},
     num::NonZeroU32,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use axum::{
     body::Body,
-    http::{HeaderName, HeaderValue, Request, Response},
+    http::{HeaderName, HeaderValue, Request},
 };
-use futures_util::future::{Either, Ready, ready};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use ipnet::IpNet;
 use tonic::Code;
-use tower::{Layer, Service};
 
-use super::is_health_check;
+use super::guard::{Exempt, Policy};
 use crate::{answer::Rejection, extensions::ClientIp};
 
 /// Above this many tracked clients, idle ones are swept at once rather than on the timer.
 const MAX_TRACKED_CLIENTS: usize = 100_000;
 
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub struct RateLimit {
     limiter: Arc<DefaultKeyedRateLimiter<IpNet>>,
     burst: u32,
     /// Unix seconds of the last forced sweep, so a flood of new clients
@@ -42,7 +38,7 @@ pub struct RateLimitLayer {
     last_sweep: Arc<AtomicU64>,
 }
 
-impl RateLimitLayer {
+impl RateLimit {
     pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
         let quota = Quota::per_second(per_second).allow_burst(burst);
         Self {
@@ -63,51 +59,24 @@ impl RateLimitLayer {
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
+impl Policy for RateLimit {
+    type Admitted = ();
+    const EXEMPT: Exempt = Exempt::HealthChecks;
 
-#[derive(Clone)]
-pub struct RateLimitService<S> {
-    inner: S,
-    layer: RateLimitLayer,
-}
-
-impl<S> Service<Request<Body>> for RateLimitService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Either<S::Future, Ready<Result<Response<Body>, Infallible>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if is_health_check(request.uri().path()) {
-            return Either::Left(self.inner.call(request));
-        }
+    fn check(&self, request: &mut Request<Body>) -> Result<(), Rejection> {
         let client = request.extensions().get::<ClientIp>().map_or(
             IpNet::from(IpAddr::from(Ipv4Addr::UNSPECIFIED)),
             ClientIp::key,
         );
-        let limiter = &self.layer.limiter;
+        let limiter = &self.limiter;
         if limiter.len() > MAX_TRACKED_CLIENTS {
             let now = crate::broker::now_micros() / 1_000_000;
-            if self.layer.last_sweep.swap(now, Ordering::Relaxed) != now {
-                self.layer.sweep();
+            if self.last_sweep.swap(now, Ordering::Relaxed) != now {
+                self.sweep();
             }
         }
         match limiter.check_key(&client) {
-            Ok(()) => Either::Left(self.inner.call(request)),
+            Ok(()) => Ok(()),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(limiter.clock().now());
                 let reset = wait.as_secs().max(1).to_string();
@@ -122,7 +91,7 @@ where
                 .retry_after(wait.max(Duration::from_millis(1)))
                 .header(
                     HeaderName::from_static("ratelimit-limit"),
-                    HeaderValue::from(self.layer.burst),
+                    HeaderValue::from(self.burst),
                 )
                 .header(
                     HeaderName::from_static("ratelimit-remaining"),
@@ -132,14 +101,14 @@ where
                     HeaderName::from_static("ratelimit-reset"),
                     HeaderValue::from_str(&reset).unwrap_or(HeaderValue::from_static("1")),
                 );
-                Either::Right(ready(Ok(rejection.respond(&request))))
+                Err(rejection)
             }
         }
     }
 }
 
 /// Keeps the limiter's memory bounded: sweeps idle clients every `every` until the process ends.
-pub fn spawn_sweeper(layer: RateLimitLayer, every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_sweeper(layer: RateLimit, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
@@ -155,7 +124,7 @@ mod tests {
 
     #[test]
     fn idle_clients_are_swept_so_memory_stays_bounded() {
-        let layer = RateLimitLayer::new(
+        let layer = RateLimit::new(
             NonZeroU32::new(1000).expect("non-zero"),
             NonZeroU32::new(1).expect("non-zero"),
         );

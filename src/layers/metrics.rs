@@ -1,0 +1,146 @@
+//! Counts every call at the edge of the stack (inside tracing, outside the refusing layers):
+//! by protocol, route and status, its latency, the calls in flight, and refusals by reason.
+//! Route labels are only names the gateway defines, so clients cannot grow the series.
+
+use std::{
+    collections::HashSet,
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use axum::{
+    body::Body,
+    extract::MatchedPath,
+    http::{Request, Response},
+};
+use futures_util::future::BoxFuture;
+use tower::{Layer, Service};
+
+use crate::{
+    extensions::{MatchedRoute, Protocol, RejectedFor},
+    metrics::Metrics,
+};
+
+/// Counts every call at the edge of the stack (inside tracing, outside the refusing layers).
+#[derive(Clone)]
+pub struct MetricsLayer {
+    metrics: Arc<Metrics>,
+    known: Arc<KnownRoutes>,
+}
+
+impl MetricsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            known: Arc::new(KnownRoutes::from_descriptors()),
+        }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+            known: Arc::clone(&self.known),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+    known: Arc<KnownRoutes>,
+}
+
+/// The gRPC methods this gateway serves (`/package.Service/Method`), read from the descriptor
+/// sets of its services, health and reflection.
+struct KnownRoutes {
+    grpc_methods: HashSet<String>,
+}
+
+impl KnownRoutes {
+    fn from_descriptors() -> Self {
+        let sets = [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let grpc_methods = sets
+            .into_iter()
+            .filter_map(|set| prost_reflect::DescriptorPool::decode(set).ok())
+            .flat_map(|pool| {
+                pool.services()
+                    .flat_map(|service| {
+                        service
+                            .methods()
+                            .map(|method| format!("/{}/{}", service.full_name(), method.name()))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Self { grpc_methods }
+    }
+}
+
+impl<S> Service<Request<Body>> for MetricsService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let protocol = Protocol::of(request.headers());
+        let path = request.uri().path().to_owned();
+        // A gRPC service's matched path is its `/{*rest}` pattern: only plain routes count.
+        let matched_path = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str)
+            .filter(|matched| !matched.contains('*'))
+            .map(str::to_owned);
+        let known = Arc::clone(&self.known);
+        let metrics = Arc::clone(&self.metrics);
+        // A guard, not a decrement after the await: a cancelled call must not stay counted.
+        let in_flight = metrics.call_started();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            drop(in_flight);
+            let grpc_status = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let status = match protocol {
+                Protocol::Grpc | Protocol::GrpcWeb => {
+                    grpc_status.clone().unwrap_or_else(|| "0".into())
+                }
+                Protocol::Rest => response.status().as_u16().to_string(),
+            };
+            // Only names the gateway defines become labels, so clients cannot grow the series.
+            let route = match response.extensions().get::<MatchedRoute>() {
+                Some(route) => route.0.clone(),
+                None if known.grpc_methods.contains(path.as_str()) => path,
+                None => matched_path.unwrap_or_else(|| "unmatched".to_owned()),
+            };
+            let rejected = response.extensions().get::<RejectedFor>().copied();
+            metrics.call_answered(protocol, route, status, started.elapsed(), rejected);
+            Ok(response)
+        })
+    }
+}
