@@ -8,7 +8,6 @@ mod message;
 mod stream;
 mod topic;
 
-pub use convert::timestamp_text;
 pub use event::{DefaultTopic, EventApi};
 pub use message::{Limits, MessageApi};
 pub use stream::StreamApi;

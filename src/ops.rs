@@ -15,10 +15,16 @@ use serde_json::json;
 
 use crate::{
     answer::{Problem, broker_status},
-    broker::{Broker, now_micros},
-    grpc::timestamp_text,
+    broker::Broker,
     metrics::Metrics,
 };
+
+/// Now in RFC 3339 (UTC, to the microsecond), as proto3 JSON writes timestamps.
+fn now_text() -> String {
+    let mut now = prost_types::Timestamp::from(std::time::SystemTime::now());
+    now.nanos -= now.nanos % 1_000;
+    now.to_string()
+}
 
 #[derive(Clone)]
 struct Ops {
@@ -49,7 +55,7 @@ async fn health(State(ops): State<Ops>) -> Json<serde_json::Value> {
         "status": if connected { "healthy" } else { "degraded" },
         "iggy_connected": connected,
         "version": env!("CARGO_PKG_VERSION"),
-        "timestamp": timestamp_text(now_micros()),
+        "timestamp": now_text(),
     }))
 }
 

@@ -43,11 +43,6 @@ pub fn timestamp(micros: u64) -> Timestamp {
     }
 }
 
-/// RFC 3339 in UTC, as proto3 JSON writes timestamps.
-pub fn timestamp_text(micros: u64) -> String {
-    timestamp(micros).to_string()
-}
-
 pub fn timestamp_micros(field: &str, value: &Timestamp) -> Result<u64, Status> {
     if value.seconds < 0 || !(0..1_000_000_000).contains(&value.nanos) {
         return Err(invalid_field(
