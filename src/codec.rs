@@ -28,7 +28,7 @@ pub const MESSAGE_COST: usize = 256;
 const MAX_DEPTH: u32 = 100;
 
 static POOL: LazyLock<Option<DescriptorPool>> =
-    LazyLock::new(|| DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).ok());
+    LazyLock::new(|| DescriptorPool::decode(crate::descriptors::FILE_DESCRIPTOR_SET).ok());
 
 /// prost's codec with a bounded decoder; named by `build.rs` as the codec of generated code.
 #[derive(Debug)]

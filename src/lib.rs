@@ -13,7 +13,13 @@ pub mod proto {
         }
     }
 
-    /// The encoded descriptor set of the API, for reflection and the REST transcoder.
+    pub use crate::descriptors::FILE_DESCRIPTOR_SET;
+}
+
+/// The API's descriptors, apart from the generated code: the codec that generated code uses
+/// reads them, so they sit below both.
+pub mod descriptors {
+    /// The encoded descriptor set of the API, for the codec, reflection and the REST transcoder.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("iggy_gateway_descriptor");
 }
