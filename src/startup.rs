@@ -14,10 +14,7 @@ use tonic_web::GrpcWebLayer;
 use tower::Layer;
 
 use crate::{
-    broker::{
-        Broker, BrokerError, Compression, CreateTopic, Identifier, embedded::EmbeddedBroker,
-        iggy::IggyBroker,
-    },
+    broker::{Broker, embedded::EmbeddedBroker, ensure_default_topic, iggy::IggyBroker},
     config::Config,
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, Subscriptions, TopicApi},
     layers::{self, rate_limit},
@@ -104,9 +101,14 @@ impl Application {
         let default_topic = config.default_topic().map_err(StartupError::Config)?;
         if let Some(topic) = default_topic.clone() {
             if *broker.availability().borrow() {
-                ensure_default_topic(broker.as_ref(), &topic)
-                    .await
-                    .map_err(|err| StartupError::Unavailable(format!("default topic: {err}")))?;
+                ensure_default_topic(
+                    broker.as_ref(),
+                    &topic.stream,
+                    &topic.topic,
+                    topic.partitions,
+                )
+                .await
+                .map_err(|err| StartupError::Unavailable(format!("default topic: {err}")))?;
             } else {
                 // The backend is not reachable yet: create the default topic once it is.
                 tokio::spawn(ensure_default_topic_when_available(
@@ -353,43 +355,20 @@ fn routes(
         .prepare())
 }
 
-/// Creates the event routes' default stream and topic unless they exist. Creating and
-/// accepting "already exists" is safe when several gateways start at once.
-async fn ensure_default_topic(
-    broker: &dyn Broker,
-    topic: &DefaultTopic,
-) -> Result<(), BrokerError> {
-    match broker.create_stream(topic.stream.clone()).await {
-        Ok(_) => tracing::info!(stream = %topic.stream, "created the default stream"),
-        Err(BrokerError::StreamAlreadyExists(_)) => {}
-        Err(err) => return Err(err),
-    }
-    let create = CreateTopic {
-        stream: Identifier::Name(topic.stream.to_string()),
-        name: topic.topic.clone(),
-        partitions_count: topic.partitions,
-        message_expiry_micros: None,
-        max_topic_size_bytes: None,
-        compression: Compression::None,
-        replication_factor: 1,
-    };
-    match broker.create_topic(create).await {
-        Ok(_) => {
-            tracing::info!(topic = %topic.topic, partitions = topic.partitions, "created the default topic")
-        }
-        Err(BrokerError::TopicAlreadyExists { .. }) => {}
-        Err(err) => return Err(err),
-    }
-    Ok(())
-}
-
 async fn ensure_default_topic_when_available(broker: Arc<dyn Broker>, topic: DefaultTopic) {
     let mut available = broker.availability();
     loop {
         if available.wait_for(|up| *up).await.is_err() {
             return;
         }
-        match ensure_default_topic(broker.as_ref(), &topic).await {
+        let ensured = ensure_default_topic(
+            broker.as_ref(),
+            &topic.stream,
+            &topic.topic,
+            topic.partitions,
+        )
+        .await;
+        match ensured {
             Ok(()) => return,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot create the default topic yet; retrying");
