@@ -309,7 +309,57 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let command = <Self as clap::CommandFactory>::command();
+        Self::load_with(<Self as clap::CommandFactory>::command(), args)
+    }
+
+    /// A configuration for tests: loopback, a free port, the given data directory, and the
+    /// overrides below; everything else at its default. It is parsed like any other, with the
+    /// environment ignored, so a variable exported in the developer's shell cannot change a test.
+    ///
+    /// # Panics
+    /// If these arguments stop parsing, which the unit tests catch first.
+    pub fn for_tests(data_dir: impl Into<String>) -> Self {
+        let data_dir = format!("--data-dir={}", data_dir.into());
+        let args = [
+            "iggy-gateway",
+            "--host=127.0.0.1",
+            // Tests run side by side: each gateway takes a free port.
+            "--port=0",
+            &data_dir,
+            // A small pool that reconnects and gives up quickly, for the Iggy backend tests.
+            "--iggy-pool-size=2",
+            "--reconnect-base-delay-ms=100",
+            "--reconnect-max-delay-ms=1000",
+            "--operation-timeout-ms=5000",
+            "--health-check-interval-ms=1000",
+            "--iggy-connect-wait-ms=500",
+            // No default topic, so tests see only what they create.
+            "--iggy-stream=",
+            "--iggy-topic=",
+            // Tests send bursts from one address.
+            "--rate-limit-rps=0",
+            // A fixed key (the default is random per process): a cursor is valid on every test
+            // gateway unless a test sets another key.
+            "--cursor-secret=test-cursor-secret-of-32-bytes-at-least",
+            // Subscriptions notice new messages quickly.
+            "--subscribe-idle-poll-ms=50",
+            // Stopping a gateway does not hold a test up.
+            "--shutdown-timeout=2",
+        ];
+        match Self::load_with(command_without_environment(), args) {
+            Ok((config, _)) => config,
+            Err(err) => panic!("the test configuration does not load: {err:?}"),
+        }
+    }
+
+    fn load_with<I, T>(
+        command: clap::Command,
+        args: I,
+    ) -> Result<(Self, EffectiveSettings), LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         let matches = command
             .clone()
             .try_get_matches_from(args)
@@ -317,30 +367,41 @@ impl Config {
         let config = <Self as clap::FromArgMatches>::from_arg_matches(&matches)
             .map_err(|err| explain(&command, &err))?;
         config.check().map_err(LoadError::Invalid)?;
-        let settings = command
-            .get_arguments()
-            .filter_map(|arg| {
-                let env = arg.get_env()?.to_string_lossy().into_owned();
-                let value = if arg.is_hide_env_values_set() {
-                    matches
-                        .get_raw(arg.get_id().as_str())
-                        .map_or_else(|| "(unset)".to_owned(), |_| "(redacted)".to_owned())
-                } else {
-                    matches.get_raw(arg.get_id().as_str()).map_or_else(
-                        || "(unset)".to_owned(),
-                        |values| {
-                            values
-                                .map(|v| v.to_string_lossy().into_owned())
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        },
-                    )
-                };
-                Some((env, value))
-            })
-            .collect();
-        Ok((config, settings))
+        Ok((config, effective_settings(&command, &matches)))
     }
+}
+
+/// The parser with every `env = ...` removed, so it reads flags only (clap reads the variables
+/// when the command is built; setting or clearing them in a test is unsafe and process-wide).
+fn command_without_environment() -> clap::Command {
+    <Config as clap::CommandFactory>::command().mut_args(|arg| arg.env(None::<&'static str>))
+}
+
+/// One `(ENV_NAME, value)` per option that has a variable, as it takes effect; hidden values
+/// (secrets) only say whether they are set.
+fn effective_settings(command: &clap::Command, matches: &clap::ArgMatches) -> EffectiveSettings {
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let env = arg.get_env()?.to_string_lossy().into_owned();
+            let value = if arg.is_hide_env_values_set() {
+                matches
+                    .get_raw(arg.get_id().as_str())
+                    .map_or_else(|| "(unset)".to_owned(), |_| "(redacted)".to_owned())
+            } else {
+                matches.get_raw(arg.get_id().as_str()).map_or_else(
+                    || "(unset)".to_owned(),
+                    |values| {
+                        values
+                            .map(|v| v.to_string_lossy().into_owned())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    },
+                )
+            };
+            Some((env, value))
+        })
+        .collect()
 }
 
 /// One line for a clap error: the environment variable and flag, the value, and why it is
@@ -381,61 +442,6 @@ fn explain(command: &clap::Command, err: &clap::Error) -> LoadError {
 }
 
 impl Config {
-    /// A configuration for tests: loopback, a free port, everything else at its default.
-    pub fn for_tests(data_dir: impl Into<String>) -> Self {
-        Self {
-            host: IpAddr::from([127, 0, 0, 1]),
-            port: 0,
-            data_dir: data_dir.into(),
-            iggy_connection_string: None,
-            iggy_pool_size: 2,
-            reconnect_base_delay_ms: 100,
-            reconnect_max_delay_ms: 1_000,
-            max_reconnect_attempts: 0,
-            operation_timeout_ms: 5_000,
-            health_check_interval_ms: 1_000,
-            iggy_connect_wait_ms: 500,
-            // No default topic, so tests see only what they create.
-            iggy_stream: String::new(),
-            iggy_topic: String::new(),
-            iggy_partitions: 3,
-            batch_max_size: 1000,
-            poll_max_count: 1000,
-            poll_max_bytes: 8 * 1024 * 1024,
-            max_message_size: 1024 * 1024,
-            max_request_body_size: 16 * 1024 * 1024,
-            max_inflight_bytes: 64 * 1024 * 1024,
-            rate_limit_rps: 0,
-            rate_limit_burst: 50,
-            trusted_proxies: Vec::new(),
-            ipv6_client_prefix: 64,
-            api_key: None,
-            auth_bypass_paths: vec!["/health".into(), "/ready".into()],
-            api_key_query_param: false,
-            auth_max_failures: 10,
-            auth_failure_window_secs: 60,
-            auth_lockout_secs: 300,
-            cors_allowed_origins: Vec::new(),
-            cors_allowed_headers: Vec::new(),
-            allowed_hosts: Vec::new(),
-            request_timeout_ms: 30_000,
-            max_concurrent_requests: 1024,
-            max_connections: None,
-            connection_idle_timeout_ms: 60_000,
-            header_read_timeout_ms: 10_000,
-            metrics_port: None,
-            cursor_secret: Some("test-cursor-secret-of-32-bytes-at-least".into()),
-            max_subscribers: 1000,
-            max_subscribers_per_client: 100,
-            subscribe_idle_poll_ms: 50,
-            subscribe_heartbeat_ms: 15_000,
-            subscribe_slow_client_ms: 30_000,
-            shutdown_timeout: 2,
-            log_format: LogFormat::Text,
-            print_config: false,
-        }
-    }
-
     /// Rules that involve more than one setting; one line naming the variable when broken.
     pub fn check(&self) -> Result<(), String> {
         let keyless = self.api_key.as_ref().is_none_or(|keys| keys.0.is_empty());
@@ -680,6 +686,38 @@ mod tests {
         ]);
         assert!(line.starts_with("MAX_INFLIGHT_BYTES: "), "{line}");
         assert!(Config::load_from(["iggy-gateway", "--cursor-secret", &"k".repeat(32)]).is_ok());
+    }
+
+    #[test]
+    fn the_test_configuration_is_the_defaults_with_its_overrides_whatever_the_environment() {
+        assert!(
+            command_without_environment()
+                .get_arguments()
+                .all(|arg| arg.get_env().is_none())
+        );
+        let Ok((mut expected, _)) =
+            Config::load_with(command_without_environment(), ["iggy-gateway"])
+        else {
+            panic!("defaults load");
+        };
+        expected.port = 0;
+        expected.data_dir = "/tmp/somewhere".into();
+        expected.shutdown_timeout = 2;
+        expected.iggy_pool_size = 2;
+        expected.reconnect_base_delay_ms = 100;
+        expected.reconnect_max_delay_ms = 1_000;
+        expected.operation_timeout_ms = 5_000;
+        expected.health_check_interval_ms = 1_000;
+        expected.iggy_connect_wait_ms = 500;
+        expected.iggy_stream = String::new();
+        expected.iggy_topic = String::new();
+        expected.rate_limit_rps = 0;
+        expected.cursor_secret = Some("test-cursor-secret-of-32-bytes-at-least".into());
+        expected.subscribe_idle_poll_ms = 50;
+        let config = Config::for_tests("/tmp/somewhere");
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+        assert!(config.host.is_loopback());
+        assert_eq!(config.default_topic(), Ok(None));
     }
 
     #[test]
