@@ -118,7 +118,7 @@ impl Application {
             }
         }
 
-        let address = SocketAddr::new(config.host, config.port);
+        let address = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(address).await.map_err(|err| {
             StartupError::Unavailable(format!("cannot listen on {address}: {err}"))
         })?;
@@ -128,7 +128,7 @@ impl Application {
 
         if config.is_open_to_the_network() {
             tracing::warn!(
-                host = %config.host,
+                host = %config.server.host,
                 "NO API_KEY IS SET and the gateway listens beyond loopback: anyone who can reach \
                  it can read, write and delete every stream. Set API_KEY."
             );
@@ -141,7 +141,7 @@ impl Application {
             config.limits(),
             default_topic,
             Subscriptions::new(config.subscribe_settings(), subscriptions_stop.clone()),
-            config.max_request_body_size as usize,
+            config.limits.max_request_body_size as usize,
             health_service,
         )?;
         let router = routes
@@ -153,9 +153,9 @@ impl Application {
             // Keeps the limiter's memory bounded under many distinct clients.
             rate_limit::spawn_sweeper(rate_limit, Duration::from_secs(10));
         }
-        let metrics_listener = match config.metrics_port {
+        let metrics_listener = match config.telemetry.metrics_port {
             Some(port) => {
-                let address = SocketAddr::new(config.host, port);
+                let address = SocketAddr::new(config.server.host, port);
                 Some(TcpListener::bind(address).await.map_err(|err| {
                     StartupError::Unavailable(format!(
                         "cannot listen on {address} (METRICS_PORT): {err}"
@@ -193,7 +193,7 @@ impl Application {
             metrics,
             subscriptions_stop,
             metrics_listener,
-            shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+            shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout),
         })
     }
 

@@ -23,7 +23,7 @@ async fn kubernetes_probes_ask_what_the_gateway_serves() {
     let deployment = &docs[2];
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let default_port = iggy_gateway::config::Config::load_from(["iggy-gateway"])
-        .map(|(config, _)| config.port)
+        .map(|(config, _)| config.server.port)
         .unwrap_or_else(|_| panic!("defaults load"));
     assert_eq!(
         container["ports"][0]["containerPort"],
@@ -79,9 +79,7 @@ fn compose_runs_the_gateway_against_iggy_0_8() {
         url.starts_with("iggy://") && url.contains("@iggy:8090"),
         "{url}"
     );
-    let config = iggy_gateway::config::Config {
-        iggy_connection_string: Some(url.to_owned()),
-        ..iggy_gateway::config::Config::for_tests(":memory:")
-    };
+    let mut config = iggy_gateway::config::Config::for_tests(":memory:");
+    config.backend.iggy_connection_string = Some(url.to_owned());
     assert!(config.iggy_settings().expect("valid").is_some());
 }

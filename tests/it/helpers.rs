@@ -188,14 +188,12 @@ pub fn texts(response: &proto::PollMessagesResponse) -> Vec<String> {
 
 /// A gateway whose event routes have a default topic, as in production.
 pub async fn spawn_app_with_default_topic() -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config {
-        iggy_stream: "sample-stream".into(),
-        iggy_topic: "events".into(),
-        iggy_partitions: 3,
-        ..Config::for_tests(dir.path().display().to_string())
-    };
-    spawn_with(config, dir).await
+    spawn_configured(|c| {
+        c.backend.iggy_stream = "sample-stream".into();
+        c.backend.iggy_topic = "events".into();
+        c.backend.iggy_partitions = 3;
+    })
+    .await
 }
 
 impl TestApp {

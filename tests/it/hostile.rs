@@ -234,7 +234,8 @@ async fn json_nested_too_deeply_is_refused_on_the_way_in_naming_the_field() {
 
 #[tokio::test]
 async fn too_many_headers_are_refused_and_header_bytes_count_towards_the_size_limit() {
-    let app = crate::helpers::spawn_configured(|config| config.max_message_size = 1000).await;
+    let app =
+        crate::helpers::spawn_configured(|config| config.limits.max_message_size = 1000).await;
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 1).await;
     let header = |i: usize| {
@@ -496,7 +497,7 @@ async fn the_http2_limits_are_advertised_and_rapid_resets_close_the_connection()
 
 #[tokio::test]
 async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned() {
-    let app = crate::helpers::spawn_configured(|config| config.poll_max_bytes = 3000).await;
+    let app = crate::helpers::spawn_configured(|config| config.limits.poll_max_bytes = 3000).await;
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 1).await;
     let kib = "k".repeat(1024);
@@ -530,7 +531,8 @@ async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned(
 #[tokio::test]
 async fn open_health_watches_are_capped_on_their_own_and_never_starve_other_calls() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let app = crate::helpers::spawn_configured(|config| config.max_concurrent_requests = 2).await;
+    let app =
+        crate::helpers::spawn_configured(|config| config.limits.max_concurrent_requests = 2).await;
     let mut health = HealthClient::new(app.channel.clone());
     let mut watches = Vec::new();
     for _ in 0..iggy_gateway::layers::limits::MAX_HEALTH_WATCHERS {

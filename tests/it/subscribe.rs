@@ -106,9 +106,10 @@ async fn tampered_or_foreign_cursors_are_refused() {
         .await
         .expect_err("refused");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let other =
-        spawn_configured(|c| c.cursor_secret = Some("another-secret-also-32-bytes-long!".into()))
-            .await;
+    let other = spawn_configured(|c| {
+        c.subscriptions.cursor_secret = Some("another-secret-also-32-bytes-long!".into())
+    })
+    .await;
     let other = app_with_topic(other).await;
     let mut stream = other
         .messages
@@ -144,7 +145,9 @@ async fn tampered_or_foreign_cursors_are_refused() {
 
 #[tokio::test]
 async fn heartbeats_report_where_each_partition_stands() {
-    let app = app_with_topic(spawn_configured(|c| c.subscribe_heartbeat_ms = 100).await).await;
+    let app =
+        app_with_topic(spawn_configured(|c| c.subscriptions.subscribe_heartbeat_ms = 100).await)
+            .await;
     app.send_texts("orders", "created", 0, &["a", "b", "c"])
         .await;
     let mut stream = app
@@ -312,7 +315,7 @@ async fn grpc_web_clients_receive_the_stream_over_http1() {
 
 #[tokio::test]
 async fn subscribers_beyond_the_limit_are_refused_and_shutdown_ends_streams() {
-    let app = app_with_topic(spawn_configured(|c| c.max_subscribers = 1).await).await;
+    let app = app_with_topic(spawn_configured(|c| c.subscriptions.max_subscribers = 1).await).await;
     let mut first = app
         .messages
         .clone()
@@ -347,7 +350,9 @@ async fn subscribers_beyond_the_limit_are_refused_and_shutdown_ends_streams() {
 
 #[tokio::test]
 async fn one_client_cannot_take_every_subscription() {
-    let app = app_with_topic(spawn_configured(|c| c.max_subscribers_per_client = 1).await).await;
+    let app =
+        app_with_topic(spawn_configured(|c| c.subscriptions.max_subscribers_per_client = 1).await)
+            .await;
     let _first = app
         .messages
         .clone()
@@ -424,8 +429,8 @@ async fn what_was_delivered_is_committed_when_the_subscriber_leaves() {
 async fn a_subscriber_that_never_reads_is_dropped_instead_of_buffered() {
     let app = app_with_topic(
         spawn_configured(|c| {
-            c.subscribe_slow_client_ms = 200;
-            c.max_subscribers = 1;
+            c.subscriptions.subscribe_slow_client_ms = 200;
+            c.subscriptions.max_subscribers = 1;
         })
         .await,
     )
@@ -507,7 +512,8 @@ async fn commits_happen_on_a_timer_while_messages_flow() {
 #[tokio::test]
 async fn streams_pass_the_same_auth_and_end_cleanly_over_sse_at_shutdown() {
     let app =
-        spawn_configured(|c| c.api_key = Some(iggy_gateway::config::ApiKeys::new(["k"]))).await;
+        spawn_configured(|c| c.auth.api_key = Some(iggy_gateway::config::ApiKeys::new(["k"])))
+            .await;
     for (path, body) in [
         ("/v1/streams", serde_json::json!({"name": "orders"})),
         (
