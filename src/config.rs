@@ -2,7 +2,7 @@
 //! and from command-line flags, and checked before anything starts.
 //!
 //! The settings come in groups, one file each under `config/`; a group checks its own fields,
-//! and [`Config::check`] adds the rules between groups.
+//! and [`Config::validate`] adds the rules between groups, so a loaded `Config` is a valid one.
 
 mod auth;
 mod backend;
@@ -130,12 +130,14 @@ impl Config {
             .try_get_matches_from(args)
             .map_err(|err| explain(&command, &err))?;
         let config = Self::from_arg_matches(&matches).map_err(|err| explain(&command, &err))?;
-        config.check().map_err(LoadError::Invalid)?;
+        config.validate().map_err(LoadError::Invalid)?;
         Ok((config, effective_settings(&command, &matches)))
     }
 
-    /// Rules that involve more than one setting; one line naming the variable when broken.
-    pub fn check(&self) -> Result<(), String> {
+    /// Every rule clap's parsers cannot state, the first broken one as one line naming the
+    /// variable. [`Config::load_from`] applies it, and start-up again, since the fields are
+    /// public and tests change them after loading.
+    pub fn validate(&self) -> Result<(), String> {
         // The rule between groups first, then each group's own: the order in which they
         // have always been reported when several are broken.
         if self.edge.allows_any_origin() && self.auth.is_keyless() {
@@ -144,7 +146,8 @@ impl Config {
                 .into());
         }
         self.subscriptions.validate()?;
-        self.limits.validate()
+        self.limits.validate()?;
+        self.backend.validate()
     }
 
     /// Where the embedded backend keeps its data.

@@ -82,7 +82,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        config.check().map_err(StartupError::Config)?;
+        // Loading validated it, but the fields are public and tests change them afterwards.
+        config.validate().map_err(StartupError::Config)?;
         let metrics = Arc::new(Metrics::new());
         let backend: Arc<dyn Broker> = match config.iggy_settings().map_err(StartupError::Config)? {
             Some(settings) => Arc::new(IggyBroker::start(settings)),

@@ -67,6 +67,14 @@ pub struct BackendConfig {
 }
 
 impl BackendConfig {
+    /// Rules clap's parsers cannot state: the connection string's scheme, the reconnection
+    /// delays' order (both only with a connection string), and the default names.
+    pub fn validate(&self) -> Result<(), String> {
+        self.iggy_settings()?;
+        self.default_topic()?;
+        Ok(())
+    }
+
     /// The default topic of the event routes, when both names are set.
     pub fn default_topic(&self) -> Result<Option<DefaultTopic>, String> {
         if self.iggy_stream.is_empty() || self.iggy_topic.is_empty() {

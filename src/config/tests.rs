@@ -76,6 +76,56 @@ fn settings_that_conflict_or_are_too_weak_are_refused_naming_the_variable() {
 }
 
 #[test]
+fn backend_settings_are_checked_at_load_not_at_start_up() {
+    let refused = |args: &[&str]| match Config::load_from(args.iter().copied()) {
+        Err(LoadError::Invalid(line)) => line,
+        other => panic!("{args:?} accepted: {other:?}"),
+    };
+    assert_eq!(
+        refused(&["iggy-gateway", "--iggy-stream", "123"]),
+        "IGGY_STREAM=\"123\": must not be made only of digits (that is read as a numeric id)"
+    );
+    assert_eq!(
+        refused(&["iggy-gateway", "--iggy-topic", "999"]),
+        "IGGY_TOPIC=\"999\": must not be made only of digits (that is read as a numeric id)"
+    );
+    assert_eq!(
+        refused(&[
+            "iggy-gateway",
+            "--iggy-connection-string",
+            "iggy://user:pass@host:8090",
+            "--reconnect-base-delay-ms",
+            "5000",
+            "--reconnect-max-delay-ms",
+            "1000",
+        ]),
+        "RECONNECT_BASE_DELAY_MS=5000 must not exceed RECONNECT_MAX_DELAY_MS=1000"
+    );
+    assert_eq!(
+        refused(&[
+            "iggy-gateway",
+            "--iggy-connection-string",
+            "http://host:8090"
+        ]),
+        "IGGY_CONNECTION_STRING must look like iggy://user:password@host:8090"
+    );
+    // An empty name means no default topic, and the reconnection delays only matter with Iggy.
+    assert!(
+        Config::load_from(["iggy-gateway", "--iggy-stream", "", "--iggy-topic", "999"]).is_ok()
+    );
+    assert!(
+        Config::load_from([
+            "iggy-gateway",
+            "--reconnect-base-delay-ms",
+            "5000",
+            "--reconnect-max-delay-ms",
+            "1000",
+        ])
+        .is_ok()
+    );
+}
+
+#[test]
 fn the_test_configuration_is_the_defaults_with_its_overrides_whatever_the_environment() {
     assert!(
         command_without_environment()
