@@ -1,5 +1,6 @@
-//! `spawn_app()`: a gateway on a free loopback port with its own data directory, and typed
-//! clients for it.
+//! `spawn_app()`: a gateway on a free loopback port with its own data directory, and a
+//! [`TestApp`] with typed clients for it: gRPC clients, an HTTP/1.1 client, and helpers that
+//! make a call and hand back what a test asserts on.
 
 use std::net::SocketAddr;
 
@@ -11,6 +12,8 @@ use iggy_gateway::{
     },
     startup::{Application, StartupError},
 };
+use reqwest::Method;
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
@@ -36,6 +39,24 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_in(data_dir: TempDir) -> TestApp {
     let config = Config::for_tests(data_dir.path().display().to_string());
     spawn_with(config, data_dir).await
+}
+
+/// A gateway with settings changed from the test defaults.
+pub async fn spawn_configured(change: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::for_tests(dir.path().display().to_string());
+    change(&mut config);
+    spawn_with(config, dir).await
+}
+
+/// A gateway whose event routes have a default topic, as in production.
+pub async fn spawn_app_with_default_topic() -> TestApp {
+    spawn_configured(|c| {
+        c.backend.iggy_stream = "sample-stream".into();
+        c.backend.iggy_topic = "events".into();
+        c.backend.iggy_partitions = 3;
+    })
+    .await
 }
 
 pub async fn spawn_with(config: Config, data_dir: TempDir) -> TestApp {
@@ -83,6 +104,49 @@ impl TestApp {
             .expect("server task")
             .expect("server stops cleanly");
         self.data_dir
+    }
+
+    /// GETs a REST path: the status and the parsed JSON answer (`Null` when empty).
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        self.rest(Method::GET, path, None).await
+    }
+
+    /// POSTs a JSON body: the status and the parsed JSON answer (`Null` when empty).
+    pub async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.rest(Method::POST, path, Some(body)).await
+    }
+
+    /// PUTs a JSON body: the status and the parsed JSON answer (`Null` when empty).
+    pub async fn put_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.rest(Method::PUT, path, Some(body)).await
+    }
+
+    /// PATCHes with a JSON body: the status and the parsed JSON answer (`Null` when empty).
+    pub async fn patch_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.rest(Method::PATCH, path, Some(body)).await
+    }
+
+    /// DELETEs a REST path: the status and the parsed JSON answer (`Null` when empty).
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.rest(Method::DELETE, path, None).await
+    }
+
+    /// Sends a JSON body, if any, and returns the status and the parsed JSON answer (`Null`
+    /// when empty); a non-JSON answer fails the test.
+    async fn rest(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http1.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("a JSON answer")
+        };
+        (status, json)
     }
 
     pub async fn create_stream(&self, name: &str) -> proto::Stream {
@@ -184,46 +248,4 @@ pub fn texts(response: &proto::PollMessagesResponse) -> Vec<String> {
             other => panic!("expected a text body, got {other:?}"),
         })
         .collect()
-}
-
-/// A gateway whose event routes have a default topic, as in production.
-pub async fn spawn_app_with_default_topic() -> TestApp {
-    spawn_configured(|c| {
-        c.backend.iggy_stream = "sample-stream".into();
-        c.backend.iggy_topic = "events".into();
-        c.backend.iggy_partitions = 3;
-    })
-    .await
-}
-
-impl TestApp {
-    /// Sends a JSON body and returns the status and the parsed JSON answer (`Null` when empty).
-    pub async fn rest(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        let mut request = self.http1.request(method, self.url(path));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request sent");
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.expect("body");
-        let json = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("a JSON answer")
-        };
-        (status, json)
-    }
-}
-
-/// A gateway with settings changed from the test defaults.
-pub async fn spawn_configured(change: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = Config::for_tests(dir.path().display().to_string());
-    change(&mut config);
-    spawn_with(config, dir).await
 }

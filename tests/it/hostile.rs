@@ -409,7 +409,7 @@ async fn a_flood_of_http_headers_is_refused_before_the_request_is_served() {
         refused.as_ref().map_or(true, |r| r.status() == 431),
         "{refused:?}"
     );
-    let (status, _) = app.rest(reqwest::Method::GET, "/health", None).await;
+    let (status, _) = app.get_json("/health").await;
     assert_eq!(status, 200, "still serving");
 }
 
@@ -491,7 +491,7 @@ async fn the_http2_limits_are_advertised_and_rapid_resets_close_the_connection()
         refused || matches!(ended, Ok(Ok(Err(_)))),
         "the server ends a connection that resets streams without end"
     );
-    let (status, _) = app.rest(reqwest::Method::GET, "/v1/streams", None).await;
+    let (status, _) = app.get_json("/v1/streams").await;
     assert_eq!(status, 200, "still serving");
 }
 
