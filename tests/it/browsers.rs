@@ -135,7 +135,7 @@ async fn allowed_hosts_refuses_another_authority_over_grpc_and_accepts_a_listed_
         status.get_details_error_info().expect("reason").reason,
         "HOST_NOT_ALLOWED"
     );
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     let probe = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),

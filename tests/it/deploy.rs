@@ -3,9 +3,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use crate::helpers::spawn_app;
 
@@ -45,7 +43,7 @@ async fn kubernetes_probes_ask_what_the_gateway_serves() {
 
     // The services the probes name answer SERVING on a running gateway.
     let app = spawn_app().await;
-    let mut health = HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     for probe in ["readinessProbe", "livenessProbe"] {
         let service = container[probe]["grpc"]["service"]
             .as_str()

@@ -1,6 +1,6 @@
 //! `spawn_app()`: a gateway on a free loopback port with its own data directory, and a
-//! [`TestApp`] with typed clients for it: gRPC clients, an HTTP/1.1 client, and helpers that
-//! make a call and hand back what a test asserts on.
+//! [`TestApp`] with typed clients for it: one gRPC client per service, an HTTP/1.1 client, and
+//! helpers that make a call and hand back what a test asserts on.
 
 use std::net::SocketAddr;
 
@@ -17,6 +17,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -24,6 +25,8 @@ pub struct TestApp {
     pub streams: StreamServiceClient<Channel>,
     pub topics: TopicServiceClient<Channel>,
     pub messages: MessageServiceClient<Channel>,
+    /// `grpc.health.v1.Health`, as Kubernetes probes and load balancers call it.
+    pub health: HealthClient<Channel>,
     /// An HTTP/1.1-only client, as browsers and curl use for gRPC-Web and REST.
     pub http1: reqwest::Client,
     data_dir: TempDir,
@@ -76,6 +79,7 @@ pub async fn spawn_with(config: Config, data_dir: TempDir) -> TestApp {
         streams: StreamServiceClient::new(channel.clone()),
         topics: TopicServiceClient::new(channel.clone()),
         messages: MessageServiceClient::new(channel.clone()),
+        health: HealthClient::new(channel.clone()),
         channel,
         http1: reqwest::Client::builder()
             .http1_only()
@@ -94,16 +98,27 @@ impl TestApp {
 
     /// Stops the gateway gracefully and hands back its data directory.
     pub async fn stop(self) -> TempDir {
-        drop(self.streams);
-        drop(self.topics);
-        drop(self.messages);
-        drop(self.channel);
-        let _ = self.shutdown.send(());
-        self.server
+        // Every field named, so a gRPC client added later is dropped here too: its open HTTP/2
+        // connection would hold the graceful shutdown until its deadline.
+        let Self {
+            addr: _,
+            channel,
+            streams,
+            topics,
+            messages,
+            health,
+            http1: _http1,
+            data_dir,
+            shutdown,
+            server,
+        } = self;
+        drop((streams, topics, messages, health, channel));
+        let _ = shutdown.send(());
+        server
             .await
             .expect("server task")
             .expect("server stops cleanly");
-        self.data_dir
+        data_dir
     }
 
     /// GETs a REST path: the status and the parsed JSON answer (`Null` when empty).
@@ -160,6 +175,30 @@ impl TestApp {
             .expect("stream in response")
     }
 
+    /// A stream, by name or id, with its topics.
+    pub async fn get_stream(&self, stream: &str) -> proto::Stream {
+        self.streams
+            .clone()
+            .get_stream(proto::GetStreamRequest {
+                stream: stream.into(),
+            })
+            .await
+            .expect("found")
+            .into_inner()
+            .stream
+            .expect("stream")
+    }
+
+    pub async fn list_streams(&self) -> Vec<proto::Stream> {
+        self.streams
+            .clone()
+            .list_streams(proto::ListStreamsRequest {})
+            .await
+            .expect("listed")
+            .into_inner()
+            .streams
+    }
+
     pub async fn create_topic(&self, stream: &str, name: &str, partitions: u32) -> proto::Topic {
         self.topics
             .clone()
@@ -174,6 +213,33 @@ impl TestApp {
             .into_inner()
             .topic
             .expect("topic in response")
+    }
+
+    /// A topic, by name or id, with its partitions.
+    pub async fn get_topic(&self, stream: &str, topic: &str) -> proto::Topic {
+        self.topics
+            .clone()
+            .get_topic(proto::GetTopicRequest {
+                stream: stream.into(),
+                topic: topic.into(),
+            })
+            .await
+            .expect("found")
+            .into_inner()
+            .topic
+            .expect("topic")
+    }
+
+    pub async fn list_topics(&self, stream: &str) -> Vec<proto::Topic> {
+        self.topics
+            .clone()
+            .list_topics(proto::ListTopicsRequest {
+                stream: stream.into(),
+            })
+            .await
+            .expect("listed")
+            .into_inner()
+            .topics
     }
 
     /// Sends text messages to one partition and returns their ids.

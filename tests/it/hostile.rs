@@ -530,10 +530,10 @@ async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned(
 
 #[tokio::test]
 async fn open_health_watches_are_capped_on_their_own_and_never_starve_other_calls() {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_health::pb::HealthCheckRequest;
     let app =
         crate::helpers::spawn_configured(|config| config.limits.max_concurrent_requests = 2).await;
-    let mut health = HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     let mut watches = Vec::new();
     for _ in 0..iggy_gateway::layers::limits::MAX_HEALTH_WATCHERS {
         let mut watch = health

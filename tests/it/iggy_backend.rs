@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use iggy_gateway::proto;
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use crate::helpers::{TestApp, spawn_configured, text_message};
 
@@ -42,7 +40,9 @@ async fn without_iggy_the_gateway_serves_but_is_not_ready_and_fails_fast() {
         .expect("json");
     assert_eq!(health["iggy_connected"], false);
     assert_eq!(health["status"], "degraded");
-    let status = HealthClient::new(app.channel.clone())
+    let status = app
+        .health
+        .clone()
         .check(HealthCheckRequest {
             service: "iggy.gateway.v1.MessageService".into(),
         })

@@ -169,7 +169,7 @@ async fn a_burst_above_the_limit_gets_exactly_the_right_statuses_over_rest() {
 
     // Health checks are never limited.
     assert_eq!(rest_get(&app, "/health", &[]).await.status(), 200);
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
@@ -320,7 +320,7 @@ async fn api_keys_are_required_on_every_protocol_and_rotate() {
     // Health needs no key, on either protocol.
     assert_eq!(rest_get(&app, "/health", &[]).await.status(), 200);
     assert_eq!(rest_get(&app, "/ready", &[]).await.status(), 200);
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
