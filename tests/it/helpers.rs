@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+use tonic::{Streaming, transport::Channel};
 use tonic_health::pb::health_client::HealthClient;
 
 pub struct TestApp {
@@ -273,6 +273,41 @@ impl TestApp {
             .await
             .expect("poll succeeds")
             .into_inner()
+    }
+
+    /// Opens a live subscription (a plain request, or one with metadata); the error is the
+    /// call's status.
+    pub async fn subscribe(
+        &self,
+        request: impl tonic::IntoRequest<proto::SubscribeRequest>,
+    ) -> Result<Streaming<proto::SubscribeResponse>, tonic::Status> {
+        self.messages
+            .clone()
+            .subscribe(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The offset a consumer has stored for a partition, if any.
+    pub async fn stored_offset(
+        &self,
+        stream: &str,
+        topic: &str,
+        consumer: &str,
+        partition_id: u32,
+    ) -> Option<u64> {
+        self.messages
+            .clone()
+            .get_consumer_offset(proto::GetConsumerOffsetRequest {
+                stream: stream.into(),
+                topic: topic.into(),
+                consumer: consumer.into(),
+                partition_id,
+            })
+            .await
+            .expect("read")
+            .into_inner()
+            .stored_offset
     }
 
     /// Polls `count` messages of a partition from `offset`.
