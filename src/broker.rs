@@ -478,5 +478,38 @@ pub fn partition_for_key(key: &[u8], partitions_count: u32) -> u32 {
     u32::try_from(hash % u64::from(partitions_count.max(1))).unwrap_or(0)
 }
 
+/// Creates a stream and a topic in it unless they exist, as start-up does for the event routes'
+/// default topic. Creating and accepting "already exists" is safe when several gateways start at
+/// once; an existing topic is left as it is, whatever its partitions.
+pub async fn ensure_default_topic(
+    broker: &dyn Broker,
+    stream: &Name,
+    topic: &Name,
+    partitions: u32,
+) -> BrokerResult<()> {
+    match broker.create_stream(stream.clone()).await {
+        Ok(_) => tracing::info!(stream = %stream, "created the default stream"),
+        Err(BrokerError::StreamAlreadyExists(_)) => {}
+        Err(err) => return Err(err),
+    }
+    let create = CreateTopic {
+        stream: Identifier::Name(stream.to_string()),
+        name: topic.clone(),
+        partitions_count: partitions,
+        message_expiry_micros: None,
+        max_topic_size_bytes: None,
+        compression: Compression::None,
+        replication_factor: 1,
+    };
+    match broker.create_topic(create).await {
+        Ok(_) => {
+            tracing::info!(topic = %topic, partitions, "created the default topic")
+        }
+        Err(BrokerError::TopicAlreadyExists { .. }) => {}
+        Err(err) => return Err(err),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

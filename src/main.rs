@@ -37,7 +37,7 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let telemetry = telemetry::init(config.log_format);
+    let telemetry = telemetry::init(config.telemetry.log_format);
     let code = match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

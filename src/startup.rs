@@ -14,10 +14,7 @@ use tonic_web::GrpcWebLayer;
 use tower::Layer;
 
 use crate::{
-    broker::{
-        Broker, BrokerError, Compression, CreateTopic, Identifier, embedded::EmbeddedBroker,
-        iggy::IggyBroker,
-    },
+    broker::{Broker, embedded::EmbeddedBroker, ensure_default_topic, iggy::IggyBroker},
     config::Config,
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, Subscriptions, TopicApi},
     layers::{self, rate_limit},
@@ -85,7 +82,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        config.check().map_err(StartupError::Config)?;
+        // Loading validated it, but the fields are public and tests change them afterwards.
+        config.validate().map_err(StartupError::Config)?;
         let metrics = Arc::new(Metrics::new());
         let backend: Arc<dyn Broker> = match config.iggy_settings().map_err(StartupError::Config)? {
             Some(settings) => Arc::new(IggyBroker::start(settings)),
@@ -104,9 +102,14 @@ impl Application {
         let default_topic = config.default_topic().map_err(StartupError::Config)?;
         if let Some(topic) = default_topic.clone() {
             if *broker.availability().borrow() {
-                ensure_default_topic(broker.as_ref(), &topic)
-                    .await
-                    .map_err(|err| StartupError::Unavailable(format!("default topic: {err}")))?;
+                ensure_default_topic(
+                    broker.as_ref(),
+                    &topic.stream,
+                    &topic.topic,
+                    topic.partitions,
+                )
+                .await
+                .map_err(|err| StartupError::Unavailable(format!("default topic: {err}")))?;
             } else {
                 // The backend is not reachable yet: create the default topic once it is.
                 tokio::spawn(ensure_default_topic_when_available(
@@ -116,7 +119,7 @@ impl Application {
             }
         }
 
-        let address = SocketAddr::new(config.host, config.port);
+        let address = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(address).await.map_err(|err| {
             StartupError::Unavailable(format!("cannot listen on {address}: {err}"))
         })?;
@@ -126,7 +129,7 @@ impl Application {
 
         if config.is_open_to_the_network() {
             tracing::warn!(
-                host = %config.host,
+                host = %config.server.host,
                 "NO API_KEY IS SET and the gateway listens beyond loopback: anyone who can reach \
                  it can read, write and delete every stream. Set API_KEY."
             );
@@ -139,7 +142,7 @@ impl Application {
             config.limits(),
             default_topic,
             Subscriptions::new(config.subscribe_settings(), subscriptions_stop.clone()),
-            config.max_request_body_size as usize,
+            config.limits.max_request_body_size as usize,
             health_service,
         )?;
         let router = routes
@@ -151,9 +154,9 @@ impl Application {
             // Keeps the limiter's memory bounded under many distinct clients.
             rate_limit::spawn_sweeper(rate_limit, Duration::from_secs(10));
         }
-        let metrics_listener = match config.metrics_port {
+        let metrics_listener = match config.telemetry.metrics_port {
             Some(port) => {
-                let address = SocketAddr::new(config.host, port);
+                let address = SocketAddr::new(config.server.host, port);
                 Some(TcpListener::bind(address).await.map_err(|err| {
                     StartupError::Unavailable(format!(
                         "cannot listen on {address} (METRICS_PORT): {err}"
@@ -191,7 +194,7 @@ impl Application {
             metrics,
             subscriptions_stop,
             metrics_listener,
-            shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+            shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout),
         })
     }
 
@@ -353,43 +356,20 @@ fn routes(
         .prepare())
 }
 
-/// Creates the event routes' default stream and topic unless they exist. Creating and
-/// accepting "already exists" is safe when several gateways start at once.
-async fn ensure_default_topic(
-    broker: &dyn Broker,
-    topic: &DefaultTopic,
-) -> Result<(), BrokerError> {
-    match broker.create_stream(topic.stream.clone()).await {
-        Ok(_) => tracing::info!(stream = %topic.stream, "created the default stream"),
-        Err(BrokerError::StreamAlreadyExists(_)) => {}
-        Err(err) => return Err(err),
-    }
-    let create = CreateTopic {
-        stream: Identifier::Name(topic.stream.to_string()),
-        name: topic.topic.clone(),
-        partitions_count: topic.partitions,
-        message_expiry_micros: None,
-        max_topic_size_bytes: None,
-        compression: Compression::None,
-        replication_factor: 1,
-    };
-    match broker.create_topic(create).await {
-        Ok(_) => {
-            tracing::info!(topic = %topic.topic, partitions = topic.partitions, "created the default topic")
-        }
-        Err(BrokerError::TopicAlreadyExists { .. }) => {}
-        Err(err) => return Err(err),
-    }
-    Ok(())
-}
-
 async fn ensure_default_topic_when_available(broker: Arc<dyn Broker>, topic: DefaultTopic) {
     let mut available = broker.availability();
     loop {
         if available.wait_for(|up| *up).await.is_err() {
             return;
         }
-        match ensure_default_topic(broker.as_ref(), &topic).await {
+        let ensured = ensure_default_topic(
+            broker.as_ref(),
+            &topic.stream,
+            &topic.topic,
+            topic.partitions,
+        )
+        .await;
+        match ensured {
             Ok(()) => return,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot create the default topic yet; retrying");

@@ -89,7 +89,7 @@ fn any_origin_without_an_api_key_exits_78_naming_the_variable() {
 }
 
 fn only_gateway_example(c: &mut iggy_gateway::config::Config) {
-    c.allowed_hosts = vec!["gateway.example".parse().expect("a host")];
+    c.edge.allowed_hosts = vec!["gateway.example".parse().expect("a host")];
 }
 
 async fn rest_with_host(app: &TestApp, host: &str) -> reqwest::Response {
@@ -135,7 +135,7 @@ async fn allowed_hosts_refuses_another_authority_over_grpc_and_accepts_a_listed_
         status.get_details_error_info().expect("reason").reason,
         "HOST_NOT_ALLOWED"
     );
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     let probe = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
@@ -170,7 +170,7 @@ async fn allowed_hosts_refuses_another_authority_over_grpc_and_accepts_a_listed_
 #[tokio::test]
 async fn a_listed_host_without_a_port_accepts_any_port() {
     let app = spawn_configured(|c| {
-        c.allowed_hosts = vec!["127.0.0.1".parse().expect("a host")];
+        c.edge.allowed_hosts = vec!["127.0.0.1".parse().expect("a host")];
     })
     .await;
     app.streams
@@ -209,7 +209,7 @@ fn header_text(response: &reqwest::Response, name: &str) -> String {
 #[tokio::test]
 async fn the_preflight_allows_the_headers_a_browser_client_asks_for_from_an_allowed_origin() {
     let app = spawn_configured(|config| {
-        config.cors_allowed_origins = vec!["http://app.example".into()];
+        config.edge.cors_allowed_origins = vec!["http://app.example".into()];
     })
     .await;
     let asked = "content-type,x-grpc-web,x-tenant,connect-protocol-version,connect-timeout-ms,idempotency-key";
@@ -260,8 +260,8 @@ async fn the_preflight_allows_the_headers_a_browser_client_asks_for_from_an_allo
 #[tokio::test]
 async fn a_configured_header_list_limits_the_preflight() {
     let app = spawn_configured(|config| {
-        config.cors_allowed_origins = vec!["http://app.example".into()];
-        config.cors_allowed_headers = vec!["content-type".into(), "x-grpc-web".into()];
+        config.edge.cors_allowed_origins = vec!["http://app.example".into()];
+        config.edge.cors_allowed_headers = vec!["content-type".into(), "x-grpc-web".into()];
     })
     .await;
     let answer = preflight_from(&app, "http://app.example", "/v1/streams", "x-tenant").await;

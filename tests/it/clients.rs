@@ -36,9 +36,9 @@ fn from(hops: &str) -> [(&str, &str); 1] {
 
 /// Behind a trusted proxy on loopback, one request per client before the limit bites.
 fn one_request_each_behind_a_proxy(c: &mut Config) {
-    c.rate_limit_rps = 1;
-    c.rate_limit_burst = 1;
-    c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+    c.limits.rate_limit_rps = 1;
+    c.limits.rate_limit_burst = 1;
+    c.edge.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
 }
 
 async fn list_streams_grpc(
@@ -81,7 +81,7 @@ async fn ipv6_addresses_within_one_64_share_one_rate_limit_and_another_64_does_n
 async fn a_narrower_ipv6_client_prefix_separates_addresses_of_one_64() {
     let app = spawn_configured(|c| {
         one_request_each_behind_a_proxy(c);
-        c.ipv6_client_prefix = 128;
+        c.edge.ipv6_client_prefix = 128;
     })
     .await;
     assert_eq!(status_of(&app, &from("2001:db8:1:2::a")).await.0, 200);
@@ -90,8 +90,8 @@ async fn a_narrower_ipv6_client_prefix_separates_addresses_of_one_64() {
 }
 
 fn locks_out_after_ten_failures(c: &mut Config) {
-    c.api_key = Some(ApiKeys::new(["the-right-key"]));
-    c.auth_max_failures = 10;
+    c.auth.api_key = Some(ApiKeys::new(["the-right-key"]));
+    c.auth.auth_max_failures = 10;
 }
 
 #[tokio::test]
@@ -142,7 +142,7 @@ async fn ten_bad_keys_from_a_nat_lock_out_the_keyless_but_never_a_valid_key() {
 async fn a_lockout_covers_the_whole_ipv6_64_and_nothing_beyond_it() {
     let app = spawn_configured(|c| {
         locks_out_after_ten_failures(c);
-        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+        c.edge.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
     })
     .await;
     for i in 1..=10 {
@@ -220,9 +220,9 @@ async fn x_real_ip_is_ignored_when_x_forwarded_for_is_present() {
 #[tokio::test]
 async fn a_huge_auth_lockout_locks_out_for_a_year_without_panicking() {
     let app = spawn_configured(|c| {
-        c.api_key = Some(ApiKeys::new(["the-right-key"]));
-        c.auth_max_failures = 2;
-        c.auth_lockout_secs = u64::MAX;
+        c.auth.api_key = Some(ApiKeys::new(["the-right-key"]));
+        c.auth.auth_max_failures = 2;
+        c.auth.auth_lockout_secs = u64::MAX;
     })
     .await;
     assert_eq!(status_of(&app, &[("x-api-key", "bad")]).await.0, 401);
@@ -267,8 +267,8 @@ async fn subscribe_from(
 #[tokio::test]
 async fn the_subscriber_cap_counts_a_whole_ipv6_64_as_one_client() {
     let app = spawn_configured(|c| {
-        c.max_subscribers_per_client = 1;
-        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+        c.subscriptions.max_subscribers_per_client = 1;
+        c.edge.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
     })
     .await;
     app.create_stream("orders").await;

@@ -138,7 +138,7 @@ async fn the_default_connection_cap_keeps_descriptors_for_the_gateway() {
 
 #[tokio::test]
 async fn connections_over_max_connections_are_closed_on_arrival() {
-    let app = spawn_configured(|config| config.max_connections = Some(3)).await;
+    let app = spawn_configured(|config| config.limits.max_connections = Some(3)).await;
     // The test app's own gRPC channel holds one connection.
     let mut held = hold_connections(app.addr, 2).await;
     let mut over = TcpStream::connect(app.addr).await.expect("handshake");
@@ -157,7 +157,7 @@ async fn connections_over_max_connections_are_closed_on_arrival() {
 
 #[tokio::test]
 async fn idle_connections_are_closed_and_busy_ones_kept() {
-    let app = spawn_configured(|config| config.connection_idle_timeout_ms = 300).await;
+    let app = spawn_configured(|config| config.limits.connection_idle_timeout_ms = 300).await;
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 1).await;
 
@@ -203,7 +203,7 @@ async fn idle_connections_are_closed_and_busy_ones_kept() {
 #[tokio::test]
 async fn headers_that_trickle_in_are_cut_off_at_the_header_read_timeout() {
     use tokio::io::AsyncWriteExt;
-    let app = spawn_configured(|config| config.header_read_timeout_ms = 300).await;
+    let app = spawn_configured(|config| config.limits.header_read_timeout_ms = 300).await;
     let mut slow = TcpStream::connect(app.addr).await.expect("handshake");
     slow.write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\n")
         .await
@@ -234,7 +234,7 @@ async fn headers_that_trickle_in_are_cut_off_at_the_header_read_timeout() {
 
 #[tokio::test]
 async fn a_request_body_that_never_ends_is_cut_off_at_the_request_timeout() {
-    let app = spawn_configured(|config| config.request_timeout_ms = 500).await;
+    let app = spawn_configured(|config| config.limits.request_timeout_ms = 500).await;
     let tcp = TcpStream::connect(app.addr).await.expect("connects");
     let (h2, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
     tokio::spawn(connection);

@@ -29,17 +29,6 @@ fn request() -> proto::SubscribeRequest {
     }
 }
 
-async fn subscribe(
-    app: &TestApp,
-    request: proto::SubscribeRequest,
-) -> Result<Streaming<proto::SubscribeResponse>, tonic::Status> {
-    app.messages
-        .clone()
-        .subscribe(request)
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 /// The next `count` message texts, and the cursor of the last one.
 async fn take(
     stream: &mut Streaming<proto::SubscribeResponse>,
@@ -84,29 +73,25 @@ fn names(prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
 #[tokio::test]
 async fn a_cursor_alone_resumes_its_one_partition_and_nothing_wider() {
     let app = three_partitions().await;
-    let mut first = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let mut first = app
+        .subscribe(proto::SubscribeRequest {
             partition_id: Some(2),
             strategy: proto::PollingStrategy::First.into(),
             ..request()
-        },
-    )
-    .await
-    .expect("subscribed");
+        })
+        .await
+        .expect("subscribed");
     let (texts, cursor) = take(&mut first, 5).await;
     assert_eq!(texts, names("p2", 0..5));
     drop(first);
 
-    let mut resumed = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let mut resumed = app
+        .subscribe(proto::SubscribeRequest {
             cursor,
             ..request()
-        },
-    )
-    .await
-    .expect("resumed");
+        })
+        .await
+        .expect("resumed");
     assert_eq!(take(&mut resumed, 5).await.0, names("p2", 5..10));
     nothing_more(&mut resumed).await;
 }
@@ -114,29 +99,25 @@ async fn a_cursor_alone_resumes_its_one_partition_and_nothing_wider() {
 #[tokio::test]
 async fn a_cursor_of_every_partition_resumes_them_all_where_each_stood() {
     let app = three_partitions().await;
-    let mut first = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let mut first = app
+        .subscribe(proto::SubscribeRequest {
             strategy: proto::PollingStrategy::First.into(),
             ..request()
-        },
-    )
-    .await
-    .expect("subscribed");
+        })
+        .await
+        .expect("subscribed");
     // The first round reads partition 0 first.
     let (texts, cursor) = take(&mut first, 4).await;
     assert_eq!(texts, names("p0", 0..4));
     drop(first);
 
-    let mut resumed = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let mut resumed = app
+        .subscribe(proto::SubscribeRequest {
             cursor,
             ..request()
-        },
-    )
-    .await
-    .expect("resumed");
+        })
+        .await
+        .expect("resumed");
     let (mut rest, _) = take(&mut resumed, 26).await;
     rest.sort();
     let mut expected = names("p0", 4..10);
@@ -153,23 +134,21 @@ async fn a_cursor_of_every_partition_resumes_them_all_where_each_stood() {
 #[tokio::test]
 async fn a_cursor_with_a_conflicting_scope_or_consumer_is_refused_naming_the_conflict() {
     let app = three_partitions().await;
-    let mut one = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let mut one = app
+        .subscribe(proto::SubscribeRequest {
             partition_id: Some(2),
             consumer: "billing".into(),
             strategy: proto::PollingStrategy::First.into(),
             ..request()
-        },
-    )
-    .await
-    .expect("subscribed");
+        })
+        .await
+        .expect("subscribed");
     let (_, cursor) = take(&mut one, 1).await;
     drop(one);
     let refused = |request: proto::SubscribeRequest| {
         let app = &app;
         async move {
-            subscribe(app, request)
+            app.subscribe(request)
                 .await
                 .expect_err("a conflicting resume is refused")
         }
@@ -204,33 +183,29 @@ async fn a_cursor_with_a_conflicting_scope_or_consumer_is_refused_naming_the_con
     );
 
     // The consumer comes back with the cursor: naming it again, or not at all, both resume.
-    let mut again = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let mut again = app
+        .subscribe(proto::SubscribeRequest {
             cursor,
             consumer: "billing".into(),
             partition_id: Some(2),
             commit_every: 1,
             ..request()
-        },
-    )
-    .await
-    .expect("the same subscription resumes");
+        })
+        .await
+        .expect("the same subscription resumes");
     assert_eq!(take(&mut again, 1).await.0, ["p2-1"]);
 }
 
 #[tokio::test]
 async fn partitions_added_since_the_cursor_start_from_their_first_message() {
     let app = three_partitions().await;
-    let mut first = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let mut first = app
+        .subscribe(proto::SubscribeRequest {
             strategy: proto::PollingStrategy::Last.into(),
             ..request()
-        },
-    )
-    .await
-    .expect("subscribed");
+        })
+        .await
+        .expect("subscribed");
     app.send_texts("rp", "t", 1, &["p1-new"]).await;
     let (texts, cursor) = take(&mut first, 1).await;
     assert_eq!(texts, ["p1-new"]);
@@ -246,15 +221,13 @@ async fn partitions_added_since_the_cursor_start_from_their_first_message() {
         .await
         .expect("a fourth partition");
     app.send_texts("rp", "t", 3, &["p3-0", "p3-1"]).await;
-    let mut resumed = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let mut resumed = app
+        .subscribe(proto::SubscribeRequest {
             cursor,
             ..request()
-        },
-    )
-    .await
-    .expect("resumed");
+        })
+        .await
+        .expect("resumed");
     assert_eq!(take(&mut resumed, 2).await.0, ["p3-0", "p3-1"]);
     nothing_more(&mut resumed).await;
 }
@@ -262,16 +235,14 @@ async fn partitions_added_since_the_cursor_start_from_their_first_message() {
 #[tokio::test]
 async fn a_cursor_is_refused_on_a_topic_created_again_or_purged_since() {
     let app = three_partitions().await;
-    let mut first = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let mut first = app
+        .subscribe(proto::SubscribeRequest {
             partition_id: Some(0),
             strategy: proto::PollingStrategy::First.into(),
             ..request()
-        },
-    )
-    .await
-    .expect("subscribed");
+        })
+        .await
+        .expect("subscribed");
     let (_, cursor) = take(&mut first, 5).await;
     drop(first);
 
@@ -283,15 +254,13 @@ async fn a_cursor_is_refused_on_a_topic_created_again_or_purged_since() {
         })
         .await
         .expect("purged");
-    let err = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let err = app
+        .subscribe(proto::SubscribeRequest {
             cursor: cursor.clone(),
             ..request()
-        },
-    )
-    .await
-    .expect_err("purged since");
+        })
+        .await
+        .expect_err("purged since");
     assert!(err.message().contains("purged"), "{err:?}");
 
     app.topics
@@ -303,15 +272,13 @@ async fn a_cursor_is_refused_on_a_topic_created_again_or_purged_since() {
         .await
         .expect("deleted");
     app.create_topic("rp", "t", 3).await;
-    let err = subscribe(
-        &app,
-        proto::SubscribeRequest {
+    let err = app
+        .subscribe(proto::SubscribeRequest {
             cursor,
             ..request()
-        },
-    )
-    .await
-    .expect_err("another topic under the same name");
+        })
+        .await
+        .expect_err("another topic under the same name");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("deleted since"), "{err:?}");
 }

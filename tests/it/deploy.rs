@@ -3,9 +3,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use crate::helpers::spawn_app;
 
@@ -23,7 +21,7 @@ async fn kubernetes_probes_ask_what_the_gateway_serves() {
     let deployment = &docs[2];
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let default_port = iggy_gateway::config::Config::load_from(["iggy-gateway"])
-        .map(|(config, _)| config.port)
+        .map(|(config, _)| config.server.port)
         .unwrap_or_else(|_| panic!("defaults load"));
     assert_eq!(
         container["ports"][0]["containerPort"],
@@ -45,7 +43,7 @@ async fn kubernetes_probes_ask_what_the_gateway_serves() {
 
     // The services the probes name answer SERVING on a running gateway.
     let app = spawn_app().await;
-    let mut health = HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     for probe in ["readinessProbe", "livenessProbe"] {
         let service = container[probe]["grpc"]["service"]
             .as_str()
@@ -79,9 +77,7 @@ fn compose_runs_the_gateway_against_iggy_0_8() {
         url.starts_with("iggy://") && url.contains("@iggy:8090"),
         "{url}"
     );
-    let config = iggy_gateway::config::Config {
-        iggy_connection_string: Some(url.to_owned()),
-        ..iggy_gateway::config::Config::for_tests(":memory:")
-    };
+    let mut config = iggy_gateway::config::Config::for_tests(":memory:");
+    config.backend.iggy_connection_string = Some(url.to_owned());
     assert!(config.iggy_settings().expect("valid").is_some());
 }

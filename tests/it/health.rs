@@ -1,13 +1,11 @@
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn health_check_reports_serving_overall_and_per_service() {
     let app = spawn_app().await;
-    let mut health = HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     for service in [
         "",
         "iggy.gateway.v1.StreamService",
@@ -36,7 +34,7 @@ async fn health_check_reports_serving_overall_and_per_service() {
 #[tokio::test]
 async fn health_watch_sees_not_serving_when_the_gateway_shuts_down() {
     let app = spawn_app().await;
-    let mut health = HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     let mut watch = health
         .watch(HealthCheckRequest {
             service: String::new(),

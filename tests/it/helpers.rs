@@ -1,5 +1,6 @@
-//! `spawn_app()`: a gateway on a free loopback port with its own data directory, and typed
-//! clients for it.
+//! `spawn_app()`: a gateway on a free loopback port with its own data directory, and a
+//! [`TestApp`] with typed clients for it: one gRPC client per service, an HTTP/1.1 client, and
+//! helpers that make a call and hand back what a test asserts on.
 
 use std::net::SocketAddr;
 
@@ -11,9 +12,12 @@ use iggy_gateway::{
     },
     startup::{Application, StartupError},
 };
+use reqwest::Method;
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+use tonic::{Streaming, transport::Channel};
+use tonic_health::pb::health_client::HealthClient;
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -21,6 +25,8 @@ pub struct TestApp {
     pub streams: StreamServiceClient<Channel>,
     pub topics: TopicServiceClient<Channel>,
     pub messages: MessageServiceClient<Channel>,
+    /// `grpc.health.v1.Health`, as Kubernetes probes and load balancers call it.
+    pub health: HealthClient<Channel>,
     /// An HTTP/1.1-only client, as browsers and curl use for gRPC-Web and REST.
     pub http1: reqwest::Client,
     data_dir: TempDir,
@@ -36,6 +42,24 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_in(data_dir: TempDir) -> TestApp {
     let config = Config::for_tests(data_dir.path().display().to_string());
     spawn_with(config, data_dir).await
+}
+
+/// A gateway with settings changed from the test defaults.
+pub async fn spawn_configured(change: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::for_tests(dir.path().display().to_string());
+    change(&mut config);
+    spawn_with(config, dir).await
+}
+
+/// A gateway whose event routes have a default topic, as in production.
+pub async fn spawn_app_with_default_topic() -> TestApp {
+    spawn_configured(|c| {
+        c.backend.iggy_stream = "sample-stream".into();
+        c.backend.iggy_topic = "events".into();
+        c.backend.iggy_partitions = 3;
+    })
+    .await
 }
 
 pub async fn spawn_with(config: Config, data_dir: TempDir) -> TestApp {
@@ -55,6 +79,7 @@ pub async fn spawn_with(config: Config, data_dir: TempDir) -> TestApp {
         streams: StreamServiceClient::new(channel.clone()),
         topics: TopicServiceClient::new(channel.clone()),
         messages: MessageServiceClient::new(channel.clone()),
+        health: HealthClient::new(channel.clone()),
         channel,
         http1: reqwest::Client::builder()
             .http1_only()
@@ -73,16 +98,70 @@ impl TestApp {
 
     /// Stops the gateway gracefully and hands back its data directory.
     pub async fn stop(self) -> TempDir {
-        drop(self.streams);
-        drop(self.topics);
-        drop(self.messages);
-        drop(self.channel);
-        let _ = self.shutdown.send(());
-        self.server
+        // Every field named, so a gRPC client added later is dropped here too: its open HTTP/2
+        // connection would hold the graceful shutdown until its deadline.
+        let Self {
+            addr: _,
+            channel,
+            streams,
+            topics,
+            messages,
+            health,
+            http1: _http1,
+            data_dir,
+            shutdown,
+            server,
+        } = self;
+        drop((streams, topics, messages, health, channel));
+        let _ = shutdown.send(());
+        server
             .await
             .expect("server task")
             .expect("server stops cleanly");
-        self.data_dir
+        data_dir
+    }
+
+    /// GETs a REST path: the status and the parsed JSON answer (`Null` when empty).
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        self.rest(Method::GET, path, None).await
+    }
+
+    /// POSTs a JSON body: the status and the parsed JSON answer (`Null` when empty).
+    pub async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.rest(Method::POST, path, Some(body)).await
+    }
+
+    /// PUTs a JSON body: the status and the parsed JSON answer (`Null` when empty).
+    pub async fn put_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.rest(Method::PUT, path, Some(body)).await
+    }
+
+    /// PATCHes with a JSON body: the status and the parsed JSON answer (`Null` when empty).
+    pub async fn patch_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.rest(Method::PATCH, path, Some(body)).await
+    }
+
+    /// DELETEs a REST path: the status and the parsed JSON answer (`Null` when empty).
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.rest(Method::DELETE, path, None).await
+    }
+
+    /// Sends a JSON body, if any, and returns the status and the parsed JSON answer (`Null`
+    /// when empty); a non-JSON answer fails the test.
+    async fn rest(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http1.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("a JSON answer")
+        };
+        (status, json)
     }
 
     pub async fn create_stream(&self, name: &str) -> proto::Stream {
@@ -94,6 +173,30 @@ impl TestApp {
             .into_inner()
             .stream
             .expect("stream in response")
+    }
+
+    /// A stream, by name or id, with its topics.
+    pub async fn get_stream(&self, stream: &str) -> proto::Stream {
+        self.streams
+            .clone()
+            .get_stream(proto::GetStreamRequest {
+                stream: stream.into(),
+            })
+            .await
+            .expect("found")
+            .into_inner()
+            .stream
+            .expect("stream")
+    }
+
+    pub async fn list_streams(&self) -> Vec<proto::Stream> {
+        self.streams
+            .clone()
+            .list_streams(proto::ListStreamsRequest {})
+            .await
+            .expect("listed")
+            .into_inner()
+            .streams
     }
 
     pub async fn create_topic(&self, stream: &str, name: &str, partitions: u32) -> proto::Topic {
@@ -110,6 +213,33 @@ impl TestApp {
             .into_inner()
             .topic
             .expect("topic in response")
+    }
+
+    /// A topic, by name or id, with its partitions.
+    pub async fn get_topic(&self, stream: &str, topic: &str) -> proto::Topic {
+        self.topics
+            .clone()
+            .get_topic(proto::GetTopicRequest {
+                stream: stream.into(),
+                topic: topic.into(),
+            })
+            .await
+            .expect("found")
+            .into_inner()
+            .topic
+            .expect("topic")
+    }
+
+    pub async fn list_topics(&self, stream: &str) -> Vec<proto::Topic> {
+        self.topics
+            .clone()
+            .list_topics(proto::ListTopicsRequest {
+                stream: stream.into(),
+            })
+            .await
+            .expect("listed")
+            .into_inner()
+            .topics
     }
 
     /// Sends text messages to one partition and returns their ids.
@@ -143,6 +273,41 @@ impl TestApp {
             .await
             .expect("poll succeeds")
             .into_inner()
+    }
+
+    /// Opens a live subscription (a plain request, or one with metadata); the error is the
+    /// call's status.
+    pub async fn subscribe(
+        &self,
+        request: impl tonic::IntoRequest<proto::SubscribeRequest>,
+    ) -> Result<Streaming<proto::SubscribeResponse>, tonic::Status> {
+        self.messages
+            .clone()
+            .subscribe(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The offset a consumer has stored for a partition, if any.
+    pub async fn stored_offset(
+        &self,
+        stream: &str,
+        topic: &str,
+        consumer: &str,
+        partition_id: u32,
+    ) -> Option<u64> {
+        self.messages
+            .clone()
+            .get_consumer_offset(proto::GetConsumerOffsetRequest {
+                stream: stream.into(),
+                topic: topic.into(),
+                consumer: consumer.into(),
+                partition_id,
+            })
+            .await
+            .expect("read")
+            .into_inner()
+            .stored_offset
     }
 
     /// Polls `count` messages of a partition from `offset`.
@@ -184,48 +349,4 @@ pub fn texts(response: &proto::PollMessagesResponse) -> Vec<String> {
             other => panic!("expected a text body, got {other:?}"),
         })
         .collect()
-}
-
-/// A gateway whose event routes have a default topic, as in production.
-pub async fn spawn_app_with_default_topic() -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config {
-        iggy_stream: "sample-stream".into(),
-        iggy_topic: "events".into(),
-        iggy_partitions: 3,
-        ..Config::for_tests(dir.path().display().to_string())
-    };
-    spawn_with(config, dir).await
-}
-
-impl TestApp {
-    /// Sends a JSON body and returns the status and the parsed JSON answer (`Null` when empty).
-    pub async fn rest(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        let mut request = self.http1.request(method, self.url(path));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request sent");
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.expect("body");
-        let json = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("a JSON answer")
-        };
-        (status, json)
-    }
-}
-
-/// A gateway with settings changed from the test defaults.
-pub async fn spawn_configured(change: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = Config::for_tests(dir.path().display().to_string());
-    change(&mut config);
-    spawn_with(config, dir).await
 }

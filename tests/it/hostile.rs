@@ -234,7 +234,8 @@ async fn json_nested_too_deeply_is_refused_on_the_way_in_naming_the_field() {
 
 #[tokio::test]
 async fn too_many_headers_are_refused_and_header_bytes_count_towards_the_size_limit() {
-    let app = crate::helpers::spawn_configured(|config| config.max_message_size = 1000).await;
+    let app =
+        crate::helpers::spawn_configured(|config| config.limits.max_message_size = 1000).await;
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 1).await;
     let header = |i: usize| {
@@ -408,7 +409,7 @@ async fn a_flood_of_http_headers_is_refused_before_the_request_is_served() {
         refused.as_ref().map_or(true, |r| r.status() == 431),
         "{refused:?}"
     );
-    let (status, _) = app.rest(reqwest::Method::GET, "/health", None).await;
+    let (status, _) = app.get_json("/health").await;
     assert_eq!(status, 200, "still serving");
 }
 
@@ -490,13 +491,13 @@ async fn the_http2_limits_are_advertised_and_rapid_resets_close_the_connection()
         refused || matches!(ended, Ok(Ok(Err(_)))),
         "the server ends a connection that resets streams without end"
     );
-    let (status, _) = app.rest(reqwest::Method::GET, "/v1/streams", None).await;
+    let (status, _) = app.get_json("/v1/streams").await;
     assert_eq!(status, 200, "still serving");
 }
 
 #[tokio::test]
 async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned() {
-    let app = crate::helpers::spawn_configured(|config| config.poll_max_bytes = 3000).await;
+    let app = crate::helpers::spawn_configured(|config| config.limits.poll_max_bytes = 3000).await;
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 1).await;
     let kib = "k".repeat(1024);
@@ -529,9 +530,10 @@ async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned(
 
 #[tokio::test]
 async fn open_health_watches_are_capped_on_their_own_and_never_starve_other_calls() {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let app = crate::helpers::spawn_configured(|config| config.max_concurrent_requests = 2).await;
-    let mut health = HealthClient::new(app.channel.clone());
+    use tonic_health::pb::HealthCheckRequest;
+    let app =
+        crate::helpers::spawn_configured(|config| config.limits.max_concurrent_requests = 2).await;
+    let mut health = app.health.clone();
     let mut watches = Vec::new();
     for _ in 0..iggy_gateway::layers::limits::MAX_HEALTH_WATCHERS {
         let mut watch = health

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use iggy_gateway::proto;
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use crate::helpers::{TestApp, spawn_configured, text_message};
 
@@ -24,8 +22,8 @@ fn closed_port() -> u16 {
 async fn without_iggy_the_gateway_serves_but_is_not_ready_and_fails_fast() {
     let port = closed_port();
     let app = spawn_configured(|c| {
-        c.iggy_connection_string = Some(format!("iggy://iggy:iggy@127.0.0.1:{port}"));
-        c.iggy_connect_wait_ms = 300;
+        c.backend.iggy_connection_string = Some(format!("iggy://iggy:iggy@127.0.0.1:{port}"));
+        c.backend.iggy_connect_wait_ms = 300;
     })
     .await;
 
@@ -42,7 +40,9 @@ async fn without_iggy_the_gateway_serves_but_is_not_ready_and_fails_fast() {
         .expect("json");
     assert_eq!(health["iggy_connected"], false);
     assert_eq!(health["status"], "degraded");
-    let status = HealthClient::new(app.channel.clone())
+    let status = app
+        .health
+        .clone()
         .check(HealthCheckRequest {
             service: "iggy.gateway.v1.MessageService".into(),
         })
@@ -100,8 +100,8 @@ fn real_server() -> Option<String> {
 
 async fn spawn_on_iggy(url: String) -> TestApp {
     let app = spawn_configured(|c| {
-        c.iggy_connection_string = Some(url);
-        c.iggy_connect_wait_ms = 10_000;
+        c.backend.iggy_connection_string = Some(url);
+        c.backend.iggy_connect_wait_ms = 10_000;
     })
     .await;
     let mut ready = false;

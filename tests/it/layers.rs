@@ -139,8 +139,8 @@ async fn request_ids_are_echoed_or_generated_on_every_protocol() {
 #[tokio::test]
 async fn a_burst_above_the_limit_gets_exactly_the_right_statuses_over_rest() {
     let app = spawn_configured(|c| {
-        c.rate_limit_rps = 1;
-        c.rate_limit_burst = 3;
+        c.limits.rate_limit_rps = 1;
+        c.limits.rate_limit_burst = 3;
     })
     .await;
     let mut statuses = Vec::new();
@@ -169,7 +169,7 @@ async fn a_burst_above_the_limit_gets_exactly_the_right_statuses_over_rest() {
 
     // Health checks are never limited.
     assert_eq!(rest_get(&app, "/health", &[]).await.status(), 200);
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
@@ -181,8 +181,8 @@ async fn a_burst_above_the_limit_gets_exactly_the_right_statuses_over_rest() {
 #[tokio::test]
 async fn grpc_callers_over_the_limit_get_resource_exhausted_never_unavailable() {
     let app = spawn_configured(|c| {
-        c.rate_limit_rps = 1;
-        c.rate_limit_burst = 2;
+        c.limits.rate_limit_rps = 1;
+        c.limits.rate_limit_burst = 2;
     })
     .await;
     list_streams_grpc(&app, None).await.expect("1");
@@ -205,8 +205,8 @@ async fn grpc_callers_over_the_limit_get_resource_exhausted_never_unavailable() 
 #[tokio::test]
 async fn forwarded_headers_count_only_from_trusted_proxies() {
     let untrusted = spawn_configured(|c| {
-        c.rate_limit_rps = 1;
-        c.rate_limit_burst = 1;
+        c.limits.rate_limit_rps = 1;
+        c.limits.rate_limit_burst = 1;
     })
     .await;
     assert_eq!(rest_get(&untrusted, "/v1/streams", &[]).await.status(), 200);
@@ -226,9 +226,9 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     );
 
     let behind_proxy = spawn_configured(|c| {
-        c.rate_limit_rps = 1;
-        c.rate_limit_burst = 1;
-        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+        c.limits.rate_limit_rps = 1;
+        c.limits.rate_limit_burst = 1;
+        c.edge.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
     })
     .await;
     let from = |ip| [("x-forwarded-for", ip)];
@@ -255,7 +255,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
 
 fn with_keys(keys: &[&str]) -> impl FnOnce(&mut iggy_gateway::config::Config) {
     let keys = ApiKeys::new(keys.iter().map(|k| (*k).to_owned()));
-    move |c| c.api_key = Some(keys)
+    move |c| c.auth.api_key = Some(keys)
 }
 
 #[tokio::test]
@@ -320,7 +320,7 @@ async fn api_keys_are_required_on_every_protocol_and_rotate() {
     // Health needs no key, on either protocol.
     assert_eq!(rest_get(&app, "/health", &[]).await.status(), 200);
     assert_eq!(rest_get(&app, "/ready", &[]).await.status(), 200);
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let mut health = app.health.clone();
     health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
@@ -341,7 +341,7 @@ async fn api_keys_are_required_on_every_protocol_and_rotate() {
 async fn the_api_key_query_parameter_works_only_when_enabled() {
     let app = spawn_configured(|c| {
         with_keys(&["k-1"])(c);
-        c.api_key_query_param = true;
+        c.auth.api_key_query_param = true;
     })
     .await;
     assert_eq!(
@@ -356,7 +356,7 @@ async fn the_api_key_query_parameter_works_only_when_enabled() {
 async fn repeated_failures_lock_the_client_out_on_every_protocol() {
     let app = spawn_configured(|c| {
         with_keys(&["right"])(c);
-        c.auth_max_failures = 3;
+        c.auth.auth_max_failures = 3;
     })
     .await;
     for _ in 0..3 {
@@ -387,7 +387,7 @@ async fn repeated_failures_lock_the_client_out_on_every_protocol() {
 async fn cors_preflights_are_answered_before_auth_and_expose_grpc_headers() {
     let app = spawn_configured(|c| {
         with_keys(&["k"])(c);
-        c.cors_allowed_origins = vec!["*".into()];
+        c.edge.cors_allowed_origins = vec!["*".into()];
     })
     .await;
     let preflight = app
@@ -429,7 +429,7 @@ async fn cors_preflights_are_answered_before_auth_and_expose_grpc_headers() {
 #[tokio::test]
 async fn only_listed_origins_pass_cors() {
     let app =
-        spawn_configured(|c| c.cors_allowed_origins = vec!["https://ok.example".into()]).await;
+        spawn_configured(|c| c.edge.cors_allowed_origins = vec!["https://ok.example".into()]).await;
     let allowed = rest_get(&app, "/v1/streams", &[("origin", "https://ok.example")]).await;
     assert_eq!(
         allowed.headers()["access-control-allow-origin"],
@@ -454,7 +454,7 @@ async fn raw_http(app: &TestApp, head: &str, body: &[u8]) -> (TcpStream, String)
 
 #[tokio::test]
 async fn oversized_bodies_are_refused_before_they_are_read() {
-    let app = spawn_configured(|c| c.max_request_body_size = 4096).await;
+    let app = spawn_configured(|c| c.limits.max_request_body_size = 4096).await;
     // Announces 100 MB and sends none of it: the answer comes at once.
     let (_, answer) = raw_http(
         &app,
@@ -509,7 +509,7 @@ async fn oversized_bodies_are_refused_before_they_are_read() {
 
 #[tokio::test]
 async fn a_stalled_call_times_out_in_the_callers_protocol() {
-    let app = spawn_configured(|c| c.request_timeout_ms = 300).await;
+    let app = spawn_configured(|c| c.limits.request_timeout_ms = 300).await;
     // REST: the body never finishes arriving.
     let (_, answer) = raw_http(
         &app,
@@ -547,7 +547,7 @@ async fn a_stalled_call_times_out_in_the_callers_protocol() {
 
 #[tokio::test]
 async fn a_full_gateway_sheds_new_calls_at_once() {
-    let app = spawn_configured(|c| c.max_concurrent_requests = 1).await;
+    let app = spawn_configured(|c| c.limits.max_concurrent_requests = 1).await;
     // Holds the only slot: a REST call whose body is still arriving.
     let mut holder = TcpStream::connect(app.addr).await.expect("connects");
     holder

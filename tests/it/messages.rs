@@ -1,11 +1,11 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use iggy_gateway::{config::Config, proto};
+use iggy_gateway::proto;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, spawn_app, spawn_with, text_message, texts};
+use crate::helpers::{TestApp, spawn_app, spawn_configured, text_message, texts};
 
 async fn app_with_topic(partitions: u32) -> TestApp {
     let app = spawn_app().await;
@@ -424,17 +424,11 @@ async fn assert_invalid(app: &TestApp, request: proto::SendMessagesRequest, fiel
 
 #[tokio::test]
 async fn bad_batches_are_refused_whole_and_store_nothing() {
-    let config = Config {
-        batch_max_size: 3,
-        max_message_size: 16,
-        ..Config::for_tests("")
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config {
-        data_dir: dir.path().display().to_string(),
-        ..config
-    };
-    let app = spawn_with(config, dir).await;
+    let app = spawn_configured(|c| {
+        c.limits.batch_max_size = 3;
+        c.limits.max_message_size = 16;
+    })
+    .await;
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 1).await;
 

@@ -62,8 +62,8 @@ async fn stats_count_streams_topics_and_traffic() {
 #[tokio::test]
 async fn metrics_count_calls_by_protocol_route_and_status() {
     let app = spawn_configured(|c| {
-        c.rate_limit_rps = 1;
-        c.rate_limit_burst = 3;
+        c.limits.rate_limit_rps = 1;
+        c.limits.rate_limit_burst = 3;
     })
     .await;
     app.create_stream("orders").await;
@@ -245,11 +245,9 @@ async fn sigterm_under_load_loses_no_acknowledged_message() {
 #[tokio::test]
 async fn metrics_port_serves_metrics_without_a_key() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = iggy_gateway::config::Config {
-        metrics_port: Some(0),
-        api_key: Some(iggy_gateway::config::ApiKeys::new(["k"])),
-        ..iggy_gateway::config::Config::for_tests(dir.path().display().to_string())
-    };
+    let mut config = iggy_gateway::config::Config::for_tests(dir.path().display().to_string());
+    config.telemetry.metrics_port = Some(0);
+    config.auth.api_key = Some(iggy_gateway::config::ApiKeys::new(["k"]));
     let app = iggy_gateway::startup::Application::build(config)
         .await
         .expect("builds");

@@ -1,7 +1,6 @@
 //! REST/JSON with curl-style requests: the /v1 resource routes, the original service's
 //! routes, proto3 JSON edge cases and every error class with its problem body.
 
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{spawn_app, spawn_app_with_default_topic, texts};
@@ -10,7 +9,7 @@ use crate::helpers::{spawn_app, spawn_app_with_default_topic, texts};
 async fn streams_and_topics_are_managed_over_rest() {
     let app = spawn_app().await;
     let (status, created) = app
-        .rest(Method::POST, "/v1/streams", Some(json!({"name": "orders"})))
+        .post_json("/v1/streams", json!({"name": "orders"}))
         .await;
     assert_eq!(status, 201);
     assert_eq!(created["stream"]["id"], 0);
@@ -22,10 +21,9 @@ async fn streams_and_topics_are_managed_over_rest() {
 
     // lowerCamelCase is accepted as well as the proto names.
     let (status, topic) = app
-        .rest(
-            Method::POST,
+        .post_json(
             "/v1/streams/orders/topics",
-            Some(json!({"name": "created", "partitionsCount": 2, "message_expiry": "3600s"})),
+            json!({"name": "created", "partitionsCount": 2, "message_expiry": "3600s"}),
         )
         .await;
     assert_eq!(status, 201, "{topic}");
@@ -39,28 +37,21 @@ async fn streams_and_topics_are_managed_over_rest() {
     assert!(created_at.ends_with('Z'), "RFC 3339 in UTC: {created_at}");
 
     let (status, renamed) = app
-        .rest(
-            Method::PATCH,
-            "/v1/streams/0",
-            Some(json!({"name": "orders-v2"})),
-        )
+        .patch_json("/v1/streams/0", json!({"name": "orders-v2"}))
         .await;
     assert_eq!(
         (status, renamed["stream"]["name"].clone()),
         (200, json!("orders-v2"))
     );
 
-    let (status, listed) = app
-        .rest(Method::GET, "/v1/streams/orders-v2/topics", None)
-        .await;
+    let (status, listed) = app.get_json("/v1/streams/orders-v2/topics").await;
     assert_eq!(status, 200);
     assert_eq!(listed["topics"][0]["name"], "created");
 
     let (status, body) = app
-        .rest(
-            Method::POST,
+        .post_json(
             "/v1/streams/orders-v2/topics/created/partitions",
-            Some(json!({"partitions_count": 1})),
+            json!({"partitions_count": 1}),
         )
         .await;
     assert_eq!(
@@ -68,22 +59,16 @@ async fn streams_and_topics_are_managed_over_rest() {
         (200, json!(3))
     );
     let (status, body) = app
-        .rest(
-            Method::DELETE,
-            "/v1/streams/orders-v2/topics/created/partitions?partitions_count=2",
-            None,
-        )
+        .delete("/v1/streams/orders-v2/topics/created/partitions?partitions_count=2")
         .await;
     assert_eq!(
         (status, body["topic"]["partitions_count"].clone()),
         (200, json!(1))
     );
 
-    let (status, body) = app
-        .rest(Method::DELETE, "/v1/streams/orders-v2", None)
-        .await;
+    let (status, body) = app.delete("/v1/streams/orders-v2").await;
     assert_eq!((status, body), (204, Value::Null));
-    let (status, problem) = app.rest(Method::GET, "/v1/streams/orders-v2", None).await;
+    let (status, problem) = app.get_json("/v1/streams/orders-v2").await;
     assert_eq!(status, 404);
     assert_eq!(problem["reason"], "STREAM_NOT_FOUND");
 }
@@ -94,10 +79,9 @@ async fn json_bodies_come_back_as_json_and_bytes_as_base64() {
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 1).await;
     let (status, sent) = app
-        .rest(
-            Method::POST,
+        .post_json(
             "/v1/streams/orders/topics/created/messages",
-            Some(json!({
+            json!({
                 "partition_id": 0,
                 "messages": [
                     {"json": {"user": "ada", "age": 36, "tags": ["a"], "nested": {"ok": true}},
@@ -105,18 +89,14 @@ async fn json_bodies_come_back_as_json_and_bytes_as_base64() {
                     {"payload": "AAEC/w=="},
                     {"text": "naïve ☃"}
                 ]
-            })),
+            }),
         )
         .await;
     assert_eq!(status, 201, "{sent}");
     assert_eq!(sent["ids"].as_array().map(Vec::len), Some(3));
 
     let (status, polled) = app
-        .rest(
-            Method::GET,
-            "/v1/streams/orders/topics/created/messages?partition_id=0&count=10&strategy=POLLING_STRATEGY_FIRST",
-            None,
-        )
+        .get_json("/v1/streams/orders/topics/created/messages?partition_id=0&count=10&strategy=POLLING_STRATEGY_FIRST")
         .await;
     assert_eq!(status, 200);
     let messages = polled["messages"].as_array().expect("messages");
@@ -132,11 +112,7 @@ async fn json_bodies_come_back_as_json_and_bytes_as_base64() {
 
     // Enum values by number work too, and repeated query names are accepted.
     let (status, last) = app
-        .rest(
-            Method::GET,
-            "/v1/streams/orders/topics/created/messages?count=1&strategy=4",
-            None,
-        )
+        .get_json("/v1/streams/orders/topics/created/messages?count=1&strategy=4")
         .await;
     assert_eq!(status, 200, "{last}");
     assert_eq!(last["messages"][0]["text"], "naïve ☃");
@@ -149,11 +125,9 @@ async fn consumer_offsets_over_rest() {
     app.create_topic("orders", "created", 1).await;
     app.send_texts("orders", "created", 0, &["a", "b"]).await;
     let path = "/v1/streams/orders/topics/created/consumers/billing/offsets/0";
-    let (status, _) = app
-        .rest(Method::PUT, path, Some(json!({"offset": "1"})))
-        .await;
+    let (status, _) = app.put_json(path, json!({"offset": "1"})).await;
     assert_eq!(status, 204);
-    let (status, got) = app.rest(Method::GET, path, None).await;
+    let (status, got) = app.get_json(path).await;
     assert_eq!(status, 200);
     assert_eq!(got["stored_offset"], "1");
     assert_eq!(got["current_offset"], "1");
@@ -171,10 +145,9 @@ async fn the_original_event_routes_keep_working() {
         })
     };
     let (status, published) = app
-        .rest(
-            Method::POST,
+        .post_json(
             "/messages",
-            Some(json!({"event": event("6f1c2a3e-1111-4a2b-9c3d-0123456789ab", "User"), "partition_key": "u1"})),
+            json!({"event": event("6f1c2a3e-1111-4a2b-9c3d-0123456789ab", "User"), "partition_key": "u1"}),
         )
         .await;
     assert_eq!(status, 201, "{published}");
@@ -187,13 +160,12 @@ async fn the_original_event_routes_keep_working() {
     assert_eq!(published["topic"], "events");
 
     let (status, batch) = app
-        .rest(
-            Method::POST,
+        .post_json(
             "/messages/batch",
-            Some(json!({"events": [
+            json!({"events": [
                 event("6f1c2a3e-2222-4a2b-9c3d-0123456789ab", "Order"),
                 event("6f1c2a3e-3333-4a2b-9c3d-0123456789ab", "Generic")
-            ], "partition_key": "u1"})),
+            ], "partition_key": "u1"}),
         )
         .await;
     assert_eq!(status, 201);
@@ -207,11 +179,9 @@ async fn the_original_event_routes_keep_working() {
     let mut found = None;
     for partition in 0..3 {
         let (status, polled) = app
-            .rest(
-                Method::GET,
-                &format!("/messages?partition_id={partition}&offset=0&count=10"),
-                None,
-            )
+            .get_json(&format!(
+                "/messages?partition_id={partition}&offset=0&count=10"
+            ))
             .await;
         assert_eq!(status, 200);
         if polled["count"] != 0 {
@@ -231,9 +201,9 @@ async fn the_original_event_routes_keep_working() {
     // Without an offset, a consumer resumes after what it committed.
     let partition = polled["partition_id"].as_u64().expect("partition");
     let next = format!("/messages?partition_id={partition}&consumer_id=9&count=2&auto_commit=true");
-    let (_, page) = app.rest(Method::GET, &next, None).await;
+    let (_, page) = app.get_json(&next).await;
     assert_eq!(page["count"], 2);
-    let (_, page) = app.rest(Method::GET, &next, None).await;
+    let (_, page) = app.get_json(&next).await;
     assert_eq!(page["count"], 1);
     assert_eq!(page["messages"][0]["offset"], "2");
 }
@@ -260,14 +230,12 @@ async fn bad_events_are_refused_naming_the_field() {
         ),
     ];
     for (event, field) in cases {
-        let (status, problem) = app
-            .rest(Method::POST, "/messages", Some(json!({"event": event})))
-            .await;
+        let (status, problem) = app.post_json("/messages", json!({"event": event})).await;
         assert_eq!(status, 400, "{problem}");
         assert_eq!(problem["violations"][0]["field"], field, "{problem}");
     }
     let (status, problem) = app
-        .rest(Method::POST, "/messages/batch", Some(json!({"events": []})))
+        .post_json("/messages/batch", json!({"events": []}))
         .await;
     assert_eq!(
         (status, problem["violations"][0]["field"].clone()),
@@ -278,39 +246,26 @@ async fn bad_events_are_refused_naming_the_field() {
 #[tokio::test]
 async fn the_original_stream_routes_keep_working() {
     let app = spawn_app().await;
-    let (status, stream) = app
-        .rest(Method::POST, "/streams", Some(json!({"name": "legacy"})))
-        .await;
+    let (status, stream) = app.post_json("/streams", json!({"name": "legacy"})).await;
     assert_eq!((status, stream["name"].clone()), (201, json!("legacy")));
     let (status, topic) = app
-        .rest(
-            Method::POST,
+        .post_json(
             "/streams/legacy/topics",
-            Some(json!({"name": "t1", "partitions": 2})),
+            json!({"name": "t1", "partitions": 2}),
         )
         .await;
     assert_eq!((status, topic["partitions_count"].clone()), (201, json!(2)));
-    let (status, streams) = app.rest(Method::GET, "/streams", None).await;
+    let (status, streams) = app.get_json("/streams").await;
     assert_eq!((status, streams[0]["name"].clone()), (200, json!("legacy")));
-    let (status, got) = app.rest(Method::GET, "/streams/legacy", None).await;
+    let (status, got) = app.get_json("/streams/legacy").await;
     assert_eq!((status, got["topics_count"].clone()), (200, json!(1)));
-    let (status, got) = app
-        .rest(Method::GET, "/streams/legacy/topics/t1", None)
-        .await;
+    let (status, got) = app.get_json("/streams/legacy/topics/t1").await;
     assert_eq!((status, got["name"].clone()), (200, json!("t1")));
-    let (status, topics) = app.rest(Method::GET, "/streams/legacy/topics", None).await;
+    let (status, topics) = app.get_json("/streams/legacy/topics").await;
     assert_eq!((status, topics.as_array().map(Vec::len)), (200, Some(1)));
-    assert_eq!(
-        app.rest(Method::DELETE, "/streams/legacy/topics/t1", None)
-            .await
-            .0,
-        204
-    );
-    assert_eq!(
-        app.rest(Method::DELETE, "/streams/legacy", None).await.0,
-        204
-    );
-    assert_eq!(app.rest(Method::GET, "/streams/legacy", None).await.0, 404);
+    assert_eq!(app.delete("/streams/legacy/topics/t1").await.0, 204);
+    assert_eq!(app.delete("/streams/legacy").await.0, 204);
+    assert_eq!(app.get_json("/streams/legacy").await.0, 404);
 }
 
 #[tokio::test]
@@ -474,10 +429,9 @@ async fn an_array_of_messages_can_be_posted_to_one_partition() {
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 3).await;
     let (status, sent) = app
-        .rest(
-            Method::POST,
+        .post_json(
             "/v1/streams/orders/topics/created/partitions/2/messages",
-            Some(json!([{"text": "a"}, {"json": {"n": 1}}])),
+            json!([{"text": "a"}, {"json": {"n": 1}}]),
         )
         .await;
     assert_eq!(status, 201, "{sent}");
@@ -496,10 +450,9 @@ async fn path_variables_win_over_the_body() {
     app.create_stream("other").await;
     app.create_topic("other", "created", 2).await;
     let (status, sent) = app
-        .rest(
-            Method::POST,
+        .post_json(
             "/v1/streams/orders/topics/created/messages",
-            Some(json!({"stream": "other", "partitionId": 1, "messages": [{"text": "here"}]})),
+            json!({"stream": "other", "partitionId": 1, "messages": [{"text": "here"}]}),
         )
         .await;
     assert_eq!(status, 201, "{sent}");

@@ -13,24 +13,12 @@ async fn streams_get_sequential_ids_from_zero_and_are_found_by_name_or_id() {
     assert_eq!((second.id, second.name.as_str()), (1, "payments"));
     assert!(first.created_at.is_some());
 
-    let mut client = app.streams.clone();
     for key in ["payments", "1"] {
-        let got = client
-            .get_stream(proto::GetStreamRequest { stream: key.into() })
-            .await
-            .expect("found")
-            .into_inner()
-            .stream
-            .expect("stream");
+        let got = app.get_stream(key).await;
         assert_eq!((got.id, got.name.as_str()), (1, "payments"));
     }
 
-    let listed = client
-        .list_streams(proto::ListStreamsRequest {})
-        .await
-        .expect("listed")
-        .into_inner()
-        .streams;
+    let listed = app.list_streams().await;
     let names: Vec<_> = listed.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["orders", "payments"]);
 }
@@ -42,17 +30,7 @@ async fn get_stream_reports_its_topics_and_totals() {
     app.create_topic("orders", "created", 2).await;
     app.send_texts("orders", "created", 1, &["a", "bb"]).await;
 
-    let stream = app
-        .streams
-        .clone()
-        .get_stream(proto::GetStreamRequest {
-            stream: "orders".into(),
-        })
-        .await
-        .expect("found")
-        .into_inner()
-        .stream
-        .expect("stream");
+    let stream = app.get_stream("orders").await;
     assert_eq!(stream.topics_count, 1);
     assert_eq!(stream.messages_count, 2);
     assert!(stream.size_bytes > 3, "sizes count stored bytes");
@@ -116,17 +94,7 @@ async fn a_deleted_stream_is_gone_with_its_topics() {
 
     // The name is free again, and the new stream starts empty.
     app.create_stream("orders").await;
-    let topics = app
-        .topics
-        .clone()
-        .list_topics(proto::ListTopicsRequest {
-            stream: "orders".into(),
-        })
-        .await
-        .expect("listed")
-        .into_inner()
-        .topics;
-    assert!(topics.is_empty());
+    assert!(app.list_topics("orders").await.is_empty());
 }
 
 #[tokio::test]
@@ -170,16 +138,7 @@ async fn bad_stream_names_are_refused_with_the_field_named() {
         let violations = err.get_details_bad_request().expect("field violation");
         assert_eq!(violations.field_violations[0].field, "name");
     }
-    assert!(
-        client
-            .list_streams(proto::ListStreamsRequest {})
-            .await
-            .expect("listed")
-            .into_inner()
-            .streams
-            .is_empty(),
-        "nothing half-created"
-    );
+    assert!(app.list_streams().await.is_empty(), "nothing half-created");
 }
 
 #[tokio::test]

@@ -37,6 +37,15 @@ async fn next_message(
     }
 }
 
+/// The next piece of a streamed HTTP answer, within five seconds.
+async fn next_chunk(response: &mut reqwest::Response) -> bytes::Bytes {
+    tokio::time::timeout(Duration::from_secs(5), response.chunk())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("more")
+}
+
 fn text_of(message: &proto::PolledMessage) -> String {
     match &message.body {
         Some(proto::polled_message::Body::Text(text)) => text.clone(),
@@ -48,12 +57,9 @@ fn text_of(message: &proto::PolledMessage) -> String {
 async fn messages_sent_after_subscribing_arrive_in_order_and_resume_without_gaps_or_repeats() {
     let app = app_with_topic(spawn_app().await).await;
     let mut stream = app
-        .messages
-        .clone()
         .subscribe(subscribe_request())
         .await
-        .expect("subscribed")
-        .into_inner();
+        .expect("subscribed");
     app.send_texts("orders", "created", 1, &["a", "b", "c"])
         .await;
     let mut cursor = String::new();
@@ -68,15 +74,12 @@ async fn messages_sent_after_subscribing_arrive_in_order_and_resume_without_gaps
     app.send_texts("orders", "created", 0, &["d"]).await;
     app.send_texts("orders", "created", 1, &["e"]).await;
     let mut resumed = app
-        .messages
-        .clone()
         .subscribe(proto::SubscribeRequest {
             cursor,
             ..subscribe_request()
         })
         .await
-        .expect("resumed")
-        .into_inner();
+        .expect("resumed");
     let mut got = Vec::new();
     for _ in 0..3 {
         let (_, message) = next_message(&mut resumed).await;
@@ -97,8 +100,6 @@ async fn messages_sent_after_subscribing_arrive_in_order_and_resume_without_gaps
 async fn tampered_or_foreign_cursors_are_refused() {
     let app = app_with_topic(spawn_app().await).await;
     let err = app
-        .messages
-        .clone()
         .subscribe(proto::SubscribeRequest {
             cursor: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
             ..subscribe_request()
@@ -106,25 +107,21 @@ async fn tampered_or_foreign_cursors_are_refused() {
         .await
         .expect_err("refused");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let other =
-        spawn_configured(|c| c.cursor_secret = Some("another-secret-also-32-bytes-long!".into()))
-            .await;
+    let other = spawn_configured(|c| {
+        c.subscriptions.cursor_secret = Some("another-secret-also-32-bytes-long!".into())
+    })
+    .await;
     let other = app_with_topic(other).await;
     let mut stream = other
-        .messages
-        .clone()
         .subscribe(proto::SubscribeRequest {
             strategy: proto::PollingStrategy::First.into(),
             ..subscribe_request()
         })
         .await
-        .expect("subscribed")
-        .into_inner();
+        .expect("subscribed");
     other.send_texts("orders", "created", 0, &["x"]).await;
     let (foreign, _) = next_message(&mut stream).await;
     let err = app
-        .messages
-        .clone()
         .subscribe(proto::SubscribeRequest {
             cursor: foreign.clone(),
             ..subscribe_request()
@@ -144,19 +141,18 @@ async fn tampered_or_foreign_cursors_are_refused() {
 
 #[tokio::test]
 async fn heartbeats_report_where_each_partition_stands() {
-    let app = app_with_topic(spawn_configured(|c| c.subscribe_heartbeat_ms = 100).await).await;
+    let app =
+        app_with_topic(spawn_configured(|c| c.subscriptions.subscribe_heartbeat_ms = 100).await)
+            .await;
     app.send_texts("orders", "created", 0, &["a", "b", "c"])
         .await;
     let mut stream = app
-        .messages
-        .clone()
         .subscribe(proto::SubscribeRequest {
             strategy: proto::PollingStrategy::First.into(),
             ..subscribe_request()
         })
         .await
-        .expect("subscribed")
-        .into_inner();
+        .expect("subscribed");
     let heartbeat = loop {
         let item = tokio::time::timeout(Duration::from_secs(5), stream.message())
             .await
@@ -191,11 +187,7 @@ async fn sse_clients_get_events_with_the_cursor_as_id_and_resume_with_last_event
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut text = String::new();
     while text.matches("event: message").count() < 2 {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
-            .await
-            .expect("in time")
-            .expect("ok")
-            .expect("more");
+        let chunk = next_chunk(&mut response).await;
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     drop(response);
@@ -226,11 +218,7 @@ async fn sse_clients_get_events_with_the_cursor_as_id_and_resume_with_last_event
         .expect("sent");
     let mut text = String::new();
     while !text.contains("event: message") {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), resumed.chunk())
-            .await
-            .expect("in time")
-            .expect("ok")
-            .expect("more");
+        let chunk = next_chunk(&mut resumed).await;
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(text.contains("\"text\":\"b\""), "{text}");
@@ -250,11 +238,7 @@ async fn ndjson_clients_get_one_json_object_per_line() {
     app.send_texts("orders", "created", 1, &["x", "y"]).await;
     let mut text = String::new();
     while text.lines().filter(|l| l.contains("\"message\"")).count() < 2 {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
-            .await
-            .expect("in time")
-            .expect("ok")
-            .expect("more");
+        let chunk = next_chunk(&mut response).await;
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     let lines: Vec<serde_json::Value> = text
@@ -293,11 +277,7 @@ async fn grpc_web_clients_receive_the_stream_over_http1() {
         || buffer.len()
             < 5 + u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize
     {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
-            .await
-            .expect("in time")
-            .expect("ok")
-            .expect("more");
+        let chunk = next_chunk(&mut response).await;
         buffer.extend_from_slice(&chunk);
     }
     let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
@@ -312,17 +292,12 @@ async fn grpc_web_clients_receive_the_stream_over_http1() {
 
 #[tokio::test]
 async fn subscribers_beyond_the_limit_are_refused_and_shutdown_ends_streams() {
-    let app = app_with_topic(spawn_configured(|c| c.max_subscribers = 1).await).await;
+    let app = app_with_topic(spawn_configured(|c| c.subscriptions.max_subscribers = 1).await).await;
     let mut first = app
-        .messages
-        .clone()
         .subscribe(subscribe_request())
         .await
-        .expect("subscribed")
-        .into_inner();
+        .expect("subscribed");
     let err = app
-        .messages
-        .clone()
         .subscribe(subscribe_request())
         .await
         .expect_err("over the limit");
@@ -347,16 +322,14 @@ async fn subscribers_beyond_the_limit_are_refused_and_shutdown_ends_streams() {
 
 #[tokio::test]
 async fn one_client_cannot_take_every_subscription() {
-    let app = app_with_topic(spawn_configured(|c| c.max_subscribers_per_client = 1).await).await;
+    let app =
+        app_with_topic(spawn_configured(|c| c.subscriptions.max_subscribers_per_client = 1).await)
+            .await;
     let _first = app
-        .messages
-        .clone()
         .subscribe(subscribe_request())
         .await
         .expect("subscribed");
     let err = app
-        .messages
-        .clone()
         .subscribe(subscribe_request())
         .await
         .expect_err("second from the same IP");
@@ -365,7 +338,7 @@ async fn one_client_cannot_take_every_subscription() {
     // The slot comes back once the first stream is gone.
     let mut again = None;
     for _ in 0..50 {
-        if let Ok(stream) = app.messages.clone().subscribe(subscribe_request()).await {
+        if let Ok(stream) = app.subscribe(subscribe_request()).await {
             again = Some(stream);
             break;
         }
@@ -380,8 +353,6 @@ async fn what_was_delivered_is_committed_when_the_subscriber_leaves() {
     app.send_texts("orders", "created", 0, &["a", "b", "c"])
         .await;
     let mut stream = app
-        .messages
-        .clone()
         .subscribe(proto::SubscribeRequest {
             partition_id: Some(0),
             consumer: "billing".into(),
@@ -390,27 +361,14 @@ async fn what_was_delivered_is_committed_when_the_subscriber_leaves() {
             ..subscribe_request()
         })
         .await
-        .expect("subscribed")
-        .into_inner();
+        .expect("subscribed");
     for _ in 0..3 {
         next_message(&mut stream).await;
     }
     drop(stream);
     let mut stored = None;
     for _ in 0..100 {
-        let offset = app
-            .messages
-            .clone()
-            .get_consumer_offset(proto::GetConsumerOffsetRequest {
-                stream: "orders".into(),
-                topic: "created".into(),
-                consumer: "billing".into(),
-                partition_id: 0,
-            })
-            .await
-            .expect("read")
-            .into_inner()
-            .stored_offset;
+        let offset = app.stored_offset("orders", "created", "billing", 0).await;
         if offset.is_some() {
             stored = offset;
             break;
@@ -424,8 +382,8 @@ async fn what_was_delivered_is_committed_when_the_subscriber_leaves() {
 async fn a_subscriber_that_never_reads_is_dropped_instead_of_buffered() {
     let app = app_with_topic(
         spawn_configured(|c| {
-            c.subscribe_slow_client_ms = 200;
-            c.max_subscribers = 1;
+            c.subscriptions.subscribe_slow_client_ms = 200;
+            c.subscriptions.max_subscribers = 1;
         })
         .await,
     )
@@ -437,8 +395,6 @@ async fn a_subscriber_that_never_reads_is_dropped_instead_of_buffered() {
     }
     // Opens a stream and never reads from it.
     let stalled = app
-        .messages
-        .clone()
         .subscribe(proto::SubscribeRequest {
             partition_id: Some(0),
             strategy: proto::PollingStrategy::First.into(),
@@ -450,13 +406,7 @@ async fn a_subscriber_that_never_reads_is_dropped_instead_of_buffered() {
     let mut freed = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if app
-            .messages
-            .clone()
-            .subscribe(subscribe_request())
-            .await
-            .is_ok()
-        {
+        if app.subscribe(subscribe_request()).await.is_ok() {
             freed = true;
             break;
         }
@@ -469,8 +419,6 @@ async fn a_subscriber_that_never_reads_is_dropped_instead_of_buffered() {
 async fn commits_happen_on_a_timer_while_messages_flow() {
     let app = app_with_topic(spawn_app().await).await;
     let mut stream = app
-        .messages
-        .clone()
         .subscribe(proto::SubscribeRequest {
             partition_id: Some(0),
             consumer: "timer".into(),
@@ -479,27 +427,14 @@ async fn commits_happen_on_a_timer_while_messages_flow() {
             ..subscribe_request()
         })
         .await
-        .expect("subscribed")
-        .into_inner();
+        .expect("subscribed");
     app.send_texts("orders", "created", 0, &["a"]).await;
     next_message(&mut stream).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     app.send_texts("orders", "created", 0, &["b"]).await;
     next_message(&mut stream).await;
     // The stream is still open: the offset was stored while it ran, not at its end.
-    let stored = app
-        .messages
-        .clone()
-        .get_consumer_offset(proto::GetConsumerOffsetRequest {
-            stream: "orders".into(),
-            topic: "created".into(),
-            consumer: "timer".into(),
-            partition_id: 0,
-        })
-        .await
-        .expect("read")
-        .into_inner()
-        .stored_offset;
+    let stored = app.stored_offset("orders", "created", "timer", 0).await;
     assert!(stored.is_some(), "committed while streaming");
     drop(stream);
 }
@@ -507,7 +442,8 @@ async fn commits_happen_on_a_timer_while_messages_flow() {
 #[tokio::test]
 async fn streams_pass_the_same_auth_and_end_cleanly_over_sse_at_shutdown() {
     let app =
-        spawn_configured(|c| c.api_key = Some(iggy_gateway::config::ApiKeys::new(["k"]))).await;
+        spawn_configured(|c| c.auth.api_key = Some(iggy_gateway::config::ApiKeys::new(["k"])))
+            .await;
     for (path, body) in [
         ("/v1/streams", serde_json::json!({"name": "orders"})),
         (
@@ -535,24 +471,14 @@ async fn streams_pass_the_same_auth_and_end_cleanly_over_sse_at_shutdown() {
         .expect("sent");
     assert_eq!(refused.status(), 401);
     let mut request = tonic::Request::new(subscribe_request());
-    let status = app
-        .messages
-        .clone()
-        .subscribe(request)
-        .await
-        .expect_err("no key");
+    let status = app.subscribe(request).await.expect_err("no key");
     assert_eq!(status.code(), Code::Unauthenticated);
     request = tonic::Request::new(subscribe_request());
     request.metadata_mut().insert(
         "x-api-key",
         tonic::metadata::MetadataValue::from_static("k"),
     );
-    let _grpc = app
-        .messages
-        .clone()
-        .subscribe(request)
-        .await
-        .expect("with the key");
+    let _grpc = app.subscribe(request).await.expect("with the key");
 
     let mut sse = app
         .http1

@@ -54,31 +54,14 @@ async fn get_and_list_topics_by_name_or_id() {
     app.create_topic("orders", "created", 2).await;
     app.create_topic("orders", "shipped", 1).await;
     app.send_texts("orders", "shipped", 0, &["x"]).await;
-    let mut client = app.topics.clone();
 
-    let topic = client
-        .get_topic(proto::GetTopicRequest {
-            stream: "0".into(),
-            topic: "1".into(),
-        })
-        .await
-        .expect("found")
-        .into_inner()
-        .topic
-        .expect("topic");
+    let topic = app.get_topic("0", "1").await;
     assert_eq!(topic.name, "shipped");
     assert_eq!(topic.messages_count, 1);
     assert_eq!(topic.partitions[0].messages_count, 1);
     assert_eq!(topic.partitions[0].current_offset, 0);
 
-    let listed = client
-        .list_topics(proto::ListTopicsRequest {
-            stream: "orders".into(),
-        })
-        .await
-        .expect("listed")
-        .into_inner()
-        .topics;
+    let listed = app.list_topics("orders").await;
     assert_eq!(
         listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         ["created", "shipped"]

@@ -1,0 +1,122 @@
+//! Every bound on what one client or all of them together may make the gateway do: message,
+//! batch, poll and body sizes, the in-flight byte budget, rate, concurrency, connections and
+//! timeouts. Each is enforced before the allocation or the work it protects.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::{
+    grpc::Limits,
+    listener::{self, ListenerSettings},
+};
+
+/// Sizes, rates, counts and timeouts.
+#[derive(Debug, Clone, Args)]
+pub struct LimitsConfig {
+    /// Most messages in one send.
+    #[arg(long, env = "BATCH_MAX_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_max_size: u32,
+
+    /// Most messages one poll may return.
+    #[arg(long, env = "POLL_MAX_COUNT", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub poll_max_count: u32,
+
+    /// Most payload and header bytes one poll answers (always at least one message); also
+    /// bounds each read of a live subscription.
+    #[arg(long, env = "POLL_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub poll_max_bytes: u64,
+
+    /// Largest payload of one message, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
+    pub max_message_size: u32,
+
+    /// Largest request body, in bytes (a whole batch must fit).
+    #[arg(long, env = "MAX_REQUEST_BODY_SIZE", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024 * 1024))]
+    pub max_request_body_size: u32,
+
+    /// Request body bytes all calls together may hold; a call beyond it is shed with
+    /// UNAVAILABLE / 503. At least MAX_REQUEST_BODY_SIZE.
+    #[arg(long, env = "MAX_INFLIGHT_BYTES", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=1 << 40))]
+    pub max_inflight_bytes: u64,
+
+    /// Requests per second allowed per client IP; 0 disables rate limiting.
+    #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 100)]
+    pub rate_limit_rps: u32,
+
+    /// Requests a client may make at once above the sustained rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 50)]
+    pub rate_limit_burst: u32,
+
+    /// Longest a call may take, in milliseconds (a shorter grpc-timeout wins).
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
+    /// Calls in flight beyond which new calls are refused with UNAVAILABLE / 503.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_concurrent_requests: u64,
+
+    /// Open connections beyond which new ones are closed on arrival. Unset: what the open-files
+    /// limit leaves after a reserve for the store and the backend (a quarter, at least 64),
+    /// at most 10,000.
+    #[arg(long, env = "MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: Option<u64>,
+
+    /// A connection with no call in flight for this long is closed, in milliseconds.
+    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connection_idle_timeout_ms: u64,
+
+    /// An HTTP/1.1 request's headers must arrive within this time, in milliseconds (slowloris).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+}
+
+impl LimitsConfig {
+    /// The one rule between two limits that clap's ranges cannot state.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_inflight_bytes < u64::from(self.max_request_body_size) {
+            return Err(format!(
+                "MAX_INFLIGHT_BYTES: {} is less than MAX_REQUEST_BODY_SIZE ({}), so the largest \
+                 request could never be served",
+                self.max_inflight_bytes, self.max_request_body_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// The limits the message services apply to each call.
+    pub fn message_limits(&self) -> Limits {
+        Limits {
+            batch_max: self.batch_max_size as usize,
+            poll_max: self.poll_max_count,
+            message_max_bytes: self.max_message_size as usize,
+            poll_max_bytes: usize::try_from(self.poll_max_bytes).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The listener's limits, given the open-files limit in force (`None`: unknown).
+    pub fn listener_settings(&self, descriptor_limit: Option<u64>) -> ListenerSettings {
+        let max_connections = self.max_connections.map_or_else(
+            || listener::default_max_connections(descriptor_limit),
+            |max| usize::try_from(max).unwrap_or(usize::MAX),
+        );
+        ListenerSettings {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            ..ListenerSettings::new(
+                max_connections,
+                Duration::from_millis(self.connection_idle_timeout_ms),
+            )
+        }
+    }
+}
