@@ -26,9 +26,10 @@ pub use telemetry::{LogFormat, TelemetryConfig};
 
 use crate::{
     broker::{embedded::Location, iggy::IggySettings},
-    grpc::{DefaultTopic, Limits, SubscribeSettings},
+    grpc::{DefaultTopic, Limits},
     layers::LayerSettings,
     listener::ListenerSettings,
+    subscription::SubscribeSettings,
 };
 
 /// iggy-gateway: gRPC, gRPC-Web and REST/JSON for Apache Iggy, on one port.

@@ -11,6 +11,4 @@ mod topic;
 pub use event::{DefaultTopic, EventApi};
 pub use message::{Limits, MessageApi};
 pub use stream::StreamApi;
-// Until config and startup import them from their own module.
-pub use crate::subscription::{SubscribeSettings, Subscriptions};
 pub use topic::TopicApi;

@@ -16,7 +16,7 @@ use tower::Layer;
 use crate::{
     broker::{Broker, embedded::EmbeddedBroker, ensure_default_topic, iggy::IggyBroker},
     config::Config,
-    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, Subscriptions, TopicApi},
+    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
     layers::{self, rate_limit},
     listener::{self, ListenerSettings},
     metrics::{MeteredBroker, Metrics},
@@ -27,6 +27,7 @@ use crate::{
         topic_service_server::TopicServiceServer,
     },
     rest,
+    subscription::Subscriptions,
 };
 
 /// Why the gateway could not start or stopped abnormally; each maps to a sysexits code.

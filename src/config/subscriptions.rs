@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::grpc::SubscribeSettings;
+use crate::subscription::SubscribeSettings;
 
 /// Shortest CURSOR_SECRET: an HMAC-SHA256 key guessable by brute force signs nothing.
 pub const MIN_CURSOR_SECRET_BYTES: usize = 32;
