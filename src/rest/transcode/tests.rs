@@ -1,8 +1,15 @@
-use http::{HeaderMap, HeaderValue, Method, header};
-use serde_json::json;
+//! Unit tests of the transcoder's parts (request building, framing, rendering), each called
+//! directly: no gateway, no sockets.
 
-use super::*;
-use crate::rest::{route_table, routes::Lookup};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, header};
+use serde_json::{Map, Value, json};
+
+use super::request::{request_json, set_path};
+use crate::rest::{
+    route_table,
+    routes::{BodyRule, Lookup, Route},
+};
 
 fn route_for(method: Method, path: &str) -> (Route, Vec<(String, String)>) {
     let table = route_table().expect("routes");
