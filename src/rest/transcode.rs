@@ -17,9 +17,7 @@ use axum::{
     http::{HeaderMap, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bytes::{Buf, BufMut, BytesMut};
 use http_body_util::BodyExt;
-use prost::Message;
 use prost_reflect::DynamicMessage;
 use tower::ServiceExt;
 
@@ -29,6 +27,7 @@ use crate::{
 };
 
 use self::{
+    framing::EncodeError,
     render::{internal, respond},
     request::request_message,
 };
@@ -169,19 +168,14 @@ fn grpc_call(
     headers: &HeaderMap,
     message: &DynamicMessage,
 ) -> Result<Request<Body>, Problem> {
-    let length = message.encoded_len();
-    let mut frame = BytesMut::with_capacity(5 + length);
-    frame.put_u8(0);
-    frame.put_u32(u32::try_from(length).map_err(|_| {
-        Problem::new(
+    let frame = framing::encode(message).map_err(|err| match err {
+        EncodeError::TooLarge => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
             "request too large",
-        )
-    })?);
-    message
-        .encode(&mut frame)
-        .map_err(|err| internal(format!("encoding the request: {err}")))?;
+        ),
+        EncodeError::Message(_) => internal(err.to_string()),
+    })?;
 
     let mut call = Request::builder()
         .method(Method::POST)
@@ -193,7 +187,7 @@ fn grpc_call(
             call = call.header(name, value);
         }
     }
-    call.body(Body::from(frame.freeze()))
+    call.body(Body::from(frame))
         .map_err(|err| internal(format!("building the gRPC call: {err}")))
 }
 
@@ -214,28 +208,16 @@ async fn call_grpc(
         .await
         .map_err(|err| internal(format!("reading the gRPC answer: {err}")))?;
     let trailers = collected.trailers().cloned();
-    let mut data = collected.to_bytes();
+    let data = collected.to_bytes();
 
     // A trailers-only answer (any error) carries its status in the headers.
-    let status = trailers
-        .as_ref()
-        .and_then(tonic::Status::from_header_map)
-        .or_else(|| tonic::Status::from_header_map(&parts.headers))
+    let status = framing::status(&parts.headers, trailers.as_ref())
         .ok_or_else(|| internal("the gRPC answer had no grpc-status".into()))?;
     if status.code() != tonic::Code::Ok {
         return Err(Problem::from_status(&status));
     }
-    if data.len() < 5 || data[0] != 0 {
-        return Err(internal(
-            "the gRPC answer was not one uncompressed message".into(),
-        ));
-    }
-    data.advance(1);
-    let length = data.get_u32() as usize;
-    if data.len() < length {
-        return Err(internal("the gRPC answer was cut short".into()));
-    }
-    DynamicMessage::decode(route.method.output(), data.split_to(length))
+    let payload = framing::single_message(data).map_err(|err| internal(err.to_string()))?;
+    DynamicMessage::decode(route.method.output(), payload)
         .map_err(|err| internal(format!("decoding the gRPC answer: {err}")))
 }
 
@@ -262,9 +244,7 @@ async fn stream_grpc(
     };
     let (parts, body) = response.into_parts();
     // Refused before the first message (trailers-only): an ordinary problem answer.
-    if let Some(status) = tonic::Status::from_header_map(&parts.headers)
-        && status.code() != tonic::Code::Ok
-    {
+    if let Some(status) = framing::error_status(&parts.headers) {
         return Err(Problem::from_status(&status));
     }
     Ok(render::stream(body, route.method.output(), sse))

@@ -1,19 +1,19 @@
 //! The answer half of the transcoder: a unary reply as JSON with the route's success status,
 //! and a server stream as Server-Sent Events or NDJSON, one event or line per message as it
 //! arrives, ending with an error event or line when the stream fails. The stream's frames are
-//! taken apart by `framing`.
+//! taken apart by `framing`'s decoder.
 
 use axum::{
     body::Body,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::Value;
 
-use super::framing;
+use super::framing::{self, FrameDecoder};
 use crate::{answer::Problem, rest::routes::Route};
 
 /// The body of a server-streaming call's answer as Server-Sent Events (`sse`) or NDJSON: each
@@ -21,7 +21,7 @@ use crate::{answer::Problem, rest::routes::Route};
 pub(super) fn stream(mut body: Body, output: MessageDescriptor, sse: bool) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
     tokio::spawn(async move {
-        let mut buffer = BytesMut::new();
+        let mut frames = FrameDecoder::default();
         while let Some(frame) = body.frame().await {
             let frame = match frame {
                 Ok(frame) => frame,
@@ -33,14 +33,17 @@ pub(super) fn stream(mut body: Body, output: MessageDescriptor, sse: bool) -> Re
             };
             let frame = match frame.into_data() {
                 Ok(data) => {
-                    buffer.extend_from_slice(&data);
-                    while let Some(payload) = framing::next_message(&mut buffer) {
-                        let Ok(message) = DynamicMessage::decode(output.clone(), payload) else {
-                            return;
-                        };
-                        if tx.send(Ok(stream_item(sse, &message))).await.is_err() {
-                            // The client went away; dropping the body ends the gRPC call.
-                            return;
+                    frames.push(&data);
+                    loop {
+                        match next_message(&mut frames, &output) {
+                            Ok(Some(message)) => {
+                                if tx.send(Ok(stream_item(sse, &message))).await.is_err() {
+                                    // The client went away; dropping the body ends the gRPC call.
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(_) => return,
                         }
                     }
                     continue;
@@ -48,8 +51,7 @@ pub(super) fn stream(mut body: Body, output: MessageDescriptor, sse: bool) -> Re
                 Err(frame) => frame,
             };
             if let Ok(trailers) = frame.into_trailers()
-                && let Some(status) = tonic::Status::from_header_map(&trailers)
-                && status.code() != tonic::Code::Ok
+                && let Some(status) = framing::error_status(&trailers)
             {
                 let _ = tx
                     .send(Ok(stream_error(sse, &Problem::from_status(&status))))
@@ -69,6 +71,19 @@ pub(super) fn stream(mut body: Body, output: MessageDescriptor, sse: bool) -> Re
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// The stream's next message, once its frame is complete; the error's detail is for the log.
+fn next_message(
+    frames: &mut FrameDecoder,
+    output: &MessageDescriptor,
+) -> Result<Option<DynamicMessage>, String> {
+    let Some(payload) = frames.next_message().map_err(|err| err.to_string())? else {
+        return Ok(None);
+    };
+    DynamicMessage::decode(output.clone(), payload)
+        .map(Some)
+        .map_err(|err| format!("decoding the gRPC stream: {err}"))
 }
 
 fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {

@@ -5,7 +5,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header};
 use serde_json::{Map, Value, json};
 
-use super::request::{request_json, set_path};
+use super::{
+    framing::{self, FrameDecoder, FrameError},
+    request::{request_json, set_path},
+};
 use crate::rest::{
     route_table,
     routes::{BodyRule, Lookup, Route},
@@ -110,4 +113,54 @@ fn query_parameters_that_are_unknown_or_taken_are_refused() {
     )
     .expect_err("the body owns every field");
     assert_eq!(problem.status(), 400);
+}
+
+/// A gRPC frame around `payload`, uncompressed.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).expect("small");
+    let mut frame = vec![0];
+    frame.extend_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[test]
+fn frames_split_anywhere_come_out_whole_and_in_order() {
+    let answer = [frame(b"one"), frame(b""), frame(b"three")].concat();
+    let mut decoder = FrameDecoder::default();
+    let mut messages = Vec::new();
+    for byte in answer {
+        decoder.push(&[byte]);
+        while let Some(message) = decoder.next_message().expect("uncompressed") {
+            messages.push(message);
+        }
+    }
+    assert_eq!(messages, [&b"one"[..], b"", b"three"]);
+}
+
+#[test]
+fn a_unary_answer_must_be_one_whole_uncompressed_message() {
+    let message = framing::single_message(Bytes::from(frame(b"reply"))).expect("one message");
+    assert_eq!(message, &b"reply"[..]);
+    let mut compressed = frame(b"reply");
+    compressed[0] = 1;
+    let mut cut = frame(b"reply");
+    cut.pop();
+    for (answer, refused) in [
+        (Vec::new(), "empty"),
+        (vec![0, 0, 0], "a partial prefix"),
+        (compressed, "compressed"),
+    ] {
+        assert!(
+            matches!(
+                framing::single_message(Bytes::from(answer)),
+                Err(FrameError::NotOneMessage)
+            ),
+            "{refused}"
+        );
+    }
+    assert!(matches!(
+        framing::single_message(Bytes::from(cut)),
+        Err(FrameError::CutShort)
+    ));
 }
