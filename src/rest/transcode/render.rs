@@ -43,7 +43,11 @@ pub(super) fn stream(mut body: Body, output: MessageDescriptor, sse: bool) -> Re
                                 }
                             }
                             Ok(None) => break,
-                            Err(_) => return,
+                            Err(detail) => {
+                                // Ending in silence would read as the stream's normal end.
+                                let _ = tx.send(Ok(stream_error(sse, &internal(detail)))).await;
+                                return;
+                            }
                         }
                     }
                     continue;

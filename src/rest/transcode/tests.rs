@@ -1,12 +1,14 @@
 //! Unit tests of the transcoder's parts (request building, framing, rendering), each called
 //! directly: no gateway, no sockets.
 
+use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header};
 use serde_json::{Map, Value, json};
 
 use super::{
     framing::{self, FrameDecoder, FrameError},
+    render,
     request::{request_json, set_path},
 };
 use crate::rest::{
@@ -163,4 +165,40 @@ fn a_unary_answer_must_be_one_whole_uncompressed_message() {
         framing::single_message(Bytes::from(cut)),
         Err(FrameError::CutShort)
     ));
+}
+
+#[tokio::test]
+async fn a_stream_frame_that_does_not_decode_ends_the_stream_with_an_error_event() {
+    let (route, _) = route_for(
+        Method::GET,
+        "/v1/streams/orders/topics/created/messages:subscribe",
+    );
+    // One good (empty) message, then a payload that is no protobuf: a varint cut short.
+    let answer = Bytes::from([frame(b""), frame(&[0xff, 0xff])].concat());
+    for sse in [true, false] {
+        let response = render::stream(Body::from(answer.clone()), route.method.output(), sse);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("the stream ends");
+        let text = String::from_utf8(body.to_vec()).expect("UTF-8");
+        let (items, last) = if sse {
+            let events: Vec<&str> = text.split_terminator("\n\n").collect();
+            (events.len(), events.last().copied().unwrap_or(""))
+        } else {
+            let lines: Vec<&str> = text.lines().collect();
+            (lines.len(), lines.last().copied().unwrap_or(""))
+        };
+        assert_eq!(items, 2, "the message, then the error: {text}");
+        let error = if sse {
+            last.strip_prefix("event: error\ndata: ")
+        } else {
+            last.strip_prefix("{\"error\":")
+                .and_then(|rest| rest.strip_suffix('}'))
+        };
+        let error: Value =
+            serde_json::from_str(error.unwrap_or_else(|| panic!("no error event: {text}")))
+                .expect("a problem body");
+        assert_eq!(error["status"], 500, "{text}");
+        assert_eq!(error["reason"], "INTERNAL", "{text}");
+    }
 }
