@@ -1,8 +1,20 @@
-use http::{HeaderMap, HeaderValue, Method, header};
-use serde_json::json;
+//! Unit tests of the transcoder's parts (request building, framing, rendering), each called
+//! directly: no gateway, no sockets.
 
-use super::*;
-use crate::rest::{route_table, routes::Lookup};
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, header};
+use serde_json::{Map, Value, json};
+
+use super::{
+    framing::{self, FrameDecoder, FrameError},
+    render,
+    request::{request_json, set_path},
+};
+use crate::rest::{
+    route_table,
+    routes::{BodyRule, Lookup, Route},
+};
 
 fn route_for(method: Method, path: &str) -> (Route, Vec<(String, String)>) {
     let table = route_table().expect("routes");
@@ -103,4 +115,90 @@ fn query_parameters_that_are_unknown_or_taken_are_refused() {
     )
     .expect_err("the body owns every field");
     assert_eq!(problem.status(), 400);
+}
+
+/// A gRPC frame around `payload`, uncompressed.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).expect("small");
+    let mut frame = vec![0];
+    frame.extend_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[test]
+fn frames_split_anywhere_come_out_whole_and_in_order() {
+    let answer = [frame(b"one"), frame(b""), frame(b"three")].concat();
+    let mut decoder = FrameDecoder::default();
+    let mut messages = Vec::new();
+    for byte in answer {
+        decoder.push(&[byte]);
+        while let Some(message) = decoder.next_message().expect("uncompressed") {
+            messages.push(message);
+        }
+    }
+    assert_eq!(messages, [&b"one"[..], b"", b"three"]);
+}
+
+#[test]
+fn a_unary_answer_must_be_one_whole_uncompressed_message() {
+    let message = framing::single_message(Bytes::from(frame(b"reply"))).expect("one message");
+    assert_eq!(message, &b"reply"[..]);
+    let mut compressed = frame(b"reply");
+    compressed[0] = 1;
+    let mut cut = frame(b"reply");
+    cut.pop();
+    for (answer, refused) in [
+        (Vec::new(), "empty"),
+        (vec![0, 0, 0], "a partial prefix"),
+        (compressed, "compressed"),
+    ] {
+        assert!(
+            matches!(
+                framing::single_message(Bytes::from(answer)),
+                Err(FrameError::NotOneMessage)
+            ),
+            "{refused}"
+        );
+    }
+    assert!(matches!(
+        framing::single_message(Bytes::from(cut)),
+        Err(FrameError::CutShort)
+    ));
+}
+
+#[tokio::test]
+async fn a_stream_frame_that_does_not_decode_ends_the_stream_with_an_error_event() {
+    let (route, _) = route_for(
+        Method::GET,
+        "/v1/streams/orders/topics/created/messages:subscribe",
+    );
+    // One good (empty) message, then a payload that is no protobuf: a varint cut short.
+    let answer = Bytes::from([frame(b""), frame(&[0xff, 0xff])].concat());
+    for sse in [true, false] {
+        let response = render::stream(Body::from(answer.clone()), route.method.output(), sse);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("the stream ends");
+        let text = String::from_utf8(body.to_vec()).expect("UTF-8");
+        let (items, last) = if sse {
+            let events: Vec<&str> = text.split_terminator("\n\n").collect();
+            (events.len(), events.last().copied().unwrap_or(""))
+        } else {
+            let lines: Vec<&str> = text.lines().collect();
+            (lines.len(), lines.last().copied().unwrap_or(""))
+        };
+        assert_eq!(items, 2, "the message, then the error: {text}");
+        let error = if sse {
+            last.strip_prefix("event: error\ndata: ")
+        } else {
+            last.strip_prefix("{\"error\":")
+                .and_then(|rest| rest.strip_suffix('}'))
+        };
+        let error: Value =
+            serde_json::from_str(error.unwrap_or_else(|| panic!("no error event: {text}")))
+                .expect("a problem body");
+        assert_eq!(error["status"], 500, "{text}");
+        assert_eq!(error["reason"], "INTERNAL", "{text}");
+    }
 }

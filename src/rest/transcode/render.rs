@@ -1,0 +1,197 @@
+//! The answer half of the transcoder: a unary reply as JSON with the route's success status,
+//! and a server stream as Server-Sent Events or NDJSON, one event or line per message as it
+//! arrives, ending with an error event or line when the stream fails. The stream's frames are
+//! taken apart by `framing`'s decoder.
+
+use axum::{
+    body::Body,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
+use serde_json::Value;
+
+use super::framing::{self, FrameDecoder};
+use crate::{answer::Problem, rest::routes::Route};
+
+/// The body of a server-streaming call's answer as Server-Sent Events (`sse`) or NDJSON: each
+/// gRPC message becomes one event or line as it arrives. A `cursor` field becomes the SSE id.
+pub(super) fn stream(mut body: Body, output: MessageDescriptor, sse: bool) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
+    tokio::spawn(async move {
+        let mut frames = FrameDecoder::default();
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(err) => {
+                    let problem = internal(format!("reading the gRPC stream: {err}"));
+                    let _ = tx.send(Ok(stream_error(sse, &problem))).await;
+                    return;
+                }
+            };
+            let frame = match frame.into_data() {
+                Ok(data) => {
+                    frames.push(&data);
+                    loop {
+                        match next_message(&mut frames, &output) {
+                            Ok(Some(message)) => {
+                                if tx.send(Ok(stream_item(sse, &message))).await.is_err() {
+                                    // The client went away; dropping the body ends the gRPC call.
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(detail) => {
+                                // Ending in silence would read as the stream's normal end.
+                                let _ = tx.send(Ok(stream_error(sse, &internal(detail)))).await;
+                                return;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Err(frame) => frame,
+            };
+            if let Ok(trailers) = frame.into_trailers()
+                && let Some(status) = framing::error_status(&trailers)
+            {
+                let _ = tx
+                    .send(Ok(stream_error(sse, &Problem::from_status(&status))))
+                    .await;
+            }
+        }
+    });
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    let mut response = Response::new(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The stream's next message, once its frame is complete; the error's detail is for the log.
+fn next_message(
+    frames: &mut FrameDecoder,
+    output: &MessageDescriptor,
+) -> Result<Option<DynamicMessage>, String> {
+    let Some(payload) = frames.next_message().map_err(|err| err.to_string())? else {
+        return Ok(None);
+    };
+    DynamicMessage::decode(output.clone(), payload)
+        .map(Some)
+        .map_err(|err| format!("decoding the gRPC stream: {err}"))
+}
+
+fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false);
+    let mut json = message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .unwrap_or(Value::Null);
+    integral_numbers(&mut json);
+    if !sse {
+        let mut line = serde_json::to_vec(&json).unwrap_or_default();
+        line.push(b'\n');
+        return Bytes::from(line);
+    }
+    // The cursor is the event id; the event's name is the field the message set.
+    let id = json
+        .get("cursor")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let (event, data) = match json.as_object() {
+        Some(object) => object
+            .iter()
+            .find(|(key, value)| key.as_str() != "cursor" && !value.is_null())
+            .map_or(("message".to_owned(), json.clone()), |(key, value)| {
+                (key.clone(), value.clone())
+            }),
+        None => ("message".to_owned(), json.clone()),
+    };
+    let mut text = String::new();
+    if let Some(id) = id {
+        text.push_str(&format!("id: {id}\n"));
+    }
+    text.push_str(&format!(
+        "event: {event}\ndata: {}\n\n",
+        serde_json::to_string(&data).unwrap_or_default()
+    ));
+    Bytes::from(text)
+}
+
+/// One stream error as the stream's last event (`event: error`) or NDJSON line (`{"error":…}`).
+fn stream_error(sse: bool, problem: &Problem) -> Bytes {
+    let json = problem.to_json();
+    if sse {
+        Bytes::from(format!("event: error\ndata: {json}\n\n"))
+    } else {
+        Bytes::from(format!("{{\"error\":{json}}}\n"))
+    }
+}
+
+pub(super) fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, Problem> {
+    if route.success == StatusCode::NO_CONTENT {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false);
+    let mut json = reply
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|err| internal(format!("encoding the answer as JSON: {err}")))?;
+    if let Some(field) = &route.response_body {
+        json = json.get_mut(field).map(Value::take).unwrap_or(Value::Null);
+    }
+    integral_numbers(&mut json);
+    let body = serde_json::to_vec(&json)
+        .map_err(|err| internal(format!("encoding the answer as JSON: {err}")))?;
+    let mut response = (route.success, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// `google.protobuf.Value` holds every JSON number as a double, which prints as `1.0`; a JSON
+/// client sent `1` and should get `1` back. Doubles that are whole and exactly representable
+/// are printed as integers (the same number in JSON).
+fn integral_numbers(value: &mut Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match value {
+        Value::Number(number) => {
+            if let Some(float) = number
+                .as_f64()
+                .filter(|f| number.is_f64() && f.fract() == 0.0 && f.abs() < EXACT)
+            {
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    reason = "whole and below 2^53, so exact"
+                )]
+                let whole = float as i64;
+                *number = serde_json::Number::from(whole);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_numbers),
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
+}
+
+pub(super) fn internal(detail: String) -> Problem {
+    tracing::error!(%detail, "REST transcoding failed");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL",
+        "internal error while transcoding",
+    )
+}
