@@ -318,6 +318,19 @@ pub struct PartitionInfo {
     pub messages_count: u64,
 }
 
+impl PartitionInfo {
+    /// The offset the partition's next message will get: one past `current_offset`, or 0 while
+    /// the partition is empty. `current_offset` reads 0 both for an empty partition and for one
+    /// holding only offset 0, so the count tells them apart. The one place this is worked out.
+    pub fn next_offset(&self) -> u64 {
+        if self.messages_count == 0 {
+            0
+        } else {
+            self.current_offset + 1
+        }
+    }
+}
+
 /// What a backend can fail with. Each variant says whether retrying the same call can help.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BrokerError {

@@ -148,18 +148,23 @@ pub(super) fn current_offset(partition: &PartitionRecord) -> u64 {
     partition.next_offset.saturating_sub(1)
 }
 
+/// The partition as the broker seam reports it.
+pub(super) fn partition_info(id: u32, p: &PartitionRecord) -> PartitionInfo {
+    PartitionInfo {
+        id,
+        created_at_micros: p.created_at,
+        current_offset: current_offset(p),
+        size_bytes: p.size_bytes,
+        messages_count: p.messages_count,
+    }
+}
+
 pub(super) fn topic_info(id: u32, topic: &TopicState, with_partitions: bool) -> TopicInfo {
     let partitions: Vec<PartitionInfo> = topic
         .partitions
         .iter()
         .enumerate()
-        .map(|(index, p)| PartitionInfo {
-            id: u32::try_from(index).unwrap_or(u32::MAX),
-            created_at_micros: p.created_at,
-            current_offset: current_offset(p),
-            size_bytes: p.size_bytes,
-            messages_count: p.messages_count,
-        })
+        .map(|(index, p)| partition_info(u32::try_from(index).unwrap_or(u32::MAX), p))
         .collect();
     TopicInfo {
         id,

@@ -7,7 +7,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use super::{
     Store,
-    catalog::current_offset,
+    catalog::{current_offset, partition_info},
     codec::decode_message,
     poisoned,
     schema::{MESSAGES, OFFSETS, PARTITIONS, PartitionRecord, storage},
@@ -119,7 +119,7 @@ impl Store {
         offset: u64,
     ) -> BrokerResult<()> {
         let (s, t, partition) = self.read_catalog()?.partition(&at.topic, at.partition_id)?;
-        if partition.messages_count == 0 || offset > current_offset(&partition) {
+        if offset >= partition_info(at.partition_id, &partition).next_offset() {
             return Err(BrokerError::InvalidArgument {
                 field: "offset",
                 reason: format!(
