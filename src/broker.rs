@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod iggy;
+pub mod metered;
 
 use std::{collections::BTreeMap, fmt};
 

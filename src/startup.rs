@@ -16,13 +16,13 @@ use tower::Layer;
 use crate::{
     broker::{
         Broker, BrokerError, Compression, CreateTopic, Identifier, embedded::EmbeddedBroker,
-        iggy::IggyBroker,
+        iggy::IggyBroker, metered::MeteredBroker,
     },
     config::Config,
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, Subscriptions, TopicApi},
     layers::{self, rate_limit},
     listener::{self, ListenerSettings},
-    metrics::{MeteredBroker, Metrics},
+    metrics::Metrics,
     ops,
     proto::{
         self, event_service_server::EventServiceServer,
