@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod iggy;
+pub mod metered;
 
 use std::{collections::BTreeMap, fmt};
 
@@ -316,6 +317,19 @@ pub struct PartitionInfo {
     pub current_offset: u64,
     pub size_bytes: u64,
     pub messages_count: u64,
+}
+
+impl PartitionInfo {
+    /// The offset the partition's next message will get: one past `current_offset`, or 0 while
+    /// the partition is empty. `current_offset` reads 0 both for an empty partition and for one
+    /// holding only offset 0, so the count tells them apart. The one place this is worked out.
+    pub fn next_offset(&self) -> u64 {
+        if self.messages_count == 0 {
+            0
+        } else {
+            self.current_offset + 1
+        }
+    }
 }
 
 /// What a backend can fail with. Each variant says whether retrying the same call can help.

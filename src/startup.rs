@@ -14,12 +14,15 @@ use tonic_web::GrpcWebLayer;
 use tower::Layer;
 
 use crate::{
-    broker::{Broker, embedded::EmbeddedBroker, ensure_default_topic, iggy::IggyBroker},
+    broker::{
+        Broker, embedded::EmbeddedBroker, ensure_default_topic, iggy::IggyBroker,
+        metered::MeteredBroker,
+    },
     config::Config,
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
     layers::{self, rate_limit},
     listener::{self, ListenerSettings},
-    metrics::{MeteredBroker, Metrics},
+    metrics::Metrics,
     ops,
     proto::{
         self, event_service_server::EventServiceServer,

@@ -19,9 +19,7 @@ use tonic::Status;
 
 use crate::{
     answer::{broker_status, invalid_field},
-    broker::{
-        Broker, BrokerError, Identifier, PartitionInfo, PollingStrategy, StoredMessage, TopicRef,
-    },
+    broker::{Broker, BrokerError, Identifier, PollingStrategy, StoredMessage, TopicRef},
 };
 use admission::Admission;
 use cursor::{Cursor, Scope};
@@ -193,7 +191,7 @@ impl Subscriptions {
             // "Last" for a subscription means only what arrives from now on.
             for partition in &topic_info.partitions {
                 if let Some(slot) = next.get_mut(&partition.id) {
-                    *slot = Some(next_offset(partition));
+                    *slot = Some(partition.next_offset());
                 }
             }
         }
@@ -233,14 +231,5 @@ impl Subscriptions {
             }
         });
         Ok(rx)
-    }
-}
-
-/// The offset a partition's next message will get.
-fn next_offset(partition: &PartitionInfo) -> u64 {
-    if partition.messages_count == 0 {
-        0
-    } else {
-        partition.current_offset + 1
     }
 }

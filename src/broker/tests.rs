@@ -38,3 +38,17 @@ fn a_key_always_maps_to_the_same_partition() {
         .collect();
     assert_eq!(spread.len(), 4, "100 keys should reach all 4 partitions");
 }
+
+#[test]
+fn a_partitions_next_offset_is_zero_while_empty_and_one_past_the_newest_after() {
+    let partition = |current_offset, messages_count| PartitionInfo {
+        id: 0,
+        created_at_micros: 0,
+        current_offset,
+        size_bytes: 0,
+        messages_count,
+    };
+    assert_eq!(partition(0, 0).next_offset(), 0);
+    assert_eq!(partition(0, 1).next_offset(), 1);
+    assert_eq!(partition(41, 42).next_offset(), 42);
+}

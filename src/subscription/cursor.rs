@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tonic::Status;
 
-use super::{Subscription, next_offset};
+use super::Subscription;
 use crate::{
     answer::invalid_field,
     broker::{PollingStrategy, TopicInfo},
@@ -220,13 +220,13 @@ pub(super) fn same_log(cursor: &Cursor, topic: &TopicInfo) -> Result<(), Status>
     }
     for partition in &topic.partitions {
         if let Some(next) = cursor.next.get(&partition.id)
-            && *next > next_offset(partition)
+            && *next > partition.next_offset()
         {
             return Err(conflict(format!(
                 "is past the end of partition {} ({} < {next}): it was purged since; subscribe \
                  again without it",
                 partition.id,
-                next_offset(partition)
+                partition.next_offset()
             )));
         }
     }

@@ -15,7 +15,6 @@ use tonic::Status;
 use super::{
     Delivery, Event, Item, PartitionLag, SubscribeSettings, Subscription,
     cursor::{self, Cursor},
-    next_offset,
 };
 use crate::{
     answer::broker_status,
@@ -239,7 +238,7 @@ async fn heartbeat(
         Ok(topic) => topic
             .partitions
             .iter()
-            .map(|p| (p.id, next_offset(p)))
+            .map(|p| (p.id, p.next_offset()))
             .collect(),
         Err(_) => BTreeMap::new(),
     };

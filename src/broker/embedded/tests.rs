@@ -3,8 +3,8 @@ use tokio::sync::oneshot;
 
 use super::{EmbeddedBroker, Location, PendingSend};
 use crate::broker::{
-    Broker, BrokerError, Compression, CreateTopic, Identifier, Name, NewMessage, Partitioning,
-    PollMessages, PollingStrategy, SendMessages, TopicRef,
+    Broker, BrokerError, Compression, ConsumerOffsetRef, CreateTopic, Identifier, Name, NewMessage,
+    Partitioning, PollMessages, PollingStrategy, SendMessages, TopicRef,
 };
 
 fn topic() -> TopicRef {
@@ -182,4 +182,35 @@ async fn an_append_signals_only_its_own_partition() {
         .expect("sent");
     assert_eq!(first.has_changed().ok(), Some(true));
     assert_eq!(second.has_changed().ok(), Some(false));
+}
+
+/// A consumer offset may name any stored message but not the next one to come, and nothing on
+/// an empty partition.
+#[tokio::test]
+async fn a_consumer_offset_stops_at_the_newest_message() {
+    let broker = broker_with_topic(1).await;
+    let at = || ConsumerOffsetRef {
+        topic: topic(),
+        consumer: Identifier::Name("c".into()),
+        partition_id: 0,
+    };
+    assert!(matches!(
+        broker.store_consumer_offset(at(), 0).await,
+        Err(BrokerError::InvalidArgument {
+            field: "offset",
+            ..
+        })
+    ));
+    broker
+        .send_messages(send(Partitioning::PartitionId(0), &["a", "b"]))
+        .await
+        .expect("sent");
+    assert_eq!(broker.store_consumer_offset(at(), 1).await, Ok(()));
+    assert!(matches!(
+        broker.store_consumer_offset(at(), 2).await,
+        Err(BrokerError::InvalidArgument {
+            field: "offset",
+            ..
+        })
+    ));
 }

@@ -1,4 +1,20 @@
-use super::*;
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use iggy::prelude::{
+    HeaderValue as IggyHeaderValue, Identifier as IggyIdentifier, IggyClient, IggyError,
+};
+use tokio::sync::watch;
+
+use super::{
+    convert::{
+        Context, header_from_iggy, header_to_iggy, map_error, message_from_iggy, message_to_iggy,
+    },
+    pool::{IggySettings, Pool, SlotState, backoff, redact},
+};
+use crate::broker::{BrokerError, HeaderValue, Headers, Identifier, NewMessage, TopicRef};
 
 #[test]
 fn backoff_is_full_jitter_capped_at_the_maximum() {

@@ -1,0 +1,228 @@
+//! Reads: polls by every strategy (a `TIMESTAMP` poll binary-searches, since a partition's
+//! timestamps never decrease), stopping at the byte budget so the rest is never loaded; and the
+//! consumer offsets a poll commits or a caller stores, reads and deletes.
+
+use bytes::Buf;
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::{
+    Store,
+    catalog::{current_offset, partition_info},
+    codec::decode_message,
+    poisoned,
+    schema::{MESSAGES, OFFSETS, PARTITIONS, PartitionRecord, storage},
+};
+use crate::broker::{
+    BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, Identifier, PollMessages,
+    PolledMessages, PollingStrategy,
+};
+
+impl Store {
+    pub(super) fn poll(&self, request: PollMessages) -> BrokerResult<PolledMessages> {
+        let (s, t, partition) = self
+            .read_catalog()?
+            .partition(&request.topic, request.partition_id)?;
+        let p = request.partition_id;
+        let consumer_key = request.consumer.as_ref().map(Identifier::to_string);
+
+        let tx = self.db.begin_read().map_err(storage)?;
+        let messages_table = tx.open_table(MESSAGES).map_err(storage)?;
+        let start = match request.strategy {
+            PollingStrategy::Offset(offset) => offset,
+            PollingStrategy::First => first_offset(&messages_table, s, t, p)?,
+            PollingStrategy::Last => {
+                let first = first_offset(&messages_table, s, t, p)?;
+                partition
+                    .next_offset
+                    .saturating_sub(u64::from(request.count))
+                    .max(first)
+            }
+            PollingStrategy::Next => {
+                let stored = match &consumer_key {
+                    Some(key) => tx
+                        .open_table(OFFSETS)
+                        .map_err(storage)?
+                        .get((s, t, p, key.as_str()))
+                        .map_err(storage)?
+                        .map(|v| v.value()),
+                    None => None,
+                };
+                stored.map_or(0, |offset| offset + 1)
+            }
+            PollingStrategy::Timestamp(micros) => {
+                timestamp_offset(&messages_table, s, t, p, partition, micros)?
+            }
+        };
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        for row in messages_table
+            .range((s, t, p, start)..(s, t, p, u64::MAX))
+            .map_err(storage)?
+            .take(request.count as usize)
+        {
+            let (key, value) = row.map_err(storage)?;
+            let message = decode_message(key.value().3, value.value()).map_err(storage)?;
+            bytes = bytes.saturating_add(message.size());
+            // Reading stops at the byte budget: the rest is never loaded.
+            if bytes > request.max_bytes && !messages.is_empty() {
+                break;
+            }
+            messages.push(message);
+        }
+        drop(messages_table);
+        drop(tx);
+
+        if request.auto_commit
+            && let (Some(last), Some(key)) = (messages.last(), consumer_key)
+        {
+            self.store_offset(s, t, p, &key, last.offset)?;
+        }
+        Ok(PolledMessages {
+            partition_id: p,
+            current_offset: current_offset(&partition),
+            messages,
+        })
+    }
+
+    fn store_offset(
+        &self,
+        s: u32,
+        t: u32,
+        p: u32,
+        consumer: &str,
+        offset: u64,
+    ) -> BrokerResult<()> {
+        let _writer = self.writer.lock().map_err(poisoned("writer"))?;
+        let tx = self.db.begin_write().map_err(storage)?;
+        // The topic may have been deleted since the caller looked it up; storing an offset for
+        // it would leave an orphan row.
+        if tx
+            .open_table(PARTITIONS)
+            .map_err(storage)?
+            .get((s, t, p))
+            .map_err(storage)?
+            .is_none()
+        {
+            return Ok(());
+        }
+        tx.open_table(OFFSETS)
+            .map_err(storage)?
+            .insert((s, t, p, consumer), offset)
+            .map_err(storage)?;
+        tx.commit().map_err(storage)
+    }
+
+    /// Stores a consumer's offset after checking that it does not pass the newest message.
+    pub(super) fn store_consumer_offset(
+        &self,
+        at: &ConsumerOffsetRef,
+        offset: u64,
+    ) -> BrokerResult<()> {
+        let (s, t, partition) = self.read_catalog()?.partition(&at.topic, at.partition_id)?;
+        if offset >= partition_info(at.partition_id, &partition).next_offset() {
+            return Err(BrokerError::InvalidArgument {
+                field: "offset",
+                reason: format!(
+                    "{offset} is beyond the newest message of partition {} ({})",
+                    at.partition_id,
+                    if partition.messages_count == 0 {
+                        "it is empty".to_owned()
+                    } else {
+                        format!("offset {}", current_offset(&partition))
+                    }
+                ),
+            });
+        }
+        self.store_offset(s, t, at.partition_id, &at.consumer.to_string(), offset)
+    }
+
+    pub(super) fn get_consumer_offset(
+        &self,
+        at: &ConsumerOffsetRef,
+    ) -> BrokerResult<ConsumerOffsetInfo> {
+        let (s, t, partition) = self.read_catalog()?.partition(&at.topic, at.partition_id)?;
+        let tx = self.db.begin_read().map_err(storage)?;
+        let stored = tx
+            .open_table(OFFSETS)
+            .map_err(storage)?
+            .get((s, t, at.partition_id, at.consumer.to_string().as_str()))
+            .map_err(storage)?
+            .map(|v| v.value());
+        Ok(ConsumerOffsetInfo {
+            partition_id: at.partition_id,
+            current_offset: current_offset(&partition),
+            stored_offset: stored,
+        })
+    }
+
+    /// Fails with `ConsumerOffsetNotFound` when nothing is stored.
+    pub(super) fn delete_consumer_offset(&self, at: &ConsumerOffsetRef) -> BrokerResult<()> {
+        self.change(|catalog, tx| {
+            let (s, t, _) = catalog.partition(&at.topic, at.partition_id)?;
+            let consumer = at.consumer.to_string();
+            let removed = tx
+                .open_table(OFFSETS)
+                .map_err(storage)?
+                .remove((s, t, at.partition_id, consumer.as_str()))
+                .map_err(storage)?
+                .is_some();
+            if removed {
+                Ok(())
+            } else {
+                Err(BrokerError::ConsumerOffsetNotFound {
+                    consumer: at.consumer.clone(),
+                    partition_id: at.partition_id,
+                })
+            }
+        })
+    }
+}
+
+fn first_offset(
+    table: &impl ReadableTable<(u32, u32, u32, u64), &'static [u8]>,
+    s: u32,
+    t: u32,
+    p: u32,
+) -> BrokerResult<u64> {
+    Ok(table
+        .range((s, t, p, 0)..(s, t, p, u64::MAX))
+        .map_err(storage)?
+        .next()
+        .transpose()
+        .map_err(storage)?
+        .map_or(0, |(key, _)| key.value().3))
+}
+
+/// The first offset whose timestamp is at or after `micros`: a binary search, since a
+/// partition's timestamps never decrease.
+fn timestamp_offset(
+    table: &impl ReadableTable<(u32, u32, u32, u64), &'static [u8]>,
+    s: u32,
+    t: u32,
+    p: u32,
+    partition: PartitionRecord,
+    micros: u64,
+) -> BrokerResult<u64> {
+    let mut low = first_offset(table, s, t, p)?;
+    let mut high = partition.next_offset;
+    while low < high {
+        let mid = low + (high - low) / 2;
+        let timestamp = match table.get((s, t, p, mid)).map_err(storage)? {
+            Some(value) => {
+                let record = value.value();
+                if record.len() < 9 {
+                    return Err(BrokerError::Storage(format!("message {mid} is corrupt")));
+                }
+                let mut ts = &record[1..9];
+                ts.get_u64_le()
+            }
+            None => return Err(BrokerError::Storage(format!("message {mid} is missing"))),
+        };
+        if timestamp < micros {
+            low = mid + 1;
+        } else {
+            high = mid;
+        }
+    }
+    Ok(low)
+}

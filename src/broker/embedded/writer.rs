@@ -1,0 +1,180 @@
+//! The writer thread and its group commit: sends queue up for one thread, which commits
+//! everything queued since its last commit in one transaction, so concurrent callers share a
+//! commit (and its fsync). Each caller is answered only after that commit; the partition heads
+//! reach the catalog, and the append signals fire, only then too.
+
+use std::{collections::HashMap, sync::Arc};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Store,
+    catalog::partitions_count,
+    codec::{encode, encode_message},
+    poisoned,
+    schema::{MESSAGES, PARTITIONS, PartitionRecord, storage},
+};
+use crate::broker::{
+    BrokerResult, NewMessage, Partitioning, SendMessages, now_micros, partition_for_key,
+};
+
+/// One send waiting for the writer thread, and where its answer goes once committed.
+pub(super) struct PendingSend {
+    pub(super) request: SendMessages,
+    pub(super) done: oneshot::Sender<BrokerResult<()>>,
+}
+
+impl PendingSend {
+    fn payload_bytes(&self) -> usize {
+        // Headers count too: a group of header-heavy sends must stay as small as any other.
+        self.request.messages.iter().map(NewMessage::size).sum()
+    }
+}
+
+/// Sends waiting for the writer; callers wait (backpressure) when it is full.
+pub(super) const QUEUE_DEPTH: usize = 1024;
+/// Bounds on one group, so one transaction (and the memory it holds) stays small.
+const MAX_GROUP_SENDS: usize = 256;
+const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+
+/// The writer thread: takes the first waiting send, adds whatever else is already queued (no
+/// waiting for more), commits the group, and repeats until every sender is gone.
+pub(super) fn run_writer(store: Arc<Store>, mut queue: mpsc::Receiver<PendingSend>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut bytes = first.payload_bytes();
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP_SENDS && bytes < MAX_GROUP_BYTES {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.payload_bytes();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        store.send_group(group);
+    }
+}
+
+impl Store {
+    /// Commits a group of sends in one write transaction and answers each of them. A send the
+    /// catalog refuses (unknown topic or partition, bad headers) gets its own error and the
+    /// others go ahead; a storage failure fails the whole group, with nothing written.
+    pub(super) fn send_group(&self, group: Vec<PendingSend>) {
+        // A caller that gave up while its send waited (its deadline passed, it disconnected)
+        // was told nothing was stored: drop the send, so a retry does not store it twice.
+        let (requests, replies): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .filter(|pending| !pending.done.is_closed())
+            .map(|p| (p.request, p.done))
+            .unzip();
+        if requests.is_empty() {
+            return;
+        }
+        match self.commit_sends(&requests) {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) => {
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn commit_sends(&self, requests: &[SendMessages]) -> BrokerResult<Vec<BrokerResult<()>>> {
+        let _writer = self.writer.lock().map_err(poisoned("writer"))?;
+        // Partition heads and balanced cursors as this group moves them; the catalog takes
+        // them only after the commit, so readers never see offsets that are not stored.
+        let mut heads: HashMap<(u32, u32, u32), PartitionRecord> = HashMap::new();
+        let mut balanced: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut writes = Vec::with_capacity(requests.len());
+        let mut results = Vec::with_capacity(requests.len());
+        let now = now_micros();
+        {
+            let catalog = self.read_catalog()?;
+            for request in requests {
+                let planned = (|| {
+                    let (s, t, topic) = catalog.topic(&request.topic)?;
+                    let count = partitions_count(topic).max(1);
+                    let p = match &request.partitioning {
+                        Partitioning::Balanced => {
+                            *balanced.entry((s, t)).or_insert(topic.next_balanced) % count
+                        }
+                        Partitioning::PartitionId(id) => *id,
+                        Partitioning::Key(key) => partition_for_key(key, count),
+                    };
+                    let (_, _, stored) = catalog.partition(&request.topic, p)?;
+                    let head = heads.entry((s, t, p)).or_insert(stored);
+                    let timestamp = now.max(head.last_timestamp);
+                    let records = request
+                        .messages
+                        .iter()
+                        .map(|message| encode_message(timestamp, message))
+                        .collect::<BrokerResult<Vec<_>>>()?;
+                    let first = head.next_offset;
+                    head.next_offset += records.len() as u64;
+                    head.messages_count += records.len() as u64;
+                    head.size_bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
+                    head.last_timestamp = timestamp;
+                    if request.partitioning == Partitioning::Balanced {
+                        balanced.insert((s, t), (p + 1) % count);
+                    }
+                    Ok(((s, t, p), first, records))
+                })();
+                match planned {
+                    Ok(write) => {
+                        writes.push(write);
+                        results.push(Ok(()));
+                    }
+                    Err(err) => results.push(Err(err)),
+                }
+            }
+        }
+        if writes.is_empty() {
+            return Ok(results);
+        }
+
+        let tx = self.db.begin_write().map_err(storage)?;
+        {
+            let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
+            for ((s, t, p), first, records) in &writes {
+                for (offset, record) in (*first..).zip(records) {
+                    messages
+                        .insert((*s, *t, *p, offset), record.as_slice())
+                        .map_err(storage)?;
+                }
+            }
+            let mut partitions = tx.open_table(PARTITIONS).map_err(storage)?;
+            for (key, head) in &heads {
+                partitions
+                    .insert(*key, encode(head)?.as_slice())
+                    .map_err(storage)?;
+            }
+        }
+        tx.commit().map_err(storage)?;
+
+        let mut catalog = self.catalog.write().map_err(poisoned("catalog"))?;
+        for ((s, t, p), head) in heads {
+            let topic = catalog.topic_mut(s, t)?;
+            if let Some(slot) = topic.partitions.get_mut(p as usize) {
+                *slot = head;
+            }
+        }
+        for ((s, t), next) in balanced {
+            catalog.topic_mut(s, t)?.next_balanced = next;
+        }
+        drop(catalog);
+        if let Ok(watched) = self.heads.lock() {
+            for ((s, t, p), _, _) in &writes {
+                if let Some(appends) = watched.get(&(*s, *t, *p)) {
+                    appends.send_modify(|count| *count = count.wrapping_add(1));
+                }
+            }
+        }
+        Ok(results)
+    }
+}

@@ -1,0 +1,344 @@
+//! The pool of SDK clients and the supervisors that keep them connected: each client belongs to
+//! one task that connects (with exponential backoff and full jitter), pings it, and rebuilds it
+//! from scratch when a ping or a call fails or times out. A call leases the connected client
+//! with the fewest calls in flight, and waits a bounded time when none is connected.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use iggy::prelude::{Client, IggyClient, SystemClient};
+use iggy_common::DiagnosticEvent;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{BrokerError, BrokerResult};
+
+/// How the pool connects and recovers.
+#[derive(Debug, Clone)]
+pub struct IggySettings {
+    pub connection_string: String,
+    pub pool_size: usize,
+    pub reconnect_base_delay: Duration,
+    pub reconnect_max_delay: Duration,
+    /// 0: keep trying forever.
+    pub max_reconnect_attempts: u32,
+    pub operation_timeout: Duration,
+    pub health_check_interval: Duration,
+    /// How long a call waits for a connection before answering UNAVAILABLE.
+    pub connect_wait: Duration,
+}
+
+#[derive(Clone)]
+pub(super) enum SlotState {
+    /// Connecting or reconnecting (backing off between attempts).
+    Reconnecting,
+    Connected(Arc<IggyClient>),
+    /// Gave up after `MAX_RECONNECT_ATTEMPTS`.
+    Failed,
+}
+
+pub(super) struct Slot {
+    state: Mutex<SlotState>,
+    /// Wakes the supervisor to rebuild the client after a failed or timed-out call.
+    broken: Notify,
+    /// Calls on this client now. The SDK runs one request at a time per connection, so a call
+    /// given a busy client queues behind it while another may sit idle.
+    pub(super) in_flight: AtomicUsize,
+}
+
+/// A call's claim on one pooled client; counted in the slot's `in_flight` until dropped.
+pub(super) struct Lease<'a> {
+    slot: &'a Slot,
+    pub(super) index: usize,
+    pub(super) client: Arc<IggyClient>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(super) struct Pool {
+    pub(super) slots: Vec<Slot>,
+    next: AtomicUsize,
+    /// Signalled whenever a slot changes state, for callers waiting for a connection.
+    changed: Notify,
+    /// Successful reconnections since start-up, for metrics.
+    pub(super) reconnects: std::sync::atomic::AtomicU64,
+    /// Signalled when one connection is found dead: the others check themselves at once, since
+    /// a server that went away took them all.
+    check_now: Notify,
+    pub(super) available: watch::Sender<bool>,
+    pub(super) settings: IggySettings,
+}
+
+impl Pool {
+    /// `size` slots, all reconnecting until their supervisors connect them.
+    pub(super) fn new(size: usize, available: watch::Sender<bool>, settings: IggySettings) -> Self {
+        Self {
+            slots: (0..size)
+                .map(|_| Slot {
+                    state: Mutex::new(SlotState::Reconnecting),
+                    broken: Notify::new(),
+                    in_flight: AtomicUsize::new(0),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            changed: Notify::new(),
+            check_now: Notify::new(),
+            reconnects: std::sync::atomic::AtomicU64::new(0),
+            available,
+            settings,
+        }
+    }
+
+    pub(super) fn set_state(&self, index: usize, state: SlotState) {
+        if let Some(slot) = self.slots.get(index)
+            && let Ok(mut current) = slot.state.lock()
+        {
+            *current = state;
+        }
+        let any_connected = self.slots.iter().any(|slot| {
+            slot.state
+                .lock()
+                .is_ok_and(|state| matches!(*state, SlotState::Connected(_)))
+        });
+        self.available.send_if_modified(|available| {
+            let changed = *available != any_connected;
+            *available = any_connected;
+            changed
+        });
+        self.changed.notify_waiters();
+    }
+
+    /// The connected client with the fewest calls in flight (ties go round-robin); `Err` when
+    /// every slot has given up.
+    pub(super) fn pick(&self) -> Result<Option<Lease<'_>>, BrokerError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut all_failed = true;
+        let mut best: Option<(usize, usize, Arc<IggyClient>)> = None;
+        for offset in 0..self.slots.len() {
+            let index = (start + offset) % self.slots.len();
+            let slot = &self.slots[index];
+            let Ok(state) = slot.state.lock() else {
+                continue;
+            };
+            match &*state {
+                SlotState::Connected(client) => {
+                    all_failed = false;
+                    let busy = slot.in_flight.load(Ordering::Relaxed);
+                    if best.as_ref().is_none_or(|(_, fewest, _)| busy < *fewest) {
+                        best = Some((index, busy, Arc::clone(client)));
+                    }
+                    if busy == 0 {
+                        break;
+                    }
+                }
+                SlotState::Reconnecting => all_failed = false,
+                SlotState::Failed => {}
+            }
+        }
+        if let Some((index, _, client)) = best {
+            let slot = &self.slots[index];
+            slot.in_flight.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(Lease {
+                slot,
+                index,
+                client,
+            }));
+        }
+        if all_failed {
+            return Err(BrokerError::Unavailable(format!(
+                "gave up reconnecting to Iggy after {} attempts (MAX_RECONNECT_ATTEMPTS)",
+                self.settings.max_reconnect_attempts
+            )));
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn client(&self) -> BrokerResult<Lease<'_>> {
+        let deadline = tokio::time::Instant::now() + self.settings.connect_wait;
+        loop {
+            // Registered before looking, so a state change in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(found) = self.pick()? {
+                return Ok(found);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(BrokerError::Unavailable(
+                    "not connected to Iggy; the gateway is reconnecting, retry later".into(),
+                ));
+            }
+        }
+    }
+
+    pub(super) fn mark_broken(&self, index: usize) {
+        if let Some(slot) = self.slots.get(index) {
+            slot.broken.notify_one();
+        }
+    }
+}
+
+/// Full-jitter exponential backoff: a random delay in `[0, min(max, base · 2^attempt)]`.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let ceiling = base
+        .checked_mul(2u32.saturating_pow(attempt.min(20)))
+        .unwrap_or(max)
+        .min(max);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(fastrand::u64(0..=millis))
+}
+
+/// The connection string without its password, for logs.
+pub(super) fn redact(connection_string: &str) -> String {
+    match (connection_string.find("://"), connection_string.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &connection_string[scheme_end + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!(
+                "{}{user}:***{}",
+                &connection_string[..scheme_end + 3],
+                &connection_string[at..]
+            )
+        }
+        _ => connection_string.to_owned(),
+    }
+}
+
+/// Connects one client: build, connect (which logs in with the string's credentials), ping.
+async fn connect_once(settings: &IggySettings) -> Result<Arc<IggyClient>, String> {
+    let client = IggyClient::from_connection_string(&settings.connection_string)
+        .map_err(|err| format!("bad IGGY_CONNECTION_STRING: {err}"))?;
+    let client = Arc::new(client);
+    let timeout = settings.operation_timeout;
+    let attempt = async {
+        client.connect().await?;
+        client.ping().await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(())) => Ok(client),
+        Ok(Err(err)) => {
+            shut_down(Arc::clone(&client), timeout);
+            Err(err.to_string())
+        }
+        Err(_) => {
+            shut_down(Arc::clone(&client), timeout);
+            Err(format!("no answer within {timeout:?}"))
+        }
+    }
+}
+
+/// Stops a client for good (its heartbeat task would otherwise reconnect it), off the caller's path.
+fn shut_down(client: Arc<IggyClient>, timeout: Duration) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(timeout, client.shutdown()).await;
+    });
+}
+
+pub(super) async fn supervise(pool: Arc<Pool>, index: usize, cancel: CancellationToken) {
+    let settings = pool.settings.clone();
+    let mut attempt: u32 = 0;
+    // Set once a connection has been up, so the next success counts as a reconnection.
+    let mut lost_before = false;
+    loop {
+        let connected = tokio::select! {
+            () = cancel.cancelled() => return,
+            result = connect_once(&settings) => result,
+        };
+        match connected {
+            Ok(client) => {
+                if attempt > 0 || lost_before {
+                    pool.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(connection = index, "reconnected to Iggy");
+                }
+                lost_before = true;
+                attempt = 0;
+                pool.set_state(index, SlotState::Connected(Arc::clone(&client)));
+                watch_connection(&pool, index, &client, &cancel).await;
+                shut_down(client, settings.operation_timeout);
+                if cancel.is_cancelled() {
+                    return;
+                }
+                tracing::warn!(
+                    connection = index,
+                    "lost the connection to Iggy; reconnecting"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(connection = index, attempt, error = %err, "cannot connect to Iggy");
+                attempt = attempt.saturating_add(1);
+            }
+        }
+        if settings.max_reconnect_attempts > 0 && attempt >= settings.max_reconnect_attempts {
+            tracing::error!(
+                connection = index,
+                attempts = attempt,
+                "giving up on Iggy (MAX_RECONNECT_ATTEMPTS)"
+            );
+            pool.set_state(index, SlotState::Failed);
+            return;
+        }
+        pool.set_state(index, SlotState::Reconnecting);
+        let delay = backoff(
+            settings.reconnect_base_delay,
+            settings.reconnect_max_delay,
+            attempt,
+        );
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Returns when the connection should be rebuilt: a ping failed or timed out, a call reported it
+/// broken, or the gateway is stopping.
+async fn watch_connection(
+    pool: &Pool,
+    index: usize,
+    client: &Arc<IggyClient>,
+    cancel: &CancellationToken,
+) {
+    let settings = &pool.settings;
+    // A healthy server answers a ping in well under a millisecond; a ping the SDK holds while
+    // it tries to reconnect must not keep the slot "connected" for a whole operation timeout.
+    let ping_timeout = settings
+        .operation_timeout
+        .min(settings.health_check_interval)
+        .min(Duration::from_secs(1));
+    // The SDK announces a lost connection when it notices one; pings catch what it does not.
+    let mut events = client.subscribe_events().await;
+    loop {
+        let check = tokio::select! {
+            () = cancel.cancelled() => return,
+            () = pool.slots[index].broken.notified() => false,
+            () = pool.check_now.notified() => true,
+            () = tokio::time::sleep(settings.health_check_interval) => true,
+            event = events.recv() => match event {
+                Ok(DiagnosticEvent::Connected | DiagnosticEvent::SignedIn) => continue,
+                // Disconnected, shut down, signed out, or the event channel closed with the client.
+                Ok(DiagnosticEvent::Disconnected | DiagnosticEvent::Shutdown | DiagnosticEvent::SignedOut)
+                | Err(_) => false,
+            },
+        };
+        if check {
+            match tokio::time::timeout(ping_timeout, client.ping()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(err)) => {
+                    tracing::warn!(connection = index, error = %err, "Iggy ping failed")
+                }
+                Err(_) => tracing::warn!(connection = index, "Iggy ping timed out"),
+            }
+        }
+        pool.check_now.notify_waiters();
+        return;
+    }
+}

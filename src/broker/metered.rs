@@ -1,0 +1,119 @@
+//! `MeteredBroker`: the `Broker` decorator that counts the messages and payload bytes sent and
+//! polled at the seam, so every backend is counted the same way. Every other call passes through
+//! unchanged; the counters themselves live in the metrics registry (`crate::metrics`).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::{
+    Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, Identifier, Name,
+    PollMessages, PolledMessages, SendMessages, StreamInfo, TopicInfo, TopicRef, UpdateTopic,
+};
+use crate::metrics::Metrics;
+
+/// The broker, counting the messages and bytes that pass through it.
+pub struct MeteredBroker {
+    inner: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredBroker {
+    pub fn new(inner: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait]
+impl Broker for MeteredBroker {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn availability(&self) -> watch::Receiver<bool> {
+        self.inner.availability()
+    }
+    fn partition_appends(
+        &self,
+        topic: &TopicRef,
+        partition_id: u32,
+    ) -> Option<watch::Receiver<u64>> {
+        self.inner.partition_appends(topic, partition_id)
+    }
+    fn reconnects(&self) -> u64 {
+        self.inner.reconnects()
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+    async fn create_stream(&self, name: Name) -> BrokerResult<StreamInfo> {
+        self.inner.create_stream(name).await
+    }
+    async fn get_stream(&self, stream: Identifier) -> BrokerResult<StreamInfo> {
+        self.inner.get_stream(stream).await
+    }
+    async fn list_streams(&self) -> BrokerResult<Vec<StreamInfo>> {
+        self.inner.list_streams().await
+    }
+    async fn update_stream(&self, stream: Identifier, name: Name) -> BrokerResult<StreamInfo> {
+        self.inner.update_stream(stream, name).await
+    }
+    async fn delete_stream(&self, stream: Identifier) -> BrokerResult<()> {
+        self.inner.delete_stream(stream).await
+    }
+    async fn purge_stream(&self, stream: Identifier) -> BrokerResult<()> {
+        self.inner.purge_stream(stream).await
+    }
+    async fn create_topic(&self, request: CreateTopic) -> BrokerResult<TopicInfo> {
+        self.inner.create_topic(request).await
+    }
+    async fn get_topic(&self, topic: TopicRef) -> BrokerResult<TopicInfo> {
+        self.inner.get_topic(topic).await
+    }
+    async fn list_topics(&self, stream: Identifier) -> BrokerResult<Vec<TopicInfo>> {
+        self.inner.list_topics(stream).await
+    }
+    async fn update_topic(&self, request: UpdateTopic) -> BrokerResult<TopicInfo> {
+        self.inner.update_topic(request).await
+    }
+    async fn delete_topic(&self, topic: TopicRef) -> BrokerResult<()> {
+        self.inner.delete_topic(topic).await
+    }
+    async fn purge_topic(&self, topic: TopicRef) -> BrokerResult<()> {
+        self.inner.purge_topic(topic).await
+    }
+    async fn create_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
+        self.inner.create_partitions(topic, count).await
+    }
+    async fn delete_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
+        self.inner.delete_partitions(topic, count).await
+    }
+    async fn send_messages(&self, request: SendMessages) -> BrokerResult<()> {
+        let count = request.messages.len() as u64;
+        let bytes: u64 = request
+            .messages
+            .iter()
+            .map(|m| m.payload.len() as u64)
+            .sum();
+        self.inner.send_messages(request).await?;
+        self.metrics.count_sent(count, bytes);
+        Ok(())
+    }
+    async fn poll_messages(&self, request: PollMessages) -> BrokerResult<PolledMessages> {
+        let polled = self.inner.poll_messages(request).await?;
+        self.metrics.count_polled(
+            polled.messages.len() as u64,
+            polled.messages.iter().map(|m| m.payload.len() as u64).sum(),
+        );
+        Ok(polled)
+    }
+    async fn store_consumer_offset(&self, at: ConsumerOffsetRef, offset: u64) -> BrokerResult<()> {
+        self.inner.store_consumer_offset(at, offset).await
+    }
+    async fn get_consumer_offset(&self, at: ConsumerOffsetRef) -> BrokerResult<ConsumerOffsetInfo> {
+        self.inner.get_consumer_offset(at).await
+    }
+    async fn delete_consumer_offset(&self, at: ConsumerOffsetRef) -> BrokerResult<()> {
+        self.inner.delete_consumer_offset(at).await
+    }
+}
