@@ -12,7 +12,7 @@ mod server;
 mod subscriptions;
 mod telemetry;
 
-use std::{num::NonZeroU32, time::Duration};
+use std::{convert::Infallible, fmt, num::NonZeroU32, str::FromStr, time::Duration};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
@@ -31,6 +31,42 @@ use crate::{
     listener::ListenerSettings,
     subscription::SubscribeSettings,
 };
+
+/// A setting that holds a secret (a signing key, a password inside a URL): its `Debug` output,
+/// and so every dump of the configuration, never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = Infallible;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
 
 /// iggy-gateway: gRPC, gRPC-Web and REST/JSON for Apache Iggy, on one port.
 #[derive(Debug, Clone, Parser)]

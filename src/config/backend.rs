@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::Secret;
 use crate::{
     broker::{Name, iggy::IggySettings},
     grpc::DefaultTopic,
@@ -16,7 +17,7 @@ use crate::{
 pub struct BackendConfig {
     /// Iggy server to front, e.g. iggy://user:pass@host:8090. Unset: the embedded backend.
     #[arg(long, env = "IGGY_CONNECTION_STRING", hide_env_values = true)]
-    pub iggy_connection_string: Option<String>,
+    pub iggy_connection_string: Option<Secret>,
 
     /// Connections to Iggy; the SDK runs one request at a time per connection.
     #[arg(long, env = "IGGY_POOL_SIZE", default_value_t = 4,
@@ -94,6 +95,7 @@ impl BackendConfig {
         let Some(connection_string) = &self.iggy_connection_string else {
             return Ok(None);
         };
+        let connection_string = connection_string.expose();
         if self.reconnect_base_delay_ms > self.reconnect_max_delay_ms {
             return Err(format!(
                 "RECONNECT_BASE_DELAY_MS={} must not exceed RECONNECT_MAX_DELAY_MS={}",
@@ -108,7 +110,7 @@ impl BackendConfig {
             );
         }
         Ok(Some(IggySettings {
-            connection_string: connection_string.clone(),
+            connection_string: connection_string.to_owned(),
             pool_size: self.iggy_pool_size as usize,
             reconnect_base_delay: Duration::from_millis(self.reconnect_base_delay_ms),
             reconnect_max_delay: Duration::from_millis(self.reconnect_max_delay_ms),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::Secret;
 use crate::subscription::SubscribeSettings;
 
 /// Shortest CURSOR_SECRET: an HMAC-SHA256 key guessable by brute force signs nothing.
@@ -16,7 +17,7 @@ pub struct SubscriptionsConfig {
     /// Key that signs subscription cursors; replicas sharing it resume each other's cursors.
     /// Unset: a random key per process (cursors then resume only on this process).
     #[arg(long, env = "CURSOR_SECRET", hide_env_values = true)]
-    pub cursor_secret: Option<String>,
+    pub cursor_secret: Option<Secret>,
 
     /// Most live subscriptions at once (RESOURCE_EXHAUSTED / 429 beyond).
     #[arg(long, env = "MAX_SUBSCRIBERS", default_value_t = 1000)]
@@ -47,12 +48,12 @@ impl SubscriptionsConfig {
     /// part of the message.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(secret) = &self.cursor_secret
-            && secret.len() < MIN_CURSOR_SECRET_BYTES
+            && secret.expose().len() < MIN_CURSOR_SECRET_BYTES
         {
             return Err(format!(
                 "CURSOR_SECRET: must be at least {MIN_CURSOR_SECRET_BYTES} bytes, it is {} (it \
                  signs cursors; `openssl rand -base64 32` makes one)",
-                secret.len()
+                secret.expose().len()
             ));
         }
         Ok(())
@@ -63,7 +64,7 @@ impl SubscriptionsConfig {
     pub fn settings(&self, batch_max_bytes: usize) -> SubscribeSettings {
         SubscribeSettings {
             cursor_secret: match &self.cursor_secret {
-                Some(secret) => secret.as_bytes().to_vec(),
+                Some(secret) => secret.expose().as_bytes().to_vec(),
                 // Two v4 UUIDs: 244 bits from the OS's random source.
                 None => [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
                     .iter()

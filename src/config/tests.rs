@@ -13,6 +13,29 @@ fn api_keys_never_show_in_debug_output() {
 }
 
 #[test]
+fn the_cursor_secret_and_the_iggy_password_never_show_in_debug_output() {
+    let config = Config::try_parse_from([
+        "iggy-gateway",
+        "--cursor-secret",
+        "a-signing-key-of-at-least-32-bytes!",
+        "--iggy-connection-string",
+        "iggy://user:hunter2-pass@127.0.0.1:8090",
+    ])
+    .expect("parses");
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("a-signing-key"), "{printed}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert_eq!(
+        config
+            .backend
+            .iggy_settings()
+            .expect("valid")
+            .map(|s| s.connection_string),
+        Some("iggy://user:hunter2-pass@127.0.0.1:8090".to_owned())
+    );
+}
+
+#[test]
 fn the_environment_names_of_the_original_service_are_read() {
     let config = Config::try_parse_from([
         "iggy-gateway",

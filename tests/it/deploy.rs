@@ -78,6 +78,6 @@ fn compose_runs_the_gateway_against_iggy_0_8() {
         "{url}"
     );
     let mut config = iggy_gateway::config::Config::for_tests(":memory:");
-    config.backend.iggy_connection_string = Some(url.to_owned());
+    config.backend.iggy_connection_string = Some(url.into());
     assert!(config.iggy_settings().expect("valid").is_some());
 }

@@ -22,7 +22,8 @@ fn closed_port() -> u16 {
 async fn without_iggy_the_gateway_serves_but_is_not_ready_and_fails_fast() {
     let port = closed_port();
     let app = spawn_configured(|c| {
-        c.backend.iggy_connection_string = Some(format!("iggy://iggy:iggy@127.0.0.1:{port}"));
+        c.backend.iggy_connection_string =
+            Some(format!("iggy://iggy:iggy@127.0.0.1:{port}").into());
         c.backend.iggy_connect_wait_ms = 300;
     })
     .await;
@@ -100,7 +101,7 @@ fn real_server() -> Option<String> {
 
 async fn spawn_on_iggy(url: String) -> TestApp {
     let app = spawn_configured(|c| {
-        c.backend.iggy_connection_string = Some(url);
+        c.backend.iggy_connection_string = Some(url.into());
         c.backend.iggy_connect_wait_ms = 10_000;
     })
     .await;
