@@ -115,7 +115,10 @@ impl Gateway {
     /// Starts the gateway on the embedded store at `data_dir`, or on a real Iggy server when
     /// `iggy` holds its connection string.
     fn start(data_dir: &Path, iggy: Option<&str>, pool_size: usize) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"));
+        // `GATEWAY_BIN` runs another build (an earlier commit's) under the same load.
+        let binary = std::env::var_os("GATEWAY_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_iggy-gateway").into());
+        let mut command = Command::new(binary);
         match iggy {
             Some(connection) => command
                 .env("IGGY_CONNECTION_STRING", connection)
@@ -614,21 +617,28 @@ async fn direct_embedded(args: &Args, dir: &Path) -> f64 {
     .await
 }
 
-/// The same batches sent straight to a real Iggy server through the `iggy` SDK: one client per
-/// caller (the SDK runs one request at a time per connection, as in the gateway's pool).
-async fn direct_iggy(args: &Args, connection: &str, stream: &str) -> f64 {
+/// Batches of `count` messages sent straight to a real Iggy server through the `iggy` SDK by
+/// `callers` concurrent callers, one client each (the SDK runs one request at a time per
+/// connection, as in the gateway's pool). Messages per second.
+async fn direct_iggy(
+    args: &Args,
+    connection: &str,
+    stream: &str,
+    callers: usize,
+    count: usize,
+) -> f64 {
     use iggy::prelude::{
         Client, Identifier as IggyId, IggyClient, IggyMessage, MessageClient,
         Partitioning as IggyPartitioning,
     };
-    let mut clients = Vec::with_capacity(args.concurrency);
-    for _ in 0..args.concurrency {
+    let mut clients = Vec::with_capacity(callers);
+    for _ in 0..callers {
         let client = IggyClient::from_connection_string(connection).expect("connection string");
         client.connect().await.expect("connects to Iggy");
         clients.push(Arc::new(client));
     }
     let clients = Arc::new(clients);
-    let (body, count) = (Bytes::from(payload(args.message_size)), args.batch);
+    let body = Bytes::from(payload(args.message_size));
     let (stream_id, topic_id) = (
         IggyId::named(stream).expect("stream id"),
         IggyId::named("bench").expect("topic id"),
@@ -636,7 +646,7 @@ async fn direct_iggy(args: &Args, connection: &str, stream: &str) -> f64 {
     let duration = Duration::from_secs(args.duration_secs);
     // Caller i keeps client i for its whole run: the SDK serves one request at a time per
     // connection, so a client shared by two callers would make one wait for the other.
-    throughput_by_caller(args.concurrency, duration, move |caller| {
+    throughput_by_caller(callers, duration, move |caller| {
         let client = Arc::clone(&clients[caller]);
         let (stream_id, topic_id) = (stream_id.clone(), topic_id.clone());
         let mut messages: Vec<IggyMessage> = (0..count)
@@ -740,6 +750,13 @@ async fn run(args: Args) {
             "embedded"
         },
     );
+    if iggy.is_some() {
+        // The batch callers each have a pool client of their own; unary callers outnumber it.
+        report.text(
+            "gateway IGGY_POOL_SIZE",
+            &format!("{} (= batch callers)", args.concurrency),
+        );
+    }
     let data = tempfile::tempdir().expect("temp dir");
     let gateway = Gateway::start(
         &data.path().join("gateway"),
@@ -815,7 +832,9 @@ async fn run(args: Args) {
         report.number("rest_batch_gateway_cpu_per_msg", rest_cpu, "µs");
         let direct = match &iggy {
             None => direct_embedded(&args, &data.path().join("direct")).await,
-            Some(connection) => direct_iggy(&args, connection, stream).await,
+            Some(connection) => {
+                direct_iggy(&args, connection, stream, args.concurrency, args.batch).await
+            }
         };
         report.number("direct_backend_batch_msgs_per_s", direct, "msg/s");
         report.target("grpc_batch / direct_backend", grpc_batch / direct, 0.9);
@@ -927,6 +946,25 @@ async fn run(args: Args) {
                 stored,
                 "req/s",
             );
+            // With Iggy, the same single sends by the SDK itself, one client per caller: the
+            // gateway reaches Iggy through its pool of `--concurrency` clients, fewer than the
+            // callers, and that is part of what it costs.
+            if let Some(connection) = &iggy {
+                let direct = direct_iggy(&args, connection, stream, callers, 1).await;
+                report.number(
+                    &format!("direct_backend_unary_req_per_s, {callers} callers"),
+                    direct,
+                    "req/s",
+                );
+                report.ratio(
+                    &format!(
+                        "grpc_unary_stored / direct_backend_unary, {callers} callers, \
+                         gateway pool {}",
+                        args.concurrency
+                    ),
+                    stored / direct,
+                );
+            }
         }
 
         // Latency at half the measured unary maximum, gateway vs bare, open loop.
