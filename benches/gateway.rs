@@ -4,6 +4,12 @@
 //!
 //! Ratios, not raw numbers, are the point: both sides run on the same machine in the same run.
 
+/// The load generator allocates as the gateway does (jemalloc, `src/main.rs`), so a line whose
+/// client runs in this process (the direct SDK line) is not slowed by a different allocator.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
