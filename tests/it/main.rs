@@ -17,6 +17,7 @@ mod messages;
 mod openapi;
 mod ops;
 mod parity;
+mod parity_props;
 mod reflection;
 mod rest;
 mod routing;
