@@ -414,6 +414,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the backend can serve calls now; health and readiness follow it.
     fn availability(&self) -> watch::Receiver<bool>;
 
+    /// Becomes `true` once the backend has given up for good (every connection used up its
+    /// `MAX_RECONNECT_ATTEMPTS`): nothing but a restart brings it back, so the gateway reports
+    /// itself dead and exits. A backend that never gives up keeps this default, whose sender is
+    /// gone at once (waiting on it ends with an error, never with `true`).
+    fn gave_up(&self) -> watch::Receiver<bool> {
+        watch::channel(false).1
+    }
+
     /// A signal that changes whenever messages are appended to one partition (its value
     /// means nothing), for backends that can tell: subscribers sleep until a partition of
     /// theirs changes and poll only that one. Appends before the call are not signalled: poll

@@ -48,15 +48,23 @@ pub fn metrics_router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Router 
         .with_state(Ops { broker, metrics })
 }
 
-/// Always 200 while the process serves; `degraded` when the backend is unavailable.
-async fn health(State(ops): State<Ops>) -> Json<serde_json::Value> {
+/// 200 while the process serves (`degraded` when the backend is unavailable for now); 503
+/// `unavailable` once the backend has given up for good and the gateway is stopping.
+async fn health(State(ops): State<Ops>) -> Response {
     let connected = *ops.broker.availability().borrow();
-    Json(json!({
-        "status": if connected { "healthy" } else { "degraded" },
+    let gave_up = *ops.broker.gave_up().borrow();
+    let (status, word) = match (gave_up, connected) {
+        (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (false, true) => (StatusCode::OK, "healthy"),
+        (false, false) => (StatusCode::OK, "degraded"),
+    };
+    let body = json!({
+        "status": word,
         "iggy_connected": connected,
         "version": env!("CARGO_PKG_VERSION"),
         "timestamp": now_text(),
-    }))
+    });
+    (status, Json(body)).into_response()
 }
 
 /// 200 when the backend can serve calls, 503 otherwise.

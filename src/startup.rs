@@ -90,7 +90,14 @@ impl Application {
         config.validate().map_err(StartupError::Config)?;
         let metrics = Arc::new(Metrics::new());
         let backend: Arc<dyn Broker> = match config.iggy_settings().map_err(StartupError::Config)? {
-            Some(settings) => Arc::new(IggyBroker::start(settings)),
+            Some(settings) => {
+                let wait = settings.operation_timeout;
+                let iggy = Arc::new(IggyBroker::start(settings));
+                if config.backend.iggy_require_at_startup {
+                    require_backend(iggy.as_ref(), wait).await?;
+                }
+                iggy
+            }
             None => {
                 let location = config.location();
                 Arc::new(
@@ -254,6 +261,26 @@ impl Application {
         ));
         tracing::info!(address = %local_addr, "serving gRPC, gRPC-Web and HTTP");
 
+        // A backend that gave up for good stops the gateway as a signal would, after saying
+        // why; the exit code is then 69 (EX_UNAVAILABLE), so an orchestrator restarts it.
+        let lost = Arc::new(std::sync::OnceLock::<String>::new());
+        let shutdown = {
+            let (mut gave_up, lost) = (broker.gave_up(), Arc::clone(&lost));
+            let backend = broker.describe();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    Ok(_) = gave_up.wait_for(|gave_up| *gave_up) => {
+                        let why = format!(
+                            "lost the backend for good: {backend} used up its reconnection \
+                             attempts (MAX_RECONNECT_ATTEMPTS)"
+                        );
+                        tracing::error!("{why}; stopping");
+                        let _ = lost.set(why);
+                    }
+                }
+            }
+        };
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let stop_serving = CancellationToken::new();
         let draining = {
@@ -294,7 +321,30 @@ impl Application {
         }
         broker.close().await;
         tracing::info!("stopped");
-        Ok(())
+        match lost.get() {
+            Some(why) => Err(StartupError::Unavailable(why.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits up to `wait` for the backend's first connection (`IGGY_REQUIRE_AT_STARTUP`).
+async fn require_backend(broker: &dyn Broker, wait: Duration) -> Result<(), StartupError> {
+    let mut available = broker.availability();
+    let mut gave_up = broker.gave_up();
+    let reached = tokio::time::timeout(wait, async {
+        tokio::select! {
+            up = available.wait_for(|up| *up) => up.is_ok(),
+            Ok(_) = gave_up.wait_for(|gave_up| *gave_up) => false,
+        }
+    })
+    .await;
+    match reached {
+        Ok(true) => Ok(()),
+        _ => Err(StartupError::Unavailable(format!(
+            "{} is not reachable within {wait:?} and IGGY_REQUIRE_AT_STARTUP is set",
+            broker.describe()
+        ))),
     }
 }
 

@@ -127,6 +127,10 @@ impl Broker for IggyBroker {
         self.pool.available.subscribe()
     }
 
+    fn gave_up(&self) -> watch::Receiver<bool> {
+        self.pool.gave_up.subscribe()
+    }
+
     fn reconnects(&self) -> u64 {
         self.pool.reconnects.load(Ordering::Relaxed)
     }

@@ -33,6 +33,9 @@ impl Broker for MeteredBroker {
     fn availability(&self) -> watch::Receiver<bool> {
         self.inner.availability()
     }
+    fn gave_up(&self) -> watch::Receiver<bool> {
+        self.inner.gave_up()
+    }
     fn partition_appends(
         &self,
         topic: &TopicRef,
