@@ -110,6 +110,14 @@ impl Application {
         };
         let broker: Arc<dyn Broker> = Arc::new(MeteredBroker::new(backend, Arc::clone(&metrics)));
         tracing::info!(backend = %broker.describe(), "backend selected");
+        if config.backend.iggy_connection_string.is_none() {
+            // An operator who meant to front Iggy and forgot the variable must not miss it.
+            tracing::warn!(
+                backend = %broker.describe(),
+                "IGGY_CONNECTION_STRING is unset: messages are kept by the embedded store, not \
+                 by an Iggy server"
+            );
+        }
         let default_topic = config.default_topic().map_err(StartupError::Config)?;
         if let Some(topic) = default_topic.clone() {
             if *broker.availability().borrow() {
