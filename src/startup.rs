@@ -19,17 +19,18 @@ use crate::{
         metered::MeteredBroker,
     },
     config::Config,
-    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
+    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
     layers::{self, rate_limit},
     listener::{self, ListenerSettings},
     metrics::Metrics,
     ops,
     proto::{
         self, event_service_server::EventServiceServer,
-        message_service_server::MessageServiceServer, stream_service_server::StreamServiceServer,
-        topic_service_server::TopicServiceServer,
+        message_service_server::MessageServiceServer, stats_service_server::StatsServiceServer,
+        stream_service_server::StreamServiceServer, topic_service_server::TopicServiceServer,
     },
     rest,
+    stats::Stats,
     subscription::Subscriptions,
 };
 
@@ -68,6 +69,9 @@ const SERVICE_NAMES: [&str; 4] = [
     <MessageServiceServer<MessageApi> as NamedService>::NAME,
     <EventServiceServer<EventApi> as NamedService>::NAME,
 ];
+
+/// Answers from the statistics cache, so it is up while the process is, like liveness.
+const STATS_SERVICE: &str = <StatsServiceServer<StatsApi> as NamedService>::NAME;
 
 pub struct Application {
     listener: TcpListener,
@@ -156,17 +160,26 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         // Ends live subscriptions at shutdown, so their streams close politely.
         let subscriptions_stop = CancellationToken::new();
+        // Read by `/stats` and `GetStats`, refreshed in the background until shutdown.
+        let stats = Arc::new(Stats::new(Arc::clone(&broker), Arc::clone(&metrics)));
+        Arc::clone(&stats).spawn_refresher(
+            Duration::from_millis(config.telemetry.stats_refresh_interval_ms),
+            subscriptions_stop.clone(),
+        );
         let routes = routes(
             Arc::clone(&broker),
+            Arc::clone(&stats),
             config.limits(),
             default_topic,
             Subscriptions::new(config.subscribe_settings(), subscriptions_stop.clone()),
             config.limits.max_request_body_size as usize,
             health_service,
         )?;
-        let router = routes
-            .into_axum_router()
-            .merge(ops::router(Arc::clone(&broker), Arc::clone(&metrics)));
+        let router = routes.into_axum_router().merge(ops::router(
+            Arc::clone(&broker),
+            Arc::clone(&metrics),
+            Arc::clone(&stats),
+        ));
         let (router, rate_limit) =
             layers::apply(router, &config.layer_settings(), Arc::clone(&metrics));
         if let Some(rate_limit) = rate_limit {
@@ -259,9 +272,13 @@ impl Application {
                 }
             });
         }
-        health
-            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-            .await;
+        // The process itself, and the statistics (served from a cache, whatever the backend
+        // does), are up until shutdown.
+        for name in [LIVENESS_SERVICE, STATS_SERVICE] {
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
         tokio::spawn(follow_backend_health(
             broker.availability(),
             health.clone(),
@@ -298,9 +315,11 @@ impl Application {
                 tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
                 set_health(&health, ServingStatus::NotServing).await;
                 subscriptions_stop.cancel();
-                health
-                    .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
-                    .await;
+                for name in [LIVENESS_SERVICE, STATS_SERVICE] {
+                    health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
                 stop_serving.cancel();
                 let _ = draining_tx.send(());
             }
@@ -362,6 +381,7 @@ async fn require_backend(broker: &dyn Broker, wait: Duration) -> Result<(), Star
 /// plain HTTP/1.1 REST calls with 400). REST reaches the same service instances.
 fn routes(
     broker: Arc<dyn Broker>,
+    stats: Arc<Stats>,
     limits: Limits,
     default_topic: Option<DefaultTopic>,
     subscriptions: Subscriptions,
@@ -390,6 +410,7 @@ fn routes(
             .max_decoding_message_size(max_request_bytes);
     let events = EventServiceServer::new(EventApi::new(broker, limits, default_topic))
         .max_decoding_message_size(max_request_bytes);
+    let stats = StatsServiceServer::new(StatsApi::new(stats));
 
     // REST calls the same service instances, in process, over the gRPC protocol.
     let mut grpc_only = Routes::builder();
@@ -397,7 +418,8 @@ fn routes(
         .add_service(streams.clone())
         .add_service(topics.clone())
         .add_service(messages.clone())
-        .add_service(events.clone());
+        .add_service(events.clone())
+        .add_service(stats.clone());
     let table = rest::route_table().map_err(StartupError::Internal)?;
     let rest = rest::router(
         table,
@@ -412,6 +434,7 @@ fn routes(
         .add_service(web.layer(topics))
         .add_service(web.layer(messages))
         .add_service(web.layer(events))
+        .add_service(web.layer(stats))
         .add_service(web.layer(health_service))
         .add_service(web.layer(reflection_v1))
         .add_service(web.layer(reflection_v1alpha))

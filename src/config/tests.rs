@@ -199,6 +199,7 @@ fn the_test_configuration_is_the_defaults_with_its_overrides_whatever_the_enviro
     expected.server.port = 0;
     expected.server.data_dir = "/tmp/somewhere".into();
     expected.server.shutdown_timeout = 2;
+    expected.telemetry.stats_refresh_interval_ms = 100;
     expected.backend.iggy_pool_size = 2;
     expected.backend.reconnect_base_delay_ms = 100;
     expected.backend.reconnect_max_delay_ms = 1_000;

@@ -154,6 +154,7 @@ async fn health_is_503_unavailable_once_the_backend_gave_up() {
         },
         metrics::Metrics,
         ops,
+        stats::Stats,
     };
     use tower::ServiceExt;
 
@@ -172,10 +173,15 @@ async fn health_is_503_unavailable_once_the_backend_gave_up() {
         .await
         .expect("gives up within 10 s")
         .expect("signal stays");
-    let router = ops::router(
+    let (broker, metrics): (std::sync::Arc<dyn Broker>, _) = (
         std::sync::Arc::new(broker),
         std::sync::Arc::new(Metrics::new()),
     );
+    let stats = std::sync::Arc::new(Stats::new(
+        std::sync::Arc::clone(&broker),
+        std::sync::Arc::clone(&metrics),
+    ));
+    let router = ops::router(broker, metrics, stats);
     let response = router
         .oneshot(
             axum::http::Request::get("/health")
