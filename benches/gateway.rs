@@ -1182,6 +1182,7 @@ async fn run(args: Args) {
         let _ = StreamServiceClient::new(ch.clone())
             .delete_stream(proto::DeleteStreamRequest {
                 stream: stream.into(),
+                ..Default::default()
             })
             .await;
     }

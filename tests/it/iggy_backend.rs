@@ -348,6 +348,7 @@ async fn on_real_iggy_streams_topics_messages_and_offsets_behave_as_embedded() {
         .clone()
         .delete_stream(proto::DeleteStreamRequest {
             stream: stream.clone(),
+            ..Default::default()
         })
         .await
         .expect("deleted");
@@ -399,7 +400,93 @@ async fn on_real_iggy_rest_and_events_work_too() {
     assert_eq!(polled["messages"][0]["event"], event);
     app.streams
         .clone()
-        .delete_stream(proto::DeleteStreamRequest { stream })
+        .delete_stream(proto::DeleteStreamRequest {
+            stream,
+            ..Default::default()
+        })
         .await
         .expect("deleted");
+}
+
+#[tokio::test]
+async fn on_real_iggy_etags_guard_changes_as_on_embedded() {
+    let Some(url) = real_server() else { return };
+    let app = spawn_on_iggy(url).await;
+    let stream = unique("gw-etags");
+    let created = app.create_stream(&stream).await;
+    assert_eq!(
+        created.etag,
+        app.get_stream(&stream).await.etag,
+        "a create answers the etag a read gives"
+    );
+    let topic = app.create_topic(&stream, "t", 1).await;
+    assert_eq!(topic.etag, app.get_topic(&stream, "t").await.etag);
+    app.send_texts(&stream, "t", 0, &["a"]).await;
+    assert_eq!(
+        topic.etag,
+        app.get_topic(&stream, "t").await.etag,
+        "counters are not in it"
+    );
+
+    let mut topics = app.topics.clone();
+    let stale = topics
+        .update_topic(proto::UpdateTopicRequest {
+            stream: stream.clone(),
+            topic: "t".into(),
+            name: "mine".into(),
+            etag: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert_eq!(app.get_topic(&stream, "t").await.etag, topic.etag);
+    let renamed = topics
+        .update_topic(proto::UpdateTopicRequest {
+            stream: stream.clone(),
+            topic: "t".into(),
+            name: "t2".into(),
+            etag: topic.etag.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("current")
+        .into_inner()
+        .topic
+        .expect("topic");
+    assert_ne!(renamed.etag, topic.etag);
+    let stale = topics
+        .delete_topic(proto::DeleteTopicRequest {
+            stream: stream.clone(),
+            topic: "t2".into(),
+            etag: topic.etag.clone(),
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    topics
+        .delete_topic(proto::DeleteTopicRequest {
+            stream: stream.clone(),
+            topic: "t2".into(),
+            etag: renamed.etag,
+        })
+        .await
+        .expect("current");
+
+    let mut streams = app.streams.clone();
+    let stale = streams
+        .delete_stream(proto::DeleteStreamRequest {
+            stream: stream.clone(),
+            etag: "nope".into(),
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    streams
+        .delete_stream(proto::DeleteStreamRequest {
+            stream,
+            etag: created.etag,
+        })
+        .await
+        .expect("current");
 }

@@ -7,6 +7,7 @@ mod connections;
 mod cursors;
 mod deploy;
 mod durability;
+mod etags;
 mod grpc_web;
 mod health;
 mod helpers;

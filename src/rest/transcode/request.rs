@@ -14,6 +14,7 @@ use crate::{
     answer::Problem,
     budget::{self, Exhausted},
     rest::{
+        conditional,
         routes::{BodyRule, Route, field_kind_at},
         shape::{self, ShapeRefusal},
     },
@@ -91,6 +92,8 @@ pub(super) fn request_message(
             .entry("cursor")
             .or_insert_with(|| Value::String(last_event_id.to_owned()));
     }
+    // `If-Match` is the request's `etag` field, wherever the request has one (AIP-154).
+    conditional::if_match_as_etag(route, headers, message.as_ref(), &mut overlay)?;
     let overlay = Value::Object(overlay);
     let fields = DynamicMessage::deserialize_with_options(
         input,
