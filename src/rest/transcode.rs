@@ -126,10 +126,14 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
                 ),
             )
         })?;
+    // An EventSource that has seen no id yet sends an empty Last-Event-ID: no cursor, not a
+    // cursor that fails to decode.
     let last_event_id = parts
         .headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok());
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|id| !id.is_empty());
     let message = request_message(
         route,
         bindings,
@@ -230,10 +234,7 @@ async fn stream_grpc(
     message: &DynamicMessage,
     client: Option<ClientIp>,
 ) -> Result<Response, Problem> {
-    let sse = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let sse = prefers_event_stream(headers);
     let mut call = grpc_call(route, headers, message)?;
     if let Some(client) = client {
         call.extensions_mut().insert(client);
@@ -247,7 +248,53 @@ async fn stream_grpc(
     if let Some(status) = framing::error_status(&parts.headers) {
         return Err(Problem::from_status(&status));
     }
-    Ok(render::stream(body, route.method.output(), sse))
+    Ok(render::stream(
+        body,
+        route.method.output(),
+        sse,
+        request_id(headers),
+    ))
+}
+
+/// Whether `Accept` asks for Server-Sent Events rather than NDJSON (the default, also for
+/// `*/*`): `text/event-stream` (or `text/*`) with a weight above zero and at least NDJSON's.
+/// Each type takes the weight of the most specific range that matches it (RFC 9110 §12.5.1),
+/// so `text/event-stream;q=0` refuses SSE whatever else is listed.
+fn prefers_event_stream(headers: &HeaderMap) -> bool {
+    let mut ranges: Vec<(&str, f32)> = Vec::new();
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim();
+            if media.is_empty() {
+                continue;
+            }
+            // A weight that does not parse counts as the default, 1: the range was asked for.
+            let weight = parts
+                .filter_map(|param| param.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, q)| q.trim().parse::<f32>().ok())
+                .map_or(1.0, |q| q.clamp(0.0, 1.0));
+            ranges.push((media, weight));
+        }
+    }
+    if ranges.is_empty() {
+        return false;
+    }
+    // The weight of the first of `candidates` (most specific first) that `Accept` lists.
+    let weight_of = |candidates: &[&str]| -> Option<f32> {
+        candidates.iter().find_map(|candidate| {
+            ranges
+                .iter()
+                .find(|(media, _)| media.eq_ignore_ascii_case(candidate))
+                .map(|&(_, weight)| weight)
+        })
+    };
+    // `*/*` does not choose SSE: it also covers NDJSON, the default.
+    let sse = weight_of(&["text/event-stream", "text/*"]).unwrap_or(0.0);
+    let ndjson = weight_of(&["application/x-ndjson", "application/*", "*/*"]).unwrap_or(0.0);
+    sse > 0.0 && sse >= ndjson
 }
 
 #[cfg(test)]

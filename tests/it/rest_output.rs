@@ -1,0 +1,93 @@
+//! What REST answers carry for HTTP clients, proxies and browsers: `Location` on creates,
+//! problem answers and `Allow` lists for every method a path refuses, `OPTIONS` outside CORS,
+//! and Server-Sent Events an EventSource can live with (a retry hint, a readable `problem`
+//! event, cursors that survive a restart).
+
+use std::time::Duration;
+
+use crate::helpers::{TestApp, spawn_app};
+
+const SUBSCRIBE: &str = "/v1/streams/orders/topics/created/messages:subscribe";
+
+async fn app_with_messages(texts: &[&str]) -> TestApp {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    app.send_texts("orders", "created", 0, texts).await;
+    app
+}
+
+/// Reads a streamed answer until `done` holds for what arrived, within five seconds.
+async fn read_until(response: &mut reqwest::Response, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    while !done(&text) {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("more in time; so far: {text}"))
+            .expect("ok")
+            .unwrap_or_else(|| panic!("the stream ended early: {text}"));
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+/// The `data:` JSON of every SSE event named `event`, in order.
+fn event_data(text: &str, event: &str) -> Vec<serde_json::Value> {
+    let name = format!("event: {event}");
+    text.split("\n\n")
+        .filter(|block| block.lines().any(|line| line == name))
+        .filter_map(|block| block.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| serde_json::from_str(data).expect("JSON data"))
+        .collect()
+}
+
+#[tokio::test]
+async fn sse_starts_with_a_retry_hint_and_an_empty_last_event_id_is_no_cursor() {
+    let app = app_with_messages(&["a"]).await;
+    // EventSource sends an empty Last-Event-ID before it has seen an id.
+    let mut response = app
+        .http1
+        .get(app.url(&format!("{SUBSCRIBE}?strategy=POLLING_STRATEGY_FIRST")))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = read_until(&mut response, |t| t.contains("event: message")).await;
+    assert!(text.starts_with("retry: 2000\n\n"), "{text}");
+    let messages = event_data(&text, "message");
+    assert_eq!(messages[0]["text"], "a", "{text}");
+}
+
+#[tokio::test]
+async fn accept_with_sse_weighted_zero_gets_ndjson() {
+    let app = app_with_messages(&["a"]).await;
+    let url = app.url(&format!("{SUBSCRIBE}?strategy=POLLING_STRATEGY_FIRST"));
+    let mut refused_sse = app
+        .http1
+        .get(&url)
+        .header("accept", "text/event-stream;q=0, application/x-ndjson")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        refused_sse.headers()["content-type"],
+        "application/x-ndjson"
+    );
+    let text = read_until(&mut refused_sse, |t| t.contains('\n')).await;
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("a JSON line");
+    assert_eq!(line["message"]["text"], "a", "{text}");
+
+    // Weighed above NDJSON, SSE is chosen.
+    let preferred = app
+        .http1
+        .get(&url)
+        .header("accept", "application/x-ndjson;q=0.5, text/event-stream")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(preferred.headers()["content-type"], "text/event-stream");
+}
