@@ -26,6 +26,7 @@ use crate::{
     extensions::{ClientIp, MatchedRoute},
 };
 
+pub(super) use self::render::{CURSOR_FIELD, PROBLEM_EVENT};
 use self::{
     framing::EncodeError,
     render::{internal, respond},
