@@ -349,7 +349,21 @@ pub fn document(table: &RouteTable) -> Value {
                     json!({"$ref": format!("#/components/schemas/{}", schema_name(&output))})
                 }
             };
-            json!({"description": "Success.", "content": {"application/json": {"schema": schema}}})
+            let mut success = json!({"description": "Success.", "content": {"application/json": {"schema": schema}}});
+            if let (Some(created), Some(object)) = (&route.created, success.as_object_mut()) {
+                object.insert(
+                    "headers".into(),
+                    json!({"Location": {
+                        "description": format!(
+                            "The created resource's path, {} (the new one named by its id).",
+                            created.template()
+                        ),
+                        "required": true,
+                        "schema": {"type": "string", "format": "uri-reference"},
+                    }}),
+                );
+            }
+            success
         };
         operation.insert(
             "responses".into(),

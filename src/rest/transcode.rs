@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::{
     body::Body,
     extract::State,
-    http::{HeaderMap, Method, Request, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use http_body_util::BodyExt;
@@ -155,7 +155,18 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     }
     let reply = call_grpc(transcoder, route, &parts.headers, &message).await;
     let mut response = match reply {
-        Ok(reply) => respond(route, reply)?,
+        Ok(reply) => {
+            let location = route
+                .created
+                .as_ref()
+                .and_then(|created| created.url(&message, &reply))
+                .and_then(|url| HeaderValue::try_from(url).ok());
+            let mut response = respond(route, reply)?;
+            if let Some(location) = location {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
         Err(problem) => problem
             .with_request_id(request_id(&parts.headers))
             .into_response(),

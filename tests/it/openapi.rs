@@ -72,6 +72,14 @@ async fn openapi_document_is_valid_and_covers_every_route() {
     let create = &document["paths"]["/v1/streams"]["post"];
     assert!(create["requestBody"]["content"]["application/json"]["schema"]["$ref"].is_string());
     assert!(create["responses"]["201"].is_object());
+    let location = &create["responses"]["201"]["headers"]["Location"];
+    assert_eq!(location["schema"]["format"], "uri-reference");
+    assert!(
+        location["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("/v1/streams/{stream}")),
+        "{location}"
+    );
     assert!(
         create["description"]
             .as_str()

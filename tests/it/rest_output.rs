@@ -91,3 +91,82 @@ async fn accept_with_sse_weighted_zero_gets_ndjson() {
         .expect("sent");
     assert_eq!(preferred.headers()["content-type"], "text/event-stream");
 }
+
+/// POSTs a JSON body and returns the status, the `Location` header and the JSON answer.
+async fn create(
+    app: &TestApp,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, String, serde_json::Value) {
+    let response = app
+        .http1
+        .post(app.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .unwrap_or_default();
+    (status, location, response.json().await.expect("JSON"))
+}
+
+#[tokio::test]
+async fn every_create_answers_201_with_the_location_of_what_it_created() {
+    let app = spawn_app().await;
+    let (status, location, created) = create(
+        &app,
+        "/v1/streams",
+        serde_json::json!({"name": "eu/orders"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = created["stream"]["id"].as_u64().expect("an id");
+    assert_eq!(location, format!("/v1/streams/{id}"));
+    let (status, found) = app.get_json(&location).await;
+    assert_eq!(
+        (status, &found["stream"]["name"]),
+        (200, &"eu/orders".into())
+    );
+
+    // The stream as the request named it (percent-encoded), the topic by its id.
+    let (status, location, created) = create(
+        &app,
+        "/v1/streams/eu%2Forders/topics",
+        serde_json::json!({"name": "created", "partitions_count": 1}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let topic = created["topic"]["id"].as_u64().expect("an id");
+    assert_eq!(location, format!("/v1/streams/eu%2Forders/topics/{topic}"));
+    let (status, found) = app.get_json(&location).await;
+    assert_eq!((status, &found["topic"]["name"]), (200, &"created".into()));
+
+    // The original service's routes point at the original GET routes.
+    let (status, location, created) =
+        create(&app, "/streams", serde_json::json!({"name": "legacy"})).await;
+    assert_eq!(status, 201);
+    assert_eq!(location, format!("/streams/{}", created["id"]));
+    let (status, found) = app.get_json(&location).await;
+    assert_eq!((status, &found["name"]), (200, &"legacy".into()));
+    let (status, location, created) = create(
+        &app,
+        "/streams/legacy/topics",
+        serde_json::json!({"name": "t1", "partitions_count": 1}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        location,
+        format!("/streams/legacy/topics/{}", created["id"])
+    );
+    assert_eq!(app.get_json(&location).await.0, 200);
+
+    // A refused create says nothing about a location.
+    let (status, location, _) =
+        create(&app, "/v1/streams", serde_json::json!({"name": "legacy"})).await;
+    assert_eq!((status, location.as_str()), (409, ""));
+}
