@@ -9,12 +9,11 @@ use axum::{
     extract::State,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde_json::json;
 
 use crate::{
-    answer::{Problem, broker_status},
+    answer::{Problem, broker_status, methods::read_only},
     broker::Broker,
     metrics::Metrics,
 };
@@ -34,17 +33,17 @@ struct Ops {
 
 pub fn router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/stats", get(stats))
-        .route("/metrics", get(metrics_text))
+        .route("/health", read_only(health))
+        .route("/ready", read_only(ready))
+        .route("/stats", read_only(stats))
+        .route("/metrics", read_only(metrics_text))
         .with_state(Ops { broker, metrics })
 }
 
 /// `/metrics` alone, for a separate port (`METRICS_PORT`) that scrapers reach without a key.
 pub fn metrics_router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", read_only(metrics_text))
         .with_state(Ops { broker, metrics })
 }
 

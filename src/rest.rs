@@ -14,7 +14,6 @@ use axum::{
     Router,
     http::{HeaderValue, header},
     response::IntoResponse,
-    routing::get,
 };
 use bytes::Bytes;
 
@@ -22,7 +21,7 @@ pub use routes::{BodyRule, Route, RouteTable};
 pub use template::PathTemplate;
 pub use transcode::Transcoder;
 
-use crate::proto;
+use crate::{answer::methods::read_only, proto};
 
 /// The package whose services REST exposes.
 pub const API_PACKAGE: &str = "iggy.gateway.v1";
@@ -52,7 +51,7 @@ pub fn router(table: RouteTable, grpc: Router, max_body_bytes: usize) -> Result<
     Ok(Router::new()
         .route(
             "/openapi.json",
-            get(move || {
+            read_only(move || {
                 let openapi = openapi.clone();
                 async move {
                     (
@@ -66,7 +65,10 @@ pub fn router(table: RouteTable, grpc: Router, max_body_bytes: usize) -> Result<
                 }
             }),
         )
-        .route("/docs", get(|| async { axum::response::Html(DOCS_PAGE) }))
+        .route(
+            "/docs",
+            read_only(|| async { axum::response::Html(DOCS_PAGE) }),
+        )
         .fallback(transcode::handle)
         .with_state(transcoder))
 }

@@ -14,6 +14,7 @@ use tonic_web::GrpcWebLayer;
 use tower::Layer;
 
 use crate::{
+    answer::methods::GrpcPaths,
     broker::{
         Broker, embedded::EmbeddedBroker, ensure_default_topic, iggy::IggyBroker,
         metered::MeteredBroker,
@@ -348,15 +349,19 @@ fn routes(
     )
     .map_err(StartupError::Internal)?;
 
-    let web = GrpcWebLayer::new();
+    // Plain HTTP methods other than POST on a service's paths are answered as on any path
+    // (OPTIONS, 405), not by tonic-web's empty 400.
+    fn web<S>(service: S) -> GrpcPaths<tonic_web::GrpcWebService<S>> {
+        GrpcPaths::new(GrpcWebLayer::new().layer(service))
+    }
     Ok(Routes::from(rest)
-        .add_service(web.layer(streams))
-        .add_service(web.layer(topics))
-        .add_service(web.layer(messages))
-        .add_service(web.layer(events))
-        .add_service(web.layer(health_service))
-        .add_service(web.layer(reflection_v1))
-        .add_service(web.layer(reflection_v1alpha))
+        .add_service(web(streams))
+        .add_service(web(topics))
+        .add_service(web(messages))
+        .add_service(web(events))
+        .add_service(web(health_service))
+        .add_service(web(reflection_v1))
+        .add_service(web(reflection_v1alpha))
         .prepare())
 }
 

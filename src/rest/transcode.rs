@@ -22,7 +22,7 @@ use prost_reflect::DynamicMessage;
 use tower::ServiceExt;
 
 use crate::{
-    answer::Problem,
+    answer::{Problem, methods},
     extensions::{ClientIp, MatchedRoute},
 };
 
@@ -99,12 +99,12 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     let (route, bindings) = match transcoder.table.find(&parts.method, path) {
         Lookup::Found(route, bindings) => (route, bindings),
         Lookup::MethodNotAllowed(allowed) => {
-            return Err(Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "METHOD_NOT_ALLOWED",
-                format!("{} is not allowed on {path}", parts.method),
-            )
-            .with_allow(&allowed));
+            let allowed = methods::allowed(&allowed);
+            // A plain OPTIONS (a CORS preflight never gets here) asks what the path takes.
+            if parts.method == Method::OPTIONS {
+                return Ok(methods::options(&allowed));
+            }
+            return Err(methods::method_not_allowed(&parts.method, path, &allowed));
         }
         Lookup::NotFound => {
             return Err(Problem::new(

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app, spawn_configured};
 
 const SUBSCRIBE: &str = "/v1/streams/orders/topics/created/messages:subscribe";
 
@@ -169,4 +169,123 @@ async fn every_create_answers_201_with_the_location_of_what_it_created() {
     let (status, location, _) =
         create(&app, "/v1/streams", serde_json::json!({"name": "legacy"})).await;
     assert_eq!((status, location.as_str()), (409, ""));
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn operator_routes_refuse_other_methods_with_a_problem_and_their_allow_list() {
+    let app = spawn_app().await;
+    for (method, path) in [
+        (reqwest::Method::POST, "/health"),
+        (reqwest::Method::PUT, "/ready"),
+        (reqwest::Method::POST, "/stats"),
+        (reqwest::Method::POST, "/metrics"),
+        (reqwest::Method::POST, "/openapi.json"),
+        (reqwest::Method::DELETE, "/docs"),
+    ] {
+        let response = app
+            .http1
+            .request(method.clone(), app.url(path))
+            .header("x-request-id", "ops-405")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(
+            header(&response, "content-type"),
+            "application/problem+json"
+        );
+        assert_eq!(header(&response, "allow"), "GET, HEAD, OPTIONS", "{path}");
+        let problem: serde_json::Value = response.json().await.expect("a problem");
+        assert_eq!(problem["status"], 405);
+        assert_eq!(problem["reason"], "METHOD_NOT_ALLOWED");
+        assert_eq!(
+            problem["detail"],
+            format!("{method} is not allowed on {path}")
+        );
+        assert_eq!(problem["request_id"], "ops-405");
+    }
+    // What they take still works, HEAD included.
+    let head = app
+        .http1
+        .head(app.url("/health"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(head.status(), 200);
+}
+
+#[tokio::test]
+async fn a_plain_options_answers_the_paths_allow_list_even_with_cors_on() {
+    let app = spawn_configured(|c| {
+        c.edge.cors_allowed_origins = vec!["http://app.example".into()];
+    })
+    .await;
+    app.create_stream("orders").await;
+    for (path, allow) in [
+        ("/v1/streams", "POST, GET, HEAD, OPTIONS"),
+        ("/v1/streams/orders", "GET, PATCH, DELETE, HEAD, OPTIONS"),
+        ("/health", "GET, HEAD, OPTIONS"),
+        ("/openapi.json", "GET, HEAD, OPTIONS"),
+        (
+            "/iggy.gateway.v1.StreamService/ListStreams",
+            "POST, OPTIONS",
+        ),
+    ] {
+        let response = app
+            .http1
+            .request(reqwest::Method::OPTIONS, app.url(path))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 204, "{path}");
+        assert_eq!(header(&response, "allow"), allow, "{path}");
+        assert_eq!(
+            header(&response, "access-control-allow-methods"),
+            "",
+            "{path}"
+        );
+    }
+    let unknown = app
+        .http1
+        .request(reqwest::Method::OPTIONS, app.url("/nope"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(header(&unknown, "content-type"), "application/problem+json");
+
+    // A preflight is still the CORS layer's.
+    let preflight = app
+        .http1
+        .request(reqwest::Method::OPTIONS, app.url("/v1/streams"))
+        .header("origin", "http://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(preflight.status(), 200);
+    assert_eq!(
+        header(&preflight, "access-control-allow-origin"),
+        "http://app.example"
+    );
+    assert!(header(&preflight, "access-control-allow-methods").contains("POST"));
+
+    // Plain HTTP on a gRPC method's path: POST is what it takes.
+    let get = app
+        .http1
+        .get(app.url("/iggy.gateway.v1.StreamService/ListStreams"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(get.status(), 405);
+    assert_eq!(header(&get, "allow"), "POST, OPTIONS");
+    assert_eq!(header(&get, "content-type"), "application/problem+json");
 }
