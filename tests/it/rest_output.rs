@@ -3,9 +3,16 @@
 //! and Server-Sent Events an EventSource can live with (a retry hint, a readable `problem`
 //! event, cursors that survive a restart).
 
-use std::time::Duration;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
-use crate::helpers::{TestApp, spawn_app, spawn_configured};
+use iggy_gateway::config::Config;
+use tempfile::TempDir;
+
+use crate::helpers::{TestApp, restart_with, spawn_app, spawn_configured, spawn_with};
 
 const SUBSCRIBE: &str = "/v1/streams/orders/topics/created/messages:subscribe";
 
@@ -288,4 +295,214 @@ async fn a_plain_options_answers_the_paths_allow_list_even_with_cors_on() {
     assert_eq!(get.status(), 405);
     assert_eq!(header(&get, "allow"), "POST, OPTIONS");
     assert_eq!(header(&get, "content-type"), "application/problem+json");
+}
+
+/// Opens an SSE subscription to `orders/created` and reads until `count` messages arrived:
+/// their texts and the last one's id (its cursor).
+async fn sse_messages(
+    app: &TestApp,
+    query: &str,
+    last_event_id: Option<&str>,
+    count: usize,
+) -> (Vec<String>, String) {
+    let mut request = app
+        .http1
+        .get(app.url(&format!("{SUBSCRIBE}{query}")))
+        .header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let mut response = request.send().await.expect("sent");
+    assert_eq!(response.status(), 200);
+    let text = read_until(&mut response, |t| {
+        t.matches("event: message").count() >= count
+    })
+    .await;
+    let texts = event_data(&text, "message")
+        .iter()
+        .take(count)
+        .map(|data| data["text"].as_str().expect("a text").to_owned())
+        .collect();
+    let id = text
+        .split("\n\n")
+        .filter(|block| block.contains("event: message"))
+        .nth(count - 1)
+        .and_then(|block| block.lines().find_map(|l| l.strip_prefix("id: ")))
+        .expect("an id")
+        .to_owned();
+    (texts, id)
+}
+
+/// The test configuration on `dir`, without the test suite's fixed CURSOR_SECRET.
+fn without_cursor_secret(dir: &TempDir) -> Config {
+    let mut config = Config::for_tests(dir.path().display().to_string());
+    config.subscriptions.cursor_secret = None;
+    config
+}
+
+#[tokio::test]
+async fn an_sse_cursor_resumes_on_a_restarted_gateway_without_cursor_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = spawn_with(without_cursor_secret(&dir), dir).await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    app.send_texts("orders", "created", 0, &["a", "b", "c"])
+        .await;
+    let (texts, cursor) = sse_messages(&app, "?strategy=POLLING_STRATEGY_FIRST", None, 1).await;
+    assert_eq!(texts, ["a"]);
+    let dir = app.stop().await;
+
+    // The secret was kept in the data directory, for its owner's eyes only.
+    let kept = dir.path().join("cursor-secret");
+    let secret = std::fs::read_to_string(&kept).expect("kept");
+    assert!(secret.len() >= 32, "{} bytes", secret.len());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&kept)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // The EventSource reconnects to the restarted gateway with its Last-Event-ID and resumes.
+    let app = restart_with(without_cursor_secret(&dir), dir).await;
+    let (texts, _) = sse_messages(&app, "", Some(&cursor), 2).await;
+    assert_eq!(texts, ["b", "c"]);
+    let dir = app.stop().await;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("cursor-secret")).expect("kept"),
+        secret,
+        "the secret was read back, not made again"
+    );
+
+    // Another data directory gets a secret of its own: the cursor is refused there.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let other = spawn_with(without_cursor_secret(&elsewhere), elsewhere).await;
+    other.create_stream("orders").await;
+    other.create_topic("orders", "created", 1).await;
+    let refused = other
+        .http1
+        .get(other.url(SUBSCRIBE))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", &cursor)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 400);
+    let problem: serde_json::Value = refused.json().await.expect("a problem");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("signed with another key")),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_cursor_secret_still_accepts_the_previous_keys_cursors_and_signs_with_the_new_one()
+ {
+    const OLD: &str = "the-old-cursor-secret-of-32-bytes-or-more";
+    const NEW: &str = "the-new-cursor-secret-of-32-bytes-or-more";
+    let with_keys = |dir: &TempDir, current: &str, previous: Option<&str>| {
+        let mut config = Config::for_tests(dir.path().display().to_string());
+        config.subscriptions.cursor_secret = Some(current.into());
+        config.subscriptions.cursor_secret_previous = previous.map(Into::into);
+        config
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = spawn_with(with_keys(&dir, OLD, None), dir).await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    app.send_texts("orders", "created", 0, &["a", "b", "c"])
+        .await;
+    let (_, old_cursor) = sse_messages(&app, "?strategy=POLLING_STRATEGY_FIRST", None, 1).await;
+    let dir = app.stop().await;
+
+    let app = restart_with(with_keys(&dir, NEW, Some(OLD)), dir).await;
+    let (texts, new_cursor) = sse_messages(&app, "", Some(&old_cursor), 1).await;
+    assert_eq!(texts, ["b"], "the previous key's cursor resumes");
+    let dir = app.stop().await;
+
+    // Once the rotation is over, the new key's cursor resumes and the old key's is refused.
+    let app = restart_with(with_keys(&dir, NEW, None), dir).await;
+    let (texts, _) = sse_messages(&app, "", Some(&new_cursor), 1).await;
+    assert_eq!(texts, ["c"], "the new cursor was signed with the new key");
+    let refused = app
+        .http1
+        .get(app.url(SUBSCRIBE))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", &old_cursor)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 400);
+}
+
+/// Starts the binary with `env`, reads its log (stdout) until it serves, and stops it: the
+/// log lines.
+fn startup_log(env: &[(&str, &str)]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"));
+    command
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("DATA_DIR", dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("starts");
+    let log = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        let serving = line.contains("serving gRPC");
+        lines.push(line);
+        if serving {
+            break;
+        }
+    }
+    child.kill().expect("stopped");
+    child.wait().expect("reaped");
+    assert!(
+        lines.iter().any(|l| l.contains("serving gRPC")),
+        "the gateway started: {lines:#?}"
+    );
+    lines
+}
+
+#[test]
+fn an_iggy_backend_without_cursor_secret_warns_that_cursors_will_not_survive() {
+    // Iggy need not be up: the gateway starts anyway and keeps trying.
+    let iggy = ("IGGY_CONNECTION_STRING", "iggy://iggy:iggy@127.0.0.1:9");
+    let warned = |lines: &[String]| {
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("CURSOR_SECRET IS NOT SET"))
+    };
+    let lines = startup_log(&[iggy]);
+    assert!(warned(&lines), "{lines:#?}");
+    let line = lines
+        .iter()
+        .find(|l| l.contains("CURSOR_SECRET IS NOT SET"))
+        .expect("the warning");
+    assert!(
+        line.contains("restart") && line.contains("replica"),
+        "{line}"
+    );
+    let lines = startup_log(&[iggy, ("CURSOR_SECRET", &"k".repeat(32))]);
+    assert!(!warned(&lines), "{lines:#?}");
+    // The embedded backend keeps its own secret, so it has nothing to warn about.
+    assert!(!warned(&startup_log(&[])));
 }
