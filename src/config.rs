@@ -204,6 +204,7 @@ impl Config {
         self.backend.iggy_settings()
     }
 
+    /// The subscriptions' settings (see [`SubscriptionsConfig::settings`] for their keys).
     pub fn subscribe_settings(&self) -> SubscribeSettings {
         self.subscriptions
             .settings(usize::try_from(self.limits.poll_max_bytes).unwrap_or(usize::MAX))

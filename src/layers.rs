@@ -8,8 +8,9 @@
 //! 4. metrics — every call counted by protocol, route and status, refusals by reason;
 //! 5. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
 //!    is refused before CORS or anything else answers it; absent when unset;
-//! 6. CORS — browsers' preflights are answered before limits and auth see them; absent when
-//!    no origin is allowed (the default), so nothing is ever allowed cross-origin;
+//! 6. CORS — browsers' preflights are answered before limits and auth see them (a plain
+//!    `OPTIONS` goes on to the routes, which know the path's methods); absent when no origin
+//!    is allowed (the default), so nothing is ever allowed cross-origin;
 //! 7. codecs — gRPC(-Web) bodies other than protobuf are refused in gRPC's terms (UNIMPLEMENTED),
 //!    not with tonic-web's empty 400;
 //! 8. rate limit — the cheapest refusal, before any key is hashed;
@@ -30,6 +31,7 @@ pub mod codecs;
 pub mod guard;
 pub mod limits;
 pub mod metrics;
+pub mod preflight;
 pub mod rate_limit;
 pub mod request_id;
 
@@ -60,6 +62,7 @@ pub use client_ip::ClientIpLayer;
 pub use guard::{Exempt, GuardLayer, Policy};
 pub use limits::{BodyLimitLayer, GuardedBody, Shedding, TimeoutLayer};
 pub use metrics::MetricsLayer;
+pub use preflight::PreflightOnlyLayer;
 pub use rate_limit::RateLimit;
 pub use request_id::RequestIdLayer;
 
@@ -110,7 +113,9 @@ pub fn apply(
         )
         .layer(MetricsLayer::new(metrics))
         .option_layer(AllowedHosts::new(&settings.allowed_hosts).map(GuardLayer::new))
-        .option_layer(cors(&settings.cors_origins, &settings.cors_headers))
+        .option_layer(
+            cors(&settings.cors_origins, &settings.cors_headers).map(PreflightOnlyLayer::new),
+        )
         .layer(axum::middleware::from_fn(codecs::protobuf_only))
         .option_layer(rate_limit.clone().map(GuardLayer::new))
         .layer(GuardLayer::new(ApiKey::new(settings.auth.clone())))

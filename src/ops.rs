@@ -9,11 +9,10 @@ use axum::{
     extract::State,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde_json::json;
 
-use crate::{broker::Broker, metrics::Metrics, stats::Stats};
+use crate::{answer::methods::read_only, broker::Broker, metrics::Metrics, stats::Stats};
 
 /// Now in RFC 3339 (UTC, to the microsecond), as proto3 JSON writes timestamps.
 fn now_text() -> String {
@@ -40,10 +39,10 @@ struct Ops {
 
 pub fn router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, stats: Arc<Stats>) -> Router {
     Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/stats", get(stats_report))
-        .route("/metrics", get(metrics_text))
+        .route("/health", read_only(health))
+        .route("/ready", read_only(ready))
+        .route("/stats", read_only(stats_report))
+        .route("/metrics", read_only(metrics_text))
         .with_state(Ops {
             broker,
             metrics,
@@ -54,7 +53,7 @@ pub fn router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, stats: Arc<Stats>)
 /// `/metrics` alone, for a separate port (`METRICS_PORT`) that scrapers reach without a key.
 pub fn metrics_router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", read_only(metrics_text))
         .with_state(Ops {
             broker,
             metrics,

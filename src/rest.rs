@@ -15,7 +15,6 @@ use axum::{
     Router,
     http::{HeaderValue, header},
     response::IntoResponse,
-    routing::get,
 };
 use bytes::Bytes;
 
@@ -23,7 +22,7 @@ pub use routes::{BodyRule, Route, RouteTable};
 pub use template::PathTemplate;
 pub use transcode::Transcoder;
 
-use crate::proto;
+use crate::{answer::methods::read_only, proto};
 
 /// The package whose services REST exposes.
 pub const API_PACKAGE: &str = "iggy.gateway.v1";
@@ -53,7 +52,7 @@ pub fn router(table: RouteTable, grpc: Router, max_body_bytes: usize) -> Result<
     Ok(Router::new()
         .route(
             "/openapi.json",
-            get(move || {
+            read_only(move || {
                 let openapi = openapi.clone();
                 async move {
                     (
@@ -67,7 +66,10 @@ pub fn router(table: RouteTable, grpc: Router, max_body_bytes: usize) -> Result<
                 }
             }),
         )
-        .route("/docs", get(|| async { axum::response::Html(DOCS_PAGE) }))
+        .route(
+            "/docs",
+            read_only(|| async { axum::response::Html(DOCS_PAGE) }),
+        )
         .fallback(transcode::handle)
         .with_state(transcoder))
 }

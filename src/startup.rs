@@ -14,8 +14,12 @@ use tonic_web::GrpcWebLayer;
 use tower::Layer;
 
 use crate::{
+    answer::methods::GrpcPaths,
     broker::{
-        Broker, embedded::EmbeddedBroker, ensure_default_topic, iggy::IggyBroker,
+        Broker,
+        embedded::{EmbeddedBroker, Location},
+        ensure_default_topic,
+        iggy::IggyBroker,
         metered::MeteredBroker,
     },
     config::Config,
@@ -31,7 +35,7 @@ use crate::{
     },
     rest,
     stats::Stats,
-    subscription::Subscriptions,
+    subscription::{self, CursorKeys, SubscribeSettings, Subscriptions},
 };
 
 /// Why the gateway could not start or stopped abnormally; each maps to a sysexits code.
@@ -93,7 +97,9 @@ impl Application {
         // Loading validated it, but the fields are public and tests change them afterwards.
         config.validate().map_err(StartupError::Config)?;
         let metrics = Arc::new(Metrics::new());
-        let backend: Arc<dyn Broker> = match config.iggy_settings().map_err(StartupError::Config)? {
+        let iggy = config.iggy_settings().map_err(StartupError::Config)?;
+        let with_iggy = iggy.is_some();
+        let backend: Arc<dyn Broker> = match iggy {
             Some(settings) => {
                 let wait = settings.operation_timeout;
                 let iggy = Arc::new(IggyBroker::start(settings));
@@ -112,6 +118,8 @@ impl Application {
                 )
             }
         };
+        // After the store is open, so its directory exists and no other gateway holds it.
+        let cursor_keys = cursor_keys(&config, with_iggy).await?;
         let broker: Arc<dyn Broker> = Arc::new(MeteredBroker::new(backend, Arc::clone(&metrics)));
         tracing::info!(backend = %broker.describe(), "backend selected");
         if config.backend.iggy_connection_string.is_none() {
@@ -171,7 +179,13 @@ impl Application {
             Arc::clone(&stats),
             config.limits(),
             default_topic,
-            Subscriptions::new(config.subscribe_settings(), subscriptions_stop.clone()),
+            Subscriptions::new(
+                SubscribeSettings {
+                    cursor_keys,
+                    ..config.subscribe_settings()
+                },
+                subscriptions_stop.clone(),
+            ),
             config.limits.max_request_body_size as usize,
             health_service,
         )?;
@@ -428,17 +442,49 @@ fn routes(
     )
     .map_err(StartupError::Internal)?;
 
-    let web = GrpcWebLayer::new();
+    // Plain HTTP methods other than POST on a service's paths are answered as on any path
+    // (OPTIONS, 405), not by tonic-web's empty 400.
+    fn web<S>(service: S) -> GrpcPaths<tonic_web::GrpcWebService<S>> {
+        GrpcPaths::new(GrpcWebLayer::new().layer(service))
+    }
     Ok(Routes::from(rest)
-        .add_service(web.layer(streams))
-        .add_service(web.layer(topics))
-        .add_service(web.layer(messages))
-        .add_service(web.layer(events))
-        .add_service(web.layer(stats))
-        .add_service(web.layer(health_service))
-        .add_service(web.layer(reflection_v1))
-        .add_service(web.layer(reflection_v1alpha))
+        .add_service(web(streams))
+        .add_service(web(topics))
+        .add_service(web(messages))
+        .add_service(web(events))
+        .add_service(web(stats))
+        .add_service(web(health_service))
+        .add_service(web(reflection_v1))
+        .add_service(web(reflection_v1alpha))
         .prepare())
+}
+
+/// The keys that sign subscription cursors: CURSOR_SECRET (and CURSOR_SECRET_PREVIOUS) when
+/// set; otherwise the embedded store on disk keeps a generated secret beside its data, so
+/// cursors survive a restart, and anything else gets a random key, loudly where it matters.
+async fn cursor_keys(config: &Config, iggy: bool) -> Result<CursorKeys, StartupError> {
+    if let Some(keys) = config.subscriptions.cursor_keys() {
+        return Ok(keys);
+    }
+    if iggy {
+        tracing::warn!(
+            "CURSOR_SECRET IS NOT SET: subscription cursors are signed with a key random to this \
+             process, so after a restart, or on another replica, every cursor is refused (400 / \
+             INVALID_ARGUMENT) and clients must subscribe again from scratch. Set CURSOR_SECRET, \
+             the same on every replica."
+        );
+        return Ok(CursorKeys::random());
+    }
+    match config.location() {
+        Location::Memory => Ok(CursorKeys::random()),
+        Location::Directory(dir) => {
+            let secret = tokio::task::spawn_blocking(move || subscription::kept_secret(&dir))
+                .await
+                .map_err(|err| StartupError::Internal(err.to_string()))?
+                .map_err(|err| StartupError::Unavailable(err.to_string()))?;
+            Ok(CursorKeys::new(secret, None))
+        }
+    }
 }
 
 async fn ensure_default_topic_when_available(broker: Arc<dyn Broker>, topic: DefaultTopic) {

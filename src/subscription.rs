@@ -9,6 +9,7 @@
 
 mod admission;
 mod cursor;
+mod keys;
 mod pump;
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
@@ -21,6 +22,8 @@ use crate::{
     answer::{broker_status, invalid_field},
     broker::{Broker, BrokerError, Identifier, PollingStrategy, StoredMessage, TopicRef},
 };
+pub use keys::{CursorKeys, MIN_CURSOR_SECRET_BYTES, SECRET_FILE, SecretFileError, kept_secret};
+
 use admission::Admission;
 use cursor::{Cursor, Scope};
 
@@ -29,8 +32,8 @@ const CHANNEL_CAPACITY: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct SubscribeSettings {
-    /// Signs cursors; replicas that share it resume each other's cursors.
-    pub cursor_secret: Vec<u8>,
+    /// Sign and verify cursors; replicas that share them resume each other's cursors.
+    pub cursor_keys: CursorKeys,
     pub max_subscribers: usize,
     pub max_subscribers_per_client: usize,
     pub idle_poll: Duration,
@@ -123,7 +126,7 @@ impl Subscriptions {
         let cursor = request
             .cursor
             .as_deref()
-            .map(|text| cursor::decode(text, &self.settings.cursor_secret))
+            .map(|text| cursor::decode(text, &self.settings.cursor_keys))
             .transpose()?;
         if let Some(cursor) = &cursor {
             cursor::conflicts(cursor, &request, &consumer_text)?;

@@ -23,7 +23,7 @@ use iggy_gateway::{
         stream_service_server::StreamServiceServer, topic_service_server::TopicServiceServer,
     },
     rest,
-    subscription::{SubscribeSettings, Subscriptions},
+    subscription::{CursorKeys, SubscribeSettings, Subscriptions},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -229,7 +229,7 @@ pub fn subscribe_settings() -> SubscribeSettings {
     // Start from the configuration's defaults, so fields added later keep theirs.
     let defaults = iggy_gateway::config::Config::for_tests(":memory:").subscribe_settings();
     SubscribeSettings {
-        cursor_secret: CURSOR_SECRET.to_vec(),
+        cursor_keys: CursorKeys::new(CURSOR_SECRET, None),
         max_subscribers: 16,
         max_subscribers_per_client: 4,
         idle_poll: Duration::from_millis(20),

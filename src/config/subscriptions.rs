@@ -6,18 +6,22 @@ use std::time::Duration;
 use clap::Args;
 
 use super::Secret;
-use crate::subscription::SubscribeSettings;
-
-/// Shortest CURSOR_SECRET: an HMAC-SHA256 key guessable by brute force signs nothing.
-pub const MIN_CURSOR_SECRET_BYTES: usize = 32;
+pub use crate::subscription::MIN_CURSOR_SECRET_BYTES;
+use crate::subscription::{CursorKeys, SubscribeSettings};
 
 /// Subscription caps and timings.
 #[derive(Debug, Clone, Args)]
 pub struct SubscriptionsConfig {
     /// Key that signs subscription cursors; replicas sharing it resume each other's cursors.
-    /// Unset: a random key per process (cursors then resume only on this process).
+    /// Unset: the embedded backend keeps a generated key in DATA_DIR (`cursor-secret`); with
+    /// Iggy or `:memory:`, a random key per process (cursors then die with it).
     #[arg(long, env = "CURSOR_SECRET", hide_env_values = true)]
     pub cursor_secret: Option<Secret>,
+
+    /// The key CURSOR_SECRET replaces, during a rotation: cursors it signed are still accepted,
+    /// new ones are signed with CURSOR_SECRET. Drop it once clients have moved on.
+    #[arg(long, env = "CURSOR_SECRET_PREVIOUS", hide_env_values = true)]
+    pub cursor_secret_previous: Option<Secret>,
 
     /// Most live subscriptions at once (RESOURCE_EXHAUSTED / 429 beyond).
     #[arg(long, env = "MAX_SUBSCRIBERS", default_value_t = 1000)]
@@ -44,33 +48,51 @@ pub struct SubscriptionsConfig {
 }
 
 impl SubscriptionsConfig {
-    /// A cursor secret, when set, is long enough to sign anything. The secret itself is never
-    /// part of the message.
+    /// A cursor secret, when set, is long enough to sign anything, and a previous one comes
+    /// with the one that replaces it. The secrets themselves are never part of the message.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(secret) = &self.cursor_secret
-            && secret.expose().len() < MIN_CURSOR_SECRET_BYTES
-        {
-            return Err(format!(
-                "CURSOR_SECRET: must be at least {MIN_CURSOR_SECRET_BYTES} bytes, it is {} (it \
-                 signs cursors; `openssl rand -base64 32` makes one)",
-                secret.expose().len()
-            ));
+        for (name, secret) in [
+            ("CURSOR_SECRET", &self.cursor_secret),
+            ("CURSOR_SECRET_PREVIOUS", &self.cursor_secret_previous),
+        ] {
+            if let Some(secret) = secret
+                && secret.expose().len() < MIN_CURSOR_SECRET_BYTES
+            {
+                return Err(format!(
+                    "{name}: must be at least {MIN_CURSOR_SECRET_BYTES} bytes, it is {} (it \
+                     signs cursors; `openssl rand -base64 32` makes one)",
+                    secret.expose().len()
+                ));
+            }
+        }
+        if self.cursor_secret_previous.is_some() && self.cursor_secret.is_none() {
+            return Err(
+                "CURSOR_SECRET_PREVIOUS: needs CURSOR_SECRET, the key that replaces it \
+                        (a rotation signs new cursors with CURSOR_SECRET and still accepts the \
+                        previous key's)"
+                    .into(),
+            );
         }
         Ok(())
     }
 
+    /// The configured keys; `None` when CURSOR_SECRET is unset, and start-up finds a key.
+    pub fn cursor_keys(&self) -> Option<CursorKeys> {
+        let current = self.cursor_secret.as_ref()?;
+        Some(CursorKeys::new(
+            current.expose().as_bytes(),
+            self.cursor_secret_previous
+                .as_ref()
+                .map(|previous| previous.expose().as_bytes().to_vec()),
+        ))
+    }
+
     /// The subscriptions' settings; `batch_max_bytes` bounds each read (POLL_MAX_BYTES, a limit
-    /// kept with the others).
+    /// kept with the others). Without CURSOR_SECRET the keys are random: start-up replaces them
+    /// with the kept ones where it can.
     pub fn settings(&self, batch_max_bytes: usize) -> SubscribeSettings {
         SubscribeSettings {
-            cursor_secret: match &self.cursor_secret {
-                Some(secret) => secret.expose().as_bytes().to_vec(),
-                // Two v4 UUIDs: 244 bits from the OS's random source.
-                None => [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
-                    .iter()
-                    .flat_map(|id| id.as_bytes().to_vec())
-                    .collect(),
-            },
+            cursor_keys: self.cursor_keys().unwrap_or_else(CursorKeys::random),
             max_subscribers: self.max_subscribers as usize,
             max_subscribers_per_client: self.max_subscribers_per_client as usize,
             idle_poll: Duration::from_millis(self.subscribe_idle_poll_ms),

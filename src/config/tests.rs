@@ -73,6 +73,50 @@ fn the_cursor_secret_and_the_iggy_password_never_show_in_debug_output() {
 }
 
 #[test]
+fn a_rotation_keeps_the_previous_cursor_secret_out_of_every_output_and_needs_the_new_one() {
+    let args = [
+        "iggy-gateway",
+        "--cursor-secret",
+        "the-new-signing-key-of-32-bytes-or-more",
+        "--cursor-secret-previous",
+        "the-old-signing-key-of-32-bytes-or-more",
+    ];
+    let (config, settings) = Config::load_from(args).expect("loads");
+    let printed = format!("{config:?} {settings:?}");
+    assert!(!printed.contains("signing-key"), "{printed}");
+    assert!(
+        settings.contains(&("CURSOR_SECRET_PREVIOUS".into(), "(redacted)".into())),
+        "{settings:?}"
+    );
+    assert!(config.subscriptions.cursor_keys().is_some());
+    let refused = |args: &[&str]| match Config::load_from(args.iter().copied()) {
+        Err(LoadError::Invalid(line)) => line,
+        other => panic!("{args:?} accepted: {other:?}"),
+    };
+    let line = refused(&[
+        "iggy-gateway",
+        "--cursor-secret-previous",
+        "the-old-signing-key-of-32-bytes-or-more",
+    ]);
+    assert!(
+        line.starts_with("CURSOR_SECRET_PREVIOUS: needs CURSOR_SECRET"),
+        "{line}"
+    );
+    let line = refused(&[
+        "iggy-gateway",
+        "--cursor-secret",
+        "the-new-signing-key-of-32-bytes-or-more",
+        "--cursor-secret-previous",
+        "old",
+    ]);
+    assert!(
+        line.starts_with("CURSOR_SECRET_PREVIOUS: must be at least 32 bytes"),
+        "{line}"
+    );
+    assert!(!line.contains("old"), "{line}");
+}
+
+#[test]
 fn the_environment_names_of_the_original_service_are_read() {
     let config = Config::try_parse_from([
         "iggy-gateway",

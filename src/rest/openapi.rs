@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use super::{
     conditional,
     routes::{BodyRule, RouteTable},
+    transcode::{CURSOR_FIELD, PROBLEM_EVENT},
 };
 
 /// The leading comment of the element at `path` in a file, as a description.
@@ -43,16 +44,27 @@ fn field_schema(field: &FieldDescriptor, pending: &mut Vec<MessageDescriptor>) -
 
 fn kind_schema(field: &FieldDescriptor, pending: &mut Vec<MessageDescriptor>) -> Value {
     match field.kind() {
-        Kind::Double | Kind::Float => json!({"type": "number"}),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            json!({"type": "integer", "format": "int32"})
-        }
-        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int32", "minimum": 0}),
-        // proto3 JSON writes 64-bit integers as strings (and accepts numbers).
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            json!({"type": ["string", "integer"], "format": "int64"})
-        }
-        Kind::Uint64 | Kind::Fixed64 => json!({"type": ["string", "integer"], "format": "uint64"}),
+        // Formats from the OpenAPI format registry, with their ranges spelled out so a validator
+        // that does not know a format still refuses what the field cannot hold.
+        Kind::Double => json!({"type": "number", "format": "double"}),
+        Kind::Float => json!({"type": "number", "format": "float"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({
+            "type": "integer", "format": "int32", "minimum": i32::MIN, "maximum": i32::MAX,
+        }),
+        Kind::Uint32 | Kind::Fixed32 => json!({
+            "type": "integer", "format": "uint32", "minimum": 0, "maximum": u32::MAX,
+        }),
+        // proto3 JSON writes 64-bit integers as decimal strings (beyond 2^53 a JSON number
+        // loses digits) and accepts numbers too: `pattern` bounds the strings, `minimum` and
+        // `maximum` the numbers.
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({
+            "type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]{1,19}$",
+            "minimum": i64::MIN, "maximum": i64::MAX,
+        }),
+        Kind::Uint64 | Kind::Fixed64 => json!({
+            "type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]{1,20}$",
+            "minimum": 0, "maximum": u64::MAX,
+        }),
         Kind::Bool => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
         Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
@@ -149,6 +161,88 @@ fn parameter(
     parameter
 }
 
+/// A server stream's answer: Server-Sent Events or NDJSON, one item per gRPC message (see
+/// `transcode::render`). OpenAPI 3.1 has no stream type, so each media type's schema is the
+/// schema of one item, and the description says so. An SSE item is written as OpenAPI 3.2
+/// models events (`event`, `id`, `data`, `retry`), with `data`'s JSON described by
+/// `contentSchema`.
+fn stream_response(output: &MessageDescriptor, pending: &mut Vec<MessageDescriptor>) -> Value {
+    let problem = json!({"$ref": "#/components/schemas/Problem"});
+    let mut events: Vec<Value> = output
+        .fields()
+        .filter(|field| field.name() != CURSOR_FIELD)
+        .map(|field| {
+            json!({
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"const": field.name()},
+                    "data": {"contentSchema": field_schema(&field, pending)},
+                },
+            })
+        })
+        .collect();
+    events.push(json!({
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": PROBLEM_EVENT},
+            "data": {"contentSchema": problem},
+        },
+    }));
+    events.push(json!({"required": ["retry"], "not": {"required": ["event"]}}));
+    let has_cursor = output.get_field_by_name(CURSOR_FIELD).is_some();
+    let sse_item = json!({
+        "type": "object",
+        "description": format!(
+            "One Server-Sent Event (the stream is a sequence of them). The first sets `retry` \
+             (milliseconds before an EventSource reconnects). Each message is an event named \
+             after the field it sets, its JSON in `data`{}. A failure mid-stream is the last \
+             event, `{PROBLEM_EVENT}`, whose data is a problem with the request id (an event \
+             named `error` would reach EventSource's onerror, which cannot read it).",
+            if has_cursor {
+                ", its `cursor` as the event id (sent back as `Last-Event-ID`, it resumes right \
+                 after the event)"
+            } else {
+                ""
+            }
+        ),
+        "properties": {
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer", "minimum": 0},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+        },
+        "oneOf": events,
+    });
+    if !pending.iter().any(|m| m.full_name() == output.full_name()) {
+        pending.push(output.clone());
+    }
+    let ndjson_item = json!({
+        "description": "One line of the stream (newline-delimited JSON): a message, or, as the \
+                        last line after a failure mid-stream, `{\"error\": problem}`.",
+        // anyOf: a message's schema leaves room for fields added later, so it would also
+        // match the error line, and oneOf would refuse both.
+        "anyOf": [
+            {"$ref": format!("#/components/schemas/{}", schema_name(output))},
+            {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": problem},
+                "additionalProperties": false,
+            },
+        ],
+    });
+    json!({
+        "description": "A stream, one item per message as the service sends it: \
+                        Server-Sent Events with `Accept: text/event-stream`, newline-delimited \
+                        JSON otherwise. OpenAPI 3.1 has no stream type: each media type's \
+                        schema describes one item of the stream, not the whole body.",
+        "content": {
+            "text/event-stream": {"schema": sse_item},
+            "application/x-ndjson": {"schema": ndjson_item},
+        },
+    })
+}
+
 /// The whole document.
 pub fn document(table: &RouteTable) -> Value {
     let mut pending: Vec<MessageDescriptor> = Vec::new();
@@ -181,6 +275,19 @@ pub fn document(table: &RouteTable) -> Value {
                 }
                 parameters.push(parameter(name, "query", &field, &mut pending));
             }
+        }
+        if method.is_server_streaming() && input.get_field_by_name(CURSOR_FIELD).is_some() {
+            parameters.push(json!({
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": false,
+                "schema": {"type": "string"},
+                "description": format!(
+                    "Server-Sent Events: the id of the last event received, which an \
+                     EventSource sends when it reconnects; it is the `{CURSOR_FIELD}`, used when \
+                     the query gives none. Empty: no cursor."
+                ),
+            }));
         }
 
         let base = format!("{}_{}", method.parent_service().name(), method.name());
@@ -228,7 +335,9 @@ pub fn document(table: &RouteTable) -> Value {
             );
         }
         let output = method.output();
-        let mut success = if route.success == http::StatusCode::NO_CONTENT {
+        let mut success = if method.is_server_streaming() {
+            stream_response(&output, &mut pending)
+        } else if route.success == http::StatusCode::NO_CONTENT {
             json!({"description": "Done; no content."})
         } else {
             let schema = match &route.response_body {
@@ -242,13 +351,33 @@ pub fn document(table: &RouteTable) -> Value {
                     json!({"$ref": format!("#/components/schemas/{}", schema_name(&output))})
                 }
             };
-            json!({"description": "Success.", "content": {"application/json": {"schema": schema}}})
+            let mut success = json!({"description": "Success.", "content": {"application/json": {"schema": schema}}});
+            if let (Some(created), Some(object)) = (&route.created, success.as_object_mut()) {
+                object.insert(
+                    "headers".into(),
+                    json!({"Location": {
+                        "description": format!(
+                            "The created resource's path, {} (the new one named by its id).",
+                            created.template()
+                        ),
+                        "required": true,
+                        "schema": {"type": "string", "format": "uri-reference"},
+                    }}),
+                );
+            }
+            success
         };
-        if let (Some(headers), Some(object)) = (
+        // ETag joins whatever headers the answer already declares (Location on a create).
+        if let (Some(Value::Object(etag)), Some(object)) = (
             conditional::openapi_response_headers(route),
             success.as_object_mut(),
         ) {
-            object.insert("headers".into(), headers);
+            match object.get_mut("headers") {
+                Some(Value::Object(headers)) => headers.extend(etag),
+                _ => {
+                    object.insert("headers".into(), Value::Object(etag));
+                }
+            }
         }
         operation.insert(
             "responses".into(),

@@ -8,6 +8,10 @@ use prost_reflect::{DescriptorPool, ExtensionDescriptor, MessageDescriptor, Meth
 use super::template::{Bindings, PathTemplate};
 use crate::proto::google::api::{HttpRule, http_rule::Pattern};
 
+mod location;
+
+pub use location::Created;
+
 /// Where a request's JSON body goes in the gRPC request message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyRule {
@@ -31,6 +35,9 @@ pub struct Route {
     pub grpc_path: String,
     /// Status of a successful answer (`iggy.gateway.v1.http_success_status`, default 200).
     pub success: StatusCode,
+    /// For a create (201): how to write the created resource's URL (`Location`), when a GET
+    /// route names it.
+    pub created: Option<Created>,
 }
 
 pub enum Lookup<'a> {
@@ -81,6 +88,7 @@ impl RouteTable {
                 }
             }
         }
+        location::link(&mut routes);
         Ok(Self { routes })
     }
 
@@ -199,6 +207,7 @@ fn route(
         method: method.clone(),
         grpc_path: grpc_path.to_owned(),
         success,
+        created: None,
     })
 }
 

@@ -43,3 +43,29 @@ fn create_calls_answer_201_and_deletes_204() {
     assert_eq!(status("/DeleteStream"), Some(204));
     assert_eq!(status("/GetStream"), Some(200));
 }
+
+#[test]
+fn creates_name_their_resource_by_the_get_route_under_their_path() {
+    let table = route_table().expect("route table builds");
+    let created = |method: &str, path: &str| {
+        table
+            .routes()
+            .iter()
+            .find(|r| r.http_method.as_str() == method && r.template.to_string() == path)
+            .and_then(|r| r.created.as_ref())
+            .map(|c| c.template().to_owned())
+    };
+    assert_eq!(
+        created("POST", "/v1/streams").as_deref(),
+        Some("/v1/streams/{stream}")
+    );
+    assert_eq!(
+        created("POST", "/streams/{stream}/topics").as_deref(),
+        Some("/streams/{stream}/topics/{topic}")
+    );
+    // Messages are created in batches that no GET route names one by one.
+    assert_eq!(
+        created("POST", "/v1/streams/{stream}/topics/{topic}/messages"),
+        None
+    );
+}

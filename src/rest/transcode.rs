@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::{
     body::Body,
     extract::State,
-    http::{HeaderMap, Method, Request, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use http_body_util::BodyExt;
@@ -22,11 +22,12 @@ use prost_reflect::DynamicMessage;
 use tower::ServiceExt;
 
 use crate::{
-    answer::Problem,
+    answer::{Problem, methods},
     extensions::{ClientIp, MatchedRoute},
     rest::conditional,
 };
 
+pub(super) use self::render::{CURSOR_FIELD, PROBLEM_EVENT};
 use self::{
     framing::EncodeError,
     render::{internal, respond},
@@ -99,12 +100,12 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     let (route, bindings) = match transcoder.table.find(&parts.method, path) {
         Lookup::Found(route, bindings) => (route, bindings),
         Lookup::MethodNotAllowed(allowed) => {
-            return Err(Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "METHOD_NOT_ALLOWED",
-                format!("{} is not allowed on {path}", parts.method),
-            )
-            .with_allow(&allowed));
+            let allowed = methods::allowed(&allowed);
+            // A plain OPTIONS (a CORS preflight never gets here) asks what the path takes.
+            if parts.method == Method::OPTIONS {
+                return Ok(methods::options(&allowed));
+            }
+            return Err(methods::method_not_allowed(&parts.method, path, &allowed));
         }
         Lookup::NotFound => {
             return Err(Problem::new(
@@ -128,10 +129,14 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             )
         })?;
     let requires_absence = conditional::requires_absence(route, &parts.headers)?;
+    // An EventSource that has seen no id yet sends an empty Last-Event-ID: no cursor, not a
+    // cursor that fails to decode.
     let last_event_id = parts
         .headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok());
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|id| !id.is_empty());
     let message = request_message(
         route,
         bindings,
@@ -154,9 +159,17 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     let mut response = match reply {
         Ok(reply) => {
             let etag = conditional::answer_etag(&reply);
+            let location = route
+                .created
+                .as_ref()
+                .and_then(|created| created.url(&message, &reply))
+                .and_then(|url| HeaderValue::try_from(url).ok());
             let mut response = respond(route, reply)?;
             if let Some(etag) = etag {
                 response.headers_mut().insert(header::ETAG, etag);
+            }
+            if let Some(location) = location {
+                response.headers_mut().insert(header::LOCATION, location);
             }
             response
         }
@@ -246,10 +259,7 @@ async fn stream_grpc(
     message: &DynamicMessage,
     client: Option<ClientIp>,
 ) -> Result<Response, Problem> {
-    let sse = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let sse = prefers_event_stream(headers);
     let mut call = grpc_call(route, headers, message)?;
     if let Some(client) = client {
         call.extensions_mut().insert(client);
@@ -263,7 +273,53 @@ async fn stream_grpc(
     if let Some(status) = framing::error_status(&parts.headers) {
         return Err(Problem::from_status(&status));
     }
-    Ok(render::stream(body, route.method.output(), sse))
+    Ok(render::stream(
+        body,
+        route.method.output(),
+        sse,
+        request_id(headers),
+    ))
+}
+
+/// Whether `Accept` asks for Server-Sent Events rather than NDJSON (the default, also for
+/// `*/*`): `text/event-stream` (or `text/*`) with a weight above zero and at least NDJSON's.
+/// Each type takes the weight of the most specific range that matches it (RFC 9110 §12.5.1),
+/// so `text/event-stream;q=0` refuses SSE whatever else is listed.
+fn prefers_event_stream(headers: &HeaderMap) -> bool {
+    let mut ranges: Vec<(&str, f32)> = Vec::new();
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim();
+            if media.is_empty() {
+                continue;
+            }
+            // A weight that does not parse counts as the default, 1: the range was asked for.
+            let weight = parts
+                .filter_map(|param| param.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, q)| q.trim().parse::<f32>().ok())
+                .map_or(1.0, |q| q.clamp(0.0, 1.0));
+            ranges.push((media, weight));
+        }
+    }
+    if ranges.is_empty() {
+        return false;
+    }
+    // The weight of the first of `candidates` (most specific first) that `Accept` lists.
+    let weight_of = |candidates: &[&str]| -> Option<f32> {
+        candidates.iter().find_map(|candidate| {
+            ranges
+                .iter()
+                .find(|(media, _)| media.eq_ignore_ascii_case(candidate))
+                .map(|&(_, weight)| weight)
+        })
+    };
+    // `*/*` does not choose SSE: it also covers NDJSON, the default.
+    let sse = weight_of(&["text/event-stream", "text/*"]).unwrap_or(0.0);
+    let ndjson = weight_of(&["application/x-ndjson", "application/*", "*/*"]).unwrap_or(0.0);
+    sse > 0.0 && sse >= ndjson
 }
 
 #[cfg(test)]

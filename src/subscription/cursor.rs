@@ -1,5 +1,5 @@
 //! Resumable cursors: what a subscription was (stream, topic, consumer, scope, start, the
-//! topic's incarnation) and where each partition is read next, signed with `CURSOR_SECRET` so
+//! topic's incarnation) and where each partition is read next, signed (see [`super::keys`]) so
 //! a client can hold it but not forge or alter it, and compact enough to travel in every event.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tonic::Status;
 
-use super::Subscription;
+use super::{Subscription, keys::CursorKeys};
 use crate::{
     answer::invalid_field,
     broker::{PollingStrategy, TopicInfo},
@@ -137,20 +137,21 @@ fn mac(secret: &[u8]) -> HmacSha256 {
     <HmacSha256 as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("any key length"))
 }
 
-pub(super) fn encode(cursor: &Cursor, secret: &[u8]) -> Result<String, Status> {
+pub(super) fn encode(cursor: &Cursor, keys: &CursorKeys) -> Result<String, Status> {
     let mut bytes = vec![CURSOR_VERSION];
     // Cannot fail for these plain types; if it ever did, the stream ends with an error rather
     // than hand out a cursor that would never decode.
     let body = postcard::to_stdvec(cursor)
         .map_err(|_| Status::internal("cannot encode the subscription's cursor"))?;
     bytes.extend(body);
-    let mut signer = mac(secret);
+    let mut signer = mac(keys.signing());
     signer.update(&bytes);
     bytes.extend(signer.finalize().into_bytes());
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-pub(super) fn decode(text: &str, secret: &[u8]) -> Result<Cursor, Status> {
+/// The cursor `text` holds, if one of `keys` signed it.
+pub(super) fn decode(text: &str, keys: &CursorKeys) -> Result<Cursor, Status> {
     let refuse = |why: &str| invalid_field("cursor", why.to_owned());
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text)
@@ -159,11 +160,16 @@ pub(super) fn decode(text: &str, secret: &[u8]) -> Result<Cursor, Status> {
         return Err(refuse("is not a cursor this gateway issued"));
     }
     let (body, tag) = bytes.split_at(bytes.len() - 32);
-    let mut verifier = mac(secret);
-    verifier.update(body);
-    verifier
-        .verify_slice(tag)
-        .map_err(|_| refuse("was altered or signed with another key (CURSOR_SECRET)"))?;
+    let signed = keys.verifying().any(|key| {
+        let mut verifier = mac(key);
+        verifier.update(body);
+        verifier.verify_slice(tag).is_ok()
+    });
+    if !signed {
+        return Err(refuse(
+            "was altered or signed with another key (CURSOR_SECRET)",
+        ));
+    }
     if body[0] != CURSOR_VERSION {
         return Err(refuse(
             "comes from another version of the gateway; subscribe again without it",
@@ -237,6 +243,10 @@ pub(super) fn same_log(cursor: &Cursor, topic: &TopicInfo) -> Result<(), Status>
 mod tests {
     use super::*;
 
+    fn keys(secret: &[u8]) -> CursorKeys {
+        CursorKeys::new(secret.to_vec(), None)
+    }
+
     fn cursor() -> Cursor {
         Cursor {
             stream: "orders".into(),
@@ -259,15 +269,15 @@ mod tests {
                 .collect(),
             ..cursor()
         };
-        let text = encode(&wide, b"secret-a").expect("encodes");
+        let text = encode(&wide, &keys(b"secret-a")).expect("encodes");
         assert!(text.len() < 4096, "{} bytes", text.len());
-        assert_eq!(decode(&text, b"secret-a").expect("valid"), wide);
+        assert_eq!(decode(&text, &keys(b"secret-a")).expect("valid"), wide);
         let sparse = Cursor {
             next: [(3, u64::MAX), (900, 0), (901, 5)].into_iter().collect(),
             ..cursor()
         };
-        let text = encode(&sparse, b"secret-a").expect("encodes");
-        assert_eq!(decode(&text, b"secret-a").expect("valid"), sparse);
+        let text = encode(&sparse, &keys(b"secret-a")).expect("encodes");
+        assert_eq!(decode(&text, &keys(b"secret-a")).expect("valid"), sparse);
     }
 
     proptest::proptest! {
@@ -281,30 +291,49 @@ mod tests {
                 next,
                 ..cursor()
             };
-            let text = encode(&original, b"secret-a").expect("encodes");
-            proptest::prop_assert_eq!(decode(&text, b"secret-a").ok(), Some(original));
+            let text = encode(&original, &keys(b"secret-a")).expect("encodes");
+            proptest::prop_assert_eq!(decode(&text, &keys(b"secret-a")).ok(), Some(original));
         }
 
         #[test]
         fn any_text_is_refused_or_decoded_without_panicking(text in "\\PC{0,300}") {
-            let _ = decode(&text, b"secret-a");
+            let _ = decode(&text, &keys(b"secret-a"));
         }
     }
 
     #[test]
     fn cursors_round_trip_under_the_same_secret_only() {
-        let text = encode(&cursor(), b"secret-a").expect("encodes");
-        assert_eq!(decode(&text, b"secret-a").expect("valid"), cursor());
-        assert!(decode(&text, b"secret-b").is_err(), "foreign key");
+        let text = encode(&cursor(), &keys(b"secret-a")).expect("encodes");
+        assert_eq!(decode(&text, &keys(b"secret-a")).expect("valid"), cursor());
+        assert!(decode(&text, &keys(b"secret-b")).is_err(), "foreign key");
         let mut tampered = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&text)
             .expect("base64");
         tampered[3] ^= 1;
         let tampered = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tampered);
         assert_eq!(
-            decode(&tampered, b"secret-a").expect_err("tampered").code(),
+            decode(&tampered, &keys(b"secret-a"))
+                .expect_err("tampered")
+                .code(),
             tonic::Code::InvalidArgument
         );
-        assert!(decode("not a cursor", b"secret-a").is_err());
+        assert!(decode("not a cursor", &keys(b"secret-a")).is_err());
+    }
+
+    #[test]
+    fn during_a_rotation_the_previous_key_verifies_and_the_current_one_signs() {
+        let old = encode(&cursor(), &keys(b"secret-a")).expect("encodes");
+        let rotating = CursorKeys::new(b"secret-b".to_vec(), Some(b"secret-a".to_vec()));
+        assert_eq!(decode(&old, &rotating).expect("still valid"), cursor());
+        let new = encode(&cursor(), &rotating).expect("encodes");
+        assert_eq!(
+            decode(&new, &keys(b"secret-b")).expect("signed with b"),
+            cursor()
+        );
+        assert!(decode(&new, &keys(b"secret-a")).is_err(), "not with a");
+        assert!(
+            decode(&old, &keys(b"secret-b")).is_err(),
+            "a is gone once rotated out"
+        );
     }
 }

@@ -107,14 +107,13 @@ pub(super) async fn run(
                 let offset = message.offset;
                 next.insert(partition, Some(offset + 1));
                 cursor.next.insert(partition, offset + 1);
-                let item =
-                    cursor::encode(&cursor, &settings.cursor_secret).map(|cursor| Delivery {
-                        cursor,
-                        event: Event::Message {
-                            partition_id: partition,
-                            message,
-                        },
-                    });
+                let item = cursor::encode(&cursor, &settings.cursor_keys).map(|cursor| Delivery {
+                    cursor,
+                    event: Event::Message {
+                        partition_id: partition,
+                        message,
+                    },
+                });
                 if !deliver(&tx, item, &settings, &shutdown).await {
                     return (request, next);
                 }
@@ -255,7 +254,7 @@ async fn heartbeat(
         })
         .collect();
     Ok(Delivery {
-        cursor: cursor::encode(cursor, &settings.cursor_secret)?,
+        cursor: cursor::encode(cursor, &settings.cursor_keys)?,
         event: Event::Heartbeat(partitions),
     })
 }

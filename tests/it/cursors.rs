@@ -307,7 +307,11 @@ async fn over_sse_last_event_id_resumes_the_same_partition_and_conflicts_are_400
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     drop(response);
-    let third = text.split("\n\n").nth(2).expect("a third event");
+    let third = text
+        .split("\n\n")
+        .filter(|event| event.contains("event: message"))
+        .nth(2)
+        .expect("a third event");
     let id = third
         .lines()
         .find_map(|l| l.strip_prefix("id: "))

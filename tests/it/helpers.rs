@@ -66,6 +66,27 @@ pub async fn spawn_app_with_default_topic() -> TestApp {
 
 pub async fn spawn_with(config: Config, data_dir: TempDir) -> TestApp {
     let app = Application::build(config).await.expect("gateway starts");
+    serve(app, data_dir).await
+}
+
+/// Starts a gateway again on the data directory of one just stopped, whose last tasks (a
+/// subscription ending) may hold the store's lock a moment after it stopped serving.
+pub async fn restart_with(config: Config, data_dir: TempDir) -> TestApp {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Application::build(config.clone()).await {
+            Ok(app) => return serve(app, data_dir).await,
+            Err(StartupError::Unavailable(why))
+                if why.contains("Cannot acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("gateway starts: {err:?}"),
+        }
+    }
+}
+
+async fn serve(app: Application, data_dir: TempDir) -> TestApp {
     let addr = app.local_addr();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {

@@ -72,6 +72,14 @@ async fn openapi_document_is_valid_and_covers_every_route() {
     let create = &document["paths"]["/v1/streams"]["post"];
     assert!(create["requestBody"]["content"]["application/json"]["schema"]["$ref"].is_string());
     assert!(create["responses"]["201"].is_object());
+    let location = &create["responses"]["201"]["headers"]["Location"];
+    assert_eq!(location["schema"]["format"], "uri-reference");
+    assert!(
+        location["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("/v1/streams/{stream}")),
+        "{location}"
+    );
     assert!(
         create["description"]
             .as_str()
@@ -106,4 +114,148 @@ async fn the_docs_page_renders_the_document_locally() {
     let page = response.text().await.expect("page");
     assert!(page.contains("fetch('/openapi.json')"));
     assert!(!page.contains("https://"), "no CDN or outside resource");
+}
+
+/// A validator for `schema` whose `$ref`s resolve inside `document` (its components).
+fn validator_in(document: &Value, schema: &Value) -> jsonschema::Validator {
+    let mut root = schema.clone();
+    root.as_object_mut()
+        .expect("a schema object")
+        .insert("components".into(), document["components"].clone());
+    jsonschema::validator_for(&root).expect("the schema compiles")
+}
+
+#[tokio::test]
+async fn streams_are_declared_as_sse_and_ndjson_items_and_integers_with_their_real_ranges() {
+    let app = spawn_app().await;
+    let document: Value = app
+        .http1
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+
+    let subscribe =
+        &document["paths"]["/v1/streams/{stream}/topics/{topic}/messages:subscribe"]["get"];
+    let answer = &subscribe["responses"]["200"];
+    let media: Vec<&String> = answer["content"]
+        .as_object()
+        .expect("content")
+        .keys()
+        .collect();
+    assert_eq!(media, ["text/event-stream", "application/x-ndjson"]);
+    assert!(
+        answer["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("OpenAPI 3.1 has no stream type")),
+        "{answer}"
+    );
+    let sse = &answer["content"]["text/event-stream"]["schema"];
+    let events: Vec<(&str, &Value)> = sse["oneOf"]
+        .as_array()
+        .expect("one schema per event")
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["properties"]["event"]["const"].as_str()?,
+                &e["properties"]["data"]["contentSchema"],
+            ))
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (
+                "message",
+                &serde_json::json!({"$ref": "#/components/schemas/iggy_gateway_v1_PolledMessage"})
+            ),
+            (
+                "heartbeat",
+                &serde_json::json!({"$ref": "#/components/schemas/iggy_gateway_v1_Heartbeat"})
+            ),
+            (
+                "problem",
+                &serde_json::json!({"$ref": "#/components/schemas/Problem"})
+            ),
+        ]
+    );
+    assert_eq!(
+        sse["properties"]["data"]["contentMediaType"],
+        "application/json"
+    );
+    let last_event_id = subscribe["parameters"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "Last-Event-ID"))
+        .expect("Last-Event-ID is declared");
+    assert_eq!(last_event_id["in"], "header");
+
+    // What the gateway really streams validates against the NDJSON item schema.
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    app.send_texts("orders", "created", 0, &["a"]).await;
+    let mut stream = app
+        .http1
+        .get(app.url(
+            "/v1/streams/orders/topics/created/messages:subscribe?strategy=POLLING_STRATEGY_FIRST",
+        ))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("sent");
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("a line");
+    let line: Value = serde_json::from_slice(&chunk).expect("one JSON line");
+    let ndjson = validator_in(
+        &document,
+        &answer["content"]["application/x-ndjson"]["schema"],
+    );
+    assert!(ndjson.is_valid(&line), "{line}");
+    assert!(ndjson.is_valid(&serde_json::json!({"error": {"type": "about:blank", "title": "Service Unavailable", "status": 503, "detail": "x", "reason": "UNAVAILABLE", "code": "UNAVAILABLE"}})));
+    assert!(!ndjson.is_valid(&serde_json::json!({"message": 5})));
+
+    // uint32 is uint32 (a validator takes 3,000,000,000), 64-bit integers are decimal strings
+    // or numbers within their range.
+    let schemas = &document["components"]["schemas"];
+    let id = &schemas["iggy_gateway_v1_Stream"]["properties"]["id"];
+    assert_eq!(
+        (&id["format"], &id["minimum"], &id["maximum"]),
+        (
+            &Value::from("uint32"),
+            &Value::from(0),
+            &Value::from(4_294_967_295_u64)
+        )
+    );
+    let uint32 = jsonschema::validator_for(id).expect("compiles");
+    assert!(uint32.is_valid(&Value::from(3_000_000_000_u64)));
+    assert!(!uint32.is_valid(&Value::from(4_294_967_296_u64)));
+    assert!(!uint32.is_valid(&Value::from(-1)));
+    let size = &schemas["iggy_gateway_v1_Stream"]["properties"]["size_bytes"];
+    assert_eq!(size["format"], "uint64");
+    let uint64 = jsonschema::validator_for(size).expect("compiles");
+    assert!(uint64.is_valid(&Value::from("18446744073709551615")));
+    assert!(uint64.is_valid(&Value::from(42)));
+    assert!(!uint64.is_valid(&Value::from("-1")));
+    assert!(!uint64.is_valid(&Value::from("12 bytes")));
+    let partition = subscribe["parameters"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "partition_id"))
+        .expect("partition_id is a query parameter");
+    assert_eq!(partition["schema"]["format"], "uint32");
+
+    // A created stream, as answered, validates against its schema.
+    let (status, created) = app
+        .post_json("/v1/streams", serde_json::json!({"name": "payments"}))
+        .await;
+    assert_eq!(status, 201);
+    let stream_schema = validator_in(
+        &document,
+        &serde_json::json!({"$ref": "#/components/schemas/iggy_gateway_v1_CreateStreamResponse"}),
+    );
+    assert!(stream_schema.is_valid(&created), "{created}");
 }

@@ -304,7 +304,7 @@ async fn every_error_class_answers_a_problem_body() {
         "METHOD_NOT_ALLOWED",
     )
     .await;
-    assert_eq!(allow.expect("Allow header"), "POST, GET, HEAD");
+    assert_eq!(allow.expect("Allow header"), "POST, GET, HEAD, OPTIONS");
     check(
         app.http1
             .post(app.url("/v1/streams"))

@@ -191,7 +191,12 @@ async fn sse_clients_get_events_with_the_cursor_as_id_and_resume_with_last_event
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     drop(response);
-    let first = text.split("\n\n").next().expect("an event");
+    // The stream opens with its retry hint; the events follow.
+    assert!(text.starts_with("retry: 2000\n\n"), "{text}");
+    let first = text
+        .split("\n\n")
+        .find(|event| event.contains("event: message"))
+        .expect("an event");
     let id = first
         .lines()
         .find_map(|l| l.strip_prefix("id: "))
@@ -499,7 +504,16 @@ async fn streams_pass_the_same_auth_and_end_cleanly_over_sse_at_shutdown() {
     {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(text.contains("event: error"), "{text}");
-    assert!(text.contains("UNAVAILABLE"), "{text}");
+    // Named `problem`, not `error` (which EventSource would hand to onerror, unreadable), and
+    // carrying the call's request id.
+    assert!(text.starts_with("retry: 2000\n\n"), "{text}");
+    assert!(!text.contains("event: error"), "{text}");
+    let problem = text
+        .split("\n\n")
+        .find_map(|event| event.strip_prefix("event: problem\ndata: "))
+        .unwrap_or_else(|| panic!("no problem event: {text}"));
+    let problem: serde_json::Value = serde_json::from_str(problem).expect("a problem body");
+    assert_eq!(problem["code"], "UNAVAILABLE", "{problem}");
+    assert_eq!(problem["request_id"], "sse-1", "{problem}");
     stopping.await.expect("stopped");
 }

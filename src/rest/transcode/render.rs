@@ -1,7 +1,7 @@
 //! The answer half of the transcoder: a unary reply as JSON with the route's success status,
 //! and a server stream as Server-Sent Events or NDJSON, one event or line per message as it
-//! arrives, ending with an error event or line when the stream fails. The stream's frames are
-//! taken apart by `framing`'s decoder.
+//! arrives, ending with a problem event or an error line when the stream fails. The stream's
+//! frames are taken apart by `framing`'s decoder.
 
 use axum::{
     body::Body,
@@ -16,18 +16,43 @@ use serde_json::Value;
 use super::framing::{self, FrameDecoder};
 use crate::{answer::Problem, rest::routes::Route};
 
+/// The field of a streamed message that becomes the SSE event id (and that `Last-Event-ID`
+/// fills back in).
+pub(in crate::rest) const CURSOR_FIELD: &str = "cursor";
+
+/// The SSE event that ends a stream which failed. Not `error`: a browser's EventSource hands an
+/// event named `error` to `onerror` as a bare `Event`, so the page could never read the problem.
+pub(in crate::rest) const PROBLEM_EVENT: &str = "problem";
+
+/// How long an EventSource waits before reconnecting (its `retry:` field), in milliseconds:
+/// long enough not to hammer a gateway that is restarting, short enough to resume promptly.
+pub(in crate::rest) const SSE_RETRY_MS: u32 = 2000;
+
 /// The body of a server-streaming call's answer as Server-Sent Events (`sse`) or NDJSON: each
 /// gRPC message becomes one event or line as it arrives. A `cursor` field becomes the SSE id.
-pub(super) fn stream(mut body: Body, output: MessageDescriptor, sse: bool) -> Response {
+/// A failure mid-stream ends it with a problem carrying `request_id`.
+pub(super) fn stream(
+    mut body: Body,
+    output: MessageDescriptor,
+    sse: bool,
+    request_id: Option<String>,
+) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
     tokio::spawn(async move {
+        let failed = |problem: Problem| stream_error(sse, problem, request_id.clone());
+        if sse {
+            let retry = Bytes::from(format!("retry: {SSE_RETRY_MS}\n\n"));
+            if tx.send(Ok(retry)).await.is_err() {
+                return;
+            }
+        }
         let mut frames = FrameDecoder::default();
         while let Some(frame) = body.frame().await {
             let frame = match frame {
                 Ok(frame) => frame,
                 Err(err) => {
                     let problem = internal(format!("reading the gRPC stream: {err}"));
-                    let _ = tx.send(Ok(stream_error(sse, &problem))).await;
+                    let _ = tx.send(Ok(failed(problem))).await;
                     return;
                 }
             };
@@ -45,7 +70,7 @@ pub(super) fn stream(mut body: Body, output: MessageDescriptor, sse: bool) -> Re
                             Ok(None) => break,
                             Err(detail) => {
                                 // Ending in silence would read as the stream's normal end.
-                                let _ = tx.send(Ok(stream_error(sse, &internal(detail)))).await;
+                                let _ = tx.send(Ok(failed(internal(detail)))).await;
                                 return;
                             }
                         }
@@ -57,9 +82,7 @@ pub(super) fn stream(mut body: Body, output: MessageDescriptor, sse: bool) -> Re
             if let Ok(trailers) = frame.into_trailers()
                 && let Some(status) = framing::error_status(&trailers)
             {
-                let _ = tx
-                    .send(Ok(stream_error(sse, &Problem::from_status(&status))))
-                    .await;
+                let _ = tx.send(Ok(failed(Problem::from_status(&status)))).await;
             }
         }
     });
@@ -105,13 +128,13 @@ fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {
     }
     // The cursor is the event id; the event's name is the field the message set.
     let id = json
-        .get("cursor")
+        .get(CURSOR_FIELD)
         .and_then(Value::as_str)
         .map(str::to_owned);
     let (event, data) = match json.as_object() {
         Some(object) => object
             .iter()
-            .find(|(key, value)| key.as_str() != "cursor" && !value.is_null())
+            .find(|(key, value)| key.as_str() != CURSOR_FIELD && !value.is_null())
             .map_or(("message".to_owned(), json.clone()), |(key, value)| {
                 (key.clone(), value.clone())
             }),
@@ -128,11 +151,12 @@ fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {
     Bytes::from(text)
 }
 
-/// One stream error as the stream's last event (`event: error`) or NDJSON line (`{"error":…}`).
-fn stream_error(sse: bool, problem: &Problem) -> Bytes {
-    let json = problem.to_json();
+/// One stream error as the stream's last event (`event: problem`) or NDJSON line
+/// (`{"error":…}`), with the call's request id so the failure can be found in the logs.
+fn stream_error(sse: bool, problem: Problem, request_id: Option<String>) -> Bytes {
+    let json = problem.with_request_id(request_id).to_json();
     if sse {
-        Bytes::from(format!("event: error\ndata: {json}\n\n"))
+        Bytes::from(format!("event: {PROBLEM_EVENT}\ndata: {json}\n\n"))
     } else {
         Bytes::from(format!("{{\"error\":{json}}}\n"))
     }

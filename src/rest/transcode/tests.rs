@@ -168,7 +168,7 @@ fn a_unary_answer_must_be_one_whole_uncompressed_message() {
 }
 
 #[tokio::test]
-async fn a_stream_frame_that_does_not_decode_ends_the_stream_with_an_error_event() {
+async fn a_stream_frame_that_does_not_decode_ends_the_stream_with_a_problem_and_the_request_id() {
     let (route, _) = route_for(
         Method::GET,
         "/v1/streams/orders/topics/created/messages:subscribe",
@@ -176,21 +176,27 @@ async fn a_stream_frame_that_does_not_decode_ends_the_stream_with_an_error_event
     // One good (empty) message, then a payload that is no protobuf: a varint cut short.
     let answer = Bytes::from([frame(b""), frame(&[0xff, 0xff])].concat());
     for sse in [true, false] {
-        let response = render::stream(Body::from(answer.clone()), route.method.output(), sse);
+        let response = render::stream(
+            Body::from(answer.clone()),
+            route.method.output(),
+            sse,
+            Some("req-7".into()),
+        );
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("the stream ends");
         let text = String::from_utf8(body.to_vec()).expect("UTF-8");
         let (items, last) = if sse {
             let events: Vec<&str> = text.split_terminator("\n\n").collect();
-            (events.len(), events.last().copied().unwrap_or(""))
+            assert_eq!(events.first(), Some(&"retry: 2000"), "{text}");
+            (events.len() - 1, events.last().copied().unwrap_or(""))
         } else {
             let lines: Vec<&str> = text.lines().collect();
             (lines.len(), lines.last().copied().unwrap_or(""))
         };
         assert_eq!(items, 2, "the message, then the error: {text}");
         let error = if sse {
-            last.strip_prefix("event: error\ndata: ")
+            last.strip_prefix("event: problem\ndata: ")
         } else {
             last.strip_prefix("{\"error\":")
                 .and_then(|rest| rest.strip_suffix('}'))
@@ -200,5 +206,35 @@ async fn a_stream_frame_that_does_not_decode_ends_the_stream_with_an_error_event
                 .expect("a problem body");
         assert_eq!(error["status"], 500, "{text}");
         assert_eq!(error["reason"], "INTERNAL", "{text}");
+        assert_eq!(error["request_id"], "req-7", "{text}");
+    }
+}
+
+#[test]
+fn accept_chooses_sse_only_when_it_weighs_at_least_as_much_as_ndjson() {
+    let choose = |accept: &[&str]| {
+        let mut headers = HeaderMap::new();
+        for value in accept {
+            headers.append(header::ACCEPT, HeaderValue::from_str(value).expect("ascii"));
+        }
+        super::prefers_event_stream(&headers)
+    };
+    for (accept, sse) in [
+        (&[][..], false),
+        (&["*/*"], false),
+        (&["text/event-stream"], true),
+        (&["Text/Event-Stream"], true),
+        (&["text/event-stream, application/x-ndjson"], true),
+        (&["text/event-stream;q=0, application/x-ndjson"], false),
+        (&["text/event-stream; q=0"], false),
+        (&["application/x-ndjson, text/event-stream;q=0.5"], false),
+        (&["application/x-ndjson;q=0.5, text/event-stream"], true),
+        (&["text/event-stream;q=0.5, */*"], false),
+        (&["text/*, application/json"], true),
+        (&["text/event-stream;q=0, text/*"], false),
+        (&["application/json", "text/event-stream"], true),
+        (&["text/event-stream;q=nonsense"], true),
+    ] {
+        assert_eq!(choose(accept), sse, "{accept:?}");
     }
 }

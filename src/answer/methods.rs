@@ -1,0 +1,143 @@
+//! Which methods a path takes, answered the same way on every route: a method it does not take
+//! gets 405 as a problem with `Allow`, and a plain `OPTIONS` (CORS preflights are the CORS
+//! layer's) gets 204 with `Allow`. Every path that exists answers `OPTIONS`, so every `Allow`
+//! lists it; `HEAD` is listed wherever `GET` is.
+
+use std::{
+    convert::Infallible,
+    task::{Context, Poll},
+};
+
+use axum::{
+    body::Body,
+    handler::Handler,
+    http::{HeaderValue, Method, Request, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::MethodRouter,
+};
+use futures_util::FutureExt;
+use futures_util::future::{Either, Map, Ready};
+use tower::Service;
+
+use super::Problem;
+use crate::extensions::{Protocol, RequestId};
+
+/// `methods` as `Allow` lists them: in order, `HEAD` after `GET`, `OPTIONS` last.
+pub fn allowed(methods: &[Method]) -> Vec<Method> {
+    let mut allowed: Vec<Method> = Vec::with_capacity(methods.len() + 2);
+    for method in methods {
+        if !allowed.contains(method) {
+            allowed.push(method.clone());
+        }
+    }
+    if allowed.contains(&Method::GET) && !allowed.contains(&Method::HEAD) {
+        allowed.push(Method::HEAD);
+    }
+    allowed.retain(|method| *method != Method::OPTIONS);
+    allowed.push(Method::OPTIONS);
+    allowed
+}
+
+/// 405 for `method` on `path`, as a problem whose `Allow` lists `allowed` (see [`allowed`]).
+pub fn method_not_allowed(method: &Method, path: &str, allowed: &[Method]) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("{method} is not allowed on {path}"),
+    )
+    .with_allow(allowed)
+}
+
+/// A plain `OPTIONS`: 204, and the methods the path takes (see [`allowed`]).
+pub fn options(allowed: &[Method]) -> Response {
+    let list = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(value) = HeaderValue::from_str(&list) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+/// A route that only reads (`GET`, so `HEAD`): `OPTIONS` and other methods are answered as
+/// everywhere else, not with axum's bare 405.
+pub fn read_only<H, T, S>(handler: H) -> MethodRouter<S>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    axum::routing::get(handler)
+        .options(|| async { options(&allowed(&[Method::GET])) })
+        .fallback(|request: Request<Body>| async move {
+            let request_id = request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.0.clone());
+            method_not_allowed(
+                request.method(),
+                request.uri().path(),
+                &allowed(&[Method::GET]),
+            )
+            .with_request_id(request_id)
+            .into_response()
+        })
+}
+
+/// Wraps a gRPC service (under its gRPC-Web translation): gRPC and gRPC-Web calls pass, as do
+/// plain HTTP `POST`s (tonic-web refuses those as before); other plain HTTP methods on its
+/// paths are answered like on any other path, `POST` being the one method they take.
+#[derive(Debug, Clone)]
+pub struct GrpcPaths<S> {
+    inner: S,
+}
+
+impl<S> GrpcPaths<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for GrpcPaths<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type Answered<F, R> = Map<F, fn(Result<R, Infallible>) -> Result<Response, Infallible>>;
+
+impl<S, B> Service<Request<B>> for GrpcPaths<S>
+where
+    S: Service<Request<B>, Error = Infallible>,
+    S::Response: IntoResponse,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Answered<S::Future, S::Response>, Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if *request.method() == Method::POST || Protocol::of(request.headers()) != Protocol::Rest {
+            let into_response: fn(Result<S::Response, Infallible>) -> Result<Response, Infallible> =
+                |answer| answer.map(IntoResponse::into_response);
+            return Either::Left(self.inner.call(request).map(into_response));
+        }
+        let allowed = allowed(&[Method::POST]);
+        let answer = if *request.method() == Method::OPTIONS {
+            options(&allowed)
+        } else {
+            let request_id = request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.0.clone());
+            method_not_allowed(request.method(), request.uri().path(), &allowed)
+                .with_request_id(request_id)
+                .into_response()
+        };
+        Either::Right(futures_util::future::ready(Ok(answer)))
+    }
+}
