@@ -19,6 +19,7 @@ mod ops;
 mod parity;
 mod reflection;
 mod rest;
+mod rest_input;
 mod routing;
 mod streams;
 mod subscribe;

@@ -1,0 +1,113 @@
+//! What REST accepts and refuses on the way in, as HTTP clients, proxies and browsers send it.
+//! Where a rule is the service's own, gRPC is checked to refuse alike.
+
+use iggy_gateway::proto;
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::helpers::{TestApp, spawn_app};
+
+const OFFSETS: &str = "/v1/streams/orders/topics/created/consumers/billing/offsets/0";
+
+async fn app_with_messages() -> TestApp {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 2).await;
+    app.send_texts("orders", "created", 0, &["a", "b", "c"])
+        .await;
+    app
+}
+
+/// The status, and the first violation's field (`Null` when there is none).
+fn refused(answer: &(u16, Value)) -> (u16, Value) {
+    (answer.0, answer.1["violations"][0]["field"].clone())
+}
+
+/// A request with a raw path and query (no client-side normalisation) and an optional body.
+async fn send_raw(
+    app: &TestApp,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut request = app
+        .http1
+        .request(method, app.url(path_and_query))
+        .header("content-type", "application/json");
+    if let Some(body) = body {
+        request = request.body(body.to_owned());
+    }
+    let response = request.send().await.expect("sent");
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("body");
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON answer")
+    };
+    (status, json)
+}
+
+fn grpc_field(err: &tonic::Status) -> String {
+    err.get_details_bad_request()
+        .map(|bad| bad.field_violations[0].field.clone())
+        .unwrap_or_default()
+}
+
+// A missing required value is refused, naming it, never read as zero.
+
+#[tokio::test]
+async fn storing_a_consumer_offset_without_an_offset_is_refused_naming_it_not_read_as_zero() {
+    let app = app_with_messages().await;
+    assert_eq!(app.put_json(OFFSETS, json!({"offset": "2"})).await.0, 204);
+
+    for body in [None, Some("{}"), Some(r#"{"offset": null}"#)] {
+        let answer = send_raw(&app, reqwest::Method::PUT, OFFSETS, body).await;
+        assert_eq!(
+            refused(&answer),
+            (400, json!("offset")),
+            "{body:?}: {}",
+            answer.1
+        );
+        assert_eq!(answer.1["reason"], "INVALID_ARGUMENT");
+        assert_eq!(answer.1["violations"][0]["description"], "is required");
+    }
+    assert_eq!(
+        app.stored_offset("orders", "created", "billing", 0).await,
+        Some(2),
+        "the stored offset is untouched"
+    );
+
+    // gRPC refuses alike; an explicit 0 is an offset like any other.
+    let mut client = app.messages.clone();
+    let request = |offset| proto::StoreConsumerOffsetRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        consumer: "billing".into(),
+        partition_id: 0,
+        offset,
+    };
+    let err = client
+        .store_consumer_offset(request(None))
+        .await
+        .expect_err("no offset");
+    assert_eq!(
+        (err.code(), grpc_field(&err)),
+        (Code::InvalidArgument, "offset".into())
+    );
+    assert_eq!(err.message(), "offset: is required");
+    client
+        .store_consumer_offset(request(Some(0)))
+        .await
+        .expect("offset 0 stored");
+    assert_eq!(
+        app.stored_offset("orders", "created", "billing", 0).await,
+        Some(0)
+    );
+    assert_eq!(app.put_json(OFFSETS, json!({"offset": 1})).await.0, 204);
+    assert_eq!(
+        app.stored_offset("orders", "created", "billing", 0).await,
+        Some(1)
+    );
+}
