@@ -111,3 +111,63 @@ async fn storing_a_consumer_offset_without_an_offset_is_refused_naming_it_not_re
         Some(1)
     );
 }
+
+// Dot-segments.
+
+#[tokio::test]
+async fn dot_segments_cannot_name_streams_or_topics_on_any_protocol() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    for name in [".", ".."] {
+        let answer = app.post_json("/v1/streams", json!({"name": name})).await;
+        assert_eq!(refused(&answer), (400, json!("name")), "{}", answer.1);
+        let answer = app
+            .post_json(
+                "/v1/streams/orders/topics",
+                json!({"name": name, "partitions_count": 1}),
+            )
+            .await;
+        assert_eq!(refused(&answer), (400, json!("name")), "{}", answer.1);
+
+        let err = app
+            .streams
+            .clone()
+            .create_stream(proto::CreateStreamRequest { name: name.into() })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            (err.code(), grpc_field(&err)),
+            (Code::InvalidArgument, "name".into())
+        );
+        let err = app
+            .streams
+            .clone()
+            .update_stream(proto::UpdateStreamRequest {
+                stream: "orders".into(),
+                name: name.into(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            (err.code(), grpc_field(&err)),
+            (Code::InvalidArgument, "name".into())
+        );
+        let err = app
+            .topics
+            .clone()
+            .create_topic(proto::CreateTopicRequest {
+                stream: "orders".into(),
+                name: name.into(),
+                partitions_count: 1,
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            (err.code(), grpc_field(&err)),
+            (Code::InvalidArgument, "name".into())
+        );
+    }
+    assert_eq!(app.list_streams().await.len(), 1);
+    assert!(app.list_topics("orders").await.is_empty());
+}
