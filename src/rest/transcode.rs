@@ -31,7 +31,10 @@ use self::{
     render::{internal, respond},
     request::request_message,
 };
-use super::routes::{Lookup, Route, RouteTable};
+use super::{
+    routes::{Lookup, Route, RouteTable},
+    template,
+};
 
 /// Request headers passed on to the gRPC service as metadata.
 const FORWARDED_HEADERS: [&str; 5] = [
@@ -106,6 +109,10 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             .with_allow(&allowed));
         }
         Lookup::NotFound => {
+            // A bad escape is the client's error wherever it is, not a missing route.
+            if let Err(bad) = template::decode(path) {
+                return Err(Problem::invalid_field("path", bad.to_string()));
+            }
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 "ROUTE_NOT_FOUND",

@@ -112,7 +112,36 @@ async fn storing_a_consumer_offset_without_an_offset_is_refused_naming_it_not_re
     );
 }
 
-// Dot-segments.
+// Percent-encoding and dot-segments.
+
+#[tokio::test]
+async fn percent_encoded_paths_are_normalised_and_bad_escapes_refused() {
+    let app = app_with_messages().await;
+    let (status, stream) = app.get_json("/v1/%73tre%61ms/%6Frders").await;
+    assert_eq!(
+        (status, stream["stream"]["name"].clone()),
+        (200, json!("orders"))
+    );
+    let (status, polled) = app
+        .get_json("/v1/streams/orders/topics/created/messages?count=1&consumer=c%2B1%20x")
+        .await;
+    assert_eq!(status, 200, "{polled}");
+
+    for (path, field) in [
+        ("/v1/streams/a%zz", "stream"),
+        ("/v1/streams/a%FF", "stream"),
+        ("/v1/streams/orders/topics/%C3", "topic"),
+        ("/v1/%zztreams", "path"),
+    ] {
+        let answer = app.get_json(path).await;
+        assert_eq!(
+            refused(&answer),
+            (400, json!(field)),
+            "{path}: {}",
+            answer.1
+        );
+    }
+}
 
 #[tokio::test]
 async fn dot_segments_cannot_name_streams_or_topics_on_any_protocol() {

@@ -16,6 +16,7 @@ use crate::{
     rest::{
         routes::{BodyRule, Route, field_kind_at},
         shape::{self, ShapeRefusal},
+        template,
     },
 };
 
@@ -202,7 +203,10 @@ pub(super) fn request_json(
     }
 
     let bound: Vec<String> = bindings.iter().map(|(field, _)| field.clone()).collect();
-    for (field, value) in bindings {
+    for (field, raw) in bindings {
+        // Decoded here, where a bad escape can be refused naming its variable.
+        let value = template::decode(&raw)
+            .map_err(|bad| Problem::invalid_field(field.clone(), bad.to_string()))?;
         let descriptor = field_kind_at(&input, &field)
             .map_err(|err| Problem::invalid_field(field.clone(), err))?;
         set_path(
