@@ -9,6 +9,7 @@ use tonic_types::StatusExt;
 use crate::helpers::{TestApp, spawn_app};
 
 const OFFSETS: &str = "/v1/streams/orders/topics/created/consumers/billing/offsets/0";
+const MESSAGES: &str = "/v1/streams/orders/topics/created/messages";
 
 async fn app_with_messages() -> TestApp {
     let app = spawn_app().await;
@@ -112,6 +113,112 @@ async fn storing_a_consumer_offset_without_an_offset_is_refused_naming_it_not_re
     );
 }
 
+// Every parse error names its field: query, path or body.
+
+#[tokio::test]
+async fn values_that_do_not_parse_are_refused_naming_their_field() {
+    let app = app_with_messages().await;
+    let cases = [
+        (format!("{MESSAGES}?count=1.5"), "count"),
+        (format!("{MESSAGES}?count=ten"), "count"),
+        (format!("{MESSAGES}?count=1&strategy=FIRST"), "strategy"),
+        (
+            format!("{MESSAGES}?count=1&strategy=POLLING_STRATEGY_TIMESTAMP&timestamp=yesterday"),
+            "timestamp",
+        ),
+        (
+            format!("{MESSAGES}?count=1&partition_id=-1"),
+            "partition_id",
+        ),
+        (
+            "/v1/streams/orders/topics/created/consumers/billing/offsets/abc".to_owned(),
+            "partition_id",
+        ),
+    ];
+    for (path, field) in cases {
+        let answer = app.get_json(&path).await;
+        assert_eq!(
+            refused(&answer),
+            (400, json!(field)),
+            "{path}: {}",
+            answer.1
+        );
+        let detail = answer.1["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.starts_with(&format!("{field}: must be ")),
+            "{detail}"
+        );
+    }
+    let answer = app
+        .get_json(&format!("{MESSAGES}?count=1&strategy=FIRST"))
+        .await;
+    assert!(
+        answer.1["violations"][0]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("POLLING_STRATEGY_FIRST")),
+        "the values an enum takes are listed: {}",
+        answer.1
+    );
+
+    let bodies = [
+        (
+            "/v1/streams/orders/topics",
+            json!({"name": "t", "partitions_count": 2.5}),
+            "partitions_count",
+        ),
+        (
+            "/v1/streams/orders/topics",
+            json!({"name": "t", "partitionsCount": "two"}),
+            "partitionsCount",
+        ),
+        (
+            MESSAGES,
+            json!({"messages": [{"text": "a"}, {"text": "b", "headers": {"h": {"int64_value": "x"}}}]}),
+            "messages[1].headers[h].int64_value",
+        ),
+        (
+            MESSAGES,
+            json!({"messages": [{"text": "a"}, 5]}),
+            "messages[1]",
+        ),
+        (
+            MESSAGES,
+            json!({"messages": [{"text": "a", "colour": "red"}]}),
+            "messages[0].colour",
+        ),
+        (
+            MESSAGES,
+            json!({"messages": [{"text": ""}]}),
+            "messages[0].text",
+        ),
+        (
+            "/v1/streams/orders/topics/created/partitions/0/messages",
+            json!([{"json": {"n": 1}}, {"text": ""}]),
+            "messages[1].text",
+        ),
+        (
+            "/v1/streams/orders/topics/created/partitions/abc/messages",
+            json!([{"text": "a"}]),
+            "partition_id",
+        ),
+    ];
+    for (path, body, field) in bodies {
+        let answer = app.post_json(path, body.clone()).await;
+        assert_eq!(
+            refused(&answer),
+            (400, json!(field)),
+            "{body}: {}",
+            answer.1
+        );
+        let detail = answer.1["detail"].as_str().unwrap_or_default();
+        assert!(
+            !detail.contains(" at line "),
+            "no parser positions: {detail}"
+        );
+    }
+    assert_eq!(app.list_topics("orders").await.len(), 1, "nothing created");
+}
+
 // Percent-encoding and dot-segments.
 
 #[tokio::test]
@@ -132,6 +239,10 @@ async fn percent_encoded_paths_are_normalised_and_bad_escapes_refused() {
         ("/v1/streams/a%FF", "stream"),
         ("/v1/streams/orders/topics/%C3", "topic"),
         ("/v1/%zztreams", "path"),
+        (
+            "/v1/streams/orders/topics/created/messages?count=1&consumer=%FF",
+            "consumer",
+        ),
     ] {
         let answer = app.get_json(path).await;
         assert_eq!(

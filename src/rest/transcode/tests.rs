@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::{
     framing::{self, FrameDecoder, FrameError},
     render,
-    request::{request_json, set_path},
+    request::{parameters, request_message, set_path},
 };
 use crate::rest::{
     route_table,
@@ -33,53 +33,64 @@ fn json_headers() -> HeaderMap {
     headers
 }
 
-#[test]
-fn nested_field_paths_build_nested_objects_under_proto_names() {
-    let (route, _) = route_for(Method::POST, "/messages");
-    let input = route.method.input();
-    let mut root = Map::new();
-    set_path(
-        &mut root,
-        &input,
-        "event.payload.type",
-        json!("User"),
-        false,
+/// The request a call becomes, in proto3 JSON (proto names, defaults left out).
+fn built(method: Method, path: &str, query: Option<&str>, body: &str) -> Result<Value, u16> {
+    let (route, bindings) = route_for(method, path);
+    let message = request_message(
+        &route,
+        bindings,
+        query,
+        &json_headers(),
+        &Bytes::copy_from_slice(body.as_bytes()),
+        None,
     )
-    .expect("set");
-    set_path(&mut root, &input, "event.eventType", json!("x"), false).expect("set");
+    .map_err(|problem| problem.status())?;
+    let options = prost_reflect::SerializeOptions::new().use_proto_field_name(true);
+    Ok(message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .expect("serializes"))
+}
+
+#[test]
+fn nested_field_paths_build_nested_objects() {
+    let mut root = Map::new();
+    set_path(&mut root, "event.payload.type", json!("User"), false);
+    set_path(&mut root, "event.event_type", json!("x"), false);
+    set_path(&mut root, "tags", json!("a"), true);
+    set_path(&mut root, "tags", json!("b"), true);
     assert_eq!(
         Value::Object(root),
-        json!({"event": {"payload": {"type": "User"}, "event_type": "x"}})
+        json!({"event": {"payload": {"type": "User"}, "event_type": "x"}, "tags": ["a", "b"]})
     );
 }
 
 #[test]
 fn a_field_body_takes_the_json_value_and_the_path_fills_the_rest() {
-    let (route, bindings) = route_for(
+    let (route, _) = route_for(
         Method::POST,
         "/v1/streams/orders/topics/created/partitions/2/messages",
     );
     assert_eq!(route.body, BodyRule::Field("messages".into()));
-    let body = Bytes::from_static(br#"[{"text": "a"}, {"json": {"n": 1}}]"#);
-    let json = request_json(&route, bindings, None, &json_headers(), &body, true).expect("valid");
     assert_eq!(
-        Value::Object(json),
-        json!({"messages": [{"text": "a"}, {"json": {"n": 1}}], "stream": "orders", "topic": "created", "partition_id": "2"})
+        built(
+            Method::POST,
+            "/v1/streams/orders/topics/created/partitions/2/messages",
+            None,
+            r#"[{"text": "a"}, {"json": {"n": 1}}]"#
+        ),
+        Ok(
+            json!({"messages": [{"text": "a"}, {"json": {"n": 1.0}}], "stream": "orders", "topic": "created", "partition_id": 2})
+        )
     );
 }
 
 #[test]
-fn query_strings_fill_scalars_repeated_and_typed_values() {
+fn query_strings_fill_scalars_and_typed_values() {
     let (route, bindings) = route_for(Method::GET, "/v1/streams/orders/topics/created/messages");
-    let json = request_json(
+    let json = parameters(
         &route,
         bindings,
-        Some(
-            "count=5&auto_commit=true&strategy=2&timestamp=2026-01-01T00%3A00%3A00Z&consumer=c%201",
-        ),
-        &HeaderMap::new(),
-        &Bytes::new(),
-        true,
+        Some("count=5&auto_commit=true&strategy=2&timestamp=2026-01-01T00%3A00%3A00Z&consumer=c+1"),
     )
     .expect("valid");
     assert_eq!(json["count"], "5");
@@ -90,31 +101,45 @@ fn query_strings_fill_scalars_repeated_and_typed_values() {
 }
 
 #[test]
-fn query_parameters_that_are_unknown_or_taken_are_refused() {
+fn query_parameters_that_are_unknown_taken_or_bad_are_refused_naming_them() {
     let (route, bindings) = route_for(Method::GET, "/v1/streams/orders/topics/created/messages");
-    for query in ["colour=red", "stream=other", "auto_commit=maybe"] {
-        let problem = request_json(
-            &route,
-            bindings.clone(),
-            Some(query),
-            &HeaderMap::new(),
-            &Bytes::new(),
-            true,
-        )
-        .expect_err("refused");
+    for (query, field) in [
+        ("colour=red", "colour"),
+        ("stream=other", "stream"),
+        ("auto_commit=maybe", "auto_commit"),
+        ("count=1.5", "count"),
+        ("count=%FF", "count"),
+        ("strategy=FIRST", "strategy"),
+    ] {
+        let problem = parameters(&route, bindings.clone(), Some(query)).expect_err(query);
         assert_eq!(problem.status(), 400, "{query}");
+        let body: Value = serde_json::from_str(&problem.to_json()).expect("JSON");
+        assert_eq!(body["violations"][0]["field"], field, "{query}: {body}");
     }
-    let (route, bindings) = route_for(Method::POST, "/v1/streams");
-    let problem = request_json(
-        &route,
-        bindings,
-        Some("name=x"),
-        &json_headers(),
-        &Bytes::from_static(b"{}"),
-        true,
-    )
-    .expect_err("the body owns every field");
+    let (route, _) = route_for(Method::POST, "/v1/streams");
+    let problem =
+        parameters(&route, Vec::new(), Some("name=x")).expect_err("the body owns every field");
     assert_eq!(problem.status(), 400);
+}
+
+#[test]
+fn a_body_the_parser_refuses_is_searched_for_the_value_at_fault() {
+    for (path, body) in [
+        (
+            "/v1/streams/orders/topics",
+            r#"{"name": "t", "partitions_count": 2.5}"#,
+        ),
+        (
+            "/v1/streams/orders/topics/created/messages",
+            r#"{"messages": [{"text": "a"}, {"text": 5}]}"#,
+        ),
+        (
+            "/v1/streams/orders/topics/created/partitions/0/messages",
+            r#"[{"headers": {"h": {"bool_value": 1}}, "text": "a"}]"#,
+        ),
+    ] {
+        assert_eq!(built(Method::POST, path, None, body), Err(400), "{body}");
+    }
 }
 
 /// A gRPC frame around `payload`, uncompressed.
