@@ -219,6 +219,99 @@ async fn values_that_do_not_parse_are_refused_naming_their_field() {
     assert_eq!(app.list_topics("orders").await.len(), 1, "nothing created");
 }
 
+// A field set twice is refused, naming it; a list field takes one parameter per value.
+
+#[tokio::test]
+async fn a_field_given_twice_is_refused_naming_it() {
+    let app = app_with_messages().await;
+    for query in [
+        "count=1&partition_id=1&partition_id=0",
+        "count=1&partitionId=1&partition_id=0",
+        "count=1&count=2",
+    ] {
+        let answer = app.get_json(&format!("{MESSAGES}?{query}")).await;
+        let field = query.rsplit('&').next().and_then(|p| p.split('=').next());
+        assert_eq!(
+            refused(&answer),
+            (400, json!(field)),
+            "{query}: {}",
+            answer.1
+        );
+    }
+
+    for (body, field) in [
+        (r#"{"name":"a","name":"b"}"#, "name"),
+        (
+            r#"{"name":"t","partitionsCount":1,"partitions_count":2}"#,
+            "partitions_count",
+        ),
+        (
+            r#"{"name":"t","partitions_count":1,"message_expiry":"1s","message_expiry":"2s"}"#,
+            "message_expiry",
+        ),
+    ] {
+        let answer = send_raw(
+            &app,
+            reqwest::Method::POST,
+            "/v1/streams/orders/topics",
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            refused(&answer),
+            (400, json!(field)),
+            "{body}: {}",
+            answer.1
+        );
+    }
+    let answer = send_raw(
+        &app,
+        reqwest::Method::POST,
+        MESSAGES,
+        Some(r#"{"messages":[{"json":{"n":1,"n":2}}]}"#),
+    )
+    .await;
+    assert_eq!(
+        refused(&answer),
+        (400, json!("messages[0].json.n")),
+        "{}",
+        answer.1
+    );
+    let answer = app
+        .post_json(
+            MESSAGES,
+            json!({"partition_id": 1, "partition_key": "k", "messages": [{"text": "x"}]}),
+        )
+        .await;
+    assert_eq!(
+        refused(&answer),
+        (400, json!("partition_key")),
+        "{}",
+        answer.1
+    );
+    let answer = app
+        .post_json(
+            "/v1/streams/orders/topics/created/partitions/1/messages?partition_key=k",
+            json!([{"text": "x"}]),
+        )
+        .await;
+    assert_eq!(
+        refused(&answer),
+        (400, json!("partition_key")),
+        "{}",
+        answer.1
+    );
+
+    assert_eq!(app.list_topics("orders").await.len(), 1, "nothing created");
+    assert!(
+        app.poll_from("orders", "created", 1, 0, 10)
+            .await
+            .messages
+            .is_empty(),
+        "nothing sent"
+    );
+}
+
 // Percent-encoding and dot-segments.
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! The request half of the transcoder: the protobuf request message a REST call becomes, built
 //! from its JSON body, path variables and query string by proto3 JSON rules. The body's shape is
-//! measured and charged to the call's memory budget before anything is parsed; every refusal is
-//! a 400 whose violation names the field as the client wrote it (`partitionsCount`,
-//! `messages[2].headers[h].int64_value`, a query parameter).
+//! measured and charged to the call's memory budget before anything is parsed, then inspected
+//! against the message; every refusal is a 400 whose violation names the field as the client
+//! wrote it (`partitionsCount`, `messages[2].headers[h].int64_value`, a query parameter).
 
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use crate::{
     budget::{self, Exhausted},
     rest::{
         routes::{BodyRule, Route},
-        shape::{self, ShapeRefusal},
+        shape::{self, Expect, ShapeRefusal},
         template::{self, Bindings},
     },
 };
@@ -74,17 +74,26 @@ fn body_message(
     if body.is_empty() {
         return Ok(DynamicMessage::new(input));
     }
-    if route.body == BodyRule::None {
-        return Err(Problem::invalid_field(
-            "body",
-            format!(
-                "{} {} takes no request body",
-                route.http_method, route.template
-            ),
-        ));
-    }
+    let (expect, prefix) = match &route.body {
+        BodyRule::None => {
+            return Err(Problem::invalid_field(
+                "body",
+                format!(
+                    "{} {} takes no request body",
+                    route.http_method, route.template
+                ),
+            ));
+        }
+        BodyRule::All => (Expect::Message(input.clone()), None),
+        BodyRule::Field(name) => {
+            let field = input.get_field_by_name(name).ok_or_else(|| {
+                Problem::invalid_field(name.clone(), "is not a field of the request")
+            })?;
+            (Expect::of_field(&field), Some(name.as_str()))
+        }
+    };
     check_json_content(headers)?;
-    measure(body)?;
+    inspect(body, &expect, prefix)?;
 
     if route.body == BodyRule::All {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -128,9 +137,11 @@ fn body_message(
     })
 }
 
-/// Measures the body and charges it to the call's memory budget; not JSON at all passes (the
-/// parse says where).
-fn measure(body: &[u8]) -> Result<(), Problem> {
+/// Measures the body and charges it to the call's memory budget, then inspects it against the
+/// message; not JSON at all passes (the parse says where).
+fn inspect(body: &[u8], expect: &Expect, prefix: Option<&str>) -> Result<(), Problem> {
+    // Counted first, allocating nothing; the inspection below keeps the keys of each object,
+    // so it runs only once the call is charged for what the body will become.
     let values = match shape::count_values(body) {
         Err(ShapeRefusal::Malformed) => return Ok(()),
         Err(refusal @ ShapeRefusal::TooDeep) => {
@@ -156,13 +167,8 @@ fn measure(body: &[u8]) -> Result<(), Problem> {
             .with_retry_after(1));
         }
     }
-    Ok(())
-}
-
-/// A message whose JSON form is an object of its fields (not a well-known type, which has a
-/// JSON form of its own).
-fn is_plain_message(message: &MessageDescriptor) -> bool {
-    !message.full_name().starts_with("google.protobuf.")
+    shape::inspect(body, expect, prefix)
+        .map_err(|refusal| Problem::invalid_field(refusal.field, refusal.reason))
 }
 
 /// The field of `message` a JSON key names: its JSON name or its proto name.
@@ -218,7 +224,7 @@ fn failing_field(
                 })
             }
             (Value::Object(fields), Kind::Message(inner))
-                if !field.is_list() && !field.is_map() && is_plain_message(&inner) =>
+                if !field.is_list() && !field.is_map() && Expect::is_plain_message(&inner) =>
             {
                 failing_field(&inner, fields)
                     .map(|(path, reason)| (format!("{key}.{path}"), reason))
@@ -240,7 +246,7 @@ fn item_failure(
 ) -> Option<(String, String)> {
     let detail = parse_alone(message, key, alone).err()?;
     if let (Kind::Message(inner), Value::Object(fields)) = (item_field.kind(), item)
-        && is_plain_message(&inner)
+        && Expect::is_plain_message(&inner)
         && let Some((path, reason)) = failing_field(&inner, fields)
     {
         return Some((format!(".{path}"), reason));
@@ -317,7 +323,7 @@ fn lay_over(message: &mut DynamicMessage, from: &DynamicMessage, json: &Map<Stri
         };
         // Well-known types have JSON forms of their own (a Struct is an object of any keys),
         // so they are set whole.
-        let nested = matches!(field.kind(), Kind::Message(m) if is_plain_message(&m))
+        let nested = matches!(field.kind(), Kind::Message(m) if Expect::is_plain_message(&m))
             && !field.is_list()
             && !field.is_map()
             && value.is_object();
@@ -393,7 +399,8 @@ fn resolve(message: &MessageDescriptor, path: &str) -> Option<Resolved> {
 }
 
 /// Path variables and query parameters as one proto3 JSON object (proto names). Each value is
-/// parsed alone first, so a bad one is refused naming its parameter.
+/// parsed alone first, so a bad one is refused naming its parameter; a field is set once (a
+/// list field takes a value per parameter), and one member of a oneof at most.
 pub(super) fn parameters(
     route: &Route,
     bindings: Bindings,
@@ -403,6 +410,7 @@ pub(super) fn parameters(
     let mut overlay = Overlay {
         input: &input,
         root: Map::new(),
+        set: Vec::new(),
     };
     let mut bound = Vec::new();
     for (name, raw) in bindings {
@@ -475,12 +483,46 @@ fn decode_query(raw: &str) -> Result<String, template::BadEscape> {
 struct Overlay<'a> {
     input: &'a MessageDescriptor,
     root: Map<String, Value>,
+    /// Each field set, by proto path, with the name the client used for it.
+    set: Vec<(String, String)>,
 }
 
 impl Overlay<'_> {
     /// Adds `name=value` (`name` as the client wrote it) after parsing it alone.
     fn add(&mut self, name: &str, resolved: &Resolved, value: &str) -> Result<(), Problem> {
         let field = &resolved.field;
+        if !field.is_list() && self.set.iter().any(|(path, _)| *path == resolved.path) {
+            return Err(Problem::invalid_field(
+                name,
+                "is given more than once; it takes one value",
+            ));
+        }
+        if let Some(oneof) = field.containing_oneof() {
+            let parent = resolved
+                .path
+                .rsplit_once('.')
+                .map_or("", |(parent, _)| parent);
+            let other = self.set.iter().find(|(path, _)| {
+                path.rsplit_once('.').map_or("", |(parent, _)| parent) == parent
+                    && path != &resolved.path
+                    && resolve(self.input, path)
+                        .and_then(|other| other.field.containing_oneof())
+                        .is_some_and(|other| other == oneof)
+            });
+            if let Some((_, other)) = other {
+                return Err(Problem::invalid_field(
+                    name,
+                    format!(
+                        "conflicts with {other}: set one of {}",
+                        oneof
+                            .fields()
+                            .map(|f| f.name().to_owned())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
         let json = scalar_json(field, name, value)?;
         let mut alone = Map::new();
         set_path(&mut alone, &resolved.path, json.clone(), field.is_list());
@@ -496,6 +538,7 @@ impl Overlay<'_> {
             )
         })?;
         set_path(&mut self.root, &resolved.path, json, field.is_list());
+        self.set.push((resolved.path.clone(), name.to_owned()));
         Ok(())
     }
 }
@@ -518,7 +561,7 @@ fn scalar_json(field: &FieldDescriptor, name: &str, value: &str) -> Result<Value
             .ok()
             .and_then(serde_json::Number::from_f64)
             .map_or_else(|| Value::String(value.to_owned()), Value::Number),
-        Kind::Message(message) if is_plain_message(&message) => {
+        Kind::Message(message) if Expect::is_plain_message(&message) => {
             return Err(Problem::invalid_field(
                 name,
                 "a message field cannot be set from a single value; name one of its fields (a.b=c)",

@@ -101,7 +101,7 @@ fn query_strings_fill_scalars_and_typed_values() {
 }
 
 #[test]
-fn query_parameters_that_are_unknown_taken_or_bad_are_refused_naming_them() {
+fn query_parameters_that_are_unknown_taken_repeated_or_bad_are_refused_naming_them() {
     let (route, bindings) = route_for(Method::GET, "/v1/streams/orders/topics/created/messages");
     for (query, field) in [
         ("colour=red", "colour"),
@@ -110,6 +110,8 @@ fn query_parameters_that_are_unknown_taken_or_bad_are_refused_naming_them() {
         ("count=1.5", "count"),
         ("count=%FF", "count"),
         ("strategy=FIRST", "strategy"),
+        ("partition_id=1&partition_id=0", "partition_id"),
+        ("partitionId=1&partition_id=0", "partition_id"),
     ] {
         let problem = parameters(&route, bindings.clone(), Some(query)).expect_err(query);
         assert_eq!(problem.status(), 400, "{query}");
@@ -140,6 +142,39 @@ fn a_body_the_parser_refuses_is_searched_for_the_value_at_fault() {
     ] {
         assert_eq!(built(Method::POST, path, None, body), Err(400), "{body}");
     }
+}
+
+#[test]
+fn bodies_with_a_key_twice_or_two_oneof_members_are_refused() {
+    for body in [
+        r#"{"name": "a", "name": "b"}"#,
+        r#"{"name": "a", "partitions_count": 1, "partitionsCount": 2}"#,
+    ] {
+        assert_eq!(
+            built(Method::POST, "/v1/streams/orders/topics", None, body),
+            Err(400),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        built(
+            Method::POST,
+            "/v1/streams/orders/topics/created/messages",
+            None,
+            r#"{"partition_id": 1, "partition_key": "k", "messages": [{"text": "a"}]}"#
+        ),
+        Err(400)
+    );
+    // A null member is unset, as the parser has it.
+    assert!(
+        built(
+            Method::POST,
+            "/v1/streams/orders/topics/created/messages",
+            None,
+            r#"{"partition_id": null, "partition_key": "k", "messages": [{"text": "a"}]}"#
+        )
+        .is_ok()
+    );
 }
 
 /// A gRPC frame around `payload`, uncompressed.
