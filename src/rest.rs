@@ -4,6 +4,7 @@
 
 mod openapi;
 mod routes;
+mod scalars;
 pub mod shape;
 mod template;
 mod transcode;

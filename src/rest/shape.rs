@@ -3,13 +3,15 @@
 //! becomes a node of a dynamic message, so a body of many tiny values (`[{},{},…]`) costs many
 //! times its size: the transcoder charges the count to the call's memory budget first. Then,
 //! once charged, inspected against the request message for what the parser would let pass
-//! silently: a key given twice, or one field under both its names (the last would win), and
-//! two members of one oneof.
+//! silently (a key given twice, or one field under both its names: the last would win; two
+//! members of one oneof) or needs help with (scalars spelled as `scalars` describes).
 
 use std::{collections::HashSet, fmt};
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor, OneofDescriptor};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::scalars;
 
 /// What one JSON value is counted as once parsed into a dynamic message, in bytes.
 pub const JSON_VALUE_COST: usize = 128;
@@ -139,7 +141,11 @@ pub enum Expect {
     /// given twice are looked for.
     Any,
     Message(MessageDescriptor),
-    /// A scalar: nothing to look at.
+    /// An integer, which may be written as an integral number in a string.
+    Integer,
+    Timestamp,
+    Duration,
+    /// Any other scalar: nothing to look at.
     Scalar,
     List(Box<Expect>),
     /// A map field: an object whose values are this.
@@ -171,14 +177,42 @@ impl Expect {
 
     fn of_kind(kind: &Kind) -> Self {
         match kind {
-            Kind::Message(message) if Self::is_plain_message(message) => {
-                Self::Message(message.clone())
-            }
-            // The well-known types have JSON forms of their own.
-            Kind::Message(_) => Self::Any,
-            _ => Self::Scalar,
+            Kind::Int32
+            | Kind::Int64
+            | Kind::Uint32
+            | Kind::Uint64
+            | Kind::Sint32
+            | Kind::Sint64
+            | Kind::Fixed32
+            | Kind::Fixed64
+            | Kind::Sfixed32
+            | Kind::Sfixed64 => Self::Integer,
+            Kind::Message(message) => match message.full_name() {
+                "google.protobuf.Timestamp" => Self::Timestamp,
+                "google.protobuf.Duration" => Self::Duration,
+                "google.protobuf.Int32Value"
+                | "google.protobuf.Int64Value"
+                | "google.protobuf.UInt32Value"
+                | "google.protobuf.UInt64Value" => Self::Integer,
+                _ if Self::is_plain_message(message) => Self::Message(message.clone()),
+                // The other well-known types have JSON forms of their own.
+                _ => Self::Any,
+            },
+            Kind::Double
+            | Kind::Float
+            | Kind::Bool
+            | Kind::String
+            | Kind::Bytes
+            | Kind::Enum(_) => Self::Scalar,
         }
     }
+}
+
+/// What the inspection found that the parse must know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inspection {
+    /// Some scalar is spelled in a way the parser does not take as written: [`respell`] it.
+    pub respell: bool,
 }
 
 /// A value the request cannot take as sent, named by its path in the body (`a.b[2].c`).
@@ -190,8 +224,11 @@ pub struct Refusal {
 
 /// Inspects `body` (valid JSON, already measured) as `expect`; `prefix` names the field the
 /// whole body is (a `body: "field"` rule). Malformed JSON passes: the parse names the error.
-pub fn inspect(body: &[u8], expect: &Expect, prefix: Option<&str>) -> Result<(), Refusal> {
-    let mut walk = Inspect { refusal: None };
+pub fn inspect(body: &[u8], expect: &Expect, prefix: Option<&str>) -> Result<Inspection, Refusal> {
+    let mut walk = Inspect {
+        found: Inspection::default(),
+        refusal: None,
+    };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let walked = Node {
         walk: &mut walk,
@@ -217,7 +254,41 @@ pub fn inspect(body: &[u8], expect: &Expect, prefix: Option<&str>) -> Result<(),
             }
             Err(Refusal { field, reason })
         }
-        (Ok(_) | Err(_), None) => Ok(()),
+        (Ok(_) | Err(_), None) => Ok(walk.found),
+    }
+}
+
+/// Rewrites, in a parsed body, the scalars [`inspect`] found respellable.
+pub fn respell(value: &mut serde_json::Value, expect: &Expect) {
+    use serde_json::Value;
+    match (expect, value) {
+        (Expect::Message(message), Value::Object(fields)) => {
+            for (key, value) in fields.iter_mut() {
+                if let Some(field) = message
+                    .get_field_by_json_name(key)
+                    .or_else(|| message.get_field_by_name(key))
+                {
+                    respell(value, &Expect::of_field(&field));
+                }
+            }
+        }
+        (Expect::List(item), Value::Array(items)) => {
+            items.iter_mut().for_each(|value| respell(value, item));
+        }
+        (Expect::Map(item), Value::Object(entries)) => {
+            entries.values_mut().for_each(|value| respell(value, item));
+        }
+        (Expect::Integer, Value::String(text)) => {
+            if let Some(plain) = scalars::integer(text) {
+                *text = plain;
+            }
+        }
+        (Expect::Timestamp, Value::String(text)) => {
+            if let Ok(Some(upper)) = scalars::timestamp(text) {
+                *text = upper;
+            }
+        }
+        _ => {}
     }
 }
 
@@ -229,6 +300,7 @@ enum Step {
 }
 
 struct Inspect {
+    found: Inspection,
     refusal: Option<(Vec<Step>, String)>,
 }
 
@@ -305,7 +377,20 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         Ok(true)
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<bool, E> {
+        match self.expect {
+            Expect::Integer => {
+                self.walk.found.respell |= scalars::integer(text).is_some();
+            }
+            Expect::Timestamp => match scalars::timestamp(text) {
+                Ok(upper) => self.walk.found.respell |= upper.is_some(),
+                Err(reason) => return Err(self.walk.refuse(reason)),
+            },
+            Expect::Duration => {
+                scalars::duration(text).map_err(|reason| self.walk.refuse(reason))?;
+            }
+            _ => {}
+        }
         Ok(false)
     }
 

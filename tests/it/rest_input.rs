@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with_default_topic};
 
 const OFFSETS: &str = "/v1/streams/orders/topics/created/consumers/billing/offsets/0";
 const MESSAGES: &str = "/v1/streams/orders/topics/created/messages";
@@ -403,4 +403,148 @@ async fn dot_segments_cannot_name_streams_or_topics_on_any_protocol() {
     }
     assert_eq!(app.list_streams().await.len(), 1);
     assert!(app.list_topics("orders").await.is_empty());
+}
+
+// The usual spellings of booleans, integers and times.
+
+#[tokio::test]
+async fn query_booleans_take_the_usual_spellings() {
+    let app = app_with_messages().await;
+    for (spelling, committed) in [
+        ("true", true),
+        ("True", true),
+        ("TRUE", true),
+        ("t", true),
+        ("1", true),
+        ("false", false),
+        ("False", false),
+        ("FALSE", false),
+        ("f", false),
+        ("0", false),
+    ] {
+        let consumer = format!("c-{spelling}");
+        let (status, polled) = app
+            .get_json(&format!(
+                "{MESSAGES}?partition_id=0&count=1&strategy=POLLING_STRATEGY_FIRST&consumer={consumer}&auto_commit={spelling}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{spelling}: {polled}");
+        assert_eq!(
+            app.stored_offset("orders", "created", &consumer, 0).await,
+            committed.then_some(0),
+            "{spelling}"
+        );
+    }
+    let answer = app
+        .get_json(&format!("{MESSAGES}?count=1&consumer=c&auto_commit=yes"))
+        .await;
+    assert_eq!(refused(&answer), (400, json!("auto_commit")));
+}
+
+#[tokio::test]
+async fn integral_numbers_are_integers_quoted_or_not() {
+    let app = app_with_messages().await;
+    for (name, count) in [
+        ("t1", json!(2e0)),
+        ("t2", json!("2e0")),
+        ("t3", json!("2.0")),
+    ] {
+        let (status, topic) = app
+            .post_json(
+                "/v1/streams/orders/topics",
+                json!({"name": name, "partitions_count": count}),
+            )
+            .await;
+        assert_eq!(
+            (status, topic["topic"]["partitions_count"].clone()),
+            (201, json!(2)),
+            "{count}: {topic}"
+        );
+    }
+    let (status, polled) = app
+        .get_json(&format!(
+            "{MESSAGES}?partition_id=0&count=2e0&offset=1.0&strategy=POLLING_STRATEGY_OFFSET"
+        ))
+        .await;
+    assert_eq!(status, 200, "{polled}");
+    assert_eq!(polled["messages"].as_array().map(Vec::len), Some(2));
+    assert_eq!(polled["messages"][0]["offset"], "1");
+    for count in [json!(1.5), json!("1.5"), json!("1e-1")] {
+        let answer = app
+            .post_json(
+                "/v1/streams/orders/topics",
+                json!({"name": "t4", "partitions_count": count}),
+            )
+            .await;
+        assert_eq!(
+            refused(&answer),
+            (400, json!("partitions_count")),
+            "{count}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn times_take_lower_case_letters_and_refuse_digits_past_nanoseconds() {
+    let app = spawn_app_with_default_topic().await;
+    let query = |at: &str| {
+        format!(
+            "/v1/streams/sample-stream/topics/events/messages?count=1&strategy=POLLING_STRATEGY_TIMESTAMP&timestamp={at}"
+        )
+    };
+    assert_eq!(app.get_json(&query("2026-01-01t00:00:00z")).await.0, 200);
+    assert_eq!(
+        app.get_json(&query("2026-01-01T00:00:00.123456789Z"))
+            .await
+            .0,
+        200
+    );
+    let answer = app
+        .get_json(&query("2026-01-01T00:00:00.1234567891Z"))
+        .await;
+    assert_eq!(refused(&answer), (400, json!("timestamp")), "{}", answer.1);
+
+    let event = |at: &str| {
+        json!({"event": {"id": "6f1c2a3e-1111-4a2b-9c3d-0123456789ab", "event_type": "x",
+                         "timestamp": at, "payload": {"type": "Generic"}}})
+    };
+    let answer = app
+        .post_json("/messages", event("2026-01-01t10:00:00.0000000001z"))
+        .await;
+    assert_eq!(
+        refused(&answer),
+        (400, json!("event.timestamp")),
+        "{}",
+        answer.1
+    );
+    let answer = app
+        .post_json("/messages", event("2026-01-01t10:00:00.5z"))
+        .await;
+    assert_eq!(answer.0, 201, "{}", answer.1);
+    let (_, polled) = app.get_json("/messages?partition_id=0&offset=0").await;
+    let (_, polled_1) = app.get_json("/messages?partition_id=1&offset=0").await;
+    let (_, polled_2) = app.get_json("/messages?partition_id=2&offset=0").await;
+    let stored: Vec<Value> = [polled, polled_1, polled_2]
+        .iter()
+        .flat_map(|p| p["messages"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(stored.len(), 1);
+    let at = stored[0]["event"]["timestamp"].as_str().unwrap_or_default();
+    assert!(
+        at.starts_with("2026-01-01T10:00:00.5") && at.ends_with('Z'),
+        "{at}"
+    );
+
+    let answer = app
+        .post_json(
+            "/v1/streams/sample-stream/topics",
+            json!({"name": "t", "partitions_count": 1, "message_expiry": "1.0000000001s"}),
+        )
+        .await;
+    assert_eq!(
+        refused(&answer),
+        (400, json!("message_expiry")),
+        "{}",
+        answer.1
+    );
 }

@@ -16,6 +16,7 @@ use crate::{
     budget::{self, Exhausted},
     rest::{
         routes::{BodyRule, Route},
+        scalars,
         shape::{self, Expect, ShapeRefusal},
         template::{self, Bindings},
     },
@@ -25,8 +26,8 @@ use crate::{
 /// path wins over the same field in the body, as in google.api.http).
 ///
 /// A `body: "*"` body (the common case, and the large one) is parsed straight into the message;
-/// the path and query fields are parsed on their own and laid over it. Other bodies go through
-/// a JSON tree first.
+/// the path and query fields are parsed on their own and laid over it. Other bodies, and bodies
+/// with scalars to respell, go through a JSON tree first.
 pub(super) fn request_message(
     route: &Route,
     bindings: Bindings,
@@ -93,9 +94,14 @@ fn body_message(
         }
     };
     check_json_content(headers)?;
-    inspect(body, &expect, prefix)?;
+    let respell = match inspect(body, &expect, prefix)? {
+        Some(inspection) => inspection.respell,
+        // Not JSON: the parse below says where.
+        None => false,
+    };
 
-    if route.body == BodyRule::All {
+    let direct = route.body == BodyRule::All && !respell;
+    if direct {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(Problem::invalid_field("body", "must be a JSON object"));
         }
@@ -121,7 +127,7 @@ fn body_message(
         };
     }
 
-    let tree = match (&route.body, serde_json::from_slice(body)) {
+    let mut tree = match (&route.body, serde_json::from_slice(body)) {
         (_, Err(err)) => return Err(malformed_json(&err)),
         (BodyRule::Field(name), Ok(value)) => {
             Value::Object(Map::from_iter([(name.clone(), value)]))
@@ -129,6 +135,9 @@ fn body_message(
         (_, Ok(object @ Value::Object(_))) => object,
         (_, Ok(_)) => return Err(Problem::invalid_field("body", "must be a JSON object")),
     };
+    if respell {
+        shape::respell(&mut tree, &Expect::Message(input.clone()));
+    }
     DynamicMessage::deserialize_with_options(input.clone(), &tree, &deny_unknown()).map_err(|err| {
         match tree.as_object() {
             Some(fields) => locate(&input, fields, &err),
@@ -138,12 +147,16 @@ fn body_message(
 }
 
 /// Measures the body and charges it to the call's memory budget, then inspects it against the
-/// message; not JSON at all passes (the parse says where).
-fn inspect(body: &[u8], expect: &Expect, prefix: Option<&str>) -> Result<(), Problem> {
+/// message; `None` when it is not JSON at all.
+fn inspect(
+    body: &[u8],
+    expect: &Expect,
+    prefix: Option<&str>,
+) -> Result<Option<shape::Inspection>, Problem> {
     // Counted first, allocating nothing; the inspection below keeps the keys of each object,
     // so it runs only once the call is charged for what the body will become.
     let values = match shape::count_values(body) {
-        Err(ShapeRefusal::Malformed) => return Ok(()),
+        Err(ShapeRefusal::Malformed) => return Ok(None),
         Err(refusal @ ShapeRefusal::TooDeep) => {
             return Err(Problem::invalid_field("body", refusal.to_string()));
         }
@@ -168,6 +181,7 @@ fn inspect(body: &[u8], expect: &Expect, prefix: Option<&str>) -> Result<(), Pro
         }
     }
     shape::inspect(body, expect, prefix)
+        .map(Some)
         .map_err(|refusal| Problem::invalid_field(refusal.field, refusal.reason))
 }
 
@@ -544,24 +558,46 @@ impl Overlay<'_> {
 }
 
 /// A path or query value as the JSON proto3 parsing expects it: bools and floats as JSON
-/// values, everything else (integers, enums, strings, Timestamps, Durations) as a string.
+/// values, everything else (integers, enums, strings, Timestamps, Durations) as a string, in
+/// the spellings `scalars` settles.
 fn scalar_json(field: &FieldDescriptor, name: &str, value: &str) -> Result<Value, Problem> {
-    Ok(match field.kind() {
-        Kind::Bool => match value {
-            "true" | "1" => Value::Bool(true),
-            "false" | "0" => Value::Bool(false),
-            _ => return Err(Problem::invalid_field(name, "must be true or false")),
-        },
+    let kind = field.kind();
+    Ok(match Expect::of_field(field) {
+        Expect::List(item) | Expect::Map(item) => item_json(&item, &kind, name, value)?,
+        expect => item_json(&expect, &kind, name, value)?,
+    })
+}
+
+fn item_json(expect: &Expect, kind: &Kind, name: &str, value: &str) -> Result<Value, Problem> {
+    Ok(match (expect, kind) {
+        (_, Kind::Bool) => Value::Bool(scalars::boolean(value).ok_or_else(|| {
+            Problem::invalid_field(
+                name,
+                "must be true or false (also True, TRUE, t, 1; False, FALSE, f, 0)",
+            )
+        })?),
+        (Expect::Integer, _) => {
+            Value::String(scalars::integer(value).unwrap_or_else(|| value.to_owned()))
+        }
+        (Expect::Timestamp, _) => Value::String(
+            scalars::timestamp(value)
+                .map_err(|reason| Problem::invalid_field(name, reason))?
+                .unwrap_or_else(|| value.to_owned()),
+        ),
+        (Expect::Duration, _) => {
+            scalars::duration(value).map_err(|reason| Problem::invalid_field(name, reason))?;
+            Value::String(value.to_owned())
+        }
         // Enums are names or numbers; a number must reach the parser as a JSON number.
-        Kind::Enum(_) => value
+        (_, Kind::Enum(_)) => value
             .parse::<i32>()
             .map_or_else(|_| Value::String(value.to_owned()), Value::from),
-        Kind::Double | Kind::Float => value
+        (_, Kind::Double | Kind::Float) => value
             .parse::<f64>()
             .ok()
             .and_then(serde_json::Number::from_f64)
             .map_or_else(|| Value::String(value.to_owned()), Value::Number),
-        Kind::Message(message) if Expect::is_plain_message(&message) => {
+        (Expect::Message(_), _) => {
             return Err(Problem::invalid_field(
                 name,
                 "a message field cannot be set from a single value; name one of its fields (a.b=c)",

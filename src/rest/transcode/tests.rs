@@ -85,12 +85,14 @@ fn a_field_body_takes_the_json_value_and_the_path_fills_the_rest() {
 }
 
 #[test]
-fn query_strings_fill_scalars_and_typed_values() {
+fn query_strings_fill_scalars_in_their_usual_spellings() {
     let (route, bindings) = route_for(Method::GET, "/v1/streams/orders/topics/created/messages");
     let json = parameters(
         &route,
         bindings,
-        Some("count=5&auto_commit=true&strategy=2&timestamp=2026-01-01T00%3A00%3A00Z&consumer=c+1"),
+        Some(
+            "count=5&auto_commit=True&strategy=2&timestamp=2026-01-01t00%3A00%3A00z&consumer=c+1&offset=1e1",
+        ),
     )
     .expect("valid");
     assert_eq!(json["count"], "5");
@@ -98,6 +100,7 @@ fn query_strings_fill_scalars_and_typed_values() {
     assert_eq!(json["strategy"], 2);
     assert_eq!(json["timestamp"], "2026-01-01T00:00:00Z");
     assert_eq!(json["consumer"], "c 1");
+    assert_eq!(json["offset"], "10");
 }
 
 #[test]
@@ -112,6 +115,7 @@ fn query_parameters_that_are_unknown_taken_repeated_or_bad_are_refused_naming_th
         ("strategy=FIRST", "strategy"),
         ("partition_id=1&partition_id=0", "partition_id"),
         ("partitionId=1&partition_id=0", "partition_id"),
+        ("timestamp=2026-01-01T00:00:00.1234567891Z", "timestamp"),
     ] {
         let problem = parameters(&route, bindings.clone(), Some(query)).expect_err(query);
         assert_eq!(problem.status(), 400, "{query}");
@@ -142,6 +146,29 @@ fn a_body_the_parser_refuses_is_searched_for_the_value_at_fault() {
     ] {
         assert_eq!(built(Method::POST, path, None, body), Err(400), "{body}");
     }
+}
+
+#[test]
+fn bodies_take_integral_numbers_in_strings_and_lower_case_times() {
+    assert_eq!(
+        built(
+            Method::POST,
+            "/v1/streams/orders/topics",
+            None,
+            r#"{"name": "t", "partitions_count": "3e0", "max_topic_size_bytes": "1.5e3"}"#
+        ),
+        Ok(
+            json!({"stream": "orders", "name": "t", "partitions_count": 3, "max_topic_size_bytes": "1500"})
+        )
+    );
+    let event = built(
+        Method::POST,
+        "/messages",
+        None,
+        r#"{"event": {"id": "x", "timestamp": "2026-01-01t10:00:00z"}}"#,
+    )
+    .expect("valid");
+    assert_eq!(event["event"]["timestamp"], "2026-01-01T10:00:00Z");
 }
 
 #[test]
