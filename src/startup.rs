@@ -29,7 +29,7 @@ use crate::{
         message_service_server::MessageServiceServer, stream_service_server::StreamServiceServer,
         topic_service_server::TopicServiceServer,
     },
-    rest,
+    rest::{self, RestSettings},
     subscription::Subscriptions,
 };
 
@@ -146,7 +146,7 @@ impl Application {
             config.limits(),
             default_topic,
             Subscriptions::new(config.subscribe_settings(), subscriptions_stop.clone()),
-            config.limits.max_request_body_size as usize,
+            config.rest_settings(),
             health_service,
         )?;
         let router = routes
@@ -307,11 +307,12 @@ fn routes(
     limits: Limits,
     default_topic: Option<DefaultTopic>,
     subscriptions: Subscriptions,
-    max_request_bytes: usize,
+    rest_settings: RestSettings,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
 ) -> Result<Routes, StartupError> {
+    let max_request_bytes = rest_settings.max_body_bytes;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -344,7 +345,7 @@ fn routes(
     let rest = rest::router(
         table,
         grpc_only.routes().prepare().into_axum_router(),
-        max_request_bytes,
+        rest_settings,
     )
     .map_err(StartupError::Internal)?;
 

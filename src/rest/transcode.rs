@@ -29,9 +29,10 @@ use crate::{
 use self::{
     framing::EncodeError,
     render::{internal, respond},
-    request::request_message,
+    request::{Query, request_message},
 };
 use super::{
+    RestSettings,
     routes::{Lookup, Route, RouteTable},
     template,
 };
@@ -50,14 +51,20 @@ pub struct Transcoder {
     /// The gRPC services alone (no gRPC-Web, no REST), called in process.
     grpc: axum::Router,
     max_body_bytes: usize,
+    query: Query,
 }
 
 impl Transcoder {
-    pub fn new(table: RouteTable, grpc: axum::Router, max_body_bytes: usize) -> Self {
+    pub fn new(table: RouteTable, grpc: axum::Router, settings: RestSettings) -> Self {
         Self {
             table,
             grpc,
-            max_body_bytes,
+            max_body_bytes: settings.max_body_bytes,
+            query: if settings.strict_query {
+                Query::Strict
+            } else {
+                Query::Lenient
+            },
         }
     }
 
@@ -144,6 +151,7 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         &parts.headers,
         &body,
         last_event_id,
+        transcoder.query,
     )?;
 
     if route.method.is_server_streaming() {

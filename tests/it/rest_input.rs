@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with_default_topic};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with_default_topic, spawn_configured};
 
 const OFFSETS: &str = "/v1/streams/orders/topics/created/consumers/billing/offsets/0";
 const MESSAGES: &str = "/v1/streams/orders/topics/created/messages";
@@ -310,6 +310,38 @@ async fn a_field_given_twice_is_refused_naming_it() {
             .is_empty(),
         "nothing sent"
     );
+}
+
+// Unknown query parameters: ignored by default, refused when strict.
+
+#[tokio::test]
+async fn unknown_query_parameters_are_ignored_by_default() {
+    let app = app_with_messages().await;
+    let (status, polled) = app
+        .get_json(&format!(
+            "{MESSAGES}?partition_id=0&count=10&strategy=POLLING_STRATEGY_FIRST&_=1712345&utm_source=mail&a.b=1"
+        ))
+        .await;
+    assert_eq!(status, 200, "{polled}");
+    assert_eq!(polled["messages"].as_array().map(Vec::len), Some(3));
+    let (status, _) = app.get_json("/v1/streams/orders?_=1712345").await;
+    assert_eq!(status, 200);
+    // Known fields are still checked.
+    let answer = app.get_json(&format!("{MESSAGES}?count=x&_=1")).await;
+    assert_eq!(refused(&answer), (400, json!("count")));
+}
+
+#[tokio::test]
+async fn strict_query_strings_refuse_unknown_parameters_naming_them() {
+    let app = spawn_configured(|config| config.edge.rest_strict_query = true).await;
+    app.create_stream("orders").await;
+    let answer = app.get_json("/v1/streams/orders?_=1712345").await;
+    assert_eq!(refused(&answer), (400, json!("_")), "{}", answer.1);
+    assert_eq!(
+        answer.1["violations"][0]["description"],
+        "unknown query parameter"
+    );
+    assert_eq!(app.get_json("/v1/streams/orders").await.0, 200);
 }
 
 // Percent-encoding and dot-segments.

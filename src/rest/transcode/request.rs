@@ -22,6 +22,16 @@ use crate::{
     },
 };
 
+/// How strictly the query string is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// Parameters that name no field are ignored (cache-busters, tracking parameters), as
+    /// grpc-gateway does.
+    Lenient,
+    /// Parameters that name no field are refused (`REST_STRICT_QUERY`).
+    Strict,
+}
+
 /// The request message: the body, then path variables and the query string laid over it (the
 /// path wins over the same field in the body, as in google.api.http).
 ///
@@ -35,10 +45,11 @@ pub(super) fn request_message(
     headers: &HeaderMap,
     body: &Bytes,
     last_event_id: Option<&str>,
+    strictness: Query,
 ) -> Result<DynamicMessage, Problem> {
     let input = route.method.input();
     let mut message = body_message(route, headers, body)?;
-    let mut overlay = parameters(route, bindings, query)?;
+    let mut overlay = parameters(route, bindings, query, strictness)?;
     // SSE clients resume by sending the last event id back: it is the cursor.
     if let Some(last_event_id) = last_event_id
         && let Some(cursor) = input.get_field_by_name("cursor")
@@ -419,6 +430,7 @@ pub(super) fn parameters(
     route: &Route,
     bindings: Bindings,
     query: Option<&str>,
+    strictness: Query,
 ) -> Result<Map<String, Value>, Problem> {
     let input = route.method.input();
     let mut overlay = Overlay {
@@ -440,15 +452,24 @@ pub(super) fn parameters(
         let key = match decode_query(raw_key) {
             Ok(key) if !key.is_empty() => key,
             Ok(_) => continue,
-            Err(bad) => {
-                return Err(Problem::invalid_field(
-                    "query",
-                    format!("a parameter name {bad}"),
-                ));
+            Err(bad) => match strictness {
+                Query::Strict => {
+                    return Err(Problem::invalid_field(
+                        "query",
+                        format!("a parameter name {bad}"),
+                    ));
+                }
+                Query::Lenient => continue,
+            },
+        };
+        let Some(resolved) = resolve(&input, &key) else {
+            match strictness {
+                Query::Strict => {
+                    return Err(Problem::invalid_field(key, "unknown query parameter"));
+                }
+                Query::Lenient => continue,
             }
         };
-        let resolved = resolve(&input, &key)
-            .ok_or_else(|| Problem::invalid_field(key.clone(), "unknown query parameter"))?;
         let in_body = match &route.body {
             BodyRule::All => true,
             BodyRule::Field(field) => {
