@@ -580,3 +580,36 @@ async fn times_take_lower_case_letters_and_refuse_digits_past_nanoseconds() {
         answer.1
     );
 }
+
+// Compressed bodies.
+
+#[tokio::test]
+async fn compressed_bodies_are_refused_with_415() {
+    let app = spawn_app().await;
+    for coding in ["gzip", "br", "identity, gzip"] {
+        let response = app
+            .http1
+            .post(app.url("/v1/streams"))
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .body(vec![0x1f, 0x8b, 0x08, 0x00])
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 415, "{coding}");
+        assert_eq!(response.headers()["accept-encoding"], "identity");
+        let problem: Value = response.json().await.expect("problem");
+        assert_eq!(problem["reason"], "UNSUPPORTED_CONTENT_ENCODING");
+    }
+    let response = app
+        .http1
+        .post(app.url("/v1/streams"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .body(r#"{"name":"plain"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+    assert_eq!(app.list_streams().await.len(), 1);
+}
