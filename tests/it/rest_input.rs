@@ -1,5 +1,7 @@
-//! What REST accepts and refuses on the way in, as HTTP clients, proxies and browsers send it.
-//! Where a rule is the service's own, gRPC is checked to refuse alike.
+//! What REST accepts and refuses on the way in, as HTTP clients, proxies and browsers send it:
+//! required values, parse errors that name their field, fields given twice, unknown query
+//! parameters, percent-encoded paths, the usual spellings of booleans, integers and times, and
+//! compressed bodies. Where a rule is the service's own, gRPC is checked to refuse alike.
 
 use iggy_gateway::proto;
 use serde_json::{Value, json};
