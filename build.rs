@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "iggy/gateway/v1/message.proto",
     "iggy/gateway/v1/event.proto",
     "iggy/gateway/v1/http_options.proto",
+    "iggy/gateway/v1/stats.proto",
 ];
 
 fn main() {

@@ -60,6 +60,10 @@ struct Args {
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 5)]
     duration_secs: u64,
+    /// Slices each batch line's time is cut into, run in rotating order with the other lines,
+    /// so every line meets the backend in the same states (see `interleave`).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Seconds of the open-loop latency run.
     #[arg(long, default_value_t = 5)]
     latency_secs: u64,
@@ -573,8 +577,8 @@ impl Report {
     }
 }
 
-/// The same batches sent straight to the embedded backend in process, no gateway in between.
-async fn direct_embedded(args: &Args, dir: &Path) -> f64 {
+/// The embedded backend opened in process for the direct line, no gateway in between.
+async fn open_direct_embedded(dir: &Path) -> Arc<EmbeddedBroker> {
     let store = Arc::new(EmbeddedBroker::open(&Location::Directory(dir.into())).expect("opens"));
     store
         .create_stream(Name::parse("bench").expect("name"))
@@ -592,10 +596,15 @@ async fn direct_embedded(args: &Args, dir: &Path) -> f64 {
         })
         .await
         .expect("topic");
+    store
+}
+
+/// The same batches sent straight to the embedded backend for `duration`; messages per second.
+async fn direct_embedded(store: &Arc<EmbeddedBroker>, args: &Args, duration: Duration) -> f64 {
     // One payload shared by every message, as the gRPC line's prebuilt batch is: the load
     // generator shares the machine, so it must not do more work on one side than the other.
     let (body, count) = (Bytes::from(payload(args.message_size)), args.batch);
-    let duration = Duration::from_secs(args.duration_secs);
+    let store = Arc::clone(store);
     throughput(args.concurrency, duration, move || {
         let store = Arc::clone(&store);
         let messages: Vec<NewMessage> = (0..count)
@@ -623,37 +632,44 @@ async fn direct_embedded(args: &Args, dir: &Path) -> f64 {
     .await
 }
 
-/// Batches of `count` messages sent straight to a real Iggy server through the `iggy` SDK by
-/// `callers` concurrent callers, one client each (the SDK runs one request at a time per
-/// connection, as in the gateway's pool). Messages per second.
-async fn direct_iggy(
-    args: &Args,
+/// One `iggy` SDK client per caller of a direct line, connected once for the whole run.
+async fn connect_direct_iggy(
     connection: &str,
-    stream: &str,
     callers: usize,
-    count: usize,
-) -> f64 {
-    use iggy::prelude::{
-        Client, Identifier as IggyId, IggyClient, IggyMessage, MessageClient,
-        Partitioning as IggyPartitioning,
-    };
+) -> Arc<Vec<iggy::prelude::IggyClient>> {
+    use iggy::prelude::{Client, IggyClient};
     let mut clients = Vec::with_capacity(callers);
     for _ in 0..callers {
         let client = IggyClient::from_connection_string(connection).expect("connection string");
         client.connect().await.expect("connects to Iggy");
-        clients.push(Arc::new(client));
+        clients.push(client);
     }
-    let clients = Arc::new(clients);
+    Arc::new(clients)
+}
+
+/// Batches of `count` messages sent straight to a real Iggy server through the `iggy` SDK by
+/// one caller per client for `duration` (the SDK runs one request at a time per connection, as
+/// in the gateway's pool). Messages per second.
+async fn direct_iggy(
+    clients: &Arc<Vec<iggy::prelude::IggyClient>>,
+    args: &Args,
+    stream: &str,
+    count: usize,
+    duration: Duration,
+) -> f64 {
+    use iggy::prelude::{
+        Identifier as IggyId, IggyMessage, MessageClient, Partitioning as IggyPartitioning,
+    };
+    let clients = Arc::clone(clients);
     let body = Bytes::from(payload(args.message_size));
     let (stream_id, topic_id) = (
         IggyId::named(stream).expect("stream id"),
         IggyId::named("bench").expect("topic id"),
     );
-    let duration = Duration::from_secs(args.duration_secs);
     // Caller i keeps client i for its whole run: the SDK serves one request at a time per
     // connection, so a client shared by two callers would make one wait for the other.
-    throughput_by_caller(callers, duration, move |caller| {
-        let client = Arc::clone(&clients[caller]);
+    throughput_by_caller(clients.len(), duration, move |caller| {
+        let clients = Arc::clone(&clients);
         let (stream_id, topic_id) = (stream_id.clone(), topic_id.clone());
         let mut messages: Vec<IggyMessage> = (0..count)
             .map(|_| {
@@ -665,7 +681,7 @@ async fn direct_iggy(
             })
             .collect();
         async move {
-            client
+            clients[caller]
                 .send_messages(
                     &stream_id,
                     &topic_id,
@@ -677,6 +693,39 @@ async fn direct_iggy(
         }
     })
     .await
+}
+
+/// One line of a side-by-side comparison: runs its load for the given time, returns units per
+/// second.
+type Line<'a> = Box<dyn FnMut(Duration) -> std::pin::Pin<Box<dyn Future<Output = f64> + 'a>> + 'a>;
+
+/// Runs `lines` side by side, `rounds` slices of `slice` each, the order rotated every round so
+/// each line takes each position once. The backend's state moves under a load (a log growing by
+/// gigabytes, dirty pages being written back): against Iggy, a line run first into a fresh
+/// server measured 2.7 times what the same line did right after two others. Returns each line's
+/// units per second and process `pid`'s CPU µs per unit over its slices.
+async fn interleave(
+    rounds: usize,
+    slice: Duration,
+    pid: u32,
+    lines: &mut [Line<'_>],
+) -> Vec<(f64, f64)> {
+    let rounds = rounds.max(1);
+    let mut totals = vec![(0.0f64, 0u64); lines.len()];
+    for round in 0..rounds {
+        for k in 0..lines.len() {
+            let i = (k + round) % lines.len();
+            let before = cpu_ticks(pid);
+            let rate = (lines[i])(slice).await;
+            totals[i].0 += rate * slice.as_secs_f64();
+            totals[i].1 += cpu_ticks(pid).saturating_sub(before);
+        }
+    }
+    let seconds = slice.as_secs_f64() * rounds as f64;
+    totals
+        .into_iter()
+        .map(|(units, ticks)| (units / seconds, ticks as f64 * 10_000.0 / units.max(1.0)))
+        .collect()
 }
 
 fn send_request(
@@ -791,57 +840,91 @@ async fn run(args: Args) {
         for _ in 0..args.concurrency {
             channels.push(channel(gateway.addr).await);
         }
-        let (grpc_batch, grpc_cpu) = {
-            let (channels, batch) = (Arc::new(channels), batch.clone());
-            let load = throughput_by_caller(args.concurrency, duration, move |caller| {
-                let mut client = MessageServiceClient::new(channels[caller].clone());
-                let request = send_request(stream, None, batch.clone());
-                async move {
-                    client
-                        .send_messages(request)
-                        .await
-                        .map_or(0, |r| r.into_inner().ids.len() as u64)
-                }
-            });
-            with_cpu(gateway.child.id(), duration, load).await
-        };
-        report.number("grpc_batch_msgs_per_s", grpc_batch, "msg/s");
         let rest_body = Bytes::from(serde_json::to_vec(&json!({
             "messages": (0..args.batch).map(|_| json!({"payload": base64_payload(args.message_size)})).collect::<Vec<_>>()
         })).expect("json"));
-        let (rest_batch, rest_cpu) = {
-            let (http, url, body, batch) = (
-                http.clone(),
-                format!("{base}/v1/streams/{stream}/topics/bench/messages"),
-                rest_body.clone(),
-                args.batch as u64,
-            );
-            let load = throughput(args.concurrency, duration, move || {
-                let request = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone());
-                async move {
-                    request
-                        .send()
-                        .await
-                        .ok()
-                        .filter(|r| r.status() == 201)
-                        .map_or(0, |_| batch)
-                }
-            });
-            with_cpu(gateway.child.id(), duration, load).await
+        let (channels, url) = (
+            Arc::new(channels),
+            format!("{base}/v1/streams/{stream}/topics/bench/messages"),
+        );
+        // The direct line's client (or store) is opened once, outside its slices.
+        let direct_store = match &iggy {
+            None => Some(open_direct_embedded(&data.path().join("direct")).await),
+            Some(_) => None,
         };
+        let direct_clients = match &iggy {
+            Some(connection) => Some(connect_direct_iggy(connection, args.concurrency).await),
+            None => None,
+        };
+        let args_ref = &args;
+        let mut lines: Vec<Line<'_>> = vec![
+            Box::new(|slice| {
+                let (channels, batch) = (Arc::clone(&channels), batch.clone());
+                Box::pin(throughput_by_caller(
+                    args_ref.concurrency,
+                    slice,
+                    move |caller| {
+                        let mut client = MessageServiceClient::new(channels[caller].clone());
+                        let request = send_request(stream, None, batch.clone());
+                        async move {
+                            client
+                                .send_messages(request)
+                                .await
+                                .map_or(0, |r| r.into_inner().ids.len() as u64)
+                        }
+                    },
+                ))
+            }),
+            Box::new(|slice| {
+                let (http, url, body, batch) = (
+                    http.clone(),
+                    url.clone(),
+                    rest_body.clone(),
+                    args_ref.batch as u64,
+                );
+                Box::pin(throughput(args_ref.concurrency, slice, move || {
+                    let request = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                    async move {
+                        request
+                            .send()
+                            .await
+                            .ok()
+                            .filter(|r| r.status() == 201)
+                            .map_or(0, |_| batch)
+                    }
+                }))
+            }),
+            Box::new(|slice| match (&direct_store, &direct_clients) {
+                (Some(store), _) => Box::pin(direct_embedded(store, args_ref, slice)),
+                (None, Some(clients)) => Box::pin(direct_iggy(
+                    clients,
+                    args_ref,
+                    stream,
+                    args_ref.batch,
+                    slice,
+                )),
+                (None, None) => Box::pin(std::future::ready(0.0)),
+            }),
+        ];
+        let rounds = args.rounds.max(1);
+        let slice = duration / rounds;
+        let measured = interleave(rounds as usize, slice, gateway.child.id(), &mut lines).await;
+        drop(lines);
+        let [(grpc_batch, grpc_cpu), (rest_batch, rest_cpu), (direct, _)] = measured[..] else {
+            unreachable!("three lines")
+        };
+        report.text(
+            "batch lines",
+            &format!("interleaved: {rounds} rounds of {slice:?} each, order rotated"),
+        );
+        report.number("grpc_batch_msgs_per_s", grpc_batch, "msg/s");
         report.number("rest_batch_msgs_per_s", rest_batch, "msg/s");
-        // The gateway's own CPU per message: with_cpu divides by the units the load counted.
+        // The gateway's own CPU per message over the line's slices.
         report.number("grpc_batch_gateway_cpu_per_msg", grpc_cpu, "µs");
         report.number("rest_batch_gateway_cpu_per_msg", rest_cpu, "µs");
-        let direct = match &iggy {
-            None => direct_embedded(&args, &data.path().join("direct")).await,
-            Some(connection) => {
-                direct_iggy(&args, connection, stream, args.concurrency, args.batch).await
-            }
-        };
         report.number("direct_backend_batch_msgs_per_s", direct, "msg/s");
         report.target("grpc_batch / direct_backend", grpc_batch / direct, 0.9);
         report.target("rest_batch / grpc_batch", rest_batch / grpc_batch, 0.8);
@@ -956,7 +1039,8 @@ async fn run(args: Args) {
             // gateway reaches Iggy through its pool of `--concurrency` clients, fewer than the
             // callers, and that is part of what it costs.
             if let Some(connection) = &iggy {
-                let direct = direct_iggy(&args, connection, stream, callers, 1).await;
+                let clients = connect_direct_iggy(connection, callers).await;
+                let direct = direct_iggy(&clients, &args, stream, 1, duration).await;
                 report.number(
                     &format!("direct_backend_unary_req_per_s, {callers} callers"),
                     direct,
@@ -1098,6 +1182,7 @@ async fn run(args: Args) {
         let _ = StreamServiceClient::new(ch.clone())
             .delete_stream(proto::DeleteStreamRequest {
                 stream: stream.into(),
+                ..Default::default()
             })
             .await;
     }

@@ -274,10 +274,21 @@ pub struct CreateTopic {
     pub replication_factor: u8,
 }
 
+/// A stream's new name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateStream {
+    pub stream: Identifier,
+    pub name: Name,
+    /// Rename only if the stream still has this etag (see [`ETag`]); `None`: whatever its state.
+    pub expected: Option<ETag>,
+}
+
 /// Changes to a topic; `None` keeps the current value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpdateTopic {
     pub topic: TopicRef,
+    /// Change only if the topic still has this etag (see [`ETag`]); `None`: whatever its state.
+    pub expected: Option<ETag>,
     pub name: Option<Name>,
     /// `Some(None)` sets "never expire".
     pub message_expiry_micros: Option<Option<u64>>,
@@ -285,6 +296,67 @@ pub struct UpdateTopic {
     pub max_topic_size_bytes: Option<Option<u64>>,
     pub compression: Option<Compression>,
     pub replication_factor: Option<u8>,
+}
+
+/// A resource's version, as AIP-154's `etag` field and HTTP's `ETag` carry it: a hash of what
+/// identifies the resource (kind, id, creation time) and of the settings a call can change. Not
+/// of its counters: a send must not make a rename or a delete fail, or a busy topic could never
+/// be changed conditionally. A hash rather than a stored version, so it needs nothing on disk,
+/// works the same over Iggy (which keeps no version), and every gateway in front of one store
+/// computes the same value. Creation time is in it, so a resource deleted and created again
+/// with the same name and settings has another etag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ETag(String);
+
+impl ETag {
+    /// An etag a client sent back; empty means none. Any other text is taken as it is: one
+    /// that was never ours simply does not match.
+    pub fn given(value: &str) -> Option<Self> {
+        (!value.is_empty()).then(|| Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// SHA-256 over a fixed, length-prefixed encoding (never `std`'s hasher, whose output may
+    /// change between releases), cut to 128 bits and written in unpadded base64url, which is
+    /// valid inside an HTTP entity tag.
+    fn of(fields: &[&[u8]]) -> Self {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        for field in fields {
+            hash.update(u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
+            hash.update(field);
+        }
+        let digest = hash.finalize();
+        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16]))
+    }
+
+    /// Fails with [`BrokerError::EtagMismatch`] unless `expected` (when given) is `self`.
+    pub fn ensure(
+        &self,
+        expected: Option<&ETag>,
+        resource: impl FnOnce() -> String,
+    ) -> BrokerResult<()> {
+        match expected {
+            Some(expected) if expected != self => Err(BrokerError::EtagMismatch {
+                resource: resource(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for ETag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn optional(value: Option<u64>) -> Vec<u8> {
+    value.map_or_else(Vec::new, |v| v.to_be_bytes().to_vec())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -297,6 +369,19 @@ pub struct StreamInfo {
     pub messages_count: u64,
     /// Filled by `get_stream` only.
     pub topics: Vec<TopicInfo>,
+}
+
+impl StreamInfo {
+    /// The stream's etag: its id, creation time and name; not its counters nor its topics
+    /// (each topic has its own), so a change to a topic does not fail a rename of the stream.
+    pub fn etag(&self) -> ETag {
+        ETag::of(&[
+            b"stream/v1",
+            &self.id.to_be_bytes(),
+            &self.created_at_micros.to_be_bytes(),
+            self.name.as_bytes(),
+        ])
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -313,6 +398,28 @@ pub struct TopicInfo {
     pub messages_count: u64,
     /// Filled by `get_topic` and the partition calls only.
     pub partitions: Vec<PartitionInfo>,
+}
+
+impl TopicInfo {
+    /// The topic's etag: its id, creation time, name, partition count and settings; not its
+    /// counters (messages, sizes, offsets), which every send changes.
+    pub fn etag(&self) -> ETag {
+        let compression: &[u8] = match self.compression {
+            Compression::None => b"none",
+            Compression::Gzip => b"gzip",
+        };
+        ETag::of(&[
+            b"topic/v1",
+            &self.id.to_be_bytes(),
+            &self.created_at_micros.to_be_bytes(),
+            self.name.as_bytes(),
+            &self.partitions_count.to_be_bytes(),
+            &optional(self.message_expiry_micros),
+            &optional(self.max_topic_size_bytes),
+            compression,
+            &[self.replication_factor],
+        ])
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,6 +481,10 @@ pub enum BrokerError {
     /// The backend refused the gateway's credentials.
     #[error("backend refused the gateway's credentials: {0}")]
     Unauthenticated(String),
+    /// A conditional change named an etag the resource no longer has: it changed since the
+    /// caller read it. Nothing was changed; read it again and decide.
+    #[error("{resource} has changed since it was read (the etag given is not its current one)")]
+    EtagMismatch { resource: String },
     /// A fault inside the backend (I/O, corruption); not the caller's doing.
     #[error("backend storage error: {0}")]
     Storage(String),
@@ -391,6 +502,7 @@ impl BrokerError {
             | BrokerError::StreamAlreadyExists(_)
             | BrokerError::TopicAlreadyExists { .. }
             | BrokerError::InvalidArgument { .. }
+            | BrokerError::EtagMismatch { .. }
             | BrokerError::Unauthenticated(_)
             | BrokerError::Storage(_) => false,
         }
@@ -411,6 +523,11 @@ pub type BrokerResult<T> = Result<T, BrokerError>;
 /// - **Idempotence:** none. A call that fails with a retryable error may still have stored the
 ///   batch; a retry can store it again. Ids let a consumer tell duplicates (at-least-once).
 /// - Metadata calls (create, update, delete, purge) are atomic: they take effect whole or not.
+/// - **Conditional changes:** an update or delete given an expected [`ETag`] fails with
+///   `EtagMismatch`, changing nothing, when the resource's current etag differs. The embedded
+///   backend checks and changes under one lock; Iggy has no conditional call, so there the
+///   check is a read just before the change, and a change by another client in between (a
+///   round trip) is not detected.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// One line for the start-up log: which backend this is and where its data lives.
@@ -418,6 +535,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the backend can serve calls now; health and readiness follow it.
     fn availability(&self) -> watch::Receiver<bool>;
+
+    /// Becomes `true` once the backend has given up for good (every connection used up its
+    /// `MAX_RECONNECT_ATTEMPTS`): nothing but a restart brings it back, so the gateway reports
+    /// itself dead and exits. A backend that never gives up keeps this default, whose sender is
+    /// gone at once (waiting on it ends with an error, never with `true`).
+    fn gave_up(&self) -> watch::Receiver<bool> {
+        watch::channel(false).1
+    }
 
     /// A signal that changes whenever messages are appended to one partition (its value
     /// means nothing), for backends that can tell: subscribers sleep until a partition of
@@ -446,8 +571,9 @@ pub trait Broker: Send + Sync + 'static {
     async fn get_stream(&self, stream: Identifier) -> BrokerResult<StreamInfo>;
     /// All streams, by id, without their topics.
     async fn list_streams(&self) -> BrokerResult<Vec<StreamInfo>>;
-    async fn update_stream(&self, stream: Identifier, name: Name) -> BrokerResult<StreamInfo>;
-    async fn delete_stream(&self, stream: Identifier) -> BrokerResult<()>;
+    async fn update_stream(&self, request: UpdateStream) -> BrokerResult<StreamInfo>;
+    /// With `expected`, only while the stream has that etag.
+    async fn delete_stream(&self, stream: Identifier, expected: Option<ETag>) -> BrokerResult<()>;
     /// Removes every message in the stream; offsets restart at 0, consumer offsets are cleared.
     async fn purge_stream(&self, stream: Identifier) -> BrokerResult<()>;
 
@@ -457,7 +583,8 @@ pub trait Broker: Send + Sync + 'static {
     /// The stream's topics, by id, without their partitions.
     async fn list_topics(&self, stream: Identifier) -> BrokerResult<Vec<TopicInfo>>;
     async fn update_topic(&self, request: UpdateTopic) -> BrokerResult<TopicInfo>;
-    async fn delete_topic(&self, topic: TopicRef) -> BrokerResult<()>;
+    /// With `expected`, only while the topic has that etag.
+    async fn delete_topic(&self, topic: TopicRef, expected: Option<ETag>) -> BrokerResult<()>;
     /// Removes every message in the topic; offsets restart at 0, consumer offsets are cleared.
     async fn purge_topic(&self, topic: TopicRef) -> BrokerResult<()>;
     /// Appends `count` partitions; the total stays within [`MAX_PARTITIONS`].

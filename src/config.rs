@@ -148,6 +148,8 @@ impl Config {
             "--subscribe-idle-poll-ms=50",
             // Stopping a gateway does not hold a test up.
             "--shutdown-timeout=2",
+            // Statistics catch up within a test's patience.
+            "--stats-refresh-interval-ms=100",
         ];
         match Self::load_with(command_without_environment(), args) {
             Ok((config, _)) => config,

@@ -5,10 +5,12 @@
 mod convert;
 mod event;
 mod message;
+mod stats;
 mod stream;
 mod topic;
 
 pub use event::{DefaultTopic, EventApi};
 pub use message::{Limits, MessageApi};
+pub use stats::StatsApi;
 pub use stream::StreamApi;
 pub use topic::TopicApi;

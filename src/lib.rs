@@ -37,5 +37,6 @@ pub mod metrics;
 pub mod ops;
 pub mod rest;
 pub mod startup;
+pub mod stats;
 pub mod subscription;
 pub mod telemetry;

@@ -4,7 +4,10 @@
 //! availability.
 
 use std::{
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -48,6 +51,10 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Counter,
     accept_errors: Counter,
+    /// Calls answered per protocol (gRPC, gRPC-Web, REST) and answered with an error, for
+    /// `/stats`: plain totals, read without walking the labelled families.
+    calls_by_protocol: [AtomicU64; 3],
+    errors: AtomicU64,
     started: Instant,
 }
 
@@ -82,6 +89,8 @@ impl Metrics {
             connections_refused: Counter::default(),
             accept_errors: Counter::default(),
             registry: Mutex::new(Registry::default()),
+            calls_by_protocol: Default::default(),
+            errors: AtomicU64::new(0),
             started: Instant::now(),
         };
         registry.register(
@@ -231,6 +240,15 @@ impl Metrics {
         elapsed: Duration,
         rejected: Option<RejectedFor>,
     ) {
+        let index = Self::protocol_index(protocol);
+        self.calls_by_protocol[index].fetch_add(1, Ordering::Relaxed);
+        let failed = match protocol {
+            Protocol::Grpc | Protocol::GrpcWeb => status != "0",
+            Protocol::Rest => status.parse::<u16>().map_or(true, |code| code >= 400),
+        };
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
         self.calls
             .get_or_create(&CallLabels {
                 protocol: protocol.name().to_owned(),
@@ -250,6 +268,31 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    fn protocol_index(protocol: Protocol) -> usize {
+        match protocol {
+            Protocol::Grpc => 0,
+            Protocol::GrpcWeb => 1,
+            Protocol::Rest => 2,
+        }
+    }
+
+    /// Calls answered so far, per protocol name.
+    pub fn calls_by_protocol(&self) -> Vec<(&'static str, u64)> {
+        [Protocol::Grpc, Protocol::GrpcWeb, Protocol::Rest]
+            .into_iter()
+            .map(|protocol| {
+                let count =
+                    self.calls_by_protocol[Self::protocol_index(protocol)].load(Ordering::Relaxed);
+                (protocol.name(), count)
+            })
+            .collect()
+    }
+
+    /// Calls answered with an error so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 }
 

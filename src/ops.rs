@@ -13,11 +13,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{
-    answer::{Problem, broker_status},
-    broker::Broker,
-    metrics::Metrics,
-};
+use crate::{broker::Broker, metrics::Metrics, stats::Stats};
 
 /// Now in RFC 3339 (UTC, to the microsecond), as proto3 JSON writes timestamps.
 fn now_text() -> String {
@@ -26,37 +22,63 @@ fn now_text() -> String {
     now.to_string()
 }
 
+/// Microseconds since the epoch in RFC 3339, as proto3 JSON writes timestamps.
+fn micros_text(micros: u64) -> String {
+    prost_types::Timestamp {
+        seconds: i64::try_from(micros / 1_000_000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((micros % 1_000_000) * 1_000).unwrap_or(0),
+    }
+    .to_string()
+}
+
 #[derive(Clone)]
 struct Ops {
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
+    stats: Option<Arc<Stats>>,
 }
 
-pub fn router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Router {
+pub fn router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, stats: Arc<Stats>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/stats", get(stats))
+        .route("/stats", get(stats_report))
         .route("/metrics", get(metrics_text))
-        .with_state(Ops { broker, metrics })
+        .with_state(Ops {
+            broker,
+            metrics,
+            stats: Some(stats),
+        })
 }
 
 /// `/metrics` alone, for a separate port (`METRICS_PORT`) that scrapers reach without a key.
 pub fn metrics_router(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
-        .with_state(Ops { broker, metrics })
+        .with_state(Ops {
+            broker,
+            metrics,
+            stats: None,
+        })
 }
 
-/// Always 200 while the process serves; `degraded` when the backend is unavailable.
-async fn health(State(ops): State<Ops>) -> Json<serde_json::Value> {
+/// 200 while the process serves (`degraded` when the backend is unavailable for now); 503
+/// `unavailable` once the backend has given up for good and the gateway is stopping.
+async fn health(State(ops): State<Ops>) -> Response {
     let connected = *ops.broker.availability().borrow();
-    Json(json!({
-        "status": if connected { "healthy" } else { "degraded" },
+    let gave_up = *ops.broker.gave_up().borrow();
+    let (status, word) = match (gave_up, connected) {
+        (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (false, true) => (StatusCode::OK, "healthy"),
+        (false, false) => (StatusCode::OK, "degraded"),
+    };
+    let body = json!({
+        "status": word,
         "iggy_connected": connected,
         "version": env!("CARGO_PKG_VERSION"),
         "timestamp": now_text(),
-    }))
+    });
+    (status, Json(body)).into_response()
 }
 
 /// 200 when the backend can serve calls, 503 otherwise.
@@ -70,19 +92,33 @@ async fn ready(State(ops): State<Ops>) -> Response {
     (status, Json(json!({ "ready": ready }))).into_response()
 }
 
-async fn stats(State(ops): State<Ops>) -> Response {
-    let streams = match ops.broker.list_streams().await {
-        Ok(streams) => streams,
-        Err(err) => return Problem::from_status(&broker_status(err)).into_response(),
+/// The original service's `/stats`, from the statistics cache (see `stats.rs`): 200 even while
+/// the backend is down, then with `"stale": true`.
+async fn stats_report(State(ops): State<Ops>) -> Response {
+    let Some(stats) = &ops.stats else {
+        return StatusCode::NOT_FOUND.into_response();
     };
+    let report = stats.report();
+    let backend = report.backend;
+    let calls: serde_json::Map<String, serde_json::Value> = report
+        .calls_by_protocol
+        .iter()
+        .map(|(protocol, count)| ((*protocol).to_owned(), json!(count)))
+        .collect();
     Json(json!({
-        "streams_count": streams.len(),
-        "topics_count": streams.iter().map(|s| u64::from(s.topics_count)).sum::<u64>(),
-        "total_messages": streams.iter().map(|s| s.messages_count).sum::<u64>(),
-        "total_size_bytes": streams.iter().map(|s| s.size_bytes).sum::<u64>(),
-        "uptime_seconds": ops.metrics.uptime_seconds(),
-        "messages_sent": ops.metrics.messages_sent(),
-        "messages_polled": ops.metrics.messages_polled(),
+        "streams_count": backend.streams_count,
+        "topics_count": backend.topics_count,
+        "total_messages": backend.total_messages,
+        "total_size_bytes": backend.total_size_bytes,
+        "refreshed_at": backend.refreshed_at_micros.map(micros_text),
+        "stale": backend.stale,
+        "uptime_seconds": report.uptime_seconds,
+        "messages_sent": report.messages_sent,
+        "messages_polled": report.messages_polled,
+        "messages_received": report.messages_polled,
+        "calls_by_protocol": calls,
+        "errors": report.errors,
+        "backend_reconnects": report.backend_reconnects,
     }))
     .into_response()
 }

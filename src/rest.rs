@@ -2,6 +2,7 @@
 //! table read from the descriptor set, a transcoder that turns each REST call into a call of the
 //! same gRPC service, and RFC 9457 problem bodies for every error.
 
+mod conditional;
 mod openapi;
 mod routes;
 mod scalars;

@@ -19,17 +19,18 @@ use crate::{
         metered::MeteredBroker,
     },
     config::Config,
-    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
+    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
     layers::{self, rate_limit},
     listener::{self, ListenerSettings},
     metrics::Metrics,
     ops,
     proto::{
         self, event_service_server::EventServiceServer,
-        message_service_server::MessageServiceServer, stream_service_server::StreamServiceServer,
-        topic_service_server::TopicServiceServer,
+        message_service_server::MessageServiceServer, stats_service_server::StatsServiceServer,
+        stream_service_server::StreamServiceServer, topic_service_server::TopicServiceServer,
     },
     rest::{self, RestSettings},
+    stats::Stats,
     subscription::Subscriptions,
 };
 
@@ -69,6 +70,9 @@ const SERVICE_NAMES: [&str; 4] = [
     <EventServiceServer<EventApi> as NamedService>::NAME,
 ];
 
+/// Answers from the statistics cache, so it is up while the process is, like liveness.
+const STATS_SERVICE: &str = <StatsServiceServer<StatsApi> as NamedService>::NAME;
+
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -90,7 +94,14 @@ impl Application {
         config.validate().map_err(StartupError::Config)?;
         let metrics = Arc::new(Metrics::new());
         let backend: Arc<dyn Broker> = match config.iggy_settings().map_err(StartupError::Config)? {
-            Some(settings) => Arc::new(IggyBroker::start(settings)),
+            Some(settings) => {
+                let wait = settings.operation_timeout;
+                let iggy = Arc::new(IggyBroker::start(settings));
+                if config.backend.iggy_require_at_startup {
+                    require_backend(iggy.as_ref(), wait).await?;
+                }
+                iggy
+            }
             None => {
                 let location = config.location();
                 Arc::new(
@@ -103,6 +114,14 @@ impl Application {
         };
         let broker: Arc<dyn Broker> = Arc::new(MeteredBroker::new(backend, Arc::clone(&metrics)));
         tracing::info!(backend = %broker.describe(), "backend selected");
+        if config.backend.iggy_connection_string.is_none() {
+            // An operator who meant to front Iggy and forgot the variable must not miss it.
+            tracing::warn!(
+                backend = %broker.describe(),
+                "IGGY_CONNECTION_STRING is unset: messages are kept by the embedded store, not \
+                 by an Iggy server"
+            );
+        }
         let default_topic = config.default_topic().map_err(StartupError::Config)?;
         if let Some(topic) = default_topic.clone() {
             if *broker.availability().borrow() {
@@ -141,17 +160,26 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         // Ends live subscriptions at shutdown, so their streams close politely.
         let subscriptions_stop = CancellationToken::new();
+        // Read by `/stats` and `GetStats`, refreshed in the background until shutdown.
+        let stats = Arc::new(Stats::new(Arc::clone(&broker), Arc::clone(&metrics)));
+        Arc::clone(&stats).spawn_refresher(
+            Duration::from_millis(config.telemetry.stats_refresh_interval_ms),
+            subscriptions_stop.clone(),
+        );
         let routes = routes(
             Arc::clone(&broker),
+            Arc::clone(&stats),
             config.limits(),
             default_topic,
             Subscriptions::new(config.subscribe_settings(), subscriptions_stop.clone()),
             config.rest_settings(),
             health_service,
         )?;
-        let router = routes
-            .into_axum_router()
-            .merge(ops::router(Arc::clone(&broker), Arc::clone(&metrics)));
+        let router = routes.into_axum_router().merge(ops::router(
+            Arc::clone(&broker),
+            Arc::clone(&metrics),
+            Arc::clone(&stats),
+        ));
         let (router, rate_limit) =
             layers::apply(router, &config.layer_settings(), Arc::clone(&metrics));
         if let Some(rate_limit) = rate_limit {
@@ -244,9 +272,13 @@ impl Application {
                 }
             });
         }
-        health
-            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-            .await;
+        // The process itself, and the statistics (served from a cache, whatever the backend
+        // does), are up until shutdown.
+        for name in [LIVENESS_SERVICE, STATS_SERVICE] {
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
         tokio::spawn(follow_backend_health(
             broker.availability(),
             health.clone(),
@@ -254,6 +286,26 @@ impl Application {
         ));
         tracing::info!(address = %local_addr, "serving gRPC, gRPC-Web and HTTP");
 
+        // A backend that gave up for good stops the gateway as a signal would, after saying
+        // why; the exit code is then 69 (EX_UNAVAILABLE), so an orchestrator restarts it.
+        let lost = Arc::new(std::sync::OnceLock::<String>::new());
+        let shutdown = {
+            let (mut gave_up, lost) = (broker.gave_up(), Arc::clone(&lost));
+            let backend = broker.describe();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    Ok(_) = gave_up.wait_for(|gave_up| *gave_up) => {
+                        let why = format!(
+                            "lost the backend for good: {backend} used up its reconnection \
+                             attempts (MAX_RECONNECT_ATTEMPTS)"
+                        );
+                        tracing::error!("{why}; stopping");
+                        let _ = lost.set(why);
+                    }
+                }
+            }
+        };
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let stop_serving = CancellationToken::new();
         let draining = {
@@ -263,9 +315,11 @@ impl Application {
                 tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
                 set_health(&health, ServingStatus::NotServing).await;
                 subscriptions_stop.cancel();
-                health
-                    .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
-                    .await;
+                for name in [LIVENESS_SERVICE, STATS_SERVICE] {
+                    health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
                 stop_serving.cancel();
                 let _ = draining_tx.send(());
             }
@@ -294,7 +348,30 @@ impl Application {
         }
         broker.close().await;
         tracing::info!("stopped");
-        Ok(())
+        match lost.get() {
+            Some(why) => Err(StartupError::Unavailable(why.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits up to `wait` for the backend's first connection (`IGGY_REQUIRE_AT_STARTUP`).
+async fn require_backend(broker: &dyn Broker, wait: Duration) -> Result<(), StartupError> {
+    let mut available = broker.availability();
+    let mut gave_up = broker.gave_up();
+    let reached = tokio::time::timeout(wait, async {
+        tokio::select! {
+            up = available.wait_for(|up| *up) => up.is_ok(),
+            Ok(_) = gave_up.wait_for(|gave_up| *gave_up) => false,
+        }
+    })
+    .await;
+    match reached {
+        Ok(true) => Ok(()),
+        _ => Err(StartupError::Unavailable(format!(
+            "{} is not reachable within {wait:?} and IGGY_REQUIRE_AT_STARTUP is set",
+            broker.describe()
+        ))),
     }
 }
 
@@ -304,6 +381,7 @@ impl Application {
 /// plain HTTP/1.1 REST calls with 400). REST reaches the same service instances.
 fn routes(
     broker: Arc<dyn Broker>,
+    stats: Arc<Stats>,
     limits: Limits,
     default_topic: Option<DefaultTopic>,
     subscriptions: Subscriptions,
@@ -333,6 +411,7 @@ fn routes(
             .max_decoding_message_size(max_request_bytes);
     let events = EventServiceServer::new(EventApi::new(broker, limits, default_topic))
         .max_decoding_message_size(max_request_bytes);
+    let stats = StatsServiceServer::new(StatsApi::new(stats));
 
     // REST calls the same service instances, in process, over the gRPC protocol.
     let mut grpc_only = Routes::builder();
@@ -340,7 +419,8 @@ fn routes(
         .add_service(streams.clone())
         .add_service(topics.clone())
         .add_service(messages.clone())
-        .add_service(events.clone());
+        .add_service(events.clone())
+        .add_service(stats.clone());
     let table = rest::route_table().map_err(StartupError::Internal)?;
     let rest = rest::router(
         table,
@@ -355,6 +435,7 @@ fn routes(
         .add_service(web.layer(topics))
         .add_service(web.layer(messages))
         .add_service(web.layer(events))
+        .add_service(web.layer(stats))
         .add_service(web.layer(health_service))
         .add_service(web.layer(reflection_v1))
         .add_service(web.layer(reflection_v1alpha))

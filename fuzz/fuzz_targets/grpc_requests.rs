@@ -162,7 +162,8 @@ async fn subscribe(gateway: &Gateway, request: proto::SubscribeRequest) {
     let Ok(stream) = result else {
         return;
     };
-    let mut stream = stream.into_inner().into_inner();
+    // Response → the service's mapped stream → its channel of domain items (each with its cursor).
+    let mut stream = stream.into_inner().into_inner().into_inner();
     let mut cursor = None;
     for _ in 0..3 {
         match next(&mut stream).await {

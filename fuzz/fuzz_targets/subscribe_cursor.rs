@@ -78,7 +78,8 @@ fuzz_target!(|data: &[u8]| {
         let gateway = Gateway::new();
         let started = gateway.messages.subscribe(tonic::Request::new(request)).await;
         let mut receiver = match started {
-            Ok(stream) => stream.into_inner().into_inner(),
+            // Response → the service's mapped stream → its channel of domain items (each with its cursor).
+            Ok(stream) => stream.into_inner().into_inner().into_inner(),
             Err(status) => {
                 assert!(
                     !matches!(status.code(), Code::Internal | Code::Unknown),

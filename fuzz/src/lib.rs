@@ -13,9 +13,9 @@ use axum::body::Body;
 use bytes::Bytes;
 use iggy_gateway::{
     broker::{
-        Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, Identifier,
-        Name, PartitionInfo, PolledMessages, PollMessages, PollingStrategy, SendMessages,
-        StoredMessage, StreamInfo, TopicInfo, TopicRef, UpdateTopic,
+        Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag,
+        Identifier, Name, PartitionInfo, PolledMessages, PollMessages, PollingStrategy,
+        SendMessages, StoredMessage, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
     },
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
     proto::{
@@ -115,10 +115,10 @@ impl Broker for FakeBroker {
     async fn list_streams(&self) -> BrokerResult<Vec<StreamInfo>> {
         Ok(vec![stream_info("s".into())])
     }
-    async fn update_stream(&self, _stream: Identifier, name: Name) -> BrokerResult<StreamInfo> {
-        Ok(stream_info(name.to_string()))
+    async fn update_stream(&self, request: UpdateStream) -> BrokerResult<StreamInfo> {
+        Ok(stream_info(request.name.to_string()))
     }
-    async fn delete_stream(&self, _stream: Identifier) -> BrokerResult<()> {
+    async fn delete_stream(&self, _stream: Identifier, _expected: Option<ETag>) -> BrokerResult<()> {
         Ok(())
     }
     async fn purge_stream(&self, _stream: Identifier) -> BrokerResult<()> {
@@ -155,7 +155,7 @@ impl Broker for FakeBroker {
                 .map_or_else(|| name_of(&request.topic.topic), |n| n.to_string()),
         ))
     }
-    async fn delete_topic(&self, _topic: TopicRef) -> BrokerResult<()> {
+    async fn delete_topic(&self, _topic: TopicRef, _expected: Option<ETag>) -> BrokerResult<()> {
         Ok(())
     }
     async fn purge_topic(&self, _topic: TopicRef) -> BrokerResult<()> {

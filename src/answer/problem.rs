@@ -9,6 +9,8 @@ use serde::Serialize;
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use super::ETAG_MISMATCH;
+
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// The HTTP status for a gRPC code, as grpc-gateway and Envoy map them.
@@ -101,12 +103,18 @@ impl Problem {
     }
 
     pub fn from_status(status: &tonic::Status) -> Self {
-        let http = http_status(status.code());
         let details = status.get_error_details();
         let reason = details
             .error_info()
             .map(|info| info.reason.clone())
             .unwrap_or_else(|| grpc_code_name(status.code()).to_owned());
+        // FAILED_PRECONDITION is 400 in general; a stale etag is HTTP's own failed
+        // precondition, 412, which HTTP clients and proxies know to answer by reading again.
+        let http = if reason == ETAG_MISMATCH {
+            StatusCode::PRECONDITION_FAILED
+        } else {
+            http_status(status.code())
+        };
         let mut problem = Self::new(http, &reason, status.message());
         problem.0.code = grpc_code_name(status.code()).to_owned();
         if let Some(bad) = details.bad_request() {
@@ -124,6 +132,15 @@ impl Problem {
             .and_then(|info| info.retry_delay)
             .map(|delay| delay.as_secs().max(1));
         problem
+    }
+
+    /// The same problem answered 412 Precondition Failed: the call's outcome showed that the
+    /// request's HTTP precondition (`If-None-Match: *` meeting an existing resource) was false.
+    pub fn precondition_failed(mut self) -> Self {
+        let status = StatusCode::PRECONDITION_FAILED;
+        self.0.status = status.as_u16();
+        self.0.title = status.canonical_reason().unwrap_or("Error").to_owned();
+        self
     }
 
     pub fn with_request_id(mut self, request_id: Option<String>) -> Self {

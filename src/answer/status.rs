@@ -12,6 +12,10 @@ use crate::broker::BrokerError;
 /// The `ErrorInfo.domain` of every error this gateway produces.
 pub const ERROR_DOMAIN: &str = "iggy-gateway";
 
+/// The reason of a conditional change refused because the resource's etag has changed; REST
+/// answers it as 412 Precondition Failed (see `problem.rs`).
+pub const ETAG_MISMATCH: &str = "ETAG_MISMATCH";
+
 /// How long a caller should wait before retrying an unavailable backend.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -25,6 +29,7 @@ pub fn reason(err: &BrokerError) -> &'static str {
         BrokerError::StreamAlreadyExists(_) => "STREAM_ALREADY_EXISTS",
         BrokerError::TopicAlreadyExists { .. } => "TOPIC_ALREADY_EXISTS",
         BrokerError::InvalidArgument { .. } => "INVALID_ARGUMENT",
+        BrokerError::EtagMismatch { .. } => ETAG_MISMATCH,
         BrokerError::Unavailable(_) => "BACKEND_UNAVAILABLE",
         BrokerError::Timeout(_) => "BACKEND_TIMEOUT",
         BrokerError::Unauthenticated(_) => "BACKEND_UNAUTHENTICATED",
@@ -48,6 +53,8 @@ pub fn broker_status(err: BrokerError) -> Status {
             details.add_bad_request_violation(*field, reason.clone());
             (Code::InvalidArgument, err.to_string())
         }
+        // AIP-154: a stale etag is a failed precondition; the caller reads again and decides.
+        BrokerError::EtagMismatch { .. } => (Code::FailedPrecondition, err.to_string()),
         BrokerError::Unavailable(_) | BrokerError::Timeout(_) => {
             details.set_retry_info(Some(RETRY_AFTER));
             let code = if matches!(err, BrokerError::Timeout(_)) {

@@ -36,9 +36,9 @@ use self::{
     writer::{PendingSend, QUEUE_DEPTH, run_writer},
 };
 use super::{
-    Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic,
+    Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag,
     Identifier, Name, PollMessages, PolledMessages, SendMessages, StreamInfo, TopicInfo, TopicRef,
-    UpdateTopic, now_micros,
+    UpdateStream, UpdateTopic, now_micros,
 };
 
 /// redb's page cache. Its default (a gigabyte) lets the gateway's memory grow with the data it
@@ -261,10 +261,17 @@ impl Broker for EmbeddedBroker {
             .collect())
     }
 
-    async fn update_stream(&self, stream: Identifier, name: Name) -> BrokerResult<StreamInfo> {
+    async fn update_stream(&self, request: UpdateStream) -> BrokerResult<StreamInfo> {
+        let UpdateStream {
+            stream,
+            name,
+            expected,
+        } = request;
         self.blocking(move |store| {
             store.change(|catalog, tx| {
-                let id = catalog.stream_id(&stream)?;
+                // Checked under the writer lock that the change holds: nothing can change the
+                // stream between the check and the write.
+                let id = catalog.ensure_stream_etag(&stream, expected.as_ref())?;
                 ensure_unique_stream(catalog, &name, Some(id))?;
                 let state = stream_mut(catalog, id)?;
                 state.record.name = name.to_string();
@@ -276,10 +283,10 @@ impl Broker for EmbeddedBroker {
         .await
     }
 
-    async fn delete_stream(&self, stream: Identifier) -> BrokerResult<()> {
+    async fn delete_stream(&self, stream: Identifier, expected: Option<ETag>) -> BrokerResult<()> {
         self.blocking(move |store| {
             store.change(|catalog, tx| {
-                let id = catalog.stream_id(&stream)?;
+                let id = catalog.ensure_stream_etag(&stream, expected.as_ref())?;
                 tx.open_table(STREAMS)
                     .map_err(storage)?
                     .remove(id)
@@ -366,7 +373,8 @@ impl Broker for EmbeddedBroker {
     async fn update_topic(&self, request: UpdateTopic) -> BrokerResult<TopicInfo> {
         self.blocking(move |store| {
             store.change(|catalog, tx| {
-                let (s, t) = catalog.topic_ids(&request.topic)?;
+                let (s, t) =
+                    catalog.ensure_topic_etag(&request.topic, request.expected.as_ref())?;
                 if let Some(name) = &request.name {
                     let stream = stream_mut(catalog, s)?;
                     ensure_unique_topic(stream, &request.topic.stream, name, Some(t))?;
@@ -395,10 +403,10 @@ impl Broker for EmbeddedBroker {
         .await
     }
 
-    async fn delete_topic(&self, topic: TopicRef) -> BrokerResult<()> {
+    async fn delete_topic(&self, topic: TopicRef, expected: Option<ETag>) -> BrokerResult<()> {
         self.blocking(move |store| {
             store.change(|catalog, tx| {
-                let (s, t) = catalog.topic_ids(&topic)?;
+                let (s, t) = catalog.ensure_topic_etag(&topic, expected.as_ref())?;
                 tx.open_table(TOPICS)
                     .map_err(storage)?
                     .remove((s, t))

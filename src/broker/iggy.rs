@@ -33,9 +33,9 @@ use self::{
     pool::{Pool, redact, supervise},
 };
 use super::{
-    Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic,
+    Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag,
     Identifier, Name, Partitioning, PollMessages, PolledMessages, SendMessages, StoredMessage,
-    StreamInfo, TopicInfo, TopicRef, UpdateTopic, within_bytes,
+    StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic, within_bytes,
 };
 
 pub struct IggyBroker {
@@ -94,6 +94,25 @@ impl IggyBroker {
         }
     }
 
+    /// The stream a conditional change acts on: with `expected`, its etag is checked on a
+    /// fresh read and the change then names the stream read by its id. Iggy has no conditional
+    /// call, so this is not atomic: a change another client makes between this read and the
+    /// change (one round trip) is not detected. Without `expected`, the stream as addressed.
+    async fn checked_stream(
+        &self,
+        stream: &Identifier,
+        expected: Option<&ETag>,
+    ) -> BrokerResult<Identifier> {
+        if expected.is_none() {
+            return Ok(stream.clone());
+        }
+        let current = self.get_stream(stream.clone()).await?;
+        current
+            .etag()
+            .ensure(expected, || format!("stream '{stream}'"))?;
+        Ok(Identifier::Id(current.id))
+    }
+
     async fn topic_details(&self, at: &TopicRef) -> BrokerResult<TopicInfo> {
         let (stream, topic) = (to_iggy_id(&at.stream)?, to_iggy_id(&at.topic)?);
         let context = Context::topic(at);
@@ -125,6 +144,10 @@ impl Broker for IggyBroker {
 
     fn availability(&self) -> watch::Receiver<bool> {
         self.pool.available.subscribe()
+    }
+
+    fn gave_up(&self) -> watch::Receiver<bool> {
+        self.pool.gave_up.subscribe()
     }
 
     fn reconnects(&self) -> u64 {
@@ -197,8 +220,14 @@ impl Broker for IggyBroker {
         Ok(streams)
     }
 
-    async fn update_stream(&self, stream: Identifier, name: Name) -> BrokerResult<StreamInfo> {
-        let id = to_iggy_id(&stream)?;
+    async fn update_stream(&self, request: UpdateStream) -> BrokerResult<StreamInfo> {
+        let UpdateStream {
+            stream,
+            name,
+            expected,
+        } = request;
+        let target = self.checked_stream(&stream, expected.as_ref()).await?;
+        let id = to_iggy_id(&target)?;
         let context = Context {
             name: Some(name.to_string()),
             ..Context::stream(&stream)
@@ -209,14 +238,14 @@ impl Broker for IggyBroker {
         })
         .await?;
         // A stream is found again by its new name (the old one may now be gone).
-        match stream {
-            Identifier::Id(_) => self.get_stream(stream).await,
+        match target {
+            Identifier::Id(_) => self.get_stream(target).await,
             Identifier::Name(_) => self.get_stream(Identifier::Name(name.to_string())).await,
         }
     }
 
-    async fn delete_stream(&self, stream: Identifier) -> BrokerResult<()> {
-        let id = to_iggy_id(&stream)?;
+    async fn delete_stream(&self, stream: Identifier, expected: Option<ETag>) -> BrokerResult<()> {
+        let id = to_iggy_id(&self.checked_stream(&stream, expected.as_ref()).await?)?;
         self.call(&Context::stream(&stream), |c| async move {
             c.delete_stream(&id).await
         })
@@ -271,11 +300,20 @@ impl Broker for IggyBroker {
     }
 
     async fn update_topic(&self, request: UpdateTopic) -> BrokerResult<TopicInfo> {
-        // Iggy replaces every setting at once: start from the current ones.
+        // Iggy replaces every setting at once: start from the current ones. The etag is
+        // checked on this read, not atomically with the change (Iggy has no conditional
+        // update): a change by another client in between goes unseen.
         let current = self.topic_details(&request.topic).await?;
+        current.etag().ensure(request.expected.as_ref(), || {
+            format!(
+                "topic '{}' in stream '{}'",
+                request.topic.topic, request.topic.stream
+            )
+        })?;
+        // The topic read is the one changed, by its id, even if its name changes meanwhile.
         let (stream, topic) = (
             to_iggy_id(&request.topic.stream)?,
-            to_iggy_id(&request.topic.topic)?,
+            to_iggy_id(&Identifier::Id(current.id))?,
         );
         let name = request
             .name
@@ -316,8 +354,19 @@ impl Broker for IggyBroker {
         self.topic_details(&at).await
     }
 
-    async fn delete_topic(&self, topic: TopicRef) -> BrokerResult<()> {
-        let (stream, id) = (to_iggy_id(&topic.stream)?, to_iggy_id(&topic.topic)?);
+    async fn delete_topic(&self, topic: TopicRef, expected: Option<ETag>) -> BrokerResult<()> {
+        let target = match &expected {
+            // As `checked_stream`: read, compare, then delete the topic read, by its id.
+            Some(_) => {
+                let current = self.topic_details(&topic).await?;
+                current.etag().ensure(expected.as_ref(), || {
+                    format!("topic '{}' in stream '{}'", topic.topic, topic.stream)
+                })?;
+                Identifier::Id(current.id)
+            }
+            None => topic.topic.clone(),
+        };
+        let (stream, id) = (to_iggy_id(&topic.stream)?, to_iggy_id(&target)?);
         self.call(&Context::topic(&topic), |c| async move {
             c.delete_topic(&stream, &id).await
         })

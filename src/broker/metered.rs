@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{
-    Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, Identifier, Name,
-    PollMessages, PolledMessages, SendMessages, StreamInfo, TopicInfo, TopicRef, UpdateTopic,
+    Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag, Identifier,
+    Name, PollMessages, PolledMessages, SendMessages, StreamInfo, TopicInfo, TopicRef,
+    UpdateStream, UpdateTopic,
 };
 use crate::metrics::Metrics;
 
@@ -33,6 +34,9 @@ impl Broker for MeteredBroker {
     fn availability(&self) -> watch::Receiver<bool> {
         self.inner.availability()
     }
+    fn gave_up(&self) -> watch::Receiver<bool> {
+        self.inner.gave_up()
+    }
     fn partition_appends(
         &self,
         topic: &TopicRef,
@@ -55,11 +59,11 @@ impl Broker for MeteredBroker {
     async fn list_streams(&self) -> BrokerResult<Vec<StreamInfo>> {
         self.inner.list_streams().await
     }
-    async fn update_stream(&self, stream: Identifier, name: Name) -> BrokerResult<StreamInfo> {
-        self.inner.update_stream(stream, name).await
+    async fn update_stream(&self, request: UpdateStream) -> BrokerResult<StreamInfo> {
+        self.inner.update_stream(request).await
     }
-    async fn delete_stream(&self, stream: Identifier) -> BrokerResult<()> {
-        self.inner.delete_stream(stream).await
+    async fn delete_stream(&self, stream: Identifier, expected: Option<ETag>) -> BrokerResult<()> {
+        self.inner.delete_stream(stream, expected).await
     }
     async fn purge_stream(&self, stream: Identifier) -> BrokerResult<()> {
         self.inner.purge_stream(stream).await
@@ -76,8 +80,8 @@ impl Broker for MeteredBroker {
     async fn update_topic(&self, request: UpdateTopic) -> BrokerResult<TopicInfo> {
         self.inner.update_topic(request).await
     }
-    async fn delete_topic(&self, topic: TopicRef) -> BrokerResult<()> {
-        self.inner.delete_topic(topic).await
+    async fn delete_topic(&self, topic: TopicRef, expected: Option<ETag>) -> BrokerResult<()> {
+        self.inner.delete_topic(topic, expected).await
     }
     async fn purge_topic(&self, topic: TopicRef) -> BrokerResult<()> {
         self.inner.purge_topic(topic).await

@@ -56,3 +56,86 @@ fn a_partitions_next_offset_is_zero_while_empty_and_one_past_the_newest_after() 
     assert_eq!(partition(0, 1).next_offset(), 1);
     assert_eq!(partition(41, 42).next_offset(), 42);
 }
+
+fn topic(name: &str) -> TopicInfo {
+    TopicInfo {
+        id: 3,
+        name: name.into(),
+        created_at_micros: 1_700_000_000_000_000,
+        partitions_count: 2,
+        message_expiry_micros: None,
+        max_topic_size_bytes: None,
+        compression: Compression::None,
+        replication_factor: 1,
+        size_bytes: 0,
+        messages_count: 0,
+        partitions: Vec::new(),
+    }
+}
+
+#[test]
+fn an_etag_is_the_same_in_every_process_and_follows_settings_not_counters() {
+    let base = topic("created");
+    // Pinned: gateways in front of one Iggy, and a gateway after an upgrade, must agree on it.
+    assert_eq!(base.etag().as_str(), "mZgDCoIA6HaV1SVH1RyYjQ");
+    let counted = TopicInfo {
+        size_bytes: 99,
+        messages_count: 7,
+        partitions: vec![PartitionInfo {
+            id: 0,
+            created_at_micros: 1,
+            current_offset: 6,
+            size_bytes: 99,
+            messages_count: 7,
+        }],
+        ..topic("created")
+    };
+    assert_eq!(counted.etag(), base.etag());
+    let changes = [
+        TopicInfo {
+            name: "created-v2".into(),
+            ..topic("created")
+        },
+        TopicInfo {
+            created_at_micros: base.created_at_micros + 1,
+            ..topic("created")
+        },
+        TopicInfo {
+            partitions_count: 3,
+            ..topic("created")
+        },
+        TopicInfo {
+            message_expiry_micros: Some(0),
+            ..topic("created")
+        },
+        TopicInfo {
+            max_topic_size_bytes: Some(0),
+            ..topic("created")
+        },
+        TopicInfo {
+            compression: Compression::Gzip,
+            ..topic("created")
+        },
+        TopicInfo {
+            replication_factor: 2,
+            ..topic("created")
+        },
+    ];
+    for changed in changes {
+        assert_ne!(changed.etag(), base.etag(), "{changed:?}");
+    }
+}
+
+#[test]
+fn a_given_etag_must_be_the_current_one() {
+    let current = topic("created").etag();
+    let resource = || "topic 'created'".to_owned();
+    assert_eq!(current.ensure(None, resource), Ok(()));
+    assert_eq!(current.ensure(Some(&current.clone()), resource), Ok(()));
+    assert_eq!(ETag::given(""), None, "empty means unconditional");
+    let stale = ETag::given("stale").expect("an etag");
+    assert!(matches!(
+        current.ensure(Some(&stale), resource),
+        Err(BrokerError::EtagMismatch { resource }) if resource == "topic 'created'"
+    ));
+}

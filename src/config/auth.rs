@@ -48,7 +48,8 @@ pub struct AuthConfig {
         long,
         env = "AUTH_BYPASS_PATHS",
         value_delimiter = ',',
-        default_value = "/health,/ready"
+        default_value = "/health,/ready",
+        value_parser = |value: &str| Ok::<_, String>(value.trim().to_owned())
     )]
     pub auth_bypass_paths: Vec<String>,
 

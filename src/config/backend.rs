@@ -38,6 +38,11 @@ pub struct BackendConfig {
     #[arg(long, env = "MAX_RECONNECT_ATTEMPTS", default_value_t = 0)]
     pub max_reconnect_attempts: u32,
 
+    /// Exit 69 at start-up when Iggy cannot be reached within OPERATION_TIMEOUT_MS, instead of
+    /// serving (not ready) until it can.
+    #[arg(long, env = "IGGY_REQUIRE_AT_STARTUP", default_value_t = false)]
+    pub iggy_require_at_startup: bool,
+
     /// Longest an Iggy call may take, in milliseconds (the SDK has no timeout of its own).
     #[arg(long, env = "OPERATION_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]

@@ -11,8 +11,10 @@ use crate::layers::AllowedHost;
 /// Proxies, client identity, CORS, allowed hosts and REST query strings.
 #[derive(Debug, Clone, Args)]
 pub struct EdgeConfig {
-    /// Proxies (CIDRs, comma-separated) whose X-Forwarded-For / X-Real-IP are believed.
-    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
+    /// Proxies (CIDRs or single addresses, comma-separated) whose X-Forwarded-For / X-Real-IP
+    /// are believed.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..,
+          value_parser = parse_proxy)]
     pub trusted_proxies: Vec<IpNet>,
 
     /// Leading bits of an IPv6 address that name one client for rate limits, lockouts and
@@ -35,7 +37,8 @@ pub struct EdgeConfig {
     /// Host names (optionally with :port) requests may name in Host / :authority, comma-separated;
     /// others get 421 / PERMISSION_DENIED, which stops DNS rebinding. Unset: no check. Health
     /// probes are checked too: Kubernetes sends the pod IP, so list it.
-    #[arg(long, env = "ALLOWED_HOSTS", value_delimiter = ',', num_args = 0..)]
+    #[arg(long, env = "ALLOWED_HOSTS", value_delimiter = ',', num_args = 0..,
+          value_parser = |value: &str| value.trim().parse::<AllowedHost>())]
     pub allowed_hosts: Vec<AllowedHost>,
 
     /// Refuse REST query parameters that name no request field (400). Off: they are ignored,
@@ -68,4 +71,14 @@ fn trimmed(values: &[String]) -> Vec<String> {
         .map(|value| value.trim().to_owned())
         .filter(|value| !value.is_empty())
         .collect()
+}
+
+/// A trusted proxy: a CIDR, or a single address as operators often write one (its /32 or
+/// /128); blanks around commas are ignored.
+fn parse_proxy(value: &str) -> Result<IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{value:?} is neither a CIDR (10.0.0.0/8) nor an IP address"))
 }

@@ -13,6 +13,43 @@ fn api_keys_never_show_in_debug_output() {
 }
 
 #[test]
+fn comma_lists_are_trimmed_and_a_bare_proxy_address_is_its_own_network() {
+    let config = Config::try_parse_from([
+        "iggy-gateway",
+        "--trusted-proxies",
+        "10.0.0.0/8, 192.0.2.7 ,2001:db8::1",
+        "--auth-bypass-paths",
+        "/health, /ready ",
+        "--allowed-hosts",
+        "a.example, b.example:8080",
+        "--cors-allowed-origins",
+        "https://a.example , https://b.example",
+    ])
+    .expect("parses");
+    let proxies: Vec<String> = config
+        .edge
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(proxies, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::1/128"]);
+    assert_eq!(config.auth.auth_bypass_paths, ["/health", "/ready"]);
+    let hosts: Vec<String> = config
+        .edge
+        .allowed_hosts
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(hosts, ["a.example", "b.example:8080"]);
+    assert_eq!(
+        config.edge.cors_origins(),
+        ["https://a.example", "https://b.example"]
+    );
+    let refused = Config::try_parse_from(["iggy-gateway", "--trusted-proxies", "proxy.local"]);
+    assert!(refused.is_err());
+}
+
+#[test]
 fn the_cursor_secret_and_the_iggy_password_never_show_in_debug_output() {
     let config = Config::try_parse_from([
         "iggy-gateway",
@@ -162,6 +199,7 @@ fn the_test_configuration_is_the_defaults_with_its_overrides_whatever_the_enviro
     expected.server.port = 0;
     expected.server.data_dir = "/tmp/somewhere".into();
     expected.server.shutdown_timeout = 2;
+    expected.telemetry.stats_refresh_interval_ms = 100;
     expected.backend.iggy_pool_size = 2;
     expected.backend.reconnect_base_delay_ms = 100;
     expected.backend.reconnect_max_delay_ms = 1_000;

@@ -8,7 +8,7 @@ use tonic::Status;
 use crate::{
     answer::invalid_field,
     broker::{
-        Compression, HeaderValue, Headers, Identifier, MAX_NAME_LEN, Name, PartitionInfo,
+        Compression, ETag, HeaderValue, Headers, Identifier, MAX_NAME_LEN, Name, PartitionInfo,
         StoredMessage, StreamInfo, TopicInfo, TopicRef,
     },
     proto,
@@ -26,6 +26,11 @@ pub fn identifier(field: &str, value: &str) -> Result<Identifier, Status> {
 
 pub fn name(field: &str, value: &str) -> Result<Name, Status> {
     Name::parse(value).map_err(|reason| invalid_field(field, reason))
+}
+
+/// The etag a conditional change expects (AIP-154); empty means the change is unconditional.
+pub fn expected_etag(value: &str) -> Option<ETag> {
+    ETag::given(value)
 }
 
 pub fn topic_ref(stream: &str, topic: &str) -> Result<TopicRef, Status> {
@@ -99,7 +104,9 @@ fn compression_to_proto(value: Compression) -> proto::CompressionAlgorithm {
 }
 
 pub fn stream_to_proto(info: StreamInfo) -> proto::Stream {
+    let etag = info.etag().to_string();
     proto::Stream {
+        etag,
         id: info.id,
         name: info.name,
         created_at: Some(timestamp(info.created_at_micros)),
@@ -111,7 +118,9 @@ pub fn stream_to_proto(info: StreamInfo) -> proto::Stream {
 }
 
 pub fn topic_to_proto(info: TopicInfo) -> proto::Topic {
+    let etag = info.etag().to_string();
     proto::Topic {
+        etag,
         id: info.id,
         name: info.name,
         created_at: Some(timestamp(info.created_at_micros)),

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{identifier, name, stream_to_proto};
+use super::convert::{expected_etag, identifier, name, stream_to_proto};
 use crate::{
     answer::broker_status,
-    broker::Broker,
+    broker::{Broker, UpdateStream},
     proto::{self, stream_service_server::StreamService},
 };
 
@@ -70,11 +70,14 @@ impl StreamService for StreamApi {
         request: Request<proto::UpdateStreamRequest>,
     ) -> Result<Response<proto::UpdateStreamResponse>, Status> {
         let request = request.into_inner();
-        let stream = identifier("stream", &request.stream)?;
-        let name = name("name", &request.name)?;
+        let update = UpdateStream {
+            stream: identifier("stream", &request.stream)?,
+            name: name("name", &request.name)?,
+            expected: expected_etag(&request.etag),
+        };
         let stream = self
             .broker
-            .update_stream(stream, name)
+            .update_stream(update)
             .await
             .map_err(broker_status)?;
         Ok(Response::new(proto::UpdateStreamResponse {
@@ -86,9 +89,10 @@ impl StreamService for StreamApi {
         &self,
         request: Request<proto::DeleteStreamRequest>,
     ) -> Result<Response<proto::DeleteStreamResponse>, Status> {
-        let stream = identifier("stream", &request.into_inner().stream)?;
+        let request = request.into_inner();
+        let stream = identifier("stream", &request.stream)?;
         self.broker
-            .delete_stream(stream)
+            .delete_stream(stream, expected_etag(&request.etag))
             .await
             .map_err(broker_status)?;
         Ok(Response::new(proto::DeleteStreamResponse {}))

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    compression_from_proto, duration_micros, identifier, name, topic_ref, topic_to_proto,
+    compression_from_proto, duration_micros, expected_etag, identifier, name, topic_ref,
+    topic_to_proto,
 };
 use crate::{
     answer::{broker_status, invalid_field},
@@ -109,6 +110,7 @@ impl TopicService for TopicApi {
         let request = request.into_inner();
         let update = UpdateTopic {
             topic: topic_ref(&request.stream, &request.topic)?,
+            expected: expected_etag(&request.etag),
             name: match request.name.as_str() {
                 "" => None,
                 value => Some(name("name", value)?),
@@ -142,7 +144,10 @@ impl TopicService for TopicApi {
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
         let request = request.into_inner();
         let at = topic_ref(&request.stream, &request.topic)?;
-        self.broker.delete_topic(at).await.map_err(broker_status)?;
+        self.broker
+            .delete_topic(at, expected_etag(&request.etag))
+            .await
+            .map_err(broker_status)?;
         Ok(Response::new(proto::DeleteTopicResponse {}))
     }
 

@@ -5,7 +5,10 @@ use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use prost_types::FileDescriptorProto;
 use serde_json::{Map, Value, json};
 
-use super::routes::{BodyRule, RouteTable};
+use super::{
+    conditional,
+    routes::{BodyRule, RouteTable},
+};
 
 /// The leading comment of the element at `path` in a file, as a description.
 fn comment(file: &FileDescriptorProto, path: &[i32]) -> Option<String> {
@@ -202,6 +205,7 @@ pub fn document(table: &RouteTable) -> Value {
             operation.insert("summary".into(), Value::String(summary));
             operation.insert("description".into(), Value::String(text));
         }
+        parameters.extend(conditional::openapi_parameters(route));
         operation.insert("parameters".into(), Value::Array(parameters));
         let request_schema = match &route.body {
             BodyRule::All => {
@@ -224,7 +228,7 @@ pub fn document(table: &RouteTable) -> Value {
             );
         }
         let output = method.output();
-        let success = if route.success == http::StatusCode::NO_CONTENT {
+        let mut success = if route.success == http::StatusCode::NO_CONTENT {
             json!({"description": "Done; no content."})
         } else {
             let schema = match &route.response_body {
@@ -240,6 +244,12 @@ pub fn document(table: &RouteTable) -> Value {
             };
             json!({"description": "Success.", "content": {"application/json": {"schema": schema}}})
         };
+        if let (Some(headers), Some(object)) = (
+            conditional::openapi_response_headers(route),
+            success.as_object_mut(),
+        ) {
+            object.insert("headers".into(), headers);
+        }
         operation.insert(
             "responses".into(),
             json!({

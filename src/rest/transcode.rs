@@ -25,6 +25,7 @@ use tower::ServiceExt;
 use crate::{
     answer::Problem,
     extensions::{ClientIp, MatchedRoute},
+    rest::conditional,
 };
 
 use self::{
@@ -171,6 +172,7 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
                 ),
             )
         })?;
+    let requires_absence = conditional::requires_absence(route, &parts.headers)?;
     let last_event_id = parts
         .headers
         .get("last-event-id")
@@ -196,7 +198,21 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     }
     let reply = call_grpc(transcoder, route, &parts.headers, &message).await;
     let mut response = match reply {
-        Ok(reply) => respond(route, reply)?,
+        Ok(reply) => {
+            let etag = conditional::answer_etag(&reply);
+            let mut response = respond(route, reply)?;
+            if let Some(etag) = etag {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+            response
+        }
+        // `If-None-Match: *` met a resource that exists: its precondition failed.
+        Err(problem) if requires_absence && problem.status() == StatusCode::CONFLICT.as_u16() => {
+            problem
+                .precondition_failed()
+                .with_request_id(request_id(&parts.headers))
+                .into_response()
+        }
         Err(problem) => problem
             .with_request_id(request_id(&parts.headers))
             .into_response(),

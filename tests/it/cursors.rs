@@ -268,6 +268,7 @@ async fn a_cursor_is_refused_on_a_topic_created_again_or_purged_since() {
         .delete_topic(proto::DeleteTopicRequest {
             stream: "rp".into(),
             topic: "t".into(),
+            ..Default::default()
         })
         .await
         .expect("deleted");
@@ -462,6 +463,7 @@ async fn over_sse_every_partition_resumes_new_partitions_start_first_and_conflic
         .delete_topic(proto::DeleteTopicRequest {
             stream: "rp".into(),
             topic: "t".into(),
+            ..Default::default()
         })
         .await
         .expect("deleted");

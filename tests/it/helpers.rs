@@ -8,7 +8,8 @@ use iggy_gateway::{
     config::Config,
     proto::{
         self, message_service_client::MessageServiceClient,
-        stream_service_client::StreamServiceClient, topic_service_client::TopicServiceClient,
+        stats_service_client::StatsServiceClient, stream_service_client::StreamServiceClient,
+        topic_service_client::TopicServiceClient,
     },
     startup::{Application, StartupError},
 };
@@ -25,6 +26,7 @@ pub struct TestApp {
     pub streams: StreamServiceClient<Channel>,
     pub topics: TopicServiceClient<Channel>,
     pub messages: MessageServiceClient<Channel>,
+    pub stats: StatsServiceClient<Channel>,
     /// `grpc.health.v1.Health`, as Kubernetes probes and load balancers call it.
     pub health: HealthClient<Channel>,
     /// An HTTP/1.1-only client, as browsers and curl use for gRPC-Web and REST.
@@ -79,6 +81,7 @@ pub async fn spawn_with(config: Config, data_dir: TempDir) -> TestApp {
         streams: StreamServiceClient::new(channel.clone()),
         topics: TopicServiceClient::new(channel.clone()),
         messages: MessageServiceClient::new(channel.clone()),
+        stats: StatsServiceClient::new(channel.clone()),
         health: HealthClient::new(channel.clone()),
         channel,
         http1: reqwest::Client::builder()
@@ -106,13 +109,14 @@ impl TestApp {
             streams,
             topics,
             messages,
+            stats,
             health,
             http1: _http1,
             data_dir,
             shutdown,
             server,
         } = self;
-        drop((streams, topics, messages, health, channel));
+        drop((streams, topics, messages, stats, health, channel));
         let _ = shutdown.send(());
         server
             .await

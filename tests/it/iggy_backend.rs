@@ -86,6 +86,119 @@ fn a_malformed_connection_string_exits_78() {
     assert_eq!(output.status.code(), Some(78));
 }
 
+/// Runs the real binary against `port` (nothing listening) with `env` on top, and returns its
+/// exit code and output once it exits by itself (killed, and failed, after 20 s).
+fn run_until_exit(port: u16, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_iggy-gateway"));
+    command
+        .env(
+            "IGGY_CONNECTION_STRING",
+            format!("iggy://iggy:iggy@127.0.0.1:{port}"),
+        )
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("DATA_DIR", dir.path())
+        .env("RECONNECT_BASE_DELAY_MS", "10")
+        .env("RECONNECT_MAX_DELAY_MS", "20")
+        .env("OPERATION_TIMEOUT_MS", "300")
+        .env_remove("API_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("waits").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the gateway did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), text)
+}
+
+#[test]
+fn a_backend_that_gave_up_for_good_stops_the_gateway_with_exit_69() {
+    let (code, log) = run_until_exit(closed_port(), &[("MAX_RECONNECT_ATTEMPTS", "2")]);
+    assert_eq!(code, Some(69), "{log}");
+    assert!(log.contains("lost the backend for good"), "{log}");
+    assert!(log.contains("MAX_RECONNECT_ATTEMPTS"), "{log}");
+}
+
+#[test]
+fn an_unreachable_iggy_with_iggy_require_at_startup_exits_69_at_once() {
+    let started = Instant::now();
+    let (code, log) = run_until_exit(closed_port(), &[("IGGY_REQUIRE_AT_STARTUP", "true")]);
+    assert_eq!(code, Some(69), "{log}");
+    assert!(log.contains("IGGY_REQUIRE_AT_STARTUP"), "{log}");
+    // Bounded by OPERATION_TIMEOUT_MS (300 ms here), not by any reconnection schedule.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn health_is_503_unavailable_once_the_backend_gave_up() {
+    use iggy_gateway::{
+        broker::{
+            Broker,
+            iggy::{IggyBroker, IggySettings},
+        },
+        metrics::Metrics,
+        ops,
+        stats::Stats,
+    };
+    use tower::ServiceExt;
+
+    let broker = IggyBroker::start(IggySettings {
+        connection_string: format!("iggy://iggy:iggy@127.0.0.1:{}", closed_port()),
+        pool_size: 2,
+        reconnect_base_delay: Duration::from_millis(10),
+        reconnect_max_delay: Duration::from_millis(20),
+        max_reconnect_attempts: 1,
+        operation_timeout: Duration::from_millis(300),
+        health_check_interval: Duration::from_secs(1),
+        connect_wait: Duration::from_millis(100),
+    });
+    let mut gave_up = broker.gave_up();
+    tokio::time::timeout(Duration::from_secs(10), gave_up.wait_for(|g| *g))
+        .await
+        .expect("gives up within 10 s")
+        .expect("signal stays");
+    let (broker, metrics): (std::sync::Arc<dyn Broker>, _) = (
+        std::sync::Arc::new(broker),
+        std::sync::Arc::new(Metrics::new()),
+    );
+    let stats = std::sync::Arc::new(Stats::new(
+        std::sync::Arc::clone(&broker),
+        std::sync::Arc::clone(&metrics),
+    ));
+    let router = ops::router(broker, metrics, stats);
+    let response = router
+        .oneshot(
+            axum::http::Request::get("/health")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 503);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    let health: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(health["status"], "unavailable");
+    assert_eq!(health["iggy_connected"], false);
+}
+
 /// The connection string of a real server for these tests, or a visible skip.
 fn real_server() -> Option<String> {
     match std::env::var("IGGY_TEST_CONNECTION_STRING") {
@@ -235,6 +348,7 @@ async fn on_real_iggy_streams_topics_messages_and_offsets_behave_as_embedded() {
         .clone()
         .delete_stream(proto::DeleteStreamRequest {
             stream: stream.clone(),
+            ..Default::default()
         })
         .await
         .expect("deleted");
@@ -286,7 +400,93 @@ async fn on_real_iggy_rest_and_events_work_too() {
     assert_eq!(polled["messages"][0]["event"], event);
     app.streams
         .clone()
-        .delete_stream(proto::DeleteStreamRequest { stream })
+        .delete_stream(proto::DeleteStreamRequest {
+            stream,
+            ..Default::default()
+        })
         .await
         .expect("deleted");
+}
+
+#[tokio::test]
+async fn on_real_iggy_etags_guard_changes_as_on_embedded() {
+    let Some(url) = real_server() else { return };
+    let app = spawn_on_iggy(url).await;
+    let stream = unique("gw-etags");
+    let created = app.create_stream(&stream).await;
+    assert_eq!(
+        created.etag,
+        app.get_stream(&stream).await.etag,
+        "a create answers the etag a read gives"
+    );
+    let topic = app.create_topic(&stream, "t", 1).await;
+    assert_eq!(topic.etag, app.get_topic(&stream, "t").await.etag);
+    app.send_texts(&stream, "t", 0, &["a"]).await;
+    assert_eq!(
+        topic.etag,
+        app.get_topic(&stream, "t").await.etag,
+        "counters are not in it"
+    );
+
+    let mut topics = app.topics.clone();
+    let stale = topics
+        .update_topic(proto::UpdateTopicRequest {
+            stream: stream.clone(),
+            topic: "t".into(),
+            name: "mine".into(),
+            etag: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert_eq!(app.get_topic(&stream, "t").await.etag, topic.etag);
+    let renamed = topics
+        .update_topic(proto::UpdateTopicRequest {
+            stream: stream.clone(),
+            topic: "t".into(),
+            name: "t2".into(),
+            etag: topic.etag.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("current")
+        .into_inner()
+        .topic
+        .expect("topic");
+    assert_ne!(renamed.etag, topic.etag);
+    let stale = topics
+        .delete_topic(proto::DeleteTopicRequest {
+            stream: stream.clone(),
+            topic: "t2".into(),
+            etag: topic.etag.clone(),
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    topics
+        .delete_topic(proto::DeleteTopicRequest {
+            stream: stream.clone(),
+            topic: "t2".into(),
+            etag: renamed.etag,
+        })
+        .await
+        .expect("current");
+
+    let mut streams = app.streams.clone();
+    let stale = streams
+        .delete_stream(proto::DeleteStreamRequest {
+            stream: stream.clone(),
+            etag: "nope".into(),
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    streams
+        .delete_stream(proto::DeleteStreamRequest {
+            stream,
+            etag: created.etag,
+        })
+        .await
+        .expect("current");
 }

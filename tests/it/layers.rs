@@ -137,6 +137,35 @@ async fn request_ids_are_echoed_or_generated_on_every_protocol() {
 }
 
 #[tokio::test]
+async fn auth_bypass_paths_decide_which_http_probes_need_no_key() {
+    let app = spawn_configured(|c| {
+        c.auth.api_key = Some(ApiKeys::new(["probe-test-key"]));
+        c.auth.auth_bypass_paths = vec!["/ready".into()];
+    })
+    .await;
+    // /health is no longer listed, so it needs the key like any route; /ready does not.
+    let health = rest_get(&app, "/health", &[]).await;
+    assert_eq!(health.status(), 401);
+    let problem: serde_json::Value = health.json().await.expect("problem");
+    assert_eq!(problem["reason"], "API_KEY_MISSING");
+    assert_eq!(
+        rest_get(&app, "/health", &[("x-api-key", "probe-test-key")])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(rest_get(&app, "/ready", &[]).await.status(), 200);
+    // The gRPC health service stays keyless whatever the list says: Kubernetes sends none.
+    app.health
+        .clone()
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("gRPC health needs no key");
+}
+
+#[tokio::test]
 async fn a_burst_above_the_limit_gets_exactly_the_right_statuses_over_rest() {
     let app = spawn_configured(|c| {
         c.limits.rate_limit_rps = 1;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     durability::Gateway,
-    helpers::{spawn_app, spawn_configured, text_message},
+    helpers::{TestApp, spawn_app, spawn_configured, text_message},
 };
 
 #[tokio::test]
@@ -34,6 +34,32 @@ async fn health_and_ready_keep_the_original_shapes() {
     assert_eq!(ready.status(), 200);
 }
 
+/// `/stats` once the cache has been refreshed after everything the test did (it is refreshed
+/// every 100 ms in tests).
+async fn fresh_stats(app: &TestApp) -> Value {
+    let asked = std::time::SystemTime::now();
+    for _ in 0..100 {
+        let stats: Value = app
+            .http1
+            .get(app.url("/stats"))
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        let refreshed = stats["refreshed_at"]
+            .as_str()
+            .and_then(|t| t.parse::<prost_types::Timestamp>().ok())
+            .and_then(|t| std::time::SystemTime::try_from(t).ok());
+        if refreshed.is_some_and(|at| at > asked) {
+            return stats;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the statistics were not refreshed within 5 s");
+}
+
 #[tokio::test]
 async fn stats_count_streams_topics_and_traffic() {
     let app = spawn_app().await;
@@ -42,21 +68,76 @@ async fn stats_count_streams_topics_and_traffic() {
     app.send_texts("orders", "created", 0, &["a", "b", "c"])
         .await;
     app.poll_from("orders", "created", 0, 0, 2).await;
-    let stats: Value = app
-        .http1
-        .get(app.url("/stats"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let (status, _) = app.get_json("/v1/streams/missing").await;
+    assert_eq!(status, 404);
+    let stats = fresh_stats(&app).await;
     assert_eq!(stats["streams_count"], 1);
     assert_eq!(stats["topics_count"], 1);
     assert_eq!(stats["total_messages"], 3);
     assert_eq!(stats["messages_sent"], 3);
     assert_eq!(stats["messages_polled"], 2);
+    assert_eq!(stats["messages_received"], 2);
+    assert_eq!(stats["stale"], false);
+    assert_eq!(stats["backend_reconnects"], 0);
     assert!(stats["uptime_seconds"].is_u64());
+    // Four gRPC calls, and REST: the 404 and the /stats reads so far.
+    assert_eq!(stats["calls_by_protocol"]["grpc"], 4);
+    assert!(stats["calls_by_protocol"]["rest"].as_u64() >= Some(2));
+    assert!(
+        stats["errors"].as_u64() >= Some(1),
+        "the 404 counts: {stats}"
+    );
+
+    // The same numbers over gRPC (GetStats) and over REST (/v1/stats, transcoded from it).
+    let over_grpc = app
+        .stats
+        .clone()
+        .get_stats(proto::GetStatsRequest {})
+        .await
+        .expect("GetStats")
+        .into_inner();
+    assert_eq!(over_grpc.streams_count, 1);
+    assert_eq!(over_grpc.total_messages, 3);
+    assert_eq!(over_grpc.messages_sent, 3);
+    assert_eq!(over_grpc.messages_received, 2);
+    assert!(!over_grpc.stale);
+    assert!(over_grpc.refreshed_at.is_some());
+    let (status, over_rest) = app.get_json("/v1/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(over_rest["streams_count"], 1);
+    assert_eq!(over_rest["total_messages"], "3");
+    assert_eq!(over_rest["messages_sent"], "3");
+    assert_eq!(over_rest["stale"], false);
+}
+
+#[tokio::test]
+async fn stats_answer_stale_while_the_backend_is_down() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let app = spawn_configured(|c| {
+        c.backend.iggy_connection_string =
+            Some(format!("iggy://iggy:iggy@127.0.0.1:{port}").into());
+        c.backend.iggy_connect_wait_ms = 100;
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let response = app.http1.get(app.url("/stats")).send().await.expect("sent");
+    assert_eq!(response.status(), 200, "no 503 while the backend is down");
+    let stats: Value = response.json().await.expect("json");
+    assert_eq!(stats["stale"], true);
+    assert_eq!(stats["refreshed_at"], Value::Null);
+    assert_eq!(stats["streams_count"], 0);
+    let over_grpc = app
+        .stats
+        .clone()
+        .get_stats(proto::GetStatsRequest {})
+        .await
+        .expect("GetStats answers while the backend is down")
+        .into_inner();
+    assert!(over_grpc.stale);
+    assert_eq!(over_grpc.refreshed_at, None);
 }
 
 #[tokio::test]

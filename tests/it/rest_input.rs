@@ -412,6 +412,7 @@ async fn dot_segments_cannot_name_streams_or_topics_on_any_protocol() {
             .update_stream(proto::UpdateStreamRequest {
                 stream: "orders".into(),
                 name: name.into(),
+                ..Default::default()
             })
             .await
             .expect_err("refused");

@@ -49,6 +49,7 @@ async fn a_stream_can_be_renamed_but_not_onto_a_taken_name() {
         .update_stream(proto::UpdateStreamRequest {
             stream: "orders".into(),
             name: "orders-v2".into(),
+            ..Default::default()
         })
         .await
         .expect("renamed")
@@ -61,6 +62,7 @@ async fn a_stream_can_be_renamed_but_not_onto_a_taken_name() {
         .update_stream(proto::UpdateStreamRequest {
             stream: "orders-v2".into(),
             name: "payments".into(),
+            ..Default::default()
         })
         .await
         .expect_err("name taken");
@@ -76,6 +78,7 @@ async fn a_deleted_stream_is_gone_with_its_topics() {
     client
         .delete_stream(proto::DeleteStreamRequest {
             stream: "orders".into(),
+            ..Default::default()
         })
         .await
         .expect("deleted");
@@ -176,6 +179,7 @@ async fn unknown_streams_are_not_found_for_every_call() {
             .update_stream(proto::UpdateStreamRequest {
                 stream: "7".into(),
                 name: "x".into(),
+                ..Default::default()
             })
             .await
             .expect_err("missing")
@@ -183,6 +187,7 @@ async fn unknown_streams_are_not_found_for_every_call() {
         client
             .delete_stream(proto::DeleteStreamRequest {
                 stream: "nope".into(),
+                ..Default::default()
             })
             .await
             .expect_err("missing")

@@ -144,6 +144,7 @@ async fn deleting_and_purging_topics() {
         .delete_topic(proto::DeleteTopicRequest {
             stream: "orders".into(),
             topic: "shipped".into(),
+            ..Default::default()
         })
         .await
         .expect("deleted");

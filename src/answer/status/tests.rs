@@ -37,3 +37,14 @@ fn invalid_fields_are_named_in_a_bad_request_violation() {
     let bad = status.get_details_bad_request().expect("bad request");
     assert_eq!(bad.field_violations[0].field, "messages[2].id");
 }
+
+#[test]
+fn a_stale_etag_is_a_failed_precondition_with_its_own_reason() {
+    let status = broker_status(BrokerError::EtagMismatch {
+        resource: "stream 'orders'".into(),
+    });
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let info = status.get_details_error_info().expect("error info");
+    assert_eq!(info.reason, ETAG_MISMATCH);
+    assert!(status.message().contains("stream 'orders'"));
+}

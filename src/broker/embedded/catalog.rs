@@ -17,7 +17,7 @@ use super::{
     },
 };
 use crate::broker::{
-    BrokerError, BrokerResult, Identifier, MAX_PARTITIONS, Name, PartitionInfo, StreamInfo,
+    BrokerError, BrokerResult, ETag, Identifier, MAX_PARTITIONS, Name, PartitionInfo, StreamInfo,
     TopicInfo, TopicRef, now_micros,
 };
 
@@ -115,6 +115,38 @@ impl Catalog {
                 partitions_count: partitions_count(topic),
             })?;
         Ok((s, t, partition))
+    }
+
+    /// The stream's id, once its etag is checked against `expected` (when given). Called in
+    /// a [`Store::change`], so the check and the change it guards are one atomic step.
+    pub(super) fn ensure_stream_etag(
+        &self,
+        stream: &Identifier,
+        expected: Option<&ETag>,
+    ) -> BrokerResult<u32> {
+        let (id, state) = self.stream(stream)?;
+        if expected.is_some() {
+            self.stream_info(id, state, false)
+                .etag()
+                .ensure(expected, || format!("stream '{stream}'"))?;
+        }
+        Ok(id)
+    }
+
+    /// The topic's ids, once its etag is checked against `expected` (when given); as
+    /// [`Catalog::ensure_stream_etag`].
+    pub(super) fn ensure_topic_etag(
+        &self,
+        at: &TopicRef,
+        expected: Option<&ETag>,
+    ) -> BrokerResult<(u32, u32)> {
+        let (s, t, topic) = self.topic(at)?;
+        if expected.is_some() {
+            topic_info(t, topic, false).etag().ensure(expected, || {
+                format!("topic '{}' in stream '{}'", at.topic, at.stream)
+            })?;
+        }
+        Ok((s, t))
     }
 
     pub(super) fn stream_info(

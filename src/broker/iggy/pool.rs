@@ -75,6 +75,8 @@ pub(super) struct Pool {
     /// a server that went away took them all.
     check_now: Notify,
     pub(super) available: watch::Sender<bool>,
+    /// `true` once every slot has failed for good.
+    pub(super) gave_up: watch::Sender<bool>,
     pub(super) settings: IggySettings,
 }
 
@@ -94,6 +96,7 @@ impl Pool {
             check_now: Notify::new(),
             reconnects: std::sync::atomic::AtomicU64::new(0),
             available,
+            gave_up: watch::channel(false).0,
             settings,
         }
     }
@@ -114,6 +117,14 @@ impl Pool {
             *available = any_connected;
             changed
         });
+        let all_failed = self.slots.iter().all(|slot| {
+            slot.state
+                .lock()
+                .is_ok_and(|state| matches!(*state, SlotState::Failed))
+        });
+        if all_failed {
+            self.gave_up.send_replace(true);
+        }
         self.changed.notify_waiters();
     }
 

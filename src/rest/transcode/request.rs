@@ -15,6 +15,7 @@ use crate::{
     answer::Problem,
     budget::{self, Exhausted},
     rest::{
+        conditional,
         routes::{BodyRule, Route},
         scalars,
         shape::{self, Expect, ShapeRefusal},
@@ -59,6 +60,8 @@ pub(super) fn request_message(
             .entry("cursor")
             .or_insert_with(|| Value::String(last_event_id.to_owned()));
     }
+    // `If-Match` is the request's `etag` field, wherever the request has one (AIP-154).
+    conditional::if_match_as_etag(route, headers, Some(&message), &mut overlay)?;
     if overlay.is_empty() {
         return Ok(message);
     }

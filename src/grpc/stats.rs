@@ -1,0 +1,52 @@
+//! `iggy.gateway.v1.StatsService`: the statistics report as protobuf.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::timestamp;
+use crate::{
+    proto::{self, stats_service_server::StatsService},
+    stats::Stats,
+};
+
+#[derive(Clone)]
+pub struct StatsApi {
+    stats: Arc<Stats>,
+}
+
+impl StatsApi {
+    pub fn new(stats: Arc<Stats>) -> Self {
+        Self { stats }
+    }
+}
+
+#[tonic::async_trait]
+impl StatsService for StatsApi {
+    async fn get_stats(
+        &self,
+        _request: Request<proto::GetStatsRequest>,
+    ) -> Result<Response<proto::GetStatsResponse>, Status> {
+        let report = self.stats.report();
+        let backend = report.backend;
+        Ok(Response::new(proto::GetStatsResponse {
+            streams_count: backend.streams_count,
+            topics_count: backend.topics_count,
+            total_messages: backend.total_messages,
+            total_size_bytes: backend.total_size_bytes,
+            refreshed_at: backend.refreshed_at_micros.map(timestamp),
+            stale: backend.stale,
+            uptime_seconds: report.uptime_seconds,
+            messages_sent: report.messages_sent,
+            messages_polled: report.messages_polled,
+            messages_received: report.messages_polled,
+            calls_by_protocol: report
+                .calls_by_protocol
+                .into_iter()
+                .map(|(protocol, count)| (protocol.to_owned(), count))
+                .collect(),
+            errors: report.errors,
+            backend_reconnects: report.backend_reconnects,
+        }))
+    }
+}
