@@ -20,8 +20,8 @@ pub const MAX_PARTITIONS: u32 = 1000;
 /// Longest stream, topic, consumer or header name, in bytes, as in Iggy.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// A stream or topic name: 1 to 255 bytes and not made only of digits (such a value would be
-/// read back as a numeric id, so it could never be addressed by name).
+/// A stream or topic name: 1 to 255 bytes, not made only of digits (such a value would be
+/// read back as a numeric id, so it could never be addressed by name), and not `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(String);
 
@@ -38,6 +38,11 @@ impl Name {
         }
         if value.bytes().all(|b| b.is_ascii_digit()) {
             return Err("must not be made only of digits (that is read as a numeric id)".into());
+        }
+        // Dot-segments: clients and proxies remove them from URLs (RFC 3986 §5.2.4), so a
+        // stream or topic so named could not be reached over REST.
+        if value == "." || value == ".." {
+            return Err("must not be . or .. (URLs drop those path segments)".into());
         }
         if value.chars().any(char::is_control) {
             return Err("must not contain control characters".into());

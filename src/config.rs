@@ -29,6 +29,7 @@ use crate::{
     grpc::{DefaultTopic, Limits},
     layers::LayerSettings,
     listener::ListenerSettings,
+    rest::RestSettings,
     subscription::SubscribeSettings,
 };
 
@@ -232,6 +233,14 @@ impl Config {
     /// The listener's limits, given the open-files limit in force (`None`: unknown).
     pub fn listener_settings(&self, descriptor_limit: Option<u64>) -> ListenerSettings {
         self.limits.listener_settings(descriptor_limit)
+    }
+
+    /// How the REST surface reads requests.
+    pub fn rest_settings(&self) -> RestSettings {
+        RestSettings {
+            max_body_bytes: self.limits.max_request_body_size as usize,
+            strict_query: self.edge.rest_strict_query,
+        }
     }
 
     /// Whether the gateway is reachable from other machines without any key.

@@ -5,6 +5,7 @@
 mod conditional;
 mod openapi;
 mod routes;
+mod scalars;
 pub mod shape;
 mod template;
 mod transcode;
@@ -42,13 +43,24 @@ pub fn openapi_document(table: &RouteTable) -> serde_json::Value {
     openapi::document(table)
 }
 
+/// How the REST surface reads requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestSettings {
+    /// Largest request body, in bytes (`MAX_REQUEST_BODY_SIZE`).
+    pub max_body_bytes: usize,
+    /// Refuse query parameters that name no field (`REST_STRICT_QUERY`). By default they are
+    /// ignored, as grpc-gateway does: browsers' cache-busters (`_=12345`) and tracking
+    /// parameters must not break every GET.
+    pub strict_query: bool,
+}
+
 /// The REST router: `/openapi.json`, `/docs`, and every annotated route, transcoded to
 /// `grpc` (the gRPC services alone).
-pub fn router(table: RouteTable, grpc: Router, max_body_bytes: usize) -> Result<Router, String> {
+pub fn router(table: RouteTable, grpc: Router, settings: RestSettings) -> Result<Router, String> {
     let openapi = Bytes::from(
         serde_json::to_vec_pretty(&openapi_document(&table)).map_err(|err| err.to_string())?,
     );
-    let transcoder = Arc::new(Transcoder::new(table, grpc, max_body_bytes));
+    let transcoder = Arc::new(Transcoder::new(table, grpc, settings));
     Ok(Router::new()
         .route(
             "/openapi.json",

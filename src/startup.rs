@@ -33,7 +33,7 @@ use crate::{
         message_service_server::MessageServiceServer, stats_service_server::StatsServiceServer,
         stream_service_server::StreamServiceServer, topic_service_server::TopicServiceServer,
     },
-    rest,
+    rest::{self, RestSettings},
     stats::Stats,
     subscription::{self, CursorKeys, SubscribeSettings, Subscriptions},
 };
@@ -186,7 +186,7 @@ impl Application {
                 },
                 subscriptions_stop.clone(),
             ),
-            config.limits.max_request_body_size as usize,
+            config.rest_settings(),
             health_service,
         )?;
         let router = routes.into_axum_router().merge(ops::router(
@@ -399,11 +399,12 @@ fn routes(
     limits: Limits,
     default_topic: Option<DefaultTopic>,
     subscriptions: Subscriptions,
-    max_request_bytes: usize,
+    rest_settings: RestSettings,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
 ) -> Result<Routes, StartupError> {
+    let max_request_bytes = rest_settings.max_body_bytes;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -438,7 +439,7 @@ fn routes(
     let rest = rest::router(
         table,
         grpc_only.routes().prepare().into_axum_router(),
-        max_request_bytes,
+        rest_settings,
     )
     .map_err(StartupError::Internal)?;
 

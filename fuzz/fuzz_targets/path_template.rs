@@ -1,5 +1,6 @@
-//! `rest::PathTemplate::parse` / `matches` / `openapi_path` (and the percent-decoding inside
-//! `matches`), plus `RouteTable::find` on the real route table.
+//! `rest::PathTemplate::parse` / `matches` / `openapi_path` (and the normalisation of
+//! percent-encoded unreserved characters inside `matches`), plus `RouteTable::find` on the real
+//! route table.
 //!
 //! Input: the first line is a template, every further line a request path.
 #![no_main]

@@ -311,7 +311,11 @@ impl Gateway {
     /// gRPC services also mounted, as `startup` does (without gRPC-Web and reflection).
     pub fn http_router(&self) -> axum::Router {
         let table = route_table();
-        let rest = rest::router(table, self.grpc_router(), MAX_REQUEST_BYTES).expect("rest router");
+        let settings = rest::RestSettings {
+            max_body_bytes: MAX_REQUEST_BYTES,
+            strict_query: false,
+        };
+        let rest = rest::router(table, self.grpc_router(), settings).expect("rest router");
         tonic::service::Routes::from(rest)
             .add_service(
                 StreamServiceServer::new(self.streams.clone())

@@ -8,6 +8,10 @@ fn names_must_be_addressable_and_bounded() {
     assert!(Name::parse(&"x".repeat(255)).is_ok());
     assert!(Name::parse(&"x".repeat(256)).is_err());
     assert!(Name::parse("a\nb").is_err());
+    assert!(Name::parse(".").is_err());
+    assert!(Name::parse("..").is_err());
+    assert!(Name::parse("...").is_ok());
+    assert!(Name::parse(".hidden").is_ok());
 }
 
 #[test]

@@ -1,13 +1,14 @@
 //! What the gateway believes about the traffic reaching it: which proxies may name the client,
-//! how much of an IPv6 address is one client, which web origins browsers may call from, and
-//! which host names requests may use. These apply to every call, with or without a key.
+//! how much of an IPv6 address is one client, which web origins browsers may call from, which
+//! host names requests may use, and what REST query strings may carry besides the API's fields.
+//! These apply to every call, with or without a key.
 
 use clap::Args;
 use ipnet::IpNet;
 
 use crate::layers::AllowedHost;
 
-/// Proxies, client identity, CORS and allowed hosts.
+/// Proxies, client identity, CORS, allowed hosts and REST query strings.
 #[derive(Debug, Clone, Args)]
 pub struct EdgeConfig {
     /// Proxies (CIDRs or single addresses, comma-separated) whose X-Forwarded-For / X-Real-IP
@@ -39,6 +40,12 @@ pub struct EdgeConfig {
     #[arg(long, env = "ALLOWED_HOSTS", value_delimiter = ',', num_args = 0..,
           value_parser = |value: &str| value.trim().parse::<AllowedHost>())]
     pub allowed_hosts: Vec<AllowedHost>,
+
+    /// Refuse REST query parameters that name no request field (400). Off: they are ignored,
+    /// as grpc-gateway does, so browsers' cache-busters (`_=12345`) and proxies' tracking
+    /// parameters do not break calls.
+    #[arg(long, env = "REST_STRICT_QUERY", default_value_t = false)]
+    pub rest_strict_query: bool,
 }
 
 impl EdgeConfig {

@@ -380,8 +380,13 @@ impl MessageService for MessageApi {
             &request.consumer,
             request.partition_id,
         )?;
+        // Offset 0 is a position like any other: a request without one is refused, never
+        // read as 0 (that would rewind the consumer).
+        let offset = request
+            .offset
+            .ok_or_else(|| invalid_field("offset", "is required"))?;
         self.broker
-            .store_consumer_offset(at, request.offset)
+            .store_consumer_offset(at, offset)
             .await
             .map_err(broker_status)?;
         Ok(Response::new(proto::StoreConsumerOffsetResponse {}))

@@ -1,11 +1,17 @@
-//! A JSON body's shape, measured before it is parsed into a message: how many values it holds
-//! and how deeply they nest, walked without building anything. Each JSON value becomes a
-//! node of a dynamic message, so a body of many tiny values (`[{},{},…]`) costs many times
-//! its size: the transcoder charges the count to the call's memory budget first.
+//! A JSON body's shape, walked before it is parsed into a message. First measured: how many
+//! values it holds and how deeply they nest, walked without building anything. Each JSON value
+//! becomes a node of a dynamic message, so a body of many tiny values (`[{},{},…]`) costs many
+//! times its size: the transcoder charges the count to the call's memory budget first. Then,
+//! once charged, inspected against the request message for what the parser would let pass
+//! silently (a key given twice, or one field under both its names: the last would win; two
+//! members of one oneof) or needs help with (scalars spelled as `scalars` describes).
 
-use std::fmt;
+use std::{collections::HashSet, fmt};
 
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor, OneofDescriptor};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::scalars;
 
 /// What one JSON value is counted as once parsed into a dynamic message, in bytes.
 pub const JSON_VALUE_COST: usize = 128;
@@ -125,6 +131,412 @@ impl fmt::Display for ShapeRefusal {
             ShapeRefusal::TooDeep => write!(f, "nests deeper than {MAX_BODY_DEPTH} levels"),
             ShapeRefusal::Malformed => f.write_str("is not valid JSON"),
         }
+    }
+}
+
+/// What a JSON value stands for in the request message.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// Any JSON (`google.protobuf.Struct`, `Value` and kin, or an unknown field): only keys
+    /// given twice are looked for.
+    Any,
+    Message(MessageDescriptor),
+    /// An integer, which may be written as an integral number in a string.
+    Integer,
+    Timestamp,
+    Duration,
+    /// Any other scalar: nothing to look at.
+    Scalar,
+    List(Box<Expect>),
+    /// A map field: an object whose values are this.
+    Map(Box<Expect>),
+}
+
+impl Expect {
+    /// A message whose JSON form is an object of its fields (not a well-known type, which
+    /// has a JSON form of its own).
+    pub fn is_plain_message(message: &MessageDescriptor) -> bool {
+        !message.full_name().starts_with("google.protobuf.")
+    }
+
+    pub fn of_field(field: &FieldDescriptor) -> Self {
+        if field.is_map() {
+            let value = match field.kind() {
+                Kind::Message(entry) => Self::of_kind(&entry.map_entry_value_field().kind()),
+                _ => Self::Any,
+            };
+            return Self::Map(Box::new(value));
+        }
+        let item = Self::of_kind(&field.kind());
+        if field.is_list() {
+            Self::List(Box::new(item))
+        } else {
+            item
+        }
+    }
+
+    fn of_kind(kind: &Kind) -> Self {
+        match kind {
+            Kind::Int32
+            | Kind::Int64
+            | Kind::Uint32
+            | Kind::Uint64
+            | Kind::Sint32
+            | Kind::Sint64
+            | Kind::Fixed32
+            | Kind::Fixed64
+            | Kind::Sfixed32
+            | Kind::Sfixed64 => Self::Integer,
+            Kind::Message(message) => match message.full_name() {
+                "google.protobuf.Timestamp" => Self::Timestamp,
+                "google.protobuf.Duration" => Self::Duration,
+                "google.protobuf.Int32Value"
+                | "google.protobuf.Int64Value"
+                | "google.protobuf.UInt32Value"
+                | "google.protobuf.UInt64Value" => Self::Integer,
+                _ if Self::is_plain_message(message) => Self::Message(message.clone()),
+                // The other well-known types have JSON forms of their own.
+                _ => Self::Any,
+            },
+            Kind::Double
+            | Kind::Float
+            | Kind::Bool
+            | Kind::String
+            | Kind::Bytes
+            | Kind::Enum(_) => Self::Scalar,
+        }
+    }
+}
+
+/// What the inspection found that the parse must know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inspection {
+    /// Some scalar is spelled in a way the parser does not take as written: [`respell`] it.
+    pub respell: bool,
+}
+
+/// A value the request cannot take as sent, named by its path in the body (`a.b[2].c`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub field: String,
+    pub reason: String,
+}
+
+/// Inspects `body` (valid JSON, already measured) as `expect`; `prefix` names the field the
+/// whole body is (a `body: "field"` rule). Malformed JSON passes: the parse names the error.
+pub fn inspect(body: &[u8], expect: &Expect, prefix: Option<&str>) -> Result<Inspection, Refusal> {
+    let mut walk = Inspect {
+        found: Inspection::default(),
+        refusal: None,
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let walked = Node {
+        walk: &mut walk,
+        expect,
+    }
+    .deserialize(&mut deserializer);
+    match (walked, walk.refusal) {
+        (_, Some((steps, reason))) => {
+            let mut field = prefix.unwrap_or_default().to_owned();
+            for step in steps.iter().rev() {
+                match step {
+                    Step::Key(key) if field.is_empty() => field.push_str(key),
+                    Step::Key(key) => {
+                        field.push('.');
+                        field.push_str(key);
+                    }
+                    Step::Index(index) => field.push_str(&format!("[{index}]")),
+                    Step::MapKey(key) => field.push_str(&format!("[{key}]")),
+                }
+            }
+            if field.is_empty() {
+                field.push_str("body");
+            }
+            Err(Refusal { field, reason })
+        }
+        (Ok(_) | Err(_), None) => Ok(walk.found),
+    }
+}
+
+/// Rewrites, in a parsed body, the scalars [`inspect`] found respellable.
+pub fn respell(value: &mut serde_json::Value, expect: &Expect) {
+    use serde_json::Value;
+    match (expect, value) {
+        (Expect::Message(message), Value::Object(fields)) => {
+            for (key, value) in fields.iter_mut() {
+                if let Some(field) = message
+                    .get_field_by_json_name(key)
+                    .or_else(|| message.get_field_by_name(key))
+                {
+                    respell(value, &Expect::of_field(&field));
+                }
+            }
+        }
+        (Expect::List(item), Value::Array(items)) => {
+            items.iter_mut().for_each(|value| respell(value, item));
+        }
+        (Expect::Map(item), Value::Object(entries)) => {
+            entries.values_mut().for_each(|value| respell(value, item));
+        }
+        (Expect::Integer, Value::String(text)) => {
+            if let Some(plain) = scalars::integer(text) {
+                *text = plain;
+            }
+        }
+        (Expect::Timestamp, Value::String(text)) => {
+            if let Ok(Some(upper)) = scalars::timestamp(text) {
+                *text = upper;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One step of the path to a refused value, recorded from the inside out.
+enum Step {
+    Key(String),
+    Index(usize),
+    MapKey(String),
+}
+
+struct Inspect {
+    found: Inspection,
+    refusal: Option<(Vec<Step>, String)>,
+}
+
+impl Inspect {
+    fn refuse<E: serde::de::Error>(&mut self, reason: String) -> E {
+        self.refusal = Some((Vec::new(), reason));
+        E::custom("refused")
+    }
+
+    /// Records the step through which a refusal deeper down was reached.
+    fn through(&mut self, step: impl FnOnce() -> Step) {
+        if let Some((steps, _)) = &mut self.refusal {
+            steps.push(step());
+        }
+    }
+}
+
+/// One value, and whether it was `null`.
+struct Node<'a, 'w> {
+    walk: &'w mut Inspect,
+    expect: &'a Expect,
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+/// A key, borrowed from the body when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(value)))
+            }
+            fn visit_str<E>(self, value: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(value.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_, '_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(true)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<bool, E> {
+        match self.expect {
+            Expect::Integer => {
+                self.walk.found.respell |= scalars::integer(text).is_some();
+            }
+            Expect::Timestamp => match scalars::timestamp(text) {
+                Ok(upper) => self.walk.found.respell |= upper.is_some(),
+                Err(reason) => return Err(self.walk.refuse(reason)),
+            },
+            Expect::Duration => {
+                scalars::duration(text).map_err(|reason| self.walk.refuse(reason))?;
+            }
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<bool, A::Error> {
+        let any = Expect::Any;
+        let item = match self.expect {
+            Expect::List(item) => item,
+            _ => &any,
+        };
+        let mut index = 0;
+        loop {
+            let node = Node {
+                walk: &mut *self.walk,
+                expect: item,
+            };
+            match items.next_element_seed(node) {
+                Ok(Some(_)) => index += 1,
+                Ok(None) => return Ok(false),
+                Err(err) => {
+                    self.walk.through(|| Step::Index(index));
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, fields: A) -> Result<bool, A::Error> {
+        match self.expect {
+            Expect::Message(message) => self.message(message, fields),
+            Expect::Map(value) => self.object(value, fields, true),
+            _ => self.object(&Expect::Any, fields, false),
+        }
+    }
+}
+
+impl<'de> Node<'_, '_> {
+    /// An object that is a message: each field once, under either of its names, and one
+    /// member of a oneof at most (a `null` member counts as unset, as the parser has it).
+    fn message<A: MapAccess<'de>>(
+        self,
+        message: &MessageDescriptor,
+        mut fields: A,
+    ) -> Result<bool, A::Error> {
+        let mut seen: Vec<(u32, bool)> = Vec::new();
+        let mut oneofs: Vec<(OneofDescriptor, u32)> = Vec::new();
+        while let Some(Key(key)) = fields.next_key::<Key<'de>>()? {
+            let Some(field) = message
+                .get_field_by_json_name(&key)
+                .or_else(|| message.get_field_by_name(&key))
+            else {
+                // Unknown: the parser refuses it by name; its value is only walked.
+                let unknown = Node {
+                    walk: &mut *self.walk,
+                    expect: &Expect::Any,
+                };
+                fields.next_value_seed(unknown)?;
+                continue;
+            };
+            let by_proto_name = field.name() == key.as_ref();
+            if let Some((_, first_by_proto_name)) =
+                seen.iter().find(|(number, _)| *number == field.number())
+            {
+                let reason = if *first_by_proto_name == by_proto_name {
+                    "is given more than once".to_owned()
+                } else {
+                    format!(
+                        "is given twice, as {} and {}",
+                        field.name(),
+                        field.json_name()
+                    )
+                };
+                let refused = self.walk.refuse(reason);
+                self.walk.through(|| Step::Key(key.into_owned()));
+                return Err(refused);
+            }
+            seen.push((field.number(), by_proto_name));
+            let expect = Expect::of_field(&field);
+            let node = Node {
+                walk: &mut *self.walk,
+                expect: &expect,
+            };
+            let is_null = match fields.next_value_seed(node) {
+                Ok(is_null) => is_null,
+                Err(err) => {
+                    self.walk.through(|| Step::Key(key.into_owned()));
+                    return Err(err);
+                }
+            };
+            if let Some(oneof) = field.containing_oneof()
+                && !is_null
+            {
+                if let Some(other) = oneofs
+                    .iter()
+                    .find(|(set, _)| *set == oneof)
+                    .and_then(|(_, number)| message.get_field(*number))
+                {
+                    let refused = self.walk.refuse(format!(
+                        "conflicts with {}: set one of {}",
+                        other.name(),
+                        oneof
+                            .fields()
+                            .map(|f| f.name().to_owned())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    self.walk.through(|| Step::Key(key.into_owned()));
+                    return Err(refused);
+                }
+                oneofs.push((oneof, field.number()));
+            }
+        }
+        Ok(false)
+    }
+
+    /// Any other object (a map, a `Struct`, unknown JSON): each key once.
+    fn object<A: MapAccess<'de>>(
+        self,
+        value: &Expect,
+        mut entries: A,
+        map: bool,
+    ) -> Result<bool, A::Error> {
+        let mut keys: HashSet<std::borrow::Cow<'de, str>> = HashSet::new();
+        while let Some(Key(key)) = entries.next_key::<Key<'de>>()? {
+            let step = |key: std::borrow::Cow<'de, str>| {
+                if map {
+                    Step::MapKey(key.into_owned())
+                } else {
+                    Step::Key(key.into_owned())
+                }
+            };
+            if keys.contains(&key) {
+                let refused = self.walk.refuse("is given more than once".to_owned());
+                self.walk.through(|| step(key));
+                return Err(refused);
+            }
+            let node = Node {
+                walk: &mut *self.walk,
+                expect: value,
+            };
+            if let Err(err) = entries.next_value_seed(node) {
+                self.walk.through(|| step(key));
+                return Err(err);
+            }
+            keys.insert(key);
+        }
+        Ok(false)
     }
 }
 

@@ -4,7 +4,7 @@
 //! `Template = "/" Segments [ Verb ]`, `Segment = "*" | "**" | LITERAL | Variable`,
 //! `Variable = "{" FieldPath [ "=" Segments ] "}"`, `Verb = ":" LITERAL`.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -33,7 +33,9 @@ pub struct PathTemplate {
     verb: Option<String>,
 }
 
-/// A variable's field path and the (percent-decoded) value it matched.
+/// A variable's field path and the text it matched, still percent-encoded (but for the
+/// unreserved characters [`normalise`] decodes): [`decode`] gives the value, or says why the
+/// client's escape is bad, once the caller knows which field to name.
 pub type Bindings = Vec<(String, String)>;
 
 impl fmt::Display for PathTemplate {
@@ -110,8 +112,10 @@ impl PathTemplate {
         self.variables.iter().map(|v| v.field.as_str())
     }
 
-    /// Matches a request path (still percent-encoded) and returns the variables' values.
+    /// Matches a request path (still percent-encoded) and returns the variables' text.
+    /// Percent-encoded unreserved characters match themselves (`%73treams` is `streams`).
     pub fn matches(&self, path: &str) -> Option<Bindings> {
+        let path = normalise(path);
         let path = path.strip_prefix('/')?;
         let path = match &self.verb {
             Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
@@ -137,12 +141,7 @@ impl PathTemplate {
             .map(|variable| {
                 let end = variable.end.unwrap_or(parts.len());
                 let raw = parts.get(variable.start..end)?;
-                let value = raw
-                    .iter()
-                    .map(|part| percent_decode(part))
-                    .collect::<Option<Vec<_>>>()?
-                    .join("/");
-                Some((variable.field.clone(), value))
+                Some((variable.field.clone(), raw.join("/")))
             })
             .collect()
     }
@@ -187,26 +186,89 @@ fn parse_segment(part: &str, source: &str) -> Result<Segment, String> {
     }
 }
 
-/// Decodes `%XX` escapes; `None` when the result is not UTF-8 or an escape is malformed.
-fn percent_decode(part: &str) -> Option<String> {
+/// RFC 3986 §2.3: characters that mean the same written as they are or percent-encoded.
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The path with its percent-encoded unreserved characters decoded (RFC 3986 §6.2.2.2), so
+/// it matches literals however a client wrote them. Other escapes stay (an encoded `/` is
+/// data, not a separator). A path with a malformed escape is left as it is, for [`decode`] to
+/// refuse: decoding around it could make a new escape of its pieces (`%%341` → `%41`).
+pub fn normalise(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') || decode_bytes(path).is_err() {
+        return Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| path.get(index + 1..index + 3))
+            .flatten()
+            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|byte| is_unreserved(*byte));
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                index += 3;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    // Only ASCII escapes became ASCII bytes, so the text is still UTF-8.
+    String::from_utf8(out).map_or(Cow::Borrowed(path), Cow::Owned)
+}
+
+/// Why a path or query value could not be percent-decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadEscape {
+    /// A `%` not followed by two hex digits.
+    Malformed,
+    /// Escapes that decode to bytes that are not UTF-8.
+    NotUtf8,
+}
+
+impl fmt::Display for BadEscape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadEscape::Malformed => "has a % that is not followed by two hex digits",
+            BadEscape::NotUtf8 => "is not UTF-8 once percent-decoded",
+        })
+    }
+}
+
+/// Decodes every `%XX` escape of a path segment or query value.
+pub fn decode(part: &str) -> Result<String, BadEscape> {
+    if !part.contains('%') {
+        return Ok(part.to_owned());
+    }
+    String::from_utf8(decode_bytes(part)?).map_err(|_| BadEscape::NotUtf8)
+}
+
+fn decode_bytes(part: &str) -> Result<Vec<u8>, BadEscape> {
     let bytes = part.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {
         if bytes[index] == b'%' {
-            let hex = part.get(index + 1..index + 3)?;
+            let hex = part.get(index + 1..index + 3).ok_or(BadEscape::Malformed)?;
             // Two hex digits exactly: from_str_radix alone would take a sign ("%+1").
             if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
+                return Err(BadEscape::Malformed);
             }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| BadEscape::Malformed)?);
             index += 3;
         } else {
             out.push(bytes[index]);
             index += 1;
         }
     }
-    String::from_utf8(out).ok()
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use prost_reflect::DynamicMessage;
 use tower::ServiceExt;
@@ -31,9 +32,13 @@ pub(super) use self::render::{CURSOR_FIELD, PROBLEM_EVENT};
 use self::{
     framing::EncodeError,
     render::{internal, respond},
-    request::request_message,
+    request::{Query, request_message},
 };
-use super::routes::{Lookup, Route, RouteTable};
+use super::{
+    RestSettings,
+    routes::{Lookup, Route, RouteTable},
+    template,
+};
 
 /// Request headers passed on to the gRPC service as metadata.
 const FORWARDED_HEADERS: [&str; 5] = [
@@ -49,14 +54,20 @@ pub struct Transcoder {
     /// The gRPC services alone (no gRPC-Web, no REST), called in process.
     grpc: axum::Router,
     max_body_bytes: usize,
+    query: Query,
 }
 
 impl Transcoder {
-    pub fn new(table: RouteTable, grpc: axum::Router, max_body_bytes: usize) -> Self {
+    pub fn new(table: RouteTable, grpc: axum::Router, settings: RestSettings) -> Self {
         Self {
             table,
             grpc,
-            max_body_bytes,
+            max_body_bytes: settings.max_body_bytes,
+            query: if settings.strict_query {
+                Query::Strict
+            } else {
+                Query::Lenient
+            },
         }
     }
 
@@ -77,6 +88,17 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
+/// The first content coding of the request other than `identity`, if any.
+fn content_coding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("unreadable").split(','))
+        .map(str::trim)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+        .map(str::to_owned)
 }
 
 /// Answers every request no other route claims.
@@ -108,6 +130,10 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             return Err(methods::method_not_allowed(&parts.method, path, &allowed));
         }
         Lookup::NotFound => {
+            // A bad escape is the client's error wherever it is, not a missing route.
+            if let Err(bad) = template::decode(path) {
+                return Err(Problem::invalid_field("path", bad.to_string()));
+            }
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 "ROUTE_NOT_FOUND",
@@ -116,6 +142,25 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         }
     };
 
+    // Refused before the body is read: nothing here decompresses, and a compressed body
+    // read as JSON would only be called malformed.
+    if let Some(coding) = content_coding(&parts.headers)
+        && body.size_hint().exact() != Some(0)
+    {
+        let mut response = Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_CONTENT_ENCODING",
+            format!("request bodies must not be compressed (Content-Encoding: {coding})"),
+        )
+        .with_request_id(request_id(&parts.headers))
+        .into_response();
+        // RFC 9110 §12.5.3: a 415 for a content coding says which codings are accepted.
+        response.headers_mut().insert(
+            header::ACCEPT_ENCODING,
+            header::HeaderValue::from_static("identity"),
+        );
+        return Ok(response);
+    }
     let body = axum::body::to_bytes(body, transcoder.max_body_bytes)
         .await
         .map_err(|_| {
@@ -144,6 +189,7 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         &parts.headers,
         &body,
         last_event_id,
+        transcoder.query,
     )?;
 
     if route.method.is_server_streaming() {

@@ -21,6 +21,7 @@ mod parity;
 mod parity_props;
 mod reflection;
 mod rest;
+mod rest_input;
 mod rest_output;
 mod routing;
 mod streams;

@@ -356,7 +356,7 @@ async fn consumer_offsets_are_stored_read_and_deleted() {
             topic: "created".into(),
             consumer: "billing".into(),
             partition_id: 1,
-            offset: 1,
+            offset: Some(1),
         })
         .await
         .expect("stored");
@@ -378,7 +378,7 @@ async fn consumer_offsets_are_stored_read_and_deleted() {
             topic: "created".into(),
             consumer: "billing".into(),
             partition_id: 1,
-            offset: 3,
+            offset: Some(3),
         })
         .await
         .expect_err("past the newest message");

@@ -137,7 +137,7 @@ async fn setup(app: &TestApp) {
             topic: "created".into(),
             consumer: "billing".into(),
             partition_id: 0,
-            offset: 0,
+            offset: Some(0),
         })
         .await
         .expect("stored");

@@ -33,12 +33,39 @@ fn variables_bind_one_segment_each() {
 }
 
 #[test]
-fn values_are_percent_decoded() {
+fn values_are_bound_as_written_and_decoded_apart() {
     assert_eq!(
         bind("/v1/streams/{stream}", "/v1/streams/a%20b%2Fc"),
-        pairs(&[("stream", "a b/c")])
+        pairs(&[("stream", "a%20b%2Fc")])
     );
-    assert_eq!(bind("/v1/streams/{stream}", "/v1/streams/%ZZ"), None);
+    assert_eq!(decode("a%20b%2Fc"), Ok("a b/c".into()));
+    // A bad escape still matches, so the transcoder can name the field it is in.
+    assert_eq!(
+        bind("/v1/streams/{stream}", "/v1/streams/%ZZ"),
+        pairs(&[("stream", "%ZZ")])
+    );
+    assert_eq!(decode("%ZZ"), Err(BadEscape::Malformed));
+    assert_eq!(decode("%FF"), Err(BadEscape::NotUtf8));
+}
+
+#[test]
+fn encoded_unreserved_characters_match_literals() {
+    assert_eq!(
+        bind(
+            "/v1/streams/{stream}:purge",
+            "/v1/%73tre%61ms/orders%2D1:%70urge"
+        ),
+        pairs(&[("stream", "orders-1")])
+    );
+    // Reserved characters stay encoded: an encoded '/' is data, not a separator.
+    assert_eq!(normalise("/v1/a%2Fb%3A%7e"), "/v1/a%2Fb%3A~");
+    assert_eq!(normalise("/v1/%zz%4"), "/v1/%zz%4");
+    assert_eq!(
+        normalise("/v1/%%341"),
+        "/v1/%%341",
+        "no escape is made of the pieces"
+    );
+    assert_eq!(bind("/v1/streams", "/v1/streams%2F"), None);
 }
 
 #[test]
@@ -79,12 +106,12 @@ fn openapi_paths_name_each_variable_once() {
 
 #[test]
 fn an_escape_is_exactly_two_hex_digits() {
-    assert_eq!(percent_decode("a%2Fb"), Some("a/b".into()));
-    assert_eq!(percent_decode("%+1"), None);
-    assert_eq!(percent_decode("%-1"), None);
-    assert_eq!(percent_decode("%zz"), None);
-    assert_eq!(percent_decode("%4"), None);
-    assert_eq!(percent_decode("%C3"), None, "not UTF-8 alone");
+    assert_eq!(decode("a%2Fb"), Ok("a/b".into()));
+    assert_eq!(decode("%+1"), Err(BadEscape::Malformed));
+    assert_eq!(decode("%-1"), Err(BadEscape::Malformed));
+    assert_eq!(decode("%zz"), Err(BadEscape::Malformed));
+    assert_eq!(decode("%4"), Err(BadEscape::Malformed));
+    assert_eq!(decode("%C3"), Err(BadEscape::NotUtf8), "not UTF-8 alone");
 }
 
 proptest::proptest! {
@@ -94,11 +121,10 @@ proptest::proptest! {
             .bytes()
             .map(|b| if b.is_ascii_alphanumeric() { char::from(b).to_string() } else { format!("%{b:02X}") })
             .collect();
-        proptest::prop_assert_eq!(percent_decode(&encoded), Some(value.clone()));
-        proptest::prop_assert_eq!(
-            bind("/v1/streams/{stream}", &format!("/v1/streams/{encoded}")),
-            pairs(&[("stream", value.as_str())])
-        );
+        proptest::prop_assert_eq!(decode(&encoded), Ok(value.clone()));
+        let bound = bind("/v1/streams/{stream}", &format!("/v1/streams/{encoded}"));
+        let decoded = bound.and_then(|b| b.into_iter().next()).map(|(_, v)| decode(&v));
+        proptest::prop_assert_eq!(decoded, Some(Ok(value.clone())));
     }
 
     #[test]
@@ -106,6 +132,8 @@ proptest::proptest! {
         let template = PathTemplate::parse("/v1/streams/{stream}/topics/{topic=**}:purge")
             .expect("valid template");
         let _ = template.matches(&path);
-        let _ = percent_decode(&path);
+        let _ = decode(&path);
+        let normal = normalise(&path);
+        proptest::prop_assert_eq!(normalise(&normal), normal.clone(), "normalising twice changes nothing");
     }
 }

@@ -1,7 +1,8 @@
 //! The request half of the transcoder: the protobuf request message a REST call becomes, built
 //! from its JSON body, path variables and query string by proto3 JSON rules. The body's shape is
-//! measured and charged to the call's memory budget before anything is parsed; refusals are
-//! problems that name the field.
+//! measured and charged to the call's memory budget before anything is parsed, then inspected
+//! against the message; every refusal is a 400 whose violation names the field as the client
+//! wrote it (`partitionsCount`, `messages[2].headers[h].int64_value`, a query parameter).
 
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
@@ -15,98 +16,328 @@ use crate::{
     budget::{self, Exhausted},
     rest::{
         conditional,
-        routes::{BodyRule, Route, field_kind_at},
-        shape::{self, ShapeRefusal},
+        routes::{BodyRule, Route},
+        scalars,
+        shape::{self, Expect, ShapeRefusal},
+        template::{self, Bindings},
     },
 };
 
-/// The request message: the body, then path variables, then the query string (which win over
-/// the body, as in google.api.http).
+/// How strictly the query string is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// Parameters that name no field are ignored (cache-busters, tracking parameters), as
+    /// grpc-gateway does.
+    Lenient,
+    /// Parameters that name no field are refused (`REST_STRICT_QUERY`).
+    Strict,
+}
+
+/// The request message: the body, then path variables and the query string laid over it (the
+/// path wins over the same field in the body, as in google.api.http).
 ///
 /// A `body: "*"` body (the common case, and the large one) is parsed straight into the message;
-/// the path and query fields are parsed on their own and laid over it. Other bodies go through
-/// a JSON tree first.
+/// the path and query fields are parsed on their own and laid over it. Other bodies, and bodies
+/// with scalars to respell, go through a JSON tree first.
 pub(super) fn request_message(
     route: &Route,
-    bindings: Vec<(String, String)>,
+    bindings: Bindings,
     query: Option<&str>,
     headers: &HeaderMap,
     body: &Bytes,
     last_event_id: Option<&str>,
+    strictness: Query,
 ) -> Result<DynamicMessage, Problem> {
     let input = route.method.input();
-    // Measured, and charged to the call's memory budget, before any parse builds a tree or
-    // a message from it.
-    match shape::count_values(body) {
-        Err(ShapeRefusal::Malformed) => {}
-        Err(refusal @ ShapeRefusal::TooDeep) => {
-            return Err(Problem::invalid_field("body", refusal.to_string()));
-        }
-        Ok(values) => match budget::charge(values.saturating_mul(shape::JSON_VALUE_COST)) {
-            None | Some(Ok(())) => {}
-            Some(Err(exhausted @ Exhausted::Never { .. })) => {
-                return Err(Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "PAYLOAD_TOO_LARGE",
-                    format!("the request body holds {values} JSON values: {exhausted}"),
-                ));
-            }
-            Some(Err(exhausted @ Exhausted::Busy { .. })) => {
-                return Err(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "OVERLOADED",
-                    exhausted.to_string(),
-                )
-                .with_retry_after(1));
-            }
-        },
-    }
-    let direct = route.body == BodyRule::All && !body.is_empty();
-    let mut overlay = request_json(route, bindings, query, headers, body, !direct)?;
-    let message = if direct {
-        check_json_content(headers)?;
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(Problem::invalid_field("body", "must be a JSON object"));
-        }
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let message = DynamicMessage::deserialize_with_options(
-            input.clone(),
-            &mut deserializer,
-            &DeserializeOptions::new().deny_unknown_fields(true),
-        )
-        .and_then(|message| deserializer.end().map(|()| message))
-        .map_err(|err| match err.classify() {
-            serde_json::error::Category::Data => json_problem(&err.to_string()),
-            _ => malformed_json(&err),
-        })?;
-        Some(message)
-    } else {
-        None
-    };
+    let mut message = body_message(route, headers, body)?;
+    let mut overlay = parameters(route, bindings, query, strictness)?;
     // SSE clients resume by sending the last event id back: it is the cursor.
     if let Some(last_event_id) = last_event_id
         && let Some(cursor) = input.get_field_by_name("cursor")
-        && !message.as_ref().is_some_and(|m| m.has_field(&cursor))
+        && !message.has_field(&cursor)
     {
         overlay
             .entry("cursor")
             .or_insert_with(|| Value::String(last_event_id.to_owned()));
     }
     // `If-Match` is the request's `etag` field, wherever the request has one (AIP-154).
-    conditional::if_match_as_etag(route, headers, message.as_ref(), &mut overlay)?;
+    conditional::if_match_as_etag(route, headers, Some(&message), &mut overlay)?;
+    if overlay.is_empty() {
+        return Ok(message);
+    }
     let overlay = Value::Object(overlay);
-    let fields = DynamicMessage::deserialize_with_options(
-        input,
-        &overlay,
-        &DeserializeOptions::new().deny_unknown_fields(true),
-    )
-    .map_err(|err| json_problem(&err.to_string()))?;
-    match (message, overlay.as_object()) {
-        (Some(mut message), Some(overlay)) => {
-            lay_over(&mut message, &fields, overlay);
-            Ok(message)
+    // Each parameter parsed alone already; together they parse too.
+    let fields = DynamicMessage::deserialize_with_options(input, &overlay, &deny_unknown())
+        .map_err(|err| Problem::invalid_field("query", err.to_string()))?;
+    if let Value::Object(overlay) = &overlay {
+        lay_over(&mut message, &fields, overlay);
+    }
+    Ok(message)
+}
+
+fn deny_unknown() -> DeserializeOptions {
+    DeserializeOptions::new().deny_unknown_fields(true)
+}
+
+/// The body as the request message (an empty message when there is no body).
+fn body_message(
+    route: &Route,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<DynamicMessage, Problem> {
+    let input = route.method.input();
+    if body.is_empty() {
+        return Ok(DynamicMessage::new(input));
+    }
+    let (expect, prefix) = match &route.body {
+        BodyRule::None => {
+            return Err(Problem::invalid_field(
+                "body",
+                format!(
+                    "{} {} takes no request body",
+                    route.http_method, route.template
+                ),
+            ));
         }
-        _ => Ok(fields),
+        BodyRule::All => (Expect::Message(input.clone()), None),
+        BodyRule::Field(name) => {
+            let field = input.get_field_by_name(name).ok_or_else(|| {
+                Problem::invalid_field(name.clone(), "is not a field of the request")
+            })?;
+            (Expect::of_field(&field), Some(name.as_str()))
+        }
+    };
+    check_json_content(headers)?;
+    let respell = match inspect(body, &expect, prefix)? {
+        Some(inspection) => inspection.respell,
+        // Not JSON: the parse below says where.
+        None => false,
+    };
+
+    let direct = route.body == BodyRule::All && !respell;
+    if direct {
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Problem::invalid_field("body", "must be a JSON object"));
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let parsed = DynamicMessage::deserialize_with_options(
+            input.clone(),
+            &mut deserializer,
+            &deny_unknown(),
+        )
+        .and_then(|message| deserializer.end().map(|()| message));
+        return match parsed {
+            Ok(message) => Ok(message),
+            Err(err) if err.classify() == serde_json::error::Category::Data => {
+                // The parser names no field: find the one it choked on.
+                let tree: Value =
+                    serde_json::from_slice(body).map_err(|err| malformed_json(&err))?;
+                match tree {
+                    Value::Object(object) => Err(locate(&input, &object, &err)),
+                    _ => Err(Problem::invalid_field("body", "must be a JSON object")),
+                }
+            }
+            Err(err) => Err(malformed_json(&err)),
+        };
+    }
+
+    let mut tree = match (&route.body, serde_json::from_slice(body)) {
+        (_, Err(err)) => return Err(malformed_json(&err)),
+        (BodyRule::Field(name), Ok(value)) => {
+            Value::Object(Map::from_iter([(name.clone(), value)]))
+        }
+        (_, Ok(object @ Value::Object(_))) => object,
+        (_, Ok(_)) => return Err(Problem::invalid_field("body", "must be a JSON object")),
+    };
+    if respell {
+        shape::respell(&mut tree, &Expect::Message(input.clone()));
+    }
+    DynamicMessage::deserialize_with_options(input.clone(), &tree, &deny_unknown()).map_err(|err| {
+        match tree.as_object() {
+            Some(fields) => locate(&input, fields, &err),
+            None => Problem::invalid_field("body", without_position(&err.to_string())),
+        }
+    })
+}
+
+/// Measures the body and charges it to the call's memory budget, then inspects it against the
+/// message; `None` when it is not JSON at all.
+fn inspect(
+    body: &[u8],
+    expect: &Expect,
+    prefix: Option<&str>,
+) -> Result<Option<shape::Inspection>, Problem> {
+    // Counted first, allocating nothing; the inspection below keeps the keys of each object,
+    // so it runs only once the call is charged for what the body will become.
+    let values = match shape::count_values(body) {
+        Err(ShapeRefusal::Malformed) => return Ok(None),
+        Err(refusal @ ShapeRefusal::TooDeep) => {
+            return Err(Problem::invalid_field("body", refusal.to_string()));
+        }
+        Ok(values) => values,
+    };
+    match budget::charge(values.saturating_mul(shape::JSON_VALUE_COST)) {
+        None | Some(Ok(())) => {}
+        Some(Err(exhausted @ Exhausted::Never { .. })) => {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("the request body holds {values} JSON values: {exhausted}"),
+            ));
+        }
+        Some(Err(exhausted @ Exhausted::Busy { .. })) => {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "OVERLOADED",
+                exhausted.to_string(),
+            )
+            .with_retry_after(1));
+        }
+    }
+    shape::inspect(body, expect, prefix)
+        .map(Some)
+        .map_err(|refusal| Problem::invalid_field(refusal.field, refusal.reason))
+}
+
+/// The field of `message` a JSON key names: its JSON name or its proto name.
+fn field_named(message: &MessageDescriptor, key: &str) -> Option<FieldDescriptor> {
+    message
+        .get_field_by_json_name(key)
+        .or_else(|| message.get_field_by_name(key))
+}
+
+/// The problem for a body the parser refused: the deepest field whose value alone fails to
+/// parse, as the client wrote it; the whole body when no one field does.
+fn locate(
+    message: &MessageDescriptor,
+    object: &Map<String, Value>,
+    err: &impl std::fmt::Display,
+) -> Problem {
+    match failing_field(message, object) {
+        Some((field, reason)) => Problem::invalid_field(field, reason),
+        None => Problem::invalid_field("body", without_position(&err.to_string())),
+    }
+}
+
+/// The first field of `object` whose value does not parse alone, with why; inside a message,
+/// a list or a map, the value within it that does not. Lists and maps are looked at item by
+/// item, so a large one is never copied whole.
+fn failing_field(
+    message: &MessageDescriptor,
+    object: &Map<String, Value>,
+) -> Option<(String, String)> {
+    object.iter().find_map(|(key, value)| {
+        let Some(field) = field_named(message, key) else {
+            return Some((key.clone(), "unknown field".to_owned()));
+        };
+        let whole = || {
+            parse_alone(message, key, value.clone())
+                .err()
+                .map(|detail| (key.clone(), describe(&field, true, &detail)))
+        };
+        match (value, field.kind()) {
+            (Value::Array(items), _) if field.is_list() => {
+                items.iter().enumerate().find_map(|(index, item)| {
+                    let alone = Value::Array(vec![item.clone()]);
+                    item_failure(message, key, alone, &field, item)
+                        .map(|(path, reason)| (format!("{key}[{index}]{path}"), reason))
+                })
+            }
+            (Value::Object(entries), Kind::Message(entry)) if field.is_map() => {
+                let value_field = entry.map_entry_value_field();
+                entries.iter().find_map(|(name, item)| {
+                    let alone = Value::Object(Map::from_iter([(name.clone(), item.clone())]));
+                    item_failure(message, key, alone, &value_field, item)
+                        .map(|(path, reason)| (format!("{key}[{name}]{path}"), reason))
+                })
+            }
+            (Value::Object(fields), Kind::Message(inner))
+                if !field.is_list() && !field.is_map() && Expect::is_plain_message(&inner) =>
+            {
+                failing_field(&inner, fields)
+                    .map(|(path, reason)| (format!("{key}.{path}"), reason))
+                    .or_else(whole)
+            }
+            _ => whole(),
+        }
+    })
+}
+
+/// Why one item of a list or map fails (`alone`: the field holding just that item), with the
+/// path within the item (`""`, or `.a.b` inside a message).
+fn item_failure(
+    message: &MessageDescriptor,
+    key: &str,
+    alone: Value,
+    item_field: &FieldDescriptor,
+    item: &Value,
+) -> Option<(String, String)> {
+    let detail = parse_alone(message, key, alone).err()?;
+    if let (Kind::Message(inner), Value::Object(fields)) = (item_field.kind(), item)
+        && Expect::is_plain_message(&inner)
+        && let Some((path, reason)) = failing_field(&inner, fields)
+    {
+        return Some((format!(".{path}"), reason));
+    }
+    Some((String::new(), describe(item_field, false, &detail)))
+}
+
+/// Parses `{key: value}` into `message`; the parser's complaint if it fails.
+fn parse_alone(message: &MessageDescriptor, key: &str, value: Value) -> Result<(), String> {
+    let object = Value::Object(Map::from_iter([(key.to_owned(), value)]));
+    DynamicMessage::deserialize_with_options(message.clone(), &object, &deny_unknown())
+        .map(drop)
+        .map_err(|err| without_position(&err.to_string()))
+}
+
+/// serde_json's " at line 1 column 35", which says nothing once the field is named.
+fn without_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) if message[at..].contains(" column ") => message[..at].to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+/// Why a value does not fit its field: what the field takes, and the parser's own words.
+/// `whole` when the value is the field's whole value (a list or map), not one item of it.
+fn describe(field: &FieldDescriptor, whole: bool, detail: &str) -> String {
+    let expected = if whole && field.is_map() {
+        "a JSON object".to_owned()
+    } else if whole && field.is_list() {
+        "a JSON array".to_owned()
+    } else {
+        expected(&field.kind())
+    };
+    format!("must be {expected} ({detail})")
+}
+
+fn expected(kind: &Kind) -> String {
+    match kind {
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => "a 32-bit integer".to_owned(),
+        Kind::Uint32 | Kind::Fixed32 => "a 32-bit unsigned integer".to_owned(),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => "a 64-bit integer".to_owned(),
+        Kind::Uint64 | Kind::Fixed64 => "a 64-bit unsigned integer".to_owned(),
+        Kind::Double | Kind::Float => "a number".to_owned(),
+        Kind::Bool => "true or false".to_owned(),
+        Kind::String => "a string".to_owned(),
+        Kind::Bytes => "base64 text".to_owned(),
+        Kind::Enum(values) => format!(
+            "one of {} or its number",
+            values
+                .values()
+                .map(|value| value.name().to_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Kind::Message(message) => match message.full_name() {
+            "google.protobuf.Timestamp" => {
+                "an RFC 3339 time such as 2026-01-01T00:00:00Z".to_owned()
+            }
+            "google.protobuf.Duration" => "seconds with an s, such as 1.5s".to_owned(),
+            "google.protobuf.Value" => "a JSON value".to_owned(),
+            "google.protobuf.ListValue" => "a JSON array".to_owned(),
+            _ => "a JSON object".to_owned(),
+        },
     }
 }
 
@@ -120,7 +351,7 @@ fn lay_over(message: &mut DynamicMessage, from: &DynamicMessage, json: &Map<Stri
         };
         // Well-known types have JSON forms of their own (a Struct is an object of any keys),
         // so they are set whole.
-        let nested = matches!(field.kind(), Kind::Message(m) if !m.full_name().starts_with("google.protobuf."))
+        let nested = matches!(field.kind(), Kind::Message(m) if Expect::is_plain_message(&m))
             && !field.is_list()
             && !field.is_map()
             && value.is_object();
@@ -166,117 +397,231 @@ fn malformed_json(err: &serde_json::Error) -> Problem {
     )
 }
 
-/// The request as a proto3 JSON object: the body (when `with_body`), then path variables,
-/// then the query string.
-pub(super) fn request_json(
+/// A parameter resolved against the request message.
+struct Resolved {
+    /// The dotted path in proto names, whatever names the client used.
+    path: String,
+    field: FieldDescriptor,
+}
+
+/// Resolves a dotted field path (`a.b.c`, proto or JSON names at each step).
+fn resolve(message: &MessageDescriptor, path: &str) -> Option<Resolved> {
+    let mut current = message.clone();
+    let mut proto_path = Vec::new();
+    let mut steps = path.split('.').peekable();
+    while let Some(step) = steps.next() {
+        let field = field_named(&current, step)?;
+        proto_path.push(field.name().to_owned());
+        if steps.peek().is_none() {
+            return Some(Resolved {
+                path: proto_path.join("."),
+                field,
+            });
+        }
+        current = match field.kind() {
+            Kind::Message(next) if !field.is_list() && !field.is_map() => next,
+            _ => return None,
+        };
+    }
+    None
+}
+
+/// Path variables and query parameters as one proto3 JSON object (proto names). Each value is
+/// parsed alone first, so a bad one is refused naming its parameter; a field is set once (a
+/// list field takes a value per parameter), and one member of a oneof at most.
+pub(super) fn parameters(
     route: &Route,
-    bindings: Vec<(String, String)>,
+    bindings: Bindings,
     query: Option<&str>,
-    headers: &HeaderMap,
-    body: &Bytes,
-    with_body: bool,
+    strictness: Query,
 ) -> Result<Map<String, Value>, Problem> {
     let input = route.method.input();
-    let mut root = Map::new();
-    if with_body && !body.is_empty() {
-        if route.body == BodyRule::None {
-            return Err(Problem::invalid_field(
-                "body",
-                format!(
-                    "{} {} takes no request body",
-                    route.http_method, route.template
-                ),
-            ));
-        }
-        check_json_content(headers)?;
-        let parsed: Value = serde_json::from_slice(body).map_err(|err| malformed_json(&err))?;
-        match &route.body {
-            BodyRule::All => match parsed {
-                Value::Object(object) => root = object,
-                _ => {
-                    return Err(Problem::invalid_field("body", "must be a JSON object"));
+    let mut overlay = Overlay {
+        input: &input,
+        root: Map::new(),
+        set: Vec::new(),
+    };
+    let mut bound = Vec::new();
+    for (name, raw) in bindings {
+        let value = template::decode(&raw)
+            .map_err(|bad| Problem::invalid_field(name.clone(), bad.to_string()))?;
+        let resolved = resolve(&input, &name)
+            .ok_or_else(|| Problem::invalid_field(name.clone(), "is not a field of the request"))?;
+        bound.push(resolved.path.clone());
+        overlay.add(&name, &resolved, &value)?;
+    }
+
+    for (raw_key, raw_value) in query_pairs(query.unwrap_or("")) {
+        let key = match decode_query(raw_key) {
+            Ok(key) if !key.is_empty() => key,
+            Ok(_) => continue,
+            Err(bad) => match strictness {
+                Query::Strict => {
+                    return Err(Problem::invalid_field(
+                        "query",
+                        format!("a parameter name {bad}"),
+                    ));
                 }
+                Query::Lenient => continue,
             },
-            BodyRule::Field(field) => {
-                root.insert(field.clone(), parsed);
+        };
+        let Some(resolved) = resolve(&input, &key) else {
+            match strictness {
+                Query::Strict => {
+                    return Err(Problem::invalid_field(key, "unknown query parameter"));
+                }
+                Query::Lenient => continue,
             }
-            BodyRule::None => {}
-        }
-    }
-
-    let bound: Vec<String> = bindings.iter().map(|(field, _)| field.clone()).collect();
-    for (field, value) in bindings {
-        let descriptor = field_kind_at(&input, &field)
-            .map_err(|err| Problem::invalid_field(field.clone(), err))?;
-        set_path(
-            &mut root,
-            &input,
-            &field,
-            scalar_json(&descriptor, &field, &value)?,
-            false,
-        )?;
-    }
-
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        let descriptor = field_kind_at(&input, &key)
-            .map_err(|_| Problem::invalid_field(key.to_string(), "unknown query parameter"))?;
+        };
         let in_body = match &route.body {
             BodyRule::All => true,
             BodyRule::Field(field) => {
-                key == field.as_str() || key.starts_with(&format!("{field}."))
+                resolved.path == *field || resolved.path.starts_with(&format!("{field}."))
             }
             BodyRule::None => false,
         };
-        if in_body || bound.iter().any(|b| *b == key) {
+        if in_body || bound.contains(&resolved.path) {
             return Err(Problem::invalid_field(
-                key.to_string(),
+                key,
                 "is set by the path or the body, not the query string",
             ));
         }
-        if descriptor.is_map() {
+        if resolved.field.is_map() {
             return Err(Problem::invalid_field(
-                key.to_string(),
+                key,
                 "map fields cannot be set from the query string",
             ));
         }
-        let json = scalar_json(&descriptor, &key, &value)?;
-        set_path(&mut root, &input, &key, json, descriptor.is_list())?;
+        let value = decode_query(raw_value)
+            .map_err(|bad| Problem::invalid_field(key.clone(), bad.to_string()))?;
+        overlay.add(&key, &resolved, &value)?;
     }
-    Ok(root)
+    Ok(overlay.root)
+}
+
+/// `a=1&b=2` split into raw (still encoded) names and values; empty pieces skipped.
+fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|piece| !piece.is_empty())
+        .map(|piece| piece.split_once('=').unwrap_or((piece, "")))
+}
+
+/// A query name or value decoded as HTML forms encode it: `+` is a space, `%XX` a byte, and a
+/// bad escape is refused rather than kept as written or replaced.
+fn decode_query(raw: &str) -> Result<String, template::BadEscape> {
+    if raw.contains('+') {
+        template::decode(&raw.replace('+', " "))
+    } else {
+        template::decode(raw)
+    }
+}
+
+/// The path and query fields gathered so far.
+struct Overlay<'a> {
+    input: &'a MessageDescriptor,
+    root: Map<String, Value>,
+    /// Each field set, by proto path, with the name the client used for it.
+    set: Vec<(String, String)>,
+}
+
+impl Overlay<'_> {
+    /// Adds `name=value` (`name` as the client wrote it) after parsing it alone.
+    fn add(&mut self, name: &str, resolved: &Resolved, value: &str) -> Result<(), Problem> {
+        let field = &resolved.field;
+        if !field.is_list() && self.set.iter().any(|(path, _)| *path == resolved.path) {
+            return Err(Problem::invalid_field(
+                name,
+                "is given more than once; it takes one value",
+            ));
+        }
+        if let Some(oneof) = field.containing_oneof() {
+            let parent = resolved
+                .path
+                .rsplit_once('.')
+                .map_or("", |(parent, _)| parent);
+            let other = self.set.iter().find(|(path, _)| {
+                path.rsplit_once('.').map_or("", |(parent, _)| parent) == parent
+                    && path != &resolved.path
+                    && resolve(self.input, path)
+                        .and_then(|other| other.field.containing_oneof())
+                        .is_some_and(|other| other == oneof)
+            });
+            if let Some((_, other)) = other {
+                return Err(Problem::invalid_field(
+                    name,
+                    format!(
+                        "conflicts with {other}: set one of {}",
+                        oneof
+                            .fields()
+                            .map(|f| f.name().to_owned())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        let json = scalar_json(field, name, value)?;
+        let mut alone = Map::new();
+        set_path(&mut alone, &resolved.path, json.clone(), field.is_list());
+        DynamicMessage::deserialize_with_options(
+            self.input.clone(),
+            &Value::Object(alone),
+            &deny_unknown(),
+        )
+        .map_err(|err| {
+            Problem::invalid_field(
+                name,
+                describe(field, false, &without_position(&err.to_string())),
+            )
+        })?;
+        set_path(&mut self.root, &resolved.path, json, field.is_list());
+        self.set.push((resolved.path.clone(), name.to_owned()));
+        Ok(())
+    }
 }
 
 /// A path or query value as the JSON proto3 parsing expects it: bools and floats as JSON
-/// values, everything else (integers, enums, strings, Timestamps, Durations) as a string.
+/// values, everything else (integers, enums, strings, Timestamps, Durations) as a string, in
+/// the spellings `scalars` settles.
 fn scalar_json(field: &FieldDescriptor, name: &str, value: &str) -> Result<Value, Problem> {
-    Ok(match field.kind() {
-        Kind::Bool => match value {
-            "true" | "1" => Value::Bool(true),
-            "false" | "0" => Value::Bool(false),
-            _ => return Err(Problem::invalid_field(name, "must be true or false")),
-        },
+    let kind = field.kind();
+    Ok(match Expect::of_field(field) {
+        Expect::List(item) | Expect::Map(item) => item_json(&item, &kind, name, value)?,
+        expect => item_json(&expect, &kind, name, value)?,
+    })
+}
+
+fn item_json(expect: &Expect, kind: &Kind, name: &str, value: &str) -> Result<Value, Problem> {
+    Ok(match (expect, kind) {
+        (_, Kind::Bool) => Value::Bool(scalars::boolean(value).ok_or_else(|| {
+            Problem::invalid_field(
+                name,
+                "must be true or false (also True, TRUE, t, 1; False, FALSE, f, 0)",
+            )
+        })?),
+        (Expect::Integer, _) => {
+            Value::String(scalars::integer(value).unwrap_or_else(|| value.to_owned()))
+        }
+        (Expect::Timestamp, _) => Value::String(
+            scalars::timestamp(value)
+                .map_err(|reason| Problem::invalid_field(name, reason))?
+                .unwrap_or_else(|| value.to_owned()),
+        ),
+        (Expect::Duration, _) => {
+            scalars::duration(value).map_err(|reason| Problem::invalid_field(name, reason))?;
+            Value::String(value.to_owned())
+        }
         // Enums are names or numbers; a number must reach the parser as a JSON number.
-        Kind::Enum(_) => value
+        (_, Kind::Enum(_)) => value
             .parse::<i32>()
             .map_or_else(|_| Value::String(value.to_owned()), Value::from),
-        Kind::Double | Kind::Float => value
+        (_, Kind::Double | Kind::Float) => value
             .parse::<f64>()
             .ok()
             .and_then(serde_json::Number::from_f64)
             .map_or_else(|| Value::String(value.to_owned()), Value::Number),
-        Kind::Message(message)
-            if !matches!(
-                message.full_name(),
-                "google.protobuf.Timestamp"
-                    | "google.protobuf.Duration"
-                    | "google.protobuf.FieldMask"
-                    | "google.protobuf.StringValue"
-                    | "google.protobuf.Int64Value"
-                    | "google.protobuf.UInt64Value"
-                    | "google.protobuf.Int32Value"
-                    | "google.protobuf.UInt32Value"
-                    | "google.protobuf.BytesValue"
-            ) =>
-        {
+        (Expect::Message(_), _) => {
             return Err(Problem::invalid_field(
                 name,
                 "a message field cannot be set from a single value; name one of its fields (a.b=c)",
@@ -286,66 +631,33 @@ fn scalar_json(field: &FieldDescriptor, name: &str, value: &str) -> Result<Value
     })
 }
 
-/// Sets `a.b.c` in a JSON object tree, creating the objects on the way, keyed by proto names.
-pub(super) fn set_path(
-    root: &mut Map<String, Value>,
-    message: &MessageDescriptor,
-    path: &str,
-    value: Value,
-    repeated: bool,
-) -> Result<(), Problem> {
+/// Sets `a.b.c` (proto names) in a JSON object tree, creating the objects on the way; a list
+/// field gathers its values.
+pub(super) fn set_path(root: &mut Map<String, Value>, path: &str, value: Value, list: bool) {
     let mut current = root;
-    let mut descriptor = message.clone();
-    let steps: Vec<&str> = path.split('.').collect();
-    for (index, step) in steps.iter().enumerate() {
-        let field = descriptor
-            .get_field_by_name(step)
-            .or_else(|| descriptor.get_field_by_json_name(step))
-            .ok_or_else(|| Problem::invalid_field(path, "unknown field"))?;
-        // The JSON parser accepts either name; keep one key per field (the proto name).
-        let name = field.name().to_owned();
-        if field.json_name() != name
-            && let Some(value) = current.remove(field.json_name())
-        {
-            current.entry(name.clone()).or_insert(value);
-        }
-        if index + 1 == steps.len() {
-            if repeated {
-                match current
-                    .entry(name)
+    let mut steps = path.split('.').peekable();
+    while let Some(step) = steps.next() {
+        if steps.peek().is_none() {
+            if list {
+                if let Value::Array(items) = current
+                    .entry(step)
                     .or_insert_with(|| Value::Array(Vec::new()))
                 {
-                    Value::Array(items) => items.push(value),
-                    _ => return Err(Problem::invalid_field(path, "is set twice")),
+                    items.push(value);
                 }
             } else {
-                current.insert(name, value);
+                current.insert(step.to_owned(), value);
             }
-            return Ok(());
+            return;
         }
-        let Kind::Message(next) = field.kind() else {
-            return Err(Problem::invalid_field(path, "is not a message field"));
-        };
-        descriptor = next;
         let entry = current
-            .entry(name)
+            .entry(step)
             .or_insert_with(|| Value::Object(Map::new()));
         current = match entry {
             Value::Object(object) => object,
-            _ => return Err(Problem::invalid_field(path, "conflicts with another value")),
+            // A scalar set at a parent path: `add` parsed this path alone and found it a
+            // message, so the parent cannot be a scalar; leave the value out.
+            _ => return,
         };
-    }
-    Ok(())
-}
-
-/// A proto3-JSON parse error as a 400 that names the field when the parser did.
-fn json_problem(message: &str) -> Problem {
-    let field = message
-        .split_once("unrecognized field name '")
-        .and_then(|(_, rest)| rest.split_once('\''))
-        .map(|(field, _)| field.to_owned());
-    match field {
-        Some(field) => Problem::invalid_field(field, "unknown field"),
-        None => Problem::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message),
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::{
     framing::{self, FrameDecoder, FrameError},
     render,
-    request::{request_json, set_path},
+    request::{Query, parameters, request_message, set_path},
 };
 use crate::rest::{
     route_table,
@@ -33,53 +33,68 @@ fn json_headers() -> HeaderMap {
     headers
 }
 
-#[test]
-fn nested_field_paths_build_nested_objects_under_proto_names() {
-    let (route, _) = route_for(Method::POST, "/messages");
-    let input = route.method.input();
-    let mut root = Map::new();
-    set_path(
-        &mut root,
-        &input,
-        "event.payload.type",
-        json!("User"),
-        false,
+/// The request a call becomes, in proto3 JSON (proto names, defaults left out).
+fn built(method: Method, path: &str, query: Option<&str>, body: &str) -> Result<Value, u16> {
+    let (route, bindings) = route_for(method, path);
+    let message = request_message(
+        &route,
+        bindings,
+        query,
+        &json_headers(),
+        &Bytes::copy_from_slice(body.as_bytes()),
+        None,
+        Query::Lenient,
     )
-    .expect("set");
-    set_path(&mut root, &input, "event.eventType", json!("x"), false).expect("set");
+    .map_err(|problem| problem.status())?;
+    let options = prost_reflect::SerializeOptions::new().use_proto_field_name(true);
+    Ok(message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .expect("serializes"))
+}
+
+#[test]
+fn nested_field_paths_build_nested_objects() {
+    let mut root = Map::new();
+    set_path(&mut root, "event.payload.type", json!("User"), false);
+    set_path(&mut root, "event.event_type", json!("x"), false);
+    set_path(&mut root, "tags", json!("a"), true);
+    set_path(&mut root, "tags", json!("b"), true);
     assert_eq!(
         Value::Object(root),
-        json!({"event": {"payload": {"type": "User"}, "event_type": "x"}})
+        json!({"event": {"payload": {"type": "User"}, "event_type": "x"}, "tags": ["a", "b"]})
     );
 }
 
 #[test]
 fn a_field_body_takes_the_json_value_and_the_path_fills_the_rest() {
-    let (route, bindings) = route_for(
+    let (route, _) = route_for(
         Method::POST,
         "/v1/streams/orders/topics/created/partitions/2/messages",
     );
     assert_eq!(route.body, BodyRule::Field("messages".into()));
-    let body = Bytes::from_static(br#"[{"text": "a"}, {"json": {"n": 1}}]"#);
-    let json = request_json(&route, bindings, None, &json_headers(), &body, true).expect("valid");
     assert_eq!(
-        Value::Object(json),
-        json!({"messages": [{"text": "a"}, {"json": {"n": 1}}], "stream": "orders", "topic": "created", "partition_id": "2"})
+        built(
+            Method::POST,
+            "/v1/streams/orders/topics/created/partitions/2/messages",
+            None,
+            r#"[{"text": "a"}, {"json": {"n": 1}}]"#
+        ),
+        Ok(
+            json!({"messages": [{"text": "a"}, {"json": {"n": 1.0}}], "stream": "orders", "topic": "created", "partition_id": 2})
+        )
     );
 }
 
 #[test]
 fn query_strings_fill_scalars_repeated_and_typed_values() {
     let (route, bindings) = route_for(Method::GET, "/v1/streams/orders/topics/created/messages");
-    let json = request_json(
+    let json = parameters(
         &route,
         bindings,
         Some(
-            "count=5&auto_commit=true&strategy=2&timestamp=2026-01-01T00%3A00%3A00Z&consumer=c%201",
+            "count=5&auto_commit=True&strategy=2&timestamp=2026-01-01t00%3A00%3A00z&consumer=c+1&offset=1e1",
         ),
-        &HeaderMap::new(),
-        &Bytes::new(),
-        true,
+        Query::Lenient,
     )
     .expect("valid");
     assert_eq!(json["count"], "5");
@@ -87,34 +102,112 @@ fn query_strings_fill_scalars_repeated_and_typed_values() {
     assert_eq!(json["strategy"], 2);
     assert_eq!(json["timestamp"], "2026-01-01T00:00:00Z");
     assert_eq!(json["consumer"], "c 1");
+    assert_eq!(json["offset"], "10");
 }
 
 #[test]
-fn query_parameters_that_are_unknown_or_taken_are_refused() {
+fn query_parameters_that_are_unknown_are_ignored_unless_strict() {
     let (route, bindings) = route_for(Method::GET, "/v1/streams/orders/topics/created/messages");
-    for query in ["colour=red", "stream=other", "auto_commit=maybe"] {
-        let problem = request_json(
-            &route,
-            bindings.clone(),
-            Some(query),
-            &HeaderMap::new(),
-            &Bytes::new(),
-            true,
-        )
-        .expect_err("refused");
-        assert_eq!(problem.status(), 400, "{query}");
-    }
-    let (route, bindings) = route_for(Method::POST, "/v1/streams");
-    let problem = request_json(
+    let lenient = parameters(
         &route,
-        bindings,
-        Some("name=x"),
-        &json_headers(),
-        &Bytes::from_static(b"{}"),
-        true,
+        bindings.clone(),
+        Some("_=12345&count=1&utm_source=x&%zz=1"),
+        Query::Lenient,
     )
-    .expect_err("the body owns every field");
+    .expect("unknown parameters are ignored");
+    assert_eq!(
+        Value::Object(lenient),
+        json!({"stream": "orders", "topic": "created", "count": "1"})
+    );
+    let problem =
+        parameters(&route, bindings, Some("count=1&_=12345"), Query::Strict).expect_err("strict");
     assert_eq!(problem.status(), 400);
+    assert!(
+        problem.to_json().contains(r#""field":"_""#),
+        "{}",
+        problem.to_json()
+    );
+}
+
+#[test]
+fn query_parameters_that_are_taken_repeated_or_bad_are_refused_naming_them() {
+    let (route, bindings) = route_for(Method::GET, "/v1/streams/orders/topics/created/messages");
+    for (query, field) in [
+        ("stream=other", "stream"),
+        ("auto_commit=maybe", "auto_commit"),
+        ("partition_id=1&partition_id=0", "partition_id"),
+        ("partitionId=1&partition_id=0", "partition_id"),
+        ("count=1.5", "count"),
+        ("count=%FF", "count"),
+        ("strategy=FIRST", "strategy"),
+        ("timestamp=2026-01-01T00:00:00.1234567891Z", "timestamp"),
+    ] {
+        let problem =
+            parameters(&route, bindings.clone(), Some(query), Query::Lenient).expect_err(query);
+        assert_eq!(problem.status(), 400, "{query}");
+        let body: Value = serde_json::from_str(&problem.to_json()).expect("JSON");
+        assert_eq!(body["violations"][0]["field"], field, "{query}: {body}");
+    }
+    let (route, _) = route_for(Method::POST, "/v1/streams");
+    let problem = parameters(&route, Vec::new(), Some("name=x"), Query::Lenient)
+        .expect_err("the body owns every field");
+    assert_eq!(problem.status(), 400);
+}
+
+#[test]
+fn bodies_take_integral_numbers_in_strings_and_lower_case_times() {
+    assert_eq!(
+        built(
+            Method::POST,
+            "/v1/streams/orders/topics",
+            None,
+            r#"{"name": "t", "partitions_count": "3e0", "max_topic_size_bytes": "1.5e3"}"#
+        ),
+        Ok(
+            json!({"stream": "orders", "name": "t", "partitions_count": 3, "max_topic_size_bytes": "1500"})
+        )
+    );
+    let event = built(
+        Method::POST,
+        "/messages",
+        None,
+        r#"{"event": {"id": "x", "timestamp": "2026-01-01t10:00:00z"}}"#,
+    )
+    .expect("valid");
+    assert_eq!(event["event"]["timestamp"], "2026-01-01T10:00:00Z");
+}
+
+#[test]
+fn bodies_with_a_key_twice_or_two_oneof_members_are_refused() {
+    for body in [
+        r#"{"name": "a", "name": "b"}"#,
+        r#"{"name": "a", "partitions_count": 1, "partitionsCount": 2}"#,
+    ] {
+        assert_eq!(
+            built(Method::POST, "/v1/streams/orders/topics", None, body),
+            Err(400),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        built(
+            Method::POST,
+            "/v1/streams/orders/topics/created/messages",
+            None,
+            r#"{"partition_id": 1, "partition_key": "k", "messages": [{"text": "a"}]}"#
+        ),
+        Err(400)
+    );
+    // A null member is unset, as the parser has it.
+    assert!(
+        built(
+            Method::POST,
+            "/v1/streams/orders/topics/created/messages",
+            None,
+            r#"{"partition_id": null, "partition_key": "k", "messages": [{"text": "a"}]}"#
+        )
+        .is_ok()
+    );
 }
 
 /// A gRPC frame around `payload`, uncompressed.
