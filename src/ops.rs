@@ -12,14 +12,12 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{answer::methods::read_only, broker::Broker, metrics::Metrics, stats::Stats};
-
-/// Now in RFC 3339 (UTC, to the microsecond), as proto3 JSON writes timestamps.
-fn now_text() -> String {
-    let mut now = prost_types::Timestamp::from(std::time::SystemTime::now());
-    now.nanos -= now.nanos % 1_000;
-    now.to_string()
-}
+use crate::{
+    answer::methods::read_only,
+    broker::{Broker, now_micros},
+    metrics::Metrics,
+    stats::Stats,
+};
 
 /// Microseconds since the epoch in RFC 3339, as proto3 JSON writes timestamps.
 fn micros_text(micros: u64) -> String {
@@ -75,7 +73,7 @@ async fn health(State(ops): State<Ops>) -> Response {
         "status": word,
         "iggy_connected": connected,
         "version": env!("CARGO_PKG_VERSION"),
-        "timestamp": now_text(),
+        "timestamp": micros_text(now_micros()),
     });
     (status, Json(body)).into_response()
 }
