@@ -1,6 +1,7 @@
 //! The memory budget of calls in flight (`MAX_INFLIGHT_BYTES`): request body bytes, and what
 //! decoding them builds (protobuf structs, REST's parsed JSON), charged by each call and given
-//! back when it is answered. A call that would go over is refused before it allocates.
+//! back when it is answered; and the messages a poll answers with, charged when read and given
+//! back once the answer has been sent. A call that would go over is refused.
 //!
 //! The body-limit layer opens a call's [`Charge`] and runs the call inside [`scope`]; the
 //! protobuf codec and the REST transcoder, deeper in the same task, charge through [`charge`].
@@ -74,6 +75,8 @@ pub enum Exhausted {
 pub struct Charge {
     budget: Arc<InflightBytes>,
     bytes: AtomicUsize,
+    /// What the call's answer holds (polled messages): kept until the answer is sent.
+    answer: AtomicUsize,
     /// Set when the request body found the budget spent, so the answer says so.
     exhausted: AtomicBool,
     /// Set once the call has been answered: what it held is given back, and a request body
@@ -86,6 +89,7 @@ impl Charge {
         Self {
             budget,
             bytes: AtomicUsize::new(0),
+            answer: AtomicUsize::new(0),
             exhausted: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         }
@@ -100,7 +104,20 @@ impl Charge {
         Ok(())
     }
 
-    /// Gives back everything charged so far and charges nothing more: the call is answered.
+    /// Charges bytes the answer will hold until it is sent (see [`Charge::holds_answer`]).
+    pub fn add_answer(&self, bytes: usize) -> Result<(), Exhausted> {
+        self.budget.try_charge(bytes)?;
+        self.answer.fetch_add(bytes, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Whether the answer holds charged bytes, so the charge must live as long as its body.
+    pub fn holds_answer(&self) -> bool {
+        self.answer.load(Ordering::Acquire) > 0
+    }
+
+    /// Gives back what the request charged and charges nothing more: the call is answered.
+    /// What its answer holds stays charged until the charge is dropped with the answer's body.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.budget.release(self.bytes.swap(0, Ordering::AcqRel));
@@ -117,7 +134,8 @@ impl Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.release(*self.bytes.get_mut());
+        self.budget
+            .release(*self.bytes.get_mut() + *self.answer.get_mut());
     }
 }
 
@@ -135,11 +153,31 @@ pub fn charge(bytes: usize) -> Option<Result<(), Exhausted>> {
     CALL.try_with(|charge| charge.add(bytes)).ok()
 }
 
+/// Charges `bytes` the current call's answer holds until it is sent; `None` outside a call
+/// (a subscription's own task, which `POLL_MAX_BYTES` and its channel bound instead).
+pub fn charge_answer(bytes: usize) -> Option<Result<(), Exhausted>> {
+    CALL.try_with(|charge| charge.add_answer(bytes)).ok()
+}
+
+/// Bytes the whole budget has left now, as seen from the current call (`Busy` when none);
+/// `None` outside a call. A poll reads no more than this, so what it holds is bounded before it
+/// reads.
+pub fn room() -> Option<Result<usize, Exhausted>> {
+    CALL.try_with(|charge| {
+        let budget = &charge.budget;
+        match budget.max.saturating_sub(budget.used()) {
+            0 => Err(Exhausted::Busy { max: budget.max }),
+            room => Ok(room),
+        }
+    })
+    .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use super::{Charge, Exhausted, InflightBytes, charge, scope};
+    use super::{Charge, Exhausted, InflightBytes, charge, charge_answer, room, scope};
 
     #[tokio::test]
     async fn charges_are_given_back_when_the_call_ends() {
@@ -163,5 +201,29 @@ mod tests {
         assert_eq!(answered.add(1000), Ok(()), "nothing charged after");
         drop(answered);
         assert_eq!(budget.used(), 0, "and nothing given back twice");
+    }
+
+    #[tokio::test]
+    async fn an_answer_stays_charged_until_its_charge_is_dropped() {
+        let budget = Arc::new(InflightBytes::new(100));
+        let call = Arc::new(Charge::new(Arc::clone(&budget)));
+        let (room, charged) = scope(Arc::clone(&call), async {
+            assert_eq!(charge(10), Some(Ok(())));
+            (room(), charge_answer(70))
+        })
+        .await;
+        assert_eq!((room, charged), (Some(Ok(90)), Some(Ok(()))));
+        assert!(call.holds_answer());
+        call.close();
+        assert_eq!(budget.used(), 70, "the request's bytes are given back, the answer's kept");
+        let other = Charge::new(Arc::clone(&budget));
+        assert_eq!(other.add_answer(40), Err(Exhausted::Busy { max: 100 }));
+        assert_eq!(other.add_answer(30), Ok(()));
+        let full = scope(Arc::new(other), async { room() }).await;
+        assert_eq!(full, Some(Err(Exhausted::Busy { max: 100 })));
+        drop(call);
+        assert_eq!(budget.used(), 0);
+        assert_eq!(room(), None);
+        assert_eq!(charge_answer(1), None);
     }
 }

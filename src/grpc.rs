@@ -5,6 +5,7 @@
 mod convert;
 mod event;
 mod message;
+mod polls;
 mod stats;
 mod stream;
 mod topic;

@@ -19,7 +19,7 @@ use iggy_gateway::{
     layers::{self, Exempt, LayerSettings},
     metrics::Metrics,
 };
-use iggy_gateway_fuzz::{Gateway, parse_request, read_body, split_requests};
+use iggy_gateway_fuzz::{parse_request, read_body, split_requests, with_shared_gateway};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
@@ -80,10 +80,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = layers::client_ip::resolve([10, 0, 0, 7].into(), request.headers(), &trusted);
     }
     let runtime = iggy_gateway_fuzz::runtime();
+    // The routes are shared across inputs; the layers (rate limits, lockouts) are new each time.
+    let routes = with_shared_gateway(|_, router| router.clone());
     runtime.block_on(async {
-        let gateway = Gateway::new();
-        let inner = gateway
-            .http_router()
+        let inner = routes
             .layer(tower::util::MapRequestLayer::new(|request: http::Request<axum::body::Body>| {
                 let path = request.uri().path();
                 if !Exempt::HealthChecks.covers(path) && path != "/v1/streams" {

@@ -11,7 +11,7 @@
 //! valid problem+json.
 #![no_main]
 
-use iggy_gateway_fuzz::{Gateway, parse_request, read_body, split_requests};
+use iggy_gateway_fuzz::{parse_request, read_body, split_requests, with_shared_gateway};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
@@ -25,9 +25,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let runtime = iggy_gateway_fuzz::runtime();
+    let router = with_shared_gateway(|_, router| router.clone());
     runtime.block_on(async {
-        let gateway = Gateway::new();
-        let router = gateway.http_router();
         for request in requests {
             let shown = format!("{} {}", request.method(), request.uri());
             let grpc = request

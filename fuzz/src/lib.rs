@@ -96,6 +96,13 @@ impl FakeBroker {
     pub fn stored(&self) -> Vec<StoredMessage> {
         self.messages.lock().map(|m| m.clone()).unwrap_or_default()
     }
+
+    /// Forgets every message, so a shared gateway starts each input as a fresh one would.
+    pub fn reset(&self) {
+        if let Ok(mut messages) = self.messages.lock() {
+            messages.clear();
+        }
+    }
 }
 
 #[async_trait]
@@ -348,6 +355,24 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+thread_local! {
+    /// One gateway and its REST router per fuzzing thread: building the router serialises the
+    /// whole OpenAPI document, which cost the HTTP targets ~40 ms per input.
+    static SHARED: (Gateway, axum::Router) = {
+        let gateway = Gateway::new();
+        let router = gateway.http_router();
+        (gateway, router)
+    };
+}
+
+/// Runs `f` with this thread's shared gateway (its broker emptied first) and REST router.
+pub fn with_shared_gateway<R>(f: impl FnOnce(&Gateway, &axum::Router) -> R) -> R {
+    SHARED.with(|(gateway, router)| {
+        gateway.broker.reset();
+        f(gateway, router)
+    })
 }
 
 /// The REST route table, read once per process.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::broker::BrokerError;
+use crate::{broker::BrokerError, budget::Exhausted};
 
 /// The `ErrorInfo.domain` of every error this gateway produces.
 pub const ERROR_DOMAIN: &str = "iggy-gateway";
@@ -76,6 +76,24 @@ pub fn broker_status(err: BrokerError) -> Status {
         }
     };
     Status::with_error_details(code, message, details)
+}
+
+/// A call whose answer would take the gateway past `MAX_INFLIGHT_BYTES`: UNAVAILABLE with a
+/// retry while other calls hold the budget, RESOURCE_EXHAUSTED when the answer alone is larger.
+pub fn over_budget(exhausted: Exhausted, what: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    let code = match exhausted {
+        Exhausted::Busy { .. } => {
+            details.set_error_info("OVERLOADED", ERROR_DOMAIN, []);
+            details.set_retry_info(Some(RETRY_AFTER));
+            Code::Unavailable
+        }
+        Exhausted::Never { .. } => {
+            details.set_error_info("ANSWER_TOO_LARGE", ERROR_DOMAIN, []);
+            Code::ResourceExhausted
+        }
+    };
+    Status::with_error_details(code, format!("{what}: {exhausted}"), details)
 }
 
 /// A request field that failed validation: INVALID_ARGUMENT with a `BadRequest` violation

@@ -7,6 +7,7 @@
 //! out (a client whose auto-login failed can stay stuck otherwise). Every call has a timeout.
 //! Callers arriving while no client is connected wait a bounded time, then get UNAVAILABLE.
 
+mod chunks;
 mod convert;
 mod pool;
 
@@ -25,6 +26,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use self::pool::{IggySettings, backoff};
 use self::{
+    chunks::{Fetched, poll_in_chunks},
     convert::{
         Context, compression_to_iggy, expiry_to_iggy, is_connection_error, map_error,
         message_from_iggy, message_to_iggy, partitioning_to_iggy, poll_consumer, size_to_iggy,
@@ -35,7 +37,7 @@ use self::{
 use super::{
     Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag,
     Identifier, Name, Partitioning, PollMessages, PolledMessages, SendMessages, StoredMessage,
-    StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic, within_bytes,
+    StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
 };
 
 pub struct IggyBroker {
@@ -438,32 +440,45 @@ impl Broker for IggyBroker {
             to_iggy_id(&request.topic.topic)?,
         );
         let consumer = poll_consumer(request.consumer.as_ref())?;
-        let strategy = strategy_to_iggy(request.strategy);
         let context = Context {
             consumer: request.consumer.clone(),
             ..Context::partition(&request.topic, request.partition_id)
         };
-        let (partition, count) = (request.partition_id, request.count);
-        // Iggy polls by count only: the answer is cut to the byte budget here, so Iggy must not
-        // commit what is cut; the gateway commits the last message it returns.
-        let poll_consumer = consumer.clone();
-        let polled = self
-            .call(&context, |c| async move {
-                c.poll_messages(
-                    &stream,
-                    &topic,
-                    Some(partition),
-                    &poll_consumer,
-                    &strategy,
-                    count,
-                    false,
-                )
-                .await
-            })
-            .await?;
-        let mut messages: Vec<StoredMessage> =
-            polled.messages.into_iter().map(message_from_iggy).collect();
-        within_bytes(&mut messages, request.max_bytes);
+        let partition = request.partition_id;
+        // Iggy polls by count only: the gateway reads in chunks that fit the byte budget, and
+        // Iggy must not commit what a chunk read past it; the gateway commits the last message
+        // it returns.
+        let polled = poll_in_chunks(
+            request.strategy,
+            request.count,
+            request.max_bytes,
+            |strategy, count| {
+                let (stream, topic, consumer) = (stream.clone(), topic.clone(), consumer.clone());
+                let context = &context;
+                async move {
+                    let polled = self
+                        .call(context, |c| async move {
+                            c.poll_messages(
+                                &stream,
+                                &topic,
+                                Some(partition),
+                                &consumer,
+                                &strategy_to_iggy(strategy),
+                                count,
+                                false,
+                            )
+                            .await
+                        })
+                        .await?;
+                    Ok(Fetched {
+                        current_offset: polled.current_offset,
+                        messages: polled.messages.into_iter().map(message_from_iggy).collect(),
+                    })
+                }
+            },
+        )
+        .await?;
+        let messages = polled.messages;
         if request.auto_commit
             && let (Some(last), Some(at_consumer)) = (messages.last(), request.consumer.clone())
         {

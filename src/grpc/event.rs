@@ -13,6 +13,7 @@ use super::{
         message_id_text, timestamp, value_to_json,
     },
     message::Limits,
+    polls,
 };
 use crate::{
     answer::{broker_status, invalid_field},
@@ -318,12 +319,13 @@ impl EventService for EventApi {
                     .offset
                     .map_or(PollingStrategy::Next, PollingStrategy::Offset),
                 count,
-                max_bytes: self.limits.poll_max_bytes,
+                max_bytes: polls::read_limit(self.limits.poll_max_bytes)?,
                 // Committed once the answer is built (see MessageApi::poll_messages).
                 auto_commit: false,
             })
             .await
             .map_err(broker_status)?;
+        polls::charge_polled(&polled.messages)?;
         let last = polled.messages.last().map(|message| message.offset);
         let messages: Vec<proto::PolledEvent> = polled
             .messages

@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{
-    body_to_payload, headers_from_proto, identifier, message_id, message_id_text, polled_to_proto,
-    timestamp_micros, topic_ref,
+use super::{
+    convert::{
+        body_to_payload, headers_from_proto, identifier, message_id, message_id_text,
+        polled_to_proto, timestamp_micros, topic_ref,
+    },
+    polls,
 };
 use crate::{
     answer::{broker_status, invalid_field},
@@ -333,13 +336,14 @@ impl MessageService for MessageApi {
                 consumer: consumer.clone(),
                 strategy,
                 count: request.count,
-                max_bytes: self.limits.poll_max_bytes,
+                max_bytes: polls::read_limit(self.limits.poll_max_bytes)?,
                 // Committed below, once the answer is built: a message that could not be
                 // answered must not be skipped by the consumer's next poll.
                 auto_commit: false,
             })
             .await
             .map_err(broker_status)?;
+        polls::charge_polled(&polled.messages)?;
         let partition_id = polled.partition_id;
         let last = polled.messages.last().map(|message| message.offset);
         let response = proto::PollMessagesResponse {

@@ -118,6 +118,47 @@ impl<G: Unpin + Send + 'static> http_body::Body for GuardedBody<G> {
     }
 }
 
+/// An answer that keeps its call's [`Charge`] until the last byte has been handed to the
+/// connection. It never reports its end early: hyper drops a body as soon as it says it has
+/// ended, which for an answer in one frame is before a slow reader has taken any of it.
+struct ChargedAnswer {
+    inner: Body,
+    charge: Option<Arc<Charge>>,
+}
+
+impl ChargedAnswer {
+    fn new(inner: Body, charge: Arc<Charge>) -> Self {
+        Self {
+            inner,
+            charge: Some(charge),
+        }
+    }
+}
+
+impl http_body::Body for ChargedAnswer {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = &polled {
+            self.charge = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.charge.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BodyLimitLayer {
     max_bytes: usize,
@@ -217,6 +258,10 @@ where
             // sent too much should hear RESOURCE_EXHAUSTED, as REST callers hear 413.
             if too_large.load(Ordering::Acquire) || (grpc && is_oversized_message(&response)) {
                 return Ok(too_large_rejection(limit).respond_to(&caller));
+            }
+            // Polled messages stay charged while their answer streams to a slow reader.
+            if charge.holds_answer() {
+                return Ok(response.map(|body| Body::new(ChargedAnswer::new(body, charge))));
             }
             Ok(response)
         }))

@@ -498,16 +498,21 @@ async fn the_http2_limits_are_advertised_and_rapid_resets_close_the_connection()
 #[tokio::test]
 async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned() {
     let app = crate::helpers::spawn_configured(|config| config.limits.poll_max_bytes = 3000).await;
-    app.create_stream("orders").await;
-    app.create_topic("orders", "created", 1).await;
+    poll_within_budget(&app, "orders").await;
+}
+
+/// A poll on a gateway with `POLL_MAX_BYTES` = 3000 answers within it, commits only what it
+/// answered, and reads forward in order across the backend's chunks (also run on a real Iggy).
+pub async fn poll_within_budget(app: &crate::helpers::TestApp, stream: &str) {
+    app.create_stream(stream).await;
+    app.create_topic(stream, "created", 1).await;
     let kib = "k".repeat(1024);
     let texts: Vec<&str> = vec![kib.as_str(); 5];
-    app.send_texts("orders", "created", 0, &texts).await;
+    app.send_texts(stream, "created", 0, &texts).await;
     let big = "b".repeat(5000);
-    app.send_texts("orders", "created", 0, &[big.as_str()])
-        .await;
+    app.send_texts(stream, "created", 0, &[big.as_str()]).await;
     let next = proto::PollMessagesRequest {
-        stream: "orders".into(),
+        stream: stream.into(),
         topic: "created".into(),
         partition_id: 0,
         consumer: "billing".into(),
@@ -525,7 +530,28 @@ async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned(
     assert_eq!(offsets(app.poll(next.clone()).await), [4]);
     // A message over the budget on its own still comes back, alone.
     assert_eq!(offsets(app.poll(next.clone()).await), [5]);
-    assert!(app.poll(next).await.messages.is_empty());
+    assert!(app.poll(next.clone()).await.messages.is_empty());
+
+    // Small messages: one answer of 40, read in more than one chunk, in offset order.
+    let small: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
+    let small: Vec<&str> = small.iter().map(String::as_str).collect();
+    app.send_texts(stream, "created", 0, &small).await;
+    let from = |strategy: proto::PollingStrategy, count: u32| proto::PollMessagesRequest {
+        consumer: String::new(),
+        auto_commit: false,
+        strategy: strategy.into(),
+        offset: (strategy == proto::PollingStrategy::Offset).then_some(6),
+        count,
+        ..next.clone()
+    };
+    let all = app.poll(from(proto::PollingStrategy::Offset, 40)).await;
+    assert_eq!(offsets(all.clone()), (6..46).collect::<Vec<u64>>());
+    assert_eq!(crate::helpers::texts(&all), small);
+    // The newest ten, oldest first.
+    let last = app.poll(from(proto::PollingStrategy::Last, 10)).await;
+    assert_eq!(offsets(last), (36..46).collect::<Vec<u64>>());
+    // The consumer resumes after what it was answered.
+    assert_eq!(offsets(app.poll(next).await), (6..46).collect::<Vec<u64>>());
 }
 
 #[tokio::test]
@@ -578,4 +604,75 @@ async fn open_health_watches_are_capped_on_their_own_and_never_starve_other_call
         })
         .await
         .expect("a place is free once the watches end");
+}
+
+/// Opens an HTTP/1.1 poll whose answer the client does not read: a reader with a tiny receive
+/// window, as a slow or hostile consumer would be.
+async fn unread_poll(app: &crate::helpers::TestApp, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small receive buffer");
+    let mut stream = socket.connect(app.addr).await.expect("connected");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    stream
+}
+
+#[tokio::test]
+async fn poll_answers_a_slow_reader_holds_count_against_max_inflight_bytes() {
+    const MESSAGE: usize = 1_000_000;
+    const BUDGET: usize = 8 * MESSAGE + 4096;
+    let app = crate::helpers::spawn_configured(|config| {
+        config.limits.max_inflight_bytes = BUDGET as u64;
+        config.limits.poll_max_bytes = BUDGET as u64;
+        config.limits.max_request_body_size = 2 * 1024 * 1024;
+    })
+    .await;
+    app.create_stream("media").await;
+    app.create_topic("media", "frames", 1).await;
+    let frame = "f".repeat(MESSAGE);
+    for _ in 0..8 {
+        app.send_texts("media", "frames", 0, &[frame.as_str()]).await;
+    }
+    let path = "/v1/streams/media/topics/frames/messages?partitionId=0&offset=0&count=8";
+    let (status, body) = app.get_json(path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["messages"].as_array().map(Vec::len), Some(8));
+
+    // A reader that does not read holds its 8 MB answer, and so the budget.
+    let mut slow = unread_poll(&app, path).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let one = "/v1/streams/media/topics/frames/messages?partitionId=0&offset=0&count=1";
+    let (status, body) = app.get_json(one).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["reason"], "OVERLOADED", "{body}");
+    let refused = app
+        .messages
+        .clone()
+        .poll_messages(proto::PollMessagesRequest {
+            stream: "media".into(),
+            topic: "frames".into(),
+            partition_id: 0,
+            offset: Some(0),
+            count: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("no room for the answer");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // Calls that hold no answer are served meanwhile.
+    let (status, _) = app.get_json("/v1/streams").await;
+    assert_eq!(status, 200);
+
+    // Once the slow reader has its answer, the budget is free again.
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut slow, &mut answer)
+        .await
+        .expect("read");
+    assert!(answer.len() > 8 * MESSAGE, "read {} bytes", answer.len());
+    let (status, body) = app.get_json(one).await;
+    assert_eq!(status, 200, "{body}");
 }

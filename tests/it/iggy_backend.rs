@@ -213,9 +213,17 @@ fn real_server() -> Option<String> {
 }
 
 async fn spawn_on_iggy(url: String) -> TestApp {
+    spawn_on_iggy_with(url, |_| {}).await
+}
+
+async fn spawn_on_iggy_with(
+    url: String,
+    change: impl FnOnce(&mut iggy_gateway::config::Config),
+) -> TestApp {
     let app = spawn_configured(|c| {
         c.backend.iggy_connection_string = Some(url.into());
         c.backend.iggy_connect_wait_ms = 10_000;
+        change(c);
     })
     .await;
     let mut ready = false;
@@ -348,6 +356,22 @@ async fn on_real_iggy_streams_topics_messages_and_offsets_behave_as_embedded() {
         .clone()
         .delete_stream(proto::DeleteStreamRequest {
             stream: stream.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("deleted");
+}
+
+#[tokio::test]
+async fn on_real_iggy_a_poll_reads_within_poll_max_bytes_in_chunks_and_keeps_order() {
+    let Some(url) = real_server() else { return };
+    let app = spawn_on_iggy_with(url, |c| c.limits.poll_max_bytes = 3000).await;
+    let stream = unique("gw-chunks");
+    crate::hostile::poll_within_budget(&app, &stream).await;
+    app.streams
+        .clone()
+        .delete_stream(proto::DeleteStreamRequest {
+            stream,
             ..Default::default()
         })
         .await
