@@ -107,6 +107,8 @@ enum Part {
     Subscribers,
     /// Amplification bodies from many attackers at once, and random paths against /metrics.
     Hostile,
+    /// The cost of TLS and of gzip on gRPC batch produce, against cleartext and uncompressed.
+    Wire,
 }
 
 impl Args {
@@ -125,6 +127,16 @@ impl Gateway {
     /// Starts the gateway on the embedded store at `data_dir`, or on a real Iggy server when
     /// `iggy` holds its connection string.
     fn start(data_dir: &Path, iggy: Option<&str>, pool_size: usize) -> Self {
+        Self::start_with(data_dir, iggy, pool_size, &[])
+    }
+
+    /// As [`Gateway::start`], with more settings (TLS files) in its environment.
+    fn start_with(
+        data_dir: &Path,
+        iggy: Option<&str>,
+        pool_size: usize,
+        settings: &[(&str, &Path)],
+    ) -> Self {
         // `GATEWAY_BIN` runs another build (an earlier commit's) under the same load.
         let binary = std::env::var_os("GATEWAY_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_iggy-gateway").into());
@@ -146,6 +158,7 @@ impl Gateway {
             .env("MAX_SUBSCRIBERS", "100000")
             .env("IGGY_STREAM", "")
             .env_remove("API_KEY")
+            .envs(settings.iter().map(|(name, value)| (*name, *value)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -1177,6 +1190,16 @@ async fn run(args: Args) {
         hostile(&args, &data.path().join("hostile"), &mut report).await;
     }
 
+    if args.runs(Part::Wire) {
+        wire(
+            &args,
+            &data.path().join("wire"),
+            iggy.as_deref(),
+            &mut report,
+        )
+        .await;
+    }
+
     if iggy.is_some() {
         // Leave the shared server as it was.
         let _ = StreamServiceClient::new(ch.clone())
@@ -1192,6 +1215,198 @@ async fn run(args: Args) {
         std::fs::write(path, serde_json::to_vec_pretty(&doc).expect("json")).expect("writes JSON");
         println!("wrote {}", path.display());
     }
+}
+
+/// Messages shaped like the JSON documents applications send (keys repeat, values vary), so
+/// gzip meets a realistic ratio rather than a run of one byte.
+fn json_like_messages(count: usize, size: usize) -> Vec<proto::Message> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    (0..count)
+        .map(|_| {
+            let mut text = String::with_capacity(size + 128);
+            text.push('[');
+            while text.len() < size {
+                text.push_str(&format!(
+                    r#"{{"order_id":{},"customer":"c-{:05}","sku":"SKU-{:04}","quantity":{},"total":{}.{:02},"status":"{}"}},"#,
+                    rng.u32(..),
+                    rng.u32(..100_000),
+                    rng.u32(..10_000),
+                    rng.u32(1..20),
+                    rng.u32(..1000),
+                    rng.u32(..100),
+                    ["created", "paid", "shipped"][rng.usize(..3)],
+                ));
+            }
+            text.truncate(size.saturating_sub(1));
+            text.push(']');
+            proto::Message {
+                body: Some(proto::message::Body::Payload(Bytes::from(text))),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// TLS files for the wire part: a CA and a certificate for 127.0.0.1 that it signed.
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).expect("TLS directory");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("certificate");
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("cert written");
+    std::fs::write(&key_path, key.serialize_pem()).expect("key written");
+    (cert_path, key_path, ca_pem)
+}
+
+/// gRPC batch produce three ways, interleaved in one run: cleartext and uncompressed (the
+/// base), over TLS (a second gateway, the same build, with a certificate), and gzip-compressed
+/// both ways over cleartext. Each gateway's CPU per message is measured over its own slices.
+async fn wire(args: &Args, dir: &Path, iggy: Option<&str>, report: &mut Report) {
+    use tonic::{
+        codec::CompressionEncoding,
+        transport::{Certificate, ClientTlsConfig},
+    };
+    let (cert, key, ca) = tls_files(&dir.join("tls"));
+    let plain = Gateway::start(&dir.join("plain"), iggy, args.concurrency);
+    let tls = Gateway::start_with(
+        &dir.join("tls-data"),
+        iggy,
+        args.concurrency,
+        &[("TLS_CERT_FILE", &cert), ("TLS_KEY_FILE", &key)],
+    );
+    let stream: &'static str = Box::leak(format!("wire-{}", std::process::id()).into_boxed_str());
+    prepare_topic(plain.addr, stream).await;
+    let tls_channel = || async {
+        Channel::from_shared(format!("https://127.0.0.1:{}", tls.addr.port()))
+            .expect("uri")
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&ca))
+                    .domain_name("localhost"),
+            )
+            .expect("TLS settings")
+            .connect()
+            .await
+            .expect("connects over TLS")
+    };
+    if iggy.is_none() {
+        // Its own store: the topic is created there too.
+        let channel = tls_channel().await;
+        StreamServiceClient::new(channel.clone())
+            .create_stream(proto::CreateStreamRequest {
+                name: stream.into(),
+            })
+            .await
+            .expect("stream");
+        TopicServiceClient::new(channel)
+            .create_topic(proto::CreateTopicRequest {
+                stream: stream.into(),
+                name: "bench".into(),
+                partitions_count: 4,
+                ..Default::default()
+            })
+            .await
+            .expect("topic");
+    }
+    let batch = json_like_messages(args.batch, args.message_size);
+    let encoded = send_request(stream, None, batch.clone()).encode_to_vec();
+    let gzipped = {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&encoded).expect("compressed");
+        encoder.finish().expect("compressed").len()
+    };
+    let (mut plain_channels, mut tls_channels) = (Vec::new(), Vec::new());
+    for _ in 0..args.concurrency {
+        plain_channels.push(channel(plain.addr).await);
+        tls_channels.push(tls_channel().await);
+    }
+    let (plain_channels, tls_channels) = (Arc::new(plain_channels), Arc::new(tls_channels));
+    let line = |channels: Arc<Vec<Channel>>, gzip: bool| -> Line<'_> {
+        let batch = batch.clone();
+        Box::new(move |slice| {
+            let (channels, batch) = (Arc::clone(&channels), batch.clone());
+            Box::pin(throughput_by_caller(
+                args.concurrency,
+                slice,
+                move |caller| {
+                    let mut client = MessageServiceClient::new(channels[caller].clone());
+                    if gzip {
+                        client = client
+                            .send_compressed(CompressionEncoding::Gzip)
+                            .accept_compressed(CompressionEncoding::Gzip);
+                    }
+                    let request = send_request(stream, None, batch.clone());
+                    async move {
+                        client
+                            .send_messages(request)
+                            .await
+                            .map_or(0, |r| r.into_inner().ids.len() as u64)
+                    }
+                },
+            ))
+        })
+    };
+    // The TLS gateway is another process: each line's CPU is read from the gateway it loads.
+    let rounds = args.rounds.max(1);
+    let slice = Duration::from_secs(args.duration_secs) / rounds;
+    let mut totals = [(0.0f64, 0u64); 3];
+    let mut lines = [
+        (line(Arc::clone(&plain_channels), false), plain.child.id()),
+        (line(Arc::clone(&tls_channels), false), tls.child.id()),
+        (line(Arc::clone(&plain_channels), true), plain.child.id()),
+    ];
+    for round in 0..rounds as usize {
+        for k in 0..lines.len() {
+            let i = (k + round) % lines.len();
+            let before = cpu_ticks(lines[i].1);
+            let rate = (lines[i].0)(slice).await;
+            totals[i].0 += rate * slice.as_secs_f64();
+            totals[i].1 += cpu_ticks(lines[i].1).saturating_sub(before);
+        }
+    }
+    drop(lines);
+    let seconds = slice.as_secs_f64() * f64::from(rounds);
+    let [(clear, clear_cpu), (over_tls, tls_cpu), (gzip, gzip_cpu)] =
+        totals.map(|(units, ticks)| (units / seconds, ticks as f64 * 10_000.0 / units.max(1.0)));
+    report.text(
+        "wire lines",
+        &format!(
+            "gRPC batch produce of JSON-like payloads, interleaved: {rounds} rounds of {slice:?}; \
+             one batch is {} bytes, {} gzipped",
+            encoded.len(),
+            gzipped
+        ),
+    );
+    report.number("wire_cleartext_batch_msgs_per_s", clear, "msg/s");
+    report.number("wire_tls_batch_msgs_per_s", over_tls, "msg/s");
+    report.number("wire_gzip_batch_msgs_per_s", gzip, "msg/s");
+    report.number("wire_cleartext_gateway_cpu_per_msg", clear_cpu, "µs");
+    report.number("wire_tls_gateway_cpu_per_msg", tls_cpu, "µs");
+    report.number("wire_gzip_gateway_cpu_per_msg", gzip_cpu, "µs");
+    report.ratio("wire tls / cleartext (throughput)", over_tls / clear);
+    report.ratio("wire gzip / uncompressed (throughput)", gzip / clear);
+    report.ratio(
+        "wire tls / cleartext (gateway CPU per msg)",
+        tls_cpu / clear_cpu.max(f64::MIN_POSITIVE),
+    );
+    report.ratio(
+        "wire gzip / uncompressed (gateway CPU per msg)",
+        gzip_cpu / clear_cpu.max(f64::MIN_POSITIVE),
+    );
+    report.ratio(
+        "wire gzip / uncompressed (request bytes)",
+        gzipped as f64 / encoded.len() as f64,
+    );
 }
 
 /// Amplification attacks against a fresh gateway at its default limits (rate limiting off, so

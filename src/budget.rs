@@ -82,6 +82,9 @@ pub struct Charge {
     /// Set once the call has been answered: what it held is given back, and a request body
     /// still streaming in (a bidirectional stream) is no longer charged.
     closed: AtomicBool,
+    /// Set for a call whose messages arrive compressed: the body was charged as it came, but
+    /// the decoder also reads what each message inflated to, so it charges that too.
+    inflated: AtomicBool,
 }
 
 impl Charge {
@@ -92,6 +95,7 @@ impl Charge {
             answer: AtomicUsize::new(0),
             exhausted: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            inflated: AtomicBool::new(false),
         }
     }
 
@@ -130,6 +134,11 @@ impl Charge {
     pub fn is_exhausted(&self) -> bool {
         self.exhausted.load(Ordering::Acquire)
     }
+
+    /// The call's messages arrive compressed: decoders charge the inflated bytes they read.
+    pub fn count_inflated(&self) {
+        self.inflated.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for Charge {
@@ -146,6 +155,12 @@ tokio::task_local! {
 /// Runs a call with `charge` as its budget.
 pub fn scope<F: Future>(charge: Arc<Charge>, call: F) -> impl Future<Output = F::Output> {
     CALL.scope(charge, call)
+}
+
+/// Whether the current call's messages arrive compressed (see [`Charge::count_inflated`]).
+pub fn inflated() -> bool {
+    CALL.try_with(|charge| charge.inflated.load(Ordering::Acquire))
+        .unwrap_or(false)
 }
 
 /// Charges `bytes` to the current call; `None` outside a call (a client decoding an answer).

@@ -89,7 +89,12 @@ impl<U: Message + Default> Decoder for BoundedDecoder<U> {
             // tonic hands over the whole message in one contiguous buffer.
             let wire = buf.chunk();
             if wire.len() == buf.remaining() {
-                let estimate = decoded_size(descriptor, wire).map_err(Status::from)?;
+                let mut estimate = decoded_size(descriptor, wire).map_err(Status::from)?;
+                // A compressed message was inflated by tonic (into at most the decoding limit)
+                // after its compressed bytes were charged: the inflated ones count as well.
+                if budget::inflated() {
+                    estimate = estimate.saturating_add(wire.len());
+                }
                 match budget::charge(estimate) {
                     None | Some(Ok(())) => {}
                     Some(Err(exhausted @ Exhausted::Never { .. })) => {

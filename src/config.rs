@@ -11,6 +11,7 @@ mod limits;
 mod server;
 mod subscriptions;
 mod telemetry;
+mod wire;
 
 use std::{convert::Infallible, fmt, num::NonZeroU32, str::FromStr, time::Duration};
 
@@ -23,12 +24,13 @@ pub use limits::LimitsConfig;
 pub use server::ServerConfig;
 pub use subscriptions::{MIN_CURSOR_SECRET_BYTES, SubscriptionsConfig};
 pub use telemetry::{LogFormat, TelemetryConfig};
+pub use wire::WireConfig;
 
 use crate::{
     broker::{embedded::Location, iggy::IggySettings},
     grpc::{DefaultTopic, Limits},
     layers::LayerSettings,
-    listener::ListenerSettings,
+    listener::{ListenerSettings, TlsSettings},
     rest::RestSettings,
     subscription::SubscribeSettings,
 };
@@ -87,6 +89,8 @@ pub struct Config {
     pub subscriptions: SubscriptionsConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+    #[command(flatten)]
+    pub wire: WireConfig,
 
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
@@ -187,6 +191,7 @@ impl Config {
         }
         self.subscriptions.validate()?;
         self.limits.validate()?;
+        self.wire.validate()?;
         self.backend.validate()
     }
 
@@ -227,12 +232,18 @@ impl Config {
             max_inflight_bytes: usize::try_from(limits.max_inflight_bytes).unwrap_or(usize::MAX),
             request_timeout: Duration::from_millis(limits.request_timeout_ms),
             max_concurrent: usize::try_from(limits.max_concurrent_requests).unwrap_or(usize::MAX),
+            compression_min_bytes: self.wire.compression_min_bytes,
         }
     }
 
     /// The listener's limits, given the open-files limit in force (`None`: unknown).
     pub fn listener_settings(&self, descriptor_limit: Option<u64>) -> ListenerSettings {
         self.limits.listener_settings(descriptor_limit)
+    }
+
+    /// TLS on the listener, when a certificate and key are configured.
+    pub fn tls_settings(&self) -> Option<TlsSettings> {
+        self.wire.tls_settings()
     }
 
     /// How the REST surface reads requests.

@@ -1,5 +1,5 @@
 //! The markers every layer shares, carried in request and response extensions: which protocol
-//! a call speaks, who sent it, its id, which route answered and why a layer refused it. The
+//! a call speaks, who sent it (its address, its client certificate), its id, which route answered and why a layer refused it. The
 //! ground floor of the request path: this module imports nothing else of the crate, so every
 //! layer, service and answer can read these without importing each other.
 
@@ -48,6 +48,16 @@ pub struct RequestId(pub String);
 /// labels stay few whatever paths clients invent.
 #[derive(Debug, Clone)]
 pub struct MatchedRoute(pub String);
+
+/// The client certificate verified during the TLS handshake (mutual TLS), on every request of
+/// its connection. Nothing maps it to a key's identity yet; it is there for the layers to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// The subject's distinguished name, as `CN=client, O=Example`.
+    pub subject: String,
+    /// Its subject alternative names: DNS names, e-mail addresses and URIs.
+    pub names: Vec<String>,
+}
 
 /// Set on a refusal's response: why, for the metrics of refusals by reason.
 #[derive(Debug, Clone, Copy)]

@@ -6,19 +6,23 @@
 //!    count an IPv6 client by its /64;
 //! 3. trace — one span per call, so rejections by the layers below are logged too;
 //! 4. metrics — every call counted by protocol, route and status, refusals by reason;
-//! 5. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
+//! 5. compression — HTTP answers (REST JSON, problems) of `COMPRESSION_MIN_BYTES` or more, in
+//!    gzip, br or zstd as `Accept-Encoding` asks; never gRPC (which compresses per message,
+//!    negotiated by the services), SSE or NDJSON (a live stream must not sit in an encoder);
+//! 6. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
 //!    is refused before CORS or anything else answers it; absent when unset;
-//! 6. CORS — browsers' preflights are answered before limits and auth see them (a plain
+//! 7. CORS — browsers' preflights are answered before limits and auth see them (a plain
 //!    `OPTIONS` goes on to the routes, which know the path's methods); absent when no origin
 //!    is allowed (the default), so nothing is ever allowed cross-origin;
-//! 7. codecs — gRPC(-Web) bodies other than protobuf are refused in gRPC's terms (UNIMPLEMENTED),
+//! 8. codecs — gRPC(-Web) bodies other than protobuf are refused in gRPC's terms (UNIMPLEMENTED),
 //!    not with tonic-web's empty 400;
-//! 8. rate limit — the cheapest refusal, before any key is hashed;
-//! 9. API key — authenticate before any work is done for the caller;
-//! 10. concurrency — shed new calls at once when the gateway is full;
-//! 11. timeout — bound each call (a shorter `grpc-timeout` wins);
-//! 12. body limit — refuse oversized bodies before reading them, and bodies beyond what all
-//!     calls together may hold (`MAX_INFLIGHT_BYTES`).
+//! 9. rate limit — the cheapest refusal, before any key is hashed;
+//! 10. API key — authenticate before any work is done for the caller;
+//! 11. concurrency — shed new calls at once when the gateway is full;
+//! 12. timeout — bound each call (a shorter `grpc-timeout` wins);
+//! 13. body limit — refuse oversized bodies before reading them, and bodies beyond what all
+//!     calls together may hold (`MAX_INFLIGHT_BYTES`); a compressed HTTP body
+//!     (`Content-Encoding`) is inflated here, so both limits count what it inflates to.
 //!
 //! Every rejection answers in the caller's protocol (see [`protocol`]). Layers never look
 //! inside message bodies. REST calls reach their gRPC service in process, below this stack,
@@ -29,6 +33,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod codecs;
 pub mod guard;
+pub mod inflate;
 pub mod limits;
 pub mod metrics;
 pub mod preflight;
@@ -45,7 +50,13 @@ use axum::{
 use ipnet::IpNet;
 use tower::ServiceBuilder;
 use tower_http::{
+    CompressionLevel,
+    compression::{
+        CompressionLayer,
+        predicate::{NotForContentType, Predicate, SizeAbove},
+    },
     cors::{AllowHeaders, AllowOrigin, CorsLayer},
+    map_response_body::MapResponseBodyLayer,
     trace::TraceLayer,
 };
 use tracing::Span;
@@ -86,6 +97,8 @@ pub struct LayerSettings {
     pub max_inflight_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrent: usize,
+    /// Answers smaller than this are sent uncompressed.
+    pub compression_min_bytes: u16,
 }
 
 /// Wraps the router in the stack; returns the rate limiter too, so start-up can sweep it.
@@ -112,6 +125,8 @@ pub fn apply(
                 .on_failure(()),
         )
         .layer(MetricsLayer::new(metrics))
+        .layer(MapResponseBodyLayer::new(Body::new))
+        .layer(compression(settings.compression_min_bytes))
         .option_layer(AllowedHosts::new(&settings.allowed_hosts).map(GuardLayer::new))
         .option_layer(
             cors(&settings.cors_origins, &settings.cors_headers).map(PreflightOnlyLayer::new),
@@ -126,6 +141,27 @@ pub fn apply(
             Arc::new(InflightBytes::new(settings.max_inflight_bytes)),
         ));
     (router.layer(stack), rate_limit)
+}
+
+/// Compresses answers a client accepts compressed, when they are large enough to gain from it
+/// and are not streams that must reach the client as they are written.
+fn compression(min_bytes: u16) -> CompressionLayer<impl Predicate> {
+    let predicate = SizeAbove::new(u64::from(min_bytes))
+        // gRPC and gRPC-Web both: tower-http's own `GRPC` predicate lets gRPC-Web through,
+        // and a gRPC-Web subscription would then sit in the encoder like SSE.
+        .and(NotForContentType::const_new("application/grpc"))
+        .and(NotForContentType::SSE)
+        .and(NotForContentType::const_new("application/x-ndjson"))
+        // Connect's streams compress each message themselves (`Connect-Content-Encoding`).
+        .and(NotForContentType::const_new("application/connect+"))
+        .and(NotForContentType::IMAGES);
+    CompressionLayer::new()
+        .gzip(true)
+        .br(true)
+        .zstd(true)
+        // Brotli's default level (11) costs many times gzip's CPU for a few percent more.
+        .quality(CompressionLevel::Precise(4))
+        .compress_when(predicate)
 }
 
 fn make_span(request: &Request<Body>) -> Span {

@@ -5,6 +5,7 @@
 //! A connection over `MAX_CONNECTIONS` is closed at once, before the kernel runs out of
 //! descriptors; a failed `accept` (EMFILE, ENFILE, ENOBUFS…) backs off instead of spinning;
 //! a connection with no call in flight for `CONNECTION_IDLE_TIMEOUT_MS` is closed gracefully.
+//! With TLS configured (`tls`), every connection is a TLS one, handshaken in its own task.
 
 use std::{
     convert::Infallible,
@@ -27,13 +28,18 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
-    net::{TcpListener, TcpStream},
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
     sync::Semaphore,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use crate::{layers::GuardedBody, metrics::Metrics};
+use crate::{extensions::PeerCertificate, layers::GuardedBody, metrics::Metrics};
+
+mod tls;
+
+pub use tls::{Tls, TlsError, TlsSettings};
 
 /// Connection-level limits, each stated in the configuration with its default.
 #[derive(Debug, Clone)]
@@ -113,6 +119,7 @@ pub async fn serve(
     router: Router,
     settings: ListenerSettings,
     metrics: Arc<Metrics>,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
 ) {
     let builder = http_builder(&settings);
@@ -162,10 +169,41 @@ pub async fn serve(
         let router = router.clone();
         let metrics = Arc::clone(&metrics);
         let idle_timeout = settings.idle_timeout;
+        let handshake_timeout = settings.header_read_timeout;
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let _gauge = metrics.connection_opened();
-            serve_connection(stream, remote, builder, router, idle_timeout, shutdown).await;
+            let connection = Connection {
+                remote,
+                builder,
+                router,
+                idle_timeout,
+                shutdown,
+            };
+            match tls {
+                None => connection.serve(stream, None).await,
+                Some(tls) => {
+                    // In this connection's task, so a slow or silent handshake holds up no
+                    // other; bounded like an HTTP/1.1 request's headers.
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            let peer = tls::peer_certificate(stream.get_ref().1).map(Arc::new);
+                            connection.serve(stream, peer).await;
+                        }
+                        Ok(Err(err)) => {
+                            metrics.tls_handshake_failed();
+                            tracing::debug!(error = %err, %remote, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics.tls_handshake_failed();
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -195,18 +233,56 @@ fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// What serving one accepted connection needs, whatever it is carried over.
+struct Connection {
     remote: SocketAddr,
     builder: auto::Builder<TokioExecutor>,
     router: Router,
     idle_timeout: Duration,
     shutdown: CancellationToken,
-) {
+}
+
+impl Connection {
+    async fn serve<S>(self, stream: S, peer: Option<Arc<PeerCertificate>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            remote,
+            builder,
+            router,
+            idle_timeout,
+            shutdown,
+        } = self;
+        serve_connection(
+            stream,
+            remote,
+            peer,
+            builder,
+            router,
+            idle_timeout,
+            shutdown,
+        )
+        .await;
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    remote: SocketAddr,
+    peer: Option<Arc<PeerCertificate>>,
+    builder: auto::Builder<TokioExecutor>,
+    router: Router,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let service = ConnectionService {
         router,
         remote,
+        peer,
         activity: Arc::clone(&activity),
     };
     let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -296,6 +372,8 @@ impl Activity {
 struct ConnectionService {
     router: Router,
     remote: SocketAddr,
+    /// The client certificate verified at the handshake (mutual TLS), given to every request.
+    peer: Option<Arc<PeerCertificate>>,
     activity: Arc<Activity>,
 }
 
@@ -307,6 +385,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(self.remote));
+        if let Some(peer) = &self.peer {
+            request
+                .extensions_mut()
+                .insert(PeerCertificate::clone(peer));
+        }
         let call = CallGuard::start(Arc::clone(&self.activity));
         let router = self.router.clone();
         Box::pin(async move {

@@ -51,6 +51,9 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Counter,
     accept_errors: Counter,
+    /// TLS handshakes that failed or timed out (no client certificate under mutual TLS, a
+    /// client that does not trust ours, a port scan).
+    tls_handshake_failures: Counter,
     /// Calls answered per protocol (gRPC, gRPC-Web, REST) and answered with an error, for
     /// `/stats`: plain totals, read without walking the labelled families.
     calls_by_protocol: [AtomicU64; 3],
@@ -88,6 +91,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             accept_errors: Counter::default(),
+            tls_handshake_failures: Counter::default(),
             registry: Mutex::new(Registry::default()),
             calls_by_protocol: Default::default(),
             errors: AtomicU64::new(0),
@@ -158,6 +162,11 @@ impl Metrics {
             "Failed accepts (out of file descriptors or buffers), each followed by a back-off",
             metrics.accept_errors.clone(),
         );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            metrics.tls_handshake_failures.clone(),
+        );
         if let Ok(mut slot) = metrics.registry.lock() {
             *slot = registry;
         }
@@ -222,6 +231,10 @@ impl Metrics {
 
     pub fn accept_failed(&self) {
         self.accept_errors.inc();
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
     }
 
     /// Counts a call in flight until the returned guard is dropped.

@@ -8,7 +8,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{server::NamedService, service::Routes};
+use tonic::{codec::CompressionEncoding, server::NamedService, service::Routes};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_web::GrpcWebLayer;
 use tower::Layer;
@@ -25,7 +25,7 @@ use crate::{
     config::Config,
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
     layers::{self, rate_limit},
-    listener::{self, ListenerSettings},
+    listener::{self, ListenerSettings, Tls},
     metrics::Metrics,
     ops,
     proto::{
@@ -90,6 +90,8 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     /// How long calls in flight (a health Watch, a slow poll) may run on after shutdown starts.
     shutdown_timeout: Duration,
+    /// TLS on the main port, when a certificate is configured.
+    tls: Option<Tls>,
 }
 
 impl Application {
@@ -150,6 +152,13 @@ impl Application {
             }
         }
 
+        // Read before the port is bound: a file that cannot be used is a configuration error
+        // (exit 78), not a gateway that starts and then fails every handshake.
+        let tls = config
+            .tls_settings()
+            .map(Tls::load)
+            .transpose()
+            .map_err(|err| StartupError::Config(err.to_string()))?;
         let address = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(address).await.map_err(|err| {
             StartupError::Unavailable(format!("cannot listen on {address}: {err}"))
@@ -241,6 +250,7 @@ impl Application {
             subscriptions_stop,
             metrics_listener,
             shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout),
+            tls,
         })
     }
 
@@ -273,6 +283,7 @@ impl Application {
             subscriptions_stop,
             metrics_listener,
             shutdown_timeout,
+            tls,
         } = self;
         if let Some(listener) = metrics_listener {
             let router = ops::metrics_router(Arc::clone(&broker), Arc::clone(&metrics));
@@ -298,7 +309,14 @@ impl Application {
             health.clone(),
             Arc::clone(&metrics),
         ));
-        tracing::info!(address = %local_addr, "serving gRPC, gRPC-Web and HTTP");
+        if let Some(tls) = &tls {
+            tls.spawn_reloader(subscriptions_stop.clone());
+        }
+        tracing::info!(
+            address = %local_addr,
+            tls = tls.is_some(),
+            "serving gRPC, gRPC-Web and HTTP"
+        );
 
         // A backend that gave up for good stops the gateway as a signal would, after saying
         // why; the exit code is then 69 (EX_UNAVAILABLE), so an orchestrator restarts it.
@@ -344,6 +362,7 @@ impl Application {
             router,
             listener_settings,
             Arc::clone(&metrics),
+            tls,
             stop_serving,
         );
         // Long-lived calls (a health Watch) would hold a graceful shutdown open forever, so
@@ -416,16 +435,37 @@ fn routes(
         .build_v1alpha()
         .map_err(|err| StartupError::Internal(format!("reflection: {err}")))?;
 
-    let streams = StreamServiceServer::new(StreamApi::new(Arc::clone(&broker)))
+    // gzip and zstd both ways, as each client negotiates (`grpc-encoding` for what it sends,
+    // `grpc-accept-encoding` for what it takes back); tonic inflates a message into at most
+    // `max_decoding_message_size` bytes, and the codec charges them to the budget.
+    macro_rules! compressed {
+        ($server:expr) => {
+            $server
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .send_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Zstd)
+        };
+    }
+    let streams = compressed!(StreamServiceServer::new(StreamApi::new(Arc::clone(
+        &broker
+    ))))
+    .max_decoding_message_size(max_request_bytes);
+    let topics = compressed!(TopicServiceServer::new(TopicApi::new(Arc::clone(&broker))))
         .max_decoding_message_size(max_request_bytes);
-    let topics = TopicServiceServer::new(TopicApi::new(Arc::clone(&broker)))
-        .max_decoding_message_size(max_request_bytes);
-    let messages =
-        MessageServiceServer::new(MessageApi::new(Arc::clone(&broker), limits, subscriptions))
-            .max_decoding_message_size(max_request_bytes);
-    let events = EventServiceServer::new(EventApi::new(broker, limits, default_topic))
-        .max_decoding_message_size(max_request_bytes);
-    let stats = StatsServiceServer::new(StatsApi::new(stats));
+    let messages = compressed!(MessageServiceServer::new(MessageApi::new(
+        Arc::clone(&broker),
+        limits,
+        subscriptions
+    )))
+    .max_decoding_message_size(max_request_bytes);
+    let events = compressed!(EventServiceServer::new(EventApi::new(
+        broker,
+        limits,
+        default_topic
+    )))
+    .max_decoding_message_size(max_request_bytes);
+    let stats = compressed!(StatsServiceServer::new(StatsApi::new(stats)));
 
     // REST calls the same service instances, in process, over the gRPC protocol.
     let mut grpc_only = Routes::builder();

@@ -3,7 +3,8 @@
 //! body bytes held across all calls at once (`MAX_INFLIGHT_BYTES`, charged before a body is
 //! read, or as it streams in when its length is not declared), a per-request timeout (a shorter
 //! `grpc-timeout` wins), and a cap on calls in flight beyond which new calls are shed at once
-//! with UNAVAILABLE instead of queueing.
+//! with UNAVAILABLE instead of queueing. A compressed HTTP body is inflated here (`inflate`),
+//! so the size limit and the budget count what it inflates to.
 
 use std::{
     convert::Infallible,
@@ -26,7 +27,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::guard::{Exempt, Policy};
+use super::{
+    guard::{Exempt, Policy},
+    inflate::{self, InflateLimits},
+};
 use crate::{
     answer::{Caller, Rejection},
     budget::{self, Charge, InflightBytes},
@@ -230,19 +234,54 @@ where
             self.max_bytes
         };
         let too_large = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| {
-            if http_body::Body::is_end_stream(&body) {
-                body
-            } else {
-                Body::new(ChargedBody {
-                    inner: body,
-                    charge: Arc::clone(&charge),
-                    received: 0,
-                    max_bytes,
-                    too_large: Arc::clone(&too_large),
-                })
+        let malformed = Arc::new(AtomicBool::new(false));
+        // HTTP content codings are REST's (and Connect's unary calls'); gRPC compresses each
+        // message instead, which tonic inflates within `max_decoding_message_size`.
+        let coding = if grpc {
+            if is_compressed_grpc(request.headers()) {
+                charge.count_inflated();
             }
-        });
+            None
+        } else {
+            match inflate::content_coding(request.headers()) {
+                Ok(coding) => coding,
+                Err(_) if http_body::Body::is_end_stream(request.body()) => None,
+                Err(coding) => {
+                    return Either::Right(ready(Ok(unsupported_coding(&coding).respond(&request))));
+                }
+            }
+        };
+        let (mut parts, body) = request.into_parts();
+        let body = if http_body::Body::is_end_stream(&body) {
+            body
+        } else {
+            Body::new(ChargedBody {
+                inner: body,
+                charge: Arc::clone(&charge),
+                received: 0,
+                max_bytes,
+                too_large: Arc::clone(&too_large),
+            })
+        };
+        let body = match coding {
+            None => body,
+            Some(coding) => {
+                // What follows reads the inflated body, whose length is not known.
+                parts.headers.remove(header::CONTENT_ENCODING);
+                parts.headers.remove(header::CONTENT_LENGTH);
+                inflate::inflate(
+                    body,
+                    coding,
+                    InflateLimits {
+                        max_bytes,
+                        charge: Arc::clone(&charge),
+                        too_large: Arc::clone(&too_large),
+                        malformed: Arc::clone(&malformed),
+                    },
+                )
+            }
+        };
+        let request = Request::from_parts(parts, body);
         let (max_inflight, limit) = (self.inflight.max(), self.max_bytes);
         // The call's decoders (protobuf and REST's JSON) charge what they build to the same
         // budget, through the task-local the scope sets.
@@ -258,6 +297,10 @@ where
             // sent too much should hear RESOURCE_EXHAUSTED, as REST callers hear 413.
             if too_large.load(Ordering::Acquire) || (grpc && is_oversized_message(&response)) {
                 return Ok(too_large_rejection(limit).respond_to(&caller));
+            }
+            // Checked after the limits: a body cut off by one also ends its inflation.
+            if malformed.load(Ordering::Acquire) {
+                return Ok(malformed_coding().respond_to(&caller));
             }
             // Polled messages stay charged while their answer streams to a slow reader.
             if charge.holds_answer() {
@@ -292,13 +335,55 @@ fn too_large_rejection(max_bytes: usize) -> Rejection {
     .http_status(StatusCode::PAYLOAD_TOO_LARGE)
 }
 
+/// A 415 for a content coding the gateway cannot inflate, naming those it can (RFC 9110
+/// §15.5.16).
+fn unsupported_coding(coding: &str) -> Rejection {
+    Rejection::new(
+        Code::InvalidArgument,
+        "UNSUPPORTED_CONTENT_ENCODING",
+        format!(
+            "request bodies may be compressed with gzip, zstd or br, not {coding} \
+             (Content-Encoding)"
+        ),
+    )
+    .http_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+    .header(
+        header::ACCEPT_ENCODING,
+        header::HeaderValue::from_static(inflate::ACCEPTED_CODINGS),
+    )
+}
+
+fn malformed_coding() -> Rejection {
+    Rejection::new(
+        Code::InvalidArgument,
+        "MALFORMED_CONTENT_ENCODING",
+        "the request body is not valid in its Content-Encoding",
+    )
+}
+
+/// A gRPC(-Web) call whose messages may arrive compressed (`grpc-encoding` other than
+/// `identity`).
+fn is_compressed_grpc(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get("grpc-encoding")
+        .is_some_and(|coding| coding.as_bytes() != b"identity")
+}
+
+/// tonic's refusal of a message over `max_decoding_message_size`: OUT_OF_RANGE for its
+/// declared length, RESOURCE_EXHAUSTED when inflating it went past the limit.
 fn is_oversized_message(response: &Response<Body>) -> bool {
     let headers = response.headers();
-    headers.get("grpc-status").is_some_and(|code| code == "11")
-        && headers
-            .get("grpc-message")
-            .and_then(|m| m.to_str().ok())
-            .is_some_and(|m| m.contains("too%20large") || m.contains("too large"))
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("");
+    match headers.get("grpc-status").map(|code| code.as_bytes()) {
+        Some(b"11") => message.contains("too%20large") || message.contains("too large"),
+        Some(b"8") => {
+            message.contains("while%20decompressing") || message.contains("while decompressing")
+        }
+        _ => false,
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

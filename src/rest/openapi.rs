@@ -417,7 +417,7 @@ pub fn document(table: &RouteTable) -> Value {
         "info": {
             "title": "iggy-gateway",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "REST/JSON for Apache Iggy, derived from the gateway's protobuf API. Every route calls the same service as gRPC; errors are application/problem+json. Query parameters that name no field of the request are ignored (a cache-buster such as `_=1712345`), unless the gateway runs with REST_STRICT_QUERY=true, which answers them with 400 naming the parameter; a parameter given twice is a 400 unless its field is repeated. Booleans accept true/false, True/False, TRUE/FALSE, t/f, T/F and 1/0. A request body with a Content-Encoding other than identity is a 415.",
+            "description": "REST/JSON for Apache Iggy, derived from the gateway's protobuf API. Every route calls the same service as gRPC; errors are application/problem+json. Query parameters that name no field of the request are ignored (a cache-buster such as `_=1712345`), unless the gateway runs with REST_STRICT_QUERY=true, which answers them with 400 naming the parameter; a parameter given twice is a 400 unless its field is repeated. Booleans accept true/false, True/False, TRUE/FALSE, t/f, T/F and 1/0. A request body may be compressed (Content-Encoding: gzip, zstd or br; another coding is a 415); MAX_REQUEST_BODY_SIZE applies to what it inflates to (413). Answers of a kilobyte or more are compressed as Accept-Encoding asks.",
         },
         "paths": paths,
         "components": {"schemas": schemas},

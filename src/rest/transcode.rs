@@ -17,7 +17,6 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use prost_reflect::DynamicMessage;
 use tower::ServiceExt;
@@ -90,17 +89,6 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|value| value.starts_with("application/grpc"))
 }
 
-/// The first content coding of the request other than `identity`, if any.
-fn content_coding(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|value| value.to_str().unwrap_or("unreadable").split(','))
-        .map(str::trim)
-        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
-        .map(str::to_owned)
-}
-
 /// Answers every request no other route claims.
 pub async fn handle(State(transcoder): State<Arc<Transcoder>>, request: Request<Body>) -> Response {
     // A gRPC call to a service this gateway lacks gets a gRPC answer, not a JSON one.
@@ -142,25 +130,7 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         }
     };
 
-    // Refused before the body is read: nothing here decompresses, and a compressed body
-    // read as JSON would only be called malformed.
-    if let Some(coding) = content_coding(&parts.headers)
-        && body.size_hint().exact() != Some(0)
-    {
-        let mut response = Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UNSUPPORTED_CONTENT_ENCODING",
-            format!("request bodies must not be compressed (Content-Encoding: {coding})"),
-        )
-        .with_request_id(request_id(&parts.headers))
-        .into_response();
-        // RFC 9110 §12.5.3: a 415 for a content coding says which codings are accepted.
-        response.headers_mut().insert(
-            header::ACCEPT_ENCODING,
-            header::HeaderValue::from_static("identity"),
-        );
-        return Ok(response);
-    }
+    // A compressed body was inflated by the body-limit layer, within the same limit.
     let body = axum::body::to_bytes(body, transcoder.max_body_bytes)
         .await
         .map_err(|_| {

@@ -1,5 +1,6 @@
 //! The deployment files agree with the code: they parse, the probes ask the health service
-//! names the gateway serves, on the port it listens on by default.
+//! names the gateway serves, on the port it listens on by default; the TLS variant mounts its
+//! certificate where the settings say and probes over HTTPS.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -80,4 +81,53 @@ fn compose_runs_the_gateway_against_iggy_0_8() {
     let mut config = iggy_gateway::config::Config::for_tests(":memory:");
     config.backend.iggy_connection_string = Some(url.into());
     assert!(config.iggy_settings().expect("valid").is_some());
+}
+
+#[tokio::test]
+async fn the_tls_manifest_serves_its_probes_over_https_from_the_mounted_secret() {
+    let docs = documents(include_str!("../../deploy/kubernetes-tls.yaml"));
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["ConfigMap", "Secret", "Secret", "Deployment", "Service"]
+    );
+    let (settings, tls_secret, deployment) = (&docs[0]["data"], &docs[2], &docs[3]);
+    assert_eq!(tls_secret["type"], "kubernetes.io/tls");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let mount = container["volumeMounts"][0]["mountPath"]
+        .as_str()
+        .expect("mounted");
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        tls_secret["metadata"]["name"]
+    );
+    // The files the gateway reads are the Secret's keys where it is mounted.
+    for (variable, key) in [("TLS_CERT_FILE", "tls.crt"), ("TLS_KEY_FILE", "tls.key")] {
+        assert_eq!(settings[variable], format!("{mount}/{key}").as_str());
+        assert!(tls_secret["stringData"][key].is_string(), "{key}");
+    }
+    let port = settings["PORT"].as_str().expect("port");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["scheme"], "HTTPS", "{probe}");
+        assert_eq!(get["port"].to_string(), port, "{probe}");
+    }
+    assert_eq!(container["ports"][0]["containerPort"].to_string(), port);
+
+    // A gateway configured as the manifest says answers the probes' paths over TLS.
+    let pki = crate::tls::Pki::new("test CA");
+    let gateway = crate::tls::spawn_tls(&pki.server(), None, |_| {}).await;
+    let client = crate::tls::https_client(&pki.ca, None, true);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let path = container[probe]["httpGet"]["path"].as_str().expect("path");
+        let status = client
+            .get(gateway.url(path))
+            .send()
+            .await
+            .expect("probe answered")
+            .status();
+        assert_eq!(status, 200, "{probe} {path}");
+    }
+    gateway.stop().await;
 }

@@ -3,6 +3,7 @@
 
 mod browsers;
 mod clients;
+mod compression;
 mod connections;
 mod cursors;
 mod deploy;
@@ -26,4 +27,5 @@ mod rest_output;
 mod routing;
 mod streams;
 mod subscribe;
+mod tls;
 mod topics;

@@ -587,9 +587,9 @@ async fn times_take_lower_case_letters_and_refuse_digits_past_nanoseconds() {
 // Compressed bodies.
 
 #[tokio::test]
-async fn compressed_bodies_are_refused_with_415() {
+async fn bodies_in_a_coding_the_gateway_cannot_inflate_are_refused_with_415() {
     let app = spawn_app().await;
-    for coding in ["gzip", "br", "identity, gzip"] {
+    for coding in ["compress", "deflate", "identity, gzip, br"] {
         let response = app
             .http1
             .post(app.url("/v1/streams"))
@@ -600,10 +600,26 @@ async fn compressed_bodies_are_refused_with_415() {
             .await
             .expect("sent");
         assert_eq!(response.status(), 415, "{coding}");
-        assert_eq!(response.headers()["accept-encoding"], "identity");
+        assert_eq!(
+            response.headers()["accept-encoding"],
+            "gzip, zstd, br, identity"
+        );
         let problem: Value = response.json().await.expect("problem");
         assert_eq!(problem["reason"], "UNSUPPORTED_CONTENT_ENCODING");
     }
+    // A body that is not what its coding says is a 400, not a malformed JSON body.
+    let response = app
+        .http1
+        .post(app.url("/v1/streams"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(r#"{"name":"not-gzip"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.expect("problem");
+    assert_eq!(problem["reason"], "MALFORMED_CONTENT_ENCODING");
     let response = app
         .http1
         .post(app.url("/v1/streams"))

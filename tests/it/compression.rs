@@ -1,0 +1,352 @@
+//! Compression both ways: gRPC messages in gzip and zstd as the client negotiates, REST answers
+//! in gzip, br or zstd by `Accept-Encoding` above a size (never streams), compressed REST
+//! bodies inflated, and decompression bombs refused while they inflate, over both protocols.
+
+use std::{
+    io::{Read, Write},
+    time::{Duration, Instant},
+};
+
+use iggy_gateway::proto::{self, message_service_client::MessageServiceClient};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tonic::codec::CompressionEncoding;
+
+use crate::helpers::{TestApp, spawn_app, text_message, texts};
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("compressed");
+    encoder.finish().expect("compressed")
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
+    out
+}
+
+async fn brotli(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    async_compression::tokio::bufread::BrotliEncoder::new(bytes)
+        .read_to_end(&mut out)
+        .await
+        .expect("compressed");
+    out
+}
+
+async fn unbrotli(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    async_compression::tokio::bufread::BrotliDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .await
+        .expect("valid brotli");
+    out
+}
+
+/// A topic holding `count` text messages in partition 0.
+async fn topic_with_messages(app: &TestApp, count: usize) {
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let texts: Vec<String> = (0..count).map(|i| format!("order number {i}")).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    app.send_texts("orders", "created", 0, &texts).await;
+}
+
+const POLL: &str = "/v1/streams/orders/topics/created/messages?partition_id=0&count=100&strategy=POLLING_STRATEGY_FIRST";
+
+#[tokio::test]
+async fn rest_answers_are_compressed_as_accept_encoding_asks_and_only_when_large() {
+    let app = spawn_app().await;
+    topic_with_messages(&app, 100).await;
+    let plain = app.http1.get(app.url(POLL)).send().await.expect("polled");
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.expect("body").to_vec();
+    assert!(plain.len() > 4096, "the poll is large: {}", plain.len());
+
+    for coding in ["gzip", "br", "zstd"] {
+        let response = app
+            .http1
+            .get(app.url(POLL))
+            .header("accept-encoding", coding)
+            .send()
+            .await
+            .expect("polled");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-encoding"], coding);
+        let body = response.bytes().await.expect("body").to_vec();
+        assert!(
+            body.len() * 3 < plain.len(),
+            "{coding}: {} bytes",
+            body.len()
+        );
+        let inflated = match coding {
+            "gzip" => gunzip(&body),
+            "br" => unbrotli(&body).await,
+            _ => zstd::decode_all(body.as_slice()).expect("valid zstd"),
+        };
+        let inflated: Value = serde_json::from_slice(&inflated).expect("JSON");
+        assert_eq!(inflated["messages"].as_array().map(Vec::len), Some(100));
+    }
+
+    // A small answer is not worth compressing.
+    let small = app
+        .http1
+        .get(app.url("/v1/streams/orders"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(small.status(), 200);
+    assert!(small.headers().get("content-encoding").is_none());
+}
+
+#[tokio::test]
+async fn live_streams_and_grpc_web_answers_are_never_http_compressed() {
+    let app = spawn_app().await;
+    topic_with_messages(&app, 100).await;
+    let subscribe = "/v1/streams/orders/topics/created/messages:subscribe?partition_id=0&strategy=POLLING_STRATEGY_FIRST";
+    for accept in ["text/event-stream", "application/x-ndjson"] {
+        let response = app
+            .http1
+            .get(app.url(subscribe))
+            .header("accept", accept)
+            .header("accept-encoding", "gzip, br, zstd")
+            .send()
+            .await
+            .expect("subscribed");
+        assert_eq!(response.status(), 200, "{accept}");
+        assert!(
+            response.headers().get("content-encoding").is_none(),
+            "{accept} was compressed, so events would wait in the encoder"
+        );
+        // Events arrive as they are written, readable as they are.
+        let mut response = response;
+        let first = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("an event in time")
+            .expect("read")
+            .expect("a chunk");
+        assert!(
+            String::from_utf8_lossy(&first).contains("order number")
+                || String::from_utf8_lossy(&first).contains("retry"),
+            "{accept}: {first:?}"
+        );
+    }
+
+    let mut framed = vec![0u8];
+    let request = prost::Message::encode_to_vec(&proto::PollMessagesRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        count: 100,
+        strategy: proto::PollingStrategy::First.into(),
+        ..Default::default()
+    });
+    framed.extend_from_slice(&u32::try_from(request.len()).expect("small").to_be_bytes());
+    framed.extend_from_slice(&request);
+    let response = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.MessageService/PollMessages"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("accept-encoding", "gzip")
+        .body(framed)
+        .send()
+        .await
+        .expect("gRPC-Web call");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-encoding").is_none());
+}
+
+#[tokio::test]
+async fn grpc_requests_and_answers_are_compressed_both_ways_in_gzip_and_zstd() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let mut client = MessageServiceClient::new(app.channel.clone())
+            .send_compressed(encoding)
+            .accept_compressed(encoding);
+        let batch: Vec<proto::Message> = (0..200)
+            .map(|i| text_message(&format!("compressed order {i}")))
+            .collect();
+        let sent = client
+            .send_messages(proto::SendMessagesRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+                messages: batch,
+            })
+            .await
+            .expect("a compressed request is accepted");
+        assert_eq!(sent.get_ref().ids.len(), 200);
+        let polled = client
+            .poll_messages(proto::PollMessagesRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                count: 200,
+                strategy: proto::PollingStrategy::Last.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("polled");
+        let name = match encoding {
+            CompressionEncoding::Gzip => "gzip",
+            _ => "zstd",
+        };
+        assert_eq!(
+            polled
+                .metadata()
+                .get("grpc-encoding")
+                .map(|v| v.to_str().ok()),
+            Some(Some(name)),
+            "the answer came back in {name}"
+        );
+        assert_eq!(texts(polled.get_ref()).len(), 200);
+    }
+    // A client that asks for nothing gets nothing compressed.
+    let plain = app
+        .messages
+        .clone()
+        .poll_messages(proto::PollMessagesRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            count: 10,
+            strategy: proto::PollingStrategy::First.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("polled");
+    assert!(plain.metadata().get("grpc-encoding").is_none());
+}
+
+#[tokio::test]
+async fn compressed_rest_bodies_are_inflated_in_gzip_zstd_and_br() {
+    let app = spawn_app().await;
+    for coding in ["gzip", "zstd", "br"] {
+        let name = format!("compressed-{coding}");
+        let body = json!({ "name": name }).to_string();
+        let compressed = match coding {
+            "gzip" => gzip(body.as_bytes()),
+            "zstd" => zstd::encode_all(body.as_bytes(), 3).expect("compressed"),
+            _ => brotli(body.as_bytes()).await,
+        };
+        let response = app
+            .http1
+            .post(app.url("/v1/streams"))
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .body(compressed)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 201, "{coding}");
+        let created: Value = response.json().await.expect("json");
+        assert_eq!(created["stream"]["name"], name.as_str());
+    }
+}
+
+/// A gzip body of 16 KiB that inflates to 16 MiB of spaces inside a JSON string: one byte past
+/// MAX_REQUEST_BODY_SIZE (16 MiB) once inflated.
+fn gzip_bomb(inflated_bytes: usize) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(br#"{"name":""#).expect("compressed");
+    let spaces = vec![b' '; 1024 * 1024];
+    let mut left = inflated_bytes;
+    while left > 0 {
+        let take = left.min(spaces.len());
+        encoder.write_all(&spaces[..take]).expect("compressed");
+        left -= take;
+    }
+    encoder.write_all(br#""}"#).expect("compressed");
+    encoder.finish().expect("compressed")
+}
+
+#[tokio::test]
+async fn a_rest_decompression_bomb_is_refused_413_while_it_inflates_and_the_gateway_serves_on() {
+    let app = spawn_app().await;
+    // gzip tops out near 1:1000; zstd squeezes a gigabyte of zeros into a few dozen KiB.
+    let gzip_bomb = gzip_bomb(64 * 1024 * 1024);
+    let zstd_bomb = {
+        let mut encoder = zstd::Encoder::new(Vec::new(), 19).expect("encoder");
+        std::io::copy(&mut std::io::repeat(0).take(1 << 30), &mut encoder).expect("compressed");
+        encoder.finish().expect("compressed")
+    };
+    assert!(gzip_bomb.len() < 100 * 1024, "{}", gzip_bomb.len());
+    assert!(zstd_bomb.len() < 100 * 1024, "{}", zstd_bomb.len());
+    for (coding, bomb) in [("gzip", gzip_bomb), ("zstd", zstd_bomb)] {
+        let started = Instant::now();
+        let response = app
+            .http1
+            .post(app.url("/v1/streams"))
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .body(bomb)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 413, "{coding}");
+        let problem: Value = response.json().await.expect("problem");
+        assert_eq!(problem["reason"], "PAYLOAD_TOO_LARGE", "{coding}");
+        // Refused once 16 MiB had come out, not after a gigabyte had.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{coding}: {:?}",
+            started.elapsed()
+        );
+    }
+    // Just under the limit is fine, and the gateway serves on.
+    let (status, _) = app.get_json("/health").await;
+    assert_eq!(status, 200);
+    let response = app
+        .http1
+        .post(app.url("/v1/streams"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gzip(br#"{"name":"after-the-bombs"}"#))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn a_grpc_decompression_bomb_is_refused_resource_exhausted_and_the_gateway_serves_on() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    // One message of 20 MiB of zeros, about 20 KiB once gzipped, over the 16 MiB limit.
+    let bomb = proto::SendMessagesRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+        messages: vec![proto::Message {
+            body: Some(proto::message::Body::Payload(
+                vec![0; 20 * 1024 * 1024].into(),
+            )),
+            ..Default::default()
+        }],
+    };
+    for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let refused = MessageServiceClient::new(app.channel.clone())
+            .send_compressed(encoding)
+            .send_messages(bomb.clone())
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        assert!(
+            refused.message().contains("MAX_REQUEST_BODY_SIZE"),
+            "{}",
+            refused.message()
+        );
+    }
+    let ids = app
+        .send_texts("orders", "created", 0, &["after the bomb"])
+        .await;
+    assert_eq!(ids.len(), 1);
+}
