@@ -8,6 +8,7 @@ mod cursors;
 mod deploy;
 mod durability;
 mod etags;
+mod events;
 mod grpc_web;
 mod health;
 mod helpers;
