@@ -349,7 +349,12 @@ impl<'a> JsonObject<'a> {
     }
 
     fn text(&mut self, name: &str, json_name: &str) -> Result<String, Status> {
-        match self.take(name, json_name)? {
+        let value = self.take(name, json_name)?;
+        self.as_text(name, value)
+    }
+
+    fn as_text(&self, name: &str, value: Option<Value>) -> Result<String, Status> {
+        match value {
             None => Ok(String::new()),
             Some(Value::String(text)) => Ok(text),
             Some(_) => Err(invalid_field(self.path(name), "must be a string")),
@@ -367,11 +372,7 @@ impl<'a> JsonObject<'a> {
                      floating point cannot hold most amounts exactly)"
                 ),
             )),
-            Some(value) => {
-                self.members.insert(name.into(), value);
-                self.text(name, name)
-            }
-            None => Ok(String::new()),
+            value => self.as_text(name, value),
         }
     }
 
@@ -489,12 +490,11 @@ fn check_order(field: &str, order: &proto::OrderEvent) -> Result<(), Status> {
     if shape("status", !order.status.is_empty())? {
         one_of(&at("status"), &order.status, &ORDER_STATUSES)?;
     }
-    for name in ["reason", "tracking_number", "carrier"] {
-        let value = match name {
-            "reason" => &order.reason,
-            "tracking_number" => &order.tracking_number,
-            _ => &order.carrier,
-        };
+    for (name, value) in [
+        ("reason", &order.reason),
+        ("tracking_number", &order.tracking_number),
+        ("carrier", &order.carrier),
+    ] {
         if shape(name, !value.is_empty())? {
             text(&at(name), value)?;
         }
@@ -504,13 +504,11 @@ fn check_order(field: &str, order: &proto::OrderEvent) -> Result<(), Status> {
 
 /// The action's entry in its table, or a refusal naming `field`.
 fn action(field: &str, value: &str, table: &[Action]) -> Result<Action, Status> {
+    if let Some(action) = table.iter().find(|(name, _, _)| *name == value) {
+        return Ok(*action);
+    }
     let names: Vec<&str> = table.iter().map(|(name, _, _)| *name).collect();
-    one_of(field, value, &names)?;
-    table
-        .iter()
-        .find(|(name, _, _)| *name == value)
-        .copied()
-        .ok_or_else(|| invalid_field(field, "is not a known action"))
+    Err(not_one_of(field, value, &names))
 }
 
 /// Whether the action takes field `name` and it is `given`: a required field missing or a
@@ -544,16 +542,17 @@ fn takes(field: &str, kind: &str, action: Action, name: &str, given: bool) -> Re
 fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), Status> {
     if allowed.contains(&value) {
         Ok(())
-    } else if value.is_empty() {
-        Err(invalid_field(
-            field,
-            format!("is required: one of {allowed:?}"),
-        ))
     } else {
-        Err(invalid_field(
-            field,
-            format!("must be one of {allowed:?}, got {value:?}"),
-        ))
+        Err(not_one_of(field, value, allowed))
+    }
+}
+
+/// The refusal of a value that is none of `allowed`.
+fn not_one_of(field: &str, value: &str, allowed: &[&str]) -> Status {
+    if value.is_empty() {
+        invalid_field(field, format!("is required: one of {allowed:?}"))
+    } else {
+        invalid_field(field, format!("must be one of {allowed:?}, got {value:?}"))
     }
 }
 
