@@ -1053,7 +1053,10 @@ fn the_event_shapes_readme_shows_are_what_the_gateway_stores_byte_for_byte() {
 fn readme_curl_events() -> Vec<(Value, Option<String>)> {
     let readme = std::fs::read_to_string("README.md").expect("README.md");
     let mut found = Vec::new();
-    for example in readme.split("\n$ curl").skip(1) {
+    for example in readme.split("\n$ ").skip(1) {
+        if !(example.starts_with("curl ") || example.starts_with("buf curl ")) {
+            continue;
+        }
         let example = example.split("\n```").next().unwrap_or(example);
         let Some((_, after)) = example.split_once("-d '") else {
             continue;
@@ -1064,10 +1067,20 @@ fn readme_curl_events() -> Vec<(Value, Option<String>)> {
         let Ok(request) = serde_json::from_str::<Value>(body) else {
             continue;
         };
-        let answer: Option<Value> = answer
+        // REST shows a problem on one line; buf curl a gRPC status whose message starts with
+        // the field.
+        let problem: Option<Value> = answer
             .lines()
             .find_map(|line| serde_json::from_str(line).ok());
-        let refused = answer.and_then(|a| a["violations"][0]["field"].as_str().map(str::to_owned));
+        let grpc_field = answer
+            .contains("\"code\": \"invalid_argument\"")
+            .then(|| answer.split("\"message\": \"").nth(1))
+            .flatten()
+            .and_then(|message| message.split(':').next())
+            .map(str::to_owned);
+        let refused = problem
+            .and_then(|a| a["violations"][0]["field"].as_str().map(str::to_owned))
+            .or(grpc_field);
         match (&request["event"], &request["events"]) {
             (event @ Value::Object(_), _) => found.push((event.clone(), refused)),
             (_, Value::Array(events)) => {
