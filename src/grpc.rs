@@ -10,7 +10,9 @@ mod stats;
 mod stream;
 mod topic;
 
-pub use event::{DefaultTopic, EventApi};
+pub use event::{
+    CheckedEvent, DefaultTopic, EventApi, TypedPayload, check_event, check_payload, read_event,
+};
 pub use message::{Limits, MessageApi};
 pub use stats::StatsApi;
 pub use stream::StreamApi;

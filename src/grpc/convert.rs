@@ -322,7 +322,7 @@ fn value_to_json_within(
     Ok(match &value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
         Some(Kind::BoolValue(v)) => serde_json::Value::Bool(*v),
-        Some(Kind::NumberValue(v)) => serde_json::Number::from_f64(*v)
+        Some(Kind::NumberValue(v)) => json_number(*v)
             .map(serde_json::Value::Number)
             .ok_or_else(|| format!("{v} is not a JSON number"))?,
         Some(Kind::StringValue(v)) => serde_json::Value::String(v.clone()),
@@ -340,6 +340,18 @@ fn value_to_json_within(
                 .collect::<Result<_, String>>()?,
         ),
     })
+}
+
+/// A `google.protobuf.Value` number (a double) as JSON: integral values as integers, so JSON
+/// `3` is stored as `3`, as it was written, not `3.0`. Only up to 2^53, where every integer
+/// is exact in a double.
+fn json_number(value: f64) -> Option<serde_json::Number> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    if value.fract() == 0.0 && value.abs() <= EXACT {
+        // Integral and within ±2^53: the cast is exact.
+        return Some(serde_json::Number::from(value as i64));
+    }
+    serde_json::Number::from_f64(value)
 }
 
 /// Levels of arrays and objects in a JSON value.

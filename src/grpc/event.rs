@@ -1,17 +1,14 @@
 //! `iggy.gateway.v1.EventService`: the original REST service's event envelope. An event is
-//! stored as one JSON message (the envelope itself) whose id is the event's id.
+//! checked by its type's rules (`event/model.rs`) and stored as one JSON message (the envelope
+//! itself) whose id is the event's id.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{
-        BODY_FORM_HEADER, MAX_JSON_DEPTH, identifier, json_depth, json_to_value, message_id,
-        message_id_text, timestamp, value_to_json,
-    },
+    convert::{BODY_FORM_HEADER, identifier, message_id_text, timestamp},
     message::Limits,
     polls,
 };
@@ -24,9 +21,11 @@ use crate::{
     proto::{self, event_service_server::EventService},
 };
 
-/// Payload types the original service knew.
-const PAYLOAD_TYPES: [&str; 3] = ["User", "Order", "Generic"];
-const MAX_EVENT_TYPE_LEN: usize = 256;
+mod currency;
+mod model;
+
+pub use model::{CheckedEvent, TypedPayload, check_event, check_payload, read_event};
+
 /// The original service's defaults for a poll without count or consumer.
 const DEFAULT_POLL_COUNT: u32 = 10;
 const DEFAULT_CONSUMER_ID: u32 = 1;
@@ -98,68 +97,16 @@ impl EventApi {
         }
     }
 
-    /// Validates an event and turns it into the message that stores it.
+    /// Checks an event (model.rs) and turns it into the message that stores it.
     fn event_message(
         &self,
         field: &str,
         event: Option<proto::Event>,
     ) -> Result<NewMessage, Status> {
         let event = event.ok_or_else(|| invalid_field(field, "is required"))?;
-        if event.id.is_empty() {
-            return Err(invalid_field(format!("{field}.id"), "is required (a UUID)"));
-        }
-        let id = message_id(&format!("{field}.id"), &event.id)?;
-        if event.event_type.is_empty()
-            || event.event_type.len() > MAX_EVENT_TYPE_LEN
-            || event.event_type.chars().any(char::is_control)
-        {
-            return Err(invalid_field(
-                format!("{field}.event_type"),
-                format!("must be 1 to {MAX_EVENT_TYPE_LEN} bytes without control characters"),
-            ));
-        }
-        let at = event
-            .timestamp
-            .ok_or_else(|| invalid_field(format!("{field}.timestamp"), "is required (RFC 3339)"))?;
-        let payload = event
-            .payload
-            .ok_or_else(|| invalid_field(format!("{field}.payload"), "is required"))?;
-        if !PAYLOAD_TYPES.contains(&payload.r#type.as_str()) {
-            return Err(invalid_field(
-                format!("{field}.payload.type"),
-                format!("must be one of {PAYLOAD_TYPES:?}, got {:?}", payload.r#type),
-            ));
-        }
-        if let Some(correlation_id) = &event.correlation_id
-            && uuid::Uuid::try_parse(correlation_id).is_err()
-        {
-            return Err(invalid_field(
-                format!("{field}.correlation_id"),
-                "must be a UUID",
-            ));
-        }
-        let data = match &payload.data {
-            Some(data) => value_to_json(data)
-                .map_err(|reason| invalid_field(format!("{field}.payload.data"), reason))?,
-            None => Value::Null,
-        };
-
-        let mut envelope = Map::new();
-        envelope.insert("id".into(), Value::String(message_id_text(id)));
-        envelope.insert("event_type".into(), Value::String(event.event_type));
-        envelope.insert("timestamp".into(), Value::String(at.to_string()));
-        let mut body = Map::new();
-        body.insert("type".into(), Value::String(payload.r#type));
-        body.insert("data".into(), data);
-        envelope.insert("payload".into(), Value::Object(body));
-        if let Some(correlation_id) = event.correlation_id {
-            envelope.insert("correlation_id".into(), Value::String(correlation_id));
-        }
-        if let Some(source) = event.source {
-            envelope.insert("source".into(), Value::String(source));
-        }
-        let payload = serde_json::to_vec(&Value::Object(envelope))
-            .map_err(|err| invalid_field(field, err.to_string()))?;
+        let CheckedEvent { id, envelope } = check_event(field, event)?;
+        let payload =
+            serde_json::to_vec(&envelope).map_err(|err| invalid_field(field, err.to_string()))?;
         if payload.len() > self.limits.message_max_bytes {
             return Err(invalid_field(
                 field,
@@ -208,31 +155,6 @@ impl EventApi {
             })
             .collect())
     }
-}
-
-/// Reads an event envelope back from a stored payload; `None` for anything else, including
-/// JSON nested too deeply to render (a poison message must not fail the poll).
-fn decode_event(payload: &[u8]) -> Option<proto::Event> {
-    let json: Value = serde_json::from_slice(payload).ok()?;
-    if json_depth(&json) > MAX_JSON_DEPTH {
-        return None;
-    }
-    let object = json.as_object()?;
-    let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_owned);
-    let payload = object.get("payload")?.as_object()?;
-    Some(proto::Event {
-        id: text("id")?,
-        event_type: text("event_type")?,
-        timestamp: Some(text("timestamp")?.parse().ok()?),
-        payload: Some(proto::EventPayload {
-            r#type: payload.get("type")?.as_str()?.to_owned(),
-            data: Some(json_to_value(
-                payload.get("data").cloned().unwrap_or(Value::Null),
-            )),
-        }),
-        correlation_id: text("correlation_id"),
-        source: text("source"),
-    })
 }
 
 #[tonic::async_trait]
@@ -331,7 +253,7 @@ impl EventService for EventApi {
             .messages
             .into_iter()
             .filter_map(|message| {
-                let event = decode_event(&message.payload);
+                let event = read_event(&message.payload);
                 if event.is_none() {
                     tracing::debug!(
                         offset = message.offset,

@@ -9,6 +9,7 @@ mod cursors;
 mod deploy;
 mod durability;
 mod etags;
+mod events;
 mod grpc_web;
 mod health;
 mod helpers;

@@ -87,3 +87,21 @@ fn message_ids_are_uuids_and_never_nil() {
     let assigned = message_id("id", "").expect("assigned");
     assert_eq!(uuid::Uuid::from_u128(assigned).get_version_num(), 7);
 }
+
+#[test]
+fn json_integers_are_stored_as_written_not_as_doubles() {
+    let mut headers = Headers::new();
+    let value = json_to_value(
+        serde_json::json!({"n": 3, "big": 9_007_199_254_740_992_i64, "x": 2.5, "neg": -7}),
+    );
+    let payload = body_to_payload(
+        "messages[0]",
+        Some(proto::message::Body::Json(value)),
+        &mut headers,
+    )
+    .expect("valid body");
+    assert_eq!(
+        std::str::from_utf8(&payload).expect("UTF-8"),
+        r#"{"big":9007199254740992,"n":3,"neg":-7,"x":2.5}"#
+    );
+}

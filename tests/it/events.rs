@@ -1,0 +1,316 @@
+//! Typed domain events over real sockets: User and Order events are checked by their rules on
+//! every protocol, refused naming the field path, and stored in the original service's JSON
+//! shape whichever form (`type` + `data`, or a typed member) they were sent in.
+
+use iggy_gateway::proto::{self, event_service_client::EventServiceClient};
+use serde_json::{Value, json};
+use tonic_types::StatusExt;
+
+use crate::helpers::{TestApp, spawn_app_with_default_topic};
+
+const EVENT_ID: &str = "6f1c2a3e-1111-4a2b-9c3d-0123456789ab";
+const USER_ID: &str = "0b6f3a52-4a8e-4c43-9d3e-8f1a2b3c4d5e";
+const ORDER_ID: &str = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
+const PRODUCT_ID: &str = "9b2d7c1a-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+
+fn envelope(payload: Value) -> Value {
+    json!({"id": EVENT_ID, "event_type": "order.created", "timestamp": "2026-11-25T10:00:00Z",
+           "payload": payload})
+}
+
+/// An order as the original service wrote one (plus the new, optional `currency`).
+fn order_data() -> Value {
+    json!({"action": "Created", "order_id": ORDER_ID, "user_id": USER_ID,
+           "items": [{"product_id": PRODUCT_ID, "quantity": 2, "unit_price": "29.99"}],
+           "total_amount": "59.98", "currency": "EUR"})
+}
+
+/// Every event stored on the default topic (three partitions), in offset order per partition.
+async fn stored_events(app: &TestApp) -> Vec<Value> {
+    let mut events = Vec::new();
+    for partition in 0..3 {
+        let (status, polled) = app
+            .get_json(&format!(
+                "/messages?partition_id={partition}&offset=0&count=10"
+            ))
+            .await;
+        assert_eq!(status, 200, "{polled}");
+        for message in polled["messages"].as_array().cloned().unwrap_or_default() {
+            events.push(message["event"].clone());
+        }
+    }
+    events
+}
+
+fn typed_order() -> proto::OrderEvent {
+    proto::OrderEvent {
+        action: "Created".into(),
+        order_id: ORDER_ID.into(),
+        user_id: USER_ID.into(),
+        items: vec![proto::OrderItem {
+            product_id: PRODUCT_ID.into(),
+            quantity: 2,
+            unit_price: "29.99".into(),
+        }],
+        total_amount: "59.98".into(),
+        currency: "EUR".into(),
+        ..Default::default()
+    }
+}
+
+fn grpc_event(payload: proto::EventPayload) -> proto::Event {
+    proto::Event {
+        id: EVENT_ID.into(),
+        event_type: "order.created".into(),
+        timestamp: Some("2026-11-25T10:00:00Z".parse().expect("a time")),
+        payload: Some(payload),
+        correlation_id: None,
+        source: None,
+    }
+}
+
+#[tokio::test]
+async fn a_typed_order_sent_over_grpc_is_polled_over_rest_in_the_original_shape() {
+    let app = spawn_app_with_default_topic().await;
+    let mut events = EventServiceClient::new(app.channel.clone());
+    let published = events
+        .publish_event(proto::PublishEventRequest {
+            event: Some(grpc_event(proto::EventPayload {
+                event: Some(proto::event_payload::Event::Order(typed_order())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await
+        .expect("a valid order is published")
+        .into_inner();
+    assert_eq!(published.event_id, EVENT_ID);
+
+    let stored = stored_events(&app).await;
+    assert_eq!(
+        stored,
+        [envelope(json!({"type": "Order", "data": order_data()}))]
+    );
+}
+
+#[tokio::test]
+async fn the_original_json_shape_and_the_typed_member_are_one_event() {
+    let app = spawn_app_with_default_topic().await;
+    // Keys in lowerCamelCase, as a proto3 JSON writer sends them, are read too.
+    let camel = json!({"action": "Created", "orderId": ORDER_ID, "userId": USER_ID,
+        "items": [{"productId": PRODUCT_ID, "quantity": 2, "unitPrice": "29.99"}],
+        "totalAmount": "59.98", "currency": "EUR"});
+    for payload in [
+        json!({"type": "Order", "data": order_data()}),
+        json!({"type": "Order", "data": camel}),
+        json!({"order": order_data()}),
+        json!({"type": "Order", "order": order_data(), "data": order_data()}),
+    ] {
+        let (status, answer) = app
+            .post_json("/messages", json!({"event": envelope(payload.clone())}))
+            .await;
+        assert_eq!(status, 201, "{payload}: {answer}");
+    }
+    let stored = stored_events(&app).await;
+    assert_eq!(stored.len(), 4);
+    let expected = envelope(json!({"type": "Order", "data": order_data()}));
+    assert!(stored.iter().all(|event| *event == expected), "{stored:?}");
+}
+
+#[tokio::test]
+async fn a_bad_order_is_refused_over_rest_naming_the_field_path() {
+    let app = spawn_app_with_default_topic().await;
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut data = order_data();
+        change(&mut data);
+        data
+    };
+    let cases = [
+        (
+            with(&|d| d["items"][0]["quantity"] = json!(0)),
+            "event.payload.data.items[0].quantity",
+        ),
+        (
+            with(&|d| d["items"][0]["quantity"] = json!(-1)),
+            "event.payload.data.items[0].quantity",
+        ),
+        (
+            with(&|d| d["items"][0]["unit_price"] = json!("-1.00")),
+            "event.payload.data.items[0].unit_price",
+        ),
+        (
+            with(&|d| d["items"][0]["unit_price"] = json!(29.99)),
+            "event.payload.data.items[0].unit_price",
+        ),
+        (
+            with(&|d| d["items"] = json!([])),
+            "event.payload.data.items",
+        ),
+        (
+            with(&|d| d["currency"] = json!("eur")),
+            "event.payload.data.currency",
+        ),
+        (
+            with(&|d| d["currency"] = json!("ABC")),
+            "event.payload.data.currency",
+        ),
+        (
+            with(&|d| d["order_id"] = json!("o-1")),
+            "event.payload.data.order_id",
+        ),
+        (
+            with(&|d| d["total_amount"] = json!("1e3")),
+            "event.payload.data.total_amount",
+        ),
+        (
+            with(&|d| d["discount"] = json!("5")),
+            "event.payload.data.discount",
+        ),
+        (
+            with(&|d| d["reason"] = json!("changed my mind")),
+            "event.payload.data.reason",
+        ),
+    ];
+    for (data, field) in cases {
+        let (status, problem) = app
+            .post_json(
+                "/messages",
+                json!({"event": envelope(json!({"type": "Order", "data": data}))}),
+            )
+            .await;
+        assert_eq!(status, 400, "{field}: {problem}");
+        assert_eq!(problem["violations"][0]["field"], field, "{problem}");
+        assert_eq!(problem["reason"], "INVALID_ARGUMENT");
+    }
+
+    // The typed member names its own path, and a batch names the event's index.
+    let mut order = order_data();
+    order["items"][0]["quantity"] = json!(0);
+    let (status, problem) = app
+        .post_json(
+            "/v1/streams/sample-stream/topics/events/events:batch",
+            json!({"events": [envelope(json!({"type": "Order", "data": order_data()})),
+                              envelope(json!({"order": order}))]}),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["violations"][0]["field"].clone()),
+        (400, json!("events[1].payload.order.items[0].quantity")),
+        "{problem}"
+    );
+    assert!(
+        stored_events(&app).await.is_empty(),
+        "a refused batch stores nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_user_is_refused_over_grpc_with_a_field_violation() {
+    let app = spawn_app_with_default_topic().await;
+    let mut events = EventServiceClient::new(app.channel.clone());
+    let user = |email: &str, user_id: &str| proto::UserEvent {
+        action: "Created".into(),
+        user_id: user_id.into(),
+        email: email.into(),
+        name: "Ada".into(),
+        ip_address: String::new(),
+    };
+    let cases = [
+        (user("ada.example.com", USER_ID), "event.payload.user.email"),
+        (user("ada@example", USER_ID), "event.payload.user.email"),
+        (user("", USER_ID), "event.payload.user.email"),
+        (user("ada@example.com", "u-1"), "event.payload.user.user_id"),
+    ];
+    for (user, field) in cases {
+        let err = events
+            .publish_event(proto::PublishEventRequest {
+                event: Some(grpc_event(proto::EventPayload {
+                    event: Some(proto::event_payload::Event::User(user)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        let violations = err
+            .get_details_bad_request()
+            .expect("a field violation")
+            .field_violations;
+        assert_eq!(violations[0].field, field, "{err:?}");
+    }
+
+    // A type that contradicts the member set is refused too.
+    let err = events
+        .publish_event(proto::PublishEventRequest {
+            event: Some(grpc_event(proto::EventPayload {
+                r#type: "User".into(),
+                event: Some(proto::event_payload::Event::Order(typed_order())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    let violations = err
+        .get_details_bad_request()
+        .expect("a field violation")
+        .field_violations;
+    assert_eq!(violations[0].field, "event.payload.type");
+}
+
+#[tokio::test]
+async fn generic_events_still_take_any_json() {
+    let app = spawn_app_with_default_topic().await;
+    for payload in [
+        json!({"type": "Generic", "data": {"anything": [1, "two", null, {"deep": true}]}}),
+        json!({"generic": {"anything": [1, "two", null, {"deep": true}]}}),
+    ] {
+        let (status, answer) = app
+            .post_json("/messages", json!({"event": envelope(payload)}))
+            .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let stored = stored_events(&app).await;
+    let expected = envelope(
+        json!({"type": "Generic", "data": {"anything": [1, "two", null, {"deep": true}]}}),
+    );
+    assert_eq!(stored, [expected.clone(), expected]);
+}
+
+#[tokio::test]
+async fn openapi_documents_the_event_shapes_from_the_proto_comments() {
+    let app = spawn_app_with_default_topic().await;
+    let (status, document) = app.get_json("/openapi.json").await;
+    assert_eq!(status, 200);
+    let schemas = &document["components"]["schemas"];
+    let payload = &schemas["iggy.gateway.v1.EventPayload".replace('.', "_")];
+    for member in ["type", "data", "user", "order", "generic"] {
+        assert!(
+            payload["properties"].get(member).is_some(),
+            "EventPayload lacks {member}: {payload}"
+        );
+    }
+    let order = &schemas["iggy_gateway_v1_OrderEvent"];
+    let total = order["properties"]["total_amount"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(total.contains("decimal string"), "{order}");
+    let currency = order["properties"]["currency"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(currency.contains("ISO 4217"), "{order}");
+    let rules = order["description"].as_str().unwrap_or_default();
+    assert!(
+        rules.contains("Shipped: order_id, tracking_number, carrier"),
+        "{rules}"
+    );
+    let user = &schemas["iggy_gateway_v1_UserEvent"];
+    assert!(
+        user["properties"]["email"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("e-mail")),
+        "{user}"
+    );
+    assert!(schemas.get("iggy_gateway_v1_OrderItem").is_some());
+}
