@@ -222,15 +222,19 @@ mod tests {
     async fn an_answer_stays_charged_until_its_charge_is_dropped() {
         let budget = Arc::new(InflightBytes::new(100));
         let call = Arc::new(Charge::new(Arc::clone(&budget)));
-        let (room, charged) = scope(Arc::clone(&call), async {
+        let (left, charged) = scope(Arc::clone(&call), async {
             assert_eq!(charge(10), Some(Ok(())));
             (room(), charge_answer(70))
         })
         .await;
-        assert_eq!((room, charged), (Some(Ok(90)), Some(Ok(()))));
+        assert_eq!((left, charged), (Some(Ok(90)), Some(Ok(()))));
         assert!(call.holds_answer());
         call.close();
-        assert_eq!(budget.used(), 70, "the request's bytes are given back, the answer's kept");
+        assert_eq!(
+            budget.used(),
+            70,
+            "the request's bytes are given back, the answer's kept"
+        );
         let other = Charge::new(Arc::clone(&budget));
         assert_eq!(other.add_answer(40), Err(Exhausted::Busy { max: 100 }));
         assert_eq!(other.add_answer(30), Ok(()));

@@ -36,8 +36,8 @@ use self::{
 };
 use super::{
     Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag,
-    Identifier, Name, Partitioning, PollMessages, PolledMessages, SendMessages, StoredMessage,
-    StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
+    Identifier, Name, Partitioning, PollMessages, PolledMessages, SendMessages, StreamInfo,
+    TopicInfo, TopicRef, UpdateStream, UpdateTopic,
 };
 
 pub struct IggyBroker {

@@ -611,7 +611,9 @@ async fn open_health_watches_are_capped_on_their_own_and_never_starve_other_call
 async fn unread_poll(app: &crate::helpers::TestApp, path: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("small receive buffer");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
     let mut stream = socket.connect(app.addr).await.expect("connected");
     let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
     stream
@@ -635,7 +637,8 @@ async fn poll_answers_a_slow_reader_holds_count_against_max_inflight_bytes() {
     app.create_topic("media", "frames", 1).await;
     let frame = "f".repeat(MESSAGE);
     for _ in 0..8 {
-        app.send_texts("media", "frames", 0, &[frame.as_str()]).await;
+        app.send_texts("media", "frames", 0, &[frame.as_str()])
+            .await;
     }
     let path = "/v1/streams/media/topics/frames/messages?partitionId=0&offset=0&count=8";
     let (status, body) = app.get_json(path).await;

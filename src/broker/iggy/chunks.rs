@@ -143,7 +143,11 @@ mod tests {
 
         fn largest_fetch(&self) -> usize {
             let fetches = self.fetches.lock().expect("lock");
-            fetches.iter().map(|(_, _, bytes)| *bytes).max().unwrap_or(0)
+            fetches
+                .iter()
+                .map(|(_, _, bytes)| *bytes)
+                .max()
+                .unwrap_or(0)
         }
     }
 
@@ -187,18 +191,32 @@ mod tests {
         let fetches = partition.fetches.lock().expect("lock").clone();
         assert_eq!(fetches.len(), 2, "{fetches:?}");
         assert_eq!(fetches[0].0, PollingStrategy::Offset(10));
-        assert_eq!(fetches[1].0, PollingStrategy::Offset(10 + u64::from(FIRST_CHUNK)));
+        assert_eq!(
+            fetches[1].0,
+            PollingStrategy::Offset(10 + u64::from(FIRST_CHUNK))
+        );
         // A poll of a few messages is one round trip.
         let partition = Partition::with_sizes(&[100; 1000]);
-        assert_eq!(poll(&partition, PollingStrategy::Next, 5, 8 << 20).await.len(), 5);
+        assert_eq!(
+            poll(&partition, PollingStrategy::Next, 5, 8 << 20)
+                .await
+                .len(),
+            5
+        );
         assert_eq!(partition.fetches.lock().expect("lock").len(), 1);
     }
 
     #[tokio::test]
     async fn one_message_larger_than_the_budget_is_still_answered_alone() {
         let partition = Partition::with_sizes(&[10, 5000, 10]);
-        assert_eq!(poll(&partition, PollingStrategy::Offset(1), 3, 100).await, vec![1]);
-        assert_eq!(poll(&partition, PollingStrategy::First, 3, 100).await, vec![0]);
+        assert_eq!(
+            poll(&partition, PollingStrategy::Offset(1), 3, 100).await,
+            vec![1]
+        );
+        assert_eq!(
+            poll(&partition, PollingStrategy::First, 3, 100).await,
+            vec![0]
+        );
     }
 
     #[tokio::test]
@@ -207,8 +225,16 @@ mod tests {
         let offsets = poll(&partition, PollingStrategy::Timestamp(1_005), 100, 8 << 20).await;
         assert_eq!(offsets, (5..20).collect::<Vec<_>>());
         let empty = Partition::with_sizes(&[]);
-        assert!(poll(&empty, PollingStrategy::First, 100, 8 << 20).await.is_empty());
-        assert!(poll(&empty, PollingStrategy::Last, 100, 8 << 20).await.is_empty());
+        assert!(
+            poll(&empty, PollingStrategy::First, 100, 8 << 20)
+                .await
+                .is_empty()
+        );
+        assert!(
+            poll(&empty, PollingStrategy::Last, 100, 8 << 20)
+                .await
+                .is_empty()
+        );
     }
 
     #[tokio::test]
