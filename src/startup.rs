@@ -196,10 +196,12 @@ impl Application {
                 },
                 subscriptions_stop.clone(),
             ),
-            config.rest_settings(),
-            ConnectSettings {
-                max_body_bytes: config.rest_settings().max_body_bytes,
-                compression_min_bytes: usize::from(config.wire.compression_min_bytes),
+            Surfaces {
+                rest: config.rest_settings(),
+                connect: ConnectSettings {
+                    max_body_bytes: config.rest_settings().max_body_bytes,
+                    compression_min_bytes: usize::from(config.wire.compression_min_bytes),
+                },
             },
             health_service,
         )?;
@@ -413,6 +415,12 @@ async fn require_backend(broker: &dyn Broker, wait: Duration) -> Result<(), Star
     }
 }
 
+/// How the HTTP surfaces over the services (REST, Connect) read requests.
+struct Surfaces {
+    rest: RestSettings,
+    connect: ConnectSettings,
+}
+
 /// One router for every protocol: REST's router is the base (so an unknown path answers as
 /// REST, not as gRPC), and each gRPC service is mounted under its own `/package.Service/`
 /// prefix, wrapped in its own gRPC-Web translation (wrapping the whole router would answer
@@ -423,12 +431,15 @@ fn routes(
     limits: Limits,
     default_topic: Option<DefaultTopic>,
     subscriptions: Subscriptions,
-    rest_settings: RestSettings,
-    connect_settings: ConnectSettings,
+    surfaces: Surfaces,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
 ) -> Result<Routes, StartupError> {
+    let Surfaces {
+        rest: rest_settings,
+        connect: connect_settings,
+    } = surfaces;
     let max_request_bytes = rest_settings.max_body_bytes;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
