@@ -1,9 +1,11 @@
 //! Answers, written once for every protocol: the gRPC status of a broker error ([`status`]),
-//! the REST problem body derived from a status ([`problem`]), a layer's refusal answered in
+//! the REST problem body derived from a status ([`problem`]), Connect's error JSON derived from
+//! the same status ([`connect`]), a layer's refusal answered in
 //! the caller's own protocol ([`rejection`]), and the methods a path takes ([`methods`]: 405
 //! and `OPTIONS`). Layers, services and the transcoder all answer
 //! through here, so neither imports the other to speak an error.
 
+pub mod connect;
 pub mod methods;
 mod problem;
 mod rejection;

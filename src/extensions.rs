@@ -3,29 +3,52 @@
 //! ground floor of the request path: this module imports nothing else of the crate, so every
 //! layer, service and answer can read these without importing each other.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
-use axum::http::{HeaderMap, header};
+use axum::http::{Method, Request, Uri, header};
 use ipnet::IpNet;
 
-/// The protocol a call speaks, read from its content type.
+/// The protocol a call speaks, read from its content type (and, for Connect's unary calls,
+/// from its `Connect-Protocol-Version` header or its `/package.Service/Method` path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Grpc,
     GrpcWeb,
+    /// Connect's unary calls: `POST` with `application/proto` or `application/json`, or `GET`
+    /// with the message in the query. Errors are HTTP statuses with a JSON body.
+    Connect,
+    /// Connect's streaming calls (`application/connect+proto` or `+json`): always HTTP 200,
+    /// errors in the end-of-stream message, written in the request's codec's content type.
+    ConnectStream {
+        json: bool,
+    },
     Rest,
 }
 
 impl Protocol {
-    pub fn of(headers: &HeaderMap) -> Self {
+    pub fn of<B>(request: &Request<B>) -> Self {
+        let headers = request.headers();
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if content_type.starts_with("application/grpc-web") {
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        if essence.starts_with("application/grpc-web") {
             Protocol::GrpcWeb
-        } else if content_type.starts_with("application/grpc") {
+        } else if essence.starts_with("application/grpc") {
             Protocol::Grpc
+        } else if let Some(codec) = essence.strip_prefix("application/connect+") {
+            Protocol::ConnectStream {
+                json: codec == "json",
+            }
+        } else if headers.contains_key(CONNECT_PROTOCOL_VERSION)
+            || (is_procedure_path(request.uri().path())
+                && (matches!(essence, "application/proto" | "application/json")
+                    || (request.method() == Method::GET && is_connect_query(request.uri()))))
+        {
+            Protocol::Connect
         } else {
             Protocol::Rest
         }
@@ -35,9 +58,49 @@ impl Protocol {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::GrpcWeb => "grpc-web",
+            Protocol::Connect | Protocol::ConnectStream { .. } => "connect",
             Protocol::Rest => "rest",
         }
     }
+
+    /// gRPC or gRPC-Web: errors travel as `grpc-status`, messages compress per message.
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Protocol::Grpc | Protocol::GrpcWeb)
+    }
+}
+
+/// The header that marks a Connect unary call (its only value so far is `1`).
+pub const CONNECT_PROTOCOL_VERSION: &str = "connect-protocol-version";
+
+/// A `Connect-Timeout-Ms` value: a positive number of milliseconds, at most 10 digits;
+/// `None` for anything else (the timeout layer ignores it, the Connect translator refuses it).
+pub fn connect_timeout(value: &str) -> Option<Duration> {
+    if value.is_empty() || value.len() > 10 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+}
+
+/// `/package.Service/Method`: two segments, the first a qualified service name. REST paths
+/// (`/v1/...`) and the operator routes never look like this.
+pub fn is_procedure_path(path: &str) -> bool {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    service.contains('.') && !method.is_empty() && !method.contains('/')
+}
+
+/// A Connect `GET`'s query: it names its protocol (`connect=v1`) or carries a message.
+fn is_connect_query(uri: &Uri) -> bool {
+    uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| pair == "connect=v1" || pair.starts_with("message="))
+    })
 }
 
 /// The id of the request being served.
@@ -92,5 +155,40 @@ impl ClientIp {
     /// `2001:db8:1:2::/64`. Rotating addresses within one IPv6 prefix keeps the same key.
     pub fn key(&self) -> IpNet {
         self.key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{connect_timeout, is_procedure_path};
+
+    #[test]
+    fn connect_timeouts_are_positive_milliseconds_of_at_most_ten_digits() {
+        assert_eq!(connect_timeout("250"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            connect_timeout("9999999999"),
+            Some(Duration::from_millis(9_999_999_999))
+        );
+        for refused in ["0", "", "-5", "1.5", "12345678901", "5s"] {
+            assert_eq!(connect_timeout(refused), None, "{refused}");
+        }
+    }
+
+    #[test]
+    fn procedure_paths_name_a_qualified_service_and_a_method() {
+        assert!(is_procedure_path(
+            "/iggy.gateway.v1.StreamService/GetStream"
+        ));
+        for other in [
+            "/v1/streams",
+            "/v1/streams/a.b",
+            "/health",
+            "/a.B/",
+            "/a.B/c/d",
+        ] {
+            assert!(!is_procedure_path(other), "{other}");
+        }
     }
 }

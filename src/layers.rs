@@ -1,5 +1,5 @@
 //! The one middleware stack every call passes through, whatever its protocol (gRPC, gRPC-Web,
-//! REST). Order, outermost first, and why each layer sits where it does:
+//! Connect, REST). Order, outermost first, and why each layer sits where it does:
 //!
 //! 1. request id — first, so every log line and every answer below carries it;
 //! 2. client IP — decided once (trusted proxies only) for logs, rate limits and lockouts, which
@@ -19,7 +19,7 @@
 //! 9. rate limit — the cheapest refusal, before any key is hashed;
 //! 10. API key — authenticate before any work is done for the caller;
 //! 11. concurrency — shed new calls at once when the gateway is full;
-//! 12. timeout — bound each call (a shorter `grpc-timeout` wins);
+//! 12. timeout — bound each call (a shorter `grpc-timeout` or `Connect-Timeout-Ms` wins);
 //! 13. body limit — refuse oversized bodies before reading them, and bodies beyond what all
 //!     calls together may hold (`MAX_INFLIGHT_BYTES`); a compressed HTTP body
 //!     (`Content-Encoding`) is inflated here, so both limits count what it inflates to.
@@ -165,7 +165,7 @@ fn compression(min_bytes: u16) -> CompressionLayer<impl Predicate> {
 }
 
 fn make_span(request: &Request<Body>) -> Span {
-    let protocol = Protocol::of(request.headers()).name();
+    let protocol = Protocol::of(request).name();
     let request_id = request
         .extensions()
         .get::<RequestId>()
@@ -269,13 +269,15 @@ fn cors(origins: &[String], allowed_headers: &[String]) -> Option<CorsLayer> {
         ])
         .allow_headers(allow_headers)
         // A browser client reads only the response headers exposed to it: gRPC-Web's status,
-        // the request id, rate-limit advice, and the REST headers clients act on.
+        // Connect's stream codings, the request id, rate-limit advice, and the REST headers clients act on.
         .expose_headers(names(&[
             "grpc-status",
             "grpc-message",
             "grpc-status-details-bin",
             "grpc-encoding",
             "grpc-accept-encoding",
+            "connect-content-encoding",
+            "connect-accept-encoding",
             "x-request-id",
             "retry-after",
             "ratelimit-limit",

@@ -29,6 +29,7 @@ pub mod broker;
 pub mod budget;
 pub mod codec;
 pub mod config;
+pub mod connect;
 pub mod extensions;
 pub mod grpc;
 pub mod layers;

@@ -54,9 +54,9 @@ pub struct Metrics {
     /// TLS handshakes that failed or timed out (no client certificate under mutual TLS, a
     /// client that does not trust ours, a port scan).
     tls_handshake_failures: Counter,
-    /// Calls answered per protocol (gRPC, gRPC-Web, REST) and answered with an error, for
+    /// Calls answered per protocol (gRPC, gRPC-Web, REST, Connect) and answered with an error, for
     /// `/stats`: plain totals, read without walking the labelled families.
-    calls_by_protocol: [AtomicU64; 3],
+    calls_by_protocol: [AtomicU64; 4],
     errors: AtomicU64,
     started: Instant,
 }
@@ -257,7 +257,9 @@ impl Metrics {
         self.calls_by_protocol[index].fetch_add(1, Ordering::Relaxed);
         let failed = match protocol {
             Protocol::Grpc | Protocol::GrpcWeb => status != "0",
-            Protocol::Rest => status.parse::<u16>().map_or(true, |code| code >= 400),
+            Protocol::Connect | Protocol::ConnectStream { .. } | Protocol::Rest => {
+                status.parse::<u16>().map_or(true, |code| code >= 400)
+            }
         };
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -288,19 +290,25 @@ impl Metrics {
             Protocol::Grpc => 0,
             Protocol::GrpcWeb => 1,
             Protocol::Rest => 2,
+            Protocol::Connect | Protocol::ConnectStream { .. } => 3,
         }
     }
 
     /// Calls answered so far, per protocol name.
     pub fn calls_by_protocol(&self) -> Vec<(&'static str, u64)> {
-        [Protocol::Grpc, Protocol::GrpcWeb, Protocol::Rest]
-            .into_iter()
-            .map(|protocol| {
-                let count =
-                    self.calls_by_protocol[Self::protocol_index(protocol)].load(Ordering::Relaxed);
-                (protocol.name(), count)
-            })
-            .collect()
+        [
+            Protocol::Grpc,
+            Protocol::GrpcWeb,
+            Protocol::Rest,
+            Protocol::Connect,
+        ]
+        .into_iter()
+        .map(|protocol| {
+            let count =
+                self.calls_by_protocol[Self::protocol_index(protocol)].load(Ordering::Relaxed);
+            (protocol.name(), count)
+        })
+        .collect()
     }
 
     /// Calls answered with an error so far.

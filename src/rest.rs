@@ -22,6 +22,8 @@ use bytes::Bytes;
 pub use routes::{BodyRule, Route, RouteTable};
 pub use template::PathTemplate;
 pub use transcode::Transcoder;
+/// What the Connect translator shares with REST: one JSON codec, one gRPC framing.
+pub(crate) use transcode::{framing, json_message, json_value};
 
 use crate::{answer::methods::read_only, proto};
 

@@ -23,6 +23,7 @@ use crate::{
         metered::MeteredBroker,
     },
     config::Config,
+    connect::{Connect, ConnectPaths, ConnectSettings},
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
     layers::{self, rate_limit},
     listener::{self, ListenerSettings, Tls},
@@ -195,7 +196,13 @@ impl Application {
                 },
                 subscriptions_stop.clone(),
             ),
-            config.rest_settings(),
+            Surfaces {
+                rest: config.rest_settings(),
+                connect: ConnectSettings {
+                    max_body_bytes: config.rest_settings().max_body_bytes,
+                    compression_min_bytes: usize::from(config.wire.compression_min_bytes),
+                },
+            },
             health_service,
         )?;
         let router = routes.into_axum_router().merge(ops::router(
@@ -408,6 +415,12 @@ async fn require_backend(broker: &dyn Broker, wait: Duration) -> Result<(), Star
     }
 }
 
+/// How the HTTP surfaces over the services (REST, Connect) read requests.
+struct Surfaces {
+    rest: RestSettings,
+    connect: ConnectSettings,
+}
+
 /// One router for every protocol: REST's router is the base (so an unknown path answers as
 /// REST, not as gRPC), and each gRPC service is mounted under its own `/package.Service/`
 /// prefix, wrapped in its own gRPC-Web translation (wrapping the whole router would answer
@@ -418,11 +431,15 @@ fn routes(
     limits: Limits,
     default_topic: Option<DefaultTopic>,
     subscriptions: Subscriptions,
-    rest_settings: RestSettings,
+    surfaces: Surfaces,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
 ) -> Result<Routes, StartupError> {
+    let Surfaces {
+        rest: rest_settings,
+        connect: connect_settings,
+    } = surfaces;
     let max_request_bytes = rest_settings.max_body_bytes;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -475,25 +492,32 @@ fn routes(
         .add_service(messages.clone())
         .add_service(events.clone())
         .add_service(stats.clone());
+    let grpc_only = grpc_only.routes().prepare().into_axum_router();
     let table = rest::route_table().map_err(StartupError::Internal)?;
-    let rest = rest::router(
-        table,
-        grpc_only.routes().prepare().into_axum_router(),
-        rest_settings,
-    )
-    .map_err(StartupError::Internal)?;
+    let rest =
+        rest::router(table, grpc_only.clone(), rest_settings).map_err(StartupError::Internal)?;
+    // Connect calls the same service instances, in process, as REST does.
+    let connect =
+        Arc::new(Connect::new(grpc_only, connect_settings).map_err(StartupError::Internal)?);
 
     // Plain HTTP methods other than POST on a service's paths are answered as on any path
     // (OPTIONS, 405), not by tonic-web's empty 400.
     fn web<S>(service: S) -> GrpcPaths<tonic_web::GrpcWebService<S>> {
         GrpcPaths::new(GrpcWebLayer::new().layer(service))
     }
+    // The API's services also answer Connect calls on their paths (told apart by content type).
+    fn api<S>(
+        connect: &Arc<Connect>,
+        service: S,
+    ) -> ConnectPaths<GrpcPaths<tonic_web::GrpcWebService<S>>> {
+        ConnectPaths::new(web(service), Arc::clone(connect))
+    }
     Ok(Routes::from(rest)
-        .add_service(web(streams))
-        .add_service(web(topics))
-        .add_service(web(messages))
-        .add_service(web(events))
-        .add_service(web(stats))
+        .add_service(api(&connect, streams))
+        .add_service(api(&connect, topics))
+        .add_service(api(&connect, messages))
+        .add_service(api(&connect, events))
+        .add_service(api(&connect, stats))
         .add_service(web(health_service))
         .add_service(web(reflection_v1))
         .add_service(web(reflection_v1alpha))

@@ -19,6 +19,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("listener", 11),
     ("ops", 10),
     ("layers", 9),
+    ("connect", 9),
     ("grpc", 8),
     ("rest", 8),
     ("proto", 7),

@@ -121,7 +121,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if *request.method() == Method::POST || Protocol::of(request.headers()) != Protocol::Rest {
+        if *request.method() == Method::POST || Protocol::of(&request) != Protocol::Rest {
             let into_response: fn(Result<S::Response, Infallible>) -> Result<Response, Infallible> =
                 |answer| answer.map(IntoResponse::into_response);
             return Either::Left(self.inner.call(request).map(into_response));

@@ -7,9 +7,9 @@ use axum::{
 };
 use serde::Serialize;
 use tonic::Code;
-use tonic_types::StatusExt;
+use tonic_types::{ErrorDetails, StatusExt};
 
-use super::ETAG_MISMATCH;
+use super::{ERROR_DOMAIN, ETAG_MISMATCH};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -134,6 +134,28 @@ impl Problem {
         problem
     }
 
+    /// The same problem as the gRPC status it stands for: its code, its detail as the
+    /// message, its reason as `ErrorInfo`, its violations as `BadRequest`, its wait as
+    /// `RetryInfo`. How a problem found before the call (a body that does not parse) reaches a
+    /// protocol that speaks statuses (Connect).
+    pub fn to_status(&self) -> tonic::Status {
+        let body = &self.0;
+        let code = ALL_CODES
+            .into_iter()
+            .find(|code| grpc_code_name(*code) == body.code)
+            .unwrap_or(Code::Unknown);
+        let mut details = ErrorDetails::new();
+        details.set_error_info(body.reason.clone(), ERROR_DOMAIN, []);
+        for violation in &body.violations {
+            details
+                .add_bad_request_violation(violation.field.clone(), violation.description.clone());
+        }
+        if let Some(secs) = body.retry_after_secs {
+            details.set_retry_info(Some(std::time::Duration::from_secs(secs)));
+        }
+        tonic::Status::with_error_details(code, body.detail.clone(), details)
+    }
+
     /// The same problem answered 412 Precondition Failed: the call's outcome showed that the
     /// request's HTTP precondition (`If-None-Match: *` meeting an existing resource) was false.
     pub fn precondition_failed(mut self) -> Self {
@@ -203,6 +225,26 @@ fn status_code_to_grpc(status: StatusCode) -> Code {
         _ => Code::Internal,
     }
 }
+
+const ALL_CODES: [Code; 17] = [
+    Code::Ok,
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+    Code::Unimplemented,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unauthenticated,
+];
 
 /// `NOT_FOUND`, `INVALID_ARGUMENT`, …: the canonical names of gRPC codes.
 pub fn grpc_code_name(code: Code) -> &'static str {

@@ -1,6 +1,8 @@
 //! A layer's refusal, described once and answered in the caller's protocol: gRPC and gRPC-Web
 //! callers get a `grpc-status` (HTTP 200, never 429 or 503, which gRPC clients would read as
-//! UNAVAILABLE and retry), REST callers an `application/problem+json` body.
+//! UNAVAILABLE and retry), Connect callers the same status as Connect's error JSON (the code's
+//! HTTP status for unary calls, an end-of-stream message for streams), REST callers an
+//! `application/problem+json` body.
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use axum::{
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{ERROR_DOMAIN, Problem, http_status};
+use super::{ERROR_DOMAIN, Problem, connect, http_status};
 use crate::extensions::{Protocol, RejectedFor, RequestId};
 
 /// What a refusal needs to know of its request: kept by layers that refuse after passing the
@@ -26,7 +28,7 @@ pub struct Caller {
 impl Caller {
     pub fn of<B>(request: &Request<B>) -> Self {
         Self {
-            protocol: Protocol::of(request.headers()),
+            protocol: Protocol::of(request),
             request_id: request
                 .extensions()
                 .get::<RequestId>()
@@ -90,15 +92,19 @@ impl Rejection {
         let protocol = caller.protocol;
         let retry_secs = self.retry_after.map(|wait| wait.as_secs().max(1));
         let reason = self.reason;
+        let status = || {
+            let mut details = ErrorDetails::new();
+            details.set_error_info(self.reason, ERROR_DOMAIN, []);
+            if let Some(wait) = self.retry_after {
+                details.set_retry_info(Some(wait));
+            }
+            tonic::Status::with_error_details(self.code, self.message.clone(), details)
+        };
         let mut response = match protocol {
+            Protocol::Connect => connect::unary_error(&status()),
+            Protocol::ConnectStream { json } => connect::stream_error(&status(), json),
             Protocol::Grpc | Protocol::GrpcWeb => {
-                let mut details = ErrorDetails::new();
-                details.set_error_info(self.reason, ERROR_DOMAIN, []);
-                if let Some(wait) = self.retry_after {
-                    details.set_retry_info(Some(wait));
-                }
-                let status = tonic::Status::with_error_details(self.code, self.message, details);
-                let mut response = status.into_http::<Body>();
+                let mut response = status().into_http::<Body>();
                 if protocol == Protocol::GrpcWeb {
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,
@@ -108,7 +114,7 @@ impl Rejection {
                 response
             }
             Protocol::Rest => {
-                let mut problem = Problem::new(self.http, self.reason, self.message);
+                let mut problem = Problem::new(self.http, self.reason, self.message.clone());
                 problem = problem.with_request_id(request_id);
                 problem.into_response()
             }

@@ -2,7 +2,7 @@
 //! (checked against `Content-Length` before anything is read, and enforced while streaming), the
 //! body bytes held across all calls at once (`MAX_INFLIGHT_BYTES`, charged before a body is
 //! read, or as it streams in when its length is not declared), a per-request timeout (a shorter
-//! `grpc-timeout` wins), and a cap on calls in flight beyond which new calls are shed at once
+//! `grpc-timeout` or `Connect-Timeout-Ms` wins), and a cap on calls in flight beyond which new calls are shed at once
 //! with UNAVAILABLE instead of queueing. A compressed HTTP body is inflated here (`inflate`),
 //! so the size limit and the budget count what it inflates to.
 
@@ -34,7 +34,7 @@ use super::{
 use crate::{
     answer::{Caller, Rejection},
     budget::{self, Charge, InflightBytes},
-    extensions::Protocol,
+    extensions::connect_timeout,
 };
 
 /// A request body charged frame by frame as it arrives (never by what it declares, which would
@@ -225,7 +225,7 @@ where
         }
         let charge = Arc::new(Charge::new(Arc::clone(&self.inflight)));
         let caller = Caller::of(&request);
-        let grpc = caller.protocol() != Protocol::Rest;
+        let grpc = caller.protocol().is_grpc();
         // Reflection is a long bidirectional stream of small messages: tonic bounds each one;
         // every other call's body is one request and bounded as a whole.
         let max_bytes = if request.uri().path().starts_with(REFLECTION_PREFIX) {
@@ -442,12 +442,18 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let timeout = request
-            .headers()
+        let headers = request.headers();
+        let asked = headers
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout)
-            .map_or(self.timeout, |asked| asked.min(self.timeout));
+            .or_else(|| {
+                headers
+                    .get("connect-timeout-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(connect_timeout)
+            });
+        let timeout = asked.map_or(self.timeout, |asked| asked.min(self.timeout));
         // Only what the rejection needs from the request outlives the call.
         let caller = Caller::of(&request);
         let future = self.inner.call(request);

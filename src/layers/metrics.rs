@@ -103,7 +103,7 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let protocol = Protocol::of(request.headers());
+        let protocol = Protocol::of(&request);
         let path = request.uri().path().to_owned();
         // A gRPC service's matched path is its `/{*rest}` pattern: only plain routes count.
         let matched_path = request
@@ -130,7 +130,11 @@ where
                 Protocol::Grpc | Protocol::GrpcWeb => {
                     grpc_status.clone().unwrap_or_else(|| "0".into())
                 }
-                Protocol::Rest => response.status().as_u16().to_string(),
+                // A Connect stream's outcome is in its last message, which layers never read:
+                // its status is the HTTP one, like a unary Connect call's.
+                Protocol::Connect | Protocol::ConnectStream { .. } | Protocol::Rest => {
+                    response.status().as_u16().to_string()
+                }
             };
             // Only names the gateway defines become labels, so clients cannot grow the series.
             let route = match response.extensions().get::<MatchedRoute>() {

@@ -5,7 +5,7 @@
 //! Here is the call itself; `request` builds the request message, `framing` frames the call
 //! and takes its answer apart, `render` writes the answer as JSON, SSE or NDJSON.
 
-mod framing;
+pub(crate) mod framing;
 mod render;
 mod request;
 
@@ -33,6 +33,7 @@ use self::{
     render::{internal, respond},
     request::{Query, request_message},
 };
+pub(crate) use self::{render::json_value, request::json_message};
 use super::{
     RestSettings,
     routes::{Lookup, Route, RouteTable},

@@ -4,6 +4,7 @@
 mod browsers;
 mod clients;
 mod compression;
+mod connect;
 mod connections;
 mod cursors;
 mod deploy;

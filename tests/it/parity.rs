@@ -1,9 +1,11 @@
-//! REST has no behaviour of its own: for every annotated RPC in the descriptor set, the same
-//! request over gRPC and over REST (its /v1 route) gives the same answer and leaves the same
-//! state. Driven from the descriptors, so an RPC added without a scenario here fails.
+//! REST and Connect have no behaviour of their own: for every annotated RPC in the descriptor
+//! set, the same request over gRPC, over REST (its /v1 route) and over Connect (JSON) gives the
+//! same answer and leaves the same state. Driven from the descriptors, so an RPC added without
+//! a scenario here fails.
 
 use bytes::{Buf, BufMut, Bytes};
 use iggy_gateway::{
+    answer::grpc_code_name,
     proto,
     rest::{self, BodyRule},
 };
@@ -250,6 +252,61 @@ async fn call_rest(app: &TestApp, route: &rest::Route, request: &Value) -> (u16,
     (status, json)
 }
 
+/// The same call over Connect with a JSON body: the HTTP status and the answer.
+async fn call_connect(app: &TestApp, method: &MethodDescriptor, request: &Value) -> (u16, Value) {
+    let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+    let response = app
+        .http1
+        .post(app.url(&path))
+        .header("content-type", "application/json")
+        .header("connect-protocol-version", "1")
+        .body(request.to_string())
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON"))
+}
+
+/// The first `count` messages of a server-streaming call over Connect (`connect+json`).
+async fn connect_stream(
+    app: &TestApp,
+    method: &MethodDescriptor,
+    request: &Value,
+    count: usize,
+) -> Vec<Value> {
+    let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+    let message = request.to_string().into_bytes();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    body.extend_from_slice(&message);
+    let mut response = app
+        .http1
+        .post(app.url(&path))
+        .header("content-type", "application/connect+json")
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    let mut buffer = Vec::new();
+    let mut items = Vec::new();
+    while items.len() < count {
+        let chunk = response.chunk().await.expect("ok").expect("more");
+        buffer.extend_from_slice(&chunk);
+        while buffer.len() >= 5 {
+            let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+            if buffer.len() < 5 + length {
+                break;
+            }
+            assert_eq!(buffer[0], 0, "a message, not the stream's end");
+            items.push(serde_json::from_slice(&buffer[5..5 + length]).expect("JSON"));
+            buffer.drain(..5 + length);
+        }
+    }
+    items.truncate(count);
+    items
+}
+
 /// Every stream with its topics and every topic with its partitions, times blanked.
 async fn snapshot(app: &TestApp) -> Vec<String> {
     let mut out = Vec::new();
@@ -387,7 +444,7 @@ async fn stored_messages(app: &TestApp) -> Result<Vec<(u64, String)>, tonic::Cod
 }
 
 #[tokio::test]
-async fn every_annotated_rpc_behaves_the_same_over_grpc_and_rest() {
+async fn every_annotated_rpc_behaves_the_same_over_grpc_rest_and_connect() {
     let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).expect("descriptors");
     let table = rest::route_table().expect("routes");
     let mut checked = 0;
@@ -410,11 +467,19 @@ async fn every_annotated_rpc_behaves_the_same_over_grpc_and_rest() {
                 setup(&over_grpc).await;
                 let over_rest = spawn_app().await;
                 setup(&over_rest).await;
+                let over_connect = spawn_app().await;
+                setup(&over_connect).await;
                 let mut grpc_items = grpc_stream(&over_grpc, &method, &request, 2).await;
                 let mut rest_items = rest_stream(&over_rest, route, &request, 2).await;
+                let mut connect_items = connect_stream(&over_connect, &method, &request, 2).await;
                 grpc_items.iter_mut().for_each(normalize);
                 rest_items.iter_mut().for_each(normalize);
+                connect_items.iter_mut().for_each(normalize);
                 assert_eq!(grpc_items, rest_items, "{grpc_path}: streams differ");
+                assert_eq!(
+                    grpc_items, connect_items,
+                    "{grpc_path}: Connect's stream differs"
+                );
                 checked += 1;
                 continue;
             }
@@ -435,8 +500,23 @@ async fn every_annotated_rpc_behaves_the_same_over_grpc_and_rest() {
                 "{grpc_path} over REST: {rest_answer}"
             );
 
+            let over_connect = spawn_app().await;
+            setup(&over_connect).await;
+            settle(&method).await;
+            let (connect_status, mut connect_answer) =
+                call_connect(&over_connect, &method, &request).await;
+            assert_eq!(
+                connect_status, 200,
+                "{grpc_path} over Connect: {connect_answer}"
+            );
+
             normalize(&mut grpc_answer);
             normalize(&mut rest_answer);
+            normalize(&mut connect_answer);
+            assert_eq!(
+                grpc_answer, connect_answer,
+                "{grpc_path}: Connect's answer differs"
+            );
             if status == 204 {
                 assert_eq!(grpc_answer, json!({}), "{grpc_path}: an empty answer");
             } else {
@@ -452,6 +532,16 @@ async fn every_annotated_rpc_behaves_the_same_over_grpc_and_rest() {
                 stored_messages(&over_rest).await,
                 "{grpc_path}: messages differ"
             );
+            assert_eq!(
+                snapshot(&over_grpc).await,
+                snapshot(&over_connect).await,
+                "{grpc_path}: state differs over Connect"
+            );
+            assert_eq!(
+                stored_messages(&over_grpc).await,
+                stored_messages(&over_connect).await,
+                "{grpc_path}: messages differ over Connect"
+            );
             checked += 1;
         }
     }
@@ -459,7 +549,7 @@ async fn every_annotated_rpc_behaves_the_same_over_grpc_and_rest() {
 }
 
 #[tokio::test]
-async fn errors_are_the_same_over_grpc_and_rest() {
+async fn errors_are_the_same_over_grpc_rest_and_connect() {
     let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).expect("descriptors");
     let table = rest::route_table().expect("routes");
     let method = pool
@@ -501,5 +591,15 @@ async fn errors_are_the_same_over_grpc_and_rest() {
         assert_eq!(rest_status, http);
         assert_eq!(problem["reason"], reason);
         assert_eq!(problem["detail"], status.message());
+        let (connect_status, error) = call_connect(&app, &method, &request).await;
+        assert_eq!(connect_status, http);
+        assert_eq!(
+            error["code"],
+            grpc_code_name(code).to_ascii_lowercase(),
+            "Connect's code is gRPC's, in lower case"
+        );
+        assert_eq!(error["message"], status.message());
+        assert_eq!(error["details"][0]["type"], "google.rpc.ErrorInfo");
+        assert_eq!(error["details"][0]["debug"]["reason"], reason);
     }
 }

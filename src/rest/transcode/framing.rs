@@ -1,4 +1,4 @@
-//! gRPC framing of the transcoder's in-process call: the request goes out as one
+//! gRPC framing of the in-process calls (REST's and Connect's): the request goes out as one
 //! length-prefixed frame (a flag byte, a 4-byte big-endian length, the protobuf message), and
 //! the answer's frames are taken apart by one decoder, whether the answer is one message (unary)
 //! or a stream. The answer's `grpc-status` is read here too. Nothing here knows JSON or REST:
@@ -14,7 +14,7 @@ const PREFIX: usize = 5;
 
 /// Why the request could not be framed.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum EncodeError {
+pub(crate) enum EncodeError {
     /// The message's length does not fit the prefix's four bytes.
     #[error("request too large")]
     TooLarge,
@@ -24,7 +24,7 @@ pub(super) enum EncodeError {
 
 /// Why the answer's frames could not be taken apart.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum FrameError {
+pub(crate) enum FrameError {
     /// No message where one was due, or a compressed one: the in-process call never offers
     /// compression, so the service never uses it.
     #[error("the gRPC answer was not one uncompressed message")]
@@ -34,7 +34,7 @@ pub(super) enum FrameError {
 }
 
 /// The request body of the in-process call: one message, one uncompressed frame.
-pub(super) fn encode(message: &DynamicMessage) -> Result<Bytes, EncodeError> {
+pub(crate) fn encode(message: &DynamicMessage) -> Result<Bytes, EncodeError> {
     let length = message.encoded_len();
     let mut frame = BytesMut::with_capacity(PREFIX + length);
     frame.put_u8(0);
@@ -43,10 +43,20 @@ pub(super) fn encode(message: &DynamicMessage) -> Result<Bytes, EncodeError> {
     Ok(frame.freeze())
 }
 
+/// One uncompressed frame around a message already encoded (a Connect client's protobuf
+/// body, passed on without being decoded here: the service decodes it, within its limits).
+pub(crate) fn encode_bytes(message: &[u8]) -> Result<Bytes, EncodeError> {
+    let mut frame = BytesMut::with_capacity(PREFIX + message.len());
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(message.len()).map_err(|_| EncodeError::TooLarge)?);
+    frame.put_slice(message);
+    Ok(frame.freeze())
+}
+
 /// Takes messages out of an answer's bytes, which may arrive in pieces that split a frame
 /// anywhere (a stream's data frames), or all at once (a unary answer).
 #[derive(Debug, Default)]
-pub(super) struct FrameDecoder {
+pub(crate) struct FrameDecoder {
     /// Bytes received and not yet taken out as messages: at most one incomplete frame once
     /// `next_message` has returned `None`.
     buffer: BytesMut,
@@ -63,13 +73,13 @@ impl From<Bytes> for FrameDecoder {
 
 impl FrameDecoder {
     /// Adds the next piece of the answer.
-    pub(super) fn push(&mut self, data: &[u8]) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.buffer.extend_from_slice(data);
     }
 
     /// Takes one complete message out of the buffer, if it holds one; `None` until more bytes
     /// arrive.
-    pub(super) fn next_message(&mut self) -> Result<Option<Bytes>, FrameError> {
+    pub(crate) fn next_message(&mut self) -> Result<Option<Bytes>, FrameError> {
         if self.buffer.len() < PREFIX {
             return Ok(None);
         }
@@ -91,7 +101,7 @@ impl FrameDecoder {
 }
 
 /// The one message of a complete unary answer (bytes after it are ignored).
-pub(super) fn single_message(data: Bytes) -> Result<Bytes, FrameError> {
+pub(crate) fn single_message(data: Bytes) -> Result<Bytes, FrameError> {
     let mut decoder = FrameDecoder::from(data);
     match decoder.next_message()? {
         Some(message) => Ok(message),
@@ -102,7 +112,7 @@ pub(super) fn single_message(data: Bytes) -> Result<Bytes, FrameError> {
 
 /// The status of a complete answer: its trailers', or, for a trailers-only answer (any error),
 /// its headers'. `None` when neither carries a `grpc-status`.
-pub(super) fn status(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<tonic::Status> {
+pub(crate) fn status(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<tonic::Status> {
     trailers
         .and_then(tonic::Status::from_header_map)
         .or_else(|| tonic::Status::from_header_map(headers))
@@ -110,6 +120,6 @@ pub(super) fn status(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Optio
 
 /// The error status in `headers` (a stream's trailers, or the headers of a trailers-only
 /// answer); `None` when they carry none or an OK one.
-pub(super) fn error_status(headers: &HeaderMap) -> Option<tonic::Status> {
+pub(crate) fn error_status(headers: &HeaderMap) -> Option<tonic::Status> {
     tonic::Status::from_header_map(headers).filter(|status| status.code() != tonic::Code::Ok)
 }

@@ -113,14 +113,21 @@ fn next_message(
         .map_err(|err| format!("decoding the gRPC stream: {err}"))
 }
 
-fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {
+/// A message as REST writes it: proto3 JSON with proto field names, defaults included, and
+/// whole doubles as integers. Connect's JSON codec writes its answers with it too.
+pub(crate) fn json_value(message: &DynamicMessage) -> Result<Value, String> {
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .skip_default_fields(false);
     let mut json = message
         .serialize_with_options(serde_json::value::Serializer, &options)
-        .unwrap_or(Value::Null);
+        .map_err(|err| format!("encoding the answer as JSON: {err}"))?;
     integral_numbers(&mut json);
+    Ok(json)
+}
+
+fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {
+    let json = json_value(message).unwrap_or(Value::Null);
     if !sse {
         let mut line = serde_json::to_vec(&json).unwrap_or_default();
         line.push(b'\n');
@@ -166,16 +173,10 @@ pub(super) fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, 
     if route.success == StatusCode::NO_CONTENT {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let options = SerializeOptions::new()
-        .use_proto_field_name(true)
-        .skip_default_fields(false);
-    let mut json = reply
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|err| internal(format!("encoding the answer as JSON: {err}")))?;
+    let mut json = json_value(&reply).map_err(internal)?;
     if let Some(field) = &route.response_body {
         json = json.get_mut(field).map(Value::take).unwrap_or(Value::Null);
     }
-    integral_numbers(&mut json);
     let body = serde_json::to_vec(&json)
         .map_err(|err| internal(format!("encoding the answer as JSON: {err}")))?;
     let mut response = (route.success, body).into_response();

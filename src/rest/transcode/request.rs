@@ -108,13 +108,42 @@ fn body_message(
         }
     };
     check_json_content(headers)?;
-    let respell = match inspect(body, &expect, prefix)? {
+    parse_json(&input, &route.body, &expect, prefix, body)
+}
+
+/// A whole request message from a JSON body by the rules REST bodies follow (measured and
+/// charged first, fields named in every refusal): the Connect protocol's JSON codec.
+pub(crate) fn json_message(
+    input: &MessageDescriptor,
+    body: &Bytes,
+) -> Result<DynamicMessage, Problem> {
+    if body.is_empty() {
+        return Ok(DynamicMessage::new(input.clone()));
+    }
+    parse_json(
+        input,
+        &BodyRule::All,
+        &Expect::Message(input.clone()),
+        None,
+        body,
+    )
+}
+
+/// Parses a JSON body that `rule` says holds the whole message or one field of it.
+fn parse_json(
+    input: &MessageDescriptor,
+    rule: &BodyRule,
+    expect: &Expect,
+    prefix: Option<&str>,
+    body: &Bytes,
+) -> Result<DynamicMessage, Problem> {
+    let respell = match inspect(body, expect, prefix)? {
         Some(inspection) => inspection.respell,
         // Not JSON: the parse below says where.
         None => false,
     };
 
-    let direct = route.body == BodyRule::All && !respell;
+    let direct = *rule == BodyRule::All && !respell;
     if direct {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(Problem::invalid_field("body", "must be a JSON object"));
@@ -133,7 +162,7 @@ fn body_message(
                 let tree: Value =
                     serde_json::from_slice(body).map_err(|err| malformed_json(&err))?;
                 match tree {
-                    Value::Object(object) => Err(locate(&input, &object, &err)),
+                    Value::Object(object) => Err(locate(input, &object, &err)),
                     _ => Err(Problem::invalid_field("body", "must be a JSON object")),
                 }
             }
@@ -141,7 +170,7 @@ fn body_message(
         };
     }
 
-    let mut tree = match (&route.body, serde_json::from_slice(body)) {
+    let mut tree = match (rule, serde_json::from_slice(body)) {
         (_, Err(err)) => return Err(malformed_json(&err)),
         (BodyRule::Field(name), Ok(value)) => {
             Value::Object(Map::from_iter([(name.clone(), value)]))
@@ -154,7 +183,7 @@ fn body_message(
     }
     DynamicMessage::deserialize_with_options(input.clone(), &tree, &deny_unknown()).map_err(|err| {
         match tree.as_object() {
-            Some(fields) => locate(&input, fields, &err),
+            Some(fields) => locate(input, fields, &err),
             None => Problem::invalid_field("body", without_position(&err.to_string())),
         }
     })

@@ -1,0 +1,397 @@
+//! The Connect protocol (connectrpc.com/docs/protocol) on the same port as gRPC: a translator
+//! like REST's. A Connect call (unary `POST` with `application/proto` or `application/json`,
+//! `GET` for methods marked `NO_SIDE_EFFECTS`, a server stream in `application/connect+*`
+//! envelopes) becomes one in-process gRPC call of the same service, below the same layers;
+//! its answer or status comes back in Connect's terms. JSON is REST's codec.
+
+mod envelope;
+mod request;
+mod stream;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, Either};
+use http_body_util::BodyExt;
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Service, ServiceExt};
+
+use self::request::Codec;
+use crate::{
+    answer::{ERROR_DOMAIN, connect},
+    extensions::{ClientIp, MatchedRoute, PeerCertificate, Protocol, RequestId},
+    proto,
+    rest::{self, framing},
+};
+
+/// `google.protobuf.MethodOptions.IdempotencyLevel.NO_SIDE_EFFECTS`: such methods take `GET`.
+const NO_SIDE_EFFECTS: i32 = 1;
+
+/// Request headers that belong to HTTP or to Connect itself, never passed on as metadata.
+const NOT_METADATA: [&str; 12] = [
+    "host",
+    "connection",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "accept",
+    "accept-encoding",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// How the translator reads requests.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectSettings {
+    /// Largest request body (`MAX_REQUEST_BODY_SIZE`), also after inflating it.
+    pub max_body_bytes: usize,
+    /// Streamed messages smaller than this are sent uncompressed (`COMPRESSION_MIN_BYTES`).
+    pub compression_min_bytes: usize,
+}
+
+/// One method a Connect client may call.
+struct Procedure {
+    method: MethodDescriptor,
+    /// Marked `idempotency_level = NO_SIDE_EFFECTS`: callable with `GET`.
+    side_effect_free: bool,
+}
+
+pub struct Connect {
+    /// By gRPC path, `/iggy.gateway.v1.StreamService/GetStream`.
+    procedures: HashMap<String, Procedure>,
+    /// The gRPC services alone, called in process (as REST calls them).
+    grpc: axum::Router,
+    settings: ConnectSettings,
+}
+
+impl Connect {
+    /// Every method of the API's services, read from the descriptor set.
+    pub fn new(grpc: axum::Router, settings: ConnectSettings) -> Result<Self, String> {
+        let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+            .map_err(|err| format!("the API descriptor set does not decode: {err}"))?;
+        let procedures = pool
+            .services()
+            .filter(|service| service.package_name() == rest::API_PACKAGE)
+            .flat_map(|service| service.methods().collect::<Vec<_>>())
+            .map(|method| {
+                let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+                let side_effect_free = method
+                    .options()
+                    .get_field_by_name("idempotency_level")
+                    .is_some_and(|level| matches!(*level, Value::EnumNumber(NO_SIDE_EFFECTS)));
+                let procedure = Procedure {
+                    method,
+                    side_effect_free,
+                };
+                (path, procedure)
+            })
+            .collect();
+        Ok(Self {
+            procedures,
+            grpc,
+            settings,
+        })
+    }
+
+    /// Answers one Connect call (`protocol` is what the layers read from it).
+    pub async fn handle(&self, request: Request<Body>, protocol: Protocol) -> Response {
+        let path = request.uri().path().to_owned();
+        let streaming = match protocol {
+            Protocol::ConnectStream { json } => Some(json),
+            _ => None,
+        };
+        let refuse = |status: tonic::Status| match streaming {
+            Some(json) => connect::stream_error(&status, json),
+            None => connect::unary_error(&status),
+        };
+        let Some(procedure) = self.procedures.get(&path) else {
+            return refuse(tonic::Status::unimplemented(format!(
+                "{} is not a method of this gateway",
+                path.trim_start_matches('/')
+            )));
+        };
+        let mut response = match streaming {
+            Some(json) => self.stream(procedure, request, json).await,
+            None => self.unary(procedure, request).await,
+        };
+        // Metrics label the call by its method, a name the gateway defines.
+        response.extensions_mut().insert(MatchedRoute(path));
+        response
+    }
+
+    async fn unary(&self, procedure: &Procedure, request: Request<Body>) -> Response {
+        let method = &procedure.method;
+        if method.is_server_streaming() || method.is_client_streaming() {
+            return unsupported_media_type(&format!(
+                "{} streams: call it with application/connect+proto or application/connect+json",
+                method.full_name()
+            ));
+        }
+        let (parts, body) = request.into_parts();
+        let read = if parts.method == Method::GET {
+            if !procedure.side_effect_free {
+                return method_not_allowed(method);
+            }
+            request::from_query(&parts, self.settings.max_body_bytes).await
+        } else if parts.method == Method::POST {
+            request::from_body(&parts, body, self.settings.max_body_bytes).await
+        } else {
+            return method_not_allowed(method);
+        };
+        let (codec, payload) = match read {
+            Ok(read) => read,
+            Err(refusal) => return refusal.unary(),
+        };
+        let frame = match request::frame(method, codec, &payload) {
+            Ok(frame) => frame,
+            Err(status) => return connect::unary_error(&status),
+        };
+        let call = match grpc_call(method, &parts.headers, &parts.extensions, frame) {
+            Ok(call) => call,
+            Err(status) => return connect::unary_error(&status),
+        };
+        let answer = match self.grpc.clone().oneshot(call).await {
+            Ok(answer) => answer,
+            Err(never) => match never {},
+        };
+        match unary_answer(method, codec, answer).await {
+            Ok(response) => response,
+            Err(status) => connect::unary_error(&status),
+        }
+    }
+
+    async fn stream(&self, procedure: &Procedure, request: Request<Body>, json: bool) -> Response {
+        let method = &procedure.method;
+        let refuse = |status: tonic::Status| connect::stream_error(&status, json);
+        if !method.is_server_streaming() || method.is_client_streaming() {
+            return unsupported_media_type(&format!(
+                "{} is unary: call it with application/proto or application/json",
+                method.full_name()
+            ));
+        }
+        let (parts, body) = request.into_parts();
+        let codec = if json { Codec::Json } else { Codec::Proto };
+        let payload =
+            match request::from_envelopes(&parts, body, self.settings.max_body_bytes).await {
+                Ok(payload) => payload,
+                Err(refusal) => return refuse(refusal.status()),
+            };
+        let frame = match request::frame(method, codec, &payload) {
+            Ok(frame) => frame,
+            Err(status) => return refuse(status),
+        };
+        let call = match grpc_call(method, &parts.headers, &parts.extensions, frame) {
+            Ok(call) => call,
+            Err(status) => return refuse(status),
+        };
+        let deadline = parts
+            .headers
+            .get("connect-timeout-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        let answer = match self.grpc.clone().oneshot(call).await {
+            Ok(answer) => answer,
+            Err(never) => match never {},
+        };
+        let (answer, body) = answer.into_parts();
+        // Refused before the first message (trailers-only): a stream that is only its end.
+        if let Some(status) = framing::error_status(&answer.headers) {
+            return refuse(status);
+        }
+        let compression = parts
+            .headers
+            .get("connect-accept-encoding")
+            .and_then(|v| v.to_str().ok())
+            .and_then(envelope::Coding::preferred);
+        stream::respond(
+            body,
+            stream::Writer {
+                output: method.output(),
+                json,
+                compression,
+                compression_min_bytes: self.settings.compression_min_bytes,
+                deadline,
+            },
+        )
+    }
+}
+
+/// The in-process gRPC call: one frame, the request's metadata, the markers layers set.
+fn grpc_call(
+    method: &MethodDescriptor,
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+    frame: Bytes,
+) -> Result<Request<Body>, tonic::Status> {
+    let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+    let mut call = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers");
+    for (name, value) in headers {
+        let name_text = name.as_str();
+        if NOT_METADATA.contains(&name_text) || name_text.starts_with("connect-") {
+            continue;
+        }
+        call = call.header(name, value);
+    }
+    let mut call = call
+        .body(Body::from(frame))
+        .map_err(|err| internal(format!("building the gRPC call: {err}")))?;
+    // Subscriber caps count by client; the request id ties the service's logs to the call.
+    if let Some(client) = extensions.get::<ClientIp>() {
+        call.extensions_mut().insert(*client);
+    }
+    if let Some(id) = extensions.get::<RequestId>() {
+        call.extensions_mut().insert(id.clone());
+    }
+    if let Some(peer) = extensions.get::<PeerCertificate>() {
+        call.extensions_mut().insert(peer.clone());
+    }
+    Ok(call)
+}
+
+/// A unary gRPC answer as Connect's: the message in the request's codec, or the error.
+async fn unary_answer(
+    method: &MethodDescriptor,
+    codec: Codec,
+    answer: Response,
+) -> Result<Response, tonic::Status> {
+    let (parts, body) = answer.into_parts();
+    let collected = body
+        .collect()
+        .await
+        .map_err(|err| internal(format!("reading the gRPC answer: {err}")))?;
+    let trailers = collected.trailers().cloned();
+    let data = collected.to_bytes();
+    let status = framing::status(&parts.headers, trailers.as_ref())
+        .ok_or_else(|| internal("the gRPC answer had no grpc-status".to_owned()))?;
+    if status.code() != Code::Ok {
+        return Err(status);
+    }
+    let payload = framing::single_message(data).map_err(|err| internal(err.to_string()))?;
+    let (content_type, body) = match codec {
+        Codec::Proto => ("application/proto", payload),
+        Codec::Json => {
+            let message = DynamicMessage::decode(method.output(), payload)
+                .map_err(|err| internal(format!("decoding the gRPC answer: {err}")))?;
+            let json = rest::json_value(&message).map_err(internal)?;
+            let bytes = serde_json::to_vec(&json)
+                .map_err(|err| internal(format!("encoding the answer as JSON: {err}")))?;
+            ("application/json", Bytes::from(bytes))
+        }
+    };
+    let mut response = (StatusCode::OK, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(response)
+}
+
+/// A status with its stable `ErrorInfo` reason, as every status the gateway answers with.
+fn status(code: Code, reason: &'static str, message: impl Into<String>) -> tonic::Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, []);
+    tonic::Status::with_error_details(code, message.into(), details)
+}
+
+/// A fault of the gateway, logged with its detail and answered without it.
+fn internal(detail: String) -> tonic::Status {
+    tracing::error!(%detail, "Connect translation failed");
+    status(
+        Code::Internal,
+        "INTERNAL",
+        "internal error while translating the Connect call",
+    )
+}
+
+/// 415, as the protocol asks for a content type the method is not called with.
+fn unsupported_media_type(message: &str) -> Response {
+    let status = status(Code::InvalidArgument, "UNSUPPORTED_MEDIA_TYPE", message);
+    let mut response = connect::unary_error(&status);
+    *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    response
+}
+
+/// 405 for a `GET` of a method with side effects (or any other HTTP method), naming what the
+/// method takes.
+fn method_not_allowed(method: &MethodDescriptor) -> Response {
+    let status = status(
+        Code::Unimplemented,
+        "METHOD_NOT_ALLOWED",
+        format!(
+            "{} takes POST (GET only for methods marked NO_SIDE_EFFECTS)",
+            method.full_name()
+        ),
+    );
+    let mut response = connect::unary_error(&status);
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+/// Wraps a gRPC service on its `/package.Service/` paths: Connect calls go to the translator,
+/// everything else (gRPC, gRPC-Web, plain HTTP) to the service as before.
+#[derive(Clone)]
+pub struct ConnectPaths<S> {
+    inner: S,
+    connect: Arc<Connect>,
+}
+
+impl<S> ConnectPaths<S> {
+    pub fn new(inner: S, connect: Arc<Connect>) -> Self {
+        Self { inner, connect }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for ConnectPaths<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<Request<B>> for ConnectPaths<S>
+where
+    S: Service<Request<B>, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let protocol = Protocol::of(&request);
+        if !matches!(protocol, Protocol::Connect | Protocol::ConnectStream { .. }) {
+            return Either::Left(self.inner.call(request));
+        }
+        let connect = Arc::clone(&self.connect);
+        let request = request.map(Body::new);
+        Either::Right(Box::pin(async move {
+            Ok(connect.handle(request, protocol).await)
+        }))
+    }
+}
