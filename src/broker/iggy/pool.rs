@@ -241,20 +241,24 @@ async fn connect_once(settings: &IggySettings) -> Result<Arc<IggyClient>, String
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(())) => Ok(client),
         Ok(Err(err)) => {
-            shut_down(Arc::clone(&client), timeout);
+            shut_down(Arc::clone(&client));
             Err(err.to_string())
         }
         Err(_) => {
-            shut_down(Arc::clone(&client), timeout);
+            shut_down(Arc::clone(&client));
             Err(format!("no answer within {timeout:?}"))
         }
     }
 }
 
-/// Stops a client for good (its heartbeat task would otherwise reconnect it), off the caller's path.
-fn shut_down(client: Arc<IggyClient>, timeout: Duration) {
+/// Stops a client for good (its heartbeat task would otherwise keep it, and its connection,
+/// alive), off the caller's path. Not under a timeout: the SDK closes the socket only once the
+/// request in flight on it lets go, which takes as long as the server (or the network) holds
+/// that answer; given up earlier, the client and its connection would live on beside the new
+/// one.
+fn shut_down(client: Arc<IggyClient>) {
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(timeout, client.shutdown()).await;
+        let _ = client.shutdown().await;
     });
 }
 
@@ -279,7 +283,7 @@ pub(super) async fn supervise(pool: Arc<Pool>, index: usize, cancel: Cancellatio
                 read_durability(&pool, &client).await;
                 pool.set_state(index, SlotState::Connected(Arc::clone(&client)));
                 watch_connection(&pool, index, &client, &cancel).await;
-                shut_down(client, settings.operation_timeout);
+                shut_down(client);
                 if cancel.is_cancelled() {
                     return;
                 }
