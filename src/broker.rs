@@ -511,11 +511,79 @@ impl BrokerError {
 
 pub type BrokerResult<T> = Result<T, BrokerError>;
 
+/// What a backend's acknowledgement of a send is worth after a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durability {
+    /// Every acknowledged batch was fsynced before the answer (the embedded store commits a
+    /// group with an fsync, then answers it).
+    FsyncedBeforeAck,
+    /// The server decides by its own settings, which the gateway read: `fsync` is its
+    /// `[system.partition] enforce_fsync`, `messages_required_to_save` how many messages it
+    /// buffers before writing them.
+    ServerSettings {
+        fsync: bool,
+        messages_required_to_save: u64,
+    },
+    /// The server decides by settings the gateway cannot read (see README, "Durability with
+    /// Iggy").
+    Unknown,
+}
+
+impl Durability {
+    /// One word for `/stats` and logs: `fsync`, `server-fsync`, `server-buffered` or `unknown`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Durability::FsyncedBeforeAck => "fsync",
+            Durability::ServerSettings {
+                fsync: true,
+                messages_required_to_save: 1,
+            } => "server-fsync",
+            Durability::ServerSettings { .. } => "server-buffered",
+            Durability::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Durability::FsyncedBeforeAck => {
+                f.write_str("durably: each batch is fsynced before it is acknowledged")
+            }
+            Durability::ServerSettings {
+                fsync,
+                messages_required_to_save,
+            } => write!(
+                f,
+                "as the Iggy server's settings make it: enforce_fsync = {fsync}, \
+                 messages_required_to_save = {messages_required_to_save}"
+            ),
+            Durability::Unknown => f.write_str(
+                "as the Iggy server's settings make it (enforce_fsync and \
+                 messages_required_to_save; the gateway cannot read them)",
+            ),
+        }
+    }
+}
+
+/// Holes stepped past: a poll at an offset below the partition's head that the backend could
+/// not read (Iggy answers "invalid offset" where a crash left its log torn) went on from the
+/// next offset it could read, instead of failing the same way forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SkippedHoles {
+    /// Times a poll stepped past a hole.
+    pub holes: u64,
+    /// Offsets passed over in all.
+    pub offsets: u64,
+}
+
 /// The message store behind the gateway.
 ///
 /// Contract, for every backend:
 /// - **Durability:** when `send_messages` returns `Ok`, every message of the batch is stored and
 ///   survives a restart of the gateway (and, for the embedded backend, a crash of the machine).
+///   Iggy keeps an acknowledged message through a crash of its server only as its own settings
+///   make it ([`Broker::durability`]).
 /// - **Atomicity:** a batch goes to one partition and is stored whole or not at all; a reader
 ///   never sees part of a batch.
 /// - **Ordering:** within a partition, messages get consecutive offsets from 0 in the order
@@ -560,6 +628,18 @@ pub trait Broker: Send + Sync + 'static {
     /// How many times the backend has reconnected since start-up (0 for the embedded one).
     fn reconnects(&self) -> u64 {
         0
+    }
+
+    /// What "acknowledged" means for this backend, as far as the gateway can tell, for the
+    /// start-up log and `/stats`.
+    fn durability(&self) -> Durability {
+        Durability::Unknown
+    }
+
+    /// Holes in a partition's log that polls have stepped past since start-up (see
+    /// [`SkippedHoles`]); none for a backend whose log has none.
+    fn skipped_holes(&self) -> SkippedHoles {
+        SkippedHoles::default()
     }
 
     /// Stops background work (connections, health checks) at shutdown. Everything already

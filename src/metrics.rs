@@ -48,6 +48,10 @@ pub struct Metrics {
     bytes_polled: Counter,
     backend_available: Gauge,
     backend_reconnects: Counter,
+    /// Holes in a partition's log that polls stepped past, and the offsets passed over
+    /// (`broker::SkippedHoles`): messages the backend acknowledged and can no longer read.
+    backend_holes_skipped: Counter,
+    backend_offsets_skipped: Counter,
     connections_open: Gauge,
     connections_refused: Counter,
     accept_errors: Counter,
@@ -88,6 +92,8 @@ impl Metrics {
             bytes_polled: Counter::default(),
             backend_available: Gauge::default(),
             backend_reconnects: Counter::default(),
+            backend_holes_skipped: Counter::default(),
+            backend_offsets_skipped: Counter::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             accept_errors: Counter::default(),
@@ -146,6 +152,16 @@ impl Metrics {
             "backend_reconnects",
             "Reconnections to the backend since start-up",
             metrics.backend_reconnects.clone(),
+        );
+        registry.register(
+            "backend_holes_skipped",
+            "Holes in a partition's log (offsets the backend could not read) that polls stepped past",
+            metrics.backend_holes_skipped.clone(),
+        );
+        registry.register(
+            "backend_offsets_skipped",
+            "Offsets passed over by polls stepping past holes in a partition's log",
+            metrics.backend_offsets_skipped.clone(),
         );
         registry.register(
             "connections_open",
@@ -212,6 +228,19 @@ impl Metrics {
         let seen = self.backend_reconnects.get();
         if total > seen {
             self.backend_reconnects.inc_by(total - seen);
+        }
+    }
+
+    /// Brings the hole counters up to the backend's own counts (read at scrape time).
+    pub fn observe_skipped_holes(&self, holes: u64, offsets: u64) {
+        for (counter, total) in [
+            (&self.backend_holes_skipped, holes),
+            (&self.backend_offsets_skipped, offsets),
+        ] {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
         }
     }
 

@@ -116,12 +116,19 @@ async fn stats_report(State(ops): State<Ops>) -> Response {
         "calls_by_protocol": calls,
         "errors": report.errors,
         "backend_reconnects": report.backend_reconnects,
+        "backend_durability": report.durability.as_str(),
+        "backend_durability_detail": report.durability.to_string(),
+        "holes_skipped": report.skipped_holes.holes,
+        "offsets_skipped": report.skipped_holes.offsets,
     }))
     .into_response()
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> Response {
     ops.metrics.observe_reconnects(ops.broker.reconnects());
+    let skipped = ops.broker.skipped_holes();
+    ops.metrics
+        .observe_skipped_holes(skipped.holes, skipped.offsets);
     (
         [(
             header::CONTENT_TYPE,

@@ -125,6 +125,11 @@ impl Application {
         let cursor_keys = cursor_keys(&config, with_iggy).await?;
         let broker: Arc<dyn Broker> = Arc::new(MeteredBroker::new(backend, Arc::clone(&metrics)));
         tracing::info!(backend = %broker.describe(), "backend selected");
+        let durability = broker.durability();
+        tracing::info!(
+            durability = durability.as_str(),
+            "acknowledged messages are kept {durability}"
+        );
         if config.backend.iggy_connection_string.is_none() {
             // An operator who meant to front Iggy and forgot the variable must not miss it.
             tracing::warn!(

@@ -11,7 +11,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{Broker, now_micros},
+    broker::{Broker, Durability, SkippedHoles, now_micros},
     metrics::Metrics,
 };
 
@@ -38,6 +38,9 @@ pub struct Report {
     pub calls_by_protocol: Vec<(&'static str, u64)>,
     pub errors: u64,
     pub backend_reconnects: u64,
+    /// What an acknowledgement is worth after a crash, as far as the gateway can tell.
+    pub durability: Durability,
+    pub skipped_holes: SkippedHoles,
 }
 
 pub struct Stats {
@@ -125,6 +128,8 @@ impl Stats {
             calls_by_protocol: self.metrics.calls_by_protocol(),
             errors: self.metrics.errors(),
             backend_reconnects: self.broker.reconnects(),
+            durability: self.broker.durability(),
+            skipped_holes: self.broker.skipped_holes(),
         }
     }
 }

@@ -36,9 +36,9 @@ use self::{
     writer::{PendingSend, QUEUE_DEPTH, run_writer},
 };
 use super::{
-    Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag,
-    Identifier, Name, PollMessages, PolledMessages, SendMessages, StreamInfo, TopicInfo, TopicRef,
-    UpdateStream, UpdateTopic, now_micros,
+    Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic,
+    Durability, ETag, Identifier, Name, PollMessages, PolledMessages, SendMessages, StreamInfo,
+    TopicInfo, TopicRef, UpdateStream, UpdateTopic, now_micros,
 };
 
 /// redb's page cache. Its default (a gigabyte) lets the gateway's memory grow with the data it
@@ -187,6 +187,10 @@ impl EmbeddedBroker {
 impl Broker for EmbeddedBroker {
     fn describe(&self) -> String {
         self.description.clone()
+    }
+
+    fn durability(&self) -> Durability {
+        Durability::FsyncedBeforeAck
     }
 
     fn availability(&self) -> watch::Receiver<bool> {

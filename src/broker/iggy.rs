@@ -9,17 +9,21 @@
 
 mod chunks;
 mod convert;
+mod holes;
 mod pool;
 
 use std::{
     future::Future,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use async_trait::async_trait;
 use iggy::prelude::{
     Consumer, ConsumerOffsetClient, IggyClient, IggyError, IggyExpiry, MaxTopicSize, MessageClient,
-    PartitionClient, StreamClient, TopicClient,
+    PartitionClient, PollingStrategy as IggyPollingStrategy, StreamClient, TopicClient,
 };
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -29,15 +33,17 @@ use self::{
     chunks::{Fetched, poll_in_chunks},
     convert::{
         Context, compression_to_iggy, expiry_to_iggy, is_connection_error, map_error,
-        message_from_iggy, message_to_iggy, partitioning_to_iggy, poll_consumer, size_to_iggy,
+        message_to_iggy, partitioning_to_iggy, poll_consumer, polled_from_iggy, size_to_iggy,
         strategy_to_iggy, stream_info, to_iggy_id, topic_details_info, topic_info,
     },
+    holes::{Read, step_past},
     pool::{Pool, redact, supervise},
 };
 use super::{
-    Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag,
-    Identifier, Name, Partitioning, PollMessages, PolledMessages, SendMessages, StreamInfo,
-    TopicInfo, TopicRef, UpdateStream, UpdateTopic,
+    Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic,
+    Durability, ETag, Identifier, Name, Partitioning, PollMessages, PolledMessages,
+    PollingStrategy, SendMessages, SkippedHoles, StreamInfo, TopicInfo, TopicRef, UpdateStream,
+    UpdateTopic,
 };
 
 pub struct IggyBroker {
@@ -45,6 +51,9 @@ pub struct IggyBroker {
     tasks: TaskTracker,
     cancel: CancellationToken,
     description: String,
+    /// Holes in partitions' logs that polls stepped past, and the offsets passed over.
+    holes: AtomicU64,
+    skipped_offsets: AtomicU64,
 }
 
 impl IggyBroker {
@@ -69,6 +78,8 @@ impl IggyBroker {
             tasks,
             cancel,
             description,
+            holes: AtomicU64::new(0),
+            skipped_offsets: AtomicU64::new(0),
         }
     }
 
@@ -77,16 +88,30 @@ impl IggyBroker {
         F: FnOnce(Arc<IggyClient>) -> Fut,
         Fut: Future<Output = Result<T, IggyError>>,
     {
+        self.answer(op)
+            .await?
+            .map_err(|err| map_error(err, context))
+    }
+
+    /// One call on a pooled client, under the operation timeout: the outer error when no
+    /// client answered, the inner one as the server (or the SDK) gave it, for callers that act
+    /// on a particular refusal before it is mapped.
+    async fn answer<T, F, Fut>(&self, op: F) -> BrokerResult<Result<T, IggyError>>
+    where
+        F: FnOnce(Arc<IggyClient>) -> Fut,
+        Fut: Future<Output = Result<T, IggyError>>,
+    {
         let lease = self.pool.client().await?;
         let (slot, client) = (lease.index, Arc::clone(&lease.client));
         let timeout = self.pool.settings.operation_timeout;
         match tokio::time::timeout(timeout, op(client)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => {
-                if is_connection_error(&err) {
+            Ok(answer) => {
+                if let Err(err) = &answer
+                    && is_connection_error(err)
+                {
                     self.pool.mark_broken(slot);
                 }
-                Err(map_error(err, context))
+                Ok(answer)
             }
             Err(_) => {
                 // The SDK keeps the connection busy until the server answers; start afresh.
@@ -94,6 +119,126 @@ impl IggyBroker {
                 Err(BrokerError::Timeout(timeout))
             }
         }
+    }
+
+    /// One poll of `count` messages from `offset`, an invalid-offset refusal kept apart.
+    async fn poll_at(
+        &self,
+        request: &PollMessages,
+        consumer: &Consumer,
+        offset: u64,
+        count: u32,
+    ) -> BrokerResult<Read> {
+        let (stream, topic) = (
+            to_iggy_id(&request.topic.stream)?,
+            to_iggy_id(&request.topic.topic)?,
+        );
+        let partition = request.partition_id;
+        let consumer = consumer.clone();
+        let answer = self
+            .answer(|c| async move {
+                c.poll_messages(
+                    &stream,
+                    &topic,
+                    Some(partition),
+                    &consumer,
+                    &IggyPollingStrategy::offset(offset),
+                    count,
+                    false,
+                )
+                .await
+            })
+            .await?;
+        match answer {
+            Ok(polled) => Ok(Read::Polled(polled_from_iggy(partition, polled))),
+            Err(IggyError::InvalidOffset(_)) => Ok(Read::Refused),
+            Err(err) => Err(map_error(
+                err,
+                &Context {
+                    offset: Some(offset),
+                    ..Context::partition(&request.topic, partition)
+                },
+            )),
+        }
+    }
+
+    /// Where a poll that Iggy refused as an invalid offset starts: its offset, 0 for `First`,
+    /// after the consumer's stored offset for `Next`; `None` for `Last` and `Timestamp`, which
+    /// name no offset to step from.
+    async fn refused_start(&self, request: &PollMessages) -> BrokerResult<Option<u64>> {
+        Ok(match request.strategy {
+            PollingStrategy::Offset(offset) => Some(offset),
+            PollingStrategy::First => Some(0),
+            PollingStrategy::Next => match &request.consumer {
+                Some(consumer) => {
+                    let (stream, topic) = (
+                        to_iggy_id(&request.topic.stream)?,
+                        to_iggy_id(&request.topic.topic)?,
+                    );
+                    let at = Consumer::new(to_iggy_id(consumer)?);
+                    let partition = request.partition_id;
+                    let context = Context {
+                        consumer: Some(consumer.clone()),
+                        ..Context::partition(&request.topic, partition)
+                    };
+                    let stored = self
+                        .call(&context, |c| async move {
+                            c.get_consumer_offset(&at, &stream, &topic, Some(partition))
+                                .await
+                        })
+                        .await?;
+                    Some(stored.map_or(0, |info| info.stored_offset.saturating_add(1)))
+                }
+                None => None,
+            },
+            PollingStrategy::Last | PollingStrategy::Timestamp(_) => None,
+        })
+    }
+
+    /// A poll Iggy refused as an invalid offset: step past the hole (see `holes.rs`), or the
+    /// refusal, naming the offset asked for, when the poll names none to step from.
+    async fn poll_past_hole(
+        &self,
+        request: &PollMessages,
+        consumer: &Consumer,
+        refusal: IggyError,
+    ) -> BrokerResult<PolledMessages> {
+        let context = Context::partition(&request.topic, request.partition_id);
+        let Some(start) = self.refused_start(request).await? else {
+            return Err(map_error(refusal, &context));
+        };
+        let stepped = step_past(start, request.count, |offset, count| {
+            self.poll_at(request, consumer, offset, count)
+        })
+        .await?;
+        let Some(stepped) = stepped else {
+            // Nothing readable up to the head yet: no messages, as at the head.
+            tracing::debug!(
+                partition = request.partition_id,
+                offset = start,
+                "Iggy cannot read this partition from the offset asked for up to its head"
+            );
+            return Ok(PolledMessages {
+                partition_id: request.partition_id,
+                current_offset: 0,
+                messages: Vec::new(),
+            });
+        };
+        if let Some((from, to)) = stepped.skipped {
+            self.holes.fetch_add(1, Ordering::Relaxed);
+            self.skipped_offsets
+                .fetch_add(to.saturating_sub(from), Ordering::Relaxed);
+            tracing::warn!(
+                stream = %request.topic.stream,
+                topic = %request.topic.topic,
+                partition = request.partition_id,
+                from,
+                to,
+                "Iggy cannot read offsets [from, to) of this partition (a hole in its log, \
+                 e.g. after a crash); the poll went on from `to`"
+            );
+        }
+        Ok(stepped.polled)
     }
 
     /// The stream a conditional change acts on: with `expected`, its etag is checked on a
@@ -154,6 +299,20 @@ impl Broker for IggyBroker {
 
     fn reconnects(&self) -> u64 {
         self.pool.reconnects.load(Ordering::Relaxed)
+    }
+
+    fn durability(&self) -> Durability {
+        self.pool
+            .durability
+            .lock()
+            .map_or(Durability::Unknown, |known| known.clone())
+    }
+
+    fn skipped_holes(&self) -> SkippedHoles {
+        SkippedHoles {
+            holes: self.holes.load(Ordering::Relaxed),
+            offsets: self.skipped_offsets.load(Ordering::Relaxed),
+        }
     }
 
     async fn close(&self) {
@@ -442,27 +601,40 @@ impl Broker for IggyBroker {
         let consumer = poll_consumer(request.consumer.as_ref())?;
         let context = Context {
             consumer: request.consumer.clone(),
+            offset: match request.strategy {
+                PollingStrategy::Offset(offset) => Some(offset),
+                _ => None,
+            },
             ..Context::partition(&request.topic, request.partition_id)
         };
         let partition = request.partition_id;
         // Iggy polls by count only: the gateway reads in chunks that fit the byte budget, and
         // Iggy must not commit what a chunk read past it; the gateway commits the last message
-        // it returns.
-        let polled = poll_in_chunks(
+        // it returns. A chunk Iggy refuses as an invalid offset steps past the hole.
+        let fetched = poll_in_chunks(
             request.strategy,
             request.count,
             request.max_bytes,
             |strategy, count| {
                 let (stream, topic, consumer) = (stream.clone(), topic.clone(), consumer.clone());
-                let context = &context;
+                let (context, chunk) = (
+                    &context,
+                    PollMessages {
+                        strategy,
+                        count,
+                        auto_commit: false,
+                        ..request.clone()
+                    },
+                );
                 async move {
-                    let polled = self
-                        .call(context, |c| async move {
+                    let poll_consumer = consumer.clone();
+                    let answer = self
+                        .answer(|c| async move {
                             c.poll_messages(
                                 &stream,
                                 &topic,
                                 Some(partition),
-                                &consumer,
+                                &poll_consumer,
                                 &strategy_to_iggy(strategy),
                                 count,
                                 false,
@@ -470,17 +642,29 @@ impl Broker for IggyBroker {
                             .await
                         })
                         .await?;
+                    let polled = match answer {
+                        Ok(polled) => polled_from_iggy(partition, polled),
+                        Err(refusal @ IggyError::InvalidOffset(_)) => {
+                            self.poll_past_hole(&chunk, &consumer, refusal).await?
+                        }
+                        Err(err) => return Err(map_error(err, context)),
+                    };
                     Ok(Fetched {
                         current_offset: polled.current_offset,
-                        messages: polled.messages.into_iter().map(message_from_iggy).collect(),
+                        messages: polled.messages,
                     })
                 }
             },
         )
         .await?;
-        let messages = polled.messages;
+        let polled = PolledMessages {
+            partition_id: partition,
+            current_offset: fetched.current_offset,
+            messages: fetched.messages,
+        };
         if request.auto_commit
-            && let (Some(last), Some(at_consumer)) = (messages.last(), request.consumer.clone())
+            && let (Some(last), Some(at_consumer)) =
+                (polled.messages.last(), request.consumer.clone())
         {
             self.store_consumer_offset(
                 ConsumerOffsetRef {
@@ -492,11 +676,7 @@ impl Broker for IggyBroker {
             )
             .await?;
         }
-        Ok(PolledMessages {
-            partition_id: request.partition_id,
-            current_offset: polled.current_offset,
-            messages,
-        })
+        Ok(polled)
     }
 
     async fn store_consumer_offset(&self, at: ConsumerOffsetRef, offset: u64) -> BrokerResult<()> {
@@ -504,6 +684,7 @@ impl Broker for IggyBroker {
         let consumer = Consumer::new(to_iggy_id(&at.consumer)?);
         let context = Context {
             consumer: Some(at.consumer.clone()),
+            offset: Some(offset),
             ..Context::partition(&at.topic, at.partition_id)
         };
         let partition = at.partition_id;

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{
-    Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag, Identifier,
-    Name, PollMessages, PolledMessages, SendMessages, StreamInfo, TopicInfo, TopicRef,
-    UpdateStream, UpdateTopic,
+    Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, Durability, ETag,
+    Identifier, Name, PollMessages, PolledMessages, SendMessages, SkippedHoles, StreamInfo,
+    TopicInfo, TopicRef, UpdateStream, UpdateTopic,
 };
 use crate::metrics::Metrics;
 
@@ -46,6 +46,12 @@ impl Broker for MeteredBroker {
     }
     fn reconnects(&self) -> u64 {
         self.inner.reconnects()
+    }
+    fn durability(&self) -> Durability {
+        self.inner.durability()
+    }
+    fn skipped_holes(&self) -> SkippedHoles {
+        self.inner.skipped_holes()
     }
     async fn close(&self) {
         self.inner.close().await;

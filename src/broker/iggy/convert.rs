@@ -12,8 +12,9 @@ use iggy::prelude::{
 };
 
 use crate::broker::{
-    BrokerError, BrokerResult, Compression, HeaderValue, Headers, Identifier, NewMessage,
-    PartitionInfo, Partitioning, PollingStrategy, StoredMessage, StreamInfo, TopicInfo, TopicRef,
+    BrokerError, BrokerResult, Compression, Durability, HeaderValue, Headers, Identifier,
+    NewMessage, PartitionInfo, Partitioning, PolledMessages, PollingStrategy, StoredMessage,
+    StreamInfo, TopicInfo, TopicRef,
 };
 
 /// Errors that mean the connection, not the request, is at fault.
@@ -40,6 +41,10 @@ pub(super) struct Context {
     pub(super) partition: Option<u32>,
     pub(super) consumer: Option<Identifier>,
     pub(super) name: Option<String>,
+    /// The offset the caller asked for (a poll's start, a stored consumer offset). Iggy's
+    /// "invalid offset" carries none over TCP (the SDK reads it as 0), so the refusal names
+    /// this one.
+    pub(super) offset: Option<u64>,
 }
 
 impl Context {
@@ -109,7 +114,19 @@ pub(super) fn map_error(err: IggyError, context: &Context) -> BrokerError {
             invalid("partitions_count", err)
         }
         IggyError::InvalidReplicationFactor => invalid("replication_factor", err),
-        IggyError::InvalidOffset(_) => invalid("offset", err),
+        IggyError::InvalidOffset(_) => {
+            tracing::info!(offset = ?context.offset, partition = ?context.partition, code = err.as_code(), "Iggy refused an offset");
+            BrokerError::InvalidArgument {
+                field: "offset",
+                reason: match context.offset {
+                    Some(offset) => format!(
+                        "{offset} was refused by the Iggy server (past the partition's newest \
+                         message, or where its log cannot be read)"
+                    ),
+                    None => "was refused by the Iggy server (outside what it accepts)".into(),
+                },
+            }
+        }
         IggyError::InvalidMessagesCount => invalid("count", err),
         IggyError::InvalidHeaderKey
         | IggyError::InvalidHeaderValue
@@ -335,6 +352,18 @@ pub(super) fn message_to_iggy(message: &NewMessage) -> BrokerResult<IggyMessage>
     built.map_err(|err| invalid("messages", err))
 }
 
+/// A poll's answer as the broker's.
+pub(super) fn polled_from_iggy(
+    partition_id: u32,
+    polled: iggy::prelude::PolledMessages,
+) -> PolledMessages {
+    PolledMessages {
+        partition_id,
+        current_offset: polled.current_offset,
+        messages: polled.messages.into_iter().map(message_from_iggy).collect(),
+    }
+}
+
 pub(super) fn message_from_iggy(message: IggyMessage) -> StoredMessage {
     let headers: Headers = message
         .user_headers_map()
@@ -351,4 +380,32 @@ pub(super) fn message_from_iggy(message: IggyMessage) -> StoredMessage {
         headers,
         payload: message.payload,
     }
+}
+
+/// The durability settings in the text of an Iggy server's configuration (TOML, as its
+/// `ServerConfig` snapshot holds it): `[system.partition]`'s `enforce_fsync` and
+/// `messages_required_to_save`. Read line by line: only these two keys of one table matter.
+pub(super) fn durability_from_config(text: &str) -> Option<Durability> {
+    let (mut in_partition, mut fsync, mut required) = (false, None, None);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_partition = line == "[system.partition]";
+            continue;
+        }
+        if !in_partition {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        match key.trim() {
+            "enforce_fsync" => fsync = value.trim().parse::<bool>().ok(),
+            "messages_required_to_save" => required = value.trim().parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    Some(Durability::ServerSettings {
+        fsync: fsync?,
+        messages_required_to_save: required?,
+    })
 }

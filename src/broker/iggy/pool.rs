@@ -11,12 +11,13 @@ use std::{
     time::Duration,
 };
 
-use iggy::prelude::{Client, IggyClient, SystemClient};
+use iggy::prelude::{Client, IggyClient, SnapshotCompression, SystemClient, SystemSnapshotType};
 use iggy_common::DiagnosticEvent;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerError, BrokerResult};
+use super::convert::durability_from_config;
+use crate::broker::{BrokerError, BrokerResult, Durability};
 
 /// How the pool connects and recovers.
 #[derive(Debug, Clone)]
@@ -77,6 +78,8 @@ pub(super) struct Pool {
     pub(super) available: watch::Sender<bool>,
     /// `true` once every slot has failed for good.
     pub(super) gave_up: watch::Sender<bool>,
+    /// The server's durability settings, read from its configuration at each connection.
+    pub(super) durability: Mutex<Durability>,
     pub(super) settings: IggySettings,
 }
 
@@ -97,6 +100,7 @@ impl Pool {
             reconnects: std::sync::atomic::AtomicU64::new(0),
             available,
             gave_up: watch::channel(false).0,
+            durability: Mutex::new(Durability::Unknown),
             settings,
         }
     }
@@ -237,20 +241,24 @@ async fn connect_once(settings: &IggySettings) -> Result<Arc<IggyClient>, String
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(())) => Ok(client),
         Ok(Err(err)) => {
-            shut_down(Arc::clone(&client), timeout);
+            shut_down(Arc::clone(&client));
             Err(err.to_string())
         }
         Err(_) => {
-            shut_down(Arc::clone(&client), timeout);
+            shut_down(Arc::clone(&client));
             Err(format!("no answer within {timeout:?}"))
         }
     }
 }
 
-/// Stops a client for good (its heartbeat task would otherwise reconnect it), off the caller's path.
-fn shut_down(client: Arc<IggyClient>, timeout: Duration) {
+/// Stops a client for good (its heartbeat task would otherwise keep it, and its connection,
+/// alive), off the caller's path. Not under a timeout: the SDK closes the socket only once the
+/// request in flight on it lets go, which takes as long as the server (or the network) holds
+/// that answer; given up earlier, the client and its connection would live on beside the new
+/// one.
+fn shut_down(client: Arc<IggyClient>) {
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(timeout, client.shutdown()).await;
+        let _ = client.shutdown().await;
     });
 }
 
@@ -272,9 +280,10 @@ pub(super) async fn supervise(pool: Arc<Pool>, index: usize, cancel: Cancellatio
                 }
                 lost_before = true;
                 attempt = 0;
+                read_durability(&pool, &client).await;
                 pool.set_state(index, SlotState::Connected(Arc::clone(&client)));
                 watch_connection(&pool, index, &client, &cancel).await;
-                shut_down(client, settings.operation_timeout);
+                shut_down(client);
                 if cancel.is_cancelled() {
                     return;
                 }
@@ -307,6 +316,51 @@ pub(super) async fn supervise(pool: Arc<Pool>, index: usize, cancel: Cancellatio
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// Reads the server's `[system.partition]` settings from its configuration (the one API that
+/// shows them: a snapshot of type `ServerConfig`, which needs the right to take snapshots) and
+/// logs a change. Unknown when the server does not tell, which the caller is not held up by.
+async fn read_durability(pool: &Pool, client: &IggyClient) {
+    let snapshot = client.snapshot(
+        SnapshotCompression::Stored,
+        vec![SystemSnapshotType::ServerConfig],
+    );
+    let read = match tokio::time::timeout(pool.settings.operation_timeout, snapshot).await {
+        // Stored, not compressed: the configuration's text is in the archive as it is.
+        Ok(Ok(snapshot)) => durability_from_config(&String::from_utf8_lossy(&snapshot.0)),
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "cannot read the Iggy server's configuration");
+            None
+        }
+        Err(_) => None,
+    };
+    let durability = read.unwrap_or(Durability::Unknown);
+    let Ok(mut known) = pool.durability.lock() else {
+        return;
+    };
+    if *known == durability {
+        return;
+    }
+    *known = durability.clone();
+    drop(known);
+    match &durability {
+        Durability::ServerSettings {
+            fsync: true,
+            messages_required_to_save: 1,
+        }
+        | Durability::FsyncedBeforeAck => {
+            tracing::info!(
+                durability = durability.as_str(),
+                "acknowledged messages are kept {durability}"
+            );
+        }
+        Durability::ServerSettings { .. } | Durability::Unknown => tracing::warn!(
+            durability = durability.as_str(),
+            "acknowledged messages are kept {durability}: a crash of the Iggy server can lose \
+             some (README, \"Durability with Iggy\")"
+        ),
     }
 }
 

@@ -207,3 +207,94 @@ async fn a_pool_whose_slots_all_gave_up_is_unavailable() {
     let pool = pool_of(vec![SlotState::Failed, SlotState::Reconnecting]);
     assert!(matches!(pool.pick(), Ok(None)));
 }
+
+mod holes {
+    use std::collections::BTreeSet;
+
+    use super::super::holes::{Read, step_past};
+    use crate::broker::{PolledMessages, StoredMessage};
+
+    /// A partition of `head + 1` messages whose `hole` cannot be read: a read meeting the
+    /// hole is refused, as Iggy refuses it.
+    fn partition(
+        head: u64,
+        hole: std::ops::Range<u64>,
+    ) -> impl FnMut(u64, u32) -> std::future::Ready<crate::broker::BrokerResult<Read>> {
+        move |offset, count| {
+            let wanted: BTreeSet<u64> = (offset..offset + u64::from(count))
+                .filter(|o| *o <= head)
+                .collect();
+            std::future::ready(Ok(if wanted.iter().any(|o| hole.contains(o)) {
+                Read::Refused
+            } else {
+                Read::Polled(PolledMessages {
+                    partition_id: 0,
+                    current_offset: head,
+                    messages: wanted
+                        .into_iter()
+                        .map(|offset| StoredMessage {
+                            offset,
+                            timestamp_micros: 0,
+                            id: 0,
+                            headers: Default::default(),
+                            payload: Default::default(),
+                        })
+                        .collect(),
+                })
+            }))
+        }
+    }
+
+    fn offsets(polled: &PolledMessages) -> Vec<u64> {
+        polled.messages.iter().map(|m| m.offset).collect()
+    }
+
+    #[tokio::test]
+    async fn a_read_spoiled_by_a_hole_further_on_returns_what_lies_before_it() {
+        let stepped = step_past(0, 100, partition(20, 5..9))
+            .await
+            .expect("no error")
+            .expect("stepped");
+        assert_eq!(stepped.skipped, None);
+        assert!(offsets(&stepped.polled).starts_with(&[0, 1, 2]));
+        assert!(offsets(&stepped.polled).iter().all(|o| *o < 5));
+    }
+
+    #[tokio::test]
+    async fn a_read_inside_a_hole_goes_on_from_the_first_readable_offset() {
+        for (start, hole) in [(5, 5..9), (0, 0..1), (7, 5..1000), (3, 3..4)] {
+            let stepped = step_past(start, 10, partition(2000, hole.clone()))
+                .await
+                .expect("no error")
+                .expect("stepped");
+            assert_eq!(stepped.skipped, Some((start, hole.end)), "{hole:?}");
+            assert_eq!(offsets(&stepped.polled)[0], hole.end, "{hole:?}");
+            assert_eq!(stepped.polled.messages.len(), 10);
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_readable_up_to_the_head_answers_none() {
+        let stepped = step_past(5, 10, partition(9, 5..10))
+            .await
+            .expect("no error");
+        assert!(stepped.is_none());
+    }
+}
+
+#[test]
+fn the_durability_settings_are_read_from_the_servers_configuration() {
+    use super::convert::durability_from_config;
+    use crate::broker::Durability;
+    let text = "[system]\nenforce_fsync = true\n[system.partition]\npath = \"p\"\n\
+                messages_required_to_save = 1024\nenforce_fsync = false\n[system.segment]\n\
+                messages_required_to_save = 1\n";
+    assert_eq!(
+        durability_from_config(text),
+        Some(Durability::ServerSettings {
+            fsync: false,
+            messages_required_to_save: 1024
+        })
+    );
+    assert_eq!(durability_from_config("[system.partition]\n"), None);
+}

@@ -1,0 +1,529 @@
+//! Faults between the gateway and Iggy, without a real server: a TCP proxy (`proxy.rs`) cuts,
+//! stalls and delays the connections to a tiny fake Iggy (`fake_iggy.rs`). Readiness must
+//! follow, callers must fail fast with UNAVAILABLE or DEADLINE_EXCEEDED, the pool must come
+//! back within its backoff bound with no connection left behind, and polls must step past a
+//! hole in Iggy's log. With `IGGY_TEST_CONNECTION_STRING`, the proxy also sits in front of the
+//! real server, and no acknowledged message may be missing after the cuts.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use iggy_gateway::proto;
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+use crate::{
+    fake_iggy::FakeIggy,
+    helpers::{TestApp, spawn_configured, text_message},
+    proxy::Proxy,
+};
+
+const POOL: usize = 2;
+
+/// A gateway on `url` with a quick pool: backoff 50–400 ms, calls bounded by 1 s, a ping
+/// every 200 ms, callers waiting at most 200 ms for a connection.
+async fn gateway(url: String) -> TestApp {
+    let app = spawn_configured(|c| {
+        c.backend.iggy_connection_string = Some(url.into());
+        c.backend.iggy_pool_size = POOL as u32;
+        c.backend.reconnect_base_delay_ms = 50;
+        c.backend.reconnect_max_delay_ms = 400;
+        c.backend.operation_timeout_ms = 1_000;
+        c.backend.health_check_interval_ms = 200;
+        c.backend.iggy_connect_wait_ms = 200;
+    })
+    .await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async { ready(&app).await }).await,
+        "the gateway connected"
+    );
+    app
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn ready(app: &TestApp) -> bool {
+    let response = app.http1.get(app.url("/ready")).send().await.expect("sent");
+    response.status() == 200
+}
+
+async fn grpc_serving(app: &TestApp) -> ServingStatus {
+    app.health
+        .clone()
+        .check(HealthCheckRequest {
+            service: "iggy.gateway.v1.MessageService".into(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status()
+}
+
+async fn send_one(app: &TestApp, stream: &str, text: &str) -> Result<String, tonic::Status> {
+    app.messages
+        .clone()
+        .send_messages(proto::SendMessagesRequest {
+            stream: stream.into(),
+            topic: "t".into(),
+            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+            messages: vec![text_message(text)],
+        })
+        .await
+        .map(|answer| answer.into_inner().ids.remove(0))
+}
+
+async fn stats(app: &TestApp) -> serde_json::Value {
+    app.get_json("/stats").await.1
+}
+
+/// The payloads of polled messages as text (the fake stores bare bytes, no content type).
+fn payloads(response: &proto::PollMessagesResponse) -> Vec<String> {
+    response
+        .messages
+        .iter()
+        .map(|m| match &m.body {
+            Some(proto::polled_message::Body::Payload(bytes)) => {
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+            other => panic!("expected bytes, got {other:?}"),
+        })
+        .collect()
+}
+
+/// Fails a test unless the error is one a caller can retry on: the backend is away, or did
+/// not answer in time.
+fn retryable(status: &tonic::Status) {
+    assert!(
+        matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_load_fails_callers_fast_then_the_pool_reconnects_without_leaks() {
+    let fake = FakeIggy::start().await;
+    let proxy = Proxy::start(fake.addr).await;
+    let app = Arc::new(gateway(FakeIggy::url(proxy.addr)).await);
+    assert_eq!(proxy.open(), POOL);
+
+    // Four writers send one message at a time until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let (app, stop) = (Arc::clone(&app), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let (mut acked, mut failed) = (0u32, Vec::new());
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    match send_one(&app, "s", &format!("w{writer}-{n}")).await {
+                        Ok(_) => acked += 1,
+                        Err(status) => failed.push(status),
+                    }
+                }
+                (acked, failed)
+            })
+        })
+        .collect();
+    assert!(
+        wait_for(Duration::from_secs(5), || async { fake.sends() >= 50 }).await,
+        "load flows"
+    );
+
+    proxy.cut();
+    assert!(
+        wait_for(Duration::from_secs(5), || async { !ready(&app).await }).await,
+        "/ready turns 503 once the connections are cut"
+    );
+    assert_eq!(grpc_serving(&app).await, ServingStatus::NotServing);
+    let started = Instant::now();
+    let refused = send_one(&app, "s", "while cut")
+        .await
+        .expect_err("no backend");
+    let waited = started.elapsed();
+    retryable(&refused);
+    eprintln!(
+        "a send while cut failed with {:?} after {waited:?}",
+        refused.code()
+    );
+
+    let restored = Instant::now();
+    proxy.pass();
+    // Bound: one backoff at its ceiling (400 ms) plus a connect and a ping; generous for CI.
+    assert!(
+        wait_for(Duration::from_secs(5), || async { ready(&app).await }).await,
+        "ready again after the proxy passes again"
+    );
+    eprintln!("ready again {:?} after the cut ended", restored.elapsed());
+    assert_eq!(grpc_serving(&app).await, ServingStatus::Serving);
+
+    stop.store(true, Ordering::SeqCst);
+    let (mut acked, mut failed) = (0, Vec::new());
+    for writer in writers {
+        let (a, f) = writer.await.expect("writer");
+        acked += a;
+        failed.extend(f);
+    }
+    assert!(acked > 0);
+    failed.iter().for_each(retryable);
+    eprintln!("{acked} sends acknowledged, {} refused", failed.len());
+    send_one(&app, "s", "after").await.expect("sends again");
+
+    // No connection left behind: the pool's, and only those, reach the server again.
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            fake.open() == POOL && proxy.open() == POOL
+        })
+        .await,
+        "fake has {} and proxy {} connections open, pool is {POOL}",
+        fake.open(),
+        proxy.open()
+    );
+    let reconnects = stats(&app).await["backend_reconnects"]
+        .as_u64()
+        .expect("count");
+    assert!(reconnects >= POOL as u64, "{reconnects}");
+}
+
+#[tokio::test]
+async fn a_stalled_connection_ends_calls_with_deadline_exceeded_and_readiness_follows() {
+    let fake = FakeIggy::start().await;
+    let proxy = Proxy::start(fake.addr).await;
+    let app = gateway(FakeIggy::url(proxy.addr)).await;
+    send_one(&app, "s", "before").await.expect("sent");
+
+    proxy.stall();
+    let started = Instant::now();
+    let stalled = send_one(&app, "s", "stalled").await.expect_err("held");
+    retryable(&stalled);
+    eprintln!(
+        "a send on a stalled connection failed with {:?} after {:?}",
+        stalled.code(),
+        started.elapsed()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || async { !ready(&app).await }).await,
+        "pings time out, so /ready turns 503"
+    );
+    let refused = send_one(&app, "s", "still stalled")
+        .await
+        .expect_err("held");
+    retryable(&refused);
+
+    proxy.pass();
+    assert!(
+        wait_for(Duration::from_secs(5), || async { ready(&app).await }).await,
+        "ready again"
+    );
+    send_one(&app, "s", "after").await.expect("sends again");
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            fake.open() == POOL && proxy.open() == POOL
+        })
+        .await,
+        "fake has {} and proxy {} connections open, pool is {POOL}",
+        fake.open(),
+        proxy.open()
+    );
+}
+
+#[tokio::test]
+async fn answers_slower_than_operation_timeout_end_in_deadline_exceeded_and_the_pool_recovers() {
+    let fake = FakeIggy::start().await;
+    let proxy = Proxy::start(fake.addr).await;
+    let app = gateway(FakeIggy::url(proxy.addr)).await;
+
+    fake.answer_sends_after(Duration::from_millis(1_500));
+    let slow = send_one(&app, "s", "slow").await.expect_err("too slow");
+    assert_eq!(slow.code(), Code::DeadlineExceeded, "{slow:?}");
+
+    fake.answer_sends_after(Duration::ZERO);
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            send_one(&app, "s", "again").await.is_ok()
+        })
+        .await,
+        "sends succeed once the server answers in time"
+    );
+    // The same, slowed on the way: every chunk held past the operation timeout.
+    proxy.delay(Duration::from_millis(1_500));
+    let slow = send_one(&app, "s", "slow").await.expect_err("too slow");
+    retryable(&slow);
+    proxy.pass();
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            send_one(&app, "s", "again").await.is_ok()
+        })
+        .await,
+        "sends succeed once the network is quick again"
+    );
+    // The connections that timed out were rebuilt, not kept busy beside new ones.
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            fake.open() == POOL && proxy.open() == POOL
+        })
+        .await,
+        "fake has {} and proxy {} connections open, pool is {POOL}",
+        fake.open(),
+        proxy.open()
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_and_a_subscription_step_past_a_hole_iggy_cannot_read() {
+    let fake = FakeIggy::start().await;
+    // Ten messages; Iggy refuses to read offsets 3, 4 and 5.
+    fake.hold(10, 3..6);
+    let app = gateway(FakeIggy::url(fake.addr)).await;
+
+    let next = proto::PollMessagesRequest {
+        stream: "s".into(),
+        topic: "t".into(),
+        partition_id: 0,
+        consumer: "billing".into(),
+        strategy: proto::PollingStrategy::Next.into(),
+        count: 100,
+        auto_commit: true,
+        ..Default::default()
+    };
+    let first = app.poll(next.clone()).await;
+    assert_eq!(
+        payloads(&first),
+        ["m0", "m1", "m2"],
+        "what lies before the hole"
+    );
+    let second = app.poll(next.clone()).await;
+    assert_eq!(
+        payloads(&second),
+        ["m6", "m7", "m8", "m9"],
+        "stepped past it"
+    );
+    assert_eq!(
+        second.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        [6, 7, 8, 9]
+    );
+    assert_eq!(fake.stored(), Some(9), "the consumer moved past the hole");
+
+    let stats = stats(&app).await;
+    assert_eq!(stats["holes_skipped"], 1);
+    assert_eq!(stats["offsets_skipped"], 3);
+    let metrics = app
+        .http1
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("iggy_gateway_backend_holes_skipped_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("iggy_gateway_backend_offsets_skipped_total 3"));
+
+    // A subscription from the start reads the same messages and goes on after the hole.
+    let mut stream = app
+        .subscribe(proto::SubscribeRequest {
+            stream: "s".into(),
+            topic: "t".into(),
+            partition_id: Some(0),
+            strategy: proto::PollingStrategy::First.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribed");
+    let mut offsets = Vec::new();
+    while offsets.len() < 7 {
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("a message in time")
+            .expect("ok")
+            .expect("open");
+        if let Some(proto::subscribe_response::Event::Message(message)) = item.event {
+            offsets.push(message.offset);
+        }
+    }
+    assert_eq!(offsets, [0, 1, 2, 6, 7, 8, 9]);
+}
+
+#[tokio::test]
+async fn an_invalid_offset_refusal_names_the_offset_asked_for() {
+    let fake = FakeIggy::start().await;
+    fake.hold(3, 0..0);
+    let app = gateway(FakeIggy::url(fake.addr)).await;
+    let refused = app
+        .messages
+        .clone()
+        .store_consumer_offset(proto::StoreConsumerOffsetRequest {
+            stream: "s".into(),
+            topic: "t".into(),
+            consumer: "billing".into(),
+            partition_id: 0,
+            offset: Some(1000),
+        })
+        .await
+        .expect_err("past the head");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("1000"), "{}", refused.message());
+    assert!(
+        !refused.message().contains("offset: 0"),
+        "{}",
+        refused.message()
+    );
+}
+
+#[tokio::test]
+async fn the_stats_say_what_the_backend_makes_of_an_acknowledgement() {
+    let embedded = crate::helpers::spawn_app().await;
+    let stats = stats(&embedded).await;
+    assert_eq!(stats["backend_durability"], "fsync");
+
+    // The fake does not show its configuration: the gateway says it cannot tell.
+    let fake = FakeIggy::start().await;
+    let app = gateway(FakeIggy::url(fake.addr)).await;
+    let stats = self::stats(&app).await;
+    assert_eq!(stats["backend_durability"], "unknown");
+    assert!(
+        stats["backend_durability_detail"]
+            .as_str()
+            .expect("text")
+            .contains("enforce_fsync"),
+        "{stats}"
+    );
+}
+
+/// The real server's address and connection string, or a visible skip.
+fn real_server() -> Option<(String, std::net::SocketAddr)> {
+    let url = match std::env::var("IGGY_TEST_CONNECTION_STRING") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            eprintln!(
+                "SKIPPED: IGGY_TEST_CONNECTION_STRING is unset; no real Iggy server to test against"
+            );
+            return None;
+        }
+    };
+    let host = url.rsplit('@').next().expect("host").trim_end_matches('/');
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+        .expect("resolves")
+        .next()
+        .expect("an address");
+    let credentials = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('@').next());
+    Some((credentials.expect("credentials").to_owned(), addr))
+}
+
+#[tokio::test]
+async fn on_real_iggy_the_durability_settings_are_read_from_the_server() {
+    let Some((credentials, addr)) = real_server() else {
+        return;
+    };
+    let app = gateway(format!("iggy://{credentials}@{addr}")).await;
+    let stats = stats(&app).await;
+    let word = stats["backend_durability"].as_str().expect("word");
+    assert!(
+        ["server-fsync", "server-buffered"].contains(&word),
+        "{stats}"
+    );
+    eprintln!("{}", stats["backend_durability_detail"]);
+}
+
+#[tokio::test]
+async fn on_real_iggy_no_acknowledged_message_is_missing_after_cuts_mid_load() {
+    let Some((credentials, addr)) = real_server() else {
+        return;
+    };
+    let proxy = Proxy::start(addr).await;
+    let app = Arc::new(gateway(format!("iggy://{credentials}@{}", proxy.addr)).await);
+    let stream = format!("gw-faults-{}", uuid::Uuid::now_v7().simple());
+    app.create_stream(&stream).await;
+    app.create_topic(&stream, "t", 1).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let (app, stop, stream) = (Arc::clone(&app), Arc::clone(&stop), stream.clone());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    match send_one(&app, &stream, &format!("w{writer}-{n}")).await {
+                        Ok(id) => acked.push(id),
+                        Err(status) => retryable(&status),
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.cut();
+        assert!(
+            wait_for(Duration::from_secs(5), || async { !ready(&app).await }).await,
+            "not ready while cut"
+        );
+        proxy.pass();
+        assert!(
+            wait_for(Duration::from_secs(10), || async { ready(&app).await }).await,
+            "ready again"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = BTreeSet::new();
+    for writer in writers {
+        acked.extend(writer.await.expect("writer"));
+    }
+
+    let mut stored = BTreeSet::new();
+    let mut offset = 0;
+    loop {
+        let polled = app.poll_from(&stream, "t", 0, offset, 1000).await;
+        let Some(last) = polled.messages.last() else {
+            break;
+        };
+        offset = last.offset + 1;
+        stored.extend(polled.messages.iter().map(|m| m.id.clone()));
+    }
+    let missing: Vec<_> = acked.difference(&stored).collect();
+    eprintln!(
+        "{} acknowledged, {} stored (duplicates from re-sends are allowed), {} missing",
+        acked.len(),
+        stored.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "acknowledged but missing: {missing:?}");
+    app.streams
+        .clone()
+        .delete_stream(proto::DeleteStreamRequest {
+            stream,
+            ..Default::default()
+        })
+        .await
+        .expect("deleted");
+}
