@@ -306,13 +306,22 @@ async fn a_consumer_and_a_subscription_step_past_a_hole_iggy_cannot_read() {
         auto_commit: true,
         ..Default::default()
     };
-    let first = app.poll(next.clone()).await;
-    assert_eq!(
-        payloads(&first),
-        ["m0", "m1", "m2"],
-        "what lies before the hole"
-    );
-    let second = app.poll(next.clone()).await;
+    // What lies before the hole comes first, in order, over as many polls as the backend's
+    // reads split it into (a read spoiled by the hole is retried shorter).
+    let mut before = Vec::new();
+    let second = loop {
+        let polled = app.poll(next.clone()).await;
+        if polled.messages.first().is_some_and(|m| m.offset >= 3) {
+            break polled;
+        }
+        assert!(
+            !polled.messages.is_empty() && before.len() < 3,
+            "polls before the hole answered {before:?}, then {:?}",
+            payloads(&polled)
+        );
+        before.extend(payloads(&polled));
+    };
+    assert_eq!(before, ["m0", "m1", "m2"], "what lies before the hole");
     assert_eq!(
         payloads(&second),
         ["m6", "m7", "m8", "m9"],
