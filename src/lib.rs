@@ -31,6 +31,7 @@ pub mod codec;
 pub mod config;
 pub mod extensions;
 pub mod grpc;
+pub mod identity;
 pub mod layers;
 pub mod listener;
 pub mod metrics;

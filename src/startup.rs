@@ -24,7 +24,8 @@ use crate::{
     },
     config::Config,
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
-    layers::{self, rate_limit},
+    identity,
+    layers::{self, Scopes, rate_limit},
     listener::{self, ListenerSettings},
     metrics::Metrics,
     ops,
@@ -174,7 +175,21 @@ impl Application {
             Duration::from_millis(config.telemetry.stats_refresh_interval_ms),
             subscriptions_stop.clone(),
         );
+        // API_KEY's keys and the keys file's, reloaded on SIGHUP and when the file changes.
+        let keys = Arc::new(config.auth.key_ring().map_err(StartupError::Config)?);
+        if let Some(path) = keys.file() {
+            tracing::info!(path = %path.display(), keys = keys.current().len(), "keys file loaded");
+            identity::spawn_reloader(
+                Arc::clone(&keys),
+                Duration::from_millis(config.auth.api_keys_reload_interval_ms),
+                subscriptions_stop.clone(),
+            )
+            .map_err(|err| StartupError::Internal(format!("cannot listen for SIGHUP: {err}")))?;
+        }
+        let scopes =
+            Scopes::new(Arc::clone(&keys), Arc::clone(&metrics)).map_err(StartupError::Internal)?;
         let routes = routes(
+            scopes,
             Arc::clone(&broker),
             Arc::clone(&stats),
             config.limits(),
@@ -195,7 +210,7 @@ impl Application {
             Arc::clone(&stats),
         ));
         let (router, rate_limit) =
-            layers::apply(router, &config.layer_settings(), Arc::clone(&metrics));
+            layers::apply(router, &config.layer_settings(), Arc::clone(&metrics), keys);
         if let Some(rate_limit) = rate_limit {
             // Keeps the limiter's memory bounded under many distinct clients.
             rate_limit::spawn_sweeper(rate_limit, Duration::from_secs(10));
@@ -392,8 +407,11 @@ async fn require_backend(broker: &dyn Broker, wait: Duration) -> Result<(), Star
 /// One router for every protocol: REST's router is the base (so an unknown path answers as
 /// REST, not as gRPC), and each gRPC service is mounted under its own `/package.Service/`
 /// prefix, wrapped in its own gRPC-Web translation (wrapping the whole router would answer
-/// plain HTTP/1.1 REST calls with 400). REST reaches the same service instances.
+/// plain HTTP/1.1 REST calls with 400). REST reaches the same service instances. Each API
+/// service is guarded by `scopes`, on both ways in, so every protocol meets the same check.
+#[allow(clippy::too_many_arguments)]
 fn routes(
+    scopes: Scopes,
     broker: Arc<dyn Broker>,
     stats: Arc<Stats>,
     limits: Limits,
@@ -430,11 +448,11 @@ fn routes(
     // REST calls the same service instances, in process, over the gRPC protocol.
     let mut grpc_only = Routes::builder();
     grpc_only
-        .add_service(streams.clone())
-        .add_service(topics.clone())
-        .add_service(messages.clone())
-        .add_service(events.clone())
-        .add_service(stats.clone());
+        .add_service(scopes.guard(GrpcPaths::new(streams.clone())))
+        .add_service(scopes.guard(GrpcPaths::new(topics.clone())))
+        .add_service(scopes.guard(GrpcPaths::new(messages.clone())))
+        .add_service(scopes.guard(GrpcPaths::new(events.clone())))
+        .add_service(scopes.guard(GrpcPaths::new(stats.clone())));
     let table = rest::route_table().map_err(StartupError::Internal)?;
     let rest = rest::router(
         table,
@@ -449,11 +467,11 @@ fn routes(
         GrpcPaths::new(GrpcWebLayer::new().layer(service))
     }
     Ok(Routes::from(rest)
-        .add_service(web(streams))
-        .add_service(web(topics))
-        .add_service(web(messages))
-        .add_service(web(events))
-        .add_service(web(stats))
+        .add_service(scopes.guard(web(streams)))
+        .add_service(scopes.guard(web(topics)))
+        .add_service(scopes.guard(web(messages)))
+        .add_service(scopes.guard(web(events)))
+        .add_service(scopes.guard(web(stats)))
         .add_service(web(health_service))
         .add_service(web(reflection_v1))
         .add_service(web(reflection_v1alpha))

@@ -27,6 +27,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("codec", 6),
     ("answer", 5),
     ("broker", 4),
+    ("identity", 4),
     ("metrics", 3),
     ("budget", 2),
     ("extensions", 2),

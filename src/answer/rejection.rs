@@ -50,6 +50,8 @@ pub struct Rejection {
     pub retry_after: Option<Duration>,
     /// Extra headers for both protocols (`WWW-Authenticate`, `RateLimit-*`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `ErrorInfo.metadata` (gRPC) and the problem's `metadata` (REST): what the reason is about.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl Rejection {
@@ -61,7 +63,13 @@ impl Rejection {
             message: message.into(),
             retry_after: None,
             headers: Vec::new(),
+            metadata: Vec::new(),
         }
+    }
+
+    pub fn metadata(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.metadata.push((key.to_owned(), value.into()));
+        self
     }
 
     pub fn http_status(mut self, status: StatusCode) -> Self {
@@ -93,7 +101,14 @@ impl Rejection {
         let mut response = match protocol {
             Protocol::Grpc | Protocol::GrpcWeb => {
                 let mut details = ErrorDetails::new();
-                details.set_error_info(self.reason, ERROR_DOMAIN, []);
+                details.set_error_info(
+                    self.reason,
+                    ERROR_DOMAIN,
+                    self.metadata
+                        .iter()
+                        .cloned()
+                        .collect::<std::collections::HashMap<_, _>>(),
+                );
                 if let Some(wait) = self.retry_after {
                     details.set_retry_info(Some(wait));
                 }
@@ -109,7 +124,9 @@ impl Rejection {
             }
             Protocol::Rest => {
                 let mut problem = Problem::new(self.http, self.reason, self.message);
-                problem = problem.with_request_id(request_id);
+                problem = problem
+                    .with_request_id(request_id)
+                    .with_metadata(self.metadata.clone());
                 problem.into_response()
             }
         };

@@ -16,6 +16,10 @@ pub const ERROR_DOMAIN: &str = "iggy-gateway";
 /// answers it as 412 Precondition Failed (see `problem.rs`).
 pub const ETAG_MISMATCH: &str = "ETAG_MISMATCH";
 
+/// The reason of a call refused because its key lacks the scope it needs on what it names;
+/// `ErrorInfo.metadata` holds `scope`, `target` and `identity`.
+pub const SCOPE_MISSING: &str = "SCOPE_MISSING";
+
 /// How long a caller should wait before retrying an unavailable backend.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -76,6 +80,25 @@ pub fn broker_status(err: BrokerError) -> Status {
         }
     };
     Status::with_error_details(code, message, details)
+}
+
+/// PERMISSION_DENIED: `identity` lacks `scope` on `target` (a stream, `stream/topic` or `*`).
+pub fn scope_missing(identity: &str, scope: &str, target: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        SCOPE_MISSING,
+        ERROR_DOMAIN,
+        [
+            ("scope".to_owned(), scope.to_owned()),
+            ("target".to_owned(), target.to_owned()),
+            ("identity".to_owned(), identity.to_owned()),
+        ],
+    );
+    Status::with_error_details(
+        Code::PermissionDenied,
+        format!("the key '{identity}' lacks scope '{scope}' on '{target}'"),
+        details,
+    )
 }
 
 /// A request field that failed validation: INVALID_ARGUMENT with a `BadRequest` violation

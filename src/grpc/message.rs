@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{
-    body_to_payload, headers_from_proto, identifier, message_id, message_id_text, polled_to_proto,
-    timestamp_micros, topic_ref,
+use super::{
+    access::{Answers, Want, access_of, authorize, charge, guard_stream},
+    convert::{
+        body_to_payload, headers_from_proto, identifier, message_id, message_id_text,
+        polled_to_proto, timestamp_micros, topic_ref,
+    },
 };
 use crate::{
     answer::{broker_status, invalid_field},
@@ -14,6 +17,7 @@ use crate::{
         Broker, ConsumerOffsetRef, MAX_HEADERS_PER_MESSAGE, NewMessage, Partitioning, PollMessages,
         PollingStrategy, SendMessages, headers_size,
     },
+    identity::{Class, Target},
     proto::{self, message_service_server::MessageService},
     subscription::{self, Delivery, Event, Subscription, Subscriptions},
 };
@@ -166,6 +170,15 @@ fn consumer_ref(
     })
 }
 
+/// What a subscription's delivery counts against the consume byte quota: its message's
+/// payload and headers (a heartbeat nothing).
+fn delivered_bytes(delivery: &Delivery) -> usize {
+    match &delivery.event {
+        Event::Message { message, .. } => message.size(),
+        Event::Heartbeat(_) => 0,
+    }
+}
+
 /// One item of a subscription's stream as `SubscribeResponse`; an error ends the stream.
 fn delivery_to_proto(item: subscription::Item) -> Result<proto::SubscribeResponse, Status> {
     let Delivery { cursor, event } = item?;
@@ -193,10 +206,7 @@ fn delivery_to_proto(item: subscription::Item) -> Result<proto::SubscribeRespons
 
 #[tonic::async_trait]
 impl MessageService for MessageApi {
-    type SubscribeStream = futures_util::stream::Map<
-        tokio_stream::wrappers::ReceiverStream<subscription::Item>,
-        fn(subscription::Item) -> Result<proto::SubscribeResponse, Status>,
-    >;
+    type SubscribeStream = Answers<proto::SubscribeResponse>;
 
     async fn subscribe(
         &self,
@@ -207,8 +217,20 @@ impl MessageService for MessageApi {
             .extensions()
             .get::<crate::extensions::ClientIp>()
             .map(|ip| ip.key().network());
+        let access = access_of(&request);
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&topic)],
+        )
+        .await?;
+        // What a reload must still allow for the subscription to go on.
+        let target = access
+            .as_deref()
+            .and_then(|access| access.checked_target().cloned())
+            .unwrap_or(Target::Any);
         let consumer = match request.consumer.as_str() {
             "" => None,
             value => Some(identifier("consumer", value)?),
@@ -248,19 +270,31 @@ impl MessageService for MessageApi {
                 },
             )
             .await?;
+        let deliveries = guard_stream(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+            access,
+            target,
+            delivered_bytes,
+        );
         let to_proto: fn(_) -> _ = delivery_to_proto;
-        Ok(Response::new(futures_util::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-            to_proto,
-        )))
+        Ok(Response::new(Box::pin(futures_util::StreamExt::map(
+            deliveries, to_proto,
+        ))))
     }
 
     async fn send_messages(
         &self,
         request: Request<proto::SendMessagesRequest>,
     ) -> Result<Response<proto::SendMessagesResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&topic)],
+        )
+        .await?;
         let partitioning = match request.partitioning {
             None => Partitioning::Balanced,
             Some(proto::send_messages_request::Partitioning::PartitionId(id)) => {
@@ -274,6 +308,11 @@ impl MessageService for MessageApi {
             }
         };
         let messages = self.new_messages(request.messages)?;
+        charge(
+            access.as_deref(),
+            Class::Produce,
+            messages.iter().map(NewMessage::size).sum(),
+        );
         let ids = messages.iter().map(|m| message_id_text(m.id)).collect();
         self.broker
             .send_messages(SendMessages {
@@ -290,8 +329,15 @@ impl MessageService for MessageApi {
         &self,
         request: Request<proto::PollMessagesRequest>,
     ) -> Result<Response<proto::PollMessagesResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&topic)],
+        )
+        .await?;
         let consumer = match request.consumer.as_str() {
             "" => None,
             value => Some(identifier("consumer", value)?),
@@ -340,6 +386,11 @@ impl MessageService for MessageApi {
             })
             .await
             .map_err(broker_status)?;
+        charge(
+            access.as_deref(),
+            Class::Consume,
+            polled.messages.iter().map(|message| message.size()).sum(),
+        );
         let partition_id = polled.partition_id;
         let last = polled.messages.last().map(|message| message.offset);
         let response = proto::PollMessagesResponse {
@@ -373,6 +424,7 @@ impl MessageService for MessageApi {
         &self,
         request: Request<proto::StoreConsumerOffsetRequest>,
     ) -> Result<Response<proto::StoreConsumerOffsetResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = consumer_ref(
             &request.stream,
@@ -380,6 +432,12 @@ impl MessageService for MessageApi {
             &request.consumer,
             request.partition_id,
         )?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&at.topic)],
+        )
+        .await?;
         // Offset 0 is a position like any other: a request without one is refused, never
         // read as 0 (that would rewind the consumer).
         let offset = request
@@ -396,6 +454,7 @@ impl MessageService for MessageApi {
         &self,
         request: Request<proto::GetConsumerOffsetRequest>,
     ) -> Result<Response<proto::GetConsumerOffsetResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = consumer_ref(
             &request.stream,
@@ -403,6 +462,12 @@ impl MessageService for MessageApi {
             &request.consumer,
             request.partition_id,
         )?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&at.topic)],
+        )
+        .await?;
         let info = self
             .broker
             .get_consumer_offset(at)
@@ -419,6 +484,7 @@ impl MessageService for MessageApi {
         &self,
         request: Request<proto::DeleteConsumerOffsetRequest>,
     ) -> Result<Response<proto::DeleteConsumerOffsetResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = consumer_ref(
             &request.stream,
@@ -426,6 +492,12 @@ impl MessageService for MessageApi {
             &request.consumer,
             request.partition_id,
         )?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&at.topic)],
+        )
+        .await?;
         self.broker
             .delete_consumer_offset(at)
             .await

@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod iggy_backend;
+mod keys;
 mod layers;
 mod messages;
 mod openapi;
