@@ -31,6 +31,7 @@ pub mod codec;
 pub mod config;
 pub mod extensions;
 pub mod grpc;
+pub mod idempotency;
 pub mod identity;
 pub mod layers;
 pub mod listener;

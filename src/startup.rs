@@ -190,6 +190,7 @@ impl Application {
             Scopes::new(Arc::clone(&keys), Arc::clone(&metrics)).map_err(StartupError::Internal)?;
         let routes = routes(
             scopes,
+            config.limits.idempotency(),
             Arc::clone(&broker),
             Arc::clone(&stats),
             config.limits(),
@@ -412,6 +413,7 @@ async fn require_backend(broker: &dyn Broker, wait: Duration) -> Result<(), Star
 #[allow(clippy::too_many_arguments)]
 fn routes(
     scopes: Scopes,
+    idempotency: crate::idempotency::Idempotency,
     broker: Arc<dyn Broker>,
     stats: Arc<Stats>,
     limits: Limits,
@@ -438,9 +440,11 @@ fn routes(
         .max_decoding_message_size(max_request_bytes);
     let topics = TopicServiceServer::new(TopicApi::new(Arc::clone(&broker)))
         .max_decoding_message_size(max_request_bytes);
-    let messages =
-        MessageServiceServer::new(MessageApi::new(Arc::clone(&broker), limits, subscriptions))
-            .max_decoding_message_size(max_request_bytes);
+    let messages = MessageServiceServer::new(
+        MessageApi::new(Arc::clone(&broker), limits, subscriptions)
+            .with_idempotency(Arc::new(idempotency)),
+    )
+    .max_decoding_message_size(max_request_bytes);
     let events = EventServiceServer::new(EventApi::new(broker, limits, default_topic))
         .max_decoding_message_size(max_request_bytes);
     let stats = StatsServiceServer::new(StatsApi::new(stats));

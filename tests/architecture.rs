@@ -23,6 +23,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("rest", 8),
     ("proto", 7),
     ("subscription", 7),
+    ("idempotency", 7),
     ("stats", 7),
     ("codec", 6),
     ("answer", 5),

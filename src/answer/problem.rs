@@ -9,7 +9,7 @@ use serde::Serialize;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use super::ETAG_MISMATCH;
+use super::{ETAG_MISMATCH, IDEMPOTENCY_KEY_REUSED};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -128,6 +128,8 @@ impl Problem {
         // precondition, 412, which HTTP clients and proxies know to answer by reading again.
         let http = if reason == ETAG_MISMATCH {
             StatusCode::PRECONDITION_FAILED
+        } else if reason == IDEMPOTENCY_KEY_REUSED {
+            StatusCode::UNPROCESSABLE_ENTITY
         } else {
             http_status(status.code())
         };

@@ -16,6 +16,10 @@ pub const ERROR_DOMAIN: &str = "iggy-gateway";
 /// answers it as 412 Precondition Failed (see `problem.rs`).
 pub const ETAG_MISMATCH: &str = "ETAG_MISMATCH";
 
+/// The reason of a send whose `Idempotency-Key` was used before with another body; REST
+/// answers it as 422 Unprocessable Content (the IETF httpapi idempotency draft).
+pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+
 /// The reason of a call refused because its key lacks the scope it needs on what it names;
 /// `ErrorInfo.metadata` holds `scope`, `target` and `identity`.
 pub const SCOPE_MISSING: &str = "SCOPE_MISSING";
@@ -34,6 +38,7 @@ pub fn reason(err: &BrokerError) -> &'static str {
         BrokerError::TopicAlreadyExists { .. } => "TOPIC_ALREADY_EXISTS",
         BrokerError::InvalidArgument { .. } => "INVALID_ARGUMENT",
         BrokerError::EtagMismatch { .. } => ETAG_MISMATCH,
+        BrokerError::IdempotencyKeyReused => IDEMPOTENCY_KEY_REUSED,
         BrokerError::Unavailable(_) => "BACKEND_UNAVAILABLE",
         BrokerError::Timeout(_) => "BACKEND_TIMEOUT",
         BrokerError::Unauthenticated(_) => "BACKEND_UNAUTHENTICATED",
@@ -59,6 +64,8 @@ pub fn broker_status(err: BrokerError) -> Status {
         }
         // AIP-154: a stale etag is a failed precondition; the caller reads again and decides.
         BrokerError::EtagMismatch { .. } => (Code::FailedPrecondition, err.to_string()),
+        // The IETF httpapi draft's 422: the key stands for another request.
+        BrokerError::IdempotencyKeyReused => (Code::FailedPrecondition, err.to_string()),
         BrokerError::Unavailable(_) | BrokerError::Timeout(_) => {
             details.set_retry_info(Some(RETRY_AFTER));
             let code = if matches!(err, BrokerError::Timeout(_)) {

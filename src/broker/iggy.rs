@@ -34,8 +34,8 @@ use self::{
 };
 use super::{
     Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag,
-    Identifier, Name, Partitioning, PollMessages, PolledMessages, SendMessages, StoredMessage,
-    StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic, within_bytes,
+    Identifier, Name, Partitioning, PollMessages, PolledMessages, SendMessages, Sent,
+    StoredMessage, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic, within_bytes,
 };
 
 pub struct IggyBroker {
@@ -410,7 +410,10 @@ impl Broker for IggyBroker {
         self.topic_details(&topic).await
     }
 
-    async fn send_messages(&self, request: SendMessages) -> BrokerResult<()> {
+    /// Iggy keeps no idempotency record: a send under a key relies on the deterministic ids the
+    /// gateway gave its messages and on the server's message deduplication
+    /// (`IGGY_SYSTEM_MESSAGE_DEDUPLICATION_ENABLED`), which drops an id it has seen.
+    async fn send_messages(&self, request: SendMessages) -> BrokerResult<Sent> {
         let (stream, topic) = (
             to_iggy_id(&request.topic.stream)?,
             to_iggy_id(&request.topic.topic)?,
@@ -429,7 +432,8 @@ impl Broker for IggyBroker {
             c.send_messages(&stream, &topic, &partitioning, &mut messages)
                 .await
         })
-        .await
+        .await?;
+        Ok(Sent::Stored)
     }
 
     async fn poll_messages(&self, request: PollMessages) -> BrokerResult<PolledMessages> {

@@ -211,6 +211,7 @@ impl EventApi {
                 topic: at,
                 partitioning: Self::partitioning(partition_key)?,
                 messages,
+                idempotency: None,
             })
             .await
             .map_err(broker_status)?;

@@ -12,6 +12,7 @@ mod grpc_web;
 mod health;
 mod helpers;
 mod hostile;
+mod idempotency;
 mod iggy_backend;
 mod keys;
 mod layers;
