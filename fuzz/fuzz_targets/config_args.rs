@@ -55,15 +55,9 @@ fuzz_target!(|data: &[u8]| {
         if key.len() < 12 || mentions > 1 {
             continue;
         }
-        assert!(
-            !debug.contains(key.as_str()),
-            "API key {key:?} in Debug output"
-        );
+        assert!(!debug.contains(key.as_str()), "API key {key:?} in Debug output");
         for (name, value) in &settings {
-            assert!(
-                !value.contains(key.as_str()),
-                "API key {key:?} shown in {name}"
-            );
+            assert!(!value.contains(key.as_str()), "API key {key:?} shown in {name}");
         }
     }
 });

@@ -54,16 +54,12 @@ fn load_settings() -> LayerSettings {
         "5000",
     ];
     // ALLOWED_HOSTS is newer than some revisions of the gateway: used when the flag exists.
-    let hosts = [
-        "--allowed-hosts",
-        "localhost:8080,example.com,[::1],127.0.0.1",
-    ];
+    let hosts = ["--allowed-hosts", "localhost:8080,example.com,[::1],127.0.0.1"];
     let config = Config::load_from(base.iter().chain(hosts.iter()).copied())
         .or_else(|_| Config::load_from(base))
         .map(|(config, _)| config)
         .unwrap_or_else(|err| match err {
-            iggy_gateway::config::LoadError::Info(e)
-            | iggy_gateway::config::LoadError::Invalid(e) => {
+            iggy_gateway::config::LoadError::Info(e) | iggy_gateway::config::LoadError::Invalid(e) => {
                 panic!("the layers target's own configuration must load: {e}")
             }
         });
@@ -88,24 +84,20 @@ fuzz_target!(|data: &[u8]| {
         let gateway = Gateway::new();
         let inner = gateway
             .http_router()
-            .layer(tower::util::MapRequestLayer::new(
-                |request: http::Request<axum::body::Body>| {
-                    let path = request.uri().path();
-                    if !Exempt::HealthChecks.covers(path) && path != "/v1/streams" {
-                        if let Some(query) = request.uri().query() {
-                            assert!(
-                                !form_urlencoded_has_key(query),
-                                "api_key reached the route: {}",
-                                request.uri()
-                            );
-                        }
+            .layer(tower::util::MapRequestLayer::new(|request: http::Request<axum::body::Body>| {
+                let path = request.uri().path();
+                if !Exempt::HealthChecks.covers(path) && path != "/v1/streams" {
+                    if let Some(query) = request.uri().query() {
+                        assert!(
+                            !form_urlencoded_has_key(query),
+                            "api_key reached the route: {}",
+                            request.uri()
+                        );
                     }
-                    request
-                },
-            ));
-        let keys = Arc::new(iggy_gateway::identity::KeyRing::from_static(
-            &settings().auth.keys,
-        ));
+                }
+                request
+            }));
+        let keys = Arc::new(iggy_gateway::identity::KeyRing::from_static(&settings().auth.keys));
         let (router, _limiter) = layers::apply(inner, &settings(), Arc::new(Metrics::new()), keys);
         for request in requests {
             let shown = format!("{} {}", request.method(), request.uri());

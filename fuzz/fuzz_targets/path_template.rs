@@ -19,12 +19,7 @@ fuzz_target!(|data: &[u8]| {
     // The real routes see every path too.
     let table = iggy_gateway_fuzz::route_table_ref();
     for path in std::iter::once(source).chain(paths.iter().copied()) {
-        for method in [
-            http::Method::GET,
-            http::Method::POST,
-            http::Method::DELETE,
-            http::Method::PATCH,
-        ] {
+        for method in [http::Method::GET, http::Method::POST, http::Method::DELETE, http::Method::PATCH] {
             let _ = table.find(&method, path);
         }
     }
@@ -32,27 +27,17 @@ fuzz_target!(|data: &[u8]| {
     let Ok(template) = PathTemplate::parse(source) else {
         return;
     };
-    assert_eq!(
-        template.to_string(),
-        source,
-        "Display must give back the source"
-    );
+    assert_eq!(template.to_string(), source, "Display must give back the source");
     let fields: Vec<String> = template.fields().map(str::to_owned).collect();
     let openapi = template.openapi_path();
     if let Ok(again) = PathTemplate::parse(&openapi) {
         let again_fields: Vec<String> = again.fields().map(str::to_owned).collect();
-        assert_eq!(
-            fields, again_fields,
-            "openapi_path {openapi:?} of {source:?} binds other fields"
-        );
+        assert_eq!(fields, again_fields, "openapi_path {openapi:?} of {source:?} binds other fields");
     }
     for path in paths {
         if let Some(bindings) = template.matches(path) {
             let bound: Vec<&str> = bindings.iter().map(|(f, _)| f.as_str()).collect();
-            assert_eq!(
-                bound, fields,
-                "{source:?} matched {path:?} with other fields"
-            );
+            assert_eq!(bound, fields, "{source:?} matched {path:?} with other fields");
         }
     }
 });
