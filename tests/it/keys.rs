@@ -1214,3 +1214,37 @@ fn a_bad_keys_file_at_start_up_exits_78_naming_it() {
     assert!(text.contains("API_KEYS_FILE"), "{text}");
     assert!(text.contains("sha256"), "{text}");
 }
+
+#[tokio::test]
+async fn openapi_lists_the_scope_of_every_operation() {
+    let app = crate::helpers::spawn_app().await;
+    let document: Value = app
+        .http1
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    let send = &document["paths"]["/v1/streams/{stream}/topics/{topic}/messages"]["post"];
+    assert_eq!(send["x-required-scope"], "write");
+    assert!(
+        send["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("Needs scope `write`") && d.contains("idempotency-key")),
+        "{send}"
+    );
+    let delete = &document["paths"]["/v1/streams/{stream}"]["delete"];
+    assert_eq!(delete["x-required-scope"], "admin");
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("item") {
+            if operation.get("operationId").is_some() {
+                assert!(
+                    operation["x-required-scope"].is_string(),
+                    "{method} {path} lists no scope"
+                );
+            }
+        }
+    }
+}
