@@ -330,7 +330,7 @@ pub fn document(table: &RouteTable) -> Value {
             operation.insert("description".into(), Value::String(text));
         }
         // The scope a key from API_KEYS_FILE needs, as the proto declares it.
-        if let Some(scope) = required_scope(&method) {
+        if let Some(scope) = required_scope(method) {
             operation.insert("x-required-scope".into(), Value::String(scope.into()));
             let note = format!(
                 "Needs scope `{scope}` (API_KEYS_FILE keys) on the stream and topic it names; \
