@@ -284,3 +284,104 @@ impl Policy for Scopes {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::identity::{Grant, Identity};
+
+    fn scopes() -> Scopes {
+        Scopes::new(
+            Arc::new(KeyRing::from_static(&[])),
+            Arc::new(Metrics::new()),
+        )
+        .expect("every RPC declares its scope")
+    }
+
+    fn call(path: &str, identity: Option<Identity>) -> Request<Body> {
+        let mut request = Request::post(path)
+            .header("content-type", "application/grpc")
+            .body(Body::empty())
+            .expect("request");
+        if let Some(identity) = identity {
+            request.extensions_mut().insert(Arc::new(identity));
+        }
+        request
+    }
+
+    fn reader() -> Identity {
+        Identity::named(
+            "reader",
+            [1; 32],
+            vec![Grant::parse("read:orders/*").expect("grant")],
+            None,
+            None,
+        )
+    }
+
+    fn grpc_status(response: &Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn a_success_whose_target_was_never_checked_is_refused() {
+        // A service that answers without calling `Access::check`.
+        let forgetful = service_fn(|_request: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        });
+        let guarded = GuardLayer::new(scopes()).layer(forgetful);
+        let response = guarded
+            .oneshot(call(
+                "/iggy.gateway.v1.StreamService/GetStream",
+                Some(reader()),
+            ))
+            .await
+            .expect("answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(grpc_status(&response), Some("13"), "INTERNAL");
+    }
+
+    #[tokio::test]
+    async fn a_checked_call_passes_and_an_unheld_scope_or_a_missing_identity_is_refused() {
+        let checking = service_fn(|request: Request<Body>| async move {
+            let access = request.extensions().get::<Arc<Access>>().cloned();
+            let checked = access.is_some_and(|access| {
+                access
+                    .check(&[Target::Topic("orders".into(), "created".into())])
+                    .is_ok()
+            });
+            assert!(checked);
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        });
+        let guarded = GuardLayer::new(scopes()).layer(checking);
+        let ok = guarded
+            .clone()
+            .oneshot(call(
+                "/iggy.gateway.v1.MessageService/PollMessages",
+                Some(reader()),
+            ))
+            .await
+            .expect("answers");
+        assert_eq!(grpc_status(&ok), None, "passed through");
+        let refused = guarded
+            .clone()
+            .oneshot(call(
+                "/iggy.gateway.v1.MessageService/SendMessages",
+                Some(reader()),
+            ))
+            .await
+            .expect("answers");
+        assert_eq!(grpc_status(&refused), Some("7"), "PERMISSION_DENIED");
+        let anonymous = guarded
+            .oneshot(call("/iggy.gateway.v1.MessageService/PollMessages", None))
+            .await
+            .expect("answers");
+        assert_eq!(grpc_status(&anonymous), Some("16"), "UNAUTHENTICATED");
+    }
+}

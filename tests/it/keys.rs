@@ -391,6 +391,50 @@ async fn a_read_only_key_polls_and_subscribes_but_cannot_send_on_any_protocol() 
     )
     .await;
     assert_scope_missing(&web_status(&trailers), "write", "*");
+    // A gRPC-Web subscription: its first frame is the stored message.
+    let subscribe = proto::SubscribeRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        strategy: proto::PollingStrategy::First.into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(subscribe.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&subscribe);
+    let response = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.MessageService/Subscribe"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-api-key", "reader-key")
+        .body(framed)
+        .send()
+        .await
+        .expect("subscribed");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("grpc-status").is_none());
+    let mut body = response.bytes_stream();
+    let mut received = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if received.len() >= 5 {
+                let len = u32::from_be_bytes([received[1], received[2], received[3], received[4]])
+                    as usize;
+                if received.len() >= 5 + len {
+                    return proto::SubscribeResponse::decode(&received[5..5 + len])
+                        .expect("a SubscribeResponse");
+                }
+            }
+            let chunk = body.next().await.expect("more").expect("bytes");
+            received.extend_from_slice(&chunk);
+        }
+    })
+    .await
+    .expect("a message in time");
+    assert!(matches!(
+        first.event,
+        Some(proto::subscribe_response::Event::Message(_))
+    ));
 
     // Nothing the reader tried was stored.
     let polled = app
