@@ -635,11 +635,12 @@ async fn direct_embedded(store: &Arc<EmbeddedBroker>, args: &Args, duration: Dur
                 },
                 partitioning: Partitioning::Balanced,
                 messages,
+                idempotency: None,
             };
             store
                 .send_messages(request)
                 .await
-                .map_or(0, |()| count as u64)
+                .map_or(0, |_| count as u64)
         }
     })
     .await

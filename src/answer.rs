@@ -13,4 +13,7 @@ mod status;
 
 pub use problem::{PROBLEM_JSON, Problem, Violation, grpc_code_name, http_status};
 pub use rejection::{Caller, Rejection};
-pub use status::{ERROR_DOMAIN, ETAG_MISMATCH, broker_status, invalid_field, over_budget, reason};
+pub use status::{
+    ERROR_DOMAIN, ETAG_MISMATCH, IDEMPOTENCY_KEY_REUSED, SCOPE_MISSING, broker_status,
+    invalid_field, over_budget, reason, scope_missing,
+};

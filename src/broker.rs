@@ -209,6 +209,29 @@ pub struct SendMessages {
     pub topic: TopicRef,
     pub partitioning: Partitioning,
     pub messages: Vec<NewMessage>,
+    /// With an idempotency key: the record a backend that can keeps with the batch (see
+    /// [`Broker::send_messages`]).
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// What a send under an idempotency key leaves behind: the key (a digest of the caller's
+/// identity and `Idempotency-Key`), a digest of the request, and until when it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub key: [u8; 32],
+    pub fingerprint: [u8; 32],
+    /// Microseconds since the epoch.
+    pub expires_at_micros: u64,
+}
+
+/// How a send ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The batch is stored.
+    Stored,
+    /// The idempotency key's record was there, for the same request: the batch was stored by an
+    /// earlier call and nothing was stored now.
+    Replayed,
 }
 
 /// Where a poll starts, as Iggy defines its polling strategies.
@@ -488,6 +511,9 @@ pub enum BrokerError {
     /// A fault inside the backend (I/O, corruption); not the caller's doing.
     #[error("backend storage error: {0}")]
     Storage(String),
+    /// The idempotency key was used before, by a request with another body; nothing was stored.
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyKeyReused,
 }
 
 impl BrokerError {
@@ -503,6 +529,7 @@ impl BrokerError {
             | BrokerError::TopicAlreadyExists { .. }
             | BrokerError::InvalidArgument { .. }
             | BrokerError::EtagMismatch { .. }
+            | BrokerError::IdempotencyKeyReused
             | BrokerError::Unauthenticated(_)
             | BrokerError::Storage(_) => false,
         }
@@ -588,8 +615,13 @@ pub struct SkippedHoles {
 ///   never sees part of a batch.
 /// - **Ordering:** within a partition, messages get consecutive offsets from 0 in the order
 ///   sent; batches sent one after another by one caller keep that order.
-/// - **Idempotence:** none. A call that fails with a retryable error may still have stored the
-///   batch; a retry can store it again. Ids let a consumer tell duplicates (at-least-once).
+/// - **Idempotence:** none without an idempotency record. A call that fails with a retryable
+///   error may still have stored the batch; a retry can store it again. Ids let a consumer tell
+///   duplicates (at-least-once). With [`SendMessages::idempotency`], a backend that keeps
+///   records (the embedded one) stores the record in the batch's transaction and answers a later
+///   send with the same key `Replayed` (same fingerprint, nothing stored) or
+///   `IdempotencyKeyReused` (another fingerprint) until it expires; one that cannot (Iggy) stores
+///   the batch, whose ids the caller made deterministic for the server's deduplication.
 /// - Metadata calls (create, update, delete, purge) are atomic: they take effect whole or not.
 /// - **Conditional changes:** an update or delete given an expected [`ETag`] fails with
 ///   `EtagMismatch`, changing nothing, when the resource's current etag differs. The embedded
@@ -673,7 +705,7 @@ pub trait Broker: Send + Sync + 'static {
     async fn delete_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo>;
 
     /// Stores a non-empty batch in one partition (see the trait's contract).
-    async fn send_messages(&self, request: SendMessages) -> BrokerResult<()>;
+    async fn send_messages(&self, request: SendMessages) -> BrokerResult<Sent>;
     /// Reads up to `count` messages in offset order; with `auto_commit`, stores the offset of
     /// the last one returned for the consumer.
     async fn poll_messages(&self, request: PollMessages) -> BrokerResult<PolledMessages>;

@@ -95,6 +95,12 @@ pub struct Config {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    /// Print the SHA-256 digest of an API key, as the keys file (API_KEYS_FILE) holds it, and
+    /// exit. Without a value the key is read from standard input (so it stays out of the shell
+    /// history and the process list).
+    #[arg(long, value_name = "KEY", num_args = 0..=1, default_missing_value = "")]
+    pub hash_key: Option<Secret>,
 }
 
 /// What loading the configuration can end in besides a configuration.

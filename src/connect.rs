@@ -33,6 +33,7 @@ use self::request::Codec;
 use crate::{
     answer::{ERROR_DOMAIN, connect},
     extensions::{ClientIp, MatchedRoute, PeerCertificate, Protocol, RequestId},
+    identity::Identity,
     proto,
     rest::{self, framing},
 };
@@ -256,7 +257,11 @@ fn grpc_call(
     let mut call = call
         .body(Body::from(frame))
         .map_err(|err| internal(format!("building the gRPC call: {err}")))?;
-    // Subscriber caps count by client; the request id ties the service's logs to the call.
+    // The scope check below needs the caller's identity; subscriber caps count by client; the
+    // request id ties the service's logs to the call.
+    if let Some(identity) = extensions.get::<Arc<Identity>>() {
+        call.extensions_mut().insert(Arc::clone(identity));
+    }
     if let Some(client) = extensions.get::<ClientIp>() {
         call.extensions_mut().insert(*client);
     }

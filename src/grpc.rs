@@ -2,6 +2,7 @@
 //! calls the [`Broker`](crate::broker::Broker), and maps the answer back; there is no other
 //! logic here. REST reaches the same services through the transcoder.
 
+mod access;
 mod convert;
 mod event;
 mod message;

@@ -16,13 +16,19 @@
 //!    is allowed (the default), so nothing is ever allowed cross-origin;
 //! 8. codecs — gRPC(-Web) bodies other than protobuf are refused in gRPC's terms (UNIMPLEMENTED),
 //!    not with tonic-web's empty 400;
-//! 9. rate limit — the cheapest refusal, before any key is hashed;
-//! 10. API key — authenticate before any work is done for the caller;
+//! 9. API key — authenticate before any work is done for the caller, and give the call its
+//!    identity (anonymous when no key is needed); wrong keys are throttled by the lockout;
+//! 10. rate limit — per client, for calls without a keys-file identity (those are held to their
+//!     own quotas instead, so teams behind one proxy do not share one budget);
 //! 11. concurrency — shed new calls at once when the gateway is full;
 //! 12. timeout — bound each call (a shorter `grpc-timeout` or `Connect-Timeout-Ms` wins);
 //! 13. body limit — refuse oversized bodies before reading them, and bodies beyond what all
 //!     calls together may hold (`MAX_INFLIGHT_BYTES`); a compressed HTTP body
 //!     (`Content-Encoding`) is inflated here, so both limits count what it inflates to.
+//!
+//! Below the router, each of the API's gRPC services is guarded by [`Scopes`] (`scope.rs`):
+//! the scope each RPC needs, and the identity's quotas, checked on the gRPC path that every
+//! protocol reaches (REST and Connect through their in-process calls).
 //!
 //! Every rejection answers in the caller's protocol (see [`protocol`]). Layers never look
 //! inside message bodies. REST calls reach their gRPC service in process, below this stack,
@@ -39,6 +45,7 @@ pub mod metrics;
 pub mod preflight;
 pub mod rate_limit;
 pub mod request_id;
+pub mod scope;
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
@@ -64,6 +71,7 @@ use tracing::Span;
 use crate::{
     budget::InflightBytes,
     extensions::{ClientIp, Protocol, RequestId},
+    identity::KeyRing,
     metrics::Metrics,
 };
 
@@ -76,6 +84,7 @@ pub use metrics::MetricsLayer;
 pub use preflight::PreflightOnlyLayer;
 pub use rate_limit::RateLimit;
 pub use request_id::RequestIdLayer;
+pub use scope::{RpcTable, Scoped, Scopes};
 
 /// Everything the stack is configured with.
 #[derive(Debug, Clone)]
@@ -102,10 +111,12 @@ pub struct LayerSettings {
 }
 
 /// Wraps the router in the stack; returns the rate limiter too, so start-up can sweep it.
+/// `keys` are the keys in force (`API_KEY`'s and the keys file's).
 pub fn apply(
     router: Router,
     settings: &LayerSettings,
     metrics: Arc<Metrics>,
+    keys: Arc<KeyRing>,
 ) -> (Router, Option<RateLimit>) {
     let rate_limit = settings
         .rate_limit
@@ -132,8 +143,11 @@ pub fn apply(
             cors(&settings.cors_origins, &settings.cors_headers).map(PreflightOnlyLayer::new),
         )
         .layer(axum::middleware::from_fn(codecs::protobuf_only))
+        .layer(GuardLayer::new(ApiKey::with_keys(
+            settings.auth.clone(),
+            keys,
+        )))
         .option_layer(rate_limit.clone().map(GuardLayer::new))
-        .layer(GuardLayer::new(ApiKey::new(settings.auth.clone())))
         .layer(GuardLayer::new(Shedding::new(settings.max_concurrent)))
         .layer(TimeoutLayer::new(settings.request_timeout))
         .layer(BodyLimitLayer::new(

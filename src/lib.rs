@@ -32,6 +32,8 @@ pub mod config;
 pub mod connect;
 pub mod extensions;
 pub mod grpc;
+pub mod idempotency;
+pub mod identity;
 pub mod layers;
 pub mod listener;
 pub mod metrics;

@@ -31,6 +31,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    if let Some(key) = &config.hash_key {
+        return hash_key(key.expose());
+    }
     if config.print_config {
         for (name, value) in settings {
             println!("{name}={value}");
@@ -48,6 +51,26 @@ async fn main() -> ExitCode {
     // Off the runtime: the span exporter flushes with a blocking HTTP client.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     code
+}
+
+/// `--hash-key`: the digest of the key given, or of the first line of standard input.
+fn hash_key(given: &str) -> ExitCode {
+    let key = if given.is_empty() {
+        let mut line = String::new();
+        if let Err(err) = std::io::stdin().read_line(&mut line) {
+            eprintln!("iggy-gateway: cannot read the key from standard input: {err}");
+            return ExitCode::from(74);
+        }
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        given.to_owned()
+    };
+    if key.is_empty() {
+        eprintln!("iggy-gateway: --hash-key needs a key (as its value or on standard input)");
+        return ExitCode::from(64);
+    }
+    println!("{}", iggy_gateway::identity::hash_key(&key));
+    ExitCode::SUCCESS
 }
 
 async fn run(config: Config) -> Result<(), StartupError> {

@@ -36,8 +36,31 @@ struct ReasonLabels {
     reason: String,
 }
 
+/// Per identity: the name comes from the keys file (or `api-key`, `anonymous`), never from
+/// the client, so the series stay as many as the file has names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IdentityLabels {
+    identity: String,
+    scope: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IdentityReasonLabels {
+    identity: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IdentityClassLabels {
+    identity: String,
+    class: String,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
+    identity_calls: Family<IdentityLabels, Counter>,
+    identity_refusals: Family<IdentityReasonLabels, Counter>,
+    identity_bytes: Family<IdentityClassLabels, Counter>,
     calls: Family<CallLabels, Counter>,
     latency: Family<ProtocolLabels, Histogram>,
     in_flight: Gauge,
@@ -82,6 +105,9 @@ impl Metrics {
             ])
         });
         let metrics = Self {
+            identity_calls: Family::default(),
+            identity_refusals: Family::default(),
+            identity_bytes: Family::default(),
             calls,
             latency,
             in_flight: Gauge::default(),
@@ -183,6 +209,23 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             metrics.tls_handshake_failures.clone(),
         );
+        registry.register(
+            "identity_calls",
+            "Calls admitted, by identity (keys-file name, api-key or anonymous) and the scope \
+             they needed",
+            metrics.identity_calls.clone(),
+        );
+        registry.register(
+            "identity_refusals",
+            "Calls refused for an identity, by reason (SCOPE_MISSING, QUOTA_EXCEEDED)",
+            metrics.identity_refusals.clone(),
+        );
+        registry.register(
+            "identity_bytes",
+            "Message bytes (payloads and headers) counted against an identity, by class \
+             (produce, consume)",
+            metrics.identity_bytes.clone(),
+        );
         if let Ok(mut slot) = metrics.registry.lock() {
             *slot = registry;
         }
@@ -217,6 +260,36 @@ impl Metrics {
     pub fn count_polled(&self, messages: u64, bytes: u64) {
         self.messages_polled.inc_by(messages);
         self.bytes_polled.inc_by(bytes);
+    }
+
+    /// Counts a call admitted for `identity`, needing `scope`.
+    pub fn identity_call(&self, identity: &str, scope: &str) {
+        self.identity_calls
+            .get_or_create(&IdentityLabels {
+                identity: identity.to_owned(),
+                scope: scope.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a call refused for `identity`, by reason.
+    pub fn identity_refused(&self, identity: &str, reason: &str) {
+        self.identity_refusals
+            .get_or_create(&IdentityReasonLabels {
+                identity: identity.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts message bytes moved for `identity` (`produce` or `consume`).
+    pub fn identity_bytes(&self, identity: &str, class: &str, bytes: u64) {
+        self.identity_bytes
+            .get_or_create(&IdentityClassLabels {
+                identity: identity.to_owned(),
+                class: class.to_owned(),
+            })
+            .inc_by(bytes);
     }
 
     pub fn uptime_seconds(&self) -> u64 {

@@ -25,7 +25,8 @@ use crate::{
     config::Config,
     connect::{Connect, ConnectPaths, ConnectSettings},
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
-    layers::{self, rate_limit},
+    identity,
+    layers::{self, Scoped, Scopes, rate_limit},
     listener::{self, ListenerSettings, Tls},
     metrics::Metrics,
     ops,
@@ -189,7 +190,22 @@ impl Application {
             Duration::from_millis(config.telemetry.stats_refresh_interval_ms),
             subscriptions_stop.clone(),
         );
+        // API_KEY's keys and the keys file's, reloaded on SIGHUP and when the file changes.
+        let keys = Arc::new(config.auth.key_ring().map_err(StartupError::Config)?);
+        if let Some(path) = keys.file() {
+            tracing::info!(path = %path.display(), keys = keys.current().len(), "keys file loaded");
+            identity::spawn_reloader(
+                Arc::clone(&keys),
+                Duration::from_millis(config.auth.api_keys_reload_interval_ms),
+                subscriptions_stop.clone(),
+            )
+            .map_err(|err| StartupError::Internal(format!("cannot listen for SIGHUP: {err}")))?;
+        }
+        let scopes =
+            Scopes::new(Arc::clone(&keys), Arc::clone(&metrics)).map_err(StartupError::Internal)?;
         let routes = routes(
+            scopes,
+            config.limits.idempotency(),
             Arc::clone(&broker),
             Arc::clone(&stats),
             config.limits(),
@@ -216,7 +232,7 @@ impl Application {
             Arc::clone(&stats),
         ));
         let (router, rate_limit) =
-            layers::apply(router, &config.layer_settings(), Arc::clone(&metrics));
+            layers::apply(router, &config.layer_settings(), Arc::clone(&metrics), keys);
         if let Some(rate_limit) = rate_limit {
             // Keeps the limiter's memory bounded under many distinct clients.
             rate_limit::spawn_sweeper(rate_limit, Duration::from_secs(10));
@@ -429,8 +445,12 @@ struct Surfaces {
 /// One router for every protocol: REST's router is the base (so an unknown path answers as
 /// REST, not as gRPC), and each gRPC service is mounted under its own `/package.Service/`
 /// prefix, wrapped in its own gRPC-Web translation (wrapping the whole router would answer
-/// plain HTTP/1.1 REST calls with 400). REST reaches the same service instances.
+/// plain HTTP/1.1 REST calls with 400). REST reaches the same service instances. Each API
+/// service is guarded by `scopes`, on both ways in, so every protocol meets the same check.
+#[allow(clippy::too_many_arguments)]
 fn routes(
+    scopes: Scopes,
+    idempotency: crate::idempotency::Idempotency,
     broker: Arc<dyn Broker>,
     stats: Arc<Stats>,
     limits: Limits,
@@ -475,11 +495,10 @@ fn routes(
     .max_decoding_message_size(max_request_bytes);
     let topics = compressed!(TopicServiceServer::new(TopicApi::new(Arc::clone(&broker))))
         .max_decoding_message_size(max_request_bytes);
-    let messages = compressed!(MessageServiceServer::new(MessageApi::new(
-        Arc::clone(&broker),
-        limits,
-        subscriptions
-    )))
+    let messages = compressed!(MessageServiceServer::new(
+        MessageApi::new(Arc::clone(&broker), limits, subscriptions)
+            .with_idempotency(Arc::new(idempotency))
+    ))
     .max_decoding_message_size(max_request_bytes);
     let events = compressed!(EventServiceServer::new(EventApi::new(
         broker,
@@ -492,11 +511,11 @@ fn routes(
     // REST calls the same service instances, in process, over the gRPC protocol.
     let mut grpc_only = Routes::builder();
     grpc_only
-        .add_service(streams.clone())
-        .add_service(topics.clone())
-        .add_service(messages.clone())
-        .add_service(events.clone())
-        .add_service(stats.clone());
+        .add_service(scopes.guard(GrpcPaths::new(streams.clone())))
+        .add_service(scopes.guard(GrpcPaths::new(topics.clone())))
+        .add_service(scopes.guard(GrpcPaths::new(messages.clone())))
+        .add_service(scopes.guard(GrpcPaths::new(events.clone())))
+        .add_service(scopes.guard(GrpcPaths::new(stats.clone())));
     let grpc_only = grpc_only.routes().prepare().into_axum_router();
     let table = rest::route_table().map_err(StartupError::Internal)?;
     let rest =
@@ -511,18 +530,21 @@ fn routes(
         GrpcPaths::new(GrpcWebLayer::new().layer(service))
     }
     // The API's services also answer Connect calls on their paths (told apart by content type).
+    // Connect calls are translated to the in-process services above, whose scope guard checks
+    // them; the guard here sees gRPC and gRPC-Web calls only, so no call is checked twice.
     fn api<S>(
         connect: &Arc<Connect>,
+        scopes: &Scopes,
         service: S,
-    ) -> ConnectPaths<GrpcPaths<tonic_web::GrpcWebService<S>>> {
-        ConnectPaths::new(web(service), Arc::clone(connect))
+    ) -> ConnectPaths<Scoped<GrpcPaths<tonic_web::GrpcWebService<S>>>> {
+        ConnectPaths::new(scopes.guard(web(service)), Arc::clone(connect))
     }
     Ok(Routes::from(rest)
-        .add_service(api(&connect, streams))
-        .add_service(api(&connect, topics))
-        .add_service(api(&connect, messages))
-        .add_service(api(&connect, events))
-        .add_service(api(&connect, stats))
+        .add_service(api(&connect, &scopes, streams))
+        .add_service(api(&connect, &scopes, topics))
+        .add_service(api(&connect, &scopes, messages))
+        .add_service(api(&connect, &scopes, events))
+        .add_service(api(&connect, &scopes, stats))
         .add_service(web(health_service))
         .add_service(web(reflection_v1))
         .add_service(web(reflection_v1alpha))

@@ -162,8 +162,8 @@ async fn subscribe(gateway: &Gateway, request: proto::SubscribeRequest) {
     let Ok(stream) = result else {
         return;
     };
-    // Response → the service's mapped stream → its channel of domain items (each with its cursor).
-    let mut stream = stream.into_inner().into_inner().into_inner();
+    // The service's stream of answers, each with its cursor.
+    let mut stream = stream.into_inner();
     let mut cursor = None;
     for _ in 0..3 {
         match next(&mut stream).await {
@@ -199,8 +199,8 @@ async fn subscribe(gateway: &Gateway, request: proto::SubscribeRequest) {
 
 /// `tokio_stream` is not a dependency here; the receiver is read directly.
 mod tokio_stream_shim {
-    pub async fn next<T>(receiver: &mut tokio::sync::mpsc::Receiver<T>) -> Option<T> {
-        tokio::time::timeout(std::time::Duration::from_secs(1), receiver.recv())
+    pub async fn next<S: futures_util::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+        tokio::time::timeout(std::time::Duration::from_secs(1), futures_util::StreamExt::next(stream))
             .await
             .ok()
             .flatten()

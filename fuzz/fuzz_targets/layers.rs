@@ -97,7 +97,8 @@ fuzz_target!(|data: &[u8]| {
                 }
                 request
             }));
-        let (router, _limiter) = layers::apply(inner, &settings(), Arc::new(Metrics::new()));
+        let keys = Arc::new(iggy_gateway::identity::KeyRing::from_static(&settings().auth.keys));
+        let (router, _limiter) = layers::apply(inner, &settings(), Arc::new(Metrics::new()), keys);
         for request in requests {
             let shown = format!("{} {}", request.method(), request.uri());
             let grpc = request

@@ -78,8 +78,8 @@ fuzz_target!(|data: &[u8]| {
         let gateway = Gateway::new();
         let started = gateway.messages.subscribe(tonic::Request::new(request)).await;
         let mut receiver = match started {
-            // Response → the service's mapped stream → its channel of domain items (each with its cursor).
-            Ok(stream) => stream.into_inner().into_inner().into_inner(),
+            // The service's stream of answers, each with its cursor.
+            Ok(stream) => stream.into_inner(),
             Err(status) => {
                 assert!(
                     !matches!(status.code(), Code::Internal | Code::Unknown),
@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
             }
         };
         for _ in 0..2 {
-            let item = tokio::time::timeout(std::time::Duration::from_secs(1), receiver.recv()).await;
+            let item = tokio::time::timeout(std::time::Duration::from_secs(1), futures_util::StreamExt::next(&mut receiver)).await;
             let Ok(Some(item)) = item else {
                 break;
             };

@@ -15,7 +15,7 @@ use iggy_gateway::{
     broker::{
         Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag,
         Identifier, Name, PartitionInfo, PolledMessages, PollMessages, PollingStrategy,
-        SendMessages, StoredMessage, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
+        SendMessages, Sent, StoredMessage, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
     },
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
     proto::{
@@ -174,7 +174,7 @@ impl Broker for FakeBroker {
     async fn delete_partitions(&self, topic: TopicRef, _count: u32) -> BrokerResult<TopicInfo> {
         Ok(topic_info(name_of(&topic.topic)))
     }
-    async fn send_messages(&self, request: SendMessages) -> BrokerResult<()> {
+    async fn send_messages(&self, request: SendMessages) -> BrokerResult<Sent> {
         let mut stored = self.messages.lock().expect("lock");
         for message in request.messages {
             let offset = stored.len() as u64;
@@ -186,7 +186,7 @@ impl Broker for FakeBroker {
                 payload: message.payload,
             });
         }
-        Ok(())
+        Ok(Sent::Stored)
     }
     async fn poll_messages(&self, request: PollMessages) -> BrokerResult<PolledMessages> {
         let stored = self.messages.lock().expect("lock");

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{ERROR_DOMAIN, ETAG_MISMATCH};
+use super::{ERROR_DOMAIN, ETAG_MISMATCH, IDEMPOTENCY_KEY_REUSED};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -58,6 +58,9 @@ struct Body {
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub violations: Vec<Violation>,
+    /// `ErrorInfo.metadata`: what the reason is about (the scope missing, the quota exceeded).
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     retry_after_secs: Option<u64>,
     #[serde(skip)]
@@ -75,6 +78,7 @@ impl Problem {
             code: grpc_code_name(status_code_to_grpc(status)).to_owned(),
             request_id: None,
             violations: Vec::new(),
+            metadata: serde_json::Map::new(),
             retry_after_secs: None,
             allow: None,
         }))
@@ -108,14 +112,28 @@ impl Problem {
             .error_info()
             .map(|info| info.reason.clone())
             .unwrap_or_else(|| grpc_code_name(status.code()).to_owned());
+        let metadata = details
+            .error_info()
+            .map(|info| {
+                let mut pairs: Vec<(String, String)> = info
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                pairs.sort();
+                pairs
+            })
+            .unwrap_or_default();
         // FAILED_PRECONDITION is 400 in general; a stale etag is HTTP's own failed
         // precondition, 412, which HTTP clients and proxies know to answer by reading again.
         let http = if reason == ETAG_MISMATCH {
             StatusCode::PRECONDITION_FAILED
+        } else if reason == IDEMPOTENCY_KEY_REUSED {
+            StatusCode::UNPROCESSABLE_ENTITY
         } else {
             http_status(status.code())
         };
-        let mut problem = Self::new(http, &reason, status.message());
+        let mut problem = Self::new(http, &reason, status.message()).with_metadata(metadata);
         problem.0.code = grpc_code_name(status.code()).to_owned();
         if let Some(bad) = details.bad_request() {
             problem.0.violations = bad
@@ -162,6 +180,16 @@ impl Problem {
         let status = StatusCode::PRECONDITION_FAILED;
         self.0.status = status.as_u16();
         self.0.title = status.canonical_reason().unwrap_or("Error").to_owned();
+        self
+    }
+
+    /// Adds `ErrorInfo`'s metadata as the problem's `metadata` member.
+    pub fn with_metadata(mut self, metadata: impl IntoIterator<Item = (String, String)>) -> Self {
+        for (key, value) in metadata {
+            self.0
+                .metadata
+                .insert(key, serde_json::Value::String(value));
+        }
         self
     }
 

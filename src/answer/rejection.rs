@@ -52,6 +52,8 @@ pub struct Rejection {
     pub retry_after: Option<Duration>,
     /// Extra headers for both protocols (`WWW-Authenticate`, `RateLimit-*`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `ErrorInfo.metadata` (gRPC) and the problem's `metadata` (REST): what the reason is about.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl Rejection {
@@ -63,7 +65,13 @@ impl Rejection {
             message: message.into(),
             retry_after: None,
             headers: Vec::new(),
+            metadata: Vec::new(),
         }
+    }
+
+    pub fn metadata(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.metadata.push((key.to_owned(), value.into()));
+        self
     }
 
     pub fn http_status(mut self, status: StatusCode) -> Self {
@@ -94,7 +102,14 @@ impl Rejection {
         let reason = self.reason;
         let status = || {
             let mut details = ErrorDetails::new();
-            details.set_error_info(self.reason, ERROR_DOMAIN, []);
+            details.set_error_info(
+                self.reason,
+                ERROR_DOMAIN,
+                self.metadata
+                    .iter()
+                    .cloned()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            );
             if let Some(wait) = self.retry_after {
                 details.set_retry_info(Some(wait));
             }
@@ -115,7 +130,9 @@ impl Rejection {
             }
             Protocol::Rest => {
                 let mut problem = Problem::new(self.http, self.reason, self.message.clone());
-                problem = problem.with_request_id(request_id);
+                problem = problem
+                    .with_request_id(request_id)
+                    .with_metadata(self.metadata.clone());
                 problem.into_response()
             }
         };

@@ -16,6 +16,14 @@ pub const ERROR_DOMAIN: &str = "iggy-gateway";
 /// answers it as 412 Precondition Failed (see `problem.rs`).
 pub const ETAG_MISMATCH: &str = "ETAG_MISMATCH";
 
+/// The reason of a send whose `Idempotency-Key` was used before with another body; REST
+/// answers it as 422 Unprocessable Content (the IETF httpapi idempotency draft).
+pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+
+/// The reason of a call refused because its key lacks the scope it needs on what it names;
+/// `ErrorInfo.metadata` holds `scope`, `target` and `identity`.
+pub const SCOPE_MISSING: &str = "SCOPE_MISSING";
+
 /// How long a caller should wait before retrying an unavailable backend.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -30,6 +38,7 @@ pub fn reason(err: &BrokerError) -> &'static str {
         BrokerError::TopicAlreadyExists { .. } => "TOPIC_ALREADY_EXISTS",
         BrokerError::InvalidArgument { .. } => "INVALID_ARGUMENT",
         BrokerError::EtagMismatch { .. } => ETAG_MISMATCH,
+        BrokerError::IdempotencyKeyReused => IDEMPOTENCY_KEY_REUSED,
         BrokerError::Unavailable(_) => "BACKEND_UNAVAILABLE",
         BrokerError::Timeout(_) => "BACKEND_TIMEOUT",
         BrokerError::Unauthenticated(_) => "BACKEND_UNAUTHENTICATED",
@@ -55,6 +64,8 @@ pub fn broker_status(err: BrokerError) -> Status {
         }
         // AIP-154: a stale etag is a failed precondition; the caller reads again and decides.
         BrokerError::EtagMismatch { .. } => (Code::FailedPrecondition, err.to_string()),
+        // The IETF httpapi draft's 422: the key stands for another request.
+        BrokerError::IdempotencyKeyReused => (Code::FailedPrecondition, err.to_string()),
         BrokerError::Unavailable(_) | BrokerError::Timeout(_) => {
             details.set_retry_info(Some(RETRY_AFTER));
             let code = if matches!(err, BrokerError::Timeout(_)) {
@@ -94,6 +105,25 @@ pub fn over_budget(exhausted: Exhausted, what: &str) -> Status {
         }
     };
     Status::with_error_details(code, format!("{what}: {exhausted}"), details)
+}
+
+/// PERMISSION_DENIED: `identity` lacks `scope` on `target` (a stream, `stream/topic` or `*`).
+pub fn scope_missing(identity: &str, scope: &str, target: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        SCOPE_MISSING,
+        ERROR_DOMAIN,
+        [
+            ("scope".to_owned(), scope.to_owned()),
+            ("target".to_owned(), target.to_owned()),
+            ("identity".to_owned(), identity.to_owned()),
+        ],
+    );
+    Status::with_error_details(
+        Code::PermissionDenied,
+        format!("the key '{identity}' lacks scope '{scope}' on '{target}'"),
+        details,
+    )
 }
 
 /// A request field that failed validation: INVALID_ARGUMENT with a `BadRequest` violation

@@ -37,8 +37,8 @@ use self::{
 };
 use super::{
     Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic,
-    Durability, ETag, Identifier, Name, PollMessages, PolledMessages, SendMessages, StreamInfo,
-    TopicInfo, TopicRef, UpdateStream, UpdateTopic, now_micros,
+    Durability, ETag, Identifier, Name, PollMessages, PolledMessages, SendMessages, Sent,
+    StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic, now_micros,
 };
 
 /// redb's page cache. Its default (a gigabyte) lets the gateway's memory grow with the data it
@@ -475,7 +475,7 @@ impl Broker for EmbeddedBroker {
         .await
     }
 
-    async fn send_messages(&self, request: SendMessages) -> BrokerResult<()> {
+    async fn send_messages(&self, request: SendMessages) -> BrokerResult<Sent> {
         let stopped = || BrokerError::Storage("the store's writer has stopped".into());
         let queue = self.queue.as_ref().ok_or_else(stopped)?;
         let (done, reply) = oneshot::channel();

@@ -42,8 +42,8 @@ use self::{
 use super::{
     Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic,
     Durability, ETag, Identifier, Name, Partitioning, PollMessages, PolledMessages,
-    PollingStrategy, SendMessages, SkippedHoles, StreamInfo, TopicInfo, TopicRef, UpdateStream,
-    UpdateTopic,
+    PollingStrategy, SendMessages, Sent, SkippedHoles, StreamInfo, TopicInfo, TopicRef,
+    UpdateStream, UpdateTopic,
 };
 
 pub struct IggyBroker {
@@ -571,7 +571,10 @@ impl Broker for IggyBroker {
         self.topic_details(&topic).await
     }
 
-    async fn send_messages(&self, request: SendMessages) -> BrokerResult<()> {
+    /// Iggy keeps no idempotency record: a send under a key relies on the deterministic ids the
+    /// gateway gave its messages and on the server's message deduplication
+    /// (`IGGY_SYSTEM_MESSAGE_DEDUPLICATION_ENABLED`), which drops an id it has seen.
+    async fn send_messages(&self, request: SendMessages) -> BrokerResult<Sent> {
         let (stream, topic) = (
             to_iggy_id(&request.topic.stream)?,
             to_iggy_id(&request.topic.topic)?,
@@ -590,7 +593,8 @@ impl Broker for IggyBroker {
             c.send_messages(&stream, &topic, &partitioning, &mut messages)
                 .await
         })
-        .await
+        .await?;
+        Ok(Sent::Stored)
     }
 
     async fn poll_messages(&self, request: PollMessages) -> BrokerResult<PolledMessages> {

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::{
     Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, Durability, ETag,
-    Identifier, Name, PollMessages, PolledMessages, SendMessages, SkippedHoles, StreamInfo,
+    Identifier, Name, PollMessages, PolledMessages, SendMessages, Sent, SkippedHoles, StreamInfo,
     TopicInfo, TopicRef, UpdateStream, UpdateTopic,
 };
 use crate::metrics::Metrics;
@@ -98,16 +98,18 @@ impl Broker for MeteredBroker {
     async fn delete_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
         self.inner.delete_partitions(topic, count).await
     }
-    async fn send_messages(&self, request: SendMessages) -> BrokerResult<()> {
+    async fn send_messages(&self, request: SendMessages) -> BrokerResult<Sent> {
         let count = request.messages.len() as u64;
         let bytes: u64 = request
             .messages
             .iter()
             .map(|m| m.payload.len() as u64)
             .sum();
-        self.inner.send_messages(request).await?;
-        self.metrics.count_sent(count, bytes);
-        Ok(())
+        let sent = self.inner.send_messages(request).await?;
+        if sent == Sent::Stored {
+            self.metrics.count_sent(count, bytes);
+        }
+        Ok(sent)
     }
     async fn poll_messages(&self, request: PollMessages) -> BrokerResult<PolledMessages> {
         let polled = self.inner.poll_messages(request).await?;

@@ -5,7 +5,7 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use clap::Args;
 
-use crate::layers::AuthSettings;
+use crate::{identity::KeyRing, layers::AuthSettings};
 
 /// API keys; never printed (its `Debug` says how many there are, nothing more).
 #[derive(Clone, PartialEq, Eq)]
@@ -43,6 +43,17 @@ pub struct AuthConfig {
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<ApiKeys>,
 
+    /// A file of named keys with scopes, quotas and expiry (TOML, or YAML by its `.yaml` /
+    /// `.yml` extension); reloaded on SIGHUP and when it changes. `API_KEY`'s keys keep full
+    /// access beside it.
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
+    /// How often the keys file is read to see whether it changed, in milliseconds; 0: only on
+    /// SIGHUP.
+    #[arg(long, env = "API_KEYS_RELOAD_INTERVAL_MS", default_value_t = 5000)]
+    pub api_keys_reload_interval_ms: u64,
+
     /// Paths reachable without a key (the gRPC health service always is).
     #[arg(
         long,
@@ -72,9 +83,20 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
-    /// No key is set (`API_KEY` unset, or only commas and blanks): anyone may call.
+    /// No key is set (`API_KEY` unset, or only commas and blanks, and no `API_KEYS_FILE`):
+    /// anyone may call.
     pub fn is_keyless(&self) -> bool {
-        self.api_key.as_ref().is_none_or(|keys| keys.0.is_empty())
+        self.api_key.as_ref().is_none_or(|keys| keys.0.is_empty()) && self.api_keys_file.is_none()
+    }
+
+    /// `API_KEY`'s keys and the keys file, read now (a file that does not load is an error).
+    pub fn key_ring(&self) -> Result<KeyRing, String> {
+        let keys = self
+            .api_key
+            .as_ref()
+            .map(|keys| keys.0.clone())
+            .unwrap_or_default();
+        KeyRing::load(&keys, self.api_keys_file.clone())
     }
 
     /// The settings of the API key layer.

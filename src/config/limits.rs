@@ -30,6 +30,18 @@ pub struct LimitsConfig {
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub poll_max_bytes: u64,
 
+    /// How long, in seconds, a send's `Idempotency-Key` is remembered: a retry within it is
+    /// answered from the first send (the embedded store keeps the record across restarts).
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub idempotency_ttl_secs: u64,
+
+    /// Most idempotency keys remembered in memory at once; beyond it the oldest answers are
+    /// forgotten first (the embedded store's records still answer a retry).
+    #[arg(long, env = "IDEMPOTENCY_MAX_ENTRIES", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub idempotency_max_entries: u64,
+
     /// Largest payload of one message, in bytes.
     #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
@@ -103,6 +115,14 @@ impl LimitsConfig {
             message_max_bytes: self.max_message_size as usize,
             poll_max_bytes: usize::try_from(self.poll_max_bytes).unwrap_or(usize::MAX),
         }
+    }
+
+    /// Sends under an `Idempotency-Key`: remembered this long, this many at most.
+    pub fn idempotency(&self) -> crate::idempotency::Idempotency {
+        crate::idempotency::Idempotency::new(
+            std::time::Duration::from_secs(self.idempotency_ttl_secs),
+            usize::try_from(self.idempotency_max_entries).unwrap_or(usize::MAX),
+        )
     }
 
     /// The listener's limits, given the open-files limit in force (`None`: unknown).

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use super::{
+    access::{Want, access_of, authorize, charge},
     convert::{BODY_FORM_HEADER, identifier, message_id_text, timestamp},
     message::Limits,
     polls,
@@ -16,8 +17,10 @@ use crate::{
     answer::{broker_status, invalid_field},
     broker::{
         Broker, ConsumerOffsetRef, HeaderValue, Headers, Identifier, Name, NewMessage,
-        Partitioning, PollMessages, PollingStrategy, SendMessages, TopicRef, now_micros,
+        Partitioning, PollMessages, PollingStrategy, SendMessages, StoredMessage, TopicRef,
+        now_micros,
     },
+    identity::{Access, Class},
     proto::{self, event_service_server::EventService},
 };
 
@@ -126,20 +129,37 @@ impl EventApi {
         })
     }
 
-    async fn publish(
+    /// The topic addressed, once the caller's scope on it is checked.
+    async fn authorized(
         &self,
+        access: Option<&Access>,
         stream: &str,
         topic: &str,
+    ) -> Result<(TopicRef, String, String), Status> {
+        let target = self.target(stream, topic)?;
+        authorize(self.broker.as_ref(), access, &[Want::Topic(&target.0)]).await?;
+        Ok(target)
+    }
+
+    async fn publish(
+        &self,
+        access: Option<&Access>,
+        (at, stream, topic): (TopicRef, String, String),
         partition_key: &str,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<proto::PublishEventResponse>, Status> {
-        let (at, stream, topic) = self.target(stream, topic)?;
+        charge(
+            access,
+            Class::Produce,
+            messages.iter().map(NewMessage::size).sum(),
+        );
         let ids: Vec<String> = messages.iter().map(|m| message_id_text(m.id)).collect();
         self.broker
             .send_messages(SendMessages {
                 topic: at,
                 partitioning: Self::partitioning(partition_key)?,
                 messages,
+                idempotency: None,
             })
             .await
             .map_err(broker_status)?;
@@ -163,12 +183,16 @@ impl EventService for EventApi {
         &self,
         request: Request<proto::PublishEventRequest>,
     ) -> Result<Response<proto::PublishEventResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
+        let target = self
+            .authorized(access.as_deref(), &request.stream, &request.topic)
+            .await?;
         let message = self.event_message("event", request.event)?;
         let mut results = self
             .publish(
-                &request.stream,
-                &request.topic,
+                access.as_deref(),
+                target,
                 &request.partition_key,
                 vec![message],
             )
@@ -183,7 +207,11 @@ impl EventService for EventApi {
         &self,
         request: Request<proto::PublishEventsRequest>,
     ) -> Result<Response<proto::PublishEventsResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
+        let target = self
+            .authorized(access.as_deref(), &request.stream, &request.topic)
+            .await?;
         if request.events.is_empty() {
             return Err(invalid_field("events", "must hold at least one event"));
         }
@@ -204,12 +232,7 @@ impl EventService for EventApi {
             .map(|(index, event)| self.event_message(&format!("events[{index}]"), Some(event)))
             .collect::<Result<Vec<_>, _>>()?;
         let results = self
-            .publish(
-                &request.stream,
-                &request.topic,
-                &request.partition_key,
-                messages,
-            )
+            .publish(access.as_deref(), target, &request.partition_key, messages)
             .await?;
         Ok(Response::new(proto::PublishEventsResponse { results }))
     }
@@ -218,8 +241,11 @@ impl EventService for EventApi {
         &self,
         request: Request<proto::PollEventsRequest>,
     ) -> Result<Response<proto::PollEventsResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
-        let (at, _, _) = self.target(&request.stream, &request.topic)?;
+        let (at, _, _) = self
+            .authorized(access.as_deref(), &request.stream, &request.topic)
+            .await?;
         let count = request.count.unwrap_or(DEFAULT_POLL_COUNT);
         if count == 0 || count > self.limits.poll_max {
             return Err(invalid_field(
@@ -248,6 +274,11 @@ impl EventService for EventApi {
             .await
             .map_err(broker_status)?;
         polls::charge_polled(&polled.messages)?;
+        charge(
+            access.as_deref(),
+            Class::Consume,
+            polled.messages.iter().map(StoredMessage::size).sum(),
+        );
         let last = polled.messages.last().map(|message| message.offset);
         let messages: Vec<proto::PolledEvent> = polled
             .messages

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
+    access::{Answers, Want, access_of, authorize, charge, guard_stream},
     convert::{
         body_to_payload, headers_from_proto, identifier, message_id, message_id_text,
         polled_to_proto, timestamp_micros, topic_ref,
@@ -14,9 +15,12 @@ use super::{
 use crate::{
     answer::{broker_status, invalid_field},
     broker::{
-        Broker, ConsumerOffsetRef, MAX_HEADERS_PER_MESSAGE, NewMessage, Partitioning, PollMessages,
-        PollingStrategy, SendMessages, headers_size,
+        Broker, BrokerError, ConsumerOffsetRef, IdempotencyRecord, MAX_HEADERS_PER_MESSAGE,
+        NewMessage, Partitioning, PollMessages, PollingStrategy, SendMessages, Sent, headers_size,
+        now_micros,
     },
+    idempotency::{self, Begin, Fingerprint, Idempotency},
+    identity::{ANONYMOUS, Class, Target},
     proto::{self, message_service_server::MessageService},
     subscription::{self, Delivery, Event, Subscription, Subscriptions},
 };
@@ -50,15 +54,33 @@ pub struct MessageApi {
     broker: Arc<dyn Broker>,
     limits: Limits,
     subscriptions: Subscriptions,
+    idempotency: Arc<Idempotency>,
 }
 
+/// The metadata (REST: header) that makes a send idempotent, and the one that marks an answer
+/// given again.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
 impl MessageApi {
+    /// With idempotency keys remembered for a day, at most 100,000 of them (see
+    /// [`MessageApi::with_idempotency`]).
     pub fn new(broker: Arc<dyn Broker>, limits: Limits, subscriptions: Subscriptions) -> Self {
         Self {
             broker,
             limits,
             subscriptions,
+            idempotency: Arc::new(Idempotency::new(
+                std::time::Duration::from_secs(86_400),
+                100_000,
+            )),
         }
+    }
+
+    /// Sends under an `Idempotency-Key` are coordinated by `idempotency`.
+    pub fn with_idempotency(mut self, idempotency: Arc<Idempotency>) -> Self {
+        self.idempotency = idempotency;
+        self
     }
 
     fn new_messages(&self, messages: Vec<proto::Message>) -> Result<Vec<NewMessage>, Status> {
@@ -169,6 +191,49 @@ fn consumer_ref(
     })
 }
 
+/// An answer given again for an idempotency key: the original ids, marked replayed.
+fn replayed(ids: Vec<String>) -> Response<proto::SendMessagesResponse> {
+    let mut response = Response::new(proto::SendMessagesResponse { ids });
+    response.metadata_mut().insert(
+        IDEMPOTENT_REPLAYED,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    response
+}
+
+/// A digest of everything a send asks for: where it goes and each message (id, headers,
+/// body), so a retry is told from another request under the same key.
+fn fingerprint(
+    stream: &str,
+    topic: &str,
+    partitioning: &Partitioning,
+    messages: &[NewMessage],
+) -> [u8; 32] {
+    let mut digest = Fingerprint::default();
+    digest.part(stream.as_bytes()).part(topic.as_bytes());
+    match partitioning {
+        Partitioning::Balanced => digest.part(b"balanced"),
+        Partitioning::PartitionId(id) => digest.part(b"partition").part(&id.to_be_bytes()),
+        Partitioning::Key(key) => digest.part(b"key").part(key),
+    };
+    for message in messages {
+        digest
+            .part(&message.id.to_be_bytes())
+            .part(&postcard::to_allocvec(&message.headers).unwrap_or_default())
+            .part(&message.payload);
+    }
+    digest.finish()
+}
+
+/// What a subscription's delivery counts against the consume byte quota: its message's
+/// payload and headers (a heartbeat nothing).
+fn delivered_bytes(delivery: &Delivery) -> usize {
+    match &delivery.event {
+        Event::Message { message, .. } => message.size(),
+        Event::Heartbeat(_) => 0,
+    }
+}
+
 /// One item of a subscription's stream as `SubscribeResponse`; an error ends the stream.
 fn delivery_to_proto(item: subscription::Item) -> Result<proto::SubscribeResponse, Status> {
     let Delivery { cursor, event } = item?;
@@ -196,10 +261,7 @@ fn delivery_to_proto(item: subscription::Item) -> Result<proto::SubscribeRespons
 
 #[tonic::async_trait]
 impl MessageService for MessageApi {
-    type SubscribeStream = futures_util::stream::Map<
-        tokio_stream::wrappers::ReceiverStream<subscription::Item>,
-        fn(subscription::Item) -> Result<proto::SubscribeResponse, Status>,
-    >;
+    type SubscribeStream = Answers<proto::SubscribeResponse>;
 
     async fn subscribe(
         &self,
@@ -210,8 +272,20 @@ impl MessageService for MessageApi {
             .extensions()
             .get::<crate::extensions::ClientIp>()
             .map(|ip| ip.key().network());
+        let access = access_of(&request);
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&topic)],
+        )
+        .await?;
+        // What a reload must still allow for the subscription to go on.
+        let target = access
+            .as_deref()
+            .and_then(|access| access.checked_target().cloned())
+            .unwrap_or(Target::Any);
         let consumer = match request.consumer.as_str() {
             "" => None,
             value => Some(identifier("consumer", value)?),
@@ -251,19 +325,47 @@ impl MessageService for MessageApi {
                 },
             )
             .await?;
+        let deliveries = guard_stream(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+            access,
+            target,
+            delivered_bytes,
+        );
         let to_proto: fn(_) -> _ = delivery_to_proto;
-        Ok(Response::new(futures_util::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-            to_proto,
-        )))
+        Ok(Response::new(Box::pin(futures_util::StreamExt::map(
+            deliveries, to_proto,
+        ))))
     }
 
     async fn send_messages(
         &self,
         request: Request<proto::SendMessagesRequest>,
     ) -> Result<Response<proto::SendMessagesResponse>, Status> {
+        let access = access_of(&request);
+        let key = match request.metadata().get(IDEMPOTENCY_KEY) {
+            None => None,
+            Some(value) => match value.to_str() {
+                Ok(key) if idempotency::valid_key(key) => Some(key.to_owned()),
+                _ => {
+                    return Err(invalid_field(
+                        IDEMPOTENCY_KEY,
+                        format!(
+                            "must be 1 to {} visible ASCII characters",
+                            idempotency::MAX_KEY_LEN
+                        ),
+                    ));
+                }
+            },
+        };
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&topic)],
+        )
+        .await?;
+        let (stream_text, topic_text) = (request.stream.clone(), request.topic.clone());
         let partitioning = match request.partitioning {
             None => Partitioning::Balanced,
             Some(proto::send_messages_request::Partitioning::PartitionId(id)) => {
@@ -276,25 +378,86 @@ impl MessageService for MessageApi {
                 Partitioning::Key(key.into_bytes())
             }
         };
-        let messages = self.new_messages(request.messages)?;
-        let ids = messages.iter().map(|m| message_id_text(m.id)).collect();
-        self.broker
+        let given: Vec<bool> = request.messages.iter().map(|m| !m.id.is_empty()).collect();
+        let mut messages = self.new_messages(request.messages)?;
+        let Some(key) = key else {
+            charge(
+                access.as_deref(),
+                Class::Produce,
+                messages.iter().map(NewMessage::size).sum(),
+            );
+            let ids = messages.iter().map(|m| message_id_text(m.id)).collect();
+            self.broker
+                .send_messages(SendMessages {
+                    topic,
+                    partitioning,
+                    messages,
+                    idempotency: None,
+                })
+                .await
+                .map_err(broker_status)?;
+            return Ok(Response::new(proto::SendMessagesResponse { ids }));
+        };
+
+        // Under a key: ids the client left out are derived from (identity, key, index), and
+        // the request is known by its fingerprint.
+        let identity = access
+            .as_deref()
+            .map_or(ANONYMOUS, |access| access.identity().name())
+            .to_owned();
+        for (index, message) in messages.iter_mut().enumerate() {
+            if !given[index] {
+                message.id = idempotency::message_id(&identity, &key, index);
+            }
+        }
+        let fingerprint = fingerprint(&stream_text, &topic_text, &partitioning, &messages);
+        let record_key = idempotency::record_key(&identity, &key);
+        let ids: Vec<String> = messages.iter().map(|m| message_id_text(m.id)).collect();
+        let ticket = match self.idempotency.begin(record_key, fingerprint).await {
+            Begin::Replay(ids) => return Ok(replayed(ids)),
+            Begin::Conflict => return Err(broker_status(BrokerError::IdempotencyKeyReused)),
+            Begin::Run(ticket) => ticket,
+        };
+        let expires_at_micros = now_micros()
+            .saturating_add(u64::try_from(self.idempotency.ttl().as_micros()).unwrap_or(u64::MAX));
+        let bytes = messages.iter().map(NewMessage::size).sum();
+        let sent = self
+            .broker
             .send_messages(SendMessages {
                 topic,
                 partitioning,
                 messages,
+                idempotency: Some(IdempotencyRecord {
+                    key: record_key,
+                    fingerprint,
+                    expires_at_micros,
+                }),
             })
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::SendMessagesResponse { ids }))
+        ticket.answered(ids.clone());
+        Ok(match sent {
+            Sent::Stored => {
+                charge(access.as_deref(), Class::Produce, bytes);
+                Response::new(proto::SendMessagesResponse { ids })
+            }
+            Sent::Replayed => replayed(ids),
+        })
     }
 
     async fn poll_messages(
         &self,
         request: Request<proto::PollMessagesRequest>,
     ) -> Result<Response<proto::PollMessagesResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&topic)],
+        )
+        .await?;
         let consumer = match request.consumer.as_str() {
             "" => None,
             value => Some(identifier("consumer", value)?),
@@ -344,6 +507,11 @@ impl MessageService for MessageApi {
             .await
             .map_err(broker_status)?;
         polls::charge_polled(&polled.messages)?;
+        charge(
+            access.as_deref(),
+            Class::Consume,
+            polled.messages.iter().map(|message| message.size()).sum(),
+        );
         let partition_id = polled.partition_id;
         let last = polled.messages.last().map(|message| message.offset);
         let response = proto::PollMessagesResponse {
@@ -377,6 +545,7 @@ impl MessageService for MessageApi {
         &self,
         request: Request<proto::StoreConsumerOffsetRequest>,
     ) -> Result<Response<proto::StoreConsumerOffsetResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = consumer_ref(
             &request.stream,
@@ -384,6 +553,12 @@ impl MessageService for MessageApi {
             &request.consumer,
             request.partition_id,
         )?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&at.topic)],
+        )
+        .await?;
         // Offset 0 is a position like any other: a request without one is refused, never
         // read as 0 (that would rewind the consumer).
         let offset = request
@@ -400,6 +575,7 @@ impl MessageService for MessageApi {
         &self,
         request: Request<proto::GetConsumerOffsetRequest>,
     ) -> Result<Response<proto::GetConsumerOffsetResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = consumer_ref(
             &request.stream,
@@ -407,6 +583,12 @@ impl MessageService for MessageApi {
             &request.consumer,
             request.partition_id,
         )?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&at.topic)],
+        )
+        .await?;
         let info = self
             .broker
             .get_consumer_offset(at)
@@ -423,6 +605,7 @@ impl MessageService for MessageApi {
         &self,
         request: Request<proto::DeleteConsumerOffsetRequest>,
     ) -> Result<Response<proto::DeleteConsumerOffsetResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = consumer_ref(
             &request.stream,
@@ -430,6 +613,12 @@ impl MessageService for MessageApi {
             &request.consumer,
             request.partition_id,
         )?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Topic(&at.topic)],
+        )
+        .await?;
         self.broker
             .delete_consumer_offset(at)
             .await

@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::timestamp;
+use super::{
+    access::{access_of, authorize_any},
+    convert::timestamp,
+};
 use crate::{
     proto::{self, stats_service_server::StatsService},
     stats::Stats,
@@ -25,8 +28,9 @@ impl StatsApi {
 impl StatsService for StatsApi {
     async fn get_stats(
         &self,
-        _request: Request<proto::GetStatsRequest>,
+        request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
+        authorize_any(access_of(&request).as_deref())?;
         let report = self.stats.report();
         let backend = report.backend;
         Ok(Response::new(proto::GetStatsResponse {

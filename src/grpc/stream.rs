@@ -4,10 +4,14 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{expected_etag, identifier, name, stream_to_proto};
+use super::{
+    access::{Want, access_of, authorize},
+    convert::{expected_etag, identifier, name, stream_to_proto},
+};
 use crate::{
     answer::broker_status,
-    broker::{Broker, UpdateStream},
+    broker::{Broker, StreamInfo, UpdateStream},
+    identity::{Access, Target},
     proto::{self, stream_service_server::StreamService},
 };
 
@@ -22,14 +26,32 @@ impl StreamApi {
     }
 }
 
+/// Only the topics the key may read, when it may not read them all.
+fn readable_topics(access: Option<&Access>, mut stream: StreamInfo) -> StreamInfo {
+    if let Some(access) = access.filter(|access| !access.is_unrestricted()) {
+        let name = stream.name.clone();
+        stream
+            .topics
+            .retain(|topic| access.allows(&Target::Topic(name.clone(), topic.name.clone())));
+    }
+    stream
+}
+
 #[tonic::async_trait]
 impl StreamService for StreamApi {
     async fn create_stream(
         &self,
         request: Request<proto::CreateStreamRequest>,
     ) -> Result<Response<proto::CreateStreamResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let name = name("name", &request.name)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::NewStream(name.as_str())],
+        )
+        .await?;
         let stream = self
             .broker
             .create_stream(name)
@@ -44,24 +66,42 @@ impl StreamService for StreamApi {
         &self,
         request: Request<proto::GetStreamRequest>,
     ) -> Result<Response<proto::GetStreamResponse>, Status> {
+        let access = access_of(&request);
         let stream = identifier("stream", &request.into_inner().stream)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::StreamView(&stream)],
+        )
+        .await?;
         let stream = self
             .broker
             .get_stream(stream)
             .await
             .map_err(broker_status)?;
         Ok(Response::new(proto::GetStreamResponse {
-            stream: Some(stream_to_proto(stream)),
+            stream: Some(stream_to_proto(readable_topics(access.as_deref(), stream))),
         }))
     }
 
     async fn list_streams(
         &self,
-        _request: Request<proto::ListStreamsRequest>,
+        request: Request<proto::ListStreamsRequest>,
     ) -> Result<Response<proto::ListStreamsResponse>, Status> {
+        let access = access_of(&request);
+        authorize(self.broker.as_ref(), access.as_deref(), &[Want::Any]).await?;
         let streams = self.broker.list_streams().await.map_err(broker_status)?;
+        // A key sees the streams it may look into, and nothing of the others.
         Ok(Response::new(proto::ListStreamsResponse {
-            streams: streams.into_iter().map(stream_to_proto).collect(),
+            streams: streams
+                .into_iter()
+                .filter(|stream| {
+                    access.as_deref().is_none_or(|access| {
+                        access.allows(&Target::StreamView(stream.name.clone()))
+                    })
+                })
+                .map(stream_to_proto)
+                .collect(),
         }))
     }
 
@@ -69,12 +109,22 @@ impl StreamService for StreamApi {
         &self,
         request: Request<proto::UpdateStreamRequest>,
     ) -> Result<Response<proto::UpdateStreamResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let update = UpdateStream {
             stream: identifier("stream", &request.stream)?,
             name: name("name", &request.name)?,
             expected: expected_etag(&request.etag),
         };
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[
+                Want::Stream(&update.stream),
+                Want::NewStream(update.name.as_str()),
+            ],
+        )
+        .await?;
         let stream = self
             .broker
             .update_stream(update)
@@ -89,8 +139,15 @@ impl StreamService for StreamApi {
         &self,
         request: Request<proto::DeleteStreamRequest>,
     ) -> Result<Response<proto::DeleteStreamResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let stream = identifier("stream", &request.stream)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Stream(&stream)],
+        )
+        .await?;
         self.broker
             .delete_stream(stream, expected_etag(&request.etag))
             .await
@@ -102,7 +159,14 @@ impl StreamService for StreamApi {
         &self,
         request: Request<proto::PurgeStreamRequest>,
     ) -> Result<Response<proto::PurgeStreamResponse>, Status> {
+        let access = access_of(&request);
         let stream = identifier("stream", &request.into_inner().stream)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::Stream(&stream)],
+        )
+        .await?;
         self.broker
             .purge_stream(stream)
             .await

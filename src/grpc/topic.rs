@@ -4,13 +4,17 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{
-    compression_from_proto, duration_micros, expected_etag, identifier, name, topic_ref,
-    topic_to_proto,
+use super::{
+    access::{Want, access_of, authorize},
+    convert::{
+        compression_from_proto, duration_micros, expected_etag, identifier, name, topic_ref,
+        topic_to_proto,
+    },
 };
 use crate::{
     answer::{broker_status, invalid_field},
-    broker::{Broker, Compression, CreateTopic, MAX_PARTITIONS, UpdateTopic},
+    broker::{Broker, Compression, CreateTopic, Identifier, MAX_PARTITIONS, UpdateTopic},
+    identity::Target,
     proto::{self, topic_service_server::TopicService},
 };
 
@@ -45,10 +49,21 @@ impl TopicService for TopicApi {
         &self,
         request: Request<proto::CreateTopicRequest>,
     ) -> Result<Response<proto::CreateTopicResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
+        let (stream, name) = (
+            identifier("stream", &request.stream)?,
+            name("name", &request.name)?,
+        );
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::NewTopic(&stream, name.as_str())],
+        )
+        .await?;
         let create = CreateTopic {
-            stream: identifier("stream", &request.stream)?,
-            name: name("name", &request.name)?,
+            stream,
+            name,
             partitions_count: partitions_count(
                 match request.partitions_count {
                     0 => request.partitions,
@@ -80,8 +95,10 @@ impl TopicService for TopicApi {
         &self,
         request: Request<proto::GetTopicRequest>,
     ) -> Result<Response<proto::GetTopicResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = topic_ref(&request.stream, &request.topic)?;
+        authorize(self.broker.as_ref(), access.as_deref(), &[Want::Topic(&at)]).await?;
         let topic = self.broker.get_topic(at).await.map_err(broker_status)?;
         Ok(Response::new(proto::GetTopicResponse {
             topic: Some(topic_to_proto(topic)),
@@ -92,14 +109,44 @@ impl TopicService for TopicApi {
         &self,
         request: Request<proto::ListTopicsRequest>,
     ) -> Result<Response<proto::ListTopicsResponse>, Status> {
+        let access = access_of(&request);
         let stream = identifier("stream", &request.into_inner().stream)?;
+        authorize(
+            self.broker.as_ref(),
+            access.as_deref(),
+            &[Want::StreamView(&stream)],
+        )
+        .await?;
+        // The name patterns match against (an id was looked up by the check above).
+        let stream_name = match (&stream, access.as_deref()) {
+            (_, Some(access)) if !access.is_unrestricted() => Some(match &stream {
+                Identifier::Name(name) => name.clone(),
+                Identifier::Id(_) => {
+                    self.broker
+                        .get_stream(stream.clone())
+                        .await
+                        .map_err(broker_status)?
+                        .name
+                }
+            }),
+            _ => None,
+        };
         let topics = self
             .broker
             .list_topics(stream)
             .await
             .map_err(broker_status)?;
         Ok(Response::new(proto::ListTopicsResponse {
-            topics: topics.into_iter().map(topic_to_proto).collect(),
+            topics: topics
+                .into_iter()
+                .filter(|topic| match (&stream_name, access.as_deref()) {
+                    (Some(stream), Some(access)) => {
+                        access.allows(&Target::Topic(stream.clone(), topic.name.clone()))
+                    }
+                    _ => true,
+                })
+                .map(topic_to_proto)
+                .collect(),
         }))
     }
 
@@ -107,6 +154,7 @@ impl TopicService for TopicApi {
         &self,
         request: Request<proto::UpdateTopicRequest>,
     ) -> Result<Response<proto::UpdateTopicResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let update = UpdateTopic {
             topic: topic_ref(&request.stream, &request.topic)?,
@@ -128,6 +176,11 @@ impl TopicService for TopicApi {
                 .map(replication_factor)
                 .transpose()?,
         };
+        let mut wants = vec![Want::Topic(&update.topic)];
+        if let Some(name) = &update.name {
+            wants.push(Want::NewTopic(&update.topic.stream, name.as_str()));
+        }
+        authorize(self.broker.as_ref(), access.as_deref(), &wants).await?;
         let topic = self
             .broker
             .update_topic(update)
@@ -142,8 +195,10 @@ impl TopicService for TopicApi {
         &self,
         request: Request<proto::DeleteTopicRequest>,
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = topic_ref(&request.stream, &request.topic)?;
+        authorize(self.broker.as_ref(), access.as_deref(), &[Want::Topic(&at)]).await?;
         self.broker
             .delete_topic(at, expected_etag(&request.etag))
             .await
@@ -155,8 +210,10 @@ impl TopicService for TopicApi {
         &self,
         request: Request<proto::PurgeTopicRequest>,
     ) -> Result<Response<proto::PurgeTopicResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = topic_ref(&request.stream, &request.topic)?;
+        authorize(self.broker.as_ref(), access.as_deref(), &[Want::Topic(&at)]).await?;
         self.broker.purge_topic(at).await.map_err(broker_status)?;
         Ok(Response::new(proto::PurgeTopicResponse {}))
     }
@@ -165,8 +222,10 @@ impl TopicService for TopicApi {
         &self,
         request: Request<proto::CreatePartitionsRequest>,
     ) -> Result<Response<proto::CreatePartitionsResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = topic_ref(&request.stream, &request.topic)?;
+        authorize(self.broker.as_ref(), access.as_deref(), &[Want::Topic(&at)]).await?;
         let count = partitions_count(request.partitions_count, MAX_PARTITIONS)?;
         let topic = self
             .broker
@@ -182,8 +241,10 @@ impl TopicService for TopicApi {
         &self,
         request: Request<proto::DeletePartitionsRequest>,
     ) -> Result<Response<proto::DeletePartitionsResponse>, Status> {
+        let access = access_of(&request);
         let request = request.into_inner();
         let at = topic_ref(&request.stream, &request.topic)?;
+        authorize(self.broker.as_ref(), access.as_deref(), &[Want::Topic(&at)]).await?;
         let count = partitions_count(request.partitions_count, MAX_PARTITIONS)?;
         let topic = self
             .broker

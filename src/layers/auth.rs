@@ -22,12 +22,14 @@ use axum::{
     http::{HeaderValue, Request, header},
 };
 use ipnet::IpNet;
-use sha2::{Digest, Sha256};
-use subtle::{Choice, ConstantTimeEq};
 use tonic::Code;
 
 use super::guard::{Exempt, Policy};
-use crate::{answer::Rejection, extensions::ClientIp};
+use crate::{
+    answer::Rejection,
+    extensions::ClientIp,
+    identity::{Authenticated, KeyRing},
+};
 
 /// Most clients whose failures are remembered; beyond it the stalest unlocked ones are
 /// forgotten, and never a client that is locked out.
@@ -125,7 +127,7 @@ fn saturating_add(now: Instant, mut wait: Duration) -> Instant {
 }
 
 struct AuthState {
-    digests: Vec<[u8; 32]>,
+    keys: Arc<KeyRing>,
     bypass_paths: Vec<String>,
     allow_query_param: bool,
     max_failures: u32,
@@ -140,10 +142,17 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
+    /// `API_KEY`'s keys alone (no keys file).
     pub fn new(settings: AuthSettings) -> Self {
+        let keys = Arc::new(KeyRing::from_static(&settings.keys));
+        Self::with_keys(settings, keys)
+    }
+
+    /// The keys of `keys` (`API_KEY`'s and the keys file's); `settings.keys` is not read.
+    pub fn with_keys(settings: AuthSettings, keys: Arc<KeyRing>) -> Self {
         Self {
             state: Arc::new(AuthState {
-                digests: settings.keys.iter().map(|key| digest(key)).collect(),
+                keys,
                 bypass_paths: settings.bypass_paths,
                 allow_query_param: settings.allow_query_param,
                 max_failures: settings.max_failures.max(1),
@@ -155,19 +164,10 @@ impl ApiKey {
     }
 }
 
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
 impl AuthState {
+    #[cfg(test)]
     fn valid(&self, presented: &str) -> bool {
-        let presented = digest(presented);
-        // Every configured key is compared, so timing does not tell which one matched.
-        let mut matched = Choice::from(0);
-        for key in &self.digests {
-            matched |= key.ct_eq(&presented);
-        }
-        matched.into()
+        matches!(self.keys.authenticate(presented), Authenticated::Valid(_))
     }
 
     /// How long `client` is still locked out, if it is.
@@ -266,7 +266,9 @@ impl Policy for ApiKey {
     fn check(&self, request: &mut Request<Body>) -> Result<(), Rejection> {
         let state = &self.state;
         let path = request.uri().path();
-        if state.digests.is_empty() || state.bypass_paths.iter().any(|bypass| bypass == path) {
+        // Every call that goes on carries an identity: the scope layer refuses one without.
+        if !state.keys.enabled() || state.bypass_paths.iter().any(|bypass| bypass == path) {
+            request.extensions_mut().insert(state.keys.anonymous());
             return Ok(());
         }
         let client = request.extensions().get::<ClientIp>().map_or(
@@ -274,14 +276,24 @@ impl Policy for ApiKey {
             ClientIp::key,
         );
         // A valid key is checked before the lockout, so it is never refused by one.
-        let (reason, message) = match presented_key(request, state.allow_query_param) {
-            Some(key) if state.valid(&key) => {
+        let (reason, message) = match presented_key(request, state.allow_query_param)
+            .map(|key| state.keys.authenticate(&key))
+        {
+            Some(Authenticated::Valid(identity)) => {
                 if state.allow_query_param {
                     strip_key_from_query(request);
                 }
+                request.extensions_mut().insert(identity);
                 return Ok(());
             }
-            Some(_) => ("API_KEY_INVALID", "the API key is not valid"),
+            Some(Authenticated::Expired(identity)) => {
+                tracing::info!(
+                    identity = identity.name(),
+                    "an expired API key was presented"
+                );
+                ("API_KEY_EXPIRED", "the API key has expired")
+            }
+            Some(Authenticated::Invalid) => ("API_KEY_INVALID", "the API key is not valid"),
             None => (
                 "API_KEY_MISSING",
                 "an API key is required (x-api-key or authorization: Bearer)",

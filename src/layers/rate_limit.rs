@@ -2,7 +2,8 @@
 //! `RATE_LIMIT_BURST` at once, per [`ClientIp::key`] (an IPv6 client's whole prefix, /64 by
 //! default, shares one budget). Over the limit, REST gets 429 with `Retry-After` and
 //! `RateLimit-*` headers; gRPC gets RESOURCE_EXHAUSTED with `RetryInfo`. Health checks are never
-//! limited. Memory stays bounded: idle clients are swept out. Hand-written rather than
+//! limited, and neither are calls with a key from the keys file, which the identity's own
+//! quotas govern (`layers/scope.rs`). Memory stays bounded: idle clients are swept out. Hand-written rather than
 //! tower_governor's layer, whose error handler cannot see the request (ARCHITECTURE.md).
 
 use std::{
@@ -24,7 +25,7 @@ use ipnet::IpNet;
 use tonic::Code;
 
 use super::guard::{Exempt, Policy};
-use crate::{answer::Rejection, extensions::ClientIp};
+use crate::{answer::Rejection, extensions::ClientIp, identity::Identity};
 
 /// Above this many tracked clients, idle ones are swept at once rather than on the timer.
 const MAX_TRACKED_CLIENTS: usize = 100_000;
@@ -64,6 +65,15 @@ impl Policy for RateLimit {
     const EXEMPT: Exempt = Exempt::HealthChecks;
 
     fn check(&self, request: &mut Request<Body>) -> Result<(), Rejection> {
+        // A keys-file identity is held to its own quotas (the scope layer), wherever it calls
+        // from: many teams behind one proxy must not share one address's budget.
+        if request
+            .extensions()
+            .get::<Arc<Identity>>()
+            .is_some_and(|identity| identity.is_named())
+        {
+            return Ok(());
+        }
         let client = request.extensions().get::<ClientIp>().map_or(
             IpNet::from(IpAddr::from(Ipv4Addr::UNSPECIFIED)),
             ClientIp::key,

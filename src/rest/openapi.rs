@@ -11,6 +11,23 @@ use super::{
     transcode::{CURSOR_FIELD, PROBLEM_EVENT},
 };
 
+/// `read`, `write` or `admin`: the method's `iggy.gateway.v1.required_scope`.
+fn required_scope(method: &prost_reflect::MethodDescriptor) -> Option<&'static str> {
+    let extension = method
+        .parent_pool()
+        .get_extension_by_name("iggy.gateway.v1.required_scope")?;
+    let options = method.options();
+    if !options.has_extension(&extension) {
+        return None;
+    }
+    match options.get_extension(&extension).as_enum_number()? {
+        1 => Some("read"),
+        2 => Some("write"),
+        3 => Some("admin"),
+        _ => None,
+    }
+}
+
 /// The leading comment of the element at `path` in a file, as a description.
 fn comment(file: &FileDescriptorProto, path: &[i32]) -> Option<String> {
     let info = file.source_code_info.as_ref()?;
@@ -311,6 +328,19 @@ pub fn document(table: &RouteTable) -> Value {
             };
             operation.insert("summary".into(), Value::String(summary));
             operation.insert("description".into(), Value::String(text));
+        }
+        // The scope a key from API_KEYS_FILE needs, as the proto declares it.
+        if let Some(scope) = required_scope(method) {
+            operation.insert("x-required-scope".into(), Value::String(scope.into()));
+            let note = format!(
+                "Needs scope `{scope}` (API_KEYS_FILE keys) on the stream and topic it names; \
+                 without it: 403, reason SCOPE_MISSING."
+            );
+            let described = match operation.get("description").and_then(Value::as_str) {
+                Some(text) => format!("{text}\n\n{note}"),
+                None => note,
+            };
+            operation.insert("description".into(), Value::String(described));
         }
         parameters.extend(conditional::openapi_parameters(route));
         operation.insert("parameters".into(), Value::Array(parameters));

@@ -23,7 +23,8 @@ use tower::ServiceExt;
 
 use crate::{
     answer::{Problem, methods},
-    extensions::{ClientIp, MatchedRoute},
+    extensions::{ClientIp, MatchedRoute, RejectedFor, RequestId},
+    identity::Identity,
     rest::conditional,
 };
 
@@ -41,13 +42,57 @@ use super::{
 };
 
 /// Request headers passed on to the gRPC service as metadata.
-const FORWARDED_HEADERS: [&str; 5] = [
+const FORWARDED_HEADERS: [&str; 6] = [
     "x-request-id",
     "traceparent",
     "tracestate",
     "authorization",
     "x-api-key",
+    "idempotency-key",
 ];
+
+/// Headers of the gRPC answer that the REST answer carries too: quota advice on a refusal, and
+/// whether a send was answered from the idempotency record.
+const ECHOED_HEADERS: [&str; 4] = [
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "idempotent-replayed",
+];
+
+/// What the REST answer takes over from the in-process gRPC answer: [`ECHOED_HEADERS`] and why
+/// a layer below refused the call (so the metrics count the refusal by reason).
+#[derive(Debug, Default)]
+struct Echo {
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+    rejected: Option<RejectedFor>,
+}
+
+impl Echo {
+    fn of(parts: &axum::http::response::Parts) -> Self {
+        Self {
+            headers: ECHOED_HEADERS
+                .iter()
+                .filter_map(|name| {
+                    parts
+                        .headers
+                        .get(*name)
+                        .map(|value| (header::HeaderName::from_static(name), value.clone()))
+                })
+                .collect(),
+            rejected: parts.extensions.get::<RejectedFor>().copied(),
+        }
+    }
+
+    fn apply(self, response: &mut Response) {
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
+        if let Some(rejected) = self.rejected {
+            response.extensions_mut().insert(rejected);
+        }
+    }
+}
 
 pub struct Transcoder {
     table: RouteTable,
@@ -164,15 +209,28 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     )?;
 
     if route.method.is_server_streaming() {
-        let client = parts.extensions.get::<ClientIp>().copied();
-        let mut response = stream_grpc(transcoder, route, &parts.headers, &message, client).await?;
+        let mut response = stream_grpc(
+            transcoder,
+            route,
+            &parts.headers,
+            &parts.extensions,
+            &message,
+        )
+        .await?;
         response.extensions_mut().insert(MatchedRoute(format!(
             "{} {}",
             route.http_method, route.template
         )));
         return Ok(response);
     }
-    let reply = call_grpc(transcoder, route, &parts.headers, &message).await;
+    let (reply, echo) = call_grpc(
+        transcoder,
+        route,
+        &parts.headers,
+        &parts.extensions,
+        &message,
+    )
+    .await;
     let mut response = match reply {
         Ok(reply) => {
             let etag = conditional::answer_etag(&reply);
@@ -201,6 +259,7 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             .with_request_id(request_id(&parts.headers))
             .into_response(),
     };
+    echo.apply(&mut response);
     response.extensions_mut().insert(MatchedRoute(format!(
         "{} {}",
         route.http_method, route.template
@@ -208,10 +267,13 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     Ok(response)
 }
 
-/// The gRPC call a REST request becomes: one framed message, selected headers as metadata.
+/// The gRPC call a REST request becomes: one framed message, selected headers as metadata, and
+/// what the layers learnt of the caller (its identity, address and request id), which the scope
+/// check below needs.
 fn grpc_call(
     route: &Route,
     headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
     message: &DynamicMessage,
 ) -> Result<Request<Body>, Problem> {
     let frame = framing::encode(message).map_err(|err| match err {
@@ -233,22 +295,48 @@ fn grpc_call(
             call = call.header(name, value);
         }
     }
-    call.body(Body::from(frame))
-        .map_err(|err| internal(format!("building the gRPC call: {err}")))
+    let mut call = call
+        .body(Body::from(frame))
+        .map_err(|err| internal(format!("building the gRPC call: {err}")))?;
+    if let Some(identity) = extensions.get::<std::sync::Arc<Identity>>() {
+        call.extensions_mut()
+            .insert(std::sync::Arc::clone(identity));
+    }
+    if let Some(client) = extensions.get::<ClientIp>() {
+        call.extensions_mut().insert(*client);
+    }
+    if let Some(id) = extensions.get::<RequestId>() {
+        call.extensions_mut().insert(id.clone());
+    }
+    Ok(call)
 }
 
 async fn call_grpc(
     transcoder: &Transcoder,
     route: &Route,
     headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
     message: &DynamicMessage,
-) -> Result<DynamicMessage, Problem> {
-    let call = grpc_call(route, headers, message)?;
+) -> (Result<DynamicMessage, Problem>, Echo) {
+    let call = match grpc_call(route, headers, extensions, message) {
+        Ok(call) => call,
+        Err(problem) => return (Err(problem), Echo::default()),
+    };
     let response = match transcoder.grpc.clone().oneshot(call).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
     let (parts, body) = response.into_parts();
+    let echo = Echo::of(&parts);
+    (answer(route, parts, body).await, echo)
+}
+
+/// The message of a unary gRPC answer, or its error as a problem.
+async fn answer(
+    route: &Route,
+    parts: axum::http::response::Parts,
+    body: Body,
+) -> Result<DynamicMessage, Problem> {
     let collected = body
         .collect()
         .await
@@ -273,29 +361,26 @@ async fn stream_grpc(
     transcoder: &Transcoder,
     route: &Route,
     headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
     message: &DynamicMessage,
-    client: Option<ClientIp>,
 ) -> Result<Response, Problem> {
     let sse = prefers_event_stream(headers);
-    let mut call = grpc_call(route, headers, message)?;
-    if let Some(client) = client {
-        call.extensions_mut().insert(client);
-    }
+    let call = grpc_call(route, headers, extensions, message)?;
     let response = match transcoder.grpc.clone().oneshot(call).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
     let (parts, body) = response.into_parts();
+    let echo = Echo::of(&parts);
     // Refused before the first message (trailers-only): an ordinary problem answer.
-    if let Some(status) = framing::error_status(&parts.headers) {
-        return Err(Problem::from_status(&status));
-    }
-    Ok(render::stream(
-        body,
-        route.method.output(),
-        sse,
-        request_id(headers),
-    ))
+    let mut response = match framing::error_status(&parts.headers) {
+        Some(status) => Problem::from_status(&status)
+            .with_request_id(request_id(headers))
+            .into_response(),
+        None => render::stream(body, route.method.output(), sse, request_id(headers)),
+    };
+    echo.apply(&mut response);
+    Ok(response)
 }
 
 /// Whether `Accept` asks for Server-Sent Events rather than NDJSON (the default, also for

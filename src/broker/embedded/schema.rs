@@ -26,6 +26,14 @@ pub(super) const MESSAGES: TableDefinition<(u32, u32, u32, u64), &[u8]> =
 pub(super) const OFFSETS: TableDefinition<(u32, u32, u32, &str), u64> =
     TableDefinition::new("offsets");
 
+/// idempotency key (a 32-byte digest of identity and `Idempotency-Key`) → the request's
+/// 32-byte fingerprint and its expiry (microseconds, big-endian), written in the transaction of
+/// the batch it stands for. Created when first written: older stores simply lack it.
+pub(super) const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+/// (expiry, idempotency key) → (): expired records are pruned from here, a batch at a time.
+pub(super) const IDEMPOTENCY_EXPIRY: TableDefinition<(u64, &[u8]), ()> =
+    TableDefinition::new("idempotency_expiry");
+
 pub(super) const FORMAT_VERSION: u64 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,8 +3,9 @@ use tokio::sync::oneshot;
 
 use super::{EmbeddedBroker, Location, PendingSend};
 use crate::broker::{
-    Broker, BrokerError, Compression, ConsumerOffsetRef, CreateTopic, Identifier, Name, NewMessage,
-    Partitioning, PollMessages, PollingStrategy, SendMessages, TopicRef,
+    Broker, BrokerError, Compression, ConsumerOffsetRef, CreateTopic, IdempotencyRecord,
+    Identifier, Name, NewMessage, Partitioning, PollMessages, PollingStrategy, SendMessages, Sent,
+    TopicRef, now_micros,
 };
 
 fn topic() -> TopicRef {
@@ -27,6 +28,7 @@ fn send(partitioning: Partitioning, bodies: &[&str]) -> SendMessages {
                 payload: Bytes::copy_from_slice(body.as_bytes()),
             })
             .collect(),
+        idempotency: None,
     }
 }
 
@@ -97,13 +99,16 @@ async fn a_group_commits_its_good_sends_in_order_and_refuses_only_the_bad_one() 
     for reply in replies {
         results.push(reply.await.expect("answered"));
     }
-    assert_eq!(results[0], Ok(()));
+    assert_eq!(results[0], Ok(Sent::Stored));
     assert!(
         matches!(results[1], Err(BrokerError::PartitionNotFound { .. })),
         "{:?}",
         results[1]
     );
-    assert_eq!(&results[2..], &[Ok(()), Ok(()), Ok(())]);
+    assert_eq!(
+        &results[2..],
+        &[Ok(Sent::Stored), Ok(Sent::Stored), Ok(Sent::Stored)]
+    );
 
     assert_eq!(
         bodies(&broker, 0).await,
@@ -155,7 +160,7 @@ async fn a_send_whose_caller_gave_up_before_the_commit_is_not_stored() {
             done: kept_done,
         },
     ]);
-    assert_eq!(kept_reply.await.expect("answered"), Ok(()));
+    assert_eq!(kept_reply.await.expect("answered"), Ok(Sent::Stored));
     assert_eq!(bodies(&broker, 0).await, vec![(0, "kept".to_owned())]);
 }
 
@@ -213,4 +218,109 @@ async fn a_consumer_offset_stops_at_the_newest_message() {
             ..
         })
     ));
+}
+
+fn keyed(bodies: &[&str], key: u8, fingerprint: u8, expires_at_micros: u64) -> SendMessages {
+    SendMessages {
+        idempotency: Some(IdempotencyRecord {
+            key: [key; 32],
+            fingerprint: [fingerprint; 32],
+            expires_at_micros,
+        }),
+        ..send(Partitioning::PartitionId(0), bodies)
+    }
+}
+
+#[tokio::test]
+async fn a_keyed_send_is_stored_once_even_twice_in_one_group() {
+    let broker = broker_with_topic(1).await;
+    let later = now_micros() + 60_000_000;
+    let mut replies = Vec::new();
+    let group = [
+        keyed(&["a"], 1, 1, later),
+        keyed(&["a"], 1, 1, later),
+        keyed(&["other"], 1, 2, later),
+        keyed(&["b"], 2, 1, later),
+    ]
+    .into_iter()
+    .map(|request| {
+        let (done, reply) = oneshot::channel();
+        replies.push(reply);
+        PendingSend { request, done }
+    })
+    .collect();
+    broker.inner.send_group(group);
+    let mut results = Vec::new();
+    for reply in replies {
+        results.push(reply.await.expect("answered"));
+    }
+    assert_eq!(results[0], Ok(Sent::Stored));
+    assert_eq!(results[1], Ok(Sent::Replayed));
+    assert_eq!(results[2], Err(BrokerError::IdempotencyKeyReused));
+    assert_eq!(results[3], Ok(Sent::Stored));
+    // A later group finds the record in the store.
+    assert_eq!(
+        broker.send_messages(keyed(&["a"], 1, 1, later)).await,
+        Ok(Sent::Replayed)
+    );
+    assert_eq!(
+        bodies(&broker, 0).await,
+        [(0, "a".to_owned()), (1, "b".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_record_survives_a_restart_and_expires() {
+    let dir = tempfile::tempdir().expect("dir");
+    let location = Location::Directory(dir.path().to_path_buf());
+    {
+        let broker = EmbeddedBroker::open(&location).expect("opens");
+        broker
+            .create_stream(Name::parse("s").expect("name"))
+            .await
+            .expect("stream");
+        broker
+            .create_topic(CreateTopic {
+                stream: Identifier::Name("s".into()),
+                name: Name::parse("t").expect("name"),
+                partitions_count: 1,
+                message_expiry_micros: None,
+                max_topic_size_bytes: None,
+                compression: Compression::None,
+                replication_factor: 1,
+            })
+            .await
+            .expect("topic");
+        let soon = now_micros() + 300_000;
+        let later = now_micros() + 60_000_000;
+        assert_eq!(
+            broker.send_messages(keyed(&["kept"], 7, 7, later)).await,
+            Ok(Sent::Stored)
+        );
+        assert_eq!(
+            broker.send_messages(keyed(&["brief"], 8, 8, soon)).await,
+            Ok(Sent::Stored)
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let broker = EmbeddedBroker::open(&location).expect("opens again");
+    let later = now_micros() + 60_000_000;
+    assert_eq!(
+        broker.send_messages(keyed(&["kept"], 7, 7, later)).await,
+        Ok(Sent::Replayed),
+        "the record outlived the restart"
+    );
+    assert_eq!(
+        broker.send_messages(keyed(&["brief"], 8, 8, later)).await,
+        Ok(Sent::Stored),
+        "an expired record no longer counts"
+    );
+    assert_eq!(
+        bodies(&broker, 0).await,
+        [
+            (0, "kept".to_owned()),
+            (1, "brief".to_owned()),
+            (2, "brief".to_owned())
+        ]
+    );
 }

@@ -5,6 +5,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use redb::ReadableTable;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -12,16 +13,34 @@ use super::{
     catalog::partitions_count,
     codec::{encode, encode_message},
     poisoned,
-    schema::{MESSAGES, PARTITIONS, PartitionRecord, storage},
+    schema::{IDEMPOTENCY, IDEMPOTENCY_EXPIRY, MESSAGES, PARTITIONS, PartitionRecord, storage},
 };
 use crate::broker::{
-    BrokerResult, NewMessage, Partitioning, SendMessages, now_micros, partition_for_key,
+    BrokerError, BrokerResult, IdempotencyRecord, NewMessage, Partitioning, SendMessages, Sent,
+    now_micros, partition_for_key,
 };
+
+/// Expired idempotency records pruned per commit at most, so pruning never holds a commit up.
+const PRUNE_BATCH: usize = 1024;
+
+/// A stored idempotency record: the fingerprint, then the expiry (big-endian micros).
+fn encode_record(record: &IdempotencyRecord) -> [u8; 40] {
+    let mut bytes = [0u8; 40];
+    bytes[..32].copy_from_slice(&record.fingerprint);
+    bytes[32..].copy_from_slice(&record.expires_at_micros.to_be_bytes());
+    bytes
+}
+
+fn decode_record(bytes: &[u8]) -> Option<([u8; 32], u64)> {
+    let fingerprint: [u8; 32] = bytes.get(..32)?.try_into().ok()?;
+    let expires: [u8; 8] = bytes.get(32..40)?.try_into().ok()?;
+    Some((fingerprint, u64::from_be_bytes(expires)))
+}
 
 /// One send waiting for the writer thread, and where its answer goes once committed.
 pub(super) struct PendingSend {
     pub(super) request: SendMessages,
-    pub(super) done: oneshot::Sender<BrokerResult<()>>,
+    pub(super) done: oneshot::Sender<BrokerResult<Sent>>,
 }
 
 impl PendingSend {
@@ -36,6 +55,36 @@ pub(super) const QUEUE_DEPTH: usize = 1024;
 /// Bounds on one group, so one transaction (and the memory it holds) stays small.
 const MAX_GROUP_SENDS: usize = 256;
 const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+
+/// Removes up to [`PRUNE_BATCH`] records that expired by `now`; a key recorded again since
+/// (with a later expiry) keeps its new record.
+fn prune_expired(
+    idempotency: &mut redb::Table<&[u8], &[u8]>,
+    expiry: &mut redb::Table<(u64, &[u8]), ()>,
+    now: u64,
+) -> BrokerResult<()> {
+    let expired: Vec<(u64, Vec<u8>)> = expiry
+        .range::<(u64, &[u8])>(..(now, &[][..]))
+        .map_err(storage)?
+        .take(PRUNE_BATCH)
+        .filter_map(Result::ok)
+        .map(|(key, _)| {
+            let (at, digest) = key.value();
+            (at, digest.to_vec())
+        })
+        .collect();
+    for (at, digest) in expired {
+        expiry.remove((at, &digest[..])).map_err(storage)?;
+        let current = idempotency
+            .get(&digest[..])
+            .map_err(storage)?
+            .and_then(|value| decode_record(value.value()));
+        if current.is_some_and(|(_, expires)| expires == at) {
+            idempotency.remove(&digest[..]).map_err(storage)?;
+        }
+    }
+    Ok(())
+}
 
 /// The writer thread: takes the first waiting send, adds whatever else is already queued (no
 /// waiting for more), commits the group, and repeats until every sender is gone.
@@ -85,8 +134,13 @@ impl Store {
         }
     }
 
-    fn commit_sends(&self, requests: &[SendMessages]) -> BrokerResult<Vec<BrokerResult<()>>> {
+    fn commit_sends(&self, requests: &[SendMessages]) -> BrokerResult<Vec<BrokerResult<Sent>>> {
         let _writer = self.writer.lock().map_err(poisoned("writer"))?;
+        // Begun first: a keyed send's record is read in the transaction that would write it.
+        let tx = self.db.begin_write().map_err(storage)?;
+        // Keys written by this group so far, with their fingerprints.
+        let mut keyed: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
+        let mut records: Vec<IdempotencyRecord> = Vec::new();
         // Partition heads and balanced cursors as this group moves them; the catalog takes
         // them only after the commit, so readers never see offsets that are not stored.
         let mut heads: HashMap<(u32, u32, u32), PartitionRecord> = HashMap::new();
@@ -96,7 +150,32 @@ impl Store {
         let now = now_micros();
         {
             let catalog = self.read_catalog()?;
+            let idempotency = tx.open_table(IDEMPOTENCY).map_err(storage)?;
             for request in requests {
+                // A key seen before (in the store and not expired, or earlier in this group):
+                // the same request is answered as stored already, another one is refused.
+                if let Some(record) = &request.idempotency {
+                    let earlier = match keyed.get(&record.key) {
+                        Some(fingerprint) => Some(*fingerprint),
+                        None => idempotency
+                            .get(&record.key[..])
+                            .map_err(storage)?
+                            .and_then(|value| decode_record(value.value()))
+                            .filter(|(_, expires)| *expires > now)
+                            .map(|(fingerprint, _)| fingerprint),
+                    };
+                    match earlier {
+                        Some(fingerprint) if fingerprint == record.fingerprint => {
+                            results.push(Ok(Sent::Replayed));
+                            continue;
+                        }
+                        Some(_) => {
+                            results.push(Err(BrokerError::IdempotencyKeyReused));
+                            continue;
+                        }
+                        None => {}
+                    }
+                }
                 let planned = (|| {
                     let (s, t, topic) = catalog.topic(&request.topic)?;
                     let count = partitions_count(topic).max(1);
@@ -128,7 +207,11 @@ impl Store {
                 match planned {
                     Ok(write) => {
                         writes.push(write);
-                        results.push(Ok(()));
+                        if let Some(record) = request.idempotency {
+                            keyed.insert(record.key, record.fingerprint);
+                            records.push(record);
+                        }
+                        results.push(Ok(Sent::Stored));
                     }
                     Err(err) => results.push(Err(err)),
                 }
@@ -138,7 +221,6 @@ impl Store {
             return Ok(results);
         }
 
-        let tx = self.db.begin_write().map_err(storage)?;
         {
             let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
             for ((s, t, p), first, records) in &writes {
@@ -153,6 +235,19 @@ impl Store {
                 partitions
                     .insert(*key, encode(head)?.as_slice())
                     .map_err(storage)?;
+            }
+            if !records.is_empty() {
+                let mut idempotency = tx.open_table(IDEMPOTENCY).map_err(storage)?;
+                let mut expiry = tx.open_table(IDEMPOTENCY_EXPIRY).map_err(storage)?;
+                for record in &records {
+                    idempotency
+                        .insert(&record.key[..], &encode_record(record)[..])
+                        .map_err(storage)?;
+                    expiry
+                        .insert((record.expires_at_micros, &record.key[..]), ())
+                        .map_err(storage)?;
+                }
+                prune_expired(&mut idempotency, &mut expiry, now)?;
             }
         }
         tx.commit().map_err(storage)?;

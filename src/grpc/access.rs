@@ -1,0 +1,227 @@
+//! The per-method half of the scope check: each service method names the streams and topics
+//! its request addresses ([`Want`]), once it has validated them, and [`authorize`] checks the
+//! call's [`Access`] (set by the scope layer) on them. Requests may name a stream or topic by
+//! numeric id; patterns match names, so for a key with limited scopes an id is first looked up
+//! (one broker call), and an id that names nothing is refused like a name out of scope, so a key
+//! cannot learn what exists outside its scopes.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures_util::{Stream, StreamExt, stream};
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    answer::{ERROR_DOMAIN, scope_missing},
+    broker::{Broker, Identifier, TopicRef},
+    identity::{Access, Class, Revoked, Target},
+};
+
+/// A stream of answers the service hands to tonic.
+pub(super) type Answers<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A subscription's answers for a keys-file identity: ended with an error as soon as a reload
+/// revokes the key (or takes the scope on `target` away) or the key expires, and paced while the
+/// identity's consume bytes are overdrawn; `size` tells what each answer counts. Other callers
+/// get their answers as they come.
+pub(super) fn guard_stream<T: Send + 'static>(
+    answers: Answers<T>,
+    access: Option<Arc<Access>>,
+    target: Target,
+    size: fn(&T) -> usize,
+) -> Answers<T> {
+    let Some(access) = access.filter(|access| !access.is_unrestricted()) else {
+        return answers;
+    };
+    let revoked: Pin<Box<dyn std::future::Future<Output = Revoked> + Send>> = {
+        let access = Arc::clone(&access);
+        Box::pin(async move { access.revoked(target).await })
+    };
+    struct State<T> {
+        answers: Answers<T>,
+        access: Arc<Access>,
+        revoked: Pin<Box<dyn std::future::Future<Output = Revoked> + Send>>,
+        done: bool,
+    }
+    let state = State {
+        answers,
+        access,
+        revoked,
+        done: false,
+    };
+    Box::pin(stream::unfold(state, move |mut state| async move {
+        if state.done {
+            return None;
+        }
+        if let Some(wait) = state.access.pause(Class::Consume) {
+            tokio::select! {
+                why = &mut state.revoked => {
+                    state.done = true;
+                    return Some((Err(revoked_status(&state.access, why)), state));
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        tokio::select! {
+            biased;
+            why = &mut state.revoked => {
+                state.done = true;
+                Some((Err(revoked_status(&state.access, why)), state))
+            }
+            answer = state.answers.next() => {
+                let answer = answer?;
+                match &answer {
+                    Ok(item) => charge(Some(&state.access), Class::Consume, size(item)),
+                    Err(_) => state.done = true,
+                }
+                Some((answer, state))
+            }
+        }
+    }))
+}
+
+/// How a revoked subscription ends.
+fn revoked_status(access: &Access, why: Revoked) -> Status {
+    let name = access.identity().name();
+    let (code, reason, message) = match why {
+        Revoked::KeyRemoved => (
+            Code::Unauthenticated,
+            "API_KEY_REVOKED",
+            format!("the API key '{name}' was revoked"),
+        ),
+        Revoked::Expired => (
+            Code::Unauthenticated,
+            "API_KEY_EXPIRED",
+            format!("the API key '{name}' has expired"),
+        ),
+        Revoked::ScopeLost => {
+            tracing::info!(target: crate::identity::AUDIT, identity = name,
+                method = %access.rpc().name, target = %access.target(),
+                request_id = access.request_id(), result = "PERMISSION_DENIED",
+                "open call ended: scope withdrawn");
+            return scope_missing(name, access.rpc().scope.as_str(), &access.target());
+        }
+    };
+    tracing::info!(target: crate::identity::AUDIT, identity = name,
+        method = %access.rpc().name, target = %access.target(),
+        request_id = access.request_id(), result = reason, "open call ended: key revoked");
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        reason,
+        ERROR_DOMAIN,
+        [("identity".to_owned(), name.to_owned())],
+    );
+    Status::with_error_details(code, message, details)
+}
+
+/// Charges what a call moved to its identity's byte quota (and per-identity metrics).
+pub(super) fn charge(access: Option<&Access>, class: Class, bytes: usize) {
+    if let Some(access) = access {
+        access.charge(class, bytes as u64);
+    }
+}
+
+/// What one request addresses, as validated.
+pub(super) enum Want<'a> {
+    /// Nothing in particular (a listing, the statistics).
+    Any,
+    /// A whole stream: create, rename, delete, purge.
+    Stream(&'a Identifier),
+    /// A stream a new one is created as or renamed to.
+    NewStream(&'a str),
+    /// Looking into a stream: get it, list its topics.
+    StreamView(&'a Identifier),
+    /// One topic.
+    Topic(&'a TopicRef),
+    /// A topic created or renamed in a stream.
+    NewTopic(&'a Identifier, &'a str),
+}
+
+/// The call's authorization, when it came through the scope layer.
+pub(super) fn access_of<T>(request: &Request<T>) -> Option<Arc<Access>> {
+    request.extensions().get::<Arc<Access>>().cloned()
+}
+
+/// Checks the call's scope on everything `wants` names; refuses with PERMISSION_DENIED
+/// (`SCOPE_MISSING`, naming the scope and the target) otherwise.
+pub(super) async fn authorize(
+    broker: &dyn Broker,
+    access: Option<&Access>,
+    wants: &[Want<'_>],
+) -> Result<(), Status> {
+    let Some(access) = access else {
+        return Ok(());
+    };
+    let mut targets = Vec::with_capacity(wants.len());
+    for want in wants {
+        targets.push(resolve(broker, access, want).await?);
+    }
+    access
+        .check(&targets)
+        .map_err(|target| refused(access, &target))
+}
+
+/// The check of an RPC that names nothing (statistics): the scope layer has already seen that
+/// the key holds the RPC's scope somewhere.
+pub(super) fn authorize_any(access: Option<&Access>) -> Result<(), Status> {
+    match access {
+        Some(access) => access
+            .check_any()
+            .map_err(|target| refused(access, &target)),
+        None => Ok(()),
+    }
+}
+
+fn refused(access: &Access, target: &Target) -> Status {
+    scope_missing(
+        access.identity().name(),
+        access.rpc().scope.as_str(),
+        &target.to_string(),
+    )
+}
+
+/// A stream's name as patterns see it: the name itself, or the name behind an id.
+async fn stream_name(
+    broker: &dyn Broker,
+    access: &Access,
+    stream: &Identifier,
+) -> Result<String, Status> {
+    match stream {
+        Identifier::Name(name) => Ok(name.clone()),
+        Identifier::Id(_) if access.is_unrestricted() => Ok(stream.to_string()),
+        Identifier::Id(_) => match broker.get_stream(stream.clone()).await {
+            Ok(info) => Ok(info.name),
+            Err(_) => Err(refused(access, &Target::Stream(stream.to_string()))),
+        },
+    }
+}
+
+async fn resolve(broker: &dyn Broker, access: &Access, want: &Want<'_>) -> Result<Target, Status> {
+    Ok(match want {
+        Want::Any => Target::Any,
+        Want::Stream(stream) => Target::Stream(stream_name(broker, access, stream).await?),
+        Want::NewStream(name) => Target::Stream((*name).to_owned()),
+        Want::StreamView(stream) => Target::StreamView(stream_name(broker, access, stream).await?),
+        Want::NewTopic(stream, name) => Target::Topic(
+            stream_name(broker, access, stream).await?,
+            (*name).to_owned(),
+        ),
+        Want::Topic(at) => {
+            let stream = stream_name(broker, access, &at.stream).await?;
+            let topic = match &at.topic {
+                Identifier::Name(name) => name.clone(),
+                Identifier::Id(_) if access.is_unrestricted() => at.topic.to_string(),
+                Identifier::Id(_) => match broker.get_topic((*at).clone()).await {
+                    Ok(info) => info.name,
+                    Err(_) => {
+                        return Err(refused(
+                            access,
+                            &Target::Topic(stream, at.topic.to_string()),
+                        ));
+                    }
+                },
+            };
+            Target::Topic(stream, topic)
+        }
+    })
+}

@@ -1,0 +1,355 @@
+//! Idempotent produce (`Idempotency-Key`, as in the IETF httpapi draft): a send under a key is
+//! made once per identity and key, whoever retries it and however often.
+//!
+//! - Each message the client gave no id gets one derived from (identity, key, index), so a retry
+//!   carries the very ids of the first try: with Iggy, the server's message deduplication drops
+//!   them (across gateway replicas too); with the embedded store, the key's record is written in
+//!   the batch's own transaction and a retry is answered from it, also after a restart.
+//! - In this process, each key's answer is remembered for `IDEMPOTENCY_TTL_SECS` (at most
+//!   `IDEMPOTENCY_MAX_ENTRIES` keys, the oldest answers forgotten first): a retry gets the
+//!   original answer, marked replayed; the same key with another request is refused; a retry
+//!   while the first call is in flight waits for it, and runs itself if the first one failed.
+//!
+//! Imports nothing of the crate.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+/// The longest `Idempotency-Key` taken.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// A key's place in the coordinator: in flight (the runner holds the sender; it is dropped when
+/// the call ends) or answered.
+enum Slot {
+    InFlight {
+        fingerprint: [u8; 32],
+        ended: watch::Receiver<()>,
+        token: u64,
+    },
+    Answered {
+        fingerprint: [u8; 32],
+        ids: Vec<String>,
+        until: Instant,
+    },
+}
+
+pub struct Idempotency {
+    ttl: Duration,
+    max_entries: usize,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    map: HashMap<[u8; 32], Slot>,
+    next_token: u64,
+}
+
+/// What a call under a key is to do.
+pub enum Begin<'a> {
+    /// Make the call, then hand its answer to the ticket.
+    Run(Ticket<'a>),
+    /// The same request was answered before: answer this, replayed.
+    Replay(Vec<String>),
+    /// The key stands for another request.
+    Conflict,
+}
+
+/// The right to make the call for a key; dropped without an answer, it frees the key for a
+/// retry (and wakes those waiting).
+pub struct Ticket<'a> {
+    owner: &'a Idempotency,
+    key: [u8; 32],
+    token: u64,
+    _ended: watch::Sender<()>,
+}
+
+impl Ticket<'_> {
+    /// The call succeeded with `ids`: remember them for the key's time to live.
+    pub fn answered(self, ids: Vec<String>) {
+        if let Ok(mut slots) = self.owner.slots.lock()
+            && let Some(Slot::InFlight {
+                fingerprint, token, ..
+            }) = slots.map.get(&self.key)
+            && *token == self.token
+        {
+            let fingerprint = *fingerprint;
+            slots.map.insert(
+                self.key,
+                Slot::Answered {
+                    fingerprint,
+                    ids,
+                    until: Instant::now() + self.owner.ttl,
+                },
+            );
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut slots) = self.owner.slots.lock()
+            && matches!(slots.map.get(&self.key), Some(Slot::InFlight { token, .. }) if *token == self.token)
+        {
+            slots.map.remove(&self.key);
+        }
+    }
+}
+
+impl Idempotency {
+    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        Self {
+            ttl,
+            max_entries: max_entries.max(1),
+            slots: Mutex::new(Slots::default()),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Starts a call under `key` for a request whose digest is `fingerprint`; waits while
+    /// another call under the key is in flight.
+    pub async fn begin(&self, key: [u8; 32], fingerprint: [u8; 32]) -> Begin<'_> {
+        loop {
+            let mut waiting = {
+                let Ok(mut slots) = self.slots.lock() else {
+                    return Begin::Conflict;
+                };
+                let now = Instant::now();
+                match slots.map.get(&key) {
+                    Some(Slot::Answered {
+                        fingerprint: answered,
+                        ids,
+                        until,
+                    }) if *until > now => {
+                        return if *answered == fingerprint {
+                            Begin::Replay(ids.clone())
+                        } else {
+                            Begin::Conflict
+                        };
+                    }
+                    Some(Slot::InFlight {
+                        fingerprint: running,
+                        ended,
+                        ..
+                    }) => {
+                        if *running != fingerprint {
+                            return Begin::Conflict;
+                        }
+                        ended.clone()
+                    }
+                    // Absent or expired: this call runs.
+                    _ => {
+                        self.make_room(&mut slots, now);
+                        slots.next_token += 1;
+                        let token = slots.next_token;
+                        let (sender, ended) = watch::channel(());
+                        slots.map.insert(
+                            key,
+                            Slot::InFlight {
+                                fingerprint,
+                                ended,
+                                token,
+                            },
+                        );
+                        return Begin::Run(Ticket {
+                            owner: self,
+                            key,
+                            token,
+                            _ended: sender,
+                        });
+                    }
+                }
+            };
+            // Ends (with an error) when the running call's ticket is dropped.
+            let _ = waiting.changed().await;
+        }
+    }
+
+    /// Keeps the map within `max_entries`: expired answers go first, then the oldest tenth of
+    /// the answers (never a call in flight).
+    fn make_room(&self, slots: &mut Slots, now: Instant) {
+        if slots.map.len() < self.max_entries {
+            return;
+        }
+        slots
+            .map
+            .retain(|_, slot| !matches!(slot, Slot::Answered { until, .. } if *until <= now));
+        if slots.map.len() < self.max_entries {
+            return;
+        }
+        let mut answered: Vec<(Instant, [u8; 32])> = slots
+            .map
+            .iter()
+            .filter_map(|(key, slot)| match slot {
+                Slot::Answered { until, .. } => Some((*until, *key)),
+                Slot::InFlight { .. } => None,
+            })
+            .collect();
+        let evict = (self.max_entries / 10).max(1).min(answered.len());
+        if evict > 0 {
+            answered.select_nth_unstable(evict - 1);
+            for (_, key) in &answered[..evict] {
+                slots.map.remove(key);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.lock().map(|slots| slots.map.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether `key` is a usable `Idempotency-Key`: 1 to 255 visible ASCII characters.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn framed(hasher: &mut Sha256, part: &[u8]) {
+    hasher.update((part.len() as u64).to_be_bytes());
+    hasher.update(part);
+}
+
+/// The key a record is kept under: a digest of the identity's name and the client's key, so
+/// two identities never share a key.
+pub fn record_key(identity: &str, key: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    framed(&mut hasher, b"iggy-gateway/idempotency-key/v1");
+    framed(&mut hasher, identity.as_bytes());
+    framed(&mut hasher, key.as_bytes());
+    hasher.finalize().into()
+}
+
+/// The id of the `index`th message of a send under `key` by `identity`, when the client gave
+/// none: a UUID (version 8, RFC 9562) made of a digest of the three, the same on every retry
+/// and every gateway.
+pub fn message_id(identity: &str, key: &str, index: usize) -> u128 {
+    let mut hasher = Sha256::new();
+    framed(&mut hasher, b"iggy-gateway/message-id/v1");
+    framed(&mut hasher, identity.as_bytes());
+    framed(&mut hasher, key.as_bytes());
+    hasher.update((index as u64).to_be_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 9562 variant
+    u128::from_be_bytes(bytes)
+}
+
+/// Accumulates a request's fingerprint from its parts, each framed by its length.
+#[derive(Default)]
+pub struct Fingerprint(Sha256);
+
+impl Fingerprint {
+    pub fn part(&mut self, bytes: &[u8]) -> &mut Self {
+        framed(&mut self.0, bytes);
+        self
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_distinct_and_uuid_shaped() {
+        let a = message_id("team", "key-1", 0);
+        assert_eq!(a, message_id("team", "key-1", 0));
+        assert_ne!(a, message_id("team", "key-1", 1));
+        assert_ne!(a, message_id("other", "key-1", 0));
+        assert_ne!(a, message_id("team", "key-2", 0));
+        let uuid = uuid::Uuid::from_u128(a);
+        assert_eq!(uuid.get_version_num(), 8);
+        assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+        assert_ne!(record_key("a", "bc"), record_key("ab", "c"));
+    }
+
+    #[test]
+    fn keys_are_visible_ascii_of_bounded_length() {
+        assert!(valid_key("order-1001:retry"));
+        assert!(!valid_key(""));
+        assert!(!valid_key("with space"));
+        assert!(!valid_key(&"k".repeat(256)));
+        assert!(!valid_key("é"));
+    }
+
+    #[tokio::test]
+    async fn a_retry_is_replayed_and_another_body_refused() {
+        let coordinator = Idempotency::new(Duration::from_secs(60), 10);
+        let (key, body) = ([1; 32], [2; 32]);
+        let Begin::Run(ticket) = coordinator.begin(key, body).await else {
+            panic!("the first call runs");
+        };
+        ticket.answered(vec!["id".into()]);
+        assert!(matches!(coordinator.begin(key, body).await, Begin::Replay(ids) if ids == ["id"]));
+        assert!(matches!(
+            coordinator.begin(key, [3; 32]).await,
+            Begin::Conflict
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_retry_waits_for_the_call_in_flight_and_runs_if_it_failed() {
+        let coordinator = Arc::new(Idempotency::new(Duration::from_secs(60), 10));
+        let (key, body) = ([1; 32], [2; 32]);
+        let Begin::Run(first) = coordinator.begin(key, body).await else {
+            panic!("the first call runs");
+        };
+        let waiter = {
+            let coordinator = Arc::clone(&coordinator);
+            tokio::spawn(async move { matches!(coordinator.begin(key, body).await, Begin::Run(_)) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "the retry waits");
+        drop(first);
+        assert!(
+            waiter.await.expect("joined"),
+            "and runs once the first failed"
+        );
+        // A retry with another body does not wait: it is refused at once.
+        let Begin::Run(_running) = coordinator.begin(key, body).await else {
+            panic!("runs");
+        };
+        assert!(matches!(
+            coordinator.begin(key, [9; 32]).await,
+            Begin::Conflict
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_map_stays_bounded_and_answers_expire() {
+        let coordinator = Idempotency::new(Duration::from_millis(20), 100);
+        for i in 0..1000u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            if let Begin::Run(ticket) = coordinator.begin(key, [0; 32]).await {
+                ticket.answered(Vec::new());
+            }
+        }
+        assert!(coordinator.len() <= 100, "{}", coordinator.len());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(matches!(
+            coordinator.begin([0; 32], [5; 32]).await,
+            Begin::Run(_)
+        ));
+    }
+}

@@ -1,0 +1,188 @@
+//! The keys file (`API_KEYS_FILE`), TOML or (by its extension, `.yaml` / `.yml`) YAML:
+//!
+//! ```toml
+//! [[keys]]
+//! name = "orders-producer"            # 1-64 of [A-Za-z0-9._-], unique; labels metrics and logs
+//! sha256 = "9f86d08…"                 # the key's SHA-256, hex (`iggy-gateway --hash-key`)
+//! scopes = ["write:orders/*", "read:orders/*"]
+//! expires_at = "2027-01-01T00:00:00Z" # optional, RFC 3339
+//! [keys.quota]                        # optional; each limit optional
+//! produce_requests_per_second = 100
+//! produce_bytes_per_second = 1048576
+//! consume_requests_per_second = 100
+//! consume_bytes_per_second = 8388608
+//! ```
+//!
+//! The key itself is never in the file. Every rule is checked before anything is used: a file
+//! that breaks one is refused whole, naming the entry and the field.
+
+use std::{collections::HashSet, num::NonZeroU32, str::FromStr, time::SystemTime};
+
+use serde::Deserialize;
+
+use super::{Grant, QuotaSettings};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    keys: Vec<RawEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    name: String,
+    sha256: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    expires_at: Option<String>,
+    quota: Option<RawQuota>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    produce_requests_per_second: Option<u32>,
+    produce_bytes_per_second: Option<u64>,
+    consume_requests_per_second: Option<u32>,
+    consume_bytes_per_second: Option<u64>,
+}
+
+/// One key of the file, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyEntry {
+    pub name: String,
+    pub digest: [u8; 32],
+    pub grants: Vec<Grant>,
+    pub expires_at: Option<SystemTime>,
+    pub quota: Option<QuotaSettings>,
+}
+
+/// Names reserved for identities that do not come from the file.
+const RESERVED: [&str; 2] = [super::ANONYMOUS, super::STATIC_KEY];
+
+/// Parses and checks a keys file; `yaml` picks YAML over TOML.
+pub fn parse_key_file(text: &str, yaml: bool) -> Result<Vec<KeyEntry>, String> {
+    let file: File = if yaml {
+        serde_norway::from_str(text).map_err(|err| err.to_string())?
+    } else {
+        let mut value: toml::Value = toml::from_str(text).map_err(|err| err.to_string())?;
+        // A bare TOML date-time (`expires_at = 2027-01-01T00:00:00Z`) reads like a quoted one.
+        stringify_datetimes(&mut value);
+        value
+            .try_into()
+            .map_err(|err: toml::de::Error| err.to_string())?
+    };
+    let mut names = HashSet::new();
+    let mut digests = HashSet::new();
+    file.keys
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            let at = format!("keys[{index}] ({})", raw.name);
+            let entry = entry(raw).map_err(|why| format!("{at}: {why}"))?;
+            if !names.insert(entry.name.clone()) {
+                return Err(format!("{at}: name '{}' is used twice", entry.name));
+            }
+            if !digests.insert(entry.digest) {
+                return Err(format!(
+                    "{at}: sha256 is the digest of another entry's key too"
+                ));
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
+fn stringify_datetimes(value: &mut toml::Value) {
+    match value {
+        toml::Value::Datetime(datetime) => *value = toml::Value::String(datetime.to_string()),
+        toml::Value::Array(items) => items.iter_mut().for_each(stringify_datetimes),
+        toml::Value::Table(table) => table
+            .iter_mut()
+            .for_each(|(_, value)| stringify_datetimes(value)),
+        _ => {}
+    }
+}
+
+fn entry(raw: RawEntry) -> Result<KeyEntry, String> {
+    let name = raw.name;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("name: must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'".into());
+    }
+    if RESERVED.contains(&name.as_str()) {
+        return Err(format!("name: '{name}' is reserved"));
+    }
+    let digest = digest(&raw.sha256)?;
+    let grants = raw
+        .scopes
+        .iter()
+        .map(|scope| Grant::parse(scope).map_err(|why| format!("scopes: {why}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let expires_at = raw
+        .expires_at
+        .map(|text| {
+            prost_types::Timestamp::from_str(text.trim())
+                .ok()
+                .and_then(|at| SystemTime::try_from(at).ok())
+                .ok_or_else(|| format!("expires_at: '{text}' is not an RFC 3339 time"))
+        })
+        .transpose()?;
+    let quota = raw.quota.map(quota).transpose()?;
+    Ok(KeyEntry {
+        name,
+        digest,
+        grants,
+        expires_at,
+        quota,
+    })
+}
+
+fn digest(hex: &str) -> Result<[u8; 32], String> {
+    let hex = hex.trim();
+    let bad = || "sha256: must be 64 hex digits (the key's SHA-256; see --hash-key)".to_owned();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(digest)
+}
+
+fn quota(raw: RawQuota) -> Result<QuotaSettings, String> {
+    let positive_u32 = |field: &str, value: Option<u32>| {
+        value
+            .map(|v| NonZeroU32::new(v).ok_or_else(|| format!("quota.{field}: must be above 0")))
+            .transpose()
+    };
+    let positive_u64 = |field: &str, value: Option<u64>| match value {
+        Some(0) => Err(format!("quota.{field}: must be above 0")),
+        other => Ok(other),
+    };
+    Ok(QuotaSettings {
+        produce_requests_per_second: positive_u32(
+            "produce_requests_per_second",
+            raw.produce_requests_per_second,
+        )?,
+        produce_bytes_per_second: positive_u64(
+            "produce_bytes_per_second",
+            raw.produce_bytes_per_second,
+        )?,
+        consume_requests_per_second: positive_u32(
+            "consume_requests_per_second",
+            raw.consume_requests_per_second,
+        )?,
+        consume_bytes_per_second: positive_u64(
+            "consume_bytes_per_second",
+            raw.consume_bytes_per_second,
+        )?,
+    })
+}

@@ -1,0 +1,1294 @@
+//! Named keys from a keys file: scopes on stream/topic patterns, quotas per identity, reloads
+//! that add and revoke keys (ending a revoked key's subscription), and the audit trail, over
+//! real sockets on every protocol.
+
+use std::{path::PathBuf, time::Duration};
+
+use futures_util::StreamExt;
+use iggy_gateway::{identity::hash_key, proto};
+use prost::Message;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+
+use crate::{
+    durability::Gateway,
+    helpers::{TestApp, spawn_configured, text_message},
+};
+
+/// A keys file with: an admin of everything, a reader of `orders/*`, the `orders` team, two
+/// producers with and without a quota, and an auditor of `*/audit`.
+pub fn keys_file() -> String {
+    format!(
+        r#"
+[[keys]]
+name = "platform"
+sha256 = "{admin}"
+scopes = ["admin:*", "read:*", "write:*"]
+
+[[keys]]
+name = "orders-reader"
+sha256 = "{reader}"
+scopes = ["read:orders/*"]
+
+[[keys]]
+name = "orders-team"
+sha256 = "{team}"
+scopes = ["read:orders/*", "write:orders/*", "admin:orders/*"]
+
+[[keys]]
+name = "limited"
+sha256 = "{limited}"
+scopes = ["read:*", "write:*"]
+[keys.quota]
+produce_requests_per_second = 1
+
+[[keys]]
+name = "unlimited"
+sha256 = "{unlimited}"
+scopes = ["read:*", "write:*"]
+
+[[keys]]
+name = "auditor"
+sha256 = "{auditor}"
+scopes = ["read:*/audit"]
+"#,
+        admin = hash_key("admin-key"),
+        reader = hash_key("reader-key"),
+        team = hash_key("team-key"),
+        limited = hash_key("limited-key"),
+        unlimited = hash_key("unlimited-key"),
+        auditor = hash_key("auditor-key"),
+    )
+}
+
+pub struct Keyed {
+    pub app: TestApp,
+    pub file: PathBuf,
+    _dir: TempDir,
+}
+
+/// A gateway with the keys file above (re-read every 100 ms) and `API_KEY=static-key`, with
+/// streams `orders` (topics `created`, `audit`) and `payments` (topics `settled`, `audit`).
+pub async fn keyed_gateway() -> Keyed {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.toml");
+    std::fs::write(&file, keys_file()).expect("keys file");
+    let path = file.clone();
+    let app = spawn_configured(move |c| {
+        c.auth.api_key = Some(iggy_gateway::config::ApiKeys::new(["static-key"]));
+        c.auth.api_keys_file = Some(path);
+        c.auth.api_keys_reload_interval_ms = 100;
+    })
+    .await;
+    for stream in ["orders", "payments"] {
+        admin(&app, "/v1/streams", json!({"name": stream})).await;
+    }
+    for (stream, topic) in [
+        ("orders", "created"),
+        ("orders", "audit"),
+        ("payments", "settled"),
+        ("payments", "audit"),
+    ] {
+        admin(
+            &app,
+            &format!("/v1/streams/{stream}/topics"),
+            json!({"name": topic, "partitions_count": 1}),
+        )
+        .await;
+    }
+    Keyed {
+        app,
+        file,
+        _dir: dir,
+    }
+}
+
+async fn admin(app: &TestApp, path: &str, body: Value) {
+    let (status, answer) = rest(app, "admin-key", reqwest::Method::POST, path, Some(body)).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+/// A REST call with a key: the status and the JSON answer (`Null` when empty).
+pub async fn rest(
+    app: &TestApp,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let (status, _, answer) = rest_full(app, key, method, path, body).await;
+    (status, answer)
+}
+
+async fn rest_full(
+    app: &TestApp,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = app
+        .http1
+        .request(method, app.url(path))
+        .header("x-api-key", key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("sent");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body");
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON")
+    };
+    (status, headers, json)
+}
+
+/// A gRPC request carrying `key`.
+pub fn keyed<T>(key: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-api-key", key.parse().expect("metadata"));
+    request
+}
+
+fn send_request(stream: &str, topic: &str, text: &str) -> proto::SendMessagesRequest {
+    proto::SendMessagesRequest {
+        stream: stream.into(),
+        topic: topic.into(),
+        partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+        messages: vec![text_message(text)],
+    }
+}
+
+fn assert_scope_missing(status: &tonic::Status, scope: &str, target: &str) {
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let info = status
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .expect("ErrorInfo");
+    assert_eq!(info.reason, "SCOPE_MISSING");
+    assert_eq!(info.metadata.get("scope").map(String::as_str), Some(scope));
+    assert_eq!(
+        info.metadata.get("target").map(String::as_str),
+        Some(target)
+    );
+}
+
+fn assert_problem_scope_missing(status: u16, problem: &Value, scope: &str, target: &str) {
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["reason"], "SCOPE_MISSING", "{problem}");
+    assert_eq!(problem["code"], "PERMISSION_DENIED");
+    assert_eq!(problem["metadata"]["scope"], scope, "{problem}");
+    assert_eq!(problem["metadata"]["target"], target, "{problem}");
+    assert!(problem["request_id"].is_string());
+}
+
+/// gRPC-Web over HTTP/1.1, framed by hand: the message frames and the trailers.
+pub async fn grpc_web(
+    app: &TestApp,
+    key: &str,
+    path: &str,
+    message: &impl Message,
+) -> (Vec<Vec<u8>>, Vec<(String, String)>) {
+    grpc_web_raw(app, key, path, message.encode_to_vec()).await
+}
+
+async fn grpc_web_raw(
+    app: &TestApp,
+    key: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (Vec<Vec<u8>>, Vec<(String, String)>) {
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    let response = app
+        .http1
+        .post(app.url(path))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-api-key", key)
+        .body(framed)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let mut trailers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("grpc-"))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let bytes = response.bytes().await.expect("body");
+    let (mut messages, mut rest) = (Vec::new(), &bytes[..]);
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let payload = &rest[5..5 + len];
+        if rest[0] & 0x80 != 0 {
+            for line in String::from_utf8_lossy(payload).split("\r\n") {
+                if let Some((k, v)) = line.split_once(':') {
+                    trailers.push((k.trim().to_lowercase(), v.trim().to_owned()));
+                }
+            }
+        } else {
+            messages.push(payload.to_vec());
+        }
+        rest = &rest[5 + len..];
+    }
+    (messages, trailers)
+}
+
+fn trailer<'a>(trailers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    trailers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The `ErrorInfo` reason and metadata of a gRPC-Web error's trailers.
+fn web_status(trailers: &[(String, String)]) -> tonic::Status {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in trailers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    tonic::Status::from_header_map(&headers).expect("a grpc-status")
+}
+
+#[tokio::test]
+async fn a_read_only_key_polls_and_subscribes_but_cannot_send_on_any_protocol() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    let ids = app
+        .messages
+        .clone()
+        .send_messages(keyed("team-key", send_request("orders", "created", "one")))
+        .await
+        .expect("the team sends")
+        .into_inner()
+        .ids;
+    assert_eq!(ids.len(), 1);
+
+    // REST: polls, subscribes, but a send is 403 naming the scope.
+    let (status, polled) = rest(
+        app,
+        "reader-key",
+        reqwest::Method::GET,
+        "/v1/streams/orders/topics/created/messages?partition_id=0&count=10&strategy=POLLING_STRATEGY_FIRST",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{polled}");
+    assert_eq!(polled["messages"][0]["text"], "one");
+    let (status, problem) = rest(
+        app,
+        "reader-key",
+        reqwest::Method::POST,
+        "/v1/streams/orders/topics/created/messages",
+        Some(json!({"partition_id": 0, "messages": [{"text": "nope"}]})),
+    )
+    .await;
+    assert_problem_scope_missing(status, &problem, "write", "*");
+    let subscribed = app
+        .http1
+        .get(app.url(
+            "/v1/streams/orders/topics/created/messages:subscribe?partition_id=0&strategy=POLLING_STRATEGY_FIRST",
+        ))
+        .header("x-api-key", "reader-key")
+        .send()
+        .await
+        .expect("subscribed");
+    assert_eq!(subscribed.status(), 200);
+    let mut chunks = subscribed.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), chunks.next())
+        .await
+        .expect("a line in time")
+        .expect("a chunk")
+        .expect("bytes");
+    assert!(String::from_utf8_lossy(&first).contains("\"one\""));
+
+    // gRPC: the same.
+    let polled = app
+        .messages
+        .clone()
+        .poll_messages(keyed(
+            "reader-key",
+            proto::PollMessagesRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                strategy: proto::PollingStrategy::First.into(),
+                count: 10,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("the reader polls")
+        .into_inner();
+    assert_eq!(polled.messages.len(), 1);
+    let mut stream = app
+        .subscribe(keyed(
+            "reader-key",
+            proto::SubscribeRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                strategy: proto::PollingStrategy::First.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("the reader subscribes");
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("in time")
+        .expect("no error")
+        .expect("a message");
+    assert!(first.cursor.len() > 10);
+    let refused = app
+        .messages
+        .clone()
+        .send_messages(keyed("reader-key", send_request("orders", "created", "no")))
+        .await
+        .expect_err("a reader cannot send");
+    assert_scope_missing(&refused, "write", "*");
+
+    // gRPC-Web: the same.
+    let (messages, trailers) = grpc_web(
+        app,
+        "reader-key",
+        "/iggy.gateway.v1.MessageService/PollMessages",
+        &proto::PollMessagesRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            strategy: proto::PollingStrategy::First.into(),
+            count: 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(trailer(&trailers, "grpc-status"), Some("0"));
+    let polled = proto::PollMessagesResponse::decode(&messages[0][..]).expect("decodes");
+    assert_eq!(polled.messages.len(), 1);
+    let (_, trailers) = grpc_web(
+        app,
+        "reader-key",
+        "/iggy.gateway.v1.MessageService/SendMessages",
+        &send_request("orders", "created", "no"),
+    )
+    .await;
+    assert_scope_missing(&web_status(&trailers), "write", "*");
+    // A gRPC-Web subscription: its first frame is the stored message.
+    let subscribe = proto::SubscribeRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        strategy: proto::PollingStrategy::First.into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(subscribe.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&subscribe);
+    let response = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.MessageService/Subscribe"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-api-key", "reader-key")
+        .body(framed)
+        .send()
+        .await
+        .expect("subscribed");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("grpc-status").is_none());
+    let mut body = response.bytes_stream();
+    let mut received = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if received.len() >= 5 {
+                let len = u32::from_be_bytes([received[1], received[2], received[3], received[4]])
+                    as usize;
+                if received.len() >= 5 + len {
+                    return proto::SubscribeResponse::decode(&received[5..5 + len])
+                        .expect("a SubscribeResponse");
+                }
+            }
+            let chunk = body.next().await.expect("more").expect("bytes");
+            received.extend_from_slice(&chunk);
+        }
+    })
+    .await
+    .expect("a message in time");
+    assert!(matches!(
+        first.event,
+        Some(proto::subscribe_response::Event::Message(_))
+    ));
+
+    // Nothing the reader tried was stored.
+    let polled = app
+        .messages
+        .clone()
+        .poll_messages(keyed(
+            "admin-key",
+            proto::PollMessagesRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                strategy: proto::PollingStrategy::First.into(),
+                count: 10,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("polled")
+        .into_inner();
+    assert_eq!(polled.messages.len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_scoped_to_orders_cannot_see_or_touch_payments() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+
+    // Listings show only what the key may read, on every protocol.
+    let (status, listed) = rest(app, "team-key", reqwest::Method::GET, "/v1/streams", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = listed["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["orders"]);
+    let listed = app
+        .streams
+        .clone()
+        .list_streams(keyed("team-key", proto::ListStreamsRequest {}))
+        .await
+        .expect("listed")
+        .into_inner();
+    assert_eq!(
+        listed
+            .streams
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["orders"]
+    );
+    let (messages, trailers) = grpc_web(
+        app,
+        "team-key",
+        "/iggy.gateway.v1.StreamService/ListStreams",
+        &proto::ListStreamsRequest {},
+    )
+    .await;
+    assert_eq!(trailer(&trailers, "grpc-status"), Some("0"));
+    let listed = proto::ListStreamsResponse::decode(&messages[0][..]).expect("decodes");
+    assert_eq!(listed.streams.len(), 1);
+    assert_eq!(listed.streams[0].name, "orders");
+    // The full-access keys see both.
+    let (_, listed) = rest(app, "static-key", reqwest::Method::GET, "/v1/streams", None).await;
+    assert_eq!(listed["streams"].as_array().map(Vec::len), Some(2));
+
+    // Every way of touching payments is refused, naming the target.
+    let (status, problem) = rest(
+        app,
+        "team-key",
+        reqwest::Method::GET,
+        "/v1/streams/payments",
+        None,
+    )
+    .await;
+    assert_problem_scope_missing(status, &problem, "read", "payments");
+    let (status, problem) = rest(
+        app,
+        "team-key",
+        reqwest::Method::GET,
+        "/v1/streams/payments/topics",
+        None,
+    )
+    .await;
+    assert_problem_scope_missing(status, &problem, "read", "payments");
+    let (status, problem) = rest(
+        app,
+        "team-key",
+        reqwest::Method::POST,
+        "/v1/streams/payments/topics/settled/messages",
+        Some(json!({"messages": [{"text": "x"}]})),
+    )
+    .await;
+    assert_problem_scope_missing(status, &problem, "write", "payments/settled");
+    let (status, problem) = rest(
+        app,
+        "team-key",
+        reqwest::Method::DELETE,
+        "/v1/streams/payments",
+        None,
+    )
+    .await;
+    assert_problem_scope_missing(status, &problem, "admin", "payments");
+    let (status, problem) = rest(
+        app,
+        "team-key",
+        reqwest::Method::POST,
+        "/v1/streams/payments/topics",
+        Some(json!({"name": "mine", "partitions_count": 1})),
+    )
+    .await;
+    assert_problem_scope_missing(status, &problem, "admin", "payments/mine");
+    // By numeric id too (stream 1 is payments): the id is looked up, not trusted.
+    let (status, problem) =
+        rest(app, "team-key", reqwest::Method::GET, "/v1/streams/1", None).await;
+    assert_problem_scope_missing(status, &problem, "read", "payments");
+    // Renaming its own stream into another team's name is refused too.
+    let (status, problem) = rest(
+        app,
+        "team-key",
+        reqwest::Method::PATCH,
+        "/v1/streams/orders",
+        Some(json!({"name": "payments-v2"})),
+    )
+    .await;
+    assert_problem_scope_missing(status, &problem, "admin", "payments-v2");
+    let refused = app
+        .messages
+        .clone()
+        .send_messages(keyed("team-key", send_request("payments", "settled", "x")))
+        .await
+        .expect_err("refused");
+    assert_scope_missing(&refused, "write", "payments/settled");
+    let refused = app
+        .subscribe(keyed(
+            "team-key",
+            proto::SubscribeRequest {
+                stream: "payments".into(),
+                topic: "settled".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("refused");
+    assert_scope_missing(&refused, "read", "payments/settled");
+    let refused = app
+        .topics
+        .clone()
+        .delete_topic(keyed(
+            "team-key",
+            proto::DeleteTopicRequest {
+                stream: "payments".into(),
+                topic: "settled".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("refused");
+    assert_scope_missing(&refused, "admin", "payments/settled");
+    let (_, trailers) = grpc_web(
+        app,
+        "team-key",
+        "/iggy.gateway.v1.StreamService/GetStream",
+        &proto::GetStreamRequest {
+            stream: "payments".into(),
+        },
+    )
+    .await;
+    assert_scope_missing(&web_status(&trailers), "read", "payments");
+
+    // In its own stream it does everything its scopes allow.
+    let (status, _) = rest(
+        app,
+        "team-key",
+        reqwest::Method::POST,
+        "/v1/streams/orders/topics",
+        Some(json!({"name": "shipped", "partitions_count": 1})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = rest(
+        app,
+        "team-key",
+        reqwest::Method::POST,
+        "/v1/streams/orders/topics/shipped/messages",
+        Some(json!({"messages": [{"text": "x"}]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = rest(
+        app,
+        "team-key",
+        reqwest::Method::DELETE,
+        "/v1/streams/orders/topics/shipped",
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    // Nothing happened to payments.
+    let (status, topics) = rest(
+        app,
+        "admin-key",
+        reqwest::Method::GET,
+        "/v1/streams/payments/topics",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(topics["topics"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn a_topic_pattern_across_streams_sees_only_those_topics() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    // `read:*/audit`: both streams are listed, each with its audit topic only.
+    let (_, listed) = rest(
+        app,
+        "auditor-key",
+        reqwest::Method::GET,
+        "/v1/streams",
+        None,
+    )
+    .await;
+    assert_eq!(listed["streams"].as_array().map(Vec::len), Some(2));
+    let (status, topics) = rest(
+        app,
+        "auditor-key",
+        reqwest::Method::GET,
+        "/v1/streams/payments/topics",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = topics["topics"]
+        .as_array()
+        .expect("topics")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["audit"]);
+    let stream = app
+        .streams
+        .clone()
+        .get_stream(keyed(
+            "auditor-key",
+            proto::GetStreamRequest {
+                stream: "orders".into(),
+            },
+        ))
+        .await
+        .expect("got")
+        .into_inner()
+        .stream
+        .expect("stream");
+    assert_eq!(
+        stream
+            .topics
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["audit"]
+    );
+    let (status, problem) = rest(
+        app,
+        "auditor-key",
+        reqwest::Method::GET,
+        "/v1/streams/orders/topics/created",
+        None,
+    )
+    .await;
+    assert_problem_scope_missing(status, &problem, "read", "orders/created");
+    // Its scope covers topics, not whole streams: it may not purge one even if it were admin.
+    let (status, problem) = rest(
+        app,
+        "auditor-key",
+        reqwest::Method::POST,
+        "/v1/streams/orders:purge",
+        Some(json!({})),
+    )
+    .await;
+    assert_problem_scope_missing(status, &problem, "admin", "*");
+}
+
+#[tokio::test]
+async fn quotas_hold_back_one_identity_and_leave_another_alone() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    let send = || json!({"partition_id": 0, "messages": [{"text": "q"}]});
+    let path = "/v1/streams/orders/topics/created/messages";
+    // `limited` may send 1 request per second; the next within the second is refused.
+    let (status, answer) = rest(
+        app,
+        "limited-key",
+        reqwest::Method::POST,
+        path,
+        Some(send()),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, headers, problem) = rest_full(
+        app,
+        "limited-key",
+        reqwest::Method::POST,
+        path,
+        Some(send()),
+    )
+    .await;
+    assert_eq!(status, 429, "{problem}");
+    assert_eq!(problem["reason"], "QUOTA_EXCEEDED");
+    assert_eq!(problem["metadata"]["quota"], "produce_requests_per_second");
+    assert_eq!(problem["metadata"]["identity"], "limited");
+    assert!(headers.get("retry-after").is_some());
+    assert_eq!(headers["ratelimit-limit"], "1");
+    assert_eq!(headers["ratelimit-remaining"], "0");
+    // gRPC: RESOURCE_EXHAUSTED with RetryInfo.
+    let refused = app
+        .messages
+        .clone()
+        .send_messages(keyed("limited-key", send_request("orders", "created", "q")))
+        .await
+        .expect_err("over quota");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    let details = refused.get_error_details();
+    assert_eq!(
+        details.error_info().map(|i| i.reason.as_str()),
+        Some("QUOTA_EXCEEDED")
+    );
+    assert!(details.retry_info().and_then(|r| r.retry_delay).is_some());
+    // gRPC-Web: the same.
+    let (_, trailers) = grpc_web(
+        app,
+        "limited-key",
+        "/iggy.gateway.v1.MessageService/SendMessages",
+        &send_request("orders", "created", "q"),
+    )
+    .await;
+    assert_eq!(web_status(&trailers).code(), Code::ResourceExhausted);
+    // Its reads (consume) are not limited, and another identity sends on, from the same address.
+    let (status, _) = rest(
+        app,
+        "limited-key",
+        reqwest::Method::GET,
+        "/v1/streams",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for _ in 0..20 {
+        let (status, answer) = rest(
+            app,
+            "unlimited-key",
+            reqwest::Method::POST,
+            path,
+            Some(send()),
+        )
+        .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    // After a second the budget is back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = rest(
+        app,
+        "limited-key",
+        reqwest::Method::POST,
+        path,
+        Some(send()),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    // /metrics counts per identity, labelled by name.
+    let (status, metrics) = {
+        let response = app
+            .http1
+            .get(app.url("/metrics"))
+            .header("x-api-key", "static-key")
+            .send()
+            .await
+            .expect("metrics");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("text"),
+        )
+    };
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            r#"iggy_gateway_identity_refusals_total{identity="limited",reason="QUOTA_EXCEEDED"} 3"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"iggy_gateway_identity_calls_total{identity="unlimited",scope="write"} 20"#
+        )
+    );
+    assert!(
+        metrics
+            .contains(r#"iggy_gateway_identity_bytes_total{identity="unlimited",class="produce"}"#)
+    );
+}
+
+#[tokio::test]
+async fn byte_quotas_hold_back_a_producer_that_sends_too_much() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "keys:\n  - name: bulky\n    sha256: {}\n    scopes: [\"write:*\", \"admin:*\"]\n    quota:\n      produce_bytes_per_second: 1000\n",
+            hash_key("bulky-key")
+        ),
+    )
+    .expect("keys file");
+    let app = spawn_configured(move |c| c.auth.api_keys_file = Some(file)).await;
+    let (status, _) = rest(
+        &app,
+        "bulky-key",
+        reqwest::Method::POST,
+        "/v1/streams",
+        Some(json!({"name": "b"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = rest(
+        &app,
+        "bulky-key",
+        reqwest::Method::POST,
+        "/v1/streams/b/topics",
+        Some(json!({"name": "t", "partitions_count": 1})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let big = "x".repeat(3000);
+    let path = "/v1/streams/b/topics/t/messages";
+    let (status, _) = rest(
+        &app,
+        "bulky-key",
+        reqwest::Method::POST,
+        path,
+        Some(json!({"messages": [{"text": big}]})),
+    )
+    .await;
+    assert_eq!(status, 201, "admitted while the budget is not overdrawn");
+    let (status, headers, problem) = rest_full(
+        &app,
+        "bulky-key",
+        reqwest::Method::POST,
+        path,
+        Some(json!({"messages": [{"text": "small"}]})),
+    )
+    .await;
+    assert_eq!(status, 429, "{problem}");
+    assert_eq!(problem["metadata"]["quota"], "produce_bytes_per_second");
+    let wait: u64 = headers["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((1..=3).contains(&wait), "{wait}");
+}
+
+#[tokio::test]
+async fn a_reload_adds_and_revokes_keys_and_ends_the_revoked_keys_subscription() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    let mut grpc = app
+        .subscribe(keyed(
+            "reader-key",
+            proto::SubscribeRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("subscribed");
+    let sse = app
+        .http1
+        .get(app.url("/v1/streams/orders/topics/created/messages:subscribe?partition_id=0"))
+        .header("x-api-key", "reader-key")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("subscribed");
+    assert_eq!(sse.status(), 200);
+    let (status, _) = rest(
+        app,
+        "newcomer-key",
+        reqwest::Method::GET,
+        "/v1/streams",
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // A bad file keeps the keys in force.
+    std::fs::write(&gateway.file, "[[keys]]\nname = \"broken\"\n").expect("write");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, _) = rest(app, "reader-key", reqwest::Method::GET, "/v1/streams", None).await;
+    assert_eq!(status, 200, "a bad file must not revoke anything");
+
+    // The reader is removed, a newcomer added.
+    let file = keys_file().replace(&hash_key("reader-key"), &hash_key("newcomer-key"));
+    std::fs::write(&gateway.file, file).expect("write");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = rest(
+            app,
+            "newcomer-key",
+            reqwest::Method::GET,
+            "/v1/streams",
+            None,
+        )
+        .await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new key never worked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, problem) =
+        rest(app, "reader-key", reqwest::Method::GET, "/v1/streams", None).await;
+    assert_eq!(status, 401, "{problem}");
+    assert_eq!(problem["reason"], "API_KEY_INVALID");
+
+    // The open subscriptions end: gRPC with UNAUTHENTICATED, SSE with a problem event.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match grpc.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the subscription ends");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert_eq!(
+        ended
+            .get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone())
+            .as_deref(),
+        Some("API_KEY_REVOKED")
+    );
+    let text = tokio::time::timeout(Duration::from_secs(5), sse.text())
+        .await
+        .expect("the SSE stream ends")
+        .expect("text");
+    assert!(text.contains("event: problem"), "{text}");
+    assert!(text.contains("API_KEY_REVOKED"), "{text}");
+}
+
+#[tokio::test]
+async fn a_scope_taken_away_by_a_reload_ends_the_subscription_with_scope_missing() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    let mut grpc = app
+        .subscribe(keyed(
+            "team-key",
+            proto::SubscribeRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("subscribed");
+    let file = keys_file().replace(
+        r#"["read:orders/*", "write:orders/*", "admin:orders/*"]"#,
+        r#"["write:orders/*"]"#,
+    );
+    std::fs::write(&gateway.file, file).expect("write");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(status) = grpc.message().await {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("ends");
+    assert_scope_missing(&ended, "read", "orders/created");
+}
+
+#[tokio::test]
+async fn an_expired_key_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[keys]]\nname = \"old\"\nsha256 = \"{}\"\nscopes = [\"read\"]\nexpires_at = 2001-01-01T00:00:00Z\n",
+            hash_key("old-key")
+        ),
+    )
+    .expect("keys file");
+    let app = spawn_configured(move |c| c.auth.api_keys_file = Some(file)).await;
+    let (status, problem) = rest(&app, "old-key", reqwest::Method::GET, "/v1/streams", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(problem["reason"], "API_KEY_EXPIRED");
+}
+
+#[tokio::test]
+async fn every_rpc_refuses_a_key_without_its_scope_on_what_it_names() {
+    // Every RPC of the API, called on stream `payments`: refused to a key that reads `orders/*`
+    // only (at the layer for write and admin RPCs, by the service for read ones), and to the
+    // `orders` team, which holds every scope on `orders/*` (by the service: each method checks
+    // what its request names, or this fails).
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    let table = iggy_gateway::layers::RpcTable::from_descriptors().expect("table");
+    let mut rpcs: Vec<_> = table.rpcs().cloned().collect();
+    rpcs.sort_by(|a, b| a.path.cmp(&b.path));
+    assert!(rpcs.len() >= 24, "{}", rpcs.len());
+    for rpc in rpcs {
+        // These name no stream: they are filtered, or global.
+        if rpc.path.ends_with("/ListStreams") || rpc.path.ends_with("/GetStats") {
+            continue;
+        }
+        for key in ["reader-key", "team-key"] {
+            let (_, trailers) = grpc_web_raw(app, key, &rpc.path, call_body(&rpc.path)).await;
+            let status = web_status(&trailers);
+            assert_eq!(
+                status.code(),
+                Code::PermissionDenied,
+                "{} with {key}: {status:?}",
+                rpc.path
+            );
+            assert_eq!(
+                status
+                    .get_error_details()
+                    .error_info()
+                    .map(|i| i.reason.clone())
+                    .as_deref(),
+                Some("SCOPE_MISSING"),
+                "{} with {key}",
+                rpc.path
+            );
+        }
+    }
+}
+
+/// A request for `path` naming stream `payments`, topic `settled`, consumer `c` and name
+/// `new-name` wherever it has such a field (every request of the API calls them so).
+fn call_body(path: &str) -> Vec<u8> {
+    let pool = prost_reflect::DescriptorPool::decode(iggy_gateway::proto::FILE_DESCRIPTOR_SET)
+        .expect("pool");
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .expect("a gRPC path");
+    let method = pool
+        .get_service_by_name(service)
+        .and_then(|s| s.methods().find(|m| m.name() == method))
+        .expect("method");
+    let mut message = prost_reflect::DynamicMessage::new(method.input());
+    for (field, value) in [
+        ("stream", "payments"),
+        ("topic", "settled"),
+        ("name", "new-name"),
+        ("consumer", "c"),
+    ] {
+        if prost_reflect::ReflectMessage::descriptor(&message)
+            .get_field_by_name(field)
+            .is_some()
+        {
+            message.set_field_by_name(field, prost_reflect::Value::String(value.into()));
+        }
+    }
+    message.encode_to_vec()
+}
+
+#[tokio::test]
+async fn the_binary_reloads_on_sighup_and_writes_an_audit_line_per_admin_call_and_refusal() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.toml");
+    std::fs::write(&file, keys_file()).expect("keys file");
+    let gateway = Gateway::start_with(
+        &dir.path().join("data"),
+        &[
+            ("API_KEYS_FILE", file.display().to_string()),
+            // Only SIGHUP reloads.
+            ("API_KEYS_RELOAD_INTERVAL_MS", "0".into()),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", gateway.addr);
+    let created = client
+        .post(url("/v1/streams"))
+        .header("x-api-key", "team-key")
+        .header("x-request-id", "audit-create-1")
+        .json(&json!({"name": "orders"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    let refused = client
+        .post(url("/v1/streams"))
+        .header("x-api-key", "team-key")
+        .header("x-request-id", "audit-refused-1")
+        .json(&json!({"name": "payments"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 403);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let line = |id: &str| -> Value {
+        let lines = gateway.logged(id);
+        let line = lines
+            .iter()
+            .find(|line| line.contains("\"target\":\"audit\""))
+            .unwrap_or_else(|| panic!("no audit line for {id}: {lines:?}"));
+        serde_json::from_str(line).expect("JSON")
+    };
+    let admin = line("audit-create-1");
+    assert_eq!(admin["fields"]["identity"], "orders-team");
+    assert_eq!(admin["fields"]["method"], "StreamService.CreateStream");
+    assert_eq!(admin["fields"]["target"], "orders");
+    assert_eq!(admin["fields"]["result"], "OK");
+    let refusal = line("audit-refused-1");
+    assert_eq!(refusal["fields"]["identity"], "orders-team");
+    assert_eq!(refusal["fields"]["target"], "payments");
+    assert_eq!(refusal["fields"]["result"], "PERMISSION_DENIED");
+    assert_eq!(refusal["fields"]["scope"], "admin");
+
+    // SIGHUP: the file's new key works, the removed one no longer does.
+    std::fs::write(
+        &file,
+        keys_file().replace(&hash_key("team-key"), &hash_key("rotated-key")),
+    )
+    .expect("write");
+    let killed = std::process::Command::new("kill")
+        .args(["-HUP", &gateway.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = client
+            .get(url("/v1/streams"))
+            .header("x-api-key", "rotated-key")
+            .send()
+            .await
+            .expect("sent")
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old = client
+        .get(url("/v1/streams"))
+        .header("x-api-key", "team-key")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(old.status(), 401);
+    assert!(!gateway.logged("keys file reloaded").is_empty());
+    gateway.kill_hard();
+}
+
+#[test]
+fn hash_key_prints_the_digest_the_file_wants() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+        .args(["--hash-key", "test"])
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+        .arg("--hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"test\n")
+        .expect("written");
+    let output = child.wait_with_output().expect("ends");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        hash_key("test")
+    );
+}
+
+#[test]
+fn a_bad_keys_file_at_start_up_exits_78_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.toml");
+    std::fs::write(&file, "[[keys]]\nname = \"x\"\nsha256 = \"short\"\n").expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+        .env("API_KEYS_FILE", &file)
+        .env("PORT", "0")
+        .env("DATA_DIR", dir.path().join("data"))
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(78));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("API_KEYS_FILE"), "{text}");
+    assert!(text.contains("sha256"), "{text}");
+}
+
+#[tokio::test]
+async fn openapi_lists_the_scope_of_every_operation() {
+    let app = crate::helpers::spawn_app().await;
+    let document: Value = app
+        .http1
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    let send = &document["paths"]["/v1/streams/{stream}/topics/{topic}/messages"]["post"];
+    assert_eq!(send["x-required-scope"], "write");
+    assert!(
+        send["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("Needs scope `write`") && d.contains("idempotency-key")),
+        "{send}"
+    );
+    let delete = &document["paths"]["/v1/streams/{stream}"]["delete"];
+    assert_eq!(delete["x-required-scope"], "admin");
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("item") {
+            if operation.get("operationId").is_some() {
+                assert!(
+                    operation["x-required-scope"].is_string(),
+                    "{method} {path} lists no scope"
+                );
+            }
+        }
+    }
+}
