@@ -1292,3 +1292,52 @@ async fn openapi_lists_the_scope_of_every_operation() {
         }
     }
 }
+
+/// A Connect unary call with JSON, as connect-web and `buf curl` make it.
+async fn connect(app: &TestApp, key: &str, method: &str, body: Value) -> (u16, Value) {
+    let response = app
+        .http1
+        .post(app.url(&format!("/iggy.gateway.v1.{method}")))
+        .header("content-type", "application/json")
+        .header("connect-protocol-version", "1")
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn connect_calls_are_held_to_the_keys_scopes_like_every_other_protocol() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    let send = json!({
+        "stream": "orders", "topic": "created", "partitionId": 0,
+        "messages": [{"text": "over connect"}]
+    });
+    // The team may send to orders; the reader may not, and hears why in Connect's terms.
+    let (status, sent) =
+        connect(app, "team-key", "MessageService/SendMessages", send.clone()).await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent["ids"].as_array().map(Vec::len), Some(1), "{sent}");
+    let (status, refused) = connect(app, "reader-key", "MessageService/SendMessages", send).await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["code"], "permission_denied", "{refused}");
+    assert!(
+        refused["details"].to_string().contains("SCOPE_MISSING"),
+        "{refused}"
+    );
+    // A key scoped to orders does not see payments in a listing.
+    let (status, listed) = connect(app, "reader-key", "StreamService/ListStreams", json!({})).await;
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed["streams"]
+        .as_array()
+        .map(|streams| streams.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["orders"], "{listed}");
+    // Without a key, Connect hears unauthenticated.
+    let (status, _) = connect(app, "no-such-key", "StreamService/ListStreams", json!({})).await;
+    assert_eq!(status, 401);
+}
