@@ -305,11 +305,25 @@ async fn unary_answer(
         }
     };
     let mut response = (StatusCode::OK, body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // The service's answer metadata is the Connect answer's headers: whether a send was
+    // answered from its idempotency record, and the identity's quota.
+    for name in ANSWER_METADATA {
+        if let Some(value) = parts.headers.get(name) {
+            headers.insert(name, value.clone());
+        }
+    }
     Ok(response)
 }
+
+/// Answer metadata of the services that a unary Connect answer carries as headers.
+const ANSWER_METADATA: [&str; 4] = [
+    "idempotent-replayed",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+];
 
 /// A status with its stable `ErrorInfo` reason, as every status the gateway answers with.
 fn status(code: Code, reason: &'static str, message: impl Into<String>) -> tonic::Status {

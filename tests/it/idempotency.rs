@@ -533,3 +533,37 @@ async fn on_iggy_without_deduplication_the_ids_still_tell_the_copies_apart() {
         .await
         .expect("cleaned up");
 }
+
+#[tokio::test]
+async fn a_connect_retry_is_replayed_with_its_header_and_stored_once() {
+    let app = spawn_app().await;
+    topic(&app).await;
+    let send = || {
+        app.http1
+            .post(app.url("/iggy.gateway.v1.MessageService/SendMessages"))
+            .header("content-type", "application/json")
+            .header("connect-protocol-version", "1")
+            .header("idempotency-key", "connect-order-7")
+            .json(&json!({
+                "stream": "orders", "topic": "created", "partitionId": 0,
+                "messages": [{"text": "seven"}]
+            }))
+            .send()
+    };
+    let first = send().await.expect("sent");
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.expect("JSON");
+    let again = send().await.expect("sent");
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let again: Value = again.json().await.expect("JSON");
+    assert_eq!(again["ids"], first["ids"]);
+    assert_eq!(stored_texts(&app).await, ["seven"]);
+}
