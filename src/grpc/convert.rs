@@ -344,10 +344,11 @@ fn value_to_json_within(
 
 /// A `google.protobuf.Value` number (a double) as JSON: integral values as integers, so JSON
 /// `3` is stored as `3`, as it was written, not `3.0`. Only up to 2^53, where every integer
-/// is exact in a double.
+/// is exact in a double. Negative zero stays a float: the integer 0 would lose its sign.
 fn json_number(value: f64) -> Option<serde_json::Number> {
     const EXACT: f64 = 9_007_199_254_740_992.0;
-    if value.fract() == 0.0 && value.abs() <= EXACT {
+    let negative_zero = value == 0.0 && value.is_sign_negative();
+    if value.fract() == 0.0 && value.abs() <= EXACT && !negative_zero {
         // Integral and within ±2^53: the cast is exact.
         return Some(serde_json::Number::from(value as i64));
     }

@@ -105,3 +105,19 @@ fn json_integers_are_stored_as_written_not_as_doubles() {
         r#"{"big":9007199254740992,"n":3,"neg":-7,"x":2.5}"#
     );
 }
+
+#[test]
+fn negative_zero_keeps_its_sign() {
+    let mut headers = Headers::new();
+    let value = json_to_value(serde_json::json!({"z": -0.0, "p": 0.0}));
+    let payload = body_to_payload(
+        "messages[0]",
+        Some(proto::message::Body::Json(value)),
+        &mut headers,
+    )
+    .expect("valid body");
+    let stored: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
+    let z = stored["z"].as_f64().expect("a number");
+    assert!(z == 0.0 && z.is_sign_negative(), "{stored}");
+    assert_eq!(stored["p"], serde_json::json!(0));
+}
