@@ -180,19 +180,6 @@ impl StoredMessage {
     }
 }
 
-/// The longest prefix of `messages` within `max_bytes`, and never fewer than one message.
-pub fn within_bytes(messages: &mut Vec<StoredMessage>, max_bytes: usize) {
-    let mut total = 0usize;
-    let keep = messages
-        .iter()
-        .position(|message| {
-            total = total.saturating_add(message.size());
-            total > max_bytes
-        })
-        .map_or(messages.len(), |over| over.max(1));
-    messages.truncate(keep);
-}
-
 /// Which partition receives a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Partitioning {

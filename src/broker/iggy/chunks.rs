@@ -19,9 +19,9 @@ pub(super) struct Fetched {
     pub messages: Vec<StoredMessage>,
 }
 
-/// Polls up to `count` messages and `max_bytes` bytes (at least one message, as
-/// [`crate::broker::within_bytes`] keeps), calling `fetch(strategy, count)` once per chunk.
-/// `Last` is read as "from `count` before the head seen by a first one-message fetch", so its
+/// Polls up to `count` messages and `max_bytes` bytes (the longest prefix within them, and at
+/// least one message, as `PollMessages::max_bytes` promises), calling `fetch(strategy, count)`
+/// once per chunk. `Last` is read as "from `count` before the head seen by a first one-message fetch", so its
 /// chunks read forward like every other strategy's. Answers the server's current offset and the
 /// messages, in offset order.
 pub(super) async fn poll_in_chunks<F, Fut>(
