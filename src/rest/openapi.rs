@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use super::{
     conditional,
     routes::{BodyRule, RouteTable},
+    scalars,
     transcode::{CURSOR_FIELD, PROBLEM_EVENT},
 };
 
@@ -155,11 +156,15 @@ fn parameter(
     field: &FieldDescriptor,
     pending: &mut Vec<MessageDescriptor>,
 ) -> Value {
+    let mut schema = field_schema(field, pending);
+    if let Kind::Enum(enumeration) = field.kind() {
+        with_short_names(&mut schema, &enumeration);
+    }
     let mut parameter = json!({
         "name": name,
         "in": location,
         "required": location == "path",
-        "schema": field_schema(field, pending),
+        "schema": schema,
     });
     if field.is_list()
         && let Some(object) = parameter.as_object_mut()
@@ -176,6 +181,24 @@ fn parameter(
         object.insert("description".into(), Value::String(text));
     }
     parameter
+}
+
+/// Adds each value's short name (`last` beside `POLLING_STRATEGY_LAST`) to an enum parameter's
+/// schema (or its items'), as the transcoder takes them on query strings and paths. Listed in
+/// lower case, though any case is taken.
+fn with_short_names(schema: &mut Value, enumeration: &prost_reflect::EnumDescriptor) {
+    let target = match schema.get_mut("items") {
+        Some(items) => items,
+        None => schema,
+    };
+    if let Some(Value::Array(names)) = target.get_mut("enum") {
+        let short: Vec<Value> = enumeration
+            .values()
+            .filter_map(|value| scalars::short_enum_name(enumeration, value.name()))
+            .map(Value::String)
+            .collect();
+        names.extend(short);
+    }
 }
 
 /// A server stream's answer: Server-Sent Events or NDJSON, one item per gRPC message (see

@@ -2,7 +2,10 @@
 //! written, handled alike in bodies, path variables and query strings: integers written as an
 //! integral JSON number inside a string (`"1e0"`, `"2.0"`, as protojson takes them) and RFC 3339
 //! timestamps with a lower-case `t` or `z` (RFC 3339 §5.6) are respelled; fractions of a second
-//! finer than nanoseconds are refused, never cut.
+//! finer than nanoseconds are refused, never cut. On query strings and paths, an enum value may
+//! also be written by its short name, in any case (`strategy=last`), as people type it.
+
+use prost_reflect::EnumDescriptor;
 
 /// An integral JSON number written in a string, as the plain integer the parser takes: `"1e0"`
 /// is `1`, `"-2.50e1"` is `-25`. `None` when `text` is a plain integer already, or is not an
@@ -112,9 +115,50 @@ pub fn boolean(text: &str) -> Option<bool> {
     }
 }
 
+/// The short name of an enum value: its name without the enum's own prefix, in lower case
+/// (`POLLING_STRATEGY_LAST` of `PollingStrategy` is `last`). `None` when the value does not
+/// carry the prefix (buf's ENUM_VALUE_PREFIX rule makes every value of the API carry it).
+pub fn short_enum_name(enumeration: &EnumDescriptor, value: &str) -> Option<String> {
+    let prefix = upper_snake(enumeration.name());
+    value
+        .strip_prefix(prefix.as_str())
+        .and_then(|rest| rest.strip_prefix('_'))
+        .filter(|short| !short.is_empty())
+        .map(str::to_ascii_lowercase)
+}
+
+/// The canonical name of the value `text` names, case-insensitively, by its full or short
+/// name; `None` when it names none (the parser then says what the field takes).
+pub fn enum_value(enumeration: &EnumDescriptor, text: &str) -> Option<String> {
+    enumeration
+        .values()
+        .find(|value| {
+            value.name().eq_ignore_ascii_case(text)
+                || short_enum_name(enumeration, value.name())
+                    .is_some_and(|short| short.eq_ignore_ascii_case(text))
+        })
+        .map(|value| value.name().to_owned())
+}
+
+/// `PollingStrategy` as `POLLING_STRATEGY`: the prefix protobuf style gives an enum's values.
+fn upper_snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    let mut previous: Option<char> = None;
+    for c in name.chars() {
+        if c.is_ascii_uppercase()
+            && previous.is_some_and(|p| p.is_ascii_lowercase() || p.is_ascii_digit())
+        {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+        previous = Some(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{boolean, duration, integer, timestamp};
+    use super::{boolean, duration, enum_value, integer, short_enum_name, timestamp};
 
     #[test]
     fn integral_numbers_in_strings_become_plain_integers() {
@@ -164,5 +208,40 @@ mod tests {
         for text in ["yes", "", "tRUE", "2", "on"] {
             assert_eq!(boolean(text), None, "{text}");
         }
+    }
+
+    fn enumeration(name: &str) -> prost_reflect::EnumDescriptor {
+        let pool = prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("the API's descriptors decode");
+        pool.get_enum_by_name(name).expect("the enum is in the API")
+    }
+
+    #[test]
+    fn enum_values_are_found_by_short_or_full_name_in_any_case() {
+        let strategy = enumeration("iggy.gateway.v1.PollingStrategy");
+        for (text, name) in [
+            ("last", "POLLING_STRATEGY_LAST"),
+            ("LAST", "POLLING_STRATEGY_LAST"),
+            ("First", "POLLING_STRATEGY_FIRST"),
+            ("next", "POLLING_STRATEGY_NEXT"),
+            ("timestamp", "POLLING_STRATEGY_TIMESTAMP"),
+            ("offset", "POLLING_STRATEGY_OFFSET"),
+            ("POLLING_STRATEGY_LAST", "POLLING_STRATEGY_LAST"),
+            ("polling_strategy_last", "POLLING_STRATEGY_LAST"),
+        ] {
+            assert_eq!(enum_value(&strategy, text).as_deref(), Some(name), "{text}");
+        }
+        for text in ["", "lastt", "STRATEGY_LAST", "polling_strategy_", "1"] {
+            assert_eq!(enum_value(&strategy, text), None, "{text}");
+        }
+        assert_eq!(
+            short_enum_name(&strategy, "POLLING_STRATEGY_LAST").as_deref(),
+            Some("last")
+        );
+        let compression = enumeration("iggy.gateway.v1.CompressionAlgorithm");
+        assert_eq!(
+            enum_value(&compression, "gzip").as_deref(),
+            Some("COMPRESSION_ALGORITHM_GZIP")
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! renders it without anything from outside the gateway.
 
 use iggy_gateway::rest;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::spawn_app;
 
@@ -92,6 +92,24 @@ async fn openapi_document_is_valid_and_covers_every_route() {
         .expect("strategy parameter");
     assert_eq!(strategy["in"], "query");
     assert_eq!(strategy["schema"]["enum"][5], "POLLING_STRATEGY_NEXT");
+    // The short names the query string takes are listed after the canonical ones.
+    assert_eq!(
+        strategy["schema"]["enum"],
+        json!([
+            "POLLING_STRATEGY_UNSPECIFIED",
+            "POLLING_STRATEGY_OFFSET",
+            "POLLING_STRATEGY_TIMESTAMP",
+            "POLLING_STRATEGY_FIRST",
+            "POLLING_STRATEGY_LAST",
+            "POLLING_STRATEGY_NEXT",
+            "unspecified",
+            "offset",
+            "timestamp",
+            "first",
+            "last",
+            "next"
+        ])
+    );
     let schemas = &document["components"]["schemas"];
     assert_eq!(
         schemas["iggy_gateway_v1_CreateStreamRequest"]["properties"]["name"]["type"],
@@ -170,16 +188,13 @@ async fn streams_are_declared_as_sse_and_ndjson_items_and_integers_with_their_re
         [
             (
                 "message",
-                &serde_json::json!({"$ref": "#/components/schemas/iggy_gateway_v1_PolledMessage"})
+                &json!({"$ref": "#/components/schemas/iggy_gateway_v1_PolledMessage"})
             ),
             (
                 "heartbeat",
-                &serde_json::json!({"$ref": "#/components/schemas/iggy_gateway_v1_Heartbeat"})
+                &json!({"$ref": "#/components/schemas/iggy_gateway_v1_Heartbeat"})
             ),
-            (
-                "problem",
-                &serde_json::json!({"$ref": "#/components/schemas/Problem"})
-            ),
+            ("problem", &json!({"$ref": "#/components/schemas/Problem"})),
         ]
     );
     assert_eq!(
@@ -255,7 +270,7 @@ async fn streams_are_declared_as_sse_and_ndjson_items_and_integers_with_their_re
     assert_eq!(status, 201);
     let stream_schema = validator_in(
         &document,
-        &serde_json::json!({"$ref": "#/components/schemas/iggy_gateway_v1_CreateStreamResponse"}),
+        &json!({"$ref": "#/components/schemas/iggy_gateway_v1_CreateStreamResponse"}),
     );
     assert!(stream_schema.is_valid(&created), "{created}");
 }

@@ -116,6 +116,35 @@ async fn json_bodies_come_back_as_json_and_bytes_as_base64() {
         .await;
     assert_eq!(status, 200, "{last}");
     assert_eq!(last["messages"][0]["text"], "naïve ☃");
+
+    // And by the short names people type, in any case: the same answers as the full names.
+    for (short, full) in [
+        ("last", "POLLING_STRATEGY_LAST"),
+        ("First", "POLLING_STRATEGY_FIRST"),
+    ] {
+        let (status, by_short) = app
+            .get_json(&format!("/v1/streams/orders/topics/created/messages?partition_id=0&count=10&strategy={short}"))
+            .await;
+        assert_eq!(status, 200, "{by_short}");
+        let (_, by_full) = app
+            .get_json(&format!(
+                "/v1/streams/orders/topics/created/messages?partition_id=0&count=10&strategy={full}"
+            ))
+            .await;
+        assert_eq!(by_short["messages"], by_full["messages"], "{short}");
+    }
+    let (_, first) = app
+        .get_json(
+            "/v1/streams/orders/topics/created/messages?partition_id=0&count=10&strategy=FIRST",
+        )
+        .await;
+    assert_eq!(first["messages"].as_array().map(Vec::len), Some(3));
+    let (_, last) = app
+        .get_json(
+            "/v1/streams/orders/topics/created/messages?partition_id=0&count=1&strategy=last",
+        )
+        .await;
+    assert_eq!(last["messages"][0]["text"], "naïve ☃");
 }
 
 #[tokio::test]

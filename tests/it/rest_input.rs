@@ -123,7 +123,7 @@ async fn values_that_do_not_parse_are_refused_naming_their_field() {
     let cases = [
         (format!("{MESSAGES}?count=1.5"), "count"),
         (format!("{MESSAGES}?count=ten"), "count"),
-        (format!("{MESSAGES}?count=1&strategy=FIRST"), "strategy"),
+        (format!("{MESSAGES}?count=1&strategy=soonest"), "strategy"),
         (
             format!("{MESSAGES}?count=1&strategy=POLLING_STRATEGY_TIMESTAMP&timestamp=yesterday"),
             "timestamp",
@@ -152,7 +152,7 @@ async fn values_that_do_not_parse_are_refused_naming_their_field() {
         );
     }
     let answer = app
-        .get_json(&format!("{MESSAGES}?count=1&strategy=FIRST"))
+        .get_json(&format!("{MESSAGES}?count=1&strategy=soonest"))
         .await;
     assert!(
         answer.1["violations"][0]["description"]

@@ -641,10 +641,14 @@ fn item_json(expect: &Expect, kind: &Kind, name: &str, value: &str) -> Result<Va
             scalars::duration(value).map_err(|reason| Problem::invalid_field(name, reason))?;
             Value::String(value.to_owned())
         }
-        // Enums are names or numbers; a number must reach the parser as a JSON number.
-        (_, Kind::Enum(_)) => value
-            .parse::<i32>()
-            .map_or_else(|_| Value::String(value.to_owned()), Value::from),
+        // Enums are names (full or short, any case) or numbers; a number must reach the parser
+        // as a JSON number, a name as the canonical one.
+        (_, Kind::Enum(enumeration)) => match value.parse::<i32>() {
+            Ok(number) => Value::from(number),
+            Err(_) => Value::String(
+                scalars::enum_value(enumeration, value).unwrap_or_else(|| value.to_owned()),
+            ),
+        },
         (_, Kind::Double | Kind::Float) => value
             .parse::<f64>()
             .ok()
