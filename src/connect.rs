@@ -298,9 +298,7 @@ async fn unary_answer(
         Codec::Json => {
             let message = DynamicMessage::decode(method.output(), payload)
                 .map_err(|err| internal(format!("decoding the gRPC answer: {err}")))?;
-            let json = rest::json_value(&message).map_err(internal)?;
-            let bytes = serde_json::to_vec(&json)
-                .map_err(|err| internal(format!("encoding the answer as JSON: {err}")))?;
+            let bytes = rest::json_bytes(&message).map_err(internal)?;
             ("application/json", Bytes::from(bytes))
         }
     };

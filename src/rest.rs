@@ -23,7 +23,7 @@ pub use routes::{BodyRule, Route, RouteTable};
 pub use template::PathTemplate;
 pub use transcode::Transcoder;
 /// What the Connect translator shares with REST: one JSON codec, one gRPC framing.
-pub(crate) use transcode::{framing, json_message, json_value};
+pub(crate) use transcode::{framing, json_bytes, json_message};
 
 use crate::{answer::methods::read_only, proto};
 

@@ -42,11 +42,7 @@ impl Writer {
         let message = if self.json {
             let decoded = DynamicMessage::decode(self.output.clone(), payload)
                 .map_err(|err| internal(format!("decoding the gRPC stream: {err}")))?;
-            let json = rest::json_value(&decoded).map_err(internal)?;
-            Bytes::from(
-                serde_json::to_vec(&json)
-                    .map_err(|err| internal(format!("encoding a message as JSON: {err}")))?,
-            )
+            Bytes::from(rest::json_bytes(&decoded).map_err(internal)?)
         } else {
             payload
         };

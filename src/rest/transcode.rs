@@ -34,7 +34,7 @@ use self::{
     render::{internal, respond},
     request::{Query, request_message},
 };
-pub(crate) use self::{render::json_value, request::json_message};
+pub(crate) use self::{render::json_bytes, request::json_message};
 use super::{
     RestSettings,
     routes::{Lookup, Route, RouteTable},

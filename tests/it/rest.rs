@@ -140,9 +140,7 @@ async fn json_bodies_come_back_as_json_and_bytes_as_base64() {
         .await;
     assert_eq!(first["messages"].as_array().map(Vec::len), Some(3));
     let (_, last) = app
-        .get_json(
-            "/v1/streams/orders/topics/created/messages?partition_id=0&count=1&strategy=last",
-        )
+        .get_json("/v1/streams/orders/topics/created/messages?partition_id=0&count=1&strategy=last")
         .await;
     assert_eq!(last["messages"][0]["text"], "naïve ☃");
 }

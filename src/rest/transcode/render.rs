@@ -116,23 +116,77 @@ fn next_message(
 /// A message as REST writes it: proto3 JSON with proto field names, defaults included, and
 /// whole doubles as integers. Connect's JSON codec writes its answers with it too.
 pub(crate) fn json_value(message: &DynamicMessage) -> Result<Value, String> {
-    let options = SerializeOptions::new()
-        .use_proto_field_name(true)
-        .skip_default_fields(false);
     let mut json = message
-        .serialize_with_options(serde_json::value::Serializer, &options)
+        .serialize_with_options(serde_json::value::Serializer, &serialize_options())
         .map_err(|err| format!("encoding the answer as JSON: {err}"))?;
     integral_numbers(&mut json);
     Ok(json)
 }
 
+/// The same JSON as [`json_value`], written straight to bytes: no tree of values is built and
+/// thrown away, which on a poll of many messages is a copy of every payload's base64 text.
+pub(crate) fn json_bytes(message: &DynamicMessage) -> Result<Vec<u8>, String> {
+    // base64 and JSON's punctuation make the text longer than the protobuf it comes from.
+    let mut out = Vec::with_capacity(
+        prost::Message::encoded_len(message)
+            .saturating_mul(2)
+            .saturating_add(64),
+    );
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, IntegralFloats);
+    message
+        .serialize_with_options(&mut serializer, &serialize_options())
+        .map_err(|err| format!("encoding the answer as JSON: {err}"))?;
+    Ok(out)
+}
+
+fn serialize_options() -> SerializeOptions {
+    SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false)
+}
+
+/// serde_json's compact output, with whole doubles written as integers as [`integral_numbers`]
+/// does to a tree (a float is widened to a double first, as the tree holds it).
+struct IntegralFloats;
+
+impl serde_json::ser::Formatter for IntegralFloats {
+    fn write_f64<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f64,
+    ) -> std::io::Result<()> {
+        match whole(value) {
+            Some(whole) => serde_json::ser::CompactFormatter.write_i64(writer, whole),
+            None => serde_json::ser::CompactFormatter.write_f64(writer, value),
+        }
+    }
+
+    fn write_f32<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f32,
+    ) -> std::io::Result<()> {
+        self.write_f64(writer, f64::from(value))
+    }
+}
+
+/// A double that is whole and exactly representable (below 2^53), as the integer it equals.
+fn whole(float: f64) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "whole and below 2^53, so exact"
+    )]
+    (float.fract() == 0.0 && float.abs() < EXACT).then_some(float as i64)
+}
+
 fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {
-    let json = json_value(message).unwrap_or(Value::Null);
     if !sse {
-        let mut line = serde_json::to_vec(&json).unwrap_or_default();
+        let mut line = json_bytes(message).unwrap_or_else(|_| b"null".to_vec());
         line.push(b'\n');
         return Bytes::from(line);
     }
+    let json = json_value(message).unwrap_or(Value::Null);
     // The cursor is the event id; the event's name is the field the message set.
     let id = json
         .get(CURSOR_FIELD)
@@ -173,12 +227,18 @@ pub(super) fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, 
     if route.success == StatusCode::NO_CONTENT {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let mut json = json_value(&reply).map_err(internal)?;
-    if let Some(field) = &route.response_body {
-        json = json.get_mut(field).map(Value::take).unwrap_or(Value::Null);
-    }
-    let body = serde_json::to_vec(&json)
-        .map_err(|err| internal(format!("encoding the answer as JSON: {err}")))?;
+    let body = match &route.response_body {
+        None => json_bytes(&reply).map_err(internal)?,
+        // One field of the answer (a resource, a list): small, so through a tree.
+        Some(field) => {
+            let json = json_value(&reply)
+                .map_err(internal)?
+                .get_mut(field)
+                .map_or(Value::Null, Value::take);
+            serde_json::to_vec(&json)
+                .map_err(|err| internal(format!("encoding the answer as JSON: {err}")))?
+        }
+    };
     let mut response = (route.success, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -191,18 +251,9 @@ pub(super) fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, 
 /// client sent `1` and should get `1` back. Doubles that are whole and exactly representable
 /// are printed as integers (the same number in JSON).
 fn integral_numbers(value: &mut Value) {
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     match value {
         Value::Number(number) => {
-            if let Some(float) = number
-                .as_f64()
-                .filter(|f| number.is_f64() && f.fract() == 0.0 && f.abs() < EXACT)
-            {
-                #[allow(
-                    clippy::cast_possible_truncation,
-                    reason = "whole and below 2^53, so exact"
-                )]
-                let whole = float as i64;
+            if let Some(whole) = number.as_f64().filter(|_| number.is_f64()).and_then(whole) {
                 *number = serde_json::Number::from(whole);
             }
         }

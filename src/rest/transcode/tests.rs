@@ -331,3 +331,92 @@ fn accept_chooses_sse_only_when_it_weighs_at_least_as_much_as_ndjson() {
         assert_eq!(choose(accept), sse, "{accept:?}");
     }
 }
+
+mod written_straight {
+    use proptest::prelude::*;
+    use prost_reflect::{DescriptorPool, DynamicMessage};
+    use serde_json::{Value, json};
+
+    use super::render;
+
+    fn answer(json: &Value) -> DynamicMessage {
+        let pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let descriptor = pool
+            .get_message_by_name("iggy.gateway.v1.PollMessagesResponse")
+            .expect("PollMessagesResponse");
+        DynamicMessage::deserialize(descriptor, json).expect("a valid answer")
+    }
+
+    /// The tree the bytes must equal: the way answers were written before.
+    fn through_tree(message: &DynamicMessage) -> Vec<u8> {
+        serde_json::to_vec(&render::json_value(message).expect("renders")).expect("writes")
+    }
+
+    fn number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<f64>()
+                .prop_filter("JSON holds finite numbers", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            any::<i32>().prop_map(|n| json!(f64::from(n))),
+            Just(json!(-0.0)),
+            Just(json!(9_007_199_254_740_992.0_f64)),
+            Just(json!(9_007_199_254_740_991.0_f64)),
+            any::<i64>().prop_map(|n| json!(n)),
+        ]
+    }
+
+    fn json_body() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            number(),
+            "\\PC{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z]{1,4}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn polled_answers_written_straight_are_the_bytes_the_tree_gave(
+            body in json_body(),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            offset in any::<u64>(),
+            header in number(),
+        ) {
+            use base64::Engine;
+            let payload = base64::engine::general_purpose::STANDARD.encode(payload);
+            let message = answer(&json!({
+                "partition_id": 3,
+                "current_offset": offset.to_string(),
+                "messages": [
+                    {"offset": "0", "timestamp": "2026-11-26T09:25:07.706756Z", "id": "x",
+                     "headers": {"h": {"double_value": header}}, "json": body},
+                    {"offset": offset.to_string(), "payload": payload},
+                    {"offset": "1", "text": "naïve ☃"},
+                ],
+            }));
+            let straight = String::from_utf8(render::json_bytes(&message).expect("writes"));
+            let tree = String::from_utf8(through_tree(&message));
+            prop_assert_eq!(straight, tree);
+        }
+    }
+
+    #[test]
+    fn whole_doubles_are_written_as_integers_and_others_as_they_are() {
+        let message = answer(
+            &json!({"messages": [{"json": [1.0, -0.0, 2.5, 1e300, 4_503_599_627_370_497.0_f64]}]}),
+        );
+        let text = String::from_utf8(render::json_bytes(&message).expect("writes")).expect("utf-8");
+        assert!(
+            text.contains(r#""json":[1,0,2.5,1e+300,4503599627370497]"#),
+            "{text}"
+        );
+        assert_eq!(text.as_bytes(), through_tree(&message));
+    }
+}
