@@ -3,6 +3,7 @@
 //! same gRPC service, and RFC 9457 problem bodies for every error.
 
 mod conditional;
+pub mod direct;
 mod openapi;
 mod routes;
 mod scalars;
@@ -59,10 +60,20 @@ pub struct RestSettings {
 /// The REST router: `/openapi.json`, `/docs`, and every annotated route, transcoded to
 /// `grpc` (the gRPC services alone).
 pub fn router(table: RouteTable, grpc: Router, settings: RestSettings) -> Result<Router, String> {
+    router_with(table, grpc, direct::Direct::default(), settings)
+}
+
+/// [`router`], with the unary methods in `direct` called straight (see `direct`).
+pub fn router_with(
+    table: RouteTable,
+    grpc: Router,
+    direct: direct::Direct,
+    settings: RestSettings,
+) -> Result<Router, String> {
     let openapi = Bytes::from(
         serde_json::to_vec_pretty(&openapi_document(&table)).map_err(|err| err.to_string())?,
     );
-    let transcoder = Arc::new(Transcoder::new(table, grpc, settings));
+    let transcoder = Arc::new(Transcoder::new(table, grpc, direct, settings));
     Ok(Router::new()
         .route(
             "/openapi.json",

@@ -4,6 +4,8 @@
 //! [`Application::build`] binds (port 0 works) and exposes the bound address, so tests start a
 //! gateway on a free port; [`Application::run_until_stopped`] takes any shutdown future.
 
+mod direct;
+
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
@@ -489,24 +491,26 @@ fn routes(
                 .send_compressed(CompressionEncoding::Zstd)
         };
     }
-    let streams = compressed!(StreamServiceServer::new(StreamApi::new(Arc::clone(
-        &broker
-    ))))
-    .max_decoding_message_size(max_request_bytes);
-    let topics = compressed!(TopicServiceServer::new(TopicApi::new(Arc::clone(&broker))))
+    // One instance of each service, served to gRPC and called directly by REST.
+    let apis = direct::Services {
+        streams: Arc::new(StreamApi::new(Arc::clone(&broker))),
+        topics: Arc::new(TopicApi::new(Arc::clone(&broker))),
+        messages: Arc::new(
+            MessageApi::new(Arc::clone(&broker), limits, subscriptions)
+                .with_idempotency(Arc::new(idempotency)),
+        ),
+        events: Arc::new(EventApi::new(broker, limits, default_topic)),
+        stats: Arc::new(StatsApi::new(stats)),
+    };
+    let streams = compressed!(StreamServiceServer::from_arc(Arc::clone(&apis.streams)))
         .max_decoding_message_size(max_request_bytes);
-    let messages = compressed!(MessageServiceServer::new(
-        MessageApi::new(Arc::clone(&broker), limits, subscriptions)
-            .with_idempotency(Arc::new(idempotency))
-    ))
-    .max_decoding_message_size(max_request_bytes);
-    let events = compressed!(EventServiceServer::new(EventApi::new(
-        broker,
-        limits,
-        default_topic
-    )))
-    .max_decoding_message_size(max_request_bytes);
-    let stats = compressed!(StatsServiceServer::new(StatsApi::new(stats)));
+    let topics = compressed!(TopicServiceServer::from_arc(Arc::clone(&apis.topics)))
+        .max_decoding_message_size(max_request_bytes);
+    let messages = compressed!(MessageServiceServer::from_arc(Arc::clone(&apis.messages)))
+        .max_decoding_message_size(max_request_bytes);
+    let events = compressed!(EventServiceServer::from_arc(Arc::clone(&apis.events)))
+        .max_decoding_message_size(max_request_bytes);
+    let stats = compressed!(StatsServiceServer::from_arc(Arc::clone(&apis.stats)));
 
     // REST calls the same service instances, in process, over the gRPC protocol.
     let mut grpc_only = Routes::builder();
@@ -518,8 +522,10 @@ fn routes(
         .add_service(scopes.guard(GrpcPaths::new(stats.clone())));
     let grpc_only = grpc_only.routes().prepare().into_axum_router();
     let table = rest::route_table().map_err(StartupError::Internal)?;
-    let rest =
-        rest::router(table, grpc_only.clone(), rest_settings).map_err(StartupError::Internal)?;
+    // REST's unary calls go straight to the same instances; its streams in process over gRPC.
+    let direct = direct::table(&scopes, &apis, &table).map_err(StartupError::Internal)?;
+    let rest = rest::router_with(table, grpc_only.clone(), direct, rest_settings)
+        .map_err(StartupError::Internal)?;
     // Connect calls the same service instances, in process, as REST does.
     let connect =
         Arc::new(Connect::new(grpc_only, connect_settings).map_err(StartupError::Internal)?);

@@ -1,6 +1,7 @@
 //! Scopes and quotas, per identity: the policy that guards each of the API's gRPC services,
-//! whatever protocol reached it (gRPC and gRPC-Web directly, REST through the transcoder's
-//! in-process call), so all three are judged on the same gRPC path by construction.
+//! whatever protocol reached it (gRPC and gRPC-Web directly, Connect through its in-process
+//! call, REST's unary calls through `admit_call`/`settle_call` around the method itself), so
+//! every protocol is judged by the same policy, keyed by the same gRPC path.
 //!
 //! The scope each RPC needs is read from the descriptor set at start-up
 //! (`iggy.gateway.v1.required_scope`; a method without it fails start-up). Here, before the
@@ -198,9 +199,63 @@ impl Policy for Scopes {
         if Protocol::of(request) == Protocol::Rest {
             return Ok(None);
         }
+        let caller = Caller::of(request);
+        let access = self.admit(rpc, request.extensions_mut())?;
+        Ok(Some(Admitted { access, caller }))
+    }
+
+    fn answered(&self, admitted: Option<Admitted>, response: Response<Body>) -> Response<Body> {
+        let Some(Admitted { access, caller }) = admitted else {
+            return response;
+        };
+        // An error is trailers-only (its status in the head); an answer without one succeeded
+        // or is streaming.
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map_or(Code::Ok, Code::from);
+        match Self::settle(&access, code) {
+            Ok(()) => response,
+            Err(rejection) => rejection.respond_to(&caller),
+        }
+    }
+}
+
+/// The same policy for a call that reaches a service without HTTP in between (REST's direct
+/// call): admitted by the RPC's gRPC path before the service runs, settled with its outcome.
+impl Scopes {
+    /// Admits a call to the RPC at `path` by what its `extensions` say of the caller (and adds
+    /// its `Access` there); `None` when `path` is not an RPC of the API.
+    pub fn admit_call(
+        &self,
+        path: &str,
+        extensions: &mut axum::http::Extensions,
+    ) -> Option<Result<Arc<Access>, Rejection>> {
+        let rpc = self.table.get(path).cloned()?;
+        Some(self.admit(rpc, extensions))
+    }
+
+    /// Whether `path` is an RPC of the API the policy knows.
+    pub fn knows(&self, path: &str) -> bool {
+        self.table.get(path).is_some()
+    }
+
+    /// Settles an admitted call with the code its service answered: refused when a success
+    /// never checked its target; audited when it is an admin call.
+    pub fn settle_call(&self, access: &Access, code: Code) -> Result<(), Rejection> {
+        Self::settle(access, code)
+    }
+
+    fn admit(
+        &self,
+        rpc: Arc<Rpc>,
+        extensions: &mut axum::http::Extensions,
+    ) -> Result<Arc<Access>, Rejection> {
         // The API key layer gives every call an identity (anonymous when no key is needed): a
         // call without one did not come through it, and is refused rather than let through.
-        let Some(identity) = request.extensions().get::<Arc<Identity>>().cloned() else {
+        let Some(identity) = extensions.get::<Arc<Identity>>().cloned() else {
             tracing::error!(method = %rpc.name, "a call reached the scope check without an identity");
             return Err(Rejection::new(
                 Code::Unauthenticated,
@@ -208,8 +263,7 @@ impl Policy for Scopes {
                 "the call carries no identity",
             ));
         };
-        let request_id = request
-            .extensions()
+        let request_id = extensions
             .get::<RequestId>()
             .map(|id| id.0.clone())
             .unwrap_or_default();
@@ -247,41 +301,26 @@ impl Policy for Scopes {
             Arc::clone(&self.keys),
             Arc::clone(&self.metrics),
         ));
-        request.extensions_mut().insert(Arc::clone(&access));
-        Ok(Some(Admitted {
-            access,
-            caller: Caller::of(request),
-        }))
+        extensions.insert(Arc::clone(&access));
+        Ok(access)
     }
 
-    fn answered(&self, admitted: Option<Admitted>, response: Response<Body>) -> Response<Body> {
-        let Some(Admitted { access, caller }) = admitted else {
-            return response;
-        };
-        // An error is trailers-only (its status in the head); an answer without one succeeded
-        // or is streaming.
-        let code = response
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i32>().ok())
-            .map_or(Code::Ok, Code::from);
+    fn settle(access: &Access, code: Code) -> Result<(), Rejection> {
         if code == Code::Ok && !access.was_checked() {
             tracing::error!(
                 method = %access.rpc().name,
                 "the service answered without checking the call's target; refused"
             );
-            return Rejection::new(
+            return Err(Rejection::new(
                 Code::Internal,
                 "SCOPE_UNCHECKED",
                 "the call's scope was not checked",
-            )
-            .respond_to(&caller);
+            ));
         }
         if access.rpc().scope == Scope::Admin && !access.was_refused() {
-            audit_admin(&access, grpc_code_name(code));
+            audit_admin(access, grpc_code_name(code));
         }
-        response
+        Ok(())
     }
 }
 

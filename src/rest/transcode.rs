@@ -22,7 +22,7 @@ use prost_reflect::DynamicMessage;
 use tower::ServiceExt;
 
 use crate::{
-    answer::{Problem, methods},
+    answer::{Caller, Problem, methods},
     extensions::{ClientIp, MatchedRoute, RejectedFor, RequestId},
     identity::Identity,
     rest::conditional,
@@ -37,6 +37,7 @@ use self::{
 pub(crate) use self::{render::json_bytes, request::json_message};
 use super::{
     RestSettings,
+    direct::{Call, Direct, Failure},
     routes::{Lookup, Route, RouteTable},
     template,
 };
@@ -71,16 +72,17 @@ struct Echo {
 impl Echo {
     fn of(parts: &axum::http::response::Parts) -> Self {
         Self {
-            headers: ECHOED_HEADERS
-                .iter()
-                .filter_map(|name| {
-                    parts
-                        .headers
-                        .get(*name)
-                        .map(|value| (header::HeaderName::from_static(name), value.clone()))
-                })
-                .collect(),
+            headers: echoed(&parts.headers),
             rejected: parts.extensions.get::<RejectedFor>().copied(),
+        }
+    }
+
+    /// What a direct call's answer (or status) carries in its metadata, which the gRPC path
+    /// would have sent as headers.
+    fn of_metadata(metadata: &tonic::metadata::MetadataMap) -> Self {
+        Self {
+            headers: echoed(&metadata.clone().into_headers()),
+            rejected: None,
         }
     }
 
@@ -98,15 +100,23 @@ pub struct Transcoder {
     table: RouteTable,
     /// The gRPC services alone (no gRPC-Web, no REST), called in process.
     grpc: axum::Router,
+    /// The unary methods called directly; the others go through `grpc`.
+    direct: Direct,
     max_body_bytes: usize,
     query: Query,
 }
 
 impl Transcoder {
-    pub fn new(table: RouteTable, grpc: axum::Router, settings: RestSettings) -> Self {
+    pub fn new(
+        table: RouteTable,
+        grpc: axum::Router,
+        direct: Direct,
+        settings: RestSettings,
+    ) -> Self {
         Self {
             table,
             grpc,
+            direct,
             max_body_bytes: settings.max_body_bytes,
             query: if settings.strict_query {
                 Query::Strict
@@ -119,6 +129,17 @@ impl Transcoder {
     pub fn table(&self) -> &RouteTable {
         &self.table
     }
+}
+
+fn echoed(headers: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
+    ECHOED_HEADERS
+        .iter()
+        .filter_map(|name| {
+            headers
+                .get(*name)
+                .map(|value| (header::HeaderName::from_static(name), value.clone()))
+        })
+        .collect()
 }
 
 fn request_id(headers: &HeaderMap) -> Option<String> {
@@ -223,14 +244,19 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         )));
         return Ok(response);
     }
-    let (reply, echo) = call_grpc(
-        transcoder,
-        route,
-        &parts.headers,
-        &parts.extensions,
-        &message,
-    )
-    .await;
+    let (reply, echo) = match transcoder.direct.get(route.grpc_path.as_str()) {
+        Some(call) => call_direct(call, route, &parts.headers, &parts.extensions, &message).await,
+        None => {
+            call_grpc(
+                transcoder,
+                route,
+                &parts.headers,
+                &parts.extensions,
+                &message,
+            )
+            .await
+        }
+    };
     let mut response = match reply {
         Ok(reply) => {
             let etag = conditional::answer_etag(&reply);
@@ -329,6 +355,58 @@ async fn call_grpc(
     let (parts, body) = response.into_parts();
     let echo = Echo::of(&parts);
     (answer(route, parts, body).await, echo)
+}
+
+/// A unary call straight to the service's method (see `direct`), with the metadata and
+/// extensions the in-process gRPC call would carry; its answer or error as that call's would be.
+async fn call_direct(
+    call: &Call,
+    route: &Route,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+    message: &DynamicMessage,
+) -> (Result<DynamicMessage, Problem>, Echo) {
+    let mut forwarded = HeaderMap::new();
+    for name in FORWARDED_HEADERS {
+        for value in headers.get_all(name) {
+            forwarded.append(name, value.clone());
+        }
+    }
+    let mut carried = axum::http::Extensions::new();
+    if let Some(identity) = extensions.get::<std::sync::Arc<Identity>>() {
+        carried.insert(std::sync::Arc::clone(identity));
+    }
+    if let Some(client) = extensions.get::<ClientIp>() {
+        carried.insert(*client);
+    }
+    if let Some(id) = extensions.get::<RequestId>() {
+        carried.insert(id.clone());
+    }
+    let request = tonic::Request::from_parts(
+        tonic::metadata::MetadataMap::from_headers(forwarded),
+        carried,
+        message.clone(),
+    );
+    match call(request).await {
+        Ok(response) => {
+            let echo = Echo::of_metadata(response.metadata());
+            (Ok(response.into_inner()), echo)
+        }
+        Err(Failure::Status(status)) => {
+            let echo = Echo::of_metadata(status.metadata());
+            (Err(Problem::from_status(&status)), echo)
+        }
+        // Answered as the guard answers a gRPC caller, and read back as any gRPC answer is.
+        Err(Failure::Refused(rejection)) => {
+            let grpc = Request::builder()
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .body(())
+                .unwrap_or_default();
+            let (parts, body) = rejection.respond_to(&Caller::of(&grpc)).into_parts();
+            let echo = Echo::of(&parts);
+            (answer(route, parts, body).await, echo)
+        }
+    }
 }
 
 /// The message of a unary gRPC answer, or its error as a problem.

@@ -139,7 +139,7 @@ fn query_parameters_that_are_taken_repeated_or_bad_are_refused_naming_them() {
         ("partitionId=1&partition_id=0", "partition_id"),
         ("count=1.5", "count"),
         ("count=%FF", "count"),
-        ("strategy=FIRST", "strategy"),
+        ("strategy=FIRSTT", "strategy"),
         ("timestamp=2026-01-01T00:00:00.1234567891Z", "timestamp"),
     ] {
         let problem =

@@ -1,0 +1,166 @@
+//! The table of REST's direct calls (`rest::direct`): every unary RPC of the API, mapped to its
+//! service's method on the very instances gRPC serves. Each call passes the scope policy on the
+//! way in and is settled with its outcome, as the gRPC paths' guard does; start-up fails when a
+//! unary REST route has no entry, so a new RPC cannot quietly take the slower path.
+
+use std::{future::Future, sync::Arc};
+
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use tonic::{Code, Status};
+
+use crate::{
+    grpc::{EventApi, MessageApi, StatsApi, StreamApi, TopicApi},
+    layers::Scopes,
+    proto::{
+        self, event_service_server::EventService, message_service_server::MessageService,
+        stats_service_server::StatsService, stream_service_server::StreamService,
+        topic_service_server::TopicService,
+    },
+    rest::{
+        RouteTable,
+        direct::{Call, Direct, Failure, Reply},
+    },
+};
+
+/// The service instances the table calls.
+pub(super) struct Services {
+    pub streams: Arc<StreamApi>,
+    pub topics: Arc<TopicApi>,
+    pub messages: Arc<MessageApi>,
+    pub events: Arc<EventApi>,
+    pub stats: Arc<StatsApi>,
+}
+
+/// One unary method as a direct call: the request message becomes the method's typed input,
+/// its answer the output's message again.
+fn unary<Req, Res, F, Fut>(
+    pool: &DescriptorPool,
+    scopes: &Scopes,
+    path: &'static str,
+    method: F,
+) -> Result<(&'static str, Call), String>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Res: prost::Message + Send + 'static,
+    F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<Res>, Status>> + Send + 'static,
+{
+    let output = output_of(pool, path)?;
+    let scopes = scopes.clone();
+    let method = Arc::new(method);
+    let call: Call = Arc::new(move |request: tonic::Request<DynamicMessage>| {
+        let (metadata, mut extensions, message) = request.into_parts();
+        let access = match scopes.admit_call(path, &mut extensions) {
+            Some(Ok(access)) => access,
+            Some(Err(rejection)) => {
+                return Box::pin(std::future::ready(Err(Failure::Refused(rejection))))
+                    as std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>;
+            }
+            // Every path in the table is an RPC of the API (checked at start-up).
+            None => {
+                return Box::pin(std::future::ready(Err(Failure::Status(
+                    Status::unimplemented(format!("unknown method {path}")),
+                ))));
+            }
+        };
+        let (scopes, method, output) = (scopes.clone(), Arc::clone(&method), output.clone());
+        Box::pin(async move {
+            // Same descriptors, so this cannot fail but for a bug; said as INTERNAL, not hidden.
+            let typed: Req = message
+                .transcode_to()
+                .map_err(|err| Failure::Status(Status::internal(format!("{path}: {err}"))))?;
+            let request = tonic::Request::from_parts(metadata, extensions, typed);
+            let answer = method(request).await;
+            let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
+            scopes
+                .settle_call(&access, code)
+                .map_err(Failure::Refused)?;
+            let (metadata, typed, extensions) = answer.map_err(Failure::Status)?.into_parts();
+            let message = DynamicMessage::decode(output, typed.encode_to_vec().as_slice())
+                .map_err(|err| Failure::Status(Status::internal(format!("{path}: {err}"))))?;
+            Ok(tonic::Response::from_parts(metadata, message, extensions))
+        })
+    });
+    Ok((path, call))
+}
+
+fn output_of(pool: &DescriptorPool, path: &str) -> Result<MessageDescriptor, String> {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .ok_or_else(|| format!("{path} is not a gRPC path"))?;
+    pool.get_service_by_name(service)
+        .and_then(|service| service.methods().find(|m| m.name() == method))
+        .map(|method| method.output())
+        .ok_or_else(|| format!("{path} is not an RPC of the API"))
+}
+
+/// `Service/Method` (under the API's package), the trait, its method, and the instance.
+macro_rules! entries {
+    ($pool:expr, $scopes:expr; $($service:literal / $method:literal => $trait:ident :: $fn:ident on $api:expr;)*) => {
+        vec![$({
+            let api = Arc::clone(&$api);
+            unary(
+                $pool,
+                $scopes,
+                concat!("/iggy.gateway.v1.", $service, "/", $method),
+                move |request| {
+                    let api = Arc::clone(&api);
+                    async move { $trait::$fn(&*api, request).await }
+                },
+            )
+        }),*]
+    };
+}
+
+/// Every unary RPC of the API; fails when a unary route of `table` has none.
+pub(super) fn table(
+    scopes: &Scopes,
+    services: &Services,
+    table: &RouteTable,
+) -> Result<Direct, String> {
+    let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+        .map_err(|err| format!("the API descriptor set does not decode: {err}"))?;
+    let entries = entries![&pool, scopes;
+        "StreamService" / "CreateStream" => StreamService::create_stream on services.streams;
+        "StreamService" / "GetStream" => StreamService::get_stream on services.streams;
+        "StreamService" / "ListStreams" => StreamService::list_streams on services.streams;
+        "StreamService" / "UpdateStream" => StreamService::update_stream on services.streams;
+        "StreamService" / "DeleteStream" => StreamService::delete_stream on services.streams;
+        "StreamService" / "PurgeStream" => StreamService::purge_stream on services.streams;
+        "TopicService" / "CreateTopic" => TopicService::create_topic on services.topics;
+        "TopicService" / "GetTopic" => TopicService::get_topic on services.topics;
+        "TopicService" / "ListTopics" => TopicService::list_topics on services.topics;
+        "TopicService" / "UpdateTopic" => TopicService::update_topic on services.topics;
+        "TopicService" / "DeleteTopic" => TopicService::delete_topic on services.topics;
+        "TopicService" / "PurgeTopic" => TopicService::purge_topic on services.topics;
+        "TopicService" / "CreatePartitions" => TopicService::create_partitions on services.topics;
+        "TopicService" / "DeletePartitions" => TopicService::delete_partitions on services.topics;
+        "MessageService" / "SendMessages" => MessageService::send_messages on services.messages;
+        "MessageService" / "PollMessages" => MessageService::poll_messages on services.messages;
+        "MessageService" / "StoreConsumerOffset" => MessageService::store_consumer_offset on services.messages;
+        "MessageService" / "GetConsumerOffset" => MessageService::get_consumer_offset on services.messages;
+        "MessageService" / "DeleteConsumerOffset" => MessageService::delete_consumer_offset on services.messages;
+        "EventService" / "PublishEvent" => EventService::publish_event on services.events;
+        "EventService" / "PublishEvents" => EventService::publish_events on services.events;
+        "EventService" / "PollEvents" => EventService::poll_events on services.events;
+        "StatsService" / "GetStats" => StatsService::get_stats on services.stats;
+    ];
+    let mut direct = Direct::default();
+    for entry in entries {
+        let (path, call) = entry?;
+        if !scopes.knows(path) {
+            return Err(format!("{path} has no required_scope entry"));
+        }
+        direct.insert(path, call);
+    }
+    for route in table.routes() {
+        if !route.method.is_server_streaming() && direct.get(&route.grpc_path).is_none() {
+            return Err(format!(
+                "the unary REST route {} {} ({}) has no direct call in startup/direct.rs",
+                route.http_method, route.template, route.grpc_path
+            ));
+        }
+    }
+    Ok(direct)
+}
