@@ -158,10 +158,19 @@ impl<M: Send + 'static> Coalescer<M> {
 
     /// One of the lane's senders: sends batches until nothing is left waiting.
     async fn drain(self: Arc<Self>, lane: Lane) {
+        let mut place = Place {
+            coalescer: Arc::clone(&self),
+            lane: lane.clone(),
+            retired: false,
+        };
         if !self.settings.linger.is_zero() {
             tokio::time::sleep(self.settings.linger).await;
         }
-        while let Some(batch) = self.take(&lane) {
+        loop {
+            let Some(batch) = self.take(&lane) else {
+                place.retired = true;
+                return;
+            };
             self.count(batch.len());
             let total = batch.iter().map(|call| call.messages.len()).sum();
             let mut messages = Vec::with_capacity(total);
@@ -175,6 +184,28 @@ impl<M: Send + 'static> Coalescer<M> {
                 // A caller gone since the batch left learns nothing; the batch stands.
                 let _ = done.send(outcome.clone());
             }
+        }
+    }
+
+    /// A sender ended without retiring (its send panicked): its place goes to a new sender
+    /// when calls wait, or back to the lane.
+    fn replace_sender(self: &Arc<Self>, lane: &Lane) {
+        let restart = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            match lanes.get_mut(lane) {
+                Some(queue) if queue.waiting.is_empty() => {
+                    queue.sending = queue.sending.saturating_sub(1);
+                    if queue.sending == 0 {
+                        lanes.remove(lane);
+                    }
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            }
+        };
+        if restart {
+            tokio::spawn(Arc::clone(self).drain(lane.clone()));
         }
     }
 
@@ -210,6 +241,23 @@ impl<M: Send + 'static> Coalescer<M> {
             return None;
         }
         Some(batch)
+    }
+}
+
+/// A sender's place in its lane, given back if its task ends without retiring: otherwise the
+/// lane would count a sender that no longer runs, and with every place lost, calls would wait
+/// forever. (The calls of the batch it carried are answered UNAVAILABLE: their answers drop.)
+struct Place<M: Send + 'static> {
+    coalescer: Arc<Coalescer<M>>,
+    lane: Lane,
+    retired: bool,
+}
+
+impl<M: Send + 'static> Drop for Place<M> {
+    fn drop(&mut self) {
+        if !self.retired {
+            self.coalescer.replace_sender(&self.lane);
+        }
     }
 }
 

@@ -16,6 +16,8 @@ type Msg = (u32, u32);
 
 /// An index that makes the fake backend refuse the whole batch holding it.
 const POISON: u32 = u32::MAX;
+/// An index that makes the fake backend's send panic.
+const PANIC: u32 = u32::MAX - 1;
 /// Bytes each message counts for against the byte cap.
 const MSG_BYTES: usize = 10;
 
@@ -56,6 +58,10 @@ fn coalescer(
         Box::pin(async move {
             backend.started.fetch_add(1, Ordering::SeqCst);
             backend.gate.acquire().await.expect("gate open").forget();
+            assert!(
+                !messages.iter().any(|(_, index)| *index == PANIC),
+                "the fake backend's send panics, as asked"
+            );
             if messages.iter().any(|(_, index)| *index == POISON) {
                 return Err(BrokerError::InvalidArgument {
                     field: "messages",
@@ -442,4 +448,33 @@ async fn with_coalescing_off_every_call_is_a_send_of_its_own() {
     }
     assert_eq!(backend.stored().len(), 4);
     assert_eq!(coalescer.counts(), SendCounts { sends: 4, calls: 4 });
+}
+
+#[tokio::test]
+async fn a_send_that_panics_fails_its_calls_and_the_lane_goes_on_serving() {
+    let backend = Arc::new(Backend::default());
+    let coalescer = coalescer(&backend, settings(), 1);
+    let balanced = lane(Partitioning::Balanced);
+    let first = occupy(&coalescer, &backend, &balanced, 0).await;
+    let mut handles = vec![send(&coalescer, &balanced, vec![(1, PANIC)])];
+    until("the call to queue", || coalescer.waiting(&balanced) == 1).await;
+    handles.extend(queue_calls(&coalescer, &balanced, &[(2, 1)]).await);
+    // The first send and the panicking one (which carries calls 1 and 2) go through the gate.
+    backend.gate.add_permits(2);
+    assert_eq!(first.await.expect("ran"), Ok(()));
+    for answer in answers(handles).await {
+        assert!(
+            matches!(answer, Err(BrokerError::Unavailable(_))),
+            "{answer:?}"
+        );
+    }
+    // The lane is not stuck: the next call leaves at once and is stored.
+    backend.gate.add_permits(1);
+    let next = tokio::time::timeout(Duration::from_secs(5), call(&coalescer, &balanced, 3, 1))
+        .await
+        .expect("the lane still sends");
+    assert_eq!(next.expect("ran"), Ok(()));
+    let batches: Vec<Vec<Msg>> = backend.stored().into_iter().map(|(_, m, _)| m).collect();
+    assert_eq!(batches, vec![vec![(0, 0)], vec![(3, 0)]]);
+    assert_eq!(coalescer.waiting(&balanced), 0);
 }
