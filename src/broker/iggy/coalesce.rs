@@ -204,8 +204,9 @@ impl<M: Send + 'static> Coalescer<M> {
                 None => false,
             }
         };
-        if restart {
-            tokio::spawn(Arc::clone(self).drain(lane.clone()));
+        // Not when the runtime itself is going away (its tasks are dropped, this one too).
+        if restart && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(Arc::clone(self).drain(lane.clone()));
         }
     }
 
