@@ -57,6 +57,14 @@ struct Args {
     /// Concurrent callers for the unary sends, one run each; the target is read at the last.
     #[arg(long, value_delimiter = ',', default_values_t = [4, 64])]
     unary_concurrency: Vec<usize>,
+    /// Concurrent callers of the unary sends stored by Iggy (gRPC, REST, and the SDK sending
+    /// one message per call, one client per caller).
+    #[arg(long, default_value_t = 16)]
+    iggy_unary_concurrency: usize,
+    /// Iggy's own HTTP API, for the batch line that sends the same batches through it; by
+    /// default the host of IGGY_CONNECTION_STRING on port 3000.
+    #[arg(long, env = "IGGY_HTTP_URL")]
+    iggy_http_url: Option<String>,
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 5)]
     duration_secs: u64,
@@ -792,6 +800,168 @@ fn rest_unary_op(
     }
 }
 
+/// Iggy's own HTTP API, logged in (`POST /users/login`) with the connection string's user.
+struct IggyHttp {
+    base: String,
+    token: String,
+}
+
+impl IggyHttp {
+    async fn login(http: &reqwest::Client, connection: &str, url: Option<&str>) -> Self {
+        // iggy://user:password@host:port
+        let rest = connection
+            .split_once("://")
+            .map_or(connection, |(_, rest)| rest);
+        let (credentials, address) = rest.rsplit_once('@').expect("credentials in the string");
+        let (username, password) = credentials.split_once(':').expect("user:password");
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        let base = url.map_or_else(|| format!("http://{host}:3000"), str::to_owned);
+        let answer: Value = http
+            .post(format!("{base}/users/login"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("Iggy's HTTP API answers (set IGGY_HTTP_URL)")
+            .json()
+            .await
+            .expect("a login answer");
+        let token = answer["access_token"]["token"]
+            .as_str()
+            .expect("an access token")
+            .to_owned();
+        Self { base, token }
+    }
+
+    fn messages_url(&self, stream: &str) -> String {
+        format!("{}/streams/{stream}/topics/bench/messages", self.base)
+    }
+}
+
+/// The backend's sends and the calls they carried so far, from the gateway's `/metrics`.
+async fn backend_send_counts(http: &reqwest::Client, addr: SocketAddr) -> (f64, f64) {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("iggy_gateway_backend_sends_total"),
+        value("iggy_gateway_backend_send_calls_total"),
+    )
+}
+
+/// Single-message sends stored by Iggy: gRPC and REST through the gateway against the `iggy`
+/// SDK sending one message per call, `--iggy-unary-concurrency` callers each (one SDK client
+/// per caller), the three lines interleaved; and how many calls one Iggy send carried.
+async fn iggy_unary(
+    args: &Args,
+    gateway: &Gateway,
+    connection: &str,
+    stream: &'static str,
+    http: &reqwest::Client,
+    report: &mut Report,
+) {
+    let callers = args.iggy_unary_concurrency;
+    let ch = channel(gateway.addr).await;
+    // Binary payloads, as the SDK line sends (a text body adds a header to each message).
+    let one = binary_messages(1, args.message_size);
+    let rest_one = Bytes::from(
+        serde_json::to_vec(&json!({"messages": [{"payload": base64_payload(args.message_size)}]}))
+            .expect("json"),
+    );
+    let url = format!(
+        "http://{}/v1/streams/{stream}/topics/bench/messages",
+        gateway.addr
+    );
+    let clients = connect_direct_iggy(connection, callers).await;
+    let before = backend_send_counts(http, gateway.addr).await;
+    let mut lines: Vec<Line<'_>> = vec![
+        Box::new(|slice| {
+            Box::pin(throughput(
+                callers,
+                slice,
+                unary_op(ch.clone(), stream, one.clone()),
+            ))
+        }),
+        Box::new(|slice| {
+            Box::pin(throughput(
+                callers,
+                slice,
+                rest_unary_op(http.clone(), url.clone(), rest_one.clone()),
+            ))
+        }),
+        Box::new(|slice| Box::pin(direct_iggy(&clients, args, stream, 1, slice))),
+    ];
+    let rounds = args.rounds.max(1);
+    let slice = Duration::from_secs(args.duration_secs) / rounds;
+    let measured = interleave(rounds as usize, slice, gateway.child.id(), &mut lines).await;
+    drop(lines);
+    let after = backend_send_counts(http, gateway.addr).await;
+    let [(grpc, grpc_cpu), (rest, rest_cpu), (direct, _)] = measured[..] else {
+        unreachable!("three lines")
+    };
+    let at = format!("{callers} callers");
+    report.number(
+        &format!("grpc_unary_on_iggy_req_per_s, {at}"),
+        grpc,
+        "req/s",
+    );
+    report.number(
+        &format!("rest_unary_on_iggy_req_per_s, {at}"),
+        rest,
+        "req/s",
+    );
+    report.number(
+        &format!("iggy_sdk_one_message_per_call_req_per_s, {at}"),
+        direct,
+        "req/s",
+    );
+    report.number(
+        &format!("grpc_unary_on_iggy_gateway_cpu_per_call, {at}"),
+        grpc_cpu,
+        "µs",
+    );
+    report.number(
+        &format!("rest_unary_on_iggy_gateway_cpu_per_call, {at}"),
+        rest_cpu,
+        "µs",
+    );
+    let (sends, calls) = (after.0 - before.0, after.1 - before.1);
+    if sends > 0.0 {
+        report.number("calls per Iggy send (unary lines)", calls / sends, "calls");
+    } else {
+        // A gateway built before the counters (`GATEWAY_BIN`) sends each call alone.
+        report.text(
+            "calls per Iggy send (unary lines)",
+            "not counted by this gateway",
+        );
+    }
+    report.target(
+        &format!(
+            "unary gRPC sends / iggy SDK direct ({callers}), gateway pool {}",
+            args.concurrency
+        ),
+        grpc / direct,
+        1.0,
+    );
+    report.target(
+        &format!(
+            "unary REST sends / iggy SDK direct ({callers}), gateway pool {}",
+            args.concurrency
+        ),
+        rest / direct,
+        0.9,
+    );
+}
+
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
@@ -870,6 +1040,18 @@ async fn run(args: Args) {
             Some(connection) => Some(connect_direct_iggy(connection, args.concurrency).await),
             None => None,
         };
+        let iggy_http = match &iggy {
+            Some(connection) => {
+                Some(IggyHttp::login(&http, connection, args.iggy_http_url.as_deref()).await)
+            }
+            None => None,
+        };
+        // Iggy's JSON for the same batch: balanced, server-assigned ids (its JSON cannot carry
+        // a 128-bit id), the payloads base64-encoded.
+        let iggy_http_body = Bytes::from(serde_json::to_vec(&json!({
+            "partitioning": {"kind": "balanced", "value": ""},
+            "messages": (0..args.batch).map(|_| json!({"id": 0, "payload": base64_payload(args.message_size)})).collect::<Vec<_>>()
+        })).expect("json"));
         let args_ref = &args;
         let mut lines: Vec<Line<'_>> = vec![
             Box::new(|slice| {
@@ -923,11 +1105,37 @@ async fn run(args: Args) {
                 (None, None) => Box::pin(std::future::ready(0.0)),
             }),
         ];
+        if let Some(api) = &iggy_http {
+            lines.push(Box::new(|slice| {
+                let (http, url, token, body, batch) = (
+                    http.clone(),
+                    api.messages_url(stream),
+                    api.token.clone(),
+                    iggy_http_body.clone(),
+                    args_ref.batch as u64,
+                );
+                Box::pin(throughput(args_ref.concurrency, slice, move || {
+                    let request = http
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                    async move {
+                        request
+                            .send()
+                            .await
+                            .ok()
+                            .filter(|r| r.status() == 201)
+                            .map_or(0, |_| batch)
+                    }
+                }))
+            }));
+        }
         let rounds = args.rounds.max(1);
         let slice = duration / rounds;
         let measured = interleave(rounds as usize, slice, gateway.child.id(), &mut lines).await;
         drop(lines);
-        let [(grpc_batch, grpc_cpu), (rest_batch, rest_cpu), (direct, _)] = measured[..] else {
+        let [(grpc_batch, grpc_cpu), (rest_batch, rest_cpu), (direct, _)] = measured[..3] else {
             unreachable!("three lines")
         };
         report.text(
@@ -942,6 +1150,14 @@ async fn run(args: Args) {
         report.number("direct_backend_batch_msgs_per_s", direct, "msg/s");
         report.target("grpc_batch / direct_backend", grpc_batch / direct, 0.9);
         report.target("rest_batch / grpc_batch", rest_batch / grpc_batch, 0.8);
+        if let Some(&(iggy_http_batch, _)) = measured.get(3) {
+            report.number("iggy_http_api_batch_msgs_per_s", iggy_http_batch, "msg/s");
+            report.target(
+                "rest_batch / iggy_http_api (same server, same batches)",
+                rest_batch / iggy_http_batch,
+                1.5,
+            );
+        }
     }
 
     // Unary single-message sends against the bare floors. This gateway runs on an in-memory
@@ -1049,25 +1265,8 @@ async fn run(args: Args) {
                 stored,
                 "req/s",
             );
-            // With Iggy, the same single sends by the SDK itself, one client per caller: the
-            // gateway reaches Iggy through its pool of `--concurrency` clients, fewer than the
-            // callers, and that is part of what it costs.
             if let Some(connection) = &iggy {
-                let clients = connect_direct_iggy(connection, callers).await;
-                let direct = direct_iggy(&clients, &args, stream, 1, duration).await;
-                report.number(
-                    &format!("direct_backend_unary_req_per_s, {callers} callers"),
-                    direct,
-                    "req/s",
-                );
-                report.ratio(
-                    &format!(
-                        "grpc_unary_stored / direct_backend_unary, {callers} callers, \
-                         gateway pool {}",
-                        args.concurrency
-                    ),
-                    stored / direct,
-                );
+                iggy_unary(&args, &gateway, connection, stream, &http, &mut report).await;
             }
         }
 

@@ -97,7 +97,7 @@ impl fmt::Display for Identifier {
 }
 
 /// A topic within a stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TopicRef {
     pub stream: Identifier,
     pub topic: Identifier,
@@ -181,7 +181,7 @@ impl StoredMessage {
 }
 
 /// Which partition receives a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Partitioning {
     /// Round-robin over the topic's partitions, one partition per batch.
     Balanced,
@@ -591,6 +591,14 @@ pub struct SkippedHoles {
     pub offsets: u64,
 }
 
+/// Sends made to the backend and the calls they carried, since start-up: a backend that
+/// coalesces concurrent calls into one send (Iggy) makes fewer sends than it answers calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendCounts {
+    pub sends: u64,
+    pub calls: u64,
+}
+
 /// The message store behind the gateway.
 ///
 /// Contract, for every backend:
@@ -602,6 +610,13 @@ pub struct SkippedHoles {
 ///   never sees part of a batch.
 /// - **Ordering:** within a partition, messages get consecutive offsets from 0 in the order
 ///   sent; batches sent one after another by one caller keep that order.
+/// - **Coalescing:** a backend may store concurrent calls to the same topic with the same
+///   partitioning as one batch (Iggy does: one round trip instead of one per call). Each call's
+///   messages stay contiguous and in order, and with balanced partitioning the whole batch goes
+///   to one partition. Such a batch is stored whole or refused whole: when it is refused, every
+///   call in it fails with the same error and none of them is stored. A call dropped before
+///   its batch leaves (its caller gave up) is never sent; once it has left, the call's outcome
+///   is the batch's.
 /// - **Idempotence:** none without an idempotency record. A call that fails with a retryable
 ///   error may still have stored the batch; a retry can store it again. Ids let a consumer tell
 ///   duplicates (at-least-once). With [`SendMessages::idempotency`], a backend that keeps
@@ -659,6 +674,12 @@ pub trait Broker: Send + Sync + 'static {
     /// [`SkippedHoles`]); none for a backend whose log has none.
     fn skipped_holes(&self) -> SkippedHoles {
         SkippedHoles::default()
+    }
+
+    /// Backend sends and the calls they carried (see [`SendCounts`]); none for a backend that
+    /// does not count them.
+    fn send_counts(&self) -> SendCounts {
+        SendCounts::default()
     }
 
     /// Stops background work (connections, health checks) at shutdown. Everything already

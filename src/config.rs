@@ -213,7 +213,13 @@ impl Config {
 
     /// How to reach Iggy, when a connection string is set.
     pub fn iggy_settings(&self) -> Result<Option<IggySettings>, String> {
-        self.backend.iggy_settings()
+        let Some(mut settings) = self.backend.iggy_settings()? else {
+            return Ok(None);
+        };
+        // A coalesced batch stays within what one call may send.
+        settings.send_batching.max_messages = self.limits.batch_max_size as usize;
+        settings.send_batching.max_bytes = self.limits.max_request_body_size as usize;
+        Ok(Some(settings))
     }
 
     /// The subscriptions' settings (see [`SubscriptionsConfig::settings`] for their keys).

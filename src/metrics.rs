@@ -75,6 +75,10 @@ pub struct Metrics {
     /// (`broker::SkippedHoles`): messages the backend acknowledged and can no longer read.
     backend_holes_skipped: Counter,
     backend_offsets_skipped: Counter,
+    /// Sends made to the backend and the calls they carried (`broker::SendCounts`): their
+    /// ratio is how many calls one round trip to Iggy carries under the load of the moment.
+    backend_sends: Counter,
+    backend_send_calls: Counter,
     connections_open: Gauge,
     connections_refused: Counter,
     accept_errors: Counter,
@@ -120,6 +124,8 @@ impl Metrics {
             backend_reconnects: Counter::default(),
             backend_holes_skipped: Counter::default(),
             backend_offsets_skipped: Counter::default(),
+            backend_sends: Counter::default(),
+            backend_send_calls: Counter::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             accept_errors: Counter::default(),
@@ -188,6 +194,16 @@ impl Metrics {
             "backend_offsets_skipped",
             "Offsets passed over by polls stepping past holes in a partition's log",
             metrics.backend_offsets_skipped.clone(),
+        );
+        registry.register(
+            "backend_sends",
+            "Sends made to the backend (one round trip each; with Iggy one may carry many calls)",
+            metrics.backend_sends.clone(),
+        );
+        registry.register(
+            "backend_send_calls",
+            "Send calls carried by the backend's sends (divided by backend_sends: calls per send)",
+            metrics.backend_send_calls.clone(),
         );
         registry.register(
             "connections_open",
@@ -309,6 +325,19 @@ impl Metrics {
         for (counter, total) in [
             (&self.backend_holes_skipped, holes),
             (&self.backend_offsets_skipped, offsets),
+        ] {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
+    }
+
+    /// Brings the send counters up to the backend's own counts (read at scrape time).
+    pub fn observe_send_counts(&self, sends: u64, calls: u64) {
+        for (counter, total) in [
+            (&self.backend_sends, sends),
+            (&self.backend_send_calls, calls),
         ] {
             let seen = counter.get();
             if total > seen {

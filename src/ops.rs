@@ -129,6 +129,8 @@ async fn metrics_text(State(ops): State<Ops>) -> Response {
     let skipped = ops.broker.skipped_holes();
     ops.metrics
         .observe_skipped_holes(skipped.holes, skipped.offsets);
+    let sends = ops.broker.send_counts();
+    ops.metrics.observe_send_counts(sends.sends, sends.calls);
     (
         [(
             header::CONTENT_TYPE,

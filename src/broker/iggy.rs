@@ -8,6 +8,7 @@
 //! Callers arriving while no client is connected wait a bounded time, then get UNAVAILABLE.
 
 mod chunks;
+mod coalesce;
 mod convert;
 mod holes;
 mod pool;
@@ -22,32 +23,39 @@ use std::{
 
 use async_trait::async_trait;
 use iggy::prelude::{
-    Consumer, ConsumerOffsetClient, IggyClient, IggyError, IggyExpiry, MaxTopicSize, MessageClient,
-    PartitionClient, PollingStrategy as IggyPollingStrategy, StreamClient, TopicClient,
+    Consumer, ConsumerOffsetClient, IggyClient, IggyError, IggyExpiry, IggyMessage, MaxTopicSize,
+    MessageClient, PartitionClient, PollingStrategy as IggyPollingStrategy, StreamClient,
+    TopicClient,
 };
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use self::pool::{IggySettings, backoff};
 use self::{
     chunks::{Fetched, poll_in_chunks},
+    coalesce::{Coalescer, Lane, SendFuture, Sender},
     convert::{
-        Context, compression_to_iggy, expiry_to_iggy, is_connection_error, map_error,
-        message_to_iggy, partitioning_to_iggy, poll_consumer, polled_from_iggy, size_to_iggy,
-        strategy_to_iggy, stream_info, to_iggy_id, topic_details_info, topic_info,
+        Context, compression_to_iggy, expiry_to_iggy, map_error, message_to_iggy,
+        partitioning_to_iggy, poll_consumer, polled_from_iggy, size_to_iggy, strategy_to_iggy,
+        stream_info, to_iggy_id, topic_details_info, topic_info,
     },
     holes::{Read, step_past},
     pool::{Pool, redact, supervise},
 };
+pub use self::{
+    coalesce::SendBatching,
+    pool::{IggySettings, backoff},
+};
 use super::{
     Broker, BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic,
-    Durability, ETag, Identifier, Name, Partitioning, PollMessages, PolledMessages,
-    PollingStrategy, SendMessages, Sent, SkippedHoles, StreamInfo, TopicInfo, TopicRef,
+    Durability, ETag, Identifier, Name, NewMessage, Partitioning, PollMessages, PolledMessages,
+    PollingStrategy, SendCounts, SendMessages, Sent, SkippedHoles, StreamInfo, TopicInfo, TopicRef,
     UpdateStream, UpdateTopic,
 };
 
 pub struct IggyBroker {
     pool: Arc<Pool>,
+    /// Sends go through it, so concurrent calls to one lane share a round trip to Iggy.
+    sends: Arc<Coalescer<IggyMessage>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
     description: String,
@@ -66,7 +74,13 @@ impl IggyBroker {
             "Iggy backend at {} ({pool_size} connections)",
             redact(&settings.connection_string)
         );
+        let batching = settings.send_batching;
         let pool = Arc::new(Pool::new(pool_size, available, settings));
+        let sends = Arc::new(Coalescer::new(
+            iggy_sender(Arc::clone(&pool)),
+            batching,
+            pool_size,
+        ));
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         for index in 0..pool_size {
@@ -75,6 +89,7 @@ impl IggyBroker {
         tasks.close();
         Self {
             pool,
+            sends,
             tasks,
             cancel,
             description,
@@ -101,24 +116,7 @@ impl IggyBroker {
         F: FnOnce(Arc<IggyClient>) -> Fut,
         Fut: Future<Output = Result<T, IggyError>>,
     {
-        let lease = self.pool.client().await?;
-        let (slot, client) = (lease.index, Arc::clone(&lease.client));
-        let timeout = self.pool.settings.operation_timeout;
-        match tokio::time::timeout(timeout, op(client)).await {
-            Ok(answer) => {
-                if let Err(err) = &answer
-                    && is_connection_error(err)
-                {
-                    self.pool.mark_broken(slot);
-                }
-                Ok(answer)
-            }
-            Err(_) => {
-                // The SDK keeps the connection busy until the server answers; start afresh.
-                self.pool.mark_broken(slot);
-                Err(BrokerError::Timeout(timeout))
-            }
-        }
+        self.pool.answer(op).await
     }
 
     /// One poll of `count` messages from `offset`, an invalid-offset refusal kept apart.
@@ -306,6 +304,10 @@ impl Broker for IggyBroker {
             .durability
             .lock()
             .map_or(Durability::Unknown, |known| known.clone())
+    }
+
+    fn send_counts(&self) -> SendCounts {
+        self.sends.counts()
     }
 
     fn skipped_holes(&self) -> SkippedHoles {
@@ -575,25 +577,19 @@ impl Broker for IggyBroker {
     /// gateway gave its messages and on the server's message deduplication
     /// (`IGGY_SYSTEM_MESSAGE_DEDUPLICATION_ENABLED`), which drops an id it has seen.
     async fn send_messages(&self, request: SendMessages) -> BrokerResult<Sent> {
-        let (stream, topic) = (
-            to_iggy_id(&request.topic.stream)?,
-            to_iggy_id(&request.topic.topic)?,
-        );
-        let partitioning = partitioning_to_iggy(&request.partitioning)?;
-        let context = match request.partitioning {
-            Partitioning::PartitionId(id) => Context::partition(&request.topic, id),
-            Partitioning::Balanced | Partitioning::Key(_) => Context::topic(&request.topic),
-        };
-        let mut messages = request
+        // Checked per call, before it can join others: a call Iggy's types refuse fails alone.
+        partitioning_to_iggy(&request.partitioning)?;
+        let bytes = request.messages.iter().map(NewMessage::size).sum();
+        let messages = request
             .messages
             .iter()
             .map(message_to_iggy)
             .collect::<BrokerResult<Vec<_>>>()?;
-        self.call(&context, |c| async move {
-            c.send_messages(&stream, &topic, &partitioning, &mut messages)
-                .await
-        })
-        .await?;
+        let lane = Lane {
+            topic: request.topic,
+            partitioning: request.partitioning,
+        };
+        self.sends.send(lane, messages, bytes).await?;
         Ok(Sent::Stored)
     }
 
@@ -745,6 +741,34 @@ impl Broker for IggyBroker {
         })
         .await
     }
+}
+
+/// The coalescer's way to Iggy: one SDK send of a lane's batch on a pooled client.
+fn iggy_sender(pool: Arc<Pool>) -> Sender<IggyMessage> {
+    Arc::new(
+        move |lane: Lane, messages: Vec<IggyMessage>| -> SendFuture {
+            let pool = Arc::clone(&pool);
+            Box::pin(async move { send_batch(&pool, &lane, messages).await })
+        },
+    )
+}
+
+async fn send_batch(pool: &Pool, lane: &Lane, mut messages: Vec<IggyMessage>) -> BrokerResult<()> {
+    let (stream, topic) = (
+        to_iggy_id(&lane.topic.stream)?,
+        to_iggy_id(&lane.topic.topic)?,
+    );
+    let partitioning = partitioning_to_iggy(&lane.partitioning)?;
+    let context = match lane.partitioning {
+        Partitioning::PartitionId(id) => Context::partition(&lane.topic, id),
+        Partitioning::Balanced | Partitioning::Key(_) => Context::topic(&lane.topic),
+    };
+    pool.answer(|c| async move {
+        c.send_messages(&stream, &topic, &partitioning, &mut messages)
+            .await
+    })
+    .await?
+    .map_err(|err| map_error(err, &context))
 }
 
 #[cfg(test)]

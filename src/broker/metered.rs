@@ -9,8 +9,8 @@ use tokio::sync::watch;
 
 use super::{
     Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, Durability, ETag,
-    Identifier, Name, PollMessages, PolledMessages, SendMessages, Sent, SkippedHoles, StreamInfo,
-    TopicInfo, TopicRef, UpdateStream, UpdateTopic,
+    Identifier, Name, PollMessages, PolledMessages, SendCounts, SendMessages, Sent, SkippedHoles,
+    StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
 };
 use crate::metrics::Metrics;
 
@@ -52,6 +52,9 @@ impl Broker for MeteredBroker {
     }
     fn skipped_holes(&self) -> SkippedHoles {
         self.inner.skipped_holes()
+    }
+    fn send_counts(&self) -> SendCounts {
+        self.inner.send_counts()
     }
     async fn close(&self) {
         self.inner.close().await;

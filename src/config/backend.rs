@@ -8,7 +8,10 @@ use clap::Args;
 
 use super::Secret;
 use crate::{
-    broker::{Name, iggy::IggySettings},
+    broker::{
+        Name,
+        iggy::{IggySettings, SendBatching},
+    },
     grpc::DefaultTopic,
 };
 
@@ -56,6 +59,19 @@ pub struct BackendConfig {
     /// How long a call waits for a connection to Iggy before UNAVAILABLE, in milliseconds.
     #[arg(long, env = "IGGY_CONNECT_WAIT_MS", default_value_t = 2_000)]
     pub iggy_connect_wait_ms: u64,
+
+    /// Coalesce concurrent sends to one topic and partitioning into one Iggy send while the
+    /// pool's connections are busy (each caller still gets its own answer); false: one send
+    /// per call.
+    #[arg(long, env = "SEND_COALESCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub send_coalesce: bool,
+
+    /// How long a send to Iggy waits for other calls to join it, in microseconds, when nothing
+    /// is on its way to that topic yet; 0 sends at once (calls still coalesce behind a busy
+    /// lane). At most 1 s.
+    #[arg(long, env = "SEND_LINGER_US", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub send_linger_us: u64,
 
     /// Default stream for the event routes (POST/GET /messages); created at start-up if missing.
     /// Empty: no default, so event calls must name a stream.
@@ -123,6 +139,11 @@ impl BackendConfig {
             operation_timeout: Duration::from_millis(self.operation_timeout_ms),
             health_check_interval: Duration::from_millis(self.health_check_interval_ms),
             connect_wait: Duration::from_millis(self.iggy_connect_wait_ms),
+            send_batching: SendBatching {
+                enabled: self.send_coalesce,
+                linger: Duration::from_micros(self.send_linger_us),
+                ..SendBatching::default()
+            },
         }))
     }
 }

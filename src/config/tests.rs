@@ -344,3 +344,45 @@ fn the_readme_documents_every_setting() {
         }
     }
 }
+
+#[test]
+fn send_coalescing_follows_its_settings_and_the_batch_limits_of_one_call() {
+    let Err(LoadError::Invalid(line)) =
+        Config::load_from(["iggy-gateway", "--send-linger-us", "1000001"])
+    else {
+        panic!("a linger over 1 s is refused");
+    };
+    assert!(line.starts_with("SEND_LINGER_US: "), "{line}");
+    let settings = |args: &[&str]| {
+        let base = [
+            "iggy-gateway",
+            "--iggy-connection-string",
+            "iggy://u:p@h:8090",
+        ];
+        Config::load_from(base.iter().chain(args).copied())
+            .expect("valid")
+            .0
+            .iggy_settings()
+            .expect("valid")
+            .expect("Iggy is set")
+            .send_batching
+    };
+    let defaults = settings(&[]);
+    assert!(defaults.enabled);
+    assert_eq!(defaults.linger, Duration::ZERO);
+    assert_eq!(defaults.max_messages, 1000);
+    assert_eq!(defaults.max_bytes, 16 * 1024 * 1024);
+    let set = settings(&[
+        "--send-coalesce",
+        "false",
+        "--send-linger-us",
+        "250",
+        "--batch-max-size",
+        "50",
+        "--max-request-body-size",
+        "65536",
+    ]);
+    assert!(!set.enabled);
+    assert_eq!(set.linger, Duration::from_micros(250));
+    assert_eq!((set.max_messages, set.max_bytes), (50, 65536));
+}

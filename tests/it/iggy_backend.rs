@@ -167,6 +167,7 @@ async fn health_is_503_unavailable_once_the_backend_gave_up() {
         operation_timeout: Duration::from_millis(300),
         health_check_interval: Duration::from_secs(1),
         connect_wait: Duration::from_millis(100),
+        send_batching: iggy_gateway::broker::iggy::SendBatching::default(),
     });
     let mut gave_up = broker.gave_up();
     tokio::time::timeout(Duration::from_secs(10), gave_up.wait_for(|g| *g))
@@ -513,4 +514,96 @@ async fn on_real_iggy_etags_guard_changes_as_on_embedded() {
         })
         .await
         .expect("current");
+}
+
+/// A counter's value in `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .http1
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("/metrics lacks {name}:\n{text}"))
+}
+
+#[tokio::test]
+async fn on_real_iggy_concurrent_unary_sends_share_sends_and_each_lands_once_in_its_callers_order()
+{
+    let Some(url) = real_server() else { return };
+    // One connection, so calls queue behind the send on its way and coalesce.
+    let app = spawn_on_iggy_with(url, |c| c.backend.iggy_pool_size = 1).await;
+    let stream = unique("gw-coalesce");
+    app.create_stream(&stream).await;
+    app.create_topic(&stream, "unary", 1).await;
+    let (callers, sends) = (16u32, 25u32);
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
+        let (mut client, stream) = (app.messages.clone(), stream.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for seq in 0..sends {
+                let answer = client
+                    .send_messages(proto::SendMessagesRequest {
+                        stream: stream.clone(),
+                        topic: "unary".into(),
+                        partitioning: None,
+                        messages: vec![text_message(&format!("{caller}/{seq}"))],
+                    })
+                    .await
+                    .expect("sent")
+                    .into_inner();
+                assert_eq!(answer.ids.len(), 1);
+                ids.push((format!("{caller}/{seq}"), answer.ids[0].clone()));
+            }
+            ids
+        }));
+    }
+    let mut answered = std::collections::HashMap::new();
+    for task in tasks {
+        answered.extend(task.await.expect("caller ran"));
+    }
+    let total = (callers * sends) as usize;
+    assert_eq!(answered.len(), total);
+
+    let polled = app.poll_from(&stream, "unary", 0, 0, 1000).await;
+    let texts = crate::helpers::texts(&polled);
+    assert_eq!(texts.len(), total, "every call stored exactly once");
+    let mut next_seq = vec![0u32; callers as usize];
+    for (message, text) in polled.messages.iter().zip(&texts) {
+        let (caller, seq) = text.split_once('/').expect("caller/seq");
+        let (caller, seq): (usize, u32) =
+            (caller.parse().expect("caller"), seq.parse().expect("seq"));
+        assert_eq!(
+            seq, next_seq[caller],
+            "caller {caller}'s sends keep their order"
+        );
+        next_seq[caller] += 1;
+        assert_eq!(
+            answered[text], message.id,
+            "each caller was answered its own id"
+        );
+    }
+
+    let sends_made = metric(&app, "iggy_gateway_backend_sends_total").await;
+    let calls = metric(&app, "iggy_gateway_backend_send_calls_total").await;
+    assert!(calls >= total as f64, "calls {calls}");
+    assert!(
+        calls / sends_made > 1.0,
+        "an Iggy send carried more than one call: {calls} calls in {sends_made} sends"
+    );
+    eprintln!("calls per Iggy send: {:.2}", calls / sends_made);
+    app.streams
+        .clone()
+        .delete_stream(proto::DeleteStreamRequest {
+            stream,
+            ..Default::default()
+        })
+        .await
+        .expect("deleted");
 }

@@ -4,6 +4,7 @@
 //! with the fewest calls in flight, and waits a bounded time when none is connected.
 
 use std::{
+    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -11,12 +12,17 @@ use std::{
     time::Duration,
 };
 
-use iggy::prelude::{Client, IggyClient, SnapshotCompression, SystemClient, SystemSnapshotType};
+use iggy::prelude::{
+    Client, IggyClient, IggyError, SnapshotCompression, SystemClient, SystemSnapshotType,
+};
 use iggy_common::DiagnosticEvent;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::convert::durability_from_config;
+use super::{
+    coalesce::SendBatching,
+    convert::{durability_from_config, is_connection_error},
+};
 use crate::broker::{BrokerError, BrokerResult, Durability};
 
 /// How the pool connects and recovers.
@@ -32,6 +38,8 @@ pub struct IggySettings {
     pub health_check_interval: Duration,
     /// How long a call waits for a connection before answering UNAVAILABLE.
     pub connect_wait: Duration,
+    /// How concurrent sends to one lane share a round trip (see `coalesce.rs`).
+    pub send_batching: SendBatching,
 }
 
 #[derive(Clone)]
@@ -191,6 +199,34 @@ impl Pool {
                 return Err(BrokerError::Unavailable(
                     "not connected to Iggy; the gateway is reconnecting, retry later".into(),
                 ));
+            }
+        }
+    }
+
+    /// One call on a pooled client, under the operation timeout: the outer error when no
+    /// client answered, the inner one as the server (or the SDK) gave it, for callers that act
+    /// on a particular refusal before it is mapped.
+    pub(super) async fn answer<T, F, Fut>(&self, op: F) -> BrokerResult<Result<T, IggyError>>
+    where
+        F: FnOnce(Arc<IggyClient>) -> Fut,
+        Fut: Future<Output = Result<T, IggyError>>,
+    {
+        let lease = self.client().await?;
+        let (slot, client) = (lease.index, Arc::clone(&lease.client));
+        let timeout = self.settings.operation_timeout;
+        match tokio::time::timeout(timeout, op(client)).await {
+            Ok(answer) => {
+                if let Err(err) = &answer
+                    && is_connection_error(err)
+                {
+                    self.mark_broken(slot);
+                }
+                Ok(answer)
+            }
+            Err(_) => {
+                // The SDK keeps the connection busy until the server answers; start afresh.
+                self.mark_broken(slot);
+                Err(BrokerError::Timeout(timeout))
             }
         }
     }

@@ -157,6 +157,7 @@ fn pool_of(states: Vec<SlotState>) -> Pool {
         operation_timeout: Duration::from_millis(10),
         health_check_interval: Duration::from_millis(10),
         connect_wait: Duration::from_millis(10),
+        send_batching: super::SendBatching::default(),
     };
     let pool = Pool::new(states.len(), watch::channel(false).0, settings);
     for (index, state) in states.into_iter().enumerate() {
