@@ -212,9 +212,7 @@ impl EventService for EventApi {
         let target = self
             .authorized(access.as_deref(), &request.stream, &request.topic)
             .await?;
-        if request.events.is_empty() {
-            return Err(invalid_field("events", "must hold at least one event"));
-        }
+        // At least one: the proto's rule; the most is configured (BATCH_MAX_SIZE).
         if request.events.len() > self.limits.batch_max {
             return Err(invalid_field(
                 "events",

@@ -84,9 +84,8 @@ impl MessageApi {
     }
 
     fn new_messages(&self, messages: Vec<proto::Message>) -> Result<Vec<NewMessage>, Status> {
-        if messages.is_empty() {
-            return Err(invalid_field("messages", "must hold at least one message"));
-        }
+        // At least one: the proto's rule (checked when the request was decoded). The most is
+        // configured (BATCH_MAX_SIZE), so it is checked here.
         if messages.len() > self.limits.batch_max {
             return Err(invalid_field(
                 "messages",
@@ -371,10 +370,8 @@ impl MessageService for MessageApi {
             Some(proto::send_messages_request::Partitioning::PartitionId(id)) => {
                 Partitioning::PartitionId(id)
             }
+            // 1 to 255 bytes: the proto's rule.
             Some(proto::send_messages_request::Partitioning::PartitionKey(key)) => {
-                if key.is_empty() || key.len() > 255 {
-                    return Err(invalid_field("partition_key", "must be 1 to 255 bytes"));
-                }
                 Partitioning::Key(key.into_bytes())
             }
         };

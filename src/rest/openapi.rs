@@ -1,9 +1,12 @@
 //! OpenAPI 3.1, generated from the same route table and descriptors as the REST surface, with
-//! the proto comments as descriptions. Served at `/openapi.json`; `/docs` renders it.
+//! the proto comments as descriptions and the protos' `buf.validate` rules as JSON Schema
+//! keywords (`openapi/rules.rs`). Served at `/openapi.json`; `/docs` renders it.
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use prost_types::FileDescriptorProto;
 use serde_json::{Map, Value, json};
+
+mod rules;
 
 use super::{
     conditional,
@@ -52,11 +55,13 @@ fn field_schema(field: &FieldDescriptor, pending: &mut Vec<MessageDescriptor>) -
         });
     }
     let item = kind_schema(field, pending);
-    if field.is_list() {
+    let mut schema = if field.is_list() {
         json!({"type": "array", "items": item})
     } else {
         item
-    }
+    };
+    rules::apply(field, &mut schema);
+    schema
 }
 
 fn kind_schema(field: &FieldDescriptor, pending: &mut Vec<MessageDescriptor>) -> Value {
@@ -118,6 +123,14 @@ fn message_schema(message: &MessageDescriptor, pending: &mut Vec<MessageDescript
         properties.insert(field.name().to_owned(), schema);
     }
     let mut schema = json!({"type": "object", "properties": properties});
+    let required: Vec<String> = message
+        .fields()
+        .filter(rules::is_required)
+        .map(|field| field.name().to_owned())
+        .collect();
+    if let (false, Some(object)) = (required.is_empty(), schema.as_object_mut()) {
+        object.insert("required".into(), json!(required));
+    }
     if let (Some(text), Some(object)) = (comment(file, message.path()), schema.as_object_mut()) {
         object.insert("description".into(), Value::String(text));
     }
@@ -353,6 +366,14 @@ pub fn document(table: &RouteTable) -> Value {
                 .map(|f| field_schema(&f, &mut pending)),
             BodyRule::None => None,
         };
+        // The server reads no body as `{}`, so a body is required only when `{}` breaks a
+        // rule (`:purge`, whose one field is in the path, takes none).
+        let body_required = match &route.body {
+            BodyRule::All => !rules::empty_is_valid(&input, |field| bound.contains(&field)),
+            // Only the named field comes from the body.
+            BodyRule::Field(name) => !rules::empty_is_valid(&input, |field| field != name),
+            BodyRule::None => false,
+        };
         if let Some(schema) = request_schema {
             if route.body == BodyRule::All
                 && !pending.iter().any(|m| m.full_name() == input.full_name())
@@ -361,7 +382,7 @@ pub fn document(table: &RouteTable) -> Value {
             }
             operation.insert(
                 "requestBody".into(),
-                json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+                json!({"required": body_required, "content": {"application/json": {"schema": schema}}}),
             );
         }
         let output = method.output();

@@ -69,3 +69,67 @@ fn creates_name_their_resource_by_the_get_route_under_their_path() {
         None
     );
 }
+
+/// The schema of one component, by message name.
+fn component(document: &serde_json::Value, message: &str) -> serde_json::Value {
+    document["components"]["schemas"][format!("iggy_gateway_v1_{message}")].clone()
+}
+
+#[test]
+fn openapi_states_the_buf_validate_rules_of_the_protos() {
+    let table = route_table().expect("route table builds");
+    let document = openapi::document(&table);
+
+    let name = &component(&document, "CreateStreamRequest")["properties"]["name"];
+    assert_eq!(name["minLength"], 1);
+    assert_eq!(name["maxLength"], 255);
+    assert_eq!(name["not"]["enum"], serde_json::json!([".", ".."]));
+    assert!(
+        name["pattern"].as_str().is_some_and(|p| p.contains("0-9")),
+        "{name}"
+    );
+
+    let count = &component(&document, "CreatePartitionsRequest")["properties"]["partitions_count"];
+    assert_eq!(
+        (&count["minimum"], &count["maximum"]),
+        (&1.into(), &1000.into())
+    );
+
+    let id = &component(&document, "Message")["properties"]["id"];
+    assert_eq!(
+        id["anyOf"][0]["const"], "",
+        "empty: the gateway assigns one"
+    );
+    assert_eq!(id["anyOf"][1]["format"], "uuid");
+
+    let send = component(&document, "SendMessagesRequest");
+    assert_eq!(send["properties"]["messages"]["minItems"], 1);
+    let store = component(&document, "StoreConsumerOffsetRequest");
+    assert_eq!(store["required"], serde_json::json!(["offset"]));
+}
+
+#[test]
+fn openapi_requires_a_body_only_where_an_empty_one_breaks_a_rule() {
+    let table = route_table().expect("route table builds");
+    let document = openapi::document(&table);
+    let body_required = |path: &str, method: &str| {
+        document["paths"][path][method]["requestBody"]["required"].as_bool()
+    };
+    assert_eq!(
+        body_required("/v1/streams/{stream}:purge", "post"),
+        Some(false)
+    );
+    assert_eq!(
+        body_required("/v1/streams/{stream}/topics/{topic}:purge", "post"),
+        Some(false)
+    );
+    assert_eq!(body_required("/v1/streams", "post"), Some(true));
+    assert_eq!(
+        body_required("/v1/streams/{stream}/topics/{topic}/messages", "post"),
+        Some(true)
+    );
+    // A path parameter carries its field's rules too.
+    let parameters = &document["paths"]["/v1/streams/{stream}"]["get"]["parameters"];
+    assert_eq!(parameters[0]["schema"]["minLength"], 1);
+    assert_eq!(parameters[0]["schema"]["maxLength"], 255);
+}
