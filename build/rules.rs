@@ -21,6 +21,12 @@ pub fn generate(pool: &DescriptorPool) -> Result<String, String> {
         .ok_or("buf/validate/validate.proto is not compiled with the API")?;
     let mut generator = Generator {
         extension,
+        oneof_extension: pool
+            .get_extension_by_name("buf.validate.oneof")
+            .ok_or("buf.validate.oneof is missing")?,
+        message_extension: pool
+            .get_extension_by_name("buf.validate.message")
+            .ok_or("buf.validate.message is missing")?,
         has_rules: HashMap::new(),
         patterns: Vec::new(),
     };
@@ -53,6 +59,8 @@ pub fn generate(pool: &DescriptorPool) -> Result<String, String> {
 
 struct Generator {
     extension: ExtensionDescriptor,
+    oneof_extension: ExtensionDescriptor,
+    message_extension: ExtensionDescriptor,
     has_rules: HashMap<String, bool>,
     patterns: Vec<String>,
 }
@@ -76,7 +84,10 @@ impl Generator {
         }
         // Assumed false while it is being looked at, so a recursive type ends.
         self.has_rules.insert(message.full_name().to_owned(), false);
-        let mut found = false;
+        let mut found = message.options().has_extension(&self.message_extension)
+            || message
+                .oneofs()
+                .any(|oneof| oneof.options().has_extension(&self.oneof_extension));
         for field in message.fields() {
             if self.rules(&field).is_some() {
                 found = true;
@@ -95,6 +106,65 @@ impl Generator {
         let mut checks = String::new();
         for field in message.fields() {
             checks.push_str(&self.field(message, &field)?);
+        }
+        for oneof in message.oneofs().filter(|oneof| !oneof.is_synthetic()) {
+            let options = oneof.options();
+            if !options.has_extension(&self.oneof_extension) {
+                continue;
+            }
+            let Value::Message(rules) = options.get_extension(&self.oneof_extension).into_owned()
+            else {
+                continue;
+            };
+            only(&rules, &["required"], oneof.full_name())?;
+            if bool_field(&rules, "required") {
+                let members: Vec<String> = oneof
+                    .fields()
+                    .map(|field| field.name().to_owned())
+                    .collect();
+                let _ = writeln!(
+                    checks,
+                    "        crate::codec::validate::one_of(at, {:?}, self.{}.is_some(), {:?})?;",
+                    oneof.name(),
+                    rust_field(oneof.name()),
+                    members.join(", "),
+                );
+            }
+        }
+        let options = message.options();
+        if options.has_extension(&self.message_extension)
+            && let Value::Message(rules) =
+                options.get_extension(&self.message_extension).into_owned()
+        {
+            only(&rules, &["oneof"], message.full_name())?;
+            if let Some(Value::List(groups)) = rules.get_field_by_name("oneof").as_deref() {
+                for group in groups {
+                    let Value::Message(group) = group else {
+                        continue;
+                    };
+                    only(group, &["fields", "required"], message.full_name())?;
+                    let names: Vec<String> = match group.get_field_by_name("fields").as_deref() {
+                        Some(Value::List(names)) => names
+                            .iter()
+                            .filter_map(|name| name.as_str().map(str::to_owned))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    let mut set = Vec::new();
+                    for name in &names {
+                        let field = message.get_field_by_name(name).ok_or_else(|| {
+                            format!("{}: oneof rule names no field {name}", message.full_name())
+                        })?;
+                        set.push(is_set(&field));
+                    }
+                    let _ = writeln!(
+                        checks,
+                        "        crate::codec::validate::message_oneof(at, &{names:?}, &[{}], {})?;",
+                        set.join(", "),
+                        bool_field(group, "required"),
+                    );
+                }
+            }
         }
         let at = if checks.is_empty() { "_at" } else { "at" };
         Ok(format!(
@@ -157,7 +227,38 @@ impl Generator {
             return Ok(out);
         }
         if field.is_map() {
-            return Err(format!("{what}: rules on a map field are not supported"));
+            if required {
+                return Err(format!("{what}: `required` on a map is not supported"));
+            }
+            if let Some((kind_name, map)) = &kind {
+                if kind_name != "map" {
+                    return Err(format!("{what}: {kind_name} rules on a map field"));
+                }
+                only(map, &["min_pairs", "max_pairs", "keys"], &what)?;
+                let (min, max) = (u64_field(map, "min_pairs"), u64_field(map, "max_pairs"));
+                let _ = writeln!(
+                    out,
+                    "        crate::codec::validate::pairs(at, {name:?}, self.{rust}.len(), {min:?}, {max:?})?;"
+                );
+                if let Some(Value::Message(keys)) = map.get_field_by_name("keys").as_deref()
+                    && map.has_field_by_name("keys")
+                {
+                    let (key_kind, string) = set_kind(keys, &what)?
+                        .ok_or_else(|| format!("{what}: map keys without string rules"))?;
+                    if key_kind != "string" {
+                        return Err(format!("{what}: {key_kind} rules on map keys"));
+                    }
+                    let rule = self.text_rule(&string, &what)?;
+                    let _ = writeln!(
+                        out,
+                        "        for key in self.{rust}.keys() {{ crate::codec::validate::key(at, {name:?}, key, &{rule})?; }}"
+                    );
+                }
+            }
+            if nested {
+                out.push_str(&nested_check(message, field, &rust));
+            }
+            return Ok(out);
         }
 
         let in_oneof = field
@@ -208,53 +309,21 @@ impl Generator {
         match (&kind, field.kind()) {
             (None, _) => {}
             (Some((kind_name, string)), Kind::String) if kind_name == "string" => {
-                only(
-                    string,
-                    &[
-                        "min_len",
-                        "max_len",
-                        "min_bytes",
-                        "max_bytes",
-                        "pattern",
-                        "not_in",
-                        "uuid",
-                    ],
-                    &what,
-                )?;
-                let pattern = match string.get_field_by_name("pattern").as_deref() {
-                    Some(Value::String(source)) if string.has_field_by_name("pattern") => {
-                        regex::Regex::new(source)
-                            .map_err(|err| format!("{what}: pattern {source:?}: {err}"))?;
-                        let index = match self.patterns.iter().position(|known| known == source) {
-                            Some(index) => index,
-                            None => {
-                                self.patterns.push(source.clone());
-                                self.patterns.len() - 1
-                            }
-                        };
-                        format!("Some(&PATTERN_{index})")
-                    }
-                    _ => "None".to_owned(),
-                };
-                let not_in = match string.get_field_by_name("not_in").as_deref() {
-                    Some(Value::List(values)) => values
-                        .iter()
-                        .filter_map(|value| value.as_str().map(|s| format!("{s:?}")))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    _ => String::new(),
-                };
+                let rule = self.text_rule(string, &what)?;
                 let skip = if ignore_zero { "if !v.is_empty() " } else { "" };
                 let _ = writeln!(
                     inner,
-                    "            {skip}{{ crate::codec::validate::text(at, {name:?}, v, &crate::codec::validate::Text {{ \
-                     min_len: {:?}, max_len: {:?}, min_bytes: {:?}, max_bytes: {:?}, pattern: {pattern}, \
-                     not_in: &[{not_in}], uuid: {} }})?; }}",
-                    u64_field(string, "min_len"),
-                    u64_field(string, "max_len"),
-                    u64_field(string, "min_bytes"),
-                    u64_field(string, "max_bytes"),
-                    bool_field(string, "uuid"),
+                    "            {skip}{{ crate::codec::validate::text(at, {name:?}, v, &{rule})?; }}"
+                );
+            }
+            (Some((kind_name, bytes)), Kind::Bytes) if kind_name == "bytes" => {
+                only(bytes, &["min_len", "max_len"], &what)?;
+                let skip = if ignore_zero { "if !v.is_empty() " } else { "" };
+                let _ = writeln!(
+                    inner,
+                    "            {skip}{{ crate::codec::validate::bytes(at, {name:?}, v.len(), {:?}, {:?})?; }}",
+                    u64_field(bytes, "min_len"),
+                    u64_field(bytes, "max_len"),
                 );
             }
             (Some((kind_name, range)), Kind::Uint32 | Kind::Uint64)
@@ -275,6 +344,26 @@ impl Generator {
                      &crate::codec::validate::Range {{ gte: {:?}, lte: {:?} }})?; }}",
                     bound("gte"),
                     bound("lte"),
+                );
+            }
+            (Some((kind_name, duration)), Kind::Message(message))
+                if kind_name == "duration" && message.full_name() == "google.protobuf.Duration" =>
+            {
+                only(duration, &["gte"], &what)?;
+                let (seconds, nanos) = match duration.get_field_by_name("gte").as_deref() {
+                    Some(Value::Message(gte)) => (
+                        gte.get_field_by_name("seconds")
+                            .and_then(|v| v.as_i64())
+                            .unwrap_or(0),
+                        gte.get_field_by_name("nanos")
+                            .and_then(|v| v.as_i32())
+                            .unwrap_or(0),
+                    ),
+                    _ => (0, 0),
+                };
+                let _ = writeln!(
+                    inner,
+                    "            crate::codec::validate::duration_at_least(at, {name:?}, v, {seconds}, {nanos})?;"
                 );
             }
             (Some((kind_name, _)), kind) => {
@@ -298,9 +387,82 @@ impl Generator {
     }
 }
 
+impl Generator {
+    /// A `Text { .. }` literal of string rules.
+    fn text_rule(&mut self, string: &DynamicMessage, what: &str) -> Result<String, String> {
+        only(
+            string,
+            &[
+                "min_len",
+                "max_len",
+                "min_bytes",
+                "max_bytes",
+                "pattern",
+                "not_in",
+                "uuid",
+            ],
+            what,
+        )?;
+        let pattern = match string.get_field_by_name("pattern").as_deref() {
+            Some(Value::String(source)) if string.has_field_by_name("pattern") => {
+                regex::Regex::new(source)
+                    .map_err(|err| format!("{what}: pattern {source:?}: {err}"))?;
+                let index = match self.patterns.iter().position(|known| known == source) {
+                    Some(index) => index,
+                    None => {
+                        self.patterns.push(source.clone());
+                        self.patterns.len() - 1
+                    }
+                };
+                format!("Some(&PATTERN_{index})")
+            }
+            _ => "None".to_owned(),
+        };
+        let not_in = match string.get_field_by_name("not_in").as_deref() {
+            Some(Value::List(values)) => values
+                .iter()
+                .filter_map(|value| value.as_str().map(|s| format!("{s:?}")))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => String::new(),
+        };
+        Ok(format!(
+            "crate::codec::validate::Text {{ min_len: {:?}, max_len: {:?}, min_bytes: {:?}, \
+             max_bytes: {:?}, pattern: {pattern}, not_in: &[{not_in}], uuid: {} }}",
+            u64_field(string, "min_len"),
+            u64_field(string, "max_len"),
+            u64_field(string, "min_bytes"),
+            u64_field(string, "max_bytes"),
+            bool_field(string, "uuid"),
+        ))
+    }
+}
+
+/// The Rust test that a field is set: present, non-empty or non-zero.
+fn is_set(field: &FieldDescriptor) -> String {
+    let rust = rust_field(field.name());
+    if field.is_list() || field.is_map() {
+        return format!("!self.{rust}.is_empty()");
+    }
+    if field.supports_presence() {
+        return format!("self.{rust}.is_some()");
+    }
+    match field.kind() {
+        Kind::String | Kind::Bytes => format!("!self.{rust}.is_empty()"),
+        Kind::Bool => format!("self.{rust}"),
+        _ => format!("self.{rust} != 0"),
+    }
+}
+
 /// The check of a message-typed field whose type has rules of its own.
 fn nested_check(message: &MessageDescriptor, field: &FieldDescriptor, rust: &str) -> String {
     let name = field.name();
+    if field.is_map() {
+        return format!(
+            "        for (key, v) in &self.{rust} {{\n            \
+             crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::entry(at, {name:?}, key))?;\n        }}\n"
+        );
+    }
     if field.cardinality() == Cardinality::Repeated {
         return format!(
             "        for (index, v) in self.{rust}.iter().enumerate() {{\n            \
@@ -326,8 +488,15 @@ fn nested_check(message: &MessageDescriptor, field: &FieldDescriptor, rust: &str
     )
 }
 
-/// The field's message type when it is one of the API's own (not a well-known type).
+/// The field's message type when it is one of the API's own (not a well-known type); for a
+/// map, its values' type.
 fn ours(field: &FieldDescriptor) -> Option<MessageDescriptor> {
+    if field.is_map() {
+        let Kind::Message(entry) = field.kind() else {
+            return None;
+        };
+        return ours(&entry.map_entry_value_field());
+    }
     match field.kind() {
         Kind::Message(inner) if inner.package_name() == PACKAGE && !inner.is_map_entry() => {
             Some(inner)

@@ -74,7 +74,21 @@ pub struct Text {
 }
 
 pub fn text(at: &str, name: &str, value: &str, rule: &Text) -> Result<(), Status> {
-    let refuse = |reason: String| Err(invalid_field(field(at, name), reason));
+    text_in(|| field(at, name), value, rule)
+}
+
+/// A map's key, named `name[key]`.
+pub fn key(at: &str, name: &str, value: &str, rule: &Text) -> Result<(), Status> {
+    text_in(|| entry(at, name, value), value, rule)
+}
+
+/// The path of the value under `key` of map field `name`.
+pub fn entry(at: &str, name: &str, key: &str) -> String {
+    format!("{}[{key}]", field(at, name))
+}
+
+fn text_in(path: impl Fn() -> String, value: &str, rule: &Text) -> Result<(), Status> {
+    let refuse = |reason: String| Err(invalid_field(path(), reason));
     let bytes = value.len() as u64;
     if bytes == 0 && (rule.min_len.unwrap_or(0) > 0 || rule.min_bytes.unwrap_or(0) > 0) {
         return refuse("must not be empty".into());
@@ -115,7 +129,7 @@ pub fn text(at: &str, name: &str, value: &str, rule: &Text) -> Result<(), Status
             None => {
                 return Err(Status::internal(format!(
                     "the pattern of {} does not compile",
-                    field(at, name)
+                    path()
                 )));
             }
         }
@@ -147,6 +161,113 @@ pub fn unsigned(at: &str, name: &str, value: u64, rule: &Range) -> Result<(), St
         (Some(min), None) => format!("must be at least {min}, got {value}"),
         (None, Some(max)) => format!("must be at most {max}, got {value}"),
         (None, None) => return Ok(()),
+    };
+    Err(invalid_field(field(at, name), reason))
+}
+
+/// `buf.validate.BytesRules`: `min_len` and `max_len`, in bytes.
+pub fn bytes(
+    at: &str,
+    name: &str,
+    len: usize,
+    min: Option<u64>,
+    max: Option<u64>,
+) -> Result<(), Status> {
+    let len = len as u64;
+    let reason = if len == 0 && min.unwrap_or(0) > 0 {
+        "must not be empty".to_owned()
+    } else if let Some(min) = min.filter(|min| len < *min) {
+        format!("must be at least {min} bytes, got {len}")
+    } else if let Some(max) = max.filter(|max| len > *max) {
+        format!("must be at most {max} bytes, got {len}")
+    } else {
+        return Ok(());
+    };
+    Err(invalid_field(field(at, name), reason))
+}
+
+/// `buf.validate.MapRules`: `min_pairs` and `max_pairs`.
+pub fn pairs(
+    at: &str,
+    name: &str,
+    len: usize,
+    min: Option<u64>,
+    max: Option<u64>,
+) -> Result<(), Status> {
+    let len = len as u64;
+    if let Some(min) = min.filter(|min| len < *min) {
+        return Err(invalid_field(
+            field(at, name),
+            format!("must hold at least {min} entries, got {len}"),
+        ));
+    }
+    if let Some(max) = max.filter(|max| len > *max) {
+        return Err(invalid_field(
+            field(at, name),
+            format!("must hold at most {max} entries, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `(buf.validate.oneof).required`: one member of oneof `name` must be set.
+pub fn one_of(at: &str, name: &str, present: bool, members: &str) -> Result<(), Status> {
+    if present {
+        Ok(())
+    } else {
+        Err(invalid_field(
+            field(at, name),
+            format!("is required: set one of {members}"),
+        ))
+    }
+}
+
+/// `(buf.validate.message).oneof`: at most one of `fields` is set (non-zero), and with
+/// `required` exactly one.
+pub fn message_oneof(
+    at: &str,
+    fields: &[&str],
+    set: &[bool],
+    required: bool,
+) -> Result<(), Status> {
+    let given: Vec<&str> = fields
+        .iter()
+        .zip(set)
+        .filter(|(_, set)| **set)
+        .map(|(name, _)| *name)
+        .collect();
+    match given.as_slice() {
+        [] if required => Err(invalid_field(
+            field(at, fields.first().copied().unwrap_or_default()),
+            format!("is required: set one of {}", fields.join(", ")),
+        )),
+        [_, second, ..] => Err(invalid_field(
+            field(at, second),
+            format!(
+                "conflicts with {}: set one of {}",
+                given[0],
+                fields.join(", ")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `buf.validate.DurationRules.gte`: a duration at least `seconds` and `nanos`.
+pub fn duration_at_least(
+    at: &str,
+    name: &str,
+    value: &prost_types::Duration,
+    seconds: i64,
+    nanos: i32,
+) -> Result<(), Status> {
+    if (value.seconds, value.nanos) >= (seconds, nanos) {
+        return Ok(());
+    }
+    let reason = if (seconds, nanos) == (0, 0) {
+        "must not be negative".to_owned()
+    } else {
+        format!("must be at least {seconds}.{nanos:09}s")
     };
     Err(invalid_field(field(at, name), reason))
 }
