@@ -15,9 +15,8 @@ use super::{
 use crate::{
     answer::{broker_status, invalid_field},
     broker::{
-        Broker, BrokerError, ConsumerOffsetRef, IdempotencyRecord, MAX_HEADERS_PER_MESSAGE,
-        NewMessage, Partitioning, PollMessages, PollingStrategy, SendMessages, Sent, headers_size,
-        now_micros,
+        Broker, BrokerError, ConsumerOffsetRef, IdempotencyRecord, NewMessage, Partitioning,
+        PollMessages, PollingStrategy, SendMessages, Sent, headers_size, now_micros,
     },
     idempotency::{self, Begin, Fingerprint, Idempotency},
     identity::{ANONYMOUS, Class, Target},
@@ -102,25 +101,13 @@ impl MessageApi {
             .map(|(index, message)| {
                 let field = format!("messages[{index}]");
                 let id = message_id(&format!("{field}.id"), &message.id)?;
-                if message.headers.len() > MAX_HEADERS_PER_MESSAGE {
-                    return Err(invalid_field(
-                        format!("{field}.headers"),
-                        format!(
-                            "holds {} headers; at most {MAX_HEADERS_PER_MESSAGE}",
-                            message.headers.len()
-                        ),
-                    ));
-                }
                 let mut headers = headers_from_proto(&format!("{field}.headers"), message.headers)?;
                 // Name the body field the client sent, not the stored payload.
                 let body_field = format!("{field}.{}", body_field_name(message.body.as_ref()));
                 // The client's headers count, not the body-form header the gateway adds.
                 let header_bytes = headers_size(&headers);
+                // Not empty (Iggy stores no empty message): the proto's rule on the body.
                 let payload = body_to_payload(&field, message.body, &mut headers)?;
-                if payload.is_empty() {
-                    // Iggy stores no empty message; both backends refuse it alike.
-                    return Err(invalid_field(body_field, "must not be empty"));
-                }
                 let size = payload.len() + header_bytes;
                 if size > self.limits.message_max_bytes {
                     return Err(invalid_field(

@@ -1100,9 +1100,12 @@ fn call_body(path: &str) -> Vec<u8> {
     let mut message = prost_reflect::DynamicMessage::new(method.input());
     let input = method.input();
     let message_of = |name: &str| {
-        prost_reflect::Value::Message(prost_reflect::DynamicMessage::new(
-            pool.get_message_by_name(name).expect("message"),
-        ))
+        let mut message =
+            prost_reflect::DynamicMessage::new(pool.get_message_by_name(name).expect("message"));
+        if name == "iggy.gateway.v1.Message" {
+            message.set_field_by_name("text", prost_reflect::Value::String("x".into()));
+        }
+        prost_reflect::Value::Message(message)
     };
     // A request the protos' rules take (they are checked when it is decoded, before the
     // service looks at its target), so what refuses it is the scope check.
