@@ -1,8 +1,12 @@
 //! Compiles `proto/` with protox (pure Rust, so no system `protoc` is needed), generates the
 //! tonic servers and clients, and writes the encoded descriptor set that server reflection and
-//! the REST transcoder read at run time. Everything goes to `OUT_DIR`.
+//! the REST transcoder read at run time, and the request checks of the protos' `buf.validate`
+//! rules (`build/rules.rs`). Everything goes to `OUT_DIR`.
 
 use std::{env, path::PathBuf};
+
+#[path = "build/rules.rs"]
+mod rules;
 
 const PROTOS: &[&str] = &[
     "iggy/gateway/v1/stream.proto",
@@ -15,6 +19,7 @@ const PROTOS: &[&str] = &[
 
 fn main() {
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build");
     let out_dir =
         PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR for build scripts"));
 
@@ -35,6 +40,18 @@ fn main() {
     // into prost_types would drop them).
     let encoded = compiler.encode_file_descriptor_set();
     let descriptors = compiler.file_descriptor_set();
+    let checks = match rules::generate(&compiler.descriptor_pool()) {
+        Ok(checks) => checks,
+        Err(err) => {
+            eprintln!("failed to generate the request checks from the buf.validate rules: {err}");
+            std::process::exit(1);
+        }
+    };
+    let checks_path = out_dir.join("iggy_gateway_validate.rs");
+    if let Err(err) = std::fs::write(&checks_path, checks) {
+        eprintln!("failed to write {}: {err}", checks_path.display());
+        std::process::exit(1);
+    }
     let descriptor_path = out_dir.join("iggy_gateway_descriptor.bin");
     if let Err(err) = std::fs::write(&descriptor_path, encoded) {
         eprintln!("failed to write {}: {err}", descriptor_path.display());

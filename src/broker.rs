@@ -123,9 +123,6 @@ pub enum HeaderValue {
 
 pub type Headers = BTreeMap<String, HeaderValue>;
 
-/// Most user headers one message may carry; their bytes count towards MAX_MESSAGE_SIZE.
-pub const MAX_HEADERS_PER_MESSAGE: usize = 64;
-
 impl HeaderValue {
     /// Bytes the value takes as stored.
     pub fn size(&self) -> usize {

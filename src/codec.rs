@@ -5,7 +5,9 @@
 //!
 //! Why: each entry of a repeated message field costs two bytes on the wire (`2a 00`) and a
 //! whole struct once decoded, so a 16 MiB body of empty entries would take over a gigabyte.
-//! Decoding errors are the caller's fault: INVALID_ARGUMENT, not prost's INTERNAL.
+//! Decoding errors are the caller's fault: INVALID_ARGUMENT, not prost's INTERNAL. A decoded
+//! message is then held to the rules its proto declares (`validate`), so every protocol that
+//! reaches a service is checked by the same code before the service sees the request.
 
 use std::{marker::PhantomData, sync::LazyLock};
 
@@ -19,6 +21,10 @@ use tonic::{
 use tonic_prost::ProstCodec;
 
 use crate::budget::{self, Exhausted};
+
+pub mod validate;
+
+use validate::Validate;
 
 /// What one decoded message instance is counted as, in bytes: at least the size of the largest
 /// struct the API decodes (a unit test holds it to that), plus its allocation's overhead.
@@ -49,7 +55,7 @@ impl<T, U> Default for BoundedCodec<T, U> {
 impl<T, U> Codec for BoundedCodec<T, U>
 where
     T: Message + Send + 'static,
-    U: Message + Name + Default + Send + 'static,
+    U: Message + Name + Default + Validate + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
@@ -77,7 +83,7 @@ pub struct BoundedDecoder<U> {
     _type: PhantomData<U>,
 }
 
-impl<U: Message + Default> Decoder for BoundedDecoder<U> {
+impl<U: Message + Default + Validate> Decoder for BoundedDecoder<U> {
     type Item = U;
     type Error = Status;
 
@@ -108,11 +114,13 @@ impl<U: Message + Default> Decoder for BoundedDecoder<U> {
                 }
             }
         }
-        U::decode(buf).map(Some).map_err(|err| {
+        let message = U::decode(buf).map_err(|err| {
             Status::invalid_argument(format!(
                 "the request is not a valid protobuf message: {err}"
             ))
-        })
+        })?;
+        message.validate()?;
+        Ok(Some(message))
     }
 }
 

@@ -263,6 +263,8 @@ impl Config {
         RestSettings {
             max_body_bytes: self.limits.max_request_body_size as usize,
             strict_query: self.edge.rest_strict_query,
+            batch_max: self.limits.batch_max_size,
+            poll_max: self.limits.poll_max_count,
         }
     }
 

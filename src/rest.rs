@@ -42,8 +42,14 @@ pub fn route_table() -> Result<RouteTable, String> {
 }
 
 /// The OpenAPI 3.1 document of the REST surface.
-pub fn openapi_document(table: &RouteTable) -> serde_json::Value {
-    openapi::document(table)
+pub fn openapi_document(table: &RouteTable, settings: RestSettings) -> serde_json::Value {
+    openapi::document(
+        table,
+        openapi::Limits {
+            batch_max: settings.batch_max,
+            poll_max: settings.poll_max,
+        },
+    )
 }
 
 /// How the REST surface reads requests.
@@ -55,6 +61,10 @@ pub struct RestSettings {
     /// ignored, as grpc-gateway does: browsers' cache-busters (`_=12345`) and tracking
     /// parameters must not break every GET.
     pub strict_query: bool,
+    /// `BATCH_MAX_SIZE` and `POLL_MAX_COUNT`, which OpenAPI states as the bounds of the fields
+    /// the protos mark with `configured_limit`.
+    pub batch_max: u32,
+    pub poll_max: u32,
 }
 
 /// The REST router: `/openapi.json`, `/docs`, and every annotated route, transcoded to
@@ -71,7 +81,8 @@ pub fn router_with(
     settings: RestSettings,
 ) -> Result<Router, String> {
     let openapi = Bytes::from(
-        serde_json::to_vec_pretty(&openapi_document(&table)).map_err(|err| err.to_string())?,
+        serde_json::to_vec_pretty(&openapi_document(&table, settings))
+            .map_err(|err| err.to_string())?,
     );
     let transcoder = Arc::new(Transcoder::new(table, grpc, direct, settings));
     Ok(Router::new()

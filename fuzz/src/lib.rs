@@ -321,6 +321,8 @@ impl Gateway {
         let settings = rest::RestSettings {
             max_body_bytes: MAX_REQUEST_BYTES,
             strict_query: false,
+            batch_max: 1000,
+            poll_max: 1000,
         };
         let rest = rest::router(table, self.grpc_router(), settings).expect("rest router");
         tonic::service::Routes::from(rest)

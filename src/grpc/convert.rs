@@ -8,8 +8,8 @@ use tonic::Status;
 use crate::{
     answer::invalid_field,
     broker::{
-        Compression, ETag, HeaderValue, Headers, Identifier, MAX_NAME_LEN, Name, PartitionInfo,
-        StoredMessage, StreamInfo, TopicInfo, TopicRef,
+        Compression, ETag, HeaderValue, Headers, Identifier, Name, PartitionInfo, StoredMessage,
+        StreamInfo, TopicInfo, TopicRef,
     },
     proto,
 };
@@ -170,58 +170,33 @@ pub fn message_id_text(id: u128) -> String {
     uuid::Uuid::from_u128(id).hyphenated().to_string()
 }
 
+/// Headers as the broker holds them. Their rules (at most 64, keys and string or bytes values
+/// of 1 to 255 bytes as Iggy holds them, the reserved body-form key, one kind set) are the
+/// proto's, checked when the request was decoded.
 pub fn headers_from_proto(
     field: &str,
     headers: std::collections::HashMap<String, proto::HeaderValue>,
 ) -> Result<Headers, Status> {
-    let mut out = Headers::new();
-    for (key, value) in headers {
-        if key.is_empty() || key.len() > MAX_NAME_LEN {
-            return Err(invalid_field(
-                format!("{field}[{key}]"),
-                format!("header keys must be 1 to {MAX_NAME_LEN} bytes"),
-            ));
-        }
-        if key == BODY_FORM_HEADER {
-            return Err(invalid_field(
-                format!("{field}[{key}]"),
-                "this header key is reserved by the gateway",
-            ));
-        }
-        // Iggy holds string and byte header values of 1 to 255 bytes.
-        let sized = |len: usize| {
-            if (1..=MAX_NAME_LEN).contains(&len) {
-                Ok(())
-            } else {
-                Err(invalid_field(
-                    format!("{field}[{key}]"),
-                    format!("string and bytes values must be 1 to {MAX_NAME_LEN} bytes"),
-                ))
-            }
-        };
-        let value = match value.kind {
-            Some(proto::header_value::Kind::StringValue(v)) => {
-                sized(v.len())?;
-                HeaderValue::String(v)
-            }
-            Some(proto::header_value::Kind::BytesValue(v)) => {
-                sized(v.len())?;
-                HeaderValue::Bytes(v.to_vec())
-            }
-            Some(proto::header_value::Kind::Int64Value(v)) => HeaderValue::Int64(v),
-            Some(proto::header_value::Kind::Uint64Value(v)) => HeaderValue::Uint64(v),
-            Some(proto::header_value::Kind::BoolValue(v)) => HeaderValue::Bool(v),
-            Some(proto::header_value::Kind::DoubleValue(v)) => HeaderValue::Double(v),
-            None => {
-                return Err(invalid_field(
-                    format!("{field}[{key}]"),
-                    "header value must set one of its kinds",
-                ));
-            }
-        };
-        out.insert(key, value);
-    }
-    Ok(out)
+    headers
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value.kind {
+                Some(proto::header_value::Kind::StringValue(v)) => HeaderValue::String(v),
+                Some(proto::header_value::Kind::BytesValue(v)) => HeaderValue::Bytes(v.to_vec()),
+                Some(proto::header_value::Kind::Int64Value(v)) => HeaderValue::Int64(v),
+                Some(proto::header_value::Kind::Uint64Value(v)) => HeaderValue::Uint64(v),
+                Some(proto::header_value::Kind::BoolValue(v)) => HeaderValue::Bool(v),
+                Some(proto::header_value::Kind::DoubleValue(v)) => HeaderValue::Double(v),
+                None => {
+                    return Err(invalid_field(
+                        format!("{field}[{key}]"),
+                        "header value must set one of its kinds",
+                    ));
+                }
+            };
+            Ok((key, value))
+        })
+        .collect()
 }
 
 pub fn headers_to_proto(headers: Headers) -> std::collections::HashMap<String, proto::HeaderValue> {

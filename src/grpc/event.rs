@@ -92,11 +92,12 @@ impl EventApi {
         Ok((at, stream, topic))
     }
 
-    fn partitioning(key: &str) -> Result<Partitioning, Status> {
-        match key.len() {
-            0 => Ok(Partitioning::Balanced),
-            1..=255 => Ok(Partitioning::Key(key.as_bytes().to_vec())),
-            _ => Err(invalid_field("partition_key", "must be at most 255 bytes")),
+    /// At most 255 bytes: the proto's rule.
+    fn partitioning(key: &str) -> Partitioning {
+        if key.is_empty() {
+            Partitioning::Balanced
+        } else {
+            Partitioning::Key(key.as_bytes().to_vec())
         }
     }
 
@@ -157,7 +158,7 @@ impl EventApi {
         self.broker
             .send_messages(SendMessages {
                 topic: at,
-                partitioning: Self::partitioning(partition_key)?,
+                partitioning: Self::partitioning(partition_key),
                 messages,
                 idempotency: None,
             })
@@ -212,9 +213,7 @@ impl EventService for EventApi {
         let target = self
             .authorized(access.as_deref(), &request.stream, &request.topic)
             .await?;
-        if request.events.is_empty() {
-            return Err(invalid_field("events", "must hold at least one event"));
-        }
+        // At least one: the proto's rule; the most is configured (BATCH_MAX_SIZE).
         if request.events.len() > self.limits.batch_max {
             return Err(invalid_field(
                 "events",

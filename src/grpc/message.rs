@@ -15,9 +15,8 @@ use super::{
 use crate::{
     answer::{broker_status, invalid_field},
     broker::{
-        Broker, BrokerError, ConsumerOffsetRef, IdempotencyRecord, MAX_HEADERS_PER_MESSAGE,
-        NewMessage, Partitioning, PollMessages, PollingStrategy, SendMessages, Sent, headers_size,
-        now_micros,
+        Broker, BrokerError, ConsumerOffsetRef, IdempotencyRecord, NewMessage, Partitioning,
+        PollMessages, PollingStrategy, SendMessages, Sent, headers_size, now_micros,
     },
     idempotency::{self, Begin, Fingerprint, Idempotency},
     identity::{ANONYMOUS, Class, Target},
@@ -84,9 +83,8 @@ impl MessageApi {
     }
 
     fn new_messages(&self, messages: Vec<proto::Message>) -> Result<Vec<NewMessage>, Status> {
-        if messages.is_empty() {
-            return Err(invalid_field("messages", "must hold at least one message"));
-        }
+        // At least one: the proto's rule (checked when the request was decoded). The most is
+        // configured (BATCH_MAX_SIZE), so it is checked here.
         if messages.len() > self.limits.batch_max {
             return Err(invalid_field(
                 "messages",
@@ -103,25 +101,13 @@ impl MessageApi {
             .map(|(index, message)| {
                 let field = format!("messages[{index}]");
                 let id = message_id(&format!("{field}.id"), &message.id)?;
-                if message.headers.len() > MAX_HEADERS_PER_MESSAGE {
-                    return Err(invalid_field(
-                        format!("{field}.headers"),
-                        format!(
-                            "holds {} headers; at most {MAX_HEADERS_PER_MESSAGE}",
-                            message.headers.len()
-                        ),
-                    ));
-                }
                 let mut headers = headers_from_proto(&format!("{field}.headers"), message.headers)?;
                 // Name the body field the client sent, not the stored payload.
                 let body_field = format!("{field}.{}", body_field_name(message.body.as_ref()));
                 // The client's headers count, not the body-form header the gateway adds.
                 let header_bytes = headers_size(&headers);
+                // Not empty (Iggy stores no empty message): the proto's rule on the body.
                 let payload = body_to_payload(&field, message.body, &mut headers)?;
-                if payload.is_empty() {
-                    // Iggy stores no empty message; both backends refuse it alike.
-                    return Err(invalid_field(body_field, "must not be empty"));
-                }
                 let size = payload.len() + header_bytes;
                 if size > self.limits.message_max_bytes {
                     return Err(invalid_field(
@@ -371,10 +357,8 @@ impl MessageService for MessageApi {
             Some(proto::send_messages_request::Partitioning::PartitionId(id)) => {
                 Partitioning::PartitionId(id)
             }
+            // 1 to 255 bytes: the proto's rule.
             Some(proto::send_messages_request::Partitioning::PartitionKey(key)) => {
-                if key.is_empty() || key.len() > 255 {
-                    return Err(invalid_field("partition_key", "must be 1 to 255 bytes"));
-                }
                 Partitioning::Key(key.into_bytes())
             }
         };

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     answer::{broker_status, invalid_field},
-    broker::{Broker, Compression, CreateTopic, Identifier, MAX_PARTITIONS, UpdateTopic},
+    broker::{Broker, Compression, CreateTopic, Identifier, UpdateTopic},
     identity::Target,
     proto::{self, topic_service_server::TopicService},
 };
@@ -31,16 +31,6 @@ impl TopicApi {
 
 fn replication_factor(value: u32) -> Result<u8, Status> {
     u8::try_from(value).map_err(|_| invalid_field("replication_factor", "must be at most 255"))
-}
-
-fn partitions_count(value: u32, at_most: u32) -> Result<u32, Status> {
-    if value == 0 || value > at_most {
-        return Err(invalid_field(
-            "partitions_count",
-            format!("must be between 1 and {at_most}, got {value}"),
-        ));
-    }
-    Ok(value)
 }
 
 #[tonic::async_trait]
@@ -64,13 +54,11 @@ impl TopicService for TopicApi {
         let create = CreateTopic {
             stream,
             name,
-            partitions_count: partitions_count(
-                match request.partitions_count {
-                    0 => request.partitions,
-                    count => count,
-                },
-                MAX_PARTITIONS,
-            )?,
+            // 1 to 1000, under one of its two names: the proto's rules.
+            partitions_count: match request.partitions_count {
+                0 => request.partitions,
+                count => count,
+            },
             message_expiry_micros: match &request.message_expiry {
                 Some(expiry) => duration_micros("message_expiry", expiry)?,
                 None => None,
@@ -226,10 +214,10 @@ impl TopicService for TopicApi {
         let request = request.into_inner();
         let at = topic_ref(&request.stream, &request.topic)?;
         authorize(self.broker.as_ref(), access.as_deref(), &[Want::Topic(&at)]).await?;
-        let count = partitions_count(request.partitions_count, MAX_PARTITIONS)?;
+        // 1 to 1000: the proto's rule.
         let topic = self
             .broker
-            .create_partitions(at, count)
+            .create_partitions(at, request.partitions_count)
             .await
             .map_err(broker_status)?;
         Ok(Response::new(proto::CreatePartitionsResponse {
@@ -245,10 +233,9 @@ impl TopicService for TopicApi {
         let request = request.into_inner();
         let at = topic_ref(&request.stream, &request.topic)?;
         authorize(self.broker.as_ref(), access.as_deref(), &[Want::Topic(&at)]).await?;
-        let count = partitions_count(request.partitions_count, MAX_PARTITIONS)?;
         let topic = self
             .broker
-            .delete_partitions(at, count)
+            .delete_partitions(at, request.partitions_count)
             .await
             .map_err(broker_status)?;
         Ok(Response::new(proto::DeletePartitionsResponse {

@@ -182,14 +182,18 @@ pub(crate) fn answer_etag(reply: &DynamicMessage) -> Option<HeaderValue> {
 
 /// The conditional headers a route honours, as OpenAPI header parameters.
 pub(crate) fn openapi_parameters(route: &Route) -> Vec<Value> {
+    // The `etag` field itself is left out of the route's parameters and body (`openapi.rs`
+    // asks `openapi_omits`): two spellings of one value that must agree are not something
+    // OpenAPI can state.
     let mut parameters = Vec::new();
     if etag_field(&route.method.input()).is_some() {
         parameters.push(json!({
             "name": "If-Match",
             "in": "header",
             "required": false,
-            "schema": {"type": "string"},
-            "description": "The resource's ETag as last read: the call is refused with 412 (reason ETAG_MISMATCH), changing nothing, if the resource has changed since.",
+            // One entity tag (or `*`), as `tags` reads it; a list of two is refused.
+            "schema": {"type": "string", "pattern": "^[ \\t,]*(?:\\*|(?:W/)?\"[ \\t!#-~]*\")?[ \\t,]*$"},
+            "description": "The resource's ETag as last read: the call is refused with 412 (reason ETAG_MISMATCH), changing nothing, if the resource has changed since. It is REST's spelling of the request's `etag` field, which is therefore not listed here; a body or query `etag` that differs from it is a 400.",
         }));
     }
     if route.success == StatusCode::CREATED {
@@ -202,6 +206,11 @@ pub(crate) fn openapi_parameters(route: &Route) -> Vec<Value> {
         }));
     }
     parameters
+}
+
+/// Whether OpenAPI leaves the request field out of the route, because `If-Match` stands for it.
+pub(crate) fn openapi_omits(route: &Route, field: &str) -> bool {
+    field == ETAG_FIELD && etag_field(&route.method.input()).is_some()
 }
 
 /// The `ETag` header of a route's successful answer, as OpenAPI response headers, when the

@@ -1,9 +1,15 @@
 //! OpenAPI 3.1, generated from the same route table and descriptors as the REST surface, with
-//! the proto comments as descriptions. Served at `/openapi.json`; `/docs` renders it.
+//! the proto comments as descriptions and the protos' `buf.validate` rules as JSON Schema
+//! keywords (`openapi/rules.rs`). Served at `/openapi.json`; `/docs` renders it.
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use prost_types::FileDescriptorProto;
 use serde_json::{Map, Value, json};
+
+mod rules;
+
+#[cfg(test)]
+pub use rules::{BASE64, decimal_at_most};
 
 use super::{
     conditional,
@@ -41,26 +47,59 @@ fn schema_name(message: &MessageDescriptor) -> String {
     message.full_name().replace('.', "_")
 }
 
+/// The values of the settings that bound fields (`configured_limit`), as the gateway runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `BATCH_MAX_SIZE`.
+    pub batch_max: u32,
+    /// `POLL_MAX_COUNT`.
+    pub poll_max: u32,
+}
+
+/// The messages whose schemas are still to be written, and what every schema needs to know.
+struct Pending {
+    messages: Vec<MessageDescriptor>,
+    limits: Limits,
+}
+
+impl Pending {
+    fn push(&mut self, message: MessageDescriptor) {
+        self.messages.push(message);
+    }
+
+    fn pop(&mut self) -> Option<MessageDescriptor> {
+        self.messages.pop()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, MessageDescriptor> {
+        self.messages.iter()
+    }
+}
+
 /// The JSON Schema of one field in proto3 JSON.
-fn field_schema(field: &FieldDescriptor, pending: &mut Vec<MessageDescriptor>) -> Value {
+fn field_schema(field: &FieldDescriptor, pending: &mut Pending) -> Value {
     if field.is_map() {
         let Kind::Message(entry) = field.kind() else {
             return json!({"type": "object"});
         };
-        return json!({
+        let mut schema = json!({
             "type": "object",
             "additionalProperties": kind_schema(&entry.map_entry_value_field(), pending),
         });
+        rules::apply(field, &mut schema, pending.limits);
+        return schema;
     }
     let item = kind_schema(field, pending);
-    if field.is_list() {
+    let mut schema = if field.is_list() {
         json!({"type": "array", "items": item})
     } else {
         item
-    }
+    };
+    rules::apply(field, &mut schema, pending.limits);
+    schema
 }
 
-fn kind_schema(field: &FieldDescriptor, pending: &mut Vec<MessageDescriptor>) -> Value {
+fn kind_schema(field: &FieldDescriptor, pending: &mut Pending) -> Value {
     match field.kind() {
         // Formats from the OpenAPI format registry, with their ranges spelled out so a validator
         // that does not know a format still refuses what the field cannot hold.
@@ -76,24 +115,41 @@ fn kind_schema(field: &FieldDescriptor, pending: &mut Vec<MessageDescriptor>) ->
         // loses digits) and accepts numbers too: `pattern` bounds the strings, `minimum` and
         // `maximum` the numbers.
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({
-            "type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]{1,19}$",
+            "type": ["string", "integer"], "format": "int64",
+            "pattern": format!(
+                "^(?:-?0*{}|-0*9223372036854775808)$",
+                rules::decimal_at_most(&i64::MAX.to_string())
+            ),
             "minimum": i64::MIN, "maximum": i64::MAX,
         }),
         Kind::Uint64 | Kind::Fixed64 => json!({
-            "type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]{1,20}$",
+            "type": ["string", "integer"], "format": "uint64",
+            "pattern": format!("^0*{}$", rules::decimal_at_most(&u64::MAX.to_string())),
             "minimum": 0, "maximum": u64::MAX,
         }),
         Kind::Bool => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
-        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+        // Standard or URL-safe alphabet, padding optional, as the parser reads it.
+        Kind::Bytes => json!({
+            "type": "string", "contentEncoding": "base64", "pattern": rules::BASE64,
+        }),
+        // proto3 JSON takes an enum value by name or by number.
         Kind::Enum(enumeration) => json!({
-            "type": "string",
-            "enum": enumeration.values().map(|v| v.name().to_owned()).collect::<Vec<_>>(),
+            "anyOf": [
+                {
+                    "type": "string",
+                    "enum": enumeration.values().map(|v| v.name().to_owned()).collect::<Vec<_>>(),
+                },
+                {
+                    "type": "integer",
+                    "enum": enumeration.values().map(|v| v.number()).collect::<Vec<_>>(),
+                },
+            ],
         }),
         Kind::Message(message) => match message.full_name() {
             "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
             "google.protobuf.Duration" => {
-                json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"})
+                json!({"type": "string", "pattern": rules::duration_pattern(true)})
             }
             "google.protobuf.Value" => json!({}),
             "google.protobuf.Struct" => json!({"type": "object"}),
@@ -108,18 +164,107 @@ fn kind_schema(field: &FieldDescriptor, pending: &mut Vec<MessageDescriptor>) ->
     }
 }
 
-fn message_schema(message: &MessageDescriptor, pending: &mut Vec<MessageDescriptor>) -> Value {
+fn message_schema(message: &MessageDescriptor, pending: &mut Pending) -> Value {
+    body_schema(message, |_| false, |_| false, pending)
+}
+
+/// proto3 JSON reads `null` as a field left out (a `google.protobuf.Value` holds it as a value).
+fn nullable(schema: Value) -> Value {
+    if schema.as_object().is_some_and(Map::is_empty) {
+        return schema;
+    }
+    json!({"anyOf": [schema, {"type": "null"}]})
+}
+
+/// A message's schema as a body: fields `elsewhere` (set from the path, whose value wins) keep
+/// their type but not their rules and are never required; fields `omitted` are not listed.
+/// Required are the fields whose absence (their zero value, in proto3 JSON) breaks a rule;
+/// at most one member of a oneof may be given (with `(buf.validate.oneof).required`, one
+/// must); unknown fields are refused, as the server refuses them (the lowerCamelCase JSON names
+/// are taken too, and said so in the document's description).
+fn body_schema(
+    message: &MessageDescriptor,
+    elsewhere: impl Fn(&str) -> bool,
+    omitted: impl Fn(&str) -> bool,
+    pending: &mut Pending,
+) -> Value {
     let file = message.parent_file_descriptor_proto();
     let mut properties = Map::new();
+    let mut required: Vec<String> = Vec::new();
     for field in message.fields() {
-        let mut schema = field_schema(&field, pending);
+        if omitted(field.name()) {
+            continue;
+        }
+        let mut schema = if elsewhere(field.name()) {
+            nullable(kind_schema(&field, pending))
+        } else if rules::zero_is_valid(&field) {
+            nullable(field_schema(&field, pending))
+        } else {
+            required.push(field.name().to_owned());
+            field_schema(&field, pending)
+        };
         if let (Some(text), Some(object)) = (comment(file, field.path()), schema.as_object_mut()) {
             object.insert("description".into(), Value::String(text));
         }
         properties.insert(field.name().to_owned(), schema);
     }
-    let mut schema = json!({"type": "object", "properties": properties});
-    if let (Some(text), Some(object)) = (comment(file, message.path()), schema.as_object_mut()) {
+    let mut schema = json!({
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": false,
+    });
+    let Some(object) = schema.as_object_mut() else {
+        return schema;
+    };
+    if !required.is_empty() {
+        object.insert("required".into(), json!(required));
+    }
+    let oneofs: Vec<Value> = message
+        .oneofs()
+        .filter(|oneof| !oneof.is_synthetic())
+        .flat_map(|oneof| {
+            let members: Vec<String> = oneof
+                .fields()
+                .map(|field| field.name().to_owned())
+                .filter(|name| !omitted(name))
+                .collect();
+            let mut pairs = Vec::new();
+            for (index, first) in members.iter().enumerate() {
+                for second in &members[index + 1..] {
+                    pairs.push(json!({"required": [first, second]}));
+                }
+            }
+            let mut constraints = Vec::new();
+            if !pairs.is_empty() {
+                constraints.push(json!({"not": {"anyOf": pairs}}));
+            }
+            if rules::oneof_required(&oneof) {
+                // Given as `null`, a member is unset, unless it holds any JSON value.
+                let any: Vec<Value> = oneof
+                    .fields()
+                    .filter(|field| !omitted(field.name()))
+                    .map(|field| match field.kind() {
+                        Kind::Message(message)
+                            if message.full_name() == "google.protobuf.Value" =>
+                        {
+                            json!({"required": [field.name()]})
+                        }
+                        _ => json!({
+                            "required": [field.name()],
+                            "properties": {field.name(): {"not": {"type": "null"}}},
+                        }),
+                    })
+                    .collect();
+                constraints.push(json!({"anyOf": any}));
+            }
+            constraints
+        })
+        .chain(rules::message_oneofs(message))
+        .collect();
+    if !oneofs.is_empty() {
+        object.insert("allOf".into(), Value::Array(oneofs));
+    }
+    if let Some(text) = comment(file, message.path()) {
         object.insert("description".into(), Value::String(text));
     }
     schema
@@ -150,12 +295,7 @@ fn problem_schema() -> Value {
 }
 
 /// A scalar query or path parameter's schema (objects are flattened as `a.b`).
-fn parameter(
-    name: &str,
-    location: &str,
-    field: &FieldDescriptor,
-    pending: &mut Vec<MessageDescriptor>,
-) -> Value {
+fn parameter(name: &str, location: &str, field: &FieldDescriptor, pending: &mut Pending) -> Value {
     let mut schema = field_schema(field, pending);
     if let Kind::Enum(enumeration) = field.kind() {
         with_short_names(&mut schema, &enumeration);
@@ -163,7 +303,8 @@ fn parameter(
     let mut parameter = json!({
         "name": name,
         "in": location,
-        "required": location == "path",
+        // A query parameter is required when its absence (the field's zero value) breaks a rule.
+        "required": location == "path" || !rules::zero_is_valid(field),
         "schema": schema,
     });
     if field.is_list()
@@ -191,7 +332,16 @@ fn with_short_names(schema: &mut Value, enumeration: &prost_reflect::EnumDescrip
         Some(items) => items,
         None => schema,
     };
-    if let Some(Value::Array(names)) = target.get_mut("enum") {
+    // By name or by number: the names are the string branch of the `anyOf`.
+    let target = if target.get("anyOf").is_some() {
+        target
+            .get_mut("anyOf")
+            .and_then(Value::as_array_mut)
+            .and_then(|branches| branches.iter_mut().find(|b| b["type"] == "string"))
+    } else {
+        Some(target)
+    };
+    if let Some(Value::Array(names)) = target.and_then(|target| target.get_mut("enum")) {
         let short: Vec<Value> = enumeration
             .values()
             .filter_map(|value| scalars::short_enum_name(enumeration, value.name()))
@@ -206,7 +356,7 @@ fn with_short_names(schema: &mut Value, enumeration: &prost_reflect::EnumDescrip
 /// schema of one item, and the description says so. An SSE item is written as OpenAPI 3.2
 /// models events (`event`, `id`, `data`, `retry`), with `data`'s JSON described by
 /// `contentSchema`.
-fn stream_response(output: &MessageDescriptor, pending: &mut Vec<MessageDescriptor>) -> Value {
+fn stream_response(output: &MessageDescriptor, pending: &mut Pending) -> Value {
     let problem = json!({"$ref": "#/components/schemas/Problem"});
     let mut events: Vec<Value> = output
         .fields()
@@ -284,8 +434,11 @@ fn stream_response(output: &MessageDescriptor, pending: &mut Vec<MessageDescript
 }
 
 /// The whole document.
-pub fn document(table: &RouteTable) -> Value {
-    let mut pending: Vec<MessageDescriptor> = Vec::new();
+pub fn document(table: &RouteTable, limits: Limits) -> Value {
+    let mut pending = Pending {
+        messages: Vec::new(),
+        limits,
+    };
     let mut paths = Map::new();
     let mut operation_ids: Vec<String> = Vec::new();
     for route in table.routes() {
@@ -305,7 +458,16 @@ pub fn document(table: &RouteTable) -> Value {
         if route.body != BodyRule::All {
             for field in input.fields() {
                 let name = field.name();
-                if bound.contains(&name) || body_field == Some(name) || field.is_map() {
+                // A member of a oneof whose other member the path sets cannot be given too.
+                let sibling_bound = field.containing_oneof().is_some_and(|oneof| {
+                    !oneof.is_synthetic() && oneof.fields().any(|f| bound.contains(&f.name()))
+                });
+                if bound.contains(&name)
+                    || sibling_bound
+                    || body_field == Some(name)
+                    || field.is_map()
+                    || conditional::openapi_omits(route, name)
+                {
                     continue;
                 }
                 if let Kind::Message(message) = field.kind()
@@ -368,23 +530,29 @@ pub fn document(table: &RouteTable) -> Value {
         parameters.extend(conditional::openapi_parameters(route));
         operation.insert("parameters".into(), Value::Array(parameters));
         let request_schema = match &route.body {
-            BodyRule::All => {
-                Some(json!({"$ref": format!("#/components/schemas/{}", schema_name(&input))}))
-            }
+            BodyRule::All => Some(body_schema(
+                &input,
+                |field| bound.contains(&field),
+                |field| conditional::openapi_omits(route, field),
+                &mut pending,
+            )),
             BodyRule::Field(name) => input
                 .get_field_by_name(name)
                 .map(|f| field_schema(&f, &mut pending)),
             BodyRule::None => None,
         };
+        // The server reads no body as `{}`, so a body is required only when `{}` breaks a
+        // rule (`:purge`, whose one field is in the path, takes none).
+        let body_required = match &route.body {
+            BodyRule::All => !rules::empty_is_valid(&input, |field| bound.contains(&field)),
+            // Only the named field comes from the body.
+            BodyRule::Field(name) => !rules::empty_is_valid(&input, |field| field != name),
+            BodyRule::None => false,
+        };
         if let Some(schema) = request_schema {
-            if route.body == BodyRule::All
-                && !pending.iter().any(|m| m.full_name() == input.full_name())
-            {
-                pending.push(input.clone());
-            }
             operation.insert(
                 "requestBody".into(),
-                json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+                json!({"required": body_required, "content": {"application/json": {"schema": schema}}}),
             );
         }
         let output = method.output();
@@ -470,7 +638,7 @@ pub fn document(table: &RouteTable) -> Value {
         "info": {
             "title": "iggy-gateway",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "REST/JSON for Apache Iggy, derived from the gateway's protobuf API. Every route calls the same service as gRPC; errors are application/problem+json. Query parameters that name no field of the request are ignored (a cache-buster such as `_=1712345`), unless the gateway runs with REST_STRICT_QUERY=true, which answers them with 400 naming the parameter; a parameter given twice is a 400 unless its field is repeated. Booleans accept true/false, True/False, TRUE/FALSE, t/f, T/F and 1/0. A request body may be compressed (Content-Encoding: gzip, zstd or br; another coding is a 415); MAX_REQUEST_BODY_SIZE applies to what it inflates to (413). Answers of a kilobyte or more are compressed as Accept-Encoding asks.",
+            "description": "REST/JSON for Apache Iggy, derived from the gateway's protobuf API. Every route calls the same service as gRPC; errors are application/problem+json. Request rules come from the protos' buf.validate annotations and are enforced alike on every protocol; they are stated here as JSON Schema keywords. Body fields may also be given by their lowerCamelCase JSON names. Query parameters that name no field of the request are ignored (a cache-buster such as `_=1712345`), unless the gateway runs with REST_STRICT_QUERY=true, which answers them with 400 naming the parameter; a parameter given twice is a 400 unless its field is repeated. Booleans accept true/false, True/False, TRUE/FALSE, t/f, T/F and 1/0. A request body may be compressed (Content-Encoding: gzip, zstd or br; another coding is a 415); MAX_REQUEST_BODY_SIZE applies to what it inflates to (413). Answers of a kilobyte or more are compressed as Accept-Encoding asks.",
         },
         "paths": paths,
         "components": {"schemas": schemas},

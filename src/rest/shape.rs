@@ -370,7 +370,16 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
     fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
         Ok(false)
     }
-    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<bool, E> {
+        // A JSON integer beyond 64 bits arrives as a float, and the parser would round 2^64 to
+        // u64::MAX rather than refuse it.
+        const RANGE: std::ops::Range<f64> =
+            -9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0;
+        if matches!(self.expect, Expect::Integer) && !RANGE.contains(&value) {
+            return Err(self
+                .walk
+                .refuse("is out of range for a 64-bit integer".to_owned()));
+        }
         Ok(false)
     }
     fn visit_unit<E>(self) -> Result<bool, E> {

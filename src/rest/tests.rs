@@ -69,3 +69,156 @@ fn creates_name_their_resource_by_the_get_route_under_their_path() {
         None
     );
 }
+
+/// The schema of one component, by message name.
+fn component(document: &serde_json::Value, message: &str) -> serde_json::Value {
+    document["components"]["schemas"][format!("iggy_gateway_v1_{message}")].clone()
+}
+
+#[test]
+fn openapi_states_the_buf_validate_rules_of_the_protos() {
+    let table = route_table().expect("route table builds");
+    let document = openapi::document(
+        &table,
+        openapi::Limits {
+            batch_max: 1000,
+            poll_max: 500,
+        },
+    );
+
+    let body = |path: &str, method: &str| {
+        document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+            .clone()
+    };
+    let create = body("/v1/streams", "post");
+    assert_eq!(create["required"], serde_json::json!(["name"]));
+    assert_eq!(
+        create["additionalProperties"], false,
+        "unknown fields are refused"
+    );
+    let name = &create["properties"]["name"];
+    assert_eq!(name["minLength"], 1);
+    assert_eq!(name["maxLength"], 255);
+    assert_eq!(name["not"]["enum"], serde_json::json!([".", ".."]));
+    assert!(
+        name["pattern"].as_str().is_some_and(|p| p.contains("0-9")),
+        "{name}"
+    );
+
+    let partitions = body("/v1/streams/{stream}/topics/{topic}/partitions", "post");
+    let count = &partitions["properties"]["partitions_count"];
+    assert_eq!(count["minimum"], 1);
+    assert_eq!(count["maximum"], 1000);
+    // The path sets `stream`: the body's one keeps its type but not its rules.
+    assert!(
+        partitions["properties"]["stream"]["anyOf"][0]
+            .get("minLength")
+            .is_none()
+    );
+
+    // Nullable (proto3 JSON's "unset"), then the rule: empty, or a UUID.
+    let id = &component(&document, "Message")["properties"]["id"]["anyOf"][0];
+    assert_eq!(
+        id["anyOf"][0]["const"], "",
+        "empty: the gateway assigns one"
+    );
+    assert_eq!(id["anyOf"][1]["format"], "uuid");
+
+    let header_value = component(&document, "HeaderValue");
+    let kind = |name: &str| header_value["properties"][name]["anyOf"][0].clone();
+    assert_eq!(kind("string_value")["maxLength"], 255);
+    assert_eq!(kind("bytes_value")["maxLength"], 340, "255 bytes in base64");
+    assert_eq!(
+        header_value["allOf"][1]["anyOf"].as_array().map(Vec::len),
+        Some(6),
+        "one kind is required: {header_value}"
+    );
+}
+
+#[test]
+fn openapi_requires_a_body_only_where_an_empty_one_breaks_a_rule() {
+    let table = route_table().expect("route table builds");
+    let document = openapi::document(
+        &table,
+        openapi::Limits {
+            batch_max: 1000,
+            poll_max: 500,
+        },
+    );
+    let body_required = |path: &str, method: &str| {
+        document["paths"][path][method]["requestBody"]["required"].as_bool()
+    };
+    assert_eq!(
+        body_required("/v1/streams/{stream}:purge", "post"),
+        Some(false)
+    );
+    assert_eq!(
+        body_required("/v1/streams/{stream}/topics/{topic}:purge", "post"),
+        Some(false)
+    );
+    assert_eq!(body_required("/v1/streams", "post"), Some(true));
+    assert_eq!(
+        body_required("/v1/streams/{stream}/topics/{topic}/messages", "post"),
+        Some(true)
+    );
+    let send = &document["paths"]["/v1/streams/{stream}/topics/{topic}/messages"]["post"];
+    let body = &send["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body["properties"]["messages"]["minItems"], 1);
+    assert_eq!(
+        body["properties"]["messages"]["maxItems"], 1000,
+        "BATCH_MAX_SIZE"
+    );
+    assert_eq!(body["required"], serde_json::json!(["messages"]));
+    let store = &document["paths"]["/v1/streams/{stream}/topics/{topic}/consumers/{consumer}/offsets/{partition_id}"]
+        ["put"];
+    assert_eq!(
+        store["requestBody"]["content"]["application/json"]["schema"]["required"],
+        serde_json::json!(["offset"])
+    );
+    let poll = &document["paths"]["/v1/streams/{stream}/topics/{topic}/messages"]["get"];
+    let count = poll["parameters"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == "count"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(count["required"], true, "0 breaks gte 1: {count}");
+    assert_eq!(
+        count["schema"]["maximum"], 500,
+        "POLL_MAX_COUNT as configured"
+    );
+    // A path parameter carries its field's rules too.
+    let parameters = &document["paths"]["/v1/streams/{stream}"]["get"]["parameters"];
+    assert_eq!(parameters[0]["schema"]["minLength"], 1);
+    assert_eq!(parameters[0]["schema"]["maxLength"], 255);
+}
+
+#[test]
+fn openapi_patterns_match_what_the_parser_takes() {
+    let at_most = |max: &str| regex::Regex::new(&format!("^0*{}$", openapi::decimal_at_most(max)));
+    let u64_max = at_most(&u64::MAX.to_string()).expect("compiles");
+    for good in [
+        "0",
+        "7",
+        "18446744073709551615",
+        "0018446744073709551615",
+        "9999999999999999999",
+    ] {
+        assert!(u64_max.is_match(good), "{good}");
+    }
+    for bad in [
+        "18446744073709551616",
+        "99999999999999999999",
+        "-1",
+        "1e3",
+        "",
+    ] {
+        assert!(!u64_max.is_match(bad), "{bad}");
+    }
+    let base64 = regex::Regex::new(openapi::BASE64).expect("compiles");
+    for good in ["", "QQ", "QQ==", "QUJD", "_-8=", "+/8="] {
+        assert!(base64.is_match(good), "{good}");
+    }
+    for bad in ["Q", "QU JD", "+-8=", "QQ==="] {
+        assert!(!base64.is_match(bad), "{bad}");
+    }
+}

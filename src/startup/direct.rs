@@ -1,7 +1,8 @@
 //! The table of REST's direct calls (`rest::direct`): every unary RPC of the API, mapped to its
 //! service's method on the very instances gRPC serves. Each call passes the scope policy on the
 //! way in and is settled with its outcome, as the gRPC paths' guard does; start-up fails when a
-//! unary REST route has no entry, so a new RPC cannot quietly take the slower path.
+//! unary REST route has no entry, so a new RPC cannot quietly take the slower path. The
+//! request is held to the protos' rules (`codec::validate`) as the gRPC decoder holds it.
 
 use std::{future::Future, sync::Arc};
 
@@ -9,6 +10,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use tonic::{Code, Status};
 
 use crate::{
+    codec::validate::Validate,
     grpc::{EventApi, MessageApi, StatsApi, StreamApi, TopicApi},
     layers::Scopes,
     proto::{
@@ -40,7 +42,7 @@ fn unary<Req, Res, F, Fut>(
     method: F,
 ) -> Result<(&'static str, Call), String>
 where
-    Req: prost::Message + Default + Send + 'static,
+    Req: prost::Message + Default + Validate + Send + 'static,
     Res: prost::Message + Send + 'static,
     F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<Res>, Status>> + Send + 'static,
@@ -69,6 +71,8 @@ where
             let typed: Req = message
                 .transcode_to()
                 .map_err(|err| Failure::Status(Status::internal(format!("{path}: {err}"))))?;
+            // The protos' rules, as the decoder checks them on the gRPC path.
+            typed.validate().map_err(Failure::Status)?;
             let request = tonic::Request::from_parts(metadata, extensions, typed);
             let answer = method(request).await;
             let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);

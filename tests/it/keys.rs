@@ -1098,17 +1098,37 @@ fn call_body(path: &str) -> Vec<u8> {
         .and_then(|s| s.methods().find(|m| m.name() == method))
         .expect("method");
     let mut message = prost_reflect::DynamicMessage::new(method.input());
+    let input = method.input();
+    let message_of = |name: &str| {
+        let mut message =
+            prost_reflect::DynamicMessage::new(pool.get_message_by_name(name).expect("message"));
+        if name == "iggy.gateway.v1.Message" {
+            message.set_field_by_name("text", prost_reflect::Value::String("x".into()));
+        }
+        prost_reflect::Value::Message(message)
+    };
+    // A request the protos' rules take (they are checked when it is decoded, before the
+    // service looks at its target), so what refuses it is the scope check.
     for (field, value) in [
-        ("stream", "payments"),
-        ("topic", "settled"),
-        ("name", "new-name"),
-        ("consumer", "c"),
+        ("stream", prost_reflect::Value::String("payments".into())),
+        ("topic", prost_reflect::Value::String("settled".into())),
+        ("name", prost_reflect::Value::String("new-name".into())),
+        ("consumer", prost_reflect::Value::String("c".into())),
+        ("count", prost_reflect::Value::U32(1)),
+        ("partitions_count", prost_reflect::Value::U32(1)),
+        ("offset", prost_reflect::Value::U64(0)),
+        ("event", message_of("iggy.gateway.v1.Event")),
+        (
+            "events",
+            prost_reflect::Value::List(vec![message_of("iggy.gateway.v1.Event")]),
+        ),
+        (
+            "messages",
+            prost_reflect::Value::List(vec![message_of("iggy.gateway.v1.Message")]),
+        ),
     ] {
-        if prost_reflect::ReflectMessage::descriptor(&message)
-            .get_field_by_name(field)
-            .is_some()
-        {
-            message.set_field_by_name(field, prost_reflect::Value::String(value.into()));
+        if let Some(field) = input.get_field_by_name(field) {
+            message.set_field(&field, value);
         }
     }
     message.encode_to_vec()

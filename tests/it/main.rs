@@ -32,6 +32,7 @@ mod rest;
 mod rest_input;
 mod rest_output;
 mod routing;
+mod rules;
 mod streams;
 mod subscribe;
 mod tls;

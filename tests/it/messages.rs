@@ -477,11 +477,11 @@ async fn bad_batches_are_refused_whole_and_store_nothing() {
     assert_invalid(
         &app,
         send_request(vec![empty_header]),
-        "messages[0].headers[k]",
+        "messages[0].headers[k].string_value",
     )
     .await;
     let no_body = proto::Message::default();
-    assert_invalid(&app, send_request(vec![no_body]), "messages[0]").await;
+    assert_invalid(&app, send_request(vec![no_body]), "messages[0].body").await;
 
     assert!(
         app.poll_from("orders", "created", 0, 0, 10)

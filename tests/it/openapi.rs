@@ -70,7 +70,9 @@ async fn openapi_document_is_valid_and_covers_every_route() {
         );
     }
     let create = &document["paths"]["/v1/streams"]["post"];
-    assert!(create["requestBody"]["content"]["application/json"]["schema"]["$ref"].is_string());
+    let body = &create["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body["type"], "object");
+    assert_eq!(body["required"], serde_json::json!(["name"]));
     assert!(create["responses"]["201"].is_object());
     let location = &create["responses"]["201"]["headers"]["Location"];
     assert_eq!(location["schema"]["format"], "uri-reference");
@@ -91,10 +93,10 @@ async fn openapi_document_is_valid_and_covers_every_route() {
         .and_then(|p| p.iter().find(|p| p["name"] == "strategy"))
         .expect("strategy parameter");
     assert_eq!(strategy["in"], "query");
-    assert_eq!(strategy["schema"]["enum"][5], "POLLING_STRATEGY_NEXT");
-    // The short names the query string takes are listed after the canonical ones.
+    // By name or by number, as proto3 JSON takes an enum; on a query string, by the short
+    // names too, listed after the canonical ones.
     assert_eq!(
-        strategy["schema"]["enum"],
+        strategy["schema"]["anyOf"][0]["enum"],
         json!([
             "POLLING_STRATEGY_UNSPECIFIED",
             "POLLING_STRATEGY_OFFSET",
@@ -110,11 +112,13 @@ async fn openapi_document_is_valid_and_covers_every_route() {
             "next"
         ])
     );
-    let schemas = &document["components"]["schemas"];
     assert_eq!(
-        schemas["iggy_gateway_v1_CreateStreamRequest"]["properties"]["name"]["type"],
-        "string"
+        strategy["schema"]["anyOf"][0]["enum"][5],
+        "POLLING_STRATEGY_NEXT"
     );
+    assert_eq!(strategy["schema"]["anyOf"][1]["enum"][5], 5);
+    let schemas = &document["components"]["schemas"];
+    assert_eq!(body["properties"]["name"]["type"], "string");
     assert!(schemas["Problem"]["properties"]["reason"].is_object());
 }
 
@@ -237,7 +241,8 @@ async fn streams_are_declared_as_sse_and_ndjson_items_and_integers_with_their_re
     // uint32 is uint32 (a validator takes 3,000,000,000), 64-bit integers are decimal strings
     // or numbers within their range.
     let schemas = &document["components"]["schemas"];
-    let id = &schemas["iggy_gateway_v1_Stream"]["properties"]["id"];
+    // Each property may also be `null` (proto3 JSON's "unset"): the type is the first branch.
+    let id = &schemas["iggy_gateway_v1_Stream"]["properties"]["id"]["anyOf"][0];
     assert_eq!(
         (&id["format"], &id["minimum"], &id["maximum"]),
         (
@@ -250,7 +255,7 @@ async fn streams_are_declared_as_sse_and_ndjson_items_and_integers_with_their_re
     assert!(uint32.is_valid(&Value::from(3_000_000_000_u64)));
     assert!(!uint32.is_valid(&Value::from(4_294_967_296_u64)));
     assert!(!uint32.is_valid(&Value::from(-1)));
-    let size = &schemas["iggy_gateway_v1_Stream"]["properties"]["size_bytes"];
+    let size = &schemas["iggy_gateway_v1_Stream"]["properties"]["size_bytes"]["anyOf"][0];
     assert_eq!(size["format"], "uint64");
     let uint64 = jsonschema::validator_for(size).expect("compiles");
     assert!(uint64.is_valid(&Value::from("18446744073709551615")));
