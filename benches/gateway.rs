@@ -1200,23 +1200,31 @@ async fn run(args: Args) {
                     ),
                 )
                 .await;
-                let rest_rate = throughput(
-                    callers,
+                let (rest_rate, rest_cpu) = with_cpu(
+                    memory.child.id(),
                     duration,
-                    rest_unary_op(
-                        http.clone(),
-                        format!("http://{}/{path}", memory.addr),
-                        rest_one.clone(),
+                    throughput(
+                        callers,
+                        duration,
+                        rest_unary_op(
+                            http.clone(),
+                            format!("http://{}/{path}", memory.addr),
+                            rest_one.clone(),
+                        ),
                     ),
                 )
                 .await;
-                let bare_rest = throughput(
-                    callers,
+                let (bare_rest, bare_rest_cpu) = with_cpu(
+                    bare.child.id(),
                     duration,
-                    rest_unary_op(
-                        http.clone(),
-                        format!("http://{}/{path}", bare.axum),
-                        rest_one.clone(),
+                    throughput(
+                        callers,
+                        duration,
+                        rest_unary_op(
+                            http.clone(),
+                            format!("http://{}/{path}", bare.axum),
+                            rest_one.clone(),
+                        ),
                     ),
                 )
                 .await;
@@ -1239,6 +1247,8 @@ async fn run(args: Args) {
                     &format!("rest_unary / bare_axum, {at}"),
                     rest_rate / bare_rest,
                 );
+                report.number(&format!("rest_unary_cpu_per_call, {at}"), rest_cpu, "µs");
+                report.number(&format!("bare_axum_cpu_per_call, {at}"), bare_rest_cpu, "µs");
                 last = Some((gateway_rate, bare_rate));
             }
             // The target is read at the last (highest) concurrency: the floor is what a bare
