@@ -1248,7 +1248,11 @@ async fn run(args: Args) {
                     rest_rate / bare_rest,
                 );
                 report.number(&format!("rest_unary_cpu_per_call, {at}"), rest_cpu, "µs");
-                report.number(&format!("bare_axum_cpu_per_call, {at}"), bare_rest_cpu, "µs");
+                report.number(
+                    &format!("bare_axum_cpu_per_call, {at}"),
+                    bare_rest_cpu,
+                    "µs",
+                );
                 last = Some((gateway_rate, bare_rate));
             }
             // The target is read at the last (highest) concurrency: the floor is what a bare
