@@ -70,6 +70,15 @@ pub struct Gateway {
     logs: Arc<Mutex<Vec<String>>>,
 }
 
+/// A test that fails must not leave its gateway running: the process holds the test binary's
+/// stderr open, so `cargo test` would wait for it long after the tests have ended.
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Gateway {
     pub fn pid(&self) -> u32 {
         self.child.id()
