@@ -40,7 +40,9 @@ pub struct Route {
     pub created: Option<Created>,
 }
 
+/// What [`RouteTable::find`] found for a method and path.
 pub enum Lookup<'a> {
+    /// The route, with the path variables' text.
     Found(&'a Route, Bindings),
     /// The path exists, but not for this method; the methods it has.
     MethodNotAllowed(Vec<Method>),
