@@ -20,7 +20,7 @@ use axum::{
 };
 use bytes::Bytes;
 
-pub use routes::{BodyRule, Route, RouteTable};
+pub use routes::{BodyRule, Lookup, Route, RouteTable};
 pub use template::PathTemplate;
 pub use transcode::Transcoder;
 /// What the Connect translator shares with REST: one JSON codec, one gRPC framing.

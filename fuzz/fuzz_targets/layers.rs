@@ -30,6 +30,12 @@ fn settings() -> LayerSettings {
     SETTINGS.get_or_init(load_settings).clone()
 }
 
+/// One metrics registry for every input: it only counts, and no invariant reads it.
+fn metrics() -> Arc<Metrics> {
+    static METRICS: std::sync::OnceLock<Arc<Metrics>> = std::sync::OnceLock::new();
+    Arc::clone(METRICS.get_or_init(|| Arc::new(Metrics::new())))
+}
+
 fn load_settings() -> LayerSettings {
     let base = [
         "iggy-gateway",
@@ -80,7 +86,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = layers::client_ip::resolve([10, 0, 0, 7].into(), request.headers(), &trusted);
     }
     let runtime = iggy_gateway_fuzz::runtime();
-    // The routes are shared across inputs; the layers (rate limits, lockouts) are new each time.
+    // The routes and metrics are shared across inputs; the layers (rate limits, lockouts) are
+    // new each time, so no input sees another's limits.
     let routes = with_shared_gateway(|_, router| router.clone());
     runtime.block_on(async {
         let inner = routes
@@ -98,7 +105,7 @@ fuzz_target!(|data: &[u8]| {
                 request
             }));
         let keys = Arc::new(iggy_gateway::identity::KeyRing::from_static(&settings().auth.keys));
-        let (router, _limiter) = layers::apply(inner, &settings(), Arc::new(Metrics::new()), keys);
+        let (router, _limiter) = layers::apply(inner, &settings(), metrics(), keys);
         for request in requests {
             let shown = format!("{} {}", request.method(), request.uri());
             let grpc = request

@@ -5,7 +5,7 @@
 //! Input: the first line is a template, every further line a request path.
 #![no_main]
 
-use iggy_gateway::rest::PathTemplate;
+use iggy_gateway::rest::{Lookup, PathTemplate};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,10 +16,15 @@ fuzz_target!(|data: &[u8]| {
     let source = lines.next().unwrap_or("");
     let paths: Vec<&str> = lines.collect();
 
-    // The real routes see every path too.
+    // The real routes see every path too. Whether a path matches a template does not depend on
+    // the method, so a path no route matches for GET matches none for the others either: asking
+    // again would repeat the same scan (most fuzzed paths match nothing).
     let table = iggy_gateway_fuzz::route_table_ref();
     for path in std::iter::once(source).chain(paths.iter().copied()) {
-        for method in [http::Method::GET, http::Method::POST, http::Method::DELETE, http::Method::PATCH] {
+        if matches!(table.find(&http::Method::GET, path), Lookup::NotFound) {
+            continue;
+        }
+        for method in [http::Method::POST, http::Method::DELETE, http::Method::PATCH] {
             let _ = table.find(&method, path);
         }
     }

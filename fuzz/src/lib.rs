@@ -233,6 +233,13 @@ pub fn limits() -> Limits {
 }
 
 pub fn subscribe_settings() -> SubscribeSettings {
+    static SETTINGS: std::sync::OnceLock<SubscribeSettings> = std::sync::OnceLock::new();
+    // Built once: reading the configuration runs clap, which was most of the time of every
+    // gateway the gRPC targets built.
+    SETTINGS.get_or_init(fuzz_subscribe_settings).clone()
+}
+
+fn fuzz_subscribe_settings() -> SubscribeSettings {
     // Start from the configuration's defaults, so fields added later keep theirs.
     let defaults = iggy_gateway::config::Config::for_tests(":memory:").subscribe_settings();
     SubscribeSettings {

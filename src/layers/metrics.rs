@@ -5,7 +5,7 @@
 use std::{
     collections::HashSet,
     convert::Infallible,
-    sync::Arc,
+    sync::{Arc, LazyLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -34,7 +34,7 @@ impl MetricsLayer {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
-            known: Arc::new(KnownRoutes::from_descriptors()),
+            known: KnownRoutes::shared(),
         }
     }
 }
@@ -64,6 +64,14 @@ struct KnownRoutes {
 }
 
 impl KnownRoutes {
+    /// Decoded once per process: the sets are compiled in, and decoding them took most of the
+    /// time of building the layer stack (tests and the fuzzer build one per gateway).
+    fn shared() -> Arc<Self> {
+        static KNOWN: LazyLock<Arc<KnownRoutes>> =
+            LazyLock::new(|| Arc::new(KnownRoutes::from_descriptors()));
+        Arc::clone(&KNOWN)
+    }
+
     fn from_descriptors() -> Self {
         let sets = [
             crate::proto::FILE_DESCRIPTOR_SET,

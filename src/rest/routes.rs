@@ -5,7 +5,7 @@
 use http::{Method, StatusCode};
 use prost_reflect::{DescriptorPool, ExtensionDescriptor, MessageDescriptor, MethodDescriptor};
 
-use super::template::{Bindings, PathTemplate};
+use super::template::{Bindings, PathTemplate, normalise};
 use crate::proto::google::api::{HttpRule, http_rule::Pattern};
 
 mod location;
@@ -40,7 +40,9 @@ pub struct Route {
     pub created: Option<Created>,
 }
 
+/// What [`RouteTable::find`] found for a method and path.
 pub enum Lookup<'a> {
+    /// The route, with the path variables' text.
     Found(&'a Route, Bindings),
     /// The path exists, but not for this method; the methods it has.
     MethodNotAllowed(Vec<Method>),
@@ -103,9 +105,10 @@ impl RouteTable {
         } else {
             method
         };
+        let path = normalise(path);
         let mut allowed = Vec::new();
         for route in &self.routes {
-            if let Some(bindings) = route.template.matches(path) {
+            if let Some(bindings) = route.template.matches_normalised(&path) {
                 if route.http_method == *wanted {
                     return Lookup::Found(route, bindings);
                 }

@@ -115,7 +115,12 @@ impl PathTemplate {
     /// Matches a request path (still percent-encoded) and returns the variables' text.
     /// Percent-encoded unreserved characters match themselves (`%73treams` is `streams`).
     pub fn matches(&self, path: &str) -> Option<Bindings> {
-        let path = normalise(path);
+        self.matches_normalised(&normalise(path))
+    }
+
+    /// [`Self::matches`] for a path [`normalise`] has already been through (the route table
+    /// normalises once for all its templates).
+    pub(super) fn matches_normalised(&self, path: &str) -> Option<Bindings> {
         let path = path.strip_prefix('/')?;
         let path = match &self.verb {
             Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
