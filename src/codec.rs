@@ -83,35 +83,40 @@ pub struct BoundedDecoder<U> {
     _type: PhantomData<U>,
 }
 
+/// Charges the current call's budget with what decoding `wire` as `descriptor`'s message will
+/// build, before anything is built; nothing outside a served call (a client reading an answer).
+/// The gRPC decoder and REST's direct call both charge through here.
+pub fn charge_decoding(descriptor: &MessageDescriptor, wire: &[u8]) -> Result<(), Status> {
+    if budget::charge(0).is_none() {
+        return Ok(());
+    }
+    let mut estimate = decoded_size(descriptor, wire).map_err(Status::from)?;
+    // A compressed message was inflated by tonic (into at most the decoding limit) after its
+    // compressed bytes were charged: the inflated ones count as well.
+    if budget::inflated() {
+        estimate = estimate.saturating_add(wire.len());
+    }
+    match budget::charge(estimate) {
+        None | Some(Ok(())) => Ok(()),
+        Some(Err(exhausted @ Exhausted::Never { .. })) => Err(Status::resource_exhausted(format!(
+            "decoding this message would take about {estimate} bytes: {exhausted}"
+        ))),
+        Some(Err(exhausted @ Exhausted::Busy { .. })) => {
+            Err(Status::unavailable(exhausted.to_string()))
+        }
+    }
+}
+
 impl<U: Message + Default + Validate> Decoder for BoundedDecoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        // Outside a served call (a client reading an answer) nothing is charged.
-        if let Some(descriptor) = &self.descriptor
-            && budget::charge(0).is_some()
-        {
+        if let Some(descriptor) = &self.descriptor {
             // tonic hands over the whole message in one contiguous buffer.
             let wire = buf.chunk();
             if wire.len() == buf.remaining() {
-                let mut estimate = decoded_size(descriptor, wire).map_err(Status::from)?;
-                // A compressed message was inflated by tonic (into at most the decoding limit)
-                // after its compressed bytes were charged: the inflated ones count as well.
-                if budget::inflated() {
-                    estimate = estimate.saturating_add(wire.len());
-                }
-                match budget::charge(estimate) {
-                    None | Some(Ok(())) => {}
-                    Some(Err(exhausted @ Exhausted::Never { .. })) => {
-                        return Err(Status::resource_exhausted(format!(
-                            "decoding this message would take about {estimate} bytes: {exhausted}"
-                        )));
-                    }
-                    Some(Err(exhausted @ Exhausted::Busy { .. })) => {
-                        return Err(Status::unavailable(exhausted.to_string()));
-                    }
-                }
+                charge_decoding(descriptor, wire)?;
             }
         }
         let message = U::decode(buf).map_err(|err| {

@@ -244,8 +244,10 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         )));
         return Ok(response);
     }
+    // A create's `Location` is filled from its request: kept only there, so a batch is not copied.
+    let for_location = route.created.as_ref().map(|_| message.clone());
     let (reply, echo) = match transcoder.direct.get(route.grpc_path.as_str()) {
-        Some(call) => call_direct(call, route, &parts.headers, &parts.extensions, &message).await,
+        Some(call) => call_direct(call, route, &parts.headers, &parts.extensions, message).await,
         None => {
             call_grpc(
                 transcoder,
@@ -263,7 +265,8 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             let location = route
                 .created
                 .as_ref()
-                .and_then(|created| created.url(&message, &reply))
+                .zip(for_location.as_ref())
+                .and_then(|(created, message)| created.url(message, &reply))
                 .and_then(|url| HeaderValue::try_from(url).ok());
             let mut response = respond(route, reply)?;
             if let Some(etag) = etag {
@@ -364,7 +367,7 @@ async fn call_direct(
     route: &Route,
     headers: &HeaderMap,
     extensions: &axum::http::Extensions,
-    message: &DynamicMessage,
+    message: DynamicMessage,
 ) -> (Result<DynamicMessage, Problem>, Echo) {
     let mut forwarded = HeaderMap::new();
     for name in FORWARDED_HEADERS {
@@ -385,7 +388,7 @@ async fn call_direct(
     let request = tonic::Request::from_parts(
         tonic::metadata::MetadataMap::from_headers(forwarded),
         carried,
-        message.clone(),
+        message,
     );
     match call(request).await {
         Ok(response) => {

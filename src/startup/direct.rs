@@ -2,15 +2,17 @@
 //! service's method on the very instances gRPC serves. Each call passes the scope policy on the
 //! way in and is settled with its outcome, as the gRPC paths' guard does; start-up fails when a
 //! unary REST route has no entry, so a new RPC cannot quietly take the slower path. The
-//! request is held to the protos' rules (`codec::validate`) as the gRPC decoder holds it.
+//! request is charged to the budget and held to the protos' rules (`codec`) as the gRPC
+//! decoder does it.
 
 use std::{future::Future, sync::Arc};
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage as _};
 use tonic::{Code, Status};
 
 use crate::{
-    codec::validate::Validate,
+    codec::{charge_decoding, validate::Validate},
     grpc::{EventApi, MessageApi, StatsApi, StreamApi, TopicApi},
     layers::Scopes,
     proto::{
@@ -67,11 +69,13 @@ where
         };
         let (scopes, method, output) = (scopes.clone(), Arc::clone(&method), output.clone());
         Box::pin(async move {
+            // As the gRPC decoder does: charged to the budget before the typed message is
+            // built, then held to the protos' rules.
+            let wire = message.encode_to_vec();
+            charge_decoding(&message.descriptor(), &wire).map_err(Failure::Status)?;
             // Same descriptors, so this cannot fail but for a bug; said as INTERNAL, not hidden.
-            let typed: Req = message
-                .transcode_to()
+            let typed = Req::decode(wire.as_slice())
                 .map_err(|err| Failure::Status(Status::internal(format!("{path}: {err}"))))?;
-            // The protos' rules, as the decoder checks them on the gRPC path.
             typed.validate().map_err(Failure::Status)?;
             let request = tonic::Request::from_parts(metadata, extensions, typed);
             let answer = method(request).await;
