@@ -679,3 +679,60 @@ async fn poll_answers_a_slow_reader_holds_count_against_max_inflight_bytes() {
     let (status, body) = app.get_json(one).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// What reading a request builds is charged to `MAX_INFLIGHT_BYTES` before it is built, over
+/// REST (its JSON values counted, then the typed request its direct call decodes) as over gRPC
+/// (the decoder's estimate): a batch whose body fits the limit but whose messages would not fit
+/// the budget is refused on both, RESOURCE_EXHAUSTED, and nothing is stored.
+#[tokio::test]
+async fn a_batch_too_large_to_decode_within_the_budget_is_refused_over_rest_as_over_grpc() {
+    const BUDGET: u64 = 64 * 1024;
+    let app = crate::helpers::spawn_configured(|config| {
+        config.limits.max_inflight_bytes = BUDGET;
+        config.limits.max_request_body_size = 64 * 1024;
+    })
+    .await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let text = "t".repeat(150);
+    let messages: Vec<_> = (0..300)
+        .map(|_| serde_json::json!({"text": text}))
+        .collect();
+    let (status, body) = app
+        .post_json(
+            "/v1/streams/orders/topics/created/messages",
+            serde_json::json!({"partition_id": 0, "messages": messages}),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{body}");
+
+    let refused = app
+        .messages
+        .clone()
+        .send_messages(proto::SendMessagesRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+            messages: (0..300)
+                .map(|_| proto::Message {
+                    body: Some(proto::message::Body::Text(text.clone())),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("over the budget");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        app.poll_from("orders", "created", 0, 0, 10)
+            .await
+            .messages
+            .is_empty()
+    );
+}
