@@ -720,7 +720,6 @@ async fn a_batch_too_large_to_decode_within_the_budget_is_refused_over_rest_as_o
                     ..Default::default()
                 })
                 .collect(),
-            ..Default::default()
         })
         .await
         .expect_err("over the budget");
