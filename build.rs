@@ -53,14 +53,19 @@ fn main() {
         std::process::exit(1);
     }
     let descriptor_path = out_dir.join("iggy_gateway_descriptor.bin");
-    if let Err(err) = std::fs::write(&descriptor_path, encoded) {
+    if let Err(err) = std::fs::write(&descriptor_path, &encoded) {
         eprintln!("failed to write {}: {err}", descriptor_path.display());
         std::process::exit(1);
     }
 
-    // Type names let the bounded codec find each message's descriptor.
+    // Type names let the bounded codec find each message's descriptor. The well-known types
+    // come from pbjson-types (prost's own, with their proto3 JSON forms), so the API's typed
+    // JSON codecs below can use them.
     let mut config = prost_build::Config::new();
     config.enable_type_names();
+    config
+        .compile_well_known_types()
+        .extern_path(".google.protobuf", "::pbjson_types");
     if let Err(err) = tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
@@ -71,6 +76,16 @@ fn main() {
         .compile_fds_with_config(descriptors, config)
     {
         eprintln!("failed to generate Rust code from proto/: {err}");
+        std::process::exit(1);
+    }
+
+    // The API's messages as proto3 JSON (serde), typed: what REST and Connect parse and write
+    // (`iggy.gateway.v1.serde.rs`).
+    let typed_json = pbjson_build::Builder::new()
+        .register_descriptors(&encoded)
+        .and_then(|builder| builder.out_dir(&out_dir).build(&[".iggy.gateway.v1"]));
+    if let Err(err) = typed_json {
+        eprintln!("failed to generate the JSON codecs from proto/: {err}");
         std::process::exit(1);
     }
 }

@@ -146,7 +146,7 @@ fn every_action() -> Vec<event_payload::Event> {
     ]
 }
 
-fn json_value(json: Value) -> prost_types::Value {
+fn json_value(json: Value) -> pbjson_types::Value {
     let text = json.to_string();
     from_json(
         pool()
@@ -162,7 +162,7 @@ fn event(payload: proto::EventPayload) -> proto::Event {
     proto::Event {
         id: EVENT_ID.into(),
         event_type: "order.created".into(),
-        timestamp: Some("2026-11-25T10:00:00Z".parse().expect("a time")),
+        timestamp: Some(serde_json::from_value(json!("2026-11-25T10:00:00Z")).expect("a time")),
         payload: Some(payload),
         correlation_id: Some("9a1e4c1e-7f0d-4d5c-8a55-2d0b7c6e1f00".into()),
         source: Some("shop".into()),

@@ -57,8 +57,8 @@ fn same_headers(
             .all(|(k, v)| polled.get(k).is_some_and(|p| same_header(v, p)))
 }
 
-fn same_json(a: &prost_types::Value, b: &prost_types::Value) -> Result<(), String> {
-    use prost_types::value::Kind;
+fn same_json(a: &pbjson_types::Value, b: &pbjson_types::Value) -> Result<(), String> {
+    use pbjson_types::value::Kind;
     match (&a.kind, &b.kind) {
         (None | Some(Kind::NullValue(_)), None | Some(Kind::NullValue(_))) => Ok(()),
         (Some(Kind::NumberValue(x)), Some(Kind::NumberValue(y))) => {

@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
         consumer: consumer.into(),
         strategy: i32::from(strategy),
         offset: (strategy == 1).then_some(1),
-        timestamp: (strategy == 2).then_some(prost_types::Timestamp { seconds: 5, nanos: 0 }),
+        timestamp: (strategy == 2).then_some(pbjson_types::Timestamp { seconds: 5, nanos: 0 }),
         cursor: cursor_text,
         commit_every: u32::from(mode >> 5),
         commit_interval_ms: 0,

@@ -257,7 +257,7 @@ pub fn message_oneof(
 pub fn duration_at_least(
     at: &str,
     name: &str,
-    value: &prost_types::Duration,
+    value: &pbjson_types::Duration,
     seconds: i64,
     nanos: i32,
 ) -> Result<(), Status> {

@@ -2,7 +2,7 @@
 //! broker returns. Every validation failure names the request field it is about.
 
 use bytes::Bytes;
-use prost_types::{Duration, Timestamp, value::Kind};
+use pbjson_types::{Duration, Timestamp, value::Kind};
 use tonic::Status;
 
 use crate::{
@@ -281,12 +281,12 @@ pub fn payload_to_body(payload: Bytes, headers: &mut Headers) -> proto::polled_m
 /// out: each level is two protobuf levels in `google.protobuf.Value`, and decoders stop at 100.
 pub const MAX_JSON_DEPTH: usize = 32;
 
-pub fn value_to_json(value: &prost_types::Value) -> Result<serde_json::Value, String> {
+pub fn value_to_json(value: &pbjson_types::Value) -> Result<serde_json::Value, String> {
     value_to_json_within(value, MAX_JSON_DEPTH)
 }
 
 fn value_to_json_within(
-    value: &prost_types::Value,
+    value: &pbjson_types::Value,
     levels: usize,
 ) -> Result<serde_json::Value, String> {
     let nested = matches!(value.kind, Some(Kind::ListValue(_) | Kind::StructValue(_)));
@@ -307,13 +307,18 @@ fn value_to_json_within(
                 .map(|item| value_to_json_within(item, levels))
                 .collect::<Result<_, _>>()?,
         ),
-        Some(Kind::StructValue(object)) => serde_json::Value::Object(
-            object
-                .fields
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), value_to_json_within(v, levels)?)))
-                .collect::<Result<_, String>>()?,
-        ),
+        Some(Kind::StructValue(object)) => {
+            // Keys in order, so an object is stored (and fingerprinted) the same bytes
+            // whatever order it was sent in: a `Struct` keeps its fields in a hash map.
+            let mut fields: Vec<_> = object.fields.iter().collect();
+            fields.sort_unstable_by_key(|&(key, _)| key);
+            serde_json::Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| Ok((k.clone(), value_to_json_within(v, levels)?)))
+                    .collect::<Result<_, String>>()?,
+            )
+        }
     })
 }
 
@@ -339,7 +344,7 @@ pub fn json_depth(json: &serde_json::Value) -> usize {
     }
 }
 
-pub fn json_to_value(json: serde_json::Value) -> prost_types::Value {
+pub fn json_to_value(json: serde_json::Value) -> pbjson_types::Value {
     let kind = match json {
         serde_json::Value::Null => Kind::NullValue(0),
         serde_json::Value::Bool(v) => Kind::BoolValue(v),
@@ -347,17 +352,17 @@ pub fn json_to_value(json: serde_json::Value) -> prost_types::Value {
         // there, which is why large ids belong in strings.
         serde_json::Value::Number(v) => Kind::NumberValue(v.as_f64().unwrap_or(f64::NAN)),
         serde_json::Value::String(v) => Kind::StringValue(v),
-        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+        serde_json::Value::Array(items) => Kind::ListValue(pbjson_types::ListValue {
             values: items.into_iter().map(json_to_value).collect(),
         }),
-        serde_json::Value::Object(fields) => Kind::StructValue(prost_types::Struct {
+        serde_json::Value::Object(fields) => Kind::StructValue(pbjson_types::Struct {
             fields: fields
                 .into_iter()
                 .map(|(k, v)| (k, json_to_value(v)))
                 .collect(),
         }),
     };
-    prost_types::Value { kind: Some(kind) }
+    pbjson_types::Value { kind: Some(kind) }
 }
 
 pub fn polled_to_proto(partition_id: u32, message: StoredMessage) -> proto::PolledMessage {

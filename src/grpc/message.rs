@@ -142,7 +142,7 @@ fn body_field_name(body: Option<&proto::message::Body>) -> &'static str {
 fn polling_strategy(
     value: i32,
     offset: Option<u64>,
-    timestamp: Option<&prost_types::Timestamp>,
+    timestamp: Option<&pbjson_types::Timestamp>,
     unspecified: PollingStrategy,
 ) -> Result<PollingStrategy, Status> {
     Ok(match proto::PollingStrategy::try_from(value) {

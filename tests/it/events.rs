@@ -62,7 +62,9 @@ fn grpc_event(payload: proto::EventPayload) -> proto::Event {
     proto::Event {
         id: EVENT_ID.into(),
         event_type: "order.created".into(),
-        timestamp: Some("2026-11-25T10:00:00Z".parse().expect("a time")),
+        timestamp: Some(
+            serde_json::from_value(serde_json::json!("2026-11-25T10:00:00Z")).expect("a time"),
+        ),
         payload: Some(payload),
         correlation_id: None,
         source: None,

@@ -199,13 +199,13 @@ async fn json_nested_too_deeply_is_refused_on_the_way_in_naming_the_field() {
     .await;
     assert_eq!(status, 400, "{json}");
     // gRPC: a json body deeper than the way out can carry.
-    let mut value = prost_types::Value {
-        kind: Some(prost_types::value::Kind::NumberValue(1.0)),
+    let mut value = pbjson_types::Value {
+        kind: Some(pbjson_types::value::Kind::NumberValue(1.0)),
     };
     for _ in 0..33 {
-        value = prost_types::Value {
-            kind: Some(prost_types::value::Kind::ListValue(
-                prost_types::ListValue {
+        value = pbjson_types::Value {
+            kind: Some(pbjson_types::value::Kind::ListValue(
+                pbjson_types::ListValue {
                     values: vec![value],
                 },
             )),

@@ -41,17 +41,19 @@ fn header(kind: proto::header_value::Kind) -> proto::HeaderValue {
 #[tokio::test]
 async fn sent_messages_come_back_with_ids_headers_offsets_and_their_body_form() {
     let app = app_with_topic(1).await;
-    let json = prost_types::Value {
-        kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
-            fields: [(
-                "user".to_owned(),
-                prost_types::Value {
-                    kind: Some(prost_types::value::Kind::StringValue("ada".into())),
-                },
-            )]
-            .into_iter()
-            .collect(),
-        })),
+    let json = pbjson_types::Value {
+        kind: Some(pbjson_types::value::Kind::StructValue(
+            pbjson_types::Struct {
+                fields: [(
+                    "user".to_owned(),
+                    pbjson_types::Value {
+                        kind: Some(pbjson_types::value::Kind::StringValue("ada".into())),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            },
+        )),
     };
     let headers: HashMap<String, proto::HeaderValue> = [
         (
@@ -296,7 +298,7 @@ async fn polling_strategies_follow_iggy() {
 
     let since = cut.duration_since(std::time::UNIX_EPOCH).expect("clock");
     let mut by_time = poll_request(proto::PollingStrategy::Timestamp, 10);
-    by_time.timestamp = Some(prost_types::Timestamp {
+    by_time.timestamp = Some(pbjson_types::Timestamp {
         seconds: since.as_secs() as i64,
         nanos: since.subsec_nanos() as i32,
     });

@@ -34,8 +34,8 @@ fn header_value() -> impl Strategy<Value = proto::HeaderValue> {
     .prop_map(|kind| proto::HeaderValue { kind: Some(kind) })
 }
 
-fn json_value() -> impl Strategy<Value = prost_types::Value> {
-    use prost_types::value::Kind;
+fn json_value() -> impl Strategy<Value = pbjson_types::Value> {
+    use pbjson_types::value::Kind;
     let leaf = prop_oneof![
         Just(Kind::NullValue(0)),
         any::<bool>().prop_map(Kind::BoolValue),
@@ -43,14 +43,14 @@ fn json_value() -> impl Strategy<Value = prost_types::Value> {
         (-1e6f64..1e6).prop_map(Kind::NumberValue),
         "\\PC{0,12}".prop_map(Kind::StringValue),
     ]
-    .prop_map(|kind| prost_types::Value { kind: Some(kind) });
+    .prop_map(|kind| pbjson_types::Value { kind: Some(kind) });
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
-            vec(inner.clone(), 0..4).prop_map(|values| prost_types::Value {
-                kind: Some(Kind::ListValue(prost_types::ListValue { values })),
+            vec(inner.clone(), 0..4).prop_map(|values| pbjson_types::Value {
+                kind: Some(Kind::ListValue(pbjson_types::ListValue { values })),
             }),
-            btree_map("[a-z]{1,6}", inner, 0..4).prop_map(|fields| prost_types::Value {
-                kind: Some(Kind::StructValue(prost_types::Struct {
+            btree_map("[a-z]{1,6}", inner, 0..4).prop_map(|fields| pbjson_types::Value {
+                kind: Some(Kind::StructValue(pbjson_types::Struct {
                     fields: fields.into_iter().collect(),
                 })),
             }),

@@ -15,7 +15,7 @@ async fn a_topic_is_created_with_its_settings_and_partitions() {
             stream: "orders".into(),
             name: "created".into(),
             partitions_count: 3,
-            message_expiry: Some(prost_types::Duration {
+            message_expiry: Some(pbjson_types::Duration {
                 seconds: 3600,
                 nanos: 0,
             }),

@@ -182,7 +182,7 @@ pub fn check_event(field: &str, event: proto::Event) -> Result<CheckedEvent, Sta
     let mut envelope = Map::new();
     envelope.insert("id".into(), Value::String(message_id_text(id)));
     envelope.insert("event_type".into(), Value::String(event.event_type));
-    envelope.insert("timestamp".into(), Value::String(at.to_string()));
+    envelope.insert("timestamp".into(), Value::String(rfc3339(&at)));
     let mut body = Map::new();
     body.insert("type".into(), Value::String(typed.type_name().into()));
     body.insert("data".into(), typed.data());
@@ -686,7 +686,7 @@ pub fn read_event(payload: &[u8]) -> Option<proto::Event> {
     Some(proto::Event {
         id: text("id")?,
         event_type: text("event_type")?,
-        timestamp: Some(text("timestamp")?.parse().ok()?),
+        timestamp: Some(parse_rfc3339(&text("timestamp")?)?),
         payload: Some(proto::EventPayload {
             r#type: payload.get("type")?.as_str()?.to_owned(),
             data: Some(json_to_value(
@@ -696,5 +696,22 @@ pub fn read_event(payload: &[u8]) -> Option<proto::Event> {
         }),
         correlation_id: text("correlation_id"),
         source: text("source"),
+    })
+}
+
+/// A timestamp as RFC 3339 text (`prost_types` writes it; the API's types are pbjson's twins).
+fn rfc3339(at: &pbjson_types::Timestamp) -> String {
+    prost_types::Timestamp {
+        seconds: at.seconds,
+        nanos: at.nanos,
+    }
+    .to_string()
+}
+
+fn parse_rfc3339(text: &str) -> Option<pbjson_types::Timestamp> {
+    let at: prost_types::Timestamp = text.parse().ok()?;
+    Some(pbjson_types::Timestamp {
+        seconds: at.seconds,
+        nanos: at.nanos,
     })
 }
