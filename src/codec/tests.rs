@@ -17,8 +17,8 @@ fn a_message_instance_costs_at_least_the_largest_struct_decoded() {
         std::mem::size_of::<proto::PollMessagesRequest>(),
         std::mem::size_of::<proto::SubscribeRequest>(),
         std::mem::size_of::<proto::HeaderValue>() + std::mem::size_of::<String>(),
-        std::mem::size_of::<prost_types::Value>(),
-        std::mem::size_of::<prost_types::Struct>(),
+        std::mem::size_of::<pbjson_types::Value>(),
+        std::mem::size_of::<pbjson_types::Struct>(),
     ];
     for size in sizes {
         assert!(size <= MESSAGE_COST, "{size} > {MESSAGE_COST}");

@@ -3,9 +3,14 @@
 //! with no protobuf framing, no second HTTP request and no router in between. The table is built
 //! where the services are (`startup`), each entry guarded by the same scope policy as the gRPC
 //! paths; a method without an entry is called in process over gRPC, as before.
+//!
+//! A `body: "*"` JSON object reaches the method unparsed ([`Input::Json`]) and is read by the
+//! method's typed proto3 JSON codec (generated from the protos, as prost's types are): no
+//! dynamic message, no protobuf encode and decode on the way.
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
+use bytes::Bytes;
 use prost_reflect::DynamicMessage;
 
 use crate::answer::Rejection;
@@ -15,17 +20,28 @@ use crate::answer::Rejection;
 pub enum Failure {
     Status(tonic::Status),
     Refused(Rejection),
+    /// The typed codec did not take the JSON: handed back, untouched and uncalled, to be parsed
+    /// by the descriptors, which accept it or name the field they refuse.
+    Untyped {
+        body: Bytes,
+        overlay: Vec<u8>,
+    },
+}
+
+/// The request a direct call takes.
+pub enum Input {
+    /// Parsed by the descriptors (of the method's input type).
+    Message(DynamicMessage),
+    /// A JSON object (measured, charged and inspected as REST bodies are) for the typed codec,
+    /// and the path and query fields, encoded, to merge over it (the body sets none of them).
+    Json { body: Bytes, overlay: Vec<u8> },
 }
 
 pub type Reply = Result<tonic::Response<DynamicMessage>, Failure>;
 
-/// One unary method: takes the request message (of the method's input type) and answers one
-/// message of its output type.
-pub type Call = Arc<
-    dyn Fn(tonic::Request<DynamicMessage>) -> Pin<Box<dyn Future<Output = Reply> + Send>>
-        + Send
-        + Sync,
->;
+/// One unary method: takes the request and answers one message of its output type.
+pub type Call =
+    Arc<dyn Fn(tonic::Request<Input>) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
 
 /// The unary methods REST calls directly, by gRPC path (`/package.Service/Method`).
 #[derive(Clone, Default)]

@@ -209,10 +209,17 @@ impl Expect {
 }
 
 /// What the inspection found that the parse must know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Inspection {
     /// Some scalar is spelled in a way the parser does not take as written: [`respell`] it.
     pub respell: bool,
+    /// The numbers of the fields the outermost object sets (when it is a message), so path
+    /// and query fields can be known not to meet them.
+    pub top_fields: Vec<u32>,
+    /// The body holds a `null`, a timestamp or a duration: spellings the typed codec reads
+    /// otherwise than the descriptors (a null `Value` as unset, a timestamp with a space for
+    /// its `T`), so the descriptors parse it.
+    pub needs_descriptors: bool,
 }
 
 /// A value the request cannot take as sent, named by its path in the body (`a.b[2].c`).
@@ -228,6 +235,7 @@ pub fn inspect(body: &[u8], expect: &Expect, prefix: Option<&str>) -> Result<Ins
     let mut walk = Inspect {
         found: Inspection::default(),
         refusal: None,
+        entered: false,
     };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let walked = Node {
@@ -302,6 +310,8 @@ enum Step {
 struct Inspect {
     found: Inspection,
     refusal: Option<(Vec<Step>, String)>,
+    /// Whether a message object has been entered yet: the first one is the outermost.
+    entered: bool,
 }
 
 impl Inspect {
@@ -383,10 +393,14 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         Ok(false)
     }
     fn visit_unit<E>(self) -> Result<bool, E> {
+        self.walk.found.needs_descriptors = true;
         Ok(true)
     }
 
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<bool, E> {
+        if matches!(self.expect, Expect::Timestamp | Expect::Duration) {
+            self.walk.found.needs_descriptors = true;
+        }
         match self.expect {
             Expect::Integer => {
                 self.walk.found.respell |= scalars::integer(text).is_some();
@@ -443,6 +457,7 @@ impl<'de> Node<'_, '_> {
         message: &MessageDescriptor,
         mut fields: A,
     ) -> Result<bool, A::Error> {
+        let outermost = !std::mem::replace(&mut self.walk.entered, true);
         let mut seen: Vec<(u32, bool)> = Vec::new();
         let mut oneofs: Vec<(OneofDescriptor, u32)> = Vec::new();
         while let Some(Key(key)) = fields.next_key::<Key<'de>>()? {
@@ -488,6 +503,7 @@ impl<'de> Node<'_, '_> {
                     return Err(err);
                 }
             };
+
             if let Some(oneof) = field.containing_oneof()
                 && !is_null
             {
@@ -510,6 +526,9 @@ impl<'de> Node<'_, '_> {
                 }
                 oneofs.push((oneof, field.number()));
             }
+        }
+        if outermost {
+            self.walk.found.top_fields = seen.into_iter().map(|(number, _)| number).collect();
         }
         Ok(false)
     }

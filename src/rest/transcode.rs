@@ -32,12 +32,12 @@ pub(super) use self::render::{CURSOR_FIELD, PROBLEM_EVENT};
 use self::{
     framing::EncodeError,
     render::{internal, respond},
-    request::{Query, request_message},
+    request::{Built, Query, request_message},
 };
 pub(crate) use self::{render::json_bytes, request::json_message};
 use super::{
     RestSettings,
-    direct::{Call, Direct, Failure},
+    direct::{Call, Direct, Failure, Input},
     routes::{Lookup, Route, RouteTable},
     template,
 };
@@ -219,7 +219,17 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|id| !id.is_empty());
-    let message = request_message(
+    let direct = transcoder
+        .direct
+        .get(route.grpc_path.as_str())
+        .filter(|_| !route.method.is_server_streaming());
+    // The typed codec reads the body when nothing here needs the request message again: not
+    // a create (its `Location` is filled from it), not a conditional call, not a resumed stream.
+    let typed = direct.is_some()
+        && route.created.is_none()
+        && !parts.headers.contains_key(header::IF_MATCH)
+        && last_event_id.is_none();
+    let built = request_message(
         route,
         bindings,
         parts.uri.query(),
@@ -227,9 +237,11 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         &body,
         last_event_id,
         transcoder.query,
+        typed,
     )?;
 
     if route.method.is_server_streaming() {
+        let message = built.into_message(route)?;
         let mut response = stream_grpc(
             transcoder,
             route,
@@ -245,10 +257,14 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         return Ok(response);
     }
     // A create's `Location` is filled from its request: kept only there, so a batch is not copied.
-    let for_location = route.created.as_ref().map(|_| message.clone());
-    let (reply, echo) = match transcoder.direct.get(route.grpc_path.as_str()) {
-        Some(call) => call_direct(call, route, &parts.headers, &parts.extensions, message).await,
+    let for_location = match (&route.created, &built) {
+        (Some(_), Built::Message(message)) => Some(message.clone()),
+        _ => None,
+    };
+    let (reply, echo) = match direct {
+        Some(call) => call_direct(call, route, &parts.headers, &parts.extensions, built).await,
         None => {
+            let message = built.into_message(route)?;
             call_grpc(
                 transcoder,
                 route,
@@ -327,16 +343,7 @@ fn grpc_call(
     let mut call = call
         .body(Body::from(frame))
         .map_err(|err| internal(format!("building the gRPC call: {err}")))?;
-    if let Some(identity) = extensions.get::<std::sync::Arc<Identity>>() {
-        call.extensions_mut()
-            .insert(std::sync::Arc::clone(identity));
-    }
-    if let Some(client) = extensions.get::<ClientIp>() {
-        call.extensions_mut().insert(*client);
-    }
-    if let Some(id) = extensions.get::<RequestId>() {
-        call.extensions_mut().insert(id.clone());
-    }
+    call.extensions_mut().extend(carried(extensions));
     Ok(call)
 }
 
@@ -362,19 +369,70 @@ async fn call_grpc(
 
 /// A unary call straight to the service's method (see `direct`), with the metadata and
 /// extensions the in-process gRPC call would carry; its answer or error as that call's would be.
+/// A body the typed codec did not take is parsed by the descriptors and called again.
 async fn call_direct(
     call: &Call,
     route: &Route,
     headers: &HeaderMap,
     extensions: &axum::http::Extensions,
-    message: DynamicMessage,
+    built: Built,
 ) -> (Result<DynamicMessage, Problem>, Echo) {
+    let mut input = match built {
+        Built::Message(message) => Input::Message(message),
+        Built::Json { body, overlay } => Input::Json { body, overlay },
+    };
+    loop {
+        let request = tonic::Request::from_parts(
+            tonic::metadata::MetadataMap::from_headers(forwarded(headers)),
+            carried(extensions),
+            input,
+        );
+        return match call(request).await {
+            Ok(response) => {
+                let echo = Echo::of_metadata(response.metadata());
+                (Ok(response.into_inner()), echo)
+            }
+            Err(Failure::Untyped { body, overlay }) => {
+                match request::untyped(route, &body, &overlay) {
+                    Ok(message) => {
+                        input = Input::Message(message);
+                        continue;
+                    }
+                    Err(problem) => (Err(problem), Echo::default()),
+                }
+            }
+            Err(Failure::Status(status)) => {
+                let echo = Echo::of_metadata(status.metadata());
+                (Err(Problem::from_status(&status)), echo)
+            }
+            // Answered as the guard answers a gRPC caller, and read back as any gRPC answer is.
+            Err(Failure::Refused(rejection)) => {
+                let grpc = Request::builder()
+                    .header(header::CONTENT_TYPE, "application/grpc")
+                    .body(())
+                    .unwrap_or_default();
+                let (parts, body) = rejection.respond_to(&Caller::of(&grpc)).into_parts();
+                let echo = Echo::of(&parts);
+                (answer(route, parts, body).await, echo)
+            }
+        };
+    }
+}
+
+/// The request headers a call carries on as metadata ([`FORWARDED_HEADERS`]).
+fn forwarded(headers: &HeaderMap) -> HeaderMap {
     let mut forwarded = HeaderMap::new();
     for name in FORWARDED_HEADERS {
         for value in headers.get_all(name) {
             forwarded.append(name, value.clone());
         }
     }
+    forwarded
+}
+
+/// What the layers learnt of the caller, carried on to the service: its identity, address
+/// and request id.
+fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
     let mut carried = axum::http::Extensions::new();
     if let Some(identity) = extensions.get::<std::sync::Arc<Identity>>() {
         carried.insert(std::sync::Arc::clone(identity));
@@ -385,31 +443,7 @@ async fn call_direct(
     if let Some(id) = extensions.get::<RequestId>() {
         carried.insert(id.clone());
     }
-    let request = tonic::Request::from_parts(
-        tonic::metadata::MetadataMap::from_headers(forwarded),
-        carried,
-        message,
-    );
-    match call(request).await {
-        Ok(response) => {
-            let echo = Echo::of_metadata(response.metadata());
-            (Ok(response.into_inner()), echo)
-        }
-        Err(Failure::Status(status)) => {
-            let echo = Echo::of_metadata(status.metadata());
-            (Err(Problem::from_status(&status)), echo)
-        }
-        // Answered as the guard answers a gRPC caller, and read back as any gRPC answer is.
-        Err(Failure::Refused(rejection)) => {
-            let grpc = Request::builder()
-                .header(header::CONTENT_TYPE, "application/grpc")
-                .body(())
-                .unwrap_or_default();
-            let (parts, body) = rejection.respond_to(&Caller::of(&grpc)).into_parts();
-            let echo = Echo::of(&parts);
-            (answer(route, parts, body).await, echo)
-        }
-    }
+    carried
 }
 
 /// The message of a unary gRPC answer, or its error as a problem.

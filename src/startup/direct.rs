@@ -3,7 +3,9 @@
 //! way in and is settled with its outcome, as the gRPC paths' guard does; start-up fails when a
 //! unary REST route has no entry, so a new RPC cannot quietly take the slower path. The
 //! request is charged to the budget and held to the protos' rules (`codec`) as the gRPC
-//! decoder does it.
+//! decoder does it. A JSON body is read by the method's typed codec (pbjson's, generated from
+//! the protos); what that codec refuses goes back to be parsed by the descriptors, before the
+//! call is admitted, so nothing is counted twice.
 
 use std::{future::Future, sync::Arc};
 
@@ -12,7 +14,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMe
 use tonic::{Code, Status};
 
 use crate::{
-    codec::{charge_decoding, validate::Validate},
+    codec::{charge_building, charge_decoding, validate::Validate},
     grpc::{EventApi, MessageApi, StatsApi, StreamApi, TopicApi},
     layers::Scopes,
     proto::{
@@ -22,7 +24,7 @@ use crate::{
     },
     rest::{
         RouteTable,
-        direct::{Call, Direct, Failure, Reply},
+        direct::{Call, Direct, Failure, Input, Reply},
     },
 };
 
@@ -44,7 +46,7 @@ fn unary<Req, Res, F, Fut>(
     method: F,
 ) -> Result<(&'static str, Call), String>
 where
-    Req: prost::Message + Default + Validate + Send + 'static,
+    Req: prost::Message + Default + Validate + serde::de::DeserializeOwned + Send + 'static,
     Res: prost::Message + Send + 'static,
     F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<Res>, Status>> + Send + 'static,
@@ -52,13 +54,22 @@ where
     let output = output_of(pool, path)?;
     let scopes = scopes.clone();
     let method = Arc::new(method);
-    let call: Call = Arc::new(move |request: tonic::Request<DynamicMessage>| {
-        let (metadata, mut extensions, message) = request.into_parts();
+    let call: Call = Arc::new(move |request: tonic::Request<Input>| {
+        let (metadata, mut extensions, input) = request.into_parts();
+        let input = match input {
+            Input::Json { body, overlay } => match typed_json::<Req>(&body, &overlay) {
+                Some(typed) => Typed::Built(typed, body.len()),
+                None => {
+                    return Box::pin(std::future::ready(Err(Failure::Untyped { body, overlay })))
+                        as std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>;
+                }
+            },
+            Input::Message(message) => Typed::Dynamic(message),
+        };
         let access = match scopes.admit_call(path, &mut extensions) {
             Some(Ok(access)) => access,
             Some(Err(rejection)) => {
-                return Box::pin(std::future::ready(Err(Failure::Refused(rejection))))
-                    as std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>;
+                return Box::pin(std::future::ready(Err(Failure::Refused(rejection))));
             }
             // Every path in the table is an RPC of the API (checked at start-up).
             None => {
@@ -69,13 +80,24 @@ where
         };
         let (scopes, method, output) = (scopes.clone(), Arc::clone(&method), output.clone());
         Box::pin(async move {
-            // As the gRPC decoder does: charged to the budget before the typed message is
-            // built, then held to the protos' rules.
-            let wire = message.encode_to_vec();
-            charge_decoding(&message.descriptor(), &wire).map_err(Failure::Status)?;
-            // Same descriptors, so this cannot fail but for a bug; said as INTERNAL, not hidden.
-            let typed = Req::decode(wire.as_slice())
-                .map_err(|err| Failure::Status(Status::internal(format!("{path}: {err}"))))?;
+            let typed = match input {
+                // Its values were charged when the body was inspected; its strings and
+                // payloads are never longer than the body's text of them.
+                Typed::Built(typed, body_len) => {
+                    charge_building(body_len).map_err(Failure::Status)?;
+                    typed
+                }
+                // As the gRPC decoder does: charged to the budget before the typed message
+                // is built.
+                Typed::Dynamic(message) => {
+                    let wire = message.encode_to_vec();
+                    charge_decoding(&message.descriptor(), &wire).map_err(Failure::Status)?;
+                    // Same descriptors, so this cannot fail but for a bug; said as INTERNAL.
+                    Req::decode(wire.as_slice()).map_err(|err| {
+                        Failure::Status(Status::internal(format!("{path}: {err}")))
+                    })?
+                }
+            };
             typed.validate().map_err(Failure::Status)?;
             let request = tonic::Request::from_parts(metadata, extensions, typed);
             let answer = method(request).await;
@@ -90,6 +112,24 @@ where
         })
     });
     Ok((path, call))
+}
+
+/// A request ready for its method: built by the typed codec (with the body's length), or
+/// parsed by the descriptors.
+enum Typed<Req> {
+    Built(Req, usize),
+    Dynamic(DynamicMessage),
+}
+
+/// The typed request from a JSON object and the encoded path and query fields; `None` when the
+/// codec does not take the JSON (the descriptors then say why, or take it).
+fn typed_json<Req: prost::Message + serde::de::DeserializeOwned>(
+    body: &[u8],
+    overlay: &[u8],
+) -> Option<Req> {
+    let mut typed: Req = serde_json::from_slice(body).ok()?;
+    typed.merge(overlay).ok()?;
+    Some(typed)
 }
 
 fn output_of(pool: &DescriptorPool, path: &str) -> Result<MessageDescriptor, String> {

@@ -6,6 +6,7 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
+use prost::Message as _;
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
 };
@@ -33,12 +34,24 @@ pub enum Query {
     Strict,
 }
 
+/// What a REST call's request becomes.
+pub(super) enum Built {
+    /// The request message, parsed by the descriptors.
+    Message(DynamicMessage),
+    /// A `body: "*"` JSON object, measured, charged and inspected, left for the method's typed
+    /// codec; the path and query fields, none of which the body sets, encoded to merge over it.
+    Json { body: Bytes, overlay: Vec<u8> },
+}
+
 /// The request message: the body, then path variables and the query string laid over it (the
 /// path wins over the same field in the body, as in google.api.http).
 ///
 /// A `body: "*"` body (the common case, and the large one) is parsed straight into the message;
 /// the path and query fields are parsed on their own and laid over it. Other bodies, and bodies
-/// with scalars to respell, go through a JSON tree first.
+/// with scalars to respell, go through a JSON tree first. With `typed` (the caller has the
+/// method's typed codec), a `body: "*"` object whose fields the parameters do not meet is
+/// left unparsed ([`Built::Json`]).
+#[allow(clippy::too_many_arguments, reason = "the parts of one REST request")]
 pub(super) fn request_message(
     route: &Route,
     bindings: Bindings,
@@ -47,10 +60,41 @@ pub(super) fn request_message(
     body: &Bytes,
     last_event_id: Option<&str>,
     strictness: Query,
-) -> Result<DynamicMessage, Problem> {
+    typed: bool,
+) -> Result<Built, Problem> {
     let input = route.method.input();
-    let mut message = body_message(route, headers, body)?;
+    let parsed = body_message(route, headers, body, typed)?;
     let mut overlay = parameters(route, bindings, query, strictness)?;
+    let mut message = match parsed {
+        Body::Parsed(message) => message,
+        Body::Inspected(top_fields) => {
+            let meets = |name: &String| {
+                input
+                    .get_field_by_name(name)
+                    .is_some_and(|field| top_fields.contains(&field.number()))
+            };
+            if !overlay.keys().any(meets) {
+                // Parsed alone, as each parameter already was; merged over the body field by
+                // field, which is laying over when the two share none.
+                let fields = if overlay.is_empty() {
+                    Vec::new()
+                } else {
+                    DynamicMessage::deserialize_with_options(
+                        input,
+                        Value::Object(overlay),
+                        &deny_unknown(),
+                    )
+                    .map_err(|err| Problem::invalid_field("query", err.to_string()))?
+                    .encode_to_vec()
+                };
+                return Ok(Built::Json {
+                    body: body.clone(),
+                    overlay: fields,
+                });
+            }
+            parse_inspected(&input, body)?
+        }
+    };
     // SSE clients resume by sending the last event id back: it is the cursor.
     if let Some(last_event_id) = last_event_id
         && let Some(cursor) = input.get_field_by_name("cursor")
@@ -63,7 +107,7 @@ pub(super) fn request_message(
     // `If-Match` is the request's `etag` field, wherever the request has one (AIP-154).
     conditional::if_match_as_etag(route, headers, Some(&message), &mut overlay)?;
     if overlay.is_empty() {
-        return Ok(message);
+        return Ok(Built::Message(message));
     }
     let overlay = Value::Object(overlay);
     // Each parameter parsed alone already; together they parse too.
@@ -72,6 +116,30 @@ pub(super) fn request_message(
     if let Value::Object(overlay) = &overlay {
         lay_over(&mut message, &fields, overlay);
     }
+    Ok(Built::Message(message))
+}
+
+impl Built {
+    /// The request message, parsing a [`Built::Json`] one by the descriptors.
+    pub(super) fn into_message(self, route: &Route) -> Result<DynamicMessage, Problem> {
+        match self {
+            Self::Message(message) => Ok(message),
+            Self::Json { body, overlay } => untyped(route, &body, &overlay),
+        }
+    }
+}
+
+/// A [`Built::Json`] request parsed by the descriptors after all: what the typed codec
+/// refused is accepted here or refused naming the field, as any body is.
+pub(super) fn untyped(
+    route: &Route,
+    body: &Bytes,
+    overlay: &[u8],
+) -> Result<DynamicMessage, Problem> {
+    let mut message = parse_inspected(&route.method.input(), body)?;
+    message
+        .merge(overlay)
+        .map_err(|err| Problem::invalid_field("query", err.to_string()))?;
     Ok(message)
 }
 
@@ -79,15 +147,23 @@ fn deny_unknown() -> DeserializeOptions {
     DeserializeOptions::new().deny_unknown_fields(true)
 }
 
+/// A request body: parsed, or (for a typed codec) measured, charged and inspected only, with
+/// the numbers of the fields it sets.
+enum Body {
+    Parsed(DynamicMessage),
+    Inspected(Vec<u32>),
+}
+
 /// The body as the request message (an empty message when there is no body).
 fn body_message(
     route: &Route,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<DynamicMessage, Problem> {
+    typed: bool,
+) -> Result<Body, Problem> {
     let input = route.method.input();
     if body.is_empty() {
-        return Ok(DynamicMessage::new(input));
+        return Ok(Body::Parsed(DynamicMessage::new(input)));
     }
     let (expect, prefix) = match &route.body {
         BodyRule::None => {
@@ -108,7 +184,22 @@ fn body_message(
         }
     };
     check_json_content(headers)?;
-    parse_json(&input, &route.body, &expect, prefix, body)
+    let inspection = inspect(body, &expect, prefix)?;
+    if typed
+        && route.body == BodyRule::All
+        && let Some(inspection) = &inspection
+        && !inspection.respell
+        && !inspection.needs_descriptors
+        && starts_an_object(body)
+    {
+        return Ok(Body::Inspected(inspection.top_fields.clone()));
+    }
+    let respell = inspection.is_some_and(|inspection| inspection.respell);
+    parse_json(&input, &route.body, respell, body).map(Body::Parsed)
+}
+
+fn starts_an_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// A whole request message from a JSON body by the rules REST bodies follow (measured and
@@ -120,56 +211,22 @@ pub(crate) fn json_message(
     if body.is_empty() {
         return Ok(DynamicMessage::new(input.clone()));
     }
-    parse_json(
-        input,
-        &BodyRule::All,
-        &Expect::Message(input.clone()),
-        None,
-        body,
-    )
+    let respell = inspect(body, &Expect::Message(input.clone()), None)?
+        .is_some_and(|inspection| inspection.respell);
+    parse_json(input, &BodyRule::All, respell, body)
 }
 
-/// Parses a JSON body that `rule` says holds the whole message or one field of it.
+/// Parses a JSON body (already inspected) that `rule` says holds the whole message or one
+/// field of it.
 fn parse_json(
     input: &MessageDescriptor,
     rule: &BodyRule,
-    expect: &Expect,
-    prefix: Option<&str>,
+    respell: bool,
     body: &Bytes,
 ) -> Result<DynamicMessage, Problem> {
-    let respell = match inspect(body, expect, prefix)? {
-        Some(inspection) => inspection.respell,
-        // Not JSON: the parse below says where.
-        None => false,
-    };
-
-    let direct = *rule == BodyRule::All && !respell;
-    if direct {
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(Problem::invalid_field("body", "must be a JSON object"));
-        }
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let parsed = DynamicMessage::deserialize_with_options(
-            input.clone(),
-            &mut deserializer,
-            &deny_unknown(),
-        )
-        .and_then(|message| deserializer.end().map(|()| message));
-        return match parsed {
-            Ok(message) => Ok(message),
-            Err(err) if err.classify() == serde_json::error::Category::Data => {
-                // The parser names no field: find the one it choked on.
-                let tree: Value =
-                    serde_json::from_slice(body).map_err(|err| malformed_json(&err))?;
-                match tree {
-                    Value::Object(object) => Err(locate(input, &object, &err)),
-                    _ => Err(Problem::invalid_field("body", "must be a JSON object")),
-                }
-            }
-            Err(err) => Err(malformed_json(&err)),
-        };
+    if *rule == BodyRule::All && !respell {
+        return parse_inspected(input, body);
     }
-
     let mut tree = match (rule, serde_json::from_slice(body)) {
         (_, Err(err)) => return Err(malformed_json(&err)),
         (BodyRule::Field(name), Ok(value)) => {
@@ -187,6 +244,30 @@ fn parse_json(
             None => Problem::invalid_field("body", without_position(&err.to_string())),
         }
     })
+}
+
+/// A whole message from an inspected JSON body with nothing to respell, parsed straight from
+/// the bytes; a refusal names the field the parser choked on.
+fn parse_inspected(input: &MessageDescriptor, body: &Bytes) -> Result<DynamicMessage, Problem> {
+    if !starts_an_object(body) {
+        return Err(Problem::invalid_field("body", "must be a JSON object"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed =
+        DynamicMessage::deserialize_with_options(input.clone(), &mut deserializer, &deny_unknown())
+            .and_then(|message| deserializer.end().map(|()| message));
+    match parsed {
+        Ok(message) => Ok(message),
+        Err(err) if err.classify() == serde_json::error::Category::Data => {
+            // The parser names no field: find the one it choked on.
+            let tree: Value = serde_json::from_slice(body).map_err(|err| malformed_json(&err))?;
+            match tree {
+                Value::Object(object) => Err(locate(input, &object, &err)),
+                _ => Err(Problem::invalid_field("body", "must be a JSON object")),
+            }
+        }
+        Err(err) => Err(malformed_json(&err)),
+    }
 }
 
 /// Measures the body and charges it to the call's memory budget, then inspects it against the

@@ -33,23 +33,35 @@ fn json_headers() -> HeaderMap {
     headers
 }
 
-/// The request a call becomes, in proto3 JSON (proto names, defaults left out).
+/// The request a call becomes, in proto3 JSON (proto names, defaults left out). Built both
+/// ways, parsed at once and left for a typed codec (then merged with its path and query
+/// fields), which must agree.
 fn built(method: Method, path: &str, query: Option<&str>, body: &str) -> Result<Value, u16> {
     let (route, bindings) = route_for(method, path);
-    let message = request_message(
-        &route,
-        bindings,
-        query,
-        &json_headers(),
-        &Bytes::copy_from_slice(body.as_bytes()),
-        None,
-        Query::Lenient,
-    )
-    .map_err(|problem| problem.status())?;
+    let build = |typed: bool| {
+        request_message(
+            &route,
+            bindings.clone(),
+            query,
+            &json_headers(),
+            &Bytes::copy_from_slice(body.as_bytes()),
+            None,
+            Query::Lenient,
+            typed,
+        )
+        .and_then(|built| built.into_message(&route))
+        .map_err(|problem| problem.status())
+    };
+    let message = build(false)?;
     let options = prost_reflect::SerializeOptions::new().use_proto_field_name(true);
-    Ok(message
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .expect("serializes"))
+    let as_json = |message: &prost_reflect::DynamicMessage| {
+        message
+            .serialize_with_options(serde_json::value::Serializer, &options)
+            .expect("serializes")
+    };
+    let left = build(true).expect("left for a typed codec, the same request builds");
+    assert_eq!(as_json(&left), as_json(&message), "{path} {body}");
+    Ok(as_json(&message))
 }
 
 #[test]
@@ -418,5 +430,351 @@ mod written_straight {
             "{text}"
         );
         assert_eq!(text.as_bytes(), through_tree(&message));
+    }
+}
+
+/// The typed codec against the descriptors, on bodies generated from the request's own
+/// descriptor: every field under either name, scalars spelt every way proto3 JSON allows and
+/// some it does not, nulls, unknown keys. Whatever the typed codec takes (after the inspection
+/// REST runs first) the descriptors take too, as the same message; what it refuses goes to the
+/// descriptors, so nothing else needs checking.
+mod typed_codec {
+    use proptest::{prelude::*, test_runner::TestCaseError};
+
+    use prost::Message as _;
+    use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
+    use serde_json::{Map, Value, json};
+
+    use super::{Bytes, Method, Query, json_headers, request_message, route_for};
+    use crate::{proto, rest::transcode::request::Built};
+
+    fn scalar(kind: &Kind) -> BoxedStrategy<Value> {
+        let any_number = prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            Just(json!(1.0)),
+            Just(json!(-0.0)),
+        ];
+        let as_text = |values: Vec<&'static str>| {
+            proptest::sample::select(values).prop_map(|text| Value::String(text.into()))
+        };
+        match kind {
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => {
+                prop_oneof![
+                    any::<i32>().prop_map(Value::from),
+                    any::<u32>().prop_map(Value::from),
+                    any_number,
+                    as_text(vec!["7", "-7", "1e2", "1.0", " 7", "x", "4294967296"]),
+                ]
+                .boxed()
+            }
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
+                prop_oneof![
+                    any_number,
+                    any::<i64>().prop_map(|n| Value::String(n.to_string())),
+                    any::<u64>().prop_map(|n| Value::String(n.to_string())),
+                    as_text(vec!["1e2", "1.0", "-0", "18446744073709551616", "0x10", ""]),
+                ]
+                .boxed()
+            }
+            Kind::Double | Kind::Float => prop_oneof![
+                any_number,
+                as_text(vec!["NaN", "Infinity", "-Infinity", "1.5", "nan", "1e400"]),
+            ]
+            .boxed(),
+            Kind::Bool => prop_oneof![
+                any::<bool>().prop_map(Value::from),
+                as_text(vec!["true", "false"]),
+                Just(json!(1)),
+            ]
+            .boxed(),
+            Kind::String => prop_oneof![
+                "[a-z0-9_.-]{0,12}".prop_map(Value::from),
+                as_text(vec![
+                    "0190f7c4-7b8e-7c4a-9d2e-1234567890ab",
+                    "0190F7C4-7B8E-7C4A-9D2E-1234567890AB",
+                    "é\u{0}",
+                ]),
+                Just(json!(5)),
+            ]
+            .boxed(),
+            Kind::Bytes => prop_oneof![
+                as_text(vec![
+                    "aGk=", "aGk", "-_8=", "+/8=", "a", "aGk=aGk=", "", " aGk="
+                ]),
+                Just(json!(5)),
+            ]
+            .boxed(),
+            Kind::Enum(values) => {
+                let names: Vec<Value> = values
+                    .values()
+                    .flat_map(|value| {
+                        [
+                            Value::String(value.name().to_owned()),
+                            Value::String(value.name().to_lowercase()),
+                            Value::from(value.number()),
+                        ]
+                    })
+                    .chain([json!(99), json!("NOPE"), json!(1.5)])
+                    .collect();
+                proptest::sample::select(names).boxed()
+            }
+            Kind::Message(message) => match message.full_name() {
+                "google.protobuf.Timestamp" => as_text(vec![
+                    "2026-11-25T10:00:00Z",
+                    "2026-11-25T10:00:00.5+01:00",
+                    "2026-11-25 10:00:00Z",
+                    "1970-01-01T00:00:00Z",
+                ])
+                .boxed(),
+                "google.protobuf.Duration" => {
+                    as_text(vec!["1s", "1.5s", "-2s", "0s", "1", "1.0000000001s"]).boxed()
+                }
+                "google.protobuf.Value" => {
+                    let leaf = prop_oneof![
+                        Just(Value::Null),
+                        any::<bool>().prop_map(Value::from),
+                        (-1e9f64..1e9).prop_map(Value::from),
+                        any::<i32>().prop_map(Value::from),
+                        "[a-z]{0,5}".prop_map(Value::from),
+                    ];
+                    leaf.prop_recursive(3, 12, 4, |inner| {
+                        prop_oneof![
+                            proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                            proptest::collection::btree_map("[a-c]{1,2}", inner, 0..3)
+                                .prop_map(|m| Value::Object(m.into_iter().collect())),
+                        ]
+                    })
+                    .boxed()
+                }
+                _ => Just(json!({})).boxed(),
+            },
+        }
+    }
+
+    /// A value for `field`: one item, a list, a map, a nested message, or null.
+    fn value(field: &FieldDescriptor, depth: u32) -> BoxedStrategy<Value> {
+        let item = match field.kind() {
+            Kind::Message(message) if field.is_map() => {
+                let value_field = message.map_entry_value_field();
+                let item = value(&value_field, depth);
+                return prop_oneof![
+                    19 => proptest::collection::btree_map("[a-z]{1,3}", item, 0..3)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                    1 => Just(Value::Null),
+                ]
+                .boxed();
+            }
+            Kind::Message(message)
+                if depth > 0 && !message.full_name().starts_with("google.protobuf.") =>
+            {
+                object(&message, depth - 1)
+            }
+            kind => scalar(&kind),
+        };
+        if field.is_list() {
+            prop_oneof![
+                19 => proptest::collection::vec(item, 0..3).prop_map(Value::Array),
+                1 => Just(Value::Null),
+            ]
+            .boxed()
+        } else {
+            prop_oneof![19 => item, 1 => Just(Value::Null)].boxed()
+        }
+    }
+
+    /// An object for `message`: a few of its fields, each under its JSON or its proto name,
+    /// sometimes an unknown key.
+    fn object(message: &MessageDescriptor, depth: u32) -> BoxedStrategy<Value> {
+        let fields: Vec<BoxedStrategy<Option<(String, Value)>>> = message
+            .fields()
+            .map(|field| {
+                let (json_name, proto_name) =
+                    (field.json_name().to_owned(), field.name().to_owned());
+                proptest::option::weighted(
+                    0.35,
+                    (any::<bool>(), value(&field, depth)).prop_map(move |(by_json, v)| {
+                        (
+                            if by_json {
+                                json_name.clone()
+                            } else {
+                                proto_name.clone()
+                            },
+                            v,
+                        )
+                    }),
+                )
+                .boxed()
+            })
+            .collect();
+        (
+            fields,
+            proptest::option::weighted(0.05, Just(("unknownKey".to_owned(), json!(1)))),
+        )
+            .prop_map(|(fields, unknown)| {
+                Value::Object(
+                    fields
+                        .into_iter()
+                        .flatten()
+                        .chain(unknown)
+                        .collect::<Map<_, _>>(),
+                )
+            })
+            .boxed()
+    }
+
+    /// Builds the request for `body` on `method path` left for a typed codec; when it is,
+    /// the typed codec's message (if it takes the body) must be the descriptors' one.
+    fn agree<Req>(method: Method, path: &str, body: &Value) -> Result<bool, TestCaseError>
+    where
+        Req: prost::Message + Default + serde::de::DeserializeOwned,
+    {
+        let (route, bindings) = route_for(method, path);
+        let text = Bytes::from(body.to_string());
+        let built = request_message(
+            &route,
+            bindings,
+            None,
+            &json_headers(),
+            &text,
+            None,
+            Query::Lenient,
+            true,
+        );
+        let Ok(Built::Json { body, overlay }) = built else {
+            return Ok(false);
+        };
+        let descriptors = super::super::request::untyped(&route, &body, &overlay);
+        let Ok(mut typed) = serde_json::from_slice::<Req>(&body) else {
+            return Ok(false);
+        };
+        typed
+            .merge(overlay.as_slice())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let Ok(descriptors) = descriptors else {
+            return Err(TestCaseError::fail(format!(
+                "the typed codec took what the descriptors refuse: {body:?}"
+            )));
+        };
+        // Compared as decoded from the wire (where a field set to its default and an unset one
+        // are the same), then as JSON values (where NaN is "NaN" and maps have no order).
+        let decode = |wire: Vec<u8>| {
+            DynamicMessage::decode(route.method.input(), wire.as_slice())
+                .map_err(|e| TestCaseError::fail(e.to_string()))
+        };
+        let as_json = |message: &DynamicMessage| {
+            serde_json::to_value(message).map_err(|e| TestCaseError::fail(e.to_string()))
+        };
+        let (typed, descriptors) = (
+            as_json(&decode(typed.encode_to_vec())?)?,
+            as_json(&decode(descriptors.encode_to_vec())?)?,
+        );
+        prop_assert!(
+            typed == descriptors,
+            "the typed codec and the descriptors differ on {:?}: {} against {}",
+            body,
+            typed,
+            descriptors
+        );
+        Ok(true)
+    }
+
+    fn input(method: Method, path: &str) -> MessageDescriptor {
+        route_for(method, path).0.method.input()
+    }
+
+    /// Runs [`agree`] on 2,000 generated bodies; returns how many the typed codec built.
+    fn run<Req>(method: Method, path: &str, depth: u32) -> usize
+    where
+        Req: prost::Message + Default + serde::de::DeserializeOwned,
+    {
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 2000,
+            ..ProptestConfig::default()
+        });
+        let typed = std::cell::Cell::new(0);
+        let strategy = object(&input(method.clone(), path), depth);
+        let outcome = runner.run(&strategy, |body| {
+            if agree::<Req>(method.clone(), path, &body)? {
+                typed.set(typed.get() + 1);
+            }
+            Ok(())
+        });
+        if let Err(failure) = outcome {
+            panic!("{failure}");
+        }
+        typed.get()
+    }
+
+    #[test]
+    fn sends() {
+        let typed =
+            run::<proto::SendMessagesRequest>(Method::POST, "/v1/streams/s/topics/t/messages", 3);
+        eprintln!("{typed} of 2000 bodies typed");
+        assert!(
+            typed >= 40,
+            "only {typed} of 2000 bodies reached the typed codec"
+        );
+    }
+
+    #[test]
+    fn topic_changes() {
+        let typed = run::<proto::UpdateTopicRequest>(Method::PATCH, "/v1/streams/s/topics/t", 2);
+        eprintln!("{typed} of 2000 bodies typed");
+        assert!(
+            typed >= 40,
+            "only {typed} of 2000 bodies reached the typed codec"
+        );
+    }
+
+    #[test]
+    fn events() {
+        let typed = run::<proto::PublishEventsRequest>(
+            Method::POST,
+            "/v1/streams/s/topics/t/events:batch",
+            3,
+        );
+        eprintln!("{typed} of 2000 bodies typed");
+        assert!(
+            typed >= 40,
+            "only {typed} of 2000 bodies reached the typed codec"
+        );
+    }
+
+    #[test]
+    fn offsets() {
+        let typed = run::<proto::StoreConsumerOffsetRequest>(
+            Method::PUT,
+            "/v1/streams/s/topics/t/consumers/c/offsets/1",
+            2,
+        );
+        eprintln!("{typed} of 2000 bodies typed");
+        assert!(
+            typed >= 40,
+            "only {typed} of 2000 bodies reached the typed codec"
+        );
+    }
+
+    /// The generator reaches the typed codec's success often enough to mean something.
+    #[test]
+    fn most_valid_sends_are_left_for_the_typed_codec() {
+        let body = json!({"messages": [{"payload": "aGk="}, {"json": {"a": [1, "x", true]}}]});
+        let agreed = agree::<proto::SendMessagesRequest>(
+            Method::POST,
+            "/v1/streams/s/topics/t/messages",
+            &body,
+        );
+        assert!(matches!(agreed, Ok(true)), "{agreed:?}");
+        let null = json!({"messages": [{"json": null}]});
+        let agreed = agree::<proto::SendMessagesRequest>(
+            Method::POST,
+            "/v1/streams/s/topics/t/messages",
+            &null,
+        );
+        assert!(
+            matches!(agreed, Ok(false)),
+            "a null Value field is left to the descriptors"
+        );
     }
 }
