@@ -79,11 +79,18 @@ fn main() {
         std::process::exit(1);
     }
 
-    // The API's messages as proto3 JSON (serde), typed: what REST and Connect parse and write
-    // (`iggy.gateway.v1.serde.rs`).
+    // The API's messages as proto3 JSON (serde), typed: what REST's direct calls parse and
+    // write (`iggy.gateway.v1.serde.rs`). Written as REST writes JSON: proto field names, every
+    // field (defaults too); either name is read.
     let typed_json = pbjson_build::Builder::new()
         .register_descriptors(&encoded)
-        .and_then(|builder| builder.out_dir(&out_dir).build(&[".iggy.gateway.v1"]));
+        .and_then(|builder| {
+            builder
+                .out_dir(&out_dir)
+                .preserve_proto_field_names()
+                .emit_fields()
+                .build(&[".iggy.gateway.v1"])
+        });
     if let Err(err) = typed_json {
         eprintln!("failed to generate the JSON codecs from proto/: {err}");
         std::process::exit(1);

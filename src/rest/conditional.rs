@@ -169,6 +169,11 @@ fn resource_fields(output: &MessageDescriptor) -> Vec<FieldDescriptor> {
         .collect()
 }
 
+/// Whether an answer of type `output` can carry an `ETag` ([`answer_etag`]).
+pub(crate) fn may_carry_etag(output: &MessageDescriptor) -> bool {
+    etag_field(output).is_some() || resource_fields(output).len() == 1
+}
+
 /// The strong `ETag` of an answer that holds one resource with an etag (`GetStreamResponse`'s
 /// `stream`, an updated topic, …); `None` for lists and for answers without one.
 pub(crate) fn answer_etag(reply: &DynamicMessage) -> Option<HeaderValue> {

@@ -6,7 +6,8 @@
 //!
 //! A `body: "*"` JSON object reaches the method unparsed ([`Input::Json`]) and is read by the
 //! method's typed proto3 JSON codec (generated from the protos, as prost's types are): no
-//! dynamic message, no protobuf encode and decode on the way.
+//! dynamic message, no protobuf encode and decode on the way. An answer REST only writes out
+//! comes back as JSON written by the same codec ([`Answer::Json`]).
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
@@ -37,11 +38,29 @@ pub enum Input {
     Json { body: Bytes, overlay: Vec<u8> },
 }
 
-pub type Reply = Result<tonic::Response<DynamicMessage>, Failure>;
+pub type Reply = Result<tonic::Response<Output>, Failure>;
+
+/// The form the caller wants the answer in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A message, for the caller to read (an `ETag`, a `Location`, one field of it).
+    Message,
+    /// REST's JSON, written by the typed codec.
+    Json,
+}
+
+/// A direct call's answer, in the form asked for.
+pub enum Output {
+    Message(DynamicMessage),
+    Json(Vec<u8>),
+}
 
 /// One unary method: takes the request and answers one message of its output type.
-pub type Call =
-    Arc<dyn Fn(tonic::Request<Input>) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+pub type Call = Arc<
+    dyn Fn(tonic::Request<Input>, Answer) -> Pin<Box<dyn Future<Output = Reply> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The unary methods REST calls directly, by gRPC path (`/package.Service/Method`).
 #[derive(Clone, Default)]

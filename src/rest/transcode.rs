@@ -9,7 +9,7 @@ pub(crate) mod framing;
 mod render;
 mod request;
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use axum::{
     body::Body,
@@ -18,7 +18,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body_util::BodyExt;
-use prost_reflect::DynamicMessage;
+use prost_reflect::{DynamicMessage, Kind, MessageDescriptor};
 use tower::ServiceExt;
 
 use crate::{
@@ -34,10 +34,13 @@ use self::{
     render::{internal, respond},
     request::{Built, Query, request_message},
 };
-pub(crate) use self::{render::json_bytes, request::json_message};
+pub(crate) use self::{
+    render::{json_bytes, typed_json_bytes},
+    request::json_message,
+};
 use super::{
     RestSettings,
-    direct::{Call, Direct, Failure, Input},
+    direct::{Answer, Call, Direct, Failure, Input, Output},
     routes::{Lookup, Route, RouteTable},
     template,
 };
@@ -102,6 +105,8 @@ pub struct Transcoder {
     grpc: axum::Router,
     /// The unary methods called directly; the others go through `grpc`.
     direct: Direct,
+    /// The gRPC paths whose answers the typed codec writes as REST's JSON (see [`json_answer`]).
+    json_answers: HashSet<String>,
     max_body_bytes: usize,
     query: Query,
 }
@@ -113,10 +118,17 @@ impl Transcoder {
         direct: Direct,
         settings: RestSettings,
     ) -> Self {
+        let json_answers = table
+            .routes()
+            .iter()
+            .filter(|route| direct.get(&route.grpc_path).is_some() && json_answer(route))
+            .map(|route| route.grpc_path.clone())
+            .collect();
         Self {
             table,
             grpc,
             direct,
+            json_answers,
             max_body_bytes: settings.max_body_bytes,
             query: if settings.strict_query {
                 Query::Strict
@@ -129,6 +141,39 @@ impl Transcoder {
     pub fn table(&self) -> &RouteTable {
         &self.table
     }
+}
+
+/// Whether a route's answer is only written out, and written by the typed codec as by the
+/// descriptors: not a stream, no `ETag` or `Location` to read from it, not one field of it,
+/// and nothing the typed codec writes otherwise ([`written_alike`]).
+fn json_answer(route: &Route) -> bool {
+    let output = route.method.output();
+    !route.method.is_server_streaming()
+        && route.created.is_none()
+        && route.response_body.is_none()
+        && route.success != StatusCode::NO_CONTENT
+        && !conditional::may_carry_etag(&output)
+        && written_alike(&output, &mut Vec::new())
+}
+
+/// Whether the typed codec writes `message` byte for byte as the descriptors do. It writes a
+/// timestamp's zone as `+00:00` where they write `Z`, so an answer holding a timestamp (or a
+/// duration, or any well-known type but `Value`'s) is written from its dynamic message.
+fn written_alike(message: &MessageDescriptor, seen: &mut Vec<String>) -> bool {
+    if seen.iter().any(|name| name == message.full_name()) {
+        return true;
+    }
+    seen.push(message.full_name().to_owned());
+    message.fields().all(|field| match field.kind() {
+        Kind::Message(inner) => match inner.full_name() {
+            "google.protobuf.Value" | "google.protobuf.Struct" | "google.protobuf.ListValue" => {
+                true
+            }
+            name if name.starts_with("google.protobuf.") => false,
+            _ => written_alike(&inner, seen),
+        },
+        _ => true,
+    })
 }
 
 fn echoed(headers: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
@@ -262,21 +307,31 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         _ => None,
     };
     let (reply, echo) = match direct {
-        Some(call) => call_direct(call, route, &parts.headers, &parts.extensions, built).await,
+        Some(call) => {
+            let answer = if transcoder.json_answers.contains(&route.grpc_path) {
+                Answer::Json
+            } else {
+                Answer::Message
+            };
+            let request = (&parts.headers, &parts.extensions);
+            call_direct(call, route, request, built, answer).await
+        }
         None => {
             let message = built.into_message(route)?;
-            call_grpc(
+            let (reply, echo) = call_grpc(
                 transcoder,
                 route,
                 &parts.headers,
                 &parts.extensions,
                 &message,
             )
-            .await
+            .await;
+            (reply.map(Output::Message), echo)
         }
     };
     let mut response = match reply {
-        Ok(reply) => {
+        Ok(Output::Json(body)) => render::respond_json(route, body),
+        Ok(Output::Message(reply)) => {
             let etag = conditional::answer_etag(&reply);
             let location = route
                 .created
@@ -364,7 +419,7 @@ async fn call_grpc(
     };
     let (parts, body) = response.into_parts();
     let echo = Echo::of(&parts);
-    (answer(route, parts, body).await, echo)
+    (grpc_answer(route, parts, body).await, echo)
 }
 
 /// A unary call straight to the service's method (see `direct`), with the metadata and
@@ -373,10 +428,10 @@ async fn call_grpc(
 async fn call_direct(
     call: &Call,
     route: &Route,
-    headers: &HeaderMap,
-    extensions: &axum::http::Extensions,
+    (headers, extensions): (&HeaderMap, &axum::http::Extensions),
     built: Built,
-) -> (Result<DynamicMessage, Problem>, Echo) {
+    answer: Answer,
+) -> (Result<Output, Problem>, Echo) {
     let mut input = match built {
         Built::Message(message) => Input::Message(message),
         Built::Json { body, overlay } => Input::Json { body, overlay },
@@ -387,7 +442,7 @@ async fn call_direct(
             carried(extensions),
             input,
         );
-        return match call(request).await {
+        return match call(request, answer).await {
             Ok(response) => {
                 let echo = Echo::of_metadata(response.metadata());
                 (Ok(response.into_inner()), echo)
@@ -413,7 +468,10 @@ async fn call_direct(
                     .unwrap_or_default();
                 let (parts, body) = rejection.respond_to(&Caller::of(&grpc)).into_parts();
                 let echo = Echo::of(&parts);
-                (answer(route, parts, body).await, echo)
+                (
+                    grpc_answer(route, parts, body).await.map(Output::Message),
+                    echo,
+                )
             }
         };
     }
@@ -447,7 +505,7 @@ fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
 }
 
 /// The message of a unary gRPC answer, or its error as a problem.
-async fn answer(
+async fn grpc_answer(
     route: &Route,
     parts: axum::http::response::Parts,
     body: Body,

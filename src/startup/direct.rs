@@ -23,8 +23,8 @@ use crate::{
         topic_service_server::TopicService,
     },
     rest::{
-        RouteTable,
-        direct::{Call, Direct, Failure, Input, Reply},
+        self, RouteTable,
+        direct::{Answer, Call, Direct, Failure, Input, Output, Reply},
     },
 };
 
@@ -47,14 +47,14 @@ fn unary<Req, Res, F, Fut>(
 ) -> Result<(&'static str, Call), String>
 where
     Req: prost::Message + Default + Validate + serde::de::DeserializeOwned + Send + 'static,
-    Res: prost::Message + Send + 'static,
+    Res: prost::Message + serde::Serialize + Send + 'static,
     F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<Res>, Status>> + Send + 'static,
 {
     let output = output_of(pool, path)?;
     let scopes = scopes.clone();
     let method = Arc::new(method);
-    let call: Call = Arc::new(move |request: tonic::Request<Input>| {
+    let call: Call = Arc::new(move |request: tonic::Request<Input>, answer_as: Answer| {
         let (metadata, mut extensions, input) = request.into_parts();
         let input = match input {
             Input::Json { body, overlay } => match typed_json::<Req>(&body, &overlay) {
@@ -106,9 +106,16 @@ where
                 .settle_call(&access, code)
                 .map_err(Failure::Refused)?;
             let (metadata, typed, extensions) = answer.map_err(Failure::Status)?.into_parts();
-            let message = DynamicMessage::decode(output, typed.encode_to_vec().as_slice())
-                .map_err(|err| Failure::Status(Status::internal(format!("{path}: {err}"))))?;
-            Ok(tonic::Response::from_parts(metadata, message, extensions))
+            let internal =
+                |err: String| Failure::Status(Status::internal(format!("{path}: {err}")));
+            let output = match answer_as {
+                Answer::Json => Output::Json(rest::typed_json_bytes(&typed).map_err(internal)?),
+                Answer::Message => Output::Message(
+                    DynamicMessage::decode(output, typed.encode_to_vec().as_slice())
+                        .map_err(|err| internal(err.to_string()))?,
+                ),
+            };
+            Ok(tonic::Response::from_parts(metadata, output, extensions))
         })
     });
     Ok((path, call))

@@ -139,6 +139,17 @@ pub(crate) fn json_bytes(message: &DynamicMessage) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// A typed message (pbjson's codec) as [`json_bytes`] writes its dynamic twin: the same bytes,
+/// with no dynamic message built for it.
+pub(crate) fn typed_json_bytes<T: serde::Serialize>(message: &T) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, IntegralFloats);
+    message
+        .serialize(&mut serializer)
+        .map_err(|err| format!("encoding the answer as JSON: {err}"))?;
+    Ok(out)
+}
+
 fn serialize_options() -> SerializeOptions {
     SerializeOptions::new()
         .use_proto_field_name(true)
@@ -223,6 +234,16 @@ fn stream_error(sse: bool, problem: Problem, request_id: Option<String>) -> Byte
     }
 }
 
+/// An answer already written as JSON, with the route's success status.
+pub(super) fn respond_json(route: &Route, body: Vec<u8>) -> Response {
+    let mut response = (route.success, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 pub(super) fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, Problem> {
     if route.success == StatusCode::NO_CONTENT {
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -239,12 +260,7 @@ pub(super) fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, 
                 .map_err(|err| internal(format!("encoding the answer as JSON: {err}")))?
         }
     };
-    let mut response = (route.success, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    Ok(respond_json(route, body))
 }
 
 /// `google.protobuf.Value` holds every JSON number as a double, which prints as `1.0`; a JSON
