@@ -9,6 +9,7 @@
 
 mod catalog;
 mod codec;
+mod memory;
 mod read;
 mod schema;
 mod writer;
@@ -121,7 +122,7 @@ impl EmbeddedBroker {
         let (db, description) = match location {
             Location::Memory => {
                 let db = Database::builder()
-                    .create_with_backend(redb::backends::InMemoryBackend::new())
+                    .create_with_backend(memory::ChunkedMemory::default())
                     .map_err(|source| OpenError::Database {
                         path: ":memory:".into(),
                         source,
