@@ -27,7 +27,10 @@ struct State {
 }
 
 fn out_of_range() -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, "beyond the end of the in-memory store")
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "beyond the end of the in-memory store",
+    )
 }
 
 fn poisoned<T>(_: PoisonError<T>) -> io::Error {
@@ -128,7 +131,11 @@ mod tests {
     fn writes_read_back_across_chunk_boundaries() {
         let memory = ChunkedMemory::default();
         memory.set_len((3 * CHUNK + 10) as u64).expect("grows");
-        let data: Vec<u8> = (0..=255).cycle().take(2 * CHUNK + 7).map(|b| b as u8).collect();
+        let data: Vec<u8> = (0..=255)
+            .cycle()
+            .take(2 * CHUNK + 7)
+            .map(|b| b as u8)
+            .collect();
         memory.write((CHUNK - 3) as u64, &data).expect("in range");
         assert_eq!(read(&memory, CHUNK - 3, data.len()), data);
         assert_eq!(read(&memory, 0, 4), vec![0; 4]);
