@@ -103,6 +103,13 @@ impl Charge {
         if self.closed.load(Ordering::Acquire) {
             return Ok(());
         }
+        // A call whose own charges would pass the whole budget can never be served, however
+        // idle the gateway: not a reason to retry.
+        if self.bytes.load(Ordering::Acquire).saturating_add(bytes) > self.budget.max {
+            return Err(Exhausted::Never {
+                max: self.budget.max,
+            });
+        }
         self.budget.try_charge(bytes)?;
         self.bytes.fetch_add(bytes, Ordering::AcqRel);
         Ok(())
@@ -216,6 +223,20 @@ mod tests {
         assert_eq!(answered.add(1000), Ok(()), "nothing charged after");
         drop(answered);
         assert_eq!(budget.used(), 0, "and nothing given back twice");
+    }
+
+    #[test]
+    fn a_call_past_the_whole_budget_on_its_own_is_never_served() {
+        let budget = Arc::new(InflightBytes::new(100));
+        let other = Charge::new(Arc::clone(&budget));
+        assert_eq!(other.add(30), Ok(()));
+        let call = Charge::new(Arc::clone(&budget));
+        assert_eq!(call.add(60), Ok(()));
+        // 60 + 20 fits the budget alone, but not beside the other call: busy, retry.
+        assert_eq!(call.add(20), Err(Exhausted::Busy { max: 100 }));
+        // 60 + 50 would not fit even alone: never.
+        assert_eq!(call.add(50), Err(Exhausted::Never { max: 100 }));
+        assert_eq!(budget.used(), 90, "nothing charged by a refusal");
     }
 
     #[tokio::test]

@@ -96,13 +96,6 @@ pub fn charge_decoding(descriptor: &MessageDescriptor, wire: &[u8]) -> Result<()
     if budget::inflated() {
         estimate = estimate.saturating_add(wire.len());
     }
-    charge_building(estimate)
-}
-
-/// Charges the current call's budget with `estimate` bytes a message about to be built will
-/// take; refused as the decoder refuses (RESOURCE_EXHAUSTED when it can never fit, UNAVAILABLE
-/// while the gateway is busy).
-pub fn charge_building(estimate: usize) -> Result<(), Status> {
     match budget::charge(estimate) {
         None | Some(Ok(())) => Ok(()),
         Some(Err(exhausted @ Exhausted::Never { .. })) => Err(Status::resource_exhausted(format!(

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{ERROR_DOMAIN, ETAG_MISMATCH, IDEMPOTENCY_KEY_REUSED};
+use super::{ERROR_DOMAIN, ETAG_MISMATCH, IDEMPOTENCY_KEY_REUSED, PAYLOAD_TOO_LARGE};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -130,6 +130,9 @@ impl Problem {
             StatusCode::PRECONDITION_FAILED
         } else if reason == IDEMPOTENCY_KEY_REUSED {
             StatusCode::UNPROCESSABLE_ENTITY
+        } else if reason == PAYLOAD_TOO_LARGE {
+            // RESOURCE_EXHAUSTED is 429 in general; a request that can never fit is HTTP's 413.
+            StatusCode::PAYLOAD_TOO_LARGE
         } else {
             http_status(status.code())
         };

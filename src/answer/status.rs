@@ -107,6 +107,29 @@ pub fn over_budget(exhausted: Exhausted, what: &str) -> Status {
     Status::with_error_details(code, format!("{what}: {exhausted}"), details)
 }
 
+/// The reason of a request that can never fit the budget of calls in flight (or the body
+/// limit); REST answers it as 413 Content Too Large (see `problem.rs`).
+pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+
+/// A request refused by the budget of calls in flight (`MAX_INFLIGHT_BYTES`): OVERLOADED
+/// (UNAVAILABLE, retry) while other calls hold it, PAYLOAD_TOO_LARGE (RESOURCE_EXHAUSTED) when
+/// the request alone needs more than all of it.
+pub fn request_over_budget(exhausted: Exhausted, what: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    let code = match exhausted {
+        Exhausted::Busy { .. } => {
+            details.set_error_info("OVERLOADED", ERROR_DOMAIN, []);
+            details.set_retry_info(Some(RETRY_AFTER));
+            Code::Unavailable
+        }
+        Exhausted::Never { .. } => {
+            details.set_error_info(PAYLOAD_TOO_LARGE, ERROR_DOMAIN, []);
+            Code::ResourceExhausted
+        }
+    };
+    Status::with_error_details(code, format!("{what}: {exhausted}"), details)
+}
+
 /// PERMISSION_DENIED: `identity` lacks `scope` on `target` (a stream, `stream/topic` or `*`).
 pub fn scope_missing(identity: &str, scope: &str, target: &str) -> Status {
     let mut details = ErrorDetails::new();

@@ -14,7 +14,9 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMe
 use tonic::{Code, Status};
 
 use crate::{
-    codec::{charge_building, charge_decoding, validate::Validate},
+    answer::request_over_budget,
+    budget,
+    codec::{charge_decoding, validate::Validate},
     grpc::{EventApi, MessageApi, StatsApi, StreamApi, TopicApi},
     layers::Scopes,
     proto::{
@@ -57,13 +59,25 @@ where
     let call: Call = Arc::new(move |request: tonic::Request<Input>, answer_as: Answer| {
         let (metadata, mut extensions, input) = request.into_parts();
         let input = match input {
-            Input::Json { body, overlay } => match typed_json::<Req>(&body, &overlay) {
-                Some(typed) => Typed::Built(typed, body.len()),
-                None => {
-                    return Box::pin(std::future::ready(Err(Failure::Untyped { body, overlay })))
+            Input::Json { body, overlay } => {
+                // Its values were charged when the body was inspected; its strings and
+                // payloads are never longer than the body's text of them. Charged before
+                // anything is built, as the gRPC decoder does.
+                if let Some(Err(exhausted)) = budget::charge(body.len()) {
+                    let status = request_over_budget(exhausted, "the request cannot be read");
+                    return Box::pin(std::future::ready(Err(Failure::Status(status))))
                         as std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>;
                 }
-            },
+                match typed_json::<Req>(&body, &overlay) {
+                    Some(typed) => Typed::Built(typed),
+                    None => {
+                        return Box::pin(std::future::ready(Err(Failure::Untyped {
+                            body,
+                            overlay,
+                        })));
+                    }
+                }
+            }
             Input::Message(message) => Typed::Dynamic(message),
         };
         let access = match scopes.admit_call(path, &mut extensions) {
@@ -81,12 +95,7 @@ where
         let (scopes, method, output) = (scopes.clone(), Arc::clone(&method), output.clone());
         Box::pin(async move {
             let typed = match input {
-                // Its values were charged when the body was inspected; its strings and
-                // payloads are never longer than the body's text of them.
-                Typed::Built(typed, body_len) => {
-                    charge_building(body_len).map_err(Failure::Status)?;
-                    typed
-                }
+                Typed::Built(typed) => typed,
                 // As the gRPC decoder does: charged to the budget before the typed message
                 // is built.
                 Typed::Dynamic(message) => {
@@ -121,10 +130,9 @@ where
     Ok((path, call))
 }
 
-/// A request ready for its method: built by the typed codec (with the body's length), or
-/// parsed by the descriptors.
+/// A request ready for its method: built by the typed codec, or parsed by the descriptors.
 enum Typed<Req> {
-    Built(Req, usize),
+    Built(Req),
     Dynamic(DynamicMessage),
 }
 

@@ -735,3 +735,52 @@ async fn a_batch_too_large_to_decode_within_the_budget_is_refused_over_rest_as_o
             .is_empty()
     );
 }
+
+/// A batch of few JSON values but long strings (one 40 KB text) is charged for what the typed
+/// request will hold before it is built: within the body limit, past the in-flight budget, it is
+/// refused over REST as over gRPC, and nothing is stored.
+#[tokio::test]
+async fn a_long_string_past_the_budget_is_refused_before_the_typed_request_is_built() {
+    let app = crate::helpers::spawn_configured(|config| {
+        config.limits.max_inflight_bytes = 64 * 1024;
+        config.limits.max_request_body_size = 64 * 1024;
+    })
+    .await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let text = "t".repeat(40_000);
+    let (status, body) = app
+        .post_json(
+            "/v1/streams/orders/topics/created/messages",
+            serde_json::json!({"partition_id": 0, "messages": [{"text": text}]}),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{body}");
+
+    let refused = app
+        .messages
+        .clone()
+        .send_messages(proto::SendMessagesRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+            messages: vec![proto::Message {
+                body: Some(proto::message::Body::Text(text.clone())),
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect_err("over the budget");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        app.poll_from("orders", "created", 0, 0, 10)
+            .await
+            .messages
+            .is_empty()
+    );
+}
