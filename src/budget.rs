@@ -115,6 +115,17 @@ impl Charge {
         Ok(())
     }
 
+    /// Gives back up to `bytes` of what the call has charged (an estimate it will not use).
+    pub fn give_back(&self, bytes: usize) {
+        let taken = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(bytes))
+            })
+            .map_or(0, |held| held.min(bytes));
+        self.budget.release(taken);
+    }
+
     /// Charges bytes the answer will hold until it is sent (see [`Charge::holds_answer`]).
     pub fn add_answer(&self, bytes: usize) -> Result<(), Exhausted> {
         self.budget.try_charge(bytes)?;
@@ -173,6 +184,11 @@ pub fn inflated() -> bool {
 /// Charges `bytes` to the current call; `None` outside a call (a client decoding an answer).
 pub fn charge(bytes: usize) -> Option<Result<(), Exhausted>> {
     CALL.try_with(|charge| charge.add(bytes)).ok()
+}
+
+/// Gives back up to `bytes` of what the current call has charged; nothing outside a call.
+pub fn give_back(bytes: usize) {
+    let _ = CALL.try_with(|charge| charge.give_back(bytes));
 }
 
 /// Charges `bytes` the current call's answer holds until it is sent; `None` outside a call
@@ -237,6 +253,10 @@ mod tests {
         // 60 + 50 would not fit even alone: never.
         assert_eq!(call.add(50), Err(Exhausted::Never { max: 100 }));
         assert_eq!(budget.used(), 90, "nothing charged by a refusal");
+        call.give_back(50);
+        assert_eq!(budget.used(), 40, "an estimate not used is given back");
+        call.give_back(50);
+        assert_eq!(budget.used(), 30, "never more than the call holds");
     }
 
     #[tokio::test]

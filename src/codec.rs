@@ -20,7 +20,7 @@ use tonic::{
 };
 use tonic_prost::ProstCodec;
 
-use crate::budget::{self, Exhausted};
+use crate::{answer::request_over_budget, budget};
 
 pub mod validate;
 
@@ -98,12 +98,11 @@ pub fn charge_decoding(descriptor: &MessageDescriptor, wire: &[u8]) -> Result<()
     }
     match budget::charge(estimate) {
         None | Some(Ok(())) => Ok(()),
-        Some(Err(exhausted @ Exhausted::Never { .. })) => Err(Status::resource_exhausted(format!(
-            "decoding this message would take about {estimate} bytes: {exhausted}"
-        ))),
-        Some(Err(exhausted @ Exhausted::Busy { .. })) => {
-            Err(Status::unavailable(exhausted.to_string()))
-        }
+        // With its reason, so REST says 413 (never fits) or 503 (retry), as for a body.
+        Some(Err(exhausted)) => Err(request_over_budget(
+            exhausted,
+            &format!("decoding this message would take about {estimate} bytes"),
+        )),
     }
 }
 

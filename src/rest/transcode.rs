@@ -432,9 +432,13 @@ async fn call_direct(
     built: Built,
     answer: Answer,
 ) -> (Result<Output, Problem>, Echo) {
-    let mut input = match built {
-        Built::Message(message) => Input::Message(message),
-        Built::Json { body, overlay } => Input::Json { body, overlay },
+    let (mut input, charged) = match built {
+        Built::Message(message) => (Input::Message(message), 0),
+        Built::Json {
+            body,
+            overlay,
+            charged,
+        } => (Input::Json { body, overlay }, charged),
     };
     loop {
         let request = tonic::Request::from_parts(
@@ -448,7 +452,7 @@ async fn call_direct(
                 (Ok(response.into_inner()), echo)
             }
             Err(Failure::Untyped { body, overlay }) => {
-                match request::untyped(route, &body, &overlay) {
+                match request::untyped(route, &body, &overlay, charged) {
                     Ok(message) => {
                         input = Input::Message(message);
                         continue;

@@ -14,8 +14,6 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMe
 use tonic::{Code, Status};
 
 use crate::{
-    answer::request_over_budget,
-    budget,
     codec::{charge_decoding, validate::Validate},
     grpc::{EventApi, MessageApi, StatsApi, StreamApi, TopicApi},
     layers::Scopes,
@@ -59,25 +57,14 @@ where
     let call: Call = Arc::new(move |request: tonic::Request<Input>, answer_as: Answer| {
         let (metadata, mut extensions, input) = request.into_parts();
         let input = match input {
-            Input::Json { body, overlay } => {
-                // Its values were charged when the body was inspected; its strings and
-                // payloads are never longer than the body's text of them. Charged before
-                // anything is built, as the gRPC decoder does.
-                if let Some(Err(exhausted)) = budget::charge(body.len()) {
-                    let status = request_over_budget(exhausted, "the request cannot be read");
-                    return Box::pin(std::future::ready(Err(Failure::Status(status))))
+            // Charged for what it builds when REST inspected the body, before this.
+            Input::Json { body, overlay } => match typed_json::<Req>(&body, &overlay) {
+                Some(typed) => Typed::Built(typed),
+                None => {
+                    return Box::pin(std::future::ready(Err(Failure::Untyped { body, overlay })))
                         as std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>;
                 }
-                match typed_json::<Req>(&body, &overlay) {
-                    Some(typed) => Typed::Built(typed),
-                    None => {
-                        return Box::pin(std::future::ready(Err(Failure::Untyped {
-                            body,
-                            overlay,
-                        })));
-                    }
-                }
-            }
+            },
             Input::Message(message) => Typed::Dynamic(message),
         };
         let access = match scopes.admit_call(path, &mut extensions) {

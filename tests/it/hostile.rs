@@ -784,3 +784,45 @@ async fn a_long_string_past_the_budget_is_refused_before_the_typed_request_is_bu
             .is_empty()
     );
 }
+
+/// Many empty messages are charged for the structs they would become, over REST's typed codec
+/// as by the gRPC decoder (256 bytes a message): 300 of them do not fit a 64 KiB budget on
+/// either protocol, and a body the descriptors parse (a `null` in it) is refused alike, 413.
+#[tokio::test]
+async fn empty_messages_are_charged_for_what_they_build_on_every_path() {
+    let app = crate::helpers::spawn_configured(|config| {
+        config.limits.max_inflight_bytes = 64 * 1024;
+        config.limits.max_request_body_size = 64 * 1024;
+    })
+    .await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let empty: Vec<_> = (0..300).map(|_| serde_json::json!({})).collect();
+    let with_null: Vec<_> = (0..300).map(|_| serde_json::json!({"id": null})).collect();
+    for messages in [empty, with_null] {
+        let (status, body) = app
+            .post_json(
+                "/v1/streams/orders/topics/created/messages",
+                serde_json::json!({"partition_id": 0, "messages": messages}),
+            )
+            .await;
+        assert_eq!(status, 413, "{body}");
+        assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{body}");
+    }
+    let refused = app
+        .messages
+        .clone()
+        .send_messages(proto::SendMessagesRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+            messages: vec![proto::Message::default(); 300],
+        })
+        .await
+        .expect_err("over the budget");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+}

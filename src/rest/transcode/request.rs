@@ -39,8 +39,13 @@ pub(super) enum Built {
     /// The request message, parsed by the descriptors.
     Message(DynamicMessage),
     /// A `body: "*"` JSON object, measured, charged and inspected, left for the method's typed
-    /// codec; the path and query fields, none of which the body sets, encoded to merge over it.
-    Json { body: Bytes, overlay: Vec<u8> },
+    /// codec; the path and query fields, none of which the body sets, encoded to merge over it;
+    /// and what the typed request was charged (given back if the descriptors parse it instead).
+    Json {
+        body: Bytes,
+        overlay: Vec<u8>,
+        charged: usize,
+    },
 }
 
 /// The request message: the body, then path variables and the query string laid over it (the
@@ -67,7 +72,7 @@ pub(super) fn request_message(
     let mut overlay = parameters(route, bindings, query, strictness)?;
     let mut message = match parsed {
         Body::Parsed(message) => message,
-        Body::Inspected(top_fields) => {
+        Body::Inspected(top_fields, charged) => {
             let meets = |name: &String| {
                 input
                     .get_field_by_name(name)
@@ -90,8 +95,10 @@ pub(super) fn request_message(
                 return Ok(Built::Json {
                     body: body.clone(),
                     overlay: fields,
+                    charged,
                 });
             }
+            budget::give_back(charged);
             parse_inspected(&input, body)?
         }
     };
@@ -124,7 +131,11 @@ impl Built {
     pub(super) fn into_message(self, route: &Route) -> Result<DynamicMessage, Problem> {
         match self {
             Self::Message(message) => Ok(message),
-            Self::Json { body, overlay } => untyped(route, &body, &overlay),
+            Self::Json {
+                body,
+                overlay,
+                charged,
+            } => untyped(route, &body, &overlay, charged),
         }
     }
 }
@@ -135,7 +146,10 @@ pub(super) fn untyped(
     route: &Route,
     body: &Bytes,
     overlay: &[u8],
+    charged: usize,
 ) -> Result<DynamicMessage, Problem> {
+    // The dynamic message is charged by the call instead, as any is.
+    budget::give_back(charged);
     let mut message = parse_inspected(&route.method.input(), body)?;
     message
         .merge(overlay)
@@ -151,7 +165,8 @@ fn deny_unknown() -> DeserializeOptions {
 /// the numbers of the fields it sets.
 enum Body {
     Parsed(DynamicMessage),
-    Inspected(Vec<u32>),
+    /// The fields the body sets, and what its typed request was charged.
+    Inspected(Vec<u32>, usize),
 }
 
 /// The body as the request message (an empty message when there is no body).
@@ -187,14 +202,22 @@ fn body_message(
     let inspection = inspect(body, &expect, prefix)?;
     if typed
         && route.body == BodyRule::All
-        && let Some(inspection) = &inspection
+        && let Some((inspection, values)) = &inspection
         && !inspection.respell
         && !inspection.needs_descriptors
         && starts_an_object(body)
     {
-        return Ok(Body::Inspected(inspection.top_fields.clone()));
+        // What the typed request will hold, charged before it is built: a struct per value
+        // (the decoder's 256 bytes a message, with the values' own charge), and its strings and
+        // payloads, never longer than the body's text of them. Given back if the typed codec
+        // refuses the body and the descriptors parse it instead.
+        let typed_cost = values
+            .saturating_mul(shape::JSON_VALUE_COST)
+            .saturating_add(body.len());
+        charge(typed_cost, "the request's message")?;
+        return Ok(Body::Inspected(inspection.top_fields.clone(), typed_cost));
     }
-    let respell = inspection.is_some_and(|inspection| inspection.respell);
+    let respell = inspection.is_some_and(|(inspection, _)| inspection.respell);
     parse_json(&input, &route.body, respell, body).map(Body::Parsed)
 }
 
@@ -212,7 +235,7 @@ pub(crate) fn json_message(
         return Ok(DynamicMessage::new(input.clone()));
     }
     let respell = inspect(body, &Expect::Message(input.clone()), None)?
-        .is_some_and(|inspection| inspection.respell);
+        .is_some_and(|(inspection, _)| inspection.respell);
     parse_json(input, &BodyRule::All, respell, body)
 }
 
@@ -276,7 +299,7 @@ fn inspect(
     body: &[u8],
     expect: &Expect,
     prefix: Option<&str>,
-) -> Result<Option<shape::Inspection>, Problem> {
+) -> Result<Option<(shape::Inspection, usize)>, Problem> {
     // Counted first, allocating nothing; the inspection below keeps the keys of each object,
     // so it runs only once the call is charged for what the body will become.
     let values = match shape::count_values(body) {
@@ -286,27 +309,32 @@ fn inspect(
         }
         Ok(values) => values,
     };
-    match budget::charge(values.saturating_mul(shape::JSON_VALUE_COST)) {
-        None | Some(Ok(())) => {}
-        Some(Err(exhausted @ Exhausted::Never { .. })) => {
-            return Err(Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                format!("the request body holds {values} JSON values: {exhausted}"),
-            ));
-        }
-        Some(Err(exhausted @ Exhausted::Busy { .. })) => {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "OVERLOADED",
-                exhausted.to_string(),
-            )
-            .with_retry_after(1));
-        }
-    }
+    charge(
+        values.saturating_mul(shape::JSON_VALUE_COST),
+        &format!("the request body holds {values} JSON values"),
+    )?;
     shape::inspect(body, expect, prefix)
-        .map(Some)
+        .map(|inspection| Some((inspection, values)))
         .map_err(|refusal| Problem::invalid_field(refusal.field, refusal.reason))
+}
+
+/// Charges `bytes` to the call's memory budget: 413 when the call could never fit, 503 (retry)
+/// while other calls hold the budget.
+fn charge(bytes: usize, what: &str) -> Result<(), Problem> {
+    match budget::charge(bytes) {
+        None | Some(Ok(())) => Ok(()),
+        Some(Err(exhausted @ Exhausted::Never { .. })) => Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("{what}: {exhausted}"),
+        )),
+        Some(Err(exhausted @ Exhausted::Busy { .. })) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OVERLOADED",
+            exhausted.to_string(),
+        )
+        .with_retry_after(1)),
+    }
 }
 
 /// The field of `message` a JSON key names: its JSON name or its proto name.

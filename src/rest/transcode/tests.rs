@@ -642,10 +642,15 @@ mod typed_codec {
             Query::Lenient,
             true,
         );
-        let Ok(Built::Json { body, overlay }) = built else {
+        let Ok(Built::Json {
+            body,
+            overlay,
+            charged,
+        }) = built
+        else {
             return Ok(false);
         };
-        let descriptors = super::super::request::untyped(&route, &body, &overlay);
+        let descriptors = super::super::request::untyped(&route, &body, &overlay, charged);
         let Ok(mut typed) = serde_json::from_slice::<Req>(&body) else {
             return Ok(false);
         };
