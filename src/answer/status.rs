@@ -92,19 +92,7 @@ pub fn broker_status(err: BrokerError) -> Status {
 /// A call whose answer would take the gateway past `MAX_INFLIGHT_BYTES`: UNAVAILABLE with a
 /// retry while other calls hold the budget, RESOURCE_EXHAUSTED when the answer alone is larger.
 pub fn over_budget(exhausted: Exhausted, what: &str) -> Status {
-    let mut details = ErrorDetails::new();
-    let code = match exhausted {
-        Exhausted::Busy { .. } => {
-            details.set_error_info("OVERLOADED", ERROR_DOMAIN, []);
-            details.set_retry_info(Some(RETRY_AFTER));
-            Code::Unavailable
-        }
-        Exhausted::Never { .. } => {
-            details.set_error_info("ANSWER_TOO_LARGE", ERROR_DOMAIN, []);
-            Code::ResourceExhausted
-        }
-    };
-    Status::with_error_details(code, format!("{what}: {exhausted}"), details)
+    budget_status(exhausted, "ANSWER_TOO_LARGE", what)
 }
 
 /// The reason of a request that can never fit the budget of calls in flight (or the body
@@ -115,6 +103,12 @@ pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
 /// (UNAVAILABLE, retry) while other calls hold it, PAYLOAD_TOO_LARGE (RESOURCE_EXHAUSTED) when
 /// the request alone needs more than all of it.
 pub fn request_over_budget(exhausted: Exhausted, what: &str) -> Status {
+    budget_status(exhausted, PAYLOAD_TOO_LARGE, what)
+}
+
+/// OVERLOADED (UNAVAILABLE, retry) while other calls hold the budget; `too_large`
+/// (RESOURCE_EXHAUSTED) when what was asked can never fit it.
+fn budget_status(exhausted: Exhausted, too_large: &str, what: &str) -> Status {
     let mut details = ErrorDetails::new();
     let code = match exhausted {
         Exhausted::Busy { .. } => {
@@ -123,7 +117,7 @@ pub fn request_over_budget(exhausted: Exhausted, what: &str) -> Status {
             Code::Unavailable
         }
         Exhausted::Never { .. } => {
-            details.set_error_info(PAYLOAD_TOO_LARGE, ERROR_DOMAIN, []);
+            details.set_error_info(too_large, ERROR_DOMAIN, []);
             Code::ResourceExhausted
         }
     };

@@ -680,24 +680,21 @@ async fn poll_answers_a_slow_reader_holds_count_against_max_inflight_bytes() {
     assert_eq!(status, 200, "{body}");
 }
 
-/// What reading a request builds is charged to `MAX_INFLIGHT_BYTES` before it is built, over
-/// REST (its JSON values counted, then the typed request its direct call decodes) as over gRPC
-/// (the decoder's estimate): a batch whose body fits the limit but whose messages would not fit
-/// the budget is refused on both, RESOURCE_EXHAUSTED, and nothing is stored.
-#[tokio::test]
-async fn a_batch_too_large_to_decode_within_the_budget_is_refused_over_rest_as_over_grpc() {
-    const BUDGET: u64 = 64 * 1024;
+/// A gateway whose calls in flight may hold 64 KiB (and whose bodies may be as large), with
+/// the topic `orders/created` of one partition.
+async fn with_64_kib_budget() -> crate::helpers::TestApp {
     let app = crate::helpers::spawn_configured(|config| {
-        config.limits.max_inflight_bytes = BUDGET;
+        config.limits.max_inflight_bytes = 64 * 1024;
         config.limits.max_request_body_size = 64 * 1024;
     })
     .await;
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 1).await;
-    let text = "t".repeat(150);
-    let messages: Vec<_> = (0..300)
-        .map(|_| serde_json::json!({"text": text}))
-        .collect();
+    app
+}
+
+/// `messages` sent to `orders/created` over REST: refused 413 RESOURCE_EXHAUSTED.
+async fn refused_over_rest(app: &crate::helpers::TestApp, messages: serde_json::Value) {
     let (status, body) = app
         .post_json(
             "/v1/streams/orders/topics/created/messages",
@@ -706,7 +703,14 @@ async fn a_batch_too_large_to_decode_within_the_budget_is_refused_over_rest_as_o
         .await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{body}");
+}
 
+/// `messages` sent to `orders/created` over gRPC: refused RESOURCE_EXHAUSTED; and nothing is
+/// stored from either protocol.
+async fn refused_over_grpc_and_nothing_stored(
+    app: &crate::helpers::TestApp,
+    messages: Vec<proto::Message>,
+) {
     let refused = app
         .messages
         .clone()
@@ -714,12 +718,7 @@ async fn a_batch_too_large_to_decode_within_the_budget_is_refused_over_rest_as_o
             stream: "orders".into(),
             topic: "created".into(),
             partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
-            messages: (0..300)
-                .map(|_| proto::Message {
-                    body: Some(proto::message::Body::Text(text.clone())),
-                    ..Default::default()
-                })
-                .collect(),
+            messages,
         })
         .await
         .expect_err("over the budget");
@@ -734,6 +733,28 @@ async fn a_batch_too_large_to_decode_within_the_budget_is_refused_over_rest_as_o
             .messages
             .is_empty()
     );
+}
+
+fn text_message(text: &str) -> proto::Message {
+    proto::Message {
+        body: Some(proto::message::Body::Text(text.to_owned())),
+        ..Default::default()
+    }
+}
+
+/// What reading a request builds is charged to `MAX_INFLIGHT_BYTES` before it is built, over
+/// REST (its JSON values counted, then the typed request its direct call decodes) as over gRPC
+/// (the decoder's estimate): a batch whose body fits the limit but whose messages would not fit
+/// the budget is refused on both, RESOURCE_EXHAUSTED, and nothing is stored.
+#[tokio::test]
+async fn a_batch_too_large_to_decode_within_the_budget_is_refused_over_rest_as_over_grpc() {
+    let app = with_64_kib_budget().await;
+    let text = "t".repeat(150);
+    let messages: Vec<_> = (0..300)
+        .map(|_| serde_json::json!({"text": text}))
+        .collect();
+    refused_over_rest(&app, serde_json::Value::Array(messages)).await;
+    refused_over_grpc_and_nothing_stored(&app, vec![text_message(&text); 300]).await;
 }
 
 /// A batch of few JSON values but long strings (one 40 KB text) is charged for what the typed
@@ -741,48 +762,10 @@ async fn a_batch_too_large_to_decode_within_the_budget_is_refused_over_rest_as_o
 /// refused over REST as over gRPC, and nothing is stored.
 #[tokio::test]
 async fn a_long_string_past_the_budget_is_refused_before_the_typed_request_is_built() {
-    let app = crate::helpers::spawn_configured(|config| {
-        config.limits.max_inflight_bytes = 64 * 1024;
-        config.limits.max_request_body_size = 64 * 1024;
-    })
-    .await;
-    app.create_stream("orders").await;
-    app.create_topic("orders", "created", 1).await;
+    let app = with_64_kib_budget().await;
     let text = "t".repeat(40_000);
-    let (status, body) = app
-        .post_json(
-            "/v1/streams/orders/topics/created/messages",
-            serde_json::json!({"partition_id": 0, "messages": [{"text": text}]}),
-        )
-        .await;
-    assert_eq!(status, 413, "{body}");
-    assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{body}");
-
-    let refused = app
-        .messages
-        .clone()
-        .send_messages(proto::SendMessagesRequest {
-            stream: "orders".into(),
-            topic: "created".into(),
-            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
-            messages: vec![proto::Message {
-                body: Some(proto::message::Body::Text(text.clone())),
-                ..Default::default()
-            }],
-        })
-        .await
-        .expect_err("over the budget");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert!(
-        app.poll_from("orders", "created", 0, 0, 10)
-            .await
-            .messages
-            .is_empty()
-    );
+    refused_over_rest(&app, serde_json::json!([{"text": text}])).await;
+    refused_over_grpc_and_nothing_stored(&app, vec![text_message(&text)]).await;
 }
 
 /// Many empty messages are charged for the structs they would become, over REST's typed codec
@@ -790,39 +773,11 @@ async fn a_long_string_past_the_budget_is_refused_before_the_typed_request_is_bu
 /// either protocol, and a body the descriptors parse (a `null` in it) is refused alike, 413.
 #[tokio::test]
 async fn empty_messages_are_charged_for_what_they_build_on_every_path() {
-    let app = crate::helpers::spawn_configured(|config| {
-        config.limits.max_inflight_bytes = 64 * 1024;
-        config.limits.max_request_body_size = 64 * 1024;
-    })
-    .await;
-    app.create_stream("orders").await;
-    app.create_topic("orders", "created", 1).await;
+    let app = with_64_kib_budget().await;
     let empty: Vec<_> = (0..300).map(|_| serde_json::json!({})).collect();
     let with_null: Vec<_> = (0..300).map(|_| serde_json::json!({"id": null})).collect();
     for messages in [empty, with_null] {
-        let (status, body) = app
-            .post_json(
-                "/v1/streams/orders/topics/created/messages",
-                serde_json::json!({"partition_id": 0, "messages": messages}),
-            )
-            .await;
-        assert_eq!(status, 413, "{body}");
-        assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{body}");
+        refused_over_rest(&app, serde_json::Value::Array(messages)).await;
     }
-    let refused = app
-        .messages
-        .clone()
-        .send_messages(proto::SendMessagesRequest {
-            stream: "orders".into(),
-            topic: "created".into(),
-            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
-            messages: vec![proto::Message::default(); 300],
-        })
-        .await
-        .expect_err("over the budget");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
+    refused_over_grpc_and_nothing_stored(&app, vec![proto::Message::default(); 300]).await;
 }
