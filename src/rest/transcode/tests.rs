@@ -689,8 +689,8 @@ mod typed_codec {
         route_for(method, path).0.method.input()
     }
 
-    /// Runs [`agree`] on 1,000 generated bodies; returns how many the typed codec built.
-    fn run<Req>(method: Method, path: &str, depth: u32) -> usize
+    /// Runs [`agree`] on 1,000 generated bodies, of which the typed codec must build 40 at least.
+    fn run<Req>(method: Method, path: &str, depth: u32)
     where
         Req: prost::Message + Default + serde::de::DeserializeOwned,
     {
@@ -709,51 +709,35 @@ mod typed_codec {
         if let Err(failure) = outcome {
             panic!("{failure}");
         }
-        typed.get()
+        // The generator reaches the typed codec often enough to mean something.
+        let typed = typed.get();
+        assert!(
+            typed >= 40,
+            "only {typed} of 1000 bodies reached the typed codec"
+        );
     }
 
     #[test]
     fn sends() {
-        let typed =
-            run::<proto::SendMessagesRequest>(Method::POST, "/v1/streams/s/topics/t/messages", 3);
-        assert!(
-            typed >= 40,
-            "only {typed} of 1000 bodies reached the typed codec"
-        );
+        run::<proto::SendMessagesRequest>(Method::POST, "/v1/streams/s/topics/t/messages", 3);
     }
 
     #[test]
     fn topic_changes() {
-        let typed = run::<proto::UpdateTopicRequest>(Method::PATCH, "/v1/streams/s/topics/t", 2);
-        assert!(
-            typed >= 40,
-            "only {typed} of 1000 bodies reached the typed codec"
-        );
+        run::<proto::UpdateTopicRequest>(Method::PATCH, "/v1/streams/s/topics/t", 2);
     }
 
     #[test]
     fn events() {
-        let typed = run::<proto::PublishEventsRequest>(
-            Method::POST,
-            "/v1/streams/s/topics/t/events:batch",
-            3,
-        );
-        assert!(
-            typed >= 40,
-            "only {typed} of 1000 bodies reached the typed codec"
-        );
+        run::<proto::PublishEventsRequest>(Method::POST, "/v1/streams/s/topics/t/events:batch", 3);
     }
 
     #[test]
     fn offsets() {
-        let typed = run::<proto::StoreConsumerOffsetRequest>(
+        run::<proto::StoreConsumerOffsetRequest>(
             Method::PUT,
             "/v1/streams/s/topics/t/consumers/c/offsets/1",
             2,
-        );
-        assert!(
-            typed >= 40,
-            "only {typed} of 1000 bodies reached the typed codec"
         );
     }
 
