@@ -169,7 +169,7 @@ impl Generator {
         let at = if checks.is_empty() { "_at" } else { "at" };
         Ok(format!(
             "impl crate::codec::validate::Validate for {name} {{\n    \
-             fn validate_at(&self, {at}: &str) -> ::core::result::Result<(), ::tonic::Status> {{\n\
+             fn validate_at(&self, {at}: &crate::codec::validate::At<'_>) -> ::core::result::Result<(), ::tonic::Status> {{\n\
              {checks}        Ok(())\n    }}\n}}\n",
             name = message.name(),
         ))
@@ -375,7 +375,7 @@ impl Generator {
         if nested {
             let _ = writeln!(
                 inner,
-                "            crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::field(at, {name:?}))?;"
+                "            crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::At::Field(at, {name:?}))?;"
             );
         }
         if !inner.is_empty() {
@@ -460,13 +460,13 @@ fn nested_check(message: &MessageDescriptor, field: &FieldDescriptor, rust: &str
     if field.is_map() {
         return format!(
             "        for (key, v) in &self.{rust} {{\n            \
-             crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::entry(at, {name:?}, key))?;\n        }}\n"
+             crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::At::Entry(at, {name:?}, key))?;\n        }}\n"
         );
     }
     if field.cardinality() == Cardinality::Repeated {
         return format!(
             "        for (index, v) in self.{rust}.iter().enumerate() {{\n            \
-             crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::item(at, {name:?}, index))?;\n        }}\n"
+             crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::At::Item(at, {name:?}, index))?;\n        }}\n"
         );
     }
     let access = match field
@@ -484,7 +484,7 @@ fn nested_check(message: &MessageDescriptor, field: &FieldDescriptor, rust: &str
     };
     format!(
         "        if let {access} {{\n            \
-         crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::field(at, {name:?}))?;\n        }}\n"
+         crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::At::Field(at, {name:?}))?;\n        }}\n"
     )
 }
 

@@ -3,7 +3,7 @@
 //! calls the checks below with the declared bounds, so the rules are read once, at build time,
 //! and cost a few comparisons per field on the hot path (no reflection, no CEL).
 
-use std::sync::OnceLock;
+use std::{fmt, sync::OnceLock};
 
 use regex::Regex;
 use tonic::Status;
@@ -13,28 +13,48 @@ use crate::answer::invalid_field;
 /// A message whose fields carry rules; generated for every message of the API (most check
 /// nothing). The decoder calls it, so gRPC, gRPC-Web, Connect and REST are checked alike.
 pub trait Validate {
-    /// Checks every rule; `at` is the path of this message in the request ("" at the top),
-    /// so a refusal names the field as the client wrote it (`messages[2].id`).
-    fn validate_at(&self, at: &str) -> Result<(), Status>;
+    /// Checks every rule; `at` is the path of this message in the request ([`At::Root`] at
+    /// the top), so a refusal names the field as the client wrote it (`messages[2].id`).
+    fn validate_at(&self, at: &At<'_>) -> Result<(), Status>;
 
     /// Checks the message as a whole request.
     fn validate(&self) -> Result<(), Status> {
-        self.validate_at("")
+        self.validate_at(&At::Root)
+    }
+}
+
+/// Where a message sits in the request, written out only when a refusal names it: a batch's
+/// thousand messages are checked without building a thousand paths.
+#[derive(Debug, Clone, Copy)]
+pub enum At<'a> {
+    Root,
+    /// Field `name` of the message at the first.
+    Field(&'a At<'a>, &'static str),
+    /// Item `index` of repeated field `name`.
+    Item(&'a At<'a>, &'static str, usize),
+    /// The value under `key` of map field `name`.
+    Entry(&'a At<'a>, &'static str, &'a str),
+}
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            At::Root => Ok(()),
+            At::Field(at, name) => {
+                if !matches!(at, At::Root) {
+                    write!(f, "{at}.")?;
+                }
+                f.write_str(name)
+            }
+            At::Item(at, name, index) => write!(f, "{}[{index}]", At::Field(at, name)),
+            At::Entry(at, name, key) => write!(f, "{}[{key}]", At::Field(at, name)),
+        }
     }
 }
 
 /// The path of field `name` of the message at `at`.
-pub fn field(at: &str, name: &str) -> String {
-    if at.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{at}.{name}")
-    }
-}
-
-/// The path of item `index` of repeated field `name` of the message at `at`.
-pub fn item(at: &str, name: &str, index: usize) -> String {
-    format!("{}[{index}]", field(at, name))
+fn field(at: &At<'_>, name: &'static str) -> String {
+    At::Field(at, name).to_string()
 }
 
 /// A `pattern` rule: RE2 syntax in the protos, which the `regex` crate reads alike for the
@@ -73,18 +93,13 @@ pub struct Text {
     pub uuid: bool,
 }
 
-pub fn text(at: &str, name: &str, value: &str, rule: &Text) -> Result<(), Status> {
+pub fn text(at: &At<'_>, name: &'static str, value: &str, rule: &Text) -> Result<(), Status> {
     text_in(|| field(at, name), value, rule)
 }
 
 /// A map's key, named `name[key]`.
-pub fn key(at: &str, name: &str, value: &str, rule: &Text) -> Result<(), Status> {
-    text_in(|| entry(at, name, value), value, rule)
-}
-
-/// The path of the value under `key` of map field `name`.
-pub fn entry(at: &str, name: &str, key: &str) -> String {
-    format!("{}[{key}]", field(at, name))
+pub fn key(at: &At<'_>, name: &'static str, value: &str, rule: &Text) -> Result<(), Status> {
+    text_in(|| At::Entry(at, name, value).to_string(), value, rule)
 }
 
 fn text_in(path: impl Fn() -> String, value: &str, rule: &Text) -> Result<(), Status> {
@@ -151,7 +166,7 @@ pub struct Range {
     pub lte: Option<u64>,
 }
 
-pub fn unsigned(at: &str, name: &str, value: u64, rule: &Range) -> Result<(), Status> {
+pub fn unsigned(at: &At<'_>, name: &'static str, value: u64, rule: &Range) -> Result<(), Status> {
     let inside = rule.gte.is_none_or(|min| value >= min) && rule.lte.is_none_or(|max| value <= max);
     if inside {
         return Ok(());
@@ -167,8 +182,8 @@ pub fn unsigned(at: &str, name: &str, value: u64, rule: &Range) -> Result<(), St
 
 /// `buf.validate.BytesRules`: `min_len` and `max_len`, in bytes.
 pub fn bytes(
-    at: &str,
-    name: &str,
+    at: &At<'_>,
+    name: &'static str,
     len: usize,
     min: Option<u64>,
     max: Option<u64>,
@@ -188,8 +203,8 @@ pub fn bytes(
 
 /// `buf.validate.MapRules`: `min_pairs` and `max_pairs`.
 pub fn pairs(
-    at: &str,
-    name: &str,
+    at: &At<'_>,
+    name: &'static str,
     len: usize,
     min: Option<u64>,
     max: Option<u64>,
@@ -211,7 +226,7 @@ pub fn pairs(
 }
 
 /// `(buf.validate.oneof).required`: one member of oneof `name` must be set.
-pub fn one_of(at: &str, name: &str, present: bool, members: &str) -> Result<(), Status> {
+pub fn one_of(at: &At<'_>, name: &'static str, present: bool, members: &str) -> Result<(), Status> {
     if present {
         Ok(())
     } else {
@@ -225,12 +240,12 @@ pub fn one_of(at: &str, name: &str, present: bool, members: &str) -> Result<(), 
 /// `(buf.validate.message).oneof`: at most one of `fields` is set (non-zero), and with
 /// `required` exactly one.
 pub fn message_oneof(
-    at: &str,
-    fields: &[&str],
+    at: &At<'_>,
+    fields: &[&'static str],
     set: &[bool],
     required: bool,
 ) -> Result<(), Status> {
-    let given: Vec<&str> = fields
+    let given: Vec<&'static str> = fields
         .iter()
         .zip(set)
         .filter(|(_, set)| **set)
@@ -255,8 +270,8 @@ pub fn message_oneof(
 
 /// `buf.validate.DurationRules.gte`: a duration at least `seconds` and `nanos`.
 pub fn duration_at_least(
-    at: &str,
-    name: &str,
+    at: &At<'_>,
+    name: &'static str,
     value: &pbjson_types::Duration,
     seconds: i64,
     nanos: i32,
@@ -273,7 +288,7 @@ pub fn duration_at_least(
 }
 
 /// `required`: a message or an `optional` scalar must be set.
-pub fn required(at: &str, name: &str, present: bool) -> Result<(), Status> {
+pub fn required(at: &At<'_>, name: &'static str, present: bool) -> Result<(), Status> {
     if present {
         Ok(())
     } else {
@@ -283,8 +298,8 @@ pub fn required(at: &str, name: &str, present: bool) -> Result<(), Status> {
 
 /// `buf.validate.RepeatedRules`: `min_items` and `max_items`.
 pub fn items(
-    at: &str,
-    name: &str,
+    at: &At<'_>,
+    name: &'static str,
     len: usize,
     min: Option<u64>,
     max: Option<u64>,

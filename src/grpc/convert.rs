@@ -1,6 +1,8 @@
 //! Protobuf <-> broker types: parsing and validating what clients send, and shaping what the
 //! broker returns. Every validation failure names the request field it is about.
 
+use std::fmt;
+
 use bytes::Bytes;
 use pbjson_types::{Duration, Timestamp, value::Kind};
 use tonic::Status;
@@ -151,15 +153,15 @@ fn partition_to_proto(info: PartitionInfo) -> proto::Partition {
 
 /// A message id from its UUID text form; empty means "assign one" (a UUIDv7, so ids sort by
 /// time like Iggy's own).
-pub fn message_id(field: &str, value: &str) -> Result<u128, Status> {
+pub fn message_id(field: impl fmt::Display, value: &str) -> Result<u128, Status> {
     if value.is_empty() {
         return Ok(uuid::Uuid::now_v7().as_u128());
     }
     let id = uuid::Uuid::try_parse(value)
-        .map_err(|err| invalid_field(field, format!("must be a UUID: {err}")))?;
+        .map_err(|err| invalid_field(field.to_string(), format!("must be a UUID: {err}")))?;
     if id.is_nil() {
         return Err(invalid_field(
-            field,
+            field.to_string(),
             "must not be the nil UUID (leave it empty to have one assigned)",
         ));
     }
@@ -170,11 +172,11 @@ pub fn message_id_text(id: u128) -> String {
     uuid::Uuid::from_u128(id).hyphenated().to_string()
 }
 
-/// Headers as the broker holds them. Their rules (at most 64, keys and string or bytes values
+/// Headers as the broker holds them (`field` names them in a refusal, written out only then). Their rules (at most 64, keys and string or bytes values
 /// of 1 to 255 bytes as Iggy holds them, the reserved body-form key, one kind set) are the
 /// proto's, checked when the request was decoded.
 pub fn headers_from_proto(
-    field: &str,
+    field: impl fmt::Display,
     headers: std::collections::HashMap<String, proto::HeaderValue>,
 ) -> Result<Headers, Status> {
     headers
@@ -219,7 +221,7 @@ pub fn headers_to_proto(headers: Headers) -> std::collections::HashMap<String, p
 /// The stored form of a message body: the payload bytes, plus the body-form header for JSON
 /// and text. JSON is stored as JSON text, so other Iggy clients can read it as is.
 pub fn body_to_payload(
-    field: &str,
+    field: impl fmt::Display,
     body: Option<proto::message::Body>,
     headers: &mut Headers,
 ) -> Result<Bytes, Status> {
@@ -244,7 +246,7 @@ pub fn body_to_payload(
                 .map_err(|err| invalid_field(format!("{field}.json"), err.to_string()))
         }
         None => Err(invalid_field(
-            field,
+            field.to_string(),
             "must have a body: one of payload, json or text",
         )),
     }

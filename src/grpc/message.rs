@@ -99,19 +99,24 @@ impl MessageApi {
             .into_iter()
             .enumerate()
             .map(|(index, message)| {
-                let field = format!("messages[{index}]");
-                let id = message_id(&format!("{field}.id"), &message.id)?;
-                let mut headers = headers_from_proto(&format!("{field}.headers"), message.headers)?;
+                // Paths are written out only for a refusal: a batch is a thousand messages.
+                let id = message_id(format_args!("messages[{index}].id"), &message.id)?;
+                let mut headers =
+                    headers_from_proto(format_args!("messages[{index}].headers"), message.headers)?;
                 // Name the body field the client sent, not the stored payload.
-                let body_field = format!("{field}.{}", body_field_name(message.body.as_ref()));
+                let body_field = body_field_name(message.body.as_ref());
                 // The client's headers count, not the body-form header the gateway adds.
                 let header_bytes = headers_size(&headers);
                 // Not empty (Iggy stores no empty message): the proto's rule on the body.
-                let payload = body_to_payload(&field, message.body, &mut headers)?;
+                let payload = body_to_payload(
+                    format_args!("messages[{index}]"),
+                    message.body,
+                    &mut headers,
+                )?;
                 let size = payload.len() + header_bytes;
                 if size > self.limits.message_max_bytes {
                     return Err(invalid_field(
-                        body_field,
+                        format!("messages[{index}].{body_field}"),
                         format!(
                             "is {size} bytes with its headers; the limit (MAX_MESSAGE_SIZE) is {}",
                             self.limits.message_max_bytes

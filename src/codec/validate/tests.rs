@@ -145,3 +145,21 @@ fn nested_messages_are_checked_under_their_path() {
         "partition_key"
     );
 }
+
+#[test]
+fn a_path_is_written_as_the_client_wrote_the_request() {
+    use super::At;
+    let root = At::Root;
+    let item = At::Item(&root, "messages", 2);
+    assert_eq!(At::Field(&root, "stream").to_string(), "stream");
+    assert_eq!(At::Field(&item, "id").to_string(), "messages[2].id");
+    let entry = At::Entry(&item, "headers", "trace");
+    assert_eq!(
+        At::Field(&entry, "kind").to_string(),
+        "messages[2].headers[trace].kind"
+    );
+    assert_eq!(
+        At::Item(&At::Field(&root, "a"), "b", 0).to_string(),
+        "a.b[0]"
+    );
+}

@@ -153,7 +153,7 @@ pub fn check_event(field: &str, event: proto::Event) -> Result<CheckedEvent, Sta
     if event.id.is_empty() {
         return Err(invalid_field(format!("{field}.id"), "is required (a UUID)"));
     }
-    let id = message_id(&format!("{field}.id"), &event.id)?;
+    let id = message_id(format_args!("{field}.id"), &event.id)?;
     if event.event_type.is_empty()
         || event.event_type.len() > MAX_EVENT_TYPE_LEN
         || event.event_type.chars().any(char::is_control)
