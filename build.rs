@@ -95,4 +95,18 @@ fn main() {
         eprintln!("failed to generate the JSON codecs from proto/: {err}");
         std::process::exit(1);
     }
+    // `bytes` fields are read by `proto::base64`: pbjson's decoding, faster for the spelling
+    // every encoder writes. Checked, so a pbjson that writes its codecs otherwise fails here.
+    let codecs = out_dir.join("iggy.gateway.v1.serde.rs");
+    let generated = std::fs::read_to_string(&codecs).unwrap_or_default();
+    const PBJSON_BYTES: &str = "::pbjson::private::BytesDeserialize<_>";
+    if !generated.contains(PBJSON_BYTES) {
+        eprintln!("{}: no {PBJSON_BYTES} to replace", codecs.display());
+        std::process::exit(1);
+    }
+    let replaced = generated.replace(PBJSON_BYTES, "crate::proto::base64::Base64<_>");
+    if let Err(err) = std::fs::write(&codecs, replaced) {
+        eprintln!("{}: {err}", codecs.display());
+        std::process::exit(1);
+    }
 }

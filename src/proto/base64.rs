@@ -1,0 +1,123 @@
+//! The typed JSON codecs' reading of `bytes` fields: what a REST batch spends most on after
+//! the parse. A payload written as canonical, padded, standard base64 (what every encoder
+//! writes by default) is decoded with SIMD; any other spelling proto3 JSON allows (no padding,
+//! the URL-safe alphabet, stray trailing bits) goes to pbjson's own decoder. So what is
+//! accepted, and what it decodes to, are pbjson's: the fast decoder takes a subset of what
+//! pbjson takes and decodes it alike (`tests` checks both).
+
+use std::fmt;
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, Visitor, value::StrDeserializer},
+};
+
+/// Stands in for `pbjson::private::BytesDeserialize` in the generated codecs (`build.rs`).
+pub struct Base64<T>(pub T);
+
+impl<'de, T: From<Vec<u8>>> Deserialize<'de> for Base64<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_str(Base64Visitor)
+            .map(|bytes| Self(bytes.into()))
+    }
+}
+
+struct Base64Visitor;
+
+impl Visitor<'_> for Base64Visitor {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a base64 string")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<u8>, E> {
+        decode(text)
+    }
+}
+
+/// `text` decoded as pbjson decodes it.
+fn decode<E: de::Error>(text: &str) -> Result<Vec<u8>, E> {
+    match base64_simd::STANDARD.decode_to_vec(text) {
+        Ok(bytes) => Ok(bytes),
+        Err(_) => pbjson::private::BytesDeserialize::<Vec<u8>>::deserialize(
+            StrDeserializer::<E>::new(text),
+        )
+        .map(|bytes| bytes.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pbjson::private::base64::{
+        Engine,
+        engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD},
+    };
+    use proptest::prelude::*;
+    use serde::de::value::Error;
+
+    fn pbjson(text: &str) -> Result<Vec<u8>, Error> {
+        use serde::Deserialize;
+        pbjson::private::BytesDeserialize::<Vec<u8>>::deserialize(
+            serde::de::value::StrDeserializer::<Error>::new(text),
+        )
+        .map(|bytes| bytes.0)
+    }
+
+    fn agree(text: &str) -> Result<(), TestCaseError> {
+        if let Ok(fast) = base64_simd::STANDARD.decode_to_vec(text) {
+            // Whatever the fast decoder takes, pbjson takes, as the same bytes.
+            prop_assert_eq!(pbjson(text).ok(), Some(fast), "{:?}", text);
+        }
+        prop_assert_eq!(
+            super::decode::<Error>(text).ok(),
+            pbjson(text).ok(),
+            "{:?}",
+            text
+        );
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn every_encoding_decodes_as_pbjson_decodes_it(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
+            for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+                agree(&engine.encode(&raw))?;
+            }
+        }
+
+        /// Near misses: symbols from both alphabets, padding anywhere, non-canonical last
+        /// symbols, whitespace.
+        #[test]
+        fn any_text_is_taken_or_refused_as_pbjson_does(text in "[AQgw/+_\\-=9z \n]{0,70}") {
+            agree(&text)?;
+        }
+
+        /// A valid encoding with one symbol changed: mostly still valid, sometimes canonical
+        /// no more, or from the other alphabet.
+        #[test]
+        fn a_changed_symbol_is_taken_or_refused_as_pbjson_does(
+            raw in proptest::collection::vec(any::<u8>(), 1..64),
+            at in any::<proptest::sample::Index>(),
+            symbol in proptest::sample::select(b"ARQSgwz9+/-_= ".to_vec()),
+        ) {
+            let mut text = STANDARD.encode(&raw).into_bytes();
+            let at = at.index(text.len());
+            text[at] = symbol;
+            agree(&String::from_utf8(text).expect("ASCII"))?;
+        }
+    }
+
+    #[test]
+    fn non_canonical_trailing_bits_are_left_to_pbjson() {
+        // `QR==` holds the bits of `A` and four more set: the fast decoder refuses it.
+        assert!(base64_simd::STANDARD.decode_to_vec("QR==").is_err());
+        assert_eq!(super::decode::<Error>("QQ==").ok(), Some(b"A".to_vec()));
+        assert_eq!(super::decode::<Error>("QQ").ok(), Some(b"A".to_vec()));
+        assert_eq!(super::decode::<Error>("-_8=").ok(), pbjson("-_8=").ok());
+        assert!(super::decode::<Error>("Q").is_err());
+    }
+}
