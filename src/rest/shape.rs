@@ -1,10 +1,11 @@
-//! A JSON body's shape, walked before it is parsed into a message. First measured: how many
-//! values it holds and how deeply they nest, walked without building anything. Each JSON value
-//! becomes a node of a dynamic message, so a body of many tiny values (`[{},{},…]`) costs many
-//! times its size: the transcoder charges the count to the call's memory budget first. Then,
-//! once charged, inspected against the request message for what the parser would let pass
-//! silently (a key given twice, or one field under both its names: the last would win; two
-//! members of one oneof) or needs help with (scalars spelled as `scalars` describes).
+//! A JSON body's shape, walked before it is parsed into a message: how many values it holds
+//! and how deeply they nest, and what the parser would let pass silently (a key given twice,
+//! or one field under both its names: the last would win; two members of one oneof) or needs
+//! help with (scalars spelled as `scalars` describes). Each JSON value becomes a node of a
+//! message, so a body of many tiny values (`[{},{},…]`) costs many times its size: the walk
+//! has the call's memory budget pay for each block of values before it walks them, so what it
+//! keeps (the keys of an object) is paid for first. [`count_values`] measures alone,
+//! allocating nothing, for the answers that name a body's size.
 
 use std::{collections::HashSet, fmt};
 
@@ -229,18 +230,43 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// Inspects `body` (valid JSON, already measured) as `expect`; `prefix` names the field the
-/// whole body is (a `body: "field"` rule). Malformed JSON passes: the parse names the error.
-pub fn inspect(body: &[u8], expect: &Expect, prefix: Option<&str>) -> Result<Inspection, Refusal> {
+/// A walk of a body: what the inspection found, and how many values it walked.
+#[derive(Debug)]
+pub struct Walked {
+    pub found: Inspection,
+    pub values: usize,
+    /// The whole first JSON value was walked. Not so when the JSON is malformed, nests past
+    /// [`MAX_BODY_DEPTH`], or the meter refused: then `values` is a part of the count.
+    pub finished: bool,
+}
+
+/// How many values the walk pays for at a time, ahead of walking them: the keys it keeps are
+/// never more than the values paid for.
+pub const METER_BLOCK: usize = 64;
+
+/// Inspects `body` as `expect`, counting its values as it goes; `prefix` names the field the
+/// whole body is (a `body: "field"` rule). `meter` is asked to pay for each next
+/// [`METER_BLOCK`] values before they are walked, and stops the walk when it cannot.
+/// Malformed JSON passes: the parse names the error.
+pub fn inspect(
+    body: &[u8],
+    expect: &Expect,
+    prefix: Option<&str>,
+    meter: &mut dyn FnMut(usize) -> bool,
+) -> Result<Walked, Refusal> {
     let mut walk = Inspect {
         found: Inspection::default(),
         refusal: None,
         entered: false,
+        values: 0,
+        paid: 0,
+        meter,
     };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let walked = Node {
         walk: &mut walk,
         expect,
+        depth: 0,
     }
     .deserialize(&mut deserializer);
     match (walked, walk.refusal) {
@@ -262,7 +288,11 @@ pub fn inspect(body: &[u8], expect: &Expect, prefix: Option<&str>) -> Result<Ins
             }
             Err(Refusal { field, reason })
         }
-        (Ok(_) | Err(_), None) => Ok(walk.found),
+        (walked, None) => Ok(Walked {
+            found: walk.found,
+            values: walk.values,
+            finished: walked.is_ok(),
+        }),
     }
 }
 
@@ -307,14 +337,31 @@ enum Step {
     MapKey(String),
 }
 
-struct Inspect {
+struct Inspect<'m> {
     found: Inspection,
     refusal: Option<(Vec<Step>, String)>,
     /// Whether a message object has been entered yet: the first one is the outermost.
     entered: bool,
+    values: usize,
+    /// Values the meter has paid for.
+    paid: usize,
+    meter: &'m mut dyn FnMut(usize) -> bool,
 }
 
-impl Inspect {
+impl Inspect<'_> {
+    /// Counts one more value, paying for the next block first when it is the first past
+    /// what is paid for.
+    fn count<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        if self.values == self.paid {
+            if !(self.meter)(METER_BLOCK) {
+                return Err(E::custom("unpaid"));
+            }
+            self.paid += METER_BLOCK;
+        }
+        self.values += 1;
+        Ok(())
+    }
+
     fn refuse<E: serde::de::Error>(&mut self, reason: String) -> E {
         self.refusal = Some((Vec::new(), reason));
         E::custom("refused")
@@ -328,16 +375,18 @@ impl Inspect {
     }
 }
 
-/// One value, and whether it was `null`.
-struct Node<'a, 'w> {
-    walk: &'w mut Inspect,
+/// One value, and whether it was `null`; `depth` is how deep it nests in the body.
+struct Node<'a, 'w, 'm> {
+    walk: &'w mut Inspect<'m>,
     expect: &'a Expect,
+    depth: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
+impl<'de> DeserializeSeed<'de> for Node<'_, '_, '_> {
     type Value = bool;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        self.walk.count()?;
         deserializer.deserialize_any(self)
     }
 }
@@ -364,7 +413,7 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
     }
 }
 
-impl<'de> Visitor<'de> for Node<'_, '_> {
+impl<'de> Visitor<'de> for Node<'_, '_, '_> {
     type Value = bool;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -418,6 +467,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<bool, A::Error> {
+        let depth = self.enter()?;
         let any = Expect::Any;
         let item = match self.expect {
             Expect::List(item) => item,
@@ -428,6 +478,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
             let node = Node {
                 walk: &mut *self.walk,
                 expect: item,
+                depth,
             };
             match items.next_element_seed(node) {
                 Ok(Some(_)) => index += 1,
@@ -441,6 +492,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, fields: A) -> Result<bool, A::Error> {
+        self.enter::<A::Error>()?;
         match self.expect {
             Expect::Message(message) => self.message(message, fields),
             Expect::Map(value) => self.object(value, fields, true),
@@ -449,7 +501,16 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
     }
 }
 
-impl<'de> Node<'_, '_> {
+impl<'de> Node<'_, '_, '_> {
+    /// The depth of what this array or object holds; too deep ends the walk unfinished.
+    fn enter<E: serde::de::Error>(&self) -> Result<usize, E> {
+        let depth = self.depth + 1;
+        if depth > MAX_BODY_DEPTH {
+            return Err(E::custom("too deep"));
+        }
+        Ok(depth)
+    }
+
     /// An object that is a message: each field once, under either of its names, and one
     /// member of a oneof at most (a `null` member counts as unset, as the parser has it).
     fn message<A: MapAccess<'de>>(
@@ -469,6 +530,7 @@ impl<'de> Node<'_, '_> {
                 let unknown = Node {
                     walk: &mut *self.walk,
                     expect: &Expect::Any,
+                    depth: self.depth + 1,
                 };
                 fields.next_value_seed(unknown)?;
                 continue;
@@ -495,6 +557,7 @@ impl<'de> Node<'_, '_> {
             let node = Node {
                 walk: &mut *self.walk,
                 expect: &expect,
+                depth: self.depth + 1,
             };
             let is_null = match fields.next_value_seed(node) {
                 Ok(is_null) => is_null,
@@ -557,6 +620,7 @@ impl<'de> Node<'_, '_> {
             let node = Node {
                 walk: &mut *self.walk,
                 expect: value,
+                depth: self.depth + 1,
             };
             if let Err(err) = entries.next_value_seed(node) {
                 self.walk.through(|| step(key));
@@ -570,7 +634,48 @@ impl<'de> Node<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_BODY_DEPTH, ShapeRefusal, count_values};
+    use super::{Expect, MAX_BODY_DEPTH, METER_BLOCK, ShapeRefusal, Walked, count_values, inspect};
+
+    /// Walks `body` as any JSON with a meter that pays for `blocks` blocks at most, counting
+    /// what it was asked.
+    fn walk(body: &[u8], blocks: usize) -> (Walked, usize) {
+        let mut asked = 0;
+        let walked = inspect(body, &Expect::Any, None, &mut |values| {
+            assert_eq!(values, METER_BLOCK);
+            asked += 1;
+            asked <= blocks
+        })
+        .expect("nothing to refuse in any JSON");
+        (walked, asked)
+    }
+
+    #[test]
+    fn the_walk_pays_for_each_block_before_walking_it() {
+        let items = |n: usize| format!("[{}]", vec!["{}"; n].join(","));
+        // The array and 63 objects: one block.
+        let (walked, asked) = walk(items(63).as_bytes(), usize::MAX);
+        assert!(walked.finished);
+        assert_eq!((walked.values, asked), (64, 1));
+        // One more value: a second block, paid before the 65th value is walked.
+        let (walked, asked) = walk(items(64).as_bytes(), usize::MAX);
+        assert_eq!((walked.values, asked), (65, 2));
+        // A meter that pays for one block stops the walk at the 65th value.
+        let (walked, asked) = walk(items(200).as_bytes(), 1);
+        assert!(!walked.finished);
+        assert_eq!((walked.values, asked), (METER_BLOCK, 2));
+    }
+
+    #[test]
+    fn the_walk_ends_unfinished_past_the_depth_limit_or_on_malformed_json() {
+        let deep = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        assert!(walk(deep(MAX_BODY_DEPTH).as_bytes(), usize::MAX).0.finished);
+        assert!(
+            !walk(deep(MAX_BODY_DEPTH + 1).as_bytes(), usize::MAX)
+                .0
+                .finished
+        );
+        assert!(!walk(b"{\"a\":[1,", usize::MAX).0.finished);
+    }
 
     #[test]
     fn every_value_is_counted() {
@@ -622,6 +727,15 @@ mod tests {
         fn the_count_is_the_number_of_values(value in json_value()) {
             let text = serde_json::to_vec(&value).expect("serializes");
             proptest::prop_assert_eq!(count_values(&text), Ok(nodes(&value)));
+        }
+
+        /// The walk counts what [`count_values`] counts, so one walk can charge what two did.
+        #[test]
+        fn the_walk_counts_every_value(value in json_value()) {
+            let text = serde_json::to_vec(&value).expect("serializes");
+            let (walked, _) = walk(&text, usize::MAX);
+            proptest::prop_assert!(walked.finished);
+            proptest::prop_assert_eq!(Ok(walked.values), count_values(&text));
         }
 
         #[test]

@@ -781,3 +781,37 @@ async fn empty_messages_are_charged_for_what_they_build_on_every_path() {
     }
     refused_over_grpc_and_nothing_stored(&app, vec![proto::Message::default(); 300]).await;
 }
+
+/// One JSON payload of many distinct keys (the keys the inspection keeps to find one given
+/// twice): its values are paid for before they are walked, so at a 64 KiB budget the walk stops
+/// at the budget, and the body is refused 413 as it was before the walk was one pass, with the
+/// whole count named; nothing is stored.
+#[tokio::test]
+async fn an_object_of_many_keys_is_paid_for_before_its_keys_are_kept() {
+    let app = with_64_kib_budget().await;
+    let keys = 3_000;
+    let object: serde_json::Map<_, _> = (0..keys)
+        .map(|key| (format!("{key:x}"), serde_json::json!(0)))
+        .collect();
+    // The body, its one message, the object and its values.
+    let values = 1 + 1 + 1 + 1 + keys;
+    let (status, body) = app
+        .post_json(
+            "/v1/streams/orders/topics/created/messages",
+            serde_json::json!({"messages": [{"json": object}]}),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("the request body holds {values} JSON values")),
+        "{body}"
+    );
+    assert!(
+        app.poll_from("orders", "created", 0, 0, 10)
+            .await
+            .messages
+            .is_empty()
+    );
+}

@@ -300,8 +300,29 @@ fn inspect(
     expect: &Expect,
     prefix: Option<&str>,
 ) -> Result<Option<(shape::Inspection, usize)>, Problem> {
-    // Counted first, allocating nothing; the inspection below keeps the keys of each object,
-    // so it runs only once the call is charged for what the body will become.
+    // One walk measures, charges and inspects: the budget pays for each block of values before
+    // they are walked, so the keys the inspection keeps are always paid for. What it charged
+    // ahead is given back at the end.
+    let mut charged = 0usize;
+    let walked = shape::inspect(body, expect, prefix, &mut |values| {
+        let bytes = values.saturating_mul(shape::JSON_VALUE_COST);
+        let paid = matches!(budget::charge(bytes), None | Some(Ok(())));
+        if paid {
+            charged += bytes;
+        }
+        paid
+    });
+    if let Ok(walked) = walked
+        && walked.finished
+    {
+        budget::give_back(
+            charged.saturating_sub(walked.values.saturating_mul(shape::JSON_VALUE_COST)),
+        );
+        return Ok(Some((walked.found, walked.values)));
+    }
+    // Anything else (malformed, too deep, refused, over the budget) is answered as it always
+    // was, in order: measured alone, allocating nothing; charged whole; then inspected.
+    budget::give_back(charged);
     let values = match shape::count_values(body) {
         Err(ShapeRefusal::Malformed) => return Ok(None),
         Err(refusal @ ShapeRefusal::TooDeep) => {
@@ -313,8 +334,8 @@ fn inspect(
         values.saturating_mul(shape::JSON_VALUE_COST),
         &format!("the request body holds {values} JSON values"),
     )?;
-    shape::inspect(body, expect, prefix)
-        .map(|inspection| Some((inspection, values)))
+    shape::inspect(body, expect, prefix, &mut |_| true)
+        .map(|walked| Some((walked.found, values)))
         .map_err(|refusal| Problem::invalid_field(refusal.field, refusal.reason))
 }
 
