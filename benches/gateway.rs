@@ -1149,7 +1149,20 @@ async fn run(args: Args) {
         report.number("rest_batch_gateway_cpu_per_msg", rest_cpu, "µs");
         report.number("direct_backend_batch_msgs_per_s", direct, "msg/s");
         report.target("grpc_batch / direct_backend", grpc_batch / direct, 0.9);
-        report.target("rest_batch / grpc_batch", rest_batch / grpc_batch, 0.8);
+        // Against a separate server the gateway's CPU is what runs out; on the embedded store
+        // the store's work is shared by both protocols, so the bar is higher.
+        let rest_floor = if iggy.is_some() { 0.9 } else { 0.95 };
+        report.target(
+            "rest_batch / grpc_batch",
+            rest_batch / grpc_batch,
+            rest_floor,
+        );
+        report.ceiling(
+            "rest_batch_cpu / grpc_batch_cpu (gateway CPU per message)",
+            rest_cpu / grpc_cpu,
+            "×",
+            1.5,
+        );
         if let Some(&(iggy_http_batch, _)) = measured.get(3) {
             report.number("iggy_http_api_batch_msgs_per_s", iggy_http_batch, "msg/s");
             report.target(
