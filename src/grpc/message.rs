@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{
     access::{Answers, Want, access_of, authorize, charge, guard_stream},
     convert::{
-        body_to_payload, headers_from_proto, identifier, message_id, message_id_text,
+        Ids, body_to_payload, headers_from_proto, identifier, message_id, message_id_text,
         polled_to_proto, timestamp_micros, topic_ref,
     },
     polls,
@@ -95,12 +95,13 @@ impl MessageApi {
                 ),
             ));
         }
+        let mut ids = Ids::default();
         messages
             .into_iter()
             .enumerate()
             .map(|(index, message)| {
                 // Paths are written out only for a refusal: a batch is a thousand messages.
-                let id = message_id(format_args!("messages[{index}].id"), &message.id)?;
+                let id = message_id(format_args!("messages[{index}].id"), &message.id, &mut ids)?;
                 let mut headers =
                     headers_from_proto(format_args!("messages[{index}].headers"), message.headers)?;
                 // Name the body field the client sent, not the stored payload.

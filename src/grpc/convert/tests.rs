@@ -80,12 +80,53 @@ fn timestamps_keep_microseconds() {
 
 #[test]
 fn message_ids_are_uuids_and_never_nil() {
-    let id = message_id("id", "0190f7c4-7b8e-7c4a-9d2e-1234567890ab").expect("valid");
+    let id = message_id(
+        "id",
+        "0190f7c4-7b8e-7c4a-9d2e-1234567890ab",
+        &mut Ids::default(),
+    )
+    .expect("valid");
     assert_eq!(message_id_text(id), "0190f7c4-7b8e-7c4a-9d2e-1234567890ab");
-    assert!(message_id("id", "00000000-0000-0000-0000-000000000000").is_err());
-    assert!(message_id("id", "nope").is_err());
-    let assigned = message_id("id", "").expect("assigned");
+    assert!(
+        message_id(
+            "id",
+            "00000000-0000-0000-0000-000000000000",
+            &mut Ids::default()
+        )
+        .is_err()
+    );
+    assert!(message_id("id", "nope", &mut Ids::default()).is_err());
+    let assigned = message_id("id", "", &mut Ids::default()).expect("assigned");
     assert_eq!(uuid::Uuid::from_u128(assigned).get_version_num(), 7);
+}
+
+/// The ids of one request share a clock reading and still sort in the order assigned, within
+/// a request and from one request to the next, each a UUIDv7 of the current millisecond.
+#[test]
+fn assigned_ids_are_v7_and_sort_in_the_order_assigned() {
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    let mut ids: Vec<u128> = Vec::new();
+    for _ in 0..3 {
+        let mut request = Ids::default();
+        ids.extend((0..1000).map(|_| request.next()));
+    }
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "sorted, none twice"
+    );
+    for id in [ids[0], ids[2999]] {
+        let uuid = uuid::Uuid::from_u128(id);
+        assert_eq!(uuid.get_version_num(), 7);
+        let (seconds, nanos) = uuid.get_timestamp().expect("v7").to_unix();
+        let millis = u128::from(seconds) * 1000 + u128::from(nanos / 1_000_000);
+        assert!(
+            millis >= before && millis < before + 60_000,
+            "{millis} vs {before}"
+        );
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use super::currency::is_iso_4217;
 use crate::{
     answer::invalid_field,
     grpc::convert::{
-        MAX_JSON_DEPTH, json_depth, json_to_value, message_id, message_id_text, value_to_json,
+        Ids, MAX_JSON_DEPTH, json_depth, json_to_value, message_id, message_id_text, value_to_json,
     },
     proto::{self, event_payload},
 };
@@ -153,7 +153,8 @@ pub fn check_event(field: &str, event: proto::Event) -> Result<CheckedEvent, Sta
     if event.id.is_empty() {
         return Err(invalid_field(format!("{field}.id"), "is required (a UUID)"));
     }
-    let id = message_id(format_args!("{field}.id"), &event.id)?;
+    // Never empty here: an event names its own id.
+    let id = message_id(format_args!("{field}.id"), &event.id, &mut Ids::default())?;
     if event.event_type.is_empty()
         || event.event_type.len() > MAX_EVENT_TYPE_LEN
         || event.event_type.chars().any(char::is_control)
