@@ -261,6 +261,7 @@ pub fn inspect(
         values: 0,
         paid: 0,
         meter,
+        spare: Vec::new(),
     };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let walked = Node {
@@ -330,6 +331,13 @@ pub fn respell(value: &mut serde_json::Value, expect: &Expect) {
     }
 }
 
+/// A field a message object has set: under which name, and which oneof it set (not `null`).
+struct Seen {
+    number: u32,
+    by_proto_name: bool,
+    oneof: Option<OneofDescriptor>,
+}
+
 /// One step of the path to a refused value, recorded from the inside out.
 enum Step {
     Key(String),
@@ -346,6 +354,8 @@ struct Inspect<'m> {
     /// Values the meter has paid for.
     paid: usize,
     meter: &'m mut dyn FnMut(usize) -> bool,
+    /// The fields' lists of message objects walked and done with, for the next to reuse.
+    spare: Vec<Vec<Seen>>,
 }
 
 impl Inspect<'_> {
@@ -519,8 +529,9 @@ impl<'de> Node<'_, '_, '_> {
         mut fields: A,
     ) -> Result<bool, A::Error> {
         let outermost = !std::mem::replace(&mut self.walk.entered, true);
-        let mut seen: Vec<(u32, bool)> = Vec::new();
-        let mut oneofs: Vec<(OneofDescriptor, u32)> = Vec::new();
+        // A batch is a thousand messages: their lists are reused, not allocated each.
+        let mut seen = self.walk.spare.pop().unwrap_or_default();
+        seen.clear();
         while let Some(Key(key)) = fields.next_key::<Key<'de>>()? {
             let Some(field) = message
                 .get_field_by_json_name(&key)
@@ -536,10 +547,8 @@ impl<'de> Node<'_, '_, '_> {
                 continue;
             };
             let by_proto_name = field.name() == key.as_ref();
-            if let Some((_, first_by_proto_name)) =
-                seen.iter().find(|(number, _)| *number == field.number())
-            {
-                let reason = if *first_by_proto_name == by_proto_name {
+            if let Some(first) = seen.iter().find(|seen| seen.number == field.number()) {
+                let reason = if first.by_proto_name == by_proto_name {
                     "is given more than once".to_owned()
                 } else {
                     format!(
@@ -552,7 +561,11 @@ impl<'de> Node<'_, '_, '_> {
                 self.walk.through(|| Step::Key(key.into_owned()));
                 return Err(refused);
             }
-            seen.push((field.number(), by_proto_name));
+            seen.push(Seen {
+                number: field.number(),
+                by_proto_name,
+                oneof: None,
+            });
             let expect = Expect::of_field(&field);
             let node = Node {
                 walk: &mut *self.walk,
@@ -570,10 +583,10 @@ impl<'de> Node<'_, '_, '_> {
             if let Some(oneof) = field.containing_oneof()
                 && !is_null
             {
-                if let Some(other) = oneofs
+                if let Some(other) = seen
                     .iter()
-                    .find(|(set, _)| *set == oneof)
-                    .and_then(|(_, number)| message.get_field(*number))
+                    .find(|seen| seen.oneof.as_ref() == Some(&oneof))
+                    .and_then(|seen| message.get_field(seen.number))
                 {
                     let refused = self.walk.refuse(format!(
                         "conflicts with {}: set one of {}",
@@ -587,12 +600,15 @@ impl<'de> Node<'_, '_, '_> {
                     self.walk.through(|| Step::Key(key.into_owned()));
                     return Err(refused);
                 }
-                oneofs.push((oneof, field.number()));
+                if let Some(this) = seen.last_mut() {
+                    this.oneof = Some(oneof);
+                }
             }
         }
         if outermost {
-            self.walk.found.top_fields = seen.into_iter().map(|(number, _)| number).collect();
+            self.walk.found.top_fields = seen.iter().map(|seen| seen.number).collect();
         }
+        self.walk.spare.push(seen);
         Ok(false)
     }
 
@@ -663,6 +679,34 @@ mod tests {
         let (walked, asked) = walk(items(200).as_bytes(), 1);
         assert!(!walked.finished);
         assert_eq!((walked.values, asked), (METER_BLOCK, 2));
+    }
+
+    /// Each message object of a batch is checked on its own, though their lists are reused:
+    /// a oneof set in one message does not conflict with the next, and one set twice within a
+    /// later message is refused by its path.
+    #[test]
+    fn each_message_of_a_batch_is_checked_on_its_own() {
+        let pool = prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("the API's descriptors");
+        let send = Expect::Message(
+            pool.get_message_by_name("iggy.gateway.v1.SendMessagesRequest")
+                .expect("SendMessagesRequest"),
+        );
+        let walk = |body: &str| inspect(body.as_bytes(), &send, None, &mut |_| true);
+        let fine = walk(r#"{"messages":[{"text":"a"},{"payload":"QQ=="},{"id":"x","text":"c"}]}"#)
+            .expect("one body each");
+        assert!(fine.finished);
+        assert_eq!(fine.found.top_fields, vec![5], "messages");
+        let refused =
+            walk(r#"{"messages":[{"text":"a"},{"text":"b"},{"text":"c","payload":"QQ=="}]}"#)
+                .expect_err("two bodies in the third");
+        assert_eq!(refused.field, "messages[2].payload");
+        assert!(
+            refused.reason.starts_with("conflicts with text"),
+            "{refused:?}"
+        );
+        let twice = walk(r#"{"messages":[{"id":"a"},{"id":"b","id":"c"}]}"#).expect_err("id twice");
+        assert_eq!(twice.field, "messages[1].id");
     }
 
     #[test]
