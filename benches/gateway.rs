@@ -1266,17 +1266,36 @@ async fn run(args: Args) {
                     bare_rest_cpu,
                     "µs",
                 );
-                last = Some((gateway_rate, bare_rate));
+                if callers == 4 {
+                    report.target(
+                        "grpc_unary / bare_tonic, 4 callers (all layers)",
+                        gateway_rate / bare_rate,
+                        0.8,
+                    );
+                }
+                last = Some((
+                    gateway_rate,
+                    bare_rate,
+                    gateway_cpu / bare_cpu,
+                    rest_rate / bare_rest,
+                ));
             }
-            // The target is read at the last (highest) concurrency: the floor is what a bare
+            // The targets are read at the last (highest) concurrency: the floor is what a bare
             // server can do at most, and a few closed-loop callers measure latency, not that.
-            if let Some((gateway_rate, bare_rate)) = last {
+            if let Some((gateway_rate, bare_rate, cpu_ratio, rest_ratio)) = last {
                 grpc_unary = Some(gateway_rate);
                 report.target(
                     "grpc_unary / bare_tonic (all layers)",
                     gateway_rate / bare_rate,
                     0.7,
                 );
+                report.ceiling(
+                    "grpc_unary_cpu / bare_tonic_cpu (per call, all layers)",
+                    cpu_ratio,
+                    "×",
+                    1.3,
+                );
+                report.target("rest_unary / bare_axum (all layers)", rest_ratio, 0.7);
             }
             // The same single sends, stored by the backend the gateway runs on (fsync'd
             // embedded store, or Iggy): what a durable acknowledgement costs. No target.
