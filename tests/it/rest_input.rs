@@ -632,3 +632,59 @@ async fn bodies_in_a_coding_the_gateway_cannot_inflate_are_refused_with_415() {
     assert_eq!(response.status(), 201);
     assert_eq!(app.list_streams().await.len(), 1);
 }
+
+/// A string the JSON may not hold (bytes that are not UTF-8, a raw control character) is a 400
+/// that says where the JSON broke, on the typed path of a send as on a field body's path, and
+/// nothing is stored.
+#[tokio::test]
+async fn a_string_that_is_not_json_text_is_refused_where_it_breaks() {
+    let app = app_with_messages().await;
+    let mut not_utf8 = br#"{"messages":[{"text":"ok"},{"text":"caf"#.to_vec();
+    not_utf8.extend_from_slice(b"\xff\"}]}");
+    let control =
+        br#"{"messages":[{"text":"a"#.iter().copied().chain(*b"\x01b\"}]}").collect::<Vec<u8>>();
+    // Past an integer written as a string, which the descriptors' path respells first.
+    let respelled = br#"{"partition_id":"1","messages":[{"text":"a"#
+        .iter()
+        .copied()
+        .chain(*b"\x01b\"}]}")
+        .collect::<Vec<u8>>();
+    for (body, detail) in [
+        (
+            not_utf8,
+            "the body is not valid JSON: invalid unicode code point at line 1 column 40",
+        ),
+        (
+            control,
+            "the body is not valid JSON: control character (\\u0000-\\u001F) found while parsing a string at line 1 column 24",
+        ),
+        (
+            respelled,
+            "the body is not valid JSON: control character (\\u0000-\\u001F) found while parsing a string at line 1 column 43",
+        ),
+    ] {
+        let response = app
+            .http1
+            .post(app.url(MESSAGES))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 400);
+        let problem: Value = response.json().await.expect("a problem");
+        assert_eq!(problem["code"], "INVALID_ARGUMENT", "{problem}");
+        assert_eq!(problem["reason"], "MALFORMED_JSON", "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(detail),
+            "{problem}"
+        );
+    }
+    for (partition, stored) in [(0, 3), (1, 0)] {
+        let polled = app.poll_from("orders", "created", partition, 0, 10).await;
+        assert_eq!(polled.messages.len(), stored, "partition {partition}");
+    }
+}
