@@ -184,11 +184,11 @@ fn make_span(request: &Request<Body>) -> Span {
         .extensions()
         .get::<RequestId>()
         .map_or("", |id| id.0.as_str());
+    // Written only if the span is recorded: at the usual `warn` a call formats nothing here.
     let client = request
         .extensions()
         .get::<ClientIp>()
-        .map(|ip| ip.addr().to_string())
-        .unwrap_or_default();
+        .map(|ip| tracing::field::display(ip.addr()));
     let traceparent = request
         .headers()
         .get("traceparent")
@@ -202,7 +202,7 @@ fn make_span(request: &Request<Body>) -> Span {
         method = %request.method(),
         path = %request.uri().path(),
         request_id,
-        client = %client,
+        client,
         traceparent,
         status = tracing::field::Empty,
         grpc_status = tracing::field::Empty,
@@ -304,4 +304,67 @@ fn cors(origins: &[String], allowed_headers: &[String]) -> Option<CorsLayer> {
         ]))
         .max_age(Duration::from_secs(600));
     Some(layer)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::{body::Body, http::Request};
+
+    use crate::extensions::ClientIp;
+
+    /// What a subscriber writes, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A call's span names its client, method and path when it is recorded (its fields are
+    /// written out only then).
+    #[test]
+    fn the_call_span_names_the_client_when_it_is_recorded() {
+        let written = Written::default();
+        let writer = written.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut request = Request::post("/v1/streams")
+                .body(Body::empty())
+                .expect("request");
+            request
+                .extensions_mut()
+                .insert(ClientIp::new([203, 0, 113, 7].into(), 64));
+            super::make_span(&request).in_scope(|| tracing::info!("inside"));
+            let mut anonymous = Request::get("/health")
+                .body(Body::empty())
+                .expect("request");
+            anonymous.extensions_mut().clear();
+            super::make_span(&anonymous).in_scope(|| tracing::info!("inside"));
+        });
+        let text = String::from_utf8(written.0.lock().expect("written").clone()).expect("UTF-8");
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or_default();
+        assert!(first.contains("client=203.0.113.7"), "{first}");
+        assert!(
+            first.contains("method=POST") && first.contains("path=/v1/streams"),
+            "{first}"
+        );
+        let second = lines.next().unwrap_or_default();
+        assert!(!second.contains("client="), "{second}");
+        assert!(second.contains("path=/health"), "{second}");
+    }
 }
