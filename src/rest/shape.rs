@@ -146,8 +146,6 @@ pub enum Expect {
     Integer,
     Timestamp,
     Duration,
-    /// A string or bytes: nothing to look at (see [`Strings`]).
-    Text,
     /// Any other scalar: nothing to look at.
     Scalar,
     List(Box<Expect>),
@@ -201,8 +199,12 @@ impl Expect {
                 // The other well-known types have JSON forms of their own.
                 _ => Self::Any,
             },
-            Kind::String | Kind::Bytes => Self::Text,
-            Kind::Double | Kind::Float | Kind::Bool | Kind::Enum(_) => Self::Scalar,
+            Kind::Double
+            | Kind::Float
+            | Kind::Bool
+            | Kind::String
+            | Kind::Bytes
+            | Kind::Enum(_) => Self::Scalar,
         }
     }
 }
@@ -242,17 +244,6 @@ pub struct Walked {
 /// never more than the values paid for.
 pub const METER_BLOCK: usize = 64;
 
-/// How the walk reads a value where the message takes a string or bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strings {
-    /// As raw bytes: found with a SIMD search for its closing quote and not checked as UTF-8
-    /// (the parse that follows checks it). A `null` or a number there ends the walk unfinished.
-    /// A batch's payloads are most of its text, so this is most of the walk's cost.
-    Skimmed,
-    /// As any JSON value.
-    Read,
-}
-
 /// Inspects `body` as `expect`, counting its values as it goes; `prefix` names the field the
 /// whole body is (a `body: "field"` rule). `meter` is asked to pay for each next
 /// [`METER_BLOCK`] values before they are walked, and stops the walk when it cannot.
@@ -261,7 +252,6 @@ pub fn inspect(
     body: &[u8],
     expect: &Expect,
     prefix: Option<&str>,
-    strings: Strings,
     meter: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Walked, Refusal> {
     let mut walk = Inspect {
@@ -272,7 +262,6 @@ pub fn inspect(
         paid: 0,
         meter,
         spare: Vec::new(),
-        strings,
     };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let walked = Node {
@@ -367,7 +356,6 @@ struct Inspect<'m> {
     meter: &'m mut dyn FnMut(usize) -> bool,
     /// The fields' lists of message objects walked and done with, for the next to reuse.
     spare: Vec<Vec<Seen>>,
-    strings: Strings,
 }
 
 impl Inspect<'_> {
@@ -409,11 +397,7 @@ impl<'de> DeserializeSeed<'de> for Node<'_, '_, '_> {
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
         self.walk.count()?;
-        if matches!(self.expect, Expect::Text) && self.walk.strings == Strings::Skimmed {
-            deserializer.deserialize_bytes(self)
-        } else {
-            deserializer.deserialize_any(self)
-        }
+        deserializer.deserialize_any(self)
     }
 }
 
@@ -470,9 +454,6 @@ impl<'de> Visitor<'de> for Node<'_, '_, '_> {
     fn visit_unit<E>(self) -> Result<bool, E> {
         self.walk.found.needs_descriptors = true;
         Ok(true)
-    }
-    fn visit_bytes<E>(self, _: &[u8]) -> Result<bool, E> {
-        Ok(false)
     }
 
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<bool, E> {
@@ -669,15 +650,13 @@ impl<'de> Node<'_, '_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{
-        Expect, MAX_BODY_DEPTH, METER_BLOCK, ShapeRefusal, Strings, Walked, count_values, inspect,
-    };
+    use super::{Expect, MAX_BODY_DEPTH, METER_BLOCK, ShapeRefusal, Walked, count_values, inspect};
 
     /// Walks `body` as any JSON with a meter that pays for `blocks` blocks at most, counting
     /// what it was asked.
     fn walk(body: &[u8], blocks: usize) -> (Walked, usize) {
         let mut asked = 0;
-        let walked = inspect(body, &Expect::Any, None, Strings::Read, &mut |values| {
+        let walked = inspect(body, &Expect::Any, None, &mut |values| {
             assert_eq!(values, METER_BLOCK);
             asked += 1;
             asked <= blocks
@@ -713,11 +692,7 @@ mod tests {
             pool.get_message_by_name("iggy.gateway.v1.SendMessagesRequest")
                 .expect("SendMessagesRequest"),
         );
-        let walk = |body: &str| {
-            inspect(body.as_bytes(), &send, None, Strings::Skimmed, &mut |_| {
-                true
-            })
-        };
+        let walk = |body: &str| inspect(body.as_bytes(), &send, None, &mut |_| true);
         let fine = walk(r#"{"messages":[{"text":"a"},{"payload":"QQ=="},{"id":"x","text":"c"}]}"#)
             .expect("one body each");
         assert!(fine.finished);
@@ -732,33 +707,6 @@ mod tests {
         );
         let twice = walk(r#"{"messages":[{"id":"a"},{"id":"b","id":"c"}]}"#).expect_err("id twice");
         assert_eq!(twice.field, "messages[1].id");
-    }
-
-    /// Skimmed, a string field's value is found, not read: bytes that are not UTF-8 pass (the
-    /// parse refuses them), and a `null` there ends the walk, so that a walk that reads every
-    /// value can find it and send the body to the descriptors.
-    #[test]
-    fn skimmed_strings_leave_utf8_to_the_parse_and_nulls_to_a_full_read() {
-        let pool = prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
-            .expect("the API's descriptors");
-        let send = Expect::Message(
-            pool.get_message_by_name("iggy.gateway.v1.SendMessagesRequest")
-                .expect("SendMessagesRequest"),
-        );
-        let walk = |body: &[u8], strings| {
-            inspect(body, &send, None, strings, &mut |_| true).expect("nothing to refuse")
-        };
-        let not_utf8 = b"{\"messages\":[{\"text\":\"caf\xff\"}]}";
-        assert!(walk(not_utf8, Strings::Skimmed).finished);
-        assert!(!walk(not_utf8, Strings::Read).finished);
-        let null = br#"{"stream":"s","messages":[{"id":null,"text":"a"}]}"#;
-        assert!(!walk(null, Strings::Skimmed).finished);
-        let read = walk(null, Strings::Read);
-        assert!(read.finished && read.found.needs_descriptors);
-        let plain = br#"{"stream":"s","messages":[{"id":"x","text":"a"}]}"#;
-        let (skimmed, read) = (walk(plain, Strings::Skimmed), walk(plain, Strings::Read));
-        assert!(skimmed.finished && !skimmed.found.needs_descriptors);
-        assert_eq!((skimmed.values, skimmed.found), (read.values, read.found));
     }
 
     #[test]

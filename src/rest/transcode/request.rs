@@ -19,7 +19,7 @@ use crate::{
         conditional,
         routes::{BodyRule, Route},
         scalars,
-        shape::{self, Expect, ShapeRefusal, Strings},
+        shape::{self, Expect, ShapeRefusal},
         template::{self, Bindings},
     },
 };
@@ -304,7 +304,7 @@ fn inspect(
     // they are walked, so the keys the inspection keeps are always paid for. What it charged
     // ahead is given back at the end.
     let mut charged = 0usize;
-    let walked = shape::inspect(body, expect, prefix, Strings::Skimmed, &mut |values| {
+    let walked = shape::inspect(body, expect, prefix, &mut |values| {
         let bytes = values.saturating_mul(shape::JSON_VALUE_COST);
         let paid = matches!(budget::charge(bytes), None | Some(Ok(())));
         if paid {
@@ -320,9 +320,8 @@ fn inspect(
         );
         return Ok(Some((walked.found, walked.values)));
     }
-    // Anything else (malformed, too deep, refused, over the budget, a `null` or number where a
-    // string goes) is answered as it always was, in order: measured alone, allocating nothing;
-    // charged whole; then inspected, every value read.
+    // Anything else (malformed, too deep, refused, over the budget) is answered as it always
+    // was, in order: measured alone, allocating nothing; charged whole; then inspected.
     budget::give_back(charged);
     let values = match shape::count_values(body) {
         Err(ShapeRefusal::Malformed) => return Ok(None),
@@ -335,7 +334,7 @@ fn inspect(
         values.saturating_mul(shape::JSON_VALUE_COST),
         &format!("the request body holds {values} JSON values"),
     )?;
-    shape::inspect(body, expect, prefix, Strings::Read, &mut |_| true)
+    shape::inspect(body, expect, prefix, &mut |_| true)
         .map(|walked| Some((walked.found, values)))
         .map_err(|refusal| Problem::invalid_field(refusal.field, refusal.reason))
 }
