@@ -815,3 +815,38 @@ async fn an_object_of_many_keys_is_paid_for_before_its_keys_are_kept() {
             .is_empty()
     );
 }
+
+/// A large body whose string is not JSON text (a lone surrogate, bytes that are not UTF-8, a
+/// raw control character) is malformed, whatever the budget: 400 MALFORMED_JSON, never 413 or
+/// 503, and nothing is stored. (Found when a walk that skimmed strings let such a body be
+/// charged for the typed request it could never become.)
+#[tokio::test]
+async fn a_large_body_with_a_broken_string_is_malformed_not_too_large() {
+    let app = with_64_kib_budget().await;
+    let long = "t".repeat(40_000);
+    let surrogate = format!(r#"{{"messages":[{{"text":"{long}\ud800"}}]}}"#).into_bytes();
+    let mut not_utf8 = format!(r#"{{"messages":[{{"text":"{long}"#).into_bytes();
+    not_utf8.extend_from_slice(b"\xff\"}]}");
+    let mut control = format!(r#"{{"messages":[{{"text":"{long}"#).into_bytes();
+    control.extend_from_slice(b"\x01\"}]}");
+    for body in [surrogate, not_utf8, control] {
+        let response = app
+            .http1
+            .post(app.url("/v1/streams/orders/topics/created/messages"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("sent");
+        let status = response.status().as_u16();
+        let problem: serde_json::Value = response.json().await.expect("a problem");
+        assert_eq!(status, 400, "{problem}");
+        assert_eq!(problem["reason"], "MALFORMED_JSON", "{problem}");
+    }
+    assert!(
+        app.poll_from("orders", "created", 0, 0, 10)
+            .await
+            .messages
+            .is_empty()
+    );
+}
