@@ -171,6 +171,17 @@ impl TestApp {
         self.rest(Method::DELETE, path, None).await
     }
 
+    /// POSTs bytes as a JSON body, as sent (not JSON, or not UTF-8, at will): the status and
+    /// the parsed JSON answer.
+    pub async fn post_raw_json(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let request = self
+            .http1
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        Self::answer(request).await
+    }
+
     /// Sends a JSON body, if any, and returns the status and the parsed JSON answer (`Null`
     /// when empty); a non-JSON answer fails the test.
     async fn rest(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -178,6 +189,11 @@ impl TestApp {
         if let Some(body) = body {
             request = request.json(&body);
         }
+        Self::answer(request).await
+    }
+
+    /// Sends `request`: the status and the parsed JSON answer (`Null` when empty).
+    async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
         let response = request.send().await.expect("request sent");
         let status = response.status().as_u16();
         let bytes = response.bytes().await.expect("body");

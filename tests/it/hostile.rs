@@ -727,12 +727,13 @@ async fn refused_over_grpc_and_nothing_stored(
         tonic::Code::ResourceExhausted,
         "{refused:?}"
     );
-    assert!(
-        app.poll_from("orders", "created", 0, 0, 10)
-            .await
-            .messages
-            .is_empty()
-    );
+    nothing_stored(app).await;
+}
+
+/// Nothing reached `orders/created`.
+async fn nothing_stored(app: &crate::helpers::TestApp) {
+    let polled = app.poll_from("orders", "created", 0, 0, 10).await;
+    assert!(polled.messages.is_empty(), "{polled:?}");
 }
 
 fn text_message(text: &str) -> proto::Message {
@@ -808,12 +809,7 @@ async fn an_object_of_many_keys_is_paid_for_before_its_keys_are_kept() {
         detail.contains(&format!("the request body holds {values} JSON values")),
         "{body}"
     );
-    assert!(
-        app.poll_from("orders", "created", 0, 0, 10)
-            .await
-            .messages
-            .is_empty()
-    );
+    nothing_stored(&app).await;
 }
 
 /// A large body whose string is not JSON text (a lone surrogate, bytes that are not UTF-8, a
@@ -830,23 +826,11 @@ async fn a_large_body_with_a_broken_string_is_malformed_not_too_large() {
     let mut control = format!(r#"{{"messages":[{{"text":"{long}"#).into_bytes();
     control.extend_from_slice(b"\x01\"}]}");
     for body in [surrogate, not_utf8, control] {
-        let response = app
-            .http1
-            .post(app.url("/v1/streams/orders/topics/created/messages"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("sent");
-        let status = response.status().as_u16();
-        let problem: serde_json::Value = response.json().await.expect("a problem");
+        let (status, problem) = app
+            .post_raw_json("/v1/streams/orders/topics/created/messages", body)
+            .await;
         assert_eq!(status, 400, "{problem}");
         assert_eq!(problem["reason"], "MALFORMED_JSON", "{problem}");
     }
-    assert!(
-        app.poll_from("orders", "created", 0, 0, 10)
-            .await
-            .messages
-            .is_empty()
-    );
+    nothing_stored(&app).await;
 }

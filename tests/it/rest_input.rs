@@ -639,16 +639,18 @@ async fn bodies_in_a_coding_the_gateway_cannot_inflate_are_refused_with_415() {
 #[tokio::test]
 async fn a_string_that_is_not_json_text_is_refused_where_it_breaks() {
     let app = app_with_messages().await;
-    let mut not_utf8 = br#"{"messages":[{"text":"ok"},{"text":"caf"#.to_vec();
-    not_utf8.extend_from_slice(b"\xff\"}]}");
-    let control =
-        br#"{"messages":[{"text":"a"#.iter().copied().chain(*b"\x01b\"}]}").collect::<Vec<u8>>();
+    let not_utf8 = [
+        &br#"{"messages":[{"text":"ok"},{"text":"caf"#[..],
+        b"\xff\"}]}",
+    ]
+    .concat();
+    let control = [&br#"{"messages":[{"text":"a"#[..], b"\x01b\"}]}"].concat();
     // Past an integer written as a string, which the descriptors' path respells first.
-    let respelled = br#"{"partition_id":"1","messages":[{"text":"a"#
-        .iter()
-        .copied()
-        .chain(*b"\x01b\"}]}")
-        .collect::<Vec<u8>>();
+    let respelled = [
+        &br#"{"partition_id":"1","messages":[{"text":"a"#[..],
+        b"\x01b\"}]}",
+    ]
+    .concat();
     for (body, detail) in [
         (
             not_utf8,
@@ -663,16 +665,8 @@ async fn a_string_that_is_not_json_text_is_refused_where_it_breaks() {
             "the body is not valid JSON: control character (\\u0000-\\u001F) found while parsing a string at line 1 column 43",
         ),
     ] {
-        let response = app
-            .http1
-            .post(app.url(MESSAGES))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("sent");
-        assert_eq!(response.status(), 400);
-        let problem: Value = response.json().await.expect("a problem");
+        let (status, problem) = app.post_raw_json(MESSAGES, body).await;
+        assert_eq!(status, 400, "{problem}");
         assert_eq!(problem["code"], "INVALID_ARGUMENT", "{problem}");
         assert_eq!(problem["reason"], "MALFORMED_JSON", "{problem}");
         assert!(
