@@ -198,9 +198,10 @@ pub fn message_id_text(id: u128) -> String {
     uuid::Uuid::from_u128(id).hyphenated().to_string()
 }
 
-/// Headers as the broker holds them (`field` names them in a refusal, written out only then). Their rules (at most 64, keys and string or bytes values
-/// of 1 to 255 bytes as Iggy holds them, the reserved body-form key, one kind set) are the
-/// proto's, checked when the request was decoded.
+/// Headers as the broker holds them (`field` names them in a refusal, written out only then).
+/// Their rules (at most 64, keys and string or bytes values of 1 to 255 bytes as Iggy holds
+/// them, the reserved body-form key, one kind set) are the proto's, checked when the request
+/// was decoded.
 pub fn headers_from_proto(
     field: impl fmt::Display,
     headers: std::collections::HashMap<String, proto::HeaderValue>,
