@@ -105,8 +105,119 @@ fn main() {
         std::process::exit(1);
     }
     let replaced = generated.replace(PBJSON_BYTES, "crate::proto::base64::Base64<_>");
+    // And written by it: the same text as pbjson's encoder, with SIMD.
+    const PBJSON_ENCODE: &str = "pbjson::private::base64::encode(";
+    if !replaced.contains(PBJSON_ENCODE) {
+        eprintln!("{}: no {PBJSON_ENCODE} to replace", codecs.display());
+        std::process::exit(1);
+    }
+    let replaced = replaced.replace(PBJSON_ENCODE, "crate::proto::base64::encode(");
+    // An enum number no value has is written as the number, as the descriptors write it,
+    // where pbjson refuses it.
+    let replaced = match unknown_enums(replaced) {
+        Ok(replaced) => replaced,
+        Err(err) => {
+            eprintln!("{}: {err}", codecs.display());
+            std::process::exit(1);
+        }
+    };
+    // Well-known types are written as the descriptors write them (`proto::wkt`).
+    let replaced = match wkt_fields(&compiler.descriptor_pool(), replaced) {
+        Ok(replaced) => replaced,
+        Err(err) => {
+            eprintln!("{}: {err}", codecs.display());
+            std::process::exit(1);
+        }
+    };
     if let Err(err) = std::fs::write(&codecs, replaced) {
         eprintln!("{}: {err}", codecs.display());
         std::process::exit(1);
     }
+}
+
+/// Points every field of a well-known type that `proto::wkt` writes at its writer, in the
+/// generated `Serialize` of the message holding it. A field the generated code writes
+/// otherwise (a list, a map) or a message nested in another fails the build, so no such field
+/// is ever written by pbjson-types unnoticed.
+fn wkt_fields(
+    pool: &prost_reflect::DescriptorPool,
+    mut generated: String,
+) -> Result<String, String> {
+    for message in pool.all_messages() {
+        if message.package_name() != "iggy.gateway.v1" {
+            continue;
+        }
+        for field in message.fields() {
+            let prost_reflect::Kind::Message(kind) = field.kind() else {
+                continue;
+            };
+            let writer = match kind.full_name() {
+                "google.protobuf.Timestamp" => "Timestamp",
+                "google.protobuf.Duration" => "Duration",
+                "google.protobuf.Value" => "Value",
+                name if name.starts_with("google.protobuf.") => {
+                    return Err(format!(
+                        "{}: proto::wkt does not write {name}",
+                        field.full_name()
+                    ));
+                }
+                _ => continue,
+            };
+            if field.is_list() || field.is_map() || message.parent_message().is_some() {
+                return Err(format!(
+                    "{}: only a singular field of a top-level message is pointed at proto::wkt",
+                    field.full_name()
+                ));
+            }
+            let start = format!("impl serde::Serialize for {} {{", message.name());
+            let begin = generated
+                .find(&start)
+                .ok_or_else(|| format!("no `{start}` for {}", field.full_name()))?;
+            let end = generated[begin + start.len()..]
+                .find("\nimpl")
+                .map_or(generated.len(), |at| begin + start.len() + at);
+            let write = format!("struct_ser.serialize_field(\"{}\", v)?;", field.name());
+            let block = &generated[begin..end];
+            if block.matches(&write).count() != 1 {
+                return Err(format!("no single `{write}` for {}", field.full_name()));
+            }
+            let pointed = block.replace(
+                &write,
+                &format!(
+                    "struct_ser.serialize_field(\"{}\", &crate::proto::wkt::{writer}(v))?;",
+                    field.name()
+                ),
+            );
+            generated.replace_range(begin..end, &pointed);
+        }
+    }
+    Ok(generated)
+}
+
+/// Rewrites each `let v = E::try_from(self.f).map_err(|_| … "Invalid variant" …)?;` that
+/// pbjson writes for an enum field into `proto::wkt::Enum` (the value's name, or the number).
+fn unknown_enums(generated: String) -> Result<String, String> {
+    const REFUSED: &str = ".map_err(|_| serde::ser::Error::custom(format!(\"Invalid variant {}\", ";
+    let mut rewritten = String::with_capacity(generated.len());
+    let mut found = 0;
+    for line in generated.split_inclusive('\n') {
+        let Some(at) = line.find(REFUSED) else {
+            rewritten.push_str(line);
+            continue;
+        };
+        let number = line[at + REFUSED.len()..]
+            .trim_end()
+            .strip_suffix(")))?;")
+            .filter(|number| number.starts_with("self.") && line[..at].trim().is_empty())
+            .ok_or_else(|| format!("an enum written otherwise: {}", line.trim()))?;
+        rewritten.push_str(&line[..at]);
+        rewritten.push_str(&format!(
+            ".map_or(crate::proto::wkt::Enum::Unknown({number}), crate::proto::wkt::Enum::Known);\n"
+        ));
+        found += 1;
+    }
+    if found == 0 {
+        return Err("no enum field written as pbjson writes it".into());
+    }
+    Ok(rewritten)
 }

@@ -1,0 +1,243 @@
+//! The typed JSON codecs' writing of the well-known types and enums the API's answers hold, as
+//! the descriptors (`prost-reflect`) write them, so an answer reads the same whichever writes
+//! it: pbjson-types writes a timestamp's zone as `+00:00` and every fraction digit, a
+//! `Struct`'s keys in hash order, and refuses an enum number no value has; REST writes `Z`, 0,
+//! 3, 6 or 9 digits, the keys sorted, and the number.
+//! `build.rs` points each such field of the generated codecs here; `tests` and the answer
+//! parity tests (`rest::transcode::tests`) hold the two writers to the same bytes.
+
+use serde::{
+    Serialize, Serializer,
+    ser::{Error, SerializeMap, SerializeSeq},
+};
+
+/// The range proto3 JSON allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+/// ±10,000 years.
+const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
+const MAX_DURATION_NANOS: u32 = 999_999_999;
+
+/// A `google.protobuf.Timestamp` field, written as RFC 3339 in UTC with a `Z`.
+pub struct Timestamp<'a>(pub &'a pbjson_types::Timestamp);
+
+impl Serialize for Timestamp<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Self(timestamp) = self;
+        if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&timestamp.seconds) {
+            return Err(S::Error::custom("timestamp out of range"));
+        }
+        serializer.collect_str(&prost_types::Timestamp {
+            seconds: timestamp.seconds,
+            nanos: timestamp.nanos,
+        })
+    }
+}
+
+/// A `google.protobuf.Duration` field, written as seconds with an `s`.
+pub struct Duration<'a>(pub &'a pbjson_types::Duration);
+
+impl Serialize for Duration<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Self(duration) = self;
+        if duration.seconds.unsigned_abs() > MAX_DURATION_SECONDS
+            || duration.nanos.unsigned_abs() > MAX_DURATION_NANOS
+        {
+            return Err(S::Error::custom("duration out of range"));
+        }
+        serializer.collect_str(&prost_types::Duration {
+            seconds: duration.seconds,
+            nanos: duration.nanos,
+        })
+    }
+}
+
+/// An enum field: its value's name, or the number when no value has it (a newer client's, or a
+/// stored event's), which pbjson would refuse to write.
+pub enum Enum<E> {
+    Known(E),
+    Unknown(i32),
+}
+
+impl<E: Serialize> Serialize for Enum<E> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Known(value) => value.serialize(serializer),
+            Self::Unknown(number) => serializer.serialize_i32(*number),
+        }
+    }
+}
+
+/// A `google.protobuf.Value` field: any JSON, an object's keys in sorted order.
+pub struct Value<'a>(pub &'a pbjson_types::Value);
+
+impl Serialize for Value<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use pbjson_types::value::Kind;
+        match &self.0.kind {
+            None | Some(Kind::NullValue(_)) => serializer.serialize_none(),
+            Some(Kind::BoolValue(value)) => serializer.serialize_bool(*value),
+            Some(Kind::NumberValue(number)) if number.is_finite() => {
+                serializer.serialize_f64(*number)
+            }
+            // JSON has no spelling for them.
+            Some(Kind::NumberValue(_)) => Err(S::Error::custom(
+                "cannot serialize non-finite double in google.protobuf.Value",
+            )),
+            Some(Kind::StringValue(value)) => serializer.serialize_str(value),
+            Some(Kind::ListValue(list)) => {
+                let mut seq = serializer.serialize_seq(Some(list.values.len()))?;
+                for value in &list.values {
+                    seq.serialize_element(&Value(value))?;
+                }
+                seq.end()
+            }
+            Some(Kind::StructValue(object)) => {
+                let mut keys: Vec<&String> = object.fields.keys().collect();
+                keys.sort_unstable();
+                let mut map = serializer.serialize_map(Some(keys.len()))?;
+                for key in keys {
+                    if let Some(value) = object.fields.get(key) {
+                        map.serialize_entry(key, &Value(value))?;
+                    }
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::LazyLock;
+
+    use proptest::prelude::*;
+    use prost_reflect::{DescriptorPool, DynamicMessage};
+
+    /// What the descriptors write for `message` (as REST's answers are written), and what the
+    /// typed writer here writes for it.
+    fn both(
+        name: &str,
+        message: &impl prost::Message,
+        typed: impl serde::Serialize,
+    ) -> (Result<String, String>, Result<String, String>) {
+        static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+            DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("decodes")
+        });
+        let descriptor = POOL
+            .get_message_by_name(&format!("google.protobuf.{name}"))
+            .expect("imported by the API");
+        let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+            .expect("decodes");
+        (
+            serde_json::to_string(&dynamic).map_err(|err| err.to_string()),
+            serde_json::to_string(&typed).map_err(|err| err.to_string()),
+        )
+    }
+
+    fn json_value() -> impl Strategy<Value = pbjson_types::Value> {
+        use pbjson_types::value::Kind;
+        let leaf = prop_oneof![
+            Just(Kind::NullValue(0)),
+            any::<bool>().prop_map(Kind::BoolValue),
+            any::<f64>().prop_map(Kind::NumberValue),
+            (-1e6f64..1e6).prop_map(Kind::NumberValue),
+            "[a-zé\"\\\\]{0,4}".prop_map(Kind::StringValue),
+        ]
+        .prop_map(|kind| pbjson_types::Value { kind: Some(kind) });
+        leaf.prop_recursive(3, 24, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(|values| {
+                    pbjson_types::Value {
+                        kind: Some(Kind::ListValue(pbjson_types::ListValue { values })),
+                    }
+                }),
+                proptest::collection::hash_map("[a-dA-D_]{0,3}", inner, 0..5).prop_map(|fields| {
+                    pbjson_types::Value {
+                        kind: Some(Kind::StructValue(pbjson_types::Struct { fields })),
+                    }
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// In range and out of it, nanos normalised or not: the same text, or both refuse.
+        #[test]
+        fn a_timestamp_is_written_as_the_descriptors_write_it(
+            seconds in prop_oneof![
+                -62_135_596_801i64..=-62_135_596_700,
+                -1_000_000_000i64..4_000_000_000,
+                253_402_300_700i64..=253_402_300_800,
+                any::<i64>(),
+            ],
+            nanos in prop_oneof![
+                0i32..1_000_000_000,
+                Just(0), Just(500_000_000), Just(120_000), Just(7),
+                any::<i32>(),
+            ],
+        ) {
+            let timestamp = pbjson_types::Timestamp { seconds, nanos };
+            let (dynamic, typed) = both("Timestamp", &timestamp, super::Timestamp(&timestamp));
+            prop_assert_eq!(typed.is_ok(), dynamic.is_ok(), "{:?} {:?}", typed, dynamic);
+            if let (Ok(typed), Ok(dynamic)) = (typed, dynamic) {
+                prop_assert_eq!(typed, dynamic);
+            }
+        }
+
+        #[test]
+        fn a_duration_is_written_as_the_descriptors_write_it(
+            seconds in prop_oneof![
+                -400_000i64..400_000,
+                315_575_999_999i64..=315_576_000_001,
+                any::<i64>(),
+            ],
+            nanos in prop_oneof![
+                -999_999_999i32..=999_999_999,
+                Just(0), Just(1_000_000_000), Just(-1_000_000_000),
+                any::<i32>(),
+            ],
+        ) {
+            let duration = pbjson_types::Duration { seconds, nanos };
+            let (dynamic, typed) = both("Duration", &duration, super::Duration(&duration));
+            prop_assert_eq!(typed.is_ok(), dynamic.is_ok(), "{:?} {:?}", typed, dynamic);
+            if let (Ok(typed), Ok(dynamic)) = (typed, dynamic) {
+                prop_assert_eq!(typed, dynamic);
+            }
+        }
+
+        /// Objects of several keys (sorted, not in hash order), nesting, escapes, and numbers
+        /// JSON cannot hold (refused by both).
+        #[test]
+        fn a_value_is_written_as_the_descriptors_write_it(value in json_value()) {
+            let (dynamic, typed) = both("Value", &value, super::Value(&value));
+            prop_assert_eq!(typed.is_ok(), dynamic.is_ok(), "{:?} {:?}", typed, dynamic);
+            if let (Ok(typed), Ok(dynamic)) = (typed, dynamic) {
+                prop_assert_eq!(typed, dynamic);
+            }
+        }
+    }
+
+    #[test]
+    fn a_timestamp_reads_as_rest_has_always_written_it() {
+        let at = |seconds, nanos| {
+            serde_json::to_string(&super::Timestamp(&pbjson_types::Timestamp {
+                seconds,
+                nanos,
+            }))
+            .ok()
+        };
+        assert_eq!(at(0, 0).as_deref(), Some("\"1970-01-01T00:00:00Z\""));
+        assert_eq!(
+            at(1_795_000_000, 120_000_000).as_deref(),
+            Some("\"2026-11-18T11:06:40.120Z\"")
+        );
+        assert_eq!(
+            at(1_795_000_000, 1).as_deref(),
+            Some("\"2026-11-18T11:06:40.000000001Z\"")
+        );
+        assert_eq!(at(253_402_300_800, 0), None);
+    }
+}
