@@ -18,7 +18,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body_util::BodyExt;
-use prost_reflect::{DynamicMessage, Kind, MessageDescriptor};
+use prost_reflect::DynamicMessage;
 use tower::ServiceExt;
 
 use crate::{
@@ -105,7 +105,8 @@ pub struct Transcoder {
     grpc: axum::Router,
     /// The unary methods called directly; the others go through `grpc`.
     direct: Direct,
-    /// The gRPC paths whose answers the typed codec writes as REST's JSON (see [`json_answer`]).
+    /// The gRPC paths whose answers the typed codec writes as REST's JSON, on the routes that
+    /// answer with the whole message ([`Transcoder::writes_json`]).
     json_answers: HashSet<String>,
     max_body_bytes: usize,
     query: Query,
@@ -141,39 +142,26 @@ impl Transcoder {
     pub fn table(&self) -> &RouteTable {
         &self.table
     }
+
+    /// Whether the typed codec writes `route`'s answer ([`json_answer`]). The set holds the
+    /// methods one of whose routes it writes; another route of the same method may still
+    /// answer with one field of it (`response_body`) or a `Location`, so those are checked here.
+    fn writes_json(&self, route: &Route) -> bool {
+        route.created.is_none()
+            && route.response_body.is_none()
+            && self.json_answers.contains(&route.grpc_path)
+    }
 }
 
-/// Whether a route's answer is only written out, and written by the typed codec as by the
-/// descriptors: not a stream, no `ETag` or `Location` to read from it, not one field of it,
-/// and nothing the typed codec writes otherwise ([`written_alike`]).
+/// Whether a route's answer is only written out, so the typed codec may write it: not a
+/// stream, no `ETag` or `Location` to read from it, not one field of it. It writes every
+/// answer as the descriptors do (its well-known types through `proto::wkt`).
 fn json_answer(route: &Route) -> bool {
-    let output = route.method.output();
     !route.method.is_server_streaming()
         && route.created.is_none()
         && route.response_body.is_none()
         && route.success != StatusCode::NO_CONTENT
-        && !conditional::may_carry_etag(&output)
-        && written_alike(&output, &mut Vec::new())
-}
-
-/// Whether the typed codec writes `message` byte for byte as the descriptors do. It writes a
-/// timestamp's zone as `+00:00` where they write `Z`, so an answer holding a timestamp (or a
-/// duration, or any well-known type but `Value`'s) is written from its dynamic message.
-fn written_alike(message: &MessageDescriptor, seen: &mut Vec<String>) -> bool {
-    if seen.iter().any(|name| name == message.full_name()) {
-        return true;
-    }
-    seen.push(message.full_name().to_owned());
-    message.fields().all(|field| match field.kind() {
-        Kind::Message(inner) => match inner.full_name() {
-            "google.protobuf.Value" | "google.protobuf.Struct" | "google.protobuf.ListValue" => {
-                true
-            }
-            name if name.starts_with("google.protobuf.") => false,
-            _ => written_alike(&inner, seen),
-        },
-        _ => true,
-    })
+        && !conditional::may_carry_etag(&route.method.output())
 }
 
 fn echoed(headers: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
@@ -308,7 +296,7 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     };
     let (reply, echo) = match direct {
         Some(call) => {
-            let answer = if transcoder.json_answers.contains(&route.grpc_path) {
+            let answer = if transcoder.writes_json(route) {
                 Answer::Json
             } else {
                 Answer::Message
