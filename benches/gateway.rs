@@ -1411,6 +1411,69 @@ async fn run(args: Args) {
             .await;
             report.number(&format!("poll_count_{count}_msgs_per_s"), polled, "msg/s");
         }
+        // The same polls of 1000 over gRPC and over REST, interleaved: what writing each
+        // message as JSON (base64 payloads, timestamps) costs the gateway.
+        let count = 1000u32;
+        let url = format!("{base}/v1/streams/{stream}/topics/bench/messages");
+        let mut lines: Vec<Line<'_>> = vec![
+            Box::new(|slice| {
+                let ch = ch.clone();
+                Box::pin(throughput(args.concurrency, slice, move || {
+                    let mut client = MessageServiceClient::new(ch.clone());
+                    async move {
+                        let request = proto::PollMessagesRequest {
+                            stream: stream.into(),
+                            topic: "bench".into(),
+                            partition_id: 0,
+                            strategy: proto::PollingStrategy::Offset.into(),
+                            offset: Some(u64::from(fastrand::u32(0..1000))),
+                            count,
+                            ..Default::default()
+                        };
+                        client
+                            .poll_messages(request)
+                            .await
+                            .map_or(0, |r| r.into_inner().messages.len() as u64)
+                    }
+                }))
+            }),
+            Box::new(|slice| {
+                let (http, url) = (http.clone(), url.clone());
+                Box::pin(throughput(args.concurrency, slice, move || {
+                    let offset = fastrand::u32(0..1000).to_string();
+                    let request = http.get(&url).query(&[
+                        ("partition_id", "0"),
+                        ("strategy", "offset"),
+                        ("offset", offset.as_str()),
+                        ("count", "1000"),
+                    ]);
+                    async move {
+                        let Ok(response) = request.send().await else {
+                            return 0;
+                        };
+                        if response.status() != 200 {
+                            return 0;
+                        }
+                        // Each polled message's object starts with its offset.
+                        response.bytes().await.map_or(0, |body| {
+                            memchr::memmem::find_iter(&body, b"{\"offset\":").count() as u64
+                        })
+                    }
+                }))
+            }),
+        ];
+        let rounds = args.rounds.max(1);
+        let slice = duration / rounds;
+        let measured = interleave(rounds as usize, slice, gateway.child.id(), &mut lines).await;
+        drop(lines);
+        let [(grpc_poll, grpc_cpu), (rest_poll, rest_cpu)] = measured[..2] else {
+            unreachable!("two lines")
+        };
+        report.number("grpc_poll_1000_msgs_per_s", grpc_poll, "msg/s");
+        report.number("rest_poll_1000_msgs_per_s", rest_poll, "msg/s");
+        report.number("grpc_poll_gateway_cpu_per_msg", grpc_cpu, "µs");
+        report.number("rest_poll_gateway_cpu_per_msg", rest_cpu, "µs");
+        report.ratio("rest_poll / grpc_poll", rest_poll / grpc_poll);
     }
 
     // Memory: idle, under the load above, and after a soak of mixed traffic.
