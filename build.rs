@@ -121,7 +121,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    // Well-known types are written as the descriptors write them (`proto::wkt`).
+    // Well-known types and doubles are written as the descriptors write them (`proto::wkt`).
     let replaced = match wkt_fields(&compiler.descriptor_pool(), replaced) {
         Ok(replaced) => replaced,
         Err(err) => {
@@ -135,8 +135,8 @@ fn main() {
     }
 }
 
-/// Points every field of a well-known type that `proto::wkt` writes at its writer, in the
-/// generated `Serialize` of the message holding it. A field the generated code writes
+/// Points every field of a well-known type that `proto::wkt` writes, and every `double`, at
+/// its writer, in the generated `Serialize` of the message holding it. A field the generated code writes
 /// otherwise (a list, a map) or a message nested in another fails the build, so no such field
 /// is ever written by pbjson-types unnoticed.
 fn wkt_fields(
@@ -148,8 +148,19 @@ fn wkt_fields(
             continue;
         }
         for field in message.fields() {
-            let prost_reflect::Kind::Message(kind) = field.kind() else {
-                continue;
+            let kind = match field.kind() {
+                prost_reflect::Kind::Double => {
+                    point(&mut generated, &message, &field, "Double")?;
+                    continue;
+                }
+                prost_reflect::Kind::Float => {
+                    return Err(format!(
+                        "{}: proto::wkt does not write float",
+                        field.full_name()
+                    ));
+                }
+                prost_reflect::Kind::Message(kind) => kind,
+                _ => continue,
             };
             let writer = match kind.full_name() {
                 "google.protobuf.Timestamp" => "Timestamp",
@@ -163,35 +174,51 @@ fn wkt_fields(
                 }
                 _ => continue,
             };
-            if field.is_list() || field.is_map() || message.parent_message().is_some() {
-                return Err(format!(
-                    "{}: only a singular field of a top-level message is pointed at proto::wkt",
-                    field.full_name()
-                ));
-            }
-            let start = format!("impl serde::Serialize for {} {{", message.name());
-            let begin = generated
-                .find(&start)
-                .ok_or_else(|| format!("no `{start}` for {}", field.full_name()))?;
-            let end = generated[begin + start.len()..]
-                .find("\nimpl")
-                .map_or(generated.len(), |at| begin + start.len() + at);
-            let write = format!("struct_ser.serialize_field(\"{}\", v)?;", field.name());
-            let block = &generated[begin..end];
-            if block.matches(&write).count() != 1 {
-                return Err(format!("no single `{write}` for {}", field.full_name()));
-            }
-            let pointed = block.replace(
-                &write,
-                &format!(
-                    "struct_ser.serialize_field(\"{}\", &crate::proto::wkt::{writer}(v))?;",
-                    field.name()
-                ),
-            );
-            generated.replace_range(begin..end, &pointed);
+            point(&mut generated, &message, &field, writer)?;
         }
     }
     Ok(generated)
+}
+
+/// Points `field`'s write in `message`'s generated `Serialize` at `proto::wkt::{writer}`: a
+/// singular field of a top-level message, written once as an optional or oneof value (`v`)
+/// or as itself (`&self.field`).
+fn point(
+    generated: &mut String,
+    message: &prost_reflect::MessageDescriptor,
+    field: &prost_reflect::FieldDescriptor,
+    writer: &str,
+) -> Result<(), String> {
+    if field.is_list() || field.is_map() || message.parent_message().is_some() {
+        return Err(format!(
+            "{}: only a singular field of a top-level message is pointed at proto::wkt",
+            field.full_name()
+        ));
+    }
+    let start = format!("impl serde::Serialize for {} {{", message.name());
+    let begin = generated
+        .find(&start)
+        .ok_or_else(|| format!("no `{start}` for {}", field.full_name()))?;
+    let end = generated[begin + start.len()..]
+        .find("\nimpl")
+        .map_or(generated.len(), |at| begin + start.len() + at);
+    let block = &generated[begin..end];
+    let name = field.name();
+    let write = |value: &str| format!("struct_ser.serialize_field(\"{name}\", {value})?;");
+    let values = ["v".to_owned(), format!("&self.{name}")];
+    let found: Vec<&String> = values
+        .iter()
+        .filter(|value| block.matches(&write(value)).count() == 1)
+        .collect();
+    let [value] = found[..] else {
+        return Err(format!("no single write of {} to point", field.full_name()));
+    };
+    let pointed = block.replace(
+        &write(value),
+        &write(&format!("&crate::proto::wkt::{writer}({value})")),
+    );
+    generated.replace_range(begin..end, &pointed);
+    Ok(())
 }
 
 /// Rewrites each `let v = E::try_from(self.f).map_err(|_| … "Invalid variant" …)?;` that

@@ -1,8 +1,8 @@
-//! The typed JSON codecs' writing of the well-known types and enums the API's answers hold, as
-//! the descriptors (`prost-reflect`) write them, so an answer reads the same whichever writes
-//! it: pbjson-types writes a timestamp's zone as `+00:00` and every fraction digit, a
-//! `Struct`'s keys in hash order, and refuses an enum number no value has; REST writes `Z`, 0,
-//! 3, 6 or 9 digits, the keys sorted, and the number.
+//! The typed JSON codecs' writing of the well-known types, doubles and enums the API's answers
+//! hold, as the descriptors (`prost-reflect`) write them, so an answer reads the same whichever
+//! writes it: pbjson writes a timestamp's zone as `+00:00` and every fraction digit, a
+//! `Struct`'s keys in hash order, a NaN as `null`, and refuses an enum number no value has;
+//! REST writes `Z`, 0, 3, 6 or 9 digits, the keys sorted, `"NaN"`, and the number.
 //! `build.rs` points each such field of the generated codecs here; `tests` and the answer
 //! parity tests (`rest::transcode::tests`) hold the two writers to the same bytes.
 
@@ -49,6 +49,25 @@ impl Serialize for Duration<'_> {
             seconds: duration.seconds,
             nanos: duration.nanos,
         })
+    }
+}
+
+/// A `double` field: a number, or `"NaN"`, `"Infinity"`, `"-Infinity"` as proto3 JSON spells
+/// what JSON cannot, where pbjson writes them as `null`.
+pub struct Double<'a>(pub &'a f64);
+
+impl Serialize for Double<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let value = *self.0;
+        if value.is_nan() {
+            serializer.serialize_str("NaN")
+        } else if value == f64::INFINITY {
+            serializer.serialize_str("Infinity")
+        } else if value == f64::NEG_INFINITY {
+            serializer.serialize_str("-Infinity")
+        } else {
+            serializer.serialize_f64(value)
+        }
     }
 }
 
@@ -112,6 +131,10 @@ mod tests {
     use std::sync::LazyLock;
 
     use proptest::prelude::*;
+
+    static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+        DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("decodes")
+    });
     use prost_reflect::{DescriptorPool, DynamicMessage};
 
     /// What the descriptors write for `message` (as REST's answers are written), and what the
@@ -121,9 +144,6 @@ mod tests {
         message: &impl prost::Message,
         typed: impl serde::Serialize,
     ) -> (Result<String, String>, Result<String, String>) {
-        static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-            DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("decodes")
-        });
         let descriptor = POOL
             .get_message_by_name(&format!("google.protobuf.{name}"))
             .expect("imported by the API");
@@ -217,6 +237,35 @@ mod tests {
             if let (Ok(typed), Ok(dynamic)) = (typed, dynamic) {
                 prop_assert_eq!(typed, dynamic);
             }
+        }
+    }
+
+    #[test]
+    fn a_double_is_written_as_the_descriptors_write_it() {
+        for value in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1.5,
+            1e300,
+            f64::MIN_POSITIVE,
+        ] {
+            let header = crate::proto::HeaderValue {
+                kind: Some(crate::proto::header_value::Kind::DoubleValue(value)),
+            };
+            let descriptor = POOL
+                .get_message_by_name("iggy.gateway.v1.HeaderValue")
+                .expect("in the API");
+            let dynamic = DynamicMessage::decode(
+                descriptor,
+                prost::Message::encode_to_vec(&header).as_slice(),
+            )
+            .expect("decodes");
+            let dynamic = serde_json::to_value(&dynamic).expect("writes");
+            let typed = serde_json::to_value(super::Double(&value)).expect("writes");
+            assert_eq!(Some(&typed), dynamic.get("doubleValue"), "{value}");
         }
     }
 

@@ -506,3 +506,98 @@ fn an_iggy_backend_without_cursor_secret_warns_that_cursors_will_not_survive() {
     // The embedded backend keeps its own secret, so it has nothing to warn about.
     assert!(!warned(&startup_log(&[])));
 }
+
+/// What a gRPC client stored, REST writes in proto3 JSON's spelling, in a poll and in both
+/// stream forms alike: a double JSON cannot hold as `"NaN"` and `"Infinity"` (not `null`), a
+/// JSON payload's object keys sorted, a timestamp in UTC with a `Z`.
+#[tokio::test]
+async fn rest_writes_what_grpc_stored_in_proto3_json_spelling() {
+    use iggy_gateway::proto;
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let double = |value: f64| proto::HeaderValue {
+        kind: Some(proto::header_value::Kind::DoubleValue(value)),
+    };
+    let object = |fields: &[(&str, f64)]| pbjson_types::Value {
+        kind: Some(pbjson_types::value::Kind::StructValue(
+            pbjson_types::Struct {
+                fields: fields
+                    .iter()
+                    .map(|(key, number)| {
+                        let value = pbjson_types::Value {
+                            kind: Some(pbjson_types::value::Kind::NumberValue(*number)),
+                        };
+                        ((*key).to_owned(), value)
+                    })
+                    .collect(),
+            },
+        )),
+    };
+    let messages = vec![
+        proto::Message {
+            headers: [("nan".to_owned(), double(f64::NAN))].into(),
+            body: Some(proto::message::Body::Text("a".into())),
+            ..Default::default()
+        },
+        proto::Message {
+            headers: [("big".to_owned(), double(f64::NEG_INFINITY))].into(),
+            body: Some(proto::message::Body::Json(object(&[
+                ("zeta", 1.0),
+                ("alpha", 2.5),
+                ("mid", -3.0),
+                ("beta", 4.0),
+            ]))),
+            ..Default::default()
+        },
+    ];
+    app.messages
+        .clone()
+        .send_messages(proto::SendMessagesRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+            messages,
+        })
+        .await
+        .expect("sent over gRPC");
+
+    let expected = [
+        r#""headers":{"nan":{"double_value":"NaN"}},"text":"a"}"#,
+        r#""headers":{"big":{"double_value":"-Infinity"}},"json":{"alpha":2.5,"beta":4,"mid":-3,"zeta":1}}"#,
+    ];
+    let polled = app
+        .http1
+        .get(app.url(
+            "/v1/streams/orders/topics/created/messages?partition_id=0&strategy=first&count=10",
+        ))
+        .send()
+        .await
+        .expect("polled");
+    assert_eq!(polled.status(), 200);
+    let polled = polled.text().await.expect("text");
+    for accept in ["text/event-stream", "application/x-ndjson"] {
+        let mut response = app
+            .http1
+            .get(app.url(&format!("{SUBSCRIBE}?strategy=POLLING_STRATEGY_FIRST")))
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("subscribed");
+        assert_eq!(response.status(), 200, "{accept}");
+        let streamed = read_until(&mut response, |t| t.contains(expected[1])).await;
+        for (text, form) in [(&polled, "poll"), (&streamed, accept)] {
+            for written in expected {
+                assert!(text.contains(written), "{form}: {written} not in {text}");
+            }
+            assert!(
+                text.matches(r#""timestamp":""#).count() >= 2
+                    && text
+                        .split(r#""timestamp":""#)
+                        .skip(1)
+                        .all(|rest| rest.split('"').next().is_some_and(|t| t.ends_with('Z'))),
+                "{form}: {text}"
+            );
+        }
+    }
+}
