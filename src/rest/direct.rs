@@ -1,6 +1,7 @@
-//! REST's direct call: a unary RPC's request message handed to the service's method as a
+//! REST's direct call: an RPC's request message handed to the service's method as a
 //! `tonic::Request` (the same metadata and extensions the in-process gRPC call would carry),
-//! with no protobuf framing, no second HTTP request and no router in between. The table is built
+//! with no protobuf framing, no second HTTP request and no router in between; a server
+//! stream's answers come back one by one, each written as JSON by the typed codec. The table is built
 //! where the services are (`startup`), each entry guarded by the same scope policy as the gRPC
 //! paths; a method without an entry is called in process over gRPC, as before.
 //!
@@ -12,6 +13,7 @@
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
+use futures_util::Stream;
 use prost_reflect::DynamicMessage;
 
 use crate::answer::Rejection;
@@ -62,20 +64,47 @@ pub type Call = Arc<
         + Sync,
 >;
 
-/// The unary methods REST calls directly, by gRPC path (`/package.Service/Method`).
+/// A server stream's answers, each written as REST's JSON by the typed codec; an error ends it.
+pub type Items = Pin<Box<dyn Stream<Item = Result<Vec<u8>, tonic::Status>> + Send>>;
+
+/// One server-streaming method: takes the request and answers its stream, or why not.
+pub type StreamCall = Arc<
+    dyn Fn(
+            tonic::Request<Input>,
+        ) -> Pin<Box<dyn Future<Output = Result<tonic::Response<Items>, Failure>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The methods REST calls directly, by gRPC path (`/package.Service/Method`): unary ones and
+/// server streams.
 #[derive(Clone, Default)]
-pub struct Direct(HashMap<String, Call>);
+pub struct Direct {
+    unary: HashMap<String, Call>,
+    streams: HashMap<String, StreamCall>,
+}
 
 impl Direct {
     pub fn insert(&mut self, path: impl Into<String>, call: Call) {
-        self.0.insert(path.into(), call);
+        self.unary.insert(path.into(), call);
+    }
+
+    pub fn insert_stream(&mut self, path: impl Into<String>, call: StreamCall) {
+        self.streams.insert(path.into(), call);
     }
 
     pub fn get(&self, path: &str) -> Option<&Call> {
-        self.0.get(path)
+        self.unary.get(path)
+    }
+
+    pub fn stream(&self, path: &str) -> Option<&StreamCall> {
+        self.streams.get(path)
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
+        self.unary
+            .keys()
+            .chain(self.streams.keys())
+            .map(String::as_str)
     }
 }

@@ -22,7 +22,7 @@ use prost_reflect::DynamicMessage;
 use tower::ServiceExt;
 
 use crate::{
-    answer::{Caller, Problem, methods},
+    answer::{Caller, Problem, Rejection, methods},
     extensions::{ClientIp, MatchedRoute, RejectedFor, RequestId},
     identity::Identity,
     rest::conditional,
@@ -40,7 +40,7 @@ pub(crate) use self::{
 };
 use super::{
     RestSettings,
-    direct::{Answer, Call, Direct, Failure, Input, Output},
+    direct::{Answer, Call, Direct, Failure, Input, Output, StreamCall},
     routes::{Lookup, Route, RouteTable},
     template,
 };
@@ -275,14 +275,19 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
 
     if route.method.is_server_streaming() {
         let message = built.into_message(route)?;
-        let mut response = stream_grpc(
-            transcoder,
-            route,
-            &parts.headers,
-            &parts.extensions,
-            &message,
-        )
-        .await?;
+        let mut response = match transcoder.direct.stream(&route.grpc_path) {
+            Some(call) => stream_direct(call, (&parts.headers, &parts.extensions), message).await,
+            None => {
+                stream_grpc(
+                    transcoder,
+                    route,
+                    &parts.headers,
+                    &parts.extensions,
+                    &message,
+                )
+                .await?
+            }
+        };
         response.extensions_mut().insert(MatchedRoute(format!(
             "{} {}",
             route.http_method, route.template
@@ -452,21 +457,72 @@ async fn call_direct(
                 let echo = Echo::of_metadata(status.metadata());
                 (Err(Problem::from_status(&status)), echo)
             }
-            // Answered as the guard answers a gRPC caller, and read back as any gRPC answer is.
             Err(Failure::Refused(rejection)) => {
-                let grpc = Request::builder()
-                    .header(header::CONTENT_TYPE, "application/grpc")
-                    .body(())
-                    .unwrap_or_default();
-                let (parts, body) = rejection.respond_to(&Caller::of(&grpc)).into_parts();
-                let echo = Echo::of(&parts);
-                (
-                    grpc_answer(route, parts, body).await.map(Output::Message),
-                    echo,
-                )
+                let (problem, echo) = refusal(rejection);
+                (Err(problem), echo)
             }
         };
     }
+}
+
+/// A scope refusal of a direct call, answered as the guard answers a gRPC caller and read back
+/// as any gRPC refusal is (its status in the head, its quota headers echoed).
+fn refusal(rejection: Rejection) -> (Problem, Echo) {
+    let grpc = Request::builder()
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(())
+        .unwrap_or_default();
+    let (parts, _) = rejection.respond_to(&Caller::of(&grpc)).into_parts();
+    let problem = framing::error_status(&parts.headers).map_or_else(
+        || internal("a refusal without a grpc-status".into()),
+        |status| Problem::from_status(&status),
+    );
+    (problem, Echo::of(&parts))
+}
+
+/// A server stream called straight (see `direct`), as Server-Sent Events or NDJSON: each answer
+/// the service yields is written by the typed codec as it comes. Refused before the first
+/// answer: an ordinary problem answer.
+async fn stream_direct(
+    call: &StreamCall,
+    (headers, extensions): (&HeaderMap, &axum::http::Extensions),
+    message: DynamicMessage,
+) -> Response {
+    let request = tonic::Request::from_parts(
+        tonic::metadata::MetadataMap::from_headers(forwarded(headers)),
+        carried(extensions),
+        Input::Message(message),
+    );
+    let (mut response, echo) = match call(request).await {
+        Ok(response) => {
+            let echo = Echo::of_metadata(response.metadata());
+            let items = response.into_inner();
+            (
+                render::stream_items(items, prefers_event_stream(headers), request_id(headers)),
+                echo,
+            )
+        }
+        Err(failure) => {
+            let (problem, echo) = match failure {
+                Failure::Status(status) => (
+                    Problem::from_status(&status),
+                    Echo::of_metadata(status.metadata()),
+                ),
+                Failure::Refused(rejection) => refusal(rejection),
+                // A built message is never handed back untyped.
+                Failure::Untyped { .. } => (
+                    internal("a stream's request was handed back untyped".into()),
+                    Echo::default(),
+                ),
+            };
+            (
+                problem.with_request_id(request_id(headers)).into_response(),
+                echo,
+            )
+        }
+    };
+    echo.apply(&mut response);
+    response
 }
 
 /// The request headers a call carries on as metadata ([`FORWARDED_HEADERS`]).

@@ -7,8 +7,9 @@
 //! the protos); what that codec refuses goes back to be parsed by the descriptors, before the
 //! call is admitted, so nothing is counted twice.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc};
 
+use futures_util::{Stream, StreamExt as _};
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage as _};
 use tonic::{Code, Status};
@@ -16,6 +17,7 @@ use tonic::{Code, Status};
 use crate::{
     codec::{charge_decoding, validate::Validate},
     grpc::{EventApi, MessageApi, StatsApi, StreamApi, TopicApi},
+    identity::Access,
     layers::Scopes,
     proto::{
         self, event_service_server::EventService, message_service_server::MessageService,
@@ -24,7 +26,7 @@ use crate::{
     },
     rest::{
         self, RouteTable,
-        direct::{Answer, Call, Direct, Failure, Input, Output, Reply},
+        direct::{Answer, Call, Direct, Failure, Input, Items, Output, Reply, StreamCall},
     },
 };
 
@@ -55,48 +57,16 @@ where
     let scopes = scopes.clone();
     let method = Arc::new(method);
     let call: Call = Arc::new(move |request: tonic::Request<Input>, answer_as: Answer| {
-        let (metadata, mut extensions, input) = request.into_parts();
-        let input = match input {
-            // Charged for what it builds when REST inspected the body, before this.
-            Input::Json { body, overlay } => match typed_json::<Req>(&body, &overlay) {
-                Some(typed) => Typed::Built(typed),
-                None => {
-                    return Box::pin(std::future::ready(Err(Failure::Untyped { body, overlay })))
-                        as std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>;
-                }
-            },
-            Input::Message(message) => Typed::Dynamic(message),
-        };
-        let access = match scopes.admit_call(path, &mut extensions) {
-            Some(Ok(access)) => access,
-            Some(Err(rejection)) => {
-                return Box::pin(std::future::ready(Err(Failure::Refused(rejection))));
-            }
-            // Every path in the table is an RPC of the API (checked at start-up).
-            None => {
-                return Box::pin(std::future::ready(Err(Failure::Status(
-                    Status::unimplemented(format!("unknown method {path}")),
-                ))));
+        let (request, access) = match admitted::<Req>(&scopes, path, request) {
+            Ok(admitted) => admitted,
+            Err(failure) => {
+                return Box::pin(std::future::ready(Err(failure)))
+                    as Pin<Box<dyn Future<Output = Reply> + Send>>;
             }
         };
         let (scopes, method, output) = (scopes.clone(), Arc::clone(&method), output.clone());
         Box::pin(async move {
-            let typed = match input {
-                Typed::Built(typed) => typed,
-                // As the gRPC decoder does: charged to the budget before the typed message
-                // is built.
-                Typed::Dynamic(message) => {
-                    let wire = message.encode_to_vec();
-                    charge_decoding(&message.descriptor(), &wire).map_err(Failure::Status)?;
-                    // Same descriptors, so this cannot fail but for a bug; said as INTERNAL.
-                    Req::decode(wire.as_slice()).map_err(|err| {
-                        Failure::Status(Status::internal(format!("{path}: {err}")))
-                    })?
-                }
-            };
-            typed.validate().map_err(Failure::Status)?;
-            let request = tonic::Request::from_parts(metadata, extensions, typed);
-            let answer = method(request).await;
+            let answer = method(request?).await;
             let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
             scopes
                 .settle_call(&access, code)
@@ -115,6 +85,101 @@ where
         })
     });
     Ok((path, call))
+}
+
+/// One server-streaming method as a direct call: its answers are written as JSON by the typed
+/// codec, one by one as the service yields them.
+fn server_stream<Req, Res, F, Fut, St>(
+    scopes: &Scopes,
+    path: &'static str,
+    method: F,
+) -> (&'static str, StreamCall)
+where
+    Req: prost::Message + Default + Validate + serde::de::DeserializeOwned + Send + 'static,
+    Res: serde::Serialize + Send + 'static,
+    F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<St>, Status>> + Send + 'static,
+    St: Stream<Item = Result<Res, Status>> + Send + 'static,
+{
+    let scopes = scopes.clone();
+    let method = Arc::new(method);
+    let call: StreamCall = Arc::new(move |request: tonic::Request<Input>| {
+        let (request, access) = match admitted::<Req>(&scopes, path, request) {
+            Ok(admitted) => admitted,
+            Err(failure) => return Box::pin(std::future::ready(Err(failure))) as _,
+        };
+        let (scopes, method) = (scopes.clone(), Arc::clone(&method));
+        Box::pin(async move {
+            let answer = method(request?).await;
+            // As the gRPC guard settles a stream: by how it starts.
+            let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
+            scopes
+                .settle_call(&access, code)
+                .map_err(Failure::Refused)?;
+            let (metadata, items, extensions) = answer.map_err(Failure::Status)?.into_parts();
+            let items: Items = Box::pin(items.map(move |item| {
+                item.and_then(|item| {
+                    rest::typed_json_bytes(&item)
+                        .map_err(|err| Status::internal(format!("{path}: {err}")))
+                })
+            }));
+            Ok(tonic::Response::from_parts(metadata, items, extensions))
+        }) as _
+    });
+    (path, call)
+}
+
+/// A direct call's request, admitted by the scope policy: its typed message (or why it has
+/// none, answered without calling the method), and the admission to settle. A JSON body
+/// the typed codec does not take goes back before admission ([`Failure::Untyped`]), so the
+/// call is admitted once, when its request is built by the descriptors.
+#[allow(clippy::type_complexity)]
+fn admitted<Req>(
+    scopes: &Scopes,
+    path: &'static str,
+    request: tonic::Request<Input>,
+) -> Result<(Result<tonic::Request<Req>, Failure>, Arc<Access>), Failure>
+where
+    Req: prost::Message + Default + Validate + serde::de::DeserializeOwned,
+{
+    let (metadata, mut extensions, input) = request.into_parts();
+    let input = match input {
+        // Charged for what it builds when REST inspected the body, before this.
+        Input::Json { body, overlay } => match typed_json::<Req>(&body, &overlay) {
+            Some(typed) => Typed::Built(typed),
+            None => return Err(Failure::Untyped { body, overlay }),
+        },
+        Input::Message(message) => Typed::Dynamic(message),
+    };
+    let access = match scopes.admit_call(path, &mut extensions) {
+        Some(Ok(access)) => access,
+        Some(Err(rejection)) => return Err(Failure::Refused(rejection)),
+        // Every path in the table is an RPC of the API (checked at start-up).
+        None => {
+            return Err(Failure::Status(Status::unimplemented(format!(
+                "unknown method {path}"
+            ))));
+        }
+    };
+    let typed = match input {
+        Typed::Built(typed) => Ok(typed),
+        // As the gRPC decoder does: charged to the budget before the typed message is built.
+        Typed::Dynamic(message) => {
+            let wire = message.encode_to_vec();
+            charge_decoding(&message.descriptor(), &wire)
+                .map_err(Failure::Status)
+                .and_then(|()| {
+                    // Same descriptors, so this cannot fail but for a bug; said as INTERNAL.
+                    Req::decode(wire.as_slice())
+                        .map_err(|err| Failure::Status(Status::internal(format!("{path}: {err}"))))
+                })
+        }
+    };
+    let request = typed.and_then(|typed| {
+        typed.validate().map_err(Failure::Status)?;
+        Ok(tonic::Request::from_parts(metadata, extensions, typed))
+    });
+    Ok((request, access))
 }
 
 /// A request ready for its method: built by the typed codec, or parsed by the descriptors.
@@ -163,7 +228,7 @@ macro_rules! entries {
     };
 }
 
-/// Every unary RPC of the API; fails when a unary route of `table` has none.
+/// Every unary RPC of the API, and its server streams; fails when a route of `table` has none.
 pub(super) fn table(
     scopes: &Scopes,
     services: &Services,
@@ -196,6 +261,17 @@ pub(super) fn table(
         "EventService" / "PollEvents" => EventService::poll_events on services.events;
         "StatsService" / "GetStats" => StatsService::get_stats on services.stats;
     ];
+    let streams = [{
+        let messages = Arc::clone(&services.messages);
+        server_stream(
+            scopes,
+            "/iggy.gateway.v1.MessageService/Subscribe",
+            move |request| {
+                let messages = Arc::clone(&messages);
+                async move { MessageService::subscribe(&*messages, request).await }
+            },
+        )
+    }];
     let mut direct = Direct::default();
     for entry in entries {
         let (path, call) = entry?;
@@ -204,10 +280,21 @@ pub(super) fn table(
         }
         direct.insert(path, call);
     }
+    for (path, call) in streams {
+        if !scopes.knows(path) {
+            return Err(format!("{path} has no required_scope entry"));
+        }
+        direct.insert_stream(path, call);
+    }
     for route in table.routes() {
-        if !route.method.is_server_streaming() && direct.get(&route.grpc_path).is_none() {
+        let missing = if route.method.is_server_streaming() {
+            direct.stream(&route.grpc_path).is_none()
+        } else {
+            direct.get(&route.grpc_path).is_none()
+        };
+        if missing {
             return Err(format!(
-                "the unary REST route {} {} ({}) has no direct call in startup/direct.rs",
+                "the REST route {} {} ({}) has no direct call in startup/direct.rs",
                 route.http_method, route.template, route.grpc_path
             ));
         }

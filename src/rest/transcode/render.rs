@@ -9,12 +9,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http_body_util::BodyExt;
 use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
 use super::framing::{self, FrameDecoder};
-use crate::{answer::Problem, rest::routes::Route};
+use crate::{
+    answer::Problem,
+    rest::{direct::Items, routes::Route},
+};
 
 /// The field of a streamed message that becomes the SSE event id (and that `Last-Event-ID`
 /// fills back in).
@@ -86,6 +90,54 @@ pub(super) fn stream(
             }
         }
     });
+    streaming(rx, sse)
+}
+
+/// A direct server stream's answers (each already JSON) as Server-Sent Events (`sse`) or
+/// NDJSON, as [`stream`] writes a gRPC stream's; an error ends it with a problem carrying
+/// `request_id`.
+pub(super) fn stream_items(mut items: Items, sse: bool, request_id: Option<String>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
+    tokio::spawn(async move {
+        if sse {
+            let retry = Bytes::from(format!("retry: {SSE_RETRY_MS}\n\n"));
+            if tx.send(Ok(retry)).await.is_err() {
+                return;
+            }
+        }
+        while let Some(item) = items.next().await {
+            let written = match item {
+                Ok(json) if sse => sse_event(&json),
+                Ok(mut json) => {
+                    json.push(b'\n');
+                    Ok(Bytes::from(json))
+                }
+                Err(status) => Err(Problem::from_status(&status)),
+            };
+            match written {
+                Ok(item) => {
+                    if tx.send(Ok(item)).await.is_err() {
+                        // The client went away; dropping `items` ends the subscription.
+                        return;
+                    }
+                }
+                Err(problem) => {
+                    let _ = tx
+                        .send(Ok(stream_error(sse, problem, request_id.clone())))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    streaming(rx, sse)
+}
+
+/// The answer whose body is what `rx` receives, as SSE or NDJSON.
+fn streaming(
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::convert::Infallible>>,
+    sse: bool,
+) -> Response {
     let content_type = if sse {
         "text/event-stream"
     } else {
@@ -98,6 +150,62 @@ pub(super) fn stream(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// One message's JSON object as an SSE event, as [`stream_item`] writes it from the message:
+/// its cursor the id, its first other field set the event's name and data. The object's
+/// fields are read as they were written (no tree of values is built for the payload).
+pub(super) fn sse_event(json: &[u8]) -> Result<Bytes, Problem> {
+    let Fields(fields) = serde_json::from_slice(json)
+        .map_err(|err| internal(format!("reading a streamed answer: {err}")))?;
+    let id = fields
+        .iter()
+        .find(|(key, _)| key == CURSOR_FIELD)
+        .and_then(|(_, value)| serde_json::from_str::<String>(value.get()).ok());
+    let (event, data) = fields
+        .iter()
+        .find(|(key, value)| key != CURSOR_FIELD && value.get() != "null")
+        .map_or(("message", json), |(key, value)| {
+            (key.as_str(), value.get().as_bytes())
+        });
+    let mut text = Vec::with_capacity(data.len() + event.len() + 64);
+    if let Some(id) = id {
+        text.extend_from_slice(b"id: ");
+        text.extend_from_slice(id.as_bytes());
+        text.push(b'\n');
+    }
+    text.extend_from_slice(b"event: ");
+    text.extend_from_slice(event.as_bytes());
+    text.extend_from_slice(b"\ndata: ");
+    text.extend_from_slice(data);
+    text.extend_from_slice(b"\n\n");
+    Ok(Bytes::from(text))
+}
+
+/// A JSON object's fields in the order written, each value left as its text.
+struct Fields<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields<'a>, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = map.next_entry::<String, &'a RawValue>()? {
+                    fields.push(field);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 /// The stream's next message, once its frame is complete; the error's detail is for the log.
@@ -191,7 +299,7 @@ fn whole(float: f64) -> Option<i64> {
     (float.fract() == 0.0 && float.abs() < EXACT).then_some(float as i64)
 }
 
-fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {
+pub(super) fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {
     if !sse {
         let mut line = json_bytes(message).unwrap_or_else(|_| b"null".to_vec());
         line.push(b'\n');

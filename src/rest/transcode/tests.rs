@@ -818,6 +818,52 @@ mod typed_codec {
         assert!(stats >= 40, "only {stats} stats answers parsed");
     }
 
+    /// A server stream's answers, written by the typed codec (a direct stream) and by the
+    /// descriptors (as the in-process gRPC stream's were): the same NDJSON line and the same
+    /// SSE event (its id, name and data), byte for byte.
+    #[test]
+    fn streamed_answers_are_written_as_before() {
+        let output = route_for(Method::GET, "/v1/streams/s/topics/t/messages:subscribe")
+            .0
+            .method
+            .output();
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 500,
+            ..ProptestConfig::default()
+        });
+        let compared = std::cell::Cell::new(0);
+        let outcome = runner.run(&object(&output, 3, 1), |json| {
+            let Ok(message) = DynamicMessage::deserialize(output.clone(), &json) else {
+                return Ok(());
+            };
+            let typed = proto::SubscribeResponse::decode(message.encode_to_vec().as_slice())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut line = crate::rest::typed_json_bytes(&typed).map_err(TestCaseError::fail)?;
+            let event = super::super::render::sse_event(&line)
+                .map_err(|problem| TestCaseError::fail(problem.to_json()))?;
+            let (sse, ndjson) = (
+                super::super::render::stream_item(true, &message),
+                super::super::render::stream_item(false, &message),
+            );
+            prop_assert_eq!(
+                String::from_utf8_lossy(&event),
+                String::from_utf8_lossy(&sse)
+            );
+            line.push(b'\n');
+            prop_assert_eq!(
+                String::from_utf8_lossy(&line),
+                String::from_utf8_lossy(&ndjson)
+            );
+            compared.set(compared.get() + 1);
+            Ok(())
+        });
+        if let Err(failure) = outcome {
+            panic!("{failure}");
+        }
+        let compared = compared.get();
+        assert!(compared >= 100, "only {compared} streamed answers parsed");
+    }
+
     /// Which answers the typed codec writes: the plain ones, timestamps and all; not one with
     /// an `ETag` or a `Location`, not one field of it, not a stream.
     #[test]
