@@ -132,7 +132,7 @@ impl Connect {
             None => self.unary(procedure, request).await,
         };
         // Metrics label the call by its method, a name the gateway defines.
-        response.extensions_mut().insert(MatchedRoute(path));
+        response.extensions_mut().insert(MatchedRoute(path.into()));
         response
     }
 

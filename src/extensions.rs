@@ -110,7 +110,7 @@ pub struct RequestId(pub String);
 /// Which route answered, set on the response by whoever matched it (REST templates), so route
 /// labels stay few whatever paths clients invent.
 #[derive(Debug, Clone)]
-pub struct MatchedRoute(pub String);
+pub struct MatchedRoute(pub std::sync::Arc<str>);
 
 /// The client certificate verified during the TLS handshake (mutual TLS), on every request of
 /// its connection. Nothing maps it to a key's identity yet; it is there for the layers to read.

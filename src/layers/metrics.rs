@@ -21,6 +21,7 @@ use tower::{Layer, Service};
 use crate::{
     extensions::{MatchedRoute, Protocol, RejectedFor},
     metrics::Metrics,
+    metrics::StatusLabel,
 };
 
 /// Counts every call at the edge of the stack (inside tracing, outside the refusing layers).
@@ -60,7 +61,7 @@ pub struct MetricsService<S> {
 /// The gRPC methods this gateway serves (`/package.Service/Method`), read from the descriptor
 /// sets of its services, health and reflection.
 struct KnownRoutes {
-    grpc_methods: HashSet<String>,
+    grpc_methods: HashSet<Arc<str>>,
 }
 
 impl KnownRoutes {
@@ -87,7 +88,9 @@ impl KnownRoutes {
                     .flat_map(|service| {
                         service
                             .methods()
-                            .map(|method| format!("/{}/{}", service.full_name(), method.name()))
+                            .map(|method| {
+                                Arc::from(format!("/{}/{}", service.full_name(), method.name()))
+                            })
                             .collect::<Vec<_>>()
                     })
                     .collect::<Vec<_>>()
@@ -112,15 +115,15 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let protocol = Protocol::of(&request);
-        let path = request.uri().path().to_owned();
+        // Labels are shared strings the gateway wrote once (a method's path, a route's
+        // template), so counting a call allocates none.
+        let method = self.known.grpc_methods.get(request.uri().path()).cloned();
         // A gRPC service's matched path is its `/{*rest}` pattern: only plain routes count.
         let matched_path = request
             .extensions()
             .get::<MatchedPath>()
-            .map(MatchedPath::as_str)
-            .filter(|matched| !matched.contains('*'))
-            .map(str::to_owned);
-        let known = Arc::clone(&self.known);
+            .filter(|matched| !matched.as_str().contains('*'))
+            .cloned();
         let metrics = Arc::clone(&self.metrics);
         // A guard, not a decrement after the await: a cancelled call must not stay counted.
         let in_flight = metrics.call_started();
@@ -129,26 +132,27 @@ where
         Box::pin(async move {
             let response = future.await?;
             drop(in_flight);
-            let grpc_status = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
             let status = match protocol {
-                Protocol::Grpc | Protocol::GrpcWeb => {
-                    grpc_status.clone().unwrap_or_else(|| "0".into())
-                }
+                Protocol::Grpc | Protocol::GrpcWeb => StatusLabel::grpc(
+                    response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok()),
+                ),
                 // A Connect stream's outcome is in its last message, which layers never read:
                 // its status is the HTTP one, like a unary Connect call's.
                 Protocol::Connect | Protocol::ConnectStream { .. } | Protocol::Rest => {
-                    response.status().as_u16().to_string()
+                    StatusLabel::http(response.status())
                 }
             };
             // Only names the gateway defines become labels, so clients cannot grow the series.
-            let route = match response.extensions().get::<MatchedRoute>() {
-                Some(route) => route.0.clone(),
-                None if known.grpc_methods.contains(path.as_str()) => path,
-                None => matched_path.unwrap_or_else(|| "unmatched".to_owned()),
+            let route = match (response.extensions().get::<MatchedRoute>(), method) {
+                (Some(route), _) => Arc::clone(&route.0),
+                (None, Some(method)) => method,
+                (None, None) => matched_path.map_or_else(
+                    || Arc::from("unmatched"),
+                    |matched| Arc::from(matched.as_str()),
+                ),
             };
             let rejected = response.extensions().get::<RejectedFor>().copied();
             metrics.call_answered(protocol, route, status, started.elapsed(), rejected);

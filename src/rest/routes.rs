@@ -2,6 +2,8 @@
 //! start-up. Reading the descriptors (rather than generating code at build time) keeps REST a
 //! pure function of `proto/`: a new annotated RPC gets its route with no Rust written for it.
 
+use std::sync::Arc;
+
 use http::{Method, StatusCode};
 use prost_reflect::{DescriptorPool, ExtensionDescriptor, MessageDescriptor, MethodDescriptor};
 
@@ -38,6 +40,8 @@ pub struct Route {
     /// For a create (201): how to write the created resource's URL (`Location`), when a GET
     /// route names it.
     pub created: Option<Created>,
+    /// `GET /v1/streams/{stream}`: the route's metrics label, written once.
+    pub label: Arc<str>,
 }
 
 /// What [`RouteTable::find`] found for a method and path.
@@ -202,7 +206,9 @@ fn route(
             Some(field.to_owned())
         }
     };
+    let label = Arc::from(format!("{http_method} {template}"));
     Ok(Route {
+        label,
         http_method,
         template,
         body,

@@ -288,10 +288,9 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
                 .await?
             }
         };
-        response.extensions_mut().insert(MatchedRoute(format!(
-            "{} {}",
-            route.http_method, route.template
-        )));
+        response
+            .extensions_mut()
+            .insert(MatchedRoute(Arc::clone(&route.label)));
         return Ok(response);
     }
     // A create's `Location` is filled from its request: kept only there, so a batch is not copied.
@@ -353,10 +352,9 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             .into_response(),
     };
     echo.apply(&mut response);
-    response.extensions_mut().insert(MatchedRoute(format!(
-        "{} {}",
-        route.http_method, route.template
-    )));
+    response
+        .extensions_mut()
+        .insert(MatchedRoute(Arc::clone(&route.label)));
     Ok(response)
 }
 
