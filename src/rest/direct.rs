@@ -29,6 +29,16 @@ pub enum Failure {
         body: Bytes,
         overlay: Vec<u8>,
     },
+    /// The answer could not be written as JSON (a timestamp past year 9999): a bug or bad
+    /// stored data, logged and answered as an internal error without its detail.
+    Unwritable(String),
+}
+
+/// Why a server stream ended before its end.
+pub enum ItemError {
+    Status(tonic::Status),
+    /// As [`Failure::Unwritable`], for one answer of the stream.
+    Unwritable(String),
 }
 
 /// The request a direct call takes.
@@ -65,7 +75,7 @@ pub type Call = Arc<
 >;
 
 /// A server stream's answers, each written as REST's JSON by the typed codec; an error ends it.
-pub type Items = Pin<Box<dyn Stream<Item = Result<Vec<u8>, tonic::Status>> + Send>>;
+pub type Items = Pin<Box<dyn Stream<Item = Result<Vec<u8>, ItemError>> + Send>>;
 
 /// One server-streaming method: takes the request and answers its stream, or why not.
 pub type StreamCall = Arc<
@@ -99,12 +109,5 @@ impl Direct {
 
     pub fn stream(&self, path: &str) -> Option<&StreamCall> {
         self.streams.get(path)
-    }
-
-    pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.unary
-            .keys()
-            .chain(self.streams.keys())
-            .map(String::as_str)
     }
 }

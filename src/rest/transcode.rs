@@ -455,6 +455,7 @@ async fn call_direct(
                 let echo = Echo::of_metadata(status.metadata());
                 (Err(Problem::from_status(&status)), echo)
             }
+            Err(Failure::Unwritable(detail)) => (Err(internal(detail)), Echo::default()),
             Err(Failure::Refused(rejection)) => {
                 let (problem, echo) = refusal(rejection);
                 (Err(problem), echo)
@@ -507,6 +508,7 @@ async fn stream_direct(
                     Echo::of_metadata(status.metadata()),
                 ),
                 Failure::Refused(rejection) => refusal(rejection),
+                Failure::Unwritable(detail) => (internal(detail), Echo::default()),
                 // A built message is never handed back untyped.
                 Failure::Untyped { .. } => (
                     internal("a stream's request was handed back untyped".into()),

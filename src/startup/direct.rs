@@ -26,7 +26,9 @@ use crate::{
     },
     rest::{
         self, RouteTable,
-        direct::{Answer, Call, Direct, Failure, Input, Items, Output, Reply, StreamCall},
+        direct::{
+            Answer, Call, Direct, Failure, Input, ItemError, Items, Output, Reply, StreamCall,
+        },
     },
 };
 
@@ -72,13 +74,12 @@ where
                 .settle_call(&access, code)
                 .map_err(Failure::Refused)?;
             let (metadata, typed, extensions) = answer.map_err(Failure::Status)?.into_parts();
-            let internal =
-                |err: String| Failure::Status(Status::internal(format!("{path}: {err}")));
+            let unwritable = |err: String| Failure::Unwritable(format!("{path}: {err}"));
             let output = match answer_as {
-                Answer::Json => Output::Json(rest::typed_json_bytes(&typed).map_err(internal)?),
+                Answer::Json => Output::Json(rest::typed_json_bytes(&typed).map_err(unwritable)?),
                 Answer::Message => Output::Message(
                     DynamicMessage::decode(output, typed.encode_to_vec().as_slice())
-                        .map_err(|err| internal(err.to_string()))?,
+                        .map_err(|err| unwritable(err.to_string()))?,
                 ),
             };
             Ok(tonic::Response::from_parts(metadata, output, extensions))
@@ -118,10 +119,11 @@ where
                 .map_err(Failure::Refused)?;
             let (metadata, items, extensions) = answer.map_err(Failure::Status)?.into_parts();
             let items: Items = Box::pin(items.map(move |item| {
-                item.and_then(|item| {
-                    rest::typed_json_bytes(&item)
-                        .map_err(|err| Status::internal(format!("{path}: {err}")))
-                })
+                match item {
+                    Ok(item) => rest::typed_json_bytes(&item)
+                        .map_err(|err| ItemError::Unwritable(format!("{path}: {err}"))),
+                    Err(status) => Err(ItemError::Status(status)),
+                }
             }));
             Ok(tonic::Response::from_parts(metadata, items, extensions))
         }) as _

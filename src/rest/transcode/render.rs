@@ -17,7 +17,10 @@ use serde_json::{Value, value::RawValue};
 use super::framing::{self, FrameDecoder};
 use crate::{
     answer::Problem,
-    rest::{direct::Items, routes::Route},
+    rest::{
+        direct::{ItemError, Items},
+        routes::Route,
+    },
 };
 
 /// The field of a streamed message that becomes the SSE event id (and that `Last-Event-ID`
@@ -112,7 +115,9 @@ pub(super) fn stream_items(mut items: Items, sse: bool, request_id: Option<Strin
                     json.push(b'\n');
                     Ok(Bytes::from(json))
                 }
-                Err(status) => Err(Problem::from_status(&status)),
+                Err(ItemError::Status(status)) => Err(Problem::from_status(&status)),
+                // Logged; the stream ends with an internal error rather than a gap.
+                Err(ItemError::Unwritable(detail)) => Err(internal(detail)),
             };
             match written {
                 Ok(item) => {
