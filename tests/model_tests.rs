@@ -1118,3 +1118,19 @@ fn every_event_readme_sends_with_curl_gets_the_answer_readme_shows() {
         assert_eq!(verdict, refused, "{json}");
     }
 }
+
+/// An event stored with a time no JSON answer can write (published before the rule) is read as
+/// not an event, so a poll skips it instead of failing; the last writable second still reads.
+#[test]
+fn a_stored_event_whose_time_json_cannot_write_is_not_an_event() {
+    let stored = |timestamp: &str| {
+        serde_json::to_vec(
+            &json!({"id": EVENT_ID, "event_type": "x", "timestamp": timestamp,
+            "payload": {"type": "Generic", "data": {"n": 1}}}),
+        )
+        .expect("JSON")
+    };
+    assert!(read_event(&stored("+10000-01-01T00:00:00Z")).is_none());
+    assert!(read_event(&stored("9999-12-31T23:59:59.999999999Z")).is_some());
+    assert!(read_event(&stored("0001-01-01T00:00:00Z")).is_some());
+}

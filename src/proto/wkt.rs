@@ -21,9 +21,23 @@ const MAX_DURATION_NANOS: u32 = 999_999_999;
 /// A `google.protobuf.Timestamp` field, written as RFC 3339 in UTC with a `Z`.
 pub struct Timestamp<'a>(pub &'a pbjson_types::Timestamp);
 
+impl Timestamp<'_> {
+    /// Whether proto3 JSON can write it: from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z
+    /// (its nanos normalised first, as it is written).
+    pub fn is_writable(&self) -> bool {
+        let mut timestamp = prost_types::Timestamp {
+            seconds: self.0.seconds,
+            nanos: self.0.nanos,
+        };
+        timestamp.normalize();
+        (MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&timestamp.seconds)
+    }
+}
+
 impl Serialize for Timestamp<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let Self(timestamp) = self;
+        // The descriptors check the seconds as given, before the nanos are normalised.
         if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&timestamp.seconds) {
             return Err(S::Error::custom("timestamp out of range"));
         }

@@ -316,3 +316,50 @@ async fn openapi_documents_the_event_shapes_from_the_proto_comments() {
     );
     assert!(schemas.get("iggy_gateway_v1_OrderItem").is_some());
 }
+
+/// An event time no JSON answer can write (year 10000, or before year 1) is refused when
+/// published, over gRPC as over REST, and nothing is stored: stored, it would fail every REST
+/// poll that reaches it, and an auto-committing poller would lose the events around it.
+#[tokio::test]
+async fn an_event_time_json_cannot_write_is_refused_and_nothing_is_stored() {
+    let app = spawn_app_with_default_topic().await;
+    let mut events = EventServiceClient::new(app.channel.clone());
+    for (seconds, nanos) in [
+        (253_402_300_800, 0),
+        (-62_135_596_801, 0),
+        (253_402_300_799, 1_000_000_000),
+    ] {
+        let mut event = grpc_event(proto::EventPayload {
+            event: Some(proto::event_payload::Event::Order(typed_order())),
+            ..Default::default()
+        });
+        event.timestamp = Some(pbjson_types::Timestamp { seconds, nanos });
+        let refused = events
+            .publish_event(proto::PublishEventRequest {
+                event: Some(event),
+                partition_key: "k".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("event.timestamp"),
+            "{}",
+            refused.message()
+        );
+    }
+    let (status, body) = app
+        .post_json(
+            "/v1/streams/sample-stream/topics/events/events",
+            json!({"event": {"id": EVENT_ID, "event_type": "order.created",
+                "timestamp": "9999-12-31T23:59:59Z", "payload": {"type": "Order", "data": order_data()}},
+                "partition_key": "k"}),
+        )
+        .await;
+    // The last second JSON can write is taken.
+    assert_eq!(status, 201, "{body}");
+    let stored = stored_events(&app).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["timestamp"], "9999-12-31T23:59:59Z", "{stored:?}");
+}

@@ -167,6 +167,13 @@ pub fn check_event(field: &str, event: proto::Event) -> Result<CheckedEvent, Sta
     let at = event
         .timestamp
         .ok_or_else(|| invalid_field(format!("{field}.timestamp"), "is required (RFC 3339)"))?;
+    // Stored as text no JSON answer could write back: every REST poll of it would fail.
+    if !crate::proto::wkt::Timestamp(&at).is_writable() {
+        return Err(invalid_field(
+            format!("{field}.timestamp"),
+            "must be from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z",
+        ));
+    }
     let payload = event
         .payload
         .ok_or_else(|| invalid_field(format!("{field}.payload"), "is required"))?;
@@ -709,10 +716,14 @@ fn rfc3339(at: &pbjson_types::Timestamp) -> String {
     .to_string()
 }
 
+/// `None` also for a time no JSON answer can write (stored before publishes were checked).
 fn parse_rfc3339(text: &str) -> Option<pbjson_types::Timestamp> {
     let at: prost_types::Timestamp = text.parse().ok()?;
-    Some(pbjson_types::Timestamp {
+    let at = pbjson_types::Timestamp {
         seconds: at.seconds,
         nanos: at.nanos,
-    })
+    };
+    crate::proto::wkt::Timestamp(&at)
+        .is_writable()
+        .then_some(at)
 }
