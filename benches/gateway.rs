@@ -1474,6 +1474,84 @@ async fn run(args: Args) {
         report.number("grpc_poll_gateway_cpu_per_msg", grpc_cpu, "µs");
         report.number("rest_poll_gateway_cpu_per_msg", rest_cpu, "µs");
         report.ratio("rest_poll / grpc_poll", rest_poll / grpc_poll);
+
+        // Subscriptions catching up: each opens at offset 0, reads 1000 messages and leaves,
+        // over gRPC and over REST's Server-Sent Events, interleaved.
+        const CAUGHT_UP: u64 = 1000;
+        let url = format!(
+            "{base}/v1/streams/{stream}/topics/bench/messages:subscribe?partition_id=0&offset=0"
+        );
+        let mut lines: Vec<Line<'_>> = vec![
+            Box::new(|slice| {
+                let ch = ch.clone();
+                Box::pin(throughput(args.concurrency, slice, move || {
+                    let mut client = MessageServiceClient::new(ch.clone());
+                    async move {
+                        let request = proto::SubscribeRequest {
+                            stream: stream.into(),
+                            topic: "bench".into(),
+                            partition_id: Some(0),
+                            offset: Some(0),
+                            ..Default::default()
+                        };
+                        let Ok(response) = client.subscribe(request).await else {
+                            return 0;
+                        };
+                        let mut items = response.into_inner();
+                        let mut read = 0;
+                        while read < CAUGHT_UP {
+                            match items.message().await {
+                                Ok(Some(item)) => {
+                                    if matches!(
+                                        item.event,
+                                        Some(proto::subscribe_response::Event::Message(_))
+                                    ) {
+                                        read += 1;
+                                    }
+                                }
+                                _ => break,
+                            }
+                        }
+                        read
+                    }
+                }))
+            }),
+            Box::new(|slice| {
+                let (http, url) = (http.clone(), url.clone());
+                Box::pin(throughput(args.concurrency, slice, move || {
+                    let request = http.get(&url).header("accept", "text/event-stream");
+                    async move {
+                        let Ok(mut response) = request.send().await else {
+                            return 0;
+                        };
+                        // Each message is one event; the stream opens with a `retry:` hint
+                        // and (within the run) no heartbeat, so events = blank lines - 1.
+                        let (mut ends, mut last) = (0u64, 0u8);
+                        while ends < CAUGHT_UP + 1 {
+                            let Ok(Some(chunk)) = response.chunk().await else {
+                                break;
+                            };
+                            ends += memchr::memmem::find_iter(&chunk, b"\n\n").count() as u64;
+                            if last == b'\n' && chunk.first() == Some(&b'\n') {
+                                ends += 1;
+                            }
+                            last = chunk.last().copied().unwrap_or(last);
+                        }
+                        ends.saturating_sub(1).min(CAUGHT_UP)
+                    }
+                }))
+            }),
+        ];
+        let measured = interleave(rounds as usize, slice, gateway.child.id(), &mut lines).await;
+        drop(lines);
+        let [(grpc_sub, grpc_cpu), (rest_sub, rest_cpu)] = measured[..2] else {
+            unreachable!("two lines")
+        };
+        report.number("grpc_subscribe_catch_up_msgs_per_s", grpc_sub, "msg/s");
+        report.number("rest_sse_catch_up_msgs_per_s", rest_sub, "msg/s");
+        report.number("grpc_subscribe_gateway_cpu_per_msg", grpc_cpu, "µs");
+        report.number("rest_sse_gateway_cpu_per_msg", rest_cpu, "µs");
+        report.ratio("rest_sse / grpc_subscribe", rest_sub / grpc_sub);
     }
 
     // Memory: idle, under the load above, and after a soak of mixed traffic.
