@@ -68,12 +68,8 @@ where
         };
         let (scopes, method, output) = (scopes.clone(), Arc::clone(&method), output.clone());
         Box::pin(async move {
-            let answer = method(request?).await;
-            let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
-            scopes
-                .settle_call(&access, code)
-                .map_err(Failure::Refused)?;
-            let (metadata, typed, extensions) = answer.map_err(Failure::Status)?.into_parts();
+            let answer = settled(&scopes, &access, method(request?).await)?;
+            let (metadata, typed, extensions) = answer.into_parts();
             let unwritable = |err: String| Failure::Unwritable(format!("{path}: {err}"));
             let output = match answer_as {
                 Answer::Json => Output::Json(rest::typed_json_bytes(&typed).map_err(unwritable)?),
@@ -111,13 +107,9 @@ where
         };
         let (scopes, method) = (scopes.clone(), Arc::clone(&method));
         Box::pin(async move {
-            let answer = method(request?).await;
             // As the gRPC guard settles a stream: by how it starts.
-            let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
-            scopes
-                .settle_call(&access, code)
-                .map_err(Failure::Refused)?;
-            let (metadata, items, extensions) = answer.map_err(Failure::Status)?.into_parts();
+            let answer = settled(&scopes, &access, method(request?).await)?;
+            let (metadata, items, extensions) = answer.into_parts();
             let items: Items = Box::pin(items.map(move |item| {
                 match item {
                     Ok(item) => rest::typed_json_bytes(&item)
@@ -182,6 +174,18 @@ where
         Ok(tonic::Request::from_parts(metadata, extensions, typed))
     });
     Ok((request, access))
+}
+
+/// Settles an admitted call with the code its method answered: the answer, or why there is
+/// none (the method's status, or the policy's refusal of a success it did not check).
+fn settled<T>(
+    scopes: &Scopes,
+    access: &Access,
+    answer: Result<tonic::Response<T>, Status>,
+) -> Result<tonic::Response<T>, Failure> {
+    let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
+    scopes.settle_call(access, code).map_err(Failure::Refused)?;
+    answer.map_err(Failure::Status)
 }
 
 /// A request ready for its method: built by the typed codec, or parsed by the descriptors.
