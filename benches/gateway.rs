@@ -1391,22 +1391,7 @@ async fn run(args: Args) {
         for count in [1u32, 100, 1000] {
             let ch = ch.clone();
             let polled = throughput(args.concurrency, duration, move || {
-                let mut client = MessageServiceClient::new(ch.clone());
-                async move {
-                    let request = proto::PollMessagesRequest {
-                        stream: stream.into(),
-                        topic: "bench".into(),
-                        partition_id: 0,
-                        strategy: proto::PollingStrategy::Offset.into(),
-                        offset: Some(u64::from(fastrand::u32(0..1000))),
-                        count,
-                        ..Default::default()
-                    };
-                    client
-                        .poll_messages(request)
-                        .await
-                        .map_or(0, |r| r.into_inner().messages.len() as u64)
-                }
+                poll_grpc(ch.clone(), stream, count)
             })
             .await;
             report.number(&format!("poll_count_{count}_msgs_per_s"), polled, "msg/s");
@@ -1419,22 +1404,7 @@ async fn run(args: Args) {
             Box::new(|slice| {
                 let ch = ch.clone();
                 Box::pin(throughput(args.concurrency, slice, move || {
-                    let mut client = MessageServiceClient::new(ch.clone());
-                    async move {
-                        let request = proto::PollMessagesRequest {
-                            stream: stream.into(),
-                            topic: "bench".into(),
-                            partition_id: 0,
-                            strategy: proto::PollingStrategy::Offset.into(),
-                            offset: Some(u64::from(fastrand::u32(0..1000))),
-                            count,
-                            ..Default::default()
-                        };
-                        client
-                            .poll_messages(request)
-                            .await
-                            .map_or(0, |r| r.into_inner().messages.len() as u64)
-                    }
+                    poll_grpc(ch.clone(), stream, count)
                 }))
             }),
             Box::new(|slice| {
@@ -1989,6 +1959,23 @@ async fn soak(
         "MiB",
         2.0,
     );
+}
+
+/// One gRPC poll of `count` messages of partition 0 from an offset below 1000; how many came.
+async fn poll_grpc(ch: Channel, stream: &'static str, count: u32) -> u64 {
+    let request = proto::PollMessagesRequest {
+        stream: stream.into(),
+        topic: "bench".into(),
+        partition_id: 0,
+        strategy: proto::PollingStrategy::Offset.into(),
+        offset: Some(u64::from(fastrand::u32(0..1000))),
+        count,
+        ..Default::default()
+    };
+    MessageServiceClient::new(ch)
+        .poll_messages(request)
+        .await
+        .map_or(0, |r| r.into_inner().messages.len() as u64)
 }
 
 async fn idle_subscribers(args: &Args, memory: &Gateway, report: &mut Report) {
