@@ -752,6 +752,27 @@ mod typed_codec {
     where
         Res: prost::Message + Default + serde::Serialize,
     {
+        each_answer::<Res>(method, path, |message, typed| {
+            let descriptors = crate::rest::json_bytes(message).map_err(TestCaseError::fail)?;
+            let typed = crate::rest::typed_json_bytes(&typed).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(
+                String::from_utf8_lossy(&typed),
+                String::from_utf8_lossy(&descriptors)
+            );
+            Ok(())
+        })
+    }
+
+    /// Runs `check` on 500 generated answers of `method path` (maps of one entry at most),
+    /// each as its dynamic message and as the typed `Res`; returns how many parsed.
+    fn each_answer<Res>(
+        method: Method,
+        path: &str,
+        check: impl Fn(&DynamicMessage, Res) -> Result<(), TestCaseError>,
+    ) -> usize
+    where
+        Res: prost::Message + Default,
+    {
         let output = route_for(method, path).0.method.output();
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
             cases: 500,
@@ -764,12 +785,7 @@ mod typed_codec {
             };
             let typed = Res::decode(message.encode_to_vec().as_slice())
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let descriptors = crate::rest::json_bytes(&message).map_err(TestCaseError::fail)?;
-            let typed = crate::rest::typed_json_bytes(&typed).map_err(TestCaseError::fail)?;
-            prop_assert_eq!(
-                String::from_utf8_lossy(&typed),
-                String::from_utf8_lossy(&descriptors)
-            );
+            check(&message, typed)?;
             compared.set(compared.get() + 1);
             Ok(())
         });
@@ -823,44 +839,30 @@ mod typed_codec {
     /// SSE event (its id, name and data), byte for byte.
     #[test]
     fn streamed_answers_are_written_as_before() {
-        let output = route_for(Method::GET, "/v1/streams/s/topics/t/messages:subscribe")
-            .0
-            .method
-            .output();
-        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-            cases: 500,
-            ..ProptestConfig::default()
-        });
-        let compared = std::cell::Cell::new(0);
-        let outcome = runner.run(&object(&output, 3, 1), |json| {
-            let Ok(message) = DynamicMessage::deserialize(output.clone(), &json) else {
-                return Ok(());
-            };
-            let typed = proto::SubscribeResponse::decode(message.encode_to_vec().as_slice())
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let mut line = crate::rest::typed_json_bytes(&typed).map_err(TestCaseError::fail)?;
-            let event = super::super::render::sse_event(&line)
-                .map_err(|problem| TestCaseError::fail(problem.to_json()))?;
-            let (sse, ndjson) = (
-                super::super::render::stream_item(true, &message),
-                super::super::render::stream_item(false, &message),
-            );
-            prop_assert_eq!(
-                String::from_utf8_lossy(&event),
-                String::from_utf8_lossy(&sse)
-            );
-            line.push(b'\n');
-            prop_assert_eq!(
-                String::from_utf8_lossy(&line),
-                String::from_utf8_lossy(&ndjson)
-            );
-            compared.set(compared.get() + 1);
-            Ok(())
-        });
-        if let Err(failure) = outcome {
-            panic!("{failure}");
-        }
-        let compared = compared.get();
+        let compared = each_answer::<proto::SubscribeResponse>(
+            Method::GET,
+            "/v1/streams/s/topics/t/messages:subscribe",
+            |message, typed| {
+                let mut line =
+                    crate::rest::typed_json_bytes(&typed).map_err(TestCaseError::fail)?;
+                let event = super::super::render::sse_event(&line)
+                    .map_err(|problem| TestCaseError::fail(problem.to_json()))?;
+                let (sse, ndjson) = (
+                    super::super::render::stream_item(true, message),
+                    super::super::render::stream_item(false, message),
+                );
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&event),
+                    String::from_utf8_lossy(&sse)
+                );
+                line.push(b'\n');
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&line),
+                    String::from_utf8_lossy(&ndjson)
+                );
+                Ok(())
+            },
+        );
         assert!(compared >= 100, "only {compared} streamed answers parsed");
     }
 
