@@ -291,6 +291,18 @@ impl TestApp {
         partition_id: u32,
         texts: &[&str],
     ) -> Vec<String> {
+        let messages = texts.iter().map(|t| text_message(t)).collect();
+        self.send_to(stream, topic, partition_id, messages).await
+    }
+
+    /// Sends messages over gRPC to one partition and returns their ids.
+    pub async fn send_to(
+        &self,
+        stream: &str,
+        topic: &str,
+        partition_id: u32,
+        messages: Vec<proto::Message>,
+    ) -> Vec<String> {
         self.messages
             .clone()
             .send_messages(proto::SendMessagesRequest {
@@ -299,7 +311,7 @@ impl TestApp {
                 partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(
                     partition_id,
                 )),
-                messages: texts.iter().map(|t| text_message(t)).collect(),
+                messages,
             })
             .await
             .expect("messages sent")

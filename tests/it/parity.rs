@@ -122,16 +122,13 @@ async fn setup(app: &TestApp) {
         body: Some(proto::message::Body::Text(text.into())),
         ..Default::default()
     };
-    app.messages
-        .clone()
-        .send_messages(proto::SendMessagesRequest {
-            stream: "orders".into(),
-            topic: "created".into(),
-            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
-            messages: vec![message(ID_A, "a"), message(ID_B, "b")],
-        })
-        .await
-        .expect("sent");
+    app.send_to(
+        "orders",
+        "created",
+        0,
+        vec![message(ID_A, "a"), message(ID_B, "b")],
+    )
+    .await;
     app.messages
         .clone()
         .store_consumer_offset(proto::StoreConsumerOffsetRequest {

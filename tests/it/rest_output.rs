@@ -551,16 +551,7 @@ async fn rest_writes_what_grpc_stored_in_proto3_json_spelling() {
             ..Default::default()
         },
     ];
-    app.messages
-        .clone()
-        .send_messages(proto::SendMessagesRequest {
-            stream: "orders".into(),
-            topic: "created".into(),
-            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
-            messages,
-        })
-        .await
-        .expect("sent over gRPC");
+    app.send_to("orders", "created", 0, messages).await;
 
     let expected = [
         r#""headers":{"nan":{"double_value":"NaN"}},"text":"a"}"#,
