@@ -24,7 +24,9 @@ pub use routes::{BodyRule, Lookup, Route, RouteTable};
 pub use template::PathTemplate;
 pub use transcode::Transcoder;
 /// What the Connect translator shares with REST: one JSON codec, one gRPC framing.
-pub(crate) use transcode::{framing, json_bytes, json_message, typed_json_bytes};
+pub(crate) use transcode::{
+    PIECES_ABOVE, framing, json_bytes, json_message, typed_json_bytes, typed_json_pieces,
+};
 
 use crate::{answer::methods::read_only, proto};
 

@@ -65,6 +65,8 @@ pub enum Answer {
 pub enum Output {
     Message(DynamicMessage),
     Json(Vec<u8>),
+    /// A large answer's JSON, written as the body is read (`typed_json_pieces`).
+    JsonPieces(axum::body::Body),
 }
 
 /// One unary method: takes the request and answers one message of its output type.

@@ -35,7 +35,7 @@ use self::{
     request::{Built, Query, request_message},
 };
 pub(crate) use self::{
-    render::{json_bytes, typed_json_bytes},
+    render::{PIECES_ABOVE, json_bytes, typed_json_bytes, typed_json_pieces},
     request::json_message,
 };
 use super::{
@@ -323,6 +323,7 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     };
     let mut response = match reply {
         Ok(Output::Json(body)) => render::respond_json(route, body),
+        Ok(Output::JsonPieces(body)) => render::respond_json(route, body),
         Ok(Output::Message(reply)) => {
             let etag = conditional::answer_etag(&reply);
             let location = route

@@ -9,6 +9,7 @@
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
+use axum::body::Body;
 use futures_util::{Stream, StreamExt as _};
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage as _};
@@ -41,13 +42,19 @@ pub(super) struct Services {
     pub stats: Arc<StatsApi>,
 }
 
+/// How a large answer of a method is written piece by piece: its list taken out, then written
+/// around (`rest::typed_json_pieces`).
+type InPieces<Res> = fn(Res) -> Result<Body, String>;
+
 /// One unary method as a direct call: the request message becomes the method's typed input,
-/// its answer the output's message again.
+/// its answer the output's message again, or its JSON (in pieces when large and `pieces` says
+/// how).
 fn unary<Req, Res, F, Fut>(
     pool: &DescriptorPool,
     scopes: &Scopes,
     path: &'static str,
     method: F,
+    pieces: Option<InPieces<Res>>,
 ) -> Result<(&'static str, Call), String>
 where
     Req: prost::Message + Default + Validate + serde::de::DeserializeOwned + Send + 'static,
@@ -72,7 +79,12 @@ where
             let (metadata, typed, extensions) = answer.into_parts();
             let unwritable = |err: String| Failure::Unwritable(format!("{path}: {err}"));
             let output = match answer_as {
-                Answer::Json => Output::Json(rest::typed_json_bytes(&typed).map_err(unwritable)?),
+                Answer::Json => match pieces {
+                    Some(pieces) if typed.encoded_len() > rest::PIECES_ABOVE => {
+                        Output::JsonPieces(pieces(typed).map_err(unwritable)?)
+                    }
+                    _ => Output::Json(rest::typed_json_bytes(&typed).map_err(unwritable)?),
+                },
                 Answer::Message => Output::Message(
                     DynamicMessage::decode(output, typed.encode_to_vec().as_slice())
                         .map_err(|err| unwritable(err.to_string()))?,
@@ -216,9 +228,23 @@ fn output_of(pool: &DescriptorPool, path: &str) -> Result<MessageDescriptor, Str
         .ok_or_else(|| format!("{path} is not an RPC of the API"))
 }
 
-/// `Service/Method` (under the API's package), the trait, its method, and the instance.
+/// How an answer is written in pieces: not at all, or around its list `$field`.
+macro_rules! in_pieces {
+    () => {
+        None
+    };
+    ($answer:ident . $field:ident) => {
+        Some(|mut answer: proto::$answer| {
+            let items = std::mem::take(&mut answer.$field);
+            rest::typed_json_pieces(&answer, stringify!($field), items)
+        })
+    };
+}
+
+/// `Service/Method` (under the API's package), the trait, its method, and the instance; and
+/// the list a large answer is written around, piece by piece.
 macro_rules! entries {
-    ($pool:expr, $scopes:expr; $($service:literal / $method:literal => $trait:ident :: $fn:ident on $api:expr;)*) => {
+    ($pool:expr, $scopes:expr; $($service:literal / $method:literal => $trait:ident :: $fn:ident on $api:expr $(, in pieces of $answer:ident . $field:ident)?;)*) => {
         vec![$({
             let api = Arc::clone(&$api);
             unary(
@@ -229,6 +255,7 @@ macro_rules! entries {
                     let api = Arc::clone(&api);
                     async move { $trait::$fn(&*api, request).await }
                 },
+                in_pieces!($($answer . $field)?),
             )
         }),*]
     };
@@ -258,13 +285,13 @@ pub(super) fn table(
         "TopicService" / "CreatePartitions" => TopicService::create_partitions on services.topics;
         "TopicService" / "DeletePartitions" => TopicService::delete_partitions on services.topics;
         "MessageService" / "SendMessages" => MessageService::send_messages on services.messages;
-        "MessageService" / "PollMessages" => MessageService::poll_messages on services.messages;
+        "MessageService" / "PollMessages" => MessageService::poll_messages on services.messages, in pieces of PollMessagesResponse.messages;
         "MessageService" / "StoreConsumerOffset" => MessageService::store_consumer_offset on services.messages;
         "MessageService" / "GetConsumerOffset" => MessageService::get_consumer_offset on services.messages;
         "MessageService" / "DeleteConsumerOffset" => MessageService::delete_consumer_offset on services.messages;
         "EventService" / "PublishEvent" => EventService::publish_event on services.events;
         "EventService" / "PublishEvents" => EventService::publish_events on services.events;
-        "EventService" / "PollEvents" => EventService::poll_events on services.events;
+        "EventService" / "PollEvents" => EventService::poll_events on services.events, in pieces of PollEventsResponse.messages;
         "StatsService" / "GetStats" => StatsService::get_stats on services.stats;
     ];
     let streams = [{

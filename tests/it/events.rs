@@ -363,3 +363,68 @@ async fn an_event_time_json_cannot_write_is_refused_and_nothing_is_stored() {
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0]["timestamp"], "9999-12-31T23:59:59Z", "{stored:?}");
 }
+
+/// An event poll whose answer is large is sent in pieces (chunked, no `Content-Length`) and
+/// reads as the whole answer: every event, in order, with its data.
+#[tokio::test]
+async fn a_large_event_poll_is_sent_in_pieces_and_reads_whole() {
+    let app = spawn_app_with_default_topic().await;
+    let mut events = EventServiceClient::new(app.channel.clone());
+    // 200 events of 2 KiB of data each, on one partition (one key).
+    let batch = (0..200)
+        .map(|i| {
+            let mut event = grpc_event(proto::EventPayload {
+                r#type: "Generic".into(),
+                event: Some(proto::event_payload::Event::Generic(pbjson_types::Value {
+                    kind: Some(pbjson_types::value::Kind::StringValue(format!(
+                        "{i:04}{}",
+                        "x".repeat(2044)
+                    ))),
+                })),
+                ..Default::default()
+            });
+            event.id = format!("6f1c2a3e-1111-4a2b-9c3d-{i:012}");
+            event
+        })
+        .collect();
+    events
+        .publish_events(proto::PublishEventsRequest {
+            events: batch,
+            partition_key: "one".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("published");
+    let mut polled = None;
+    for partition in 0..3 {
+        let response = app
+            .http1
+            .get(app.url(&format!(
+                "/v1/streams/sample-stream/topics/events/events?partition_id={partition}&strategy=first&count=200"
+            )))
+            .send()
+            .await
+            .expect("polled");
+        assert_eq!(response.status(), 200);
+        let chunked = response.headers().get("content-length").is_none()
+            && response.headers()["transfer-encoding"] == "chunked";
+        let answer: Value = response.json().await.expect("JSON");
+        if answer["messages"].as_array().is_some_and(|m| !m.is_empty()) {
+            polled = Some((chunked, answer));
+        }
+    }
+    let (chunked, answer) = polled.expect("a partition with the events");
+    assert!(chunked, "a large answer is sent in pieces");
+    let messages = answer["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 200);
+    for (i, message) in messages.iter().enumerate() {
+        let data = message["event"]["payload"]["data"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{message}"));
+        assert!(
+            data.starts_with(&format!("{i:04}")) && data.len() == 2048,
+            "{i}"
+        );
+    }
+    assert_eq!(answer["count"], 200, "{}", answer["count"]);
+}

@@ -592,3 +592,63 @@ async fn rest_writes_what_grpc_stored_in_proto3_json_spelling() {
         }
     }
 }
+
+/// A poll whose answer is large is sent as it is written, in pieces (chunked, no
+/// `Content-Length`), and reads as the whole answer would: byte for byte what the typed codec
+/// writes of the same poll over gRPC. A small one is still sent whole, with its length.
+#[tokio::test]
+async fn a_large_poll_is_sent_in_pieces_and_reads_as_the_whole_answer() {
+    use iggy_gateway::proto;
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    // 400 × 2 KiB: 800 KiB of payloads, past the size answers are written in pieces from.
+    for batch in 0..4u8 {
+        let messages = (0..100u8)
+            .map(|i| proto::Message {
+                body: Some(proto::message::Body::Payload(vec![batch ^ i; 2048].into())),
+                ..Default::default()
+            })
+            .collect();
+        app.send_to("orders", "created", 0, messages).await;
+    }
+    let poll = |count: u32| {
+        app.http1
+            .get(app.url(&format!(
+                "/v1/streams/orders/topics/created/messages?partition_id=0&strategy=first&count={count}"
+            )))
+            .send()
+    };
+    let grpc = app.poll_from("orders", "created", 0, 0, 400).await;
+    assert_eq!(grpc.messages.len(), 400);
+
+    let large = poll(400).await.expect("polled");
+    assert_eq!(large.status(), 200);
+    assert_eq!(large.headers()["content-type"], "application/json");
+    assert!(
+        large.headers().get("content-length").is_none(),
+        "{:?}",
+        large.headers()
+    );
+    assert_eq!(large.headers()["transfer-encoding"], "chunked");
+    let body = large.bytes().await.expect("the whole body");
+    let expected = serde_json::to_vec(&grpc).expect("JSON");
+    assert!(body.len() > 1024 * 1024, "{}", body.len());
+    assert!(body == expected, "the pieces differ from the whole answer");
+
+    let small = poll(2).await.expect("polled");
+    assert_eq!(small.status(), 200);
+    assert!(small.headers().get("transfer-encoding").is_none());
+    let length = small.headers()["content-length"]
+        .to_str()
+        .expect("a length")
+        .to_owned();
+    let body = small.bytes().await.expect("body");
+    assert_eq!(length, body.len().to_string());
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(
+        answer["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
+}

@@ -263,6 +263,109 @@ pub(crate) fn typed_json_bytes<T: serde::Serialize>(message: &T) -> Result<Vec<u
     Ok(out)
 }
 
+/// Answers whose protobuf is larger than this are written piece by piece
+/// ([`typed_json_pieces`]); smaller ones in one buffer, with a `Content-Length`.
+pub(crate) const PIECES_ABOVE: usize = 256 * 1024;
+
+/// About how much JSON one piece of a large answer holds: its items are written until a piece
+/// reaches this, so a piece is at most this and one item more.
+pub(crate) const PIECE_BYTES: usize = 64 * 1024;
+
+/// A large answer (a poll of many messages) as [`typed_json_bytes`] writes it, but piece by
+/// piece as the body is read: the answer's other fields around its list `field` (taken out of
+/// it as `items`), then the items, a piece at a time. No copy of the whole answer's JSON is
+/// ever held (base64 makes it a third larger than the payloads the call was charged for), and
+/// a client that reads slowly costs one piece, not a second copy of the answer. An item that
+/// cannot be written ends the body with an error, logged (the status is already sent).
+pub(crate) fn typed_json_pieces<T, I>(
+    answer: &T,
+    field: &str,
+    items: Vec<I>,
+) -> Result<Body, String>
+where
+    T: serde::Serialize,
+    I: serde::Serialize + Send + 'static,
+{
+    let pieces = Pieces::new(answer, field, items, PIECE_BYTES)?;
+    Ok(Body::from_stream(futures_util::stream::iter(pieces)))
+}
+
+/// A large answer being written: what comes before its items, the items left, and what
+/// follows them.
+pub(super) struct Pieces<I> {
+    head: Option<Bytes>,
+    items: std::vec::IntoIter<I>,
+    first: bool,
+    tail: Option<Bytes>,
+    piece_bytes: usize,
+}
+
+impl<I: serde::Serialize> Pieces<I> {
+    /// `answer` (its list `field` emptied) and `items`, the list, in pieces of about
+    /// `piece_bytes`.
+    pub(super) fn new<T: serde::Serialize>(
+        answer: &T,
+        field: &str,
+        items: Vec<I>,
+        piece_bytes: usize,
+    ) -> Result<Self, String> {
+        // The answer without its items, and where its empty list opens.
+        let skeleton = typed_json_bytes(answer)?;
+        let Fields(fields) = serde_json::from_slice(&skeleton)
+            .map_err(|err| format!("reading the answer's JSON: {err}"))?;
+        let open = fields
+            .iter()
+            .find(|(key, _)| key == field)
+            .filter(|(_, list)| list.get() == "[]")
+            .map(|(_, list)| list.get().as_ptr() as usize - skeleton.as_ptr() as usize)
+            .ok_or_else(|| format!("the answer has no empty list {field}"))?;
+        drop(fields);
+        let mut tail = Bytes::from(skeleton);
+        let head = tail.split_to(open + 1);
+        Ok(Self {
+            head: Some(head),
+            items: items.into_iter(),
+            first: true,
+            tail: Some(tail),
+            piece_bytes,
+        })
+    }
+}
+
+impl<I: serde::Serialize> Iterator for Pieces<I> {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let head = self.head.take();
+        let tail = self.tail.as_ref()?;
+        let mut piece = Vec::with_capacity(self.piece_bytes + self.piece_bytes / 4);
+        piece.extend_from_slice(head.as_deref().unwrap_or_default());
+        // At least one item a piece, however small `piece_bytes`, so the answer always ends.
+        loop {
+            let Some(item) = self.items.next() else {
+                piece.extend_from_slice(tail);
+                self.tail = None;
+                break;
+            };
+            if !std::mem::take(&mut self.first) {
+                piece.push(b',');
+            }
+            let mut serializer = serde_json::Serializer::with_formatter(&mut piece, IntegralFloats);
+            if let Err(err) = item.serialize(&mut serializer) {
+                tracing::error!(detail = %err, "REST transcoding failed mid-answer");
+                self.tail = None;
+                return Some(Err(std::io::Error::other(
+                    "the answer could not be written",
+                )));
+            }
+            if piece.len() >= self.piece_bytes {
+                break;
+            }
+        }
+        Some(Ok(Bytes::from(piece)))
+    }
+}
+
 fn serialize_options() -> SerializeOptions {
     SerializeOptions::new()
         .use_proto_field_name(true)
@@ -348,8 +451,10 @@ fn stream_error(sse: bool, problem: Problem, request_id: Option<String>) -> Byte
 }
 
 /// An answer already written as JSON, with the route's success status.
-pub(super) fn respond_json(route: &Route, body: Vec<u8>) -> Response {
-    let mut response = (route.success, body).into_response();
+/// An answer's JSON: whole (sent with its length), or a large one's pieces
+/// ([`typed_json_pieces`]).
+pub(super) fn respond_json(route: &Route, body: impl Into<Body>) -> Response {
+    let mut response = (route.success, body.into()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

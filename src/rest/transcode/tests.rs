@@ -445,6 +445,7 @@ mod typed_codec {
     use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
     use serde_json::{Map, Value, json};
 
+    use super::super::render;
     use super::{Bytes, Method, Query, json_headers, request_message, route_for};
     use crate::{proto, rest::transcode::request::Built};
 
@@ -864,6 +865,80 @@ mod typed_codec {
             },
         );
         assert!(compared >= 100, "only {compared} streamed answers parsed");
+    }
+
+    /// A large answer written in pieces ([`render::Pieces`]) is the answer written whole, byte
+    /// for byte, however the pieces fall: each item a piece of its own, a few together, all
+    /// in one.
+    #[test]
+    fn answers_in_pieces_are_written_as_whole() {
+        fn agree<Res, I>(method: Method, path: &str, take: fn(&mut Res) -> Vec<I>) -> usize
+        where
+            Res: prost::Message + Default + serde::Serialize,
+            I: serde::Serialize + Clone,
+        {
+            each_answer::<Res>(method, path, |_, mut typed| {
+                let whole = crate::rest::typed_json_bytes(&typed).map_err(TestCaseError::fail)?;
+                let items = take(&mut typed);
+                for piece_bytes in [1, 100, render::PIECE_BYTES] {
+                    let pieces =
+                        render::Pieces::new(&typed, "messages", items.clone(), piece_bytes)
+                            .map_err(TestCaseError::fail)?
+                            .collect::<Result<Vec<Bytes>, _>>()
+                            .map_err(|err| TestCaseError::fail(err.to_string()))?;
+                    let written = pieces.concat();
+                    prop_assert_eq!(
+                        String::from_utf8_lossy(&written),
+                        String::from_utf8_lossy(&whole)
+                    );
+                    if piece_bytes == 1 {
+                        // The head with the first item, a piece per item after it, the tail
+                        // (with the head when there are no items).
+                        prop_assert_eq!(pieces.len(), items.len() + 1);
+                    }
+                }
+                Ok(())
+            })
+        }
+        let polls = agree::<proto::PollMessagesResponse, _>(
+            Method::GET,
+            "/v1/streams/s/topics/t/messages",
+            |answer| std::mem::take(&mut answer.messages),
+        );
+        let events = agree::<proto::PollEventsResponse, _>(
+            Method::GET,
+            "/v1/streams/s/topics/t/events",
+            |answer| std::mem::take(&mut answer.messages),
+        );
+        assert!(polls >= 100, "only {polls} polls parsed");
+        assert!(events >= 100, "only {events} event polls parsed");
+    }
+
+    /// An item that cannot be written (a time past year 9999) ends the pieces with an error,
+    /// after those written before it, and nothing follows: the body is cut, never closed as a
+    /// whole answer.
+    #[test]
+    fn an_item_that_cannot_be_written_ends_the_pieces_with_an_error() {
+        let item = |seconds| proto::PolledEvent {
+            timestamp: Some(pbjson_types::Timestamp { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        let answer = proto::PollEventsResponse::default();
+        let items = vec![item(0), item(253_402_300_800), item(0)];
+        let mut pieces = render::Pieces::new(&answer, "messages", items, 1).expect("pieces");
+        let first = pieces.next().expect("a first piece").expect("written");
+        assert!(first.starts_with(b"{\"messages\":[{"), "{first:?}");
+        assert!(pieces.next().expect("a second piece").is_err());
+        assert!(pieces.next().is_none(), "nothing after the error");
+    }
+
+    /// An answer without the list it is to be written around is refused before anything is
+    /// written.
+    #[test]
+    fn pieces_need_the_answers_list() {
+        let answer = proto::PollEventsResponse::default();
+        let pieces = render::Pieces::new(&answer, "events", Vec::<proto::PolledEvent>::new(), 1);
+        assert!(pieces.is_err());
     }
 
     /// Which answers the typed codec writes: the plain ones, timestamps and all; not one with
