@@ -4,6 +4,7 @@
 
 mod conditional;
 pub mod direct;
+mod fields;
 mod openapi;
 mod routes;
 mod scalars;

@@ -8,7 +8,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage};
 use serde_json::{Map, Value, json};
 
-use super::routes::Route;
+use super::{
+    fields::{self, Fields},
+    routes::Route,
+};
 use crate::answer::Problem;
 
 /// The field that carries an etag, in resources and in the requests that change them
@@ -151,12 +154,16 @@ fn own_etag(message: &DynamicMessage) -> Option<String> {
     let field = etag_field(&message.descriptor())?;
     let value = message.get_field(&field);
     let etag = value.as_str()?;
-    // etagc (RFC 9110 §8.8.3): visible ASCII but the double quote.
-    let valid = !etag.is_empty()
+    entity_tag(etag).then(|| etag.to_owned())
+}
+
+/// Whether `etag` can be sent as an entity tag: not empty, and only etagc (RFC 9110 §8.8.3):
+/// visible ASCII but the double quote.
+fn entity_tag(etag: &str) -> bool {
+    !etag.is_empty()
         && etag
             .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b));
-    valid.then(|| etag.to_owned())
+            .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b))
 }
 
 /// The resource an answer holds, as the message fields that may carry its etag: the answer
@@ -182,6 +189,25 @@ pub(crate) fn answer_etag(reply: &DynamicMessage) -> Option<HeaderValue> {
             [field] => own_etag(reply.get_field(field).as_message()?),
             _ => None,
         })?;
+    HeaderValue::from_str(&format!("\"{etag}\"")).ok()
+}
+
+/// [`answer_etag`] of an answer of type `output` as the typed codec wrote it (`json`), read
+/// from its text: the answer's own `etag`, or that of the one resource it holds.
+pub(crate) fn json_etag(output: &MessageDescriptor, json: &[u8]) -> Option<HeaderValue> {
+    let own = |json: &[u8]| {
+        Fields::of(json)
+            .ok()?
+            .get(ETAG_FIELD)
+            .and_then(fields::string)
+            .filter(|etag| entity_tag(etag))
+    };
+    let etag = etag_field(output).and_then(|_| own(json)).or_else(|| {
+        match resource_fields(output).as_slice() {
+            [field] => own(Fields::of(json).ok()?.get(field.name())?.get().as_bytes()),
+            _ => None,
+        }
+    })?;
     HeaderValue::from_str(&format!("\"{etag}\"")).ok()
 }
 

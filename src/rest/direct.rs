@@ -7,11 +7,13 @@
 //!
 //! A `body: "*"` JSON object reaches the method unparsed ([`Input::Json`]) and is read by the
 //! method's typed proto3 JSON codec (generated from the protos, as prost's types are): no
-//! dynamic message, no protobuf encode and decode on the way. An answer REST only writes out
-//! comes back as JSON written by the same codec ([`Answer::Json`]).
+//! dynamic message, no protobuf encode and decode on the way. Every answer comes back as JSON
+//! written by the same codec ([`Output`]); REST reads its `ETag`, its `Location` or the one
+//! field it answers with from that text.
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
+use axum::body::Body;
 use bytes::Bytes;
 use futures_util::Stream;
 use prost_reflect::DynamicMessage;
@@ -52,21 +54,22 @@ pub enum Input {
 
 pub type Reply = Result<tonic::Response<Output>, Failure>;
 
-/// The form the caller wants the answer in.
+/// What the caller does with the answer's JSON (the typed codec writes every answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// A message, for the caller to read (an `ETag`, a `Location`, one field of it).
-    Message,
-    /// REST's JSON, written by the typed codec.
-    Json,
+    /// Sends it as it is: whole, or a large one in pieces as they are written.
+    Written,
+    /// Reads it before sending it (an `ETag`, a `Location`, one field of it): in one buffer.
+    ToRead,
 }
 
-/// A direct call's answer, in the form asked for.
+/// A direct call's answer, as REST's JSON, in the form asked for.
 pub enum Output {
-    Message(DynamicMessage),
-    Json(Vec<u8>),
-    /// A large answer's JSON, written as the body is read (`typed_json_pieces`).
-    JsonPieces(axum::body::Body),
+    /// To be sent as it is: one buffer (with its length), or a large answer's pieces
+    /// (`typed_json_pieces`).
+    Json(Body),
+    /// In one buffer, to be read.
+    ToRead(Vec<u8>),
 }
 
 /// One unary method: takes the request and answers one message of its output type.

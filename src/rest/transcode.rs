@@ -9,7 +9,7 @@ pub(crate) mod framing;
 mod render;
 mod request;
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     body::Body,
@@ -31,7 +31,7 @@ use crate::{
 pub(super) use self::render::{CURSOR_FIELD, PROBLEM_EVENT};
 use self::{
     framing::EncodeError,
-    render::{internal, respond},
+    render::internal,
     request::{Built, Query, request_message},
 };
 pub(crate) use self::{
@@ -105,9 +105,6 @@ pub struct Transcoder {
     grpc: axum::Router,
     /// The unary methods called directly; the others go through `grpc`.
     direct: Direct,
-    /// The gRPC paths whose answers the typed codec writes as REST's JSON, on the routes that
-    /// answer with the whole message ([`Transcoder::writes_json`]).
-    json_answers: HashSet<String>,
     max_body_bytes: usize,
     query: Query,
 }
@@ -119,17 +116,10 @@ impl Transcoder {
         direct: Direct,
         settings: RestSettings,
     ) -> Self {
-        let json_answers = table
-            .routes()
-            .iter()
-            .filter(|route| direct.get(&route.grpc_path).is_some() && json_answer(route))
-            .map(|route| route.grpc_path.clone())
-            .collect();
         Self {
             table,
             grpc,
             direct,
-            json_answers,
             max_body_bytes: settings.max_body_bytes,
             query: if settings.strict_query {
                 Query::Strict
@@ -142,20 +132,11 @@ impl Transcoder {
     pub fn table(&self) -> &RouteTable {
         &self.table
     }
-
-    /// Whether the typed codec writes `route`'s answer ([`json_answer`]). The set holds the
-    /// methods one of whose routes it writes; another route of the same method may still
-    /// answer with one field of it (`response_body`) or a `Location`, so those are checked here.
-    fn writes_json(&self, route: &Route) -> bool {
-        route.created.is_none()
-            && route.response_body.is_none()
-            && self.json_answers.contains(&route.grpc_path)
-    }
 }
 
-/// Whether a route's answer is only written out, so the typed codec may write it: not a
-/// stream, no `ETag` or `Location` to read from it, not one field of it. It writes every
-/// answer as the descriptors do (its well-known types through `proto::wkt`).
+/// Whether a route's answer is only written out, as the typed codec writes it (in pieces when
+/// large): not a stream, no `ETag` or `Location` to read from it, not one field of it. Other
+/// answers are written by it too, and read before they are sent ([`render::respond_written`]).
 fn json_answer(route: &Route) -> bool {
     !route.method.is_server_streaming()
         && route.created.is_none()
@@ -300,13 +281,14 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     };
     let (reply, echo) = match direct {
         Some(call) => {
-            let answer = if transcoder.writes_json(route) {
-                Answer::Json
+            let answer = if json_answer(route) {
+                Answer::Written
             } else {
-                Answer::Message
+                Answer::ToRead
             };
             let request = (&parts.headers, &parts.extensions);
-            call_direct(call, route, request, built, answer).await
+            let (reply, echo) = call_direct(call, route, request, built, answer).await;
+            (reply.map(Replied::Typed), echo)
         }
         None => {
             let message = built.into_message(route)?;
@@ -318,28 +300,16 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
                 &message,
             )
             .await;
-            (reply.map(Output::Message), echo)
+            (reply.map(Replied::Dynamic), echo)
         }
     };
     let mut response = match reply {
-        Ok(Output::Json(body)) => render::respond_json(route, body),
-        Ok(Output::JsonPieces(body)) => render::respond_json(route, body),
-        Ok(Output::Message(reply)) => {
-            let etag = conditional::answer_etag(&reply);
-            let location = route
-                .created
-                .as_ref()
-                .zip(for_location.as_ref())
-                .and_then(|(created, message)| created.url(message, &reply))
-                .and_then(|url| HeaderValue::try_from(url).ok());
-            let mut response = respond(route, reply)?;
-            if let Some(etag) = etag {
-                response.headers_mut().insert(header::ETAG, etag);
-            }
-            if let Some(location) = location {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            response
+        Ok(Replied::Typed(Output::Json(body))) => render::respond_json(route, body),
+        Ok(Replied::Typed(Output::ToRead(body))) => {
+            render::respond_written(route, body, for_location.as_ref())?
+        }
+        Ok(Replied::Dynamic(reply)) => {
+            render::respond_message(route, reply, for_location.as_ref())?
         }
         // `If-None-Match: *` met a resource that exists: its precondition failed.
         Err(problem) if requires_absence && problem.status() == StatusCode::CONFLICT.as_u16() => {
@@ -357,6 +327,13 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         .extensions_mut()
         .insert(MatchedRoute(Arc::clone(&route.label)));
     Ok(response)
+}
+
+/// A unary call's answer: from a direct call, as JSON the typed codec wrote; from the
+/// in-process gRPC call (a transcoder built without the table), as a message.
+enum Replied {
+    Typed(Output),
+    Dynamic(DynamicMessage),
 }
 
 /// The gRPC call a REST request becomes: one framed message, selected headers as metadata, and

@@ -12,7 +12,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use axum::body::Body;
 use futures_util::{Stream, StreamExt as _};
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage as _};
+use prost_reflect::{DynamicMessage, ReflectMessage as _};
 use tonic::{Code, Status};
 
 use crate::{
@@ -50,19 +50,17 @@ type InPieces<Res> = fn(Res) -> Result<Body, String>;
 /// its answer the output's message again, or its JSON (in pieces when large and `pieces` says
 /// how).
 fn unary<Req, Res, F, Fut>(
-    pool: &DescriptorPool,
     scopes: &Scopes,
     path: &'static str,
     method: F,
     pieces: Option<InPieces<Res>>,
-) -> Result<(&'static str, Call), String>
+) -> (&'static str, Call)
 where
     Req: prost::Message + Default + Validate + serde::de::DeserializeOwned + Send + 'static,
     Res: prost::Message + serde::Serialize + Send + 'static,
     F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<Res>, Status>> + Send + 'static,
 {
-    let output = output_of(pool, path)?;
     let scopes = scopes.clone();
     let method = Arc::new(method);
     let call: Call = Arc::new(move |request: tonic::Request<Input>, answer_as: Answer| {
@@ -73,27 +71,26 @@ where
                     as Pin<Box<dyn Future<Output = Reply> + Send>>;
             }
         };
-        let (scopes, method, output) = (scopes.clone(), Arc::clone(&method), output.clone());
+        let (scopes, method) = (scopes.clone(), Arc::clone(&method));
         Box::pin(async move {
             let answer = settled(&scopes, &access, method(request?).await)?;
             let (metadata, typed, extensions) = answer.into_parts();
             let unwritable = |err: String| Failure::Unwritable(format!("{path}: {err}"));
-            let output = match answer_as {
-                Answer::Json => match pieces {
-                    Some(pieces) if typed.encoded_len() > rest::PIECES_ABOVE => {
-                        Output::JsonPieces(pieces(typed).map_err(unwritable)?)
-                    }
-                    _ => Output::Json(rest::typed_json_bytes(&typed).map_err(unwritable)?),
-                },
-                Answer::Message => Output::Message(
-                    DynamicMessage::decode(output, typed.encode_to_vec().as_slice())
-                        .map_err(|err| unwritable(err.to_string()))?,
-                ),
+            let output = match (answer_as, pieces) {
+                (Answer::Written, Some(pieces)) if typed.encoded_len() > rest::PIECES_ABOVE => {
+                    Output::Json(pieces(typed).map_err(unwritable)?)
+                }
+                (Answer::Written, _) => Output::Json(Body::from(
+                    rest::typed_json_bytes(&typed).map_err(unwritable)?,
+                )),
+                (Answer::ToRead, _) => {
+                    Output::ToRead(rest::typed_json_bytes(&typed).map_err(unwritable)?)
+                }
             };
             Ok(tonic::Response::from_parts(metadata, output, extensions))
         })
     });
-    Ok((path, call))
+    (path, call)
 }
 
 /// One server-streaming method as a direct call: its answers are written as JSON by the typed
@@ -217,17 +214,6 @@ fn typed_json<Req: prost::Message + serde::de::DeserializeOwned>(
     Some(typed)
 }
 
-fn output_of(pool: &DescriptorPool, path: &str) -> Result<MessageDescriptor, String> {
-    let (service, method) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .ok_or_else(|| format!("{path} is not a gRPC path"))?;
-    pool.get_service_by_name(service)
-        .and_then(|service| service.methods().find(|m| m.name() == method))
-        .map(|method| method.output())
-        .ok_or_else(|| format!("{path} is not an RPC of the API"))
-}
-
 /// How an answer is written in pieces: not at all, or around its list `$field`.
 macro_rules! in_pieces {
     () => {
@@ -244,11 +230,10 @@ macro_rules! in_pieces {
 /// `Service/Method` (under the API's package), the trait, its method, and the instance; and
 /// the list a large answer is written around, piece by piece.
 macro_rules! entries {
-    ($pool:expr, $scopes:expr; $($service:literal / $method:literal => $trait:ident :: $fn:ident on $api:expr $(, in pieces of $answer:ident . $field:ident)?;)*) => {
+    ($scopes:expr; $($service:literal / $method:literal => $trait:ident :: $fn:ident on $api:expr $(, in pieces of $answer:ident . $field:ident)?;)*) => {
         vec![$({
             let api = Arc::clone(&$api);
             unary(
-                $pool,
                 $scopes,
                 concat!("/iggy.gateway.v1.", $service, "/", $method),
                 move |request| {
@@ -267,9 +252,7 @@ pub(super) fn table(
     services: &Services,
     table: &RouteTable,
 ) -> Result<Direct, String> {
-    let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
-        .map_err(|err| format!("the API descriptor set does not decode: {err}"))?;
-    let entries = entries![&pool, scopes;
+    let entries = entries![scopes;
         "StreamService" / "CreateStream" => StreamService::create_stream on services.streams;
         "StreamService" / "GetStream" => StreamService::get_stream on services.streams;
         "StreamService" / "ListStreams" => StreamService::list_streams on services.streams;
@@ -306,8 +289,7 @@ pub(super) fn table(
         )
     }];
     let mut direct = Direct::default();
-    for entry in entries {
-        let (path, call) = entry?;
+    for (path, call) in entries {
         if !scopes.knows(path) {
             return Err(format!("{path} has no required_scope entry"));
         }

@@ -9,6 +9,7 @@ use http::{Method, StatusCode};
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 
 use super::Route;
+use crate::rest::fields::{self, Fields};
 
 /// How to write the URL of what a create made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +30,30 @@ impl Created {
     /// The created resource's URL (a path: it stays right behind any proxy that keeps the
     /// path); `None` when a value it needs is missing or empty.
     pub fn url(&self, request: &DynamicMessage, reply: &DynamicMessage) -> Option<String> {
+        // An answer without the resource names none (its defaults would name id 0).
+        if !reply.has_field_by_name(&self.resource) {
+            return None;
+        }
         let resource = reply.get_field_by_name(&self.resource)?;
         let own = scalar_text(&*resource.as_message()?.get_field_by_name(&self.key)?)?;
+        self.filled(request, own)
+    }
+
+    /// [`Created::url`] with the answer as the typed codec wrote it (`reply`), read from its
+    /// text. The resource's key is a string or an integer in the API (`created_by` takes
+    /// `id` or `name`), which JSON writes as text [`fields::scalar_text`] reads back.
+    pub fn url_from_json(&self, request: &DynamicMessage, reply: &[u8]) -> Option<String> {
+        let resource = Fields::of(reply).ok()?.get(&self.resource)?;
+        let own = Fields::of(resource.get().as_bytes())
+            .ok()?
+            .get(&self.key)
+            .and_then(fields::scalar_text)
+            .filter(|own| !own.is_empty())?;
+        self.filled(request, own)
+    }
+
+    /// The template filled with the request's shared variables and the resource's key, `own`.
+    fn filled(&self, request: &DynamicMessage, own: String) -> Option<String> {
         let mut url = self.template.clone();
         for variable in &self.shared {
             let value = scalar_text(&*request.get_field_by_name(variable)?)?;

@@ -12,13 +12,15 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http_body_util::BodyExt;
 use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
-use serde_json::{Value, value::RawValue};
+use serde_json::Value;
 
 use super::framing::{self, FrameDecoder};
 use crate::{
     answer::Problem,
     rest::{
+        conditional,
         direct::{ItemError, Items},
+        fields::{self, Fields},
         routes::Route,
     },
 };
@@ -161,17 +163,14 @@ fn streaming(
 /// its cursor the id, its first other field set the event's name and data. The object's
 /// fields are read as they were written (no tree of values is built for the payload).
 pub(super) fn sse_event(json: &[u8]) -> Result<Bytes, Problem> {
-    let Fields(fields) = serde_json::from_slice(json)
-        .map_err(|err| internal(format!("reading a streamed answer: {err}")))?;
-    let id = fields
-        .iter()
-        .find(|(key, _)| key == CURSOR_FIELD)
-        .and_then(|(_, value)| serde_json::from_str::<String>(value.get()).ok());
+    let fields =
+        Fields::of(json).map_err(|err| internal(format!("reading a streamed answer: {err}")))?;
+    let id = fields.get(CURSOR_FIELD).and_then(fields::string);
     let (event, data) = fields
         .iter()
-        .find(|(key, value)| key != CURSOR_FIELD && value.get() != "null")
+        .find(|(key, value)| *key != CURSOR_FIELD && value.get() != "null")
         .map_or(("message", json), |(key, value)| {
-            (key.as_str(), value.get().as_bytes())
+            (key, value.get().as_bytes())
         });
     let mut text = Vec::with_capacity(data.len() + event.len() + 64);
     if let Some(id) = id {
@@ -185,32 +184,6 @@ pub(super) fn sse_event(json: &[u8]) -> Result<Bytes, Problem> {
     text.extend_from_slice(data);
     text.extend_from_slice(b"\n\n");
     Ok(Bytes::from(text))
-}
-
-/// A JSON object's fields in the order written, each value left as its text.
-struct Fields<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for Fields<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
-            type Value = Fields<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Fields<'a>, A::Error> {
-                let mut fields = Vec::new();
-                while let Some(field) = map.next_entry::<String, &'a RawValue>()? {
-                    fields.push(field);
-                }
-                Ok(Fields(fields))
-            }
-        }
-        deserializer.deserialize_map(Visit(std::marker::PhantomData))
-    }
 }
 
 /// The stream's next message, once its frame is complete; the error's detail is for the log.
@@ -311,13 +284,12 @@ impl<I: serde::Serialize> Pieces<I> {
     ) -> Result<Self, String> {
         // The answer without its items, and where its empty list opens.
         let skeleton = typed_json_bytes(answer)?;
-        let Fields(fields) = serde_json::from_slice(&skeleton)
-            .map_err(|err| format!("reading the answer's JSON: {err}"))?;
+        let fields =
+            Fields::of(&skeleton).map_err(|err| format!("reading the answer's JSON: {err}"))?;
         let open = fields
-            .iter()
-            .find(|(key, _)| key == field)
-            .filter(|(_, list)| list.get() == "[]")
-            .map(|(_, list)| list.get().as_ptr() as usize - skeleton.as_ptr() as usize)
+            .get(field)
+            .filter(|list| list.get() == "[]")
+            .map(|list| list.get().as_ptr() as usize - skeleton.as_ptr() as usize)
             .ok_or_else(|| format!("the answer has no empty list {field}"))?;
         drop(fields);
         let mut tail = Bytes::from(skeleton);
@@ -462,7 +434,68 @@ pub(super) fn respond_json(route: &Route, body: impl Into<Body>) -> Response {
     response
 }
 
-pub(super) fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, Problem> {
+/// An answer as a message (from the in-process gRPC call): the route's success status; the
+/// `ETag` of the resource it holds; for a create, the new resource's `Location` (from its
+/// `request`); and the whole answer or the one field the route answers with.
+pub(super) fn respond_message(
+    route: &Route,
+    reply: DynamicMessage,
+    request: Option<&DynamicMessage>,
+) -> Result<Response, Problem> {
+    let etag = conditional::answer_etag(&reply);
+    let location = route
+        .created
+        .as_ref()
+        .zip(request)
+        .and_then(|(created, request)| created.url(request, &reply))
+        .and_then(|url| HeaderValue::try_from(url).ok());
+    Ok(with_headers(respond(route, reply)?, etag, location))
+}
+
+/// An answer the typed codec wrote (`json`), answered as [`respond_message`] answers it as a
+/// message: the same status, headers and body, read from the text (the one field the route
+/// answers with copied out of it).
+pub(super) fn respond_written(
+    route: &Route,
+    json: Vec<u8>,
+    request: Option<&DynamicMessage>,
+) -> Result<Response, Problem> {
+    let etag = conditional::json_etag(&route.method.output(), &json);
+    let location = route
+        .created
+        .as_ref()
+        .zip(request)
+        .and_then(|(created, request)| created.url_from_json(request, &json))
+        .and_then(|url| HeaderValue::try_from(url).ok());
+    let response = if route.success == StatusCode::NO_CONTENT {
+        StatusCode::NO_CONTENT.into_response()
+    } else if let Some(field) = &route.response_body {
+        let fields = Fields::of(&json)
+            .map_err(|err| internal(format!("reading the answer's JSON: {err}")))?;
+        let value = fields.get(field).map_or("null", |value| value.get());
+        respond_json(route, value.as_bytes().to_vec())
+    } else {
+        respond_json(route, json)
+    };
+    Ok(with_headers(response, etag, location))
+}
+
+/// `response` with the `ETag` and `Location` its answer gave, where it gave them.
+fn with_headers(
+    mut response: Response,
+    etag: Option<HeaderValue>,
+    location: Option<HeaderValue>,
+) -> Response {
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, Problem> {
     if route.success == StatusCode::NO_CONTENT {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
