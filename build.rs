@@ -105,13 +105,18 @@ fn main() {
         std::process::exit(1);
     }
     let replaced = generated.replace(PBJSON_BYTES, "crate::proto::base64::Base64<_>");
-    // And written by it: the same text as pbjson's encoder, with SIMD.
-    const PBJSON_ENCODE: &str = "pbjson::private::base64::encode(";
-    if !replaced.contains(PBJSON_ENCODE) {
-        eprintln!("{}: no {PBJSON_ENCODE} to replace", codecs.display());
+    // And written by it: the same text as pbjson's encoder, with SIMD, as JSON serde_json
+    // need not escape. Every call must have the one shape replaced.
+    const PBJSON_ENCODE: &str = "pbjson::private::base64::encode(&v).as_str()";
+    let calls = replaced.matches("pbjson::private::base64::encode(").count();
+    if calls == 0 || replaced.matches(PBJSON_ENCODE).count() != calls {
+        eprintln!(
+            "{}: pbjson's base64 encoder is not called only as {PBJSON_ENCODE}",
+            codecs.display()
+        );
         std::process::exit(1);
     }
-    let replaced = replaced.replace(PBJSON_ENCODE, "crate::proto::base64::encode(");
+    let replaced = replaced.replace(PBJSON_ENCODE, "&crate::proto::base64::Written(&v)");
     // An enum number no value has is written as the number, as the descriptors write it,
     // where pbjson refuses it.
     let replaced = match unknown_enums(replaced) {
