@@ -678,6 +678,27 @@ async fn poll_answers_a_slow_reader_holds_count_against_max_inflight_bytes() {
     assert!(answer.len() > 8 * MESSAGE, "read {} bytes", answer.len());
     let (status, body) = app.get_json(one).await;
     assert_eq!(status, 200, "{body}");
+
+    // A reader that leaves halfway through the answer (written in pieces as it is read)
+    // gives the budget back when its connection goes.
+    let mut leaving = unread_poll(&app, path).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = app.get_json(one).await;
+    assert_eq!(status, 503, "the answer holds the budget while it is sent");
+    let mut part = vec![0; 256 * 1024];
+    tokio::io::AsyncReadExt::read_exact(&mut leaving, &mut part)
+        .await
+        .expect("the first part of the answer");
+    drop(leaving);
+    let mut status = 0;
+    for _ in 0..50 {
+        (status, _) = app.get_json(one).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the budget is free once the reader has gone");
 }
 
 /// A gateway whose calls in flight may hold 64 KiB (and whose bodies may be as large), with
