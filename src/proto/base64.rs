@@ -44,7 +44,9 @@ impl Visitor<'_> for Base64Visitor {
 /// a `bytes` field written as pbjson writes it (canonical, padded, standard base64), with
 /// SIMD, and handed to serde_json as a JSON string already written (a `RawValue`). Base64 holds no character JSON escapes, so serde_json
 /// copies it instead of scanning it byte by byte for escapes, which was a quarter of a REST
-/// poll's CPU; checking it as a `RawValue` scans it a word at a time.
+/// poll's CPU; checking it as a `RawValue` scans it a word at a time. serde_json's writer and
+/// its `to_value` take a `RawValue` as the JSON it holds; another serializer would see a
+/// struct, so the API's types are written as JSON by serde_json only (they are).
 pub struct Written<'a, T: ?Sized>(pub &'a T);
 
 impl<T: AsRef<[u8]> + ?Sized> Serialize for Written<'_, T> {

@@ -18,6 +18,58 @@ const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
 const MAX_DURATION_NANOS: u32 = 999_999_999;
 
+/// Whether the typed codec can write a polled item, checked before an answer is written in
+/// pieces (`rest::typed_json_pieces`): once a piece is sent, an item it refuses could only cut
+/// the body short, where an answer written whole is refused as an internal error. What it
+/// refuses in these messages: a timestamp outside years 1 to 9999, a non-finite number in a
+/// `Value` (doubles of headers are written as `"NaN"` and the like).
+pub trait Writable {
+    fn is_writable(&self) -> bool;
+}
+
+impl Writable for crate::proto::PolledMessage {
+    fn is_writable(&self) -> bool {
+        use crate::proto::polled_message::Body;
+        timestamp_is_writable(self.timestamp.as_ref())
+            && match &self.body {
+                Some(Body::Json(value)) => value_is_writable(value),
+                Some(Body::Payload(_) | Body::Text(_)) | None => true,
+            }
+    }
+}
+
+impl Writable for crate::proto::PolledEvent {
+    fn is_writable(&self) -> bool {
+        use crate::proto::event_payload::Event;
+        let payload_is_writable = |payload: &crate::proto::EventPayload| {
+            payload.data.as_ref().is_none_or(value_is_writable)
+                && match &payload.event {
+                    Some(Event::Generic(value)) => value_is_writable(value),
+                    Some(Event::User(_) | Event::Order(_)) | None => true,
+                }
+        };
+        timestamp_is_writable(self.timestamp.as_ref())
+            && self.event.as_ref().is_none_or(|event| {
+                timestamp_is_writable(event.timestamp.as_ref())
+                    && event.payload.as_ref().is_none_or(payload_is_writable)
+            })
+    }
+}
+
+fn timestamp_is_writable(timestamp: Option<&pbjson_types::Timestamp>) -> bool {
+    timestamp.is_none_or(|timestamp| Timestamp(timestamp).is_writable())
+}
+
+fn value_is_writable(value: &pbjson_types::Value) -> bool {
+    use pbjson_types::value::Kind;
+    match &value.kind {
+        Some(Kind::NumberValue(number)) => number.is_finite(),
+        Some(Kind::ListValue(list)) => list.values.iter().all(value_is_writable),
+        Some(Kind::StructValue(object)) => object.fields.values().all(value_is_writable),
+        Some(Kind::NullValue(_) | Kind::BoolValue(_) | Kind::StringValue(_)) | None => true,
+    }
+}
+
 /// A `google.protobuf.Timestamp` field, written as RFC 3339 in UTC with a `Z`.
 pub struct Timestamp<'a>(pub &'a pbjson_types::Timestamp);
 

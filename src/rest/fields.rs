@@ -13,7 +13,8 @@ impl<'a> Fields<'a> {
         serde_json::from_slice(json)
     }
 
-    /// The value of the field `name`, as written.
+    /// The value of the field `name`, as written: the first one, where a hand-written object
+    /// might give a key twice (the typed codec writes each field once, its name unescaped).
     pub(crate) fn get(&self, name: &str) -> Option<&'a RawValue> {
         self.0
             .iter()

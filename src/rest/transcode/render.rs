@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::framing::{self, FrameDecoder};
 use crate::{
     answer::Problem,
+    proto::wkt::Writable,
     rest::{
         conditional,
         direct::{ItemError, Items},
@@ -248,8 +249,9 @@ pub(crate) const PIECE_BYTES: usize = 64 * 1024;
 /// piece as the body is read: the answer's other fields around its list `field` (taken out of
 /// it as `items`), then the items, a piece at a time. No copy of the whole answer's JSON is
 /// ever held (base64 makes it a third larger than the payloads the call was charged for), and
-/// a client that reads slowly costs one piece, not a second copy of the answer. An item that
-/// cannot be written ends the body with an error, logged (the status is already sent).
+/// a client that reads slowly costs one piece, not a second copy of the answer. An answer with
+/// an item the codec cannot write is refused before anything is sent ([`Writable`]); should
+/// one fail anyway, the body ends with an error, logged (the status is already sent).
 pub(crate) fn typed_json_pieces<T, I>(
     answer: &T,
     field: &str,
@@ -257,8 +259,12 @@ pub(crate) fn typed_json_pieces<T, I>(
 ) -> Result<Body, String>
 where
     T: serde::Serialize,
-    I: serde::Serialize + Send + 'static,
+    I: serde::Serialize + Writable + Send + 'static,
 {
+    // Refused whole, before a piece is sent, as an answer written in one buffer would be.
+    if let Some(at) = items.iter().position(|item| !item.is_writable()) {
+        return Err(format!("{field}[{at}] cannot be written as JSON"));
+    }
     let pieces = Pieces::new(answer, field, items, PIECE_BYTES)?;
     Ok(Body::from_stream(futures_util::stream::iter(pieces)))
 }

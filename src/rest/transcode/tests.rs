@@ -879,7 +879,9 @@ mod typed_codec {
 
     /// Every unary route answers the typed codec's JSON, read from its text
     /// (`respond_written`), as it answers the descriptors' message (`respond_message`): the
-    /// same status, body, `ETag` and `Location`, on 300 generated answers a route.
+    /// same status, body, `ETag` and `Location`, on 300 generated answers a route. The JSON is
+    /// the descriptors' (`json_bytes`), which the typed codec's is byte for byte for every
+    /// answer type (`answers_read_before_sending_are_written_as_before` and the test above it).
     #[test]
     fn answers_read_from_their_json_are_answered_as_from_their_message() {
         use std::cell::Cell;
@@ -1046,6 +1048,64 @@ mod typed_codec {
         assert!(first.starts_with(b"{\"messages\":[{"), "{first:?}");
         assert!(pieces.next().expect("a second piece").is_err());
         assert!(pieces.next().is_none(), "nothing after the error");
+    }
+
+    /// What `Writable` says of a polled item is what the typed codec does with it: each thing
+    /// it refuses (a time past year 9999, a non-finite number in a `Value`, wherever they sit)
+    /// and items just inside. An answer holding one such item is refused before a piece is
+    /// sent, as the whole answer would be.
+    #[test]
+    fn writable_items_are_those_the_codec_writes() {
+        use pbjson_types::value::Kind;
+
+        use crate::proto::wkt::Writable;
+        let time = |seconds| Some(pbjson_types::Timestamp { seconds, nanos: 0 });
+        let value = |kind| pbjson_types::Value { kind: Some(kind) };
+        let nested = |number: f64| {
+            let list = value(Kind::ListValue(pbjson_types::ListValue {
+                values: vec![value(Kind::NumberValue(number))],
+            }));
+            value(Kind::StructValue(pbjson_types::Struct {
+                fields: [("k".to_owned(), list)].into(),
+            }))
+        };
+        let message = |seconds, number| proto::PolledMessage {
+            timestamp: time(seconds),
+            body: Some(proto::polled_message::Body::Json(nested(number))),
+            ..Default::default()
+        };
+        let event = |outer, inner, data: f64, generic: f64| proto::PolledEvent {
+            timestamp: time(outer),
+            event: Some(proto::Event {
+                timestamp: time(inner),
+                payload: Some(proto::EventPayload {
+                    data: Some(nested(data)),
+                    event: Some(proto::event_payload::Event::Generic(nested(generic))),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        const LAST: i64 = 253_402_300_799;
+        fn check<T: serde::Serialize + Writable>(item: &T, writable: bool) {
+            assert_eq!(item.is_writable(), writable);
+            assert_eq!(crate::rest::typed_json_bytes(item).is_ok(), writable);
+        }
+        check(&message(LAST, 1.5), true);
+        check(&message(LAST + 1, 1.5), false);
+        check(&message(0, f64::NAN), false);
+        check(&message(0, f64::INFINITY), false);
+        check(&event(LAST, LAST, 1.5, -2.0), true);
+        check(&event(LAST + 1, 0, 1.5, 1.5), false);
+        check(&event(0, LAST + 1, 1.5, 1.5), false);
+        check(&event(0, 0, f64::NEG_INFINITY, 1.5), false);
+        check(&event(0, 0, 1.5, f64::NAN), false);
+
+        let answer = proto::PollMessagesResponse::default();
+        let items = |last| vec![message(0, 1.5), message(last, 1.5)];
+        assert!(crate::rest::typed_json_pieces(&answer, "messages", items(LAST)).is_ok());
+        assert!(crate::rest::typed_json_pieces(&answer, "messages", items(LAST + 1)).is_err());
     }
 
     /// An answer without the list it is to be written around is refused before anything is
