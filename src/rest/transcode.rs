@@ -429,16 +429,29 @@ async fn call_direct(
                     Err(problem) => (Err(problem), Echo::default()),
                 }
             }
-            Err(Failure::Status(status)) => {
-                let echo = Echo::of_metadata(status.metadata());
-                (Err(Problem::from_status(&status)), echo)
-            }
-            Err(Failure::Unwritable(detail)) => (Err(internal(detail)), Echo::default()),
-            Err(Failure::Refused(rejection)) => {
-                let (problem, echo) = refusal(rejection);
+            Err(failure) => {
+                let (problem, echo) = failed(failure);
                 (Err(problem), echo)
             }
         };
+    }
+}
+
+/// Why a direct call, unary or streamed, has no answer, as REST answers it: the method's
+/// status, the scope policy's refusal, an answer JSON cannot write (logged).
+fn failed(failure: Failure) -> (Problem, Echo) {
+    match failure {
+        Failure::Status(status) => (
+            Problem::from_status(&status),
+            Echo::of_metadata(status.metadata()),
+        ),
+        Failure::Refused(rejection) => refusal(rejection),
+        Failure::Unwritable(detail) => (internal(detail), Echo::default()),
+        // Handed back only for a JSON body, which `call_direct` parses and calls again.
+        Failure::Untyped { .. } => (
+            internal("a request was handed back untyped".into()),
+            Echo::default(),
+        ),
     }
 }
 
@@ -480,19 +493,7 @@ async fn stream_direct(
             )
         }
         Err(failure) => {
-            let (problem, echo) = match failure {
-                Failure::Status(status) => (
-                    Problem::from_status(&status),
-                    Echo::of_metadata(status.metadata()),
-                ),
-                Failure::Refused(rejection) => refusal(rejection),
-                Failure::Unwritable(detail) => (internal(detail), Echo::default()),
-                // A built message is never handed back untyped.
-                Failure::Untyped { .. } => (
-                    internal("a stream's request was handed back untyped".into()),
-                    Echo::default(),
-                ),
-            };
+            let (problem, echo) = failed(failure);
             (
                 problem.with_request_id(request_id(headers)).into_response(),
                 echo,

@@ -22,7 +22,7 @@ use crate::{
         conditional,
         direct::{ItemError, Items},
         fields::{self, Fields},
-        routes::Route,
+        routes::{Created, Route},
     },
 };
 
@@ -449,12 +449,9 @@ pub(super) fn respond_message(
     request: Option<&DynamicMessage>,
 ) -> Result<Response, Problem> {
     let etag = conditional::answer_etag(&reply);
-    let location = route
-        .created
-        .as_ref()
-        .zip(request)
-        .and_then(|(created, request)| created.url(request, &reply))
-        .and_then(|url| HeaderValue::try_from(url).ok());
+    let location = location(route, request, |created, request| {
+        created.url(request, &reply)
+    });
     Ok(with_headers(respond(route, reply)?, etag, location))
 }
 
@@ -467,12 +464,9 @@ pub(super) fn respond_written(
     request: Option<&DynamicMessage>,
 ) -> Result<Response, Problem> {
     let etag = conditional::json_etag(&route.method.output(), &json);
-    let location = route
-        .created
-        .as_ref()
-        .zip(request)
-        .and_then(|(created, request)| created.url_from_json(request, &json))
-        .and_then(|url| HeaderValue::try_from(url).ok());
+    let location = location(route, request, |created, request| {
+        created.url_from_json(request, &json)
+    });
     let response = if route.success == StatusCode::NO_CONTENT {
         StatusCode::NO_CONTENT.into_response()
     } else if let Some(field) = &route.response_body {
@@ -484,6 +478,17 @@ pub(super) fn respond_written(
         respond_json(route, json)
     };
     Ok(with_headers(response, etag, location))
+}
+
+/// A create's `Location`: the URL `url` writes of the created resource from the create's
+/// `request`; `None` on other routes.
+fn location(
+    route: &Route,
+    request: Option<&DynamicMessage>,
+    url: impl FnOnce(&Created, &DynamicMessage) -> Option<String>,
+) -> Option<HeaderValue> {
+    let (created, request) = route.created.as_ref().zip(request)?;
+    HeaderValue::try_from(url(created, request)?).ok()
 }
 
 /// `response` with the `ETag` and `Location` its answer gave, where it gave them.
