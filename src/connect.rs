@@ -2,7 +2,8 @@
 //! like REST's. A Connect call (unary `POST` with `application/proto` or `application/json`,
 //! `GET` for methods marked `NO_SIDE_EFFECTS`, a server stream in `application/connect+*`
 //! envelopes) becomes one in-process gRPC call of the same service, below the same layers;
-//! its answer or status comes back in Connect's terms. JSON is REST's codec.
+//! its answer or status comes back in Connect's terms. JSON is REST's codec: each method's
+//! typed one (`rest::direct::JsonCodec`), with the descriptors where REST would use them.
 
 mod envelope;
 mod request;
@@ -24,7 +25,7 @@ use axum::{
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either};
 use http_body_util::BodyExt;
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
+use prost_reflect::{DescriptorPool, MethodDescriptor, Value};
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Service, ServiceExt};
@@ -35,7 +36,7 @@ use crate::{
     extensions::{ClientIp, MatchedRoute, PeerCertificate, Protocol, RequestId},
     identity::Identity,
     proto,
-    rest::{self, framing},
+    rest::{self, direct::JsonCodec, framing},
 };
 
 /// `google.protobuf.MethodOptions.IdempotencyLevel.NO_SIDE_EFFECTS`: such methods take `GET`.
@@ -71,6 +72,8 @@ struct Procedure {
     method: MethodDescriptor,
     /// Marked `idempotency_level = NO_SIDE_EFFECTS`: callable with `GET`.
     side_effect_free: bool,
+    /// Its typed JSON codec, REST's.
+    json: JsonCodec,
 }
 
 pub struct Connect {
@@ -82,8 +85,14 @@ pub struct Connect {
 }
 
 impl Connect {
-    /// Every method of the API's services, read from the descriptor set.
-    pub fn new(grpc: axum::Router, settings: ConnectSettings) -> Result<Self, String> {
+    /// Every method of the API's services, read from the descriptor set, with its typed JSON
+    /// codec from `codecs`; fails for a method without one, so none quietly takes the slower
+    /// descriptor path.
+    pub fn new(
+        grpc: axum::Router,
+        codecs: &HashMap<String, JsonCodec>,
+        settings: ConnectSettings,
+    ) -> Result<Self, String> {
         let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
             .map_err(|err| format!("the API descriptor set does not decode: {err}"))?;
         let procedures = pool
@@ -96,13 +105,17 @@ impl Connect {
                     .options()
                     .get_field_by_name("idempotency_level")
                     .is_some_and(|level| matches!(*level, Value::EnumNumber(NO_SIDE_EFFECTS)));
+                let json = *codecs.get(&path).ok_or_else(|| {
+                    format!("{path} has no typed JSON codec in startup/direct.rs")
+                })?;
                 let procedure = Procedure {
                     method,
                     side_effect_free,
+                    json,
                 };
-                (path, procedure)
+                Ok((path, procedure))
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         Ok(Self {
             procedures,
             grpc,
@@ -159,7 +172,7 @@ impl Connect {
             Ok(read) => read,
             Err(refusal) => return refusal.unary(),
         };
-        let frame = match request::frame(method, codec, &payload) {
+        let frame = match request::frame(method, Some(procedure.json), codec, &payload) {
             Ok(frame) => frame,
             Err(status) => return connect::unary_error(&status),
         };
@@ -171,7 +184,7 @@ impl Connect {
             Ok(answer) => answer,
             Err(never) => match never {},
         };
-        match unary_answer(method, codec, answer).await {
+        match unary_answer(procedure.json, codec, answer).await {
             Ok(response) => response,
             Err(status) => connect::unary_error(&status),
         }
@@ -193,7 +206,7 @@ impl Connect {
                 Ok(payload) => payload,
                 Err(refusal) => return refuse(refusal.status()),
             };
-        let frame = match request::frame(method, codec, &payload) {
+        let frame = match request::frame(method, Some(procedure.json), codec, &payload) {
             Ok(frame) => frame,
             Err(status) => return refuse(status),
         };
@@ -224,7 +237,7 @@ impl Connect {
         stream::respond(
             body,
             stream::Writer {
-                output: method.output(),
+                json_answer: procedure.json.answer,
                 json,
                 compression,
                 compression_min_bytes: self.settings.compression_min_bytes,
@@ -276,7 +289,7 @@ fn grpc_call(
 
 /// A unary gRPC answer as Connect's: the message in the request's codec, or the error.
 async fn unary_answer(
-    method: &MethodDescriptor,
+    json_codec: JsonCodec,
     codec: Codec,
     answer: Response,
 ) -> Result<Response, tonic::Status> {
@@ -296,9 +309,8 @@ async fn unary_answer(
     let (content_type, body) = match codec {
         Codec::Proto => ("application/proto", payload),
         Codec::Json => {
-            let message = DynamicMessage::decode(method.output(), payload)
-                .map_err(|err| internal(format!("decoding the gRPC answer: {err}")))?;
-            let bytes = rest::json_bytes(&message).map_err(internal)?;
+            let bytes = (json_codec.answer)(&payload)
+                .map_err(|err| internal(format!("writing the gRPC answer as JSON: {err}")))?;
             ("application/json", Bytes::from(bytes))
         }
     };
@@ -412,3 +424,6 @@ where
         }))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -26,7 +26,7 @@ pub use template::PathTemplate;
 pub use transcode::Transcoder;
 /// What the Connect translator shares with REST: one JSON codec, one gRPC framing.
 pub(crate) use transcode::{
-    PIECES_ABOVE, framing, json_bytes, json_message, typed_json_bytes, typed_json_pieces,
+    JsonRequest, PIECES_ABOVE, framing, json_request, typed_json_bytes, typed_json_pieces,
 };
 
 use crate::{answer::methods::read_only, proto};

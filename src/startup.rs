@@ -438,6 +438,52 @@ async fn require_backend(broker: &dyn Broker, wait: Duration) -> Result<(), Star
     }
 }
 
+/// One instance of each API service, over `broker`.
+fn services(
+    broker: Arc<dyn Broker>,
+    stats: Arc<Stats>,
+    limits: Limits,
+    default_topic: Option<DefaultTopic>,
+    subscriptions: Subscriptions,
+    idempotency: crate::idempotency::Idempotency,
+) -> direct::Services {
+    direct::Services {
+        streams: Arc::new(StreamApi::new(Arc::clone(&broker))),
+        topics: Arc::new(TopicApi::new(Arc::clone(&broker))),
+        messages: Arc::new(
+            MessageApi::new(Arc::clone(&broker), limits, subscriptions)
+                .with_idempotency(Arc::new(idempotency)),
+        ),
+        events: Arc::new(EventApi::new(broker, limits, default_topic)),
+        stats: Arc::new(StatsApi::new(stats)),
+    }
+}
+
+/// Every method's typed JSON codec as start-up builds them (services over a throw-away
+/// store), for tests that check each against the descriptors.
+#[cfg(test)]
+pub(crate) fn json_codecs() -> std::collections::HashMap<String, rest::direct::JsonCodec> {
+    let config = Config::for_tests(":memory:");
+    let broker: Arc<dyn Broker> =
+        Arc::new(EmbeddedBroker::open(&Location::Memory).expect("a store in memory"));
+    let metrics = Arc::new(Metrics::new());
+    let stats = Arc::new(Stats::new(Arc::clone(&broker), Arc::clone(&metrics)));
+    let apis = services(
+        broker,
+        stats,
+        config.limits(),
+        None,
+        Subscriptions::new(config.subscribe_settings(), CancellationToken::new()),
+        config.limits.idempotency(),
+    );
+    let scopes = Scopes::new(Arc::new(identity::KeyRing::from_static(&[])), metrics)
+        .expect("every RPC declares its scope");
+    let table = rest::route_table().expect("the route table");
+    direct::table(&scopes, &apis, &table)
+        .expect("the direct table")
+        .codecs()
+}
+
 /// How the HTTP surfaces over the services (REST, Connect) read requests.
 struct Surfaces {
     rest: RestSettings,
@@ -492,16 +538,14 @@ fn routes(
         };
     }
     // One instance of each service, served to gRPC and called directly by REST.
-    let apis = direct::Services {
-        streams: Arc::new(StreamApi::new(Arc::clone(&broker))),
-        topics: Arc::new(TopicApi::new(Arc::clone(&broker))),
-        messages: Arc::new(
-            MessageApi::new(Arc::clone(&broker), limits, subscriptions)
-                .with_idempotency(Arc::new(idempotency)),
-        ),
-        events: Arc::new(EventApi::new(broker, limits, default_topic)),
-        stats: Arc::new(StatsApi::new(stats)),
-    };
+    let apis = services(
+        broker,
+        stats,
+        limits,
+        default_topic,
+        subscriptions,
+        idempotency,
+    );
     let streams = compressed!(StreamServiceServer::from_arc(Arc::clone(&apis.streams)))
         .max_decoding_message_size(max_request_bytes);
     let topics = compressed!(TopicServiceServer::from_arc(Arc::clone(&apis.topics)))
@@ -522,13 +566,16 @@ fn routes(
         .add_service(scopes.guard(GrpcPaths::new(stats.clone())));
     let grpc_only = grpc_only.routes().prepare().into_axum_router();
     let table = rest::route_table().map_err(StartupError::Internal)?;
-    // REST's unary calls go straight to the same instances; its streams in process over gRPC.
+    // REST's calls, unary and streamed, go straight to the same instances.
     let direct = direct::table(&scopes, &apis, &table).map_err(StartupError::Internal)?;
+    let codecs = direct.codecs();
     let rest = rest::router_with(table, grpc_only.clone(), direct, rest_settings)
         .map_err(StartupError::Internal)?;
-    // Connect calls the same service instances, in process, as REST does.
-    let connect =
-        Arc::new(Connect::new(grpc_only, connect_settings).map_err(StartupError::Internal)?);
+    // Connect calls the same service instances in process over gRPC; its JSON is written and
+    // read by the typed codecs REST's direct calls use.
+    let connect = Arc::new(
+        Connect::new(grpc_only, &codecs, connect_settings).map_err(StartupError::Internal)?,
+    );
 
     // Plain HTTP methods other than POST on a service's paths are answered as on any path
     // (OPTIONS, 405), not by tonic-web's empty 400.

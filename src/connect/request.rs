@@ -1,7 +1,7 @@
 //! The request half of the Connect translator: the message of a call read from where Connect
 //! puts it (a unary `POST` body, a `GET` query, a stream's one envelope), its protocol version,
 //! timeout and codings checked, and turned into the frame of the in-process gRPC call: protobuf
-//! bytes are passed on as they are, JSON is parsed by REST's codec.
+//! bytes are passed on as they are, JSON is read by REST's codec (the method's typed one).
 
 use axum::{
     body::Body,
@@ -24,7 +24,7 @@ use super::{
 use crate::{
     answer::{Problem, connect},
     extensions::{CONNECT_PROTOCOL_VERSION, connect_timeout},
-    rest::{self, framing},
+    rest::{self, JsonRequest, direct::JsonCodec, framing},
 };
 
 /// How a call's messages are written.
@@ -236,18 +236,24 @@ pub async fn from_envelopes(parts: &Parts, body: Body, max_bytes: usize) -> Resu
 }
 
 /// The frame of the in-process gRPC call: protobuf as it came (the service decodes it within
-/// its own limits), JSON parsed into the request message by REST's codec first.
+/// its own limits), JSON read by REST's rules first: by the method's typed codec where REST
+/// would use it, else by the descriptors.
 pub fn frame(
     method: &MethodDescriptor,
+    json_codec: Option<JsonCodec>,
     codec: Codec,
     payload: &Bytes,
 ) -> Result<Bytes, tonic::Status> {
     let encoded = match codec {
         Codec::Proto => framing::encode_bytes(payload),
         Codec::Json => {
-            let message = rest::json_message(&method.input(), payload)
-                .map_err(|problem| problem.to_status())?;
-            framing::encode(&message)
+            let typed = json_codec.map(|codec| codec.request);
+            match rest::json_request(&method.input(), payload, typed)
+                .map_err(|problem| problem.to_status())?
+            {
+                JsonRequest::Encoded(wire) => framing::encode_bytes(&wire),
+                JsonRequest::Parsed(message) => framing::encode(&message),
+            }
         }
     };
     encoded.map_err(|err| {

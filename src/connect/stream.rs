@@ -12,7 +12,6 @@ use axum::{
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -22,12 +21,13 @@ use super::{
 };
 use crate::{
     answer::connect,
-    rest::{self, framing::FrameDecoder},
+    rest::{direct::WriteJson, framing::FrameDecoder},
 };
 
 /// How the stream's messages are written.
 pub struct Writer {
-    pub output: MessageDescriptor,
+    /// The method's typed codec of one answer, protobuf to JSON.
+    pub json_answer: WriteJson,
     pub json: bool,
     /// The coding the client accepts (`Connect-Accept-Encoding`), if the gateway writes one.
     pub compression: Option<Coding>,
@@ -40,9 +40,11 @@ impl Writer {
     /// One gRPC message as one envelope.
     async fn envelope(&self, payload: Bytes) -> Result<Bytes, tonic::Status> {
         let message = if self.json {
-            let decoded = DynamicMessage::decode(self.output.clone(), payload)
-                .map_err(|err| internal(format!("decoding the gRPC stream: {err}")))?;
-            Bytes::from(rest::json_bytes(&decoded).map_err(internal)?)
+            Bytes::from((self.json_answer)(&payload).map_err(|err| {
+                internal(format!(
+                    "writing a message of the gRPC stream as JSON: {err}"
+                ))
+            })?)
         } else {
             payload
         };

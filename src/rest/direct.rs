@@ -91,12 +91,29 @@ pub type StreamCall = Arc<
         + Sync,
 >;
 
+/// A method's typed proto3 JSON codec between JSON and protobuf, for a protocol whose calls
+/// carry protobuf between JSON ends (Connect's JSON): the codec REST's direct calls read and
+/// write with, so both write the same bytes.
+#[derive(Clone, Copy)]
+pub struct JsonCodec {
+    pub request: ReadJson,
+    pub answer: WriteJson,
+}
+
+/// A request's protobuf from a JSON object; `None` when the codec does not take it (the
+/// descriptors then take it or name the field they refuse).
+pub type ReadJson = fn(&[u8]) -> Option<Vec<u8>>;
+
+/// One answer's JSON from its protobuf.
+pub type WriteJson = fn(&[u8]) -> Result<Vec<u8>, String>;
+
 /// The methods REST calls directly, by gRPC path (`/package.Service/Method`): unary ones and
-/// server streams.
+/// server streams; and each method's [`JsonCodec`].
 #[derive(Clone, Default)]
 pub struct Direct {
     unary: HashMap<String, Call>,
     streams: HashMap<String, StreamCall>,
+    codecs: HashMap<String, JsonCodec>,
 }
 
 impl Direct {
@@ -106,6 +123,15 @@ impl Direct {
 
     pub fn insert_stream(&mut self, path: impl Into<String>, call: StreamCall) {
         self.streams.insert(path.into(), call);
+    }
+
+    pub fn insert_codec(&mut self, path: impl Into<String>, codec: JsonCodec) {
+        self.codecs.insert(path.into(), codec);
+    }
+
+    /// Every method's typed JSON codec, by gRPC path.
+    pub fn codecs(&self) -> HashMap<String, JsonCodec> {
+        self.codecs.clone()
     }
 
     pub fn get(&self, path: &str) -> Option<&Call> {

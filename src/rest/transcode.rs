@@ -35,8 +35,8 @@ use self::{
     request::{Built, Query, request_message},
 };
 pub(crate) use self::{
-    render::{PIECES_ABOVE, json_bytes, typed_json_bytes, typed_json_pieces},
-    request::json_message,
+    render::{PIECES_ABOVE, typed_json_bytes, typed_json_pieces},
+    request::{JsonRequest, json_request},
 };
 use super::{
     RestSettings,

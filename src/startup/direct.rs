@@ -28,7 +28,8 @@ use crate::{
     rest::{
         self, RouteTable,
         direct::{
-            Answer, Call, Direct, Failure, Input, ItemError, Items, Output, Reply, StreamCall,
+            Answer, Call, Direct, Failure, Input, ItemError, Items, JsonCodec, Output, Reply,
+            StreamCall,
         },
     },
 };
@@ -54,10 +55,10 @@ fn unary<Req, Res, F, Fut>(
     path: &'static str,
     method: F,
     pieces: Option<InPieces<Res>>,
-) -> (&'static str, Call)
+) -> (&'static str, Call, JsonCodec)
 where
     Req: prost::Message + Default + Validate + serde::de::DeserializeOwned + Send + 'static,
-    Res: prost::Message + serde::Serialize + Send + 'static,
+    Res: prost::Message + Default + serde::Serialize + Send + 'static,
     F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<Res>, Status>> + Send + 'static,
 {
@@ -90,7 +91,7 @@ where
             Ok(tonic::Response::from_parts(metadata, output, extensions))
         })
     });
-    (path, call)
+    (path, call, json_codec::<Req, Res>())
 }
 
 /// One server-streaming method as a direct call: its answers are written as JSON by the typed
@@ -99,10 +100,10 @@ fn server_stream<Req, Res, F, Fut, St>(
     scopes: &Scopes,
     path: &'static str,
     method: F,
-) -> (&'static str, StreamCall)
+) -> (&'static str, StreamCall, JsonCodec)
 where
     Req: prost::Message + Default + Validate + serde::de::DeserializeOwned + Send + 'static,
-    Res: serde::Serialize + Send + 'static,
+    Res: prost::Message + Default + serde::Serialize + Send + 'static,
     F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<St>, Status>> + Send + 'static,
     St: Stream<Item = Result<Res, Status>> + Send + 'static,
@@ -129,7 +130,34 @@ where
             Ok(tonic::Response::from_parts(metadata, items, extensions))
         }) as _
     });
-    (path, call)
+    (path, call, json_codec::<Req, Res>())
+}
+
+/// The method's typed JSON codec, between JSON and protobuf (`Req` in, `Res` out).
+fn json_codec<Req, Res>() -> JsonCodec
+where
+    Req: prost::Message + serde::de::DeserializeOwned,
+    Res: prost::Message + Default + serde::Serialize,
+{
+    JsonCodec {
+        request: request_from_json::<Req>,
+        answer: answer_as_json::<Res>,
+    }
+}
+
+fn request_from_json<Req: prost::Message + serde::de::DeserializeOwned>(
+    json: &[u8],
+) -> Option<Vec<u8>> {
+    serde_json::from_slice::<Req>(json)
+        .ok()
+        .map(|typed| typed.encode_to_vec())
+}
+
+fn answer_as_json<Res: prost::Message + Default + serde::Serialize>(
+    wire: &[u8],
+) -> Result<Vec<u8>, String> {
+    let typed = Res::decode(wire).map_err(|err| err.to_string())?;
+    rest::typed_json_bytes(&typed)
 }
 
 /// A direct call's request, admitted by the scope policy: its typed message (or why it has
@@ -289,17 +317,19 @@ pub(super) fn table(
         )
     }];
     let mut direct = Direct::default();
-    for (path, call) in entries {
+    for (path, call, codec) in entries {
         if !scopes.knows(path) {
             return Err(format!("{path} has no required_scope entry"));
         }
         direct.insert(path, call);
+        direct.insert_codec(path, codec);
     }
-    for (path, call) in streams {
+    for (path, call, codec) in streams {
         if !scopes.knows(path) {
             return Err(format!("{path} has no required_scope entry"));
         }
         direct.insert_stream(path, call);
+        direct.insert_codec(path, codec);
     }
     for route in table.routes() {
         let missing = if route.method.is_server_streaming() {

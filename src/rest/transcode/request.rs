@@ -17,6 +17,7 @@ use crate::{
     budget::{self, Exhausted},
     rest::{
         conditional,
+        direct::ReadJson,
         routes::{BodyRule, Route},
         scalars,
         shape::{self, Expect, ShapeRefusal},
@@ -202,41 +203,71 @@ fn body_message(
     let inspection = inspect(body, &expect, prefix)?;
     if typed
         && route.body == BodyRule::All
-        && let Some((inspection, values)) = &inspection
-        && !inspection.respell
-        && !inspection.needs_descriptors
-        && starts_an_object(body)
+        && let Some(typed_cost) = charge_typed(body, inspection.as_ref())?
+        && let Some((inspection, _)) = &inspection
     {
-        // What the typed request will hold, charged before it is built: a struct per value
-        // (the decoder's 256 bytes a message, with the values' own charge), and its strings and
-        // payloads, never longer than the body's text of them. Given back if the typed codec
-        // refuses the body and the descriptors parse it instead.
-        let typed_cost = values
-            .saturating_mul(shape::JSON_VALUE_COST)
-            .saturating_add(body.len());
-        charge(typed_cost, "the request's message")?;
         return Ok(Body::Inspected(inspection.top_fields.clone(), typed_cost));
     }
     let respell = inspection.is_some_and(|(inspection, _)| inspection.respell);
     parse_json(&input, &route.body, respell, body).map(Body::Parsed)
 }
 
+/// When the typed codec may read an inspected body (a JSON object with nothing to respell or
+/// to leave to the descriptors), charges what its typed request will hold before it is built:
+/// a struct per value (the decoder's 256 bytes a message, with the values' own charge), and
+/// its strings and payloads, never longer than the body's text of them. Returns the charge, to
+/// be given back if the typed codec refuses the body and the descriptors parse it instead.
+fn charge_typed(
+    body: &[u8],
+    inspection: Option<&(shape::Inspection, usize)>,
+) -> Result<Option<usize>, Problem> {
+    let Some((inspection, values)) = inspection else {
+        return Ok(None);
+    };
+    if inspection.respell || inspection.needs_descriptors || !starts_an_object(body) {
+        return Ok(None);
+    }
+    let typed_cost = values
+        .saturating_mul(shape::JSON_VALUE_COST)
+        .saturating_add(body.len());
+    charge(typed_cost, "the request's message")?;
+    Ok(Some(typed_cost))
+}
+
 fn starts_an_object(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
+/// What a whole request message from JSON becomes (the Connect protocol's JSON codec).
+pub(crate) enum JsonRequest {
+    /// Its protobuf, written by the method's typed codec.
+    Encoded(Vec<u8>),
+    /// Parsed by the descriptors: no typed codec, or a body it does not take.
+    Parsed(DynamicMessage),
+}
+
 /// A whole request message from a JSON body by the rules REST bodies follow (measured and
-/// charged first, fields named in every refusal): the Connect protocol's JSON codec.
-pub(crate) fn json_message(
+/// charged first, fields named in every refusal), read by the method's typed codec `typed`
+/// where REST's direct calls would read it with theirs.
+pub(crate) fn json_request(
     input: &MessageDescriptor,
     body: &Bytes,
-) -> Result<DynamicMessage, Problem> {
+    typed: Option<ReadJson>,
+) -> Result<JsonRequest, Problem> {
     if body.is_empty() {
-        return Ok(DynamicMessage::new(input.clone()));
+        return Ok(JsonRequest::Parsed(DynamicMessage::new(input.clone())));
     }
-    let respell = inspect(body, &Expect::Message(input.clone()), None)?
-        .is_some_and(|(inspection, _)| inspection.respell);
-    parse_json(input, &BodyRule::All, respell, body)
+    let inspection = inspect(body, &Expect::Message(input.clone()), None)?;
+    if let Some(typed) = typed
+        && let Some(typed_cost) = charge_typed(body, inspection.as_ref())?
+    {
+        if let Some(encoded) = typed(body) {
+            return Ok(JsonRequest::Encoded(encoded));
+        }
+        budget::give_back(typed_cost);
+    }
+    let respell = inspection.is_some_and(|(inspection, _)| inspection.respell);
+    parse_json(input, &BodyRule::All, respell, body).map(JsonRequest::Parsed)
 }
 
 /// Parses a JSON body (already inspected) that `rule` says holds the whole message or one
