@@ -77,6 +77,11 @@ fn etag_field(input: &MessageDescriptor) -> Option<FieldDescriptor> {
         .filter(|field| field.kind() == Kind::String && !field.is_list())
 }
 
+/// Whether a body whose top-level fields are `fields` (by number) sets the request's `etag`.
+pub(crate) fn body_sets_etag(input: &MessageDescriptor, fields: &[u32]) -> bool {
+    etag_field(input).is_some_and(|field| fields.contains(&field.number()))
+}
+
 /// Lays `If-Match` over the request as its `etag` field, so the service checks it as it checks
 /// a gRPC caller's (one check, atomic where the store allows). `*` leaves the call
 /// unconditional: a missing resource is a 404 either way. A weak tag is passed on as written,

@@ -237,12 +237,9 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         .direct
         .get(route.grpc_path.as_str())
         .filter(|_| !route.method.is_server_streaming());
-    // The typed codec reads the body when nothing here needs the request message again: not
-    // a create (its `Location` is filled from it), not a conditional call, not a resumed stream.
-    let typed = direct.is_some()
-        && route.created.is_none()
-        && !parts.headers.contains_key(header::IF_MATCH)
-        && last_event_id.is_none();
+    // The typed codec reads the body when nothing here needs the request message again (a
+    // resumed stream's cursor is read from it).
+    let typed = direct.is_some() && last_event_id.is_none();
     let built = request_message(
         route,
         bindings,
@@ -274,9 +271,11 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             .insert(MatchedRoute(Arc::clone(&route.label)));
         return Ok(response);
     }
-    // A create's `Location` is filled from its request: kept only there, so a batch is not copied.
+    // A create's `Location` is filled from its request (or, left for the typed codec, from its
+    // path and query fields): kept only there, so a batch is not copied.
     let for_location = match (&route.created, &built) {
         (Some(_), Built::Message(message)) => Some(message.clone()),
+        (Some(_), Built::Json { location, .. }) => location.clone(),
         _ => None,
     };
     let (reply, echo) = match direct {
@@ -407,6 +406,7 @@ async fn call_direct(
             body,
             overlay,
             charged,
+            ..
         } => (Input::Json { body, overlay }, charged),
     };
     loop {

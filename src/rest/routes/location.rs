@@ -16,7 +16,9 @@ use crate::rest::fields::{self, Fields};
 pub struct Created {
     /// The GET route's path in OpenAPI's form, e.g. `/v1/streams/{stream}/topics/{topic}`.
     template: String,
-    /// Variables filled from the create request's fields of the same name.
+    /// Variables filled from the create request's fields of the same name: the create's own
+    /// path variables (its GET route is its path and one more segment), so a request's path
+    /// fields always hold them.
     shared: Vec<String>,
     /// The variable that names the new resource.
     own: String,

@@ -46,6 +46,9 @@ pub(super) enum Built {
         body: Bytes,
         overlay: Vec<u8>,
         charged: usize,
+        /// For a create: the path and query fields as a message, which hold every field its
+        /// `Location` is filled from (the create's path variables: `routes::location`).
+        location: Option<DynamicMessage>,
     },
 }
 
@@ -79,11 +82,16 @@ pub(super) fn request_message(
                     .get_field_by_name(name)
                     .is_some_and(|field| top_fields.contains(&field.number()))
             };
-            if !overlay.keys().any(meets) {
+            // `If-Match` is laid over as a parameter is, when the body gives no etag of its
+            // own and the header is one the request takes; else the descriptors parse the
+            // body first and the header is read after it, as for any body.
+            let if_match_laid = !conditional::body_sets_etag(&input, &top_fields)
+                && conditional::if_match_as_etag(route, headers, None, &mut overlay).is_ok();
+            if if_match_laid && !overlay.keys().any(meets) {
                 // Parsed alone, as each parameter already was; merged over the body field by
                 // field, which is laying over when the two share none.
                 let fields = if overlay.is_empty() {
-                    Vec::new()
+                    DynamicMessage::new(input)
                 } else {
                     DynamicMessage::deserialize_with_options(
                         input,
@@ -91,12 +99,12 @@ pub(super) fn request_message(
                         &deny_unknown(),
                     )
                     .map_err(|err| Problem::invalid_field("query", err.to_string()))?
-                    .encode_to_vec()
                 };
                 return Ok(Built::Json {
                     body: body.clone(),
-                    overlay: fields,
+                    overlay: fields.encode_to_vec(),
                     charged,
+                    location: route.created.is_some().then_some(fields),
                 });
             }
             budget::give_back(charged);
@@ -136,6 +144,7 @@ impl Built {
                 body,
                 overlay,
                 charged,
+                ..
             } => untyped(route, &body, &overlay, charged),
         }
     }

@@ -189,6 +189,132 @@ fn bodies_take_integral_numbers_in_strings_and_lower_case_times() {
     assert_eq!(event["event"]["timestamp"], "2026-01-01T10:00:00Z");
 }
 
+/// `If-Match` is laid over a body the typed codec reads, as a parameter is; a body with an
+/// etag of its own, or a header the request cannot take, is parsed by the descriptors first,
+/// and the answer is the one the descriptors' path gives.
+#[test]
+fn if_match_is_laid_over_a_typed_body_as_the_etag_field() {
+    use super::request::Built;
+    use prost::Message as _;
+
+    let (route, bindings) = route_for(Method::PATCH, "/v1/streams/s");
+    let build = |body: &str, if_match: &str| {
+        let mut headers = json_headers();
+        headers.insert(
+            header::IF_MATCH,
+            HeaderValue::from_str(if_match).expect("header"),
+        );
+        request_message(
+            &route,
+            bindings.clone(),
+            None,
+            &headers,
+            &Bytes::copy_from_slice(body.as_bytes()),
+            None,
+            Query::Lenient,
+            true,
+        )
+    };
+    let typed = |built: Result<Built, crate::answer::Problem>| match built {
+        Ok(Built::Json { body, overlay, .. }) => {
+            let mut typed: crate::proto::UpdateStreamRequest =
+                serde_json::from_slice(&body).expect("the typed codec takes it");
+            typed.merge(overlay.as_slice()).expect("merges");
+            Some(typed)
+        }
+        _ => None,
+    };
+
+    let laid = typed(build(r#"{"name":"n"}"#, "\"abc\"")).expect("left for the typed codec");
+    assert_eq!(
+        (laid.stream.as_str(), laid.name.as_str(), laid.etag.as_str()),
+        ("s", "n", "abc")
+    );
+    // Given in the body as well: the descriptors read it, and the two agree.
+    let both = build(r#"{"name":"n","etag":"abc"}"#, "\"abc\"");
+    assert!(matches!(both, Ok(Built::Message(_))));
+    let status = |built: Result<Built, crate::answer::Problem>| {
+        built
+            .map(|_| ())
+            .map_err(|problem| problem.to_status().message().to_owned())
+    };
+    assert_eq!(
+        status(build(r#"{"name":"n","etag":"xyz"}"#, "\"abc\"")),
+        Err("etag: differs from If-Match; give the etag once".to_owned())
+    );
+    // A header the request cannot take is refused after the body is read, as before: a bad
+    // body is named first.
+    assert_eq!(
+        status(build(r#"{"name":"n"}"#, "\"a\", \"b\"")),
+        Err("If-Match: give one entity tag: the resource's ETag as last read".to_owned())
+    );
+    assert_eq!(
+        status(build(r#"{"name":7}"#, "\"a\", \"b\"")),
+        Err("name: must be a string (invalid type: integer `7`, expected a string)".to_owned())
+    );
+    // `*` leaves the call unconditional, on the typed path too.
+    let any = typed(build(r#"{"name":"n"}"#, "*")).expect("left for the typed codec");
+    assert_eq!(any.etag, "");
+}
+
+/// A create's body is left for the typed codec, with the path fields its `Location` is filled
+/// from: the URL is the one the descriptors' whole request gives.
+#[test]
+fn a_create_is_left_for_the_typed_codec_with_what_its_location_needs() {
+    use super::request::Built;
+
+    let (route, bindings) = route_for(Method::POST, "/v1/streams/my%20s/topics");
+    let created = route.created.clone().expect("a create");
+    let body = Bytes::from_static(br#"{"name":"t","partitions_count":2}"#);
+    let build = |typed: bool| {
+        request_message(
+            &route,
+            bindings.clone(),
+            None,
+            &json_headers(),
+            &body,
+            None,
+            Query::Lenient,
+            typed,
+        )
+    };
+    let Ok(Built::Json {
+        location: Some(location),
+        ..
+    }) = build(true)
+    else {
+        panic!("a create with its stream in the path is left for the typed codec");
+    };
+    let Ok(Built::Message(message)) = build(false) else {
+        panic!("the descriptors build the request");
+    };
+    let answer = br#"{"topic":{"id":3,"name":"t","partitions_count":2}}"#;
+    let url = created.url_from_json(&location, answer);
+    assert_eq!(url, created.url_from_json(&message, answer));
+    assert_eq!(url.as_deref(), Some("/v1/streams/my%20s/topics/3"));
+
+    // A create with no path variables: nothing to keep but the empty message.
+    let (route, bindings) = route_for(Method::POST, "/streams");
+    assert!(route.created.is_some());
+    let built = request_message(
+        &route,
+        bindings,
+        None,
+        &json_headers(),
+        &Bytes::from_static(br#"{"name":"s"}"#),
+        None,
+        Query::Lenient,
+        true,
+    );
+    assert!(matches!(
+        built,
+        Ok(Built::Json {
+            location: Some(_),
+            ..
+        })
+    ));
+}
+
 #[test]
 fn bodies_with_a_key_twice_or_two_oneof_members_are_refused() {
     for body in [
@@ -651,6 +777,7 @@ mod typed_codec {
             body,
             overlay,
             charged,
+            ..
         }) = built
         else {
             return Ok(false);
@@ -1233,8 +1360,10 @@ mod typed_codec {
             if let Err(failure) = outcome {
                 panic!("{path}: {failure}");
             }
+            // Bodies with a time or a `null` are the descriptors' to read: of those generated
+            // for a poll, a tenth or so are left for the typed codec.
             assert!(
-                typed_reads.get() >= 30,
+                typed_reads.get() >= 15,
                 "{path}: only {} of 300 requests were read by the typed codec",
                 typed_reads.get()
             );
