@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 use prost_reflect::{DescriptorPool, ExtensionDescriptor, MessageDescriptor, MethodDescriptor};
 
-use super::template::{Bindings, PathTemplate, normalise};
+use super::template::{Bindings, Parts, PathTemplate, normalise};
 use crate::proto::google::api::{HttpRule, http_rule::Pattern};
 
 mod location;
@@ -110,9 +110,12 @@ impl RouteTable {
             method
         };
         let path = normalise(path);
+        let Some(parts) = Parts::of(&path) else {
+            return Lookup::NotFound;
+        };
         let mut allowed = Vec::new();
         for route in &self.routes {
-            if let Some(bindings) = route.template.matches_normalised(&path) {
+            if let Some(bindings) = route.template.matches_parts(&parts) {
                 if route.http_method == *wanted {
                     return Lookup::Found(route, bindings);
                 }

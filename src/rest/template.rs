@@ -33,6 +33,21 @@ pub struct PathTemplate {
     verb: Option<String>,
 }
 
+/// A normalised request path cut at its slashes, once, for every template to match.
+pub struct Parts<'a> {
+    segments: Vec<&'a str>,
+}
+
+impl<'a> Parts<'a> {
+    /// `None` for a path that does not start with `/`, which no template matches.
+    pub fn of(normalised: &'a str) -> Option<Self> {
+        let path = normalised.strip_prefix('/')?;
+        Some(Self {
+            segments: path.split('/').collect(),
+        })
+    }
+}
+
 /// A variable's field path and the text it matched, still percent-encoded (but for the
 /// unreserved characters [`normalise`] decodes): [`decode`] gives the value, or says why the
 /// client's escape is bad, once the caller knows which field to name.
@@ -118,15 +133,29 @@ impl PathTemplate {
         self.matches_normalised(&normalise(path))
     }
 
-    /// [`Self::matches`] for a path [`normalise`] has already been through (the route table
-    /// normalises once for all its templates).
-    pub(super) fn matches_normalised(&self, path: &str) -> Option<Bindings> {
-        let path = path.strip_prefix('/')?;
-        let path = match &self.verb {
-            Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
-            None => path,
+    /// [`Self::matches`] for a path [`normalise`] has already been through.
+    fn matches_normalised(&self, path: &str) -> Option<Bindings> {
+        self.matches_parts(&Parts::of(path)?)
+    }
+
+    /// [`Self::matches`] for a path already cut into its segments (the route table cuts it
+    /// once for all its templates).
+    pub(super) fn matches_parts(&self, parts: &Parts<'_>) -> Option<Bindings> {
+        let parts = parts.segments.as_slice();
+        // The verb ends the last segment (`/v1/streams/s:purge`); the segment without it is
+        // what the template's last segment matches.
+        let (last, before) = parts.split_last()?;
+        let last = match &self.verb {
+            Some(verb) => last.strip_suffix(verb.as_str())?.strip_suffix(':')?,
+            None => last,
         };
-        let parts: Vec<&str> = path.split('/').collect();
+        let part = |index: usize| {
+            if index == before.len() {
+                last
+            } else {
+                parts[index]
+            }
+        };
         let fixed = match self.segments.last() {
             Some(Segment::Rest) => self.segments.len() - 1,
             _ => self.segments.len(),
@@ -134,10 +163,10 @@ impl PathTemplate {
         if parts.len() < fixed || (fixed == self.segments.len() && parts.len() != fixed) {
             return None;
         }
-        for (segment, part) in self.segments.iter().zip(&parts) {
+        for (index, segment) in self.segments.iter().enumerate().take(parts.len()) {
             match segment {
-                Segment::Literal(literal) if literal != part => return None,
-                Segment::Single if part.is_empty() => return None,
+                Segment::Literal(literal) if literal != part(index) => return None,
+                Segment::Single if part(index).is_empty() => return None,
                 Segment::Literal(_) | Segment::Single | Segment::Rest => {}
             }
         }
@@ -145,7 +174,10 @@ impl PathTemplate {
             .iter()
             .map(|variable| {
                 let end = variable.end.unwrap_or(parts.len());
-                let raw = parts.get(variable.start..end)?;
+                if variable.start > end || end > parts.len() {
+                    return None;
+                }
+                let raw = (variable.start..end).map(part).collect::<Vec<_>>();
                 Some((variable.field.clone(), raw.join("/")))
             })
             .collect()

@@ -114,7 +114,151 @@ fn an_escape_is_exactly_two_hex_digits() {
     assert_eq!(decode("%C3"), Err(BadEscape::NotUtf8), "not UTF-8 alone");
 }
 
+#[test]
+fn a_double_wildcard_may_take_no_segment_and_a_verb_only_the_last() {
+    assert_eq!(
+        bind("/v1/files/{path=**}", "/v1/files"),
+        pairs(&[("path", "")])
+    );
+    assert_eq!(
+        bind("/v1/files/{path=**}", "/v1/files/"),
+        pairs(&[("path", "")])
+    );
+    assert_eq!(
+        bind("/v1/streams/{stream}:purge", "/v1/streams/a/b:purge"),
+        None
+    );
+    assert_eq!(
+        bind("/v1/{name=**}:purge", "/v1/a/b:purge"),
+        pairs(&[("name", "a/b")])
+    );
+    assert_eq!(bind("/v1/streams/{stream}:purge", "/:purge"), None);
+    assert_eq!(bind("/v1/streams", "v1/streams"), None);
+}
+
+/// How a template matched a path before the route table cut the path once for all of them:
+/// the verb stripped from the whole path, then the path cut.
+fn matched_whole(template: &PathTemplate, path: &str) -> Option<Bindings> {
+    let path = path.strip_prefix('/')?;
+    let path = match &template.verb {
+        Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
+        None => path,
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    let fixed = match template.segments.last() {
+        Some(Segment::Rest) => template.segments.len() - 1,
+        _ => template.segments.len(),
+    };
+    if parts.len() < fixed || (fixed == template.segments.len() && parts.len() != fixed) {
+        return None;
+    }
+    for (segment, part) in template.segments.iter().zip(&parts) {
+        match segment {
+            Segment::Literal(literal) if literal != part => return None,
+            Segment::Single if part.is_empty() => return None,
+            Segment::Literal(_) | Segment::Single | Segment::Rest => {}
+        }
+    }
+    template
+        .variables
+        .iter()
+        .map(|variable| {
+            let end = variable.end.unwrap_or(parts.len());
+            let raw = parts.get(variable.start..end)?;
+            Some((variable.field.clone(), raw.join("/")))
+        })
+        .collect()
+}
+
+/// Paths built of the API's own segments, verbs, empty segments and colons.
+fn api_path() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let piece = prop_oneof![
+        Just("v1"),
+        Just("streams"),
+        Just("topics"),
+        Just("messages"),
+        Just("events"),
+        Just("partitions"),
+        Just("consumers"),
+        Just("offsets"),
+        Just("s"),
+        Just("a:b"),
+        Just("s:purge"),
+        Just("events:batch"),
+        Just(""),
+        Just(":purge"),
+        Just("stats"),
+    ];
+    (
+        proptest::collection::vec(piece, 0..8),
+        proptest::option::of(prop_oneof![Just(":purge"), Just(":batch")]),
+        any::<bool>(),
+    )
+        .prop_map(|(pieces, verb, rooted)| {
+            format!(
+                "{}{}{}",
+                if rooted { "/" } else { "" },
+                pieces.join("/"),
+                verb.unwrap_or_default()
+            )
+        })
+}
+
+/// The API's own routes, each variable filled with one of those pieces (or two).
+fn route_path() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let sources: Vec<String> = crate::rest::route_table()
+        .expect("routes")
+        .routes()
+        .iter()
+        .map(|route| route.template.to_string())
+        .collect();
+    let fill = prop_oneof![
+        Just("s"),
+        Just("a:b"),
+        Just(""),
+        Just("x/y"),
+        Just("s:purge")
+    ];
+    (proptest::sample::select(sources), fill).prop_map(|(source, fill)| {
+        let mut out = String::new();
+        let mut inside = false;
+        for c in source.chars() {
+            match c {
+                '{' => {
+                    inside = true;
+                    out.push_str(fill);
+                }
+                '}' => inside = false,
+                _ if inside => {}
+                _ => out.push(c),
+            }
+        }
+        out
+    })
+}
+
 proptest::proptest! {
+    /// Every template of the API (and a double wildcard with a verb) matches a path cut once
+    /// as it matched the whole path.
+    #[test]
+    fn templates_match_a_path_cut_once_as_the_whole_path(
+        path in proptest::prop_oneof![api_path(), route_path()]
+    ) {
+        let table = crate::rest::route_table().expect("routes");
+        let extra = PathTemplate::parse("/v1/{name=**}:purge").expect("valid template");
+        let templates = table
+            .routes()
+            .iter()
+            .map(|route| &route.template)
+            .chain(std::iter::once(&extra));
+        for template in templates {
+            let cut = Parts::of(&path).and_then(|parts| template.matches_parts(&parts));
+            proptest::prop_assert_eq!(cut, matched_whole(template, &path), "{} on {}", template, path);
+        }
+    }
+
     #[test]
     fn percent_decoding_undoes_percent_encoding(value in "\\PC{1,40}") {
         let encoded: String = value

@@ -761,19 +761,22 @@ impl Overlay<'_> {
             }
         }
         let json = scalar_json(field, name, value)?;
-        let mut alone = Map::new();
-        set_path(&mut alone, &resolved.path, json.clone(), field.is_list());
-        DynamicMessage::deserialize_with_options(
-            self.input.clone(),
-            &Value::Object(alone),
-            &deny_unknown(),
-        )
-        .map_err(|err| {
-            Problem::invalid_field(
-                name,
-                describe(field, false, &without_position(&err.to_string())),
+        // A string field takes any string: only other kinds can be refused alone.
+        if field.kind() != Kind::String {
+            let mut alone = Map::new();
+            set_path(&mut alone, &resolved.path, json.clone(), field.is_list());
+            DynamicMessage::deserialize_with_options(
+                self.input.clone(),
+                &Value::Object(alone),
+                &deny_unknown(),
             )
-        })?;
+            .map_err(|err| {
+                Problem::invalid_field(
+                    name,
+                    describe(field, false, &without_position(&err.to_string())),
+                )
+            })?;
+        }
         set_path(&mut self.root, &resolved.path, json, field.is_list());
         self.set.push((resolved.path.clone(), name.to_owned()));
         Ok(())
