@@ -46,13 +46,13 @@ use super::{
 };
 
 /// Request headers passed on to the gRPC service as metadata.
-const FORWARDED_HEADERS: [&str; 6] = [
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-    "authorization",
-    "x-api-key",
-    "idempotency-key",
+const FORWARDED_HEADERS: [header::HeaderName; 6] = [
+    header::HeaderName::from_static("x-request-id"),
+    header::HeaderName::from_static("traceparent"),
+    header::HeaderName::from_static("tracestate"),
+    header::AUTHORIZATION,
+    header::HeaderName::from_static("x-api-key"),
+    header::HeaderName::from_static("idempotency-key"),
 ];
 
 /// Headers of the gRPC answer that the REST answer carries too: quota advice on a refusal, and
@@ -358,7 +358,7 @@ fn grpc_call(
         .uri(route.grpc_path.as_str())
         .header(header::CONTENT_TYPE, "application/grpc")
         .header(header::TE, "trailers");
-    for name in FORWARDED_HEADERS {
+    for name in &FORWARDED_HEADERS {
         for value in headers.get_all(name) {
             call = call.header(name, value);
         }
@@ -507,9 +507,9 @@ async fn stream_direct(
 /// The request headers a call carries on as metadata ([`FORWARDED_HEADERS`]).
 fn forwarded(headers: &HeaderMap) -> HeaderMap {
     let mut forwarded = HeaderMap::new();
-    for name in FORWARDED_HEADERS {
+    for name in &FORWARDED_HEADERS {
         for value in headers.get_all(name) {
-            forwarded.append(name, value.clone());
+            forwarded.append(name.clone(), value.clone());
         }
     }
     forwarded

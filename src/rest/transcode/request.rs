@@ -89,7 +89,18 @@ pub(super) fn request_message(
                 && conditional::if_match_as_etag(route, headers, None, &mut overlay).is_ok();
             if if_match_laid && !overlay.keys().any(meets) {
                 // Parsed alone, as each parameter already was; merged over the body field by
-                // field, which is laying over when the two share none.
+                // field, which is laying over when the two share none. Top-level strings (a
+                // send's stream and topic) are written as protobuf straight away.
+                if route.created.is_none()
+                    && let Some(fields) = plain_strings(&input, &overlay)
+                {
+                    return Ok(Built::Json {
+                        body: body.clone(),
+                        overlay: fields,
+                        charged,
+                        location: None,
+                    });
+                }
                 let fields = if overlay.is_empty() {
                     DynamicMessage::new(input)
                 } else {
@@ -241,6 +252,22 @@ fn charge_typed(
         .saturating_add(body.len());
     charge(typed_cost, "the request's message")?;
     Ok(Some(typed_cost))
+}
+
+/// The parameters as protobuf when each sets a singular `string` field of the request itself
+/// (what the descriptors would encode, field for field); `None` for anything else.
+fn plain_strings(input: &MessageDescriptor, overlay: &Map<String, Value>) -> Option<Vec<u8>> {
+    let mut wire = Vec::new();
+    for (name, value) in overlay {
+        let field = input.get_field_by_name(name)?;
+        let (Kind::String, false, false, Value::String(text)) =
+            (field.kind(), field.is_list(), field.is_map(), value)
+        else {
+            return None;
+        };
+        prost::encoding::string::encode(field.number(), text, &mut wire);
+    }
+    Some(wire)
 }
 
 fn starts_an_object(body: &[u8]) -> bool {

@@ -315,6 +315,70 @@ fn a_create_is_left_for_the_typed_codec_with_what_its_location_needs() {
     ));
 }
 
+/// Path strings written as protobuf straight away are the fields the descriptors build of
+/// them: the same request once merged over the body.
+#[test]
+fn string_parameters_left_for_the_typed_codec_are_the_descriptors_fields() {
+    use super::request::Built;
+    use prost::Message as _;
+
+    for path in [
+        "/v1/streams/my%20s/topics/t%C3%A9/messages",
+        "/v1/streams/0/topics/%22%5C/messages",
+    ] {
+        let (route, bindings) = route_for(Method::POST, path);
+        let body = Bytes::from_static(br#"{"messages":[{"text":"x"}]}"#);
+        let build = |typed: bool| {
+            request_message(
+                &route,
+                bindings.clone(),
+                None,
+                &json_headers(),
+                &body,
+                None,
+                Query::Lenient,
+                typed,
+            )
+        };
+        let Ok(Built::Json { body, overlay, .. }) = build(true) else {
+            panic!("left for the typed codec: {path}");
+        };
+        let mut typed: crate::proto::SendMessagesRequest =
+            serde_json::from_slice(&body).expect("typed");
+        typed.merge(overlay.as_slice()).expect("merges");
+        let Ok(Built::Message(message)) = build(false) else {
+            panic!("built by the descriptors: {path}");
+        };
+        let descriptors =
+            crate::proto::SendMessagesRequest::decode(message.encode_to_vec().as_slice())
+                .expect("decodes");
+        assert_eq!(typed, descriptors, "{path}");
+        assert!(!typed.stream.is_empty() && !typed.topic.is_empty());
+    }
+    // A number is not a string: the descriptors write it.
+    let (route, bindings) = route_for(Method::PUT, "/v1/streams/s/topics/t/consumers/c/offsets/2");
+    let built = request_message(
+        &route,
+        bindings,
+        None,
+        &json_headers(),
+        &Bytes::from_static(br#"{"offset":"7"}"#),
+        None,
+        Query::Lenient,
+        true,
+    );
+    let Ok(Built::Json { body, overlay, .. }) = built else {
+        panic!("left for the typed codec");
+    };
+    let mut typed: crate::proto::StoreConsumerOffsetRequest =
+        serde_json::from_slice(&body).expect("typed");
+    typed.merge(overlay.as_slice()).expect("merges");
+    assert_eq!(
+        (typed.consumer.as_str(), typed.partition_id, typed.offset),
+        ("c", 2, Some(7))
+    );
+}
+
 #[test]
 fn bodies_with_a_key_twice_or_two_oneof_members_are_refused() {
     for body in [
