@@ -86,8 +86,9 @@ pub struct Connect {
 
 impl Connect {
     /// Every method of the API's services, read from the descriptor set, with its typed JSON
-    /// codec from `codecs`; fails for a method without one, so none quietly takes the slower
-    /// descriptor path.
+    /// codec from `codecs`; fails for a method without one, so no new method's JSON is left
+    /// to the descriptors alone (they still read the bodies REST leaves to them: nulls, times,
+    /// respelled scalars).
     pub fn new(
         grpc: axum::Router,
         codecs: &HashMap<String, JsonCodec>,

@@ -40,8 +40,9 @@ pub(super) enum Built {
     /// The request message, parsed by the descriptors.
     Message(DynamicMessage),
     /// A `body: "*"` JSON object, measured, charged and inspected, left for the method's typed
-    /// codec; the path and query fields, none of which the body sets, encoded to merge over it;
-    /// and what the typed request was charged (given back if the descriptors parse it instead).
+    /// codec; the path and query fields (and `If-Match` as the `etag`), none of which the body
+    /// sets, encoded to merge over it; and what the typed request was charged (given back if
+    /// the descriptors parse it instead).
     Json {
         body: Bytes,
         overlay: Vec<u8>,
@@ -85,12 +86,14 @@ pub(super) fn request_message(
             // `If-Match` is laid over as a parameter is, when the body gives no etag of its
             // own and the header is one the request takes; else the descriptors parse the
             // body first and the header is read after it, as for any body.
-            let if_match_laid = !conditional::body_sets_etag(&input, &top_fields)
-                && conditional::if_match_as_etag(route, headers, None, &mut overlay).is_ok();
+            let if_match_laid = !headers.contains_key(header::IF_MATCH)
+                || (!conditional::body_sets_etag(&input, &top_fields)
+                    && conditional::if_match_as_etag(route, headers, None, &mut overlay).is_ok());
             if if_match_laid && !overlay.keys().any(meets) {
-                // Parsed alone, as each parameter already was; merged over the body field by
-                // field, which is laying over when the two share none. Top-level strings (a
-                // send's stream and topic) are written as protobuf straight away.
+                // Parsed alone, as each parameter already was (a string field of the request
+                // takes any text); merged over the body field by field, which is laying over
+                // when the two share none. Top-level strings (a send's stream and topic) are
+                // written as protobuf straight away.
                 if route.created.is_none()
                     && let Some(fields) = plain_strings(&input, &overlay)
                 {
@@ -254,8 +257,10 @@ fn charge_typed(
     Ok(Some(typed_cost))
 }
 
-/// The parameters as protobuf when each sets a singular `string` field of the request itself
-/// (what the descriptors would encode, field for field); `None` for anything else.
+/// The parameters as protobuf when each sets a singular `string` field of the request itself:
+/// the fields the descriptors would set once merged (an empty string is written, where the
+/// descriptors leave an unset field, which merges the same over a body that does not set
+/// it); `None` for anything else.
 fn plain_strings(input: &MessageDescriptor, overlay: &Map<String, Value>) -> Option<Vec<u8>> {
     let mut wire = Vec::new();
     for (name, value) in overlay {
@@ -297,10 +302,13 @@ pub(crate) fn json_request(
     if let Some(typed) = typed
         && let Some(typed_cost) = charge_typed(body, inspection.as_ref())?
     {
-        if let Some(encoded) = typed(body) {
+        let encoded = typed(body);
+        // The typed message lived only to be encoded; the service's decoder charges what it
+        // decodes of the protobuf, as for any call.
+        budget::give_back(typed_cost);
+        if let Some(encoded) = encoded {
             return Ok(JsonRequest::Encoded(encoded));
         }
-        budget::give_back(typed_cost);
     }
     let respell = inspection.is_some_and(|(inspection, _)| inspection.respell);
     parse_json(input, &BodyRule::All, respell, body).map(JsonRequest::Parsed)
@@ -653,7 +661,8 @@ fn resolve(message: &MessageDescriptor, path: &str) -> Option<Resolved> {
 }
 
 /// Path variables and query parameters as one proto3 JSON object (proto names). Each value is
-/// parsed alone first, so a bad one is refused naming its parameter; a field is set once (a
+/// parsed alone first (but a string field of the request, which takes any text), so a bad one is
+/// refused naming its parameter; a field is set once (a
 /// list field takes a value per parameter), and one member of a oneof at most.
 pub(super) fn parameters(
     route: &Route,
@@ -752,7 +761,8 @@ struct Overlay<'a> {
 }
 
 impl Overlay<'_> {
-    /// Adds `name=value` (`name` as the client wrote it) after parsing it alone.
+    /// Adds `name=value` (`name` as the client wrote it) after parsing it alone (a string
+    /// field of the request takes any text, so it is not).
     fn add(&mut self, name: &str, resolved: &Resolved, value: &str) -> Result<(), Problem> {
         let field = &resolved.field;
         if !field.is_list() && self.set.iter().any(|(path, _)| *path == resolved.path) {
@@ -788,8 +798,9 @@ impl Overlay<'_> {
             }
         }
         let json = scalar_json(field, name, value)?;
-        // A string field takes any string: only other kinds can be refused alone.
-        if field.kind() != Kind::String {
+        // A string field of the request takes any string: only other kinds (and fields within
+        // other messages, well-known types among them) can be refused alone.
+        if field.kind() != Kind::String || resolved.path.contains('.') {
             let mut alone = Map::new();
             set_path(&mut alone, &resolved.path, json.clone(), field.is_list());
             DynamicMessage::deserialize_with_options(

@@ -255,6 +255,19 @@ fn if_match_is_laid_over_a_typed_body_as_the_etag_field() {
     // `*` leaves the call unconditional, on the typed path too.
     let any = typed(build(r#"{"name":"n"}"#, "*")).expect("left for the typed codec");
     assert_eq!(any.etag, "");
+    // An etag in the body alone (as a gRPC caller gives it) is the typed codec's to read.
+    let in_body = request_message(
+        &route,
+        bindings.clone(),
+        None,
+        &json_headers(),
+        &Bytes::from_static(br#"{"name":"n","etag":"abc"}"#),
+        None,
+        Query::Lenient,
+        true,
+    );
+    let in_body = typed(in_body).expect("left for the typed codec");
+    assert_eq!((in_body.name.as_str(), in_body.etag.as_str()), ("n", "abc"));
 }
 
 /// A create's body is left for the typed codec, with the path fields its `Location` is filled
@@ -377,6 +390,45 @@ fn string_parameters_left_for_the_typed_codec_are_the_descriptors_fields() {
         (typed.consumer.as_str(), typed.partition_id, typed.offset),
         ("c", 2, Some(7))
     );
+}
+
+/// A Connect JSON request read by the typed codec holds what one read by the descriptors holds
+/// once it is encoded: the typed message lived only to be encoded, and the service's decoder
+/// charges what it decodes, so keeping its charge would count the request twice.
+#[tokio::test]
+async fn a_typed_connect_request_holds_what_the_descriptors_path_holds_once_encoded() {
+    use crate::budget::{self, Charge, InflightBytes};
+    use crate::rest::transcode::{JsonRequest, json_request};
+
+    let input = route_for(Method::POST, "/v1/streams/s/topics/t/messages")
+        .0
+        .method
+        .input();
+    let body = Bytes::from_static(
+        br#"{"stream":"s","topic":"t","messages":[{"text":"x"},{"payload":"aGk="}]}"#,
+    );
+    let codecs = crate::startup::json_codecs();
+    let codec = codecs["/iggy.gateway.v1.MessageService/SendMessages"];
+    let held = |typed: Option<crate::rest::direct::ReadJson>| {
+        let bytes = std::sync::Arc::new(InflightBytes::new(1 << 30));
+        let charge = std::sync::Arc::new(Charge::new(std::sync::Arc::clone(&bytes)));
+        let body = body.clone();
+        let input = input.clone();
+        // Read while the call runs: its charge is given back whole when it ends.
+        budget::scope(charge, async move {
+            let read = json_request(&input, &body, typed);
+            (read, bytes.used())
+        })
+    };
+    let (typed, typed_held) = held(Some(codec.request)).await;
+    assert!(matches!(typed, Ok(JsonRequest::Encoded(_))));
+    let (descriptors, descriptors_held) = held(None).await;
+    assert!(matches!(descriptors, Ok(JsonRequest::Parsed(_))));
+    assert!(
+        descriptors_held > 0,
+        "the inspection charges the body's values"
+    );
+    assert_eq!(typed_held, descriptors_held);
 }
 
 #[test]
