@@ -83,13 +83,9 @@ pub(super) fn request_message(
                     .get_field_by_name(name)
                     .is_some_and(|field| top_fields.contains(&field.number()))
             };
-            // `If-Match` is laid over as a parameter is, when the body gives no etag of its
-            // own and the header is one the request takes; else the descriptors parse the
-            // body first and the header is read after it, as for any body.
-            let if_match_laid = !headers.contains_key(header::IF_MATCH)
-                || (!conditional::body_sets_etag(&input, &top_fields)
-                    && conditional::if_match_as_etag(route, headers, None, &mut overlay).is_ok());
-            if if_match_laid && !overlay.keys().any(meets) {
+            // Taken by `if_match_laid_over` already: this lays it over.
+            conditional::if_match_as_etag(route, headers, None, &mut overlay)?;
+            if !overlay.keys().any(meets) {
                 // Parsed alone, as each parameter already was (a string field of the request
                 // takes any text); merged over the body field by field, which is laying over
                 // when the two share none. Top-level strings (a send's stream and topic) are
@@ -226,6 +222,9 @@ fn body_message(
     let inspection = inspect(body, &expect, prefix)?;
     if typed
         && route.body == BodyRule::All
+        && inspection
+            .as_ref()
+            .is_some_and(|(found, _)| if_match_laid_over(route, headers, &found.top_fields))
         && let Some(typed_cost) = charge_typed(body, inspection.as_ref())?
         && let Some((inspection, _)) = &inspection
     {
@@ -233,6 +232,17 @@ fn body_message(
     }
     let respell = inspection.is_some_and(|(inspection, _)| inspection.respell);
     parse_json(&input, &route.body, respell, body).map(Body::Parsed)
+}
+
+/// Whether `If-Match` (if any) can be laid over a typed body as its `etag`, as a parameter
+/// is: the body gives no etag of its own and the header is one the request takes. Otherwise
+/// the descriptors parse the body first and the header is read after it, as for any body, so
+/// a bad body is named before a bad header and neither is refused by the typed message's
+/// charge first.
+fn if_match_laid_over(route: &Route, headers: &HeaderMap, top_fields: &[u32]) -> bool {
+    !headers.contains_key(header::IF_MATCH)
+        || (!conditional::body_sets_etag(&route.method.input(), top_fields)
+            && conditional::if_match_as_etag(route, headers, None, &mut Map::new()).is_ok())
 }
 
 /// When the typed codec may read an inspected body (a JSON object with nothing to respell or

@@ -279,6 +279,47 @@ fn if_match_is_laid_over_a_typed_body_as_the_etag_field() {
     assert_eq!((in_body.name.as_str(), in_body.etag.as_str()), ("n", "abc"));
 }
 
+/// A malformed `If-Match` is answered as a 400 naming it, even when the typed message's charge
+/// would not fit the budget: the typed path, which charges first, is not taken for it.
+#[tokio::test]
+async fn a_bad_if_match_is_named_before_the_typed_message_is_charged() {
+    use crate::budget::{self, Charge, InflightBytes};
+    use std::sync::Arc;
+
+    let (route, bindings) = route_for(Method::PATCH, "/v1/streams/s");
+    let body = br#"{"name":"a name long enough to be charged for"}"#;
+    let mut headers = json_headers();
+    headers.insert(header::IF_MATCH, HeaderValue::from_static("\"a\", \"b\""));
+    // What reading the body holds by itself (its inspection); the typed message would add
+    // the body's length to it.
+    let inspected = {
+        let bytes = Arc::new(InflightBytes::new(1 << 20));
+        let charge = Arc::new(Charge::new(Arc::clone(&bytes)));
+        let (route, bindings) = (route.clone(), bindings.clone());
+        budget::scope(charge, async move {
+            let _ = build_request(&route, &bindings, &json_headers(), body, false);
+            bytes.used()
+        })
+        .await
+    };
+    assert!(inspected > 0);
+    let bytes = Arc::new(InflightBytes::new(inspected + body.len() / 2));
+    let charge = Arc::new(Charge::new(Arc::clone(&bytes)));
+    let refused = budget::scope(charge, async move {
+        build_request(&route, &bindings, &headers, body, true)
+            .map(|_| ())
+            .map_err(|problem| (problem.status(), problem.to_status().message().to_owned()))
+    })
+    .await;
+    assert_eq!(
+        refused,
+        Err((
+            400,
+            "If-Match: give one entity tag: the resource's ETag as last read".to_owned()
+        ))
+    );
+}
+
 /// A create's body is left for the typed codec, with the path fields its `Location` is filled
 /// from: the URL is the one the descriptors' whole request gives.
 #[test]
