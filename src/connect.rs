@@ -173,7 +173,7 @@ impl Connect {
             Ok(read) => read,
             Err(refusal) => return refusal.unary(),
         };
-        let frame = match request::frame(method, Some(procedure.json), codec, &payload) {
+        let frame = match request::frame(method, procedure.json, codec, &payload) {
             Ok(frame) => frame,
             Err(status) => return connect::unary_error(&status),
         };
@@ -207,7 +207,7 @@ impl Connect {
                 Ok(payload) => payload,
                 Err(refusal) => return refuse(refusal.status()),
             };
-        let frame = match request::frame(method, Some(procedure.json), codec, &payload) {
+        let frame = match request::frame(method, procedure.json, codec, &payload) {
             Ok(frame) => frame,
             Err(status) => return refuse(status),
         };

@@ -481,7 +481,7 @@ pub(crate) fn json_codecs() -> std::collections::HashMap<String, rest::direct::J
     let table = rest::route_table().expect("the route table");
     direct::table(&scopes, &apis, &table)
         .expect("the direct table")
-        .codecs()
+        .1
 }
 
 /// How the HTTP surfaces over the services (REST, Connect) read requests.
@@ -567,8 +567,7 @@ fn routes(
     let grpc_only = grpc_only.routes().prepare().into_axum_router();
     let table = rest::route_table().map_err(StartupError::Internal)?;
     // REST's calls, unary and streamed, go straight to the same instances.
-    let direct = direct::table(&scopes, &apis, &table).map_err(StartupError::Internal)?;
-    let codecs = direct.codecs();
+    let (direct, codecs) = direct::table(&scopes, &apis, &table).map_err(StartupError::Internal)?;
     let rest = rest::router_with(table, grpc_only.clone(), direct, rest_settings)
         .map_err(StartupError::Internal)?;
     // Connect calls the same service instances in process over gRPC; its JSON is written and

@@ -240,15 +240,14 @@ pub async fn from_envelopes(parts: &Parts, body: Body, max_bytes: usize) -> Resu
 /// would use it, else by the descriptors.
 pub fn frame(
     method: &MethodDescriptor,
-    json_codec: Option<JsonCodec>,
+    json_codec: JsonCodec,
     codec: Codec,
     payload: &Bytes,
 ) -> Result<Bytes, tonic::Status> {
     let encoded = match codec {
         Codec::Proto => framing::encode_bytes(payload),
         Codec::Json => {
-            let typed = json_codec.map(|codec| codec.request);
-            match rest::json_request(&method.input(), payload, typed)
+            match rest::json_request(&method.input(), payload, Some(json_codec.request))
                 .map_err(|problem| problem.to_status())?
             {
                 JsonRequest::Encoded(wire) => framing::encode_bytes(&wire),

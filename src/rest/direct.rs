@@ -108,12 +108,11 @@ pub type ReadJson = fn(&[u8]) -> Option<Vec<u8>>;
 pub type WriteJson = fn(&[u8]) -> Result<Vec<u8>, String>;
 
 /// The methods REST calls directly, by gRPC path (`/package.Service/Method`): unary ones and
-/// server streams; and each method's [`JsonCodec`].
+/// server streams.
 #[derive(Clone, Default)]
 pub struct Direct {
     unary: HashMap<String, Call>,
     streams: HashMap<String, StreamCall>,
-    codecs: HashMap<String, JsonCodec>,
 }
 
 impl Direct {
@@ -123,15 +122,6 @@ impl Direct {
 
     pub fn insert_stream(&mut self, path: impl Into<String>, call: StreamCall) {
         self.streams.insert(path.into(), call);
-    }
-
-    pub fn insert_codec(&mut self, path: impl Into<String>, codec: JsonCodec) {
-        self.codecs.insert(path.into(), codec);
-    }
-
-    /// Every method's typed JSON codec, by gRPC path.
-    pub fn codecs(&self) -> HashMap<String, JsonCodec> {
-        self.codecs.clone()
     }
 
     pub fn get(&self, path: &str) -> Option<&Call> {

@@ -7,7 +7,7 @@
 //! the protos); what that codec refuses goes back to be parsed by the descriptors, before the
 //! call is admitted, so nothing is counted twice.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
 use axum::body::Body;
 use futures_util::{Stream, StreamExt as _};
@@ -275,11 +275,12 @@ macro_rules! entries {
 }
 
 /// Every unary RPC of the API, and its server streams; fails when a route of `table` has none.
+/// Beside them, each method's typed JSON codec, by gRPC path (for Connect's JSON).
 pub(super) fn table(
     scopes: &Scopes,
     services: &Services,
     table: &RouteTable,
-) -> Result<Direct, String> {
+) -> Result<(Direct, HashMap<String, JsonCodec>), String> {
     let entries = entries![scopes;
         "StreamService" / "CreateStream" => StreamService::create_stream on services.streams;
         "StreamService" / "GetStream" => StreamService::get_stream on services.streams;
@@ -317,19 +318,20 @@ pub(super) fn table(
         )
     }];
     let mut direct = Direct::default();
+    let mut codecs = HashMap::new();
     for (path, call, codec) in entries {
         if !scopes.knows(path) {
             return Err(format!("{path} has no required_scope entry"));
         }
         direct.insert(path, call);
-        direct.insert_codec(path, codec);
+        codecs.insert(path.to_owned(), codec);
     }
     for (path, call, codec) in streams {
         if !scopes.knows(path) {
             return Err(format!("{path} has no required_scope entry"));
         }
         direct.insert_stream(path, call);
-        direct.insert_codec(path, codec);
+        codecs.insert(path.to_owned(), codec);
     }
     for route in table.routes() {
         let missing = if route.method.is_server_streaming() {
@@ -344,5 +346,5 @@ pub(super) fn table(
             ));
         }
     }
-    Ok(direct)
+    Ok((direct, codecs))
 }

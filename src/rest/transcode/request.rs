@@ -671,9 +671,9 @@ fn resolve(message: &MessageDescriptor, path: &str) -> Option<Resolved> {
 }
 
 /// Path variables and query parameters as one proto3 JSON object (proto names). Each value is
-/// parsed alone first (but a string field of the request, which takes any text), so a bad one is
-/// refused naming its parameter; a field is set once (a
-/// list field takes a value per parameter), and one member of a oneof at most.
+/// parsed alone first (but a string field of the request, which takes any text), so a bad one
+/// is refused naming its parameter; a field is set once (a list field takes a value per
+/// parameter), and one member of a oneof at most.
 pub(super) fn parameters(
     route: &Route,
     bindings: Bindings,
