@@ -170,8 +170,11 @@ tokio::task_local! {
     static CALL: Arc<Charge>;
 }
 
+/// A call running with its budget.
+pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Arc<Charge>, F>;
+
 /// Runs a call with `charge` as its budget.
-pub fn scope<F: Future>(charge: Arc<Charge>, call: F) -> impl Future<Output = F::Output> {
+pub fn scope<F: Future>(charge: Arc<Charge>, call: F) -> Scoped<F> {
     CALL.scope(charge, call)
 }
 

@@ -103,9 +103,16 @@ fn is_connect_query(uri: &Uri) -> bool {
     })
 }
 
-/// The id of the request being served.
+/// The id of the request being served; shared, since refusals, audits and in-process calls
+/// each keep it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub std::sync::Arc<str>);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Which route answered, set on the response by whoever matched it (REST templates), so route
 /// labels stay few whatever paths clients invent.

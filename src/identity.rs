@@ -344,7 +344,7 @@ pub struct Rpc {
 pub struct Access {
     identity: Arc<Identity>,
     rpc: Arc<Rpc>,
-    request_id: String,
+    request_id: Arc<str>,
     target: OnceLock<Target>,
     checked: AtomicBool,
     refused: AtomicBool,
@@ -377,7 +377,7 @@ impl Access {
     pub fn new(
         identity: Arc<Identity>,
         rpc: Arc<Rpc>,
-        request_id: String,
+        request_id: Arc<str>,
         ring: Arc<KeyRing>,
         metrics: Arc<Metrics>,
     ) -> Self {

@@ -142,7 +142,7 @@ pub fn apply(
         .option_layer(
             cors(&settings.cors_origins, &settings.cors_headers).map(PreflightOnlyLayer::new),
         )
-        .layer(axum::middleware::from_fn(codecs::protobuf_only))
+        .layer(GuardLayer::new(codecs::ProtobufOnly))
         .layer(GuardLayer::new(ApiKey::with_keys(
             settings.auth.clone(),
             keys,
@@ -183,7 +183,7 @@ fn make_span(request: &Request<Body>) -> Span {
     let request_id = request
         .extensions()
         .get::<RequestId>()
-        .map_or("", |id| id.0.as_str());
+        .map_or("", RequestId::as_str);
     // Written only if the span is recorded: at the usual `warn` a call formats nothing here.
     let client = request
         .extensions()

@@ -17,6 +17,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -378,9 +379,9 @@ struct ConnectionService {
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
-    type Response = Response<GuardedBody<CallGuard>>;
+    type Response = Response<GuardedBody<Option<CallGuard>>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = Served;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
@@ -391,12 +392,31 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
                 .insert(PeerCertificate::clone(peer));
         }
         let call = CallGuard::start(Arc::clone(&self.activity));
-        let router = self.router.clone();
-        Box::pin(async move {
-            let response = router.oneshot(request).await?;
-            // The call stays in flight until its answer has been sent (or dropped).
-            Ok(response.map(|body| GuardedBody::new(body, call)))
-        })
+        Served {
+            inner: self.router.clone().oneshot(request),
+            call: Some(call),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One request on its way through the router.
+    struct Served {
+        #[pin]
+        inner: tower::util::Oneshot<Router, Request<Body>>,
+        call: Option<CallGuard>,
+    }
+}
+
+impl Future for Served {
+    type Output = Result<Response<GuardedBody<Option<CallGuard>>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        // The call stays in flight until its answer has been sent (or dropped).
+        let call = this.call.take();
+        Poll::Ready(Ok(response.map(|body| GuardedBody::new(body, call))))
     }
 }
 

@@ -76,7 +76,7 @@ where
             let request_id = request
                 .extensions()
                 .get::<RequestId>()
-                .map(|id| id.0.clone());
+                .map(|id| id.as_str().to_owned());
             method_not_allowed(
                 request.method(),
                 request.uri().path(),
@@ -133,7 +133,7 @@ where
             let request_id = request
                 .extensions()
                 .get::<RequestId>()
-                .map(|id| id.0.clone());
+                .map(|id| id.as_str().to_owned());
             method_not_allowed(request.method(), request.uri().path(), &allowed)
                 .with_request_id(request_id)
                 .into_response()

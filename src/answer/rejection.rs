@@ -22,7 +22,7 @@ use crate::extensions::{Protocol, RejectedFor, RequestId};
 #[derive(Debug, Clone)]
 pub struct Caller {
     protocol: Protocol,
-    request_id: Option<String>,
+    request_id: Option<std::sync::Arc<str>>,
 }
 
 impl Caller {
@@ -96,7 +96,7 @@ impl Rejection {
 
     /// The answer to a caller whose request has already moved on (see [`Caller`]).
     pub fn respond_to(self, caller: &Caller) -> Response {
-        let request_id = caller.request_id.clone();
+        let request_id = caller.request_id.as_deref().map(str::to_owned);
         let protocol = caller.protocol;
         let retry_secs = self.retry_after.map(|wait| wait.as_secs().max(1));
         let reason = self.reason;

@@ -357,7 +357,6 @@ impl MessageService for MessageApi {
             &[Want::Topic(&topic)],
         )
         .await?;
-        let (stream_text, topic_text) = (request.stream.clone(), request.topic.clone());
         let partitioning = match request.partitioning {
             None => Partitioning::Balanced,
             Some(proto::send_messages_request::Partitioning::PartitionId(id)) => {
@@ -368,7 +367,11 @@ impl MessageService for MessageApi {
                 Partitioning::Key(key.into_bytes())
             }
         };
-        let given: Vec<bool> = request.messages.iter().map(|m| !m.id.is_empty()).collect();
+        // Which ids the client gave matters only under a key.
+        let given: Vec<bool> = match key {
+            Some(_) => request.messages.iter().map(|m| !m.id.is_empty()).collect(),
+            None => Vec::new(),
+        };
         let mut messages = self.new_messages(request.messages)?;
         let Some(key) = key else {
             charge(
@@ -400,7 +403,7 @@ impl MessageService for MessageApi {
                 message.id = idempotency::message_id(&identity, &key, index);
             }
         }
-        let fingerprint = fingerprint(&stream_text, &topic_text, &partitioning, &messages);
+        let fingerprint = fingerprint(&request.stream, &request.topic, &partitioning, &messages);
         let record_key = idempotency::record_key(&identity, &key);
         let ids: Vec<String> = messages.iter().map(|m| message_id_text(m.id)).collect();
         let ticket = match self.idempotency.begin(record_key, fingerprint).await {

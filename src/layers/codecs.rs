@@ -5,12 +5,11 @@
 
 use axum::{
     body::Body,
-    extract::Request,
-    http::{Response, header},
-    middleware::Next,
+    http::{Request, header},
 };
 use tonic::Code;
 
+use super::guard::{Exempt, Policy};
 use crate::answer::Rejection;
 
 /// The content types of gRPC and gRPC-Web bodies the services decode.
@@ -27,20 +26,33 @@ fn is_protobuf_grpc(content_type: &str) -> bool {
     )
 }
 
-pub async fn protobuf_only(request: Request, next: Next) -> Response<Body> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
-    if content_type.starts_with("application/grpc") && !is_protobuf_grpc(content_type) {
-        let message = format!(
-            "{content_type} bodies are not served: use protobuf (application/grpc-web+proto or \
-             application/grpc-web-text), or JSON over REST (/v1/…)"
-        );
-        return Rejection::new(Code::Unimplemented, "UNSUPPORTED_CODEC", message).respond(&request);
+/// Refuses gRPC and gRPC-Web bodies in any codec but protobuf.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProtobufOnly;
+
+impl Policy for ProtobufOnly {
+    type Admitted = ();
+    const EXEMPT: Exempt = Exempt::Nothing;
+
+    fn check(&self, request: &mut Request<Body>) -> Result<(), Rejection> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        if content_type.starts_with("application/grpc") && !is_protobuf_grpc(content_type) {
+            let message = format!(
+                "{content_type} bodies are not served: use protobuf (application/grpc-web+proto \
+                 or application/grpc-web-text), or JSON over REST (/v1/…)"
+            );
+            return Err(Rejection::new(
+                Code::Unimplemented,
+                "UNSUPPORTED_CODEC",
+                message,
+            ));
+        }
+        Ok(())
     }
-    next.run(request).await
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
     pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
@@ -22,7 +23,7 @@ use axum::{
     http::{Request, Response, StatusCode, header},
 };
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, Either, Ready, ready};
+use futures_util::future::{Either, Ready};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tower::{Layer, Service};
@@ -199,14 +200,10 @@ pub struct BodyLimitService<S> {
 impl<S> Service<Request<Body>> for BodyLimitService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<
-        BoxFuture<'static, Result<Response<Body>, Infallible>>,
-        Ready<Result<Response<Body>, Infallible>>,
-    >;
+    type Future = Either<Limited<S::Future>, Ready<Result<Response<Body>, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -219,9 +216,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|length| length > self.max_bytes as u64) {
-            return Either::Right(ready(Ok(
-                too_large_rejection(self.max_bytes).respond(&request)
-            )));
+            return at_once(too_large_rejection(self.max_bytes).respond(&request));
         }
         let charge = Arc::new(Charge::new(Arc::clone(&self.inflight)));
         let caller = Caller::of(&request);
@@ -233,8 +228,6 @@ where
         } else {
             self.max_bytes
         };
-        let too_large = Arc::new(AtomicBool::new(false));
-        let malformed = Arc::new(AtomicBool::new(false));
         // HTTP content codings are REST's (and Connect's unary calls'); gRPC compresses each
         // message instead, which tonic inflates within `max_decoding_message_size`.
         let coding = if grpc {
@@ -247,66 +240,142 @@ where
                 Ok(coding) => coding,
                 Err(_) if http_body::Body::is_end_stream(request.body()) => None,
                 Err(coding) => {
-                    return Either::Right(ready(Ok(unsupported_coding(&coding).respond(&request))));
+                    return at_once(unsupported_coding(&coding).respond(&request));
                 }
             }
         };
         let (mut parts, body) = request.into_parts();
+        // Flags are shared with the body only when there is one to read (and to inflate).
+        let mut too_large = None;
         let body = if http_body::Body::is_end_stream(&body) {
             body
         } else {
+            let flag = Arc::new(AtomicBool::new(false));
+            too_large = Some(Arc::clone(&flag));
             Body::new(ChargedBody {
                 inner: body,
                 charge: Arc::clone(&charge),
                 received: 0,
                 max_bytes,
-                too_large: Arc::clone(&too_large),
+                too_large: flag,
             })
         };
+        let mut malformed = None;
         let body = match coding {
             None => body,
             Some(coding) => {
                 // What follows reads the inflated body, whose length is not known.
                 parts.headers.remove(header::CONTENT_ENCODING);
                 parts.headers.remove(header::CONTENT_LENGTH);
+                let too_large = Arc::clone(too_large.get_or_insert_default());
+                let flag = Arc::new(AtomicBool::new(false));
+                malformed = Some(Arc::clone(&flag));
                 inflate::inflate(
                     body,
                     coding,
                     InflateLimits {
                         max_bytes,
                         charge: Arc::clone(&charge),
-                        too_large: Arc::clone(&too_large),
-                        malformed: Arc::clone(&malformed),
+                        too_large,
+                        malformed: flag,
                     },
                 )
             }
         };
         let request = Request::from_parts(parts, body);
-        let (max_inflight, limit) = (self.inflight.max(), self.max_bytes);
         // The call's decoders (protobuf and REST's JSON) charge what they build to the same
         // budget, through the task-local the scope sets.
-        let future = budget::scope(Arc::clone(&charge), self.inner.call(request));
-        Either::Left(Box::pin(async move {
-            let response = future.await?;
-            // Answered: what the call held is given back, even if its request body streams on.
-            charge.close();
-            if charge.is_exhausted() {
-                return Ok(inflight_exhausted(max_inflight).respond_to(&caller));
-            }
-            // tonic refuses a message over its decoding limit with OUT_OF_RANGE; a caller who
-            // sent too much should hear RESOURCE_EXHAUSTED, as REST callers hear 413.
-            if too_large.load(Ordering::Acquire) || (grpc && is_oversized_message(&response)) {
-                return Ok(too_large_rejection(limit).respond_to(&caller));
-            }
-            // Checked after the limits: a body cut off by one also ends its inflation.
-            if malformed.load(Ordering::Acquire) {
-                return Ok(malformed_coding().respond_to(&caller));
-            }
-            // Polled messages stay charged while their answer streams to a slow reader.
-            if charge.holds_answer() {
-                return Ok(response.map(|body| Body::new(ChargedAnswer::new(body, charge))));
-            }
-            Ok(response)
+        Either::Left(Limited {
+            inner: budget::scope(Arc::clone(&charge), self.inner.call(request)),
+            call: Some(Bounds {
+                charge,
+                caller,
+                grpc,
+                too_large,
+                malformed,
+                max_inflight: self.inflight.max(),
+                limit: self.max_bytes,
+            }),
+        })
+    }
+}
+
+/// An answer given without calling the service.
+fn at_once<F>(response: Response<Body>) -> Either<F, Ready<Result<Response<Body>, Infallible>>> {
+    Either::Right(futures_util::future::ready(Ok(response)))
+}
+
+/// What a call's answer is checked against once it comes.
+struct Bounds {
+    charge: Arc<Charge>,
+    caller: Caller,
+    grpc: bool,
+    /// Set when the body went over the limit (absent without a body).
+    too_large: Option<Arc<AtomicBool>>,
+    /// Set when a compressed body did not inflate (absent without a coding).
+    malformed: Option<Arc<AtomicBool>>,
+    max_inflight: usize,
+    limit: usize,
+}
+
+fn is_set(flag: Option<&Arc<AtomicBool>>) -> bool {
+    flag.is_some_and(|flag| flag.load(Ordering::Acquire))
+}
+
+impl Bounds {
+    fn answered(self, response: Response<Body>) -> Response<Body> {
+        let Bounds {
+            charge,
+            caller,
+            grpc,
+            too_large,
+            malformed,
+            max_inflight,
+            limit,
+        } = self;
+        // Answered: what the call held is given back, even if its request body streams on.
+        charge.close();
+        if charge.is_exhausted() {
+            return inflight_exhausted(max_inflight).respond_to(&caller);
+        }
+        // tonic refuses a message over its decoding limit with OUT_OF_RANGE; a caller who
+        // sent too much should hear RESOURCE_EXHAUSTED, as REST callers hear 413.
+        if is_set(too_large.as_ref()) || (grpc && is_oversized_message(&response)) {
+            return too_large_rejection(limit).respond_to(&caller);
+        }
+        // Checked after the limits: a body cut off by one also ends its inflation.
+        if is_set(malformed.as_ref()) {
+            return malformed_coding().respond_to(&caller);
+        }
+        // Polled messages stay charged while their answer streams to a slow reader.
+        if charge.holds_answer() {
+            return response.map(|body| Body::new(ChargedAnswer::new(body, charge)));
+        }
+        response
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call with its body bounded; its answer is checked against the bounds.
+    pub struct Limited<F> {
+        #[pin]
+        inner: budget::Scoped<F>,
+        call: Option<Bounds>,
+    }
+}
+
+impl<F> Future for Limited<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        Poll::Ready(Ok(match this.call.take() {
+            Some(bounds) => bounds.answered(response),
+            None => response,
         }))
     }
 }
@@ -431,11 +500,10 @@ fn grpc_timeout(value: &str) -> Option<Duration> {
 impl<S> Service<Request<Body>> for TimeoutService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+    type Future = TimedOut<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -456,17 +524,40 @@ where
         let timeout = asked.map_or(self.timeout, |asked| asked.min(self.timeout));
         // Only what the rejection needs from the request outlives the call.
         let caller = Caller::of(&request);
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, future).await {
-                Ok(response) => response,
-                Err(_) => Ok(Rejection::new(
-                    Code::DeadlineExceeded,
-                    "DEADLINE_EXCEEDED",
-                    format!("the call took longer than {} ms", timeout.as_millis()),
-                )
-                .respond_to(&caller)),
-            }
+        TimedOut {
+            inner: tokio::time::timeout(timeout, self.inner.call(request)),
+            timeout,
+            caller,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call bounded by its deadline; past it, answered DEADLINE_EXCEEDED in its protocol.
+    pub struct TimedOut<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        timeout: Duration,
+        caller: Caller,
+    }
+}
+
+impl<F> Future for TimedOut<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match ready!(this.inner.poll(cx)) {
+            Ok(response) => response,
+            Err(_) => Ok(Rejection::new(
+                Code::DeadlineExceeded,
+                "DEADLINE_EXCEEDED",
+                format!("the call took longer than {} ms", this.timeout.as_millis()),
+            )
+            .respond_to(this.caller)),
         })
     }
 }

@@ -5,8 +5,10 @@
 use std::{
     collections::HashSet,
     convert::Infallible,
+    future::Future,
+    pin::Pin,
     sync::{Arc, LazyLock},
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Instant,
 };
 
@@ -15,13 +17,11 @@ use axum::{
     extract::MatchedPath,
     http::{Request, Response},
 };
-use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
 
 use crate::{
     extensions::{MatchedRoute, Protocol, RejectedFor},
-    metrics::Metrics,
-    metrics::StatusLabel,
+    metrics::{GaugeGuard, Metrics, StatusLabel},
 };
 
 /// Counts every call at the edge of the stack (inside tracing, outside the refusing layers).
@@ -103,11 +103,10 @@ impl KnownRoutes {
 impl<S> Service<Request<Body>> for MetricsService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+    type Future = Counted<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -124,39 +123,92 @@ where
             .get::<MatchedPath>()
             .filter(|matched| !matched.as_str().contains('*'))
             .cloned();
-        let metrics = Arc::clone(&self.metrics);
         // A guard, not a decrement after the await: a cancelled call must not stay counted.
-        let in_flight = metrics.call_started();
-        let started = Instant::now();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            drop(in_flight);
-            let status = match protocol {
-                Protocol::Grpc | Protocol::GrpcWeb => StatusLabel::grpc(
-                    response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok()),
-                ),
-                // A Connect stream's outcome is in its last message, which layers never read:
-                // its status is the HTTP one, like a unary Connect call's.
-                Protocol::Connect | Protocol::ConnectStream { .. } | Protocol::Rest => {
-                    StatusLabel::http(response.status())
-                }
-            };
-            // Only names the gateway defines become labels, so clients cannot grow the series.
-            let route = match (response.extensions().get::<MatchedRoute>(), method) {
-                (Some(route), _) => Arc::clone(&route.0),
-                (None, Some(method)) => method,
-                (None, None) => matched_path.map_or_else(
-                    || Arc::from("unmatched"),
-                    |matched| Arc::from(matched.as_str()),
-                ),
-            };
-            let rejected = response.extensions().get::<RejectedFor>().copied();
-            metrics.call_answered(protocol, route, status, started.elapsed(), rejected);
-            Ok(response)
-        })
+        let in_flight = self.metrics.call_started();
+        Counted {
+            inner: self.inner.call(request),
+            call: Some(Call {
+                metrics: Arc::clone(&self.metrics),
+                in_flight,
+                protocol,
+                method,
+                matched_path,
+                started: Instant::now(),
+            }),
+        }
+    }
+}
+
+/// What counting a call needs once it is answered.
+struct Call {
+    metrics: Arc<Metrics>,
+    in_flight: GaugeGuard,
+    protocol: Protocol,
+    method: Option<Arc<str>>,
+    matched_path: Option<MatchedPath>,
+    started: Instant,
+}
+
+impl Call {
+    fn answered(self, response: &Response<Body>) {
+        let Call {
+            metrics,
+            in_flight,
+            protocol,
+            method,
+            matched_path,
+            started,
+        } = self;
+        drop(in_flight);
+        let status = match protocol {
+            Protocol::Grpc | Protocol::GrpcWeb => StatusLabel::grpc(
+                response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok()),
+            ),
+            // A Connect stream's outcome is in its last message, which layers never read:
+            // its status is the HTTP one, like a unary Connect call's.
+            Protocol::Connect | Protocol::ConnectStream { .. } | Protocol::Rest => {
+                StatusLabel::http(response.status())
+            }
+        };
+        // Only names the gateway defines become labels, so clients cannot grow the series.
+        let route = match (response.extensions().get::<MatchedRoute>(), method) {
+            (Some(route), _) => Arc::clone(&route.0),
+            (None, Some(method)) => method,
+            (None, None) => matched_path.map_or_else(
+                || Arc::from("unmatched"),
+                |matched| Arc::from(matched.as_str()),
+            ),
+        };
+        let rejected = response.extensions().get::<RejectedFor>().copied();
+        metrics.call_answered(protocol, route, status, started.elapsed(), rejected);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call on its way; counted once answered. Dropped unanswered (the caller went away),
+    /// it leaves the calls in flight and is not counted as answered.
+    pub struct Counted<F> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+    }
+}
+
+impl<F> Future for Counted<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        if let Some(call) = this.call.take() {
+            call.answered(&response);
+        }
+        Poll::Ready(Ok(response))
     }
 }

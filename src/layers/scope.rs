@@ -265,7 +265,7 @@ impl Scopes {
         };
         let request_id = extensions
             .get::<RequestId>()
-            .map(|id| id.0.clone())
+            .map(|id| Arc::clone(&id.0))
             .unwrap_or_default();
         if !identity.allows(rpc.scope, &Target::Any) {
             self.metrics
