@@ -150,11 +150,19 @@ impl Store {
         let now = now_micros();
         {
             let catalog = self.read_catalog()?;
-            let idempotency = tx.open_table(IDEMPOTENCY).map_err(storage)?;
+            // Opened only for a group with a keyed send: a table opened costs its lookup and
+            // close in every commit.
+            let idempotency = if requests.iter().any(|r| r.idempotency.is_some()) {
+                Some(tx.open_table(IDEMPOTENCY).map_err(storage)?)
+            } else {
+                None
+            };
             for request in requests {
                 // A key seen before (in the store and not expired, or earlier in this group):
                 // the same request is answered as stored already, another one is refused.
-                if let Some(record) = &request.idempotency {
+                if let Some(record) = &request.idempotency
+                    && let Some(idempotency) = &idempotency
+                {
                     let earlier = match keyed.get(&record.key) {
                         Some(fingerprint) => Some(*fingerprint),
                         None => idempotency
