@@ -87,6 +87,9 @@ struct Args {
     /// Random paths sent in the hostile part's /metrics check.
     #[arg(long, default_value_t = 10_000)]
     random_paths: usize,
+    /// Calls counted per line in the instructions part (a quarter as many warm it up first).
+    #[arg(long, default_value_t = 2000)]
+    instruction_calls: u64,
     /// Idle subscriptions held open while the gateway's CPU is measured.
     #[arg(long, default_value_t = 1000)]
     idle_subscribers: usize,
@@ -117,10 +120,15 @@ enum Part {
     Hostile,
     /// The cost of TLS and of gzip on gRPC batch produce, against cleartext and uncompressed.
     Wire,
+    /// Unary sends counted in instructions under callgrind (only when named: it needs valgrind).
+    Instructions,
 }
 
 impl Args {
     fn runs(&self, part: Part) -> bool {
+        if part == Part::Instructions {
+            return self.only.contains(&part);
+        }
         self.only.is_empty() || self.only.contains(&part)
     }
 }
@@ -145,10 +153,24 @@ impl Gateway {
         pool_size: usize,
         settings: &[(&str, &Path)],
     ) -> Self {
-        // `GATEWAY_BIN` runs another build (an earlier commit's) under the same load.
-        let binary = std::env::var_os("GATEWAY_BIN")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_iggy-gateway").into());
-        let mut command = Command::new(binary);
+        let mut command = Command::new(Self::binary());
+        // The default host, said for the reader: 127.0.0.1.
+        command.env("HOST", "127.0.0.1");
+        Self::start_command(command, data_dir, iggy, pool_size, settings)
+    }
+
+    /// `GATEWAY_BIN` runs another build (an earlier commit's) under the same load.
+    fn binary() -> std::ffi::OsString {
+        std::env::var_os("GATEWAY_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_iggy-gateway").into())
+    }
+
+    fn start_command(
+        mut command: Command,
+        data_dir: &Path,
+        iggy: Option<&str>,
+        pool_size: usize,
+        settings: &[(&str, &Path)],
+    ) -> Self {
         match iggy {
             Some(connection) => command
                 .env("IGGY_CONNECTION_STRING", connection)
@@ -157,7 +179,6 @@ impl Gateway {
         };
         let mut child = command
             .env("PORT", "0")
-            .env("HOST", "127.0.0.1")
             .env("DATA_DIR", data_dir)
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "warn,iggy_gateway::startup=info")
@@ -431,7 +452,12 @@ struct BareServers {
 impl BareServers {
     fn start() -> Self {
         let exe = std::env::current_exe().expect("the harness's own path");
-        let mut child = Command::new(exe)
+        Self::start_command(Command::new(exe))
+    }
+
+    /// The harness itself, serving the floors, run by `command`.
+    fn start_command(mut command: Command) -> Self {
+        let mut child = command
             .arg("--serve-bare")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1547,6 +1573,10 @@ async fn run(args: Args) {
         hostile(&args, &data.path().join("hostile"), &mut report).await;
     }
 
+    if args.runs(Part::Instructions) {
+        instructions(&args, &data.path().join("instructions"), &mut report).await;
+    }
+
     if args.runs(Part::Wire) {
         wire(
             &args,
@@ -2018,4 +2048,178 @@ async fn idle_subscribers(args: &Args, memory: &Gateway, report: &mut Report) {
         memory.rss_kib().saturating_sub(rss_before) as f64 / streams.len().max(1) as f64,
         "KiB",
     );
+}
+
+/// A server run under callgrind, whose instruction counters the harness zeroes and dumps
+/// around a number of calls.
+struct Counted {
+    pid: u32,
+    /// Where callgrind writes its dumps: `<out>.<n>`, numbered from 1.
+    out: PathBuf,
+    dumps: usize,
+}
+
+impl Counted {
+    /// `valgrind --tool=callgrind` before `program`; valgrind's own lines go to a file, so
+    /// the program's output (its address) reads as usual.
+    fn command(dir: &Path, name: &str, program: impl AsRef<std::ffi::OsStr>) -> (Command, PathBuf) {
+        let out = dir.join(format!("{name}.callgrind"));
+        let mut command = Command::new("valgrind");
+        command
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(format!(
+                "--log-file={}",
+                dir.join(format!("{name}.valgrind.log")).display()
+            ))
+            .arg("--dump-instr=no")
+            .arg(program);
+        // valgrind names the pipes `callgrind_control` talks through after $HOST, which the
+        // gateway also reads: unset here, it binds its default (127.0.0.1) and both agree.
+        command.env_remove("HOST");
+        (command, out)
+    }
+
+    fn new(pid: u32, out: PathBuf) -> Self {
+        Self { pid, out, dumps: 0 }
+    }
+
+    fn control(&self, what: &str) {
+        let status = Command::new("callgrind_control")
+            .arg(what)
+            .arg(self.pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("callgrind_control runs");
+        assert!(status.success(), "callgrind_control {what} failed");
+    }
+
+    /// Instructions counted since `zero`, read from the dump this call writes.
+    async fn since_zero(&mut self) -> u64 {
+        self.control("-d");
+        self.dumps += 1;
+        let file = PathBuf::from(format!("{}.{}", self.out.display(), self.dumps));
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Some(total) = text
+                    .lines()
+                    .find_map(|line| {
+                        line.strip_prefix("totals:")
+                            .or(line.strip_prefix("summary:"))
+                    })
+                    .and_then(|value| value.trim().parse().ok())
+            {
+                return total;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no callgrind dump at {}", file.display());
+    }
+
+    /// Instructions per call of `calls` calls of `op`, one at a time, after `warm_up` calls.
+    async fn per_call<Op, Fut>(&mut self, warm_up: u64, calls: u64, op: Op) -> f64
+    where
+        Op: Fn() -> Fut,
+        Fut: Future<Output = u64>,
+    {
+        for _ in 0..warm_up {
+            assert_eq!(op().await, 1, "a warm-up call failed");
+        }
+        self.control("-z");
+        for _ in 0..calls {
+            assert_eq!(op().await, 1, "a counted call failed");
+        }
+        self.since_zero().await as f64 / calls as f64
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Unary sends counted in instructions: the gateway (in-memory store) and the bare floors each
+/// run under callgrind, one caller sends `--instruction-calls` calls after a warm-up, and the
+/// counters cover exactly those calls. Instruction counts are the same run after run whatever
+/// else the machine does, where the CPU-time lines move with it. One caller means one store
+/// commit per call.
+async fn instructions(args: &Args, dir: &Path, report: &mut Report) {
+    if !on_path("valgrind") || !on_path("callgrind_control") {
+        report.text(
+            "instructions",
+            "skipped: valgrind (callgrind) is not installed",
+        );
+        return;
+    }
+    std::fs::create_dir_all(dir).expect("a directory for callgrind");
+    let (command, out) = Counted::command(dir, "gateway", Gateway::binary());
+    let gateway = Gateway::start_command(command, Path::new(":memory:"), None, 1, &[]);
+    let mut counted_gateway = Counted::new(gateway.child.id(), out);
+    let (command, out) = Counted::command(
+        dir,
+        "bare",
+        std::env::current_exe().expect("the harness's own path"),
+    );
+    let bare = BareServers::start_command(command);
+    let mut counted_bare = Counted::new(bare.child.id(), out);
+
+    prepare_topic(gateway.addr, "unary").await;
+    let one = text_messages(1, args.message_size);
+    let rest_one = Bytes::from(
+        serde_json::to_vec(&json!({"messages": [{"text": payload(args.message_size)}]}))
+            .expect("json"),
+    );
+    let path = "v1/streams/unary/topics/bench/messages";
+    let http = reqwest::Client::new();
+    let (warm_up, calls) = (args.instruction_calls / 4, args.instruction_calls);
+    let grpc = counted_gateway
+        .per_call(
+            warm_up,
+            calls,
+            unary_op(channel(gateway.addr).await, "unary", one.clone()),
+        )
+        .await;
+    let rest = counted_gateway
+        .per_call(
+            warm_up,
+            calls,
+            rest_unary_op(
+                http.clone(),
+                format!("http://{}/{path}", gateway.addr),
+                rest_one.clone(),
+            ),
+        )
+        .await;
+    let tonic = counted_bare
+        .per_call(
+            warm_up,
+            calls,
+            unary_op(channel(bare.tonic).await, "unary", one),
+        )
+        .await;
+    let axum = counted_bare
+        .per_call(
+            warm_up,
+            calls,
+            rest_unary_op(http, format!("http://{}/{path}", bare.axum), rest_one),
+        )
+        .await;
+    report.text(
+        "instructions",
+        &format!("callgrind, 1 caller, {calls} calls each, in-memory store"),
+    );
+    report.number("grpc_unary_instructions_per_call", grpc, "instr");
+    report.number("bare_tonic_instructions_per_call", tonic, "instr");
+    report.ratio(
+        "grpc_unary / bare_tonic instructions per call",
+        grpc / tonic,
+    );
+    report.number("rest_unary_instructions_per_call", rest, "instr");
+    report.number("bare_axum_instructions_per_call", axum, "instr");
+    report.ratio("rest_unary / bare_axum instructions per call", rest / axum);
 }
