@@ -34,6 +34,7 @@
 //! inside message bodies. REST calls reach their gRPC service in process, below this stack,
 //! so a REST call passes each layer exactly once.
 
+pub mod after;
 pub mod allowed_hosts;
 pub mod auth;
 pub mod client_ip;

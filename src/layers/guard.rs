@@ -5,9 +5,7 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 use axum::{
@@ -17,6 +15,7 @@ use axum::{
 use futures_util::future::{Either, Ready};
 use tower::{Layer, Service};
 
+use super::after::{AfterAnswer, Answering};
 use crate::answer::Rejection;
 
 /// Calls a guard lets through unchecked.
@@ -96,7 +95,8 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<Admitted<S::Future, P>, Ready<Result<Response<Body>, Infallible>>>;
+    type Future =
+        Either<Answering<S::Future, Settle<P>>, Ready<Result<Response<Body>, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -115,38 +115,26 @@ where
                 }
             }
         };
-        Either::Left(Admitted {
-            inner: self.inner.call(request),
+        let settle = Settle {
             admitted,
             policy: self.policy.clone(),
-        })
+        };
+        Either::Left(Answering::new(self.inner.call(request), settle))
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An admitted call on its way; what it holds is handed to [`Policy::answered`].
-    pub struct Admitted<F, P: Policy> {
-        #[pin]
-        inner: F,
-        admitted: Option<P::Admitted>,
-        policy: P,
-    }
+/// What an admitted call holds, handed to [`Policy::answered`] with the answer.
+pub struct Settle<P: Policy> {
+    admitted: Option<P::Admitted>,
+    policy: P,
 }
 
-impl<F, P> Future for Admitted<F, P>
-where
-    F: Future<Output = Result<Response<Body>, Infallible>>,
-    P: Policy,
-{
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        Poll::Ready(Ok(match this.admitted.take() {
-            Some(admitted) => this.policy.answered(admitted, response),
+impl<P: Policy> AfterAnswer<Body> for Settle<P> {
+    fn answered(self, response: Response<Body>) -> Response<Body> {
+        match self.admitted {
+            Some(admitted) => self.policy.answered(admitted, response),
             None => response,
-        }))
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use super::{
+    after::{AfterAnswer, Answering},
     guard::{Exempt, Policy},
     inflate::{self, InflateLimits},
 };
@@ -203,7 +204,10 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<Limited<S::Future>, Ready<Result<Response<Body>, Infallible>>>;
+    type Future = Either<
+        Answering<budget::Scoped<S::Future>, Bounds>,
+        Ready<Result<Response<Body>, Infallible>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -285,18 +289,19 @@ where
         let request = Request::from_parts(parts, body);
         // The call's decoders (protobuf and REST's JSON) charge what they build to the same
         // budget, through the task-local the scope sets.
-        Either::Left(Limited {
-            inner: budget::scope(Arc::clone(&charge), self.inner.call(request)),
-            call: Some(Bounds {
-                charge,
-                caller,
-                grpc,
-                too_large,
-                malformed,
-                max_inflight: self.inflight.max(),
-                limit: self.max_bytes,
-            }),
-        })
+        let bounds = Bounds {
+            charge: Arc::clone(&charge),
+            caller,
+            grpc,
+            too_large,
+            malformed,
+            max_inflight: self.inflight.max(),
+            limit: self.max_bytes,
+        };
+        Either::Left(Answering::new(
+            budget::scope(charge, self.inner.call(request)),
+            bounds,
+        ))
     }
 }
 
@@ -306,7 +311,7 @@ fn at_once<F>(response: Response<Body>) -> Either<F, Ready<Result<Response<Body>
 }
 
 /// What a call's answer is checked against once it comes.
-struct Bounds {
+pub struct Bounds {
     charge: Arc<Charge>,
     caller: Caller,
     grpc: bool,
@@ -322,7 +327,7 @@ fn is_set(flag: Option<&Arc<AtomicBool>>) -> bool {
     flag.is_some_and(|flag| flag.load(Ordering::Acquire))
 }
 
-impl Bounds {
+impl AfterAnswer<Body> for Bounds {
     fn answered(self, response: Response<Body>) -> Response<Body> {
         let Bounds {
             charge,
@@ -352,31 +357,6 @@ impl Bounds {
             return response.map(|body| Body::new(ChargedAnswer::new(body, charge)));
         }
         response
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A call with its body bounded; its answer is checked against the bounds.
-    pub struct Limited<F> {
-        #[pin]
-        inner: budget::Scoped<F>,
-        call: Option<Bounds>,
-    }
-}
-
-impl<F> Future for Limited<F>
-where
-    F: Future<Output = Result<Response<Body>, Infallible>>,
-{
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        Poll::Ready(Ok(match this.call.take() {
-            Some(bounds) => bounds.answered(response),
-            None => response,
-        }))
     }
 }
 

@@ -5,10 +5,8 @@
 use std::{
     collections::HashSet,
     convert::Infallible,
-    future::Future,
-    pin::Pin,
     sync::{Arc, LazyLock},
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Instant,
 };
 
@@ -18,6 +16,8 @@ use axum::{
     http::{Request, Response},
 };
 use tower::{Layer, Service};
+
+use super::after::{AfterAnswer, Answering};
 
 use crate::{
     extensions::{MatchedRoute, Protocol, RejectedFor},
@@ -106,7 +106,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Counted<S::Future>;
+    type Future = Answering<S::Future, Call>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -125,22 +125,21 @@ where
             .cloned();
         // A guard, not a decrement after the await: a cancelled call must not stay counted.
         let in_flight = self.metrics.call_started();
-        Counted {
-            inner: self.inner.call(request),
-            call: Some(Call {
-                metrics: Arc::clone(&self.metrics),
-                in_flight,
-                protocol,
-                method,
-                matched_path,
-                started: Instant::now(),
-            }),
-        }
+        let call = Call {
+            metrics: Arc::clone(&self.metrics),
+            in_flight,
+            protocol,
+            method,
+            matched_path,
+            started: Instant::now(),
+        };
+        Answering::new(self.inner.call(request), call)
     }
 }
 
-/// What counting a call needs once it is answered.
-struct Call {
+/// What counting a call needs once it is answered. Dropped unanswered (the caller went
+/// away), it leaves the calls in flight and is not counted as answered.
+pub struct Call {
     metrics: Arc<Metrics>,
     in_flight: GaugeGuard,
     protocol: Protocol,
@@ -149,8 +148,8 @@ struct Call {
     started: Instant,
 }
 
-impl Call {
-    fn answered(self, response: &Response<Body>) {
+impl AfterAnswer<Body> for Call {
+    fn answered(self, response: Response<Body>) -> Response<Body> {
         let Call {
             metrics,
             in_flight,
@@ -184,31 +183,6 @@ impl Call {
         };
         let rejected = response.extensions().get::<RejectedFor>().copied();
         metrics.call_answered(protocol, route, status, started.elapsed(), rejected);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A call on its way; counted once answered. Dropped unanswered (the caller went away),
-    /// it leaves the calls in flight and is not counted as answered.
-    pub struct Counted<F> {
-        #[pin]
-        inner: F,
-        call: Option<Call>,
-    }
-}
-
-impl<F> Future for Counted<F>
-where
-    F: Future<Output = Result<Response<Body>, Infallible>>,
-{
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        if let Some(call) = this.call.take() {
-            call.answered(&response);
-        }
-        Poll::Ready(Ok(response))
+        response
     }
 }

@@ -5,10 +5,8 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 use axum::{
@@ -17,6 +15,7 @@ use axum::{
 };
 use tower::{Layer, Service};
 
+use super::after::{AfterAnswer, Answering};
 use crate::extensions::RequestId;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -70,7 +69,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = Infallible;
-    type Future = Answered<S::Future>;
+    type Future = Answering<S::Future, Stamp>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -84,35 +83,17 @@ where
                 .insert(X_REQUEST_ID.clone(), value.clone());
         }
         request.extensions_mut().insert(id);
-        Answered {
-            inner: self.inner.call(request),
-            value: Some(value),
-        }
+        Answering::new(self.inner.call(request), Stamp(value))
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A call on its way; its answer is given the request id.
-    pub struct Answered<F> {
-        #[pin]
-        inner: F,
-        value: Option<HeaderValue>,
-    }
-}
+/// The request id, given to the answer.
+pub struct Stamp(HeaderValue);
 
-impl<F, ResBody> Future for Answered<F>
-where
-    F: Future<Output = Result<Response<ResBody>, Infallible>>,
-{
-    type Output = Result<Response<ResBody>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = ready!(this.inner.poll(cx))?;
-        if let Some(value) = this.value.take() {
-            response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-        }
-        Poll::Ready(Ok(response))
+impl<B> AfterAnswer<B> for Stamp {
+    fn answered(self, mut response: Response<B>) -> Response<B> {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), self.0);
+        response
     }
 }
 
