@@ -251,7 +251,7 @@ impl Generator {
                     let rule = self.text_rule(&string, &what)?;
                     let _ = writeln!(
                         out,
-                        "        for key in self.{rust}.keys() {{ crate::codec::validate::key(at, {name:?}, key, &{rule})?; }}"
+                        "        crate::codec::validate::entries(&self.{rust}, |key, _| crate::codec::validate::key(at, {name:?}, key, &{rule}))?;"
                     );
                 }
             }
@@ -459,8 +459,8 @@ fn nested_check(message: &MessageDescriptor, field: &FieldDescriptor, rust: &str
     let name = field.name();
     if field.is_map() {
         return format!(
-            "        for (key, v) in &self.{rust} {{\n            \
-             crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::At::Entry(at, {name:?}, key))?;\n        }}\n"
+            "        crate::codec::validate::entries(&self.{rust}, |key, v| \
+             crate::codec::validate::Validate::validate_at(v, &crate::codec::validate::At::Entry(at, {name:?}, key)))?;\n"
         );
     }
     if field.cardinality() == Cardinality::Repeated {

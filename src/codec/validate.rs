@@ -52,6 +52,25 @@ impl fmt::Display for At<'_> {
     }
 }
 
+/// Checks every entry of a map and refuses with the failure of the least key that fails, so
+/// a request is refused alike whatever order its map holds the entries in (a `HashMap`'s
+/// differs from one decode to the next, and from REST's to gRPC's). A map that passes costs
+/// no more than checking each entry.
+pub fn entries<'m, K: Ord + 'm, V: 'm>(
+    map: impl IntoIterator<Item = (&'m K, &'m V)>,
+    check: impl Fn(&'m K, &'m V) -> Result<(), Status>,
+) -> Result<(), Status> {
+    let mut first: Option<(&K, Status)> = None;
+    for (key, value) in map {
+        if let Err(status) = check(key, value)
+            && first.as_ref().is_none_or(|(least, _)| key < *least)
+        {
+            first = Some((key, status));
+        }
+    }
+    first.map_or(Ok(()), |(_, status)| Err(status))
+}
+
 /// The path of field `name` of the message at `at`.
 fn field(at: &At<'_>, name: &'static str) -> String {
     At::Field(at, name).to_string()

@@ -163,3 +163,39 @@ fn a_path_is_written_as_the_client_wrote_the_request() {
         "a.b[0]"
     );
 }
+
+/// Of several bad entries of a map, the least key's is named, whatever order the map holds
+/// them in: a `HashMap` orders its entries anew each time it is built (and REST's decode and
+/// gRPC's build it apart), and one request must be refused one way.
+#[test]
+fn of_several_bad_map_entries_the_least_key_is_named() {
+    let refused = |entries: &[(&str, &str)]| {
+        let headers = entries
+            .iter()
+            .map(|(key, value)| {
+                let value = proto::HeaderValue {
+                    kind: Some(proto::header_value::Kind::StringValue((*value).into())),
+                };
+                ((*key).to_owned(), value)
+            })
+            .collect();
+        let send = proto::SendMessagesRequest {
+            stream: "s".into(),
+            topic: "t".into(),
+            partitioning: None,
+            messages: vec![proto::Message {
+                id: String::new(),
+                headers,
+                body: Some(proto::message::Body::Text("x".into())),
+            }],
+        };
+        refused_field(&send.validate().expect_err("a bad header"))
+    };
+    // Each map is built anew, with a hasher of its own: 32 orders, one answer.
+    for _ in 0..32 {
+        let values = [("w8mpa", ""), ("iijd2siil", ""), ("ok", "v"), ("b", "")];
+        assert_eq!(refused(&values), "messages[0].headers[b].string_value");
+        let keys = [("gateway-body", "v"), ("", "v"), ("ok", "v")];
+        assert_eq!(refused(&keys), "messages[0].headers[]");
+    }
+}
