@@ -5,13 +5,18 @@
 //! message, so a body of many tiny values (`[{},{},…]`) costs many times its size: the walk
 //! has the call's memory budget pay for each block of values before it walks them, so what it
 //! keeps (the keys of an object) is paid for first. [`count_values`] measures alone,
-//! allocating nothing, for the answers that name a body's size.
+//! allocating nothing, for the answers that name a body's size. The walk steps through the
+//! body with a reader of its own (`reader.rs`), which takes and refuses what serde_json does
+//! but passes over the strings it does not look at (payloads) without decoding them.
 
-use std::{collections::HashSet, fmt};
+mod reader;
+
+use std::{borrow::Cow, collections::HashSet, fmt};
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor, OneofDescriptor};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use self::reader::Reader;
 use super::scalars;
 
 /// What one JSON value is counted as once parsed into a dynamic message, in bytes.
@@ -255,6 +260,7 @@ pub fn inspect(
     meter: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Walked, Refusal> {
     let mut walk = Inspect {
+        json: Reader::new(body),
         found: Inspection::default(),
         refusal: None,
         entered: false,
@@ -263,13 +269,7 @@ pub fn inspect(
         meter,
         spare: Vec::new(),
     };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let walked = Node {
-        walk: &mut walk,
-        expect,
-        depth: 0,
-    }
-    .deserialize(&mut deserializer);
+    let walked = walk.value(expect, 0);
     match (walked, walk.refusal) {
         (_, Some((steps, reason))) => {
             let mut field = prefix.unwrap_or_default().to_owned();
@@ -345,7 +345,18 @@ enum Step {
     MapKey(String),
 }
 
-struct Inspect<'m> {
+/// Why a walk ended before the end of the body's first value.
+enum Stop {
+    /// Not JSON as far as the reader goes, or nested past [`MAX_BODY_DEPTH`].
+    Malformed,
+    /// The meter would not pay for the next block.
+    Unpaid,
+    /// Something to refuse, held in [`Inspect::refusal`].
+    Refused,
+}
+
+struct Inspect<'a, 'm> {
+    json: Reader<'a>,
     found: Inspection,
     refusal: Option<(Vec<Step>, String)>,
     /// Whether a message object has been entered yet: the first one is the outermost.
@@ -358,13 +369,13 @@ struct Inspect<'m> {
     spare: Vec<Vec<Seen>>,
 }
 
-impl Inspect<'_> {
+impl<'a> Inspect<'a, '_> {
     /// Counts one more value, paying for the next block first when it is the first past
     /// what is paid for.
-    fn count<E: serde::de::Error>(&mut self) -> Result<(), E> {
+    fn count(&mut self) -> Result<(), Stop> {
         if self.values == self.paid {
             if !(self.meter)(METER_BLOCK) {
-                return Err(E::custom("unpaid"));
+                return Err(Stop::Unpaid);
             }
             self.paid += METER_BLOCK;
         }
@@ -372,9 +383,9 @@ impl Inspect<'_> {
         Ok(())
     }
 
-    fn refuse<E: serde::de::Error>(&mut self, reason: String) -> E {
+    fn refuse(&mut self, reason: String) -> Stop {
         self.refusal = Some((Vec::new(), reason));
-        E::custom("refused")
+        Stop::Refused
     }
 
     /// Records the step through which a refusal deeper down was reached.
@@ -383,167 +394,136 @@ impl Inspect<'_> {
             steps.push(step());
         }
     }
-}
 
-/// One value, and whether it was `null`; `depth` is how deep it nests in the body.
-struct Node<'a, 'w, 'm> {
-    walk: &'w mut Inspect<'m>,
-    expect: &'a Expect,
-    depth: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for Node<'_, '_, '_> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        self.walk.count()?;
-        deserializer.deserialize_any(self)
-    }
-}
-
-/// A key, borrowed from the body when it has no escapes.
-struct Key<'de>(std::borrow::Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
+    /// One value, `depth` deep in the body, as `expect`; whether it was `null`.
+    fn value(&mut self, expect: &Expect, depth: usize) -> Result<bool, Stop> {
+        self.count()?;
+        let first = self.json.peek().ok_or(Stop::Malformed)?;
+        match first {
+            b'{' | b'[' => {
+                self.json.bump();
+                // The depth of what this array or object holds; too deep ends the walk.
+                let inner = depth + 1;
+                if inner > MAX_BODY_DEPTH {
+                    return Err(Stop::Malformed);
+                }
+                match (first, expect) {
+                    (b'[', Expect::List(item)) => self.array(item, inner),
+                    (b'[', _) => self.array(&Expect::Any, inner),
+                    (_, Expect::Message(message)) => self.message(message, inner),
+                    (_, Expect::Map(value)) => self.object(value, inner, true),
+                    _ => self.object(&Expect::Any, inner, false),
+                }?;
+                Ok(false)
             }
-            fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(value)))
+            b'"' => {
+                self.json.bump();
+                self.string(expect)?;
+                Ok(false)
             }
-            fn visit_str<E>(self, value: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(value.to_owned())))
+            b'-' | b'0'..=b'9' => {
+                let text = self.json.number().ok_or(Stop::Malformed)?;
+                if matches!(expect, Expect::Integer) {
+                    self.integer(text)?;
+                }
+                Ok(false)
             }
+            b't' => self
+                .json
+                .literal(b"true")
+                .map(|()| false)
+                .ok_or(Stop::Malformed),
+            b'f' => self
+                .json
+                .literal(b"false")
+                .map(|()| false)
+                .ok_or(Stop::Malformed),
+            b'n' => {
+                self.json.literal(b"null").ok_or(Stop::Malformed)?;
+                self.found.needs_descriptors = true;
+                Ok(true)
+            }
+            _ => Err(Stop::Malformed),
         }
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-impl<'de> Visitor<'de> for Node<'_, '_, '_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<bool, E> {
-        // A JSON integer beyond 64 bits arrives as a float, and the parser would round 2^64 to
-        // u64::MAX rather than refuse it.
-        const RANGE: std::ops::Range<f64> =
-            -9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0;
-        if matches!(self.expect, Expect::Integer) && !RANGE.contains(&value) {
-            return Err(self
-                .walk
-                .refuse("is out of range for a 64-bit integer".to_owned()));
+    /// A string whose opening quote is read: what is checked is decoded, the rest (payloads'
+    /// base64 among it) only passed over.
+    fn string(&mut self, expect: &Expect) -> Result<(), Stop> {
+        if !matches!(
+            expect,
+            Expect::Integer | Expect::Timestamp | Expect::Duration
+        ) {
+            return self.json.skip_string().ok_or(Stop::Malformed);
         }
-        Ok(false)
-    }
-    fn visit_unit<E>(self) -> Result<bool, E> {
-        self.walk.found.needs_descriptors = true;
-        Ok(true)
-    }
-
-    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<bool, E> {
-        if matches!(self.expect, Expect::Timestamp | Expect::Duration) {
-            self.walk.found.needs_descriptors = true;
-        }
-        match self.expect {
+        let text = self.json.string().ok_or(Stop::Malformed)?;
+        match expect {
             Expect::Integer => {
-                self.walk.found.respell |= scalars::integer(text).is_some();
+                self.found.respell |= scalars::integer(&text).is_some();
             }
-            Expect::Timestamp => match scalars::timestamp(text) {
-                Ok(upper) => self.walk.found.respell |= upper.is_some(),
-                Err(reason) => return Err(self.walk.refuse(reason)),
-            },
-            Expect::Duration => {
-                scalars::duration(text).map_err(|reason| self.walk.refuse(reason))?;
-            }
-            _ => {}
-        }
-        Ok(false)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<bool, A::Error> {
-        let depth = self.enter()?;
-        let any = Expect::Any;
-        let item = match self.expect {
-            Expect::List(item) => item,
-            _ => &any,
-        };
-        let mut index = 0;
-        loop {
-            let node = Node {
-                walk: &mut *self.walk,
-                expect: item,
-                depth,
-            };
-            match items.next_element_seed(node) {
-                Ok(Some(_)) => index += 1,
-                Ok(None) => return Ok(false),
-                Err(err) => {
-                    self.walk.through(|| Step::Index(index));
-                    return Err(err);
+            Expect::Timestamp => {
+                self.found.needs_descriptors = true;
+                match scalars::timestamp(&text) {
+                    Ok(upper) => self.found.respell |= upper.is_some(),
+                    Err(reason) => return Err(self.refuse(reason)),
                 }
             }
+            _ => {
+                self.found.needs_descriptors = true;
+                scalars::duration(&text).map_err(|reason| self.refuse(reason))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A number (in JSON's grammar and a float's range) where an integer is expected. A JSON
+    /// integer beyond 64 bits is read as a float, and the parser would round 2^64 to u64::MAX
+    /// rather than refuse it.
+    fn integer(&mut self, text: &str) -> Result<(), Stop> {
+        const RANGE: std::ops::Range<f64> =
+            -9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0;
+        if text.parse::<u64>().is_ok() || text.parse::<i64>().is_ok() {
+            return Ok(());
+        }
+        match text.parse::<f64>() {
+            Ok(value) if !RANGE.contains(&value) => {
+                Err(self.refuse("is out of range for a 64-bit integer".to_owned()))
+            }
+            _ => Ok(()),
         }
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, fields: A) -> Result<bool, A::Error> {
-        self.enter::<A::Error>()?;
-        match self.expect {
-            Expect::Message(message) => self.message(message, fields),
-            Expect::Map(value) => self.object(value, fields, true),
-            _ => self.object(&Expect::Any, fields, false),
+    /// The items of an array just opened, each as `item`.
+    fn array(&mut self, item: &Expect, depth: usize) -> Result<(), Stop> {
+        let mut index = 0;
+        while self.json.more(b']', index == 0).ok_or(Stop::Malformed)? {
+            if let Err(stop) = self.value(item, depth) {
+                self.through(|| Step::Index(index));
+                return Err(stop);
+            }
+            index += 1;
         }
-    }
-}
-
-impl<'de> Node<'_, '_, '_> {
-    /// The depth of what this array or object holds; too deep ends the walk unfinished.
-    fn enter<E: serde::de::Error>(&self) -> Result<usize, E> {
-        let depth = self.depth + 1;
-        if depth > MAX_BODY_DEPTH {
-            return Err(E::custom("too deep"));
-        }
-        Ok(depth)
+        Ok(())
     }
 
-    /// An object that is a message: each field once, under either of its names, and one
-    /// member of a oneof at most (a `null` member counts as unset, as the parser has it).
-    fn message<A: MapAccess<'de>>(
-        self,
-        message: &MessageDescriptor,
-        mut fields: A,
-    ) -> Result<bool, A::Error> {
-        let outermost = !std::mem::replace(&mut self.walk.entered, true);
+    /// An object just opened that is a message: each field once, under either of its names,
+    /// and one member of a oneof at most (a `null` member counts as unset, as the parser has
+    /// it).
+    fn message(&mut self, message: &MessageDescriptor, depth: usize) -> Result<(), Stop> {
+        let outermost = !std::mem::replace(&mut self.entered, true);
         // A batch is a thousand messages: their lists are reused, not allocated each.
-        let mut seen = self.walk.spare.pop().unwrap_or_default();
+        let mut seen = self.spare.pop().unwrap_or_default();
         seen.clear();
-        while let Some(Key(key)) = fields.next_key::<Key<'de>>()? {
+        let mut first = true;
+        while self.json.more(b'}', first).ok_or(Stop::Malformed)? {
+            first = false;
+            let key = self.json.key().ok_or(Stop::Malformed)?;
             let Some(field) = message
                 .get_field_by_json_name(&key)
                 .or_else(|| message.get_field_by_name(&key))
             else {
                 // Unknown: the parser refuses it by name; its value is only walked.
-                let unknown = Node {
-                    walk: &mut *self.walk,
-                    expect: &Expect::Any,
-                    depth: self.depth + 1,
-                };
-                fields.next_value_seed(unknown)?;
+                self.value(&Expect::Any, depth)?;
                 continue;
             };
             let by_proto_name = field.name() == key.as_ref();
@@ -557,8 +537,8 @@ impl<'de> Node<'_, '_, '_> {
                         field.json_name()
                     )
                 };
-                let refused = self.walk.refuse(reason);
-                self.walk.through(|| Step::Key(key.into_owned()));
+                let refused = self.refuse(reason);
+                self.through(|| Step::Key(key.into_owned()));
                 return Err(refused);
             }
             seen.push(Seen {
@@ -566,17 +546,11 @@ impl<'de> Node<'_, '_, '_> {
                 by_proto_name,
                 oneof: None,
             });
-            let expect = Expect::of_field(&field);
-            let node = Node {
-                walk: &mut *self.walk,
-                expect: &expect,
-                depth: self.depth + 1,
-            };
-            let is_null = match fields.next_value_seed(node) {
+            let is_null = match self.value(&Expect::of_field(&field), depth) {
                 Ok(is_null) => is_null,
-                Err(err) => {
-                    self.walk.through(|| Step::Key(key.into_owned()));
-                    return Err(err);
+                Err(stop) => {
+                    self.through(|| Step::Key(key.into_owned()));
+                    return Err(stop);
                 }
             };
 
@@ -588,7 +562,7 @@ impl<'de> Node<'_, '_, '_> {
                     .find(|seen| seen.oneof.as_ref() == Some(&oneof))
                     .and_then(|seen| message.get_field(seen.number))
                 {
-                    let refused = self.walk.refuse(format!(
+                    let refused = self.refuse(format!(
                         "conflicts with {}: set one of {}",
                         other.name(),
                         oneof
@@ -597,7 +571,7 @@ impl<'de> Node<'_, '_, '_> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
-                    self.walk.through(|| Step::Key(key.into_owned()));
+                    self.through(|| Step::Key(key.into_owned()));
                     return Err(refused);
                 }
                 if let Some(this) = seen.last_mut() {
@@ -606,22 +580,22 @@ impl<'de> Node<'_, '_, '_> {
             }
         }
         if outermost {
-            self.walk.found.top_fields = seen.iter().map(|seen| seen.number).collect();
+            self.found.top_fields = seen.iter().map(|seen| seen.number).collect();
         }
-        self.walk.spare.push(seen);
-        Ok(false)
+        self.spare.push(seen);
+        Ok(())
     }
 
-    /// Any other object (a map, a `Struct`, unknown JSON): each key once.
-    fn object<A: MapAccess<'de>>(
-        self,
-        value: &Expect,
-        mut entries: A,
-        map: bool,
-    ) -> Result<bool, A::Error> {
-        let mut keys: HashSet<std::borrow::Cow<'de, str>> = HashSet::new();
-        while let Some(Key(key)) = entries.next_key::<Key<'de>>()? {
-            let step = |key: std::borrow::Cow<'de, str>| {
+    /// Any other object just opened (a map, a `Struct`, unknown JSON): each key once.
+    fn object(&mut self, value: &Expect, depth: usize, map: bool) -> Result<(), Stop> {
+        let mut keys: HashSet<Cow<'a, str>> = HashSet::new();
+        while self
+            .json
+            .more(b'}', keys.is_empty())
+            .ok_or(Stop::Malformed)?
+        {
+            let key = self.json.key().ok_or(Stop::Malformed)?;
+            let step = |key: Cow<'a, str>| {
                 if map {
                     Step::MapKey(key.into_owned())
                 } else {
@@ -629,22 +603,17 @@ impl<'de> Node<'_, '_, '_> {
                 }
             };
             if keys.contains(&key) {
-                let refused = self.walk.refuse("is given more than once".to_owned());
-                self.walk.through(|| step(key));
+                let refused = self.refuse("is given more than once".to_owned());
+                self.through(|| step(key));
                 return Err(refused);
             }
-            let node = Node {
-                walk: &mut *self.walk,
-                expect: value,
-                depth: self.depth + 1,
-            };
-            if let Err(err) = entries.next_value_seed(node) {
-                self.walk.through(|| step(key));
-                return Err(err);
+            if let Err(stop) = self.value(value, depth) {
+                self.through(|| step(key));
+                return Err(stop);
             }
             keys.insert(key);
         }
-        Ok(false)
+        Ok(())
     }
 }
 
@@ -786,6 +755,182 @@ mod tests {
         fn any_bytes_are_measured_without_panicking(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
             let _ = count_values(&body);
         }
+
+        /// The walk reads JSON however it is spelled (whitespace anywhere, any character
+        /// escaped) as serde_json reads it.
+        #[test]
+        fn the_walk_takes_json_however_it_is_spelled(value in json_value(), seed in proptest::num::u64::ANY) {
+            let text = spelled(&value, seed);
+            let read: serde_json::Value = serde_json::from_str(&text).expect("spelled as JSON");
+            proptest::prop_assert_eq!(&read, &value, "{}", text);
+            let (walked, _) = walk(text.as_bytes(), usize::MAX);
+            proptest::prop_assert!(walked.finished, "{}", text);
+            proptest::prop_assert_eq!(Ok(walked.values), count_values(text.as_bytes()));
+        }
+
+        /// Of JSON broken anywhere, the walk takes whole what serde_json takes, so nothing it
+        /// looks for hides past a point where it alone would stop, and stops where serde_json
+        /// would, so a body is never charged for what it can never become.
+        #[test]
+        fn the_walk_never_stops_short_of_what_serde_json_takes(
+            value in json_value(),
+            seed in proptest::num::u64::ANY,
+            at in proptest::num::usize::ANY,
+            byte in proptest::num::u8::ANY,
+            cut in proptest::bool::ANY,
+        ) {
+            let mut text = spelled(&value, seed).into_bytes();
+            let at = at % (text.len() + 1);
+            if cut && at < text.len() {
+                text.remove(at);
+            } else {
+                text.insert(at, byte);
+            }
+            // A change may make two keys one: refused, which is a finding, not a stop.
+            let Ok(walked) = inspect(&text, &Expect::Any, None, &mut |_| true) else {
+                return Ok(());
+            };
+            let counted = count_values(&text);
+            proptest::prop_assert_eq!(walked.finished, counted.is_ok(), "{:?}", String::from_utf8_lossy(&text));
+            if let Ok(values) = counted {
+                proptest::prop_assert_eq!(walked.values, values);
+            }
+        }
+    }
+
+    /// `value` written as JSON with whitespace between its tokens and some characters of its
+    /// strings escaped, each chosen by a generator seeded with `seed`.
+    fn spelled(value: &serde_json::Value, seed: u64) -> String {
+        struct Choices(u64);
+        impl Choices {
+            fn next(&mut self, n: u64) -> u64 {
+                // xorshift64*
+                self.0 ^= self.0 >> 12;
+                self.0 ^= self.0 << 25;
+                self.0 ^= self.0 >> 27;
+                self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+            }
+            fn space(&mut self, out: &mut String) {
+                for _ in 0..self.next(4).saturating_sub(1) {
+                    out.push([' ', '\n', '\t', '\r'][self.next(4) as usize]);
+                }
+            }
+            fn string(&mut self, text: &str, out: &mut String) {
+                use std::fmt::Write;
+                out.push('"');
+                for c in text.chars() {
+                    let short = match c {
+                        '"' => Some('"'),
+                        '\\' => Some('\\'),
+                        '/' => Some('/'),
+                        '\u{8}' => Some('b'),
+                        '\u{c}' => Some('f'),
+                        '\n' => Some('n'),
+                        '\r' => Some('r'),
+                        '\t' => Some('t'),
+                        _ => None,
+                    };
+                    let must = c < ' ' || c == '"' || c == '\\';
+                    match (must || self.next(3) == 0, short, self.next(2)) {
+                        (false, _, _) => out.push(c),
+                        (true, Some(short), 0) => {
+                            out.push('\\');
+                            out.push(short);
+                        }
+                        (true, _, _) => {
+                            let mut units = [0; 2];
+                            for unit in c.encode_utf16(&mut units) {
+                                let _ = write!(out, "\\u{unit:04x}");
+                            }
+                        }
+                    }
+                }
+                out.push('"');
+            }
+            fn value(&mut self, value: &serde_json::Value, out: &mut String) {
+                use serde_json::Value;
+                self.space(out);
+                match value {
+                    Value::String(text) => self.string(text, out),
+                    Value::Array(items) => {
+                        out.push('[');
+                        for (i, item) in items.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            self.value(item, out);
+                        }
+                        self.space(out);
+                        out.push(']');
+                    }
+                    Value::Object(fields) => {
+                        out.push('{');
+                        for (i, (key, item)) in fields.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            self.space(out);
+                            self.string(key, out);
+                            self.space(out);
+                            out.push(':');
+                            self.value(item, out);
+                        }
+                        self.space(out);
+                        out.push('}');
+                    }
+                    scalar => out.push_str(&scalar.to_string()),
+                }
+                self.space(out);
+            }
+        }
+        let mut out = String::new();
+        Choices(seed | 1).value(value, &mut out);
+        out
+    }
+
+    /// Keys are read with their escapes undone, so a field is known under any spelling of
+    /// its name, and an integer out of range is refused however it is written.
+    #[test]
+    fn escaped_keys_and_long_numbers_are_read_as_the_parser_reads_them() {
+        let pool = prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("the API's descriptors");
+        let send = Expect::Message(
+            pool.get_message_by_name("iggy.gateway.v1.SendMessagesRequest")
+                .expect("SendMessagesRequest"),
+        );
+        let walk = |body: &str| inspect(body.as_bytes(), &send, None, &mut |_| true);
+        let refused = walk(r#"{"messages":[{"t\u0065xt":"a","p\u0061yload":"QQ=="}]}"#)
+            .expect_err("two bodies, their names escaped");
+        assert_eq!(refused.field, "messages[0].payload");
+        let twice = walk(r#"{"stream":"a","\u0073tream":"b"}"#).expect_err("stream twice");
+        assert_eq!(twice.field, "stream");
+
+        let consumer = Expect::Message(
+            pool.get_message_by_name("iggy.gateway.v1.StoreConsumerOffsetRequest")
+                .expect("StoreConsumerOffsetRequest"),
+        );
+        let offset = |number: &str| {
+            let body = format!(r#"{{"offset":{number}}}"#);
+            inspect(body.as_bytes(), &consumer, None, &mut |_| true).map(|walked| walked.finished)
+        };
+        for fits in [
+            "18446744073709551615",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "1.5",
+            "1e3",
+        ] {
+            assert_eq!(offset(fits), Ok(true), "{fits}");
+        }
+        for beyond in ["18446744073709551616", "1e20", "-1e19"] {
+            let refused = offset(beyond).expect_err(beyond);
+            assert_eq!(
+                (refused.field.as_str(), refused.reason.as_str()),
+                ("offset", "is out of range for a 64-bit integer")
+            );
+        }
+        // Beyond any float: not JSON serde_json takes, so the parse names it.
+        assert_eq!(offset("1e400"), Ok(false));
     }
 
     #[test]
