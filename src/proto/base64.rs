@@ -20,8 +20,11 @@ pub struct Base64<T>(pub T);
 
 impl<'de, T: From<Vec<u8>>> Deserialize<'de> for Base64<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Asked for bytes, serde_json hands a string's text over without checking it is
+        // UTF-8 (its escapes undone): base64's alphabet is ASCII, so the decoder refuses what
+        // that check would, and a payload is not read a second time for it.
         deserializer
-            .deserialize_str(Base64Visitor)
+            .deserialize_bytes(Base64Visitor)
             .map(|bytes| Self(bytes.into()))
     }
 }
@@ -36,6 +39,10 @@ impl Visitor<'_> for Base64Visitor {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<u8>, E> {
+        decode(text.as_bytes())
+    }
+
+    fn visit_bytes<E: de::Error>(self, text: &[u8]) -> Result<Vec<u8>, E> {
         decode(text)
     }
 }
@@ -62,15 +69,19 @@ impl<T: AsRef<[u8]> + ?Sized> Serialize for Written<'_, T> {
     }
 }
 
-/// `text` decoded as pbjson decodes it.
-fn decode<E: de::Error>(text: &str) -> Result<Vec<u8>, E> {
-    match base64_simd::STANDARD.decode_to_vec(text) {
-        Ok(bytes) => Ok(bytes),
-        Err(_) => pbjson::private::BytesDeserialize::<Vec<u8>>::deserialize(
-            StrDeserializer::<E>::new(text),
-        )
-        .map(|bytes| bytes.0),
+/// `text` decoded as pbjson decodes it; text that is not UTF-8 is no base64 at all.
+fn decode<E: de::Error>(text: &[u8]) -> Result<Vec<u8>, E> {
+    if let Ok(bytes) = base64_simd::STANDARD.decode_to_vec(text) {
+        return Ok(bytes);
     }
+    let Ok(text) = std::str::from_utf8(text) else {
+        return Err(E::invalid_value(
+            de::Unexpected::Bytes(text),
+            &Base64Visitor,
+        ));
+    };
+    pbjson::private::BytesDeserialize::<Vec<u8>>::deserialize(StrDeserializer::<E>::new(text))
+        .map(|bytes| bytes.0)
 }
 
 #[cfg(test)]
@@ -96,7 +107,7 @@ mod tests {
             prop_assert_eq!(pbjson(text).ok(), Some(fast), "{:?}", text);
         }
         prop_assert_eq!(
-            super::decode::<Error>(text).ok(),
+            super::decode::<Error>(text.as_bytes()).ok(),
             pbjson(text).ok(),
             "{:?}",
             text
@@ -143,13 +154,35 @@ mod tests {
         }
     }
 
+    /// Read from JSON as bytes: escapes undone, and text that is not UTF-8 refused as no
+    /// base64, as checking it for UTF-8 first would.
+    #[test]
+    fn payloads_read_from_json_text_undo_escapes_and_refuse_what_is_not_utf8() {
+        let read = |json: &[u8]| {
+            serde_json::from_slice::<super::Base64<Vec<u8>>>(json).map(|bytes| bytes.0)
+        };
+        assert_eq!(read(br#""QUI=""#).ok(), Some(b"AB".to_vec()));
+        assert_eq!(read(br#""QU\u0049\u003d""#).ok(), Some(b"AB".to_vec()));
+        assert_eq!(
+            read(br#""QUI""#).ok(),
+            Some(b"AB".to_vec()),
+            "unpadded, via pbjson"
+        );
+        let refused = read(b"\"QU\xffI=\"").expect_err("not UTF-8");
+        assert!(refused.to_string().contains("base64"), "{refused}");
+        assert!(
+            read(b"[65]").is_err(),
+            "an array of bytes is no base64 text"
+        );
+    }
+
     #[test]
     fn non_canonical_trailing_bits_are_left_to_pbjson() {
         // `QR==` holds the bits of `A` and four more set: the fast decoder refuses it.
         assert!(base64_simd::STANDARD.decode_to_vec("QR==").is_err());
-        assert_eq!(super::decode::<Error>("QQ==").ok(), Some(b"A".to_vec()));
-        assert_eq!(super::decode::<Error>("QQ").ok(), Some(b"A".to_vec()));
-        assert_eq!(super::decode::<Error>("-_8=").ok(), pbjson("-_8=").ok());
-        assert!(super::decode::<Error>("Q").is_err());
+        assert_eq!(super::decode::<Error>(b"QQ==").ok(), Some(b"A".to_vec()));
+        assert_eq!(super::decode::<Error>(b"QQ").ok(), Some(b"A".to_vec()));
+        assert_eq!(super::decode::<Error>(b"-_8=").ok(), pbjson("-_8=").ok());
+        assert!(super::decode::<Error>(b"Q").is_err());
     }
 }
