@@ -650,17 +650,22 @@ mod tests {
         assert_eq!((walked.values, asked), (METER_BLOCK, 2));
     }
 
+    /// The API's request message `name` (in `iggy.gateway.v1`), as a body is expected.
+    fn message(name: &str) -> Expect {
+        let pool = prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("the API's descriptors");
+        Expect::Message(
+            pool.get_message_by_name(&format!("iggy.gateway.v1.{name}"))
+                .expect("a request message of the API"),
+        )
+    }
+
     /// Each message object of a batch is checked on its own, though their lists are reused:
     /// a oneof set in one message does not conflict with the next, and one set twice within a
     /// later message is refused by its path.
     #[test]
     fn each_message_of_a_batch_is_checked_on_its_own() {
-        let pool = prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
-            .expect("the API's descriptors");
-        let send = Expect::Message(
-            pool.get_message_by_name("iggy.gateway.v1.SendMessagesRequest")
-                .expect("SendMessagesRequest"),
-        );
+        let send = message("SendMessagesRequest");
         let walk = |body: &str| inspect(body.as_bytes(), &send, None, &mut |_| true);
         let fine = walk(r#"{"messages":[{"text":"a"},{"payload":"QQ=="},{"id":"x","text":"c"}]}"#)
             .expect("one body each");
@@ -892,12 +897,7 @@ mod tests {
     /// its name, and an integer out of range is refused however it is written.
     #[test]
     fn escaped_keys_and_long_numbers_are_read_as_the_parser_reads_them() {
-        let pool = prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
-            .expect("the API's descriptors");
-        let send = Expect::Message(
-            pool.get_message_by_name("iggy.gateway.v1.SendMessagesRequest")
-                .expect("SendMessagesRequest"),
-        );
+        let send = message("SendMessagesRequest");
         let walk = |body: &str| inspect(body.as_bytes(), &send, None, &mut |_| true);
         let refused = walk(r#"{"messages":[{"t\u0065xt":"a","p\u0061yload":"QQ=="}]}"#)
             .expect_err("two bodies, their names escaped");
@@ -905,10 +905,7 @@ mod tests {
         let twice = walk(r#"{"stream":"a","\u0073tream":"b"}"#).expect_err("stream twice");
         assert_eq!(twice.field, "stream");
 
-        let consumer = Expect::Message(
-            pool.get_message_by_name("iggy.gateway.v1.StoreConsumerOffsetRequest")
-                .expect("StoreConsumerOffsetRequest"),
-        );
+        let consumer = message("StoreConsumerOffsetRequest");
         let offset = |number: &str| {
             let body = format!(r#"{{"offset":{number}}}"#);
             inspect(body.as_bytes(), &consumer, None, &mut |_| true).map(|walked| walked.finished)
