@@ -20,9 +20,10 @@ pub struct Base64<T>(pub T);
 
 impl<'de, T: From<Vec<u8>>> Deserialize<'de> for Base64<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Asked for bytes, serde_json hands a string's text over without checking it is
-        // UTF-8 (its escapes undone): base64's alphabet is ASCII, so the decoder refuses what
-        // that check would, and a payload is not read a second time for it.
+        // Asked for bytes, serde_json hands a string's text over (its escapes undone) without
+        // the checks it makes on a string: UTF-8, no control characters, no lone `\u`
+        // surrogate (kept as its bytes). Base64's alphabet is printable ASCII, so the decoder
+        // refuses all those would, and a payload is not read a second time for them.
         deserializer
             .deserialize_bytes(Base64Visitor)
             .map(|bytes| Self(bytes.into()))

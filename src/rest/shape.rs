@@ -447,6 +447,13 @@ impl<'a> Inspect<'a, '_> {
         }
     }
 
+    /// An object member's value, after the colon: a key is looked at (given twice?) before
+    /// the colon is read, as serde_json hands keys over.
+    fn member(&mut self, expect: &Expect, depth: usize) -> Result<bool, Stop> {
+        self.json.colon().ok_or(Stop::Malformed)?;
+        self.value(expect, depth)
+    }
+
     /// A string whose opening quote is read: what is checked is decoded, the rest (payloads'
     /// base64 among it) only passed over.
     fn string(&mut self, expect: &Expect) -> Result<(), Stop> {
@@ -523,7 +530,7 @@ impl<'a> Inspect<'a, '_> {
                 .or_else(|| message.get_field_by_name(&key))
             else {
                 // Unknown: the parser refuses it by name; its value is only walked.
-                self.value(&Expect::Any, depth)?;
+                self.member(&Expect::Any, depth)?;
                 continue;
             };
             let by_proto_name = field.name() == key.as_ref();
@@ -546,7 +553,7 @@ impl<'a> Inspect<'a, '_> {
                 by_proto_name,
                 oneof: None,
             });
-            let is_null = match self.value(&Expect::of_field(&field), depth) {
+            let is_null = match self.member(&Expect::of_field(&field), depth) {
                 Ok(is_null) => is_null,
                 Err(stop) => {
                     self.through(|| Step::Key(key.into_owned()));
@@ -607,7 +614,7 @@ impl<'a> Inspect<'a, '_> {
                 self.through(|| step(key));
                 return Err(refused);
             }
-            if let Err(stop) = self.value(value, depth) {
+            if let Err(stop) = self.member(value, depth) {
                 self.through(|| step(key));
                 return Err(stop);
             }
@@ -693,6 +700,28 @@ mod tests {
                 .finished
         );
         assert!(!walk(b"{\"a\":[1,", usize::MAX).0.finished);
+    }
+
+    /// Where the walk stops on broken JSON is where serde_json stops: a trailing comma before
+    /// the item it promises is counted, a key given twice before its colon is read.
+    #[test]
+    fn the_walk_stops_where_serde_json_does() {
+        for (body, values) in [
+            (&b"[0,]"[..], 2),
+            (b"[0,", 2),
+            (b"[0 1]", 2),
+            (b"{\"a\":", 2),
+        ] {
+            let (walked, _) = walk(body, usize::MAX);
+            assert!(!walked.finished, "{body:?}");
+            assert_eq!(walked.values, values, "{body:?}");
+        }
+        let twice = inspect(br#"{"a":1,"a"}"#, &Expect::Any, None, &mut |_| true)
+            .expect_err("a twice, refused before its missing value");
+        assert_eq!(
+            (twice.field.as_str(), twice.reason.as_str()),
+            ("a", "is given more than once")
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ impl<'a> Reader<'a> {
 
     /// In an array or object just opened (`first`) or after one of its items: whether another
     /// item follows, reading the comma before it; when none does, reads the `close` bracket.
+    /// A comma with nothing after it is malformed here, before the item is counted, as
+    /// serde_json has it.
     pub(super) fn more(&mut self, close: u8, first: bool) -> Option<bool> {
         let next = self.peek()?;
         if next == close {
@@ -53,16 +55,20 @@ impl<'a> Reader<'a> {
         }
         if !first {
             (next == b',').then(|| self.at += 1)?;
+            (self.peek()? != close).then_some(())?;
         }
         Some(true)
     }
 
-    /// An object's next key, decoded, and the colon after it.
+    /// An object's next key, decoded.
     pub(super) fn key(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
-        let key = self.string()?;
-        self.eat(b':')?;
-        Some(key)
+        self.string()
+    }
+
+    /// The colon between a key and its value.
+    pub(super) fn colon(&mut self) -> Option<()> {
+        self.eat(b':')
     }
 
     /// The rest of a string whose opening quote is read, decoded as serde_json decodes a
@@ -302,6 +308,20 @@ mod tests {
             );
             let mut reader = Reader::new(text.as_bytes());
             assert_eq!(reader.number(), Some(text), "{text}");
+        }
+        // At the edge of a float's range (f64::MAX, and either side of the halfway point to
+        // the next power of two), where serde_json's exact reading (its `float_roundtrip` feature)
+        // and a rougher one part.
+        for (text, finite) in [
+            ("1.7976931348623158e308", true),
+            ("-179769.313486231585e303", false),
+            ("1.797693134862315807937289714053e308", true),
+            ("1.7976931348623159e308", false),
+        ] {
+            let by_serde = serde_json::from_str::<serde_json::Value>(text).is_ok();
+            assert_eq!(by_serde, finite, "{text}");
+            let read = Reader::new(text.as_bytes()).number();
+            assert_eq!(read, finite.then_some(text), "{text}");
         }
         let long = format!("1{}", "0".repeat(308));
         let longer = format!("1{}", "0".repeat(309));
