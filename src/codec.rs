@@ -33,8 +33,7 @@ pub const MESSAGE_COST: usize = 256;
 /// Nesting deeper than prost decodes is refused by the walk as well.
 const MAX_DEPTH: u32 = 100;
 
-static POOL: LazyLock<Option<DescriptorPool>> =
-    LazyLock::new(|| DescriptorPool::decode(crate::descriptors::FILE_DESCRIPTOR_SET).ok());
+static POOL: LazyLock<Option<DescriptorPool>> = LazyLock::new(|| crate::descriptors::pool().ok());
 
 /// prost's codec with a bounded decoder; named by `build.rs` as the codec of generated code.
 #[derive(Debug)]

@@ -25,7 +25,7 @@ use axum::{
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either};
 use http_body_util::BodyExt;
-use prost_reflect::{DescriptorPool, MethodDescriptor, Value};
+use prost_reflect::{MethodDescriptor, Value};
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Service, ServiceExt};
@@ -35,7 +35,6 @@ use crate::{
     answer::{ERROR_DOMAIN, connect},
     extensions::{ClientIp, MatchedRoute, PeerCertificate, Protocol, RequestId},
     identity::Identity,
-    proto,
     rest::{self, direct::JsonCodec, framing},
 };
 
@@ -94,8 +93,7 @@ impl Connect {
         codecs: &HashMap<String, JsonCodec>,
         settings: ConnectSettings,
     ) -> Result<Self, String> {
-        let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
-            .map_err(|err| format!("the API descriptor set does not decode: {err}"))?;
+        let pool = crate::descriptors::pool()?;
         let procedures = pool
             .services()
             .filter(|service| service.package_name() == rest::API_PACKAGE)

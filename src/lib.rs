@@ -26,9 +26,24 @@ pub mod proto {
 /// The API's descriptors, apart from the generated code: the codec that generated code uses
 /// reads them, so they sit below both.
 pub mod descriptors {
+    use std::sync::LazyLock;
+
+    use prost_reflect::DescriptorPool;
+
     /// The encoded descriptor set of the API, for the codec, reflection and the REST transcoder.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("iggy_gateway_descriptor");
+
+    /// [`FILE_DESCRIPTOR_SET`] decoded once for the process (a clone shares it). Decoded, with
+    /// its comments, it is megabytes, and the route table, Connect, the scope table, the
+    /// metrics' routes and the codec each kept a pool of their own.
+    pub fn pool() -> Result<DescriptorPool, String> {
+        static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
+            DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+                .map_err(|err| format!("the API descriptor set does not decode: {err}"))
+        });
+        POOL.clone()
+    }
 }
 
 pub mod answer;

@@ -29,14 +29,13 @@ pub(crate) use transcode::{
     JsonRequest, PIECES_ABOVE, framing, json_request, typed_json_bytes, typed_json_pieces,
 };
 
-use crate::{answer::methods::read_only, proto};
+use crate::answer::methods::read_only;
 
 /// The package whose services REST exposes.
 pub const API_PACKAGE: &str = "iggy.gateway.v1";
 
 fn descriptor_pool() -> Result<prost_reflect::DescriptorPool, String> {
-    prost_reflect::DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
-        .map_err(|err| format!("the API descriptor set does not decode: {err}"))
+    crate::descriptors::pool()
 }
 
 /// Reads the route table from the API's descriptor set.

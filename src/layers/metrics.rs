@@ -74,15 +74,16 @@ impl KnownRoutes {
     }
 
     fn from_descriptors() -> Self {
-        let sets = [
-            crate::proto::FILE_DESCRIPTOR_SET,
+        let others = [
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ];
-        let grpc_methods = sets
+        ]
+        .into_iter()
+        .filter_map(|set| prost_reflect::DescriptorPool::decode(set).ok());
+        let grpc_methods = crate::descriptors::pool()
             .into_iter()
-            .filter_map(|set| prost_reflect::DescriptorPool::decode(set).ok())
+            .chain(others)
             .flat_map(|pool| {
                 pool.services()
                     .flat_map(|service| {

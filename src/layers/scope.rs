@@ -24,7 +24,7 @@ use axum::{
     body::Body,
     http::{HeaderName, HeaderValue, Request, Response},
 };
-use prost_reflect::{DescriptorPool, Value};
+use prost_reflect::Value;
 use tonic::{Code, server::NamedService};
 use tower::{Layer, Service};
 
@@ -50,8 +50,7 @@ impl RpcTable {
     /// Reads `required_scope` of every method of the API's services; one without it, or with
     /// `SCOPE_UNSPECIFIED`, is an error naming it.
     pub fn from_descriptors() -> Result<Self, String> {
-        let pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
-            .map_err(|err| format!("the API descriptor set does not decode: {err}"))?;
+        let pool = crate::descriptors::pool()?;
         let option = pool
             .get_extension_by_name(SCOPE_OPTION)
             .ok_or("the descriptor set lacks iggy.gateway.v1.required_scope")?;

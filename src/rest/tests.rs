@@ -222,3 +222,21 @@ fn openapi_patterns_match_what_the_parser_takes() {
         assert!(!base64.is_match(bad), "{bad}");
     }
 }
+
+/// The descriptors are decoded once for the process: every route table, Connect's procedures
+/// and the codec share one pool (megabytes decoded), not a copy each.
+#[test]
+fn route_tables_share_the_process_descriptor_pool() {
+    let shared = crate::descriptors::pool().expect("the API's descriptors");
+    for _ in 0..2 {
+        let table = route_table().expect("route table builds");
+        let route = table.routes().first().expect("a route");
+        assert!(route.method.parent_pool() == &shared, "a pool of its own");
+    }
+    let fresh =
+        prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("decodes");
+    assert!(
+        fresh != shared,
+        "pools compare by identity, so the check above can fail"
+    );
+}
