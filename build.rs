@@ -1,7 +1,8 @@
 //! Compiles `proto/` with protox (pure Rust, so no system `protoc` is needed), generates the
-//! tonic servers and clients, and writes the encoded descriptor set that server reflection and
-//! the REST transcoder read at run time, and the request checks of the protos' `buf.validate`
-//! rules (`build/rules.rs`). Everything goes to `OUT_DIR`.
+//! tonic servers and clients, and writes the encoded descriptor sets (with the comments, and
+//! without them) that server reflection and the REST transcoder read at run time, and the
+//! request checks of the protos' `buf.validate` rules (`build/rules.rs`). Everything goes to
+//! `OUT_DIR`.
 
 use std::{env, path::PathBuf};
 
@@ -23,19 +24,24 @@ fn main() {
     let out_dir =
         PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR for build scripts"));
 
-    let compiler = protox::Compiler::new(["proto"]).and_then(|mut compiler| {
-        compiler.include_source_info(true).include_imports(true);
-        compiler.open_files(PROTOS)?;
-        Ok(compiler)
-    });
-    let compiler = match compiler {
-        Ok(compiler) => compiler,
-        Err(err) => {
-            // protox's error names the file, line and column; make it readable in cargo's output.
-            eprintln!("failed to compile the protobuf API in proto/: {err:?}");
-            std::process::exit(1);
+    let compile = |source_info: bool| {
+        let compiler = protox::Compiler::new(["proto"]).and_then(|mut compiler| {
+            compiler
+                .include_source_info(source_info)
+                .include_imports(true);
+            compiler.open_files(PROTOS)?;
+            Ok(compiler)
+        });
+        match compiler {
+            Ok(compiler) => compiler,
+            Err(err) => {
+                // protox's error names the file, line and column; make it readable in cargo's output.
+                eprintln!("failed to compile the protobuf API in proto/: {err:?}");
+                std::process::exit(1);
+            }
         }
     };
+    let compiler = compile(true);
     // Encoded by protox itself, so custom options such as google.api.http survive (decoding
     // into prost_types would drop them).
     let encoded = compiler.encode_file_descriptor_set();
@@ -52,10 +58,18 @@ fn main() {
         eprintln!("failed to write {}: {err}", checks_path.display());
         std::process::exit(1);
     }
-    let descriptor_path = out_dir.join("iggy_gateway_descriptor.bin");
-    if let Err(err) = std::fs::write(&descriptor_path, &encoded) {
-        eprintln!("failed to write {}: {err}", descriptor_path.display());
-        std::process::exit(1);
+    // The set without its comments (source info), for the pool the gateway keeps all its life:
+    // decoded, the comments are half of it, and only reflection and OpenAPI show them.
+    let lean = compile(false).encode_file_descriptor_set();
+    for (name, set) in [
+        ("iggy_gateway_descriptor.bin", &encoded),
+        ("iggy_gateway_descriptor_lean.bin", &lean),
+    ] {
+        let path = out_dir.join(name);
+        if let Err(err) = std::fs::write(&path, set) {
+            eprintln!("failed to write {}: {err}", path.display());
+            std::process::exit(1);
+        }
     }
 
     // Type names let the bounded codec find each message's descriptor. The well-known types

@@ -2,8 +2,11 @@
 //! the proto comments as descriptions and the protos' `buf.validate` rules as JSON Schema
 //! keywords (`openapi/rules.rs`). Served at `/openapi.json`; `/docs` renders it.
 
+use std::collections::HashMap;
+
+use prost::Message as _;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
-use prost_types::FileDescriptorProto;
+use prost_types::source_code_info::Location;
 use serde_json::{Map, Value, json};
 
 mod rules;
@@ -35,12 +38,32 @@ fn required_scope(method: &prost_reflect::MethodDescriptor) -> Option<&'static s
     }
 }
 
-/// The leading comment of the element at `path` in a file, as a description.
-fn comment(file: &FileDescriptorProto, path: &[i32]) -> Option<String> {
-    let info = file.source_code_info.as_ref()?;
-    let location = info.location.iter().find(|l| l.path == path)?;
-    let text = location.leading_comments().trim();
-    (!text.is_empty()).then(|| text.lines().map(str::trim).collect::<Vec<_>>().join("\n"))
+/// The protos' comments, each file's locations by its name. The process's descriptor pool is
+/// decoded without them (they were half of it), so a document reads them from the full set
+/// and drops them when it is written.
+struct Comments {
+    files: HashMap<String, Vec<Location>>,
+}
+
+impl Comments {
+    fn read() -> Self {
+        let files = prost_types::FileDescriptorSet::decode(crate::descriptors::FILE_DESCRIPTOR_SET)
+            .map(|set| {
+                set.file
+                    .into_iter()
+                    .filter_map(|file| Some((file.name?, file.source_code_info?.location)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { files }
+    }
+
+    /// The leading comment of the element at `path` in `file`, as a description.
+    fn at(&self, file: &str, path: &[i32]) -> Option<String> {
+        let location = self.files.get(file)?.iter().find(|l| l.path == path)?;
+        let text = location.leading_comments().trim();
+        (!text.is_empty()).then(|| text.lines().map(str::trim).collect::<Vec<_>>().join("\n"))
+    }
 }
 
 fn schema_name(message: &MessageDescriptor) -> String {
@@ -60,6 +83,7 @@ pub struct Limits {
 struct Pending {
     messages: Vec<MessageDescriptor>,
     limits: Limits,
+    comments: Comments,
 }
 
 impl Pending {
@@ -188,7 +212,7 @@ fn body_schema(
     omitted: impl Fn(&str) -> bool,
     pending: &mut Pending,
 ) -> Value {
-    let file = message.parent_file_descriptor_proto();
+    let file = message.parent_file();
     let mut properties = Map::new();
     let mut required: Vec<String> = Vec::new();
     for field in message.fields() {
@@ -203,7 +227,10 @@ fn body_schema(
             required.push(field.name().to_owned());
             field_schema(&field, pending)
         };
-        if let (Some(text), Some(object)) = (comment(file, field.path()), schema.as_object_mut()) {
+        if let (Some(text), Some(object)) = (
+            pending.comments.at(file.name(), field.path()),
+            schema.as_object_mut(),
+        ) {
             object.insert("description".into(), Value::String(text));
         }
         properties.insert(field.name().to_owned(), schema);
@@ -264,7 +291,7 @@ fn body_schema(
     if !oneofs.is_empty() {
         object.insert("allOf".into(), Value::Array(oneofs));
     }
-    if let Some(text) = comment(file, message.path()) {
+    if let Some(text) = pending.comments.at(file.name(), message.path()) {
         object.insert("description".into(), Value::String(text));
     }
     schema
@@ -313,10 +340,9 @@ fn parameter(name: &str, location: &str, field: &FieldDescriptor, pending: &mut 
         object.insert("explode".into(), Value::Bool(true));
     }
     if let (Some(text), Some(object)) = (
-        comment(
-            field.parent_message().parent_file_descriptor_proto(),
-            field.path(),
-        ),
+        pending
+            .comments
+            .at(field.parent_file().name(), field.path()),
         parameter.as_object_mut(),
     ) {
         object.insert("description".into(), Value::String(text));
@@ -438,6 +464,7 @@ pub fn document(table: &RouteTable, limits: Limits) -> Value {
     let mut pending = Pending {
         messages: Vec::new(),
         limits,
+        comments: Comments::read(),
     };
     let mut paths = Map::new();
     let mut operation_ids: Vec<String> = Vec::new();
@@ -504,7 +531,10 @@ pub fn document(table: &RouteTable, limits: Limits) -> Value {
         let mut operation = Map::new();
         operation.insert("operationId".into(), Value::String(operation_id));
         operation.insert("tags".into(), json!([method.parent_service().name()]));
-        if let Some(text) = comment(method.parent_file().file_descriptor_proto(), method.path()) {
+        if let Some(text) = pending
+            .comments
+            .at(method.parent_file().name(), method.path())
+        {
             // The first sentence, which the proto comments keep short.
             let flat = text.replace('\n', " ");
             let summary = match flat.find(". ") {

@@ -240,3 +240,38 @@ fn route_tables_share_the_process_descriptor_pool() {
         "pools compare by identity, so the check above can fail"
     );
 }
+
+/// The process's pool is decoded without the protos' comments (they were about half of its
+/// memory); OpenAPI's descriptions read them from the full set, which reflection serves.
+#[test]
+fn the_process_pool_keeps_no_comments_and_openapi_still_shows_them() {
+    let shared = crate::descriptors::pool().expect("the API's descriptors");
+    assert!(
+        shared
+            .file_descriptor_protos()
+            .all(|file| file.source_code_info.is_none())
+    );
+    let full =
+        prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("decodes");
+    assert!(
+        full.get_service_by_name("iggy.gateway.v1.StreamService")
+            .is_some_and(|service| service
+                .parent_file()
+                .file_descriptor_proto()
+                .source_code_info
+                .is_some()),
+        "the full set keeps the comments"
+    );
+    let table = route_table().expect("route table builds");
+    let document = openapi::document(
+        &table,
+        openapi::Limits {
+            batch_max: 1000,
+            poll_max: 500,
+        },
+    );
+    let summary = document["paths"]["/v1/streams"]["post"]["summary"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(summary.starts_with("Creates a stream"), "{summary:?}");
+}
