@@ -5,6 +5,7 @@
 //! gateway on a free port; [`Application::run_until_stopped`] takes any shutdown future.
 
 mod direct;
+mod reflection;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -33,9 +34,9 @@ use crate::{
     metrics::Metrics,
     ops,
     proto::{
-        self, event_service_server::EventServiceServer,
-        message_service_server::MessageServiceServer, stats_service_server::StatsServiceServer,
-        stream_service_server::StreamServiceServer, topic_service_server::TopicServiceServer,
+        event_service_server::EventServiceServer, message_service_server::MessageServiceServer,
+        stats_service_server::StatsServiceServer, stream_service_server::StreamServiceServer,
+        topic_service_server::TopicServiceServer,
     },
     rest::{self, RestSettings},
     stats::Stats,
@@ -514,16 +515,6 @@ fn routes(
         connect: connect_settings,
     } = surfaces;
     let max_request_bytes = rest_settings.max_body_bytes;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|err| StartupError::Internal(format!("reflection: {err}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|err| StartupError::Internal(format!("reflection: {err}")))?;
 
     // gzip and zstd both ways, as each client negotiates (`grpc-encoding` for what it sends,
     // `grpc-accept-encoding` for what it takes back); tonic inflates a message into at most
@@ -598,8 +589,8 @@ fn routes(
         .add_service(api(&connect, &scopes, events))
         .add_service(api(&connect, &scopes, stats))
         .add_service(web(health_service))
-        .add_service(web(reflection_v1))
-        .add_service(web(reflection_v1alpha))
+        .add_service(web(reflection::v1()))
+        .add_service(web(reflection::v1alpha()))
         .prepare())
 }
 
