@@ -12,11 +12,11 @@ pub mod shape;
 mod template;
 mod transcode;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::{
     Router,
-    http::{HeaderValue, header},
+    http::{HeaderValue, StatusCode, header},
     response::IntoResponse,
 };
 use bytes::Bytes;
@@ -71,7 +71,7 @@ pub struct RestSettings {
 
 /// The REST router: `/openapi.json`, `/docs`, and every annotated route, transcoded to
 /// `grpc` (the gRPC services alone).
-pub fn router(table: RouteTable, grpc: Router, settings: RestSettings) -> Result<Router, String> {
+pub fn router(table: RouteTable, grpc: Router, settings: RestSettings) -> Router {
     router_with(table, grpc, direct::Direct::default(), settings)
 }
 
@@ -81,28 +81,28 @@ pub fn router_with(
     grpc: Router,
     direct: direct::Direct,
     settings: RestSettings,
-) -> Result<Router, String> {
-    // Boxed, so the buffer's slack (a sixth of it) is not kept for the process's life.
-    let openapi = Bytes::from(
-        serde_json::to_vec_pretty(&openapi_document(&table, settings))
-            .map_err(|err| err.to_string())?
-            .into_boxed_slice(),
-    );
+) -> Router {
+    let openapi = Arc::new(Document::new(table.clone(), settings));
     let transcoder = Arc::new(Transcoder::new(table, grpc, direct, settings));
-    Ok(Router::new()
+    Router::new()
         .route(
             "/openapi.json",
             read_only(move || {
-                let openapi = openapi.clone();
+                let openapi = Arc::clone(&openapi);
                 async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/json"),
-                        )],
-                        openapi,
-                    )
-                        .into_response()
+                    match openapi.bytes() {
+                        Ok(bytes) => (
+                            [(
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("application/json"),
+                            )],
+                            bytes.clone(),
+                        )
+                            .into_response(),
+                        Err(err) => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, err.clone()).into_response()
+                        }
+                    }
                 }
             }),
         )
@@ -111,7 +111,35 @@ pub fn router_with(
             read_only(|| async { axum::response::Html(DOCS_PAGE) }),
         )
         .fallback(transcode::handle)
-        .with_state(transcoder))
+        .with_state(transcoder)
+}
+
+/// The OpenAPI document, written when it is first asked for: writing it reads the protos'
+/// comments and builds a JSON tree several times its size, which a gateway need not hold
+/// from start-up on (or leave behind as freed pages) for a page only people read.
+struct Document {
+    table: RouteTable,
+    settings: RestSettings,
+    written: OnceLock<Result<Bytes, String>>,
+}
+
+impl Document {
+    fn new(table: RouteTable, settings: RestSettings) -> Self {
+        Self {
+            table,
+            settings,
+            written: OnceLock::new(),
+        }
+    }
+
+    fn bytes(&self) -> &Result<Bytes, String> {
+        self.written.get_or_init(|| {
+            serde_json::to_vec_pretty(&openapi_document(&self.table, self.settings))
+                // Boxed, so the buffer's slack (a sixth of it) is not kept.
+                .map(|text| Bytes::from(text.into_boxed_slice()))
+                .map_err(|err| format!("the OpenAPI document could not be written: {err}"))
+        })
+    }
 }
 
 /// A self-contained page that renders `/openapi.json` (no CDN).

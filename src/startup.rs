@@ -559,8 +559,7 @@ fn routes(
     let table = rest::route_table().map_err(StartupError::Internal)?;
     // REST's calls, unary and streamed, go straight to the same instances.
     let (direct, codecs) = direct::table(&scopes, &apis, &table).map_err(StartupError::Internal)?;
-    let rest = rest::router_with(table, grpc_only.clone(), direct, rest_settings)
-        .map_err(StartupError::Internal)?;
+    let rest = rest::router_with(table, grpc_only.clone(), direct, rest_settings);
     // Connect calls the same service instances in process over gRPC; its JSON is written and
     // read by the typed codecs REST's direct calls use.
     let connect = Arc::new(

@@ -331,7 +331,7 @@ impl Gateway {
             batch_max: 1000,
             poll_max: 1000,
         };
-        let rest = rest::router(table, self.grpc_router(), settings).expect("rest router");
+        let rest = rest::router(table, self.grpc_router(), settings);
         tonic::service::Routes::from(rest)
             .add_service(
                 StreamServiceServer::new(self.streams.clone())

@@ -275,3 +275,26 @@ fn the_process_pool_keeps_no_comments_and_openapi_still_shows_them() {
         .unwrap_or_default();
     assert!(summary.starts_with("Creates a stream"), "{summary:?}");
 }
+
+/// The document is written on its first request, once, as the route table and settings give it.
+#[test]
+fn the_openapi_document_is_written_when_first_asked_for() {
+    let table = route_table().expect("route table builds");
+    let settings = RestSettings {
+        max_body_bytes: 1 << 20,
+        strict_query: false,
+        batch_max: 1000,
+        poll_max: 500,
+    };
+    let document = Document::new(table.clone(), settings);
+    assert!(
+        document.written.get().is_none(),
+        "nothing is written at start-up"
+    );
+    let first = document.bytes().clone().expect("written");
+    let again = document.bytes().clone().expect("written");
+    assert_eq!(first.as_ptr(), again.as_ptr(), "written once");
+    let expected =
+        serde_json::to_vec_pretty(&openapi_document(&table, settings)).expect("serializes");
+    assert_eq!(first.as_ref(), expected.as_slice());
+}
