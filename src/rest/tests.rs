@@ -70,6 +70,18 @@ fn creates_name_their_resource_by_the_get_route_under_their_path() {
     );
 }
 
+/// The API's OpenAPI document, with `BATCH_MAX_SIZE` 1000 and `POLL_MAX_COUNT` 500.
+fn openapi_of_the_api() -> serde_json::Value {
+    let table = route_table().expect("route table builds");
+    openapi::document(
+        &table,
+        openapi::Limits {
+            batch_max: 1000,
+            poll_max: 500,
+        },
+    )
+}
+
 /// The schema of one component, by message name.
 fn component(document: &serde_json::Value, message: &str) -> serde_json::Value {
     document["components"]["schemas"][format!("iggy_gateway_v1_{message}")].clone()
@@ -77,14 +89,7 @@ fn component(document: &serde_json::Value, message: &str) -> serde_json::Value {
 
 #[test]
 fn openapi_states_the_buf_validate_rules_of_the_protos() {
-    let table = route_table().expect("route table builds");
-    let document = openapi::document(
-        &table,
-        openapi::Limits {
-            batch_max: 1000,
-            poll_max: 500,
-        },
-    );
+    let document = openapi_of_the_api();
 
     let body = |path: &str, method: &str| {
         document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
@@ -137,14 +142,7 @@ fn openapi_states_the_buf_validate_rules_of_the_protos() {
 
 #[test]
 fn openapi_requires_a_body_only_where_an_empty_one_breaks_a_rule() {
-    let table = route_table().expect("route table builds");
-    let document = openapi::document(
-        &table,
-        openapi::Limits {
-            batch_max: 1000,
-            poll_max: 500,
-        },
-    );
+    let document = openapi_of_the_api();
     let body_required = |path: &str, method: &str| {
         document["paths"][path][method]["requestBody"]["required"].as_bool()
     };
@@ -262,14 +260,7 @@ fn the_process_pool_keeps_no_comments_and_openapi_still_shows_them() {
                 .is_some()),
         "the full set keeps the comments"
     );
-    let table = route_table().expect("route table builds");
-    let document = openapi::document(
-        &table,
-        openapi::Limits {
-            batch_max: 1000,
-            poll_max: 500,
-        },
-    );
+    let document = openapi_of_the_api();
     let summary = document["paths"]["/v1/streams"]["post"]["summary"]
         .as_str()
         .unwrap_or_default();
