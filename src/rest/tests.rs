@@ -260,6 +260,29 @@ fn the_process_pool_keeps_no_comments_and_openapi_still_shows_them() {
                 .is_some()),
         "the full set keeps the comments"
     );
+    // Apart from the comments, the two sets hold the same files, and the same options on each
+    // method (`google.api.http`, `required_scope`), which the route and scope tables read.
+    for file in full.file_descriptor_protos() {
+        let mut stripped = file.clone();
+        stripped.source_code_info = None;
+        let lean = shared.get_file_by_name(file.name()).expect("the same file");
+        assert_eq!(lean.file_descriptor_proto(), &stripped, "{}", file.name());
+    }
+    for service in full.services() {
+        for method in service.methods() {
+            let lean = shared
+                .get_service_by_name(service.full_name())
+                .and_then(|lean| lean.methods().find(|m| m.name() == method.name()))
+                .expect("the same method");
+            // Encoded: messages of two pools never compare equal.
+            assert!(
+                prost::Message::encode_to_vec(&lean.options())
+                    == prost::Message::encode_to_vec(&method.options()),
+                "{}",
+                method.full_name()
+            );
+        }
+    }
     let document = openapi_of_the_api();
     let summary = document["paths"]["/v1/streams"]["post"]["summary"]
         .as_str()
