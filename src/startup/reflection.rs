@@ -1,6 +1,7 @@
 //! gRPC server reflection (v1 and v1alpha, for grpcurl and buf curl), built on its first call.
-//! Each of the two services holds the API's files decoded, comments and all: most of a
-//! megabyte together, which a gateway that nobody inspects need not keep from start-up on.
+//! Each of the two services keeps a copy of every file, comments and all, and a map of their
+//! symbols: most of a megabyte together, which a gateway that nobody inspects need not keep
+//! from start-up on. The first call builds it in a few milliseconds.
 
 use std::{
     convert::Infallible,
@@ -10,7 +11,7 @@ use std::{
 
 use futures_util::future::{Either, Ready, ready};
 use tonic::{Status, body::Body, server::NamedService};
-use tower::Service;
+use tower::{Service, ServiceExt as _};
 
 use tonic_reflection::server::{v1, v1alpha};
 
@@ -73,16 +74,19 @@ where
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Either<S::Future, Ready<Result<http::Response<Body>, Infallible>>>;
+    type Future = Either<
+        tower::util::Oneshot<S, http::Request<Body>>,
+        Ready<Result<http::Response<Body>, Infallible>>,
+    >;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // tonic's generated servers are always ready; the one built is called as a clone.
+        // Each call is made on a clone of the one built, which the call itself readies.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         match self.built.get_or_init(self.build) {
-            Ok(service) => Either::Left(service.clone().call(request)),
+            Ok(service) => Either::Left(service.clone().oneshot(request)),
             // The sets are compiled in and a test builds them, so this is a fault of the build.
             Err(err) => Either::Right(ready(Ok(Status::internal(format!(
                 "server reflection could not be built: {err}"
