@@ -82,15 +82,17 @@ pub fn router_with(
     direct: direct::Direct,
     settings: RestSettings,
 ) -> Router {
-    let openapi = Arc::new(Document::new(table.clone(), settings));
+    let openapi = Arc::new(Document::new(settings));
     let transcoder = Arc::new(Transcoder::new(table, grpc, direct, settings));
+    let routes = Arc::clone(&transcoder);
     Router::new()
         .route(
             "/openapi.json",
             read_only(move || {
                 let openapi = Arc::clone(&openapi);
+                let routes = Arc::clone(&routes);
                 async move {
-                    match openapi.bytes() {
+                    match openapi.bytes(routes.table()) {
                         Ok(bytes) => (
                             [(
                                 header::CONTENT_TYPE,
@@ -118,23 +120,22 @@ pub fn router_with(
 /// comments and builds a JSON tree several times its size, which a gateway need not hold
 /// from start-up on (or leave behind as freed pages) for a page only people read.
 struct Document {
-    table: RouteTable,
     settings: RestSettings,
     written: OnceLock<Result<Bytes, String>>,
 }
 
 impl Document {
-    fn new(table: RouteTable, settings: RestSettings) -> Self {
+    fn new(settings: RestSettings) -> Self {
         Self {
-            table,
             settings,
             written: OnceLock::new(),
         }
     }
 
-    fn bytes(&self) -> &Result<Bytes, String> {
+    /// The document of `table`, the transcoder's, written on the first call.
+    fn bytes(&self, table: &RouteTable) -> &Result<Bytes, String> {
         self.written.get_or_init(|| {
-            serde_json::to_vec_pretty(&openapi_document(&self.table, self.settings))
+            serde_json::to_vec_pretty(&openapi_document(table, self.settings))
                 // Boxed, so the buffer's slack (a sixth of it) is not kept.
                 .map(|text| Bytes::from(text.into_boxed_slice()))
                 .map_err(|err| format!("the OpenAPI document could not be written: {err}"))
