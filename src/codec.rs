@@ -117,14 +117,31 @@ impl<U: Message + Default + Validate> Decoder for BoundedDecoder<U> {
                 charge_decoding(descriptor, wire)?;
             }
         }
-        let message = U::decode(buf).map_err(|err| {
-            Status::invalid_argument(format!(
-                "the request is not a valid protobuf message: {err}"
-            ))
-        })?;
+        let message = U::decode(buf).map_err(not_protobuf)?;
         message.validate()?;
         Ok(Some(message))
     }
+}
+
+/// One request message decoded as the gRPC decoder decodes it, for a protocol that hands the
+/// service its protobuf directly (Connect's `proto` codec): charged to the call's budget
+/// before anything is built, then decoded and held to the protos' rules.
+pub fn decode_request<U: Message + Name + Default + Validate>(wire: &[u8]) -> Result<U, Status> {
+    if let Some(descriptor) = POOL
+        .as_ref()
+        .and_then(|pool| pool.get_message_by_name(&U::full_name()))
+    {
+        charge_decoding(&descriptor, wire)?;
+    }
+    let message = U::decode(wire).map_err(not_protobuf)?;
+    message.validate()?;
+    Ok(message)
+}
+
+fn not_protobuf(err: prost::DecodeError) -> Status {
+    Status::invalid_argument(format!(
+        "the request is not a valid protobuf message: {err}"
+    ))
 }
 
 /// Why a message was refused before decoding.

@@ -1,9 +1,11 @@
 //! The Connect protocol (connectrpc.com/docs/protocol) on the same port as gRPC: a translator
 //! like REST's. A Connect call (unary `POST` with `application/proto` or `application/json`,
 //! `GET` for methods marked `NO_SIDE_EFFECTS`, a server stream in `application/connect+*`
-//! envelopes) becomes one in-process gRPC call of the same service, below the same layers;
-//! its answer or status comes back in Connect's terms. JSON is REST's codec: each method's
-//! typed one (`rest::direct::JsonCodec`), with the descriptors where REST would use them.
+//! envelopes) becomes a direct call of the same service's method (`rest::direct`, as REST's
+//! calls are), below the same layers and held to the same scope policy; its answer or status
+//! comes back in Connect's terms. Protobuf is decoded as the gRPC decoder decodes it; JSON is
+//! read as REST reads it: by each method's typed codec, with the descriptors where REST would
+//! use them.
 
 mod envelope;
 mod request;
@@ -24,18 +26,21 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either};
-use http_body_util::BodyExt;
 use prost_reflect::{MethodDescriptor, Value};
-use tonic::Code;
+use tonic::{Code, metadata::MetadataMap};
 use tonic_types::{ErrorDetails, StatusExt};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use self::request::Codec;
 use crate::{
-    answer::{ERROR_DOMAIN, connect},
-    extensions::{ClientIp, MatchedRoute, PeerCertificate, Protocol, RequestId},
-    identity::Identity,
-    rest::{self, direct::JsonCodec, framing},
+    answer::{Caller, ERROR_DOMAIN, connect},
+    extensions::{MatchedRoute, Protocol},
+    rest::{
+        self,
+        direct::{
+            Answer, Call, Direct, Failure, Input, ItemsAs, JsonCodec, Output, StreamCall, carried,
+        },
+    },
 };
 
 /// `google.protobuf.MethodOptions.IdempotencyLevel.NO_SIDE_EFFECTS`: such methods take `GET`.
@@ -73,23 +78,28 @@ struct Procedure {
     side_effect_free: bool,
     /// Its typed JSON codec, REST's.
     json: JsonCodec,
+    call: Callable,
+}
+
+/// A method's direct call.
+enum Callable {
+    Unary(Call),
+    ServerStream(StreamCall),
 }
 
 pub struct Connect {
     /// By gRPC path, `/iggy.gateway.v1.StreamService/GetStream`.
     procedures: HashMap<String, Procedure>,
-    /// The gRPC services alone, called in process (as REST calls them).
-    grpc: axum::Router,
     settings: ConnectSettings,
 }
 
 impl Connect {
-    /// Every method of the API's services, read from the descriptor set, with its typed JSON
-    /// codec from `codecs`; fails for a method without one, so no new method's JSON is left
-    /// to the descriptors alone (they still read the bodies REST leaves to them: nulls, times,
-    /// respelled scalars).
+    /// Every method of the API's services, read from the descriptor set, with its direct call
+    /// from `direct` and its typed JSON codec from `codecs`; fails for a method without
+    /// either, so no new method is left unserved or its JSON to the descriptors alone (they
+    /// still read the bodies REST leaves to them: nulls, times, respelled scalars).
     pub fn new(
-        grpc: axum::Router,
+        direct: &Direct,
         codecs: &HashMap<String, JsonCodec>,
         settings: ConnectSettings,
     ) -> Result<Self, String> {
@@ -107,17 +117,25 @@ impl Connect {
                 let json = *codecs.get(&path).ok_or_else(|| {
                     format!("{path} has no typed JSON codec in startup/direct.rs")
                 })?;
+                let call = if method.is_server_streaming() {
+                    direct.stream(&path).cloned().map(Callable::ServerStream)
+                } else {
+                    direct.get(&path).cloned().map(Callable::Unary)
+                };
+                let call = call
+                    .filter(|_| !method.is_client_streaming())
+                    .ok_or_else(|| format!("{path} has no direct call in startup/direct.rs"))?;
                 let procedure = Procedure {
                     method,
                     side_effect_free,
                     json,
+                    call,
                 };
                 Ok((path, procedure))
             })
             .collect::<Result<_, String>>()?;
         Ok(Self {
             procedures,
-            grpc,
             settings,
         })
     }
@@ -150,12 +168,13 @@ impl Connect {
 
     async fn unary(&self, procedure: &Procedure, request: Request<Body>) -> Response {
         let method = &procedure.method;
-        if method.is_server_streaming() || method.is_client_streaming() {
+        let Callable::Unary(call) = &procedure.call else {
             return unsupported_media_type(&format!(
                 "{} streams: call it with application/connect+proto or application/connect+json",
                 method.full_name()
             ));
-        }
+        };
+        let caller = Caller::of(&request);
         let (parts, body) = request.into_parts();
         let read = if parts.method == Method::GET {
             if !procedure.side_effect_free {
@@ -171,33 +190,30 @@ impl Connect {
             Ok(read) => read,
             Err(refusal) => return refusal.unary(),
         };
-        let frame = match request::frame(method, procedure.json, codec, &payload) {
-            Ok(frame) => frame,
+        let input = match request::input(method, procedure.json, codec, payload) {
+            Ok(input) => input,
             Err(status) => return connect::unary_error(&status),
         };
-        let call = match grpc_call(method, &parts.headers, &parts.extensions, frame) {
-            Ok(call) => call,
-            Err(status) => return connect::unary_error(&status),
+        let answer_as = match codec {
+            Codec::Proto => Answer::Protobuf,
+            Codec::Json => Answer::Written,
         };
-        let answer = match self.grpc.clone().oneshot(call).await {
-            Ok(answer) => answer,
-            Err(never) => match never {},
-        };
-        match unary_answer(procedure.json, codec, answer).await {
-            Ok(response) => response,
-            Err(status) => connect::unary_error(&status),
+        match call(service_request(&parts, input), answer_as).await {
+            Ok(answer) => unary_answer(answer),
+            Err(failure) => failed(failure, &caller),
         }
     }
 
     async fn stream(&self, procedure: &Procedure, request: Request<Body>, json: bool) -> Response {
         let method = &procedure.method;
         let refuse = |status: tonic::Status| connect::stream_error(&status, json);
-        if !method.is_server_streaming() || method.is_client_streaming() {
+        let Callable::ServerStream(call) = &procedure.call else {
             return unsupported_media_type(&format!(
                 "{} is unary: call it with application/proto or application/json",
                 method.full_name()
             ));
-        }
+        };
+        let caller = Caller::of(&request);
         let (parts, body) = request.into_parts();
         let codec = if json { Codec::Json } else { Codec::Proto };
         let payload =
@@ -205,12 +221,8 @@ impl Connect {
                 Ok(payload) => payload,
                 Err(refusal) => return refuse(refusal.status()),
             };
-        let frame = match request::frame(method, procedure.json, codec, &payload) {
-            Ok(frame) => frame,
-            Err(status) => return refuse(status),
-        };
-        let call = match grpc_call(method, &parts.headers, &parts.extensions, frame) {
-            Ok(call) => call,
+        let input = match request::input(method, procedure.json, codec, payload) {
+            Ok(input) => input,
             Err(status) => return refuse(status),
         };
         let deadline = parts
@@ -219,24 +231,24 @@ impl Connect {
             .and_then(|v| v.to_str().ok())
             .and_then(|ms| ms.parse::<u64>().ok())
             .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
-        let answer = match self.grpc.clone().oneshot(call).await {
-            Ok(answer) => answer,
-            Err(never) => match never {},
+        let items_as = if json {
+            ItemsAs::Json
+        } else {
+            ItemsAs::Protobuf
         };
-        let (answer, body) = answer.into_parts();
-        // Refused before the first message (trailers-only): a stream that is only its end.
-        if let Some(status) = framing::error_status(&answer.headers) {
-            return refuse(status);
-        }
+        // Refused before the first message: a stream that is only its end.
+        let items = match call(service_request(&parts, input), items_as).await {
+            Ok(answer) => answer.into_inner(),
+            Err(failure) => return failed(failure, &caller),
+        };
         let compression = parts
             .headers
             .get("connect-accept-encoding")
             .and_then(|v| v.to_str().ok())
             .and_then(envelope::Coding::preferred);
         stream::respond(
-            body,
+            items,
             stream::Writer {
-                json_answer: procedure.json.answer,
                 json,
                 compression,
                 compression_min_bytes: self.settings.compression_min_bytes,
@@ -246,84 +258,61 @@ impl Connect {
     }
 }
 
-/// The in-process gRPC call: one frame, the request's metadata, the markers layers set.
-fn grpc_call(
-    method: &MethodDescriptor,
-    headers: &HeaderMap,
-    extensions: &http::Extensions,
-    frame: Bytes,
-) -> Result<Request<Body>, tonic::Status> {
-    let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
-    let mut call = Request::builder()
-        .method(Method::POST)
-        .uri(path)
-        .header(header::CONTENT_TYPE, "application/grpc")
-        .header(header::TE, "trailers");
-    for (name, value) in headers {
+/// The service's request: the call's message, its headers as metadata (but HTTP's and
+/// Connect's own), what the layers learnt of the caller.
+fn service_request(parts: &http::request::Parts, input: Input) -> tonic::Request<Input> {
+    let mut metadata = HeaderMap::new();
+    for (name, value) in &parts.headers {
         let name_text = name.as_str();
         if NOT_METADATA.contains(&name_text) || name_text.starts_with("connect-") {
             continue;
         }
-        call = call.header(name, value);
+        metadata.append(name, value.clone());
     }
-    let mut call = call
-        .body(Body::from(frame))
-        .map_err(|err| internal(format!("building the gRPC call: {err}")))?;
-    // The scope check below needs the caller's identity; subscriber caps count by client; the
-    // request id ties the service's logs to the call.
-    if let Some(identity) = extensions.get::<Arc<Identity>>() {
-        call.extensions_mut().insert(Arc::clone(identity));
-    }
-    if let Some(client) = extensions.get::<ClientIp>() {
-        call.extensions_mut().insert(*client);
-    }
-    if let Some(id) = extensions.get::<RequestId>() {
-        call.extensions_mut().insert(id.clone());
-    }
-    if let Some(peer) = extensions.get::<PeerCertificate>() {
-        call.extensions_mut().insert(peer.clone());
-    }
-    Ok(call)
+    tonic::Request::from_parts(
+        MetadataMap::from_headers(metadata),
+        carried(&parts.extensions),
+        input,
+    )
 }
 
-/// A unary gRPC answer as Connect's: the message in the request's codec, or the error.
-async fn unary_answer(
-    json_codec: JsonCodec,
-    codec: Codec,
-    answer: Response,
-) -> Result<Response, tonic::Status> {
-    let (parts, body) = answer.into_parts();
-    let collected = body
-        .collect()
-        .await
-        .map_err(|err| internal(format!("reading the gRPC answer: {err}")))?;
-    let trailers = collected.trailers().cloned();
-    let data = collected.to_bytes();
-    let status = framing::status(&parts.headers, trailers.as_ref())
-        .ok_or_else(|| internal("the gRPC answer had no grpc-status".to_owned()))?;
-    if status.code() != Code::Ok {
-        return Err(status);
+/// Why a direct call has no answer, in Connect's terms for the caller's kind of call (an error
+/// answer, or a stream that is only its end): the method's status, or the scope policy's
+/// refusal, answered as the layers answer a Connect caller.
+fn failed(failure: Failure, caller: &Caller) -> Response {
+    let status = match failure {
+        Failure::Status(status) => status,
+        Failure::Refused(rejection) => return rejection.respond_to(caller),
+        Failure::Unwritable(detail) => internal(detail),
+        // Only a REST body is handed back untyped; Connect's JSON is read before the call.
+        Failure::Untyped { .. } => internal("a Connect request was handed back untyped".into()),
+    };
+    match caller.protocol() {
+        Protocol::ConnectStream { json } => connect::stream_error(&status, json),
+        _ => connect::unary_error(&status),
     }
-    let payload = framing::single_message(data).map_err(|err| internal(err.to_string()))?;
-    let (content_type, body) = match codec {
-        Codec::Proto => ("application/proto", payload),
-        Codec::Json => {
-            let bytes = (json_codec.answer)(&payload)
-                .map_err(|err| internal(format!("writing the gRPC answer as JSON: {err}")))?;
-            ("application/json", Bytes::from(bytes))
-        }
+}
+
+/// A unary answer as Connect's: the message in the request's codec, with the service's answer
+/// metadata as headers.
+fn unary_answer(answer: tonic::Response<Output>) -> Response {
+    let (metadata, output, _) = answer.into_parts();
+    let (content_type, body) = match output {
+        Output::Protobuf(bytes) => ("application/proto", Body::from(bytes)),
+        Output::Json(body) => ("application/json", body),
+        Output::ToRead(bytes) => ("application/json", Body::from(bytes)),
     };
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // The service's answer metadata is the Connect answer's headers: whether a send was
-    // answered from its idempotency record, and the identity's quota.
+    // Whether a send was answered from its idempotency record, and the identity's quota.
+    let metadata = metadata.into_headers();
     for name in ANSWER_METADATA {
-        if let Some(value) = parts.headers.get(name) {
+        if let Some(value) = metadata.get(name) {
             headers.insert(name, value.clone());
         }
     }
-    Ok(response)
+    response
 }
 
 /// Answer metadata of the services that a unary Connect answer carries as headers.

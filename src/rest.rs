@@ -24,9 +24,9 @@ use bytes::Bytes;
 pub use routes::{BodyRule, Lookup, Route, RouteTable};
 pub use template::PathTemplate;
 pub use transcode::Transcoder;
-/// What the Connect translator shares with REST: one JSON codec, one gRPC framing.
+/// What the Connect translator and the direct calls share with REST: one JSON codec.
 pub(crate) use transcode::{
-    JsonRequest, PIECES_ABOVE, framing, json_request, typed_json_bytes, typed_json_pieces,
+    JsonRequest, PIECES_ABOVE, json_request, typed_json_bytes, typed_json_pieces,
 };
 
 use crate::answer::methods::read_only;

@@ -464,6 +464,15 @@ fn services(
 /// store), for tests that check each against the descriptors.
 #[cfg(test)]
 pub(crate) fn json_codecs() -> std::collections::HashMap<String, rest::direct::JsonCodec> {
+    direct_table().1
+}
+
+/// The direct calls and typed JSON codecs as start-up builds them, over a throw-away store.
+#[cfg(test)]
+pub(crate) fn direct_table() -> (
+    rest::direct::Direct,
+    std::collections::HashMap<String, rest::direct::JsonCodec>,
+) {
     let config = Config::for_tests(":memory:");
     let broker: Arc<dyn Broker> =
         Arc::new(EmbeddedBroker::open(&Location::Memory).expect("a store in memory"));
@@ -480,9 +489,7 @@ pub(crate) fn json_codecs() -> std::collections::HashMap<String, rest::direct::J
     let scopes = Scopes::new(Arc::new(identity::KeyRing::from_static(&[])), metrics)
         .expect("every RPC declares its scope");
     let table = rest::route_table().expect("the route table");
-    direct::table(&scopes, &apis, &table)
-        .expect("the direct table")
-        .1
+    direct::table(&scopes, &apis, &table).expect("the direct table")
 }
 
 /// How the HTTP surfaces over the services (REST, Connect) read requests.
@@ -547,7 +554,8 @@ fn routes(
         .max_decoding_message_size(max_request_bytes);
     let stats = compressed!(StatsServiceServer::from_arc(Arc::clone(&apis.stats)));
 
-    // REST calls the same service instances, in process, over the gRPC protocol.
+    // The transcoder's way to a method without a direct call: the services in process, over
+    // gRPC. The table below leaves no REST route without one (start-up fails otherwise).
     let mut grpc_only = Routes::builder();
     grpc_only
         .add_service(scopes.guard(GrpcPaths::new(streams.clone())))
@@ -559,12 +567,11 @@ fn routes(
     let table = rest::route_table().map_err(StartupError::Internal)?;
     // REST's calls, unary and streamed, go straight to the same instances.
     let (direct, codecs) = direct::table(&scopes, &apis, &table).map_err(StartupError::Internal)?;
-    let rest = rest::router_with(table, grpc_only.clone(), direct, rest_settings);
-    // Connect calls the same service instances in process over gRPC; its JSON is written and
-    // read by the typed codecs REST's direct calls use.
-    let connect = Arc::new(
-        Connect::new(grpc_only, &codecs, connect_settings).map_err(StartupError::Internal)?,
-    );
+    // Connect calls them straight as well; its JSON is read by REST's rules and written by
+    // the same typed codecs.
+    let connect =
+        Arc::new(Connect::new(&direct, &codecs, connect_settings).map_err(StartupError::Internal)?);
+    let rest = rest::router_with(table, grpc_only, direct, rest_settings);
 
     // Plain HTTP methods other than POST on a service's paths are answered as on any path
     // (OPTIONS, 405), not by tonic-web's empty 400.

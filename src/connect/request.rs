@@ -1,7 +1,8 @@
 //! The request half of the Connect translator: the message of a call read from where Connect
 //! puts it (a unary `POST` body, a `GET` query, a stream's one envelope), its protocol version,
-//! timeout and codings checked, and turned into the frame of the in-process gRPC call: protobuf
-//! bytes are passed on as they are, JSON is read by REST's codec (the method's typed one).
+//! timeout and codings checked, and turned into the input of the method's direct call:
+//! protobuf bytes are passed on as they are (decoded there as the gRPC decoder decodes them),
+//! JSON is read by REST's rules (the method's typed codec).
 
 use axum::{
     body::Body,
@@ -24,7 +25,10 @@ use super::{
 use crate::{
     answer::{Problem, connect},
     extensions::{CONNECT_PROTOCOL_VERSION, connect_timeout},
-    rest::{self, JsonRequest, direct::JsonCodec, framing},
+    rest::{
+        self, JsonRequest,
+        direct::{Input, JsonCodec},
+    },
 };
 
 /// How a call's messages are written.
@@ -235,33 +239,26 @@ pub async fn from_envelopes(parts: &Parts, body: Body, max_bytes: usize) -> Resu
     inflate(&enveloped.message, coding, max_bytes).await
 }
 
-/// The frame of the in-process gRPC call: protobuf as it came (the service decodes it within
-/// its own limits), JSON read by REST's rules first: by the method's typed codec where REST
-/// would use it, else by the descriptors.
-pub fn frame(
+/// The input of the method's direct call: protobuf as it came (decoded within the call's
+/// budget and the protos' rules there), JSON read by REST's rules first: inspected, then read
+/// by the method's typed codec where REST would use it, else by the descriptors.
+pub fn input(
     method: &MethodDescriptor,
     json_codec: JsonCodec,
     codec: Codec,
-    payload: &Bytes,
-) -> Result<Bytes, tonic::Status> {
-    let encoded = match codec {
-        Codec::Proto => framing::encode_bytes(payload),
+    payload: Bytes,
+) -> Result<Input, tonic::Status> {
+    match codec {
+        Codec::Proto => Ok(Input::Protobuf(payload)),
         Codec::Json => {
-            match rest::json_request(&method.input(), payload, Some(json_codec.request))
+            match rest::json_request(&method.input(), &payload, Some(json_codec.request))
                 .map_err(|problem| problem.to_status())?
             {
-                JsonRequest::Encoded(wire) => framing::encode_bytes(&wire),
-                JsonRequest::Parsed(message) => framing::encode(&message),
+                JsonRequest::Encoded(wire) => Ok(Input::Protobuf(Bytes::from(wire))),
+                JsonRequest::Parsed(message) => Ok(Input::Message(message)),
             }
         }
-    };
-    encoded.map_err(|err| {
-        status(
-            Code::ResourceExhausted,
-            "PAYLOAD_TOO_LARGE",
-            err.to_string(),
-        )
-    })
+    }
 }
 
 fn check_timeout(parts: &Parts) -> Result<(), Refusal> {

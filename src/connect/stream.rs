@@ -1,7 +1,8 @@
-//! The answer half of a Connect server stream: each gRPC message, as it arrives, becomes one
-//! envelope in the request's codec (compressed per message when the client accepts a coding
-//! and the message is large enough), and the stream ends with the end-of-stream message: `{}`,
-//! or the error the gRPC trailers carried, or `deadline_exceeded` at `Connect-Timeout-Ms`.
+//! The answer half of a Connect server stream: each message the method's direct call yields,
+//! already written in the request's codec, becomes one envelope as it arrives (compressed per
+//! message when the client accepts a coding and the message is large enough), and the stream
+//! ends with the end-of-stream message: `{}`, or the error that ended the method's stream, or
+//! `deadline_exceeded` at `Connect-Timeout-Ms`.
 
 use std::convert::Infallible;
 
@@ -11,7 +12,7 @@ use axum::{
     response::Response,
 };
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -21,13 +22,11 @@ use super::{
 };
 use crate::{
     answer::connect,
-    rest::{direct::WriteJson, framing::FrameDecoder},
+    rest::direct::{ItemError, Items},
 };
 
-/// How the stream's messages are written.
+/// How the stream's messages are sent.
 pub struct Writer {
-    /// The method's typed codec of one answer, protobuf to JSON.
-    pub json_answer: WriteJson,
     pub json: bool,
     /// The coding the client accepts (`Connect-Accept-Encoding`), if the gateway writes one.
     pub compression: Option<Coding>,
@@ -37,17 +36,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// One gRPC message as one envelope.
-    async fn envelope(&self, payload: Bytes) -> Result<Bytes, tonic::Status> {
-        let message = if self.json {
-            Bytes::from((self.json_answer)(&payload).map_err(|err| {
-                internal(format!(
-                    "writing a message of the gRPC stream as JSON: {err}"
-                ))
-            })?)
-        } else {
-            payload
-        };
+    /// One message, in the request's codec, as one envelope.
+    async fn envelope(&self, message: Vec<u8>) -> Result<Bytes, tonic::Status> {
         match self.compression {
             Some(coding) if message.len() >= self.compression_min_bytes => {
                 let compressed = envelope::deflate(&message, coding)
@@ -60,8 +50,8 @@ impl Writer {
     }
 }
 
-/// The streamed answer: HTTP 200 at once, then envelopes as the gRPC stream yields messages.
-pub fn respond(mut body: Body, writer: Writer) -> Response {
+/// The streamed answer: HTTP 200 at once, then envelopes as the method yields messages.
+pub fn respond(mut items: Items, writer: Writer) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
     let json = writer.json;
     let compression = writer.compression;
@@ -73,52 +63,29 @@ pub fn respond(mut body: Body, writer: Writer) -> Response {
             }
         };
         tokio::pin!(deadline);
-        let mut frames = FrameDecoder::default();
         let end: Option<tonic::Status> = loop {
-            let frame = tokio::select! {
-                frame = body.frame() => frame,
+            let item = tokio::select! {
+                item = items.next() => item,
                 () = &mut deadline => break Some(status(
                     Code::DeadlineExceeded,
                     "DEADLINE_EXCEEDED",
                     "the stream reached its Connect-Timeout-Ms",
                 )),
             };
-            let Some(frame) = frame else { break None };
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(err) => break Some(internal(format!("reading the gRPC stream: {err}"))),
+            let message = match item {
+                None => break None,
+                Some(Ok(message)) => message,
+                Some(Err(ItemError::Status(status))) => break Some(status),
+                Some(Err(ItemError::Unwritable(detail))) => break Some(internal(detail)),
             };
-            match frame.into_data() {
-                Ok(data) => {
-                    frames.push(&data);
-                    loop {
-                        match frames.next_message() {
-                            Ok(Some(payload)) => match writer.envelope(payload).await {
-                                Ok(envelope) => {
-                                    if tx.send(Ok(envelope)).await.is_err() {
-                                        // The client went away; dropping the body ends the call.
-                                        return;
-                                    }
-                                }
-                                Err(status) => {
-                                    let _ = tx.send(Ok(connect::end_stream(Some(&status)))).await;
-                                    return;
-                                }
-                            },
-                            Ok(None) => break,
-                            Err(err) => {
-                                let status = internal(err.to_string());
-                                let _ = tx.send(Ok(connect::end_stream(Some(&status)))).await;
-                                return;
-                            }
-                        }
+            match writer.envelope(message).await {
+                Ok(envelope) => {
+                    if tx.send(Ok(envelope)).await.is_err() {
+                        // The client went away; dropping the items ends the method's stream.
+                        return;
                     }
                 }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        break crate::rest::framing::error_status(&trailers);
-                    }
-                }
+                Err(status) => break Some(status),
             }
         };
         let _ = tx.send(Ok(connect::end_stream(end.as_ref()))).await;

@@ -1,9 +1,10 @@
-//! REST's direct call: an RPC's request message handed to the service's method as a
-//! `tonic::Request` (the same metadata and extensions the in-process gRPC call would carry),
-//! with no protobuf framing, no second HTTP request and no router in between; a server
-//! stream's answers come back one by one, each written as JSON by the typed codec. The table is built
-//! where the services are (`startup`), each entry guarded by the same scope policy as the gRPC
-//! paths; a method without an entry is called in process over gRPC, as before.
+//! The direct call, REST's and Connect's: an RPC's request message handed to the service's
+//! method as a `tonic::Request` (the same metadata and extensions a gRPC call carries), with
+//! no protobuf framing, no second HTTP request and no router in between; a server stream's
+//! answers come back one by one, each written by the typed codec (as JSON, or as protobuf for
+//! Connect's `proto` codec). The table is built where the services are (`startup`), each entry
+//! guarded by the same scope policy as the gRPC paths; a REST transcoder built without the
+//! table calls the services in process over gRPC.
 //!
 //! A `body: "*"` JSON object reaches the method unparsed ([`Input::Json`]) and is read by the
 //! method's typed proto3 JSON codec (generated from the protos, as prost's types are): no
@@ -18,7 +19,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use prost_reflect::DynamicMessage;
 
-use crate::answer::Rejection;
+use crate::{
+    answer::Rejection,
+    extensions::{ClientIp, RequestId},
+    identity::Identity,
+};
 
 /// Why a direct call has no answer: the service's own status, or the scope policy's refusal
 /// (answered as the gRPC path would answer it, so REST renders both alike).
@@ -50,26 +55,33 @@ pub enum Input {
     /// A JSON object (measured, charged and inspected as REST bodies are) for the typed codec,
     /// and the path and query fields, encoded, to merge over it (the body sets none of them).
     Json { body: Bytes, overlay: Vec<u8> },
+    /// Protobuf as a client sent it (Connect's `proto` codec), decoded as the gRPC decoder
+    /// decodes: charged to the call's budget first, then held to the protos' rules.
+    Protobuf(Bytes),
 }
 
 pub type Reply = Result<tonic::Response<Output>, Failure>;
 
-/// What the caller does with the answer's JSON (the typed codec writes every answer).
+/// How the caller takes the answer: as JSON the typed codec writes, or as protobuf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// Sends it as it is: whole, or a large one in pieces as they are written.
+    /// JSON, sent as it is: whole, or a large one in pieces as they are written.
     Written,
-    /// Reads it before sending it (an `ETag`, a `Location`, one field of it): in one buffer.
+    /// JSON read before it is sent (an `ETag`, a `Location`, one field of it): in one buffer.
     ToRead,
+    /// Protobuf, the message encoded (Connect's `proto` codec).
+    Protobuf,
 }
 
-/// A direct call's answer, as REST's JSON, in the form asked for.
+/// A direct call's answer, in the form asked for.
 pub enum Output {
     /// To be sent as it is: one buffer (with its length), or a large answer's pieces
     /// (`typed_json_pieces`).
     Json(Body),
     /// In one buffer, to be read.
     ToRead(Vec<u8>),
+    /// The answer encoded as protobuf.
+    Protobuf(Bytes),
 }
 
 /// One unary method: takes the request and answers one message of its output type.
@@ -79,21 +91,30 @@ pub type Call = Arc<
         + Sync,
 >;
 
-/// A server stream's answers, each written as REST's JSON by the typed codec; an error ends it.
+/// A server stream's answers, each written as JSON by the typed codec or encoded as protobuf
+/// (as [`ItemsAs`] asked); an error ends it.
 pub type Items = Pin<Box<dyn Stream<Item = Result<Vec<u8>, ItemError>> + Send>>;
+
+/// How a server stream's answers are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemsAs {
+    Json,
+    Protobuf,
+}
 
 /// One server-streaming method: takes the request and answers its stream, or why not.
 pub type StreamCall = Arc<
     dyn Fn(
             tonic::Request<Input>,
+            ItemsAs,
         ) -> Pin<Box<dyn Future<Output = Result<tonic::Response<Items>, Failure>> + Send>>
         + Send
         + Sync,
 >;
 
-/// A method's typed proto3 JSON codec between JSON and protobuf, for a protocol whose calls
-/// carry protobuf between JSON ends (Connect's JSON): the codec REST's direct calls read and
-/// write with, so both write the same bytes.
+/// A method's typed proto3 JSON codec between JSON and protobuf: Connect reads its JSON
+/// requests with it (after REST's inspection of the body), with the codec REST's direct
+/// calls read with.
 #[derive(Clone, Copy)]
 pub struct JsonCodec {
     pub request: ReadJson,
@@ -131,4 +152,20 @@ impl Direct {
     pub fn stream(&self, path: &str) -> Option<&StreamCall> {
         self.streams.get(path)
     }
+}
+
+/// What the layers learnt of the caller, carried on to the service: its identity, address
+/// and request id.
+pub fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
+    let mut carried = axum::http::Extensions::new();
+    if let Some(identity) = extensions.get::<Arc<Identity>>() {
+        carried.insert(Arc::clone(identity));
+    }
+    if let Some(client) = extensions.get::<ClientIp>() {
+        carried.insert(*client);
+    }
+    if let Some(id) = extensions.get::<RequestId>() {
+        carried.insert(id.clone());
+    }
+    carried
 }

@@ -23,8 +23,7 @@ use tower::ServiceExt;
 
 use crate::{
     answer::{Caller, Problem, Rejection, methods},
-    extensions::{ClientIp, MatchedRoute, RejectedFor, RequestId},
-    identity::Identity,
+    extensions::{MatchedRoute, RejectedFor},
     rest::conditional,
 };
 
@@ -40,7 +39,7 @@ pub(crate) use self::{
 };
 use super::{
     RestSettings,
-    direct::{Answer, Call, Direct, Failure, Input, Output, StreamCall},
+    direct::{Answer, Call, Direct, Failure, Input, ItemsAs, Output, StreamCall, carried},
     routes::{Lookup, Route, RouteTable},
     template,
 };
@@ -307,6 +306,10 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         Ok(Replied::Typed(Output::ToRead(body))) => {
             render::respond_written(route, body, for_location.as_ref())?
         }
+        // REST asks for JSON only.
+        Ok(Replied::Typed(Output::Protobuf(_))) => {
+            return Err(internal("a direct call answered protobuf to REST".into()));
+        }
         Ok(Replied::Dynamic(reply)) => {
             render::respond_message(route, reply, for_location.as_ref())?
         }
@@ -483,7 +486,7 @@ async fn stream_direct(
         carried(extensions),
         Input::Message(message),
     );
-    let (mut response, echo) = match call(request).await {
+    let (mut response, echo) = match call(request, ItemsAs::Json).await {
         Ok(response) => {
             let echo = Echo::of_metadata(response.metadata());
             let items = response.into_inner();
@@ -513,22 +516,6 @@ fn forwarded(headers: &HeaderMap) -> HeaderMap {
         }
     }
     forwarded
-}
-
-/// What the layers learnt of the caller, carried on to the service: its identity, address
-/// and request id.
-fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
-    let mut carried = axum::http::Extensions::new();
-    if let Some(identity) = extensions.get::<std::sync::Arc<Identity>>() {
-        carried.insert(std::sync::Arc::clone(identity));
-    }
-    if let Some(client) = extensions.get::<ClientIp>() {
-        carried.insert(*client);
-    }
-    if let Some(id) = extensions.get::<RequestId>() {
-        carried.insert(id.clone());
-    }
-    carried
 }
 
 /// The message of a unary gRPC answer, or its error as a problem.

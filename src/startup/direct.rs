@@ -1,22 +1,25 @@
-//! The table of REST's direct calls (`rest::direct`): every unary RPC of the API, mapped to its
-//! service's method on the very instances gRPC serves. Each call passes the scope policy on the
-//! way in and is settled with its outcome, as the gRPC paths' guard does; start-up fails when a
-//! unary REST route has no entry, so a new RPC cannot quietly take the slower path. The
-//! request is charged to the budget and held to the protos' rules (`codec`) as the gRPC
-//! decoder does it. A JSON body is read by the method's typed codec (pbjson's, generated from
-//! the protos); what that codec refuses goes back to be parsed by the descriptors, before the
-//! call is admitted, so nothing is counted twice.
+//! The table of direct calls (`rest::direct`), REST's and Connect's: every RPC of the API,
+//! mapped to its service's method on the very instances gRPC serves. Each call passes the
+//! scope policy on the way in and is settled with its outcome, as the gRPC paths' guard does;
+//! start-up fails when a REST route or an RPC has no entry, so a new RPC cannot quietly take
+//! a slower path. The request is charged to the budget and held to the protos' rules
+//! (`codec`) as the gRPC decoder does it. A JSON body is read by the method's typed codec
+//! (pbjson's, generated from the protos); what that codec refuses goes back to be parsed by
+//! the descriptors, before the call is admitted, so nothing is counted twice. Protobuf
+//! (Connect's `proto` codec) is decoded as the gRPC decoder decodes it
+//! (`codec::decode_request`).
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
 use axum::body::Body;
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, ReflectMessage as _};
 use tonic::{Code, Status};
 
 use crate::{
-    codec::{charge_decoding, validate::Validate},
+    codec::{charge_decoding, decode_request, validate::Validate},
     grpc::{EventApi, MessageApi, StatsApi, StreamApi, TopicApi},
     identity::Access,
     layers::Scopes,
@@ -28,8 +31,8 @@ use crate::{
     rest::{
         self, RouteTable,
         direct::{
-            Answer, Call, Direct, Failure, Input, ItemError, Items, JsonCodec, Output, Reply,
-            StreamCall,
+            Answer, Call, Direct, Failure, Input, ItemError, Items, ItemsAs, JsonCodec, Output,
+            Reply, StreamCall,
         },
     },
 };
@@ -48,8 +51,7 @@ pub(super) struct Services {
 type InPieces<Res> = fn(Res) -> Result<Body, String>;
 
 /// One unary method as a direct call: the request message becomes the method's typed input,
-/// its answer the output's message again, or its JSON (in pieces when large and `pieces` says
-/// how).
+/// its answer protobuf again, or its JSON (in pieces when large and `pieces` says how).
 fn unary<Req, Res, F, Fut>(
     scopes: &Scopes,
     path: &'static str,
@@ -57,7 +59,13 @@ fn unary<Req, Res, F, Fut>(
     pieces: Option<InPieces<Res>>,
 ) -> (&'static str, Call, JsonCodec)
 where
-    Req: prost::Message + Default + Validate + serde::de::DeserializeOwned + Send + 'static,
+    Req: prost::Message
+        + prost::Name
+        + Default
+        + Validate
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
     Res: prost::Message + Default + serde::Serialize + Send + 'static,
     F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<Res>, Status>> + Send + 'static,
@@ -87,6 +95,7 @@ where
                 (Answer::ToRead, _) => {
                     Output::ToRead(rest::typed_json_bytes(&typed).map_err(unwritable)?)
                 }
+                (Answer::Protobuf, _) => Output::Protobuf(Bytes::from(typed.encode_to_vec())),
             };
             Ok(tonic::Response::from_parts(metadata, output, extensions))
         })
@@ -95,14 +104,20 @@ where
 }
 
 /// One server-streaming method as a direct call: its answers are written as JSON by the typed
-/// codec, one by one as the service yields them.
+/// codec, or encoded as protobuf, one by one as the service yields them.
 fn server_stream<Req, Res, F, Fut, St>(
     scopes: &Scopes,
     path: &'static str,
     method: F,
 ) -> (&'static str, StreamCall, JsonCodec)
 where
-    Req: prost::Message + Default + Validate + serde::de::DeserializeOwned + Send + 'static,
+    Req: prost::Message
+        + prost::Name
+        + Default
+        + Validate
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
     Res: prost::Message + Default + serde::Serialize + Send + 'static,
     F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<St>, Status>> + Send + 'static,
@@ -110,7 +125,7 @@ where
 {
     let scopes = scopes.clone();
     let method = Arc::new(method);
-    let call: StreamCall = Arc::new(move |request: tonic::Request<Input>| {
+    let call: StreamCall = Arc::new(move |request: tonic::Request<Input>, items_as: ItemsAs| {
         let (request, access) = match admitted::<Req>(&scopes, path, request) {
             Ok(admitted) => admitted,
             Err(failure) => return Box::pin(std::future::ready(Err(failure))) as _,
@@ -121,10 +136,11 @@ where
             let answer = settled(&scopes, &access, method(request?).await)?;
             let (metadata, items, extensions) = answer.into_parts();
             let items: Items = Box::pin(items.map(move |item| {
-                match item {
-                    Ok(item) => rest::typed_json_bytes(&item)
+                match (item, items_as) {
+                    (Ok(item), ItemsAs::Json) => rest::typed_json_bytes(&item)
                         .map_err(|err| ItemError::Unwritable(format!("{path}: {err}"))),
-                    Err(status) => Err(ItemError::Status(status)),
+                    (Ok(item), ItemsAs::Protobuf) => Ok(item.encode_to_vec()),
+                    (Err(status), _) => Err(ItemError::Status(status)),
                 }
             }));
             Ok(tonic::Response::from_parts(metadata, items, extensions))
@@ -171,7 +187,7 @@ fn admitted<Req>(
     request: tonic::Request<Input>,
 ) -> Result<(Result<tonic::Request<Req>, Failure>, Arc<Access>), Failure>
 where
-    Req: prost::Message + Default + Validate + serde::de::DeserializeOwned,
+    Req: prost::Message + prost::Name + Default + Validate + serde::de::DeserializeOwned,
 {
     let (metadata, mut extensions, input) = request.into_parts();
     let input = match input {
@@ -181,6 +197,7 @@ where
             None => return Err(Failure::Untyped { body, overlay }),
         },
         Input::Message(message) => Typed::Dynamic(message),
+        Input::Protobuf(wire) => Typed::Wire(wire),
     };
     let access = match scopes.admit_call(path, &mut extensions) {
         Some(Ok(access)) => access,
@@ -194,6 +211,13 @@ where
     };
     let typed = match input {
         Typed::Built(typed) => Ok(typed),
+        // Validated as it is decoded, as the gRPC decoder does.
+        Typed::Wire(wire) => {
+            let request = decode_request::<Req>(&wire)
+                .map(|typed| tonic::Request::from_parts(metadata, extensions, typed))
+                .map_err(Failure::Status);
+            return Ok((request, access));
+        }
         // As the gRPC decoder does: charged to the budget before the typed message is built.
         Typed::Dynamic(message) => {
             let wire = message.encode_to_vec();
@@ -225,10 +249,12 @@ fn settled<T>(
     answer.map_err(Failure::Status)
 }
 
-/// A request ready for its method: built by the typed codec, or parsed by the descriptors.
+/// A request ready for its method: built by the typed codec, parsed by the descriptors, or
+/// protobuf to decode.
 enum Typed<Req> {
     Built(Req),
     Dynamic(DynamicMessage),
+    Wire(Bytes),
 }
 
 /// The typed request from a JSON object and the encoded path and query fields; `None` when the

@@ -804,6 +804,56 @@ async fn empty_messages_are_charged_for_what_they_build_on_every_path() {
     refused_over_grpc_and_nothing_stored(&app, vec![proto::Message::default(); 300]).await;
 }
 
+/// A Connect call's protobuf is decoded as the gRPC decoder decodes it: what it would build is
+/// charged to the budget first (300 empty messages do not fit 64 KiB, though their body is
+/// 600 bytes), so it is refused 429 `resource_exhausted` and nothing is stored; bytes that
+/// are not protobuf are `invalid_argument`, 400.
+#[tokio::test]
+async fn connect_protobuf_is_charged_before_it_is_decoded_and_garbage_is_invalid_argument() {
+    let app = with_64_kib_budget().await;
+    let connect = |body: Vec<u8>| {
+        app.http1
+            .post(app.url("/iggy.gateway.v1.MessageService/SendMessages"))
+            .header("content-type", "application/proto")
+            .header("connect-protocol-version", "1")
+            .body(body)
+            .send()
+    };
+    let batch = proto::SendMessagesRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+        messages: vec![proto::Message::default(); 300],
+    };
+    let refused = connect(batch.encode_to_vec()).await.expect("answered");
+    assert_eq!(refused.status(), 429);
+    let error: serde_json::Value = refused.json().await.expect("Connect's error JSON");
+    assert_eq!(error["code"], "resource_exhausted", "{error}");
+    nothing_stored(&app).await;
+
+    let garbage = connect(vec![0x2a, 0x05, 0x00]).await.expect("answered");
+    assert_eq!(garbage.status(), 400);
+    let error: serde_json::Value = garbage.json().await.expect("Connect's error JSON");
+    assert_eq!(error["code"], "invalid_argument", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("valid protobuf")),
+        "{error}"
+    );
+
+    // Within the budget, the same call is stored.
+    let mut one = batch;
+    one.messages = vec![text_message("fits")];
+    let stored = connect(one.encode_to_vec()).await.expect("answered");
+    assert_eq!(stored.status(), 200);
+    let answer = proto::SendMessagesResponse::decode(stored.bytes().await.expect("body"))
+        .expect("a protobuf answer");
+    assert_eq!(answer.ids.len(), 1);
+    let polled = app.poll_from("orders", "created", 0, 0, 10).await;
+    assert_eq!(polled.messages.len(), 1, "{polled:?}");
+}
+
 /// One JSON payload of many distinct keys (the keys the inspection keeps to find one given
 /// twice): its values are paid for before they are walked, so at a 64 KiB budget the walk stops
 /// at the budget, and the body is refused 413 as it was before the walk was one pass, with the

@@ -1330,6 +1330,45 @@ async fn connect(app: &TestApp, key: &str, method: &str, body: Value) -> (u16, V
 }
 
 #[tokio::test]
+async fn a_connect_caller_over_its_quota_hears_when_to_retry_as_a_rest_caller_does() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    let send = json!({
+        "stream": "orders", "topic": "created", "partitionId": 0,
+        "messages": [{"text": "q"}]
+    });
+    let call = || {
+        app.http1
+            .post(app.url("/iggy.gateway.v1.MessageService/SendMessages"))
+            .header("content-type", "application/json")
+            .header("connect-protocol-version", "1")
+            .header("x-api-key", "limited-key")
+            .json(&send)
+            .send()
+    };
+    // `limited` may send 1 request per second; the next within the second is refused.
+    let first = call().await.expect("sent");
+    assert_eq!(first.status(), 200);
+    let refused = call().await.expect("sent");
+    assert_eq!(refused.status(), 429);
+    let headers = refused.headers().clone();
+    let error: Value = refused.json().await.expect("Connect's error JSON");
+    assert_eq!(error["code"], "resource_exhausted", "{error}");
+    assert!(
+        error["details"].to_string().contains("QUOTA_EXCEEDED"),
+        "{error}"
+    );
+    let wait: u64 = headers["retry-after"]
+        .to_str()
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=2).contains(&wait), "retry after {wait} s");
+    assert_eq!(headers["ratelimit-limit"], "1");
+    assert_eq!(headers["ratelimit-remaining"], "0");
+}
+
+#[tokio::test]
 async fn connect_calls_are_held_to_the_keys_scopes_like_every_other_protocol() {
     let gateway = keyed_gateway().await;
     let app = &gateway.app;

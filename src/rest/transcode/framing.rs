@@ -1,4 +1,4 @@
-//! gRPC framing of the in-process calls (REST's and Connect's): the request goes out as one
+//! gRPC framing of REST's in-process calls (a transcoder built without the direct table): the request goes out as one
 //! length-prefixed frame (a flag byte, a 4-byte big-endian length, the protobuf message), and
 //! the answer's frames are taken apart by one decoder, whether the answer is one message (unary)
 //! or a stream. The answer's `grpc-status` is read here too. Nothing here knows JSON or REST:
@@ -40,16 +40,6 @@ pub(crate) fn encode(message: &DynamicMessage) -> Result<Bytes, EncodeError> {
     frame.put_u8(0);
     frame.put_u32(u32::try_from(length).map_err(|_| EncodeError::TooLarge)?);
     message.encode(&mut frame)?;
-    Ok(frame.freeze())
-}
-
-/// One uncompressed frame around a message already encoded (a Connect client's protobuf
-/// body, passed on without being decoded here: the service decodes it, within its limits).
-pub(crate) fn encode_bytes(message: &[u8]) -> Result<Bytes, EncodeError> {
-    let mut frame = BytesMut::with_capacity(PREFIX + message.len());
-    frame.put_u8(0);
-    frame.put_u32(u32::try_from(message.len()).map_err(|_| EncodeError::TooLarge)?);
-    frame.put_slice(message);
     Ok(frame.freeze())
 }
 
