@@ -21,7 +21,7 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header},
+    http::{HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
@@ -39,28 +39,13 @@ use crate::{
         self,
         direct::{
             Answer, Call, Direct, Failure, Input, ItemsAs, JsonCodec, Output, StreamCall, carried,
+            forwarded,
         },
     },
 };
 
 /// `google.protobuf.MethodOptions.IdempotencyLevel.NO_SIDE_EFFECTS`: such methods take `GET`.
 const NO_SIDE_EFFECTS: i32 = 1;
-
-/// Request headers that belong to HTTP or to Connect itself, never passed on as metadata.
-const NOT_METADATA: [&str; 12] = [
-    "host",
-    "connection",
-    "content-type",
-    "content-length",
-    "content-encoding",
-    "accept",
-    "accept-encoding",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "keep-alive",
-    "proxy-connection",
-];
 
 /// How the translator reads requests.
 #[derive(Debug, Clone, Copy)]
@@ -258,19 +243,12 @@ impl Connect {
     }
 }
 
-/// The service's request: the call's message, its headers as metadata (but HTTP's and
-/// Connect's own), what the layers learnt of the caller.
+/// The service's request: the call's message, the headers every direct call carries on as
+/// metadata (REST's: ids, trace context, credentials, idempotency key), what the layers
+/// learnt of the caller.
 fn service_request(parts: &http::request::Parts, input: Input) -> tonic::Request<Input> {
-    let mut metadata = HeaderMap::new();
-    for (name, value) in &parts.headers {
-        let name_text = name.as_str();
-        if NOT_METADATA.contains(&name_text) || name_text.starts_with("connect-") {
-            continue;
-        }
-        metadata.append(name, value.clone());
-    }
     tonic::Request::from_parts(
-        MetadataMap::from_headers(metadata),
+        MetadataMap::from_headers(forwarded(&parts.headers)),
         carried(&parts.extensions),
         input,
     )

@@ -339,8 +339,8 @@ pub struct Rpc {
 }
 
 /// One call's authorization: who makes it, which RPC, and whether the service has checked
-/// its target yet. Set by the scope layer in the request's extensions; the transcoder carries
-/// it into the in-process call, and the service reads it from there.
+/// its target yet. Set in the request's extensions by the scope layer (gRPC, gRPC-Web) or by
+/// the direct call's admission (REST, Connect); the service reads it from there.
 pub struct Access {
     identity: Arc<Identity>,
     rpc: Arc<Rpc>,

@@ -27,12 +27,12 @@
 //!     (`Content-Encoding`) is inflated here, so both limits count what it inflates to.
 //!
 //! Below the router, each of the API's gRPC services is guarded by [`Scopes`] (`scope.rs`):
-//! the scope each RPC needs, and the identity's quotas, checked on the gRPC path that every
-//! protocol reaches (REST and Connect through their in-process calls).
+//! the scope each RPC needs, and the identity's quotas, checked on the gRPC path of the call
+//! (REST and Connect, which call the methods directly, are admitted by the same policy).
 //!
 //! Every rejection answers in the caller's protocol (see [`protocol`]). Layers never look
-//! inside message bodies. REST calls reach their gRPC service in process, below this stack,
-//! so a REST call passes each layer exactly once.
+//! inside message bodies. REST and Connect calls reach their service's method below this
+//! stack, so each call passes each layer exactly once.
 
 pub mod after;
 pub mod allowed_hosts;

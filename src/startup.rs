@@ -579,8 +579,8 @@ fn routes(
         GrpcPaths::new(GrpcWebLayer::new().layer(service))
     }
     // The API's services also answer Connect calls on their paths (told apart by content type).
-    // Connect calls are translated to the in-process services above, whose scope guard checks
-    // them; the guard here sees gRPC and gRPC-Web calls only, so no call is checked twice.
+    // Connect calls are direct calls, admitted by the same scope policy; the guard here sees
+    // gRPC and gRPC-Web calls only, so no call is checked twice.
     fn api<S>(
         connect: &Arc<Connect>,
         scopes: &Scopes,

@@ -1,6 +1,6 @@
 //! Scopes and quotas, per identity: the policy that guards each of the API's gRPC services,
-//! whatever protocol reached it (gRPC and gRPC-Web directly, Connect through its in-process
-//! call, REST's unary calls through `admit_call`/`settle_call` around the method itself), so
+//! whatever protocol reached it (gRPC and gRPC-Web directly, REST and Connect through
+//! `admit_call`/`settle_call` around the method itself, in their direct calls), so
 //! every protocol is judged by the same policy, keyed by the same gRPC path.
 //!
 //! The scope each RPC needs is read from the descriptor set at start-up

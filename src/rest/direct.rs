@@ -14,7 +14,10 @@
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
-use axum::body::Body;
+use axum::{
+    body::Body,
+    http::{HeaderMap, HeaderName, header},
+};
 use bytes::Bytes;
 use futures_util::Stream;
 use prost_reflect::DynamicMessage;
@@ -168,4 +171,27 @@ pub fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
         carried.insert(id.clone());
     }
     carried
+}
+
+/// Request headers a direct call carries on to the service as metadata (REST's in-process gRPC
+/// call as well): the request's ids and trace context, its credentials, its idempotency key.
+/// Only these, so a service reading metadata cannot be handed anything else a client sends.
+pub const FORWARDED_HEADERS: [HeaderName; 6] = [
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("idempotency-key"),
+];
+
+/// The request headers a call carries on as metadata ([`FORWARDED_HEADERS`]).
+pub fn forwarded(headers: &HeaderMap) -> HeaderMap {
+    let mut forwarded = HeaderMap::new();
+    for name in &FORWARDED_HEADERS {
+        for value in headers.get_all(name) {
+            forwarded.append(name.clone(), value.clone());
+        }
+    }
+    forwarded
 }

@@ -39,20 +39,13 @@ pub(crate) use self::{
 };
 use super::{
     RestSettings,
-    direct::{Answer, Call, Direct, Failure, Input, ItemsAs, Output, StreamCall, carried},
+    direct::{
+        Answer, Call, Direct, FORWARDED_HEADERS, Failure, Input, ItemsAs, Output, StreamCall,
+        carried, forwarded,
+    },
     routes::{Lookup, Route, RouteTable},
     template,
 };
-
-/// Request headers passed on to the gRPC service as metadata.
-const FORWARDED_HEADERS: [header::HeaderName; 6] = [
-    header::HeaderName::from_static("x-request-id"),
-    header::HeaderName::from_static("traceparent"),
-    header::HeaderName::from_static("tracestate"),
-    header::AUTHORIZATION,
-    header::HeaderName::from_static("x-api-key"),
-    header::HeaderName::from_static("idempotency-key"),
-];
 
 /// Headers of the gRPC answer that the REST answer carries too: quota advice on a refusal, and
 /// whether a send was answered from the idempotency record.
@@ -505,17 +498,6 @@ async fn stream_direct(
     };
     echo.apply(&mut response);
     response
-}
-
-/// The request headers a call carries on as metadata ([`FORWARDED_HEADERS`]).
-fn forwarded(headers: &HeaderMap) -> HeaderMap {
-    let mut forwarded = HeaderMap::new();
-    for name in &FORWARDED_HEADERS {
-        for value in headers.get_all(name) {
-            forwarded.append(name.clone(), value.clone());
-        }
-    }
-    forwarded
 }
 
 /// The message of a unary gRPC answer, or its error as a problem.

@@ -82,7 +82,7 @@ where
         };
         let (scopes, method) = (scopes.clone(), Arc::clone(&method));
         Box::pin(async move {
-            let answer = settled(&scopes, &access, method(request?).await)?;
+            let answer = settled(&scopes, &access, called(request, &*method).await?)?;
             let (metadata, typed, extensions) = answer.into_parts();
             let unwritable = |err: String| Failure::Unwritable(format!("{path}: {err}"));
             let output = match (answer_as, pieces) {
@@ -133,7 +133,7 @@ where
         let (scopes, method) = (scopes.clone(), Arc::clone(&method));
         Box::pin(async move {
             // As the gRPC guard settles a stream: by how it starts.
-            let answer = settled(&scopes, &access, method(request?).await)?;
+            let answer = settled(&scopes, &access, called(request, &*method).await?)?;
             let (metadata, items, extensions) = answer.into_parts();
             let items: Items = Box::pin(items.map(move |item| {
                 match (item, items_as) {
@@ -235,6 +235,24 @@ where
         Ok(tonic::Request::from_parts(metadata, extensions, typed))
     });
     Ok((request, access))
+}
+
+/// The method's answer to an admitted call, or the status its request was refused with
+/// (over the budget, not protobuf, against the protos' rules), which settles the call as the
+/// gRPC guard settles a call its decoder refused: counted and, for an admin call, audited.
+async fn called<Req, Res, F, Fut>(
+    request: Result<tonic::Request<Req>, Failure>,
+    method: &F,
+) -> Result<Result<tonic::Response<Res>, Status>, Failure>
+where
+    F: Fn(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Res>, Status>>,
+{
+    match request {
+        Ok(request) => Ok(method(request).await),
+        Err(Failure::Status(status)) => Ok(Err(status)),
+        Err(failure) => Err(failure),
+    }
 }
 
 /// Settles an admitted call with the code its method answered: the answer, or why there is

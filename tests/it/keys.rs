@@ -1167,6 +1167,17 @@ async fn the_binary_reloads_on_sighup_and_writes_an_audit_line_per_admin_call_an
         .await
         .expect("sent");
     assert_eq!(refused.status(), 403);
+    // An admin call whose request the protos refuse is audited too, over Connect as over gRPC.
+    let invalid = client
+        .post(url("/iggy.gateway.v1.StreamService/CreateStream"))
+        .header("x-api-key", "team-key")
+        .header("x-request-id", "audit-invalid-1")
+        .header("connect-protocol-version", "1")
+        .json(&json!({"name": "12345"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(invalid.status(), 400);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let line = |id: &str| -> Value {
         let lines = gateway.logged(id);
@@ -1186,6 +1197,10 @@ async fn the_binary_reloads_on_sighup_and_writes_an_audit_line_per_admin_call_an
     assert_eq!(refusal["fields"]["target"], "payments");
     assert_eq!(refusal["fields"]["result"], "PERMISSION_DENIED");
     assert_eq!(refusal["fields"]["scope"], "admin");
+    let invalid = line("audit-invalid-1");
+    assert_eq!(invalid["fields"]["identity"], "orders-team");
+    assert_eq!(invalid["fields"]["method"], "StreamService.CreateStream");
+    assert_eq!(invalid["fields"]["result"], "INVALID_ARGUMENT");
 
     // SIGHUP: the file's new key works, the removed one no longer does.
     std::fs::write(
