@@ -4,7 +4,7 @@
 //! [`Application::build`] binds (port 0 works) and exposes the bound address, so tests start a
 //! gateway on a free port; [`Application::run_until_stopped`] takes any shutdown future.
 
-mod direct;
+pub mod direct;
 mod reflection;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};

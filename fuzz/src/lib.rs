@@ -17,12 +17,17 @@ use iggy_gateway::{
         Identifier, Name, PartitionInfo, PolledMessages, PollMessages, PollingStrategy,
         SendMessages, Sent, StoredMessage, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
     },
-    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StreamApi, TopicApi},
+    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
+    identity::{Identity, KeyRing},
+    layers::Scopes,
+    metrics::Metrics,
     proto::{
         event_service_server::EventServiceServer, message_service_server::MessageServiceServer,
         stream_service_server::StreamServiceServer, topic_service_server::TopicServiceServer,
     },
     rest,
+    startup::direct::{self, Services},
+    stats::Stats,
     subscription::{CursorKeys, SubscribeSettings, Subscriptions},
 };
 use tokio::sync::watch;
@@ -298,7 +303,8 @@ impl Gateway {
         }
     }
 
-    /// The gRPC services alone, as `startup` mounts them (what REST calls in process).
+    /// The gRPC services alone, as `startup` mounts them (what REST falls back to, in process,
+    /// for a route without a direct call).
     pub fn grpc_router(&self) -> axum::Router {
         let mut builder = tonic::service::Routes::builder();
         builder
@@ -321,8 +327,11 @@ impl Gateway {
         builder.routes().prepare().into_axum_router()
     }
 
-    /// REST (route table from the descriptor set, transcoder) over the gRPC services, with the
-    /// gRPC services also mounted, as `startup` does (without gRPC-Web and reflection).
+    /// REST (route table from the descriptor set, transcoder, and the table of direct calls it
+    /// makes to the services, held to the scope policy) with the gRPC services also mounted, as
+    /// `startup` does (without gRPC-Web, Connect and reflection). Below the layers (the
+    /// `rest_transcode` target) a call is anonymous, as when no API key is configured; under
+    /// them (the `layers` target) the API key layer's identity stands.
     pub fn http_router(&self) -> axum::Router {
         let table = route_table();
         let settings = rest::RestSettings {
@@ -331,7 +340,26 @@ impl Gateway {
             batch_max: 1000,
             poll_max: 1000,
         };
-        let rest = rest::router(table, self.grpc_router(), settings);
+        let metrics = Arc::new(Metrics::new());
+        let scopes = Scopes::new(Arc::new(KeyRing::from_static(&[])), Arc::clone(&metrics))
+            .expect("every RPC declares its scope");
+        let broker: Arc<dyn Broker> = self.broker.clone();
+        let services = Services {
+            streams: Arc::new(self.streams.clone()),
+            topics: Arc::new(self.topics.clone()),
+            messages: Arc::new(self.messages.clone()),
+            events: Arc::new(self.events.clone()),
+            stats: Arc::new(StatsApi::new(Arc::new(Stats::new(broker, metrics)))),
+        };
+        let (calls, _) = direct::table(&scopes, &services, &table).expect("the direct table");
+        let rest = rest::router_with(table, self.grpc_router(), calls, settings).layer(
+            tower::util::MapRequestLayer::new(|mut request: http::Request<Body>| {
+                if request.extensions().get::<Arc<Identity>>().is_none() {
+                    request.extensions_mut().insert(Identity::anonymous());
+                }
+                request
+            }),
+        );
         tonic::service::Routes::from(rest)
             .add_service(
                 StreamServiceServer::new(self.streams.clone())

@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// The service instances the table calls.
-pub(super) struct Services {
+pub struct Services {
     pub streams: Arc<StreamApi>,
     pub topics: Arc<TopicApi>,
     pub messages: Arc<MessageApi>,
@@ -319,8 +319,9 @@ macro_rules! entries {
 }
 
 /// Every unary RPC of the API, and its server streams; fails when a route of `table` has none.
-/// Beside them, each method's typed JSON codec, by gRPC path (for Connect's JSON).
-pub(super) fn table(
+/// Beside them, each method's typed JSON codec, by gRPC path (for Connect's JSON). Public for
+/// the fuzz targets, which call the services as REST does.
+pub fn table(
     scopes: &Scopes,
     services: &Services,
     table: &RouteTable,
