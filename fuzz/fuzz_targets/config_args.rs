@@ -72,7 +72,10 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(!debug.contains(escaped), "API key {key:?} in Debug output");
         for (name, value) in &settings {
-            assert!(!value.contains(key.as_str()), "API key {key:?} shown in {name}");
+            assert!(
+                !value.contains(key.as_str()),
+                "API key {key:?} shown in {name}"
+            );
         }
     }
 });

@@ -69,23 +69,32 @@ fn same_json(a: &pbjson_types::Value, b: &pbjson_types::Value) -> Result<(), Str
             if x.to_bits() == y.to_bits() || ulp_ok {
                 Ok(())
             } else {
-                Err(format!("number {x:e} ({:#x}) came back as {y:e} ({:#x})", x.to_bits(), y.to_bits()))
+                Err(format!(
+                    "number {x:e} ({:#x}) came back as {y:e} ({:#x})",
+                    x.to_bits(),
+                    y.to_bits()
+                ))
             }
         }
         (Some(Kind::ListValue(x)), Some(Kind::ListValue(y))) => {
             if x.values.len() != y.values.len() {
                 return Err("list length".into());
             }
-            x.values.iter().zip(&y.values).try_for_each(|(x, y)| same_json(x, y))
+            x.values
+                .iter()
+                .zip(&y.values)
+                .try_for_each(|(x, y)| same_json(x, y))
         }
         (Some(Kind::StructValue(x)), Some(Kind::StructValue(y))) => {
             if x.fields.len() != y.fields.len() {
                 return Err("struct size".into());
             }
-            x.fields.iter().try_for_each(|(k, v)| match y.fields.get(k) {
-                Some(w) => same_json(v, w),
-                None => Err(format!("key {k:?} lost")),
-            })
+            x.fields
+                .iter()
+                .try_for_each(|(k, v)| match y.fields.get(k) {
+                    Some(w) => same_json(v, w),
+                    None => Err(format!("key {k:?} lost")),
+                })
         }
         (x, y) if x == y => Ok(()),
         (x, y) => Err(format!("{x:?} came back as {y:?}")),
@@ -132,7 +141,10 @@ async fn send_then_poll(gateway: &Gateway, request: proto::SendMessagesRequest) 
         .into_inner();
     assert_eq!(polled.messages.len(), sent.len(), "batch size");
     for ((message, polled), id) in sent.iter().zip(&polled.messages).zip(&answer.ids) {
-        assert_eq!(&polled.id, id, "polled id differs from the id SendMessages answered");
+        assert_eq!(
+            &polled.id, id,
+            "polled id differs from the id SendMessages answered"
+        );
         if !message.id.is_empty() {
             assert_eq!(
                 polled.id.to_ascii_lowercase().replace('-', ""),
@@ -157,7 +169,10 @@ async fn send_then_poll(gateway: &Gateway, request: proto::SendMessagesRequest) 
 
 async fn subscribe(gateway: &Gateway, request: proto::SubscribeRequest) {
     use tokio_stream_shim::next;
-    let result = gateway.messages.subscribe(Request::new(request.clone())).await;
+    let result = gateway
+        .messages
+        .subscribe(Request::new(request.clone()))
+        .await;
     check_status("Subscribe", &result);
     let Ok(stream) = result else {
         return;
@@ -168,7 +183,10 @@ async fn subscribe(gateway: &Gateway, request: proto::SubscribeRequest) {
     for _ in 0..3 {
         match next(&mut stream).await {
             Some(Ok(item)) => {
-                assert!(!item.cursor.is_empty(), "every subscription item carries a cursor");
+                assert!(
+                    !item.cursor.is_empty(),
+                    "every subscription item carries a cursor"
+                );
                 cursor = Some(item.cursor);
             }
             Some(Err(status)) => {
@@ -200,10 +218,13 @@ async fn subscribe(gateway: &Gateway, request: proto::SubscribeRequest) {
 /// `tokio_stream` is not a dependency here; the receiver is read directly.
 mod tokio_stream_shim {
     pub async fn next<S: futures_util::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
-        tokio::time::timeout(std::time::Duration::from_secs(1), futures_util::StreamExt::next(stream))
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            futures_util::StreamExt::next(stream),
+        )
+        .await
+        .ok()
+        .flatten()
     }
 }
 
@@ -229,17 +250,37 @@ async fn call(gateway: &Gateway, selector: u8, bytes: &[u8]) {
         9 => unary!(gateway.topics, update_topic, proto::UpdateTopicRequest),
         10 => unary!(gateway.topics, delete_topic, proto::DeleteTopicRequest),
         11 => unary!(gateway.topics, purge_topic, proto::PurgeTopicRequest),
-        12 => unary!(gateway.topics, create_partitions, proto::CreatePartitionsRequest),
-        13 => unary!(gateway.topics, delete_partitions, proto::DeletePartitionsRequest),
+        12 => unary!(
+            gateway.topics,
+            create_partitions,
+            proto::CreatePartitionsRequest
+        ),
+        13 => unary!(
+            gateway.topics,
+            delete_partitions,
+            proto::DeletePartitionsRequest
+        ),
         14 => {
             if let Some(request) = decode::<proto::SendMessagesRequest>(bytes) {
                 send_then_poll(gateway, request).await;
             }
         }
         15 => unary!(gateway.messages, poll_messages, proto::PollMessagesRequest),
-        16 => unary!(gateway.messages, store_consumer_offset, proto::StoreConsumerOffsetRequest),
-        17 => unary!(gateway.messages, get_consumer_offset, proto::GetConsumerOffsetRequest),
-        18 => unary!(gateway.messages, delete_consumer_offset, proto::DeleteConsumerOffsetRequest),
+        16 => unary!(
+            gateway.messages,
+            store_consumer_offset,
+            proto::StoreConsumerOffsetRequest
+        ),
+        17 => unary!(
+            gateway.messages,
+            get_consumer_offset,
+            proto::GetConsumerOffsetRequest
+        ),
+        18 => unary!(
+            gateway.messages,
+            delete_consumer_offset,
+            proto::DeleteConsumerOffsetRequest
+        ),
         19 => {
             if let Some(request) = decode::<proto::SubscribeRequest>(bytes) {
                 subscribe(gateway, request).await;

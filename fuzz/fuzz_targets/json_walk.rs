@@ -13,7 +13,12 @@ fuzz_target!(|data: &[u8]| {
     // The walk ends where serde_json's reading ends: whole on what it takes, short on what it
     // refuses, and counts the values it counts.
     let counted = count_values(data);
-    assert_eq!(walked.finished, counted.is_ok(), "{:?}", String::from_utf8_lossy(data));
+    assert_eq!(
+        walked.finished,
+        counted.is_ok(),
+        "{:?}",
+        String::from_utf8_lossy(data)
+    );
     if let Ok(values) = counted {
         assert_eq!(walked.values, values);
     }

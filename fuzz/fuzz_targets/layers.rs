@@ -60,12 +60,16 @@ fn load_settings() -> LayerSettings {
         "5000",
     ];
     // ALLOWED_HOSTS is newer than some revisions of the gateway: used when the flag exists.
-    let hosts = ["--allowed-hosts", "localhost:8080,example.com,[::1],127.0.0.1"];
+    let hosts = [
+        "--allowed-hosts",
+        "localhost:8080,example.com,[::1],127.0.0.1",
+    ];
     let config = Config::load_from(base.iter().chain(hosts.iter()).copied())
         .or_else(|_| Config::load_from(base))
         .map(|(config, _)| config)
         .unwrap_or_else(|err| match err {
-            iggy_gateway::config::LoadError::Info(e) | iggy_gateway::config::LoadError::Invalid(e) => {
+            iggy_gateway::config::LoadError::Info(e)
+            | iggy_gateway::config::LoadError::Invalid(e) => {
                 panic!("the layers target's own configuration must load: {e}")
             }
         });
@@ -90,8 +94,8 @@ fuzz_target!(|data: &[u8]| {
     // new each time, so no input sees another's limits.
     let routes = with_shared_gateway(|_, router| router.clone());
     runtime.block_on(async {
-        let inner = routes
-            .layer(tower::util::MapRequestLayer::new(|request: http::Request<axum::body::Body>| {
+        let inner = routes.layer(tower::util::MapRequestLayer::new(
+            |request: http::Request<axum::body::Body>| {
                 let path = request.uri().path();
                 if !Exempt::HealthChecks.covers(path) && path != "/v1/streams" {
                     if let Some(query) = request.uri().query() {
@@ -103,8 +107,11 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 request
-            }));
-        let keys = Arc::new(iggy_gateway::identity::KeyRing::from_static(&settings().auth.keys));
+            },
+        ));
+        let keys = Arc::new(iggy_gateway::identity::KeyRing::from_static(
+            &settings().auth.keys,
+        ));
         let (router, _limiter) = layers::apply(inner, &settings(), metrics(), keys);
         for request in requests {
             let shown = format!("{} {}", request.method(), request.uri());

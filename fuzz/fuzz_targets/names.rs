@@ -31,7 +31,11 @@ fuzz_target!(|data: &[u8]| {
     match Identifier::parse(text) {
         Ok(id) => {
             let shown = id.to_string();
-            assert_eq!(Identifier::parse(&shown), Ok(id.clone()), "Display re-parses");
+            assert_eq!(
+                Identifier::parse(&shown),
+                Ok(id.clone()),
+                "Display re-parses"
+            );
             match &id {
                 Identifier::Id(n) => assert_eq!(text.parse::<u32>().ok(), Some(*n)),
                 Identifier::Name(name) => {

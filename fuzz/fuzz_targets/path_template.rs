@@ -24,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
         if matches!(table.find(&http::Method::GET, path), Lookup::NotFound) {
             continue;
         }
-        for method in [http::Method::POST, http::Method::DELETE, http::Method::PATCH] {
+        for method in [
+            http::Method::POST,
+            http::Method::DELETE,
+            http::Method::PATCH,
+        ] {
             let _ = table.find(&method, path);
         }
     }
@@ -32,17 +36,27 @@ fuzz_target!(|data: &[u8]| {
     let Ok(template) = PathTemplate::parse(source) else {
         return;
     };
-    assert_eq!(template.to_string(), source, "Display must give back the source");
+    assert_eq!(
+        template.to_string(),
+        source,
+        "Display must give back the source"
+    );
     let fields: Vec<String> = template.fields().map(str::to_owned).collect();
     let openapi = template.openapi_path();
     if let Ok(again) = PathTemplate::parse(&openapi) {
         let again_fields: Vec<String> = again.fields().map(str::to_owned).collect();
-        assert_eq!(fields, again_fields, "openapi_path {openapi:?} of {source:?} binds other fields");
+        assert_eq!(
+            fields, again_fields,
+            "openapi_path {openapi:?} of {source:?} binds other fields"
+        );
     }
     for path in paths {
         if let Some(bindings) = template.matches(path) {
             let bound: Vec<&str> = bindings.iter().map(|(f, _)| f.as_str()).collect();
-            assert_eq!(bound, fields, "{source:?} matched {path:?} with other fields");
+            assert_eq!(
+                bound, fields,
+                "{source:?} matched {path:?} with other fields"
+            );
         }
     }
 });

@@ -20,7 +20,10 @@ fn check<M: Message + Default + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
     if again != message {
         // NaN never equals itself; compare the encodings instead.
         let shown = format!("{message:?}");
-        assert!(shown.contains("NaN"), "decode(encode(x)) != x:\n{message:?}\n{again:?}");
+        assert!(
+            shown.contains("NaN"),
+            "decode(encode(x)) != x:\n{message:?}\n{again:?}"
+        );
         assert_eq!(again.encoded_len(), encoded.len());
     }
 }

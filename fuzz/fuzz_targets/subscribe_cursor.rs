@@ -13,7 +13,6 @@
 //! subscription that sends only it.
 #![no_main]
 
-
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use iggy_gateway::proto::{self, message_service_server::MessageService};
@@ -67,7 +66,10 @@ fuzz_target!(|data: &[u8]| {
         consumer: consumer.into(),
         strategy: i32::from(strategy),
         offset: (strategy == 1).then_some(1),
-        timestamp: (strategy == 2).then_some(pbjson_types::Timestamp { seconds: 5, nanos: 0 }),
+        timestamp: (strategy == 2).then_some(pbjson_types::Timestamp {
+            seconds: 5,
+            nanos: 0,
+        }),
         cursor: cursor_text,
         commit_every: u32::from(mode >> 5),
         commit_interval_ms: 0,
@@ -76,7 +78,10 @@ fuzz_target!(|data: &[u8]| {
     let runtime = iggy_gateway_fuzz::runtime();
     runtime.block_on(async {
         let gateway = Gateway::new();
-        let started = gateway.messages.subscribe(tonic::Request::new(request)).await;
+        let started = gateway
+            .messages
+            .subscribe(tonic::Request::new(request))
+            .await;
         let mut receiver = match started {
             // The service's stream of answers, each with its cursor.
             Ok(stream) => stream.into_inner(),
@@ -89,14 +94,21 @@ fuzz_target!(|data: &[u8]| {
             }
         };
         for _ in 0..2 {
-            let item = tokio::time::timeout(std::time::Duration::from_secs(1), futures_util::StreamExt::next(&mut receiver)).await;
+            let item = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                futures_util::StreamExt::next(&mut receiver),
+            )
+            .await;
             let Ok(Some(item)) = item else {
                 break;
             };
             let item = match item {
                 Ok(item) => item,
                 Err(status) => {
-                    assert!(!matches!(status.code(), Code::Internal | Code::Unknown), "{status:?}");
+                    assert!(
+                        !matches!(status.code(), Code::Internal | Code::Unknown),
+                        "{status:?}"
+                    );
                     break;
                 }
             };
@@ -108,7 +120,11 @@ fuzz_target!(|data: &[u8]| {
                 cursor: item.cursor.clone(),
                 ..Default::default()
             };
-            if let Err(status) = gateway.messages.subscribe(tonic::Request::new(resume)).await {
+            if let Err(status) = gateway
+                .messages
+                .subscribe(tonic::Request::new(resume))
+                .await
+            {
                 panic!("an issued cursor was refused: {status:?}");
             }
         }

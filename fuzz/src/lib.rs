@@ -13,9 +13,9 @@ use axum::body::Body;
 use bytes::Bytes;
 use iggy_gateway::{
     broker::{
-        Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag,
-        Identifier, Name, PartitionInfo, PolledMessages, PollMessages, PollingStrategy,
-        SendMessages, Sent, StoredMessage, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
+        Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, ETag, Identifier,
+        Name, PartitionInfo, PollMessages, PolledMessages, PollingStrategy, SendMessages, Sent,
+        StoredMessage, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
     },
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
     identity::{Identity, KeyRing},
@@ -130,7 +130,11 @@ impl Broker for FakeBroker {
     async fn update_stream(&self, request: UpdateStream) -> BrokerResult<StreamInfo> {
         Ok(stream_info(request.name.to_string()))
     }
-    async fn delete_stream(&self, _stream: Identifier, _expected: Option<ETag>) -> BrokerResult<()> {
+    async fn delete_stream(
+        &self,
+        _stream: Identifier,
+        _expected: Option<ETag>,
+    ) -> BrokerResult<()> {
         Ok(())
     }
     async fn purge_stream(&self, _stream: Identifier) -> BrokerResult<()> {
@@ -161,11 +165,10 @@ impl Broker for FakeBroker {
         Ok(vec![topic_info("t".into())])
     }
     async fn update_topic(&self, request: UpdateTopic) -> BrokerResult<TopicInfo> {
-        Ok(topic_info(
-            request
-                .name
-                .map_or_else(|| name_of(&request.topic.topic), |n| n.to_string()),
-        ))
+        Ok(topic_info(request.name.map_or_else(
+            || name_of(&request.topic.topic),
+            |n| n.to_string(),
+        )))
     }
     async fn delete_topic(&self, _topic: TopicRef, _expected: Option<ETag>) -> BrokerResult<()> {
         Ok(())
@@ -212,7 +215,11 @@ impl Broker for FakeBroker {
             messages,
         })
     }
-    async fn store_consumer_offset(&self, _at: ConsumerOffsetRef, _offset: u64) -> BrokerResult<()> {
+    async fn store_consumer_offset(
+        &self,
+        _at: ConsumerOffsetRef,
+        _offset: u64,
+    ) -> BrokerResult<()> {
         Ok(())
     }
     async fn get_consumer_offset(&self, at: ConsumerOffsetRef) -> BrokerResult<ConsumerOffsetInfo> {
@@ -451,10 +458,15 @@ pub fn parse_request(data: &[u8]) -> Option<http::Request<Body>> {
         let value = http::HeaderValue::from_bytes(value.trim_start().as_bytes()).ok()?;
         builder = builder.header(name, value);
     }
-    let mut request = builder.body(Body::from(Bytes::copy_from_slice(body))).ok()?;
+    let mut request = builder
+        .body(Body::from(Bytes::copy_from_slice(body)))
+        .ok()?;
     request
         .extensions_mut()
-        .insert(axum::extract::ConnectInfo(SocketAddr::from(([10, 0, 0, 7], 40000))));
+        .insert(axum::extract::ConnectInfo(SocketAddr::from((
+            [10, 0, 0, 7],
+            40000,
+        ))));
     Some(request)
 }
 
