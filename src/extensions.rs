@@ -103,8 +103,8 @@ fn is_connect_query(uri: &Uri) -> bool {
     })
 }
 
-/// The id of the request being served; shared, since refusals, audits and in-process calls
-/// each keep it.
+/// The id of the request being served; shared, since refusals, audits and direct calls each
+/// keep it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub std::sync::Arc<str>);
 

@@ -69,21 +69,11 @@ pub struct RestSettings {
     pub poll_max: u32,
 }
 
-/// The REST router: `/openapi.json`, `/docs`, and every annotated route, transcoded to
-/// `grpc` (the gRPC services alone).
-pub fn router(table: RouteTable, grpc: Router, settings: RestSettings) -> Router {
-    router_with(table, grpc, direct::Direct::default(), settings)
-}
-
-/// [`router`], with the unary methods in `direct` called straight (see `direct`).
-pub fn router_with(
-    table: RouteTable,
-    grpc: Router,
-    direct: direct::Direct,
-    settings: RestSettings,
-) -> Router {
+/// The REST router: `/openapi.json`, `/docs`, and every annotated route, each calling its
+/// method through `direct` (see `direct`; start-up fills it for every route).
+pub fn router(table: RouteTable, direct: direct::Direct, settings: RestSettings) -> Router {
     let openapi = Arc::new(Document::new(settings));
-    let transcoder = Arc::new(Transcoder::new(table, grpc, direct, settings));
+    let transcoder = Arc::new(Transcoder::new(table, direct, settings));
     let routes = Arc::clone(&transcoder);
     Router::new()
         .route(

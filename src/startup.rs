@@ -554,24 +554,15 @@ fn routes(
         .max_decoding_message_size(max_request_bytes);
     let stats = compressed!(StatsServiceServer::from_arc(Arc::clone(&apis.stats)));
 
-    // The transcoder's way to a method without a direct call: the services in process, over
-    // gRPC. The table below leaves no REST route without one (start-up fails otherwise).
-    let mut grpc_only = Routes::builder();
-    grpc_only
-        .add_service(scopes.guard(GrpcPaths::new(streams.clone())))
-        .add_service(scopes.guard(GrpcPaths::new(topics.clone())))
-        .add_service(scopes.guard(GrpcPaths::new(messages.clone())))
-        .add_service(scopes.guard(GrpcPaths::new(events.clone())))
-        .add_service(scopes.guard(GrpcPaths::new(stats.clone())));
-    let grpc_only = grpc_only.routes().prepare().into_axum_router();
     let table = rest::route_table().map_err(StartupError::Internal)?;
-    // REST's calls, unary and streamed, go straight to the same instances.
+    // REST's calls, unary and streamed, go straight to the same instances (no route without
+    // one: start-up fails otherwise).
     let (direct, codecs) = direct::table(&scopes, &apis, &table).map_err(StartupError::Internal)?;
     // Connect calls them straight as well; its JSON is read by REST's rules and written by
     // the same typed codecs.
     let connect =
         Arc::new(Connect::new(&direct, &codecs, connect_settings).map_err(StartupError::Internal)?);
-    let rest = rest::router_with(table, grpc_only, direct, rest_settings);
+    let rest = rest::router(table, direct, rest_settings);
 
     // Plain HTTP methods other than POST on a service's paths are answered as on any path
     // (OPTIONS, 405), not by tonic-web's empty 400.

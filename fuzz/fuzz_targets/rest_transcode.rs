@@ -2,7 +2,7 @@
 //! JSON body → request (the transcoder in `src/rest/transcode.rs`: the method's typed codec, or
 //! the descriptors), the direct call to the real services over an in-memory broker (the table
 //! `startup` builds, with its scope policy), and the answer back to JSON, SSE or NDJSON.
-//! Reached through `rest::router_with`, built as `startup` builds it.
+//! Reached through `rest::router`, built as `startup` builds it.
 //!
 //! Input: up to 4 requests separated by `\n====\n`, each
 //! `METHOD /path?query\nheader: value\n...\n\nbody`.

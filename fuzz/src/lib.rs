@@ -310,30 +310,6 @@ impl Gateway {
         }
     }
 
-    /// The gRPC services alone, as `startup` mounts them (what REST falls back to, in process,
-    /// for a route without a direct call).
-    pub fn grpc_router(&self) -> axum::Router {
-        let mut builder = tonic::service::Routes::builder();
-        builder
-            .add_service(
-                StreamServiceServer::new(self.streams.clone())
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
-                TopicServiceServer::new(self.topics.clone())
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
-                MessageServiceServer::new(self.messages.clone())
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
-                EventServiceServer::new(self.events.clone())
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            );
-        builder.routes().prepare().into_axum_router()
-    }
-
     /// REST (route table from the descriptor set, transcoder, and the table of direct calls it
     /// makes to the services, held to the scope policy) with the gRPC services also mounted, as
     /// `startup` does (without gRPC-Web, Connect and reflection). Below the layers (the
@@ -359,14 +335,14 @@ impl Gateway {
             stats: Arc::new(StatsApi::new(Arc::new(Stats::new(broker, metrics)))),
         };
         let (calls, _) = direct::table(&scopes, &services, &table).expect("the direct table");
-        let rest = rest::router_with(table, self.grpc_router(), calls, settings).layer(
-            tower::util::MapRequestLayer::new(|mut request: http::Request<Body>| {
+        let rest = rest::router(table, calls, settings).layer(tower::util::MapRequestLayer::new(
+            |mut request: http::Request<Body>| {
                 if request.extensions().get::<Arc<Identity>>().is_none() {
                     request.extensions_mut().insert(Identity::anonymous());
                 }
                 request
-            }),
-        );
+            },
+        ));
         tonic::service::Routes::from(rest)
             .add_service(
                 StreamServiceServer::new(self.streams.clone())

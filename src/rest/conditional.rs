@@ -5,7 +5,9 @@
 //! each applies is read from the descriptors: the `etag` field and the success status.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage};
+#[cfg(test)]
+use prost_reflect::ReflectMessage;
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -155,6 +157,7 @@ pub(crate) fn requires_absence(route: &Route, headers: &HeaderMap) -> Result<boo
 }
 
 /// A message's own etag, when it has a non-empty one made only of entity-tag characters.
+#[cfg(test)]
 fn own_etag(message: &DynamicMessage) -> Option<String> {
     let field = etag_field(&message.descriptor())?;
     let value = message.get_field(&field);
@@ -188,6 +191,7 @@ pub(crate) fn may_carry_etag(output: &MessageDescriptor) -> bool {
 
 /// The strong `ETag` of an answer that holds one resource with an etag (`GetStreamResponse`'s
 /// `stream`, an updated topic, …); `None` for lists and for answers without one.
+#[cfg(test)]
 pub(crate) fn answer_etag(reply: &DynamicMessage) -> Option<HeaderValue> {
     let etag =
         own_etag(reply).or_else(|| match resource_fields(&reply.descriptor()).as_slice() {

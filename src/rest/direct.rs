@@ -3,8 +3,8 @@
 //! no protobuf framing, no second HTTP request and no router in between; a server stream's
 //! answers come back one by one, each written by the typed codec (as JSON, or as protobuf for
 //! Connect's `proto` codec). The table is built where the services are (`startup`), each entry
-//! guarded by the same scope policy as the gRPC paths; a REST transcoder built without the
-//! table calls the services in process over gRPC.
+//! guarded by the same scope policy as the gRPC paths; a route without an entry is refused at
+//! start-up, so neither protocol has another way to a service.
 //!
 //! A `body: "*"` JSON object reaches the method unparsed ([`Input::Json`]) and is read by the
 //! method's typed proto3 JSON codec (generated from the protos, as prost's types are): no
@@ -173,9 +173,9 @@ pub fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
     carried
 }
 
-/// Request headers a direct call carries on to the service as metadata (REST's in-process gRPC
-/// call as well): the request's ids and trace context, its credentials, its idempotency key.
-/// Only these, so a service reading metadata cannot be handed anything else a client sends.
+/// Request headers a direct call carries on to the service as metadata: the request's ids and
+/// trace context, its credentials, its idempotency key. Only these, so a service reading
+/// metadata cannot be handed anything else a client sends.
 pub const FORWARDED_HEADERS: [HeaderName; 6] = [
     HeaderName::from_static("x-request-id"),
     HeaderName::from_static("traceparent"),

@@ -5,7 +5,6 @@
 //! Here is the call itself; `request` builds the request message, `framing` frames the call
 //! and takes its answer apart, `render` writes the answer as JSON, SSE or NDJSON.
 
-pub(crate) mod framing;
 mod render;
 mod request;
 
@@ -17,9 +16,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use http_body_util::BodyExt;
 use prost_reflect::DynamicMessage;
-use tower::ServiceExt;
 
 use crate::{
     answer::{Caller, Problem, Rejection, methods},
@@ -29,7 +26,6 @@ use crate::{
 
 pub(super) use self::render::{CURSOR_FIELD, PROBLEM_EVENT};
 use self::{
-    framing::EncodeError,
     render::internal,
     request::{Built, Query, request_message},
 };
@@ -40,8 +36,7 @@ pub(crate) use self::{
 use super::{
     RestSettings,
     direct::{
-        Answer, Call, Direct, FORWARDED_HEADERS, Failure, Input, ItemsAs, Output, StreamCall,
-        carried, forwarded,
+        Answer, Call, Direct, Failure, Input, ItemsAs, Output, StreamCall, carried, forwarded,
     },
     routes::{Lookup, Route, RouteTable},
     template,
@@ -56,7 +51,7 @@ const ECHOED_HEADERS: [&str; 4] = [
     "idempotent-replayed",
 ];
 
-/// What the REST answer takes over from the in-process gRPC answer: [`ECHOED_HEADERS`] and why
+/// What the REST answer takes over from the call's answer metadata or refusal: [`ECHOED_HEADERS`] and why
 /// a layer below refused the call (so the metrics count the refusal by reason).
 #[derive(Debug, Default)]
 struct Echo {
@@ -93,24 +88,16 @@ impl Echo {
 
 pub struct Transcoder {
     table: RouteTable,
-    /// The gRPC services alone (no gRPC-Web, no REST), called in process.
-    grpc: axum::Router,
-    /// The unary methods called directly; the others go through `grpc`.
+    /// The methods each route calls, unary and streamed.
     direct: Direct,
     max_body_bytes: usize,
     query: Query,
 }
 
 impl Transcoder {
-    pub fn new(
-        table: RouteTable,
-        grpc: axum::Router,
-        direct: Direct,
-        settings: RestSettings,
-    ) -> Self {
+    pub fn new(table: RouteTable, direct: Direct, settings: RestSettings) -> Self {
         Self {
             table,
-            grpc,
             direct,
             max_body_bytes: settings.max_body_bytes,
             query: if settings.strict_query {
@@ -225,13 +212,9 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|id| !id.is_empty());
-    let direct = transcoder
-        .direct
-        .get(route.grpc_path.as_str())
-        .filter(|_| !route.method.is_server_streaming());
-    // The typed codec reads the body when nothing here needs the request message again (a
-    // resumed stream's cursor is read from it).
-    let typed = direct.is_some() && last_event_id.is_none();
+    // The typed codec reads a unary call's body: nothing here needs the request message again
+    // (a stream's is read for its cursor).
+    let typed = !route.method.is_server_streaming();
     let built = request_message(
         route,
         bindings,
@@ -244,25 +227,21 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     )?;
 
     if route.method.is_server_streaming() {
+        let call = transcoder
+            .direct
+            .stream(&route.grpc_path)
+            .ok_or_else(|| no_direct_call(route))?;
         let message = built.into_message(route)?;
-        let mut response = match transcoder.direct.stream(&route.grpc_path) {
-            Some(call) => stream_direct(call, (&parts.headers, &parts.extensions), message).await,
-            None => {
-                stream_grpc(
-                    transcoder,
-                    route,
-                    &parts.headers,
-                    &parts.extensions,
-                    &message,
-                )
-                .await?
-            }
-        };
+        let mut response = stream_direct(call, (&parts.headers, &parts.extensions), message).await;
         response
             .extensions_mut()
             .insert(MatchedRoute(Arc::clone(&route.label)));
         return Ok(response);
     }
+    let call = transcoder
+        .direct
+        .get(&route.grpc_path)
+        .ok_or_else(|| no_direct_call(route))?;
     // A create's `Location` is filled from its request (or, left for the typed codec, from its
     // path and query fields): kept only there, so a batch is not copied.
     let for_location = match (&route.created, &built) {
@@ -270,41 +249,19 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         (Some(_), Built::Json { location, .. }) => location.clone(),
         _ => None,
     };
-    let (reply, echo) = match direct {
-        Some(call) => {
-            let answer = if json_answer(route) {
-                Answer::Written
-            } else {
-                Answer::ToRead
-            };
-            let request = (&parts.headers, &parts.extensions);
-            let (reply, echo) = call_direct(call, route, request, built, answer).await;
-            (reply.map(Replied::Typed), echo)
-        }
-        None => {
-            let message = built.into_message(route)?;
-            let (reply, echo) = call_grpc(
-                transcoder,
-                route,
-                &parts.headers,
-                &parts.extensions,
-                &message,
-            )
-            .await;
-            (reply.map(Replied::Dynamic), echo)
-        }
+    let answer = if json_answer(route) {
+        Answer::Written
+    } else {
+        Answer::ToRead
     };
+    let request = (&parts.headers, &parts.extensions);
+    let (reply, echo) = call_direct(call, route, request, built, answer).await;
     let mut response = match reply {
-        Ok(Replied::Typed(Output::Json(body))) => render::respond_json(route, body),
-        Ok(Replied::Typed(Output::ToRead(body))) => {
-            render::respond_written(route, body, for_location.as_ref())?
-        }
+        Ok(Output::Json(body)) => render::respond_json(route, body),
+        Ok(Output::ToRead(body)) => render::respond_written(route, body, for_location.as_ref())?,
         // REST asks for JSON only.
-        Ok(Replied::Typed(Output::Protobuf(_))) => {
+        Ok(Output::Protobuf(_)) => {
             return Err(internal("a direct call answered protobuf to REST".into()));
-        }
-        Ok(Replied::Dynamic(reply)) => {
-            render::respond_message(route, reply, for_location.as_ref())?
         }
         // `If-None-Match: *` met a resource that exists: its precondition failed.
         Err(problem) if requires_absence && problem.status() == StatusCode::CONFLICT.as_u16() => {
@@ -324,70 +281,8 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
     Ok(response)
 }
 
-/// A unary call's answer: from a direct call, as JSON the typed codec wrote; from the
-/// in-process gRPC call (a transcoder built without the table), as a message.
-enum Replied {
-    Typed(Output),
-    Dynamic(DynamicMessage),
-}
-
-/// The gRPC call a REST request becomes: one framed message, selected headers as metadata, and
-/// what the layers learnt of the caller (its identity, address and request id), which the scope
-/// check below needs.
-fn grpc_call(
-    route: &Route,
-    headers: &HeaderMap,
-    extensions: &axum::http::Extensions,
-    message: &DynamicMessage,
-) -> Result<Request<Body>, Problem> {
-    let frame = framing::encode(message).map_err(|err| match err {
-        EncodeError::TooLarge => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            "request too large",
-        ),
-        EncodeError::Message(_) => internal(err.to_string()),
-    })?;
-
-    let mut call = Request::builder()
-        .method(Method::POST)
-        .uri(route.grpc_path.as_str())
-        .header(header::CONTENT_TYPE, "application/grpc")
-        .header(header::TE, "trailers");
-    for name in &FORWARDED_HEADERS {
-        for value in headers.get_all(name) {
-            call = call.header(name, value);
-        }
-    }
-    let mut call = call
-        .body(Body::from(frame))
-        .map_err(|err| internal(format!("building the gRPC call: {err}")))?;
-    call.extensions_mut().extend(carried(extensions));
-    Ok(call)
-}
-
-async fn call_grpc(
-    transcoder: &Transcoder,
-    route: &Route,
-    headers: &HeaderMap,
-    extensions: &axum::http::Extensions,
-    message: &DynamicMessage,
-) -> (Result<DynamicMessage, Problem>, Echo) {
-    let call = match grpc_call(route, headers, extensions, message) {
-        Ok(call) => call,
-        Err(problem) => return (Err(problem), Echo::default()),
-    };
-    let response = match transcoder.grpc.clone().oneshot(call).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    let (parts, body) = response.into_parts();
-    let echo = Echo::of(&parts);
-    (grpc_answer(route, parts, body).await, echo)
-}
-
 /// A unary call straight to the service's method (see `direct`), with the metadata and
-/// extensions the in-process gRPC call would carry; its answer or error as that call's would be.
+/// extensions a gRPC call carries; its answer or error as that call's would be.
 /// A body the typed codec did not take is parsed by the descriptors and called again.
 async fn call_direct(
     call: &Call,
@@ -433,6 +328,12 @@ async fn call_direct(
     }
 }
 
+/// A route whose method has no direct call: start-up refuses such a table
+/// (`startup/direct.rs`), so this is a bug, answered as an internal error.
+fn no_direct_call(route: &Route) -> Problem {
+    internal(format!("{} has no direct call", route.grpc_path))
+}
+
 /// Why a direct call, unary or streamed, has no answer, as REST answers it: the method's
 /// status, the scope policy's refusal, an answer JSON cannot write (logged).
 fn failed(failure: Failure) -> (Problem, Echo) {
@@ -459,10 +360,12 @@ fn refusal(rejection: Rejection) -> (Problem, Echo) {
         .body(())
         .unwrap_or_default();
     let (parts, _) = rejection.respond_to(&Caller::of(&grpc)).into_parts();
-    let problem = framing::error_status(&parts.headers).map_or_else(
-        || internal("a refusal without a grpc-status".into()),
-        |status| Problem::from_status(&status),
-    );
+    let problem = tonic::Status::from_header_map(&parts.headers)
+        .filter(|status| status.code() != tonic::Code::Ok)
+        .map_or_else(
+            || internal("a refusal without a grpc-status".into()),
+            |status| Problem::from_status(&status),
+        );
     (problem, Echo::of(&parts))
 }
 
@@ -498,58 +401,6 @@ async fn stream_direct(
     };
     echo.apply(&mut response);
     response
-}
-
-/// The message of a unary gRPC answer, or its error as a problem.
-async fn grpc_answer(
-    route: &Route,
-    parts: axum::http::response::Parts,
-    body: Body,
-) -> Result<DynamicMessage, Problem> {
-    let collected = body
-        .collect()
-        .await
-        .map_err(|err| internal(format!("reading the gRPC answer: {err}")))?;
-    let trailers = collected.trailers().cloned();
-    let data = collected.to_bytes();
-
-    // A trailers-only answer (any error) carries its status in the headers.
-    let status = framing::status(&parts.headers, trailers.as_ref())
-        .ok_or_else(|| internal("the gRPC answer had no grpc-status".into()))?;
-    if status.code() != tonic::Code::Ok {
-        return Err(Problem::from_status(&status));
-    }
-    let payload = framing::single_message(data).map_err(|err| internal(err.to_string()))?;
-    DynamicMessage::decode(route.method.output(), payload)
-        .map_err(|err| internal(format!("decoding the gRPC answer: {err}")))
-}
-
-/// A server-streaming call as Server-Sent Events (`Accept: text/event-stream`) or NDJSON: each
-/// gRPC message becomes one event or line as it arrives. A `cursor` field becomes the SSE id.
-async fn stream_grpc(
-    transcoder: &Transcoder,
-    route: &Route,
-    headers: &HeaderMap,
-    extensions: &axum::http::Extensions,
-    message: &DynamicMessage,
-) -> Result<Response, Problem> {
-    let sse = prefers_event_stream(headers);
-    let call = grpc_call(route, headers, extensions, message)?;
-    let response = match transcoder.grpc.clone().oneshot(call).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    let (parts, body) = response.into_parts();
-    let echo = Echo::of(&parts);
-    // Refused before the first message (trailers-only): an ordinary problem answer.
-    let mut response = match framing::error_status(&parts.headers) {
-        Some(status) => Problem::from_status(&status)
-            .with_request_id(request_id(headers))
-            .into_response(),
-        None => render::stream(body, route.method.output(), sse, request_id(headers)),
-    };
-    echo.apply(&mut response);
-    Ok(response)
 }
 
 /// Whether `Accept` asks for Server-Sent Events rather than NDJSON (the default, also for

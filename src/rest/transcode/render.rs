@@ -1,7 +1,9 @@
 //! The answer half of the transcoder: a unary reply as JSON with the route's success status,
-//! and a server stream as Server-Sent Events or NDJSON, one event or line per message as it
-//! arrives, ending with a problem event or an error line when the stream fails. The stream's
-//! frames are taken apart by `framing`'s decoder.
+//! and a server stream as Server-Sent Events or NDJSON, one event or line per answer as it
+//! arrives, ending with a problem event or an error line when the stream fails. The
+//! descriptors' rendering of a message (`json_bytes`, `respond_message`, `stream_item`) is
+//! kept for the tests only: the reference the typed codec's answers are held to, byte for
+//! byte.
 
 use axum::{
     body::Body,
@@ -10,11 +12,12 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use http_body_util::BodyExt;
-use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::DynamicMessage;
+#[cfg(test)]
+use prost_reflect::SerializeOptions;
+#[cfg(test)]
 use serde_json::Value;
 
-use super::framing::{self, FrameDecoder};
 use crate::{
     answer::Problem,
     proto::wkt::Writable,
@@ -37,67 +40,6 @@ pub(in crate::rest) const PROBLEM_EVENT: &str = "problem";
 /// How long an EventSource waits before reconnecting (its `retry:` field), in milliseconds:
 /// long enough not to hammer a gateway that is restarting, short enough to resume promptly.
 pub(in crate::rest) const SSE_RETRY_MS: u32 = 2000;
-
-/// The body of a server-streaming call's answer as Server-Sent Events (`sse`) or NDJSON: each
-/// gRPC message becomes one event or line as it arrives. A `cursor` field becomes the SSE id.
-/// A failure mid-stream ends it with a problem carrying `request_id`.
-pub(super) fn stream(
-    mut body: Body,
-    output: MessageDescriptor,
-    sse: bool,
-    request_id: Option<String>,
-) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
-    tokio::spawn(async move {
-        let failed = |problem: Problem| stream_error(sse, problem, request_id.clone());
-        if sse {
-            let retry = Bytes::from(format!("retry: {SSE_RETRY_MS}\n\n"));
-            if tx.send(Ok(retry)).await.is_err() {
-                return;
-            }
-        }
-        let mut frames = FrameDecoder::default();
-        while let Some(frame) = body.frame().await {
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(err) => {
-                    let problem = internal(format!("reading the gRPC stream: {err}"));
-                    let _ = tx.send(Ok(failed(problem))).await;
-                    return;
-                }
-            };
-            let frame = match frame.into_data() {
-                Ok(data) => {
-                    frames.push(&data);
-                    loop {
-                        match next_message(&mut frames, &output) {
-                            Ok(Some(message)) => {
-                                if tx.send(Ok(stream_item(sse, &message))).await.is_err() {
-                                    // The client went away; dropping the body ends the gRPC call.
-                                    return;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(detail) => {
-                                // Ending in silence would read as the stream's normal end.
-                                let _ = tx.send(Ok(failed(internal(detail)))).await;
-                                return;
-                            }
-                        }
-                    }
-                    continue;
-                }
-                Err(frame) => frame,
-            };
-            if let Ok(trailers) = frame.into_trailers()
-                && let Some(status) = framing::error_status(&trailers)
-            {
-                let _ = tx.send(Ok(failed(Problem::from_status(&status)))).await;
-            }
-        }
-    });
-    streaming(rx, sse)
-}
 
 /// A direct server stream's answers (each already JSON) as Server-Sent Events (`sse`) or
 /// NDJSON, as [`stream`] writes a gRPC stream's; an error ends it with a problem carrying
@@ -187,21 +129,9 @@ pub(super) fn sse_event(json: &[u8]) -> Result<Bytes, Problem> {
     Ok(Bytes::from(text))
 }
 
-/// The stream's next message, once its frame is complete; the error's detail is for the log.
-fn next_message(
-    frames: &mut FrameDecoder,
-    output: &MessageDescriptor,
-) -> Result<Option<DynamicMessage>, String> {
-    let Some(payload) = frames.next_message().map_err(|err| err.to_string())? else {
-        return Ok(None);
-    };
-    DynamicMessage::decode(output.clone(), payload)
-        .map(Some)
-        .map_err(|err| format!("decoding the gRPC stream: {err}"))
-}
-
 /// A message as REST writes it: proto3 JSON with proto field names, defaults included, and
 /// whole doubles as integers. Connect's JSON codec writes its answers with it too.
+#[cfg(test)]
 pub(crate) fn json_value(message: &DynamicMessage) -> Result<Value, String> {
     let mut json = message
         .serialize_with_options(serde_json::value::Serializer, &serialize_options())
@@ -212,6 +142,7 @@ pub(crate) fn json_value(message: &DynamicMessage) -> Result<Value, String> {
 
 /// The same JSON as [`json_value`], written straight to bytes: no tree of values is built and
 /// thrown away, which on a poll of many messages is a copy of every payload's base64 text.
+#[cfg(test)]
 pub(crate) fn json_bytes(message: &DynamicMessage) -> Result<Vec<u8>, String> {
     // base64 and JSON's punctuation make the text longer than the protobuf it comes from.
     let mut out = Vec::with_capacity(
@@ -344,6 +275,7 @@ impl<I: serde::Serialize> Iterator for Pieces<I> {
     }
 }
 
+#[cfg(test)]
 fn serialize_options() -> SerializeOptions {
     SerializeOptions::new()
         .use_proto_field_name(true)
@@ -385,6 +317,7 @@ fn whole(float: f64) -> Option<i64> {
     (float.fract() == 0.0 && float.abs() < EXACT).then_some(float as i64)
 }
 
+#[cfg(test)]
 pub(super) fn stream_item(sse: bool, message: &DynamicMessage) -> Bytes {
     if !sse {
         let mut line = json_bytes(message).unwrap_or_else(|_| b"null".to_vec());
@@ -440,9 +373,11 @@ pub(super) fn respond_json(route: &Route, body: impl Into<Body>) -> Response {
     response
 }
 
-/// An answer as a message (from the in-process gRPC call): the route's success status; the
-/// `ETag` of the resource it holds; for a create, the new resource's `Location` (from its
-/// `request`); and the whole answer or the one field the route answers with.
+/// An answer as a message, as REST wrote it from the descriptors (the tests' reference for
+/// [`respond_written`]): the route's success status; the `ETag` of the resource it holds; for
+/// a create, the new resource's `Location` (from its `request`); and the whole answer or the
+/// one field the route answers with.
+#[cfg(test)]
 pub(super) fn respond_message(
     route: &Route,
     reply: DynamicMessage,
@@ -506,6 +441,7 @@ fn with_headers(
     response
 }
 
+#[cfg(test)]
 fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, Problem> {
     if route.success == StatusCode::NO_CONTENT {
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -528,6 +464,7 @@ fn respond(route: &Route, reply: DynamicMessage) -> Result<Response, Problem> {
 /// `google.protobuf.Value` holds every JSON number as a double, which prints as `1.0`; a JSON
 /// client sent `1` and should get `1` back. Doubles that are whole and exactly representable
 /// are printed as integers (the same number in JSON).
+#[cfg(test)]
 fn integral_numbers(value: &mut Value) {
     match value {
         Value::Number(number) => {

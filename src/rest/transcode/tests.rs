@@ -1,13 +1,11 @@
-//! Unit tests of the transcoder's parts (request building, framing, rendering), each called
+//! Unit tests of the transcoder's parts (request building, rendering), each called
 //! directly: no gateway, no sockets.
 
-use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header};
 use serde_json::{Map, Value, json};
 
 use super::{
-    framing::{self, FrameDecoder, FrameError},
     render,
     request::{Query, parameters, request_message, set_path},
 };
@@ -480,71 +478,19 @@ fn bodies_with_a_key_twice_or_two_oneof_members_are_refused() {
     );
 }
 
-/// A gRPC frame around `payload`, uncompressed.
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let length = u32::try_from(payload.len()).expect("small");
-    let mut frame = vec![0];
-    frame.extend_from_slice(&length.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
-#[test]
-fn frames_split_anywhere_come_out_whole_and_in_order() {
-    let answer = [frame(b"one"), frame(b""), frame(b"three")].concat();
-    let mut decoder = FrameDecoder::default();
-    let mut messages = Vec::new();
-    for byte in answer {
-        decoder.push(&[byte]);
-        while let Some(message) = decoder.next_message().expect("uncompressed") {
-            messages.push(message);
-        }
-    }
-    assert_eq!(messages, [&b"one"[..], b"", b"three"]);
-}
-
-#[test]
-fn a_unary_answer_must_be_one_whole_uncompressed_message() {
-    let message = framing::single_message(Bytes::from(frame(b"reply"))).expect("one message");
-    assert_eq!(message, &b"reply"[..]);
-    let mut compressed = frame(b"reply");
-    compressed[0] = 1;
-    let mut cut = frame(b"reply");
-    cut.pop();
-    for (answer, refused) in [
-        (Vec::new(), "empty"),
-        (vec![0, 0, 0], "a partial prefix"),
-        (compressed, "compressed"),
-    ] {
-        assert!(
-            matches!(
-                framing::single_message(Bytes::from(answer)),
-                Err(FrameError::NotOneMessage)
-            ),
-            "{refused}"
-        );
-    }
-    assert!(matches!(
-        framing::single_message(Bytes::from(cut)),
-        Err(FrameError::CutShort)
-    ));
-}
-
+/// A stream that fails after its first answer (an answer JSON cannot write) ends with a
+/// problem carrying the request id: an SSE `problem` event, or an NDJSON error line.
 #[tokio::test]
-async fn a_stream_frame_that_does_not_decode_ends_the_stream_with_a_problem_and_the_request_id() {
-    let (route, _) = route_for(
-        Method::GET,
-        "/v1/streams/orders/topics/created/messages:subscribe",
-    );
-    // One good (empty) message, then a payload that is no protobuf: a varint cut short.
-    let answer = Bytes::from([frame(b""), frame(&[0xff, 0xff])].concat());
+async fn a_stream_answer_that_cannot_be_written_ends_the_stream_with_a_problem_and_the_request_id()
+{
     for sse in [true, false] {
-        let response = render::stream(
-            Body::from(answer.clone()),
-            route.method.output(),
-            sse,
-            Some("req-7".into()),
-        );
+        let items: crate::rest::direct::Items = Box::pin(futures_util::stream::iter([
+            Ok(b"{}".to_vec()),
+            Err(crate::rest::direct::ItemError::Unwritable(
+                "a timestamp past year 9999".into(),
+            )),
+        ]));
+        let response = render::stream_items(items, sse, Some("req-7".into()));
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("the stream ends");
@@ -1213,7 +1159,7 @@ mod typed_codec {
     }
 
     /// A server stream's answers, written by the typed codec (a direct stream) and by the
-    /// descriptors (as the in-process gRPC stream's were): the same NDJSON line and the same
+    /// descriptors (as REST wrote them before the typed codecs): the same NDJSON line and the same
     /// SSE event (its id, name and data), byte for byte.
     #[test]
     fn streamed_answers_are_written_as_before() {
