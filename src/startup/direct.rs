@@ -46,6 +46,24 @@ pub struct Services {
     pub stats: Arc<StatsApi>,
 }
 
+/// What a method's request type is: decoded from protobuf (charged, then validated) or read
+/// from JSON by its typed codec, and sent to the method's task.
+trait TypedRequest:
+    prost::Message + prost::Name + Default + Validate + serde::de::DeserializeOwned + Send + 'static
+{
+}
+
+impl<T> TypedRequest for T where
+    T: prost::Message
+        + prost::Name
+        + Default
+        + Validate
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static
+{
+}
+
 /// How a large answer of a method is written piece by piece: its list taken out, then written
 /// around (`rest::typed_json_pieces`).
 type InPieces<Res> = fn(Res) -> Result<Body, String>;
@@ -59,13 +77,7 @@ fn unary<Req, Res, F, Fut>(
     pieces: Option<InPieces<Res>>,
 ) -> (&'static str, Call, JsonCodec)
 where
-    Req: prost::Message
-        + prost::Name
-        + Default
-        + Validate
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
+    Req: TypedRequest,
     Res: prost::Message + Default + serde::Serialize + Send + 'static,
     F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<Res>, Status>> + Send + 'static,
@@ -111,13 +123,7 @@ fn server_stream<Req, Res, F, Fut, St>(
     method: F,
 ) -> (&'static str, StreamCall, JsonCodec)
 where
-    Req: prost::Message
-        + prost::Name
-        + Default
-        + Validate
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
+    Req: TypedRequest,
     Res: prost::Message + Default + serde::Serialize + Send + 'static,
     F: Fn(tonic::Request<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<St>, Status>> + Send + 'static,

@@ -1329,17 +1329,21 @@ async fn openapi_lists_the_scope_of_every_operation() {
 }
 
 /// A Connect unary call with JSON, as connect-web and `buf curl` make it.
-async fn connect(app: &TestApp, key: &str, method: &str, body: Value) -> (u16, Value) {
-    let response = app
-        .http1
+async fn connect_call(app: &TestApp, key: &str, method: &str, body: &Value) -> reqwest::Response {
+    app.http1
         .post(app.url(&format!("/iggy.gateway.v1.{method}")))
         .header("content-type", "application/json")
         .header("connect-protocol-version", "1")
         .header("x-api-key", key)
-        .json(&body)
+        .json(body)
         .send()
         .await
-        .expect("sent");
+        .expect("sent")
+}
+
+/// [`connect_call`]'s HTTP status and JSON.
+async fn connect(app: &TestApp, key: &str, method: &str, body: Value) -> (u16, Value) {
+    let response = connect_call(app, key, method, &body).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -1352,19 +1356,11 @@ async fn a_connect_caller_over_its_quota_hears_when_to_retry_as_a_rest_caller_do
         "stream": "orders", "topic": "created", "partitionId": 0,
         "messages": [{"text": "q"}]
     });
-    let call = || {
-        app.http1
-            .post(app.url("/iggy.gateway.v1.MessageService/SendMessages"))
-            .header("content-type", "application/json")
-            .header("connect-protocol-version", "1")
-            .header("x-api-key", "limited-key")
-            .json(&send)
-            .send()
-    };
+    let call = || connect_call(app, "limited-key", "MessageService/SendMessages", &send);
     // `limited` may send 1 request per second; the next within the second is refused.
-    let first = call().await.expect("sent");
+    let first = call().await;
     assert_eq!(first.status(), 200);
-    let refused = call().await.expect("sent");
+    let refused = call().await;
     assert_eq!(refused.status(), 429);
     let headers = refused.headers().clone();
     let error: Value = refused.json().await.expect("Connect's error JSON");
