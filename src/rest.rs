@@ -70,7 +70,8 @@ pub struct RestSettings {
 }
 
 /// The REST router: `/openapi.json`, `/docs`, and every annotated route, each calling its
-/// method through `direct` (see `direct`; start-up fills it for every route).
+/// method through `direct` (see `direct`), which must hold every route's method: start-up's
+/// table does (`startup::direct::table` fails otherwise); a route without one answers 500.
 pub fn router(table: RouteTable, direct: direct::Direct, settings: RestSettings) -> Router {
     let openapi = Arc::new(Document::new(settings));
     let transcoder = Arc::new(Transcoder::new(table, direct, settings));

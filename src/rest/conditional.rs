@@ -184,7 +184,7 @@ fn resource_fields(output: &MessageDescriptor) -> Vec<FieldDescriptor> {
         .collect()
 }
 
-/// Whether an answer of type `output` can carry an `ETag` ([`answer_etag`]).
+/// Whether an answer of type `output` can carry an `ETag` (`answer_etag`).
 pub(crate) fn may_carry_etag(output: &MessageDescriptor) -> bool {
     etag_field(output).is_some() || resource_fields(output).len() == 1
 }
@@ -201,7 +201,7 @@ pub(crate) fn answer_etag(reply: &DynamicMessage) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("\"{etag}\"")).ok()
 }
 
-/// [`answer_etag`] of an answer of type `output` as the typed codec wrote it (`json`), read
+/// `answer_etag` of an answer of type `output` as the typed codec wrote it (`json`), read
 /// from its text: the answer's own `etag`, or that of the one resource it holds.
 pub(crate) fn json_etag(output: &MessageDescriptor, json: &[u8]) -> Option<HeaderValue> {
     let own = |json: &[u8]| {

@@ -1,9 +1,10 @@
-//! The REST → gRPC transcoder: a matched route's path variables, query string and JSON body
-//! become one protobuf request (proto3 JSON rules), which is sent as a gRPC call to the very
-//! service gRPC clients reach; the answer (or `grpc-status`) comes back as JSON (or a problem).
+//! The REST transcoder: a matched route's path variables, query string and JSON body become
+//! one request of the route's RPC (proto3 JSON rules), handed by a direct call (`direct`) to
+//! the method of the very service instance gRPC clients reach; its answer comes back as JSON,
+//! its status as a problem.
 //!
-//! Here is the call itself; `request` builds the request message, `framing` frames the call
-//! and takes its answer apart, `render` writes the answer as JSON, SSE or NDJSON.
+//! Here is the call itself; `request` builds the request, `render` writes the answer as JSON,
+//! SSE or NDJSON.
 
 mod render;
 mod request;
@@ -42,8 +43,8 @@ use super::{
     template,
 };
 
-/// Headers of the gRPC answer that the REST answer carries too: quota advice on a refusal, and
-/// whether a send was answered from the idempotency record.
+/// Headers of a call's answer metadata (or refusal) that the REST answer carries too: quota
+/// advice on a refusal, and whether a send was answered from the idempotency record.
 const ECHOED_HEADERS: [&str; 4] = [
     "ratelimit-limit",
     "ratelimit-remaining",
@@ -51,8 +52,8 @@ const ECHOED_HEADERS: [&str; 4] = [
     "idempotent-replayed",
 ];
 
-/// What the REST answer takes over from the call's answer metadata or refusal: [`ECHOED_HEADERS`] and why
-/// a layer below refused the call (so the metrics count the refusal by reason).
+/// What the REST answer takes over from the call's answer metadata or refusal:
+/// [`ECHOED_HEADERS`] and why the call was refused (so the metrics count it by reason).
 #[derive(Debug, Default)]
 struct Echo {
     headers: Vec<(header::HeaderName, HeaderValue)>,

@@ -41,9 +41,9 @@ pub(in crate::rest) const PROBLEM_EVENT: &str = "problem";
 /// long enough not to hammer a gateway that is restarting, short enough to resume promptly.
 pub(in crate::rest) const SSE_RETRY_MS: u32 = 2000;
 
-/// A direct server stream's answers (each already JSON) as Server-Sent Events (`sse`) or
-/// NDJSON, as [`stream`] writes a gRPC stream's; an error ends it with a problem carrying
-/// `request_id`.
+/// A server stream's answers (each already JSON) as Server-Sent Events (`sse`) or NDJSON,
+/// one event or line as each arrives (a `cursor` field becomes the SSE id); an error ends it
+/// with a problem carrying `request_id`.
 pub(super) fn stream_items(mut items: Items, sse: bool, request_id: Option<String>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
     tokio::spawn(async move {
@@ -102,7 +102,7 @@ fn streaming(
     response
 }
 
-/// One message's JSON object as an SSE event, as [`stream_item`] writes it from the message:
+/// One message's JSON object as an SSE event, as `stream_item` writes it from the message:
 /// its cursor the id, its first other field set the event's name and data. The object's
 /// fields are read as they were written (no tree of values is built for the payload).
 pub(super) fn sse_event(json: &[u8]) -> Result<Bytes, Problem> {
@@ -130,7 +130,7 @@ pub(super) fn sse_event(json: &[u8]) -> Result<Bytes, Problem> {
 }
 
 /// A message as REST writes it: proto3 JSON with proto field names, defaults included, and
-/// whole doubles as integers. Connect's JSON codec writes its answers with it too.
+/// whole doubles as integers.
 #[cfg(test)]
 pub(crate) fn json_value(message: &DynamicMessage) -> Result<Value, String> {
     let mut json = message
@@ -140,7 +140,7 @@ pub(crate) fn json_value(message: &DynamicMessage) -> Result<Value, String> {
     Ok(json)
 }
 
-/// The same JSON as [`json_value`], written straight to bytes: no tree of values is built and
+/// The same JSON as `json_value`, written straight to bytes: no tree of values is built and
 /// thrown away, which on a poll of many messages is a copy of every payload's base64 text.
 #[cfg(test)]
 pub(crate) fn json_bytes(message: &DynamicMessage) -> Result<Vec<u8>, String> {
@@ -157,7 +157,7 @@ pub(crate) fn json_bytes(message: &DynamicMessage) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// A typed message (pbjson's codec) as [`json_bytes`] writes its dynamic twin: the same bytes,
+/// A typed message (pbjson's codec) as `json_bytes` writes its dynamic twin: the same bytes,
 /// with no dynamic message built for it.
 pub(crate) fn typed_json_bytes<T: serde::Serialize>(message: &T) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(256);
@@ -282,7 +282,7 @@ fn serialize_options() -> SerializeOptions {
         .skip_default_fields(false)
 }
 
-/// serde_json's compact output, with whole doubles written as integers as [`integral_numbers`]
+/// serde_json's compact output, with whole doubles written as integers as `integral_numbers`
 /// does to a tree (a float is widened to a double first, as the tree holds it).
 struct IntegralFloats;
 
@@ -390,7 +390,7 @@ pub(super) fn respond_message(
     Ok(with_headers(respond(route, reply)?, etag, location))
 }
 
-/// An answer the typed codec wrote (`json`), answered as [`respond_message`] answers it as a
+/// An answer the typed codec wrote (`json`), answered as `respond_message` answers it as a
 /// message: the same status, headers and body, read from the text (the one field the route
 /// answers with copied out of it).
 pub(super) fn respond_written(

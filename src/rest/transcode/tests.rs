@@ -516,6 +516,8 @@ async fn a_stream_answer_that_cannot_be_written_ends_the_stream_with_a_problem_a
         assert_eq!(error["status"], 500, "{text}");
         assert_eq!(error["reason"], "INTERNAL", "{text}");
         assert_eq!(error["request_id"], "req-7", "{text}");
+        // The detail is for the log, not the client.
+        assert!(!text.contains("9999"), "{text}");
     }
 }
 
