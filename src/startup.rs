@@ -4,6 +4,8 @@
 //! [`Application::build`] binds (port 0 works) and exposes the bound address, so tests start a
 //! gateway on a free port; [`Application::run_until_stopped`] takes any shutdown future.
 
+// Public for the fuzz targets, which call the services as REST does; not an API of its own.
+#[doc(hidden)]
 pub mod direct;
 mod reflection;
 
