@@ -38,8 +38,8 @@ use crate::{
     rest::{
         self,
         direct::{
-            Answer, Call, Direct, Failure, Input, ItemsAs, JsonCodec, Output, StreamCall, carried,
-            forwarded,
+            ANSWER_METADATA, Answer, Call, Direct, Failure, Input, ItemsAs, JsonCodec, Output,
+            StreamCall, carried, forwarded,
         },
     },
 };
@@ -292,14 +292,6 @@ fn unary_answer(answer: tonic::Response<Output>) -> Response {
     }
     response
 }
-
-/// Answer metadata of the services that a unary Connect answer carries as headers.
-const ANSWER_METADATA: [&str; 4] = [
-    "idempotent-replayed",
-    "ratelimit-limit",
-    "ratelimit-remaining",
-    "ratelimit-reset",
-];
 
 /// A status with its stable `ErrorInfo` reason, as every status the gateway answers with.
 fn status(code: Code, reason: &'static str, message: impl Into<String>) -> tonic::Status {

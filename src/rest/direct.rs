@@ -115,9 +115,18 @@ pub type StreamCall = Arc<
         + Sync,
 >;
 
+/// Answer metadata a REST or Connect answer carries as headers, as a gRPC answer does: the
+/// identity's quota advice, and whether a send was answered from its idempotency record.
+pub const ANSWER_METADATA: [&str; 4] = [
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "idempotent-replayed",
+];
+
 /// A method's typed proto3 JSON codec between JSON and protobuf: Connect reads its JSON
 /// requests with it (after REST's inspection of the body), with the codec REST's direct
-/// calls read with.
+/// calls read with. Its answer writer is the tests' handle on each method's answers.
 #[derive(Clone, Copy)]
 pub struct JsonCodec {
     pub request: ReadJson,

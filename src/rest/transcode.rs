@@ -37,23 +37,15 @@ pub(crate) use self::{
 use super::{
     RestSettings,
     direct::{
-        Answer, Call, Direct, Failure, Input, ItemsAs, Output, StreamCall, carried, forwarded,
+        ANSWER_METADATA, Answer, Call, Direct, Failure, Input, ItemsAs, Output, StreamCall,
+        carried, forwarded,
     },
     routes::{Lookup, Route, RouteTable},
     template,
 };
 
-/// Headers of a call's answer metadata (or refusal) that the REST answer carries too: quota
-/// advice on a refusal, and whether a send was answered from the idempotency record.
-const ECHOED_HEADERS: [&str; 4] = [
-    "ratelimit-limit",
-    "ratelimit-remaining",
-    "ratelimit-reset",
-    "idempotent-replayed",
-];
-
 /// What the REST answer takes over from the call's answer metadata or refusal:
-/// [`ECHOED_HEADERS`] and why the call was refused (so the metrics count it by reason).
+/// `direct::ANSWER_METADATA` and why the call was refused (so the metrics count it by reason).
 #[derive(Debug, Default)]
 struct Echo {
     headers: Vec<(header::HeaderName, HeaderValue)>,
@@ -126,7 +118,7 @@ fn json_answer(route: &Route) -> bool {
 }
 
 fn echoed(headers: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
-    ECHOED_HEADERS
+    ANSWER_METADATA
         .iter()
         .filter_map(|name| {
             headers
