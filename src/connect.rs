@@ -14,6 +14,7 @@ mod stream;
 use std::{
     collections::HashMap,
     convert::Infallible,
+    future::Future,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -38,8 +39,8 @@ use crate::{
     rest::{
         self,
         direct::{
-            ANSWER_METADATA, Answer, Call, Direct, Failure, Input, ItemsAs, JsonCodec, Output,
-            StreamCall, carried, forwarded,
+            ANSWER_METADATA, Answer, Call, Direct, Failure, Input, ItemsAs, Output, StreamCall,
+            carried, forwarded,
         },
     },
 };
@@ -61,8 +62,6 @@ struct Procedure {
     method: MethodDescriptor,
     /// Marked `idempotency_level = NO_SIDE_EFFECTS`: callable with `GET`.
     side_effect_free: bool,
-    /// Its typed JSON codec, REST's.
-    json: JsonCodec,
     call: Callable,
 }
 
@@ -80,14 +79,9 @@ pub struct Connect {
 
 impl Connect {
     /// Every method of the API's services, read from the descriptor set, with its direct call
-    /// from `direct` and its typed JSON codec from `codecs`; fails for a method without
-    /// either, so no new method is left unserved or its JSON to the descriptors alone (they
-    /// still read the bodies REST leaves to them: nulls, times, respelled scalars).
-    pub fn new(
-        direct: &Direct,
-        codecs: &HashMap<String, JsonCodec>,
-        settings: ConnectSettings,
-    ) -> Result<Self, String> {
+    /// from `direct` (which reads JSON with the method's typed codec); fails for a method
+    /// without one, so no new method is left unserved.
+    pub fn new(direct: &Direct, settings: ConnectSettings) -> Result<Self, String> {
         let pool = crate::descriptors::pool()?;
         let procedures = pool
             .services()
@@ -99,9 +93,6 @@ impl Connect {
                     .options()
                     .get_field_by_name("idempotency_level")
                     .is_some_and(|level| matches!(*level, Value::EnumNumber(NO_SIDE_EFFECTS)));
-                let json = *codecs.get(&path).ok_or_else(|| {
-                    format!("{path} has no typed JSON codec in startup/direct.rs")
-                })?;
                 let call = if method.is_server_streaming() {
                     direct.stream(&path).cloned().map(Callable::ServerStream)
                 } else {
@@ -113,7 +104,6 @@ impl Connect {
                 let procedure = Procedure {
                     method,
                     side_effect_free,
-                    json,
                     call,
                 };
                 Ok((path, procedure))
@@ -175,15 +165,15 @@ impl Connect {
             Ok(read) => read,
             Err(refusal) => return refusal.unary(),
         };
-        let input = match request::input(method, procedure.json, codec, payload) {
-            Ok(input) => input,
+        let read = match request::input(method, codec, payload) {
+            Ok(read) => read,
             Err(status) => return connect::unary_error(&status),
         };
         let answer_as = match codec {
             Codec::Proto => Answer::Protobuf,
             Codec::Json => Answer::Written,
         };
-        match call(service_request(&parts, input), answer_as).await {
+        match called(&parts, method, read, |request| call(request, answer_as)).await {
             Ok(answer) => unary_answer(answer),
             Err(failure) => failed(failure, &caller),
         }
@@ -206,8 +196,8 @@ impl Connect {
                 Ok(payload) => payload,
                 Err(refusal) => return refuse(refusal.status()),
             };
-        let input = match request::input(method, procedure.json, codec, payload) {
-            Ok(input) => input,
+        let read = match request::input(method, codec, payload) {
+            Ok(read) => read,
             Err(status) => return refuse(status),
         };
         let deadline = parts
@@ -222,7 +212,7 @@ impl Connect {
             ItemsAs::Protobuf
         };
         // Refused before the first message: a stream that is only its end.
-        let items = match call(service_request(&parts, input), items_as).await {
+        let items = match called(&parts, method, read, |request| call(request, items_as)).await {
             Ok(answer) => answer.into_inner(),
             Err(failure) => return failed(failure, &caller),
         };
@@ -240,6 +230,27 @@ impl Connect {
                 deadline,
             },
         )
+    }
+}
+
+/// The method called with the call's input; a JSON object its typed codec hands back
+/// ([`Failure::Untyped`]) is parsed by the descriptors and called with again, as REST does.
+async fn called<T, Fut>(
+    parts: &http::request::Parts,
+    method: &MethodDescriptor,
+    read: request::Read,
+    call: impl Fn(tonic::Request<Input>) -> Fut,
+) -> Result<T, Failure>
+where
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let request::Read { input, charged } = read;
+    match call(service_request(parts, input)).await {
+        Err(Failure::Untyped { body, .. }) => {
+            let input = request::untyped(method, &body, charged)?;
+            call(service_request(parts, input)).await
+        }
+        answer => answer,
     }
 }
 
@@ -262,7 +273,7 @@ fn failed(failure: Failure, caller: &Caller) -> Response {
         Failure::Status(status) => status,
         Failure::Refused(rejection) => return rejection.respond_to(caller),
         Failure::Unwritable(detail) => internal(detail),
-        // Only a REST body is handed back untyped; Connect's JSON is read before the call.
+        // Handed back only for a JSON body, which `called` parses and calls again with.
         Failure::Untyped { .. } => internal("a Connect request was handed back untyped".into()),
     };
     match caller.protocol() {

@@ -26,7 +26,7 @@ pub use template::PathTemplate;
 pub use transcode::Transcoder;
 /// What the Connect translator and the direct calls share with REST: one JSON codec.
 pub(crate) use transcode::{
-    JsonRequest, PIECES_ABOVE, json_request, typed_json_bytes, typed_json_pieces,
+    JsonRequest, PIECES_ABOVE, json_request, typed_json_bytes, typed_json_pieces, untyped_json,
 };
 
 use crate::answer::methods::read_only;

@@ -559,11 +559,12 @@ fn routes(
     let table = rest::route_table().map_err(StartupError::Internal)?;
     // REST's calls, unary and streamed, go straight to the same instances (no route without
     // one: start-up fails otherwise).
-    let (direct, codecs) = direct::table(&scopes, &apis, &table).map_err(StartupError::Internal)?;
+    // Beside them, each method's typed JSON codec on its own: the tests' handle on it.
+    let (direct, _) = direct::table(&scopes, &apis, &table).map_err(StartupError::Internal)?;
     // Connect calls them straight as well; its JSON is read by REST's rules and written by
     // the same typed codecs.
     let connect =
-        Arc::new(Connect::new(&direct, &codecs, connect_settings).map_err(StartupError::Internal)?);
+        Arc::new(Connect::new(&direct, connect_settings).map_err(StartupError::Internal)?);
     let rest = rest::router(table, direct, rest_settings);
 
     // Plain HTTP methods other than POST on a service's paths are answered as on any path

@@ -27,7 +27,7 @@ use crate::{
     extensions::{CONNECT_PROTOCOL_VERSION, connect_timeout},
     rest::{
         self, JsonRequest,
-        direct::{Input, JsonCodec},
+        direct::{Failure, Input},
     },
 };
 
@@ -239,26 +239,46 @@ pub async fn from_envelopes(parts: &Parts, body: Body, max_bytes: usize) -> Resu
     inflate(&enveloped.message, coding, max_bytes).await
 }
 
+/// The input of a method's direct call, and what its JSON was charged.
+pub struct Read {
+    pub(super) input: Input,
+    /// Held for the typed request a JSON object is left to be read into; given back if the
+    /// typed codec refuses it ([`untyped`]).
+    pub(super) charged: usize,
+}
+
 /// The input of the method's direct call: protobuf as it came (decoded within the call's
-/// budget and the protos' rules there), JSON read by REST's rules first: inspected, then read
-/// by the method's typed codec where REST would use it, else by the descriptors.
+/// budget and the protos' rules there), JSON as REST's is: inspected and charged, then left
+/// for the method's typed codec where REST would leave it, else parsed by the descriptors.
 pub fn input(
     method: &MethodDescriptor,
-    json_codec: JsonCodec,
     codec: Codec,
     payload: Bytes,
-) -> Result<Input, tonic::Status> {
-    match codec {
-        Codec::Proto => Ok(Input::Protobuf(payload)),
-        Codec::Json => {
-            match rest::json_request(&method.input(), &payload, Some(json_codec.request))
-                .map_err(|problem| problem.to_status())?
-            {
-                JsonRequest::Encoded(wire) => Ok(Input::Protobuf(Bytes::from(wire))),
-                JsonRequest::Parsed(message) => Ok(Input::Message(message)),
-            }
-        }
-    }
+) -> Result<Read, tonic::Status> {
+    let (input, charged) = match codec {
+        Codec::Proto => (Input::Protobuf(payload), 0),
+        Codec::Json => match rest::json_request(&method.input(), &payload, true)
+            .map_err(|problem| problem.to_status())?
+        {
+            JsonRequest::Typed { charged } => (
+                Input::Json {
+                    body: payload,
+                    overlay: Vec::new(),
+                },
+                charged,
+            ),
+            JsonRequest::Parsed(message) => (Input::Message(message), 0),
+        },
+    };
+    Ok(Read { input, charged })
+}
+
+/// A JSON object the typed codec handed back ([`Failure::Untyped`]), parsed by the
+/// descriptors: the input to call with again, or why the body is refused, naming the field.
+pub fn untyped(method: &MethodDescriptor, body: &Bytes, charged: usize) -> Result<Input, Failure> {
+    rest::untyped_json(&method.input(), body, charged)
+        .map(Input::Message)
+        .map_err(|problem| Failure::Status(problem.to_status()))
 }
 
 fn check_timeout(parts: &Parts) -> Result<(), Refusal> {

@@ -124,9 +124,9 @@ pub const ANSWER_METADATA: [&str; 4] = [
     "idempotent-replayed",
 ];
 
-/// A method's typed proto3 JSON codec between JSON and protobuf: Connect reads its JSON
-/// requests with it (after REST's inspection of the body), with the codec REST's direct
-/// calls read with. Its answer writer is the tests' handle on each method's answers.
+/// A method's typed proto3 JSON codec between JSON and protobuf, the one its direct call reads
+/// and writes JSON with, on its own: the tests' handle on each method's JSON, held to the
+/// descriptors' reading and writing of it.
 #[derive(Clone, Copy)]
 pub struct JsonCodec {
     pub request: ReadJson,

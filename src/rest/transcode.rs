@@ -32,7 +32,7 @@ use self::{
 };
 pub(crate) use self::{
     render::{PIECES_ABOVE, typed_json_bytes, typed_json_pieces},
-    request::{JsonRequest, json_request},
+    request::{JsonRequest, json_request, untyped_json},
 };
 use super::{
     RestSettings,

@@ -325,8 +325,9 @@ macro_rules! entries {
 }
 
 /// Every unary RPC of the API, and its server streams; fails when a route of `table` has none.
-/// Beside them, each method's typed JSON codec, by gRPC path (for Connect's JSON). Public for
-/// the fuzz targets, which call the services as REST does.
+/// Beside them, each method's typed JSON codec on its own, by gRPC path (for the tests that
+/// hold it to the descriptors). Public for the fuzz targets, which call the services as REST
+/// does.
 pub fn table(
     scopes: &Scopes,
     services: &Services,

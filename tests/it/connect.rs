@@ -366,6 +366,28 @@ async fn a_stream_refused_before_its_first_message_is_only_its_end() {
     let end: Value = serde_json::from_slice(&items[0].1).expect("JSON");
     assert_eq!(end["error"]["code"], "not_found");
     assert_eq!(reason(&end["error"]), "STREAM_NOT_FOUND");
+
+    // A request its typed codec hands back is parsed by the descriptors, which name the field.
+    let request = json!({"stream": 5, "topic": "x"});
+    let mut response = app
+        .http1
+        .post(app.url(SUBSCRIBE))
+        .header("content-type", "application/connect+json")
+        .body(envelope(0, request.to_string().as_bytes()))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let items = envelopes(&mut response, 2).await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].0, 0x02);
+    let end: Value = serde_json::from_slice(&items[0].1).expect("JSON");
+    assert_eq!(end["error"]["code"], "invalid_argument");
+    let violations = end["error"]["details"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["type"] == "google.rpc.BadRequest"))
+        .expect("a BadRequest detail");
+    assert_eq!(violations["debug"]["fieldViolations"][0]["field"], "stream");
 }
 
 #[tokio::test]

@@ -17,7 +17,6 @@ use crate::{
     budget::{self, Exhausted},
     rest::{
         conditional,
-        direct::ReadJson,
         routes::{BodyRule, Route},
         scalars,
         shape::{self, Expect, ShapeRefusal},
@@ -168,13 +167,23 @@ pub(super) fn untyped(
     overlay: &[u8],
     charged: usize,
 ) -> Result<DynamicMessage, Problem> {
-    // The dynamic message is charged by the call instead, as any is.
-    budget::give_back(charged);
-    let mut message = parse_inspected(&route.method.input(), body)?;
+    let mut message = untyped_json(&route.method.input(), body, charged)?;
     message
         .merge(overlay)
         .map_err(|err| Problem::invalid_field("query", err.to_string()))?;
     Ok(message)
+}
+
+/// A JSON object left to the typed codec (inspected, `charged` for its typed request) that the
+/// codec refused, parsed by the descriptors instead: accepted, or refused naming the field.
+pub(crate) fn untyped_json(
+    input: &MessageDescriptor,
+    body: &Bytes,
+    charged: usize,
+) -> Result<DynamicMessage, Problem> {
+    // The dynamic message is charged by the call instead, as any is.
+    budget::give_back(charged);
+    parse_inspected(input, body)
 }
 
 fn deny_unknown() -> DeserializeOptions {
@@ -291,34 +300,27 @@ fn starts_an_object(body: &[u8]) -> bool {
 
 /// What a whole request message from JSON becomes (the Connect protocol's JSON codec).
 pub(crate) enum JsonRequest {
-    /// Its protobuf, written by the method's typed codec.
-    Encoded(Vec<u8>),
-    /// Parsed by the descriptors: no typed codec, or a body it does not take.
+    /// Left for the method's typed codec (`Input::Json`), charged what its typed request will
+    /// hold; given back by [`untyped_json`] if the codec refuses it.
+    Typed { charged: usize },
+    /// Parsed by the descriptors: a body the typed codec is not given.
     Parsed(DynamicMessage),
 }
 
 /// A whole request message from a JSON body by the rules REST bodies follow (measured and
-/// charged first, fields named in every refusal), read by the method's typed codec `typed`
-/// where REST's direct calls would read it with theirs.
+/// charged first, fields named in every refusal), left for the method's typed codec (when
+/// `typed`) where REST's direct calls would leave it to theirs.
 pub(crate) fn json_request(
     input: &MessageDescriptor,
     body: &Bytes,
-    typed: Option<ReadJson>,
+    typed: bool,
 ) -> Result<JsonRequest, Problem> {
     if body.is_empty() {
         return Ok(JsonRequest::Parsed(DynamicMessage::new(input.clone())));
     }
     let inspection = inspect(body, &Expect::Message(input.clone()), None)?;
-    if let Some(typed) = typed
-        && let Some(typed_cost) = charge_typed(body, inspection.as_ref())?
-    {
-        let encoded = typed(body);
-        // The typed message lived only to be encoded; the service's decoder charges what it
-        // decodes of the protobuf, as for any call.
-        budget::give_back(typed_cost);
-        if let Some(encoded) = encoded {
-            return Ok(JsonRequest::Encoded(encoded));
-        }
+    if typed && let Some(charged) = charge_typed(body, inspection.as_ref())? {
+        return Ok(JsonRequest::Typed { charged });
     }
     let respell = inspection.is_some_and(|(inspection, _)| inspection.respell);
     parse_json(input, &BodyRule::All, respell, body).map(JsonRequest::Parsed)

@@ -406,13 +406,13 @@ fn string_parameters_left_for_the_typed_codec_are_the_descriptors_fields() {
     );
 }
 
-/// A Connect JSON request read by the typed codec holds what one read by the descriptors holds
-/// once it is encoded: the typed message lived only to be encoded, and the service's decoder
-/// charges what it decodes, so keeping its charge would count the request twice.
+/// A Connect JSON request left to the typed codec holds the charge of its typed request on
+/// top of what the descriptors' path holds, as a REST body does; handed back by the codec, it
+/// gives that charge back, so a body the descriptors then parse is not counted twice.
 #[tokio::test]
-async fn a_typed_connect_request_holds_what_the_descriptors_path_holds_once_encoded() {
+async fn a_typed_connect_request_holds_its_typed_charge_and_gives_it_back_when_handed_back() {
     use crate::budget::{self, Charge, InflightBytes};
-    use crate::rest::transcode::{JsonRequest, json_request};
+    use crate::rest::transcode::{JsonRequest, json_request, untyped_json};
 
     let input = route_for(Method::POST, "/v1/streams/s/topics/t/messages")
         .0
@@ -421,28 +421,38 @@ async fn a_typed_connect_request_holds_what_the_descriptors_path_holds_once_enco
     let body = Bytes::from_static(
         br#"{"stream":"s","topic":"t","messages":[{"text":"x"},{"payload":"aGk="}]}"#,
     );
-    let codecs = crate::startup::json_codecs();
-    let codec = codecs["/iggy.gateway.v1.MessageService/SendMessages"];
-    let held = |typed: Option<crate::rest::direct::ReadJson>| {
+    let held = |typed: bool, hand_back: bool| {
         let bytes = std::sync::Arc::new(InflightBytes::new(1 << 30));
         let charge = std::sync::Arc::new(Charge::new(std::sync::Arc::clone(&bytes)));
-        let body = body.clone();
-        let input = input.clone();
+        let (body, input) = (body.clone(), input.clone());
         // Read while the call runs: its charge is given back whole when it ends.
         budget::scope(charge, async move {
-            let read = json_request(&input, &body, typed);
-            (read, bytes.used())
+            let read = json_request(&input, &body, typed).map_err(|p| p.to_status().code());
+            let charged = match &read {
+                Ok(JsonRequest::Typed { charged }) => Some(*charged),
+                _ => None,
+            };
+            if hand_back && let Some(charged) = charged {
+                untyped_json(&input, &body, charged).expect("the descriptors parse it");
+            }
+            (charged, bytes.used())
         })
     };
-    let (typed, typed_held) = held(Some(codec.request)).await;
-    assert!(matches!(typed, Ok(JsonRequest::Encoded(_))));
-    let (descriptors, descriptors_held) = held(None).await;
-    assert!(matches!(descriptors, Ok(JsonRequest::Parsed(_))));
+    let (charged, typed_held) = held(true, false).await;
+    let charged = charged.expect("left to the typed codec");
+    let (parsed, descriptors_held) = held(false, false).await;
+    assert_eq!(parsed, None, "parsed by the descriptors");
     assert!(
         descriptors_held > 0,
         "the inspection charges the body's values"
     );
-    assert_eq!(typed_held, descriptors_held);
+    assert!(
+        charged >= body.len(),
+        "the typed request is charged at least the body's text"
+    );
+    assert_eq!(typed_held, descriptors_held + charged);
+    let (_, handed_back_held) = held(true, true).await;
+    assert_eq!(handed_back_held, descriptors_held);
 }
 
 #[test]
@@ -1383,7 +1393,14 @@ mod typed_codec {
     /// byte.
     #[test]
     fn connect_json_is_read_and_written_by_each_methods_typed_codec_as_by_the_descriptors() {
-        use crate::rest::transcode::{JsonRequest, json_request};
+        use crate::rest::transcode::{JsonRequest, json_request, untyped_json};
+
+        /// A request as Connect's direct call reads it: protobuf from the typed codec, or a
+        /// message from the descriptors (left to them, or handed back by the codec).
+        enum Read {
+            Typed(Vec<u8>),
+            Parsed(DynamicMessage),
+        }
 
         let codecs = crate::startup::json_codecs();
         let pool = prost_reflect::DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
@@ -1412,16 +1429,22 @@ mod typed_codec {
             let mut runner = proptest::test_runner::TestRunner::new(config.clone());
             let outcome = runner.run(&object(&input, 2, 2), |body| {
                 let text = Bytes::from(body.to_string());
-                let typed = json_request(&input, &text, Some(codec.request));
-                let descriptors = json_request(&input, &text, None);
+                let typed = json_request(&input, &text, true).and_then(|read| match read {
+                    JsonRequest::Typed { charged } => match (codec.request)(&text) {
+                        Some(wire) => Ok(Read::Typed(wire)),
+                        None => untyped_json(&input, &text, charged).map(Read::Parsed),
+                    },
+                    JsonRequest::Parsed(message) => Ok(Read::Parsed(message)),
+                });
+                let descriptors = json_request(&input, &text, false);
                 match (typed, descriptors) {
-                    (Ok(JsonRequest::Encoded(wire)), Ok(JsonRequest::Parsed(message))) => {
+                    (Ok(Read::Typed(wire)), Ok(JsonRequest::Parsed(message))) => {
                         let decoded = DynamicMessage::decode(input.clone(), wire.as_slice())
                             .map_err(|e| TestCaseError::fail(e.to_string()))?;
                         prop_assert_eq!(as_json(&decoded)?, as_json(&message)?, "{}", body);
                         typed_reads.set(typed_reads.get() + 1);
                     }
-                    (Ok(JsonRequest::Parsed(typed)), Ok(JsonRequest::Parsed(message))) => {
+                    (Ok(Read::Parsed(typed)), Ok(JsonRequest::Parsed(message))) => {
                         prop_assert_eq!(as_json(&typed)?, as_json(&message)?, "{}", body);
                     }
                     (Err(typed), Err(descriptors)) => {
