@@ -475,3 +475,62 @@ async fn over_sse_every_partition_resumes_new_partitions_start_first_and_conflic
     let detail = sse_refused(&app, base, &id).await;
     assert!(detail.contains("deleted since"), "{detail}");
 }
+
+/// Last-Event-ID is a stream's cursor only: a unary REST call that carries one (a browser's
+/// fetch beside its EventSource, a proxy passing headers on) answers as it does without it.
+#[tokio::test]
+async fn a_unary_rest_call_with_a_last_event_id_answers_as_without_it() {
+    let app = three_partitions().await;
+    let (_, id) = sse_take(
+        &app,
+        "/v1/streams/rp/topics/t/messages:subscribe?partition_id=1&strategy=POLLING_STRATEGY_FIRST",
+        None,
+        2,
+    )
+    .await;
+    let poll = "/v1/streams/rp/topics/t/messages?partition_id=1&strategy=first&count=5";
+    let polled = |last_event_id: Option<&str>| {
+        let mut request = app.http1.get(app.url(poll));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        async move {
+            let response = request.send().await.expect("sent");
+            let status = response.status().as_u16();
+            (status, response.text().await.expect("a body"))
+        }
+    };
+    let (status, without) = polled(None).await;
+    assert_eq!(status, 200, "{without}");
+    assert!(without.contains("p1-4"), "{without}");
+    for last_event_id in [id.as_str(), "not-a-cursor"] {
+        assert_eq!(polled(Some(last_event_id)).await, (200, without.clone()));
+    }
+
+    // A send with one stores its message and answers as any send does.
+    for last_event_id in [id.as_str(), "not-a-cursor"] {
+        let response = app
+            .http1
+            .post(app.url("/v1/streams/rp/topics/t/messages"))
+            .header("last-event-id", last_event_id)
+            .json(&serde_json::json!({
+                "partition_id": 2,
+                "messages": [{"text": format!("with {}", last_event_id.len())}],
+            }))
+            .send()
+            .await
+            .expect("sent");
+        let status = response.status();
+        let sent: serde_json::Value = response.json().await.expect("JSON");
+        assert_eq!(status, 201, "{sent}");
+        assert_eq!(sent["ids"].as_array().map(Vec::len), Some(1), "{sent}");
+    }
+    let (texts, _) = sse_take(
+        &app,
+        "/v1/streams/rp/topics/t/messages:subscribe?partition_id=2&strategy=POLLING_STRATEGY_OFFSET&offset=10",
+        None,
+        2,
+    )
+    .await;
+    assert_eq!(texts, [format!("with {}", id.len()), "with 12".to_owned()]);
+}
