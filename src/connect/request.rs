@@ -2,7 +2,7 @@
 //! puts it (a unary `POST` body, a `GET` query, a stream's one envelope), its protocol version,
 //! timeout and codings checked, and turned into the input of the method's direct call:
 //! protobuf bytes are passed on as they are (decoded there as the gRPC decoder decodes them),
-//! JSON is read by REST's rules (the method's typed codec).
+//! JSON as a REST body is: inspected and charged, then left to the method's typed codec there.
 
 use axum::{
     body::Body,

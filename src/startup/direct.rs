@@ -167,12 +167,11 @@ where
     }
 }
 
+/// What the direct call reads a JSON object as ([`typed_json`]), encoded.
 fn request_from_json<Req: prost::Message + serde::de::DeserializeOwned>(
     json: &[u8],
 ) -> Option<Vec<u8>> {
-    serde_json::from_slice::<Req>(json)
-        .ok()
-        .map(|typed| typed.encode_to_vec())
+    typed_json::<Req>(json, &[]).map(|typed| typed.encode_to_vec())
 }
 
 fn answer_as_json<Res: prost::Message + Default + serde::Serialize>(

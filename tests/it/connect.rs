@@ -350,44 +350,37 @@ async fn a_stream_takes_a_compressed_protobuf_request_and_compresses_its_message
 #[tokio::test]
 async fn a_stream_refused_before_its_first_message_is_only_its_end() {
     let app = spawn_app().await;
-    let request = json!({"stream": "nope", "topic": "x"});
-    let mut response = app
-        .http1
-        .post(app.url(SUBSCRIBE))
-        .header("content-type", "application/connect+json")
-        .body(envelope(0, request.to_string().as_bytes()))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 200);
-    let items = envelopes(&mut response, 2).await;
-    assert_eq!(items.len(), 1);
-    assert_eq!(items[0].0, 0x02);
-    let end: Value = serde_json::from_slice(&items[0].1).expect("JSON");
-    assert_eq!(end["error"]["code"], "not_found");
-    assert_eq!(reason(&end["error"]), "STREAM_NOT_FOUND");
+    let error = stream_refusal(&app, json!({"stream": "nope", "topic": "x"})).await;
+    assert_eq!(error["code"], "not_found");
+    assert_eq!(reason(&error), "STREAM_NOT_FOUND");
 
     // A request its typed codec hands back is parsed by the descriptors, which name the field.
-    let request = json!({"stream": 5, "topic": "x"});
-    let mut response = app
-        .http1
-        .post(app.url(SUBSCRIBE))
-        .header("content-type", "application/connect+json")
-        .body(envelope(0, request.to_string().as_bytes()))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 200);
-    let items = envelopes(&mut response, 2).await;
-    assert_eq!(items.len(), 1);
-    assert_eq!(items[0].0, 0x02);
-    let end: Value = serde_json::from_slice(&items[0].1).expect("JSON");
-    assert_eq!(end["error"]["code"], "invalid_argument");
-    let violations = end["error"]["details"]
+    let error = stream_refusal(&app, json!({"stream": 5, "topic": "x"})).await;
+    assert_eq!(error["code"], "invalid_argument");
+    let violations = error["details"]
         .as_array()
         .and_then(|d| d.iter().find(|d| d["type"] == "google.rpc.BadRequest"))
         .expect("a BadRequest detail");
     assert_eq!(violations["debug"]["fieldViolations"][0]["field"], "stream");
+}
+
+/// The error of a JSON subscription refused before its first message: a stream that is only
+/// its end-of-stream message.
+async fn stream_refusal(app: &TestApp, request: Value) -> Value {
+    let mut response = app
+        .http1
+        .post(app.url(SUBSCRIBE))
+        .header("content-type", "application/connect+json")
+        .body(envelope(0, request.to_string().as_bytes()))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let items = envelopes(&mut response, 2).await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].0, 0x02);
+    let end: Value = serde_json::from_slice(&items[0].1).expect("JSON");
+    end["error"].clone()
 }
 
 #[tokio::test]

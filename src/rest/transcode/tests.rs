@@ -406,11 +406,12 @@ fn string_parameters_left_for_the_typed_codec_are_the_descriptors_fields() {
     );
 }
 
-/// A Connect JSON request left to the typed codec holds the charge of its typed request on
-/// top of what the descriptors' path holds, as a REST body does; handed back by the codec, it
-/// gives that charge back, so a body the descriptors then parse is not counted twice.
+/// A whole JSON request (Connect's) left to the typed codec holds the charge of its typed
+/// request on top of what the descriptors' path holds, as a REST body does; handed back by the
+/// codec, it gives that charge back, so a body the descriptors then parse is not counted twice.
 #[tokio::test]
-async fn a_typed_connect_request_holds_its_typed_charge_and_gives_it_back_when_handed_back() {
+async fn a_json_request_left_to_the_typed_codec_holds_its_charge_and_gives_it_back_if_handed_back()
+{
     use crate::budget::{self, Charge, InflightBytes};
     use crate::rest::transcode::{JsonRequest, json_request, untyped_json};
 
