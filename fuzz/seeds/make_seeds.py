@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpora in fuzz/corpus/<target>/ from the README examples, the .proto
 route annotations and the project's tests. Re-running it rewrites the same files."""
-import hashlib, os, re, struct, sys
+import gzip, hashlib, os, re, struct, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -272,6 +272,55 @@ def main():
         write("subscribe_cursor", bytes([mode, 1]) + body("s", "t", "c" if mode & 2 else "", [(1, 0)]))
     write("subscribe_cursor", bytes([1, 0xFF]) + body("s", "t", "", [(0, 2**64 - 1), (7, 1)]))
     write("subscribe_cursor", bytes([1, 0xFF]) + body("orders", "created", "", []))
+
+    # connect: unary POST (JSON, protobuf), GET queries, stream envelopes (plain, compressed,
+    # malformed), JSON bodies the typed codec hands back to the descriptors
+    def envelope(flags, message):
+        return bytes([flags]) + struct.pack(">I", len(message)) + message
+    def request(head, body=b""):
+        return head.encode() + b"\n\n" + body
+    svc = "/iggy.gateway.v1."
+    cj = "content-type: application/json\nconnect-protocol-version: 1"
+    cp = "content-type: application/proto\nconnect-protocol-version: 1"
+    sep = b"\n====\n"
+    write("connect", sep.join([
+        request(f"POST {svc}StreamService/CreateStream\n{cj}", b'{"name":"orders"}'),
+        request(f"POST {svc}TopicService/CreateTopic\n{cj}", b'{"stream":"orders","name":"created","partitions_count":2}'),
+        request(f"POST {svc}MessageService/SendMessages\n{cj}", b'{"stream":"orders","topic":"created","partition_id":0,"messages":[{"text":"a"},{"payload":"aGk=","headers":{"k":{"string_value":"v"}}}]}'),
+        request(f"POST {svc}MessageService/PollMessages\n{cj}", b'{"stream":"orders","topic":"created","partition_id":0,"strategy":"POLLING_STRATEGY_FIRST","count":10}'),
+    ]))
+    write("connect", sep.join([
+        request(f"POST {svc}StreamService/CreateStream\n{cp}", f_bytes(1, b"orders")),
+        request(f"POST {svc}StreamService/GetStream\n{cp}", f_bytes(1, b"orders")),
+        request(f"POST {svc}StreamService/ListStreams\n{cp}"),
+    ]))
+    write("connect", sep.join([
+        request(f"GET {svc}StreamService/ListStreams?connect=v1&encoding=json&message=%7B%7D"),
+        request(f"GET {svc}StreamService/GetStream?connect=v1&encoding=json&base64=1&message=eyJzdHJlYW0iOiJvcmRlcnMifQ"),
+        request(f"GET {svc}StreamService/GetStream?connect=v1&encoding=proto&base64=1&message=CgZvcmRlcnM=&compression=identity"),
+    ]))
+    write("connect", sep.join([
+        request(f"POST {svc}StreamService/CreateStream\n{cj}", b'{"name":5}'),
+        request(f"POST {svc}TopicService/CreateTopic\n{cj}", b'{"stream":"s","name":"t","partitions_count":99999999999}'),
+        request(f"POST {svc}MessageService/SendMessages\n{cj}", b'{"stream":"s","topic":"t","messages":[{"payload":"!!"}]}'),
+        request(f"POST {svc}StreamService/CreateStream\n{cj}", b'{"name":"a","name":"b"}'),
+    ]))
+    subscribe = f"POST {svc}MessageService/Subscribe\ncontent-type: application/connect+"
+    write("connect", sep.join([
+        request(f"POST {svc}StreamService/CreateStream\n{cj}", b'{"name":"orders"}'),
+        request(f"POST {svc}TopicService/CreateTopic\n{cj}", b'{"stream":"orders","name":"created","partitions_count":1}'),
+        request(f"{subscribe}json\nconnect-timeout-ms: 30\nconnect-accept-encoding: gzip",
+                envelope(0, b'{"stream":"orders","topic":"created","strategy":"POLLING_STRATEGY_FIRST"}')),
+        request(f"{subscribe}json\nconnect-content-encoding: gzip\nconnect-timeout-ms: 30",
+                envelope(1, gzip.compress(b'{"stream":"orders","topic":"created","cursor":"x"}', mtime=0))),
+    ]))
+    write("connect", request(f"{subscribe}proto\nconnect-timeout-ms: 20",
+                             envelope(0, f_bytes(1, b"orders") + f_bytes(2, b"created"))))
+    write("connect", sep.join([
+        request(f"{subscribe}json", envelope(2, b"{}")),
+        request(f"{subscribe}json", envelope(0, b"{}") + envelope(0, b"{}")),
+        request(f"{subscribe}json", b"\x00\x00\x00"),
+    ]))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ use iggy_gateway::{
         Name, PartitionInfo, PollMessages, PolledMessages, PollingStrategy, SendMessages, Sent,
         StoredMessage, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
     },
+    connect::{Connect, ConnectSettings},
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
     identity::{Identity, KeyRing},
     layers::Scopes,
@@ -25,7 +26,7 @@ use iggy_gateway::{
         event_service_server::EventServiceServer, message_service_server::MessageServiceServer,
         stream_service_server::StreamServiceServer, topic_service_server::TopicServiceServer,
     },
-    rest,
+    rest::{self, direct::Direct},
     startup::direct::{self, Services},
     stats::Stats,
     subscription::{CursorKeys, SubscribeSettings, Subscriptions},
@@ -323,18 +324,7 @@ impl Gateway {
             batch_max: 1000,
             poll_max: 1000,
         };
-        let metrics = Arc::new(Metrics::new());
-        let scopes = Scopes::new(Arc::new(KeyRing::from_static(&[])), Arc::clone(&metrics))
-            .expect("every RPC declares its scope");
-        let broker: Arc<dyn Broker> = self.broker.clone();
-        let services = Services {
-            streams: Arc::new(self.streams.clone()),
-            topics: Arc::new(self.topics.clone()),
-            messages: Arc::new(self.messages.clone()),
-            events: Arc::new(self.events.clone()),
-            stats: Arc::new(StatsApi::new(Arc::new(Stats::new(broker, metrics)))),
-        };
-        let (calls, _) = direct::table(&scopes, &services, &table).expect("the direct table");
+        let calls = self.direct_calls(&table);
         let rest = rest::router(table, calls, settings).layer(tower::util::MapRequestLayer::new(
             |mut request: http::Request<Body>| {
                 if request.extensions().get::<Arc<Identity>>().is_none() {
@@ -365,6 +355,36 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The direct calls to the services, as `startup` builds them (with the scope policy).
+    fn direct_calls(&self, table: &rest::RouteTable) -> Direct {
+        let metrics = Arc::new(Metrics::new());
+        let scopes = Scopes::new(Arc::new(KeyRing::from_static(&[])), Arc::clone(&metrics))
+            .expect("every RPC declares its scope");
+        let broker: Arc<dyn Broker> = self.broker.clone();
+        let services = Services {
+            streams: Arc::new(self.streams.clone()),
+            topics: Arc::new(self.topics.clone()),
+            messages: Arc::new(self.messages.clone()),
+            events: Arc::new(self.events.clone()),
+            stats: Arc::new(StatsApi::new(Arc::new(Stats::new(broker, metrics)))),
+        };
+        let (calls, _) = direct::table(&scopes, &services, table).expect("the direct table");
+        calls
+    }
+
+    /// The Connect translator over the same direct calls, as `startup` builds it. Calls reach
+    /// it as `ConnectPaths` hands them over (`Connect::handle` with their protocol); the
+    /// caller inserts the identity the layers would.
+    pub fn connect(&self) -> Arc<Connect> {
+        let settings = ConnectSettings {
+            max_body_bytes: MAX_REQUEST_BYTES,
+            compression_min_bytes: 1024,
+        };
+        Arc::new(Connect::new(&self.direct_calls(route_table_ref()), settings).expect("Connect"))
+    }
+}
+
 impl Default for Gateway {
     fn default() -> Self {
         Self::new()
@@ -378,20 +398,30 @@ impl Drop for Gateway {
 }
 
 thread_local! {
-    /// One gateway and its REST router per fuzzing thread: building the router serialises the
-    /// whole OpenAPI document, which cost the HTTP targets ~40 ms per input.
-    static SHARED: (Gateway, axum::Router) = {
+    /// One gateway, its REST router and its Connect translator per fuzzing thread: building
+    /// the router serialises the whole OpenAPI document, which cost the HTTP targets ~40 ms
+    /// per input.
+    static SHARED: (Gateway, axum::Router, Arc<Connect>) = {
         let gateway = Gateway::new();
         let router = gateway.http_router();
-        (gateway, router)
+        let connect = gateway.connect();
+        (gateway, router, connect)
     };
 }
 
 /// Runs `f` with this thread's shared gateway (its broker emptied first) and REST router.
 pub fn with_shared_gateway<R>(f: impl FnOnce(&Gateway, &axum::Router) -> R) -> R {
-    SHARED.with(|(gateway, router)| {
+    SHARED.with(|(gateway, router, _)| {
         gateway.broker.reset();
         f(gateway, router)
+    })
+}
+
+/// This thread's shared Connect translator, its gateway's broker emptied first.
+pub fn shared_connect() -> Arc<Connect> {
+    SHARED.with(|(gateway, _, connect)| {
+        gateway.broker.reset();
+        Arc::clone(connect)
     })
 }
 
