@@ -20,15 +20,11 @@
 use std::time::Duration;
 
 use iggy_gateway::{extensions::Protocol, identity::Identity};
-use iggy_gateway_fuzz::{parse_request, read_body, shared_connect, split_requests};
+use iggy_gateway_fuzz::{content_type, read_body, requests, shared_connect};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let requests: Vec<_> = split_requests(data)
-        .into_iter()
-        .take(4)
-        .filter_map(parse_request)
-        .collect();
+    let requests = requests(data);
     if requests.is_empty() {
         return;
     }
@@ -45,12 +41,7 @@ fuzz_target!(|data: &[u8]| {
             request.extensions_mut().insert(Identity::anonymous());
             let response = connect.handle(request, protocol).await;
             let status = response.status();
-            let content_type = response
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
+            let content_type = content_type(&response);
             // A subscription that succeeds waits for messages: read what comes, briefly.
             let read = tokio::time::timeout(
                 Duration::from_millis(200),

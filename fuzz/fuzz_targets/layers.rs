@@ -19,7 +19,7 @@ use iggy_gateway::{
     layers::{self, Exempt, LayerSettings},
     metrics::Metrics,
 };
-use iggy_gateway_fuzz::{parse_request, read_body, split_requests, with_shared_gateway};
+use iggy_gateway_fuzz::{read_body, requests, with_shared_gateway};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
@@ -77,11 +77,7 @@ fn load_settings() -> LayerSettings {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let requests: Vec<_> = split_requests(data)
-        .into_iter()
-        .take(4)
-        .filter_map(parse_request)
-        .collect();
+    let requests = requests(data);
     if requests.is_empty() {
         return;
     }

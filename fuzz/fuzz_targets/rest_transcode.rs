@@ -12,16 +12,12 @@
 //! valid problem+json.
 #![no_main]
 
-use iggy_gateway_fuzz::{parse_request, read_body, split_requests, with_shared_gateway};
+use iggy_gateway_fuzz::{content_type, read_body, requests, with_shared_gateway};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
 fuzz_target!(|data: &[u8]| {
-    let requests: Vec<_> = split_requests(data)
-        .into_iter()
-        .take(4)
-        .filter_map(parse_request)
-        .collect();
+    let requests = requests(data);
     if requests.is_empty() {
         return;
     }
@@ -36,12 +32,7 @@ fuzz_target!(|data: &[u8]| {
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
             let response = router.clone().oneshot(request).await.expect("infallible");
             let status = response.status();
-            let content_type = response
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
+            let content_type = content_type(&response);
             let body = read_body(response.into_body(), 4).await;
             if grpc {
                 continue;

@@ -480,6 +480,26 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The requests of an HTTP target's input: up to 4, separated by lines of `====`, each in
+/// [`parse_request`]'s format (those it refuses left out).
+pub fn requests(data: &[u8]) -> Vec<http::Request<Body>> {
+    split_requests(data)
+        .into_iter()
+        .take(4)
+        .filter_map(parse_request)
+        .collect()
+}
+
+/// An answer's `Content-Type` (empty when it has none or it is not text).
+pub fn content_type<B>(response: &http::Response<B>) -> String {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// Splits a multi-request input on lines of `====`.
 pub fn split_requests(data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
