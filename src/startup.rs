@@ -558,8 +558,7 @@ fn routes(
 
     let table = rest::route_table().map_err(StartupError::Internal)?;
     // REST's calls, unary and streamed, go straight to the same instances (no route without
-    // one: start-up fails otherwise).
-    // Beside them, each method's typed JSON codec on its own: the tests' handle on it.
+    // one: start-up fails otherwise). Each method's typed JSON codec beside them is for tests.
     let (direct, _) = direct::table(&scopes, &apis, &table).map_err(StartupError::Internal)?;
     // Connect calls them straight as well; its JSON is read by REST's rules and written by
     // the same typed codecs.

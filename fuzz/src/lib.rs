@@ -353,9 +353,7 @@ impl Gateway {
             .prepare()
             .into_axum_router()
     }
-}
 
-impl Gateway {
     /// The direct calls to the services, as `startup` builds them (with the scope policy).
     fn direct_calls(&self, table: &rest::RouteTable) -> Direct {
         let metrics = Arc::new(Metrics::new());
