@@ -4,7 +4,8 @@
 //!
 //! A connection over `MAX_CONNECTIONS` is closed at once, before the kernel runs out of
 //! descriptors; a failed `accept` (EMFILE, ENFILE, ENOBUFS…) backs off instead of spinning;
-//! a connection with no call in flight for `CONNECTION_IDLE_TIMEOUT_MS` is closed gracefully.
+//! a connection with no call in flight for `CONNECTION_IDLE_TIMEOUT_MS` is closed gracefully,
+//! and one whose peer takes none of what it is sent for `CONNECTION_WRITE_TIMEOUT_MS` is cut off.
 //! With TLS configured (`tls`), every connection is a TLS one, handshaken in its own task.
 
 use std::{
@@ -33,6 +34,7 @@ use tokio::{
     net::TcpListener,
     sync::Semaphore,
 };
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
@@ -51,6 +53,8 @@ pub struct ListenerSettings {
     pub idle_timeout: Duration,
     /// An HTTP/1.1 request's headers must arrive within this time (slowloris).
     pub header_read_timeout: Duration,
+    /// A write the peer leaves pending this long (it stopped reading) closes the connection.
+    pub write_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams: u32,
     /// HTTP/2 streams a client may make the server reset before the connection is closed
@@ -73,6 +77,7 @@ impl ListenerSettings {
             max_connections,
             idle_timeout,
             header_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             max_concurrent_streams: 200,
             max_local_error_reset_streams: 1024,
             max_pending_accept_reset_streams: 20,
@@ -166,6 +171,11 @@ pub async fn serve(
         // gRPC writes headers, data and trailers as separate frames; Nagle's algorithm would
         // hold them for the peer's ACK.
         let _ = stream.set_nodelay(true);
+        // Below TLS and HTTP, so a peer that stops reading is cut off whatever it was sent: a
+        // large answer, a live subscription, or HTTP/2 frames. Without it the connection and
+        // everything queued for it would stay until the peer closed it.
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(settings.write_timeout));
         let builder = builder.clone();
         let router = router.clone();
         let metrics = Arc::clone(&metrics);
@@ -175,6 +185,7 @@ pub async fn serve(
         let tls = tls.clone();
         connections.spawn(async move {
             let _gauge = metrics.connection_opened();
+            let stream = Box::pin(stream);
             let connection = Connection {
                 remote,
                 builder,

@@ -62,7 +62,7 @@ pub struct LimitsConfig {
     #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 100)]
     pub rate_limit_rps: u32,
 
-    /// Requests a client may make at once above the sustained rate.
+    /// Requests a client may make at once: the whole bucket, refilled at RATE_LIMIT_RPS.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 50)]
     pub rate_limit_burst: u32,
 
@@ -92,6 +92,12 @@ pub struct LimitsConfig {
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,
+
+    /// A connection whose peer takes no byte of what it is sent for this long is closed, in
+    /// milliseconds (a client that stopped reading holds no buffers past it).
+    #[arg(long, env = "CONNECTION_WRITE_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connection_write_timeout_ms: u64,
 }
 
 impl LimitsConfig {
@@ -133,6 +139,7 @@ impl LimitsConfig {
         );
         ListenerSettings {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            write_timeout: Duration::from_millis(self.connection_write_timeout_ms),
             ..ListenerSettings::new(
                 max_connections,
                 Duration::from_millis(self.connection_idle_timeout_ms),

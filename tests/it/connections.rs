@@ -296,3 +296,46 @@ async fn a_call_that_outlives_the_idle_timeout_costs_no_cpu_while_it_waits() {
     drop(streams);
     gateway.kill_hard();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_at_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_configured(|config| config.limits.connection_write_timeout_ms = 300).await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    // Far more than the kernel's socket buffers hold on both sides.
+    let big = "x".repeat(256 * 1024);
+    let batch: Vec<&str> = (0..8).map(|_| big.as_str()).collect();
+    for _ in 0..8 {
+        app.send_texts("orders", "created", 0, &batch).await;
+    }
+    let base = app.url("");
+    let open = || metric(&app.http1, &base, "iggy_gateway_connections_open");
+    let before = open().await;
+
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut stalled = socket.connect(app.addr).await.expect("connects");
+    stalled
+        .write_all(
+            b"GET /v1/streams/orders/topics/created/messages:subscribe?partition_id=0&strategy=first HTTP/1.1\r\n\
+              Host: gateway\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .await
+        .expect("request sent");
+    // Never read: the gateway's writes stall once the buffers between are full.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(open().await, before + 1, "the stalled connection is open");
+    let mut closed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if open().await == before {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the connection was closed once its writes stalled");
+    drop(stalled);
+}
