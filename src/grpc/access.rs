@@ -150,7 +150,7 @@ pub(super) async fn authorize(
     wants: &[Want<'_>],
 ) -> Result<(), Status> {
     let Some(access) = access else {
-        return Ok(());
+        return Err(no_access());
     };
     let mut targets = Vec::with_capacity(wants.len());
     for want in wants {
@@ -168,8 +168,15 @@ pub(super) fn authorize_any(access: Option<&Access>) -> Result<(), Status> {
         Some(access) => access
             .check_any()
             .map_err(|target| refused(access, &target)),
-        None => Ok(()),
+        None => Err(no_access()),
     }
+}
+
+/// Every call that reaches a service came through the scope policy, which gives it an
+/// [`Access`] (unrestricted keys included): one without is refused, never let through.
+fn no_access() -> Status {
+    tracing::error!("a call reached its service without an access check; refused");
+    Status::permission_denied("the call was not admitted by the scope policy")
 }
 
 fn refused(access: &Access, target: &Target) -> Status {

@@ -22,7 +22,7 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{HeaderName, HeaderValue, Request, Response},
+    http::{HeaderName, HeaderValue, Request, Response, StatusCode},
 };
 use prost_reflect::Value;
 use tonic::{Code, server::NamedService};
@@ -31,7 +31,7 @@ use tower::{Layer, Service};
 use super::guard::{Exempt, Guard, GuardLayer, Policy};
 use crate::{
     answer::{Caller, Rejection, SCOPE_MISSING, grpc_code_name},
-    extensions::{Protocol, RequestId},
+    extensions::RequestId,
     identity::{
         Access, Identity, KeyRing, Rpc, Scope, Target, Throttle, audit_admin, audit_refused,
     },
@@ -189,15 +189,12 @@ impl Policy for Scopes {
     const EXEMPT: Exempt = Exempt::Nothing;
 
     fn check(&self, request: &mut Request<Body>) -> Result<Option<Admitted>, Rejection> {
-        // A path the table lacks is not an RPC of ours: the service answers UNIMPLEMENTED. A
-        // plain HTTP request on an RPC's path (OPTIONS, a GET) never reaches the service: it is
-        // answered with `Allow`, 405 or tonic-web's 400.
+        // A path the table lacks is not an RPC of ours: the service answers UNIMPLEMENTED.
+        // Whatever else is sent to an RPC's path is admitted whatever its content type says:
+        // over HTTP/2 tonic serves a call whose content type is not gRPC's too.
         let Some(rpc) = self.table.get(request.uri().path()).cloned() else {
             return Ok(None);
         };
-        if Protocol::of(request) == Protocol::Rest {
-            return Ok(None);
-        }
         let caller = Caller::of(request);
         let access = self.admit(rpc, request.extensions_mut())?;
         Ok(Some(Admitted { access, caller }))
@@ -207,14 +204,19 @@ impl Policy for Scopes {
         let Some(Admitted { access, caller }) = admitted else {
             return response;
         };
-        // An error is trailers-only (its status in the head); an answer without one succeeded
-        // or is streaming.
-        let code = response
+        // An error is trailers-only (its status in the head); a 200 without one succeeded or
+        // is streaming. Any other HTTP status is tonic-web's refusal of what is not a call
+        // (a GET, gRPC over HTTP/1.1): no service answered it.
+        let code = match response
             .headers()
             .get("grpc-status")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i32>().ok())
-            .map_or(Code::Ok, Code::from);
+        {
+            Some(code) => Code::from(code),
+            None if response.status() == StatusCode::OK => Code::Ok,
+            None => return response,
+        };
         match Self::settle(&access, code) {
             Ok(()) => response,
             Err(rejection) => rejection.respond_to(&caller),

@@ -1411,3 +1411,168 @@ async fn connect_calls_are_held_to_the_keys_scopes_like_every_other_protocol() {
     let (status, _) = connect(app, "no-such-key", "StreamService/ListStreams", json!({})).await;
     assert_eq!(status, 401);
 }
+
+/// A gRPC call over HTTP/2 whose content type is `content_type` (or none): the HTTP status,
+/// and the `grpc-status` of its head or trailers.
+async fn h2_call(
+    app: &TestApp,
+    key: &str,
+    path: &str,
+    content_type: Option<&str>,
+    message: &impl Message,
+) -> (u16, Option<String>) {
+    let tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connects");
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.expect("ready");
+    let mut request = http::Request::post(app.url(path))
+        .header("te", "trailers")
+        .header("x-api-key", key);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let (response, mut body) = h2
+        .send_request(request.body(()).expect("request"), false)
+        .expect("stream opened");
+    let encoded = message.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    body.send_data(framed.into(), true).expect("body sent");
+    let response = response.await.expect("a response");
+    let status = response.status().as_u16();
+    let head = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut answer = response.into_body();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.expect("a chunk");
+        let _ = answer.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = answer.trailers().await.ok().flatten();
+    let grpc_status = head.or_else(|| {
+        trailers
+            .and_then(|t| t.get("grpc-status").cloned())
+            .and_then(|v| v.to_str().ok().map(str::to_owned))
+    });
+    (status, grpc_status)
+}
+
+#[tokio::test]
+async fn a_call_whose_content_type_is_not_grpc_is_still_held_to_the_keys_scopes() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    // Over HTTP/2 tonic serves a call whatever its content type says; the scope policy must
+    // judge it all the same.
+    for content_type in [None, Some("text/plain"), Some("application/octet-stream")] {
+        let (status, grpc_status) = h2_call(
+            app,
+            "reader-key",
+            "/iggy.gateway.v1.StreamService/CreateStream",
+            content_type,
+            &proto::CreateStreamRequest {
+                name: "sneaked-in".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(
+            matches!(
+                (status, grpc_status.as_deref()),
+                (200, Some("7")) | (403, None)
+            ),
+            "{content_type:?}: PERMISSION_DENIED, in gRPC's words or REST's: {status} {grpc_status:?}"
+        );
+        let (status, grpc_status) = h2_call(
+            app,
+            "reader-key",
+            "/iggy.gateway.v1.MessageService/SendMessages",
+            content_type,
+            &proto::SendMessagesRequest {
+                stream: "payments".into(),
+                topic: "settled".into(),
+                messages: vec![text_message("sneaked in")],
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(
+            matches!(
+                (status, grpc_status.as_deref()),
+                (200, Some("7")) | (403, None)
+            ),
+            "{content_type:?}: PERMISSION_DENIED, in gRPC's words or REST's: {status} {grpc_status:?}"
+        );
+    }
+    let (status, answer) = rest(
+        app,
+        "admin-key",
+        reqwest::Method::GET,
+        "/v1/streams/sneaked-in",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "nothing was created: {answer}");
+    let (status, answer) = rest(
+        app,
+        "admin-key",
+        reqwest::Method::GET,
+        "/v1/streams/payments/topics/settled/messages?partition_id=0&strategy=first&count=10",
+        None,
+    )
+    .await;
+    assert_eq!((status, &answer["messages"]), (200, &json!([])), "{answer}");
+
+    // A key that holds the scope is served as a gRPC call, checked on what it names.
+    let (status, grpc_status) = h2_call(
+        app,
+        "team-key",
+        "/iggy.gateway.v1.MessageService/SendMessages",
+        Some("text/plain"),
+        &proto::SendMessagesRequest {
+            stream: "payments".into(),
+            topic: "settled".into(),
+            messages: vec![text_message("sneaked in")],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!((status, grpc_status.as_deref()), (200, Some("7")));
+}
+
+#[tokio::test]
+async fn what_tonic_web_refuses_on_an_rpc_path_keeps_its_status_and_is_no_internal_error() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    // gRPC over HTTP/1.1, and a GET with gRPC-Web's content type: no service answers them.
+    for (method, content_type) in [
+        (reqwest::Method::POST, "application/grpc"),
+        (reqwest::Method::GET, "application/grpc-web+proto"),
+    ] {
+        let response = app
+            .http1
+            .request(
+                method.clone(),
+                app.url("/iggy.gateway.v1.StreamService/ListStreams"),
+            )
+            .header("x-api-key", "admin-key")
+            .header("content-type", content_type)
+            .send()
+            .await
+            .expect("answered");
+        let status = response.status().as_u16();
+        let grpc_status = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert!(
+            (400..500).contains(&status) && grpc_status.as_deref() != Some("13"),
+            "{method} {content_type}: {status} {grpc_status:?}"
+        );
+    }
+}
