@@ -1476,7 +1476,6 @@ async fn a_call_whose_content_type_is_not_grpc_is_still_held_to_the_keys_scopes(
             content_type,
             &proto::CreateStreamRequest {
                 name: "sneaked-in".into(),
-                ..Default::default()
             },
         )
         .await;
