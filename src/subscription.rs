@@ -3,18 +3,28 @@
 //! cursors ([`cursor`]), and one poll task per subscriber ([`pump`]). It emits domain items
 //! ([`Delivery`]); the gRPC service maps them to protobuf, so this module knows no wire format.
 //!
-//! The pump waits when the client reads slowly (the channel is bounded), backs off to
-//! `SUBSCRIBE_IDLE_POLL_MS` while nothing arrives, and ends a stream whose client stopped
-//! reading for `SUBSCRIBE_SLOW_CLIENT_MS`.
+//! The pump waits when the client reads slowly (what it buffers is bounded in items and in
+//! bytes, [`BUFFER_BYTES`]), backs off to `SUBSCRIBE_IDLE_POLL_MS` while nothing arrives, and
+//! ends a stream whose client stopped reading for `SUBSCRIBE_SLOW_CLIENT_MS`. Commits store
+//! what the stream has handed on to the connection ([`Deliveries`]), never what is still
+//! buffered for it.
 
 mod admission;
 mod cursor;
 mod keys;
 mod pump;
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tokio::sync::mpsc;
+use futures_util::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -29,6 +39,10 @@ use cursor::{Cursor, Scope};
 
 /// Answers buffered per subscriber before the pump waits for the client.
 const CHANNEL_CAPACITY: usize = 32;
+/// Payload and header bytes one subscription reads ahead of its client at most, in its poll
+/// and in its buffer each (a larger message goes alone): what a client that stops reading
+/// holds of the gateway's memory, whatever the topic's message sizes.
+pub const BUFFER_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct SubscribeSettings {
@@ -108,13 +122,53 @@ pub struct PartitionLag {
 /// The stream ends after its first error.
 pub type Item = Result<Delivery, Status>;
 
+/// An item on its way to the client, holding its bytes' room in the subscription's buffer.
+type Buffered = (Item, Option<OwnedSemaphorePermit>);
+
+/// Where each partition's messages have been handed on to the connection: the next offset.
+type Handed = Arc<Mutex<BTreeMap<u32, u64>>>;
+
+/// The receiving end of a subscription. An item it yields has left the subscription's
+/// buffer: its bytes' room is given back and, for a message, its offset counts as delivered
+/// for commits.
+pub struct Deliveries {
+    receiver: mpsc::Receiver<Buffered>,
+    handed: Handed,
+}
+
+impl Stream for Deliveries {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let Some((item, room)) = std::task::ready!(self.receiver.poll_recv(cx)) else {
+            return Poll::Ready(None);
+        };
+        if let Ok(Delivery {
+            event:
+                Event::Message {
+                    partition_id,
+                    message,
+                },
+            ..
+        }) = &item
+        {
+            self.handed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(*partition_id, message.offset + 1);
+        }
+        drop(room);
+        Poll::Ready(Some(item))
+    }
+}
+
 impl Subscriptions {
     /// Starts a subscription's poll loop and returns the receiving end of its stream.
     pub async fn start(
         &self,
         broker: Arc<dyn Broker>,
         request: Subscription,
-    ) -> Result<mpsc::Receiver<Item>, Status> {
+    ) -> Result<Deliveries, Status> {
         let admitted = self.admission.admit(request.client)?;
         let consumer_text = request
             .consumer
@@ -199,7 +253,13 @@ impl Subscriptions {
             }
         }
 
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (tx, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let handed = Handed::default();
+        let buffer = pump::Buffer {
+            tx,
+            room: Arc::new(Semaphore::new(BUFFER_BYTES)),
+            handed: Arc::clone(&handed),
+        };
         let settings = Arc::clone(&self.settings);
         let shutdown = self.shutdown.clone();
         let cursor = Cursor {
@@ -218,21 +278,23 @@ impl Subscriptions {
         tokio::spawn(async move {
             let _admitted = admitted;
             let commit_every = request.commit_every;
-            let (request, next) = pump::run(
+            let handed = Arc::clone(&buffer.handed);
+            let request = pump::run(
                 broker.clone(),
                 request,
                 next,
                 cursor,
                 settings,
                 shutdown,
-                tx,
+                buffer,
             )
             .await;
-            // What was delivered is committed when the subscription ends, however it ends.
+            // What was handed on is committed when the subscription ends, however it ends;
+            // what was still buffered is read again by the consumer's next subscription.
             if commit_every > 0 {
-                pump::commit(&broker, &request, &next).await;
+                pump::commit(&broker, &request, &handed).await;
             }
         });
-        Ok(rx)
+        Ok(Deliveries { receiver, handed })
     }
 }

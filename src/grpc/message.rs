@@ -317,12 +317,7 @@ impl MessageService for MessageApi {
                 },
             )
             .await?;
-        let deliveries = guard_stream(
-            Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)),
-            access,
-            target,
-            delivered_bytes,
-        );
+        let deliveries = guard_stream(Box::pin(receiver), access, target, delivered_bytes);
         let to_proto: fn(_) -> _ = delivery_to_proto;
         Ok(Response::new(Box::pin(futures_util::StreamExt::map(
             deliveries, to_proto,

@@ -1,6 +1,7 @@
 //! The pump: one task per subscription polls its partitions, pushes what it reads into the
-//! subscriber's bounded channel, commits as asked and sends heartbeats while idle. It waits
-//! when the client reads slowly and sleeps until an append when the backend announces them.
+//! subscriber's buffer (bounded in items and bytes), commits what the stream has handed on as
+//! asked, and sends heartbeats while idle. It waits when the client reads slowly and sleeps
+//! until an append when the backend announces them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -8,12 +9,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{
-    Delivery, Event, Item, PartitionLag, SubscribeSettings, Subscription,
+    BUFFER_BYTES, Buffered, Delivery, Event, Handed, Item, PartitionLag, SubscribeSettings,
+    Subscription,
     cursor::{self, Cursor},
 };
 use crate::{
@@ -26,6 +28,15 @@ const POLL_BATCH: u32 = 100;
 /// The first idle wait; it doubles up to `SUBSCRIBE_IDLE_POLL_MS`.
 const MIN_IDLE_WAIT: Duration = Duration::from_millis(5);
 
+/// The pump's end of a subscription's buffer.
+pub(super) struct Buffer {
+    pub(super) tx: mpsc::Sender<Buffered>,
+    /// [`BUFFER_BYTES`] of room; an item holds its bytes' worth until the stream yields it.
+    pub(super) room: Arc<Semaphore>,
+    /// What the stream has yielded, which commits store.
+    pub(super) handed: Handed,
+}
+
 pub(super) async fn run(
     broker: Arc<dyn Broker>,
     request: Subscription,
@@ -33,8 +44,8 @@ pub(super) async fn run(
     mut cursor: Cursor,
     settings: Arc<SubscribeSettings>,
     shutdown: CancellationToken,
-    tx: mpsc::Sender<Item>,
-) -> (Subscription, BTreeMap<u32, Option<u64>>) {
+    buffer: Buffer,
+) -> Subscription {
     let mut idle_wait = MIN_IDLE_WAIT;
     // One append signal per followed partition, taken before the first poll so no append
     // falls between the two. With every partition signalled, a subscriber polls only the
@@ -79,7 +90,7 @@ pub(super) async fn run(
                     consumer: request.consumer.clone(),
                     strategy,
                     count: POLL_BATCH,
-                    max_bytes: settings.batch_max_bytes,
+                    max_bytes: settings.batch_max_bytes.min(BUFFER_BYTES),
                     auto_commit: false,
                 })
                 .await;
@@ -92,8 +103,8 @@ pub(super) async fn run(
                     continue;
                 }
                 Err(err) => {
-                    let _ = tx.send(Err(broker_status(err))).await;
-                    return (request, next);
+                    let _ = buffer.tx.send((Err(broker_status(err)), None)).await;
+                    return request;
                 }
             };
             if polled.messages.is_empty() {
@@ -104,7 +115,7 @@ pub(super) async fn run(
             // It may hold more than one poll returns: read it again before sleeping.
             draining.insert(partition);
             for message in polled.messages {
-                let offset = message.offset;
+                let (offset, size) = (message.offset, message.size());
                 next.insert(partition, Some(offset + 1));
                 cursor.next.insert(partition, offset + 1);
                 let item = cursor::encode(&cursor, &settings.cursor_keys).map(|cursor| Delivery {
@@ -114,8 +125,8 @@ pub(super) async fn run(
                         message,
                     },
                 });
-                if !deliver(&tx, item, &settings, &shutdown).await {
-                    return (request, next);
+                if !deliver(&buffer, item, size, &settings, &shutdown).await {
+                    return request;
                 }
                 delivered += 1;
                 last_sent = tokio::time::Instant::now();
@@ -126,7 +137,7 @@ pub(super) async fn run(
                 if by_count || by_time {
                     since_commit = 0;
                     last_commit = tokio::time::Instant::now();
-                    commit(&broker, &request, &next).await;
+                    commit(&broker, &request, &buffer.handed).await;
                 }
             }
         }
@@ -137,8 +148,8 @@ pub(super) async fn run(
         }
         if last_sent.elapsed() >= settings.heartbeat {
             let item = heartbeat(&broker, &request, &next, &cursor, &settings).await;
-            if !deliver(&tx, item, &settings, &shutdown).await {
-                return (request, next);
+            if !deliver(&buffer, item, 0, &settings, &shutdown).await {
+                return request;
             }
             last_sent = tokio::time::Instant::now();
         }
@@ -152,12 +163,12 @@ pub(super) async fn run(
         };
         tokio::select! {
             () = shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable(
+                let _ = buffer.tx.send((Err(Status::unavailable(
                     "the gateway is shutting down; resume with the last cursor",
-                ))).await;
-                return (request, next);
+                )), None)).await;
+                return request;
             }
-            () = tx.closed() => return (request, next),
+            () = buffer.tx.closed() => return request,
             () = tokio::time::sleep(wait) => {}
             changed = async {
                 if signalled && !appends.is_empty() {
@@ -177,43 +188,56 @@ pub(super) async fn run(
     }
 }
 
-/// Sends one answer, waiting while the client reads slowly; `false` ends the subscription, as
-/// does an error, which is the stream's last item.
+/// Buffers one answer of `bytes` payload and header bytes, waiting while the client reads
+/// slowly (for room in items and in bytes); `false` ends the subscription, as does an error,
+/// which is the stream's last item.
 async fn deliver(
-    tx: &mpsc::Sender<Item>,
+    buffer: &Buffer,
     item: Item,
+    bytes: usize,
     settings: &SubscribeSettings,
     shutdown: &CancellationToken,
 ) -> bool {
     let ended_ok = item.is_ok();
+    // A message larger than the whole buffer waits for all of it, and goes alone.
+    let permits = u32::try_from(bytes.min(BUFFER_BYTES)).unwrap_or(u32::MAX);
+    let buffered = async {
+        let room = Arc::clone(&buffer.room)
+            .acquire_many_owned(permits)
+            .await
+            .ok();
+        buffer.tx.send((item, room)).await.is_ok()
+    };
     tokio::select! {
         () = shutdown.cancelled() => {
-            let _ = tx.try_send(Err(Status::unavailable(
+            let _ = buffer.tx.try_send((Err(Status::unavailable(
                 "the gateway is shutting down; resume with the last cursor",
-            )));
+            )), None));
             false
         }
-        sent = tx.send_timeout(item, settings.slow_client) => match sent {
-            Ok(()) => ended_ok,
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+        () = buffer.tx.closed() => false,
+        sent = tokio::time::timeout(settings.slow_client, buffered) => match sent {
+            Ok(true) => ended_ok,
+            Ok(false) => false,
+            Err(_) => {
                 tracing::warn!(timeout = ?settings.slow_client, "subscriber stopped reading; closing its stream");
                 false
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
         },
     }
 }
 
-pub(super) async fn commit(
-    broker: &Arc<dyn Broker>,
-    request: &Subscription,
-    next: &BTreeMap<u32, Option<u64>>,
-) {
+/// Stores the consumer's offset in every partition up to what the stream has handed on.
+pub(super) async fn commit(broker: &Arc<dyn Broker>, request: &Subscription, handed: &Handed) {
     let Some(consumer) = &request.consumer else {
         return;
     };
-    for (partition, position) in next {
-        if let Some(offset) = position.and_then(|n| n.checked_sub(1)) {
+    let handed = handed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    for (partition, next) in &handed {
+        if let Some(offset) = next.checked_sub(1) {
             let at = ConsumerOffsetRef {
                 topic: request.topic.clone(),
                 consumer: consumer.clone(),

@@ -905,3 +905,75 @@ async fn a_large_body_with_a_broken_string_is_malformed_not_too_large() {
     }
     nothing_stored(&app).await;
 }
+
+/// Resident memory of a process now, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib * 1024)
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn subscribers_that_never_read_hold_a_bounded_buffer_each() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start(dir.path());
+    let channel = gateway.channel_with_topic().await;
+    let mut messages = proto::message_service_client::MessageServiceClient::new(channel);
+    // Messages of almost the largest size allowed (1 MiB with their headers).
+    let big = "x".repeat(1024 * 1024 - 1024);
+    for _ in 0..4 {
+        messages
+            .send_messages(proto::SendMessagesRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                messages: (0..6).map(|_| crate::helpers::text_message(&big)).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("sent");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_bytes(gateway.pid());
+
+    // Sixteen subscribers from the first message, each on a connection of its own whose
+    // HTTP/2 window takes almost nothing, and none of them reads.
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.addr))
+            .expect("url")
+            .initial_stream_window_size(64 * 1024)
+            .initial_connection_window_size(64 * 1024)
+            .connect()
+            .await
+            .expect("connects");
+        let stream = proto::message_service_client::MessageServiceClient::new(channel)
+            .subscribe(proto::SubscribeRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                partition_id: Some(0),
+                strategy: proto::PollingStrategy::First.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("subscribed");
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grown = rss_bytes(gateway.pid()).saturating_sub(before);
+    // Each reads ahead one poll and one buffer of 256 KiB (a larger message goes alone) and
+    // hands one message to its stream: about 3 MiB each here, where reading ahead a poll of
+    // POLL_MAX_BYTES and 32 messages held the whole topic, 24 MiB, for each of them.
+    assert!(grown < 128 * 1024 * 1024, "RSS grew by {} MiB", grown >> 20);
+    drop(stalled);
+}

@@ -384,6 +384,68 @@ async fn what_was_delivered_is_committed_when_the_subscriber_leaves() {
 }
 
 #[tokio::test]
+async fn commits_store_what_was_handed_to_the_client_not_what_waits_for_it() {
+    let app = app_with_topic(spawn_app().await).await;
+    let big = "x".repeat(100 * 1024);
+    let batch: Vec<&str> = (0..16).map(|_| big.as_str()).collect();
+    for _ in 0..4 {
+        app.send_texts("orders", "created", 0, &batch).await;
+    }
+    // A client whose HTTP/2 windows hold less than one message, so what the gateway has
+    // handed on is about what the client has read.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .expect("url")
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(64 * 1024)
+        .connect()
+        .await
+        .expect("connects");
+    let mut stream = proto::message_service_client::MessageServiceClient::new(channel)
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(0),
+            consumer: "billing".into(),
+            strategy: proto::PollingStrategy::First.into(),
+            commit_every: 1,
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed")
+        .into_inner();
+    for expected in 0..2 {
+        assert_eq!(next_message(&mut stream).await.1.offset, expected);
+    }
+    // The client stops reading; the gateway reads ahead only as far as its buffer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = app
+        .stored_offset("orders", "created", "billing", 0)
+        .await
+        .expect("committed while streaming");
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let at_end = app
+        .stored_offset("orders", "created", "billing", 0)
+        .await
+        .expect("committed at the end");
+    // Two read, and what the connection holds between gateway and client; never the messages
+    // still waiting in the subscription for the client to take them.
+    assert!(
+        stored >= 1 && stored <= at_end && at_end < 6,
+        "stored {stored} while streaming, {at_end} at the end"
+    );
+    // The consumer's next subscription resumes after that, not after what it never got.
+    let mut resumed = app
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(0),
+            consumer: "billing".into(),
+            strategy: proto::PollingStrategy::Next.into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect("resubscribed");
+    assert_eq!(next_message(&mut resumed).await.1.offset, at_end + 1);
+}
+
+#[tokio::test]
 async fn a_subscriber_that_never_reads_is_dropped_instead_of_buffered() {
     let app = app_with_topic(
         spawn_configured(|c| {
