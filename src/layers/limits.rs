@@ -47,6 +47,9 @@ struct ChargedBody {
     received: usize,
     max_bytes: usize,
     too_large: Arc<AtomicBool>,
+    /// Set when the body could not be read: its framing is malformed (a chunk size that is
+    /// not hex) or its transfer broke off.
+    broken: Arc<AtomicBool>,
 }
 
 impl http_body::Body for ChargedBody {
@@ -58,6 +61,9 @@ impl http_body::Body for ChargedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.broken.store(true, Ordering::Release);
+        }
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
@@ -250,18 +256,21 @@ where
         };
         let (mut parts, body) = request.into_parts();
         // Flags are shared with the body only when there is one to read (and to inflate).
-        let mut too_large = None;
+        let (mut too_large, mut broken) = (None, None);
         let body = if http_body::Body::is_end_stream(&body) {
             body
         } else {
             let flag = Arc::new(AtomicBool::new(false));
             too_large = Some(Arc::clone(&flag));
+            let broken_flag = Arc::new(AtomicBool::new(false));
+            broken = Some(Arc::clone(&broken_flag));
             Body::new(ChargedBody {
                 inner: body,
                 charge: Arc::clone(&charge),
                 received: 0,
                 max_bytes,
                 too_large: flag,
+                broken: broken_flag,
             })
         };
         let mut malformed = None;
@@ -294,6 +303,7 @@ where
             caller,
             grpc,
             too_large,
+            broken,
             malformed,
             max_inflight: self.inflight.max(),
             limit: self.max_bytes,
@@ -317,6 +327,8 @@ pub struct Bounds {
     grpc: bool,
     /// Set when the body went over the limit (absent without a body).
     too_large: Option<Arc<AtomicBool>>,
+    /// Set when the body could not be read (absent without a body).
+    broken: Option<Arc<AtomicBool>>,
     /// Set when a compressed body did not inflate (absent without a coding).
     malformed: Option<Arc<AtomicBool>>,
     max_inflight: usize,
@@ -334,6 +346,7 @@ impl AfterAnswer<Body> for Bounds {
             caller,
             grpc,
             too_large,
+            broken,
             malformed,
             max_inflight,
             limit,
@@ -348,7 +361,12 @@ impl AfterAnswer<Body> for Bounds {
         if is_set(too_large.as_ref()) || (grpc && is_oversized_message(&response)) {
             return too_large_rejection(limit).respond_to(&caller);
         }
-        // Checked after the limits: a body cut off by one also ends its inflation.
+        // Checked after the limits: a body cut off by one also fails to be read, and ends its
+        // inflation. Whatever the service made of a body it could not read (REST and Connect
+        // would call it too large, tonic-web internal), the caller hears why.
+        if is_set(broken.as_ref()) {
+            return unreadable_body().respond_to(&caller);
+        }
         if is_set(malformed.as_ref()) {
             return malformed_coding().respond_to(&caller);
         }
@@ -399,6 +417,15 @@ fn unsupported_coding(coding: &str) -> Rejection {
     .header(
         header::ACCEPT_ENCODING,
         header::HeaderValue::from_static(inflate::ACCEPTED_CODINGS),
+    )
+}
+
+fn unreadable_body() -> Rejection {
+    Rejection::new(
+        Code::InvalidArgument,
+        "MALFORMED_BODY",
+        "the request body could not be read: its framing is malformed (a chunk size that is \
+         not hexadecimal, a chunk not followed by CRLF) or its transfer broke off",
     )
 }
 

@@ -977,3 +977,50 @@ async fn subscribers_that_never_read_hold_a_bounded_buffer_each() {
     assert!(grown < 128 * 1024 * 1024, "RSS grew by {} MiB", grown >> 20);
     drop(stalled);
 }
+
+#[tokio::test]
+async fn a_body_whose_chunked_framing_is_malformed_is_a_400_on_every_protocol() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with_default_topic().await;
+    // A chunk size that is not hexadecimal, and a chunk not followed by CRLF.
+    for chunks in ["ZZZ\r\nabc\r\n0\r\n\r\n", "3\r\nabcXY0\r\n\r\n"] {
+        for (path, content_type, expect) in [
+            (
+                "/v1/streams/sample-stream/topics/events/messages",
+                "application/json",
+                "HTTP/1.1 400",
+            ),
+            (
+                "/iggy.gateway.v1.StreamService/CreateStream",
+                "application/json\r\nConnect-Protocol-Version: 1",
+                "HTTP/1.1 400",
+            ),
+            (
+                "/iggy.gateway.v1.StreamService/CreateStream",
+                "application/grpc-web+proto",
+                "grpc-status: 3",
+            ),
+        ] {
+            let mut tcp = tokio::net::TcpStream::connect(app.addr)
+                .await
+                .expect("connects");
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: {content_type}\r\n\
+                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunks}"
+            );
+            tcp.write_all(request.as_bytes()).await.expect("sent");
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+                .await
+                .expect("answered and closed");
+            let answer = String::from_utf8_lossy(&answer).to_lowercase();
+            assert!(
+                answer.contains(&expect.to_lowercase()) && answer.contains("malformed"),
+                "{path} {content_type} {chunks:?}: {answer}"
+            );
+        }
+    }
+    // Still serving.
+    let health = app.http1.get(app.url("/health")).send().await.expect("up");
+    assert_eq!(health.status(), 200);
+}
