@@ -4,7 +4,7 @@
 //! ends with the end-of-stream message: `{}`, or the error that ended the method's stream, or
 //! `deadline_exceeded` at `Connect-Timeout-Ms`.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, future::Future, pin::Pin};
 
 use axum::{
     body::Body,
@@ -13,7 +13,6 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use tokio::sync::mpsc;
 use tonic::Code;
 
 use super::{
@@ -24,6 +23,14 @@ use crate::{
     answer::connect,
     rest::direct::{ItemError, Items},
 };
+
+/// Where a stream stands: its items until it has ended (the end-of-stream message written),
+/// how its messages are written, and its deadline.
+struct Streaming {
+    items: Option<Items>,
+    writer: Writer,
+    deadline: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
 
 /// How the stream's messages are sent.
 pub struct Writer {
@@ -50,49 +57,49 @@ impl Writer {
     }
 }
 
-/// The streamed answer: HTTP 200 at once, then envelopes as the method yields messages.
-pub fn respond(mut items: Items, writer: Writer) -> Response {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+/// The streamed answer: HTTP 200 at once, then envelopes as the method yields messages,
+/// written as the connection takes them (no task or buffer in between: a client gone drops
+/// the method's stream at once).
+pub fn respond(items: Items, writer: Writer) -> Response {
     let json = writer.json;
     let compression = writer.compression;
-    tokio::spawn(async move {
-        let deadline = async {
-            match writer.deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
-        let end: Option<tonic::Status> = loop {
-            let item = tokio::select! {
-                item = items.next() => item,
-                () = &mut deadline => break Some(status(
+    let deadline: Pin<Box<dyn Future<Output = ()> + Send>> = match writer.deadline {
+        Some(deadline) => Box::pin(tokio::time::sleep_until(deadline)),
+        None => Box::pin(std::future::pending()),
+    };
+    let state = Streaming {
+        items: Some(items),
+        writer,
+        deadline,
+    };
+    let envelopes = futures_util::stream::unfold(state, |mut state| async move {
+        let mut items = state.items.take()?;
+        let item = tokio::select! {
+            item = items.next() => item,
+            () = &mut state.deadline => {
+                let end = status(
                     Code::DeadlineExceeded,
                     "DEADLINE_EXCEEDED",
                     "the stream reached its Connect-Timeout-Ms",
-                )),
-            };
-            let message = match item {
-                None => break None,
-                Some(Ok(message)) => message,
-                Some(Err(ItemError::Status(status))) => break Some(status),
-                Some(Err(ItemError::Unwritable(detail))) => break Some(internal(detail)),
-            };
-            match writer.envelope(message).await {
-                Ok(envelope) => {
-                    if tx.send(Ok(envelope)).await.is_err() {
-                        // The client went away; dropping the items ends the method's stream.
-                        return;
-                    }
-                }
-                Err(status) => break Some(status),
+                );
+                return Some((Ok(connect::end_stream(Some(&end))), state));
             }
         };
-        let _ = tx.send(Ok(connect::end_stream(end.as_ref()))).await;
+        let end = match item {
+            None => None,
+            Some(Ok(message)) => match state.writer.envelope(message).await {
+                Ok(envelope) => {
+                    state.items = Some(items);
+                    return Some((Ok::<_, Infallible>(envelope), state));
+                }
+                Err(status) => Some(status),
+            },
+            Some(Err(ItemError::Status(status))) => Some(status),
+            Some(Err(ItemError::Unwritable(detail))) => Some(internal(detail)),
+        };
+        Some((Ok(connect::end_stream(end.as_ref())), state))
     });
-    let mut response = Response::new(Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    ));
+    let mut response = Response::new(Body::from_stream(envelopes));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, connect::stream_content_type(json));
     if let Some(coding) = compression {

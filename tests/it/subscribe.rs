@@ -384,6 +384,44 @@ async fn what_was_delivered_is_committed_when_the_subscriber_leaves() {
 }
 
 #[tokio::test]
+async fn an_sse_subscriber_that_hangs_up_gives_its_slot_back_at_once() {
+    let app = app_with_topic(
+        spawn_configured(|c| {
+            c.subscriptions.max_subscribers_per_client = 1;
+            // No heartbeat to find out the client is gone.
+            c.subscriptions.subscribe_heartbeat_ms = 600_000;
+        })
+        .await,
+    )
+    .await;
+    let url = app
+        .url("/v1/streams/orders/topics/created/messages:subscribe?partition_id=0&strategy=first");
+    let open = || {
+        app.http1
+            .get(url.clone())
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let mut first = open().await.expect("answered");
+    assert_eq!(first.status(), 200);
+    assert!(String::from_utf8_lossy(&next_chunk(&mut first).await).starts_with("retry:"));
+    // An EventSource that lost its connection comes back at once; its old subscription must
+    // not hold the client's only slot.
+    drop(first);
+    let mut again = None;
+    for _ in 0..50 {
+        let response = open().await.expect("answered");
+        if response.status() == 200 {
+            again = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the slot came back within a second");
+}
+
+#[tokio::test]
 async fn commits_store_what_was_handed_to_the_client_not_what_waits_for_it() {
     let app = app_with_topic(spawn_app().await).await;
     let big = "x".repeat(100 * 1024);

@@ -43,18 +43,18 @@ pub(in crate::rest) const SSE_RETRY_MS: u32 = 2000;
 
 /// A server stream's answers (each already JSON) as Server-Sent Events (`sse`) or NDJSON,
 /// one event or line as each arrives (a `cursor` field becomes the SSE id); an error ends it
-/// with a problem carrying `request_id`.
-pub(super) fn stream_items(mut items: Items, sse: bool, request_id: Option<String>) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
-    tokio::spawn(async move {
-        if sse {
-            let retry = Bytes::from(format!("retry: {SSE_RETRY_MS}\n\n"));
-            if tx.send(Ok(retry)).await.is_err() {
-                return;
-            }
-        }
-        while let Some(item) = items.next().await {
-            let written = match item {
+/// with a problem carrying `request_id`. Written as the connection takes them, with no task or
+/// buffer between the stream and the body: a client gone drops the stream, and with it the
+/// subscription, at once.
+pub(super) fn stream_items(items: Items, sse: bool, request_id: Option<String>) -> Response {
+    let retry = sse.then(|| {
+        Ok::<_, std::convert::Infallible>(Bytes::from(format!("retry: {SSE_RETRY_MS}\n\n")))
+    });
+    let written = futures_util::stream::unfold(Some(items), move |items| {
+        let request_id = request_id.clone();
+        async move {
+            let mut items = items?;
+            let written = match items.next().await? {
                 Ok(json) if sse => sse_event(&json),
                 Ok(mut json) => {
                     json.push(b'\n');
@@ -64,38 +64,24 @@ pub(super) fn stream_items(mut items: Items, sse: bool, request_id: Option<Strin
                 // Logged; the stream ends with an internal error rather than a gap.
                 Err(ItemError::Unwritable(detail)) => Err(internal(detail)),
             };
-            match written {
-                Ok(item) => {
-                    if tx.send(Ok(item)).await.is_err() {
-                        // The client went away; dropping `items` ends the subscription.
-                        return;
-                    }
-                }
-                Err(problem) => {
-                    let _ = tx
-                        .send(Ok(stream_error(sse, problem, request_id.clone())))
-                        .await;
-                    return;
-                }
-            }
+            Some(match written {
+                Ok(item) => (Ok(item), Some(items)),
+                Err(problem) => (Ok(stream_error(sse, problem, request_id)), None),
+            })
         }
     });
-    streaming(rx, sse)
+    let body = futures_util::stream::iter(retry).chain(written);
+    streaming(Body::from_stream(body), sse)
 }
 
-/// The answer whose body is what `rx` receives, as SSE or NDJSON.
-fn streaming(
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::convert::Infallible>>,
-    sse: bool,
-) -> Response {
+/// The answer whose body is `body`, as SSE or NDJSON.
+fn streaming(body: Body, sse: bool) -> Response {
     let content_type = if sse {
         "text/event-stream"
     } else {
         "application/x-ndjson"
     };
-    let mut response = Response::new(Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    ));
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
