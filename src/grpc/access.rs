@@ -156,9 +156,28 @@ pub(super) async fn authorize(
     for want in wants {
         targets.push(resolve(broker, access, want).await?);
     }
-    access
-        .check(&targets)
-        .map_err(|target| refused(access, &target))
+    access.check(&targets).map_err(|target| {
+        // Said as the request named it: a key must not learn the name behind an id it may
+        // not see (the audit line has the name).
+        let named = targets
+            .iter()
+            .position(|resolved| *resolved == target)
+            .and_then(|at| wants.get(at))
+            .map(as_named);
+        refused(access, named.as_ref().unwrap_or(&target))
+    })
+}
+
+/// What `want` names, as the request named it: ids as ids.
+fn as_named(want: &Want<'_>) -> Target {
+    match want {
+        Want::Any => Target::Any,
+        Want::Stream(stream) => Target::Stream(stream.to_string()),
+        Want::NewStream(name) => Target::Stream((*name).to_owned()),
+        Want::StreamView(stream) => Target::StreamView(stream.to_string()),
+        Want::Topic(at) => Target::Topic(at.stream.to_string(), at.topic.to_string()),
+        Want::NewTopic(stream, name) => Target::Topic(stream.to_string(), (*name).to_owned()),
+    }
 }
 
 /// The check of an RPC that names nothing (statistics): the scope layer has already seen that

@@ -1575,3 +1575,60 @@ async fn what_tonic_web_refuses_on_an_rpc_path_keeps_its_status_and_is_no_intern
         );
     }
 }
+
+#[tokio::test]
+async fn a_refusal_names_what_the_request_named_never_the_name_behind_an_id() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    let (status, payments) = rest(
+        app,
+        "admin-key",
+        reqwest::Method::GET,
+        "/v1/streams/payments",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{payments}");
+    let id = payments["stream"]["id"].as_u64().expect("an id");
+    // The orders team may not see `payments`: asked by id, it must not learn the name.
+    for path in [
+        format!("/v1/streams/{id}"),
+        format!("/v1/streams/{id}/topics/0"),
+        format!("/v1/streams/{id}/topics/0/messages?partition_id=0&count=1"),
+    ] {
+        let (status, answer) = rest(app, "team-key", reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 403, "{path}: {answer}");
+        let text = answer.to_string();
+        assert!(
+            !text.contains("payments") && !text.contains("settled"),
+            "{path}: {text}"
+        );
+        assert!(
+            text.contains(&format!("'{id}")),
+            "{path}: names the id: {text}"
+        );
+    }
+    // An id that names nothing is refused alike.
+    let (status, answer) = rest(
+        app,
+        "team-key",
+        reqwest::Method::GET,
+        "/v1/streams/4242",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    // Over gRPC too.
+    let mut request = Request::new(proto::GetStreamRequest {
+        stream: id.to_string(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-api-key", "team-key".parse().expect("ascii"));
+    let err = proto::stream_service_client::StreamServiceClient::new(app.channel.clone())
+        .get_stream(request)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(!err.message().contains("payments"), "{}", err.message());
+}
