@@ -547,10 +547,11 @@ async fn a_key_scoped_to_orders_cannot_see_or_touch_payments() {
     )
     .await;
     assert_problem_scope_missing(status, &problem, "admin", "payments/mine");
-    // By numeric id too (stream 1 is payments): the id is looked up, not trusted.
+    // By numeric id too (stream 1 is payments): the id is looked up, not trusted, and the
+    // refusal names the id, not the name the key may not see.
     let (status, problem) =
         rest(app, "team-key", reqwest::Method::GET, "/v1/streams/1", None).await;
-    assert_problem_scope_missing(status, &problem, "read", "payments");
+    assert_problem_scope_missing(status, &problem, "read", "1");
     // Renaming its own stream into another team's name is refused too.
     let (status, problem) = rest(
         app,
