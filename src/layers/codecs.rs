@@ -1,11 +1,12 @@
 //! gRPC-Web bodies must be protobuf (`application/grpc-web`, `+proto`, `-text`): a browser
 //! client set to JSON (`application/grpc-web+json`) is refused in gRPC-Web's own terms, a
 //! `grpc-status` with a message it can show, never the empty 400 tonic-web would answer. The
-//! same for gRPC with a codec other than protobuf. JSON is REST's (`/v1/…`).
+//! same for gRPC with a codec other than protobuf. JSON is REST's (`/v1/…`). Framing that
+//! tonic refuses as INTERNAL though the caller is at fault is answered INVALID_ARGUMENT.
 
 use axum::{
     body::Body,
-    http::{Request, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header},
 };
 use tonic::Code;
 
@@ -53,6 +54,44 @@ impl Policy for ProtobufOnly {
         }
         Ok(())
     }
+
+    fn answered(&self, (): (), mut response: Response<Body>) -> Response<Body> {
+        if is_framing_fault(response.headers()) {
+            response
+                .headers_mut()
+                .insert(GRPC_STATUS, HeaderValue::from_static("3"));
+        }
+        response
+    }
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// What tonic and tonic-web answer INTERNAL though the caller's framing is at fault (no
+/// message, a length past the end, an unknown flag, a body that does not inflate, broken
+/// base64), as `grpc-message` writes them (percent-encoded). Before any service runs, so the
+/// status is in the answer's head. A compressed flag without `grpc-encoding` stays INTERNAL,
+/// as gRPC's compression spec requires.
+const FRAMING_FAULTS: [&str; 5] = [
+    "Missing%20request%20message.",
+    "Unexpected%20EOF%20decoding%20stream.",
+    "protocol%20error:%20received%20message%20with%20invalid%20compression%20flag",
+    "Error%20decompressing:",
+    "tonic-web:",
+];
+
+fn is_framing_fault(headers: &HeaderMap) -> bool {
+    headers
+        .get(&GRPC_STATUS)
+        .is_some_and(|status| status == "13")
+        && headers
+            .get("grpc-message")
+            .and_then(|message| message.to_str().ok())
+            .is_some_and(|message| {
+                FRAMING_FAULTS
+                    .iter()
+                    .any(|fault| message.starts_with(fault))
+            })
 }
 
 #[cfg(test)]

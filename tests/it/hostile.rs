@@ -1024,3 +1024,62 @@ async fn a_body_whose_chunked_framing_is_malformed_is_a_400_on_every_protocol() 
     let health = app.http1.get(app.url("/health")).send().await.expect("up");
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn broken_grpc_framing_is_the_callers_fault_not_an_internal_error() {
+    let app = spawn_app().await;
+    let base = app.url("");
+    let client = h2_client();
+    let framed = |flag: u8, declared: u32, payload: &[u8]| {
+        let mut body = vec![flag];
+        body.extend_from_slice(&declared.to_be_bytes());
+        body.extend_from_slice(payload);
+        body
+    };
+    let cases: Vec<(&str, Option<&str>, Vec<u8>, &str)> = vec![
+        ("no message at all", None, Vec::new(), "3"),
+        (
+            "a length past the end",
+            None,
+            framed(0, 100, b"\x0a\x01x"),
+            "3",
+        ),
+        ("an unknown flag", None, framed(2, 3, b"\x0a\x01x"), "3"),
+        (
+            "gzip that does not inflate",
+            Some("gzip"),
+            framed(1, 4, b"oops"),
+            "3",
+        ),
+        // gRPC's compression spec requires INTERNAL here.
+        (
+            "compressed without an encoding",
+            None,
+            framed(1, 3, b"\x0a\x01x"),
+            "13",
+        ),
+    ];
+    for (case, encoding, body, expected) in cases {
+        let mut request = client
+            .post(format!("{base}/iggy.gateway.v1.StreamService/GetStream"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(encoding) = encoding {
+            request = request.header("grpc-encoding", encoding);
+        }
+        let response = request.body(body).send().await.expect("answered");
+        let (code, message) = grpc_status(response).await;
+        assert_eq!(code, expected, "{case}: {message}");
+    }
+    // gRPC-Web text whose base64 is broken.
+    let response = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.StreamService/GetStream"))
+        .header("content-type", "application/grpc-web-text")
+        .body("AAAAAA!!")
+        .send()
+        .await
+        .expect("answered");
+    let (code, message) = grpc_status(response).await;
+    assert_eq!(code, "3", "broken base64: {message}");
+}
