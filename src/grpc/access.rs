@@ -239,10 +239,11 @@ async fn resolve(broker: &dyn Broker, access: &Access, want: &Want<'_>) -> Resul
                 Identifier::Id(_) if access.is_unrestricted() => at.topic.to_string(),
                 Identifier::Id(_) => match broker.get_topic((*at).clone()).await {
                     Ok(info) => info.name,
+                    // As the request named them: the stream's name is not the key's to learn.
                     Err(_) => {
                         return Err(refused(
                             access,
-                            &Target::Topic(stream, at.topic.to_string()),
+                            &Target::Topic(at.stream.to_string(), at.topic.to_string()),
                         ));
                     }
                 },

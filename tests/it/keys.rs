@@ -1596,6 +1596,8 @@ async fn a_refusal_names_what_the_request_named_never_the_name_behind_an_id() {
         format!("/v1/streams/{id}"),
         format!("/v1/streams/{id}/topics/0"),
         format!("/v1/streams/{id}/topics/0/messages?partition_id=0&count=1"),
+        // A topic id that names nothing is no way round it.
+        format!("/v1/streams/{id}/topics/4242"),
     ] {
         let (status, answer) = rest(app, "team-key", reqwest::Method::GET, &path, None).await;
         assert_eq!(status, 403, "{path}: {answer}");
