@@ -24,7 +24,7 @@ use std::{
 };
 
 use futures_util::Stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -134,6 +134,8 @@ type Handed = Arc<Mutex<BTreeMap<u32, u64>>>;
 pub struct Deliveries {
     receiver: mpsc::Receiver<Buffered>,
     handed: Handed,
+    /// Dropped with the stream: the pump's task then commits what was handed on.
+    _gone: oneshot::Sender<()>,
 }
 
 impl Stream for Deliveries {
@@ -255,6 +257,7 @@ impl Subscriptions {
 
         let (tx, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let handed = Handed::default();
+        let (_gone, gone) = oneshot::channel::<()>();
         let buffer = pump::Buffer {
             tx,
             room: Arc::new(Semaphore::new(BUFFER_BYTES)),
@@ -279,6 +282,7 @@ impl Subscriptions {
             let _admitted = admitted;
             let commit_every = request.commit_every;
             let handed = Arc::clone(&buffer.handed);
+            let slow_client = settings.slow_client;
             let request = pump::run(
                 broker.clone(),
                 request,
@@ -289,12 +293,28 @@ impl Subscriptions {
                 buffer,
             )
             .await;
-            // What was handed on is committed when the subscription ends, however it ends;
-            // what was still buffered is read again by the consumer's next subscription.
+            // What was handed on is committed when the subscription ends, however it ends: at
+            // once (a shutdown may not wait), and again if its stream then hands on what its
+            // buffer still held (an error, shutdown) before it ends or its client stops.
             if commit_every > 0 {
+                let snapshot = || {
+                    handed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone()
+                };
+                let committed = snapshot();
                 pump::commit(&broker, &request, &handed).await;
+                let _ = tokio::time::timeout(slow_client, gone).await;
+                if snapshot() != committed {
+                    pump::commit(&broker, &request, &handed).await;
+                }
             }
         });
-        Ok(Deliveries { receiver, handed })
+        Ok(Deliveries {
+            receiver,
+            handed,
+            _gone,
+        })
     }
 }
