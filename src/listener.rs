@@ -171,9 +171,10 @@ pub async fn serve(
         // gRPC writes headers, data and trailers as separate frames; Nagle's algorithm would
         // hold them for the peer's ACK.
         let _ = stream.set_nodelay(true);
-        // Below TLS and HTTP, so a peer that stops reading is cut off whatever it was sent: a
-        // large answer, a live subscription, or HTTP/2 frames. Without it the connection and
-        // everything queued for it would stay until the peer closed it.
+        // Below TLS and HTTP, so a peer that stops reading its socket is cut off whatever it
+        // was sent: a large answer, a live subscription, HTTP/2 frames. Without it the
+        // connection and everything queued for it would stay until the peer closed it. (An
+        // HTTP/2 peer that reads the socket but opens no flow-control window stalls no write.)
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(settings.write_timeout));
         let builder = builder.clone();
