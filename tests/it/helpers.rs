@@ -403,3 +403,15 @@ pub fn texts(response: &proto::PollMessagesResponse) -> Vec<String> {
         })
         .collect()
 }
+
+/// A gRPC channel to `addr` whose HTTP/2 windows take 64 KiB, so the gateway can hand a
+/// stream little more than what the client has read.
+pub async fn narrow_channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(64 * 1024)
+        .connect()
+        .await
+        .expect("connects")
+}

@@ -61,12 +61,13 @@ async fn send_raw_grpc(
     grpc_status(response).await
 }
 
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_bytes(pid: u32) -> u64 {
+/// A memory figure of a process from /proc/PID/status (`VmHWM:` the peak resident memory,
+/// `VmRSS:` the resident memory now), in bytes.
+fn memory_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|value| {
             value
                 .trim()
@@ -76,7 +77,11 @@ fn peak_rss_bytes(pid: u32) -> u64 {
                 .ok()
         })
         .map(|kib| kib * 1024)
-        .expect("VmHWM")
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+fn peak_rss_bytes(pid: u32) -> u64 {
+    memory_bytes(pid, "VmHWM:")
 }
 
 /// Millions of empty repeated entries: two bytes each on the wire, a struct each once decoded.
@@ -906,24 +911,6 @@ async fn a_large_body_with_a_broken_string_is_malformed_not_too_large() {
     nothing_stored(&app).await;
 }
 
-/// Resident memory of a process now, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kib| kib * 1024)
-        .expect("VmRSS")
-}
-
 #[tokio::test]
 async fn subscribers_that_never_read_hold_a_bounded_buffer_each() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -944,19 +931,13 @@ async fn subscribers_that_never_read_hold_a_bounded_buffer_each() {
             .expect("sent");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_bytes(gateway.pid());
+    let before = memory_bytes(gateway.pid(), "VmRSS:");
 
     // Sixteen subscribers from the first message, each on a connection of its own whose
     // HTTP/2 window takes almost nothing, and none of them reads.
     let mut stalled = Vec::new();
     for _ in 0..16 {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.addr))
-            .expect("url")
-            .initial_stream_window_size(64 * 1024)
-            .initial_connection_window_size(64 * 1024)
-            .connect()
-            .await
-            .expect("connects");
+        let channel = crate::helpers::narrow_channel(gateway.addr).await;
         let stream = proto::message_service_client::MessageServiceClient::new(channel)
             .subscribe(proto::SubscribeRequest {
                 stream: "orders".into(),
@@ -970,7 +951,7 @@ async fn subscribers_that_never_read_hold_a_bounded_buffer_each() {
         stalled.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let grown = rss_bytes(gateway.pid()).saturating_sub(before);
+    let grown = memory_bytes(gateway.pid(), "VmRSS:").saturating_sub(before);
     // Each reads ahead one poll and one buffer of 256 KiB (a larger message goes alone) and
     // hands one message to its stream: about 3 MiB each here, where reading ahead a poll of
     // POLL_MAX_BYTES and 32 messages held the whole topic, 24 MiB, for each of them.

@@ -431,13 +431,7 @@ async fn commits_store_what_was_handed_to_the_client_not_what_waits_for_it() {
     }
     // A client whose HTTP/2 windows hold less than one message, so what the gateway has
     // handed on is about what the client has read.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
-        .expect("url")
-        .initial_stream_window_size(64 * 1024)
-        .initial_connection_window_size(64 * 1024)
-        .connect()
-        .await
-        .expect("connects");
+    let channel = crate::helpers::narrow_channel(app.addr).await;
     let mut stream = proto::message_service_client::MessageServiceClient::new(channel)
         .subscribe(proto::SubscribeRequest {
             partition_id: Some(0),
