@@ -279,7 +279,6 @@ impl Subscriptions {
                 .collect(),
         };
         tokio::spawn(async move {
-            let _admitted = admitted;
             let commit_every = request.commit_every;
             let handed = Arc::clone(&buffer.handed);
             let slow_client = settings.slow_client;
@@ -293,6 +292,9 @@ impl Subscriptions {
                 buffer,
             )
             .await;
+            // The slot caps polling pumps: it is free once this one has stopped, whatever its
+            // stream still hands on.
+            drop(admitted);
             // What was handed on is committed when the subscription ends, however it ends: at
             // once (a shutdown may not wait), and again if its stream then hands on what its
             // buffer still held (an error, shutdown) before it ends or its client stops.
