@@ -5,14 +5,22 @@
 //!
 //! The body-limit layer opens a call's [`Charge`] and runs the call inside [`scope`]; the
 //! protobuf codec and the REST transcoder, deeper in the same task, charge through [`charge`].
+//!
+//! An answer that holds charged bytes is watched by its connection ([`AnswerWatch`]): an
+//! HTTP/2 client can read its socket yet open no flow-control window, so no write ever stalls
+//! and the write timeout never fires, while the answer keeps its share of the budget. Enough
+//! such answers would spend the whole budget and every other call would be refused.
 
 use std::{
     future::Future,
     sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
+
+use tokio::sync::Notify;
 
 /// Bytes held by all calls at once, against a maximum.
 #[derive(Debug)]
@@ -166,6 +174,96 @@ impl Drop for Charge {
     }
 }
 
+/// The charged answers one connection is sending, each with the last time the connection took
+/// a part of it, so the connection can be closed when one waits too long: the client asked
+/// for it and takes none of it.
+#[derive(Debug)]
+pub struct AnswerWatch {
+    opened: Instant,
+    answers: Mutex<Vec<Weak<AnswerClock>>>,
+    registered: Notify,
+}
+
+/// When the connection last took a part of one answer; dropped with the answer.
+#[derive(Debug)]
+pub struct AnswerClock {
+    opened: Instant,
+    /// Milliseconds since the connection opened.
+    last_ms: AtomicU64,
+}
+
+impl AnswerClock {
+    /// The connection took a part of the answer (or asked for one).
+    pub fn touch(&self) {
+        self.last_ms
+            .store(millis_since(self.opened), Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+fn millis_since(opened: Instant) -> u64 {
+    u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Default for AnswerWatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AnswerWatch {
+    pub fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            answers: Mutex::new(Vec::new()),
+            registered: Notify::new(),
+        }
+    }
+
+    /// Starts watching an answer, taken as of now; it is watched until the clock is dropped.
+    pub fn watch(&self) -> Arc<AnswerClock> {
+        let clock = Arc::new(AnswerClock {
+            opened: self.opened,
+            last_ms: AtomicU64::new(millis_since(self.opened)),
+        });
+        self.lock().push(Arc::downgrade(&clock));
+        self.registered.notify_one();
+        clock
+    }
+
+    /// When the answer the connection has left longest will have waited `limit`; `None` when
+    /// it is sending none.
+    pub fn deadline(&self, limit: Duration) -> Option<Instant> {
+        let mut answers = self.lock();
+        answers.retain(|answer| answer.strong_count() > 0);
+        answers
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|answer| answer.last())
+            .min()
+            .map(|last| last + limit)
+    }
+
+    /// Whether an answer has waited `limit` or more since the connection last took a part of it.
+    pub fn is_stalled(&self, limit: Duration) -> bool {
+        self.deadline(limit)
+            .is_some_and(|deadline| deadline <= Instant::now())
+    }
+
+    /// Resolves when an answer starts being watched (at once if one did since the last call).
+    pub async fn registered(&self) {
+        self.registered.notified().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<AnswerClock>>> {
+        // A panic elsewhere leaves the list whole: pushes and retains do not unwind midway.
+        self.answers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 tokio::task_local! {
     static CALL: Arc<Charge>;
 }
@@ -218,7 +316,37 @@ pub fn room() -> Option<Result<usize, Exhausted>> {
 mod tests {
     use std::sync::Arc;
 
-    use super::{Charge, Exhausted, InflightBytes, charge, charge_answer, room, scope};
+    use std::time::Duration;
+
+    use super::{
+        AnswerWatch, Charge, Exhausted, InflightBytes, charge, charge_answer, room, scope,
+    };
+
+    #[tokio::test]
+    async fn a_watched_answer_is_stalled_once_not_taken_for_the_limit_and_forgotten_when_dropped() {
+        let watch = AnswerWatch::new();
+        let limit = Duration::from_millis(200);
+        let past = || tokio::time::sleep(Duration::from_millis(250));
+        assert_eq!(watch.deadline(limit), None, "nothing to watch");
+        let first = watch.watch();
+        watch.registered().await;
+        assert!(!watch.is_stalled(limit), "just asked for");
+        past().await;
+        assert!(watch.is_stalled(limit), "none of it taken for the limit");
+        first.touch();
+        let second = watch.watch();
+        assert!(!watch.is_stalled(limit), "both taken from just now");
+        past().await;
+        first.touch();
+        assert!(
+            watch.is_stalled(limit),
+            "one answer taken from does not cover another left waiting"
+        );
+        drop(second);
+        assert!(!watch.is_stalled(limit), "a dropped answer is not watched");
+        drop(first);
+        assert_eq!(watch.deadline(limit), None);
+    }
 
     #[tokio::test]
     async fn charges_are_given_back_when_the_call_ends() {

@@ -5,7 +5,9 @@
 //! A connection over `MAX_CONNECTIONS` is closed at once, before the kernel runs out of
 //! descriptors; a failed `accept` (EMFILE, ENFILE, ENOBUFS…) backs off instead of spinning;
 //! a connection with no call in flight for `CONNECTION_IDLE_TIMEOUT_MS` is closed gracefully,
-//! and one whose peer takes none of what it is sent for `CONNECTION_WRITE_TIMEOUT_MS` is cut off.
+//! and one whose peer takes none of what it is sent for `CONNECTION_WRITE_TIMEOUT_MS` is cut off:
+//! on the socket, or (an HTTP/2 client that opens no flow-control window) on an answer that
+//! holds charged bytes (`budget::AnswerWatch`).
 //! With TLS configured (`tls`), every connection is a TLS one, handshaken in its own task.
 
 use std::{
@@ -38,7 +40,9 @@ use tokio_io_timeout::TimeoutStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use crate::{extensions::PeerCertificate, layers::GuardedBody, metrics::Metrics};
+use crate::{
+    budget::AnswerWatch, extensions::PeerCertificate, layers::GuardedBody, metrics::Metrics,
+};
 
 mod tls;
 
@@ -174,13 +178,15 @@ pub async fn serve(
         // Below TLS and HTTP, so a peer that stops reading its socket is cut off whatever it
         // was sent: a large answer, a live subscription, HTTP/2 frames. Without it the
         // connection and everything queued for it would stay until the peer closed it. (An
-        // HTTP/2 peer that reads the socket but opens no flow-control window stalls no write.)
+        // HTTP/2 peer that reads the socket but opens no flow-control window stalls no write:
+        // the connection's `AnswerWatch` covers the answers that hold charged bytes.)
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(settings.write_timeout));
         let builder = builder.clone();
         let router = router.clone();
         let metrics = Arc::clone(&metrics);
         let idle_timeout = settings.idle_timeout;
+        let write_timeout = settings.write_timeout;
         let handshake_timeout = settings.header_read_timeout;
         let shutdown = shutdown.clone();
         let tls = tls.clone();
@@ -192,6 +198,7 @@ pub async fn serve(
                 builder,
                 router,
                 idle_timeout,
+                write_timeout,
                 shutdown,
             };
             match tls {
@@ -252,6 +259,7 @@ struct Connection {
     builder: auto::Builder<TokioExecutor>,
     router: Router,
     idle_timeout: Duration,
+    write_timeout: Duration,
     shutdown: CancellationToken,
 }
 
@@ -265,63 +273,64 @@ impl Connection {
             builder,
             router,
             idle_timeout,
+            write_timeout,
             shutdown,
         } = self;
-        serve_connection(
-            stream,
+        let activity = Arc::new(Activity::new());
+        let answers = Arc::new(AnswerWatch::new());
+        let service = ConnectionService {
+            router,
             remote,
             peer,
-            builder,
-            router,
-            idle_timeout,
-            shutdown,
-        )
-        .await;
-    }
-}
-
-async fn serve_connection<S>(
-    stream: S,
-    remote: SocketAddr,
-    peer: Option<Arc<PeerCertificate>>,
-    builder: auto::Builder<TokioExecutor>,
-    router: Router,
-    idle_timeout: Duration,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let activity = Arc::new(Activity::new());
-    let service = ConnectionService {
-        router,
-        remote,
-        peer,
-        activity: Arc::clone(&activity),
-    };
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let mut closing = false;
-    loop {
-        let idle_check = activity.idle_deadline(idle_timeout);
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(error = %err, %remote, "connection ended with an error");
+            activity: Arc::clone(&activity),
+            answers: Arc::clone(&answers),
+        };
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let mut closing = false;
+        loop {
+            let idle_check = activity.idle_deadline(idle_timeout);
+            let stall_check = answers.deadline(write_timeout);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, %remote, "connection ended with an error");
+                    }
+                    return;
                 }
-                return;
-            }
-            () = shutdown.cancelled(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            () = tokio::time::sleep_until(idle_check), if !closing => {
-                if activity.is_idle_for(idle_timeout) {
-                    tracing::debug!(%remote, "closing an idle connection");
+                () = shutdown.cancelled(), if !closing => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                () = tokio::time::sleep_until(idle_check), if !closing => {
+                    if activity.is_idle_for(idle_timeout) {
+                        tracing::debug!(%remote, "closing an idle connection");
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                // Also while closing: a stalled answer would hold a graceful close forever.
+                () = stalled_or_new(&answers, stall_check) => {
+                    if answers.is_stalled(write_timeout) {
+                        // Dropping the connection closes it, and frees what its answers hold.
+                        tracing::debug!(
+                            %remote,
+                            "closing a connection whose client takes nothing of an answer \
+                             it asked for (CONNECTION_WRITE_TIMEOUT_MS)"
+                        );
+                        return;
+                    }
+                }
             }
         }
+    }
+}
+
+/// Resolves at `deadline`, or, with none (no answer is watched), when one starts being watched.
+async fn stalled_or_new(answers: &AnswerWatch, deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
+        None => answers.registered().await,
     }
 }
 
@@ -388,6 +397,8 @@ struct ConnectionService {
     /// The client certificate verified at the handshake (mutual TLS), given to every request.
     peer: Option<Arc<PeerCertificate>>,
     activity: Arc<Activity>,
+    /// The connection's answers that hold charged bytes, watched for a client that takes none.
+    answers: Arc<AnswerWatch>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
@@ -398,6 +409,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(self.remote));
+        request.extensions_mut().insert(Arc::clone(&self.answers));
         if let Some(peer) = &self.peer {
             request
                 .extensions_mut()

@@ -94,7 +94,8 @@ pub struct LimitsConfig {
     pub header_read_timeout_ms: u64,
 
     /// A connection whose peer takes no byte of what it is sent for this long is closed, in
-    /// milliseconds (a client that stopped reading holds no buffers past it).
+    /// milliseconds (a client that stopped reading holds no buffers past it); so is one that
+    /// takes no part of a poll's answer for this long (an HTTP/2 client that opens no window).
     #[arg(long, env = "CONNECTION_WRITE_TIMEOUT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub connection_write_timeout_ms: u64,

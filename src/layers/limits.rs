@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     answer::{Caller, Rejection},
-    budget::{self, Charge, InflightBytes},
+    budget::{self, AnswerClock, AnswerWatch, Charge, InflightBytes},
     extensions::connect_timeout,
 };
 
@@ -133,17 +133,38 @@ impl<G: Unpin + Send + 'static> http_body::Body for GuardedBody<G> {
 /// An answer that keeps its call's [`Charge`] until the last byte has been handed to the
 /// connection. It never reports its end early: hyper drops a body as soon as it says it has
 /// ended, which for an answer in one frame is before a slow reader has taken any of it.
+///
+/// Its connection watches it ([`AnswerWatch`]): each time the connection asks for more is
+/// noted, and a connection that leaves it waiting too long is closed. HTTP/2 asks for the next
+/// frame only once the client's window has taken the last, so frames are cut to
+/// [`ANSWER_SLICE`]: the wait between two is the time the client takes a slice, not a whole
+/// answer (a slow but reading client is never taken for a stalled one).
 struct ChargedAnswer {
     inner: Body,
     charge: Option<Arc<Charge>>,
+    clock: Option<Arc<AnswerClock>>,
+    /// What is left of a frame larger than a slice.
+    rest: Bytes,
 }
 
+/// The most of a charged answer handed to the connection at once.
+const ANSWER_SLICE: usize = 64 * 1024;
+
 impl ChargedAnswer {
-    fn new(inner: Body, charge: Arc<Charge>) -> Self {
+    fn new(inner: Body, charge: Arc<Charge>, watch: Option<&AnswerWatch>) -> Self {
         Self {
             inner,
             charge: Some(charge),
+            clock: watch.map(AnswerWatch::watch),
+            rest: Bytes::new(),
         }
+    }
+
+    fn slice(&mut self, mut data: Bytes) -> Bytes {
+        if data.len() > ANSWER_SLICE {
+            self.rest = data.split_off(ANSWER_SLICE);
+        }
+        data
     }
 }
 
@@ -155,11 +176,26 @@ impl http_body::Body for ChargedAnswer {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = &polled {
-            self.charge = None;
+        if let Some(clock) = &self.clock {
+            clock.touch();
         }
-        polled
+        if !self.rest.is_empty() {
+            let rest = std::mem::take(&mut self.rest);
+            let data = self.slice(rest);
+            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match polled {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => Poll::Ready(Some(Ok(http_body::Frame::data(self.slice(data))))),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            ended => {
+                self.charge = None;
+                self.clock = None;
+                Poll::Ready(ended)
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -167,7 +203,14 @@ impl http_body::Body for ChargedAnswer {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let rest = self.rest.len() as u64;
+        let inner = self.inner.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
@@ -295,6 +338,7 @@ where
                 )
             }
         };
+        let watch = parts.extensions.get::<Arc<AnswerWatch>>().cloned();
         let request = Request::from_parts(parts, body);
         // The call's decoders (protobuf and REST's JSON) charge what they build to the same
         // budget, through the task-local the scope sets.
@@ -307,6 +351,7 @@ where
             malformed,
             max_inflight: self.inflight.max(),
             limit: self.max_bytes,
+            watch,
         };
         Either::Left(Answering::new(
             budget::scope(charge, self.inner.call(request)),
@@ -333,6 +378,8 @@ pub struct Bounds {
     malformed: Option<Arc<AtomicBool>>,
     max_inflight: usize,
     limit: usize,
+    /// The connection's watch over answers that hold charged bytes (absent off a listener).
+    watch: Option<Arc<AnswerWatch>>,
 }
 
 fn is_set(flag: Option<&Arc<AtomicBool>>) -> bool {
@@ -350,6 +397,7 @@ impl AfterAnswer<Body> for Bounds {
             malformed,
             max_inflight,
             limit,
+            watch,
         } = self;
         // Answered: what the call held is given back, even if its request body streams on.
         charge.close();
@@ -372,7 +420,8 @@ impl AfterAnswer<Body> for Bounds {
         }
         // Polled messages stay charged while their answer streams to a slow reader.
         if charge.holds_answer() {
-            return response.map(|body| Body::new(ChargedAnswer::new(body, charge)));
+            return response
+                .map(|body| Body::new(ChargedAnswer::new(body, charge, watch.as_deref())));
         }
         response
     }

@@ -706,6 +706,102 @@ async fn poll_answers_a_slow_reader_holds_count_against_max_inflight_bytes() {
     assert_eq!(status, 200, "the budget is free once the reader has gone");
 }
 
+/// A gateway whose budget holds four 1 MB messages and whose writes may wait `write_timeout_ms`,
+/// with those four messages in `media/frames`; and the path polling them.
+async fn with_four_frames(write_timeout_ms: u64) -> (crate::helpers::TestApp, &'static str) {
+    const MESSAGE: usize = 1_000_000;
+    let app = crate::helpers::spawn_configured(|config| {
+        config.limits.max_inflight_bytes = 4 * MESSAGE as u64 + 4096;
+        config.limits.poll_max_bytes = 4 * MESSAGE as u64 + 4096;
+        config.limits.max_request_body_size = 2 * 1024 * 1024;
+        config.limits.connection_write_timeout_ms = write_timeout_ms;
+    })
+    .await;
+    app.create_stream("media").await;
+    app.create_topic("media", "frames", 1).await;
+    let frame = "f".repeat(MESSAGE);
+    for _ in 0..4 {
+        app.send_texts("media", "frames", 0, &[frame.as_str()])
+            .await;
+    }
+    let path = "/v1/streams/media/topics/frames/messages?partitionId=0&offset=0&count=4";
+    (app, path)
+}
+
+/// An HTTP/2 connection (prior knowledge) whose streams start with `window` bytes of
+/// flow-control window; the task driving it ends when the gateway closes it.
+async fn h2_with_window(
+    app: &crate::helpers::TestApp,
+    window: u32,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connects");
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .expect("h2 handshake");
+    let driven = tokio::spawn(connection);
+    (h2.ready().await.expect("ready"), driven)
+}
+
+#[tokio::test]
+async fn an_http2_client_that_opens_no_window_for_its_answers_is_cut_off_and_frees_the_budget() {
+    // It reads its socket (so no write of the gateway's stalls) but lets the gateway send
+    // nothing of the answers it asked for, which hold the budget while they wait.
+    let (app, path) = with_four_frames(1000).await;
+    let (mut h2, driven) = h2_with_window(&app, 0).await;
+    let request = http::Request::get(app.url(path)).body(()).expect("request");
+    let (response, _) = h2.send_request(request, true).expect("stream opened");
+    let response = response.await.expect("the answer's head");
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let one = "/v1/streams/media/topics/frames/messages?partitionId=0&offset=0&count=1";
+    let (status, body) = app.get_json(one).await;
+    assert_eq!(status, 503, "the unsent answer holds the budget: {body}");
+
+    let ended = tokio::time::timeout(Duration::from_secs(10), driven).await;
+    assert!(
+        ended.is_ok(),
+        "the gateway closed the connection once the answer waited CONNECTION_WRITE_TIMEOUT_MS"
+    );
+    let (status, body) = app.get_json(one).await;
+    assert_eq!(status, 200, "the budget is free again: {body}");
+    drop(response);
+}
+
+#[tokio::test]
+async fn an_http2_client_that_reads_an_answer_slowly_keeps_its_connection() {
+    // 32 KiB at a time, each after 75 ms: a 2 MB answer takes about five seconds, five times
+    // the write timeout, yet the client never stops taking it.
+    let (app, _) = with_four_frames(1000).await;
+    let (mut h2, driven) = h2_with_window(&app, 64 * 1024).await;
+    let two = "/v1/streams/media/topics/frames/messages?partitionId=0&offset=0&count=2";
+    let request = http::Request::get(app.url(two)).body(()).expect("request");
+    let (response, _) = h2.send_request(request, true).expect("stream opened");
+    let response = response.await.expect("the answer's head");
+    assert_eq!(response.status(), 200);
+    let mut answer = response.into_body();
+    let (mut read, mut unreleased) = (Vec::new(), 0);
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.expect("every part of the answer");
+        read.extend_from_slice(&chunk);
+        unreleased += chunk.len();
+        if unreleased >= 32 * 1024 {
+            tokio::time::sleep(Duration::from_millis(75)).await;
+            let _ = answer.flow_control().release_capacity(unreleased);
+            unreleased = 0;
+        }
+    }
+    let json: serde_json::Value = serde_json::from_slice(&read).expect("the whole answer");
+    assert_eq!(json["messages"].as_array().map(Vec::len), Some(2));
+    assert!(!driven.is_finished(), "the connection is still open");
+}
+
 /// A gateway whose calls in flight may hold 64 KiB (and whose bodies may be as large), with
 /// the topic `orders/created` of one partition.
 async fn with_64_kib_budget() -> crate::helpers::TestApp {
