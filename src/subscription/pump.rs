@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     answer::broker_status,
-    broker::{Broker, ConsumerOffsetRef, PollMessages, PollingStrategy},
+    broker::{Broker, BrokerError, ConsumerOffsetRef, PollMessages, PollingStrategy},
 };
 
 /// Messages read from one partition per poll.
@@ -263,6 +263,11 @@ async fn heartbeat(
             .iter()
             .map(|p| (p.id, p.next_offset()))
             .collect(),
+        // Deleted under the subscriber: its stream ends as a poll there would end it. (A
+        // backend that announces appends wakes no poll for a partition that is gone.)
+        Err(err @ (BrokerError::StreamNotFound(_) | BrokerError::TopicNotFound { .. })) => {
+            return Err(broker_status(err));
+        }
         Err(_) => BTreeMap::new(),
     };
     let partitions = next

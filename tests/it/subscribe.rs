@@ -172,6 +172,38 @@ async fn heartbeats_report_where_each_partition_stands() {
 }
 
 #[tokio::test]
+async fn a_subscription_whose_topic_is_deleted_ends_with_not_found() {
+    let app =
+        app_with_topic(spawn_configured(|c| c.subscriptions.subscribe_heartbeat_ms = 100).await)
+            .await;
+    app.send_texts("orders", "created", 0, &["a"]).await;
+    let mut stream = app
+        .subscribe(proto::SubscribeRequest {
+            strategy: proto::PollingStrategy::First.into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    let (_, message) = next_message(&mut stream).await;
+    assert_eq!(message.offset, 0);
+    let (status, body) = app.delete("/v1/streams/orders/topics/created").await;
+    assert_eq!(status, 204, "{body}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_heartbeat)) => {}
+                Ok(None) => panic!("the stream ended without saying why"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends in time, not with heartbeats forever");
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(ended.message().contains("created"), "{ended:?}");
+}
+
+#[tokio::test]
 async fn sse_clients_get_events_with_the_cursor_as_id_and_resume_with_last_event_id() {
     let app = app_with_topic(spawn_app().await).await;
     app.send_texts("orders", "created", 0, &["a", "b"]).await;
