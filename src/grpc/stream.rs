@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     answer::broker_status,
-    broker::{Broker, StreamInfo, UpdateStream},
+    broker::{Broker, BrokerError, Identifier, StreamInfo, UpdateStream},
     identity::{Access, Target},
     proto::{self, stream_service_server::StreamService},
 };
@@ -26,13 +26,24 @@ impl StreamApi {
     }
 }
 
-/// Only the topics the key may read, when it may not read them all.
+/// Whether a key sees only some of a stream's topics.
+fn sees_part_of(access: Option<&Access>, stream: &StreamInfo) -> bool {
+    access.is_some_and(|access| {
+        !access.is_unrestricted() && !access.allows(&Target::Stream(stream.name.clone()))
+    })
+}
+
+/// What a key that may read only some of a stream's topics sees of it: those topics, and the
+/// stream's counts over those alone (how many others there are, and how large, is theirs).
 fn readable_topics(access: Option<&Access>, mut stream: StreamInfo) -> StreamInfo {
-    if let Some(access) = access.filter(|access| !access.is_unrestricted()) {
+    if let Some(access) = access.filter(|_| sees_part_of(access, &stream)) {
         let name = stream.name.clone();
         stream
             .topics
             .retain(|topic| access.allows(&Target::Topic(name.clone(), topic.name.clone())));
+        stream.topics_count = u32::try_from(stream.topics.len()).unwrap_or(u32::MAX);
+        stream.size_bytes = stream.topics.iter().map(|topic| topic.size_bytes).sum();
+        stream.messages_count = stream.topics.iter().map(|topic| topic.messages_count).sum();
     }
     stream
 }
@@ -91,17 +102,33 @@ impl StreamService for StreamApi {
         let access = access_of(&request);
         authorize(self.broker.as_ref(), access.as_deref(), &[Want::Any]).await?;
         let streams = self.broker.list_streams().await.map_err(broker_status)?;
-        // A key sees the streams it may look into, and nothing of the others.
+        let access = access.as_deref();
+        // A key sees the streams it may look into, and nothing of the others; of a stream it
+        // sees in part, the counts of its topics alone, which a listing does not carry.
+        let mut listed = Vec::with_capacity(streams.len());
+        for stream in streams {
+            if access.is_some_and(|access| !access.allows(&Target::StreamView(stream.name.clone())))
+            {
+                continue;
+            }
+            let stream = if sees_part_of(access, &stream) {
+                let whole = self.broker.get_stream(Identifier::Id(stream.id)).await;
+                match whole {
+                    Ok(whole) => StreamInfo {
+                        topics: Vec::new(),
+                        ..readable_topics(access, whole)
+                    },
+                    // Deleted since it was listed.
+                    Err(BrokerError::StreamNotFound(_)) => continue,
+                    Err(err) => return Err(broker_status(err)),
+                }
+            } else {
+                stream
+            };
+            listed.push(stream_to_proto(stream));
+        }
         Ok(Response::new(proto::ListStreamsResponse {
-            streams: streams
-                .into_iter()
-                .filter(|stream| {
-                    access.as_deref().is_none_or(|access| {
-                        access.allows(&Target::StreamView(stream.name.clone()))
-                    })
-                })
-                .map(stream_to_proto)
-                .collect(),
+            streams: listed,
         }))
     }
 

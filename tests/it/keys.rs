@@ -651,7 +651,28 @@ async fn a_key_scoped_to_orders_cannot_see_or_touch_payments() {
 async fn a_topic_pattern_across_streams_sees_only_those_topics() {
     let gateway = keyed_gateway().await;
     let app = &gateway.app;
-    // `read:*/audit`: both streams are listed, each with its audit topic only.
+    for (topic, texts) in [("created", 3), ("audit", 1)] {
+        let messages: Vec<Value> = (0..texts)
+            .map(|i| json!({"text": format!("m{i}")}))
+            .collect();
+        admin(
+            app,
+            &format!("/v1/streams/orders/topics/{topic}/messages"),
+            json!({"partition_id": 0, "messages": messages}),
+        )
+        .await;
+    }
+    let (_, audit) = rest(
+        app,
+        "admin-key",
+        reqwest::Method::GET,
+        "/v1/streams/orders/topics/audit",
+        None,
+    )
+    .await;
+    let audit_size = audit["topic"]["size_bytes"].clone();
+    // `read:*/audit`: both streams are listed, each with its audit topic only, and counted
+    // over it alone: nothing tells how many other topics there are, nor how much they hold.
     let (_, listed) = rest(
         app,
         "auditor-key",
@@ -661,6 +682,24 @@ async fn a_topic_pattern_across_streams_sees_only_those_topics() {
     )
     .await;
     assert_eq!(listed["streams"].as_array().map(Vec::len), Some(2));
+    let orders = listed["streams"]
+        .as_array()
+        .and_then(|streams| streams.iter().find(|s| s["name"] == "orders"))
+        .expect("orders listed");
+    assert_eq!(orders["topics_count"], 1, "{orders}");
+    assert_eq!(orders["messages_count"], "1", "{orders}");
+    assert_eq!(orders["size_bytes"], audit_size, "{orders}");
+    let (_, whole) = rest(app, "admin-key", reqwest::Method::GET, "/v1/streams", None).await;
+    let whole = whole["streams"]
+        .as_array()
+        .and_then(|streams| streams.iter().find(|s| s["name"] == "orders"))
+        .expect("orders listed")
+        .clone();
+    assert_eq!(
+        (&whole["topics_count"], &whole["messages_count"]),
+        (&json!(2), &json!("4")),
+        "an admin sees it all: {whole}"
+    );
     let (status, topics) = rest(
         app,
         "auditor-key",
@@ -698,6 +737,11 @@ async fn a_topic_pattern_across_streams_sees_only_those_topics() {
             .map(|t| t.name.as_str())
             .collect::<Vec<_>>(),
         ["audit"]
+    );
+    assert_eq!((stream.topics_count, stream.messages_count), (1, 1));
+    assert_eq!(
+        Some(stream.size_bytes),
+        audit_size.as_str().and_then(|size| size.parse().ok())
     );
     let (status, problem) = rest(
         app,
