@@ -7,11 +7,12 @@
 //! so the size limit and the budget count what it inflates to.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, ready},
@@ -24,6 +25,7 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::future::{Either, Ready};
+use ipnet::IpNet;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tower::{Layer, Service};
@@ -36,7 +38,7 @@ use super::{
 use crate::{
     answer::{Caller, Rejection},
     budget::{self, AnswerClock, AnswerWatch, Charge, InflightBytes},
-    extensions::connect_timeout,
+    extensions::{ClientIp, connect_timeout},
 };
 
 /// A request body charged frame by frame as it arrives (never by what it declares, which would
@@ -628,11 +630,15 @@ pub struct Shedding {
     /// Open health `Watch` streams, held for as long as each stays open: they need no key and
     /// never end on their own. (Subscriptions have their own caps, `MAX_SUBSCRIBERS`.)
     watchers: Arc<Semaphore>,
+    /// Open `Watch` streams by client, so one client cannot hold every place.
+    watchers_by_client: Arc<Mutex<HashMap<IpNet, usize>>>,
 }
 
-/// Health checks answered at once, and health `Watch` streams open at once.
+/// Health checks answered at once, and health `Watch` streams open at once, in all and from
+/// one client (as rate limits count clients).
 pub const MAX_HEALTH_PROBES: usize = 64;
 pub const MAX_HEALTH_WATCHERS: usize = 64;
+pub const MAX_HEALTH_WATCHERS_PER_CLIENT: usize = 8;
 
 /// The gRPC health service's streaming method.
 const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
@@ -644,6 +650,42 @@ impl Shedding {
             max,
             probes: Arc::new(Semaphore::new(MAX_HEALTH_PROBES)),
             watchers: Arc::new(Semaphore::new(MAX_HEALTH_WATCHERS)),
+            watchers_by_client: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// One more `Watch` of `client`, or `None` when it holds its share.
+    fn watcher_of(&self, client: IpNet) -> Option<WatcherSlot> {
+        let mut counts = self
+            .watchers_by_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(client).or_insert(0);
+        if *count >= MAX_HEALTH_WATCHERS_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(WatcherSlot {
+            counts: Arc::clone(&self.watchers_by_client),
+            client,
+        })
+    }
+}
+
+/// One open `Watch` counted against its client, released when dropped.
+struct WatcherSlot {
+    counts: Arc<Mutex<HashMap<IpNet, usize>>>,
+    client: IpNet,
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
         }
     }
 }
@@ -651,7 +693,8 @@ impl Shedding {
 /// A call's place: dropped at the answer's head, or, for a `Watch`, when its stream ends.
 pub struct Place {
     permit: OwnedSemaphorePermit,
-    watch: bool,
+    /// `Some` for a `Watch`, with its client's slot when the request names a client.
+    watch: Option<Option<WatcherSlot>>,
 }
 
 impl Policy for Shedding {
@@ -661,6 +704,14 @@ impl Policy for Shedding {
 
     fn check(&self, request: &mut Request<Body>) -> Result<Place, Rejection> {
         let path = request.uri().path();
+        let overloaded = |limit: usize, what: &str| {
+            Rejection::new(
+                Code::Unavailable,
+                "OVERLOADED",
+                format!("the gateway is at its limit of {limit} {what} in flight"),
+            )
+            .retry_after(Duration::from_secs(1))
+        };
         let (permits, limit, what) = if Exempt::HealthChecks.covers(path) {
             (&self.probes, MAX_HEALTH_PROBES, "health checks")
         } else if path == HEALTH_WATCH {
@@ -668,26 +719,37 @@ impl Policy for Shedding {
         } else {
             (&self.permits, self.max, "calls")
         };
-        let watch = path == HEALTH_WATCH;
+        let watch = if path == HEALTH_WATCH {
+            match request.extensions().get::<ClientIp>() {
+                Some(client) => match self.watcher_of(client.key()) {
+                    Some(slot) => Some(Some(slot)),
+                    None => {
+                        return Err(overloaded(
+                            MAX_HEALTH_WATCHERS_PER_CLIENT,
+                            "health watchers from one client",
+                        ));
+                    }
+                },
+                None => Some(None),
+            }
+        } else {
+            None
+        };
         match Arc::clone(permits).try_acquire_owned() {
             Ok(permit) => Ok(Place { permit, watch }),
-            Err(_) => Err(Rejection::new(
-                Code::Unavailable,
-                "OVERLOADED",
-                format!("the gateway is at its limit of {limit} {what} in flight"),
-            )
-            .retry_after(Duration::from_secs(1))),
+            Err(_) => Err(overloaded(limit, what)),
         }
     }
 
     fn answered(&self, place: Place, response: Response<Body>) -> Response<Body> {
-        if !place.watch {
+        let Place { permit, watch } = place;
+        let Some(slot) = watch else {
             // Answered; a streamed answer (a subscription) counts against its own caps from
             // here on.
             return response;
-        }
-        // A Watch holds its place for as long as it stays open.
-        response.map(|body| Body::new(GuardedBody::new(body, place.permit)))
+        };
+        // A Watch holds its places for as long as it stays open.
+        response.map(|body| Body::new(GuardedBody::new(body, (permit, slot))))
     }
 }
 

@@ -561,33 +561,53 @@ pub async fn poll_within_budget(app: &crate::helpers::TestApp, stream: &str) {
 
 #[tokio::test]
 async fn open_health_watches_are_capped_on_their_own_and_never_starve_other_calls() {
+    use iggy_gateway::layers::limits::{MAX_HEALTH_WATCHERS, MAX_HEALTH_WATCHERS_PER_CLIENT};
     use tonic_health::pb::HealthCheckRequest;
-    let app =
-        crate::helpers::spawn_configured(|config| config.limits.max_concurrent_requests = 2).await;
-    let mut health = app.health.clone();
-    let mut watches = Vec::new();
-    for _ in 0..iggy_gateway::layers::limits::MAX_HEALTH_WATCHERS {
-        let mut watch = health
-            .watch(HealthCheckRequest {
+    let app = crate::helpers::spawn_configured(|config| {
+        config.limits.max_concurrent_requests = 2;
+        config.edge.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await;
+    let health = app.health.clone();
+    let watch_from = |client: String| {
+        let mut health = health.clone();
+        async move {
+            let mut request = tonic::Request::new(HealthCheckRequest {
                 service: String::new(),
-            })
-            .await
-            .expect("watch opened")
-            .into_inner();
-        watch
-            .message()
-            .await
-            .expect("first status")
-            .expect("a status");
-        watches.push(watch);
+            });
+            request
+                .metadata_mut()
+                .insert("x-forwarded-for", client.parse().expect("ascii"));
+            let mut watch = health.watch(request).await?.into_inner();
+            watch.message().await?.expect("a status");
+            Ok::<_, tonic::Status>(watch)
+        }
+    };
+    // One client holds its share, and no more.
+    let mut watches = Vec::new();
+    for _ in 0..MAX_HEALTH_WATCHERS_PER_CLIENT {
+        watches.push(
+            watch_from("198.51.100.1".into())
+                .await
+                .expect("watch opened"),
+        );
     }
-    // Every Watch place is held by an open stream: one more is shed.
-    let shed = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
+    let shed = watch_from("198.51.100.1".into())
         .await
-        .expect_err("shed");
+        .expect_err("over its client's share");
+    assert_eq!(shed.code(), tonic::Code::Unavailable, "{shed:?}");
+    assert!(shed.message().contains("from one client"), "{shed:?}");
+    // Other clients fill every place.
+    let mut client = 1;
+    while watches.len() < MAX_HEALTH_WATCHERS {
+        if watches.len() % MAX_HEALTH_WATCHERS_PER_CLIENT == 0 {
+            client += 1;
+        }
+        let opened = watch_from(format!("198.51.100.{client}")).await;
+        watches.push(opened.expect("watch opened"));
+    }
+    // Every Watch place is held by an open stream: one more is shed, whoever asks.
+    let shed = watch_from("203.0.113.9".into()).await.expect_err("shed");
     assert_eq!(shed.code(), tonic::Code::Unavailable, "{shed:?}");
     // Other calls, and probes, are served all the same.
     app.streams
@@ -596,6 +616,7 @@ async fn open_health_watches_are_capped_on_their_own_and_never_starve_other_call
         .await
         .expect("a call is served while the watches are open");
     health
+        .clone()
         .check(HealthCheckRequest {
             service: String::new(),
         })
@@ -603,10 +624,7 @@ async fn open_health_watches_are_capped_on_their_own_and_never_starve_other_call
         .expect("health check answers");
     drop(watches);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
+    watch_from("198.51.100.1".into())
         .await
         .expect("a place is free once the watches end");
 }
