@@ -244,6 +244,8 @@ impl Config {
             max_inflight_bytes: usize::try_from(limits.max_inflight_bytes).unwrap_or(usize::MAX),
             request_timeout: Duration::from_millis(limits.request_timeout_ms),
             max_concurrent: usize::try_from(limits.max_concurrent_requests).unwrap_or(usize::MAX),
+            max_concurrent_per_client: usize::try_from(limits.max_concurrent_requests_per_client)
+                .unwrap_or(usize::MAX),
             compression_min_bytes: self.wire.compression_min_bytes,
         }
     }

@@ -107,6 +107,8 @@ pub struct LayerSettings {
     pub max_inflight_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrent: usize,
+    /// Calls in flight from one client (`MAX_CONCURRENT_REQUESTS_PER_CLIENT`).
+    pub max_concurrent_per_client: usize,
     /// Answers smaller than this are sent uncompressed.
     pub compression_min_bytes: u16,
 }
@@ -149,7 +151,10 @@ pub fn apply(
             keys,
         )))
         .option_layer(rate_limit.clone().map(GuardLayer::new))
-        .layer(GuardLayer::new(Shedding::new(settings.max_concurrent)))
+        .layer(GuardLayer::new(Shedding::new(
+            settings.max_concurrent,
+            settings.max_concurrent_per_client,
+        )))
         .layer(TimeoutLayer::new(settings.request_timeout))
         .layer(BodyLimitLayer::new(
             settings.max_body_bytes,

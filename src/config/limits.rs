@@ -76,6 +76,13 @@ pub struct LimitsConfig {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_requests: u64,
 
+    /// Calls in flight from one client (a keys-file identity, or else an IPv4 address or IPv6
+    /// prefix) beyond which its new calls are refused with RESOURCE_EXHAUSTED / 429, so one
+    /// client holding calls open (a trickled body) cannot take every place.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS_PER_CLIENT", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_concurrent_requests_per_client: u64,
+
     /// Open connections beyond which new ones are closed on arrival. Unset: what the open-files
     /// limit leaves after a reserve for the store and the backend (a quarter, at least 64),
     /// at most 10,000.

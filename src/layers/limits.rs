@@ -39,6 +39,7 @@ use crate::{
     answer::{Caller, Rejection},
     budget::{self, AnswerClock, AnswerWatch, Charge, InflightBytes},
     extensions::{ClientIp, connect_timeout},
+    identity::Identity,
 };
 
 /// A request body charged frame by frame as it arrives (never by what it declares, which would
@@ -624,18 +625,19 @@ where
 pub struct Shedding {
     permits: Arc<Semaphore>,
     max: usize,
+    /// Calls in flight by client, so one client cannot hold every place.
+    by_client: ClientCounts,
     /// Health checks in flight: never shed by the main limit (an overloaded gateway must still
     /// answer its probes), but bounded on their own, since they need no key.
     probes: Arc<Semaphore>,
     /// Open health `Watch` streams, held for as long as each stays open: they need no key and
     /// never end on their own. (Subscriptions have their own caps, `MAX_SUBSCRIBERS`.)
     watchers: Arc<Semaphore>,
-    /// Open `Watch` streams by client, so one client cannot hold every place.
-    watchers_by_client: Arc<Mutex<HashMap<IpNet, usize>>>,
+    watchers_by_client: ClientCounts,
 }
 
 /// Health checks answered at once, and health `Watch` streams open at once, in all and from
-/// one client (as rate limits count clients).
+/// one client.
 pub const MAX_HEALTH_PROBES: usize = 64;
 pub const MAX_HEALTH_WATCHERS: usize = 64;
 pub const MAX_HEALTH_WATCHERS_PER_CLIENT: usize = 8;
@@ -644,41 +646,105 @@ pub const MAX_HEALTH_WATCHERS_PER_CLIENT: usize = 8;
 const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 
 impl Shedding {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, max_per_client: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max,
+            by_client: ClientCounts::new(max_per_client),
             probes: Arc::new(Semaphore::new(MAX_HEALTH_PROBES)),
             watchers: Arc::new(Semaphore::new(MAX_HEALTH_WATCHERS)),
-            watchers_by_client: Arc::new(Mutex::new(HashMap::new())),
+            watchers_by_client: ClientCounts::new(MAX_HEALTH_WATCHERS_PER_CLIENT),
+        }
+    }
+}
+
+/// Who a per-client cap counts: a keys-file identity wherever it calls from (as its quotas
+/// count it), or else its address (as rate limits count it).
+#[derive(Debug, Clone)]
+enum Client {
+    Named(Arc<Identity>),
+    Ip(IpNet),
+}
+
+impl Client {
+    fn of(request: &Request<Body>) -> Option<Self> {
+        let extensions = request.extensions();
+        match extensions.get::<Arc<Identity>>() {
+            Some(identity) if identity.is_named() => Some(Client::Named(Arc::clone(identity))),
+            _ => extensions
+                .get::<ClientIp>()
+                .map(|client| Client::Ip(client.key())),
+        }
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Named(identity) => write!(f, "key '{}'", identity.name()),
+            Client::Ip(net) => write!(f, "{net}"),
+        }
+    }
+}
+
+impl PartialEq for Client {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Client::Named(one), Client::Named(other)) => one.name() == other.name(),
+            (Client::Ip(one), Client::Ip(other)) => one == other,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Client {}
+
+impl std::hash::Hash for Client {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Client::Named(identity) => (0u8, identity.name()).hash(state),
+            Client::Ip(net) => (1u8, net).hash(state),
+        }
+    }
+}
+
+/// Places held by each client, against a cap per client.
+#[derive(Debug, Clone)]
+struct ClientCounts {
+    counts: Arc<Mutex<HashMap<Client, usize>>>,
+    max: usize,
+}
+
+impl ClientCounts {
+    fn new(max: usize) -> Self {
+        Self {
+            counts: Arc::new(Mutex::new(HashMap::new())),
+            max,
         }
     }
 
-    /// One more `Watch` of `client`, or `None` when it holds its share.
-    fn watcher_of(&self, client: IpNet) -> Option<WatcherSlot> {
-        let mut counts = self
-            .watchers_by_client
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(client).or_insert(0);
-        if *count >= MAX_HEALTH_WATCHERS_PER_CLIENT {
-            return None;
+    /// One more place for `client`, or `Err` with what it holds when that is its share.
+    fn take(&self, client: Client) -> Result<ClientSlot, usize> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(client.clone()).or_insert(0);
+        if *count >= self.max {
+            return Err(*count);
         }
         *count += 1;
-        Some(WatcherSlot {
-            counts: Arc::clone(&self.watchers_by_client),
+        Ok(ClientSlot {
+            counts: Arc::clone(&self.counts),
             client,
         })
     }
 }
 
-/// One open `Watch` counted against its client, released when dropped.
-struct WatcherSlot {
-    counts: Arc<Mutex<HashMap<IpNet, usize>>>,
-    client: IpNet,
+/// One place counted against its client, given back when dropped.
+struct ClientSlot {
+    counts: Arc<Mutex<HashMap<Client, usize>>>,
+    client: Client,
 }
 
-impl Drop for WatcherSlot {
+impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = counts.get_mut(&self.client) {
@@ -690,11 +756,12 @@ impl Drop for WatcherSlot {
     }
 }
 
-/// A call's place: dropped at the answer's head, or, for a `Watch`, when its stream ends.
+/// A call's places: given back at the answer's head, or, for a `Watch`, when its stream ends.
 pub struct Place {
-    permit: OwnedSemaphorePermit,
-    /// `Some` for a `Watch`, with its client's slot when the request names a client.
-    watch: Option<Option<WatcherSlot>>,
+    _permit: OwnedSemaphorePermit,
+    /// Its client's share, when the request names a client.
+    _slot: Option<ClientSlot>,
+    watch: bool,
 }
 
 impl Policy for Shedding {
@@ -704,59 +771,124 @@ impl Policy for Shedding {
 
     fn check(&self, request: &mut Request<Body>) -> Result<Place, Rejection> {
         let path = request.uri().path();
-        let overloaded = |limit: usize, what: &str| {
-            Rejection::new(
+        let watch = path == HEALTH_WATCH;
+        let (permits, limit, what, by_client) = if Exempt::HealthChecks.covers(path) {
+            // Answered at once, and bounded in all; not worth a count by client.
+            (&self.probes, MAX_HEALTH_PROBES, "health checks", None)
+        } else if watch {
+            (
+                &self.watchers,
+                MAX_HEALTH_WATCHERS,
+                "health watchers",
+                Some((&self.watchers_by_client, "health watchers")),
+            )
+        } else {
+            (
+                &self.permits,
+                self.max,
+                "calls",
+                Some((
+                    &self.by_client,
+                    "calls (MAX_CONCURRENT_REQUESTS_PER_CLIENT)",
+                )),
+            )
+        };
+        // The client's share first: a client at its share is told so, whatever the others do.
+        let slot = match by_client.zip(Client::of(request)) {
+            Some(((counts, what), client)) => match counts.take(client.clone()) {
+                Ok(slot) => Some(slot),
+                Err(held) => {
+                    return Err(Rejection::new(
+                        Code::ResourceExhausted,
+                        "CLIENT_CONCURRENCY",
+                        format!("{client} already has {held} {what} in flight"),
+                    )
+                    .retry_after(Duration::from_secs(1)));
+                }
+            },
+            None => None,
+        };
+        match Arc::clone(permits).try_acquire_owned() {
+            Ok(permit) => Ok(Place {
+                _permit: permit,
+                _slot: slot,
+                watch,
+            }),
+            Err(_) => Err(Rejection::new(
                 Code::Unavailable,
                 "OVERLOADED",
                 format!("the gateway is at its limit of {limit} {what} in flight"),
             )
-            .retry_after(Duration::from_secs(1))
-        };
-        let (permits, limit, what) = if Exempt::HealthChecks.covers(path) {
-            (&self.probes, MAX_HEALTH_PROBES, "health checks")
-        } else if path == HEALTH_WATCH {
-            (&self.watchers, MAX_HEALTH_WATCHERS, "health watchers")
-        } else {
-            (&self.permits, self.max, "calls")
-        };
-        let watch = if path == HEALTH_WATCH {
-            match request.extensions().get::<ClientIp>() {
-                Some(client) => match self.watcher_of(client.key()) {
-                    Some(slot) => Some(Some(slot)),
-                    None => {
-                        return Err(overloaded(
-                            MAX_HEALTH_WATCHERS_PER_CLIENT,
-                            "health watchers from one client",
-                        ));
-                    }
-                },
-                None => Some(None),
-            }
-        } else {
-            None
-        };
-        match Arc::clone(permits).try_acquire_owned() {
-            Ok(permit) => Ok(Place { permit, watch }),
-            Err(_) => Err(overloaded(limit, what)),
+            .retry_after(Duration::from_secs(1))),
         }
     }
 
     fn answered(&self, place: Place, response: Response<Body>) -> Response<Body> {
-        let Place { permit, watch } = place;
-        let Some(slot) = watch else {
+        if !place.watch {
             // Answered; a streamed answer (a subscription) counts against its own caps from
             // here on.
             return response;
-        };
+        }
         // A Watch holds its places for as long as it stays open.
-        response.map(|body| Body::new(GuardedBody::new(body, (permit, slot))))
+        response.map(|body| Body::new(GuardedBody::new(body, place)))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::grpc_timeout;
-    use std::time::Duration;
+    use std::{sync::Arc, time::Duration};
+
+    use axum::{body::Body, http::Request};
+
+    use super::{Shedding, grpc_timeout};
+    use crate::{extensions::ClientIp, identity::Identity, layers::guard::Policy};
+
+    fn call(from: &str, key: Option<&str>) -> Request<Body> {
+        let mut request = Request::get("/v1/streams")
+            .body(Body::empty())
+            .expect("request");
+        let addr = from.parse().expect("address");
+        request.extensions_mut().insert(ClientIp::new(addr, 64));
+        let identity = match key {
+            Some(name) => Arc::new(Identity::named(name, [0; 32], Vec::new(), None, None)),
+            None => Identity::anonymous(),
+        };
+        request.extensions_mut().insert(identity);
+        request
+    }
+
+    #[test]
+    fn a_keys_file_identity_has_one_share_wherever_it_calls_from_and_an_address_its_own() {
+        let shedding = Shedding::new(8, 2);
+        let first = shedding.check(&mut call("198.51.100.1", Some("team-a")));
+        let second = shedding.check(&mut call("198.51.100.2", Some("team-a")));
+        assert!(first.is_ok() && second.is_ok());
+        let third = shedding.check(&mut call("198.51.100.3", Some("team-a")));
+        let refused = third.err().expect("over team-a's share");
+        assert_eq!(refused.reason, "CLIENT_CONCURRENCY");
+        assert!(
+            refused.message.contains("key 'team-a' already has 2 calls"),
+            "{}",
+            refused.message
+        );
+        // Another key, and callers with no keys-file key, from the same address.
+        assert!(
+            shedding
+                .check(&mut call("198.51.100.1", Some("team-b")))
+                .is_ok()
+        );
+        let anonymous = shedding.check(&mut call("198.51.100.1", None));
+        let again = shedding.check(&mut call("198.51.100.1", None));
+        assert!(anonymous.is_ok() && again.is_ok());
+        assert!(shedding.check(&mut call("198.51.100.1", None)).is_err());
+        // A share comes back when a call is answered.
+        drop(first);
+        assert!(
+            shedding
+                .check(&mut call("198.51.100.9", Some("team-a")))
+                .is_ok()
+        );
+    }
 
     #[test]
     fn grpc_timeouts_parse_every_unit() {

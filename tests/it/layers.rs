@@ -575,6 +575,79 @@ async fn a_stalled_call_times_out_in_the_callers_protocol() {
 }
 
 #[tokio::test]
+async fn one_client_holds_at_most_its_share_of_the_calls_in_flight() {
+    let app = spawn_configured(|c| {
+        c.limits.max_concurrent_requests = 8;
+        c.limits.max_concurrent_requests_per_client = 2;
+        c.edge.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await;
+    // A client holds two calls open, trickling their bodies.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut holder = TcpStream::connect(app.addr).await.expect("connects");
+        holder
+            .write_all(
+                b"POST /v1/streams HTTP/1.1\r\nhost: x\r\nx-forwarded-for: 198.51.100.7\r\n\
+                  content-type: application/json\r\ncontent-length: 50\r\n\r\n{",
+            )
+            .await
+            .expect("write");
+        holders.push(holder);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Its next call is refused, on every protocol, and says why.
+    let refused = rest_get(&app, "/v1/streams", &[("x-forwarded-for", "198.51.100.7")]).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    let problem: serde_json::Value = refused.json().await.expect("problem");
+    assert_eq!(problem["reason"], "CLIENT_CONCURRENCY", "{problem}");
+    assert_eq!(problem["code"], "RESOURCE_EXHAUSTED", "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("198.51.100.7/32 already has 2 calls"),
+        "{problem}"
+    );
+    let from = |client: &str| {
+        let mut request = tonic::Request::new(proto::ListStreamsRequest {});
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", client.parse().expect("ascii"));
+        request
+    };
+    let status = app
+        .streams
+        .clone()
+        .list_streams(from("198.51.100.7"))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Other clients are served meanwhile.
+    let served = rest_get(&app, "/v1/streams", &[("x-forwarded-for", "198.51.100.8")]).await;
+    assert_eq!(served.status(), 200);
+    app.streams
+        .clone()
+        .list_streams(from("198.51.100.8"))
+        .await
+        .expect("another client is served");
+    // Its places come back when its calls end.
+    drop(holders);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = rest_get(&app, "/v1/streams", &[("x-forwarded-for", "198.51.100.7")])
+            .await
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "served again once its calls ended");
+}
+
+#[tokio::test]
 async fn a_full_gateway_sheds_new_calls_at_once() {
     let app = spawn_configured(|c| c.limits.max_concurrent_requests = 1).await;
     // Holds the only slot: a REST call whose body is still arriving.
