@@ -423,8 +423,10 @@ impl<'a> Inspect<'a, '_> {
             }
             b'-' | b'0'..=b'9' => {
                 let text = self.json.number().ok_or(Stop::Malformed)?;
-                if matches!(expect, Expect::Integer) {
-                    self.integer(text)?;
+                match expect {
+                    Expect::Integer => self.integer(text)?,
+                    Expect::Any => self.exact_as_double(text)?,
+                    _ => {}
                 }
                 Ok(false)
             }
@@ -486,6 +488,32 @@ impl<'a> Inspect<'a, '_> {
     /// A number (in JSON's grammar and a float's range) where an integer is expected. A JSON
     /// integer beyond 64 bits is read as a float, and the parser would round 2^64 to u64::MAX
     /// rather than refuse it.
+    /// A number in any JSON (`google.protobuf.Value` and kin) is held as a double: an integer
+    /// written out that a double cannot hold exactly would be stored changed, so it is refused.
+    /// (A fraction or an exponent asks for a double as written.)
+    fn exact_as_double(&mut self, text: &str) -> Result<(), Stop> {
+        // Every integer of up to 15 digits is exact; only longer ones are checked.
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        if digits.len() <= 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(());
+        }
+        let exact = text
+            .parse::<f64>()
+            .is_ok_and(|value| value.is_finite() && format!("{value:.0}") == text);
+        if exact {
+            return Ok(());
+        }
+        // Digits only (and a sign), so any cut is on a character boundary.
+        let shown = match text.get(..40) {
+            Some(head) if text.len() > 40 => format!("{head}… ({} digits)", digits.len()),
+            _ => text.to_owned(),
+        };
+        Err(self.refuse(format!(
+            "is the integer {shown}, which a JSON value holds as a double and cannot keep \
+             exactly (integers beyond 2^53 = 9007199254740992 may not be); send it as a string"
+        )))
+    }
+
     fn integer(&mut self, text: &str) -> Result<(), Stop> {
         const RANGE: std::ops::Range<f64> =
             -9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0;

@@ -281,6 +281,28 @@ async fn generic_events_still_take_any_json() {
 }
 
 #[tokio::test]
+async fn a_generic_event_with_an_integer_a_double_cannot_keep_is_refused_not_changed() {
+    let app = spawn_app_with_default_topic().await;
+    for (payload, field) in [
+        (
+            r#"{"type":"Generic","data":{"account":12345678901234567891}}"#,
+            "event.payload.data.account",
+        ),
+        (
+            r#"{"generic":[9007199254740993]}"#,
+            "event.payload.generic[0]",
+        ),
+    ] {
+        let envelope = json!({"event": envelope(json!("PAYLOAD"))}).to_string();
+        let body = envelope.replace(r#""PAYLOAD""#, payload);
+        let (status, answer) = app.post_raw_json("/messages", body.into_bytes()).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["violations"][0]["field"], field, "{answer}");
+    }
+    assert!(stored_events(&app).await.is_empty(), "nothing stored");
+}
+
+#[tokio::test]
 async fn openapi_documents_the_event_shapes_from_the_proto_comments() {
     let app = spawn_app_with_default_topic().await;
     let (status, document) = app.get_json("/openapi.json").await;

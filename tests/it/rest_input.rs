@@ -682,3 +682,89 @@ async fn a_string_that_is_not_json_text_is_refused_where_it_breaks() {
         assert_eq!(polled.messages.len(), stored, "partition {partition}");
     }
 }
+
+// A JSON value holds its numbers as doubles: an integer it cannot keep exactly is refused,
+// never stored changed.
+
+#[tokio::test]
+async fn an_integer_a_json_value_cannot_keep_exactly_is_refused_naming_it() {
+    let app = app_with_messages().await;
+    for (body, field) in [
+        (
+            r#"{"partition_id":0,"messages":[{"json":{"id":9007199254740993}}]}"#,
+            "messages[0].json.id",
+        ),
+        (
+            r#"{"partition_id":0,"messages":[{"text":"a"},{"json":[1,-12345678901234567891]}]}"#,
+            "messages[1].json[1]",
+        ),
+        (
+            r#"{"partition_id":0,"messages":[{"json":123456789012345678901234567890123456789012345}]}"#,
+            "messages[0].json",
+        ),
+    ] {
+        let answer = send_raw(&app, reqwest::Method::POST, MESSAGES, Some(body)).await;
+        assert_eq!(
+            refused(&answer),
+            (400, json!(field)),
+            "{body}: {}",
+            answer.1
+        );
+        let detail = answer.1["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(detail.contains("send it as a string"), "{detail}");
+        assert!(
+            detail.len() < 400,
+            "a long number is not echoed whole: {detail}"
+        );
+    }
+    // Beside the three messages the topic starts with.
+    let polled = app.poll_from("orders", "created", 0, 0, 10).await;
+    assert_eq!(polled.messages.len(), 3, "nothing stored: {polled:?}");
+
+    // What a double holds exactly is taken, and read back as sent.
+    let body = r#"{"partition_id":0,"messages":[{"json":{"id":9007199254740992,"big":18446744073709551616,"f":0.1,"e":1e300}}]}"#;
+    let (status, answer) = send_raw(&app, reqwest::Method::POST, MESSAGES, Some(body)).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, polled) = app
+        .get_json("/v1/streams/orders/topics/created/messages?partition_id=0&offset=3&count=1")
+        .await;
+    assert_eq!(status, 200, "{polled}");
+    let stored = &polled["messages"][0]["json"];
+    assert_eq!(
+        (
+            stored["id"].as_f64(),
+            stored["f"].as_f64(),
+            stored["e"].as_f64()
+        ),
+        (Some(9_007_199_254_740_992.0), Some(0.1), Some(1e300)),
+        "{stored}"
+    );
+    assert_eq!(
+        stored["big"].as_f64(),
+        Some(18_446_744_073_709_551_616.0),
+        "{stored}"
+    );
+
+    // Connect's JSON is read by the same rules.
+    let response = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.MessageService/SendMessages"))
+        .header("content-type", "application/json")
+        .header("connect-protocol-version", "1")
+        .body(
+            r#"{"stream":"orders","topic":"created","partitionId":0,"messages":[{"json":{"id":9007199254740993}}]}"#,
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.expect("a Connect error");
+    assert_eq!(error["code"], "invalid_argument", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("9007199254740993"),
+        "{error}"
+    );
+}
