@@ -14,15 +14,18 @@
 //! 7. CORS — browsers' preflights are answered before limits and auth see them (a plain
 //!    `OPTIONS` goes on to the routes, which know the path's methods); absent when no origin
 //!    is allowed (the default), so nothing is ever allowed cross-origin;
-//! 8. codecs — gRPC(-Web) bodies other than protobuf are refused in gRPC's terms (UNIMPLEMENTED),
+//! 8. cross site — a request a browser sends without a preflight (a form's `POST`) from an
+//!    origin CORS does not list is refused before anything runs (CSRF);
+//! 9. codecs — gRPC(-Web) bodies other than protobuf are refused in gRPC's terms (UNIMPLEMENTED),
 //!    not with tonic-web's empty 400;
-//! 9. API key — authenticate before any work is done for the caller, and give the call its
-//!    identity (anonymous when no key is needed); wrong keys are throttled by the lockout;
-//! 10. rate limit — per client, for calls without a keys-file identity (those are held to their
+//! 10. API key — authenticate before any work is done for the caller, and give the call its
+//!     identity (anonymous when no key is needed); wrong keys are throttled by the lockout;
+//! 11. rate limit — per client, for calls without a keys-file identity (those are held to their
 //!     own quotas instead, so teams behind one proxy do not share one budget);
-//! 11. concurrency — shed new calls at once when the gateway is full;
-//! 12. timeout — bound each call (a shorter `grpc-timeout` or `Connect-Timeout-Ms` wins);
-//! 13. body limit — refuse oversized bodies before reading them, and bodies beyond what all
+//! 12. concurrency — shed new calls at once when the gateway is full, and a client's past its
+//!     share (`MAX_CONCURRENT_REQUESTS_PER_CLIENT`);
+//! 13. timeout — bound each call (a shorter `grpc-timeout` or `Connect-Timeout-Ms` wins);
+//! 14. body limit — refuse oversized bodies before reading them, and bodies beyond what all
 //!     calls together may hold (`MAX_INFLIGHT_BYTES`); a compressed HTTP body
 //!     (`Content-Encoding`) is inflated here, so both limits count what it inflates to.
 //!
@@ -39,6 +42,7 @@ pub mod allowed_hosts;
 pub mod auth;
 pub mod client_ip;
 pub mod codecs;
+pub mod cross_site;
 pub mod guard;
 pub mod inflate;
 pub mod limits;
@@ -79,6 +83,7 @@ use crate::{
 pub use allowed_hosts::{AllowedHost, AllowedHosts};
 pub use auth::{ApiKey, AuthSettings};
 pub use client_ip::ClientIpLayer;
+pub use cross_site::CrossSite;
 pub use guard::{Exempt, GuardLayer, Policy};
 pub use limits::{BodyLimitLayer, GuardedBody, Shedding, TimeoutLayer};
 pub use metrics::MetricsLayer;
@@ -145,6 +150,7 @@ pub fn apply(
         .option_layer(
             cors(&settings.cors_origins, &settings.cors_headers).map(PreflightOnlyLayer::new),
         )
+        .layer(GuardLayer::new(CrossSite::new(&settings.cors_origins)))
         .layer(GuardLayer::new(codecs::ProtobufOnly))
         .layer(GuardLayer::new(ApiKey::with_keys(
             settings.auth.clone(),

@@ -293,3 +293,67 @@ async fn grpc_web_with_json_bodies_is_refused_in_grpc_web_terms() {
         answer.headers()
     );
 }
+
+#[tokio::test]
+async fn a_page_on_another_origin_cannot_make_a_browser_purge_a_stream() {
+    // What a page's `fetch(url, {method: "POST", mode: "no-cors"})` or a form sends: no
+    // preflight, so CORS never asks; the answer is hidden from the page, the purge would not be.
+    let app =
+        spawn_configured(|c| c.edge.cors_allowed_origins = vec!["https://app.example".into()])
+            .await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    app.send_texts("orders", "created", 0, &["kept"]).await;
+    let purge = |origin: String, content_type: Option<&'static str>| {
+        let mut request = app
+            .http1
+            .post(app.url("/v1/streams/orders/topics/created:purge"))
+            .header("origin", origin);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send()
+    };
+    for content_type in [
+        None,
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let refused = purge("https://evil.example".into(), content_type)
+            .await
+            .expect("sent");
+        assert_eq!(refused.status(), 403, "{content_type:?}");
+        let problem: serde_json::Value = refused.json().await.expect("problem");
+        assert_eq!(problem["reason"], "ORIGIN_NOT_ALLOWED", "{problem}");
+    }
+    let refused = app
+        .streams
+        .clone()
+        .get_stream(proto::GetStreamRequest {
+            stream: "orders".into(),
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    assert_eq!(
+        refused.stream.map(|s| s.messages_count),
+        Some(1),
+        "nothing purged"
+    );
+
+    // The listed origin, the gateway's own pages, and clients that are no browsers may.
+    for origin in [
+        "https://app.example".to_owned(),
+        format!("http://{}", app.addr),
+    ] {
+        let answer = purge(origin.clone(), None).await.expect("sent");
+        assert_eq!(answer.status(), 204, "{origin}");
+    }
+    let answer = app
+        .http1
+        .post(app.url("/v1/streams/orders/topics/created:purge"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(answer.status(), 204, "no Origin: not a browser");
+}
