@@ -290,7 +290,7 @@ pub fn payload_to_body(payload: Bytes, headers: &mut Headers) -> proto::polled_m
         // JSON too deep to render (stored by another client) comes back as its raw bytes.
         BODY_JSON => serde_json::from_slice::<serde_json::Value>(&payload)
             .ok()
-            .filter(|json| json_depth(json) <= MAX_JSON_DEPTH)
+            .filter(|json| json_depth(json) <= MAX_STORED_JSON_DEPTH)
             .map(|json| proto::polled_message::Body::Json(json_to_value(json))),
         BODY_TEXT => std::str::from_utf8(&payload)
             .ok()
@@ -309,6 +309,11 @@ pub fn payload_to_body(payload: Bytes, headers: &mut Headers) -> proto::polled_m
 /// Deepest nesting of a JSON body, in arrays and objects. Deeper would not survive the way
 /// out: each level is two protobuf levels in `google.protobuf.Value`, and decoders stop at 100.
 pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Deepest stored JSON read back: an event's envelope holds its data (checked against
+/// [`MAX_JSON_DEPTH`] when published) two levels down, so an event that was accepted is also
+/// read back. Still well within what decoders take.
+pub const MAX_STORED_JSON_DEPTH: usize = MAX_JSON_DEPTH + 2;
 
 pub fn value_to_json(value: &pbjson_types::Value) -> Result<serde_json::Value, String> {
     value_to_json_within(value, MAX_JSON_DEPTH)

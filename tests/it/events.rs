@@ -450,3 +450,51 @@ async fn a_large_event_poll_is_sent_in_pieces_and_reads_whole() {
     }
     assert_eq!(answer["count"], 200, "{}", answer["count"]);
 }
+
+#[tokio::test]
+async fn an_event_nested_as_deep_as_publishing_allows_is_read_back_by_every_poll() {
+    let app = spawn_app_with_default_topic().await;
+    // 32 levels of data, the most a publish takes; stored inside the envelope, 34.
+    let mut data = json!("leaf");
+    for _ in 0..32 {
+        data = json!([data]);
+    }
+    let event = envelope(json!({"type": "Generic", "data": data}));
+    let (status, answer) = app.post_json("/messages", json!({"event": event})).await;
+    assert_eq!(status, 201, "{answer}");
+    let stored = stored_events(&app).await;
+    assert_eq!(
+        stored,
+        std::slice::from_ref(&event),
+        "the legacy poll reads it back"
+    );
+    let mut found = Vec::new();
+    for partition in 0..3 {
+        let (status, polled) = app
+            .get_json(&format!(
+                "/v1/streams/sample-stream/topics/events/events?partition_id={partition}&strategy=first&count=10"
+            ))
+            .await;
+        assert_eq!(status, 200, "{polled}");
+        found.extend(polled["messages"].as_array().cloned().unwrap_or_default());
+        let (status, messages) = app
+            .get_json(&format!(
+                "/v1/streams/sample-stream/topics/events/messages?partition_id={partition}&offset=0&count=10"
+            ))
+            .await;
+        assert_eq!(status, 200, "{messages}");
+        for message in messages["messages"].as_array().cloned().unwrap_or_default() {
+            assert_eq!(
+                message["json"], event,
+                "read back as JSON, not raw bytes: {message}"
+            );
+        }
+    }
+    assert_eq!(found.len(), 1, "PollEvents reads it back");
+    assert_eq!(found[0]["event"], event, "{}", found[0]);
+
+    // One level more is refused when published, naming the field.
+    let event = envelope(json!({"type": "Generic", "data": [data]}));
+    let (status, answer) = app.post_json("/messages", json!({"event": event})).await;
+    assert_eq!(status, 400, "{answer}");
+}

@@ -10,7 +10,8 @@ use super::currency::is_iso_4217;
 use crate::{
     answer::invalid_field,
     grpc::convert::{
-        Ids, MAX_JSON_DEPTH, json_depth, json_to_value, message_id, message_id_text, value_to_json,
+        Ids, MAX_JSON_DEPTH, MAX_STORED_JSON_DEPTH, json_depth, json_to_value, message_id,
+        message_id_text, value_to_json,
     },
     proto::{self, event_payload},
 };
@@ -685,12 +686,16 @@ fn currency(field: &str, value: &str) -> Result<(), Status> {
 /// back as stored: events written before the rules, or by other clients, are not checked.
 pub fn read_event(payload: &[u8]) -> Option<proto::Event> {
     let json: Value = serde_json::from_slice(payload).ok()?;
-    if json_depth(&json) > MAX_JSON_DEPTH {
+    if json_depth(&json) > MAX_STORED_JSON_DEPTH {
         return None;
     }
     let object = json.as_object()?;
     let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_owned);
     let payload = object.get("payload")?.as_object()?;
+    // What publishing checked: the data alone.
+    if payload.get("data").map_or(0, json_depth) > MAX_JSON_DEPTH {
+        return None;
+    }
     Some(proto::Event {
         id: text("id")?,
         event_type: text("event_type")?,
