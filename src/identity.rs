@@ -542,7 +542,8 @@ pub fn audit_admin(access: &Access, result: &str) {
         target: AUDIT,
         identity = access.identity.name(),
         method = %access.rpc.name,
-        target = %access.target(),
+        // As text, so the text log quotes it: a stream may be named `x result=OK`.
+        target = access.target().as_str(),
         scope = access.rpc.scope.as_str(),
         result = result,
         request_id = access.request_id(),

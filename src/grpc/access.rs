@@ -96,14 +96,14 @@ fn revoked_status(access: &Access, why: Revoked) -> Status {
         ),
         Revoked::ScopeLost => {
             tracing::info!(target: crate::identity::AUDIT, identity = name,
-                method = %access.rpc().name, target = %access.target(),
+                method = %access.rpc().name, target = access.target().as_str(),
                 request_id = access.request_id(), result = "PERMISSION_DENIED",
                 "open call ended: scope withdrawn");
             return scope_missing(name, access.rpc().scope.as_str(), &access.target());
         }
     };
     tracing::info!(target: crate::identity::AUDIT, identity = name,
-        method = %access.rpc().name, target = %access.target(),
+        method = %access.rpc().name, target = access.target().as_str(),
         request_id = access.request_id(), result = reason, "open call ended: key revoked");
     let mut details = ErrorDetails::new();
     details.set_error_info(
