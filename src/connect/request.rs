@@ -129,11 +129,10 @@ pub async fn from_body(
 /// A unary `GET`: `message`, `encoding`, `base64`, `compression` and `connect` in the query.
 pub async fn from_query(parts: &Parts, max_bytes: usize) -> Result<(Codec, Bytes), Refusal> {
     check_timeout(parts)?;
-    let (mut message, mut encoding, mut base64, mut compression, mut version) =
-        (None, None, false, None, None);
-    for (key, value) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+    let query = parts.uri.query().unwrap_or("");
+    let (mut encoding, mut base64, mut compression, mut version) = (None, false, None, None);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
-            "message" => message = Some(value.into_owned()),
             "encoding" => encoding = Some(value.into_owned()),
             "base64" => base64 = value == "1",
             "compression" => compression = Some(value.into_owned()),
@@ -155,14 +154,14 @@ pub async fn from_query(parts: &Parts, max_bytes: usize) -> Result<(Codec, Bytes
             )));
         }
     };
-    let message = message.unwrap_or_default();
+    let message = message_bytes(query);
     let raw = if base64 {
         // URL-safe base64, padded or not (padding percent-encoded).
         let engine = GeneralPurpose::new(
             &URL_SAFE,
             GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
         );
-        Bytes::from(engine.decode(message.as_bytes()).map_err(|err| {
+        Bytes::from(engine.decode(&message).map_err(|err| {
             Refusal::new(
                 Code::InvalidArgument,
                 "INVALID_ARGUMENT",
@@ -170,7 +169,7 @@ pub async fn from_query(parts: &Parts, max_bytes: usize) -> Result<(Codec, Bytes
             )
         })?)
     } else {
-        Bytes::from(message.into_bytes())
+        Bytes::from(message)
     };
     if raw.len() > max_bytes {
         return Err(too_large(max_bytes));
@@ -183,6 +182,25 @@ pub async fn from_query(parts: &Parts, max_bytes: usize) -> Result<(Codec, Bytes
         _ => raw,
     };
     Ok((codec, payload))
+}
+
+/// The `message` parameter (the last, if given twice) decoded to bytes, not text: without
+/// `base64=1` it is the message itself, percent-encoded, and protobuf is not UTF-8.
+fn message_bytes(query: &str) -> Vec<u8> {
+    let form_decoded = |text: &str| -> Vec<u8> {
+        let spaced: Vec<u8> = text
+            .bytes()
+            .map(|b| if b == b'+' { b' ' } else { b })
+            .collect();
+        percent_encoding::percent_decode(&spaced).collect()
+    };
+    query
+        .rsplit('&')
+        .find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (form_decoded(key) == b"message").then(|| form_decoded(value))
+        })
+        .unwrap_or_default()
 }
 
 /// A server-streaming call's request: exactly one envelope, inflated by its

@@ -254,6 +254,24 @@ async fn side_effect_free_methods_answer_get_and_others_refuse_it() {
     let answer = proto::GetStreamResponse::decode(get.bytes().await.expect("body")).expect("proto");
     assert_eq!(answer.stream.expect("stream").name, "orders");
 
+    // Or percent-encoded as it is, binary and all (gzip's bytes are no UTF-8).
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzip, &request).expect("gzip");
+    let binary = gzip.finish().expect("gzip");
+    assert!(std::str::from_utf8(&binary).is_err());
+    let message = percent_encoding::percent_encode(&binary, percent_encoding::NON_ALPHANUMERIC);
+    let get = app
+        .http1
+        .get(app.url(&format!(
+            "{STREAMS}/GetStream?connect=v1&encoding=proto&compression=gzip&message={message}"
+        )))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(get.status(), 200);
+    let answer = proto::GetStreamResponse::decode(get.bytes().await.expect("body")).expect("proto");
+    assert_eq!(answer.stream.expect("stream").name, "orders");
+
     let refused = app
         .http1
         .get(app.url(&format!("{STREAMS}/DeleteStream")))
