@@ -64,9 +64,14 @@ pub enum InflateError {
     TooLarge(usize),
     #[error("the message is not valid in its coding: {0}")]
     Malformed(io::Error),
+    /// What it inflated to did not fit the budget of calls in flight.
+    #[error("{0}")]
+    OverBudget(crate::budget::Exhausted),
 }
 
-/// `compressed` inflated, refused as soon as it passes `max_bytes`.
+/// `compressed` inflated, refused as soon as it passes `max_bytes`; within a call, each chunk
+/// is charged to its budget (`MAX_INFLIGHT_BYTES`) before it is kept, as HTTP bodies inflated
+/// by the body limit are, so many small bombs cannot hold more than the budget between them.
 pub async fn inflate(
     compressed: &[u8],
     coding: Coding,
@@ -83,6 +88,9 @@ pub async fn inflate(
         let chunk = chunk.map_err(InflateError::Malformed)?;
         if inflated.len().saturating_add(chunk.len()) > max_bytes {
             return Err(InflateError::TooLarge(max_bytes));
+        }
+        if let Some(Err(exhausted)) = crate::budget::charge(chunk.len()) {
+            return Err(InflateError::OverBudget(exhausted));
         }
         inflated.extend_from_slice(&chunk);
     }

@@ -23,7 +23,7 @@ use super::{
     status,
 };
 use crate::{
-    answer::{Problem, connect},
+    answer::{Problem, connect, request_over_budget},
     extensions::{CONNECT_PROTOCOL_VERSION, connect_timeout},
     rest::{
         self, JsonRequest,
@@ -341,6 +341,10 @@ async fn inflate(compressed: &[u8], coding: Coding, max_bytes: usize) -> Result<
         .await
         .map_err(|err| match err {
             InflateError::TooLarge(max) => too_large(max),
+            InflateError::OverBudget(exhausted) => Refusal {
+                status: request_over_budget(exhausted, "the message as inflated"),
+                http: None,
+            },
             InflateError::Malformed(_) => Refusal::new(
                 Code::InvalidArgument,
                 "MALFORMED_CONTENT_ENCODING",

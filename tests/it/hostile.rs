@@ -1182,3 +1182,42 @@ async fn broken_grpc_framing_is_the_callers_fault_not_an_internal_error() {
     let (code, message) = grpc_status(response).await;
     assert_eq!(code, "3", "broken base64: {message}");
 }
+
+#[tokio::test]
+async fn a_connect_message_inflates_only_into_what_the_budget_has_left() {
+    use base64::Engine;
+    // Three of the four 1 MB frames held by an answer its client opens no window for: about
+    // 1 MB of the budget is left, while a message may inflate to 2 MiB (MAX_REQUEST_BODY_SIZE).
+    let (app, _) = with_four_frames(30_000).await;
+    let (mut h2, _driven) = h2_with_window(&app, 0).await;
+    let three = "/v1/streams/media/topics/frames/messages?partitionId=0&offset=0&count=3";
+    let request = http::Request::get(app.url(three))
+        .body(())
+        .expect("request");
+    let (held, _) = h2.send_request(request, true).expect("stream opened");
+    let held = held.await.expect("the answer's head");
+    assert_eq!(held.status(), 200);
+    // 1.5 MiB of zeros, a kilobyte or two once compressed.
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gzip, &vec![0u8; 1536 * 1024]).expect("gzip");
+    let message =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(gzip.finish().expect("gzip"));
+    let answer = app
+        .http1
+        .get(app.url(&format!(
+            "/iggy.gateway.v1.StreamService/GetStream?connect=v1&encoding=proto&base64=1&compression=gzip&message={message}"
+        )))
+        .send()
+        .await
+        .expect("sent");
+    let status = answer.status();
+    let error: serde_json::Value = answer.json().await.expect("a Connect error");
+    assert_eq!(status, 503, "refused while inflating, retry later: {error}");
+    assert_eq!(error["code"], "unavailable", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("the message as inflated")),
+        "{error}"
+    );
+}
