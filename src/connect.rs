@@ -126,6 +126,12 @@ impl Connect {
             Some(json) => connect::stream_error(&status, json),
             None => connect::unary_error(&status),
         };
+        // `application/connect+` names the codec: only the two the gateway speaks are read.
+        if streaming.is_some() && !is_stream_codec(&request) {
+            return unsupported_media_type(
+                "Connect streams are read as application/connect+proto or application/connect+json",
+            );
+        }
         let Some(procedure) = self.procedures.get(&path) else {
             return refuse(tonic::Status::unimplemented(format!(
                 "{} is not a method of this gateway",
@@ -322,6 +328,24 @@ fn internal(detail: String) -> tonic::Status {
 }
 
 /// 415, as the protocol asks for a content type the method is not called with.
+/// Whether a streaming call's content type names one of the codecs served.
+fn is_stream_codec(request: &Request<Body>) -> bool {
+    let essence = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "application/connect+proto" | "application/connect+json"
+    )
+}
+
 fn unsupported_media_type(message: &str) -> Response {
     let status = status(Code::InvalidArgument, "UNSUPPORTED_MEDIA_TYPE", message);
     let mut response = connect::unary_error(&status);

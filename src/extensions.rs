@@ -43,11 +43,13 @@ impl Protocol {
             Protocol::ConnectStream {
                 json: codec == "json",
             }
-        } else if headers.contains_key(CONNECT_PROTOCOL_VERSION)
-            || (is_procedure_path(request.uri().path())
-                && (matches!(essence, "application/proto" | "application/json")
-                    || (request.method() == Method::GET && is_connect_query(request.uri()))))
+        } else if is_procedure_path(request.uri().path())
+            && (headers.contains_key(CONNECT_PROTOCOL_VERSION)
+                || matches!(essence, "application/proto" | "application/json")
+                || (request.method() == Method::GET && is_connect_query(request.uri())))
         {
+            // Only on a procedure's path: a REST route is answered as REST whatever headers
+            // ride along (its refusals keep REST's statuses: 413, not Connect's 429).
             Protocol::Connect
         } else {
             Protocol::Rest

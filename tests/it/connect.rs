@@ -488,6 +488,41 @@ async fn the_layers_refuse_connect_calls_in_connect_terms() {
     );
 }
 
+#[tokio::test]
+async fn only_connect_codecs_and_procedure_paths_are_read_as_connect() {
+    let app = spawn_configured(|c| c.limits.max_request_body_size = 1024).await;
+    with_messages(&app).await;
+    // A codec the gateway does not speak is a 415, not a body read as protobuf.
+    let request = json!({"stream": "orders", "topic": "created", "partition_id": 0});
+    let refused = app
+        .http1
+        .post(app.url(SUBSCRIBE))
+        .header("content-type", "application/connect+xml")
+        .header("connect-protocol-version", "1")
+        .body(envelope(0, request.to_string().as_bytes()))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 415, "application/connect+xml");
+
+    // A REST route stays REST whatever Connect header rides along: too large is 413, which a
+    // client does not retry, not Connect's 429.
+    let too_large = app
+        .http1
+        .post(app.url("/v1/streams"))
+        .header("content-type", "application/json")
+        .header("connect-protocol-version", "1")
+        .body(format!(r#"{{"name":"{}"}}"#, "n".repeat(4096)))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(too_large.status(), 413);
+    assert_eq!(
+        header(&too_large, "content-type"),
+        "application/problem+json"
+    );
+}
+
 fn has_buf() -> bool {
     std::process::Command::new("buf")
         .arg("--version")
