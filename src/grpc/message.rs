@@ -329,6 +329,16 @@ impl MessageService for MessageApi {
         request: Request<proto::SendMessagesRequest>,
     ) -> Result<Response<proto::SendMessagesResponse>, Status> {
         let access = access_of(&request);
+        // Two keys would leave which one counts to chance (or to a proxy's order).
+        if request
+            .metadata()
+            .get_all(IDEMPOTENCY_KEY)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(invalid_field(IDEMPOTENCY_KEY, "is given more than once"));
+        }
         let key = match request.metadata().get(IDEMPOTENCY_KEY) {
             None => None,
             Some(value) => match value.to_str() {

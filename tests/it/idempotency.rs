@@ -567,3 +567,37 @@ async fn a_connect_retry_is_replayed_with_its_header_and_stored_once() {
     assert_eq!(again["ids"], first["ids"]);
     assert_eq!(stored_texts(&app).await, ["seven"]);
 }
+
+#[tokio::test]
+async fn two_idempotency_keys_on_one_send_are_refused_on_every_protocol() {
+    let app = spawn_app().await;
+    topic(&app).await;
+    let response = app
+        .http1
+        .post(app.url(PATH))
+        .header("idempotency-key", "one")
+        .header("idempotency-key", "two")
+        .json(&json!({"partition_id": 0, "messages": [{"text": "a"}]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.expect("problem");
+    assert_eq!(
+        problem["violations"][0]["field"], "idempotency-key",
+        "{problem}"
+    );
+
+    let mut request = grpc_send("one", &["b"]);
+    request
+        .metadata_mut()
+        .append("idempotency-key", "two".parse().expect("metadata"));
+    let refused = app
+        .messages
+        .clone()
+        .send_messages(request)
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(stored_texts(&app).await.is_empty(), "nothing stored");
+}
