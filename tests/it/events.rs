@@ -498,3 +498,32 @@ async fn an_event_nested_as_deep_as_publishing_allows_is_read_back_by_every_poll
     let (status, answer) = app.post_json("/messages", json!({"event": event})).await;
     assert_eq!(status, 400, "{answer}");
 }
+
+#[tokio::test]
+async fn typed_ids_are_stored_in_one_form_however_they_were_written_and_never_nil() {
+    let app = spawn_app_with_default_topic().await;
+    let upper = ORDER_ID.to_uppercase();
+    let braced = format!("{{{USER_ID}}}");
+    let simple = PRODUCT_ID.replace('-', "");
+    let mut data = order_data();
+    data["order_id"] = json!(upper);
+    data["user_id"] = json!(braced);
+    data["items"][0]["product_id"] = json!(simple);
+    let mut event = envelope(json!({"type": "Order", "data": data}));
+    event["correlation_id"] = json!(format!("urn:uuid:{USER_ID}"));
+    let (status, answer) = app.post_json("/messages", json!({"event": event})).await;
+    assert_eq!(status, 201, "{answer}");
+    let stored = stored_events(&app).await;
+    let mut expected = envelope(json!({"type": "Order", "data": order_data()}));
+    expected["correlation_id"] = json!(USER_ID);
+    assert_eq!(stored, [expected]);
+
+    let mut nil = envelope(json!({"type": "Order", "data": order_data()}));
+    nil["correlation_id"] = json!("00000000-0000-0000-0000-000000000000");
+    let (status, problem) = app.post_json("/messages", json!({"event": nil})).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(
+        problem["violations"][0]["field"], "event.correlation_id",
+        "{problem}"
+    );
+}

@@ -178,13 +178,9 @@ pub fn check_event(field: &str, event: proto::Event) -> Result<CheckedEvent, Sta
     let payload = event
         .payload
         .ok_or_else(|| invalid_field(format!("{field}.payload"), "is required"))?;
-    if let Some(correlation_id) = &event.correlation_id
-        && uuid::Uuid::try_parse(correlation_id).is_err()
-    {
-        return Err(invalid_field(
-            format!("{field}.correlation_id"),
-            "must be a UUID",
-        ));
+    let mut correlation_id = event.correlation_id;
+    if let Some(id) = &mut correlation_id {
+        uuid_field(&format!("{field}.correlation_id"), id)?;
     }
     let typed = check_payload(&format!("{field}.payload"), payload)?;
 
@@ -196,7 +192,7 @@ pub fn check_event(field: &str, event: proto::Event) -> Result<CheckedEvent, Sta
     body.insert("type".into(), Value::String(typed.type_name().into()));
     body.insert("data".into(), typed.data());
     envelope.insert("payload".into(), Value::Object(body));
-    if let Some(correlation_id) = event.correlation_id {
+    if let Some(correlation_id) = correlation_id {
         envelope.insert("correlation_id".into(), Value::String(correlation_id));
     }
     if let Some(source) = event.source {
@@ -246,12 +242,12 @@ pub fn check_payload(field: &str, payload: proto::EventPayload) -> Result<TypedP
     };
 
     let (typed, member_field) = match member {
-        event_payload::Event::User(user) => {
-            check_user(&format!("{field}.user"), &user)?;
+        event_payload::Event::User(mut user) => {
+            check_user(&format!("{field}.user"), &mut user)?;
             (TypedPayload::User(user), "user")
         }
-        event_payload::Event::Order(order) => {
-            check_order(&format!("{field}.order"), &order)?;
+        event_payload::Event::Order(mut order) => {
+            check_order(&format!("{field}.order"), &mut order)?;
             (TypedPayload::Order(order), "order")
         }
         event_payload::Event::Generic(value) => {
@@ -286,7 +282,7 @@ pub fn check_payload(field: &str, payload: proto::EventPayload) -> Result<TypedP
 fn read_data(named: &str, field: &str, data: &Value) -> Result<TypedPayload, Status> {
     let mut object = JsonObject::new(field, data)?;
     let typed = if named == "User" {
-        let user = proto::UserEvent {
+        let mut user = proto::UserEvent {
             action: object.text("action", "action")?,
             user_id: object.text("user_id", "userId")?,
             email: object.text("email", "email")?,
@@ -294,11 +290,11 @@ fn read_data(named: &str, field: &str, data: &Value) -> Result<TypedPayload, Sta
             ip_address: object.text("ip_address", "ipAddress")?,
         };
         object.finish()?;
-        check_user(field, &user)?;
+        check_user(field, &mut user)?;
         TypedPayload::User(user)
     } else {
         let items = object.items()?;
-        let order = proto::OrderEvent {
+        let mut order = proto::OrderEvent {
             action: object.text("action", "action")?,
             order_id: object.text("order_id", "orderId")?,
             user_id: object.text("user_id", "userId")?,
@@ -311,7 +307,7 @@ fn read_data(named: &str, field: &str, data: &Value) -> Result<TypedPayload, Sta
             carrier: object.text("carrier", "carrier")?,
         };
         object.finish()?;
-        check_order(field, &order)?;
+        check_order(field, &mut order)?;
         TypedPayload::Order(order)
     };
     Ok(typed)
@@ -443,12 +439,13 @@ impl<'a> JsonObject<'a> {
     }
 }
 
-fn check_user(field: &str, user: &proto::UserEvent) -> Result<(), Status> {
+/// Checks a User event, its ids written in the canonical form as they are checked.
+fn check_user(field: &str, user: &mut proto::UserEvent) -> Result<(), Status> {
     let at = |name: &str| format!("{field}.{name}");
     let action = action(&at("action"), &user.action, &USER_ACTIONS)?;
     let shape = |name, given| takes(field, "User", action, name, given);
     if shape("user_id", !user.user_id.is_empty())? {
-        uuid_field(&at("user_id"), &user.user_id)?;
+        uuid_field(&at("user_id"), &mut user.user_id)?;
     }
     if shape("email", !user.email.is_empty())? {
         email(&at("email"), &user.email)?;
@@ -467,20 +464,21 @@ fn check_user(field: &str, user: &proto::UserEvent) -> Result<(), Status> {
     Ok(())
 }
 
-fn check_order(field: &str, order: &proto::OrderEvent) -> Result<(), Status> {
+/// Checks an Order event, its ids written in the canonical form as they are checked.
+fn check_order(field: &str, order: &mut proto::OrderEvent) -> Result<(), Status> {
     let at = |name: &str| format!("{field}.{name}");
     let action = action(&at("action"), &order.action, &ORDER_ACTIONS)?;
     let shape = |name, given| takes(field, "Order", action, name, given);
     if shape("order_id", !order.order_id.is_empty())? {
-        uuid_field(&at("order_id"), &order.order_id)?;
+        uuid_field(&at("order_id"), &mut order.order_id)?;
     }
     if shape("user_id", !order.user_id.is_empty())? {
-        uuid_field(&at("user_id"), &order.user_id)?;
+        uuid_field(&at("user_id"), &mut order.user_id)?;
     }
     if shape("items", !order.items.is_empty())? {
-        for (index, item) in order.items.iter().enumerate() {
+        for (index, item) in order.items.iter_mut().enumerate() {
             let line = at(&format!("items[{index}]"));
-            uuid_field(&format!("{line}.product_id"), &item.product_id)?;
+            uuid_field(&format!("{line}.product_id"), &mut item.product_id)?;
             if item.quantity == 0 {
                 return Err(invalid_field(
                     format!("{line}.quantity"),
@@ -565,13 +563,19 @@ fn not_one_of(field: &str, value: &str, allowed: &[&str]) -> Status {
     }
 }
 
-fn uuid_field(field: &str, value: &str) -> Result<(), Status> {
+/// A UUID (not the nil one), rewritten in its canonical form (lower case, hyphenated), as the
+/// original service stored its typed ids: one id is one string, however it was written
+/// (upper case, braced, `urn:uuid:`, without hyphens).
+fn uuid_field(field: &str, value: &mut String) -> Result<(), Status> {
     if value.is_empty() {
         return Err(invalid_field(field, "is required (a UUID)"));
     }
     match uuid::Uuid::try_parse(value) {
         Ok(id) if id.is_nil() => Err(invalid_field(field, "must not be the nil UUID")),
-        Ok(_) => Ok(()),
+        Ok(id) => {
+            *value = id.hyphenated().to_string();
+            Ok(())
+        }
         Err(err) => Err(invalid_field(field, format!("must be a UUID: {err}"))),
     }
 }
