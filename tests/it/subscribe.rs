@@ -225,15 +225,19 @@ async fn sse_clients_get_events_with_the_cursor_as_id_and_resume_with_last_event
     drop(response);
     // The stream opens with its retry hint; the events follow.
     assert!(text.starts_with("retry: 2000\n\n"), "{text}");
-    let first = text
+    let events: Vec<&str> = text
         .split("\n\n")
-        .find(|event| event.contains("event: message"))
-        .expect("an event");
-    let id = first
-        .lines()
-        .find_map(|l| l.strip_prefix("id: "))
-        .expect("an id")
-        .to_owned();
+        .filter(|event| event.contains("event: message"))
+        .collect();
+    let first = events[0];
+    let id_of = |event: &str| {
+        event
+            .lines()
+            .find_map(|l| l.strip_prefix("id: "))
+            .expect("an id")
+            .to_owned()
+    };
+    let (id, second_id) = (id_of(first), id_of(events[1]));
     let data: serde_json::Value = serde_json::from_str(
         first
             .lines()
@@ -249,7 +253,7 @@ async fn sse_clients_get_events_with_the_cursor_as_id_and_resume_with_last_event
         .http1
         .get(app.url("/v1/streams/orders/topics/created/messages:subscribe?partition_id=0"))
         .header("accept", "text/event-stream")
-        .header("last-event-id", id)
+        .header("last-event-id", &id)
         .send()
         .await
         .expect("sent");
@@ -259,6 +263,34 @@ async fn sse_clients_get_events_with_the_cursor_as_id_and_resume_with_last_event
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(text.contains("\"text\":\"b\""), "{text}");
+    drop(resumed);
+
+    // An EventSource reconnects to the URL it was opened with, which may name the cursor it
+    // started from, and sends the newest id it saw: that one counts, so nothing is repeated.
+    app.send_texts("orders", "created", 0, &["c"]).await;
+    let opened_with = reqwest::Url::parse_with_params(
+        &app.url("/v1/streams/orders/topics/created/messages:subscribe"),
+        &[("partition_id", "0"), ("cursor", id.as_str())],
+    )
+    .expect("url");
+    let mut reconnected = app
+        .http1
+        .get(opened_with)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", &second_id)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(reconnected.status(), 200);
+    let mut text = String::new();
+    while !text.contains("event: message") {
+        let chunk = next_chunk(&mut reconnected).await;
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.contains("\"text\":\"c\""),
+        "after b, not b again: {text}"
+    );
 }
 
 #[tokio::test]

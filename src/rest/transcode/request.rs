@@ -120,14 +120,14 @@ pub(super) fn request_message(
             parse_inspected(&input, body)?
         }
     };
-    // SSE clients resume by sending the last event id back: it is the cursor.
+    // SSE clients resume by sending the last event id back: it is the cursor, and it wins
+    // over a `cursor` in the query, since an EventSource reconnects to the URL it was opened
+    // with (the cursor it started from) and sends the newest id it has seen.
     if let Some(last_event_id) = last_event_id
         && let Some(cursor) = input.get_field_by_name("cursor")
         && !message.has_field(&cursor)
     {
-        overlay
-            .entry("cursor")
-            .or_insert_with(|| Value::String(last_event_id.to_owned()));
+        overlay.insert("cursor".into(), Value::String(last_event_id.to_owned()));
     }
     // `If-Match` is the request's `etag` field, wherever the request has one (AIP-154).
     conditional::if_match_as_etag(route, headers, Some(&message), &mut overlay)?;
