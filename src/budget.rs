@@ -229,7 +229,14 @@ impl AnswerWatch {
             opened: self.opened,
             last_ms: AtomicU64::new(millis_since(self.opened)),
         });
-        self.lock().push(Arc::downgrade(&clock));
+        let mut answers = self.lock();
+        // Answers sent are forgotten here too, not only when the connection looks: a
+        // connection of many quick polls would otherwise keep a dead entry for each.
+        if answers.len() >= 64 && answers.len().is_power_of_two() {
+            answers.retain(|answer| answer.strong_count() > 0);
+        }
+        answers.push(Arc::downgrade(&clock));
+        drop(answers);
         self.registered.notify_one();
         clock
     }

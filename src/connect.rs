@@ -327,7 +327,6 @@ fn internal(detail: String) -> tonic::Status {
     )
 }
 
-/// 415, as the protocol asks for a content type the method is not called with.
 /// Whether a streaming call's content type names one of the codecs served.
 fn is_stream_codec(request: &Request<Body>) -> bool {
     let essence = request
@@ -346,6 +345,7 @@ fn is_stream_codec(request: &Request<Body>) -> bool {
     )
 }
 
+/// 415, as the protocol asks for a content type the method is not called with.
 fn unsupported_media_type(message: &str) -> Response {
     let status = status(Code::InvalidArgument, "UNSUPPORTED_MEDIA_TYPE", message);
     let mut response = connect::unary_error(&status);

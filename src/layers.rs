@@ -14,8 +14,9 @@
 //! 7. CORS — browsers' preflights are answered before limits and auth see them (a plain
 //!    `OPTIONS` goes on to the routes, which know the path's methods); absent when no origin
 //!    is allowed (the default), so nothing is ever allowed cross-origin;
-//! 8. cross site — a request a browser sends without a preflight (a form's `POST`) from an
-//!    origin CORS does not list is refused before anything runs (CSRF);
+//! 8. cross site — a request a browser sends without a preflight that could change something
+//!    (a form's `POST`, a committing `GET`) from an origin CORS does not list is refused
+//!    before anything runs (CSRF);
 //! 9. codecs — gRPC(-Web) bodies other than protobuf are refused in gRPC's terms (UNIMPLEMENTED),
 //!    not with tonic-web's empty 400;
 //! 10. API key — authenticate before any work is done for the caller, and give the call its

@@ -1,11 +1,15 @@
-//! Cross-site request forgery: a web page may make its visitor's browser send a "simple"
-//! request (a `POST` with no body, a form's or `text/plain`) to any address, the gateway on
-//! localhost included, without a CORS preflight; CORS only hides the answer from the page.
-//! Such a request that names another origin than the ones `CORS_ALLOWED_ORIGINS` lists (or the
-//! gateway's own) is refused with 403 / PERMISSION_DENIED, reason `ORIGIN_NOT_ALLOWED`, before
-//! anything runs: without it a page could purge a stream with an empty `POST …:purge`. Every
-//! other request a browser sends cross-site (JSON, gRPC-Web, Connect) is preflighted, and so
-//! already held to the same list; clients other than browsers send no `Origin`.
+//! Cross-site request forgery: a web page may make its visitor's browser send a request the
+//! browser does not preflight (a `POST` with no body, a form's or `text/plain`; a `GET` from an
+//! `<img>` or an `EventSource`) to any address, the gateway on localhost included; CORS only
+//! hides the answer from the page. Such a request from another origin than the ones
+//! `CORS_ALLOWED_ORIGINS` lists (or the gateway's own) is refused with 403 / PERMISSION_DENIED,
+//! reason `ORIGIN_NOT_ALLOWED`, before anything runs, when it could change something: a `POST`
+//! in any content type a browser may send unasked (anything but the API's own, which a browser
+//! always preflights, so CORS already holds them to the same list), and a `GET` that commits a
+//! consumer's offset. Without it a page could purge a stream with an empty `POST …:purge`, or
+//! move a consumer past unread messages with an `<img>` of a poll. A cross-site request is
+//! known by its `Origin`, or, for a `GET` that sends none, by `Sec-Fetch-Site`; clients other
+//! than browsers send neither.
 
 use std::sync::Arc;
 
@@ -48,28 +52,56 @@ impl CrossSite {
     }
 }
 
-/// Whether a request may be sent by a browser without a preflight: only `POST` changes
-/// anything among the methods that may (`GET` and `HEAD` are safe), and only with no content
-/// type or one a form can send.
-fn is_simple<B>(request: &Request<B>) -> bool {
-    if request.method() != Method::POST {
-        return false;
-    }
+/// Content types a browser never sends cross-origin without a preflight (they are not
+/// CORS-safelisted): the API's own. Any other, or none, or one that is not even text, may come
+/// from a page unasked.
+const PREFLIGHTED: [&str; 5] = [
+    "application/json",
+    "application/proto",
+    "application/grpc",
+    "application/connect+",
+    "application/x-protobuf",
+];
+
+/// Whether a `POST` may have been sent by a browser without a preflight.
+fn is_unasked_post<B>(request: &Request<B>) -> bool {
     let Some(content_type) = request.headers().get(header::CONTENT_TYPE) else {
         return true;
     };
-    let essence = content_type
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    matches!(
-        essence.as_str(),
-        "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data"
-    )
+    // Bytes a header may hold but text may not still make a type a browser sends unasked
+    // (`text/plain;x=\u{e9}`): read what is there, never nothing.
+    let text = String::from_utf8_lossy(content_type.as_bytes());
+    let essence = text.split(';').next().unwrap_or("").trim();
+    !PREFLIGHTED.iter().any(|preflighted| {
+        essence
+            .get(..preflighted.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(preflighted))
+            && (preflighted.ends_with('+')
+                || essence.len() == preflighted.len()
+                || essence[preflighted.len()..].starts_with('+')
+                || essence[preflighted.len()..].starts_with("-web"))
+    })
+}
+
+/// Query parameters with which a `GET` stores something: a poll's or a subscription's commit of
+/// its consumer's offset (snake_case and lowerCamelCase, as REST reads them).
+const COMMITTING: [&str; 6] = [
+    "auto_commit",
+    "autoCommit",
+    "commit_every",
+    "commitEvery",
+    "commit_interval_ms",
+    "commitIntervalMs",
+];
+
+/// Whether a `GET` asks to commit anything (a parameter above, set to anything but off).
+fn commits<B>(request: &Request<B>) -> bool {
+    let Some(query) = request.uri().query() else {
+        return false;
+    };
+    form_urlencoded::parse(query.as_bytes()).any(|(key, value)| {
+        COMMITTING.contains(&key.as_ref()) && !matches!(value.as_ref(), "" | "0" | "false")
+    })
 }
 
 /// Whether `origin` (`scheme://host[:port]`, lower case) is the one the request was sent to, as
@@ -113,17 +145,35 @@ impl Policy for CrossSite {
     const EXEMPT: Exempt = Exempt::Nothing;
 
     fn check(&self, request: &mut Request<Body>) -> Result<(), Rejection> {
-        if !is_simple(request) {
-            return Ok(());
-        }
-        let Some(origin) = request.headers().get(header::ORIGIN) else {
-            return Ok(());
+        let headers = request.headers();
+        let origin = headers.get(header::ORIGIN);
+        let method = request.method();
+        let foreign = match origin {
+            // Not text: no origin it could be allowed as.
+            Some(origin) => !self.allows(origin.to_str().unwrap_or("null"), request),
+            // A `GET` from an `<img>` carries no `Origin`; a browser still says where it came
+            // from.
+            None => {
+                *method == Method::GET
+                    && headers
+                        .get("sec-fetch-site")
+                        .is_some_and(|site| site != "same-origin" && site != "none")
+            }
         };
-        // Not text: no browser sent it, and no origin it could be allowed as.
-        let origin = origin.to_str().unwrap_or("null");
-        if self.allows(origin, request) {
+        if !foreign {
             return Ok(());
         }
+        let unasked = if *method == Method::POST {
+            is_unasked_post(request)
+        } else {
+            *method == Method::GET && commits(request)
+        };
+        if !unasked {
+            return Ok(());
+        }
+        let origin = origin
+            .map(|origin| String::from_utf8_lossy(origin.as_bytes()).into_owned())
+            .unwrap_or_else(|| "of another site".to_owned());
         Err(Rejection::new(
             Code::PermissionDenied,
             "ORIGIN_NOT_ALLOWED",
@@ -158,7 +208,7 @@ mod tests {
         let listed = CrossSite::new(&["https://app.example".to_owned()]);
         let allowed = |request: &Request<()>| {
             let origin = request.headers()["origin"].to_str().expect("text");
-            !super::is_simple(request) || listed.allows(origin, request)
+            !super::is_unasked_post(request) || listed.allows(origin, request)
         };
         assert!(!allowed(&post(
             "https://evil.example",
@@ -189,13 +239,54 @@ mod tests {
             None
         )));
         assert!(!allowed(&post("https://localhost:8080", "localhost", None)));
-        // JSON is preflighted: CORS decides.
-        assert!(allowed(&post(
-            "https://evil.example",
-            "localhost:8080",
-            Some("application/json")
-        )));
+        // The API's own types are preflighted: CORS decides.
+        for preflighted in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/grpc-web+proto",
+            "application/grpc",
+            "application/connect+json",
+            "application/proto",
+        ] {
+            assert!(
+                allowed(&post(
+                    "https://evil.example",
+                    "localhost:8080",
+                    Some(preflighted)
+                )),
+                "{preflighted}"
+            );
+        }
+        // Anything else may come unasked, whatever it is.
+        for unasked in [
+            "application/jsonx",
+            "text/plain;x=\u{e9}",
+            "multipart/form-data",
+        ] {
+            assert!(
+                !allowed(&post(
+                    "https://evil.example",
+                    "localhost:8080",
+                    Some(unasked)
+                )),
+                "{unasked}"
+            );
+        }
         let any = CrossSite::new(&["*".to_owned()]);
         assert!(any.allows("https://evil.example", &post("x", "y", None)));
+    }
+
+    #[test]
+    fn a_get_commits_when_it_asks_to() {
+        let get = |query: &str| {
+            Request::get(format!("/v1/streams/s/topics/t/messages?{query}"))
+                .body(())
+                .expect("request")
+        };
+        assert!(super::commits(&get("consumer=c&auto_commit=true")));
+        assert!(super::commits(&get("autoCommit=1")));
+        assert!(super::commits(&get("commit_every=10")));
+        assert!(!super::commits(&get("auto_commit=false&consumer=c")));
+        assert!(!super::commits(&get("count=10")));
     }
 }

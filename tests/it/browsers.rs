@@ -356,4 +356,66 @@ async fn a_page_on_another_origin_cannot_make_a_browser_purge_a_stream() {
         .await
         .expect("sent");
     assert_eq!(answer.status(), 204, "no Origin: not a browser");
+
+    // A type that is not even text is still one a browser sends unasked.
+    let odd = reqwest::header::HeaderValue::from_bytes(b"text/plain;x=\xe9").expect("header");
+    let refused = app
+        .http1
+        .post(app.url("/v1/streams/orders/topics/created:purge"))
+        .header("origin", "https://evil.example")
+        .header("content-type", odd)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 403);
+}
+
+#[tokio::test]
+async fn a_page_on_another_site_cannot_commit_a_consumers_offset_with_a_get() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    app.send_texts("orders", "created", 0, &["a", "b"]).await;
+    let poll = "/v1/streams/orders/topics/created/messages?partition_id=0&consumer=billing&auto_commit=true&count=10";
+    // An `<img>` sends no Origin, but says it comes from another site; a fetch says its origin.
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "https://evil.example"),
+    ] {
+        let refused = app
+            .http1
+            .get(app.url(poll))
+            .header(name, value)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(refused.status(), 403, "{name}: {value}");
+    }
+    assert_eq!(
+        app.stored_offset("orders", "created", "billing", 0).await,
+        None,
+        "nothing committed"
+    );
+    // A read that commits nothing is served; so is the commit from the page's own site, or from
+    // a client that is no browser.
+    let read = app
+        .http1
+        .get(app.url("/v1/streams/orders/topics/created/messages?partition_id=0&count=10"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(read.status(), 200);
+    let own = app
+        .http1
+        .get(app.url(poll))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(own.status(), 200);
+    assert_eq!(
+        app.stored_offset("orders", "created", "billing", 0).await,
+        Some(1)
+    );
 }

@@ -775,7 +775,7 @@ async fn h2_with_window(
 async fn an_http2_client_that_opens_no_window_for_its_answers_is_cut_off_and_frees_the_budget() {
     // It reads its socket (so no write of the gateway's stalls) but lets the gateway send
     // nothing of the answers it asked for, which hold the budget while they wait.
-    let (app, path) = with_four_frames(1000).await;
+    let (app, path) = with_four_frames(3000).await;
     let (mut h2, driven) = h2_with_window(&app, 0).await;
     let request = http::Request::get(app.url(path)).body(()).expect("request");
     let (response, _) = h2.send_request(request, true).expect("stream opened");
@@ -786,7 +786,7 @@ async fn an_http2_client_that_opens_no_window_for_its_answers_is_cut_off_and_fre
     let (status, body) = app.get_json(one).await;
     assert_eq!(status, 503, "the unsent answer holds the budget: {body}");
 
-    let ended = tokio::time::timeout(Duration::from_secs(10), driven).await;
+    let ended = tokio::time::timeout(Duration::from_secs(15), driven).await;
     assert!(
         ended.is_ok(),
         "the gateway closed the connection once the answer waited CONNECTION_WRITE_TIMEOUT_MS"

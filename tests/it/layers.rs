@@ -595,10 +595,16 @@ async fn one_client_holds_at_most_its_share_of_the_calls_in_flight() {
             .expect("write");
         holders.push(holder);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    // Its next call is refused, on every protocol, and says why.
-    let refused = rest_get(&app, "/v1/streams", &[("x-forwarded-for", "198.51.100.7")]).await;
+    // Its next call is refused (once both are admitted), on every protocol, and says why.
+    let mut refused = rest_get(&app, "/v1/streams", &[("x-forwarded-for", "198.51.100.7")]).await;
+    for _ in 0..50 {
+        if refused.status() == 429 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        refused = rest_get(&app, "/v1/streams", &[("x-forwarded-for", "198.51.100.7")]).await;
+    }
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().get("retry-after").is_some());
     let problem: serde_json::Value = refused.json().await.expect("problem");
