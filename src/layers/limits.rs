@@ -7,12 +7,11 @@
 //! so the size limit and the budget count what it inflates to.
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, ready},
@@ -24,6 +23,7 @@ use axum::{
     http::{Request, Response, StatusCode, header},
 };
 use bytes::Bytes;
+use dashmap::DashMap;
 use futures_util::future::{Either, Ready};
 use ipnet::IpNet;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -708,29 +708,31 @@ impl std::hash::Hash for Client {
     }
 }
 
-/// Places held by each client, against a cap per client.
+/// Places held by each client, against a cap per client. Sharded, so calls on every core do
+/// not queue on one lock.
 #[derive(Debug, Clone)]
 struct ClientCounts {
-    counts: Arc<Mutex<HashMap<Client, usize>>>,
+    counts: Arc<DashMap<Client, usize>>,
     max: usize,
 }
 
 impl ClientCounts {
     fn new(max: usize) -> Self {
         Self {
-            counts: Arc::new(Mutex::new(HashMap::new())),
+            counts: Arc::new(DashMap::new()),
             max,
         }
     }
 
     /// One more place for `client`, or `Err` with what it holds when that is its share.
     fn take(&self, client: Client) -> Result<ClientSlot, usize> {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(client.clone()).or_insert(0);
-        if *count >= self.max {
-            return Err(*count);
+        {
+            let mut count = self.counts.entry(client.clone()).or_insert(0);
+            if *count >= self.max {
+                return Err(*count);
+            }
+            *count += 1;
         }
-        *count += 1;
         Ok(ClientSlot {
             counts: Arc::clone(&self.counts),
             client,
@@ -740,19 +742,17 @@ impl ClientCounts {
 
 /// One place counted against its client, given back when dropped.
 struct ClientSlot {
-    counts: Arc<Mutex<HashMap<Client, usize>>>,
+    counts: Arc<DashMap<Client, usize>>,
     client: Client,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.client) {
+        if let Some(mut count) = self.counts.get_mut(&self.client) {
             *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.client);
-            }
         }
+        // A client holding nothing is forgotten (checked again under the shard's lock).
+        self.counts.remove_if(&self.client, |_, count| *count == 0);
     }
 }
 
