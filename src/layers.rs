@@ -321,40 +321,15 @@ fn cors(origins: &[String], allowed_headers: &[String]) -> Option<CorsLayer> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use axum::{body::Body, http::Request};
 
-    use crate::extensions::ClientIp;
-
-    /// What a subscriber writes, kept for the test to read.
-    #[derive(Clone, Default)]
-    struct Written(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Written {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::{extensions::ClientIp, testing::text_log};
 
     /// A call's span names its client, method and path when it is recorded (its fields are
     /// written out only then).
     #[test]
     fn the_call_span_names_the_client_when_it_is_recorded() {
-        let written = Written::default();
-        let writer = written.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        let text = text_log(|| {
             let mut request = Request::post("/v1/streams")
                 .body(Body::empty())
                 .expect("request");
@@ -368,7 +343,6 @@ mod tests {
             anonymous.extensions_mut().clear();
             super::make_span(&anonymous).in_scope(|| tracing::info!("inside"));
         });
-        let text = String::from_utf8(written.0.lock().expect("written").clone()).expect("UTF-8");
         let mut lines = text.lines();
         let first = lines.next().unwrap_or_default();
         assert!(first.contains("client=203.0.113.7"), "{first}");

@@ -71,3 +71,5 @@ pub mod startup;
 pub mod stats;
 pub mod subscription;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;

@@ -245,29 +245,6 @@ fn a_request_quota_admits_its_rate_per_identity() {
 
 #[test]
 fn an_audit_line_quotes_a_target_so_a_name_cannot_forge_its_fields() {
-    use std::sync::Mutex;
-
-    #[derive(Clone, Default)]
-    struct Written(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Written {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::Error::other("poisoned"))?
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    let written = Written::default();
-    let writer = written.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
     let identity = Arc::new(Identity::named(
         "team",
         [0; 32],
@@ -290,8 +267,7 @@ fn an_audit_line_quotes_a_target_so_a_name_cannot_forge_its_fields() {
     );
     let forged = "x result=OK identity=platform request_id=r-0";
     assert!(access.check(&[Target::Stream(forged.into())]).is_ok());
-    tracing::subscriber::with_default(subscriber, || audit_admin(&access, "OK"));
-    let line = String::from_utf8(written.0.lock().expect("log").clone()).expect("text");
+    let line = crate::testing::text_log(|| audit_admin(&access, "OK"));
     assert!(
         line.contains(&format!("target=\"{forged}\"")),
         "the target is one quoted field: {line}"
