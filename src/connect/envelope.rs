@@ -52,9 +52,21 @@ impl Coding {
     /// The first coding of an ordered `Accept-Encoding`-style list that the gateway writes.
     pub fn preferred(list: &str) -> Option<Self> {
         list.split(',')
-            .filter_map(|name| name.split(';').next())
+            .filter(|entry| !refused(entry))
+            .filter_map(|entry| entry.split(';').next())
             .find_map(|name| Coding::named(name).ok().flatten())
     }
+}
+
+/// Whether an entry of an accept list says `q=0`: "not acceptable" (RFC 9110 §12.4.2).
+fn refused(entry: &str) -> bool {
+    entry.split(';').skip(1).any(|parameter| {
+        let parameter = parameter.trim();
+        parameter
+            .get(..2)
+            .is_some_and(|name| name.eq_ignore_ascii_case("q="))
+            && parameter[2..].trim().parse::<f32>() == Ok(0.0)
+    })
 }
 
 /// Why a message could not be inflated.
@@ -186,6 +198,10 @@ mod tests {
     fn the_first_accepted_coding_the_gateway_writes_is_chosen() {
         assert_eq!(Coding::preferred("snappy, zstd, gzip"), Some(Coding::Zstd));
         assert_eq!(Coding::preferred("identity"), None);
+        // `q=0` is "not acceptable", however it is written.
+        assert_eq!(Coding::preferred("gzip;q=0"), None);
+        assert_eq!(Coding::preferred("gzip; Q=0.000, br"), Some(Coding::Brotli));
+        assert_eq!(Coding::preferred("gzip;q=0.5"), Some(Coding::Gzip));
         assert_eq!(Coding::named("lz4").map_err(|_| ()), Err(()));
     }
 }
