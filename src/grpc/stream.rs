@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use futures_util::{StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -14,6 +15,9 @@ use crate::{
     identity::{Access, Target},
     proto::{self, stream_service_server::StreamService},
 };
+
+/// Streams a listing reads whole at once, for a key that sees some of them in part.
+const PARTIAL_READS_AT_ONCE: usize = 8;
 
 #[derive(Clone)]
 pub struct StreamApi {
@@ -104,31 +108,31 @@ impl StreamService for StreamApi {
         let streams = self.broker.list_streams().await.map_err(broker_status)?;
         let access = access.as_deref();
         // A key sees the streams it may look into, and nothing of the others; of a stream it
-        // sees in part, the counts of its topics alone, which a listing does not carry.
-        let mut listed = Vec::with_capacity(streams.len());
-        for stream in streams {
-            if access.is_some_and(|access| !access.allows(&Target::StreamView(stream.name.clone())))
-            {
-                continue;
-            }
-            let stream = if sees_part_of(access, &stream) {
-                let whole = self.broker.get_stream(Identifier::Id(stream.id)).await;
-                match whole {
-                    Ok(whole) => StreamInfo {
+        // sees in part, the counts of its topics alone, which a listing does not carry: each
+        // is read whole, a few at a time, in the listing's order.
+        let visible = streams.into_iter().filter(|stream| {
+            access.is_none_or(|access| access.allows(&Target::StreamView(stream.name.clone())))
+        });
+        let read = futures_util::stream::iter(visible)
+            .map(|stream| async move {
+                if !sees_part_of(access, &stream) {
+                    return Ok(Some(stream));
+                }
+                match self.broker.get_stream(Identifier::Id(stream.id)).await {
+                    Ok(whole) => Ok(Some(StreamInfo {
                         topics: Vec::new(),
                         ..readable_topics(access, whole)
-                    },
+                    })),
                     // Deleted since it was listed.
-                    Err(BrokerError::StreamNotFound(_)) => continue,
-                    Err(err) => return Err(broker_status(err)),
+                    Err(BrokerError::StreamNotFound(_)) => Ok(None),
+                    Err(err) => Err(broker_status(err)),
                 }
-            } else {
-                stream
-            };
-            listed.push(stream_to_proto(stream));
-        }
+            })
+            .buffered(PARTIAL_READS_AT_ONCE)
+            .try_collect::<Vec<_>>()
+            .await?;
         Ok(Response::new(proto::ListStreamsResponse {
-            streams: listed,
+            streams: read.into_iter().flatten().map(stream_to_proto).collect(),
         }))
     }
 
