@@ -48,7 +48,7 @@ impl FromStr for AllowedHost {
 }
 
 /// `host[:port]` as a request names it, normalised for comparison; `None` if it is malformed.
-fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
+pub(super) fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
     let authority = authority.trim();
     let (host, port) = if authority.starts_with('[') {
         // An IPv6 literal: the port, if any, follows the closing bracket.
@@ -86,7 +86,7 @@ fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
 }
 
 /// The host a request names: HTTP/2's `:authority` (or an absolute URI), else `Host`.
-fn requested_host<B>(request: &Request<B>) -> Option<(String, Option<u16>)> {
+pub(super) fn requested_host<B>(request: &Request<B>) -> Option<(String, Option<u16>)> {
     match request.uri().authority() {
         Some(authority) => split_authority(authority.as_str()),
         None => request

@@ -19,7 +19,10 @@ use axum::{
 };
 use tonic::Code;
 
-use super::guard::{Exempt, Policy};
+use super::{
+    allowed_hosts::{requested_host, split_authority},
+    guard::{Exempt, Policy},
+};
 use crate::answer::Rejection;
 
 #[derive(Debug, Clone)]
@@ -105,39 +108,24 @@ fn commits<B>(request: &Request<B>) -> bool {
 }
 
 /// Whether `origin` (`scheme://host[:port]`, lower case) is the one the request was sent to, as
-/// a page the gateway serves itself (`/docs`) would send.
+/// a page the gateway serves itself (`/docs`) would send. Both sides are read as
+/// `ALLOWED_HOSTS` reads a request's host; a missing port is the scheme's.
 fn is_own<B>(origin: &str, request: &Request<B>) -> bool {
     let Some((scheme, authority)) = origin.split_once("://") else {
         return false;
     };
-    let requested = request
-        .uri()
-        .authority()
-        .map(|authority| authority.as_str().to_ascii_lowercase())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_ascii_lowercase)
-        });
     let default_port = match scheme {
-        "http" => ":80",
-        "https" => ":443",
+        "http" => 80,
+        "https" => 443,
         _ => return false,
     };
-    let with_port = |authority: &str| {
-        // A port follows the last colon, after an IPv6 literal's closing bracket.
-        let has_port = authority
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !port.contains(']') && !host.is_empty());
-        if has_port {
-            authority.to_owned()
-        } else {
-            format!("{authority}{default_port}")
+    match (split_authority(authority), requested_host(request)) {
+        (Some((origin_host, origin_port)), Some((host, port))) => {
+            origin_host == host
+                && origin_port.unwrap_or(default_port) == port.unwrap_or(default_port)
         }
-    };
-    requested.is_some_and(|requested| with_port(&requested) == with_port(authority))
+        _ => false,
+    }
 }
 
 impl Policy for CrossSite {
