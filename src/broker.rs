@@ -528,6 +528,8 @@ pub enum Durability {
     /// Every acknowledged batch was fsynced before the answer (the embedded store commits a
     /// group with an fsync, then answers it).
     FsyncedBeforeAck,
+    /// Nothing outlives the process: the embedded store runs in memory (`DATA_DIR=:memory:`).
+    InMemory,
     /// The server decides by its own settings, which the gateway read: `fsync` is its
     /// `[system.partition] enforce_fsync`, `messages_required_to_save` how many messages it
     /// buffers before writing them.
@@ -541,10 +543,12 @@ pub enum Durability {
 }
 
 impl Durability {
-    /// One word for `/stats` and logs: `fsync`, `server-fsync`, `server-buffered` or `unknown`.
+    /// One word for `/stats` and logs: `fsync`, `memory`, `server-fsync`, `server-buffered` or
+    /// `unknown`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Durability::FsyncedBeforeAck => "fsync",
+            Durability::InMemory => "memory",
             Durability::ServerSettings {
                 fsync: true,
                 messages_required_to_save: 1,
@@ -560,6 +564,9 @@ impl fmt::Display for Durability {
         match self {
             Durability::FsyncedBeforeAck => {
                 f.write_str("durably: each batch is fsynced before it is acknowledged")
+            }
+            Durability::InMemory => {
+                f.write_str("in memory only: everything is lost when the gateway stops")
             }
             Durability::ServerSettings {
                 fsync,

@@ -80,6 +80,8 @@ pub struct EmbeddedBroker {
     inner: Arc<Store>,
     available: watch::Sender<bool>,
     description: String,
+    /// `/stats` must not promise fsync for a store that keeps nothing.
+    durability: Durability,
     /// Sends go to one writer thread, which commits whatever has queued up since its last
     /// commit in one transaction (group commit): concurrent callers share a commit (and its
     /// fsync) instead of taking turns on the writer lock. `None` only while dropping.
@@ -162,10 +164,15 @@ impl EmbeddedBroker {
             .name("store-writer".into())
             .spawn(move || run_writer(store, pending))
             .map_err(OpenError::Writer)?;
+        let durability = match location {
+            Location::Memory => Durability::InMemory,
+            Location::Directory(_) => Durability::FsyncedBeforeAck,
+        };
         Ok(Self {
             inner,
             available,
             description,
+            durability,
             queue: Some(queue),
             writer: Some(writer),
         })
@@ -191,7 +198,7 @@ impl Broker for EmbeddedBroker {
     }
 
     fn durability(&self) -> Durability {
-        Durability::FsyncedBeforeAck
+        self.durability.clone()
     }
 
     fn availability(&self) -> watch::Receiver<bool> {

@@ -408,6 +408,19 @@ async fn the_stats_say_what_the_backend_makes_of_an_acknowledgement() {
     let stats = stats(&embedded).await;
     assert_eq!(stats["backend_durability"], "fsync");
 
+    // A store in memory keeps nothing, so it must not promise an fsync.
+    let config = iggy_gateway::config::Config::for_tests(":memory:");
+    let in_memory =
+        crate::helpers::spawn_with(config, tempfile::tempdir().expect("temp dir")).await;
+    let stats = self::stats(&in_memory).await;
+    assert_eq!(stats["backend_durability"], "memory");
+    assert!(
+        stats["backend_durability_detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("lost when the gateway stops")),
+        "{stats}"
+    );
+
     // The fake does not show its configuration: the gateway says it cannot tell.
     let fake = FakeIggy::start().await;
     let app = gateway(FakeIggy::url(fake.addr)).await;

@@ -392,11 +392,13 @@ async fn read_durability(pool: &Pool, client: &IggyClient) {
                 "acknowledged messages are kept {durability}"
             );
         }
-        Durability::ServerSettings { .. } | Durability::Unknown => tracing::warn!(
-            durability = durability.as_str(),
-            "acknowledged messages are kept {durability}: a crash of the Iggy server can lose \
-             some (README, \"Durability with Iggy\")"
-        ),
+        Durability::ServerSettings { .. } | Durability::Unknown | Durability::InMemory => {
+            tracing::warn!(
+                durability = durability.as_str(),
+                "acknowledged messages are kept {durability}: a crash of the Iggy server can lose \
+                 some (README, \"Durability with Iggy\")"
+            );
+        }
     }
 }
 
