@@ -455,10 +455,11 @@ fn too_large_rejection(max_bytes: usize) -> Rejection {
 }
 
 /// A 415 for a content coding the gateway cannot inflate, naming those it can (RFC 9110
-/// §15.5.16).
+/// §15.5.16). Its code is UNIMPLEMENTED, which Connect and gRPC require for a compression the
+/// server lacks, so a Connect call gets the same answer here as from its own codings.
 fn unsupported_coding(coding: &str) -> Rejection {
     Rejection::new(
-        Code::InvalidArgument,
+        Code::Unimplemented,
         "UNSUPPORTED_CONTENT_ENCODING",
         format!(
             "request bodies may be compressed with gzip, zstd or br, not {coding} \

@@ -447,6 +447,26 @@ async fn unary_bodies_and_answers_are_compressed_by_http_content_coding() {
         .expect("gunzips");
     let answer: Value = serde_json::from_slice(&json).expect("JSON");
     assert_eq!(answer["streams"].as_array().map(Vec::len), Some(40));
+
+    // A coding the gateway lacks is Connect's unimplemented, as in a GET's `compression` or a
+    // stream's Connect-Content-Encoding, naming the codings it has.
+    let response = app
+        .http1
+        .post(app.url(&format!("{STREAMS}/ListStreams")))
+        .header("content-type", "application/json")
+        .header("connect-protocol-version", "1")
+        .header("content-encoding", "compress")
+        .body(vec![0x1f, 0x9d])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 501);
+    assert_eq!(
+        header(&response, "accept-encoding"),
+        "gzip, zstd, br, identity"
+    );
+    let error: Value = response.json().await.expect("JSON");
+    assert_eq!(error["code"], "unimplemented", "{error}");
 }
 
 #[tokio::test]
