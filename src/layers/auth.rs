@@ -206,15 +206,19 @@ impl AuthState {
     }
 }
 
-/// The key the caller presented, from the headers or (when enabled) the query string.
+/// The key the caller presented, from the headers or (when enabled) the query string. A header
+/// that is not ASCII text is still a key presented, one that matches none: it is refused as
+/// invalid (and counts towards a lockout), not as missing.
 fn presented_key<B>(request: &Request<B>, allow_query: bool) -> Option<String> {
     let headers = request.headers();
-    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(key.to_owned());
+    let text = |value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
+    if let Some(key) = headers.get("x-api-key") {
+        return Some(text(key));
     }
     if let Some(token) = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+        .map(text)
+        .as_deref()
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))

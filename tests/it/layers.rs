@@ -307,6 +307,23 @@ async fn api_keys_are_required_on_every_protocol_and_rotate() {
         let problem: serde_json::Value = response.json().await.expect("problem");
         assert_eq!(problem["reason"], "API_KEY_INVALID");
     }
+    // A key that is not ASCII text was presented all the same: invalid, not missing.
+    for (name, bytes) in [
+        ("x-api-key", &b"old-key-12\xe9"[..]),
+        ("authorization", &b"Bearer new-key-45\xff"[..]),
+    ] {
+        let value = reqwest::header::HeaderValue::from_bytes(bytes).expect("header bytes");
+        let response = app
+            .http1
+            .get(app.url("/v1/streams"))
+            .header(name, value)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 401, "{name}");
+        let problem: serde_json::Value = response.json().await.expect("problem");
+        assert_eq!(problem["reason"], "API_KEY_INVALID", "{name}");
+    }
     assert_eq!(
         rest_get(&app, "/v1/streams", &[("x-api-key", "old-key-123")])
             .await
