@@ -749,11 +749,12 @@ struct ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        if let Some(mut count) = self.counts.get_mut(&self.client) {
+        // One look-up under the shard's lock: the count falls, and a client holding nothing is
+        // forgotten.
+        self.counts.remove_if_mut(&self.client, |_, count| {
             *count = count.saturating_sub(1);
-        }
-        // A client holding nothing is forgotten (checked again under the shard's lock).
-        self.counts.remove_if(&self.client, |_, count| *count == 0);
+            *count == 0
+        });
     }
 }
 
@@ -884,11 +885,18 @@ mod tests {
         assert!(shedding.check(&mut call("198.51.100.1", None)).is_err());
         // A share comes back when a call is answered.
         drop(first);
-        assert!(
-            shedding
-                .check(&mut call("198.51.100.9", Some("team-a")))
-                .is_ok()
+        let fourth = shedding.check(&mut call("198.51.100.9", Some("team-a")));
+        assert!(fourth.is_ok());
+        // A client holding no place is forgotten, so the map holds only clients in flight.
+        assert_eq!(
+            shedding.by_client.counts.len(),
+            2,
+            "team-a and 198.51.100.1"
         );
+        drop((second, anonymous));
+        assert_eq!(shedding.by_client.counts.len(), 2, "each still holds one");
+        drop((fourth, again));
+        assert!(shedding.by_client.counts.is_empty());
     }
 
     #[test]
