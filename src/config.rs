@@ -295,9 +295,14 @@ fn effective_settings(command: &clap::Command, matches: &clap::ArgMatches) -> Ef
         .filter_map(|arg| {
             let env = arg.get_env()?.to_string_lossy().into_owned();
             let value = if arg.is_hide_env_values_set() {
-                matches
+                // An empty value is as good as unset (it names no key); say so, not "redacted".
+                match matches
                     .get_raw(arg.get_id().as_str())
-                    .map_or_else(|| "(unset)".to_owned(), |_| "(redacted)".to_owned())
+                    .map(|mut values| values.all(|value| value.is_empty()))
+                {
+                    None | Some(true) => "(unset)".to_owned(),
+                    Some(false) => "(redacted)".to_owned(),
+                }
             } else {
                 matches.get_raw(arg.get_id().as_str()).map_or_else(
                     || "(unset)".to_owned(),

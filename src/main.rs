@@ -53,7 +53,8 @@ async fn main() -> ExitCode {
     code
 }
 
-/// `--hash-key`: the digest of the key given, or of the first line of standard input.
+/// `--hash-key`: the digest of the key given, or of the first line of standard input, without
+/// the blanks around it.
 fn hash_key(given: &str) -> ExitCode {
     let key = if given.is_empty() {
         let mut line = String::new();
@@ -61,10 +62,12 @@ fn hash_key(given: &str) -> ExitCode {
             eprintln!("iggy-gateway: cannot read the key from standard input: {err}");
             return ExitCode::from(74);
         }
-        line.trim_end_matches(['\r', '\n']).to_owned()
+        line.trim().to_owned()
     } else {
-        given.to_owned()
+        given.trim().to_owned()
     };
+    // Trimmed as `API_KEY` is: HTTP drops the blanks around a header's value, so a key
+    // hashed with them could never be presented.
     if key.is_empty() {
         eprintln!("iggy-gateway: --hash-key needs a key (as its value or on standard input)");
         return ExitCode::from(64);

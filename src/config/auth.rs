@@ -20,6 +20,12 @@ impl FromStr for ApiKeys {
             .filter(|key| !key.is_empty())
             .map(str::to_owned)
             .collect();
+        // Set, yet naming no key (" , "): running open would fail open on a typo.
+        if keys.is_empty() && !value.is_empty() {
+            return Err(
+                "holds no key (only commas and blanks); unset it to run without keys".into(),
+            );
+        }
         Ok(Self(keys))
     }
 }

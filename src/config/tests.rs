@@ -328,6 +328,16 @@ fn the_effective_settings_redact_secrets() {
     assert_eq!(get("API_KEY").as_deref(), Some("(redacted)"));
     assert_eq!(get("PORT").as_deref(), Some("9000"));
     assert!(!format!("{settings:?}").contains("sekrit"));
+
+    // An empty value names no key: shown as unset, not as a secret in force.
+    let Ok((config, settings)) = Config::load_from(["iggy-gateway", "--api-key", ""]) else {
+        panic!("loads");
+    };
+    assert!(config.auth.is_keyless());
+    let shown = settings.iter().find(|(env, _)| env == "API_KEY");
+    assert_eq!(shown.map(|(_, v)| v.as_str()), Some("(unset)"));
+    // Commas and blanks alone are refused (exit 78), not taken for no key.
+    assert!(Config::load_from(["iggy-gateway", "--api-key", " , "]).is_err());
 }
 
 #[test]

@@ -144,6 +144,9 @@ fn entry(raw: RawEntry) -> Result<KeyEntry, String> {
     })
 }
 
+/// SHA-256 of zero bytes.
+const EMPTY_KEY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 fn digest(hex: &str) -> Result<[u8; 32], String> {
     let hex = hex.trim();
     let bad = || "sha256: must be 64 hex digits (the key's SHA-256; see --hash-key)".to_owned();
@@ -153,6 +156,10 @@ fn digest(hex: &str) -> Result<[u8; 32], String> {
     let mut digest = [0u8; 32];
     for (i, byte) in digest.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    // What hashing an unset variable gives: it would let in a request with an empty key.
+    if hex.eq_ignore_ascii_case(EMPTY_KEY_SHA256) {
+        return Err("sha256: is the digest of an empty key".to_owned());
     }
     Ok(digest)
 }

@@ -167,6 +167,12 @@ fn a_bad_keys_file_is_refused_naming_the_entry_and_field() {
         "[[keys]]\nname = \"a\"\nsha256 = \"{digest}\"\n[keys.quota]\nproduce_bytes_per_second = 0\n"
     ));
     assert!(why.contains("quota.produce_bytes_per_second"), "{why}");
+    // The digest of an empty key (an unset variable hashed) would let in an empty header.
+    let why = bad(&format!(
+        "[[keys]]\nname = \"a\"\nsha256 = \"{}\"\n",
+        hash_key("").to_uppercase()
+    ));
+    assert!(why.contains("keys[0] (a): sha256: is the digest of an empty key"), "{why}");
 }
 
 #[test]

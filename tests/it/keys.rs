@@ -1309,13 +1309,30 @@ fn hash_key_prints_the_digest_the_file_wants() {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(b"test\n")
+        .write_all(b"  test \t\r\n")
         .expect("written");
     let output = child.wait_with_output().expect("ends");
+    // Without the blanks around it, which no HTTP header can carry.
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
         hash_key("test")
     );
+}
+
+#[test]
+fn an_api_key_setting_that_names_no_key_exits_78_instead_of_running_open() {
+    let dir = tempfile::tempdir().expect("dir");
+    for value in [" , ", ","] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
+            .env("API_KEY", value)
+            .env("PORT", "0")
+            .env("DATA_DIR", dir.path().join("data"))
+            .output()
+            .expect("runs");
+        assert_eq!(output.status.code(), Some(78), "API_KEY={value:?}");
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(text.contains("holds no key"), "{text}");
+    }
 }
 
 #[test]
