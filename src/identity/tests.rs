@@ -172,7 +172,10 @@ fn a_bad_keys_file_is_refused_naming_the_entry_and_field() {
         "[[keys]]\nname = \"a\"\nsha256 = \"{}\"\n",
         hash_key("").to_uppercase()
     ));
-    assert!(why.contains("keys[0] (a): sha256: is the digest of an empty key"), "{why}");
+    assert!(
+        why.contains("keys[0] (a): sha256: is the digest of an empty key"),
+        "{why}"
+    );
 }
 
 #[test]
