@@ -278,6 +278,23 @@ impl Subscriptions {
                 .filter_map(|(partition, offset)| offset.map(|offset| (*partition, offset)))
                 .collect(),
         };
+        // By id, a stream's rename is seen only by its name: keep the name it opened with.
+        let stream_name = match &request.topic.stream {
+            Identifier::Id(_) => Some(
+                broker
+                    .get_stream(request.topic.stream.clone())
+                    .await
+                    .map_err(broker_status)?
+                    .name,
+            ),
+            Identifier::Name(_) => None,
+        };
+        let followed = pump::Followed {
+            topic_id: topic_info.id,
+            topic_created_at: topic_info.created_at_micros,
+            topic_name: topic_info.name.clone(),
+            stream_name,
+        };
         tokio::spawn(async move {
             let commit_every = request.commit_every;
             let handed = Arc::clone(&buffer.handed);
@@ -285,8 +302,8 @@ impl Subscriptions {
             let request = pump::run(
                 broker.clone(),
                 request,
-                next,
-                cursor,
+                followed.clone(),
+                pump::Position { next, cursor },
                 settings,
                 shutdown,
                 buffer,
@@ -306,10 +323,10 @@ impl Subscriptions {
                         .clone()
                 };
                 let committed = snapshot();
-                pump::commit(&broker, &request, &handed).await;
+                pump::commit(&broker, &request, &followed, &handed).await;
                 let _ = tokio::time::timeout(slow_client, gone).await;
                 if snapshot() != committed {
-                    pump::commit(&broker, &request, &handed).await;
+                    pump::commit(&broker, &request, &followed, &handed).await;
                 }
             }
         });

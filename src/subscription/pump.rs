@@ -19,8 +19,11 @@ use super::{
     cursor::{self, Cursor},
 };
 use crate::{
-    answer::broker_status,
-    broker::{Broker, BrokerError, ConsumerOffsetRef, PollMessages, PollingStrategy},
+    answer::{Problem, broker_status},
+    broker::{
+        Broker, BrokerError, ConsumerOffsetRef, Identifier, PollMessages, PollingStrategy,
+        TopicInfo,
+    },
 };
 
 /// Messages read from one partition per poll.
@@ -37,15 +40,88 @@ pub(super) struct Buffer {
     pub(super) handed: Handed,
 }
 
+/// What a subscription follows, as it was when it opened. Scopes match names, and a topic
+/// deleted and created again under its name is another log: so a rename of its stream or topic,
+/// or a new topic in its place, ends the subscription (and stops its commits), as a deletion
+/// does.
+#[derive(Debug, Clone)]
+pub(super) struct Followed {
+    pub(super) topic_id: u32,
+    pub(super) topic_created_at: u64,
+    pub(super) topic_name: String,
+    /// Its stream's name, kept when the stream is named by id; by name, a rename already makes
+    /// the topic not found.
+    pub(super) stream_name: Option<String>,
+}
+
+impl Followed {
+    /// The topic as it stands, while it is still the one followed; `Ok(None)` when the backend
+    /// cannot tell now (unavailable), which ends nothing.
+    async fn check(
+        &self,
+        broker: &Arc<dyn Broker>,
+        request: &Subscription,
+    ) -> Result<Option<TopicInfo>, Status> {
+        let topic = match broker.get_topic(request.topic.clone()).await {
+            Ok(topic) => topic,
+            // Deleted under the subscriber: its stream ends as a poll there would end it. (A
+            // backend that announces appends wakes no poll for a partition that is gone.)
+            Err(err @ (BrokerError::StreamNotFound(_) | BrokerError::TopicNotFound { .. })) => {
+                return Err(broker_status(err));
+            }
+            Err(_) => return Ok(None),
+        };
+        let replaced =
+            topic.id != self.topic_id || topic.created_at_micros != self.topic_created_at;
+        let mut renamed = topic.name != self.topic_name;
+        if let (Some(name), Identifier::Id(_)) = (&self.stream_name, &request.topic.stream) {
+            match broker.get_stream(request.topic.stream.clone()).await {
+                Ok(stream) => renamed |= stream.name != *name,
+                Err(err @ BrokerError::StreamNotFound(_)) => return Err(broker_status(err)),
+                Err(_) => return Ok(None),
+            }
+        }
+        if !(replaced || renamed) {
+            return Ok(Some(topic));
+        }
+        let what = if replaced {
+            "was deleted and created again"
+        } else {
+            "was renamed"
+        };
+        Err(Problem::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "SUBSCRIBED_TOPIC_GONE",
+            format!(
+                "the topic this subscription followed ({}/{}) {what} since it opened; open a \
+                 new subscription",
+                request.stream_text, request.topic_text
+            ),
+        )
+        .to_status())
+    }
+}
+
+/// Where a subscription starts: each partition's next offset (`None`: by its strategy), and
+/// the cursor that says so.
+pub(super) struct Position {
+    pub(super) next: BTreeMap<u32, Option<u64>>,
+    pub(super) cursor: Cursor,
+}
+
 pub(super) async fn run(
     broker: Arc<dyn Broker>,
     request: Subscription,
-    mut next: BTreeMap<u32, Option<u64>>,
-    mut cursor: Cursor,
+    followed: Followed,
+    position: Position,
     settings: Arc<SubscribeSettings>,
     shutdown: CancellationToken,
     buffer: Buffer,
 ) -> Subscription {
+    let Position {
+        mut next,
+        mut cursor,
+    } = position;
     let mut idle_wait = MIN_IDLE_WAIT;
     // One append signal per followed partition, taken before the first poll so no append
     // falls between the two. With every partition signalled, a subscriber polls only the
@@ -67,6 +143,9 @@ pub(super) async fn run(
     let mut last_sent = tokio::time::Instant::now();
     let mut since_commit = 0u32;
     let mut last_commit = tokio::time::Instant::now();
+    // When the topic was last checked to be the one followed: at every heartbeat, and as often
+    // while messages flow, which send no heartbeats.
+    let mut last_checked = tokio::time::Instant::now();
     loop {
         let mut delivered = 0usize;
         for (partition, position) in next.clone() {
@@ -137,17 +216,31 @@ pub(super) async fn run(
                 if by_count || by_time {
                     since_commit = 0;
                     last_commit = tokio::time::Instant::now();
-                    commit(&broker, &request, &buffer.handed).await;
+                    commit(&broker, &request, &followed, &buffer.handed).await;
                 }
             }
         }
         first_round = false;
+        let heartbeat_due = delivered == 0 && last_sent.elapsed() >= settings.heartbeat;
+        let check_due = last_checked.elapsed() >= settings.heartbeat;
+        let topic = if heartbeat_due || check_due {
+            last_checked = tokio::time::Instant::now();
+            match followed.check(&broker, &request).await {
+                Ok(topic) => topic,
+                Err(status) => {
+                    let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
+                    return request;
+                }
+            }
+        } else {
+            None
+        };
         if delivered > 0 {
             idle_wait = MIN_IDLE_WAIT;
             continue;
         }
-        if last_sent.elapsed() >= settings.heartbeat {
-            let item = heartbeat(&broker, &request, &next, &cursor, &settings).await;
+        if heartbeat_due {
+            let item = heartbeat(topic.as_ref(), &next, &cursor, &settings);
             if !deliver(&buffer, item, 0, &settings, &shutdown).await {
                 return request;
             }
@@ -227,11 +320,25 @@ async fn deliver(
     }
 }
 
-/// Stores the consumer's offset in every partition up to what the stream has handed on.
-pub(super) async fn commit(broker: &Arc<dyn Broker>, request: &Subscription, handed: &Handed) {
+/// Stores the consumer's offset in every partition up to what the stream has handed on, while
+/// the topic is still the one followed: offsets of a topic since deleted and created again
+/// would skip messages of the new one that the consumer never read.
+pub(super) async fn commit(
+    broker: &Arc<dyn Broker>,
+    request: &Subscription,
+    followed: &Followed,
+    handed: &Handed,
+) {
     let Some(consumer) = &request.consumer else {
         return;
     };
+    if let Err(status) = followed.check(broker, request).await {
+        tracing::info!(
+            reason = status.message(),
+            "a subscriber's offsets are not committed"
+        );
+        return;
+    }
     let handed = handed
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -250,26 +357,23 @@ pub(super) async fn commit(broker: &Arc<dyn Broker>, request: &Subscription, han
     }
 }
 
-async fn heartbeat(
-    broker: &Arc<dyn Broker>,
-    request: &Subscription,
+/// Where each followed partition stands, from the topic as just read (`None`: the backend
+/// could not tell, so no heads).
+fn heartbeat(
+    topic: Option<&TopicInfo>,
     next: &BTreeMap<u32, Option<u64>>,
     cursor: &Cursor,
     settings: &SubscribeSettings,
 ) -> Item {
-    let heads: BTreeMap<u32, u64> = match broker.get_topic(request.topic.clone()).await {
-        Ok(topic) => topic
-            .partitions
-            .iter()
-            .map(|p| (p.id, p.next_offset()))
-            .collect(),
-        // Deleted under the subscriber: its stream ends as a poll there would end it. (A
-        // backend that announces appends wakes no poll for a partition that is gone.)
-        Err(err @ (BrokerError::StreamNotFound(_) | BrokerError::TopicNotFound { .. })) => {
-            return Err(broker_status(err));
-        }
-        Err(_) => BTreeMap::new(),
-    };
+    let heads: BTreeMap<u32, u64> = topic
+        .map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .map(|p| (p.id, p.next_offset()))
+                .collect()
+        })
+        .unwrap_or_default();
     let partitions = next
         .iter()
         .map(|(partition, position)| {

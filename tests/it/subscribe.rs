@@ -203,6 +203,94 @@ async fn a_subscription_whose_topic_is_deleted_ends_with_not_found() {
     assert!(ended.message().contains("created"), "{ended:?}");
 }
 
+/// Reads the stream until it ends with an error, within a few seconds.
+async fn ends_with(stream: &mut Streaming<proto::SubscribeResponse>) -> tonic::Status {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended without saying why"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends in time")
+}
+
+#[tokio::test]
+async fn a_topic_deleted_and_created_again_is_another_log_its_subscription_neither_reads_nor_commits()
+ {
+    let app =
+        app_with_topic(spawn_configured(|c| c.subscriptions.subscribe_heartbeat_ms = 100).await)
+            .await;
+    app.send_texts("orders", "created", 0, &["old-1", "old-2"])
+        .await;
+    let mut stream = app
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(0),
+            strategy: proto::PollingStrategy::First.into(),
+            consumer: "c1".into(),
+            commit_every: 1,
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    assert_eq!(next_message(&mut stream).await.1.offset, 0);
+    assert_eq!(next_message(&mut stream).await.1.offset, 1);
+    let (status, body) = app.delete("/v1/streams/orders/topics/created").await;
+    assert_eq!(status, 204, "{body}");
+    app.create_topic("orders", "created", 2).await;
+    // The new log fills up at once, past where the old one stood, and keeps moving, so the
+    // subscription is never idle long enough for a heartbeat.
+    let sending = async {
+        for n in 0..40 {
+            app.send_texts("orders", "created", 0, &[&format!("new-{n}")])
+                .await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let ((), ended) = tokio::join!(sending, ends_with(&mut stream));
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(
+        ended.message().contains("deleted and created again"),
+        "{ended:?}"
+    );
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing of the old subscription's was committed on the new topic.
+    let (status, body) = app
+        .get_json("/v1/streams/orders/topics/created/consumers/c1/offsets/0")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("stored_offset").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn a_subscription_by_id_ends_when_its_stream_is_renamed_as_scopes_follow_names() {
+    let app =
+        app_with_topic(spawn_configured(|c| c.subscriptions.subscribe_heartbeat_ms = 100).await)
+            .await;
+    app.send_texts("orders", "created", 0, &["a"]).await;
+    let id = app.get_json("/v1/streams/orders").await.1["stream"]["id"].to_string();
+    let mut stream = app
+        .subscribe(proto::SubscribeRequest {
+            stream: id.clone(),
+            strategy: proto::PollingStrategy::First.into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    assert_eq!(next_message(&mut stream).await.1.offset, 0);
+    let (status, body) = app
+        .patch_json("/v1/streams/orders", serde_json::json!({"name": "finance"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ended = ends_with(&mut stream).await;
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(ended.message().contains("was renamed"), "{ended:?}");
+}
+
 #[tokio::test]
 async fn sse_clients_get_events_with_the_cursor_as_id_and_resume_with_last_event_id() {
     let app = app_with_topic(spawn_app().await).await;
