@@ -142,6 +142,7 @@ impl Pattern {
     fn matches(&self, target: &Target) -> bool {
         match target {
             Target::Any => true,
+            Target::All => self.stream.is_any() && self.topic.is_any(),
             Target::Stream(stream) => self.stream.matches(stream) && self.topic.is_any(),
             Target::StreamView(stream) => self.stream.matches(stream),
             Target::Topic(stream, topic) => {
@@ -181,7 +182,10 @@ impl Grant {
 /// What a call reaches, as its request names it (names, not ids: ids are resolved first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// Nothing in particular (listing streams, statistics): the scope held on any pattern.
+    /// Everything at once (statistics, which count every stream): a pattern covering every
+    /// stream and topic.
+    All,
+    /// Nothing in particular (listing streams, filtered): the scope held on any pattern.
     Any,
     /// A whole stream (create, rename, delete, purge it): a pattern covering all its topics.
     Stream(String),
@@ -195,6 +199,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Any => f.write_str("*"),
+            Target::All => f.write_str("*/*"),
             Target::Stream(stream) | Target::StreamView(stream) => f.write_str(stream),
             Target::Topic(stream, topic) => write!(f, "{stream}/{topic}"),
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::State,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -13,11 +13,21 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    answer::methods::read_only,
+    answer::{Problem, methods::read_only, scope_missing},
     broker::{Broker, now_micros},
+    identity::{Identity, Scope, Target},
     metrics::Metrics,
     stats::Stats,
 };
+
+/// `/stats` and `/metrics` count every stream and name every keys-file identity: a key read
+/// scoped to part of the streams may not see them (nor a key without `read`). No identity:
+/// the metrics port, which serves only `/metrics`, by design without a key.
+fn refused(identity: Option<&Arc<Identity>>) -> Option<Response> {
+    let identity = identity.filter(|identity| !identity.allows(Scope::Read, &Target::All))?;
+    let status = scope_missing(identity.name(), Scope::Read.as_str(), "*/*");
+    Some(Problem::from_status(&status).into_response())
+}
 
 /// Microseconds since the epoch in RFC 3339, as proto3 JSON writes timestamps.
 fn micros_text(micros: u64) -> String {
@@ -91,10 +101,16 @@ async fn ready(State(ops): State<Ops>) -> Response {
 
 /// The original service's `/stats`, from the statistics cache (see `stats.rs`): 200 even while
 /// the backend is down, then with `"stale": true`.
-async fn stats_report(State(ops): State<Ops>) -> Response {
+async fn stats_report(
+    State(ops): State<Ops>,
+    identity: Option<Extension<Arc<Identity>>>,
+) -> Response {
     let Some(stats) = &ops.stats else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if let Some(refused) = refused(identity.as_deref()) {
+        return refused;
+    }
     let report = stats.report();
     let backend = report.backend;
     let calls: serde_json::Map<String, serde_json::Value> = report
@@ -124,7 +140,13 @@ async fn stats_report(State(ops): State<Ops>) -> Response {
     .into_response()
 }
 
-async fn metrics_text(State(ops): State<Ops>) -> Response {
+async fn metrics_text(
+    State(ops): State<Ops>,
+    identity: Option<Extension<Arc<Identity>>>,
+) -> Response {
+    if let Some(refused) = refused(identity.as_deref()) {
+        return refused;
+    }
     ops.metrics.observe_reconnects(ops.broker.reconnects());
     let skipped = ops.broker.skipped_holes();
     ops.metrics

@@ -180,12 +180,11 @@ fn as_named(want: &Want<'_>) -> Target {
     }
 }
 
-/// The check of an RPC that names nothing (statistics): the scope layer has already seen that
-/// the key holds the RPC's scope somewhere.
-pub(super) fn authorize_any(access: Option<&Access>) -> Result<(), Status> {
+/// A call that answers for every stream at once (statistics): its scope on all of them.
+pub(super) fn authorize_all(access: Option<&Access>) -> Result<(), Status> {
     match access {
         Some(access) => access
-            .check_any()
+            .check(&[Target::All])
             .map_err(|target| refused(access, &target)),
         None => Err(no_access()),
     }

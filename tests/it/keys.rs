@@ -1696,3 +1696,52 @@ async fn a_refusal_names_what_the_request_named_never_the_name_behind_an_id() {
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(!err.message().contains("payments"), "{}", err.message());
 }
+
+/// Statistics count every stream and metrics name every identity: a key that reads only part of
+/// the streams sees neither, on any protocol; one that reads them all sees both.
+#[tokio::test]
+async fn statistics_and_metrics_need_read_on_every_stream() {
+    let keyed = keyed_gateway().await;
+    let app = &keyed.app;
+    for key in ["reader-key", "auditor-key", "team-key"] {
+        for path in ["/stats", "/v1/stats"] {
+            let (status, problem) = rest(app, key, reqwest::Method::GET, path, None).await;
+            assert_eq!(status, 403, "{key} {path}: {problem}");
+            assert_eq!(problem["reason"], "SCOPE_MISSING", "{key} {path}");
+        }
+        let metrics = app
+            .http1
+            .get(app.url("/metrics"))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(metrics.status(), 403, "{key} /metrics");
+        let refused = app
+            .stats
+            .clone()
+            .get_stats(keyed_request(key))
+            .await
+            .expect_err("refused");
+        assert_scope_missing(&refused, "read", "*/*");
+    }
+    for key in ["admin-key", "unlimited-key", "static-key"] {
+        let (status, stats) = rest(app, key, reqwest::Method::GET, "/stats", None).await;
+        assert_eq!(status, 200, "{key}: {stats}");
+        assert!(stats["streams_count"].is_u64(), "{key}: {stats}");
+        let metrics = app
+            .http1
+            .get(app.url("/metrics"))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(metrics.status(), 200, "{key} /metrics");
+        let answer = app.stats.clone().get_stats(keyed_request(key)).await;
+        assert!(answer.is_ok(), "{key}: {answer:?}");
+    }
+}
+
+fn keyed_request(key: &str) -> Request<proto::GetStatsRequest> {
+    keyed(key, proto::GetStatsRequest {})
+}
