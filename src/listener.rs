@@ -175,13 +175,6 @@ pub async fn serve(
         // gRPC writes headers, data and trailers as separate frames; Nagle's algorithm would
         // hold them for the peer's ACK.
         let _ = stream.set_nodelay(true);
-        // Below TLS and HTTP, so a peer that stops reading its socket is cut off whatever it
-        // was sent: a large answer, a live subscription, HTTP/2 frames. Without it the
-        // connection and everything queued for it would stay until the peer closed it. (An
-        // HTTP/2 peer that reads the socket but opens no flow-control window stalls no write:
-        // the connection's `AnswerWatch` covers the answers that hold charged bytes.)
-        let mut stream = TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(settings.write_timeout));
         let builder = builder.clone();
         let router = router.clone();
         let metrics = Arc::clone(&metrics);
@@ -192,6 +185,27 @@ pub async fn serve(
         let tls = tls.clone();
         connections.spawn(async move {
             let _gauge = metrics.connection_opened();
+            // A connection holds a `MAX_CONNECTIONS` place: its first byte (a request line, the
+            // HTTP/2 preface, a TLS hello) is due within the header timeout (or the idle one,
+            // if shorter). hyper's own header timeout starts only at a first byte.
+            // (A peek, not `readable()`, which a fresh socket reports at once.)
+            let mut first = [0u8; 1];
+            let first_byte = handshake_timeout.min(idle_timeout);
+            match tokio::time::timeout(first_byte, stream.peek(&mut first)).await {
+                Ok(Ok(1..)) => {}
+                Ok(Ok(0) | Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!(%remote, "closing a connection that sent nothing");
+                    return;
+                }
+            }
+            // Below TLS and HTTP, so a peer that stops reading its socket is cut off whatever
+            // it was sent: a large answer, a live subscription, HTTP/2 frames. Without it the
+            // connection and everything queued for it would stay until the peer closed it. (An
+            // HTTP/2 peer that reads the socket but opens no flow-control window stalls no
+            // write: the connection's `AnswerWatch` covers the answers that hold charged bytes.)
+            let mut stream = TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(write_timeout));
             let stream = Box::pin(stream);
             let connection = Connection {
                 remote,

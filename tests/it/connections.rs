@@ -237,6 +237,37 @@ async fn headers_that_trickle_in_are_cut_off_at_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout_not_the_idle_one() {
+    let app = spawn_configured(|config| config.limits.header_read_timeout_ms = 300).await;
+    let mut silent = TcpStream::connect(app.addr).await.expect("connects");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest))
+        .await
+        .expect("closed well before the idle timeout (60 s)");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the header read timeout: {:?}",
+        started.elapsed()
+    );
+    // A client that speaks, however late within the timeout, is served.
+    let mut late = TcpStream::connect(app.addr).await.expect("connects");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    use tokio::io::AsyncWriteExt;
+    late.write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    late.read_to_end(&mut answer).await.expect("answer");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test]
 async fn a_request_body_that_never_ends_is_cut_off_at_the_request_timeout() {
     let app = spawn_configured(|config| config.limits.request_timeout_ms = 500).await;
     let tcp = TcpStream::connect(app.addr).await.expect("connects");
