@@ -185,19 +185,24 @@ pub async fn serve(
         let tls = tls.clone();
         connections.spawn(async move {
             let _gauge = metrics.connection_opened();
-            // A connection holds a `MAX_CONNECTIONS` place: its first byte (a request line, the
-            // HTTP/2 preface, a TLS hello) is due within the header timeout (or the idle one,
-            // if shorter). hyper's own header timeout starts only at a first byte.
-            // (A peek, not `readable()`, which a fresh socket reports at once.)
-            let mut first = [0u8; 1];
-            let first_byte = handshake_timeout.min(idle_timeout);
-            match tokio::time::timeout(first_byte, stream.peek(&mut first)).await {
-                Ok(Ok(1..)) => {}
-                Ok(Ok(0) | Err(_)) => return,
-                Err(_) => {
-                    tracing::debug!(%remote, "closing a connection that sent nothing");
-                    return;
-                }
+            // A connection holds a `MAX_CONNECTIONS` place: what tells its protocol (a request
+            // line's first byte, the whole HTTP/2 preface, a TLS hello's first byte) is due
+            // within the header timeout (or the idle one, if shorter). hyper's own header
+            // timeout starts only once the protocol is known. A stop closes it at once.
+            let told = tokio::time::timeout(
+                handshake_timeout.min(idle_timeout),
+                protocol_told(&stream),
+            );
+            tokio::select! {
+                told = told => match told {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(_) => {
+                        tracing::debug!(%remote, "closing a connection that did not say its protocol in time");
+                        return;
+                    }
+                },
+                () = shutdown.cancelled() => return,
             }
             // Below TLS and HTTP, so a peer that stops reading its socket is cut off whatever
             // it was sent: a large answer, a live subscription, HTTP/2 frames. Without it the
@@ -245,6 +250,24 @@ pub async fn serve(
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// HTTP/2's connection preface: a client that starts with part of it has said nothing yet.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits, without reading, until the bytes sent tell the protocol: any first byte but the
+/// preface's, or the whole preface. `false`: the peer closed first. (A peek, not `readable()`,
+/// which a fresh socket reports at once; while a part of the preface waits for the rest, it
+/// looks again every few milliseconds, as the peeked bytes keep the socket readable.)
+async fn protocol_told(stream: &tokio::net::TcpStream) -> bool {
+    let mut head = [0u8; H2_PREFACE.len()];
+    loop {
+        match stream.peek(&mut head).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n == H2_PREFACE.len() || head[..n] != H2_PREFACE[..n] => return true,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
 }
 
 fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {

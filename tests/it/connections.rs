@@ -251,10 +251,19 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout_no
         "not before the header read timeout: {:?}",
         started.elapsed()
     );
+    // Part of the HTTP/2 preface says nothing yet: the same deadline holds.
+    use tokio::io::AsyncWriteExt;
+    let mut partial = TcpStream::connect(app.addr).await.expect("connects");
+    partial.write_all(b"PRI * HT").await.expect("part of a preface");
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), partial.read_to_end(&mut rest))
+        .await
+        .expect("closed well before the idle timeout (60 s)");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
     // A client that speaks, however late within the timeout, is served.
     let mut late = TcpStream::connect(app.addr).await.expect("connects");
     tokio::time::sleep(Duration::from_millis(150)).await;
-    use tokio::io::AsyncWriteExt;
     late.write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
         .await
         .expect("request");
