@@ -83,8 +83,9 @@ impl fmt::Display for Scope {
 pub struct Glob(String);
 
 impl Glob {
+    /// `*`, `**`, …: a glob of stars alone matches every name.
     pub fn is_any(&self) -> bool {
-        self.0 == "*"
+        self.0.bytes().all(|b| b == b'*')
     }
 
     pub fn matches(&self, name: &str) -> bool {

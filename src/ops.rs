@@ -13,7 +13,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    answer::{Problem, methods::read_only, scope_missing},
+    answer::{Problem, SCOPE_MISSING, methods::read_only, scope_missing},
     broker::{Broker, now_micros},
     identity::{Identity, Scope, Target},
     metrics::Metrics,
@@ -23,8 +23,19 @@ use crate::{
 /// `/stats` and `/metrics` count every stream and name every keys-file identity: a key read
 /// scoped to part of the streams may not see them (nor a key without `read`). No identity:
 /// the metrics port, which serves only `/metrics`, by design without a key.
-fn refused(identity: Option<&Arc<Identity>>) -> Option<Response> {
+fn refused(metrics: &Metrics, identity: Option<&Arc<Identity>>, path: &str) -> Option<Response> {
     let identity = identity.filter(|identity| !identity.allows(Scope::Read, &Target::All))?;
+    // Counted and logged as the scope policy counts and logs its refusals.
+    metrics.identity_refused(identity.name(), SCOPE_MISSING);
+    tracing::warn!(
+        target: "audit",
+        identity = identity.name(),
+        method = path,
+        target = "*/*",
+        scope = "read",
+        result = "PERMISSION_DENIED",
+        "refused: scope missing"
+    );
     let status = scope_missing(identity.name(), Scope::Read.as_str(), "*/*");
     Some(Problem::from_status(&status).into_response())
 }
@@ -108,7 +119,7 @@ async fn stats_report(
     let Some(stats) = &ops.stats else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if let Some(refused) = refused(identity.as_deref()) {
+    if let Some(refused) = refused(&ops.metrics, identity.as_deref(), "/stats") {
         return refused;
     }
     let report = stats.report();
@@ -144,7 +155,7 @@ async fn metrics_text(
     State(ops): State<Ops>,
     identity: Option<Extension<Arc<Identity>>>,
 ) -> Response {
-    if let Some(refused) = refused(identity.as_deref()) {
+    if let Some(refused) = refused(&ops.metrics, identity.as_deref(), "/metrics") {
         return refused;
     }
     ops.metrics.observe_reconnects(ops.broker.reconnects());

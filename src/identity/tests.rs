@@ -12,6 +12,16 @@ fn globs_match_whole_names_with_wildcards() {
     assert!(glob("*-audit").matches("x-audit"));
     assert!(glob("a*b*c").matches("aXXbYYc"));
     assert!(!glob("a*b*c").matches("aXXbYY"));
+    // Stars alone cover every name, however many.
+    assert!(glob("*").is_any() && glob("**").is_any());
+    assert!(!glob("a*").is_any());
+    let all = Pattern::parse("**/*").expect("pattern");
+    assert!(all.matches(&Target::All));
+    assert!(
+        !Pattern::parse("orders/*")
+            .expect("pattern")
+            .matches(&Target::All)
+    );
 }
 
 #[test]

@@ -212,7 +212,8 @@ impl AuthState {
 fn presented_key<B>(request: &Request<B>, allow_query: bool) -> Option<String> {
     let headers = request.headers();
     let text = |value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
-    if let Some(key) = headers.get("x-api-key") {
+    let x_api_key = headers.get("x-api-key");
+    if let Some(key) = x_api_key.filter(|key| key.to_str().is_ok()) {
         return Some(text(key));
     }
     if let Some(token) = headers
@@ -225,6 +226,10 @@ fn presented_key<B>(request: &Request<B>, allow_query: bool) -> Option<String> {
         })
     {
         return Some(token.trim().to_owned());
+    }
+    // Unreadable, and no bearer token to fall back on (one a proxy added junk beside).
+    if let Some(key) = x_api_key {
+        return Some(text(key));
     }
     if allow_query {
         let query = request.uri().query()?;

@@ -254,7 +254,10 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout_no
     // Part of the HTTP/2 preface says nothing yet: the same deadline holds.
     use tokio::io::AsyncWriteExt;
     let mut partial = TcpStream::connect(app.addr).await.expect("connects");
-    partial.write_all(b"PRI * HT").await.expect("part of a preface");
+    partial
+        .write_all(b"PRI * HT")
+        .await
+        .expect("part of a preface");
     let started = std::time::Instant::now();
     let read = tokio::time::timeout(Duration::from_secs(5), partial.read_to_end(&mut rest))
         .await

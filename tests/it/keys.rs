@@ -1737,6 +1737,15 @@ async fn statistics_and_metrics_need_read_on_every_stream() {
             .await
             .expect("sent");
         assert_eq!(metrics.status(), 200, "{key} /metrics");
+        // The refusals above (two routes, metrics, GetStats) are counted as every refusal by
+        // scope is.
+        let text = metrics.text().await.expect("metrics");
+        assert!(
+            text.contains(
+                r#"identity_refusals_total{identity="orders-reader",reason="SCOPE_MISSING"} 4"#
+            ),
+            "{text}"
+        );
         let answer = app.stats.clone().get_stats(keyed_request(key)).await;
         assert!(answer.is_ok(), "{key}: {answer:?}");
     }

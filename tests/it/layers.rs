@@ -324,6 +324,17 @@ async fn api_keys_are_required_on_every_protocol_and_rotate() {
         let problem: serde_json::Value = response.json().await.expect("problem");
         assert_eq!(problem["reason"], "API_KEY_INVALID", "{name}");
     }
+    // Junk in x-api-key beside a valid bearer token: the token is the key.
+    let junk = reqwest::header::HeaderValue::from_bytes(b"\xe9").expect("header bytes");
+    let response = app
+        .http1
+        .get(app.url("/v1/streams"))
+        .header("x-api-key", junk)
+        .header("authorization", "Bearer new-key-456")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
     assert_eq!(
         rest_get(&app, "/v1/streams", &[("x-api-key", "old-key-123")])
             .await
