@@ -278,22 +278,18 @@ impl Subscriptions {
                 .filter_map(|(partition, offset)| offset.map(|offset| (*partition, offset)))
                 .collect(),
         };
-        // By id, a stream's rename is seen only by its name: keep the name it opened with.
-        let stream_name = match &request.topic.stream {
-            Identifier::Id(_) => Some(
-                broker
-                    .get_stream(request.topic.stream.clone())
-                    .await
-                    .map_err(broker_status)?
-                    .name,
-            ),
-            Identifier::Name(_) => None,
-        };
+        // The stream's id and name, so the pump follows this stream and topic by id, and sees
+        // a rename by name.
+        let stream_info = broker
+            .get_stream(request.topic.stream.clone())
+            .await
+            .map_err(broker_status)?;
         let followed = pump::Followed {
+            stream_id: stream_info.id,
+            stream_name: stream_info.name,
             topic_id: topic_info.id,
             topic_created_at: topic_info.created_at_micros,
             topic_name: topic_info.name.clone(),
-            stream_name,
         };
         tokio::spawn(async move {
             let commit_every = request.commit_every;
@@ -315,7 +311,10 @@ impl Subscriptions {
             // What was handed on is committed when the subscription ends, however it ends: at
             // once (a shutdown may not wait), and again if its stream then hands on what its
             // buffer still held (an error, shutdown) before it ends or its client stops.
-            if commit_every > 0 {
+            // Not if the topic is no longer the one followed (ids a backend gave again to a topic
+            // created since would be another log's).
+            let still_followed = followed.check(&broker, &request).await.is_ok();
+            if commit_every > 0 && still_followed {
                 let snapshot = || {
                     handed
                         .lock()

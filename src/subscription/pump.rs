@@ -22,7 +22,7 @@ use crate::{
     answer::{Problem, broker_status},
     broker::{
         Broker, BrokerError, ConsumerOffsetRef, Identifier, PollMessages, PollingStrategy,
-        TopicInfo,
+        TopicInfo, TopicRef,
     },
 };
 
@@ -40,56 +40,58 @@ pub(super) struct Buffer {
     pub(super) handed: Handed,
 }
 
-/// What a subscription follows, as it was when it opened. Scopes match names, and a topic
-/// deleted and created again under its name is another log: so a rename of its stream or topic,
-/// or a new topic in its place, ends the subscription (and stops its commits), as a deletion
-/// does.
+/// What a subscription follows, as it was when it opened; the pump polls and commits by its
+/// ids, so a topic deleted and created again under its name (another log) is never read nor
+/// committed to. Scopes match names, so a rename of its stream or topic ends it too, as a
+/// deletion does: each is seen at the next check, every heartbeat interval.
 #[derive(Debug, Clone)]
 pub(super) struct Followed {
+    pub(super) stream_id: u32,
+    pub(super) stream_name: String,
     pub(super) topic_id: u32,
     pub(super) topic_created_at: u64,
     pub(super) topic_name: String,
-    /// Its stream's name, kept when the stream is named by id; by name, a rename already makes
-    /// the topic not found.
-    pub(super) stream_name: Option<String>,
 }
 
 impl Followed {
+    /// The topic by the ids it opened on.
+    pub(super) fn topic(&self) -> TopicRef {
+        TopicRef {
+            stream: Identifier::Id(self.stream_id),
+            topic: Identifier::Id(self.topic_id),
+        }
+    }
+
     /// The topic as it stands, while it is still the one followed; `Ok(None)` when the backend
     /// cannot tell now (unavailable), which ends nothing.
-    async fn check(
+    pub(super) async fn check(
         &self,
         broker: &Arc<dyn Broker>,
         request: &Subscription,
     ) -> Result<Option<TopicInfo>, Status> {
-        let topic = match broker.get_topic(request.topic.clone()).await {
+        let topic = match broker.get_topic(self.topic()).await {
             Ok(topic) => topic,
-            // Deleted under the subscriber: its stream ends as a poll there would end it. (A
-            // backend that announces appends wakes no poll for a partition that is gone.)
-            Err(err @ (BrokerError::StreamNotFound(_) | BrokerError::TopicNotFound { .. })) => {
-                return Err(broker_status(err));
-            }
+            Err(err) if is_gone(&err) => return Err(self.gone(request, "was deleted")),
             Err(_) => return Ok(None),
         };
-        let replaced =
-            topic.id != self.topic_id || topic.created_at_micros != self.topic_created_at;
-        let mut renamed = topic.name != self.topic_name;
-        if let (Some(name), Identifier::Id(_)) = (&self.stream_name, &request.topic.stream) {
-            match broker.get_stream(request.topic.stream.clone()).await {
-                Ok(stream) => renamed |= stream.name != *name,
-                Err(err @ BrokerError::StreamNotFound(_)) => return Err(broker_status(err)),
-                Err(_) => return Ok(None),
-            }
-        }
-        if !(replaced || renamed) {
-            return Ok(Some(topic));
-        }
-        let what = if replaced {
-            "was deleted and created again"
-        } else {
-            "was renamed"
+        let stream = match broker.get_stream(Identifier::Id(self.stream_id)).await {
+            Ok(stream) => stream,
+            Err(err) if is_gone(&err) => return Err(self.gone(request, "was deleted")),
+            Err(_) => return Ok(None),
         };
-        Err(Problem::new(
+        if topic.created_at_micros != self.topic_created_at {
+            return Err(self.gone(request, "was deleted and created again"));
+        }
+        if topic.name != self.topic_name || stream.name != self.stream_name {
+            return Err(self.gone(request, "was renamed"));
+        }
+        Ok(Some(topic))
+    }
+
+    /// How a subscription whose topic is no longer the one it followed ends: NOT_FOUND, named
+    /// as the client named it.
+    fn gone(&self, request: &Subscription, what: &str) -> Status {
+        Problem::new(
             axum::http::StatusCode::NOT_FOUND,
             "SUBSCRIBED_TOPIC_GONE",
             format!(
@@ -98,8 +100,15 @@ impl Followed {
                 request.stream_text, request.topic_text
             ),
         )
-        .to_status())
+        .to_status()
     }
+}
+
+fn is_gone(err: &BrokerError) -> bool {
+    matches!(
+        err,
+        BrokerError::StreamNotFound(_) | BrokerError::TopicNotFound { .. }
+    )
 }
 
 /// Where a subscription starts: each partition's next offset (`None`: by its strategy), and
@@ -130,7 +139,7 @@ pub(super) async fn run(
         .keys()
         .filter_map(|p| {
             broker
-                .partition_appends(&request.topic, *p)
+                .partition_appends(&followed.topic(), *p)
                 .map(|rx| (*p, rx))
         })
         .collect();
@@ -164,7 +173,7 @@ pub(super) async fn run(
             };
             let polled = broker
                 .poll_messages(PollMessages {
-                    topic: request.topic.clone(),
+                    topic: followed.topic(),
                     partition_id: partition,
                     consumer: request.consumer.clone(),
                     strategy,
@@ -182,7 +191,12 @@ pub(super) async fn run(
                     continue;
                 }
                 Err(err) => {
-                    let _ = buffer.tx.send((Err(broker_status(err)), None)).await;
+                    let status = if is_gone(&err) {
+                        followed.gone(&request, "was deleted")
+                    } else {
+                        broker_status(err)
+                    };
+                    let _ = buffer.tx.send((Err(status), None)).await;
                     return request;
                 }
             };
@@ -320,9 +334,8 @@ async fn deliver(
     }
 }
 
-/// Stores the consumer's offset in every partition up to what the stream has handed on, while
-/// the topic is still the one followed: offsets of a topic since deleted and created again
-/// would skip messages of the new one that the consumer never read.
+/// Stores the consumer's offset in every partition up to what the stream has handed on, by
+/// the topic's ids: never on a topic since created again under its name.
 pub(super) async fn commit(
     broker: &Arc<dyn Broker>,
     request: &Subscription,
@@ -332,13 +345,6 @@ pub(super) async fn commit(
     let Some(consumer) = &request.consumer else {
         return;
     };
-    if let Err(status) = followed.check(broker, request).await {
-        tracing::info!(
-            reason = status.message(),
-            "a subscriber's offsets are not committed"
-        );
-        return;
-    }
     let handed = handed
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -346,7 +352,7 @@ pub(super) async fn commit(
     for (partition, next) in &handed {
         if let Some(offset) = next.checked_sub(1) {
             let at = ConsumerOffsetRef {
-                topic: request.topic.clone(),
+                topic: followed.topic(),
                 consumer: consumer.clone(),
                 partition_id: *partition,
             };
