@@ -26,6 +26,7 @@ const POLL_MESSAGES: u32 = 100;
 const SEND_MESSAGES: u32 = 101;
 const GET_CONSUMER_OFFSET: u32 = 120;
 const STORE_CONSUMER_OFFSET: u32 = 121;
+const GET_STREAM: u32 = 200;
 const GET_STREAMS: u32 = 201;
 const GET_TOPIC: u32 = 300;
 
@@ -148,6 +149,7 @@ async fn answer(code: u32, payload: &[u8], shared: &Shared) -> (u32, Vec<u8>) {
             (0, Vec::new())
         }
         POLL_MESSAGES => poll(payload, shared),
+        GET_STREAM => (0, stream()),
         GET_TOPIC => (0, topic(shared)),
         GET_CONSUMER_OFFSET => {
             let partition = shared.partition.lock().expect("lock");
@@ -231,6 +233,21 @@ fn poll(payload: &[u8], shared: &Shared) -> (u32, Vec<u8>) {
         body.extend_from_slice(message);
     }
     (0, body)
+}
+
+/// Stream 1 "s", created at a fixed time, as `GET_STREAM` answers (its topics left out: a
+/// subscription reads only its id and name).
+fn stream() -> Vec<u8> {
+    let name = b"s";
+    let mut body = Vec::new();
+    body.extend_from_slice(&1u32.to_le_bytes()); // id
+    body.extend_from_slice(&1_700_000_000_000_000u64.to_le_bytes()); // created at
+    body.extend_from_slice(&0u32.to_le_bytes()); // topics count
+    body.extend_from_slice(&0u64.to_le_bytes()); // size
+    body.extend_from_slice(&0u64.to_le_bytes()); // messages count
+    body.push(u8::try_from(name.len()).unwrap_or(0));
+    body.extend_from_slice(name);
+    body
 }
 
 /// Topic 1 "t" with partition 0, created at a fixed time, as `GET_TOPIC` answers.
