@@ -1709,13 +1709,7 @@ async fn statistics_and_metrics_need_read_on_every_stream() {
             assert_eq!(status, 403, "{key} {path}: {problem}");
             assert_eq!(problem["reason"], "SCOPE_MISSING", "{key} {path}");
         }
-        let metrics = app
-            .http1
-            .get(app.url("/metrics"))
-            .header("x-api-key", key)
-            .send()
-            .await
-            .expect("sent");
+        let metrics = metrics_with(app, key).await;
         assert_eq!(metrics.status(), 403, "{key} /metrics");
         let refused = app
             .stats
@@ -1729,13 +1723,7 @@ async fn statistics_and_metrics_need_read_on_every_stream() {
         let (status, stats) = rest(app, key, reqwest::Method::GET, "/stats", None).await;
         assert_eq!(status, 200, "{key}: {stats}");
         assert!(stats["streams_count"].is_u64(), "{key}: {stats}");
-        let metrics = app
-            .http1
-            .get(app.url("/metrics"))
-            .header("x-api-key", key)
-            .send()
-            .await
-            .expect("sent");
+        let metrics = metrics_with(app, key).await;
         assert_eq!(metrics.status(), 200, "{key} /metrics");
         // The refusals above (two routes, metrics, GetStats) are counted as every refusal by
         // scope is.
@@ -1749,6 +1737,15 @@ async fn statistics_and_metrics_need_read_on_every_stream() {
         let answer = app.stats.clone().get_stats(keyed_request(key)).await;
         assert!(answer.is_ok(), "{key}: {answer:?}");
     }
+}
+
+async fn metrics_with(app: &TestApp, key: &str) -> reqwest::Response {
+    app.http1
+        .get(app.url("/metrics"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("sent")
 }
 
 fn keyed_request(key: &str) -> Request<proto::GetStatsRequest> {
