@@ -674,6 +674,12 @@ pub trait Broker: Send + Sync + 'static {
         Durability::Unknown
     }
 
+    /// Whether a topic created after another's deletion may get its id: then an id alone does
+    /// not name one log (Iggy gives the lowest free id again; the embedded store never does).
+    fn reuses_topic_ids(&self) -> bool {
+        true
+    }
+
     /// Holes in a partition's log that polls have stepped past since start-up (see
     /// [`SkippedHoles`]); none for a backend whose log has none.
     fn skipped_holes(&self) -> SkippedHoles {

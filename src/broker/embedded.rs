@@ -201,6 +201,10 @@ impl Broker for EmbeddedBroker {
         self.durability.clone()
     }
 
+    fn reuses_topic_ids(&self) -> bool {
+        false
+    }
+
     fn availability(&self) -> watch::Receiver<bool> {
         self.available.subscribe()
     }

@@ -50,6 +50,9 @@ impl Broker for MeteredBroker {
     fn durability(&self) -> Durability {
         self.inner.durability()
     }
+    fn reuses_topic_ids(&self) -> bool {
+        self.inner.reuses_topic_ids()
+    }
     fn skipped_holes(&self) -> SkippedHoles {
         self.inner.skipped_holes()
     }

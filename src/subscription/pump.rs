@@ -88,6 +88,15 @@ impl Followed {
         Ok(Some(topic))
     }
 
+    /// Whether the topic by its ids is still the log it opened on (its creation time); a
+    /// backend that cannot tell now does not stop a commit.
+    async fn same_log(&self, broker: &Arc<dyn Broker>) -> bool {
+        match broker.get_topic(self.topic()).await {
+            Ok(topic) => topic.created_at_micros == self.topic_created_at,
+            Err(err) => !is_gone(&err),
+        }
+    }
+
     /// How a subscription whose topic is no longer the one it followed ends: NOT_FOUND, named
     /// as the client named it.
     fn gone(&self, request: &Subscription, what: &str) -> Status {
@@ -335,7 +344,7 @@ async fn deliver(
 }
 
 /// Stores the consumer's offset in every partition up to what the stream has handed on, by
-/// the topic's ids: never on a topic since created again under its name.
+/// the topic's ids, and never on a topic since created again under its name.
 pub(super) async fn commit(
     broker: &Arc<dyn Broker>,
     request: &Subscription,
@@ -345,6 +354,11 @@ pub(super) async fn commit(
     let Some(consumer) = &request.consumer else {
         return;
     };
+    // Where an id may name a topic created since, the log is compared first: one read.
+    if broker.reuses_topic_ids() && !followed.same_log(broker).await {
+        tracing::info!("a subscriber's offsets are not committed: its topic was created again");
+        return;
+    }
     let handed = handed
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

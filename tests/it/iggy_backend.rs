@@ -607,3 +607,68 @@ async fn on_real_iggy_concurrent_unary_sends_share_sends_and_each_lands_once_in_
         .await
         .expect("deleted");
 }
+
+/// Iggy gives a deleted topic's id to the next topic created: a subscription that follows
+/// the old one by id ends at its next check, and its commits never land on the new topic.
+#[tokio::test]
+async fn on_real_iggy_a_topic_created_again_under_its_id_ends_its_subscription_and_gets_no_commits()
+{
+    let Some(url) = real_server() else { return };
+    let app = spawn_on_iggy_with(url, |c| c.subscriptions.subscribe_heartbeat_ms = 2_000).await;
+    let stream = unique("gw-again");
+    app.create_stream(&stream).await;
+    app.create_topic(&stream, "t", 1).await;
+    app.send_texts(&stream, "t", 0, &["old-1", "old-2"]).await;
+    let mut subscription = app
+        .subscribe(proto::SubscribeRequest {
+            stream: stream.clone(),
+            topic: "t".into(),
+            partition_id: Some(0),
+            strategy: proto::PollingStrategy::First.into(),
+            consumer: "c1".into(),
+            commit_every: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("subscribed");
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(5), subscription.message())
+            .await
+            .expect("in time")
+            .expect("a message")
+            .expect("not the end");
+    }
+    let (status, body) = app.delete(&format!("/v1/streams/{stream}/topics/t")).await;
+    assert_eq!(status, 204, "{body}");
+    let again = app.create_topic(&stream, "t", 1).await;
+    app.send_texts(&stream, "t", 0, &["new-0", "new-1", "new-2", "new-3"])
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match subscription.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("ended without saying why"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("ends at its next check");
+    assert_eq!(
+        ended.code(),
+        Code::NotFound,
+        "{ended:?} (new id {})",
+        again.id
+    );
+    drop(subscription);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, offset) = app
+        .get_json(&format!(
+            "/v1/streams/{stream}/topics/t/consumers/c1/offsets/0"
+        ))
+        .await;
+    assert_eq!(status, 200, "{offset}");
+    assert!(offset.get("stored_offset").is_none(), "{offset}");
+    let (status, body) = app.delete(&format!("/v1/streams/{stream}")).await;
+    assert_eq!(status, 204, "{body}");
+}
