@@ -88,6 +88,14 @@ impl Problem {
         self.0.status
     }
 
+    /// The gRPC code other protocols answer the same refusal with, where the HTTP status
+    /// alone would name another (415 for a coding the gateway lacks is UNIMPLEMENTED, 421 for
+    /// a host it does not serve PERMISSION_DENIED).
+    pub fn with_code(mut self, code: tonic::Code) -> Self {
+        self.0.code = grpc_code_name(code).to_owned();
+        self
+    }
+
     /// The problem body as JSON text (for errors inside a stream).
     pub fn to_json(&self) -> String {
         serde_json::to_string(&*self.0).unwrap_or_default()

@@ -129,7 +129,8 @@ impl Rejection {
                 response
             }
             Protocol::Rest => {
-                let mut problem = Problem::new(self.http, self.reason, self.message.clone());
+                let mut problem =
+                    Problem::new(self.http, self.reason, self.message.clone()).with_code(self.code);
                 problem = problem
                     .with_request_id(request_id)
                     .with_metadata(self.metadata.clone());

@@ -108,6 +108,8 @@ async fn allowed_hosts_refuses_another_host_over_rest_and_accepts_a_listed_one()
     assert_eq!(rebound.status(), 421, "Misdirected Request");
     let problem: serde_json::Value = rebound.json().await.expect("problem");
     assert_eq!(problem["reason"], "HOST_NOT_ALLOWED");
+    // The code other protocols get for it, not one read off 421.
+    assert_eq!(problem["code"], "PERMISSION_DENIED");
     assert_eq!(problem["status"], 421);
     assert_eq!(
         rest_with_host(&app, &app.addr.to_string()).await.status(),

@@ -606,6 +606,8 @@ async fn bodies_in_a_coding_the_gateway_cannot_inflate_are_refused_with_415() {
         );
         let problem: Value = response.json().await.expect("problem");
         assert_eq!(problem["reason"], "UNSUPPORTED_CONTENT_ENCODING");
+        // As Connect answers it: a coding the gateway lacks.
+        assert_eq!(problem["code"], "UNIMPLEMENTED");
     }
     // A body that is not what its coding says is a 400, not a malformed JSON body.
     let response = app
