@@ -456,12 +456,6 @@ impl Access {
         Ok(())
     }
 
-    /// Marks the target check as done for an RPC that names none (listing, statistics); its
-    /// answer is filtered with [`Access::allows`] instead.
-    pub fn check_any(&self) -> Result<(), Target> {
-        self.check(&[Target::Any])
-    }
-
     /// Whether the RPC's scope is held on `target` (to filter a listing).
     pub fn allows(&self, target: &Target) -> bool {
         self.identity.allows(self.rpc.scope, target)

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::{
     answer::{Problem, SCOPE_MISSING, methods::read_only, scope_missing},
     broker::{Broker, now_micros},
-    identity::{Identity, Scope, Target},
+    identity::{AUDIT, Identity, Scope, Target},
     metrics::Metrics,
     stats::Stats,
 };
@@ -28,7 +28,7 @@ fn refused(metrics: &Metrics, identity: Option<&Arc<Identity>>, path: &str) -> O
     // Counted and logged as the scope policy counts and logs its refusals.
     metrics.identity_refused(identity.name(), SCOPE_MISSING);
     tracing::warn!(
-        target: "audit",
+        target: AUDIT,
         identity = identity.name(),
         method = path,
         target = "*/*",

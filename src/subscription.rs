@@ -311,10 +311,9 @@ impl Subscriptions {
             // What was handed on is committed when the subscription ends, however it ends: at
             // once (a shutdown may not wait), and again if its stream then hands on what its
             // buffer still held (an error, shutdown) before it ends or its client stops.
-            // Not if the topic is no longer the one followed (ids a backend gave again to a topic
-            // created since would be another log's).
-            let still_followed = followed.check(&broker, &request).await.is_ok();
-            if commit_every > 0 && still_followed {
+            // (`commit` stores by the ids followed, and where a backend gives ids again, first
+            // makes sure they still name the log followed.)
+            if commit_every > 0 {
                 let snapshot = || {
                     handed
                         .lock()
