@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::metrics::Metrics;
 
 pub use keyfile::{KeyEntry, parse_key_file};
-pub use quota::{ByteBucket, Class, QuotaSettings, QuotaState, Throttle};
+pub use quota::{ByteBucket, Ceiling, Class, Held, QuotaSettings, QuotaState, Throttle};
 pub use ring::{Authenticated, KeyRing, KeySet, spawn_reloader};
 
 /// The `tracing` target of audit lines, so they can be routed or filtered on their own

@@ -89,7 +89,7 @@ pub use guard::{Exempt, GuardLayer, Policy};
 pub use limits::{BodyLimitLayer, GuardedBody, Shedding, TimeoutLayer};
 pub use metrics::MetricsLayer;
 pub use preflight::PreflightOnlyLayer;
-pub use rate_limit::RateLimit;
+pub use rate_limit::{ApiCalls, RateLimit};
 pub use request_id::RequestIdLayer;
 pub use scope::{RpcTable, Scoped, Scopes};
 
@@ -120,16 +120,24 @@ pub struct LayerSettings {
 }
 
 /// Wraps the router in the stack; returns the rate limiter too, so start-up can sweep it.
-/// `keys` are the keys in force (`API_KEY`'s and the keys file's).
+/// `keys` are the keys in force (`API_KEY`'s and the keys file's); `api_calls` tells which
+/// requests the scope policy holds a keys-file key to account for (the rate limit the rest).
 pub fn apply(
     router: Router,
     settings: &LayerSettings,
     metrics: Arc<Metrics>,
     keys: Arc<KeyRing>,
+    api_calls: ApiCalls,
 ) -> (Router, Option<RateLimit>) {
-    let rate_limit = settings
-        .rate_limit
-        .map(|(per_second, burst)| RateLimit::new(per_second, burst));
+    let rate_limit = settings.rate_limit.map(|(per_second, burst)| {
+        RateLimit::new(
+            per_second,
+            burst,
+            Arc::clone(&keys),
+            Arc::clone(&metrics),
+            api_calls,
+        )
+    });
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(ClientIpLayer::new(

@@ -11,6 +11,7 @@ mod reflection;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::http::Method;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{codec::CompressionEncoding, server::NamedService, service::Routes};
@@ -31,7 +32,7 @@ use crate::{
     connect::{Connect, ConnectPaths, ConnectSettings},
     grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
     identity,
-    layers::{self, Scoped, Scopes, rate_limit},
+    layers::{self, ApiCalls, Scoped, Scopes, rate_limit},
     listener::{self, ListenerSettings, Tls},
     metrics::Metrics,
     ops,
@@ -196,7 +197,13 @@ impl Application {
             subscriptions_stop.clone(),
         );
         // API_KEY's keys and the keys file's, reloaded on SIGHUP and when the file changes.
-        let keys = Arc::new(config.auth.key_ring().map_err(StartupError::Config)?);
+        let keys = Arc::new(
+            config
+                .auth
+                .key_ring()
+                .map_err(StartupError::Config)?
+                .with_ceiling(config.layer_settings().rate_limit),
+        );
         if let Some(path) = keys.file() {
             tracing::info!(path = %path.display(), keys = keys.current().len(), "keys file loaded");
             identity::spawn_reloader(
@@ -208,6 +215,7 @@ impl Application {
         }
         let scopes =
             Scopes::new(Arc::clone(&keys), Arc::clone(&metrics)).map_err(StartupError::Internal)?;
+        let api_calls = api_calls(&scopes)?;
         let routes = routes(
             scopes,
             config.limits.idempotency(),
@@ -236,8 +244,13 @@ impl Application {
             Arc::clone(&metrics),
             Arc::clone(&stats),
         ));
-        let (router, rate_limit) =
-            layers::apply(router, &config.layer_settings(), Arc::clone(&metrics), keys);
+        let (router, rate_limit) = layers::apply(
+            router,
+            &config.layer_settings(),
+            Arc::clone(&metrics),
+            keys,
+            api_calls,
+        );
         if let Some(rate_limit) = rate_limit {
             // Keeps the limiter's memory bounded under many distinct clients.
             rate_limit::spawn_sweeper(rate_limit, Duration::from_secs(10));
@@ -492,6 +505,16 @@ pub(crate) fn direct_table() -> (
         .expect("every RPC declares its scope");
     let table = rest::route_table().expect("the route table");
     direct::table(&scopes, &apis, &table).expect("the direct table")
+}
+
+/// The requests the scope policy admits or refuses (and so holds a keys-file key to its
+/// quotas): an RPC's gRPC path (gRPC, gRPC-Web, Connect) or a REST route.
+fn api_calls(scopes: &Scopes) -> Result<ApiCalls, StartupError> {
+    let scopes = scopes.clone();
+    let table = rest::route_table().map_err(StartupError::Internal)?;
+    Ok(Arc::new(move |method: &Method, path: &str| {
+        scopes.knows(path) || matches!(table.find(method, path), rest::Lookup::Found(..))
+    }))
 }
 
 /// How the HTTP surfaces over the services (REST, Connect) read requests.

@@ -14,7 +14,7 @@ use axum::{
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{ERROR_DOMAIN, Problem, connect, http_status};
+use super::{ERROR_DOMAIN, Problem, RATE_LIMITED, connect, http_status};
 use crate::extensions::{Protocol, RejectedFor, RequestId};
 
 /// What a refusal needs to know of its request: kept by layers that refuse after passing the
@@ -87,6 +87,48 @@ impl Rejection {
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self
+    }
+
+    /// RESOURCE_EXHAUSTED / 429 for a caller over a rate of `limit` a second (which is also
+    /// its burst): `Retry-After` and `RetryInfo` say `wait`, `RateLimit-*` the limit and when
+    /// it resets.
+    pub fn throttled(
+        reason: &'static str,
+        message: impl Into<String>,
+        limit: u64,
+        wait: Duration,
+    ) -> Self {
+        let wait = wait.max(Duration::from_millis(1));
+        Self::new(Code::ResourceExhausted, reason, message)
+            .retry_after(wait)
+            .header(
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderValue::from(limit),
+            )
+            .header(
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderValue::from_static("0"),
+            )
+            .header(
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderValue::from(wait.as_secs().max(1)),
+            )
+    }
+
+    /// A keys-file identity over the rate its calls that its quotas do not count are held
+    /// to (`RATE_LIMIT_RPS` a second, `burst` at once, per identity).
+    pub fn identity_rate_limited(name: &str, per_second: u32, burst: u32, wait: Duration) -> Self {
+        Self::throttled(
+            RATE_LIMITED,
+            format!(
+                "'{name}' is over the rate limit of {per_second} requests per second for calls \
+                 its quotas do not count; retry in {} ms",
+                wait.as_millis().max(1)
+            ),
+            u64::from(burst),
+            wait,
+        )
+        .metadata("identity", name)
     }
 
     /// The answer to `request` in its own protocol.

@@ -24,6 +24,11 @@ pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 /// `ErrorInfo.metadata` holds `scope`, `target` and `identity`.
 pub const SCOPE_MISSING: &str = "SCOPE_MISSING";
 
+/// The reason of a call over a rate that is not a keys-file quota: the per-client
+/// `RATE_LIMIT_RPS`, or the same rate held per identity for a keys-file key's calls its quotas
+/// do not count.
+pub const RATE_LIMITED: &str = "RATE_LIMITED";
+
 /// How long a caller should wait before retrying an unavailable backend.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 

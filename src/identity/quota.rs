@@ -7,11 +7,13 @@
 
 use std::{
     num::NonZeroU32,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
+use governor::{
+    DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock,
+};
 
 /// Produce (sends, event publishing) or consume (polls, subscriptions, reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -180,5 +182,44 @@ impl QuotaState {
         self.bytes(class)
             .0
             .and_then(|bucket| bucket.overdrawn(Instant::now()))
+    }
+}
+
+/// The rate a keys-file identity's calls that its quotas do not count are held to: admin
+/// calls, calls refused for scope, statistics and metrics, and anything off the API. It is
+/// the per-client `RATE_LIMIT_RPS` and `RATE_LIMIT_BURST`, kept per identity rather than per
+/// address (such keys skip the per-client limit). Keyed by name, so a reload keeps each
+/// budget; the names are the keys file's, so the map stays as small as the file.
+#[derive(Debug)]
+pub struct Ceiling {
+    limiter: DefaultKeyedRateLimiter<Arc<str>>,
+    per_second: NonZeroU32,
+    burst: NonZeroU32,
+}
+
+/// A call held back by the [`Ceiling`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub per_second: u32,
+    pub burst: u32,
+    pub wait: Duration,
+}
+
+impl Ceiling {
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            per_second,
+            burst,
+        }
+    }
+
+    /// Takes one call from `name`'s budget.
+    pub fn admit(&self, name: &Arc<str>) -> Result<(), Held> {
+        self.limiter.check_key(name).map_err(|not_until| Held {
+            per_second: self.per_second.get(),
+            burst: self.burst.get(),
+            wait: not_until.wait_time_from(self.limiter.clock().now()),
+        })
     }
 }

@@ -4,6 +4,7 @@
 //! keeps the set in force, and says why in the log.
 
 use std::{
+    num::NonZeroU32,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -14,7 +15,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Identity, KeyEntry, QuotaState, parse_key_file};
+use super::{Ceiling, Held, Identity, KeyEntry, QuotaState, parse_key_file};
 
 /// The keys file's identities, as loaded.
 #[derive(Debug, Default)]
@@ -93,6 +94,9 @@ pub struct KeyRing {
     /// The SHA-256 of the file's text as last read (loaded or refused), so an unchanged file is
     /// neither parsed nor complained about again on every poll.
     last_read: Mutex<Option<[u8; 32]>>,
+    /// What keys-file keys' calls that their quotas do not count are held to; `None` when the
+    /// per-client rate limit is off.
+    ceiling: Option<Ceiling>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -126,6 +130,7 @@ impl KeyRing {
             file,
             set: watch::channel(Arc::new(KeySet::default())).0,
             last_read: Mutex::new(None),
+            ceiling: None,
         };
         if let Some(path) = &ring.file {
             let (hash, entries) = read(path)?;
@@ -141,6 +146,22 @@ impl KeyRing {
     /// Only `API_KEY`'s keys (tests, and gateways without a keys file).
     pub fn from_static(static_keys: &[String]) -> Self {
         Self::load(static_keys, None).unwrap_or_else(|_| unreachable!("no file is read"))
+    }
+
+    /// Holds keys-file keys' calls that their quotas do not count to `rate` (per second,
+    /// burst) each; `None` holds them to nothing, as it does every other caller.
+    pub fn with_ceiling(mut self, rate: Option<(NonZeroU32, NonZeroU32)>) -> Self {
+        self.ceiling = rate.map(|(per_second, burst)| Ceiling::new(per_second, burst));
+        self
+    }
+
+    /// Takes one call from `identity`'s budget for calls its quotas do not count; only
+    /// keys-file keys have one (the rest are held to the per-client rate limit).
+    pub fn admit_uncounted(&self, identity: &Identity) -> Result<(), Held> {
+        match &self.ceiling {
+            Some(ceiling) if identity.is_named() => ceiling.admit(&identity.name),
+            _ => Ok(()),
+        }
     }
 
     /// Whether calls need a key at all.

@@ -294,3 +294,33 @@ fn an_audit_line_quotes_a_target_so_a_name_cannot_forge_its_fields() {
     assert_eq!(line.matches("identity=").count(), 2, "{line}");
     assert!(line.contains("identity=\"team\""), "{line}");
 }
+
+#[test]
+fn the_ceiling_holds_each_keys_file_identity_and_no_other_caller() {
+    let named = |name: &str| Identity::named(name, [2; 32], Vec::new(), None, None);
+    let rate = std::num::NonZeroU32::new(1).expect("non-zero");
+    let burst = std::num::NonZeroU32::new(2).expect("non-zero");
+    let ring = KeyRing::load(&[], None)
+        .expect("no keys")
+        .with_ceiling(Some((rate, burst)));
+    let (ci, other) = (named("ci"), named("other"));
+    assert!(ring.admit_uncounted(&ci).is_ok());
+    assert!(ring.admit_uncounted(&ci).is_ok());
+    let held = ring.admit_uncounted(&ci).expect_err("over its burst");
+    assert_eq!((held.per_second, held.burst), (1, 2));
+    assert!(held.wait > Duration::ZERO && held.wait <= Duration::from_secs(1));
+    // Another name has its own budget; anonymous callers and API_KEY's key have none here
+    // (the per-client rate limit holds them).
+    assert!(ring.admit_uncounted(&other).is_ok());
+    for _ in 0..10 {
+        assert!(ring.admit_uncounted(&Identity::anonymous()).is_ok());
+        assert!(ring.admit_uncounted(&Identity::static_key()).is_ok());
+    }
+    // With the rate limit off, nothing is held.
+    let open = KeyRing::load(&[], None)
+        .expect("no keys")
+        .with_ceiling(None);
+    for _ in 0..10 {
+        assert!(open.admit_uncounted(&ci).is_ok());
+    }
+}

@@ -2,8 +2,10 @@
 //! `RATE_LIMIT_BURST` at once, per [`ClientIp::key`] (an IPv6 client's whole prefix, /64 by
 //! default, shares one budget). Over the limit, REST gets 429 with `Retry-After` and
 //! `RateLimit-*` headers; gRPC gets RESOURCE_EXHAUSTED with `RetryInfo`. Health checks are never
-//! limited, and neither are calls with a key from the keys file, which the identity's own
-//! quotas govern (`layers/scope.rs`). Memory stays bounded: idle clients are swept out. Hand-written rather than
+//! limited. A call with a key from the keys file is held per identity instead, wherever it comes
+//! from: a call of the API by the scope policy (`layers/scope.rs`: the key's quotas, or the same
+//! rate per identity for what they do not count), anything else here, at that same rate per
+//! identity. Memory stays bounded: idle clients are swept out. Hand-written rather than
 //! tower_governor's layer, whose error handler cannot see the request (ARCHITECTURE.md).
 
 use std::{
@@ -18,14 +20,23 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{HeaderName, HeaderValue, Request},
+    http::{Method, Request},
 };
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use ipnet::IpNet;
-use tonic::Code;
 
 use super::guard::{Exempt, Policy};
-use crate::{answer::Rejection, extensions::ClientIp, identity::Identity};
+use crate::{
+    answer::{RATE_LIMITED, Rejection},
+    extensions::ClientIp,
+    identity::{Identity, KeyRing},
+    metrics::Metrics,
+};
+
+/// Whether a request (method, path) is a call of the API, which the scope policy holds to a
+/// keys-file key's quotas: an RPC's gRPC path or a REST route. Given by start-up, which holds
+/// both tables.
+pub type ApiCalls = Arc<dyn Fn(&Method, &str) -> bool + Send + Sync>;
 
 /// Above this many tracked clients, idle ones are swept at once rather than on the timer.
 const MAX_TRACKED_CLIENTS: usize = 100_000;
@@ -37,15 +48,28 @@ pub struct RateLimit {
     /// Unix seconds of the last forced sweep, so a flood of new clients
     /// sweeps at most once a second.
     last_sweep: Arc<AtomicU64>,
+    /// Holds keys-file keys per identity ([`KeyRing::admit_uncounted`]).
+    keys: Arc<KeyRing>,
+    metrics: Arc<Metrics>,
+    api_calls: ApiCalls,
 }
 
 impl RateLimit {
-    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+    pub fn new(
+        per_second: NonZeroU32,
+        burst: NonZeroU32,
+        keys: Arc<KeyRing>,
+        metrics: Arc<Metrics>,
+        api_calls: ApiCalls,
+    ) -> Self {
         let quota = Quota::per_second(per_second).allow_burst(burst);
         Self {
             limiter: Arc::new(RateLimiter::keyed(quota)),
             burst: burst.get(),
             last_sweep: Arc::new(AtomicU64::new(0)),
+            keys,
+            metrics,
+            api_calls,
         }
     }
 
@@ -66,13 +90,26 @@ impl Policy for RateLimit {
 
     fn check(&self, request: &mut Request<Body>) -> Result<(), Rejection> {
         // A keys-file identity is held to its own quotas (the scope layer), wherever it calls
-        // from: many teams behind one proxy must not share one address's budget.
-        if request
+        // from: many teams behind one proxy must not share one address's budget. What the
+        // scope layer never sees (statistics, metrics, reflection, paths of no route) is held
+        // here to the same rate per identity.
+        if let Some(identity) = request
             .extensions()
             .get::<Arc<Identity>>()
-            .is_some_and(|identity| identity.is_named())
+            .filter(|identity| identity.is_named())
         {
-            return Ok(());
+            if (self.api_calls)(request.method(), request.uri().path()) {
+                return Ok(());
+            }
+            return self.keys.admit_uncounted(identity).map_err(|held| {
+                self.metrics.identity_refused(identity.name(), RATE_LIMITED);
+                Rejection::identity_rate_limited(
+                    identity.name(),
+                    held.per_second,
+                    held.burst,
+                    held.wait,
+                )
+            });
         }
         let client = request.extensions().get::<ClientIp>().map_or(
             IpNet::from(IpAddr::from(Ipv4Addr::UNSPECIFIED)),
@@ -89,29 +126,15 @@ impl Policy for RateLimit {
             Ok(()) => Ok(()),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(limiter.clock().now());
-                let reset = wait.as_secs().max(1).to_string();
-                let rejection = Rejection::new(
-                    Code::ResourceExhausted,
-                    "RATE_LIMITED",
+                Err(Rejection::throttled(
+                    RATE_LIMITED,
                     format!(
                         "rate limit exceeded for {client}; retry in {} ms",
                         wait.as_millis().max(1)
                     ),
-                )
-                .retry_after(wait.max(Duration::from_millis(1)))
-                .header(
-                    HeaderName::from_static("ratelimit-limit"),
-                    HeaderValue::from(self.burst),
-                )
-                .header(
-                    HeaderName::from_static("ratelimit-remaining"),
-                    HeaderValue::from_static("0"),
-                )
-                .header(
-                    HeaderName::from_static("ratelimit-reset"),
-                    HeaderValue::from_str(&reset).unwrap_or(HeaderValue::from_static("1")),
-                );
-                Err(rejection)
+                    u64::from(self.burst),
+                    wait,
+                ))
             }
         }
     }
@@ -137,6 +160,9 @@ mod tests {
         let layer = RateLimit::new(
             NonZeroU32::new(1000).expect("non-zero"),
             NonZeroU32::new(1).expect("non-zero"),
+            Arc::new(KeyRing::from_static(&[])),
+            Arc::new(Metrics::new()),
+            Arc::new(|_: &Method, _: &str| true),
         );
         for i in 0..5000u32 {
             let ip = IpNet::from(IpAddr::from(Ipv4Addr::from(0x0a00_0000 + i)));

@@ -22,7 +22,7 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{HeaderName, HeaderValue, Request, Response, StatusCode},
+    http::{Request, Response, StatusCode},
 };
 use prost_reflect::Value;
 use tonic::{Code, server::NamedService};
@@ -30,7 +30,7 @@ use tower::{Layer, Service};
 
 use super::guard::{Exempt, Guard, GuardLayer, Policy};
 use crate::{
-    answer::{Caller, Rejection, SCOPE_MISSING, grpc_code_name},
+    answer::{Caller, RATE_LIMITED, Rejection, SCOPE_MISSING, grpc_code_name},
     extensions::RequestId,
     identity::{
         Access, Identity, KeyRing, Rpc, Scope, Target, Throttle, audit_admin, audit_refused,
@@ -152,11 +152,8 @@ pub struct Admitted {
 }
 
 fn quota_refusal(identity: &Identity, throttle: Throttle) -> Rejection {
-    let wait = throttle.wait.max(std::time::Duration::from_millis(1));
-    let reset = wait.as_secs().max(1).to_string();
     let quota = format!("{}_{}_per_second", throttle.class.as_str(), throttle.unit);
-    Rejection::new(
-        Code::ResourceExhausted,
+    Rejection::throttled(
         "QUOTA_EXCEEDED",
         format!(
             "'{}' is over its {} quota of {} {} per second; retry in {} ms",
@@ -164,24 +161,13 @@ fn quota_refusal(identity: &Identity, throttle: Throttle) -> Rejection {
             throttle.class.as_str(),
             throttle.limit,
             throttle.unit,
-            wait.as_millis().max(1)
+            throttle.wait.as_millis().max(1)
         ),
+        throttle.limit,
+        throttle.wait,
     )
-    .retry_after(wait)
     .metadata("identity", identity.name())
     .metadata("quota", quota)
-    .header(
-        HeaderName::from_static("ratelimit-limit"),
-        HeaderValue::from(throttle.limit),
-    )
-    .header(
-        HeaderName::from_static("ratelimit-remaining"),
-        HeaderValue::from_static("0"),
-    )
-    .header(
-        HeaderName::from_static("ratelimit-reset"),
-        HeaderValue::from_str(&reset).unwrap_or(HeaderValue::from_static("1")),
-    )
 }
 
 impl Policy for Scopes {
@@ -268,7 +254,23 @@ impl Scopes {
             .get::<RequestId>()
             .map(|id| Arc::clone(&id.0))
             .unwrap_or_default();
-        if !identity.allows(rpc.scope, &Target::Any) {
+        let allowed = identity.allows(rpc.scope, &Target::Any);
+        let class = rpc.scope.class();
+        // A keys-file key skips the per-client rate limit: what its quotas do not count (admin
+        // calls, and refusals, each of which writes an audit line) is held to that rate per
+        // identity instead, so no key can call or log without bound.
+        if (!allowed || class.is_none())
+            && let Err(held) = self.keys.admit_uncounted(&identity)
+        {
+            self.metrics.identity_refused(identity.name(), RATE_LIMITED);
+            return Err(Rejection::identity_rate_limited(
+                identity.name(),
+                held.per_second,
+                held.burst,
+                held.wait,
+            ));
+        }
+        if !allowed {
             self.metrics
                 .identity_refused(identity.name(), SCOPE_MISSING);
             audit_refused(&identity, &rpc, "*", &request_id);
@@ -286,7 +288,7 @@ impl Scopes {
             .metadata("target", "*")
             .metadata("identity", identity.name()));
         }
-        if let (Some(class), Some(quota)) = (rpc.scope.class(), identity.quota())
+        if let (Some(class), Some(quota)) = (class, identity.quota())
             && let Err(throttle) = quota.admit(class)
         {
             self.metrics

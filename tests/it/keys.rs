@@ -1751,3 +1751,187 @@ async fn metrics_with(app: &TestApp, key: &str) -> reqwest::Response {
 fn keyed_request(key: &str) -> Request<proto::GetStatsRequest> {
     keyed(key, proto::GetStatsRequest {})
 }
+
+/// A keys-file key skips the per-client rate limit, and its quotas count produce and consume
+/// calls only: everything else it does (admin calls, calls refused for scope, statistics,
+/// metrics, paths of no route) is held to `RATE_LIMIT_RPS` / `RATE_LIMIT_BURST` per identity,
+/// so no key can churn the store or flood the audit log without bound, while its produce and
+/// consume calls stay with its quotas, and other identities at the same address go on.
+#[tokio::test]
+async fn calls_no_quota_counts_are_held_to_the_rate_limit_per_identity() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.toml");
+    std::fs::write(&file, keys_file()).expect("keys file");
+    let app = spawn_configured(move |c| {
+        c.auth.api_key = Some(iggy_gateway::config::ApiKeys::new(["static-key"]));
+        c.auth.api_keys_file = Some(file);
+        // Three at once, then one a second: every identity's budget below is spent well
+        // within the second it has.
+        c.limits.rate_limit_rps = 1;
+        c.limits.rate_limit_burst = 3;
+    })
+    .await;
+    let app = &app;
+    // `platform` spends two of its three on the fixtures.
+    admin(app, "/v1/streams", json!({"name": "orders"})).await;
+    admin(
+        app,
+        "/v1/streams/orders/topics",
+        json!({"name": "created", "partitions_count": 1}),
+    )
+    .await;
+
+    // Produce calls are the quotas' (`unlimited` has none), not the ceiling's.
+    let send = json!({"partition_id": 0, "messages": [{"text": "q"}]});
+    let messages = "/v1/streams/orders/topics/created/messages";
+    for _ in 0..10 {
+        let (status, answer) = rest(
+            app,
+            "unlimited-key",
+            reqwest::Method::POST,
+            messages,
+            Some(send.clone()),
+        )
+        .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+
+    // Admin calls: three, then 429 naming the identity, on REST and gRPC alike.
+    for topic in ["t1", "t2", "t3"] {
+        let (status, answer) = rest(
+            app,
+            "team-key",
+            reqwest::Method::POST,
+            "/v1/streams/orders/topics",
+            Some(json!({"name": topic, "partitions_count": 1})),
+        )
+        .await;
+        assert_eq!(status, 201, "{topic}: {answer}");
+    }
+    let (status, headers, problem) = rest_full(
+        app,
+        "team-key",
+        reqwest::Method::POST,
+        "/v1/streams/orders/topics",
+        Some(json!({"name": "t4", "partitions_count": 1})),
+    )
+    .await;
+    assert_eq!(status, 429, "{problem}");
+    assert_eq!(problem["reason"], "RATE_LIMITED");
+    assert_eq!(problem["code"], "RESOURCE_EXHAUSTED");
+    assert_eq!(problem["metadata"]["identity"], "orders-team");
+    assert!(headers.get("retry-after").is_some());
+    assert_eq!(headers["ratelimit-limit"], "3");
+    let refused = app
+        .topics
+        .clone()
+        .create_topic(keyed(
+            "team-key",
+            proto::CreateTopicRequest {
+                stream: "orders".into(),
+                name: "t5".into(),
+                partitions_count: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("over the ceiling");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    let details = refused.get_error_details();
+    assert_eq!(
+        details.error_info().map(|i| i.reason.as_str()),
+        Some("RATE_LIMITED")
+    );
+    assert!(details.retry_info().and_then(|r| r.retry_delay).is_some());
+    // Neither refused create left a topic behind.
+    let (status, topics) = rest(
+        app,
+        "unlimited-key",
+        reqwest::Method::GET,
+        "/v1/streams/orders/topics",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = topics["topics"]
+        .as_array()
+        .expect("topics")
+        .iter()
+        .filter_map(|topic| topic["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(
+        !names.contains(&"t4") && !names.contains(&"t5"),
+        "{names:?}"
+    );
+
+    // Calls refused for scope (each an audit line): three, then refused for rate instead.
+    for _ in 0..3 {
+        let (status, problem) = rest(
+            app,
+            "reader-key",
+            reqwest::Method::POST,
+            messages,
+            Some(send.clone()),
+        )
+        .await;
+        assert_eq!(status, 403, "{problem}");
+        assert_eq!(problem["reason"], "SCOPE_MISSING");
+    }
+    let (status, problem) = rest(
+        app,
+        "reader-key",
+        reqwest::Method::POST,
+        messages,
+        Some(send.clone()),
+    )
+    .await;
+    assert_eq!(status, 429, "{problem}");
+    assert_eq!(problem["reason"], "RATE_LIMITED");
+    assert_eq!(problem["metadata"]["identity"], "orders-reader");
+    // Its reads are consume calls, which its quotas (none) govern, not the ceiling.
+    let (status, answer) = rest(
+        app,
+        "reader-key",
+        reqwest::Method::GET,
+        "/v1/streams/orders/topics/created/messages?partition_id=0&count=1",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+
+    // Statistics and metrics, off the scope policy, share `platform`'s one call left.
+    let (status, stats) = rest(app, "admin-key", reqwest::Method::GET, "/stats", None).await;
+    assert_eq!(status, 200, "{stats}");
+    let metrics = metrics_with(app, "admin-key").await;
+    assert_eq!(metrics.status(), 429);
+    // And paths of no route.
+    for expected in [404, 404, 404, 429] {
+        let (status, _) = rest(app, "auditor-key", reqwest::Method::GET, "/nowhere", None).await;
+        assert_eq!(status, expected);
+    }
+
+    // Another identity from the same address still sends, and `API_KEY`'s key keeps its own
+    // per-client budget: /metrics counts each refusal by identity.
+    let (status, answer) = rest(
+        app,
+        "unlimited-key",
+        reqwest::Method::POST,
+        messages,
+        Some(send),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let metrics = metrics_with(app, "static-key").await;
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.expect("metrics");
+    for line in [
+        r#"identity_refusals_total{identity="orders-team",reason="RATE_LIMITED"} 2"#,
+        r#"identity_refusals_total{identity="orders-reader",reason="RATE_LIMITED"} 1"#,
+        r#"identity_refusals_total{identity="orders-reader",reason="SCOPE_MISSING"} 3"#,
+        r#"identity_refusals_total{identity="platform",reason="RATE_LIMITED"} 1"#,
+        r#"identity_refusals_total{identity="auditor",reason="RATE_LIMITED"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+}
