@@ -8,7 +8,8 @@
 //! and one whose peer takes none of what it is sent for `CONNECTION_WRITE_TIMEOUT_MS` is cut off:
 //! on the socket, or (an HTTP/2 client that opens no flow-control window) on an answer that
 //! holds charged bytes (`budget::AnswerWatch`).
-//! With TLS configured (`tls`), every connection is a TLS one, handshaken in its own task.
+//! With TLS configured (`tls`), every connection is a TLS one, handshaken in its own task. The
+//! handshake, and then what tells the HTTP version, are each due within the header timeout.
 
 use std::{
     convert::Infallible,
@@ -32,7 +33,7 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
     net::TcpListener,
     sync::Semaphore,
 };
@@ -185,25 +186,6 @@ pub async fn serve(
         let tls = tls.clone();
         connections.spawn(async move {
             let _gauge = metrics.connection_opened();
-            // A connection holds a `MAX_CONNECTIONS` place: what tells its protocol (a request
-            // line's first byte, the whole HTTP/2 preface, a TLS hello's first byte) is due
-            // within the header timeout (or the idle one, if shorter). hyper's own header
-            // timeout starts only once the protocol is known. A stop closes it at once.
-            let told = tokio::time::timeout(
-                handshake_timeout.min(idle_timeout),
-                protocol_told(&stream),
-            );
-            tokio::select! {
-                told = told => match told {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(_) => {
-                        tracing::debug!(%remote, "closing a connection that did not say its protocol in time");
-                        return;
-                    }
-                },
-                () = shutdown.cancelled() => return,
-            }
             // Below TLS and HTTP, so a peer that stops reading its socket is cut off whatever
             // it was sent: a large answer, a live subscription, HTTP/2 frames. Without it the
             // connection and everything queued for it would stay until the peer closed it. (An
@@ -212,6 +194,12 @@ pub async fn serve(
             let mut stream = TimeoutStream::new(stream);
             stream.set_write_timeout(Some(write_timeout));
             let stream = Box::pin(stream);
+            // A connection holds a `MAX_CONNECTIONS` place, so it must say what it is soon:
+            // its TLS handshake, then what tells its HTTP version (a request line's first
+            // byte, or the whole HTTP/2 preface), each within the header timeout (or the idle
+            // one, if shorter). hyper's own header timeout starts only once it knows the
+            // version, and a silent connection would otherwise wait out the idle timeout.
+            let due = handshake_timeout.min(idle_timeout);
             let connection = Connection {
                 remote,
                 builder,
@@ -221,16 +209,25 @@ pub async fn serve(
                 shutdown,
             };
             match tls {
-                None => connection.serve(stream, None).await,
+                None => {
+                    if let Some(stream) = connection.told(stream, due).await {
+                        connection.serve(stream, None).await;
+                    }
+                }
                 Some(tls) => {
                     // In this connection's task, so a slow or silent handshake holds up no
-                    // other; bounded like an HTTP/1.1 request's headers.
-                    let handshake =
-                        tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream));
-                    match handshake.await {
+                    // other.
+                    let handshake = tokio::time::timeout(due, tls.acceptor().accept(stream));
+                    let handshake = tokio::select! {
+                        handshake = handshake => handshake,
+                        () = connection.shutdown.cancelled() => return,
+                    };
+                    match handshake {
                         Ok(Ok(stream)) => {
                             let peer = tls::peer_certificate(stream.get_ref().1).map(Arc::new);
-                            connection.serve(stream, peer).await;
+                            if let Some(stream) = connection.told(stream, due).await {
+                                connection.serve(stream, peer).await;
+                            }
                         }
                         Ok(Err(err)) => {
                             metrics.tls_handshake_failed();
@@ -255,23 +252,81 @@ pub async fn serve(
 /// HTTP/2's connection preface: a client that starts with part of it has said nothing yet.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Waits, without reading, until the bytes sent tell the protocol: any first byte but the
-/// preface's, or the whole preface. `false`: the peer closed first. (A peek, not `readable()`,
-/// which a fresh socket reports at once. While a part of the preface waits for the rest, the
-/// peeked bytes keep the socket readable, so it looks again after a pause that doubles, to
-/// 250 ms: ten thousand connections holding a part cost a few wake-ups each, not a spin.)
-async fn protocol_told(stream: &tokio::net::TcpStream) -> bool {
-    let mut head = [0u8; H2_PREFACE.len()];
-    let mut pause = Duration::from_millis(5);
+/// Reads until the bytes sent tell the HTTP version: any first byte but the preface's, or the
+/// whole preface. `None`: the peer closed (or failed) first. What was read is handed back by
+/// [`Rewound`], so hyper reads the stream from its first byte.
+async fn read_told<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+    let mut head = vec![0u8; H2_PREFACE.len()];
+    let mut filled = 0;
     loop {
-        match stream.peek(&mut head).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) if n == H2_PREFACE.len() || head[..n] != H2_PREFACE[..n] => return true,
-            Ok(_) => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(250));
-            }
+        match stream.read(&mut head[filled..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => filled += n,
         }
+        if filled == H2_PREFACE.len() || head[..filled] != H2_PREFACE[..filled] {
+            head.truncate(filled);
+            return Some(head);
+        }
+    }
+}
+
+/// A stream whose first bytes were read ahead (to tell its protocol): reads give those back
+/// first, then the stream's own; writes go straight through.
+struct Rewound<S> {
+    head: Vec<u8>,
+    at: usize,
+    stream: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.head.len() {
+            let n = (this.head.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.head[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.head.len() {
+                this.head = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    // hyper writes headers and body in one vectored write when the stream can.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -306,6 +361,33 @@ struct Connection {
 }
 
 impl Connection {
+    /// `stream` with what tells its HTTP version read ahead, if that arrives within `due`;
+    /// `None` (the connection to be closed) if it does not, or the gateway stops first.
+    async fn told<S>(&self, mut stream: S, due: Duration) -> Option<Rewound<S>>
+    where
+        S: AsyncRead + Unpin,
+    {
+        let told = tokio::time::timeout(due, read_told(&mut stream));
+        let head = tokio::select! {
+            told = told => match told {
+                Ok(head) => head?,
+                Err(_) => {
+                    tracing::debug!(
+                        remote = %self.remote,
+                        "closing a connection that did not say its protocol in time"
+                    );
+                    return None;
+                }
+            },
+            () = self.shutdown.cancelled() => return None,
+        };
+        Some(Rewound {
+            head,
+            at: 0,
+            stream,
+        })
+    }
+
     async fn serve<S>(self, stream: S, peer: Option<Arc<PeerCertificate>>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -2,7 +2,7 @@
 //! HTTP/1.1 and HTTP/2, mutual TLS, certificate reload, and the start-up errors of bad files.
 //! Certificates are made for each test (rcgen): a CA, and leaves it signs.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, process::Command, sync::Arc, time::Duration};
 
 use iggy_gateway::{
     config::Config,
@@ -232,6 +232,76 @@ async fn a_tls_port_does_not_answer_cleartext_nor_clients_that_distrust_its_cert
             .await
             .is_err(),
         "a client that trusts another CA must not get through"
+    );
+    gateway.stop().await;
+}
+
+/// A TLS client that completes its handshake and then sends nothing (or only part of the
+/// HTTP/2 preface) holds a `MAX_CONNECTIONS` place no longer than the header read timeout, as
+/// a cleartext one does; one that speaks within it is served.
+#[tokio::test]
+async fn a_tls_connection_silent_after_its_handshake_is_closed_at_the_header_read_timeout() {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::{
+        TlsConnector,
+        rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName},
+    };
+
+    let pki = Pki::new("test CA");
+    let gateway = spawn_tls(&pki.server(), None, |config| {
+        config.limits.header_read_timeout_ms = 300;
+    })
+    .await;
+    let mut roots = RootCertStore::empty();
+    let ca = CertificateDer::from_pem_slice(pki.ca.as_bytes()).expect("CA");
+    roots.add(ca).expect("CA added");
+    let client =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = TlsConnector::from(Arc::new(client));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(gateway.addr)
+            .await
+            .expect("connects");
+        connector
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("handshake")
+    };
+
+    for said in [&b""[..], b"PRI * HT"] {
+        let mut silent = connect().await;
+        silent.write_all(said).await.expect("written");
+        silent.flush().await.expect("flushed");
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest))
+            .await
+            .expect("closed well before the idle timeout (60 s)");
+        // A close without TLS's close_notify reads as an error; either way nothing came.
+        assert!(matches!(read, Ok(0) | Err(_)), "{said:?}: {read:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{said:?}: closed before the header read timeout: {:?}",
+            started.elapsed()
+        );
+    }
+
+    let mut late = connect().await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    late.write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    let _ = late.read_to_end(&mut answer).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&answer)
     );
     gateway.stop().await;
 }
