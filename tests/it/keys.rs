@@ -166,6 +166,17 @@ fn send_request(stream: &str, topic: &str, text: &str) -> proto::SendMessagesReq
     }
 }
 
+/// RESOURCE_EXHAUSTED with `reason` and a `RetryInfo` saying when to retry.
+fn assert_throttled(status: &tonic::Status, reason: &str) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let details = status.get_error_details();
+    assert_eq!(
+        details.error_info().map(|i| i.reason.as_str()),
+        Some(reason)
+    );
+    assert!(details.retry_info().and_then(|r| r.retry_delay).is_some());
+}
+
 fn assert_scope_missing(status: &tonic::Status, scope: &str, target: &str) {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let info = status
@@ -802,13 +813,7 @@ async fn quotas_hold_back_one_identity_and_leave_another_alone() {
         .send_messages(keyed("limited-key", send_request("orders", "created", "q")))
         .await
         .expect_err("over quota");
-    assert_eq!(refused.code(), Code::ResourceExhausted);
-    let details = refused.get_error_details();
-    assert_eq!(
-        details.error_info().map(|i| i.reason.as_str()),
-        Some("QUOTA_EXCEEDED")
-    );
-    assert!(details.retry_info().and_then(|r| r.retry_delay).is_some());
+    assert_throttled(&refused, "QUOTA_EXCEEDED");
     // gRPC-Web: the same.
     let (_, trailers) = grpc_web(
         app,
@@ -1836,13 +1841,7 @@ async fn calls_no_quota_counts_are_held_to_the_rate_limit_per_identity() {
         ))
         .await
         .expect_err("over the ceiling");
-    assert_eq!(refused.code(), Code::ResourceExhausted);
-    let details = refused.get_error_details();
-    assert_eq!(
-        details.error_info().map(|i| i.reason.as_str()),
-        Some("RATE_LIMITED")
-    );
-    assert!(details.retry_info().and_then(|r| r.retry_delay).is_some());
+    assert_throttled(&refused, "RATE_LIMITED");
     // Neither refused create left a topic behind.
     let (status, topics) = rest(
         app,
