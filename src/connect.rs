@@ -39,8 +39,8 @@ use crate::{
     rest::{
         self,
         direct::{
-            ANSWER_METADATA, Answer, Call, Direct, Failure, Input, ItemsAs, Output, StreamCall,
-            carried, forwarded,
+            ANSWER_METADATA, Admit, Answer, Call, Direct, Failure, Input, ItemsAs, Output,
+            StreamCall, carried, forwarded,
         },
     },
 };
@@ -75,6 +75,8 @@ pub struct Connect {
     /// By gRPC path, `/iggy.gateway.v1.StreamService/GetStream`.
     procedures: HashMap<String, Procedure>,
     settings: ConnectSettings,
+    /// The scope policy's admission, before a request is read (see `Direct::set_admission`).
+    admit: Option<Admit>,
 }
 
 impl Connect {
@@ -112,6 +114,7 @@ impl Connect {
         Ok(Self {
             procedures,
             settings,
+            admit: direct.admission(),
         })
     }
 
@@ -138,9 +141,18 @@ impl Connect {
                 path.trim_start_matches('/')
             )));
         };
-        let mut response = match streaming {
-            Some(json) => self.stream(procedure, request, json).await,
-            None => self.unary(procedure, request).await,
+        // Admitted before anything of it is read, as a gRPC call is before it is decoded.
+        let mut request = request;
+        let admitted = self
+            .admit
+            .as_ref()
+            .and_then(|admit| admit(&path, request.extensions_mut()));
+        let mut response = match admitted {
+            Some(Err(rejection)) => rejection.respond(&request),
+            _ => match streaming {
+                Some(json) => self.stream(procedure, request, json).await,
+                None => self.unary(procedure, request).await,
+            },
         };
         // Metrics label the call by its method, a name the gateway defines.
         response.extensions_mut().insert(MatchedRoute(path.into()));

@@ -334,6 +334,15 @@ pub fn hash_key(key: &str) -> String {
         .collect()
 }
 
+/// Why [`Access::check`] refused a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The scope is not held on this target (audited).
+    Scope(Target),
+    /// The key is over its share of the rate limit, which refusals draw on.
+    Held(Held),
+}
+
 /// One RPC as the scope check knows it: its path, its short name and the scope it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rpc {
@@ -432,8 +441,9 @@ impl Access {
     }
 
     /// Checks the RPC's scope on every target the request names (a rename names two), and
-    /// records the first for the audit. `Err` names the target refused, after an audit line.
-    pub fn check(&self, targets: &[Target]) -> Result<(), Target> {
+    /// records the first for the audit. `Err` names the target refused, after an audit line;
+    /// or, for a key over its share of the rate limit, says so instead (no audit line).
+    pub fn check(&self, targets: &[Target]) -> Result<(), Refusal> {
         let scope = self.rpc.scope;
         if let Some(first) = targets.first() {
             let _ = self.target.set(first.clone());
@@ -441,6 +451,7 @@ impl Access {
         for target in targets {
             if !self.identity.allows(scope, target) {
                 self.refused.store(true, Ordering::Release);
+                self.charge_refusal().map_err(Refusal::Held)?;
                 self.metrics
                     .identity_refused(self.identity.name(), "SCOPE_MISSING");
                 audit_refused(
@@ -449,11 +460,24 @@ impl Access {
                     &target.to_string(),
                     &self.request_id,
                 );
-                return Err(target.clone());
+                return Err(Refusal::Scope(target.clone()));
             }
         }
         self.checked.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// A refusal is no quota's to count: it takes one call from a keys-file key's share of
+    /// the rate limit ([`KeyRing::admit_uncounted`]), unless the call already took one when
+    /// it was admitted (an admin call). `Err`: held, to be answered `RATE_LIMITED`.
+    pub fn charge_refusal(&self) -> Result<(), Held> {
+        if self.rpc.scope.class().is_none() {
+            return Ok(());
+        }
+        self.ring.admit_uncounted(&self.identity).inspect_err(|_| {
+            self.metrics
+                .identity_refused(self.identity.name(), "RATE_LIMITED");
+        })
     }
 
     /// Whether the RPC's scope is held on `target` (to filter a listing).

@@ -22,7 +22,8 @@
 //! 10. API key — authenticate before any work is done for the caller, and give the call its
 //!     identity (anonymous when no key is needed); wrong keys are throttled by the lockout;
 //! 11. rate limit — per client, for calls without a keys-file identity (those are held to their
-//!     own quotas instead, so teams behind one proxy do not share one budget);
+//!     own quotas instead, so teams behind one proxy do not share one budget, and what the
+//!     quotas do not count to the same rate per identity: here, what is no call of the API);
 //! 12. concurrency — shed new calls at once when the gateway is full, and a client's past its
 //!     share (`MAX_CONCURRENT_REQUESTS_PER_CLIENT`);
 //! 13. timeout — bound each call (a shorter `grpc-timeout` or `Connect-Timeout-Ms` wins);

@@ -23,11 +23,11 @@ use bytes::Bytes;
 
 pub use routes::{BodyRule, Lookup, Route, RouteTable};
 pub use template::PathTemplate;
-pub use transcode::Transcoder;
 /// What the Connect translator and the direct calls share with REST: one JSON codec.
 pub(crate) use transcode::{
     JsonRequest, PIECES_ABOVE, json_request, typed_json_bytes, typed_json_pieces, untyped_json,
 };
+pub use transcode::{Transcoder, is_grpc};
 
 use crate::answer::methods::read_only;
 

@@ -11,7 +11,7 @@ mod reflection;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::http::Method;
+use axum::{body::Body, http::Request};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{codec::CompressionEncoding, server::NamedService, service::Routes};
@@ -508,12 +508,15 @@ pub(crate) fn direct_table() -> (
 }
 
 /// The requests the scope policy admits or refuses (and so holds a keys-file key to its
-/// quotas): an RPC's gRPC path (gRPC, gRPC-Web, Connect) or a REST route.
+/// quotas): an RPC's gRPC path (gRPC, gRPC-Web, Connect), or a REST route called as REST.
 fn api_calls(scopes: &Scopes) -> Result<ApiCalls, StartupError> {
     let scopes = scopes.clone();
     let table = rest::route_table().map_err(StartupError::Internal)?;
-    Ok(Arc::new(move |method: &Method, path: &str| {
-        scopes.knows(path) || matches!(table.find(method, path), rest::Lookup::Found(..))
+    Ok(Arc::new(move |request: &Request<Body>| {
+        let path = request.uri().path();
+        scopes.knows(path)
+            || (!rest::is_grpc(request.headers())
+                && matches!(table.find(request.method(), path), rest::Lookup::Found(..)))
     }))
 }
 

@@ -89,9 +89,8 @@ impl Rejection {
         self
     }
 
-    /// RESOURCE_EXHAUSTED / 429 for a caller over a rate of `limit` a second (which is also
-    /// its burst): `Retry-After` and `RetryInfo` say `wait`, `RateLimit-*` the limit and when
-    /// it resets.
+    /// RESOURCE_EXHAUSTED / 429 for a caller over a rate: `Retry-After` and `RetryInfo` say
+    /// `wait`, `RateLimit-*` the `limit` (the requests its bucket holds) and when it resets.
     pub fn throttled(
         reason: &'static str,
         message: impl Into<String>,
@@ -131,6 +130,24 @@ impl Rejection {
         .metadata("identity", name)
     }
 
+    /// The refusal as a gRPC status (`ErrorInfo`, and `RetryInfo` when it says when), for a
+    /// service that refuses as a layer would.
+    pub fn status(&self) -> tonic::Status {
+        let mut details = ErrorDetails::new();
+        details.set_error_info(
+            self.reason,
+            ERROR_DOMAIN,
+            self.metadata
+                .iter()
+                .cloned()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+        if let Some(wait) = self.retry_after {
+            details.set_retry_info(Some(wait));
+        }
+        tonic::Status::with_error_details(self.code, self.message.clone(), details)
+    }
+
     /// The answer to `request` in its own protocol.
     pub fn respond<B>(self, request: &Request<B>) -> Response {
         self.respond_to(&Caller::of(request))
@@ -142,21 +159,7 @@ impl Rejection {
         let protocol = caller.protocol;
         let retry_secs = self.retry_after.map(|wait| wait.as_secs().max(1));
         let reason = self.reason;
-        let status = || {
-            let mut details = ErrorDetails::new();
-            details.set_error_info(
-                self.reason,
-                ERROR_DOMAIN,
-                self.metadata
-                    .iter()
-                    .cloned()
-                    .collect::<std::collections::HashMap<_, _>>(),
-            );
-            if let Some(wait) = self.retry_after {
-                details.set_retry_info(Some(wait));
-            }
-            tonic::Status::with_error_details(self.code, self.message.clone(), details)
-        };
+        let status = || self.status();
         let mut response = match protocol {
             Protocol::Connect => connect::unary_error(&status()),
             Protocol::ConnectStream { json } => connect::stream_error(&status(), json),

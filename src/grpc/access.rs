@@ -12,9 +12,9 @@ use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    answer::{ERROR_DOMAIN, scope_missing},
+    answer::{ERROR_DOMAIN, Rejection, scope_missing},
     broker::{Broker, Identifier, TopicRef},
-    identity::{Access, Class, Revoked, Target},
+    identity::{Access, Class, Held, Refusal, Revoked, Target},
 };
 
 /// A stream of answers the service hands to tonic.
@@ -156,15 +156,18 @@ pub(super) async fn authorize(
     for want in wants {
         targets.push(resolve(broker, access, want).await?);
     }
-    access.check(&targets).map_err(|target| {
-        // Said as the request named it: a key must not learn the name behind an id it may
-        // not see (the audit line has the name).
-        let named = targets
-            .iter()
-            .position(|resolved| *resolved == target)
-            .and_then(|at| wants.get(at))
-            .map(as_named);
-        refused(access, named.as_ref().unwrap_or(&target))
+    access.check(&targets).map_err(|refusal| match refusal {
+        Refusal::Held(held) => held_back(access, held),
+        Refusal::Scope(target) => {
+            // Said as the request named it: a key must not learn the name behind an id it may
+            // not see (the audit line has the name).
+            let named = targets
+                .iter()
+                .position(|resolved| *resolved == target)
+                .and_then(|at| wants.get(at))
+                .map(as_named);
+            refused(access, named.as_ref().unwrap_or(&target))
+        }
     })
 }
 
@@ -185,7 +188,10 @@ pub(super) fn authorize_all(access: Option<&Access>) -> Result<(), Status> {
     match access {
         Some(access) => access
             .check(&[Target::All])
-            .map_err(|target| refused(access, &target)),
+            .map_err(|refusal| match refusal {
+                Refusal::Held(held) => held_back(access, held),
+                Refusal::Scope(target) => refused(access, &target),
+            }),
         None => Err(no_access()),
     }
 }
@@ -195,6 +201,25 @@ pub(super) fn authorize_all(access: Option<&Access>) -> Result<(), Status> {
 fn no_access() -> Status {
     tracing::error!("a call reached its service without an access check; refused");
     Status::permission_denied("the call was not admitted by the scope policy")
+}
+
+/// A refusal by a key over its share of the rate limit, which refusals draw on.
+fn held_back(access: &Access, held: Held) -> Status {
+    Rejection::identity_rate_limited(
+        access.identity().name(),
+        held.per_second,
+        held.burst,
+        held.wait,
+    )
+    .status()
+}
+
+/// An id that names nothing, refused as a name out of scope is: charged as a refusal.
+fn refused_id(access: &Access, target: &Target) -> Status {
+    match access.charge_refusal() {
+        Ok(()) => refused(access, target),
+        Err(held) => held_back(access, held),
+    }
 }
 
 fn refused(access: &Access, target: &Target) -> Status {
@@ -216,7 +241,7 @@ async fn stream_name(
         Identifier::Id(_) if access.is_unrestricted() => Ok(stream.to_string()),
         Identifier::Id(_) => match broker.get_stream(stream.clone()).await {
             Ok(info) => Ok(info.name),
-            Err(_) => Err(refused(access, &Target::Stream(stream.to_string()))),
+            Err(_) => Err(refused_id(access, &Target::Stream(stream.to_string()))),
         },
     }
 }
@@ -240,7 +265,7 @@ async fn resolve(broker: &dyn Broker, access: &Access, want: &Want<'_>) -> Resul
                     Ok(info) => info.name,
                     // As the request named them: the stream's name is not the key's to learn.
                     Err(_) => {
-                        return Err(refused(
+                        return Err(refused_id(
                             access,
                             &Target::Topic(at.stream.to_string(), at.topic.to_string()),
                         ));

@@ -18,10 +18,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{
-    body::Body,
-    http::{Method, Request},
-};
+use axum::{body::Body, http::Request};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use ipnet::IpNet;
 
@@ -33,10 +30,10 @@ use crate::{
     metrics::Metrics,
 };
 
-/// Whether a request (method, path) is a call of the API, which the scope policy holds to a
-/// keys-file key's quotas: an RPC's gRPC path or a REST route. Given by start-up, which holds
-/// both tables.
-pub type ApiCalls = Arc<dyn Fn(&Method, &str) -> bool + Send + Sync>;
+/// Whether a request is a call of the API, which the scope policy holds to a keys-file key's
+/// quotas: an RPC's gRPC path, or a REST route called as REST (not in a gRPC content type,
+/// which REST refuses unread). Given by start-up, which holds both tables.
+pub type ApiCalls = Arc<dyn Fn(&Request<Body>) -> bool + Send + Sync>;
 
 /// Above this many tracked clients, idle ones are swept at once rather than on the timer.
 const MAX_TRACKED_CLIENTS: usize = 100_000;
@@ -98,7 +95,7 @@ impl Policy for RateLimit {
             .get::<Arc<Identity>>()
             .filter(|identity| identity.is_named())
         {
-            if (self.api_calls)(request.method(), request.uri().path()) {
+            if (self.api_calls)(request) {
                 return Ok(());
             }
             return self.keys.admit_uncounted(identity).map_err(|held| {
@@ -162,7 +159,7 @@ mod tests {
             NonZeroU32::new(1).expect("non-zero"),
             Arc::new(KeyRing::from_static(&[])),
             Arc::new(Metrics::new()),
-            Arc::new(|_: &Method, _: &str| true),
+            Arc::new(|_: &Request<Body>| true),
         );
         for i in 0..5000u32 {
             let ip = IpNet::from(IpAddr::from(Ipv4Addr::from(0x0a00_0000 + i)));

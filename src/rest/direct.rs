@@ -25,7 +25,7 @@ use prost_reflect::DynamicMessage;
 use crate::{
     answer::Rejection,
     extensions::{ClientIp, RequestId},
-    identity::Identity,
+    identity::{Access, Identity},
 };
 
 /// Why a direct call has no answer: the service's own status, or the scope policy's refusal
@@ -140,15 +140,46 @@ pub type ReadJson = fn(&[u8]) -> Option<Vec<u8>>;
 /// One answer's JSON from its protobuf.
 pub type WriteJson = fn(&[u8]) -> Result<Vec<u8>, String>;
 
+/// Admits a call of the RPC at a gRPC path by what the extensions say of its caller (adding
+/// its `Access` there): the scope policy's `admit_call`, given by start-up. `None`: the path is
+/// no RPC of the API.
+pub type Admit =
+    Arc<dyn Fn(&str, &mut axum::http::Extensions) -> Option<Result<(), Rejection>> + Send + Sync>;
+
 /// The methods REST calls directly, by gRPC path (`/package.Service/Method`): unary ones and
 /// server streams.
 #[derive(Clone, Default)]
 pub struct Direct {
     unary: HashMap<String, Call>,
     streams: HashMap<String, StreamCall>,
+    admit: Option<Admit>,
 }
 
 impl Direct {
+    /// Admission of a call before its request is read, as the gRPC guard admits a gRPC call
+    /// before tonic decodes it: a key's quota or rate is charged, and its scope checked, before
+    /// any work is done on its body. The call then finds its `Access` and is not admitted again.
+    pub fn set_admission(&mut self, admit: Admit) {
+        self.admit = Some(admit);
+    }
+
+    /// The admission set by start-up, for another surface over the same calls (Connect).
+    pub fn admission(&self) -> Option<Admit> {
+        self.admit.clone()
+    }
+
+    /// Admits a call of `path` now (see [`Direct::set_admission`]); `Ok` without a policy.
+    pub fn admit(
+        &self,
+        path: &str,
+        extensions: &mut axum::http::Extensions,
+    ) -> Result<(), Rejection> {
+        match &self.admit {
+            Some(admit) => admit(path, extensions).unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+
     pub fn insert(&mut self, path: impl Into<String>, call: Call) {
         self.unary.insert(path.into(), call);
     }
@@ -167,11 +198,14 @@ impl Direct {
 }
 
 /// What the layers learnt of the caller, carried on to the service: its identity, address
-/// and request id.
+/// and request id, and its admission when it was admitted before its request was read.
 pub fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
     let mut carried = axum::http::Extensions::new();
     if let Some(identity) = extensions.get::<Arc<Identity>>() {
         carried.insert(Arc::clone(identity));
+    }
+    if let Some(access) = extensions.get::<Arc<Access>>() {
+        carried.insert(Arc::clone(access));
     }
     if let Some(client) = extensions.get::<ClientIp>() {
         carried.insert(*client);

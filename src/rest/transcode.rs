@@ -135,7 +135,8 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
+/// A gRPC content type: no REST call, answered UNIMPLEMENTED unread.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -158,7 +159,8 @@ pub async fn handle(State(transcoder): State<Arc<Transcoder>>, request: Request<
 }
 
 async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Response, Problem> {
-    let (parts, body) = request.into_parts();
+    let caller = Caller::of(&request);
+    let (mut parts, body) = request.into_parts();
     let path = parts.uri.path();
     let (route, bindings) = match transcoder.table.find(&parts.method, path) {
         Lookup::Found(route, bindings) => (route, bindings),
@@ -183,6 +185,17 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         }
     };
 
+    // Admitted before its body is read, as a gRPC call is before it is decoded.
+    if let Err(rejection) = transcoder
+        .direct
+        .admit(&route.grpc_path, &mut parts.extensions)
+    {
+        let mut response = rejection.respond_to(&caller);
+        response
+            .extensions_mut()
+            .insert(MatchedRoute(Arc::clone(&route.label)));
+        return Ok(response);
+    }
     // A compressed body was inflated by the body-limit layer, within the same limit.
     let body = axum::body::to_bytes(body, transcoder.max_body_bytes)
         .await

@@ -204,7 +204,16 @@ where
         Input::Message(message) => Typed::Dynamic(message),
         Input::Protobuf(wire) => Typed::Wire(wire),
     };
-    let access = match scopes.admit_call(path, &mut extensions) {
+    // Admitted already when REST or Connect knew the method, before reading the request.
+    let early = extensions
+        .get::<Arc<Access>>()
+        .filter(|access| access.rpc().path == path)
+        .cloned();
+    let admission = match early {
+        Some(access) => Some(Ok(access)),
+        None => scopes.admit_call(path, &mut extensions),
+    };
+    let access = match admission {
         Some(Ok(access)) => access,
         Some(Err(rejection)) => return Err(Failure::Refused(rejection)),
         // Every path in the table is an RPC of the API (checked at start-up).
@@ -369,6 +378,12 @@ pub fn table(
         )
     }];
     let mut direct = Direct::default();
+    let admission = scopes.clone();
+    direct.set_admission(Arc::new(move |path, extensions| {
+        admission
+            .admit_call(path, extensions)
+            .map(|admitted| admitted.map(|_| ()))
+    }));
     let mut codecs = HashMap::new();
     for (path, call, codec) in entries {
         if !scopes.knows(path) {

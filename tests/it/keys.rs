@@ -1904,11 +1904,77 @@ async fn calls_no_quota_counts_are_held_to_the_rate_limit_per_identity() {
     assert_eq!(status, 200, "{stats}");
     let metrics = metrics_with(app, "admin-key").await;
     assert_eq!(metrics.status(), 429);
-    // And paths of no route.
-    for expected in [404, 404, 404, 429] {
-        let (status, _) = rest(app, "auditor-key", reqwest::Method::GET, "/nowhere", None).await;
-        assert_eq!(status, expected);
+    // A read refused on what it names (`auditor` reads only `*/audit`), audited each time,
+    // draws on the same share; so do paths of no route.
+    for expected in [403, 403] {
+        let (status, problem) = rest(
+            app,
+            "auditor-key",
+            reqwest::Method::GET,
+            "/v1/streams/orders/topics/created",
+            None,
+        )
+        .await;
+        assert_eq!(status, expected, "{problem}");
     }
+    let (status, _) = rest(app, "auditor-key", reqwest::Method::GET, "/nowhere", None).await;
+    assert_eq!(status, 404);
+    let refused = app
+        .topics
+        .clone()
+        .get_topic(keyed(
+            "auditor-key",
+            proto::GetTopicRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+            },
+        ))
+        .await
+        .expect_err("held");
+    assert_throttled(&refused, "RATE_LIMITED");
+
+    // A REST route called with a gRPC content type is no call of the API: charged as a path
+    // of no route (and answered in gRPC's terms).
+    for expected in ["12", "12", "12", "8"] {
+        let response = app
+            .http1
+            .post(app.url("/v1/streams"))
+            .header("x-api-key", "unlimited-key")
+            .header("content-type", "application/grpc-web+proto")
+            .body(Vec::new())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(
+            response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()),
+            Some(expected)
+        );
+    }
+
+    // A call of the API is admitted before its body is read, as a gRPC call is before it is
+    // decoded: a malformed send takes its produce quota too (`limited`: one a second).
+    for (expected, reason) in [(400, "MALFORMED_JSON"), (429, "QUOTA_EXCEEDED")] {
+        let response = app
+            .http1
+            .post(app.url(messages))
+            .header("x-api-key", "limited-key")
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), expected);
+        let problem: Value = response.json().await.expect("problem");
+        assert_eq!(problem["reason"], reason, "{problem}");
+    }
+    // And so over Connect.
+    let (status, error) =
+        connect(app, "limited-key", "MessageService/SendMessages", json!({})).await;
+    assert_eq!(status, 429, "{error}");
+    assert_eq!(error["code"], "resource_exhausted", "{error}");
 
     // Another identity from the same address still sends, and `API_KEY`'s key keeps its own
     // per-client budget: /metrics counts each refusal by identity.
@@ -1930,6 +1996,8 @@ async fn calls_no_quota_counts_are_held_to_the_rate_limit_per_identity() {
         r#"identity_refusals_total{identity="orders-reader",reason="SCOPE_MISSING"} 3"#,
         r#"identity_refusals_total{identity="platform",reason="RATE_LIMITED"} 1"#,
         r#"identity_refusals_total{identity="auditor",reason="RATE_LIMITED"} 1"#,
+        r#"identity_refusals_total{identity="auditor",reason="SCOPE_MISSING"} 2"#,
+        r#"identity_refusals_total{identity="unlimited",reason="RATE_LIMITED"} 1"#,
     ] {
         assert!(text.contains(line), "{line}\n{text}");
     }
