@@ -34,8 +34,9 @@ use tower::Service;
 
 use self::request::Codec;
 use crate::{
-    answer::{Caller, ERROR_DOMAIN, connect},
-    extensions::{MatchedRoute, Protocol},
+    answer::{Caller, ERROR_DOMAIN, connect, grpc_code_name},
+    extensions::{AnsweredCode, MatchedRoute, Protocol},
+    identity::Access,
     rest::{
         self,
         direct::{
@@ -147,6 +148,7 @@ impl Connect {
             .admit
             .as_ref()
             .and_then(|admit| admit(&path, request.extensions_mut()));
+        let access = request.extensions().get::<Arc<Access>>().cloned();
         let mut response = match admitted {
             Some(Err(rejection)) => rejection.respond(&request),
             _ => match streaming {
@@ -154,6 +156,11 @@ impl Connect {
                 None => self.unary(procedure, request).await,
             },
         };
+        // An admin call whose method never ran (its request did not parse) still gets its
+        // audit line, with the code it was refused with.
+        if let (Some(access), Some(code)) = (access, response.extensions().get::<AnsweredCode>()) {
+            access.audit_outcome(grpc_code_name(code.0));
+        }
         // Metrics label the call by its method, a name the gateway defines.
         response.extensions_mut().insert(MatchedRoute(path.into()));
         response

@@ -131,6 +131,11 @@ pub struct PeerCertificate {
     pub names: Vec<String>,
 }
 
+/// Set on an error answer written by the gateway (a problem, a Connect error): its gRPC code,
+/// so the surface that wrote it can settle a call its method never answered (the audit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnsweredCode(pub tonic::Code);
+
 /// Set on a refusal's response: why, for the metrics of refusals by reason.
 #[derive(Debug, Clone, Copy)]
 pub struct RejectedFor(pub &'static str);

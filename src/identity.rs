@@ -363,6 +363,8 @@ pub struct Access {
     target: OnceLock<Target>,
     checked: AtomicBool,
     refused: AtomicBool,
+    /// Its admin audit line is written ([`Access::audit_outcome`]).
+    audited: AtomicBool,
     ring: Arc<KeyRing>,
     metrics: Arc<Metrics>,
 }
@@ -403,6 +405,7 @@ impl Access {
             target: OnceLock::new(),
             checked: AtomicBool::new(false),
             refused: AtomicBool::new(false),
+            audited: AtomicBool::new(false),
             ring,
             metrics,
         }
@@ -418,6 +421,19 @@ impl Access {
 
     pub fn request_id(&self) -> &str {
         &self.request_id
+    }
+
+    /// Writes an admin call's audit line with its outcome (`result`, a gRPC code's name), once:
+    /// when its answer is settled, or, for a call refused before its method ran (a body that
+    /// does not parse), when that refusal is written. A call refused for scope has had its
+    /// line.
+    pub fn audit_outcome(&self, result: &str) {
+        if self.rpc.scope == Scope::Admin
+            && !self.was_refused()
+            && !self.audited.swap(true, Ordering::AcqRel)
+        {
+            audit_admin(self, result);
+        }
     }
 
     /// Whether the service checked the call's target (see [`Access::check`]).

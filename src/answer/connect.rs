@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use tonic::Code;
 
 use super::http_status;
+use crate::extensions::AnsweredCode;
 
 /// The envelope flag of the message that ends a Connect stream.
 pub const END_STREAM_FLAG: u8 = 0x02;
@@ -121,6 +122,9 @@ pub fn unary_error(status: &tonic::Status) -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+        .extensions_mut()
+        .insert(AnsweredCode(status.code()));
+    response
 }
 
 /// The end-of-stream message, enveloped: `{}` after a stream that succeeded, `{"error": …}`
@@ -151,6 +155,9 @@ pub fn stream_content_type(json: bool) -> HeaderValue {
 /// its end, carrying the error.
 pub fn stream_error(status: &tonic::Status, json: bool) -> Response {
     let mut response = Response::new(Body::from(end_stream(Some(status))));
+    response
+        .extensions_mut()
+        .insert(AnsweredCode(status.code()));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, stream_content_type(json));

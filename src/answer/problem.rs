@@ -10,6 +10,7 @@ use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::{ERROR_DOMAIN, ETAG_MISMATCH, IDEMPOTENCY_KEY_REUSED, PAYLOAD_TOO_LARGE};
+use crate::extensions::AnsweredCode;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -65,6 +66,9 @@ struct Body {
     retry_after_secs: Option<u64>,
     #[serde(skip)]
     allow: Option<String>,
+    /// `code`, for what reads the answer back (`AnsweredCode`).
+    #[serde(skip)]
+    grpc: Code,
 }
 
 impl Problem {
@@ -81,6 +85,7 @@ impl Problem {
             metadata: serde_json::Map::new(),
             retry_after_secs: None,
             allow: None,
+            grpc: status_code_to_grpc(status),
         }))
     }
 
@@ -93,7 +98,13 @@ impl Problem {
     /// a host it does not serve PERMISSION_DENIED).
     pub fn with_code(mut self, code: tonic::Code) -> Self {
         self.0.code = grpc_code_name(code).to_owned();
+        self.0.grpc = code;
         self
+    }
+
+    /// The gRPC code the problem stands for.
+    pub fn code(&self) -> tonic::Code {
+        self.0.grpc
     }
 
     /// The problem body as JSON text (for errors inside a stream).
@@ -144,8 +155,9 @@ impl Problem {
         } else {
             http_status(status.code())
         };
-        let mut problem = Self::new(http, &reason, status.message()).with_metadata(metadata);
-        problem.0.code = grpc_code_name(status.code()).to_owned();
+        let mut problem = Self::new(http, &reason, status.message())
+            .with_metadata(metadata)
+            .with_code(status.code());
         if let Some(bad) = details.bad_request() {
             problem.0.violations = bad
                 .field_violations
@@ -246,6 +258,7 @@ impl IntoResponse for Problem {
         {
             headers.insert(header::ALLOW, value);
         }
+        response.extensions_mut().insert(AnsweredCode(problem.grpc));
         response
     }
 }

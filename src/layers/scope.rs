@@ -32,9 +32,7 @@ use super::guard::{Exempt, Guard, GuardLayer, Policy};
 use crate::{
     answer::{Caller, RATE_LIMITED, Rejection, SCOPE_MISSING, grpc_code_name},
     extensions::RequestId,
-    identity::{
-        Access, Identity, KeyRing, Rpc, Scope, Target, Throttle, audit_admin, audit_refused,
-    },
+    identity::{Access, Identity, KeyRing, Rpc, Scope, Target, Throttle, audit_refused},
     metrics::Metrics,
 };
 
@@ -320,9 +318,7 @@ impl Scopes {
                 "the call's scope was not checked",
             ));
         }
-        if access.rpc().scope == Scope::Admin && !access.was_refused() {
-            audit_admin(access, grpc_code_name(code));
-        }
+        access.audit_outcome(grpc_code_name(code));
         Ok(())
     }
 }

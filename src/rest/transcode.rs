@@ -20,8 +20,9 @@ use axum::{
 use prost_reflect::DynamicMessage;
 
 use crate::{
-    answer::{Caller, Problem, Rejection, methods},
-    extensions::{MatchedRoute, RejectedFor},
+    answer::{Caller, Problem, Rejection, grpc_code_name, methods},
+    extensions::{AnsweredCode, MatchedRoute, RejectedFor},
+    identity::Access,
     rest::conditional,
 };
 
@@ -196,95 +197,119 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             .insert(MatchedRoute(Arc::clone(&route.label)));
         return Ok(response);
     }
-    // A compressed body was inflated by the body-limit layer, within the same limit.
-    let body = axum::body::to_bytes(body, transcoder.max_body_bytes)
-        .await
-        .map_err(|_| {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                format!(
-                    "the request body is over {} bytes (MAX_REQUEST_BODY_SIZE)",
-                    transcoder.max_body_bytes
-                ),
-            )
-        })?;
-    let requires_absence = conditional::requires_absence(route, &parts.headers)?;
-    // An EventSource that has seen no id yet sends an empty Last-Event-ID: no cursor, not a
-    // cursor that fails to decode.
-    let last_event_id = parts
-        .headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|id| !id.is_empty());
-    // The typed codec reads a unary call's body: nothing here needs the request message again
-    // (a stream's is read for its cursor).
-    let typed = !route.method.is_server_streaming();
-    let built = request_message(
-        route,
-        bindings,
-        parts.uri.query(),
-        &parts.headers,
-        &body,
-        last_event_id,
-        transcoder.query,
-        typed,
-    )?;
+    // An admin call whose method never ran (its request did not parse) still gets its audit
+    // line, with the code it was refused with.
+    let access = parts.extensions.get::<Arc<Access>>().cloned();
+    let answered = async {
+        // A compressed body was inflated by the body-limit layer, within the same limit.
+        let body = axum::body::to_bytes(body, transcoder.max_body_bytes)
+            .await
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PAYLOAD_TOO_LARGE",
+                    format!(
+                        "the request body is over {} bytes (MAX_REQUEST_BODY_SIZE)",
+                        transcoder.max_body_bytes
+                    ),
+                )
+            })?;
+        let requires_absence = conditional::requires_absence(route, &parts.headers)?;
+        // An EventSource that has seen no id yet sends an empty Last-Event-ID: no cursor, not a
+        // cursor that fails to decode.
+        let last_event_id = parts
+            .headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|id| !id.is_empty());
+        // The typed codec reads a unary call's body: nothing here needs the request message again
+        // (a stream's is read for its cursor).
+        let typed = !route.method.is_server_streaming();
+        let built = request_message(
+            route,
+            bindings,
+            parts.uri.query(),
+            &parts.headers,
+            &body,
+            last_event_id,
+            transcoder.query,
+            typed,
+        )?;
 
-    if route.method.is_server_streaming() {
+        if route.method.is_server_streaming() {
+            let call = transcoder
+                .direct
+                .stream(&route.grpc_path)
+                .ok_or_else(|| no_direct_call(route))?;
+            let message = built.into_message(route)?;
+            let mut response =
+                stream_direct(call, (&parts.headers, &parts.extensions), message).await;
+            response
+                .extensions_mut()
+                .insert(MatchedRoute(Arc::clone(&route.label)));
+            return Ok(response);
+        }
         let call = transcoder
             .direct
-            .stream(&route.grpc_path)
+            .get(&route.grpc_path)
             .ok_or_else(|| no_direct_call(route))?;
-        let message = built.into_message(route)?;
-        let mut response = stream_direct(call, (&parts.headers, &parts.extensions), message).await;
+        // A create's `Location` is filled from its request (or, left for the typed codec, from its
+        // path and query fields): kept only there, so a batch is not copied.
+        let for_location = match (&route.created, &built) {
+            (Some(_), Built::Message(message)) => Some(message.clone()),
+            (Some(_), Built::Json { location, .. }) => location.clone(),
+            _ => None,
+        };
+        let answer = if json_answer(route) {
+            Answer::Written
+        } else {
+            Answer::ToRead
+        };
+        let request = (&parts.headers, &parts.extensions);
+        let (reply, echo) = call_direct(call, route, request, built, answer).await;
+        let mut response = match reply {
+            Ok(Output::Json(body)) => render::respond_json(route, body),
+            Ok(Output::ToRead(body)) => {
+                render::respond_written(route, body, for_location.as_ref())?
+            }
+            // REST asks for JSON only.
+            Ok(Output::Protobuf(_)) => {
+                return Err(internal("a direct call answered protobuf to REST".into()));
+            }
+            // `If-None-Match: *` met a resource that exists: its precondition failed.
+            Err(problem)
+                if requires_absence && problem.status() == StatusCode::CONFLICT.as_u16() =>
+            {
+                problem
+                    .precondition_failed()
+                    .with_request_id(request_id(&parts.headers))
+                    .into_response()
+            }
+            Err(problem) => problem
+                .with_request_id(request_id(&parts.headers))
+                .into_response(),
+        };
+        echo.apply(&mut response);
         response
             .extensions_mut()
             .insert(MatchedRoute(Arc::clone(&route.label)));
-        return Ok(response);
+        Ok(response)
     }
-    let call = transcoder
-        .direct
-        .get(&route.grpc_path)
-        .ok_or_else(|| no_direct_call(route))?;
-    // A create's `Location` is filled from its request (or, left for the typed codec, from its
-    // path and query fields): kept only there, so a batch is not copied.
-    let for_location = match (&route.created, &built) {
-        (Some(_), Built::Message(message)) => Some(message.clone()),
-        (Some(_), Built::Json { location, .. }) => location.clone(),
-        _ => None,
-    };
-    let answer = if json_answer(route) {
-        Answer::Written
-    } else {
-        Answer::ToRead
-    };
-    let request = (&parts.headers, &parts.extensions);
-    let (reply, echo) = call_direct(call, route, request, built, answer).await;
-    let mut response = match reply {
-        Ok(Output::Json(body)) => render::respond_json(route, body),
-        Ok(Output::ToRead(body)) => render::respond_written(route, body, for_location.as_ref())?,
-        // REST asks for JSON only.
-        Ok(Output::Protobuf(_)) => {
-            return Err(internal("a direct call answered protobuf to REST".into()));
+    .await;
+    if let Some(access) = access {
+        let code = match &answered {
+            Err(problem) => Some(problem.code()),
+            Ok(response) => response
+                .extensions()
+                .get::<AnsweredCode>()
+                .map(|code| code.0),
+        };
+        if let Some(code) = code {
+            access.audit_outcome(grpc_code_name(code));
         }
-        // `If-None-Match: *` met a resource that exists: its precondition failed.
-        Err(problem) if requires_absence && problem.status() == StatusCode::CONFLICT.as_u16() => {
-            problem
-                .precondition_failed()
-                .with_request_id(request_id(&parts.headers))
-                .into_response()
-        }
-        Err(problem) => problem
-            .with_request_id(request_id(&parts.headers))
-            .into_response(),
-    };
-    echo.apply(&mut response);
-    response
-        .extensions_mut()
-        .insert(MatchedRoute(Arc::clone(&route.label)));
-    Ok(response)
+    }
+    answered
 }
 
 /// A unary call straight to the service's method (see `direct`), with the metadata and

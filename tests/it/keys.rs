@@ -1228,6 +1228,27 @@ async fn the_binary_reloads_on_sighup_and_writes_an_audit_line_per_admin_call_an
         .await
         .expect("sent");
     assert_eq!(invalid.status(), 400);
+    // And one whose body does not parse, refused before its method runs, on REST and Connect.
+    for (id, path, connect) in [
+        ("audit-malformed-rest", "/v1/streams", false),
+        (
+            "audit-malformed-connect",
+            "/iggy.gateway.v1.StreamService/CreateStream",
+            true,
+        ),
+    ] {
+        let mut request = client
+            .post(url(path))
+            .header("x-api-key", "team-key")
+            .header("x-request-id", id)
+            .header("content-type", "application/json")
+            .body("{not json");
+        if connect {
+            request = request.header("connect-protocol-version", "1");
+        }
+        let malformed = request.send().await.expect("sent");
+        assert_eq!(malformed.status(), 400, "{id}");
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let line = |id: &str| -> Value {
         let lines = gateway.logged(id);
@@ -1251,6 +1272,32 @@ async fn the_binary_reloads_on_sighup_and_writes_an_audit_line_per_admin_call_an
     assert_eq!(invalid["fields"]["identity"], "orders-team");
     assert_eq!(invalid["fields"]["method"], "StreamService.CreateStream");
     assert_eq!(invalid["fields"]["result"], "INVALID_ARGUMENT");
+    for id in ["audit-malformed-rest", "audit-malformed-connect"] {
+        let malformed = line(id);
+        assert_eq!(
+            malformed["fields"]["method"], "StreamService.CreateStream",
+            "{id}"
+        );
+        assert_eq!(malformed["fields"]["result"], "INVALID_ARGUMENT", "{id}");
+    }
+    // Each call has its one line, whichever way it ended.
+    for id in [
+        "audit-create-1",
+        "audit-refused-1",
+        "audit-invalid-1",
+        "audit-malformed-rest",
+        "audit-malformed-connect",
+    ] {
+        assert_eq!(
+            gateway
+                .logged(id)
+                .iter()
+                .filter(|line| line.contains("\"target\":\"audit\""))
+                .count(),
+            1,
+            "{id}: one audit line"
+        );
+    }
 
     // SIGHUP: the file's new key works, the removed one no longer does.
     std::fs::write(
