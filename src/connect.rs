@@ -130,12 +130,6 @@ impl Connect {
             Some(json) => connect::stream_error(&status, json),
             None => connect::unary_error(&status),
         };
-        // `application/connect+` names the codec: only the two the gateway speaks are read.
-        if streaming.is_some() && !is_stream_codec(&request) {
-            return unsupported_media_type(
-                "Connect streams are read as application/connect+proto or application/connect+json",
-            );
-        }
         let Some(procedure) = self.procedures.get(&path) else {
             return refuse(tonic::Status::unimplemented(format!(
                 "{} is not a method of this gateway",
@@ -151,6 +145,10 @@ impl Connect {
         let access = request.extensions().get::<Arc<Access>>().cloned();
         let mut response = match admitted {
             Some(Err(rejection)) => rejection.respond(&request),
+            // `application/connect+` names the codec: only the two the gateway speaks are read.
+            _ if streaming.is_some() && !is_stream_codec(&request) => unsupported_media_type(
+                "Connect streams are read as application/connect+proto or application/connect+json",
+            ),
             _ => match streaming {
                 Some(json) => self.stream(procedure, request, json).await,
                 None => self.unary(procedure, request).await,

@@ -145,7 +145,18 @@ impl Rejection {
         if let Some(wait) = self.retry_after {
             details.set_retry_info(Some(wait));
         }
-        tonic::Status::with_error_details(self.code, self.message.clone(), details)
+        let mut status =
+            tonic::Status::with_error_details(self.code, self.message.clone(), details);
+        // Its headers (`RateLimit-*`) as metadata, which REST and Connect echo as headers.
+        for (name, value) in &self.headers {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value.as_bytes()),
+            ) {
+                status.metadata_mut().insert(key, value);
+            }
+        }
+        status
     }
 
     /// The answer to `request` in its own protocol.

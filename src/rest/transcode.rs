@@ -138,10 +138,14 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
 
 /// A gRPC content type: no REST call, answered UNIMPLEMENTED unread.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/grpc"))
+    const GRPC: &[u8] = b"application/grpc";
+    // Media types are case-insensitive (RFC 9110), as `Protocol::of` reads them.
+    headers.get(header::CONTENT_TYPE).is_some_and(|value| {
+        value
+            .as_bytes()
+            .get(..GRPC.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(GRPC))
+    })
 }
 
 /// Answers every request no other route claims.
@@ -160,7 +164,6 @@ pub async fn handle(State(transcoder): State<Arc<Transcoder>>, request: Request<
 }
 
 async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Response, Problem> {
-    let caller = Caller::of(&request);
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path();
     let (route, bindings) = match transcoder.table.find(&parts.method, path) {
@@ -191,7 +194,12 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
         .direct
         .admit(&route.grpc_path, &mut parts.extensions)
     {
-        let mut response = rejection.respond_to(&caller);
+        // As REST answers every refusal, whatever protocol its content type names.
+        let (problem, echo) = refusal(rejection);
+        let mut response = problem
+            .with_request_id(request_id(&parts.headers))
+            .into_response();
+        echo.apply(&mut response);
         response
             .extensions_mut()
             .insert(MatchedRoute(Arc::clone(&route.label)));

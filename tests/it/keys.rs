@@ -1935,6 +1935,22 @@ async fn calls_no_quota_counts_are_held_to_the_rate_limit_per_identity() {
     assert_eq!(status, 429, "{problem}");
     assert_eq!(problem["reason"], "RATE_LIMITED");
     assert_eq!(problem["metadata"]["identity"], "orders-reader");
+    // A REST route answers as REST whatever protocol the content type names.
+    let response = app
+        .http1
+        .post(app.url(messages))
+        .header("x-api-key", "reader-key")
+        .header("content-type", "application/connect+json")
+        .body(send.to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 429);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(response.headers()["ratelimit-limit"], "3");
     // Its reads are consume calls, which its quotas (none) govern, not the ceiling.
     let (status, answer) = rest(
         app,
@@ -1979,6 +1995,31 @@ async fn calls_no_quota_counts_are_held_to_the_rate_limit_per_identity() {
         .await
         .expect_err("held");
     assert_throttled(&refused, "RATE_LIMITED");
+    // Held in the service, it tells its limit as a refusal held at admission does.
+    assert_eq!(
+        refused
+            .metadata()
+            .get("ratelimit-limit")
+            .and_then(|v| v.to_str().ok()),
+        Some("3")
+    );
+    // A Connect stream in a codec the gateway lacks is admitted first, like any call: an
+    // admin call by a key whose share is spent is held, not told about its codec.
+    let response = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.StreamService/CreateStream"))
+        .header("x-api-key", "team-key")
+        .header("content-type", "application/connect+xml")
+        .body(Vec::new())
+        .send()
+        .await
+        .expect("sent");
+    let end = response.bytes().await.expect("body");
+    assert!(
+        String::from_utf8_lossy(&end).contains("resource_exhausted"),
+        "{}",
+        String::from_utf8_lossy(&end)
+    );
 
     // A REST route called with a gRPC content type is no call of the API: charged as a path
     // of no route (and answered in gRPC's terms).
@@ -2038,8 +2079,8 @@ async fn calls_no_quota_counts_are_held_to_the_rate_limit_per_identity() {
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.expect("metrics");
     for line in [
-        r#"identity_refusals_total{identity="orders-team",reason="RATE_LIMITED"} 2"#,
-        r#"identity_refusals_total{identity="orders-reader",reason="RATE_LIMITED"} 1"#,
+        r#"identity_refusals_total{identity="orders-team",reason="RATE_LIMITED"} 3"#,
+        r#"identity_refusals_total{identity="orders-reader",reason="RATE_LIMITED"} 2"#,
         r#"identity_refusals_total{identity="orders-reader",reason="SCOPE_MISSING"} 3"#,
         r#"identity_refusals_total{identity="platform",reason="RATE_LIMITED"} 1"#,
         r#"identity_refusals_total{identity="auditor",reason="RATE_LIMITED"} 1"#,
