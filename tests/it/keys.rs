@@ -166,6 +166,19 @@ fn send_request(stream: &str, topic: &str, text: &str) -> proto::SendMessagesReq
     }
 }
 
+/// The names of the topics of `stream` that `key` lists over REST.
+async fn topic_names(app: &TestApp, key: &str, stream: &str) -> Vec<String> {
+    let path = format!("/v1/streams/{stream}/topics");
+    let (status, topics) = rest(app, key, reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{topics}");
+    topics["topics"]
+        .as_array()
+        .expect("topics")
+        .iter()
+        .filter_map(|topic| topic["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// RESOURCE_EXHAUSTED with `reason` and a `RetryInfo` saying when to retry.
 fn assert_throttled(status: &tonic::Status, reason: &str) {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -711,22 +724,7 @@ async fn a_topic_pattern_across_streams_sees_only_those_topics() {
         (&json!(2), &json!("4")),
         "an admin sees it all: {whole}"
     );
-    let (status, topics) = rest(
-        app,
-        "auditor-key",
-        reqwest::Method::GET,
-        "/v1/streams/payments/topics",
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
-    let names: Vec<&str> = topics["topics"]
-        .as_array()
-        .expect("topics")
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
-    assert_eq!(names, ["audit"]);
+    assert_eq!(topic_names(app, "auditor-key", "payments").await, ["audit"]);
     let stream = app
         .streams
         .clone()
@@ -1890,24 +1888,10 @@ async fn calls_no_quota_counts_are_held_to_the_rate_limit_per_identity() {
         .expect_err("over the ceiling");
     assert_throttled(&refused, "RATE_LIMITED");
     // Neither refused create left a topic behind.
-    let (status, topics) = rest(
-        app,
-        "unlimited-key",
-        reqwest::Method::GET,
-        "/v1/streams/orders/topics",
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
-    let names: Vec<&str> = topics["topics"]
-        .as_array()
-        .expect("topics")
-        .iter()
-        .filter_map(|topic| topic["name"].as_str())
-        .collect();
+    let names = topic_names(app, "unlimited-key", "orders").await;
     assert_eq!(names.len(), 4, "{names:?}");
     assert!(
-        !names.contains(&"t4") && !names.contains(&"t5"),
+        !names.iter().any(|name| name == "t4" || name == "t5"),
         "{names:?}"
     );
 
