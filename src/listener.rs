@@ -9,7 +9,8 @@
 //! on the socket, or (an HTTP/2 client that opens no flow-control window) on an answer that
 //! holds charged bytes (`budget::AnswerWatch`).
 //! With TLS configured (`tls`), every connection is a TLS one, handshaken in its own task. The
-//! handshake, and then what tells the HTTP version, are each due within the header timeout.
+//! handshake, and then what tells the HTTP version, are each due within the header timeout
+//! (or the idle one, if shorter).
 
 use std::{
     convert::Infallible,
@@ -56,7 +57,8 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     /// A connection with no call in flight for this long is closed (GOAWAY on HTTP/2).
     pub idle_timeout: Duration,
-    /// An HTTP/1.1 request's headers must arrive within this time (slowloris).
+    /// A TLS handshake, then what tells a connection's HTTP version, then an HTTP/1.1
+    /// request's headers must each arrive within this time (slowloris).
     pub header_read_timeout: Duration,
     /// A write the peer leaves pending this long (it stopped reading) closes the connection.
     pub write_timeout: Duration,
@@ -181,11 +183,31 @@ pub async fn serve(
         let metrics = Arc::clone(&metrics);
         let idle_timeout = settings.idle_timeout;
         let write_timeout = settings.write_timeout;
-        let handshake_timeout = settings.header_read_timeout;
+        let header_timeout = settings.header_read_timeout;
         let shutdown = shutdown.clone();
         let tls = tls.clone();
         connections.spawn(async move {
             let _gauge = metrics.connection_opened();
+            // A connection holds a `MAX_CONNECTIONS` place, so it must say what it is soon:
+            // its TLS handshake, then what tells its HTTP version (a request line's first
+            // byte, or the whole HTTP/2 preface), each within the header timeout (or the idle
+            // one, if shorter). hyper's own header timeout starts only once it knows the
+            // version, and a silent connection would otherwise wait out the idle timeout.
+            let due = header_timeout.min(idle_timeout);
+            // A TLS client's hello is awaited on the socket itself: a TCP check (a kubelet
+            // probe, a load balancer) that connects and closes, or a peer that sends nothing,
+            // is closed quietly, not counted as a failed handshake.
+            let hello_by = tokio::time::Instant::now() + due;
+            if tls.is_some() {
+                let mut first = [0u8; 1];
+                let hello = tokio::time::timeout_at(hello_by, stream.peek(&mut first));
+                tokio::select! {
+                    hello = hello => if !matches!(hello, Ok(Ok(1))) {
+                        return;
+                    },
+                    () = shutdown.cancelled() => return,
+                }
+            }
             // Below TLS and HTTP, so a peer that stops reading its socket is cut off whatever
             // it was sent: a large answer, a live subscription, HTTP/2 frames. Without it the
             // connection and everything queued for it would stay until the peer closed it. (An
@@ -194,12 +216,6 @@ pub async fn serve(
             let mut stream = TimeoutStream::new(stream);
             stream.set_write_timeout(Some(write_timeout));
             let stream = Box::pin(stream);
-            // A connection holds a `MAX_CONNECTIONS` place, so it must say what it is soon:
-            // its TLS handshake, then what tells its HTTP version (a request line's first
-            // byte, or the whole HTTP/2 preface), each within the header timeout (or the idle
-            // one, if shorter). hyper's own header timeout starts only once it knows the
-            // version, and a silent connection would otherwise wait out the idle timeout.
-            let due = handshake_timeout.min(idle_timeout);
             let connection = Connection {
                 remote,
                 builder,
@@ -215,9 +231,10 @@ pub async fn serve(
                     }
                 }
                 Some(tls) => {
-                    // In this connection's task, so a slow or silent handshake holds up no
-                    // other.
-                    let handshake = tokio::time::timeout(due, tls.acceptor().accept(stream));
+                    // In this connection's task, so a slow handshake holds up no other; due
+                    // by the time its hello was.
+                    let handshake =
+                        tokio::time::timeout_at(hello_by, tls.acceptor().accept(stream));
                     let handshake = tokio::select! {
                         handshake = handshake => handshake,
                         () = connection.shutdown.cancelled() => return,
@@ -255,25 +272,32 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Reads until the bytes sent tell the HTTP version: any first byte but the preface's, or the
 /// whole preface. `None`: the peer closed (or failed) first. What was read is handed back by
 /// [`Rewound`], so hyper reads the stream from its first byte.
-async fn read_told<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
-    let mut head = vec![0u8; H2_PREFACE.len()];
-    let mut filled = 0;
+async fn read_told<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Head> {
+    let mut head = Head {
+        bytes: [0; H2_PREFACE.len()],
+        len: 0,
+    };
     loop {
-        match stream.read(&mut head[filled..]).await {
+        match stream.read(&mut head.bytes[head.len..]).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) => filled += n,
+            Ok(n) => head.len += n,
         }
-        if filled == H2_PREFACE.len() || head[..filled] != H2_PREFACE[..filled] {
-            head.truncate(filled);
+        if head.len == H2_PREFACE.len() || head.bytes[..head.len] != H2_PREFACE[..head.len] {
             return Some(head);
         }
     }
 }
 
+/// The bytes [`read_told`] read: at most the preface's length, kept inline.
+struct Head {
+    bytes: [u8; H2_PREFACE.len()],
+    len: usize,
+}
+
 /// A stream whose first bytes were read ahead (to tell its protocol): reads give those back
 /// first, then the stream's own; writes go straight through.
 struct Rewound<S> {
-    head: Vec<u8>,
+    head: Head,
     at: usize,
     stream: S,
 }
@@ -285,14 +309,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.at < this.head.len() {
-            let n = (this.head.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.head[this.at..this.at + n]);
+        if this.at < this.head.len {
+            let n = (this.head.len - this.at).min(buf.remaining());
+            buf.put_slice(&this.head.bytes[this.at..this.at + n]);
             this.at += n;
-            if this.at == this.head.len() {
-                this.head = Vec::new();
-                this.at = 0;
-            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.stream).poll_read(cx, buf)

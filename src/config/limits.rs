@@ -95,7 +95,8 @@ pub struct LimitsConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub connection_idle_timeout_ms: u64,
 
-    /// An HTTP/1.1 request's headers must arrive within this time, in milliseconds (slowloris).
+    /// A TLS handshake, what tells a new connection's HTTP version, and an HTTP/1.1 request's
+    /// headers must each arrive within this time, in milliseconds (slowloris).
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,

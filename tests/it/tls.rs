@@ -291,6 +291,42 @@ async fn a_tls_connection_silent_after_its_handshake_is_closed_at_the_header_rea
         );
     }
 
+    // A TCP check (a kubelet probe, a load balancer) connects and closes, or says nothing:
+    // closed quietly, no failed handshake. Cleartext where TLS is spoken is one.
+    drop(
+        tokio::net::TcpStream::connect(gateway.addr)
+            .await
+            .expect("connects"),
+    );
+    let mut quiet = tokio::net::TcpStream::connect(gateway.addr)
+        .await
+        .expect("connects");
+    let mut nothing = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), quiet.read_to_end(&mut nothing))
+        .await
+        .expect("closed at the header read timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let mut cleartext = tokio::net::TcpStream::connect(gateway.addr)
+        .await
+        .expect("connects");
+    cleartext
+        .write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .expect("written");
+    let _ = tokio::time::timeout(Duration::from_secs(5), cleartext.read_to_end(&mut nothing)).await;
+    let metrics = https_client(&pki.ca, None, true)
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("iggy_gateway_tls_handshake_failures_total 1\n"),
+        "{metrics}"
+    );
+
     let mut late = connect().await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     late.write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
