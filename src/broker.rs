@@ -674,6 +674,13 @@ pub trait Broker: Send + Sync + 'static {
         Durability::Unknown
     }
 
+    /// Changes with every rename or deletion of a stream or topic made through this gateway
+    /// (its value counts them), so a subscription can check what it follows before it delivers
+    /// more, rather than at its next periodic check. `None` when nothing announces them.
+    fn catalog_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
     /// Whether a topic created after another's deletion may get its id: then an id alone does
     /// not name one log (Iggy gives the lowest free id again; the embedded store never does).
     fn reuses_topic_ids(&self) -> bool {

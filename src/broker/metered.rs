@@ -1,6 +1,7 @@
 //! `MeteredBroker`: the `Broker` decorator that counts the messages and payload bytes sent and
-//! polled at the seam, so every backend is counted the same way. Every other call passes through
-//! unchanged; the counters themselves live in the metrics registry (`crate::metrics`).
+//! polled at the seam, so every backend is counted the same way, and announces the renames and
+//! deletions made through it (`catalog_changes`), whatever the backend. Every other call passes
+//! through unchanged; the counters themselves live in the metrics registry (`crate::metrics`).
 
 use std::sync::Arc;
 
@@ -18,11 +19,26 @@ use crate::metrics::Metrics;
 pub struct MeteredBroker {
     inner: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
+    /// Renames and deletions of streams and topics made through this broker, so far.
+    catalog: watch::Sender<u64>,
 }
 
 impl MeteredBroker {
     pub fn new(inner: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Self {
-        Self { inner, metrics }
+        Self {
+            inner,
+            metrics,
+            catalog: watch::channel(0).0,
+        }
+    }
+
+    /// Announces a rename or deletion once it is made; a refused one changed nothing, and
+    /// costs the subscriptions no check.
+    fn changed<T>(&self, result: BrokerResult<T>) -> BrokerResult<T> {
+        if result.is_ok() {
+            self.catalog.send_modify(|count| *count += 1);
+        }
+        result
     }
 }
 
@@ -53,6 +69,9 @@ impl Broker for MeteredBroker {
     fn reuses_topic_ids(&self) -> bool {
         self.inner.reuses_topic_ids()
     }
+    fn catalog_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.catalog.subscribe())
+    }
     fn skipped_holes(&self) -> SkippedHoles {
         self.inner.skipped_holes()
     }
@@ -72,10 +91,10 @@ impl Broker for MeteredBroker {
         self.inner.list_streams().await
     }
     async fn update_stream(&self, request: UpdateStream) -> BrokerResult<StreamInfo> {
-        self.inner.update_stream(request).await
+        self.changed(self.inner.update_stream(request).await)
     }
     async fn delete_stream(&self, stream: Identifier, expected: Option<ETag>) -> BrokerResult<()> {
-        self.inner.delete_stream(stream, expected).await
+        self.changed(self.inner.delete_stream(stream, expected).await)
     }
     async fn purge_stream(&self, stream: Identifier) -> BrokerResult<()> {
         self.inner.purge_stream(stream).await
@@ -90,10 +109,10 @@ impl Broker for MeteredBroker {
         self.inner.list_topics(stream).await
     }
     async fn update_topic(&self, request: UpdateTopic) -> BrokerResult<TopicInfo> {
-        self.inner.update_topic(request).await
+        self.changed(self.inner.update_topic(request).await)
     }
     async fn delete_topic(&self, topic: TopicRef, expected: Option<ETag>) -> BrokerResult<()> {
-        self.inner.delete_topic(topic, expected).await
+        self.changed(self.inner.delete_topic(topic, expected).await)
     }
     async fn purge_topic(&self, topic: TopicRef) -> BrokerResult<()> {
         self.inner.purge_topic(topic).await

@@ -43,7 +43,9 @@ pub(super) struct Buffer {
 /// What a subscription follows, as it was when it opened; the pump polls and commits by its
 /// ids, so a topic deleted and created again under its name (another log) is never read nor
 /// committed to. Scopes match names, so a rename of its stream or topic ends it too, as a
-/// deletion does: each is seen at the next check, every heartbeat interval.
+/// deletion does: one made through this gateway is seen before anything more is delivered
+/// (`Broker::catalog_changes`), one made elsewhere (another replica, Iggy's own tools) at the
+/// next check, every heartbeat interval.
 #[derive(Debug, Clone)]
 pub(super) struct Followed {
     pub(super) stream_id: u32,
@@ -164,7 +166,24 @@ pub(super) async fn run(
     // When the topic was last checked to be the one followed: at every heartbeat, and as often
     // while messages flow, which send no heartbeats.
     let mut last_checked = tokio::time::Instant::now();
+    // Renames and deletions made through this gateway, checked before anything more is
+    // delivered: scopes match names, so a rename must not let more through than was read.
+    let mut catalog = broker.catalog_changes();
+    // Set when a wait ended on a change (waiting marks it seen).
+    let mut catalog_moved = false;
     loop {
+        let moved = catalog.as_mut().is_some_and(|changes| {
+            let moved = changes.has_changed().unwrap_or(false);
+            changes.borrow_and_update();
+            moved
+        });
+        if std::mem::take(&mut catalog_moved) || moved {
+            last_checked = tokio::time::Instant::now();
+            if let Err(status) = followed.check(&broker, &request).await {
+                let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
+                return request;
+            }
+        }
         let mut delivered = 0usize;
         for (partition, position) in next.clone() {
             let signal = appends.get(&partition).map(|rx| *rx.borrow());
@@ -286,6 +305,13 @@ pub(super) async fn run(
             }
             () = buffer.tx.closed() => return request,
             () = tokio::time::sleep(wait) => {}
+            // Checked at the top of the next round.
+            Ok(()) = async {
+                match catalog.as_mut() {
+                    Some(changes) => changes.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => catalog_moved = true,
             changed = async {
                 if signalled && !appends.is_empty() {
                     let waits = appends.values_mut().map(|rx| Box::pin(rx.changed()));
