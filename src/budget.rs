@@ -182,6 +182,9 @@ pub struct AnswerWatch {
     opened: Instant,
     answers: Mutex<Vec<Weak<AnswerClock>>>,
     registered: Notify,
+    /// Set by an answer that has given up on its client ([`AnswerWatch::cut`]).
+    cut: AtomicBool,
+    cutting: Notify,
 }
 
 /// When the connection last took a part of one answer; dropped with the answer.
@@ -220,7 +223,22 @@ impl AnswerWatch {
             opened: Instant::now(),
             answers: Mutex::new(Vec::new()),
             registered: Notify::new(),
+            cut: AtomicBool::new(false),
+            cutting: Notify::new(),
         }
+    }
+
+    /// Closes the connection now: one of its answers waited too long for a client that takes
+    /// none of it (a subscriber that stopped reading). Over HTTP/2 nothing else ends a stream
+    /// whose client opens no window: its answer is never asked for again.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        self.cutting.notify_one();
+    }
+
+    /// Resolves when an answer cuts the connection (at once if one did since the last call).
+    pub async fn cut_off(&self) {
+        self.cutting.notified().await;
     }
 
     /// Starts watching an answer, taken as of now; it is watched until the clock is dropped.
@@ -244,6 +262,9 @@ impl AnswerWatch {
     /// When the answer the connection has left longest will have waited `limit`; `None` when
     /// it is sending none.
     pub fn deadline(&self, limit: Duration) -> Option<Instant> {
+        if self.cut.load(Ordering::Acquire) {
+            return Some(Instant::now());
+        }
         let mut answers = self.lock();
         answers.retain(|answer| answer.strong_count() > 0);
         answers

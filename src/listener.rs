@@ -470,11 +470,17 @@ impl Connection {
     }
 }
 
-/// Resolves at `deadline`, or, with none (no answer is watched), when one starts being watched.
+/// Resolves at `deadline`, or when an answer starts being watched or cuts the connection.
 async fn stalled_or_new(answers: &AnswerWatch, deadline: Option<Instant>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
-        None => answers.registered().await,
+        Some(deadline) => tokio::select! {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+            () = answers.cut_off() => {}
+        },
+        None => tokio::select! {
+            () = answers.registered() => {}
+            () = answers.cut_off() => {}
+        },
     }
 }
 

@@ -18,7 +18,10 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -26,11 +29,12 @@ use std::{
 use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::{
-    answer::{broker_status, invalid_field},
+    answer::{Rejection, broker_status, invalid_field},
     broker::{Broker, BrokerError, Identifier, PollingStrategy, StoredMessage, TopicRef},
+    budget::AnswerWatch,
 };
 pub use keys::{CursorKeys, MIN_CURSOR_SECRET_BYTES, SECRET_FILE, SecretFileError, kept_secret};
 
@@ -92,6 +96,32 @@ pub struct Subscription {
     pub commit_interval: Duration,
     /// Counted against `MAX_SUBSCRIBERS_PER_CLIENT`.
     pub client: Option<IpAddr>,
+    /// The connection it is answered on: closed when the subscriber takes nothing for
+    /// `SUBSCRIBE_SLOW_CLIENT_MS`, which over HTTP/2 is the only way to end its stream.
+    pub connection: Option<Arc<AnswerWatch>>,
+}
+
+/// What the pump and the stream's reader tell each other of the reader's pace.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// The reader waits on purpose (its identity's consume quota): not a slow client.
+    paused: AtomicBool,
+    /// The pump gave up on a reader that took nothing: the stream ends with an error.
+    slow: AtomicBool,
+}
+
+impl Flow {
+    /// Marks the reader as waiting on purpose while `wait` runs.
+    pub async fn paused<F: std::future::Future>(&self, wait: F) -> F::Output {
+        self.paused.store(true, Ordering::Release);
+        let output = wait.await;
+        self.paused.store(false, Ordering::Release);
+        output
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
 }
 
 /// One item of a subscription's stream, with the cursor that resumes right after it.
@@ -134,8 +164,16 @@ type Handed = Arc<Mutex<BTreeMap<u32, u64>>>;
 pub struct Deliveries {
     receiver: mpsc::Receiver<Buffered>,
     handed: Handed,
+    flow: Arc<Flow>,
     /// Dropped with the stream: the pump's task then commits what was handed on.
     _gone: oneshot::Sender<()>,
+}
+
+impl Deliveries {
+    /// The pace the pump and this stream's reader share (see [`Flow`]).
+    pub fn flow(&self) -> Arc<Flow> {
+        Arc::clone(&self.flow)
+    }
 }
 
 impl Stream for Deliveries {
@@ -143,6 +181,16 @@ impl Stream for Deliveries {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         let Some((item, room)) = std::task::ready!(self.receiver.poll_recv(cx)) else {
+            // Ended by the pump: a reader given up on hears why (once), not a clean end.
+            if self.flow.slow.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Some(Err(Rejection::new(
+                    Code::ResourceExhausted,
+                    "SUBSCRIBER_TOO_SLOW",
+                    "the subscriber took nothing for SUBSCRIBE_SLOW_CLIENT_MS; resume with the \
+                     last cursor",
+                )
+                .status())));
+            }
             return Poll::Ready(None);
         };
         if let Ok(Delivery {
@@ -258,7 +306,10 @@ impl Subscriptions {
         let (tx, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let handed = Handed::default();
         let (_gone, gone) = oneshot::channel::<()>();
+        let flow = Arc::new(Flow::default());
         let buffer = pump::Buffer {
+            flow: Arc::clone(&flow),
+            connection: request.connection.clone(),
             tx,
             room: Arc::new(Semaphore::new(BUFFER_BYTES)),
             handed: Arc::clone(&handed),
@@ -331,6 +382,7 @@ impl Subscriptions {
         Ok(Deliveries {
             receiver,
             handed,
+            flow,
             _gone,
         })
     }

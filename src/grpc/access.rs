@@ -15,6 +15,7 @@ use crate::{
     answer::{ERROR_DOMAIN, Rejection, scope_missing},
     broker::{Broker, Identifier, TopicRef},
     identity::{Access, Class, Held, Refusal, Revoked, Target},
+    subscription::Flow,
 };
 
 /// A stream of answers the service hands to tonic.
@@ -29,6 +30,7 @@ pub(super) fn guard_stream<T: Send + 'static>(
     access: Option<Arc<Access>>,
     target: Target,
     size: fn(&T) -> usize,
+    flow: Arc<Flow>,
 ) -> Answers<T> {
     let Some(access) = access.filter(|access| !access.is_unrestricted()) else {
         return answers;
@@ -41,12 +43,14 @@ pub(super) fn guard_stream<T: Send + 'static>(
         answers: Answers<T>,
         access: Arc<Access>,
         revoked: Pin<Box<dyn std::future::Future<Output = Revoked> + Send>>,
+        flow: Arc<Flow>,
         done: bool,
     }
     let state = State {
         answers,
         access,
         revoked,
+        flow,
         done: false,
     };
     Box::pin(stream::unfold(state, move |mut state| async move {
@@ -54,12 +58,18 @@ pub(super) fn guard_stream<T: Send + 'static>(
             return None;
         }
         if let Some(wait) = state.access.pause(Class::Consume) {
-            tokio::select! {
-                why = &mut state.revoked => {
-                    state.done = true;
-                    return Some((Err(revoked_status(&state.access, why)), state));
-                }
-                () = tokio::time::sleep(wait) => {}
+            // On purpose: the pump must not take this reader for one that stopped reading.
+            let revoked = Arc::clone(&state.flow)
+                .paused(async {
+                    tokio::select! {
+                        why = &mut state.revoked => Some(why),
+                        () = tokio::time::sleep(wait) => None,
+                    }
+                })
+                .await;
+            if let Some(why) = revoked {
+                state.done = true;
+                return Some((Err(revoked_status(&state.access, why)), state));
             }
         }
         tokio::select! {

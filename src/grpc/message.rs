@@ -264,6 +264,11 @@ impl MessageService for MessageApi {
             .extensions()
             .get::<crate::extensions::ClientIp>()
             .map(|ip| ip.key().network());
+        // Closed when the subscriber stops reading (see `Subscription::connection`).
+        let connection = request
+            .extensions()
+            .get::<Arc<crate::budget::AnswerWatch>>()
+            .cloned();
         let access = access_of(&request);
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
@@ -314,10 +319,12 @@ impl MessageService for MessageApi {
                         request.commit_interval_ms,
                     )),
                     client,
+                    connection,
                 },
             )
             .await?;
-        let deliveries = guard_stream(Box::pin(receiver), access, target, delivered_bytes);
+        let flow = receiver.flow();
+        let deliveries = guard_stream(Box::pin(receiver), access, target, delivered_bytes, flow);
         let to_proto: fn(_) -> _ = delivery_to_proto;
         Ok(Response::new(Box::pin(futures_util::StreamExt::map(
             deliveries, to_proto,

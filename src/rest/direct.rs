@@ -24,6 +24,7 @@ use prost_reflect::DynamicMessage;
 
 use crate::{
     answer::Rejection,
+    budget::AnswerWatch,
     extensions::{ClientIp, RequestId},
     identity::{Access, Identity},
 };
@@ -198,7 +199,8 @@ impl Direct {
 }
 
 /// What the layers learnt of the caller, carried on to the service: its identity, address
-/// and request id, and its admission when it was admitted before its request was read.
+/// and request id, its admission when it was admitted before its request was read, and its
+/// connection's answer watch.
 pub fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
     let mut carried = axum::http::Extensions::new();
     if let Some(identity) = extensions.get::<Arc<Identity>>() {
@@ -206,6 +208,10 @@ pub fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
     }
     if let Some(access) = extensions.get::<Arc<Access>>() {
         carried.insert(Arc::clone(access));
+    }
+    // The connection's watch, which a stalled subscription closes the connection by.
+    if let Some(connection) = extensions.get::<Arc<AnswerWatch>>() {
+        carried.insert(Arc::clone(connection));
     }
     if let Some(client) = extensions.get::<ClientIp>() {
         carried.insert(*client);

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -24,6 +24,7 @@ use crate::{
         Broker, BrokerError, ConsumerOffsetRef, Identifier, PollMessages, PollingStrategy,
         TopicInfo, TopicRef,
     },
+    budget::AnswerWatch,
 };
 
 /// Messages read from one partition per poll.
@@ -33,6 +34,10 @@ const MIN_IDLE_WAIT: Duration = Duration::from_millis(5);
 
 /// The pump's end of a subscription's buffer.
 pub(super) struct Buffer {
+    /// The reader's pace, shared with the stream ([`super::Flow`]).
+    pub(super) flow: Arc<super::Flow>,
+    /// The connection, closed when the reader is given up on.
+    pub(super) connection: Option<Arc<AnswerWatch>>,
     pub(super) tx: mpsc::Sender<Buffered>,
     /// [`BUFFER_BYTES`] of room; an item holds its bytes' worth until the stream yields it.
     pub(super) room: Arc<Semaphore>,
@@ -350,22 +355,36 @@ async fn deliver(
             .ok();
         buffer.tx.send((item, room)).await.is_ok()
     };
-    tokio::select! {
-        () = shutdown.cancelled() => {
-            let _ = buffer.tx.try_send((Err(Status::unavailable(
-                "the gateway is shutting down; resume with the last cursor",
-            )), None));
-            false
-        }
-        () = buffer.tx.closed() => false,
-        sent = tokio::time::timeout(settings.slow_client, buffered) => match sent {
-            Ok(true) => ended_ok,
-            Ok(false) => false,
-            Err(_) => {
-                tracing::warn!(timeout = ?settings.slow_client, "subscriber stopped reading; closing its stream");
-                false
+    tokio::pin!(buffered);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = buffer.tx.try_send((Err(Status::unavailable(
+                    "the gateway is shutting down; resume with the last cursor",
+                )), None));
+                return false;
             }
-        },
+            () = buffer.tx.closed() => return false,
+            sent = tokio::time::timeout(settings.slow_client, &mut buffered) => match sent {
+                Ok(true) => return ended_ok,
+                Ok(false) => return false,
+                // Held back by its own quota, the reader is not slow: wait on.
+                Err(_) if buffer.flow.is_paused() => {}
+                Err(_) => {
+                    tracing::warn!(
+                        timeout = ?settings.slow_client,
+                        "subscriber stopped reading; closing its stream and connection"
+                    );
+                    buffer.flow.slow.store(true, Ordering::Release);
+                    // Over HTTP/2 a client that opens no window is never asked for its
+                    // stream's next part: only closing the connection frees what it holds.
+                    if let Some(connection) = &buffer.connection {
+                        connection.cut();
+                    }
+                    return false;
+                }
+            },
+        }
     }
 }
 

@@ -2074,3 +2074,77 @@ async fn calls_no_quota_counts_are_held_to_the_rate_limit_per_identity() {
         assert!(text.contains(line), "{line}\n{text}");
     }
 }
+
+/// A subscription held back by its own identity's consume bytes is paced, not taken for a
+/// subscriber that stopped reading: it goes on past `SUBSCRIBE_SLOW_CLIENT_MS` of pauses and
+/// delivers everything.
+#[tokio::test]
+async fn a_subscription_paced_by_its_quota_is_not_cut_off_as_a_slow_reader() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "keys:\n  - name: paced\n    sha256: {}\n    scopes: [\"read:*\", \"write:*\", \"admin:*\"]\n    quota:\n      consume_bytes_per_second: 262144\n",
+            hash_key("paced-key")
+        ),
+    )
+    .expect("keys file");
+    let app = spawn_configured(move |c| {
+        c.auth.api_keys_file = Some(file);
+        c.subscriptions.subscribe_slow_client_ms = 100;
+    })
+    .await;
+    for (path, body) in [
+        ("/v1/streams", json!({"name": "orders"})),
+        (
+            "/v1/streams/orders/topics",
+            json!({"name": "created", "partitions_count": 1}),
+        ),
+    ] {
+        let (status, answer) =
+            rest(&app, "paced-key", reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    // Sixteen messages of 64 KiB, four times the subscription's buffer: past the first
+    // second's worth, each waits a quarter of a second for the budget, longer than the
+    // slow-reader timeout, while the buffer is full.
+    let text = "x".repeat(64 * 1024);
+    let messages: Vec<Value> = (0..16).map(|_| json!({"text": text})).collect();
+    let (status, answer) = rest(
+        &app,
+        "paced-key",
+        reqwest::Method::POST,
+        "/v1/streams/orders/topics/created/messages",
+        Some(json!({"partition_id": 0, "messages": messages})),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let mut stream = app
+        .messages
+        .clone()
+        .subscribe(keyed(
+            "paced-key",
+            proto::SubscribeRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                strategy: proto::PollingStrategy::First.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("subscribed")
+        .into_inner();
+    let mut offsets = Vec::new();
+    while offsets.len() < 16 {
+        let item = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("in time")
+            .unwrap_or_else(|status| panic!("ended after {offsets:?}: {status:?}"))
+            .unwrap_or_else(|| panic!("ended after {offsets:?} without a status"));
+        if let Some(proto::subscribe_response::Event::Message(message)) = item.event {
+            offsets.push(message.offset);
+        }
+    }
+    assert_eq!(offsets, (0..16).collect::<Vec<u64>>());
+}

@@ -849,3 +849,82 @@ async fn streams_pass_the_same_auth_and_end_cleanly_over_sse_at_shutdown() {
     assert_eq!(problem["request_id"], "sse-1", "{problem}");
     stopping.await.expect("stopped");
 }
+
+/// One 64 KiB text message for each of `count`, on partition 0 of orders/created.
+async fn send_large(app: &TestApp, count: usize) {
+    let text = "x".repeat(64 * 1024);
+    let texts: Vec<&str> = (0..count).map(|_| text.as_str()).collect();
+    app.send_texts("orders", "created", 0, &texts).await;
+}
+
+/// A gRPC `Subscribe` from partition 0's first message, framed for a raw HTTP/2 client.
+fn subscribe_frame() -> Vec<u8> {
+    let message = proto::SubscribeRequest {
+        partition_id: Some(0),
+        strategy: proto::PollingStrategy::First.into(),
+        ..subscribe_request()
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
+/// An HTTP/2 subscriber that opens no window beyond the first 64 KiB (it never reads) is
+/// given up on after `SUBSCRIBE_SLOW_CLIENT_MS`, and so is its connection: over HTTP/2
+/// nothing else ends a stream whose client takes nothing, and a stream left open would keep
+/// its buffer after its subscriber place was given back, so places could be taken again and
+/// again while the memory stayed.
+#[tokio::test]
+async fn a_subscriber_that_opens_no_window_loses_its_connection_not_only_its_place() {
+    let app = app_with_topic(
+        spawn_configured(|c| {
+            c.subscriptions.subscribe_slow_client_ms = 300;
+            c.subscriptions.max_subscribers = 1;
+        })
+        .await,
+    )
+    .await;
+    send_large(&app, 12).await;
+    let tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connects");
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(65_535)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut h2 = h2.ready().await.expect("ready");
+    let request = http::Request::post(app.url("/iggy.gateway.v1.MessageService/Subscribe"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut body) = h2.send_request(request, false).expect("stream opened");
+    body.send_data(subscribe_frame().into(), true)
+        .expect("request sent");
+    // Its answer starts; its body is never read, so its window stays shut.
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the connection is closed once the subscriber is given up on");
+    assert!(ended.is_ok(), "{ended:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // Its place is free again, and nothing else was held: a new subscriber reads.
+    let mut stream = app
+        .subscribe(proto::SubscribeRequest {
+            strategy: proto::PollingStrategy::First.into(),
+            partition_id: Some(0),
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    assert_eq!(next_message(&mut stream).await.1.offset, 0);
+}
