@@ -111,12 +111,17 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// Marks the reader as waiting on purpose while `wait` runs.
+    /// Marks the reader as waiting on purpose while `wait` runs (also if it is dropped midway).
     pub async fn paused<F: std::future::Future>(&self, wait: F) -> F::Output {
+        struct Pausing<'a>(&'a AtomicBool);
+        impl Drop for Pausing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
         self.paused.store(true, Ordering::Release);
-        let output = wait.await;
-        self.paused.store(false, Ordering::Release);
-        output
+        let _pausing = Pausing(&self.paused);
+        wait.await
     }
 
     fn is_paused(&self) -> bool {
