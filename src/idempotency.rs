@@ -6,15 +6,16 @@
 //!   them (across gateway replicas too); with the embedded store, the key's record is written in
 //!   the batch's own transaction and a retry is answered from it, also after a restart.
 //! - In this process, each key's answer is remembered for `IDEMPOTENCY_TTL_SECS` (at most
-//!   `IDEMPOTENCY_MAX_ENTRIES` keys, the oldest answers forgotten first): a retry gets the
+//!   `IDEMPOTENCY_MAX_ENTRIES` keys; when full, the identity holding the most forgets its oldest
+//!   answer, so one identity's flood of keys forgets its own answers, not a smaller holder's): a retry gets the
 //!   original answer, marked replayed; the same key with another request is refused; a retry
 //!   while the first call is in flight waits for it, and runs itself if the first one failed.
 //!
 //! Imports nothing of the crate.
 
 use std::{
-    collections::HashMap,
-    sync::Mutex,
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -26,6 +27,10 @@ pub const MAX_KEY_LEN: usize = 255;
 
 /// A key's place in the coordinator: in flight (the runner holds the sender; it is dropped when
 /// the call ends) or answered.
+///
+/// An answer keeps no ids: the fingerprint covers each message's id, so a retry that matches it
+/// carries the very ids it is to be answered with. A record costs the same for one message as
+/// for a thousand.
 enum Slot {
     InFlight {
         fingerprint: [u8; 32],
@@ -34,8 +39,9 @@ enum Slot {
     },
     Answered {
         fingerprint: [u8; 32],
-        ids: Vec<String>,
         until: Instant,
+        token: u64,
+        holder: Arc<str>,
     },
 }
 
@@ -48,15 +54,69 @@ pub struct Idempotency {
 #[derive(Default)]
 struct Slots {
     map: HashMap<[u8; 32], Slot>,
+    /// Each identity's answers, oldest first (so soonest to expire: the TTL is one), and how
+    /// many of them are still in the map. An entry whose slot was replaced is skipped.
+    holders: HashMap<Arc<str>, Holder>,
     next_token: u64,
+}
+
+#[derive(Default)]
+struct Holder {
+    order: VecDeque<([u8; 32], u64)>,
+    live: usize,
+}
+
+impl Slots {
+    /// Drops `holder`'s oldest answer if `expired_only` is false or it has expired; entries of
+    /// replaced slots are passed over. Whether one was dropped.
+    fn drop_oldest(&mut self, holder: &str, now: Instant, expired_only: bool) -> bool {
+        let Some(entry) = self.holders.get_mut(holder) else {
+            return false;
+        };
+        let dropped = loop {
+            let Some(&(key, token)) = entry.order.front() else {
+                break false;
+            };
+            match self.map.get(&key) {
+                Some(Slot::Answered {
+                    token: live, until, ..
+                }) if *live == token => {
+                    if expired_only && *until > now {
+                        break false;
+                    }
+                    self.map.remove(&key);
+                    entry.order.pop_front();
+                    entry.live -= 1;
+                    break true;
+                }
+                _ => {
+                    entry.order.pop_front();
+                }
+            }
+        };
+        if entry.order.is_empty() {
+            self.holders.remove(holder);
+        }
+        dropped
+    }
+
+    /// Forgets the answer in `key`'s slot, if any, before the slot is replaced.
+    fn unhold(&mut self, key: &[u8; 32]) {
+        if let Some(Slot::Answered { holder, .. }) = self.map.get(key)
+            && let Some(entry) = self.holders.get_mut(holder)
+        {
+            entry.live -= 1;
+        }
+    }
 }
 
 /// What a call under a key is to do.
 pub enum Begin<'a> {
-    /// Make the call, then hand its answer to the ticket.
+    /// Make the call, then tell the ticket it was answered.
     Run(Ticket<'a>),
-    /// The same request was answered before: answer this, replayed.
-    Replay(Vec<String>),
+    /// The same request was answered before: answer it again (its ids are the request's own),
+    /// replayed.
+    Replay,
     /// The key stands for another request.
     Conflict,
 }
@@ -67,28 +127,46 @@ pub struct Ticket<'a> {
     owner: &'a Idempotency,
     key: [u8; 32],
     token: u64,
+    holder: &'a str,
     _ended: watch::Sender<()>,
 }
 
 impl Ticket<'_> {
-    /// The call succeeded with `ids`: remember them for the key's time to live.
-    pub fn answered(self, ids: Vec<String>) {
-        if let Ok(mut slots) = self.owner.slots.lock()
-            && let Some(Slot::InFlight {
-                fingerprint, token, ..
-            }) = slots.map.get(&self.key)
-            && *token == self.token
-        {
-            let fingerprint = *fingerprint;
-            slots.map.insert(
-                self.key,
-                Slot::Answered {
-                    fingerprint,
-                    ids,
-                    until: Instant::now() + self.owner.ttl,
-                },
-            );
+    /// The call succeeded: remember its request for the key's time to live.
+    pub fn answered(self) {
+        let Ok(mut slots) = self.owner.slots.lock() else {
+            return;
+        };
+        let Some(Slot::InFlight {
+            fingerprint, token, ..
+        }) = slots.map.get(&self.key)
+        else {
+            return;
+        };
+        if *token != self.token {
+            return;
         }
+        let fingerprint = *fingerprint;
+        let now = Instant::now();
+        // Its own expired answers go as it adds one, so an identity's order stays as long as
+        // what it holds.
+        while slots.drop_oldest(self.holder, now, true) {}
+        let holder = match slots.holders.get_key_value(self.holder) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(self.holder),
+        };
+        let entry = slots.holders.entry(Arc::clone(&holder)).or_default();
+        entry.order.push_back((self.key, self.token));
+        entry.live += 1;
+        slots.map.insert(
+            self.key,
+            Slot::Answered {
+                fingerprint,
+                until: now + self.owner.ttl,
+                token: self.token,
+                holder,
+            },
+        );
     }
 }
 
@@ -115,9 +193,15 @@ impl Idempotency {
         self.ttl
     }
 
-    /// Starts a call under `key` for a request whose digest is `fingerprint`; waits while
-    /// another call under the key is in flight.
-    pub async fn begin(&self, key: [u8; 32], fingerprint: [u8; 32]) -> Begin<'_> {
+    /// Starts a call by `holder` (the identity's name, already part of `key`) under `key` for
+    /// a request whose digest is `fingerprint`; waits while another call under the key is in
+    /// flight.
+    pub async fn begin<'a>(
+        &'a self,
+        holder: &'a str,
+        key: [u8; 32],
+        fingerprint: [u8; 32],
+    ) -> Begin<'a> {
         loop {
             let mut waiting = {
                 let Ok(mut slots) = self.slots.lock() else {
@@ -127,11 +211,11 @@ impl Idempotency {
                 match slots.map.get(&key) {
                     Some(Slot::Answered {
                         fingerprint: answered,
-                        ids,
                         until,
+                        ..
                     }) if *until > now => {
                         return if *answered == fingerprint {
-                            Begin::Replay(ids.clone())
+                            Begin::Replay
                         } else {
                             Begin::Conflict
                         };
@@ -148,7 +232,9 @@ impl Idempotency {
                     }
                     // Absent or expired: this call runs.
                     _ => {
-                        self.make_room(&mut slots, now);
+                        slots.unhold(&key);
+                        slots.map.remove(&key);
+                        self.make_room(&mut slots, holder, now);
                         slots.next_token += 1;
                         let token = slots.next_token;
                         let (sender, ended) = watch::channel(());
@@ -164,6 +250,7 @@ impl Idempotency {
                             owner: self,
                             key,
                             token,
+                            holder,
                             _ended: sender,
                         });
                     }
@@ -174,33 +261,32 @@ impl Idempotency {
         }
     }
 
-    /// Keeps the map within `max_entries`: expired answers go first, then the oldest tenth of
-    /// the answers (never a call in flight).
-    fn make_room(&self, slots: &mut Slots, now: Instant) {
+    /// Keeps the map within `max_entries` for a new key of `holder`'s: expired answers go
+    /// first, then the oldest answer of the identity holding the most (`holder` on a tie), so
+    /// one identity's flood of new keys forgets its own answers, never a smaller holder's
+    /// (never a call in flight either).
+    fn make_room(&self, slots: &mut Slots, holder: &str, now: Instant) {
         if slots.map.len() < self.max_entries {
             return;
         }
-        slots
-            .map
-            .retain(|_, slot| !matches!(slot, Slot::Answered { until, .. } if *until <= now));
+        let names: Vec<Arc<str>> = slots.holders.keys().cloned().collect();
+        for name in &names {
+            while slots.drop_oldest(name, now, true) {}
+        }
         if slots.map.len() < self.max_entries {
             return;
         }
-        let mut answered: Vec<(Instant, [u8; 32])> = slots
-            .map
+        let own = slots.holders.get(holder).map_or(0, |entry| entry.live);
+        let largest = slots
+            .holders
             .iter()
-            .filter_map(|(key, slot)| match slot {
-                Slot::Answered { until, .. } => Some((*until, *key)),
-                Slot::InFlight { .. } => None,
-            })
-            .collect();
-        let evict = (self.max_entries / 10).max(1).min(answered.len());
-        if evict > 0 {
-            answered.select_nth_unstable(evict - 1);
-            for (_, key) in &answered[..evict] {
-                slots.map.remove(key);
-            }
-        }
+            .filter(|(_, entry)| entry.live > own)
+            .max_by_key(|(_, entry)| entry.live)
+            .map(|(name, _)| Arc::clone(name));
+        match largest {
+            Some(name) => slots.drop_oldest(&name, now, false),
+            None => slots.drop_oldest(holder, now, false),
+        };
     }
 
     pub fn len(&self) -> usize {
@@ -296,13 +382,16 @@ mod tests {
     async fn a_retry_is_replayed_and_another_body_refused() {
         let coordinator = Idempotency::new(Duration::from_secs(60), 10);
         let (key, body) = ([1; 32], [2; 32]);
-        let Begin::Run(ticket) = coordinator.begin(key, body).await else {
+        let Begin::Run(ticket) = coordinator.begin("team", key, body).await else {
             panic!("the first call runs");
         };
-        ticket.answered(vec!["id".into()]);
-        assert!(matches!(coordinator.begin(key, body).await, Begin::Replay(ids) if ids == ["id"]));
+        ticket.answered();
         assert!(matches!(
-            coordinator.begin(key, [3; 32]).await,
+            coordinator.begin("team", key, body).await,
+            Begin::Replay
+        ));
+        assert!(matches!(
+            coordinator.begin("team", key, [3; 32]).await,
             Begin::Conflict
         ));
     }
@@ -311,12 +400,14 @@ mod tests {
     async fn a_retry_waits_for_the_call_in_flight_and_runs_if_it_failed() {
         let coordinator = Arc::new(Idempotency::new(Duration::from_secs(60), 10));
         let (key, body) = ([1; 32], [2; 32]);
-        let Begin::Run(first) = coordinator.begin(key, body).await else {
+        let Begin::Run(first) = coordinator.begin("team", key, body).await else {
             panic!("the first call runs");
         };
         let waiter = {
             let coordinator = Arc::clone(&coordinator);
-            tokio::spawn(async move { matches!(coordinator.begin(key, body).await, Begin::Run(_)) })
+            tokio::spawn(async move {
+                matches!(coordinator.begin("team", key, body).await, Begin::Run(_))
+            })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished(), "the retry waits");
@@ -326,11 +417,11 @@ mod tests {
             "and runs once the first failed"
         );
         // A retry with another body does not wait: it is refused at once.
-        let Begin::Run(_running) = coordinator.begin(key, body).await else {
+        let Begin::Run(_running) = coordinator.begin("team", key, body).await else {
             panic!("runs");
         };
         assert!(matches!(
-            coordinator.begin(key, [9; 32]).await,
+            coordinator.begin("team", key, [9; 32]).await,
             Begin::Conflict
         ));
     }
@@ -341,15 +432,85 @@ mod tests {
         for i in 0..1000u32 {
             let mut key = [0u8; 32];
             key[..4].copy_from_slice(&i.to_be_bytes());
-            if let Begin::Run(ticket) = coordinator.begin(key, [0; 32]).await {
-                ticket.answered(Vec::new());
+            if let Begin::Run(ticket) = coordinator.begin("team", key, [0; 32]).await {
+                ticket.answered();
             }
         }
         assert!(coordinator.len() <= 100, "{}", coordinator.len());
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(matches!(
-            coordinator.begin([0; 32], [5; 32]).await,
+            coordinator.begin("team", [0; 32], [5; 32]).await,
             Begin::Run(_)
         ));
+    }
+
+    #[test]
+    fn a_record_costs_the_same_whatever_the_send_it_answers() {
+        // Nothing of the answer is kept, so a record of a thousand-message send is this and
+        // the holder's order entry; a record of ids would grow with the send.
+        assert!(
+            std::mem::size_of::<Slot>() <= 96,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+        assert_eq!(std::mem::size_of::<([u8; 32], u64)>(), 40);
+    }
+
+    fn numbered(holder: u8, i: u32) -> [u8; 32] {
+        let mut key = [holder; 32];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        key
+    }
+
+    async fn answer(coordinator: &Idempotency, holder: &str, key: [u8; 32]) -> bool {
+        match coordinator.begin(holder, key, [7; 32]).await {
+            Begin::Run(ticket) => {
+                ticket.answered();
+                false
+            }
+            Begin::Replay => true,
+            Begin::Conflict => panic!("same body"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_new_keys_forgets_its_own_answers_not_a_smaller_holders() {
+        let coordinator = Idempotency::new(Duration::from_secs(60), 10);
+        for i in 0..3 {
+            assert!(!answer(&coordinator, "victim", numbered(1, i)).await);
+        }
+        for i in 0..1000 {
+            assert!(!answer(&coordinator, "flood", numbered(2, i)).await);
+        }
+        assert_eq!(coordinator.len(), 10);
+        for i in 0..3 {
+            assert!(
+                answer(&coordinator, "victim", numbered(1, i)).await,
+                "the victim's key {i} is still answered"
+            );
+        }
+        // The flood kept its newest seven, the oldest of them forgotten first.
+        assert!(answer(&coordinator, "flood", numbered(2, 999)).await);
+        assert!(answer(&coordinator, "flood", numbered(2, 993)).await);
+        assert!(!answer(&coordinator, "flood", numbered(2, 0)).await);
+        // A holder as large as the largest gives up its own oldest; the order of answers that
+        // were replaced after expiring is passed over.
+        let coordinator = Idempotency::new(Duration::from_millis(30), 4);
+        for i in 0..2 {
+            answer(&coordinator, "a", numbered(1, i)).await;
+            answer(&coordinator, "b", numbered(2, i)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(
+            !answer(&coordinator, "a", numbered(1, 0)).await,
+            "expired, runs"
+        );
+        for i in 2..6 {
+            answer(&coordinator, "a", numbered(1, i)).await;
+        }
+        assert_eq!(coordinator.len(), 4);
+        for i in 2..6 {
+            assert!(answer(&coordinator, "a", numbered(1, i)).await, "{i}");
+        }
     }
 }

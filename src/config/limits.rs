@@ -36,8 +36,9 @@ pub struct LimitsConfig {
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub idempotency_ttl_secs: u64,
 
-    /// Most idempotency keys remembered in memory at once; beyond it the oldest answers are
-    /// forgotten first (the embedded store's records still answer a retry).
+    /// Most idempotency keys remembered in memory at once (about 250 bytes each, whatever the
+    /// send); beyond it the identity holding the most forgets its oldest answer (the embedded
+    /// store's records still answer a retry).
     #[arg(long, env = "IDEMPOTENCY_MAX_ENTRIES", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub idempotency_max_entries: u64,

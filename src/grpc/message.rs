@@ -183,7 +183,8 @@ fn consumer_ref(
     })
 }
 
-/// An answer given again for an idempotency key: the original ids, marked replayed.
+/// An answer given again for an idempotency key: the original ids (the retry's own, as its
+/// fingerprint matched), marked replayed.
 fn replayed(ids: Vec<String>) -> Response<proto::SendMessagesResponse> {
     let mut response = Response::new(proto::SendMessagesResponse { ids });
     response.metadata_mut().insert(
@@ -418,8 +419,12 @@ impl MessageService for MessageApi {
         let fingerprint = fingerprint(&request.stream, &request.topic, &partitioning, &messages);
         let record_key = idempotency::record_key(&identity, &key);
         let ids: Vec<String> = messages.iter().map(|m| message_id_text(m.id)).collect();
-        let ticket = match self.idempotency.begin(record_key, fingerprint).await {
-            Begin::Replay(ids) => return Ok(replayed(ids)),
+        let ticket = match self
+            .idempotency
+            .begin(&identity, record_key, fingerprint)
+            .await
+        {
+            Begin::Replay => return Ok(replayed(ids)),
             Begin::Conflict => return Err(broker_status(BrokerError::IdempotencyKeyReused)),
             Begin::Run(ticket) => ticket,
         };
@@ -440,7 +445,7 @@ impl MessageService for MessageApi {
             })
             .await
             .map_err(broker_status)?;
-        ticket.answered(ids.clone());
+        ticket.answered();
         Ok(match sent {
             Sent::Stored => {
                 charge(access.as_deref(), Class::Produce, bytes);

@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
-use crate::helpers::{
-    TestApp, restart_with, spawn_app, spawn_configured, spawn_with, text_message,
+use crate::{
+    helpers::{TestApp, restart_with, spawn_app, spawn_configured, spawn_with, text_message},
+    keys::keyed,
 };
 
 async fn topic(app: &TestApp) {
@@ -530,6 +531,112 @@ async fn on_iggy_without_deduplication_the_ids_still_tell_the_copies_apart() {
             stream,
             ..Default::default()
         })
+        .await
+        .expect("cleaned up");
+}
+
+/// On Iggy the gateway's memory is all that recognises a retry on one replica, so another
+/// identity's flood of new keys must not make it forget an answer: it forgets its own first.
+#[tokio::test]
+async fn on_iggy_a_flood_of_keys_by_one_identity_does_not_store_anothers_retry_twice() {
+    let url = match std::env::var("IGGY_TEST_CONNECTION_STRING") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            eprintln!("SKIPPED: IGGY_TEST_CONNECTION_STRING is unset");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.toml");
+    std::fs::write(&file, crate::keys::keys_file()).expect("keys");
+    let app = spawn_configured(move |c| {
+        c.auth.api_keys_file = Some(file);
+        c.backend.iggy_connection_string = Some(url.into());
+        c.backend.iggy_connect_wait_ms = 10_000;
+        c.limits.idempotency_max_entries = 8;
+    })
+    .await;
+    let stream = format!("gw-idem-{}", uuid::Uuid::now_v7().simple());
+    app.streams
+        .clone()
+        .create_stream(keyed(
+            "admin-key",
+            proto::CreateStreamRequest {
+                name: stream.clone(),
+            },
+        ))
+        .await
+        .expect("stream");
+    app.topics
+        .clone()
+        .create_topic(keyed(
+            "admin-key",
+            proto::CreateTopicRequest {
+                stream: stream.clone(),
+                name: "created".into(),
+                partitions_count: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("topic");
+    let send = |api_key: &str, key: &str, text: &str| {
+        let mut request = keyed(
+            api_key,
+            proto::SendMessagesRequest {
+                stream: stream.clone(),
+                topic: "created".into(),
+                partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+                messages: vec![text_message(text)],
+            },
+        );
+        request
+            .metadata_mut()
+            .insert("idempotency-key", key.parse().expect("metadata"));
+        let mut client = app.messages.clone();
+        async move {
+            let answer = client.send_messages(request).await.expect("sent");
+            answer.metadata().get("idempotent-replayed").is_some()
+        }
+    };
+    assert!(!send("admin-key", "order-1", "victim").await);
+    for i in 0..50 {
+        assert!(!send("unlimited-key", &format!("flood-{i}"), "flood").await);
+    }
+    assert!(
+        send("admin-key", "order-1", "victim").await,
+        "the victim's retry is answered from memory"
+    );
+    // The flood's own first key was forgotten: its retry is stored again (the bound, as
+    // documented), which shows the memory was full.
+    assert!(!send("unlimited-key", "flood-0", "flood").await);
+    let polled = app
+        .messages
+        .clone()
+        .poll_messages(keyed(
+            "admin-key",
+            proto::PollMessagesRequest {
+                stream: stream.clone(),
+                topic: "created".into(),
+                count: 100,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("polled")
+        .into_inner();
+    let texts = crate::helpers::texts(&polled);
+    assert_eq!(texts.iter().filter(|t| *t == "victim").count(), 1);
+    assert_eq!(texts.iter().filter(|t| *t == "flood").count(), 51);
+    app.streams
+        .clone()
+        .delete_stream(keyed(
+            "admin-key",
+            proto::DeleteStreamRequest {
+                stream,
+                ..Default::default()
+            },
+        ))
         .await
         .expect("cleaned up");
 }
