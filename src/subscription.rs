@@ -96,9 +96,18 @@ pub struct Subscription {
     pub commit_interval: Duration,
     /// Counted against `MAX_SUBSCRIBERS_PER_CLIENT`.
     pub client: Option<IpAddr>,
+    /// Counted against its identity's quota, when that says `subscriptions`.
+    pub holder: Option<Holder>,
     /// The connection it is answered on: closed when the subscriber takes nothing for
     /// `SUBSCRIBE_SLOW_CLIENT_MS`, which over HTTP/2 is the only way to end its stream.
     pub connection: Option<Arc<AnswerWatch>>,
+}
+
+/// The identity a subscription is counted against, and the most it may hold at once.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub name: Arc<str>,
+    pub most: usize,
 }
 
 /// What the pump and the stream's reader tell each other of the reader's pace.
@@ -224,7 +233,9 @@ impl Subscriptions {
         broker: Arc<dyn Broker>,
         request: Subscription,
     ) -> Result<Deliveries, Status> {
-        let admitted = self.admission.admit(request.client)?;
+        let admitted = self
+            .admission
+            .admit(request.client, request.holder.as_ref())?;
         let consumer_text = request
             .consumer
             .as_ref()

@@ -265,6 +265,15 @@ impl MessageService for MessageApi {
             .extensions()
             .get::<crate::extensions::ClientIp>()
             .map(|ip| ip.key().network());
+        // Counted against its identity's own cap, when its quota sets one.
+        let holder = access_of(&request).and_then(|access| {
+            let identity = access.identity();
+            let most = identity.quota()?.settings().subscriptions?;
+            Some(crate::subscription::Holder {
+                name: Arc::from(identity.name()),
+                most: usize::try_from(most.get()).unwrap_or(usize::MAX),
+            })
+        });
         // Closed when the subscriber stops reading (see `Subscription::connection`).
         let connection = request
             .extensions()
@@ -320,6 +329,7 @@ impl MessageService for MessageApi {
                         request.commit_interval_ms,
                     )),
                     client,
+                    holder,
                     connection,
                 },
             )

@@ -11,6 +11,7 @@
 //! produce_bytes_per_second = 1048576
 //! consume_requests_per_second = 100
 //! consume_bytes_per_second = 8388608
+//! subscriptions = 20                  # live subscriptions at once
 //! ```
 //!
 //! The key itself is never in the file. Every rule is checked before anything is used: a file
@@ -47,6 +48,7 @@ struct RawQuota {
     produce_bytes_per_second: Option<u64>,
     consume_requests_per_second: Option<u32>,
     consume_bytes_per_second: Option<u64>,
+    subscriptions: Option<u32>,
 }
 
 /// One key of the file, checked.
@@ -191,5 +193,6 @@ fn quota(raw: RawQuota) -> Result<QuotaSettings, String> {
             "consume_bytes_per_second",
             raw.consume_bytes_per_second,
         )?,
+        subscriptions: positive_u32("subscriptions", raw.subscriptions)?,
     })
 }

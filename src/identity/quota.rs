@@ -38,6 +38,8 @@ pub struct QuotaSettings {
     pub produce_bytes_per_second: Option<u64>,
     pub consume_requests_per_second: Option<NonZeroU32>,
     pub consume_bytes_per_second: Option<u64>,
+    /// Most live subscriptions at once, over every protocol and client.
+    pub subscriptions: Option<NonZeroU32>,
 }
 
 /// Why a call was held back, for `Retry-After`, `RateLimit-*` and `RetryInfo`.

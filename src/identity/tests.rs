@@ -112,6 +112,7 @@ expires_at = 2030-01-01T00:00:00Z
 [keys.quota]
 produce_requests_per_second = 5
 consume_bytes_per_second = 1000
+subscriptions = 3
 
 [[keys]]
 name = "auditor"
@@ -130,6 +131,7 @@ fn a_keys_file_parses_in_toml_and_yaml() {
     assert_eq!(quota.produce_requests_per_second.map(|n| n.get()), Some(5));
     assert_eq!(quota.consume_bytes_per_second, Some(1000));
     assert_eq!(quota.produce_bytes_per_second, None);
+    assert_eq!(quota.subscriptions.map(|n| n.get()), Some(3));
     let yaml = r#"
 keys:
   - name: auditor
@@ -177,6 +179,10 @@ fn a_bad_keys_file_is_refused_naming_the_entry_and_field() {
         "[[keys]]\nname = \"a\"\nsha256 = \"{digest}\"\n[keys.quota]\nproduce_bytes_per_second = 0\n"
     ));
     assert!(why.contains("quota.produce_bytes_per_second"), "{why}");
+    let why = bad(&format!(
+        "[[keys]]\nname = \"a\"\nsha256 = \"{digest}\"\n[keys.quota]\nsubscriptions = 0\n"
+    ));
+    assert!(why.contains("quota.subscriptions"), "{why}");
     // The digest of an empty key (an unset variable hashed) would let in an empty header.
     let why = bad(&format!(
         "[[keys]]\nname = \"a\"\nsha256 = \"{}\"\n",

@@ -53,6 +53,13 @@ scopes = ["read:*", "write:*"]
 name = "auditor"
 sha256 = "{auditor}"
 scopes = ["read:*/audit"]
+
+[[keys]]
+name = "watcher"
+sha256 = "{watcher}"
+scopes = ["read:*"]
+[keys.quota]
+subscriptions = 2
 "#,
         admin = hash_key("admin-key"),
         reader = hash_key("reader-key"),
@@ -60,6 +67,7 @@ scopes = ["read:*/audit"]
         limited = hash_key("limited-key"),
         unlimited = hash_key("unlimited-key"),
         auditor = hash_key("auditor-key"),
+        watcher = hash_key("watcher-key"),
     )
 }
 
@@ -2147,4 +2155,98 @@ async fn a_subscription_paced_by_its_quota_is_not_cut_off_as_a_slow_reader() {
         }
     }
     assert_eq!(offsets, (0..16).collect::<Vec<u64>>());
+}
+
+/// A gRPC subscription to orders/created by `key`, from the first message.
+async fn subscribe_as(
+    app: &TestApp,
+    key: &str,
+) -> Result<tonic::Streaming<proto::SubscribeResponse>, tonic::Status> {
+    app.subscribe(keyed(
+        key,
+        proto::SubscribeRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            strategy: proto::PollingStrategy::First.into(),
+            ..Default::default()
+        },
+    ))
+    .await
+}
+
+fn assert_over_subscriptions(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "QUOTA_EXCEEDED");
+    assert_eq!(
+        info.metadata.get("quota").map(String::as_str),
+        Some("subscriptions")
+    );
+    assert_eq!(
+        info.metadata.get("identity").map(String::as_str),
+        Some("watcher")
+    );
+}
+
+#[tokio::test]
+async fn a_subscriptions_quota_caps_one_identity_on_every_protocol_and_leaves_others_alone() {
+    let Keyed { app, file, _dir } = keyed_gateway().await;
+    let sse = || {
+        app.http1
+            .get(app.url(
+                "/v1/streams/orders/topics/created/messages:subscribe?partition_id=0&strategy=first",
+            ))
+            .header("x-api-key", "watcher-key")
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let first = subscribe_as(&app, "watcher-key").await.expect("first");
+    let second = sse().await.expect("answered");
+    assert_eq!(second.status(), 200);
+    // A third, on any protocol, is over the identity's own cap (the gateway's is 1000).
+    let refused = subscribe_as(&app, "watcher-key").await.expect_err("third");
+    assert_over_subscriptions(&refused);
+    let refused = sse().await.expect("answered");
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_none());
+    let problem: Value = refused.json().await.expect("problem");
+    assert_eq!(problem["reason"], "QUOTA_EXCEEDED", "{problem}");
+    assert_eq!(problem["metadata"]["quota"], "subscriptions", "{problem}");
+    // Another identity, from the same address, is not held back by it.
+    let _other = subscribe_as(&app, "reader-key")
+        .await
+        .expect("another identity");
+    // A reload that raises the cap keeps the count: one more, not three.
+    let text = std::fs::read_to_string(&file).expect("keys");
+    std::fs::write(
+        &file,
+        text.replace("subscriptions = 2", "subscriptions = 3"),
+    )
+    .expect("write");
+    let mut third = None;
+    for _ in 0..100 {
+        match subscribe_as(&app, "watcher-key").await {
+            Ok(stream) => {
+                third = Some(stream);
+                break;
+            }
+            Err(status) => assert_over_subscriptions(&status),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(third.is_some(), "the raised cap took effect");
+    assert_over_subscriptions(&subscribe_as(&app, "watcher-key").await.expect_err("fourth"));
+    // A place frees when one of its subscriptions ends.
+    drop(second);
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(stream) = subscribe_as(&app, "watcher-key").await {
+            again = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a place came back");
 }
