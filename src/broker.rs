@@ -653,8 +653,9 @@ pub trait Broker: Send + Sync + 'static {
     /// A signal that changes whenever messages are appended to one partition (its value
     /// means nothing), for backends that can tell: subscribers sleep until a partition of
     /// theirs changes and poll only that one. Appends before the call are not signalled: poll
-    /// once after subscribing. `None` when the backend cannot tell (or the partition does not
-    /// exist); callers then poll on a timer.
+    /// once after subscribing. A backend that learns of appends by reading (Iggy) moves it a
+    /// round later, and closes it when the topic is gone. `None` when the backend cannot tell
+    /// (or the partition does not exist); callers then poll on a timer.
     fn partition_appends(
         &self,
         _topic: &TopicRef,

@@ -219,6 +219,7 @@ impl Config {
         // A coalesced batch stays within what one call may send.
         settings.send_batching.max_messages = self.limits.batch_max_size as usize;
         settings.send_batching.max_bytes = self.limits.max_request_body_size as usize;
+        settings.appends_idle = Duration::from_millis(self.subscriptions.subscribe_idle_poll_ms);
         Ok(Some(settings))
     }
 

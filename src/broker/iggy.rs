@@ -7,6 +7,7 @@
 //! out (a client whose auto-login failed can stay stuck otherwise). Every call has a timeout.
 //! Callers arriving while no client is connected wait a bounded time, then get UNAVAILABLE.
 
+mod appends;
 mod chunks;
 mod coalesce;
 mod convert;
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use self::{
+    appends::Appends,
     chunks::{Fetched, poll_in_chunks},
     coalesce::{Coalescer, Lane, SendFuture, Sender},
     convert::{
@@ -56,6 +58,8 @@ pub struct IggyBroker {
     pool: Arc<Pool>,
     /// Sends go through it, so concurrent calls to one lane share a round trip to Iggy.
     sends: Arc<Coalescer<IggyMessage>>,
+    /// What idle subscribers wait on instead of polling each partition.
+    appends: Appends,
     tasks: TaskTracker,
     cancel: CancellationToken,
     description: String,
@@ -75,6 +79,7 @@ impl IggyBroker {
             redact(&settings.connection_string)
         );
         let batching = settings.send_batching;
+        let appends_idle = settings.appends_idle;
         let pool = Arc::new(Pool::new(pool_size, available, settings));
         let sends = Arc::new(Coalescer::new(
             iggy_sender(Arc::clone(&pool)),
@@ -88,6 +93,12 @@ impl IggyBroker {
         }
         tasks.close();
         Self {
+            appends: Appends::new(
+                Arc::clone(&pool),
+                appends_idle,
+                tasks.clone(),
+                cancel.clone(),
+            ),
             pool,
             sends,
             tasks,
@@ -315,6 +326,14 @@ impl Broker for IggyBroker {
             holes: self.holes.load(Ordering::Relaxed),
             offsets: self.skipped_offsets.load(Ordering::Relaxed),
         }
+    }
+
+    fn partition_appends(
+        &self,
+        topic: &TopicRef,
+        partition_id: u32,
+    ) -> Option<watch::Receiver<u64>> {
+        self.appends.follow(topic, partition_id)
     }
 
     async fn close(&self) {

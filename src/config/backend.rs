@@ -144,6 +144,8 @@ impl BackendConfig {
                 linger: Duration::from_micros(self.send_linger_us),
                 ..SendBatching::default()
             },
+            // Set from the subscriptions' settings by `Config::iggy_settings`.
+            appends_idle: Duration::from_millis(500),
         }))
     }
 }

@@ -296,7 +296,9 @@ pub(super) async fn run(
         // A backend that announces appends lets an idle subscriber sleep until one happens
         // (or its next heartbeat is due); otherwise it polls, backing off to the idle interval.
         let until_heartbeat = settings.heartbeat.saturating_sub(last_sent.elapsed());
-        let wait = if signalled {
+        // A partition whose poll failed is tried again at the idle pace, signalled or not:
+        // its signal may not move again.
+        let wait = if signalled && draining.is_empty() {
             until_heartbeat
         } else {
             idle_wait

@@ -1,7 +1,7 @@
 //! A tiny Iggy for fault tests: enough of Iggy's TCP binary protocol (server 0.8) for the SDK
 //! to log in, ping, send and poll one partition, written from the protocol's framing (request
 //! `[length][code][payload]`, answer `[status][length][payload]`, little-endian). It counts
-//! open connections, can answer sends slowly, and can hold a hole in its log that it refuses
+//! open connections, polls and topic reads, can answer sends slowly, and can hold a hole in its log that it refuses
 //! to read with Iggy's "invalid offset" (4100), as a real server does after a torn write.
 
 use std::{
@@ -48,7 +48,10 @@ struct Partition {
 struct Shared {
     open: AtomicUsize,
     sends: AtomicU64,
+    polls: AtomicU64,
+    topic_reads: AtomicU64,
     send_delay_ms: AtomicU64,
+    poll_delay_ms: AtomicU64,
     partition: Mutex<Partition>,
 }
 
@@ -92,10 +95,38 @@ impl FakeIggy {
         self.shared.sends.load(Ordering::SeqCst)
     }
 
+    /// Polls answered so far.
+    pub fn polls(&self) -> u64 {
+        self.shared.polls.load(Ordering::SeqCst)
+    }
+
+    /// Topic reads (`GET_TOPIC`) answered so far.
+    pub fn topic_reads(&self) -> u64 {
+        self.shared.topic_reads.load(Ordering::SeqCst)
+    }
+
+    /// Appends one message (payload `m{offset}`) to the partition.
+    pub fn append(&self) {
+        let mut partition = self.shared.partition.lock().expect("lock");
+        let offset = partition
+            .messages
+            .last()
+            .map_or(0, |(offset, _)| offset + 1);
+        partition
+            .messages
+            .push((offset, format!("m{offset}").into_bytes()));
+    }
+
     /// Answers every send this late.
     pub fn answer_sends_after(&self, delay: Duration) {
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.shared.send_delay_ms.store(millis, Ordering::SeqCst);
+    }
+
+    /// Answers every poll this late.
+    pub fn answer_polls_after(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.shared.poll_delay_ms.store(millis, Ordering::SeqCst);
     }
 
     /// Holds `count` messages (payloads `m0`, `m1`, …) of which `hole` cannot be read.
@@ -148,9 +179,19 @@ async fn answer(code: u32, payload: &[u8], shared: &Shared) -> (u32, Vec<u8>) {
             shared.sends.fetch_add(1, Ordering::SeqCst);
             (0, Vec::new())
         }
-        POLL_MESSAGES => poll(payload, shared),
+        POLL_MESSAGES => {
+            let delay = shared.poll_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            shared.polls.fetch_add(1, Ordering::SeqCst);
+            poll(payload, shared)
+        }
         GET_STREAM => (0, stream()),
-        GET_TOPIC => (0, topic(shared)),
+        GET_TOPIC => {
+            shared.topic_reads.fetch_add(1, Ordering::SeqCst);
+            (0, topic(shared))
+        }
         GET_CONSUMER_OFFSET => {
             let partition = shared.partition.lock().expect("lock");
             match partition.stored {

@@ -549,3 +549,106 @@ async fn on_real_iggy_no_acknowledged_message_is_missing_after_cuts_mid_load() {
         .await
         .expect("deleted");
 }
+
+#[tokio::test]
+async fn idle_subscribers_of_one_topic_share_one_read_of_it_instead_of_polling_each() {
+    const SUBSCRIBERS: usize = 20;
+    let fake = FakeIggy::start().await;
+    fake.hold(1, 0..0);
+    let app = spawn_configured(|c| {
+        c.backend.iggy_connection_string = Some(FakeIggy::url(fake.addr).into());
+        c.backend.iggy_pool_size = POOL as u32;
+        c.backend.iggy_connect_wait_ms = 2_000;
+        // Idle subscribers used to poll their partition this often, each.
+        c.subscriptions.subscribe_idle_poll_ms = 20;
+    })
+    .await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async { ready(&app).await }).await,
+        "the gateway connected"
+    );
+    let mut streams = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let mut stream = app
+            .subscribe(proto::SubscribeRequest {
+                stream: "s".into(),
+                topic: "t".into(),
+                partition_id: Some(0),
+                strategy: proto::PollingStrategy::First.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("subscribed");
+        next_offset(&mut stream).await;
+        streams.push(stream);
+    }
+    // Idle for fifty idle intervals: each subscriber polling on its own would poll fifty
+    // times; following the topic's one read, none polls until something is appended.
+    let (polls, reads) = (fake.polls(), fake.topic_reads());
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (idle_polls, idle_reads) = (fake.polls() - polls, fake.topic_reads() - reads);
+    assert!(
+        idle_polls < SUBSCRIBERS as u64,
+        "{idle_polls} polls by {SUBSCRIBERS} idle subscribers"
+    );
+    assert!(idle_reads > 0, "the topic is still read");
+    // An append reaches every one of them.
+    fake.append();
+    for stream in &mut streams {
+        assert_eq!(next_offset(stream).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_whose_poll_timed_out_tries_again_without_waiting_for_another_append() {
+    let fake = FakeIggy::start().await;
+    fake.hold(1, 0..0);
+    let app = spawn_configured(|c| {
+        c.backend.iggy_connection_string = Some(FakeIggy::url(fake.addr).into());
+        c.backend.iggy_pool_size = POOL as u32;
+        c.backend.iggy_connect_wait_ms = 2_000;
+        c.backend.operation_timeout_ms = 200;
+        c.subscriptions.subscribe_idle_poll_ms = 20;
+    })
+    .await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async { ready(&app).await }).await,
+        "the gateway connected"
+    );
+    let mut stream = app
+        .subscribe(proto::SubscribeRequest {
+            stream: "s".into(),
+            topic: "t".into(),
+            partition_id: Some(0),
+            strategy: proto::PollingStrategy::First.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribed");
+    assert_eq!(next_offset(&mut stream).await, 0);
+    // The append is seen, but its poll times out; nothing is appended after it, so only a
+    // retry (not a signal, and not the heartbeat 15 s away) delivers it.
+    fake.answer_polls_after(Duration::from_millis(400));
+    let polls = fake.polls();
+    fake.append();
+    assert!(
+        wait_for(Duration::from_secs(5), || async { fake.polls() > polls }).await,
+        "a poll was made and timed out"
+    );
+    fake.answer_polls_after(Duration::ZERO);
+    assert_eq!(next_offset(&mut stream).await, 1);
+}
+
+/// The offset of the next message a subscription delivers (heartbeats passed over).
+async fn next_offset(stream: &mut tonic::Streaming<proto::SubscribeResponse>) -> u64 {
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("a message in time")
+            .expect("ok")
+            .expect("open");
+        if let Some(proto::subscribe_response::Event::Message(message)) = item.event {
+            return message.offset;
+        }
+    }
+}

@@ -168,6 +168,7 @@ async fn health_is_503_unavailable_once_the_backend_gave_up() {
         health_check_interval: Duration::from_secs(1),
         connect_wait: Duration::from_millis(100),
         send_batching: iggy_gateway::broker::iggy::SendBatching::default(),
+        appends_idle: Duration::from_millis(500),
     });
     let mut gave_up = broker.gave_up();
     tokio::time::timeout(Duration::from_secs(10), gave_up.wait_for(|g| *g))

@@ -40,6 +40,9 @@ pub struct IggySettings {
     pub connect_wait: Duration,
     /// How concurrent sends to one lane share a round trip (see `coalesce.rs`).
     pub send_batching: SendBatching,
+    /// The longest wait between reads of a followed topic while nothing changes
+    /// (`SUBSCRIBE_IDLE_POLL_MS`; see `appends.rs`).
+    pub appends_idle: Duration,
 }
 
 #[derive(Clone)]

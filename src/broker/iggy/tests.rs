@@ -158,6 +158,7 @@ fn pool_of(states: Vec<SlotState>) -> Pool {
         health_check_interval: Duration::from_millis(10),
         connect_wait: Duration::from_millis(10),
         send_batching: super::SendBatching::default(),
+        appends_idle: Duration::from_millis(10),
     };
     let pool = Pool::new(states.len(), watch::channel(false).0, settings);
     for (index, state) in states.into_iter().enumerate() {
