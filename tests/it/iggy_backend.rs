@@ -673,3 +673,50 @@ async fn on_real_iggy_a_topic_created_again_under_its_id_ends_its_subscription_a
     let (status, body) = app.delete(&format!("/v1/streams/{stream}")).await;
     assert_eq!(status, 204, "{body}");
 }
+
+/// Idle subscribers of a wide topic wait on the gateway's reads of the topic (Iggy announces
+/// no appends) and still get every message sent while they were idle, on any partition.
+#[tokio::test]
+async fn on_real_iggy_idle_subscribers_of_a_wide_topic_get_what_is_sent_to_any_partition() {
+    let Some(url) = real_server() else { return };
+    let app = spawn_on_iggy_with(url, |c| c.subscriptions.subscribe_idle_poll_ms = 100).await;
+    let stream = unique("gw-wide");
+    app.create_stream(&stream).await;
+    app.create_topic(&stream, "t", 16).await;
+    let mut subscriptions = Vec::new();
+    for _ in 0..5 {
+        subscriptions.push(
+            app.subscribe(proto::SubscribeRequest {
+                stream: stream.clone(),
+                topic: "t".into(),
+                strategy: proto::PollingStrategy::First.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("subscribed"),
+        );
+    }
+    for (partition, text) in [(3, "three"), (11, "eleven"), (15, "fifteen")] {
+        // Idle past the longest wait, so each message is seen by a read of the topic.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.send_texts(&stream, "t", partition, &[text]).await;
+    }
+    for subscription in &mut subscriptions {
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let item = tokio::time::timeout(Duration::from_secs(5), subscription.message())
+                .await
+                .expect("in time")
+                .expect("ok")
+                .expect("open");
+            if let Some(proto::subscribe_response::Event::Message(message)) = item.event {
+                got.push(message.partition_id);
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, [3, 11, 15]);
+    }
+    drop(subscriptions);
+    let (status, body) = app.delete(&format!("/v1/streams/{stream}")).await;
+    assert_eq!(status, 204, "{body}");
+}
