@@ -555,32 +555,14 @@ async fn idle_subscribers_of_one_topic_share_one_read_of_it_instead_of_polling_e
     const SUBSCRIBERS: usize = 20;
     let fake = FakeIggy::start().await;
     fake.hold(1, 0..0);
-    let app = spawn_configured(|c| {
-        c.backend.iggy_connection_string = Some(FakeIggy::url(fake.addr).into());
-        c.backend.iggy_pool_size = POOL as u32;
-        c.backend.iggy_connect_wait_ms = 2_000;
-        // Idle subscribers used to poll their partition this often, each.
-        c.subscriptions.subscribe_idle_poll_ms = 20;
-    })
-    .await;
-    assert!(
-        wait_for(Duration::from_secs(10), || async { ready(&app).await }).await,
-        "the gateway connected"
-    );
-    let mut streams = Vec::new();
-    for _ in 0..SUBSCRIBERS {
-        let mut stream = app
-            .subscribe(proto::SubscribeRequest {
-                stream: "s".into(),
-                topic: "t".into(),
-                partition_id: Some(0),
-                strategy: proto::PollingStrategy::First.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("subscribed");
-        next_offset(&mut stream).await;
-        streams.push(stream);
+    // Idle subscribers used to poll their partition every 20 ms, each.
+    let (app, first) = on_fake_subscribed(&fake, |_| {}).await;
+    let mut streams = vec![first];
+    while streams.len() < SUBSCRIBERS {
+        streams.push(subscribe_first(&app).await);
+    }
+    for stream in &mut streams {
+        assert_eq!(next_offset(stream).await, 0);
     }
     // Idle for fifty idle intervals: each subscriber polling on its own would poll fifty
     // times; following the topic's one read, none polls until something is appended.
@@ -603,28 +585,8 @@ async fn idle_subscribers_of_one_topic_share_one_read_of_it_instead_of_polling_e
 async fn a_subscriber_whose_poll_timed_out_tries_again_without_waiting_for_another_append() {
     let fake = FakeIggy::start().await;
     fake.hold(1, 0..0);
-    let app = spawn_configured(|c| {
-        c.backend.iggy_connection_string = Some(FakeIggy::url(fake.addr).into());
-        c.backend.iggy_pool_size = POOL as u32;
-        c.backend.iggy_connect_wait_ms = 2_000;
-        c.backend.operation_timeout_ms = 200;
-        c.subscriptions.subscribe_idle_poll_ms = 20;
-    })
-    .await;
-    assert!(
-        wait_for(Duration::from_secs(10), || async { ready(&app).await }).await,
-        "the gateway connected"
-    );
-    let mut stream = app
-        .subscribe(proto::SubscribeRequest {
-            stream: "s".into(),
-            topic: "t".into(),
-            partition_id: Some(0),
-            strategy: proto::PollingStrategy::First.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("subscribed");
+    let (_app, mut stream) =
+        on_fake_subscribed(&fake, |c| c.backend.operation_timeout_ms = 200).await;
     assert_eq!(next_offset(&mut stream).await, 0);
     // The append is seen, but its poll times out; nothing is appended after it, so only a
     // retry (not a signal, and not the heartbeat 15 s away) delivers it.
@@ -639,16 +601,42 @@ async fn a_subscriber_whose_poll_timed_out_tries_again_without_waiting_for_anoth
     assert_eq!(next_offset(&mut stream).await, 1);
 }
 
-/// The offset of the next message a subscription delivers (heartbeats passed over).
+/// The offset of the next message a subscription delivers.
 async fn next_offset(stream: &mut tonic::Streaming<proto::SubscribeResponse>) -> u64 {
-    loop {
-        let item = tokio::time::timeout(Duration::from_secs(5), stream.message())
-            .await
-            .expect("a message in time")
-            .expect("ok")
-            .expect("open");
-        if let Some(proto::subscribe_response::Event::Message(message)) = item.event {
-            return message.offset;
-        }
-    }
+    crate::subscribe::next_message(stream).await.1.offset
+}
+
+/// A gateway on the fake with subscriptions that back off to 20 ms when idle, and a
+/// subscription to its one partition from the first message.
+async fn on_fake_subscribed(
+    fake: &FakeIggy,
+    change: impl FnOnce(&mut iggy_gateway::config::Config),
+) -> (TestApp, tonic::Streaming<proto::SubscribeResponse>) {
+    let url = FakeIggy::url(fake.addr);
+    let app = spawn_configured(move |c| {
+        c.backend.iggy_connection_string = Some(url.into());
+        c.backend.iggy_pool_size = POOL as u32;
+        c.backend.iggy_connect_wait_ms = 2_000;
+        c.subscriptions.subscribe_idle_poll_ms = 20;
+        change(c);
+    })
+    .await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async { ready(&app).await }).await,
+        "the gateway connected"
+    );
+    let stream = subscribe_first(&app).await;
+    (app, stream)
+}
+
+async fn subscribe_first(app: &TestApp) -> tonic::Streaming<proto::SubscribeResponse> {
+    app.subscribe(proto::SubscribeRequest {
+        stream: "s".into(),
+        topic: "t".into(),
+        partition_id: Some(0),
+        strategy: proto::PollingStrategy::First.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("subscribed")
 }

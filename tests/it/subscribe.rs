@@ -22,7 +22,8 @@ fn subscribe_request() -> proto::SubscribeRequest {
     }
 }
 
-async fn next_message(
+/// The next message a subscription delivers, with its cursor (heartbeats passed over).
+pub async fn next_message(
     stream: &mut Streaming<proto::SubscribeResponse>,
 ) -> (String, proto::PolledMessage) {
     loop {
