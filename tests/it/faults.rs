@@ -352,16 +352,7 @@ async fn a_consumer_and_a_subscription_step_past_a_hole_iggy_cannot_read() {
     assert!(metrics.contains("iggy_gateway_backend_offsets_skipped_total 3"));
 
     // A subscription from the start reads the same messages and goes on after the hole.
-    let mut stream = app
-        .subscribe(proto::SubscribeRequest {
-            stream: "s".into(),
-            topic: "t".into(),
-            partition_id: Some(0),
-            strategy: proto::PollingStrategy::First.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("subscribed");
+    let mut stream = subscribe_first(&app).await;
     let mut offsets = Vec::new();
     while offsets.len() < 7 {
         let item = tokio::time::timeout(Duration::from_secs(5), stream.message())

@@ -372,16 +372,7 @@ async fn a_read_only_key_polls_and_subscribes_but_cannot_send_on_any_protocol() 
         .expect("the reader polls")
         .into_inner();
     assert_eq!(polled.messages.len(), 1);
-    let mut stream = app
-        .subscribe(keyed(
-            "reader-key",
-            proto::SubscribeRequest {
-                stream: "orders".into(),
-                topic: "created".into(),
-                strategy: proto::PollingStrategy::First.into(),
-                ..Default::default()
-            },
-        ))
+    let mut stream = subscribe_as(app, "reader-key")
         .await
         .expect("the reader subscribes");
     let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
