@@ -54,8 +54,9 @@ pub struct Idempotency {
 #[derive(Default)]
 struct Slots {
     map: HashMap<[u8; 32], Slot>,
-    /// Each identity's answers, oldest first (so soonest to expire: the TTL is one), and how
-    /// many of them are still in the map. An entry whose slot was replaced is skipped.
+    /// Each identity's answers, oldest first (so soonest to expire: the TTL is one), how many
+    /// of them are still in the map, and its calls in flight. An entry whose slot was
+    /// replaced is skipped.
     holders: HashMap<Arc<str>, Holder>,
     next_token: u64,
 }
@@ -64,6 +65,14 @@ struct Slots {
 struct Holder {
     order: VecDeque<([u8; 32], u64)>,
     live: usize,
+    running: usize,
+}
+
+impl Holder {
+    /// What it holds of the map: its answers and its calls in flight.
+    fn weight(&self) -> usize {
+        self.live + self.running
+    }
 }
 
 impl Slots {
@@ -94,7 +103,7 @@ impl Slots {
                 }
             }
         };
-        if entry.order.is_empty() {
+        if entry.order.is_empty() && entry.running == 0 {
             self.holders.remove(holder);
         }
         dropped
@@ -172,10 +181,18 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        if let Ok(mut slots) = self.owner.slots.lock()
-            && matches!(slots.map.get(&self.key), Some(Slot::InFlight { token, .. }) if *token == self.token)
+        let Ok(mut slots) = self.owner.slots.lock() else {
+            return;
+        };
+        if matches!(slots.map.get(&self.key), Some(Slot::InFlight { token, .. }) if *token == self.token)
         {
             slots.map.remove(&self.key);
+        }
+        if let Some(entry) = slots.holders.get_mut(self.holder) {
+            entry.running = entry.running.saturating_sub(1);
+            if entry.running == 0 && entry.order.is_empty() {
+                slots.holders.remove(self.holder);
+            }
         }
     }
 }
@@ -235,6 +252,18 @@ impl Idempotency {
                         slots.unhold(&key);
                         slots.map.remove(&key);
                         self.make_room(&mut slots, holder, now);
+                        match slots.holders.get_mut(holder) {
+                            Some(entry) => entry.running += 1,
+                            None => {
+                                slots.holders.insert(
+                                    Arc::from(holder),
+                                    Holder {
+                                        running: 1,
+                                        ..Holder::default()
+                                    },
+                                );
+                            }
+                        }
                         slots.next_token += 1;
                         let token = slots.next_token;
                         let (sender, ended) = watch::channel(());
@@ -262,9 +291,10 @@ impl Idempotency {
     }
 
     /// Keeps the map within `max_entries` for a new key of `holder`'s: expired answers go
-    /// first, then the oldest answer of the identity holding the most (`holder` on a tie), so
-    /// one identity's flood of new keys forgets its own answers, never a smaller holder's
-    /// (never a call in flight either).
+    /// first, then the oldest answer of the identity holding the most, answers and calls in
+    /// flight together (`holder` on a tie), so one identity's flood of new keys forgets its
+    /// own answers, never a smaller holder's. A call in flight is never forgotten: while the
+    /// largest holder has only those, the map holds one more (at most the calls in flight).
     fn make_room(&self, slots: &mut Slots, holder: &str, now: Instant) {
         if slots.map.len() < self.max_entries {
             return;
@@ -276,12 +306,12 @@ impl Idempotency {
         if slots.map.len() < self.max_entries {
             return;
         }
-        let own = slots.holders.get(holder).map_or(0, |entry| entry.live);
+        let own = slots.holders.get(holder).map_or(0, Holder::weight);
         let largest = slots
             .holders
             .iter()
-            .filter(|(_, entry)| entry.live > own)
-            .max_by_key(|(_, entry)| entry.live)
+            .filter(|(_, entry)| entry.weight() > own)
+            .max_by_key(|(_, entry)| entry.weight())
             .map(|(name, _)| Arc::clone(name));
         match largest {
             Some(name) => slots.drop_oldest(&name, now, false),
@@ -512,5 +542,36 @@ mod tests {
         for i in 2..6 {
             assert!(answer(&coordinator, "a", numbered(1, i)).await, "{i}");
         }
+    }
+
+    #[tokio::test]
+    async fn calls_in_flight_weigh_with_their_identity_and_are_never_forgotten() {
+        let coordinator = Idempotency::new(Duration::from_secs(60), 10);
+        for i in 0..3 {
+            answer(&coordinator, "victim", numbered(1, i)).await;
+        }
+        // A flood of calls still running fills the map: it is the largest holder, with
+        // nothing it may forget, so the map grows past its bound rather than forget another's.
+        let mut running = Vec::new();
+        for i in 0..10 {
+            match coordinator.begin("flood", numbered(2, i), [7; 32]).await {
+                Begin::Run(ticket) => running.push(ticket),
+                _ => panic!("new keys run"),
+            }
+        }
+        assert_eq!(coordinator.len(), 13);
+        for i in 0..3 {
+            assert!(answer(&coordinator, "victim", numbered(1, i)).await, "{i}");
+        }
+        // Once they end (failed here), the map is back within its bound and the flood's
+        // entry is gone with them.
+        drop(running);
+        assert_eq!(coordinator.len(), 3);
+        let slots = coordinator.slots.lock().expect("lock");
+        assert!(!slots.holders.contains_key("flood"));
+        assert_eq!(
+            slots.holders.get("victim").map(|h| (h.live, h.running)),
+            Some((3, 0))
+        );
     }
 }

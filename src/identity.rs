@@ -506,6 +506,11 @@ impl Access {
         !self.identity.is_named()
     }
 
+    /// Counts a refusal a service made for the identity (`identity_refusals_total`).
+    pub fn count_refusal(&self, reason: &str) {
+        self.metrics.identity_refused(self.identity.name(), reason);
+    }
+
     /// Bytes the call moved, charged to the identity's byte quota (produce or consume).
     pub fn charge(&self, class: Class, bytes: u64) {
         self.metrics

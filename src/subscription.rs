@@ -103,11 +103,12 @@ pub struct Subscription {
     pub connection: Option<Arc<AnswerWatch>>,
 }
 
-/// The identity a subscription is counted against, and the most it may hold at once.
+/// The identity a subscription is counted against, and the most it may hold at once (no
+/// most: counted, never refused).
 #[derive(Debug, Clone)]
 pub struct Holder {
     pub name: Arc<str>,
-    pub most: usize,
+    pub most: Option<usize>,
 }
 
 /// What the pump and the stream's reader tell each other of the reader's pace.

@@ -29,6 +29,9 @@ pub const SCOPE_MISSING: &str = "SCOPE_MISSING";
 /// do not count.
 pub const RATE_LIMITED: &str = "RATE_LIMITED";
 
+/// The reason of a call over one of its identity's quotas.
+pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+
 /// How long a caller should wait before retrying an unavailable backend.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 

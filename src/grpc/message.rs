@@ -13,7 +13,7 @@ use super::{
     polls,
 };
 use crate::{
-    answer::{broker_status, invalid_field},
+    answer::{QUOTA_EXCEEDED, broker_status, invalid_field},
     broker::{
         Broker, BrokerError, ConsumerOffsetRef, IdempotencyRecord, NewMessage, Partitioning,
         PollMessages, PollingStrategy, SendMessages, Sent, headers_size, now_micros,
@@ -265,15 +265,21 @@ impl MessageService for MessageApi {
             .extensions()
             .get::<crate::extensions::ClientIp>()
             .map(|ip| ip.key().network());
-        // Counted against its identity's own cap, when its quota sets one.
-        let holder = access_of(&request).and_then(|access| {
-            let identity = access.identity();
-            let most = identity.quota()?.settings().subscriptions?;
-            Some(crate::subscription::Holder {
-                name: Arc::from(identity.name()),
-                most: usize::try_from(most.get()).unwrap_or(usize::MAX),
-            })
-        });
+        // Every keys-file identity's subscriptions are counted, so a cap a reload adds finds
+        // those already open; refused only over its quota's cap, if it sets one.
+        let holder = access_of(&request)
+            .filter(|access| access.identity().is_named())
+            .map(|access| {
+                let identity = access.identity();
+                let most = identity
+                    .quota()
+                    .and_then(|quota| quota.settings().subscriptions)
+                    .map(|most| usize::try_from(most.get()).unwrap_or(usize::MAX));
+                crate::subscription::Holder {
+                    name: Arc::from(identity.name()),
+                    most,
+                }
+            });
         // Closed when the subscriber stops reading (see `Subscription::connection`).
         let connection = request
             .extensions()
@@ -333,7 +339,17 @@ impl MessageService for MessageApi {
                     connection,
                 },
             )
-            .await?;
+            .await
+            .inspect_err(|status| {
+                // Over its `subscriptions` quota: counted as the quota layer counts its own.
+                if let Some(access) = &access
+                    && tonic_types::StatusExt::get_error_details(status)
+                        .error_info()
+                        .is_some_and(|info| info.reason == QUOTA_EXCEEDED)
+                {
+                    access.count_refusal(QUOTA_EXCEEDED);
+                }
+            })?;
         let flow = receiver.flow();
         let deliveries = guard_stream(Box::pin(receiver), access, target, delivered_bytes, flow);
         let to_proto: fn(_) -> _ = delivery_to_proto;

@@ -30,7 +30,7 @@ use tower::{Layer, Service};
 
 use super::guard::{Exempt, Guard, GuardLayer, Policy};
 use crate::{
-    answer::{Caller, RATE_LIMITED, Rejection, SCOPE_MISSING, grpc_code_name},
+    answer::{Caller, QUOTA_EXCEEDED, RATE_LIMITED, Rejection, SCOPE_MISSING, grpc_code_name},
     extensions::RequestId,
     identity::{Access, Identity, KeyRing, Rpc, Scope, Target, Throttle, audit_refused},
     metrics::Metrics,
@@ -152,7 +152,7 @@ pub struct Admitted {
 fn quota_refusal(identity: &Identity, throttle: Throttle) -> Rejection {
     let quota = format!("{}_{}_per_second", throttle.class.as_str(), throttle.unit);
     Rejection::throttled(
-        "QUOTA_EXCEEDED",
+        QUOTA_EXCEEDED,
         format!(
             "'{}' is over its {} quota of {} {} per second; retry in {} ms",
             identity.name(),
@@ -290,7 +290,7 @@ impl Scopes {
             && let Err(throttle) = quota.admit(class)
         {
             self.metrics
-                .identity_refused(identity.name(), "QUOTA_EXCEEDED");
+                .identity_refused(identity.name(), QUOTA_EXCEEDED);
             return Err(quota_refusal(&identity, throttle));
         }
         self.metrics

@@ -1,7 +1,8 @@
 //! Admission: a subscription holds one of `MAX_SUBSCRIBERS` permits, one of its client's
-//! `MAX_SUBSCRIBERS_PER_CLIENT` slots and, for a keys-file identity whose quota says
-//! `subscriptions`, one of its identity's, for as long as it runs; all are released when it
-//! ends, however it ends, early refusals included.
+//! `MAX_SUBSCRIBERS_PER_CLIENT` slots and, for a keys-file identity, a place in its identity's
+//! count (capped when its quota says `subscriptions`, so a cap a reload adds counts what is
+//! open), for as long as it runs; all are released when it ends, however it ends, early
+//! refusals included.
 
 use std::{
     collections::HashMap,
@@ -14,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status};
 
 use super::Holder;
-use crate::answer::Rejection;
+use crate::answer::{QUOTA_EXCEEDED, Rejection};
 
 /// The caps every subscription is admitted against.
 pub(super) struct Admission {
@@ -59,7 +60,7 @@ impl Admission {
                     |count| {
                         Rejection::new(
                             Code::ResourceExhausted,
-                            "QUOTA_EXCEEDED",
+                            QUOTA_EXCEEDED,
                             format!(
                                 "'{}' already has {count} subscriptions, its quota's most",
                                 holder.name
@@ -75,7 +76,7 @@ impl Admission {
         let client = match client {
             None => None,
             Some(client) => Some(
-                Slot::take(&self.per_client, client, self.max_per_client).map_err(|count| {
+                Slot::take(&self.per_client, client, Some(self.max_per_client)).map_err(|count| {
                     Status::resource_exhausted(format!(
                         "{client} already has {count} subscriptions (MAX_SUBSCRIBERS_PER_CLIENT)"
                     ))
@@ -104,11 +105,15 @@ struct Slot<K: Eq + Hash> {
 
 impl<K: Eq + Hash + Clone> Slot<K> {
     /// Counts one more under `key` unless it holds `most` already (then: how many it holds).
-    fn take(counts: &Arc<Mutex<HashMap<K, usize>>>, key: K, most: usize) -> Result<Self, usize> {
+    fn take(
+        counts: &Arc<Mutex<HashMap<K, usize>>>,
+        key: K,
+        most: Option<usize>,
+    ) -> Result<Self, usize> {
         // A poisoned count admits: the other caps still hold.
         if let Ok(mut map) = counts.lock() {
             let count = map.entry(key.clone()).or_insert(0);
-            if *count >= most {
+            if most.is_some_and(|most| *count >= most) {
                 let held = *count;
                 if held == 0 {
                     map.remove(&key);

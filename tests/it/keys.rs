@@ -2205,16 +2205,42 @@ async fn a_subscriptions_quota_caps_one_identity_on_every_protocol_and_leaves_ot
     assert_eq!(problem["reason"], "QUOTA_EXCEEDED", "{problem}");
     assert_eq!(problem["metadata"]["quota"], "subscriptions", "{problem}");
     // Another identity, from the same address, is not held back by it.
-    let _other = subscribe_as(&app, "reader-key")
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(
+            subscribe_as(&app, "reader-key")
+                .await
+                .expect("another identity"),
+        );
+    }
+    let metrics = app
+        .http1
+        .get(app.url("/metrics"))
+        .header("x-api-key", "static-key")
+        .send()
         .await
-        .expect("another identity");
-    // A reload that raises the cap keeps the count: one more, not three.
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(
+            r#"iggy_gateway_identity_refusals_total{identity="watcher",reason="QUOTA_EXCEEDED"} 2"#
+        ),
+        "{metrics}"
+    );
+    // A reload that raises the cap keeps the count: one more, not three. One that gives the
+    // other identity a cap of 2 counts its three open ones: it gets none more.
     let text = std::fs::read_to_string(&file).expect("keys");
-    std::fs::write(
-        &file,
-        text.replace("subscriptions = 2", "subscriptions = 3"),
-    )
-    .expect("write");
+    let reader = "scopes = [\"read:orders/*\"]\n";
+    assert!(text.contains(reader));
+    let text = text
+        .replace("subscriptions = 2", "subscriptions = 3")
+        .replace(
+            reader,
+            &format!("{reader}[keys.quota]\nsubscriptions = 2\n"),
+        );
+    std::fs::write(&file, text).expect("write");
     let mut third = None;
     for _ in 0..100 {
         match subscribe_as(&app, "watcher-key").await {
@@ -2228,6 +2254,10 @@ async fn a_subscriptions_quota_caps_one_identity_on_every_protocol_and_leaves_ot
     }
     assert!(third.is_some(), "the raised cap took effect");
     assert_over_subscriptions(&subscribe_as(&app, "watcher-key").await.expect_err("fourth"));
+    let refused = subscribe_as(&app, "reader-key")
+        .await
+        .expect_err("over a cap added by the reload");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     // A place frees when one of its subscriptions ends.
     drop(second);
     drop(first);
