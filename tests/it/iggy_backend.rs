@@ -718,3 +718,51 @@ async fn on_real_iggy_idle_subscribers_of_a_wide_topic_get_what_is_sent_to_any_p
     let (status, body) = app.delete(&format!("/v1/streams/{stream}")).await;
     assert_eq!(status, 204, "{body}");
 }
+
+/// A partition deleted under a subscription that waits on the topic's reads still ends it,
+/// as a poll of the partition did before.
+#[tokio::test]
+async fn on_real_iggy_a_subscription_whose_partition_is_deleted_ends_not_found() {
+    let Some(url) = real_server() else { return };
+    let app = spawn_on_iggy_with(url, |c| c.subscriptions.subscribe_heartbeat_ms = 60_000).await;
+    let stream = unique("gw-shrink");
+    app.create_stream(&stream).await;
+    app.create_topic(&stream, "t", 2).await;
+    app.send_texts(&stream, "t", 1, &["a", "b"]).await;
+    let mut subscription = app
+        .subscribe(proto::SubscribeRequest {
+            stream: stream.clone(),
+            topic: "t".into(),
+            partition_id: Some(1),
+            strategy: proto::PollingStrategy::First.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribed");
+    for _ in 0..2 {
+        crate::subscribe::next_message(&mut subscription).await;
+    }
+    app.topics
+        .clone()
+        .delete_partitions(proto::DeletePartitionsRequest {
+            stream: stream.clone(),
+            topic: "t".into(),
+            partitions_count: 1,
+        })
+        .await
+        .expect("deleted");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match subscription.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("ended without saying why"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("ends well before its heartbeat");
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    let (status, body) = app.delete(&format!("/v1/streams/{stream}")).await;
+    assert_eq!(status, 204, "{body}");
+}
