@@ -33,6 +33,7 @@ const GET_TOPIC: u32 = 300;
 /// Iggy's status codes the fake answers with.
 const ERROR: u32 = 1;
 const INVALID_OFFSET: u32 = 4100;
+const PARTITION_NOT_FOUND: u32 = 3007;
 
 /// The one partition the fake keeps, whatever stream and topic a call names.
 #[derive(Default)]
@@ -41,6 +42,8 @@ struct Partition {
     messages: Vec<(u64, Vec<u8>)>,
     /// Offsets stored but unreadable: a poll whose range meets them is refused.
     hole: Range<u64>,
+    /// Deleted: the topic lists no partition and a poll is refused as Iggy refuses one.
+    deleted: bool,
     stored: Option<u64>,
 }
 
@@ -115,6 +118,11 @@ impl FakeIggy {
         partition
             .messages
             .push((offset, format!("m{offset}").into_bytes()));
+    }
+
+    /// Deletes the partition (the topic stays, with none).
+    pub fn delete_partition(&self) {
+        self.shared.partition.lock().expect("lock").deleted = true;
     }
 
     /// Answers every send this late.
@@ -242,6 +250,9 @@ fn poll(payload: &[u8], shared: &Shared) -> (u32, Vec<u8>) {
         payload[end - 2],
     ]));
     let partition = shared.partition.lock().expect("lock");
+    if partition.deleted {
+        return (PARTITION_NOT_FOUND, Vec::new());
+    }
     let start = match kind {
         1 => value,
         5 => partition.stored.map_or(0, |stored| stored + 1),
@@ -299,7 +310,8 @@ fn topic(shared: &Shared) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&1u32.to_le_bytes()); // id
     body.extend_from_slice(&1_700_000_000_000_000u64.to_le_bytes()); // created at
-    body.extend_from_slice(&1u32.to_le_bytes()); // partitions count
+    let partitions = u32::from(!partition.deleted);
+    body.extend_from_slice(&partitions.to_le_bytes()); // partitions count
     body.extend_from_slice(&0u64.to_le_bytes()); // message expiry
     body.push(1); // compression: none
     body.extend_from_slice(&0u64.to_le_bytes()); // max topic size
@@ -308,6 +320,9 @@ fn topic(shared: &Shared) -> Vec<u8> {
     body.extend_from_slice(&count.to_le_bytes());
     body.push(u8::try_from(name.len()).unwrap_or(0));
     body.extend_from_slice(name);
+    if partition.deleted {
+        return body;
+    }
     body.extend_from_slice(&0u32.to_le_bytes()); // partition id
     body.extend_from_slice(&1_700_000_000_000_000u64.to_le_bytes());
     body.extend_from_slice(&1u32.to_le_bytes()); // segments

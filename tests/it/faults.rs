@@ -592,6 +592,30 @@ async fn a_subscriber_whose_poll_timed_out_tries_again_without_waiting_for_anoth
     assert_eq!(next_offset(&mut stream).await, 1);
 }
 
+#[tokio::test]
+async fn a_subscription_waiting_on_its_topic_ends_when_its_partition_is_deleted() {
+    let fake = FakeIggy::start().await;
+    fake.hold(1, 0..0);
+    let (_app, mut stream) = on_fake_subscribed(&fake, |_| {}).await;
+    assert_eq!(next_offset(&mut stream).await, 0);
+    // Parked, waiting on its signal; nothing is appended: only the topic's read tells the
+    // partition is gone (the next check is a heartbeat, 15 s, away).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fake.delete_partition();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("ended without saying why"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("ends in time");
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+}
+
 /// The offset of the next message a subscription delivers.
 async fn next_offset(stream: &mut tonic::Streaming<proto::SubscribeResponse>) -> u64 {
     crate::subscribe::next_message(stream).await.1.offset
