@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, fmt};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// Most partitions a topic may have, as in Iggy.
 pub const MAX_PARTITIONS: u32 = 1000;
@@ -94,6 +94,14 @@ impl fmt::Display for Identifier {
             Identifier::Name(name) => f.write_str(name),
         }
     }
+}
+
+/// A rename or deletion made through the gateway, named as its request named it: a stream
+/// (and so every topic in it) or one topic of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogChange {
+    pub stream: Identifier,
+    pub topic: Option<Identifier>,
 }
 
 /// A topic within a stream.
@@ -675,10 +683,11 @@ pub trait Broker: Send + Sync + 'static {
         Durability::Unknown
     }
 
-    /// Changes with every rename or deletion of a stream or topic made through this gateway
-    /// (its value counts them), so a subscription can check what it follows before it delivers
-    /// more, rather than at its next periodic check. `None` when nothing announces them.
-    fn catalog_changes(&self) -> Option<watch::Receiver<u64>> {
+    /// Every rename or deletion of a stream or topic made through this gateway, so a
+    /// subscription of what it names can check what it follows before it delivers more,
+    /// rather than at its next periodic check. A receiver that lags missed some: it checks.
+    /// `None` when nothing announces them.
+    fn catalog_changes(&self) -> Option<broadcast::Receiver<CatalogChange>> {
         None
     }
 

@@ -6,21 +6,24 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::{
-    Broker, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic, Durability, ETag,
-    Identifier, Name, PollMessages, PolledMessages, SendCounts, SendMessages, Sent, SkippedHoles,
-    StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
+    Broker, BrokerResult, CatalogChange, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic,
+    Durability, ETag, Identifier, Name, PollMessages, PolledMessages, SendCounts, SendMessages,
+    Sent, SkippedHoles, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
 };
 use crate::metrics::Metrics;
+
+/// Announcements a subscription may fall behind by before it checks regardless.
+const CATALOG_BACKLOG: usize = 256;
 
 /// The broker, counting the messages and bytes that pass through it.
 pub struct MeteredBroker {
     inner: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
-    /// Renames and deletions of streams and topics made through this broker, so far.
-    catalog: watch::Sender<u64>,
+    /// Renames and deletions of streams and topics made through this broker.
+    catalog: broadcast::Sender<CatalogChange>,
 }
 
 impl MeteredBroker {
@@ -28,15 +31,17 @@ impl MeteredBroker {
         Self {
             inner,
             metrics,
-            catalog: watch::channel(0).0,
+            // A subscription that falls this far behind checks anyway.
+            catalog: broadcast::channel(CATALOG_BACKLOG).0,
         }
     }
 
     /// Announces a rename or deletion once it is made; a refused one changed nothing, and
-    /// costs the subscriptions no check.
-    fn changed<T>(&self, result: BrokerResult<T>) -> BrokerResult<T> {
+    /// costs the subscriptions no check. Only subscriptions of what it names check.
+    fn changed<T>(&self, result: BrokerResult<T>, change: CatalogChange) -> BrokerResult<T> {
         if result.is_ok() {
-            self.catalog.send_modify(|count| *count += 1);
+            // No receiver (no subscription) is no error.
+            let _ = self.catalog.send(change);
         }
         result
     }
@@ -69,7 +74,7 @@ impl Broker for MeteredBroker {
     fn reuses_topic_ids(&self) -> bool {
         self.inner.reuses_topic_ids()
     }
-    fn catalog_changes(&self) -> Option<watch::Receiver<u64>> {
+    fn catalog_changes(&self) -> Option<broadcast::Receiver<CatalogChange>> {
         Some(self.catalog.subscribe())
     }
     fn skipped_holes(&self) -> SkippedHoles {
@@ -91,10 +96,18 @@ impl Broker for MeteredBroker {
         self.inner.list_streams().await
     }
     async fn update_stream(&self, request: UpdateStream) -> BrokerResult<StreamInfo> {
-        self.changed(self.inner.update_stream(request).await)
+        let change = CatalogChange {
+            stream: request.stream.clone(),
+            topic: None,
+        };
+        self.changed(self.inner.update_stream(request).await, change)
     }
     async fn delete_stream(&self, stream: Identifier, expected: Option<ETag>) -> BrokerResult<()> {
-        self.changed(self.inner.delete_stream(stream, expected).await)
+        let change = CatalogChange {
+            stream: stream.clone(),
+            topic: None,
+        };
+        self.changed(self.inner.delete_stream(stream, expected).await, change)
     }
     async fn purge_stream(&self, stream: Identifier) -> BrokerResult<()> {
         self.inner.purge_stream(stream).await
@@ -109,10 +122,18 @@ impl Broker for MeteredBroker {
         self.inner.list_topics(stream).await
     }
     async fn update_topic(&self, request: UpdateTopic) -> BrokerResult<TopicInfo> {
-        self.changed(self.inner.update_topic(request).await)
+        let change = CatalogChange {
+            stream: request.topic.stream.clone(),
+            topic: Some(request.topic.topic.clone()),
+        };
+        self.changed(self.inner.update_topic(request).await, change)
     }
     async fn delete_topic(&self, topic: TopicRef, expected: Option<ETag>) -> BrokerResult<()> {
-        self.changed(self.inner.delete_topic(topic, expected).await)
+        let change = CatalogChange {
+            stream: topic.stream.clone(),
+            topic: Some(topic.topic.clone()),
+        };
+        self.changed(self.inner.delete_topic(topic, expected).await, change)
     }
     async fn purge_topic(&self, topic: TopicRef) -> BrokerResult<()> {
         self.inner.purge_topic(topic).await

@@ -9,7 +9,11 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{
+    Semaphore,
+    broadcast::{self, error::TryRecvError},
+    mpsc, watch,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -21,8 +25,8 @@ use super::{
 use crate::{
     answer::{Problem, broker_status},
     broker::{
-        Broker, BrokerError, ConsumerOffsetRef, Identifier, PollMessages, PollingStrategy,
-        TopicInfo, TopicRef,
+        Broker, BrokerError, CatalogChange, ConsumerOffsetRef, Identifier, PollMessages,
+        PollingStrategy, TopicInfo, TopicRef,
     },
     budget::AnswerWatch,
 };
@@ -67,6 +71,22 @@ impl Followed {
             stream: Identifier::Id(self.stream_id),
             topic: Identifier::Id(self.topic_id),
         }
+    }
+
+    /// Whether a rename or deletion names this subscription's stream (so, maybe, its topic)
+    /// or its topic, by id or by the name it opened with: only those need a check.
+    pub(super) fn concerned_by(&self, change: &CatalogChange) -> bool {
+        fn names(id: u32, name: &str, by: &Identifier) -> bool {
+            match by {
+                Identifier::Id(by) => *by == id,
+                Identifier::Name(by) => by == name,
+            }
+        }
+        names(self.stream_id, &self.stream_name, &change.stream)
+            && change
+                .topic
+                .as_ref()
+                .is_none_or(|topic| names(self.topic_id, &self.topic_name, topic))
     }
 
     /// The topic as it stands, while it is still the one followed; `Ok(None)` when the backend
@@ -173,16 +193,23 @@ pub(super) async fn run(
     let mut last_checked = tokio::time::Instant::now();
     // Renames and deletions made through this gateway, checked before anything more is
     // delivered: scopes match names, so a rename must not let more through than was read.
+    // Only those naming what this subscription follows cost it a check.
     let mut catalog = broker.catalog_changes();
-    // Set when a wait ended on a change (waiting marks it seen).
+    // Set when a wait ended on a change of ours (waiting took it from the channel).
     let mut catalog_moved = false;
     loop {
-        let moved = catalog.as_mut().is_some_and(|changes| {
-            let moved = changes.has_changed().unwrap_or(false);
-            changes.borrow_and_update();
-            moved
-        });
-        if std::mem::take(&mut catalog_moved) || moved {
+        let mut moved = std::mem::take(&mut catalog_moved);
+        if let Some(changes) = catalog.as_mut() {
+            loop {
+                match changes.try_recv() {
+                    Ok(change) => moved |= followed.concerned_by(&change),
+                    // Some were missed: any could have been ours.
+                    Err(TryRecvError::Lagged(_)) => moved = true,
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
+        }
+        if moved {
             last_checked = tokio::time::Instant::now();
             if let Err(status) = followed.check(&broker, &request).await {
                 let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
@@ -303,33 +330,45 @@ pub(super) async fn run(
         } else {
             idle_wait
         };
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = buffer.tx.send((Err(Status::unavailable(
-                    "the gateway is shutting down; resume with the last cursor",
-                )), None)).await;
-                return request;
-            }
-            () = buffer.tx.closed() => return request,
-            () = tokio::time::sleep(wait) => {}
-            // Checked at the top of the next round.
-            Ok(()) = async {
-                match catalog.as_mut() {
-                    Some(changes) => changes.changed().await,
-                    None => std::future::pending().await,
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = buffer.tx.send((Err(Status::unavailable(
+                        "the gateway is shutting down; resume with the last cursor",
+                    )), None)).await;
+                    return request;
                 }
-            } => catalog_moved = true,
-            changed = async {
-                if signalled && !appends.is_empty() {
-                    let waits = appends.values_mut().map(|rx| Box::pin(rx.changed()));
-                    futures_util::future::select_all(waits).await.0
-                } else {
-                    std::future::pending().await
-                }
-            } => {
-                // The backend went away: fall back to polling on a timer.
-                if changed.is_err() {
-                    signalled = false;
+                () = buffer.tx.closed() => return request,
+                () = tokio::time::sleep_until(deadline) => break,
+                // Ours is checked at the top of the next round; another's changes nothing
+                // here, and the wait goes on to the same deadline.
+                news = async {
+                    match catalog.as_mut() {
+                        Some(changes) => changes.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match news {
+                    Ok(change) if !followed.concerned_by(&change) => {}
+                    Err(broadcast::error::RecvError::Closed) => catalog = None,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        catalog_moved = true;
+                        break;
+                    }
+                },
+                changed = async {
+                    if signalled && !appends.is_empty() {
+                        let waits = appends.values_mut().map(|rx| Box::pin(rx.changed()));
+                        futures_util::future::select_all(waits).await.0
+                    } else {
+                        std::future::pending().await
+                    }
+                } => {
+                    // The backend went away: fall back to polling on a timer.
+                    if changed.is_err() {
+                        signalled = false;
+                    }
+                    break;
                 }
             }
         }
@@ -457,4 +496,34 @@ fn heartbeat(
         cursor: cursor::encode(cursor, &settings.cursor_keys)?,
         event: Event::Heartbeat(partitions),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_concerns_the_subscriptions_of_what_it_names_by_id_or_name() {
+        let followed = Followed {
+            stream_id: 3,
+            stream_name: "orders".into(),
+            topic_id: 7,
+            topic_name: "created".into(),
+            topic_created_at: 0,
+        };
+        let change = |stream: Identifier, topic: Option<Identifier>| {
+            followed.concerned_by(&CatalogChange { stream, topic })
+        };
+        let name = |text: &str| Identifier::Name(text.into());
+        assert!(change(name("orders"), None));
+        assert!(change(Identifier::Id(3), None));
+        assert!(change(name("orders"), Some(name("created"))));
+        assert!(change(Identifier::Id(3), Some(Identifier::Id(7))));
+        assert!(!change(name("payments"), None));
+        assert!(!change(Identifier::Id(4), None));
+        assert!(!change(name("orders"), Some(name("audit"))));
+        assert!(!change(name("orders"), Some(Identifier::Id(8))));
+        // Another stream's topic of the same name is another topic.
+        assert!(!change(name("payments"), Some(name("created"))));
+    }
 }

@@ -1,7 +1,7 @@
 //! A tiny Iggy for fault tests: enough of Iggy's TCP binary protocol (server 0.8) for the SDK
 //! to log in, ping, send and poll one partition, written from the protocol's framing (request
 //! `[length][code][payload]`, answer `[status][length][payload]`, little-endian). It counts
-//! open connections, polls and topic reads, can answer sends slowly, and can hold a hole in its log that it refuses
+//! open connections, polls and topic and stream reads, takes any stream rename, can answer sends slowly, and can hold a hole in its log that it refuses
 //! to read with Iggy's "invalid offset" (4100), as a real server does after a torn write.
 
 use std::{
@@ -28,6 +28,7 @@ const GET_CONSUMER_OFFSET: u32 = 120;
 const STORE_CONSUMER_OFFSET: u32 = 121;
 const GET_STREAM: u32 = 200;
 const GET_STREAMS: u32 = 201;
+const UPDATE_STREAM: u32 = 204;
 const GET_TOPIC: u32 = 300;
 
 /// Iggy's status codes the fake answers with.
@@ -53,6 +54,7 @@ struct Shared {
     sends: AtomicU64,
     polls: AtomicU64,
     topic_reads: AtomicU64,
+    stream_reads: AtomicU64,
     send_delay_ms: AtomicU64,
     poll_delay_ms: AtomicU64,
     partition: Mutex<Partition>,
@@ -106,6 +108,11 @@ impl FakeIggy {
     /// Topic reads (`GET_TOPIC`) answered so far.
     pub fn topic_reads(&self) -> u64 {
         self.shared.topic_reads.load(Ordering::SeqCst)
+    }
+
+    /// Stream reads (`GET_STREAM`) answered so far.
+    pub fn stream_reads(&self) -> u64 {
+        self.shared.stream_reads.load(Ordering::SeqCst)
     }
 
     /// Appends one message (payload `m{offset}`) to the partition.
@@ -195,7 +202,12 @@ async fn answer(code: u32, payload: &[u8], shared: &Shared) -> (u32, Vec<u8>) {
             shared.polls.fetch_add(1, Ordering::SeqCst);
             poll(payload, shared)
         }
-        GET_STREAM => (0, stream()),
+        GET_STREAM => {
+            shared.stream_reads.fetch_add(1, Ordering::SeqCst);
+            (0, stream())
+        }
+        // Taken, and changing nothing: the fake's one stream keeps its name.
+        UPDATE_STREAM => (0, Vec::new()),
         GET_TOPIC => {
             shared.topic_reads.fetch_add(1, Ordering::SeqCst);
             (0, topic(shared))

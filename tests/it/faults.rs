@@ -616,6 +616,57 @@ async fn a_subscription_waiting_on_its_topic_ends_when_its_partition_is_deleted(
     assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
 }
 
+#[tokio::test]
+async fn renames_of_another_stream_cost_a_subscription_no_check() {
+    const SUBSCRIBERS: usize = 10;
+    const RENAMES: u64 = 5;
+    let fake = FakeIggy::start().await;
+    fake.hold(1, 0..0);
+    let (app, first) = on_fake_subscribed(&fake, |_| {}).await;
+    let mut streams = vec![first];
+    while streams.len() < SUBSCRIBERS {
+        streams.push(subscribe_first(&app).await);
+    }
+    for stream in &mut streams {
+        assert_eq!(next_offset(stream).await, 0);
+    }
+    // Each rename of a stream these subscriptions do not follow reads the stream once (the
+    // rename's answer); a check by every subscription would read it once more each.
+    let reads = fake.stream_reads();
+    for round in 0..RENAMES {
+        app.streams
+            .clone()
+            .update_stream(proto::UpdateStreamRequest {
+                stream: format!("other-{round}"),
+                name: format!("other-{}", round + 1),
+                ..Default::default()
+            })
+            .await
+            .expect("renamed");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fake.stream_reads() - reads, RENAMES);
+    // A rename of their own stream is checked by every one of them.
+    let reads = fake.stream_reads();
+    app.streams
+        .clone()
+        .update_stream(proto::UpdateStreamRequest {
+            stream: "s".into(),
+            name: "s".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("renamed");
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            fake.stream_reads() - reads > SUBSCRIBERS as u64
+        })
+        .await,
+        "{} stream reads",
+        fake.stream_reads() - reads
+    );
+}
+
 /// The offset of the next message a subscription delivers.
 async fn next_offset(stream: &mut tonic::Streaming<proto::SubscribeResponse>) -> u64 {
     crate::subscribe::next_message(stream).await.1.offset
