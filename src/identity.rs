@@ -83,6 +83,10 @@ impl fmt::Display for Scope {
 pub struct Glob(String);
 
 impl Glob {
+    pub fn new(pattern: &str) -> Self {
+        Self(pattern.to_owned())
+    }
+
     /// `*`, `**`, …: a glob of stars alone matches every name.
     pub fn is_any(&self) -> bool {
         self.0.bytes().all(|b| b == b'*')
@@ -225,6 +229,8 @@ pub struct Identity {
     digest: [u8; 32],
     grants: Vec<Grant>,
     expires_at: Option<SystemTime>,
+    /// The consumer names it may use; `None`: any.
+    consumers: Option<Vec<Glob>>,
     quota: Option<Arc<QuotaState>>,
 }
 
@@ -259,6 +265,7 @@ impl Identity {
             digest: [0; 32],
             grants: Vec::new(),
             expires_at: None,
+            consumers: None,
             quota: None,
         }
     }
@@ -268,6 +275,7 @@ impl Identity {
         digest: [u8; 32],
         grants: Vec<Grant>,
         expires_at: Option<SystemTime>,
+        consumers: Option<Vec<Glob>>,
         quota: Option<Arc<QuotaState>>,
     ) -> Self {
         Self {
@@ -276,6 +284,7 @@ impl Identity {
             digest,
             grants,
             expires_at,
+            consumers,
             quota,
         }
     }
@@ -314,6 +323,13 @@ impl Identity {
         *self.name == *other.name && self.digest == other.digest
     }
 
+    /// Whether it may poll, subscribe and commit as `consumer` (its text: a name or an id).
+    pub fn may_use_consumer(&self, consumer: &str) -> bool {
+        self.consumers
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|glob| glob.matches(consumer)))
+    }
+
     /// Whether `scope` is held on `target`.
     pub fn allows(&self, scope: Scope, target: &Target) -> bool {
         match self.kind {
@@ -339,6 +355,8 @@ pub fn hash_key(key: &str) -> String {
 pub enum Refusal {
     /// The scope is not held on this target (audited).
     Scope(Target),
+    /// The key may not use this consumer (audited).
+    Consumer(String),
     /// The key is over its share of the rate limit, which refusals draw on.
     Held(Held),
 }
@@ -388,6 +406,8 @@ pub enum Revoked {
     Expired,
     /// The key is still there, without the scope on the target.
     ScopeLost,
+    /// The key is still there, no longer allowed the consumer the call uses.
+    ConsumerLost,
 }
 
 impl Access {
@@ -483,6 +503,29 @@ impl Access {
         Ok(())
     }
 
+    /// Checks the identity may use `consumer` (its `consumers` patterns). `Err` after an
+    /// audit line, as a refused target; or, over its share of the rate limit, says so.
+    pub fn check_consumer(&self, consumer: &str) -> Result<(), Refusal> {
+        if self.identity.may_use_consumer(consumer) {
+            return Ok(());
+        }
+        self.refused.store(true, Ordering::Release);
+        self.charge_refusal().map_err(Refusal::Held)?;
+        self.metrics
+            .identity_refused(self.identity.name(), "CONSUMER_NOT_ALLOWED");
+        tracing::warn!(
+            target: AUDIT,
+            identity = self.identity.name(),
+            method = %self.rpc.name,
+            target = self.target().as_str(),
+            consumer = consumer,
+            result = "PERMISSION_DENIED",
+            request_id = &*self.request_id,
+            "refused: consumer not allowed"
+        );
+        Err(Refusal::Consumer(consumer.to_owned()))
+    }
+
     /// A refusal is no quota's to count: it takes one call from a keys-file key's share of
     /// the rate limit ([`KeyRing::admit_uncounted`]), unless the call already took one when
     /// it was admitted (an admin call). `Err`: held, to be answered `RATE_LIMITED`.
@@ -529,8 +572,9 @@ impl Access {
     }
 
     /// Completes when the call may no longer go on: the key is removed or replaced by a reload,
-    /// expires, or loses `scope` on `target`. Never completes for `API_KEY` and anonymous calls.
-    pub async fn revoked(&self, target: Target) -> Revoked {
+    /// expires, loses `scope` on `target` or the use of `consumer`. Never completes for
+    /// `API_KEY` and anonymous calls.
+    pub async fn revoked(&self, target: Target, consumer: Option<String>) -> Revoked {
         if !self.identity.is_named() {
             return std::future::pending().await;
         }
@@ -558,6 +602,13 @@ impl Access {
                     match set.find_same(&current) {
                         None => return Revoked::KeyRemoved,
                         Some(now) if !now.allows(scope, &target) => return Revoked::ScopeLost,
+                        Some(now)
+                            if consumer
+                                .as_deref()
+                                .is_some_and(|consumer| !now.may_use_consumer(consumer)) =>
+                        {
+                            return Revoked::ConsumerLost;
+                        }
                         Some(now) if now.is_expired(SystemTime::now()) => return Revoked::Expired,
                         Some(now) => current = now,
                     }

@@ -228,6 +228,12 @@ impl Stream for Deliveries {
 }
 
 impl Subscriptions {
+    /// The consumer a cursor carries (empty: none), so the caller can check it may subscribe
+    /// as it; a cursor that does not verify is refused here as `start` would refuse it.
+    pub fn cursor_consumer(&self, cursor: &str) -> Result<String, Status> {
+        cursor::decode(cursor, &self.settings.cursor_keys).map(|cursor| cursor.consumer)
+    }
+
     /// Starts a subscription's poll loop and returns the receiving end of its stream.
     pub async fn start(
         &self,

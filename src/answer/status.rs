@@ -151,6 +151,28 @@ pub fn scope_missing(identity: &str, scope: &str, target: &str) -> Status {
     )
 }
 
+/// The reason of a call refused because its key may not use the consumer it names (the keys
+/// file's `consumers`).
+pub const CONSUMER_NOT_ALLOWED: &str = "CONSUMER_NOT_ALLOWED";
+
+/// PERMISSION_DENIED: `identity` may not poll, subscribe or commit as `consumer`.
+pub fn consumer_not_allowed(identity: &str, consumer: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        CONSUMER_NOT_ALLOWED,
+        ERROR_DOMAIN,
+        [
+            ("consumer".to_owned(), consumer.to_owned()),
+            ("identity".to_owned(), identity.to_owned()),
+        ],
+    );
+    Status::with_error_details(
+        Code::PermissionDenied,
+        format!("the key '{identity}' may not use the consumer '{consumer}'"),
+        details,
+    )
+}
+
 /// A request field that failed validation: INVALID_ARGUMENT with a `BadRequest` violation
 /// naming the field, so clients can point at it.
 pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Status {

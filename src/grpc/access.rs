@@ -12,7 +12,7 @@ use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    answer::{ERROR_DOMAIN, Rejection, scope_missing},
+    answer::{ERROR_DOMAIN, Rejection, consumer_not_allowed, scope_missing},
     broker::{Broker, Identifier, TopicRef},
     identity::{Access, Class, Held, Refusal, Revoked, Target},
     subscription::Flow,
@@ -29,6 +29,7 @@ pub(super) fn guard_stream<T: Send + 'static>(
     answers: Answers<T>,
     access: Option<Arc<Access>>,
     target: Target,
+    consumer: Option<String>,
     size: fn(&T) -> usize,
     flow: Arc<Flow>,
 ) -> Answers<T> {
@@ -36,13 +37,14 @@ pub(super) fn guard_stream<T: Send + 'static>(
         return answers;
     };
     let revoked: Pin<Box<dyn std::future::Future<Output = Revoked> + Send>> = {
-        let access = Arc::clone(&access);
-        Box::pin(async move { access.revoked(target).await })
+        let (access, consumer) = (Arc::clone(&access), consumer.clone());
+        Box::pin(async move { access.revoked(target, consumer).await })
     };
     struct State<T> {
         answers: Answers<T>,
         access: Arc<Access>,
         revoked: Pin<Box<dyn std::future::Future<Output = Revoked> + Send>>,
+        consumer: Option<String>,
         flow: Arc<Flow>,
         done: bool,
     }
@@ -50,6 +52,7 @@ pub(super) fn guard_stream<T: Send + 'static>(
         answers,
         access,
         revoked,
+        consumer,
         flow,
         done: false,
     };
@@ -69,14 +72,21 @@ pub(super) fn guard_stream<T: Send + 'static>(
                 .await;
             if let Some(why) = revoked {
                 state.done = true;
-                return Some((Err(revoked_status(&state.access, why)), state));
+                return Some((
+                    Err(revoked_status(
+                        &state.access,
+                        why,
+                        state.consumer.as_deref(),
+                    )),
+                    state,
+                ));
             }
         }
         tokio::select! {
             biased;
             why = &mut state.revoked => {
                 state.done = true;
-                Some((Err(revoked_status(&state.access, why)), state))
+                Some((Err(revoked_status(&state.access, why, state.consumer.as_deref())), state))
             }
             answer = state.answers.next() => {
                 let answer = answer?;
@@ -91,7 +101,7 @@ pub(super) fn guard_stream<T: Send + 'static>(
 }
 
 /// How a revoked subscription ends.
-fn revoked_status(access: &Access, why: Revoked) -> Status {
+fn revoked_status(access: &Access, why: Revoked, consumer: Option<&str>) -> Status {
     let name = access.identity().name();
     let (code, reason, message) = match why {
         Revoked::KeyRemoved => (
@@ -110,6 +120,13 @@ fn revoked_status(access: &Access, why: Revoked) -> Status {
                 request_id = access.request_id(), result = "PERMISSION_DENIED",
                 "open call ended: scope withdrawn");
             return scope_missing(name, access.rpc().scope.as_str(), &access.target());
+        }
+        Revoked::ConsumerLost => {
+            tracing::info!(target: crate::identity::AUDIT, identity = name,
+                method = %access.rpc().name, target = access.target().as_str(),
+                request_id = access.request_id(), result = "PERMISSION_DENIED",
+                "open call ended: consumer withdrawn");
+            return consumer_not_allowed(name, consumer.unwrap_or_default());
         }
     };
     tracing::info!(target: crate::identity::AUDIT, identity = name,
@@ -168,6 +185,7 @@ pub(super) async fn authorize(
     }
     access.check(&targets).map_err(|refusal| match refusal {
         Refusal::Held(held) => held_back(access, held),
+        Refusal::Consumer(consumer) => consumer_not_allowed(access.identity().name(), &consumer),
         Refusal::Scope(target) => {
             // Said as the request named it: a key must not learn the name behind an id it may
             // not see (the audit line has the name).
@@ -198,11 +216,26 @@ pub(super) fn authorize_all(access: Option<&Access>) -> Result<(), Status> {
     match access {
         Some(access) => access
             .check(&[Target::All])
-            .map_err(|refusal| match refusal {
-                Refusal::Held(held) => held_back(access, held),
-                Refusal::Scope(target) => refused(access, &target),
-            }),
+            .map_err(|refusal| refusal_status(access, refusal)),
         None => Err(no_access()),
+    }
+}
+
+/// A call that names a consumer: the key's `consumers` must allow it (after its target).
+pub(super) fn authorize_consumer(access: Option<&Access>, consumer: &str) -> Result<(), Status> {
+    match access {
+        Some(access) => access
+            .check_consumer(consumer)
+            .map_err(|refusal| refusal_status(access, refusal)),
+        None => Err(no_access()),
+    }
+}
+
+fn refusal_status(access: &Access, refusal: Refusal) -> Status {
+    match refusal {
+        Refusal::Held(held) => held_back(access, held),
+        Refusal::Scope(target) => refused(access, &target),
+        Refusal::Consumer(consumer) => consumer_not_allowed(access.identity().name(), &consumer),
     }
 }
 

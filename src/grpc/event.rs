@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use super::{
-    access::{Want, access_of, authorize, charge},
+    access::{Want, access_of, authorize, authorize_consumer, charge},
     convert::{BODY_FORM_HEADER, identifier, message_id_text, timestamp},
     message::Limits,
     polls,
@@ -256,6 +256,7 @@ impl EventService for EventApi {
             ));
         }
         let consumer = Identifier::Id(request.consumer_id.unwrap_or(DEFAULT_CONSUMER_ID));
+        authorize_consumer(access.as_deref(), &consumer.to_string())?;
         let polled = self
             .broker
             .poll_messages(PollMessages {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    access::{Answers, Want, access_of, authorize, charge, guard_stream},
+    access::{Answers, Want, access_of, authorize, authorize_consumer, charge, guard_stream},
     convert::{
         Ids, body_to_payload, headers_from_proto, identifier, message_id, message_id_text,
         polled_to_proto, timestamp_micros, topic_ref,
@@ -303,6 +303,16 @@ impl MessageService for MessageApi {
             "" => None,
             value => Some(identifier("consumer", value)?),
         };
+        // The consumer it commits as: the request's, or the one its cursor carries.
+        let commits_as = match (&consumer, request.cursor.as_str()) {
+            (Some(consumer), _) => Some(consumer.to_string()),
+            (None, "") => None,
+            (None, cursor) => Some(self.subscriptions.cursor_consumer(cursor)?)
+                .filter(|consumer| !consumer.is_empty()),
+        };
+        if let Some(consumer) = &commits_as {
+            authorize_consumer(access.as_deref(), consumer)?;
+        }
         // Unspecified: from the offset if given, else after the consumer's stored offset, else
         // only new messages.
         let unspecified = match (&consumer, request.offset) {
@@ -351,7 +361,14 @@ impl MessageService for MessageApi {
                 }
             })?;
         let flow = receiver.flow();
-        let deliveries = guard_stream(Box::pin(receiver), access, target, delivered_bytes, flow);
+        let deliveries = guard_stream(
+            Box::pin(receiver),
+            access,
+            target,
+            commits_as,
+            delivered_bytes,
+            flow,
+        );
         let to_proto: fn(_) -> _ = delivery_to_proto;
         Ok(Response::new(Box::pin(futures_util::StreamExt::map(
             deliveries, to_proto,
@@ -498,6 +515,9 @@ impl MessageService for MessageApi {
             "" => None,
             value => Some(identifier("consumer", value)?),
         };
+        if let Some(consumer) = &consumer {
+            authorize_consumer(access.as_deref(), &consumer.to_string())?;
+        }
         if request.count == 0 || request.count > self.limits.poll_max {
             return Err(invalid_field(
                 "count",
@@ -595,6 +615,7 @@ impl MessageService for MessageApi {
             &[Want::Topic(&at.topic)],
         )
         .await?;
+        authorize_consumer(access.as_deref(), &at.consumer.to_string())?;
         // Offset 0 is a position like any other: a request without one is refused, never
         // read as 0 (that would rewind the consumer).
         let offset = request
@@ -625,6 +646,7 @@ impl MessageService for MessageApi {
             &[Want::Topic(&at.topic)],
         )
         .await?;
+        authorize_consumer(access.as_deref(), &at.consumer.to_string())?;
         let info = self
             .broker
             .get_consumer_offset(at)
@@ -655,6 +677,7 @@ impl MessageService for MessageApi {
             &[Want::Topic(&at.topic)],
         )
         .await?;
+        authorize_consumer(access.as_deref(), &at.consumer.to_string())?;
         self.broker
             .delete_consumer_offset(at)
             .await

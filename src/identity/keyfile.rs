@@ -6,6 +6,7 @@
 //! sha256 = "9f86d08…"                 # the key's SHA-256, hex (`iggy-gateway --hash-key`)
 //! scopes = ["write:orders/*", "read:orders/*"]
 //! expires_at = "2027-01-01T00:00:00Z" # optional, RFC 3339
+//! consumers = ["billing-*"]           # optional: the consumer names it may use (else any)
 //! [keys.quota]                        # optional; each limit optional
 //! produce_requests_per_second = 100
 //! produce_bytes_per_second = 1048576
@@ -21,7 +22,7 @@ use std::{collections::HashSet, num::NonZeroU32, str::FromStr, time::SystemTime}
 
 use serde::Deserialize;
 
-use super::{Grant, QuotaSettings};
+use super::{Glob, Grant, QuotaSettings};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +39,7 @@ struct RawEntry {
     #[serde(default)]
     scopes: Vec<String>,
     expires_at: Option<String>,
+    consumers: Option<Vec<String>>,
     quota: Option<RawQuota>,
 }
 
@@ -58,6 +60,8 @@ pub struct KeyEntry {
     pub digest: [u8; 32],
     pub grants: Vec<Grant>,
     pub expires_at: Option<SystemTime>,
+    /// The consumer names (patterns) it may poll, subscribe and commit as; `None`: any.
+    pub consumers: Option<Vec<Glob>>,
     pub quota: Option<QuotaSettings>,
 }
 
@@ -136,12 +140,34 @@ fn entry(raw: RawEntry) -> Result<KeyEntry, String> {
                 .ok_or_else(|| format!("expires_at: '{text}' is not an RFC 3339 time"))
         })
         .transpose()?;
+    let consumers = raw
+        .consumers
+        .map(|patterns| {
+            patterns
+                .iter()
+                .map(|pattern| {
+                    if pattern.is_empty()
+                        || pattern.len() > 255
+                        || pattern.chars().any(char::is_control)
+                    {
+                        Err(format!(
+                            "consumers: '{pattern}' must be 1 to 255 bytes without control \
+                             characters"
+                        ))
+                    } else {
+                        Ok(Glob::new(pattern))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
     let quota = raw.quota.map(quota).transpose()?;
     Ok(KeyEntry {
         name,
         digest,
         grants,
         expires_at,
+        consumers,
         quota,
     })
 }

@@ -47,6 +47,7 @@ impl KeySet {
                     entry.digest,
                     entry.grants,
                     entry.expires_at,
+                    entry.consumers,
                     quota,
                 );
                 (entry.digest, Arc::new(identity))

@@ -81,6 +81,7 @@ fn named_identities_hold_only_their_grants() {
         ],
         None,
         None,
+        None,
     );
     let topic = |s: &str, t: &str| Target::Topic(s.into(), t.into());
     assert!(id.allows(Scope::Read, &topic("orders", "x")));
@@ -132,6 +133,7 @@ fn a_keys_file_parses_in_toml_and_yaml() {
     assert_eq!(quota.consume_bytes_per_second, Some(1000));
     assert_eq!(quota.produce_bytes_per_second, None);
     assert_eq!(quota.subscriptions.map(|n| n.get()), Some(3));
+    assert_eq!(entries[0].consumers, None, "any consumer unless told");
     let yaml = r#"
 keys:
   - name: auditor
@@ -179,6 +181,10 @@ fn a_bad_keys_file_is_refused_naming_the_entry_and_field() {
         "[[keys]]\nname = \"a\"\nsha256 = \"{digest}\"\n[keys.quota]\nproduce_bytes_per_second = 0\n"
     ));
     assert!(why.contains("quota.produce_bytes_per_second"), "{why}");
+    let why = bad(&format!(
+        "[[keys]]\nname = \"a\"\nsha256 = \"{digest}\"\nconsumers = [\"\"]\n"
+    ));
+    assert!(why.contains("consumers"), "{why}");
     let why = bad(&format!(
         "[[keys]]\nname = \"a\"\nsha256 = \"{digest}\"\n[keys.quota]\nsubscriptions = 0\n"
     ));
@@ -276,6 +282,7 @@ fn an_audit_line_quotes_a_target_so_a_name_cannot_forge_its_fields() {
         vec![Grant::parse("admin:*").expect("grant")],
         None,
         None,
+        None,
     ));
     let rpc = Arc::new(Rpc {
         path: "/iggy.gateway.v1.StreamService/CreateStream".into(),
@@ -303,7 +310,7 @@ fn an_audit_line_quotes_a_target_so_a_name_cannot_forge_its_fields() {
 
 #[test]
 fn the_ceiling_holds_each_keys_file_identity_and_no_other_caller() {
-    let named = |name: &str| Identity::named(name, [2; 32], Vec::new(), None, None);
+    let named = |name: &str| Identity::named(name, [2; 32], Vec::new(), None, None, None);
     let rate = std::num::NonZeroU32::new(1).expect("non-zero");
     let burst = std::num::NonZeroU32::new(2).expect("non-zero");
     let ring = KeyRing::load(&[], None)
@@ -329,4 +336,27 @@ fn the_ceiling_holds_each_keys_file_identity_and_no_other_caller() {
     for _ in 0..10 {
         assert!(open.admit_uncounted(&ci).is_ok());
     }
+}
+
+#[test]
+fn a_key_with_consumers_uses_only_those_it_names() {
+    let entries = parse_key_file(
+        "[[keys]]\nname = \"billing\"\nsha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\nconsumers = [\"billing-*\", \"7\"]\n",
+        false,
+    )
+    .expect("parses");
+    let entry = entries.into_iter().next().expect("one");
+    let identity = Identity::named(
+        &entry.name,
+        entry.digest,
+        entry.grants,
+        None,
+        entry.consumers,
+        None,
+    );
+    assert!(identity.may_use_consumer("billing-eu"));
+    assert!(identity.may_use_consumer("7"));
+    assert!(!identity.may_use_consumer("analytics"));
+    assert!(!identity.may_use_consumer("1"));
+    assert!(Identity::anonymous().may_use_consumer("analytics"));
 }

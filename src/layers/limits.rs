@@ -852,7 +852,7 @@ mod tests {
         let addr = from.parse().expect("address");
         request.extensions_mut().insert(ClientIp::new(addr, 64));
         let identity = match key {
-            Some(name) => Arc::new(Identity::named(name, [0; 32], Vec::new(), None, None)),
+            Some(name) => Arc::new(Identity::named(name, [0; 32], Vec::new(), None, None, None)),
             None => Identity::anonymous(),
         };
         request.extensions_mut().insert(identity);

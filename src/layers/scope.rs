@@ -357,6 +357,7 @@ mod tests {
             vec![Grant::parse("read:orders/*").expect("grant")],
             None,
             None,
+            None,
         )
     }
 

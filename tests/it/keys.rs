@@ -60,6 +60,12 @@ sha256 = "{watcher}"
 scopes = ["read:*"]
 [keys.quota]
 subscriptions = 2
+
+[[keys]]
+name = "billing"
+sha256 = "{billing}"
+scopes = ["read:*"]
+consumers = ["billing-*"]
 "#,
         admin = hash_key("admin-key"),
         reader = hash_key("reader-key"),
@@ -68,6 +74,7 @@ subscriptions = 2
         unlimited = hash_key("unlimited-key"),
         auditor = hash_key("auditor-key"),
         watcher = hash_key("watcher-key"),
+        billing = hash_key("billing-key"),
     )
 }
 
@@ -2270,4 +2277,179 @@ async fn a_subscriptions_quota_caps_one_identity_on_every_protocol_and_leaves_ot
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(again.is_some(), "a place came back");
+}
+
+fn assert_consumer_not_allowed(status: &tonic::Status, consumer: &str) {
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "CONSUMER_NOT_ALLOWED");
+    assert_eq!(
+        info.metadata.get("consumer").map(String::as_str),
+        Some(consumer)
+    );
+    assert_eq!(
+        info.metadata.get("identity").map(String::as_str),
+        Some("billing")
+    );
+}
+
+#[tokio::test]
+async fn a_key_uses_only_the_consumers_its_entry_names_and_cannot_move_anothers_offsets() {
+    let Keyed { app, file, _dir } = keyed_gateway().await;
+    for text in ["one", "two"] {
+        app.messages
+            .clone()
+            .send_messages(keyed("team-key", send_request("orders", "created", text)))
+            .await
+            .expect("sent");
+    }
+    let poll = |key: &str, consumer: &str| {
+        keyed(
+            key,
+            proto::PollMessagesRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                consumer: consumer.into(),
+                strategy: proto::PollingStrategy::First.into(),
+                count: 10,
+                ..Default::default()
+            },
+        )
+    };
+    let mut messages = app.messages.clone();
+    // Its own consumers work; another team's is refused on every call that names one.
+    let polled = messages
+        .poll_messages(poll("billing-key", "billing-eu"))
+        .await;
+    assert_eq!(polled.expect("its consumer").into_inner().messages.len(), 2);
+    let refused = messages
+        .poll_messages(poll("billing-key", "analytics"))
+        .await
+        .expect_err("another's consumer");
+    assert_consumer_not_allowed(&refused, "analytics");
+    let store = |consumer: &str| {
+        keyed(
+            "billing-key",
+            proto::StoreConsumerOffsetRequest {
+                stream: "orders".into(),
+                topic: "created".into(),
+                consumer: consumer.into(),
+                partition_id: 0,
+                offset: Some(1),
+            },
+        )
+    };
+    messages
+        .store_consumer_offset(store("billing-eu"))
+        .await
+        .expect("stored for its own");
+    let refused = messages
+        .store_consumer_offset(store("analytics"))
+        .await
+        .expect_err("not for another's");
+    assert_consumer_not_allowed(&refused, "analytics");
+    let (status, problem) = rest(
+        &app,
+        "billing-key",
+        reqwest::Method::DELETE,
+        "/v1/streams/orders/topics/created/consumers/analytics/offsets/0",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["reason"], "CONSUMER_NOT_ALLOWED", "{problem}");
+    let (status, problem) = rest(
+        &app,
+        "billing-key",
+        reqwest::Method::GET,
+        "/v1/streams/orders/topics/created/consumers/analytics/offsets/0",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{problem}");
+    // Events are polled as consumer 1 unless told: not one of its consumers either.
+    let (status, problem) = rest(
+        &app,
+        "billing-key",
+        reqwest::Method::GET,
+        "/v1/streams/orders/topics/created/events",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["metadata"]["consumer"], "1", "{problem}");
+    // A key without `consumers` uses any; it subscribes as analytics and hands its cursor on.
+    let mut theirs = subscribe_as_consumer(&app, "reader-key", "analytics", "")
+        .await
+        .expect("any consumer");
+    let (cursor, _) = crate::subscribe::next_message(&mut theirs).await;
+    let refused = subscribe_as_consumer(&app, "billing-key", "analytics", "")
+        .await
+        .expect_err("another's consumer");
+    assert_consumer_not_allowed(&refused, "analytics");
+    let refused = subscribe_as_consumer(&app, "billing-key", "", &cursor)
+        .await
+        .expect_err("another's consumer, carried by a cursor");
+    assert_consumer_not_allowed(&refused, "analytics");
+    // A reload that takes the consumer away ends the subscription that commits as it.
+    let mut own = subscribe_as_consumer(&app, "billing-key", "billing-eu", "")
+        .await
+        .expect("its own");
+    crate::subscribe::next_message(&mut own).await;
+    let text = std::fs::read_to_string(&file).expect("keys");
+    std::fs::write(&file, text.replace("\"billing-*\"", "\"billing-us\"")).expect("write");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match own.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("ended without saying why"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("ends after the reload");
+    assert_consumer_not_allowed(&ended, "billing-eu");
+    let metrics = app
+        .http1
+        .get(app.url("/metrics"))
+        .header("x-api-key", "static-key")
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(
+            r#"iggy_gateway_identity_refusals_total{identity="billing",reason="CONSUMER_NOT_ALLOWED"} 7"#
+        ),
+        "{metrics}"
+    );
+}
+
+async fn subscribe_as_consumer(
+    app: &TestApp,
+    key: &str,
+    consumer: &str,
+    cursor: &str,
+) -> Result<tonic::Streaming<proto::SubscribeResponse>, tonic::Status> {
+    app.subscribe(keyed(
+        key,
+        proto::SubscribeRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            partition_id: Some(0),
+            consumer: consumer.into(),
+            cursor: cursor.into(),
+            strategy: if cursor.is_empty() {
+                proto::PollingStrategy::First.into()
+            } else {
+                proto::PollingStrategy::Unspecified.into()
+            },
+            ..Default::default()
+        },
+    ))
+    .await
 }
