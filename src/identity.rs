@@ -83,10 +83,6 @@ impl fmt::Display for Scope {
 pub struct Glob(String);
 
 impl Glob {
-    pub fn new(pattern: &str) -> Self {
-        Self(pattern.to_owned())
-    }
-
     /// `*`, `**`, …: a glob of stars alone matches every name.
     pub fn is_any(&self) -> bool {
         self.0.bytes().all(|b| b == b'*')
@@ -229,8 +225,8 @@ pub struct Identity {
     digest: [u8; 32],
     grants: Vec<Grant>,
     expires_at: Option<SystemTime>,
-    /// The consumer names it may use; `None`: any.
-    consumers: Option<Vec<Glob>>,
+    /// The consumers it may use (see `keyfile.rs`); `None`: any.
+    consumers: Option<Vec<String>>,
     quota: Option<Arc<QuotaState>>,
 }
 
@@ -275,7 +271,7 @@ impl Identity {
         digest: [u8; 32],
         grants: Vec<Grant>,
         expires_at: Option<SystemTime>,
-        consumers: Option<Vec<Glob>>,
+        consumers: Option<Vec<String>>,
         quota: Option<Arc<QuotaState>>,
     ) -> Self {
         Self {
@@ -323,11 +319,12 @@ impl Identity {
         *self.name == *other.name && self.digest == other.digest
     }
 
-    /// Whether it may poll, subscribe and commit as `consumer` (its text: a name or an id).
+    /// Whether it may poll, subscribe and commit as `consumer` (its text: a name, or an id
+    /// without leading zeros).
     pub fn may_use_consumer(&self, consumer: &str) -> bool {
         self.consumers
             .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|glob| glob.matches(consumer)))
+            .is_none_or(|allowed| allowed.iter().any(|name| name == consumer))
     }
 
     /// Whether `scope` is held on `target`.

@@ -27,13 +27,15 @@ use std::{
 };
 
 use futures_util::Stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use crate::{
     answer::{Rejection, broker_status, invalid_field},
-    broker::{Broker, BrokerError, Identifier, PollingStrategy, StoredMessage, TopicRef},
+    broker::{
+        Broker, BrokerError, CatalogChange, Identifier, PollingStrategy, StoredMessage, TopicRef,
+    },
     budget::AnswerWatch,
 };
 pub use keys::{CursorKeys, MIN_CURSOR_SECRET_BYTES, SECRET_FILE, SecretFileError, kept_secret};
@@ -98,6 +100,12 @@ pub struct Subscription {
     pub client: Option<IpAddr>,
     /// Counted against its identity's quota, when that says `subscriptions`.
     pub holder: Option<Holder>,
+    /// For a key limited by scopes: the stream and topic names its scope was checked on. The
+    /// subscription opens only while they still stand (a rename in between is refused).
+    pub scoped_names: Option<(String, String)>,
+    /// Renames and deletions announced since before the scope check, so none made between the
+    /// check and the pump's start goes unseen.
+    pub catalog: Option<broadcast::Receiver<CatalogChange>>,
     /// The connection it is answered on: closed when the subscriber takes nothing for
     /// `SUBSCRIBE_SLOW_CLIENT_MS`, which over HTTP/2 is the only way to end its stream.
     pub connection: Option<Arc<AnswerWatch>>,
@@ -365,6 +373,12 @@ impl Subscriptions {
             topic_created_at: topic_info.created_at_micros,
             topic_name: topic_info.name.clone(),
         };
+        // Scopes match names: one renamed since the check is not the one the key may read.
+        if let Some((stream, topic)) = &request.scoped_names
+            && (*stream != followed.stream_name || *topic != followed.topic_name)
+        {
+            return Err(followed.gone(&request, "was renamed while it opened"));
+        }
         tokio::spawn(async move {
             let commit_every = request.commit_every;
             let handed = Arc::clone(&buffer.handed);

@@ -288,6 +288,8 @@ impl MessageService for MessageApi {
         let access = access_of(&request);
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
+        // Taken before the scope check, so a rename after it is heard (see `Subscription`).
+        let catalog = self.broker.catalog_changes();
         authorize(
             self.broker.as_ref(),
             access.as_deref(),
@@ -299,6 +301,13 @@ impl MessageService for MessageApi {
             .as_deref()
             .and_then(|access| access.checked_target().cloned())
             .unwrap_or(Target::Any);
+        // The names a limited key's scope matched, which must still stand when it opens.
+        let scoped_names = match (&target, access.as_deref()) {
+            (Target::Topic(stream, topic), Some(access)) if !access.is_unrestricted() => {
+                Some((stream.clone(), topic.clone()))
+            }
+            _ => None,
+        };
         let consumer = match request.consumer.as_str() {
             "" => None,
             value => Some(identifier("consumer", value)?),
@@ -346,6 +355,8 @@ impl MessageService for MessageApi {
                     )),
                     client,
                     holder,
+                    scoped_names,
+                    catalog,
                     connection,
                 },
             )

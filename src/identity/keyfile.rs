@@ -6,7 +6,7 @@
 //! sha256 = "9f86d08…"                 # the key's SHA-256, hex (`iggy-gateway --hash-key`)
 //! scopes = ["write:orders/*", "read:orders/*"]
 //! expires_at = "2027-01-01T00:00:00Z" # optional, RFC 3339
-//! consumers = ["billing-*"]           # optional: the consumer names it may use (else any)
+//! consumers = ["billing", "billing-replay"] # optional: the consumers it may use (else any)
 //! [keys.quota]                        # optional; each limit optional
 //! produce_requests_per_second = 100
 //! produce_bytes_per_second = 1048576
@@ -22,7 +22,7 @@ use std::{collections::HashSet, num::NonZeroU32, str::FromStr, time::SystemTime}
 
 use serde::Deserialize;
 
-use super::{Glob, Grant, QuotaSettings};
+use super::{Grant, QuotaSettings};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,8 +60,9 @@ pub struct KeyEntry {
     pub digest: [u8; 32],
     pub grants: Vec<Grant>,
     pub expires_at: Option<SystemTime>,
-    /// The consumer names (patterns) it may poll, subscribe and commit as; `None`: any.
-    pub consumers: Option<Vec<Glob>>,
+    /// The consumers (names or ids, as written; ids without leading zeros) it may poll,
+    /// subscribe and commit as; `None`: any.
+    pub consumers: Option<Vec<String>>,
     pub quota: Option<QuotaSettings>,
 }
 
@@ -145,19 +146,7 @@ fn entry(raw: RawEntry) -> Result<KeyEntry, String> {
         .map(|patterns| {
             patterns
                 .iter()
-                .map(|pattern| {
-                    if pattern.is_empty()
-                        || pattern.len() > 255
-                        || pattern.chars().any(char::is_control)
-                    {
-                        Err(format!(
-                            "consumers: '{pattern}' must be 1 to 255 bytes without control \
-                             characters"
-                        ))
-                    } else {
-                        Ok(Glob::new(pattern))
-                    }
-                })
+                .map(|consumer| consumer_entry(consumer).map_err(|why| format!("consumers: {why}")))
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
@@ -170,6 +159,33 @@ fn entry(raw: RawEntry) -> Result<KeyEntry, String> {
         consumers,
         quota,
     })
+}
+
+/// One allowed consumer, as calls name it: a name, or an id (digits, read as a number).
+///
+/// Exact, never a pattern: Iggy keeps a named consumer's offsets under a 32-bit hash of its
+/// name, so a pattern would let a key search its names for one whose hash is another team's
+/// consumer (a few seconds' work); a name the file fixes cannot be chosen to collide.
+fn consumer_entry(consumer: &str) -> Result<String, String> {
+    if consumer.contains('*') {
+        return Err(format!(
+            "'{consumer}' has a '*': consumers are exact names (Iggy keys a named consumer by \
+             a 32-bit hash of its name, so a pattern could be searched for a name that \
+             collides with another consumer)"
+        ));
+    }
+    if consumer.is_empty() || consumer.len() > 255 || consumer.chars().any(char::is_control) {
+        return Err(format!(
+            "'{consumer}' must be 1 to 255 bytes without control characters"
+        ));
+    }
+    if consumer.bytes().all(|b| b.is_ascii_digit()) {
+        return consumer
+            .parse::<u32>()
+            .map(|id| id.to_string())
+            .map_err(|_| format!("id '{consumer}' is out of range (at most {})", u32::MAX));
+    }
+    Ok(consumer.to_owned())
 }
 
 /// SHA-256 of zero bytes.

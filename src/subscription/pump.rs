@@ -126,7 +126,7 @@ impl Followed {
 
     /// How a subscription whose topic is no longer the one it followed ends: NOT_FOUND, named
     /// as the client named it.
-    fn gone(&self, request: &Subscription, what: &str) -> Status {
+    pub(super) fn gone(&self, request: &Subscription, what: &str) -> Status {
         Problem::new(
             axum::http::StatusCode::NOT_FOUND,
             "SUBSCRIBED_TOPIC_GONE",
@@ -194,7 +194,8 @@ pub(super) async fn run(
     // Renames and deletions made through this gateway, checked before anything more is
     // delivered: scopes match names, so a rename must not let more through than was read.
     // Only those naming what this subscription follows cost it a check.
-    let mut catalog = broker.catalog_changes();
+    let mut request = request;
+    let mut catalog = request.catalog.take().or_else(|| broker.catalog_changes());
     // Set when a wait ended on a change of ours (waiting took it from the channel).
     let mut catalog_moved = false;
     loop {

@@ -45,6 +45,8 @@ struct Partition {
     hole: Range<u64>,
     /// Deleted: the topic lists no partition and a poll is refused as Iggy refuses one.
     deleted: bool,
+    /// The topic's name, when not "t".
+    topic_name: Option<String>,
     stored: Option<u64>,
 }
 
@@ -125,6 +127,11 @@ impl FakeIggy {
         partition
             .messages
             .push((offset, format!("m{offset}").into_bytes()));
+    }
+
+    /// Renames the topic (whatever name a call finds it by).
+    pub fn name_topic(&self, name: &str) {
+        self.shared.partition.lock().expect("lock").topic_name = Some(name.to_owned());
     }
 
     /// Deletes the partition (the topic stays, with none).
@@ -318,7 +325,7 @@ fn stream() -> Vec<u8> {
 fn topic(shared: &Shared) -> Vec<u8> {
     let partition = shared.partition.lock().expect("lock");
     let count = partition.messages.len() as u64;
-    let name = b"t";
+    let name = partition.topic_name.as_deref().unwrap_or("t").as_bytes();
     let mut body = Vec::new();
     body.extend_from_slice(&1u32.to_le_bytes()); // id
     body.extend_from_slice(&1_700_000_000_000_000u64.to_le_bytes()); // created at

@@ -667,6 +667,54 @@ async fn renames_of_another_stream_cost_a_subscription_no_check() {
     );
 }
 
+#[tokio::test]
+async fn a_subscription_whose_topic_is_renamed_between_its_scope_check_and_its_start_is_refused() {
+    let fake = FakeIggy::start().await;
+    fake.hold(1, 0..0);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[keys]]\nname = \"t-reader\"\nsha256 = \"{}\"\nscopes = [\"read:s/t\"]\n",
+            iggy_gateway::identity::hash_key("t-key")
+        ),
+    )
+    .expect("keys");
+    let url = FakeIggy::url(fake.addr);
+    let app = spawn_configured(move |c| {
+        c.backend.iggy_connection_string = Some(url.into());
+        c.backend.iggy_pool_size = POOL as u32;
+        c.backend.iggy_connect_wait_ms = 2_000;
+        c.auth.api_keys_file = Some(file);
+    })
+    .await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async { ready(&app).await }).await,
+        "the gateway connected"
+    );
+    let subscribe = || {
+        app.subscribe(crate::keys::keyed(
+            "t-key",
+            proto::SubscribeRequest {
+                stream: "s".into(),
+                topic: "t".into(),
+                partition_id: Some(0),
+                strategy: proto::PollingStrategy::First.into(),
+                ..Default::default()
+            },
+        ))
+    };
+    let mut stream = subscribe().await.expect("in scope");
+    assert_eq!(next_offset(&mut stream).await, 0);
+    // The key's scope matches s/t by the names the request gives; the topic found by them is
+    // now named u (renamed between the check and the subscription's reads, as in a race).
+    fake.name_topic("u");
+    let refused = subscribe().await.expect_err("renamed out of scope");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert!(refused.message().contains("renamed"), "{refused:?}");
+}
+
 /// The offset of the next message a subscription delivers.
 async fn next_offset(stream: &mut tonic::Streaming<proto::SubscribeResponse>) -> u64 {
     crate::subscribe::next_message(stream).await.1.offset
