@@ -545,16 +545,8 @@ async fn on_real_iggy_no_acknowledged_message_is_missing_after_cuts_mid_load() {
 async fn idle_subscribers_of_one_topic_share_one_read_of_it_instead_of_polling_each() {
     const SUBSCRIBERS: usize = 20;
     let fake = FakeIggy::start().await;
-    fake.hold(1, 0..0);
     // Idle subscribers used to poll their partition every 20 ms, each.
-    let (app, first) = on_fake_subscribed(&fake, |_| {}).await;
-    let mut streams = vec![first];
-    while streams.len() < SUBSCRIBERS {
-        streams.push(subscribe_first(&app).await);
-    }
-    for stream in &mut streams {
-        assert_eq!(next_offset(stream).await, 0);
-    }
+    let (_app, mut streams) = parked_on_fake(&fake, SUBSCRIBERS).await;
     // Idle for fifty idle intervals: each subscriber polling on its own would poll fifty
     // times; following the topic's one read, none polls until something is appended.
     let (polls, reads) = (fake.polls(), fake.topic_reads());
@@ -602,17 +594,7 @@ async fn a_subscription_waiting_on_its_topic_ends_when_its_partition_is_deleted(
     // partition is gone (the next check is a heartbeat, 15 s, away).
     tokio::time::sleep(Duration::from_millis(300)).await;
     fake.delete_partition();
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("ended without saying why"),
-                Err(status) => break status,
-            }
-        }
-    })
-    .await
-    .expect("ends in time");
+    let ended = crate::subscribe::end_of(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
 }
 
@@ -621,15 +603,7 @@ async fn renames_of_another_stream_cost_a_subscription_no_check() {
     const SUBSCRIBERS: usize = 10;
     const RENAMES: u64 = 5;
     let fake = FakeIggy::start().await;
-    fake.hold(1, 0..0);
-    let (app, first) = on_fake_subscribed(&fake, |_| {}).await;
-    let mut streams = vec![first];
-    while streams.len() < SUBSCRIBERS {
-        streams.push(subscribe_first(&app).await);
-    }
-    for stream in &mut streams {
-        assert_eq!(next_offset(stream).await, 0);
-    }
+    let (app, _streams) = parked_on_fake(&fake, SUBSCRIBERS).await;
     // Each rename of a stream these subscriptions do not follow reads the stream once (the
     // rename's answer); a check by every subscription would read it once more each.
     let reads = fake.stream_reads();
@@ -741,6 +715,23 @@ async fn on_fake_subscribed(
     );
     let stream = subscribe_first(&app).await;
     (app, stream)
+}
+
+/// `count` subscriptions to the fake's one message, each past it (so parked, waiting).
+async fn parked_on_fake(
+    fake: &FakeIggy,
+    count: usize,
+) -> (TestApp, Vec<tonic::Streaming<proto::SubscribeResponse>>) {
+    fake.hold(1, 0..0);
+    let (app, first) = on_fake_subscribed(fake, |_| {}).await;
+    let mut streams = vec![first];
+    while streams.len() < count {
+        streams.push(subscribe_first(&app).await);
+    }
+    for stream in &mut streams {
+        assert_eq!(next_offset(stream).await, 0);
+    }
+    (app, streams)
 }
 
 async fn subscribe_first(app: &TestApp) -> tonic::Streaming<proto::SubscribeResponse> {

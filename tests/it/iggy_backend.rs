@@ -644,17 +644,7 @@ async fn on_real_iggy_a_topic_created_again_under_its_id_ends_its_subscription_a
     let again = app.create_topic(&stream, "t", 1).await;
     app.send_texts(&stream, "t", 0, &["new-0", "new-1", "new-2", "new-3"])
         .await;
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match subscription.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("ended without saying why"),
-                Err(status) => break status,
-            }
-        }
-    })
-    .await
-    .expect("ends at its next check");
+    let ended = crate::subscribe::end_of(&mut subscription, Duration::from_secs(10)).await;
     assert_eq!(
         ended.code(),
         Code::NotFound,
@@ -751,17 +741,7 @@ async fn on_real_iggy_a_subscription_whose_partition_is_deleted_ends_not_found()
         })
         .await
         .expect("deleted");
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match subscription.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("ended without saying why"),
-                Err(status) => break status,
-            }
-        }
-    })
-    .await
-    .expect("ends well before its heartbeat");
+    let ended = crate::subscribe::end_of(&mut subscription, Duration::from_secs(5)).await;
     assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
     let (status, body) = app.delete(&format!("/v1/streams/{stream}")).await;
     assert_eq!(status, 204, "{body}");

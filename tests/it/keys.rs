@@ -2126,21 +2126,7 @@ async fn a_subscription_paced_by_its_quota_is_not_cut_off_as_a_slow_reader() {
     )
     .await;
     assert_eq!(status, 201, "{answer}");
-    let mut stream = app
-        .messages
-        .clone()
-        .subscribe(keyed(
-            "paced-key",
-            proto::SubscribeRequest {
-                stream: "orders".into(),
-                topic: "created".into(),
-                strategy: proto::PollingStrategy::First.into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("subscribed")
-        .into_inner();
+    let mut stream = subscribe_as(&app, "paced-key").await.expect("subscribed");
     let mut offsets = Vec::new();
     while offsets.len() < 16 {
         let item = tokio::time::timeout(Duration::from_secs(10), stream.message())
@@ -2173,17 +2159,11 @@ async fn subscribe_as(
 }
 
 fn assert_over_subscriptions(status: &tonic::Status) {
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    let details = status.get_error_details();
-    let info = details.error_info().expect("ErrorInfo");
-    assert_eq!(info.reason, "QUOTA_EXCEEDED");
-    assert_eq!(
-        info.metadata.get("quota").map(String::as_str),
-        Some("subscriptions")
-    );
-    assert_eq!(
-        info.metadata.get("identity").map(String::as_str),
-        Some("watcher")
+    assert_refused(
+        status,
+        Code::ResourceExhausted,
+        "QUOTA_EXCEEDED",
+        [("quota", "subscriptions"), ("identity", "watcher")],
     );
 }
 
@@ -2220,16 +2200,7 @@ async fn a_subscriptions_quota_caps_one_identity_on_every_protocol_and_leaves_ot
                 .expect("another identity"),
         );
     }
-    let metrics = app
-        .http1
-        .get(app.url("/metrics"))
-        .header("x-api-key", "static-key")
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&app).await;
     assert!(
         metrics.contains(
             r#"iggy_gateway_identity_refusals_total{identity="watcher",reason="QUOTA_EXCEEDED"} 2"#
@@ -2280,18 +2251,32 @@ async fn a_subscriptions_quota_caps_one_identity_on_every_protocol_and_leaves_ot
 }
 
 fn assert_consumer_not_allowed(status: &tonic::Status, consumer: &str) {
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_refused(
+        status,
+        Code::PermissionDenied,
+        "CONSUMER_NOT_ALLOWED",
+        [("consumer", consumer), ("identity", "billing")],
+    );
+}
+
+/// A refusal with its code, `ErrorInfo` reason and these metadata entries.
+fn assert_refused<const N: usize>(
+    status: &tonic::Status,
+    code: Code,
+    reason: &str,
+    metadata: [(&str, &str); N],
+) {
+    assert_eq!(status.code(), code, "{status:?}");
     let details = status.get_error_details();
     let info = details.error_info().expect("ErrorInfo");
-    assert_eq!(info.reason, "CONSUMER_NOT_ALLOWED");
-    assert_eq!(
-        info.metadata.get("consumer").map(String::as_str),
-        Some(consumer)
-    );
-    assert_eq!(
-        info.metadata.get("identity").map(String::as_str),
-        Some("billing")
-    );
+    assert_eq!(info.reason, reason, "{status:?}");
+    for (key, value) in metadata {
+        assert_eq!(
+            info.metadata.get(key).map(String::as_str),
+            Some(value),
+            "{key}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -2399,28 +2384,9 @@ async fn a_key_uses_only_the_consumers_its_entry_names_and_cannot_move_anothers_
     crate::subscribe::next_message(&mut own).await;
     let text = std::fs::read_to_string(&file).expect("keys");
     std::fs::write(&file, text.replace("\"billing-eu\", ", "")).expect("write");
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match own.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("ended without saying why"),
-                Err(status) => break status,
-            }
-        }
-    })
-    .await
-    .expect("ends after the reload");
+    let ended = crate::subscribe::end_of(&mut own, Duration::from_secs(5)).await;
     assert_consumer_not_allowed(&ended, "billing-eu");
-    let metrics = app
-        .http1
-        .get(app.url("/metrics"))
-        .header("x-api-key", "static-key")
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&app).await;
     assert!(
         metrics.contains(
             r#"iggy_gateway_identity_refusals_total{identity="billing",reason="CONSUMER_NOT_ALLOWED"} 7"#
@@ -2452,4 +2418,17 @@ async fn subscribe_as_consumer(
         },
     ))
     .await
+}
+
+/// `/metrics` as the full-access static key reads it.
+async fn metrics_text(app: &TestApp) -> String {
+    app.http1
+        .get(app.url("/metrics"))
+        .header("x-api-key", "static-key")
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
 }

@@ -38,6 +38,25 @@ pub async fn next_message(
     }
 }
 
+/// How a subscription ends, within `limit`: the status it ends with (messages and heartbeats
+/// before it passed over; an end without a status fails the test).
+pub async fn end_of(
+    stream: &mut Streaming<proto::SubscribeResponse>,
+    limit: Duration,
+) -> tonic::Status {
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("ended without saying why"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("ends in time")
+}
+
 /// The next piece of a streamed HTTP answer, within five seconds.
 async fn next_chunk(response: &mut reqwest::Response) -> bytes::Bytes {
     tokio::time::timeout(Duration::from_secs(5), response.chunk())
