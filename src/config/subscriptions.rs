@@ -23,7 +23,8 @@ pub struct SubscriptionsConfig {
     #[arg(long, env = "CURSOR_SECRET_PREVIOUS", hide_env_values = true)]
     pub cursor_secret_previous: Option<Secret>,
 
-    /// Most live subscriptions at once (RESOURCE_EXHAUSTED / 429 beyond).
+    /// Most live subscriptions at once (RESOURCE_EXHAUSTED / 429 beyond); a keys-file quota's
+    /// `subscriptions` caps one identity's share.
     #[arg(long, env = "MAX_SUBSCRIBERS", default_value_t = 1000)]
     pub max_subscribers: u32,
 
@@ -31,7 +32,8 @@ pub struct SubscriptionsConfig {
     #[arg(long, env = "MAX_SUBSCRIBERS_PER_CLIENT", default_value_t = 100)]
     pub max_subscribers_per_client: u32,
 
-    /// Longest wait between polls of an idle subscription, in milliseconds.
+    /// Longest wait between polls of an idle subscription, in milliseconds; on Iggy, between
+    /// reads of a followed topic while nothing changes.
     #[arg(long, env = "SUBSCRIBE_IDLE_POLL_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub subscribe_idle_poll_ms: u64,
