@@ -2422,12 +2422,8 @@ async fn subscribe_as_consumer(
 
 /// `/metrics` as the full-access static key reads it.
 async fn metrics_text(app: &TestApp) -> String {
-    app.http1
-        .get(app.url("/metrics"))
-        .header("x-api-key", "static-key")
-        .send()
+    metrics_with(app, "static-key")
         .await
-        .expect("metrics")
         .text()
         .await
         .expect("text")
