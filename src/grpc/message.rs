@@ -312,8 +312,13 @@ impl MessageService for MessageApi {
             "" => None,
             value => Some(identifier("consumer", value)?),
         };
-        // The consumer it commits as: the request's, or the one its cursor carries.
+        // The consumer a keys-file key commits as: the request's, or the one its cursor
+        // carries (read here only for such keys: no one else is limited to some consumers).
+        let limited = access
+            .as_deref()
+            .is_some_and(|access| !access.is_unrestricted());
         let commits_as = match (&consumer, request.cursor.as_str()) {
+            _ if !limited => None,
             (Some(consumer), _) => Some(consumer.to_string()),
             (None, "") => None,
             (None, cursor) => Some(self.subscriptions.cursor_consumer(cursor)?)
