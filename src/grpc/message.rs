@@ -265,27 +265,29 @@ impl MessageService for MessageApi {
             .extensions()
             .get::<crate::extensions::ClientIp>()
             .map(|ip| ip.key().network());
+        let access = access_of(&request);
+        // A keys-file key: limited by its scopes, quotas and consumers.
+        let limited = access
+            .as_deref()
+            .is_some_and(|access| !access.is_unrestricted());
         // Every keys-file identity's subscriptions are counted, so a cap a reload adds finds
         // those already open; refused only over its quota's cap, if it sets one.
-        let holder = access_of(&request)
-            .filter(|access| access.identity().is_named())
-            .map(|access| {
-                let identity = access.identity();
-                let most = identity
-                    .quota()
-                    .and_then(|quota| quota.settings().subscriptions)
-                    .map(|most| usize::try_from(most.get()).unwrap_or(usize::MAX));
-                crate::subscription::Holder {
-                    name: Arc::from(identity.name()),
-                    most,
-                }
-            });
+        let holder = access.as_deref().filter(|_| limited).map(|access| {
+            let identity = access.identity();
+            let most = identity
+                .quota()
+                .and_then(|quota| quota.settings().subscriptions)
+                .map(|most| usize::try_from(most.get()).unwrap_or(usize::MAX));
+            crate::subscription::Holder {
+                name: Arc::from(identity.name()),
+                most,
+            }
+        });
         // Closed when the subscriber stops reading (see `Subscription::connection`).
         let connection = request
             .extensions()
             .get::<Arc<crate::budget::AnswerWatch>>()
             .cloned();
-        let access = access_of(&request);
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
         // Taken before the scope check, so a rename after it is heard (see `Subscription`).
@@ -302,10 +304,8 @@ impl MessageService for MessageApi {
             .and_then(|access| access.checked_target().cloned())
             .unwrap_or(Target::Any);
         // The names a limited key's scope matched, which must still stand when it opens.
-        let scoped_names = match (&target, access.as_deref()) {
-            (Target::Topic(stream, topic), Some(access)) if !access.is_unrestricted() => {
-                Some((stream.clone(), topic.clone()))
-            }
+        let scoped_names = match &target {
+            Target::Topic(stream, topic) if limited => Some((stream.clone(), topic.clone())),
             _ => None,
         };
         let consumer = match request.consumer.as_str() {
@@ -314,9 +314,6 @@ impl MessageService for MessageApi {
         };
         // The consumer a keys-file key commits as: the request's, or the one its cursor
         // carries (read here only for such keys: no one else is limited to some consumers).
-        let limited = access
-            .as_deref()
-            .is_some_and(|access| !access.is_unrestricted());
         let commits_as = match (&consumer, request.cursor.as_str()) {
             _ if !limited => None,
             (Some(consumer), _) => Some(consumer.to_string()),
