@@ -19,6 +19,7 @@ use crate::{
 #[derive(Debug, Clone, Args)]
 pub struct BackendConfig {
     /// Iggy server to front, e.g. iggy://user:pass@host:8090. Unset: the embedded backend.
+    /// The gateway adds `?nodelay=true` (TCP_NODELAY) unless the string sets `nodelay`.
     #[arg(long, env = "IGGY_CONNECTION_STRING", hide_env_values = true)]
     pub iggy_connection_string: Option<Secret>,
 

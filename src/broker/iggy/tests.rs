@@ -12,7 +12,7 @@ use super::{
     convert::{
         Context, header_from_iggy, header_to_iggy, map_error, message_from_iggy, message_to_iggy,
     },
-    pool::{IggySettings, Pool, SlotState, backoff, redact},
+    pool::{IggySettings, Pool, SlotState, backoff, redact, with_nodelay},
 };
 use crate::broker::{BrokerError, HeaderValue, Headers, Identifier, NewMessage, TopicRef};
 
@@ -110,6 +110,38 @@ fn passwords_never_reach_the_logs() {
         redact("iggy://iggy.internal:8090"),
         "iggy://iggy.internal:8090"
     );
+}
+
+#[test]
+fn connections_to_iggy_turn_nagle_off_unless_the_string_says_otherwise() {
+    use iggy_common::{ConnectionString, TcpClientConfig, TcpConnectionStringOptions};
+    let nodelay = |text: &str| {
+        let parsed = ConnectionString::<TcpConnectionStringOptions>::new(&with_nodelay(text))
+            .expect("the SDK reads it");
+        TcpClientConfig::from(parsed).nodelay
+    };
+    assert_eq!(
+        with_nodelay("iggy://u:p@h:8090"),
+        "iggy://u:p@h:8090?nodelay=true"
+    );
+    assert!(nodelay("iggy://u:p@h:8090"));
+    assert_eq!(
+        with_nodelay("iggy+tcp://u:p@h:8090?heartbeat_interval=2s"),
+        "iggy+tcp://u:p@h:8090?heartbeat_interval=2s&nodelay=true"
+    );
+    assert!(nodelay("iggy+tcp://u:p@h:8090?heartbeat_interval=2s"));
+    // The operator's own choice stands.
+    assert_eq!(
+        with_nodelay("iggy://u:p@h:8090?nodelay=false"),
+        "iggy://u:p@h:8090?nodelay=false"
+    );
+    assert!(!nodelay("iggy://u:p@h:8090?nodelay=false"));
+    // A `?` in the password is not where the options start.
+    assert_eq!(
+        with_nodelay("iggy://u:p?w@h:8090"),
+        "iggy://u:p?w@h:8090?nodelay=true"
+    );
+    assert!(nodelay("iggy://u:p?w@h:8090"));
 }
 
 #[test]
