@@ -96,12 +96,14 @@ impl fmt::Display for Identifier {
     }
 }
 
-/// A rename or deletion made through the gateway, named as its request named it: a stream
-/// (and so every topic in it) or one topic of a stream.
+/// A rename, deletion or purge made through the gateway, named as its request named it: a
+/// stream (and so every topic in it) or one topic of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogChange {
     pub stream: Identifier,
     pub topic: Option<Identifier>,
+    /// A purge: the messages are gone and offsets start again at 0.
+    pub purge: bool,
 }
 
 /// A topic within a stream.

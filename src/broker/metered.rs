@@ -1,6 +1,6 @@
 //! `MeteredBroker`: the `Broker` decorator that counts the messages and payload bytes sent and
-//! polled at the seam, so every backend is counted the same way, and announces the renames and
-//! deletions made through it (`catalog_changes`), whatever the backend. Every other call passes
+//! polled at the seam, so every backend is counted the same way, and announces the renames,
+//! deletions and purges made through it (`catalog_changes`), whatever the backend. Every other call passes
 //! through unchanged; the counters themselves live in the metrics registry (`crate::metrics`).
 
 use std::sync::Arc;
@@ -36,7 +36,7 @@ impl MeteredBroker {
         }
     }
 
-    /// Announces a rename or deletion once it is made; a refused one changed nothing, and
+    /// Announces a rename, deletion or purge once it is made; a refused one changed nothing, and
     /// costs the subscriptions no check. Only subscriptions of what it names check.
     fn changed<T>(&self, result: BrokerResult<T>, change: CatalogChange) -> BrokerResult<T> {
         if result.is_ok() {
@@ -99,6 +99,7 @@ impl Broker for MeteredBroker {
         let change = CatalogChange {
             stream: request.stream.clone(),
             topic: None,
+            purge: false,
         };
         self.changed(self.inner.update_stream(request).await, change)
     }
@@ -106,11 +107,17 @@ impl Broker for MeteredBroker {
         let change = CatalogChange {
             stream: stream.clone(),
             topic: None,
+            purge: false,
         };
         self.changed(self.inner.delete_stream(stream, expected).await, change)
     }
     async fn purge_stream(&self, stream: Identifier) -> BrokerResult<()> {
-        self.inner.purge_stream(stream).await
+        let change = CatalogChange {
+            stream: stream.clone(),
+            topic: None,
+            purge: true,
+        };
+        self.changed(self.inner.purge_stream(stream).await, change)
     }
     async fn create_topic(&self, request: CreateTopic) -> BrokerResult<TopicInfo> {
         self.inner.create_topic(request).await
@@ -125,6 +132,7 @@ impl Broker for MeteredBroker {
         let change = CatalogChange {
             stream: request.topic.stream.clone(),
             topic: Some(request.topic.topic.clone()),
+            purge: false,
         };
         self.changed(self.inner.update_topic(request).await, change)
     }
@@ -132,11 +140,17 @@ impl Broker for MeteredBroker {
         let change = CatalogChange {
             stream: topic.stream.clone(),
             topic: Some(topic.topic.clone()),
+            purge: false,
         };
         self.changed(self.inner.delete_topic(topic, expected).await, change)
     }
     async fn purge_topic(&self, topic: TopicRef) -> BrokerResult<()> {
-        self.inner.purge_topic(topic).await
+        let change = CatalogChange {
+            stream: topic.stream.clone(),
+            topic: Some(topic.topic.clone()),
+            purge: true,
+        };
+        self.changed(self.inner.purge_topic(topic).await, change)
     }
     async fn create_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
         self.inner.create_partitions(topic, count).await

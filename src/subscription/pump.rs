@@ -52,7 +52,7 @@ pub(super) struct Buffer {
 /// What a subscription follows, as it was when it opened; the pump polls and commits by its
 /// ids, so a topic deleted and created again under its name (another log) is never read nor
 /// committed to. Scopes match names, so a rename of its stream or topic ends it too, as a
-/// deletion does: one made through this gateway is seen before anything more is delivered
+/// deletion and a purge do: one made through this gateway is seen before anything more is delivered
 /// (`Broker::catalog_changes`), one made elsewhere (another replica, Iggy's own tools) at the
 /// next check, every heartbeat interval.
 #[derive(Debug, Clone)]
@@ -90,12 +90,21 @@ impl Followed {
     }
 
     /// The topic as it stands, while it is still the one followed; `Ok(None)` when the backend
-    /// cannot tell now (unavailable), which ends nothing.
+    /// cannot tell now (unavailable), which ends nothing. A purge starts the offsets again at
+    /// 0, so a subscription that has read past 0 would skip the new log's first messages
+    /// without a word: it ends instead, at once when the purge was announced (`news`), or
+    /// when a partition stands behind where it reads (a purge made elsewhere, seen if the new
+    /// log has not grown past that since).
     pub(super) async fn check(
         &self,
         broker: &Arc<dyn Broker>,
         request: &Subscription,
+        next: &BTreeMap<u32, Option<u64>>,
+        news: News,
     ) -> Result<Option<TopicInfo>, Status> {
+        if news.purged && next.values().any(|at| at.is_some_and(|at| at > 0)) {
+            return Err(self.gone(request, "was purged"));
+        }
         let topic = match broker.get_topic(self.topic()).await {
             Ok(topic) => topic,
             Err(err) if is_gone(&err) => return Err(self.gone(request, "was deleted")),
@@ -111,6 +120,15 @@ impl Followed {
         }
         if topic.name != self.topic_name || stream.name != self.stream_name {
             return Err(self.gone(request, "was renamed"));
+        }
+        let behind = topic.partitions.iter().any(|partition| {
+            next.get(&partition.id)
+                .copied()
+                .flatten()
+                .is_some_and(|at| partition.next_offset() < at)
+        });
+        if behind {
+            return Err(self.gone(request, "was purged"));
         }
         Ok(Some(topic))
     }
@@ -137,6 +155,48 @@ impl Followed {
             ),
         )
         .to_status()
+    }
+}
+
+/// What the catalog announcements since the last look say about one subscription.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct News {
+    /// A change names what it follows: check it.
+    pub(super) moved: bool,
+    /// One of those was a purge.
+    pub(super) purged: bool,
+}
+
+impl News {
+    fn add(&mut self, followed: &Followed, change: &CatalogChange) {
+        if followed.concerned_by(change) {
+            self.moved = true;
+            self.purged |= change.purge;
+        }
+    }
+
+    /// Some announcements were missed: any could have been ours, a purge too (the check then
+    /// ends the subscription only if a partition stands behind where it reads).
+    fn lagged(&mut self) {
+        self.moved = true;
+    }
+
+    /// Takes what is waiting on the channel, without waiting.
+    fn take(
+        mut self,
+        catalog: &mut Option<broadcast::Receiver<CatalogChange>>,
+        followed: &Followed,
+    ) -> Self {
+        if let Some(changes) = catalog.as_mut() {
+            loop {
+                match changes.try_recv() {
+                    Ok(change) => self.add(followed, &change),
+                    Err(TryRecvError::Lagged(_)) => self.lagged(),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
+        }
+        self
     }
 }
 
@@ -197,22 +257,12 @@ pub(super) async fn run(
     let mut request = request;
     let mut catalog = request.catalog.take().or_else(|| broker.catalog_changes());
     // Set when a wait ended on a change of ours (waiting took it from the channel).
-    let mut catalog_moved = false;
+    let mut waited_news = News::default();
     loop {
-        let mut moved = std::mem::take(&mut catalog_moved);
-        if let Some(changes) = catalog.as_mut() {
-            loop {
-                match changes.try_recv() {
-                    Ok(change) => moved |= followed.concerned_by(&change),
-                    // Some were missed: any could have been ours.
-                    Err(TryRecvError::Lagged(_)) => moved = true,
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                }
-            }
-        }
-        if moved {
+        let news = std::mem::take(&mut waited_news).take(&mut catalog, &followed);
+        if news.moved {
             last_checked = tokio::time::Instant::now();
-            if let Err(status) = followed.check(&broker, &request).await {
+            if let Err(status) = followed.check(&broker, &request, &next, news).await {
                 let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
                 return request;
             }
@@ -266,6 +316,16 @@ pub(super) async fn run(
                 // Nothing yet for a first poll by strategy: keep asking the same way.
                 continue;
             }
+            // A change announced while this round polled is checked before what the poll
+            // read is delivered: after a purge, it may be the new log's, read past its start.
+            let news = News::default().take(&mut catalog, &followed);
+            if news.moved {
+                last_checked = tokio::time::Instant::now();
+                if let Err(status) = followed.check(&broker, &request, &next, news).await {
+                    let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
+                    return request;
+                }
+            }
             // It may hold more than one poll returns: read it again before sleeping.
             draining.insert(partition);
             for message in polled.messages {
@@ -300,7 +360,10 @@ pub(super) async fn run(
         let check_due = last_checked.elapsed() >= settings.heartbeat;
         let topic = if heartbeat_due || check_due {
             last_checked = tokio::time::Instant::now();
-            match followed.check(&broker, &request).await {
+            match followed
+                .check(&broker, &request, &next, News::default())
+                .await
+            {
                 Ok(topic) => topic,
                 Err(status) => {
                     let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
@@ -352,8 +415,12 @@ pub(super) async fn run(
                 } => match news {
                     Ok(change) if !followed.concerned_by(&change) => {}
                     Err(broadcast::error::RecvError::Closed) => catalog = None,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        catalog_moved = true;
+                    Ok(change) => {
+                        waited_news.add(&followed, &change);
+                        break;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        waited_news.lagged();
                         break;
                     }
                 },
@@ -513,7 +580,11 @@ mod tests {
             topic_created_at: 0,
         };
         let change = |stream: Identifier, topic: Option<Identifier>| {
-            followed.concerned_by(&CatalogChange { stream, topic })
+            followed.concerned_by(&CatalogChange {
+                stream,
+                topic,
+                purge: false,
+            })
         };
         let name = |text: &str| Identifier::Name(text.into());
         assert!(change(name("orders"), None));

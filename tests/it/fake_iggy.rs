@@ -134,6 +134,12 @@ impl FakeIggy {
         self.shared.partition.lock().expect("lock").topic_name = Some(name.to_owned());
     }
 
+    /// Purges the partition, as Iggy's own tools could: its messages are gone and its offsets
+    /// start again at 0.
+    pub fn purge(&self) {
+        self.shared.partition.lock().expect("lock").messages.clear();
+    }
+
     /// Deletes the partition (the topic stays, with none).
     pub fn delete_partition(&self) {
         self.shared.partition.lock().expect("lock").deleted = true;

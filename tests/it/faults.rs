@@ -599,6 +599,23 @@ async fn a_subscription_waiting_on_its_topic_ends_when_its_partition_is_deleted(
 }
 
 #[tokio::test]
+async fn a_subscription_whose_topic_is_purged_elsewhere_ends_at_its_next_check() {
+    let fake = FakeIggy::start().await;
+    fake.hold(3, 0..0);
+    let (_app, mut stream) =
+        on_fake_subscribed(&fake, |c| c.subscriptions.subscribe_heartbeat_ms = 200).await;
+    for offset in 0..3 {
+        assert_eq!(next_offset(&mut stream).await, offset);
+    }
+    // Not through the gateway, so nothing announces it: the check at the next heartbeat
+    // finds the partition behind where the subscription reads.
+    fake.purge();
+    let ended = crate::subscribe::end_of(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(ended.message().contains("was purged"), "{ended:?}");
+}
+
+#[tokio::test]
 async fn renames_of_another_stream_cost_a_subscription_no_check() {
     const SUBSCRIBERS: usize = 10;
     const RENAMES: u64 = 5;

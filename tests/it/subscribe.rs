@@ -389,6 +389,70 @@ async fn a_rename_through_the_gateway_ends_its_subscriptions_before_they_deliver
     assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
 }
 
+/// A purge starts the topic's offsets again at 0: a subscription reading on from where it
+/// stood would skip the new log's first messages without a word, so it ends instead, as a
+/// cursor from before a purge is refused.
+#[tokio::test]
+async fn a_purge_ends_the_subscriptions_of_its_topic_instead_of_letting_them_skip_the_new_log() {
+    let app = app_with_topic(spawn_app().await).await;
+    app.send_texts("orders", "created", 0, &["a", "b", "c"])
+        .await;
+    let mut stream = app
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(0),
+            strategy: proto::PollingStrategy::First.into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    for offset in 0..3 {
+        assert_eq!(next_message(&mut stream).await.1.offset, offset);
+    }
+    let purge = |path: &'static str| {
+        let request = app.http1.post(app.url(path));
+        async move { request.send().await.expect("sent").status().as_u16() }
+    };
+    assert_eq!(purge("/v1/streams/orders/topics/created:purge").await, 204);
+    app.send_texts(
+        "orders",
+        "created",
+        0,
+        &["new-0", "new-1", "new-2", "new-3", "new-4"],
+    )
+    .await;
+    let ended = ends_with(&mut stream, "new-").await;
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(ended.message().contains("was purged"), "{ended:?}");
+
+    // A purge of the whole stream, too; one that finds the subscription at offset 0 skips
+    // nothing, so that one reads on.
+    let mut stream = app
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(0),
+            strategy: proto::PollingStrategy::First.into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    assert_eq!(next_message(&mut stream).await.1.offset, 0);
+    let mut fresh = app
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(1),
+            strategy: proto::PollingStrategy::First.into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    assert_eq!(purge("/v1/streams/orders:purge").await, 204);
+    app.send_texts("orders", "created", 0, &["later-0", "later-1"])
+        .await;
+    let ended = ends_with(&mut stream, "later-").await;
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(ended.message().contains("was purged"), "{ended:?}");
+    app.send_texts("orders", "created", 1, &["one"]).await;
+    assert_eq!(next_message(&mut fresh).await.1.offset, 0);
+}
+
 #[tokio::test]
 async fn sse_clients_get_events_with_the_cursor_as_id_and_resume_with_last_event_id() {
     let app = app_with_topic(spawn_app().await).await;
