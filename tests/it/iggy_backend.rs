@@ -746,3 +746,41 @@ async fn on_real_iggy_a_subscription_whose_partition_is_deleted_ends_not_found()
     let (status, body) = app.delete(&format!("/v1/streams/{stream}")).await;
     assert_eq!(status, 204, "{body}");
 }
+
+/// A purge through the gateway ends a subscription that has read past offset 0 on Iggy too,
+/// at once (its heartbeat, and so its periodic check, is a minute away).
+#[tokio::test]
+async fn on_real_iggy_a_purge_through_the_gateway_ends_the_subscriptions_that_read_past_0() {
+    let Some(url) = real_server() else { return };
+    let app = spawn_on_iggy_with(url, |c| c.subscriptions.subscribe_heartbeat_ms = 60_000).await;
+    let stream = unique("gw-purge");
+    app.create_stream(&stream).await;
+    app.create_topic(&stream, "t", 1).await;
+    app.send_texts(&stream, "t", 0, &["a", "b"]).await;
+    let mut subscription = app
+        .subscribe(proto::SubscribeRequest {
+            stream: stream.clone(),
+            topic: "t".into(),
+            partition_id: Some(0),
+            strategy: proto::PollingStrategy::First.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribed");
+    for _ in 0..2 {
+        crate::subscribe::next_message(&mut subscription).await;
+    }
+    app.topics
+        .clone()
+        .purge_topic(proto::PurgeTopicRequest {
+            stream: stream.clone(),
+            topic: "t".into(),
+        })
+        .await
+        .expect("purged");
+    let ended = crate::subscribe::end_of(&mut subscription, Duration::from_secs(5)).await;
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(ended.message().contains("was purged"), "{ended:?}");
+    let (status, body) = app.delete(&format!("/v1/streams/{stream}")).await;
+    assert_eq!(status, 204, "{body}");
+}
