@@ -380,7 +380,6 @@ impl Subscriptions {
             return Err(followed.gone(&request, "was renamed while it opened"));
         }
         tokio::spawn(async move {
-            let commit_every = request.commit_every;
             let handed = Arc::clone(&buffer.handed);
             let slow_client = settings.slow_client;
             let request = pump::run(
@@ -401,7 +400,8 @@ impl Subscriptions {
             // buffer still held (an error, shutdown) before it ends or its client stops.
             // (`commit` stores by the ids followed, and where a backend gives ids again, first
             // makes sure they still name the log followed.)
-            if commit_every > 0 {
+            // (A subscription ended by a purge comes back with `commit_every` 0.)
+            if request.commit_every > 0 {
                 let snapshot = || {
                     handed
                         .lock()

@@ -36,7 +36,7 @@ impl MeteredBroker {
         }
     }
 
-    /// Announces a rename, deletion or purge once it is made; a refused one changed nothing, and
+    /// Announces a rename or deletion once it is made; a refused one changed nothing, and
     /// costs the subscriptions no check. Only subscriptions of what it names check.
     fn changed<T>(&self, result: BrokerResult<T>, change: CatalogChange) -> BrokerResult<T> {
         if result.is_ok() {
@@ -44,6 +44,15 @@ impl MeteredBroker {
             let _ = self.catalog.send(change);
         }
         result
+    }
+
+    /// Announces a purge, before it is made and again after: a subscription whose poll
+    /// meets the new log finds the first after that poll, one that had read nothing when it
+    /// took the first finds the second once it has, and one that cannot tell whether the
+    /// purge went through (a timeout) hears of it too. A purge that fails ends subscriptions
+    /// for nothing; they resume with their cursors.
+    fn purging(&self, change: &CatalogChange) {
+        let _ = self.catalog.send(change.clone());
     }
 }
 
@@ -117,7 +126,10 @@ impl Broker for MeteredBroker {
             topic: None,
             purge: true,
         };
-        self.changed(self.inner.purge_stream(stream).await, change)
+        self.purging(&change);
+        let purged = self.inner.purge_stream(stream).await;
+        self.purging(&change);
+        purged
     }
     async fn create_topic(&self, request: CreateTopic) -> BrokerResult<TopicInfo> {
         self.inner.create_topic(request).await
@@ -150,7 +162,10 @@ impl Broker for MeteredBroker {
             topic: Some(topic.topic.clone()),
             purge: true,
         };
-        self.changed(self.inner.purge_topic(topic).await, change)
+        self.purging(&change);
+        let purged = self.inner.purge_topic(topic).await;
+        self.purging(&change);
+        purged
     }
     async fn create_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
         self.inner.create_partitions(topic, count).await

@@ -101,34 +101,44 @@ impl Followed {
         request: &Subscription,
         next: &BTreeMap<u32, Option<u64>>,
         news: News,
-    ) -> Result<Option<TopicInfo>, Status> {
+    ) -> Result<Option<TopicInfo>, Gone> {
         if news.purged && next.values().any(|at| at.is_some_and(|at| at > 0)) {
-            return Err(self.gone(request, "was purged"));
+            return Err(Gone::purged(self.gone(request, "was purged")));
         }
         let topic = match broker.get_topic(self.topic()).await {
             Ok(topic) => topic,
-            Err(err) if is_gone(&err) => return Err(self.gone(request, "was deleted")),
+            Err(err) if is_gone(&err) => return Err(self.gone(request, "was deleted").into()),
             Err(_) => return Ok(None),
         };
         let stream = match broker.get_stream(Identifier::Id(self.stream_id)).await {
             Ok(stream) => stream,
-            Err(err) if is_gone(&err) => return Err(self.gone(request, "was deleted")),
+            Err(err) if is_gone(&err) => return Err(self.gone(request, "was deleted").into()),
             Err(_) => return Ok(None),
         };
         if topic.created_at_micros != self.topic_created_at {
-            return Err(self.gone(request, "was deleted and created again"));
+            return Err(self.gone(request, "was deleted and created again").into());
         }
         if topic.name != self.topic_name || stream.name != self.stream_name {
-            return Err(self.gone(request, "was renamed"));
+            return Err(self.gone(request, "was renamed").into());
         }
-        let behind = topic.partitions.iter().any(|partition| {
-            next.get(&partition.id)
-                .copied()
-                .flatten()
-                .is_some_and(|at| partition.next_offset() < at)
-        });
-        if behind {
-            return Err(self.gone(request, "was purged"));
+        for partition in &topic.partitions {
+            // Where the partition ends. One emptied by retention still counts its offsets
+            // (`current_offset` stays); only a purged (or never written) one reads 0 and 0.
+            let end = if partition.messages_count == 0 && partition.current_offset == 0 {
+                0
+            } else {
+                partition.current_offset + 1
+            };
+            if let Some(Some(at)) = next.get(&partition.id)
+                && end < *at
+            {
+                let what = format!(
+                    "was purged (partition {} now ends before offset {at}, where this \
+                     subscription reads)",
+                    partition.id
+                );
+                return Err(Gone::purged(self.gone(request, &what)));
+            }
         }
         Ok(Some(topic))
     }
@@ -155,6 +165,41 @@ impl Followed {
             ),
         )
         .to_status()
+    }
+}
+
+/// Why a subscription's topic is no longer the one it followed: the status it ends with.
+pub(super) struct Gone {
+    status: Status,
+    /// Purged: the offsets it read belong to a log that is no more, and a commit of them would
+    /// make the consumer's next read skip the new log's start.
+    purged: bool,
+}
+
+impl Gone {
+    fn purged(status: Status) -> Self {
+        Self {
+            status,
+            purged: true,
+        }
+    }
+
+    /// The status to end with; after a purge nothing read is committed (`commit_every` 0 is
+    /// what the subscription's end reads).
+    fn end(self, request: &mut Subscription) -> Status {
+        if self.purged {
+            request.commit_every = 0;
+        }
+        self.status
+    }
+}
+
+impl From<Status> for Gone {
+    fn from(status: Status) -> Self {
+        Self {
+            status,
+            purged: false,
+        }
     }
 }
 
@@ -262,7 +307,8 @@ pub(super) async fn run(
         let news = std::mem::take(&mut waited_news).take(&mut catalog, &followed);
         if news.moved {
             last_checked = tokio::time::Instant::now();
-            if let Err(status) = followed.check(&broker, &request, &next, news).await {
+            if let Err(gone) = followed.check(&broker, &request, &next, news).await {
+                let status = gone.end(&mut request);
                 let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
                 return request;
             }
@@ -317,11 +363,19 @@ pub(super) async fn run(
                 continue;
             }
             // A change announced while this round polled is checked before what the poll
-            // read is delivered: after a purge, it may be the new log's, read past its start.
+            // read is delivered. A purge (announced before it is made, and again after) may
+            // have come between this poll and the last: what it read may be either log's, so
+            // none of it goes.
             let news = News::default().take(&mut catalog, &followed);
+            if news.purged {
+                let status = Gone::purged(followed.gone(&request, "was purged")).end(&mut request);
+                let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
+                return request;
+            }
             if news.moved {
                 last_checked = tokio::time::Instant::now();
-                if let Err(status) = followed.check(&broker, &request, &next, news).await {
+                if let Err(gone) = followed.check(&broker, &request, &next, news).await {
+                    let status = gone.end(&mut request);
                     let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
                     return request;
                 }
@@ -365,7 +419,8 @@ pub(super) async fn run(
                 .await
             {
                 Ok(topic) => topic,
-                Err(status) => {
+                Err(gone) => {
+                    let status = gone.end(&mut request);
                     let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
                     return request;
                 }

@@ -608,11 +608,13 @@ async fn a_subscription_whose_topic_is_purged_elsewhere_ends_at_its_next_check()
         assert_eq!(next_offset(&mut stream).await, offset);
     }
     // Not through the gateway, so nothing announces it: the check at the next heartbeat
-    // finds the partition behind where the subscription reads.
+    // finds the partition behind where the subscription reads, though the new log has one.
     fake.purge();
+    fake.append();
     let ended = crate::subscribe::end_of(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
     assert!(ended.message().contains("was purged"), "{ended:?}");
+    assert!(ended.message().contains("before offset 3"), "{ended:?}");
 }
 
 #[tokio::test]
