@@ -625,6 +625,42 @@ fn heartbeat(
 mod tests {
     use super::*;
 
+    fn request(commit_every: u32) -> Subscription {
+        Subscription {
+            topic: TopicRef {
+                stream: Identifier::Id(3),
+                topic: Identifier::Id(7),
+            },
+            stream_text: "orders".into(),
+            topic_text: "created".into(),
+            partition_id: None,
+            consumer: Some(Identifier::Name("billing".into())),
+            strategy: PollingStrategy::First,
+            cursor: None,
+            commit_every,
+            commit_interval: Duration::ZERO,
+            client: None,
+            holder: None,
+            scoped_names: None,
+            catalog: None,
+            connection: None,
+        }
+    }
+
+    /// The subscription's end commits only while `commit_every` stays above 0: after a purge
+    /// its offsets are the old log's, and stored in the new one they would skip its start.
+    #[test]
+    fn a_subscription_ended_by_a_purge_commits_nothing_more_and_one_ended_otherwise_does() {
+        let mut purged = request(5);
+        let status = Gone::purged(Status::not_found("was purged")).end(&mut purged);
+        assert_eq!(status.message(), "was purged");
+        assert_eq!(purged.commit_every, 0);
+        let mut renamed = request(5);
+        let status = Gone::from(Status::not_found("was renamed")).end(&mut renamed);
+        assert_eq!(status.message(), "was renamed");
+        assert_eq!(renamed.commit_every, 5);
+    }
+
     #[test]
     fn a_change_concerns_the_subscriptions_of_what_it_names_by_id_or_name() {
         let followed = Followed {
