@@ -382,7 +382,7 @@ impl Subscriptions {
         tokio::spawn(async move {
             let handed = Arc::clone(&buffer.handed);
             let slow_client = settings.slow_client;
-            let request = pump::run(
+            let mut request = pump::run(
                 broker.clone(),
                 request,
                 followed.clone(),
@@ -400,8 +400,10 @@ impl Subscriptions {
             // buffer still held (an error, shutdown) before it ends or its client stops.
             // (`commit` stores by the ids followed, and where a backend gives ids again, first
             // makes sure they still name the log followed.)
-            // (A subscription ended by a purge comes back with `commit_every` 0.)
-            if request.commit_every > 0 {
+            // A purge ends it without committing: what it read is the old log's. (One the
+            // pump heard of comes back with `commit_every` 0; one announced since is heard
+            // here, before each commit.)
+            if request.commit_every > 0 && !pump::purged_since(&mut request, &followed) {
                 let snapshot = || {
                     handed
                         .lock()
@@ -411,7 +413,7 @@ impl Subscriptions {
                 let committed = snapshot();
                 pump::commit(&broker, &request, &followed, &handed).await;
                 let _ = tokio::time::timeout(slow_client, gone).await;
-                if snapshot() != committed {
+                if snapshot() != committed && !pump::purged_since(&mut request, &followed) {
                     pump::commit(&broker, &request, &followed, &handed).await;
                 }
             }

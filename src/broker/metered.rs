@@ -46,13 +46,18 @@ impl MeteredBroker {
         result
     }
 
-    /// Announces a purge, before it is made and again after: a subscription whose poll
-    /// meets the new log finds the first after that poll, one that had read nothing when it
-    /// took the first finds the second once it has, and one that cannot tell whether the
-    /// purge went through (a timeout) hears of it too. A purge that fails ends subscriptions
-    /// for nothing; they resume with their cursors.
-    fn purging(&self, change: &CatalogChange) {
+    /// Announces a purge, before it is made and again after (when the guard it returns is
+    /// dropped, so also when the call is cut short by a deadline or a client gone, which
+    /// Iggy may carry out all the same): a subscription whose poll meets the new log finds
+    /// the first after that poll, and one that had read nothing when it took the first finds
+    /// the second once it has. A purge that fails ends subscriptions for nothing; they resume
+    /// with their cursors.
+    fn purging(&self, change: CatalogChange) -> Announced {
         let _ = self.catalog.send(change.clone());
+        Announced {
+            catalog: self.catalog.clone(),
+            change,
+        }
     }
 }
 
@@ -126,10 +131,8 @@ impl Broker for MeteredBroker {
             topic: None,
             purge: true,
         };
-        self.purging(&change);
-        let purged = self.inner.purge_stream(stream).await;
-        self.purging(&change);
-        purged
+        let _announced = self.purging(change);
+        self.inner.purge_stream(stream).await
     }
     async fn create_topic(&self, request: CreateTopic) -> BrokerResult<TopicInfo> {
         self.inner.create_topic(request).await
@@ -162,10 +165,8 @@ impl Broker for MeteredBroker {
             topic: Some(topic.topic.clone()),
             purge: true,
         };
-        self.purging(&change);
-        let purged = self.inner.purge_topic(topic).await;
-        self.purging(&change);
-        purged
+        let _announced = self.purging(change);
+        self.inner.purge_topic(topic).await
     }
     async fn create_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
         self.inner.create_partitions(topic, count).await
@@ -202,5 +203,69 @@ impl Broker for MeteredBroker {
     }
     async fn delete_consumer_offset(&self, at: ConsumerOffsetRef) -> BrokerResult<()> {
         self.inner.delete_consumer_offset(at).await
+    }
+}
+
+/// Announces its change again when dropped (see `MeteredBroker::purging`).
+struct Announced {
+    catalog: broadcast::Sender<CatalogChange>,
+    change: CatalogChange,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        let _ = self.catalog.send(self.change.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{
+        Compression, CreateTopic, Identifier, Name, TopicRef,
+        embedded::{EmbeddedBroker, Location},
+    };
+
+    /// A purge is announced before it is made and again after, however its call ends.
+    #[tokio::test]
+    async fn a_purge_is_announced_before_and_again_after_however_its_call_ends() {
+        let inner = EmbeddedBroker::open(&Location::Memory).expect("store");
+        let broker = MeteredBroker::new(Arc::new(inner), Arc::new(Metrics::new()));
+        let stream = Name::parse("orders").expect("name");
+        broker.create_stream(stream).await.expect("stream");
+        broker
+            .create_topic(CreateTopic {
+                stream: Identifier::Name("orders".into()),
+                name: Name::parse("created").expect("name"),
+                partitions_count: 1,
+                message_expiry_micros: None,
+                max_topic_size_bytes: None,
+                compression: Compression::None,
+                replication_factor: 1,
+            })
+            .await
+            .expect("topic");
+        let mut changes = broker.catalog_changes().expect("announced");
+        let topic = TopicRef {
+            stream: Identifier::Name("orders".into()),
+            topic: Identifier::Name("created".into()),
+        };
+        broker.purge_topic(topic.clone()).await.expect("purged");
+        for _ in 0..2 {
+            let change = changes.try_recv().expect("announced");
+            assert!(change.purge);
+            assert_eq!(change.topic, Some(topic.topic.clone()));
+        }
+        assert!(changes.try_recv().is_err());
+        // The second comes from the guard's drop: a call dropped before its end (a deadline,
+        // a client gone), which the backend may carry out all the same, sends it too.
+        let guard = broker.purging(CatalogChange {
+            stream: topic.stream.clone(),
+            topic: None,
+            purge: true,
+        });
+        assert_eq!(changes.len(), 1);
+        drop(guard);
+        assert_eq!(changes.len(), 2);
     }
 }

@@ -259,7 +259,49 @@ pub(super) struct Position {
     pub(super) cursor: Cursor,
 }
 
+/// Runs the subscription until it ends; the request comes back with its announcements
+/// channel, so its end can still hear of a purge before it commits (`purged_since`).
 pub(super) async fn run(
+    broker: Arc<dyn Broker>,
+    mut request: Subscription,
+    followed: Followed,
+    position: Position,
+    settings: Arc<SubscribeSettings>,
+    shutdown: CancellationToken,
+    buffer: Buffer,
+) -> Subscription {
+    // Renames, deletions and purges made through this gateway, checked before anything more
+    // is delivered: scopes match names, so a rename must not let more through than was read.
+    // Only those naming what this subscription follows cost it a check.
+    let mut catalog = request.catalog.take().or_else(|| broker.catalog_changes());
+    let mut request = rounds(
+        broker,
+        request,
+        followed,
+        position,
+        settings,
+        shutdown,
+        buffer,
+        &mut catalog,
+    )
+    .await;
+    request.catalog = catalog;
+    request
+}
+
+/// Whether a purge of what the subscription followed was announced and not yet heard; if so
+/// nothing it read may be committed any more (`commit_every` becomes 0).
+pub(super) fn purged_since(request: &mut Subscription, followed: &Followed) -> bool {
+    let news = News::default().take(&mut request.catalog, followed);
+    if news.purged {
+        request.commit_every = 0;
+    }
+    news.purged
+}
+
+// `run`'s arguments, and the announcements it hands back to the subscription's end.
+#[allow(clippy::too_many_arguments)]
+async fn rounds(
     broker: Arc<dyn Broker>,
     request: Subscription,
     followed: Followed,
@@ -267,6 +309,7 @@ pub(super) async fn run(
     settings: Arc<SubscribeSettings>,
     shutdown: CancellationToken,
     buffer: Buffer,
+    catalog: &mut Option<broadcast::Receiver<CatalogChange>>,
 ) -> Subscription {
     let Position {
         mut next,
@@ -296,15 +339,11 @@ pub(super) async fn run(
     // When the topic was last checked to be the one followed: at every heartbeat, and as often
     // while messages flow, which send no heartbeats.
     let mut last_checked = tokio::time::Instant::now();
-    // Renames and deletions made through this gateway, checked before anything more is
-    // delivered: scopes match names, so a rename must not let more through than was read.
-    // Only those naming what this subscription follows cost it a check.
     let mut request = request;
-    let mut catalog = request.catalog.take().or_else(|| broker.catalog_changes());
     // Set when a wait ended on a change of ours (waiting took it from the channel).
     let mut waited_news = News::default();
     loop {
-        let news = std::mem::take(&mut waited_news).take(&mut catalog, &followed);
+        let news = std::mem::take(&mut waited_news).take(catalog, &followed);
         if news.moved {
             last_checked = tokio::time::Instant::now();
             if let Err(gone) = followed.check(&broker, &request, &next, news).await {
@@ -366,7 +405,7 @@ pub(super) async fn run(
             // read is delivered. A purge (announced before it is made, and again after) may
             // have come between this poll and the last: what it read may be either log's, so
             // none of it goes.
-            let news = News::default().take(&mut catalog, &followed);
+            let news = News::default().take(catalog, &followed);
             if news.purged {
                 let status = Gone::purged(followed.gone(&request, "was purged")).end(&mut request);
                 let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
@@ -403,6 +442,15 @@ pub(super) async fn run(
                 let by_time = !request.commit_interval.is_zero()
                     && last_commit.elapsed() >= request.commit_interval;
                 if by_count || by_time {
+                    // A purge announced while these were delivered: what they were read at is
+                    // the old log's, and stored now it would skip the new log's start.
+                    waited_news = std::mem::take(&mut waited_news).take(catalog, &followed);
+                    if waited_news.purged {
+                        let status =
+                            Gone::purged(followed.gone(&request, "was purged")).end(&mut request);
+                        let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
+                        return request;
+                    }
                     since_commit = 0;
                     last_commit = tokio::time::Instant::now();
                     commit(&broker, &request, &followed, &buffer.handed).await;
@@ -469,7 +517,7 @@ pub(super) async fn run(
                     }
                 } => match news {
                     Ok(change) if !followed.concerned_by(&change) => {}
-                    Err(broadcast::error::RecvError::Closed) => catalog = None,
+                    Err(broadcast::error::RecvError::Closed) => *catalog = None,
                     Ok(change) => {
                         waited_news.add(&followed, &change);
                         break;

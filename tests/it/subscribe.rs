@@ -791,6 +791,81 @@ async fn commits_store_what_was_handed_to_the_client_not_what_waits_for_it() {
     assert_eq!(next_message(&mut resumed).await.1.offset, at_end + 1);
 }
 
+/// A slow reader's subscription (`commit_every` as given) with the gateway's buffer full of the
+/// old log when the topic is purged; the new log then grows past every old offset.
+async fn purged_under_a_slow_reader(
+    app: &TestApp,
+    commit_every: u32,
+) -> Streaming<proto::SubscribeResponse> {
+    let big = "x".repeat(100 * 1024);
+    let batch: Vec<&str> = (0..16).map(|_| big.as_str()).collect();
+    for _ in 0..4 {
+        app.send_texts("orders", "created", 0, &batch).await;
+    }
+    let channel = crate::helpers::narrow_channel(app.addr).await;
+    let mut stream = proto::message_service_client::MessageServiceClient::new(channel)
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(0),
+            consumer: "billing".into(),
+            strategy: proto::PollingStrategy::First.into(),
+            commit_every,
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed")
+        .into_inner();
+    for expected in 0..2 {
+        assert_eq!(next_message(&mut stream).await.1.offset, expected);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let purged = app
+        .http1
+        .post(app.url("/v1/streams/orders/topics/created:purge"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(purged.status(), 204);
+    let small: Vec<String> = (0..80).map(|n| format!("new-{n}")).collect();
+    let small: Vec<&str> = small.iter().map(String::as_str).collect();
+    app.send_texts("orders", "created", 0, &small).await;
+    stream
+}
+
+/// What a subscription read before a purge may still be on its way to a slow reader when the
+/// purge comes: handed on after it, it is not committed, as its offsets are the old log's and
+/// would make the consumer's next read skip the new log's start.
+#[tokio::test]
+async fn what_a_slow_reader_takes_after_a_purge_is_not_committed_into_the_new_log() {
+    let app = app_with_topic(spawn_app().await).await;
+    let mut stream = purged_under_a_slow_reader(&app, 1).await;
+    // The client reads on: what was buffered may still come, then the end.
+    let ended = ends_with(&mut stream, "new-").await;
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(ended.message().contains("was purged"), "{ended:?}");
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.stored_offset("orders", "created", "billing", 0).await,
+        None,
+        "an old log's offset was committed into the new one"
+    );
+}
+
+/// The same, with a client that goes before its subscription heard of the purge: the end's
+/// own commit hears of it and stores nothing.
+#[tokio::test]
+async fn a_slow_reader_gone_after_a_purge_commits_nothing_into_the_new_log() {
+    let app = app_with_topic(spawn_app().await).await;
+    let stream = purged_under_a_slow_reader(&app, 1000).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.stored_offset("orders", "created", "billing", 0).await,
+        None,
+        "an old log's offset was committed into the new one"
+    );
+}
+
 #[tokio::test]
 async fn a_subscriber_that_never_reads_is_dropped_instead_of_buffered() {
     let app = app_with_topic(
