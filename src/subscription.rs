@@ -103,8 +103,9 @@ pub struct Subscription {
     /// For a key limited by scopes: the stream and topic names its scope was checked on. The
     /// subscription opens only while they still stand (a rename in between is refused).
     pub scoped_names: Option<(String, String)>,
-    /// Renames and deletions announced since before the scope check, so none made between the
-    /// check and the pump's start goes unseen.
+    /// Renames, deletions and purges announced since before the scope check, so none made
+    /// between the check and the pump's start goes unseen; the pump listens on it, and hands
+    /// it back so the subscription's end hears of a purge before it commits.
     pub catalog: Option<broadcast::Receiver<CatalogChange>>,
     /// The connection it is answered on: closed when the subscriber takes nothing for
     /// `SUBSCRIBE_SLOW_CLIENT_MS`, which over HTTP/2 is the only way to end its stream.

@@ -103,7 +103,7 @@ impl Followed {
         news: News,
     ) -> Result<Option<TopicInfo>, Gone> {
         if news.purged && next.values().any(|at| at.is_some_and(|at| at > 0)) {
-            return Err(Gone::purged(self.gone(request, "was purged")));
+            return Err(self.purged(request));
         }
         let topic = match broker.get_topic(self.topic()).await {
             Ok(topic) => topic,
@@ -150,6 +150,11 @@ impl Followed {
             Ok(topic) => topic.created_at_micros == self.topic_created_at,
             Err(err) => !is_gone(&err),
         }
+    }
+
+    /// How a subscription ends whose topic was purged through this gateway.
+    fn purged(&self, request: &Subscription) -> Gone {
+        Gone::purged(self.gone(request, "was purged"))
     }
 
     /// How a subscription whose topic is no longer the one it followed ends: NOT_FOUND, named
@@ -259,36 +264,6 @@ pub(super) struct Position {
     pub(super) cursor: Cursor,
 }
 
-/// Runs the subscription until it ends; the request comes back with its announcements
-/// channel, so its end can still hear of a purge before it commits (`purged_since`).
-pub(super) async fn run(
-    broker: Arc<dyn Broker>,
-    mut request: Subscription,
-    followed: Followed,
-    position: Position,
-    settings: Arc<SubscribeSettings>,
-    shutdown: CancellationToken,
-    buffer: Buffer,
-) -> Subscription {
-    // Renames, deletions and purges made through this gateway, checked before anything more
-    // is delivered: scopes match names, so a rename must not let more through than was read.
-    // Only those naming what this subscription follows cost it a check.
-    let mut catalog = request.catalog.take().or_else(|| broker.catalog_changes());
-    let mut request = rounds(
-        broker,
-        request,
-        followed,
-        position,
-        settings,
-        shutdown,
-        buffer,
-        &mut catalog,
-    )
-    .await;
-    request.catalog = catalog;
-    request
-}
-
 /// Whether a purge of what the subscription followed was announced and not yet heard; if so
 /// nothing it read may be committed any more (`commit_every` becomes 0).
 pub(super) fn purged_since(request: &mut Subscription, followed: &Followed) -> bool {
@@ -299,17 +274,16 @@ pub(super) fn purged_since(request: &mut Subscription, followed: &Followed) -> b
     news.purged
 }
 
-// `run`'s arguments, and the announcements it hands back to the subscription's end.
-#[allow(clippy::too_many_arguments)]
-async fn rounds(
+/// Runs the subscription until it ends; the request comes back with its announcements
+/// channel, so its end can still hear of a purge before it commits (`purged_since`).
+pub(super) async fn run(
     broker: Arc<dyn Broker>,
-    request: Subscription,
+    mut request: Subscription,
     followed: Followed,
     position: Position,
     settings: Arc<SubscribeSettings>,
     shutdown: CancellationToken,
     buffer: Buffer,
-    catalog: &mut Option<broadcast::Receiver<CatalogChange>>,
 ) -> Subscription {
     let Position {
         mut next,
@@ -339,11 +313,16 @@ async fn rounds(
     // When the topic was last checked to be the one followed: at every heartbeat, and as often
     // while messages flow, which send no heartbeats.
     let mut last_checked = tokio::time::Instant::now();
-    let mut request = request;
+    // Renames, deletions and purges made through this gateway, checked before anything more
+    // is delivered: scopes match names, so a rename must not let more through than was read.
+    // Only those naming what this subscription follows cost it a check.
+    if request.catalog.is_none() {
+        request.catalog = broker.catalog_changes();
+    }
     // Set when a wait ended on a change of ours (waiting took it from the channel).
     let mut waited_news = News::default();
     loop {
-        let news = std::mem::take(&mut waited_news).take(catalog, &followed);
+        let news = std::mem::take(&mut waited_news).take(&mut request.catalog, &followed);
         if news.moved {
             last_checked = tokio::time::Instant::now();
             if let Err(gone) = followed.check(&broker, &request, &next, news).await {
@@ -405,9 +384,9 @@ async fn rounds(
             // read is delivered. A purge (announced before it is made, and again after) may
             // have come between this poll and the last: what it read may be either log's, so
             // none of it goes.
-            let news = News::default().take(catalog, &followed);
+            let news = News::default().take(&mut request.catalog, &followed);
             if news.purged {
-                let status = Gone::purged(followed.gone(&request, "was purged")).end(&mut request);
+                let status = followed.purged(&request).end(&mut request);
                 let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
                 return request;
             }
@@ -444,10 +423,10 @@ async fn rounds(
                 if by_count || by_time {
                     // A purge announced while these were delivered: what they were read at is
                     // the old log's, and stored now it would skip the new log's start.
-                    waited_news = std::mem::take(&mut waited_news).take(catalog, &followed);
+                    waited_news =
+                        std::mem::take(&mut waited_news).take(&mut request.catalog, &followed);
                     if waited_news.purged {
-                        let status =
-                            Gone::purged(followed.gone(&request, "was purged")).end(&mut request);
+                        let status = followed.purged(&request).end(&mut request);
                         let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
                         return request;
                     }
@@ -511,13 +490,13 @@ async fn rounds(
                 // Ours is checked at the top of the next round; another's changes nothing
                 // here, and the wait goes on to the same deadline.
                 news = async {
-                    match catalog.as_mut() {
+                    match request.catalog.as_mut() {
                         Some(changes) => changes.recv().await,
                         None => std::future::pending().await,
                     }
                 } => match news {
                     Ok(change) if !followed.concerned_by(&change) => {}
-                    Err(broadcast::error::RecvError::Closed) => *catalog = None,
+                    Err(broadcast::error::RecvError::Closed) => request.catalog = None,
                     Ok(change) => {
                         waited_news.add(&followed, &change);
                         break;
