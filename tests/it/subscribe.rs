@@ -735,23 +735,22 @@ async fn an_sse_subscriber_that_hangs_up_gives_its_slot_back_at_once() {
     assert!(again.is_some(), "the slot came back within a second");
 }
 
-#[tokio::test]
-async fn commits_store_what_was_handed_to_the_client_not_what_waits_for_it() {
-    let app = app_with_topic(spawn_app().await).await;
+/// Sixty-four messages of 100 KiB on partition 0, and `billing`'s subscription to them
+/// (`commit_every` as given) from a client whose HTTP/2 windows hold less than one message, so
+/// what the gateway has handed on is about what the client has read; it has read two.
+async fn slow_reader(app: &TestApp, commit_every: u32) -> Streaming<proto::SubscribeResponse> {
     let big = "x".repeat(100 * 1024);
     let batch: Vec<&str> = (0..16).map(|_| big.as_str()).collect();
     for _ in 0..4 {
         app.send_texts("orders", "created", 0, &batch).await;
     }
-    // A client whose HTTP/2 windows hold less than one message, so what the gateway has
-    // handed on is about what the client has read.
     let channel = crate::helpers::narrow_channel(app.addr).await;
     let mut stream = proto::message_service_client::MessageServiceClient::new(channel)
         .subscribe(proto::SubscribeRequest {
             partition_id: Some(0),
             consumer: "billing".into(),
             strategy: proto::PollingStrategy::First.into(),
-            commit_every: 1,
+            commit_every,
             ..subscribe_request()
         })
         .await
@@ -760,6 +759,13 @@ async fn commits_store_what_was_handed_to_the_client_not_what_waits_for_it() {
     for expected in 0..2 {
         assert_eq!(next_message(&mut stream).await.1.offset, expected);
     }
+    stream
+}
+
+#[tokio::test]
+async fn commits_store_what_was_handed_to_the_client_not_what_waits_for_it() {
+    let app = app_with_topic(spawn_app().await).await;
+    let stream = slow_reader(&app, 1).await;
     // The client stops reading; the gateway reads ahead only as far as its buffer.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stored = app
@@ -797,26 +803,7 @@ async fn purged_under_a_slow_reader(
     app: &TestApp,
     commit_every: u32,
 ) -> Streaming<proto::SubscribeResponse> {
-    let big = "x".repeat(100 * 1024);
-    let batch: Vec<&str> = (0..16).map(|_| big.as_str()).collect();
-    for _ in 0..4 {
-        app.send_texts("orders", "created", 0, &batch).await;
-    }
-    let channel = crate::helpers::narrow_channel(app.addr).await;
-    let mut stream = proto::message_service_client::MessageServiceClient::new(channel)
-        .subscribe(proto::SubscribeRequest {
-            partition_id: Some(0),
-            consumer: "billing".into(),
-            strategy: proto::PollingStrategy::First.into(),
-            commit_every,
-            ..subscribe_request()
-        })
-        .await
-        .expect("subscribed")
-        .into_inner();
-    for expected in 0..2 {
-        assert_eq!(next_message(&mut stream).await.1.offset, expected);
-    }
+    let stream = slow_reader(app, commit_every).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let purged = app
         .http1
