@@ -27,7 +27,7 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either};
-use prost_reflect::{MethodDescriptor, Value};
+use prost_reflect::MethodDescriptor;
 use tonic::{Code, metadata::MetadataMap};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::Service;
@@ -45,9 +45,6 @@ use crate::{
         },
     },
 };
-
-/// `google.protobuf.MethodOptions.IdempotencyLevel.NO_SIDE_EFFECTS`: such methods take `GET`.
-const NO_SIDE_EFFECTS: i32 = 1;
 
 /// How the translator reads requests.
 #[derive(Debug, Clone, Copy)]
@@ -92,10 +89,7 @@ impl Connect {
             .flat_map(|service| service.methods().collect::<Vec<_>>())
             .map(|method| {
                 let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
-                let side_effect_free = method
-                    .options()
-                    .get_field_by_name("idempotency_level")
-                    .is_some_and(|level| matches!(*level, Value::EnumNumber(NO_SIDE_EFFECTS)));
+                let side_effect_free = rest::side_effect_free(&method);
                 let call = if method.is_server_streaming() {
                     direct.stream(&path).cloned().map(Callable::ServerStream)
                 } else {

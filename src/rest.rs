@@ -21,7 +21,7 @@ use axum::{
 };
 use bytes::Bytes;
 
-pub use routes::{BodyRule, Lookup, Route, RouteTable};
+pub use routes::{BodyRule, Lookup, Route, RouteTable, side_effect_free};
 pub use template::PathTemplate;
 /// What the Connect translator and the direct calls share with REST: one JSON codec.
 pub(crate) use transcode::{

@@ -1,7 +1,8 @@
 //! Which methods a path takes, answered the same way on every route: a method it does not take
 //! gets 405 as a problem with `Allow`, and a plain `OPTIONS` (CORS preflights are the CORS
 //! layer's) gets 204 with `Allow`. Every path that exists answers `OPTIONS`, so every `Allow`
-//! lists it; `HEAD` is listed wherever `GET` is.
+//! lists it. `HEAD` is listed where the caller lists it: on a route that only reads, beside
+//! its `GET`.
 
 use std::{
     convert::Infallible,
@@ -22,16 +23,13 @@ use tower::Service;
 use super::Problem;
 use crate::extensions::{Protocol, RequestId};
 
-/// `methods` as `Allow` lists them: in order, `HEAD` after `GET`, `OPTIONS` last.
+/// `methods` as `Allow` lists them: in order, once each, `OPTIONS` last.
 pub fn allowed(methods: &[Method]) -> Vec<Method> {
-    let mut allowed: Vec<Method> = Vec::with_capacity(methods.len() + 2);
+    let mut allowed: Vec<Method> = Vec::with_capacity(methods.len() + 1);
     for method in methods {
         if !allowed.contains(method) {
             allowed.push(method.clone());
         }
-    }
-    if allowed.contains(&Method::GET) && !allowed.contains(&Method::HEAD) {
-        allowed.push(Method::HEAD);
     }
     allowed.retain(|method| *method != Method::OPTIONS);
     allowed.push(Method::OPTIONS);
@@ -71,7 +69,7 @@ where
     S: Clone + Send + Sync + 'static,
 {
     axum::routing::get(handler)
-        .options(|| async { options(&allowed(&[Method::GET])) })
+        .options(|| async { options(&allowed(&[Method::GET, Method::HEAD])) })
         .fallback(|request: Request<Body>| async move {
             let request_id = request
                 .extensions()
@@ -80,7 +78,7 @@ where
             method_not_allowed(
                 request.method(),
                 request.uri().path(),
-                &allowed(&[Method::GET]),
+                &allowed(&[Method::GET, Method::HEAD]),
             )
             .with_request_id(request_id)
             .into_response()

@@ -6,10 +6,10 @@
 //! reason `ORIGIN_NOT_ALLOWED`, before anything runs, when it could change something: a `POST`
 //! in any content type a browser may send unasked (anything but the API's own, which a browser
 //! always preflights, so CORS already holds them to the same list), and a `GET` that commits a
-//! consumer's offset. Without it a page could purge a stream with an empty `POST …:purge`, or
-//! move a consumer past unread messages with an `<img>` of a poll. A cross-site request is
-//! known by its `Origin`, or, for a `GET` that sends none, by `Sec-Fetch-Site`; clients other
-//! than browsers send neither.
+//! consumer's offset (a `HEAD`, sent as freely, is refused on those routes by the route table).
+//! Without it a page could purge a stream with an empty `POST …:purge`, or move a consumer past
+//! unread messages with an `<img>` of a poll. A cross-site request is known by its `Origin`, or,
+//! for a `GET` that sends none, by `Sec-Fetch-Site`; clients other than browsers send neither.
 
 use std::sync::Arc;
 

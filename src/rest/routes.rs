@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use prost_reflect::{DescriptorPool, ExtensionDescriptor, MessageDescriptor, MethodDescriptor};
+use prost_reflect::{
+    DescriptorPool, ExtensionDescriptor, MessageDescriptor, MethodDescriptor, Value,
+};
 
 use super::template::{Bindings, Parts, PathTemplate, normalise};
 use crate::proto::google::api::{HttpRule, http_rule::Pattern};
@@ -42,6 +44,22 @@ pub struct Route {
     pub created: Option<Created>,
     /// `GET /v1/streams/{stream}`: the route's metrics label, written once.
     pub label: Arc<str>,
+    /// The method is marked `idempotency_level = NO_SIDE_EFFECTS`: a `GET` of it also answers
+    /// `HEAD`. A poll may commit and a subscription may join a group and commit, so theirs do
+    /// not: a `HEAD` would do that with the answer never read.
+    pub side_effect_free: bool,
+}
+
+/// `google.protobuf.MethodOptions.IdempotencyLevel.NO_SIDE_EFFECTS`.
+const NO_SIDE_EFFECTS: i32 = 1;
+
+/// Whether `method` is marked `idempotency_level = NO_SIDE_EFFECTS`: the methods a `HEAD`, or
+/// a Connect `GET`, may call.
+pub fn side_effect_free(method: &MethodDescriptor) -> bool {
+    method
+        .options()
+        .get_field_by_name("idempotency_level")
+        .is_some_and(|level| matches!(*level, Value::EnumNumber(NO_SIDE_EFFECTS)))
 }
 
 /// What [`RouteTable::find`] found for a method and path.
@@ -103,28 +121,29 @@ impl RouteTable {
     }
 
     pub fn find(&self, method: &Method, path: &str) -> Lookup<'_> {
-        // HEAD is served wherever GET is (RFC 9110): the same call, its body left unsent.
-        let wanted = if *method == Method::HEAD {
-            &Method::GET
-        } else {
-            method
-        };
+        // HEAD is the same call as GET with its body left unsent (RFC 9110), so only a GET
+        // without side effects takes it.
+        let head = *method == Method::HEAD;
+        let wanted = if head { &Method::GET } else { method };
         let path = normalise(path);
         let Some(parts) = Parts::of(&path) else {
             return Lookup::NotFound;
         };
         let mut allowed = Vec::new();
+        let mut takes_head = false;
         for route in &self.routes {
             if let Some(bindings) = route.template.matches_parts(&parts) {
-                if route.http_method == *wanted {
+                let headless = route.http_method == Method::GET && route.side_effect_free;
+                if route.http_method == *wanted && (!head || headless) {
                     return Lookup::Found(route, bindings);
                 }
                 if !allowed.contains(&route.http_method) {
                     allowed.push(route.http_method.clone());
                 }
+                takes_head |= headless;
             }
         }
-        if allowed.contains(&Method::GET) {
+        if takes_head {
             allowed.push(Method::HEAD);
         }
         if allowed.is_empty() {
@@ -212,6 +231,7 @@ fn route(
     let label = Arc::from(format!("{http_method} {template}"));
     Ok(Route {
         label,
+        side_effect_free: side_effect_free(method),
         http_method,
         template,
         body,

@@ -505,7 +505,7 @@ async fn path_variables_win_over_the_body() {
 }
 
 #[tokio::test]
-async fn head_is_answered_wherever_get_is_with_headers_and_no_body() {
+async fn head_is_answered_wherever_a_get_only_reads_with_headers_and_no_body() {
     let app = spawn_app().await;
     app.create_stream("orders").await;
     let head = app
@@ -537,4 +537,52 @@ async fn head_is_answered_wherever_get_is_with_headers_and_no_body() {
         .expect("text")
         .to_owned();
     assert!(allow.contains("GET") && allow.contains("HEAD"), "{allow}");
+}
+
+/// A `HEAD` is a `GET` whose answer is never read, so it may not commit: not a poll's
+/// `autoCommit` (which moved the consumer past two messages nobody saw), not a subscription.
+/// A browser sends `HEAD` cross-site without a preflight, like `GET`.
+#[tokio::test]
+async fn head_of_a_poll_or_a_subscription_is_refused_and_commits_nothing() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    app.send_texts("orders", "created", 0, &["one", "two", "three"])
+        .await;
+    let mut answers = Vec::new();
+    for path in [
+        "/v1/streams/orders/topics/created/messages?partitionId=0&consumer=c&strategy=next&count=2&autoCommit=true",
+        "/v1/streams/orders/topics/created/events?partitionId=0&consumerId=7&count=2&autoCommit=true",
+        "/v1/streams/orders/topics/created/messages:subscribe?consumer=c&strategy=next&commitEvery=1",
+    ] {
+        let head = app
+            .http1
+            .head(app.url(path))
+            .send()
+            .await
+            .expect("answered");
+        let allow = head.headers().get("allow").cloned();
+        answers.push((path, head.status(), allow));
+    }
+    assert_eq!(app.stored_offset("orders", "created", "c", 0).await, None);
+    assert_eq!(app.stored_offset("orders", "created", "7", 0).await, None);
+    for (path, status, allow) in answers {
+        assert_eq!(status, 405, "{path}");
+        let allow = allow.expect("an Allow header");
+        let allow = allow.to_str().expect("text");
+        assert!(
+            allow.contains("GET") && !allow.contains("HEAD"),
+            "{path}: {allow}"
+        );
+    }
+    // The GET of the same poll reads and commits as before.
+    let (status, polled) = app
+        .get_json("/v1/streams/orders/topics/created/messages?partitionId=0&consumer=c&strategy=next&count=2&autoCommit=true")
+        .await;
+    assert_eq!(status, 200, "{polled}");
+    assert_eq!(polled["messages"][0]["text"], "one", "{polled}");
+    assert_eq!(
+        app.stored_offset("orders", "created", "c", 0).await,
+        Some(1)
+    );
 }
