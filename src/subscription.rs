@@ -112,6 +112,20 @@ pub struct Subscription {
     pub connection: Option<Arc<AnswerWatch>>,
 }
 
+impl Subscription {
+    /// Whether it commits as it goes, by count or by interval; if so its end commits too.
+    pub(crate) fn commits(&self) -> bool {
+        self.commit_every > 0 || !self.commit_interval.is_zero()
+    }
+
+    /// No more commits, by count, by interval or at the end: what it read is no longer the
+    /// log's (a purge).
+    pub(crate) fn stop_commits(&mut self) {
+        self.commit_every = 0;
+        self.commit_interval = Duration::ZERO;
+    }
+}
+
 /// The identity a subscription is counted against, and the most it may hold at once (no
 /// most: counted, never refused).
 #[derive(Debug, Clone)]
@@ -296,8 +310,9 @@ impl Subscriptions {
             .as_ref()
             .map(Identifier::to_string)
             .unwrap_or_default();
-        let commits = request.commit_every > 0 || !request.commit_interval.is_zero();
-        if request.consumer.is_none() && (request.strategy == PollingStrategy::Next || commits) {
+        if request.consumer.is_none()
+            && (request.strategy == PollingStrategy::Next || request.commits())
+        {
             return Err(invalid_field(
                 "consumer",
                 "is required with strategy NEXT and with commits",
@@ -402,9 +417,9 @@ impl Subscriptions {
             // (`commit` stores by the ids followed, and where a backend gives ids again, first
             // makes sure they still name the log followed.)
             // A purge ends it without committing: what it read is the old log's. (One the
-            // pump heard of comes back with `commit_every` 0; one announced since is heard
+            // pump heard of comes back committing nothing; one announced since is heard
             // here, before each commit.)
-            if request.commit_every > 0 && !pump::purged_since(&mut request, &followed) {
+            if request.commits() && !pump::purged_since(&mut request, &followed) {
                 let snapshot = || {
                     handed
                         .lock()

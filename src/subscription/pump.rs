@@ -189,11 +189,11 @@ impl Gone {
         }
     }
 
-    /// The status to end with; after a purge nothing read is committed (`commit_every` 0 is
-    /// what the subscription's end reads).
+    /// The status to end with; after a purge nothing read is committed (the subscription's
+    /// end reads [`Subscription::commits`]).
     fn end(self, request: &mut Subscription) -> Status {
         if self.purged {
-            request.commit_every = 0;
+            request.stop_commits();
         }
         self.status
     }
@@ -265,11 +265,11 @@ pub(super) struct Position {
 }
 
 /// Whether a purge of what the subscription followed was announced and not yet heard; if so
-/// nothing it read may be committed any more (`commit_every` becomes 0).
+/// nothing it read may be committed any more.
 pub(super) fn purged_since(request: &mut Subscription, followed: &Followed) -> bool {
     let news = News::default().take(&mut request.catalog, followed);
     if news.purged {
-        request.commit_every = 0;
+        request.stop_commits();
     }
     news.purged
 }
@@ -674,18 +674,29 @@ mod tests {
         }
     }
 
-    /// The subscription's end commits only while `commit_every` stays above 0: after a purge
-    /// its offsets are the old log's, and stored in the new one they would skip its start.
+    /// The subscription's end commits only while it still commits: after a purge its offsets
+    /// are the old log's, and stored in the new one they would skip its start. One that
+    /// commits by interval alone commits at its end too.
     #[test]
     fn a_subscription_ended_by_a_purge_commits_nothing_more_and_one_ended_otherwise_does() {
-        let mut purged = request(5);
-        let status = Gone::purged(Status::not_found("was purged")).end(&mut purged);
-        assert_eq!(status.message(), "was purged");
-        assert_eq!(purged.commit_every, 0);
-        let mut renamed = request(5);
-        let status = Gone::from(Status::not_found("was renamed")).end(&mut renamed);
-        assert_eq!(status.message(), "was renamed");
-        assert_eq!(renamed.commit_every, 5);
+        let by_interval = || Subscription {
+            commit_interval: Duration::from_secs(100),
+            ..request(0)
+        };
+        for commits in [request(5), by_interval()] {
+            assert!(commits.commits());
+            let mut purged = commits;
+            let status = Gone::purged(Status::not_found("was purged")).end(&mut purged);
+            assert_eq!(status.message(), "was purged");
+            assert!(!purged.commits());
+            assert!(purged.commit_interval.is_zero() && purged.commit_every == 0);
+        }
+        for mut renamed in [request(5), by_interval()] {
+            let status = Gone::from(Status::not_found("was renamed")).end(&mut renamed);
+            assert_eq!(status.message(), "was renamed");
+            assert!(renamed.commits());
+        }
+        assert!(!request(0).commits());
     }
 
     #[test]
