@@ -102,8 +102,27 @@ impl fmt::Display for Identifier {
 pub struct CatalogChange {
     pub stream: Identifier,
     pub topic: Option<Identifier>,
-    /// A purge: the messages are gone and offsets start again at 0.
-    pub purge: bool,
+    /// Messages are gone and offsets may start again at 0.
+    pub reset: Option<Reset>,
+}
+
+/// How a change starts offsets again at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// A purge of the stream or topic.
+    Purged,
+    /// Partitions deleted: a partition created again under the same id is a new log.
+    PartitionsDeleted,
+}
+
+impl Reset {
+    /// What happened to the topic, as a subscription's end says it.
+    pub fn said(self) -> &'static str {
+        match self {
+            Self::Purged => "was purged",
+            Self::PartitionsDeleted => "had partitions deleted",
+        }
+    }
 }
 
 /// A topic within a stream.
@@ -376,6 +395,22 @@ fn optional(value: Option<u64>) -> Vec<u8> {
     value.map_or_else(Vec::new, |v| v.to_be_bytes().to_vec())
 }
 
+/// How far apart two readings of one stream's, topic's or partition's creation time may be:
+/// Iggy 0.8, once restarted, reports the time its log recorded the creation, some tens to
+/// hundreds of microseconds from the time it reported before. Something deleted and created
+/// again within this of the first's creation cannot be told from it.
+pub const CREATION_SLACK_MICROS: u64 = 1_000_000;
+
+/// Whether two creation times are one creation, read twice (see [`CREATION_SLACK_MICROS`]).
+pub fn same_creation(a_micros: u64, b_micros: u64) -> bool {
+    a_micros.abs_diff(b_micros) <= CREATION_SLACK_MICROS
+}
+
+/// A creation time as an etag holds it: to the second, so a backend's restart keeps it.
+fn creation_second(micros: u64) -> [u8; 8] {
+    (micros / 1_000_000).to_be_bytes()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamInfo {
     pub id: u32,
@@ -393,9 +428,9 @@ impl StreamInfo {
     /// (each topic has its own), so a change to a topic does not fail a rename of the stream.
     pub fn etag(&self) -> ETag {
         ETag::of(&[
-            b"stream/v1",
+            b"stream/v2",
             &self.id.to_be_bytes(),
-            &self.created_at_micros.to_be_bytes(),
+            &creation_second(self.created_at_micros),
             self.name.as_bytes(),
         ])
     }
@@ -426,9 +461,9 @@ impl TopicInfo {
             Compression::Gzip => b"gzip",
         };
         ETag::of(&[
-            b"topic/v1",
+            b"topic/v2",
             &self.id.to_be_bytes(),
-            &self.created_at_micros.to_be_bytes(),
+            &creation_second(self.created_at_micros),
             self.name.as_bytes(),
             &self.partitions_count.to_be_bytes(),
             &optional(self.message_expiry_micros),

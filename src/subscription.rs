@@ -388,6 +388,12 @@ impl Subscriptions {
             topic_id: topic_info.id,
             topic_created_at: topic_info.created_at_micros,
             topic_name: topic_info.name.clone(),
+            partitions: topic_info
+                .partitions
+                .iter()
+                .filter(|p| partitions.contains(&p.id))
+                .map(|p| (p.id, p.created_at_micros))
+                .collect(),
         };
         // Scopes match names: one renamed since the check is not the one the key may read.
         if let Some((stream, topic)) = &request.scoped_names

@@ -10,8 +10,8 @@ use tokio::sync::{broadcast, watch};
 
 use super::{
     Broker, BrokerResult, CatalogChange, ConsumerOffsetInfo, ConsumerOffsetRef, CreateTopic,
-    Durability, ETag, Identifier, Name, PollMessages, PolledMessages, SendCounts, SendMessages,
-    Sent, SkippedHoles, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
+    Durability, ETag, Identifier, Name, PollMessages, PolledMessages, Reset, SendCounts,
+    SendMessages, Sent, SkippedHoles, StreamInfo, TopicInfo, TopicRef, UpdateStream, UpdateTopic,
 };
 use crate::metrics::Metrics;
 
@@ -46,13 +46,13 @@ impl MeteredBroker {
         result
     }
 
-    /// Announces a purge, before it is made and again after (when the guard it returns is
-    /// dropped, so also when the call is cut short by a deadline or a client gone, which
-    /// Iggy may carry out all the same): a subscription whose poll meets the new log finds
-    /// the first after that poll, and one that had read nothing when it took the first finds
-    /// the second once it has. A purge that fails ends subscriptions for nothing; they resume
-    /// with their cursors.
-    fn purging(&self, change: CatalogChange) -> Announced {
+    /// Announces a purge or a deletion of partitions, before it is made and again after (when
+    /// the guard it returns is dropped, so also when the call is cut short by a deadline or a
+    /// client gone, which Iggy may carry out all the same): a subscription whose poll meets
+    /// the new log finds the first after that poll, and one that had read nothing when it
+    /// took the first finds the second once it has. One that fails ends subscriptions for
+    /// nothing; they resume with their cursors.
+    fn resetting(&self, change: CatalogChange) -> Announced {
         let _ = self.catalog.send(change.clone());
         Announced {
             catalog: self.catalog.clone(),
@@ -113,7 +113,7 @@ impl Broker for MeteredBroker {
         let change = CatalogChange {
             stream: request.stream.clone(),
             topic: None,
-            purge: false,
+            reset: None,
         };
         self.changed(self.inner.update_stream(request).await, change)
     }
@@ -121,7 +121,7 @@ impl Broker for MeteredBroker {
         let change = CatalogChange {
             stream: stream.clone(),
             topic: None,
-            purge: false,
+            reset: None,
         };
         self.changed(self.inner.delete_stream(stream, expected).await, change)
     }
@@ -129,9 +129,9 @@ impl Broker for MeteredBroker {
         let change = CatalogChange {
             stream: stream.clone(),
             topic: None,
-            purge: true,
+            reset: Some(Reset::Purged),
         };
-        let _announced = self.purging(change);
+        let _announced = self.resetting(change);
         self.inner.purge_stream(stream).await
     }
     async fn create_topic(&self, request: CreateTopic) -> BrokerResult<TopicInfo> {
@@ -147,7 +147,7 @@ impl Broker for MeteredBroker {
         let change = CatalogChange {
             stream: request.topic.stream.clone(),
             topic: Some(request.topic.topic.clone()),
-            purge: false,
+            reset: None,
         };
         self.changed(self.inner.update_topic(request).await, change)
     }
@@ -155,7 +155,7 @@ impl Broker for MeteredBroker {
         let change = CatalogChange {
             stream: topic.stream.clone(),
             topic: Some(topic.topic.clone()),
-            purge: false,
+            reset: None,
         };
         self.changed(self.inner.delete_topic(topic, expected).await, change)
     }
@@ -163,15 +163,22 @@ impl Broker for MeteredBroker {
         let change = CatalogChange {
             stream: topic.stream.clone(),
             topic: Some(topic.topic.clone()),
-            purge: true,
+            reset: Some(Reset::Purged),
         };
-        let _announced = self.purging(change);
+        let _announced = self.resetting(change);
         self.inner.purge_topic(topic).await
     }
     async fn create_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
         self.inner.create_partitions(topic, count).await
     }
     async fn delete_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
+        // Partitions created again later take the deleted ones' ids, from offset 0.
+        let change = CatalogChange {
+            stream: topic.stream.clone(),
+            topic: Some(topic.topic.clone()),
+            reset: Some(Reset::PartitionsDeleted),
+        };
+        let _announced = self.resetting(change);
         self.inner.delete_partitions(topic, count).await
     }
     async fn send_messages(&self, request: SendMessages) -> BrokerResult<Sent> {
@@ -206,7 +213,7 @@ impl Broker for MeteredBroker {
     }
 }
 
-/// Announces its change again when dropped (see `MeteredBroker::purging`).
+/// Announces its change again when dropped (see `MeteredBroker::resetting`).
 struct Announced {
     catalog: broadcast::Sender<CatalogChange>,
     change: CatalogChange,
@@ -253,16 +260,16 @@ mod tests {
         broker.purge_topic(topic.clone()).await.expect("purged");
         for _ in 0..2 {
             let change = changes.try_recv().expect("announced");
-            assert!(change.purge);
+            assert_eq!(change.reset, Some(Reset::Purged));
             assert_eq!(change.topic, Some(topic.topic.clone()));
         }
         assert!(changes.try_recv().is_err());
         // The second comes from the guard's drop: a call dropped before its end (a deadline,
         // a client gone), which the backend may carry out all the same, sends it too.
-        let guard = broker.purging(CatalogChange {
+        let guard = broker.resetting(CatalogChange {
             stream: topic.stream.clone(),
             topic: None,
-            purge: true,
+            reset: Some(Reset::PartitionsDeleted),
         });
         assert_eq!(changes.len(), 1);
         drop(guard);

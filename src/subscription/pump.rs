@@ -26,7 +26,7 @@ use crate::{
     answer::{Problem, broker_status},
     broker::{
         Broker, BrokerError, CatalogChange, ConsumerOffsetRef, Identifier, PollMessages,
-        PollingStrategy, TopicInfo, TopicRef,
+        PollingStrategy, Reset, TopicInfo, TopicRef, same_creation,
     },
     budget::AnswerWatch,
 };
@@ -62,6 +62,9 @@ pub(super) struct Followed {
     pub(super) topic_id: u32,
     pub(super) topic_created_at: u64,
     pub(super) topic_name: String,
+    /// Each partition followed, by id, with when it was created: one deleted and created
+    /// again under its id is another log.
+    pub(super) partitions: BTreeMap<u32, u64>,
 }
 
 impl Followed {
@@ -102,8 +105,10 @@ impl Followed {
         next: &BTreeMap<u32, Option<u64>>,
         news: News,
     ) -> Result<Option<TopicInfo>, Gone> {
-        if news.purged && next.values().any(|at| at.is_some_and(|at| at > 0)) {
-            return Err(self.purged(request));
+        if let Some(reset) = news.reset
+            && next.values().any(|at| at.is_some_and(|at| at > 0))
+        {
+            return Err(self.reset(request, reset));
         }
         let topic = match broker.get_topic(self.topic()).await {
             Ok(topic) => topic,
@@ -115,11 +120,21 @@ impl Followed {
             Err(err) if is_gone(&err) => return Err(self.gone(request, "was deleted").into()),
             Err(_) => return Ok(None),
         };
-        if topic.created_at_micros != self.topic_created_at {
+        if !same_creation(topic.created_at_micros, self.topic_created_at) {
             return Err(self.gone(request, "was deleted and created again").into());
         }
         if topic.name != self.topic_name || stream.name != self.stream_name {
             return Err(self.gone(request, "was renamed").into());
+        }
+        for (id, created_at) in &self.partitions {
+            let what = match topic.partitions.iter().find(|p| p.id == *id) {
+                None => format!("had partition {id} deleted"),
+                Some(p) if !same_creation(p.created_at_micros, *created_at) => {
+                    format!("had partition {id} deleted and created again")
+                }
+                Some(_) => continue,
+            };
+            return Err(Gone::purged(self.gone(request, &what)));
         }
         for partition in &topic.partitions {
             // Where the partition ends. One emptied by retention still counts its offsets
@@ -147,14 +162,15 @@ impl Followed {
     /// backend that cannot tell now does not stop a commit.
     async fn same_log(&self, broker: &Arc<dyn Broker>) -> bool {
         match broker.get_topic(self.topic()).await {
-            Ok(topic) => topic.created_at_micros == self.topic_created_at,
+            Ok(topic) => same_creation(topic.created_at_micros, self.topic_created_at),
             Err(err) => !is_gone(&err),
         }
     }
 
-    /// How a subscription ends whose topic was purged through this gateway.
-    fn purged(&self, request: &Subscription) -> Gone {
-        Gone::purged(self.gone(request, "was purged"))
+    /// How a subscription ends whose topic was purged, or had partitions deleted, through
+    /// this gateway.
+    fn reset(&self, request: &Subscription, reset: Reset) -> Gone {
+        Gone::purged(self.gone(request, reset.said()))
     }
 
     /// How a subscription whose topic is no longer the one it followed ends: NOT_FOUND, named
@@ -213,15 +229,15 @@ impl From<Status> for Gone {
 pub(super) struct News {
     /// A change names what it follows: check it.
     pub(super) moved: bool,
-    /// One of those was a purge.
-    pub(super) purged: bool,
+    /// One of those was a purge or a deletion of partitions (the last such).
+    pub(super) reset: Option<Reset>,
 }
 
 impl News {
     fn add(&mut self, followed: &Followed, change: &CatalogChange) {
         if followed.concerned_by(change) {
             self.moved = true;
-            self.purged |= change.purge;
+            self.reset = change.reset.or(self.reset);
         }
     }
 
@@ -268,10 +284,10 @@ pub(super) struct Position {
 /// nothing it read may be committed any more.
 pub(super) fn purged_since(request: &mut Subscription, followed: &Followed) -> bool {
     let news = News::default().take(&mut request.catalog, followed);
-    if news.purged {
+    if news.reset.is_some() {
         request.stop_commits();
     }
-    news.purged
+    news.reset.is_some()
 }
 
 /// Runs the subscription until it ends; the request comes back with its announcements
@@ -385,8 +401,8 @@ pub(super) async fn run(
             // have come between this poll and the last: what it read may be either log's, so
             // none of it goes.
             let news = News::default().take(&mut request.catalog, &followed);
-            if news.purged {
-                let status = followed.purged(&request).end(&mut request);
+            if let Some(reset) = news.reset {
+                let status = followed.reset(&request, reset).end(&mut request);
                 let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
                 return request;
             }
@@ -425,8 +441,8 @@ pub(super) async fn run(
                     // the old log's, and stored now it would skip the new log's start.
                     waited_news =
                         std::mem::take(&mut waited_news).take(&mut request.catalog, &followed);
-                    if waited_news.purged {
-                        let status = followed.purged(&request).end(&mut request);
+                    if let Some(reset) = waited_news.reset {
+                        let status = followed.reset(&request, reset).end(&mut request);
                         let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
                         return request;
                     }
@@ -707,12 +723,13 @@ mod tests {
             topic_id: 7,
             topic_name: "created".into(),
             topic_created_at: 0,
+            partitions: BTreeMap::new(),
         };
         let change = |stream: Identifier, topic: Option<Identifier>| {
             followed.concerned_by(&CatalogChange {
                 stream,
                 topic,
-                purge: false,
+                reset: None,
             })
         };
         let name = |text: &str| Identifier::Name(text.into());

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use iggy_gateway::proto;
 use prost::Message;
+use serde_json::json;
 use tonic::{Code, Streaming};
 
 use crate::helpers::{TestApp, spawn_app, spawn_configured, texts};
@@ -451,6 +452,65 @@ async fn a_purge_ends_the_subscriptions_of_its_topic_instead_of_letting_them_ski
     assert!(ended.message().contains("was purged"), "{ended:?}");
     app.send_texts("orders", "created", 1, &["one"]).await;
     assert_eq!(next_message(&mut fresh).await.1.offset, 0);
+}
+
+/// Partitions deleted and created again start from offset 0 under the same ids. A
+/// subscription that had read one ends rather than skip the new log's start, and commits
+/// nothing into it; one that followed an empty one ends too, as the partition it followed is
+/// gone.
+#[tokio::test]
+async fn partitions_deleted_and_created_again_end_the_subscriptions_that_followed_them() {
+    let app = app_with_topic(spawn_app().await).await;
+    app.create_topic("orders", "audit", 2).await;
+    app.send_texts("orders", "created", 1, &["old-0", "old-1", "old-2"])
+        .await;
+    let mut reader = app
+        .subscribe(proto::SubscribeRequest {
+            strategy: proto::PollingStrategy::First.into(),
+            consumer: "cdp".into(),
+            commit_every: 1,
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    for offset in 0..3 {
+        let (_, message) = next_message(&mut reader).await;
+        assert_eq!((message.partition_id, message.offset), (1, offset));
+    }
+    let mut idle = app
+        .subscribe(proto::SubscribeRequest {
+            topic: "audit".into(),
+            partition_id: Some(1),
+            strategy: proto::PollingStrategy::Last.into(),
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    for topic in ["created", "audit"] {
+        let path = format!("/v1/streams/orders/topics/{topic}/partitions");
+        let (status, body) = app.delete(&format!("{path}?partitions_count=1")).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = app.post_json(&path, json!({"partitions_count": 1})).await;
+        assert_eq!(status, 200, "{body}");
+        let news: Vec<String> = (0..5).map(|n| format!("new-{n}")).collect();
+        let news: Vec<&str> = news.iter().map(String::as_str).collect();
+        app.send_texts("orders", topic, 1, &news).await;
+    }
+    let ended = ends_with(&mut reader, "new-").await;
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(
+        ended.message().contains("had partitions deleted"),
+        "{ended:?}"
+    );
+    let ended = ends_with(&mut idle, "new-").await;
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    assert!(
+        ended.message().contains("had partition 1 deleted"),
+        "{ended:?}"
+    );
+    drop(reader);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.stored_offset("orders", "created", "cdp", 1).await, None);
 }
 
 #[tokio::test]
