@@ -217,25 +217,41 @@ impl Pool {
         let lease = self.client().await?;
         let (slot, client) = (lease.index, Arc::clone(&lease.client));
         let timeout = self.settings.operation_timeout;
-        match tokio::time::timeout(timeout, op(client)).await {
+        match tokio::time::timeout(timeout, op(Arc::clone(&client))).await {
             Ok(answer) => {
                 if let Err(err) = &answer
                     && is_connection_error(err)
                 {
-                    self.mark_broken(slot);
+                    self.mark_broken(slot, &client);
                 }
                 Ok(answer)
             }
             Err(_) => {
                 // The SDK keeps the connection busy until the server answers; start afresh.
-                self.mark_broken(slot);
+                self.mark_broken(slot, &client);
                 Err(BrokerError::Timeout(timeout))
             }
         }
     }
 
-    pub(super) fn mark_broken(&self, index: usize) {
-        if let Some(slot) = self.slots.get(index) {
+    /// Whether a wake-up to rebuild the slot's connection waits (taken by asking).
+    #[cfg(test)]
+    pub(super) fn take_broken(&self, index: usize) -> bool {
+        use futures_util::FutureExt;
+        self.slots[index].broken.notified().now_or_never().is_some()
+    }
+
+    /// Has the slot's connection rebuilt, if `client` (the one a call failed on) is still
+    /// it: a call begun on a connection since replaced must not bring down its successor (a
+    /// wake-up sent while nobody waits is kept for the next to wait).
+    pub(super) fn mark_broken(&self, index: usize, client: &Arc<IggyClient>) {
+        let Some(slot) = self.slots.get(index) else {
+            return;
+        };
+        let current = slot.state.lock().is_ok_and(
+            |state| matches!(&*state, SlotState::Connected(now) if Arc::ptr_eq(now, client)),
+        );
+        if current {
             slot.broken.notify_one();
         }
     }

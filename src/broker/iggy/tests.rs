@@ -234,6 +234,28 @@ async fn calls_go_to_the_least_busy_connected_client() {
     assert_ne!(again.index, 1);
 }
 
+/// A call that failed on a connection since replaced (it timed out while the slot
+/// reconnected) must not have the new one torn down; one that failed on the current one does.
+#[tokio::test]
+async fn only_a_call_on_the_current_connection_has_it_rebuilt() {
+    let pool = pool_of(vec![connected()]);
+    let SlotState::Connected(current) = connected() else {
+        unreachable!("connected")
+    };
+    let lease = pool.pick().expect("not failed").expect("a client");
+    let (index, client) = (lease.index, Arc::clone(&lease.client));
+    drop(lease);
+    // A stale client: no wake-up is kept for the slot's next watcher.
+    pool.mark_broken(index, &current);
+    assert!(!pool.take_broken(index));
+    pool.set_state(index, SlotState::Reconnecting);
+    pool.mark_broken(index, &client);
+    assert!(!pool.take_broken(index));
+    pool.set_state(index, SlotState::Connected(Arc::clone(&client)));
+    pool.mark_broken(index, &client);
+    assert!(pool.take_broken(index));
+}
+
 #[tokio::test]
 async fn a_pool_whose_slots_all_gave_up_is_unavailable() {
     let pool = pool_of(vec![SlotState::Failed, SlotState::Failed]);
