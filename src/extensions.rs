@@ -116,6 +116,23 @@ impl RequestId {
     }
 }
 
+/// Set by the deadline on each call; the call marks it once it has begun what it cannot take
+/// back (a poll's commit of the consumer's offset). From then on the deadline waits for the
+/// call's own answer instead of cutting it off: DEADLINE_EXCEEDED never follows a change made.
+#[derive(Debug, Clone, Default)]
+pub struct NoReturn(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl NoReturn {
+    /// The call has begun changing something: let it answer.
+    pub fn pass(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn passed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Which route answered, set on the response by whoever matched it (REST templates), so route
 /// labels stay few whatever paths clients invent.
 #[derive(Debug, Clone)]

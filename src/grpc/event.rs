@@ -20,6 +20,7 @@ use crate::{
         Partitioning, PollMessages, PollingStrategy, SendMessages, StoredMessage, TopicRef,
         now_micros,
     },
+    extensions::NoReturn,
     identity::{Access, Class},
     proto::{self, event_service_server::EventService},
 };
@@ -241,6 +242,7 @@ impl EventService for EventApi {
         request: Request<proto::PollEventsRequest>,
     ) -> Result<Response<proto::PollEventsResponse>, Status> {
         let access = access_of(&request);
+        let no_return = request.extensions().get::<NoReturn>().cloned();
         let request = request.into_inner();
         let (at, _, _) = self
             .authorized(access.as_deref(), &request.stream, &request.topic)
@@ -303,6 +305,10 @@ impl EventService for EventApi {
         if request.auto_commit
             && let Some(last) = last
         {
+            // Past here the deadline waits for the answer (see MessageApi::poll_messages).
+            if let Some(no_return) = &no_return {
+                no_return.pass();
+            }
             self.broker
                 .store_consumer_offset(
                     ConsumerOffsetRef {

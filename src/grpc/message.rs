@@ -18,6 +18,7 @@ use crate::{
         Broker, BrokerError, ConsumerOffsetRef, IdempotencyRecord, NewMessage, Partitioning,
         PollMessages, PollingStrategy, SendMessages, Sent, headers_size, now_micros,
     },
+    extensions::NoReturn,
     idempotency::{self, Begin, Fingerprint, Idempotency},
     identity::{ANONYMOUS, Class, Target},
     proto::{self, message_service_server::MessageService},
@@ -516,6 +517,7 @@ impl MessageService for MessageApi {
         request: Request<proto::PollMessagesRequest>,
     ) -> Result<Response<proto::PollMessagesResponse>, Status> {
         let access = access_of(&request);
+        let no_return = request.extensions().get::<NoReturn>().cloned();
         let request = request.into_inner();
         let topic = topic_ref(&request.stream, &request.topic)?;
         authorize(
@@ -595,6 +597,11 @@ impl MessageService for MessageApi {
         if request.auto_commit
             && let (Some(last), Some(consumer)) = (last, consumer)
         {
+            // Once the commit is begun the consumer may have moved: answer what it moved
+            // past, however long that takes, never a deadline's error.
+            if let Some(no_return) = &no_return {
+                no_return.pass();
+            }
             self.broker
                 .store_consumer_offset(
                     ConsumerOffsetRef {

@@ -38,7 +38,7 @@ use super::{
 use crate::{
     answer::{Caller, Rejection},
     budget::{self, AnswerClock, AnswerWatch, Charge, InflightBytes},
-    extensions::{ClientIp, connect_timeout},
+    extensions::{ClientIp, NoReturn, connect_timeout},
     identity::Identity,
 };
 
@@ -569,7 +569,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let no_return = NoReturn::default();
+        request.extensions_mut().insert(no_return.clone());
         let headers = request.headers();
         let asked = headers
             .get("grpc-timeout")
@@ -585,20 +587,26 @@ where
         // Only what the rejection needs from the request outlives the call.
         let caller = Caller::of(&request);
         TimedOut {
-            inner: tokio::time::timeout(timeout, self.inner.call(request)),
+            inner: self.inner.call(request),
+            deadline: tokio::time::sleep(timeout),
             timeout,
             caller,
+            no_return,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A call bounded by its deadline; past it, answered DEADLINE_EXCEEDED in its protocol.
+    /// A call bounded by its deadline; past it, answered DEADLINE_EXCEEDED in its protocol,
+    /// unless it has begun what it cannot take back ([`NoReturn`]): then its own answer.
     pub struct TimedOut<F> {
         #[pin]
-        inner: tokio::time::Timeout<F>,
+        inner: F,
+        #[pin]
+        deadline: tokio::time::Sleep,
         timeout: Duration,
         caller: Caller,
+        no_return: NoReturn,
     }
 }
 
@@ -610,15 +618,21 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        Poll::Ready(match ready!(this.inner.poll(cx)) {
-            Ok(response) => response,
-            Err(_) => Ok(Rejection::new(
-                Code::DeadlineExceeded,
-                "DEADLINE_EXCEEDED",
-                format!("the call took longer than {} ms", this.timeout.as_millis()),
-            )
-            .respond_to(this.caller)),
-        })
+        if let Poll::Ready(answer) = this.inner.poll(cx) {
+            return Poll::Ready(answer);
+        }
+        // Past the point of no return the call ends by its own bounds (the backend's call
+        // timeout); it is woken by the call alone from then on.
+        ready!(this.deadline.poll(cx));
+        if this.no_return.passed() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(Rejection::new(
+            Code::DeadlineExceeded,
+            "DEADLINE_EXCEEDED",
+            format!("the call took longer than {} ms", this.timeout.as_millis()),
+        )
+        .respond_to(this.caller)))
     }
 }
 

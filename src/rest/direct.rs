@@ -25,7 +25,7 @@ use prost_reflect::DynamicMessage;
 use crate::{
     answer::Rejection,
     budget::AnswerWatch,
-    extensions::{ClientIp, RequestId},
+    extensions::{ClientIp, NoReturn, RequestId},
     identity::{Access, Identity},
 };
 
@@ -218,6 +218,9 @@ pub fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
     }
     if let Some(id) = extensions.get::<RequestId>() {
         carried.insert(id.clone());
+    }
+    if let Some(no_return) = extensions.get::<NoReturn>() {
+        carried.insert(no_return.clone());
     }
     carried
 }

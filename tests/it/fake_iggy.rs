@@ -59,6 +59,7 @@ struct Shared {
     stream_reads: AtomicU64,
     send_delay_ms: AtomicU64,
     poll_delay_ms: AtomicU64,
+    commit_delay_ms: AtomicU64,
     partition: Mutex<Partition>,
 }
 
@@ -157,6 +158,13 @@ impl FakeIggy {
         self.shared.poll_delay_ms.store(millis, Ordering::SeqCst);
     }
 
+    /// Stores every consumer offset this late (then stores it, as Iggy carries out a request
+    /// its client stopped waiting for).
+    pub fn answer_commits_after(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.shared.commit_delay_ms.store(millis, Ordering::SeqCst);
+    }
+
     /// Holds `count` messages (payloads `m0`, `m1`, …) of which `hole` cannot be read.
     pub fn hold(&self, count: u64, hole: Range<u64>) {
         let mut partition = self.shared.partition.lock().expect("lock");
@@ -238,6 +246,8 @@ async fn answer(code: u32, payload: &[u8], shared: &Shared) -> (u32, Vec<u8>) {
             }
         }
         STORE_CONSUMER_OFFSET => {
+            let delay = shared.commit_delay_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
             let offset = last_u64(payload);
             let mut partition = shared.partition.lock().expect("lock");
             if partition.messages.is_empty() || offset > head(&partition) {

@@ -367,6 +367,84 @@ async fn a_consumer_and_a_subscription_step_past_a_hole_iggy_cannot_read() {
     assert_eq!(offsets, [0, 1, 2, 6, 7, 8, 9]);
 }
 
+/// A poll that commits answers what it committed past, even when the commit outlasts the
+/// deadline the gateway holds it to: answering DEADLINE_EXCEEDED once the consumer has moved
+/// would make its next poll skip what this one never delivered.
+#[tokio::test]
+async fn a_polls_commit_that_outlasts_its_deadline_still_answers_what_it_moved_past() {
+    let fake = FakeIggy::start().await;
+    fake.hold(6, 0..0);
+    let app = spawn_configured(|c| {
+        c.backend.iggy_connection_string = Some(FakeIggy::url(fake.addr).into());
+        c.backend.iggy_pool_size = 1;
+        c.backend.operation_timeout_ms = 1_000;
+        c.limits.request_timeout_ms = 150;
+    })
+    .await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async { ready(&app).await }).await,
+        "the gateway connected"
+    );
+    fake.answer_commits_after(Duration::from_millis(400));
+    // gRPC, held to the gateway's REQUEST_TIMEOUT_MS.
+    let request = tonic::Request::new(proto::PollMessagesRequest {
+        stream: "s".into(),
+        topic: "t".into(),
+        partition_id: 0,
+        consumer: "billing".into(),
+        strategy: proto::PollingStrategy::Next.into(),
+        count: 3,
+        auto_commit: true,
+        ..Default::default()
+    });
+    let polled = app
+        .messages
+        .clone()
+        .poll_messages(request)
+        .await
+        .expect("answered with what it committed")
+        .into_inner();
+    assert_eq!(payloads(&polled), ["m0", "m1", "m2"]);
+    assert_eq!(fake.stored(), Some(2));
+    // REST, held to the `grpc-timeout` it sends.
+    let answer = app
+        .http1
+        .get(app.url(
+            "/v1/streams/s/topics/t/messages?partition_id=0&consumer=billing&strategy=next&count=3&auto_commit=true",
+        ))
+        .header("grpc-timeout", "150m")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.expect("json");
+    assert_eq!(body["messages"][0]["offset"], "3", "{body}");
+    assert_eq!(fake.stored(), Some(5));
+    // A poll whose deadline passes before it commits still ends with DEADLINE_EXCEEDED, and
+    // moves nothing.
+    fake.answer_polls_after(Duration::from_millis(400));
+    fake.hold(9, 0..0);
+    let request = tonic::Request::new(proto::PollMessagesRequest {
+        stream: "s".into(),
+        topic: "t".into(),
+        partition_id: 0,
+        consumer: "billing".into(),
+        strategy: proto::PollingStrategy::Next.into(),
+        count: 3,
+        auto_commit: true,
+        ..Default::default()
+    });
+    let late = app
+        .messages
+        .clone()
+        .poll_messages(request)
+        .await
+        .expect_err("past its deadline");
+    assert_eq!(late.code(), Code::DeadlineExceeded);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(fake.stored(), Some(5));
+}
+
 #[tokio::test]
 async fn an_invalid_offset_refusal_names_the_offset_asked_for() {
     let fake = FakeIggy::start().await;
