@@ -147,7 +147,8 @@ impl Application {
         }
         let default_topic = config.default_topic().map_err(StartupError::Config)?;
         if let Some(topic) = default_topic.clone() {
-            if *broker.availability().borrow() {
+            let available = *broker.availability().borrow();
+            if available {
                 ensure_default_topic(
                     broker.as_ref(),
                     &topic.stream,
@@ -156,11 +157,36 @@ impl Application {
                 )
                 .await
                 .map_err(|err| StartupError::Unavailable(format!("default topic: {err}")))?;
-            } else {
-                // The backend is not reachable yet: create the default topic once it is.
-                tokio::spawn(ensure_default_topic_when_available(
-                    Arc::clone(&broker),
-                    topic,
+            }
+            // Once the backend is reachable, if it is not yet, and again after each
+            // reconnection: an Iggy server wiped and started again has no default topic.
+            let ensure = {
+                let broker = Arc::clone(&broker);
+                move || {
+                    let (broker, topic) = (Arc::clone(&broker), topic.clone());
+                    async move {
+                        ensure_default_topic(
+                            broker.as_ref(),
+                            &topic.stream,
+                            &topic.topic,
+                            topic.partitions,
+                        )
+                        .await
+                        .map_err(|err| err.to_string())
+                    }
+                }
+            };
+            if with_iggy || !available {
+                let reconnects = {
+                    let broker = Arc::clone(&broker);
+                    move || broker.reconnects()
+                };
+                tokio::spawn(keep_default_topic(
+                    broker.availability(),
+                    reconnects,
+                    ensure,
+                    available,
+                    DEFAULT_TOPIC_EVERY,
                 ));
             }
         }
@@ -647,26 +673,37 @@ async fn cursor_keys(config: &Config, iggy: bool) -> Result<CursorKeys, StartupE
     }
 }
 
-async fn ensure_default_topic_when_available(broker: Arc<dyn Broker>, topic: DefaultTopic) {
-    let mut available = broker.availability();
-    loop {
-        if available.wait_for(|up| *up).await.is_err() {
-            return;
-        }
-        let ensured = ensure_default_topic(
-            broker.as_ref(),
-            &topic.stream,
-            &topic.topic,
-            topic.partitions,
-        )
-        .await;
-        match ensured {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot create the default topic yet; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+/// How often the default topic's keeper looks at the backend's connections.
+const DEFAULT_TOPIC_EVERY: Duration = Duration::from_secs(2);
+
+/// Has the default topic made (`ensure`) once the backend is available, unless `ensured`
+/// already, and again after each reconnection (`reconnects`, a count): an Iggy server wiped
+/// and started again has none, and the pool may reconnect to it before it is ever seen
+/// unavailable. Looks every `every`; a failed try is tried again then. Ends with the backend.
+async fn keep_default_topic<R, F, Fut>(
+    available: tokio::sync::watch::Receiver<bool>,
+    reconnects: R,
+    mut ensure: F,
+    ensured: bool,
+    every: Duration,
+) where
+    R: Fn() -> u64,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    // The reconnection count the topic was last made at.
+    let mut made_at = ensured.then(&reconnects);
+    while available.has_changed().is_ok() {
+        let now = reconnects();
+        if *available.borrow() && made_at != Some(now) {
+            match ensure().await {
+                Ok(()) => made_at = Some(now),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot create the default topic yet; retrying");
+                }
             }
         }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -695,5 +732,79 @@ async fn follow_backend_health(
         if available.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// An Iggy server wiped and started again has no default topic: it is made again after
+    /// each reconnection (which may come without the backend ever seen unavailable), once the
+    /// backend is available; a failed try is tried again.
+    #[tokio::test]
+    async fn the_default_topic_is_made_again_after_each_reconnection() {
+        let (up, available) = tokio::sync::watch::channel(true);
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let tries = Arc::new(AtomicUsize::new(0));
+        let ensure = {
+            let tries = Arc::clone(&tries);
+            move || {
+                let tries = Arc::clone(&tries);
+                // Every other try fails, as one against a server still starting may.
+                async move {
+                    match tries.fetch_add(1, Ordering::SeqCst) % 2 {
+                        0 => Err("not yet".to_owned()),
+                        _ => Ok(()),
+                    }
+                }
+            }
+        };
+        let keeper = tokio::spawn(keep_default_topic(
+            available,
+            {
+                let reconnects = Arc::clone(&reconnects);
+                move || reconnects.load(Ordering::SeqCst)
+            },
+            ensure,
+            true,
+            Duration::from_millis(2),
+        ));
+        let settled = || tokio::time::sleep(Duration::from_millis(50));
+        // Waits (up to 5 s) for `count` tries, then lets the keeper settle.
+        let tried = |count: usize| {
+            let tries = Arc::clone(&tries);
+            async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while tries.load(Ordering::SeqCst) < count {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+                .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                tries.load(Ordering::SeqCst)
+            }
+        };
+        // Made at start-up already: nothing until a reconnection.
+        settled().await;
+        assert_eq!(tries.load(Ordering::SeqCst), 0);
+        for round in 1..=2 {
+            reconnects.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(tried(2 * round).await, 2 * round, "round {round}");
+        }
+        // Reconnected while unavailable: made once it is available again.
+        up.send_replace(false);
+        reconnects.fetch_add(1, Ordering::SeqCst);
+        settled().await;
+        assert_eq!(tries.load(Ordering::SeqCst), 4);
+        up.send_replace(true);
+        assert_eq!(tried(6).await, 6);
+        drop(up);
+        tokio::time::timeout(Duration::from_secs(5), keeper)
+            .await
+            .expect("ends with the backend")
+            .expect("no panic");
     }
 }
