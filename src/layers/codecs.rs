@@ -2,13 +2,25 @@
 //! client set to JSON (`application/grpc-web+json`) is refused in gRPC-Web's own terms, a
 //! `grpc-status` with a message it can show, never the empty 400 tonic-web would answer. The
 //! same for gRPC with a codec other than protobuf. JSON is REST's (`/v1/…`). Framing that
-//! tonic refuses as INTERNAL though the caller is at fault is answered INVALID_ARGUMENT.
+//! tonic refuses as INTERNAL though the caller is at fault is answered INVALID_ARGUMENT, and so
+//! is a second request message on a call that takes one (tonic would drop it unread).
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, ready},
+};
 
 use axum::{
     body::Body,
     http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header},
 };
-use tonic::Code;
+use bytes::Bytes;
+use http_body::Frame;
+use tonic::{Code, Status};
 
 use super::guard::{Exempt, Policy};
 use crate::answer::Rejection;
@@ -32,10 +44,11 @@ fn is_protobuf_grpc(content_type: &str) -> bool {
 pub struct ProtobufOnly;
 
 impl Policy for ProtobufOnly {
-    type Admitted = ();
+    /// Set when the body's second message was refused.
+    type Admitted = Option<Arc<AtomicBool>>;
     const EXEMPT: Exempt = Exempt::Nothing;
 
-    fn check(&self, request: &mut Request<Body>) -> Result<(), Rejection> {
+    fn check(&self, request: &mut Request<Body>) -> Result<Self::Admitted, Rejection> {
         let content_type = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -52,10 +65,33 @@ impl Policy for ProtobufOnly {
                 message,
             ));
         }
-        Ok(())
+        let framed = is_protobuf_grpc(content_type)
+            && !content_type.starts_with("application/grpc-web-text")
+            && !request.uri().path().starts_with(STREAMING_REQUESTS);
+        if !framed {
+            return Ok(None);
+        }
+        let refused = Arc::new(AtomicBool::new(false));
+        let body = std::mem::take(request.body_mut());
+        *request.body_mut() = Body::new(OneMessage::new(body, Arc::clone(&refused)));
+        Ok(Some(refused))
     }
 
-    fn answered(&self, (): (), mut response: Response<Body>) -> Response<Body> {
+    fn answered(&self, refused: Self::Admitted, mut response: Response<Body>) -> Response<Body> {
+        // tonic-web words the refusal as its own error, with the status's debug text: answer
+        // it in the refusal's words.
+        if refused.is_some_and(|refused| refused.load(Ordering::Acquire)) {
+            let headers = response.headers_mut();
+            headers.insert(GRPC_STATUS, HeaderValue::from_static("3"));
+            headers.insert(
+                GRPC_MESSAGE,
+                HeaderValue::from_static(
+                    "this%20call%20takes%20one%20request%20message;%20the%20body%20holds%20more",
+                ),
+            );
+            headers.remove("grpc-status-details-bin");
+            return response;
+        }
         if is_framing_fault(response.headers()) {
             response
                 .headers_mut()
@@ -66,6 +102,108 @@ impl Policy for ProtobufOnly {
 }
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// The one service whose calls stream requests (reflection); every other method, unary or
+/// server-streaming, takes exactly one request message.
+const STREAMING_REQUESTS: &str = "/grpc.reflection.";
+
+pin_project_lite::pin_project! {
+    /// A gRPC or binary gRPC-Web request body that may hold one length-prefixed message: the
+    /// first byte of a second frame ends it with INVALID_ARGUMENT. (gRPC-Web text is base64,
+    /// read by tonic-web; its frames are not counted.)
+    struct OneMessage {
+        #[pin]
+        inner: Body,
+        frames: Frames,
+        refused: Arc<AtomicBool>,
+    }
+}
+
+impl OneMessage {
+    fn new(inner: Body, refused: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            frames: Frames::default(),
+            refused,
+        }
+    }
+}
+
+/// Where a body stands in its length-prefixed frames.
+#[derive(Debug, Default)]
+struct Frames {
+    /// The frame header being read (flag and length), and how much of it has come.
+    head: [u8; 5],
+    head_read: usize,
+    /// Message bytes of the current frame still to come.
+    left: u64,
+    /// A frame has begun.
+    framed: bool,
+}
+
+impl Frames {
+    /// Follows `data` through the frames; an error once a second frame begins.
+    fn follow(&mut self, data: &[u8]) -> Result<(), Status> {
+        let mut at = 0;
+        while at < data.len() {
+            if self.left > 0 {
+                let take = usize::try_from(self.left)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len() - at);
+                at += take;
+                self.left -= take as u64;
+                continue;
+            }
+            if self.head_read == 0 {
+                if self.framed {
+                    return Err(Status::invalid_argument(
+                        "this call takes one request message; the body holds more",
+                    ));
+                }
+                self.framed = true;
+            }
+            self.head[self.head_read] = data[at];
+            self.head_read += 1;
+            at += 1;
+            if self.head_read == self.head.len() {
+                let [_, a, b, c, d] = self.head;
+                self.left = u64::from(u32::from_be_bytes([a, b, c, d]));
+                self.head_read = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl http_body::Body for OneMessage {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+            && let Err(status) = this.frames.follow(data)
+        {
+            this.refused.store(true, Ordering::Release);
+            return Poll::Ready(Some(Err(axum::Error::new(status))));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// What tonic and tonic-web answer INTERNAL though the caller's framing is at fault (no
 /// message, a length past the end, an unknown flag, a body that does not inflate, broken
@@ -96,7 +234,37 @@ fn is_framing_fault(headers: &HeaderMap) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_protobuf_grpc;
+    use super::{Frames, is_protobuf_grpc};
+
+    /// Frames are followed however the body's chunks cut them: a header split across chunks,
+    /// an empty message, a message longer than a chunk.
+    #[test]
+    fn a_second_frame_is_found_wherever_the_chunks_cut() {
+        let frame = |len: u32| {
+            let mut frame = vec![0];
+            frame.extend_from_slice(&len.to_be_bytes());
+            frame.extend(std::iter::repeat_n(7u8, len as usize));
+            frame
+        };
+        for len in [0, 1, 5, 300] {
+            let one = frame(len);
+            let two: Vec<u8> = [one.clone(), frame(2)].concat();
+            for chunk in [1, 2, 3, 7, 64, 1000] {
+                let mut frames = Frames::default();
+                assert!(
+                    one.chunks(chunk).all(|c| frames.follow(c).is_ok()),
+                    "{len}/{chunk}"
+                );
+                let mut frames = Frames::default();
+                let refused = two
+                    .chunks(chunk)
+                    .map(|c| frames.follow(c))
+                    .find(Result::is_err);
+                let status = refused.expect("refused").expect_err("an error");
+                assert_eq!(status.code(), tonic::Code::InvalidArgument, "{len}/{chunk}");
+            }
+        }
+    }
 
     #[test]
     fn only_protobuf_codecs_pass() {

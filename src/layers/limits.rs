@@ -64,7 +64,11 @@ impl http_body::Body for ChargedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
+        // A body a layer refused with a status of its own (`codecs`: a second message) is
+        // answered that way, not as a body that could not be read.
+        if let Poll::Ready(Some(Err(err))) = &polled
+            && !carries_status(err)
+        {
             self.broken.store(true, Ordering::Release);
         }
         if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -95,6 +99,18 @@ impl http_body::Body for ChargedBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether a body error is a `tonic::Status` a layer raised (the service answers it as is).
+fn carries_status(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(err) = source {
+        if err.is::<tonic::Status>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// A response body that holds `guard` until the body is sent or dropped: what a call holds

@@ -1183,6 +1183,73 @@ async fn broken_grpc_framing_is_the_callers_fault_not_an_internal_error() {
     assert_eq!(code, "3", "broken base64: {message}");
 }
 
+/// Every method but reflection's takes one request message. tonic would read a second one and
+/// drop it while answering OK; the body is refused instead, on gRPC and gRPC-Web alike, and
+/// nothing of it is stored.
+#[tokio::test]
+async fn a_second_request_message_is_refused_not_dropped() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let send = proto::SendMessagesRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+        messages: vec![crate::helpers::text_message("one")],
+    }
+    .encode_to_vec();
+    let one = grpc_frame(&send);
+    let mut two = BytesMut::from(&one[..]);
+    two.extend_from_slice(&grpc_frame(&send));
+    let path = "/iggy.gateway.v1.MessageService/SendMessages";
+    let grpc = h2_client()
+        .post(app.url(path))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(two.clone().freeze())
+        .send()
+        .await
+        .expect("answered");
+    let (code, message) = grpc_status(grpc).await;
+    assert_eq!(code, "3", "{message}");
+    assert!(message.contains("one%20request%20message"), "{message}");
+    let web = app
+        .http1
+        .post(app.url(path))
+        .header("content-type", "application/grpc-web+proto")
+        .body(two.freeze())
+        .send()
+        .await
+        .expect("answered");
+    let (code, message) = grpc_status(web).await;
+    assert_eq!(code, "3", "{message}");
+    assert_eq!(
+        message,
+        "this%20call%20takes%20one%20request%20message;%20the%20body%20holds%20more"
+    );
+    assert!(
+        app.poll_from("orders", "created", 0, 0, 10)
+            .await
+            .messages
+            .is_empty()
+    );
+    // One message is one send, as before.
+    let sent = h2_client()
+        .post(app.url(path))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(one)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(sent.status(), 200);
+    let _ = sent.bytes().await;
+    assert_eq!(
+        crate::helpers::texts(&app.poll_from("orders", "created", 0, 0, 10).await),
+        ["one"]
+    );
+}
+
 #[tokio::test]
 async fn a_connect_message_inflates_only_into_what_the_budget_has_left() {
     use base64::Engine;
