@@ -458,6 +458,10 @@ async fn watch_connection(
         .operation_timeout
         .min(settings.health_check_interval)
         .min(Duration::from_secs(1));
+    // A wake-up stored for the client this one replaces (a call on it failed while nobody
+    // waited: during a ping, or before the slot left it) is not this one's. One for this
+    // client dropped with it is caught by the next ping.
+    let _ = futures_util::FutureExt::now_or_never(pool.slots[index].broken.notified());
     // The SDK announces a lost connection when it notices one; pings catch what it does not.
     let mut events = client.subscribe_events().await;
     loop {
@@ -484,5 +488,58 @@ async fn watch_connection(
         }
         pool.check_now.notify_waiters();
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Arc<IggyClient> {
+        Arc::new(IggyClient::from_connection_string("iggy://u:p@127.0.0.1:1").expect("client"))
+    }
+
+    /// Calls failing on a connection as it is replaced (a server restart fails every call in
+    /// flight) may leave a wake-up stored while nobody waits; the new connection's watcher
+    /// must not take it as its own and tear the new connection down.
+    #[tokio::test]
+    async fn a_wake_up_left_for_a_replaced_connection_does_not_end_its_successor() {
+        let settings = IggySettings {
+            connection_string: "iggy://u:p@127.0.0.1:1".into(),
+            pool_size: 1,
+            reconnect_base_delay: Duration::from_millis(1),
+            reconnect_max_delay: Duration::from_millis(1),
+            max_reconnect_attempts: 1,
+            operation_timeout: Duration::from_secs(60),
+            health_check_interval: Duration::from_secs(60),
+            connect_wait: Duration::from_millis(10),
+            send_batching: SendBatching::default(),
+            appends_idle: Duration::from_millis(10),
+        };
+        let pool = Pool::new(1, watch::channel(false).0, settings);
+        let (old, new) = (client(), client());
+        let cancel = CancellationToken::new();
+        pool.set_state(0, SlotState::Connected(Arc::clone(&old)));
+        // Two calls on the old one fail while its watcher is not waiting (it pings).
+        pool.mark_broken(0, &old);
+        pool.mark_broken(0, &old);
+        pool.set_state(0, SlotState::Reconnecting);
+        pool.set_state(0, SlotState::Connected(Arc::clone(&new)));
+        let ended = tokio::time::timeout(
+            Duration::from_millis(300),
+            watch_connection(&pool, 0, &new, &cancel),
+        )
+        .await;
+        assert!(ended.is_err(), "the new connection's watcher ended at once");
+        // Its own failure still ends it.
+        let watching = watch_connection(&pool, 0, &new, &cancel);
+        tokio::pin!(watching);
+        assert!(futures_util::FutureExt::now_or_never(watching.as_mut()).is_none());
+        pool.mark_broken(0, &new);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), watching)
+                .await
+                .is_ok()
+        );
     }
 }
