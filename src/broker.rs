@@ -109,18 +109,40 @@ pub struct CatalogChange {
 /// How a change starts offsets again at 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reset {
-    /// A purge of the stream or topic.
+    /// A purge of the stream or topic: every partition.
     Purged,
-    /// Partitions deleted: a partition created again under the same id is a new log.
-    PartitionsDeleted,
+    /// The partitions from this id on deleted: one created again under such an id is a new
+    /// log.
+    PartitionsDeleted { from: u32 },
 }
 
 impl Reset {
     /// What happened to the topic, as a subscription's end says it.
-    pub fn said(self) -> &'static str {
+    pub fn said(self) -> String {
         match self {
-            Self::Purged => "was purged",
-            Self::PartitionsDeleted => "had partitions deleted",
+            Self::Purged => "was purged".into(),
+            Self::PartitionsDeleted { from } => {
+                format!("had its partitions from {from} on deleted")
+            }
+        }
+    }
+
+    /// Whether it reset `partition`.
+    pub fn resets(self, partition: u32) -> bool {
+        match self {
+            Self::Purged => true,
+            Self::PartitionsDeleted { from } => partition >= from,
+        }
+    }
+
+    /// Both resets as one: what either reset.
+    #[must_use]
+    pub fn and(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::PartitionsDeleted { from: a }, Self::PartitionsDeleted { from: b }) => {
+                Self::PartitionsDeleted { from: a.min(b) }
+            }
+            _ => Self::Purged,
         }
     }
 }

@@ -172,13 +172,22 @@ impl Broker for MeteredBroker {
         self.inner.create_partitions(topic, count).await
     }
     async fn delete_partitions(&self, topic: TopicRef, count: u32) -> BrokerResult<TopicInfo> {
-        // Partitions created again later take the deleted ones' ids, from offset 0.
-        let change = CatalogChange {
-            stream: topic.stream.clone(),
-            topic: Some(topic.topic.clone()),
-            reset: Some(Reset::PartitionsDeleted),
+        // Partitions created again later take the deleted ones' ids, from offset 0. The last
+        // `count` go; a deletion the backend will refuse (none, or not one left) announces
+        // nothing, nor does one of a topic that cannot be read.
+        let from = match self.inner.get_topic(topic.clone()).await {
+            Ok(info) if count > 0 && count < info.partitions_count => {
+                Some(info.partitions_count - count)
+            }
+            _ => None,
         };
-        let _announced = self.resetting(change);
+        let _announced = from.map(|from| {
+            self.resetting(CatalogChange {
+                stream: topic.stream.clone(),
+                topic: Some(topic.topic.clone()),
+                reset: Some(Reset::PartitionsDeleted { from }),
+            })
+        });
         self.inner.delete_partitions(topic, count).await
     }
     async fn send_messages(&self, request: SendMessages) -> BrokerResult<Sent> {
@@ -269,7 +278,7 @@ mod tests {
         let guard = broker.resetting(CatalogChange {
             stream: topic.stream.clone(),
             topic: None,
-            reset: Some(Reset::PartitionsDeleted),
+            reset: Some(Reset::PartitionsDeleted { from: 0 }),
         });
         assert_eq!(changes.len(), 1);
         drop(guard);

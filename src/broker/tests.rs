@@ -145,3 +145,16 @@ fn a_given_etag_must_be_the_current_one() {
         Err(BrokerError::EtagMismatch { resource }) if resource == "topic 'created'"
     ));
 }
+
+/// A purge resets every partition; deleting partitions those from its first id on; heard
+/// together, what either reset.
+#[test]
+fn resets_say_which_partitions_start_again() {
+    let deleted = |from| Reset::PartitionsDeleted { from };
+    assert!(Reset::Purged.resets(0));
+    assert!(!deleted(2).resets(1));
+    assert!(deleted(2).resets(2) && deleted(2).resets(9));
+    assert_eq!(deleted(3).and(deleted(1)), deleted(1));
+    assert_eq!(deleted(3).and(Reset::Purged), Reset::Purged);
+    assert_eq!(Reset::Purged.and(deleted(3)), Reset::Purged);
+}

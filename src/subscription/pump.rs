@@ -106,7 +106,7 @@ impl Followed {
         news: News,
     ) -> Result<Option<TopicInfo>, Gone> {
         if let Some(reset) = news.reset
-            && next.values().any(|at| at.is_some_and(|at| at > 0))
+            && read_past_0(reset, next)
         {
             return Err(self.reset(request, reset));
         }
@@ -158,19 +158,34 @@ impl Followed {
         Ok(Some(topic))
     }
 
-    /// Whether the topic by its ids is still the log it opened on (its creation time); a
-    /// backend that cannot tell now does not stop a commit.
+    /// Whether the topic by its ids is still the log it opened on (its creation time, and
+    /// each followed partition's that is still there); a backend that cannot tell now does not
+    /// stop a commit.
     async fn same_log(&self, broker: &Arc<dyn Broker>) -> bool {
         match broker.get_topic(self.topic()).await {
-            Ok(topic) => same_creation(topic.created_at_micros, self.topic_created_at),
+            Ok(topic) => {
+                same_creation(topic.created_at_micros, self.topic_created_at)
+                    && topic.partitions.iter().all(|partition| {
+                        self.partitions.get(&partition.id).is_none_or(|created_at| {
+                            same_creation(partition.created_at_micros, *created_at)
+                        })
+                    })
+            }
             Err(err) => !is_gone(&err),
         }
+    }
+
+    /// Whether `reset` reset a partition this subscription follows.
+    fn reset_by(&self, reset: Reset) -> bool {
+        self.partitions
+            .keys()
+            .any(|partition| reset.resets(*partition))
     }
 
     /// How a subscription ends whose topic was purged, or had partitions deleted, through
     /// this gateway.
     fn reset(&self, request: &Subscription, reset: Reset) -> Gone {
-        Gone::purged(self.gone(request, reset.said()))
+        Gone::purged(self.gone(request, &reset.said()))
     }
 
     /// How a subscription whose topic is no longer the one it followed ends: NOT_FOUND, named
@@ -237,7 +252,10 @@ impl News {
     fn add(&mut self, followed: &Followed, change: &CatalogChange) {
         if followed.concerned_by(change) {
             self.moved = true;
-            self.reset = change.reset.or(self.reset);
+            self.reset = match (self.reset, change.reset) {
+                (Some(seen), Some(reset)) => Some(seen.and(reset)),
+                (seen, reset) => seen.or(reset),
+            };
         }
     }
 
@@ -284,10 +302,18 @@ pub(super) struct Position {
 /// nothing it read may be committed any more.
 pub(super) fn purged_since(request: &mut Subscription, followed: &Followed) -> bool {
     let news = News::default().take(&mut request.catalog, followed);
-    if news.reset.is_some() {
+    let reset = news.reset.is_some_and(|reset| followed.reset_by(reset));
+    if reset {
         request.stop_commits();
     }
-    news.reset.is_some()
+    reset
+}
+
+/// Whether `reset` reset a partition the subscription had read past offset 0 of: reading on
+/// there would skip the new log's start.
+fn read_past_0(reset: Reset, next: &BTreeMap<u32, Option<u64>>) -> bool {
+    next.iter()
+        .any(|(partition, at)| reset.resets(*partition) && at.is_some_and(|at| at > 0))
 }
 
 /// Runs the subscription until it ends; the request comes back with its announcements
@@ -401,7 +427,7 @@ pub(super) async fn run(
             // have come between this poll and the last: what it read may be either log's, so
             // none of it goes.
             let news = News::default().take(&mut request.catalog, &followed);
-            if let Some(reset) = news.reset {
+            if let Some(reset) = news.reset.filter(|reset| followed.reset_by(*reset)) {
                 let status = followed.reset(&request, reset).end(&mut request);
                 let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
                 return request;
@@ -441,7 +467,8 @@ pub(super) async fn run(
                     // the old log's, and stored now it would skip the new log's start.
                     waited_news =
                         std::mem::take(&mut waited_news).take(&mut request.catalog, &followed);
-                    if let Some(reset) = waited_news.reset {
+                    if let Some(reset) = waited_news.reset.filter(|reset| followed.reset_by(*reset))
+                    {
                         let status = followed.reset(&request, reset).end(&mut request);
                         let _ = deliver(&buffer, Err(status), 0, &settings, &shutdown).await;
                         return request;

@@ -457,15 +457,18 @@ async fn a_purge_ends_the_subscriptions_of_its_topic_instead_of_letting_them_ski
 /// Partitions deleted and created again start from offset 0 under the same ids. A
 /// subscription that had read one ends rather than skip the new log's start, and commits
 /// nothing into it; one that followed an empty one ends too, as the partition it followed is
-/// gone.
+/// gone. One of a partition that stays reads and commits on, and a deletion refused ends
+/// nothing.
 #[tokio::test]
 async fn partitions_deleted_and_created_again_end_the_subscriptions_that_followed_them() {
     let app = app_with_topic(spawn_app().await).await;
     app.create_topic("orders", "audit", 2).await;
     app.send_texts("orders", "created", 1, &["old-0", "old-1", "old-2"])
         .await;
+    app.send_texts("orders", "created", 0, &["kept-0"]).await;
     let mut reader = app
         .subscribe(proto::SubscribeRequest {
+            partition_id: Some(1),
             strategy: proto::PollingStrategy::First.into(),
             consumer: "cdp".into(),
             commit_every: 1,
@@ -474,9 +477,19 @@ async fn partitions_deleted_and_created_again_end_the_subscriptions_that_followe
         .await
         .expect("subscribed");
     for offset in 0..3 {
-        let (_, message) = next_message(&mut reader).await;
-        assert_eq!((message.partition_id, message.offset), (1, offset));
+        assert_eq!(next_message(&mut reader).await.1.offset, offset);
     }
+    let mut kept = app
+        .subscribe(proto::SubscribeRequest {
+            partition_id: Some(0),
+            strategy: proto::PollingStrategy::First.into(),
+            consumer: "keep".into(),
+            commit_every: 1,
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    assert_eq!(next_message(&mut kept).await.1.offset, 0);
     let mut idle = app
         .subscribe(proto::SubscribeRequest {
             topic: "audit".into(),
@@ -486,11 +499,24 @@ async fn partitions_deleted_and_created_again_end_the_subscriptions_that_followe
         })
         .await
         .expect("subscribed");
+    let path = |topic: &str| format!("/v1/streams/orders/topics/{topic}/partitions");
+    // Refused (at least one partition must stay): nothing ends.
+    for count in [0, 2, 5] {
+        let (status, body) = app
+            .delete(&format!("{}?partitions_count={count}", path("created")))
+            .await;
+        assert_eq!(status, 400, "{body}");
+    }
+    app.send_texts("orders", "created", 1, &["old-3"]).await;
+    assert_eq!(next_message(&mut reader).await.1.offset, 3);
     for topic in ["created", "audit"] {
-        let path = format!("/v1/streams/orders/topics/{topic}/partitions");
-        let (status, body) = app.delete(&format!("{path}?partitions_count=1")).await;
+        let (status, body) = app
+            .delete(&format!("{}?partitions_count=1", path(topic)))
+            .await;
         assert_eq!(status, 200, "{body}");
-        let (status, body) = app.post_json(&path, json!({"partitions_count": 1})).await;
+        let (status, body) = app
+            .post_json(&path(topic), json!({"partitions_count": 1}))
+            .await;
         assert_eq!(status, 200, "{body}");
         let news: Vec<String> = (0..5).map(|n| format!("new-{n}")).collect();
         let news: Vec<&str> = news.iter().map(String::as_str).collect();
@@ -499,7 +525,9 @@ async fn partitions_deleted_and_created_again_end_the_subscriptions_that_followe
     let ended = ends_with(&mut reader, "new-").await;
     assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
     assert!(
-        ended.message().contains("had partitions deleted"),
+        ended
+            .message()
+            .contains("had its partitions from 1 on deleted"),
         "{ended:?}"
     );
     let ended = ends_with(&mut idle, "new-").await;
@@ -508,9 +536,16 @@ async fn partitions_deleted_and_created_again_end_the_subscriptions_that_followe
         ended.message().contains("had partition 1 deleted"),
         "{ended:?}"
     );
-    drop(reader);
+    // Partition 0 stayed: its subscription reads on and commits what it delivers.
+    app.send_texts("orders", "created", 0, &["kept-1"]).await;
+    assert_eq!(next_message(&mut kept).await.1.offset, 1);
+    drop((reader, kept));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.stored_offset("orders", "created", "cdp", 1).await, None);
+    assert_eq!(
+        app.stored_offset("orders", "created", "keep", 0).await,
+        Some(1)
+    );
 }
 
 #[tokio::test]
