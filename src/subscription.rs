@@ -375,6 +375,13 @@ impl Subscriptions {
                 .iter()
                 .filter_map(|(partition, offset)| offset.map(|offset| (*partition, offset)))
                 .collect(),
+            partitions_created_at: topic_info
+                .partitions
+                .iter()
+                .filter(|p| partitions.contains(&p.id))
+                .map(|p| p.created_at_micros)
+                .max()
+                .unwrap_or(0),
         };
         // The stream's id and name, so the pump follows this stream and topic by id, and sees
         // a rename by name.

@@ -13,11 +13,13 @@ use tonic::Status;
 use super::{Subscription, keys::CursorKeys};
 use crate::{
     answer::invalid_field,
-    broker::{PollingStrategy, TopicInfo, same_creation},
+    broker::{CREATION_SLACK_MICROS, PollingStrategy, TopicInfo, same_creation},
 };
 
-/// 2: cursors carry their subscription's scope and the topic's incarnation.
-const CURSOR_VERSION: u8 = 2;
+/// 2: cursors carry their subscription's scope and the topic's incarnation. 3: and when the
+/// newest of its partitions was created (2 is still read, without it).
+const CURSOR_VERSION: u8 = 3;
+const CURSOR_VERSION_2: u8 = 2;
 
 /// What a cursor resumes: the subscription it came from, bound to the topic's incarnation, and
 /// where each of its partitions is read next.
@@ -36,6 +38,40 @@ pub(super) struct Cursor {
     /// The next offset of each partition that has one, written compactly (see `positions`).
     #[serde(with = "positions")]
     pub(super) next: BTreeMap<u32, u64>,
+    /// When the newest partition it followed was created, as the subscription opened: one of
+    /// its partitions created later was deleted and created again since, another log. 0:
+    /// unknown (a version 2 cursor).
+    pub(super) partitions_created_at: u64,
+}
+
+/// A version 2 cursor: a [`Cursor`] without `partitions_created_at`.
+#[derive(Deserialize)]
+struct CursorV2 {
+    stream: String,
+    topic: String,
+    consumer: String,
+    topic_id: u32,
+    topic_created_at: u64,
+    scope: Scope,
+    start: Start,
+    #[serde(with = "positions")]
+    next: BTreeMap<u32, u64>,
+}
+
+impl From<CursorV2> for Cursor {
+    fn from(old: CursorV2) -> Self {
+        Self {
+            stream: old.stream,
+            topic: old.topic,
+            consumer: old.consumer,
+            topic_id: old.topic_id,
+            topic_created_at: old.topic_created_at,
+            scope: old.scope,
+            start: old.start,
+            next: old.next,
+            partitions_created_at: 0,
+        }
+    }
 }
 
 /// Positions as (gap from the previous partition, offset minus the previous offset) pairs:
@@ -170,12 +206,15 @@ pub(super) fn decode(text: &str, keys: &CursorKeys) -> Result<Cursor, Status> {
             "was altered or signed with another key (CURSOR_SECRET)",
         ));
     }
-    if body[0] != CURSOR_VERSION {
-        return Err(refuse(
+    match body[0] {
+        CURSOR_VERSION => postcard::from_bytes(&body[1..]).map_err(|_| refuse("does not decode")),
+        CURSOR_VERSION_2 => postcard::from_bytes::<CursorV2>(&body[1..])
+            .map(Cursor::from)
+            .map_err(|_| refuse("does not decode")),
+        _ => Err(refuse(
             "comes from another version of the gateway; subscribe again without it",
-        ));
+        )),
     }
-    postcard::from_bytes(&body[1..]).map_err(|_| refuse("does not decode"))
 }
 
 /// Refuses a cursor whose subscription differs from what `request` names.
@@ -227,6 +266,19 @@ pub(super) fn same_log(cursor: &Cursor, topic: &TopicInfo) -> Result<(), Status>
         ));
     }
     for partition in &topic.partitions {
+        if cursor.next.contains_key(&partition.id)
+            && cursor.partitions_created_at > 0
+            && partition.created_at_micros
+                > cursor
+                    .partitions_created_at
+                    .saturating_add(CREATION_SLACK_MICROS)
+        {
+            return Err(conflict(format!(
+                "read partition {}, which was deleted and created again since; subscribe again \
+                 without it",
+                partition.id
+            )));
+        }
         if let Some(next) = cursor.next.get(&partition.id)
             && *next > partition.next_offset()
         {
@@ -259,6 +311,7 @@ mod tests {
             scope: Scope::All(3),
             start: Start::First,
             next: [(0, 5), (2, 9)].into_iter().collect(),
+            partitions_created_at: 1_700_000_000_000_000,
         }
     }
 
@@ -326,6 +379,83 @@ mod tests {
         assert!(same_log(&cursor(), &topic(created - 10)).is_ok());
         let again = same_log(&cursor(), &topic(created + 5_000_000)).expect_err("another topic");
         assert!(again.message().contains("created again"), "{again:?}");
+
+        // A partition it read, deleted and created again since, is another log; one created
+        // since that it never read (added to the topic) is not.
+        let with_partitions = |created_at: [u64; 3]| TopicInfo {
+            partitions: (0..3)
+                .map(|id| crate::broker::PartitionInfo {
+                    id,
+                    created_at_micros: created_at[id as usize],
+                    current_offset: 20,
+                    size_bytes: 0,
+                    messages_count: 21,
+                })
+                .collect(),
+            ..topic(created)
+        };
+        let later = created + 60_000_000;
+        assert!(
+            same_log(
+                &cursor(),
+                &with_partitions([created, created, created + 300])
+            )
+            .is_ok()
+        );
+        assert!(same_log(&cursor(), &with_partitions([created, later, created])).is_ok());
+        let recreated = same_log(&cursor(), &with_partitions([created, created, later]))
+            .expect_err("partition 2 is another log");
+        assert!(recreated.message().contains("partition 2"), "{recreated:?}");
+        // A version 2 cursor does not know: it is taken as before.
+        let old = Cursor {
+            partitions_created_at: 0,
+            ..cursor()
+        };
+        assert!(same_log(&old, &with_partitions([created, created, later])).is_ok());
+    }
+
+    /// Cursors issued before partitions' creation was carried (version 2) still resume.
+    #[test]
+    fn a_version_2_cursor_still_decodes() {
+        #[derive(Serialize)]
+        struct V2<'a> {
+            stream: &'a str,
+            topic: &'a str,
+            consumer: &'a str,
+            topic_id: u32,
+            topic_created_at: u64,
+            scope: Scope,
+            start: Start,
+            #[serde(with = "super::positions")]
+            next: BTreeMap<u32, u64>,
+        }
+        let now = cursor();
+        let mut bytes = vec![CURSOR_VERSION_2];
+        bytes.extend(
+            postcard::to_stdvec(&V2 {
+                stream: &now.stream,
+                topic: &now.topic,
+                consumer: &now.consumer,
+                topic_id: now.topic_id,
+                topic_created_at: now.topic_created_at,
+                scope: now.scope,
+                start: now.start,
+                next: now.next.clone(),
+            })
+            .expect("encodes"),
+        );
+        let mut signer = mac(b"secret-a");
+        signer.update(&bytes);
+        bytes.extend(signer.finalize().into_bytes());
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let decoded = decode(&text, &keys(b"secret-a")).expect("a version 2 cursor");
+        assert_eq!(
+            decoded,
+            Cursor {
+                partitions_created_at: 0,
+                ..now
+            }
+        );
     }
 
     #[test]
