@@ -608,13 +608,15 @@ where
             timeout,
             caller,
             no_return,
+            extended: false,
         }
     }
 }
 
 pin_project_lite::pin_project! {
     /// A call bounded by its deadline; past it, answered DEADLINE_EXCEEDED in its protocol,
-    /// unless it has begun what it cannot take back ([`NoReturn`]): then its own answer.
+    /// unless it has begun what it cannot take back ([`NoReturn`]): then its own answer, given
+    /// as long again to come (a backend stalled past that is answered as any other).
     pub struct TimedOut<F> {
         #[pin]
         inner: F,
@@ -623,6 +625,7 @@ pin_project_lite::pin_project! {
         timeout: Duration,
         caller: Caller,
         no_return: NoReturn,
+        extended: bool,
     }
 }
 
@@ -633,15 +636,17 @@ where
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(answer) = this.inner.poll(cx) {
             return Poll::Ready(answer);
         }
-        // Past the point of no return the call ends by its own bounds (the backend's call
-        // timeout); it is woken by the call alone from then on.
-        ready!(this.deadline.poll(cx));
-        if this.no_return.passed() {
-            return Poll::Pending;
+        ready!(this.deadline.as_mut().poll(cx));
+        // Past the point of no return the call is waited for, once more as long.
+        if this.no_return.passed() && !*this.extended {
+            *this.extended = true;
+            let grace = tokio::time::Instant::now() + *this.timeout;
+            this.deadline.as_mut().reset(grace);
+            ready!(this.deadline.as_mut().poll(cx));
         }
         Poll::Ready(Ok(Rejection::new(
             Code::DeadlineExceeded,

@@ -377,15 +377,17 @@ async fn a_polls_commit_that_outlasts_its_deadline_still_answers_what_it_moved_p
     let app = spawn_configured(|c| {
         c.backend.iggy_connection_string = Some(FakeIggy::url(fake.addr).into());
         c.backend.iggy_pool_size = 1;
-        c.backend.operation_timeout_ms = 1_000;
-        c.limits.request_timeout_ms = 150;
+        // Longer than any wait below: what ends a stalled call here is the deadline.
+        c.backend.operation_timeout_ms = 5_000;
+        c.limits.request_timeout_ms = 300;
     })
     .await;
     assert!(
         wait_for(Duration::from_secs(10), || async { ready(&app).await }).await,
         "the gateway connected"
     );
-    fake.answer_commits_after(Duration::from_millis(400));
+    // Past the deadline, within as long again.
+    fake.answer_commits_after(Duration::from_millis(450));
     // gRPC, held to the gateway's REQUEST_TIMEOUT_MS.
     let request = tonic::Request::new(proto::PollMessagesRequest {
         stream: "s".into(),
@@ -412,7 +414,7 @@ async fn a_polls_commit_that_outlasts_its_deadline_still_answers_what_it_moved_p
         .get(app.url(
             "/v1/streams/s/topics/t/messages?partition_id=0&consumer=billing&strategy=next&count=3&auto_commit=true",
         ))
-        .header("grpc-timeout", "150m")
+        .header("grpc-timeout", "300m")
         .send()
         .await
         .expect("answered");
@@ -422,7 +424,7 @@ async fn a_polls_commit_that_outlasts_its_deadline_still_answers_what_it_moved_p
     assert_eq!(fake.stored(), Some(5));
     // A poll whose deadline passes before it commits still ends with DEADLINE_EXCEEDED, and
     // moves nothing.
-    fake.answer_polls_after(Duration::from_millis(400));
+    fake.answer_polls_after(Duration::from_millis(700));
     fake.hold(9, 0..0);
     let request = tonic::Request::new(proto::PollMessagesRequest {
         stream: "s".into(),
@@ -441,8 +443,34 @@ async fn a_polls_commit_that_outlasts_its_deadline_still_answers_what_it_moved_p
         .await
         .expect_err("past its deadline");
     assert_eq!(late.code(), Code::DeadlineExceeded);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(fake.stored(), Some(5));
+    // A commit stalled past twice the deadline is not waited for without end: it is answered
+    // as any other stalled call.
+    fake.answer_polls_after(Duration::ZERO);
+    fake.answer_commits_after(Duration::from_millis(4_000));
+    let started = std::time::Instant::now();
+    let stalled = app
+        .messages
+        .clone()
+        .poll_messages(tonic::Request::new(proto::PollMessagesRequest {
+            stream: "s".into(),
+            topic: "t".into(),
+            partition_id: 0,
+            consumer: "billing".into(),
+            strategy: proto::PollingStrategy::Next.into(),
+            count: 3,
+            auto_commit: true,
+            ..Default::default()
+        }))
+        .await
+        .expect_err("a stalled commit");
+    assert_eq!(stalled.code(), Code::DeadlineExceeded);
+    assert!(
+        started.elapsed() < Duration::from_millis(3_000),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
