@@ -679,7 +679,8 @@ const DEFAULT_TOPIC_EVERY: Duration = Duration::from_secs(2);
 /// Has the default topic made (`ensure`) once the backend is available, unless `ensured`
 /// already, and again after each reconnection (`reconnects`, a count): an Iggy server wiped
 /// and started again has none, and the pool may reconnect to it before it is ever seen
-/// unavailable. Looks every `every`; a failed try is tried again then. Ends with the backend.
+/// unavailable. Looks every `every`; a failed try is tried again then. Lives as long as the
+/// backend's availability channel (which the broker it holds keeps open: the runtime ends it).
 async fn keep_default_topic<R, F, Fut>(
     available: tokio::sync::watch::Receiver<bool>,
     reconnects: R,
