@@ -147,19 +147,6 @@ impl Application {
         }
         let default_topic = config.default_topic().map_err(StartupError::Config)?;
         if let Some(topic) = default_topic.clone() {
-            let available = *broker.availability().borrow();
-            if available {
-                ensure_default_topic(
-                    broker.as_ref(),
-                    &topic.stream,
-                    &topic.topic,
-                    topic.partitions,
-                )
-                .await
-                .map_err(|err| StartupError::Unavailable(format!("default topic: {err}")))?;
-            }
-            // Once the backend is reachable, if it is not yet, and again after each
-            // reconnection: an Iggy server wiped and started again has no default topic.
             let ensure = {
                 let broker = Arc::clone(&broker);
                 move || {
@@ -176,6 +163,14 @@ impl Application {
                     }
                 }
             };
+            let available = *broker.availability().borrow();
+            if available {
+                ensure()
+                    .await
+                    .map_err(|err| StartupError::Unavailable(format!("default topic: {err}")))?;
+            }
+            // Once the backend is reachable, if it is not yet, and again after each
+            // reconnection: an Iggy server wiped and started again has no default topic.
             if with_iggy || !available {
                 let reconnects = {
                     let broker = Arc::clone(&broker);

@@ -388,21 +388,21 @@ async fn a_polls_commit_that_outlasts_its_deadline_still_answers_what_it_moved_p
     );
     // Past the deadline, within as long again.
     fake.answer_commits_after(Duration::from_millis(450));
-    // gRPC, held to the gateway's REQUEST_TIMEOUT_MS.
-    let request = tonic::Request::new(proto::PollMessagesRequest {
-        stream: "s".into(),
-        topic: "t".into(),
-        partition_id: 0,
-        consumer: "billing".into(),
-        strategy: proto::PollingStrategy::Next.into(),
-        count: 3,
-        auto_commit: true,
-        ..Default::default()
-    });
-    let polled = app
-        .messages
-        .clone()
-        .poll_messages(request)
+    // gRPC, held to the gateway's REQUEST_TIMEOUT_MS: three messages, committed.
+    let poll = || async {
+        let request = proto::PollMessagesRequest {
+            stream: "s".into(),
+            topic: "t".into(),
+            partition_id: 0,
+            consumer: "billing".into(),
+            strategy: proto::PollingStrategy::Next.into(),
+            count: 3,
+            auto_commit: true,
+            ..Default::default()
+        };
+        app.messages.clone().poll_messages(request).await
+    };
+    let polled = poll()
         .await
         .expect("answered with what it committed")
         .into_inner();
@@ -426,22 +426,7 @@ async fn a_polls_commit_that_outlasts_its_deadline_still_answers_what_it_moved_p
     // moves nothing.
     fake.answer_polls_after(Duration::from_millis(700));
     fake.hold(9, 0..0);
-    let request = tonic::Request::new(proto::PollMessagesRequest {
-        stream: "s".into(),
-        topic: "t".into(),
-        partition_id: 0,
-        consumer: "billing".into(),
-        strategy: proto::PollingStrategy::Next.into(),
-        count: 3,
-        auto_commit: true,
-        ..Default::default()
-    });
-    let late = app
-        .messages
-        .clone()
-        .poll_messages(request)
-        .await
-        .expect_err("past its deadline");
+    let late = poll().await.expect_err("past its deadline");
     assert_eq!(late.code(), Code::DeadlineExceeded);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(fake.stored(), Some(5));
@@ -450,21 +435,7 @@ async fn a_polls_commit_that_outlasts_its_deadline_still_answers_what_it_moved_p
     fake.answer_polls_after(Duration::ZERO);
     fake.answer_commits_after(Duration::from_millis(4_000));
     let started = std::time::Instant::now();
-    let stalled = app
-        .messages
-        .clone()
-        .poll_messages(tonic::Request::new(proto::PollMessagesRequest {
-            stream: "s".into(),
-            topic: "t".into(),
-            partition_id: 0,
-            consumer: "billing".into(),
-            strategy: proto::PollingStrategy::Next.into(),
-            count: 3,
-            auto_commit: true,
-            ..Default::default()
-        }))
-        .await
-        .expect_err("a stalled commit");
+    let stalled = poll().await.expect_err("a stalled commit");
     assert_eq!(stalled.code(), Code::DeadlineExceeded);
     assert!(
         started.elapsed() < Duration::from_millis(3_000),
