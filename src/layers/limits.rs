@@ -606,6 +606,7 @@ where
             inner: self.inner.call(request),
             deadline: tokio::time::sleep(timeout),
             timeout,
+            grace: self.timeout,
             caller,
             no_return,
             extended: false,
@@ -616,13 +617,16 @@ where
 pin_project_lite::pin_project! {
     /// A call bounded by its deadline; past it, answered DEADLINE_EXCEEDED in its protocol,
     /// unless it has begun what it cannot take back ([`NoReturn`]): then its own answer, given
-    /// as long again to come (a backend stalled past that is answered as any other).
+    /// `REQUEST_TIMEOUT_MS` more to come whatever deadline the client asked for (a client's
+    /// tiny `grpc-timeout` must not turn every commit into an error); a backend stalled past
+    /// that is answered as any other.
     pub struct TimedOut<F> {
         #[pin]
         inner: F,
         #[pin]
         deadline: tokio::time::Sleep,
         timeout: Duration,
+        grace: Duration,
         caller: Caller,
         no_return: NoReturn,
         extended: bool,
@@ -641,10 +645,10 @@ where
             return Poll::Ready(answer);
         }
         ready!(this.deadline.as_mut().poll(cx));
-        // Past the point of no return the call is waited for, once more as long.
+        // Past the point of no return the call is waited for, once, the gateway's own timeout.
         if this.no_return.passed() && !*this.extended {
             *this.extended = true;
-            let grace = tokio::time::Instant::now() + *this.timeout;
+            let grace = tokio::time::Instant::now() + *this.grace;
             this.deadline.as_mut().reset(grace);
             ready!(this.deadline.as_mut().poll(cx));
         }
