@@ -3,7 +3,8 @@
 //! `grpc-status` with a message it can show, never the empty 400 tonic-web would answer. The
 //! same for gRPC with a codec other than protobuf. JSON is REST's (`/v1/…`). Framing that
 //! tonic refuses as INTERNAL though the caller is at fault is answered INVALID_ARGUMENT, and so
-//! is a second request message on a call that takes one (tonic would drop it unread).
+//! is a second request message on a call that takes one (tonic would drop it unread), in any
+//! letter case of the media type and through gRPC-Web text's base64.
 
 use std::{
     pin::Pin,
@@ -28,15 +29,22 @@ use crate::answer::Rejection;
 /// The content types of gRPC and gRPC-Web bodies the services decode.
 fn is_protobuf_grpc(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("").trim();
-    matches!(
-        essence,
-        "application/grpc"
-            | "application/grpc+proto"
-            | "application/grpc-web"
-            | "application/grpc-web+proto"
-            | "application/grpc-web-text"
-            | "application/grpc-web-text+proto"
-    )
+    [
+        "application/grpc",
+        "application/grpc+proto",
+        "application/grpc-web",
+        "application/grpc-web+proto",
+        "application/grpc-web-text",
+        "application/grpc-web-text+proto",
+    ]
+    .iter()
+    .any(|served| essence.eq_ignore_ascii_case(served))
+}
+
+/// Whether `text` begins with `prefix`, in any letter case (media types are case-insensitive).
+fn starts_with_any_case(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 /// Refuses gRPC and gRPC-Web bodies in any codec but protobuf.
@@ -54,7 +62,8 @@ impl Policy for ProtobufOnly {
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .unwrap_or("");
-        if content_type.starts_with("application/grpc") && !is_protobuf_grpc(content_type) {
+        let grpc = starts_with_any_case(content_type.trim_start(), "application/grpc");
+        if grpc && !is_protobuf_grpc(content_type) {
             let message = format!(
                 "{content_type} bodies are not served: use protobuf (application/grpc-web+proto \
                  or application/grpc-web-text), or JSON over REST (/v1/…)"
@@ -65,15 +74,13 @@ impl Policy for ProtobufOnly {
                 message,
             ));
         }
-        let framed = is_protobuf_grpc(content_type)
-            && !content_type.starts_with("application/grpc-web-text")
-            && !request.uri().path().starts_with(STREAMING_REQUESTS);
-        if !framed {
+        if !grpc || request.uri().path().starts_with(STREAMING_REQUESTS) {
             return Ok(None);
         }
+        let text = starts_with_any_case(content_type.trim_start(), "application/grpc-web-text");
         let refused = Arc::new(AtomicBool::new(false));
         let body = std::mem::take(request.body_mut());
-        *request.body_mut() = Body::new(OneMessage::new(body, Arc::clone(&refused)));
+        *request.body_mut() = Body::new(OneMessage::new(body, Arc::clone(&refused), text));
         Ok(Some(refused))
     }
 
@@ -109,24 +116,59 @@ const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 const STREAMING_REQUESTS: &str = "/grpc.reflection.";
 
 pin_project_lite::pin_project! {
-    /// A gRPC or binary gRPC-Web request body that may hold one length-prefixed message: the
-    /// first byte of a second frame ends it with INVALID_ARGUMENT. (gRPC-Web text is base64,
-    /// read by tonic-web; its frames are not counted.)
+    /// A gRPC or gRPC-Web request body that may hold one length-prefixed message: the first
+    /// byte of a second frame ends it with INVALID_ARGUMENT. gRPC-Web text is followed through
+    /// its base64, four characters at a time.
     struct OneMessage {
         #[pin]
         inner: Body,
         frames: Frames,
+        text: Option<Base64Quads>,
         refused: Arc<AtomicBool>,
     }
 }
 
 impl OneMessage {
-    fn new(inner: Body, refused: Arc<AtomicBool>) -> Self {
+    fn new(inner: Body, refused: Arc<AtomicBool>, text: bool) -> Self {
         Self {
             inner,
             frames: Frames::default(),
+            text: text.then(Base64Quads::default),
             refused,
         }
+    }
+}
+
+/// gRPC-Web text's base64 as it arrives, decoded a group of four characters at a time (a group
+/// may straddle chunks). What does not decode is left to tonic-web to refuse: counting stops.
+#[derive(Debug, Default)]
+struct Base64Quads {
+    quad: [u8; 4],
+    held: usize,
+    broken: bool,
+}
+
+impl Base64Quads {
+    /// Follows the bytes `text` decodes to through `frames`.
+    fn follow(&mut self, text: &[u8], frames: &mut Frames) -> Result<(), Status> {
+        use base64::Engine;
+        for &byte in text {
+            if self.broken {
+                return Ok(());
+            }
+            self.quad[self.held] = byte;
+            self.held += 1;
+            if self.held < self.quad.len() {
+                continue;
+            }
+            self.held = 0;
+            let mut bytes = [0u8; 3];
+            match base64::engine::general_purpose::STANDARD.decode_slice(self.quad, &mut bytes) {
+                Ok(len) => frames.follow(&bytes[..len])?,
+                Err(_) => self.broken = true,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -188,7 +230,10 @@ impl http_body::Body for OneMessage {
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
-            && let Err(status) = this.frames.follow(data)
+            && let Err(status) = match this.text {
+                Some(text) => text.follow(data, this.frames),
+                None => this.frames.follow(data),
+            }
         {
             this.refused.store(true, Ordering::Release);
             return Poll::Ready(Some(Err(axum::Error::new(status))));
@@ -235,6 +280,29 @@ fn is_framing_fault(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::{Frames, is_protobuf_grpc};
+
+    /// gRPC-Web text: the frames are found through the base64, however its chunks cut the
+    /// groups of four.
+    #[test]
+    fn a_second_frame_is_found_through_base64_text() {
+        use base64::Engine;
+        let frame = [0u8, 0, 0, 0, 2, 7, 7];
+        let text = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let (one, two) = (text(&frame), text(&[frame, frame].concat()));
+        for chunk in [1, 2, 3, 5, 64] {
+            let (mut quads, mut frames) = (super::Base64Quads::default(), Frames::default());
+            for piece in one.as_bytes().chunks(chunk) {
+                assert!(quads.follow(piece, &mut frames).is_ok(), "{chunk}");
+            }
+            let (mut quads, mut frames) = (super::Base64Quads::default(), Frames::default());
+            let refused = two
+                .as_bytes()
+                .chunks(chunk)
+                .map(|piece| quads.follow(piece, &mut frames))
+                .find(Result::is_err);
+            assert!(refused.is_some(), "{chunk}");
+        }
+    }
 
     /// Frames are followed however the body's chunks cut them: a header split across chunks,
     /// an empty message, a message longer than a chunk.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use iggy_gateway::proto;
 use prost::Message;
@@ -1217,7 +1218,7 @@ async fn a_second_request_message_is_refused_not_dropped() {
         .http1
         .post(app.url(path))
         .header("content-type", "application/grpc-web+proto")
-        .body(two.freeze())
+        .body(two.clone().freeze())
         .send()
         .await
         .expect("answered");
@@ -1227,6 +1228,25 @@ async fn a_second_request_message_is_refused_not_dropped() {
         message,
         "this%20call%20takes%20one%20request%20message;%20the%20body%20holds%20more"
     );
+    // Media types are case-insensitive; gRPC-Web text is counted through its base64.
+    let grpc = h2_client()
+        .post(app.url(path))
+        .header("content-type", "Application/GRPC+Proto")
+        .header("te", "trailers")
+        .body(two.clone().freeze())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(grpc_status(grpc).await.0, "3", "Application/GRPC+Proto");
+    let web_text = app
+        .http1
+        .post(app.url(path))
+        .header("content-type", "application/grpc-web-text")
+        .body(base64::engine::general_purpose::STANDARD.encode(&two))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(grpc_status(web_text).await.0, "3", "grpc-web-text");
     assert!(
         app.poll_from("orders", "created", 0, 0, 10)
             .await
