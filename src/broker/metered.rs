@@ -181,14 +181,19 @@ impl Broker for MeteredBroker {
             }
             _ => None,
         };
-        let _announced = from.map(|from| {
-            self.resetting(CatalogChange {
-                stream: topic.stream.clone(),
-                topic: Some(topic.topic.clone()),
-                reset: Some(Reset::PartitionsDeleted { from }),
-            })
-        });
-        self.inner.delete_partitions(topic, count).await
+        let change = |from| CatalogChange {
+            stream: topic.stream.clone(),
+            topic: Some(topic.topic.clone()),
+            reset: Some(Reset::PartitionsDeleted { from }),
+        };
+        let _announced = from.map(|from| self.resetting(change(from)));
+        let deleted = self.inner.delete_partitions(topic.clone(), count).await;
+        // And what is gone as the topic now stands: deletions made at the same time (each
+        // read the count before the other) took more than either announced.
+        if let Ok(info) = &deleted {
+            let _ = self.catalog.send(change(info.partitions_count));
+        }
+        deleted
     }
     async fn send_messages(&self, request: SendMessages) -> BrokerResult<Sent> {
         let count = request.messages.len() as u64;
@@ -241,6 +246,60 @@ mod tests {
         Compression, CreateTopic, Identifier, Name, TopicRef,
         embedded::{EmbeddedBroker, Location},
     };
+
+    /// A deletion of partitions is announced before it is made, from the partitions it will
+    /// take, and after, from what the topic then holds; one the backend refuses, not at all.
+    #[tokio::test]
+    async fn a_deletion_of_partitions_is_announced_from_the_first_it_takes() {
+        let inner = EmbeddedBroker::open(&Location::Memory).expect("store");
+        let broker = MeteredBroker::new(Arc::new(inner), Arc::new(Metrics::new()));
+        broker
+            .create_stream(Name::parse("orders").expect("name"))
+            .await
+            .expect("stream");
+        broker
+            .create_topic(CreateTopic {
+                stream: Identifier::Name("orders".into()),
+                name: Name::parse("created").expect("name"),
+                partitions_count: 4,
+                message_expiry_micros: None,
+                max_topic_size_bytes: None,
+                compression: Compression::None,
+                replication_factor: 1,
+            })
+            .await
+            .expect("topic");
+        let mut changes = broker.catalog_changes().expect("announced");
+        let topic = TopicRef {
+            stream: Identifier::Name("orders".into()),
+            topic: Identifier::Name("created".into()),
+        };
+        for refused in [0, 4, 9] {
+            assert!(
+                broker
+                    .delete_partitions(topic.clone(), refused)
+                    .await
+                    .is_err()
+            );
+        }
+        assert!(
+            changes.try_recv().is_err(),
+            "a refused deletion announces nothing"
+        );
+        broker
+            .delete_partitions(topic.clone(), 2)
+            .await
+            .expect("deleted");
+        let mut announced = Vec::new();
+        while let Ok(change) = changes.try_recv() {
+            announced.push(change.reset);
+        }
+        assert_eq!(
+            announced,
+            [Some(Reset::PartitionsDeleted { from: 2 }); 3],
+            "before, after (what the topic holds), and the guard's"
+        );
+    }
 
     /// A purge is announced before it is made and again after, however its call ends.
     #[tokio::test]
