@@ -247,10 +247,8 @@ mod tests {
         embedded::{EmbeddedBroker, Location},
     };
 
-    /// A deletion of partitions is announced before it is made, from the partitions it will
-    /// take, and after, from what the topic then holds; one the backend refuses, not at all.
-    #[tokio::test]
-    async fn a_deletion_of_partitions_is_announced_from_the_first_it_takes() {
+    /// A metered in-memory store holding topic `orders/created` of `partitions`.
+    async fn with_topic(partitions: u32) -> (MeteredBroker, TopicRef) {
         let inner = EmbeddedBroker::open(&Location::Memory).expect("store");
         let broker = MeteredBroker::new(Arc::new(inner), Arc::new(Metrics::new()));
         broker
@@ -261,7 +259,7 @@ mod tests {
             .create_topic(CreateTopic {
                 stream: Identifier::Name("orders".into()),
                 name: Name::parse("created").expect("name"),
-                partitions_count: 4,
+                partitions_count: partitions,
                 message_expiry_micros: None,
                 max_topic_size_bytes: None,
                 compression: Compression::None,
@@ -269,11 +267,19 @@ mod tests {
             })
             .await
             .expect("topic");
-        let mut changes = broker.catalog_changes().expect("announced");
         let topic = TopicRef {
             stream: Identifier::Name("orders".into()),
             topic: Identifier::Name("created".into()),
         };
+        (broker, topic)
+    }
+
+    /// A deletion of partitions is announced before it is made, from the partitions it will
+    /// take, and after, from what the topic then holds; one the backend refuses, not at all.
+    #[tokio::test]
+    async fn a_deletion_of_partitions_is_announced_from_the_first_it_takes() {
+        let (broker, topic) = with_topic(4).await;
+        let mut changes = broker.catalog_changes().expect("announced");
         for refused in [0, 4, 9] {
             assert!(
                 broker
@@ -304,27 +310,8 @@ mod tests {
     /// A purge is announced before it is made and again after, however its call ends.
     #[tokio::test]
     async fn a_purge_is_announced_before_and_again_after_however_its_call_ends() {
-        let inner = EmbeddedBroker::open(&Location::Memory).expect("store");
-        let broker = MeteredBroker::new(Arc::new(inner), Arc::new(Metrics::new()));
-        let stream = Name::parse("orders").expect("name");
-        broker.create_stream(stream).await.expect("stream");
-        broker
-            .create_topic(CreateTopic {
-                stream: Identifier::Name("orders".into()),
-                name: Name::parse("created").expect("name"),
-                partitions_count: 1,
-                message_expiry_micros: None,
-                max_topic_size_bytes: None,
-                compression: Compression::None,
-                replication_factor: 1,
-            })
-            .await
-            .expect("topic");
+        let (broker, topic) = with_topic(1).await;
         let mut changes = broker.catalog_changes().expect("announced");
-        let topic = TopicRef {
-            stream: Identifier::Name("orders".into()),
-            topic: Identifier::Name("created".into()),
-        };
         broker.purge_topic(topic.clone()).await.expect("purged");
         for _ in 0..2 {
             let change = changes.try_recv().expect("announced");

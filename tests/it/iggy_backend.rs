@@ -709,21 +709,23 @@ async fn on_real_iggy_idle_subscribers_of_a_wide_topic_get_what_is_sent_to_any_p
     assert_eq!(status, 204, "{body}");
 }
 
-/// A partition deleted under a subscription that waits on the topic's reads still ends it,
-/// as a poll of the partition did before.
-#[tokio::test]
-async fn on_real_iggy_a_subscription_whose_partition_is_deleted_ends_not_found() {
-    let Some(url) = real_server() else { return };
-    let app = spawn_on_iggy_with(url, |c| c.subscriptions.subscribe_heartbeat_ms = 60_000).await;
-    let stream = unique("gw-shrink");
+/// A new stream with topic `t` of `partitions`, two messages in `partition`, and a
+/// subscription to that partition that has read them.
+async fn reading_partition(
+    app: &TestApp,
+    prefix: &str,
+    partitions: u32,
+    partition: u32,
+) -> (String, tonic::Streaming<proto::SubscribeResponse>) {
+    let stream = unique(prefix);
     app.create_stream(&stream).await;
-    app.create_topic(&stream, "t", 2).await;
-    app.send_texts(&stream, "t", 1, &["a", "b"]).await;
+    app.create_topic(&stream, "t", partitions).await;
+    app.send_texts(&stream, "t", partition, &["a", "b"]).await;
     let mut subscription = app
         .subscribe(proto::SubscribeRequest {
             stream: stream.clone(),
             topic: "t".into(),
-            partition_id: Some(1),
+            partition_id: Some(partition),
             strategy: proto::PollingStrategy::First.into(),
             ..Default::default()
         })
@@ -732,6 +734,16 @@ async fn on_real_iggy_a_subscription_whose_partition_is_deleted_ends_not_found()
     for _ in 0..2 {
         crate::subscribe::next_message(&mut subscription).await;
     }
+    (stream, subscription)
+}
+
+/// A partition deleted under a subscription that waits on the topic's reads still ends it,
+/// as a poll of the partition did before.
+#[tokio::test]
+async fn on_real_iggy_a_subscription_whose_partition_is_deleted_ends_not_found() {
+    let Some(url) = real_server() else { return };
+    let app = spawn_on_iggy_with(url, |c| c.subscriptions.subscribe_heartbeat_ms = 60_000).await;
+    let (stream, mut subscription) = reading_partition(&app, "gw-shrink", 2, 1).await;
     app.topics
         .clone()
         .delete_partitions(proto::DeletePartitionsRequest {
@@ -753,23 +765,7 @@ async fn on_real_iggy_a_subscription_whose_partition_is_deleted_ends_not_found()
 async fn on_real_iggy_a_purge_through_the_gateway_ends_the_subscriptions_that_read_past_0() {
     let Some(url) = real_server() else { return };
     let app = spawn_on_iggy_with(url, |c| c.subscriptions.subscribe_heartbeat_ms = 60_000).await;
-    let stream = unique("gw-purge");
-    app.create_stream(&stream).await;
-    app.create_topic(&stream, "t", 1).await;
-    app.send_texts(&stream, "t", 0, &["a", "b"]).await;
-    let mut subscription = app
-        .subscribe(proto::SubscribeRequest {
-            stream: stream.clone(),
-            topic: "t".into(),
-            partition_id: Some(0),
-            strategy: proto::PollingStrategy::First.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("subscribed");
-    for _ in 0..2 {
-        crate::subscribe::next_message(&mut subscription).await;
-    }
+    let (stream, mut subscription) = reading_partition(&app, "gw-purge", 1, 0).await;
     app.topics
         .clone()
         .purge_topic(proto::PurgeTopicRequest {
