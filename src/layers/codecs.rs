@@ -89,14 +89,9 @@ impl Policy for ProtobufOnly {
         // it in the refusal's words.
         if refused.is_some_and(|refused| refused.load(Ordering::Acquire)) {
             let headers = response.headers_mut();
-            headers.insert(GRPC_STATUS, HeaderValue::from_static("3"));
-            headers.insert(
-                GRPC_MESSAGE,
-                HeaderValue::from_static(
-                    "this%20call%20takes%20one%20request%20message;%20the%20body%20holds%20more",
-                ),
-            );
             headers.remove("grpc-status-details-bin");
+            // The status's own header writing (percent-encoded, as tonic writes it).
+            let _ = second_message().add_header(headers);
             return response;
         }
         if is_framing_fault(response.headers()) {
@@ -109,7 +104,6 @@ impl Policy for ProtobufOnly {
 }
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// The one service whose calls stream requests (reflection); every other method, unary or
 /// server-streaming, takes exactly one request message.
@@ -172,6 +166,11 @@ impl Base64Quads {
     }
 }
 
+/// How a body holding a second request message is refused.
+fn second_message() -> Status {
+    Status::invalid_argument("this call takes one request message; the body holds more")
+}
+
 /// Where a body stands in its length-prefixed frames.
 #[derive(Debug, Default)]
 struct Frames {
@@ -199,9 +198,7 @@ impl Frames {
             }
             if self.head_read == 0 {
                 if self.framed {
-                    return Err(Status::invalid_argument(
-                        "this call takes one request message; the body holds more",
-                    ));
+                    return Err(second_message());
                 }
                 self.framed = true;
             }
