@@ -30,7 +30,9 @@ use crate::{
     },
     config::Config,
     connect::{Connect, ConnectPaths, ConnectSettings},
-    grpc::{DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi},
+    grpc::{
+        DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi, UnaryAnswers,
+    },
     identity,
     layers::{self, ApiCalls, Scoped, Scopes, rate_limit},
     listener::{self, ListenerSettings, Tls},
@@ -483,16 +485,18 @@ fn services(
     default_topic: Option<DefaultTopic>,
     subscriptions: Subscriptions,
     idempotency: crate::idempotency::Idempotency,
+    answers: UnaryAnswers,
 ) -> direct::Services {
     direct::Services {
-        streams: Arc::new(StreamApi::new(Arc::clone(&broker))),
-        topics: Arc::new(TopicApi::new(Arc::clone(&broker))),
+        streams: Arc::new(StreamApi::new(Arc::clone(&broker)).with_answers(answers)),
+        topics: Arc::new(TopicApi::new(Arc::clone(&broker)).with_answers(answers)),
         messages: Arc::new(
             MessageApi::new(Arc::clone(&broker), limits, subscriptions)
-                .with_idempotency(Arc::new(idempotency)),
+                .with_idempotency(Arc::new(idempotency))
+                .with_answers(answers),
         ),
-        events: Arc::new(EventApi::new(broker, limits, default_topic)),
-        stats: Arc::new(StatsApi::new(stats)),
+        events: Arc::new(EventApi::new(broker, limits, default_topic).with_answers(answers)),
+        stats: Arc::new(StatsApi::new(stats).with_answers(answers)),
     }
 }
 
@@ -521,6 +525,7 @@ pub(crate) fn direct_table() -> (
         None,
         Subscriptions::new(config.subscribe_settings(), CancellationToken::new()),
         config.limits.idempotency(),
+        UnaryAnswers::default(),
     );
     let scopes = Scopes::new(Arc::new(identity::KeyRing::from_static(&[])), metrics)
         .expect("every RPC declares its scope");
@@ -584,7 +589,8 @@ fn routes(
                 .send_compressed(CompressionEncoding::Zstd)
         };
     }
-    // One instance of each service, served to gRPC and called directly by REST.
+    // One instance of each service, served to gRPC and called directly by REST. Small unary
+    // answers go uncompressed on every protocol: one knob, `COMPRESSION_MIN_BYTES`.
     let apis = services(
         broker,
         stats,
@@ -592,6 +598,7 @@ fn routes(
         default_topic,
         subscriptions,
         idempotency,
+        UnaryAnswers::new(connect_settings.compression_min_bytes),
     );
     let streams = compressed!(StreamServiceServer::from_arc(Arc::clone(&apis.streams)))
         .max_decoding_message_size(max_request_bytes);

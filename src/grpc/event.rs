@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use super::{
+    UnaryAnswers,
     access::{Want, access_of, authorize, authorize_consumer, charge},
     convert::{BODY_FORM_HEADER, identifier, message_id_text, timestamp},
     message::Limits,
@@ -48,6 +49,7 @@ pub struct EventApi {
     broker: Arc<dyn Broker>,
     limits: Limits,
     default_topic: Option<DefaultTopic>,
+    answers: UnaryAnswers,
 }
 
 impl EventApi {
@@ -60,7 +62,14 @@ impl EventApi {
             broker,
             limits,
             default_topic,
+            answers: UnaryAnswers::default(),
         }
+    }
+
+    /// Unary answers are compressed as `answers` says.
+    pub fn with_answers(mut self, answers: UnaryAnswers) -> Self {
+        self.answers = answers;
+        self
     }
 
     /// The topic addressed, with the names to echo back.
@@ -202,7 +211,7 @@ impl EventService for EventApi {
         let result = results
             .pop()
             .ok_or_else(|| Status::internal("no result for the published event"))?;
-        Ok(Response::new(result))
+        Ok(self.answers.of(result))
     }
 
     async fn publish_events(
@@ -234,7 +243,7 @@ impl EventService for EventApi {
         let results = self
             .publish(access.as_deref(), target, &request.partition_key, messages)
             .await?;
-        Ok(Response::new(proto::PublishEventsResponse { results }))
+        Ok(self.answers.of(proto::PublishEventsResponse { results }))
     }
 
     async fn poll_events(
@@ -321,7 +330,7 @@ impl EventService for EventApi {
                 .await
                 .map_err(broker_status)?;
         }
-        Ok(Response::new(proto::PollEventsResponse {
+        Ok(self.answers.of(proto::PollEventsResponse {
             count: u32::try_from(messages.len()).unwrap_or(u32::MAX),
             messages,
             partition_id: polled.partition_id,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
+    UnaryAnswers,
     access::{Answers, Want, access_of, authorize, authorize_consumer, charge, guard_stream},
     convert::{
         Ids, body_to_payload, headers_from_proto, identifier, message_id, message_id_text,
@@ -55,6 +56,7 @@ pub struct MessageApi {
     limits: Limits,
     subscriptions: Subscriptions,
     idempotency: Arc<Idempotency>,
+    answers: UnaryAnswers,
 }
 
 /// The metadata (REST: header) that makes a send idempotent, and the one that marks an answer
@@ -74,7 +76,14 @@ impl MessageApi {
                 std::time::Duration::from_secs(86_400),
                 100_000,
             )),
+            answers: UnaryAnswers::default(),
         }
+    }
+
+    /// Unary answers are compressed as `answers` says.
+    pub fn with_answers(mut self, answers: UnaryAnswers) -> Self {
+        self.answers = answers;
+        self
     }
 
     /// Sends under an `Idempotency-Key` are coordinated by `idempotency`.
@@ -186,8 +195,8 @@ fn consumer_ref(
 
 /// An answer given again for an idempotency key: the original ids (the retry's own, as its
 /// fingerprint matched), marked replayed.
-fn replayed(ids: Vec<String>) -> Response<proto::SendMessagesResponse> {
-    let mut response = Response::new(proto::SendMessagesResponse { ids });
+fn replayed(answers: UnaryAnswers, ids: Vec<String>) -> Response<proto::SendMessagesResponse> {
+    let mut response = answers.of(proto::SendMessagesResponse { ids });
     response.metadata_mut().insert(
         IDEMPOTENT_REPLAYED,
         tonic::metadata::MetadataValue::from_static("true"),
@@ -459,7 +468,7 @@ impl MessageService for MessageApi {
                 })
                 .await
                 .map_err(broker_status)?;
-            return Ok(Response::new(proto::SendMessagesResponse { ids }));
+            return Ok(self.answers.of(proto::SendMessagesResponse { ids }));
         };
 
         // Under a key: ids the client left out are derived from (identity, key, index), and
@@ -481,7 +490,7 @@ impl MessageService for MessageApi {
             .begin(&identity, record_key, fingerprint)
             .await
         {
-            Begin::Replay => return Ok(replayed(ids)),
+            Begin::Replay => return Ok(replayed(self.answers, ids)),
             Begin::Conflict => return Err(broker_status(BrokerError::IdempotencyKeyReused)),
             Begin::Run(ticket) => ticket,
         };
@@ -506,9 +515,9 @@ impl MessageService for MessageApi {
         Ok(match sent {
             Sent::Stored => {
                 charge(access.as_deref(), Class::Produce, bytes);
-                Response::new(proto::SendMessagesResponse { ids })
+                self.answers.of(proto::SendMessagesResponse { ids })
             }
-            Sent::Replayed => replayed(ids),
+            Sent::Replayed => replayed(self.answers, ids),
         })
     }
 
@@ -614,7 +623,7 @@ impl MessageService for MessageApi {
                 .await
                 .map_err(broker_status)?;
         }
-        Ok(Response::new(response))
+        Ok(self.answers.of(response))
     }
 
     async fn store_consumer_offset(
@@ -645,7 +654,7 @@ impl MessageService for MessageApi {
             .store_consumer_offset(at, offset)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::StoreConsumerOffsetResponse {}))
+        Ok(self.answers.of(proto::StoreConsumerOffsetResponse {}))
     }
 
     async fn get_consumer_offset(
@@ -672,7 +681,7 @@ impl MessageService for MessageApi {
             .get_consumer_offset(at)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::GetConsumerOffsetResponse {
+        Ok(self.answers.of(proto::GetConsumerOffsetResponse {
             partition_id: info.partition_id,
             current_offset: info.current_offset,
             stored_offset: info.stored_offset,
@@ -702,6 +711,6 @@ impl MessageService for MessageApi {
             .delete_consumer_offset(at)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::DeleteConsumerOffsetResponse {}))
+        Ok(self.answers.of(proto::DeleteConsumerOffsetResponse {}))
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
+    UnaryAnswers,
     access::{access_of, authorize_all},
     convert::timestamp,
 };
@@ -16,11 +17,21 @@ use crate::{
 #[derive(Clone)]
 pub struct StatsApi {
     stats: Arc<Stats>,
+    answers: UnaryAnswers,
 }
 
 impl StatsApi {
     pub fn new(stats: Arc<Stats>) -> Self {
-        Self { stats }
+        Self {
+            stats,
+            answers: UnaryAnswers::default(),
+        }
+    }
+
+    /// Unary answers are compressed as `answers` says.
+    pub fn with_answers(mut self, answers: UnaryAnswers) -> Self {
+        self.answers = answers;
+        self
     }
 }
 
@@ -34,7 +45,7 @@ impl StatsService for StatsApi {
         authorize_all(access_of(&request).as_deref())?;
         let report = self.stats.report();
         let backend = report.backend;
-        Ok(Response::new(proto::GetStatsResponse {
+        Ok(self.answers.of(proto::GetStatsResponse {
             streams_count: backend.streams_count,
             topics_count: backend.topics_count,
             total_messages: backend.total_messages,

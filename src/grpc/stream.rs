@@ -6,6 +6,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{
+    UnaryAnswers,
     access::{Want, access_of, authorize},
     convert::{expected_etag, identifier, name, stream_to_proto},
 };
@@ -22,11 +23,21 @@ const PARTIAL_READS_AT_ONCE: usize = 8;
 #[derive(Clone)]
 pub struct StreamApi {
     broker: Arc<dyn Broker>,
+    answers: UnaryAnswers,
 }
 
 impl StreamApi {
     pub fn new(broker: Arc<dyn Broker>) -> Self {
-        Self { broker }
+        Self {
+            broker,
+            answers: UnaryAnswers::default(),
+        }
+    }
+
+    /// Unary answers are compressed as `answers` says.
+    pub fn with_answers(mut self, answers: UnaryAnswers) -> Self {
+        self.answers = answers;
+        self
     }
 }
 
@@ -72,7 +83,7 @@ impl StreamService for StreamApi {
             .create_stream(name)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::CreateStreamResponse {
+        Ok(self.answers.of(proto::CreateStreamResponse {
             stream: Some(stream_to_proto(stream)),
         }))
     }
@@ -94,7 +105,7 @@ impl StreamService for StreamApi {
             .get_stream(stream)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::GetStreamResponse {
+        Ok(self.answers.of(proto::GetStreamResponse {
             stream: Some(stream_to_proto(readable_topics(access.as_deref(), stream))),
         }))
     }
@@ -131,7 +142,7 @@ impl StreamService for StreamApi {
             .buffered(PARTIAL_READS_AT_ONCE)
             .try_collect::<Vec<_>>()
             .await?;
-        Ok(Response::new(proto::ListStreamsResponse {
+        Ok(self.answers.of(proto::ListStreamsResponse {
             streams: read.into_iter().flatten().map(stream_to_proto).collect(),
         }))
     }
@@ -161,7 +172,7 @@ impl StreamService for StreamApi {
             .update_stream(update)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::UpdateStreamResponse {
+        Ok(self.answers.of(proto::UpdateStreamResponse {
             stream: Some(stream_to_proto(stream)),
         }))
     }
@@ -183,7 +194,7 @@ impl StreamService for StreamApi {
             .delete_stream(stream, expected_etag(&request.etag))
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::DeleteStreamResponse {}))
+        Ok(self.answers.of(proto::DeleteStreamResponse {}))
     }
 
     async fn purge_stream(
@@ -202,6 +213,6 @@ impl StreamService for StreamApi {
             .purge_stream(stream)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::PurgeStreamResponse {}))
+        Ok(self.answers.of(proto::PurgeStreamResponse {}))
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
+    UnaryAnswers,
     access::{Want, access_of, authorize},
     convert::{
         compression_from_proto, duration_micros, expected_etag, identifier, name, topic_ref,
@@ -21,11 +22,21 @@ use crate::{
 #[derive(Clone)]
 pub struct TopicApi {
     broker: Arc<dyn Broker>,
+    answers: UnaryAnswers,
 }
 
 impl TopicApi {
     pub fn new(broker: Arc<dyn Broker>) -> Self {
-        Self { broker }
+        Self {
+            broker,
+            answers: UnaryAnswers::default(),
+        }
+    }
+
+    /// Unary answers are compressed as `answers` says.
+    pub fn with_answers(mut self, answers: UnaryAnswers) -> Self {
+        self.answers = answers;
+        self
     }
 }
 
@@ -74,7 +85,7 @@ impl TopicService for TopicApi {
             .create_topic(create)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::CreateTopicResponse {
+        Ok(self.answers.of(proto::CreateTopicResponse {
             topic: Some(topic_to_proto(topic)),
         }))
     }
@@ -88,7 +99,7 @@ impl TopicService for TopicApi {
         let at = topic_ref(&request.stream, &request.topic)?;
         authorize(self.broker.as_ref(), access.as_deref(), &[Want::Topic(&at)]).await?;
         let topic = self.broker.get_topic(at).await.map_err(broker_status)?;
-        Ok(Response::new(proto::GetTopicResponse {
+        Ok(self.answers.of(proto::GetTopicResponse {
             topic: Some(topic_to_proto(topic)),
         }))
     }
@@ -124,7 +135,7 @@ impl TopicService for TopicApi {
             .list_topics(stream)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::ListTopicsResponse {
+        Ok(self.answers.of(proto::ListTopicsResponse {
             topics: topics
                 .into_iter()
                 .filter(|topic| match (&stream_name, access.as_deref()) {
@@ -174,7 +185,7 @@ impl TopicService for TopicApi {
             .update_topic(update)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::UpdateTopicResponse {
+        Ok(self.answers.of(proto::UpdateTopicResponse {
             topic: Some(topic_to_proto(topic)),
         }))
     }
@@ -191,7 +202,7 @@ impl TopicService for TopicApi {
             .delete_topic(at, expected_etag(&request.etag))
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::DeleteTopicResponse {}))
+        Ok(self.answers.of(proto::DeleteTopicResponse {}))
     }
 
     async fn purge_topic(
@@ -203,7 +214,7 @@ impl TopicService for TopicApi {
         let at = topic_ref(&request.stream, &request.topic)?;
         authorize(self.broker.as_ref(), access.as_deref(), &[Want::Topic(&at)]).await?;
         self.broker.purge_topic(at).await.map_err(broker_status)?;
-        Ok(Response::new(proto::PurgeTopicResponse {}))
+        Ok(self.answers.of(proto::PurgeTopicResponse {}))
     }
 
     async fn create_partitions(
@@ -220,7 +231,7 @@ impl TopicService for TopicApi {
             .create_partitions(at, request.partitions_count)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::CreatePartitionsResponse {
+        Ok(self.answers.of(proto::CreatePartitionsResponse {
             topic: Some(topic_to_proto(topic)),
         }))
     }
@@ -238,7 +249,7 @@ impl TopicService for TopicApi {
             .delete_partitions(at, request.partitions_count)
             .await
             .map_err(broker_status)?;
-        Ok(Response::new(proto::DeletePartitionsResponse {
+        Ok(self.answers.of(proto::DeletePartitionsResponse {
             topic: Some(topic_to_proto(topic)),
         }))
     }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tonic::codec::CompressionEncoding;
 
-use crate::helpers::{TestApp, spawn_app, text_message, texts};
+use crate::helpers::{TestApp, spawn_app, spawn_configured, text_message, texts};
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -219,6 +219,116 @@ async fn grpc_requests_and_answers_are_compressed_both_ways_in_gzip_and_zstd() {
         .await
         .expect("polled");
     assert!(plain.metadata().get("grpc-encoding").is_none());
+}
+
+/// One unary call framed by hand over gRPC (HTTP/2) or gRPC-Web (HTTP/1.1), from a client
+/// that takes `accept`: whether the answer's message came compressed (its flag byte), and the
+/// message, inflated from gzip.
+async fn unary_answer(
+    app: &TestApp,
+    grpc_web: bool,
+    accept: &str,
+    method: &str,
+    request: &impl prost::Message,
+) -> (bool, Vec<u8>) {
+    let body = request.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    let (client, content_type) = if grpc_web {
+        (app.http1.clone(), "application/grpc-web+proto")
+    } else {
+        (
+            reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .expect("an HTTP/2 client"),
+            "application/grpc",
+        )
+    };
+    let answer = client
+        .post(app.url(&format!("/iggy.gateway.v1.{method}")))
+        .header("content-type", content_type)
+        .header("te", "trailers")
+        .header("grpc-accept-encoding", accept)
+        .body(framed)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(answer.status(), 200);
+    let bytes = answer.bytes().await.expect("the answer");
+    assert!(bytes.len() >= 5, "a message came back: {bytes:?}");
+    let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    let message = &bytes[5..5 + len];
+    match bytes[0] {
+        0 => (false, message.to_vec()),
+        1 if accept == "gzip" => (true, gunzip(message)),
+        1 => (true, Vec::new()),
+        flag => panic!("a message frame, not flag {flag}"),
+    }
+}
+
+#[tokio::test]
+async fn grpc_answers_smaller_than_the_compression_minimum_go_uncompressed() {
+    use prost::Message;
+    for (minimum, small_compressed) in [(1024, false), (0, true)] {
+        let app = spawn_configured(|c| c.wire.compression_min_bytes = minimum).await;
+        app.create_stream("orders").await;
+        app.create_topic("orders", "created", 1).await;
+        let one = proto::SendMessagesRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            partitioning: Some(proto::send_messages_request::Partitioning::PartitionId(0)),
+            messages: vec![text_message("one small order")],
+        };
+        let hundred = proto::SendMessagesRequest {
+            messages: (0..100)
+                .map(|i| text_message(&format!("a larger order, number {i}")))
+                .collect(),
+            ..one.clone()
+        };
+        let get_stream = proto::GetStreamRequest {
+            stream: "orders".into(),
+        };
+        for grpc_web in [false, true] {
+            for accept in ["gzip", "zstd"] {
+                let seen = format!("min {minimum}, gRPC-Web {grpc_web}, {accept}");
+                let (compressed, sent) =
+                    unary_answer(&app, grpc_web, accept, "MessageService/SendMessages", &one).await;
+                assert_eq!(compressed, small_compressed, "one id's answer, {seen}");
+                if accept == "gzip" {
+                    let sent = proto::SendMessagesResponse::decode(&sent[..]).expect("decodes");
+                    assert_eq!(sent.ids.len(), 1);
+                }
+                let (compressed, stream) = unary_answer(
+                    &app,
+                    grpc_web,
+                    accept,
+                    "StreamService/GetStream",
+                    &get_stream,
+                )
+                .await;
+                assert_eq!(compressed, small_compressed, "a stream's details, {seen}");
+                if accept == "gzip" {
+                    let stream = proto::GetStreamResponse::decode(&stream[..]).expect("decodes");
+                    assert_eq!(stream.stream.map(|s| s.name), Some("orders".to_owned()));
+                }
+                let (compressed, sent) = unary_answer(
+                    &app,
+                    grpc_web,
+                    accept,
+                    "MessageService/SendMessages",
+                    &hundred,
+                )
+                .await;
+                assert!(compressed, "a hundred ids are past the minimum, {seen}");
+                if accept == "gzip" {
+                    let sent = proto::SendMessagesResponse::decode(&sent[..]).expect("decodes");
+                    assert_eq!(sent.ids.len(), 100);
+                }
+            }
+        }
+    }
 }
 
 #[tokio::test]
