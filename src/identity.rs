@@ -523,11 +523,18 @@ impl Access {
         Err(Refusal::Consumer(consumer.to_owned()))
     }
 
-    /// A refusal is no quota's to count: it takes one call from a keys-file key's share of
-    /// the rate limit ([`KeyRing::admit_uncounted`]), unless the call already took one when
-    /// it was admitted (an admin call). `Err`: held, to be answered `RATE_LIMITED`.
+    /// A refusal takes one call from a keys-file key's share of the rate limit
+    /// ([`KeyRing::admit_uncounted`]), unless the call already took one when it was admitted:
+    /// an admin call from that share, a produce or consume call from its request quota (a
+    /// refusal for what the body names comes after that quota was charged). `Err`: held, to
+    /// be answered `RATE_LIMITED`.
     pub fn charge_refusal(&self) -> Result<(), Held> {
-        if self.rpc.scope.class().is_none() {
+        let counted = match (self.rpc.scope.class(), self.identity.quota()) {
+            (None, _) => true,
+            (Some(class), Some(quota)) => quota.counts_requests(class),
+            (Some(_), None) => false,
+        };
+        if counted {
             return Ok(());
         }
         self.ring.admit_uncounted(&self.identity).inspect_err(|_| {
@@ -557,6 +564,29 @@ impl Access {
             .identity_bytes(self.identity.name(), class.as_str(), bytes);
         if let Some(quota) = self.identity.quota() {
             quota.charge(class, bytes);
+        }
+    }
+
+    /// Bytes the call is about to move (a send's before it is stored, a poll's before it is
+    /// answered), charged unless the identity's byte quota for `class` is overdrawn already:
+    /// then the call is refused, so calls admitted together cannot each overdraw it.
+    pub fn take(&self, class: Class, bytes: u64) -> Result<(), Throttle> {
+        if let Some(quota) = self.identity.quota() {
+            quota.take(class, bytes).inspect_err(|_| {
+                self.metrics
+                    .identity_refused(self.identity.name(), "QUOTA_EXCEEDED");
+            })?;
+        }
+        self.metrics
+            .identity_bytes(self.identity.name(), class.as_str(), bytes);
+        Ok(())
+    }
+
+    /// Gives back what [`take`](Self::take) charged for a call that stored nothing (the
+    /// backend refused it, or it was an idempotent send answered again).
+    pub fn refund(&self, class: Class, bytes: u64) {
+        if let Some(quota) = self.identity.quota() {
+            quota.refund(class, bytes);
         }
     }
 

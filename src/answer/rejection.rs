@@ -14,8 +14,11 @@ use axum::{
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{ERROR_DOMAIN, Problem, RATE_LIMITED, connect, http_status};
-use crate::extensions::{Protocol, RejectedFor, RequestId};
+use super::{ERROR_DOMAIN, Problem, QUOTA_EXCEEDED, RATE_LIMITED, connect, http_status};
+use crate::{
+    extensions::{Protocol, RejectedFor, RequestId},
+    identity::Throttle,
+};
 
 /// What a refusal needs to know of its request: kept by layers that refuse after passing the
 /// request on (timeouts), instead of a copy of its headers.
@@ -128,6 +131,25 @@ impl Rejection {
             wait,
         )
         .metadata("identity", name)
+    }
+
+    /// A keys-file identity over one of its quotas.
+    pub fn quota_exceeded(name: &str, throttle: Throttle) -> Self {
+        let quota = format!("{}_{}_per_second", throttle.class.as_str(), throttle.unit);
+        Self::throttled(
+            QUOTA_EXCEEDED,
+            format!(
+                "'{name}' is over its {} quota of {} {} per second; retry in {} ms",
+                throttle.class.as_str(),
+                throttle.limit,
+                throttle.unit,
+                throttle.wait.as_millis().max(1)
+            ),
+            throttle.limit,
+            throttle.wait,
+        )
+        .metadata("identity", name)
+        .metadata("quota", quota)
     }
 
     /// The refusal as a gRPC status (`ErrorInfo`, and `RetryInfo` when it says when), for a

@@ -148,6 +148,24 @@ pub(super) fn charge(access: Option<&Access>, class: Class, bytes: usize) {
     }
 }
 
+/// Charges what a call is about to move to its identity's byte quota, unless that quota is
+/// overdrawn already: then RESOURCE_EXHAUSTED, `QUOTA_EXCEEDED`, and nothing may be moved.
+pub(super) fn take(access: Option<&Access>, class: Class, bytes: usize) -> Result<(), Status> {
+    match access {
+        Some(access) => access.take(class, bytes as u64).map_err(|throttle| {
+            Rejection::quota_exceeded(access.identity().name(), throttle).status()
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Gives back what [`take`] charged, for a call that moved nothing after all.
+pub(super) fn refund(access: Option<&Access>, class: Class, bytes: usize) {
+    if let Some(access) = access {
+        access.refund(class, bytes as u64);
+    }
+}
+
 /// What one request addresses, as validated.
 pub(super) enum Want<'a> {
     /// Nothing in particular (a listing, the statistics).

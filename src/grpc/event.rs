@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     UnaryAnswers,
-    access::{Want, access_of, authorize, authorize_consumer, charge},
+    access::{Want, access_of, authorize, authorize_consumer, refund, take},
     convert::{BODY_FORM_HEADER, identifier, message_id_text, timestamp},
     message::Limits,
     polls,
@@ -159,11 +159,8 @@ impl EventApi {
         partition_key: &str,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<proto::PublishEventResponse>, Status> {
-        charge(
-            access,
-            Class::Produce,
-            messages.iter().map(NewMessage::size).sum(),
-        );
+        let bytes = messages.iter().map(NewMessage::size).sum();
+        take(access, Class::Produce, bytes)?;
         let ids: Vec<String> = messages.iter().map(|m| message_id_text(m.id)).collect();
         self.broker
             .send_messages(SendMessages {
@@ -173,6 +170,7 @@ impl EventApi {
                 idempotency: None,
             })
             .await
+            .inspect_err(|_| refund(access, Class::Produce, bytes))
             .map_err(broker_status)?;
         let acknowledged = timestamp(now_micros());
         Ok(ids
@@ -285,11 +283,12 @@ impl EventService for EventApi {
             .await
             .map_err(broker_status)?;
         polls::charge_polled(&polled.messages)?;
-        charge(
+        // Before the answer is built and the consumer's offset moved: refused, it moved nothing.
+        take(
             access.as_deref(),
             Class::Consume,
             polled.messages.iter().map(StoredMessage::size).sum(),
-        );
+        )?;
         let last = polled.messages.last().map(|message| message.offset);
         let messages: Vec<proto::PolledEvent> = polled
             .messages

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     UnaryAnswers,
-    access::{Answers, Want, access_of, authorize, authorize_consumer, charge, guard_stream},
+    access::{Answers, Want, access_of, authorize, authorize_consumer, guard_stream, refund, take},
     convert::{
         Ids, body_to_payload, headers_from_proto, identifier, message_id, message_id_text,
         polled_to_proto, timestamp_micros, topic_ref,
@@ -453,11 +453,8 @@ impl MessageService for MessageApi {
         };
         let mut messages = self.new_messages(request.messages)?;
         let Some(key) = key else {
-            charge(
-                access.as_deref(),
-                Class::Produce,
-                messages.iter().map(NewMessage::size).sum(),
-            );
+            let bytes = messages.iter().map(NewMessage::size).sum();
+            take(access.as_deref(), Class::Produce, bytes)?;
             let ids = messages.iter().map(|m| message_id_text(m.id)).collect();
             self.broker
                 .send_messages(SendMessages {
@@ -467,7 +464,10 @@ impl MessageService for MessageApi {
                     idempotency: None,
                 })
                 .await
-                .map_err(broker_status)?;
+                .map_err(|err| {
+                    refund(access.as_deref(), Class::Produce, bytes);
+                    broker_status(err)
+                })?;
             return Ok(self.answers.of(proto::SendMessagesResponse { ids }));
         };
 
@@ -497,6 +497,8 @@ impl MessageService for MessageApi {
         let expires_at_micros = now_micros()
             .saturating_add(u64::try_from(self.idempotency.ttl().as_micros()).unwrap_or(u64::MAX));
         let bytes = messages.iter().map(NewMessage::size).sum();
+        // Charged before the send (an unanswered ticket is given up when dropped).
+        take(access.as_deref(), Class::Produce, bytes)?;
         let sent = self
             .broker
             .send_messages(SendMessages {
@@ -510,14 +512,17 @@ impl MessageService for MessageApi {
                 }),
             })
             .await
-            .map_err(broker_status)?;
+            .map_err(|err| {
+                refund(access.as_deref(), Class::Produce, bytes);
+                broker_status(err)
+            })?;
         ticket.answered();
         Ok(match sent {
-            Sent::Stored => {
-                charge(access.as_deref(), Class::Produce, bytes);
-                self.answers.of(proto::SendMessagesResponse { ids })
+            Sent::Stored => self.answers.of(proto::SendMessagesResponse { ids }),
+            Sent::Replayed => {
+                refund(access.as_deref(), Class::Produce, bytes);
+                replayed(self.answers, ids)
             }
-            Sent::Replayed => replayed(self.answers, ids),
         })
     }
 
@@ -587,11 +592,12 @@ impl MessageService for MessageApi {
             .await
             .map_err(broker_status)?;
         polls::charge_polled(&polled.messages)?;
-        charge(
+        // Before the answer is built and the consumer's offset moved: refused, it moved nothing.
+        take(
             access.as_deref(),
             Class::Consume,
             polled.messages.iter().map(|message| message.size()).sum(),
-        );
+        )?;
         let partition_id = polled.partition_id;
         let last = polled.messages.last().map(|message| message.offset);
         let response = proto::PollMessagesResponse {

@@ -2,8 +2,10 @@
 //! class, so the budget is keyed by identity), and bytes per second with a byte budget that may
 //! be overdrawn: a call is admitted while its identity's budget is not overdrawn and its bytes
 //! are charged once known (a send's before it is stored, a poll's after it is read), because a
-//! poll's size is not known in advance and governor cannot charge after the fact. Over time an
-//! identity moves at most its rate; at once, at most one second's worth plus one call.
+//! poll's size is not known in advance and governor cannot charge after the fact. A charge is
+//! taken only while the budget is not overdrawn (else the call is refused, before a send is
+//! stored or a poll's answer is given), so calls admitted together cannot each overdraw it: over
+//! time an identity moves at most its rate; at once, at most one second's worth plus one call.
 
 use std::{
     num::NonZeroU32,
@@ -86,9 +88,33 @@ impl ByteBucket {
 
     pub fn charge(&self, bytes: u64, now: Instant) {
         if let Some(mut state) = self.refilled(now) {
-            // At most a day's worth of debt, so one huge answer cannot lock an identity out
-            // for longer than that.
-            state.0 = (state.0 - bytes as f64).max(-self.rate * 86_400.0);
+            Self::debit(&mut state, bytes, self.rate);
+        }
+    }
+
+    fn debit(state: &mut (f64, Instant), bytes: u64, rate: f64) {
+        // At most a day's worth of debt, so one huge answer cannot lock an identity out for
+        // longer than that.
+        state.0 = (state.0 - bytes as f64).max(-rate * 86_400.0);
+    }
+
+    /// Charges `bytes` unless the budget is overdrawn already; then how long until it is not.
+    /// Checked and charged under one lock, so of calls charged at once only one overdraws.
+    pub fn take(&self, bytes: u64, now: Instant) -> Result<(), Duration> {
+        let Some(mut state) = self.refilled(now) else {
+            return Ok(());
+        };
+        if state.0 < 0.0 {
+            return Err(Duration::from_secs_f64(-state.0 / self.rate));
+        }
+        Self::debit(&mut state, bytes, self.rate);
+        Ok(())
+    }
+
+    /// Gives back what [`take`](Self::take) charged for a call that moved nothing.
+    pub fn refund(&self, bytes: u64, now: Instant) {
+        if let Some(mut state) = self.refilled(now) {
+            state.0 = (state.0 + bytes as f64).min(self.rate);
         }
     }
 }
@@ -177,6 +203,32 @@ impl QuotaState {
     pub fn charge(&self, class: Class, bytes: u64) {
         if let (Some(bucket), _) = self.bytes(class) {
             bucket.charge(bytes, Instant::now());
+        }
+    }
+
+    /// Whether calls of `class` take from a request budget when admitted.
+    pub fn counts_requests(&self, class: Class) -> bool {
+        self.requests(class).0.is_some()
+    }
+
+    /// Charges `bytes` to `class`'s byte budget unless it is overdrawn already.
+    pub fn take(&self, class: Class, bytes: u64) -> Result<(), Throttle> {
+        match self.bytes(class) {
+            (Some(bucket), Some(limit)) => {
+                bucket.take(bytes, Instant::now()).map_err(|wait| Throttle {
+                    class,
+                    unit: "bytes",
+                    limit,
+                    wait,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn refund(&self, class: Class, bytes: u64) {
+        if let (Some(bucket), _) = self.bytes(class) {
+            bucket.refund(bytes, Instant::now());
         }
     }
 

@@ -263,6 +263,18 @@ fn a_byte_budget_is_overdrawn_then_refills() {
 }
 
 #[test]
+fn a_byte_budget_is_taken_only_while_not_overdrawn_and_refunded() {
+    let bucket = ByteBucket::new(1000);
+    let now = std::time::Instant::now();
+    bucket.take(3000, now).expect("taken: not overdrawn yet");
+    let wait = bucket.take(10, now).expect_err("overdrawn");
+    assert!(wait > Duration::from_millis(1900), "{wait:?}");
+    bucket.refund(3000, now);
+    assert_eq!(bucket.overdrawn(now), None);
+    bucket.take(10, now).expect("taken again");
+}
+
+#[test]
 fn a_request_quota_admits_its_rate_per_identity() {
     let quota = QuotaState::new(QuotaSettings {
         produce_requests_per_second: std::num::NonZeroU32::new(2),

@@ -32,7 +32,7 @@ use super::guard::{Exempt, Guard, GuardLayer, Policy};
 use crate::{
     answer::{Caller, QUOTA_EXCEEDED, RATE_LIMITED, Rejection, SCOPE_MISSING, grpc_code_name},
     extensions::RequestId,
-    identity::{Access, Identity, KeyRing, Rpc, Scope, Target, Throttle, audit_refused},
+    identity::{Access, Identity, KeyRing, Rpc, Scope, Target, audit_refused},
     metrics::Metrics,
 };
 
@@ -147,25 +147,6 @@ where
 pub struct Admitted {
     access: Arc<Access>,
     caller: Caller,
-}
-
-fn quota_refusal(identity: &Identity, throttle: Throttle) -> Rejection {
-    let quota = format!("{}_{}_per_second", throttle.class.as_str(), throttle.unit);
-    Rejection::throttled(
-        QUOTA_EXCEEDED,
-        format!(
-            "'{}' is over its {} quota of {} {} per second; retry in {} ms",
-            identity.name(),
-            throttle.class.as_str(),
-            throttle.limit,
-            throttle.unit,
-            throttle.wait.as_millis().max(1)
-        ),
-        throttle.limit,
-        throttle.wait,
-    )
-    .metadata("identity", identity.name())
-    .metadata("quota", quota)
 }
 
 impl Policy for Scopes {
@@ -291,7 +272,7 @@ impl Scopes {
         {
             self.metrics
                 .identity_refused(identity.name(), QUOTA_EXCEEDED);
-            return Err(quota_refusal(&identity, throttle));
+            return Err(Rejection::quota_exceeded(identity.name(), throttle));
         }
         self.metrics
             .identity_call(identity.name(), rpc.scope.as_str());

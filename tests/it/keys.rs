@@ -952,6 +952,146 @@ async fn byte_quotas_hold_back_a_producer_that_sends_too_much() {
     assert!((1..=3).contains(&wait), "{wait}");
 }
 
+/// A gateway whose keys file holds one key, `name`, whose secret is `<name>-key`, with
+/// `scopes` and the quota lines `quota` (YAML, under `quota:`).
+async fn one_key_gateway(name: &str, scopes: &str, quota: &str) -> TestApp {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "keys:\n  - name: {name}\n    sha256: {}\n    scopes: {scopes}\n    quota:\n{quota}",
+            hash_key(&format!("{name}-key"))
+        ),
+    )
+    .expect("keys file");
+    let app = spawn_configured(move |c| c.auth.api_keys_file = Some(file)).await;
+    // The file is read at start-up; the directory may go.
+    drop(dir);
+    app
+}
+
+// Threads of their own, so calls admitted together are charged together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sends_and_polls_at_once_overdraw_a_byte_quota_by_one_call_only() {
+    let app = one_key_gateway(
+        "burst",
+        "[\"write:*\", \"read:*\", \"admin:*\"]",
+        "      produce_bytes_per_second: 1000\n      consume_bytes_per_second: 1000\n",
+    )
+    .await;
+    for (path, body) in [
+        ("/v1/streams", json!({"name": "b"})),
+        (
+            "/v1/streams/b/topics",
+            json!({"name": "t", "partitions_count": 1}),
+        ),
+    ] {
+        let (status, answer) =
+            rest(&app, "burst-key", reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let path = "/v1/streams/b/topics/t/messages";
+    // Over one HTTP/2 connection, so the sends arrive together.
+    let sends = (0..20).map(|i| {
+        let mut client = app.messages.clone();
+        async move {
+            client
+                .send_messages(keyed(
+                    "burst-key",
+                    proto::SendMessagesRequest {
+                        stream: "b".into(),
+                        topic: "t".into(),
+                        partitioning: None,
+                        messages: vec![text_message(&format!("{i:02}{}", "x".repeat(3000)))],
+                    },
+                ))
+                .await
+        }
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    let stored = answers.iter().filter(|answer| answer.is_ok()).count();
+    assert_eq!(stored, 1, "one send overdraws the budget, no more");
+    for refused in answers.iter().filter_map(|answer| answer.as_ref().err()) {
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        let info = refused.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "QUOTA_EXCEEDED");
+        assert_eq!(info.metadata["quota"], "produce_bytes_per_second");
+    }
+    // What the topic holds (the consume budget is whole yet).
+    let polled = app
+        .messages
+        .clone()
+        .poll_messages(keyed(
+            "burst-key",
+            proto::PollMessagesRequest {
+                stream: "b".into(),
+                topic: "t".into(),
+                partition_id: 0,
+                count: 100,
+                strategy: proto::PollingStrategy::First.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("polled")
+        .into_inner();
+    assert_eq!(
+        polled.messages.len(),
+        1,
+        "only the answered send was stored"
+    );
+    // That poll overdrew the consume budget by itself (3 KB against 1 KB a second); wait it
+    // out, then poll at once from many callers: one is answered, the others are refused.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let poll = format!("{path}?partition_id=0&count=10&strategy=first&consumer=c&auto_commit=true");
+    let polls = (0..10).map(|_| rest_full(&app, "burst-key", reqwest::Method::GET, &poll, None));
+    let answers = futures_util::future::join_all(polls).await;
+    let answered = answers
+        .iter()
+        .filter(|(status, _, _)| *status == 200)
+        .count();
+    assert_eq!(answered, 1, "one poll overdraws the budget, no more");
+    for (status, _, problem) in answers.iter().filter(|(status, _, _)| *status != 200) {
+        assert_eq!(*status, 429, "{problem}");
+        assert_eq!(problem["metadata"]["quota"], "consume_bytes_per_second");
+    }
+}
+
+#[tokio::test]
+async fn a_call_refused_for_what_it_names_is_charged_to_its_quota_not_again_to_the_share() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "keys:\n  - name: payments\n    sha256: {}\n    scopes: [\"write:payments/*\"]\n    quota:\n      produce_requests_per_second: 100\n",
+            hash_key("payments-key")
+        ),
+    )
+    .expect("keys file");
+    let app = spawn_configured(move |c| {
+        c.auth.api_keys_file = Some(file);
+        c.limits.rate_limit_rps = 1;
+        c.limits.rate_limit_burst = 1;
+    })
+    .await;
+    // Each send names a stream out of scope: refused once its body is read, after it took a
+    // request of its quota when admitted; the per-identity share (one call) is not taken too.
+    for attempt in 0..4 {
+        let (status, problem) = rest(
+            &app,
+            "payments-key",
+            reqwest::Method::POST,
+            "/v1/streams/orders/topics/created/messages",
+            Some(json!({"messages": [{"text": "not ours"}]})),
+        )
+        .await;
+        assert_eq!(status, 403, "attempt {attempt}: {problem}");
+        assert_eq!(problem["reason"], "SCOPE_MISSING", "{problem}");
+    }
+}
+
 #[tokio::test]
 async fn a_reload_adds_and_revokes_keys_and_ends_the_revoked_keys_subscription() {
     let gateway = keyed_gateway().await;
