@@ -17,7 +17,7 @@ mod ring;
 use std::{
     fmt,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, SystemTime},
@@ -382,6 +382,9 @@ pub struct Access {
     audited: AtomicBool,
     ring: Arc<KeyRing>,
     metrics: Arc<Metrics>,
+    /// The identity's quotas as the keys file states them now: an open call (a subscription)
+    /// follows a reload that changes them (see [`Access::revoked`]).
+    quota: Mutex<Option<Arc<QuotaState>>>,
 }
 
 impl fmt::Debug for Access {
@@ -416,6 +419,7 @@ impl Access {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            quota: Mutex::new(identity.quota().cloned()),
             identity,
             rpc,
             request_id,
@@ -529,7 +533,7 @@ impl Access {
     /// refusal for what the body names comes after that quota was charged). `Err`: held, to
     /// be answered `RATE_LIMITED`.
     pub fn charge_refusal(&self) -> Result<(), Held> {
-        let counted = match (self.rpc.scope.class(), self.identity.quota()) {
+        let counted = match (self.rpc.scope.class(), self.quota()) {
             (None, _) => true,
             (Some(class), Some(quota)) => quota.counts_requests(class),
             (Some(_), None) => false,
@@ -548,6 +552,10 @@ impl Access {
         self.identity.allows(self.rpc.scope, target)
     }
 
+    fn quota(&self) -> Option<Arc<QuotaState>> {
+        self.quota.lock().ok().and_then(|quota| quota.clone())
+    }
+
     /// Whether the identity may see everything without a lookup (ids need no resolving).
     pub fn is_unrestricted(&self) -> bool {
         !self.identity.is_named()
@@ -562,7 +570,7 @@ impl Access {
     pub fn charge(&self, class: Class, bytes: u64) {
         self.metrics
             .identity_bytes(self.identity.name(), class.as_str(), bytes);
-        if let Some(quota) = self.identity.quota() {
+        if let Some(quota) = self.quota() {
             quota.charge(class, bytes);
         }
     }
@@ -571,7 +579,7 @@ impl Access {
     /// answered), charged unless the identity's byte quota for `class` is overdrawn already:
     /// then the call is refused, so calls admitted together cannot each overdraw it.
     pub fn take(&self, class: Class, bytes: u64) -> Result<(), Throttle> {
-        if let Some(quota) = self.identity.quota() {
+        if let Some(quota) = self.quota() {
             quota.take(class, bytes).inspect_err(|_| {
                 self.metrics
                     .identity_refused(self.identity.name(), "QUOTA_EXCEEDED");
@@ -585,7 +593,7 @@ impl Access {
     /// Gives back what [`take`](Self::take) charged for a call that stored nothing (the
     /// backend refused it, or it was an idempotent send answered again).
     pub fn refund(&self, class: Class, bytes: u64) {
-        if let Some(quota) = self.identity.quota() {
+        if let Some(quota) = self.quota() {
             quota.refund(class, bytes);
         }
     }
@@ -593,9 +601,7 @@ impl Access {
     /// How long to hold back before the next delivery, while the identity's byte quota for
     /// `class` is overdrawn.
     pub fn pause(&self, class: Class) -> Option<Duration> {
-        self.identity
-            .quota()
-            .and_then(|quota| quota.overdrawn(class))
+        self.quota().and_then(|quota| quota.overdrawn(class))
     }
 
     /// Completes when the call may no longer go on: the key is removed or replaced by a reload,
@@ -637,7 +643,12 @@ impl Access {
                             return Revoked::ConsumerLost;
                         }
                         Some(now) if now.is_expired(SystemTime::now()) => return Revoked::Expired,
-                        Some(now) => current = now,
+                        Some(now) => {
+                            if let Ok(mut quota) = self.quota.lock() {
+                                *quota = now.quota().cloned();
+                            }
+                            current = now;
+                        }
                     }
                 }
             }

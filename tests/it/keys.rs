@@ -1188,6 +1188,78 @@ async fn a_reload_adds_and_revokes_keys_and_ends_the_revoked_keys_subscription()
     assert!(text.contains("API_KEY_REVOKED"), "{text}");
 }
 
+/// The next message a subscription delivers (its offset), within `wait`.
+async fn next_offset(
+    stream: &mut tonic::Streaming<proto::SubscribeResponse>,
+    wait: Duration,
+) -> Option<u64> {
+    tokio::time::timeout(wait, async {
+        loop {
+            let item = stream.message().await.expect("open").expect("not ended");
+            if let Some(proto::subscribe_response::Event::Message(message)) = item.event {
+                return message.offset;
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test]
+async fn a_consume_quota_a_reload_adds_paces_a_subscription_already_open() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    let mut stream = subscribe_as(app, "unlimited-key")
+        .await
+        .expect("subscribed");
+    // The reload gives the key a byte quota of 1000 a second.
+    let file = keys_file();
+    let at = file.find("name = \"unlimited\"").expect("the key");
+    let end = at + file[at..].find("\n\n").expect("its end");
+    let file = format!(
+        "{}\n[keys.quota]\nconsume_bytes_per_second = 1000{}",
+        &file[..end],
+        &file[end..]
+    );
+    std::fs::write(&gateway.file, file).expect("write");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let send = |text: String| {
+        rest(
+            app,
+            "admin-key",
+            reqwest::Method::POST,
+            "/v1/streams/orders/topics/created/messages",
+            Some(json!({"partition_id": 0, "messages": [{"text": text}]})),
+        )
+    };
+    // Ten kilobytes: delivered (one delivery may overdraw the budget), and charged to it.
+    let (status, answer) = send("x".repeat(10_000)).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        next_offset(&mut stream, Duration::from_secs(5)).await,
+        Some(0)
+    );
+    // The budget is nine seconds overdrawn: the next message waits, and the key's polls are
+    // refused meanwhile.
+    let (status, answer) = send("small".into()).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        next_offset(&mut stream, Duration::from_secs(2)).await,
+        None,
+        "held back by the quota the reload added"
+    );
+    let (status, problem) = rest(
+        app,
+        "unlimited-key",
+        reqwest::Method::GET,
+        "/v1/streams/orders/topics/created/messages?partition_id=0&count=1&strategy=first",
+        None,
+    )
+    .await;
+    assert_eq!(status, 429, "{problem}");
+    assert_eq!(problem["metadata"]["quota"], "consume_bytes_per_second");
+}
+
 #[tokio::test]
 async fn a_scope_taken_away_by_a_reload_ends_the_subscription_with_scope_missing() {
     let gateway = keyed_gateway().await;
