@@ -79,6 +79,14 @@ pub fn duration_micros(field: &str, value: &Duration) -> Result<Option<u64>, Sta
     }
     let seconds = u64::try_from(value.seconds).unwrap_or(0);
     let nanos = u64::try_from(value.nanos).unwrap_or(0);
+    // The backend keeps microseconds: a remainder would be cut off, and a non-zero duration
+    // under one microsecond would turn into "none", the opposite of what was asked.
+    if nanos % 1_000 != 0 {
+        return Err(invalid_field(
+            field,
+            "must be a whole number of microseconds (at most 6 fractional digits)",
+        ));
+    }
     let micros = seconds
         .checked_mul(1_000_000)
         .and_then(|micros| micros.checked_add(nanos / 1_000))

@@ -299,3 +299,73 @@ async fn topics_in_unknown_streams_and_duplicate_topics_are_refused() {
         "TOPIC_ALREADY_EXISTS"
     );
 }
+
+#[tokio::test]
+async fn an_expiry_finer_than_a_microsecond_is_refused_not_cut_to_none() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let mut client = app.topics.clone();
+    for nanos in [999, 1_500] {
+        let refused = client
+            .create_topic(proto::CreateTopicRequest {
+                stream: "orders".into(),
+                name: format!("expiring-{nanos}"),
+                partitions_count: 1,
+                message_expiry: Some(pbjson_types::Duration { seconds: 0, nanos }),
+                ..Default::default()
+            })
+            .await
+            .expect_err("finer than the backend keeps");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        let field = refused.get_details_bad_request().expect("BadRequest");
+        assert_eq!(field.field_violations[0].field, "message_expiry");
+    }
+    // An update that asks for half a microsecond leaves the expiry as it was.
+    let one = pbjson_types::Duration {
+        seconds: 0,
+        nanos: 1_000,
+    };
+    client
+        .update_topic(proto::UpdateTopicRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            message_expiry: Some(one),
+            ..Default::default()
+        })
+        .await
+        .expect("a whole microsecond");
+    let refused = client
+        .update_topic(proto::UpdateTopicRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+            message_expiry: Some(pbjson_types::Duration {
+                seconds: 0,
+                nanos: 500,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("half a microsecond");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let topic = client
+        .get_topic(proto::GetTopicRequest {
+            stream: "orders".into(),
+            topic: "created".into(),
+        })
+        .await
+        .expect("read")
+        .into_inner()
+        .topic
+        .expect("topic");
+    assert_eq!(topic.message_expiry, Some(one));
+    // REST refuses it too.
+    let answer = app
+        .http1
+        .post(app.url("/v1/streams/orders/topics"))
+        .json(&serde_json::json!({"name": "rest", "partitions_count": 1, "message_expiry": "0.000000999s"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(answer.status(), 400);
+}
