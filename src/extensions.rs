@@ -116,6 +116,12 @@ impl RequestId {
     }
 }
 
+/// The deadline the client asked for (`grpc-timeout`, `Connect-Timeout-Ms`), set by the timeout
+/// layer. That layer bounds a call until its answer begins; a server stream reads this to end
+/// itself with DEADLINE_EXCEEDED when the deadline comes while it is still open.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub tokio::time::Instant);
+
 /// Set by the deadline on each call; the call marks it once it has begun what it cannot take
 /// back (a poll's commit of the consumer's offset). From then on the deadline waits for the
 /// call's own answer instead of cutting it off: DEADLINE_EXCEEDED never follows a change made.

@@ -100,6 +100,41 @@ pub(super) fn guard_stream<T: Send + 'static>(
     }))
 }
 
+/// `answers`, ended with DEADLINE_EXCEEDED at `at`: the deadline the client asked for
+/// (`grpc-timeout`, `Connect-Timeout-Ms`), which the timeout layer holds only until the answer
+/// begins.
+pub(super) fn until_deadline<T: Send + 'static>(
+    answers: Answers<T>,
+    at: tokio::time::Instant,
+) -> Answers<T> {
+    let deadline = Box::pin(tokio::time::sleep_until(at));
+    Box::pin(stream::unfold(
+        (answers, deadline, false),
+        |(mut answers, mut deadline, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                () = &mut deadline => {
+                    let ended = Rejection::new(
+                        Code::DeadlineExceeded,
+                        "DEADLINE_EXCEEDED",
+                        "the stream reached the deadline its client asked for",
+                    )
+                    .status();
+                    Some((Err(ended), (answers, deadline, true)))
+                }
+                answer = answers.next() => {
+                    let answer = answer?;
+                    let done = answer.is_err();
+                    Some((answer, (answers, deadline, done)))
+                }
+            }
+        },
+    ))
+}
+
 /// How a revoked subscription ends.
 fn revoked_status(access: &Access, why: Revoked, consumer: Option<&str>) -> Status {
     let name = access.identity().name();

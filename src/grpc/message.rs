@@ -6,7 +6,10 @@ use tonic::{Request, Response, Status};
 
 use super::{
     UnaryAnswers,
-    access::{Answers, Want, access_of, authorize, authorize_consumer, guard_stream, refund, take},
+    access::{
+        Answers, Want, access_of, authorize, authorize_consumer, guard_stream, refund, take,
+        until_deadline,
+    },
     convert::{
         Ids, body_to_payload, headers_from_proto, identifier, message_id, message_id_text,
         polled_to_proto, timestamp_micros, topic_ref,
@@ -19,7 +22,7 @@ use crate::{
         Broker, BrokerError, ConsumerOffsetRef, IdempotencyRecord, NewMessage, Partitioning,
         PollMessages, PollingStrategy, SendMessages, Sent, headers_size, now_micros,
     },
-    extensions::NoReturn,
+    extensions::{Deadline, NoReturn},
     idempotency::{self, Begin, Fingerprint, Idempotency},
     identity::{ANONYMOUS, Class, Target},
     proto::{self, message_service_server::MessageService},
@@ -293,6 +296,8 @@ impl MessageService for MessageApi {
                 most,
             }
         });
+        // The client's own deadline ends the stream, on every protocol.
+        let deadline = request.extensions().get::<Deadline>().copied();
         // Closed when the subscriber stops reading (see `Subscription::connection`).
         let connection = request
             .extensions()
@@ -392,6 +397,10 @@ impl MessageService for MessageApi {
             delivered_bytes,
             flow,
         );
+        let deliveries = match deadline {
+            Some(Deadline(at)) => until_deadline(deliveries, at),
+            None => deliveries,
+        };
         let to_proto: fn(_) -> _ = delivery_to_proto;
         Ok(Response::new(Box::pin(futures_util::StreamExt::map(
             deliveries, to_proto,

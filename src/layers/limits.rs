@@ -38,7 +38,7 @@ use super::{
 use crate::{
     answer::{Caller, Rejection},
     budget::{self, AnswerClock, AnswerWatch, Charge, InflightBytes},
-    extensions::{ClientIp, NoReturn, connect_timeout},
+    extensions::{ClientIp, Deadline, NoReturn, connect_timeout},
     identity::Identity,
 };
 
@@ -599,6 +599,11 @@ where
                     .and_then(|v| v.to_str().ok())
                     .and_then(connect_timeout)
             });
+        if let Some(asked) = asked {
+            request
+                .extensions_mut()
+                .insert(Deadline(tokio::time::Instant::now() + asked));
+        }
         let timeout = asked.map_or(self.timeout, |asked| asked.min(self.timeout));
         // Only what the rejection needs from the request outlives the call.
         let caller = Caller::of(&request);

@@ -25,7 +25,7 @@ use prost_reflect::DynamicMessage;
 use crate::{
     answer::Rejection,
     budget::AnswerWatch,
-    extensions::{ClientIp, NoReturn, RequestId},
+    extensions::{ClientIp, Deadline, NoReturn, RequestId},
     identity::{Access, Identity},
 };
 
@@ -221,6 +221,9 @@ pub fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
     }
     if let Some(no_return) = extensions.get::<NoReturn>() {
         carried.insert(no_return.clone());
+    }
+    if let Some(deadline) = extensions.get::<Deadline>() {
+        carried.insert(*deadline);
     }
     carried
 }

@@ -1190,3 +1190,63 @@ async fn a_subscriber_that_opens_no_window_loses_its_connection_not_only_its_pla
         .expect("subscribed");
     assert_eq!(next_message(&mut stream).await.1.offset, 0);
 }
+
+/// A streamed HTTP answer read to its end, within five seconds.
+async fn read_to_end(mut response: reqwest::Response) -> String {
+    let mut text = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = response.chunk().await.expect("ok") {
+            text.extend_from_slice(&chunk);
+        }
+    })
+    .await
+    .expect("ends in time");
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[tokio::test]
+async fn a_subscription_ends_at_the_deadline_its_client_asked_for_on_every_protocol() {
+    let app = app_with_topic(spawn_app().await).await;
+    let opened = std::time::Instant::now();
+    let mut request = tonic::Request::new(subscribe_request());
+    request.set_timeout(Duration::from_millis(700));
+    let mut grpc = app.subscribe(request).await.expect("subscribed");
+    let ended = end_of(&mut grpc, Duration::from_secs(5)).await;
+    assert_eq!(ended.code(), Code::DeadlineExceeded, "{ended:?}");
+    assert!(
+        ended.message().contains("deadline its client asked for"),
+        "{ended:?}"
+    );
+    assert!(opened.elapsed() >= Duration::from_millis(650));
+
+    let body = subscribe_request().encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    let web = app
+        .http1
+        .post(app.url("/iggy.gateway.v1.MessageService/Subscribe"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("grpc-timeout", "700m")
+        .body(framed)
+        .send()
+        .await
+        .expect("sent");
+    let text = read_to_end(web).await;
+    assert!(text.contains("grpc-status:4"), "{text:?}");
+
+    for accept in ["application/x-ndjson", "text/event-stream"] {
+        let rest = app
+            .http1
+            .get(app.url("/v1/streams/orders/topics/created/messages:subscribe"))
+            .header("accept", accept)
+            .header("grpc-timeout", "700m")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(rest.status(), 200);
+        let text = read_to_end(rest).await;
+        assert!(text.contains("DEADLINE_EXCEEDED"), "{accept}: {text}");
+        assert!(text.contains("\"status\":504"), "{accept}: {text}");
+    }
+}
