@@ -181,7 +181,8 @@ impl Drop for Charge {
 pub struct AnswerWatch {
     opened: Instant,
     answers: Mutex<Vec<Weak<AnswerClock>>>,
-    registered: Notify,
+    /// Notified when an answer starts being watched, or has something to hand over again.
+    registered: Arc<Notify>,
     /// Set by an answer that has given up on its client ([`AnswerWatch::cut`]).
     cut: AtomicBool,
     cutting: Notify,
@@ -193,13 +194,26 @@ pub struct AnswerClock {
     opened: Instant,
     /// Milliseconds since the connection opened.
     last_ms: AtomicU64,
+    /// The answer has nothing to hand over (a live stream between messages): waiting on
+    /// itself, not on its client, so it is no stalled answer.
+    waiting: AtomicBool,
+    registered: Arc<Notify>,
 }
 
 impl AnswerClock {
-    /// The connection took a part of the answer (or asked for one).
+    /// The connection took a part of the answer (or asked for one), or was handed one.
     pub fn touch(&self) {
         self.last_ms
             .store(millis_since(self.opened), Ordering::Relaxed);
+        if self.waiting.swap(false, Ordering::AcqRel) {
+            // Watched again: the connection's check must count it from now.
+            self.registered.notify_one();
+        }
+    }
+
+    /// The connection asked for more and the answer has none yet.
+    pub fn wait(&self) {
+        self.waiting.store(true, Ordering::Release);
     }
 
     fn last(&self) -> Instant {
@@ -222,7 +236,7 @@ impl AnswerWatch {
         Self {
             opened: Instant::now(),
             answers: Mutex::new(Vec::new()),
-            registered: Notify::new(),
+            registered: Arc::new(Notify::new()),
             cut: AtomicBool::new(false),
             cutting: Notify::new(),
         }
@@ -246,6 +260,8 @@ impl AnswerWatch {
         let clock = Arc::new(AnswerClock {
             opened: self.opened,
             last_ms: AtomicU64::new(millis_since(self.opened)),
+            waiting: AtomicBool::new(false),
+            registered: Arc::clone(&self.registered),
         });
         let mut answers = self.lock();
         // Answers sent are forgotten here too, not only when the connection looks: a
@@ -260,7 +276,7 @@ impl AnswerWatch {
     }
 
     /// When the answer the connection has left longest will have waited `limit`; `None` when
-    /// it is sending none.
+    /// it is sending none (or each one it sends waits on itself).
     pub fn deadline(&self, limit: Duration) -> Option<Instant> {
         if self.cut.load(Ordering::Acquire) {
             return Some(Instant::now());
@@ -270,6 +286,7 @@ impl AnswerWatch {
         answers
             .iter()
             .filter_map(Weak::upgrade)
+            .filter(|answer| !answer.waiting.load(Ordering::Acquire))
             .map(|answer| answer.last())
             .min()
             .map(|last| last + limit)

@@ -350,6 +350,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
     }
 }
 
+/// See [`http_builder`].
+const MAX_HTTP1_BUFFER: usize = 64 * 1024;
+const MAX_H2_SEND_BUFFER: usize = 64 * 1024;
+
 fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -357,10 +361,16 @@ fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
         // hyper enforces the header read timeout only when it has a timer.
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_headers(settings.max_headers);
+        .max_headers(settings.max_headers)
+        // What a request's head may take while it arrives (hyper's default is about 400 KiB,
+        // held per connection for as long as the head takes).
+        .max_buf_size(MAX_HTTP1_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())
+        // What an answer may queue beyond its client's window (hyper's default is 400 KiB a
+        // stream): past it the answer waits in its body, watched by its connection.
+        .max_send_buf_size(MAX_H2_SEND_BUFFER)
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_local_error_reset_streams(settings.max_local_error_reset_streams)
         .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams)
@@ -569,6 +579,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         Served {
             inner: self.router.clone().oneshot(request),
             call: Some(call),
+            answers: Arc::clone(&self.answers),
         }
     }
 }
@@ -579,6 +590,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: tower::util::Oneshot<Router, Request<Body>>,
         call: Option<CallGuard>,
+        answers: Arc<AnswerWatch>,
     }
 }
 
@@ -588,9 +600,12 @@ impl Future for Served {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = std::task::ready!(this.inner.poll(cx))?;
-        // The call stays in flight until its answer has been sent (or dropped).
+        // The call stays in flight until its answer has been sent (or dropped), and the
+        // connection is closed if its client leaves the answer untaken.
         let call = this.call.take();
-        Poll::Ready(Ok(response.map(|body| GuardedBody::new(body, call))))
+        Poll::Ready(Ok(
+            response.map(|body| GuardedBody::watched(body, call, this.answers))
+        ))
     }
 }
 

@@ -115,9 +115,20 @@ fn carries_status(err: &axum::Error) -> bool {
 
 /// A response body that holds `guard` until the body is sent or dropped: what a call holds
 /// (a permit, its connection's in-flight mark) stays held while its answer streams.
+///
+/// Watched ([`GuardedBody::watched`]), its connection is closed when it leaves the answer
+/// untaken too long, whatever the answer: an HTTP/2 client that opens no flow-control window
+/// is never asked for a byte, so no write stalls and no other timeout fires, while each answer
+/// it asked for stays in memory (and holds its connection's place). As [`ChargedAnswer`] does,
+/// it hands data on in slices and never reports its end early; an answer with nothing to hand
+/// over yet (a live stream between messages) waits on itself, not on its client.
 pub struct GuardedBody<G> {
     inner: Body,
     _guard: G,
+    clock: Option<Arc<AnswerClock>>,
+    /// What is left of a frame larger than a slice.
+    rest: Bytes,
+    ended: bool,
 }
 
 impl<G> GuardedBody<G> {
@@ -125,7 +136,25 @@ impl<G> GuardedBody<G> {
         Self {
             inner,
             _guard: guard,
+            clock: None,
+            rest: Bytes::new(),
+            ended: false,
         }
+    }
+
+    /// Watched by its connection's `answers` until it ends.
+    pub fn watched(inner: Body, guard: G, answers: &AnswerWatch) -> Self {
+        Self {
+            clock: Some(answers.watch()),
+            ..Self::new(inner, guard)
+        }
+    }
+
+    fn slice(&mut self, mut data: Bytes) -> Bytes {
+        if data.len() > ANSWER_SLICE {
+            self.rest = data.split_off(ANSWER_SLICE);
+        }
+        data
     }
 }
 
@@ -137,15 +166,53 @@ impl<G: Unpin + Send + 'static> http_body::Body for GuardedBody<G> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let Some(clock) = self.clock.clone() else {
+            return Pin::new(&mut self.inner).poll_frame(cx);
+        };
+        // Timed from each hand-over: the connection asks for the next part only once it has
+        // room for it. (Not from each poll: an HTTP/1.1 connection polls its answer whenever
+        // it is itself polled.)
+        if !self.rest.is_empty() {
+            clock.touch();
+            let rest = std::mem::take(&mut self.rest);
+            let data = self.slice(rest);
+            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        let Poll::Ready(polled) = Pin::new(&mut self.inner).poll_frame(cx) else {
+            clock.wait();
+            return Poll::Pending;
+        };
+        clock.touch();
+        match polled {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => Poll::Ready(Some(Ok(http_body::Frame::data(self.slice(data))))),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            ended => {
+                self.ended = true;
+                self.clock = None;
+                Poll::Ready(ended)
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.clock {
+            None if !self.ended => self.inner.is_end_stream(),
+            None => true,
+            Some(_) => false,
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let rest = self.rest.len() as u64;
+        let inner = self.inner.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 

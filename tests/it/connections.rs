@@ -382,3 +382,95 @@ async fn a_client_that_stops_reading_is_disconnected_at_the_write_timeout() {
     assert!(closed, "the connection was closed once its writes stalled");
     drop(stalled);
 }
+
+/// Opens an HTTP/2 connection that gives no answer a window (the gateway may send headers,
+/// never a byte of a body), asks for `paths`, and returns the connection's task once each
+/// answer has begun, with what keeps the client's side open (its handle and the answers).
+async fn no_window_for(
+    app: &crate::helpers::TestApp,
+    paths: &[&str],
+) -> (tokio::task::JoinHandle<Result<(), h2::Error>>, impl Sized) {
+    let tcp = TcpStream::connect(app.addr).await.expect("connects");
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut h2 = h2.ready().await.expect("ready");
+    let mut answers = Vec::new();
+    for path in paths {
+        let request = http::Request::get(app.url(path))
+            .header("accept-encoding", "zstd")
+            .body(())
+            .expect("request");
+        let (response, _) = h2.send_request(request, true).expect("stream opened");
+        answers.push(response);
+    }
+    let mut begun = Vec::new();
+    for response in answers {
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("answered")
+            .expect("a response");
+        assert_eq!(response.status(), 200);
+        begun.push(response);
+    }
+    (connection, (h2, begun))
+}
+
+#[tokio::test]
+async fn a_connection_whose_client_opens_no_window_for_its_answers_is_closed() {
+    let app = spawn_configured(|c| {
+        c.limits.connection_write_timeout_ms = 400;
+    })
+    .await;
+    // Whatever their size: an answer is never reported ended before it was asked for its end,
+    // which a stream without a window never is.
+    for paths in [
+        &["/openapi.json"][..],
+        &["/health", "/health", "/ready"][..],
+    ] {
+        let started = std::time::Instant::now();
+        let (connection, _open) = no_window_for(&app, paths).await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+            .await
+            .unwrap_or_else(|_| panic!("{paths:?}: still open"));
+        assert!(ended.is_ok(), "{ended:?}");
+        assert!(started.elapsed() >= Duration::from_millis(350), "{paths:?}");
+    }
+    // A client that reads is served as before.
+    let (status, _) = (
+        app.http1
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .expect("sent")
+            .status(),
+        (),
+    );
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_request_head_past_64_kib_is_refused_as_it_arrives() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_configured(|_| {}).await;
+    let mut stream = TcpStream::connect(app.addr).await.expect("connected");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\nx-padding: ")
+        .await
+        .expect("sent");
+    // A head that never ends, 100 KiB of one header: refused once past the buffer, not held
+    // until the header read timeout.
+    let _ = stream.write_all(&vec![b'a'; 100 * 1024]).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered or closed at once");
+    let head = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_err() || head.is_empty() || head.starts_with("HTTP/1.1 431"),
+        "{head}"
+    );
+}
