@@ -87,6 +87,11 @@ const SERVICE_NAMES: [&str; 4] = [
 /// Answers from the statistics cache, so it is up while the process is, like liveness.
 const STATS_SERVICE: &str = <StatsServiceServer<StatsApi> as NamedService>::NAME;
 
+/// Connections the `METRICS_PORT` listener serves at once; more are closed on arrival. A
+/// scraper or two needs a few, and the open-files limit keeps a quarter aside besides
+/// `MAX_CONNECTIONS`.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
+
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -356,15 +361,20 @@ impl Application {
         } = self;
         if let Some(listener) = metrics_listener {
             let router = ops::metrics_router(Arc::clone(&broker), Arc::clone(&metrics));
-            let stop = subscriptions_stop.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(err) = served {
-                    tracing::error!(error = %err, "the metrics listener failed");
-                }
-            });
+            // Served as the main port is (its timeouts and head limits), with places of its
+            // own: it needs no key, and must not take the descriptors the main port counts on.
+            let settings = listener::ListenerSettings {
+                max_connections: METRICS_MAX_CONNECTIONS.min(listener_settings.max_connections),
+                ..listener_settings.clone()
+            };
+            tokio::spawn(listener::serve(
+                listener,
+                router,
+                settings,
+                Arc::clone(&metrics),
+                None,
+                subscriptions_stop.clone(),
+            ));
         }
         // The process itself, and the statistics (served from a cache, whatever the backend
         // does), are up until shutdown.

@@ -474,3 +474,37 @@ async fn a_request_head_past_64_kib_is_refused_as_it_arrives() {
         "{head}"
     );
 }
+
+#[tokio::test]
+async fn the_metrics_port_holds_its_own_few_connections_to_the_same_timeouts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = iggy_gateway::config::Config::for_tests(dir.path().display().to_string());
+    config.telemetry.metrics_port = Some(0);
+    config.limits.header_read_timeout_ms = 300;
+    let app = iggy_gateway::startup::Application::build(config)
+        .await
+        .expect("builds");
+    let metrics = app.metrics_addr().expect("a metrics port");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let places = iggy_gateway::startup::METRICS_MAX_CONNECTIONS;
+    let mut held = hold_connections(metrics, places + 4).await;
+    // Past its places, closed on arrival; the rest, saying nothing, at the header timeout.
+    let mut over = held.split_off(places);
+    for stream in &mut over {
+        assert!(closed_within(stream, Duration::from_millis(200)).await);
+    }
+    let started = std::time::Instant::now();
+    for stream in &mut held {
+        assert!(closed_within(stream, Duration::from_secs(3)).await);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("sent");
+    assert_eq!(scraped.status(), 200);
+    let _ = stop.send(());
+    server.await.expect("joined").expect("stops cleanly");
+}
