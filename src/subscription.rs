@@ -439,11 +439,12 @@ impl Subscriptions {
                         .unwrap_or_else(PoisonError::into_inner)
                         .clone()
                 };
-                let committed = snapshot();
-                pump::commit(&broker, &request, &followed, &handed).await;
+                let first = snapshot();
+                let mut committed = std::collections::BTreeMap::new();
+                pump::commit(&broker, &request, &followed, &handed, &mut committed).await;
                 let _ = tokio::time::timeout(slow_client, gone).await;
-                if snapshot() != committed && !pump::purged_since(&mut request, &followed) {
-                    pump::commit(&broker, &request, &followed, &handed).await;
+                if snapshot() != first && !pump::purged_since(&mut request, &followed) {
+                    pump::commit(&broker, &request, &followed, &handed, &mut committed).await;
                 }
             }
         });

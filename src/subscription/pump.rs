@@ -351,6 +351,8 @@ pub(super) async fn run(
     let mut draining: BTreeSet<u32> = BTreeSet::new();
     let mut last_sent = tokio::time::Instant::now();
     let mut since_commit = 0u32;
+    // What this pump has stored, by partition (see `commit`).
+    let mut committed = BTreeMap::new();
     let mut last_commit = tokio::time::Instant::now();
     // When the topic was last checked to be the one followed: at every heartbeat, and as often
     // while messages flow, which send no heartbeats.
@@ -475,7 +477,7 @@ pub(super) async fn run(
                     }
                     since_commit = 0;
                     last_commit = tokio::time::Instant::now();
-                    commit(&broker, &request, &followed, &buffer.handed).await;
+                    commit(&broker, &request, &followed, &buffer.handed, &mut committed).await;
                 }
             }
         }
@@ -622,13 +624,29 @@ async fn deliver(
     }
 }
 
+/// The partitions whose handed-on position moved past what was last `committed`, with that
+/// position: a commit stores only these, so a subscription over many partitions that commits
+/// after every message stores one offset, not one per partition it has read.
+pub(super) fn moved(
+    handed: &BTreeMap<u32, u64>,
+    committed: &BTreeMap<u32, u64>,
+) -> Vec<(u32, u64)> {
+    handed
+        .iter()
+        .filter(|(partition, next)| committed.get(*partition) != Some(*next))
+        .map(|(partition, next)| (*partition, *next))
+        .collect()
+}
+
 /// Stores the consumer's offset in every partition up to what the stream has handed on, by
-/// the topic's ids, and never on a topic since created again under its name.
+/// the topic's ids, and never on a topic since created again under its name; only where it
+/// moved since this subscription's last commit (`committed`, kept by the caller).
 pub(super) async fn commit(
     broker: &Arc<dyn Broker>,
     request: &Subscription,
     followed: &Followed,
     handed: &Handed,
+    committed: &mut BTreeMap<u32, u64>,
 ) {
     let Some(consumer) = &request.consumer else {
         return;
@@ -638,19 +656,26 @@ pub(super) async fn commit(
         tracing::info!("a subscriber's offsets are not committed: its topic was created again");
         return;
     }
-    let handed = handed
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    for (partition, next) in &handed {
+    let moved = moved(
+        &handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        committed,
+    );
+    for (partition, next) in moved {
         if let Some(offset) = next.checked_sub(1) {
             let at = ConsumerOffsetRef {
                 topic: followed.topic(),
                 consumer: consumer.clone(),
-                partition_id: *partition,
+                partition_id: partition,
             };
-            if let Err(err) = broker.store_consumer_offset(at, offset).await {
-                tracing::warn!(error = %err, partition, "cannot commit a subscriber's offset");
+            match broker.store_consumer_offset(at, offset).await {
+                Ok(()) => {
+                    committed.insert(partition, next);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, partition, "cannot commit a subscriber's offset");
+                }
             }
         }
     }
@@ -694,6 +719,23 @@ fn heartbeat(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_stores_only_the_partitions_that_moved_since_the_last() {
+        let handed: BTreeMap<u32, u64> = (0..1000).map(|p| (p, 1)).collect();
+        let mut committed = BTreeMap::new();
+        assert_eq!(
+            moved(&handed, &committed).len(),
+            1000,
+            "the first commit stores all"
+        );
+        committed.extend(handed.iter().map(|(p, next)| (*p, *next)));
+        let mut handed = handed;
+        handed.insert(412, 2);
+        assert_eq!(moved(&handed, &committed), vec![(412, 2)]);
+        committed.insert(412, 2);
+        assert!(moved(&handed, &committed).is_empty());
+    }
 
     fn request(commit_every: u32) -> Subscription {
         Subscription {
