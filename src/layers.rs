@@ -1,7 +1,8 @@
 //! The one middleware stack every call passes through, whatever its protocol (gRPC, gRPC-Web,
 //! Connect, REST). Order, outermost first, and why each layer sits where it does:
 //!
-//! 1. request id — first, so every log line and every answer below carries it;
+//! 1. request id — first, so every log line and every answer below carries it (with
+//!    `Cache-Control: private` unless the answer set its own: answers depend on the key);
 //! 2. client IP — decided once (trusted proxies only) for logs, rate limits and lockouts, which
 //!    count an IPv6 client by its /64;
 //! 3. trace — one span per call, so rejections by the layers below are logged too;
@@ -71,6 +72,7 @@ use tower_http::{
     },
     cors::{AllowHeaders, AllowOrigin, CorsLayer},
     map_response_body::MapResponseBodyLayer,
+    set_header::SetResponseHeaderLayer,
     trace::TraceLayer,
 };
 use tracing::Span;
@@ -141,6 +143,13 @@ pub fn apply(
     });
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer)
+        // Answers depend on who asks (a key's scopes filter a listing; polls move a
+        // consumer): no shared cache may keep one for the next caller. A browser's own cache
+        // still may, and revalidates with the ETags.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("private"),
+        ))
         .layer(ClientIpLayer::new(
             settings.trusted_proxies.clone(),
             settings.ipv6_client_prefix,

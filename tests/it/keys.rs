@@ -2640,3 +2640,28 @@ async fn metrics_text(app: &TestApp) -> String {
         .await
         .expect("text")
 }
+
+#[tokio::test]
+async fn answers_that_depend_on_the_key_are_kept_from_shared_caches() {
+    let gateway = keyed_gateway().await;
+    let app = &gateway.app;
+    for (key, path, status) in [
+        ("reader-key", "/v1/streams", 200),
+        ("reader-key", "/v1/streams/orders", 200),
+        ("reader-key", "/v1/streams/payments", 403),
+        ("wrong-key", "/v1/streams", 401),
+    ] {
+        let (answered, headers, _) = rest_full(app, key, reqwest::Method::GET, path, None).await;
+        assert_eq!(answered, status, "{path}");
+        assert_eq!(headers["cache-control"], "private", "{key} {path}");
+    }
+    let subscription = app
+        .http1
+        .get(app.url("/v1/streams/orders/topics/created/messages:subscribe"))
+        .header("x-api-key", "reader-key")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("subscribed");
+    assert_eq!(subscription.headers()["cache-control"], "private, no-cache");
+}
