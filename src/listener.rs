@@ -20,7 +20,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -295,11 +295,27 @@ struct Head {
 }
 
 /// A stream whose first bytes were read ahead (to tell its protocol): reads give those back
-/// first, then the stream's own; writes go straight through.
+/// first, then the stream's own; writes go straight through. Its shutdown lingers ([`Linger`]).
 struct Rewound<S> {
     head: Head,
     at: usize,
     stream: S,
+    linger: Option<Linger>,
+}
+
+/// How long, and for how many bytes, a closing connection goes on reading (and dropping) what
+/// its client still sends after the close was sent. hyper closes an HTTP/1.1 connection whose
+/// answer came before the request's body was read (a refusal from the head alone); closed at
+/// once, the rest of the body would meet a closed socket, and the client's write fail (or a
+/// reset discard the answer it has not read yet). Reading it out lets the client finish
+/// sending, then read the answer and the end.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+struct Linger {
+    until: Pin<Box<tokio::time::Sleep>>,
+    left: usize,
+    shut: bool,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
@@ -319,7 +335,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -346,7 +362,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let this = &mut *self;
+        let linger = this.linger.get_or_insert_with(|| Linger {
+            until: Box::pin(tokio::time::sleep(LINGER)),
+            left: LINGER_BYTES,
+            shut: false,
+        });
+        if !linger.shut {
+            std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            linger.shut = true;
+        }
+        let mut scratch = [0u8; 8192];
+        loop {
+            if linger.until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    linger.left = linger.left.saturating_sub(buf.filled().len());
+                    if linger.left == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                // The client's end (or its error): nothing more to wait for.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -415,6 +458,7 @@ impl Connection {
             head,
             at: 0,
             stream,
+            linger: None,
         })
     }
 
@@ -567,7 +611,20 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     type Future = Served;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let mut request = request.map(Body::new);
+        // Over HTTP/1.1, whether the request's body was read to its end by the time the answer
+        // is ready (see `Served`); HTTP/2 ends each stream on its own.
+        let body_read = (request.version() < http::Version::HTTP_2).then(|| {
+            Arc::new(AtomicBool::new(http_body::Body::is_end_stream(
+                request.body(),
+            )))
+        });
+        let mut request = match &body_read {
+            Some(read) => {
+                let read = Arc::clone(read);
+                request.map(|body| Body::new(ReadToEnd { inner: body, read }))
+            }
+            None => request.map(Body::new),
+        };
         request.extensions_mut().insert(ConnectInfo(self.remote));
         request.extensions_mut().insert(Arc::clone(&self.answers));
         if let Some(peer) = &self.peer {
@@ -580,7 +637,38 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             inner: self.router.clone().oneshot(request),
             call: Some(call),
             answers: Arc::clone(&self.answers),
+            body_read,
         }
+    }
+}
+
+/// An HTTP/1.1 request body that notes when it has been read to its end.
+struct ReadToEnd {
+    inner: Incoming,
+    read: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ReadToEnd {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -591,6 +679,7 @@ pin_project_lite::pin_project! {
         inner: tower::util::Oneshot<Router, Request<Body>>,
         call: Option<CallGuard>,
         answers: Arc<AnswerWatch>,
+        body_read: Option<Arc<AtomicBool>>,
     }
 }
 
@@ -599,7 +688,21 @@ impl Future for Served {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = std::task::ready!(this.inner.poll(cx))?;
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        // Answered before its body was read (a refusal from the head alone): hyper will close
+        // the connection after the answer rather than read what is left, so the answer says
+        // so, and the client sends its next request on a new connection instead of writing it
+        // into one being closed.
+        if this
+            .body_read
+            .as_ref()
+            .is_some_and(|read| !read.load(Ordering::Acquire))
+        {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         // The call stays in flight until its answer has been sent (or dropped), and the
         // connection is closed if its client leaves the answer untaken.
         let call = this.call.take();

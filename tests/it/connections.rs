@@ -508,3 +508,58 @@ async fn the_metrics_port_holds_its_own_few_connections_to_the_same_timeouts() {
     let _ = stop.send(());
     server.await.expect("joined").expect("stops cleanly");
 }
+
+#[tokio::test]
+async fn an_answer_given_before_the_body_is_read_closes_the_connection_without_cutting_off_the_client()
+ {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let app = spawn_configured(|c| {
+        c.auth.api_key = Some(iggy_gateway::config::ApiKeys::new(["right"]));
+    })
+    .await;
+    for path in ["/v1/streams", "/iggy.gateway.v1.StreamService/CreateStream"] {
+        let stream = TcpStream::connect(app.addr).await.expect("connected");
+        let (read, mut write) = stream.into_split();
+        let mut read = tokio::io::BufReader::new(read);
+        let body = vec![b'x'; 64 * 1024];
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: localhost\r\nx-api-key: wrong\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        write.write_all(head.as_bytes()).await.expect("head sent");
+        // Refused from its head alone, before any of the body is sent.
+        let mut answer = Vec::new();
+        loop {
+            let mut line = String::new();
+            tokio::time::timeout(Duration::from_secs(5), read.read_line(&mut line))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            answer.push(line.trim_end().to_ascii_lowercase());
+        }
+        assert_eq!(answer[0], "http/1.1 401 unauthorized", "{path}");
+        assert!(
+            answer.contains(&"connection: close".to_owned()),
+            "{path}: the client is told not to send another request here: {answer:?}"
+        );
+        // The client goes on sending its body, as Node's does: each write lands, not on a
+        // closed socket.
+        for piece in body.chunks(16 * 1024) {
+            write
+                .write_all(piece)
+                .await
+                .unwrap_or_else(|err| panic!("{path}: sending the body: {err}"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        write.shutdown().await.expect("done sending");
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .unwrap_or_else(|err| panic!("{path}: the close was a reset: {err}"));
+    }
+}
