@@ -182,7 +182,7 @@ pub struct AnswerWatch {
     opened: Instant,
     answers: Mutex<Vec<Weak<AnswerClock>>>,
     /// Notified when an answer starts being watched, or has something to hand over again.
-    registered: Arc<Notify>,
+    registered: Arc<Registered>,
     /// Set by an answer that has given up on its client ([`AnswerWatch::cut`]).
     cut: AtomicBool,
     cutting: Notify,
@@ -197,7 +197,25 @@ pub struct AnswerClock {
     /// The answer has nothing to hand over (a live stream between messages): waiting on
     /// itself, not on its client, so it is no stalled answer.
     waiting: AtomicBool,
-    registered: Arc<Notify>,
+    registered: Arc<Registered>,
+}
+
+/// Tells the connection's check that an answer is to be timed, unless the check already
+/// sleeps until a deadline: any answer timed from now is due after that one, and the check
+/// looks again then. (One wake-up per call would cost every call a turn of its connection.)
+#[derive(Debug, Default)]
+struct Registered {
+    notify: Notify,
+    /// The check sleeps until a deadline.
+    armed: AtomicBool,
+}
+
+impl Registered {
+    fn wake(&self) {
+        if !self.armed.load(Ordering::Acquire) {
+            self.notify.notify_one();
+        }
+    }
 }
 
 impl AnswerClock {
@@ -207,7 +225,7 @@ impl AnswerClock {
             .store(millis_since(self.opened), Ordering::Relaxed);
         if self.waiting.swap(false, Ordering::AcqRel) {
             // Watched again: the connection's check must count it from now.
-            self.registered.notify_one();
+            self.registered.wake();
         }
     }
 
@@ -236,7 +254,7 @@ impl AnswerWatch {
         Self {
             opened: Instant::now(),
             answers: Mutex::new(Vec::new()),
-            registered: Arc::new(Notify::new()),
+            registered: Arc::default(),
             cut: AtomicBool::new(false),
             cutting: Notify::new(),
         }
@@ -271,7 +289,7 @@ impl AnswerWatch {
         }
         answers.push(Arc::downgrade(&clock));
         drop(answers);
-        self.registered.notify_one();
+        self.registered.wake();
         clock
     }
 
@@ -283,13 +301,18 @@ impl AnswerWatch {
         }
         let mut answers = self.lock();
         answers.retain(|answer| answer.strong_count() > 0);
-        answers
+        let deadline = answers
             .iter()
             .filter_map(Weak::upgrade)
             .filter(|answer| !answer.waiting.load(Ordering::Acquire))
             .map(|answer| answer.last())
             .min()
-            .map(|last| last + limit)
+            .map(|last| last + limit);
+        // Under the lock, so an answer watched from now on sees what the check will sleep on.
+        self.registered
+            .armed
+            .store(deadline.is_some(), Ordering::Release);
+        deadline
     }
 
     /// Whether an answer has waited `limit` or more since the connection last took a part of it.
@@ -300,7 +323,7 @@ impl AnswerWatch {
 
     /// Resolves when an answer starts being watched (at once if one did since the last call).
     pub async fn registered(&self) {
-        self.registered.notified().await;
+        self.registered.notify.notified().await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<AnswerClock>>> {
