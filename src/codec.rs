@@ -20,7 +20,10 @@ use tonic::{
 };
 use tonic_prost::ProstCodec;
 
-use crate::{answer::request_over_budget, budget};
+use crate::{
+    answer::{malformed_protobuf, request_over_budget},
+    budget,
+};
 
 pub mod validate;
 
@@ -139,21 +142,19 @@ pub fn decode_request<U: Message + Name + Default + Validate>(wire: &[u8]) -> Re
 }
 
 fn not_protobuf(err: prost::DecodeError) -> Status {
-    Status::invalid_argument(format!(
-        "the request is not a valid protobuf message: {err}"
-    ))
+    malformed_protobuf(err)
 }
 
 /// Why a message was refused before decoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeRefusal {
-    #[error("the message is not valid protobuf: {0}")]
+    #[error("{0}")]
     Malformed(&'static str),
 }
 
 impl From<DecodeRefusal> for Status {
     fn from(refusal: DecodeRefusal) -> Self {
-        Status::invalid_argument(refusal.to_string())
+        malformed_protobuf(refusal)
     }
 }
 

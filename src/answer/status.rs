@@ -32,6 +32,9 @@ pub const RATE_LIMITED: &str = "RATE_LIMITED";
 /// The reason of a call over one of its identity's quotas.
 pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
 
+/// A request message that is not protobuf (see [`malformed_protobuf`]).
+pub const MALFORMED_PROTOBUF: &str = "MALFORMED_PROTOBUF";
+
 /// How long a caller should wait before retrying an unavailable backend.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -169,6 +172,18 @@ pub fn consumer_not_allowed(identity: &str, consumer: &str) -> Status {
     Status::with_error_details(
         Code::PermissionDenied,
         format!("the key '{identity}' may not use the consumer '{consumer}'"),
+        details,
+    )
+}
+
+/// A request message that does not decode as protobuf: INVALID_ARGUMENT, reason
+/// `MALFORMED_PROTOBUF`, as malformed JSON is `MALFORMED_JSON`, on every protocol.
+pub fn malformed_protobuf(why: impl std::fmt::Display) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(MALFORMED_PROTOBUF, ERROR_DOMAIN, []);
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("the request is not valid protobuf: {why}"),
         details,
     )
 }

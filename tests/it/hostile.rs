@@ -189,6 +189,68 @@ async fn garbage_protobuf_is_invalid_argument_not_internal() {
     assert_eq!(code, "3", "{message}");
 }
 
+/// The `ErrorInfo` reason in a trailers-only gRPC or gRPC-Web answer's headers.
+fn grpc_reason(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    use tonic_types::StatusExt;
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        map.insert(name.clone(), value.clone());
+    }
+    tonic::Status::from_header_map(&map)?
+        .get_details_error_info()
+        .map(|info| info.reason)
+}
+
+#[tokio::test]
+async fn a_request_that_is_not_protobuf_says_so_with_one_reason_on_every_protocol() {
+    let app = spawn_app().await;
+    // A length past the end, and a wrong wire type for a known field.
+    for garbage in [vec![0x0a, 0x05, b'a'], vec![0x0d, 0, 0, 0, 0]] {
+        let grpc = h2_client()
+            .post(app.url("/iggy.gateway.v1.StreamService/CreateStream"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(grpc_frame(&garbage))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(grpc.headers()["grpc-status"], "3");
+        assert_eq!(
+            grpc_reason(grpc.headers()).as_deref(),
+            Some("MALFORMED_PROTOBUF")
+        );
+        let web = app
+            .http1
+            .post(app.url("/iggy.gateway.v1.StreamService/CreateStream"))
+            .header("content-type", "application/grpc-web+proto")
+            .body(grpc_frame(&garbage))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(web.headers()["grpc-status"], "3");
+        assert_eq!(
+            grpc_reason(web.headers()).as_deref(),
+            Some("MALFORMED_PROTOBUF")
+        );
+        let connect = app
+            .http1
+            .post(app.url("/iggy.gateway.v1.StreamService/CreateStream"))
+            .header("content-type", "application/proto")
+            .header("connect-protocol-version", "1")
+            .body(garbage.clone())
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(connect.status(), 400);
+        let error: serde_json::Value = connect.json().await.expect("Connect's error JSON");
+        assert_eq!(error["code"], "invalid_argument");
+        assert_eq!(
+            error["details"][0]["debug"]["reason"], "MALFORMED_PROTOBUF",
+            "{error}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn json_nested_too_deeply_is_refused_on_the_way_in_naming_the_field() {
     let app = spawn_app().await;
