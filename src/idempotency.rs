@@ -2,7 +2,9 @@
 //! made once per identity and key, whoever retries it and however often.
 //!
 //! - Each message the client gave no id gets one derived from (identity, key, index), so a retry
-//!   carries the very ids of the first try: with Iggy, the server's message deduplication drops
+//!   carries the very ids of the first try (keyed with the gateway's lasting secret when it has
+//!   one, so that another team writing the same topic cannot work the ids out ahead and take
+//!   them): with Iggy, the server's message deduplication drops
 //!   them (across gateway replicas too); with the embedded store, the key's record is written in
 //!   the batch's own transaction and a retry is answered from it, also after a restart.
 //! - In this process, each key's answer is remembered for `IDEMPOTENCY_TTL_SECS` (at most
@@ -49,6 +51,8 @@ pub struct Idempotency {
     ttl: Duration,
     max_entries: usize,
     slots: Mutex<Slots>,
+    /// Keys the derived message ids ([`Idempotency::with_id_secret`]).
+    id_secret: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -203,6 +207,23 @@ impl Idempotency {
             ttl,
             max_entries: max_entries.max(1),
             slots: Mutex::new(Slots::default()),
+            id_secret: None,
+        }
+    }
+
+    /// Derives message ids keyed with `secret`: one that lasts (the same after a restart and
+    /// on every replica), or none, so a retry anywhere carries the same ids.
+    pub fn with_id_secret(mut self, secret: Option<Vec<u8>>) -> Self {
+        self.id_secret = secret;
+        self
+    }
+
+    /// The id of the `index`th message of a send under `key` by `identity` (see
+    /// [`message_id`]), keyed with the id secret when there is one.
+    pub fn message_id(&self, identity: &str, key: &str, index: usize) -> u128 {
+        match &self.id_secret {
+            Some(secret) => keyed_message_id(secret, identity, key, index),
+            None => message_id(identity, key, index),
         }
     }
 
@@ -365,6 +386,30 @@ pub fn message_id(identity: &str, key: &str, index: usize) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
+/// [`message_id`] keyed with `secret` (HMAC-SHA-256): without the secret, nobody can tell the
+/// id a send under a key will get.
+fn keyed_message_id(secret: &[u8], identity: &str, key: &str, index: usize) -> u128 {
+    use hmac::{Hmac, Mac};
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        // HMAC takes a key of any length; unreachable.
+        return message_id(identity, key, index);
+    };
+    let mut framed_part = |bytes: &[u8]| {
+        mac.update(&(bytes.len() as u64).to_be_bytes());
+        mac.update(bytes);
+    };
+    framed_part(b"iggy-gateway/message-id/v2");
+    framed_part(identity.as_bytes());
+    framed_part(key.as_bytes());
+    mac.update(&(index as u64).to_be_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 9562 variant
+    u128::from_be_bytes(bytes)
+}
+
 /// Accumulates a request's fingerprint from its parts, each framed by its length.
 #[derive(Default)]
 pub struct Fingerprint(Sha256);
@@ -397,6 +442,27 @@ mod tests {
         assert_eq!(uuid.get_version_num(), 8);
         assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
         assert_ne!(record_key("a", "bc"), record_key("ab", "c"));
+    }
+
+    #[test]
+    fn keyed_ids_are_stable_for_one_secret_and_unlike_the_unkeyed_ones() {
+        let keyed = Idempotency::new(Duration::from_secs(1), 1).with_id_secret(Some(b"s1".into()));
+        let again = Idempotency::new(Duration::from_secs(1), 1).with_id_secret(Some(b"s1".into()));
+        let other = Idempotency::new(Duration::from_secs(1), 1).with_id_secret(Some(b"s2".into()));
+        let plain = Idempotency::new(Duration::from_secs(1), 1);
+        let id = keyed.message_id("team", "order-1002", 0);
+        assert_eq!(id, again.message_id("team", "order-1002", 0));
+        assert_ne!(id, other.message_id("team", "order-1002", 0));
+        assert_ne!(
+            id,
+            message_id("team", "order-1002", 0),
+            "not what anyone can compute"
+        );
+        assert_eq!(
+            plain.message_id("team", "order-1002", 0),
+            message_id("team", "order-1002", 0)
+        );
+        assert_eq!(uuid::Uuid::from_u128(id).get_version_num(), 8);
     }
 
     #[test]

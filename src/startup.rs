@@ -136,7 +136,7 @@ impl Application {
             }
         };
         // After the store is open, so its directory exists and no other gateway holds it.
-        let cursor_keys = cursor_keys(&config, with_iggy).await?;
+        let (cursor_keys, id_secret) = cursor_keys(&config, with_iggy).await?;
         let broker: Arc<dyn Broker> = Arc::new(MeteredBroker::new(backend, Arc::clone(&metrics)));
         tracing::info!(backend = %broker.describe(), "backend selected");
         let durability = broker.durability();
@@ -246,7 +246,7 @@ impl Application {
         let api_calls = api_calls(&scopes)?;
         let routes = routes(
             scopes,
-            config.limits.idempotency(),
+            config.limits.idempotency().with_id_secret(id_secret),
             Arc::clone(&broker),
             Arc::clone(&stats),
             config.limits(),
@@ -660,9 +660,19 @@ fn routes(
 /// The keys that sign subscription cursors: CURSOR_SECRET (and CURSOR_SECRET_PREVIOUS) when
 /// set; otherwise the embedded store on disk keeps a generated secret beside its data, so
 /// cursors survive a restart, and anything else gets a random key, loudly where it matters.
-async fn cursor_keys(config: &Config, iggy: bool) -> Result<CursorKeys, StartupError> {
+/// With them, the secret when it lasts (set, or kept on disk): it keys the message ids an
+/// `Idempotency-Key` derives, which must come out the same after a restart and on every replica.
+async fn cursor_keys(
+    config: &Config,
+    iggy: bool,
+) -> Result<(CursorKeys, Option<Vec<u8>>), StartupError> {
     if let Some(keys) = config.subscriptions.cursor_keys() {
-        return Ok(keys);
+        let lasting = config
+            .subscriptions
+            .cursor_secret
+            .as_ref()
+            .map(|secret| secret.expose().as_bytes().to_vec());
+        return Ok((keys, lasting));
     }
     if iggy {
         tracing::warn!(
@@ -671,16 +681,17 @@ async fn cursor_keys(config: &Config, iggy: bool) -> Result<CursorKeys, StartupE
              INVALID_ARGUMENT) and clients must subscribe again from scratch. Set CURSOR_SECRET, \
              the same on every replica."
         );
-        return Ok(CursorKeys::random());
+        return Ok((CursorKeys::random(), None));
     }
     match config.location() {
-        Location::Memory => Ok(CursorKeys::random()),
+        Location::Memory => Ok((CursorKeys::random(), None)),
         Location::Directory(dir) => {
             let secret = tokio::task::spawn_blocking(move || subscription::kept_secret(&dir))
                 .await
                 .map_err(|err| StartupError::Internal(err.to_string()))?
                 .map_err(|err| StartupError::Unavailable(err.to_string()))?;
-            Ok(CursorKeys::new(secret, None))
+            let lasting = secret.to_vec();
+            Ok((CursorKeys::new(secret, None), Some(lasting)))
         }
     }
 }

@@ -488,7 +488,7 @@ impl MessageService for MessageApi {
             .to_owned();
         for (index, message) in messages.iter_mut().enumerate() {
             if !given[index] {
-                message.id = idempotency::message_id(&identity, &key, index);
+                message.id = self.idempotency.message_id(&identity, &key, index);
             }
         }
         let fingerprint = fingerprint(&request.stream, &request.topic, &partitioning, &messages);

@@ -708,3 +708,28 @@ async fn two_idempotency_keys_on_one_send_are_refused_on_every_protocol() {
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(stored_texts(&app).await.is_empty(), "nothing stored");
 }
+
+#[tokio::test]
+async fn a_derived_id_cannot_be_worked_out_and_taken_by_another_writer_first() {
+    let app = spawn_app().await;
+    topic(&app).await;
+    // Another writer of the topic computes the id a send under `order-77` would derive without
+    // the gateway's secret, and sends a message of its own under it first.
+    let guessed = uuid::Uuid::from_u128(iggy_gateway::idempotency::message_id(
+        iggy_gateway::identity::ANONYMOUS,
+        "order-77",
+        0,
+    ))
+    .to_string();
+    let forged = json!({"partition_id": 0, "messages": [{"text": "forged", "id": guessed}]});
+    let (status, _, _) = rest_send(&app, "unrelated-key", forged).await;
+    assert_eq!(status, 201);
+    let real = json!({"partition_id": 0, "messages": [{"text": "real"}]});
+    let (status, _, answer) = rest_send(&app, "order-77", real).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_ne!(
+        answer["ids"][0],
+        guessed.as_str(),
+        "the derived id is keyed"
+    );
+}
