@@ -6,10 +6,10 @@
 //! The body-limit layer opens a call's [`Charge`] and runs the call inside [`scope`]; the
 //! protobuf codec and the REST transcoder, deeper in the same task, charge through [`charge`].
 //!
-//! An answer that holds charged bytes is watched by its connection ([`AnswerWatch`]): an
-//! HTTP/2 client can read its socket yet open no flow-control window, so no write ever stalls
-//! and the write timeout never fires, while the answer keeps its share of the budget. Enough
-//! such answers would spend the whole budget and every other call would be refused.
+//! Every answer is watched by its connection ([`AnswerWatch`]): an HTTP/2 client can read its
+//! socket yet open no flow-control window, so no write ever stalls and the write timeout never
+//! fires, while the answer keeps its memory (and a poll's answer its share of the budget).
+//! Enough such answers would spend the budget, or the process's memory.
 
 use std::{
     future::Future,

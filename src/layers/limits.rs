@@ -126,8 +126,7 @@ pub struct GuardedBody<G> {
     inner: Body,
     _guard: G,
     clock: Option<Arc<AnswerClock>>,
-    /// What is left of a frame larger than a slice.
-    rest: Bytes,
+    slices: Slices,
     ended: bool,
 }
 
@@ -137,7 +136,7 @@ impl<G> GuardedBody<G> {
             inner,
             _guard: guard,
             clock: None,
-            rest: Bytes::new(),
+            slices: Slices::default(),
             ended: false,
         }
     }
@@ -149,12 +148,55 @@ impl<G> GuardedBody<G> {
             ..Self::new(inner, guard)
         }
     }
+}
 
-    fn slice(&mut self, mut data: Bytes) -> Bytes {
+/// The most of an answer handed to the connection at once.
+const ANSWER_SLICE: usize = 64 * 1024;
+
+/// Frames larger than [`ANSWER_SLICE`] cut into slices: HTTP/2 asks for an answer's next frame
+/// only once its client's window has taken the last, so the wait between two is the time a
+/// client takes a slice, not a whole answer (a slow but reading client is never taken for a
+/// stalled one).
+#[derive(Default)]
+struct Slices {
+    /// What is left of the frame being cut.
+    rest: Bytes,
+}
+
+impl Slices {
+    /// The next slice of the frame being cut, if any is left.
+    fn next(&mut self) -> Option<http_body::Frame<Bytes>> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let rest = std::mem::take(&mut self.rest);
+        Some(http_body::Frame::data(self.cut(rest)))
+    }
+
+    /// `frame`, its data cut to a slice (what is left waits for [`Slices::next`]).
+    fn first(&mut self, frame: http_body::Frame<Bytes>) -> http_body::Frame<Bytes> {
+        match frame.into_data() {
+            Ok(data) => http_body::Frame::data(self.cut(data)),
+            Err(frame) => frame,
+        }
+    }
+
+    fn cut(&mut self, mut data: Bytes) -> Bytes {
         if data.len() > ANSWER_SLICE {
             self.rest = data.split_off(ANSWER_SLICE);
         }
         data
+    }
+
+    /// `inner`'s size with what is left of the frame being cut.
+    fn hint(&self, inner: http_body::SizeHint) -> http_body::SizeHint {
+        let rest = self.rest.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
@@ -172,11 +214,9 @@ impl<G: Unpin + Send + 'static> http_body::Body for GuardedBody<G> {
         // Timed from each hand-over: the connection asks for the next part only once it has
         // room for it. (Not from each poll: an HTTP/1.1 connection polls its answer whenever
         // it is itself polled.)
-        if !self.rest.is_empty() {
+        if let Some(slice) = self.slices.next() {
             clock.touch();
-            let rest = std::mem::take(&mut self.rest);
-            let data = self.slice(rest);
-            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+            return Poll::Ready(Some(Ok(slice)));
         }
         let Poll::Ready(polled) = Pin::new(&mut self.inner).poll_frame(cx) else {
             clock.wait();
@@ -184,10 +224,7 @@ impl<G: Unpin + Send + 'static> http_body::Body for GuardedBody<G> {
         };
         clock.touch();
         match polled {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => Poll::Ready(Some(Ok(http_body::Frame::data(self.slice(data))))),
-                Err(frame) => Poll::Ready(Some(Ok(frame))),
-            },
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(self.slices.first(frame)))),
             ended => {
                 self.ended = true;
                 self.clock = None;
@@ -205,52 +242,26 @@ impl<G: Unpin + Send + 'static> http_body::Body for GuardedBody<G> {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let rest = self.rest.len() as u64;
-        let inner = self.inner.size_hint();
-        let mut hint = http_body::SizeHint::new();
-        hint.set_lower(inner.lower().saturating_add(rest));
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper.saturating_add(rest));
-        }
-        hint
+        self.slices.hint(self.inner.size_hint())
     }
 }
 
 /// An answer that keeps its call's [`Charge`] until the last byte has been handed to the
 /// connection. It never reports its end early: hyper drops a body as soon as it says it has
-/// ended, which for an answer in one frame is before a slow reader has taken any of it.
-///
-/// Its connection watches it ([`AnswerWatch`]): each time the connection asks for more is
-/// noted, and a connection that leaves it waiting too long is closed. HTTP/2 asks for the next
-/// frame only once the client's window has taken the last, so frames are cut to
-/// [`ANSWER_SLICE`]: the wait between two is the time the client takes a slice, not a whole
-/// answer (a slow but reading client is never taken for a stalled one).
+/// ended, which for an answer in one frame is before a slow reader has taken any of it. (Its
+/// connection watches it, as every answer, through the listener's [`GuardedBody::watched`],
+/// which hands it on in slices.)
 struct ChargedAnswer {
     inner: Body,
     charge: Option<Arc<Charge>>,
-    clock: Option<Arc<AnswerClock>>,
-    /// What is left of a frame larger than a slice.
-    rest: Bytes,
 }
 
-/// The most of a charged answer handed to the connection at once.
-const ANSWER_SLICE: usize = 64 * 1024;
-
 impl ChargedAnswer {
-    fn new(inner: Body, charge: Arc<Charge>, watch: Option<&AnswerWatch>) -> Self {
+    fn new(inner: Body, charge: Arc<Charge>) -> Self {
         Self {
             inner,
             charge: Some(charge),
-            clock: watch.map(AnswerWatch::watch),
-            rest: Bytes::new(),
         }
-    }
-
-    fn slice(&mut self, mut data: Bytes) -> Bytes {
-        if data.len() > ANSWER_SLICE {
-            self.rest = data.split_off(ANSWER_SLICE);
-        }
-        data
     }
 }
 
@@ -262,26 +273,11 @@ impl http_body::Body for ChargedAnswer {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        if let Some(clock) = &self.clock {
-            clock.touch();
-        }
-        if !self.rest.is_empty() {
-            let rest = std::mem::take(&mut self.rest);
-            let data = self.slice(rest);
-            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
-        }
         let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        match polled {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => Poll::Ready(Some(Ok(http_body::Frame::data(self.slice(data))))),
-                Err(frame) => Poll::Ready(Some(Ok(frame))),
-            },
-            ended => {
-                self.charge = None;
-                self.clock = None;
-                Poll::Ready(ended)
-            }
+        if polled.is_none() || matches!(polled, Some(Err(_))) {
+            self.charge = None;
         }
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -289,14 +285,7 @@ impl http_body::Body for ChargedAnswer {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let rest = self.rest.len() as u64;
-        let inner = self.inner.size_hint();
-        let mut hint = http_body::SizeHint::new();
-        hint.set_lower(inner.lower().saturating_add(rest));
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper.saturating_add(rest));
-        }
-        hint
+        self.inner.size_hint()
     }
 }
 
@@ -424,7 +413,6 @@ where
                 )
             }
         };
-        let watch = parts.extensions.get::<Arc<AnswerWatch>>().cloned();
         let request = Request::from_parts(parts, body);
         // The call's decoders (protobuf and REST's JSON) charge what they build to the same
         // budget, through the task-local the scope sets.
@@ -437,7 +425,6 @@ where
             malformed,
             max_inflight: self.inflight.max(),
             limit: self.max_bytes,
-            watch,
         };
         Either::Left(Answering::new(
             budget::scope(charge, self.inner.call(request)),
@@ -464,8 +451,6 @@ pub struct Bounds {
     malformed: Option<Arc<AtomicBool>>,
     max_inflight: usize,
     limit: usize,
-    /// The connection's watch over answers that hold charged bytes (absent off a listener).
-    watch: Option<Arc<AnswerWatch>>,
 }
 
 fn is_set(flag: Option<&Arc<AtomicBool>>) -> bool {
@@ -483,7 +468,6 @@ impl AfterAnswer<Body> for Bounds {
             malformed,
             max_inflight,
             limit,
-            watch,
         } = self;
         // Answered: what the call held is given back, even if its request body streams on.
         charge.close();
@@ -507,7 +491,7 @@ impl AfterAnswer<Body> for Bounds {
         // Polled messages stay charged while their answer streams to a slow reader.
         if charge.holds_answer() {
             return response
-                .map(|body| Body::new(ChargedAnswer::new(body, charge, watch.as_deref())));
+                .map(|body| Body::new(ChargedAnswer::new(body, charge)));
         }
         response
     }
