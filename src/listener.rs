@@ -19,7 +19,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -28,6 +28,7 @@ use std::{
 
 use axum::{Router, body::Body, extract::ConnectInfo};
 use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -300,15 +301,17 @@ struct Rewound<S> {
     head: Head,
     at: usize,
     stream: S,
+    /// Set by an answer that left its request's body unread: then the close lingers.
+    lingers: Arc<AtomicBool>,
     linger: Option<Linger>,
 }
 
 /// How long, and for how many bytes, a closing connection goes on reading (and dropping) what
-/// its client still sends after the close was sent. hyper closes an HTTP/1.1 connection whose
-/// answer came before the request's body was read (a refusal from the head alone); closed at
-/// once, the rest of the body would meet a closed socket, and the client's write fail (or a
-/// reset discard the answer it has not read yet). Reading it out lets the client finish
-/// sending, then read the answer and the end.
+/// its client still sends after the close was sent, when an answer left its request's body
+/// unread (see `Served`): hyper then closes the HTTP/1.1 connection, and closed at once, the
+/// rest of the body would meet a closed socket, and the client's write fail (or a reset discard
+/// the answer it has not read yet). Reading it out lets the client finish sending, then read
+/// the answer and the end. Other closes do not linger.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 
@@ -363,6 +366,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.lingers.load(Ordering::Acquire) {
+            return Pin::new(&mut this.stream).poll_shutdown(cx);
+        }
         let linger = this.linger.get_or_insert_with(|| Linger {
             until: Box::pin(tokio::time::sleep(LINGER)),
             left: LINGER_BYTES,
@@ -458,14 +464,16 @@ impl Connection {
             head,
             at: 0,
             stream,
+            lingers: Arc::new(AtomicBool::new(false)),
             linger: None,
         })
     }
 
-    async fn serve<S>(self, stream: S, peer: Option<Arc<PeerCertificate>>)
+    async fn serve<S>(self, stream: Rewound<S>, peer: Option<Arc<PeerCertificate>>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let lingers = Arc::clone(&stream.lingers);
         let Self {
             remote,
             builder,
@@ -482,10 +490,16 @@ impl Connection {
             peer,
             activity: Arc::clone(&activity),
             answers: Arc::clone(&answers),
+            lingers,
         };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let mut closing = false;
+        // When an idle connection was asked to close, by which it must have: its streams may
+        // never end if their client opens no window (an answer small enough for HTTP/2's
+        // buffers has left its body, and its watch, whole), and an idle connection has no call
+        // of its own left to wait for.
+        let mut idle_closed: Option<tokio::time::Instant> = None;
         loop {
             let idle_check = activity.idle_deadline(idle_timeout);
             let stall_check = answers.deadline(write_timeout);
@@ -505,7 +519,16 @@ impl Connection {
                         tracing::debug!(%remote, "closing an idle connection");
                         connection.as_mut().graceful_shutdown();
                         closing = true;
+                        idle_closed = Some(tokio::time::Instant::now() + write_timeout);
                     }
+                }
+                () = sleep_until_some(idle_closed) => {
+                    tracing::debug!(
+                        %remote,
+                        "dropping an idle connection that did not close in time \
+                         (CONNECTION_WRITE_TIMEOUT_MS)"
+                    );
+                    return;
                 }
                 // Also while closing: a stalled answer would hold a graceful close forever.
                 () = stalled_or_new(&answers, stall_check) => {
@@ -521,6 +544,14 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// Resolves at `at`; never without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -603,6 +634,8 @@ struct ConnectionService {
     activity: Arc<Activity>,
     /// The connection's answers that hold charged bytes, watched for a client that takes none.
     answers: Arc<AnswerWatch>,
+    /// Its stream's [`Rewound::lingers`].
+    lingers: Arc<AtomicBool>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
@@ -611,17 +644,20 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     type Future = Served;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        // Over HTTP/1.1, whether the request's body was read to its end by the time the answer
-        // is ready (see `Served`); HTTP/2 ends each stream on its own.
-        let body_read = (request.version() < http::Version::HTTP_2).then(|| {
-            Arc::new(AtomicBool::new(http_body::Body::is_end_stream(
-                request.body(),
-            )))
-        });
-        let mut request = match &body_read {
-            Some(read) => {
-                let read = Arc::clone(read);
-                request.map(|body| Body::new(ReadToEnd { inner: body, read }))
+        // Over HTTP/1.1, what of the request's body the call leaves unread (see `Served`);
+        // HTTP/2 ends each stream on its own.
+        let unread = (request.version() < http::Version::HTTP_2
+            && !http_body::Body::is_end_stream(request.body()))
+        .then(|| Arc::new(Mutex::new(None)));
+        let mut request = match &unread {
+            Some(unread) => {
+                let unread = Arc::clone(unread);
+                request.map(|body| {
+                    Body::new(ReadToEnd {
+                        inner: Some(body),
+                        unread,
+                    })
+                })
             }
             None => request.map(Body::new),
         };
@@ -637,15 +673,29 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             inner: self.router.clone().oneshot(request),
             call: Some(call),
             answers: Arc::clone(&self.answers),
-            body_read,
+            unread,
+            drain: None,
+            lingers: Arc::clone(&self.lingers),
         }
     }
 }
 
-/// An HTTP/1.1 request body that notes when it has been read to its end.
+/// An HTTP/1.1 request body that, dropped before its end, leaves the rest in `unread` for
+/// [`Served`] to read out.
 struct ReadToEnd {
-    inner: Incoming,
-    read: Arc<AtomicBool>,
+    inner: Option<Incoming>,
+    unread: Arc<Mutex<Option<Incoming>>>,
+}
+
+impl Drop for ReadToEnd {
+    fn drop(&mut self) {
+        if let Some(body) = self.inner.take()
+            && !body.is_end_stream()
+            && let Ok(mut unread) = self.unread.lock()
+        {
+            *unread = Some(body);
+        }
+    }
 }
 
 impl http_body::Body for ReadToEnd {
@@ -656,19 +706,64 @@ impl http_body::Body for ReadToEnd {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.read.store(true, Ordering::Release);
+        let Some(body) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.inner = None;
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+/// What of an unread body an answer ready before it waits to read out (so the connection can
+/// serve its next request), and how long: past either, the answer says `Connection: close` and
+/// the close lingers ([`Linger`]). As hyper's own drain, but told to the client.
+const DRAIN_BYTES: usize = 64 * 1024;
+const DRAIN_WAIT: Duration = Duration::from_millis(200);
+
+/// An answer held while the rest of its request's body is read out.
+struct Drain {
+    body: Incoming,
+    left: usize,
+    until: Pin<Box<tokio::time::Sleep>>,
+    response: Response<Body>,
+}
+
+impl Drain {
+    /// `Ready(true)`: the body was read to its end; `Ready(false)`: given up.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(None) => return Poll::Ready(true),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, bytes::Buf::remaining);
+                    match self.left.checked_sub(len) {
+                        Some(left) => self.left = left,
+                        None => return Poll::Ready(false),
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(false),
+                Poll::Pending => {
+                    return if self.until.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(false)
+                    } else {
+                        Poll::Pending
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -679,7 +774,11 @@ pin_project_lite::pin_project! {
         inner: tower::util::Oneshot<Router, Request<Body>>,
         call: Option<CallGuard>,
         answers: Arc<AnswerWatch>,
-        body_read: Option<Arc<AtomicBool>>,
+        // HTTP/1.1: where the call leaves what it did not read of its body.
+        unread: Option<Arc<Mutex<Option<Incoming>>>>,
+        drain: Option<Drain>,
+        // Set when an answer leaves a body unread: the connection's close lingers.
+        lingers: Arc<AtomicBool>,
     }
 }
 
@@ -688,21 +787,44 @@ impl Future for Served {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = std::task::ready!(this.inner.poll(cx))?;
-        // Answered before its body was read (a refusal from the head alone): hyper will close
-        // the connection after the answer rather than read what is left, so the answer says
-        // so, and the client sends its next request on a new connection instead of writing it
-        // into one being closed.
-        if this
-            .body_read
-            .as_ref()
-            .is_some_and(|read| !read.load(Ordering::Acquire))
-        {
-            response.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-        }
+        let response = match this.drain.as_mut() {
+            Some(drain) => {
+                let drained = std::task::ready!(drain.poll(cx));
+                let Some(Drain { response, .. }) = this.drain.take() else {
+                    unreachable!("polled above");
+                };
+                with_close(response, !drained, this.lingers)
+            }
+            None => {
+                let response = std::task::ready!(this.inner.poll(cx))?;
+                // Answered before its body was read (a refusal from the head alone): the rest
+                // is read out first, a little, so the connection serves the next request.
+                let unread = this
+                    .unread
+                    .as_ref()
+                    .and_then(|unread| unread.lock().ok()?.take());
+                match unread {
+                    None => response,
+                    Some(body) => {
+                        let mut drain = Drain {
+                            body,
+                            left: DRAIN_BYTES,
+                            until: Box::pin(tokio::time::sleep(DRAIN_WAIT)),
+                            response,
+                        };
+                        match drain.poll(cx) {
+                            Poll::Ready(drained) => {
+                                with_close(drain.response, !drained, this.lingers)
+                            }
+                            Poll::Pending => {
+                                *this.drain = Some(drain);
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                }
+            }
+        };
         // The call stays in flight until its answer has been sent (or dropped), and the
         // connection is closed if its client leaves the answer untaken.
         let call = this.call.take();
@@ -710,6 +832,20 @@ impl Future for Served {
             response.map(|body| GuardedBody::watched(body, call, this.answers))
         ))
     }
+}
+
+/// `response`, telling the client the connection closes after it when `closes` (hyper will
+/// close rather than read what is left of the body, so the client must not write its next
+/// request there), and making that close linger.
+fn with_close(mut response: Response<Body>, closes: bool, lingers: &AtomicBool) -> Response<Body> {
+    if closes {
+        lingers.store(true, Ordering::Release);
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// Marks a call in flight on its connection until dropped.

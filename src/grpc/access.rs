@@ -13,7 +13,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     answer::{ERROR_DOMAIN, Rejection, consumer_not_allowed, scope_missing},
-    broker::{Broker, Identifier, TopicRef},
+    broker::{Broker, BrokerError, Identifier, TopicRef},
     identity::{Access, Class, Held, Refusal, Revoked, Target},
     subscription::Flow,
 };
@@ -198,6 +198,14 @@ pub(super) fn take(access: Option<&Access>, class: Class, bytes: usize) -> Resul
 pub(super) fn refund(access: Option<&Access>, class: Class, bytes: usize) {
     if let Some(access) = access {
         access.refund(class, bytes as u64);
+    }
+}
+
+/// Gives back what [`take`] charged for a send the backend failed, unless it may have been
+/// stored all the same (no answer in time).
+pub(super) fn refund_failed(access: Option<&Access>, bytes: usize, failed: &BrokerError) {
+    if !matches!(failed, BrokerError::Timeout(_)) {
+        refund(access, Class::Produce, bytes);
     }
 }
 

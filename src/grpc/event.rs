@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     UnaryAnswers,
-    access::{Want, access_of, authorize, authorize_consumer, refund, take},
+    access::{Want, access_of, authorize, authorize_consumer, refund_failed, take},
     convert::{BODY_FORM_HEADER, identifier, message_id_text, timestamp},
     message::Limits,
     polls,
@@ -170,7 +170,7 @@ impl EventApi {
                 idempotency: None,
             })
             .await
-            .inspect_err(|_| refund(access, Class::Produce, bytes))
+            .inspect_err(|err| refund_failed(access, bytes, err))
             .map_err(broker_status)?;
         let acknowledged = timestamp(now_micros());
         Ok(ids

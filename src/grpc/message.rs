@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use super::{
     UnaryAnswers,
     access::{
-        Answers, Want, access_of, authorize, authorize_consumer, guard_stream, refund, take,
-        until_deadline,
+        Answers, Want, access_of, authorize, authorize_consumer, guard_stream, refund,
+        refund_failed, take, until_deadline,
     },
     convert::{
         Ids, body_to_payload, headers_from_proto, identifier, message_id, message_id_text,
@@ -474,7 +474,7 @@ impl MessageService for MessageApi {
                 })
                 .await
                 .map_err(|err| {
-                    refund(access.as_deref(), Class::Produce, bytes);
+                    refund_failed(access.as_deref(), bytes, &err);
                     broker_status(err)
                 })?;
             return Ok(self.answers.of(proto::SendMessagesResponse { ids }));
@@ -522,7 +522,7 @@ impl MessageService for MessageApi {
             })
             .await
             .map_err(|err| {
-                refund(access.as_deref(), Class::Produce, bytes);
+                refund_failed(access.as_deref(), bytes, &err);
                 broker_status(err)
             })?;
         ticket.answered();

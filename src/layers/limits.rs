@@ -490,8 +490,7 @@ impl AfterAnswer<Body> for Bounds {
         }
         // Polled messages stay charged while their answer streams to a slow reader.
         if charge.holds_answer() {
-            return response
-                .map(|body| Body::new(ChargedAnswer::new(body, charge)));
+            return response.map(|body| Body::new(ChargedAnswer::new(body, charge)));
         }
         response
     }

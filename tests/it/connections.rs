@@ -563,3 +563,95 @@ async fn an_answer_given_before_the_body_is_read_closes_the_connection_without_c
             .unwrap_or_else(|err| panic!("{path}: the close was a reset: {err}"));
     }
 }
+
+#[tokio::test]
+async fn a_refusal_whose_small_body_has_arrived_keeps_the_connection_for_the_next_request() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let app = spawn_configured(|c| {
+        c.auth.api_key = Some(iggy_gateway::config::ApiKeys::new(["right"]));
+    })
+    .await;
+    let stream = TcpStream::connect(app.addr).await.expect("connected");
+    let (read, mut write) = stream.into_split();
+    let mut read = tokio::io::BufReader::new(read);
+    for key in ["wrong", "right"] {
+        // Head and a small body in one write, as most clients send them.
+        let body = r#"{"name":"kept"}"#;
+        let request = format!(
+            "POST /v1/streams HTTP/1.1\r\nhost: localhost\r\nx-api-key: {key}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        write.write_all(request.as_bytes()).await.expect("sent");
+        let mut head = Vec::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            tokio::time::timeout(Duration::from_secs(5), read.read_line(&mut line))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            let line = line.trim_end().to_ascii_lowercase();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(value) = line.strip_prefix("content-length: ") {
+                length = value.parse().expect("a length");
+            }
+            head.push(line);
+        }
+        let mut answer = vec![0; length];
+        tokio::io::AsyncReadExt::read_exact(&mut read, &mut answer)
+            .await
+            .expect("the answer's body");
+        assert!(
+            !head.contains(&"connection: close".to_owned()),
+            "{key}: {head:?}"
+        );
+        let expected = if key == "wrong" { "401" } else { "201" };
+        assert!(head[0].contains(expected), "{key}: {head:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_idle_connection_whose_small_answers_never_leave_is_dropped() {
+    let app = spawn_configured(|c| {
+        c.limits.connection_write_timeout_ms = 300;
+        c.limits.connection_idle_timeout_ms = 300;
+    })
+    .await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    let text = "x".repeat(1000);
+    let texts: Vec<&str> = (0..40).map(|_| text.as_str()).collect();
+    app.send_texts("orders", "created", 0, &texts).await;
+    let tcp = TcpStream::connect(app.addr).await.expect("connects");
+    // A window of one byte, and answers of about 55 KB, less than a slice: each is handed
+    // over whole into HTTP/2's buffers and ends, and one byte of each ever leaves.
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut h2 = h2.ready().await.expect("ready");
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let request = http::Request::get(app.url(
+            "/v1/streams/orders/topics/created/messages?partition_id=0&count=40&strategy=first",
+        ))
+        .body(())
+        .expect("request");
+        let (response, _) = h2.send_request(request, true).expect("stream opened");
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("answered")
+            .expect("a response");
+        open.push(response);
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("dropped once idle and not closed within the write timeout");
+    assert!(ended.is_ok(), "{ended:?}");
+    drop((h2, open));
+}
