@@ -61,7 +61,7 @@ pub fn timestamp_micros(field: &str, value: &Timestamp) -> Result<u64, Status> {
     let nanos = u64::try_from(value.nanos).unwrap_or(0);
     seconds
         .checked_mul(1_000_000)
-        .and_then(|micros| micros.checked_add(nanos / 1_000))
+        .and_then(|micros| micros.checked_add(nanos.div_ceil(1_000)))
         .ok_or_else(|| invalid_field(field, "is too far in the future"))
 }
 
@@ -79,17 +79,11 @@ pub fn duration_micros(field: &str, value: &Duration) -> Result<Option<u64>, Sta
     }
     let seconds = u64::try_from(value.seconds).unwrap_or(0);
     let nanos = u64::try_from(value.nanos).unwrap_or(0);
-    // The backend keeps microseconds: a remainder would be cut off, and a non-zero duration
+    // The backend keeps microseconds. A remainder rounds up: cut off, a non-zero duration
     // under one microsecond would turn into "none", the opposite of what was asked.
-    if nanos % 1_000 != 0 {
-        return Err(invalid_field(
-            field,
-            "must be a whole number of microseconds (at most 6 fractional digits)",
-        ));
-    }
     let micros = seconds
         .checked_mul(1_000_000)
-        .and_then(|micros| micros.checked_add(nanos / 1_000))
+        .and_then(|micros| micros.checked_add(nanos.div_ceil(1_000)))
         .ok_or_else(|| invalid_field(field, "is too long"))?;
     Ok((micros > 0).then_some(micros))
 }
