@@ -787,14 +787,14 @@ impl Future for Served {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match this.drain.as_mut() {
-            Some(drain) => {
-                let drained = std::task::ready!(drain.poll(cx));
-                let Some(Drain { response, .. }) = this.drain.take() else {
-                    unreachable!("polled above");
-                };
-                with_close(response, !drained, this.lingers)
-            }
+        let response = match this.drain.take() {
+            Some(mut drain) => match drain.poll(cx) {
+                Poll::Ready(drained) => with_close(drain.response, !drained, this.lingers),
+                Poll::Pending => {
+                    *this.drain = Some(drain);
+                    return Poll::Pending;
+                }
+            },
             None => {
                 let response = std::task::ready!(this.inner.poll(cx))?;
                 // Answered before its body was read (a refusal from the head alone): the rest
