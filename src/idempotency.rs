@@ -378,7 +378,11 @@ pub fn message_id(identity: &str, key: &str, index: usize) -> u128 {
     framed(&mut hasher, identity.as_bytes());
     framed(&mut hasher, key.as_bytes());
     hasher.update((index as u64).to_be_bytes());
-    let digest = hasher.finalize();
+    uuid_v8(&hasher.finalize())
+}
+
+/// A UUID (version 8, RFC 9562) made of a digest's first 16 bytes.
+fn uuid_v8(digest: &[u8]) -> u128 {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
@@ -402,12 +406,7 @@ fn keyed_message_id(secret: &[u8], identity: &str, key: &str, index: usize) -> u
     framed_part(identity.as_bytes());
     framed_part(key.as_bytes());
     mac.update(&(index as u64).to_be_bytes());
-    let digest = mac.finalize().into_bytes();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
-    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 9562 variant
-    u128::from_be_bytes(bytes)
+    uuid_v8(&mac.finalize().into_bytes())
 }
 
 /// Accumulates a request's fingerprint from its parts, each framed by its length.
