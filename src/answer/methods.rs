@@ -20,7 +20,7 @@ use futures_util::FutureExt;
 use futures_util::future::{Either, Map, Ready};
 use tower::Service;
 
-use super::Problem;
+use super::{Problem, Rejection};
 use crate::extensions::{Protocol, RequestId};
 
 /// `methods` as `Allow` lists them: in order, once each, `OPTIONS` last.
@@ -119,7 +119,23 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if *request.method() == Method::POST || Protocol::of(&request) != Protocol::Rest {
+        let protocol = Protocol::of(&request);
+        if matches!(protocol, Protocol::Connect | Protocol::ConnectStream { .. }) {
+            // Only the API's services take Connect (they are wrapped for it before this);
+            // health and reflection are gRPC's, and tonic-web would answer an empty 400.
+            let answer = Rejection::new(
+                tonic::Code::Unimplemented,
+                "CONNECT_NOT_SERVED",
+                format!(
+                    "{} is served over gRPC and gRPC-Web, not Connect",
+                    request.uri().path()
+                ),
+            )
+            .http_status(StatusCode::NOT_FOUND)
+            .respond(&request);
+            return Either::Right(futures_util::future::ready(Ok(answer)));
+        }
+        if *request.method() == Method::POST || protocol != Protocol::Rest {
             let into_response: fn(Result<S::Response, Infallible>) -> Result<Response, Infallible> =
                 |answer| answer.map(IntoResponse::into_response);
             return Either::Left(self.inner.call(request).map(into_response));

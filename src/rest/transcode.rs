@@ -21,7 +21,7 @@ use prost_reflect::DynamicMessage;
 
 use crate::{
     answer::{Caller, Problem, Rejection, grpc_code_name, methods},
-    extensions::{AnsweredCode, MatchedRoute, RejectedFor},
+    extensions::{AnsweredCode, MatchedRoute, Protocol, RejectedFor},
     identity::Access,
     rest::conditional,
 };
@@ -150,17 +150,28 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// Answers every request no other route claims.
 pub async fn handle(State(transcoder): State<Arc<Transcoder>>, request: Request<Body>) -> Response {
-    // A gRPC call to a service this gateway lacks gets a gRPC answer, not a JSON one.
-    if is_grpc(request.headers()) {
-        let status =
-            tonic::Status::unimplemented(format!("unknown gRPC method {}", request.uri().path()));
-        return status.into_http::<Body>().into_response();
+    // A call to a service this gateway lacks is answered in its caller's protocol: a gRPC
+    // status for gRPC (as `application/grpc-web+proto` for gRPC-Web, whose clients check it),
+    // Connect's error JSON for Connect, a problem for REST below.
+    if Protocol::of(&request) != Protocol::Rest {
+        return unknown_method(&request);
     }
     let id = request_id(request.headers());
     match transcode(&transcoder, request).await {
         Ok(response) => response,
         Err(problem) => problem.with_request_id(id).into_response(),
     }
+}
+
+/// UNIMPLEMENTED for a gRPC, gRPC-Web or Connect call to a method no service here has.
+pub fn unknown_method<B>(request: &Request<B>) -> Response {
+    Rejection::new(
+        tonic::Code::Unimplemented,
+        "UNKNOWN_METHOD",
+        format!("no method {} here", request.uri().path()),
+    )
+    .http_status(StatusCode::NOT_FOUND)
+    .respond(request)
 }
 
 async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Response, Problem> {

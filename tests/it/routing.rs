@@ -56,3 +56,72 @@ async fn an_unknown_grpc_method_is_unimplemented() {
         .expect_err("unknown");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
 }
+
+/// A call to a method no service here has is UNIMPLEMENTED in its caller's own protocol, and
+/// a Connect call to a service that only speaks gRPC says so in Connect's terms.
+#[tokio::test]
+async fn an_unknown_method_is_unimplemented_in_each_callers_protocol() {
+    let app = spawn_app().await;
+    let empty_frame = vec![0u8; 5];
+
+    // gRPC-Web: its own content type, so a browser client reads the status, not a bad reply.
+    for content_type in ["application/grpc-web+proto", "application/grpc-web-text"] {
+        let response = app
+            .http1
+            .post(app.url("/no.such.Service/Method"))
+            .header("content-type", content_type)
+            .header("x-grpc-web", "1")
+            .body(empty_frame.clone())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200, "{content_type}");
+        let answered = response.headers()["content-type"].to_str().expect("ascii");
+        assert!(answered.starts_with("application/grpc-web"), "{answered}");
+        assert_eq!(response.headers()["grpc-status"], "12", "{content_type}");
+    }
+
+    // Connect, unary and streamed: Connect's error JSON, code `unimplemented`.
+    for (path, content_type) in [
+        ("/no.such.Service/Method", "application/json"),
+        ("/no.such.Service/Method", "application/connect+json"),
+        ("/grpc.health.v1.Health/Check", "application/json"),
+        ("/grpc.health.v1.Health/Watch", "application/connect+json"),
+    ] {
+        let response = app
+            .http1
+            .post(app.url(path))
+            .header("content-type", content_type)
+            .header("connect-protocol-version", "1")
+            .body("{}")
+            .send()
+            .await
+            .expect("sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.expect("body");
+        let error: serde_json::Value = if content_type == "application/json" {
+            assert_eq!(status, 501, "{path}");
+            serde_json::from_slice(&body).expect("Connect's error JSON")
+        } else {
+            // A stream's error is its end-of-stream message (flag 2, then its JSON).
+            assert_eq!(status, 200, "{path}");
+            assert_eq!(headers["content-type"], "application/connect+json");
+            assert_eq!(body.first(), Some(&2), "{path}");
+            let end: serde_json::Value =
+                serde_json::from_slice(body.get(5..).expect("an envelope")).expect("JSON");
+            end["error"].clone()
+        };
+        assert_eq!(
+            error["code"], "unimplemented",
+            "{path} {content_type}: {error}"
+        );
+    }
+
+    // REST keeps its problem.
+    let (status, body) = app.post_json("/no/such/route", serde_json::json!({})).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (404, Some("ROUTE_NOT_FOUND"))
+    );
+}
