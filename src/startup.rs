@@ -32,6 +32,7 @@ use crate::{
     connect::{Connect, ConnectPaths, ConnectSettings},
     grpc::{
         DefaultTopic, EventApi, Limits, MessageApi, StatsApi, StreamApi, TopicApi, UnaryAnswers,
+        UncompressedStreams, server_streams,
     },
     identity,
     layers::{self, ApiCalls, Scoped, Scopes, rate_limit},
@@ -638,19 +639,23 @@ fn routes(
     // The API's services also answer Connect calls on their paths (told apart by content type).
     // Connect calls are direct calls, admitted by the same scope policy; the guard here sees
     // gRPC and gRPC-Web calls only, so no call is checked twice.
+    // Server streams go uncompressed over gRPC (see `UncompressedStreams`).
+    let streamed = server_streams(&crate::descriptors::pool().map_err(StartupError::Internal)?);
     fn api<S>(
         connect: &Arc<Connect>,
         scopes: &Scopes,
+        streamed: &Arc<[String]>,
         service: S,
-    ) -> ConnectPaths<Scoped<GrpcPaths<tonic_web::GrpcWebService<S>>>> {
+    ) -> ConnectPaths<Scoped<GrpcPaths<tonic_web::GrpcWebService<UncompressedStreams<S>>>>> {
+        let service = UncompressedStreams::new(service, Arc::clone(streamed));
         ConnectPaths::new(scopes.guard(web(service)), Arc::clone(connect))
     }
     Ok(Routes::from(rest)
-        .add_service(api(&connect, &scopes, streams))
-        .add_service(api(&connect, &scopes, topics))
-        .add_service(api(&connect, &scopes, messages))
-        .add_service(api(&connect, &scopes, events))
-        .add_service(api(&connect, &scopes, stats))
+        .add_service(api(&connect, &scopes, &streamed, streams))
+        .add_service(api(&connect, &scopes, &streamed, topics))
+        .add_service(api(&connect, &scopes, &streamed, messages))
+        .add_service(api(&connect, &scopes, &streamed, events))
+        .add_service(api(&connect, &scopes, &streamed, stats))
         .add_service(web(health_service))
         .add_service(web(reflection::v1()))
         .add_service(web(reflection::v1alpha()))

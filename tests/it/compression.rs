@@ -331,6 +331,87 @@ async fn grpc_answers_smaller_than_the_compression_minimum_go_uncompressed() {
     }
 }
 
+/// A subscription's messages go uncompressed over gRPC and gRPC-Web however the client asks:
+/// tonic would set up a compressor anew for each one. Unary answers still follow the minimum.
+#[tokio::test]
+async fn a_subscriptions_messages_go_uncompressed_whatever_the_client_accepts() {
+    use prost::Message;
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    // Large and repetitive: well past the minimum, and worth compressing if anything is.
+    let texts: Vec<String> = (0..3).map(|i| format!("order {i} ").repeat(400)).collect();
+    app.send_texts(
+        "orders",
+        "created",
+        0,
+        &texts.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let request = proto::SubscribeRequest {
+        stream: "orders".into(),
+        topic: "created".into(),
+        strategy: proto::PollingStrategy::First.into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&request);
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("an HTTP/2 client");
+    for (client, content_type) in [
+        (&h2, "application/grpc"),
+        (&app.http1, "application/grpc-web+proto"),
+    ] {
+        for accept in ["gzip", "zstd"] {
+            let seen = format!("{content_type}, {accept}");
+            let answer = client
+                .post(app.url("/iggy.gateway.v1.MessageService/Subscribe"))
+                .header("content-type", content_type)
+                .header("te", "trailers")
+                .header("grpc-accept-encoding", accept)
+                // The stream ends at its deadline, so its whole body can be read.
+                .header("grpc-timeout", "500m")
+                .body(framed.clone())
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(answer.status(), 200, "{seen}");
+            let bytes = answer.bytes().await.expect("the stream");
+            let mut delivered = Vec::new();
+            let mut rest = &bytes[..];
+            while rest.len() >= 5 {
+                let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+                let (frame, after) = rest.split_at(5 + len);
+                match frame[0] {
+                    0 => {
+                        let item = proto::SubscribeResponse::decode(&frame[5..])
+                            .expect("an uncompressed message");
+                        if let Some(proto::subscribe_response::Event::Message(polled)) = item.event
+                        {
+                            delivered.push(polled);
+                        }
+                    }
+                    0x80 => {} // gRPC-Web's trailers
+                    flag => panic!("{seen}: a stream message with flag {flag}"),
+                }
+                rest = after;
+            }
+            let got: Vec<String> = delivered
+                .iter()
+                .filter_map(|polled| match &polled.body {
+                    Some(proto::polled_message::Body::Text(text)) => Some(text.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert!(got == texts, "{seen}: {} of 3 delivered as sent", got.len());
+        }
+    }
+}
+
 #[tokio::test]
 async fn compressed_rest_bodies_are_inflated_in_gzip_zstd_and_br() {
     let app = spawn_app().await;
