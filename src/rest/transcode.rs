@@ -150,10 +150,10 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// Answers every request no other route claims.
 pub async fn handle(State(transcoder): State<Arc<Transcoder>>, request: Request<Body>) -> Response {
-    // A call to a service this gateway lacks is answered in its caller's protocol: a gRPC
-    // status for gRPC (as `application/grpc-web+proto` for gRPC-Web, whose clients check it),
-    // Connect's error JSON for Connect, a problem for REST below.
-    if Protocol::of(&request) != Protocol::Rest {
+    // A gRPC call to a service this gateway lacks gets a gRPC answer, not a JSON one (as
+    // `application/grpc-web+proto` for gRPC-Web, whose clients check it); a Connect call to
+    // one, Connect's error JSON (below, where no route matches).
+    if is_grpc(request.headers()) {
         return unknown_method(&request);
     }
     let id = request_id(request.headers());
@@ -188,6 +188,12 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             return Err(methods::method_not_allowed(&parts.method, path, &allowed));
         }
         Lookup::NotFound => {
+            if matches!(
+                Protocol::of(&Request::from_parts(parts.clone(), ())),
+                Protocol::Connect | Protocol::ConnectStream { .. }
+            ) {
+                return Ok(unknown_method(&Request::from_parts(parts, ())));
+            }
             // A bad escape is the client's error wherever it is, not a missing route.
             if let Err(bad) = template::decode(path) {
                 return Err(Problem::invalid_field("path", bad.to_string()));
