@@ -127,6 +127,8 @@ pub struct GuardedBody<G> {
     _guard: G,
     clock: Option<Arc<AnswerClock>>,
     slices: Slices,
+    /// Some of the answer was handed over (from then on, its end is told only when polled).
+    begun: bool,
     ended: bool,
 }
 
@@ -137,6 +139,7 @@ impl<G> GuardedBody<G> {
             _guard: guard,
             clock: None,
             slices: Slices::default(),
+            begun: false,
             ended: false,
         }
     }
@@ -224,7 +227,10 @@ impl<G: Unpin + Send + 'static> http_body::Body for GuardedBody<G> {
         };
         clock.touch();
         match polled {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(self.slices.first(frame)))),
+            Some(Ok(frame)) => {
+                self.begun = true;
+                Poll::Ready(Some(Ok(self.slices.first(frame))))
+            }
             ended => {
                 self.ended = true;
                 self.clock = None;
@@ -237,7 +243,10 @@ impl<G: Unpin + Send + 'static> http_body::Body for GuardedBody<G> {
         match &self.clock {
             None if !self.ended => self.inner.is_end_stream(),
             None => true,
-            Some(_) => false,
+            // An answer with no body at all says so before its head is sent: hyper then ends
+            // the stream with the head (gRPC's trailers-only error, the one form grpcio reads;
+            // as headers then data it reports UNKNOWN). There is nothing to hold for a reader.
+            Some(_) => !self.begun && self.inner.is_end_stream(),
         }
     }
 

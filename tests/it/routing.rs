@@ -125,3 +125,79 @@ async fn an_unknown_method_is_unimplemented_in_each_callers_protocol() {
         (404, Some("ROUTE_NOT_FOUND"))
     );
 }
+
+/// A gRPC error with no message is sent in gRPC's trailers-only form: one HEADERS frame that
+/// ends the stream. Strict clients (grpcio) read the status only from that form; headers and
+/// then an empty DATA frame that ends the stream read as UNKNOWN to them.
+#[tokio::test]
+async fn a_grpc_error_comes_as_one_headers_frame_that_ends_the_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    // Validation refuses an empty stream name (the service's error); an unknown method is
+    // refused before any service.
+    for path in [
+        "/iggy.gateway.v1.StreamService/GetStream",
+        "/no.such.Service/Method",
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(app.addr)
+            .await
+            .expect("connected");
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+        // HPACK: indexed :method POST and :scheme http, then literals without indexing.
+        let mut block = vec![0x83, 0x86];
+        for (index, name, value) in [
+            (4u8, "", path),
+            (1, "", "localhost"),
+            (0, "content-type", "application/grpc"),
+            (0, "te", "trailers"),
+        ] {
+            block.push(index);
+            if index == 0 {
+                block.push(name.len() as u8);
+                block.extend_from_slice(name.as_bytes());
+            }
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        out.extend(h2_frame(0x1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+        out.extend(h2_frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0])); // an empty message, END_STREAM
+        tcp.write_all(&out).await.expect("sent");
+
+        // Frames until the answer's HEADERS on stream 1.
+        let flags = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let mut head = [0u8; 9];
+                tcp.read_exact(&mut head).await.expect("a frame");
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                tcp.read_exact(&mut payload).await.expect("its payload");
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                if head[3] == 0x4 && head[4] & 0x1 == 0 {
+                    tcp.write_all(&h2_frame(0x4, 0x1, 0, &[]))
+                        .await
+                        .expect("SETTINGS ack");
+                }
+                if head[3] == 0x1 && stream == 1 {
+                    return head[4];
+                }
+            }
+        })
+        .await
+        .expect("an answer");
+        // A HEADERS frame that ends the stream before any message is an error's: a call
+        // answered OK sends its message first. (Its HPACK block is Huffman-coded; the codes
+        // these calls get are checked by the clients' own tests.)
+        assert_eq!(flags & 0x1, 0x1, "{path}: HEADERS without END_STREAM");
+    }
+}
+
+/// One HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.push(kind);
+    frame.push(flags);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
