@@ -577,25 +577,20 @@ impl Access {
 
     /// Bytes the call is about to move (a send's before it is stored, a poll's before it is
     /// answered), charged unless the identity's byte quota for `class` is overdrawn already:
-    /// then the call is refused, so calls admitted together cannot each overdraw it.
-    pub fn take(&self, class: Class, bytes: u64) -> Result<(), Throttle> {
+    /// then the call is refused, so calls admitted together cannot each overdraw it. What is
+    /// taken counts in `/metrics` once the call keeps it, unless [`Taken::refund`] gives it back.
+    pub fn take(&self, class: Class, bytes: u64) -> Result<Taken<'_>, Throttle> {
         if let Some(quota) = self.quota() {
             quota.take(class, bytes).inspect_err(|_| {
                 self.metrics
                     .identity_refused(self.identity.name(), "QUOTA_EXCEEDED");
             })?;
         }
-        self.metrics
-            .identity_bytes(self.identity.name(), class.as_str(), bytes);
-        Ok(())
-    }
-
-    /// Gives back what [`take`](Self::take) charged for a call that stored nothing (the
-    /// backend refused it, or it was an idempotent send answered again).
-    pub fn refund(&self, class: Class, bytes: u64) {
-        if let Some(quota) = self.quota() {
-            quota.refund(class, bytes);
-        }
+        Ok(Taken {
+            access: self,
+            class,
+            bytes,
+        })
     }
 
     /// How long to hold back before the next delivery, while the identity's byte quota for
@@ -683,6 +678,40 @@ pub fn audit_admin(access: &Access, result: &str) {
         request_id = access.request_id(),
         "admin call"
     );
+}
+
+/// Bytes one call took from its identity's byte quota ([`Access::take`]). Dropped, they are
+/// kept and counted (`identity_bytes_total`): the call moved them, or may have (a send the
+/// backend did not answer in time, a call its client gave up on). [`refund`](Self::refund)
+/// gives them back uncounted, for a call that moved nothing.
+#[must_use = "dropped at once, the bytes count as moved"]
+pub struct Taken<'a> {
+    access: &'a Access,
+    class: Class,
+    bytes: u64,
+}
+
+impl Taken<'_> {
+    /// Gives the bytes back: the call stored nothing (refused by the backend, or an
+    /// idempotent send answered again).
+    pub fn refund(mut self) {
+        if let Some(quota) = self.access.quota() {
+            quota.refund(self.class, self.bytes);
+        }
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.access.metrics.identity_bytes(
+                self.access.identity.name(),
+                self.class.as_str(),
+                self.bytes,
+            );
+        }
+    }
 }
 
 #[cfg(test)]

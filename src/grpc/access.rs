@@ -14,7 +14,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::{
     answer::{ERROR_DOMAIN, Rejection, consumer_not_allowed, scope_missing},
     broker::{Broker, BrokerError, Identifier, TopicRef},
-    identity::{Access, Class, Held, Refusal, Revoked, Target},
+    identity::{Access, Class, Held, Refusal, Revoked, Taken, Target},
     subscription::Flow,
 };
 
@@ -185,27 +185,35 @@ pub(super) fn charge(access: Option<&Access>, class: Class, bytes: usize) {
 
 /// Charges what a call is about to move to its identity's byte quota, unless that quota is
 /// overdrawn already: then RESOURCE_EXHAUSTED, `QUOTA_EXCEEDED`, and nothing may be moved.
-pub(super) fn take(access: Option<&Access>, class: Class, bytes: usize) -> Result<(), Status> {
+/// Kept (and counted) when dropped, unless given back by [`refund`] or [`refund_failed`].
+pub(super) fn take(
+    access: Option<&Access>,
+    class: Class,
+    bytes: usize,
+) -> Result<Option<Taken<'_>>, Status> {
     match access {
-        Some(access) => access.take(class, bytes as u64).map_err(|throttle| {
-            Rejection::quota_exceeded(access.identity().name(), throttle).status()
-        }),
-        None => Ok(()),
+        Some(access) => access
+            .take(class, bytes as u64)
+            .map(Some)
+            .map_err(|throttle| {
+                Rejection::quota_exceeded(access.identity().name(), throttle).status()
+            }),
+        None => Ok(None),
     }
 }
 
 /// Gives back what [`take`] charged, for a call that moved nothing after all.
-pub(super) fn refund(access: Option<&Access>, class: Class, bytes: usize) {
-    if let Some(access) = access {
-        access.refund(class, bytes as u64);
+pub(super) fn refund(taken: Option<Taken<'_>>) {
+    if let Some(taken) = taken {
+        taken.refund();
     }
 }
 
 /// Gives back what [`take`] charged for a send the backend failed, unless it may have been
 /// stored all the same (no answer in time).
-pub(super) fn refund_failed(access: Option<&Access>, bytes: usize, failed: &BrokerError) {
+pub(super) fn refund_failed(taken: Option<Taken<'_>>, failed: &BrokerError) {
     if !matches!(failed, BrokerError::Timeout(_)) {
-        refund(access, Class::Produce, bytes);
+        refund(taken);
     }
 }
 

@@ -160,7 +160,7 @@ impl EventApi {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<proto::PublishEventResponse>, Status> {
         let bytes = messages.iter().map(NewMessage::size).sum();
-        take(access, Class::Produce, bytes)?;
+        let taken = take(access, Class::Produce, bytes)?;
         let ids: Vec<String> = messages.iter().map(|m| message_id_text(m.id)).collect();
         self.broker
             .send_messages(SendMessages {
@@ -170,8 +170,10 @@ impl EventApi {
                 idempotency: None,
             })
             .await
-            .inspect_err(|err| refund_failed(access, bytes, err))
-            .map_err(broker_status)?;
+            .map_err(|err| {
+                refund_failed(taken, &err);
+                broker_status(err)
+            })?;
         let acknowledged = timestamp(now_micros());
         Ok(ids
             .into_iter()
@@ -284,7 +286,7 @@ impl EventService for EventApi {
             .map_err(broker_status)?;
         polls::charge_polled(&polled.messages)?;
         // Before the answer is built and the consumer's offset moved: refused, it moved nothing.
-        take(
+        let _taken = take(
             access.as_deref(),
             Class::Consume,
             polled.messages.iter().map(StoredMessage::size).sum(),

@@ -463,7 +463,7 @@ impl MessageService for MessageApi {
         let mut messages = self.new_messages(request.messages)?;
         let Some(key) = key else {
             let bytes = messages.iter().map(NewMessage::size).sum();
-            take(access.as_deref(), Class::Produce, bytes)?;
+            let taken = take(access.as_deref(), Class::Produce, bytes)?;
             let ids = messages.iter().map(|m| message_id_text(m.id)).collect();
             self.broker
                 .send_messages(SendMessages {
@@ -474,7 +474,7 @@ impl MessageService for MessageApi {
                 })
                 .await
                 .map_err(|err| {
-                    refund_failed(access.as_deref(), bytes, &err);
+                    refund_failed(taken, &err);
                     broker_status(err)
                 })?;
             return Ok(self.answers.of(proto::SendMessagesResponse { ids }));
@@ -507,7 +507,7 @@ impl MessageService for MessageApi {
             .saturating_add(u64::try_from(self.idempotency.ttl().as_micros()).unwrap_or(u64::MAX));
         let bytes = messages.iter().map(NewMessage::size).sum();
         // Charged before the send (an unanswered ticket is given up when dropped).
-        take(access.as_deref(), Class::Produce, bytes)?;
+        let taken = take(access.as_deref(), Class::Produce, bytes)?;
         let sent = self
             .broker
             .send_messages(SendMessages {
@@ -520,16 +520,19 @@ impl MessageService for MessageApi {
                     expires_at_micros,
                 }),
             })
-            .await
-            .map_err(|err| {
-                refund_failed(access.as_deref(), bytes, &err);
-                broker_status(err)
-            })?;
+            .await;
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(err) => {
+                refund_failed(taken, &err);
+                return Err(broker_status(err));
+            }
+        };
         ticket.answered();
         Ok(match sent {
             Sent::Stored => self.answers.of(proto::SendMessagesResponse { ids }),
             Sent::Replayed => {
-                refund(access.as_deref(), Class::Produce, bytes);
+                refund(taken);
                 replayed(self.answers, ids)
             }
         })
@@ -602,7 +605,7 @@ impl MessageService for MessageApi {
             .map_err(broker_status)?;
         polls::charge_polled(&polled.messages)?;
         // Before the answer is built and the consumer's offset moved: refused, it moved nothing.
-        take(
+        let _taken = take(
             access.as_deref(),
             Class::Consume,
             polled.messages.iter().map(|message| message.size()).sum(),

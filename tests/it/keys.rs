@@ -2665,3 +2665,68 @@ async fn answers_that_depend_on_the_key_are_kept_from_shared_caches() {
         .expect("subscribed");
     assert_eq!(subscription.headers()["cache-control"], "private, no-cache");
 }
+
+/// `identity_bytes_total` counts what an identity's calls kept: an idempotent send answered
+/// again and a send the backend refused give their bytes back, and count nothing.
+#[tokio::test]
+async fn bytes_given_back_are_not_counted_against_the_identity() {
+    let app = one_key_gateway(
+        "counted",
+        "[\"write:*\", \"read:*\", \"admin:*\"]",
+        "      produce_bytes_per_second: 1000000\n",
+    )
+    .await;
+    for (path, body) in [
+        ("/v1/streams", json!({"name": "c"})),
+        (
+            "/v1/streams/c/topics",
+            json!({"name": "t", "partitions_count": 1}),
+        ),
+    ] {
+        let (status, answer) =
+            rest(&app, "counted-key", reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let counted = |metrics: &str| -> u64 {
+        let line = r#"iggy_gateway_identity_bytes_total{identity="counted",class="produce"} "#;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    };
+    let send = |key: Option<&'static str>, partition: u32| {
+        let mut request = app
+            .http1
+            .post(app.url("/v1/streams/c/topics/t/messages"))
+            .header("x-api-key", "counted-key")
+            .json(&json!({"partitionId": partition, "messages": [{"text": "ten bytes!"}]}));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        async move { request.send().await.expect("sent").status().as_u16() }
+    };
+    let scrape = || async {
+        metrics_with(&app, "counted-key")
+            .await
+            .text()
+            .await
+            .expect("text")
+    };
+
+    assert_eq!(send(Some("once"), 0).await, 201);
+    let one = counted(&scrape().await);
+    assert!(one >= 10, "one send counted: {one}");
+    // Answered again: nothing stored, nothing counted.
+    assert_eq!(send(Some("once"), 0).await, 201);
+    assert_eq!(counted(&scrape().await), one, "a replay is not counted");
+    // Refused by the backend (no partition 7): nothing stored, nothing counted.
+    assert_eq!(send(None, 7).await, 404);
+    assert_eq!(
+        counted(&scrape().await),
+        one,
+        "a refused send is not counted"
+    );
+    // Another kept send counts as the first did.
+    assert_eq!(send(None, 0).await, 201);
+    assert_eq!(counted(&scrape().await), 2 * one);
+}
