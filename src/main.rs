@@ -77,31 +77,56 @@ fn hash_key(given: &str) -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), StartupError> {
-    // Installed before anything else, so a SIGTERM during start-up stops us cleanly.
-    let shutdown = shutdown_signal().map_err(|err| {
+    // Installed before anything else, so a SIGTERM during start-up stops us cleanly and a
+    // SIGHUP never kills us.
+    let reloads = config.wire.tls_cert_file.is_some() || config.auth.api_keys_file.is_some();
+    let shutdown = shutdown_signal(reloads).map_err(|err| {
         StartupError::Internal(format!("cannot listen for shutdown signals: {err}"))
     })?;
     let app = Application::build(config).await?;
     app.run_until_stopped(shutdown).await
 }
 
-/// Registers SIGINT (Ctrl-C) and SIGTERM (what Kubernetes sends) now; the returned future
-/// completes on the first of them.
+/// Registers SIGINT (Ctrl-C), SIGTERM (what Kubernetes sends) and SIGHUP now; the returned
+/// future completes on the first SIGINT or SIGTERM. A second one stops the process at once,
+/// without waiting for calls in flight (exit code 128 + the signal's number, as a shell reports
+/// a process that signal ended). SIGHUP reloads the TLS certificate and the keys file where
+/// they are set (their reloaders listen for it); otherwise it is logged and ignored, where its
+/// default would end the process.
 #[cfg(unix)]
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+fn shutdown_signal(reloads: bool) -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {},
-            _ = terminate.recv() => {},
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                _ = hangup.recv() => {
+                    if !reloads {
+                        tracing::info!("SIGHUP: nothing to reload (no TLS_CERT_FILE, no API_KEYS_FILE)");
+                    }
+                }
+            }
         }
+        tokio::spawn(async move {
+            let code = tokio::select! {
+                _ = interrupt.recv() => 130,
+                _ = terminate.recv() => 143,
+            };
+            tracing::warn!(
+                "a second stop signal: exiting now, without waiting for calls in flight \
+                 (every acknowledged message is already stored)"
+            );
+            std::process::exit(code);
+        });
     })
 }
 
 #[cfg(not(unix))]
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+fn shutdown_signal(_reloads: bool) -> std::io::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -361,6 +361,10 @@ impl Application {
             tls,
         } = self;
         if let Some(listener) = metrics_listener {
+            // Logged as the main port is, so METRICS_PORT=0's pick can be found.
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "serving /metrics (METRICS_PORT)");
+            }
             let router = ops::metrics_router(Arc::clone(&broker), Arc::clone(&metrics));
             // Served as the main port is (its timeouts and head limits), with places of its
             // own: it needs no key, and must not take the descriptors the main port counts on.

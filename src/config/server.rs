@@ -19,7 +19,7 @@ pub struct ServerConfig {
     pub port: u16,
 
     /// Where the embedded backend keeps its data; `:memory:` keeps nothing.
-    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    #[arg(long, env = "DATA_DIR", default_value = "./data", value_parser = parse_data_dir)]
     pub data_dir: String,
 
     /// Seconds to let calls in flight finish after SIGTERM before closing them.
@@ -37,4 +37,13 @@ impl ServerConfig {
             Location::Directory(PathBuf::from(&self.data_dir))
         }
     }
+}
+
+/// A data directory is named: an empty `DATA_DIR` (a template's unset variable) would put the
+/// store in whatever directory the process happens to start in.
+fn parse_data_dir(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err("is empty: name a directory, or `:memory:` to keep nothing".into());
+    }
+    Ok(value.to_owned())
 }

@@ -396,3 +396,18 @@ fn send_coalescing_follows_its_settings_and_the_batch_limits_of_one_call() {
     assert_eq!(set.linger, Duration::from_micros(250));
     assert_eq!((set.max_messages, set.max_bytes), (50, 65536));
 }
+
+#[test]
+fn an_empty_data_dir_is_refused_rather_than_read_as_the_current_directory() {
+    for empty in ["", "  "] {
+        let Err(LoadError::Invalid(line)) =
+            Config::load_from(["iggy-gateway", "--data-dir", empty])
+        else {
+            panic!("an empty DATA_DIR is refused");
+        };
+        assert!(line.starts_with("DATA_DIR: "), "{line}");
+        assert!(line.contains("is empty: name a directory"), "{line}");
+    }
+    let (config, _) = Config::load_from(["iggy-gateway", "--data-dir", ":memory:"]).expect("loads");
+    assert_eq!(config.server.data_dir, ":memory:");
+}

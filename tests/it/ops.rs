@@ -218,6 +218,87 @@ fn sigterm_stops_the_gateway_with_exit_code_0() {
     assert_eq!(gateway.wait().code(), Some(0));
 }
 
+/// SIGHUP, whose default would end the process, is taken and logged where there is nothing to
+/// reload: the gateway goes on serving.
+#[tokio::test]
+async fn sighup_without_anything_to_reload_leaves_the_gateway_serving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gateway = Gateway::start(dir.path());
+    let hup = Command::new("kill")
+        .args(["-HUP", &gateway.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    let client = reqwest::Client::new();
+    let mut logged = false;
+    for _ in 0..100 {
+        logged = !gateway.logged("nothing to reload").is_empty();
+        if logged {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(logged, "the SIGHUP was logged");
+    let health = client
+        .get(format!("http://{}/health", gateway.addr))
+        .send()
+        .await
+        .expect("still serving");
+    assert_eq!(health.status(), 200);
+    Command::new("kill")
+        .args(["-TERM", &gateway.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    let code = tokio::task::spawn_blocking(move || gateway.wait().code())
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0));
+}
+
+/// A second SIGINT or SIGTERM while calls hold the drain (a health Watch, until
+/// `SHUTDOWN_TIMEOUT`) stops the process at once, with 128 + the signal's number.
+#[tokio::test]
+async fn a_second_stop_signal_exits_at_once_without_waiting_for_the_drain() {
+    for (second, expected) in [("-INT", 130), ("-TERM", 143)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let gateway = Gateway::start(dir.path());
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connects");
+        let mut watch = tonic_health::pb::health_client::HealthClient::new(channel)
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("watching")
+            .into_inner();
+        watch.message().await.expect("first status").expect("one");
+        let pid = gateway.pid().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        // The drain has begun when the watch hears NOT_SERVING.
+        let not_serving = watch.message().await.expect("a status").expect("one");
+        assert_eq!(
+            not_serving.status,
+            tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+        );
+        Command::new("kill")
+            .args([second, &pid])
+            .status()
+            .expect("kill runs");
+        let mut gateway = gateway;
+        let code = tokio::task::spawn_blocking(move || gateway.wait().code())
+            .await
+            .expect("join");
+        assert_eq!(code, Some(expected), "{second}");
+        drop(watch);
+    }
+}
+
 #[test]
 fn help_lists_every_option_with_its_environment_name() {
     let output = Command::new(env!("CARGO_BIN_EXE_iggy-gateway"))
