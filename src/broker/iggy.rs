@@ -36,7 +36,7 @@ use self::{
     chunks::{Fetched, poll_in_chunks},
     coalesce::{Coalescer, Lane, SendFuture, Sender},
     convert::{
-        Context, compression_to_iggy, expiry_to_iggy, map_error, message_to_iggy,
+        Context, compression_to_iggy, expiry_to_iggy, map_error, message_to_iggy, origin_now,
         partitioning_to_iggy, poll_consumer, polled_from_iggy, size_to_iggy, strategy_to_iggy,
         stream_info, to_iggy_id, topic_details_info, topic_info,
     },
@@ -599,10 +599,11 @@ impl Broker for IggyBroker {
         // Checked per call, before it can join others: a call Iggy's types refuse fails alone.
         partitioning_to_iggy(&request.partitioning)?;
         let bytes = request.messages.iter().map(NewMessage::size).sum();
+        let origin = origin_now();
         let messages = request
             .messages
-            .iter()
-            .map(message_to_iggy)
+            .into_iter()
+            .map(|message| message_to_iggy(message, origin))
             .collect::<BrokerResult<Vec<_>>>()?;
         let lane = Lane {
             topic: request.topic,

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use iggy::prelude::{
     CompressionAlgorithm, Consumer, HeaderKey, HeaderKind, HeaderValue as IggyHeaderValue,
     Identifier as IggyIdentifier, IggyByteSize, IggyDuration, IggyError, IggyExpiry, IggyMessage,
-    IggyTimestamp, MaxTopicSize, Partitioning as IggyPartitioning,
-    PollingStrategy as IggyPollingStrategy,
+    IggyMessageHeader, IggyTimestamp, MAX_PAYLOAD_SIZE, MaxTopicSize,
+    Partitioning as IggyPartitioning, PollingStrategy as IggyPollingStrategy,
 };
 
 use crate::broker::{
@@ -334,22 +334,54 @@ pub(super) fn header_from_iggy(value: &IggyHeaderValue) -> Option<HeaderValue> {
     })
 }
 
-pub(super) fn message_to_iggy(message: &NewMessage) -> BrokerResult<IggyMessage> {
-    let mut headers = BTreeMap::new();
-    for (key, value) in &message.headers {
-        let key = HeaderKey::try_from(key.as_str()).map_err(|err| invalid("headers", err))?;
-        let value = header_to_iggy(value).map_err(|err| invalid("headers", err))?;
-        headers.insert(key, value);
+/// `message` as the SDK's, stamped with `origin_micros` (a batch's messages share the time it
+/// was converted: the SDK's builder read the clock once a message, 2 % of the gateway's CPU
+/// on batches). Built as the builder builds it, with its checks.
+pub(super) fn message_to_iggy(
+    message: NewMessage,
+    origin_micros: u64,
+) -> BrokerResult<IggyMessage> {
+    if message.payload.is_empty() {
+        return Err(invalid("messages", IggyError::InvalidMessagePayloadLength));
     }
-    let builder = IggyMessage::builder()
-        .id(message.id)
-        .payload(message.payload.clone());
-    let built = if headers.is_empty() {
-        builder.build()
-    } else {
-        builder.user_headers(headers).build()
-    };
-    built.map_err(|err| invalid("messages", err))
+    if message.payload.len() > MAX_PAYLOAD_SIZE as usize {
+        return Err(invalid("messages", IggyError::TooBigMessagePayload));
+    }
+    if !message.headers.is_empty() {
+        let mut headers = BTreeMap::new();
+        for (key, value) in &message.headers {
+            let key = HeaderKey::try_from(key.as_str()).map_err(|err| invalid("headers", err))?;
+            let value = header_to_iggy(value).map_err(|err| invalid("headers", err))?;
+            headers.insert(key, value);
+        }
+        let mut built = IggyMessage::builder()
+            .id(message.id)
+            .payload(message.payload)
+            .user_headers(headers)
+            .build()
+            .map_err(|err| invalid("messages", err))?;
+        built.header.origin_timestamp = origin_micros;
+        return Ok(built);
+    }
+    Ok(IggyMessage {
+        header: IggyMessageHeader {
+            checksum: 0,
+            id: message.id,
+            offset: 0,
+            timestamp: 0,
+            origin_timestamp: origin_micros,
+            user_headers_length: 0,
+            payload_length: message.payload.len() as u32,
+            reserved: 0,
+        },
+        payload: message.payload,
+        user_headers: None,
+    })
+}
+
+/// The origin time the SDK stamps a message with: now, in microseconds.
+pub(super) fn origin_now() -> u64 {
+    IggyTimestamp::now().as_micros()
 }
 
 /// A poll's answer as the broker's.

@@ -172,11 +172,37 @@ fn messages_keep_their_ids_headers_and_payloads() {
         headers: headers.clone(),
         payload: bytes::Bytes::from_static(b"body"),
     };
-    let iggy = message_to_iggy(&message).expect("valid");
+    let iggy = message_to_iggy(message.clone(), 7).expect("valid");
+    assert_eq!(iggy.header.origin_timestamp, 7);
     let stored = message_from_iggy(iggy);
     assert_eq!(stored.id, 42);
     assert_eq!(stored.headers, headers);
     assert_eq!(stored.payload, message.payload);
+}
+
+/// A message without headers is built directly, as the SDK's builder would build it but for
+/// the origin time the batch shares; an empty payload is refused as the builder refuses it.
+#[test]
+fn a_message_without_headers_is_what_the_sdks_builder_makes() {
+    let payload = bytes::Bytes::from_static(b"body");
+    let message = NewMessage {
+        id: 42,
+        headers: Headers::new(),
+        payload: payload.clone(),
+    };
+    let mut built = iggy::prelude::IggyMessage::builder()
+        .id(42)
+        .payload(payload)
+        .build()
+        .expect("valid");
+    built.header.origin_timestamp = 7;
+    assert_eq!(message_to_iggy(message, 7).expect("valid"), built);
+    let empty = NewMessage {
+        id: 1,
+        headers: Headers::new(),
+        payload: bytes::Bytes::new(),
+    };
+    assert!(message_to_iggy(empty, 7).is_err());
 }
 
 fn pool_of(states: Vec<SlotState>) -> Pool {
