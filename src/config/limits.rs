@@ -24,9 +24,10 @@ pub struct LimitsConfig {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub poll_max_count: u32,
 
-    /// Most payload and header bytes one poll answers (always at least one message); also
-    /// bounds each read of a live subscription.
-    #[arg(long, env = "POLL_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
+    /// Most bytes one poll answers: its payloads and headers, and its answer as protobuf
+    /// encodes it (always at least one message); also bounds each read of a live subscription.
+    /// 4 MiB by default, the largest message gRPC clients take unless told otherwise.
+    #[arg(long, env = "POLL_MAX_BYTES", default_value_t = 4 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub poll_max_bytes: u64,
 

@@ -18,8 +18,7 @@ use crate::{
     answer::{broker_status, invalid_field},
     broker::{
         Broker, ConsumerOffsetRef, HeaderValue, Headers, Identifier, Name, NewMessage,
-        Partitioning, PollMessages, PollingStrategy, SendMessages, StoredMessage, TopicRef,
-        now_micros,
+        Partitioning, PollMessages, PollingStrategy, SendMessages, TopicRef, now_micros,
     },
     extensions::NoReturn,
     identity::{Access, Class},
@@ -285,14 +284,13 @@ impl EventService for EventApi {
             .await
             .map_err(broker_status)?;
         polls::charge_polled(&polled.messages)?;
-        // Before the answer is built and the consumer's offset moved: refused, it moved nothing.
-        let _taken = take(
-            access.as_deref(),
-            Class::Consume,
-            polled.messages.iter().map(StoredMessage::size).sum(),
-        )?;
-        let last = polled.messages.last().map(|message| message.offset);
-        let messages: Vec<proto::PolledEvent> = polled
+        let sizes: Vec<(u64, usize)> = polled
+            .messages
+            .iter()
+            .map(|message| (message.offset, message.size()))
+            .collect();
+        let mut last = polled.messages.last().map(|message| message.offset);
+        let mut messages: Vec<proto::PolledEvent> = polled
             .messages
             .into_iter()
             .filter_map(|message| {
@@ -312,6 +310,17 @@ impl EventService for EventApi {
                 })
             })
             .collect();
+        // Cut to what encodes within the limit, the commit goes only as far as what is kept.
+        if polls::fit_answer(&mut messages, self.limits.poll_max_bytes) {
+            last = messages.last().map(|event| event.offset);
+        }
+        // Before the consumer's offset moved: refused, it moved nothing.
+        let kept = sizes
+            .iter()
+            .filter(|(offset, _)| last.is_some_and(|last| *offset <= last))
+            .map(|(_, size)| size)
+            .sum();
+        let _taken = take(access.as_deref(), Class::Consume, kept)?;
         if request.auto_commit
             && let Some(last) = last
         {

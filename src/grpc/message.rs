@@ -38,7 +38,7 @@ pub struct Limits {
     pub poll_max: u32,
     /// Largest payload of one message, in bytes (`MAX_MESSAGE_SIZE`).
     pub message_max_bytes: usize,
-    /// Most payload and header bytes one poll answers (at least one message).
+    /// Most bytes one poll answers, read and encoded (at least one message).
     pub poll_max_bytes: usize,
 }
 
@@ -48,7 +48,7 @@ impl Default for Limits {
             batch_max: 1000,
             poll_max: 1000,
             message_max_bytes: 1024 * 1024,
-            poll_max_bytes: 8 * 1024 * 1024,
+            poll_max_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -604,22 +604,29 @@ impl MessageService for MessageApi {
             .await
             .map_err(broker_status)?;
         polls::charge_polled(&polled.messages)?;
-        // Before the answer is built and the consumer's offset moved: refused, it moved nothing.
+        let partition_id = polled.partition_id;
+        let sizes: Vec<usize> = polled
+            .messages
+            .iter()
+            .map(|message| message.size())
+            .collect();
+        let mut messages: Vec<proto::PolledMessage> = polled
+            .messages
+            .into_iter()
+            .map(|message| polled_to_proto(partition_id, message))
+            .collect();
+        polls::fit_answer(&mut messages, self.limits.poll_max_bytes);
+        // Before the consumer's offset moved: refused, it moved nothing.
         let _taken = take(
             access.as_deref(),
             Class::Consume,
-            polled.messages.iter().map(|message| message.size()).sum(),
+            sizes.iter().take(messages.len()).sum(),
         )?;
-        let partition_id = polled.partition_id;
-        let last = polled.messages.last().map(|message| message.offset);
+        let last = messages.last().map(|message| message.offset);
         let response = proto::PollMessagesResponse {
             partition_id,
             current_offset: polled.current_offset,
-            messages: polled
-                .messages
-                .into_iter()
-                .map(|message| polled_to_proto(partition_id, message))
-                .collect(),
+            messages,
         };
         if request.auto_commit
             && let (Some(last), Some(consumer)) = (last, consumer)

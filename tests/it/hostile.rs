@@ -569,6 +569,47 @@ async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned(
     poll_within_budget(&app, "orders").await;
 }
 
+/// At its defaults the gateway never builds a poll answer a gRPC client refuses at its own
+/// default (4 MiB: tonic here, as grpc-go, grpc-java, grpcio and grpc-js): twelve messages of
+/// 600 kB, polled ten at a time with `auto_commit`, come back six and six, and the consumer
+/// moves only past what it was answered.
+#[tokio::test]
+async fn a_poll_answer_fits_what_grpc_clients_take_by_default_and_commits_only_that() {
+    use prost::Message;
+    let app = crate::helpers::spawn_app().await;
+    app.create_stream("large").await;
+    app.create_topic("large", "created", 1).await;
+    let body = "x".repeat(600_000);
+    for _ in 0..12 {
+        app.send_texts("large", "created", 0, &[body.as_str()])
+            .await;
+    }
+    let next = proto::PollMessagesRequest {
+        stream: "large".into(),
+        topic: "created".into(),
+        partition_id: 0,
+        consumer: "billing".into(),
+        strategy: proto::PollingStrategy::Next.into(),
+        count: 10,
+        auto_commit: true,
+        ..Default::default()
+    };
+    let first = app.poll(next.clone()).await;
+    assert!(first.encoded_len() <= 4 * 1024 * 1024);
+    let offsets = |polled: &proto::PollMessagesResponse| {
+        polled.messages.iter().map(|m| m.offset).collect::<Vec<_>>()
+    };
+    assert_eq!(offsets(&first), (0..6).collect::<Vec<u64>>());
+    assert_eq!(
+        app.stored_offset("large", "created", "billing", 0).await,
+        Some(5),
+        "committed only what was answered"
+    );
+    let second = app.poll(next.clone()).await;
+    assert_eq!(offsets(&second), (6..12).collect::<Vec<u64>>());
+    assert!(app.poll(next).await.messages.is_empty());
+}
+
 /// A poll on a gateway with `POLL_MAX_BYTES` = 3000 answers within it, commits only what it
 /// answered, and reads forward in order across the backend's chunks (also run on a real Iggy).
 pub async fn poll_within_budget(app: &crate::helpers::TestApp, stream: &str) {
