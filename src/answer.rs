@@ -15,6 +15,7 @@ pub use problem::{PROBLEM_JSON, Problem, Violation, grpc_code_name, http_status}
 pub use rejection::{Caller, Rejection};
 pub use status::{
     ERROR_DOMAIN, ETAG_MISMATCH, IDEMPOTENCY_KEY_REUSED, MALFORMED_PROTOBUF, PAYLOAD_TOO_LARGE,
-    QUOTA_EXCEEDED, RATE_LIMITED, SCOPE_MISSING, broker_status, consumer_not_allowed,
-    invalid_field, malformed_protobuf, over_budget, reason, request_over_budget, scope_missing,
+    QUOTA_EXCEEDED, RATE_LIMITED, SCOPE_MISSING, UNKNOWN_METHOD, broker_status,
+    consumer_not_allowed, invalid_field, malformed_protobuf, over_budget, reason,
+    request_over_budget, scope_missing, shutting_down, unknown_method,
 };

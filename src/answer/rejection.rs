@@ -152,6 +152,16 @@ impl Rejection {
         .metadata("quota", quota)
     }
 
+    /// A call to `path`, a method no service here has: UNIMPLEMENTED (REST: 404).
+    pub fn unknown_method(path: &str) -> Self {
+        Self::new(
+            Code::Unimplemented,
+            super::UNKNOWN_METHOD,
+            format!("no method {path} here"),
+        )
+        .http_status(StatusCode::NOT_FOUND)
+    }
+
     /// The refusal as a gRPC status (`ErrorInfo`, and `RetryInfo` when it says when), for a
     /// service that refuses as a layer would.
     pub fn status(&self) -> tonic::Status {

@@ -100,6 +100,33 @@ pub fn broker_status(err: BrokerError) -> Status {
     Status::with_error_details(code, message, details)
 }
 
+/// The reason of a call to a method no service here has (a client newer than the gateway,
+/// or a typo): UNIMPLEMENTED, or 404 for REST.
+pub const UNKNOWN_METHOD: &str = "UNKNOWN_METHOD";
+
+/// UNIMPLEMENTED for a call to `path`, a method no service here has.
+pub fn unknown_method(path: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(UNKNOWN_METHOD, ERROR_DOMAIN, []);
+    Status::with_error_details(
+        Code::Unimplemented,
+        format!("no method {path} here"),
+        details,
+    )
+}
+
+/// UNAVAILABLE (`SHUTTING_DOWN`, with a retry) for a stream the gateway ends as it stops.
+pub fn shutting_down(what: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info("SHUTTING_DOWN", ERROR_DOMAIN, []);
+    details.set_retry_info(Some(RETRY_AFTER));
+    Status::with_error_details(
+        Code::Unavailable,
+        format!("the gateway is shutting down; {what}"),
+        details,
+    )
+}
+
 /// A call whose answer would take the gateway past `MAX_INFLIGHT_BYTES`: UNAVAILABLE with a
 /// retry while other calls hold the budget, RESOURCE_EXHAUSTED when the answer alone is larger.
 pub fn over_budget(exhausted: Exhausted, what: &str) -> Status {

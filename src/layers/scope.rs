@@ -154,11 +154,12 @@ impl Policy for Scopes {
     const EXEMPT: Exempt = Exempt::Nothing;
 
     fn check(&self, request: &mut Request<Body>) -> Result<Option<Admitted>, Rejection> {
-        // A path the table lacks is not an RPC of ours: the service answers UNIMPLEMENTED.
-        // Whatever else is sent to an RPC's path is admitted whatever its content type says:
-        // over HTTP/2 tonic serves a call whose content type is not gRPC's too.
+        // A path the table lacks is no RPC of ours, under a service that is: UNIMPLEMENTED,
+        // with its reason, as for a service the gateway lacks (tonic's own answer has
+        // neither). Whatever is sent to an RPC's path is admitted whatever its content type
+        // says: over HTTP/2 tonic serves a call whose content type is not gRPC's too.
         let Some(rpc) = self.table.get(request.uri().path()).cloned() else {
-            return Ok(None);
+            return Err(Rejection::unknown_method(request.uri().path()));
         };
         let caller = Caller::of(request);
         let access = self.admit(rpc, request.extensions_mut())?;

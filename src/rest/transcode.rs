@@ -165,13 +165,7 @@ pub async fn handle(State(transcoder): State<Arc<Transcoder>>, request: Request<
 
 /// UNIMPLEMENTED for a gRPC, gRPC-Web or Connect call to a method no service here has.
 pub fn unknown_method<B>(request: &Request<B>) -> Response {
-    Rejection::new(
-        tonic::Code::Unimplemented,
-        "UNKNOWN_METHOD",
-        format!("no method {} here", request.uri().path()),
-    )
-    .http_status(StatusCode::NOT_FOUND)
-    .respond(request)
+    Rejection::unknown_method(request.uri().path()).respond(request)
 }
 
 async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Response, Problem> {

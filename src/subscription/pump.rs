@@ -23,7 +23,7 @@ use super::{
     cursor::{self, Cursor},
 };
 use crate::{
-    answer::{Problem, broker_status},
+    answer::{Problem, broker_status, shutting_down},
     broker::{
         Broker, BrokerError, CatalogChange, ConsumerOffsetRef, Identifier, PollMessages,
         PollingStrategy, Reset, TopicInfo, TopicRef, same_creation,
@@ -525,9 +525,7 @@ pub(super) async fn run(
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    let _ = buffer.tx.send((Err(Status::unavailable(
-                        "the gateway is shutting down; resume with the last cursor",
-                    )), None)).await;
+                    let _ = buffer.tx.send((Err(shutting_down("resume with the last cursor")), None)).await;
                     return request;
                 }
                 () = buffer.tx.closed() => return request,
@@ -595,9 +593,7 @@ async fn deliver(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
-                let _ = buffer.tx.try_send((Err(Status::unavailable(
-                    "the gateway is shutting down; resume with the last cursor",
-                )), None));
+                let _ = buffer.tx.try_send((Err(shutting_down("resume with the last cursor")), None));
                 return false;
             }
             () = buffer.tx.closed() => return false,

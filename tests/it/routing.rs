@@ -57,6 +57,50 @@ async fn an_unknown_grpc_method_is_unimplemented() {
     assert_eq!(err.code(), tonic::Code::Unimplemented);
 }
 
+/// An unknown method of a service the gateway has is answered as one of a service it lacks:
+/// UNIMPLEMENTED with its reason (tonic's own answer had neither message nor reason).
+#[tokio::test]
+async fn an_unknown_method_of_a_known_service_names_its_reason_on_every_protocol() {
+    use tonic_types::StatusExt;
+    let app = spawn_app().await;
+    let path = "/iggy.gateway.v1.StreamService/NoSuchMethod";
+    let mut client = tonic::client::Grpc::new(app.channel.clone());
+    client.ready().await.expect("ready");
+    let err = client
+        .unary::<_, proto::ListStreamsResponse, _>(
+            tonic::Request::new(proto::ListStreamsRequest {}),
+            http::uri::PathAndQuery::from_static(path),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains(path), "{err:?}");
+    assert_eq!(
+        err.get_error_details()
+            .error_info()
+            .map(|info| info.reason.as_str()),
+        Some("UNKNOWN_METHOD")
+    );
+    let connect: serde_json::Value = app
+        .http1
+        .post(app.url(path))
+        .header("content-type", "application/json")
+        .header("connect-protocol-version", "1")
+        .body("{}")
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("Connect's error JSON");
+    assert_eq!(connect["code"], "unimplemented", "{connect}");
+    assert!(
+        connect["details"].to_string().contains("UNKNOWN_METHOD"),
+        "{connect}"
+    );
+}
+
 /// A call to a method no service here has is UNIMPLEMENTED in its caller's own protocol, and
 /// a Connect call to a service that only speaks gRPC says so in Connect's terms.
 #[tokio::test]

@@ -744,6 +744,14 @@ async fn subscribers_beyond_the_limit_are_refused_and_shutdown_ends_streams() {
         .expect("the stream ends in time");
     let status = end.expect_err("ended with a status");
     assert_eq!(status.code(), Code::Unavailable);
+    // With its reason, and when to come back.
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    assert_eq!(
+        details.error_info().map(|info| info.reason.as_str()),
+        Some("SHUTTING_DOWN")
+    );
+    assert!(details.retry_info().is_some(), "{status:?}");
     stopping.await.expect("stopped");
     let _ = texts;
 }
@@ -1108,6 +1116,7 @@ async fn streams_pass_the_same_auth_and_end_cleanly_over_sse_at_shutdown() {
         .unwrap_or_else(|| panic!("no problem event: {text}"));
     let problem: serde_json::Value = serde_json::from_str(problem).expect("a problem body");
     assert_eq!(problem["code"], "UNAVAILABLE", "{problem}");
+    assert_eq!(problem["reason"], "SHUTTING_DOWN", "{problem}");
     assert_eq!(problem["request_id"], "sse-1", "{problem}");
     stopping.await.expect("stopped");
 }
