@@ -44,7 +44,7 @@ pub struct LimitsConfig {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub idempotency_max_entries: u64,
 
-    /// Largest payload of one message, in bytes.
+    /// Largest payload of one message, in bytes (at most POLL_MAX_BYTES less 4 KiB).
     #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
     pub max_message_size: u32,
@@ -114,6 +114,14 @@ pub struct LimitsConfig {
 impl LimitsConfig {
     /// The one rule between two limits that clap's ranges cannot state.
     pub fn validate(&self) -> Result<(), String> {
+        // A message's answer adds its offset, time, id and header framing to its bytes.
+        if self.poll_max_bytes < u64::from(self.max_message_size) + POLL_ANSWER_MARGIN {
+            return Err(format!(
+                "POLL_MAX_BYTES: {} is less than MAX_MESSAGE_SIZE ({}) and {POLL_ANSWER_MARGIN} \
+                 bytes more, so a message could be stored that no poll could answer",
+                self.poll_max_bytes, self.max_message_size
+            ));
+        }
         if self.max_inflight_bytes < u64::from(self.max_request_body_size) {
             return Err(format!(
                 "MAX_INFLIGHT_BYTES: {} is less than MAX_REQUEST_BODY_SIZE ({}), so the largest \
@@ -158,3 +166,7 @@ impl LimitsConfig {
         }
     }
 }
+
+/// What a poll's answer adds to a message's own bytes, at most: its offset, timestamp,
+/// partition, id and the framing of its headers.
+const POLL_ANSWER_MARGIN: u64 = 4096;

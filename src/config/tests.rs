@@ -411,3 +411,25 @@ fn an_empty_data_dir_is_refused_rather_than_read_as_the_current_directory() {
     let (config, _) = Config::load_from(["iggy-gateway", "--data-dir", ":memory:"]).expect("loads");
     assert_eq!(config.server.data_dir, ":memory:");
 }
+
+#[test]
+fn a_message_size_no_poll_could_answer_is_refused() {
+    let Err(LoadError::Invalid(line)) =
+        Config::load_from(["iggy-gateway", "--max-message-size", "4194304"])
+    else {
+        panic!("a message as large as a poll's answer is refused");
+    };
+    assert!(
+        line.starts_with("POLL_MAX_BYTES: 4194304 is less than"),
+        "{line}"
+    );
+    let (config, _) = Config::load_from([
+        "iggy-gateway",
+        "--max-message-size",
+        "4194304",
+        "--poll-max-bytes",
+        "8388608",
+    ])
+    .expect("a larger poll takes it");
+    assert_eq!(config.limits.max_message_size, 4_194_304);
+}

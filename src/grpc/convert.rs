@@ -401,17 +401,36 @@ pub fn json_to_value(json: serde_json::Value) -> pbjson_types::Value {
     pbjson_types::Value { kind: Some(kind) }
 }
 
-pub fn polled_to_proto(partition_id: u32, message: StoredMessage) -> proto::PolledMessage {
+/// A stored message as a poll or a subscription answers it. A JSON body grows as a
+/// `google.protobuf.Value` (a number in a list: two bytes of text, eleven encoded); one that
+/// would then encode past `max_bytes` (`POLL_MAX_BYTES`, what gRPC clients take by default) is
+/// answered as the bytes stored, with its body-form header, as JSON too deep to render is.
+pub fn polled_to_proto(
+    partition_id: u32,
+    message: StoredMessage,
+    max_bytes: usize,
+) -> proto::PolledMessage {
+    // Only a payload this large can grow past the limit; only then is a copy kept.
+    let stored = (message.payload.len() > max_bytes / 8)
+        .then(|| (message.payload.clone(), message.headers.clone()));
     let mut headers = message.headers;
     let body = payload_to_body(message.payload, &mut headers);
-    proto::PolledMessage {
+    let mut polled = proto::PolledMessage {
         offset: message.offset,
         timestamp: Some(timestamp(message.timestamp_micros)),
         partition_id,
         id: message_id_text(message.id),
         headers: headers_to_proto(headers),
         body: Some(body),
+    };
+    if let Some((payload, headers)) = stored
+        && matches!(polled.body, Some(proto::polled_message::Body::Json(_)))
+        && prost::Message::encoded_len(&polled) > max_bytes
+    {
+        polled.headers = headers_to_proto(headers);
+        polled.body = Some(proto::polled_message::Body::Payload(payload));
     }
+    polled
 }
 
 #[cfg(test)]

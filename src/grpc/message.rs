@@ -241,13 +241,20 @@ fn delivered_bytes(delivery: &Delivery) -> usize {
 }
 
 /// One item of a subscription's stream as `SubscribeResponse`; an error ends the stream.
-fn delivery_to_proto(item: subscription::Item) -> Result<proto::SubscribeResponse, Status> {
+fn delivery_to_proto(
+    item: subscription::Item,
+    max_bytes: usize,
+) -> Result<proto::SubscribeResponse, Status> {
     let Delivery { cursor, event } = item?;
     let event = match event {
         Event::Message {
             partition_id,
             message,
-        } => proto::subscribe_response::Event::Message(polled_to_proto(partition_id, message)),
+        } => proto::subscribe_response::Event::Message(polled_to_proto(
+            partition_id,
+            message,
+            max_bytes,
+        )),
         Event::Heartbeat(lags) => proto::subscribe_response::Event::Heartbeat(proto::Heartbeat {
             partitions: lags
                 .into_iter()
@@ -401,9 +408,10 @@ impl MessageService for MessageApi {
             Some(Deadline(at)) => until_deadline(deliveries, at),
             None => deliveries,
         };
-        let to_proto: fn(_) -> _ = delivery_to_proto;
+        let max_bytes = self.limits.poll_max_bytes;
         Ok(Response::new(Box::pin(futures_util::StreamExt::map(
-            deliveries, to_proto,
+            deliveries,
+            move |item| delivery_to_proto(item, max_bytes),
         ))))
     }
 
@@ -613,7 +621,7 @@ impl MessageService for MessageApi {
         let mut messages: Vec<proto::PolledMessage> = polled
             .messages
             .into_iter()
-            .map(|message| polled_to_proto(partition_id, message))
+            .map(|message| polled_to_proto(partition_id, message, self.limits.poll_max_bytes))
             .collect();
         polls::fit_answer(&mut messages, self.limits.poll_max_bytes);
         // Before the consumer's offset moved: refused, it moved nothing.

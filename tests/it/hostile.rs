@@ -565,8 +565,14 @@ async fn the_http2_limits_are_advertised_and_rapid_resets_close_the_connection()
 
 #[tokio::test]
 async fn a_poll_answers_within_poll_max_bytes_and_commits_only_what_it_returned() {
-    let app = crate::helpers::spawn_configured(|config| config.limits.poll_max_bytes = 3000).await;
+    let app = crate::helpers::spawn_configured(small_polls).await;
     poll_within_budget(&app, "orders").await;
+}
+
+/// `POLL_MAX_BYTES` of 12,000 bytes, and messages of up to 7,900 (what it leaves them).
+pub fn small_polls(config: &mut iggy_gateway::config::Config) {
+    config.limits.poll_max_bytes = 12_000;
+    config.limits.max_message_size = 7_900;
 }
 
 /// At its defaults the gateway never builds a poll answer a gRPC client refuses at its own
@@ -610,15 +616,92 @@ async fn a_poll_answer_fits_what_grpc_clients_take_by_default_and_commits_only_t
     assert!(app.poll(next).await.messages.is_empty());
 }
 
-/// A poll on a gateway with `POLL_MAX_BYTES` = 3000 answers within it, commits only what it
-/// answered, and reads forward in order across the backend's chunks (also run on a real Iggy).
+/// A JSON body that would encode past what gRPC clients take (as a `google.protobuf.Value` a
+/// list of numbers is five times its text) is answered as the bytes stored, with its body
+/// form, by a poll and by a subscription; the poll's commit then covers only what arrived.
+#[tokio::test]
+async fn a_json_body_that_would_grow_past_an_answer_comes_back_as_its_stored_bytes() {
+    let app = crate::helpers::spawn_configured(|c| c.limits.max_inflight_bytes = 1 << 28).await;
+    app.create_stream("wide").await;
+    app.create_topic("wide", "created", 1).await;
+    // 800 kB of JSON text, under MAX_MESSAGE_SIZE; about 4.4 MB as a Value.
+    let zeros = format!("[{}0]", "0,".repeat(400_000));
+    let body =
+        format!(r#"{{"partitionId":0,"messages":[{{"json":{zeros}}},{{"text":"second"}}]}}"#);
+    let response = app
+        .http1
+        .post(app.url("/v1/streams/wide/topics/created/messages"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+    let next = proto::PollMessagesRequest {
+        stream: "wide".into(),
+        topic: "created".into(),
+        partition_id: 0,
+        consumer: "c".into(),
+        strategy: proto::PollingStrategy::Next.into(),
+        count: 10,
+        auto_commit: true,
+        ..Default::default()
+    };
+    // The test's tonic client takes 4 MiB, as grpc-go, grpcio and grpc-js do by default.
+    let polled = app.poll(next).await;
+    let first = polled.messages.first().expect("the large message");
+    match &first.body {
+        Some(proto::polled_message::Body::Payload(bytes)) => {
+            assert_eq!(bytes.as_ref(), zeros.as_bytes());
+        }
+        other => panic!(
+            "the stored bytes, not {:?}",
+            other.as_ref().map(|_| "a Value")
+        ),
+    }
+    let form = first
+        .headers
+        .get("gateway-body")
+        .and_then(|v| v.kind.clone());
+    assert_eq!(
+        form,
+        Some(proto::header_value::Kind::StringValue("json".into())),
+        "its body form kept"
+    );
+    assert_eq!(
+        app.stored_offset("wide", "created", "c", 0).await,
+        polled.messages.last().map(|m| m.offset)
+    );
+    // A subscription delivers it the same way.
+    let mut subscription = app
+        .subscribe(proto::SubscribeRequest {
+            stream: "wide".into(),
+            topic: "created".into(),
+            strategy: proto::PollingStrategy::First.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribed");
+    let (_, delivered) = crate::subscribe::next_message(&mut subscription).await;
+    assert!(
+        matches!(
+            delivered.body,
+            Some(proto::polled_message::Body::Payload(_))
+        ),
+        "delivered as its stored bytes"
+    );
+}
+
+/// A poll on a gateway with [`small_polls`] answers within `POLL_MAX_BYTES`, commits only
+/// what it answered, and reads forward in order across the backend's chunks (also run on a
+/// real Iggy).
 pub async fn poll_within_budget(app: &crate::helpers::TestApp, stream: &str) {
     app.create_stream(stream).await;
     app.create_topic(stream, "created", 1).await;
-    let kib = "k".repeat(1024);
-    let texts: Vec<&str> = vec![kib.as_str(); 5];
+    let four_kib = "k".repeat(4096);
+    let texts: Vec<&str> = vec![four_kib.as_str(); 5];
     app.send_texts(stream, "created", 0, &texts).await;
-    let big = "b".repeat(5000);
+    let big = "b".repeat(7800);
     app.send_texts(stream, "created", 0, &[big.as_str()]).await;
     let next = proto::PollMessagesRequest {
         stream: stream.into(),
@@ -633,11 +716,12 @@ pub async fn poll_within_budget(app: &crate::helpers::TestApp, stream: &str) {
     let offsets = |polled: proto::PollMessagesResponse| {
         polled.messages.iter().map(|m| m.offset).collect::<Vec<_>>()
     };
-    // Two 1 KiB messages fit in 3,000 bytes; a third would not.
+    // Two 4 KiB messages fit in 12,000 bytes; a third would not.
     assert_eq!(offsets(app.poll(next.clone()).await), [0, 1]);
     assert_eq!(offsets(app.poll(next.clone()).await), [2, 3]);
+    // Read together (11,928 bytes of payloads and headers), the last 4 KiB and the largest
+    // message a send may carry encode past the limit: they come back one at a time.
     assert_eq!(offsets(app.poll(next.clone()).await), [4]);
-    // A message over the budget on its own still comes back, alone.
     assert_eq!(offsets(app.poll(next.clone()).await), [5]);
     assert!(app.poll(next.clone()).await.messages.is_empty());
 

@@ -367,7 +367,7 @@ async fn on_real_iggy_streams_topics_messages_and_offsets_behave_as_embedded() {
 #[tokio::test]
 async fn on_real_iggy_a_poll_reads_within_poll_max_bytes_in_chunks_and_keeps_order() {
     let Some(url) = real_server() else { return };
-    let app = spawn_on_iggy_with(url, |c| c.limits.poll_max_bytes = 3000).await;
+    let app = spawn_on_iggy_with(url, crate::hostile::small_polls).await;
     let stream = unique("gw-chunks");
     crate::hostile::poll_within_budget(&app, &stream).await;
     app.streams
