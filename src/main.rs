@@ -42,7 +42,8 @@ async fn main() -> ExitCode {
     }
     let telemetry = telemetry::init(config.telemetry.log_format);
     let code = match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(signal)) => ExitCode::from(128 + signal),
         Err(err) => {
             tracing::error!("{err}");
             ExitCode::from(err.exit_code())
@@ -76,58 +77,95 @@ fn hash_key(given: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(config: Config) -> Result<(), StartupError> {
+/// Serves until stopped; `Some(signal)` when a second stop signal cut the drain short.
+async fn run(config: Config) -> Result<Option<u8>, StartupError> {
     // Installed before anything else, so a SIGTERM during start-up stops us cleanly and a
     // SIGHUP never kills us.
     let reloads = config.wire.tls_cert_file.is_some() || config.auth.api_keys_file.is_some();
-    let shutdown = shutdown_signal(reloads).map_err(|err| {
+    let signals = StopSignals::listen(reloads).map_err(|err| {
         StartupError::Internal(format!("cannot listen for shutdown signals: {err}"))
     })?;
     let app = Application::build(config).await?;
-    app.run_until_stopped(shutdown).await
+    app.run_until_stopped_or_hurried(signals.nth(1), signals.nth(2))
+        .await?;
+    Ok(signals.hurried())
 }
 
-/// Registers SIGINT (Ctrl-C), SIGTERM (what Kubernetes sends) and SIGHUP now; the returned
-/// future completes on the first SIGINT or SIGTERM. A second one stops the process at once,
-/// without waiting for calls in flight (exit code 128 + the signal's number, as a shell reports
-/// a process that signal ended). SIGHUP reloads the TLS certificate and the keys file where
-/// they are set (their reloaders listen for it); otherwise it is logged and ignored, where its
-/// default would end the process.
-#[cfg(unix)]
-fn shutdown_signal(reloads: bool) -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    Ok(async move {
-        loop {
-            tokio::select! {
-                _ = interrupt.recv() => break,
-                _ = terminate.recv() => break,
-                _ = hangup.recv() => {
-                    if !reloads {
-                        tracing::info!("SIGHUP: nothing to reload (no TLS_CERT_FILE, no API_KEYS_FILE)");
+/// SIGINT (Ctrl-C) and SIGTERM (what Kubernetes sends), counted from when they are
+/// registered: the first stops the gateway (a drain of at most `SHUTDOWN_TIMEOUT`), a second
+/// cuts the drain short (the process then exits with 128 + its number, as a shell reports a
+/// process that signal ended, after closing the store). SIGHUP reloads the TLS certificate
+/// and the keys file where they are set (their reloaders listen for it); otherwise it is
+/// logged and ignored, where its default would end the process.
+struct StopSignals {
+    /// How many stop signals came, and the number of the last.
+    seen: tokio::sync::watch::Receiver<(u8, u8)>,
+}
+
+/// How long a hurried stop may take to close the store before the process exits all the same.
+const HURRIED_STOP: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl StopSignals {
+    #[cfg(unix)]
+    fn listen(reloads: bool) -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let (tx, seen) = tokio::sync::watch::channel((0u8, 0u8));
+        tokio::spawn(async move {
+            loop {
+                let number = tokio::select! {
+                    _ = interrupt.recv() => 2,
+                    _ = terminate.recv() => 15,
+                    _ = hangup.recv() => {
+                        if !reloads {
+                            tracing::info!("SIGHUP: nothing to reload (no TLS_CERT_FILE, no API_KEYS_FILE)");
+                        }
+                        continue;
                     }
+                };
+                let count = tx.borrow().0.saturating_add(1);
+                tx.send_replace((count, number));
+                if count >= 2 {
+                    tracing::warn!(
+                        "a second stop signal: closing calls in flight now (every acknowledged \
+                         message is already stored)"
+                    );
+                    // Bounded: a store that cannot close in time is left as a crash leaves it.
+                    tokio::time::sleep(HURRIED_STOP).await;
+                    std::process::exit(128 + i32::from(number));
                 }
             }
-        }
-        tokio::spawn(async move {
-            let code = tokio::select! {
-                _ = interrupt.recv() => 130,
-                _ = terminate.recv() => 143,
-            };
-            tracing::warn!(
-                "a second stop signal: exiting now, without waiting for calls in flight \
-                 (every acknowledged message is already stored)"
-            );
-            std::process::exit(code);
         });
-    })
-}
+        Ok(Self { seen })
+    }
 
-#[cfg(not(unix))]
-fn shutdown_signal(_reloads: bool) -> std::io::Result<impl std::future::Future<Output = ()>> {
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    #[cfg(not(unix))]
+    fn listen(_reloads: bool) -> std::io::Result<Self> {
+        let (tx, seen) = tokio::sync::watch::channel((0u8, 0u8));
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                let count = tx.borrow().0.saturating_add(1);
+                tx.send_replace((count, 2));
+            }
+        });
+        Ok(Self { seen })
+    }
+
+    /// Completes once `n` stop signals have come.
+    fn nth(&self, n: u8) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut seen = self.seen.clone();
+        async move {
+            if seen.wait_for(|(count, _)| *count >= n).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The second stop signal's number, if one came.
+    fn hurried(&self) -> Option<u8> {
+        let (count, number) = *self.seen.borrow();
+        (count >= 2).then_some(number)
+    }
 }

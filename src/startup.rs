@@ -347,6 +347,18 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
+        self.run_until_stopped_or_hurried(shutdown, std::future::pending())
+            .await
+    }
+
+    /// As [`run_until_stopped`](Self::run_until_stopped); once `hurry` completes (a second
+    /// stop signal), the drain ends at once: calls in flight are closed and the backend is
+    /// closed as at the end of any drain.
+    pub async fn run_until_stopped_or_hurried(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        hurry: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
         let Self {
             listener,
             local_addr,
@@ -455,7 +467,10 @@ impl Application {
             if draining_rx.await.is_err() {
                 std::future::pending::<()>().await;
             }
-            tokio::time::sleep(shutdown_timeout).await;
+            tokio::select! {
+                () = tokio::time::sleep(shutdown_timeout) => {}
+                () = hurry => {}
+            }
         };
         tokio::select! {
             () = server => {}

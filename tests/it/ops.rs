@@ -256,7 +256,8 @@ async fn sighup_without_anything_to_reload_leaves_the_gateway_serving() {
 }
 
 /// A second SIGINT or SIGTERM while calls hold the drain (a health Watch, until
-/// `SHUTDOWN_TIMEOUT`) stops the process at once, with 128 + the signal's number.
+/// `SHUTDOWN_TIMEOUT`) ends the drain at once, with 128 + the signal's number, and still
+/// closes the store.
 #[tokio::test]
 async fn a_second_stop_signal_exits_at_once_without_waiting_for_the_drain() {
     for (second, expected) in [("-INT", 130), ("-TERM", 143)] {
@@ -296,6 +297,17 @@ async fn a_second_stop_signal_exits_at_once_without_waiting_for_the_drain() {
             .expect("join");
         assert_eq!(code, Some(expected), "{second}");
         drop(watch);
+        // The store was closed on the way out: opening it needs no repair.
+        let repaired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let noted = std::sync::Arc::clone(&repaired);
+        redb::Database::builder()
+            .set_repair_callback(move |_| noted.store(true, std::sync::atomic::Ordering::SeqCst))
+            .create(dir.path().join("gateway.redb"))
+            .expect("the store opens");
+        assert!(
+            !repaired.load(std::sync::atomic::Ordering::SeqCst),
+            "{second}: the store was left to repair"
+        );
     }
 }
 
