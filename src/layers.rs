@@ -10,25 +10,27 @@
 //! 5. compression — HTTP answers (REST JSON, problems) of `COMPRESSION_MIN_BYTES` or more, in
 //!    gzip, br or zstd as `Accept-Encoding` asks; never gRPC (which compresses per message,
 //!    negotiated by the services), SSE or NDJSON (a live stream must not sit in an encoder);
-//! 6. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
+//! 6. header list — an HTTP/2 request's headers over 16 KiB are refused in the caller's
+//!    protocol (gRPC clients read hyper's own 431 as UNKNOWN; hyper holds up to 64 KiB);
+//! 7. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
 //!    is refused before CORS or anything else answers it; absent when unset;
-//! 7. CORS — browsers' preflights are answered before limits and auth see them (a plain
+//! 8. CORS — browsers' preflights are answered before limits and auth see them (a plain
 //!    `OPTIONS` goes on to the routes, which know the path's methods); absent when no origin
 //!    is allowed (the default), so nothing is ever allowed cross-origin;
-//! 8. cross site — a request a browser sends without a preflight that could change something
+//! 9. cross site — a request a browser sends without a preflight that could change something
 //!    (a form's `POST`, a committing `GET`) from an origin CORS does not list is refused
 //!    before anything runs (CSRF);
-//! 9. codecs — gRPC(-Web) bodies other than protobuf are refused in gRPC's terms (UNIMPLEMENTED),
-//!    not with tonic-web's empty 400;
-//! 10. API key — authenticate before any work is done for the caller, and give the call its
+//! 10. codecs — gRPC(-Web) bodies other than protobuf are refused in gRPC's terms
+//!     (UNIMPLEMENTED), not with tonic-web's empty 400;
+//! 11. API key — authenticate before any work is done for the caller, and give the call its
 //!     identity (anonymous when no key is needed); wrong keys are throttled by the lockout;
-//! 11. rate limit — per client, for calls without a keys-file identity (those are held to their
+//! 12. rate limit — per client, for calls without a keys-file identity (those are held to their
 //!     own quotas instead, so teams behind one proxy do not share one budget, and what the
 //!     quotas do not count to the same rate per identity: here, what is no call of the API);
-//! 12. concurrency — shed new calls at once when the gateway is full, and a client's past its
+//! 13. concurrency — shed new calls at once when the gateway is full, and a client's past its
 //!     share (`MAX_CONCURRENT_REQUESTS_PER_CLIENT`);
-//! 13. timeout — bound each call (a shorter `grpc-timeout` or `Connect-Timeout-Ms` wins);
-//! 14. body limit — refuse oversized bodies before reading them, and bodies beyond what all
+//! 14. timeout — bound each call (a shorter `grpc-timeout` or `Connect-Timeout-Ms` wins);
+//! 15. body limit — refuse oversized bodies before reading them, and bodies beyond what all
 //!     calls together may hold (`MAX_INFLIGHT_BYTES`); a compressed HTTP body
 //!     (`Content-Encoding`) is inflated here, so both limits count what it inflates to.
 //!
@@ -47,6 +49,7 @@ pub mod client_ip;
 pub mod codecs;
 pub mod cross_site;
 pub mod guard;
+pub mod heads;
 pub mod inflate;
 pub mod limits;
 pub mod metrics;
@@ -89,6 +92,7 @@ pub use auth::{ApiKey, AuthSettings};
 pub use client_ip::ClientIpLayer;
 pub use cross_site::CrossSite;
 pub use guard::{Exempt, GuardLayer, Policy};
+pub use heads::{HeaderList, MAX_HEADER_LIST_BYTES};
 pub use limits::{BodyLimitLayer, GuardedBody, Shedding, TimeoutLayer};
 pub use metrics::MetricsLayer;
 pub use preflight::PreflightOnlyLayer;
@@ -165,6 +169,7 @@ pub fn apply(
         .layer(MetricsLayer::new(metrics))
         .layer(MapResponseBodyLayer::new(Body::new))
         .layer(compression(settings.compression_min_bytes))
+        .layer(GuardLayer::new(HeaderList))
         .option_layer(AllowedHosts::new(&settings.allowed_hosts).map(GuardLayer::new))
         .option_layer(
             cors(&settings.cors_origins, &settings.cors_headers).map(PreflightOnlyLayer::new),

@@ -70,7 +70,9 @@ pub struct ListenerSettings {
     pub max_local_error_reset_streams: usize,
     /// HTTP/2 streams a client may open and reset before the server accepts them.
     pub max_pending_accept_reset_streams: usize,
-    /// Largest header list of one request (HTTP/2, in bytes) and most headers (HTTP/1.1).
+    /// Largest header list hyper takes for one HTTP/2 request, in bytes (a ceiling: the layers
+    /// refuse a list past `MAX_HEADER_LIST_BYTES` in the caller's protocol), and most headers
+    /// of an HTTP/1.1 request.
     pub max_header_list_bytes: u32,
     pub max_headers: usize,
     /// HTTP/2 keepalive pings: interval, and how long a ping may go unanswered.
@@ -89,7 +91,9 @@ impl ListenerSettings {
             max_concurrent_streams: 200,
             max_local_error_reset_streams: 1024,
             max_pending_accept_reset_streams: 20,
-            max_header_list_bytes: 16 * 1024,
+            // A ceiling on what a head may hold; the layers refuse a list past
+            // `MAX_HEADER_LIST_BYTES` in the caller's protocol, as hyper cannot (its 431).
+            max_header_list_bytes: 4 * crate::layers::MAX_HEADER_LIST_BYTES as u32,
             max_headers: 100,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),

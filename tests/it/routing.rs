@@ -266,15 +266,16 @@ async fn python_grpcio_reads_each_errors_own_code() {
     let script = r#"
 import sys, grpc
 with grpc.insecure_channel(sys.argv[1]) as channel:
-    for path, request in [
-        ('/iggy.gateway.v1.StreamService/GetStream', b''),
-        ('/iggy.gateway.v1.StreamService/GetStream', b'\x0a\x04nope'),
-        ('/iggy.gateway.v1.StreamService/CreateStream', b'\x0a\x05taken'),
-        ('/no.such.Service/Method', b''),
-        ('/iggy.gateway.v1.StreamService/ListStreams', b''),
+    for path, request, metadata in [
+        ('/iggy.gateway.v1.StreamService/GetStream', b'', ()),
+        ('/iggy.gateway.v1.StreamService/GetStream', b'\x0a\x04nope', ()),
+        ('/iggy.gateway.v1.StreamService/CreateStream', b'\x0a\x05taken', ()),
+        ('/no.such.Service/Method', b'', ()),
+        ('/iggy.gateway.v1.StreamService/ListStreams', b'', (('x-large', 'a' * 20000),)),
+        ('/iggy.gateway.v1.StreamService/ListStreams', b'', ()),
     ]:
         try:
-            channel.unary_unary(path)(request, timeout=10)
+            channel.unary_unary(path)(request, timeout=10, metadata=metadata)
             print('OK')
         except grpc.RpcError as error:
             print(error.code().name)
@@ -301,7 +302,56 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
             "NOT_FOUND",
             "ALREADY_EXISTS",
             "UNIMPLEMENTED",
+            "RESOURCE_EXHAUSTED",
             "OK"
         ]
     );
+}
+
+/// An HTTP/2 request whose headers are over 16 KiB is refused in its caller's protocol (hyper's
+/// own answer, a bare 431, reads as UNKNOWN to gRPC clients); HTTP/1.1 heads keep their 64 KiB.
+#[tokio::test]
+async fn headers_over_the_http2_limit_are_refused_in_the_callers_protocol() {
+    use tonic_types::StatusExt;
+    let app = spawn_app().await;
+    let large = "a".repeat(20_000);
+    let mut request = tonic::Request::new(proto::ListStreamsRequest {});
+    request
+        .metadata_mut()
+        .insert("x-large", large.parse().expect("ascii"));
+    let err = app
+        .streams
+        .clone()
+        .list_streams(request)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        err.get_error_details()
+            .error_info()
+            .map(|info| info.reason.as_str()),
+        Some("HEADERS_TOO_LARGE")
+    );
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let response = h2
+        .get(app.url("/v1/streams"))
+        .header("x-large", &large)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 431);
+    let problem: serde_json::Value = response.json().await.expect("a problem");
+    assert_eq!(problem["reason"], "HEADERS_TOO_LARGE");
+    // The same head over HTTP/1.1 is within its 64 KiB.
+    let response = app
+        .http1
+        .get(app.url("/v1/streams"))
+        .header("x-large", &large)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
 }
