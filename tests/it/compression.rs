@@ -232,9 +232,7 @@ async fn unary_answer(
     request: &impl prost::Message,
 ) -> (bool, Vec<u8>) {
     let body = request.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&body);
+    let framed = crate::helpers::grpc_frame(&body);
     let (client, content_type) = if grpc_web {
         (app.http1.clone(), "application/grpc-web+proto")
     } else {
@@ -355,9 +353,7 @@ async fn a_subscriptions_messages_go_uncompressed_whatever_the_client_accepts() 
         ..Default::default()
     }
     .encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(request.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&request);
+    let framed = crate::helpers::grpc_frame(&request);
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()

@@ -89,6 +89,19 @@ impl Gateway {
         self.child.wait().expect("waits")
     }
 
+    /// Sends SIGTERM and waits (off the runtime, so the test's clients go on answering the
+    /// gateway's GOAWAY and pings) for the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let term = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(term.success());
+        tokio::task::spawn_blocking(move || self.wait().code())
+            .await
+            .expect("joined")
+    }
+
     pub fn start(data_dir: &std::path::Path) -> Self {
         Self::start_with(data_dir, &[])
     }

@@ -7,11 +7,7 @@ use prost::Message;
 use crate::helpers::{TestApp, spawn_app, text_message};
 
 fn frame(message: &impl Message) -> Vec<u8> {
-    let body = message.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&body);
-    framed
+    crate::helpers::grpc_frame(&message.encode_to_vec())
 }
 
 /// Splits a gRPC-Web response body into its message frames and its trailers.

@@ -415,3 +415,27 @@ pub async fn narrow_channel(addr: std::net::SocketAddr) -> Channel {
         .await
         .expect("connects")
 }
+
+/// `message`'s bytes as one gRPC (or gRPC-Web) message: flag 0, length, bytes.
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    framed
+}
+
+/// The Python with grpcio that `.ci/run` installs (`PYTHON`, else `python3`), or `None` with a
+/// line saying the test is skipped.
+pub fn python_with_grpcio() -> Option<String> {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_grpcio = std::process::Command::new(&python)
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has_grpcio {
+        eprintln!("SKIPPED: {python} with grpcio is not available (`pip install grpcio`)");
+        return None;
+    }
+    Some(python)
+}

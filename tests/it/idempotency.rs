@@ -166,14 +166,9 @@ async fn grpc_and_grpc_web_retries_are_replayed_and_another_body_fails_its_preco
             .post(app.url("/iggy.gateway.v1.MessageService/SendMessages"))
             .header("content-type", "application/grpc-web+proto")
             .header("idempotency-key", "web-1")
-            .body({
-                use prost::Message;
-                let body = send.encode_to_vec();
-                let mut framed = vec![0u8];
-                framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-                framed.extend_from_slice(&body);
-                framed
-            })
+            .body(crate::helpers::grpc_frame(&prost::Message::encode_to_vec(
+                &send,
+            )))
             .send()
             .await
             .expect("sent");

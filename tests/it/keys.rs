@@ -245,9 +245,7 @@ async fn grpc_web_raw(
     path: &str,
     body: Vec<u8>,
 ) -> (Vec<Vec<u8>>, Vec<(String, String)>) {
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&body);
+    let framed = crate::helpers::grpc_frame(&body);
     let response = app
         .http1
         .post(app.url(path))
@@ -429,9 +427,7 @@ async fn a_read_only_key_polls_and_subscribes_but_cannot_send_on_any_protocol() 
         ..Default::default()
     }
     .encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(subscribe.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&subscribe);
+    let framed = crate::helpers::grpc_frame(&subscribe);
     let response = app
         .http1
         .post(app.url("/iggy.gateway.v1.MessageService/Subscribe"))
@@ -1767,9 +1763,7 @@ async fn h2_call(
         .send_request(request.body(()).expect("request"), false)
         .expect("stream opened");
     let encoded = message.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&encoded);
+    let framed = crate::helpers::grpc_frame(&encoded);
     body.send_data(framed.into(), true).expect("body sent");
     let response = response.await.expect("a response");
     let status = response.status().as_u16();

@@ -17,11 +17,7 @@ use tonic_types::StatusExt;
 use crate::helpers::{TestApp, spawn_app, spawn_configured};
 
 fn grpc_web_frame(message: &impl Message) -> Vec<u8> {
-    let body = message.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&body);
-    framed
+    crate::helpers::grpc_frame(&message.encode_to_vec())
 }
 
 async fn list_streams_grpc(

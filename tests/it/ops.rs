@@ -223,7 +223,7 @@ fn sigterm_stops_the_gateway_with_exit_code_0() {
 #[tokio::test]
 async fn sighup_without_anything_to_reload_leaves_the_gateway_serving() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut gateway = Gateway::start(dir.path());
+    let gateway = Gateway::start(dir.path());
     let hup = Command::new("kill")
         .args(["-HUP", &gateway.pid().to_string()])
         .status()
@@ -245,14 +245,7 @@ async fn sighup_without_anything_to_reload_leaves_the_gateway_serving() {
         .await
         .expect("still serving");
     assert_eq!(health.status(), 200);
-    Command::new("kill")
-        .args(["-TERM", &gateway.pid().to_string()])
-        .status()
-        .expect("kill runs");
-    let code = tokio::task::spawn_blocking(move || gateway.wait().code())
-        .await
-        .expect("join");
-    assert_eq!(code, Some(0));
+    assert_eq!(gateway.terminate().await, Some(0));
 }
 
 /// A second SIGINT or SIGTERM while calls hold the drain (a health Watch, until
@@ -487,7 +480,7 @@ async fn spans_are_exported_over_otlp_as_children_of_the_callers_trace() {
     });
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut gateway = Gateway::start_with(
+    let gateway = Gateway::start_with(
         dir.path(),
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))],
     );
@@ -499,14 +492,7 @@ async fn spans_are_exported_over_otlp_as_children_of_the_callers_trace() {
         .await
         .expect("sent");
     assert_eq!(answer.status(), 200);
-    Command::new("kill")
-        .args(["-TERM", &gateway.pid().to_string()])
-        .status()
-        .expect("kill runs");
-    let code = tokio::task::spawn_blocking(move || gateway.wait().code())
-        .await
-        .expect("joined");
-    assert_eq!(code, Some(0));
+    assert_eq!(gateway.terminate().await, Some(0));
 
     let (content_type, body) =
         tokio::time::timeout(std::time::Duration::from_secs(10), exports.recv())

@@ -251,15 +251,9 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// (`.ci/run` installs them).
 #[tokio::test]
 async fn python_grpcio_reads_each_errors_own_code() {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_grpcio = std::process::Command::new(&python)
-        .args(["-c", "import grpc"])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !has_grpcio {
-        eprintln!("SKIPPED: {python} with grpcio is not available (`pip install grpcio`)");
+    let Some(python) = crate::helpers::python_with_grpcio() else {
         return;
-    }
+    };
     let app = spawn_app().await;
     app.create_stream("taken").await;
     // Requests as protobuf bytes (field 1, the stream's name), so no generated code is needed.

@@ -689,9 +689,7 @@ async fn grpc_web_clients_receive_the_stream_over_http1() {
         ..subscribe_request()
     }
     .encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&body);
+    let framed = crate::helpers::grpc_frame(&body);
     let mut response = app
         .http1
         .post(app.url("/iggy.gateway.v1.MessageService/Subscribe"))
@@ -1229,9 +1227,7 @@ async fn a_subscription_ends_at_the_deadline_its_client_asked_for_on_every_proto
     assert!(opened.elapsed() >= Duration::from_millis(650));
 
     let body = subscribe_request().encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&body);
+    let framed = crate::helpers::grpc_frame(&body);
     let web = app
         .http1
         .post(app.url("/iggy.gateway.v1.MessageService/Subscribe"))

@@ -536,15 +536,9 @@ async fn buf_curl_speaks_grpc_and_grpc_web_over_tls() {
 /// python3 or grpcio is missing (`.ci/run` installs them).
 #[tokio::test]
 async fn python_grpcio_connects_with_ssl_channel_credentials() {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_grpcio = Command::new(&python)
-        .args(["-c", "import grpc"])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !has_grpcio {
-        eprintln!("SKIPPED: {python} with grpcio is not available (`pip install grpcio`)");
+    let Some(python) = crate::helpers::python_with_grpcio() else {
         return;
-    }
+    };
     let pki = Pki::new("test CA");
     let gateway = spawn_tls(&pki.server(), None, |_| {}).await;
     let ca = gateway.path("ca.crt");
