@@ -10,13 +10,14 @@
 //! 5. compression — HTTP answers (REST JSON, problems) of `COMPRESSION_MIN_BYTES` or more, in
 //!    gzip, br or zstd as `Accept-Encoding` asks; never gRPC (which compresses per message,
 //!    negotiated by the services), SSE or NDJSON (a live stream must not sit in an encoder);
-//! 6. header list — an HTTP/2 request's headers over 16 KiB are refused in the caller's
-//!    protocol (gRPC clients read hyper's own 431 as UNKNOWN; hyper holds up to 64 KiB);
-//! 7. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
+//! 6. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
 //!    is refused before CORS or anything else answers it; absent when unset;
-//! 8. CORS — browsers' preflights are answered before limits and auth see them (a plain
+//! 7. CORS — browsers' preflights are answered before limits and auth see them (a plain
 //!    `OPTIONS` goes on to the routes, which know the path's methods); absent when no origin
 //!    is allowed (the default), so nothing is ever allowed cross-origin;
+//! 8. header list — an HTTP/2 request's headers over 16 KiB are refused in the caller's
+//!    protocol, inside CORS so a browser reads the refusal (gRPC clients read hyper's own 431
+//!    as UNKNOWN; hyper itself refuses past 20 KiB, while it decodes);
 //! 9. cross site — a request a browser sends without a preflight that could change something
 //!    (a form's `POST`, a committing `GET`) from an origin CORS does not list is refused
 //!    before anything runs (CSRF);
@@ -92,7 +93,7 @@ pub use auth::{ApiKey, AuthSettings};
 pub use client_ip::ClientIpLayer;
 pub use cross_site::CrossSite;
 pub use guard::{Exempt, GuardLayer, Policy};
-pub use heads::{HeaderList, MAX_HEADER_LIST_BYTES};
+pub use heads::{HEADER_LIST_CEILING, HeaderList, MAX_HEADER_LIST_BYTES};
 pub use limits::{BodyLimitLayer, GuardedBody, Shedding, TimeoutLayer};
 pub use metrics::MetricsLayer;
 pub use preflight::PreflightOnlyLayer;
@@ -169,11 +170,11 @@ pub fn apply(
         .layer(MetricsLayer::new(metrics))
         .layer(MapResponseBodyLayer::new(Body::new))
         .layer(compression(settings.compression_min_bytes))
-        .layer(GuardLayer::new(HeaderList))
         .option_layer(AllowedHosts::new(&settings.allowed_hosts).map(GuardLayer::new))
         .option_layer(
             cors(&settings.cors_origins, &settings.cors_headers).map(PreflightOnlyLayer::new),
         )
+        .layer(GuardLayer::new(HeaderList))
         .layer(GuardLayer::new(CrossSite::new(&settings.cors_origins)))
         .layer(GuardLayer::new(codecs::ProtobufOnly))
         .layer(GuardLayer::new(ApiKey::with_keys(

@@ -91,9 +91,9 @@ impl ListenerSettings {
             max_concurrent_streams: 200,
             max_local_error_reset_streams: 1024,
             max_pending_accept_reset_streams: 20,
-            // A ceiling on what a head may hold; the layers refuse a list past
+            // A ceiling a little past what the layers allow: they refuse a list past
             // `MAX_HEADER_LIST_BYTES` in the caller's protocol, as hyper cannot (its 431).
-            max_header_list_bytes: 4 * crate::layers::MAX_HEADER_LIST_BYTES as u32,
+            max_header_list_bytes: crate::layers::HEADER_LIST_CEILING as u32,
             max_headers: 100,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),

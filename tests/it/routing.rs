@@ -265,7 +265,7 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
         ('/iggy.gateway.v1.StreamService/GetStream', b'\x0a\x04nope', ()),
         ('/iggy.gateway.v1.StreamService/CreateStream', b'\x0a\x05taken', ()),
         ('/no.such.Service/Method', b'', ()),
-        ('/iggy.gateway.v1.StreamService/ListStreams', b'', (('x-large', 'a' * 20000),)),
+        ('/iggy.gateway.v1.StreamService/ListStreams', b'', (('x-large', 'a' * 18000),)),
         ('/iggy.gateway.v1.StreamService/ListStreams', b'', ()),
     ]:
         try:
@@ -303,12 +303,16 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
 }
 
 /// An HTTP/2 request whose headers are over 16 KiB is refused in its caller's protocol (hyper's
-/// own answer, a bare 431, reads as UNKNOWN to gRPC clients); HTTP/1.1 heads keep their 64 KiB.
+/// own answer, a bare 431, reads as UNKNOWN to gRPC clients), with CORS's headers so a browser
+/// reads it too; HTTP/1.1 heads keep their 64 KiB.
 #[tokio::test]
 async fn headers_over_the_http2_limit_are_refused_in_the_callers_protocol() {
     use tonic_types::StatusExt;
-    let app = spawn_app().await;
-    let large = "a".repeat(20_000);
+    let app = crate::helpers::spawn_configured(|c| {
+        c.edge.cors_allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let large = "a".repeat(18_000);
     let mut request = tonic::Request::new(proto::ListStreamsRequest {});
     request
         .metadata_mut()
@@ -333,10 +337,15 @@ async fn headers_over_the_http2_limit_are_refused_in_the_callers_protocol() {
     let response = h2
         .get(app.url("/v1/streams"))
         .header("x-large", &large)
+        .header("origin", "https://app.example")
         .send()
         .await
         .expect("sent");
     assert_eq!(response.status(), 431);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
     let problem: serde_json::Value = response.json().await.expect("a problem");
     assert_eq!(problem["reason"], "HEADERS_TOO_LARGE");
     // The same head over HTTP/1.1 is within its 64 KiB.
