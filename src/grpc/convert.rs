@@ -423,9 +423,11 @@ pub fn polled_to_proto(
         headers: headers_to_proto(headers),
         body: Some(body),
     };
+    // With room for what the answer puts around it (a poll's fields, a subscription's
+    // cursor).
     if let Some((payload, headers)) = stored
         && matches!(polled.body, Some(proto::polled_message::Body::Json(_)))
-        && prost::Message::encoded_len(&polled) > max_bytes
+        && prost::Message::encoded_len(&polled) > super::polls::message_room(max_bytes)
     {
         polled.headers = headers_to_proto(headers);
         polled.body = Some(proto::polled_message::Body::Payload(payload));

@@ -284,6 +284,7 @@ impl EventService for EventApi {
             .await
             .map_err(broker_status)?;
         polls::charge_polled(&polled.messages)?;
+        let room = self.limits.poll_max_bytes;
         let sizes: Vec<(u64, usize)> = polled
             .messages
             .iter()
@@ -301,17 +302,28 @@ impl EventService for EventApi {
                         "skipping a message that is not an event"
                     );
                 }
-                Some(proto::PolledEvent {
+                let polled = proto::PolledEvent {
                     offset: message.offset,
                     timestamp: Some(timestamp(message.timestamp_micros)),
                     id: message_id_text(message.id),
                     size: message.payload.len() as u64,
                     event: Some(event?),
-                })
+                };
+                // An event has no raw form to fall back to: one whose data would not fit an
+                // answer (stored by another client) is passed over, as a message that is not
+                // an event is; `PollMessages` still reads its bytes.
+                if prost::Message::encoded_len(&polled) > polls::message_room(room) {
+                    tracing::warn!(
+                        offset = message.offset,
+                        "skipping an event larger than an answer may be (POLL_MAX_BYTES)"
+                    );
+                    return None;
+                }
+                Some(polled)
             })
             .collect();
         // Cut to what encodes within the limit, the commit goes only as far as what is kept.
-        if polls::fit_answer(&mut messages, self.limits.poll_max_bytes) {
+        if polls::fit_answer(&mut messages, room) {
             last = messages.last().map(|event| event.offset);
         }
         // Before the consumer's offset moved: refused, it moved nothing.

@@ -32,6 +32,15 @@ pub(super) fn charge_polled(messages: &[StoredMessage]) -> Result<(), Status> {
     }
 }
 
+/// What an answer adds around one message at most: a poll's other fields and the message's
+/// length, or a subscription's cursor and the item around it.
+const ANSWER_FRAMING: usize = 1024;
+
+/// The most one message may encode to for an answer of it alone to stay within `max_bytes`.
+pub(crate) fn message_room(max_bytes: usize) -> usize {
+    max_bytes.saturating_sub(ANSWER_FRAMING)
+}
+
 /// Keeps the first of `messages` whose answer encodes within `max_bytes` (always the first
 /// one: a message larger than that alone is answered alone); `true` when some were left out.
 /// What was left out is read again by the next poll: the caller commits only what it keeps.

@@ -527,3 +527,44 @@ async fn typed_ids_are_stored_in_one_form_however_they_were_written_and_never_ni
         "{problem}"
     );
 }
+
+/// An event whose data would make an answer larger than gRPC clients take (stored raw by
+/// another client: a list of numbers is five times its text as a `Value`) is passed over, as a
+/// message that is not an event is; the events after it come back, to tonic's 4 MiB client.
+#[tokio::test]
+async fn an_event_too_large_for_an_answer_is_passed_over_and_the_next_is_read() {
+    let app = crate::helpers::spawn_app().await;
+    app.create_stream("ev").await;
+    app.create_topic("ev", "t", 1).await;
+    let envelope = |id: &str, data: &str| {
+        format!(
+            r#"{{"id":"{id}","event_type":"x","timestamp":"2026-01-01T00:00:00Z","payload":{{"type":"Generic","data":{data}}}}}"#
+        )
+    };
+    let large = envelope(
+        "6f1c2a3e-1111-4a2b-9c3d-0123456789ab",
+        &format!("[{}0]", "0,".repeat(400_000)),
+    );
+    let small = envelope("6f1c2a3e-2222-4a2b-9c3d-0123456789ab", r#"{"n":1}"#);
+    let raw = |body: String| proto::Message {
+        body: Some(proto::message::Body::Payload(body.into_bytes().into())),
+        ..Default::default()
+    };
+    app.send_to("ev", "t", 0, vec![raw(large), raw(small)])
+        .await;
+    let mut events = EventServiceClient::new(app.channel.clone());
+    let polled = events
+        .poll_events(proto::PollEventsRequest {
+            stream: "ev".into(),
+            topic: "t".into(),
+            partition_id: 0,
+            count: Some(10),
+            auto_commit: true,
+            ..Default::default()
+        })
+        .await
+        .expect("an answer a gRPC client takes")
+        .into_inner();
+    let offsets: Vec<u64> = polled.messages.iter().map(|event| event.offset).collect();
+    assert_eq!(offsets, [1]);
+}

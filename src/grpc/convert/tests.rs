@@ -162,3 +162,49 @@ fn negative_zero_keeps_its_sign() {
     assert!(z == 0.0 && z.is_sign_negative(), "{stored}");
     assert_eq!(stored["p"], serde_json::json!(0));
 }
+
+/// Around the edge of `max_bytes`, a JSON body (a list of numbers, five times its text as a
+/// `Value`) comes back in a form whose answer, with a poll's fields around it, fits: as JSON
+/// while that fits, as its stored bytes past it.
+#[test]
+fn a_polled_json_body_always_fits_its_answer() {
+    use prost::Message;
+    let max_bytes = 64 * 1024;
+    let mut as_json = 0;
+    let mut as_bytes = 0;
+    for count in 5_800..6_100 {
+        let text = format!("[{}0]", "0,".repeat(count));
+        let mut headers = Headers::new();
+        headers.insert(
+            BODY_FORM_HEADER.to_owned(),
+            HeaderValue::String(BODY_JSON.to_owned()),
+        );
+        let stored = StoredMessage {
+            offset: u64::MAX,
+            timestamp_micros: u64::MAX / 2,
+            id: u128::MAX,
+            headers,
+            payload: Bytes::from(text.clone()),
+        };
+        let polled = polled_to_proto(u32::MAX, stored, max_bytes);
+        match &polled.body {
+            Some(proto::polled_message::Body::Json(_)) => as_json += 1,
+            Some(proto::polled_message::Body::Payload(bytes)) => {
+                assert_eq!(bytes.as_ref(), text.as_bytes());
+                assert!(polled.headers.contains_key(BODY_FORM_HEADER), "{count}");
+                as_bytes += 1;
+            }
+            other => panic!("{count}: {other:?}"),
+        }
+        let answer = proto::PollMessagesResponse {
+            partition_id: u32::MAX,
+            current_offset: u64::MAX,
+            messages: vec![polled],
+        };
+        assert!(answer.encoded_len() <= max_bytes, "{count}");
+    }
+    assert!(
+        as_json > 0 && as_bytes > 0,
+        "{as_json} as JSON, {as_bytes} as bytes"
+    );
+}
