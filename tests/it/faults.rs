@@ -199,10 +199,17 @@ async fn a_connection_cut_mid_load_fails_callers_fast_then_the_pool_reconnects_w
         fake.open(),
         proxy.open()
     );
-    let reconnects = stats(&app).await["backend_reconnects"]
-        .as_u64()
-        .expect("count");
-    assert!(reconnects >= POOL as u64, "{reconnects}");
+    // `/stats` is served from a cache a background task refreshes: waited for, not read once.
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            stats(&app).await["backend_reconnects"]
+                .as_u64()
+                .is_some_and(|reconnects| reconnects >= POOL as u64)
+        })
+        .await,
+        "{}",
+        stats(&app).await
+    );
 }
 
 #[tokio::test]
