@@ -150,10 +150,10 @@ pub struct Admitted {
 }
 
 impl Policy for Scopes {
-    type Admitted = Option<Admitted>;
+    type Admitted = Admitted;
     const EXEMPT: Exempt = Exempt::Nothing;
 
-    fn check(&self, request: &mut Request<Body>) -> Result<Option<Admitted>, Rejection> {
+    fn check(&self, request: &mut Request<Body>) -> Result<Admitted, Rejection> {
         // A path the table lacks is no RPC of ours, under a service that is: UNIMPLEMENTED,
         // with its reason, as for a service the gateway lacks (tonic's own answer has
         // neither). Whatever is sent to an RPC's path is admitted whatever its content type
@@ -163,13 +163,11 @@ impl Policy for Scopes {
         };
         let caller = Caller::of(request);
         let access = self.admit(rpc, request.extensions_mut())?;
-        Ok(Some(Admitted { access, caller }))
+        Ok(Admitted { access, caller })
     }
 
-    fn answered(&self, admitted: Option<Admitted>, response: Response<Body>) -> Response<Body> {
-        let Some(Admitted { access, caller }) = admitted else {
-            return response;
-        };
+    fn answered(&self, admitted: Admitted, response: Response<Body>) -> Response<Body> {
+        let Admitted { access, caller } = admitted;
         // An error is trailers-only (its status in the head); a 200 without one succeeded or
         // is streaming. Any other HTTP status is tonic-web's refusal of what is not a call
         // (a GET, gRPC over HTTP/1.1): no service answered it.
