@@ -17,5 +17,5 @@ pub use status::{
     ERROR_DOMAIN, ETAG_MISMATCH, IDEMPOTENCY_KEY_REUSED, MALFORMED_PROTOBUF, PAYLOAD_TOO_LARGE,
     QUOTA_EXCEEDED, RATE_LIMITED, SCOPE_MISSING, UNKNOWN_METHOD, broker_status,
     consumer_not_allowed, invalid_field, malformed_protobuf, over_budget, reason,
-    request_over_budget, scope_missing, shutting_down, unknown_method,
+    request_over_budget, scope_missing, shutting_down,
 };

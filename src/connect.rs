@@ -34,7 +34,7 @@ use tower::Service;
 
 use self::request::Codec;
 use crate::{
-    answer::{Caller, ERROR_DOMAIN, connect, grpc_code_name, unknown_method},
+    answer::{Caller, ERROR_DOMAIN, Rejection, connect, grpc_code_name},
     extensions::{AnsweredCode, MatchedRoute, Protocol},
     identity::Access,
     rest::{
@@ -125,7 +125,7 @@ impl Connect {
             None => connect::unary_error(&status),
         };
         let Some(procedure) = self.procedures.get(&path) else {
-            return refuse(unknown_method(&path));
+            return refuse(Rejection::unknown_method(&path).status());
         };
         // Admitted before anything of it is read, as a gRPC call is before it is decoded.
         let mut request = request;

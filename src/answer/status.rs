@@ -104,17 +104,6 @@ pub fn broker_status(err: BrokerError) -> Status {
 /// or a typo): UNIMPLEMENTED, or 404 for REST.
 pub const UNKNOWN_METHOD: &str = "UNKNOWN_METHOD";
 
-/// UNIMPLEMENTED for a call to `path`, a method no service here has.
-pub fn unknown_method(path: &str) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(UNKNOWN_METHOD, ERROR_DOMAIN, []);
-    Status::with_error_details(
-        Code::Unimplemented,
-        format!("no method {path} here"),
-        details,
-    )
-}
-
 /// UNAVAILABLE (`SHUTTING_DOWN`, with a retry) for a stream the gateway ends as it stops.
 pub fn shutting_down(what: &str) -> Status {
     let mut details = ErrorDetails::new();
