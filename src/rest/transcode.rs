@@ -21,7 +21,7 @@ use prost_reflect::DynamicMessage;
 
 use crate::{
     answer::{Caller, Problem, Rejection, grpc_code_name, methods},
-    extensions::{AnsweredCode, MatchedRoute, Protocol, RejectedFor},
+    extensions::{AnsweredCode, MatchedRoute, Protocol, RejectedFor, is_procedure_path},
     identity::Access,
     rest::conditional,
 };
@@ -152,8 +152,15 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 pub async fn handle(State(transcoder): State<Arc<Transcoder>>, request: Request<Body>) -> Response {
     // A gRPC call to a service this gateway lacks gets a gRPC answer, not a JSON one (as
     // `application/grpc-web+proto` for gRPC-Web, whose clients check it); a Connect call to
-    // one, Connect's error JSON (below, where no route matches).
-    if is_grpc(request.headers()) {
+    // one, Connect's error JSON. Only on a procedure's path, which no REST route has: a REST
+    // route answers as REST whatever content type rides along.
+    if is_grpc(request.headers())
+        || (is_procedure_path(request.uri().path())
+            && matches!(
+                Protocol::of(&request),
+                Protocol::Connect | Protocol::ConnectStream { .. }
+            ))
+    {
         return unknown_method(&request);
     }
     let id = request_id(request.headers());
@@ -182,12 +189,6 @@ async fn transcode(transcoder: &Transcoder, request: Request<Body>) -> Result<Re
             return Err(methods::method_not_allowed(&parts.method, path, &allowed));
         }
         Lookup::NotFound => {
-            if matches!(
-                Protocol::of(&Request::from_parts(parts.clone(), ())),
-                Protocol::Connect | Protocol::ConnectStream { .. }
-            ) {
-                return Ok(unknown_method(&Request::from_parts(parts, ())));
-            }
             // A bad escape is the client's error wherever it is, not a missing route.
             if let Err(bad) = template::decode(path) {
                 return Err(Problem::invalid_field("path", bad.to_string()));
