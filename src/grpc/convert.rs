@@ -410,8 +410,12 @@ pub fn polled_to_proto(
     message: StoredMessage,
     max_bytes: usize,
 ) -> proto::PolledMessage {
-    // Only a payload this large can grow past the limit; only then is a copy kept.
-    let stored = (message.payload.len() > max_bytes / 8)
+    // Only a JSON payload this large can grow past the limit; only then is a copy kept.
+    let json = matches!(
+        message.headers.get(BODY_FORM_HEADER),
+        Some(HeaderValue::String(form)) if form == BODY_JSON
+    );
+    let stored = (json && message.payload.len() > max_bytes / 8)
         .then(|| (message.payload.clone(), message.headers.clone()));
     let mut headers = message.headers;
     let body = payload_to_body(message.payload, &mut headers);
