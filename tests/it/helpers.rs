@@ -439,3 +439,19 @@ pub fn python_with_grpcio() -> Option<String> {
     }
     Some(python)
 }
+
+/// Runs `script` with `python` and `args`; its standard output, once it has succeeded.
+pub async fn run_python(python: &str, script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let output = tokio::process::Command::new(python)
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

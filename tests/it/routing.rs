@@ -274,21 +274,9 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
         except grpc.RpcError as error:
             print(error.code().name)
 "#;
-    let output = tokio::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(format!("127.0.0.1:{}", app.addr.port()))
-        .output()
-        .await
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let codes: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let target = format!("127.0.0.1:{}", app.addr.port());
+    let output = crate::helpers::run_python(&python, script, &[target.as_ref()]).await;
+    let codes: Vec<String> = output.lines().map(str::to_owned).collect();
     assert_eq!(
         codes,
         [

@@ -557,20 +557,13 @@ with grpc.secure_channel(target, credentials, options=[('grpc.ssl_target_name_ov
     sys.stdout.write(answer.hex())
 "#;
     let hex: String = request.iter().map(|byte| format!("{byte:02x}")).collect();
-    let output = tokio::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(&ca)
-        .arg(format!("127.0.0.1:{}", gateway.addr.port()))
-        .arg(hex)
-        .output()
-        .await
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let answer = String::from_utf8_lossy(&output.stdout);
+    let target = format!("127.0.0.1:{}", gateway.addr.port());
+    let answer = crate::helpers::run_python(
+        &python,
+        script,
+        &[ca.as_os_str(), target.as_ref(), hex.as_ref()],
+    )
+    .await;
     let bytes: Vec<u8> = (0..answer.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&answer[i..i + 2], 16).expect("hex"))
