@@ -47,8 +47,10 @@ use crate::{
     budget::AnswerWatch, extensions::PeerCertificate, layers::GuardedBody, metrics::Metrics,
 };
 
+mod pace;
 mod tls;
 
+use pace::HeadPace;
 pub use tls::{Tls, TlsError, TlsSettings};
 
 /// Connection-level limits, each stated in the configuration with its default.
@@ -305,6 +307,8 @@ struct Rewound<S> {
     head: Head,
     at: usize,
     stream: S,
+    /// On HTTP/2, what its header blocks cost the connection's turn ([`HeadPace`]).
+    pace: Option<HeadPace>,
     /// Set by an answer that left its request's body unread: then the close lingers.
     lingers: Arc<AtomicBool>,
     linger: Option<Linger>,
@@ -338,7 +342,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
             this.at += n;
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        let Some(pace) = this.pace.as_mut() else {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        };
+        std::task::ready!(pace.poll_paid(cx));
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            pace.read(&buf.filled()[before..]);
+        }
+        read
     }
 }
 
@@ -464,10 +477,12 @@ impl Connection {
             },
             () = self.shutdown.cancelled() => return None,
         };
+        let pace = (head.bytes[..head.len] == H2_PREFACE[..]).then(HeadPace::default);
         Some(Rewound {
             head,
             at: 0,
             stream,
+            pace,
             lingers: Arc::new(AtomicBool::new(false)),
             linger: None,
         })

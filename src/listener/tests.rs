@@ -1,6 +1,126 @@
 use std::time::Duration;
 
-use super::{AcceptBackoff, LogEvery, default_max_connections, reserved_descriptors};
+use std::{
+    io::Cursor,
+    pin::Pin,
+    sync::{Arc, atomic::AtomicBool},
+    task::Poll,
+};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::{
+    AcceptBackoff, H2_PREFACE, Head, LogEvery, Rewound, default_max_connections,
+    pace::{HEAD_COST, HeadPace},
+    reserved_descriptors,
+};
+
+/// An HTTP/2 frame: its 9-byte header (length, type, flags, stream) and `payload`.
+fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small").to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, 0x4];
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+#[test]
+fn the_pace_charges_header_blocks_and_nothing_else_however_the_reads_cut_them() {
+    // A DATA payload that looks like a HEADERS frame's header must not be taken for one.
+    let lookalike = frame(0x1, 3, &[0; 4]);
+    let mut data = lookalike.repeat(2000);
+    data.truncate(20_000);
+    let bytes = [
+        frame(0x1, 1, &[0x82, 0x86, 0x84, 0xbe, 0xbe]),
+        frame(0x0, 1, &data),
+        frame(0x6, 0, &[7; 8]),
+        frame(0x9, 1, &[0xbe; 3]),
+        frame(0x1, 3, &[]),
+    ]
+    .concat();
+    for cut in [1, 2, 7, 9, 10, 4096, bytes.len()] {
+        let mut pace = HeadPace::default();
+        for piece in bytes.chunks(cut) {
+            pace.read(piece);
+        }
+        assert_eq!(pace.owed(), 3 * HEAD_COST, "reads of {cut} bytes");
+    }
+}
+
+/// Reads `stream` in `piece`-byte reads within one poll of the task, until a read is pending
+/// or the stream ends: what that turn read, and whether the stream ended.
+fn one_turn<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    piece: usize,
+    cx: &mut std::task::Context<'_>,
+) -> (usize, bool) {
+    let mut read = 0;
+    let mut scratch = vec![0u8; piece];
+    loop {
+        let mut buf = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return (read, true),
+            Poll::Ready(Ok(())) => read += buf.filled().len(),
+            Poll::Ready(Err(err)) => panic!("read failed: {err}"),
+            Poll::Pending => return (read, false),
+        }
+    }
+}
+
+fn rewound(frames: Vec<u8>, http2: bool) -> Rewound<Cursor<Vec<u8>>> {
+    let mut head = Head {
+        bytes: [0; H2_PREFACE.len()],
+        len: H2_PREFACE.len(),
+    };
+    head.bytes.copy_from_slice(H2_PREFACE);
+    Rewound {
+        head,
+        at: 0,
+        stream: Cursor::new(frames),
+        pace: http2.then(HeadPace::default),
+        lingers: Arc::new(AtomicBool::new(false)),
+        linger: None,
+    }
+}
+
+// The HPACK flood: a few hundred bytes of references decode to a header list of tens of
+// kilobytes. A connection whose client sent 40 requests at once decoded all 40 before serving
+// one; now its task yields after a few, so those are served (or refused) first.
+#[tokio::test]
+async fn an_http2_connection_yields_after_a_few_header_blocks_a_turn_and_reads_them_all() {
+    let heads = 40;
+    let request = frame(0x1, 1, &[0xbe; 100]);
+    let frames: Vec<u8> = request.repeat(heads);
+    let total = H2_PREFACE.len() + frames.len();
+
+    let mut stream = rewound(frames.clone(), true);
+    let mut turns = Vec::new();
+    let mut ended = false;
+    while !ended {
+        let (read, end) =
+            std::future::poll_fn(|cx| Poll::Ready(one_turn(&mut stream, request.len(), cx))).await;
+        turns.push(read);
+        ended = end;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(turns.iter().sum::<usize>(), total, "turns: {turns:?}");
+    let per_turn = usize::try_from(128 / HEAD_COST).expect("small");
+    assert!(
+        turns.len() >= heads / (per_turn + 1),
+        "{heads} header blocks were read in {} turns: {turns:?}",
+        turns.len()
+    );
+    assert!(
+        turns[0] <= H2_PREFACE.len() + (per_turn + 1) * request.len(),
+        "{turns:?}"
+    );
+
+    // HTTP/1.1 bytes (and HTTP/2 DATA) are not paced: one turn reads them all.
+    let mut plain = rewound(frames, false);
+    let (read, ended) =
+        std::future::poll_fn(|cx| Poll::Ready(one_turn(&mut plain, request.len(), cx))).await;
+    assert_eq!((read, ended), (total, true));
+}
 
 #[test]
 fn the_default_connection_cap_leaves_descriptors_for_the_gateways_own_work() {
