@@ -87,6 +87,12 @@ struct Args {
     /// Random paths sent in the hostile part's /metrics check.
     #[arg(long, default_value_t = 10_000)]
     random_paths: usize,
+    /// Connections of the hostile part's HPACK flood (each keeps 190 requests open).
+    #[arg(long, default_value_t = 40)]
+    flood_connections: usize,
+    /// How long each of the HPACK flood's two runs lasts.
+    #[arg(long, default_value_t = 10)]
+    flood_secs: u64,
     /// Calls counted per line in the instructions part (a quarter as many warm it up first).
     #[arg(long, default_value_t = 2000)]
     instruction_calls: u64,
@@ -118,6 +124,8 @@ enum Part {
     Subscribers,
     /// Amplification bodies from many attackers at once, and random paths against /metrics.
     Hostile,
+    /// Small HTTP/2 frames that HPACK decodes to large header lists, on many connections.
+    Flood,
     /// The cost of TLS and of gzip on gRPC batch produce, against cleartext and uncompressed.
     Wire,
     /// Unary sends counted in instructions under callgrind (only when named: it needs valgrind).
@@ -1572,6 +1580,9 @@ async fn run(args: Args) {
     if args.runs(Part::Hostile) {
         hostile(&args, &data.path().join("hostile"), &mut report).await;
     }
+    if args.runs(Part::Flood) {
+        hpack_flood(&args, &data.path().join("flood"), &mut report).await;
+    }
 
     if args.runs(Part::Instructions) {
         instructions(&args, &data.path().join("instructions"), &mut report).await;
@@ -1915,6 +1926,155 @@ async fn hostile(args: &Args, dir: &Path, report: &mut Report) {
         "bytes",
         1024.0,
     );
+}
+
+/// HPACK lets a HEADERS frame of a few hundred bytes decode to a header list of 16 KiB: one
+/// literal field `x: v` enters the connection's table, and every request then refers to it
+/// `refs` times, one byte each. `--flood-connections` connections each keep 190 such requests
+/// open (bodies never sent) for `--flood-secs`, against a fresh gateway each time: with 400
+/// references (a 13.9 KB list, under the limit: a call is served and waits for its body, up
+/// to `MAX_CONCURRENT_REQUESTS_PER_CLIENT` at once, the rest shed) and with 480 (16.6 KB, over
+/// it: each is refused). Reports the gateway's peak RSS.
+async fn hpack_flood(args: &Args, dir: &Path, report: &mut Report) {
+    for (refs, line) in [
+        (400, "hpack_flood_peak_rss_served"),
+        (480, "hpack_flood_peak_rss_refused"),
+    ] {
+        let gateway = Gateway::start(&dir.join(refs.to_string()), None, 1);
+        let until = Instant::now() + Duration::from_secs(args.flood_secs);
+        let floods: Vec<_> = (0..args.flood_connections)
+            .map(|_| tokio::spawn(flood_connection(gateway.addr, refs, 190, until)))
+            .collect();
+        let mut sent = 0;
+        for flood in floods {
+            sent += flood.await.unwrap_or(0);
+        }
+        report.number(&format!("{line}_requests"), sent as f64, "sent");
+        report.number(line, gateway.peak_rss_kib() as f64 / 1024.0, "MiB");
+    }
+}
+
+/// One flooding connection (see [`hpack_flood`]): how many requests it sent.
+async fn flood_connection(addr: SocketAddr, refs: usize, window: usize, until: Instant) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap_or(0).to_be_bytes();
+        let mut frame = vec![len[1], len[2], len[3], kind, flags];
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+    fn literal(text: &[u8]) -> Vec<u8> {
+        let mut out = vec![u8::try_from(text.len()).unwrap_or(0)];
+        out.extend(text);
+        out
+    }
+    let Ok(socket) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let _ = socket.set_nodelay(true);
+    let (mut read, mut write) = socket.into_split();
+    // :method POST, :scheme http, :path, :authority, content-type, te: trailers.
+    let mut base = vec![0x83, 0x86, 0x04];
+    base.extend(literal(b"/iggy.gateway.v1.StreamService/ListStreams"));
+    base.push(0x01);
+    base.extend(literal(addr.to_string().as_bytes()));
+    base.extend([0x0f, 0x10]);
+    base.extend(literal(b"application/grpc"));
+    base.push(0x00);
+    base.extend(literal(b"te"));
+    base.extend(literal(b"trailers"));
+    // The first request enters `x: v` in the table (index 62); every reference is 0xbe.
+    let mut first = base.clone();
+    first.push(0x40);
+    first.extend(literal(b"x"));
+    first.extend(literal(b"v"));
+    first.extend(vec![0xbe; refs - 1]);
+    let mut rest = base;
+    rest.extend(vec![0xbe; refs]);
+
+    let open = Arc::new(tokio::sync::Semaphore::new(window));
+    let acks = Arc::new(tokio::sync::Mutex::new(Vec::<u8>::new()));
+    let reader = {
+        let (open, acks) = (Arc::clone(&open), Arc::clone(&acks));
+        tokio::spawn(async move {
+            let mut streams = std::collections::HashSet::new();
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 65536];
+            while let Ok(n) = read.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let mut at = 0;
+                while buf.len() - at >= 9 {
+                    let len = usize::from(buf[at]) << 16
+                        | usize::from(buf[at + 1]) << 8
+                        | usize::from(buf[at + 2]);
+                    if buf.len() - at < 9 + len {
+                        break;
+                    }
+                    let (kind, flags) = (buf[at + 3], buf[at + 4]);
+                    let id =
+                        u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]])
+                            & 0x7fff_ffff;
+                    let payload = &buf[at + 9..at + 9 + len];
+                    match kind {
+                        0x4 if flags & 1 == 0 => acks.lock().await.extend(frame(0x4, 1, 0, &[])),
+                        0x6 if flags & 1 == 0 => {
+                            acks.lock().await.extend(frame(0x6, 1, 0, payload))
+                        }
+                        0x7 => {
+                            open.close();
+                            return;
+                        }
+                        // A stream ends once, by END_STREAM or RST_STREAM, whichever comes first.
+                        0x0 | 0x1 | 0x3
+                            if (kind == 0x3 || flags & 1 == 1) && streams.insert(id) =>
+                        {
+                            open.add_permits(1);
+                        }
+                        _ => {}
+                    }
+                    at += 9 + len;
+                }
+                buf.drain(..at);
+            }
+            open.close();
+        })
+    };
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    let mut sent = 0u64;
+    let mut id = 1u32;
+    while Instant::now() < until {
+        let Ok(Ok(permits)) =
+            tokio::time::timeout(Duration::from_millis(200), open.acquire()).await
+        else {
+            if open.is_closed() {
+                break;
+            }
+            continue;
+        };
+        permits.forget();
+        let mut more = 1;
+        while open.try_acquire().map(|permit| permit.forget()).is_ok() {
+            more += 1;
+        }
+        out.extend(acks.lock().await.drain(..));
+        for _ in 0..more {
+            out.extend(frame(0x1, 0x4, id, if id == 1 { &first } else { &rest }));
+            id += 2;
+            sent += 1;
+        }
+        if write.write_all(&out).await.is_err() {
+            break;
+        }
+        out.clear();
+    }
+    reader.abort();
+    sent
 }
 
 /// Mixed sends and polls for `--soak-secs`; RSS is read each minute (and at the end) so the
