@@ -10,6 +10,9 @@
 //! 5. compression — HTTP answers (REST JSON, problems) of `COMPRESSION_MIN_BYTES` or more, in
 //!    gzip, br or zstd as `Accept-Encoding` asks; never gRPC (which compresses per message,
 //!    negotiated by the services), SSE or NDJSON (a live stream must not sit in an encoder);
+//!    at most `MAX_ENCODERS` (32) at once, the rest sent uncompressed, as an encoder holds up
+//!    to 2 MiB while its answer is sent (`encoders.rs`: a slot given to each answer just
+//!    inside, which the predicate fills with a permit its body keeps);
 //! 6. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
 //!    is refused before CORS or anything else answers it; absent when unset;
 //! 7. CORS — browsers' preflights are answered before limits and auth see them (a plain
@@ -49,6 +52,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod codecs;
 pub mod cross_site;
+pub mod encoders;
 pub mod guard;
 pub mod heads;
 pub mod inflate;
@@ -92,6 +96,7 @@ pub use allowed_hosts::{AllowedHost, AllowedHosts};
 pub use auth::{ApiKey, AuthSettings};
 pub use client_ip::ClientIpLayer;
 pub use cross_site::CrossSite;
+pub use encoders::{EncoderSlotLayer, HasEncoder, MAX_ENCODERS};
 pub use guard::{Exempt, GuardLayer, Policy};
 pub use heads::{HEADER_LIST_CEILING, HeaderList, MAX_HEADER_LIST_BYTES};
 pub use limits::{BodyLimitLayer, GuardedBody, Shedding, TimeoutLayer};
@@ -170,6 +175,7 @@ pub fn apply(
         .layer(MetricsLayer::new(metrics))
         .layer(MapResponseBodyLayer::new(Body::new))
         .layer(compression(settings.compression_min_bytes))
+        .layer(EncoderSlotLayer)
         .option_layer(AllowedHosts::new(&settings.allowed_hosts).map(GuardLayer::new))
         .option_layer(
             cors(&settings.cors_origins, &settings.cors_headers).map(PreflightOnlyLayer::new),
@@ -205,7 +211,9 @@ fn compression(min_bytes: u16) -> CompressionLayer<impl Predicate> {
         .and(NotForContentType::const_new("application/x-ndjson"))
         // Connect's streams compress each message themselves (`Connect-Content-Encoding`).
         .and(NotForContentType::const_new("application/connect+"))
-        .and(NotForContentType::IMAGES);
+        .and(NotForContentType::IMAGES)
+        // Last: it takes one of the encoders for the answer's life.
+        .and(HasEncoder::new(MAX_ENCODERS));
     CompressionLayer::new()
         .gzip(true)
         .br(true)

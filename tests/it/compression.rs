@@ -537,3 +537,65 @@ async fn a_grpc_decompression_bomb_is_refused_resource_exhausted_and_the_gateway
         .await;
     assert_eq!(ids.len(), 1);
 }
+
+// An encoder holds up to 2 MiB while its answer is sent, outside MAX_INFLIGHT_BYTES: a client
+// that asked for many large compressed answers and took none of them held that much for each.
+#[tokio::test]
+async fn at_most_max_encoders_answers_are_compressed_at_once_and_the_rest_go_plain() {
+    let app = spawn_app().await;
+    app.create_stream("orders").await;
+    app.create_topic("orders", "created", 1).await;
+    // Letters that compress poorly: each compressed answer is well past the 64 KiB the
+    // gateway queues beyond a stream's window, so it stays in its encoder.
+    let mut seed = 7u64;
+    let texts: Vec<String> = (0..100)
+        .map(|_| {
+            (0..2000)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    char::from(b'a' + u8::try_from((seed >> 33) % 26).unwrap_or(0))
+                })
+                .collect()
+        })
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    app.send_texts("orders", "created", 0, &texts).await;
+
+    let cap = iggy_gateway::layers::MAX_ENCODERS;
+    let polls = vec![POLL; cap + 4];
+    // No window: every answer begins (its head) and none can end.
+    let (connection, (h2, answers)) = crate::helpers::window_of(&app, 0, &polls).await;
+    let compressed = answers
+        .iter()
+        .filter(|answer| answer.headers().get("content-encoding").is_some())
+        .count();
+    assert_eq!(compressed, cap, "of {} answers", answers.len());
+    for answer in &answers {
+        assert!(
+            answer
+                .headers()
+                .get("content-encoding")
+                .is_none_or(|coding| coding == "zstd")
+        );
+    }
+
+    // The stalled answers end with their connection, and give their encoders back.
+    connection.abort();
+    drop((h2, answers));
+    let mut again = false;
+    for _ in 0..50 {
+        let answer = app
+            .http1
+            .get(app.url(POLL))
+            .header("accept-encoding", "zstd")
+            .send()
+            .await
+            .expect("polled");
+        if answer.headers().get("content-encoding").is_some() {
+            again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again, "a later answer is compressed again");
+}

@@ -383,43 +383,6 @@ async fn a_client_that_stops_reading_is_disconnected_at_the_write_timeout() {
     drop(stalled);
 }
 
-/// Opens an HTTP/2 connection that gives each answer a window of `window` bytes and never
-/// more, asks for `paths`, and returns the connection's task once each answer has begun, with
-/// what keeps the client's side open (its handle and the answers).
-async fn window_of(
-    app: &crate::helpers::TestApp,
-    window: u32,
-    paths: &[&str],
-) -> (tokio::task::JoinHandle<Result<(), h2::Error>>, impl Sized) {
-    let tcp = TcpStream::connect(app.addr).await.expect("connects");
-    let (h2, connection) = h2::client::Builder::new()
-        .initial_window_size(window)
-        .handshake::<_, bytes::Bytes>(tcp)
-        .await
-        .expect("h2 handshake");
-    let connection = tokio::spawn(connection);
-    let mut h2 = h2.ready().await.expect("ready");
-    let mut answers = Vec::new();
-    for path in paths {
-        let request = http::Request::get(app.url(path))
-            .header("accept-encoding", "zstd")
-            .body(())
-            .expect("request");
-        let (response, _) = h2.send_request(request, true).expect("stream opened");
-        answers.push(response);
-    }
-    let mut begun = Vec::new();
-    for response in answers {
-        let response = tokio::time::timeout(Duration::from_secs(5), response)
-            .await
-            .expect("answered")
-            .expect("a response");
-        assert_eq!(response.status(), 200);
-        begun.push(response);
-    }
-    (connection, (h2, begun))
-}
-
 #[tokio::test]
 async fn a_connection_whose_client_opens_no_window_for_its_answers_is_closed() {
     let app = spawn_configured(|c| {
@@ -434,7 +397,7 @@ async fn a_connection_whose_client_opens_no_window_for_its_answers_is_closed() {
     ] {
         let started = std::time::Instant::now();
         // No window: the gateway may send headers, never a byte of a body.
-        let (connection, _open) = window_of(&app, 0, paths).await;
+        let (connection, _open) = crate::helpers::window_of(&app, 0, paths).await;
         let ended = tokio::time::timeout(Duration::from_secs(5), connection)
             .await
             .unwrap_or_else(|_| panic!("{paths:?}: still open"));
@@ -631,7 +594,7 @@ async fn an_idle_connection_whose_small_answers_never_leave_is_dropped() {
     // over whole into HTTP/2's buffers and ends, and one byte of each ever leaves.
     let poll = "/v1/streams/orders/topics/created/messages?partition_id=0&count=40&strategy=first";
     let polls = [poll; 5];
-    let (connection, _open) = window_of(&app, 1, &polls).await;
+    let (connection, _open) = crate::helpers::window_of(&app, 1, &polls).await;
     let ended = tokio::time::timeout(Duration::from_secs(5), connection)
         .await
         .expect("dropped once idle and not closed within the write timeout");

@@ -455,3 +455,48 @@ pub async fn run_python(python: &str, script: &str, args: &[&std::ffi::OsStr]) -
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// Opens an HTTP/2 connection that gives each answer a window of `window` bytes and never
+/// more, asks for `paths`, and returns the connection's task once each answer has begun, with
+/// what keeps the client's side open (its handle and the answers).
+pub async fn window_of(
+    app: &TestApp,
+    window: u32,
+    paths: &[&str],
+) -> (
+    JoinHandle<Result<(), h2::Error>>,
+    (
+        h2::client::SendRequest<bytes::Bytes>,
+        Vec<http::Response<h2::RecvStream>>,
+    ),
+) {
+    let tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connects");
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut h2 = h2.ready().await.expect("ready");
+    let mut answers = Vec::new();
+    for path in paths {
+        let request = http::Request::get(app.url(path))
+            .header("accept-encoding", "zstd")
+            .body(())
+            .expect("request");
+        let (response, _) = h2.send_request(request, true).expect("stream opened");
+        answers.push(response);
+    }
+    let mut begun = Vec::new();
+    for response in answers {
+        let response = tokio::time::timeout(std::time::Duration::from_secs(5), response)
+            .await
+            .expect("answered")
+            .expect("a response");
+        assert_eq!(response.status(), 200);
+        begun.push(response);
+    }
+    (connection, (h2, begun))
+}

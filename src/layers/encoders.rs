@@ -1,0 +1,200 @@
+//! How many HTTP answers are compressed at once. An encoder holds its memory for as long as
+//! its answer is being sent: about 2.1 MiB for zstd at the level used, 1.3 MiB for brotli and
+//! 330 KiB for gzip (measured, BENCHMARKS.md), none of it in `MAX_INFLIGHT_BYTES`. A client that
+//! asks for many large compressed answers and reads none of them (an HTTP/2 client that opens
+//! no window, or stops reading its socket) held that much for each until its connection was
+//! cut. At most [`MAX_ENCODERS`] answers are compressed at once; past that an answer goes
+//! uncompressed, as to a client that accepts no coding.
+//!
+//! The decision is the compression predicate's ([`HasEncoder`]), but what it decides must
+//! last as long as the answer's body. So [`EncoderSlotLayer`], inside the compression layer,
+//! gives each answer to a request that accepts a coding an empty [`EncoderSlot`] (in the
+//! answer's extensions, where the predicate sees it) shared with its body; the predicate puts
+//! a permit in it, and the body drops the permit when it is done.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+};
+
+use axum::{
+    body::Body,
+    http::{Request, Response, header},
+};
+use http_body::{Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service};
+use tower_http::compression::Predicate;
+
+use super::after::{AfterAnswer, Answering};
+
+/// HTTP answers compressed at once, at most (about 70 MiB of zstd encoders).
+pub const MAX_ENCODERS: usize = 32;
+
+/// Where an answer keeps the permit to be compressed, once given one.
+#[derive(Debug, Clone, Default)]
+pub struct EncoderSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+/// Gives an empty [`EncoderSlot`] to each answer whose request accepts a content coding.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EncoderSlotLayer;
+
+impl<S> Layer<S> for EncoderSlotLayer {
+    type Service = EncoderSlotService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EncoderSlotService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EncoderSlotService<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for EncoderSlotService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Answering<S::Future, Option<EncoderSlot>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // A request without `Accept-Encoding` (most API clients) is never compressed: its
+        // answer keeps its own body, unwrapped.
+        let slot = request
+            .headers()
+            .contains_key(header::ACCEPT_ENCODING)
+            .then(EncoderSlot::default);
+        Answering::new(self.inner.call(request), slot)
+    }
+}
+
+impl AfterAnswer<Body> for Option<EncoderSlot> {
+    fn answered(self, response: Response<Body>) -> Response<Body> {
+        let Some(slot) = self else {
+            return response;
+        };
+        let (mut parts, body) = response.into_parts();
+        parts.extensions.insert(slot.clone());
+        Response::from_parts(parts, Body::new(SlotBody { body, _slot: slot }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body, holding its slot (and any permit in it) until it is dropped.
+    struct SlotBody {
+        #[pin]
+        body: Body,
+        _slot: EncoderSlot,
+    }
+}
+
+impl http_body::Body for SlotBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The compression predicate's last word: an answer is compressed only if it can take one of
+/// the [`MAX_ENCODERS`] permits, kept in its [`EncoderSlot`].
+#[derive(Debug, Clone)]
+pub struct HasEncoder {
+    permits: Arc<Semaphore>,
+}
+
+impl HasEncoder {
+    pub fn new(encoders: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(encoders)),
+        }
+    }
+}
+
+impl Predicate for HasEncoder {
+    fn should_compress<B>(&self, response: &Response<B>) -> bool
+    where
+        B: http_body::Body,
+    {
+        let Some(EncoderSlot(slot)) = response.extensions().get::<EncoderSlot>() else {
+            return false;
+        };
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            return false;
+        };
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(permit);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+
+    async fn answer(accepts: bool) -> Response<Body> {
+        let service = EncoderSlotLayer.layer(service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::from("an answer")))
+        }));
+        let mut request = Request::new(Body::empty());
+        if accepts {
+            request
+                .headers_mut()
+                .insert(header::ACCEPT_ENCODING, "zstd".parse().expect("value"));
+        }
+        service.oneshot(request).await.expect("answered")
+    }
+
+    #[tokio::test]
+    async fn an_answer_holds_its_encoder_until_its_body_is_dropped_and_no_more_are_given() {
+        let encoders = HasEncoder::new(2);
+        let first = answer(true).await;
+        let second = answer(true).await;
+        let third = answer(true).await;
+        assert!(encoders.should_compress(&first));
+        assert!(encoders.should_compress(&second));
+        assert!(!encoders.should_compress(&third), "both encoders are taken");
+        // The head goes (hyper sends it and drops it); the body keeps the permit.
+        let (_, body) = first.into_parts();
+        assert!(
+            !encoders.should_compress(&third),
+            "the first body is not done"
+        );
+        drop(body);
+        assert!(
+            encoders.should_compress(&third),
+            "the first body gave its encoder back"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_to_a_request_that_accepts_no_coding_is_neither_wrapped_nor_compressed() {
+        let encoders = HasEncoder::new(1);
+        let plain = answer(false).await;
+        assert!(plain.extensions().get::<EncoderSlot>().is_none());
+        assert!(!encoders.should_compress(&plain));
+        assert!(encoders.should_compress(&answer(true).await));
+    }
+}
