@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use async_compression::tokio::bufread::ZstdDecoder;
 use tokio::sync::Notify;
 
 /// Bytes held by all calls at once, against a maximum.
@@ -380,6 +381,22 @@ pub fn room() -> Option<Result<usize, Exhausted>> {
     .ok()
 }
 
+/// The largest zstd window a body may need: 8 MiB, as RFC 9659 sets for the `zstd` content
+/// coding. A frame may ask for up to 2 GiB, and a decoder sets aside its whole window (128 MiB
+/// by zstd's default ceiling) before it writes a byte; a frame that asks for more is refused as
+/// malformed.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// A zstd decoder held to [`ZSTD_WINDOW_LOG_MAX`].
+pub fn zstd_decoder<R: tokio::io::AsyncBufRead>(compressed: R) -> ZstdDecoder<R> {
+    ZstdDecoder::with_params(
+        compressed,
+        &[async_compression::zstd::DParameter::window_log_max(
+            ZSTD_WINDOW_LOG_MAX,
+        )],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -389,6 +406,34 @@ mod tests {
     use super::{
         AnswerWatch, Charge, Exhausted, InflightBytes, charge, charge_answer, room, scope,
     };
+
+    /// `text` in one zstd frame that declares a window of 2^`window_log` bytes (no content size,
+    /// as a streaming client writes it, so zstd cannot shrink the window to the text).
+    pub(crate) fn zstd_with_window(text: &[u8], window_log: u32) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).expect("encoder");
+        encoder.window_log(window_log).expect("window");
+        encoder.include_contentsize(false).expect("no size");
+        encoder.write_all(text).expect("compressed");
+        encoder.finish().expect("compressed")
+    }
+
+    #[tokio::test]
+    async fn a_zstd_frame_that_needs_a_window_past_8_mib_is_not_decoded() {
+        use tokio::io::AsyncReadExt;
+        for (window_log, decodes) in [(super::ZSTD_WINDOW_LOG_MAX, true), (24, false), (27, false)]
+        {
+            let frame = zstd_with_window(b"{\"name\":\"orders\"}", window_log);
+            let mut inflated = Vec::new();
+            let read = super::zstd_decoder(frame.as_slice())
+                .read_to_end(&mut inflated)
+                .await;
+            assert_eq!(read.is_ok(), decodes, "window 2^{window_log}: {read:?}");
+            if decodes {
+                assert_eq!(inflated, b"{\"name\":\"orders\"}");
+            }
+        }
+    }
 
     #[tokio::test]
     async fn a_watched_answer_is_stalled_once_not_taken_for_the_limit_and_forgotten_when_dropped() {

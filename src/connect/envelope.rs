@@ -5,7 +5,7 @@
 use std::{io, pin::Pin};
 
 use async_compression::tokio::bufread::{
-    BrotliDecoder, BrotliEncoder, GzipDecoder, GzipEncoder, ZstdDecoder, ZstdEncoder,
+    BrotliDecoder, BrotliEncoder, GzipDecoder, GzipEncoder, ZstdEncoder,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -91,7 +91,7 @@ pub async fn inflate(
 ) -> Result<Bytes, InflateError> {
     let decoder: Pin<Box<dyn AsyncRead + Send + '_>> = match coding {
         Coding::Gzip => Box::pin(GzipDecoder::new(compressed)),
-        Coding::Zstd => Box::pin(ZstdDecoder::new(compressed)),
+        Coding::Zstd => Box::pin(crate::budget::zstd_decoder(compressed)),
         Coding::Brotli => Box::pin(BrotliDecoder::new(compressed)),
     };
     let mut chunks = ReaderStream::with_capacity(decoder, 64 * 1024);

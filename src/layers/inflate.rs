@@ -13,7 +13,7 @@ use std::{
     },
 };
 
-use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZstdDecoder};
+use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder};
 use axum::{
     body::Body,
     http::{HeaderMap, header},
@@ -22,7 +22,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use crate::budget::Charge;
+use crate::budget::{self, Charge};
 
 /// The content codings a request body may arrive in, as `Accept-Encoding` names them in a 415.
 pub const ACCEPTED_CODINGS: &str = "gzip, zstd, br, identity";
@@ -81,7 +81,7 @@ pub fn inflate(body: Body, coding: Coding, limits: InflateLimits) -> Body {
             decoder.multiple_members(true);
             Box::pin(decoder)
         }
-        Coding::Zstd => Box::pin(ZstdDecoder::new(compressed)),
+        Coding::Zstd => Box::pin(budget::zstd_decoder(compressed)),
         Coding::Brotli => Box::pin(BrotliDecoder::new(compressed)),
     };
     let mut inflated = 0usize;

@@ -434,6 +434,39 @@ async fn compressed_rest_bodies_are_inflated_in_gzip_zstd_and_br() {
     }
 }
 
+// RFC 9659: a `zstd` content coding needs at most an 8 MiB window. A frame may declare up to
+// 2 GiB, and a decoder sets its whole window aside before it writes a byte.
+#[tokio::test]
+async fn a_zstd_body_that_needs_a_window_past_8_mib_is_refused_as_malformed() {
+    let app = spawn_app().await;
+    for (window_log, status) in [(27, 400), (24, 400), (23, 201)] {
+        let name = format!("window-{window_log}");
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).expect("encoder");
+        encoder.window_log(window_log).expect("window");
+        // No content size, as a streaming client writes it: the frame keeps its window.
+        encoder.include_contentsize(false).expect("no size");
+        encoder
+            .write_all(json!({ "name": name }).to_string().as_bytes())
+            .expect("compressed");
+        let response = app
+            .http1
+            .post(app.url("/v1/streams"))
+            .header("content-type", "application/json")
+            .header("content-encoding", "zstd")
+            .body(encoder.finish().expect("compressed"))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), status, "window 2^{window_log}");
+        let answer: Value = response.json().await.expect("JSON");
+        if status == 400 {
+            assert_eq!(answer["reason"], "MALFORMED_CONTENT_ENCODING", "{answer}");
+        } else {
+            assert_eq!(answer["stream"]["name"], name.as_str());
+        }
+    }
+}
+
 /// A gzip body of 16 KiB that inflates to 16 MiB of spaces inside a JSON string: one byte past
 /// MAX_REQUEST_BODY_SIZE (16 MiB) once inflated.
 fn gzip_bomb(inflated_bytes: usize) -> Vec<u8> {
