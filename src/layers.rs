@@ -12,7 +12,9 @@
 //!    negotiated by the services), SSE or NDJSON (a live stream must not sit in an encoder);
 //!    at most `MAX_ENCODERS` (32) at once, the rest sent uncompressed, as an encoder holds up
 //!    to 2 MiB while its answer is sent (`encoders.rs`: a slot given to each answer just
-//!    inside, which the predicate fills with a permit its body keeps);
+//!    inside, which the predicate fills with a permit its body keeps); an `Accept-Encoding`
+//!    that accepts none of the three is taken off just outside, so such a request is answered
+//!    plainly, never with tower-http's 406 after its call has run;
 //! 6. allowed hosts — with `ALLOWED_HOSTS` set, a request naming another host (DNS rebinding)
 //!    is refused before CORS or anything else answers it; absent when unset;
 //! 7. CORS — browsers' preflights are answered before limits and auth see them (a plain
@@ -96,7 +98,7 @@ pub use allowed_hosts::{AllowedHost, AllowedHosts};
 pub use auth::{ApiKey, AuthSettings};
 pub use client_ip::ClientIpLayer;
 pub use cross_site::CrossSite;
-pub use encoders::{EncoderSlotLayer, HasEncoder, MAX_ENCODERS};
+pub use encoders::{AcceptedCodingsLayer, EncoderSlotLayer, HasEncoder, MAX_ENCODERS};
 pub use guard::{Exempt, GuardLayer, Policy};
 pub use heads::{HEADER_LIST_CEILING, HeaderList, MAX_HEADER_LIST_BYTES};
 pub use limits::{BodyLimitLayer, GuardedBody, Shedding, TimeoutLayer};
@@ -174,6 +176,7 @@ pub fn apply(
         )
         .layer(MetricsLayer::new(metrics))
         .layer(MapResponseBodyLayer::new(Body::new))
+        .layer(AcceptedCodingsLayer)
         .layer(compression(settings.compression_min_bytes))
         .layer(EncoderSlotLayer)
         .option_layer(AllowedHosts::new(&settings.allowed_hosts).map(GuardLayer::new))

@@ -6,6 +6,12 @@
 //! cut. At most [`MAX_ENCODERS`] answers are compressed at once; past that an answer goes
 //! uncompressed, as to a client that accepts no coding.
 //!
+//! An `Accept-Encoding` that accepts none of gzip, br and zstd is taken off the request first
+//! ([`AcceptedCodingsLayer`], outside compression): its answer goes as it is. Left on, a
+//! request that refuses `identity` too (`identity;q=0`) ran in full and was then answered 406
+//! by tower-http (a stream created, a gRPC call that succeeded, each told 406), and one that
+//! accepts only `identity` took an encoder's permit it never used.
+//!
 //! The decision is the compression predicate's ([`HasEncoder`]), but what it decides must
 //! last as long as the answer's body. So [`EncoderSlotLayer`], inside the compression layer,
 //! gives each answer to a request that accepts a coding an empty [`EncoderSlot`] (in the
@@ -21,7 +27,7 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{Request, Response, header},
+    http::{HeaderMap, Request, Response, header},
 };
 use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -37,7 +43,72 @@ pub const MAX_ENCODERS: usize = 32;
 #[derive(Debug, Clone, Default)]
 pub struct EncoderSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
-/// Gives an empty [`EncoderSlot`] to each answer whose request accepts a content coding.
+/// Takes `Accept-Encoding` off a request that accepts none of the codings the gateway
+/// compresses in, so its answer goes uncompressed and is never turned into a 406.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AcceptedCodingsLayer;
+
+impl<S> Layer<S> for AcceptedCodingsLayer {
+    type Service = AcceptedCodings<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AcceptedCodings { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AcceptedCodings<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for AcceptedCodings<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if !accepts_compression(request.headers()) {
+            request.headers_mut().remove(header::ACCEPT_ENCODING);
+        }
+        self.inner.call(request)
+    }
+}
+
+/// Whether `Accept-Encoding` accepts gzip, br, zstd or `*` with a weight above zero (a weight
+/// that does not parse counts as zero).
+fn accepts_compression(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let weight = parts
+                .find_map(|param| {
+                    let (name, value) = param.split_once('=')?;
+                    name.trim()
+                        .eq_ignore_ascii_case("q")
+                        .then(|| value.trim().parse::<f32>().unwrap_or(0.0))
+                })
+                .unwrap_or(1.0);
+            ["gzip", "br", "zstd", "*"]
+                .iter()
+                .any(|known| coding.eq_ignore_ascii_case(known))
+                && weight > 0.0
+        })
+}
+
+/// Gives an empty [`EncoderSlot`] to each answer whose request accepts a content coding (after
+/// [`AcceptedCodingsLayer`], one the gateway compresses in).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EncoderSlotLayer;
 
@@ -187,6 +258,37 @@ mod tests {
             encoders.should_compress(&third),
             "the first body gave its encoder back"
         );
+    }
+
+    #[test]
+    fn only_a_coding_the_gateway_compresses_in_with_a_weight_counts_as_accepted() {
+        let accepts = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT_ENCODING, value.parse().expect("value"));
+            accepts_compression(&headers)
+        };
+        for yes in [
+            "zstd",
+            "gzip, deflate",
+            "identity, br;q=0.5",
+            "*",
+            "GZIP;Q=1",
+            "x, zstd ; q=0.001",
+        ] {
+            assert!(accepts(yes), "{yes}");
+        }
+        for no in [
+            "identity",
+            "identity;q=0",
+            "*;q=0",
+            "gzip;q=0, br;q=0.0",
+            "deflate, compress",
+            "zstd;q=high",
+            "",
+        ] {
+            assert!(!accepts(no), "{no}");
+        }
+        assert!(!accepts_compression(&HeaderMap::new()));
     }
 
     #[tokio::test]

@@ -596,8 +596,19 @@ async fn at_most_max_encoders_answers_are_compressed_at_once_and_the_rest_go_pla
 
     let cap = iggy_gateway::layers::MAX_ENCODERS;
     let polls = vec![POLL; cap + 4];
+    // Answers that go uncompressed take no encoder, however long they wait.
+    let (plain, _held) = crate::helpers::window_of(&app, 0, &polls, "identity").await;
+    let answer = app
+        .http1
+        .get(app.url(POLL))
+        .header("accept-encoding", "zstd")
+        .send()
+        .await
+        .expect("polled");
+    assert_eq!(answer.headers()["content-encoding"], "zstd");
+    plain.abort();
     // No window: every answer begins (its head) and none can end.
-    let (connection, (h2, answers)) = crate::helpers::window_of(&app, 0, &polls).await;
+    let (connection, (h2, answers)) = crate::helpers::window_of(&app, 0, &polls, "zstd").await;
     let compressed = answers
         .iter()
         .filter(|answer| answer.headers().get("content-encoding").is_some())
@@ -631,4 +642,42 @@ async fn at_most_max_encoders_answers_are_compressed_at_once_and_the_rest_go_pla
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(again, "a later answer is compressed again");
+}
+
+// tower-http answers 406 when `Accept-Encoding` leaves no coding acceptable, identity included,
+// but only after the call has run: a stream was created and the client told 406, and a gRPC
+// call that succeeded came back as an HTTP error. The gateway answers such a request plainly.
+#[tokio::test]
+async fn a_request_that_refuses_every_coding_is_served_plainly_never_406_after_the_fact() {
+    let app = spawn_app().await;
+    for (refusal, name) in [
+        ("identity;q=0", "refused-identity"),
+        ("*;q=0", "refused-all"),
+    ] {
+        let response = app
+            .http1
+            .post(app.url("/v1/streams"))
+            .header("content-type", "application/json")
+            .header("accept-encoding", refusal)
+            .body(json!({ "name": name }).to_string())
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 201, "{refusal}");
+        assert!(response.headers().get("content-encoding").is_none());
+        let created: Value = response.json().await.expect("JSON");
+        assert_eq!(created["stream"]["name"], name);
+    }
+    let mut request = tonic::Request::new(proto::ListStreamsRequest::default());
+    request
+        .metadata_mut()
+        .insert("accept-encoding", "*;q=0".parse().expect("value"));
+    let listed = app
+        .streams
+        .clone()
+        .list_streams(request)
+        .await
+        .expect("the call is served")
+        .into_inner();
+    assert_eq!(listed.streams.len(), 2);
 }

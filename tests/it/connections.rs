@@ -397,7 +397,7 @@ async fn a_connection_whose_client_opens_no_window_for_its_answers_is_closed() {
     ] {
         let started = std::time::Instant::now();
         // No window: the gateway may send headers, never a byte of a body.
-        let (connection, _open) = crate::helpers::window_of(&app, 0, paths).await;
+        let (connection, _open) = crate::helpers::window_of(&app, 0, paths, "zstd").await;
         let ended = tokio::time::timeout(Duration::from_secs(5), connection)
             .await
             .unwrap_or_else(|_| panic!("{paths:?}: still open"));
@@ -594,7 +594,7 @@ async fn an_idle_connection_whose_small_answers_never_leave_is_dropped() {
     // over whole into HTTP/2's buffers and ends, and one byte of each ever leaves.
     let poll = "/v1/streams/orders/topics/created/messages?partition_id=0&count=40&strategy=first";
     let polls = [poll; 5];
-    let (connection, _open) = crate::helpers::window_of(&app, 1, &polls).await;
+    let (connection, _open) = crate::helpers::window_of(&app, 1, &polls, "zstd").await;
     let ended = tokio::time::timeout(Duration::from_secs(5), connection)
         .await
         .expect("dropped once idle and not closed within the write timeout");

@@ -457,12 +457,13 @@ pub async fn run_python(python: &str, script: &str, args: &[&std::ffi::OsStr]) -
 }
 
 /// Opens an HTTP/2 connection that gives each answer a window of `window` bytes and never
-/// more, asks for `paths`, and returns the connection's task once each answer has begun, with
+/// more, asks for `paths` (each accepting `accept` as its `Accept-Encoding`), and returns the connection's task once each answer has begun, with
 /// what keeps the client's side open (its handle and the answers).
 pub async fn window_of(
     app: &TestApp,
     window: u32,
     paths: &[&str],
+    accept: &str,
 ) -> (
     JoinHandle<Result<(), h2::Error>>,
     (
@@ -483,7 +484,7 @@ pub async fn window_of(
     let mut answers = Vec::new();
     for path in paths {
         let request = http::Request::get(app.url(path))
-            .header("accept-encoding", "zstd")
+            .header("accept-encoding", accept)
             .body(())
             .expect("request");
         let (response, _) = h2.send_request(request, true).expect("stream opened");
