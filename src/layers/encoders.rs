@@ -81,30 +81,41 @@ where
     }
 }
 
-/// Whether `Accept-Encoding` accepts gzip, br, zstd or `*` with a weight above zero (a weight
-/// that does not parse counts as zero).
+/// Whether `Accept-Encoding` leaves gzip, br or zstd a weight above zero, as tower-http reads
+/// it: a coding's own weight where it is listed (`x-gzip` is gzip), else the weight of `*`; a
+/// weight that does not parse counts as zero. (`*, gzip;q=0, br;q=0, zstd;q=0` accepts only
+/// `identity`, and would otherwise take a permit for an answer sent plainly.)
 fn accepts_compression(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
+    // Read again for each coding, not collected: a 16 KiB header may list thousands.
+    let items = || {
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(|item| {
+                let mut parts = item.split(';');
+                let coding = parts.next().unwrap_or("").trim();
+                let weight = parts
+                    .find_map(|param| {
+                        let (name, value) = param.split_once('=')?;
+                        name.trim()
+                            .eq_ignore_ascii_case("q")
+                            .then(|| value.trim().parse::<f32>().unwrap_or(0.0))
+                    })
+                    .unwrap_or(1.0);
+                (coding, weight)
+            })
+    };
+    let weight_of = |names: &[&str]| {
+        items()
+            .find(|(coding, _)| names.iter().any(|name| coding.eq_ignore_ascii_case(name)))
+            .map(|(_, weight)| weight)
+    };
+    let any = weight_of(&["*"]).unwrap_or(0.0);
+    [&["gzip", "x-gzip"][..], &["br"], &["zstd"]]
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|item| {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim();
-            let weight = parts
-                .find_map(|param| {
-                    let (name, value) = param.split_once('=')?;
-                    name.trim()
-                        .eq_ignore_ascii_case("q")
-                        .then(|| value.trim().parse::<f32>().unwrap_or(0.0))
-                })
-                .unwrap_or(1.0);
-            ["gzip", "br", "zstd", "*"]
-                .iter()
-                .any(|known| coding.eq_ignore_ascii_case(known))
-                && weight > 0.0
-        })
+        .any(|names| weight_of(names).unwrap_or(any) > 0.0)
 }
 
 /// Gives an empty [`EncoderSlot`] to each answer whose request accepts a content coding (after
@@ -274,6 +285,8 @@ mod tests {
             "*",
             "GZIP;Q=1",
             "x, zstd ; q=0.001",
+            "x-gzip",
+            "*, gzip;q=0",
         ] {
             assert!(accepts(yes), "{yes}");
         }
@@ -285,6 +298,7 @@ mod tests {
             "deflate, compress",
             "zstd;q=high",
             "",
+            "*, gzip;q=0, br;q=0, zstd;q=0",
         ] {
             assert!(!accepts(no), "{no}");
         }
