@@ -50,7 +50,7 @@ use crate::{
 mod pace;
 mod tls;
 
-use pace::HeadPace;
+use pace::{HeadGate, HeadPace, HeadTicket, MAX_WAITING_HEADS, PRESSED_READ};
 pub use tls::{Tls, TlsError, TlsSettings};
 
 /// Connection-level limits, each stated in the configuration with its default.
@@ -144,6 +144,7 @@ pub async fn serve(
 ) {
     let builder = http_builder(&settings);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let gate = HeadGate::new(MAX_WAITING_HEADS, metrics.http2_reads_held());
     let connections = TaskTracker::new();
     let mut accept_errors = AcceptBackoff::new();
     let mut refusals = LogEvery::new(Duration::from_secs(10));
@@ -187,6 +188,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         let router = router.clone();
+        let gate = Arc::clone(&gate);
         let metrics = Arc::clone(&metrics);
         let idle_timeout = settings.idle_timeout;
         let write_timeout = settings.write_timeout;
@@ -227,6 +229,7 @@ pub async fn serve(
                 remote,
                 builder,
                 router,
+                gate,
                 idle_timeout,
                 write_timeout,
                 shutdown,
@@ -345,7 +348,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
         let Some(pace) = this.pace.as_mut() else {
             return Pin::new(&mut this.stream).poll_read(cx, buf);
         };
-        std::task::ready!(pace.poll_paid(cx));
+        if let Some(most) = std::task::ready!(pace.poll_ready(cx)) {
+            let mut scratch = [0u8; PRESSED_READ];
+            let mut small = tokio::io::ReadBuf::new(&mut scratch[..most.min(buf.remaining())]);
+            let read = Pin::new(&mut this.stream).poll_read(cx, &mut small);
+            if let Poll::Ready(Ok(())) = read {
+                pace.read(small.filled());
+                buf.put_slice(small.filled());
+            }
+            return read;
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.stream).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = read {
@@ -451,6 +463,8 @@ struct Connection {
     remote: SocketAddr,
     builder: auto::Builder<TokioExecutor>,
     router: Router,
+    /// The process's count of requests handed on and not yet begun.
+    gate: Arc<HeadGate>,
     idle_timeout: Duration,
     write_timeout: Duration,
     shutdown: CancellationToken,
@@ -477,7 +491,8 @@ impl Connection {
             },
             () = self.shutdown.cancelled() => return None,
         };
-        let pace = (head.bytes[..head.len] == H2_PREFACE[..]).then(HeadPace::default);
+        let pace = (head.bytes[..head.len] == H2_PREFACE[..])
+            .then(|| HeadPace::new(Arc::clone(&self.gate)));
         Some(Rewound {
             head,
             at: 0,
@@ -497,6 +512,7 @@ impl Connection {
             remote,
             builder,
             router,
+            gate,
             idle_timeout,
             write_timeout,
             shutdown,
@@ -507,6 +523,7 @@ impl Connection {
             router,
             remote,
             peer,
+            gate,
             activity: Arc::clone(&activity),
             answers: Arc::clone(&answers),
             lingers,
@@ -650,6 +667,8 @@ struct ConnectionService {
     remote: SocketAddr,
     /// The client certificate verified at the handshake (mutual TLS), given to every request.
     peer: Option<Arc<PeerCertificate>>,
+    /// Counts each request until its task begins ([`HeadGate`]).
+    gate: Arc<HeadGate>,
     activity: Arc<Activity>,
     /// The connection's answers that hold charged bytes, watched for a client that takes none.
     answers: Arc<AnswerWatch>,
@@ -690,6 +709,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         let call = CallGuard::start(Arc::clone(&self.activity));
         Served {
             inner: self.router.clone().oneshot(request),
+            waiting: Some(self.gate.ticket()),
             call: Some(call),
             answers: Arc::clone(&self.answers),
             unread,
@@ -791,6 +811,8 @@ pin_project_lite::pin_project! {
     struct Served {
         #[pin]
         inner: tower::util::Oneshot<Router, Request<Body>>,
+        // Held until the call's task first runs: until then its decoded head waits with it.
+        waiting: Option<HeadTicket>,
         call: Option<CallGuard>,
         answers: Arc<AnswerWatch>,
         // HTTP/1.1: where the call leaves what it did not read of its body.
@@ -806,6 +828,7 @@ impl Future for Served {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        this.waiting.take();
         let response = match this.drain.take() {
             Some(mut drain) => match drain.poll(cx) {
                 Poll::Ready(drained) => with_close(drain.response, !drained, this.lingers),

@@ -127,6 +127,9 @@ pub struct Metrics {
     backend_send_calls: Counter,
     connections_open: Gauge,
     connections_refused: Counter,
+    /// Times an HTTP/2 connection stopped reading because too many requests, across all
+    /// connections, were handed on and not yet begun (an HPACK flood; `listener::pace`).
+    http2_reads_held: Counter,
     accept_errors: Counter,
     /// TLS handshakes that failed or timed out (no client certificate under mutual TLS, a
     /// client that does not trust ours, a port scan).
@@ -174,6 +177,7 @@ impl Metrics {
             backend_send_calls: Counter::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            http2_reads_held: Counter::default(),
             accept_errors: Counter::default(),
             tls_handshake_failures: Counter::default(),
             registry: Mutex::new(Registry::default()),
@@ -260,6 +264,11 @@ impl Metrics {
             "connections_refused",
             "Connections closed on arrival because MAX_CONNECTIONS were open",
             metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "http2_reads_held",
+            "Times an HTTP/2 connection stopped reading while 256 requests waited to begin",
+            metrics.http2_reads_held.clone(),
         );
         registry.register(
             "accept_errors",
@@ -404,6 +413,11 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    /// The counter the listener's head gate bumps when it parks a connection.
+    pub fn http2_reads_held(&self) -> Counter {
+        self.http2_reads_held.clone()
     }
 
     pub fn accept_failed(&self) {

@@ -9,8 +9,22 @@
 //! block to the task's cooperative budget (tokio's `coop`), so a connection's task yields after
 //! a few blocks, and the requests decoded so far are served (or refused, and dropped) before
 //! it decodes more. DATA frames are not charged: a large body reads as fast as before.
+//!
+//! That bounds what one connection holds, not what all of them do: each of a thousand
+//! connections decoding two blocks a turn held about 400 MB between them, as requests handed to
+//! the runtime whose tasks had not run yet. [`HeadGate`] counts those requests across the
+//! process, and while [`MAX_WAITING_HEADS`] wait, HTTP/2 connections read nothing more until
+//! half have begun (and been served, or refused and dropped).
 
-use std::task::{Context, Poll};
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, Waker},
+};
+
+use prometheus_client::metrics::counter::Counter;
 
 /// What a HEADERS or CONTINUATION frame costs of the task's budget (128 a turn): a connection
 /// decodes two header blocks a turn, and those in the read that brought the second. (Eight a
@@ -18,12 +32,122 @@ use std::task::{Context, Poll};
 /// BENCHMARKS.md.)
 pub(super) const HEAD_COST: u32 = 64;
 
+/// Bytes a connection reads at once while its [`HeadGate`] is half full: two of a flood's
+/// header blocks of a few hundred bytes, or a few ordinary ones.
+pub(super) const PRESSED_READ: usize = 1024;
+
 const FRAME_HEADER: usize = 9;
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
 
+/// Requests handed on by their connections whose tasks have not begun, across the process,
+/// past which HTTP/2 connections stop reading: at most a few tens of kilobytes of decoded head
+/// each (a 20 KiB list of one-byte fields), so about 16 MB between them.
+pub(super) const MAX_WAITING_HEADS: usize = 256;
+
+/// Counts requests handed on and not yet begun ([`HeadTicket`]s), and parks the HTTP/2
+/// connections that would read more while [`MAX_WAITING_HEADS`] wait.
+#[derive(Debug)]
+pub(super) struct HeadGate {
+    waiting: AtomicUsize,
+    cap: usize,
+    /// Connections parked while the gate was shut, woken together (in the order they came)
+    /// once half the waiting requests have begun.
+    parked: Mutex<Vec<Waker>>,
+    /// Bumped at each wake-up, so a connection parks once per closing, however often its
+    /// task is polled for other work meanwhile.
+    wakeups: AtomicU64,
+    /// Times a connection was parked (`http2_reads_held`).
+    held: Counter,
+}
+
+impl HeadGate {
+    pub(super) fn new(cap: usize, held: Counter) -> Arc<Self> {
+        Arc::new(Self {
+            waiting: AtomicUsize::new(0),
+            cap,
+            parked: Mutex::new(Vec::new()),
+            wakeups: AtomicU64::new(0),
+            held,
+        })
+    }
+
+    /// A request handed on: counted until the ticket is dropped (when its task first runs).
+    pub(super) fn ticket(self: &Arc<Self>) -> HeadTicket {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        HeadTicket(Arc::clone(self))
+    }
+
+    /// Requests waiting now (for tests).
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    fn is_open(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) < self.cap
+    }
+
+    /// Half the cap or more wait: connections read [`PRESSED_READ`] bytes at a time.
+    fn is_pressed(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) >= self.cap / 2
+    }
+
+    /// `Ready` while fewer than the cap wait; else parks the task (once per closing: `parked_in`
+    /// remembers when) until half of them have begun.
+    fn poll_open(&self, cx: &mut Context<'_>, parked_in: &mut Option<u64>) -> Poll<()> {
+        if self.is_open() {
+            return Poll::Ready(());
+        }
+        let Ok(mut parked) = self.parked.lock() else {
+            // Poisoned only by a panic while waking: reading on is the safe way out.
+            return Poll::Ready(());
+        };
+        let wakeups = self.wakeups.load(Ordering::SeqCst);
+        if *parked_in != Some(wakeups) {
+            parked.push(cx.waker().clone());
+            *parked_in = Some(wakeups);
+            self.held.inc();
+        }
+        drop(parked);
+        // Tickets released since the first look may have woken the others before this task
+        // was in the list: look again, now that it is.
+        if self.is_open() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn release(&self) {
+        let before = self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if before == self.cap / 2 + 1 {
+            let parked = match self.parked.lock() {
+                Ok(mut parked) => {
+                    self.wakeups.fetch_add(1, Ordering::SeqCst);
+                    std::mem::take(&mut *parked)
+                }
+                Err(_) => return,
+            };
+            for waker in parked {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// One request counted by a [`HeadGate`] until dropped.
+#[derive(Debug)]
+pub(super) struct HeadTicket(Arc<HeadGate>);
+
+impl Drop for HeadTicket {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// Follows the HTTP/2 frames read after the preface, and what their header blocks owe.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct HeadPace {
     /// The frame header being read, and how much of it has arrived.
     header: [u8; FRAME_HEADER],
@@ -32,12 +156,36 @@ pub(super) struct HeadPace {
     payload_left: usize,
     /// Budget owed for header blocks read, paid before the next read.
     owed: u32,
+    gate: Arc<HeadGate>,
+    /// The gate's wake-up this connection last parked for.
+    parked_in: Option<u64>,
 }
 
 impl HeadPace {
-    /// Pays what earlier header blocks owe from the task's budget: `Pending` (the task woken
-    /// to run again later) once the budget of this turn is spent.
-    pub(super) fn poll_paid(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(super) fn new(gate: Arc<HeadGate>) -> Self {
+        Self {
+            header: [0; FRAME_HEADER],
+            filled: 0,
+            payload_left: 0,
+            owed: 0,
+            gate,
+            parked_in: None,
+        }
+    }
+
+    /// `Ready` when the connection may read on: what its earlier header blocks owe is paid
+    /// from the task's budget (`Pending`, the task woken to run again later, once this turn's
+    /// is spent), and the process's [`HeadGate`] is open. Then the most it may read at once:
+    /// `None` for what the caller's buffer takes, or [`PRESSED_READ`] while the gate is half
+    /// full, so each connection let in brings a header block or two, not the dozens one read
+    /// can hold, and the gate's room is shared among more connections.
+    pub(super) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Option<usize>> {
+        std::task::ready!(self.poll_paid(cx));
+        std::task::ready!(self.gate.poll_open(cx, &mut self.parked_in));
+        Poll::Ready(self.gate.is_pressed().then_some(PRESSED_READ))
+    }
+
+    fn poll_paid(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         while self.owed > 0 {
             match tokio::task::coop::poll_proceed(cx) {
                 Poll::Ready(unit) => {

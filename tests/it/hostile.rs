@@ -1495,3 +1495,146 @@ async fn a_connect_message_inflates_only_into_what_the_budget_has_left() {
         "{error}"
     );
 }
+
+/// One HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("a small frame");
+    let mut frame = len.to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An HPACK flooder's connection until `until`: batches of `batch` gRPC calls, each header block
+/// a few hundred bytes that decode to a 14 KB list (400 one-byte references to one table
+/// entry, under the 16 KiB limit), the next batch sent once the last has been answered. Returns
+/// the calls answered (or reset).
+async fn hpack_flood_connection(
+    addr: std::net::SocketAddr,
+    until: tokio::time::Instant,
+    batch: u32,
+) -> u32 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let mut base = vec![0x83, 0x86, 0x04];
+    let path = b"/iggy.gateway.v1.StreamService/ListStreams";
+    base.push(u8::try_from(path.len()).expect("short"));
+    base.extend_from_slice(path);
+    base.extend([0x01, 0x09]);
+    base.extend_from_slice(b"localhost");
+    // content-type (static entry 31's name) and te: literals without indexing.
+    base.extend([0x0f, 0x10, 0x10]);
+    base.extend_from_slice(b"application/grpc");
+    base.extend([0x00, 0x02]);
+    base.extend_from_slice(b"te");
+    base.push(0x08);
+    base.extend_from_slice(b"trailers");
+    // The first block adds `x: v` to the dynamic table (index 62); every block refers to it.
+    let mut first = base.clone();
+    first.extend([0x40, 0x01, b'x', 0x01, b'v']);
+    first.extend([0xbe; 399]);
+    let mut rest = base;
+    rest.extend([0xbe; 400]);
+
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut next_stream = 1u32;
+    let mut answered = 0;
+    let mut read = BytesMut::with_capacity(64 * 1024);
+    while tokio::time::Instant::now() < until {
+        for _ in 0..batch {
+            let block = if next_stream == 1 { &first } else { &rest };
+            // HEADERS with END_HEADERS and END_STREAM: a call with no message.
+            out.extend(h2_frame(0x1, 0x5, next_stream, block));
+            next_stream += 2;
+        }
+        if tcp.write_all(&out).await.is_err() {
+            return answered;
+        }
+        out.clear();
+        let mut ended = 0;
+        while ended < batch {
+            while read.len() >= 9 {
+                let len =
+                    usize::from(read[0]) << 16 | usize::from(read[1]) << 8 | usize::from(read[2]);
+                if read.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (read[3], read[4]);
+                let stream = u32::from_be_bytes([read[5], read[6], read[7], read[8]]);
+                let _ = read.split_to(9 + len);
+                match kind {
+                    0x0 | 0x1 if stream != 0 && flags & 0x1 != 0 => ended += 1,
+                    0x3 => ended += 1,
+                    0x4 if flags & 0x1 == 0 => out.extend(h2_frame(0x4, 0x1, 0, &[])),
+                    0x7 => return answered + ended,
+                    _ => {}
+                }
+            }
+            if tokio::time::Instant::now() >= until {
+                return answered + ended;
+            }
+            let wait = tokio::time::timeout_at(until, tcp.read_buf(&mut read)).await;
+            if !matches!(wait, Ok(Ok(n)) if n > 0) {
+                return answered + ended;
+            }
+        }
+        answered += ended;
+    }
+    answered
+}
+
+/// Reads a counter from the gateway's /metrics.
+async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics read");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+// An HPACK flood over many connections: each decodes two header blocks a turn, so what they
+// hold between them grew with their number (a thousand held about 400 MB). Past 256 requests
+// handed on and not yet begun, across the process, HTTP/2 connections read nothing more.
+#[tokio::test]
+async fn an_hpack_flood_over_many_connections_is_held_to_a_process_wide_count_of_heads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start_with(
+        dir.path(),
+        &[
+            ("RATE_LIMIT_RPS", "0".into()),
+            ("MAX_CONCURRENT_REQUESTS_PER_CLIENT", "100000".into()),
+        ],
+    );
+    let base = format!("http://{}", gateway.addr);
+    let idle = memory_bytes(gateway.pid(), "VmRSS:");
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let flooders: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(hpack_flood_connection(gateway.addr, until, 180)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // An honest client is still served meanwhile.
+    let (status, json) = rest_post(&base, "/v1/streams", r#"{"name":"during-the-flood"}"#).await;
+    assert_eq!(status, 201, "{json}");
+    let mut answered = 0;
+    for flooder in flooders {
+        answered += flooder.await.expect("flooder joined");
+    }
+    assert!(answered > 1000, "the flood's calls were served: {answered}");
+    let held = metric(&base, "iggy_gateway_http2_reads_held_total").await;
+    assert!(held > 0.0, "no HTTP/2 read was held back");
+    let peak = peak_rss_bytes(gateway.pid());
+    assert!(
+        peak - idle < 80 * 1024 * 1024,
+        "peak RSS {} MiB over {} MiB idle",
+        peak >> 20,
+        idle >> 20
+    );
+}
