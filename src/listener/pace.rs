@@ -57,6 +57,8 @@ pub(super) struct HeadGate {
     /// Bumped at each wake-up, so a connection parks once per closing, however often its
     /// task is polled for other work meanwhile.
     wakeups: AtomicU64,
+    /// How many are parked, read without the lock.
+    queued: AtomicUsize,
     /// Times a connection was parked (`http2_reads_held`).
     held: Counter,
 }
@@ -68,6 +70,7 @@ impl HeadGate {
             cap,
             parked: Mutex::new(Vec::new()),
             wakeups: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
             held,
         })
     }
@@ -93,45 +96,51 @@ impl HeadGate {
         self.waiting.load(Ordering::SeqCst) >= self.cap / 2
     }
 
-    /// `Ready` while fewer than the cap wait; else parks the task (once per closing: `parked_in`
-    /// remembers when) until half of them have begun.
+    /// `Ready` while fewer than the cap wait and no connection is parked; else parks the task
+    /// (once per closing: `parked_in` remembers when) until half of them have begun. A
+    /// connection that finds others parked parks behind them, even with room left: else those
+    /// woken by their own sockets' reads would take all the room, turn after turn, while
+    /// parked ones waited.
     fn poll_open(&self, cx: &mut Context<'_>, parked_in: &mut Option<u64>) -> Poll<()> {
-        if self.is_open() {
+        if self.queued.load(Ordering::SeqCst) == 0 && self.is_open() {
             return Poll::Ready(());
         }
         let Ok(mut parked) = self.parked.lock() else {
             // Poisoned only by a panic while waking: reading on is the safe way out.
             return Poll::Ready(());
         };
+        if self.waiting.load(Ordering::SeqCst) <= self.cap / 2 {
+            // Half have begun since the last parked here: all go on.
+            let woken = self.unpark(&mut parked);
+            drop(parked);
+            woken.into_iter().for_each(Waker::wake);
+            return Poll::Ready(());
+        }
         let wakeups = self.wakeups.load(Ordering::SeqCst);
         if *parked_in != Some(wakeups) {
             parked.push(cx.waker().clone());
+            self.queued.store(parked.len(), Ordering::SeqCst);
             *parked_in = Some(wakeups);
             self.held.inc();
         }
-        drop(parked);
-        // Tickets released since the first look may have woken the others before this task
-        // was in the list: look again, now that it is.
-        if self.is_open() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        Poll::Pending
+    }
+
+    /// Takes every parked connection's waker, to be woken once the lock is let go.
+    fn unpark(&self, parked: &mut Vec<Waker>) -> Vec<Waker> {
+        self.wakeups.fetch_add(1, Ordering::SeqCst);
+        self.queued.store(0, Ordering::SeqCst);
+        std::mem::take(parked)
     }
 
     fn release(&self) {
         let before = self.waiting.fetch_sub(1, Ordering::SeqCst);
         if before == self.cap / 2 + 1 {
-            let parked = match self.parked.lock() {
-                Ok(mut parked) => {
-                    self.wakeups.fetch_add(1, Ordering::SeqCst);
-                    std::mem::take(&mut *parked)
-                }
+            let woken = match self.parked.lock() {
+                Ok(mut parked) => self.unpark(&mut parked),
                 Err(_) => return,
             };
-            for waker in parked {
-                waker.wake();
-            }
+            woken.into_iter().for_each(Waker::wake);
         }
     }
 }

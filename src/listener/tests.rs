@@ -205,12 +205,36 @@ fn http2_connections_read_nothing_while_the_cap_of_requests_waits_to_begin() {
         Poll::Ready(2 * request.len())
     );
 
+    // A connection that finds another parked parks behind it, even with room left; both go on
+    // once half have begun.
+    tickets.extend((0..2).map(|_| gate.ticket()));
+    let mut other = rewound_at(request.repeat(2), Some(Arc::clone(&gate)));
+    assert_eq!(
+        read_once(&mut other, &mut cx),
+        Poll::Ready(H2_PREFACE.len())
+    );
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
+    tickets.pop();
+    assert_eq!(gate.waiting(), 3);
+    assert_eq!(
+        read_once(&mut other, &mut cx),
+        Poll::Pending,
+        "parked behind the first"
+    );
+    assert_eq!(held.get(), 3);
+    tickets.pop();
+    assert_eq!(woken.0.load(Ordering::SeqCst), 3, "both woken");
+    assert_eq!(
+        read_once(&mut other, &mut cx),
+        Poll::Ready(2 * request.len())
+    );
+
     // Shut again: parked again, and counted again.
     tickets.extend((0..2).map(|_| gate.ticket()));
     assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
-    assert_eq!(held.get(), 2);
+    assert_eq!(held.get(), 4);
     drop(tickets);
-    assert_eq!(woken.0.load(Ordering::SeqCst), 2);
+    assert_eq!(woken.0.load(Ordering::SeqCst), 4);
     assert_eq!(gate.waiting(), 0);
 }
 
