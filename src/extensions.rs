@@ -28,24 +28,29 @@ pub enum Protocol {
 impl Protocol {
     pub fn of<B>(request: &Request<B>) -> Self {
         let headers = request.headers();
-        let content_type = headers
+        // Read in place, whatever its case: every layer asks, so it allocates nothing.
+        let essence = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        let essence = content_type.split(';').next().unwrap_or("").trim();
-        if essence.starts_with("application/grpc-web") {
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
+        if starts_with_ignoring_case(essence, "application/grpc-web") {
             Protocol::GrpcWeb
-        } else if essence.starts_with("application/grpc") {
+        } else if starts_with_ignoring_case(essence, "application/grpc") {
             Protocol::Grpc
-        } else if let Some(codec) = essence.strip_prefix("application/connect+") {
+        } else if starts_with_ignoring_case(essence, "application/connect+") {
             Protocol::ConnectStream {
-                json: codec == "json",
+                json: essence
+                    .get("application/connect+".len()..)
+                    .is_some_and(|codec| codec.eq_ignore_ascii_case("json")),
             }
         } else if is_procedure_path(request.uri().path())
             && (headers.contains_key(CONNECT_PROTOCOL_VERSION)
-                || matches!(essence, "application/proto" | "application/json")
+                || essence.eq_ignore_ascii_case("application/proto")
+                || essence.eq_ignore_ascii_case("application/json")
                 || (request.method() == Method::GET && is_connect_query(request.uri())))
         {
             // Only on a procedure's path: a REST route is answered as REST whatever headers
@@ -69,6 +74,12 @@ impl Protocol {
     pub fn is_grpc(self) -> bool {
         matches!(self, Protocol::Grpc | Protocol::GrpcWeb)
     }
+}
+
+fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
+    text.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// The header that marks a Connect unary call (its only value so far is `1`).
@@ -199,7 +210,9 @@ impl ClientIp {
 mod tests {
     use std::time::Duration;
 
-    use super::{connect_timeout, is_procedure_path};
+    use axum::http::{Method, Request};
+
+    use super::{Protocol, connect_timeout, is_procedure_path};
 
     #[test]
     fn connect_timeouts_are_positive_milliseconds_of_at_most_ten_digits() {
@@ -211,6 +224,64 @@ mod tests {
         for refused in ["0", "", "-5", "1.5", "12345678901", "5s"] {
             assert_eq!(connect_timeout(refused), None, "{refused}");
         }
+    }
+
+    fn protocol(method: Method, path: &str, content_type: Option<&str>) -> Protocol {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        Protocol::of(&request.body(()).expect("a request"))
+    }
+
+    #[test]
+    fn the_protocol_is_read_from_the_content_type_whatever_its_case_and_parameters() {
+        let call = "/iggy.gateway.v1.StreamService/GetStream";
+        for (content_type, expected) in [
+            ("application/grpc", Protocol::Grpc),
+            ("Application/GRPC+proto", Protocol::Grpc),
+            (" application/grpc ; charset=x", Protocol::Grpc),
+            ("application/grpc-web-text", Protocol::GrpcWeb),
+            ("APPLICATION/GRPC-WEB+proto", Protocol::GrpcWeb),
+            (
+                "application/connect+json",
+                Protocol::ConnectStream { json: true },
+            ),
+            (
+                "Application/Connect+JSON",
+                Protocol::ConnectStream { json: true },
+            ),
+            (
+                "application/connect+proto",
+                Protocol::ConnectStream { json: false },
+            ),
+            (
+                "application/connect+",
+                Protocol::ConnectStream { json: false },
+            ),
+            ("Application/JSON; charset=utf-8", Protocol::Connect),
+            ("application/proto", Protocol::Connect),
+            ("application/protobuf", Protocol::Rest),
+            ("text/plain", Protocol::Rest),
+            ("applicatio", Protocol::Rest),
+            ("é", Protocol::Rest),
+        ] {
+            assert_eq!(
+                protocol(Method::POST, call, Some(content_type)),
+                expected,
+                "{content_type}"
+            );
+        }
+        // Off a procedure's path, JSON is REST's.
+        assert_eq!(
+            protocol(Method::POST, "/v1/streams", Some("application/json")),
+            Protocol::Rest
+        );
+        assert_eq!(protocol(Method::POST, call, None), Protocol::Rest);
+        assert_eq!(
+            protocol(Method::GET, &format!("{call}?connect=v1"), None),
+            Protocol::Connect
+        );
     }
 
     #[test]
