@@ -98,7 +98,9 @@ pub use allowed_hosts::{AllowedHost, AllowedHosts};
 pub use auth::{ApiKey, AuthSettings};
 pub use client_ip::ClientIpLayer;
 pub use cross_site::CrossSite;
-pub use encoders::{AcceptedCodingsLayer, EncoderSlotLayer, HasEncoder, MAX_ENCODERS};
+pub use encoders::{
+    AcceptedCodingsLayer, EncoderSlotLayer, HasEncoder, MAX_ENCODERS, MAX_ENCODERS_PER_CLIENT,
+};
 pub use guard::{Exempt, GuardLayer, Policy};
 pub use heads::{HEADER_LIST_CEILING, HeaderList, MAX_HEADER_LIST_BYTES};
 pub use limits::{BodyLimitLayer, GuardedBody, Shedding, TimeoutLayer};
@@ -216,7 +218,7 @@ fn compression(min_bytes: u16) -> CompressionLayer<impl Predicate> {
         .and(NotForContentType::const_new("application/connect+"))
         .and(NotForContentType::IMAGES)
         // Last: it takes one of the encoders for the answer's life.
-        .and(HasEncoder::new(MAX_ENCODERS));
+        .and(HasEncoder::new(MAX_ENCODERS, MAX_ENCODERS_PER_CLIENT));
     CompressionLayer::new()
         .gzip(true)
         .br(true)

@@ -12,6 +12,10 @@
 //! by tower-http (a stream created, a gRPC call that succeeded, each told 406), and one that
 //! accepts only `identity` took an encoder's permit it never used.
 //!
+//! One client (its address, as the limits count it) holds at most [`MAX_ENCODERS_PER_CLIENT`]
+//! of them: else one that stalled 32 large answers took compression from every other client
+//! for as long as its connection lasted.
+//!
 //! The decision is the compression predicate's ([`HasEncoder`]), but what it decides must
 //! last as long as the answer's body. So [`EncoderSlotLayer`], inside the compression layer,
 //! gives each answer to a request that accepts a coding an empty [`EncoderSlot`] (in the
@@ -19,6 +23,7 @@
 //! a permit in it, and the body drops the permit when it is done.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
@@ -30,18 +35,56 @@ use axum::{
     http::{HeaderMap, Request, Response, header},
 };
 use http_body::{Frame, SizeHint};
+use ipnet::IpNet;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 use tower_http::compression::Predicate;
 
 use super::after::{AfterAnswer, Answering};
+use crate::extensions::ClientIp;
 
 /// HTTP answers compressed at once, at most (about 70 MiB of zstd encoders).
 pub const MAX_ENCODERS: usize = 32;
 
-/// Where an answer keeps the permit to be compressed, once given one.
+/// Of those, the most one client's answers hold at once.
+pub const MAX_ENCODERS_PER_CLIENT: usize = 8;
+
+/// Where an answer keeps the permit to be compressed, once given one, and whose it is.
 #[derive(Debug, Clone, Default)]
-pub struct EncoderSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub struct EncoderSlot {
+    permit: Arc<Mutex<Option<EncoderPermit>>>,
+    client: Option<IpNet>,
+}
+
+/// One of the encoders, and one of its client's share of them.
+#[derive(Debug)]
+struct EncoderPermit {
+    _encoder: OwnedSemaphorePermit,
+    _share: Option<ClientShare>,
+}
+
+/// Encoders held per client; a client holding none is not in the map, so it holds at most
+/// [`MAX_ENCODERS`] entries.
+type Shares = Arc<Mutex<HashMap<IpNet, usize>>>;
+
+/// One encoder counted against a client until dropped.
+#[derive(Debug)]
+struct ClientShare {
+    shares: Shares,
+    client: IpNet,
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = shares.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                shares.remove(&self.client);
+            }
+        }
+    }
+}
 
 /// Takes `Accept-Encoding` off a request that accepts none of the codings the gateway
 /// compresses in, so its answer goes uncompressed and is never turned into a 406.
@@ -154,7 +197,10 @@ where
         let slot = request
             .headers()
             .contains_key(header::ACCEPT_ENCODING)
-            .then(EncoderSlot::default);
+            .then(|| EncoderSlot {
+                permit: Arc::default(),
+                client: request.extensions().get::<ClientIp>().map(ClientIp::key),
+            });
         Answering::new(self.inner.call(request), slot)
     }
 }
@@ -200,17 +246,35 @@ impl http_body::Body for SlotBody {
 }
 
 /// The compression predicate's last word: an answer is compressed only if it can take one of
-/// the [`MAX_ENCODERS`] permits, kept in its [`EncoderSlot`].
+/// the [`MAX_ENCODERS`] permits within its client's share, kept in its [`EncoderSlot`].
 #[derive(Debug, Clone)]
 pub struct HasEncoder {
     permits: Arc<Semaphore>,
+    shares: Shares,
+    per_client: usize,
 }
 
 impl HasEncoder {
-    pub fn new(encoders: usize) -> Self {
+    pub fn new(encoders: usize, per_client: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(encoders)),
+            shares: Shares::default(),
+            per_client,
         }
+    }
+
+    /// One more of `client`'s share, unless it holds all of it.
+    fn share_of(&self, client: IpNet) -> Option<ClientShare> {
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = shares.entry(client).or_insert(0);
+        if *count >= self.per_client {
+            return None;
+        }
+        *count += 1;
+        Some(ClientShare {
+            shares: Arc::clone(&self.shares),
+            client,
+        })
     }
 }
 
@@ -219,13 +283,24 @@ impl Predicate for HasEncoder {
     where
         B: http_body::Body,
     {
-        let Some(EncoderSlot(slot)) = response.extensions().get::<EncoderSlot>() else {
+        let Some(slot) = response.extensions().get::<EncoderSlot>() else {
             return false;
         };
-        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+        let share = match slot.client {
+            Some(client) => match self.share_of(client) {
+                Some(share) => Some(share),
+                None => return false,
+            },
+            None => None,
+        };
+        // A share taken without an encoder is given back as it drops.
+        let Ok(encoder) = Arc::clone(&self.permits).try_acquire_owned() else {
             return false;
         };
-        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(permit);
+        *slot.permit.lock().unwrap_or_else(PoisonError::into_inner) = Some(EncoderPermit {
+            _encoder: encoder,
+            _share: share,
+        });
         true
     }
 }
@@ -237,10 +312,18 @@ mod tests {
     use super::*;
 
     async fn answer(accepts: bool) -> Response<Body> {
+        answer_to(accepts, None).await
+    }
+
+    async fn answer_to(accepts: bool, client: Option<&str>) -> Response<Body> {
         let service = EncoderSlotLayer.layer(service_fn(|_: Request<Body>| async {
             Ok::<_, Infallible>(Response::new(Body::from("an answer")))
         }));
         let mut request = Request::new(Body::empty());
+        if let Some(client) = client {
+            let addr = client.parse().expect("an address");
+            request.extensions_mut().insert(ClientIp::new(addr, 64));
+        }
         if accepts {
             request
                 .headers_mut()
@@ -251,7 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_holds_its_encoder_until_its_body_is_dropped_and_no_more_are_given() {
-        let encoders = HasEncoder::new(2);
+        let encoders = HasEncoder::new(2, 2);
         let first = answer(true).await;
         let second = answer(true).await;
         let third = answer(true).await;
@@ -268,6 +351,44 @@ mod tests {
         assert!(
             encoders.should_compress(&third),
             "the first body gave its encoder back"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_client_holds_at_most_its_share_of_the_encoders() {
+        let encoders = HasEncoder::new(3, 2);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let answer = answer_to(true, Some("10.0.0.1")).await;
+            assert!(encoders.should_compress(&answer));
+            held.push(answer);
+        }
+        let third = answer_to(true, Some("10.0.0.1")).await;
+        assert!(!encoders.should_compress(&third), "its share is taken");
+        // A client of its own (an IPv6 /64 is one client) still gets the one left.
+        let other = answer_to(true, Some("2001:db8::1")).await;
+        assert!(encoders.should_compress(&other));
+        let same_prefix = answer_to(true, Some("2001:db8::2")).await;
+        assert!(
+            !encoders.should_compress(&same_prefix),
+            "every encoder is taken"
+        );
+        drop(other);
+        assert!(
+            !encoders.should_compress(&third),
+            "an encoder is free, but not within the first client's share"
+        );
+        // The refused tries took nothing: the freed encoder is still there for another.
+        assert!(encoders.should_compress(&answer_to(true, Some("10.0.0.2")).await));
+        held.pop();
+        assert!(
+            encoders.should_compress(&third),
+            "its answer gave its share back"
+        );
+        assert_eq!(
+            encoders.shares.lock().expect("shares").len(),
+            1,
+            "clients holding none are forgotten"
         );
     }
 
@@ -307,7 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_to_a_request_that_accepts_no_coding_is_neither_wrapped_nor_compressed() {
-        let encoders = HasEncoder::new(1);
+        let encoders = HasEncoder::new(1, 1);
         let plain = answer(false).await;
         assert!(plain.extensions().get::<EncoderSlot>().is_none());
         assert!(!encoders.should_compress(&plain));

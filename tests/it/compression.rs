@@ -572,10 +572,15 @@ async fn a_grpc_decompression_bomb_is_refused_resource_exhausted_and_the_gateway
 }
 
 // An encoder holds up to 2 MiB while its answer is sent, outside MAX_INFLIGHT_BYTES: a client
-// that asked for many large compressed answers and took none of them held that much for each.
+// that asked for many large compressed answers and took none of them held that much for each,
+// and one client could hold every encoder, leaving every other client's answers plain.
 #[tokio::test]
-async fn at_most_max_encoders_answers_are_compressed_at_once_and_the_rest_go_plain() {
-    let app = spawn_app().await;
+async fn at_most_max_encoders_answers_are_compressed_at_once_a_share_of_them_a_client() {
+    use iggy_gateway::layers::{MAX_ENCODERS, MAX_ENCODERS_PER_CLIENT};
+    let app = spawn_configured(|c| {
+        c.edge.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await;
     app.create_stream("orders").await;
     app.create_topic("orders", "created", 1).await;
     // Letters that compress poorly: each compressed answer is well past the 64 KiB the
@@ -594,45 +599,72 @@ async fn at_most_max_encoders_answers_are_compressed_at_once_and_the_rest_go_pla
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     app.send_texts("orders", "created", 0, &texts).await;
 
-    // Whether a poll by another client that reads its answer comes back compressed.
-    let compressed_for_another = || async {
-        let answer = app
+    // Whether a poll by `client` that reads its answer comes back compressed.
+    let compressed_for = |client: &'static str| {
+        let request = app
             .http1
             .get(app.url(POLL))
             .header("accept-encoding", "zstd")
-            .send()
-            .await
-            .expect("polled");
-        answer.headers().get("content-encoding").is_some()
+            .header("x-forwarded-for", client);
+        async move {
+            let answer = request.send().await.expect("polled");
+            answer.headers().get("content-encoding").is_some()
+        }
     };
-    let cap = iggy_gateway::layers::MAX_ENCODERS;
-    let polls = vec![POLL; cap + 4];
+    let compressed = |answers: &[http::Response<h2::RecvStream>]| {
+        for answer in answers {
+            assert!(
+                answer
+                    .headers()
+                    .get("content-encoding")
+                    .is_none_or(|coding| coding == "zstd")
+            );
+        }
+        answers
+            .iter()
+            .filter(|answer| answer.headers().get("content-encoding").is_some())
+            .count()
+    };
+    let polls = vec![POLL; MAX_ENCODERS_PER_CLIENT + 4];
     // Answers that go uncompressed take no encoder, however long they wait.
-    let (plain, _held) = crate::helpers::window_of(&app, 0, &polls, "identity").await;
-    assert!(compressed_for_another().await);
+    let (plain, _held) =
+        crate::helpers::window_from(&app, 0, &polls, "identity", Some("10.0.0.1")).await;
+    assert!(compressed_for("10.0.0.1").await);
     plain.abort();
-    // No window: every answer begins (its head) and none can end.
-    let (connection, (h2, answers)) = crate::helpers::window_of(&app, 0, &polls, "zstd").await;
-    let compressed = answers
-        .iter()
-        .filter(|answer| answer.headers().get("content-encoding").is_some())
-        .count();
-    assert_eq!(compressed, cap, "of {} answers", answers.len());
-    for answer in &answers {
-        assert!(
-            answer
-                .headers()
-                .get("content-encoding")
-                .is_none_or(|coding| coding == "zstd")
-        );
-    }
 
-    // The stalled answers end with their connection, and give their encoders back.
-    connection.abort();
-    drop((h2, answers));
+    // No window: every answer begins (its head) and none can end. One client gets its share,
+    // and another client's answers are still compressed.
+    let mut stalled = Vec::new();
+    let (connection, (h2, answers)) =
+        crate::helpers::window_from(&app, 0, &polls, "zstd", Some("10.0.0.1")).await;
+    assert_eq!(
+        compressed(&answers),
+        MAX_ENCODERS_PER_CLIENT,
+        "of {}",
+        answers.len()
+    );
+    assert!(!compressed_for("10.0.0.1").await, "its share is taken");
+    assert!(compressed_for("10.0.0.9").await, "another client's is not");
+    stalled.push((connection, h2, answers));
+    // Clients enough to take every encoder: past that, no client's answer is compressed.
+    let mut total = MAX_ENCODERS_PER_CLIENT;
+    for client in ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"] {
+        let (connection, (h2, answers)) =
+            crate::helpers::window_from(&app, 0, &polls, "zstd", Some(client)).await;
+        total += compressed(&answers);
+        stalled.push((connection, h2, answers));
+    }
+    assert_eq!(total, MAX_ENCODERS);
+    assert!(!compressed_for("10.0.0.9").await, "every encoder is taken");
+
+    // The stalled answers end with their connections, and give their encoders back.
+    for (connection, h2, answers) in stalled {
+        connection.abort();
+        drop((h2, answers));
+    }
     let mut again = false;
     for _ in 0..50 {
-        if compressed_for_another().await {
+        if compressed_for("10.0.0.1").await {
             again = true;
             break;
         }

@@ -471,6 +471,24 @@ pub async fn window_of(
         Vec<http::Response<h2::RecvStream>>,
     ),
 ) {
+    window_from(app, window, paths, accept, None).await
+}
+
+/// [`window_of`], each request sent as from `forwarded_for` (`X-Forwarded-For`; a client of its
+/// own to a gateway that trusts loopback as a proxy).
+pub async fn window_from(
+    app: &TestApp,
+    window: u32,
+    paths: &[&str],
+    accept: &str,
+    forwarded_for: Option<&str>,
+) -> (
+    JoinHandle<Result<(), h2::Error>>,
+    (
+        h2::client::SendRequest<bytes::Bytes>,
+        Vec<http::Response<h2::RecvStream>>,
+    ),
+) {
     let tcp = tokio::net::TcpStream::connect(app.addr)
         .await
         .expect("connects");
@@ -483,10 +501,11 @@ pub async fn window_of(
     let mut h2 = h2.ready().await.expect("ready");
     let mut answers = Vec::new();
     for path in paths {
-        let request = http::Request::get(app.url(path))
-            .header("accept-encoding", accept)
-            .body(())
-            .expect("request");
+        let mut request = http::Request::get(app.url(path)).header("accept-encoding", accept);
+        if let Some(client) = forwarded_for {
+            request = request.header("x-forwarded-for", client);
+        }
+        let request = request.body(()).expect("request");
         let (response, _) = h2.send_request(request, true).expect("stream opened");
         answers.push(response);
     }
