@@ -50,7 +50,7 @@ use crate::{
 mod pace;
 mod tls;
 
-use pace::{HeadGate, HeadPace, HeadTicket, MAX_WAITING_HEADS, PRESSED_READ};
+use pace::{HeadGate, HeadPace, HeadTicket, MAX_WAITING_HEADS};
 pub use tls::{Tls, TlsError, TlsSettings};
 
 /// Connection-level limits, each stated in the configuration with its default.
@@ -349,12 +349,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
             return Pin::new(&mut this.stream).poll_read(cx, buf);
         };
         if let Some(most) = std::task::ready!(pace.poll_ready(cx)) {
-            let mut scratch = [0u8; PRESSED_READ];
-            let mut small = tokio::io::ReadBuf::new(&mut scratch[..most.min(buf.remaining())]);
-            let read = Pin::new(&mut this.stream).poll_read(cx, &mut small);
+            // Read into the caller's buffer, cut to `most` (zeroed first: no unsafe here).
+            let most = most.min(buf.remaining());
+            let mut part = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(most));
+            let read = Pin::new(&mut this.stream).poll_read(cx, &mut part);
             if let Poll::Ready(Ok(())) = read {
-                pace.read(small.filled());
-                buf.put_slice(small.filled());
+                let n = part.filled().len();
+                pace.read(part.filled());
+                buf.advance(n);
             }
             return read;
         }

@@ -18,7 +18,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
@@ -91,9 +91,11 @@ impl HeadGate {
         self.waiting.load(Ordering::SeqCst) < self.cap
     }
 
-    /// Half the cap or more wait: connections read [`PRESSED_READ`] bytes at a time.
+    /// Half the cap or more wait, or connections are parked: connections read a frame at a
+    /// time, and a header block's [`PRESSED_READ`] bytes at a time.
     fn is_pressed(&self) -> bool {
-        self.waiting.load(Ordering::SeqCst) >= self.cap / 2
+        self.queued.load(Ordering::SeqCst) > 0
+            || self.waiting.load(Ordering::SeqCst) >= self.cap / 2
     }
 
     /// `Ready` while fewer than the cap wait and no connection is parked; else parks the task
@@ -105,10 +107,8 @@ impl HeadGate {
         if self.queued.load(Ordering::SeqCst) == 0 && self.is_open() {
             return Poll::Ready(());
         }
-        let Ok(mut parked) = self.parked.lock() else {
-            // Poisoned only by a panic while waking: reading on is the safe way out.
-            return Poll::Ready(());
-        };
+        // Nothing under the lock panics; were it poisoned, the list is still whole.
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         if self.waiting.load(Ordering::SeqCst) <= self.cap / 2 {
             // Half have begun since the last parked here: all go on.
             let woken = self.unpark(&mut parked);
@@ -136,10 +136,8 @@ impl HeadGate {
     fn release(&self) {
         let before = self.waiting.fetch_sub(1, Ordering::SeqCst);
         if before == self.cap / 2 + 1 {
-            let woken = match self.parked.lock() {
-                Ok(mut parked) => self.unpark(&mut parked),
-                Err(_) => return,
-            };
+            let woken =
+                self.unpark(&mut self.parked.lock().unwrap_or_else(PoisonError::into_inner));
             woken.into_iter().for_each(Waker::wake);
         }
     }
@@ -165,6 +163,8 @@ pub(super) struct HeadPace {
     payload_left: usize,
     /// Budget owed for header blocks read, paid before the next read.
     owed: u32,
+    /// The frame whose payload is being read is a HEADERS or CONTINUATION frame.
+    in_block: bool,
     gate: Arc<HeadGate>,
     /// The gate's wake-up this connection last parked for.
     parked_in: Option<u64>,
@@ -177,21 +177,33 @@ impl HeadPace {
             filled: 0,
             payload_left: 0,
             owed: 0,
+            in_block: false,
             gate,
             parked_in: None,
         }
     }
 
-    /// `Ready` when the connection may read on: what its earlier header blocks owe is paid
-    /// from the task's budget (`Pending`, the task woken to run again later, once this turn's
-    /// is spent), and the process's [`HeadGate`] is open. Then the most it may read at once:
-    /// `None` for what the caller's buffer takes, or [`PRESSED_READ`] while the gate is half
-    /// full, so each connection let in brings a header block or two, not the dozens one read
-    /// can hold, and the gate's room is shared among more connections.
+    /// `Ready` when the connection may read on, with the most it may read at once (`None`:
+    /// what the caller's buffer takes). What its earlier header blocks owe is paid first from
+    /// the task's budget (`Pending`, the task woken to run again later, once this turn's is
+    /// spent). While the process's [`HeadGate`] is pressed, the connection reads a frame at a
+    /// time, so it knows what it reads: frame headers and the payloads of other frames (DATA,
+    /// WINDOW_UPDATE, PING) go on, and only a header block's payload, without which hyper
+    /// decodes nothing, waits for the gate; let in, it reads [`PRESSED_READ`] bytes.
     pub(super) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Option<usize>> {
         std::task::ready!(self.poll_paid(cx));
+        if !self.gate.is_pressed() {
+            return Poll::Ready(None);
+        }
+        if self.payload_left == 0 {
+            return Poll::Ready(Some(FRAME_HEADER - self.filled));
+        }
+        if !self.in_block {
+            return Poll::Ready(Some(self.payload_left));
+        }
+        // Let in, it may read past the block too: a client's next small blocks come with it.
         std::task::ready!(self.gate.poll_open(cx, &mut self.parked_in));
-        Poll::Ready(self.gate.is_pressed().then_some(PRESSED_READ))
+        Poll::Ready(Some(PRESSED_READ))
     }
 
     fn poll_paid(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -224,7 +236,8 @@ impl HeadPace {
                 self.filled = 0;
                 let [a, b, c, kind, ..] = self.header;
                 self.payload_left = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-                if kind == HEADERS || kind == CONTINUATION {
+                self.in_block = kind == HEADERS || kind == CONTINUATION;
+                if self.in_block {
                     self.owed = self.owed.saturating_add(HEAD_COST);
                 }
             }

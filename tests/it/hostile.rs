@@ -1620,9 +1620,29 @@ async fn an_hpack_flood_over_many_connections_is_held_to_a_process_wide_count_of
         .map(|_| tokio::spawn(hpack_flood_connection(gateway.addr, until, 180)))
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // An honest client is still served meanwhile.
+    // Honest clients are still served meanwhile, over HTTP/1.1 (never held) and HTTP/2 (its
+    // header blocks wait their turn; its body, 1 MiB of DATA, does not).
     let (status, json) = rest_post(&base, "/v1/streams", r#"{"name":"during-the-flood"}"#).await;
     assert_eq!(status, 201, "{json}");
+    let (status, json) = rest_post(
+        &base,
+        "/v1/streams/during-the-flood/topics",
+        r#"{"name":"uploads","partitions_count":1}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{json}");
+    let text = "x".repeat(1024 * 1024 - 64);
+    let answer = h2_client()
+        .post(format!(
+            "{base}/v1/streams/during-the-flood/topics/uploads/messages"
+        ))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"messages":[{{"text":"{text}"}}]}}"#))
+        .send()
+        .await
+        .expect("answered over HTTP/2");
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 201, "stored");
     let mut answered = 0;
     for flooder in flooders {
         answered += flooder.await.expect("flooder joined");
