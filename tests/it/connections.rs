@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
-use crate::{durability::Gateway, helpers::spawn_configured};
+use crate::{
+    durability::Gateway,
+    helpers::{metric, spawn_configured},
+};
 
 /// Opens `count` TCP connections and holds them without sending anything.
 async fn hold_connections(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
@@ -27,22 +30,6 @@ async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
         tokio::time::timeout(wait, stream.read(&mut byte)).await,
         Ok(Ok(0) | Err(_))
     )
-}
-
-async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics answered")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|line| line.starts_with(name))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
 }
 
 #[tokio::test]
@@ -93,7 +80,7 @@ async fn running_out_of_descriptors_backs_off_logs_counts_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(answered, "serves again once the connections are gone");
-    assert!(metric(&client, &base, "iggy_gateway_accept_errors_total").await > 0);
+    assert!(metric(&client, &base, "iggy_gateway_accept_errors_total").await > 0.0);
     gateway.kill_hard();
 }
 
@@ -132,7 +119,7 @@ async fn the_default_connection_cap_keeps_descriptors_for_the_gateway() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let client = reqwest::Client::new();
     let base = format!("http://{}", gateway.addr);
-    assert!(metric(&client, &base, "iggy_gateway_connections_refused_total").await >= 100);
+    assert!(metric(&client, &base, "iggy_gateway_connections_refused_total").await >= 100.0);
     gateway.kill_hard();
 }
 
@@ -151,7 +138,7 @@ async fn connections_over_max_connections_are_closed_on_arrival() {
     let base = app.url("");
     assert_eq!(
         metric(&app.http1, &base, "iggy_gateway_connections_refused_total").await,
-        1
+        1.0
     );
 }
 
@@ -370,7 +357,7 @@ async fn a_client_that_stops_reading_is_disconnected_at_the_write_timeout() {
         .expect("request sent");
     // Never read: the gateway's writes stall once the buffers between are full.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(open().await, before + 1, "the stalled connection is open");
+    assert_eq!(open().await, before + 1.0, "the stalled connection is open");
     let mut closed = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;

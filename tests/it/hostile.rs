@@ -1587,19 +1587,6 @@ async fn hpack_flood_connection(
     answered
 }
 
-/// Reads a counter from the gateway's /metrics.
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics answered")
-        .text()
-        .await
-        .expect("metrics read");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
-}
-
 // An HPACK flood over many connections: each decodes two header blocks a turn, so what they
 // hold between them grew with their number (a thousand held about 400 MB). Past 256 requests
 // handed on and not yet begun, across the process, HTTP/2 connections read nothing more.
@@ -1648,7 +1635,12 @@ async fn an_hpack_flood_over_many_connections_is_held_to_a_process_wide_count_of
         answered += flooder.await.expect("flooder joined");
     }
     assert!(answered > 1000, "the flood's calls were served: {answered}");
-    let held = metric(&base, "iggy_gateway_http2_reads_held_total").await;
+    let held = crate::helpers::metric(
+        &reqwest::Client::new(),
+        &base,
+        "iggy_gateway_http2_reads_held_total",
+    )
+    .await;
     assert!(held > 0.0, "no HTTP/2 read was held back");
     let peak = peak_rss_bytes(gateway.pid());
     assert!(

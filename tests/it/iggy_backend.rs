@@ -517,22 +517,6 @@ async fn on_real_iggy_etags_guard_changes_as_on_embedded() {
         .expect("current");
 }
 
-/// A counter's value in `/metrics`.
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .http1
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("/metrics lacks {name}:\n{text}"))
-}
-
 #[tokio::test]
 async fn on_real_iggy_concurrent_unary_sends_share_sends_and_each_lands_once_in_its_callers_order()
 {
@@ -591,8 +575,14 @@ async fn on_real_iggy_concurrent_unary_sends_share_sends_and_each_lands_once_in_
         );
     }
 
-    let sends_made = metric(&app, "iggy_gateway_backend_sends_total").await;
-    let calls = metric(&app, "iggy_gateway_backend_send_calls_total").await;
+    let sends_made =
+        crate::helpers::metric(&app.http1, &app.url(""), "iggy_gateway_backend_sends_total").await;
+    let calls = crate::helpers::metric(
+        &app.http1,
+        &app.url(""),
+        "iggy_gateway_backend_send_calls_total",
+    )
+    .await;
     assert!(calls >= total as f64, "calls {calls}");
     assert!(
         calls / sends_made > 1.0,
