@@ -34,8 +34,8 @@ use tower::Service;
 
 use self::request::Codec;
 use crate::{
-    answer::{Caller, ERROR_DOMAIN, Rejection, connect, grpc_code_name},
-    extensions::{AnsweredCode, MatchedRoute, Protocol},
+    answer::{Caller, ERROR_DOMAIN, Rejection, connect, grpc_code_name, methods},
+    extensions::{AnsweredCode, MatchedRoute, Protocol, RequestId},
     identity::Access,
     rest::{
         self,
@@ -78,6 +78,13 @@ pub struct Connect {
 }
 
 impl Connect {
+    /// Whether the method at `path` takes a Connect `GET` (it is marked `NO_SIDE_EFFECTS`).
+    pub fn takes_get(&self, path: &str) -> bool {
+        self.procedures
+            .get(path)
+            .is_some_and(|procedure| procedure.side_effect_free)
+    }
+
     /// Every method of the API's services, read from the descriptor set, with its direct call
     /// from `direct` (which reads JSON with the method's typed codec); fails for a method
     /// without one, so no new method is left unserved.
@@ -414,7 +421,31 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let protocol = Protocol::of(&request);
+        let mut protocol = Protocol::of(&request);
+        if protocol == Protocol::Rest
+            && request.method() != Method::POST
+            && self.connect.takes_get(request.uri().path())
+        {
+            // A method without side effects also takes Connect's GET: a GET there is one
+            // (Connect names what it lacks), and OPTIONS and 405 list GET with POST.
+            if request.method() == Method::GET {
+                protocol = Protocol::Connect;
+            } else {
+                let allowed = methods::allowed(&[Method::GET, Method::POST]);
+                let answer = if request.method() == Method::OPTIONS {
+                    methods::options(&allowed)
+                } else {
+                    let request_id = request
+                        .extensions()
+                        .get::<RequestId>()
+                        .map(|id| id.as_str().to_owned());
+                    methods::method_not_allowed(request.method(), request.uri().path(), &allowed)
+                        .with_request_id(request_id)
+                        .into_response()
+                };
+                return Either::Right(Box::pin(std::future::ready(Ok(answer))));
+            }
+        }
         if !matches!(protocol, Protocol::Connect | Protocol::ConnectStream { .. }) {
             return Either::Left(self.inner.call(request));
         }

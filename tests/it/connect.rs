@@ -288,6 +288,35 @@ async fn side_effect_free_methods_answer_get_and_others_refuse_it() {
     assert_eq!(app.list_streams().await.len(), 1, "nothing was deleted");
 }
 
+// A side-effect-free method takes Connect's GET, so its path lists GET wherever it says what it
+// takes; a GET without Connect's query is Connect's to refuse, naming what it lacks.
+#[tokio::test]
+async fn a_side_effect_free_methods_path_lists_get_among_the_methods_it_takes() {
+    let app = spawn_app().await;
+    let get_stream = app.url(&format!("{STREAMS}/GetStream"));
+    let delete_stream = app.url(&format!("{STREAMS}/DeleteStream"));
+    let options = |url: &str| app.http1.request(reqwest::Method::OPTIONS, url).send();
+    let listed = options(&get_stream).await.expect("sent");
+    assert_eq!(listed.status(), 204);
+    assert_eq!(header(&listed, "allow"), "GET, POST, OPTIONS");
+    let listed = options(&delete_stream).await.expect("sent");
+    assert_eq!(header(&listed, "allow"), "POST, OPTIONS");
+
+    let head = app.http1.head(&get_stream).send().await.expect("sent");
+    assert_eq!(head.status(), 405);
+    assert_eq!(header(&head, "allow"), "GET, POST, OPTIONS");
+    let put = app.http1.put(&delete_stream).send().await.expect("sent");
+    assert_eq!(put.status(), 405);
+    assert_eq!(header(&put, "allow"), "POST, OPTIONS");
+
+    // A bare GET is a Connect GET without its message: Connect's error, not a 405.
+    let bare = app.http1.get(&get_stream).send().await.expect("sent");
+    let status = bare.status();
+    let body: Value = bare.json().await.expect("a Connect error");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid_argument", "{body}");
+}
+
 #[tokio::test]
 async fn a_server_stream_arrives_in_envelopes_and_ends_at_its_timeout() {
     let app = spawn_app().await;

@@ -241,10 +241,16 @@ async fn a_plain_options_answers_the_paths_allow_list_even_with_cors_on() {
         ("/v1/streams/orders", "GET, PATCH, DELETE, HEAD, OPTIONS"),
         ("/health", "GET, HEAD, OPTIONS"),
         ("/openapi.json", "GET, HEAD, OPTIONS"),
+        // Without side effects: it also takes Connect's GET.
         (
             "/iggy.gateway.v1.StreamService/ListStreams",
+            "GET, POST, OPTIONS",
+        ),
+        (
+            "/iggy.gateway.v1.StreamService/DeleteStream",
             "POST, OPTIONS",
         ),
+        ("/grpc.health.v1.Health/Check", "POST, OPTIONS"),
     ] {
         let response = app
             .http1
@@ -285,16 +291,25 @@ async fn a_plain_options_answers_the_paths_allow_list_even_with_cors_on() {
     );
     assert!(header(&preflight, "access-control-allow-methods").contains("POST"));
 
-    // Plain HTTP on a gRPC method's path: POST is what it takes.
+    // Plain HTTP on a gRPC method's path: POST is what it takes (and Connect's GET, for a
+    // method without side effects; a bare GET there is Connect's, lacking its message).
     let get = app
         .http1
-        .get(app.url("/iggy.gateway.v1.StreamService/ListStreams"))
+        .get(app.url("/iggy.gateway.v1.StreamService/DeleteStream"))
         .send()
         .await
         .expect("sent");
     assert_eq!(get.status(), 405);
     assert_eq!(header(&get, "allow"), "POST, OPTIONS");
     assert_eq!(header(&get, "content-type"), "application/problem+json");
+    let get = app
+        .http1
+        .get(app.url("/iggy.gateway.v1.StreamService/ListStreams"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(get.status(), 400);
+    assert_eq!(header(&get, "content-type"), "application/json");
 }
 
 /// Opens an SSE subscription to `orders/created` and reads until `count` messages arrived:
