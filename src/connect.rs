@@ -35,7 +35,7 @@ use tower::Service;
 use self::request::Codec;
 use crate::{
     answer::{Caller, ERROR_DOMAIN, Rejection, connect, grpc_code_name, methods},
-    extensions::{AnsweredCode, MatchedRoute, Protocol, RequestId},
+    extensions::{AnsweredCode, MatchedRoute, Protocol},
     identity::Access,
     rest::{
         self,
@@ -432,17 +432,7 @@ where
                 protocol = Protocol::Connect;
             } else {
                 let allowed = methods::allowed(&[Method::GET, Method::POST]);
-                let answer = if request.method() == Method::OPTIONS {
-                    methods::options(&allowed)
-                } else {
-                    let request_id = request
-                        .extensions()
-                        .get::<RequestId>()
-                        .map(|id| id.as_str().to_owned());
-                    methods::method_not_allowed(request.method(), request.uri().path(), &allowed)
-                        .with_request_id(request_id)
-                        .into_response()
-                };
+                let answer = methods::other_method(&request, &allowed);
                 return Either::Right(Box::pin(std::future::ready(Ok(answer))));
             }
         }

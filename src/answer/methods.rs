@@ -60,6 +60,21 @@ pub fn options(allowed: &[Method]) -> Response {
     response
 }
 
+/// A method `request`'s path does not serve: 204 with `Allow` for a plain `OPTIONS`, else 405
+/// as a problem with `Allow` and the request's id.
+pub fn other_method<B>(request: &Request<B>, allowed: &[Method]) -> Response {
+    if *request.method() == Method::OPTIONS {
+        return options(allowed);
+    }
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.as_str().to_owned());
+    method_not_allowed(request.method(), request.uri().path(), allowed)
+        .with_request_id(request_id)
+        .into_response()
+}
+
 /// A route that only reads (`GET`, so `HEAD`): `OPTIONS` and other methods are answered as
 /// everywhere else, not with axum's bare 405.
 pub fn read_only<H, T, S>(handler: H) -> MethodRouter<S>
@@ -71,17 +86,7 @@ where
     axum::routing::get(handler)
         .options(|| async { options(&allowed(&[Method::GET, Method::HEAD])) })
         .fallback(|request: Request<Body>| async move {
-            let request_id = request
-                .extensions()
-                .get::<RequestId>()
-                .map(|id| id.as_str().to_owned());
-            method_not_allowed(
-                request.method(),
-                request.uri().path(),
-                &allowed(&[Method::GET, Method::HEAD]),
-            )
-            .with_request_id(request_id)
-            .into_response()
+            other_method(&request, &allowed(&[Method::GET, Method::HEAD]))
         })
 }
 
@@ -140,18 +145,7 @@ where
                 |answer| answer.map(IntoResponse::into_response);
             return Either::Left(self.inner.call(request).map(into_response));
         }
-        let allowed = allowed(&[Method::POST]);
-        let answer = if *request.method() == Method::OPTIONS {
-            options(&allowed)
-        } else {
-            let request_id = request
-                .extensions()
-                .get::<RequestId>()
-                .map(|id| id.as_str().to_owned());
-            method_not_allowed(request.method(), request.uri().path(), &allowed)
-                .with_request_id(request_id)
-                .into_response()
-        };
+        let answer = other_method(&request, &allowed(&[Method::POST]));
         Either::Right(futures_util::future::ready(Ok(answer)))
     }
 }
