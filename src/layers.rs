@@ -99,7 +99,7 @@ pub use auth::{ApiKey, AuthSettings};
 pub use client_ip::ClientIpLayer;
 pub use cross_site::CrossSite;
 pub use encoders::{
-    AcceptedCodingsLayer, EncoderSlotLayer, HasEncoder, MAX_ENCODERS, MAX_ENCODERS_PER_CLIENT,
+    EncoderSlotLayer, HasEncoder, MAX_ENCODERS, MAX_ENCODERS_PER_CLIENT, without_unaccepted_codings,
 };
 pub use guard::{Exempt, GuardLayer, Policy};
 pub use heads::{HEADER_LIST_CEILING, HeaderList, MAX_HEADER_LIST_BYTES};
@@ -178,7 +178,7 @@ pub fn apply(
         )
         .layer(MetricsLayer::new(metrics))
         .layer(MapResponseBodyLayer::new(Body::new))
-        .layer(AcceptedCodingsLayer)
+        .map_request(without_unaccepted_codings::<Body>)
         .layer(compression(settings.compression_min_bytes))
         .layer(EncoderSlotLayer)
         .option_layer(AllowedHosts::new(&settings.allowed_hosts).map(GuardLayer::new))

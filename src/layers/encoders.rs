@@ -7,7 +7,7 @@
 //! uncompressed, as to a client that accepts no coding.
 //!
 //! An `Accept-Encoding` that accepts none of gzip, br and zstd is taken off the request first
-//! ([`AcceptedCodingsLayer`], outside compression): its answer goes as it is. Left on, a
+//! ([`without_unaccepted_codings`], outside compression): its answer goes as it is. Left on, a
 //! request that refuses `identity` too (`identity;q=0`) ran in full and was then answered 406
 //! by tower-http (a stream created, a gRPC call that succeeded, each told 406), and one that
 //! accepts only `identity` took an encoder's permit it never used.
@@ -86,42 +86,14 @@ impl Drop for ClientShare {
     }
 }
 
-/// Takes `Accept-Encoding` off a request that accepts none of the codings the gateway
-/// compresses in, so its answer goes uncompressed and is never turned into a 406.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AcceptedCodingsLayer;
-
-impl<S> Layer<S> for AcceptedCodingsLayer {
-    type Service = AcceptedCodings<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AcceptedCodings { inner }
+/// `request` without its `Accept-Encoding` if that accepts none of the codings the gateway
+/// compresses in, so its answer goes uncompressed and is never turned into a 406 (a
+/// `MapRequestLayer` just outside compression).
+pub fn without_unaccepted_codings<B>(mut request: Request<B>) -> Request<B> {
+    if !accepts_compression(request.headers()) {
+        request.headers_mut().remove(header::ACCEPT_ENCODING);
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct AcceptedCodings<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for AcceptedCodings<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if !accepts_compression(request.headers()) {
-            request.headers_mut().remove(header::ACCEPT_ENCODING);
-        }
-        self.inner.call(request)
-    }
+    request
 }
 
 /// Whether `Accept-Encoding` leaves gzip, br or zstd a weight above zero, as tower-http reads
@@ -162,7 +134,7 @@ fn accepts_compression(headers: &HeaderMap) -> bool {
 }
 
 /// Gives an empty [`EncoderSlot`] to each answer whose request accepts a content coding (after
-/// [`AcceptedCodingsLayer`], one the gateway compresses in).
+/// [`without_unaccepted_codings`], one the gateway compresses in).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EncoderSlotLayer;
 
