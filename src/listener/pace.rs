@@ -13,8 +13,9 @@
 //! That bounds what one connection holds, not what all of them do: each of a thousand
 //! connections decoding two blocks a turn held about 400 MB between them, as requests handed to
 //! the runtime whose tasks had not run yet. [`HeadGate`] counts those requests across the
-//! process, and while [`MAX_WAITING_HEADS`] wait, HTTP/2 connections read nothing more until
-//! half have begun (and been served, or refused and dropped).
+//! process, and while [`MAX_WAITING_HEADS`] wait, HTTP/2 connections read no header block
+//! until half have begun (and been served, or refused and dropped); their other frames (DATA,
+//! PING, WINDOW_UPDATE) go on.
 
 use std::{
     sync::{
@@ -32,8 +33,8 @@ use prometheus_client::metrics::counter::Counter;
 /// BENCHMARKS.md.)
 pub(super) const HEAD_COST: u32 = 64;
 
-/// Bytes a connection reads at once while its [`HeadGate`] is half full: two of a flood's
-/// header blocks of a few hundred bytes, or a few ordinary ones.
+/// Bytes a connection let in by a pressed [`HeadGate`] reads at once: two of a flood's header
+/// blocks of a few hundred bytes, or a few dozen ordinary ones.
 pub(super) const PRESSED_READ: usize = 1024;
 
 const FRAME_HEADER: usize = 9;
@@ -41,7 +42,7 @@ const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
 
 /// Requests handed on by their connections whose tasks have not begun, across the process,
-/// past which HTTP/2 connections stop reading: at most a few tens of kilobytes of decoded head
+/// past which HTTP/2 connections read no header block: at most a few tens of kilobytes of decoded head
 /// each (a 20 KiB list of one-byte fields), so about 16 MB between them.
 pub(super) const MAX_WAITING_HEADS: usize = 256;
 
