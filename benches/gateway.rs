@@ -193,6 +193,8 @@ impl Gateway {
             .env("RATE_LIMIT_RPS", "0")
             .env("MAX_SUBSCRIBERS_PER_CLIENT", "100000")
             .env("MAX_SUBSCRIBERS", "100000")
+            // The load comes from one address: the per-client caps would shape it, not the gateway.
+            .env("MAX_CONNECTIONS_PER_CLIENT", "100000")
             .env("IGGY_STREAM", "")
             .env_remove("API_KEY")
             .envs(settings.iter().map(|(name, value)| (*name, *value)))

@@ -253,7 +253,11 @@ impl Config {
 
     /// The listener's limits, given the open-files limit in force (`None`: unknown).
     pub fn listener_settings(&self, descriptor_limit: Option<u64>) -> ListenerSettings {
-        self.limits.listener_settings(descriptor_limit)
+        ListenerSettings {
+            trusted_proxies: self.edge.trusted_proxies.clone(),
+            ipv6_client_prefix: self.edge.ipv6_client_prefix,
+            ..self.limits.listener_settings(descriptor_limit)
+        }
     }
 
     /// TLS on the listener, when a certificate and key are configured.

@@ -3,7 +3,8 @@
 //! some HTTP/2 limits and so turns hyper's safe defaults off).
 //!
 //! A connection over `MAX_CONNECTIONS` is closed at once, before the kernel runs out of
-//! descriptors; a failed `accept` (EMFILE, ENFILE, ENOBUFS…) backs off instead of spinning;
+//! descriptors, and so is one over `MAX_CONNECTIONS_PER_CLIENT` from one client (`clients`);
+//! a failed `accept` (EMFILE, ENFILE, ENOBUFS…) backs off instead of spinning;
 //! a connection with no call in flight for `CONNECTION_IDLE_TIMEOUT_MS` is closed gracefully,
 //! and one whose peer takes none of what it is sent for `CONNECTION_WRITE_TIMEOUT_MS` is cut off:
 //! on the socket, or (an HTTP/2 client that opens no flow-control window) on an answer that
@@ -47,9 +48,12 @@ use crate::{
     budget::AnswerWatch, extensions::PeerCertificate, layers::GuardedBody, metrics::Metrics,
 };
 
+mod clients;
 mod pace;
 mod tls;
 
+use clients::ClientConnections;
+pub use clients::default_max_connections_per_client;
 use pace::{HeadGate, HeadPace, HeadTicket, MAX_WAITING_HEADS};
 pub use tls::{Tls, TlsError, TlsSettings};
 
@@ -58,6 +62,12 @@ pub use tls::{Tls, TlsError, TlsSettings};
 pub struct ListenerSettings {
     /// Open connections beyond which new ones are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Open connections from one client beyond which its new ones are closed on arrival.
+    pub max_connections_per_client: usize,
+    /// Peers whose connections are not counted per client (each carries many clients).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Leading bits of an IPv6 address that name one client.
+    pub ipv6_client_prefix: u8,
     /// A connection with no call in flight for this long is closed (GOAWAY on HTTP/2).
     pub idle_timeout: Duration,
     /// A TLS handshake, then what tells a connection's HTTP version, then an HTTP/1.1
@@ -87,6 +97,9 @@ impl ListenerSettings {
     pub fn new(max_connections: usize, idle_timeout: Duration) -> Self {
         Self {
             max_connections,
+            max_connections_per_client: default_max_connections_per_client(max_connections),
+            trusted_proxies: Vec::new(),
+            ipv6_client_prefix: 64,
             idle_timeout,
             header_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
@@ -144,10 +157,16 @@ pub async fn serve(
 ) {
     let builder = http_builder(&settings);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let clients = ClientConnections::new(
+        settings.max_connections_per_client,
+        settings.trusted_proxies.clone(),
+        settings.ipv6_client_prefix,
+    );
     let gate = HeadGate::new(MAX_WAITING_HEADS, metrics.http2_reads_held());
     let connections = TaskTracker::new();
     let mut accept_errors = AcceptBackoff::new();
     let mut refusals = LogEvery::new(Duration::from_secs(10));
+    let mut client_refusals = LogEvery::new(Duration::from_secs(10));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -182,6 +201,24 @@ pub async fn serve(
                 );
             }
             continue;
+        };
+        let place = match clients.admit(remote.ip()) {
+            Ok(place) => place,
+            Err(at_cap) => {
+                drop((stream, slot));
+                metrics.connection_refused_per_client();
+                client_refusals.count();
+                if client_refusals.due() {
+                    tracing::warn!(
+                        client = %at_cap.0,
+                        max_connections_per_client = settings.max_connections_per_client,
+                        refused_since_last_report = client_refusals.take_count(),
+                        "connection refused: its client has MAX_CONNECTIONS_PER_CLIENT \
+                         connections open"
+                    );
+                }
+                continue;
+            }
         };
         // gRPC writes headers, data and trailers as separate frames; Nagle's algorithm would
         // hold them for the peer's ACK.
@@ -267,7 +304,7 @@ pub async fn serve(
                     }
                 }
             }
-            drop(slot);
+            drop((place, slot));
         });
     }
     // Dropping the listener closes the port at once: new clients are refused, not left hanging.

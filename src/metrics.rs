@@ -127,6 +127,7 @@ pub struct Metrics {
     backend_send_calls: Counter,
     connections_open: Gauge,
     connections_refused: Counter,
+    connections_refused_per_client: Counter,
     /// Times an HTTP/2 connection stopped reading because too many requests, across all
     /// connections, were handed on and not yet begun (an HPACK flood; `listener::pace`).
     http2_reads_held: Counter,
@@ -177,6 +178,7 @@ impl Metrics {
             backend_send_calls: Counter::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            connections_refused_per_client: Counter::default(),
             http2_reads_held: Counter::default(),
             accept_errors: Counter::default(),
             tls_handshake_failures: Counter::default(),
@@ -264,6 +266,11 @@ impl Metrics {
             "connections_refused",
             "Connections closed on arrival because MAX_CONNECTIONS were open",
             metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_refused_per_client",
+            "Connections closed on arrival because their client had MAX_CONNECTIONS_PER_CLIENT open",
+            metrics.connections_refused_per_client.clone(),
         );
         registry.register(
             "http2_reads_held",
@@ -413,6 +420,10 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    pub fn connection_refused_per_client(&self) {
+        self.connections_refused_per_client.inc();
     }
 
     /// The counter the listener's head gate bumps when it parks a connection.

@@ -302,6 +302,7 @@ impl Application {
             tracing::info!(
                 open_files_limit = limit,
                 max_connections = listener_settings.max_connections,
+                max_connections_per_client = listener_settings.max_connections_per_client,
                 "descriptor limits"
             );
             if listener_settings.max_connections as u64 > spare {

@@ -92,6 +92,14 @@ pub struct LimitsConfig {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_connections: Option<u64>,
 
+    /// Open connections from one client (an IPv4 address, or an IPv6 prefix of
+    /// IPV6_CLIENT_PREFIX bits) beyond which its new ones are closed on arrival, so one client
+    /// cannot hold every place; a TRUSTED_PROXIES peer's are not counted. Unset: a quarter of
+    /// MAX_CONNECTIONS, at least 16 (or MAX_CONNECTIONS, if less).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_CLIENT",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections_per_client: Option<u64>,
+
     /// A connection with no call in flight for this long is closed, in milliseconds.
     #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -156,7 +164,12 @@ impl LimitsConfig {
             || listener::default_max_connections(descriptor_limit),
             |max| usize::try_from(max).unwrap_or(usize::MAX),
         );
+        let max_connections_per_client = self.max_connections_per_client.map_or_else(
+            || listener::default_max_connections_per_client(max_connections),
+            |max| usize::try_from(max).unwrap_or(usize::MAX),
+        );
         ListenerSettings {
+            max_connections_per_client,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             write_timeout: Duration::from_millis(self.connection_write_timeout_ms),
             ..ListenerSettings::new(

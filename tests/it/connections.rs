@@ -90,7 +90,11 @@ async fn the_default_connection_cap_keeps_descriptors_for_the_gateway() {
     let gateway = Gateway::start_with_open_files(
         256,
         dir.path(),
-        &[("CONNECTION_IDLE_TIMEOUT_MS", "600000".into())],
+        &[
+            ("CONNECTION_IDLE_TIMEOUT_MS", "600000".into()),
+            // Every connection here comes from one client.
+            ("MAX_CONNECTIONS_PER_CLIENT", "1000".into()),
+        ],
     );
     assert!(
         !gateway.logged("\"max_connections\":192").is_empty(),
@@ -139,6 +143,83 @@ async fn connections_over_max_connections_are_closed_on_arrival() {
     assert_eq!(
         metric(&app.http1, &base, "iggy_gateway_connections_refused_total").await,
         1.0
+    );
+}
+
+/// A connection to `addr` from `source` (any 127/8 address is this machine's loopback, so
+/// each stands for another client).
+async fn connect_from(source: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("address"))
+        .expect("a loopback source address");
+    socket.connect(addr).await.expect("handshake")
+}
+
+/// Whether `stream` is served: a plain HTTP/1.1 `/health` answered 200.
+async fn answers_health(stream: &mut TcpStream) -> bool {
+    tokio::io::AsyncWriteExt::write_all(stream, b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .expect("request written");
+    let mut answer = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await;
+    matches!(read, Ok(Ok(n)) if answer[..n].starts_with(b"HTTP/1.1 200"))
+}
+
+// One client opening connections until every place is taken shuts every other client out:
+// past its own cap, its connections are closed on arrival while others still get in.
+#[tokio::test]
+async fn a_client_over_its_connection_cap_is_closed_on_arrival_while_others_connect() {
+    let app = spawn_configured(|config| {
+        config.limits.max_connections = Some(100);
+        config.limits.max_connections_per_client = Some(3);
+        config.edge.trusted_proxies = vec!["127.0.0.4/32".parse().expect("net")];
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from("127.0.0.2", app.addr).await);
+    }
+    let mut over = connect_from("127.0.0.2", app.addr).await;
+    assert!(
+        closed_within(&mut over, Duration::from_secs(2)).await,
+        "the fourth from one client is closed"
+    );
+    for stream in &mut held {
+        assert!(answers_health(stream).await, "the first three are served");
+    }
+    let mut other = connect_from("127.0.0.3", app.addr).await;
+    assert!(answers_health(&mut other).await, "another client gets in");
+    // A trusted proxy carries many clients: its connections are not counted.
+    let mut proxied = Vec::new();
+    for _ in 0..5 {
+        proxied.push(connect_from("127.0.0.4", app.addr).await);
+    }
+    for stream in &mut proxied {
+        assert!(answers_health(stream).await, "a trusted proxy's connection");
+    }
+    // A closed connection gives its client's place back.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = connect_from("127.0.0.2", app.addr).await;
+    assert!(answers_health(&mut again).await, "a place came back");
+    let mut over = connect_from("127.0.0.2", app.addr).await;
+    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+
+    let base = app.url("");
+    assert_eq!(
+        metric(
+            &app.http1,
+            &base,
+            "iggy_gateway_connections_refused_per_client_total"
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        metric(&app.http1, &base, "iggy_gateway_connections_refused_total").await,
+        0.0,
+        "none refused for want of a place under MAX_CONNECTIONS"
     );
 }
 
