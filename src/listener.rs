@@ -52,9 +52,9 @@ mod clients;
 mod pace;
 mod tls;
 
-use clients::ClientConnections;
 pub use clients::default_max_connections_per_client;
-use pace::{HeadGate, HeadPace, HeadTicket, MAX_WAITING_HEADS};
+use clients::{ClientConnections, ClientCount, ClientPlace};
+use pace::{HeadGate, HeadPace, HeadTicket, MAX_WAITING_HEADS, OwnCalls};
 pub use tls::{Tls, TlsError, TlsSettings};
 
 /// Connection-level limits, each stated in the configuration with its default.
@@ -267,6 +267,7 @@ pub async fn serve(
                 builder,
                 router,
                 gate,
+                client: place.as_ref().map(ClientPlace::count),
                 idle_timeout,
                 write_timeout,
                 shutdown,
@@ -349,6 +350,9 @@ struct Rewound<S> {
     stream: S,
     /// On HTTP/2, what its header blocks cost the connection's turn ([`HeadPace`]).
     pace: Option<HeadPace>,
+    /// The connection's calls, and its client's connections, which its pace asks about.
+    activity: Arc<Activity>,
+    client: Option<ClientCount>,
     /// Set by an answer that left its request's body unread: then the close lingers.
     lingers: Arc<AtomicBool>,
     linger: Option<Linger>,
@@ -385,7 +389,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
         let Some(pace) = this.pace.as_mut() else {
             return Pin::new(&mut this.stream).poll_read(cx, buf);
         };
-        if let Some(most) = std::task::ready!(pace.poll_ready(cx)) {
+        let calls = this.activity.own_calls(this.client.as_ref());
+        if let Some(most) = std::task::ready!(pace.poll_ready(cx, calls)) {
             // Read into the caller's buffer, cut to `most` (zeroed first: no unsafe here).
             let most = most.min(buf.remaining());
             let mut part = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(most));
@@ -504,6 +509,8 @@ struct Connection {
     router: Router,
     /// The process's count of requests handed on and not yet begun.
     gate: Arc<HeadGate>,
+    /// Its client's open connections (`None`: not counted).
+    client: Option<ClientCount>,
     idle_timeout: Duration,
     write_timeout: Duration,
     shutdown: CancellationToken,
@@ -537,6 +544,8 @@ impl Connection {
             at: 0,
             stream,
             pace,
+            activity: Arc::new(Activity::new()),
+            client: self.client.clone(),
             lingers: Arc::new(AtomicBool::new(false)),
             linger: None,
         })
@@ -547,16 +556,17 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let lingers = Arc::clone(&stream.lingers);
+        let activity = Arc::clone(&stream.activity);
         let Self {
             remote,
             builder,
             router,
             gate,
+            client: _,
             idle_timeout,
             write_timeout,
             shutdown,
         } = self;
-        let activity = Arc::new(Activity::new());
         let answers = Arc::new(AnswerWatch::new());
         let service = ConnectionService {
             router,
@@ -648,6 +658,7 @@ async fn stalled_or_new(answers: &AnswerWatch, deadline: Option<Instant>) {
 struct Activity {
     opened: Instant,
     in_flight: AtomicUsize,
+    begun: AtomicU64,
     /// Milliseconds since `opened` of the last call's start or end.
     last_ms: AtomicU64,
 }
@@ -657,6 +668,7 @@ impl Activity {
         Self {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            begun: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
         }
     }
@@ -668,12 +680,22 @@ impl Activity {
 
     fn started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.begun.fetch_add(1, Ordering::Relaxed);
         self.touch();
     }
 
     fn ended(&self) {
         self.touch();
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// What the connection's pace asks about before a header block.
+    fn own_calls(&self, client: Option<&ClientCount>) -> OwnCalls {
+        OwnCalls {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            begun: self.begun.load(Ordering::Relaxed),
+            client_connections: client.map(ClientCount::get),
+        }
     }
 
     fn last(&self) -> Instant {

@@ -7,7 +7,10 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use ipnet::IpNet;
@@ -28,7 +31,18 @@ pub(super) struct ClientConnections {
     cap: usize,
     trusted: Vec<IpNet>,
     ipv6_prefix: u8,
-    open: Mutex<HashMap<IpNet, usize>>,
+    /// Changed under the lock; read without it by the clients' connections ([`ClientCount`]).
+    open: Mutex<HashMap<IpNet, ClientCount>>,
+}
+
+/// How many connections one client has open, as its connections see it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ClientCount(Arc<AtomicUsize>);
+
+impl ClientCount {
+    pub(super) fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// A client already holds its cap of connections.
@@ -59,14 +73,15 @@ impl ClientConnections {
         let key = client.key();
         // Nothing under the lock panics; were it poisoned, the counts are still whole.
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(key).or_insert(0);
-        if *count >= self.cap {
+        let count = open.entry(key).or_default();
+        if count.get() >= self.cap {
             return Err(AtCap(key));
         }
-        *count += 1;
+        count.0.fetch_add(1, Ordering::Relaxed);
         Ok(Some(ClientPlace {
             clients: Arc::clone(self),
             key,
+            count: count.clone(),
         }))
     }
 
@@ -75,7 +90,7 @@ impl ClientConnections {
     pub(super) fn open(&self, peer: IpAddr) -> usize {
         let key = ClientIp::new(peer, self.ipv6_prefix).key();
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.get(&key).copied().unwrap_or(0)
+        open.get(&key).map_or(0, ClientCount::get)
     }
 
     /// Clients with connections counted now (for tests).
@@ -93,6 +108,14 @@ impl ClientConnections {
 pub(super) struct ClientPlace {
     clients: Arc<ClientConnections>,
     key: IpNet,
+    count: ClientCount,
+}
+
+impl ClientPlace {
+    /// The client's count of open connections, to read while this one is open.
+    pub(super) fn count(&self) -> ClientCount {
+        self.count.clone()
+    }
 }
 
 impl Drop for ClientPlace {
@@ -102,11 +125,8 @@ impl Drop for ClientPlace {
             .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.key);
-            }
+        if self.count.0.fetch_sub(1, Ordering::Relaxed) == 1 {
+            open.remove(&self.key);
         }
     }
 }
@@ -135,7 +155,10 @@ mod tests {
         assert!(clients.admit(ip("192.0.2.8")).expect("own cap").is_some());
         let mapped = clients.admit(ip("::ffff:192.0.2.9")).expect("own cap");
         assert_eq!(clients.open(ip("192.0.2.9")), 1);
+        let count = mapped.as_ref().expect("counted").count();
+        assert_eq!(count.get(), 1, "what its connections read");
         drop(mapped);
+        assert_eq!(count.get(), 0);
         // A trusted proxy is not counted, however many it opens.
         for _ in 0..5 {
             assert!(

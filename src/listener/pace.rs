@@ -16,6 +16,16 @@
 //! process, and while [`MAX_WAITING_HEADS`] wait, HTTP/2 connections read no header block
 //! until half have begun (and been served, or refused and dropped); their other frames (DATA,
 //! PING, WINDOW_UPDATE) go on.
+//!
+//! Waiting a turn among a flood's connections, a client sending one request at a time was
+//! served at 60 requests a second instead of 100. A quiet connection does not wait: one with
+//! no call of its own in flight, whose client (its address, `clients.rs`) has at most
+//! [`QUIET_CLIENT_CONNECTIONS`] open, reads its next header block at once, once for each call
+//! it has begun since, while fewer than twice the cap wait. A flood's connections are not
+//! quiet: they keep calls in flight, or come many from one client. (Without the client's
+//! count, a flood that sends one request at a time on each of its connections went first, and
+//! a client keeping 100 calls in flight on one connection was served at a quarter of its
+//! rate: BENCHMARKS.md.)
 
 use std::{
     sync::{
@@ -40,6 +50,9 @@ pub(super) const PRESSED_READ: usize = 1024;
 const FRAME_HEADER: usize = 9;
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
+
+/// Connections a client may have open and still have its connections read as quiet.
+pub(super) const QUIET_CLIENT_CONNECTIONS: usize = 4;
 
 /// Requests handed on by their connections whose tasks have not begun, across the process,
 /// past which HTTP/2 connections read no header block: at most a few tens of kilobytes of decoded head
@@ -90,6 +103,11 @@ impl HeadGate {
 
     fn is_open(&self) -> bool {
         self.waiting.load(Ordering::SeqCst) < self.cap
+    }
+
+    /// Room for a quiet connection's header block ([`OwnCalls::is_quiet_since`]).
+    fn has_room_for_quiet(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) < self.cap.saturating_mul(2)
     }
 
     /// Half the cap or more wait, or connections are parked: connections read a frame at a
@@ -154,6 +172,31 @@ impl Drop for HeadTicket {
     }
 }
 
+/// A connection's own calls and its client's connections, as its [`HeadPace`] sees them
+/// before a header block.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct OwnCalls {
+    /// Calls whose answers are not sent yet.
+    pub(super) in_flight: usize,
+    /// Calls begun since the connection opened.
+    pub(super) begun: u64,
+    /// Connections its client has open; `None` when its client is not counted (a trusted
+    /// proxy, which carries many).
+    pub(super) client_connections: Option<usize>,
+}
+
+impl OwnCalls {
+    /// None in flight, one begun since `last` (the count when the connection last read a block
+    /// this way, so each such block was a request), and a client with few connections.
+    fn is_quiet_since(self, last: Option<u64>) -> bool {
+        self.in_flight == 0
+            && last != Some(self.begun)
+            && self
+                .client_connections
+                .is_some_and(|open| open <= QUIET_CLIENT_CONNECTIONS)
+    }
+}
+
 /// Follows the HTTP/2 frames read after the preface, and what their header blocks owe.
 #[derive(Debug)]
 pub(super) struct HeadPace {
@@ -169,6 +212,10 @@ pub(super) struct HeadPace {
     gate: Arc<HeadGate>,
     /// The gate's wake-up this connection last parked for.
     parked_in: Option<u64>,
+    /// The frame being read is a header block let past the gate for a quiet connection.
+    quiet_block: bool,
+    /// [`OwnCalls::begun`] when the connection was last let past that way.
+    quiet_at: Option<u64>,
 }
 
 impl HeadPace {
@@ -181,6 +228,8 @@ impl HeadPace {
             in_block: false,
             gate,
             parked_in: None,
+            quiet_block: false,
+            quiet_at: None,
         }
     }
 
@@ -190,8 +239,13 @@ impl HeadPace {
     /// spent). While the process's [`HeadGate`] is pressed, the connection reads a frame at a
     /// time, so it knows what it reads: frame headers and the payloads of other frames (DATA,
     /// WINDOW_UPDATE, PING) go on, and only a header block's payload, without which hyper
-    /// decodes nothing, waits for the gate; let in, it reads [`PRESSED_READ`] bytes.
-    pub(super) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Option<usize>> {
+    /// decodes nothing, waits for the gate; let in, it reads [`PRESSED_READ`] bytes. A quiet
+    /// connection (`calls`) reads its block's frame without waiting, and no further.
+    pub(super) fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        calls: OwnCalls,
+    ) -> Poll<Option<usize>> {
         std::task::ready!(self.poll_paid(cx));
         if !self.gate.is_pressed() {
             return Poll::Ready(None);
@@ -199,7 +253,12 @@ impl HeadPace {
         if self.payload_left == 0 {
             return Poll::Ready(Some(FRAME_HEADER - self.filled));
         }
-        if !self.in_block {
+        if !self.in_block || self.quiet_block {
+            return Poll::Ready(Some(self.payload_left));
+        }
+        if calls.is_quiet_since(self.quiet_at) && self.gate.has_room_for_quiet() {
+            self.quiet_block = true;
+            self.quiet_at = Some(calls.begun);
             return Poll::Ready(Some(self.payload_left));
         }
         // Let in, it may read past the block too: a client's next small blocks come with it.
@@ -238,6 +297,7 @@ impl HeadPace {
                 let [a, b, c, kind, ..] = self.header;
                 self.payload_left = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
                 self.in_block = kind == HEADERS || kind == CONTINUATION;
+                self.quiet_block = false;
                 if self.in_block {
                     self.owed = self.owed.saturating_add(HEAD_COST);
                 }

@@ -15,8 +15,12 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{
-    AcceptBackoff, H2_PREFACE, Head, LogEvery, Rewound, default_max_connections,
-    pace::{HEAD_COST, HeadGate, HeadPace, MAX_WAITING_HEADS, PRESSED_READ},
+    AcceptBackoff, Activity, H2_PREFACE, Head, LogEvery, Rewound,
+    clients::ClientConnections,
+    default_max_connections,
+    pace::{
+        HEAD_COST, HeadGate, HeadPace, MAX_WAITING_HEADS, PRESSED_READ, QUIET_CLIENT_CONNECTIONS,
+    },
     reserved_descriptors,
 };
 
@@ -91,6 +95,8 @@ fn rewound_at(frames: Vec<u8>, gate: Option<Arc<HeadGate>>) -> Rewound<Cursor<Ve
         at: 0,
         stream: Cursor::new(frames),
         pace: gate.map(HeadPace::new),
+        activity: Arc::new(Activity::new()),
+        client: None,
         lingers: Arc::new(AtomicBool::new(false)),
         linger: None,
     }
@@ -294,6 +300,69 @@ fn other_frames_are_read_while_the_gate_is_shut_and_header_blocks_a_little_at_a_
         read_once(&mut stream, &mut cx),
         Poll::Ready(3 * block.len())
     );
+}
+
+// A client sending one request at a time waited its turn among a flood's connections (60
+// requests a second against 100). A quiet connection (no call in flight, a client with few
+// connections) reads its next header block at once, once for each call it has begun since.
+#[test]
+fn a_quiet_connection_reads_its_next_header_block_while_the_gate_is_shut() {
+    let gate = HeadGate::new(4, Counter::default());
+    let request = frame(0x1, 1, &[0xbe; 10]);
+    let clients = ClientConnections::new(100, Vec::new(), 64);
+    let peer = "192.0.2.7".parse().expect("address");
+    let place = clients
+        .admit(peer)
+        .expect("under the cap")
+        .expect("counted");
+    let mut stream = rewound_at(request.repeat(8), Some(Arc::clone(&gate)));
+    stream.client = Some(place.count());
+    let activity = Arc::clone(&stream.activity);
+    let waker = Waker::from(Arc::new(Woken(AtomicUsize::new(0))));
+    let mut cx = Context::from_waker(&waker);
+    let mut tickets: Vec<_> = (0..4).map(|_| gate.ticket()).collect();
+    assert_eq!(
+        read_once(&mut stream, &mut cx),
+        Poll::Ready(H2_PREFACE.len())
+    );
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(9));
+    // The gate is shut, but nothing of the connection's is in flight: its block's frame is
+    // read, and nothing past it.
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(10));
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(9));
+    // The request that block carried has not begun: the next waits for the gate.
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
+    activity.started();
+    activity.ended();
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(10));
+    // A call in flight: it waits until the call ends.
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(9));
+    activity.started();
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
+    activity.ended();
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(10));
+    // A client with more connections open is not quiet, even with none in flight.
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(9));
+    activity.started();
+    activity.ended();
+    let more: Vec<_> = (0..QUIET_CLIENT_CONNECTIONS)
+        .map(|_| clients.admit(peer).expect("under the cap"))
+        .collect();
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
+    drop(more);
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(10));
+    // Nor is a connection whose client is not counted (a trusted proxy's).
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(9));
+    activity.started();
+    activity.ended();
+    let counted = stream.client.take();
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
+    stream.client = counted;
+    // Nor when twice the cap wait: quiet connections add at most the cap again.
+    tickets.extend((0..4).map(|_| gate.ticket()));
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
+    tickets.pop();
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(10));
 }
 
 #[test]
