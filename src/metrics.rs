@@ -124,6 +124,7 @@ pub struct Metrics {
     /// Sends made to the backend and the calls they carried (`broker::SendCounts`): their
     /// ratio is how many calls one round trip to Iggy carries under the load of the moment.
     backend_sends: Counter,
+    backend_offsets_stored: Counter,
     backend_send_calls: Counter,
     connections_open: Gauge,
     connections_refused: Counter,
@@ -175,6 +176,7 @@ impl Metrics {
             backend_holes_skipped: Counter::default(),
             backend_offsets_skipped: Counter::default(),
             backend_sends: Counter::default(),
+            backend_offsets_stored: Counter::default(),
             backend_send_calls: Counter::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
@@ -246,6 +248,12 @@ impl Metrics {
             "backend_offsets_skipped",
             "Offsets passed over by polls stepping past holes in a partition's log",
             metrics.backend_offsets_skipped.clone(),
+        );
+        registry.register(
+            "backend_offsets_stored",
+            "Consumer offsets stored in the backend: StoreConsumerOffset calls and subscriptions' \
+             commits (a poll's auto_commit is the backend's own)",
+            metrics.backend_offsets_stored.clone(),
         );
         registry.register(
             "backend_sends",
@@ -406,6 +414,10 @@ impl Metrics {
                 counter.inc_by(total - seen);
             }
         }
+    }
+
+    pub fn offset_stored(&self) {
+        self.backend_offsets_stored.inc();
     }
 
     pub fn set_backend_available(&self, available: bool) {

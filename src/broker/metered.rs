@@ -1,5 +1,5 @@
 //! `MeteredBroker`: the `Broker` decorator that counts the messages and payload bytes sent and
-//! polled at the seam, so every backend is counted the same way, and announces the renames,
+//! polled, and the consumer offsets stored, at the seam, so every backend is counted the same way, and announces the renames,
 //! deletions and purges made through it (`catalog_changes`), whatever the backend. Every other call passes
 //! through unchanged; the counters themselves live in the metrics registry (`crate::metrics`).
 
@@ -217,7 +217,9 @@ impl Broker for MeteredBroker {
         Ok(polled)
     }
     async fn store_consumer_offset(&self, at: ConsumerOffsetRef, offset: u64) -> BrokerResult<()> {
-        self.inner.store_consumer_offset(at, offset).await
+        self.inner.store_consumer_offset(at, offset).await?;
+        self.metrics.offset_stored();
+        Ok(())
     }
     async fn get_consumer_offset(&self, at: ConsumerOffsetRef) -> BrokerResult<ConsumerOffsetInfo> {
         self.inner.get_consumer_offset(at).await

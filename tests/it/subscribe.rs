@@ -819,6 +819,61 @@ async fn what_was_delivered_is_committed_when_the_subscriber_leaves() {
     }
 }
 
+/// `commit_every` counted end to end, at the broker seam: a subscription of both partitions
+/// that is handed 100 messages of partition 0 stores partition 0's offset at most once every
+/// 10 messages and once more when it ends (fewer when the pump ran ahead of its client, whose
+/// position had not moved), and never partition 1's, where it read nothing.
+#[tokio::test]
+async fn a_subscription_stores_an_offset_at_most_once_every_commit_every_messages() {
+    let app = app_with_topic(spawn_app().await).await;
+    let bodies: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+    let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    app.send_texts("orders", "created", 0, &bodies).await;
+    let stored_total = || async {
+        crate::helpers::metric(
+            &app.http1,
+            &app.url(""),
+            "iggy_gateway_backend_offsets_stored_total",
+        )
+        .await
+    };
+    let before = stored_total().await;
+    let mut stream = app
+        .subscribe(proto::SubscribeRequest {
+            partition_id: None,
+            consumer: "billing".into(),
+            strategy: proto::PollingStrategy::First.into(),
+            commit_every: 10,
+            ..subscribe_request()
+        })
+        .await
+        .expect("subscribed");
+    for expected in 0..100 {
+        let (_, message) = next_message(&mut stream).await;
+        assert_eq!((message.partition_id, message.offset), (0, expected));
+    }
+    drop(stream);
+    let mut stored = None;
+    for _ in 0..100 {
+        stored = app.stored_offset("orders", "created", "billing", 0).await;
+        if stored == Some(99) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored, Some(99), "all it was handed, stored when it ended");
+    let stores = stored_total().await - before;
+    assert!(
+        (1.0..=11.0).contains(&stores),
+        "{stores} offsets stored for 100 messages at commit_every 10"
+    );
+    assert_eq!(
+        app.stored_offset("orders", "created", "billing", 1).await,
+        None,
+        "nothing read on partition 1, nothing stored"
+    );
+}
+
 #[tokio::test]
 async fn an_sse_subscriber_that_hangs_up_gives_its_slot_back_at_once() {
     let app = app_with_topic(
