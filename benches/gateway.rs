@@ -93,6 +93,9 @@ struct Args {
     /// How long each of the HPACK flood's two runs lasts.
     #[arg(long, default_value_t = 10)]
     flood_secs: u64,
+    /// Connections of the flood that the honest clients meet (`honest_beside_a_flood`).
+    #[arg(long, default_value_t = 200)]
+    honest_flood_connections: usize,
     /// Calls counted per line in the instructions part (a quarter as many warm it up first).
     #[arg(long, default_value_t = 2000)]
     instruction_calls: u64,
@@ -1954,6 +1957,96 @@ async fn hpack_flood(args: &Args, dir: &Path, report: &mut Report) {
         report.number(&format!("{line}_requests"), sent as f64, "sent");
         report.number(line, gateway.peak_rss_kib() as f64 / 1024.0, "MiB");
     }
+    honest_beside_a_flood(args, &dir.join("honest"), report).await;
+}
+
+/// Honest HTTP/2 clients beside a flood of `--honest-flood-connections` (refused lists), from
+/// another address than the flood's (`127.0.0.2`, this machine's loopback too): one connection sending one
+/// `GET /v1/streams` at a time, then one keeping 100 in flight, each for half of
+/// `--flood-secs`, first on a quiet gateway and then during the flood. Reports their rates, the
+/// one-at-a-time client's slowest call, and each rate during the flood ÷ without it.
+async fn honest_beside_a_flood(args: &Args, dir: &Path, report: &mut Report) {
+    let gateway = Gateway::start(dir, None, 1);
+    let url = format!("http://{}/v1/streams", gateway.addr);
+    let Ok(client) = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+    else {
+        report.text(
+            "hpack_flood_honest",
+            "skipped: no client bound to 127.0.0.2",
+        );
+        return;
+    };
+    let phase = Duration::from_secs(args.flood_secs.max(2) / 2);
+    let mut quiet = Vec::new();
+    for in_flight in [1, 100] {
+        quiet.push(honest_gets(&client, &url, in_flight, phase).await);
+    }
+    let until = Instant::now() + phase * 2 + Duration::from_secs(1);
+    let floods: Vec<_> = (0..args.honest_flood_connections)
+        .map(|_| tokio::spawn(flood_connection(gateway.addr, 480, 190, until)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for ((in_flight, name), (quiet_rate, _)) in [(1, "one_stream"), (100, "100_streams")]
+        .into_iter()
+        .zip(quiet)
+    {
+        let (rate, slowest) = honest_gets(&client, &url, in_flight, phase).await;
+        let line = format!("hpack_flood_honest_{name}");
+        report.number(&format!("{line}_quiet"), quiet_rate, "req/s");
+        report.number(&format!("{line}_flooded"), rate, "req/s");
+        if in_flight == 1 {
+            report.number(
+                &format!("{line}_flooded_slowest"),
+                slowest.as_secs_f64() * 1000.0,
+                "ms",
+            );
+        }
+        report.ratio(&format!("{line}_flooded_vs_quiet"), rate / quiet_rate);
+    }
+    for flood in floods {
+        let _ = flood.await;
+    }
+}
+
+/// `in_flight` callers sharing `client`'s connection, each sending one GET after another for
+/// `span`: answers with status 200 a second, and the slowest call.
+async fn honest_gets(
+    client: &reqwest::Client,
+    url: &str,
+    in_flight: usize,
+    span: Duration,
+) -> (f64, Duration) {
+    let until = Instant::now() + span;
+    let callers: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.to_owned());
+            tokio::spawn(async move {
+                let (mut answered, mut slowest) = (0u64, Duration::ZERO);
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    let ok = client
+                        .get(&url)
+                        .send()
+                        .await
+                        .is_ok_and(|answer| answer.status() == 200);
+                    slowest = slowest.max(started.elapsed());
+                    answered += u64::from(ok);
+                }
+                (answered, slowest)
+            })
+        })
+        .collect();
+    let (mut answered, mut slowest) = (0, Duration::ZERO);
+    for caller in callers {
+        if let Ok((count, longest)) = caller.await {
+            answered += count;
+            slowest = slowest.max(longest);
+        }
+    }
+    (answered as f64 / span.as_secs_f64(), slowest)
 }
 
 /// One flooding connection (see [`hpack_flood`]): how many requests it sent.
