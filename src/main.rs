@@ -127,14 +127,18 @@ impl StopSignals {
                 };
                 let count = tx.borrow().0.saturating_add(1);
                 tx.send_replace((count, number));
-                if count >= 2 {
+                if count == 2 {
                     tracing::warn!(
                         "a second stop signal: closing calls in flight now (every acknowledged \
                          message is already stored)"
                     );
-                    // Bounded: a store that cannot close in time is left as a crash leaves it.
-                    tokio::time::sleep(HURRIED_STOP).await;
-                    std::process::exit(128 + i32::from(number));
+                    // Bounded: a store that cannot close in time is left as a crash leaves it. On
+                    // a thread of its own, not a task, so the bound also holds while the runtime
+                    // is torn down (the store closes then, and this task is dropped with it).
+                    std::thread::spawn(move || {
+                        std::thread::sleep(HURRIED_STOP);
+                        std::process::exit(128 + i32::from(number));
+                    });
                 }
             }
         });
