@@ -54,7 +54,7 @@ mod tls;
 
 pub use clients::default_max_connections_per_client;
 use clients::{ClientConnections, ClientCount, ClientPlace};
-use pace::{HeadGate, HeadPace, HeadTicket, MAX_WAITING_HEADS, OwnCalls};
+use pace::{HeadGate, HeadPace, HeadTicket, MAX_WAITING_HEADS, OwnCalls, QUIET_HEADS, QuietPass};
 pub use tls::{Tls, TlsError, TlsSettings};
 
 /// Connection-level limits, each stated in the configuration with its default.
@@ -162,7 +162,7 @@ pub async fn serve(
         settings.trusted_proxies.clone(),
         settings.ipv6_client_prefix,
     );
-    let gate = HeadGate::new(MAX_WAITING_HEADS, metrics.http2_reads_held());
+    let gate = HeadGate::new(MAX_WAITING_HEADS, QUIET_HEADS, metrics.http2_reads_held());
     let connections = TaskTracker::new();
     let mut accept_errors = AcceptBackoff::new();
     let mut refusals = LogEvery::new(Duration::from_secs(10));
@@ -353,6 +353,8 @@ struct Rewound<S> {
     /// The connection's calls, and its client's connections, which its pace asks about.
     activity: Arc<Activity>,
     client: Option<ClientCount>,
+    /// Its pace's quiet place, handed to the next request ([`QuietPass`]).
+    pass: QuietPass,
     /// Set by an answer that left its request's body unread: then the close lingers.
     lingers: Arc<AtomicBool>,
     linger: Option<Linger>,
@@ -537,8 +539,9 @@ impl Connection {
             },
             () = self.shutdown.cancelled() => return None,
         };
+        let pass = QuietPass::default();
         let pace = (head.bytes[..head.len] == H2_PREFACE[..])
-            .then(|| HeadPace::new(Arc::clone(&self.gate)));
+            .then(|| HeadPace::new(Arc::clone(&self.gate), pass.clone()));
         Some(Rewound {
             head,
             at: 0,
@@ -546,6 +549,7 @@ impl Connection {
             pace,
             activity: Arc::new(Activity::new()),
             client: self.client.clone(),
+            pass,
             lingers: Arc::new(AtomicBool::new(false)),
             linger: None,
         })
@@ -557,6 +561,7 @@ impl Connection {
     {
         let lingers = Arc::clone(&stream.lingers);
         let activity = Arc::clone(&stream.activity);
+        let pass = stream.pass.clone();
         let Self {
             remote,
             builder,
@@ -573,6 +578,7 @@ impl Connection {
             remote,
             peer,
             gate,
+            pass,
             activity: Arc::clone(&activity),
             answers: Arc::clone(&answers),
             lingers,
@@ -730,6 +736,8 @@ struct ConnectionService {
     peer: Option<Arc<PeerCertificate>>,
     /// Counts each request until its task begins ([`HeadGate`]).
     gate: Arc<HeadGate>,
+    /// The connection's quiet place, which its next request takes.
+    pass: QuietPass,
     activity: Arc<Activity>,
     /// The connection's answers that hold charged bytes, watched for a client that takes none.
     answers: Arc<AnswerWatch>,
@@ -770,7 +778,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         let call = CallGuard::start(Arc::clone(&self.activity));
         Served {
             inner: self.router.clone().oneshot(request),
-            waiting: Some(self.gate.ticket()),
+            waiting: Some(self.gate.ticket(&self.pass)),
             call: Some(call),
             answers: Arc::clone(&self.answers),
             unread,

@@ -18,19 +18,22 @@
 //! PING, WINDOW_UPDATE) go on.
 //!
 //! Waiting a turn among a flood's connections, a client sending one request at a time was
-//! served at 60 requests a second instead of 100. A quiet connection does not wait: one with
-//! no call of its own in flight, whose client (its address, `clients.rs`) has at most
-//! [`QUIET_CLIENT_CONNECTIONS`] open, reads its next header block at once, once for each call
-//! it has begun since, while fewer than twice the cap wait. A flood's connections are not
-//! quiet: they keep calls in flight, or come many from one client. (Without the client's
-//! count, a flood that sends one request at a time on each of its connections went first, and
-//! a client keeping 100 calls in flight on one connection was served at a quarter of its
-//! rate: BENCHMARKS.md.)
+//! served at 60 requests a second instead of 100. A quiet connection does not wait for the
+//! gate: one with no call of its own in flight, whose client (its address, `clients.rs`) has
+//! at most [`QUIET_CLIENT_CONNECTIONS`] open, reads its next header block's frame at once, once
+//! for each call it has begun since, if one of [`QUIET_HEADS`] places is free. The place is
+//! taken before the frame is read and held by the request it carries until that request's
+//! task begins; those requests are not counted among the gate's, so they never hold it shut. A
+//! flood's connections can be quiet too (spread over many addresses, their calls refused at
+//! once): then they share those few places, and the gate goes on for everyone else as before.
+//! (Unbounded, with only the client's count to tell them apart, a flood from 50 addresses held
+//! the gate shut with quiet requests, and a client keeping 100 calls in flight on one
+//! connection fell to a fifth of its rate; with 32 places, to half: BENCHMARKS.md.)
 
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
 };
@@ -54,6 +57,9 @@ const CONTINUATION: u8 = 0x9;
 /// Connections a client may have open and still have its connections read as quiet.
 pub(super) const QUIET_CLIENT_CONNECTIONS: usize = 4;
 
+/// Requests from quiet connections that may wait to begin at once, beside the gate's.
+pub(super) const QUIET_HEADS: usize = 8;
+
 /// Requests handed on by their connections whose tasks have not begun, across the process,
 /// past which HTTP/2 connections read no header block: at most a few tens of kilobytes of decoded head
 /// each (a 20 KiB list of one-byte fields), so about 16 MB between them.
@@ -73,14 +79,19 @@ pub(super) struct HeadGate {
     wakeups: AtomicU64,
     /// How many are parked, read without the lock.
     queued: AtomicUsize,
+    /// Places of quiet connections' requests taken ([`QuietPass`]), and how many there are.
+    quiet: AtomicUsize,
+    quiet_cap: usize,
     /// Times a connection was parked (`http2_reads_held`).
     held: Counter,
 }
 
 impl HeadGate {
-    pub(super) fn new(cap: usize, held: Counter) -> Arc<Self> {
+    pub(super) fn new(cap: usize, quiet_cap: usize, held: Counter) -> Arc<Self> {
         Arc::new(Self {
             waiting: AtomicUsize::new(0),
+            quiet: AtomicUsize::new(0),
+            quiet_cap,
             cap,
             parked: Mutex::new(Vec::new()),
             wakeups: AtomicU64::new(0),
@@ -89,10 +100,32 @@ impl HeadGate {
         })
     }
 
-    /// A request handed on: counted until the ticket is dropped (when its task first runs).
-    pub(super) fn ticket(self: &Arc<Self>) -> HeadTicket {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        HeadTicket(Arc::clone(self))
+    /// A request handed on: counted until the ticket is dropped (when its task first runs);
+    /// in the place its connection's quiet pass took, if it holds one.
+    pub(super) fn ticket(self: &Arc<Self>, pass: &QuietPass) -> HeadTicket {
+        let quiet = pass.0.swap(false, Ordering::SeqCst);
+        if !quiet {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+        }
+        HeadTicket {
+            gate: Arc::clone(self),
+            quiet,
+        }
+    }
+
+    /// Takes a quiet connection's place, if one is free.
+    fn take_quiet(&self) -> bool {
+        self.quiet
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |taken| {
+                (taken < self.quiet_cap).then_some(taken + 1)
+            })
+            .is_ok()
+    }
+
+    /// Quiet places taken now (for tests).
+    #[cfg(test)]
+    pub(super) fn quiet(&self) -> usize {
+        self.quiet.load(Ordering::SeqCst)
     }
 
     /// Requests waiting now (for tests).
@@ -103,11 +136,6 @@ impl HeadGate {
 
     fn is_open(&self) -> bool {
         self.waiting.load(Ordering::SeqCst) < self.cap
-    }
-
-    /// Room for a quiet connection's header block ([`OwnCalls::is_quiet_since`]).
-    fn has_room_for_quiet(&self) -> bool {
-        self.waiting.load(Ordering::SeqCst) < self.cap.saturating_mul(2)
     }
 
     /// Half the cap or more wait, or connections are parked: connections read a frame at a
@@ -162,15 +190,29 @@ impl HeadGate {
     }
 }
 
-/// One request counted by a [`HeadGate`] until dropped.
+/// One request counted by a [`HeadGate`] until dropped: among the gate's, or in a quiet
+/// connection's place.
 #[derive(Debug)]
-pub(super) struct HeadTicket(Arc<HeadGate>);
+pub(super) struct HeadTicket {
+    gate: Arc<HeadGate>,
+    quiet: bool,
+}
 
 impl Drop for HeadTicket {
     fn drop(&mut self) {
-        self.0.release();
+        if self.quiet {
+            self.gate.quiet.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            self.gate.release();
+        }
     }
 }
+
+/// A connection's quiet place, taken by its pace for a header block and handed to the next
+/// request its connection hands on ([`HeadGate::ticket`]); given back if the connection ends
+/// first.
+#[derive(Debug, Clone, Default)]
+pub(super) struct QuietPass(Arc<AtomicBool>);
 
 /// A connection's own calls and its client's connections, as its [`HeadPace`] sees them
 /// before a header block.
@@ -216,10 +258,12 @@ pub(super) struct HeadPace {
     quiet_block: bool,
     /// [`OwnCalls::begun`] when the connection was last let past that way.
     quiet_at: Option<u64>,
+    /// The place a quiet block takes, shared with the connection's requests.
+    pass: QuietPass,
 }
 
 impl HeadPace {
-    pub(super) fn new(gate: Arc<HeadGate>) -> Self {
+    pub(super) fn new(gate: Arc<HeadGate>, pass: QuietPass) -> Self {
         Self {
             header: [0; FRAME_HEADER],
             filled: 0,
@@ -230,6 +274,7 @@ impl HeadPace {
             parked_in: None,
             quiet_block: false,
             quiet_at: None,
+            pass,
         }
     }
 
@@ -256,7 +301,11 @@ impl HeadPace {
         if !self.in_block || self.quiet_block {
             return Poll::Ready(Some(self.payload_left));
         }
-        if calls.is_quiet_since(self.quiet_at) && self.gate.has_room_for_quiet() {
+        // A place still held (its block carried no request) serves the next.
+        if calls.is_quiet_since(self.quiet_at)
+            && (self.pass.0.load(Ordering::SeqCst) || self.gate.take_quiet())
+        {
+            self.pass.0.store(true, Ordering::SeqCst);
             self.quiet_block = true;
             self.quiet_at = Some(calls.begun);
             return Poll::Ready(Some(self.payload_left));
@@ -305,9 +354,24 @@ impl HeadPace {
         }
     }
 
+    /// Whether the connection holds a quiet place not yet handed to a request (for tests).
+    #[cfg(test)]
+    pub(super) fn holds_quiet(&self) -> bool {
+        self.pass.0.load(Ordering::SeqCst)
+    }
+
     /// Budget owed now (for tests).
     #[cfg(test)]
     pub(super) fn owed(&self) -> u32 {
         self.owed
+    }
+}
+
+impl Drop for HeadPace {
+    /// A place taken for a block whose request never came is given back with the connection.
+    fn drop(&mut self) {
+        if self.pass.0.swap(false, Ordering::SeqCst) {
+            self.gate.quiet.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }

@@ -20,6 +20,7 @@ use super::{
     default_max_connections,
     pace::{
         HEAD_COST, HeadGate, HeadPace, MAX_WAITING_HEADS, PRESSED_READ, QUIET_CLIENT_CONNECTIONS,
+        QUIET_HEADS, QuietPass,
     },
     reserved_descriptors,
 };
@@ -48,7 +49,7 @@ fn the_pace_charges_header_blocks_and_nothing_else_however_the_reads_cut_them() 
     ]
     .concat();
     for cut in [1, 2, 7, 9, 10, 4096, bytes.len()] {
-        let mut pace = HeadPace::new(gate());
+        let mut pace = HeadPace::new(gate(), QuietPass::default());
         for piece in bytes.chunks(cut) {
             pace.read(piece);
         }
@@ -77,7 +78,7 @@ fn one_turn<S: AsyncRead + Unpin>(
 }
 
 fn gate() -> Arc<HeadGate> {
-    HeadGate::new(MAX_WAITING_HEADS, Counter::default())
+    HeadGate::new(MAX_WAITING_HEADS, QUIET_HEADS, Counter::default())
 }
 
 fn rewound(frames: Vec<u8>, http2: bool) -> Rewound<Cursor<Vec<u8>>> {
@@ -90,13 +91,15 @@ fn rewound_at(frames: Vec<u8>, gate: Option<Arc<HeadGate>>) -> Rewound<Cursor<Ve
         len: H2_PREFACE.len(),
     };
     head.bytes.copy_from_slice(H2_PREFACE);
+    let pass = QuietPass::default();
     Rewound {
         head,
         at: 0,
         stream: Cursor::new(frames),
-        pace: gate.map(HeadPace::new),
+        pace: gate.map(|gate| HeadPace::new(gate, pass.clone())),
         activity: Arc::new(Activity::new()),
         client: None,
+        pass,
         lingers: Arc::new(AtomicBool::new(false)),
         linger: None,
     }
@@ -166,7 +169,7 @@ fn read_once<S: AsyncRead + Unpin>(stream: &mut S, cx: &mut Context<'_>) -> Poll
 #[test]
 fn header_blocks_wait_while_the_cap_of_requests_waits_to_begin_and_parked_connections_go_first() {
     let held = Counter::default();
-    let gate = HeadGate::new(4, held.clone());
+    let gate = HeadGate::new(4, 1, held.clone());
     let request = frame(0x1, 1, &[0xbe; 10]);
     let upload = frame(0x0, 1, &[7; 2000]);
     let frames = [request.clone(), upload, request.clone()].concat();
@@ -176,7 +179,7 @@ fn header_blocks_wait_while_the_cap_of_requests_waits_to_begin_and_parked_connec
     let mut cx = Context::from_waker(&waker);
     let mut plain = rewound_at(request.clone(), None);
 
-    let mut tickets: Vec<_> = (0..4).map(|_| gate.ticket()).collect();
+    let mut tickets: Vec<_> = (0..4).map(|_| gate.ticket(&QuietPass::default())).collect();
     assert_eq!(gate.waiting(), 4);
     // What was read ahead to tell the protocol comes back, then a frame's header; its header
     // block waits.
@@ -220,7 +223,7 @@ fn header_blocks_wait_while_the_cap_of_requests_waits_to_begin_and_parked_connec
 
     // Shut again, with a connection parked: another one that finds it there parks behind it,
     // even with room left, and both go on once half have begun.
-    tickets.extend((0..2).map(|_| gate.ticket()));
+    tickets.extend((0..2).map(|_| gate.ticket(&QuietPass::default())));
     assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
     let mut other = rewound_at(request.clone(), Some(Arc::clone(&gate)));
     assert_eq!(
@@ -249,7 +252,7 @@ fn header_blocks_wait_while_the_cap_of_requests_waits_to_begin_and_parked_connec
 // with them.
 #[test]
 fn other_frames_are_read_while_the_gate_is_shut_and_header_blocks_a_little_at_a_time() {
-    let gate = HeadGate::new(4, Counter::default());
+    let gate = HeadGate::new(4, 1, Counter::default());
     let block = frame(0x1, 3, &[0xbe; 2000]);
     let frames = [
         frame(0x0, 1, &[7; 3000]),
@@ -261,7 +264,7 @@ fn other_frames_are_read_while_the_gate_is_shut_and_header_blocks_a_little_at_a_
     let mut stream = rewound_at(frames, Some(Arc::clone(&gate)));
     let waker = Waker::from(Arc::new(Woken(AtomicUsize::new(0))));
     let mut cx = Context::from_waker(&waker);
-    let tickets: Vec<_> = (0..4).map(|_| gate.ticket()).collect();
+    let tickets: Vec<_> = (0..4).map(|_| gate.ticket(&QuietPass::default())).collect();
     let mut reads = Vec::new();
     while let Poll::Ready(n) = read_once(&mut stream, &mut cx) {
         reads.push(n);
@@ -269,7 +272,7 @@ fn other_frames_are_read_while_the_gate_is_shut_and_header_blocks_a_little_at_a_
     assert_eq!(reads, [H2_PREFACE.len(), 9, 3000, 9, 8, 9, 4, 9]);
     // Half full, the gate open: the block is read a little at a time.
     drop(tickets);
-    let half: Vec<_> = (0..2).map(|_| gate.ticket()).collect();
+    let half: Vec<_> = (0..2).map(|_| gate.ticket(&QuietPass::default())).collect();
     let mut reads = Vec::new();
     while let Poll::Ready(n) = read_once(&mut stream, &mut cx) {
         if n == 0 {
@@ -304,10 +307,10 @@ fn other_frames_are_read_while_the_gate_is_shut_and_header_blocks_a_little_at_a_
 
 // A client sending one request at a time waited its turn among a flood's connections (60
 // requests a second against 100). A quiet connection (no call in flight, a client with few
-// connections) reads its next header block at once, once for each call it has begun since.
+// connections) reads its next header block at once, in one of a few places of its own.
 #[test]
-fn a_quiet_connection_reads_its_next_header_block_while_the_gate_is_shut() {
-    let gate = HeadGate::new(4, Counter::default());
+fn a_quiet_connection_reads_its_next_header_block_past_a_shut_gate_in_one_of_few_places() {
+    let gate = HeadGate::new(4, 1, Counter::default());
     let request = frame(0x1, 1, &[0xbe; 10]);
     let clients = ClientConnections::new(100, Vec::new(), 64);
     let peer = "192.0.2.7".parse().expect("address");
@@ -315,54 +318,71 @@ fn a_quiet_connection_reads_its_next_header_block_while_the_gate_is_shut() {
         .admit(peer)
         .expect("under the cap")
         .expect("counted");
-    let mut stream = rewound_at(request.repeat(8), Some(Arc::clone(&gate)));
-    stream.client = Some(place.count());
+    let quiet = |frames: Vec<u8>| {
+        let mut stream = rewound_at(frames, Some(Arc::clone(&gate)));
+        stream.client = Some(place.count());
+        stream
+    };
+    let mut stream = quiet(request.repeat(8));
     let activity = Arc::clone(&stream.activity);
     let waker = Waker::from(Arc::new(Woken(AtomicUsize::new(0))));
     let mut cx = Context::from_waker(&waker);
-    let mut tickets: Vec<_> = (0..4).map(|_| gate.ticket()).collect();
+    let mut tickets: Vec<_> = (0..4).map(|_| gate.ticket(&QuietPass::default())).collect();
     assert_eq!(
         read_once(&mut stream, &mut cx),
         Poll::Ready(H2_PREFACE.len())
     );
     assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(9));
     // The gate is shut, but nothing of the connection's is in flight: its block's frame is
-    // read, and nothing past it.
+    // read, and nothing past it, in the quiet place it took.
     assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(10));
+    assert_eq!(gate.quiet(), 1);
+    assert!(stream.pace.as_ref().is_some_and(HeadPace::holds_quiet));
     assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(9));
-    // The request that block carried has not begun: the next waits for the gate.
-    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
+    // The request that block carried is handed on in that place, not among the gate's.
     activity.started();
-    activity.ended();
-    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(10));
-    // A call in flight: it waits until the call ends.
-    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(9));
-    activity.started();
+    let carried = gate.ticket(&stream.pass);
+    assert_eq!((gate.waiting(), gate.quiet()), (4, 1));
+    // While it is in flight the next block waits, and while its task has not begun (the one
+    // place still taken) too.
     assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
     activity.ended();
+    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
+    drop(carried);
+    assert_eq!(gate.quiet(), 0);
     assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(10));
+    // Another quiet connection finds the only place taken: it waits at the gate, until the
+    // place is given back with the connection that held it (its block carried no request).
+    let mut other = quiet(request.repeat(8));
+    let other_activity = Arc::clone(&other.activity);
+    assert_eq!(
+        read_once(&mut other, &mut cx),
+        Poll::Ready(H2_PREFACE.len())
+    );
+    assert_eq!(read_once(&mut other, &mut cx), Poll::Ready(9));
+    assert_eq!(read_once(&mut other, &mut cx), Poll::Pending);
+    drop(stream);
+    assert_eq!(gate.quiet(), 0);
+    assert_eq!(read_once(&mut other, &mut cx), Poll::Ready(10));
+    drop(gate.ticket(&other.pass));
     // A client with more connections open is not quiet, even with none in flight.
-    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(9));
-    activity.started();
-    activity.ended();
+    assert_eq!(read_once(&mut other, &mut cx), Poll::Ready(9));
+    other_activity.started();
+    other_activity.ended();
     let more: Vec<_> = (0..QUIET_CLIENT_CONNECTIONS)
         .map(|_| clients.admit(peer).expect("under the cap"))
         .collect();
-    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
+    assert_eq!(read_once(&mut other, &mut cx), Poll::Pending);
     drop(more);
-    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(10));
     // Nor is a connection whose client is not counted (a trusted proxy's).
-    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(9));
-    activity.started();
-    activity.ended();
-    let counted = stream.client.take();
-    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
-    stream.client = counted;
-    // Nor when twice the cap wait: quiet connections add at most the cap again.
-    tickets.extend((0..4).map(|_| gate.ticket()));
-    assert_eq!(read_once(&mut stream, &mut cx), Poll::Pending);
-    tickets.pop();
-    assert_eq!(read_once(&mut stream, &mut cx), Poll::Ready(10));
+    let counted = other.client.take();
+    assert_eq!(read_once(&mut other, &mut cx), Poll::Pending);
+    other.client = counted;
+    assert_eq!(read_once(&mut other, &mut cx), Poll::Ready(10));
+    drop(gate.ticket(&other.pass));
+    // Quiet requests never hold the gate shut: it counts only its own.
+    tickets.truncate(2);
+    assert_eq!((gate.waiting(), gate.quiet()), (2, 0));
 }
 
 #[test]
