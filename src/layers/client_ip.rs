@@ -97,7 +97,11 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 
 /// The client behind a chain of trusted proxies (see the module documentation for the rules).
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    // A dual-stack listener sees an IPv4 proxy as `::ffff:a.b.c.d`; its IPv4 range names it.
+    let is_trusted = |ip: &IpAddr| {
+        let ip = ip.to_canonical();
+        trusted.iter().any(|net| net.contains(&ip))
+    };
     if !is_trusted(&peer) {
         return peer;
     }
@@ -197,6 +201,21 @@ mod tests {
         assert_eq!(resolve(peer, &HeaderMap::new(), &trusted), peer);
         let all_trusted = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.1")]);
         assert_eq!(resolve(peer, &all_trusted, &trusted), ip("10.9.9.9"));
+    }
+
+    #[test]
+    fn an_ipv4_proxy_seen_by_a_dual_stack_listener_is_trusted_by_its_ipv4_range() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let chain = headers(&[("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(
+            resolve(ip("::ffff:10.0.0.2"), &chain, &trusted),
+            ip("198.51.100.7")
+        );
+        let through_two = headers(&[("x-forwarded-for", "198.51.100.7, ::ffff:10.0.0.1")]);
+        assert_eq!(
+            resolve(ip("10.0.0.2"), &through_two, &trusted),
+            ip("198.51.100.7")
+        );
     }
 
     #[test]
