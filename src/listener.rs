@@ -392,22 +392,34 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
             return Pin::new(&mut this.stream).poll_read(cx, buf);
         };
         let calls = this.activity.own_calls(this.client.as_ref());
-        if let Some(most) = std::task::ready!(pace.poll_ready(cx, calls)) {
-            // Read into the caller's buffer, cut to `most` (zeroed first: no unsafe here).
-            let most = most.min(buf.remaining());
-            let mut part = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(most));
-            let read = Pin::new(&mut this.stream).poll_read(cx, &mut part);
-            if let Poll::Ready(Ok(())) = read {
-                let n = part.filled().len();
-                pace.read(part.filled());
-                buf.advance(n);
+        let Poll::Ready(most) = pace.poll_ready(cx, calls) else {
+            pace.waited();
+            return Poll::Pending;
+        };
+        let read = match most {
+            Some(most) => {
+                // Read into the caller's buffer, cut to `most` (zeroed first: no unsafe here).
+                let most = most.min(buf.remaining());
+                let mut part = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(most));
+                let read = Pin::new(&mut this.stream).poll_read(cx, &mut part);
+                if let Poll::Ready(Ok(())) = read {
+                    let n = part.filled().len();
+                    pace.read(part.filled());
+                    buf.advance(n);
+                }
+                read
             }
-            return read;
-        }
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = read {
-            pace.read(&buf.filled()[before..]);
+            None => {
+                let before = buf.filled().len();
+                let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+                if let Poll::Ready(Ok(())) = read {
+                    pace.read(&buf.filled()[before..]);
+                }
+                read
+            }
+        };
+        if read.is_pending() {
+            pace.waited();
         }
         read
     }

@@ -277,7 +277,7 @@ impl Metrics {
         );
         registry.register(
             "connections_refused_per_client",
-            "Connections closed on arrival because their client had MAX_CONNECTIONS_PER_CLIENT open",
+            "Connections closed on arrival: their client had MAX_CONNECTIONS_PER_CLIENT open",
             metrics.connections_refused_per_client.clone(),
         );
         registry.register(

@@ -1,7 +1,8 @@
 //! `MeteredBroker`: the `Broker` decorator that counts the messages and payload bytes sent and
-//! polled, and the consumer offsets stored, at the seam, so every backend is counted the same way, and announces the renames,
-//! deletions and purges made through it (`catalog_changes`), whatever the backend. Every other call passes
-//! through unchanged; the counters themselves live in the metrics registry (`crate::metrics`).
+//! polled, and the consumer offsets stored, at the seam, so every backend is counted the same
+//! way, and announces the renames, deletions and purges made through it (`catalog_changes`),
+//! whatever the backend. Every other call passes through unchanged; the counters themselves
+//! live in the metrics registry (`crate::metrics`).
 
 use std::sync::Arc;
 

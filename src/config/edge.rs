@@ -18,7 +18,8 @@ pub struct EdgeConfig {
     pub trusted_proxies: Vec<IpNet>,
 
     /// Leading bits of an IPv6 address that name one client for rate limits, lockouts,
-    /// subscriber caps and connection caps: a host can use every address of its /64, so each is not a new client.
+    /// subscriber caps and connection caps: a host can use every address of its /64, so each
+    /// is not a new client.
     #[arg(long, env = "IPV6_CLIENT_PREFIX", default_value_t = 64,
           value_parser = clap::value_parser!(u8).range(32..=128))]
     pub ipv6_client_prefix: u8,

@@ -22,8 +22,11 @@
 //! gate: one with no call of its own in flight, whose client (its address, `clients.rs`) has
 //! at most [`QUIET_CLIENT_CONNECTIONS`] open, reads its next header block's frame at once, once
 //! for each call it has begun since, if one of [`QUIET_HEADS`] places is free. The place is
-//! taken before the frame is read and held by the request it carries until that request's
-//! task begins; those requests are not counted among the gate's, so they never hold it shut. A
+//! taken before the frame is read and handed to the next request the connection hands on,
+//! which holds it until its task begins (or given back once the block is seen to carry none,
+//! or with the connection); those requests are not counted among the gate's, so they never
+//! hold it shut. The place passes from the pace to the request within the connection's one
+//! task (hyper calls the service from the connection's future), never across threads. A
 //! flood's connections can be quiet too (spread over many addresses, their calls refused at
 //! once): then they share those few places, and the gate goes on for everyone else as before.
 //! (Unbounded, with only the client's count to tell them apart, a flood from 50 addresses held
@@ -260,6 +263,10 @@ pub(super) struct HeadPace {
     quiet_at: Option<u64>,
     /// The place a quiet block takes, shared with the connection's requests.
     pass: QuietPass,
+    /// The quiet block's frame has been read whole, and then a read returned `Pending`: by the
+    /// next read, hyper has handed on whatever the block carried.
+    quiet_read: bool,
+    waited: bool,
 }
 
 impl HeadPace {
@@ -275,6 +282,8 @@ impl HeadPace {
             quiet_block: false,
             quiet_at: None,
             pass,
+            quiet_read: false,
+            waited: false,
         }
     }
 
@@ -291,6 +300,12 @@ impl HeadPace {
         cx: &mut Context<'_>,
         calls: OwnCalls,
     ) -> Poll<Option<usize>> {
+        if self.quiet_read && self.waited {
+            // The block carried no request (a reset stream, a refused list): its place goes back.
+            self.quiet_read = false;
+            self.waited = false;
+            self.give_back();
+        }
         std::task::ready!(self.poll_paid(cx));
         if !self.gate.is_pressed() {
             return Poll::Ready(None);
@@ -315,6 +330,19 @@ impl HeadPace {
         Poll::Ready(Some(PRESSED_READ))
     }
 
+    /// A read of the connection returned `Pending` (its task goes back to hyper, which hands on
+    /// the requests decoded so far before it reads again).
+    pub(super) fn waited(&mut self) {
+        self.waited = self.quiet_read;
+    }
+
+    /// Gives the connection's quiet place back, if no request took it.
+    fn give_back(&self) {
+        if self.pass.0.swap(false, Ordering::SeqCst) {
+            self.gate.quiet.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     fn poll_paid(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         while self.owed > 0 {
             match tokio::task::coop::poll_proceed(cx) {
@@ -334,6 +362,7 @@ impl HeadPace {
             if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len());
                 self.payload_left -= n;
+                self.quiet_read |= self.payload_left == 0 && self.quiet_block;
                 bytes = &bytes[n..];
                 continue;
             }
@@ -370,8 +399,6 @@ impl HeadPace {
 impl Drop for HeadPace {
     /// A place taken for a block whose request never came is given back with the connection.
     fn drop(&mut self) {
-        if self.pass.0.swap(false, Ordering::SeqCst) {
-            self.gate.quiet.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.give_back();
     }
 }

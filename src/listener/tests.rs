@@ -383,6 +383,23 @@ fn a_quiet_connection_reads_its_next_header_block_past_a_shut_gate_in_one_of_few
     // Quiet requests never hold the gate shut: it counts only its own.
     tickets.truncate(2);
     assert_eq!((gate.waiting(), gate.quiet()), (2, 0));
+    // A block that carries no request (a stream h2 resets, a list it refuses) does not keep
+    // its place: once a read has waited (and hyper has handed on what it decoded), the place
+    // goes back.
+    tickets.extend((0..2).map(|_| gate.ticket(&QuietPass::default())));
+    let mut idle = quiet(request.repeat(3));
+    assert_eq!(read_once(&mut idle, &mut cx), Poll::Ready(H2_PREFACE.len()));
+    assert_eq!(read_once(&mut idle, &mut cx), Poll::Ready(9));
+    assert_eq!(read_once(&mut idle, &mut cx), Poll::Ready(10));
+    assert_eq!(read_once(&mut idle, &mut cx), Poll::Ready(9));
+    assert_eq!(gate.quiet(), 1);
+    assert_eq!(read_once(&mut idle, &mut cx), Poll::Pending);
+    assert_eq!(gate.quiet(), 1, "hyper may still hand its request on");
+    assert_eq!(read_once(&mut idle, &mut cx), Poll::Pending);
+    assert_eq!(gate.quiet(), 0, "none came");
+    assert!(!idle.pace.as_ref().is_some_and(HeadPace::holds_quiet));
+    drop(idle);
+    assert_eq!(gate.quiet(), 0, "given back once");
 }
 
 #[test]
