@@ -1653,3 +1653,113 @@ async fn an_hpack_flood_over_many_connections_is_held_to_a_process_wide_count_of
         idle >> 20
     );
 }
+
+/// What a control-frame flood's connection met by its end.
+struct Flooded {
+    /// Bytes the gateway took.
+    taken: usize,
+    /// When it last took any.
+    last_taken: tokio::time::Instant,
+    /// The gateway closed the connection.
+    closed: bool,
+}
+
+/// A connection that writes `start` and then `chunk` over and over until `until`, never
+/// reading.
+async fn control_frame_flood(
+    addr: std::net::SocketAddr,
+    start: Vec<u8>,
+    chunk: Vec<u8>,
+    until: tokio::time::Instant,
+) -> Flooded {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend(start);
+    let mut flooded = Flooded {
+        taken: 0,
+        last_taken: tokio::time::Instant::now(),
+        closed: false,
+    };
+    loop {
+        match tokio::time::timeout_at(until, tcp.write_all(&out)).await {
+            Ok(Ok(())) => {
+                flooded.taken += out.len();
+                flooded.last_taken = tokio::time::Instant::now();
+            }
+            Ok(Err(_)) => {
+                flooded.closed = true;
+                return flooded;
+            }
+            Err(_) => return flooded,
+        }
+        out.clone_from(&chunk);
+    }
+}
+
+// HTTP/2's control frames each ask for nothing but an answer (PING, SETTINGS) or a little
+// state (CONTINUATION): a client that sends them without end, and never reads, must meet
+// backpressure or a closed connection, not a gateway that queues its answers or grows a
+// header list, while other clients are served.
+#[tokio::test]
+async fn control_frame_floods_meet_backpressure_or_a_closed_connection() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start_with(dir.path(), &[("RATE_LIMIT_RPS", "0".into())]);
+    let idle = memory_bytes(gateway.pid(), "VmRSS:");
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    let pings = h2_frame(0x6, 0, 0, b"12345678").repeat(4096);
+    let settings = h2_frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]).repeat(4096);
+    // HEADERS without END_HEADERS, then CONTINUATION frames of new literal fields for ever.
+    let head = [&[0x83, 0x86, 0x84, 0x01, 0x09][..], b"localhost"].concat();
+    let continuations = h2_frame(0x9, 0, 1, &[0x40, 0x01, b'x', 0x01, b'y']).repeat(4096);
+    let mut floods = Vec::new();
+    for (kind, start, chunk) in [
+        ("ping", Vec::new(), pings),
+        ("settings", Vec::new(), settings),
+        ("continuation", h2_frame(0x1, 0x1, 1, &head), continuations),
+    ] {
+        for _ in 0..2 {
+            let (start, chunk) = (start.clone(), chunk.clone());
+            floods.push((
+                kind,
+                tokio::spawn(control_frame_flood(gateway.addr, start, chunk, until)),
+            ));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let base = format!("http://{}", gateway.addr);
+    for _ in 0..10 {
+        let answer = h2_client()
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .expect("answered during the floods");
+        assert_eq!(answer.status(), 200);
+    }
+    for (kind, flood) in floods {
+        let flooded = flood.await.expect("flooder joined");
+        match kind {
+            // The gateway answers one at a time and reads no further while an answer waits:
+            // once the sockets' buffers are full it takes nothing more (a flood of frames
+            // that ask for no answer goes on being taken to the end).
+            "ping" | "settings" => assert!(
+                until - flooded.last_taken > Duration::from_millis(1500),
+                "{kind}: still taken {:?} before the end ({} MiB in all) from a client that \
+                 reads nothing",
+                until - flooded.last_taken,
+                flooded.taken >> 20
+            ),
+            _ => assert!(flooded.closed, "{kind}: an endless header block is cut off"),
+        }
+    }
+    let peak = peak_rss_bytes(gateway.pid());
+    assert!(
+        peak - idle < 32 * 1024 * 1024,
+        "peak RSS {} MiB over {} MiB idle",
+        peak >> 20,
+        idle >> 20
+    );
+}
