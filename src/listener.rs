@@ -162,7 +162,12 @@ pub async fn serve(
         settings.trusted_proxies.clone(),
         settings.ipv6_client_prefix,
     );
-    let gate = HeadGate::new(MAX_WAITING_HEADS, QUIET_HEADS, metrics.http2_reads_held());
+    let gate = HeadGate::new(
+        MAX_WAITING_HEADS,
+        QUIET_HEADS,
+        metrics.http2_reads_held(),
+        metrics.http2_quiet_reads(),
+    );
     let connections = TaskTracker::new();
     let mut accept_errors = AcceptBackoff::new();
     let mut refusals = LogEvery::new(Duration::from_secs(10));

@@ -132,6 +132,7 @@ pub struct Metrics {
     /// Times an HTTP/2 connection stopped reading because too many requests, across all
     /// connections, were handed on and not yet begun (an HPACK flood; `listener::pace`).
     http2_reads_held: Counter,
+    http2_quiet_reads: Counter,
     accept_errors: Counter,
     /// TLS handshakes that failed or timed out (no client certificate under mutual TLS, a
     /// client that does not trust ours, a port scan).
@@ -182,6 +183,7 @@ impl Metrics {
             connections_refused: Counter::default(),
             connections_refused_per_client: Counter::default(),
             http2_reads_held: Counter::default(),
+            http2_quiet_reads: Counter::default(),
             accept_errors: Counter::default(),
             tls_handshake_failures: Counter::default(),
             registry: Mutex::new(Registry::default()),
@@ -284,6 +286,12 @@ impl Metrics {
             "http2_reads_held",
             "Times an HTTP/2 connection stopped reading while 256 requests waited to begin",
             metrics.http2_reads_held.clone(),
+        );
+        registry.register(
+            "http2_quiet_reads",
+            "HTTP/2 header blocks of quiet connections (no call in flight, a client with few \
+             connections) read past a shut head gate",
+            metrics.http2_quiet_reads.clone(),
         );
         registry.register(
             "accept_errors",
@@ -441,6 +449,11 @@ impl Metrics {
     /// The counter the listener's head gate bumps when it parks a connection.
     pub fn http2_reads_held(&self) -> Counter {
         self.http2_reads_held.clone()
+    }
+
+    /// The counter the listener's head gate bumps when it lets a quiet connection's block by.
+    pub fn http2_quiet_reads(&self) -> Counter {
+        self.http2_quiet_reads.clone()
     }
 
     pub fn accept_failed(&self) {

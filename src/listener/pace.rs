@@ -85,12 +85,19 @@ pub(super) struct HeadGate {
     /// Places of quiet connections' requests taken ([`QuietPass`]), and how many there are.
     quiet: AtomicUsize,
     quiet_cap: usize,
-    /// Times a connection was parked (`http2_reads_held`).
+    /// Times a connection was parked (`http2_reads_held`), and a quiet connection's block let
+    /// by (`http2_quiet_reads`).
     held: Counter,
+    quiet_reads: Counter,
 }
 
 impl HeadGate {
-    pub(super) fn new(cap: usize, quiet_cap: usize, held: Counter) -> Arc<Self> {
+    pub(super) fn new(
+        cap: usize,
+        quiet_cap: usize,
+        held: Counter,
+        quiet_reads: Counter,
+    ) -> Arc<Self> {
         Arc::new(Self {
             waiting: AtomicUsize::new(0),
             quiet: AtomicUsize::new(0),
@@ -100,6 +107,7 @@ impl HeadGate {
             wakeups: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
             held,
+            quiet_reads,
         })
     }
 
@@ -321,6 +329,7 @@ impl HeadPace {
             && (self.pass.0.load(Ordering::SeqCst) || self.gate.take_quiet())
         {
             self.pass.0.store(true, Ordering::SeqCst);
+            self.gate.quiet_reads.inc();
             self.quiet_block = true;
             self.quiet_at = Some(calls.begun);
             return Poll::Ready(Some(self.payload_left));

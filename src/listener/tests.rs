@@ -78,7 +78,12 @@ fn one_turn<S: AsyncRead + Unpin>(
 }
 
 fn gate() -> Arc<HeadGate> {
-    HeadGate::new(MAX_WAITING_HEADS, QUIET_HEADS, Counter::default())
+    HeadGate::new(
+        MAX_WAITING_HEADS,
+        QUIET_HEADS,
+        Counter::default(),
+        Counter::default(),
+    )
 }
 
 fn rewound(frames: Vec<u8>, http2: bool) -> Rewound<Cursor<Vec<u8>>> {
@@ -169,7 +174,7 @@ fn read_once<S: AsyncRead + Unpin>(stream: &mut S, cx: &mut Context<'_>) -> Poll
 #[test]
 fn header_blocks_wait_while_the_cap_of_requests_waits_to_begin_and_parked_connections_go_first() {
     let held = Counter::default();
-    let gate = HeadGate::new(4, 1, held.clone());
+    let gate = HeadGate::new(4, 1, held.clone(), Counter::default());
     let request = frame(0x1, 1, &[0xbe; 10]);
     let upload = frame(0x0, 1, &[7; 2000]);
     let frames = [request.clone(), upload, request.clone()].concat();
@@ -252,7 +257,7 @@ fn header_blocks_wait_while_the_cap_of_requests_waits_to_begin_and_parked_connec
 // with them.
 #[test]
 fn other_frames_are_read_while_the_gate_is_shut_and_header_blocks_a_little_at_a_time() {
-    let gate = HeadGate::new(4, 1, Counter::default());
+    let gate = HeadGate::new(4, 1, Counter::default(), Counter::default());
     let block = frame(0x1, 3, &[0xbe; 2000]);
     let frames = [
         frame(0x0, 1, &[7; 3000]),
@@ -310,7 +315,7 @@ fn other_frames_are_read_while_the_gate_is_shut_and_header_blocks_a_little_at_a_
 // connections) reads its next header block at once, in one of a few places of its own.
 #[test]
 fn a_quiet_connection_reads_its_next_header_block_past_a_shut_gate_in_one_of_few_places() {
-    let gate = HeadGate::new(4, 1, Counter::default());
+    let gate = HeadGate::new(4, 1, Counter::default(), Counter::default());
     let request = frame(0x1, 1, &[0xbe; 10]);
     let clients = ClientConnections::new(100, Vec::new(), 64);
     let peer = "192.0.2.7".parse().expect("address");

@@ -1633,6 +1633,23 @@ async fn an_hpack_flood_over_many_connections_is_held_to_a_process_wide_count_of
         .expect("answered over HTTP/2");
     assert_eq!(answer.version(), reqwest::Version::HTTP_2);
     assert_eq!(answer.status(), 201, "stored");
+    // A client of its own (another loopback address) sending one request at a time has its
+    // header blocks read past the gate as a quiet connection's; the flood's connections, 200
+    // from one address, never do.
+    let quiet = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("client");
+    let calls = 50;
+    for _ in 0..calls {
+        let answer = quiet
+            .get(format!("{base}/v1/streams"))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(answer.status(), 200);
+    }
     let mut answered = 0;
     for flooder in flooders {
         answered += flooder.await.expect("flooder joined");
@@ -1645,6 +1662,16 @@ async fn an_hpack_flood_over_many_connections_is_held_to_a_process_wide_count_of
     )
     .await;
     assert!(held > 0.0, "no HTTP/2 read was held back");
+    let quiet_reads = crate::helpers::metric(
+        &reqwest::Client::new(),
+        &base,
+        "iggy_gateway_http2_quiet_reads_total",
+    )
+    .await;
+    assert!(
+        (1.0..=f64::from(calls)).contains(&quiet_reads),
+        "{quiet_reads} quiet reads for {calls} quiet calls"
+    );
     let peak = peak_rss_bytes(gateway.pid());
     assert!(
         peak - idle < 80 * 1024 * 1024,
