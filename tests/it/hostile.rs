@@ -85,6 +85,17 @@ fn peak_rss_bytes(pid: u32) -> u64 {
     memory_bytes(pid, "VmHWM:")
 }
 
+/// Asserts the process's peak RSS grew less than `mib` over `idle` bytes.
+fn assert_peak_rss_grew_less_than(pid: u32, idle: u64, mib: u64) {
+    let peak = peak_rss_bytes(pid);
+    assert!(
+        peak.saturating_sub(idle) < mib << 20,
+        "peak RSS {} MiB over {} MiB idle",
+        peak >> 20,
+        idle >> 20
+    );
+}
+
 /// Millions of empty repeated entries: two bytes each on the wire, a struct each once decoded.
 fn empty_entries_request(bytes: usize) -> Vec<u8> {
     let mut wire = proto::SendMessagesRequest {
@@ -1672,13 +1683,7 @@ async fn an_hpack_flood_over_many_connections_is_held_to_a_process_wide_count_of
         (1.0..=f64::from(calls)).contains(&quiet_reads),
         "{quiet_reads} quiet reads for {calls} quiet calls"
     );
-    let peak = peak_rss_bytes(gateway.pid());
-    assert!(
-        peak - idle < 80 * 1024 * 1024,
-        "peak RSS {} MiB over {} MiB idle",
-        peak >> 20,
-        idle >> 20
-    );
+    assert_peak_rss_grew_less_than(gateway.pid(), idle, 80);
 }
 
 /// What a control-frame flood's connection met by its end.
@@ -1782,11 +1787,5 @@ async fn control_frame_floods_meet_backpressure_or_a_closed_connection() {
             _ => assert!(flooded.closed, "{kind}: an endless header block is cut off"),
         }
     }
-    let peak = peak_rss_bytes(gateway.pid());
-    assert!(
-        peak - idle < 32 * 1024 * 1024,
-        "peak RSS {} MiB over {} MiB idle",
-        peak >> 20,
-        idle >> 20
-    );
+    assert_peak_rss_grew_less_than(gateway.pid(), idle, 32);
 }
