@@ -95,13 +95,16 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
+/// Whether `ip` is one of the `trusted` proxies. A dual-stack listener sees an IPv4 proxy as
+/// `::ffff:a.b.c.d`; its IPv4 range names it.
+pub fn is_trusted_proxy(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
 /// The client behind a chain of trusted proxies (see the module documentation for the rules).
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    // A dual-stack listener sees an IPv4 proxy as `::ffff:a.b.c.d`; its IPv4 range names it.
-    let is_trusted = |ip: &IpAddr| {
-        let ip = ip.to_canonical();
-        trusted.iter().any(|net| net.contains(&ip))
-    };
+    let is_trusted = |ip: &IpAddr| is_trusted_proxy(*ip, trusted);
     if !is_trusted(&peer) {
         return peer;
     }

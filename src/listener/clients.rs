@@ -15,7 +15,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::extensions::ClientIp;
+use crate::{extensions::ClientIp, layers::client_ip::is_trusted_proxy};
 
 /// The per-client cap for a connection cap when none is configured: a quarter of it, so that
 /// four clients are needed to fill it, but never below 16 (nor above the cap itself), so
@@ -62,15 +62,10 @@ impl ClientConnections {
     /// Counts a connection from `peer` until the returned place is dropped; `None` for a
     /// trusted proxy, which is not counted; [`AtCap`] when its client holds the cap already.
     pub(super) fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Option<ClientPlace>, AtCap> {
-        let client = ClientIp::new(peer, self.ipv6_prefix);
-        if self
-            .trusted
-            .iter()
-            .any(|proxy| proxy.contains(&client.addr()))
-        {
+        if is_trusted_proxy(peer, &self.trusted) {
             return Ok(None);
         }
-        let key = client.key();
+        let key = ClientIp::new(peer, self.ipv6_prefix).key();
         // Nothing under the lock panics; were it poisoned, the counts are still whole.
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(key).or_default();

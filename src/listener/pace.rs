@@ -324,7 +324,7 @@ impl HeadPace {
         if !self.in_block || self.quiet_block {
             return Poll::Ready(Some(self.payload_left));
         }
-        // A place still held (its block carried no request) serves the next.
+        // A place this connection still holds is used again, never taken twice.
         if calls.is_quiet_since(self.quiet_at)
             && (self.pass.0.load(Ordering::SeqCst) || self.gate.take_quiet())
         {
