@@ -330,7 +330,12 @@ impl Store {
         let tx = self.db.begin_write().map_err(storage)?;
         let result = change(&mut next, &tx)?;
         tx.commit().map_err(storage)?;
-        *self.catalog.write().map_err(poisoned("catalog"))? = next;
+        let mut catalog = self.catalog.write().map_err(poisoned("catalog"))?;
+        // Under the catalog's lock, so no reader sees the new heads beside the old messages.
+        if let Some(log) = &self.log {
+            log.keep(&next);
+        }
+        *catalog = next;
         Ok(result)
     }
 }

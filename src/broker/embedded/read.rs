@@ -19,6 +19,9 @@ use crate::broker::{
 
 impl Store {
     pub(super) fn poll(&self, request: PollMessages) -> BrokerResult<PolledMessages> {
+        if self.log.is_some() {
+            return self.poll_memory(request);
+        }
         let (s, t, partition) = self
             .read_catalog()?
             .partition(&request.topic, request.partition_id)?;
@@ -72,6 +75,64 @@ impl Store {
         drop(messages_table);
         drop(tx);
 
+        if request.auto_commit
+            && let (Some(last), Some(key)) = (messages.last(), consumer_key)
+        {
+            self.store_offset(s, t, p, &key, last.offset)?;
+        }
+        Ok(PolledMessages {
+            partition_id: p,
+            current_offset: current_offset(&partition),
+            messages,
+        })
+    }
+
+    /// [`Store::poll`] for a store in memory: the same strategies over [`MemoryLog`], read
+    /// under the catalog's lock so a purge cannot swap the messages out from under the heads.
+    ///
+    /// [`MemoryLog`]: super::log::MemoryLog
+    fn poll_memory(&self, request: PollMessages) -> BrokerResult<PolledMessages> {
+        let log = self
+            .log
+            .as_ref()
+            .ok_or_else(|| BrokerError::Storage("the store keeps no messages in memory".into()))?;
+        let consumer_key = request.consumer.as_ref().map(Identifier::to_string);
+        let p = request.partition_id;
+        let (s, t, partition, messages) = {
+            let catalog = self.read_catalog()?;
+            let (s, t, partition) = catalog.partition(&request.topic, p)?;
+            // Offsets run from 0 without holes here (a purge starts again at 0).
+            let start = match request.strategy {
+                PollingStrategy::Offset(offset) => offset,
+                PollingStrategy::First => 0,
+                PollingStrategy::Last => partition
+                    .next_offset
+                    .saturating_sub(u64::from(request.count)),
+                PollingStrategy::Next => match &consumer_key {
+                    Some(key) => self
+                        .db
+                        .begin_read()
+                        .map_err(storage)?
+                        .open_table(OFFSETS)
+                        .map_err(storage)?
+                        .get((s, t, p, key.as_str()))
+                        .map_err(storage)?
+                        .map_or(0, |v| v.value() + 1),
+                    None => 0,
+                },
+                PollingStrategy::Timestamp(micros) => {
+                    log.timestamp_offset((s, t, p), &partition, micros)?
+                }
+            };
+            let messages = log.read(
+                (s, t, p),
+                &partition,
+                start,
+                request.count,
+                request.max_bytes,
+            )?;
+            (s, t, partition, messages)
+        };
         if request.auto_commit
             && let (Some(last), Some(key)) = (messages.last(), consumer_key)
         {

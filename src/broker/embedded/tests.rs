@@ -331,3 +331,278 @@ async fn an_idempotency_record_survives_a_restart_and_expires() {
         ]
     );
 }
+
+/// One step of [`a_store_in_memory_answers_every_call_as_the_store_on_disk`].
+#[derive(Debug, Clone)]
+enum Step {
+    Send {
+        partitioning: Partitioning,
+        bodies: Vec<String>,
+        /// (key, fingerprint) of an idempotency record.
+        keyed: Option<(u8, u8)>,
+    },
+    Poll {
+        partition_id: u32,
+        strategy: PollingStrategy,
+        count: u32,
+        max_bytes: usize,
+        auto_commit: bool,
+    },
+    Purge,
+    CreatePartitions(u32),
+    DeletePartitions(u32),
+    StoreOffset(u32, u64),
+    GetOffset(u32),
+    DeleteOffset(u32),
+    RecreateTopic,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let partitioning = prop_oneof![
+        Just(Partitioning::Balanced),
+        (0u32..4).prop_map(Partitioning::PartitionId),
+        proptest::collection::vec(any::<u8>(), 1..3).prop_map(Partitioning::Key),
+    ];
+    let strategy = prop_oneof![
+        (0u64..24).prop_map(PollingStrategy::Offset),
+        Just(PollingStrategy::First),
+        Just(PollingStrategy::Last),
+        Just(PollingStrategy::Next),
+        Just(PollingStrategy::Timestamp(0)),
+        Just(PollingStrategy::Timestamp(u64::MAX)),
+    ];
+    prop_oneof![
+        6 => (
+            partitioning,
+            proptest::collection::vec("[a-z]{0,12}", 1..4),
+            proptest::option::weighted(0.3, (0u8..3, 0u8..2)),
+        )
+            .prop_map(|(partitioning, bodies, keyed)| Step::Send {
+                partitioning,
+                bodies,
+                keyed,
+            }),
+        4 => (0u32..4, strategy, 1u32..8, prop_oneof![Just(usize::MAX), 1usize..30], any::<bool>())
+            .prop_map(|(partition_id, strategy, count, max_bytes, auto_commit)| Step::Poll {
+                partition_id,
+                strategy,
+                count,
+                max_bytes,
+                auto_commit,
+            }),
+        1 => Just(Step::Purge),
+        1 => (1u32..3).prop_map(Step::CreatePartitions),
+        1 => (1u32..3).prop_map(Step::DeletePartitions),
+        1 => (0u32..4, 0u64..24).prop_map(|(p, offset)| Step::StoreOffset(p, offset)),
+        1 => (0u32..4).prop_map(Step::GetOffset),
+        1 => (0u32..4).prop_map(Step::DeleteOffset),
+        1 => Just(Step::RecreateTopic),
+    ]
+}
+
+async fn create_topic(broker: &EmbeddedBroker, partitions: u32) -> String {
+    let created = broker
+        .create_topic(CreateTopic {
+            stream: Identifier::Name("s".into()),
+            name: Name::parse("t").expect("name"),
+            partitions_count: partitions,
+            message_expiry_micros: None,
+            max_topic_size_bytes: None,
+            compression: Compression::None,
+            replication_factor: 1,
+        })
+        .await
+        .map(|info| info.id);
+    format!("{created:?}")
+}
+
+/// What a step answered, with the clock's readings left out (the two stores read the clock at
+/// different moments), as text to compare.
+async fn take_step(broker: &EmbeddedBroker, step: &Step) -> String {
+    let consumer = || Identifier::Name("c".into());
+    let at = |partition_id| ConsumerOffsetRef {
+        topic: topic(),
+        partition_id,
+        consumer: consumer(),
+    };
+    match step.clone() {
+        Step::Send {
+            partitioning,
+            bodies,
+            keyed: key,
+        } => {
+            let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+            let request = match key {
+                Some((key, fingerprint)) => SendMessages {
+                    partitioning,
+                    ..keyed(&bodies, key, fingerprint, u64::MAX)
+                },
+                None => send(partitioning, &bodies),
+            };
+            format!("{:?}", broker.send_messages(request).await)
+        }
+        Step::Poll {
+            partition_id,
+            strategy,
+            count,
+            max_bytes,
+            auto_commit,
+        } => {
+            let polled = broker
+                .poll_messages(PollMessages {
+                    topic: topic(),
+                    partition_id,
+                    consumer: Some(consumer()),
+                    strategy,
+                    count,
+                    max_bytes,
+                    auto_commit,
+                })
+                .await
+                .map(|polled| {
+                    let messages: Vec<_> = polled
+                        .messages
+                        .iter()
+                        .map(|m| (m.offset, m.id, m.payload.clone()))
+                        .collect();
+                    (polled.partition_id, polled.current_offset, messages)
+                });
+            format!("{polled:?}")
+        }
+        Step::Purge => format!("{:?}", broker.purge_topic(topic()).await),
+        Step::CreatePartitions(count) => format!(
+            "{:?}",
+            broker
+                .create_partitions(topic(), count)
+                .await
+                .map(|info| info.partitions_count)
+        ),
+        Step::DeletePartitions(count) => format!(
+            "{:?}",
+            broker
+                .delete_partitions(topic(), count)
+                .await
+                .map(|info| info.partitions_count)
+        ),
+        Step::StoreOffset(p, offset) => {
+            format!("{:?}", broker.store_consumer_offset(at(p), offset).await)
+        }
+        Step::GetOffset(p) => format!("{:?}", broker.get_consumer_offset(at(p)).await),
+        Step::DeleteOffset(p) => format!("{:?}", broker.delete_consumer_offset(at(p)).await),
+        Step::RecreateTopic => {
+            let deleted = broker.delete_topic(topic(), None).await;
+            format!("{deleted:?} {}", create_topic(broker, 2).await)
+        }
+    }
+}
+
+/// The topic's counts and every partition's head and messages, as text to compare.
+async fn topic_state(broker: &EmbeddedBroker) -> String {
+    let Ok(info) = broker.get_topic(topic()).await else {
+        return "no topic".into();
+    };
+    let mut state = format!(
+        "{} {} {} |",
+        info.partitions_count, info.messages_count, info.size_bytes
+    );
+    for partition in &info.partitions {
+        state += &format!(
+            " {} {} {} {} {:?}",
+            partition.id,
+            partition.current_offset,
+            partition.messages_count,
+            partition.size_bytes,
+            bodies(broker, partition.id).await
+        );
+    }
+    state
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// The store in memory keeps its messages outside redb; everything it answers must still be
+    /// what the store on disk answers, step by step.
+    #[test]
+    fn a_store_in_memory_answers_every_call_as_the_store_on_disk(
+        steps in proptest::collection::vec(step(), 1..40)
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("dir");
+        runtime.block_on(async {
+            let memory = EmbeddedBroker::open(&Location::Memory).expect("opens");
+            let disk = EmbeddedBroker::open(&Location::Directory(dir.path().to_path_buf()))
+                .expect("opens");
+            for broker in [&memory, &disk] {
+                broker
+                    .create_stream(Name::parse("s").expect("name"))
+                    .await
+                    .expect("stream");
+                create_topic(broker, 2).await;
+            }
+            for (index, step) in steps.iter().enumerate() {
+                let (in_memory, on_disk) =
+                    (take_step(&memory, step).await, take_step(&disk, step).await);
+                proptest::prop_assert_eq!(&in_memory, &on_disk, "step {}: {:?}", index, step);
+                proptest::prop_assert_eq!(topic_state(&memory).await, topic_state(&disk).await);
+            }
+            Ok(())
+        })?;
+    }
+}
+
+/// A TIMESTAMP poll finds the first message at or after the time, in memory as on disk.
+#[tokio::test]
+async fn a_timestamp_poll_starts_at_the_first_message_at_or_after_the_time_in_either_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    for location in [
+        Location::Memory,
+        Location::Directory(dir.path().to_path_buf()),
+    ] {
+        let broker = EmbeddedBroker::open(&location).expect("opens");
+        broker
+            .create_stream(Name::parse("s").expect("name"))
+            .await
+            .expect("stream");
+        create_topic(&broker, 1).await;
+        for batch in [["a0", "a1"], ["b0", "b1"], ["c0", "c1"]] {
+            broker
+                .send_messages(send(Partitioning::PartitionId(0), &batch))
+                .await
+                .expect("sent");
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        let poll = |strategy| {
+            broker.poll_messages(PollMessages {
+                topic: topic(),
+                partition_id: 0,
+                consumer: None,
+                strategy,
+                count: 10,
+                max_bytes: usize::MAX,
+                auto_commit: false,
+            })
+        };
+        let all = poll(PollingStrategy::First).await.expect("polls").messages;
+        let second_batch = all[2].timestamp_micros;
+        assert!(all[1].timestamp_micros < second_batch, "{location:?}");
+        for (micros, first) in [
+            (0, Some(0)),
+            (second_batch, Some(2)),
+            (second_batch + 1, Some(4)),
+            (u64::MAX, None),
+        ] {
+            let found = poll(PollingStrategy::Timestamp(micros))
+                .await
+                .expect("polls")
+                .messages
+                .first()
+                .map(|m| m.offset);
+            assert_eq!(found, first, "{location:?} at {micros}");
+        }
+    }
+}

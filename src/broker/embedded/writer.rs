@@ -134,10 +134,19 @@ impl Store {
         }
     }
 
-    fn commit_sends(&self, requests: &[SendMessages]) -> BrokerResult<Vec<BrokerResult<Sent>>> {
+    pub(super) fn commit_sends(
+        &self,
+        requests: &[SendMessages],
+    ) -> BrokerResult<Vec<BrokerResult<Sent>>> {
         let _writer = self.writer.lock().map_err(poisoned("writer"))?;
-        // Begun first: a keyed send's record is read in the transaction that would write it.
-        let tx = self.db.begin_write().map_err(storage)?;
+        let any_keyed = requests.iter().any(|r| r.idempotency.is_some());
+        // Begun first: a keyed send's record is read in the transaction that would write it. In
+        // memory, a group without a keyed send has nothing for redb: no transaction at all.
+        let tx = if self.log.is_none() || any_keyed {
+            Some(self.db.begin_write().map_err(storage)?)
+        } else {
+            None
+        };
         // Keys written by this group so far, with their fingerprints.
         let mut keyed: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
         let mut records: Vec<IdempotencyRecord> = Vec::new();
@@ -152,10 +161,9 @@ impl Store {
             let catalog = self.read_catalog()?;
             // Opened only for a group with a keyed send: a table opened costs its lookup and
             // close in every commit.
-            let idempotency = if requests.iter().any(|r| r.idempotency.is_some()) {
-                Some(tx.open_table(IDEMPOTENCY).map_err(storage)?)
-            } else {
-                None
+            let idempotency = match &tx {
+                Some(tx) if any_keyed => Some(tx.open_table(IDEMPOTENCY).map_err(storage)?),
+                _ => None,
             };
             for request in requests {
                 // A key seen before (in the store and not expired, or earlier in this group):
@@ -229,20 +237,27 @@ impl Store {
             return Ok(results);
         }
 
-        {
-            let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
-            for ((s, t, p), first, records) in &writes {
-                for (offset, record) in (*first..).zip(records) {
-                    messages
-                        .insert((*s, *t, *p, offset), record.as_slice())
+        // Written ahead of the commit; readers see them only once the catalog's heads move.
+        if let Some(log) = &self.log {
+            log.append(&mut writes)?;
+        }
+        if let Some(tx) = tx {
+            if self.log.is_none() {
+                let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
+                for ((s, t, p), first, records) in &writes {
+                    for (offset, record) in (*first..).zip(records) {
+                        messages
+                            .insert((*s, *t, *p, offset), record.as_slice())
+                            .map_err(storage)?;
+                    }
+                }
+                // The in-memory store's heads live in the catalog alone.
+                let mut partitions = tx.open_table(PARTITIONS).map_err(storage)?;
+                for (key, head) in &heads {
+                    partitions
+                        .insert(*key, encode(head)?.as_slice())
                         .map_err(storage)?;
                 }
-            }
-            let mut partitions = tx.open_table(PARTITIONS).map_err(storage)?;
-            for (key, head) in &heads {
-                partitions
-                    .insert(*key, encode(head)?.as_slice())
-                    .map_err(storage)?;
             }
             if !records.is_empty() {
                 let mut idempotency = tx.open_table(IDEMPOTENCY).map_err(storage)?;
@@ -257,8 +272,8 @@ impl Store {
                 }
                 prune_expired(&mut idempotency, &mut expiry, now)?;
             }
+            tx.commit().map_err(storage)?;
         }
-        tx.commit().map_err(storage)?;
 
         let mut catalog = self.catalog.write().map_err(poisoned("catalog"))?;
         for ((s, t, p), head) in heads {
