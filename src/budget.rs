@@ -187,6 +187,10 @@ pub struct AnswerWatch {
     /// Set by an answer that has given up on its client ([`AnswerWatch::cut`]).
     cut: AtomicBool,
     cutting: Notify,
+    /// Answers watched so far, and that count when the check last found none left: see
+    /// [`AnswerWatch::deadline`].
+    watched: AtomicU64,
+    seen: AtomicU64,
 }
 
 /// When the connection last took a part of one answer; dropped with the answer.
@@ -258,6 +262,8 @@ impl AnswerWatch {
             registered: Arc::default(),
             cut: AtomicBool::new(false),
             cutting: Notify::new(),
+            watched: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
         }
     }
 
@@ -289,26 +295,30 @@ impl AnswerWatch {
             answers.retain(|answer| answer.strong_count() > 0);
         }
         answers.push(Arc::downgrade(&clock));
+        self.watched.fetch_add(1, Ordering::Relaxed);
         drop(answers);
         self.registered.wake();
         clock
     }
 
-    /// When the answer the connection has left longest will have waited `limit`; `None` when
-    /// it is sending none (or each one it sends waits on itself).
+    /// When the connection's check should look again: when the answer it has left longest
+    /// will have waited `limit`; `None` when it is sending none (or each one it sends waits on
+    /// itself) and has watched none since it last found none, so the next one wakes it.
+    ///
+    /// With none left but some watched since, it looks again after `limit` instead, and is not
+    /// woken by the answers watched meanwhile: any of them is due after that look. A wake-up per
+    /// call would cost every call of a connection that has one call at a time (a unary client)
+    /// an extra turn of its connection; this costs a look per `limit` while calls keep coming,
+    /// and one more once they stop.
     pub fn deadline(&self, limit: Duration) -> Option<Instant> {
         if self.cut.load(Ordering::Acquire) {
             return Some(Instant::now());
         }
         let mut answers = self.lock();
-        answers.retain(|answer| answer.strong_count() > 0);
-        let deadline = answers
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|answer| !answer.waiting.load(Ordering::Acquire))
-            .map(|answer| answer.last())
-            .min()
-            .map(|last| last + limit);
+        let deadline = Self::earliest(&mut answers, limit).or_else(|| {
+            let watched = self.watched.load(Ordering::Relaxed);
+            (self.seen.swap(watched, Ordering::Relaxed) != watched).then(|| Instant::now() + limit)
+        });
         // Under the lock, so an answer watched from now on sees what the check will sleep on.
         self.registered
             .armed
@@ -318,8 +328,22 @@ impl AnswerWatch {
 
     /// Whether an answer has waited `limit` or more since the connection last took a part of it.
     pub fn is_stalled(&self, limit: Duration) -> bool {
-        self.deadline(limit)
-            .is_some_and(|deadline| deadline <= Instant::now())
+        if self.cut.load(Ordering::Acquire) {
+            return true;
+        }
+        Self::earliest(&mut self.lock(), limit).is_some_and(|deadline| deadline <= Instant::now())
+    }
+
+    /// When the answer left longest will have waited `limit`, forgetting answers dropped.
+    fn earliest(answers: &mut Vec<Weak<AnswerClock>>, limit: Duration) -> Option<Instant> {
+        answers.retain(|answer| answer.strong_count() > 0);
+        answers
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|answer| !answer.waiting.load(Ordering::Acquire))
+            .map(|answer| answer.last())
+            .min()
+            .map(|last| last + limit)
     }
 
     /// Resolves when an answer starts being watched (at once if one did since the last call).
@@ -458,7 +482,30 @@ mod tests {
         drop(second);
         assert!(!watch.is_stalled(limit), "a dropped answer is not watched");
         drop(first);
-        assert_eq!(watch.deadline(limit), None);
+        // The wake-up the second answer left (nothing looked between) is taken first.
+        let _ = tokio::time::timeout(Duration::ZERO, watch.registered()).await;
+        // None left, but two watched since the check last found none: it looks again after
+        // the limit, and an answer watched meanwhile does not wake it.
+        let before = std::time::Instant::now();
+        let look = watch.deadline(limit).expect("a look after the limit");
+        assert!(look >= before + limit && look <= std::time::Instant::now() + limit);
+        let third = watch.watch();
+        let woken = tokio::time::timeout(Duration::from_millis(50), watch.registered()).await;
+        assert!(woken.is_err(), "not woken while a look is due");
+        drop(third);
+        assert!(watch.deadline(limit).is_some(), "one watched since");
+        assert_eq!(
+            watch.deadline(limit),
+            None,
+            "none watched since the last look"
+        );
+        let fourth = watch.watch();
+        let woken = tokio::time::timeout(Duration::from_millis(50), watch.registered()).await;
+        assert!(
+            woken.is_ok(),
+            "woken by the next answer once nothing is due"
+        );
+        drop(fourth);
     }
 
     #[tokio::test]
