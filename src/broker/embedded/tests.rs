@@ -38,18 +38,7 @@ async fn broker_with_topic(partitions: u32) -> EmbeddedBroker {
         .create_stream(Name::parse("s").expect("name"))
         .await
         .expect("stream");
-    broker
-        .create_topic(CreateTopic {
-            stream: Identifier::Name("s".into()),
-            name: Name::parse("t").expect("name"),
-            partitions_count: partitions,
-            message_expiry_micros: None,
-            max_topic_size_bytes: None,
-            compression: Compression::None,
-            replication_factor: 1,
-        })
-        .await
-        .expect("topic");
+    assert_eq!(create_topic(&broker, partitions).await, "Ok(0)");
     broker
 }
 
@@ -286,18 +275,7 @@ async fn an_idempotency_record_survives_a_restart_and_expires() {
             .create_stream(Name::parse("s").expect("name"))
             .await
             .expect("stream");
-        broker
-            .create_topic(CreateTopic {
-                stream: Identifier::Name("s".into()),
-                name: Name::parse("t").expect("name"),
-                partitions_count: 1,
-                message_expiry_micros: None,
-                max_topic_size_bytes: None,
-                compression: Compression::None,
-                replication_factor: 1,
-            })
-            .await
-            .expect("topic");
+        assert_eq!(create_topic(&broker, 1).await, "Ok(0)");
         let soon = now_micros() + 300_000;
         let later = now_micros() + 60_000_000;
         assert_eq!(
@@ -401,6 +379,7 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     ]
 }
 
+/// Creates topic `t` in stream `s`; its id, or why not, as text.
 async fn create_topic(broker: &EmbeddedBroker, partitions: u32) -> String {
     let created = broker
         .create_topic(CreateTopic {
@@ -542,7 +521,7 @@ proptest::proptest! {
                     .create_stream(Name::parse("s").expect("name"))
                     .await
                     .expect("stream");
-                create_topic(broker, 2).await;
+                assert_eq!(create_topic(broker, 2).await, "Ok(0)");
             }
             for (index, step) in steps.iter().enumerate() {
                 let (in_memory, on_disk) =
@@ -568,7 +547,7 @@ async fn a_timestamp_poll_starts_at_the_first_message_at_or_after_the_time_in_ei
             .create_stream(Name::parse("s").expect("name"))
             .await
             .expect("stream");
-        create_topic(&broker, 1).await;
+        assert_eq!(create_topic(&broker, 1).await, "Ok(0)");
         for batch in [["a0", "a1"], ["b0", "b1"], ["c0", "c1"]] {
             broker
                 .send_messages(send(Partitioning::PartitionId(0), &batch))
