@@ -325,17 +325,27 @@ impl Store {
         &self,
         change: impl FnOnce(&mut Catalog, &WriteTransaction) -> BrokerResult<T>,
     ) -> BrokerResult<T> {
-        let _writer = self.writer.lock().map_err(poisoned("writer"))?;
+        let writer = self.writer.lock().map_err(poisoned("writer"))?;
         let mut next = self.read_catalog()?.clone();
         let tx = self.db.begin_write().map_err(storage)?;
         let result = change(&mut next, &tx)?;
-        tx.commit().map_err(storage)?;
+        let Some(log) = &self.log else {
+            tx.commit().map_err(storage)?;
+            *self.catalog.write().map_err(poisoned("catalog"))? = next;
+            return Ok(result);
+        };
+        // In memory a poll reads its consumer's offset from redb but its messages from the
+        // log, under the catalog's read lock: the commit and the catalog must change as one
+        // for it, or a NEXT poll across a purge would pair the purge's offsets with the old
+        // messages. On disk a poll reads both from one redb snapshot, and a commit's fsync
+        // holds no reader up.
         let mut catalog = self.catalog.write().map_err(poisoned("catalog"))?;
-        // Under the catalog's lock, so no reader sees the new heads beside the old messages.
-        if let Some(log) = &self.log {
-            log.keep(&next);
-        }
+        tx.commit().map_err(storage)?;
         *catalog = next;
+        drop(catalog);
+        let removed = log.keep(&*self.read_catalog()?);
+        drop(writer);
+        drop(removed);
         Ok(result)
     }
 }

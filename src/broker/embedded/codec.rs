@@ -43,32 +43,53 @@ pub(super) fn encode_message(timestamp: u64, message: &NewMessage) -> BrokerResu
     Ok(out)
 }
 
-pub(super) fn decode_message(offset: u64, mut record: &[u8]) -> Result<StoredMessage, redb::Error> {
+pub(super) fn decode_message(offset: u64, record: &[u8]) -> Result<StoredMessage, redb::Error> {
+    let (message, payload_at) = decode_head(offset, record)?;
+    Ok(StoredMessage {
+        payload: Bytes::copy_from_slice(&record[payload_at..]),
+        ..message
+    })
+}
+
+/// [`decode_message`] for a record held as `Bytes` (the store in memory): the payload is a
+/// slice of the record, not a copy.
+pub(super) fn decode_shared(offset: u64, record: &Bytes) -> Result<StoredMessage, redb::Error> {
+    let (message, payload_at) = decode_head(offset, record)?;
+    Ok(StoredMessage {
+        payload: record.slice(payload_at..),
+        ..message
+    })
+}
+
+/// Everything but the payload, and where the payload starts.
+fn decode_head(offset: u64, record: &[u8]) -> Result<(StoredMessage, usize), redb::Error> {
     let corrupt =
         |what: &str| redb::Error::Corrupted(format!("message at offset {offset}: {what}"));
-    if record.len() < MESSAGE_FIXED_LEN {
+    let mut rest = record;
+    if rest.len() < MESSAGE_FIXED_LEN {
         return Err(corrupt("record too short"));
     }
-    if record.get_u8() != MESSAGE_RECORD_VERSION {
+    if rest.get_u8() != MESSAGE_RECORD_VERSION {
         return Err(corrupt("unknown record version"));
     }
-    let timestamp_micros = record.get_u64_le();
-    let id = record.get_u128_le();
-    let headers_len = record.get_u32_le() as usize;
-    if record.len() < headers_len {
+    let timestamp_micros = rest.get_u64_le();
+    let id = rest.get_u128_le();
+    let headers_len = rest.get_u32_le() as usize;
+    if rest.len() < headers_len {
         return Err(corrupt("headers cut short"));
     }
-    let (header_bytes, payload) = record.split_at(headers_len);
+    let header_bytes = &rest[..headers_len];
     let headers: Headers = if header_bytes.is_empty() {
         Headers::new()
     } else {
         decode(header_bytes)?
     };
-    Ok(StoredMessage {
+    let message = StoredMessage {
         offset,
         timestamp_micros,
         id,
         headers,
-        payload: Bytes::copy_from_slice(payload),
-    })
+        payload: Bytes::new(),
+    };
+    Ok((message, MESSAGE_FIXED_LEN + headers_len))
 }

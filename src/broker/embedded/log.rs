@@ -5,22 +5,33 @@
 //!
 //! A partition's offsets run from 0 without holes (a purge starts again at 0), and only offsets
 //! below the catalog's head are read, so a record written ahead of a failed commit is never
-//! seen and the next append overwrites it.
+//! seen and the next append overwrites it. Records are `Bytes`: a poll takes references under
+//! the lock and decodes after it, its payloads slices of the records, so a large poll holds
+//! the lock (and the sends waiting for it) no longer than a small one.
 
 use std::{
     collections::HashMap,
     sync::{PoisonError, RwLock},
 };
 
-use super::{catalog::Catalog, codec::decode_message, schema::PartitionRecord};
+use bytes::Bytes;
+
+use super::{catalog::Catalog, codec::decode_shared, schema::PartitionRecord};
 use crate::broker::{BrokerError, BrokerResult, StoredMessage};
 
 type PartitionKey = (u32, u32, u32);
 
 #[derive(Debug, Default)]
 pub(super) struct MemoryLog {
-    partitions: RwLock<HashMap<PartitionKey, Vec<Vec<u8>>>>,
+    partitions: RwLock<HashMap<PartitionKey, Vec<Bytes>>>,
 }
+
+/// Records [`MemoryLog::keep`] took out, to be dropped once no lock is held: freeing a large
+/// partition's messages takes time nobody should wait for.
+#[must_use]
+pub(super) struct Removed(
+    #[expect(dead_code, reason = "held only to be dropped once no lock is held")] Vec<Vec<Bytes>>,
+);
 
 fn poisoned<T>(_: PoisonError<T>) -> BrokerError {
     BrokerError::Storage("the in-memory log's lock is poisoned".into())
@@ -46,7 +57,7 @@ impl MemoryLog {
                 return Err(missing(log.len() as u64));
             }
             log.truncate(first);
-            log.append(records);
+            log.extend(records.drain(..).map(Bytes::from));
         }
         Ok(())
     }
@@ -61,21 +72,29 @@ impl MemoryLog {
         count: u32,
         max_bytes: usize,
     ) -> BrokerResult<Vec<StoredMessage>> {
-        let partitions = self.partitions.read().map_err(poisoned)?;
-        let Some(log) = partitions.get(&key) else {
-            return Ok(Vec::new());
+        let records: Vec<Bytes> = {
+            let partitions = self.partitions.read().map_err(poisoned)?;
+            let Some(log) = partitions.get(&key) else {
+                return Ok(Vec::new());
+            };
+            (start..head.next_offset)
+                .take(count as usize)
+                .map(|offset| {
+                    usize::try_from(offset)
+                        .ok()
+                        .and_then(|at| log.get(at))
+                        .cloned()
+                        .ok_or_else(|| missing(offset))
+                })
+                .collect::<BrokerResult<_>>()?
         };
         let mut messages = Vec::new();
         let mut bytes = 0usize;
-        for offset in (start..head.next_offset).take(count as usize) {
-            let record = usize::try_from(offset)
-                .ok()
-                .and_then(|at| log.get(at))
-                .ok_or_else(|| missing(offset))?;
-            let message = decode_message(offset, record)
+        for (offset, record) in (start..).zip(&records) {
+            let message = decode_shared(offset, record)
                 .map_err(|err| BrokerError::Storage(err.to_string()))?;
             bytes = bytes.saturating_add(message.size());
-            // The same budget as the durable store's read: the rest is never copied out.
+            // The same budget as the durable store's read.
             if bytes > max_bytes && !messages.is_empty() {
                 break;
             }
@@ -115,15 +134,17 @@ impl MemoryLog {
         Ok(found as u64)
     }
 
-    /// Makes the log match a catalog just committed: a partition gone is dropped, a purged one
-    /// is emptied (its head went back to 0).
-    pub(super) fn keep(&self, catalog: &Catalog) {
+    /// Makes the log match a catalog just committed, under the writer's lock (no send appends
+    /// meanwhile): a partition gone is taken out, a purged one emptied (its head went back to
+    /// 0). Readers never read past a head, so this need not hold the catalog's lock.
+    pub(super) fn keep(&self, catalog: &Catalog) -> Removed {
         // Nothing holding this lock panics part-way through a change, so a poisoned log is
         // still whole.
         let mut partitions = self
             .partitions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut removed = Vec::new();
         partitions.retain(|(s, t, p), log| {
             let head = catalog
                 .streams
@@ -131,12 +152,23 @@ impl MemoryLog {
                 .and_then(|stream| stream.topics.get(t))
                 .and_then(|topic| topic.partitions.get(*p as usize));
             match head.and_then(|head| usize::try_from(head.next_offset).ok()) {
-                Some(committed) => {
-                    log.truncate(committed);
+                // A purge: the whole vector goes, its capacity too.
+                Some(0) => {
+                    removed.push(std::mem::take(log));
                     true
                 }
-                None => false,
+                Some(committed) => {
+                    if committed < log.len() {
+                        removed.push(log.split_off(committed));
+                    }
+                    true
+                }
+                None => {
+                    removed.push(std::mem::take(log));
+                    false
+                }
             }
         });
+        Removed(removed)
     }
 }

@@ -10,7 +10,7 @@ use super::{
     catalog::{current_offset, partition_info},
     codec::decode_message,
     poisoned,
-    schema::{MESSAGES, OFFSETS, PARTITIONS, PartitionRecord, storage},
+    schema::{MESSAGES, OFFSETS, PartitionRecord, storage},
 };
 use crate::broker::{
     BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, Identifier, PollMessages,
@@ -154,18 +154,21 @@ impl Store {
         offset: u64,
     ) -> BrokerResult<()> {
         let _writer = self.writer.lock().map_err(poisoned("writer"))?;
-        let tx = self.db.begin_write().map_err(storage)?;
-        // The topic may have been deleted since the caller looked it up; storing an offset for
-        // it would leave an orphan row.
-        if tx
-            .open_table(PARTITIONS)
-            .map_err(storage)?
-            .get((s, t, p))
-            .map_err(storage)?
-            .is_none()
-        {
+        // Checked under the writer's lock, which every change of the catalog holds. The topic
+        // may have been deleted since the caller looked it up (an offset for it would be an
+        // orphan row), or purged: the messages an auto-committing poll read before a purge
+        // are gone, and their offset would make the consumer skip that many new messages.
+        let stored = self
+            .read_catalog()?
+            .streams
+            .get(&s)
+            .and_then(|stream| stream.topics.get(&t))
+            .and_then(|topic| topic.partitions.get(p as usize))
+            .is_some_and(|head| offset < head.next_offset);
+        if !stored {
             return Ok(());
         }
+        let tx = self.db.begin_write().map_err(storage)?;
         tx.open_table(OFFSETS)
             .map_err(storage)?
             .insert((s, t, p, consumer), offset)

@@ -585,3 +585,99 @@ async fn a_timestamp_poll_starts_at_the_first_message_at_or_after_the_time_in_ei
         }
     }
 }
+
+/// NEXT polls that auto-commit, racing a purge of their partition again and again: they read
+/// the two messages past the consumer's offset at most once, never the ones it had already
+/// processed, and leave no offset on the purged partition (which would make the consumer skip
+/// that many new messages).
+#[test]
+fn a_next_poll_racing_a_purge_neither_reads_committed_messages_again_nor_leaves_an_offset() {
+    let dir = tempfile::tempdir().expect("dir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for location in [
+        Location::Memory,
+        Location::Directory(dir.path().to_path_buf()),
+    ] {
+        let broker = runtime.block_on(async {
+            let broker = EmbeddedBroker::open(&location).expect("opens");
+            broker
+                .create_stream(Name::parse("s").expect("name"))
+                .await
+                .expect("stream");
+            assert_eq!(create_topic(&broker, 1).await, "Ok(0)");
+            broker
+        });
+        let at = || ConsumerOffsetRef {
+            topic: topic(),
+            partition_id: 0,
+            consumer: Identifier::Name("c".into()),
+        };
+        let rounds = if location == Location::Memory {
+            400
+        } else {
+            60
+        };
+        let (mut read_again, mut left) = (0, 0);
+        let mut rounds_read = [0; 3];
+        for _ in 0..rounds {
+            runtime.block_on(async {
+                broker
+                    .send_messages(send(Partitioning::PartitionId(0), &["old"; 4]))
+                    .await
+                    .expect("sent");
+                broker.store_consumer_offset(at(), 1).await.expect("stored");
+            });
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let poller = {
+                let store = std::sync::Arc::clone(&broker.inner);
+                let done = std::sync::Arc::clone(&done);
+                std::thread::spawn(move || {
+                    let mut read = 0;
+                    while !done.load(std::sync::atomic::Ordering::Acquire) {
+                        read += store
+                            .poll(PollMessages {
+                                topic: topic(),
+                                partition_id: 0,
+                                consumer: Some(Identifier::Name("c".into())),
+                                strategy: PollingStrategy::Next,
+                                count: 10,
+                                max_bytes: usize::MAX,
+                                auto_commit: true,
+                            })
+                            .expect("polls")
+                            .messages
+                            .len();
+                    }
+                    read
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            runtime
+                .block_on(broker.purge_topic(topic()))
+                .expect("purged");
+            done.store(true, std::sync::atomic::Ordering::Release);
+            let read = poller.join().expect("the poller ends");
+            rounds_read[read.min(2)] += 1;
+            read_again += read.saturating_sub(2);
+            let stored = runtime
+                .block_on(broker.get_consumer_offset(at()))
+                .expect("read")
+                .stored_offset;
+            if stored.is_some() {
+                left += 1;
+                runtime
+                    .block_on(broker.delete_consumer_offset(at()))
+                    .expect("deleted");
+            }
+        }
+        assert_eq!(
+            (read_again, left),
+            (0, 0),
+            "{location:?}: rounds that read 0, 1, 2 messages: {rounds_read:?}"
+        );
+    }
+}
