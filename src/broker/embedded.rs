@@ -363,6 +363,7 @@ impl Broker for EmbeddedBroker {
                     },
                     partitions: Vec::new(),
                     next_balanced: 0,
+                    epoch: 0,
                 };
                 write_topic(tx, s, t, &topic.record)?;
                 add_partitions(tx, s, t, &mut topic, request.partitions_count)?;
@@ -484,6 +485,7 @@ impl Broker for EmbeddedBroker {
                 }
                 drop(table);
                 state.partitions.truncate((existing - count) as usize);
+                state.epoch += 1;
                 state.next_balanced %= partitions_count(state).max(1);
                 Ok(topic_info(t, state, true))
             })

@@ -3,7 +3,7 @@
 //! grow with the data. A metadata change edits a copy and swaps it in only after its commit
 //! ([`Store::change`]); the table edits those changes make are here too.
 
-use std::{collections::BTreeMap, ops::Bound};
+use std::{collections::BTreeMap, ops::Bound, sync::PoisonError};
 
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
@@ -33,6 +33,11 @@ pub(super) struct TopicState {
     pub(super) partitions: Vec<PartitionRecord>,
     /// Where balanced partitioning sends the next batch; not persisted, as in Iggy.
     pub(super) next_balanced: u32,
+    /// Moved by every change that empties or renumbers its partitions (a purge, partitions
+    /// deleted or added): an auto-commit stores its offset only if this has not moved since its
+    /// poll read, since an offset read before a purge would make the consumer skip as many new
+    /// messages. Not persisted: no poll outlives the process.
+    pub(super) epoch: u64,
 }
 
 /// The in-memory image of the metadata tables.
@@ -90,6 +95,14 @@ impl Catalog {
                 stream: at.stream.clone(),
                 topic: at.topic.clone(),
             })
+    }
+
+    /// The topic's [`TopicState::epoch`]; 0 for a topic gone (whose offsets are not stored).
+    pub(super) fn epoch(&self, s: u32, t: u32) -> u64 {
+        self.streams
+            .get(&s)
+            .and_then(|stream| stream.topics.get(&t))
+            .map_or(0, |topic| topic.epoch)
     }
 
     pub(super) fn topic_mut(&mut self, s: u32, t: u32) -> BrokerResult<&mut TopicState> {
@@ -288,6 +301,7 @@ pub(super) fn load_catalog(db: &Database, location: &Location) -> Result<Catalog
                     record,
                     partitions: Vec::new(),
                     next_balanced: 0,
+                    epoch: 0,
                 },
             );
         }
@@ -343,7 +357,9 @@ impl Store {
         tx.commit().map_err(storage)?;
         *catalog = next;
         drop(catalog);
-        let removed = log.keep(&*self.read_catalog()?);
+        // The change is committed and in place: a poisoned lock (whose catalog is whole, as
+        // it is only ever replaced) must not report it as failed.
+        let removed = log.keep(&self.catalog.read().unwrap_or_else(PoisonError::into_inner));
         drop(writer);
         drop(removed);
         Ok(result)
@@ -389,6 +405,7 @@ pub(super) fn purge_topic_data(
     topic: &mut TopicState,
 ) -> BrokerResult<()> {
     remove_topic_data(tx, s, t)?;
+    topic.epoch += 1;
     let mut partitions = tx.open_table(PARTITIONS).map_err(storage)?;
     for (index, partition) in topic.partitions.iter_mut().enumerate() {
         *partition = PartitionRecord {
@@ -446,6 +463,7 @@ pub(super) fn add_partitions(
         });
     }
     let now = now_micros();
+    topic.epoch += 1;
     let mut table = tx.open_table(PARTITIONS).map_err(storage)?;
     for p in existing..existing + count {
         let record = PartitionRecord {

@@ -22,9 +22,11 @@ impl Store {
         if self.log.is_some() {
             return self.poll_memory(request);
         }
-        let (s, t, partition) = self
-            .read_catalog()?
-            .partition(&request.topic, request.partition_id)?;
+        let (s, t, partition, epoch) = {
+            let catalog = self.read_catalog()?;
+            let (s, t, partition) = catalog.partition(&request.topic, request.partition_id)?;
+            (s, t, partition, catalog.epoch(s, t))
+        };
         let p = request.partition_id;
         let consumer_key = request.consumer.as_ref().map(Identifier::to_string);
 
@@ -78,7 +80,7 @@ impl Store {
         if request.auto_commit
             && let (Some(last), Some(key)) = (messages.last(), consumer_key)
         {
-            self.store_offset(s, t, p, &key, last.offset)?;
+            self.store_offset(s, t, p, &key, last.offset, Some(epoch))?;
         }
         Ok(PolledMessages {
             partition_id: p,
@@ -98,9 +100,10 @@ impl Store {
             .ok_or_else(|| BrokerError::Storage("the store keeps no messages in memory".into()))?;
         let consumer_key = request.consumer.as_ref().map(Identifier::to_string);
         let p = request.partition_id;
-        let (s, t, partition, messages) = {
+        let (s, t, partition, epoch, messages) = {
             let catalog = self.read_catalog()?;
             let (s, t, partition) = catalog.partition(&request.topic, p)?;
+            let epoch = catalog.epoch(s, t);
             // Offsets run from 0 without holes here (a purge starts again at 0).
             let start = match request.strategy {
                 PollingStrategy::Offset(offset) => offset,
@@ -131,12 +134,12 @@ impl Store {
                 request.count,
                 request.max_bytes,
             )?;
-            (s, t, partition, messages)
+            (s, t, partition, epoch, messages)
         };
         if request.auto_commit
             && let (Some(last), Some(key)) = (messages.last(), consumer_key)
         {
-            self.store_offset(s, t, p, &key, last.offset)?;
+            self.store_offset(s, t, p, &key, last.offset, Some(epoch))?;
         }
         Ok(PolledMessages {
             partition_id: p,
@@ -145,24 +148,30 @@ impl Store {
         })
     }
 
-    fn store_offset(
+    /// Stores `consumer`'s offset unless the partition has changed under it: an auto-commit
+    /// gives the topic's epoch its poll read at, and stores nothing if that has moved since.
+    pub(super) fn store_offset(
         &self,
         s: u32,
         t: u32,
         p: u32,
         consumer: &str,
         offset: u64,
+        read_at: Option<u64>,
     ) -> BrokerResult<()> {
         let _writer = self.writer.lock().map_err(poisoned("writer"))?;
         // Checked under the writer's lock, which every change of the catalog holds. The topic
         // may have been deleted since the caller looked it up (an offset for it would be an
         // orphan row), or purged: the messages an auto-committing poll read before a purge
-        // are gone, and their offset would make the consumer skip that many new messages.
+        // are gone, and their offset would make the consumer skip as many new messages, even
+        // once new ones have brought the head past it (hence the epoch). An auto-commit that
+        // is dropped leaves those messages to be read again: at least once, never skipped.
         let stored = self
             .read_catalog()?
             .streams
             .get(&s)
             .and_then(|stream| stream.topics.get(&t))
+            .filter(|topic| read_at.is_none_or(|epoch| epoch == topic.epoch))
             .and_then(|topic| topic.partitions.get(p as usize))
             .is_some_and(|head| offset < head.next_offset);
         if !stored {
@@ -197,7 +206,14 @@ impl Store {
                 ),
             });
         }
-        self.store_offset(s, t, at.partition_id, &at.consumer.to_string(), offset)
+        self.store_offset(
+            s,
+            t,
+            at.partition_id,
+            &at.consumer.to_string(),
+            offset,
+            None,
+        )
     }
 
     pub(super) fn get_consumer_offset(

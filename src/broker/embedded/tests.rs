@@ -681,3 +681,59 @@ fn a_next_poll_racing_a_purge_neither_reads_committed_messages_again_nor_leaves_
         );
     }
 }
+
+/// An auto-commit whose poll read before a purge stores nothing, even once new messages have
+/// brought the partition's head past its offset: the consumer would skip them. An offset
+/// stored by its own call is checked against the head only.
+#[tokio::test]
+async fn an_auto_commit_that_read_before_a_purge_stores_nothing_after_new_messages() {
+    let dir = tempfile::tempdir().expect("dir");
+    for location in [
+        Location::Memory,
+        Location::Directory(dir.path().to_path_buf()),
+    ] {
+        let broker = EmbeddedBroker::open(&location).expect("opens");
+        broker
+            .create_stream(Name::parse("s").expect("name"))
+            .await
+            .expect("stream");
+        assert_eq!(create_topic(&broker, 1).await, "Ok(0)");
+        let read_at = || broker.inner.read_catalog().expect("catalog").epoch(0, 0);
+        broker
+            .send_messages(send(Partitioning::PartitionId(0), &["old"; 4]))
+            .await
+            .expect("sent");
+        let before = read_at();
+        broker.purge_topic(topic()).await.expect("purged");
+        broker
+            .send_messages(send(Partitioning::PartitionId(0), &["new"; 10]))
+            .await
+            .expect("sent");
+        let at = ConsumerOffsetRef {
+            topic: topic(),
+            partition_id: 0,
+            consumer: Identifier::Name("c".into()),
+        };
+        let stored = || async { broker.get_consumer_offset(at.clone()).await.expect("read") };
+        broker
+            .inner
+            .store_offset(0, 0, 0, "c", 3, Some(before))
+            .expect("answered");
+        assert_eq!(stored().await.stored_offset, None, "{location:?}");
+        broker
+            .inner
+            .store_offset(0, 0, 0, "c", 3, Some(read_at()))
+            .expect("answered");
+        assert_eq!(stored().await.stored_offset, Some(3), "{location:?}");
+        broker
+            .store_consumer_offset(at.clone(), 9)
+            .await
+            .expect("stored");
+        assert_eq!(stored().await.stored_offset, Some(9), "{location:?}");
+        // Partitions deleted and added again reuse their ids: the epoch moves too.
+        let before = read_at();
+        broker.create_partitions(topic(), 1).await.expect("added");
+        broker.delete_partitions(topic(), 1).await.expect("deleted");
+        assert!(read_at() > before + 1, "{location:?}");
+    }
+}
