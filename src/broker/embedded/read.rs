@@ -14,8 +14,19 @@ use super::{
 };
 use crate::broker::{
     BrokerError, BrokerResult, ConsumerOffsetInfo, ConsumerOffsetRef, Identifier, PollMessages,
-    PolledMessages, PollingStrategy,
+    PolledMessages, PollingStrategy, StoredMessage,
 };
+
+/// What a poll read, in either store.
+struct Read {
+    at: (u32, u32, u32),
+    partition: PartitionRecord,
+    /// The topic's epoch when it read (see `TopicState::epoch`).
+    epoch: u64,
+    messages: Vec<StoredMessage>,
+    /// The consumer whose offset an auto-commit stores.
+    commit: Option<String>,
+}
 
 impl Store {
     pub(super) fn poll(&self, request: PollMessages) -> BrokerResult<PolledMessages> {
@@ -77,15 +88,12 @@ impl Store {
         drop(messages_table);
         drop(tx);
 
-        if request.auto_commit
-            && let (Some(last), Some(key)) = (messages.last(), consumer_key)
-        {
-            self.store_offset(s, t, p, &key, last.offset, Some(epoch))?;
-        }
-        Ok(PolledMessages {
-            partition_id: p,
-            current_offset: current_offset(&partition),
+        self.answer(Read {
+            at: (s, t, p),
+            partition,
+            epoch,
             messages,
+            commit: consumer_key.filter(|_| request.auto_commit),
         })
     }
 
@@ -136,15 +144,26 @@ impl Store {
             )?;
             (s, t, partition, epoch, messages)
         };
-        if request.auto_commit
-            && let (Some(last), Some(key)) = (messages.last(), consumer_key)
-        {
-            self.store_offset(s, t, p, &key, last.offset, Some(epoch))?;
+        self.answer(Read {
+            at: (s, t, p),
+            partition,
+            epoch,
+            messages,
+            commit: consumer_key.filter(|_| request.auto_commit),
+        })
+    }
+
+    /// A poll's answer, once its auto-commit (if any) has stored the offset of the last message
+    /// it returns.
+    fn answer(&self, read: Read) -> BrokerResult<PolledMessages> {
+        let (s, t, p) = read.at;
+        if let (Some(last), Some(key)) = (read.messages.last(), &read.commit) {
+            self.store_offset(s, t, p, key, last.offset, Some(read.epoch))?;
         }
         Ok(PolledMessages {
             partition_id: p,
-            current_offset: current_offset(&partition),
-            messages,
+            current_offset: current_offset(&read.partition),
+            messages: read.messages,
         })
     }
 

@@ -33,7 +33,12 @@ fn send(partitioning: Partitioning, bodies: &[&str]) -> SendMessages {
 }
 
 async fn broker_with_topic(partitions: u32) -> EmbeddedBroker {
-    let broker = EmbeddedBroker::open(&Location::Memory).expect("opens");
+    broker_with_topic_at(&Location::Memory, partitions).await
+}
+
+/// A store at `location` with stream `s` and its topic `t`.
+async fn broker_with_topic_at(location: &Location, partitions: u32) -> EmbeddedBroker {
+    let broker = EmbeddedBroker::open(location).expect("opens");
     broker
         .create_stream(Name::parse("s").expect("name"))
         .await
@@ -270,12 +275,7 @@ async fn an_idempotency_record_survives_a_restart_and_expires() {
     let dir = tempfile::tempdir().expect("dir");
     let location = Location::Directory(dir.path().to_path_buf());
     {
-        let broker = EmbeddedBroker::open(&location).expect("opens");
-        broker
-            .create_stream(Name::parse("s").expect("name"))
-            .await
-            .expect("stream");
-        assert_eq!(create_topic(&broker, 1).await, "Ok(0)");
+        let broker = broker_with_topic_at(&location, 1).await;
         let soon = now_micros() + 300_000;
         let later = now_micros() + 60_000_000;
         assert_eq!(
@@ -513,16 +513,9 @@ proptest::proptest! {
             .expect("runtime");
         let dir = tempfile::tempdir().expect("dir");
         runtime.block_on(async {
-            let memory = EmbeddedBroker::open(&Location::Memory).expect("opens");
-            let disk = EmbeddedBroker::open(&Location::Directory(dir.path().to_path_buf()))
-                .expect("opens");
-            for broker in [&memory, &disk] {
-                broker
-                    .create_stream(Name::parse("s").expect("name"))
-                    .await
-                    .expect("stream");
-                assert_eq!(create_topic(broker, 2).await, "Ok(0)");
-            }
+            let memory = broker_with_topic_at(&Location::Memory, 2).await;
+            let disk =
+                broker_with_topic_at(&Location::Directory(dir.path().to_path_buf()), 2).await;
             for (index, step) in steps.iter().enumerate() {
                 let (in_memory, on_disk) =
                     (take_step(&memory, step).await, take_step(&disk, step).await);
@@ -542,12 +535,7 @@ async fn a_timestamp_poll_starts_at_the_first_message_at_or_after_the_time_in_ei
         Location::Memory,
         Location::Directory(dir.path().to_path_buf()),
     ] {
-        let broker = EmbeddedBroker::open(&location).expect("opens");
-        broker
-            .create_stream(Name::parse("s").expect("name"))
-            .await
-            .expect("stream");
-        assert_eq!(create_topic(&broker, 1).await, "Ok(0)");
+        let broker = broker_with_topic_at(&location, 1).await;
         for batch in [["a0", "a1"], ["b0", "b1"], ["c0", "c1"]] {
             broker
                 .send_messages(send(Partitioning::PartitionId(0), &batch))
@@ -602,15 +590,7 @@ fn a_next_poll_racing_a_purge_neither_reads_committed_messages_again_nor_leaves_
         Location::Memory,
         Location::Directory(dir.path().to_path_buf()),
     ] {
-        let broker = runtime.block_on(async {
-            let broker = EmbeddedBroker::open(&location).expect("opens");
-            broker
-                .create_stream(Name::parse("s").expect("name"))
-                .await
-                .expect("stream");
-            assert_eq!(create_topic(&broker, 1).await, "Ok(0)");
-            broker
-        });
+        let broker = runtime.block_on(broker_with_topic_at(&location, 1));
         let at = || ConsumerOffsetRef {
             topic: topic(),
             partition_id: 0,
@@ -692,12 +672,7 @@ async fn an_auto_commit_that_read_before_a_purge_stores_nothing_after_new_messag
         Location::Memory,
         Location::Directory(dir.path().to_path_buf()),
     ] {
-        let broker = EmbeddedBroker::open(&location).expect("opens");
-        broker
-            .create_stream(Name::parse("s").expect("name"))
-            .await
-            .expect("stream");
-        assert_eq!(create_topic(&broker, 1).await, "Ok(0)");
+        let broker = broker_with_topic_at(&location, 1).await;
         let read_at = || broker.inner.read_catalog().expect("catalog").epoch(0, 0);
         broker
             .send_messages(send(Partitioning::PartitionId(0), &["old"; 4]))
