@@ -35,7 +35,7 @@ use tower::Service;
 use self::request::Codec;
 use crate::{
     answer::{Caller, ERROR_DOMAIN, Rejection, connect, grpc_code_name, methods},
-    extensions::{AnsweredCode, MatchedRoute, Protocol},
+    extensions::{AnsweredCode, MatchedRoute, Protocol, names},
     identity::Access,
     rest::{
         self,
@@ -223,7 +223,7 @@ impl Connect {
         };
         let deadline = parts
             .headers
-            .get("connect-timeout-ms")
+            .get(&names::CONNECT_TIMEOUT_MS)
             .and_then(|v| v.to_str().ok())
             .and_then(|ms| ms.parse::<u64>().ok())
             .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));

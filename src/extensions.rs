@@ -5,7 +5,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use axum::http::{Method, Request, Uri, header};
+use axum::http::{HeaderName, Method, Request, Uri, header};
 use ipnet::IpNet;
 
 /// The protocol a call speaks, read from its content type (and, for Connect's unary calls,
@@ -28,9 +28,13 @@ pub enum Protocol {
 impl Protocol {
     pub fn of<B>(request: &Request<B>) -> Self {
         let headers = request.headers();
+        let content_type = headers.get(header::CONTENT_TYPE);
+        // What nearly every gRPC client sends, settled without parsing.
+        if content_type.is_some_and(|v| v.as_bytes() == b"application/grpc") {
+            return Protocol::Grpc;
+        }
         // Read in place, whatever its case: every layer asks, so it allocates nothing.
-        let essence = headers
-            .get(header::CONTENT_TYPE)
+        let essence = content_type
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .split(';')
@@ -48,7 +52,7 @@ impl Protocol {
                     .is_some_and(|codec| codec.eq_ignore_ascii_case("json")),
             }
         } else if is_procedure_path(request.uri().path())
-            && (headers.contains_key(CONNECT_PROTOCOL_VERSION)
+            && (headers.contains_key(&CONNECT_PROTOCOL_VERSION)
                 || essence.eq_ignore_ascii_case("application/proto")
                 || essence.eq_ignore_ascii_case("application/json")
                 || (request.method() == Method::GET && is_connect_query(request.uri())))
@@ -83,7 +87,24 @@ fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
 }
 
 /// The header that marks a Connect unary call (its only value so far is `1`).
-pub const CONNECT_PROTOCOL_VERSION: &str = "connect-protocol-version";
+pub const CONNECT_PROTOCOL_VERSION: HeaderName =
+    HeaderName::from_static("connect-protocol-version");
+
+/// Header names read on every call, parsed once: a name given as `&str` is parsed and checked
+/// again on each lookup.
+pub mod names {
+    use axum::http::HeaderName;
+
+    pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    pub const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+    pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    pub const CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
+    pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    pub const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+}
 
 /// A `Connect-Timeout-Ms` value: a positive number of milliseconds, at most 10 digits;
 /// `None` for anything else (the timeout layer ignores it, the Connect translator refuses it).

@@ -89,7 +89,7 @@ use tracing::Span;
 
 use crate::{
     budget::InflightBytes,
-    extensions::{ClientIp, Protocol, RequestId},
+    extensions::{ClientIp, Protocol, RequestId, names},
     identity::KeyRing,
     metrics::Metrics,
 };
@@ -241,7 +241,7 @@ fn make_span(request: &Request<Body>) -> Span {
         .map(|ip| tracing::field::display(ip.addr()));
     let traceparent = request
         .headers()
-        .get("traceparent")
+        .get(&names::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     // The path is the gRPC method for gRPC calls and the route for REST; never the query,
@@ -274,7 +274,7 @@ fn on_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
     span.record("status", response.status().as_u16());
     if let Some(status) = response
         .headers()
-        .get("grpc-status")
+        .get(&names::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
     {
         span.record("grpc_status", status);
@@ -285,7 +285,7 @@ fn on_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
 /// The final gRPC status of a call whose answer streamed (it arrives in trailers).
 fn on_eos(trailers: Option<&HeaderMap>, duration: Duration, span: &Span) {
     if let Some(status) = trailers
-        .and_then(|t| t.get("grpc-status"))
+        .and_then(|t| t.get(&names::GRPC_STATUS))
         .and_then(|v| v.to_str().ok())
     {
         span.record("grpc_status", status);

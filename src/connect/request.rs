@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     answer::{Problem, connect, request_over_budget},
-    extensions::{CONNECT_PROTOCOL_VERSION, connect_timeout},
+    extensions::{CONNECT_PROTOCOL_VERSION, connect_timeout, names},
     rest::{
         self, JsonRequest,
         direct::{Failure, Input},
@@ -95,7 +95,7 @@ pub async fn from_body(
     // type; clients send it, and the protocol lets servers require it.
     match parts
         .headers
-        .get(CONNECT_PROTOCOL_VERSION)
+        .get(&CONNECT_PROTOCOL_VERSION)
         .map(|v| v.as_bytes())
     {
         Some(b"1") => {}
@@ -206,7 +206,7 @@ fn message_bytes(query: &str) -> Vec<u8> {
 /// A server-streaming call's request: exactly one envelope, inflated by its
 /// `Connect-Content-Encoding` when its flag says so.
 pub async fn from_envelopes(parts: &Parts, body: Body, max_bytes: usize) -> Result<Bytes, Refusal> {
-    if let Some(version) = parts.headers.get(CONNECT_PROTOCOL_VERSION)
+    if let Some(version) = parts.headers.get(&CONNECT_PROTOCOL_VERSION)
         && version.as_bytes() != b"1"
     {
         return Err(bad_version("Connect-Protocol-Version is not 1"));
@@ -300,7 +300,7 @@ pub fn untyped(method: &MethodDescriptor, body: &Bytes, charged: usize) -> Resul
 }
 
 fn check_timeout(parts: &Parts) -> Result<(), Refusal> {
-    match parts.headers.get("connect-timeout-ms") {
+    match parts.headers.get(&names::CONNECT_TIMEOUT_MS) {
         Some(value) if value.to_str().ok().and_then(connect_timeout).is_none() => {
             Err(Refusal::new(
                 Code::InvalidArgument,

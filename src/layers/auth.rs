@@ -27,7 +27,7 @@ use tonic::Code;
 use super::guard::{Exempt, Policy};
 use crate::{
     answer::Rejection,
-    extensions::ClientIp,
+    extensions::{ClientIp, names},
     identity::{Authenticated, KeyRing},
 };
 
@@ -212,7 +212,7 @@ impl AuthState {
 fn presented_key<B>(request: &Request<B>, allow_query: bool) -> Option<String> {
     let headers = request.headers();
     let text = |value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
-    let x_api_key = headers.get("x-api-key");
+    let x_api_key = headers.get(&names::X_API_KEY);
     if let Some(key) = x_api_key.filter(|key| key.to_str().is_ok()) {
         return Some(text(key));
     }

@@ -17,14 +17,17 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header},
+    http::{HeaderMap, HeaderValue, Request, Response, header},
 };
 use bytes::Bytes;
 use http_body::Frame;
 use tonic::{Code, Status};
 
 use super::guard::{Exempt, Policy};
-use crate::answer::Rejection;
+use crate::{
+    answer::Rejection,
+    extensions::names::{self, GRPC_STATUS},
+};
 
 /// The content types of gRPC and gRPC-Web bodies the services decode.
 fn is_protobuf_grpc(content_type: &str) -> bool {
@@ -102,8 +105,6 @@ impl Policy for ProtobufOnly {
         response
     }
 }
-
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The one service whose calls stream requests (reflection); every other method, unary or
 /// server-streaming, takes exactly one request message.
@@ -265,7 +266,7 @@ fn is_framing_fault(headers: &HeaderMap) -> bool {
         .get(&GRPC_STATUS)
         .is_some_and(|status| status == "13")
         && headers
-            .get("grpc-message")
+            .get(&names::GRPC_MESSAGE)
             .and_then(|message| message.to_str().ok())
             .is_some_and(|message| {
                 FRAMING_FAULTS

@@ -23,7 +23,7 @@ use super::{
     allowed_hosts::{requested_host, split_authority},
     guard::{Exempt, Policy},
 };
-use crate::answer::Rejection;
+use crate::{answer::Rejection, extensions::names};
 
 #[derive(Debug, Clone)]
 pub struct CrossSite {
@@ -144,7 +144,7 @@ impl Policy for CrossSite {
             None => {
                 *method == Method::GET
                     && headers
-                        .get("sec-fetch-site")
+                        .get(&names::SEC_FETCH_SITE)
                         .is_some_and(|site| site != "same-origin" && site != "none")
             }
         };

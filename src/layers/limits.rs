@@ -38,7 +38,7 @@ use super::{
 use crate::{
     answer::{Caller, Rejection},
     budget::{self, AnswerClock, AnswerWatch, Charge, InflightBytes},
-    extensions::{ClientIp, Deadline, NoReturn, connect_timeout},
+    extensions::{ClientIp, Deadline, NoReturn, connect_timeout, names},
     identity::Identity,
 };
 
@@ -569,7 +569,7 @@ fn malformed_coding() -> Rejection {
 /// `identity`).
 fn is_compressed_grpc(headers: &axum::http::HeaderMap) -> bool {
     headers
-        .get("grpc-encoding")
+        .get(&names::GRPC_ENCODING)
         .is_some_and(|coding| coding.as_bytes() != b"identity")
 }
 
@@ -578,10 +578,10 @@ fn is_compressed_grpc(headers: &axum::http::HeaderMap) -> bool {
 fn is_oversized_message(response: &Response<Body>) -> bool {
     let headers = response.headers();
     let message = headers
-        .get("grpc-message")
+        .get(&names::GRPC_MESSAGE)
         .and_then(|m| m.to_str().ok())
         .unwrap_or("");
-    match headers.get("grpc-status").map(|code| code.as_bytes()) {
+    match headers.get(&names::GRPC_STATUS).map(|code| code.as_bytes()) {
         Some(b"11") => message.contains("too%20large") || message.contains("too large"),
         Some(b"8") => {
             message.contains("while%20decompressing") || message.contains("while decompressing")
@@ -649,12 +649,12 @@ where
         request.extensions_mut().insert(no_return.clone());
         let headers = request.headers();
         let asked = headers
-            .get("grpc-timeout")
+            .get(&names::GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout)
             .or_else(|| {
                 headers
-                    .get("connect-timeout-ms")
+                    .get(&names::CONNECT_TIMEOUT_MS)
                     .and_then(|v| v.to_str().ok())
                     .and_then(connect_timeout)
             });

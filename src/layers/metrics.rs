@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 use super::after::{AfterAnswer, Answering};
 
 use crate::{
-    extensions::{MatchedRoute, Protocol, RejectedFor},
+    extensions::{MatchedRoute, Protocol, RejectedFor, names},
     metrics::{GaugeGuard, Metrics, StatusLabel},
 };
 
@@ -164,7 +164,7 @@ impl AfterAnswer<Body> for Call {
             Protocol::Grpc | Protocol::GrpcWeb => StatusLabel::grpc(
                 response
                     .headers()
-                    .get("grpc-status")
+                    .get(&names::GRPC_STATUS)
                     .and_then(|v| v.to_str().ok()),
             ),
             // A Connect stream's outcome is in its last message, which layers never read:

@@ -11,14 +11,13 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{HeaderName, HeaderValue, Request, Response},
+    http::{HeaderValue, Request, Response},
 };
 use tower::{Layer, Service};
 
 use super::after::{AfterAnswer, Answering};
-use crate::extensions::RequestId;
+use crate::extensions::{RequestId, names::X_REQUEST_ID};
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_LEN: usize = 128;
 
 fn sane(value: &str) -> bool {
@@ -78,9 +77,7 @@ where
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let (id, value, in_place) = id_of(&request);
         if !in_place {
-            request
-                .headers_mut()
-                .insert(X_REQUEST_ID.clone(), value.clone());
+            request.headers_mut().insert(X_REQUEST_ID, value.clone());
         }
         request.extensions_mut().insert(id);
         Answering::new(self.inner.call(request), Stamp(value))
@@ -92,7 +89,11 @@ pub struct Stamp(HeaderValue);
 
 impl<B> AfterAnswer<B> for Stamp {
     fn answered(self, mut response: Response<B>) -> Response<B> {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), self.0);
+        // Never indexed by HPACK: an id used once only costs the encoder a table insert and
+        // pushes out of the client's table the names and values that do repeat.
+        let mut value = self.0;
+        value.set_sensitive(true);
+        response.headers_mut().insert(X_REQUEST_ID, value);
         response
     }
 }

@@ -31,7 +31,7 @@ use tower::{Layer, Service};
 use super::guard::{Exempt, Guard, GuardLayer, Policy};
 use crate::{
     answer::{Caller, QUOTA_EXCEEDED, RATE_LIMITED, Rejection, SCOPE_MISSING, grpc_code_name},
-    extensions::RequestId,
+    extensions::{RequestId, names},
     identity::{Access, Identity, KeyRing, Rpc, Scope, Target, audit_refused},
     metrics::Metrics,
 };
@@ -173,7 +173,7 @@ impl Policy for Scopes {
         // (a GET, gRPC over HTTP/1.1): no service answered it.
         let code = match response
             .headers()
-            .get("grpc-status")
+            .get(&names::GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i32>().ok())
         {
@@ -344,7 +344,7 @@ mod tests {
     fn grpc_status(response: &Response<Body>) -> Option<&str> {
         response
             .headers()
-            .get("grpc-status")
+            .get(&names::GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
     }
 

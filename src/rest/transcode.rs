@@ -21,7 +21,7 @@ use prost_reflect::DynamicMessage;
 
 use crate::{
     answer::{Caller, Problem, Rejection, grpc_code_name, methods},
-    extensions::{AnsweredCode, MatchedRoute, Protocol, RejectedFor, is_procedure_path},
+    extensions::{AnsweredCode, MatchedRoute, Protocol, RejectedFor, is_procedure_path, names},
     identity::Access,
     rest::conditional,
 };
@@ -131,7 +131,7 @@ fn echoed(headers: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
 
 fn request_id(headers: &HeaderMap) -> Option<String> {
     headers
-        .get("x-request-id")
+        .get(&names::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }

@@ -132,6 +132,115 @@ async fn request_ids_are_echoed_or_generated_on_every_protocol() {
     assert!(headers.get("x-request-id").is_some());
 }
 
+/// An HPACK integer (RFC 7541 §5.1) with an `n`-bit prefix, from the start of `block`.
+fn hpack_integer(block: &mut &[u8], n: u32) -> usize {
+    let max = (1usize << n) - 1;
+    let mut value = usize::from(block[0]) & max;
+    *block = &block[1..];
+    if value == max {
+        let mut shift = 0;
+        loop {
+            let byte = block[0];
+            *block = &block[1..];
+            value += usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    value
+}
+
+/// How many fields of an HPACK header block are sent never indexed (RFC 7541 §6.2.3), read
+/// by walking each field's representation (names and values skipped, Huffman or not).
+fn never_indexed_fields(mut block: &[u8]) -> usize {
+    let mut never = 0;
+    while let Some(&first) = block.first() {
+        let (prefix, literal) = match first {
+            b if b & 0x80 != 0 => (7, false),
+            b if b & 0xc0 == 0x40 => (6, true),
+            b if b & 0xe0 == 0x20 => (5, false),
+            b => {
+                never += usize::from(b & 0xf0 == 0x10);
+                (4, true)
+            }
+        };
+        let indexed_name = hpack_integer(&mut block, prefix) != 0;
+        if literal {
+            let strings = if indexed_name { 1 } else { 2 };
+            for _ in 0..strings {
+                let length = hpack_integer(&mut block, 7);
+                block = &block[length..];
+            }
+        }
+    }
+    never
+}
+
+/// A request id is used once: sent never indexed, it costs the gateway's HPACK encoder no
+/// table insert and keeps the client's table for the fields that repeat.
+#[tokio::test]
+async fn request_ids_are_never_indexed_in_http2_answers() {
+    let app = spawn_app().await;
+    let mut tcp = TcpStream::connect(app.addr).await.expect("connects");
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags]);
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        frame
+    };
+    // GET /health: `:method GET` and `:scheme http` from the static table, the path and
+    // authority as literals with indexed names.
+    let authority = app.addr.to_string();
+    let mut block = vec![0x82, 0x86, 0x04, 7];
+    block.extend(b"/health");
+    block.extend([0x01, authority.len() as u8]);
+    block.extend(authority.as_bytes());
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    for stream in [1, 3] {
+        hello.extend(frame(0x1, 0x5, stream, &block));
+    }
+    tcp.write_all(&hello).await.expect("sent");
+
+    let mut answers = Vec::new();
+    let read = async {
+        while answers.len() < 2 {
+            let mut head = [0u8; 9];
+            tcp.read_exact(&mut head).await.expect("a frame head");
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; length];
+            tcp.read_exact(&mut payload).await.expect("a frame");
+            let (kind, flags) = (head[3], head[4]);
+            if kind == 0x4 && flags & 0x1 == 0 {
+                tcp.write_all(&frame(0x4, 0x1, 0, &[])).await.expect("ack");
+            }
+            if kind == 0x1 {
+                assert_ne!(flags & 0x4, 0, "one frame holds each answer's head");
+                let padding = if flags & 0x8 != 0 {
+                    usize::from(payload[0])
+                } else {
+                    0
+                };
+                let start = usize::from(flags & 0x8 != 0) + if flags & 0x20 != 0 { 5 } else { 0 };
+                answers.push(payload[start..payload.len() - padding].to_vec());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("both answered");
+    for block in &answers {
+        assert_eq!(
+            never_indexed_fields(block),
+            1,
+            "the id, and only the id, never indexed: {block:02x?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn auth_bypass_paths_decide_which_http_probes_need_no_key() {
     let app = spawn_configured(|c| {
