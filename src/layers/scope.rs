@@ -40,9 +40,10 @@ use crate::{
 const PACKAGE: &str = "iggy.gateway.v1";
 const SCOPE_OPTION: &str = "iggy.gateway.v1.required_scope";
 
-/// Every RPC of the API by gRPC path, with the scope it needs.
+/// Every RPC of the API by gRPC path, with the scope it needs. Read on every call and never
+/// written after start-up, so a fast hash: a caller's path is only ever looked up in it.
 #[derive(Debug, Clone, Default)]
-pub struct RpcTable(HashMap<String, Arc<Rpc>>);
+pub struct RpcTable(HashMap<String, Arc<Rpc>, foldhash::fast::RandomState>);
 
 impl RpcTable {
     /// Reads `required_scope` of every method of the API's services; one without it, or with
@@ -52,7 +53,7 @@ impl RpcTable {
         let option = pool
             .get_extension_by_name(SCOPE_OPTION)
             .ok_or("the descriptor set lacks iggy.gateway.v1.required_scope")?;
-        let mut rpcs = HashMap::new();
+        let mut rpcs = HashMap::default();
         for service in pool.services().filter(|s| s.package_name() == PACKAGE) {
             for method in service.methods() {
                 let options = method.options();
@@ -274,7 +275,7 @@ impl Scopes {
             return Err(Rejection::quota_exceeded(identity.name(), throttle));
         }
         self.metrics
-            .identity_call(identity.name(), rpc.scope.as_str());
+            .identity_call(identity.shared_name(), rpc.scope.as_str());
         let access = Arc::new(Access::new(
             identity,
             rpc,

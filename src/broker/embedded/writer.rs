@@ -5,6 +5,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+// Partition numbers from our own catalog: no caller chooses what these maps hash.
+use foldhash::fast::RandomState as Fast;
 use redb::ReadableTable;
 use tokio::sync::{mpsc, oneshot};
 
@@ -152,8 +154,8 @@ impl Store {
         let mut records: Vec<IdempotencyRecord> = Vec::new();
         // Partition heads and balanced cursors as this group moves them; the catalog takes
         // them only after the commit, so readers never see offsets that are not stored.
-        let mut heads: HashMap<(u32, u32, u32), PartitionRecord> = HashMap::new();
-        let mut balanced: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut heads: HashMap<(u32, u32, u32), PartitionRecord, Fast> = HashMap::default();
+        let mut balanced: HashMap<(u32, u32), u32, Fast> = HashMap::default();
         let mut writes = Vec::with_capacity(requests.len());
         let mut results = Vec::with_capacity(requests.len());
         let now = now_micros();
