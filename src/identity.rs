@@ -289,6 +289,11 @@ impl Identity {
         &self.name
     }
 
+    /// The name, shared (metric labels keep it without a copy).
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     pub fn kind(&self) -> Kind {
         self.kind
     }
@@ -569,7 +574,7 @@ impl Access {
     /// Bytes the call moved, charged to the identity's byte quota (produce or consume).
     pub fn charge(&self, class: Class, bytes: u64) {
         self.metrics
-            .identity_bytes(self.identity.name(), class.as_str(), bytes);
+            .identity_bytes(self.identity.shared_name(), class.as_str(), bytes);
         if let Some(quota) = self.quota() {
             quota.charge(class, bytes);
         }
@@ -706,7 +711,7 @@ impl Drop for Taken<'_> {
     fn drop(&mut self) {
         if self.bytes > 0 {
             self.access.metrics.identity_bytes(
-                self.access.identity.name(),
+                self.access.identity.shared_name(),
                 self.class.as_str(),
                 self.bytes,
             );

@@ -86,8 +86,8 @@ struct ReasonLabels {
 /// the client, so the series stay as many as the file has names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct IdentityLabels {
-    identity: String,
-    scope: String,
+    identity: Arc<str>,
+    scope: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -98,8 +98,8 @@ struct IdentityReasonLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct IdentityClassLabels {
-    identity: String,
-    class: String,
+    identity: Arc<str>,
+    class: &'static str,
 }
 
 pub struct Metrics {
@@ -357,11 +357,12 @@ impl Metrics {
     }
 
     /// Counts a call admitted for `identity`, needing `scope`.
-    pub fn identity_call(&self, identity: &str, scope: &str) {
+    pub fn identity_call(&self, identity: &Arc<str>, scope: &'static str) {
+        // Labels that allocate nothing: every call counts here.
         self.identity_calls
             .get_or_create(&IdentityLabels {
-                identity: identity.to_owned(),
-                scope: scope.to_owned(),
+                identity: Arc::clone(identity),
+                scope,
             })
             .inc();
     }
@@ -377,11 +378,11 @@ impl Metrics {
     }
 
     /// Counts message bytes moved for `identity` (`produce` or `consume`).
-    pub fn identity_bytes(&self, identity: &str, class: &str, bytes: u64) {
+    pub fn identity_bytes(&self, identity: &Arc<str>, class: &'static str, bytes: u64) {
         self.identity_bytes
             .get_or_create(&IdentityClassLabels {
-                identity: identity.to_owned(),
-                class: class.to_owned(),
+                identity: Arc::clone(identity),
+                class,
             })
             .inc_by(bytes);
     }
