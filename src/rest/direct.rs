@@ -243,10 +243,48 @@ pub const FORWARDED_HEADERS: [HeaderName; 6] = [
 /// The request headers a call carries on as metadata ([`FORWARDED_HEADERS`]).
 pub fn forwarded(headers: &HeaderMap) -> HeaderMap {
     let mut forwarded = HeaderMap::new();
-    for name in &FORWARDED_HEADERS {
-        for value in headers.get_all(name) {
+    // One pass over what the request has (each name's values in order) rather than a hashed
+    // lookup of every name the request may lack.
+    for (name, value) in headers {
+        if FORWARDED_HEADERS.contains(name) {
             forwarded.append(name.clone(), value.clone());
         }
     }
     forwarded
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn only_the_forwarded_headers_go_on_each_with_its_values_in_order() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-api-key", HeaderValue::from_static("k1"));
+        headers.append("cookie", HeaderValue::from_static("session=1"));
+        headers.append("traceparent", HeaderValue::from_static("00-a-b-01"));
+        headers.append("x-api-key", HeaderValue::from_static("k2"));
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        headers.append("idempotency-key", HeaderValue::from_static("i-1"));
+
+        let forwarded = forwarded(&headers);
+
+        let values = |name: &str| {
+            forwarded
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().expect("text"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values("x-api-key"), ["k1", "k2"]);
+        assert_eq!(values("traceparent"), ["00-a-b-01"]);
+        assert_eq!(values("authorization"), ["Bearer t"]);
+        assert_eq!(values("idempotency-key"), ["i-1"]);
+        assert_eq!(forwarded.len(), 5, "{forwarded:?}");
+        assert!(!forwarded.contains_key("cookie"));
+        assert!(!forwarded.contains_key("x-forwarded-for"));
+    }
 }

@@ -142,6 +142,14 @@ impl PathTemplate {
     /// once for all its templates).
     pub(super) fn matches_parts(&self, parts: &Parts<'_>) -> Option<Bindings> {
         let parts = parts.segments.as_slice();
+        // First what costs least: the route table asks every template in turn.
+        let fixed = match self.segments.last() {
+            Some(Segment::Rest) => self.segments.len() - 1,
+            _ => self.segments.len(),
+        };
+        if parts.len() < fixed || (fixed == self.segments.len() && parts.len() != fixed) {
+            return None;
+        }
         // The verb ends the last segment (`/v1/streams/s:purge`); the segment without it is
         // what the template's last segment matches.
         let (last, before) = parts.split_last()?;
@@ -156,13 +164,6 @@ impl PathTemplate {
                 parts[index]
             }
         };
-        let fixed = match self.segments.last() {
-            Some(Segment::Rest) => self.segments.len() - 1,
-            _ => self.segments.len(),
-        };
-        if parts.len() < fixed || (fixed == self.segments.len() && parts.len() != fixed) {
-            return None;
-        }
         for (index, segment) in self.segments.iter().enumerate().take(parts.len()) {
             match segment {
                 Segment::Literal(literal) if literal != part(index) => return None,
