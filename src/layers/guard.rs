@@ -5,6 +5,7 @@
 
 use std::{
     convert::Infallible,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -63,29 +64,42 @@ pub trait Policy: Clone + Send + Sync + 'static {
 /// A [`Policy`] as a Tower layer.
 #[derive(Debug, Clone)]
 pub struct GuardLayer<P> {
-    policy: P,
+    policy: Arc<P>,
 }
 
 impl<P> GuardLayer<P> {
     pub fn new(policy: P) -> Self {
-        Self { policy }
-    }
-}
-
-impl<S, P: Clone> Layer<S> for GuardLayer<P> {
-    type Service = Guard<S, P>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Guard {
-            inner,
-            policy: self.policy.clone(),
+        Self {
+            policy: Arc::new(policy),
         }
     }
 }
 
-#[derive(Debug, Clone)]
+impl<S, P> Layer<S> for GuardLayer<P> {
+    type Service = Guard<S, P>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard {
+            inner,
+            policy: Arc::clone(&self.policy),
+        }
+    }
+}
+
+/// The policy is shared, not cloned: axum clones the whole stack for each call, and each
+/// admitted call keeps its guard's policy until answered.
+#[derive(Debug)]
 pub struct Guard<S, P> {
     inner: S,
-    policy: P,
+    policy: Arc<P>,
+}
+
+impl<S: Clone, P> Clone for Guard<S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            policy: Arc::clone(&self.policy),
+        }
+    }
 }
 
 impl<S, P> Service<Request<Body>> for Guard<S, P>
@@ -117,7 +131,7 @@ where
         };
         let settle = Settle {
             admitted,
-            policy: self.policy.clone(),
+            policy: Arc::clone(&self.policy),
         };
         Either::Left(Answering::new(self.inner.call(request), settle))
     }
@@ -126,7 +140,7 @@ where
 /// What an admitted call holds, handed to [`Policy::answered`] with the answer.
 pub struct Settle<P: Policy> {
     admitted: Option<P::Admitted>,
-    policy: P,
+    policy: Arc<P>,
 }
 
 impl<P: Policy> AfterAnswer<Body> for Settle<P> {
