@@ -59,9 +59,10 @@ pub struct MetricsService<S> {
 }
 
 /// The gRPC methods this gateway serves (`/package.Service/Method`), read from the descriptor
-/// sets of its services, health and reflection.
+/// sets of its services, health and reflection. Fixed at start-up and only looked up in, so a
+/// fast hash.
 struct KnownRoutes {
-    grpc_methods: HashSet<Arc<str>>,
+    grpc_methods: HashSet<Arc<str>, foldhash::fast::RandomState>,
 }
 
 impl KnownRoutes {
