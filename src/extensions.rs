@@ -29,9 +29,14 @@ impl Protocol {
     pub fn of<B>(request: &Request<B>) -> Self {
         let headers = request.headers();
         let content_type = headers.get(header::CONTENT_TYPE);
-        // What nearly every gRPC client sends, settled without parsing.
-        if content_type.is_some_and(|v| v.as_bytes() == b"application/grpc") {
-            return Protocol::Grpc;
+        // What nearly every gRPC and REST client sends, settled without parsing (as below:
+        // JSON on a procedure's path is Connect's).
+        match content_type.map(|v| v.as_bytes()) {
+            Some(b"application/grpc") => return Protocol::Grpc,
+            Some(b"application/json") if !is_procedure_path(request.uri().path()) => {
+                return Protocol::Rest;
+            }
+            _ => {}
         }
         // Read in place, whatever its case: every layer asks, so it allocates nothing.
         let essence = content_type
@@ -281,6 +286,7 @@ mod tests {
                 Protocol::ConnectStream { json: false },
             ),
             ("Application/JSON; charset=utf-8", Protocol::Connect),
+            ("application/json", Protocol::Connect),
             ("application/proto", Protocol::Connect),
             ("application/protobuf", Protocol::Rest),
             ("text/plain", Protocol::Rest),
