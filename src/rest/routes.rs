@@ -74,6 +74,10 @@ pub enum Lookup<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// By a path's segment count, the routes whose template can match it, in table order (the
+    /// first match wins): those of that many segments, and those ending in `**` with fewer.
+    /// The last list is for every longer path.
+    by_length: Vec<Vec<usize>>,
 }
 
 impl RouteTable {
@@ -113,7 +117,12 @@ impl RouteTable {
             }
         }
         location::link(&mut routes);
-        Ok(Self { routes })
+        Ok(Self::indexed(routes))
+    }
+
+    fn indexed(routes: Vec<Route>) -> Self {
+        let by_length = by_length(routes.iter().map(|route| route.template.length()));
+        Self { routes, by_length }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -131,7 +140,14 @@ impl RouteTable {
         };
         let mut allowed = Vec::new();
         let mut takes_head = false;
-        for route in &self.routes {
+        let candidates = self
+            .by_length
+            .get(parts.count().min(self.by_length.len().saturating_sub(1)))
+            .map_or(&[][..], Vec::as_slice);
+        for route in candidates
+            .iter()
+            .filter_map(|&index| self.routes.get(index))
+        {
             if let Some(bindings) = route.template.matches_parts(&parts) {
                 let headless = route.http_method == Method::GET && route.side_effect_free;
                 if route.http_method == *wanted && (!head || headless) {
@@ -152,6 +168,23 @@ impl RouteTable {
             Lookup::MethodNotAllowed(allowed)
         }
     }
+}
+
+/// [`RouteTable::by_length`] for templates of these lengths (segments needed, `**` last).
+fn by_length(lengths: impl Iterator<Item = (usize, bool)> + Clone) -> Vec<Vec<usize>> {
+    let longest = lengths.clone().map(|(fixed, _)| fixed).max().unwrap_or(0);
+    let mut by_length = vec![Vec::new(); longest + 2];
+    for (index, (fixed, more)) in lengths.enumerate() {
+        let counts = if more {
+            fixed..longest + 2
+        } else {
+            fixed..fixed + 1
+        };
+        for count in counts {
+            by_length[count].push(index);
+        }
+    }
+    by_length
 }
 
 fn success_status(
@@ -265,4 +298,79 @@ pub fn field_kind_at(
         };
     }
     Err(format!("{path:?} is empty"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_matched_only_against_templates_of_its_length_in_table_order() {
+        // `/a/b`, `/a/**`, `/a/b/c`, `/**`, `/x`.
+        let index =
+            by_length([(2, false), (1, true), (3, false), (0, true), (1, false)].into_iter());
+        assert_eq!(
+            index,
+            [
+                vec![3],
+                vec![1, 3, 4],
+                vec![0, 1, 3],
+                vec![1, 2, 3],
+                vec![1, 3],
+            ]
+        );
+    }
+
+    /// The index finds what trying every route in turn finds, for every route's own path, one
+    /// segment shorter and one longer, and each with another method.
+    #[test]
+    fn the_index_finds_what_a_scan_of_every_route_finds() {
+        let table = crate::rest::route_table().expect("route table builds");
+        let scan = |method: &Method, path: &str| {
+            table
+                .routes()
+                .iter()
+                .find(|route| {
+                    route.http_method == *method && route.template.matches(path).is_some()
+                })
+                .map(|route| (route.grpc_path.clone(), route.template.to_string()))
+        };
+        let mut checked = 0;
+        for route in table.routes() {
+            let path = route
+                .template
+                .openapi_path()
+                .split('/')
+                .map(|segment| match segment.strip_prefix('{') {
+                    Some(_) => "v",
+                    None => segment,
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            for path in [
+                path.clone(),
+                format!("{path}/more"),
+                path.rsplit_once('/')
+                    .map_or(String::new(), |(head, _)| head.to_owned()),
+            ] {
+                for method in [
+                    Method::GET,
+                    Method::POST,
+                    Method::PUT,
+                    Method::PATCH,
+                    Method::DELETE,
+                ] {
+                    let found = match table.find(&method, &path) {
+                        Lookup::Found(route, _) => {
+                            Some((route.grpc_path.clone(), route.template.to_string()))
+                        }
+                        _ => None,
+                    };
+                    assert_eq!(found, scan(&method, &path), "{method} {path}");
+                    checked += usize::from(found.is_some());
+                }
+            }
+        }
+        assert!(checked >= table.routes().len(), "{checked} found");
+    }
 }

@@ -46,6 +46,11 @@ impl<'a> Parts<'a> {
             segments: path.split('/').collect(),
         })
     }
+
+    /// How many segments the path has.
+    pub fn count(&self) -> usize {
+        self.segments.len()
+    }
 }
 
 /// A variable's field path and the text it matched, still percent-encoded (but for the
@@ -138,16 +143,21 @@ impl PathTemplate {
         self.matches_parts(&Parts::of(path)?)
     }
 
+    /// The segments a path needs to match, and whether it may have more (a template ending in
+    /// `**`).
+    pub fn length(&self) -> (usize, bool) {
+        match self.segments.last() {
+            Some(Segment::Rest) => (self.segments.len() - 1, true),
+            _ => (self.segments.len(), false),
+        }
+    }
+
     /// [`Self::matches`] for a path already cut into its segments (the route table cuts it
     /// once for all its templates).
     pub(super) fn matches_parts(&self, parts: &Parts<'_>) -> Option<Bindings> {
         let parts = parts.segments.as_slice();
-        // First what costs least: the route table asks every template in turn.
-        let fixed = match self.segments.last() {
-            Some(Segment::Rest) => self.segments.len() - 1,
-            _ => self.segments.len(),
-        };
-        if parts.len() < fixed || (fixed == self.segments.len() && parts.len() != fixed) {
+        let (fixed, more) = self.length();
+        if parts.len() < fixed || (!more && parts.len() != fixed) {
             return None;
         }
         // The verb ends the last segment (`/v1/streams/s:purge`); the segment without it is
