@@ -321,56 +321,90 @@ mod tests {
         );
     }
 
-    /// The index finds what trying every route in turn finds, for every route's own path, one
-    /// segment shorter and one longer, and each with another method.
+    /// What a lookup answered, comparable: the route found and its bindings, or the methods
+    /// allowed, or nothing.
+    type Answer = (Option<(String, Bindings)>, Vec<Method>);
+
+    fn answer(lookup: Lookup<'_>) -> Answer {
+        match lookup {
+            Lookup::Found(route, bindings) => (Some((route.grpc_path.clone(), bindings)), vec![]),
+            Lookup::MethodNotAllowed(allowed) => (None, allowed),
+            Lookup::NotFound => (None, vec![]),
+        }
+    }
+
+    /// The lookup as it was before the index: every route tried in table order.
+    fn scan(table: &RouteTable, method: &Method, path: &str) -> Answer {
+        let head = *method == Method::HEAD;
+        let wanted = if head { &Method::GET } else { method };
+        let mut allowed = Vec::new();
+        let mut takes_head = false;
+        for route in table.routes() {
+            if let Some(bindings) = route.template.matches(path) {
+                let headless = route.http_method == Method::GET && route.side_effect_free;
+                if route.http_method == *wanted && (!head || headless) {
+                    return (Some((route.grpc_path.clone(), bindings)), vec![]);
+                }
+                if !allowed.contains(&route.http_method) {
+                    allowed.push(route.http_method.clone());
+                }
+                takes_head |= headless;
+            }
+        }
+        if takes_head {
+            allowed.push(Method::HEAD);
+        }
+        (None, allowed)
+    }
+
+    /// The index answers as trying every route in turn does (the route and its bindings, or
+    /// the methods allowed in their order), for every route's own path, one segment shorter
+    /// and longer, with a trailing or doubled slash, and past every template's length, under
+    /// every method.
     #[test]
     fn the_index_finds_what_a_scan_of_every_route_finds() {
         let table = crate::rest::route_table().expect("route table builds");
-        let scan = |method: &Method, path: &str| {
-            table
-                .routes()
-                .iter()
-                .find(|route| {
-                    route.http_method == *method && route.template.matches(path).is_some()
-                })
-                .map(|route| (route.grpc_path.clone(), route.template.to_string()))
-        };
-        let mut checked = 0;
+        let mut found = 0;
+        let mut refused = 0;
         for route in table.routes() {
             let path = route
                 .template
                 .openapi_path()
                 .split('/')
-                .map(|segment| match segment.strip_prefix('{') {
-                    Some(_) => "v",
-                    None => segment,
+                .map(|segment| match segment.split_once('}') {
+                    // A variable, keeping a verb after it (`{topic}:purge`).
+                    Some((_, verb)) => format!("v{verb}"),
+                    None => segment.to_owned(),
                 })
                 .collect::<Vec<_>>()
                 .join("/");
+            let shorter = path
+                .rsplit_once('/')
+                .map_or(String::new(), |(head, _)| head.to_owned());
             for path in [
                 path.clone(),
                 format!("{path}/more"),
-                path.rsplit_once('/')
-                    .map_or(String::new(), |(head, _)| head.to_owned()),
+                format!("{path}/"),
+                path.replacen('/', "//", 2),
+                format!("{path}{}", "/x".repeat(12)),
+                shorter,
             ] {
                 for method in [
                     Method::GET,
+                    Method::HEAD,
                     Method::POST,
                     Method::PUT,
                     Method::PATCH,
                     Method::DELETE,
                 ] {
-                    let found = match table.find(&method, &path) {
-                        Lookup::Found(route, _) => {
-                            Some((route.grpc_path.clone(), route.template.to_string()))
-                        }
-                        _ => None,
-                    };
-                    assert_eq!(found, scan(&method, &path), "{method} {path}");
-                    checked += usize::from(found.is_some());
+                    let indexed = answer(table.find(&method, &path));
+                    assert_eq!(indexed, scan(&table, &method, &path), "{method} {path}");
+                    found += usize::from(indexed.0.is_some());
+                    refused += usize::from(!indexed.1.is_empty());
                 }
             }
         }
-        assert!(checked >= table.routes().len(), "{checked} found");
+        assert!(found >= table.routes().len(), "{found} found");
+        assert!(refused > 0, "no path answered with its methods");
     }
 }
