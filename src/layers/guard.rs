@@ -44,7 +44,7 @@ impl Exempt {
 }
 
 /// One admission rule.
-pub trait Policy: Clone + Send + Sync + 'static {
+pub trait Policy: Send + Sync + 'static {
     /// What an admitted call holds until it is answered (a permit); `()` for most.
     type Admitted: Send + 'static;
 
@@ -62,9 +62,17 @@ pub trait Policy: Clone + Send + Sync + 'static {
 }
 
 /// A [`Policy`] as a Tower layer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct GuardLayer<P> {
     policy: Arc<P>,
+}
+
+impl<P> Clone for GuardLayer<P> {
+    fn clone(&self) -> Self {
+        Self {
+            policy: Arc::clone(&self.policy),
+        }
+    }
 }
 
 impl<P> GuardLayer<P> {
