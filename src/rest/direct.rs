@@ -25,7 +25,7 @@ use prost_reflect::DynamicMessage;
 use crate::{
     answer::Rejection,
     budget::AnswerWatch,
-    extensions::{ClientIp, Deadline, NoReturn, RequestId},
+    extensions::{ClientIp, Deadline, NoReturn, RequestId, names},
     identity::{Access, Identity},
 };
 
@@ -232,11 +232,11 @@ pub fn carried(extensions: &axum::http::Extensions) -> axum::http::Extensions {
 /// trace context, its credentials, its idempotency key. Only these, so a service reading
 /// metadata cannot be handed anything else a client sends.
 pub const FORWARDED_HEADERS: [HeaderName; 6] = [
-    HeaderName::from_static("x-request-id"),
-    HeaderName::from_static("traceparent"),
+    names::X_REQUEST_ID,
+    names::TRACEPARENT,
     HeaderName::from_static("tracestate"),
     header::AUTHORIZATION,
-    HeaderName::from_static("x-api-key"),
+    names::X_API_KEY,
     HeaderName::from_static("idempotency-key"),
 ];
 
